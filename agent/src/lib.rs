@@ -1,0 +1,1 @@
+//! Gait edge agent library.

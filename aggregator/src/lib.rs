@@ -1,0 +1,1 @@
+//! Gait aggregator library.
