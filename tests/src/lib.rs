@@ -1,1 +1,349 @@
-//! Helpers shared by the end-to-end tests.
+//! Harness for the end-to-end tests: real `gait-aggregator` and `gait-agent` processes on 127.0.0.1, driven
+//! through their command lines, HTTP APIs and signals.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// Path of a workspace binary, building the binaries once if `cargo test` has not.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/debug/deps/<test-exe> -> target/debug
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        if !dir.join("gait-agent").exists() || !dir.join("gait-aggregator").exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "gait-agent", "-p", "gait-aggregator"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
+        }
+        dir
+    });
+    dir.join(name)
+}
+
+/// A free TCP port on 127.0.0.1 (also free for UDP in practice; tests retry on collisions).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// A running aggregator process.
+pub struct Aggregator {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub token: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Aggregator {
+    /// Start on `data_dir` with ephemeral ports.
+    pub fn start(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_on(data_dir, database_url, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+    }
+
+    /// Start on fixed addresses (used to restart on the same ports).
+    pub fn start_on(data_dir: &Path, database_url: Option<&str>, quic: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("aggregator.log"))?;
+        let mut cmd = Command::new(bin("gait-aggregator"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--quic-listen")
+            .arg(quic.to_string())
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .env("GAIT_LOG", "info,gait_aggregator=debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        if let Some(url) = database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        let mut child = cmd.spawn().context("spawn gait-aggregator")?;
+        let stdout = child.stdout.take().context("aggregator stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(rest) = line.trim().strip_prefix("gait-aggregator serving: quic=") else {
+            kill(&mut child, "-9");
+            let log = std::fs::read_to_string(data_dir.join("aggregator.log")).unwrap_or_default();
+            bail!("aggregator did not start: {line:?}\n{log}");
+        };
+        let (quic, http) = rest.split_once(" http=http://").context("serving line")?;
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            database_url: database_url.map(str::to_owned),
+            quic: quic.parse()?,
+            http: http.parse()?,
+            token,
+            child: Some(child),
+            log: data_dir.join("aggregator.log"),
+        })
+    }
+
+    /// The aggregator's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Graceful stop (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "-TERM");
+        }
+    }
+
+    /// Crash stop (SIGKILL).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "-9");
+        }
+    }
+
+    /// Start again on the same data directory and ports.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::start_on(&self.data_dir, self.database_url.as_deref(), self.quic, self.http) {
+                Ok(n) => {
+                    *self = n;
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("restart failed")))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Publish policy files (name -> YAML) for a scope; returns the server's JSON answer and status.
+    pub fn publish(&self, org: &str, project: &str, env: &str, policies: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
+        let policies: serde_json::Map<String, Value> =
+            policies.iter().map(|(n, y)| ((*n).to_owned(), Value::String((*y).to_owned()))).collect();
+        http_json(
+            "POST",
+            &self.url(&format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles")),
+            Some(&self.token),
+            Some(json!({ "policies": policies })),
+        )
+    }
+
+    /// GET a `/v1` path with the admin token.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        http_json("GET", &self.url(path), Some(&self.token), None)
+    }
+
+    /// The agents of `org` as the aggregator lists them.
+    pub fn agents(&self, org: &str) -> anyhow::Result<Vec<Value>> {
+        let (status, v) = self.get(&format!("/v1/orgs/{org}/agents"))?;
+        anyhow::ensure!(status == 200, "list agents: {status} {v}");
+        Ok(v["agents"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every committed record of one agent.
+    pub fn records(&self, org: &str, project: &str, env: &str, agent: &str) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let (status, v) = self.get(&format!(
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent}/records?after={after}&limit=10000"
+            ))?;
+            anyhow::ensure!(status == 200, "records: {status} {v}");
+            let page = v["records"].as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                return Ok(out);
+            }
+            after = page.last().and_then(|r| r["seq"].as_u64()).unwrap_or(after);
+            out.extend(page);
+        }
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 JSON client over std (blocking tests need no async runtime).
+pub fn http_json(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("http response")?;
+    let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    Ok((status, value))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// An enrolled agent (certificate + config), optionally running.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub org: String,
+    pub project: String,
+    pub env: String,
+    pub id: String,
+    pub api: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Issue a certificate for the agent with the aggregator's CA and write its config into `dir`.
+    pub fn enroll(agg: &Aggregator, dir: &Path, org: &str, project: &str, env: &str, id: &str) -> anyhow::Result<Self> {
+        let out = Command::new(bin("gait-aggregator"))
+            .args(["pki", "issue-agent", "--org", org, "--project", project, "--env", env, "--agent-id", id])
+            .arg("--data-dir")
+            .arg(&agg.data_dir)
+            .arg("--out")
+            .arg(dir)
+            .arg("--aggregator-address")
+            .arg(agg.quic.to_string())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "issue-agent: {}", String::from_utf8_lossy(&out.stderr));
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let yaml = std::fs::read_to_string(dir.join("agent.yaml"))?.replace("127.0.0.1:7071", &api.to_string());
+        std::fs::write(dir.join("agent.yaml"), yaml)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            org: org.into(),
+            project: project.into(),
+            env: env.into(),
+            id: id.into(),
+            api,
+            child: None,
+        })
+    }
+
+    /// Start the daemon and wait for its local API.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let child = Command::new(bin("gait-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.join("agent.yaml"))
+            .env("GAIT_LOG", "info,gait_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let url = format!("http://{}/healthz", self.api);
+        wait_for(Duration::from_secs(20), "agent local API", || http_json("GET", &url, None, None).ok().filter(|(s, _)| *s == 200))
+            .with_context(|| format!("agent {} log:\n{}", self.id, self.log()))?;
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "-TERM");
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "-9");
+        }
+    }
+
+    /// The agent's `/v1/status`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let (s, v) = http_json("GET", &format!("http://{}/v1/status", self.api), None, None)?;
+        anyhow::ensure!(s == 200, "status {s}: {v}");
+        Ok(v)
+    }
+
+    /// Epoch of the active bundle, if any.
+    pub fn active_epoch(&self) -> Option<u64> {
+        self.status().ok()?["active_bundle"]["epoch"].as_u64()
+    }
+
+    /// Append a record through the local API; returns its seq (None when shed).
+    pub fn append(&self, class: &str, kind: &str, payload: Value) -> anyhow::Result<Option<u64>> {
+        let (s, v) = http_json(
+            "POST",
+            &format!("http://{}/v1/records", self.api),
+            None,
+            Some(json!({ "class": class, "kind": kind, "payload": payload })),
+        )?;
+        anyhow::ensure!(s == 200 || s == 201, "append {s}: {v}");
+        Ok(v["seq"].as_u64())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A small valid Gait policy for tests.
+pub const POLICY_V1: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read]\n";
+/// A second version of it.
+pub const POLICY_V2: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read, tool.list]\n";

@@ -1,0 +1,555 @@
+//! `gait-agent run` configuration: one YAML file (`agent.yaml`) describing where the aggregator is, which
+//! certificates and trust root to use, where the agent keeps its data and how big its outbox may grow.
+//!
+//! ```yaml
+//! aggregator:
+//!   address: aggregator.example:7443   # host:port of the aggregator's QUIC listener
+//!   server_name: aggregator.example     # name checked against its certificate (default "localhost")
+//! tls:
+//!   ca: pki/ca.pem                      # deployment CA that signed the aggregator's certificate
+//!   cert: pki/agent.pem                 # this agent's certificate (its URI SAN is its identity)
+//!   key: pki/agent.key                  # this agent's private key
+//! trust:
+//!   registry_public_keys: [keys/registry.pub]   # Ed25519 keys that may sign policy bundles
+//! data_dir: data                        # holds agent.redb (outbox + bundle cache)
+//! outbox: { max_records: 100000, max_bytes: 268435456 }
+//! local_api: { listen: 127.0.0.1:7071 }
+//! poll: { wait_ms: 25000 }
+//! ```
+//!
+//! Relative paths are resolved against the directory holding the file. After the file, environment
+//! variables override single keys (`GAIT_AGENT_AGGREGATOR_ADDRESS`, `GAIT_AGENT_DATA_DIR`,
+//! `GAIT_AGENT_LOCAL_API_LISTEN`); paths given there are used as they are. Unknown keys are errors, and
+//! [`Config::validate`] names the dotted key of every problem it finds.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::outbox::OutboxLimits;
+
+/// Shortest long-poll the agent asks for.
+pub const MIN_POLL_WAIT_MS: u32 = 1_000;
+/// Longest long-poll the agent asks for.
+pub const MAX_POLL_WAIT_MS: u32 = 120_000;
+/// Default local API address.
+pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:7071";
+
+/// Environment variables that override one key each, with the key they override.
+pub const ENV_OVERRIDES: [(&str, &str); 3] = [
+    ("GAIT_AGENT_AGGREGATOR_ADDRESS", "aggregator.address"),
+    ("GAIT_AGENT_DATA_DIR", "data_dir"),
+    ("GAIT_AGENT_LOCAL_API_LISTEN", "local_api.listen"),
+];
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The aggregator this agent dials out to.
+    pub aggregator: AggregatorConfig,
+    /// Mutual-TLS material for the QUIC connection.
+    pub tls: TlsConfig,
+    /// Keys whose signatures make a policy bundle acceptable.
+    pub trust: TrustConfig,
+    /// Directory for the agent's database (`agent.redb`); created if missing. Default `data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Outbox quota.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Loopback HTTP API for producers and `gait-agent status`.
+    #[serde(default)]
+    pub local_api: LocalApiConfig,
+    /// Bundle long-poll.
+    #[serde(default)]
+    pub poll: PollConfig,
+}
+
+/// `aggregator.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// `host:port` of the aggregator's QUIC listener; the host may be a name, an IPv4 or a bracketed IPv6
+    /// address. Resolved again on every reconnect.
+    pub address: String,
+    /// TLS server name the aggregator's certificate must carry. Default `localhost`.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+/// `tls.*` (PEM files)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) that issued the aggregator's certificate.
+    pub ca: PathBuf,
+    /// This agent's certificate (chain, leaf first); its `spiffe://` URI SAN is the agent's identity and
+    /// tenancy scope.
+    pub cert: PathBuf,
+    /// This agent's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    pub key: PathBuf,
+}
+
+/// `trust.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Public key files (Gait Ed25519 format) of the policy registry. A bundle is activated only if one of
+    /// them signed it. At least one.
+    pub registry_public_keys: Vec<PathBuf>,
+}
+
+/// `outbox.*`: the soft quota; the hard ceiling is twice each value (see the outbox module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Records waiting for acknowledgement above which `allow` records are shed. Default 100000.
+    pub max_records: u64,
+    /// Stored bytes above which `allow` records are shed. Default 268435456 (256 MiB).
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        let d = OutboxLimits::default();
+        OutboxConfig {
+            max_records: d.max_records,
+            max_bytes: d.max_bytes,
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// The limits handed to the outbox.
+    pub fn limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// `local_api.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalApiConfig {
+    /// Address of the local HTTP API; must be a loopback address. Port 0 picks a free port. Default
+    /// `127.0.0.1:7071`.
+    pub listen: String,
+}
+
+impl Default for LocalApiConfig {
+    fn default() -> Self {
+        LocalApiConfig {
+            listen: DEFAULT_LOCAL_API.to_owned(),
+        }
+    }
+}
+
+impl LocalApiConfig {
+    /// The parsed listen address (call after [`Config::validate`]).
+    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen(&self.listen).map_err(|m| ConfigError::single("local_api.listen", m))
+    }
+}
+
+/// `poll.*`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// How long the aggregator may hold a bundle long-poll, in milliseconds (1000..=120000). The agent
+    /// waits this plus 10 s for the answer. Default 25000.
+    pub wait_ms: u32,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { wait_ms: 25_000 }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+fn default_server_name() -> String {
+    "localhost".to_owned()
+}
+
+/// One validation problem at a dotted key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `tls.cert` or `trust.registry_public_keys[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (unknown key, wrong type, missing key).
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The values parsed but do not work; every problem is listed.
+    #[error("invalid config: {}", join(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    fn single(key: &str, message: String) -> Self {
+        ConfigError::Invalid(vec![Problem {
+            key: key.to_owned(),
+            message,
+        }])
+    }
+
+    /// The problems found by validation (empty for read and parse errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides, resolves relative paths and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment lookup (tests pass a closure over a map).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        let mut config = Self::from_yaml(&text, base).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                match key {
+                    "aggregator.address" => config.aggregator.address = value,
+                    "data_dir" => config.data_dir = PathBuf::from(value),
+                    _ => config.local_api.listen = value,
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses YAML text and resolves relative paths against `base`. Does not validate.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Self, String> {
+        let mut config: Config = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        self.trust.registry_public_keys.iter_mut().for_each(fix);
+        fix(&mut self.data_dir);
+    }
+
+    /// Checks every value; the error lists each problem with its dotted key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        if let Err(m) = parse_host_port(&self.aggregator.address) {
+            bad("aggregator.address", m);
+        }
+        if rustls::pki_types::ServerName::try_from(self.aggregator.server_name.as_str()).is_err() {
+            bad(
+                "aggregator.server_name",
+                format!(
+                    "{:?} is not a DNS name or IP address",
+                    self.aggregator.server_name
+                ),
+            );
+        }
+        for (key, path) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if let Err(m) = check_file(path) {
+                bad(key, m);
+            }
+        }
+        if self.trust.registry_public_keys.is_empty() {
+            bad(
+                "trust.registry_public_keys",
+                "list at least one registry public key file; without one no bundle can ever be trusted"
+                    .to_owned(),
+            );
+        }
+        for (i, path) in self.trust.registry_public_keys.iter().enumerate() {
+            if let Err(m) = check_file(path) {
+                bad(&format!("trust.registry_public_keys[{i}]"), m);
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bad("data_dir", "must not be empty".to_owned());
+        } else if self.data_dir.exists() && !self.data_dir.is_dir() {
+            bad(
+                "data_dir",
+                format!("{} exists and is not a directory", self.data_dir.display()),
+            );
+        }
+        if self.outbox.max_records == 0 {
+            bad("outbox.max_records", "must be at least 1".to_owned());
+        }
+        if self.outbox.max_bytes < 64 * 1024 {
+            bad(
+                "outbox.max_bytes",
+                format!("{} is too small; use at least 65536", self.outbox.max_bytes),
+            );
+        }
+        if let Err(m) = parse_listen(&self.local_api.listen) {
+            bad("local_api.listen", m);
+        }
+        if !(MIN_POLL_WAIT_MS..=MAX_POLL_WAIT_MS).contains(&self.poll.wait_ms) {
+            bad(
+                "poll.wait_ms",
+                format!(
+                    "{} is out of range {MIN_POLL_WAIT_MS}..={MAX_POLL_WAIT_MS}",
+                    self.poll.wait_ms
+                ),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The agent database file inside `data_dir`.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("agent.redb")
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets) and checks both halves.
+pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{address:?} has an unclosed '['"))?,
+        None if host.contains(':') => {
+            return Err(format!(
+                "{address:?}: put an IPv6 host in brackets, e.g. [::1]:7443"
+            ));
+        }
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{address:?} has no valid port (1-65535)"))?;
+    Ok((host.to_owned(), port))
+}
+
+fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("{listen:?} is not ip:port"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{listen} is not a loopback address; the local API has no authentication and must stay on \
+             127.0.0.1 or [::1]"
+        ));
+    }
+    Ok(addr)
+}
+
+fn check_file(path: &Path) -> Result<(), String> {
+    if path.is_file() {
+        Ok(())
+    } else if path.exists() {
+        Err(format!("not a regular file: {}", path.display()))
+    } else {
+        Err(format!("file not found: {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write_files(dir: &Path) {
+        for f in ["ca.pem", "agent.pem", "agent.key", "registry.pub"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+    }
+
+    const MINIMAL: &str = "\
+aggregator:
+  address: agg.example:7443
+tls:
+  ca: ca.pem
+  cert: agent.pem
+  key: agent.key
+trust:
+  registry_public_keys: [registry.pub]
+";
+
+    #[test]
+    fn a_minimal_file_gets_defaults_and_paths_relative_to_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.aggregator.server_name, "localhost");
+        assert_eq!(c.tls.cert, dir.path().join("agent.pem"));
+        assert_eq!(
+            c.trust.registry_public_keys,
+            vec![dir.path().join("registry.pub")]
+        );
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.local_api.listen, DEFAULT_LOCAL_API);
+        assert_eq!(c.poll.wait_ms, 25_000);
+        assert_eq!(c.outbox.limits(), OutboxLimits::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, format!("{MINIMAL}poll:\n  wait_msec: 5\n")).unwrap();
+        let err = Config::load_with_env(&path, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wait_msec"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_every_bad_dotted_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "\
+aggregator: { address: 'no-port', server_name: 'bad name!' }
+tls: { ca: ca.pem, cert: agent.pem, key: agent.key }
+trust: { registry_public_keys: [a.pub, b.pub] }
+outbox: { max_records: 0, max_bytes: 10 }
+local_api: { listen: '0.0.0.0:7071' }
+poll: { wait_ms: 5 }
+";
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        std::fs::write(dir.path().join("a.pub"), "x").unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load_with_env(&path, |_| None).unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "aggregator.address",
+                "aggregator.server_name",
+                "tls.cert",
+                "tls.key",
+                "trust.registry_public_keys[1]",
+                "outbox.max_records",
+                "outbox.max_bytes",
+                "local_api.listen",
+                "poll.wait_ms",
+            ]
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "tls.cert: file not found: {}",
+                dir.path().join("agent.pem").display()
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_single_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("GAIT_AGENT_AGGREGATOR_ADDRESS", "[::1]:9000"),
+            ("GAIT_AGENT_LOCAL_API_LISTEN", "127.0.0.1:0"),
+        ]);
+        let c = Config::load_with_env(&path, |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.aggregator.address, "[::1]:9000");
+        assert_eq!(c.local_api.addr().unwrap().port(), 0);
+        let env = HashMap::from([("GAIT_AGENT_LOCAL_API_LISTEN", "10.0.0.1:7071")]);
+        let err = Config::load_with_env(&path, |k| env.get(k).map(|v| v.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local_api.listen"), "{err}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("a.example:1").unwrap(),
+            ("a.example".to_owned(), 1)
+        );
+        assert_eq!(
+            parse_host_port("[::1]:7443").unwrap(),
+            ("::1".to_owned(), 7443)
+        );
+        for bad in ["::1:7443", "a.example", ":80", "a:0", "a:70000", "[::1:80"] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

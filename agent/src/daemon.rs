@@ -1,0 +1,309 @@
+//! `gait-agent run`: the long-lived daemon that dials out to the aggregator over mutual-TLS QUIC, pulls signed
+//! policy bundles by long-poll, ships the durable outbox, and serves the loopback API.
+//!
+//! # Exchange protocol (the aggregator implements the other side exactly like this)
+//! - QUIC with mutual TLS and ALPN [`gait_wire::ALPN`]. The agent ALWAYS dials out; the aggregator never
+//!   connects to an agent.
+//! - One request, one response, one stream: for every exchange the agent opens ONE bidirectional stream,
+//!   writes exactly one framed `AgentMsg`, finishes its send side, then reads exactly one framed `ServerMsg`
+//!   and the stream ends. The agent waits at most the poll wait + 10 s for a `PollBundle` reply and 30 s for
+//!   any other reply.
+//! - The first exchange on every connection is `Hello` -> `Welcome`. `Welcome.committed_seq` is the highest
+//!   seq the aggregator has committed for this agent: the agent immediately acknowledges its outbox through
+//!   it (those records are already stored) and ships from there. If the aggregator is AHEAD of an empty
+//!   outbox (the agent's file was lost) the outbox adopts that head, so new records do not reuse seqs.
+//! - Long-poll: a dedicated task loops `PollBundle { have_epoch: active epoch or 0, wait_ms }` -> `Bundle`
+//!   or `NoNewBundle`; a publish therefore reaches a connected agent within about a second.
+//! - Shipping: a dedicated task sends `RecordBatch`es (at most 500 records / 4 MiB each, monotonic
+//!   `batch_id`) of the records after the last shipped seq, up to 4 batches in flight, and takes their
+//!   `BatchAck`s in order. Only after an ack arrives does it call `ack_through(committed_through)`, which
+//!   deletes records. With nothing to ship it sleeps until a producer appends (a `Notify`) or 1 s passes.
+//! - Bundle report: when a bundle is applied or refused the agent sends a `BundleReport` on a UNI stream
+//!   (fire and forget) AND appends a durable `status` record (kind `bundle.applied` / `bundle.refused`, JSON
+//!   payload with epoch, digest, code, message), so the aggregator learns it exactly once even across
+//!   crashes and reconnects.
+//! - `ServerMsg::Error` is logged with its code; a retryable one is retried after a pause, any other ends
+//!   the connection. A lost connection is redialled with full-jitter exponential backoff ([`crate::backoff`]:
+//!   base 200 ms, cap 30 s, reset once a connection stayed up for [`STABLE_CONNECTION`]).
+//!
+//! # Bundle handling
+//! An offered bundle is checked with `gait_bundle::verify` against the configured trust root, the agent's
+//! OWN scope (from its certificate, [`crate::identity`]), the active epoch (rollback protection) and the
+//! current time. Verified: stored durably as received, then activated atomically, then reported. Refused: the
+//! old bundle stays active, the refusal is recorded, reported and logged at WARN. On startup the cached active
+//! bundle is verified again (signature, scope, files; no epoch check; expiry judged at its activation time)
+//! before it is used; a cache that fails is not used and an ERROR is logged.
+//!
+//! # Tasks and shutdown
+//! [`Daemon::start`] spawns two owned tasks on a `TaskTracker`: the local API server and the connection loop
+//! (which owns one poll task and one ship task per connection). Cancelling the token stops them; [`Daemon::
+//! wait`] drains the tracker under a grace timeout and reports whether the drain was clean. Records are
+//! durable before a producer is answered, so an unclean drain loses nothing but in-flight network work.
+
+mod activation;
+mod exchange;
+mod session;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::db::{AgentDb, DbError};
+use crate::identity::{AgentIdentity, IdentityError};
+use crate::outbox::{Outbox, OutboxError};
+
+pub use exchange::ExchangeError;
+pub use state::{ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, StatusReport};
+
+/// A connection that stayed up this long resets the reconnect backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Default time allowed for tasks to finish after shutdown was requested.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// QUIC keep-alive interval; the connection is declared dead after three missed intervals (30 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Runtime knobs that are flags rather than configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// How long to wait for tasks to finish after shutdown was requested.
+    pub grace: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The agent's identity could not be read from its certificate.
+    #[error("agent identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// A registry public key could not be loaded.
+    #[error("trust.registry_public_keys: cannot load {path}: {detail}")]
+    TrustKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The agent database could not be opened.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The bundle cache could not be opened or read.
+    #[error("bundle cache: {0}")]
+    BundleCache(String),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl DaemonError {
+    /// True for errors an operator fixes in the configuration or its files (exit code "config").
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Config(_)
+                | DaemonError::Identity(_)
+                | DaemonError::Tls(_)
+                | DaemonError::TrustKey { .. }
+        )
+    }
+}
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Every task finished within the grace period.
+    pub clean: bool,
+}
+
+/// A started daemon: its tasks run until the token is cancelled.
+pub struct Daemon {
+    state: Arc<AgentState>,
+    local_api: SocketAddr,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("local_api", &self.local_api)
+            .field("agent", &self.state.identity().uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains its tasks (default grace period).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Shutdown, DaemonError> {
+    run_with(config, RunOptions::default(), shutdown).await
+}
+
+/// [`run`] with explicit runtime options.
+pub async fn run_with(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Shutdown, DaemonError> {
+    let daemon = Daemon::start(config, options, shutdown).await?;
+    Ok(daemon.wait().await)
+}
+
+impl Daemon {
+    /// Opens state, restores the cached bundle, binds the local API and the QUIC endpoint, and spawns the
+    /// tasks. Returns once everything is listening (the aggregator need not be reachable).
+    pub async fn start(
+        config: Config,
+        options: RunOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Daemon, DaemonError> {
+        config.validate()?;
+        let identity = AgentIdentity::from_cert_file(&config.tls.cert)?;
+        let client_config = crate::tls::client_config(
+            &config.tls.ca,
+            &config.tls.cert,
+            &config.tls.key,
+            KEEP_ALIVE,
+        )?;
+        let trust = activation::load_trust_root(&config.trust.registry_public_keys)?;
+
+        let db_path = config.db_path();
+        let limits = config.outbox.limits();
+        let (db, outbox) = tokio::task::spawn_blocking(move || {
+            let db = AgentDb::open(&db_path)?;
+            let outbox = Outbox::open(&db, limits)?;
+            Ok::<_, DaemonError>((db, outbox))
+        })
+        .await??;
+
+        let state = AgentState::open(
+            identity,
+            config.aggregator.address.clone(),
+            db,
+            outbox,
+            trust,
+        )
+        .await?;
+        activation::restore_cached_bundle(&state).await;
+
+        let listen = config.local_api.addr()?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: "the local api",
+                addr: listen,
+                source,
+            })?;
+        let local_api = listener.local_addr().map_err(|source| DaemonError::Bind {
+            what: "the local api",
+            addr: listen,
+            source,
+        })?;
+
+        let tracker = TaskTracker::new();
+        spawn_local_api(&tracker, listener, state.clone(), shutdown.child_token());
+        session::spawn_connection_loop(
+            &tracker,
+            session::Session {
+                state: state.clone(),
+                client_config,
+                address: config.aggregator.address.clone(),
+                server_name: config.aggregator.server_name.clone(),
+                poll_wait_ms: config.poll.wait_ms,
+            },
+            shutdown.child_token(),
+        );
+        tracker.close();
+        let me = state.identity();
+        tracing::info!(
+            agent = %me.uri,
+            org = %me.org,
+            project = %me.project,
+            env = %me.env,
+            aggregator = %config.aggregator.address,
+            local_api = %local_api,
+            "gait-agent started"
+        );
+        Ok(Daemon {
+            state,
+            local_api,
+            tracker,
+            shutdown,
+            grace: options.grace,
+        })
+    }
+
+    /// The address the local API actually listens on (useful with port 0).
+    pub fn local_api_addr(&self) -> SocketAddr {
+        self.local_api
+    }
+
+    /// Shared agent state: append records, read the active bundle, build status.
+    pub fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    /// Waits for the shutdown token, then drains the tasks within the grace period.
+    pub async fn wait(self) -> Shutdown {
+        self.shutdown.cancelled().await;
+        tracing::info!(grace = ?self.grace, "shutdown requested, draining");
+        let clean = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
+        self.state.flush_last_contact().await;
+        if clean {
+            tracing::info!("gait-agent stopped cleanly");
+        } else {
+            tracing::warn!(
+                grace = ?self.grace,
+                "gait-agent stopped with tasks still running after the grace period; \
+                 durable records are safe and will be shipped after restart"
+            );
+        }
+        Shutdown { clean }
+    }
+}
+
+fn spawn_local_api(
+    tracker: &TaskTracker,
+    listener: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    shutdown: CancellationToken,
+) {
+    tracker.spawn(async move {
+        if let Err(e) = crate::local_api::serve(listener, state, shutdown).await {
+            tracing::error!(error = %e, "local api stopped");
+        }
+    });
+}

@@ -1,0 +1,370 @@
+//! Deciding which policy bundle is in force: verify an offered bundle, store it, activate it, or refuse it
+//! and keep the old one; and on startup, re-verify the cached active bundle before trusting it.
+//!
+//! Order on success: `gait_bundle::verify` -> `BundleCache::store_received` (durable) ->
+//! `BundleCache::activate` (one atomic commit) -> in-memory switch -> durable `bundle.applied` status record ->
+//! `BundleReport`. A crash at any point leaves either the old or the new bundle active, never neither, and the
+//! status record is written only once the activation is durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gait_wire::{BundleOffer, BundleRef, BundleReport, RecordClass};
+use serde_json::json;
+
+use super::state::{ActiveBundle, RefusalInfo, now_unix_ms};
+use super::{AgentState, DaemonError};
+use crate::bundle_cache::{BundleRefusal, CachedBundle};
+
+/// Refusal code when a verified bundle cannot be stored locally.
+const CODE_STORAGE: &str = "agent_storage_error";
+/// Refusal code when a verified bundle collides with a different cached bundle of the same epoch.
+const CODE_EPOCH_CONFLICT: &str = "bundle_epoch_conflict";
+
+/// Loads every registry public key into a trust root.
+pub(crate) fn load_trust_root(paths: &[PathBuf]) -> Result<gait_bundle::TrustRoot, DaemonError> {
+    let mut keys = Vec::with_capacity(paths.len());
+    for path in paths {
+        let key =
+            gait_canon::sign::load_public_key_file(path).map_err(|e| DaemonError::TrustKey {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        keys.push(key);
+    }
+    Ok(gait_bundle::TrustRoot::from_public_keys(keys))
+}
+
+/// What happened to an offer.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Verified, stored and activated; send this report.
+    Applied(BundleReport),
+    /// Refused; send the report unless it repeats the previous refusal.
+    Refused(Option<BundleReport>),
+    /// The offer is the bundle already in force.
+    Unchanged,
+}
+
+fn unix_secs(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+/// Verifies and activates an offered bundle, or refuses it keeping the active one.
+pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) -> Outcome {
+    let active = state.active_bundle();
+    if let Some(a) = &active
+        && a.bundle.digest == offer.digest
+        && a.epoch() == offer.epoch
+    {
+        tracing::debug!(epoch = offer.epoch, "offered bundle is already active");
+        return Outcome::Unchanged;
+    }
+    let now_ms = now_unix_ms();
+    let current_epoch = active.as_ref().map(|a| a.epoch());
+    let st = state.clone();
+    let bytes = offer.signed_bundle;
+    let verified = tokio::task::spawn_blocking(move || {
+        let result = gait_bundle::verify(
+            &bytes,
+            st.trust_root(),
+            st.scope(),
+            current_epoch,
+            unix_secs(now_ms),
+        );
+        result.map_err(|e| (e.code().to_owned(), e.to_string()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(("agent_internal_error".to_owned(), e.to_string())));
+    let bundle = match verified {
+        Ok(b) => b,
+        Err((code, message)) => {
+            return refuse(state, offer.epoch, offer.digest, &code, &message, now_ms).await;
+        }
+    };
+    let (epoch, digest) = (bundle.manifest.epoch, bundle.digest);
+    if epoch != offer.epoch || digest != offer.digest {
+        tracing::warn!(
+            offered_epoch = offer.epoch,
+            offered_digest = %hex::encode(offer.digest),
+            epoch,
+            digest = %bundle.digest_hex,
+            "the aggregator's claim about a bundle differs from its verified manifest; using the manifest"
+        );
+    }
+
+    let cache = state.cache().clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let received = cache.store_received(&bundle, now_ms)?;
+        let activated = cache.activate(epoch, now_ms)?;
+        Ok::<_, crate::bundle_cache::BundleCacheError>((bundle, received, activated))
+    })
+    .await;
+    let (bundle, received, activated) = match stored {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            let code = match e {
+                crate::bundle_cache::BundleCacheError::EpochConflict { .. } => CODE_EPOCH_CONFLICT,
+                _ => CODE_STORAGE,
+            };
+            tracing::error!(error = %e, epoch, "a verified bundle could not be stored; the old bundle stays active");
+            return refuse(state, epoch, digest, code, &e.to_string(), now_ms).await;
+        }
+        Err(e) => {
+            return refuse(state, epoch, digest, CODE_STORAGE, &e.to_string(), now_ms).await;
+        }
+    };
+    let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
+    let active = Arc::new(ActiveBundle {
+        bundle,
+        since_unix_ms: since,
+    });
+    let applied_ref = active.bundle_ref();
+    state.set_active(Some(active));
+    state.set_received(Some(received.bundle_ref()));
+    tracing::info!(
+        epoch,
+        digest = %hex::encode(digest),
+        previous_epoch = current_epoch,
+        "bundle activated"
+    );
+    let payload = json!({
+        "epoch": epoch,
+        "digest": hex::encode(digest),
+        "code": null,
+        "message": null,
+        "since_unix_ms": since,
+        "previous_epoch": current_epoch,
+    });
+    append_status(state, "bundle.applied", &payload).await;
+    Outcome::Applied(BundleReport {
+        received: Some(received.bundle_ref()),
+        applied: Some(applied_ref),
+        refusal: None,
+    })
+}
+
+/// Records, logs and reports a refusal; the active bundle is untouched.
+async fn refuse(
+    state: &Arc<AgentState>,
+    epoch: u64,
+    digest: [u8; 32],
+    code: &str,
+    message: &str,
+    now_ms: i64,
+) -> Outcome {
+    let digest_hex = hex::encode(digest);
+    tracing::warn!(
+        epoch,
+        digest = %digest_hex,
+        code,
+        message,
+        active_epoch = state.active_epoch(),
+        "bundle refused; the active bundle stays in force"
+    );
+    let repeat = state
+        .last_refusal()
+        .is_some_and(|r| r.epoch == epoch && r.digest == digest_hex && r.code == code);
+    state.set_last_refusal(
+        Some(RefusalInfo {
+            epoch,
+            digest: digest_hex.clone(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+            at_unix_ms: now_ms,
+        }),
+        true,
+    );
+    if repeat {
+        // Already recorded and reported: do not grow the outbox with the same refusal again.
+        return Outcome::Refused(None);
+    }
+    let refusal = BundleRefusal {
+        epoch,
+        digest,
+        code: code.to_owned(),
+        message: message.to_owned(),
+        at_unix_ms: now_ms,
+    };
+    let cache = state.cache().clone();
+    let to_store = refusal.clone();
+    match tokio::task::spawn_blocking(move || cache.record_refusal(&to_store)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the bundle refusal"),
+        Err(e) => tracing::warn!(error = %e, "refusal write task failed"),
+    }
+    let payload = json!({
+        "epoch": epoch,
+        "digest": digest_hex,
+        "code": code,
+        "message": message,
+        "active_epoch": state.active_epoch(),
+    });
+    append_status(state, "bundle.refused", &payload).await;
+    Outcome::Refused(Some(BundleReport {
+        received: None,
+        applied: None,
+        refusal: Some(refusal.to_wire()),
+    }))
+}
+
+/// Appends the durable status record that carries a bundle report exactly once.
+async fn append_status(state: &Arc<AgentState>, kind: &str, payload: &serde_json::Value) {
+    let bytes = payload.to_string().into_bytes();
+    if let Err(e) = state
+        .append(RecordClass::Status, kind.to_owned(), bytes)
+        .await
+    {
+        tracing::error!(error = %e, kind, "cannot append the bundle status record; the aggregator will only see the report");
+    }
+}
+
+/// Verifies a cached bundle as of `at_unix_ms` (no epoch check) and checks it is the bundle cached.
+fn reverify(
+    state: &AgentState,
+    cached: &CachedBundle,
+    current_epoch: Option<u64>,
+    at_unix_ms: i64,
+) -> Result<gait_bundle::VerifiedBundle, String> {
+    let bundle = gait_bundle::verify(
+        &cached.raw,
+        state.trust_root(),
+        state.scope(),
+        current_epoch,
+        unix_secs(at_unix_ms),
+    )
+    .map_err(|e| format!("{}: {e}", e.code()))?;
+    if bundle.digest != cached.digest || bundle.manifest.epoch != cached.epoch {
+        return Err(format!(
+            "cache entry says epoch {} digest {}, the bundle is epoch {} digest {}",
+            cached.epoch, cached.digest_hex, bundle.manifest.epoch, bundle.digest_hex
+        ));
+    }
+    Ok(bundle)
+}
+
+/// Startup: re-verify the cached active bundle before enforcing it; finish an activation a crash
+/// interrupted (a newer verified bundle stored but not yet active); load the last refusal for status.
+pub(crate) async fn restore_cached_bundle(state: &Arc<AgentState>) {
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || restore_blocking(&st)).await {
+        Ok(Some(applied)) => append_status(state, "bundle.applied", &applied).await,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "bundle restore task failed; starting without an active bundle")
+        }
+    }
+}
+
+/// Returns the `bundle.applied` payload when it completed an interrupted activation.
+fn restore_blocking(state: &AgentState) -> Option<serde_json::Value> {
+    let mut applied = None;
+    let cache = state.cache();
+    let mut active_epoch = None;
+    match cache.active() {
+        Ok(Some(cached)) => {
+            let since = cached
+                .activated_at_unix_ms
+                .unwrap_or(cached.received_at_unix_ms);
+            match reverify(state, &cached, None, since) {
+                Ok(bundle) => {
+                    tracing::info!(
+                        epoch = cached.epoch,
+                        digest = %cached.digest_hex,
+                        since_unix_ms = since,
+                        "cached bundle verified and restored"
+                    );
+                    active_epoch = Some(cached.epoch);
+                    state.set_active(Some(Arc::new(ActiveBundle {
+                        bundle,
+                        since_unix_ms: since,
+                    })));
+                }
+                Err(reason) => tracing::error!(
+                    epoch = cached.epoch,
+                    digest = %cached.digest_hex,
+                    %reason,
+                    "cached active bundle failed verification and is NOT used; the agent has no active \
+                     bundle until the aggregator sends a valid one"
+                ),
+            }
+        }
+        Ok(None) => tracing::info!("no cached bundle; waiting for the aggregator"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the bundle cache; starting without an active bundle")
+        }
+    }
+    match cache.received() {
+        Ok(Some(received)) => {
+            let newer = active_epoch.is_none_or(|a| received.epoch > a)
+                && received.activated_at_unix_ms.is_none();
+            if newer {
+                applied = finish_interrupted_activation(state, &received, active_epoch);
+            }
+            let bundle_ref: BundleRef = received.bundle_ref();
+            if state.received().is_none() {
+                state.set_received(Some(bundle_ref));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the received bundle"),
+    }
+    match cache.last_refusal() {
+        Ok(Some(r)) => state.set_last_refusal(
+            Some(RefusalInfo {
+                epoch: r.epoch,
+                digest: hex::encode(r.digest),
+                code: r.code,
+                message: r.message,
+                at_unix_ms: r.at_unix_ms,
+            }),
+            false,
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the last bundle refusal"),
+    }
+    applied
+}
+
+/// A newer bundle was stored but the agent stopped before activating it: verify it as an offer would be
+/// (rollback check against the active epoch, expiry now) and activate it.
+fn finish_interrupted_activation(
+    state: &AgentState,
+    received: &CachedBundle,
+    active_epoch: Option<u64>,
+) -> Option<serde_json::Value> {
+    let now_ms = now_unix_ms();
+    let bundle = match reverify(state, received, active_epoch, now_ms) {
+        Ok(b) => b,
+        Err(reason) => {
+            tracing::warn!(epoch = received.epoch, %reason, "stored but unactivated bundle does not verify; ignored");
+            return None;
+        }
+    };
+    match state.cache().activate(received.epoch, now_ms) {
+        Ok(activated) => {
+            let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
+            tracing::info!(
+                epoch = received.epoch,
+                "finished a bundle activation interrupted by a restart"
+            );
+            state.set_received(Some(activated.bundle_ref()));
+            state.set_active(Some(Arc::new(ActiveBundle {
+                bundle,
+                since_unix_ms: since,
+            })));
+            Some(json!({
+                "epoch": received.epoch,
+                "digest": received.digest_hex,
+                "code": null,
+                "message": null,
+                "since_unix_ms": since,
+                "previous_epoch": active_epoch,
+            }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, epoch = received.epoch, "cannot activate the stored bundle");
+            None
+        }
+    }
+}

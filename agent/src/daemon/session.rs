@@ -1,0 +1,660 @@
+//! The connection loop: dial the aggregator, say hello, then run the bundle long-poll and the outbox shipper
+//! side by side until the connection fails or shutdown is requested; redial with jittered backoff.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gait_wire::{
+    AgentMsg, AgentMsgV1, BatchAck, Hello, PROTOCOL_VERSION, PollBundle, RecordBatch, ServerMsg,
+    ServerMsgV1, Welcome, WireError,
+};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::exchange::{self, ExchangeError};
+use super::{AgentState, STABLE_CONNECTION, activation};
+use crate::backoff::Backoff;
+use crate::outbox::OutboxError;
+
+/// Deadline for resolving the aggregator's name.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for the QUIC + TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline for any reply other than a long-poll.
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time allowed for a long-poll reply beyond its `wait_ms`.
+const POLL_GRACE: Duration = Duration::from_secs(10);
+/// Most records in one batch.
+pub const BATCH_MAX_RECORDS: usize = 500;
+/// Most encoded record bytes in one batch.
+pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Batches awaiting their ack at once.
+pub const PIPELINE_DEPTH: usize = 4;
+/// Idle shipper re-checks the outbox at least this often.
+const SHIP_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Pause after a retryable error reply before asking again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// QUIC application close code for a normal close.
+const CLOSE_NORMAL: u32 = 0;
+
+/// Why a connection ended (other than shutdown).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("cannot resolve {address}: {detail}")]
+    Resolve { address: String, detail: String },
+    #[error("cannot open a quic endpoint: {0}")]
+    Endpoint(std::io::Error),
+    #[error("cannot start a connection to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("the aggregator answered {request} with error {}: {}", .error.code, .error.message)]
+    Server {
+        request: &'static str,
+        error: WireError,
+    },
+    #[error("the aggregator answered {request} with an unexpected {got}")]
+    Unexpected {
+        request: &'static str,
+        got: &'static str,
+    },
+    #[error("batch ack out of order: expected batch {expected}, got {got}")]
+    AckOrder { expected: u64, got: u64 },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl SessionError {
+    /// Errors an operator must look at (data could be lost or never delivered) are logged at ERROR.
+    fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Outbox(
+                OutboxError::AckBeyondLastSeq { .. }
+                    | OutboxError::Diverged { .. }
+                    | OutboxError::Corrupt { .. }
+            )
+        )
+    }
+}
+
+fn msg_name(msg: &ServerMsg) -> &'static str {
+    match msg {
+        ServerMsg::V1(ServerMsgV1::Welcome(_)) => "Welcome",
+        ServerMsg::V1(ServerMsgV1::Bundle(_)) => "Bundle",
+        ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => "NoNewBundle",
+        ServerMsg::V1(ServerMsgV1::BatchAck(_)) => "BatchAck",
+        ServerMsg::V1(ServerMsgV1::Error(_)) => "Error",
+    }
+}
+
+/// Everything the connection loop needs.
+pub(crate) struct Session {
+    pub state: Arc<AgentState>,
+    pub client_config: quinn::ClientConfig,
+    pub address: String,
+    pub server_name: String,
+    pub poll_wait_ms: u32,
+}
+
+/// Spawns the connection loop on `tracker`; it ends when `shutdown` is cancelled.
+pub(crate) fn spawn_connection_loop(
+    tracker: &TaskTracker,
+    session: Session,
+    shutdown: CancellationToken,
+) {
+    tracker.spawn(async move { session.run(shutdown).await });
+}
+
+/// Client endpoints, one per address family, created on first use.
+#[derive(Default)]
+struct Endpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+}
+
+impl Endpoints {
+    fn for_addr(&mut self, addr: SocketAddr) -> Result<quinn::Endpoint, SessionError> {
+        let slot = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        if let Some(ep) = slot {
+            return Ok(ep.clone());
+        }
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let ep = quinn::Endpoint::client(bind).map_err(SessionError::Endpoint)?;
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    async fn close(self) {
+        for ep in [self.v4, self.v6].into_iter().flatten() {
+            ep.close(CLOSE_NORMAL.into(), b"agent shutting down");
+            if tokio::time::timeout(Duration::from_secs(2), ep.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::debug!("quic endpoint did not go idle within 2 s");
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut endpoints = Endpoints::default();
+        let mut backoff = Backoff::default();
+        loop {
+            let mut up_since = None;
+            let result = self
+                .connect_and_serve(&mut endpoints, &shutdown, &mut up_since)
+                .await;
+            self.state.set_connected(false);
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if up_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_CONNECTION) {
+                backoff.reset();
+            }
+            match &result {
+                Ok(()) => tracing::info!("aggregator closed the connection"),
+                Err(e) if e.needs_operator() => {
+                    tracing::error!(error = %e, "connection to the aggregator ended; operator action needed")
+                }
+                Err(e) => tracing::warn!(error = %e, "connection to the aggregator ended"),
+            }
+            let delay = backoff.next_delay();
+            self.state.count_reconnect();
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                attempt = backoff.attempt(),
+                "reconnecting to the aggregator"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        endpoints.close().await;
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, SessionError> {
+        let err = |detail: String| SessionError::Resolve {
+            address: self.address.clone(),
+            detail,
+        };
+        let mut addrs = tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host(self.address.as_str()),
+        )
+        .await
+        .map_err(|_| err("timed out".to_owned()))?
+        .map_err(|e| err(e.to_string()))?;
+        addrs.next().ok_or_else(|| err("no addresses".to_owned()))
+    }
+
+    /// One connection's life. `Ok(())` when it ended because of shutdown or a clean close.
+    async fn connect_and_serve(
+        &self,
+        endpoints: &mut Endpoints,
+        shutdown: &CancellationToken,
+        up_since: &mut Option<Instant>,
+    ) -> Result<(), SessionError> {
+        let conn = tokio::select! {
+            r = self.connect(endpoints) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let result = self.serve(&conn, shutdown, up_since).await;
+        let reason: &[u8] = if shutdown.is_cancelled() {
+            b"agent shutting down"
+        } else {
+            b"agent closing"
+        };
+        conn.close(CLOSE_NORMAL.into(), reason);
+        result
+    }
+
+    async fn connect(&self, endpoints: &mut Endpoints) -> Result<quinn::Connection, SessionError> {
+        let addr = self.resolve().await?;
+        let endpoint = endpoints.for_addr(addr)?;
+        let connecting = endpoint
+            .connect_with(self.client_config.clone(), addr, &self.server_name)
+            .map_err(|source| SessionError::Connect { addr, source })?;
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| SessionError::HandshakeTimeout(addr))?
+            .map_err(|source| SessionError::Handshake { addr, source })
+    }
+
+    async fn serve(
+        &self,
+        conn: &quinn::Connection,
+        shutdown: &CancellationToken,
+        up_since: &mut Option<Instant>,
+    ) -> Result<(), SessionError> {
+        let welcome = tokio::select! {
+            r = hello(&self.state, conn) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        self.state.touch_contact().await;
+        self.state.set_connected(true);
+        *up_since = Some(Instant::now());
+        tracing::info!(
+            remote = %conn.remote_address(),
+            server_version = %welcome.server_version,
+            committed_seq = welcome.committed_seq,
+            "connected to the aggregator"
+        );
+
+        let conn_token = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        spawn_poll_loop(
+            &mut tasks,
+            self.state.clone(),
+            conn.clone(),
+            self.poll_wait_ms,
+            conn_token.clone(),
+        );
+        spawn_ship_loop(
+            &mut tasks,
+            self.state.clone(),
+            conn.clone(),
+            conn_token.clone(),
+        );
+        let first = tokio::select! {
+            Some(r) = tasks.join_next() => r.map_err(SessionError::from).and_then(|r| r),
+            reason = conn.closed() => Err(SessionError::Exchange(ExchangeError::Connection(reason))),
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        conn_token.cancel();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::debug!(error = %e, "connection task ended");
+            }
+        }
+        first
+    }
+}
+
+/// `Hello` -> `Welcome`, then settle the outbox against the aggregator's committed head.
+async fn hello(state: &Arc<AgentState>, conn: &quinn::Connection) -> Result<Welcome, SessionError> {
+    let stats = state.outbox().stats();
+    let msg = AgentMsg::V1(AgentMsgV1::Hello(Hello {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol_version: PROTOCOL_VERSION,
+        active: state.active_bundle().map(|a| a.bundle_ref()),
+        received: state.received(),
+        outbox_depth: stats.depth,
+        shed_total: stats.shed_total,
+        last_seq: stats.last_seq,
+    }));
+    let welcome = match exchange::request(conn, &msg, REPLY_TIMEOUT).await? {
+        ServerMsg::V1(ServerMsgV1::Welcome(w)) => w,
+        ServerMsg::V1(ServerMsgV1::Error(error)) => {
+            return Err(SessionError::Server {
+                request: "Hello",
+                error,
+            });
+        }
+        other => {
+            return Err(SessionError::Unexpected {
+                request: "Hello",
+                got: msg_name(&other),
+            });
+        }
+    };
+    let me = state.identity();
+    if (
+        &*welcome.org,
+        &*welcome.project,
+        &*welcome.env,
+        &*welcome.agent_id,
+    ) != (&*me.org, &*me.project, &*me.env, &*me.agent_id)
+    {
+        tracing::warn!(
+            org = %welcome.org,
+            project = %welcome.project,
+            env = %welcome.env,
+            agent_id = %welcome.agent_id,
+            certificate = %me.uri,
+            "the aggregator names this agent differently from its certificate; bundles are still checked \
+             against the certificate's scope"
+        );
+    }
+    let outbox = state.outbox().clone();
+    let (committed, hash) = (welcome.committed_seq, welcome.committed_hash);
+    tokio::task::spawn_blocking(move || {
+        if committed > outbox.stats().last_seq {
+            outbox.adopt_committed_head(committed, hash).map(|_| ())
+        } else {
+            outbox.ack_through(committed).map(|_| ())
+        }
+    })
+    .await??;
+    Ok(welcome)
+}
+
+fn spawn_poll_loop(
+    tasks: &mut JoinSet<Result<(), SessionError>>,
+    state: Arc<AgentState>,
+    conn: quinn::Connection,
+    wait_ms: u32,
+    token: CancellationToken,
+) {
+    tasks.spawn(async move { poll_loop(state, conn, wait_ms, token).await });
+}
+
+/// Long-polls for newer bundles and hands each offer to activation.
+async fn poll_loop(
+    state: Arc<AgentState>,
+    conn: quinn::Connection,
+    wait_ms: u32,
+    token: CancellationToken,
+) -> Result<(), SessionError> {
+    let poll_wait = Duration::from_millis(u64::from(wait_ms));
+    let deadline = poll_wait + POLL_GRACE;
+    let mut refusals_in_a_row = 0u32;
+    loop {
+        let have_epoch = state.active_epoch().unwrap_or(0);
+        let msg = AgentMsg::V1(AgentMsgV1::PollBundle(PollBundle {
+            have_epoch,
+            wait_ms,
+        }));
+        let reply = tokio::select! {
+            r = exchange::request(&conn, &msg, deadline) => r?,
+            _ = token.cancelled() => return Ok(()),
+        };
+        state.touch_contact().await;
+        let pause = match reply {
+            ServerMsg::V1(ServerMsgV1::Bundle(offer)) => {
+                match activation::handle_offer(&state, offer).await {
+                    activation::Outcome::Applied(report) => {
+                        refusals_in_a_row = 0;
+                        send_report(&conn, report).await;
+                        None
+                    }
+                    activation::Outcome::Refused(Some(report)) => {
+                        refusals_in_a_row = refusals_in_a_row.saturating_add(1);
+                        send_report(&conn, report).await;
+                        refusal_pause(refusals_in_a_row, poll_wait)
+                    }
+                    activation::Outcome::Refused(None) => {
+                        // The same refused bundle again: the aggregator keeps offering it while this agent
+                        // stays on the old epoch. Ask again only after a full poll interval.
+                        refusals_in_a_row = refusals_in_a_row.saturating_add(1);
+                        Some(poll_wait)
+                    }
+                    activation::Outcome::Unchanged => None,
+                }
+            }
+            ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => None,
+            ServerMsg::V1(ServerMsgV1::Error(error)) => {
+                tracing::warn!(code = %error.code, message = %error.message, "bundle poll refused by the aggregator");
+                if !error.code.is_retryable() {
+                    return Err(SessionError::Server {
+                        request: "PollBundle",
+                        error,
+                    });
+                }
+                Some(RETRY_PAUSE)
+            }
+            other => {
+                return Err(SessionError::Unexpected {
+                    request: "PollBundle",
+                    got: msg_name(&other),
+                });
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = token.cancelled() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Pause after the `n`-th refusal in a row of distinct bundles: none for the first few (an operator fixing a
+/// bad publish should see the fix at once), then doubling from 1 s up to one poll interval, so an aggregator
+/// that keeps offering new bad bundles cannot make the agent verify and record refusals in a tight loop.
+fn refusal_pause(n: u32, poll_wait: Duration) -> Option<Duration> {
+    const FREE_REFUSALS: u32 = 3;
+    let excess = n.checked_sub(FREE_REFUSALS).filter(|e| *e > 0)?;
+    Some(Duration::from_secs(1u64 << (excess - 1).min(10)).min(poll_wait))
+}
+
+/// Fire-and-forget `BundleReport` on a uni stream; the durable status record is the reliable copy.
+async fn send_report(conn: &quinn::Connection, report: gait_wire::BundleReport) {
+    let msg = AgentMsg::V1(AgentMsgV1::BundleReport(report));
+    if let Err(e) = exchange::send_one_way(conn, &msg, Duration::from_secs(5)).await {
+        tracing::debug!(error = %e, "bundle report not sent; the outbox record will carry it");
+    }
+}
+
+fn spawn_ship_loop(
+    tasks: &mut JoinSet<Result<(), SessionError>>,
+    state: Arc<AgentState>,
+    conn: quinn::Connection,
+    token: CancellationToken,
+) {
+    tasks.spawn(async move {
+        let mut shipper = Shipper {
+            state,
+            conn,
+            in_flight: VecDeque::new(),
+            next_batch_id: 1,
+            shipped_through: 0,
+        };
+        let result = shipper.run(&token).await;
+        shipper.abort_in_flight();
+        result
+    });
+}
+
+/// One batch on the wire.
+struct InFlight {
+    batch_id: u64,
+    last_seq: u64,
+    reply: JoinHandle<Result<ServerMsg, ExchangeError>>,
+}
+
+struct Shipper {
+    state: Arc<AgentState>,
+    conn: quinn::Connection,
+    in_flight: VecDeque<InFlight>,
+    next_batch_id: u64,
+    /// Highest seq sent in a batch on this connection (acknowledged or not).
+    shipped_through: u64,
+}
+
+impl Shipper {
+    async fn run(&mut self, token: &CancellationToken) -> Result<(), SessionError> {
+        self.shipped_through = self.state.outbox().stats().acked_through;
+        loop {
+            self.fill_pipeline().await?;
+            let can_send_more = self.in_flight.len() < PIPELINE_DEPTH;
+            let Some(oldest) = self.in_flight.front_mut() else {
+                tokio::select! {
+                    _ = self.state.records_appended() => {}
+                    _ = tokio::time::sleep(SHIP_IDLE_TICK) => {}
+                    _ = token.cancelled() => return Ok(()),
+                }
+                continue;
+            };
+            // Wait for the oldest ack, but keep filling the pipeline as producers append.
+            let reply = tokio::select! {
+                r = &mut oldest.reply => r,
+                _ = self.state.records_appended(), if can_send_more => continue,
+                _ = token.cancelled() => return Ok(()),
+            };
+            let Some(oldest) = self.in_flight.pop_front() else {
+                continue;
+            };
+            let reply = reply??;
+            match reply {
+                ServerMsg::V1(ServerMsgV1::BatchAck(ack)) => {
+                    self.on_ack(oldest.batch_id, oldest.last_seq, ack).await?
+                }
+                ServerMsg::V1(ServerMsgV1::Error(error)) => {
+                    tracing::warn!(
+                        code = %error.code,
+                        message = %error.message,
+                        batch_id = oldest.batch_id,
+                        "record batch refused by the aggregator"
+                    );
+                    if !error.code.is_retryable() {
+                        return Err(SessionError::Server {
+                            request: "RecordBatch",
+                            error,
+                        });
+                    }
+                    self.rewind();
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        _ = token.cancelled() => return Ok(()),
+                    }
+                }
+                other => {
+                    return Err(SessionError::Unexpected {
+                        request: "RecordBatch",
+                        got: msg_name(&other),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends batches of unsent records until the pipeline is full or the outbox has nothing more.
+    async fn fill_pipeline(&mut self) -> Result<(), SessionError> {
+        while self.in_flight.len() < PIPELINE_DEPTH {
+            let outbox = self.state.outbox().clone();
+            let after = self.shipped_through;
+            let records = tokio::task::spawn_blocking(move || {
+                outbox.peek_batch(after, BATCH_MAX_RECORDS, BATCH_MAX_BYTES)
+            })
+            .await??;
+            let Some(last_seq) = records.last().map(|r| r.seq) else {
+                return Ok(());
+            };
+            let batch_id = self.next_batch_id;
+            self.next_batch_id += 1;
+            self.shipped_through = last_seq;
+            let msg = AgentMsg::V1(AgentMsgV1::RecordBatch(RecordBatch { batch_id, records }));
+            let reply = spawn_batch_request(self.conn.clone(), msg);
+            self.in_flight.push_back(InFlight {
+                batch_id,
+                last_seq,
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_ack(
+        &mut self,
+        batch_id: u64,
+        last_seq: u64,
+        ack: BatchAck,
+    ) -> Result<(), SessionError> {
+        if ack.batch_id != batch_id {
+            return Err(SessionError::AckOrder {
+                expected: batch_id,
+                got: ack.batch_id,
+            });
+        }
+        if !ack.gaps.is_empty() {
+            tracing::warn!(gaps = ?ack.gaps, batch_id, "the aggregator reports gaps in this agent's records");
+        }
+        let outbox = self.state.outbox().clone();
+        let through = ack.committed_through;
+        tokio::task::spawn_blocking(move || outbox.ack_through(through)).await??;
+        self.state.touch_contact().await;
+        tracing::debug!(
+            batch_id,
+            committed_through = through,
+            inserted = ack.inserted,
+            duplicates = ack.duplicates,
+            "batch acknowledged"
+        );
+        if through < last_seq {
+            tracing::warn!(
+                batch_id,
+                committed_through = through,
+                last_seq,
+                "the aggregator committed only part of a batch; resending the rest"
+            );
+            self.rewind();
+        }
+        Ok(())
+    }
+
+    /// Forgets every unacknowledged batch; the next fill resends from the last acknowledged seq.
+    fn rewind(&mut self) {
+        self.abort_in_flight();
+        self.shipped_through = self.state.outbox().stats().acked_through;
+    }
+
+    fn abort_in_flight(&mut self) {
+        for f in self.in_flight.drain(..) {
+            f.reply.abort();
+        }
+    }
+}
+
+/// One `RecordBatch` exchange as its own task, so several batches are on the wire at once.
+fn spawn_batch_request(
+    conn: quinn::Connection,
+    msg: AgentMsg,
+) -> JoinHandle<Result<ServerMsg, ExchangeError>> {
+    tokio::spawn(async move { exchange::request(&conn, &msg, REPLY_TIMEOUT).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_refusals_are_free_then_the_pause_doubles_up_to_the_poll_wait() {
+        let wait = Duration::from_secs(25);
+        let pauses: Vec<Option<u64>> = (1..=10)
+            .map(|n| refusal_pause(n, wait).map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(
+            pauses,
+            vec![
+                None,
+                None,
+                None,
+                Some(1),
+                Some(2),
+                Some(4),
+                Some(8),
+                Some(16),
+                Some(25),
+                Some(25)
+            ]
+        );
+        assert_eq!(refusal_pause(u32::MAX, wait), Some(wait));
+    }
+}

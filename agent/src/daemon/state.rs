@@ -1,0 +1,548 @@
+//! The agent state shared by the connection tasks, the local API and (later) local enforcement: identity,
+//! outbox, bundle cache, the bundle in force, connection counters and the persisted last-contact time.
+//!
+//! `last_contact_unix_ms` (the end of the last successful exchange with the aggregator) lives in its own
+//! one-row redb table, `agent_contact`, in the agent's file. It is updated in memory on every exchange and
+//! written at most every [`CONTACT_PERSIST_EVERY`] and at shutdown, so a busy shipper does not fsync per
+//! batch; after a crash the staleness clock is at most that much too old, i.e. errs toward "stale".
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use gait_wire::{BundleRef, RecordClass};
+use redb::{ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::bundle_cache::BundleCache;
+use crate::db::{AgentDb, DbError};
+use crate::identity::AgentIdentity;
+use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
+
+use super::DaemonError;
+
+/// One-row table holding the last successful contact with the aggregator.
+const CONTACT: TableDefinition<'static, &str, i64> = TableDefinition::new("agent_contact");
+const CONTACT_KEY: &str = "last_contact_unix_ms";
+
+/// Longest time the persisted last-contact may lag the in-memory one.
+pub const CONTACT_PERSIST_EVERY: Duration = Duration::from_secs(10);
+
+/// The verified bundle in force, and since when.
+#[derive(Debug)]
+pub struct ActiveBundle {
+    /// The verified bundle (manifest, policies, files).
+    pub bundle: gait_bundle::VerifiedBundle,
+    /// When this agent activated it, milliseconds since the Unix epoch.
+    pub since_unix_ms: i64,
+}
+
+impl ActiveBundle {
+    /// Epoch of the bundle.
+    pub fn epoch(&self) -> u64 {
+        self.bundle.manifest.epoch
+    }
+
+    /// The reference stamped on every record made while this bundle is in force.
+    pub fn bundle_ref(&self) -> BundleRef {
+        BundleRef {
+            epoch: self.epoch(),
+            digest: self.bundle.digest,
+            since_unix_ms: self.since_unix_ms,
+        }
+    }
+}
+
+/// A bundle as reported by `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    /// Bundle epoch.
+    pub epoch: u64,
+    /// Bundle digest, lowercase hex.
+    pub digest: String,
+    /// When it was received or activated, milliseconds since the Unix epoch.
+    pub since_unix_ms: i64,
+}
+
+impl From<&BundleRef> for BundleInfo {
+    fn from(r: &BundleRef) -> Self {
+        BundleInfo {
+            epoch: r.epoch,
+            digest: hex::encode(r.digest),
+            since_unix_ms: r.since_unix_ms,
+        }
+    }
+}
+
+/// The last refused bundle as reported by `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalInfo {
+    /// Epoch as offered.
+    pub epoch: u64,
+    /// Digest as offered, lowercase hex.
+    pub digest: String,
+    /// Stable refusal code (`gait_bundle::BundleError::code`).
+    pub code: String,
+    /// Detail.
+    pub message: String,
+    /// When it was refused, milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+}
+
+/// Outbox counters as reported by `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Records waiting for acknowledgement.
+    pub depth: u64,
+    /// Bytes of those records.
+    pub bytes: u64,
+    /// Newest seq assigned.
+    pub last_seq: u64,
+    /// Highest seq the aggregator acknowledged.
+    pub acked_through: u64,
+    /// `allow` records shed since the outbox was created.
+    pub shed_total: u64,
+    /// Soft quota, records.
+    pub max_records: u64,
+    /// Soft quota, bytes.
+    pub max_bytes: u64,
+}
+
+/// Everything `GET /v1/status` and `gait-agent status` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// This build's version.
+    pub agent_version: String,
+    /// Identity and tenancy from the agent's certificate.
+    pub identity: AgentIdentity,
+    /// The configured aggregator address.
+    pub aggregator: String,
+    /// Whether a connection to the aggregator is up (Hello/Welcome done).
+    pub connected: bool,
+    /// End of the last successful exchange, milliseconds since the Unix epoch.
+    pub last_contact_unix_ms: Option<i64>,
+    /// The bundle in force.
+    pub active_bundle: Option<BundleInfo>,
+    /// The newest verified bundle stored (equals the active one except mid-activation).
+    pub received_bundle: Option<BundleInfo>,
+    /// The last refused bundle.
+    pub last_refusal: Option<RefusalInfo>,
+    /// True when the aggregator has not been reached for longer than the active bundle's
+    /// `max_offline_seconds`.
+    pub stale: bool,
+    /// What the active bundle says to do when stale (`keep` or `fail_closed`).
+    pub on_stale: Option<String>,
+    /// The active bundle's offline allowance, seconds.
+    pub max_offline_seconds: Option<u64>,
+    /// Outbox counters.
+    pub outbox: OutboxStatus,
+    /// Reconnect attempts since start.
+    pub reconnects: u64,
+}
+
+/// Process-lifetime counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Reconnect attempts since start.
+    pub reconnects: u64,
+    /// Bundles refused since start.
+    pub refusals: u64,
+}
+
+/// State shared by every part of the running agent.
+pub struct AgentState {
+    identity: AgentIdentity,
+    scope: gait_bundle::Scope,
+    aggregator: String,
+    db: AgentDb,
+    outbox: Outbox,
+    cache: BundleCache,
+    trust: gait_bundle::TrustRoot,
+    active: RwLock<Option<Arc<ActiveBundle>>>,
+    received: Mutex<Option<BundleRef>>,
+    last_refusal: Mutex<Option<RefusalInfo>>,
+    records_ready: Notify,
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+    refusals: AtomicU64,
+    /// 0 = never.
+    last_contact_ms: AtomicI64,
+    persisted_contact_ms: AtomicI64,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState")
+            .field("agent", &self.identity.uri)
+            .field("aggregator", &self.aggregator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch on the local clock.
+pub fn now_unix_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AgentState {
+    /// Builds the state over opened storage; reads the bundle cache and last contact. The active bundle is
+    /// NOT restored here (it must be verified first, see `activation::restore_cached_bundle`).
+    pub(crate) async fn open(
+        identity: AgentIdentity,
+        aggregator: String,
+        db: AgentDb,
+        outbox: Outbox,
+        trust: gait_bundle::TrustRoot,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let db2 = db.clone();
+        let (cache, last_contact) = tokio::task::spawn_blocking(move || {
+            let cache =
+                BundleCache::open(&db2).map_err(|e| DaemonError::BundleCache(e.to_string()))?;
+            let last_contact = read_contact(&db2)?;
+            Ok::<_, DaemonError>((cache, last_contact))
+        })
+        .await??;
+        let scope = gait_bundle::Scope {
+            org: identity.org.clone(),
+            project: identity.project.clone(),
+            env: identity.env.clone(),
+        };
+        let state = Arc::new(AgentState {
+            identity,
+            scope,
+            aggregator,
+            db,
+            outbox,
+            cache,
+            trust,
+            active: RwLock::new(None),
+            received: Mutex::new(None),
+            last_refusal: Mutex::new(None),
+            records_ready: Notify::new(),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            last_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
+            persisted_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
+        });
+        Ok(state)
+    }
+
+    /// Identity and tenancy from the agent's certificate.
+    pub fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    /// The tenancy scope bundles must be issued for.
+    pub fn scope(&self) -> &gait_bundle::Scope {
+        &self.scope
+    }
+
+    /// The registry keys bundles must be signed by.
+    pub fn trust_root(&self) -> &gait_bundle::TrustRoot {
+        &self.trust
+    }
+
+    /// The durable outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub(crate) fn cache(&self) -> &BundleCache {
+        &self.cache
+    }
+
+    /// The verified bundle in force, if any.
+    pub fn active_bundle(&self) -> Option<Arc<ActiveBundle>> {
+        self.active
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Epoch of the bundle in force.
+    pub fn active_epoch(&self) -> Option<u64> {
+        self.active_bundle().map(|a| a.epoch())
+    }
+
+    pub(crate) fn set_active(&self, active: Option<Arc<ActiveBundle>>) {
+        *self.active.write().unwrap_or_else(PoisonError::into_inner) = active;
+    }
+
+    pub(crate) fn received(&self) -> Option<BundleRef> {
+        lock(&self.received).clone()
+    }
+
+    pub(crate) fn set_received(&self, received: Option<BundleRef>) {
+        *lock(&self.received) = received;
+    }
+
+    pub(crate) fn set_last_refusal(&self, refusal: Option<RefusalInfo>, count: bool) {
+        if count {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&self.last_refusal) = refusal;
+    }
+
+    pub(crate) fn last_refusal(&self) -> Option<RefusalInfo> {
+        lock(&self.last_refusal).clone()
+    }
+
+    /// Appends a record stamped with the current time and the bundle in force, durably, then wakes the
+    /// shipper. Returns only after the outbox committed (or shed / refused) it.
+    pub async fn append(
+        self: &Arc<Self>,
+        class: RecordClass,
+        kind: String,
+        payload: Vec<u8>,
+    ) -> Result<AppendOutcome, OutboxError> {
+        let record = NewRecord {
+            class,
+            kind,
+            created_unix_ms: now_unix_ms(),
+            bundle: self.active_bundle().map(|a| a.bundle_ref()),
+            payload,
+        };
+        let outbox = self.outbox.clone();
+        let outcome = tokio::task::spawn_blocking(move || outbox.append(record))
+            .await
+            .map_err(|e| OutboxError::Corrupt {
+                path: String::new(),
+                seq: 0,
+                detail: format!("append task failed: {e}"),
+            })??;
+        if matches!(outcome, AppendOutcome::Appended { .. }) {
+            self.records_ready.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// Resolves when a producer appended a record since the last call (at most one stored wake-up).
+    pub(crate) async fn records_appended(&self) {
+        self.records_ready.notified().await;
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether a connection to the aggregator is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Process-lifetime counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            refusals: self.refusals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// End of the last successful exchange, if any.
+    pub fn last_contact_unix_ms(&self) -> Option<i64> {
+        Some(self.last_contact_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
+    }
+
+    /// Records a successful exchange; persists it when the stored value is older than
+    /// [`CONTACT_PERSIST_EVERY`].
+    pub(crate) async fn touch_contact(&self) {
+        let now = now_unix_ms();
+        self.last_contact_ms.fetch_max(now, Ordering::Relaxed);
+        let persisted = self.persisted_contact_ms.load(Ordering::Relaxed);
+        let every = i64::try_from(CONTACT_PERSIST_EVERY.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(persisted) >= every {
+            self.flush_last_contact().await;
+        }
+    }
+
+    /// Writes the in-memory last contact to disk if it is newer than the stored one.
+    pub(crate) async fn flush_last_contact(&self) {
+        let value = self.last_contact_ms.load(Ordering::Relaxed);
+        if value <= self.persisted_contact_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || write_contact(&db, value)).await {
+            Ok(Ok(())) => {
+                self.persisted_contact_ms
+                    .fetch_max(value, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the last contact time"),
+            Err(e) => tracing::warn!(error = %e, "last contact write task failed"),
+        }
+    }
+
+    /// The status report (no disk I/O: everything is mirrored in memory).
+    pub async fn status(&self) -> StatusReport {
+        self.status_at(now_unix_ms())
+    }
+
+    /// The status report as of `now_ms` (tests use a fixed clock).
+    pub fn status_at(&self, now_ms: i64) -> StatusReport {
+        let active = self.active_bundle();
+        let last_contact = self.last_contact_unix_ms();
+        let (stale, on_stale, max_offline) = match &active {
+            Some(a) => {
+                let staleness = &a.bundle.manifest.staleness;
+                // Without any recorded contact, the bundle's activation is the last proof of contact.
+                let reference = last_contact.unwrap_or(0).max(a.since_unix_ms);
+                let allowed_ms = i64::try_from(staleness.max_offline_seconds)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000);
+                (
+                    now_ms.saturating_sub(reference) > allowed_ms,
+                    Some(on_stale_name(staleness.on_stale).to_owned()),
+                    Some(staleness.max_offline_seconds),
+                )
+            }
+            None => (false, None, None),
+        };
+        let stats = self.outbox.stats();
+        let limits = self.outbox.limits();
+        StatusReport {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            identity: self.identity.clone(),
+            aggregator: self.aggregator.clone(),
+            connected: self.is_connected(),
+            last_contact_unix_ms: last_contact,
+            active_bundle: active.as_ref().map(|a| BundleInfo::from(&a.bundle_ref())),
+            received_bundle: self.received().as_ref().map(BundleInfo::from),
+            last_refusal: self.last_refusal(),
+            stale,
+            on_stale,
+            max_offline_seconds: max_offline,
+            outbox: OutboxStatus {
+                depth: stats.depth,
+                bytes: stats.bytes,
+                last_seq: stats.last_seq,
+                acked_through: stats.acked_through,
+                shed_total: stats.shed_total,
+                max_records: limits.max_records,
+                max_bytes: limits.max_bytes,
+            },
+            reconnects: self.counters().reconnects,
+        }
+    }
+}
+
+/// The manifest spelling of an `on_stale` rule.
+fn on_stale_name(rule: gait_bundle::OnStale) -> &'static str {
+    match rule {
+        gait_bundle::OnStale::Keep => "keep",
+        gait_bundle::OnStale::FailClosed => "fail_closed",
+    }
+}
+
+fn read_contact(db: &AgentDb) -> Result<Option<i64>, DbError> {
+    let read = db.redb().begin_read().map_err(|e| db.err(e))?;
+    match read.open_table(CONTACT) {
+        Ok(table) => Ok(table
+            .get(CONTACT_KEY)
+            .map_err(|e| db.err(e))?
+            .map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db.err(e)),
+    }
+}
+
+fn write_contact(db: &AgentDb, value: i64) -> Result<(), DbError> {
+    let write = db.redb().begin_write().map_err(|e| db.err(e))?;
+    {
+        let mut table = write.open_table(CONTACT).map_err(|e| db.err(e))?;
+        table.insert(CONTACT_KEY, value).map_err(|e| db.err(e))?;
+    }
+    write.commit().map_err(|e| db.err(e))
+}
+
+impl StatusReport {
+    /// Human-readable rendering for `gait-agent status`.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let id = &self.identity;
+        let _ = writeln!(
+            s,
+            "agent        {} (gait-agent {})",
+            id.uri, self.agent_version
+        );
+        let _ = writeln!(
+            s,
+            "tenancy      org={} project={} env={} agent={}",
+            id.org, id.project, id.env, id.agent_id
+        );
+        let _ = writeln!(
+            s,
+            "aggregator   {} ({})",
+            self.aggregator,
+            if self.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "last contact {}",
+            self.last_contact_unix_ms
+                .map_or_else(|| "never".to_owned(), format_ms)
+        );
+        let bundle = |b: &Option<BundleInfo>| match b {
+            Some(b) => format!(
+                "epoch {} digest {} since {}",
+                b.epoch,
+                b.digest,
+                format_ms(b.since_unix_ms)
+            ),
+            None => "none".to_owned(),
+        };
+        let _ = writeln!(s, "active       {}", bundle(&self.active_bundle));
+        let _ = writeln!(s, "received     {}", bundle(&self.received_bundle));
+        if let Some(r) = &self.last_refusal {
+            let _ = writeln!(
+                s,
+                "last refusal epoch {} digest {} {}: {} at {}",
+                r.epoch,
+                r.digest,
+                r.code,
+                r.message,
+                format_ms(r.at_unix_ms)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "stale        {}{}",
+            self.stale,
+            match (&self.on_stale, self.max_offline_seconds) {
+                (Some(on), Some(max)) => format!(" (max_offline_seconds {max}, on_stale {on})"),
+                _ => String::new(),
+            }
+        );
+        let o = &self.outbox;
+        let _ = writeln!(
+            s,
+            "outbox       {} records, {} bytes waiting (soft quota {} / {}); last seq {}, acked {}, shed {}",
+            o.depth, o.bytes, o.max_records, o.max_bytes, o.last_seq, o.acked_through, o.shed_total
+        );
+        let _ = writeln!(s, "reconnects   {}", self.reconnects);
+        s
+    }
+}
+
+fn format_ms(ms: i64) -> String {
+    let fmt = time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}

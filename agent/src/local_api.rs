@@ -1,0 +1,336 @@
+//! The loopback HTTP API of a running agent (axum, 127.0.0.1 only): producers append records, operators and
+//! `gait-agent status` read the agent's state, Prometheus scrapes its counters.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/status` | [`StatusReport`] as JSON |
+//! | `POST /v1/records` | body `{"class":"block","kind":"gate.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record) |
+//! | `GET /healthz` | `ok` |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
+//! when one input field is at fault). Codes: `bad_request` (400), `payload_too_large` (413), `outbox_full`
+//! (507: nothing was stored, retry later or fail closed), `internal` (500).
+//!
+//! There is no authentication: the listener must stay on a loopback address (the config refuses others).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gait_wire::RecordClass;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{AgentState, StatusReport};
+use crate::outbox::{AppendOutcome, MAX_KIND_BYTES, MAX_PAYLOAD_BYTES, OutboxError};
+
+/// State shared by the handlers.
+pub type AppState = Arc<AgentState>;
+
+/// Largest request body: a maximal payload plus room for JSON escaping and the envelope.
+const MAX_BODY_BYTES: usize = 2 * MAX_PAYLOAD_BYTES + 64 * 1024;
+
+/// Metric names (Prometheus text format).
+pub mod metric {
+    /// Records waiting in the outbox.
+    pub const OUTBOX_DEPTH: &str = "gait_agent_outbox_depth";
+    /// Bytes of records waiting in the outbox.
+    pub const OUTBOX_BYTES: &str = "gait_agent_outbox_bytes";
+    /// `allow` records shed since the outbox was created.
+    pub const OUTBOX_SHED: &str = "gait_agent_outbox_shed_total";
+    /// Epoch of the active bundle (0 = none).
+    pub const BUNDLE_EPOCH: &str = "gait_agent_bundle_epoch";
+    /// Offered bundles refused since start.
+    pub const BUNDLE_REFUSALS: &str = "gait_agent_bundle_refusals_total";
+    /// 1 while connected to the aggregator.
+    pub const CONNECTED: &str = "gait_agent_connected";
+    /// Reconnect attempts since start.
+    pub const RECONNECTS: &str = "gait_agent_reconnects_total";
+    /// 1 when the active bundle is older than its `max_offline_seconds`.
+    pub const STALE: &str = "gait_agent_stale";
+}
+
+/// The API's routes over `state`, without a socket (tests call it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(get_status))
+        .route("/v1/records", post(post_record))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves [`router`] on an already-bound listener until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// One JSON error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let (Some(field), Some(obj)) = (self.field, error.as_object_mut()) {
+            obj.insert("field".to_owned(), Value::from(field));
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<OutboxError> for ApiError {
+    fn from(e: OutboxError) -> Self {
+        match &e {
+            OutboxError::Full { .. } => ApiError {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                code: "outbox_full",
+                message: e.to_string(),
+                field: None,
+            },
+            OutboxError::PayloadTooLarge { .. } => ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                message: e.to_string(),
+                field: Some("payload"),
+            },
+            OutboxError::KindTooLong { .. } => ApiError::bad("kind", e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "local api could not append a record");
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: e.to_string(),
+                    field: None,
+                }
+            }
+        }
+    }
+}
+
+async fn get_status(State(state): State<AppState>) -> axum::Json<StatusReport> {
+    axum::Json(state.status().await)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// A record as posted, checked field by field so an error names the field.
+struct PostedRecord {
+    class: RecordClass,
+    kind: String,
+    payload: Vec<u8>,
+}
+
+fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad("body", "body must be a JSON object"));
+    };
+    let class = match obj.remove("class") {
+        Some(Value::String(s)) => RecordClass::parse(&s).ok_or_else(|| {
+            ApiError::bad(
+                "class",
+                format!(
+                    "unknown class {s:?}; expected one of block, approval, artifact_digest, allow, status"
+                ),
+            )
+        })?,
+        Some(_) => return Err(ApiError::bad("class", "class must be a string")),
+        None => return Err(ApiError::bad("class", "class is required")),
+    };
+    let kind = match obj.remove("kind") {
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(ApiError::bad("kind", "kind must not be empty"));
+        }
+        Some(Value::String(s)) if s.len() > MAX_KIND_BYTES => {
+            return Err(ApiError::bad(
+                "kind",
+                format!(
+                    "kind is {} bytes, over the {MAX_KIND_BYTES}-byte limit",
+                    s.len()
+                ),
+            ));
+        }
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ApiError::bad("kind", "kind must be a string")),
+        None => return Err(ApiError::bad("kind", "kind is required")),
+    };
+    let payload = match obj.remove("payload") {
+        Some(p @ Value::Object(_)) => serde_json::to_vec(&p)
+            .map_err(|e| ApiError::bad("payload", format!("payload cannot be encoded: {e}")))?,
+        Some(_) => return Err(ApiError::bad("payload", "payload must be a JSON object")),
+        None => return Err(ApiError::bad("payload", "payload is required")),
+    };
+    if let Some(unknown) = obj.keys().next() {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: format!("unknown field {unknown:?}; allowed: class, kind, payload"),
+            field: Some("body"),
+        });
+    }
+    Ok(PostedRecord {
+        class,
+        kind,
+        payload,
+    })
+}
+
+async fn post_record(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let rec = parse_record(&body)?;
+    let outcome = state.append(rec.class, rec.kind, rec.payload).await?;
+    Ok(match outcome {
+        AppendOutcome::Appended { seq } => axum::Json(json!({ "seq": seq })).into_response(),
+        AppendOutcome::Shed => axum::Json(json!({ "shed": true })).into_response(),
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let report = state.status().await;
+    let counters = state.counters();
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    put(
+        metric::OUTBOX_DEPTH,
+        "gauge",
+        "Records waiting in the outbox.",
+        report.outbox.depth,
+    );
+    put(
+        metric::OUTBOX_BYTES,
+        "gauge",
+        "Bytes of records waiting in the outbox.",
+        report.outbox.bytes,
+    );
+    put(
+        metric::OUTBOX_SHED,
+        "counter",
+        "Allow records shed since the outbox was created.",
+        report.outbox.shed_total,
+    );
+    put(
+        metric::BUNDLE_EPOCH,
+        "gauge",
+        "Epoch of the active policy bundle (0 = none).",
+        report.active_bundle.as_ref().map_or(0, |b| b.epoch),
+    );
+    put(
+        metric::BUNDLE_REFUSALS,
+        "counter",
+        "Offered bundles refused since start.",
+        counters.refusals,
+    );
+    put(
+        metric::CONNECTED,
+        "gauge",
+        "1 while connected to the aggregator.",
+        u64::from(report.connected),
+    );
+    put(
+        metric::RECONNECTS,
+        "counter",
+        "Reconnect attempts since start.",
+        counters.reconnects,
+    );
+    put(
+        metric::STALE,
+        "gauge",
+        "1 when the aggregator has not been reached for longer than the bundle allows.",
+        u64::from(report.stale),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Why `gait-agent status` could not read the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusClientError {
+    /// The request failed (agent not running, wrong address, timeout).
+    #[error("cannot reach the agent's local api at {addr}: {source}")]
+    Request {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The HTTP client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The agent answered with an error status.
+    #[error("the agent at {addr} answered {status}")]
+    Status {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The HTTP status.
+        status: StatusCode,
+    },
+}
+
+/// Fetches `GET /v1/status` from a running agent.
+pub async fn fetch_status(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<StatusReport, StatusClientError> {
+    let request_error = |source| StatusClientError::Request { addr, source };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .map_err(request_error)?;
+    let response = client
+        .get(format!("http://{addr}/v1/status"))
+        .send()
+        .await
+        .map_err(request_error)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(StatusClientError::Status {
+            addr,
+            status: StatusCode::from_u16(status.as_u16())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        });
+    }
+    response.json().await.map_err(request_error)
+}

@@ -1,0 +1,776 @@
+//! The durable outbox: every record the agent produces (decisions, artifact digests, status) waits here,
+//! hash-chained and sequence-numbered, until the aggregator acknowledges it as committed.
+//!
+//! # On-disk format
+//! Two tables in the agent's redb file ([`crate::db::AgentDb`]):
+//! - `outbox_records`: key = `seq` as 8 bytes big-endian (so byte order is numeric order), value = the
+//!   postcard encoding of a [`gait_wire::Record`] exactly as it is sent on the wire (seq, prev_hash and hash
+//!   included). Changing that encoding means bumping [`crate::db::FORMAT_VERSION`] and migrating.
+//! - `outbox_meta`: one key, `state`, holding a postcard-encoded, versioned `Meta`: `last_seq`, `last_hash`,
+//!   `shed_total`, `acked_through` and `bytes` (sum of the stored value sizes). Meta is never deleted, so it
+//!   survives the deletion of every record.
+//!
+//! # Invariants (checked on open, and fully by [`Outbox::verify_chain`])
+//! - Sequence numbers start at 1 and strictly increase; a number is never reused, even after its record was
+//!   deleted (`last_seq` lives in meta, not in the records table).
+//! - Hash chain: each record's `prev_hash` is the `hash` of the record appended just before it
+//!   ([`gait_wire::GENESIS_HASH`] for seq 1) and its `hash` is [`gait_wire::Record::compute_hash`]. `last_hash`
+//!   in meta is the hash of record `last_seq`, so the chain continues across deletions and restarts.
+//! - The records table holds exactly the seqs `acked_through + 1 ..= last_seq`: no gaps, nothing below the
+//!   acknowledged point.
+//!
+//! # Ack/delete rule
+//! A record is deleted only by [`Outbox::ack_through`], which the sync loop calls with the `committed_through`
+//! of the aggregator's `BatchAck` (or the `committed_seq` of its `Welcome`): the aggregator sends those only
+//! after its store committed the records. `ack_through` is idempotent, and an ack beyond `last_seq` is
+//! refused (the aggregator cannot have committed a record that was never written here).
+//!
+//! # Crash rules
+//! - Each `append` / `append_many` is one redb write transaction committed with fsync ("immediate"
+//!   durability) before it returns; the producer learns its seq only after that. So after a crash (process
+//!   kill or power loss, provided the disk honours fsync) every record ever acknowledged to a producer is
+//!   present, unless the aggregator acknowledged it first.
+//! - A crash in the middle of a transaction leaves the last committed state: redb's copy-on-write commit
+//!   either happened or did not; an interrupted `ack_through` deletes everything it was asked to or nothing.
+//! - Sending is at-least-once: a batch sent but not yet acknowledged when the agent died is sent again. The
+//!   aggregator deduplicates by (agent, seq) and can check the chain, so redelivery never doubles a record.
+//!
+//! # Quota
+//! [`OutboxLimits`] is a soft quota (`max_records`, `max_bytes` of stored values); the hard ceiling is twice
+//! that. Above the soft quota a NEW `Allow` record is shed: it is dropped before it gets a seq, counted in
+//! `shed_total` (persisted, and reported to the aggregator in `Hello`), and the producer is told
+//! [`AppendOutcome::Shed`]. Records that already have a seq are never evicted, since a hole in the sequence
+//! would be indistinguishable from loss. `Block`, `Approval`, `ArtifactDigest` and `Status` records are
+//! accepted up to the hard ceiling; beyond it `append` returns [`OutboxError::Full`] and stores nothing. The
+//! producer was not acknowledged, so nothing it was promised is lost: it decides (e.g. fail closed). One
+//! record's payload is capped at [`MAX_PAYLOAD_BYTES`].
+//!
+//! All methods block on disk I/O (each commit waits for fsync): async callers use `spawn_blocking`. Writers
+//! are serialised by a mutex that also keeps the in-memory [`OutboxStats`] in step with the file.
+//!
+//! The model check in `outbox/tests.rs` drives this type and an in-memory queue with the same operations
+//! directly, so there is no storage trait: it would exist only for the test.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gait_wire::{BundleRef, GENESIS_HASH, Record, RecordClass};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{AgentDb, DbError};
+
+#[cfg(test)]
+mod tests;
+
+/// Largest payload one record may carry. Bigger artifacts are stored elsewhere and referenced by digest.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Largest `kind` string (bytes).
+pub const MAX_KIND_BYTES: usize = 256;
+
+const RECORDS: TableDefinition<'static, [u8; 8], &[u8]> = TableDefinition::new("outbox_records");
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("outbox_meta");
+const META_KEY: &str = "state";
+
+/// Soft quota of the outbox; the hard ceiling is twice each value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Records waiting for acknowledgement above which `Allow` records are shed.
+    pub max_records: u64,
+    /// Stored bytes (postcard-encoded records) above which `Allow` records are shed.
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxLimits {
+    /// 100k records / 256 MiB soft, so 200k / 512 MiB hard.
+    fn default() -> Self {
+        OutboxLimits {
+            max_records: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl OutboxLimits {
+    fn hard_records(&self) -> u64 {
+        self.max_records.saturating_mul(2)
+    }
+
+    fn hard_bytes(&self) -> u64 {
+        self.max_bytes.saturating_mul(2)
+    }
+}
+
+/// A record as a producer hands it in; the outbox assigns `seq`, `prev_hash` and `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Priority class; only `Allow` may be shed.
+    pub class: RecordClass,
+    /// What the payload is, e.g. `"gate.decision"` (at most [`MAX_KIND_BYTES`]).
+    pub kind: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+    /// The policy bundle in force when the record was made.
+    pub bundle: Option<BundleRef>,
+    /// JSON document bytes (at most [`MAX_PAYLOAD_BYTES`]).
+    pub payload: Vec<u8>,
+}
+
+/// What happened to one record handed to [`Outbox::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Durably stored under this sequence number.
+    Appended { seq: u64 },
+    /// Dropped under quota pressure (an `Allow` record above the soft quota); counted in `shed_total`.
+    Shed,
+}
+
+/// A snapshot of the outbox counters, as of the last committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Records waiting for acknowledgement.
+    pub depth: u64,
+    /// Stored bytes of those records.
+    pub bytes: u64,
+    /// Newest sequence number ever assigned (0 = none).
+    pub last_seq: u64,
+    /// Hash of record `last_seq` ([`GENESIS_HASH`] when none).
+    pub last_hash: [u8; 32],
+    /// `Allow` records shed since the file was created.
+    pub shed_total: u64,
+    /// Oldest waiting record, if any.
+    pub oldest_seq: Option<u64>,
+    /// Highest seq the aggregator acknowledged (0 = none).
+    pub acked_through: u64,
+}
+
+/// Result of a full [`Outbox::verify_chain`] scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Records checked.
+    pub records: u64,
+    /// First and last seq present, if any.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Outbox failures. `Full` and storage I/O are retryable; the others need a fix or an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// Opening or writing the redb file failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The hard ceiling is reached: the record was not stored and its producer must not treat it as kept.
+    #[error(
+        "outbox {path} is full ({depth} records, {bytes} bytes; hard ceiling {hard_records} records, \
+         {hard_bytes} bytes): the {class} record was not stored; it drains once the aggregator acknowledges \
+         older records"
+    )]
+    Full {
+        path: String,
+        class: RecordClass,
+        depth: u64,
+        bytes: u64,
+        hard_records: u64,
+        hard_bytes: u64,
+    },
+    /// One record's payload exceeds [`MAX_PAYLOAD_BYTES`].
+    #[error(
+        "record payload of kind {kind:?} is {size} bytes, over the {max}-byte limit: store the artifact \
+         elsewhere and record its digest"
+    )]
+    PayloadTooLarge {
+        kind: String,
+        size: usize,
+        max: usize,
+    },
+    /// A record's `kind` exceeds [`MAX_KIND_BYTES`].
+    #[error("record kind is {size} bytes, over the {max}-byte limit")]
+    KindTooLong { size: usize, max: usize },
+    /// The aggregator acknowledged a seq this outbox never assigned.
+    #[error(
+        "aggregator acknowledged seq {acked} but this outbox has only assigned up to {last_seq}: the agent's \
+         file was replaced or the aggregator confused two agents; nothing was deleted"
+    )]
+    AckBeyondLastSeq { acked: u64, last_seq: u64 },
+    /// The aggregator knows more records than this outbox holds and this outbox is not empty.
+    #[error(
+        "aggregator has committed through seq {committed} but this outbox ends at {last_seq} with {depth} \
+         records waiting: two agents share one identity, or the file was restored from a backup"
+    )]
+    Diverged {
+        committed: u64,
+        last_seq: u64,
+        depth: u64,
+    },
+    /// The file's content breaks an outbox invariant (undecodable record, broken chain, wrong counters).
+    #[error(
+        "outbox {path} is inconsistent at seq {seq}: {detail}; keep the file for analysis and start the \
+         agent with a fresh data directory"
+    )]
+    Corrupt {
+        path: String,
+        seq: u64,
+        detail: String,
+    },
+    /// `OutboxLimits` values that cannot work.
+    #[error("invalid outbox limits: {0}")]
+    InvalidLimits(&'static str),
+    /// All 2^64 sequence numbers are used.
+    #[error("outbox sequence numbers are exhausted")]
+    SeqExhausted,
+}
+
+impl OutboxError {
+    /// True when the same call may succeed later without intervention (the outbox drains, I/O recovers).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            OutboxError::Full { .. } => true,
+            OutboxError::Db(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Versioned meta record; postcard encodes the variant index first.
+#[derive(Serialize, Deserialize)]
+enum MetaOnDisk {
+    V1(Meta),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    last_seq: u64,
+    last_hash: [u8; 32],
+    shed_total: u64,
+    acked_through: u64,
+    bytes: u64,
+}
+
+impl Meta {
+    const EMPTY: Meta = Meta {
+        last_seq: 0,
+        last_hash: GENESIS_HASH,
+        shed_total: 0,
+        acked_through: 0,
+        bytes: 0,
+    };
+
+    fn depth(&self) -> u64 {
+        self.last_seq - self.acked_through
+    }
+
+    fn stats(&self) -> OutboxStats {
+        OutboxStats {
+            depth: self.depth(),
+            bytes: self.bytes,
+            last_seq: self.last_seq,
+            last_hash: self.last_hash,
+            shed_total: self.shed_total,
+            oldest_seq: (self.depth() > 0).then_some(self.acked_through + 1),
+            acked_through: self.acked_through,
+        }
+    }
+}
+
+/// Handle to the outbox. Clone it freely; all clones share one writer lock and one stats snapshot.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: AgentDb,
+    limits: OutboxLimits,
+    /// Meta as of the last commit. Held for the whole of every write transaction, so it is updated in
+    /// commit order and only after a commit succeeded.
+    meta: Mutex<Meta>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("path", &self.inner.db.path())
+            .field("limits", &self.inner.limits)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+type RecordsTable<'t> = redb::Table<'t, [u8; 8], &'static [u8]>;
+
+impl Outbox {
+    /// Opens the outbox tables in `db` (creating them on first use) and checks the invariants that are
+    /// cheap to check: meta agrees with the first and last stored record and the record count.
+    ///
+    /// Open one `Outbox` per [`AgentDb`] and clone it: clones share the writer lock and the stats
+    /// snapshot, two separately opened handles would not see each other's stats.
+    pub fn open(db: &AgentDb, limits: OutboxLimits) -> Result<Self, OutboxError> {
+        if limits.max_records == 0 {
+            return Err(OutboxError::InvalidLimits("max_records must be at least 1"));
+        }
+        if limits.max_bytes == 0 {
+            return Err(OutboxError::InvalidLimits("max_bytes must be at least 1"));
+        }
+        let this = Outbox {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                limits,
+                meta: Mutex::new(Meta::EMPTY),
+            }),
+        };
+        let meta = this.write(true, |records, meta| {
+            this.check_against_records(records, meta)?;
+            Ok(())
+        })?;
+        tracing::debug!(
+            path = %db.path().display(),
+            depth = meta.depth(),
+            last_seq = meta.last_seq,
+            shed_total = meta.shed_total,
+            "outbox opened"
+        );
+        Ok(this)
+    }
+
+    /// The limits this handle enforces.
+    pub fn limits(&self) -> OutboxLimits {
+        self.inner.limits
+    }
+
+    /// Appends one record in its own durable commit.
+    pub fn append(&self, rec: NewRecord) -> Result<AppendOutcome, OutboxError> {
+        let mut out = self.append_many(vec![rec])?;
+        out.pop()
+            .ok_or_else(|| self.corrupt(0, "append produced no outcome"))
+    }
+
+    /// Appends records in order in ONE durable commit (group commit): one fsync for the whole batch.
+    /// All-or-nothing: if any non-sheddable record would cross the hard ceiling, or any record is invalid,
+    /// nothing of the batch is stored and no shed is counted.
+    pub fn append_many(&self, recs: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
+        for rec in &recs {
+            validate(rec)?;
+        }
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limits = self.inner.limits;
+        let mut outcomes = Vec::with_capacity(recs.len());
+        self.write(false, |records, meta| {
+            for rec in recs {
+                let seq = meta
+                    .last_seq
+                    .checked_add(1)
+                    .ok_or(OutboxError::SeqExhausted)?;
+                let record = Record::sealed(
+                    seq,
+                    meta.last_hash,
+                    rec.class,
+                    rec.kind,
+                    rec.created_unix_ms,
+                    rec.bundle,
+                    rec.payload,
+                );
+                let value = postcard::to_allocvec(&record)
+                    .map_err(|e| self.corrupt(seq, format!("cannot encode record: {e}")))?;
+                let size = value.len() as u64;
+                let depth_after = meta.depth() + 1;
+                let bytes_after = meta.bytes.saturating_add(size);
+                if rec.class.is_sheddable()
+                    && (depth_after > limits.max_records || bytes_after > limits.max_bytes)
+                {
+                    meta.shed_total = meta.shed_total.saturating_add(1);
+                    outcomes.push(AppendOutcome::Shed);
+                    continue;
+                }
+                if depth_after > limits.hard_records() || bytes_after > limits.hard_bytes() {
+                    return Err(OutboxError::Full {
+                        path: self.path_string(),
+                        class: rec.class,
+                        depth: meta.depth(),
+                        bytes: meta.bytes,
+                        hard_records: limits.hard_records(),
+                        hard_bytes: limits.hard_bytes(),
+                    });
+                }
+                records
+                    .insert(seq.to_be_bytes(), value.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                meta.last_seq = seq;
+                meta.last_hash = record.hash;
+                meta.bytes = bytes_after;
+                outcomes.push(AppendOutcome::Appended { seq });
+            }
+            Ok(())
+        })?;
+        let shed = outcomes
+            .iter()
+            .filter(|o| **o == AppendOutcome::Shed)
+            .count();
+        if shed > 0 {
+            tracing::debug!(shed, "outbox over soft quota, allow records shed");
+        }
+        Ok(outcomes)
+    }
+
+    /// Records with `seq > after_seq`, oldest first: at most `max_records`, and at most `max_bytes` of
+    /// encoded records, except that the first record is always returned, whatever its size, so one large
+    /// record cannot stall delivery. Reads a consistent snapshot; does not block writers.
+    pub fn peek_batch(
+        &self,
+        after_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, OutboxError> {
+        let Some(from) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if max_records == 0 {
+            return Ok(Vec::new());
+        }
+        let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
+        let table = match read.open_table(RECORDS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for entry in table
+            .range(from.to_be_bytes()..)
+            .map_err(|e| self.db_err(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.db_err(e))?;
+            let seq = u64::from_be_bytes(key.value());
+            let bytes = value.value();
+            if !out.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(bytes.len());
+            out.push(self.decode(seq, bytes)?);
+            if out.len() >= max_records {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every record with `seq <= seq`, in one durable commit, and returns how many were deleted.
+    /// Call it only with a seq the aggregator acknowledged as committed. Acknowledging an already
+    /// acknowledged seq deletes nothing and writes nothing.
+    pub fn ack_through(&self, seq: u64) -> Result<u64, OutboxError> {
+        let current = self.stats();
+        if seq <= current.acked_through {
+            return Ok(0);
+        }
+        let mut deleted = 0u64;
+        self.write(false, |records, meta| {
+            if seq > meta.last_seq {
+                return Err(OutboxError::AckBeyondLastSeq {
+                    acked: seq,
+                    last_seq: meta.last_seq,
+                });
+            }
+            if seq <= meta.acked_through {
+                return Ok(());
+            }
+            let mut freed = 0u64;
+            let extracted = records
+                .extract_from_if(..=seq.to_be_bytes(), |_, _| true)
+                .map_err(|e| self.db_err(e))?;
+            for entry in extracted {
+                let (_, value) = entry.map_err(|e| self.db_err(e))?;
+                freed += value.value().len() as u64;
+                deleted += 1;
+            }
+            let expected = seq - meta.acked_through;
+            if deleted != expected {
+                return Err(self.corrupt(
+                    seq,
+                    format!("ack deleted {deleted} records, expected {expected}"),
+                ));
+            }
+            meta.bytes = meta.bytes.checked_sub(freed).ok_or_else(|| {
+                self.corrupt(seq, "byte counter is smaller than the stored records")
+            })?;
+            meta.acked_through = seq;
+            Ok(())
+        })?;
+        Ok(deleted)
+    }
+
+    /// Continues the sequence after the aggregator's committed head when this outbox is empty and behind
+    /// it: the agent's file was lost or reset while the aggregator kept its records. Without this, new
+    /// records would reuse seqs the aggregator already holds and be dropped as duplicates. Returns `true`
+    /// if the head was adopted, `false` if the aggregator is not ahead (the normal case: call
+    /// [`Outbox::ack_through`] with `committed_seq` instead).
+    pub fn adopt_committed_head(
+        &self,
+        committed_seq: u64,
+        committed_hash: [u8; 32],
+    ) -> Result<bool, OutboxError> {
+        if committed_seq <= self.stats().last_seq {
+            return Ok(false);
+        }
+        let mut adopted = false;
+        self.write(false, |_, meta| {
+            if committed_seq <= meta.last_seq {
+                return Ok(());
+            }
+            if meta.depth() > 0 {
+                return Err(OutboxError::Diverged {
+                    committed: committed_seq,
+                    last_seq: meta.last_seq,
+                    depth: meta.depth(),
+                });
+            }
+            meta.last_seq = committed_seq;
+            meta.acked_through = committed_seq;
+            meta.last_hash = committed_hash;
+            adopted = true;
+            Ok(())
+        })?;
+        if adopted {
+            tracing::warn!(
+                committed_seq,
+                "outbox was behind the aggregator; sequence continues after its committed head"
+            );
+        }
+        Ok(adopted)
+    }
+
+    /// Counters as of the last committed write.
+    pub fn stats(&self) -> OutboxStats {
+        self.lock().stats()
+    }
+
+    /// Scans every stored record: decodes it, checks its hash, that seqs are contiguous, that each
+    /// `prev_hash` links to its predecessor, and that the last one matches meta. O(depth) reads.
+    pub fn verify_chain(&self) -> Result<ChainReport, OutboxError> {
+        let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
+        let meta = match read.open_table(META) {
+            Ok(t) => read_meta(&t).map_err(|e| self.meta_err(e))?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Meta::EMPTY,
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut report = ChainReport {
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+        };
+        let table = match read.open_table(RECORDS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) if meta.depth() == 0 => return Ok(report),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut prev: Option<(u64, [u8; 32])> = None;
+        for entry in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = entry.map_err(|e| self.db_err(e))?;
+            let seq = u64::from_be_bytes(key.value());
+            let record = self.decode(seq, value.value())?;
+            if !record.verify_hash() {
+                return Err(self.corrupt(seq, "record hash does not match its content"));
+            }
+            let expected_prev = match prev {
+                Some((p, h)) if p + 1 == seq => Some(h),
+                Some((p, _)) => {
+                    return Err(self.corrupt(seq, format!("gap after seq {p}")));
+                }
+                None if seq == 1 => Some(GENESIS_HASH),
+                None => None,
+            };
+            if let Some(h) = expected_prev
+                && record.prev_hash != h
+            {
+                return Err(self.corrupt(seq, "prev_hash does not link to the previous record"));
+            }
+            report.first_seq.get_or_insert(seq);
+            report.last_seq = Some(seq);
+            report.records += 1;
+            prev = Some((seq, record.hash));
+        }
+        if report.records != meta.depth()
+            || report
+                .first_seq
+                .is_some_and(|f| f != meta.acked_through + 1)
+        {
+            return Err(self.corrupt(
+                meta.last_seq,
+                format!(
+                    "{} records stored, meta expects seqs {}..={}",
+                    report.records,
+                    meta.acked_through + 1,
+                    meta.last_seq
+                ),
+            ));
+        }
+        if let Some((seq, hash)) = prev
+            && (seq != meta.last_seq || hash != meta.last_hash)
+        {
+            return Err(self.corrupt(seq, "last record does not match last_seq/last_hash in meta"));
+        }
+        Ok(report)
+    }
+
+    /// Runs `f` inside one write transaction with the records table and a copy of meta, writes meta back
+    /// and commits durably. A transaction that changed nothing is aborted (no fsync) unless `always_commit`
+    /// (used by `open`, so the tables exist for readers). On error the transaction is aborted and the cached
+    /// meta is left unchanged.
+    fn write(
+        &self,
+        always_commit: bool,
+        f: impl FnOnce(&mut RecordsTable<'_>, &mut Meta) -> Result<(), OutboxError>,
+    ) -> Result<Meta, OutboxError> {
+        let mut cached = self.lock();
+        let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+        let result = (|| {
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
+            let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
+            let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
+            let mut meta = before;
+            f(&mut records, &mut meta)?;
+            if meta != before {
+                let encoded = postcard::to_allocvec(&MetaOnDisk::V1(meta))
+                    .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
+                meta_table
+                    .insert(META_KEY, encoded.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            Ok::<_, OutboxError>((meta, meta != before))
+        })();
+        match result {
+            Ok((meta, changed)) => {
+                if changed || always_commit {
+                    txn.commit().map_err(|e| self.db_err(e))?;
+                } else {
+                    txn.abort().map_err(|e| self.db_err(e))?;
+                }
+                *cached = meta;
+                Ok(meta)
+            }
+            Err(e) => {
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!(error = %abort, "outbox transaction abort failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn check_against_records(
+        &self,
+        records: &RecordsTable<'_>,
+        meta: &Meta,
+    ) -> Result<(), OutboxError> {
+        let len = records.len().map_err(|e| self.db_err(e))?;
+        if meta.acked_through > meta.last_seq || len != meta.depth() {
+            return Err(self.corrupt(
+                meta.last_seq,
+                format!(
+                    "{len} records stored, meta expects seqs {}..={}",
+                    meta.acked_through + 1,
+                    meta.last_seq
+                ),
+            ));
+        }
+        let first = records.first().map_err(|e| self.db_err(e))?;
+        if let Some((key, _)) = first {
+            let seq = u64::from_be_bytes(key.value());
+            if seq != meta.acked_through + 1 {
+                return Err(self.corrupt(
+                    seq,
+                    format!("oldest record should be {}", meta.acked_through + 1),
+                ));
+            }
+        }
+        let last = records.last().map_err(|e| self.db_err(e))?;
+        if let Some((key, value)) = last {
+            let seq = u64::from_be_bytes(key.value());
+            let record = self.decode(seq, value.value())?;
+            if seq != meta.last_seq || record.hash != meta.last_hash || !record.verify_hash() {
+                return Err(self.corrupt(
+                    seq,
+                    "newest record does not match last_seq/last_hash in meta",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(&self, seq: u64, bytes: &[u8]) -> Result<Record, OutboxError> {
+        let record: Record = postcard::from_bytes(bytes)
+            .map_err(|e| self.corrupt(seq, format!("record does not decode: {e}")))?;
+        if record.seq != seq {
+            return Err(self.corrupt(
+                seq,
+                format!("stored under seq {seq} but says {}", record.seq),
+            ));
+        }
+        Ok(record)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Meta> {
+        // The cached meta is replaced only after a successful commit, so it is valid even if a writer
+        // panicked while holding the lock.
+        self.inner.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn db(&self) -> &AgentDb {
+        &self.inner.db
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> OutboxError {
+        OutboxError::Db(self.db().err(e))
+    }
+
+    fn meta_err(&self, e: MetaError) -> OutboxError {
+        match e {
+            MetaError::Db(e) => self.db_err(e),
+            MetaError::Decode(detail) => self.corrupt(0, format!("outbox meta: {detail}")),
+        }
+    }
+
+    fn path_string(&self) -> String {
+        self.db().path().display().to_string()
+    }
+
+    fn corrupt(&self, seq: u64, detail: impl Into<String>) -> OutboxError {
+        OutboxError::Corrupt {
+            path: self.path_string(),
+            seq,
+            detail: detail.into(),
+        }
+    }
+}
+
+enum MetaError {
+    Db(redb::StorageError),
+    Decode(String),
+}
+
+fn read_meta<T: ReadableTable<&'static str, &'static [u8]>>(table: &T) -> Result<Meta, MetaError> {
+    let Some(value) = table.get(META_KEY).map_err(MetaError::Db)? else {
+        return Ok(Meta::EMPTY);
+    };
+    match postcard::from_bytes::<MetaOnDisk>(value.value()) {
+        Ok(MetaOnDisk::V1(meta)) => Ok(meta),
+        Err(e) => Err(MetaError::Decode(e.to_string())),
+    }
+}
+
+fn validate(rec: &NewRecord) -> Result<(), OutboxError> {
+    if rec.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(OutboxError::PayloadTooLarge {
+            kind: rec.kind.chars().take(MAX_KIND_BYTES).collect(),
+            size: rec.payload.len(),
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    if rec.kind.len() > MAX_KIND_BYTES {
+        return Err(OutboxError::KindTooLong {
+            size: rec.kind.len(),
+            max: MAX_KIND_BYTES,
+        });
+    }
+    Ok(())
+}

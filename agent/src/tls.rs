@@ -1,0 +1,220 @@
+//! Mutual-TLS QUIC client configuration: the agent's certificate, and the aggregator verified against the
+//! deployment CA only.
+//!
+//! The certificate files come from `gait-aggregator pki issue-agent`, which writes `agent.pem`, `agent.key`
+//! and `ca.pem` together. TLS 1.3 only; the ALPN is [`gait_wire::ALPN`]. Note that with TLS 1.3 a client
+//! certificate the aggregator refuses is not reported by the handshake on this side: the connection fails
+//! on its first read instead.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Largest PEM file read from disk; real certificate and key files are a few KiB.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// What an operator runs to produce the agent's certificate files.
+const ISSUE_HINT: &str = "run `gait-aggregator pki issue-agent ...` and copy agent.pem, agent.key and ca.pem to the agent";
+
+/// Why the agent's TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {}: {source}; {ISSUE_HINT}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is larger than any certificate or key.
+    #[error("{} is larger than {MAX_PEM_BYTES} bytes and is not a certificate or key; {ISSUE_HINT}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file is not valid PEM, or holds no item of the expected kind.
+    #[error("{} holds no valid {expected}: {detail}; {ISSUE_HINT}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the file should hold.
+        expected: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The CA certificate is unusable as a trust anchor.
+    #[error("{} is not a usable CA certificate: {source}; {ISSUE_HINT}", path.display())]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        source: rustls::Error,
+    },
+    /// rustls refused the certificate/key pair or the protocol settings.
+    #[error("tls configuration refused ({}, {}): {source}; check that the key belongs to the certificate or {ISSUE_HINT}", cert.display(), key.display())]
+    Config {
+        /// The agent certificate file.
+        cert: PathBuf,
+        /// The agent key file.
+        key: PathBuf,
+        /// What rustls reported.
+        source: rustls::Error,
+    },
+    /// The configuration cannot be used for QUIC.
+    #[error("tls configuration unusable for QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The keep-alive interval is unusable.
+    #[error("invalid keep-alive {keep_alive:?}: must be between 1 s and 10 min")]
+    KeepAlive {
+        /// The rejected interval.
+        keep_alive: Duration,
+    },
+}
+
+/// Builds the agent's QUIC client configuration: TLS 1.3, ALPN, this agent's certificate for client
+/// authentication, and the aggregator's certificate verified against `ca_pem` only (no system roots).
+///
+/// The connection sends a keep-alive every `keep_alive` and gives up after three missed intervals (at least
+/// 30 s); the aggregator's own idle timeout also applies, so `keep_alive` must be shorter than it.
+pub fn client_config(
+    ca_pem: &Path,
+    cert_pem: &Path,
+    key_pem: &Path,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
+    if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(600) {
+        return Err(TlsError::KeepAlive { keep_alive });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca_pem)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: ca_pem.to_owned(),
+            source,
+        })?;
+    }
+    let chain = load_certs(cert_pem)?;
+    let key = load_key(key_pem)?;
+    let config_error = |source| TlsError::Config {
+        cert: cert_pem.to_owned(),
+        key: key_pem.to_owned(),
+        source,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(config_error)?;
+    tls.alpn_protocols = vec![gait_wire::ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)?;
+
+    let idle = (keep_alive * 3).max(Duration::from_secs(30));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read_error = |source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_bounded(path)?;
+    let pem_error = |detail: String| TlsError::Pem {
+        path: path.to_owned(),
+        expected: "CERTIFICATE block",
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error("the file contains none".to_owned()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read_bounded(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        expected: "private key block",
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_named_with_the_command_that_creates_them() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca.pem");
+        let result = client_config(
+            &ca,
+            &dir.path().join("agent.pem"),
+            &dir.path().join("agent.key"),
+            Duration::from_secs(15),
+        );
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(&ca.display().to_string()), "{message}");
+        assert!(
+            message.contains("gait-aggregator pki issue-agent"),
+            "{message}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused_with_its_path() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca.pem");
+        fs::write(&ca, "not a pem file\n")?;
+        let result = client_config(&ca, &ca, &ca, Duration::from_secs(15));
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("holds no valid CERTIFICATE block"),
+            "{message}"
+        );
+        assert!(message.contains(&ca.display().to_string()), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_unusable_keep_alive_is_refused() {
+        let result = client_config(
+            Path::new("ca.pem"),
+            Path::new("agent.pem"),
+            Path::new("agent.key"),
+            Duration::ZERO,
+        );
+        assert!(matches!(result, Err(TlsError::KeepAlive { .. })));
+    }
+}

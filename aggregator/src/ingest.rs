@@ -1,0 +1,583 @@
+//! QUIC ingest: accepts mutually authenticated agent connections and serves the exchange protocol.
+//!
+//! # Exchange protocol (agent side: `gait-agent`'s daemon)
+//! - QUIC with mutual TLS 1.3 and ALPN [`gait_wire::ALPN`]. Agents always dial out; the aggregator never
+//!   connects to an agent. The agent's identity and tenancy come only from its verified certificate
+//!   ([`crate::tls::peer_identity`]); nothing a message claims is used for authorization.
+//! - One request per bidirectional stream: the agent writes one framed [`AgentMsg`] and finishes its side; the
+//!   aggregator answers with one framed [`ServerMsg`] and finishes. The first exchange of a connection is
+//!   `Hello` -> `Welcome`; any other request before it is answered with `Error(BadRequest)`.
+//! - `PollBundle` is a long-poll: it is answered as soon as a bundle newer than `have_epoch` exists for the
+//!   agent's scope, or with `NoNewBundle` when the wait (capped at [`MAX_POLL_WAIT`]) runs out.
+//! - `RecordBatch` is answered with `BatchAck` only after the batch is committed; redelivered records are
+//!   recognised by (agent, seq) and counted as duplicates, never stored twice.
+//! - `BundleReport` arrives on a unidirectional stream and gets no answer (the agent also sends it durably as
+//!   an outbox record).
+//! - A request that is oversized, malformed or not read within [`REQUEST_READ_TIMEOUT`] closes the connection
+//!   with [`CLOSE_PROTOCOL_VIOLATION`] and a logged reason; other connections are unaffected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gait_store::{ActiveBundle, AgentHello, AgentKey, BundleReportRow, NewRecord, Store, Tenant};
+use gait_wire::{
+    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, ErrorCode, FrameDecoder, PROTOCOL_VERSION, Record,
+    RecordBatch, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::metrics::{self, Metrics};
+use crate::registry::{Registry, unix_ms};
+use crate::tls::{AgentIdentity, RevocationSet, peer_identity};
+
+/// Longest a bundle long-poll is held open.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
+/// Time allowed to receive a complete request once its stream is open.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most records accepted in one batch.
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// Largest payload of one record.
+pub const MAX_RECORD_PAYLOAD: usize = 1024 * 1024;
+/// Largest bundle report frame.
+const MAX_REPORT_FRAME: u32 = 64 * 1024;
+
+/// QUIC application close codes.
+pub const CLOSE_NORMAL: u32 = 0;
+pub const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
+pub const CLOSE_REVOKED: u32 = 2;
+pub const CLOSE_UNAUTHORIZED: u32 = 3;
+pub const CLOSE_SHUTDOWN: u32 = 4;
+
+/// Limits of the ingest endpoint.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Largest request frame body accepted.
+    pub max_frame: u32,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self { max_frame: gait_wire::MAX_FRAME_LEN }
+    }
+}
+
+/// Everything the ingest tasks share.
+pub struct IngestState {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub revoked: RevocationSet,
+    pub limits: IngestLimits,
+    pub server_version: String,
+    live: LiveConnections,
+}
+
+impl IngestState {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        revoked: RevocationSet,
+        limits: IngestLimits,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            metrics,
+            revoked,
+            limits,
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            live: LiveConnections::default(),
+        }
+    }
+
+    /// Number of agent connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Reload the revocation list from the store and close live connections of newly revoked certificates.
+    pub async fn refresh_revocations(&self) -> Result<usize, gait_store::StoreError> {
+        let serials = self.store.revoked_serials().await?;
+        self.revoked.replace_all(serials);
+        Ok(self.live.close_revoked(&self.revoked))
+    }
+}
+
+/// Serve agents on `endpoint` until `shutdown` is cancelled, then drain connection tasks.
+pub async fn serve(endpoint: quinn::Endpoint, state: Arc<IngestState>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { handle_incoming(incoming, state, shutdown).await });
+            }
+        }
+    }
+    endpoint.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        warn!(open = state.live.len(), "ingest drain timed out; connections dropped");
+    }
+}
+
+async fn handle_incoming(incoming: quinn::Incoming, state: Arc<IngestState>, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "handshake", 1);
+            info!(%remote, error = %e, "agent connection refused during handshake");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "identity", 1);
+            warn!(%remote, error = %e, "agent certificate has no usable identity; closing");
+            conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate identity unusable");
+            return;
+        }
+    };
+    // A certificate revoked after the handshake verifier last looked is still caught here.
+    if state.revoked.contains(&identity.serial_hex) {
+        state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
+        conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+        return;
+    }
+    state.metrics.inc(metrics::CONNECTIONS_ACCEPTED, 1);
+    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, 1);
+    let conn_id = state.live.insert(&identity.serial_hex, conn.clone());
+    debug!(%remote, org = %identity.org, project = %identity.project, env = %identity.env,
+        agent_id = %identity.agent_id, "agent connected");
+
+    let session = Arc::new(Session {
+        key: AgentKey {
+            tenant: Tenant {
+                org: identity.org.clone(),
+                project: identity.project.clone(),
+                env: identity.env.clone(),
+            },
+            agent_id: identity.agent_id.clone(),
+        },
+        identity,
+        remote,
+        hello_done: AtomicBool::new(false),
+        last_seen_ms: AtomicU64::new(0),
+        conn: conn.clone(),
+    });
+    let streams = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                conn.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+                break;
+            }
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let (state, session, shutdown) = (state.clone(), session.clone(), shutdown.clone());
+                    streams.spawn(async move { handle_request(state, session, send, recv, shutdown).await });
+                }
+                Err(e) => {
+                    debug!(%remote, reason = %e, "agent connection ended");
+                    break;
+                }
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let (state, session) = (state.clone(), session.clone());
+                    streams.spawn(async move { handle_report(state, session, recv).await });
+                }
+                Err(e) => {
+                    debug!(%remote, reason = %e, "agent connection ended");
+                    break;
+                }
+            },
+        }
+    }
+    streams.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
+    state.live.remove(conn_id);
+    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, -1);
+}
+
+/// Per-connection facts.
+struct Session {
+    identity: AgentIdentity,
+    key: AgentKey,
+    remote: SocketAddr,
+    hello_done: AtomicBool,
+    last_seen_ms: AtomicU64,
+    conn: quinn::Connection,
+}
+
+impl Session {
+    fn protocol_violation(&self, state: &IngestState, reason: &str) {
+        state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
+        warn!(remote = %self.remote, org = %self.key.tenant.org, agent_id = %self.key.agent_id, reason,
+            "protocol violation; closing agent connection");
+        self.conn.close(CLOSE_PROTOCOL_VIOLATION.into(), reason.as_bytes());
+    }
+}
+
+/// Read one complete frame body from `recv`, bounded by `max` bytes and the read timeout.
+async fn read_request(recv: &mut quinn::RecvStream, max: u32) -> Result<Vec<u8>, String> {
+    let limit = max as usize + gait_wire::FRAME_HEADER_LEN;
+    let bytes = match tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(limit)).await {
+        Err(_) => return Err(format!("request not received within {}s", REQUEST_READ_TIMEOUT.as_secs())),
+        Ok(Err(quinn::ReadToEndError::TooLong)) => return Err(format!("request larger than {max} bytes")),
+        Ok(Err(e)) => return Err(format!("request stream failed: {e}")),
+        Ok(Ok(bytes)) => bytes,
+    };
+    let mut decoder = FrameDecoder::new(max);
+    decoder.push(&bytes);
+    let frame = decoder.next_frame().map_err(|e| format!("bad frame: {e}"))?;
+    let Some(body) = frame else {
+        return Err("truncated frame".into());
+    };
+    if decoder.buffered_len() != 0 {
+        return Err("trailing bytes after the request frame".into());
+    }
+    Ok(body)
+}
+
+async fn write_response(send: &mut quinn::SendStream, msg: ServerMsgV1) {
+    match gait_wire::encode_frame(&ServerMsg::V1(msg)) {
+        Ok(frame) => {
+            if send.write_all(&frame).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        Err(e) => warn!(error = %e, "response could not be encoded"),
+    }
+}
+
+fn error_msg(code: ErrorCode, message: impl Into<String>) -> ServerMsgV1 {
+    ServerMsgV1::Error(WireError::new(code, message))
+}
+
+async fn handle_request(
+    state: Arc<IngestState>,
+    session: Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shutdown: CancellationToken,
+) {
+    let body = match read_request(&mut recv, state.limits.max_frame).await {
+        Ok(b) => b,
+        Err(reason) => return session.protocol_violation(&state, &reason),
+    };
+    let msg = match gait_wire::decode_agent_msg(&body) {
+        Ok(AgentMsg::V1(m)) => m,
+        Err(e) => {
+            // An unknown variant from a newer agent is answered, not punished.
+            if e.error_code() == ErrorCode::Unsupported {
+                return write_response(&mut send, error_msg(ErrorCode::Unsupported, e.to_string())).await;
+            }
+            return session.protocol_violation(&state, &format!("malformed request: {e}"));
+        }
+    };
+    let is_hello = matches!(msg, AgentMsgV1::Hello(_));
+    if !is_hello && !session.hello_done.load(Ordering::Acquire) {
+        return write_response(&mut send, error_msg(ErrorCode::BadRequest, "send Hello first")).await;
+    }
+    let reply = match msg {
+        AgentMsgV1::Hello(hello) => on_hello(&state, &session, hello).await,
+        AgentMsgV1::PollBundle(poll) => {
+            let wait = Duration::from_millis(u64::from(poll.wait_ms)).min(MAX_POLL_WAIT);
+            tokio::select! {
+                r = on_poll(&state, &session, poll.have_epoch, wait) => r,
+                _ = shutdown.cancelled() => error_msg(ErrorCode::Unavailable, "aggregator shutting down"),
+                _ = session.conn.closed() => return,
+            }
+        }
+        AgentMsgV1::RecordBatch(batch) => on_batch(&state, &session, batch).await,
+        AgentMsgV1::BundleReport(_) => {
+            error_msg(ErrorCode::BadRequest, "send BundleReport on a unidirectional stream")
+        }
+    };
+    write_response(&mut send, reply).await;
+    touch(&state, &session).await;
+}
+
+/// Refresh the agent's last-seen time at most every few seconds.
+async fn touch(state: &IngestState, session: &Session) {
+    let now = unix_ms();
+    let last = session.last_seen_ms.load(Ordering::Relaxed) as i64;
+    if now - last < 5_000 {
+        return;
+    }
+    session.last_seen_ms.store(now as u64, Ordering::Relaxed);
+    if let Err(e) = state.store.agent_seen(&session.key, now).await {
+        debug!(error = %e, "last-seen update failed");
+    }
+}
+
+fn active_row(b: &BundleRef) -> ActiveBundle {
+    ActiveBundle { epoch: b.epoch, digest: hex::encode(b.digest), since_unix_ms: b.since_unix_ms }
+}
+
+fn received_row(b: &BundleRef) -> gait_store::BundleRef {
+    gait_store::BundleRef { epoch: b.epoch, digest: hex::encode(b.digest) }
+}
+
+async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hello) -> ServerMsgV1 {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return error_msg(
+            ErrorCode::Unsupported,
+            format!("protocol version {} not supported; this aggregator speaks {PROTOCOL_VERSION}", hello.protocol_version),
+        );
+    }
+    let now = unix_ms();
+    let row = AgentHello {
+        remote_addr: session.remote.to_string(),
+        agent_version: truncate(&hello.agent_version, 64),
+        active_bundle: hello.active.as_ref().map(active_row),
+        received_bundle: hello.received.as_ref().map(received_row),
+        outbox_depth: hello.outbox_depth,
+        shed_total: hello.shed_total,
+        cert_serial: session.identity.serial_hex.clone(),
+    };
+    match state.store.agent_connected(&session.key, &row, now).await {
+        Ok(cursor) => {
+            session.hello_done.store(true, Ordering::Release);
+            session.last_seen_ms.store(now as u64, Ordering::Relaxed);
+            ServerMsgV1::Welcome(Welcome {
+                server_version: state.server_version.clone(),
+                protocol_version: PROTOCOL_VERSION,
+                org: session.key.tenant.org.clone(),
+                project: session.key.tenant.project.clone(),
+                env: session.key.tenant.env.clone(),
+                agent_id: session.key.agent_id.clone(),
+                committed_seq: cursor.committed_seq,
+                committed_hash: cursor.committed_hash,
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, agent_id = %session.key.agent_id, "agent registration failed");
+            error_msg(ErrorCode::Unavailable, "store unavailable; retry")
+        }
+    }
+}
+
+async fn on_poll(state: &IngestState, session: &Session, have_epoch: u64, wait: Duration) -> ServerMsgV1 {
+    match state.registry.wait_newer(&session.key.tenant, have_epoch, wait).await {
+        Ok(Some(bundle)) => {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&bundle.digest, &mut digest).is_err() {
+                return error_msg(ErrorCode::Internal, "stored bundle digest is not hex");
+            }
+            state.metrics.inc(metrics::BUNDLES_SERVED, 1);
+            ServerMsgV1::Bundle(BundleOffer { epoch: bundle.epoch, digest, signed_bundle: bundle.bytes.clone() })
+        }
+        Ok(None) => ServerMsgV1::NoNewBundle { have_epoch },
+        Err(e) => {
+            warn!(error = %e, "bundle lookup failed");
+            error_msg(ErrorCode::Unavailable, "registry unavailable; retry")
+        }
+    }
+}
+
+async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) -> ServerMsgV1 {
+    if batch.records.len() > MAX_BATCH_RECORDS {
+        return error_msg(
+            ErrorCode::TooLarge,
+            format!("{} records in one batch; send at most {MAX_BATCH_RECORDS}", batch.records.len()),
+        );
+    }
+    let started = Instant::now();
+    let records = batch.records;
+    // Hashing every payload is CPU work: keep it off the async workers for big batches.
+    let checked = if records.len() > 64 {
+        match tokio::task::spawn_blocking(move || check_records(records)).await {
+            Ok(r) => r,
+            Err(_) => return error_msg(ErrorCode::Internal, "record check task failed"),
+        }
+    } else {
+        check_records(records)
+    };
+    let rows = match checked {
+        Ok(rows) => rows,
+        Err(message) => {
+            state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
+            warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, %message, "record batch refused");
+            return error_msg(ErrorCode::BadRequest, message);
+        }
+    };
+    match state.store.commit_batch(&session.key, &rows, unix_ms()).await {
+        Ok(outcome) => {
+            state.metrics.inc(metrics::BATCHES_COMMITTED, 1);
+            state.metrics.inc(metrics::RECORDS_INSERTED, outcome.inserted);
+            state.metrics.inc(metrics::RECORDS_DUPLICATE, outcome.duplicates);
+            state.metrics.inc(metrics::RECORDS_CONFLICT, outcome.conflicts);
+            state.metrics.inc(metrics::RECORD_GAPS, outcome.gaps.len() as u64);
+            if !outcome.gaps.is_empty() || outcome.conflicts > 0 {
+                warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, gaps = ?outcome.gaps,
+                    conflicts = outcome.conflicts, "agent record stream has gaps or conflicts");
+            }
+            debug!(agent_id = %session.key.agent_id, inserted = outcome.inserted, duplicates = outcome.duplicates,
+                elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
+            ServerMsgV1::BatchAck(BatchAck {
+                batch_id: batch.batch_id,
+                committed_through: outcome.committed_seq,
+                inserted: u32::try_from(outcome.inserted).unwrap_or(u32::MAX),
+                duplicates: u32::try_from(outcome.duplicates).unwrap_or(u32::MAX),
+                gaps: outcome.gaps.iter().map(|&(first, last)| SeqRange { first, last }).collect(),
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, agent_id = %session.key.agent_id, "batch commit failed; agent will retry");
+            error_msg(ErrorCode::Unavailable, "commit failed; retry")
+        }
+    }
+}
+
+/// Verify each record's hash and bounds and turn it into a store row.
+fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
+        if r.seq == 0 {
+            return Err("record seq 0 is reserved; sequences start at 1".into());
+        }
+        if r.payload.len() > MAX_RECORD_PAYLOAD {
+            return Err(format!("record {} payload is {} bytes; the limit is {MAX_RECORD_PAYLOAD}", r.seq, r.payload.len()));
+        }
+        if r.kind.is_empty() || r.kind.len() > 64 {
+            return Err(format!("record {} kind must be 1-64 bytes", r.seq));
+        }
+        if !r.verify_hash() {
+            return Err(format!("record {} hash does not match its content", r.seq));
+        }
+        rows.push(NewRecord {
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            class: r.class.as_str().to_owned(),
+            kind: r.kind,
+            created_unix_ms: r.created_unix_ms,
+            bundle_epoch: r.bundle.as_ref().map(|b| b.epoch),
+            bundle_digest: r.bundle.as_ref().map(|b| hex::encode(b.digest)),
+            bundle_since_ms: r.bundle.as_ref().map(|b| b.since_unix_ms),
+            payload: r.payload,
+        });
+    }
+    Ok(rows)
+}
+
+async fn on_report(state: &IngestState, session: &Session, report: gait_wire::BundleReport) {
+    if let Some(refusal) = &report.refusal {
+        state.metrics.inc_labeled(metrics::BUNDLE_REFUSALS_REPORTED, "code", bounded_code(&refusal.code), 1);
+        warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, epoch = refusal.epoch,
+            code = %refusal.code, message = %refusal.message, "agent refused a bundle");
+    }
+    let mut rows = Vec::new();
+    if let Some(r) = &report.received {
+        rows.push(BundleReportRow::Received(received_row(r)));
+    }
+    if let Some(a) = &report.applied {
+        rows.push(BundleReportRow::Activated(active_row(a)));
+    }
+    if let Some(r) = &report.refusal {
+        rows.push(BundleReportRow::Refused {
+            epoch: r.epoch,
+            code: truncate(&r.code, 64),
+            message: truncate(&r.message, 512),
+        });
+    }
+    let now = unix_ms();
+    for row in &rows {
+        if let Err(e) = state.store.record_bundle_report(&session.key, row, now).await {
+            warn!(error = %e, "bundle report not stored");
+        }
+    }
+}
+
+async fn handle_report(state: Arc<IngestState>, session: Arc<Session>, mut recv: quinn::RecvStream) {
+    let body = match read_request(&mut recv, MAX_REPORT_FRAME).await {
+        Ok(b) => b,
+        Err(reason) => return session.protocol_violation(&state, &reason),
+    };
+    match gait_wire::decode_agent_msg(&body) {
+        Ok(AgentMsg::V1(AgentMsgV1::BundleReport(report))) if session.hello_done.load(Ordering::Acquire) => {
+            on_report(&state, &session, report).await
+        }
+        Ok(_) => session.protocol_violation(&state, "only a BundleReport after Hello may use a unidirectional stream"),
+        Err(e) => session.protocol_violation(&state, &format!("malformed report: {e}")),
+    }
+}
+
+/// Refusal codes are agent-supplied: only known ones become metric labels.
+fn bounded_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "bundle_malformed",
+        "bundle_too_large",
+        "bundle_key_unknown",
+        "bundle_signature_invalid",
+        "bundle_file_digest_mismatch",
+        "bundle_file_missing",
+        "bundle_file_unlisted",
+        "bundle_scope_mismatch",
+        "bundle_expired",
+        "bundle_epoch_stale",
+    ];
+    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Open connections by id, with the certificate serial each was authenticated with.
+#[derive(Default)]
+struct LiveConnections {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, (String, quinn::Connection)>>,
+}
+
+impl LiveConnections {
+    fn insert(&self, serial: &str, conn: quinn::Connection) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (serial.to_owned(), conn));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn close_revoked(&self, revoked: &RevocationSet) -> usize {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for (serial, conn) in map.values() {
+            if revoked.contains(serial) {
+                conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            info!(closed, "closed connections of revoked certificates");
+        }
+        closed
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics of the aggregator: named constants, lock-free counters, text exposition.
+//!
+//! The aggregator keeps its own small registry instead of a process-global recorder so that several servers can
+//! run in one test process without sharing counters. Label values are bounded (backend, refusal code, message
+//! kind), never tenant or agent ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub const RECORDS_INSERTED: &str = "gait_aggregator_records_inserted_total";
+pub const RECORDS_DUPLICATE: &str = "gait_aggregator_records_duplicate_total";
+pub const RECORDS_CONFLICT: &str = "gait_aggregator_records_conflict_total";
+pub const RECORD_GAPS: &str = "gait_aggregator_record_gaps_total";
+pub const BATCHES_COMMITTED: &str = "gait_aggregator_batches_committed_total";
+pub const CONNECTIONS_ACCEPTED: &str = "gait_aggregator_connections_accepted_total";
+pub const CONNECTIONS_REFUSED: &str = "gait_aggregator_connections_refused_total";
+pub const CONNECTIONS_OPEN: &str = "gait_aggregator_connections_open";
+pub const PROTOCOL_ERRORS: &str = "gait_aggregator_protocol_errors_total";
+pub const BUNDLES_PUBLISHED: &str = "gait_aggregator_bundles_published_total";
+pub const BUNDLES_SERVED: &str = "gait_aggregator_bundles_served_total";
+pub const BUNDLE_REFUSALS_REPORTED: &str = "gait_aggregator_bundle_refusals_reported_total";
+pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
+pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
+
+/// Help text for each metric, rendered as `# HELP` lines.
+const HELP: &[(&str, &str, &str)] = &[
+    (RECORDS_INSERTED, "counter", "Outbox records committed to the store."),
+    (RECORDS_DUPLICATE, "counter", "Redelivered records recognised as already stored."),
+    (RECORDS_CONFLICT, "counter", "Records whose sequence was stored with a different hash (kept the original)."),
+    (RECORD_GAPS, "counter", "Sequence gaps or hash-chain breaks detected in agent streams."),
+    (BATCHES_COMMITTED, "counter", "Record batches committed and acknowledged."),
+    (CONNECTIONS_ACCEPTED, "counter", "QUIC connections that completed the mutual-TLS handshake."),
+    (CONNECTIONS_REFUSED, "counter", "QUIC connection attempts refused during the handshake."),
+    (CONNECTIONS_OPEN, "gauge", "Agent connections currently open."),
+    (PROTOCOL_ERRORS, "counter", "Streams or connections closed for a protocol violation."),
+    (BUNDLES_PUBLISHED, "counter", "Policy bundles signed and published."),
+    (BUNDLES_SERVED, "counter", "Policy bundles sent to agents."),
+    (BUNDLE_REFUSALS_REPORTED, "counter", "Bundle refusals reported by agents."),
+    (LONG_POLLS_WAITING, "gauge", "Bundle long-polls currently waiting."),
+    (HTTP_REQUESTS, "counter", "HTTP API requests served."),
+];
+
+/// Counters and gauges keyed by metric name and a single bounded label pair.
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, Option<(&'static str, String)>), Arc<AtomicU64>>>,
+    gauges: Mutex<BTreeMap<&'static str, Arc<AtomicI64>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `n` to a counter without labels.
+    pub fn inc(&self, name: &'static str, n: u64) {
+        self.counter(name, None).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add `n` to a counter with one label whose values come from a bounded set.
+    pub fn inc_labeled(&self, name: &'static str, label: &'static str, value: &str, n: u64) {
+        self.counter(name, Some((label, value.to_owned())))
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Move a gauge by `delta`.
+    pub fn gauge_add(&self, name: &'static str, delta: i64) {
+        self.gauge(name).fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn counter_value(&self, name: &'static str) -> u64 {
+        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn gauge_value(&self, name: &'static str) -> i64 {
+        self.gauge(name).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, name: &'static str, label: Option<(&'static str, String)>) -> Arc<AtomicU64> {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((name, label)).or_default().clone()
+    }
+
+    fn gauge(&self, name: &'static str) -> Arc<AtomicI64> {
+        let mut map = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name).or_default().clone()
+    }
+
+    /// Render every known metric in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, kind, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            if *kind == "gauge" {
+                let v = gauges.get(name).map_or(0, |g| g.load(Ordering::Relaxed));
+                let _ = writeln!(out, "{name} {v}");
+                continue;
+            }
+            let mut any = false;
+            for ((n, label), c) in counters.iter() {
+                if n != name {
+                    continue;
+                }
+                any = true;
+                let v = c.load(Ordering::Relaxed);
+                match label {
+                    Some((k, val)) => {
+                        let _ = writeln!(out, "{name}{{{k}=\"{}\"}} {v}", escape_label(val));
+                    }
+                    None => {
+                        let _ = writeln!(out, "{name} {v}");
+                    }
+                }
+            }
+            if !any {
+                let _ = writeln!(out, "{name} 0");
+            }
+        }
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_every_metric_with_type_and_current_value() {
+        let m = Metrics::new();
+        m.inc(RECORDS_INSERTED, 3);
+        m.inc_labeled(CONNECTIONS_REFUSED, "reason", "revoked", 2);
+        m.gauge_add(CONNECTIONS_OPEN, 5);
+        m.gauge_add(CONNECTIONS_OPEN, -1);
+        let text = m.render();
+        assert!(text.contains("# TYPE gait_aggregator_records_inserted_total counter"));
+        assert!(text.contains("\ngait_aggregator_records_inserted_total 3\n"));
+        assert!(text.contains("gait_aggregator_connections_refused_total{reason=\"revoked\"} 2"));
+        assert!(text.contains("\ngait_aggregator_connections_open 4\n"));
+        assert!(text.contains("\ngait_aggregator_bundles_published_total 0\n"));
+        for (name, _, _) in HELP {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
+        }
+    }
+}

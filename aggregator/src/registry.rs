@@ -1,0 +1,331 @@
+//! Policy registry: the registry signing key, signed bundle publishing and the long-poll wake-up hub.
+//!
+//! A publish validates the policy files, assigns the next epoch of the tenant's scope, signs a bundle with the
+//! registry key (Gait's Ed25519 SignJSON over the manifest), stores it, and wakes every long-poll waiting on that
+//! scope. Waiters read the new bundle from the hub without touching the store, so a publish to a thousand
+//! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
+//! sharing the same database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gait_bundle::{BundleBuilder, OnStale, Scope, Staleness};
+use gait_canon::sign::{self, PublicKey, SigningKey};
+use gait_store::{Store, StoreError, StoredBundle, Tenant};
+use tokio::sync::watch;
+
+use crate::metrics::{self, Metrics};
+
+/// File name of the registry's private signing key inside the key directory.
+pub const REGISTRY_KEY_FILE: &str = "registry.key";
+/// File name of the registry's public key: the trust root agents are given.
+pub const REGISTRY_PUB_FILE: &str = "registry.pub";
+/// Largest policy file accepted in a bundle.
+pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
+/// Most policy files in one bundle.
+pub const MAX_POLICIES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("invalid publish request: {0}")]
+    Invalid(String),
+    #[error("policy {name} is not a valid Gait policy: {message}")]
+    Policy { name: String, message: String },
+    #[error("signing the bundle failed: {0}")]
+    Sign(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    /// Whether the caller sent something wrong (as opposed to a server-side failure).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Policy { .. })
+    }
+}
+
+/// Defaults applied when a publish request leaves a field out.
+#[derive(Clone, Debug)]
+pub struct BundleDefaults {
+    /// How long a bundle may be activated after it is signed.
+    pub validity: Duration,
+    /// How long an agent may enforce without contact before it is stale.
+    pub max_offline_seconds: u64,
+    /// What a stale agent does.
+    pub on_stale: OnStale,
+}
+
+impl Default for BundleDefaults {
+    fn default() -> Self {
+        Self {
+            validity: Duration::from_secs(30 * 24 * 3600),
+            max_offline_seconds: 24 * 3600,
+            on_stale: OnStale::Keep,
+        }
+    }
+}
+
+/// What an operator asks to publish for one scope.
+#[derive(Clone, Debug)]
+pub struct PublishRequest {
+    /// Policy file name -> YAML text.
+    pub policies: BTreeMap<String, String>,
+    pub max_offline_seconds: Option<u64>,
+    pub on_stale: Option<OnStale>,
+    pub validity: Option<Duration>,
+    /// Who published (operator identity, for the record).
+    pub created_by: String,
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Published {
+    pub epoch: u64,
+    pub digest: String,
+    pub parent_digest: Option<String>,
+    pub not_after: String,
+    pub policies: Vec<String>,
+}
+
+/// The registry: signing key, store and wake-up hub.
+pub struct Registry {
+    store: Store,
+    key: SigningKey,
+    defaults: BundleDefaults,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(store: Store, key: SigningKey, defaults: BundleDefaults, metrics: Arc<Metrics>) -> Self {
+        Self { store, key, defaults, hub: Hub::default(), metrics }
+    }
+
+    /// The public half of the registry key: what agents must trust.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Load the registry key from `dir`, or create one (0600) with its public key beside it.
+    pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, RegistryError> {
+        let private = dir.join(REGISTRY_KEY_FILE);
+        let public = dir.join(REGISTRY_PUB_FILE);
+        let key_err = |path: &Path, message: String| RegistryError::Key { path: path.to_path_buf(), message };
+        if private.exists() {
+            let key = sign::load_private_key_file(&private).map_err(|e| key_err(&private, e.to_string()))?;
+            if !public.exists() {
+                std::fs::write(&public, format!("{}\n", key.public_key().to_gait_public_key()))
+                    .map_err(|e| key_err(&public, e.to_string()))?;
+            }
+            return Ok(key);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e.to_string()))?;
+        let key = SigningKey::generate();
+        sign::write_key_pair(&private, &public, &key).map_err(|e| key_err(&private, e.to_string()))?;
+        tracing::info!(key_id = %key.public_key().key_id(), path = %private.display(), "registry signing key created");
+        Ok(key)
+    }
+
+    /// Validate, sign, store and announce a new bundle for `tenant`.
+    pub async fn publish(&self, tenant: &Tenant, req: PublishRequest) -> Result<Published, RegistryError> {
+        validate_policies(&req.policies)?;
+        // Two concurrent publishes may race for the same epoch; the store refuses the loser, which retries once.
+        for attempt in 0..3 {
+            let latest = self.store.latest_bundle(tenant).await?;
+            let (epoch, parent) = match &latest {
+                Some(b) => (b.epoch + 1, Some(b.digest.clone())),
+                None => (1, None),
+            };
+            let now = time::OffsetDateTime::now_utc();
+            let validity = req.validity.unwrap_or(self.defaults.validity);
+            let not_after = now + validity;
+            let mut builder = BundleBuilder::new(scope_of(tenant), epoch, not_after.unix_timestamp());
+            builder.created_at(now.unix_timestamp()).staleness(Staleness {
+                max_offline_seconds: req.max_offline_seconds.unwrap_or(self.defaults.max_offline_seconds),
+                on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
+            });
+            if let Some(p) = &parent {
+                let mut raw = [0u8; 32];
+                hex::decode_to_slice(p, &mut raw)
+                    .map_err(|_| RegistryError::Sign(format!("stored parent digest `{p}` is not hex")))?;
+                builder.parent(raw);
+            }
+            for (name, text) in &req.policies {
+                builder.add_policy(name.clone(), text.as_bytes().to_vec());
+            }
+            let bytes = builder.sign(&self.key).map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let manifest = gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let (_, digest) = manifest.digest().map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let now_ms = unix_ms();
+            match self.store.publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms).await {
+                Ok(()) => {}
+                Err(StoreError::EpochConflict { .. }) if attempt < 2 => continue,
+                Err(e) => return Err(e.into()),
+            }
+            self.metrics.inc(metrics::BUNDLES_PUBLISHED, 1);
+            tracing::info!(org = %tenant.org, project = %tenant.project, env = %tenant.env, epoch, %digest,
+                created_by = %req.created_by, "bundle published");
+            self.hub.announce(
+                tenant,
+                Arc::new(StoredBundle {
+                    epoch,
+                    digest: digest.clone(),
+                    bytes,
+                    created_unix_ms: now_ms,
+                    created_by: req.created_by.clone(),
+                }),
+            );
+            return Ok(Published {
+                epoch,
+                digest,
+                parent_digest: parent,
+                not_after: not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                policies: req.policies.keys().cloned().collect(),
+            });
+        }
+        Err(RegistryError::Invalid("concurrent publishes kept conflicting; retry".into()))
+    }
+
+    /// The newest bundle of a scope, from the hub when known, else from the store.
+    pub async fn latest(&self, tenant: &Tenant) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
+        if let Some(b) = self.hub.current(tenant) {
+            return Ok(Some(b));
+        }
+        let stored = self.store.latest_bundle(tenant).await?.map(Arc::new);
+        if let Some(b) = &stored {
+            self.hub.announce(tenant, b.clone());
+        }
+        Ok(stored)
+    }
+
+    /// Wait up to `wait` for a bundle newer than `have_epoch`; `None` at the timeout.
+    pub async fn wait_newer(
+        &self,
+        tenant: &Tenant,
+        have_epoch: u64,
+        wait: Duration,
+    ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
+        // Subscribe before reading so a publish between the read and the wait is not missed.
+        let mut rx = self.hub.subscribe(tenant);
+        if let Some(b) = self.latest(tenant).await?
+            && b.epoch > have_epoch
+        {
+            return Ok(Some(b));
+        }
+        self.metrics.gauge_add(metrics::LONG_POLLS_WAITING, 1);
+        let result = tokio::time::timeout(wait, async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                let newer = rx.borrow_and_update().as_ref().filter(|b| b.epoch > have_epoch).cloned();
+                if newer.is_some() {
+                    return newer;
+                }
+            }
+        })
+        .await;
+        self.metrics.gauge_add(metrics::LONG_POLLS_WAITING, -1);
+        Ok(result.ok().flatten())
+    }
+
+    /// Re-read the newest bundle of every scope that has waiters, so publishes made through another replica
+    /// (sharing the database) wake this replica's long-polls too.
+    pub async fn refresh_waited_scopes(&self) -> Result<(), RegistryError> {
+        for tenant in self.hub.scopes_with_waiters() {
+            if let Some(b) = self.store.latest_bundle(&tenant).await? {
+                let known = self.hub.current(&tenant).map(|c| c.epoch).unwrap_or(0);
+                if b.epoch > known {
+                    self.hub.announce(&tenant, Arc::new(b));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Check names, sizes and that every policy is a valid Gait policy before anything is signed.
+fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    if policies.is_empty() {
+        return Err(RegistryError::Invalid("at least one policy file is required in `policies`".into()));
+    }
+    if policies.len() > MAX_POLICIES {
+        return Err(RegistryError::Invalid(format!(
+            "{} policy files given; at most {MAX_POLICIES} fit in one bundle",
+            policies.len()
+        )));
+    }
+    for (name, text) in policies {
+        let name_ok = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.starts_with('.')
+            && (name.ends_with(".yaml") || name.ends_with(".yml"));
+        if !name_ok {
+            return Err(RegistryError::Invalid(format!(
+                "policy name `{name}`: use 1-128 characters [A-Za-z0-9._-], not starting with '.', ending in .yaml or .yml"
+            )));
+        }
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(RegistryError::Invalid(format!(
+                "policy `{name}` is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                text.len()
+            )));
+        }
+        crate::policy_check::check(text.as_bytes())
+            .map_err(|message| RegistryError::Policy { name: name.clone(), message })?;
+    }
+    Ok(())
+}
+
+pub fn scope_of(t: &Tenant) -> Scope {
+    Scope { org: t.org.clone(), project: t.project.clone(), env: t.env.clone() }
+}
+
+pub fn unix_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Per-scope watch channels carrying the newest bundle.
+#[derive(Default)]
+struct Hub {
+    scopes: Mutex<HashMap<Tenant, watch::Sender<Option<Arc<StoredBundle>>>>>,
+}
+
+impl Hub {
+    fn sender(&self, tenant: &Tenant) -> watch::Sender<Option<Arc<StoredBundle>>> {
+        let mut map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(tenant.clone()).or_insert_with(|| watch::channel(None).0).clone()
+    }
+
+    fn subscribe(&self, tenant: &Tenant) -> watch::Receiver<Option<Arc<StoredBundle>>> {
+        self.sender(tenant).subscribe()
+    }
+
+    fn current(&self, tenant: &Tenant) -> Option<Arc<StoredBundle>> {
+        let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(tenant).and_then(|s| s.borrow().clone())
+    }
+
+    fn announce(&self, tenant: &Tenant, bundle: Arc<StoredBundle>) {
+        self.sender(tenant).send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.epoch >= bundle.epoch) {
+                return false;
+            }
+            *cur = Some(bundle);
+            true
+        });
+    }
+
+    fn scopes_with_waiters(&self) -> Vec<Tenant> {
+        let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().filter(|(_, s)| s.receiver_count() > 0).map(|(t, _)| t.clone()).collect()
+    }
+}

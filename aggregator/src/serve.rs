@@ -1,0 +1,257 @@
+//! `gait-aggregator serve`: wires the store, registry, QUIC ingest and HTTP API together and runs them until
+//! shutdown.
+//!
+//! Embedded defaults need no configuration: everything lives under the data directory (`./gait-data`): the
+//! SQLite database `aggregator.db`, the PKI (`pki/`, created on first start when absent), the registry signing
+//! key (`keys/registry.key`) and the admin token (`admin.token`). PostgreSQL is selected with `--database-url
+//! postgres://...`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gait_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::http::{AppState, router};
+use crate::ingest::{IngestLimits, IngestState};
+use crate::metrics::Metrics;
+use crate::pki;
+use crate::registry::{BundleDefaults, Registry};
+use crate::tls::{RevocationSet, TransportTuning, server_config};
+
+/// Name of the SQLite database file inside the data directory.
+pub const SQLITE_FILE: &str = "aggregator.db";
+/// Name of the admin token file inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Directory holding the embedded database, PKI, keys and admin token.
+    pub data_dir: PathBuf,
+    /// `postgres://...` to use PostgreSQL; `None` = SQLite file in the data directory.
+    pub database_url: Option<String>,
+    /// UDP address of the agent-facing QUIC endpoint.
+    pub quic_listen: SocketAddr,
+    /// TCP address of the HTTP API.
+    pub http_listen: SocketAddr,
+    /// Server names put in the server certificate when the PKI is created on first start.
+    pub server_names: Vec<String>,
+    /// Defaults for published bundles.
+    pub bundle_defaults: BundleDefaults,
+    /// QUIC transport tuning.
+    pub transport: TransportTuning,
+    /// How often the revocation list is reloaded from the store.
+    pub revocation_refresh: Duration,
+}
+
+impl ServeConfig {
+    /// Embedded defaults rooted at `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+            quic_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            bundle_defaults: BundleDefaults::default(),
+            transport: TransportTuning::default(),
+            revocation_refresh: Duration::from_secs(1),
+        }
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    pub fn key_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// The database URL in force: the configured one or the SQLite file under the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join(SQLITE_FILE).display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] gait_store::StoreError),
+    #[error("pki: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+}
+
+/// A running aggregator: bound addresses and the handles to stop it.
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_token: String,
+    pub ingest: Arc<IngestState>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Wait until shutdown is requested and every task has drained (or the grace period ran out).
+    pub async fn wait(self, grace: Duration) -> bool {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        let clean = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        if clean {
+            info!("aggregator stopped cleanly");
+        } else {
+            warn!(grace_s = grace.as_secs(), "aggregator drain timed out");
+        }
+        clean
+    }
+}
+
+/// Read the admin token from the data directory, creating a random one (0600) on first start.
+pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let err = |source| ServeError::DataDir { path: path.clone(), source };
+    if path.exists() {
+        let token = std::fs::read_to_string(&path).map_err(err)?.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let token = hex::encode(bytes);
+    write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Start every subsystem; returns once the endpoints are bound.
+pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+    let pki_dir = config.pki_dir();
+    if !pki_dir.join("ca.pem").exists() {
+        let opts = pki::InitOptions { server_names: config.server_names.clone(), ..Default::default() };
+        pki::init(&pki_dir, &opts)?;
+        info!(dir = %pki_dir.display(), "PKI created (first start)");
+    }
+    let store = Store::connect(&config.effective_database_url()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let key = Registry::load_or_create_key(&config.key_dir())?;
+    let registry = Arc::new(Registry::new(store.clone(), key, config.bundle_defaults.clone(), metrics.clone()));
+    let admin_token = load_or_create_admin_token(&config.data_dir)?;
+
+    let revoked = RevocationSet::new();
+    revoked.replace_all(store.revoked_serials().await?);
+    let quic = server_config(
+        &pki_dir.join("ca.pem"),
+        &pki_dir.join("server.pem"),
+        &pki_dir.join("server.key"),
+        revoked.clone(),
+        &config.transport,
+    )?;
+    let endpoint = quinn::Endpoint::server(quic, config.quic_listen)
+        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
+    let quic_addr = endpoint
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.http_listen, what: "HTTP/TCP", source })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr: config.http_listen, what: "HTTP/TCP", source })?;
+
+    let ingest = Arc::new(IngestState::new(
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+        revoked,
+        IngestLimits::default(),
+    ));
+    let tracker = TaskTracker::new();
+    spawn_ingest(&tracker, endpoint, ingest.clone(), shutdown.child_token());
+    spawn_http(&tracker, listener, AppState {
+        store: store.clone(),
+        registry: registry.clone(),
+        metrics,
+        admin_token: Arc::new(admin_token.clone()),
+    }, shutdown.child_token());
+    spawn_housekeeping(&tracker, ingest.clone(), registry, config.revocation_refresh, shutdown.child_token());
+    info!(%quic_addr, %http_addr, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
+    Ok(Running { quic_addr, http_addr, admin_token, ingest, tracker, shutdown })
+}
+
+/// Start and run until `shutdown`, then drain.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<bool, ServeError> {
+    let running = start(config, shutdown).await?;
+    Ok(running.wait(Duration::from_secs(10)).await)
+}
+
+fn spawn_ingest(tracker: &TaskTracker, endpoint: quinn::Endpoint, state: Arc<IngestState>, token: CancellationToken) {
+    tracker.spawn(async move { crate::ingest::serve(endpoint, state, token).await });
+}
+
+fn spawn_http(tracker: &TaskTracker, listener: tokio::net::TcpListener, state: AppState, token: CancellationToken) {
+    tracker.spawn(async move {
+        let app = router(state);
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+}
+
+/// Periodic jobs: reload revocations (closing revoked agents' connections) and refresh long-polled scopes.
+fn spawn_housekeeping(
+    tracker: &TaskTracker,
+    ingest: Arc<IngestState>,
+    registry: Arc<Registry>,
+    every: Duration,
+    token: CancellationToken,
+) {
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = ingest.refresh_revocations().await {
+                        warn!(error = %e, "revocation refresh failed");
+                    }
+                    if let Err(e) = registry.refresh_waited_scopes().await {
+                        warn!(error = %e, "bundle refresh failed");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,492 @@
+//! The values that cross the store boundary: keys, inputs, stored rows, and the checks applied to inputs.
+//!
+//! u64 values (sequence numbers, epochs, counters) are kept as signed 64-bit integers in both backends. The store
+//! refuses inputs above `i64::MAX` with [`StoreError::InvalidInput`] instead of wrapping them, and reports a
+//! stored negative value as [`StoreError::Corrupt`]; `i64::MAX` (9.2e18) is far beyond any real sequence.
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::StoreError;
+
+/// Longest accepted org, project, env or agent id, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest accepted record class or kind, or refusal code, in bytes.
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Longest accepted free text (remote address, agent version, reason, created_by), in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest accepted refusal message; longer messages from agents are cut to this length, not refused.
+pub const MAX_REFUSAL_MESSAGE_BYTES: usize = 1024;
+/// Most records one `commit_batch` call accepts.
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// Most records one `records` page returns; larger limits are clamped to it.
+pub const MAX_RECORDS_PAGE: u32 = 1_000;
+/// Longest accepted certificate serial in hex digits, after normalisation (RFC 5280 allows 20 octets).
+pub const MAX_SERIAL_HEX: usize = 64;
+
+/// The tenancy every row is scoped by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tenant {
+    pub org: String,
+    pub project: String,
+    pub env: String,
+}
+
+impl Tenant {
+    pub fn new(org: impl Into<String>, project: impl Into<String>, env: impl Into<String>) -> Self {
+        Self {
+            org: org.into(),
+            project: project.into(),
+            env: env.into(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        check_name("org", &self.org)?;
+        check_name("project", &self.project)?;
+        check_name("env", &self.env)
+    }
+}
+
+impl std::fmt::Display for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.org, self.project, self.env)
+    }
+}
+
+/// One agent inside one tenant. The same `agent_id` in two tenants names two different agents.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AgentKey {
+    pub tenant: Tenant,
+    pub agent_id: String,
+}
+
+impl AgentKey {
+    pub fn new(tenant: Tenant, agent_id: impl Into<String>) -> Self {
+        Self {
+            tenant,
+            agent_id: agent_id.into(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        self.tenant.validate()?;
+        check_name("agent_id", &self.agent_id)
+    }
+}
+
+impl std::fmt::Display for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.agent_id)
+    }
+}
+
+/// A bundle an agent holds, named by epoch and manifest digest (64 lowercase hex characters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRef {
+    pub epoch: u64,
+    pub digest: String,
+}
+
+/// The bundle an agent enforces, and since when (unix ms).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveBundle {
+    pub epoch: u64,
+    pub digest: String,
+    pub since_unix_ms: i64,
+}
+
+/// What an agent says about itself when it connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentHello {
+    /// Serial of the verified client certificate, hex (colons and upper case are accepted and normalised).
+    pub cert_serial: String,
+    pub remote_addr: String,
+    pub agent_version: String,
+    pub active_bundle: Option<ActiveBundle>,
+    pub received_bundle: Option<BundleRef>,
+    pub outbox_depth: u64,
+    pub shed_total: u64,
+}
+
+/// What the aggregator already holds of an agent's record stream: every seq up to `committed_seq` is stored
+/// or recorded as a gap, and `committed_hash` is the hash of record `committed_seq` (zeros when it is 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentCursor {
+    pub committed_seq: u64,
+    pub committed_hash: [u8; 32],
+}
+
+/// An agent's report about a bundle it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BundleReportRow {
+    /// Verified and stored, not yet enforced.
+    Received(BundleRef),
+    /// Now enforced.
+    Activated(ActiveBundle),
+    /// Refused (bad signature, rollback, stale...); `message` longer than [`MAX_REFUSAL_MESSAGE_BYTES`] is cut.
+    Refused {
+        epoch: u64,
+        code: String,
+        message: String,
+    },
+}
+
+/// One outbox record as the agent sent it. Sequence numbers start at 1; the first record's `prev_hash` is
+/// 32 zero bytes and every later one's is the `hash` of the record before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    pub seq: u64,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    pub class: String,
+    pub kind: String,
+    pub created_unix_ms: i64,
+    pub bundle_epoch: Option<u64>,
+    pub bundle_digest: Option<String>,
+    pub bundle_since_ms: Option<i64>,
+    /// JSON bytes, stored as given.
+    pub payload: Vec<u8>,
+}
+
+/// What one `commit_batch` did. Every record of the batch is counted exactly once in `inserted`,
+/// `duplicates` or `conflicts`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Records newly stored.
+    pub inserted: u64,
+    /// Records already stored with the same hash (redelivery), including repeats inside the batch.
+    pub duplicates: u64,
+    /// Records whose seq is stored (or repeated in the batch) with a different hash; the stored one is kept.
+    pub conflicts: u64,
+    /// The seqs counted in `conflicts`, ascending, one entry per conflicting record.
+    pub conflict_seqs: Vec<u64>,
+    /// Cursor after the batch.
+    pub committed_seq: u64,
+    pub committed_hash: [u8; 32],
+    /// `missing` gaps found by this batch, as inclusive (first_seq, last_seq) ranges.
+    pub gaps: Vec<(u64, u64)>,
+    /// Seqs whose `prev_hash` did not match the hash of the record before them (`chain_break` gaps).
+    pub chain_breaks: Vec<u64>,
+}
+
+/// A published policy bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBundle {
+    pub epoch: u64,
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub created_unix_ms: i64,
+    pub created_by: String,
+}
+
+/// Which agents to list: `org` is required, `project` and `env` narrow the list when set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFilter {
+    pub org: String,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// The last bundle an agent refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+    pub epoch: u64,
+    pub at_unix_ms: i64,
+}
+
+/// One agent as the HTTP API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentRow {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub agent_id: String,
+    pub cert_serial: String,
+    pub first_seen_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
+    pub remote_addr: String,
+    pub agent_version: String,
+    pub active_bundle: Option<ActiveBundle>,
+    pub received_bundle: Option<BundleRef>,
+    pub last_refusal: Option<Refusal>,
+    pub committed_seq: u64,
+    #[serde(serialize_with = "hex_bytes")]
+    pub committed_hash: [u8; 32],
+    pub outbox_depth: u64,
+    pub shed_total: u64,
+    pub gap_count: u64,
+}
+
+/// Why a gap row exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapKind {
+    /// Seqs the agent skipped: they were never delivered and never will be (shed, or lost on the agent).
+    Missing,
+    /// A record whose `prev_hash` is not the hash of the stored record before it.
+    ChainBreak,
+}
+
+impl GapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::ChainBreak => "chain_break",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "missing" => Ok(Self::Missing),
+            "chain_break" => Ok(Self::ChainBreak),
+            other => Err(StoreError::corrupt(
+                "record_gaps",
+                format!("unknown gap kind {other:?}"),
+            )),
+        }
+    }
+}
+
+/// One recorded gap in an agent's stream (inclusive seq range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GapRow {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub kind: GapKind,
+    pub detected_unix_ms: i64,
+}
+
+/// One stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub class: String,
+    pub kind: String,
+    pub record_hash: [u8; 32],
+    pub prev_hash: [u8; 32],
+    pub created_unix_ms: i64,
+    pub bundle_epoch: Option<u64>,
+    pub bundle_digest: Option<String>,
+    pub bundle_since_ms: Option<i64>,
+    pub payload: Vec<u8>,
+    pub received_unix_ms: i64,
+}
+
+/// A revoked client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Hex serial (colons and upper case are accepted and normalised).
+    pub cert_serial: String,
+    pub tenant: Tenant,
+    pub agent_id: String,
+    pub reason: String,
+}
+
+fn hex_bytes<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(bytes))
+}
+
+/// Normalises a certificate serial to its canonical hex form, so revocations and hellos compare equal whatever
+/// rendering the caller's X.509 parser produced: lowercase, no colons, leading zeros dropped, then padded to
+/// whole bytes (`"00:0A:BC"` -> `"0abc"`, zero -> `"00"`).
+pub fn normalize_cert_serial(field: &str, serial: &str) -> Result<String, StoreError> {
+    let hex: String = serial
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.is_empty() {
+        return Err(StoreError::invalid(field, "certificate serial is empty"));
+    }
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::invalid(
+            field,
+            "certificate serial must be hex digits (colons allowed)",
+        ));
+    }
+    let significant = hex.trim_start_matches('0');
+    let canonical = match significant.len() {
+        0 => "00".to_owned(),
+        n if n % 2 == 1 => format!("0{significant}"),
+        _ => significant.to_owned(),
+    };
+    if canonical.len() > MAX_SERIAL_HEX {
+        return Err(StoreError::invalid(
+            field,
+            format!("certificate serial is longer than {MAX_SERIAL_HEX} hex digits"),
+        ));
+    }
+    Ok(canonical)
+}
+
+pub(crate) fn check_name(field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Err(StoreError::invalid(field, "must not be empty"));
+    }
+    check_text(field, value, MAX_NAME_BYTES)
+}
+
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), StoreError> {
+    if value.len() > max {
+        return Err(StoreError::invalid(
+            field,
+            format!("is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A manifest digest: SHA-256 as 64 lowercase hex characters, no prefix.
+pub(crate) fn check_digest(field: &str, digest: &str) -> Result<(), StoreError> {
+    let ok = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            field,
+            "must be a SHA-256 digest as 64 lowercase hex characters",
+        ))
+    }
+}
+
+/// A u64 as the i64 the databases hold; values above `i64::MAX` are refused.
+pub(crate) fn to_i64(field: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| {
+        StoreError::invalid(field, format!("{value} exceeds the maximum {}", i64::MAX))
+    })
+}
+
+/// A stored i64 back to u64; a negative value means the row was not written by this store.
+pub(crate) fn to_u64(table: &'static str, column: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::corrupt(table, format!("{column} is negative ({value})")))
+}
+
+pub(crate) fn to_hash(
+    table: &'static str,
+    column: &str,
+    bytes: Vec<u8>,
+) -> Result<[u8; 32], StoreError> {
+    let len = bytes.len();
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::corrupt(table, format!("{column} is {len} bytes, expected 32")))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl AgentHello {
+    pub(crate) fn validate(&self) -> Result<String, StoreError> {
+        let serial = normalize_cert_serial("hello.cert_serial", &self.cert_serial)?;
+        check_text("hello.remote_addr", &self.remote_addr, MAX_TEXT_BYTES)?;
+        check_text("hello.agent_version", &self.agent_version, MAX_TEXT_BYTES)?;
+        if let Some(b) = &self.active_bundle {
+            to_i64("hello.active_bundle.epoch", b.epoch)?;
+            check_digest("hello.active_bundle.digest", &b.digest)?;
+        }
+        if let Some(b) = &self.received_bundle {
+            to_i64("hello.received_bundle.epoch", b.epoch)?;
+            check_digest("hello.received_bundle.digest", &b.digest)?;
+        }
+        to_i64("hello.outbox_depth", self.outbox_depth)?;
+        to_i64("hello.shed_total", self.shed_total)?;
+        Ok(serial)
+    }
+}
+
+impl NewRecord {
+    pub(crate) fn validate(&self, index: usize) -> Result<(), StoreError> {
+        let field = |name: &str| format!("records[{index}].{name}");
+        if self.seq == 0 {
+            return Err(StoreError::invalid(
+                field("seq"),
+                "sequence numbers start at 1",
+            ));
+        }
+        to_i64(&field("seq"), self.seq)?;
+        check_name(&field("class"), &self.class)?;
+        check_text(&field("class"), &self.class, MAX_LABEL_BYTES)?;
+        check_name(&field("kind"), &self.kind)?;
+        check_text(&field("kind"), &self.kind, MAX_LABEL_BYTES)?;
+        if let Some(epoch) = self.bundle_epoch {
+            to_i64(&field("bundle_epoch"), epoch)?;
+        }
+        if let Some(digest) = &self.bundle_digest {
+            check_digest(&field("bundle_digest"), digest)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_serials_normalise_to_lowercase_hex_without_colons() {
+        assert_eq!(
+            normalize_cert_serial("s", "0A:1b:FF").ok().as_deref(),
+            Some("0a1bff")
+        );
+        assert!(normalize_cert_serial("s", "").is_err());
+        assert!(normalize_cert_serial("s", "0x12").is_err());
+        assert!(normalize_cert_serial("s", &"a".repeat(MAX_SERIAL_HEX + 1)).is_err());
+    }
+
+    #[test]
+    fn digests_must_be_64_lowercase_hex() {
+        assert!(check_digest("d", &"ab".repeat(32)).is_ok());
+        assert!(check_digest("d", &"AB".repeat(32)).is_err());
+        assert!(check_digest("d", &format!("sha256:{}", "ab".repeat(32))).is_err());
+        assert!(check_digest("d", "abc").is_err());
+    }
+
+    #[test]
+    fn u64_above_i64_max_is_refused_not_wrapped() {
+        assert_eq!(to_i64("x", i64::MAX as u64).ok(), Some(i64::MAX));
+        let err = to_i64("records[3].seq", u64::MAX)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("records[3].seq"), "{err}");
+        assert!(to_u64("agents", "committed_seq", -1).is_err());
+    }
+
+    #[test]
+    fn truncation_keeps_utf8_boundaries() {
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
+
+    #[test]
+    fn names_refuse_empty_oversized_and_control_characters() {
+        assert!(check_name("org", "").is_err());
+        assert!(check_name("org", &"o".repeat(MAX_NAME_BYTES + 1)).is_err());
+        assert!(check_name("org", "a\nb").is_err());
+        assert!(check_name("org", "acme-prod_1").is_ok());
+    }
+}

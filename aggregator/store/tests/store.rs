@@ -1,0 +1,790 @@
+//! The store's behaviour suite, run against both backends: SQLite on a temp file and PostgreSQL on a fresh
+//! database from `GAIT_TEST_DATABASE_URL` (see `gait_store::testing`).
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gait_store::testing::TestStore;
+use gait_store::{
+    ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentKey, BundleRef, BundleReportRow,
+    GapKind, NewRecord, Revocation, Store, StoreError, Tenant,
+};
+
+const NOW: i64 = 1_764_000_000_000;
+
+fn tenant(org: &str) -> Tenant {
+    Tenant::new(org, "payments", "prod")
+}
+
+fn key(org: &str, agent: &str) -> AgentKey {
+    AgentKey::new(tenant(org), agent)
+}
+
+fn digest(n: u8) -> String {
+    hex::encode([n; 32])
+}
+
+fn hello(serial: &str) -> AgentHello {
+    AgentHello {
+        cert_serial: serial.into(),
+        remote_addr: "10.0.0.7:4433".into(),
+        agent_version: "0.1.0".into(),
+        active_bundle: Some(ActiveBundle {
+            epoch: 3,
+            digest: digest(3),
+            since_unix_ms: NOW - 1000,
+        }),
+        received_bundle: Some(BundleRef {
+            epoch: 4,
+            digest: digest(4),
+        }),
+        outbox_depth: 12,
+        shed_total: 0,
+    }
+}
+
+/// A deterministic record hash for `seq` in the stream named by `salt`.
+fn hash(seq: u64, salt: u8) -> [u8; 32] {
+    if seq == 0 {
+        return [0; 32];
+    }
+    let mut h = [salt; 32];
+    h[..8].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
+fn record(seq: u64, prev_hash: [u8; 32], hash: [u8; 32]) -> NewRecord {
+    NewRecord {
+        seq,
+        prev_hash,
+        hash,
+        class: "decision".into(),
+        kind: "gate".into(),
+        created_unix_ms: NOW - 5000 + seq as i64,
+        bundle_epoch: Some(3),
+        bundle_digest: Some(digest(3)),
+        bundle_since_ms: Some(NOW - 1000),
+        payload: format!(r#"{{"seq":{seq},"verdict":"allow","tool":"fs.read"}}"#).into_bytes(),
+    }
+}
+
+/// Records `first..=last`, correctly chained in the stream `salt`.
+fn chain(first: u64, last: u64, salt: u8) -> Vec<NewRecord> {
+    (first..=last)
+        .map(|s| record(s, hash(s - 1, salt), hash(s, salt)))
+        .collect()
+}
+
+async fn connected(store: &Store, k: &AgentKey) -> Result<AgentCursor> {
+    Ok(store.agent_connected(k, &hello("0a1b2c"), NOW).await?)
+}
+
+async fn agent_row(store: &Store, k: &AgentKey) -> Result<gait_store::AgentRow> {
+    let filter = AgentFilter {
+        org: k.tenant.org.clone(),
+        project: None,
+        env: None,
+    };
+    let rows = store.list_agents(&filter).await?;
+    rows.into_iter()
+        .find(|r| r.tenant == k.tenant && r.agent_id == k.agent_id)
+        .with_context(|| format!("agent {k} not listed"))
+}
+
+/// Every seq up to the cursor is stored or inside a `missing` gap, and nothing is stored above it.
+async fn assert_cursor_invariant(store: &Store, k: &AgentKey) -> Result<()> {
+    let row = agent_row(store, k).await?;
+    let stored: Vec<u64> = store
+        .records(k, 0, 1000)
+        .await?
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let missing: Vec<(u64, u64)> = store
+        .gaps(k)
+        .await?
+        .iter()
+        .filter(|g| g.kind == GapKind::Missing)
+        .map(|g| (g.first_seq, g.last_seq))
+        .collect();
+    for seq in 1..=row.committed_seq {
+        let covered =
+            stored.contains(&seq) || missing.iter().any(|(a, b)| (*a..=*b).contains(&seq));
+        ensure!(
+            covered,
+            "seq {seq} <= committed_seq {} is neither stored nor a recorded gap",
+            row.committed_seq
+        );
+    }
+    ensure!(
+        stored.iter().all(|s| *s <= row.committed_seq),
+        "a record is stored above committed_seq"
+    );
+    Ok(())
+}
+
+gait_store::store_tests!(
+    migrations_are_idempotent_and_keep_data,
+    agent_upsert_returns_the_committed_cursor,
+    batch_commit_stores_every_field_and_pages_by_seq,
+    redelivered_batch_counts_all_duplicates_and_doubles_nothing,
+    same_seq_with_another_hash_is_a_conflict_and_the_original_is_kept,
+    skipped_seqs_are_recorded_as_a_missing_gap,
+    wrong_prev_hash_is_recorded_as_a_chain_break,
+    committed_seq_advances_only_over_stored_or_recorded_seqs,
+    bundle_epochs_must_increase_per_tenant,
+    tenants_are_isolated,
+    revocations_are_normalised_and_idempotent,
+    a_batch_of_5000_records_commits_in_one_call,
+    operations_on_an_unknown_agent_are_refused,
+    invalid_input_is_refused_before_any_write,
+    bundle_reports_update_the_agent_row,
+    concurrent_redelivery_of_one_batch_stores_it_once,
+    concurrent_publishes_of_one_epoch_admit_exactly_one,
+);
+
+async fn migrations_are_idempotent_and_keep_data(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+
+    // Connecting again runs the migrator again: nothing to apply, nothing lost.
+    let again = Store::connect(db.url()).await?;
+    again.ping().await?;
+    ensure!(again.backend() == db.backend());
+    ensure!(again.count_records(&k).await? == 3);
+    let third = Store::connect(db.url()).await?;
+    ensure!(third.count_records(&k).await? == 3);
+    again.close().await;
+    third.close().await;
+    Ok(())
+}
+
+async fn agent_upsert_returns_the_committed_cursor(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    let fresh = connected(store, &k).await?;
+    ensure!(
+        fresh
+            == AgentCursor {
+                committed_seq: 0,
+                committed_hash: [0; 32]
+            },
+        "fresh cursor: {fresh:?}"
+    );
+
+    store.commit_batch(&k, &chain(1, 5, 1), NOW).await?;
+    let mut newer = hello("0A:1B:2C");
+    newer.agent_version = "0.2.0".into();
+    newer.active_bundle = None;
+    let cursor = store.agent_connected(&k, &newer, NOW + 10).await?;
+    ensure!(
+        cursor
+            == AgentCursor {
+                committed_seq: 5,
+                committed_hash: hash(5, 1)
+            },
+        "cursor: {cursor:?}"
+    );
+
+    // An older clock never moves last_seen back; first_seen stays the first.
+    store.agent_connected(&k, &newer, NOW - 10).await?;
+    let row = agent_row(store, &k).await?;
+    ensure!(row.first_seen_unix_ms == NOW);
+    ensure!(row.last_seen_unix_ms == NOW + 10);
+    ensure!(row.agent_version == "0.2.0");
+    ensure!(
+        row.cert_serial == "0a1b2c",
+        "serial stored normalised: {}",
+        row.cert_serial
+    );
+    ensure!(row.active_bundle.is_none());
+    ensure!(
+        row.received_bundle
+            == Some(BundleRef {
+                epoch: 4,
+                digest: digest(4)
+            })
+    );
+    ensure!(row.outbox_depth == 12);
+    store.agent_seen(&k, NOW + 50).await?;
+    ensure!(agent_row(store, &k).await?.last_seen_unix_ms == NOW + 50);
+    ensure!(
+        store
+            .list_agents(&AgentFilter {
+                org: "acme".into(),
+                project: None,
+                env: None
+            })
+            .await?
+            .len()
+            == 1
+    );
+    Ok(())
+}
+
+async fn batch_commit_stores_every_field_and_pages_by_seq(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    let mut batch = chain(1, 10, 7);
+    batch[4].bundle_epoch = None;
+    batch[4].bundle_digest = None;
+    batch[4].bundle_since_ms = None;
+    let out = store.commit_batch(&k, &batch, NOW).await?;
+    ensure!(
+        out.inserted == 10 && out.duplicates == 0 && out.conflicts == 0,
+        "{out:?}"
+    );
+    ensure!(out.committed_seq == 10 && out.committed_hash == hash(10, 7));
+    ensure!(out.gaps.is_empty() && out.chain_breaks.is_empty());
+    ensure!(store.count_records(&k).await? == 10);
+
+    let all = store.records(&k, 0, 100).await?;
+    ensure!(all.len() == 10);
+    for (got, sent) in all.iter().zip(&batch) {
+        ensure!(
+            got.seq == sent.seq && got.record_hash == sent.hash && got.prev_hash == sent.prev_hash
+        );
+        ensure!(got.class == sent.class && got.kind == sent.kind && got.payload == sent.payload);
+        ensure!(got.created_unix_ms == sent.created_unix_ms && got.received_unix_ms == NOW);
+        ensure!(got.bundle_epoch == sent.bundle_epoch && got.bundle_digest == sent.bundle_digest);
+        ensure!(got.bundle_since_ms == sent.bundle_since_ms);
+    }
+    let page: Vec<u64> = store
+        .records(&k, 5, 3)
+        .await?
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    ensure!(page == vec![6, 7, 8], "page {page:?}");
+    ensure!(store.records(&k, 10, 100).await?.is_empty());
+    ensure!(store.records(&k, 0, 0).await?.is_empty());
+    Ok(())
+}
+
+async fn redelivered_batch_counts_all_duplicates_and_doubles_nothing(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    let batch = chain(1, 50, 2);
+    let first = store.commit_batch(&k, &batch, NOW).await?;
+    let again = store.commit_batch(&k, &batch, NOW + 1).await?;
+    ensure!(
+        again.inserted == 0 && again.duplicates == 50 && again.conflicts == 0,
+        "{again:?}"
+    );
+    ensure!(
+        again.committed_seq == first.committed_seq && again.committed_hash == first.committed_hash
+    );
+    ensure!(again.gaps.is_empty() && again.chain_breaks.is_empty());
+    ensure!(store.count_records(&k).await? == 50);
+
+    // A partly redelivered batch: the old half are duplicates, the new half is stored.
+    let overlap = chain(41, 60, 2);
+    let out = store.commit_batch(&k, &overlap, NOW + 2).await?;
+    ensure!(out.inserted == 10 && out.duplicates == 10, "{out:?}");
+    ensure!(out.committed_seq == 60 && out.chain_breaks.is_empty());
+    ensure!(store.count_records(&k).await? == 60);
+    ensure!(store.gaps(&k).await?.is_empty());
+    Ok(())
+}
+
+async fn same_seq_with_another_hash_is_a_conflict_and_the_original_is_kept(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+
+    let mut forged = record(2, hash(1, 1), [0xee; 32]);
+    forged.payload = br#"{"forged":true}"#.to_vec();
+    let next = record(4, hash(3, 1), hash(4, 1));
+    let out = store.commit_batch(&k, &[forged, next], NOW + 1).await?;
+    ensure!(
+        out.conflicts == 1 && out.conflict_seqs == vec![2],
+        "{out:?}"
+    );
+    ensure!(out.inserted == 1 && out.duplicates == 0 && out.committed_seq == 4);
+
+    let kept = store.records(&k, 1, 1).await?;
+    ensure!(kept.len() == 1 && kept[0].seq == 2);
+    ensure!(
+        kept[0].record_hash == hash(2, 1),
+        "the stored record was overwritten"
+    );
+    ensure!(!kept[0].payload.starts_with(br#"{"forged""#));
+    ensure!(store.count_records(&k).await? == 4);
+    Ok(())
+}
+
+async fn skipped_seqs_are_recorded_as_a_missing_gap(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+    let out = store.commit_batch(&k, &chain(6, 7, 1), NOW + 5).await?;
+    ensure!(out.gaps == vec![(4, 5)], "{out:?}");
+    ensure!(
+        out.chain_breaks.is_empty(),
+        "the chain is not judged across a gap"
+    );
+    ensure!(out.committed_seq == 7 && out.committed_hash == hash(7, 1));
+
+    let gaps = store.gaps(&k).await?;
+    ensure!(gaps.len() == 1, "{gaps:?}");
+    ensure!(gaps[0].first_seq == 4 && gaps[0].last_seq == 5 && gaps[0].kind == GapKind::Missing);
+    ensure!(gaps[0].detected_unix_ms == NOW + 5);
+    ensure!(agent_row(store, &k).await?.gap_count == 1);
+
+    // Continuing contiguously records nothing more.
+    let out = store.commit_batch(&k, &chain(8, 9, 1), NOW + 6).await?;
+    ensure!(out.gaps.is_empty() && out.chain_breaks.is_empty());
+    ensure!(store.gaps(&k).await?.len() == 1);
+
+    // A fresh agent whose first records were shed starts with a gap from seq 1.
+    let k2 = key("acme", "agent-2");
+    connected(store, &k2).await?;
+    let out = store.commit_batch(&k2, &chain(5, 6, 3), NOW).await?;
+    ensure!(out.gaps == vec![(1, 4)], "{out:?}");
+    Ok(())
+}
+
+async fn wrong_prev_hash_is_recorded_as_a_chain_break(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+    // Record 4 claims a predecessor that is not the stored record 3 (e.g. the agent's outbox was reset).
+    let broken = vec![
+        record(4, hash(3, 9), hash(4, 9)),
+        record(5, hash(4, 9), hash(5, 9)),
+    ];
+    let out = store.commit_batch(&k, &broken, NOW + 1).await?;
+    ensure!(
+        out.chain_breaks == vec![4] && out.gaps.is_empty(),
+        "{out:?}"
+    );
+    ensure!(out.inserted == 2 && out.committed_seq == 5 && out.committed_hash == hash(5, 9));
+    let gaps = store.gaps(&k).await?;
+    ensure!(
+        gaps.len() == 1 && gaps[0].kind == GapKind::ChainBreak,
+        "{gaps:?}"
+    );
+    ensure!(gaps[0].first_seq == 4 && gaps[0].last_seq == 4);
+
+    // A break inside a batch is found too.
+    let mut inner = chain(6, 8, 9);
+    inner[2].prev_hash = [0x55; 32];
+    let out = store.commit_batch(&k, &inner, NOW + 2).await?;
+    ensure!(out.chain_breaks == vec![8], "{out:?}");
+    ensure!(agent_row(store, &k).await?.gap_count == 2);
+
+    // Genesis: record 1 must point at 32 zero bytes.
+    let k2 = key("acme", "agent-2");
+    connected(store, &k2).await?;
+    let out = store
+        .commit_batch(&k2, &[record(1, [7; 32], hash(1, 4))], NOW)
+        .await?;
+    ensure!(out.chain_breaks == vec![1], "{out:?}");
+    Ok(())
+}
+
+async fn committed_seq_advances_only_over_stored_or_recorded_seqs(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+
+    // Holes inside a batch, out-of-order input: the cursor only passes each hole by recording it.
+    let mut batch = [chain(9, 9, 1), chain(1, 3, 1), chain(5, 6, 1)].concat();
+    batch.swap(0, 2);
+    let out = store.commit_batch(&k, &batch, NOW).await?;
+    ensure!(out.gaps == vec![(4, 4), (7, 8)], "{out:?}");
+    ensure!(out.committed_seq == 9 && out.committed_hash == hash(9, 1));
+    assert_cursor_invariant(store, &k).await?;
+
+    // Batches that add nothing above the cursor leave it where it is.
+    let dup = store.commit_batch(&k, &chain(1, 2, 1), NOW + 1).await?;
+    ensure!(dup.committed_seq == 9 && dup.committed_hash == hash(9, 1));
+    let conflict = store
+        .commit_batch(&k, &[record(3, hash(2, 1), [0xaa; 32])], NOW + 2)
+        .await?;
+    ensure!(conflict.committed_seq == 9 && conflict.conflicts == 1);
+    // A late record filling a recorded gap is stored and does not move the cursor.
+    let late = store.commit_batch(&k, &chain(4, 4, 1), NOW + 3).await?;
+    ensure!(
+        late.inserted == 1 && late.committed_seq == 9 && late.committed_hash == hash(9, 1),
+        "{late:?}"
+    );
+    let empty = store.commit_batch(&k, &[], NOW + 4).await?;
+    ensure!(empty.committed_seq == 9 && empty.inserted == 0);
+    assert_cursor_invariant(store, &k).await?;
+    let cursor = connected(store, &k).await?;
+    ensure!(
+        cursor
+            == AgentCursor {
+                committed_seq: 9,
+                committed_hash: hash(9, 1)
+            }
+    );
+    Ok(())
+}
+
+async fn bundle_epochs_must_increase_per_tenant(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let t = tenant("acme");
+    ensure!(store.latest_bundle(&t).await?.is_none());
+    store
+        .publish_bundle(&t, 1, &digest(1), b"bundle-1", "alice", NOW)
+        .await?;
+    match store
+        .publish_bundle(&t, 1, &digest(9), b"other", "mallory", NOW + 1)
+        .await
+    {
+        Err(StoreError::EpochConflict {
+            epoch: 1,
+            latest: 1,
+            next: 2,
+            ..
+        }) => {}
+        other => bail!("republishing epoch 1 gave {other:?}"),
+    }
+    store
+        .publish_bundle(&t, 3, &digest(3), b"bundle-3", "bob", NOW + 2)
+        .await?;
+    match store
+        .publish_bundle(&t, 2, &digest(2), b"late", "carol", NOW + 3)
+        .await
+    {
+        Err(
+            e @ StoreError::EpochConflict {
+                latest: 3, next: 4, ..
+            },
+        ) => ensure!(!e.is_retryable()),
+        other => bail!("publishing epoch 2 after 3 gave {other:?}"),
+    }
+    let latest = store.latest_bundle(&t).await?.context("latest bundle")?;
+    ensure!(latest.epoch == 3 && latest.digest == digest(3) && latest.bytes == b"bundle-3");
+    ensure!(latest.created_by == "bob" && latest.created_unix_ms == NOW + 2);
+
+    // Epochs are per tenant: another env starts at 1.
+    let staging = Tenant::new("acme", "payments", "staging");
+    store
+        .publish_bundle(&staging, 1, &digest(1), b"s1", "alice", NOW)
+        .await?;
+    ensure!(store.latest_bundle(&staging).await?.map(|b| b.epoch) == Some(1));
+    ensure!(store.latest_bundle(&t).await?.map(|b| b.epoch) == Some(3));
+    Ok(())
+}
+
+async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let a = key("org-a", "agent-1");
+    let b = key("org-b", "agent-1");
+    let a_staging = AgentKey::new(Tenant::new("org-a", "payments", "staging"), "agent-1");
+    for k in [&a, &b, &a_staging] {
+        connected(store, k).await?;
+    }
+    store.commit_batch(&a, &chain(1, 4, 1), NOW).await?;
+    store.commit_batch(&b, &chain(1, 2, 2), NOW).await?;
+
+    ensure!(store.count_records(&a).await? == 4);
+    ensure!(store.count_records(&b).await? == 2);
+    ensure!(store.count_records(&a_staging).await? == 0);
+    ensure!(
+        store
+            .records(&b, 0, 100)
+            .await?
+            .iter()
+            .all(|r| r.record_hash == hash(r.seq, 2))
+    );
+    ensure!(connected(store, &a_staging).await?.committed_seq == 0);
+
+    let org_a = store
+        .list_agents(&AgentFilter {
+            org: "org-a".into(),
+            project: None,
+            env: None,
+        })
+        .await?;
+    ensure!(org_a.len() == 2, "{org_a:?}");
+    ensure!(org_a.iter().all(|r| r.tenant.org == "org-a"));
+    let prod = AgentFilter {
+        org: "org-a".into(),
+        project: Some("payments".into()),
+        env: Some("prod".into()),
+    };
+    let only_prod = store.list_agents(&prod).await?;
+    ensure!(only_prod.len() == 1 && only_prod[0].committed_seq == 4);
+    let org_b = store
+        .list_agents(&AgentFilter {
+            org: "org-b".into(),
+            project: None,
+            env: None,
+        })
+        .await?;
+    ensure!(org_b.len() == 1 && org_b[0].committed_seq == 2);
+    let none = store
+        .list_agents(&AgentFilter {
+            org: "org-c".into(),
+            project: None,
+            env: None,
+        })
+        .await?;
+    ensure!(none.is_empty());
+
+    // Gaps and bundles stay in their tenant too.
+    store.commit_batch(&b, &chain(5, 5, 2), NOW).await?;
+    ensure!(store.gaps(&a).await?.is_empty() && store.gaps(&b).await?.len() == 1);
+    store
+        .publish_bundle(&b.tenant, 1, &digest(1), b"b", "x", NOW)
+        .await?;
+    ensure!(store.latest_bundle(&a.tenant).await?.is_none());
+    Ok(())
+}
+
+async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    ensure!(store.revoked_serials().await?.is_empty());
+    let rev = Revocation {
+        cert_serial: "0A:BC:DE".into(),
+        tenant: tenant("acme"),
+        agent_id: "agent-1".into(),
+        reason: "key compromise".into(),
+    };
+    store.revoke(&rev, NOW).await?;
+    store
+        .revoke(
+            &Revocation {
+                cert_serial: "0abcde".into(),
+                reason: "again".into(),
+                ..rev.clone()
+            },
+            NOW + 1,
+        )
+        .await?;
+    store
+        .revoke(
+            &Revocation {
+                cert_serial: "01".into(),
+                ..rev.clone()
+            },
+            NOW,
+        )
+        .await?;
+    ensure!(store.revoked_serials().await? == vec!["01".to_string(), "0abcde".to_string()]);
+    match store
+        .revoke(
+            &Revocation {
+                cert_serial: "zz".into(),
+                ..rev
+            },
+            NOW,
+        )
+        .await
+    {
+        Err(StoreError::InvalidInput { field, .. }) => ensure!(field == "revocation.cert_serial"),
+        other => bail!("non-hex serial gave {other:?}"),
+    }
+    Ok(())
+}
+
+async fn a_batch_of_5000_records_commits_in_one_call(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    let batch = chain(1, 5000, 5);
+    let out = store.commit_batch(&k, &batch, NOW).await?;
+    ensure!(
+        out.inserted == 5000 && out.committed_seq == 5000 && out.committed_hash == hash(5000, 5),
+        "{out:?}"
+    );
+    ensure!(out.gaps.is_empty() && out.chain_breaks.is_empty());
+    ensure!(store.count_records(&k).await? == 5000);
+    let mut after = 0;
+    let mut seen = 0;
+    loop {
+        let page = store.records(&k, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        for r in &page {
+            seen += 1;
+            ensure!(
+                r.seq == seen
+                    && r.record_hash == hash(seen, 5)
+                    && r.payload == batch[(seen - 1) as usize].payload
+            );
+        }
+        after = last.seq;
+    }
+    ensure!(seen == 5000);
+    let again = store.commit_batch(&k, &batch, NOW + 1).await?;
+    ensure!(again.duplicates == 5000 && again.inserted == 0);
+    Ok(())
+}
+
+async fn operations_on_an_unknown_agent_are_refused(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "ghost");
+    match store.commit_batch(&k, &chain(1, 1, 1), NOW).await {
+        Err(e @ StoreError::UnknownAgent { .. }) => ensure!(!e.is_retryable()),
+        other => bail!("commit for an unknown agent gave {other:?}"),
+    }
+    ensure!(matches!(
+        store.agent_seen(&k, NOW).await,
+        Err(StoreError::UnknownAgent { .. })
+    ));
+    let report = BundleReportRow::Received(BundleRef {
+        epoch: 1,
+        digest: digest(1),
+    });
+    ensure!(matches!(
+        store.record_bundle_report(&k, &report, NOW).await,
+        Err(StoreError::UnknownAgent { .. })
+    ));
+    ensure!(store.count_records(&k).await? == 0);
+    Ok(())
+}
+
+async fn invalid_input_is_refused_before_any_write(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    let mut batch = chain(1, 3, 1);
+    batch[2].seq = u64::MAX;
+    match store.commit_batch(&k, &batch, NOW).await {
+        Err(StoreError::InvalidInput { field, .. }) => {
+            ensure!(field == "records[2].seq", "{field}")
+        }
+        other => bail!("seq u64::MAX gave {other:?}"),
+    }
+    let mut zero = chain(1, 1, 1);
+    zero[0].seq = 0;
+    ensure!(matches!(
+        store.commit_batch(&k, &zero, NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    let mut bad_digest = chain(1, 1, 1);
+    bad_digest[0].bundle_digest = Some("sha256:abc".into());
+    ensure!(matches!(
+        store.commit_batch(&k, &bad_digest, NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(
+        store.count_records(&k).await? == 0,
+        "a refused batch wrote records"
+    );
+
+    let empty_org = AgentKey::new(Tenant::new("", "p", "e"), "a");
+    ensure!(matches!(
+        store.agent_connected(&empty_org, &hello("01"), NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(matches!(
+        store
+            .publish_bundle(&tenant("acme"), 0, &digest(1), b"x", "a", NOW)
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(matches!(
+        store
+            .publish_bundle(&tenant("acme"), u64::MAX, &digest(1), b"x", "a", NOW)
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(store.latest_bundle(&tenant("acme")).await?.is_none());
+    Ok(())
+}
+
+async fn bundle_reports_update_the_agent_row(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store
+        .record_bundle_report(
+            &k,
+            &BundleReportRow::Received(BundleRef {
+                epoch: 5,
+                digest: digest(5),
+            }),
+            NOW + 1,
+        )
+        .await?;
+    let activated = ActiveBundle {
+        epoch: 5,
+        digest: digest(5),
+        since_unix_ms: NOW + 2,
+    };
+    store
+        .record_bundle_report(&k, &BundleReportRow::Activated(activated.clone()), NOW + 2)
+        .await?;
+    let long = "é".repeat(2000);
+    let refused = BundleReportRow::Refused {
+        epoch: 6,
+        code: "rollback".into(),
+        message: long,
+    };
+    store.record_bundle_report(&k, &refused, NOW + 3).await?;
+
+    let row = agent_row(store, &k).await?;
+    ensure!(
+        row.received_bundle
+            == Some(BundleRef {
+                epoch: 5,
+                digest: digest(5)
+            })
+    );
+    ensure!(row.active_bundle == Some(activated));
+    let refusal = row.last_refusal.clone().context("refusal stored")?;
+    ensure!(refusal.code == "rollback" && refusal.epoch == 6 && refusal.at_unix_ms == NOW + 3);
+    ensure!(
+        refusal.message.len() <= gait_store::MAX_REFUSAL_MESSAGE_BYTES
+            && refusal.message.starts_with('é')
+    );
+    ensure!(row.last_seen_unix_ms == NOW + 3);
+    let json = serde_json::to_value(&row)?;
+    ensure!(
+        json["org"] == "acme" && json["committed_hash"] == hex::encode([0u8; 32]),
+        "{json}"
+    );
+    Ok(())
+}
+
+async fn concurrent_redelivery_of_one_batch_stores_it_once(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    // Two connections commit the same batch at once (a retry racing the original); repeated to give a missing
+    // lock many chances to show.
+    for round in 0..8u64 {
+        let batch = chain(round * 100 + 1, round * 100 + 100, 6);
+        let (x, y) = tokio::join!(
+            store.commit_batch(&k, &batch, NOW),
+            store.commit_batch(&k, &batch, NOW)
+        );
+        let (x, y) = (x?, y?);
+        ensure!(
+            x.inserted + y.inserted == 100 && x.duplicates + y.duplicates == 100,
+            "{x:?} {y:?}"
+        );
+        ensure!(x.conflicts + y.conflicts == 0);
+    }
+    ensure!(store.count_records(&k).await? == 800);
+    ensure!(store.gaps(&k).await?.is_empty());
+    Ok(())
+}
+
+async fn concurrent_publishes_of_one_epoch_admit_exactly_one(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let t = tenant("acme");
+    let (d1, d2) = (digest(1), digest(2));
+    let (x, y) = tokio::join!(
+        store.publish_bundle(&t, 1, &d1, b"x", "x", NOW),
+        store.publish_bundle(&t, 1, &d2, b"y", "y", NOW)
+    );
+    let conflicts = [&x, &y]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::EpochConflict { .. })))
+        .count();
+    ensure!(conflicts == 1 && (x.is_ok() || y.is_ok()), "{x:?} {y:?}");
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Mutual-TLS handshake tests: real quinn endpoints on 127.0.0.1, real certificates from `pki` in a tempdir,
+//! the real agent client configuration. Every accepted case must carry bytes that depend on the verified
+//! identity; every refused case must carry none and must be reported by the server's accept path.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use gait_aggregator::pki::{self, InitOptions, IssuedAgent, Validity};
+use gait_aggregator::tls::{self, AgentIdentity, RevocationSet, TransportTuning};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// What the server's accept loop saw for one connection attempt.
+#[derive(Debug)]
+enum Outcome {
+    /// The handshake completed; `peer_identity` gave this.
+    Accepted(Result<AgentIdentity, String>),
+    /// The handshake failed.
+    Refused(String),
+}
+
+struct Server {
+    addr: SocketAddr,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    endpoint: quinn::Endpoint,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts an endpoint that trusts agents of the CA in `client_ca_dir` and presents the server
+    /// certificate of `server_dir`. An accepted agent reads one stream and gets back `agent_id:<request>`.
+    fn start(client_ca_dir: &Path, server_dir: &Path, revoked: RevocationSet) -> Result<Self> {
+        let config = tls::server_config(
+            &client_ca_dir.join("ca.pem"),
+            &server_dir.join("server.pem"),
+            &server_dir.join("server.key"),
+            revoked,
+            &TransportTuning::default(),
+        )?;
+        let endpoint = quinn::Endpoint::server(config, (Ipv4Addr::LOCALHOST, 0).into())?;
+        let addr = endpoint.local_addr()?;
+        let (tx, outcomes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(spawn_accept_loop(endpoint.clone(), tx));
+        Ok(Self {
+            addr,
+            outcomes,
+            endpoint,
+            task,
+        })
+    }
+
+    async fn next_outcome(&mut self) -> Result<Outcome> {
+        timeout(STEP, self.outcomes.recv())
+            .await
+            .context("server reported no outcome")?
+            .ok_or_else(|| anyhow!("accept loop ended"))
+    }
+
+    async fn expect_refused(&mut self) -> Result<String> {
+        match self.next_outcome().await? {
+            Outcome::Refused(reason) => Ok(reason),
+            Outcome::Accepted(identity) => bail!("server completed the handshake: {identity:?}"),
+        }
+    }
+
+    async fn expect_accepted(&mut self) -> Result<AgentIdentity> {
+        match self.next_outcome().await? {
+            Outcome::Accepted(identity) => identity.map_err(|e| anyhow!("no identity: {e}")),
+            Outcome::Refused(reason) => bail!("server refused: {reason}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"test over");
+        self.task.abort();
+    }
+}
+
+async fn spawn_accept_loop(endpoint: quinn::Endpoint, tx: mpsc::UnboundedSender<Outcome>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(error) => {
+                let _ = tx.send(Outcome::Refused(error.to_string()));
+                continue;
+            }
+        };
+        // A handshake that completes is reported as such even without an identity, and still answers,
+        // so a permissive verifier fails the refusal tests on both sides.
+        let identity = tls::peer_identity(&conn).map_err(|e| e.to_string());
+        let agent_id = identity
+            .as_ref()
+            .map_or_else(|_| "unidentified".to_owned(), |id| id.agent_id.clone());
+        let _ = tx.send(Outcome::Accepted(identity));
+        tokio::spawn(async move {
+            if let Ok((mut send, mut recv)) = conn.accept_bi().await
+                && let Ok(request) = recv.read_to_end(64).await
+            {
+                let mut reply = agent_id.into_bytes();
+                reply.push(b':');
+                reply.extend_from_slice(&request);
+                let _ = send.write_all(&reply).await;
+                let _ = send.finish();
+            }
+            conn.closed().await;
+        });
+    }
+}
+
+/// Connects with `config`, sends `ping` on one stream and returns the reply.
+async fn exchange(config: quinn::ClientConfig, addr: SocketAddr) -> Result<Vec<u8>> {
+    let endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+    let result = timeout(STEP, async {
+        let conn = endpoint.connect_with(config, addr, "localhost")?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"ping").await?;
+        send.finish()?;
+        let reply = recv.read_to_end(256).await?;
+        conn.close(0u32.into(), b"done");
+        anyhow::Ok(reply)
+    })
+    .await
+    .context("exchange timed out")
+    .and_then(|r| r);
+    endpoint.wait_idle().await;
+    result
+}
+
+fn agent_config(dir: &Path) -> Result<quinn::ClientConfig> {
+    Ok(gait_agent::tls::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("agent.pem"),
+        &dir.join("agent.key"),
+        KEEP_ALIVE,
+    )?)
+}
+
+fn init_pki(dir: &Path, trust_domain: &str) -> Result<()> {
+    let opts = InitOptions {
+        trust_domain: trust_domain.to_owned(),
+        ..InitOptions::default()
+    };
+    pki::init(dir, &opts)?;
+    Ok(())
+}
+
+fn issue(pki_dir: &Path, out: &Path, agent_id: &str, validity: Validity) -> Result<IssuedAgent> {
+    let id = AgentIdentity::for_issuance("", "acme", "web", "prod", agent_id);
+    Ok(pki::issue_agent(pki_dir, &id, out, validity)?)
+}
+
+/// Issues a client certificate with arbitrary SANs from the CA in `pki_dir`, bypassing `issue_agent`'s
+/// checks, to test what the handshake does with certificates our tool never writes.
+fn issue_raw(pki_dir: &Path, out: &Path, sans: Vec<SanType>) -> Result<()> {
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("agent.pem"), cert.pem())?;
+    std::fs::write(out.join("agent.key"), key.serialize_pem())?;
+    std::fs::write(out.join("ca.pem"), ca_pem)?;
+    Ok(())
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    pki: PathBuf,
+    root: PathBuf,
+}
+
+fn fixture() -> Result<Fixture> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().to_owned();
+    let pki = root.join("pki");
+    init_pki(&pki, "gait.local")?;
+    Ok(Fixture {
+        _tmp: tmp,
+        pki,
+        root,
+    })
+}
+
+/// Runs a refused case: no reply bytes on the client, a refusal on the server.
+async fn assert_refused(server: &mut Server, config: quinn::ClientConfig) -> Result<String> {
+    let result = exchange(config, server.addr).await;
+    if let Ok(reply) = &result {
+        bail!(
+            "refused client exchanged data: {:?}",
+            String::from_utf8_lossy(reply)
+        );
+    }
+    server.expect_refused().await
+}
+
+#[tokio::test]
+async fn valid_agent_is_accepted_and_identified_by_its_certificate() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    let issued = issue(&fx.pki, &agent_dir, "ci-runner-7", Validity::days(30))?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    let reply = exchange(agent_config(&agent_dir)?, server.addr).await?;
+    assert_eq!(reply, b"ci-runner-7:ping");
+
+    let identity = server.expect_accepted().await?;
+    assert_eq!(identity.trust_domain, "gait.local");
+    assert_eq!(identity.org, "acme");
+    assert_eq!(identity.project, "web");
+    assert_eq!(identity.env, "prod");
+    assert_eq!(identity.agent_id, "ci-runner-7");
+    assert_eq!(identity.uri(), issued.uri);
+    assert_eq!(identity.serial_hex, issued.serial_hex);
+    assert_eq!(
+        identity.serial_hex,
+        pki::cert_serial_hex(&issued.cert_path)?
+    );
+    assert_eq!(identity.not_after_unix, issued.not_after.unix_timestamp());
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fx.pki.join("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+
+    assert_refused(&mut server, config).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let other_pki = fx.root.join("other-pki");
+    init_pki(&other_pki, "gait.local")?;
+    let agent_dir = fx.root.join("agent");
+    issue(&other_pki, &agent_dir, "intruder", Validity::days(30))?;
+    // The agent trusts the real server, but its own certificate comes from the other CA.
+    std::fs::copy(fx.pki.join("ca.pem"), agent_dir.join("ca.pem"))?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoked_serial_is_refused_at_the_handshake_even_after_earlier_success() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    let issued = issue(&fx.pki, &agent_dir, "lost-laptop", Validity::days(30))?;
+    let revoked = RevocationSet::new();
+    let mut server = Server::start(&fx.pki, &fx.pki, revoked.clone())?;
+
+    let reply = exchange(agent_config(&agent_dir)?, server.addr).await?;
+    assert_eq!(reply, b"lost-laptop:ping");
+    server.expect_accepted().await?;
+
+    // Revoke through a clone, in the colon-separated uppercase form an operator might paste.
+    let pasted = issued
+        .serial_hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(revoked.insert(&pasted));
+
+    let reason = assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    assert!(reason.to_lowercase().contains("revoked"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity::between(
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    );
+    issue(&fx.pki, &agent_dir, "stale", validity)?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    let reason = assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    assert!(reason.to_lowercase().contains("expired"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificate_without_agent_uri_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    issue_raw(
+        &fx.pki,
+        &agent_dir,
+        vec![SanType::DnsName("agent.example".try_into()?)],
+    )?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificate_with_two_agent_uris_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    let uri = |agent: &str| {
+        format!("spiffe://gait.local/org/acme/project/web/env/prod/agent/{agent}")
+            .try_into()
+            .map(SanType::URI)
+    };
+    issue_raw(&fx.pki, &agent_dir, vec![uri("a")?, uri("b")?])?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_uri_in_a_foreign_trust_domain_is_refused() -> Result<()> {
+    let fx = fixture()?;
+    let agent_dir = fx.root.join("agent");
+    let uri = "spiffe://evil.example/org/acme/project/web/env/prod/agent/a".try_into()?;
+    issue_raw(&fx.pki, &agent_dir, vec![SanType::URI(uri)])?;
+    let mut server = Server::start(&fx.pki, &fx.pki, RevocationSet::new())?;
+
+    assert_refused(&mut server, agent_config(&agent_dir)?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_refuses_a_server_certificate_from_a_foreign_ca() -> Result<()> {
+    let fx = fixture()?;
+    let rogue_pki = fx.root.join("rogue-pki");
+    init_pki(&rogue_pki, "gait.local")?;
+    let agent_dir = fx.root.join("agent");
+    issue(&fx.pki, &agent_dir, "careful", Validity::days(30))?;
+    // The rogue server would accept the agent (it trusts the real CA) but presents its own certificate.
+    let mut server = Server::start(&fx.pki, &rogue_pki, RevocationSet::new())?;
+
+    let endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+    let connecting = endpoint.connect_with(agent_config(&agent_dir)?, server.addr, "localhost")?;
+    let handshake = timeout(STEP, connecting).await?;
+    let Err(error) = handshake else {
+        bail!("agent completed a handshake with a rogue server");
+    };
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    server.expect_refused().await?;
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The signed part of a bundle: scope, epoch, validity window, staleness rule and the list of policy files, with
+//! the field rules every manifest must satisfy (see `schemas/bundle/manifest.schema.json`).
+
+use crate::BundleError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Largest integer a manifest may carry: JCS hashes numbers as IEEE-754 doubles, so larger integers would not
+/// be represented exactly in the digest (2^53 - 1, JavaScript's `Number.MAX_SAFE_INTEGER`).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Most policy files one bundle may list.
+pub const MAX_POLICIES: usize = 1024;
+
+/// Longest policy file name in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest scope component (org, project, env) in bytes.
+pub const MAX_SCOPE_PART_LEN: usize = 128;
+
+/// Tenancy a bundle applies to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Organisation.
+    pub org: String,
+    /// Project inside the organisation.
+    pub project: String,
+    /// Environment inside the project.
+    pub env: String,
+}
+
+impl Scope {
+    /// A scope from its three parts.
+    pub fn new(org: impl Into<String>, project: impl Into<String>, env: impl Into<String>) -> Self {
+        Scope {
+            org: org.into(),
+            project: project.into(),
+            env: env.into(),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.org, self.project, self.env)
+    }
+}
+
+/// What an agent does once it has been offline longer than `max_offline_seconds` since it last heard from the
+/// aggregator.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStale {
+    /// Keep enforcing the cached bundle.
+    Keep,
+    /// Refuse every intent until the aggregator is reachable again.
+    FailClosed,
+}
+
+/// Offline tolerance of a bundle.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Staleness {
+    /// Seconds without contact to the aggregator after which `on_stale` applies.
+    pub max_offline_seconds: u64,
+    /// What happens then.
+    pub on_stale: OnStale,
+}
+
+impl Default for Staleness {
+    /// Seven days, then keep enforcing.
+    fn default() -> Self {
+        Staleness {
+            max_offline_seconds: 7 * 24 * 3600,
+            on_stale: OnStale::Keep,
+        }
+    }
+}
+
+/// One policy file listed in the manifest.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    /// File name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most [`MAX_NAME_LEN`] bytes, no path separators.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the file bytes.
+    pub sha256: String,
+    /// File size in bytes.
+    pub size: u64,
+}
+
+/// The signed manifest of a bundle. Its DigestJCS is the bundle digest.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Tenancy the bundle applies to.
+    pub scope: Scope,
+    /// Monotonic per scope, starting at 1.
+    pub epoch: u64,
+    /// When the bundle was built (RFC 3339).
+    pub created_at: String,
+    /// Agents refuse the bundle at or after this instant (RFC 3339).
+    pub not_after: String,
+    /// Lowercase hex digest of the previous bundle of this scope, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_digest: Option<String>,
+    /// Offline tolerance.
+    pub staleness: Staleness,
+    /// Policy files, sorted by name, names unique.
+    pub policies: Vec<PolicyEntry>,
+    /// Key id (lowercase hex SHA-256 of the raw Ed25519 public key) of the signing key.
+    pub key_id: String,
+}
+
+impl Manifest {
+    /// `created_at` as Unix seconds (the manifest was validated when it was parsed or built).
+    pub fn created_at_unix(&self) -> Result<i64, BundleError> {
+        parse_time("manifest.created_at", &self.created_at).map(|t| t.unix_timestamp())
+    }
+
+    /// `not_after` as Unix seconds, rounded down.
+    pub fn not_after_unix(&self) -> Result<i64, BundleError> {
+        parse_time("manifest.not_after", &self.not_after).map(|t| t.unix_timestamp())
+    }
+
+    /// The bundle digest: DigestJCS of this manifest, as raw bytes and lowercase hex.
+    pub fn digest(&self) -> Result<([u8; 32], String), BundleError> {
+        let value = gait_canon::to_canonical_value(self)
+            .map_err(|e| BundleError::Malformed(format!("manifest: {e}")))?;
+        digest_of_value(&value)
+    }
+
+    /// Check every field rule; errors name the dotted field.
+    pub(crate) fn validate(&self) -> Result<(), BundleError> {
+        for (field, part) in [
+            ("manifest.scope.org", &self.scope.org),
+            ("manifest.scope.project", &self.scope.project),
+            ("manifest.scope.env", &self.scope.env),
+        ] {
+            if part.is_empty()
+                || part.len() > MAX_SCOPE_PART_LEN
+                || part.chars().any(char::is_control)
+            {
+                return Err(malformed(
+                    field,
+                    format!("must be 1 to {MAX_SCOPE_PART_LEN} bytes without control characters"),
+                ));
+            }
+        }
+        if self.epoch == 0 || self.epoch > MAX_SAFE_INTEGER {
+            return Err(malformed(
+                "manifest.epoch",
+                format!("must be between 1 and {MAX_SAFE_INTEGER}"),
+            ));
+        }
+        let created = parse_time("manifest.created_at", &self.created_at)?;
+        let not_after = parse_time("manifest.not_after", &self.not_after)?;
+        if not_after <= created {
+            return Err(malformed(
+                "manifest.not_after",
+                "must be later than manifest.created_at",
+            ));
+        }
+        if let Some(parent) = &self.parent_digest {
+            check_hex64("manifest.parent_digest", parent)?;
+        }
+        if self.staleness.max_offline_seconds > MAX_SAFE_INTEGER {
+            return Err(malformed(
+                "manifest.staleness.max_offline_seconds",
+                format!("must be at most {MAX_SAFE_INTEGER}"),
+            ));
+        }
+        if self.policies.len() > MAX_POLICIES {
+            return Err(malformed(
+                "manifest.policies",
+                format!("lists more than {MAX_POLICIES} files"),
+            ));
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            check_name(&format!("manifest.policies[{i}].name"), &p.name)?;
+            check_hex64(&format!("manifest.policies[{i}].sha256"), &p.sha256)?;
+            if p.size > MAX_SAFE_INTEGER {
+                return Err(malformed(
+                    &format!("manifest.policies[{i}].size"),
+                    format!("must be at most {MAX_SAFE_INTEGER}"),
+                ));
+            }
+            if i > 0 && self.policies[i - 1].name >= p.name {
+                return Err(malformed(
+                    &format!("manifest.policies[{i}].name"),
+                    format!(
+                        "{:?} is out of order or repeated: list files sorted by name, each once",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        check_hex64("manifest.key_id", &self.key_id)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn malformed(field: &str, what: impl fmt::Display) -> BundleError {
+    BundleError::Malformed(format!("{field}: {what}"))
+}
+
+pub(crate) fn digest_of_value(
+    value: &serde_json::Value,
+) -> Result<([u8; 32], String), BundleError> {
+    let hex_digest = gait_canon::digest_jcs(value);
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(&hex_digest, &mut raw)
+        .map_err(|e| BundleError::Malformed(format!("manifest digest: {e}")))?;
+    Ok((raw, hex_digest))
+}
+
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<OffsetDateTime, BundleError> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| malformed(field, format!("{s:?} is not an RFC 3339 timestamp ({e})")))
+}
+
+pub(crate) fn format_time(field: &str, unix: i64) -> Result<String, BundleError> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .ok_or_else(|| malformed(field, format!("{unix} is outside the years 0000-9999")))
+}
+
+/// Policy file names are used as file names by agents, so they are kept to a portable, path-free alphabet.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), BundleError> {
+    let ok_len = !name.is_empty() && name.len() <= MAX_NAME_LEN;
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_rest = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok_len && ok_first && ok_rest {
+        Ok(())
+    } else {
+        Err(malformed(
+            field,
+            format!(
+                "{name:?} is not a valid file name: use 1 to {MAX_NAME_LEN} of [A-Za-z0-9._-], starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn check_hex64(field: &str, s: &str) -> Result<(), BundleError> {
+    if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(malformed(
+            field,
+            format!("{s:?} must be 64 lowercase hex characters"),
+        ))
+    }
+}

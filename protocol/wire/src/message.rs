@@ -1,0 +1,273 @@
+//! Message envelopes exchanged on the control stream: [`AgentMsg`] from agent to aggregator and [`ServerMsg`]
+//! back, each a versioned enum whose `V1` arm holds the messages of protocol version 1.
+//!
+//! Conversation (one request, one reply, in order):
+//! - `Hello` -> `Welcome` (or `Error`); `Hello` is the first message on the control stream.
+//! - `PollBundle` -> `Bundle` when a bundle newer than `have_epoch` is assigned, else `NoNewBundle` at `wait_ms`.
+//! - `RecordBatch` -> `BatchAck`, sent only after the batch is committed; the agent deletes acked records only.
+//! - `BundleReport` -> no reply.
+//!
+//! The aggregator never trusts tenancy claimed in a message: org/project/env/agent id come from the verified
+//! client certificate and are echoed in `Welcome`.
+
+use crate::{Digest, Record};
+use serde::{Deserialize, Serialize};
+
+/// Agent -> aggregator envelope.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AgentMsg {
+    /// Protocol version 1.
+    V1(AgentMsgV1),
+}
+
+/// Agent -> aggregator messages of protocol version 1. Append new variants at the end only.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AgentMsgV1 {
+    /// First message on the control stream.
+    Hello(Hello),
+    /// Long-poll: answer when a bundle newer than `have_epoch` exists, or after `wait_ms`.
+    PollBundle(PollBundle),
+    /// A batch of outbox records, oldest first.
+    RecordBatch(RecordBatch),
+    /// What the agent received, applied or refused.
+    BundleReport(BundleReport),
+}
+
+/// Opening message of an agent session.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Agent build version (semver string).
+    pub agent_version: String,
+    /// Highest wire protocol version the agent speaks.
+    pub protocol_version: u16,
+    /// The bundle the agent enforces now.
+    pub active: Option<BundleRef>,
+    /// The newest verified bundle the agent has stored (may be newer than `active` mid-activation).
+    pub received: Option<BundleRef>,
+    /// Records waiting in the outbox.
+    pub outbox_depth: u64,
+    /// Records shed (dropped under pressure) since the agent's outbox was created.
+    pub shed_total: u64,
+    /// Sequence number of the newest record the agent has written.
+    pub last_seq: u64,
+}
+
+/// Identifies one policy bundle and when it came into force locally.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BundleRef {
+    /// Bundle epoch, monotonic per scope.
+    pub epoch: u64,
+    /// Bundle digest (DigestJCS of the manifest, raw bytes).
+    pub digest: Digest,
+    /// When the agent received/activated it, milliseconds since the Unix epoch.
+    pub since_unix_ms: i64,
+}
+
+/// Long-poll for a newer bundle.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PollBundle {
+    /// The newest epoch the agent already has (0 = none).
+    pub have_epoch: u64,
+    /// How long the aggregator may hold the request before answering `NoNewBundle`.
+    pub wait_ms: u32,
+}
+
+/// A batch of outbox records.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    /// Agent-chosen id echoed in the `BatchAck`.
+    pub batch_id: u64,
+    /// Records in ascending `seq` order.
+    pub records: Vec<Record>,
+}
+
+/// Bundle state report: any combination of fields may be set.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BundleReport {
+    /// A bundle that was received and verified.
+    pub received: Option<BundleRef>,
+    /// A bundle that became active.
+    pub applied: Option<BundleRef>,
+    /// A bundle that was refused.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why an offered bundle was refused.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Epoch of the refused bundle as offered.
+    pub epoch: u64,
+    /// Digest of the refused bundle as offered.
+    pub digest: Digest,
+    /// Stable machine code, e.g. `"bundle_signature_invalid"` (see `gait_bundle::BundleError::code`).
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Aggregator -> agent envelope.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// Protocol version 1.
+    V1(ServerMsgV1),
+}
+
+/// Aggregator -> agent messages of protocol version 1. Append new variants at the end only.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsgV1 {
+    /// Reply to `Hello`.
+    Welcome(Welcome),
+    /// Reply to `PollBundle` when a newer bundle is assigned.
+    Bundle(BundleOffer),
+    /// Reply to `PollBundle` when the wait elapsed without a newer bundle.
+    NoNewBundle {
+        /// Echo of the poll's `have_epoch`.
+        have_epoch: u64,
+    },
+    /// Reply to `RecordBatch`, sent after the batch is committed.
+    BatchAck(BatchAck),
+    /// The request failed; see the code.
+    Error(WireError),
+}
+
+/// Reply to `Hello`: who the aggregator thinks the agent is, and how far its records are committed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Aggregator build version.
+    pub server_version: String,
+    /// Protocol version the session will use (at most the agent's).
+    pub protocol_version: u16,
+    /// Tenancy from the verified client certificate.
+    pub org: String,
+    /// Tenancy from the verified client certificate.
+    pub project: String,
+    /// Tenancy from the verified client certificate.
+    pub env: String,
+    /// Agent identity from the verified client certificate.
+    pub agent_id: String,
+    /// Highest sequence number committed for this agent (0 = none).
+    pub committed_seq: u64,
+    /// Hash of that record ([`crate::GENESIS_HASH`] when none).
+    pub committed_hash: Digest,
+}
+
+/// A signed bundle assigned to the agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BundleOffer {
+    /// Epoch the aggregator claims; the agent trusts only the verified manifest.
+    pub epoch: u64,
+    /// Digest the aggregator claims; the agent trusts only the verified manifest.
+    pub digest: Digest,
+    /// The signed bundle document (see `schemas/bundle/README.md`).
+    #[serde(with = "crate::byte_buf")]
+    pub signed_bundle: Vec<u8>,
+}
+
+/// Acknowledges a committed batch.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BatchAck {
+    /// Echo of `RecordBatch::batch_id`.
+    pub batch_id: u64,
+    /// Every record of this agent with `seq <= committed_through` is durably stored (or known missing, see
+    /// `gaps`); the agent may delete them.
+    pub committed_through: u64,
+    /// Records newly stored from this batch.
+    pub inserted: u32,
+    /// Records of this batch that were already stored (redelivery).
+    pub duplicates: u32,
+    /// Sequence ranges the aggregator has never seen below `committed_through` (shed or lost records).
+    pub gaps: Vec<SeqRange>,
+}
+
+/// Inclusive range of sequence numbers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SeqRange {
+    /// First sequence number in the range.
+    pub first: u64,
+    /// Last sequence number in the range (inclusive).
+    pub last: u64,
+}
+
+/// An error reply.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// Machine-readable category.
+    pub code: ErrorCode,
+    /// Human-readable detail; never contains secrets.
+    pub message: String,
+}
+
+/// Category of a [`WireError`]. Append new codes at the end only.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The message was malformed or out of order.
+    BadRequest,
+    /// The peer's identity could not be established.
+    Unauthorized,
+    /// The identity is known but not allowed to do this.
+    Forbidden,
+    /// The frame or batch exceeded a limit.
+    TooLarge,
+    /// Unknown protocol version or message variant.
+    Unsupported,
+    /// A server-side failure.
+    Internal,
+    /// Temporarily unavailable (overload, shutting down, store down).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Stable snake_case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether sending the same request again later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Internal | ErrorCode::Unavailable)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl WireError {
+    /// An error reply with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<AgentMsgV1> for AgentMsg {
+    fn from(msg: AgentMsgV1) -> Self {
+        AgentMsg::V1(msg)
+    }
+}
+
+impl From<ServerMsgV1> for ServerMsg {
+    fn from(msg: ServerMsgV1) -> Self {
+        ServerMsg::V1(msg)
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run every test of the workspace: formatting, clippy, and all unit, integration and end-to-end tests against
+# both store backends (SQLite, and a throwaway PostgreSQL cluster this script starts unless
+# GAIT_TEST_DATABASE_URL already points at a server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${GAIT_TEST_DATABASE_URL:-}" ]; then
+  scripts/pg-test.sh start >/dev/null
+  GAIT_TEST_DATABASE_URL="$(scripts/pg-test.sh url)"
+  export GAIT_TEST_DATABASE_URL
+  trap 'scripts/pg-test.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+echo "== PostgreSQL for the store suites: ${GAIT_TEST_DATABASE_URL}"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
