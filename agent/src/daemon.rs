@@ -64,8 +64,8 @@ pub use state::{ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo,
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Default time allowed for tasks to finish after shutdown was requested.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// QUIC keep-alive interval; the connection is declared dead after three missed intervals (30 s).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// QUIC keep-alive interval; the connection is declared dead after three missed intervals (15 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Runtime knobs that are flags rather than configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ pub enum DaemonError {
     Outbox(#[from] OutboxError),
     /// The bundle cache could not be opened or read.
     #[error("bundle cache: {0}")]
-    BundleCache(String),
+    BundleCache(#[from] crate::bundle_cache::BundleCacheError),
     /// A socket could not be bound.
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {

@@ -8,3 +8,4 @@ pub mod config;
 pub mod identity;
 pub mod daemon;
 pub mod local_api;
+pub mod gaitcli;

@@ -30,10 +30,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{AgentState, StatusReport};
-use crate::outbox::{AppendOutcome, MAX_KIND_BYTES, MAX_PAYLOAD_BYTES, OutboxError};
+use crate::outbox::{AppendOutcome, MAX_PAYLOAD_BYTES, OutboxError};
 
 /// State shared by the handlers.
 pub type AppState = Arc<AgentState>;
+
+/// Longest `kind` accepted here, in bytes. The aggregator refuses a batch holding a longer kind, so such a
+/// record would block delivery of everything after it; it is refused before it gets a seq instead.
+pub const MAX_KIND_LEN: usize = 64;
 
 /// Largest request body: a maximal payload plus room for JSON escaping and the envelope.
 const MAX_BODY_BYTES: usize = 2 * MAX_PAYLOAD_BYTES + 64 * 1024;
@@ -176,11 +180,11 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
         Some(Value::String(s)) if s.is_empty() => {
             return Err(ApiError::bad("kind", "kind must not be empty"));
         }
-        Some(Value::String(s)) if s.len() > MAX_KIND_BYTES => {
+        Some(Value::String(s)) if s.len() > MAX_KIND_LEN => {
             return Err(ApiError::bad(
                 "kind",
                 format!(
-                    "kind is {} bytes, over the {MAX_KIND_BYTES}-byte limit",
+                    "kind is {} bytes, over the {MAX_KIND_LEN}-byte limit",
                     s.len()
                 ),
             ));

@@ -82,7 +82,7 @@ pub enum TlsError {
 /// authentication, and the aggregator's certificate verified against `ca_pem` only (no system roots).
 ///
 /// The connection sends a keep-alive every `keep_alive` and gives up after three missed intervals (at least
-/// 30 s); the aggregator's own idle timeout also applies, so `keep_alive` must be shorter than it.
+/// 10 s); the aggregator's own idle timeout also applies, so `keep_alive` must be shorter than it.
 pub fn client_config(
     ca_pem: &Path,
     cert_pem: &Path,
@@ -116,7 +116,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![gait_wire::ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls)?;
 
-    let idle = (keep_alive * 3).max(Duration::from_secs(30));
+    let idle = (keep_alive * 3).max(Duration::from_secs(10));
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(keep_alive))

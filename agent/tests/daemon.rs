@@ -960,6 +960,10 @@ async fn local_api_names_the_bad_field_and_answers_507_when_the_outbox_is_full()
         ),
         (json!({"class": "block", "kind": "", "payload": {}}), "kind"),
         (
+            json!({"class": "block", "kind": "k".repeat(65), "payload": {}}),
+            "kind",
+        ),
+        (
             json!({"class": "block", "kind": "k", "payload": "text"}),
             "payload",
         ),
@@ -988,8 +992,15 @@ async fn local_api_names_the_bad_field_and_answers_507_when_the_outbox_is_full()
     assert_eq!(code, 507, "{answer}");
     assert_eq!(answer["error"]["code"], json!("outbox_full"));
 
-    let status = agent.status().await?;
+    // `gait-agent status` reads the same report through its client.
+    let status = gait_agent::local_api::fetch_status(agent.api, Duration::from_secs(2)).await?;
     assert_eq!((status.outbox.depth, status.outbox.shed_total), (2, 1));
+    let text = status.render_text();
+    assert!(
+        text.contains("org=acme project=payments env=prod agent=agent-1"),
+        "{text}"
+    );
+    assert!(text.contains("disconnected"), "{text}");
     let metrics = agent.get_text("/metrics").await?;
     assert!(metrics.contains("gait_agent_outbox_depth 2"), "{metrics}");
     assert!(

@@ -175,6 +175,7 @@ async fn handle_incoming(incoming: quinn::Incoming, state: Arc<IngestState>, shu
         hello_done: AtomicBool::new(false),
         last_seen_ms: AtomicU64::new(0),
         conn: conn.clone(),
+        batch_order: BatchOrder::new(),
     });
     let streams = TaskTracker::new();
     loop {
@@ -219,6 +220,51 @@ struct Session {
     hello_done: AtomicBool,
     last_seen_ms: AtomicU64,
     conn: quinn::Connection,
+    batch_order: BatchOrder,
+}
+
+/// Commits a connection's pipelined batches in `batch_id` order.
+///
+/// An agent may have several batches in flight on separate streams, and QUIC delivers streams independently,
+/// so batch 3 can arrive before batch 2. Committing it first would make the store see a sequence gap that is
+/// not a loss. Batch ids start at 1 on every connection; a batch waits for its predecessors for at most
+/// [`BATCH_ORDER_WAIT`] (a predecessor whose stream was lost never arrives).
+struct BatchOrder {
+    next: Mutex<u64>,
+    turn: tokio::sync::Notify,
+}
+
+/// Longest a batch waits for earlier batches of the same connection.
+const BATCH_ORDER_WAIT: Duration = Duration::from_secs(2);
+
+impl BatchOrder {
+    fn new() -> Self {
+        Self { next: Mutex::new(1), turn: tokio::sync::Notify::new() }
+    }
+
+    async fn wait_turn(&self, batch_id: u64) {
+        let deadline = tokio::time::Instant::now() + BATCH_ORDER_WAIT;
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if *self.next.lock().unwrap_or_else(|e| e.into_inner()) >= batch_id {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn done(&self, batch_id: u64) {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if *next <= batch_id {
+            *next = batch_id + 1;
+        }
+        drop(next);
+        self.turn.notify_waiters();
+    }
 }
 
 impl Session {
@@ -301,7 +347,13 @@ async fn handle_request(
                 _ = session.conn.closed() => return,
             }
         }
-        AgentMsgV1::RecordBatch(batch) => on_batch(&state, &session, batch).await,
+        AgentMsgV1::RecordBatch(batch) => {
+            let id = batch.batch_id;
+            session.batch_order.wait_turn(id).await;
+            let reply = on_batch(&state, &session, batch).await;
+            session.batch_order.done(id);
+            reply
+        }
         AgentMsgV1::BundleReport(_) => {
             error_msg(ErrorCode::BadRequest, "send BundleReport on a unidirectional stream")
         }

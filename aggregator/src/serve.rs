@@ -139,6 +139,35 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
     Ok(token)
 }
 
+/// File (in the key directory) holding the secret behind QUIC stateless resets.
+pub const RESET_KEY_FILE: &str = "quic-reset.key";
+
+/// The QUIC stateless-reset key, persisted so that an aggregator restarted after a crash can tell agents
+/// still holding connections of the previous process that those connections are gone: they reconnect at once
+/// instead of waiting for their idle timeout. Replicas behind one load balancer should share this file.
+fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeError> {
+    let path = dir.join(RESET_KEY_FILE);
+    let err = |source| ServeError::DataDir { path: path.clone(), source };
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(bytes) => {
+            return Err(err(std::io::Error::other(format!(
+                "expected 32 bytes, found {}; delete the file to generate a new key",
+                bytes.len()
+            ))));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            write_private(&path, &bytes).map_err(err)?;
+            bytes.to_vec()
+        }
+        Err(e) => return Err(err(e)),
+    };
+    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut opts = std::fs::OpenOptions::new();
@@ -178,7 +207,15 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         revoked.clone(),
         &config.transport,
     )?;
-    let endpoint = quinn::Endpoint::server(quic, config.quic_listen)
+    let reset_key = load_or_create_reset_key(&config.key_dir())?;
+    let socket = std::net::UdpSocket::bind(config.quic_listen)
+        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
+    let runtime = quinn::default_runtime().ok_or_else(|| ServeError::Bind {
+        addr: config.quic_listen,
+        what: "QUIC/UDP",
+        source: std::io::Error::other("no async runtime for QUIC"),
+    })?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::new(reset_key), Some(quic), socket, runtime)
         .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
     let quic_addr = endpoint
         .local_addr()

@@ -11,20 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-/// Path of a workspace binary, building the binaries once if `cargo test` has not.
+/// Path of a workspace binary. The first call in a test process runs `cargo build` for both binaries so the
+/// tests never run a stale build (a no-op when `cargo test --workspace` already built them).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         // target/debug/deps/<test-exe> -> target/debug
         let exe = std::env::current_exe().expect("test executable path");
         let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-        if !dir.join("gait-agent").exists() || !dir.join("gait-aggregator").exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "gait-agent", "-p", "gait-aggregator"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the binaries failed");
-        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "gait-agent", "-p", "gait-aggregator"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building gait-agent and gait-aggregator failed");
         dir
     });
     dir.join(name)

@@ -375,8 +375,12 @@ async fn poll_loop(
     let poll_wait = Duration::from_millis(u64::from(wait_ms));
     let deadline = poll_wait + POLL_GRACE;
     let mut refusals_in_a_row = 0u32;
+    // Epoch of the newest bundle refused on this connection: asking for "newer than" it means the aggregator
+    // answers only when something newer than the refused bundle is published, instead of offering the refused
+    // one again at once.
+    let mut refused_through = 0u64;
     loop {
-        let have_epoch = state.active_epoch().unwrap_or(0);
+        let have_epoch = state.active_epoch().unwrap_or(0).max(refused_through);
         let msg = AgentMsg::V1(AgentMsgV1::PollBundle(PollBundle {
             have_epoch,
             wait_ms,
@@ -388,6 +392,7 @@ async fn poll_loop(
         state.touch_contact().await;
         let pause = match reply {
             ServerMsg::V1(ServerMsgV1::Bundle(offer)) => {
+                let offered_epoch = offer.epoch;
                 match activation::handle_offer(&state, offer).await {
                     activation::Outcome::Applied(report) => {
                         refusals_in_a_row = 0;
@@ -395,15 +400,15 @@ async fn poll_loop(
                         None
                     }
                     activation::Outcome::Refused(Some(report)) => {
+                        refused_through = refused_through.max(offered_epoch);
                         refusals_in_a_row = refusals_in_a_row.saturating_add(1);
                         send_report(&conn, report).await;
                         refusal_pause(refusals_in_a_row, poll_wait)
                     }
                     activation::Outcome::Refused(None) => {
-                        // The same refused bundle again: the aggregator keeps offering it while this agent
-                        // stays on the old epoch. Ask again only after a full poll interval.
-                        refusals_in_a_row = refusals_in_a_row.saturating_add(1);
-                        Some(poll_wait)
+                        // The same refused bundle again (first poll of a new connection): skip past it.
+                        refused_through = refused_through.max(offered_epoch);
+                        None
                     }
                     activation::Outcome::Unchanged => None,
                 }

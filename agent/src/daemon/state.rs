@@ -202,8 +202,7 @@ impl AgentState {
     ) -> Result<Arc<Self>, DaemonError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
-            let cache =
-                BundleCache::open(&db2).map_err(|e| DaemonError::BundleCache(e.to_string()))?;
+            let cache = BundleCache::open(&db2)?;
             let last_contact = read_contact(&db2)?;
             Ok::<_, DaemonError>((cache, last_contact))
         })

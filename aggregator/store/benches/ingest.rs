@@ -2,6 +2,10 @@
 //! agents, into SQLite (temp file, synchronous=FULL) and, when `GAIT_TEST_DATABASE_URL` is set, PostgreSQL.
 //! Each batch is one transaction. Prints records/s, sequentially and with 8 agents committing concurrently.
 //!
+//! `cpu-s` is this process's user+system CPU time (Linux /proc, USER_HZ=100): for SQLite it is the whole
+//! cost, and it does not depend on what else the machine runs; PostgreSQL's server time is not in it.
+//! `GAIT_BENCH_BACKENDS=sqlite` (or `postgres`) runs one backend only.
+//!
 //! Run: `GAIT_TEST_DATABASE_URL=$(scripts/pg-test.sh url) cargo bench -p gait-store --bench ingest`
 
 use std::time::{Duration, Instant};
@@ -26,16 +30,21 @@ fn main() -> Result<()> {
 }
 
 async fn run() -> Result<()> {
+    let backends =
+        std::env::var("GAIT_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     println!(
-        "{:<9} {:>6} {:>7} {:>5} {:>9} {:>12}",
-        "backend", "batch", "records", "tasks", "seconds", "records/s"
+        "{:<9} {:>6} {:>7} {:>5} {:>9} {:>7} {:>12}",
+        "backend", "batch", "records", "tasks", "seconds", "cpu-s", "records/s"
     );
     for (batch, rounds) in SHAPES {
         for tasks in CONCURRENCY {
-            let sqlite = sqlite_temp().await?;
-            report(&sqlite, batch, rounds, tasks).await?;
-            drop(sqlite);
-            if let Some(pg) = postgres_fresh().await? {
+            if backends.contains("sqlite") {
+                let sqlite = sqlite_temp().await?;
+                report(&sqlite, batch, rounds, tasks).await?;
+            }
+            if backends.contains("postgres")
+                && let Some(pg) = postgres_fresh().await?
+            {
                 report(&pg, batch, rounds, tasks).await?;
             }
         }
@@ -44,28 +53,42 @@ async fn run() -> Result<()> {
 }
 
 async fn report(db: &TestStore, batch: usize, rounds: usize, tasks: usize) -> Result<()> {
-    let (records, elapsed) = ingest(db.store(), batch, rounds, tasks).await?;
+    let (records, elapsed, cpu) = ingest(db.store(), batch, rounds, tasks).await?;
     let rate = records as f64 / elapsed.as_secs_f64();
+    let cpu = cpu.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"));
     println!(
-        "{:<9} {:>6} {:>7} {:>5} {:>9.2} {:>12.0}",
+        "{:<9} {:>6} {:>7} {:>5} {:>9.2} {:>7} {:>12.0}",
         db.backend(),
         batch,
         records,
         tasks,
         elapsed.as_secs_f64(),
+        cpu,
         rate
     );
     Ok(())
 }
 
+/// User+system CPU seconds of this process so far, from /proc/self/stat (None where unavailable).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Commits `rounds` batches of `batch` records for each agent; agents are split over `tasks` concurrent
-/// tasks. Returns the records committed and the time spent committing (batch construction excluded).
+/// tasks. Returns the records committed, the wall time and the process CPU time spent committing (batch
+/// construction excluded).
 async fn ingest(
     store: &Store,
     batch: usize,
     rounds: usize,
     tasks: usize,
-) -> Result<(usize, Duration)> {
+) -> Result<(usize, Duration, Option<f64>)> {
     let tenant = Tenant::new("bench", "ingest", "prod");
     let keys: Vec<AgentKey> = (0..AGENTS)
         .map(|i| AgentKey::new(tenant.clone(), format!("agent-{i:03}")))
@@ -90,6 +113,7 @@ async fn ingest(
         groups[i % tasks].push(item);
     }
 
+    let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for group in groups {
@@ -110,11 +134,14 @@ async fn ingest(
         total += done.context("bench task panicked")??;
     }
     let elapsed = start.elapsed();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, begin)| end - begin);
     ensure!(
         total == AGENTS * batch * rounds,
         "committed {total} records"
     );
-    Ok((total, elapsed))
+    Ok((total, elapsed, cpu))
 }
 
 fn hello() -> AgentHello {

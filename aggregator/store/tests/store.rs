@@ -524,6 +524,21 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
         })
         .await?;
     ensure!(org_b.len() == 1 && org_b[0].committed_seq == 2);
+    // Both backends order agents bytewise by (project, env, agent_id): upper case before lower case.
+    for id in ["b-agent", "Z-agent", "a-agent"] {
+        connected(store, &AgentKey::new(Tenant::new("org-d", "p", "e"), id)).await?;
+    }
+    let ids: Vec<String> = store
+        .list_agents(&AgentFilter {
+            org: "org-d".into(),
+            project: None,
+            env: None,
+        })
+        .await?
+        .into_iter()
+        .map(|r| r.agent_id)
+        .collect();
+    ensure!(ids == ["Z-agent", "a-agent", "b-agent"], "order {ids:?}");
     let none = store
         .list_agents(&AgentFilter {
             org: "org-c".into(),

@@ -16,7 +16,9 @@ pub mod policy;
 mod text;
 pub mod verdict;
 
-pub use eval::{EvalError, EvalOptions, EvalOutcome, evaluate, evaluate_request, parse_wrkr_inventory};
+pub use eval::{
+    EvalError, EvalOptions, EvalOutcome, evaluate, evaluate_request, parse_wrkr_inventory,
+};
 pub use intent::{
     IntentError, IntentRequest, NormalizedIntent, normalize_intent, parse_and_normalize_intent,
     parse_intent,

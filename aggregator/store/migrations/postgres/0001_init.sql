@@ -1,13 +1,15 @@
 -- Initial schema of the aggregator store (PostgreSQL). Every row is scoped by (org, project, env).
+-- Identifier columns (org, project, env, agent_id, cert_serial) use the "C" collation: byte order, like SQLite's
+-- BINARY, so both backends list in the same order, and index comparisons skip locale-aware collation.
 -- BIGINT columns holding u64 values (seq, epoch, counters) are signed; the store refuses values above i64::MAX
 -- before they reach SQL. Times are unix milliseconds. Hashes are 32 raw bytes.
 
 CREATE TABLE agents (
-    org                     TEXT   NOT NULL,
-    project                 TEXT   NOT NULL,
-    env                     TEXT   NOT NULL,
-    agent_id                TEXT   NOT NULL,
-    cert_serial             TEXT   NOT NULL,
+    org                     TEXT COLLATE "C" NOT NULL,
+    project                 TEXT COLLATE "C" NOT NULL,
+    env                     TEXT COLLATE "C" NOT NULL,
+    agent_id                TEXT COLLATE "C" NOT NULL,
+    cert_serial             TEXT COLLATE "C" NOT NULL,
     first_seen_unix_ms      BIGINT NOT NULL,
     last_seen_unix_ms       BIGINT NOT NULL,
     remote_addr             TEXT   NOT NULL,
@@ -33,9 +35,9 @@ CREATE TABLE agents (
 CREATE INDEX agents_by_cert_serial ON agents (cert_serial);
 
 CREATE TABLE bundles (
-    org         TEXT   NOT NULL,
-    project     TEXT   NOT NULL,
-    env         TEXT   NOT NULL,
+    org         TEXT COLLATE "C" NOT NULL,
+    project     TEXT COLLATE "C" NOT NULL,
+    env         TEXT COLLATE "C" NOT NULL,
     epoch       BIGINT NOT NULL CHECK (epoch > 0),
     digest      TEXT   NOT NULL,
     bytes       BYTEA  NOT NULL,
@@ -44,11 +46,14 @@ CREATE TABLE bundles (
     PRIMARY KEY (org, project, env, epoch)
 );
 
+-- No foreign key to agents here, on purpose: the per-row referential check doubled PostgreSQL insert time
+-- (11 of 21 ms for 1,000 rows, EXPLAIN ANALYZE). commit_batch reads and locks the agent row in the same
+-- transaction and refuses unknown agents, and the store never deletes agents. record_gaps (rare rows) keeps it.
 CREATE TABLE records (
-    org                 TEXT   NOT NULL,
-    project             TEXT   NOT NULL,
-    env                 TEXT   NOT NULL,
-    agent_id            TEXT   NOT NULL,
+    org                 TEXT COLLATE "C" NOT NULL,
+    project             TEXT COLLATE "C" NOT NULL,
+    env                 TEXT COLLATE "C" NOT NULL,
+    agent_id            TEXT COLLATE "C" NOT NULL,
     seq                 BIGINT NOT NULL CHECK (seq > 0),
     class               TEXT   NOT NULL,
     kind                TEXT   NOT NULL,
@@ -65,10 +70,10 @@ CREATE TABLE records (
 
 CREATE TABLE record_gaps (
     id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    org                 TEXT   NOT NULL,
-    project             TEXT   NOT NULL,
-    env                 TEXT   NOT NULL,
-    agent_id            TEXT   NOT NULL,
+    org                 TEXT COLLATE "C" NOT NULL,
+    project             TEXT COLLATE "C" NOT NULL,
+    env                 TEXT COLLATE "C" NOT NULL,
+    agent_id            TEXT COLLATE "C" NOT NULL,
     first_seq           BIGINT NOT NULL CHECK (first_seq > 0),
     last_seq            BIGINT NOT NULL CHECK (last_seq >= first_seq),
     kind                TEXT   NOT NULL CHECK (kind IN ('missing', 'chain_break')),
@@ -79,11 +84,11 @@ CREATE TABLE record_gaps (
 CREATE INDEX record_gaps_by_agent ON record_gaps (org, project, env, agent_id, first_seq);
 
 CREATE TABLE revocations (
-    cert_serial         TEXT   NOT NULL PRIMARY KEY,
-    org                 TEXT   NOT NULL,
-    project             TEXT   NOT NULL,
-    env                 TEXT   NOT NULL,
-    agent_id            TEXT   NOT NULL,
+    cert_serial         TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    org                 TEXT COLLATE "C" NOT NULL,
+    project             TEXT COLLATE "C" NOT NULL,
+    env                 TEXT COLLATE "C" NOT NULL,
+    agent_id            TEXT COLLATE "C" NOT NULL,
     reason              TEXT   NOT NULL,
     revoked_unix_ms     BIGINT NOT NULL
 );

@@ -43,6 +43,9 @@ CREATE TABLE bundles (
     PRIMARY KEY (org, project, env, epoch)
 ) STRICT;
 
+-- No foreign key to agents here, on purpose: the per-row referential check doubled PostgreSQL insert time
+-- (11 of 21 ms for 1,000 rows, EXPLAIN ANALYZE). commit_batch reads and locks the agent row in the same
+-- transaction and refuses unknown agents, and the store never deletes agents. record_gaps (rare rows) keeps it.
 CREATE TABLE records (
     org                 TEXT    NOT NULL,
     project             TEXT    NOT NULL,

@@ -411,20 +411,41 @@ fn evaluation_is_deterministic_across_repeated_runs() {
 
 #[test]
 fn wrkr_inventory_parses_both_shapes_and_lowercases() {
-    let wrapped = parse_wrkr_inventory(br#"{"items":[{"tool_name":" Tool.Write ","data_class":"PII"},{"tool_name":""}]}"#).unwrap();
+    let wrapped = parse_wrkr_inventory(
+        br#"{"items":[{"tool_name":" Tool.Write ","data_class":"PII"},{"tool_name":""}]}"#,
+    )
+    .unwrap();
     assert_eq!(wrapped.len(), 1);
     assert_eq!(wrapped["tool.write"].data_class, "pii");
-    let bare = parse_wrkr_inventory(br#"[{"tool_name":"a"},{"tool_name":"A","autonomy_level":"High"}]"#).unwrap();
+    let bare =
+        parse_wrkr_inventory(br#"[{"tool_name":"a"},{"tool_name":"A","autonomy_level":"High"}]"#)
+            .unwrap();
     assert_eq!(bare["a"].autonomy_level, "high", "later duplicates win");
-    assert!(parse_wrkr_inventory(b"{\"items\":[]}").is_err(), "empty envelope falls back to an array parse");
+    assert!(
+        parse_wrkr_inventory(b"{\"items\":[]}").is_err(),
+        "empty envelope falls back to an array parse"
+    );
 }
 
 #[test]
 fn envelope_age_is_the_oldest_record_in_whole_seconds() {
     let t = |s: &str| crate::gotime::GoTime::parse_rfc3339(s).unwrap();
     let now = t("2026-02-05T00:01:40.9Z");
-    let records = [t("2026-02-05T00:00:00Z"), t("2026-02-05T00:01:00Z"), t("2026-02-06T00:00:00Z")];
-    assert_eq!(ContextEvidence::age_seconds(&records, t("2026-02-04T00:00:00Z"), now), 100);
-    assert_eq!(ContextEvidence::age_seconds(&[], t("2026-02-05T00:01:30Z"), now), 10);
-    assert_eq!(ContextEvidence::age_seconds(&[], crate::gotime::GoTime::ZERO, now), 0);
+    let records = [
+        t("2026-02-05T00:00:00Z"),
+        t("2026-02-05T00:01:00Z"),
+        t("2026-02-06T00:00:00Z"),
+    ];
+    assert_eq!(
+        ContextEvidence::age_seconds(&records, t("2026-02-04T00:00:00Z"), now),
+        100
+    );
+    assert_eq!(
+        ContextEvidence::age_seconds(&[], t("2026-02-05T00:01:30Z"), now),
+        10
+    );
+    assert_eq!(
+        ContextEvidence::age_seconds(&[], crate::gotime::GoTime::ZERO, now),
+        0
+    );
 }

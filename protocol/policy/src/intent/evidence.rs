@@ -24,7 +24,11 @@ pub struct ContextEvidence {
 impl ContextEvidence {
     /// Gait's envelope age: the largest age of the records' `retrieved_at` relative to `now` (the envelope's
     /// `created_at` when it has no records), in whole seconds; zero or future times count as age 0.
-    pub fn age_seconds(records_retrieved_at: &[GoTime], envelope_created_at: GoTime, now: GoTime) -> i64 {
+    pub fn age_seconds(
+        records_retrieved_at: &[GoTime],
+        envelope_created_at: GoTime,
+        now: GoTime,
+    ) -> i64 {
         let age = |t: GoTime| -> i64 {
             if t.is_zero() || t > now {
                 return 0;
@@ -35,7 +39,12 @@ impl ContextEvidence {
         if records_retrieved_at.is_empty() {
             return age(envelope_created_at);
         }
-        records_retrieved_at.iter().map(|t| age(*t)).max().unwrap_or(0).max(0)
+        records_retrieved_at
+            .iter()
+            .map(|t| age(*t))
+            .max()
+            .unwrap_or(0)
+            .max(0)
     }
 }
 

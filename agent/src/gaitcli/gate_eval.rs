@@ -1,0 +1,1152 @@
+//! `gait-agent gate eval --policy P --intent I …`: Gait's `gait gate eval` (contract §3.4 CLI post-processing,
+//! §2.3–§2.5, §9). In Gait's order: optional Wrkr inventory and approved-script registry (fail-closed for
+//! high/critical risk) → evaluation (or registry pre-approval) → rate limit → destructive budget (one locked
+//! state file) → signing key → delegation token chain → approval tokens → broker credential → `--simulate` →
+//! signed trace, approval and delegation audit records → one output line. Exit 0 allow/dry_run/simulate,
+//! 3 block, 4 require_approval, 6 bad input, 1 runtime failure (e.g. rate-limit lock timeout).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use gait_artifact::GoTime;
+use gait_artifact::approval::{ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token};
+use gait_artifact::delegation::{
+    ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
+};
+use gait_canon::sign::PublicKey;
+use gait_policy::eval::{CompositeRisk, ScriptOutcome, StepVerdict, WrkrInventory};
+use gait_policy::gate::{
+    BrokerStatus, GateDecision, RateLimitDecision, SimulateReport, TokenCheck, apply_approvals,
+    apply_broker, apply_delegation, apply_destructive_budget, apply_rate_limit, apply_simulate,
+    result_created_at,
+};
+use gait_policy::intent::prepare_for_evaluation;
+use gait_policy::policy::RateLimitPolicy;
+use gait_policy::{
+    EvalOptions, EvalOutcome, IntentRequest, NormalizedIntent, Policy, Verdict, evaluate,
+    normalize_intent, parse_wrkr_inventory,
+};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::audit::{self, AuditHeader, DelegationAuditEntry};
+use super::envelope::{
+    CliError, EXIT_APPROVAL_REQUIRED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_POLICY_BLOCKED,
+};
+use super::keys::{self, KeySources};
+use super::policy_test::{load_intent, load_policy};
+use super::ratelimit_state::{LOCK_TIMEOUT, RateLimitStore};
+use super::registry::{self, LoadedEntry};
+use super::trace_emit::{self, TraceInputs};
+use super::{CommandOutput, Invocation, PRODUCER_VERSION, files};
+
+/// Gait's default rate-limit state file.
+pub const DEFAULT_RATE_LIMIT_STATE: &str = ".gait-out/gate_rate_limits.json";
+/// Largest token / inventory file read.
+const MAX_AUX_FILE_BYTES: usize = 1024 * 1024;
+
+const LONG_ABOUT: &str = "\
+Evaluate one intent request against a policy and write a signed trace, as `gait gate eval` does.
+
+Order of operations: approved-script registry fast path (optional) -> policy evaluation -> rate limit and
+destructive budget (state file, exclusive lock) -> delegation token chain (when the deciding rule requires
+delegation) -> approval tokens (only for require_approval) -> broker credential -> --simulate -> signed
+trace (trace_<trace_id>.json unless --trace-out, mode 0600) and approval/delegation audit records.
+
+Keys: --key-mode dev (default) signs with an ephemeral key and warns that the trace will not verify later;
+--key-mode prod signs with --private-key/--private-key-env. Approval and delegation tokens are verified with
+--approval-public-key / --delegation-public-key (falling back to the approval key, then the signing key).
+
+Exit codes: 0 allow, dry_run or --simulate; 3 block; 4 require_approval; 6 invalid input; 1 runtime
+failure (e.g. rate-limit state lock timeout).
+
+Examples:
+  gait-agent gate eval --policy policy.yaml --intent intent.json --json
+  gait-agent gate eval --policy policy.yaml --intent intent.json \\
+      --key-mode prod --private-key gait_private.key --trace-out traces/decision.json --json
+  gait-agent gate eval --policy policy.yaml --intent intent.json \\
+      --approval-token approval.json --approval-public-key approval_public.key --json
+  gait-agent gate eval --policy policy.yaml --intent intent.json --simulate --json   # observe only";
+
+/// Arguments of `gate eval` (Gait's flag names).
+#[derive(Debug, Args)]
+#[command(long_about = LONG_ABOUT)]
+pub struct GateEvalArgs {
+    /// Policy YAML (`gait.gate.policy`).
+    #[arg(long, value_name = "POLICY_YAML")]
+    pub policy: Option<PathBuf>,
+    /// Intent request JSON (`gait.gate.intent_request`).
+    #[arg(long, value_name = "INTENT_JSON")]
+    pub intent: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Trace output path (default `trace_<trace_id>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+    /// Signed approval token (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub approval_token: Vec<PathBuf>,
+    /// Comma-separated paths of additional approval tokens (repeatable).
+    #[arg(long, value_name = "CSV")]
+    pub approval_token_chain: Vec<String>,
+    /// Approval reference recorded when no token grants approval.
+    #[arg(long, value_name = "REF")]
+    pub approval_token_ref: Option<String>,
+    /// Approval audit output path (default `approval_audit_<trace_id>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub approval_audit_out: Option<PathBuf>,
+    /// Public key verifying approval tokens.
+    #[arg(long, value_name = "FILE")]
+    pub approval_public_key: Option<PathBuf>,
+    /// Env var holding the approval public key.
+    #[arg(long, value_name = "VAR")]
+    pub approval_public_key_env: Option<String>,
+    /// Private key whose public half verifies approval tokens.
+    #[arg(long, value_name = "FILE")]
+    pub approval_private_key: Option<PathBuf>,
+    /// Env var holding that private key.
+    #[arg(long, value_name = "VAR")]
+    pub approval_private_key_env: Option<String>,
+    /// Signed delegation token (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub delegation_token: Vec<PathBuf>,
+    /// Comma-separated paths of additional delegation tokens (repeatable).
+    #[arg(long, value_name = "CSV")]
+    pub delegation_token_chain: Vec<String>,
+    /// Delegation audit output path (default `delegation_audit_<trace_id>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub delegation_audit_out: Option<PathBuf>,
+    /// Public key verifying delegation tokens.
+    #[arg(long, value_name = "FILE")]
+    pub delegation_public_key: Option<PathBuf>,
+    /// Env var holding the delegation public key.
+    #[arg(long, value_name = "VAR")]
+    pub delegation_public_key_env: Option<String>,
+    /// Private key whose public half verifies delegation tokens.
+    #[arg(long, value_name = "FILE")]
+    pub delegation_private_key: Option<PathBuf>,
+    /// Env var holding that private key.
+    #[arg(long, value_name = "VAR")]
+    pub delegation_private_key_env: Option<String>,
+    /// Rate-limit state file (default `.gait-out/gate_rate_limits.json`).
+    #[arg(long, value_name = "FILE")]
+    pub rate_limit_state: Option<PathBuf>,
+    /// Non-enforcing mode: report what would have been blocked, exit 0.
+    #[arg(long)]
+    pub simulate: bool,
+    /// Signing key mode: dev (ephemeral key) or prod (explicit private key).
+    #[arg(long, value_name = "MODE")]
+    pub key_mode: Option<String>,
+    /// Base64 Ed25519 private key file signing the trace (prod mode).
+    #[arg(long, value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+    /// Env var holding the base64 private key (prod mode).
+    #[arg(long, value_name = "VAR")]
+    pub private_key_env: Option<String>,
+    /// Runtime profile: standard.
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Local Wrkr inventory JSON enriching `auth_context["wrkr.*"]`.
+    #[arg(long, value_name = "FILE")]
+    pub wrkr_inventory: Option<PathBuf>,
+    /// Approved-script registry JSON (signed entries that pre-approve script intents).
+    #[arg(long, value_name = "FILE")]
+    pub approved_script_registry: Option<PathBuf>,
+    /// Public key verifying approved-script entries.
+    #[arg(long, value_name = "FILE")]
+    pub approved_script_public_key: Option<PathBuf>,
+    /// Env var holding the approved-script public key.
+    #[arg(long, value_name = "VAR")]
+    pub approved_script_public_key_env: Option<String>,
+    /// Accepted for Gait compatibility; gait-agent never reads a project config file.
+    #[arg(long, hide = true)]
+    pub no_config: bool,
+    /// Unexpected positional arguments (rejected like Gait).
+    #[arg(hide = true, value_name = "EXTRA")]
+    pub extra: Vec<String>,
+}
+
+/// Run `gate eval`.
+pub fn run(args: &GateEvalArgs, invocation: &Invocation) -> CommandOutput {
+    match evaluate_gate(args, invocation) {
+        Ok(output) => output,
+        Err(err) => CommandOutput::error("gate eval", &err),
+    }
+}
+
+fn fail_closed_risk(intent: &IntentRequest) -> bool {
+    matches!(
+        intent.context.risk_class.trim().to_lowercase().as_str(),
+        "high" | "critical"
+    )
+}
+
+fn invalid(message: impl Into<String>) -> CliError {
+    CliError::classified(message, EXIT_INVALID_INPUT)
+}
+
+/// Trimmed, de-duplicated, sorted token paths from the repeatable flag and the CSV chains (Gait's
+/// `gatherApprovalTokenPaths`).
+fn gather_paths(primary: &[PathBuf], chains: &[String]) -> Vec<PathBuf> {
+    let mut paths: Vec<String> = primary
+        .iter()
+        .map(|p| p.to_string_lossy().trim().to_owned())
+        .chain(
+            chains
+                .iter()
+                .flat_map(|c| c.split(',').map(|p| p.trim().to_owned())),
+        )
+        .filter(|p| !p.is_empty())
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths.into_iter().map(PathBuf::from).collect()
+}
+
+fn now_policy_time(now: OffsetDateTime) -> gait_policy::gotime::GoTime {
+    gait_policy::gotime::GoTime::from_offset_date_time(now)
+}
+
+/// Targets an approval token's `max_targets` counts (Gait's `gateIntentTargetCount`).
+fn target_count(intent: &NormalizedIntent) -> usize {
+    if let Some(steps) = &intent.script {
+        let total: usize = steps.iter().map(|s| s.targets.len()).sum();
+        if total > 0 {
+            return total;
+        }
+    }
+    intent.targets.len()
+}
+
+/// Operations an approval token's `max_ops` counts (Gait's `gateIntentOperationCount`).
+fn operation_count(intent: &NormalizedIntent) -> usize {
+    match &intent.script {
+        Some(steps) if !steps.is_empty() => steps.len(),
+        _ => intent.targets.len().max(1),
+    }
+}
+
+/// Gait's `gateIntentContainsDestructiveTarget`: script step targets when any step has targets.
+fn has_destructive_target(intent: &NormalizedIntent) -> bool {
+    if let Some(steps) = &intent.script
+        && steps.iter().any(|s| !s.targets.is_empty())
+    {
+        return steps.iter().flat_map(|s| &s.targets).any(|t| t.destructive);
+    }
+    intent.targets.iter().any(|t| t.destructive)
+}
+
+/// Startup state gathered before evaluation.
+struct Setup {
+    warnings: Vec<String>,
+    wrkr: Option<(WrkrInventory, String)>,
+    registry_entries: Vec<LoadedEntry>,
+}
+
+fn load_wrkr(
+    path: &Path,
+    intent: &IntentRequest,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(WrkrInventory, String)>, CliError> {
+    let loaded = files::read_bounded(path, MAX_AUX_FILE_BYTES)
+        .map_err(|e| format!("read wrkr inventory: {e}"))
+        .and_then(|bytes| parse_wrkr_inventory(&bytes).map_err(|e| e.to_string()));
+    match loaded {
+        Ok(inventory) => Ok(Some((inventory, path.display().to_string()))),
+        Err(e) if fail_closed_risk(intent) => Err(CliError::with_exit(
+            format!("wrkr inventory unavailable in fail-closed mode: {e}"),
+            EXIT_POLICY_BLOCKED,
+        )),
+        Err(_) => {
+            warnings.push("wrkr inventory unavailable; continuing without context enrichment".into());
+            Ok(None)
+        }
+    }
+}
+
+fn load_registry(
+    args: &GateEvalArgs,
+    path: &Path,
+    intent: &IntentRequest,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<LoadedEntry>, CliError> {
+    let fail_closed = fail_closed_risk(intent);
+    let entries = match registry::read_registry(path) {
+        Ok(entries) => entries,
+        Err(e) if fail_closed => {
+            return Err(CliError::with_exit(
+                format!("approved script registry unavailable in fail-closed mode: {e}"),
+                EXIT_POLICY_BLOCKED,
+            ));
+        }
+        Err(_) => {
+            warnings.push(
+                "approved script registry unavailable; continuing without fast-path pre-approval"
+                    .into(),
+            );
+            return Ok(Vec::new());
+        }
+    };
+    let mut sources = KeySources {
+        public_path: args.approved_script_public_key.clone(),
+        public_env: args.approved_script_public_key_env.clone(),
+        ..KeySources::default()
+    };
+    if !sources.has_any() {
+        sources = approval_key_sources(args);
+    }
+    if !sources.has_any() {
+        if fail_closed {
+            return Err(CliError::with_exit(
+                "approved script registry verification unavailable in fail-closed mode: verify key required",
+                EXIT_POLICY_BLOCKED,
+            ));
+        }
+        warnings.push(
+            "approved script fast-path disabled because registry verify key is not configured"
+                .into(),
+        );
+        return Ok(Vec::new());
+    }
+    let key = keys::load_verify_key(&sources)?;
+    let now = OffsetDateTime::now_utc();
+    for (index, entry) in entries.iter().enumerate() {
+        if let Err(e) = registry::verify_entry(entry, &key, now) {
+            if fail_closed {
+                return Err(CliError::with_exit(
+                    format!("approved script registry verification failed at entry {index}: {e}"),
+                    EXIT_POLICY_BLOCKED,
+                ));
+            }
+            warnings.push(
+                "approved script registry entry failed verification; fast-path disabled".into(),
+            );
+            return Ok(Vec::new());
+        }
+    }
+    Ok(entries)
+}
+
+fn approval_key_sources(args: &GateEvalArgs) -> KeySources {
+    KeySources {
+        public_path: args.approval_public_key.clone(),
+        public_env: args.approval_public_key_env.clone(),
+        private_path: args.approval_private_key.clone(),
+        private_env: args.approval_private_key_env.clone(),
+    }
+}
+
+fn delegation_key_sources(args: &GateEvalArgs) -> KeySources {
+    let sources = KeySources {
+        public_path: args.delegation_public_key.clone(),
+        public_env: args.delegation_public_key_env.clone(),
+        private_path: args.delegation_private_key.clone(),
+        private_env: args.delegation_private_key_env.clone(),
+    };
+    if sources.has_any() {
+        sources
+    } else {
+        approval_key_sources(args)
+    }
+}
+
+/// The evaluation outcome plus what the registry fast path adds.
+struct Decided {
+    outcome: EvalOutcome,
+    created_at: GoTime,
+    pre_approved: bool,
+    pattern_id: String,
+    registry_reason: String,
+}
+
+fn pre_approved_outcome(intent: &NormalizedIntent, found: &registry::ScriptMatch) -> EvalOutcome {
+    let reasons = vec![found.reason.clone()];
+    let script = intent.script.as_ref().map(|steps| {
+        let risk = steps
+            .iter()
+            .map(|s| {
+                if s.targets.iter().any(|t| {
+                    t.destructive || matches!(t.endpoint_class.as_str(), "fs.delete" | "proc.exec")
+                }) {
+                    CompositeRisk::High
+                } else if s.targets.iter().any(|t| {
+                    matches!(t.endpoint_class.as_str(), "fs.write" | "net.http" | "net.dns")
+                }) {
+                    CompositeRisk::Medium
+                } else {
+                    CompositeRisk::Low
+                }
+            })
+            .max()
+            .unwrap_or(CompositeRisk::Low);
+        ScriptOutcome {
+            step_count: steps.len(),
+            script_hash: intent.script_hash.clone(),
+            composite_risk_class: risk,
+            step_verdicts: steps
+                .iter()
+                .enumerate()
+                .map(|(index, s)| StepVerdict {
+                    index,
+                    tool_name: s.tool_name.clone(),
+                    verdict: Verdict::Allow,
+                    reason_codes: reasons.clone(),
+                    violations: Vec::new(),
+                    matched_rule: String::new(),
+                })
+                .collect(),
+        }
+    });
+    EvalOutcome {
+        verdict: Verdict::Allow,
+        reason_codes: reasons,
+        violations: Vec::new(),
+        matched_rule: String::new(),
+        min_approvals: 0,
+        require_distinct_approvers: false,
+        require_broker_credential: false,
+        require_delegation: false,
+        broker_reference: String::new(),
+        broker_scopes: Vec::new(),
+        rate_limit: RateLimitPolicy::default(),
+        destructive_budget: RateLimitPolicy::default(),
+        dataflow_triggered: false,
+        script,
+        context_source: String::new(),
+    }
+}
+
+fn decide(
+    policy: &Policy,
+    policy_digest: &str,
+    intent: &NormalizedIntent,
+    setup: &mut Setup,
+) -> Result<Decided, CliError> {
+    let mut registry_reason = String::new();
+    if !setup.registry_entries.is_empty() {
+        if policy.rules.iter().any(|r| r.require_context_evidence) {
+            setup.warnings.push(
+                "approved script fast-path disabled because policy requires authenticated context evidence"
+                    .into(),
+            );
+        } else {
+            let now = OffsetDateTime::now_utc();
+            let found = registry::match_script(intent, policy_digest, &setup.registry_entries, now);
+            if found.matched {
+                return Ok(Decided {
+                    outcome: pre_approved_outcome(intent, &found),
+                    created_at: GoTime::from_datetime(now),
+                    pre_approved: true,
+                    pattern_id: found.pattern_id,
+                    registry_reason: found.reason,
+                });
+            }
+            registry_reason = found.reason;
+        }
+    }
+    let opts = EvalOptions {
+        context_evidence: None,
+        wrkr_inventory: setup.wrkr.as_ref().map(|(inventory, _)| inventory),
+        wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
+    };
+    let outcome = evaluate(policy, intent, &opts).map_err(|e| invalid(e.to_string()))?;
+    let created_at = GoTime::parse(&result_created_at(intent.created_at))
+        .unwrap_or_else(|_| GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC)));
+    Ok(Decided {
+        outcome,
+        created_at,
+        pre_approved: false,
+        pattern_id: String::new(),
+        registry_reason,
+    })
+}
+
+/// Rate limit and destructive budget under one hold of the state lock.
+fn enforce_limits(
+    state_path: &Path,
+    outcome: &EvalOutcome,
+    intent: &NormalizedIntent,
+    decision: &mut GateDecision,
+) -> Result<(Option<RateLimitDecision>, Option<RateLimitDecision>), CliError> {
+    let rate_needed = outcome.rate_limit.requests > 0;
+    let budget_needed = outcome.destructive_budget.requests > 0 && has_destructive_target(intent);
+    if !rate_needed && !budget_needed {
+        return Ok((None, None));
+    }
+    let state_err = |e: super::ratelimit_state::StateError| invalid(e.to_string());
+    let limit_err = |e: gait_policy::gate::RateLimitError| invalid(e.to_string());
+    let mut store = RateLimitStore::open(state_path, LOCK_TIMEOUT).map_err(state_err)?;
+    let now = now_policy_time(OffsetDateTime::now_utc());
+    let identity = intent.context.identity.as_str();
+    let rate = if rate_needed {
+        let d = store
+            .state
+            .enforce(&outcome.rate_limit, &intent.tool_name, identity, now)
+            .map_err(limit_err)?;
+        apply_rate_limit(decision, &d);
+        Some(d)
+    } else {
+        None
+    };
+    let budget = if budget_needed {
+        let d = store
+            .state
+            .enforce_destructive_budget(&outcome.destructive_budget, &intent.tool_name, identity, now)
+            .map_err(limit_err)?;
+        apply_destructive_budget(decision, &d);
+        Some(d)
+    } else {
+        None
+    };
+    store.commit().map_err(state_err)?;
+    Ok((rate, budget))
+}
+
+/// What the delegation step produced.
+#[derive(Default)]
+struct DelegationResult {
+    required: bool,
+    valid: usize,
+    token_ref: String,
+    entries: Vec<DelegationAuditEntry>,
+}
+
+fn check_delegation(
+    args: &GateEvalArgs,
+    intent: &NormalizedIntent,
+    policy_digest: &str,
+    signing_public: PublicKey,
+    decision: &mut GateDecision,
+) -> Result<DelegationResult, CliError> {
+    let sources = delegation_key_sources(args);
+    let key = if sources.has_any() {
+        keys::load_verify_key(&sources)?
+    } else {
+        signing_public
+    };
+    let mut result = DelegationResult {
+        required: true,
+        ..DelegationResult::default()
+    };
+    let paths = gather_paths(&args.delegation_token, &args.delegation_token_chain);
+    if paths.is_empty() {
+        apply_delegation(decision, true, &[]);
+        return Ok(result);
+    }
+    let mut raw_tokens = Vec::with_capacity(paths.len());
+    let mut loaded = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
+            .map_err(|e| invalid(format!("read delegation token: {e}")))?;
+        let token = gait_canon::parse_json(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|_| LoadedDelegationToken::from_bytes(&bytes).map_err(|e| e.to_string()))
+            .map_err(|e| invalid(format!("parse delegation token: {e}")))?;
+        loaded.push(token);
+        raw_tokens.push(bytes);
+    }
+    let (requester, scope_class, chain) = match &intent.delegation {
+        Some(d) => (
+            d.requester_identity.as_str(),
+            d.scope_class.as_str(),
+            d.chain
+                .iter()
+                .map(|l| ClaimedLink {
+                    delegator_identity: l.delegator_identity.clone(),
+                    delegate_identity: l.delegate_identity.clone(),
+                    scope_class: l.scope_class.clone(),
+                    token_ref: l.token_ref.clone(),
+                })
+                .collect(),
+        ),
+        None => ("", "", Vec::new()),
+    };
+    let required_scope = intent.required_approval_scope();
+    let outcome = match required_links(requester, scope_class, &chain) {
+        Ok(links) => {
+            let token_refs: Vec<&[u8]> = raw_tokens.iter().map(Vec::as_slice).collect();
+            let check = DelegationCheck {
+                intent_digest: &intent.intent_digest,
+                policy_digest,
+                required_scope: &required_scope,
+                now: OffsetDateTime::now_utc(),
+            };
+            match_delegation_chain(&links, &token_refs, &key, &check)
+        }
+        Err(err) => gait_artifact::delegation::DelegationOutcome {
+            reason_codes: vec![
+                "delegation_chain_insufficient".into(),
+                err.code.as_str().to_owned(),
+            ],
+            ..Default::default()
+        },
+    };
+    result.entries = loaded
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let token = t.token();
+            let judged = outcome.entries.get(i);
+            let mut scope = token.scope.clone();
+            scope.sort_unstable();
+            scope.dedup();
+            DelegationAuditEntry {
+                token_id: token.token_id.clone(),
+                delegator_identity: token.delegator_identity.clone(),
+                delegate_identity: token.delegate_identity.clone(),
+                scope,
+                expires_at: token.expires_at.to_utc(),
+                valid: judged.is_some_and(|j| j.valid),
+                error_code: judged
+                    .and_then(|j| j.error_code)
+                    .filter(|_| !judged.is_some_and(|j| j.valid))
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    result.valid = result.entries.iter().filter(|e| e.valid).count();
+    let checks: Vec<TokenCheck> = if outcome.delegated {
+        result
+            .entries
+            .iter()
+            .filter(|e| e.valid)
+            .map(|e| TokenCheck {
+                token_id: e.token_id.clone(),
+                identity: e.delegator_identity.clone(),
+                result: Ok(()),
+            })
+            .collect()
+    } else {
+        outcome
+            .reason_codes
+            .iter()
+            .filter(|c| c.as_str() != "delegation_chain_insufficient")
+            .map(|c| TokenCheck {
+                token_id: String::new(),
+                identity: String::new(),
+                result: Err(c.clone()),
+            })
+            .collect()
+    };
+    let report = apply_delegation(decision, true, &checks);
+    if outcome.delegated {
+        result.token_ref = report.delegation_ref;
+    }
+    Ok(result)
+}
+
+/// What the approval step produced.
+#[derive(Default)]
+struct ApprovalResult {
+    required: i64,
+    token_ref: String,
+    entries: Vec<ApprovalAuditEntry>,
+}
+
+fn read_approval_token(path: &Path) -> Result<(Vec<u8>, ApprovalToken), CliError> {
+    let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
+        .map_err(|e| invalid(format!("read approval token: {e}")))?;
+    let parse = |e: &dyn std::fmt::Display| invalid(format!("parse approval token: {e}"));
+    let Value::Object(object) = gait_canon::parse_json(&bytes).map_err(|e| parse(&e))? else {
+        return Err(parse(&"token must be a JSON object"));
+    };
+    let present: Map<String, Value> = object.into_iter().filter(|(_, v)| !v.is_null()).collect();
+    let token: ApprovalToken =
+        serde_json::from_value(Value::Object(present)).map_err(|e| parse(&e))?;
+    Ok((bytes, token))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_approvals(
+    args: &GateEvalArgs,
+    intent: &NormalizedIntent,
+    policy_digest: &str,
+    outcome: &EvalOutcome,
+    signing_public: PublicKey,
+    decision: &mut GateDecision,
+    exit: &mut u8,
+) -> Result<ApprovalResult, CliError> {
+    let mut result = ApprovalResult {
+        required: outcome.min_approvals,
+        token_ref: args
+            .approval_token_ref
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned(),
+        ..ApprovalResult::default()
+    };
+    if decision.verdict != Verdict::RequireApproval {
+        return Ok(result);
+    }
+    result.required = result.required.max(1);
+    let sources = approval_key_sources(args);
+    let key = if sources.has_any() {
+        keys::load_verify_key(&sources)?
+    } else {
+        signing_public
+    };
+    let scope = intent.required_approval_scope();
+    let binding = intent.delegation_digest().unwrap_or_default();
+    let check = ApprovalCheck {
+        intent_digest: &intent.intent_digest,
+        policy_digest,
+        delegation_binding_digest: &binding,
+        required_scope: &scope,
+        target_count: target_count(intent),
+        op_count: operation_count(intent),
+        now: OffsetDateTime::now_utc(),
+    };
+    let mut checks = Vec::new();
+    for path in gather_paths(&args.approval_token, &args.approval_token_chain) {
+        let (bytes, token) = read_approval_token(&path)?;
+        let judged = validate_approval_token(&bytes, &key, &check);
+        let mut scope = token.scope.clone();
+        scope.sort_unstable();
+        scope.dedup();
+        let error_code = judged
+            .as_ref()
+            .err()
+            .map(|e| e.code.as_str().to_owned())
+            .unwrap_or_default();
+        result.entries.push(ApprovalAuditEntry {
+            token_id: token.token_id.clone(),
+            approver_identity: token.approver_identity.clone(),
+            reason_code: token.reason_code.clone(),
+            scope,
+            expires_at: token.expires_at.to_utc(),
+            valid: judged.is_ok(),
+            error_code: error_code.clone(),
+        });
+        checks.push(TokenCheck {
+            token_id: token.token_id.clone(),
+            identity: token.approver_identity.clone(),
+            result: if error_code.is_empty() {
+                Ok(())
+            } else {
+                Err(error_code)
+            },
+        });
+    }
+    let report = apply_approvals(
+        decision,
+        result.required,
+        outcome.require_distinct_approvers,
+        &checks,
+    );
+    if report.granted {
+        if !report.approval_ref.is_empty() {
+            result.token_ref = report.approval_ref;
+        }
+    } else {
+        *exit = EXIT_APPROVAL_REQUIRED;
+    }
+    Ok(result)
+}
+
+fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<CommandOutput, CliError> {
+    if !args.extra.is_empty() {
+        return Err(CliError::invalid("unexpected positional arguments"));
+    }
+    let profile = match args.profile.as_deref().map(str::trim).unwrap_or_default() {
+        "" | "standard" => "standard",
+        other => {
+            return Err(CliError::invalid(format!(
+                "unsupported --profile value {other:?} (gait-agent supports standard)"
+            )));
+        }
+    };
+    let key_mode = args
+        .key_mode
+        .as_deref()
+        .map(|m| m.trim().to_lowercase())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "dev".to_owned());
+    let state_path = args
+        .rate_limit_state
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RATE_LIMIT_STATE));
+    let (Some(policy_path), Some(intent_path)) = (&args.policy, &args.intent) else {
+        return Err(CliError::invalid("both --policy and --intent are required"));
+    };
+    let policy = load_policy(policy_path)?;
+    let raw_intent = load_intent(intent_path)?;
+
+    let mut setup = Setup {
+        warnings: Vec::new(),
+        wrkr: None,
+        registry_entries: Vec::new(),
+    };
+    if let Some(path) = args.wrkr_inventory.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        setup.wrkr = load_wrkr(path, &raw_intent, &mut setup.warnings)?;
+    }
+    if let Some(path) = args
+        .approved_script_registry
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        setup.registry_entries = load_registry(args, path, &raw_intent, &mut setup.warnings)?;
+    }
+
+    let started = Instant::now();
+    let normalized =
+        normalize_intent(&raw_intent).map_err(|e| invalid(format!("normalize intent: {e}")))?;
+    let policy_digest = policy.digest();
+    let decided = decide(&policy, &policy_digest, &normalized, &mut setup)?;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let intent = prepare_for_evaluation(&normalized, None)
+        .map_err(|e| invalid(format!("normalize intent: {e}")))?;
+    let outcome = &decided.outcome;
+    let mut decision = GateDecision::from_outcome(outcome);
+
+    let (rate, budget) = enforce_limits(&state_path, outcome, &intent, &mut decision)?;
+
+    let signing = keys::load_signing_key(
+        &key_mode,
+        &KeySources {
+            private_path: args.private_key.clone(),
+            private_env: args.private_key_env.clone(),
+            ..KeySources::default()
+        },
+    )?;
+    let signing_public = signing.key.public_key();
+
+    let mut exit = EXIT_OK;
+    let delegation = if outcome.require_delegation {
+        let d = check_delegation(args, &intent, &policy_digest, signing_public, &mut decision)?;
+        if decision.verdict == Verdict::Block {
+            exit = EXIT_POLICY_BLOCKED;
+        }
+        d
+    } else {
+        DelegationResult::default()
+    };
+    let approvals = check_approvals(
+        args,
+        &intent,
+        &policy_digest,
+        outcome,
+        signing_public,
+        &mut decision,
+        &mut exit,
+    )?;
+    apply_broker(
+        &mut decision,
+        outcome.require_broker_credential,
+        BrokerStatus::NotConfigured,
+    );
+    let simulated: Option<SimulateReport> = if args.simulate {
+        exit = EXIT_OK;
+        Some(apply_simulate(&mut decision))
+    } else {
+        None
+    };
+    exit = match decision.verdict {
+        Verdict::Block => EXIT_POLICY_BLOCKED,
+        Verdict::RequireApproval if exit == EXIT_OK => EXIT_APPROVAL_REQUIRED,
+        _ => exit,
+    };
+
+    let observed_at = GoTime::now_utc();
+    let record = trace_emit::build_trace(
+        &TraceInputs {
+            policy: &policy,
+            policy_digest: &policy_digest,
+            intent: &intent,
+            verdict: decision.verdict,
+            reason_codes: &decision.reason_codes,
+            violations: &decision.violations,
+            created_at: decided.created_at,
+            producer_version: PRODUCER_VERSION,
+            correlation_id: &invocation.correlation_id,
+            approval_token_ref: &approvals.token_ref,
+            delegation_token_ref: &delegation.token_ref,
+            latency_ms,
+            context_source: &outcome.context_source,
+            script: outcome.script.as_ref(),
+            pre_approved: decided.pre_approved,
+            pattern_id: &decided.pattern_id,
+            registry_reason: &decided.registry_reason,
+        },
+        observed_at,
+    );
+    let trace_path = args
+        .trace_out
+        .as_deref()
+        .map(|p| p.to_string_lossy().trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| format!("trace_{}.json", record.trace_id));
+    let write_path =
+        trace_emit::normalize_trace_path(Path::new(&trace_path)).map_err(invalid)?;
+    let trace = trace_emit::sign_and_write(record, &signing.key, &write_path)
+        .map_err(|e| CliError::classified(e, EXIT_INVALID_INPUT))?;
+
+    let header = AuditHeader {
+        created_at: decided.created_at,
+        producer_version: PRODUCER_VERSION,
+        trace_id: &trace.trace_id,
+        tool_name: &trace.tool_name,
+        intent_digest: &trace.intent_digest,
+        policy_digest: &trace.policy_digest,
+    };
+    let mut approval_audit_path = String::new();
+    let mut valid_approvals = 0;
+    if approvals.required > 0 || !approvals.entries.is_empty() {
+        let record = audit::approval_audit(&header, approvals.required, &approvals.entries);
+        approval_audit_path = audit_path(&args.approval_audit_out, "approval_audit", &trace.trace_id);
+        write_audit(&approval_audit_path, &record, "approval")?;
+        valid_approvals = record.valid_approvals;
+    }
+    let mut delegation_audit_path = String::new();
+    let mut valid_delegations = 0;
+    if delegation.required || !delegation.entries.is_empty() {
+        let record = audit::delegation_audit(
+            &header,
+            delegation.required,
+            &delegation.token_ref,
+            &delegation.entries,
+        );
+        delegation_audit_path =
+            audit_path(&args.delegation_audit_out, "delegation_audit", &trace.trace_id);
+        write_audit(&delegation_audit_path, &record, "delegation")?;
+        valid_delegations = record.valid_delegations;
+    }
+
+    let mut warnings = setup.warnings;
+    warnings.extend(signing.warnings);
+    warnings.sort_unstable();
+    warnings.dedup();
+
+    let summary = Summary {
+        profile,
+        decision: &decision,
+        outcome,
+        trace: &trace,
+        trace_path: &trace_path,
+        intent: &intent,
+        approvals: &approvals,
+        valid_approvals,
+        approval_audit_path: &approval_audit_path,
+        delegation: &delegation,
+        valid_delegations,
+        delegation_audit_path: &delegation_audit_path,
+        rate: rate.as_ref(),
+        budget: budget.as_ref(),
+        simulated: simulated.as_ref(),
+        warnings: &warnings,
+    };
+    Ok(CommandOutput {
+        json: summary.json(),
+        text: summary.text(),
+        exit,
+    })
+}
+
+fn audit_path(flag: &Option<PathBuf>, prefix: &str, trace_id: &str) -> String {
+    flag.as_deref()
+        .map(|p| p.to_string_lossy().trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| format!("{prefix}_{trace_id}.json"))
+}
+
+fn write_audit<T: serde::Serialize>(path: &str, record: &T, kind: &str) -> Result<(), CliError> {
+    let bytes = audit::to_pretty_json(record)
+        .map_err(|e| invalid(format!("marshal {kind} audit record: {e}")))?;
+    let path = Path::new(path);
+    files::create_parent_dirs(path)
+        .and_then(|()| files::write_atomic(path, &bytes))
+        .map_err(|e| {
+            CliError::classified(
+                format!("write {kind} audit record: {}", files::go_reason(&e)),
+                EXIT_INVALID_INPUT,
+            )
+        })
+}
+
+/// Everything the output line reports.
+struct Summary<'a> {
+    profile: &'a str,
+    decision: &'a GateDecision,
+    outcome: &'a EvalOutcome,
+    trace: &'a gait_artifact::trace::TraceRecord,
+    trace_path: &'a str,
+    intent: &'a NormalizedIntent,
+    approvals: &'a ApprovalResult,
+    valid_approvals: i64,
+    approval_audit_path: &'a str,
+    delegation: &'a DelegationResult,
+    valid_delegations: i64,
+    delegation_audit_path: &'a str,
+    rate: Option<&'a RateLimitDecision>,
+    budget: Option<&'a RateLimitDecision>,
+    simulated: Option<&'a SimulateReport>,
+    warnings: &'a [String],
+}
+
+/// Insert only non-empty values (Go `omitempty`).
+struct OmitEmpty(Map<String, Value>);
+
+impl OmitEmpty {
+    fn str(&mut self, key: &str, value: &str) {
+        if !value.is_empty() {
+            self.0.insert(key.into(), Value::String(value.to_owned()));
+        }
+    }
+    fn int(&mut self, key: &str, value: i64) {
+        if value != 0 {
+            self.0.insert(key.into(), Value::from(value));
+        }
+    }
+    fn flag(&mut self, key: &str, value: bool) {
+        if value {
+            self.0.insert(key.into(), Value::Bool(true));
+        }
+    }
+    fn list(&mut self, key: &str, values: &[String]) {
+        if !values.is_empty() {
+            self.0.insert(
+                key.into(),
+                Value::Array(values.iter().cloned().map(Value::String).collect()),
+            );
+        }
+    }
+}
+
+impl Summary<'_> {
+    fn json(&self) -> Map<String, Value> {
+        let mut o = OmitEmpty(Map::new());
+        o.0.insert("ok".into(), Value::Bool(true));
+        o.str("profile", self.profile);
+        o.str("verdict", self.decision.verdict.as_str());
+        o.list("reason_codes", &self.decision.reason_codes);
+        o.list("violations", &self.decision.violations);
+        o.str("approval_ref", &self.approvals.token_ref);
+        o.int("required_approvals", self.approvals.required);
+        o.int("valid_approvals", self.valid_approvals);
+        o.str("approval_audit_path", self.approval_audit_path);
+        o.str("delegation_ref", &self.delegation.token_ref);
+        o.flag("delegation_required", self.delegation.required);
+        o.int("valid_delegations", self.valid_delegations);
+        o.str("delegation_audit_path", self.delegation_audit_path);
+        o.str("trace_id", &self.trace.trace_id);
+        o.str("trace_path", self.trace_path);
+        o.str("policy_digest", &self.trace.policy_digest);
+        o.str("intent_digest", &self.trace.intent_digest);
+        o.str("context_set_digest", &self.trace.context_set_digest);
+        o.str("context_evidence_mode", &self.trace.context_evidence_mode);
+        o.int("context_ref_count", self.trace.context_ref_count);
+        o.str("context_source", &self.outcome.context_source);
+        if let Some(script) = &self.outcome.script {
+            o.flag("script", true);
+            o.int(
+                "step_count",
+                i64::try_from(script.step_count).unwrap_or(i64::MAX),
+            );
+            o.str("script_hash", &script.script_hash);
+            o.str("composite_risk_class", script.composite_risk_class.as_str());
+            if !self.trace.step_verdicts.is_empty() {
+                o.0.insert(
+                    "step_verdicts".into(),
+                    serde_json::to_value(&self.trace.step_verdicts).unwrap_or(Value::Null),
+                );
+            }
+        }
+        o.flag("pre_approved", self.trace.pre_approved);
+        o.str("pattern_id", &self.trace.pattern_id);
+        o.str("registry_reason", &self.trace.registry_reason);
+        o.str("matched_rule", &self.outcome.matched_rule);
+        o.str("phase", &self.intent.context.phase);
+        if let Some(rate) = self.rate {
+            o.str("rate_limit_scope", &rate.scope);
+            o.str("rate_limit_key", &rate.key);
+            o.int("rate_limit_used", rate.used);
+            o.int("rate_limit_remaining", rate.remaining);
+        }
+        if let Some(budget) = self.budget {
+            o.str("destructive_budget_scope", &budget.scope);
+            o.str("destructive_budget_key", &budget.key);
+            o.int("destructive_budget_used", budget.used);
+            o.int("destructive_budget_remaining", budget.remaining);
+        }
+        if let Some(sim) = self.simulated {
+            o.flag("simulate_mode", true);
+            o.flag("would_have_blocked", sim.would_have_blocked);
+            o.str("simulated_verdict", sim.simulated_verdict.as_str());
+            o.list("simulated_reason_codes", &sim.simulated_reason_codes);
+        }
+        o.list("warnings", self.warnings);
+        o.0
+    }
+
+    fn text(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("gate eval: verdict={}", self.decision.verdict),
+            format!("trace: {}", self.trace_path),
+        ];
+        if let Some(sim) = self.simulated {
+            lines.push(format!(
+                "simulate: would_have_blocked={} simulated_verdict={}",
+                sim.would_have_blocked, sim.simulated_verdict
+            ));
+        }
+        if !self.decision.reason_codes.is_empty() {
+            lines.push(format!("reasons: {}", self.decision.reason_codes.join(",")));
+        }
+        if !self.decision.violations.is_empty() {
+            lines.push(format!("violations: {}", self.decision.violations.join(",")));
+        }
+        if self.approvals.required > 0 {
+            lines.push(format!(
+                "approvals: {}/{}",
+                self.valid_approvals, self.approvals.required
+            ));
+        }
+        if !self.approval_audit_path.is_empty() {
+            lines.push(format!("approval audit: {}", self.approval_audit_path));
+        }
+        if self.delegation.required {
+            lines.push(format!("delegations: {}", self.valid_delegations));
+        }
+        if !self.delegation_audit_path.is_empty() {
+            lines.push(format!("delegation audit: {}", self.delegation_audit_path));
+        }
+        lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_paths_are_gathered_trimmed_unique_and_sorted() {
+        let paths = gather_paths(
+            &[PathBuf::from(" b.json ")],
+            &["a.json, b.json,,c.json".to_owned(), "a.json".to_owned()],
+        );
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("a.json"),
+                PathBuf::from("b.json"),
+                PathBuf::from("c.json")
+            ]
+        );
+    }
+
+    #[test]
+    fn operation_and_target_counts_follow_gait() {
+        let single = gait_policy::parse_and_normalize_intent(
+            br#"{"tool_name":"tool.x","args":{},"targets":[],"context":{"identity":"a","workspace":"/w","risk_class":"low"}}"#,
+        )
+        .unwrap();
+        assert_eq!(operation_count(&single), 1);
+        assert_eq!(target_count(&single), 0);
+        assert!(!has_destructive_target(&single));
+    }
+}

@@ -1,0 +1,471 @@
+//! `idle`: many idle agents on one aggregator. Simulated agents (distinct certificates, a handful of shared
+//! client endpoints) connect, say `Hello` and park a `PollBundle` long-poll, like an idle `gait-agent`. The
+//! aggregator child's VmRSS before and after gives the memory per idle connection. Then the aggregator is
+//! restarted (SIGTERM, start again on the same ports) and every agent reconnects the way the real agent does:
+//! full-jitter exponential backoff (`gait_agent::backoff`, base 200 ms, cap 30 s), 15 s connect deadline. The
+//! report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use gait_agent::backoff::Backoff;
+use gait_wire::ServerMsgV1;
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::common::{self, AggregatorProc, CommonArgs, Database, Percentiles, Scope, round};
+
+/// Goals of the issue.
+const GOAL_KIB_PER_AGENT: f64 = 100.0;
+const GOAL_RECONNECT: Duration = Duration::from_secs(10);
+/// The real agent's handshake deadline (`gait-agent` daemon session).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Extra time allowed for a long-poll reply beyond its wait (as the real agent).
+const POLL_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Simulated idle agents, each with its own certificate and connection.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: usize,
+    /// QUIC client endpoints (UDP sockets) the agents share.
+    #[arg(long, default_value_t = 32)]
+    pub endpoints: usize,
+    /// Handshakes in flight while the fleet first connects (reconnects after the restart are not limited).
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Long-poll wait the agents ask for, in milliseconds (the real agent's default).
+    #[arg(long, default_value_t = 25_000)]
+    pub poll_wait_ms: u32,
+    /// Seconds to let the aggregator settle before each RSS reading.
+    #[arg(long, default_value_t = 5)]
+    pub settle_secs: u64,
+    /// Give up waiting for reconnects after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub reconnect_timeout_secs: u64,
+}
+
+/// What agents report to the bench.
+enum Event {
+    /// `Welcome` received on connection number `generation` (1 = first) after `attempts` dials.
+    Up {
+        agent: usize,
+        generation: u32,
+        attempts: u32,
+        at: Instant,
+    },
+    /// The connection was found dead at `at`.
+    Down { agent: usize, at: Instant },
+}
+
+/// Per-agent facts gathered around the restart.
+#[derive(Clone, Copy, Default)]
+struct Track {
+    down: Option<Instant>,
+    up_again: Option<Instant>,
+    attempts: u32,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    ensure!(args.agents > 0, "--agents must be positive");
+    let scope = Scope::new("bench", "idle", "prod");
+    let work_dir = args.common.temp_dir("gait-bench-idle-")?;
+    let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
+    let data_dir = work_dir.path().join("aggregator");
+    let pki_dir = common::init_pki(&data_dir)?;
+    let creds = common::issue_fleet(&pki_dir, cert_dir.path(), &scope, "idle", args.agents)?;
+    let configs = creds
+        .iter()
+        .map(|c| c.client_config())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    drop(creds);
+
+    let db = Database::create(&args.common, "idle").await?;
+    let agg = AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?;
+    let (quic, http) = (agg.quic, agg.http);
+    let result = measure(&args, agg, configs, &data_dir, &db, quic, http).await;
+    db.drop_database().await?;
+    result
+}
+
+async fn measure(
+    args: &Args,
+    agg: AggregatorProc,
+    configs: Vec<quinn::ClientConfig>,
+    data_dir: &std::path::Path,
+    db: &Database,
+    quic: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let rss_before = agg.rss_kib()?;
+    let bench_rss_before = common::proc_status_kib(std::process::id(), "VmRSS")?;
+
+    // Connect the fleet.
+    let endpoints = common::client_endpoints(args.endpoints)?;
+    let hello = Arc::new(common::hello_frame()?);
+    let poll = Arc::new(common::poll_frame(0, args.poll_wait_ms)?);
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let connect_started = Instant::now();
+    let mut agents = tokio::task::JoinSet::new();
+    for (i, config) in configs.into_iter().enumerate() {
+        let sim = SimAgent {
+            index: i,
+            endpoint: endpoints[i % endpoints.len()].clone(),
+            config,
+            addr: quic,
+            hello: hello.clone(),
+            poll: poll.clone(),
+            poll_deadline: Duration::from_millis(u64::from(args.poll_wait_ms)) + POLL_GRACE,
+            gate: gate.clone(),
+            tx: tx.clone(),
+        };
+        agents.spawn(sim.run());
+    }
+    drop(tx);
+    let mut connected = 0;
+    while connected < args.agents {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Some(Event::Up { .. })) => connected += 1,
+            Ok(Some(Event::Down { agent, .. })) => bail!(
+                "agent {agent} lost its connection while the fleet connected\n{}",
+                agg.log_tail()
+            ),
+            Ok(None) => bail!("agents stopped"),
+            Err(_) => bail!(
+                "only {connected} of {} agents connected after 120 s\n{}",
+                args.agents,
+                agg.log_tail()
+            ),
+        }
+    }
+    let connect_time = connect_started.elapsed();
+    eprintln!(
+        "{} agents connected in {:.1} s",
+        args.agents,
+        connect_time.as_secs_f64()
+    );
+    let api = agg.api();
+    wait_for_polls(&api, args.agents).await?;
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let rss_after = agg.rss_kib()?;
+    let hwm = agg.hwm_kib()?;
+    let open = api
+        .metric(gait_aggregator::metrics::CONNECTIONS_OPEN)
+        .await?;
+    let bench_rss = common::proc_status_kib(std::process::id(), "VmRSS")?;
+    let per_agent_kib = rss_after.saturating_sub(rss_before) as f64 / args.agents as f64;
+    eprintln!(
+        "aggregator VmRSS {rss_before} KiB idle -> {rss_after} KiB with {open} connections = {per_agent_kib:.1} KiB per agent \
+         (bench process {bench_rss_before} -> {bench_rss} KiB)"
+    );
+
+    // Restart on the same ports; agents find out and come back with jittered backoff.
+    let term_at = Instant::now();
+    let shutdown = agg.terminate(Duration::from_secs(30)).await?;
+    let exited_at = Instant::now();
+    let agg = start_again(&args.common, data_dir, db, quic, http).await?;
+    let ready_at = Instant::now();
+    eprintln!(
+        "aggregator stopped in {:.2} s and serving again {:.2} s after exit; waiting for reconnects",
+        shutdown.as_secs_f64(),
+        (ready_at - exited_at).as_secs_f64()
+    );
+    let mut track = vec![Track::default(); args.agents];
+    let mut back = 0;
+    let deadline = ready_at + Duration::from_secs(args.reconnect_timeout_secs);
+    while back < args.agents {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(Event::Down { agent, at })) => {
+                track[agent].down.get_or_insert(at);
+            }
+            Ok(Some(Event::Up {
+                agent,
+                generation,
+                attempts,
+                at,
+            })) if generation >= 2 => {
+                if track[agent].up_again.is_none() {
+                    track[agent].up_again = Some(at);
+                    track[agent].attempts = attempts;
+                    back += 1;
+                }
+            }
+            Ok(Some(Event::Up { .. })) => {}
+            Ok(None) => bail!("agents stopped"),
+            Err(_) => break,
+        }
+    }
+    let all_back = Instant::now();
+    let reconnect_wall = all_back.saturating_duration_since(ready_at);
+    let up_times: Vec<Instant> = track.iter().filter_map(|t| t.up_again).collect();
+    let from_ready: Vec<Duration> = up_times
+        .iter()
+        .map(|t| t.saturating_duration_since(ready_at))
+        .collect();
+    let from_term: Vec<Duration> = up_times
+        .iter()
+        .map(|t| t.saturating_duration_since(term_at))
+        .collect();
+    let detect: Vec<Duration> = track
+        .iter()
+        .filter_map(|t| t.down)
+        .map(|t| t.saturating_duration_since(term_at))
+        .collect();
+    let attempts: Vec<Duration> = track
+        .iter()
+        .filter(|t| t.up_again.is_some())
+        .map(|t| Duration::from_secs(u64::from(t.attempts)))
+        .collect();
+    let histogram = per_second(&from_ready);
+    let pr = Percentiles::of(&from_ready);
+    let pt = Percentiles::of(&from_term);
+    let pd = Percentiles::of(&detect);
+    let pa = Percentiles::of(&attempts);
+    let within_goal = from_ready.iter().filter(|d| **d <= GOAL_RECONNECT).count();
+
+    // Memory again once the fleet is back (fresh process, same load).
+    let mut rss_restarted = None;
+    if back == args.agents {
+        let api = agg.api();
+        if wait_for_polls(&api, args.agents).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+            rss_restarted = Some(agg.rss_kib()?);
+        }
+    }
+    agents.abort_all();
+    for ep in &endpoints {
+        ep.close(0u32.into(), b"bench done");
+    }
+    agg.terminate(Duration::from_secs(30)).await?;
+
+    let mem_met = per_agent_kib <= GOAL_KIB_PER_AGENT;
+    let reconnect_met = back == args.agents && pr.max <= GOAL_RECONNECT;
+    let summary = json!({
+        "bench": "idle",
+        "backend": db.backend(),
+        "agents": args.agents,
+        "endpoints": args.endpoints,
+        "connect_s": round(connect_time.as_secs_f64(), 2),
+        "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
+        "kib_per_idle_agent": round(per_agent_kib, 1),
+        "goal_kib_per_idle_agent": GOAL_KIB_PER_AGENT,
+        "memory_goal_met": mem_met,
+        "bench_rss_kib": bench_rss,
+        "restart": {
+            "shutdown_s": round(shutdown.as_secs_f64(), 3),
+            "start_s": round((ready_at - exited_at).as_secs_f64(), 3),
+            "reconnected": back,
+            "reconnected_within_goal": within_goal,
+            "all_back_after_ready_s": round(reconnect_wall.as_secs_f64(), 3),
+            "from_ready_ms": pr.json_ms(),
+            "from_sigterm_ms": pt.json_ms(),
+            "loss_detected_after_sigterm_ms": pd.json_ms(),
+            "dial_attempts": { "p50": pa.p50.as_secs(), "p99": pa.p99.as_secs(), "max": pa.max.as_secs() },
+            "reconnects_per_second_after_ready": histogram,
+        },
+        "goal_reconnect_s": GOAL_RECONNECT.as_secs(),
+        "reconnect_goal_met": reconnect_met,
+    });
+    let human = format!(
+        "idle: {} agents, aggregator RSS {} -> {} KiB = {:.1} KiB per idle agent (goal <= {GOAL_KIB_PER_AGENT}: {}); \
+         restart: shutdown {:.2} s, {back}/{} back, from serving-again {} (goal all <= {} s: {}), from SIGTERM {}; \
+         loss detected {}; dials per agent p50 {} max {}; reconnects per second {:?}",
+        args.agents,
+        rss_before,
+        rss_after,
+        per_agent_kib,
+        if mem_met { "met" } else { "MISSED" },
+        shutdown.as_secs_f64(),
+        args.agents,
+        pr.human_ms(),
+        GOAL_RECONNECT.as_secs(),
+        if reconnect_met { "met" } else { "MISSED" },
+        pt.human_ms(),
+        pd.human_ms(),
+        pa.p50.as_secs(),
+        pa.max.as_secs(),
+        histogram,
+    );
+    common::emit(&summary, &human);
+    Ok(())
+}
+
+/// Start the aggregator on the same addresses, retrying while the old sockets are released.
+async fn start_again(
+    common: &CommonArgs,
+    data_dir: &std::path::Path,
+    db: &Database,
+    quic: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<AggregatorProc> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match AggregatorProc::start(common, data_dir, db, quic, http).await {
+            Ok(a) => return Ok(a),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!(
+                    "restart attempt failed, retrying: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Wait until the aggregator holds a long-poll for every agent.
+async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let waiting = api
+            .metric(gait_aggregator::metrics::LONG_POLLS_WAITING)
+            .await?;
+        if waiting as usize >= agents {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {waiting} of {agents} long-polls parked after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counts per whole second.
+fn per_second(sample: &[Duration]) -> Vec<usize> {
+    let Some(max) = sample.iter().max() else {
+        return Vec::new();
+    };
+    let mut buckets = vec![0; max.as_secs() as usize + 1];
+    for d in sample {
+        buckets[d.as_secs() as usize] += 1;
+    }
+    buckets
+}
+
+/// One simulated idle agent.
+struct SimAgent {
+    index: usize,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    hello: Arc<Vec<u8>>,
+    poll: Arc<Vec<u8>>,
+    poll_deadline: Duration,
+    gate: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl SimAgent {
+    /// Connect, hello, long-poll until the connection dies; redial with the real agent's backoff.
+    async fn run(self) -> anyhow::Result<()> {
+        let mut backoff = Backoff::default();
+        let mut generation = 0u32;
+        loop {
+            let mut attempts = 0u32;
+            let conn = loop {
+                attempts += 1;
+                // Only the very first connect is rate-limited (a fleet is not switched on in one instant).
+                let permit = if generation == 0 {
+                    Some(self.gate.clone().acquire_owned().await?)
+                } else {
+                    None
+                };
+                let dialled = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                    let conn = common::dial(&self.endpoint, self.config.clone(), self.addr).await?;
+                    common::hello(&conn, &self.hello).await?;
+                    anyhow::Ok(conn)
+                })
+                .await;
+                drop(permit);
+                match dialled {
+                    Ok(Ok(conn)) => break conn,
+                    Ok(Err(_)) | Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+                }
+            };
+            generation += 1;
+            let up = Instant::now();
+            if self
+                .tx
+                .send(Event::Up {
+                    agent: self.index,
+                    generation,
+                    attempts,
+                    at: up,
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+            self.idle(&conn).await;
+            if self
+                .tx
+                .send(Event::Down {
+                    agent: self.index,
+                    at: Instant::now(),
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+            if up.elapsed() >= gait_agent::daemon::STABLE_CONNECTION {
+                backoff.reset();
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// Keep a long-poll parked until the connection is gone.
+    async fn idle(&self, conn: &quinn::Connection) {
+        loop {
+            match tokio::time::timeout(self.poll_deadline, common::request(conn, &self.poll)).await
+            {
+                Ok(Ok(ServerMsgV1::NoNewBundle { .. } | ServerMsgV1::Bundle(_))) => {}
+                Ok(Ok(_)) => {
+                    // An error reply (e.g. "shutting down"): the connection usually closes right after.
+                    tokio::select! {
+                        _ = conn.closed() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Ok(Err(_)) | Err(_) => {
+                    if conn.close_reason().is_some() {
+                        return;
+                    }
+                    conn.close(0u32.into(), b"exchange failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_second_buckets_count_every_sample() {
+        let s = [
+            Duration::from_millis(100),
+            Duration::from_millis(900),
+            Duration::from_millis(2500),
+        ];
+        assert_eq!(per_second(&s), vec![2, 0, 1]);
+        assert!(per_second(&[]).is_empty());
+    }
+
+    #[test]
+    fn goals_are_the_issue_s() {
+        assert_eq!(GOAL_RECONNECT, Duration::from_secs(10));
+        assert!((GOAL_KIB_PER_AGENT - 100.0).abs() < f64::EPSILON);
+    }
+}

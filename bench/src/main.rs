@@ -1,0 +1,73 @@
+//! `gait-fleet-bench`: fleet-scale benchmarks of the Gait control plane against real `gait-aggregator` (and
+//! `gait-agent`) processes built in release mode. Each subcommand prints one JSON summary line, then one human
+//! line; progress goes to stderr. Results and the exact commands are in `docs/benchmarks.md`.
+//!
+//! ```text
+//! cargo build --release -p gait-bench -p gait-aggregator -p gait-agent
+//! target/release/gait-fleet-bench ingest --agents 100 --records 1000000 --batch 500
+//! target/release/gait-fleet-bench publish-latency --agents 1000
+//! target/release/gait-fleet-bench idle --agents 10000
+//! target/release/gait-fleet-bench agent-footprint
+//! ```
+
+mod common;
+mod footprint;
+mod idle;
+mod ingest;
+mod publish;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fleet-scale benchmarks of the Gait aggregator and agent.
+#[derive(Parser, Debug)]
+#[command(name = "gait-fleet-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Records/s end to end: simulated agents -> QUIC -> aggregator commit -> ack, verified via the HTTP API,
+    /// with a store-only baseline in the same run.
+    Ingest(ingest::Args),
+    /// Publish-to-verified latency over a fleet of long-polling simulated agents.
+    PublishLatency(publish::Args),
+    /// Aggregator memory per idle connection, and reconnect time of the whole fleet after a restart.
+    Idle(idle::Args),
+    /// Memory of an idle real gait-agent and the size of both release binaries.
+    AgentFootprint(footprint::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest(a) => ingest::run(a).await,
+            Command::PublishLatency(a) => publish::run(a).await,
+            Command::Idle(a) => idle::run(a).await,
+            Command::AgentFootprint(a) => footprint::run(a).await,
+        }
+    });
+    // Simulated agents may still hold tasks and sockets; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
