@@ -41,6 +41,7 @@
 //! durable before a producer is answered, so an unclean drain loses nothing but in-flight network work.
 
 mod activation;
+mod committer;
 mod exchange;
 mod session;
 mod state;

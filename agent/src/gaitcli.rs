@@ -47,28 +47,28 @@ pub enum GaitCommand {
     /// Gait traces: verify a signed gate trace record.
     #[command(subcommand)]
     Trace(TraceCommand),
-    /// Verify a Gait runpack offline (file hashes, manifest digest, signatures).
+    // `about` and `long_about` come from the args struct (a doc comment here would replace them).
     Verify(verify::VerifyArgs),
 }
 
 /// `gait-agent policy …`.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Evaluate one intent against one policy; exit 0 allow, 3 block, 4 require_approval, 6 bad input.
+    // Help text: see `PolicyTestArgs`.
     Test(policy_test::PolicyTestArgs),
 }
 
 /// `gait-agent gate …`.
 #[derive(Debug, Subcommand)]
 pub enum GateCommand {
-    /// Evaluate an intent, apply rate limits, delegation and approvals, and write a signed trace.
+    // Help text: see `GateEvalArgs`.
     Eval(Box<gate_eval::GateEvalArgs>),
 }
 
 /// `gait-agent trace …`.
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
-    /// Verify the Ed25519 signature of a gate trace record.
+    // Help text: see `TraceVerifyArgs`.
     Verify(trace_verify::TraceVerifyArgs),
 }
 
@@ -171,7 +171,9 @@ pub fn run(command: GaitCommand) -> ExitCode {
         GaitCommand::Policy(PolicyCommand::Test(args)) => {
             (policy_test::run(args, &invocation), args.json)
         }
-        GaitCommand::Gate(GateCommand::Eval(args)) => (gate_eval::run(args, &invocation), args.json),
+        GaitCommand::Gate(GateCommand::Eval(args)) => {
+            (gate_eval::run(args, &invocation), args.json)
+        }
         GaitCommand::Trace(TraceCommand::Verify(args)) => {
             (trace_verify::run(args, &invocation), args.json)
         }
@@ -186,11 +188,8 @@ fn print_output(output: &CommandOutput, json: bool, invocation: &Invocation) {
     let mut stdout = std::io::stdout().lock();
     // A closed stdout (e.g. `| head`) must not turn a decision into a panic; the exit code still tells.
     let _ = if json {
-        let completed = envelope::complete(
-            output.json.clone(),
-            output.exit,
-            &invocation.correlation_id,
-        );
+        let completed =
+            envelope::complete(output.json.clone(), output.exit, &invocation.correlation_id);
         writeln!(stdout, "{}", envelope::go_json(&Value::Object(completed)))
     } else {
         output

@@ -44,6 +44,9 @@ enum Command {
     Run(RunArgs),
     /// Show the status of the locally running agent.
     Status(StatusArgs),
+    /// Gait-compatible offline commands: `policy test`, `gate eval`, `trace verify`, `verify`.
+    #[command(flatten)]
+    Gait(gait_agent::gaitcli::GaitCommand),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +70,10 @@ struct StatusArgs {
 }
 
 fn main() -> ExitCode {
+    // Gait-compatible commands run before logging and the async runtime are set up (process latency).
+    if let Some(code) = gait_agent::gaitcli::run_from_env() {
+        return code;
+    }
     let cli = Cli::parse();
     if let Err(e) = init_tracing(cli.log_format, &cli.log_level) {
         eprintln!("gait-agent: invalid --log-level {:?}: {e}", cli.log_level);
@@ -83,6 +90,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Status(args) => cmd_status(args).await,
+            Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
 }

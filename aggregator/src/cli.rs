@@ -88,10 +88,18 @@ pub struct RevokeArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Base URL of the aggregator's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:7080", env = "GAIT_AGGREGATOR_URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7080",
+        env = "GAIT_AGGREGATOR_URL"
+    )]
     pub server: String,
     /// File holding the admin bearer token.
-    #[arg(long, default_value = "./gait-data/admin.token", env = "GAIT_TOKEN_FILE")]
+    #[arg(
+        long,
+        default_value = "./gait-data/admin.token",
+        env = "GAIT_TOKEN_FILE"
+    )]
     pub token_file: PathBuf,
 }
 
@@ -177,10 +185,21 @@ pub fn issue_agent(args: IssueAgentArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!("agent certificate issued: {}", issued.uri);
-        println!("  serial {}  (revoke with: gait-aggregator pki revoke --serial {})", issued.serial_hex, issued.serial_hex);
-        println!("  files in {}: agent.pem agent.key ca.pem agent.yaml{}", args.out.display(), if trust_line { " registry.pub" } else { "" });
+        println!(
+            "  serial {}  (revoke with: gait-aggregator pki revoke --serial {})",
+            issued.serial_hex, issued.serial_hex
+        );
+        println!(
+            "  files in {}: agent.pem agent.key ca.pem agent.yaml{}",
+            args.out.display(),
+            if trust_line { " registry.pub" } else { "" }
+        );
         if !trust_line {
-            println!("  note: {} does not exist yet (start `gait-aggregator serve` once), copy it into {} before starting the agent", registry_pub.display(), args.out.display());
+            println!(
+                "  note: {} does not exist yet (start `gait-aggregator serve` once), copy it into {} before starting the agent",
+                registry_pub.display(),
+                args.out.display()
+            );
         }
         println!("  run it: gait-agent run --config {}", yaml_path.display());
     }
@@ -218,7 +237,10 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         }
         None => Default::default(),
     };
-    let config = ServeConfig { database_url: args.data.database_url, ..ServeConfig::embedded(args.data.data_dir) };
+    let config = ServeConfig {
+        database_url: args.data.database_url,
+        ..ServeConfig::embedded(args.data.data_dir)
+    };
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::connect(&config.effective_database_url()).await?;
     store
@@ -260,7 +282,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             .and_then(|n| n.to_str())
             .with_context(|| format!("{}: not a file name", path.display()))?
             .to_owned();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading policy {}", path.display()))?;
         if policies.insert(name.clone(), text).is_some() {
             bail!("two policies are named {name}; file names must be unique in a bundle");
         }
@@ -288,18 +311,29 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     } else if status.is_success() {
         println!(
             "published epoch {} for {}/{}/{}: digest {}",
-            answer["epoch"], args.org, args.project, args.env, answer["digest"].as_str().unwrap_or("?")
+            answer["epoch"],
+            args.org,
+            args.project,
+            args.env,
+            answer["digest"].as_str().unwrap_or("?")
         );
     }
     if !status.is_success() {
-        eprintln!("error: publish refused ({status}): {}", answer["error"]["message"].as_str().unwrap_or("no message"));
+        eprintln!(
+            "error: publish refused ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let mut url = format!("{}/v1/orgs/{}/agents", args.api.server.trim_end_matches('/'), args.org);
+    let mut url = format!(
+        "{}/v1/orgs/{}/agents",
+        args.api.server.trim_end_matches('/'),
+        args.org
+    );
     let mut sep = '?';
     for (k, v) in [("project", &args.project), ("env", &args.env)] {
         if let Some(v) = v {
@@ -309,26 +343,45 @@ pub async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
     }
     let (status, answer) = call(&args.api, reqwest::Method::GET, &url, None).await?;
     if !status.is_success() {
-        eprintln!("error: ({status}): {}", answer["error"]["message"].as_str().unwrap_or("no message"));
+        eprintln!(
+            "error: ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
         return Ok(ExitCode::from(1));
     }
     if args.json {
         println!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}", "AGENT", "PROJECT/ENV", "VERSION", "ADDRESS", "SEEN(s)", "ACTIVE", "RECV");
+    println!(
+        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
+        "AGENT", "PROJECT/ENV", "VERSION", "ADDRESS", "SEEN(s)", "ACTIVE", "RECV"
+    );
     let now = unix_ms();
     for a in answer["agents"].as_array().into_iter().flatten() {
-        let seen = a["last_seen_unix_ms"].as_i64().map(|t| ((now - t) / 1000).to_string()).unwrap_or_default();
+        let seen = a["last_seen_unix_ms"]
+            .as_i64()
+            .map(|t| ((now - t) / 1000).to_string())
+            .unwrap_or_default();
         println!(
             "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
             a["agent_id"].as_str().unwrap_or(""),
-            format!("{}/{}", a["project"].as_str().unwrap_or(""), a["env"].as_str().unwrap_or("")),
+            format!(
+                "{}/{}",
+                a["project"].as_str().unwrap_or(""),
+                a["env"].as_str().unwrap_or("")
+            ),
             a["agent_version"].as_str().unwrap_or(""),
             a["remote_addr"].as_str().unwrap_or(""),
             seen,
-            a["active_bundle"]["epoch"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
-            a["received_bundle"]["epoch"].as_u64().map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            a["active_bundle"]["epoch"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            a["received_bundle"]["epoch"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -348,7 +401,10 @@ async fn call(
     }
     let resp = req.send().await.with_context(|| format!("cannot reach the aggregator at {url} (is `gait-aggregator serve` running? set --server)"))?;
     let status = resp.status();
-    let text = resp.text().await.context("reading the aggregator's answer")?;
+    let text = resp
+        .text()
+        .await
+        .context("reading the aggregator's answer")?;
     let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
     Ok((status, value))
 }

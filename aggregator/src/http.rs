@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use gait_bundle::OnStale;
 use gait_store::{AgentFilter, AgentKey, Store, Tenant};
 use serde::Deserialize;
@@ -43,12 +43,27 @@ pub struct AppState {
 /// Build the router.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles", post(publish))
-        .route("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest", get(latest_bundle))
-        .route("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest/raw", get(latest_bundle_raw))
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles",
+            post(publish),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest",
+            get(latest_bundle),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest/raw",
+            get(latest_bundle_raw),
+        )
         .route("/v1/orgs/{org}/agents", get(list_agents))
-        .route("/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records", get(agent_records))
-        .route("/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps", get(agent_gaps))
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records",
+            get(agent_records),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
+            get(agent_gaps),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -56,7 +71,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(openapi))
         .merge(v1)
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -71,7 +89,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -81,13 +103,21 @@ impl ApiError {
     }
     fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "request failed on the server side");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the aggregator could not complete the request; retry")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the aggregator could not complete the request; retry",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -96,14 +126,26 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     next.run(req).await
 }
 
-async fn require_admin(State(state): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_admin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid").into_response(),
+        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -122,19 +164,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
+        Ok(Ok(())) => {
+            Json(json!({"status": "ready", "store": state.store.backend()})).into_response()
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "store unreachable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not_ready", "reason": "store unreachable"})),
+            )
                 .into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "store timeout"})))
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "store timeout"})),
+        )
             .into_response(),
     }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -171,15 +225,22 @@ async fn publish(
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request(format!("request body: {}", e.body_text())))?;
+    let Json(body) =
+        body.map_err(|e| ApiError::bad_request(format!("request body: {}", e.body_text())))?;
     let on_stale = match body.on_stale.as_deref() {
         None => None,
         Some("keep") => Some(OnStale::Keep),
         Some("fail_closed") => Some(OnStale::FailClosed),
-        Some(other) => return Err(ApiError::bad_request(format!("on_stale: `{other}` is not one of keep, fail_closed"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "on_stale: `{other}` is not one of keep, fail_closed"
+            )));
+        }
     };
     if body.validity_seconds == Some(0) {
-        return Err(ApiError::bad_request("validity_seconds: must be at least 1"));
+        return Err(ApiError::bad_request(
+            "validity_seconds: must be at least 1",
+        ));
     }
     let req = PublishRequest {
         policies: body.policies,
@@ -190,7 +251,11 @@ async fn publish(
     };
     match state.registry.publish(&tenant, req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),
-        Err(e) if e.is_client_error() => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", e.to_string())),
+        Err(e) if e.is_client_error() => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::internal(e)),
     }
 }
@@ -200,9 +265,15 @@ async fn latest_bundle(
     Path((org, project, env)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let bundle = state.registry.latest(&tenant).await.map_err(ApiError::internal)?;
+    let bundle = state
+        .registry
+        .latest(&tenant)
+        .await
+        .map_err(ApiError::internal)?;
     let Some(bundle) = bundle else {
-        return Err(ApiError::not_found("no bundle has been published for this environment"));
+        return Err(ApiError::not_found(
+            "no bundle has been published for this environment",
+        ));
     };
     let manifest = gait_bundle::inspect(&bundle.bytes).map_err(ApiError::internal)?;
     Ok(Json(json!({
@@ -220,11 +291,21 @@ async fn latest_bundle_raw(
     Path((org, project, env)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let bundle = state.registry.latest(&tenant).await.map_err(ApiError::internal)?;
+    let bundle = state
+        .registry
+        .latest(&tenant)
+        .await
+        .map_err(ApiError::internal)?;
     let Some(bundle) = bundle else {
-        return Err(ApiError::not_found("no bundle has been published for this environment"));
+        return Err(ApiError::not_found(
+            "no bundle has been published for this environment",
+        ));
     };
-    Ok(([(header::CONTENT_TYPE, "application/json")], bundle.bytes.clone()).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        bundle.bytes.clone(),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,8 +325,16 @@ async fn list_agents(
             validate_identifier(field, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
     }
-    let filter = AgentFilter { org, project: q.project, env: q.env };
-    let agents = state.store.list_agents(&filter).await.map_err(ApiError::internal)?;
+    let filter = AgentFilter {
+        org,
+        project: q.project,
+        env: q.env,
+    };
+    let agents = state
+        .store
+        .list_agents(&filter)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({ "agents": agents })).into_response())
 }
 
@@ -272,8 +361,16 @@ async fn agent_records(
         return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
     }
     let key = AgentKey { tenant, agent_id };
-    let total = state.store.count_records(&key).await.map_err(ApiError::internal)?;
-    let rows = state.store.records(&key, q.after, q.limit).await.map_err(ApiError::internal)?;
+    let total = state
+        .store
+        .count_records(&key)
+        .await
+        .map_err(ApiError::internal)?;
+    let rows = state
+        .store
+        .records(&key, q.after, q.limit)
+        .await
+        .map_err(ApiError::internal)?;
     let records: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -303,6 +400,10 @@ async fn agent_gaps(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
     validate_identifier("agent_id", &agent_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let gaps = state.store.gaps(&AgentKey { tenant, agent_id }).await.map_err(ApiError::internal)?;
+    let gaps = state
+        .store
+        .gaps(&AgentKey { tenant, agent_id })
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({ "gaps": gaps })).into_response())
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use gait_store::{ActiveBundle, AgentHello, AgentKey, BundleReportRow, NewRecord, Store, Tenant};
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, ErrorCode, FrameDecoder, PROTOCOL_VERSION, Record,
-    RecordBatch, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
+    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, ErrorCode, FrameDecoder,
+    PROTOCOL_VERSION, Record, RecordBatch, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,7 +62,9 @@ pub struct IngestLimits {
 
 impl Default for IngestLimits {
     fn default() -> Self {
-        Self { max_frame: gait_wire::MAX_FRAME_LEN }
+        Self {
+            max_frame: gait_wire::MAX_FRAME_LEN,
+        }
     }
 }
 
@@ -110,7 +112,11 @@ impl IngestState {
 }
 
 /// Serve agents on `endpoint` until `shutdown` is cancelled, then drain connection tasks.
-pub async fn serve(endpoint: quinn::Endpoint, state: Arc<IngestState>, shutdown: CancellationToken) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    state: Arc<IngestState>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
@@ -125,17 +131,29 @@ pub async fn serve(endpoint: quinn::Endpoint, state: Arc<IngestState>, shutdown:
     }
     endpoint.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-        warn!(open = state.live.len(), "ingest drain timed out; connections dropped");
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = state.live.len(),
+            "ingest drain timed out; connections dropped"
+        );
     }
 }
 
-async fn handle_incoming(incoming: quinn::Incoming, state: Arc<IngestState>, shutdown: CancellationToken) {
+async fn handle_incoming(
+    incoming: quinn::Incoming,
+    state: Arc<IngestState>,
+    shutdown: CancellationToken,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "handshake", 1);
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "handshake", 1);
             info!(%remote, error = %e, "agent connection refused during handshake");
             return;
         }
@@ -143,7 +161,9 @@ async fn handle_incoming(incoming: quinn::Incoming, state: Arc<IngestState>, shu
     let identity = match peer_identity(&conn) {
         Ok(id) => id,
         Err(e) => {
-            state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "identity", 1);
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "identity", 1);
             warn!(%remote, error = %e, "agent certificate has no usable identity; closing");
             conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate identity unusable");
             return;
@@ -151,7 +171,9 @@ async fn handle_incoming(incoming: quinn::Incoming, state: Arc<IngestState>, shu
     };
     // A certificate revoked after the handshake verifier last looked is still caught here.
     if state.revoked.contains(&identity.serial_hex) {
-        state.metrics.inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
+        state
+            .metrics
+            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
         conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
         return;
     }
@@ -239,7 +261,10 @@ const BATCH_ORDER_WAIT: Duration = Duration::from_secs(2);
 
 impl BatchOrder {
     fn new() -> Self {
-        Self { next: Mutex::new(1), turn: tokio::sync::Notify::new() }
+        Self {
+            next: Mutex::new(1),
+            turn: tokio::sync::Notify::new(),
+        }
     }
 
     async fn wait_turn(&self, batch_id: u64) {
@@ -272,7 +297,8 @@ impl Session {
         state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
         warn!(remote = %self.remote, org = %self.key.tenant.org, agent_id = %self.key.agent_id, reason,
             "protocol violation; closing agent connection");
-        self.conn.close(CLOSE_PROTOCOL_VIOLATION.into(), reason.as_bytes());
+        self.conn
+            .close(CLOSE_PROTOCOL_VIOLATION.into(), reason.as_bytes());
     }
 }
 
@@ -280,14 +306,23 @@ impl Session {
 async fn read_request(recv: &mut quinn::RecvStream, max: u32) -> Result<Vec<u8>, String> {
     let limit = max as usize + gait_wire::FRAME_HEADER_LEN;
     let bytes = match tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(limit)).await {
-        Err(_) => return Err(format!("request not received within {}s", REQUEST_READ_TIMEOUT.as_secs())),
-        Ok(Err(quinn::ReadToEndError::TooLong)) => return Err(format!("request larger than {max} bytes")),
+        Err(_) => {
+            return Err(format!(
+                "request not received within {}s",
+                REQUEST_READ_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            return Err(format!("request larger than {max} bytes"));
+        }
         Ok(Err(e)) => return Err(format!("request stream failed: {e}")),
         Ok(Ok(bytes)) => bytes,
     };
     let mut decoder = FrameDecoder::new(max);
     decoder.push(&bytes);
-    let frame = decoder.next_frame().map_err(|e| format!("bad frame: {e}"))?;
+    let frame = decoder
+        .next_frame()
+        .map_err(|e| format!("bad frame: {e}"))?;
     let Some(body) = frame else {
         return Err("truncated frame".into());
     };
@@ -328,14 +363,19 @@ async fn handle_request(
         Err(e) => {
             // An unknown variant from a newer agent is answered, not punished.
             if e.error_code() == ErrorCode::Unsupported {
-                return write_response(&mut send, error_msg(ErrorCode::Unsupported, e.to_string())).await;
+                return write_response(&mut send, error_msg(ErrorCode::Unsupported, e.to_string()))
+                    .await;
             }
             return session.protocol_violation(&state, &format!("malformed request: {e}"));
         }
     };
     let is_hello = matches!(msg, AgentMsgV1::Hello(_));
     if !is_hello && !session.hello_done.load(Ordering::Acquire) {
-        return write_response(&mut send, error_msg(ErrorCode::BadRequest, "send Hello first")).await;
+        return write_response(
+            &mut send,
+            error_msg(ErrorCode::BadRequest, "send Hello first"),
+        )
+        .await;
     }
     let reply = match msg {
         AgentMsgV1::Hello(hello) => on_hello(&state, &session, hello).await,
@@ -354,9 +394,10 @@ async fn handle_request(
             session.batch_order.done(id);
             reply
         }
-        AgentMsgV1::BundleReport(_) => {
-            error_msg(ErrorCode::BadRequest, "send BundleReport on a unidirectional stream")
-        }
+        AgentMsgV1::BundleReport(_) => error_msg(
+            ErrorCode::BadRequest,
+            "send BundleReport on a unidirectional stream",
+        ),
     };
     write_response(&mut send, reply).await;
     touch(&state, &session).await;
@@ -376,18 +417,28 @@ async fn touch(state: &IngestState, session: &Session) {
 }
 
 fn active_row(b: &BundleRef) -> ActiveBundle {
-    ActiveBundle { epoch: b.epoch, digest: hex::encode(b.digest), since_unix_ms: b.since_unix_ms }
+    ActiveBundle {
+        epoch: b.epoch,
+        digest: hex::encode(b.digest),
+        since_unix_ms: b.since_unix_ms,
+    }
 }
 
 fn received_row(b: &BundleRef) -> gait_store::BundleRef {
-    gait_store::BundleRef { epoch: b.epoch, digest: hex::encode(b.digest) }
+    gait_store::BundleRef {
+        epoch: b.epoch,
+        digest: hex::encode(b.digest),
+    }
 }
 
 async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hello) -> ServerMsgV1 {
     if hello.protocol_version != PROTOCOL_VERSION {
         return error_msg(
             ErrorCode::Unsupported,
-            format!("protocol version {} not supported; this aggregator speaks {PROTOCOL_VERSION}", hello.protocol_version),
+            format!(
+                "protocol version {} not supported; this aggregator speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
         );
     }
     let now = unix_ms();
@@ -422,15 +473,28 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
     }
 }
 
-async fn on_poll(state: &IngestState, session: &Session, have_epoch: u64, wait: Duration) -> ServerMsgV1 {
-    match state.registry.wait_newer(&session.key.tenant, have_epoch, wait).await {
+async fn on_poll(
+    state: &IngestState,
+    session: &Session,
+    have_epoch: u64,
+    wait: Duration,
+) -> ServerMsgV1 {
+    match state
+        .registry
+        .wait_newer(&session.key.tenant, have_epoch, wait)
+        .await
+    {
         Ok(Some(bundle)) => {
             let mut digest = [0u8; 32];
             if hex::decode_to_slice(&bundle.digest, &mut digest).is_err() {
                 return error_msg(ErrorCode::Internal, "stored bundle digest is not hex");
             }
             state.metrics.inc(metrics::BUNDLES_SERVED, 1);
-            ServerMsgV1::Bundle(BundleOffer { epoch: bundle.epoch, digest, signed_bundle: bundle.bytes.clone() })
+            ServerMsgV1::Bundle(BundleOffer {
+                epoch: bundle.epoch,
+                digest,
+                signed_bundle: bundle.bytes.clone(),
+            })
         }
         Ok(None) => ServerMsgV1::NoNewBundle { have_epoch },
         Err(e) => {
@@ -444,7 +508,10 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
     if batch.records.len() > MAX_BATCH_RECORDS {
         return error_msg(
             ErrorCode::TooLarge,
-            format!("{} records in one batch; send at most {MAX_BATCH_RECORDS}", batch.records.len()),
+            format!(
+                "{} records in one batch; send at most {MAX_BATCH_RECORDS}",
+                batch.records.len()
+            ),
         );
     }
     let started = Instant::now();
@@ -466,13 +533,25 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
             return error_msg(ErrorCode::BadRequest, message);
         }
     };
-    match state.store.commit_batch(&session.key, &rows, unix_ms()).await {
+    match state
+        .store
+        .commit_batch(&session.key, &rows, unix_ms())
+        .await
+    {
         Ok(outcome) => {
             state.metrics.inc(metrics::BATCHES_COMMITTED, 1);
-            state.metrics.inc(metrics::RECORDS_INSERTED, outcome.inserted);
-            state.metrics.inc(metrics::RECORDS_DUPLICATE, outcome.duplicates);
-            state.metrics.inc(metrics::RECORDS_CONFLICT, outcome.conflicts);
-            state.metrics.inc(metrics::RECORD_GAPS, outcome.gaps.len() as u64);
+            state
+                .metrics
+                .inc(metrics::RECORDS_INSERTED, outcome.inserted);
+            state
+                .metrics
+                .inc(metrics::RECORDS_DUPLICATE, outcome.duplicates);
+            state
+                .metrics
+                .inc(metrics::RECORDS_CONFLICT, outcome.conflicts);
+            state
+                .metrics
+                .inc(metrics::RECORD_GAPS, outcome.gaps.len() as u64);
             if !outcome.gaps.is_empty() || outcome.conflicts > 0 {
                 warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, gaps = ?outcome.gaps,
                     conflicts = outcome.conflicts, "agent record stream has gaps or conflicts");
@@ -484,7 +563,11 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
                 committed_through: outcome.committed_seq,
                 inserted: u32::try_from(outcome.inserted).unwrap_or(u32::MAX),
                 duplicates: u32::try_from(outcome.duplicates).unwrap_or(u32::MAX),
-                gaps: outcome.gaps.iter().map(|&(first, last)| SeqRange { first, last }).collect(),
+                gaps: outcome
+                    .gaps
+                    .iter()
+                    .map(|&(first, last)| SeqRange { first, last })
+                    .collect(),
             })
         }
         Err(e) => {
@@ -502,7 +585,11 @@ fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
             return Err("record seq 0 is reserved; sequences start at 1".into());
         }
         if r.payload.len() > MAX_RECORD_PAYLOAD {
-            return Err(format!("record {} payload is {} bytes; the limit is {MAX_RECORD_PAYLOAD}", r.seq, r.payload.len()));
+            return Err(format!(
+                "record {} payload is {} bytes; the limit is {MAX_RECORD_PAYLOAD}",
+                r.seq,
+                r.payload.len()
+            ));
         }
         if r.kind.is_empty() || r.kind.len() > 64 {
             return Err(format!("record {} kind must be 1-64 bytes", r.seq));
@@ -528,7 +615,12 @@ fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
 
 async fn on_report(state: &IngestState, session: &Session, report: gait_wire::BundleReport) {
     if let Some(refusal) = &report.refusal {
-        state.metrics.inc_labeled(metrics::BUNDLE_REFUSALS_REPORTED, "code", bounded_code(&refusal.code), 1);
+        state.metrics.inc_labeled(
+            metrics::BUNDLE_REFUSALS_REPORTED,
+            "code",
+            bounded_code(&refusal.code),
+            1,
+        );
         warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, epoch = refusal.epoch,
             code = %refusal.code, message = %refusal.message, "agent refused a bundle");
     }
@@ -548,22 +640,35 @@ async fn on_report(state: &IngestState, session: &Session, report: gait_wire::Bu
     }
     let now = unix_ms();
     for row in &rows {
-        if let Err(e) = state.store.record_bundle_report(&session.key, row, now).await {
+        if let Err(e) = state
+            .store
+            .record_bundle_report(&session.key, row, now)
+            .await
+        {
             warn!(error = %e, "bundle report not stored");
         }
     }
 }
 
-async fn handle_report(state: Arc<IngestState>, session: Arc<Session>, mut recv: quinn::RecvStream) {
+async fn handle_report(
+    state: Arc<IngestState>,
+    session: Arc<Session>,
+    mut recv: quinn::RecvStream,
+) {
     let body = match read_request(&mut recv, MAX_REPORT_FRAME).await {
         Ok(b) => b,
         Err(reason) => return session.protocol_violation(&state, &reason),
     };
     match gait_wire::decode_agent_msg(&body) {
-        Ok(AgentMsg::V1(AgentMsgV1::BundleReport(report))) if session.hello_done.load(Ordering::Acquire) => {
+        Ok(AgentMsg::V1(AgentMsgV1::BundleReport(report)))
+            if session.hello_done.load(Ordering::Acquire) =>
+        {
             on_report(&state, &session, report).await
         }
-        Ok(_) => session.protocol_violation(&state, "only a BundleReport after Hello may use a unidirectional stream"),
+        Ok(_) => session.protocol_violation(
+            &state,
+            "only a BundleReport after Hello may use a unidirectional stream",
+        ),
         Err(e) => session.protocol_violation(&state, &format!("malformed report: {e}")),
     }
 }
@@ -582,7 +687,11 @@ fn bounded_code(code: &str) -> &'static str {
         "bundle_expired",
         "bundle_epoch_stale",
     ];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -606,12 +715,18 @@ struct LiveConnections {
 impl LiveConnections {
     fn insert(&self, serial: &str, conn: quinn::Connection) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (serial.to_owned(), conn));
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (serial.to_owned(), conn));
         id
     }
 
     fn remove(&self, id: u64) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     fn len(&self) -> usize {

@@ -21,7 +21,13 @@ use tokio_util::sync::CancellationToken;
 ///
 ///   gait-aggregator publish --org acme --project web --env prod --policy policy.yaml
 #[derive(Parser, Debug)]
-#[command(name = "gait-aggregator", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "gait-aggregator",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GAIT_LOG_FORMAT")]
@@ -94,8 +100,11 @@ enum PkiCommand {
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -105,7 +114,10 @@ fn init_tracing(format: LogFormat, level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -131,10 +143,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config.server_names = args.server_names;
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
-            let running = serve::start(config, shutdown).await.context("aggregator failed to start")?;
-            println!("gait-aggregator serving: quic={} http=http://{}", running.quic_addr, running.http_addr);
+            let running = serve::start(config, shutdown)
+                .await
+                .context("aggregator failed to start")?;
+            println!(
+                "gait-aggregator serving: quic={} http=http://{}",
+                running.quic_addr, running.http_addr
+            );
             let clean = running.wait(Duration::from_secs(args.grace_seconds)).await;
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Pki(PkiCommand::Init(args)) => cli::pki_init(args),
         Command::Pki(PkiCommand::IssueAgent(args)) => cli::issue_agent(args),
@@ -142,7 +163,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => cli::publish(args).await,
         Command::Agents(args) => cli::agents(args).await,
         Command::Migrate(args) => {
-            let config = serve::ServeConfig { database_url: args.database_url, ..serve::ServeConfig::embedded(args.data_dir) };
+            let config = serve::ServeConfig {
+                database_url: args.database_url,
+                ..serve::ServeConfig::embedded(args.data_dir)
+            };
             std::fs::create_dir_all(&config.data_dir)?;
             let store = gait_store::Store::connect(&config.effective_database_url()).await?;
             println!("schema up to date ({})", store.backend());
@@ -157,15 +181,16 @@ fn spawn_signal_handler(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const RECORDS_INSERTED: &str = "gait_aggregator_records_inserted_total";
 pub const RECORDS_DUPLICATE: &str = "gait_aggregator_records_duplicate_total";
@@ -26,26 +26,77 @@ pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
-    (RECORDS_INSERTED, "counter", "Outbox records committed to the store."),
-    (RECORDS_DUPLICATE, "counter", "Redelivered records recognised as already stored."),
-    (RECORDS_CONFLICT, "counter", "Records whose sequence was stored with a different hash (kept the original)."),
-    (RECORD_GAPS, "counter", "Sequence gaps or hash-chain breaks detected in agent streams."),
-    (BATCHES_COMMITTED, "counter", "Record batches committed and acknowledged."),
-    (CONNECTIONS_ACCEPTED, "counter", "QUIC connections that completed the mutual-TLS handshake."),
-    (CONNECTIONS_REFUSED, "counter", "QUIC connection attempts refused during the handshake."),
-    (CONNECTIONS_OPEN, "gauge", "Agent connections currently open."),
-    (PROTOCOL_ERRORS, "counter", "Streams or connections closed for a protocol violation."),
-    (BUNDLES_PUBLISHED, "counter", "Policy bundles signed and published."),
+    (
+        RECORDS_INSERTED,
+        "counter",
+        "Outbox records committed to the store.",
+    ),
+    (
+        RECORDS_DUPLICATE,
+        "counter",
+        "Redelivered records recognised as already stored.",
+    ),
+    (
+        RECORDS_CONFLICT,
+        "counter",
+        "Records whose sequence was stored with a different hash (kept the original).",
+    ),
+    (
+        RECORD_GAPS,
+        "counter",
+        "Sequence gaps or hash-chain breaks detected in agent streams.",
+    ),
+    (
+        BATCHES_COMMITTED,
+        "counter",
+        "Record batches committed and acknowledged.",
+    ),
+    (
+        CONNECTIONS_ACCEPTED,
+        "counter",
+        "QUIC connections that completed the mutual-TLS handshake.",
+    ),
+    (
+        CONNECTIONS_REFUSED,
+        "counter",
+        "QUIC connection attempts refused during the handshake.",
+    ),
+    (
+        CONNECTIONS_OPEN,
+        "gauge",
+        "Agent connections currently open.",
+    ),
+    (
+        PROTOCOL_ERRORS,
+        "counter",
+        "Streams or connections closed for a protocol violation.",
+    ),
+    (
+        BUNDLES_PUBLISHED,
+        "counter",
+        "Policy bundles signed and published.",
+    ),
     (BUNDLES_SERVED, "counter", "Policy bundles sent to agents."),
-    (BUNDLE_REFUSALS_REPORTED, "counter", "Bundle refusals reported by agents."),
-    (LONG_POLLS_WAITING, "gauge", "Bundle long-polls currently waiting."),
+    (
+        BUNDLE_REFUSALS_REPORTED,
+        "counter",
+        "Bundle refusals reported by agents.",
+    ),
+    (
+        LONG_POLLS_WAITING,
+        "gauge",
+        "Bundle long-polls currently waiting.",
+    ),
     (HTTP_REQUESTS, "counter", "HTTP API requests served."),
 ];
+
+/// A counter's identity: metric name and an optional (label, value) pair.
+type CounterKey = (&'static str, Option<(&'static str, String)>);
 
 /// Counters and gauges keyed by metric name and a single bounded label pair.
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Option<(&'static str, String)>), Arc<AtomicU64>>>,
+    counters: Mutex<BTreeMap<CounterKey, Arc<AtomicU64>>>,
     gauges: Mutex<BTreeMap<&'static str, Arc<AtomicI64>>>,
 }
 
@@ -130,7 +181,9 @@ impl Metrics {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -101,8 +101,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(store: Store, key: SigningKey, defaults: BundleDefaults, metrics: Arc<Metrics>) -> Self {
-        Self { store, key, defaults, hub: Hub::default(), metrics }
+    pub fn new(
+        store: Store,
+        key: SigningKey,
+        defaults: BundleDefaults,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            defaults,
+            hub: Hub::default(),
+            metrics,
+        }
     }
 
     /// The public half of the registry key: what agents must trust.
@@ -114,24 +125,36 @@ impl Registry {
     pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, RegistryError> {
         let private = dir.join(REGISTRY_KEY_FILE);
         let public = dir.join(REGISTRY_PUB_FILE);
-        let key_err = |path: &Path, message: String| RegistryError::Key { path: path.to_path_buf(), message };
+        let key_err = |path: &Path, message: String| RegistryError::Key {
+            path: path.to_path_buf(),
+            message,
+        };
         if private.exists() {
-            let key = sign::load_private_key_file(&private).map_err(|e| key_err(&private, e.to_string()))?;
+            let key = sign::load_private_key_file(&private)
+                .map_err(|e| key_err(&private, e.to_string()))?;
             if !public.exists() {
-                std::fs::write(&public, format!("{}\n", key.public_key().to_gait_public_key()))
-                    .map_err(|e| key_err(&public, e.to_string()))?;
+                std::fs::write(
+                    &public,
+                    format!("{}\n", key.public_key().to_gait_public_key()),
+                )
+                .map_err(|e| key_err(&public, e.to_string()))?;
             }
             return Ok(key);
         }
         std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e.to_string()))?;
         let key = SigningKey::generate();
-        sign::write_key_pair(&private, &public, &key).map_err(|e| key_err(&private, e.to_string()))?;
+        sign::write_key_pair(&private, &public, &key)
+            .map_err(|e| key_err(&private, e.to_string()))?;
         tracing::info!(key_id = %key.public_key().key_id(), path = %private.display(), "registry signing key created");
         Ok(key)
     }
 
     /// Validate, sign, store and announce a new bundle for `tenant`.
-    pub async fn publish(&self, tenant: &Tenant, req: PublishRequest) -> Result<Published, RegistryError> {
+    pub async fn publish(
+        &self,
+        tenant: &Tenant,
+        req: PublishRequest,
+    ) -> Result<Published, RegistryError> {
         validate_policies(&req.policies)?;
         // Two concurrent publishes may race for the same epoch; the store refuses the loser, which retries once.
         for attempt in 0..3 {
@@ -143,25 +166,40 @@ impl Registry {
             let now = time::OffsetDateTime::now_utc();
             let validity = req.validity.unwrap_or(self.defaults.validity);
             let not_after = now + validity;
-            let mut builder = BundleBuilder::new(scope_of(tenant), epoch, not_after.unix_timestamp());
-            builder.created_at(now.unix_timestamp()).staleness(Staleness {
-                max_offline_seconds: req.max_offline_seconds.unwrap_or(self.defaults.max_offline_seconds),
-                on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
-            });
+            let mut builder =
+                BundleBuilder::new(scope_of(tenant), epoch, not_after.unix_timestamp());
+            builder
+                .created_at(now.unix_timestamp())
+                .staleness(Staleness {
+                    max_offline_seconds: req
+                        .max_offline_seconds
+                        .unwrap_or(self.defaults.max_offline_seconds),
+                    on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
+                });
             if let Some(p) = &parent {
                 let mut raw = [0u8; 32];
-                hex::decode_to_slice(p, &mut raw)
-                    .map_err(|_| RegistryError::Sign(format!("stored parent digest `{p}` is not hex")))?;
+                hex::decode_to_slice(p, &mut raw).map_err(|_| {
+                    RegistryError::Sign(format!("stored parent digest `{p}` is not hex"))
+                })?;
                 builder.parent(raw);
             }
             for (name, text) in &req.policies {
                 builder.add_policy(name.clone(), text.as_bytes().to_vec());
             }
-            let bytes = builder.sign(&self.key).map_err(|e| RegistryError::Sign(e.to_string()))?;
-            let manifest = gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
-            let (_, digest) = manifest.digest().map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let bytes = builder
+                .sign(&self.key)
+                .map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let manifest =
+                gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let (_, digest) = manifest
+                .digest()
+                .map_err(|e| RegistryError::Sign(e.to_string()))?;
             let now_ms = unix_ms();
-            match self.store.publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms).await {
+            match self
+                .store
+                .publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms)
+                .await
+            {
                 Ok(()) => {}
                 Err(StoreError::EpochConflict { .. }) if attempt < 2 => continue,
                 Err(e) => return Err(e.into()),
@@ -189,11 +227,16 @@ impl Registry {
                 policies: req.policies.keys().cloned().collect(),
             });
         }
-        Err(RegistryError::Invalid("concurrent publishes kept conflicting; retry".into()))
+        Err(RegistryError::Invalid(
+            "concurrent publishes kept conflicting; retry".into(),
+        ))
     }
 
     /// The newest bundle of a scope, from the hub when known, else from the store.
-    pub async fn latest(&self, tenant: &Tenant) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
+    pub async fn latest(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
         if let Some(b) = self.hub.current(tenant) {
             return Ok(Some(b));
         }
@@ -224,7 +267,11 @@ impl Registry {
                 if rx.changed().await.is_err() {
                     return None;
                 }
-                let newer = rx.borrow_and_update().as_ref().filter(|b| b.epoch > have_epoch).cloned();
+                let newer = rx
+                    .borrow_and_update()
+                    .as_ref()
+                    .filter(|b| b.epoch > have_epoch)
+                    .cloned();
                 if newer.is_some() {
                     return newer;
                 }
@@ -253,7 +300,9 @@ impl Registry {
 /// Check names, sizes and that every policy is a valid Gait policy before anything is signed.
 fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), RegistryError> {
     if policies.is_empty() {
-        return Err(RegistryError::Invalid("at least one policy file is required in `policies`".into()));
+        return Err(RegistryError::Invalid(
+            "at least one policy file is required in `policies`".into(),
+        ));
     }
     if policies.len() > MAX_POLICIES {
         return Err(RegistryError::Invalid(format!(
@@ -264,7 +313,9 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
     for (name, text) in policies {
         let name_ok = !name.is_empty()
             && name.len() <= 128
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             && !name.starts_with('.')
             && (name.ends_with(".yaml") || name.ends_with(".yml"));
         if !name_ok {
@@ -278,14 +329,20 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
                 text.len()
             )));
         }
-        crate::policy_check::check(text.as_bytes())
-            .map_err(|message| RegistryError::Policy { name: name.clone(), message })?;
+        crate::policy_check::check(text.as_bytes()).map_err(|message| RegistryError::Policy {
+            name: name.clone(),
+            message,
+        })?;
     }
     Ok(())
 }
 
 pub fn scope_of(t: &Tenant) -> Scope {
-    Scope { org: t.org.clone(), project: t.project.clone(), env: t.env.clone() }
+    Scope {
+        org: t.org.clone(),
+        project: t.project.clone(),
+        env: t.env.clone(),
+    }
 }
 
 pub fn unix_ms() -> i64 {
@@ -302,7 +359,9 @@ struct Hub {
 impl Hub {
     fn sender(&self, tenant: &Tenant) -> watch::Sender<Option<Arc<StoredBundle>>> {
         let mut map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(tenant.clone()).or_insert_with(|| watch::channel(None).0).clone()
+        map.entry(tenant.clone())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
     }
 
     fn subscribe(&self, tenant: &Tenant) -> watch::Receiver<Option<Arc<StoredBundle>>> {
@@ -326,6 +385,9 @@ impl Hub {
 
     fn scopes_with_waiters(&self) -> Vec<Tenant> {
         let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().filter(|(_, s)| s.receiver_count() > 0).map(|(t, _)| t.clone()).collect()
+        map.iter()
+            .filter(|(_, s)| s.receiver_count() > 0)
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 }

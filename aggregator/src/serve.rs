@@ -76,7 +76,10 @@ impl ServeConfig {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join(SQLITE_FILE).display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(SQLITE_FILE).display()
+            ),
         }
     }
 }
@@ -84,7 +87,10 @@ impl ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] gait_store::StoreError),
     #[error("pki: {0}")]
@@ -94,7 +100,11 @@ pub enum ServeError {
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A running aggregator: bound addresses and the handles to stop it.
@@ -112,7 +122,9 @@ impl Running {
     pub async fn wait(self, grace: Duration) -> bool {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        let clean = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let clean = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         if clean {
             info!("aggregator stopped cleanly");
         } else {
@@ -125,9 +137,15 @@ impl Running {
 /// Read the admin token from the data directory, creating a random one (0600) on first start.
 pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let err = |source| ServeError::DataDir { path: path.clone(), source };
+    let err = |source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    };
     if path.exists() {
-        let token = std::fs::read_to_string(&path).map_err(err)?.trim().to_owned();
+        let token = std::fs::read_to_string(&path)
+            .map_err(err)?
+            .trim()
+            .to_owned();
         if !token.is_empty() {
             return Ok(token);
         }
@@ -147,7 +165,10 @@ pub const RESET_KEY_FILE: &str = "quic-reset.key";
 /// instead of waiting for their idle timeout. Replicas behind one load balancer should share this file.
 fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeError> {
     let path = dir.join(RESET_KEY_FILE);
-    let err = |source| ServeError::DataDir { path: path.clone(), source };
+    let err = |source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    };
     let secret = match std::fs::read(&path) {
         Ok(bytes) if bytes.len() == 32 => bytes,
         Ok(bytes) => {
@@ -165,7 +186,10 @@ fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeErr
         }
         Err(e) => return Err(err(e)),
     };
-    Ok(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)))
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret,
+    )))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -183,19 +207,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Start every subsystem; returns once the endpoints are bound.
-pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+pub async fn start(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let pki_dir = config.pki_dir();
     if !pki_dir.join("ca.pem").exists() {
-        let opts = pki::InitOptions { server_names: config.server_names.clone(), ..Default::default() };
+        let opts = pki::InitOptions {
+            server_names: config.server_names.clone(),
+            ..Default::default()
+        };
         pki::init(&pki_dir, &opts)?;
         info!(dir = %pki_dir.display(), "PKI created (first start)");
     }
     let store = Store::connect(&config.effective_database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let key = Registry::load_or_create_key(&config.key_dir())?;
-    let registry = Arc::new(Registry::new(store.clone(), key, config.bundle_defaults.clone(), metrics.clone()));
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        key,
+        config.bundle_defaults.clone(),
+        metrics.clone(),
+    ));
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
 
     let revoked = RevocationSet::new();
@@ -208,24 +245,45 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         &config.transport,
     )?;
     let reset_key = load_or_create_reset_key(&config.key_dir())?;
-    let socket = std::net::UdpSocket::bind(config.quic_listen)
-        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
+    let socket =
+        std::net::UdpSocket::bind(config.quic_listen).map_err(|source| ServeError::Bind {
+            addr: config.quic_listen,
+            what: "QUIC/UDP",
+            source,
+        })?;
     let runtime = quinn::default_runtime().ok_or_else(|| ServeError::Bind {
         addr: config.quic_listen,
         what: "QUIC/UDP",
         source: std::io::Error::other("no async runtime for QUIC"),
     })?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::new(reset_key), Some(quic), socket, runtime)
-        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
-    let quic_addr = endpoint
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr: config.quic_listen, what: "QUIC/UDP", source })?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(reset_key),
+        Some(quic),
+        socket,
+        runtime,
+    )
+    .map_err(|source| ServeError::Bind {
+        addr: config.quic_listen,
+        what: "QUIC/UDP",
+        source,
+    })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.quic_listen,
+        what: "QUIC/UDP",
+        source,
+    })?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.http_listen, what: "HTTP/TCP", source })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr: config.http_listen, what: "HTTP/TCP", source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.http_listen,
+            what: "HTTP/TCP",
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.http_listen,
+        what: "HTTP/TCP",
+        source,
+    })?;
 
     let ingest = Arc::new(IngestState::new(
         store.clone(),
@@ -236,15 +294,33 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     ));
     let tracker = TaskTracker::new();
     spawn_ingest(&tracker, endpoint, ingest.clone(), shutdown.child_token());
-    spawn_http(&tracker, listener, AppState {
-        store: store.clone(),
-        registry: registry.clone(),
-        metrics,
-        admin_token: Arc::new(admin_token.clone()),
-    }, shutdown.child_token());
-    spawn_housekeeping(&tracker, ingest.clone(), registry, config.revocation_refresh, shutdown.child_token());
+    spawn_http(
+        &tracker,
+        listener,
+        AppState {
+            store: store.clone(),
+            registry: registry.clone(),
+            metrics,
+            admin_token: Arc::new(admin_token.clone()),
+        },
+        shutdown.child_token(),
+    );
+    spawn_housekeeping(
+        &tracker,
+        ingest.clone(),
+        registry,
+        config.revocation_refresh,
+        shutdown.child_token(),
+    );
     info!(%quic_addr, %http_addr, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
-    Ok(Running { quic_addr, http_addr, admin_token, ingest, tracker, shutdown })
+    Ok(Running {
+        quic_addr,
+        http_addr,
+        admin_token,
+        ingest,
+        tracker,
+        shutdown,
+    })
 }
 
 /// Start and run until `shutdown`, then drain.
@@ -253,14 +329,27 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<boo
     Ok(running.wait(Duration::from_secs(10)).await)
 }
 
-fn spawn_ingest(tracker: &TaskTracker, endpoint: quinn::Endpoint, state: Arc<IngestState>, token: CancellationToken) {
+fn spawn_ingest(
+    tracker: &TaskTracker,
+    endpoint: quinn::Endpoint,
+    state: Arc<IngestState>,
+    token: CancellationToken,
+) {
     tracker.spawn(async move { crate::ingest::serve(endpoint, state, token).await });
 }
 
-fn spawn_http(tracker: &TaskTracker, listener: tokio::net::TcpListener, state: AppState, token: CancellationToken) {
+fn spawn_http(
+    tracker: &TaskTracker,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    token: CancellationToken,
+) {
     tracker.spawn(async move {
         let app = router(state);
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });

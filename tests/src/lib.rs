@@ -18,12 +18,26 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         // target/debug/deps/<test-exe> -> target/debug
         let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "gait-agent", "-p", "gait-aggregator"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "gait-agent",
+                "-p",
+                "gait-aggregator",
+            ])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building gait-agent and gait-aggregator failed");
+        assert!(
+            status.success(),
+            "building gait-agent and gait-aggregator failed"
+        );
         dir
     });
     dir.join(name)
@@ -31,11 +45,18 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (also free for UDP in practice; tests retry on collisions).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -49,7 +70,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 }
 
 fn kill(child: &mut Child, signal: &str) {
-    let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
@@ -67,13 +90,26 @@ pub struct Aggregator {
 impl Aggregator {
     /// Start on `data_dir` with ephemeral ports.
     pub fn start(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Self> {
-        Self::start_on(data_dir, database_url, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+        Self::start_on(
+            data_dir,
+            database_url,
+            "127.0.0.1:0".parse()?,
+            "127.0.0.1:0".parse()?,
+        )
     }
 
     /// Start on fixed addresses (used to restart on the same ports).
-    pub fn start_on(data_dir: &Path, database_url: Option<&str>, quic: SocketAddr, http: SocketAddr) -> anyhow::Result<Self> {
+    pub fn start_on(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        quic: SocketAddr,
+        http: SocketAddr,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("aggregator.log"))?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("aggregator.log"))?;
         let mut cmd = Command::new(bin("gait-aggregator"));
         cmd.arg("serve")
             .arg("--data-dir")
@@ -98,7 +134,9 @@ impl Aggregator {
             bail!("aggregator did not start: {line:?}\n{log}");
         };
         let (quic, http) = rest.split_once(" http=http://").context("serving line")?;
-        let token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))?
+            .trim()
+            .to_owned();
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
             database_url: database_url.map(str::to_owned),
@@ -134,7 +172,12 @@ impl Aggregator {
         self.stop();
         let mut last = None;
         for _ in 0..50 {
-            match Self::start_on(&self.data_dir, self.database_url.as_deref(), self.quic, self.http) {
+            match Self::start_on(
+                &self.data_dir,
+                self.database_url.as_deref(),
+                self.quic,
+                self.http,
+            ) {
                 Ok(n) => {
                     *self = n;
                     return Ok(());
@@ -153,12 +196,22 @@ impl Aggregator {
     }
 
     /// Publish policy files (name -> YAML) for a scope; returns the server's JSON answer and status.
-    pub fn publish(&self, org: &str, project: &str, env: &str, policies: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
-        let policies: serde_json::Map<String, Value> =
-            policies.iter().map(|(n, y)| ((*n).to_owned(), Value::String((*y).to_owned()))).collect();
+    pub fn publish(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        policies: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let policies: serde_json::Map<String, Value> = policies
+            .iter()
+            .map(|(n, y)| ((*n).to_owned(), Value::String((*y).to_owned())))
+            .collect();
         http_json(
             "POST",
-            &self.url(&format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles")),
+            &self.url(&format!(
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles"
+            )),
             Some(&self.token),
             Some(json!({ "policies": policies })),
         )
@@ -177,7 +230,13 @@ impl Aggregator {
     }
 
     /// Every committed record of one agent.
-    pub fn records(&self, org: &str, project: &str, env: &str, agent: &str) -> anyhow::Result<Vec<Value>> {
+    pub fn records(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        agent: &str,
+    ) -> anyhow::Result<Vec<Value>> {
         let mut out = Vec::new();
         let mut after = 0u64;
         loop {
@@ -202,14 +261,26 @@ impl Drop for Aggregator {
 }
 
 /// A minimal HTTP/1.1 JSON client over std (blocking tests need no async runtime).
-pub fn http_json(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+pub fn http_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
     use std::io::{Read as _, Write as _};
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = std::net::TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream =
+        std::net::TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if let Some(t) = token {
         req.push_str(&format!("authorization: Bearer {t}\r\n"));
     }
@@ -221,7 +292,14 @@ pub fn http_json(method: &str, url: &str, token: Option<&str>, body: Option<Valu
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").context("http response")?;
     let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     Ok((status, value))
 }
@@ -229,7 +307,9 @@ pub fn http_json(method: &str, url: &str, token: Option<&str>, body: Option<Valu
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -252,9 +332,27 @@ pub struct Agent {
 
 impl Agent {
     /// Issue a certificate for the agent with the aggregator's CA and write its config into `dir`.
-    pub fn enroll(agg: &Aggregator, dir: &Path, org: &str, project: &str, env: &str, id: &str) -> anyhow::Result<Self> {
+    pub fn enroll(
+        agg: &Aggregator,
+        dir: &Path,
+        org: &str,
+        project: &str,
+        env: &str,
+        id: &str,
+    ) -> anyhow::Result<Self> {
         let out = Command::new(bin("gait-aggregator"))
-            .args(["pki", "issue-agent", "--org", org, "--project", project, "--env", env, "--agent-id", id])
+            .args([
+                "pki",
+                "issue-agent",
+                "--org",
+                org,
+                "--project",
+                project,
+                "--env",
+                env,
+                "--agent-id",
+                id,
+            ])
             .arg("--data-dir")
             .arg(&agg.data_dir)
             .arg("--out")
@@ -262,9 +360,14 @@ impl Agent {
             .arg("--aggregator-address")
             .arg(agg.quic.to_string())
             .output()?;
-        anyhow::ensure!(out.status.success(), "issue-agent: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "issue-agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let yaml = std::fs::read_to_string(dir.join("agent.yaml"))?.replace("127.0.0.1:7071", &api.to_string());
+        let yaml = std::fs::read_to_string(dir.join("agent.yaml"))?
+            .replace("127.0.0.1:7071", &api.to_string());
         std::fs::write(dir.join("agent.yaml"), yaml)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -279,7 +382,10 @@ impl Agent {
 
     /// Start the daemon and wait for its local API.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
         let child = Command::new(bin("gait-agent"))
             .arg("run")
             .arg("--config")
@@ -290,8 +396,12 @@ impl Agent {
             .spawn()?;
         self.child = Some(child);
         let url = format!("http://{}/healthz", self.api);
-        wait_for(Duration::from_secs(20), "agent local API", || http_json("GET", &url, None, None).ok().filter(|(s, _)| *s == 200))
-            .with_context(|| format!("agent {} log:\n{}", self.id, self.log()))?;
+        wait_for(Duration::from_secs(20), "agent local API", || {
+            http_json("GET", &url, None, None)
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        })
+        .with_context(|| format!("agent {} log:\n{}", self.id, self.log()))?;
         Ok(())
     }
 

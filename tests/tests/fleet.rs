@@ -13,7 +13,10 @@ use serde_json::json;
 /// The database URLs to run each scenario on: SQLite (None = embedded default) and, when configured, a fresh
 /// PostgreSQL database.
 fn backends() -> Vec<(Option<TestStore>, &'static str)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut out: Vec<(Option<TestStore>, &'static str)> = vec![(None, "sqlite")];
     match rt.block_on(postgres_fresh()) {
         Ok(Some(db)) => out.push((Some(db), "postgres")),
@@ -39,7 +42,14 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
         let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
         let mut agents = Vec::new();
         for i in 0..3 {
-            let mut a = Agent::enroll(&agg, &tmp.path().join(format!("a{i}")), "acme", "web", "prod", &format!("agent-{i}"))?;
+            let mut a = Agent::enroll(
+                &agg,
+                &tmp.path().join(format!("a{i}")),
+                "acme",
+                "web",
+                "prod",
+                &format!("agent-{i}"),
+            )?;
             a.start()?;
             agents.push(a);
         }
@@ -50,22 +60,42 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
         ensure!(status == 201, "publish: {status} {body}");
         let digest = body["digest"].as_str().context("digest")?.to_owned();
         for a in &agents {
-            wait_for(Duration::from_secs(10), "agent active epoch 1", || (a.active_epoch() == Some(1)).then_some(()))
-                .with_context(|| a.log())?;
-            ensure!(a.status()?["active_bundle"]["digest"] == digest.as_str(), "agent digest differs");
+            wait_for(Duration::from_secs(10), "agent active epoch 1", || {
+                (a.active_epoch() == Some(1)).then_some(())
+            })
+            .with_context(|| a.log())?;
+            ensure!(
+                a.status()?["active_bundle"]["digest"] == digest.as_str(),
+                "agent digest differs"
+            );
         }
         // The aggregator's inventory shows what each agent applied (reported by the agents themselves).
-        wait_for(Duration::from_secs(10), "inventory shows epoch 1 everywhere", || {
-            agg.agents("acme").ok().filter(|v| {
-                v.iter().all(|a| a["active_bundle"]["epoch"] == 1 && a["active_bundle"]["digest"] == digest.as_str())
-            })
-        })?;
+        wait_for(
+            Duration::from_secs(10),
+            "inventory shows epoch 1 everywhere",
+            || {
+                agg.agents("acme").ok().filter(|v| {
+                    v.iter().all(|a| {
+                        a["active_bundle"]["epoch"] == 1
+                            && a["active_bundle"]["digest"] == digest.as_str()
+                    })
+                })
+            },
+        )?;
         // A second publish moves everyone to epoch 2.
         let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V2)])?;
-        ensure!(status == 201 && body["epoch"] == 2, "publish 2: {status} {body}");
-        ensure!(body["parent_digest"] == digest.as_str(), "epoch 2 must chain to epoch 1: {body}");
+        ensure!(
+            status == 201 && body["epoch"] == 2,
+            "publish 2: {status} {body}"
+        );
+        ensure!(
+            body["parent_digest"] == digest.as_str(),
+            "epoch 2 must chain to epoch 1: {body}"
+        );
         for a in &agents {
-            wait_for(Duration::from_secs(10), "agent active epoch 2", || (a.active_epoch() == Some(2)).then_some(()))?;
+            wait_for(Duration::from_secs(10), "agent active epoch 2", || {
+                (a.active_epoch() == Some(2)).then_some(())
+            })?;
         }
         Ok(())
     });
@@ -76,27 +106,38 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
     each_backend(|db, _| {
         let tmp = tempfile::tempdir()?;
         let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge-1")?;
+        let mut agent =
+            Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge-1")?;
         agent.start()?;
         agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
-        wait_for(Duration::from_secs(10), "bundle active", || (agent.active_epoch() == Some(1)).then_some(()))?;
+        wait_for(Duration::from_secs(10), "bundle active", || {
+            (agent.active_epoch() == Some(1)).then_some(())
+        })?;
 
         agg.stop();
         let mut sent = Vec::new();
         for i in 0..150 {
             let class = if i % 3 == 0 { "block" } else { "approval" };
             let payload = json!({"i": i, "note": "written while the aggregator was down"});
-            let seq = agent.append(class, "gate.decision", payload.clone())?.context("not shed")?;
+            let seq = agent
+                .append(class, "gate.decision", payload.clone())?
+                .context("not shed")?;
             sent.push((seq, payload));
         }
         // The agent restarts while still disconnected and keeps enforcing the cached bundle.
         agent.stop();
         agent.start()?;
-        ensure!(agent.active_epoch() == Some(1), "cached bundle must stay active across restart: {}", agent.status()?);
+        ensure!(
+            agent.active_epoch() == Some(1),
+            "cached bundle must stay active across restart: {}",
+            agent.status()?
+        );
         ensure!(agent.status()?["connected"] == false, "aggregator is down");
         for i in 150..200 {
             let payload = json!({"i": i, "note": "after the agent restart"});
-            let seq = agent.append("block", "gate.decision", payload.clone())?.context("not shed")?;
+            let seq = agent
+                .append("block", "gate.decision", payload.clone())?
+                .context("not shed")?;
             sent.push((seq, payload));
         }
 
@@ -107,23 +148,48 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
             (n >= sent.len()).then_some(r)
         })?;
         // Exactly once: one row per seq, and every payload we wrote is there with its seq.
-        let decisions: Vec<_> = records.iter().filter(|r| r["kind"] == "gate.decision").collect();
-        ensure!(decisions.len() == sent.len(), "{} decision records stored, {} written", decisions.len(), sent.len());
+        let decisions: Vec<_> = records
+            .iter()
+            .filter(|r| r["kind"] == "gate.decision")
+            .collect();
+        ensure!(
+            decisions.len() == sent.len(),
+            "{} decision records stored, {} written",
+            decisions.len(),
+            sent.len()
+        );
         let seqs: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
         ensure!(seqs.len() == records.len(), "duplicate seqs stored");
         for (seq, payload) in &sent {
-            let r = decisions.iter().find(|r| r["seq"] == *seq).with_context(|| format!("seq {seq} missing"))?;
-            ensure!(r["payload"] == *payload, "seq {seq} payload differs: {} vs {payload}", r["payload"]);
-            ensure!(r["bundle_epoch"] == 1, "seq {seq} must say bundle epoch 1 was in force");
+            let r = decisions
+                .iter()
+                .find(|r| r["seq"] == *seq)
+                .with_context(|| format!("seq {seq} missing"))?;
+            ensure!(
+                r["payload"] == *payload,
+                "seq {seq} payload differs: {} vs {payload}",
+                r["payload"]
+            );
+            ensure!(
+                r["bundle_epoch"] == 1,
+                "seq {seq} must say bundle epoch 1 was in force"
+            );
         }
         // The hash chain is intact end to end: each record's prev_hash is the previous record's hash.
         for w in records.windows(2) {
             if w[1]["seq"].as_u64() == w[0]["seq"].as_u64().map(|s| s + 1) {
-                ensure!(w[1]["prev_hash"] == w[0]["hash"], "chain break at seq {}", w[1]["seq"]);
+                ensure!(
+                    w[1]["prev_hash"] == w[0]["hash"],
+                    "chain break at seq {}",
+                    w[1]["seq"]
+                );
             }
         }
         let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/edge-1/gaps")?;
-        ensure!(gaps["gaps"].as_array().is_some_and(|g| g.is_empty()), "no gaps expected: {gaps}");
+        ensure!(
+            gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
+            "no gaps expected: {gaps}"
+        );
         // The outbox is drained once the aggregator has acknowledged everything.
         wait_for(Duration::from_secs(10), "outbox drained", || {
             (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
@@ -137,7 +203,8 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
     each_backend(|db, _| {
         let tmp = tempfile::tempdir()?;
         let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
+        let mut agent =
+            Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
         agent.start()?;
         wait_for(Duration::from_secs(20), "agent connected", || {
             (agent.status().ok()?["connected"] == true).then_some(())
@@ -146,7 +213,9 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         for round in 0..4 {
             // Write a burst; the agent ships while we write.
             for i in 0..400 {
-                agent.append("block", "gate.decision", json!({"round": round, "i": i}))?.context("not shed")?;
+                agent
+                    .append("block", "gate.decision", json!({"round": round, "i": i}))?
+                    .context("not shed")?;
                 expected += 1;
             }
             if round % 2 == 0 {
@@ -159,18 +228,43 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         }
         let records = wait_for(Duration::from_secs(40), "every record committed", || {
             let r = agg.records("acme", "web", "prod", "crashy").ok()?;
-            (r.iter().filter(|x| x["kind"] == "gate.decision").count() as u64 >= expected).then_some(r)
+            (r.iter().filter(|x| x["kind"] == "gate.decision").count() as u64 >= expected)
+                .then_some(r)
         })
-        .with_context(|| format!("agent log:\n{}\naggregator log:\n{}", agent.log(), agg.log()))?;
-        let decisions: Vec<_> = records.iter().filter(|r| r["kind"] == "gate.decision").collect();
-        ensure!(decisions.len() as u64 == expected, "stored {} decisions, wrote {expected}", decisions.len());
+        .with_context(|| {
+            format!(
+                "agent log:\n{}\naggregator log:\n{}",
+                agent.log(),
+                agg.log()
+            )
+        })?;
+        let decisions: Vec<_> = records
+            .iter()
+            .filter(|r| r["kind"] == "gate.decision")
+            .collect();
+        ensure!(
+            decisions.len() as u64 == expected,
+            "stored {} decisions, wrote {expected}",
+            decisions.len()
+        );
         let keys: BTreeSet<(u64, u64)> = decisions
             .iter()
-            .map(|r| (r["payload"]["round"].as_u64().unwrap_or(99), r["payload"]["i"].as_u64().unwrap_or(9999)))
+            .map(|r| {
+                (
+                    r["payload"]["round"].as_u64().unwrap_or(99),
+                    r["payload"]["i"].as_u64().unwrap_or(9999),
+                )
+            })
             .collect();
-        ensure!(keys.len() as u64 == expected, "some payloads are doubled or missing");
+        ensure!(
+            keys.len() as u64 == expected,
+            "some payloads are doubled or missing"
+        );
         let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/crashy/gaps")?;
-        ensure!(gaps["gaps"].as_array().is_some_and(|g| g.is_empty()), "no gaps expected: {gaps}");
+        ensure!(
+            gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
+            "no gaps expected: {gaps}"
+        );
         Ok(())
     });
 }
@@ -180,22 +274,50 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
     each_backend(|db, _| {
         let tmp = tempfile::tempdir()?;
         let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut a = Agent::enroll(&agg, &tmp.path().join("a"), "org-a", "web", "prod", "same-id")?;
-        let mut b = Agent::enroll(&agg, &tmp.path().join("b"), "org-b", "web", "prod", "same-id")?;
+        let mut a = Agent::enroll(
+            &agg,
+            &tmp.path().join("a"),
+            "org-a",
+            "web",
+            "prod",
+            "same-id",
+        )?;
+        let mut b = Agent::enroll(
+            &agg,
+            &tmp.path().join("b"),
+            "org-b",
+            "web",
+            "prod",
+            "same-id",
+        )?;
         a.start()?;
         b.start()?;
         agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
-        wait_for(Duration::from_secs(10), "org-b agent active", || (b.active_epoch() == Some(1)).then_some(()))?;
+        wait_for(Duration::from_secs(10), "org-b agent active", || {
+            (b.active_epoch() == Some(1)).then_some(())
+        })?;
         std::thread::sleep(Duration::from_millis(1500));
-        ensure!(a.active_epoch().is_none(), "org-a agent must not receive org-b's bundle: {}", a.status()?);
+        ensure!(
+            a.active_epoch().is_none(),
+            "org-a agent must not receive org-b's bundle: {}",
+            a.status()?
+        );
         a.append("block", "gate.decision", json!({"secret": "org-a"}))?;
         wait_for(Duration::from_secs(10), "org-a record", || {
-            agg.records("org-a", "web", "prod", "same-id").ok().filter(|r| r.iter().any(|x| x["payload"]["secret"] == "org-a"))
+            agg.records("org-a", "web", "prod", "same-id")
+                .ok()
+                .filter(|r| r.iter().any(|x| x["payload"]["secret"] == "org-a"))
         })?;
         let b_records = agg.records("org-b", "web", "prod", "same-id")?;
-        ensure!(!b_records.iter().any(|x| x["payload"]["secret"] == "org-a"), "org-a record leaked into org-b");
+        ensure!(
+            !b_records.iter().any(|x| x["payload"]["secret"] == "org-a"),
+            "org-a record leaked into org-b"
+        );
         let a_list = agg.agents("org-a")?;
-        ensure!(a_list.len() == 1 && a_list[0]["org"] == "org-a", "org-a inventory: {a_list:?}");
+        ensure!(
+            a_list.len() == 1 && a_list[0]["org"] == "org-a",
+            "org-a inventory: {a_list:?}"
+        );
         Ok(())
     });
 }

@@ -12,11 +12,20 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
     let tmp = tempfile::tempdir()?;
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     let mut bad = Agent::enroll(&agg, &tmp.path().join("bad"), "acme", "web", "prod", "bad")?;
-    let mut good = Agent::enroll(&agg, &tmp.path().join("good"), "acme", "web", "prod", "good")?;
+    let mut good = Agent::enroll(
+        &agg,
+        &tmp.path().join("good"),
+        "acme",
+        "web",
+        "prod",
+        "good",
+    )?;
     bad.start()?;
     good.start()?;
     for a in [&bad, &good] {
-        wait_for(Duration::from_secs(20), "connected", || (a.status().ok()?["connected"] == true).then_some(()))?;
+        wait_for(Duration::from_secs(20), "connected", || {
+            (a.status().ok()?["connected"] == true).then_some(())
+        })?;
     }
     let out = std::process::Command::new(bin("gait-aggregator"))
         .args(["pki", "revoke", "--reason", "key compromise"])
@@ -25,20 +34,37 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
         .arg("--cert")
         .arg(bad.dir.join("agent.pem"))
         .output()?;
-    ensure!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
-    wait_for(Duration::from_secs(10), "revoked agent disconnected", || {
-        (bad.status().ok()?["connected"] == false).then_some(())
-    })?;
+    ensure!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "revoked agent disconnected",
+        || (bad.status().ok()?["connected"] == false).then_some(()),
+    )?;
     // It stays out: give it several reconnect attempts.
     std::thread::sleep(Duration::from_secs(3));
-    ensure!(bad.status()?["connected"] == false, "revoked agent reconnected");
+    ensure!(
+        bad.status()?["connected"] == false,
+        "revoked agent reconnected"
+    );
     bad.append("block", "gate.decision", json!({"from": "revoked"}))?;
     agg.publish("acme", "web", "prod", &[("p.yaml", POLICY_V1)])?;
-    wait_for(Duration::from_secs(10), "good agent active", || (good.active_epoch() == Some(1)).then_some(()))?;
+    wait_for(Duration::from_secs(10), "good agent active", || {
+        (good.active_epoch() == Some(1)).then_some(())
+    })?;
     std::thread::sleep(Duration::from_secs(1));
-    ensure!(bad.active_epoch().is_none(), "revoked agent must not receive bundles");
+    ensure!(
+        bad.active_epoch().is_none(),
+        "revoked agent must not receive bundles"
+    );
     let records = agg.records("acme", "web", "prod", "bad")?;
-    ensure!(!records.iter().any(|r| r["payload"]["from"] == "revoked"), "record of a revoked agent was accepted");
+    ensure!(
+        !records.iter().any(|r| r["payload"]["from"] == "revoked"),
+        "record of a revoked agent was accepted"
+    );
     ensure!(agg.log().contains("revoked"), "the refusal is logged");
     Ok(())
 }
@@ -49,7 +75,14 @@ fn agent_certificate_from_another_ca_never_connects() -> anyhow::Result<()> {
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     let other = Aggregator::start(&tmp.path().join("other"), None)?;
     // Enrolled by the other deployment's CA, pointed at ours.
-    let mut stranger = Agent::enroll(&other, &tmp.path().join("s"), "acme", "web", "prod", "stranger")?;
+    let mut stranger = Agent::enroll(
+        &other,
+        &tmp.path().join("s"),
+        "acme",
+        "web",
+        "prod",
+        "stranger",
+    )?;
     let yaml = std::fs::read_to_string(stranger.dir.join("agent.yaml"))?
         .replace(&other.quic.to_string(), &agg.quic.to_string());
     std::fs::write(stranger.dir.join("agent.yaml"), yaml)?;
@@ -57,13 +90,23 @@ fn agent_certificate_from_another_ca_never_connects() -> anyhow::Result<()> {
     std::fs::copy(agg.data_dir.join("pki/ca.pem"), stranger.dir.join("ca.pem"))?;
     stranger.start()?;
     std::thread::sleep(Duration::from_secs(3));
-    ensure!(stranger.status()?["connected"] == false, "foreign-CA agent connected");
-    ensure!(agg.agents("acme")?.is_empty(), "foreign-CA agent registered");
+    ensure!(
+        stranger.status()?["connected"] == false,
+        "foreign-CA agent connected"
+    );
+    ensure!(
+        agg.agents("acme")?.is_empty(),
+        "foreign-CA agent registered"
+    );
     Ok(())
 }
 
 /// Open a raw QUIC connection with a valid agent certificate and send `bytes` as one request.
-async fn send_raw(agg_quic: std::net::SocketAddr, dir: &std::path::Path, bytes: Vec<u8>) -> anyhow::Result<quinn::ConnectionError> {
+async fn send_raw(
+    agg_quic: std::net::SocketAddr,
+    dir: &std::path::Path,
+    bytes: Vec<u8>,
+) -> anyhow::Result<quinn::ConnectionError> {
     let cfg = gait_agent::tls::client_config(
         &dir.join("ca.pem"),
         &dir.join("agent.pem"),
@@ -72,18 +115,23 @@ async fn send_raw(agg_quic: std::net::SocketAddr, dir: &std::path::Path, bytes: 
     )?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     ep.set_default_client_config(cfg);
-    let conn = ep.connect(agg_quic, "localhost")?.await.context("handshake")?;
+    let conn = ep
+        .connect(agg_quic, "localhost")?
+        .await
+        .context("handshake")?;
     let (mut send, mut recv) = conn.open_bi().await?;
     // Hello first, so the stream below is judged on its frame alone.
-    let hello = gait_wire::encode_frame(&gait_wire::AgentMsg::V1(gait_wire::AgentMsgV1::Hello(gait_wire::Hello {
-        agent_version: "raw-test".into(),
-        protocol_version: gait_wire::PROTOCOL_VERSION,
-        active: None,
-        received: None,
-        outbox_depth: 0,
-        shed_total: 0,
-        last_seq: 0,
-    })))?;
+    let hello = gait_wire::encode_frame(&gait_wire::AgentMsg::V1(gait_wire::AgentMsgV1::Hello(
+        gait_wire::Hello {
+            agent_version: "raw-test".into(),
+            protocol_version: gait_wire::PROTOCOL_VERSION,
+            active: None,
+            received: None,
+            outbox_depth: 0,
+            shed_total: 0,
+            last_seq: 0,
+        },
+    )))?;
     send.write_all(&hello).await?;
     send.finish()?;
     let reply = recv.read_to_end(1 << 20).await?;
@@ -91,20 +139,35 @@ async fn send_raw(agg_quic: std::net::SocketAddr, dir: &std::path::Path, bytes: 
     let (mut send, _recv) = conn.open_bi().await?;
     let _ = send.write_all(&bytes).await;
     let _ = send.finish();
-    let err = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.context("connection not closed")?;
+    let err = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .context("connection not closed")?;
     Ok(err)
 }
 
 #[test]
-fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_serving() -> anyhow::Result<()> {
+fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_serving()
+-> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
-    let mut good = Agent::enroll(&agg, &tmp.path().join("good"), "acme", "web", "prod", "good")?;
+    let mut good = Agent::enroll(
+        &agg,
+        &tmp.path().join("good"),
+        "acme",
+        "web",
+        "prod",
+        "good",
+    )?;
     let raw = Agent::enroll(&agg, &tmp.path().join("raw"), "acme", "web", "prod", "raw")?;
     good.start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("oversized length header", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        (
+            "oversized length header",
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        ),
         ("garbage body", {
             let mut v = 5u32.to_be_bytes().to_vec();
             v.extend_from_slice(&[0x07, 0x09, 0xff, 0xff, 0xff]);
@@ -113,7 +176,9 @@ fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_
         ("truncated frame", vec![0, 0, 0, 100, 1, 2]),
         ("huge declared vector", {
             // V1, RecordBatch, batch_id 1, then a record count of u64::MAX-ish varint
-            let body = vec![0x00, 0x02, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+            let body = vec![
+                0x00, 0x02, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ];
             let mut v = (body.len() as u32).to_be_bytes().to_vec();
             v.extend_from_slice(&body);
             v
@@ -123,18 +188,29 @@ fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_
         let err = rt.block_on(send_raw(agg.quic, &raw.dir, bytes))?;
         match &err {
             quinn::ConnectionError::ApplicationClosed(close) => {
-                ensure!(close.error_code == quinn::VarInt::from_u32(1), "{name}: closed with {close:?}");
+                ensure!(
+                    close.error_code == quinn::VarInt::from_u32(1),
+                    "{name}: closed with {close:?}"
+                );
             }
             other => anyhow::bail!("{name}: expected an application close, got {other}"),
         }
     }
-    ensure!(agg.log().contains("protocol violation"), "reason logged:\n{}", agg.log());
+    ensure!(
+        agg.log().contains("protocol violation"),
+        "reason logged:\n{}",
+        agg.log()
+    );
     // The aggregator is unaffected: the good agent still connects, gets bundles, ships records.
     agg.publish("acme", "web", "prod", &[("p.yaml", POLICY_V1)])?;
-    wait_for(Duration::from_secs(15), "good agent active", || (good.active_epoch() == Some(1)).then_some(()))?;
+    wait_for(Duration::from_secs(15), "good agent active", || {
+        (good.active_epoch() == Some(1)).then_some(())
+    })?;
     good.append("block", "gate.decision", json!({"ok": true}))?;
     wait_for(Duration::from_secs(10), "record stored", || {
-        agg.records("acme", "web", "prod", "good").ok().filter(|r| r.iter().any(|x| x["payload"]["ok"] == true))
+        agg.records("acme", "web", "prod", "good")
+            .ok()
+            .filter(|r| r.iter().any(|x| x["payload"]["ok"] == true))
     })?;
     let (s, _) = gait_e2e::http_json("GET", &agg.url("/readyz"), None, None)?;
     ensure!(s == 200, "readyz {s}");

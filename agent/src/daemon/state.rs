@@ -157,6 +157,7 @@ pub struct AgentState {
     aggregator: String,
     db: AgentDb,
     outbox: Outbox,
+    committer: super::committer::Committer,
     cache: BundleCache,
     trust: gait_bundle::TrustRoot,
     active: RwLock<Option<Arc<ActiveBundle>>>,
@@ -212,12 +213,20 @@ impl AgentState {
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
+        let committer = super::committer::Committer::spawn(outbox.clone()).map_err(|e| {
+            DaemonError::from(OutboxError::Corrupt {
+                path: String::new(),
+                seq: 0,
+                detail: format!("cannot start the outbox commit thread: {e}"),
+            })
+        })?;
         let state = Arc::new(AgentState {
             identity,
             scope,
             aggregator,
             db,
             outbox,
+            committer,
             cache,
             trust,
             active: RwLock::new(None),
@@ -308,14 +317,7 @@ impl AgentState {
             bundle: self.active_bundle().map(|a| a.bundle_ref()),
             payload,
         };
-        let outbox = self.outbox.clone();
-        let outcome = tokio::task::spawn_blocking(move || outbox.append(record))
-            .await
-            .map_err(|e| OutboxError::Corrupt {
-                path: String::new(),
-                seq: 0,
-                detail: format!("append task failed: {e}"),
-            })??;
+        let outcome = self.committer.append(record).await?;
         if matches!(outcome, AppendOutcome::Appended { .. }) {
             self.records_ready.notify_one();
         }

@@ -58,16 +58,23 @@ pub fn approval_audit(
         })
         .collect();
     entries.sort_by(|a, b| {
-        (&a.token_id, &a.approver_identity, &a.reason_code, a.expires_at)
-            .cmp(&(&b.token_id, &b.approver_identity, &b.reason_code, b.expires_at))
+        (
+            &a.token_id,
+            &a.approver_identity,
+            &a.reason_code,
+            a.expires_at,
+        )
+            .cmp(&(
+                &b.token_id,
+                &b.approver_identity,
+                &b.reason_code,
+                b.expires_at,
+            ))
             .then_with(|| a.scope.join(",").cmp(&b.scope.join(",")))
     });
     let valid: Vec<&ApprovalAuditEntry> = entries.iter().filter(|e| e.valid).collect();
     let valid_approvals = i64::try_from(valid.len()).unwrap_or(i64::MAX);
-    let approvers: Vec<String> = valid
-        .iter()
-        .map(|e| e.approver_identity.clone())
-        .collect();
+    let approvers: Vec<String> = valid.iter().map(|e| e.approver_identity.clone()).collect();
     let required = required_approvals.max(0);
     ApprovalAuditRecord {
         schema_id: APPROVAL_AUDIT_SCHEMA_ID.to_owned(),

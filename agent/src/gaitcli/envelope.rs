@@ -314,13 +314,17 @@ mod tests {
 
     #[test]
     fn nested_object_keys_are_sorted() {
-        let v: Value = serde_json::from_str(r#"{"z":{"b":1,"a":[{"y":2,"x":1}]},"a":true}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"z":{"b":1,"a":[{"y":2,"x":1}]},"a":true}"#).unwrap();
         assert_eq!(go_json(&v), r#"{"a":true,"z":{"a":[{"x":1,"y":2}],"b":1}}"#);
     }
 
     #[test]
     fn lock_timeout_and_contention_messages_map_to_runtime_failure() {
-        assert_eq!(exit_code_for_error("acquire rate limit lock: timeout", 6), 1);
+        assert_eq!(
+            exit_code_for_error("acquire rate limit lock: timeout", 6),
+            1
+        );
         assert_eq!(exit_code_for_error("parse intent json: bad", 6), 6);
         assert_eq!(exit_code_for_error("state contention", 6), 1);
     }

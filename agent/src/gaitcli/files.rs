@@ -112,10 +112,7 @@ mod tests {
     #[test]
     fn missing_file_error_reads_like_go() {
         let err = read_bounded(Path::new("/nonexistent/x.json"), 10).expect_err("missing");
-        assert_eq!(
-            err,
-            "open /nonexistent/x.json: no such file or directory"
-        );
+        assert_eq!(err, "open /nonexistent/x.json: no such file or directory");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use clap::Args;
 use gait_artifact::GoTime;
-use gait_artifact::approval::{ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token};
+use gait_artifact::approval::{
+    ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token,
+};
 use gait_artifact::delegation::{
     ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
 };
@@ -71,7 +73,7 @@ Examples:
 
 /// Arguments of `gate eval` (Gait's flag names).
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(about = "Evaluate an intent, apply rate limits, delegation and approvals, and write a signed trace", long_about = LONG_ABOUT)]
 pub struct GateEvalArgs {
     /// Policy YAML (`gait.gate.policy`).
     #[arg(long, value_name = "POLICY_YAML")]
@@ -260,7 +262,8 @@ fn load_wrkr(
             EXIT_POLICY_BLOCKED,
         )),
         Err(_) => {
-            warnings.push("wrkr inventory unavailable; continuing without context enrichment".into());
+            warnings
+                .push("wrkr inventory unavailable; continuing without context enrichment".into());
             Ok(None)
         }
     }
@@ -372,7 +375,10 @@ fn pre_approved_outcome(intent: &NormalizedIntent, found: &registry::ScriptMatch
                 }) {
                     CompositeRisk::High
                 } else if s.targets.iter().any(|t| {
-                    matches!(t.endpoint_class.as_str(), "fs.write" | "net.http" | "net.dns")
+                    matches!(
+                        t.endpoint_class.as_str(),
+                        "fs.write" | "net.http" | "net.dns"
+                    )
                 }) {
                     CompositeRisk::Medium
                 } else {
@@ -452,8 +458,9 @@ fn decide(
         wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
     };
     let outcome = evaluate(policy, intent, &opts).map_err(|e| invalid(e.to_string()))?;
-    let created_at = GoTime::parse(&result_created_at(intent.created_at))
-        .unwrap_or_else(|_| GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC)));
+    let created_at = GoTime::parse(&result_created_at(intent.created_at)).unwrap_or_else(|_| {
+        GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC))
+    });
     Ok(Decided {
         outcome,
         created_at,
@@ -493,7 +500,12 @@ fn enforce_limits(
     let budget = if budget_needed {
         let d = store
             .state
-            .enforce_destructive_budget(&outcome.destructive_budget, &intent.tool_name, identity, now)
+            .enforce_destructive_budget(
+                &outcome.destructive_budget,
+                &intent.tool_name,
+                identity,
+                now,
+            )
             .map_err(limit_err)?;
         apply_destructive_budget(decision, &d);
         Some(d)
@@ -781,7 +793,11 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         wrkr: None,
         registry_entries: Vec::new(),
     };
-    if let Some(path) = args.wrkr_inventory.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(path) = args
+        .wrkr_inventory
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         setup.wrkr = load_wrkr(path, &raw_intent, &mut setup.warnings)?;
     }
     if let Some(path) = args
@@ -880,8 +896,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         .map(|p| p.to_string_lossy().trim().to_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| format!("trace_{}.json", record.trace_id));
-    let write_path =
-        trace_emit::normalize_trace_path(Path::new(&trace_path)).map_err(invalid)?;
+    let write_path = trace_emit::normalize_trace_path(Path::new(&trace_path)).map_err(invalid)?;
     let trace = trace_emit::sign_and_write(record, &signing.key, &write_path)
         .map_err(|e| CliError::classified(e, EXIT_INVALID_INPUT))?;
 
@@ -897,7 +912,8 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     let mut valid_approvals = 0;
     if approvals.required > 0 || !approvals.entries.is_empty() {
         let record = audit::approval_audit(&header, approvals.required, &approvals.entries);
-        approval_audit_path = audit_path(&args.approval_audit_out, "approval_audit", &trace.trace_id);
+        approval_audit_path =
+            audit_path(&args.approval_audit_out, "approval_audit", &trace.trace_id);
         write_audit(&approval_audit_path, &record, "approval")?;
         valid_approvals = record.valid_approvals;
     }
@@ -910,8 +926,11 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
             &delegation.token_ref,
             &delegation.entries,
         );
-        delegation_audit_path =
-            audit_path(&args.delegation_audit_out, "delegation_audit", &trace.trace_id);
+        delegation_audit_path = audit_path(
+            &args.delegation_audit_out,
+            "delegation_audit",
+            &trace.trace_id,
+        );
         write_audit(&delegation_audit_path, &record, "delegation")?;
         valid_delegations = record.valid_delegations;
     }
@@ -1097,7 +1116,10 @@ impl Summary<'_> {
             lines.push(format!("reasons: {}", self.decision.reason_codes.join(",")));
         }
         if !self.decision.violations.is_empty() {
-            lines.push(format!("violations: {}", self.decision.violations.join(",")));
+            lines.push(format!(
+                "violations: {}",
+                self.decision.violations.join(",")
+            ));
         }
         if self.approvals.required > 0 {
             lines.push(format!(

@@ -69,8 +69,7 @@ fn load_public(sources: &KeySources) -> Result<PublicKey, String> {
                 .map_err(|e| format!("decode public key: {e}"))
         }
         (None, Some(name)) => {
-            let value =
-                env_value(name).ok_or_else(|| format!("public key env not set: {name}"))?;
+            let value = env_value(name).ok_or_else(|| format!("public key env not set: {name}"))?;
             PublicKey::from_gait_public_key(&value).map_err(|e| format!("decode public key: {e}"))
         }
         (None, None) => Err("public key not configured".into()),
@@ -78,7 +77,10 @@ fn load_public(sources: &KeySources) -> Result<PublicKey, String> {
 }
 
 fn load_private(sources: &KeySources) -> Result<SigningKey, String> {
-    match (set_path(&sources.private_path), set_env(&sources.private_env)) {
+    match (
+        set_path(&sources.private_path),
+        set_env(&sources.private_env),
+    ) {
         (Some(_), Some(_)) => Err("private key source: set either path or env".into()),
         (Some(path), None) => {
             let bytes = files::read_bounded(path, MAX_KEY_FILE_BYTES)
@@ -98,7 +100,8 @@ fn load_private(sources: &KeySources) -> Result<SigningKey, String> {
 
 /// Gait's `LoadVerifyKey`: the public source when set, else the public half of the private source.
 pub fn load_verify_key(sources: &KeySources) -> Result<PublicKey, CliError> {
-    let result = if set_path(&sources.public_path).is_some() && set_env(&sources.public_env).is_some()
+    let result = if set_path(&sources.public_path).is_some()
+        && set_env(&sources.public_env).is_some()
     {
         Err("public key source: set either path or env".to_owned())
     } else if set_path(&sources.private_path).is_some() && set_env(&sources.private_env).is_some() {

@@ -30,7 +30,7 @@ Examples:
 
 /// Arguments of `policy test`.
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(about = "Evaluate one intent against one policy; exit 0 allow, 3 block, 4 require_approval, 6 bad input", long_about = LONG_ABOUT)]
 pub struct PolicyTestArgs {
     /// Policy YAML (`gait.gate.policy`).
     #[arg(value_name = "POLICY_YAML")]

@@ -228,11 +228,11 @@ fn held_by_live_foreign_process(file: &mut File) -> bool {
     let created = metadata
         .and_then(|m| OffsetDateTime::parse(m.created_at.trim(), &Rfc3339).ok())
         .or_else(|| {
-        file.metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .map(OffsetDateTime::from)
-    });
+            file.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(OffsetDateTime::from)
+        });
     let stale_after = i64::try_from(LOCK_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
     created.is_some_and(|t| (now - t).whole_seconds() <= stale_after)
 }
@@ -276,7 +276,13 @@ mod tests {
         let now = GoTime::parse_rfc3339("2026-02-05T10:30:00Z").unwrap();
         for _ in 0..2 {
             let mut store = RateLimitStore::open(&path, LOCK_TIMEOUT).unwrap();
-            assert!(store.state.enforce(&limit(5), "t", "a", now).unwrap().allowed);
+            assert!(
+                store
+                    .state
+                    .enforce(&limit(5), "t", "a", now)
+                    .unwrap()
+                    .allowed
+            );
             store.commit().unwrap();
         }
         let store = RateLimitStore::open(&path, LOCK_TIMEOUT).unwrap();
@@ -334,6 +340,9 @@ mod tests {
         let path = dir.path().join("state.json");
         fs::write(&path, "not json").unwrap();
         let err = RateLimitStore::open(&path, LOCK_TIMEOUT).expect_err("corrupt");
-        assert!(err.to_string().starts_with("parse rate limit state:"), "{err}");
+        assert!(
+            err.to_string().starts_with("parse rate limit state:"),
+            "{err}"
+        );
     }
 }

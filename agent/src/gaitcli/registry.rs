@@ -280,7 +280,11 @@ pub fn match_script(
         let matched = entry.policy_digest == policy_digest
             && entry.script_hash == intent.script_hash
             && entry.expires_at.datetime() > now
-            && entry.tool_sequence.iter().map(String::as_str).eq(sequence.iter().copied())
+            && entry
+                .tool_sequence
+                .iter()
+                .map(String::as_str)
+                .eq(sequence.iter().copied())
             && scope_matches(intent, &entry.scope);
         if matched {
             return ScriptMatch {
@@ -340,7 +344,7 @@ mod tests {
         let loaded = signed_entry(&intent, &key, &["risk:high", "workspace_prefix:/repo"]);
         let now = OffsetDateTime::now_utc();
         verify_entry(&loaded, &key.public_key(), now).unwrap();
-        let found = match_script(&intent, &"a".repeat(64), &[loaded.clone()], now);
+        let found = match_script(&intent, &"a".repeat(64), std::slice::from_ref(&loaded), now);
         assert!(found.matched);
         assert_eq!(found.pattern_id, "pattern_x");
         let other_policy = match_script(&intent, &"b".repeat(64), &[loaded], now);
@@ -356,7 +360,9 @@ mod tests {
         let other = SigningKey::from_seed(&[4; 32]).public_key();
         assert!(verify_entry(&loaded, &other, now).is_err());
         loaded.entry.script_hash = "f".repeat(64);
-        loaded.raw.insert("script_hash".into(), Value::String("f".repeat(64)));
+        loaded
+            .raw
+            .insert("script_hash".into(), Value::String("f".repeat(64)));
         let err = verify_entry(&loaded, &key.public_key(), now).expect_err("tampered");
         assert!(err.contains("signed_digest mismatch"), "{err}");
         let late = now + time::Duration::hours(2);

@@ -31,7 +31,7 @@ Examples:
 
 /// Arguments of `trace verify`.
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(about = "Verify the Ed25519 signature of a signed gate trace record", long_about = LONG_ABOUT)]
 pub struct TraceVerifyArgs {
     /// Trace record JSON.
     #[arg(value_name = "TRACE_JSON")]
@@ -92,9 +92,8 @@ fn verify(args: &TraceVerifyArgs) -> Result<CommandOutput, CliError> {
         (Some(p), None, true) | (None, Some(p), true) => p,
         _ => return Err(CliError::invalid("expected trace path")),
     };
-    let bytes = files::read_bounded(path, MAX_TRACE_BYTES).map_err(|e| {
-        CliError::classified(format!("read trace record: {e}"), EXIT_INVALID_INPUT)
-    })?;
+    let bytes = files::read_bounded(path, MAX_TRACE_BYTES)
+        .map_err(|e| CliError::classified(format!("read trace record: {e}"), EXIT_INVALID_INPUT))?;
     if bytes.len() > MAX_TRACE_BYTES {
         return Err(CliError::invalid(format!(
             "parse trace record: file exceeds {MAX_TRACE_BYTES} bytes"
@@ -124,7 +123,10 @@ fn verify(args: &TraceVerifyArgs) -> Result<CommandOutput, CliError> {
     if !record.verdict.is_empty() {
         json.insert("verdict".into(), string(&record.verdict));
     }
-    json.insert("signature_status".into(), string(outcome.signature_status()));
+    json.insert(
+        "signature_status".into(),
+        string(outcome.signature_status()),
+    );
     let error = outcome.failure.as_ref().and_then(failure_message);
     match &error {
         Some(message) => {

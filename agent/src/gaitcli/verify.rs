@@ -33,7 +33,7 @@ Examples:
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(about = "Verify a Gait runpack offline: file hashes, manifest digest, signatures", long_about = LONG_ABOUT)]
 pub struct VerifyArgs {
     /// Run id (looked up in ./gait-out and ~/.gait/runpacks) or path to a runpack zip.
     #[arg(value_name = "RUN_ID_OR_PATH")]
@@ -154,7 +154,10 @@ fn verify(args: &VerifyArgs) -> Result<CommandOutput, CliError> {
     } else {
         text.push(format!("verify failed: {}", report.path));
         if !report.missing_files.is_empty() {
-            text.push(format!("missing files: {}", report.missing_files.join(", ")));
+            text.push(format!(
+                "missing files: {}",
+                report.missing_files.join(", ")
+            ));
         }
         if !report.hash_mismatches.is_empty() {
             text.push(format!("hash mismatches: {}", report.hash_mismatches.len()));
@@ -193,7 +196,10 @@ mod tests {
         let err = resolve_runpack_path("nope/none.zip", None).expect_err("missing path");
         assert_eq!(err.message, "runpack not found: nope/none.zip");
         let err = resolve_runpack_path("no_such_run_id_x", None).expect_err("missing id");
-        assert_eq!(err.message, "runpack not found for run_id: no_such_run_id_x");
+        assert_eq!(
+            err.message,
+            "runpack not found for run_id: no_such_run_id_x"
+        );
         assert_eq!(err.exit, 6);
     }
 

@@ -803,3 +803,45 @@ async fn concurrent_publishes_of_one_epoch_admit_exactly_one(db: &TestStore) -> 
     ensure!(conflicts == 1 && (x.is_ok() || y.is_ok()), "{x:?} {y:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn unsupported_and_in_memory_urls_are_refused_without_echoing_secrets() {
+    match Store::connect("mysql://root:hunter2@db/gait").await {
+        Err(e @ StoreError::UnsupportedUrl { .. }) => {
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(!e.is_retryable());
+        }
+        other => panic!("mysql url gave {other:?}"),
+    }
+    assert!(matches!(
+        Store::connect("sqlite::memory:").await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_server_is_a_retryable_connect_error() {
+    match Store::connect("postgres://postgres@127.0.0.1:1/gait").await {
+        Err(e @ StoreError::Connect { .. }) => assert!(e.is_retryable(), "{e}"),
+        other => panic!("unreachable server gave {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn open_sqlite_file_creates_the_directory_and_reopens_the_same_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("data/store/aggregator.db");
+    let k = key("acme", "agent-1");
+    {
+        let store = Store::open_sqlite_file(&path).await?;
+        ensure!(store.backend() == "sqlite");
+        connected(&store, &k).await?;
+        store.commit_batch(&k, &chain(1, 2, 1), NOW).await?;
+        store.close().await;
+    }
+    let reopened = Store::open_sqlite_file(&path).await?;
+    ensure!(reopened.count_records(&k).await? == 2);
+    let cursor = connected(&reopened, &k).await?;
+    ensure!(cursor.committed_seq == 2 && cursor.committed_hash == hash(2, 1));
+    Ok(())
+}

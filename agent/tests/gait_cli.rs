@@ -1,0 +1,1007 @@
+//! The Gait-compatible commands of the real `gait-agent` binary against real Gait output: every
+//! `policy_test_sample.json` row, the endpoint `gate eval` runs (stdout, trace content, signatures checked by
+//! our `trace verify` and by the independent `gait_verify.py`), Gait's own traces, the demo runpack, and every
+//! `scenarios/gait/*` scenario with its flags.yaml and expected.yaml.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+use gait_canon::sign::{SigningKey, write_key_pair};
+use serde_json::{Map, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gait-agent");
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn fixtures() -> PathBuf {
+    shared().join("fixtures/gait")
+}
+
+fn conformance() -> PathBuf {
+    shared().join("conformance")
+}
+
+fn scenario(name: &str) -> PathBuf {
+    fixtures().join("scenarios/gait").join(name)
+}
+
+/// A finished `gait-agent` process.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from_output(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The single JSON line printed with `--json`.
+    fn json(&self) -> Result<Map<String, Value>> {
+        let line = self.stdout.trim();
+        ensure!(
+            !line.contains('\n'),
+            "expected one JSON line, got {:?}",
+            self.stdout
+        );
+        match serde_json::from_str(line).with_context(|| format!("stdout {line:?}"))? {
+            Value::Object(map) => Ok(map),
+            other => bail!("stdout is not an object: {other}"),
+        }
+    }
+}
+
+fn command<I, S>(args: I, cwd: &Path) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("HOME", cwd)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run<I, S>(args: I, cwd: &Path) -> Result<Run>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Ok(Run::from_output(
+        command(args, cwd).output().context("spawn gait-agent")?,
+    ))
+}
+
+fn spawn<I, S>(args: I, cwd: &Path) -> Result<Child>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    command(args, cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn gait-agent")
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+fn read_object(path: &Path) -> Result<Map<String, Value>> {
+    match read_json(path)? {
+        Value::Object(map) => Ok(map),
+        _ => bail!("{} is not an object", path.display()),
+    }
+}
+
+fn without(mut map: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    for key in keys {
+        map.remove(*key);
+    }
+    map
+}
+
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A prod signing key written in Gait's key file format.
+struct Keys {
+    private: PathBuf,
+    public: PathBuf,
+    key: SigningKey,
+}
+
+fn keys(dir: &Path) -> Result<Keys> {
+    let key = SigningKey::from_seed(&[42; 32]);
+    let private = dir.join("gait_private.key");
+    let public = dir.join("gait_public.key");
+    write_key_pair(&private, &public, &key)?;
+    Ok(Keys {
+        private,
+        public,
+        key,
+    })
+}
+
+fn python_verify(doc: &Path, public_key: &Path) -> Result<i32> {
+    let out = Command::new("python3")
+        .arg(shared().join("tools/gait_verify.py"))
+        .arg(doc)
+        .arg(public_key)
+        .output()
+        .context("run python3 gait_verify.py")?;
+    Ok(out.status.code().unwrap_or(-1))
+}
+
+/// Change one byte inside the first occurrence of `needle` (keeping the JSON valid).
+fn tamper(path: &Path, needle: &str, replacement: &str) -> Result<PathBuf> {
+    let text = fs::read_to_string(path)?;
+    ensure!(text.contains(needle), "{needle} not in {}", path.display());
+    ensure!(needle.len() == replacement.len(), "one-byte change expected");
+    let out = path.with_extension("tampered.json");
+    fs::write(&out, text.replacen(needle, replacement, 1))?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// policy test
+
+#[test]
+fn policy_test_reproduces_every_row_of_gaits_conformance_sample() -> Result<()> {
+    let sample = read_json(&conformance().join("policy_test_sample.json"))?;
+    let rows = sample["rows"].as_array().context("rows")?;
+    ensure!(rows.len() >= 60, "sample has {} rows", rows.len());
+    let mut mismatches = Vec::new();
+    for row in rows {
+        let policy = row["policy"].as_str().context("policy")?;
+        let intent = row["intent"].as_str().context("intent")?;
+        let got = run(["policy", "test", policy, intent, "--json"], &fixtures())?;
+        let out = got.json()?;
+        let want = &row["output"];
+        let mut problems = Vec::new();
+        if i64::from(got.code) != row["exit_code"].as_i64().context("exit_code")? {
+            problems.push(format!("exit {} != {}", got.code, row["exit_code"]));
+        }
+        for field in [
+            "verdict",
+            "intent_digest",
+            "policy_digest",
+            "matched_rule",
+            "created_at",
+            "schema_id",
+            "schema_version",
+            "ok",
+        ] {
+            if out.get(field) != want.get(field) {
+                problems.push(format!(
+                    "{field}: {:?} != {:?}",
+                    out.get(field),
+                    want.get(field)
+                ));
+            }
+        }
+        for field in ["reason_codes", "violations"] {
+            if strings(out.get(field)) != strings(want.get(field)) {
+                problems.push(format!(
+                    "{field}: {:?} != {:?}",
+                    out.get(field),
+                    want.get(field)
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            mismatches.push(format!("{policy} x {intent}: {}", problems.join("; ")));
+        }
+    }
+    ensure!(
+        mismatches.is_empty(),
+        "{} of {} rows differ:\n{}",
+        mismatches.len(),
+        rows.len(),
+        mismatches.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn policy_test_text_output_is_gaits_summary_line() -> Result<()> {
+    let got = run(
+        [
+            "policy",
+            "test",
+            "examples/policy/endpoint/block_denied_endpoints.yaml",
+            "examples/policy/endpoint/fixtures/intent_block.json",
+        ],
+        &fixtures(),
+    )?;
+    assert_eq!(got.code, 3);
+    assert_eq!(
+        got.stdout,
+        "policy test verdict=block reasons=endpoint_path_denied,endpoint_policy_violation,\
+         matched_rule_endpoint_deny violations=endpoint_path_denied,endpoint_policy_violation\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn policy_test_bad_input_exits_6_with_gaits_error_envelope() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let got = run(["policy", "test", "only-one.yaml", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    let out = got.json()?;
+    assert_eq!(out["ok"], false);
+    assert_eq!(out["error"], "expected <policy.yaml> <intent_fixture.json>");
+    assert_eq!(out["error_code"], "invalid_input");
+    assert_eq!(out["error_category"], "invalid_input");
+    assert_eq!(out["retryable"], false);
+    assert_eq!(out["hint"], "check command usage and input schema");
+    assert_eq!(out["correlation_id"].as_str().map(str::len), Some(24));
+
+    fs::write(dir.path().join("p.yaml"), "default_verdict: allow\nbogus: 1\n")?;
+    fs::write(
+        dir.path().join("i.json"),
+        r#"{"tool_name":"t","args":{},"targets":[],"context":{"identity":"a","workspace":"/w","risk_class":"low"}}"#,
+    )?;
+    let got = run(["policy", "test", "p.yaml", "i.json", "--json"], dir.path())?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    let error = got.json()?["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("bogus"), "unknown key named: {error}");
+
+    fs::write(dir.path().join("legacy.yaml"), "version: 1\nname: old\n")?;
+    let got = run(["policy", "test", "legacy.yaml", "i.json", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    let out = got.json()?;
+    assert_eq!(out["migration"]["kind"], "policy_fields");
+    assert!(out["hint"].as_str().unwrap_or_default().contains(".gait.yaml"));
+    Ok(())
+}
+
+#[test]
+fn help_teaches_with_examples_and_exits_0() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for args in [
+        vec!["policy", "test", "--help"],
+        vec!["gate", "eval", "--help"],
+        vec!["trace", "verify", "--help"],
+        vec!["verify", "--help"],
+    ] {
+        let got = run(&args, dir.path())?;
+        assert_eq!(got.code, 0, "{args:?}");
+        assert!(got.stdout.contains("Examples:"), "{args:?}: {}", got.stdout);
+        assert!(got.stdout.contains("Exit codes:"), "{args:?}");
+    }
+    let got = run(["verify", "x", "--bogus", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    assert_eq!(
+        got.json()?["error"],
+        "flag provided but not defined: --bogus"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gate eval on the endpoint fixtures, traces
+
+/// Run the endpoint fixture `name` (allow|block) with a prod key; returns (run, trace path).
+fn endpoint_gate_eval(name: &str, policy: &str, dir: &Path, keys: &Keys) -> Result<(Run, PathBuf)> {
+    let trace = dir.join(format!("gate/trace_endpoint_{name}.json"));
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&fixtures().join(format!("examples/policy/endpoint/{policy}.yaml"))),
+            "--intent",
+            &p(&fixtures().join(format!(
+                "examples/policy/endpoint/fixtures/intent_{name}.json"
+            ))),
+            "--key-mode",
+            "prod",
+            "--private-key",
+            &p(&keys.private),
+            "--trace-out",
+            &p(&trace),
+            "--json",
+        ],
+        dir,
+    )?;
+    Ok((got, trace))
+}
+
+const VOLATILE_TRACE_FIELDS: [&str; 6] = [
+    "observed_at",
+    "event_id",
+    "correlation_id",
+    "latency_ms",
+    "signature",
+    "producer_version",
+];
+
+#[test]
+fn gate_eval_endpoint_runs_match_gait_stdout_and_trace_and_verify_independently() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let keys = keys(dir.path())?;
+    for (name, policy, exit) in [
+        ("allow", "allow_safe_endpoints", 0),
+        ("block", "block_denied_endpoints", 3),
+    ] {
+        let (got, trace) = endpoint_gate_eval(name, policy, dir.path(), &keys)?;
+        assert_eq!(got.code, exit, "{name}: {}{}", got.stdout, got.stderr);
+        let want = read_object(
+            &conformance().join(format!("artifacts/gate_eval_endpoint_{name}.stdout.json")),
+        )?;
+        let out = got.json()?;
+        assert_eq!(out["trace_path"], p(&trace));
+        assert_eq!(
+            without(out, &["trace_path", "correlation_id"]),
+            without(want, &["trace_path", "correlation_id"]),
+            "{name} stdout"
+        );
+
+        // The trace is Gait's trace except for the per-emission fields.
+        let ours = read_object(&trace)?;
+        let gait = read_object(&conformance().join(format!("artifacts/trace_endpoint_{name}.json")))?;
+        assert_eq!(
+            without(ours.clone(), &VOLATILE_TRACE_FIELDS),
+            without(gait, &VOLATILE_TRACE_FIELDS),
+            "{name} trace content"
+        );
+        let text = fs::read_to_string(&trace)?;
+        assert!(text.starts_with("{\n  \"schema_id\": \"gait.gate.trace\""));
+        assert!(text.ends_with("}\n") && !text.ends_with("}\n\n"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&trace)?.permissions().mode() & 0o777, 0o600);
+        }
+
+        // Verified by our trace verify and by the independent Python checker.
+        let verified = run(
+            ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public), "--json"],
+            dir.path(),
+        )?;
+        assert_eq!(verified.code, 0, "{}", verified.stdout);
+        let v = verified.json()?;
+        assert_eq!(v["signature_status"], "verified");
+        assert_eq!(v["key_id"], keys.key.public_key().key_id());
+        assert_eq!(v["trace_id"], ours["trace_id"]);
+        assert_eq!(python_verify(&trace, &keys.public)?, 0, "gait_verify.py {name}");
+
+        // One changed byte breaks it for both.
+        let tampered = tamper(&trace, "\"tool.write\"", "\"tool.wrjte\"")?;
+        let failed = run(
+            ["trace", "verify", &p(&tampered), "--public-key", &p(&keys.public), "--json"],
+            dir.path(),
+        )?;
+        assert_eq!(failed.code, 2, "{}", failed.stdout);
+        let f = failed.json()?;
+        assert_eq!(f["ok"], false);
+        assert_eq!(f["signature_status"], "failed");
+        assert_eq!(f["error"], "signed_digest mismatch");
+        assert_eq!(f["error_code"], "verification_failed");
+        assert_eq!(python_verify(&tampered, &keys.public)?, 2);
+    }
+    Ok(())
+}
+
+#[test]
+fn gaits_own_traces_verify_and_fail_after_one_changed_byte() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let public = conformance().join("artifacts/gait_public.key");
+    for name in ["allow", "block"] {
+        let original = conformance().join(format!("artifacts/trace_endpoint_{name}.json"));
+        let trace = dir.path().join(format!("trace_endpoint_{name}.json"));
+        fs::copy(&original, &trace)?;
+        let got = run(
+            ["trace", "verify", &p(&trace), "--public-key", &p(&public), "--json"],
+            dir.path(),
+        )?;
+        assert_eq!(got.code, 0, "{name}: {}", got.stdout);
+        if name == "block" {
+            let want = read_object(
+                &conformance().join("artifacts/trace_verify_endpoint_block.stdout.json"),
+            )?;
+            assert_eq!(
+                without(got.json()?, &["path", "correlation_id"]),
+                without(want, &["path", "correlation_id"])
+            );
+        }
+        let text = got.stdout.clone();
+        assert!(text.contains("\"signature_status\":\"verified\""));
+        // A one-byte change in a signed value (an identity in the relationship envelope).
+        let tampered = tamper(&trace, "\"ci-user\"", "\"ci-usEr\"")?;
+        let failed = run(
+            ["trace", "verify", &p(&tampered), "--public-key", &p(&public), "--json"],
+            dir.path(),
+        )?;
+        assert_eq!(failed.code, 2, "{name}: {}", failed.stdout);
+        assert_eq!(failed.json()?["signature_status"], "failed");
+    }
+    Ok(())
+}
+
+#[test]
+fn trace_verify_without_a_key_or_with_the_wrong_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let trace = conformance().join("artifacts/trace_endpoint_block.json");
+    let got = run(["trace", "verify", &p(&trace), "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    assert_eq!(got.json()?["error"], "public key not configured");
+    let keys = keys(dir.path())?;
+    let got = run(
+        ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public), "--json"],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 2);
+    assert_eq!(got.json()?["error"], "key id mismatch");
+    let got = run(
+        ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public)],
+        dir.path(),
+    )?;
+    assert_eq!(got.stdout, "trace verify error: key id mismatch\n");
+    Ok(())
+}
+
+#[test]
+fn dev_key_mode_writes_the_default_trace_file_and_warns() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&fixtures().join("examples/policy/endpoint/block_denied_endpoints.yaml")),
+            "--intent",
+            &p(&fixtures().join("examples/policy/endpoint/fixtures/intent_block.json")),
+            "--json",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["trace_id"], "1ebcafc90e5778ca4e9d442e");
+    assert_eq!(out["trace_path"], "trace_1ebcafc90e5778ca4e9d442e.json");
+    assert_eq!(
+        strings(out.get("warnings")),
+        ["dev mode: ephemeral keypair generated; signatures will not verify across machines"]
+    );
+    assert!(dir.path().join("trace_1ebcafc90e5778ca4e9d442e.json").is_file());
+
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&fixtures().join("examples/policy/endpoint/block_denied_endpoints.yaml")),
+            "--intent",
+            &p(&fixtures().join("examples/policy/endpoint/fixtures/intent_block.json")),
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 3);
+    assert!(got.stdout.starts_with("gate eval: verdict=block\ntrace: trace_1ebcafc90e5778ca4e9d442e.json\n"));
+    assert!(got.stdout.contains("warning: dev mode: ephemeral keypair generated"));
+    Ok(())
+}
+
+#[test]
+fn gate_eval_usage_errors_use_gaits_envelope() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let got = run(["gate", "eval", "--intent", "x.json", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    let out = got.json()?;
+    assert_eq!(out["error"], "both --policy and --intent are required");
+    assert_eq!(out["error_code"], "invalid_input");
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&scenario("concurrent-evaluation-10/policy.yaml")),
+            "--intent",
+            &p(&scenario("concurrent-evaluation-10/intent.json")),
+            "--key-mode",
+            "prod",
+            "--json",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 6);
+    assert_eq!(got.json()?["error"], "prod mode requires a private key source");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// verify (runpacks)
+
+fn demo_workspace() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    fs::create_dir_all(dir.path().join("gait-out"))?;
+    fs::copy(
+        conformance().join("artifacts/runpack_run_demo.zip"),
+        dir.path().join("gait-out/runpack_run_demo.zip"),
+    )?;
+    Ok(dir)
+}
+
+#[test]
+fn demo_runpack_verifies_like_gait_and_a_tampered_copy_fails() -> Result<()> {
+    let dir = demo_workspace()?;
+    let got = run(["verify", "run_demo", "--json"], dir.path())?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let want = read_object(&conformance().join("artifacts/verify_run_demo.stdout.json"))?;
+    let out = got.json()?;
+    assert_eq!(out["path"], "gait-out/runpack_run_demo.zip");
+    assert_eq!(
+        without(out, &["path", "correlation_id"]),
+        without(want, &["path", "correlation_id"])
+    );
+
+    let tampered = dir.path().join("gait-out/runpack_tampered.zip");
+    let script = "import sys,zipfile\n\
+        src,dst=sys.argv[1:3]\n\
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst,'w',zipfile.ZIP_DEFLATED) as zo:\n\
+        \x20   for info in zi.infolist():\n\
+        \x20       data=zi.read(info.filename)\n\
+        \x20       if info.filename=='run.json': data=data.replace(b'run_demo',b'run_dem0',1)\n\
+        \x20       zo.writestr(info,data)\n";
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path().join("gait-out/runpack_run_demo.zip"))
+        .arg(&tampered)
+        .status()?;
+    ensure!(status.success(), "python zip rewrite failed");
+    let got = run(["verify", &p(&tampered), "--json"], dir.path())?;
+    assert_eq!(got.code, 2, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["ok"], false);
+    assert_eq!(out["hash_mismatches"][0]["path"], "run.json");
+    assert!(out.get("error").is_none(), "a failed verify is not an error");
+
+    let got = run(["verify", "no_such_run", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    assert_eq!(got.json()?["error"], "runpack not found for run_id: no_such_run");
+    let got = run(["verify", "run_demo", "--profile", "strict", "--json"], dir.path())?;
+    assert_eq!(got.code, 6);
+    let got = run(["verify", "run_demo", "--require-signature", "--json"], dir.path())?;
+    assert_eq!(got.code, 2, "unsigned runpack fails when a signature is required");
+    Ok(())
+}
+
+/// `pack-integrity-round-trip` is a `gait pack build/verify` scenario; `pack` is not part of this surface. What
+/// it asserts of the source runpack (unsigned, run id run_demo, exit 0) is checked on the runpack itself.
+#[test]
+fn pack_integrity_scenario_source_runpack_is_unsigned_and_verifies() -> Result<()> {
+    let expected = yaml(&scenario("pack-integrity-round-trip/expected.yaml"))?;
+    let dir = demo_workspace()?;
+    let got = run(["verify", "run_demo", "--json"], dir.path())?;
+    let out = got.json()?;
+    assert_eq!(Some(i64::from(got.code)), expected["exit_code"].as_i64());
+    assert_eq!(out["signature_status"], expected["verify_signature_status"]);
+    assert_eq!(out["run_id"], expected["source_ref"]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// scenarios/gait/*
+
+fn yaml(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(serde_saphyr::from_str(&text)?)
+}
+
+/// `gate eval` arguments for a scenario directory: its policy and intent, its keys and tokens, and its flags.
+fn scenario_args(dir: &Path, flags: &Value) -> Result<Vec<String>> {
+    let mut args: Vec<String> = vec![
+        "gate".into(),
+        "eval".into(),
+        "--policy".into(),
+        p(&dir.join("policy.yaml")),
+        "--intent".into(),
+        p(&dir.join("intent.json")),
+        "--json".into(),
+    ];
+    let file = |name: &str| dir.join(name);
+    if file("approval-token.json").is_file() {
+        args.extend(["--approval-token".into(), p(&file("approval-token.json"))]);
+    }
+    if file("approval_public.key").is_file() {
+        args.extend(["--approval-public-key".into(), p(&file("approval_public.key"))]);
+    }
+    if file("delegation_public.key").is_file() {
+        args.extend([
+            "--delegation-public-key".into(),
+            p(&file("delegation_public.key")),
+        ]);
+    }
+    let chain: Vec<String> = strings(flags.get("delegation_chain_files"));
+    let mut tokens: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("delegation-token") && !chain.contains(n))
+        .collect();
+    tokens.sort();
+    for token in tokens {
+        args.extend(["--delegation-token".into(), p(&file(&token))]);
+    }
+    if !chain.is_empty() {
+        let csv: Vec<String> = chain.iter().map(|c| p(&file(c))).collect();
+        args.extend(["--delegation-token-chain".into(), csv.join(",")]);
+    }
+    for (flag, key) in [
+        ("--approved-script-registry", "approved_script_registry"),
+        ("--approved-script-public-key", "approved_script_public_key"),
+        ("--wrkr-inventory", "wrkr_inventory"),
+    ] {
+        if let Some(name) = flags.get(key).and_then(Value::as_str) {
+            args.extend([flag.into(), p(&file(name))]);
+        }
+    }
+    if flags.get("simulate").and_then(Value::as_bool) == Some(true) {
+        args.push("--simulate".into());
+    }
+    Ok(args)
+}
+
+/// Every assertion of an expected.yaml that a single run can satisfy.
+fn check_expected(name: &str, expected: &Value, got: &Run) -> Result<()> {
+    let out = got.json()?;
+    let context = || format!("{name}: exit {} {}", got.code, got.stdout);
+    if let Some(code) = expected.get("exit_code").and_then(Value::as_i64) {
+        ensure!(i64::from(got.code) == code, "exit code: {}", context());
+    }
+    for key in ["ok", "verdict", "simulate_mode", "valid_delegations", "script", "step_count", "composite_risk_class"] {
+        if let Some(want) = expected.get(key) {
+            let have = out.get(key).cloned().unwrap_or(Value::Null);
+            ensure!(
+                have.to_string() == want.to_string(),
+                "{key}: {have} != {want}; {}",
+                context()
+            );
+        }
+    }
+    if let Some(count) = expected.get("step_verdict_count").and_then(Value::as_u64) {
+        let have = out
+            .get("step_verdicts")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        ensure!(have as u64 == count, "step_verdicts: {have}; {}", context());
+    }
+    let reasons: BTreeSet<String> = strings(out.get("reason_codes")).into_iter().collect();
+    for key in ["reason_codes_must_include", "reason_codes"] {
+        for code in strings(expected.get(key)) {
+            ensure!(reasons.contains(&code), "missing reason {code}; {}", context());
+        }
+    }
+    if let Some(text) = expected.get("error_contains").and_then(Value::as_str) {
+        let error = out.get("error").and_then(Value::as_str).unwrap_or_default();
+        ensure!(error.contains(text), "error {error:?} lacks {text:?}; {}", context());
+    }
+    Ok(())
+}
+
+fn run_scenario(name: &str) -> Result<()> {
+    let dir = scenario(name);
+    let expected = yaml(&dir.join("expected.yaml"))?;
+    let flags = if dir.join("flags.yaml").is_file() {
+        yaml(&dir.join("flags.yaml"))?
+    } else {
+        Value::Null
+    };
+    let args = scenario_args(&dir, &flags)?;
+    let work = tempfile::tempdir()?;
+    if let Some(n) = flags.get("concurrency").and_then(Value::as_u64) {
+        let children: Vec<Child> = (0..n)
+            .map(|_| spawn(&args, work.path()))
+            .collect::<Result<_>>()?;
+        let mut successful = 0;
+        for child in children {
+            let got = Run::from_output(child.wait_with_output()?);
+            check_expected(name, &expected, &got)?;
+            successful += 1;
+        }
+        if let Some(want) = expected.get("successful_runs").and_then(Value::as_u64) {
+            ensure!(successful == want, "{name}: {successful} successful runs");
+        }
+        return Ok(());
+    }
+    let repeat = flags.get("repeat").and_then(Value::as_u64).unwrap_or(1);
+    let mut trace_ids = BTreeSet::new();
+    for _ in 0..repeat {
+        let got = run(&args, work.path())?;
+        check_expected(name, &expected, &got)?;
+        if let Some(id) = got.json()?.get("trace_id").and_then(Value::as_str) {
+            trace_ids.insert(id.to_owned());
+        }
+    }
+    ensure!(trace_ids.len() <= 1, "{name}: decisions differ across repeats: {trace_ids:?}");
+    Ok(())
+}
+
+#[test]
+fn scenario_approval_expiry_1s_past() -> Result<()> {
+    run_scenario("approval-expiry-1s-past")
+}
+
+#[test]
+fn scenario_approval_token_valid() -> Result<()> {
+    run_scenario("approval-token-valid")
+}
+
+#[test]
+fn scenario_approved_registry_signature_mismatch_high_risk() -> Result<()> {
+    run_scenario("approved-registry-signature-mismatch-high-risk")
+}
+
+#[test]
+fn scenario_concurrent_evaluation_10() -> Result<()> {
+    run_scenario("concurrent-evaluation-10")
+}
+
+#[test]
+fn scenario_delegation_chain_depth_3() -> Result<()> {
+    run_scenario("delegation-chain-depth-3")
+}
+
+#[test]
+fn scenario_dry_run_no_side_effects() -> Result<()> {
+    run_scenario("dry-run-no-side-effects")
+}
+
+#[test]
+fn scenario_script_max_steps_exceeded() -> Result<()> {
+    run_scenario("script-max-steps-exceeded")
+}
+
+#[test]
+fn scenario_script_mixed_risk_block() -> Result<()> {
+    run_scenario("script-mixed-risk-block")
+}
+
+#[test]
+fn scenario_script_threshold_approval_determinism() -> Result<()> {
+    run_scenario("script-threshold-approval-determinism")
+}
+
+#[test]
+fn scenario_wrkr_missing_fail_closed_high_risk() -> Result<()> {
+    run_scenario("wrkr-missing-fail-closed-high-risk")
+}
+
+fn run_verdict_table(name: &str) -> Result<()> {
+    let dir = scenario(name);
+    let work = tempfile::tempdir()?;
+    let intents = fs::read_to_string(dir.join("intents.jsonl"))?;
+    let expected = fs::read_to_string(dir.join("expected-verdicts.jsonl"))?;
+    let intents: Vec<&str> = intents.lines().filter(|l| !l.trim().is_empty()).collect();
+    let expected: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(intents.len() == expected.len(), "{name}: one expectation per intent");
+    for (i, (intent, want)) in intents.iter().zip(&expected).enumerate() {
+        let want: Value = serde_json::from_str(want)?;
+        let intent_path = work.path().join(format!("intent_{i}.json"));
+        fs::write(&intent_path, intent)?;
+        let trace = work.path().join(format!("trace_{i}.json"));
+        let got = run(
+            [
+                "gate",
+                "eval",
+                "--policy",
+                &p(&dir.join("policy.yaml")),
+                "--intent",
+                &p(&intent_path),
+                "--trace-out",
+                &p(&trace),
+                "--json",
+            ],
+            work.path(),
+        )?;
+        let out = got.json()?;
+        ensure!(Some(i64::from(got.code)) == want["exit_code"].as_i64(), "{name} #{i}: {}", got.stdout);
+        ensure!(out["verdict"] == want["verdict"], "{name} #{i}: {}", got.stdout);
+        ensure!(read_json(&trace)?["tool_name"] == want["tool_name"], "{name} #{i} tool");
+    }
+    Ok(())
+}
+
+#[test]
+fn scenario_policy_allow_safe_tools() -> Result<()> {
+    run_verdict_table("policy-allow-safe-tools")
+}
+
+#[test]
+fn scenario_policy_block_destructive() -> Result<()> {
+    run_verdict_table("policy-block-destructive")
+}
+
+#[test]
+fn every_scenario_directory_is_covered_by_a_test() -> Result<()> {
+    let covered = [
+        "approval-expiry-1s-past",
+        "approval-token-valid",
+        "approved-registry-signature-mismatch-high-risk",
+        "concurrent-evaluation-10",
+        "delegation-chain-depth-3",
+        "dry-run-no-side-effects",
+        "pack-integrity-round-trip",
+        "policy-allow-safe-tools",
+        "policy-block-destructive",
+        "script-max-steps-exceeded",
+        "script-mixed-risk-block",
+        "script-threshold-approval-determinism",
+        "wrkr-missing-fail-closed-high-risk",
+    ];
+    for entry in fs::read_dir(fixtures().join("scenarios/gait"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        ensure!(covered.contains(&name.as_str()), "scenario {name} has no test");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// approvals, delegation audit, rate limits
+
+#[test]
+fn approval_audit_records_the_judged_tokens() -> Result<()> {
+    let dir = scenario("approval-token-valid");
+    let work = tempfile::tempdir()?;
+    let expired = scenario("approval-expiry-1s-past/approval-token.json");
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&dir.join("policy.yaml")),
+            "--intent",
+            &p(&dir.join("intent.json")),
+            "--approval-token",
+            &p(&dir.join("approval-token.json")),
+            "--approval-token-chain",
+            &p(&expired),
+            "--approval-public-key",
+            &p(&dir.join("approval_public.key")),
+            "--approval-audit-out",
+            "audit/approvals.json",
+            "--json",
+        ],
+        work.path(),
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert_eq!(out["approval_ref"], "ec44f8948261811d131eb04a");
+    assert_eq!(out["required_approvals"], 1);
+    assert_eq!(out["valid_approvals"], 1);
+    assert_eq!(out["approval_audit_path"], "audit/approvals.json");
+    // The expired token is bound to another intent: its first failing check is the intent binding.
+    let reasons = strings(out.get("reason_codes"));
+    assert!(reasons.contains(&"approval_granted".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"approval_token_intent_mismatch".to_owned()), "{reasons:?}");
+    let audit = read_json(&work.path().join("audit/approvals.json"))?;
+    assert_eq!(audit["schema_id"], "gait.gate.approval_audit_record");
+    assert_eq!(audit["approved"], true);
+    assert_eq!(audit["approvers"], serde_json::json!(["human.reviewer"]));
+    assert_eq!(audit["entries"][0]["token_id"], "b68a3c0bd5a7af6eb3c47cea");
+    assert_eq!(audit["entries"][0]["valid"], false);
+    assert_eq!(audit["entries"][0]["error_code"], "approval_token_intent_mismatch");
+    assert_eq!(audit["entries"][1]["valid"], true);
+    assert_eq!(audit["trace_id"], out["trace_id"]);
+    Ok(())
+}
+
+#[test]
+fn missing_delegation_tokens_block_and_are_audited() -> Result<()> {
+    let dir = scenario("delegation-chain-depth-3");
+    let work = tempfile::tempdir()?;
+    let got = run(
+        [
+            "gate",
+            "eval",
+            "--policy",
+            &p(&dir.join("policy.yaml")),
+            "--intent",
+            &p(&dir.join("intent.json")),
+            "--delegation-public-key",
+            &p(&dir.join("delegation_public.key")),
+            "--delegation-token",
+            &p(&dir.join("delegation-token-1.json")),
+            "--json",
+        ],
+        work.path(),
+    )?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    let reasons = strings(out.get("reason_codes"));
+    assert!(reasons.contains(&"delegation_chain_insufficient".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"delegation_token_missing".to_owned()), "{reasons:?}");
+    assert!(strings(out.get("violations")).contains(&"delegation_not_granted".to_owned()));
+    assert_eq!(out["delegation_required"], true);
+    let audit_path = work.path().join(out["delegation_audit_path"].as_str().unwrap_or_default());
+    let audit = read_json(&audit_path)?;
+    assert_eq!(audit["schema_id"], "gait.gate.delegation_audit_record");
+    assert_eq!(audit["entries"][0]["token_id"], "694428976ab1b10859171a05");
+    Ok(())
+}
+
+/// A policy allowing 5 calls per hour per tool, evaluated by 10 concurrent processes sharing one state file:
+/// exactly 5 are allowed and 5 blocked, and the persisted counter is 5.
+#[test]
+fn ten_concurrent_processes_share_the_rate_limit_state_without_losing_counts() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    fs::write(
+        work.path().join("policy.yaml"),
+        "default_verdict: block\nrules:\n  - name: limited-read\n    effect: allow\n    match:\n      tool_names: [tool.read]\n    rate_limit:\n      requests: 5\n      window: hour\n      scope: tool\n",
+    )?;
+    let intent = scenario("concurrent-evaluation-10/intent.json");
+    // Avoid straddling an hour boundary, which would legitimately split the counts.
+    let secs_into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 3600;
+    if secs_into_hour > 3590 {
+        std::thread::sleep(std::time::Duration::from_secs(3601 - secs_into_hour));
+    }
+    let args = [
+        "gate".to_owned(),
+        "eval".into(),
+        "--policy".into(),
+        "policy.yaml".into(),
+        "--intent".into(),
+        p(&intent),
+        "--rate-limit-state".into(),
+        "state/limits.json".into(),
+        "--json".into(),
+    ];
+    let children: Vec<Child> = (0..10)
+        .map(|_| spawn(&args, work.path()))
+        .collect::<Result<_>>()?;
+    let mut allowed = 0;
+    let mut blocked = 0;
+    for child in children {
+        let got = Run::from_output(child.wait_with_output()?);
+        let out = got.json()?;
+        match got.code {
+            0 => {
+                allowed += 1;
+                assert_eq!(out["rate_limit_key"], "tool.read");
+            }
+            3 => {
+                blocked += 1;
+                assert!(strings(out.get("reason_codes")).contains(&"rate_limit_exceeded".to_owned()));
+            }
+            other => bail!("unexpected exit {other}: {} {}", got.stdout, got.stderr),
+        }
+    }
+    assert_eq!((allowed, blocked), (5, 5));
+    let state = read_json(&work.path().join("state/limits.json"))?;
+    assert_eq!(state["schema_id"], "gait.gate.rate_limit_state");
+    assert_eq!(state["counters"].as_array().map(Vec::len), Some(1));
+    assert_eq!(state["counters"][0]["count"], 5);
+    assert!(!work.path().join("state/limits.json.lock").exists());
+    Ok(())
+}
