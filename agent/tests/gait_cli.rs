@@ -163,7 +163,10 @@ fn python_verify(doc: &Path, public_key: &Path) -> Result<i32> {
 fn tamper(path: &Path, needle: &str, replacement: &str) -> Result<PathBuf> {
     let text = fs::read_to_string(path)?;
     ensure!(text.contains(needle), "{needle} not in {}", path.display());
-    ensure!(needle.len() == replacement.len(), "one-byte change expected");
+    ensure!(
+        needle.len() == replacement.len(),
+        "one-byte change expected"
+    );
     let out = path.with_extension("tampered.json");
     fs::write(&out, text.replacen(needle, replacement, 1))?;
     Ok(out)
@@ -263,7 +266,10 @@ fn policy_test_bad_input_exits_6_with_gaits_error_envelope() -> Result<()> {
     assert_eq!(out["hint"], "check command usage and input schema");
     assert_eq!(out["correlation_id"].as_str().map(str::len), Some(24));
 
-    fs::write(dir.path().join("p.yaml"), "default_verdict: allow\nbogus: 1\n")?;
+    fs::write(
+        dir.path().join("p.yaml"),
+        "default_verdict: allow\nbogus: 1\n",
+    )?;
     fs::write(
         dir.path().join("i.json"),
         r#"{"tool_name":"t","args":{},"targets":[],"context":{"identity":"a","workspace":"/w","risk_class":"low"}}"#,
@@ -274,11 +280,19 @@ fn policy_test_bad_input_exits_6_with_gaits_error_envelope() -> Result<()> {
     assert!(error.contains("bogus"), "unknown key named: {error}");
 
     fs::write(dir.path().join("legacy.yaml"), "version: 1\nname: old\n")?;
-    let got = run(["policy", "test", "legacy.yaml", "i.json", "--json"], dir.path())?;
+    let got = run(
+        ["policy", "test", "legacy.yaml", "i.json", "--json"],
+        dir.path(),
+    )?;
     assert_eq!(got.code, 6);
     let out = got.json()?;
     assert_eq!(out["migration"]["kind"], "policy_fields");
-    assert!(out["hint"].as_str().unwrap_or_default().contains(".gait.yaml"));
+    assert!(
+        out["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(".gait.yaml")
+    );
     Ok(())
 }
 
@@ -366,7 +380,8 @@ fn gate_eval_endpoint_runs_match_gait_stdout_and_trace_and_verify_independently(
 
         // The trace is Gait's trace except for the per-emission fields.
         let ours = read_object(&trace)?;
-        let gait = read_object(&conformance().join(format!("artifacts/trace_endpoint_{name}.json")))?;
+        let gait =
+            read_object(&conformance().join(format!("artifacts/trace_endpoint_{name}.json")))?;
         assert_eq!(
             without(ours.clone(), &VOLATILE_TRACE_FIELDS),
             without(gait, &VOLATILE_TRACE_FIELDS),
@@ -383,7 +398,14 @@ fn gate_eval_endpoint_runs_match_gait_stdout_and_trace_and_verify_independently(
 
         // Verified by our trace verify and by the independent Python checker.
         let verified = run(
-            ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public), "--json"],
+            [
+                "trace",
+                "verify",
+                &p(&trace),
+                "--public-key",
+                &p(&keys.public),
+                "--json",
+            ],
             dir.path(),
         )?;
         assert_eq!(verified.code, 0, "{}", verified.stdout);
@@ -391,12 +413,23 @@ fn gate_eval_endpoint_runs_match_gait_stdout_and_trace_and_verify_independently(
         assert_eq!(v["signature_status"], "verified");
         assert_eq!(v["key_id"], keys.key.public_key().key_id());
         assert_eq!(v["trace_id"], ours["trace_id"]);
-        assert_eq!(python_verify(&trace, &keys.public)?, 0, "gait_verify.py {name}");
+        assert_eq!(
+            python_verify(&trace, &keys.public)?,
+            0,
+            "gait_verify.py {name}"
+        );
 
         // One changed byte breaks it for both.
         let tampered = tamper(&trace, "\"tool.write\"", "\"tool.wrjte\"")?;
         let failed = run(
-            ["trace", "verify", &p(&tampered), "--public-key", &p(&keys.public), "--json"],
+            [
+                "trace",
+                "verify",
+                &p(&tampered),
+                "--public-key",
+                &p(&keys.public),
+                "--json",
+            ],
             dir.path(),
         )?;
         assert_eq!(failed.code, 2, "{}", failed.stdout);
@@ -419,7 +452,14 @@ fn gaits_own_traces_verify_and_fail_after_one_changed_byte() -> Result<()> {
         let trace = dir.path().join(format!("trace_endpoint_{name}.json"));
         fs::copy(&original, &trace)?;
         let got = run(
-            ["trace", "verify", &p(&trace), "--public-key", &p(&public), "--json"],
+            [
+                "trace",
+                "verify",
+                &p(&trace),
+                "--public-key",
+                &p(&public),
+                "--json",
+            ],
             dir.path(),
         )?;
         assert_eq!(got.code, 0, "{name}: {}", got.stdout);
@@ -437,7 +477,14 @@ fn gaits_own_traces_verify_and_fail_after_one_changed_byte() -> Result<()> {
         // A one-byte change in a signed value (an identity in the relationship envelope).
         let tampered = tamper(&trace, "\"ci-user\"", "\"ci-usEr\"")?;
         let failed = run(
-            ["trace", "verify", &p(&tampered), "--public-key", &p(&public), "--json"],
+            [
+                "trace",
+                "verify",
+                &p(&tampered),
+                "--public-key",
+                &p(&public),
+                "--json",
+            ],
             dir.path(),
         )?;
         assert_eq!(failed.code, 2, "{name}: {}", failed.stdout);
@@ -455,13 +502,26 @@ fn trace_verify_without_a_key_or_with_the_wrong_key() -> Result<()> {
     assert_eq!(got.json()?["error"], "public key not configured");
     let keys = keys(dir.path())?;
     let got = run(
-        ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public), "--json"],
+        [
+            "trace",
+            "verify",
+            &p(&trace),
+            "--public-key",
+            &p(&keys.public),
+            "--json",
+        ],
         dir.path(),
     )?;
     assert_eq!(got.code, 2);
     assert_eq!(got.json()?["error"], "key id mismatch");
     let got = run(
-        ["trace", "verify", &p(&trace), "--public-key", &p(&keys.public)],
+        [
+            "trace",
+            "verify",
+            &p(&trace),
+            "--public-key",
+            &p(&keys.public),
+        ],
         dir.path(),
     )?;
     assert_eq!(got.stdout, "trace verify error: key id mismatch\n");
@@ -491,7 +551,11 @@ fn dev_key_mode_writes_the_default_trace_file_and_warns() -> Result<()> {
         strings(out.get("warnings")),
         ["dev mode: ephemeral keypair generated; signatures will not verify across machines"]
     );
-    assert!(dir.path().join("trace_1ebcafc90e5778ca4e9d442e.json").is_file());
+    assert!(
+        dir.path()
+            .join("trace_1ebcafc90e5778ca4e9d442e.json")
+            .is_file()
+    );
 
     let got = run(
         [
@@ -505,8 +569,14 @@ fn dev_key_mode_writes_the_default_trace_file_and_warns() -> Result<()> {
         dir.path(),
     )?;
     assert_eq!(got.code, 3);
-    assert!(got.stdout.starts_with("gate eval: verdict=block\ntrace: trace_1ebcafc90e5778ca4e9d442e.json\n"));
-    assert!(got.stdout.contains("warning: dev mode: ephemeral keypair generated"));
+    assert!(
+        got.stdout
+            .starts_with("gate eval: verdict=block\ntrace: trace_1ebcafc90e5778ca4e9d442e.json\n")
+    );
+    assert!(
+        got.stdout
+            .contains("warning: dev mode: ephemeral keypair generated")
+    );
     Ok(())
 }
 
@@ -533,7 +603,10 @@ fn gate_eval_usage_errors_use_gaits_envelope() -> Result<()> {
         dir.path(),
     )?;
     assert_eq!(got.code, 6);
-    assert_eq!(got.json()?["error"], "prod mode requires a private key source");
+    assert_eq!(
+        got.json()?["error"],
+        "prod mode requires a private key source"
+    );
     Ok(())
 }
 
@@ -582,15 +655,30 @@ fn demo_runpack_verifies_like_gait_and_a_tampered_copy_fails() -> Result<()> {
     let out = got.json()?;
     assert_eq!(out["ok"], false);
     assert_eq!(out["hash_mismatches"][0]["path"], "run.json");
-    assert!(out.get("error").is_none(), "a failed verify is not an error");
+    assert!(
+        out.get("error").is_none(),
+        "a failed verify is not an error"
+    );
 
     let got = run(["verify", "no_such_run", "--json"], dir.path())?;
     assert_eq!(got.code, 6);
-    assert_eq!(got.json()?["error"], "runpack not found for run_id: no_such_run");
-    let got = run(["verify", "run_demo", "--profile", "strict", "--json"], dir.path())?;
+    assert_eq!(
+        got.json()?["error"],
+        "runpack not found for run_id: no_such_run"
+    );
+    let got = run(
+        ["verify", "run_demo", "--profile", "strict", "--json"],
+        dir.path(),
+    )?;
     assert_eq!(got.code, 6);
-    let got = run(["verify", "run_demo", "--require-signature", "--json"], dir.path())?;
-    assert_eq!(got.code, 2, "unsigned runpack fails when a signature is required");
+    let got = run(
+        ["verify", "run_demo", "--require-signature", "--json"],
+        dir.path(),
+    )?;
+    assert_eq!(
+        got.code, 2,
+        "unsigned runpack fails when a signature is required"
+    );
     Ok(())
 }
 
@@ -632,7 +720,10 @@ fn scenario_args(dir: &Path, flags: &Value) -> Result<Vec<String>> {
         args.extend(["--approval-token".into(), p(&file("approval-token.json"))]);
     }
     if file("approval_public.key").is_file() {
-        args.extend(["--approval-public-key".into(), p(&file("approval_public.key"))]);
+        args.extend([
+            "--approval-public-key".into(),
+            p(&file("approval_public.key")),
+        ]);
     }
     if file("delegation_public.key").is_file() {
         args.extend([
@@ -676,14 +767,18 @@ fn check_expected(name: &str, expected: &Value, got: &Run) -> Result<()> {
     if let Some(code) = expected.get("exit_code").and_then(Value::as_i64) {
         ensure!(i64::from(got.code) == code, "exit code: {}", context());
     }
-    for key in ["ok", "verdict", "simulate_mode", "valid_delegations", "script", "step_count", "composite_risk_class"] {
+    for key in [
+        "ok",
+        "verdict",
+        "simulate_mode",
+        "valid_delegations",
+        "script",
+        "step_count",
+        "composite_risk_class",
+    ] {
         if let Some(want) = expected.get(key) {
             let have = out.get(key).cloned().unwrap_or(Value::Null);
-            ensure!(
-                have.to_string() == want.to_string(),
-                "{key}: {have} != {want}; {}",
-                context()
-            );
+            ensure!(&have == want, "{key}: {have} != {want}; {}", context());
         }
     }
     if let Some(count) = expected.get("step_verdict_count").and_then(Value::as_u64) {
@@ -696,12 +791,20 @@ fn check_expected(name: &str, expected: &Value, got: &Run) -> Result<()> {
     let reasons: BTreeSet<String> = strings(out.get("reason_codes")).into_iter().collect();
     for key in ["reason_codes_must_include", "reason_codes"] {
         for code in strings(expected.get(key)) {
-            ensure!(reasons.contains(&code), "missing reason {code}; {}", context());
+            ensure!(
+                reasons.contains(&code),
+                "missing reason {code}; {}",
+                context()
+            );
         }
     }
     if let Some(text) = expected.get("error_contains").and_then(Value::as_str) {
         let error = out.get("error").and_then(Value::as_str).unwrap_or_default();
-        ensure!(error.contains(text), "error {error:?} lacks {text:?}; {}", context());
+        ensure!(
+            error.contains(text),
+            "error {error:?} lacks {text:?}; {}",
+            context()
+        );
     }
     Ok(())
 }
@@ -740,7 +843,10 @@ fn run_scenario(name: &str) -> Result<()> {
             trace_ids.insert(id.to_owned());
         }
     }
-    ensure!(trace_ids.len() <= 1, "{name}: decisions differ across repeats: {trace_ids:?}");
+    ensure!(
+        trace_ids.len() <= 1,
+        "{name}: decisions differ across repeats: {trace_ids:?}"
+    );
     Ok(())
 }
 
@@ -801,7 +907,10 @@ fn run_verdict_table(name: &str) -> Result<()> {
     let expected = fs::read_to_string(dir.join("expected-verdicts.jsonl"))?;
     let intents: Vec<&str> = intents.lines().filter(|l| !l.trim().is_empty()).collect();
     let expected: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
-    ensure!(intents.len() == expected.len(), "{name}: one expectation per intent");
+    ensure!(
+        intents.len() == expected.len(),
+        "{name}: one expectation per intent"
+    );
     for (i, (intent, want)) in intents.iter().zip(&expected).enumerate() {
         let want: Value = serde_json::from_str(want)?;
         let intent_path = work.path().join(format!("intent_{i}.json"));
@@ -822,9 +931,20 @@ fn run_verdict_table(name: &str) -> Result<()> {
             work.path(),
         )?;
         let out = got.json()?;
-        ensure!(Some(i64::from(got.code)) == want["exit_code"].as_i64(), "{name} #{i}: {}", got.stdout);
-        ensure!(out["verdict"] == want["verdict"], "{name} #{i}: {}", got.stdout);
-        ensure!(read_json(&trace)?["tool_name"] == want["tool_name"], "{name} #{i} tool");
+        ensure!(
+            Some(i64::from(got.code)) == want["exit_code"].as_i64(),
+            "{name} #{i}: {}",
+            got.stdout
+        );
+        ensure!(
+            out["verdict"] == want["verdict"],
+            "{name} #{i}: {}",
+            got.stdout
+        );
+        ensure!(
+            read_json(&trace)?["tool_name"] == want["tool_name"],
+            "{name} #{i} tool"
+        );
     }
     Ok(())
 }
@@ -858,7 +978,10 @@ fn every_scenario_directory_is_covered_by_a_test() -> Result<()> {
     ];
     for entry in fs::read_dir(fixtures().join("scenarios/gait"))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        ensure!(covered.contains(&name.as_str()), "scenario {name} has no test");
+        ensure!(
+            covered.contains(&name.as_str()),
+            "scenario {name} has no test"
+        );
     }
     Ok(())
 }
@@ -900,15 +1023,24 @@ fn approval_audit_records_the_judged_tokens() -> Result<()> {
     assert_eq!(out["approval_audit_path"], "audit/approvals.json");
     // The expired token is bound to another intent: its first failing check is the intent binding.
     let reasons = strings(out.get("reason_codes"));
-    assert!(reasons.contains(&"approval_granted".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"approval_token_intent_mismatch".to_owned()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"approval_granted".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"approval_token_intent_mismatch".to_owned()),
+        "{reasons:?}"
+    );
     let audit = read_json(&work.path().join("audit/approvals.json"))?;
     assert_eq!(audit["schema_id"], "gait.gate.approval_audit_record");
     assert_eq!(audit["approved"], true);
     assert_eq!(audit["approvers"], serde_json::json!(["human.reviewer"]));
     assert_eq!(audit["entries"][0]["token_id"], "b68a3c0bd5a7af6eb3c47cea");
     assert_eq!(audit["entries"][0]["valid"], false);
-    assert_eq!(audit["entries"][0]["error_code"], "approval_token_intent_mismatch");
+    assert_eq!(
+        audit["entries"][0]["error_code"],
+        "approval_token_intent_mismatch"
+    );
     assert_eq!(audit["entries"][1]["valid"], true);
     assert_eq!(audit["trace_id"], out["trace_id"]);
     Ok(())
@@ -937,11 +1069,19 @@ fn missing_delegation_tokens_block_and_are_audited() -> Result<()> {
     assert_eq!(got.code, 3, "{}", got.stdout);
     let out = got.json()?;
     let reasons = strings(out.get("reason_codes"));
-    assert!(reasons.contains(&"delegation_chain_insufficient".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"delegation_token_missing".to_owned()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"delegation_chain_insufficient".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"delegation_token_missing".to_owned()),
+        "{reasons:?}"
+    );
     assert!(strings(out.get("violations")).contains(&"delegation_not_granted".to_owned()));
     assert_eq!(out["delegation_required"], true);
-    let audit_path = work.path().join(out["delegation_audit_path"].as_str().unwrap_or_default());
+    let audit_path = work
+        .path()
+        .join(out["delegation_audit_path"].as_str().unwrap_or_default());
     let audit = read_json(&audit_path)?;
     assert_eq!(audit["schema_id"], "gait.gate.delegation_audit_record");
     assert_eq!(audit["entries"][0]["token_id"], "694428976ab1b10859171a05");
@@ -992,7 +1132,9 @@ fn ten_concurrent_processes_share_the_rate_limit_state_without_losing_counts() -
             }
             3 => {
                 blocked += 1;
-                assert!(strings(out.get("reason_codes")).contains(&"rate_limit_exceeded".to_owned()));
+                assert!(
+                    strings(out.get("reason_codes")).contains(&"rate_limit_exceeded".to_owned())
+                );
             }
             other => bail!("unexpected exit {other}: {} {}", got.stdout, got.stderr),
         }
@@ -1003,5 +1145,179 @@ fn ten_concurrent_processes_share_the_rate_limit_state_without_losing_counts() -
     assert_eq!(state["counters"].as_array().map(Vec::len), Some(1));
     assert_eq!(state["counters"][0]["count"], 5);
     assert!(!work.path().join("state/limits.json.lock").exists());
+    Ok(())
+}
+
+/// A registry entry signed now (valid for an hour) for the registry scenario's script intent and policy.
+fn signed_registry_entry(key: &SigningKey, policy_digest: &str, script_hash: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut entry = serde_json::json!({
+        "schema_id": "gait.gate.approved_script_entry",
+        "schema_version": "1.0.0",
+        "created_at": fmt(now.replace_nanosecond(0).unwrap_or(now)),
+        "producer_version": "test",
+        "pattern_id": "pattern_test",
+        "policy_digest": policy_digest,
+        "script_hash": script_hash,
+        "tool_sequence": ["tool.read", "tool.write"],
+        "approver_identity": "secops",
+        "expires_at": fmt(now.replace_nanosecond(0).unwrap_or(now) + time::Duration::hours(1)),
+    });
+    let digest = gait_canon::digest_jcs(&entry);
+    let signature = key
+        .sign_digest_hex(&digest)
+        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
+    entry["signature"] = signature.unwrap_or(Value::Null);
+    entry
+}
+
+#[test]
+fn approved_script_registry_pre_approves_a_signed_script_and_fails_closed_when_tampered()
+-> Result<()> {
+    let dir = scenario("approved-registry-signature-mismatch-high-risk");
+    let work = tempfile::tempdir()?;
+    let keys = keys(work.path())?;
+    let base = [
+        "gate".to_owned(),
+        "eval".into(),
+        "--policy".into(),
+        p(&dir.join("policy.yaml")),
+        "--intent".into(),
+        p(&dir.join("intent.json")),
+        "--json".into(),
+    ];
+    // Without the registry the write step needs approval.
+    let plain = run(&base, work.path())?;
+    assert_eq!(plain.code, 4, "{}", plain.stdout);
+    let plain = plain.json()?;
+    let policy_digest = plain["policy_digest"].as_str().context("policy_digest")?;
+    let script_hash = plain["script_hash"].as_str().context("script_hash")?;
+
+    let entry = signed_registry_entry(&keys.key, policy_digest, script_hash);
+    let registry = work.path().join("approved_scripts.json");
+    fs::write(
+        &registry,
+        serde_json::to_vec_pretty(&serde_json::json!({"entries": [entry.clone()]}))?,
+    )?;
+    let mut with_registry: Vec<String> = base.to_vec();
+    with_registry.extend([
+        "--approved-script-registry".into(),
+        p(&registry),
+        "--approved-script-public-key".into(),
+        p(&keys.public),
+    ]);
+    let got = run(&with_registry, work.path())?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert_eq!(out["pre_approved"], true);
+    assert_eq!(out["pattern_id"], "pattern_test");
+    assert_eq!(strings(out.get("reason_codes")), ["approved_script_match"]);
+    assert_eq!(out["step_count"], 2);
+
+    // The same entry with its script hash changed no longer verifies: high risk fails closed (exit 3).
+    let mut tampered = entry;
+    tampered["script_hash"] = Value::String("f".repeat(64));
+    fs::write(
+        &registry,
+        serde_json::to_vec_pretty(&serde_json::json!({"entries": [tampered]}))?,
+    )?;
+    let got = run(&with_registry, work.path())?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["ok"], false);
+    assert_eq!(
+        out["error"],
+        "approved script registry verification failed at entry 0: \
+         verify approved script entry signature: signed_digest mismatch"
+    );
+    assert_eq!(out["error_code"], "policy_blocked");
+    Ok(())
+}
+
+/// Sign the demo runpack's manifest with a fresh key (Python + cryptography, independent of this project) and
+/// write `runpack_signed.zip` plus that key's public key file.
+fn signed_demo_runpack(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let zip = dir.join("gait-out/runpack_signed.zip");
+    let public = dir.join("signer_public.key");
+    let script = "import sys,zipfile,json,hashlib,base64\n\
+        sys.path.insert(0,sys.argv[4])\n\
+        from gait_verify import jcs\n\
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n\
+        from cryptography.hazmat.primitives import serialization as s\n\
+        src,dst,pub=sys.argv[1:4]\n\
+        k=Ed25519PrivateKey.generate()\n\
+        raw=k.public_key().public_bytes(s.Encoding.Raw,s.PublicFormat.Raw)\n\
+        open(pub,'w').write(base64.b64encode(raw).decode()+'\\n')\n\
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst,'w',zipfile.ZIP_DEFLATED) as zo:\n\
+        \x20   for info in zi.infolist():\n\
+        \x20       data=zi.read(info.filename)\n\
+        \x20       if info.filename=='manifest.json':\n\
+        \x20           m=json.loads(data)\n\
+        \x20           d=hashlib.sha256(jcs(m).encode()).digest()\n\
+        \x20           m['signatures']=[{'alg':'ed25519','key_id':hashlib.sha256(raw).hexdigest(),\n\
+        \x20               'sig':base64.b64encode(k.sign(d)).decode(),'signed_digest':d.hex()}]\n\
+        \x20           data=jcs(m).encode()\n\
+        \x20       zo.writestr(info,data)\n";
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.join("gait-out/runpack_run_demo.zip"))
+        .arg(&zip)
+        .arg(&public)
+        .arg(shared().join("tools"))
+        .status()?;
+    ensure!(status.success(), "python signing failed");
+    Ok((zip, public))
+}
+
+#[test]
+fn signed_runpacks_verify_with_the_right_key_only() -> Result<()> {
+    let dir = demo_workspace()?;
+    let (zip, public) = signed_demo_runpack(dir.path())?;
+    let got = run(
+        [
+            "verify",
+            &p(&zip),
+            "--public-key",
+            &p(&public),
+            "--profile",
+            "strict",
+            "--json",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["signature_status"], "verified");
+    assert_eq!(out["signatures_valid"], 1);
+    assert_eq!(out["signature_note"], "signatures verified");
+
+    let got = run(["verify", &p(&zip), "--json"], dir.path())?;
+    assert_eq!(
+        got.code, 0,
+        "a signed runpack without a key is skipped, not failed"
+    );
+    assert_eq!(got.json()?["signature_status"], "skipped");
+
+    let other = keys(dir.path())?;
+    let got = run(
+        [
+            "verify",
+            &p(&zip),
+            "--public-key",
+            &p(&other.public),
+            "--json",
+        ],
+        dir.path(),
+    )?;
+    assert_eq!(got.code, 2, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["signature_status"], "failed");
+    assert_eq!(out["signatures_total"], 1);
+    assert!(out.get("signatures_valid").is_none());
     Ok(())
 }

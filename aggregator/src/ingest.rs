@@ -43,6 +43,8 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_BATCH_RECORDS: usize = 10_000;
 /// Largest payload of one record.
 pub const MAX_RECORD_PAYLOAD: usize = 1024 * 1024;
+/// Longest record kind (the agent outbox accepts the same).
+pub const MAX_RECORD_KIND: usize = 256;
 /// Largest bundle report frame.
 const MAX_REPORT_FRAME: u32 = 64 * 1024;
 
@@ -570,9 +572,13 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
                     .collect(),
             })
         }
-        Err(e) => {
+        Err(e) if e.is_retryable() => {
             warn!(error = %e, agent_id = %session.key.agent_id, "batch commit failed; agent will retry");
             error_msg(ErrorCode::Unavailable, "commit failed; retry")
+        }
+        Err(e) => {
+            warn!(error = %e, agent_id = %session.key.agent_id, "batch refused by the store");
+            error_msg(ErrorCode::BadRequest, format!("batch refused: {e}"))
         }
     }
 }
@@ -591,8 +597,11 @@ fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
                 r.payload.len()
             ));
         }
-        if r.kind.is_empty() || r.kind.len() > 64 {
-            return Err(format!("record {} kind must be 1-64 bytes", r.seq));
+        if r.kind.is_empty() || r.kind.len() > MAX_RECORD_KIND {
+            return Err(format!(
+                "record {} kind must be 1-{MAX_RECORD_KIND} bytes",
+                r.seq
+            ));
         }
         if !r.verify_hash() {
             return Err(format!("record {} hash does not match its content", r.seq));

@@ -347,6 +347,61 @@ pub fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
     Ok((utime + stime) / USER_HZ)
 }
 
+/// CPU seconds per thread of `pid`: tid -> (thread name, user + system seconds).
+pub fn thread_cpu(pid: u32) -> anyhow::Result<std::collections::HashMap<String, (String, f64)>> {
+    let mut out = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = entry?.file_name().to_string_lossy().into_owned();
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if let Ok(secs) = cpu_seconds_of(&format!("{pid}/task/{tid}")) {
+            out.insert(tid, (comm.trim().to_owned(), secs));
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds spent between two [`thread_cpu`] readings, summed per thread name (digits dropped, so
+/// `sqlx-sqlite-worker-3` counts as `sqlx-sqlite-worker-`), largest first.
+pub fn thread_cpu_delta(
+    before: &std::collections::HashMap<String, (String, f64)>,
+    after: &std::collections::HashMap<String, (String, f64)>,
+) -> Vec<(String, f64)> {
+    let mut by_name: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for (tid, (name, secs)) in after {
+        let spent = secs - before.get(tid).map(|b| b.1).unwrap_or(0.0);
+        let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *by_name.entry(key).or_default() += spent;
+    }
+    let mut v: Vec<(String, f64)> = by_name
+        .into_iter()
+        .filter(|(_, s)| *s >= 0.05)
+        .map(|(n, s)| (n, round(s, 2)))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+/// UDP datagrams dropped because a socket receive buffer was full (`RcvbufErrors` of `/proc/net/snmp`,
+/// whole network namespace).
+pub fn udp_rcvbuf_errors() -> anyhow::Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (
+        udp.next().context("Udp header")?,
+        udp.next().context("Udp values")?,
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "RcvbufErrors")
+        .context("RcvbufErrors")?;
+    Ok(values
+        .split_whitespace()
+        .nth(at)
+        .context("RcvbufErrors value")?
+        .parse()?)
+}
+
 /// The admin HTTP API of one aggregator.
 #[derive(Clone)]
 pub struct Api {
@@ -628,8 +683,8 @@ impl Percentiles {
     /// Milliseconds, as JSON.
     pub fn json_ms(&self) -> Value {
         json!({
-            "n": self.n, "p50": ms(self.p50), "p90": ms(self.p90), "p99": ms(self.p99),
-            "max": ms(self.max), "mean": ms(self.mean),
+            "n": self.n, "p50": round(ms(self.p50), 1), "p90": round(ms(self.p90), 1), "p99": round(ms(self.p99), 1),
+            "max": round(ms(self.max), 1), "mean": round(ms(self.mean), 1),
         })
     }
 

@@ -112,6 +112,9 @@ async fn measure(
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let connect_started = Instant::now();
+    let (agg_cpu0, bench_cpu0) = (agg.cpu_seconds()?, common::cpu_seconds_of("self")?);
+    let udp_drops0 = common::udp_rcvbuf_errors()?;
+    let threads0 = common::thread_cpu(agg.pid)?;
     let mut agents = tokio::task::JoinSet::new();
     for (i, config) in configs.into_iter().enumerate() {
         let sim = SimAgent {
@@ -145,6 +148,12 @@ async fn measure(
         }
     }
     let connect_time = connect_started.elapsed();
+    let connect_cpu_ms = json!({
+        "aggregator_per_agent": round((agg.cpu_seconds()? - agg_cpu0) * 1e3 / args.agents as f64, 3),
+        "bench_per_agent": round((common::cpu_seconds_of("self")? - bench_cpu0) * 1e3 / args.agents as f64, 3),
+    });
+    let connect_udp_drops = common::udp_rcvbuf_errors()? - udp_drops0;
+    let connect_threads = common::thread_cpu_delta(&threads0, &common::thread_cpu(agg.pid)?);
     eprintln!(
         "{} agents connected in {:.1} s",
         args.agents,
@@ -166,6 +175,7 @@ async fn measure(
     );
 
     // Restart on the same ports; agents find out and come back with jittered backoff.
+    let udp_drops1 = common::udp_rcvbuf_errors()?;
     let term_at = Instant::now();
     let shutdown = agg.terminate(Duration::from_secs(30)).await?;
     let exited_at = Instant::now();
@@ -203,6 +213,19 @@ async fn measure(
         }
     }
     let all_back = Instant::now();
+    let restart_udp_drops = common::udp_rcvbuf_errors()? - udp_drops1;
+    let after_loss: Vec<Duration> = track
+        .iter()
+        .filter_map(|t| Some(t.up_again?.saturating_duration_since(t.down?)))
+        .collect();
+    let late_detection = track
+        .iter()
+        .filter(|t| {
+            t.down
+                .is_some_and(|d| d.saturating_duration_since(term_at) > Duration::from_secs(5))
+        })
+        .count();
+    let pl = Percentiles::of(&after_loss);
     let reconnect_wall = all_back.saturating_duration_since(ready_at);
     let up_times: Vec<Instant> = track.iter().filter_map(|t| t.up_again).collect();
     let from_ready: Vec<Duration> = up_times
@@ -253,6 +276,9 @@ async fn measure(
         "agents": args.agents,
         "endpoints": args.endpoints,
         "connect_s": round(connect_time.as_secs_f64(), 2),
+        "connect_cpu_ms": connect_cpu_ms,
+        "connect_udp_rcvbuf_drops": connect_udp_drops,
+        "connect_aggregator_cpu_s_by_thread": connect_threads.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
         "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
         "kib_per_idle_agent": round(per_agent_kib, 1),
         "goal_kib_per_idle_agent": GOAL_KIB_PER_AGENT,
@@ -267,6 +293,9 @@ async fn measure(
             "from_ready_ms": pr.json_ms(),
             "from_sigterm_ms": pt.json_ms(),
             "loss_detected_after_sigterm_ms": pd.json_ms(),
+            "loss_detected_later_than_5s": late_detection,
+            "up_after_own_loss_detection_ms": pl.json_ms(),
+            "udp_rcvbuf_drops": restart_udp_drops,
             "dial_attempts": { "p50": pa.p50.as_secs(), "p99": pa.p99.as_secs(), "max": pa.max.as_secs() },
             "reconnects_per_second_after_ready": histogram,
         },
@@ -276,7 +305,9 @@ async fn measure(
     let human = format!(
         "idle: {} agents, aggregator RSS {} -> {} KiB = {:.1} KiB per idle agent (goal <= {GOAL_KIB_PER_AGENT}: {}); \
          restart: shutdown {:.2} s, {back}/{} back, from serving-again {} (goal all <= {} s: {}), from SIGTERM {}; \
-         loss detected {}; dials per agent p50 {} max {}; reconnects per second {:?}",
+         loss detected {} ({late_detection} later than 5 s); up again after own detection {}; \
+         dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers); \
+         reconnects per second {:?}",
         args.agents,
         rss_before,
         rss_after,
@@ -289,6 +320,7 @@ async fn measure(
         if reconnect_met { "met" } else { "MISSED" },
         pt.human_ms(),
         pd.human_ms(),
+        pl.human_ms(),
         pa.p50.as_secs(),
         pa.max.as_secs(),
         histogram,

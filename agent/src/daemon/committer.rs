@@ -101,7 +101,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_producers_each_get_their_own_durable_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = AgentDb::open(&dir.path().join("agent.redb")).expect("db");
+        let db = AgentDb::open(dir.path().join("agent.redb")).expect("db");
         let outbox = Outbox::open(
             &db,
             OutboxLimits {

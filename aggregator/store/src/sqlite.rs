@@ -3,11 +3,13 @@
 //! Durability: `synchronous=FULL`. In WAL mode NORMAL only syncs the WAL at checkpoints, so a commit that was
 //! acknowledged to an agent (which then deletes the records) could be lost on power failure; FULL syncs the WAL
 //! on every commit, which is what "commit, then acknowledge" needs. The price is one fsync per commit (3.1 ms on
-//! the reference machine): `benches/ingest.rs` measured ~24-36k records/s with FULL against ~39-72k with NORMAL
-//! for 100-record batches, and no real difference for 1,000-record batches (~75k/s, CPU-bound), so agents
-//! should send large batches. Write transactions start with
-//! `BEGIN IMMEDIATE` so they take the write lock up front and wait on `busy_timeout` instead of failing with
-//! SQLITE_BUSY when they upgrade from a read; readers never block writers in WAL mode.
+//! the reference machine): `benches/ingest.rs` measured ~22-36k records/s with FULL against ~39-72k with NORMAL
+//! for 100-record batches, and no clear difference for 1,000-record batches (~68-80k/s, CPU-bound), so agents
+//! should send large batches.
+//!
+//! Concurrency: write transactions start with `BEGIN IMMEDIATE`, so they take the write lock up front and wait
+//! on `busy_timeout` instead of failing with SQLITE_BUSY when they upgrade from a read; readers never block the
+//! writer in WAL mode.
 
 use std::collections::HashMap;
 use std::path::Path;
