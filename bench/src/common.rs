@@ -402,6 +402,25 @@ pub fn udp_rcvbuf_errors() -> anyhow::Result<u64> {
         .parse()?)
 }
 
+/// Datagrams dropped per local UDP port on 127.0.0.1/0.0.0.0 sockets (`drops` column of `/proc/net/udp`).
+pub fn udp_drops_by_port() -> anyhow::Result<std::collections::HashMap<u16, u64>> {
+    let table = std::fs::read_to_string("/proc/net/udp")?;
+    let mut out = std::collections::HashMap::new();
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(drops)) = (cols.get(1), cols.last()) else {
+            continue;
+        };
+        let Some((_, port)) = local.split_once(':') else {
+            continue;
+        };
+        if let (Ok(port), Ok(drops)) = (u16::from_str_radix(port, 16), drops.parse::<u64>()) {
+            *out.entry(port).or_default() += drops;
+        }
+    }
+    Ok(out)
+}
+
 /// The admin HTTP API of one aggregator.
 #[derive(Clone)]
 pub struct Api {

@@ -176,6 +176,16 @@ async fn measure(
 
     // Restart on the same ports; agents find out and come back with jittered backoff.
     let udp_drops1 = common::udp_rcvbuf_errors()?;
+    let client_ports: Vec<u16> = endpoints
+        .iter()
+        .filter_map(|e| e.local_addr().ok())
+        .map(|a| a.port())
+        .collect();
+    let ports_before = common::udp_drops_by_port()?;
+    let client_drops = |m: &std::collections::HashMap<u16, u64>| {
+        client_ports.iter().filter_map(|p| m.get(p)).sum::<u64>()
+    };
+    let connect_drops_server = ports_before.get(&quic.port()).copied().unwrap_or(0);
     let term_at = Instant::now();
     let shutdown = agg.terminate(Duration::from_secs(30)).await?;
     let exited_at = Instant::now();
@@ -214,6 +224,10 @@ async fn measure(
     }
     let all_back = Instant::now();
     let restart_udp_drops = common::udp_rcvbuf_errors()? - udp_drops1;
+    let ports_after = common::udp_drops_by_port()?;
+    let restart_drops_server = ports_after.get(&quic.port()).copied().unwrap_or(0);
+    let restart_drops_clients =
+        client_drops(&ports_after).saturating_sub(client_drops(&ports_before));
     let after_loss: Vec<Duration> = track
         .iter()
         .filter_map(|t| Some(t.up_again?.saturating_duration_since(t.down?)))
@@ -278,6 +292,7 @@ async fn measure(
         "connect_s": round(connect_time.as_secs_f64(), 2),
         "connect_cpu_ms": connect_cpu_ms,
         "connect_udp_rcvbuf_drops": connect_udp_drops,
+        "connect_udp_drops_at": { "aggregator_socket": connect_drops_server, "agent_sockets": client_drops(&ports_before) },
         "connect_aggregator_cpu_s_by_thread": connect_threads.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
         "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
         "kib_per_idle_agent": round(per_agent_kib, 1),
@@ -296,6 +311,7 @@ async fn measure(
             "loss_detected_later_than_5s": late_detection,
             "up_after_own_loss_detection_ms": pl.json_ms(),
             "udp_rcvbuf_drops": restart_udp_drops,
+            "udp_drops_at": { "new_aggregator_socket": restart_drops_server, "agent_sockets": restart_drops_clients },
             "dial_attempts": { "p50": pa.p50.as_secs(), "p99": pa.p99.as_secs(), "max": pa.max.as_secs() },
             "reconnects_per_second_after_ready": histogram,
         },
@@ -306,7 +322,8 @@ async fn measure(
         "idle: {} agents, aggregator RSS {} -> {} KiB = {:.1} KiB per idle agent (goal <= {GOAL_KIB_PER_AGENT}: {}); \
          restart: shutdown {:.2} s, {back}/{} back, from serving-again {} (goal all <= {} s: {}), from SIGTERM {}; \
          loss detected {} ({late_detection} later than 5 s); up again after own detection {}; \
-         dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers); \
+         dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers; \
+         {restart_drops_server} at the new aggregator socket, {restart_drops_clients} at agent sockets); \
          reconnects per second {:?}",
         args.agents,
         rss_before,

@@ -18,18 +18,32 @@ pub(crate) const MAX_GROUP: usize = 512;
 
 type Reply = oneshot::Sender<Result<AppendOutcome, OutboxError>>;
 
-/// Handle to the committer thread; the thread stops when the last handle is dropped.
+/// Handle to the committer thread. Dropping it closes the queue and joins the thread, so the outbox (and the
+/// database file lock it holds) is released by the time the drop returns.
 pub(crate) struct Committer {
-    tx: mpsc::Sender<(NewRecord, Reply)>,
+    tx: Option<mpsc::Sender<(NewRecord, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Committer {
     pub(crate) fn spawn(outbox: Outbox) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(NewRecord, Reply)>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gait-outbox-commit".into())
             .spawn(move || run(outbox, rx))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queue `record`; the answer arrives once it is durable (or refused).
@@ -40,7 +54,8 @@ impl Committer {
             seq: 0,
             detail: "the outbox commit thread stopped".into(),
         };
-        self.tx.send((record, reply)).map_err(|_| gone())?;
+        let tx = self.tx.as_ref().ok_or_else(gone)?;
+        tx.send((record, reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
