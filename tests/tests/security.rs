@@ -168,9 +168,11 @@ fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_
             "oversized length header",
             vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
         ),
-        ("garbage body", {
-            let mut v = 5u32.to_be_bytes().to_vec();
-            v.extend_from_slice(&[0x07, 0x09, 0xff, 0xff, 0xff]);
+        ("malformed body", {
+            // V1 envelope, Hello variant, then a string length that runs past the end of the body.
+            let body = [0x00, 0x00, 0xff, 0xff, 0x03, b'x'];
+            let mut v = (body.len() as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(&body);
             v
         }),
         ("truncated frame", vec![0, 0, 0, 100, 1, 2]),
