@@ -63,6 +63,10 @@ pub use state::{ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo,
 
 /// A connection that stayed up this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Deadline for the QUIC + TLS handshake. A handshake whose first packets were dropped (a full server socket
+/// while a whole fleet reconnects) retransmits after about 1 s and 3 s; giving up at 5 s and redialling with a
+/// fresh connection after the jittered backoff recovers sooner than waiting out the next, 4 s retransmission.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time allowed for tasks to finish after shutdown was requested.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// QUIC keep-alive interval; the connection is declared dead after three missed intervals (15 s).

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod policy_check;
+pub mod presence;
 pub mod registry;
 pub mod serve;
 pub mod tls;

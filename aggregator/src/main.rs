@@ -84,6 +84,11 @@ struct ServeArgs {
     /// DNS names / IPs for the server certificate when the CA is created on first start (repeatable).
     #[arg(long = "server-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
     server_names: Vec<String>,
+    /// Kernel receive/send buffer for the QUIC UDP socket, in bytes. A large buffer keeps handshakes from being
+    /// dropped when a whole fleet reconnects after a restart; Linux caps it at net.core.rmem_max (the granted
+    /// size is logged at start). 0 keeps the system default.
+    #[arg(long, default_value_t = serve::DEFAULT_UDP_BUFFER_BYTES, env = "GAIT_UDP_BUFFER_BYTES")]
+    udp_buffer_bytes: usize,
     /// Seconds to wait for in-flight work after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     grace_seconds: u64,
@@ -141,6 +146,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config.quic_listen = args.quic_listen;
             config.http_listen = args.http_listen;
             config.server_names = args.server_names;
+            config.udp_buffer_bytes = args.udp_buffer_bytes;
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             let running = serve::start(config, shutdown)

@@ -23,6 +23,7 @@ pub const BUNDLES_SERVED: &str = "gait_aggregator_bundles_served_total";
 pub const BUNDLE_REFUSALS_REPORTED: &str = "gait_aggregator_bundle_refusals_reported_total";
 pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
+pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -88,6 +89,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Bundle long-polls currently waiting.",
     ),
     (HTTP_REQUESTS, "counter", "HTTP API requests served."),
+    (
+        PRESENCE_COMMITS,
+        "counter",
+        "Group commits of agent hellos and last-seen refreshes.",
+    ),
 ];
 
 /// A counter's identity: metric name and an optional (label, value) pair.

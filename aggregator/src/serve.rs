@@ -47,7 +47,13 @@ pub struct ServeConfig {
     pub transport: TransportTuning,
     /// How often the revocation list is reloaded from the store.
     pub revocation_refresh: Duration,
+    /// Receive and send buffer asked of the kernel for the QUIC UDP socket, in bytes. Large enough to hold the
+    /// burst of handshakes when a whole fleet reconnects; Linux caps it at `net.core.rmem_max`/`wmem_max`.
+    pub udp_buffer_bytes: usize,
 }
+
+/// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
+pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 
 impl ServeConfig {
     /// Embedded defaults rooted at `data_dir`.
@@ -61,6 +67,7 @@ impl ServeConfig {
             bundle_defaults: BundleDefaults::default(),
             transport: TransportTuning::default(),
             revocation_refresh: Duration::from_secs(1),
+            udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
         }
     }
 
@@ -245,12 +252,13 @@ pub async fn start(
         &config.transport,
     )?;
     let reset_key = load_or_create_reset_key(&config.key_dir())?;
-    let socket =
-        std::net::UdpSocket::bind(config.quic_listen).map_err(|source| ServeError::Bind {
+    let socket = bind_udp(config.quic_listen, config.udp_buffer_bytes).map_err(|source| {
+        ServeError::Bind {
             addr: config.quic_listen,
             what: "QUIC/UDP",
             source,
-        })?;
+        }
+    })?;
     let runtime = quinn::default_runtime().ok_or_else(|| ServeError::Bind {
         addr: config.quic_listen,
         what: "QUIC/UDP",
@@ -380,4 +388,43 @@ fn spawn_housekeeping(
             }
         }
     });
+}
+
+/// Bind the QUIC socket with kernel buffers of `buffer` bytes.
+///
+/// The default receive buffer (about 208 KiB on Linux) overflows when thousands of agents reconnect at once
+/// after a restart: every dropped Initial costs that agent a retransmission timeout of a second or more. The
+/// kernel silently caps the request at `net.core.rmem_max`, so the size actually granted is logged, with the
+/// sysctl to raise when it falls short.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        if let Err(e) = socket.set_recv_buffer_size(buffer) {
+            warn!(error = %e, requested = buffer, "cannot set the QUIC socket receive buffer");
+        }
+        if let Err(e) = socket.set_send_buffer_size(buffer) {
+            warn!(error = %e, requested = buffer, "cannot set the QUIC socket send buffer");
+        }
+        let granted = socket.recv_buffer_size().unwrap_or(0);
+        // Linux reports twice the usable size it granted (the doubling covers its own bookkeeping).
+        let usable = if cfg!(target_os = "linux") {
+            granted / 2
+        } else {
+            granted
+        };
+        if usable < buffer {
+            warn!(
+                requested = buffer,
+                granted = usable,
+                "the kernel capped the QUIC receive buffer; a fleet reconnecting at once may see dropped \
+                 handshakes. Raise it with `sysctl -w net.core.rmem_max=<bytes>` (see deploy/sysctl.d)"
+            );
+        } else {
+            info!(bytes = usable, "QUIC socket receive buffer");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }

@@ -2,8 +2,8 @@
 //! client endpoints) connect, say `Hello` and park a `PollBundle` long-poll, like an idle `gait-agent`. The
 //! aggregator child's VmRSS before and after gives the memory per idle connection. Then the aggregator is
 //! restarted (SIGTERM, start again on the same ports) and every agent reconnects the way the real agent does:
-//! full-jitter exponential backoff (`gait_agent::backoff`, base 200 ms, cap 30 s), 15 s connect deadline. The
-//! report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
+//! full-jitter exponential backoff (`gait_agent::backoff`, base 200 ms, cap 30 s) and the agent's handshake
+//! deadline (`gait_agent::daemon::CONNECT_TIMEOUT`). The report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::common::{self, AggregatorProc, CommonArgs, Database, Percentiles, Sco
 const GOAL_KIB_PER_AGENT: f64 = 100.0;
 const GOAL_RECONNECT: Duration = Duration::from_secs(10);
 /// The real agent's handshake deadline (`gait-agent` daemon session).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = gait_agent::daemon::CONNECT_TIMEOUT;
 /// Extra time allowed for a long-poll reply beyond its wait (as the real agent).
 const POLL_GRACE: Duration = Duration::from_secs(10);
 

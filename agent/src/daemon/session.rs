@@ -15,14 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exchange::{self, ExchangeError};
-use super::{AgentState, STABLE_CONNECTION, activation};
+use super::{AgentState, CONNECT_TIMEOUT, STABLE_CONNECTION, activation};
 use crate::backoff::Backoff;
 use crate::outbox::OutboxError;
 
 /// Deadline for resolving the aggregator's name.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for the QUIC + TLS handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Deadline for any reply other than a long-poll.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time allowed for a long-poll reply beyond its `wait_ms`.

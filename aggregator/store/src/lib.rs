@@ -97,22 +97,81 @@ impl Store {
         hello: &AgentHello,
         now_ms: i64,
     ) -> Result<AgentCursor, StoreError> {
-        key.validate()?;
-        let serial = hello.validate()?;
-        dispatch!(self, s => s.agent_connected(key, hello, &serial, now_ms).await)
+        let mut results = self.agents_connected(&[(key, hello)], now_ms).await?;
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError::invalid(
+                "hello",
+                "no result for the agent (store bug)",
+            ))
+        })
+    }
+
+    /// [`Store::agent_connected`] for many agents at once: the valid hellos are written in one transaction, so a
+    /// burst of reconnects costs one commit instead of one each. Returns one result per input, in order: an
+    /// invalid hello gets its own validation error and does not affect the others. The outer error means the
+    /// transaction itself failed and nothing was written.
+    pub async fn agents_connected(
+        &self,
+        hellos: &[(&AgentKey, &AgentHello)],
+        now_ms: i64,
+    ) -> Result<Vec<Result<AgentCursor, StoreError>>, StoreError> {
+        let mut results: Vec<Result<AgentCursor, StoreError>> = Vec::with_capacity(hellos.len());
+        let mut valid = Vec::with_capacity(hellos.len());
+        for (key, hello) in hellos {
+            match key.validate().and_then(|()| hello.validate()) {
+                Ok(serial) => {
+                    valid.push((*key, *hello, serial));
+                    // Placeholder, replaced by the cursor below.
+                    results.push(Ok(AgentCursor {
+                        committed_seq: 0,
+                        committed_hash: [0; 32],
+                    }));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if valid.is_empty() {
+            return Ok(results);
+        }
+        let cursors = dispatch!(self, s => s.agents_connected(&valid, now_ms).await)?;
+        let mut cursors = cursors.into_iter();
+        for slot in results.iter_mut().filter(|r| r.is_ok()) {
+            match cursors.next() {
+                Some(cursor) => *slot = Ok(cursor),
+                None => {
+                    return Err(StoreError::invalid(
+                        "hello",
+                        "fewer cursors than hellos (store bug)",
+                    ));
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// Moves the agent's `last_seen` forward (never backward).
     pub async fn agent_seen(&self, key: &AgentKey, now_ms: i64) -> Result<(), StoreError> {
         key.validate()?;
-        let found = dispatch!(self, s => s.agent_seen(key, now_ms).await)?;
-        if found {
+        let found = dispatch!(self, s => s.agents_seen(&[key], now_ms).await)?;
+        if found > 0 {
             Ok(())
         } else {
             Err(StoreError::UnknownAgent {
                 agent: key.to_string(),
             })
         }
+    }
+
+    /// Moves `last_seen` forward for many agents in one transaction; unknown agents are skipped. Returns how
+    /// many agents were found.
+    pub async fn agents_seen(&self, keys: &[&AgentKey], now_ms: i64) -> Result<u64, StoreError> {
+        for key in keys {
+            key.validate()?;
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        dispatch!(self, s => s.agents_seen(keys, now_ms).await)
     }
 
     /// Records what the agent did with a bundle: received, activated, or refused (with the reason).

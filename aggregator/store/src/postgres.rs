@@ -73,13 +73,13 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn agent_connected(
+    /// Upserts every agent's row from its hello in one transaction (one commit for a burst of reconnects) and
+    /// returns each agent's cursor, in input order. Inputs are validated by the caller.
+    pub(crate) async fn agents_connected(
         &self,
-        key: &AgentKey,
-        hello: &AgentHello,
-        serial: &str,
+        hellos: &[(&AgentKey, &AgentHello, String)],
         now_ms: i64,
-    ) -> Result<AgentCursor, StoreError> {
+    ) -> Result<Vec<AgentCursor>, StoreError> {
         const SQL: &str = "INSERT INTO agents (org, project, env, agent_id, cert_serial, first_seen_unix_ms, \
              last_seen_unix_ms, remote_addr, agent_version, active_bundle_epoch, active_bundle_digest, \
              active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, outbox_depth, shed_total) \
@@ -95,47 +95,68 @@ impl PgStore {
              received_bundle_digest = EXCLUDED.received_bundle_digest, \
              outbox_depth = EXCLUDED.outbox_depth, shed_total = EXCLUDED.shed_total \
              RETURNING committed_seq, committed_hash";
-        let active = hello.active_bundle.as_ref();
-        let received = hello.received_bundle.as_ref();
-        let row = sqlx::query(SQL)
-            .bind(&key.tenant.org)
-            .bind(&key.tenant.project)
-            .bind(&key.tenant.env)
-            .bind(&key.agent_id)
-            .bind(serial)
-            .bind(now_ms)
-            .bind(&hello.remote_addr)
-            .bind(&hello.agent_version)
-            .bind(
-                active
-                    .map(|b| to_i64("hello.active_bundle.epoch", b.epoch))
-                    .transpose()?,
-            )
-            .bind(active.map(|b| b.digest.as_str()))
-            .bind(active.map(|b| b.since_unix_ms))
-            .bind(
-                received
-                    .map(|b| to_i64("hello.received_bundle.epoch", b.epoch))
-                    .transpose()?,
-            )
-            .bind(received.map(|b| b.digest.as_str()))
-            .bind(to_i64("hello.outbox_depth", hello.outbox_depth)?)
-            .bind(to_i64("hello.shed_total", hello.shed_total)?)
-            .fetch_one(&self.pool)
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map_err(db("agent_connected"))?;
-        rows::cursor_row(&row)
+            .map_err(db("agents_connected: begin"))?;
+        let mut cursors = Vec::with_capacity(hellos.len());
+        for (key, hello, serial) in hellos {
+            let active = hello.active_bundle.as_ref();
+            let received = hello.received_bundle.as_ref();
+            let row = sqlx::query(SQL)
+                .bind(&key.tenant.org)
+                .bind(&key.tenant.project)
+                .bind(&key.tenant.env)
+                .bind(&key.agent_id)
+                .bind(serial)
+                .bind(now_ms)
+                .bind(&hello.remote_addr)
+                .bind(&hello.agent_version)
+                .bind(
+                    active
+                        .map(|b| to_i64("hello.active_bundle.epoch", b.epoch))
+                        .transpose()?,
+                )
+                .bind(active.map(|b| b.digest.as_str()))
+                .bind(active.map(|b| b.since_unix_ms))
+                .bind(
+                    received
+                        .map(|b| to_i64("hello.received_bundle.epoch", b.epoch))
+                        .transpose()?,
+                )
+                .bind(received.map(|b| b.digest.as_str()))
+                .bind(to_i64("hello.outbox_depth", hello.outbox_depth)?)
+                .bind(to_i64("hello.shed_total", hello.shed_total)?)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("agents_connected"))?;
+            cursors.push(rows::cursor_row(&row)?);
+        }
+        tx.commit().await.map_err(db("agents_connected: commit"))?;
+        Ok(cursors)
     }
 
-    pub(crate) async fn agent_seen(&self, key: &AgentKey, now_ms: i64) -> Result<bool, StoreError> {
+    /// Moves `last_seen` forward for every agent in one transaction; returns how many rows exist.
+    pub(crate) async fn agents_seen(
+        &self,
+        keys: &[&AgentKey],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         const SQL: &str = "UPDATE agents SET last_seen_unix_ms = GREATEST(last_seen_unix_ms, $5) \
              WHERE org = $1 AND project = $2 AND env = $3 AND agent_id = $4";
-        let done = bind_key(sqlx::query(SQL), key)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db("agent_seen"))?;
-        Ok(done.rows_affected() > 0)
+        let mut tx = self.pool.begin().await.map_err(db("agents_seen: begin"))?;
+        let mut found = 0;
+        for key in keys {
+            let done = bind_key(sqlx::query(SQL), key)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("agents_seen"))?;
+            found += done.rows_affected();
+        }
+        tx.commit().await.map_err(db("agents_seen: commit"))?;
+        Ok(found)
     }
 
     pub(crate) async fn record_bundle_report(

@@ -139,6 +139,7 @@ gait_store::store_tests!(
     bundle_reports_update_the_agent_row,
     concurrent_redelivery_of_one_batch_stores_it_once,
     concurrent_publishes_of_one_epoch_admit_exactly_one,
+    hellos_and_last_seen_are_written_in_batches,
 );
 
 async fn migrations_are_idempotent_and_keep_data(db: &TestStore) -> Result<()> {
@@ -843,5 +844,64 @@ async fn open_sqlite_file_creates_the_directory_and_reopens_the_same_data() -> R
     ensure!(reopened.count_records(&k).await? == 2);
     let cursor = connected(&reopened, &k).await?;
     ensure!(cursor.committed_seq == 2 && cursor.committed_hash == hash(2, 1));
+    Ok(())
+}
+
+async fn hellos_and_last_seen_are_written_in_batches(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let (a, b, c) = (
+        key("acme", "agent-a"),
+        key("acme", "agent-b"),
+        key("acme", "agent-c"),
+    );
+    connected(store, &a).await?;
+    store.commit_batch(&a, &chain(1, 4, 7), NOW).await?;
+
+    let mut bad = hello("0c");
+    bad.agent_version = "x".repeat(100_000);
+    let (ha, hb, hc) = (hello("0a"), bad, hello("0c"));
+    let results = store
+        .agents_connected(&[(&a, &ha), (&b, &hb), (&c, &hc)], NOW + 50)
+        .await?;
+    ensure!(results.len() == 3, "one result per hello: {results:?}");
+    match &results[0] {
+        Ok(cursor) => ensure!(
+            *cursor
+                == AgentCursor {
+                    committed_seq: 4,
+                    committed_hash: hash(4, 7)
+                },
+            "agent a resumes after its committed records: {cursor:?}"
+        ),
+        Err(e) => bail!("agent a refused: {e}"),
+    }
+    ensure!(
+        matches!(&results[1], Err(StoreError::InvalidInput { field, .. }) if field == "hello.agent_version"),
+        "the invalid hello gets its own error: {:?}",
+        results[1]
+    );
+    ensure!(
+        matches!(
+            results[2],
+            Ok(AgentCursor {
+                committed_seq: 0,
+                ..
+            })
+        ),
+        "agent c is new: {:?}",
+        results[2]
+    );
+    ensure!(agent_row(store, &c).await?.last_seen_unix_ms == NOW + 50);
+    ensure!(
+        agent_row(store, &b).await.is_err(),
+        "nothing written for the invalid hello"
+    );
+
+    // last_seen moves forward for the known agents, never back, and unknown agents are skipped.
+    let found = store.agents_seen(&[&a, &b, &c], NOW + 900).await?;
+    ensure!(found == 2, "two known agents, got {found}");
+    store.agents_seen(&[&a], NOW + 100).await?;
+    ensure!(agent_row(store, &a).await?.last_seen_unix_ms == NOW + 900);
+    ensure!(store.agents_seen(&[], NOW).await? == 0);
     Ok(())
 }
