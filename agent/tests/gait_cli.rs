@@ -1321,3 +1321,77 @@ fn signed_runpacks_verify_with_the_right_key_only() -> Result<()> {
     assert!(out.get("signatures_valid").is_none());
     Ok(())
 }
+
+/// Every object key upper-cased (Go's decoder still matches them to the struct fields).
+fn upper_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.to_ascii_uppercase(), upper_keys(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(upper_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn gaits_trace_and_a_registry_with_upper_case_keys_are_read_like_go_reads_them() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    // Gait's own trace, every key upper-cased plus an unknown member: still verified over the projection.
+    let mut trace = upper_keys(&read_json(
+        &conformance().join("artifacts/trace_endpoint_block.json"),
+    )?);
+    trace["ENTERPRISE_EXTENSION"] = serde_json::json!({"tenant": "acme"});
+    let trace_path = work.path().join("trace_upper.json");
+    fs::write(&trace_path, serde_json::to_vec_pretty(&trace)?)?;
+    let public = conformance().join("artifacts/gait_public.key");
+    let got = run(
+        [
+            "trace",
+            "verify",
+            &p(&trace_path),
+            "--public-key",
+            &p(&public),
+            "--json",
+        ],
+        work.path(),
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["signature_status"], "verified");
+    assert_eq!(out["verdict"], "block");
+
+    // A signed registry written with upper-case keys still pre-approves the script.
+    let dir = scenario("approved-registry-signature-mismatch-high-risk");
+    let keys = keys(work.path())?;
+    let base = [
+        "gate".to_owned(),
+        "eval".into(),
+        "--policy".into(),
+        p(&dir.join("policy.yaml")),
+        "--intent".into(),
+        p(&dir.join("intent.json")),
+        "--json".into(),
+    ];
+    let plain = run(&base, work.path())?.json()?;
+    let policy_digest = plain["policy_digest"].as_str().context("policy_digest")?;
+    let script_hash = plain["script_hash"].as_str().context("script_hash")?;
+    let entry = signed_registry_entry(&keys.key, policy_digest, script_hash);
+    let registry = work.path().join("approved_scripts_upper.json");
+    fs::write(
+        &registry,
+        serde_json::to_vec_pretty(&upper_keys(&serde_json::json!({"entries": [entry]})))?,
+    )?;
+    let mut args: Vec<String> = base.to_vec();
+    args.extend([
+        "--approved-script-registry".into(),
+        p(&registry),
+        "--approved-script-public-key".into(),
+        p(&keys.public),
+    ]);
+    let got = run(&args, work.path())?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    assert_eq!(got.json()?["pre_approved"], true);
+    Ok(())
+}

@@ -552,9 +552,7 @@ fn check_delegation(
     for path in &paths {
         let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
             .map_err(|e| invalid(format!("read delegation token: {e}")))?;
-        let token = gait_canon::parse_json(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|_| LoadedDelegationToken::from_bytes(&bytes).map_err(|e| e.to_string()))
+        let token = LoadedDelegationToken::from_bytes(&bytes)
             .map_err(|e| invalid(format!("parse delegation token: {e}")))?;
         loaded.push(token);
         raw_tokens.push(bytes);
@@ -661,13 +659,9 @@ struct ApprovalResult {
 fn read_approval_token(path: &Path) -> Result<(Vec<u8>, ApprovalToken), CliError> {
     let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
         .map_err(|e| invalid(format!("read approval token: {e}")))?;
-    let parse = |e: &dyn std::fmt::Display| invalid(format!("parse approval token: {e}"));
-    let Value::Object(object) = gait_canon::parse_json(&bytes).map_err(|e| parse(&e))? else {
-        return Err(parse(&"token must be a JSON object"));
-    };
-    let present: Map<String, Value> = object.into_iter().filter(|(_, v)| !v.is_null()).collect();
-    let token: ApprovalToken =
-        serde_json::from_value(Value::Object(present)).map_err(|e| parse(&e))?;
+    // Go's decoder: keys in any case, unknown keys ignored, repeated keys resolved as Go does.
+    let token: ApprovalToken = gait_canon::gojson::from_slice(&bytes)
+        .map_err(|e| invalid(format!("parse approval token: {e}")))?;
     Ok((bytes, token))
 }
 

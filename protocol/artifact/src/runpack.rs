@@ -391,15 +391,13 @@ pub fn read_runpack(bytes: &[u8]) -> Result<Runpack, RunpackError> {
         zip.read(name)?.ok_or(RunpackError::MissingEntry(name))
     };
     let parse = |entry: &'static str| move |source| RunpackError::Parse { entry, source };
-    let manifest = check::decode::<Manifest>(record::MANIFEST_SCHEMA_ID, &entry("manifest.json")?)
-        .map_err(parse("manifest.json"))?
-        .1;
-    let run = check::decode::<RunRecord>(record::RUN_SCHEMA_ID, &entry("run.json")?)
-        .map_err(parse("run.json"))?
-        .1;
-    let refs = check::decode::<Refs>(record::REFS_SCHEMA_ID, &entry("refs.json")?)
-        .map_err(parse("refs.json"))?
-        .1;
+    let manifest =
+        check::decode_typed::<Manifest>(record::MANIFEST_SCHEMA_ID, &entry("manifest.json")?)
+            .map_err(parse("manifest.json"))?;
+    let run = check::decode_typed::<RunRecord>(record::RUN_SCHEMA_ID, &entry("run.json")?)
+        .map_err(parse("run.json"))?;
+    let refs = check::decode_typed::<Refs>(record::REFS_SCHEMA_ID, &entry("refs.json")?)
+        .map_err(parse("refs.json"))?;
     let intents = record::parse_intents_jsonl(&entry("intents.jsonl")?).map_err(|source| {
         RunpackError::Jsonl {
             entry: "intents.jsonl",

@@ -364,21 +364,21 @@ fn check_run_id(c: &mut Checker, run_id: &str) {
 
 /// Parse and validate `manifest.json`.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, DecodeError> {
-    let (_, manifest) = check::decode::<Manifest>(MANIFEST_SCHEMA_ID, bytes)?;
+    let manifest = check::decode_typed::<Manifest>(MANIFEST_SCHEMA_ID, bytes)?;
     manifest.validate()?;
     Ok(manifest)
 }
 
 /// Parse and validate `run.json`.
 pub fn parse_run(bytes: &[u8]) -> Result<RunRecord, DecodeError> {
-    let (_, run) = check::decode::<RunRecord>(RUN_SCHEMA_ID, bytes)?;
+    let run = check::decode_typed::<RunRecord>(RUN_SCHEMA_ID, bytes)?;
     run.validate()?;
     Ok(run)
 }
 
 /// Parse and validate `refs.json`.
 pub fn parse_refs(bytes: &[u8]) -> Result<Refs, DecodeError> {
-    let (_, refs) = check::decode::<Refs>(REFS_SCHEMA_ID, bytes)?;
+    let refs = check::decode_typed::<Refs>(REFS_SCHEMA_ID, bytes)?;
     refs.validate()?;
     Ok(refs)
 }
@@ -412,12 +412,10 @@ fn parse_jsonl<T: serde::de::DeserializeOwned>(
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(i, line)| {
-            check::decode::<T>(schema_id, line)
-                .map(|(_, record)| record)
-                .map_err(|source| JsonlError {
-                    line: i + 1,
-                    source,
-                })
+            check::decode_typed::<T>(schema_id, line).map_err(|source| JsonlError {
+                line: i + 1,
+                source,
+            })
         })
         .collect()
 }
