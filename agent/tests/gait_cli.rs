@@ -1395,3 +1395,176 @@ fn gaits_trace_and_a_registry_with_upper_case_keys_are_read_like_go_reads_them()
     assert_eq!(got.json()?["pre_approved"], true);
     Ok(())
 }
+
+const CONTEXT_POLICY: &str = "\
+default_verdict: block
+rules:
+  - name: read-with-context
+    priority: 10
+    effect: allow
+    require_context_evidence: true
+    required_context_evidence_mode: required
+    max_context_age_seconds: 600
+    match:
+      tool_names: [tool.read]
+";
+
+/// A `gait.context.envelope` whose one record was retrieved `age_seconds` ago, sealed with the digest computed
+/// here (JCS over the records array), independently of the agent's envelope code.
+fn context_envelope(age_seconds: i64) -> Result<Value> {
+    let retrieved = time::OffsetDateTime::now_utc() - time::Duration::seconds(age_seconds);
+    let retrieved = retrieved
+        .replace_nanosecond(0)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let records = serde_json::json!([{
+        "ref_id": "ctx_001",
+        "source_type": "doc_store",
+        "source_locator": "docs://policies/security.md",
+        "query_digest": "1".repeat(64),
+        "content_digest": "2".repeat(64),
+        "retrieved_at": retrieved,
+        "redaction_mode": "reference",
+        "immutability": "immutable",
+    }]);
+    Ok(serde_json::json!({
+        "schema_id": "gait.context.envelope",
+        "schema_version": "1.0.0",
+        "created_at": retrieved,
+        "producer_version": "0.0.0-dev",
+        "context_set_id": "ctx_set_demo",
+        "context_set_digest": gait_canon::digest_jcs(&records),
+        "evidence_mode": "required",
+        "records": records,
+    }))
+}
+
+#[test]
+fn context_envelope_binds_verified_evidence_and_a_tampered_one_is_refused() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let policy = work.path().join("policy.yaml");
+    fs::write(&policy, CONTEXT_POLICY)?;
+    // The intent claims evidence itself: unauthenticated, so stripped without an envelope.
+    let intent = work.path().join("intent.json");
+    fs::write(
+        &intent,
+        serde_json::to_vec(&serde_json::json!({
+            "schema_id": "gait.gate.intent_request",
+            "schema_version": "1.0.0",
+            "created_at": "2026-02-14T00:00:00Z",
+            "producer_version": "test",
+            "tool_name": "tool.read",
+            "args": {"path": "/tmp/report.txt"},
+            "targets": [{"kind": "path", "value": "/tmp/report.txt", "operation": "read"}],
+            "context": {
+                "identity": "alice",
+                "workspace": "/tmp",
+                "risk_class": "low",
+                "context_set_digest": "a".repeat(64),
+                "context_evidence_mode": "required",
+                "auth_context": {"context_age_seconds": 1}
+            }
+        }))?,
+    )?;
+    let eval = |extra: &[String]| -> Result<Run> {
+        let mut args = vec![
+            "gate".to_owned(),
+            "eval".into(),
+            "--policy".into(),
+            p(&policy),
+            "--intent".into(),
+            p(&intent),
+            "--json".into(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, work.path())
+    };
+
+    let without = eval(&[])?;
+    assert_eq!(without.code, 3, "{}", without.stdout);
+    let out = without.json()?;
+    assert_eq!(out["verdict"], "block");
+    assert!(
+        strings(out.get("reason_codes")).contains(&"context_evidence_missing".to_owned()),
+        "{out:?}"
+    );
+    assert!(out.get("context_set_digest").is_none(), "{out:?}");
+    let stripped_digest = out["intent_digest"].clone();
+
+    let envelope = work.path().join("context.json");
+    let sealed = context_envelope(30)?;
+    fs::write(&envelope, serde_json::to_vec_pretty(&sealed)?)?;
+    let flag = ["--context-envelope".to_owned(), p(&envelope)];
+    // The intent's own digest claim contradicts the envelope: invalid input.
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    assert!(
+        got.json()?["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("context envelope digest does not match"),
+        "{}",
+        got.stdout
+    );
+
+    // Without the contradicting claim the verified envelope grants the call.
+    let mut doc = read_json(&intent)?;
+    doc["context"]
+        .as_object_mut()
+        .context("context")?
+        .remove("context_set_digest");
+    fs::write(&intent, serde_json::to_vec(&doc)?)?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert_eq!(out["context_set_digest"], sealed["context_set_digest"]);
+    assert_eq!(out["context_evidence_mode"], "required");
+    assert_eq!(out["context_ref_count"], 1);
+    assert_eq!(out["context_source"], "context_envelope");
+    assert_ne!(out["intent_digest"], stripped_digest);
+    let trace = read_json(
+        &work
+            .path()
+            .join(out["trace_path"].as_str().context("trace_path")?),
+    )?;
+    assert_eq!(trace["context_set_digest"], sealed["context_set_digest"]);
+    assert_eq!(trace["context_source"], "context_envelope");
+
+    // Evidence older than max_context_age_seconds blocks.
+    fs::write(
+        &envelope,
+        serde_json::to_vec_pretty(&context_envelope(3600)?)?,
+    )?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    assert!(
+        strings(got.json()?.get("reason_codes")).contains(&"context_freshness_exceeded".to_owned()),
+        "{}",
+        got.stdout
+    );
+
+    // A record changed after sealing: refused with Gait's invalid-input envelope.
+    let mut tampered = sealed;
+    tampered["records"][0]["source_locator"] = Value::String("docs://elsewhere.md".into());
+    fs::write(&envelope, serde_json::to_vec_pretty(&tampered)?)?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["ok"], false);
+    assert_eq!(out["error_code"], "invalid_input");
+    assert_eq!(out["error_category"], "invalid_input");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("context_set_digest mismatch"),
+        "{out:?}"
+    );
+    // A missing envelope file is invalid input too.
+    let got = eval(&[
+        "--context-envelope".to_owned(),
+        p(&work.path().join("nope.json")),
+    ])?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    Ok(())
+}

@@ -13,6 +13,7 @@ use gait_artifact::GoTime;
 use gait_artifact::approval::{
     ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token,
 };
+use gait_artifact::context::{MAX_ENVELOPE_BYTES, parse_context_envelope};
 use gait_artifact::delegation::{
     ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
 };
@@ -23,7 +24,7 @@ use gait_policy::gate::{
     apply_broker, apply_delegation, apply_destructive_budget, apply_rate_limit, apply_simulate,
     result_created_at,
 };
-use gait_policy::intent::prepare_for_evaluation;
+use gait_policy::intent::{ContextEvidence, prepare_for_evaluation};
 use gait_policy::policy::RateLimitPolicy;
 use gait_policy::{
     EvalOptions, EvalOutcome, IntentRequest, NormalizedIntent, Policy, Verdict, evaluate,
@@ -56,6 +57,11 @@ destructive budget (state file, exclusive lock) -> delegation token chain (when 
 delegation) -> approval tokens (only for require_approval) -> broker credential -> --simulate -> signed
 trace (trace_<trace_id>.json unless --trace-out, mode 0600) and approval/delegation audit records.
 
+Context evidence: without --context-envelope the intent's context_set_digest, context_evidence_mode,
+context_refs and auth_context.context_age_seconds are unauthenticated claims and are stripped before
+evaluation; with a verified envelope they are replaced by the envelope's digest, mode, record ids and the
+age of its oldest record. A malformed or tampered envelope is invalid input (exit 6).
+
 Keys: --key-mode dev (default) signs with an ephemeral key and warns that the trace will not verify later;
 --key-mode prod signs with --private-key/--private-key-env. Approval and delegation tokens are verified with
 --approval-public-key / --delegation-public-key (falling back to the approval key, then the signing key).
@@ -69,6 +75,7 @@ Examples:
       --key-mode prod --private-key gait_private.key --trace-out traces/decision.json --json
   gait-agent gate eval --policy policy.yaml --intent intent.json \\
       --approval-token approval.json --approval-public-key approval_public.key --json
+  gait-agent gate eval --policy policy.yaml --intent intent.json --context-envelope context.json --json
   gait-agent gate eval --policy policy.yaml --intent intent.json --simulate --json   # observe only";
 
 /// Arguments of `gate eval` (Gait's flag names).
@@ -162,6 +169,10 @@ pub struct GateEvalArgs {
     /// Env var holding the approved-script public key.
     #[arg(long, value_name = "VAR")]
     pub approved_script_public_key_env: Option<String>,
+    /// Context evidence envelope (`gait.context.envelope`); once its digest verifies, its digest, mode, refs
+    /// and age replace the intent's unauthenticated context claims.
+    #[arg(long, value_name = "FILE")]
+    pub context_envelope: Option<PathBuf>,
     /// Accepted for Gait compatibility; gait-agent never reads a project config file.
     #[arg(long, hide = true)]
     pub no_config: bool,
@@ -243,6 +254,7 @@ fn has_destructive_target(intent: &NormalizedIntent) -> bool {
 /// Startup state gathered before evaluation.
 struct Setup {
     warnings: Vec<String>,
+    context_evidence: Option<ContextEvidence>,
     wrkr: Option<(WrkrInventory, String)>,
     registry_entries: Vec<LoadedEntry>,
 }
@@ -330,6 +342,25 @@ fn load_registry(
         }
     }
     Ok(entries)
+}
+
+/// Read and verify `--context-envelope` (Gait's `LoadEnvelope`): at most 1 MiB, strict fields, digest sealed.
+fn load_context_envelope(path: &Path) -> Result<ContextEvidence, CliError> {
+    let bytes = files::read_bounded(path, MAX_ENVELOPE_BYTES)
+        .map_err(|e| invalid(format!("read context envelope {}: {e}", path.display())))?;
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(invalid(format!(
+            "context envelope exceeds size limit ({MAX_ENVELOPE_BYTES} bytes)"
+        )));
+    }
+    let envelope = parse_context_envelope(&bytes)
+        .map_err(|e| invalid(format!("context envelope {}: {e}", path.display())))?;
+    Ok(ContextEvidence {
+        context_refs: envelope.context_refs(),
+        context_age_seconds: envelope.age_seconds(OffsetDateTime::now_utc()),
+        context_set_digest: envelope.context_set_digest,
+        evidence_mode: envelope.evidence_mode,
+    })
 }
 
 fn approval_key_sources(args: &GateEvalArgs) -> KeySources {
@@ -453,7 +484,7 @@ fn decide(
         }
     }
     let opts = EvalOptions {
-        context_evidence: None,
+        context_evidence: setup.context_evidence.as_ref(),
         wrkr_inventory: setup.wrkr.as_ref().map(|(inventory, _)| inventory),
         wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
     };
@@ -784,6 +815,14 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
 
     let mut setup = Setup {
         warnings: Vec::new(),
+        context_evidence: match args
+            .context_envelope
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => Some(load_context_envelope(path)?),
+            None => None,
+        },
         wrkr: None,
         registry_entries: Vec::new(),
     };
@@ -808,8 +847,8 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     let policy_digest = policy.digest();
     let decided = decide(&policy, &policy_digest, &normalized, &mut setup)?;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let intent = prepare_for_evaluation(&normalized, None)
-        .map_err(|e| invalid(format!("normalize intent: {e}")))?;
+    let intent = prepare_for_evaluation(&normalized, setup.context_evidence.as_ref())
+        .map_err(|e| invalid(format!("verify context envelope: {e}")))?;
     let outcome = &decided.outcome;
     let mut decision = GateDecision::from_outcome(outcome);
 
