@@ -1568,3 +1568,143 @@ fn context_envelope_binds_verified_evidence_and_a_tampered_one_is_refused() -> R
     assert_eq!(got.code, 6, "{}", got.stdout);
     Ok(())
 }
+
+const BROKER_POLICY: &str = "\
+default_verdict: block
+rules:
+  - name: egress-with-credential
+    priority: 10
+    effect: allow
+    require_broker_credential: true
+    broker_reference: highrisk-egress
+    broker_scopes: [write]
+    match:
+      tool_names: [tool.write]
+";
+
+#[test]
+fn broker_credentials_gate_an_allow_without_leaking_the_secret() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let policy = work.path().join("policy.yaml");
+    fs::write(&policy, BROKER_POLICY)?;
+    let intent = fixtures().join("examples/policy/endpoint/fixtures/intent_allow.json");
+    let eval = |extra: &[&str], env: &[(&str, &str)]| -> Result<Run> {
+        let mut cmd = command(
+            [
+                "gate",
+                "eval",
+                "--policy",
+                &p(&policy),
+                "--intent",
+                &p(&intent),
+                "--json",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+            work.path(),
+        );
+        cmd.env_remove("GAIT_BROKER_TOKEN_HIGHRISK_EGRESS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(Run::from_output(cmd.output()?))
+    };
+
+    // Required, no broker configured.
+    let got = eval(&[], &[])?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "block");
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_required".to_owned()));
+    assert!(strings(out.get("violations")).contains(&"broker_credential_missing".to_owned()));
+
+    // Env broker with the variable unset: missing.
+    let got = eval(&["--credential-broker", "env"], &[])?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    assert!(
+        strings(got.json()?.get("reason_codes")).contains(&"broker_credential_missing".to_owned())
+    );
+
+    // Command broker that fails: missing.
+    let failing = work.path().join("failing.sh");
+    fs::write(&failing, "#!/bin/sh\ncat >/dev/null\nexit 1\n")?;
+    let ok = work.path().join("ok.sh");
+    fs::write(
+        &ok,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"issued_by\":\"vault\",\"credential_ref\":\"vault:ref-123\",\"ttl_seconds\":60}'\n",
+    )?;
+    for script in [&failing, &ok] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(script, fs::Permissions::from_mode(0o755))?;
+    }
+    let got = eval(
+        &[
+            "--credential-broker",
+            "command",
+            "--credential-command",
+            &p(&failing),
+        ],
+        &[],
+    )?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_missing".to_owned()));
+    assert!(out.get("credential_ref").is_none());
+
+    // Working command broker: allow, reference reported and recorded.
+    let got = eval(
+        &[
+            "--credential-broker",
+            "command",
+            "--credential-command",
+            &p(&ok),
+        ],
+        &[],
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_present".to_owned()));
+    assert_eq!(out["credential_ref"], "vault:ref-123");
+    assert_eq!(out["credential_issuer"], "vault");
+
+    // Working env broker: the reference is a digest of the secret, never the secret.
+    let secret = "super-secret-token-value";
+    let record_path = work.path().join("evidence/credential.json");
+    let got = eval(
+        &[
+            "--credential-broker",
+            "env",
+            "--credential-evidence-out",
+            &p(&record_path),
+        ],
+        &[("GAIT_BROKER_TOKEN_HIGHRISK_EGRESS", secret)],
+    )?;
+    assert_eq!(got.code, 0, "{} {}", got.stdout, got.stderr);
+    assert!(!got.stdout.contains(secret) && !got.stderr.contains(secret));
+    let out = got.json()?;
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_present".to_owned()));
+    let credential_ref = out["credential_ref"].as_str().context("credential_ref")?;
+    assert!(credential_ref.starts_with("env:GAIT_BROKER_TOKEN_HIGHRISK_EGRESS:"));
+    assert_eq!(out["credential_evidence_path"], p(&record_path).as_str());
+    let record_text = fs::read_to_string(&record_path)?;
+    assert!(!record_text.contains(secret));
+    let record: Value = serde_json::from_str(&record_text)?;
+    assert_eq!(record["schema_id"], "gait.gate.broker_credential_record");
+    assert_eq!(record["broker"], "env");
+    assert_eq!(record["reference"], "highrisk-egress");
+    assert_eq!(record["scope"], serde_json::json!(["write"]));
+    assert_eq!(record["credential_ref"], credential_ref);
+    assert_eq!(record["trace_id"], out["trace_id"]);
+    let trace = read_json(
+        &work
+            .path()
+            .join(out["trace_path"].as_str().context("trace_path")?),
+    )?;
+    assert!(!trace.to_string().contains(secret));
+
+    // Unknown broker names are invalid input.
+    let got = eval(&["--credential-broker", "vault"], &[])?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    Ok(())
+}

@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditHeader, DelegationAuditEntry};
+use super::broker::{self, BrokerCredentialRecord};
 use super::envelope::{
     CliError, EXIT_APPROVAL_REQUIRED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_POLICY_BLOCKED,
 };
@@ -173,6 +174,27 @@ pub struct GateEvalArgs {
     /// and age replace the intent's unauthenticated context claims.
     #[arg(long, value_name = "FILE")]
     pub context_envelope: Option<PathBuf>,
+    /// Credential broker when a rule requires one: off (default), stub, env or command.
+    #[arg(long, value_name = "BROKER")]
+    pub credential_broker: Option<String>,
+    /// Env broker variable prefix (default `GAIT_BROKER_TOKEN_`).
+    #[arg(long, value_name = "PREFIX")]
+    pub credential_env_prefix: Option<String>,
+    /// Broker reference overriding the rule's `broker_reference`.
+    #[arg(long, value_name = "REF")]
+    pub credential_ref: Option<String>,
+    /// Comma-separated scopes added to the rule's `broker_scopes`.
+    #[arg(long, value_name = "CSV")]
+    pub credential_scopes: Option<String>,
+    /// Program run by the command broker (request JSON on stdin, credential JSON on stdout).
+    #[arg(long, value_name = "PATH")]
+    pub credential_command: Option<String>,
+    /// Comma-separated arguments for --credential-command.
+    #[arg(long, value_name = "CSV")]
+    pub credential_command_args: Option<String>,
+    /// Broker credential record path (default `credential_evidence_<trace_id>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub credential_evidence_out: Option<PathBuf>,
     /// Accepted for Gait compatibility; gait-agent never reads a project config file.
     #[arg(long, hide = true)]
     pub no_config: bool,
@@ -812,6 +834,15 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     };
     let policy = load_policy(policy_path)?;
     let raw_intent = load_intent(intent_path)?;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let resolved_broker = broker::resolve(
+        &opt(&args.credential_broker),
+        &opt(&args.credential_env_prefix),
+        &opt(&args.credential_command),
+        &opt(&args.credential_command_args),
+        std::env::var(broker::COMMAND_ALLOWLIST_ENV).ok().as_deref(),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
 
     let mut setup = Setup {
         warnings: Vec::new(),
@@ -883,10 +914,12 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         &mut decision,
         &mut exit,
     )?;
-    apply_broker(
+    let credential = issue_credential(
+        args,
+        resolved_broker.as_ref(),
+        outcome,
+        &intent,
         &mut decision,
-        outcome.require_broker_credential,
-        BrokerStatus::NotConfigured,
     );
     let simulated: Option<SimulateReport> = if args.simulate {
         exit = EXIT_OK;
@@ -950,6 +983,31 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         write_audit(&approval_audit_path, &record, "approval")?;
         valid_approvals = record.valid_approvals;
     }
+    let mut credential_evidence_path = String::new();
+    if let Some(credential) = &credential {
+        credential_evidence_path = audit_path(
+            &args.credential_evidence_out,
+            "credential_evidence",
+            &trace.trace_id,
+        );
+        let record = BrokerCredentialRecord {
+            schema_id: "gait.gate.broker_credential_record",
+            schema_version: "1.0.0",
+            created_at: decided.created_at.to_utc(),
+            producer_version: PRODUCER_VERSION.to_owned(),
+            trace_id: trace.trace_id.clone(),
+            tool_name: trace.tool_name.trim().to_owned(),
+            identity: intent.context.identity.trim().to_owned(),
+            broker: credential.issued.issued_by.clone(),
+            reference: credential.reference.clone(),
+            scope: credential.scope.clone(),
+            credential_ref: credential.issued.credential_ref.clone(),
+            issued_at: credential.issued.issued_at,
+            expires_at: credential.issued.expires_at,
+            ttl_seconds: credential.issued.ttl_seconds,
+        };
+        write_audit(&credential_evidence_path, &record, "broker credential")?;
+    }
     let mut delegation_audit_path = String::new();
     let mut valid_delegations = 0;
     if delegation.required || !delegation.entries.is_empty() {
@@ -989,6 +1047,8 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         rate: rate.as_ref(),
         budget: budget.as_ref(),
         simulated: simulated.as_ref(),
+        credential: credential.as_ref(),
+        credential_evidence_path: &credential_evidence_path,
         warnings: &warnings,
     };
     Ok(CommandOutput {
@@ -996,6 +1056,79 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         text: summary.text(),
         exit,
     })
+}
+
+/// A credential reference a broker issued for this call (the credential itself is never held here).
+struct IssuedCredential {
+    issued: broker::Issued,
+    reference: String,
+    scope: Vec<String>,
+}
+
+/// Gait's broker step: only when the deciding rule requires a credential and the verdict is allow; no broker
+/// blocks with `broker_credential_required`, a failing one with `broker_credential_missing`.
+fn issue_credential(
+    args: &GateEvalArgs,
+    resolved: Option<&broker::Broker>,
+    outcome: &EvalOutcome,
+    intent: &NormalizedIntent,
+    decision: &mut GateDecision,
+) -> Option<IssuedCredential> {
+    if !outcome.require_broker_credential || decision.verdict != Verdict::Allow {
+        return None;
+    }
+    let Some(resolved) = resolved else {
+        apply_broker(decision, true, BrokerStatus::NotConfigured);
+        return None;
+    };
+    let mut scope: Vec<String> = outcome
+        .broker_scopes
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .chain(
+            args.credential_scopes
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_owned()),
+        )
+        .filter(|s| !s.is_empty())
+        .collect();
+    scope.sort_unstable();
+    scope.dedup();
+    let reference = args
+        .credential_ref
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&outcome.broker_reference)
+        .to_owned();
+    let request = broker::Request {
+        tool_name: intent.tool_name.clone(),
+        identity: intent.context.identity.clone(),
+        workspace: intent.context.workspace.clone(),
+        session_id: intent.context.session_id.clone(),
+        request_id: intent.context.request_id.clone(),
+        reference: reference.clone(),
+        scope: scope.clone(),
+    };
+    let getenv = |key: &str| std::env::var(key).ok();
+    match resolved.issue(&request, &getenv, OffsetDateTime::now_utc()) {
+        Ok(issued) => {
+            apply_broker(decision, true, BrokerStatus::Issued);
+            Some(IssuedCredential {
+                issued,
+                reference,
+                scope,
+            })
+        }
+        Err(err) => {
+            // The error names the variable or the failure, never a credential value.
+            tracing::debug!(broker = resolved.name(), error = %err, "broker credential unavailable");
+            apply_broker(decision, true, BrokerStatus::Failed);
+            None
+        }
+    }
 }
 
 fn audit_path(flag: &Option<PathBuf>, prefix: &str, trace_id: &str) -> String {
@@ -1036,6 +1169,8 @@ struct Summary<'a> {
     rate: Option<&'a RateLimitDecision>,
     budget: Option<&'a RateLimitDecision>,
     simulated: Option<&'a SimulateReport>,
+    credential: Option<&'a IssuedCredential>,
+    credential_evidence_path: &'a str,
     warnings: &'a [String],
 }
 
@@ -1124,6 +1259,11 @@ impl Summary<'_> {
             o.int("destructive_budget_used", budget.used);
             o.int("destructive_budget_remaining", budget.remaining);
         }
+        if let Some(credential) = self.credential {
+            o.str("credential_issuer", &credential.issued.issued_by);
+            o.str("credential_ref", &credential.issued.credential_ref);
+        }
+        o.str("credential_evidence_path", self.credential_evidence_path);
         if let Some(sim) = self.simulated {
             o.flag("simulate_mode", true);
             o.flag("would_have_blocked", sim.would_have_blocked);
@@ -1168,6 +1308,18 @@ impl Summary<'_> {
         }
         if !self.delegation_audit_path.is_empty() {
             lines.push(format!("delegation audit: {}", self.delegation_audit_path));
+        }
+        if let Some(credential) = self.credential {
+            lines.push(format!(
+                "credential: {} ({})",
+                credential.issued.credential_ref, credential.issued.issued_by
+            ));
+        }
+        if !self.credential_evidence_path.is_empty() {
+            lines.push(format!(
+                "credential evidence: {}",
+                self.credential_evidence_path
+            ));
         }
         lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
         lines
