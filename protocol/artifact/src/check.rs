@@ -91,22 +91,29 @@ pub(crate) fn decode<T: DeserializeOwned>(
     Ok((node.to_map().unwrap_or_default(), typed))
 }
 
-/// [`decode`] without the raw object (cheaper: nothing is copied).
-pub(crate) fn decode_typed<T: DeserializeOwned>(
+/// Typed decode of an already parsed node (see [`decode`]).
+pub(crate) fn decode_node<T: DeserializeOwned>(
     schema_id: &'static str,
-    bytes: &[u8],
+    node: &Node,
 ) -> Result<T, DecodeError> {
-    let node = gojson::parse_node(bytes)?;
-    let Node::Object(_) = &node else {
+    let Node::Object(_) = node else {
         return Err(DecodeError::Shape {
             schema_id,
             message: "document must be a JSON object".into(),
         });
     };
-    gojson::from_node(&node).map_err(|err| DecodeError::Shape {
+    gojson::from_node(node).map_err(|err| DecodeError::Shape {
         schema_id,
         message: err.to_string(),
     })
+}
+
+/// [`decode`] without the raw object (cheaper: nothing is copied).
+pub(crate) fn decode_typed<T: DeserializeOwned>(
+    schema_id: &'static str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    decode_node(schema_id, &gojson::parse_node(bytes)?)
 }
 
 /// Collects [`FieldError`]s for one artifact.

@@ -65,12 +65,29 @@ pub struct ManifestFile {
 impl Manifest {
     /// `manifest_digest` = DigestJCS(manifest with `manifest_digest` = "" and no signatures).
     pub fn compute_digest(&self) -> String {
-        let unsealed = Manifest {
-            manifest_digest: String::new(),
-            signatures: Vec::new(),
-            ..self.clone()
-        };
-        gait_canon::digest_jcs(&crate::signed::to_value(&unsealed))
+        /// The manifest's serialized form with `manifest_digest` blanked and no signatures, borrowed rather
+        /// than cloned (JCS sorts the keys, so only the member set matters).
+        #[derive(Serialize)]
+        struct Unsealed<'a> {
+            schema_id: &'a str,
+            schema_version: &'a str,
+            created_at: &'a GoTime,
+            producer_version: &'a str,
+            run_id: &'a str,
+            capture_mode: &'a str,
+            files: &'a [ManifestFile],
+            manifest_digest: &'static str,
+        }
+        gait_canon::digest_jcs(&crate::signed::to_value(&Unsealed {
+            schema_id: &self.schema_id,
+            schema_version: &self.schema_version,
+            created_at: &self.created_at,
+            producer_version: &self.producer_version,
+            run_id: &self.run_id,
+            capture_mode: &self.capture_mode,
+            files: &self.files,
+            manifest_digest: "",
+        }))
     }
 
     /// Rules of `runpack/manifest.schema.json`.
