@@ -9,6 +9,7 @@
 //! parser produced (e.g. when global flags precede the subcommand).
 
 mod audit;
+mod broker;
 pub mod envelope;
 mod files;
 pub mod gate_eval;

@@ -1321,3 +1321,390 @@ fn signed_runpacks_verify_with_the_right_key_only() -> Result<()> {
     assert!(out.get("signatures_valid").is_none());
     Ok(())
 }
+
+/// Every object key upper-cased (Go's decoder still matches them to the struct fields).
+fn upper_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.to_ascii_uppercase(), upper_keys(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(upper_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn gaits_trace_and_a_registry_with_upper_case_keys_are_read_like_go_reads_them() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    // Gait's own trace, every key upper-cased plus an unknown member: still verified over the projection.
+    let mut trace = upper_keys(&read_json(
+        &conformance().join("artifacts/trace_endpoint_block.json"),
+    )?);
+    trace["ENTERPRISE_EXTENSION"] = serde_json::json!({"tenant": "acme"});
+    let trace_path = work.path().join("trace_upper.json");
+    fs::write(&trace_path, serde_json::to_vec_pretty(&trace)?)?;
+    let public = conformance().join("artifacts/gait_public.key");
+    let got = run(
+        [
+            "trace",
+            "verify",
+            &p(&trace_path),
+            "--public-key",
+            &p(&public),
+            "--json",
+        ],
+        work.path(),
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["signature_status"], "verified");
+    assert_eq!(out["verdict"], "block");
+
+    // A signed registry written with upper-case keys still pre-approves the script.
+    let dir = scenario("approved-registry-signature-mismatch-high-risk");
+    let keys = keys(work.path())?;
+    let base = [
+        "gate".to_owned(),
+        "eval".into(),
+        "--policy".into(),
+        p(&dir.join("policy.yaml")),
+        "--intent".into(),
+        p(&dir.join("intent.json")),
+        "--json".into(),
+    ];
+    let plain = run(&base, work.path())?.json()?;
+    let policy_digest = plain["policy_digest"].as_str().context("policy_digest")?;
+    let script_hash = plain["script_hash"].as_str().context("script_hash")?;
+    let entry = signed_registry_entry(&keys.key, policy_digest, script_hash);
+    let registry = work.path().join("approved_scripts_upper.json");
+    fs::write(
+        &registry,
+        serde_json::to_vec_pretty(&upper_keys(&serde_json::json!({"entries": [entry]})))?,
+    )?;
+    let mut args: Vec<String> = base.to_vec();
+    args.extend([
+        "--approved-script-registry".into(),
+        p(&registry),
+        "--approved-script-public-key".into(),
+        p(&keys.public),
+    ]);
+    let got = run(&args, work.path())?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    assert_eq!(got.json()?["pre_approved"], true);
+    Ok(())
+}
+
+const CONTEXT_POLICY: &str = "\
+default_verdict: block
+rules:
+  - name: read-with-context
+    priority: 10
+    effect: allow
+    require_context_evidence: true
+    required_context_evidence_mode: required
+    max_context_age_seconds: 600
+    match:
+      tool_names: [tool.read]
+";
+
+/// A `gait.context.envelope` whose one record was retrieved `age_seconds` ago, sealed with the digest computed
+/// here (JCS over the records array), independently of the agent's envelope code.
+fn context_envelope(age_seconds: i64) -> Result<Value> {
+    let retrieved = time::OffsetDateTime::now_utc() - time::Duration::seconds(age_seconds);
+    let retrieved = retrieved
+        .replace_nanosecond(0)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let records = serde_json::json!([{
+        "ref_id": "ctx_001",
+        "source_type": "doc_store",
+        "source_locator": "docs://policies/security.md",
+        "query_digest": "1".repeat(64),
+        "content_digest": "2".repeat(64),
+        "retrieved_at": retrieved,
+        "redaction_mode": "reference",
+        "immutability": "immutable",
+    }]);
+    Ok(serde_json::json!({
+        "schema_id": "gait.context.envelope",
+        "schema_version": "1.0.0",
+        "created_at": retrieved,
+        "producer_version": "0.0.0-dev",
+        "context_set_id": "ctx_set_demo",
+        "context_set_digest": gait_canon::digest_jcs(&records),
+        "evidence_mode": "required",
+        "records": records,
+    }))
+}
+
+#[test]
+fn context_envelope_binds_verified_evidence_and_a_tampered_one_is_refused() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let policy = work.path().join("policy.yaml");
+    fs::write(&policy, CONTEXT_POLICY)?;
+    // The intent claims evidence itself: unauthenticated, so stripped without an envelope.
+    let intent = work.path().join("intent.json");
+    fs::write(
+        &intent,
+        serde_json::to_vec(&serde_json::json!({
+            "schema_id": "gait.gate.intent_request",
+            "schema_version": "1.0.0",
+            "created_at": "2026-02-14T00:00:00Z",
+            "producer_version": "test",
+            "tool_name": "tool.read",
+            "args": {"path": "/tmp/report.txt"},
+            "targets": [{"kind": "path", "value": "/tmp/report.txt", "operation": "read"}],
+            "context": {
+                "identity": "alice",
+                "workspace": "/tmp",
+                "risk_class": "low",
+                "context_set_digest": "a".repeat(64),
+                "context_evidence_mode": "required",
+                "auth_context": {"context_age_seconds": 1}
+            }
+        }))?,
+    )?;
+    let eval = |extra: &[String]| -> Result<Run> {
+        let mut args = vec![
+            "gate".to_owned(),
+            "eval".into(),
+            "--policy".into(),
+            p(&policy),
+            "--intent".into(),
+            p(&intent),
+            "--json".into(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, work.path())
+    };
+
+    let without = eval(&[])?;
+    assert_eq!(without.code, 3, "{}", without.stdout);
+    let out = without.json()?;
+    assert_eq!(out["verdict"], "block");
+    assert!(
+        strings(out.get("reason_codes")).contains(&"context_evidence_missing".to_owned()),
+        "{out:?}"
+    );
+    assert!(out.get("context_set_digest").is_none(), "{out:?}");
+    let stripped_digest = out["intent_digest"].clone();
+
+    let envelope = work.path().join("context.json");
+    let sealed = context_envelope(30)?;
+    fs::write(&envelope, serde_json::to_vec_pretty(&sealed)?)?;
+    let flag = ["--context-envelope".to_owned(), p(&envelope)];
+    // The intent's own digest claim contradicts the envelope: invalid input.
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    assert!(
+        got.json()?["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("context envelope digest does not match"),
+        "{}",
+        got.stdout
+    );
+
+    // Without the contradicting claim the verified envelope grants the call.
+    let mut doc = read_json(&intent)?;
+    doc["context"]
+        .as_object_mut()
+        .context("context")?
+        .remove("context_set_digest");
+    fs::write(&intent, serde_json::to_vec(&doc)?)?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert_eq!(out["context_set_digest"], sealed["context_set_digest"]);
+    assert_eq!(out["context_evidence_mode"], "required");
+    assert_eq!(out["context_ref_count"], 1);
+    assert_eq!(out["context_source"], "context_envelope");
+    assert_ne!(out["intent_digest"], stripped_digest);
+    let trace = read_json(
+        &work
+            .path()
+            .join(out["trace_path"].as_str().context("trace_path")?),
+    )?;
+    assert_eq!(trace["context_set_digest"], sealed["context_set_digest"]);
+    assert_eq!(trace["context_source"], "context_envelope");
+
+    // Evidence older than max_context_age_seconds blocks.
+    fs::write(
+        &envelope,
+        serde_json::to_vec_pretty(&context_envelope(3600)?)?,
+    )?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    assert!(
+        strings(got.json()?.get("reason_codes")).contains(&"context_freshness_exceeded".to_owned()),
+        "{}",
+        got.stdout
+    );
+
+    // A record changed after sealing: refused with Gait's invalid-input envelope.
+    let mut tampered = sealed;
+    tampered["records"][0]["source_locator"] = Value::String("docs://elsewhere.md".into());
+    fs::write(&envelope, serde_json::to_vec_pretty(&tampered)?)?;
+    let got = eval(&flag)?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["ok"], false);
+    assert_eq!(out["error_code"], "invalid_input");
+    assert_eq!(out["error_category"], "invalid_input");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("context_set_digest mismatch"),
+        "{out:?}"
+    );
+    // A missing envelope file is invalid input too.
+    let got = eval(&[
+        "--context-envelope".to_owned(),
+        p(&work.path().join("nope.json")),
+    ])?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    Ok(())
+}
+
+const BROKER_POLICY: &str = "\
+default_verdict: block
+rules:
+  - name: egress-with-credential
+    priority: 10
+    effect: allow
+    require_broker_credential: true
+    broker_reference: highrisk-egress
+    broker_scopes: [write]
+    match:
+      tool_names: [tool.write]
+";
+
+#[test]
+fn broker_credentials_gate_an_allow_without_leaking_the_secret() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let policy = work.path().join("policy.yaml");
+    fs::write(&policy, BROKER_POLICY)?;
+    let intent = fixtures().join("examples/policy/endpoint/fixtures/intent_allow.json");
+    let eval = |extra: &[&str], env: &[(&str, &str)]| -> Result<Run> {
+        let mut cmd = command(
+            [
+                "gate",
+                "eval",
+                "--policy",
+                &p(&policy),
+                "--intent",
+                &p(&intent),
+                "--json",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+            work.path(),
+        );
+        cmd.env_remove("GAIT_BROKER_TOKEN_HIGHRISK_EGRESS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(Run::from_output(cmd.output()?))
+    };
+
+    // Required, no broker configured.
+    let got = eval(&[], &[])?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "block");
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_required".to_owned()));
+    assert!(strings(out.get("violations")).contains(&"broker_credential_missing".to_owned()));
+
+    // Env broker with the variable unset: missing.
+    let got = eval(&["--credential-broker", "env"], &[])?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    assert!(
+        strings(got.json()?.get("reason_codes")).contains(&"broker_credential_missing".to_owned())
+    );
+
+    // Command broker that fails: missing.
+    let failing = work.path().join("failing.sh");
+    fs::write(&failing, "#!/bin/sh\ncat >/dev/null\nexit 1\n")?;
+    let ok = work.path().join("ok.sh");
+    fs::write(
+        &ok,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"issued_by\":\"vault\",\"credential_ref\":\"vault:ref-123\",\"ttl_seconds\":60}'\n",
+    )?;
+    for script in [&failing, &ok] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(script, fs::Permissions::from_mode(0o755))?;
+    }
+    let got = eval(
+        &[
+            "--credential-broker",
+            "command",
+            "--credential-command",
+            &p(&failing),
+        ],
+        &[],
+    )?;
+    assert_eq!(got.code, 3, "{}", got.stdout);
+    let out = got.json()?;
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_missing".to_owned()));
+    assert!(out.get("credential_ref").is_none());
+
+    // Working command broker: allow, reference reported and recorded.
+    let got = eval(
+        &[
+            "--credential-broker",
+            "command",
+            "--credential-command",
+            &p(&ok),
+        ],
+        &[],
+    )?;
+    assert_eq!(got.code, 0, "{}", got.stdout);
+    let out = got.json()?;
+    assert_eq!(out["verdict"], "allow");
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_present".to_owned()));
+    assert_eq!(out["credential_ref"], "vault:ref-123");
+    assert_eq!(out["credential_issuer"], "vault");
+
+    // Working env broker: the reference is a digest of the secret, never the secret.
+    let secret = "super-secret-token-value";
+    let record_path = work.path().join("evidence/credential.json");
+    let got = eval(
+        &[
+            "--credential-broker",
+            "env",
+            "--credential-evidence-out",
+            &p(&record_path),
+        ],
+        &[("GAIT_BROKER_TOKEN_HIGHRISK_EGRESS", secret)],
+    )?;
+    assert_eq!(got.code, 0, "{} {}", got.stdout, got.stderr);
+    assert!(!got.stdout.contains(secret) && !got.stderr.contains(secret));
+    let out = got.json()?;
+    assert!(strings(out.get("reason_codes")).contains(&"broker_credential_present".to_owned()));
+    let credential_ref = out["credential_ref"].as_str().context("credential_ref")?;
+    assert!(credential_ref.starts_with("env:GAIT_BROKER_TOKEN_HIGHRISK_EGRESS:"));
+    assert_eq!(out["credential_evidence_path"], p(&record_path).as_str());
+    let record_text = fs::read_to_string(&record_path)?;
+    assert!(!record_text.contains(secret));
+    let record: Value = serde_json::from_str(&record_text)?;
+    assert_eq!(record["schema_id"], "gait.gate.broker_credential_record");
+    assert_eq!(record["broker"], "env");
+    assert_eq!(record["reference"], "highrisk-egress");
+    assert_eq!(record["scope"], serde_json::json!(["write"]));
+    assert_eq!(record["credential_ref"], credential_ref);
+    assert_eq!(record["trace_id"], out["trace_id"]);
+    let trace = read_json(
+        &work
+            .path()
+            .join(out["trace_path"].as_str().context("trace_path")?),
+    )?;
+    assert!(!trace.to_string().contains(secret));
+
+    // Unknown broker names are invalid input.
+    let got = eval(&["--credential-broker", "vault"], &[])?;
+    assert_eq!(got.code, 6, "{}", got.stdout);
+    Ok(())
+}

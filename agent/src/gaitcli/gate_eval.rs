@@ -13,6 +13,7 @@ use gait_artifact::GoTime;
 use gait_artifact::approval::{
     ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token,
 };
+use gait_artifact::context::{MAX_ENVELOPE_BYTES, parse_context_envelope};
 use gait_artifact::delegation::{
     ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
 };
@@ -23,7 +24,7 @@ use gait_policy::gate::{
     apply_broker, apply_delegation, apply_destructive_budget, apply_rate_limit, apply_simulate,
     result_created_at,
 };
-use gait_policy::intent::prepare_for_evaluation;
+use gait_policy::intent::{ContextEvidence, prepare_for_evaluation};
 use gait_policy::policy::RateLimitPolicy;
 use gait_policy::{
     EvalOptions, EvalOutcome, IntentRequest, NormalizedIntent, Policy, Verdict, evaluate,
@@ -33,6 +34,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditHeader, DelegationAuditEntry};
+use super::broker::{self, BrokerCredentialRecord};
 use super::envelope::{
     CliError, EXIT_APPROVAL_REQUIRED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_POLICY_BLOCKED,
 };
@@ -56,6 +58,11 @@ destructive budget (state file, exclusive lock) -> delegation token chain (when 
 delegation) -> approval tokens (only for require_approval) -> broker credential -> --simulate -> signed
 trace (trace_<trace_id>.json unless --trace-out, mode 0600) and approval/delegation audit records.
 
+Context evidence: without --context-envelope the intent's context_set_digest, context_evidence_mode,
+context_refs and auth_context.context_age_seconds are unauthenticated claims and are stripped before
+evaluation; with a verified envelope they are replaced by the envelope's digest, mode, record ids and the
+age of its oldest record. A malformed or tampered envelope is invalid input (exit 6).
+
 Keys: --key-mode dev (default) signs with an ephemeral key and warns that the trace will not verify later;
 --key-mode prod signs with --private-key/--private-key-env. Approval and delegation tokens are verified with
 --approval-public-key / --delegation-public-key (falling back to the approval key, then the signing key).
@@ -69,6 +76,7 @@ Examples:
       --key-mode prod --private-key gait_private.key --trace-out traces/decision.json --json
   gait-agent gate eval --policy policy.yaml --intent intent.json \\
       --approval-token approval.json --approval-public-key approval_public.key --json
+  gait-agent gate eval --policy policy.yaml --intent intent.json --context-envelope context.json --json
   gait-agent gate eval --policy policy.yaml --intent intent.json --simulate --json   # observe only";
 
 /// Arguments of `gate eval` (Gait's flag names).
@@ -162,6 +170,31 @@ pub struct GateEvalArgs {
     /// Env var holding the approved-script public key.
     #[arg(long, value_name = "VAR")]
     pub approved_script_public_key_env: Option<String>,
+    /// Context evidence envelope (`gait.context.envelope`); once its digest verifies, its digest, mode, refs
+    /// and age replace the intent's unauthenticated context claims.
+    #[arg(long, value_name = "FILE")]
+    pub context_envelope: Option<PathBuf>,
+    /// Credential broker when a rule requires one: off (default), stub, env or command.
+    #[arg(long, value_name = "BROKER")]
+    pub credential_broker: Option<String>,
+    /// Env broker variable prefix (default `GAIT_BROKER_TOKEN_`).
+    #[arg(long, value_name = "PREFIX")]
+    pub credential_env_prefix: Option<String>,
+    /// Broker reference overriding the rule's `broker_reference`.
+    #[arg(long, value_name = "REF")]
+    pub credential_ref: Option<String>,
+    /// Comma-separated scopes added to the rule's `broker_scopes`.
+    #[arg(long, value_name = "CSV")]
+    pub credential_scopes: Option<String>,
+    /// Program run by the command broker (request JSON on stdin, credential JSON on stdout).
+    #[arg(long, value_name = "PATH")]
+    pub credential_command: Option<String>,
+    /// Comma-separated arguments for --credential-command.
+    #[arg(long, value_name = "CSV")]
+    pub credential_command_args: Option<String>,
+    /// Broker credential record path (default `credential_evidence_<trace_id>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub credential_evidence_out: Option<PathBuf>,
     /// Accepted for Gait compatibility; gait-agent never reads a project config file.
     #[arg(long, hide = true)]
     pub no_config: bool,
@@ -243,6 +276,7 @@ fn has_destructive_target(intent: &NormalizedIntent) -> bool {
 /// Startup state gathered before evaluation.
 struct Setup {
     warnings: Vec<String>,
+    context_evidence: Option<ContextEvidence>,
     wrkr: Option<(WrkrInventory, String)>,
     registry_entries: Vec<LoadedEntry>,
 }
@@ -330,6 +364,25 @@ fn load_registry(
         }
     }
     Ok(entries)
+}
+
+/// Read and verify `--context-envelope` (Gait's `LoadEnvelope`): at most 1 MiB, strict fields, digest sealed.
+fn load_context_envelope(path: &Path) -> Result<ContextEvidence, CliError> {
+    let bytes = files::read_bounded(path, MAX_ENVELOPE_BYTES)
+        .map_err(|e| invalid(format!("read context envelope {}: {e}", path.display())))?;
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(invalid(format!(
+            "context envelope exceeds size limit ({MAX_ENVELOPE_BYTES} bytes)"
+        )));
+    }
+    let envelope = parse_context_envelope(&bytes)
+        .map_err(|e| invalid(format!("context envelope {}: {e}", path.display())))?;
+    Ok(ContextEvidence {
+        context_refs: envelope.context_refs(),
+        context_age_seconds: envelope.age_seconds(OffsetDateTime::now_utc()),
+        context_set_digest: envelope.context_set_digest,
+        evidence_mode: envelope.evidence_mode,
+    })
 }
 
 fn approval_key_sources(args: &GateEvalArgs) -> KeySources {
@@ -453,7 +506,7 @@ fn decide(
         }
     }
     let opts = EvalOptions {
-        context_evidence: None,
+        context_evidence: setup.context_evidence.as_ref(),
         wrkr_inventory: setup.wrkr.as_ref().map(|(inventory, _)| inventory),
         wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
     };
@@ -552,9 +605,7 @@ fn check_delegation(
     for path in &paths {
         let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
             .map_err(|e| invalid(format!("read delegation token: {e}")))?;
-        let token = gait_canon::parse_json(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|_| LoadedDelegationToken::from_bytes(&bytes).map_err(|e| e.to_string()))
+        let token = LoadedDelegationToken::from_bytes(&bytes)
             .map_err(|e| invalid(format!("parse delegation token: {e}")))?;
         loaded.push(token);
         raw_tokens.push(bytes);
@@ -661,13 +712,9 @@ struct ApprovalResult {
 fn read_approval_token(path: &Path) -> Result<(Vec<u8>, ApprovalToken), CliError> {
     let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
         .map_err(|e| invalid(format!("read approval token: {e}")))?;
-    let parse = |e: &dyn std::fmt::Display| invalid(format!("parse approval token: {e}"));
-    let Value::Object(object) = gait_canon::parse_json(&bytes).map_err(|e| parse(&e))? else {
-        return Err(parse(&"token must be a JSON object"));
-    };
-    let present: Map<String, Value> = object.into_iter().filter(|(_, v)| !v.is_null()).collect();
-    let token: ApprovalToken =
-        serde_json::from_value(Value::Object(present)).map_err(|e| parse(&e))?;
+    // Go's decoder: keys in any case, unknown keys ignored, repeated keys resolved as Go does.
+    let token: ApprovalToken = gait_canon::gojson::from_slice(&bytes)
+        .map_err(|e| invalid(format!("parse approval token: {e}")))?;
     Ok((bytes, token))
 }
 
@@ -787,9 +834,26 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     };
     let policy = load_policy(policy_path)?;
     let raw_intent = load_intent(intent_path)?;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let resolved_broker = broker::resolve(
+        &opt(&args.credential_broker),
+        &opt(&args.credential_env_prefix),
+        &opt(&args.credential_command),
+        &opt(&args.credential_command_args),
+        std::env::var(broker::COMMAND_ALLOWLIST_ENV).ok().as_deref(),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
 
     let mut setup = Setup {
         warnings: Vec::new(),
+        context_evidence: match args
+            .context_envelope
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => Some(load_context_envelope(path)?),
+            None => None,
+        },
         wrkr: None,
         registry_entries: Vec::new(),
     };
@@ -814,8 +878,8 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     let policy_digest = policy.digest();
     let decided = decide(&policy, &policy_digest, &normalized, &mut setup)?;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let intent = prepare_for_evaluation(&normalized, None)
-        .map_err(|e| invalid(format!("normalize intent: {e}")))?;
+    let intent = prepare_for_evaluation(&normalized, setup.context_evidence.as_ref())
+        .map_err(|e| invalid(format!("verify context envelope: {e}")))?;
     let outcome = &decided.outcome;
     let mut decision = GateDecision::from_outcome(outcome);
 
@@ -850,10 +914,12 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         &mut decision,
         &mut exit,
     )?;
-    apply_broker(
+    let credential = issue_credential(
+        args,
+        resolved_broker.as_ref(),
+        outcome,
+        &intent,
         &mut decision,
-        outcome.require_broker_credential,
-        BrokerStatus::NotConfigured,
     );
     let simulated: Option<SimulateReport> = if args.simulate {
         exit = EXIT_OK;
@@ -917,6 +983,31 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         write_audit(&approval_audit_path, &record, "approval")?;
         valid_approvals = record.valid_approvals;
     }
+    let mut credential_evidence_path = String::new();
+    if let Some(credential) = &credential {
+        credential_evidence_path = audit_path(
+            &args.credential_evidence_out,
+            "credential_evidence",
+            &trace.trace_id,
+        );
+        let record = BrokerCredentialRecord {
+            schema_id: "gait.gate.broker_credential_record",
+            schema_version: "1.0.0",
+            created_at: decided.created_at.to_utc(),
+            producer_version: PRODUCER_VERSION.to_owned(),
+            trace_id: trace.trace_id.clone(),
+            tool_name: trace.tool_name.trim().to_owned(),
+            identity: intent.context.identity.trim().to_owned(),
+            broker: credential.issued.issued_by.clone(),
+            reference: credential.reference.clone(),
+            scope: credential.scope.clone(),
+            credential_ref: credential.issued.credential_ref.clone(),
+            issued_at: credential.issued.issued_at,
+            expires_at: credential.issued.expires_at,
+            ttl_seconds: credential.issued.ttl_seconds,
+        };
+        write_audit(&credential_evidence_path, &record, "broker credential")?;
+    }
     let mut delegation_audit_path = String::new();
     let mut valid_delegations = 0;
     if delegation.required || !delegation.entries.is_empty() {
@@ -956,6 +1047,8 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         rate: rate.as_ref(),
         budget: budget.as_ref(),
         simulated: simulated.as_ref(),
+        credential: credential.as_ref(),
+        credential_evidence_path: &credential_evidence_path,
         warnings: &warnings,
     };
     Ok(CommandOutput {
@@ -963,6 +1056,79 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         text: summary.text(),
         exit,
     })
+}
+
+/// A credential reference a broker issued for this call (the credential itself is never held here).
+struct IssuedCredential {
+    issued: broker::Issued,
+    reference: String,
+    scope: Vec<String>,
+}
+
+/// Gait's broker step: only when the deciding rule requires a credential and the verdict is allow; no broker
+/// blocks with `broker_credential_required`, a failing one with `broker_credential_missing`.
+fn issue_credential(
+    args: &GateEvalArgs,
+    resolved: Option<&broker::Broker>,
+    outcome: &EvalOutcome,
+    intent: &NormalizedIntent,
+    decision: &mut GateDecision,
+) -> Option<IssuedCredential> {
+    if !outcome.require_broker_credential || decision.verdict != Verdict::Allow {
+        return None;
+    }
+    let Some(resolved) = resolved else {
+        apply_broker(decision, true, BrokerStatus::NotConfigured);
+        return None;
+    };
+    let mut scope: Vec<String> = outcome
+        .broker_scopes
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .chain(
+            args.credential_scopes
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_owned()),
+        )
+        .filter(|s| !s.is_empty())
+        .collect();
+    scope.sort_unstable();
+    scope.dedup();
+    let reference = args
+        .credential_ref
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&outcome.broker_reference)
+        .to_owned();
+    let request = broker::Request {
+        tool_name: intent.tool_name.clone(),
+        identity: intent.context.identity.clone(),
+        workspace: intent.context.workspace.clone(),
+        session_id: intent.context.session_id.clone(),
+        request_id: intent.context.request_id.clone(),
+        reference: reference.clone(),
+        scope: scope.clone(),
+    };
+    let getenv = |key: &str| std::env::var(key).ok();
+    match resolved.issue(&request, &getenv, OffsetDateTime::now_utc()) {
+        Ok(issued) => {
+            apply_broker(decision, true, BrokerStatus::Issued);
+            Some(IssuedCredential {
+                issued,
+                reference,
+                scope,
+            })
+        }
+        Err(err) => {
+            // The error names the variable or the failure, never a credential value.
+            tracing::debug!(broker = resolved.name(), error = %err, "broker credential unavailable");
+            apply_broker(decision, true, BrokerStatus::Failed);
+            None
+        }
+    }
 }
 
 fn audit_path(flag: &Option<PathBuf>, prefix: &str, trace_id: &str) -> String {
@@ -1003,6 +1169,8 @@ struct Summary<'a> {
     rate: Option<&'a RateLimitDecision>,
     budget: Option<&'a RateLimitDecision>,
     simulated: Option<&'a SimulateReport>,
+    credential: Option<&'a IssuedCredential>,
+    credential_evidence_path: &'a str,
     warnings: &'a [String],
 }
 
@@ -1091,6 +1259,11 @@ impl Summary<'_> {
             o.int("destructive_budget_used", budget.used);
             o.int("destructive_budget_remaining", budget.remaining);
         }
+        if let Some(credential) = self.credential {
+            o.str("credential_issuer", &credential.issued.issued_by);
+            o.str("credential_ref", &credential.issued.credential_ref);
+        }
+        o.str("credential_evidence_path", self.credential_evidence_path);
         if let Some(sim) = self.simulated {
             o.flag("simulate_mode", true);
             o.flag("would_have_blocked", sim.would_have_blocked);
@@ -1135,6 +1308,18 @@ impl Summary<'_> {
         }
         if !self.delegation_audit_path.is_empty() {
             lines.push(format!("delegation audit: {}", self.delegation_audit_path));
+        }
+        if let Some(credential) = self.credential {
+            lines.push(format!(
+                "credential: {} ({})",
+                credential.issued.credential_ref, credential.issued.issued_by
+            ));
+        }
+        if !self.credential_evidence_path.is_empty() {
+            lines.push(format!(
+                "credential evidence: {}",
+                self.credential_evidence_path
+            ));
         }
         lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
         lines

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use gait_artifact::GoTime;
 use gait_artifact::signed::{self, SignedDocument};
+use gait_canon::gojson::{self, Node};
 use gait_canon::sign::{PublicKey, Signature};
 use gait_policy::NormalizedIntent;
 use serde::{Deserialize, Serialize};
@@ -171,23 +172,35 @@ pub fn read_registry(path: &Path) -> Result<Vec<LoadedEntry>, String> {
         return Ok(Vec::new());
     }
     let parse_err = |e: &dyn std::fmt::Display| format!("parse approved script registry: {e}");
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| parse_err(&e))?;
-    let items = match value {
-        Value::Object(mut map) if map.contains_key("entries") => match map.remove("entries") {
-            Some(Value::Array(items)) => items,
-            Some(Value::Null) => Vec::new(),
-            _ => return Err(parse_err(&"entries must be a JSON array")),
-        },
-        Value::Array(items) => items,
+    // Go's decoder: the `entries` key and every entry's keys match in any case, unknown keys are ignored and
+    // a repeated key keeps its last value.
+    let node = gojson::parse_node(&bytes).map_err(|e| parse_err(&e))?;
+    let empty = Vec::new();
+    let items = match &node {
+        Node::Object(members) => {
+            let Some((_, entries)) = members
+                .iter()
+                .rev()
+                .find(|(key, _)| gojson::match_field(key, &["entries"]).is_some())
+            else {
+                return Err(parse_err(&"expected an entries object or an array"));
+            };
+            match entries {
+                Node::Array(items) => items,
+                Node::Null => &empty,
+                _ => return Err(parse_err(&"entries must be a JSON array")),
+            }
+        }
+        Node::Array(items) => items,
         _ => return Err(parse_err(&"expected an entries object or an array")),
     };
     let mut out = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        let Value::Object(raw) = item else {
+    for (index, item) in items.iter().enumerate() {
+        let Some(raw) = item.to_map() else {
             return Err(parse_err(&format!("entries[{index}] must be an object")));
         };
         let entry: ApprovedScriptEntry =
-            serde_json::from_value(Value::Object(raw.clone())).map_err(|e| parse_err(&e))?;
+            gojson::from_node(item).map_err(|e| parse_err(&format!("entries[{index}]: {e}")))?;
         let entry =
             normalize_entry(entry).map_err(|e| format!("approved script entries[{index}]: {e}"))?;
         out.push(LoadedEntry { raw, entry });

@@ -223,7 +223,7 @@ pub fn mint_approval_token(grant: ApprovalGrant, key: &SigningKey) -> ApprovalTo
 
 /// Parse and validate an approval token (no signature check).
 pub fn parse_approval_token(bytes: &[u8]) -> Result<ApprovalToken, DecodeError> {
-    let (_, token) = check::decode::<ApprovalToken>(APPROVAL_TOKEN_SCHEMA_ID, bytes)?;
+    let token = check::decode_typed::<ApprovalToken>(APPROVAL_TOKEN_SCHEMA_ID, bytes)?;
     let token = token.normalized();
     token.validate()?;
     Ok(token)
@@ -535,7 +535,7 @@ fn lower_hex64(c: &mut Checker, field: &str, value: &str) {
 
 /// Parse and validate an approval audit record.
 pub fn parse_approval_audit_record(bytes: &[u8]) -> Result<ApprovalAuditRecord, DecodeError> {
-    let (_, record) = check::decode::<ApprovalAuditRecord>(APPROVAL_AUDIT_SCHEMA_ID, bytes)?;
+    let record = check::decode_typed::<ApprovalAuditRecord>(APPROVAL_AUDIT_SCHEMA_ID, bytes)?;
     record.validate()?;
     Ok(record)
 }

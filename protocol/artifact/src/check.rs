@@ -4,6 +4,7 @@
 use std::fmt;
 
 use gait_canon::CanonError;
+use gait_canon::gojson::{self, Node};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -68,37 +69,51 @@ pub enum DecodeError {
     Invalid(#[from] InvalidArtifact),
 }
 
-/// Decode `bytes` into the raw object and the typed artifact, the way Go's `json.Unmarshal` fills a struct:
-/// unknown members ignored, top-level `null` members treated as absent.
+/// Decode `bytes` into the raw object and the typed artifact, the way Go's `json.Unmarshal` fills a struct
+/// (`gait_canon::gojson`): keys matched case-insensitively, unknown members ignored, a repeated key resolved as
+/// Go resolves it. The raw object keeps the keys as written (a repeated key keeps its last value, as Go's
+/// `map[string]json.RawMessage` does); it is only used for digests over the document as written.
 pub(crate) fn decode<T: DeserializeOwned>(
     schema_id: &'static str,
     bytes: &[u8],
 ) -> Result<(Map<String, Value>, T), DecodeError> {
-    let value = gait_canon::parse_json(bytes)?;
-    let Value::Object(raw) = value else {
+    let node = gojson::parse_node(bytes)?;
+    let Node::Object(_) = &node else {
         return Err(DecodeError::Shape {
             schema_id,
             message: "document must be a JSON object".into(),
         });
     };
-    let typed = decode_object(schema_id, &raw)?;
-    Ok((raw, typed))
+    let typed = gojson::from_node(&node).map_err(|err| DecodeError::Shape {
+        schema_id,
+        message: err.to_string(),
+    })?;
+    Ok((node.to_map().unwrap_or_default(), typed))
 }
 
-/// Typed decode of an already parsed object (see [`decode`]).
-pub(crate) fn decode_object<T: DeserializeOwned>(
+/// Typed decode of an already parsed node (see [`decode`]).
+pub(crate) fn decode_node<T: DeserializeOwned>(
     schema_id: &'static str,
-    raw: &Map<String, Value>,
+    node: &Node,
 ) -> Result<T, DecodeError> {
-    let present: Map<String, Value> = raw
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    serde_json::from_value(Value::Object(present)).map_err(|err| DecodeError::Shape {
+    let Node::Object(_) = node else {
+        return Err(DecodeError::Shape {
+            schema_id,
+            message: "document must be a JSON object".into(),
+        });
+    };
+    gojson::from_node(node).map_err(|err| DecodeError::Shape {
         schema_id,
         message: err.to_string(),
     })
+}
+
+/// [`decode`] without the raw object (cheaper: nothing is copied).
+pub(crate) fn decode_typed<T: DeserializeOwned>(
+    schema_id: &'static str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    decode_node(schema_id, &gojson::parse_node(bytes)?)
 }
 
 /// Collects [`FieldError`]s for one artifact.

@@ -144,7 +144,7 @@ pub fn mint_delegation_token(token: DelegationToken, key: &SigningKey) -> Delega
 
 /// Parse and validate a delegation token (no signature check).
 pub fn parse_delegation_token(bytes: &[u8]) -> Result<DelegationToken, DecodeError> {
-    let (_, token) = check::decode::<DelegationToken>(DELEGATION_TOKEN_SCHEMA_ID, bytes)?;
+    let token = check::decode_typed::<DelegationToken>(DELEGATION_TOKEN_SCHEMA_ID, bytes)?;
     let token = token.normalized();
     token.validate()?;
     Ok(token)

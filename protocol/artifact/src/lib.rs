@@ -6,6 +6,7 @@
 
 pub mod approval;
 pub mod check;
+pub mod context;
 pub mod delegation;
 pub mod regress;
 pub mod relationship;

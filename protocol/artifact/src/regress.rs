@@ -130,7 +130,7 @@ pub struct RegressProjection {
 
 /// Parse and validate `regress_result.json`; unknown fields are ignored.
 pub fn parse_regress_result(bytes: &[u8]) -> Result<RegressResult, DecodeError> {
-    let (_, result) = check::decode::<RegressResult>(REGRESS_RESULT_SCHEMA_ID, bytes)?;
+    let result = check::decode_typed::<RegressResult>(REGRESS_RESULT_SCHEMA_ID, bytes)?;
     result.validate()?;
     Ok(result)
 }

@@ -214,11 +214,14 @@ fn verify_zip<R: Read + Seek>(
     let manifest_bytes = zip
         .read("manifest.json")?
         .ok_or(RunpackError::MissingManifest)?;
-    let (raw, manifest) = check::decode::<Manifest>(record::MANIFEST_SCHEMA_ID, &manifest_bytes)
-        .map_err(|source| RunpackError::Parse {
-            entry: "manifest.json",
-            source,
-        })?;
+    let parse_error = |source| RunpackError::Parse {
+        entry: "manifest.json",
+        source,
+    };
+    let node = gait_canon::gojson::parse_node(&manifest_bytes)
+        .map_err(|e| parse_error(DecodeError::Json(e)))?;
+    let manifest: Manifest =
+        check::decode_node(record::MANIFEST_SCHEMA_ID, &node).map_err(parse_error)?;
     if manifest.schema_id != record::MANIFEST_SCHEMA_ID {
         return Err(RunpackError::ManifestHeader(
             "schema_id must be gait.runpack.manifest",
@@ -233,8 +236,12 @@ fn verify_zip<R: Read + Seek>(
 
     let mut missing_files = Vec::new();
     let mut hash_mismatches = Vec::new();
+    let mut listed = [false; REQUIRED_FILES.len()];
     for file in &manifest.files {
         let name = file.path.replace('\\', "/");
+        if let Some(i) = REQUIRED_FILES.iter().position(|r| *r == name) {
+            listed[i] = true;
+        }
         match zip.sha256_hex(&name)? {
             None => missing_files.push(name),
             Some(actual) if !actual.eq_ignore_ascii_case(&file.sha256) => {
@@ -247,13 +254,9 @@ fn verify_zip<R: Read + Seek>(
             Some(_) => {}
         }
     }
-    for required in REQUIRED_FILES {
-        if !manifest
-            .files
-            .iter()
-            .any(|f| f.path.replace('\\', "/") == required)
-        {
-            missing_files.push(required.to_owned());
+    for (required, listed) in REQUIRED_FILES.iter().zip(listed) {
+        if !listed {
+            missing_files.push((*required).to_owned());
         }
     }
     let computed = manifest.compute_digest();
@@ -266,7 +269,7 @@ fn verify_zip<R: Read + Seek>(
     }
 
     let (signature_status, mut signature_errors, signatures_valid) =
-        check_manifest_signatures(&raw, &manifest, options.public_key, require_signature);
+        check_manifest_signatures(&node, &manifest, options.public_key, require_signature);
 
     missing_files.sort();
     hash_mismatches.sort_by(|a, b| a.path.cmp(&b.path));
@@ -297,7 +300,7 @@ fn verify_zip<R: Read + Seek>(
 
 /// Manifest signatures sign DigestJCS of the raw manifest object minus `signatures` (unknown fields included).
 fn check_manifest_signatures(
-    raw: &serde_json::Map<String, Value>,
+    manifest_node: &gait_canon::gojson::Node,
     manifest: &Manifest,
     key: Option<&PublicKey>,
     require_signature: bool,
@@ -317,7 +320,8 @@ fn check_manifest_signatures(
             0,
         );
     };
-    let mut signable = raw.clone();
+    // The raw object is only built when there is something to verify.
+    let mut signable = manifest_node.to_map().unwrap_or_default();
     signable.remove("signatures");
     let digest = gait_canon::digest_jcs(&Value::Object(signable));
     let mut errors = Vec::new();
@@ -391,15 +395,13 @@ pub fn read_runpack(bytes: &[u8]) -> Result<Runpack, RunpackError> {
         zip.read(name)?.ok_or(RunpackError::MissingEntry(name))
     };
     let parse = |entry: &'static str| move |source| RunpackError::Parse { entry, source };
-    let manifest = check::decode::<Manifest>(record::MANIFEST_SCHEMA_ID, &entry("manifest.json")?)
-        .map_err(parse("manifest.json"))?
-        .1;
-    let run = check::decode::<RunRecord>(record::RUN_SCHEMA_ID, &entry("run.json")?)
-        .map_err(parse("run.json"))?
-        .1;
-    let refs = check::decode::<Refs>(record::REFS_SCHEMA_ID, &entry("refs.json")?)
-        .map_err(parse("refs.json"))?
-        .1;
+    let manifest =
+        check::decode_typed::<Manifest>(record::MANIFEST_SCHEMA_ID, &entry("manifest.json")?)
+            .map_err(parse("manifest.json"))?;
+    let run = check::decode_typed::<RunRecord>(record::RUN_SCHEMA_ID, &entry("run.json")?)
+        .map_err(parse("run.json"))?;
+    let refs = check::decode_typed::<Refs>(record::REFS_SCHEMA_ID, &entry("refs.json")?)
+        .map_err(parse("refs.json"))?;
     let intents = record::parse_intents_jsonl(&entry("intents.jsonl")?).map_err(|source| {
         RunpackError::Jsonl {
             entry: "intents.jsonl",

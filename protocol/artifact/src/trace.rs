@@ -371,7 +371,7 @@ pub fn event_id(trace_id: &str, observed_at: &GoTime) -> String {
 
 /// Parse and validate a trace file.
 pub fn parse_trace(bytes: &[u8]) -> Result<TraceRecord, DecodeError> {
-    let (_, record) = check::decode::<TraceRecord>(TRACE_SCHEMA_ID, bytes)?;
+    let record = check::decode_typed::<TraceRecord>(TRACE_SCHEMA_ID, bytes)?;
     record.validate()?;
     Ok(record)
 }

@@ -5,6 +5,7 @@
 //! rendered as 64 lowercase hex characters. Signatures sign the 32 raw digest bytes, never the JSON itself.
 
 mod digest;
+pub mod gojson;
 mod jcs;
 mod json;
 pub mod sign;

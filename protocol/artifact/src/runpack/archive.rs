@@ -222,7 +222,9 @@ impl<R: Read + Seek> SafeZip<R> {
             .max(limits.ratio_floor_bytes);
         let bound = limits.max_entry_bytes.min(ratio_bound);
         let mut limited = file.take(bound.saturating_add(1));
-        let mut buf = vec![0u8; 64 * 1024];
+        // A stack buffer: runpack entries are small, and a fresh zeroed 64 KiB heap buffer per entry cost
+        // more than inflating them.
+        let mut buf = [0u8; 8 * 1024];
         let mut total: u64 = 0;
         loop {
             let n = match limited.read(&mut buf) {

@@ -65,12 +65,29 @@ pub struct ManifestFile {
 impl Manifest {
     /// `manifest_digest` = DigestJCS(manifest with `manifest_digest` = "" and no signatures).
     pub fn compute_digest(&self) -> String {
-        let unsealed = Manifest {
-            manifest_digest: String::new(),
-            signatures: Vec::new(),
-            ..self.clone()
-        };
-        gait_canon::digest_jcs(&crate::signed::to_value(&unsealed))
+        /// The manifest's serialized form with `manifest_digest` blanked and no signatures, borrowed rather
+        /// than cloned (JCS sorts the keys, so only the member set matters).
+        #[derive(Serialize)]
+        struct Unsealed<'a> {
+            schema_id: &'a str,
+            schema_version: &'a str,
+            created_at: &'a GoTime,
+            producer_version: &'a str,
+            run_id: &'a str,
+            capture_mode: &'a str,
+            files: &'a [ManifestFile],
+            manifest_digest: &'static str,
+        }
+        gait_canon::digest_jcs(&crate::signed::to_value(&Unsealed {
+            schema_id: &self.schema_id,
+            schema_version: &self.schema_version,
+            created_at: &self.created_at,
+            producer_version: &self.producer_version,
+            run_id: &self.run_id,
+            capture_mode: &self.capture_mode,
+            files: &self.files,
+            manifest_digest: "",
+        }))
     }
 
     /// Rules of `runpack/manifest.schema.json`.
@@ -364,21 +381,21 @@ fn check_run_id(c: &mut Checker, run_id: &str) {
 
 /// Parse and validate `manifest.json`.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, DecodeError> {
-    let (_, manifest) = check::decode::<Manifest>(MANIFEST_SCHEMA_ID, bytes)?;
+    let manifest = check::decode_typed::<Manifest>(MANIFEST_SCHEMA_ID, bytes)?;
     manifest.validate()?;
     Ok(manifest)
 }
 
 /// Parse and validate `run.json`.
 pub fn parse_run(bytes: &[u8]) -> Result<RunRecord, DecodeError> {
-    let (_, run) = check::decode::<RunRecord>(RUN_SCHEMA_ID, bytes)?;
+    let run = check::decode_typed::<RunRecord>(RUN_SCHEMA_ID, bytes)?;
     run.validate()?;
     Ok(run)
 }
 
 /// Parse and validate `refs.json`.
 pub fn parse_refs(bytes: &[u8]) -> Result<Refs, DecodeError> {
-    let (_, refs) = check::decode::<Refs>(REFS_SCHEMA_ID, bytes)?;
+    let refs = check::decode_typed::<Refs>(REFS_SCHEMA_ID, bytes)?;
     refs.validate()?;
     Ok(refs)
 }
@@ -412,12 +429,10 @@ fn parse_jsonl<T: serde::de::DeserializeOwned>(
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(i, line)| {
-            check::decode::<T>(schema_id, line)
-                .map(|(_, record)| record)
-                .map_err(|source| JsonlError {
-                    line: i + 1,
-                    source,
-                })
+            check::decode_typed::<T>(schema_id, line).map_err(|source| JsonlError {
+                line: i + 1,
+                source,
+            })
         })
         .collect()
 }

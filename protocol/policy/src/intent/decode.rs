@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use gait_canon::gojson::fold_key;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
@@ -162,23 +163,6 @@ pub(crate) fn decode_intent(bytes: &[u8]) -> Result<IntentRequest, DecodeError> 
         other => return Err(type_error("", &other, "gate.IntentRequest")),
     }
     Ok(intent)
-}
-
-/// Fold a key the way Go's `encoding/json` compares it with an ASCII field name: ASCII case-insensitively, with
-/// U+212A KELVIN SIGN equal to `k` and U+017F LATIN SMALL LETTER LONG S equal to `s`. Keys holding any other
-/// non-ASCII character cannot name a field.
-fn fold_key(key: &str) -> Option<String> {
-    let mut out = String::with_capacity(key.len());
-    for c in key.chars() {
-        match c {
-            'A'..='Z' => out.push(c.to_ascii_lowercase()),
-            '\u{212a}' => out.push('k'),
-            '\u{17f}' => out.push('s'),
-            c if c.is_ascii() => out.push(c),
-            _ => return None,
-        }
-    }
-    Some(out)
 }
 
 fn join(parent: &str, field: &str) -> String {
