@@ -15,6 +15,7 @@
 //! outbox: { max_records: 100000, max_bytes: 268435456 }
 //! local_api: { listen: 127.0.0.1:7071 }
 //! poll: { wait_ms: 25000 }
+//! gate: { signing_key: keys/trace_private.key }   # optional; default: generated in <data_dir>/keys/
 //! ```
 //!
 //! Relative paths are resolved against the directory holding the file. After the file, environment
@@ -66,6 +67,18 @@ pub struct Config {
     /// Bundle long-poll.
     #[serde(default)]
     pub poll: PollConfig,
+    /// Local gate decisions.
+    #[serde(default)]
+    pub gate: GateConfig,
+}
+
+/// `gate.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Gait Ed25519 private key file that signs the trace of every local decision. Default: the pair
+    /// `<data_dir>/keys/trace_private.key` / `trace_public.key`, generated on first start.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// `aggregator.*`
@@ -288,6 +301,9 @@ impl Config {
         fix(&mut self.tls.key);
         self.trust.registry_public_keys.iter_mut().for_each(fix);
         fix(&mut self.data_dir);
+        if let Some(p) = self.gate.signing_key.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks every value; the error lists each problem with its dotted key.
@@ -360,6 +376,11 @@ impl Config {
                     self.poll.wait_ms
                 ),
             );
+        }
+        if let Some(path) = &self.gate.signing_key
+            && let Err(m) = check_file(path)
+        {
+            bad("gate.signing_key", m);
         }
         if problems.is_empty() {
             Ok(())

@@ -43,6 +43,7 @@
 mod activation;
 mod committer;
 mod exchange;
+pub mod gate;
 mod session;
 mod state;
 
@@ -59,7 +60,9 @@ use crate::identity::{AgentIdentity, IdentityError};
 use crate::outbox::{Outbox, OutboxError};
 
 pub use exchange::ExchangeError;
-pub use state::{ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, StatusReport};
+pub use state::{
+    ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, Staleness, StatusReport,
+};
 
 /// A connection that stayed up this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -107,6 +110,14 @@ pub enum DaemonError {
         /// What went wrong.
         detail: String,
     },
+    /// The trace signing key could not be loaded or created.
+    #[error("gate.signing_key: {path}: {detail}")]
+    GateKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// The agent database could not be opened.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -141,6 +152,7 @@ impl DaemonError {
                 | DaemonError::Identity(_)
                 | DaemonError::Tls(_)
                 | DaemonError::TrustKey { .. }
+                | DaemonError::GateKey { .. }
         )
     }
 }
@@ -212,12 +224,19 @@ impl Daemon {
         })
         .await??;
 
+        let data_dir = config.data_dir.clone();
+        let key_path = config.gate.signing_key.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            gate::GateEngine::open(&data_dir, key_path.as_deref())
+        })
+        .await??;
         let state = AgentState::open(
             identity,
             config.aggregator.address.clone(),
             db,
             outbox,
             trust,
+            Some(Arc::new(engine)),
         )
         .await?;
         activation::restore_cached_bundle(&state).await;

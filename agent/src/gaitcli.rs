@@ -17,7 +17,7 @@ mod keys;
 pub mod policy_test;
 pub mod ratelimit_state;
 mod registry;
-mod trace_emit;
+pub(crate) mod trace_emit;
 pub mod trace_verify;
 pub mod verify;
 

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
 //! | `POST /v1/records` | body `{"class":"block","kind":"gate.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record) |
+//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::daemon::gate::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format |
 //!
@@ -29,6 +30,7 @@ use gait_wire::RecordClass;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::gate::{GateError, GateRequest};
 use crate::daemon::{AgentState, StatusReport};
 use crate::outbox::{AppendOutcome, MAX_PAYLOAD_BYTES, OutboxError};
 
@@ -67,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(get_status))
         .route("/v1/records", post(post_record))
+        .route("/v1/gate/evaluate", post(post_evaluate))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -221,6 +224,50 @@ async fn post_record(State(state): State<AppState>, body: Bytes) -> Result<Respo
         AppendOutcome::Appended { seq } => axum::Json(json!({ "seq": seq })).into_response(),
         AppendOutcome::Shed => axum::Json(json!({ "shed": true })).into_response(),
     })
+}
+
+/// Query of `POST /v1/gate/evaluate`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateQuery {
+    policy: Option<String>,
+    #[serde(default)]
+    simulate: bool,
+}
+
+async fn post_evaluate(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<EvaluateQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError::bad(
+            "query",
+            format!(
+                "{}; allowed: policy=<file>, simulate=true|false",
+                e.body_text()
+            ),
+        )
+    })?;
+    let request = GateRequest {
+        intent: body.to_vec(),
+        policy: query.policy,
+        simulate: query.simulate,
+    };
+    match crate::daemon::gate::evaluate_intent(&state, request).await {
+        Ok(response) => Ok(axum::Json(response).into_response()),
+        Err(GateError::BadRequest { field, message }) => Err(ApiError::bad(field, message)),
+        Err(GateError::Outbox(e)) => Err(e.into()),
+        Err(GateError::Internal(message)) => {
+            tracing::error!(error = %message, "local decision failed");
+            Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message,
+                field: None,
+            })
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

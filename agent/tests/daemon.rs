@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use gait_agent::config::{
-    AggregatorConfig, Config, LocalApiConfig, OutboxConfig, PollConfig, TlsConfig, TrustConfig,
+    AggregatorConfig, Config, GateConfig, LocalApiConfig, OutboxConfig, PollConfig, TlsConfig,
+    TrustConfig,
 };
 use gait_agent::daemon::{Daemon, RunOptions, Shutdown, StatusReport};
 use gait_canon::sign::SigningKey;
@@ -134,16 +135,31 @@ fn signed_bundle(
     epoch: u64,
     max_offline_seconds: u64,
 ) -> Result<Vec<u8>> {
+    signed_bundle_with(
+        key,
+        org,
+        epoch,
+        gait_bundle::Staleness {
+            max_offline_seconds,
+            on_stale: gait_bundle::OnStale::FailClosed,
+        },
+    )
+}
+
+/// [`signed_bundle`] with an explicit staleness rule.
+fn signed_bundle_with(
+    key: &SigningKey,
+    org: &str,
+    epoch: u64,
+    staleness: gait_bundle::Staleness,
+) -> Result<Vec<u8>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let bytes = gait_bundle::BundleBuilder::new(
         gait_bundle::Scope::new(org, PROJECT, ENV),
         epoch,
         now + 3600,
     )
-    .staleness(gait_bundle::Staleness {
-        max_offline_seconds,
-        on_stale: gait_bundle::OnStale::FailClosed,
-    })
+    .staleness(staleness)
     .add_policy("default.yaml", POLICY_YAML.as_bytes().to_vec())
     .sign(key)?;
     Ok(bytes)
@@ -464,6 +480,7 @@ impl Fixture {
                 listen: "127.0.0.1:0".into(),
             },
             poll: PollConfig { wait_ms: 1_000 },
+            gate: GateConfig::default(),
         }
     }
 }
@@ -515,6 +532,18 @@ impl Agent {
             .http
             .post(format!("http://{}/v1/records", self.api))
             .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    /// `POST /v1/gate/evaluate{query}` with `intent` as the body.
+    async fn evaluate(&self, query: &str, intent: &Value) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("http://{}/v1/gate/evaluate{query}", self.api))
+            .json(intent)
             .send()
             .await?;
         let status = r.status().as_u16();
@@ -1009,5 +1038,243 @@ async fn local_api_names_the_bad_field_and_answers_507_when_the_outbox_is_full()
     );
     assert!(metrics.contains("gait_agent_connected 0"), "{metrics}");
     assert!(agent.stop().await?.clean);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Local gate decisions
+// ---------------------------------------------------------------------------------------------------------
+
+/// A Gait intent request for `tool` at `risk_class`.
+fn intent(tool: &str, risk_class: &str) -> Value {
+    json!({
+        "schema_id": "gait.gate.intent_request",
+        "schema_version": "1.0.0",
+        "created_at": "2026-02-05T00:00:00Z",
+        "producer_version": "test",
+        "tool_name": tool,
+        "args": {"path": "/tmp/out.txt"},
+        "targets": [{"kind": "path", "value": "/tmp/out.txt"}],
+        "arg_provenance": [{"arg_path": "$.path", "source": "user"}],
+        "context": {"identity": "alice", "workspace": "/tmp/ws", "risk_class": risk_class}
+    })
+}
+
+/// The repository's `shared/` directory (conformance material and the independent checker).
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_decides_locally_from_the_verified_bundle_signs_the_trace_and_records_it()
+-> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let data = Arc::new(PeerData::default());
+    let peer = Peer::start(&fx.pki, None, data.clone(), AckMode::Ack).await?;
+    let agent = Agent::start(fx.config(peer.addr)).await?;
+    agent.wait_status("connection", |s| s.connected).await?;
+
+    // No verified bundle yet: high-risk intents are blocked, others need approval; nothing is allowed.
+    let (code, high) = agent.evaluate("", &intent("fs.write", "high")).await?;
+    assert_eq!(code, 200, "{high}");
+    assert_eq!(high["verdict"], json!("block"));
+    assert_eq!(high["enforcement"], json!("no_policy"));
+    assert_eq!(high["reason_codes"], json!(["agent_no_verified_policy"]));
+    assert!(high.get("trace").is_none());
+    let (_, low) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(low["verdict"], json!("require_approval"), "{low}");
+
+    let bytes = signed_bundle(&fx.registry, ORG, 1, 3600)?;
+    let digest = hex::encode(offer(bytes.clone())?.digest);
+    data.push_offer(offer(bytes)?);
+    agent
+        .wait_status("bundle 1 active", |s| {
+            s.active_bundle.as_ref().is_some_and(|b| b.epoch == 1)
+        })
+        .await?;
+
+    let policy = gait_policy::parse_policy_yaml(POLICY_YAML.as_bytes())?;
+    let read_intent = intent("fs.read", "low");
+    let expected_intent_digest =
+        gait_policy::parse_and_normalize_intent(serde_json::to_vec(&read_intent)?.as_slice())?
+            .intent_digest;
+    let (code, allow) = agent.evaluate("", &read_intent).await?;
+    assert_eq!(code, 200, "{allow}");
+    assert_eq!(allow["verdict"], json!("allow"), "{allow}");
+    assert_eq!(allow["matched_rule"], json!("allow-read"));
+    assert_eq!(allow["enforcement"], json!("policy"));
+    assert_eq!(allow["stale"], json!(false));
+    assert_eq!(allow["policy_name"], json!("default.yaml"));
+    assert_eq!(allow["policy_digest"], json!(policy.digest()));
+    assert_eq!(allow["intent_digest"], json!(expected_intent_digest));
+    assert_eq!(allow["bundle"]["epoch"], json!(1));
+    assert_eq!(allow["bundle"]["digest"], json!(digest));
+
+    // The trace is Gait's: it verifies with our verifier and with the independent Python check, under the
+    // key the agent generated in its data dir; one changed byte breaks it.
+    let public_path = fx.data_dir.join("keys/trace_public.key");
+    let public = gait_canon::sign::load_public_key_file(&public_path)?;
+    assert_eq!(allow["trace_key_id"], json!(public.key_id()));
+    let trace_bytes = serde_json::to_vec_pretty(&allow["trace"])?;
+    let verified = gait_artifact::trace::verify_trace(&trace_bytes, &public)?;
+    assert!(verified.ok(), "{verified:?}");
+    assert_eq!(allow["trace"]["verdict"], json!("allow"));
+    assert_eq!(allow["trace"]["policy_digest"], json!(policy.digest()));
+    let trace_path = fx.pki.dir.join("trace.json");
+    std::fs::write(&trace_path, &trace_bytes)?;
+    let python = |doc: &Path| -> Result<i32> {
+        let out = std::process::Command::new("python3")
+            .arg(shared().join("tools/gait_verify.py"))
+            .arg(doc)
+            .arg(&public_path)
+            .output()
+            .context("run python3 gait_verify.py")?;
+        Ok(out.status.code().unwrap_or(-1))
+    };
+    assert_eq!(
+        python(&trace_path)?,
+        0,
+        "independent check refused our trace"
+    );
+    let tampered = String::from_utf8(trace_bytes.clone())?.replacen("\"allow\"", "\"block\"", 1);
+    std::fs::write(&trace_path, tampered)?;
+    assert_eq!(
+        python(&trace_path)?,
+        2,
+        "independent check accepted a tampered trace"
+    );
+
+    let (_, block) = agent.evaluate("", &intent("fs.write", "high")).await?;
+    assert_eq!(block["verdict"], json!("block"), "{block}");
+    assert_eq!(block["enforcement"], json!("policy"));
+
+    // Simulation answers allow but records what enforcement would have done, in the block class.
+    let (_, simulated) = agent
+        .evaluate("?simulate=true", &intent("fs.write", "high"))
+        .await?;
+    assert_eq!(simulated["verdict"], json!("allow"), "{simulated}");
+    assert_eq!(simulated["simulated"]["would_have_blocked"], json!(true));
+
+    // Every decision is a durable record stamped with the bundle in force.
+    let seqs: Vec<u64> = [&high, &low, &allow, &block, &simulated]
+        .iter()
+        .map(|v| v["record_seq"].as_u64().context("record_seq"))
+        .collect::<Result<_>>()?;
+    wait_until("decision records committed", || {
+        let committed = data.committed.lock().unwrap_or_else(|e| e.into_inner());
+        seqs.iter().all(|s| committed.contains_key(s))
+    })
+    .await?;
+    let records = data.committed_records();
+    let by_seq = |seq: u64| records.iter().find(|r| r.seq == seq).context("record");
+    let classes: Vec<_> = seqs
+        .iter()
+        .map(|s| by_seq(*s).map(|r| r.class))
+        .collect::<Result<_>>()?;
+    use gait_wire::RecordClass as C;
+    assert_eq!(
+        classes,
+        [C::Block, C::Approval, C::Allow, C::Block, C::Block]
+    );
+    let rec = by_seq(seqs[2])?;
+    assert_eq!(rec.kind, "gate.decision");
+    let stamped = rec.bundle.clone().context("bundle on record")?;
+    assert_eq!((stamped.epoch, hex::encode(stamped.digest)), (1, digest));
+    let payload = payload_of(rec)?;
+    assert_eq!(payload["schema"], json!("gait.agent.gate_decision"));
+    assert_eq!(payload["trace"], allow["trace"]);
+    assert_eq!(payload["tool_name"], json!("fs.read"));
+    assert_eq!(
+        payload_of(by_seq(seqs[4])?)?["enforced_verdict"],
+        json!("block")
+    );
+
+    // Bad input names what is wrong and records nothing.
+    let depth = agent.status().await?.outbox.last_seq;
+    let bad = agent
+        .http
+        .post(format!("http://{}/v1/gate/evaluate", agent.api))
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(
+        bad.json::<Value>().await?["error"]["field"],
+        json!("intent")
+    );
+    let (code, answer) = agent.evaluate("?bogus=1", &read_intent).await?;
+    assert_eq!((code, &answer["error"]["field"]), (400, &json!("query")));
+    let (code, answer) = agent.evaluate("?policy=other.yaml", &read_intent).await?;
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("default.yaml")),
+        "{answer}"
+    );
+    assert_eq!(agent.status().await?.outbox.last_seq, depth);
+
+    assert!(agent.stop().await?.clean);
+    peer.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_bundle_blocks_everything_under_fail_closed_and_keeps_deciding_under_keep()
+-> Result<()> {
+    init_logs();
+    for (on_stale, expect_verdict) in [
+        (gait_bundle::OnStale::FailClosed, "block"),
+        (gait_bundle::OnStale::Keep, "allow"),
+    ] {
+        let fx = Fixture::new()?;
+        let data = Arc::new(PeerData::default());
+        let peer = Peer::start(&fx.pki, None, data.clone(), AckMode::Ack).await?;
+        let addr = peer.addr;
+        let agent = Agent::start(fx.config(addr)).await?;
+        let staleness = gait_bundle::Staleness {
+            max_offline_seconds: 1,
+            on_stale,
+        };
+        data.push_offer(offer(signed_bundle_with(&fx.registry, ORG, 1, staleness)?)?);
+        agent
+            .wait_status("bundle active", |s| s.active_bundle.is_some())
+            .await?;
+        let (_, fresh) = agent.evaluate("", &intent("fs.read", "low")).await?;
+        assert_eq!(fresh["verdict"], json!("allow"), "{fresh}");
+        assert!(agent.stop().await?.clean);
+        peer.stop().await;
+
+        // Offline past max_offline_seconds: the rule of the bundle decides.
+        let agent = Agent::start(fx.config(addr)).await?;
+        agent.wait_status("stale", |s| s.stale).await?;
+        let (code, stale) = agent.evaluate("", &intent("fs.read", "low")).await?;
+        assert_eq!(code, 200, "{stale}");
+        assert_eq!(stale["stale"], json!(true));
+        assert_eq!(
+            stale["verdict"],
+            json!(expect_verdict),
+            "{on_stale:?}: {stale}"
+        );
+        if on_stale == gait_bundle::OnStale::FailClosed {
+            assert_eq!(stale["enforcement"], json!("stale_fail_closed"));
+            assert!(
+                stale["reason_codes"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!("agent_bundle_stale"))),
+                "{stale}"
+            );
+            assert_eq!(stale["trace"]["verdict"], json!("block"));
+            // Simulation does not lift a stale fail-closed block.
+            let (_, sim) = agent
+                .evaluate("?simulate=true", &intent("fs.read", "low"))
+                .await?;
+            assert_eq!(sim["verdict"], json!("block"), "{sim}");
+        } else {
+            assert_eq!(stale["enforcement"], json!("policy"));
+        }
+        assert!(agent.stop().await?.clean);
+    }
     Ok(())
 }

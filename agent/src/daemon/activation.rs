@@ -115,10 +115,7 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
         }
     };
     let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
-    let active = Arc::new(ActiveBundle {
-        bundle,
-        since_unix_ms: since,
-    });
+    let active = Arc::new(ActiveBundle::new(bundle, since));
     let applied_ref = active.bundle_ref();
     state.set_active(Some(active));
     state.set_received(Some(received.bundle_ref()));
@@ -275,10 +272,7 @@ fn restore_blocking(state: &AgentState) -> Option<serde_json::Value> {
                         "cached bundle verified and restored"
                     );
                     active_epoch = Some(cached.epoch);
-                    state.set_active(Some(Arc::new(ActiveBundle {
-                        bundle,
-                        since_unix_ms: since,
-                    })));
+                    state.set_active(Some(Arc::new(ActiveBundle::new(bundle, since))));
                 }
                 Err(reason) => tracing::error!(
                     epoch = cached.epoch,
@@ -349,10 +343,7 @@ fn finish_interrupted_activation(
                 "finished a bundle activation interrupted by a restart"
             );
             state.set_received(Some(activated.bundle_ref()));
-            state.set_active(Some(Arc::new(ActiveBundle {
-                bundle,
-                since_unix_ms: since,
-            })));
+            state.set_active(Some(Arc::new(ActiveBundle::new(bundle, since))));
             Some(json!({
                 "epoch": received.epoch,
                 "digest": received.digest_hex,

@@ -36,9 +36,31 @@ pub struct ActiveBundle {
     pub bundle: gait_bundle::VerifiedBundle,
     /// When this agent activated it, milliseconds since the Unix epoch.
     pub since_unix_ms: i64,
+    /// Its policy files, parsed once for local decisions.
+    pub policies: super::gate::PreparedPolicies,
 }
 
 impl ActiveBundle {
+    /// The bundle in force from `since_unix_ms`, its policies parsed.
+    pub fn new(bundle: gait_bundle::VerifiedBundle, since_unix_ms: i64) -> ActiveBundle {
+        let policies = super::gate::prepare_policies(&bundle);
+        for (name, p) in &policies {
+            if let Err(e) = p {
+                tracing::error!(
+                    epoch = bundle.manifest.epoch,
+                    policy = %name,
+                    error = %e,
+                    "a policy file of the active bundle does not parse; decisions naming it fail"
+                );
+            }
+        }
+        ActiveBundle {
+            bundle,
+            since_unix_ms,
+            policies,
+        }
+    }
+
     /// Epoch of the bundle.
     pub fn epoch(&self) -> u64 {
         self.bundle.manifest.epoch
@@ -52,6 +74,17 @@ impl ActiveBundle {
             since_unix_ms: self.since_unix_ms,
         }
     }
+}
+
+/// Staleness of the bundle in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Staleness {
+    /// Older than `max_offline_seconds` since the last contact (false without a bundle).
+    pub stale: bool,
+    /// The bundle's rule, if a bundle is in force.
+    pub on_stale: Option<gait_bundle::OnStale>,
+    /// The bundle's tolerance, if a bundle is in force.
+    pub max_offline_seconds: Option<u64>,
 }
 
 /// A bundle as reported by `status`.
@@ -167,6 +200,8 @@ pub struct AgentState {
     connected: AtomicBool,
     reconnects: AtomicU64,
     refusals: AtomicU64,
+    /// Local enforcement (trace key, rate-limit state); `None` only in tests that build bare state.
+    gate: Option<Arc<super::gate::GateEngine>>,
     /// 0 = never.
     last_contact_ms: AtomicI64,
     persisted_contact_ms: AtomicI64,
@@ -200,6 +235,7 @@ impl AgentState {
         db: AgentDb,
         outbox: Outbox,
         trust: gait_bundle::TrustRoot,
+        gate: Option<Arc<super::gate::GateEngine>>,
     ) -> Result<Arc<Self>, DaemonError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
@@ -229,6 +265,7 @@ impl AgentState {
             committer,
             cache,
             trust,
+            gate,
             active: RwLock::new(None),
             received: Mutex::new(None),
             last_refusal: Mutex::new(None),
@@ -255,6 +292,32 @@ impl AgentState {
     /// The registry keys bundles must be signed by.
     pub fn trust_root(&self) -> &gait_bundle::TrustRoot {
         &self.trust
+    }
+
+    /// Local enforcement, when configured.
+    pub fn gate(&self) -> Option<&Arc<super::gate::GateEngine>> {
+        self.gate.as_ref()
+    }
+
+    /// Whether the bundle in force is older than its `max_offline_seconds` at `now_ms`, and its rule.
+    pub fn staleness_at(&self, now_ms: i64) -> Staleness {
+        let Some(a) = self.active_bundle() else {
+            return Staleness::default();
+        };
+        let staleness = &a.bundle.manifest.staleness;
+        // Without any recorded contact, the bundle's activation is the last proof of contact.
+        let reference = self
+            .last_contact_unix_ms()
+            .unwrap_or(0)
+            .max(a.since_unix_ms);
+        let allowed_ms = i64::try_from(staleness.max_offline_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        Staleness {
+            stale: now_ms.saturating_sub(reference) > allowed_ms,
+            on_stale: Some(staleness.on_stale),
+            max_offline_seconds: Some(staleness.max_offline_seconds),
+        }
     }
 
     /// The durable outbox.
@@ -393,22 +456,12 @@ impl AgentState {
     pub fn status_at(&self, now_ms: i64) -> StatusReport {
         let active = self.active_bundle();
         let last_contact = self.last_contact_unix_ms();
-        let (stale, on_stale, max_offline) = match &active {
-            Some(a) => {
-                let staleness = &a.bundle.manifest.staleness;
-                // Without any recorded contact, the bundle's activation is the last proof of contact.
-                let reference = last_contact.unwrap_or(0).max(a.since_unix_ms);
-                let allowed_ms = i64::try_from(staleness.max_offline_seconds)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(1000);
-                (
-                    now_ms.saturating_sub(reference) > allowed_ms,
-                    Some(on_stale_name(staleness.on_stale).to_owned()),
-                    Some(staleness.max_offline_seconds),
-                )
-            }
-            None => (false, None, None),
-        };
+        let staleness = self.staleness_at(now_ms);
+        let (stale, on_stale, max_offline) = (
+            staleness.stale,
+            staleness.on_stale.map(|r| on_stale_name(r).to_owned()),
+            staleness.max_offline_seconds,
+        );
         let stats = self.outbox.stats();
         let limits = self.outbox.limits();
         StatusReport {

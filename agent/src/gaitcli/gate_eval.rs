@@ -524,7 +524,7 @@ fn decide(
 }
 
 /// Rate limit and destructive budget under one hold of the state lock.
-fn enforce_limits(
+pub(crate) fn enforce_limits(
     state_path: &Path,
     outcome: &EvalOutcome,
     intent: &NormalizedIntent,
