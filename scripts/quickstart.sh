@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: start an aggregator on its embedded defaults (SQLite + a private CA in a temp directory), enroll
-# one agent, publish the example policy, and show the agent activating it and a record arriving.
+# one agent, publish the example policy, show the agent activating it, deciding two real intents locally
+# (signed Gait traces) and the decision records arriving on the aggregator.
 # Everything runs on 127.0.0.1 and is removed at the end (KEEP=1 keeps the directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,17 +56,30 @@ for _ in $(seq 1 50); do
 done
 "$BIN/gait-agent" status --api "$LOCAL" | sed 's/^/   /'
 
-echo "== 6. a decision record goes through the durable outbox to the aggregator"
-curl -fsS -X POST "http://$LOCAL/v1/records" -H 'content-type: application/json' \
-  -d '{"class":"block","kind":"gate.decision","payload":{"tool_name":"tool.write","verdict":"block","reason_codes":["system_path_protected"]}}' \
-  | sed 's/^/   appended: /'; echo
+echo "== 6. the agent decides locally from the verified bundle, signs a Gait trace, records the decision"
+for INTENT in read-report write-system-file; do
+  curl -fsS -X POST "http://$LOCAL/v1/gate/evaluate" -H 'content-type: application/json' \
+    --data-binary "@examples/intents/$INTENT.json" >"$WORK/$INTENT.decision.json"
+  python3 - "$WORK/$INTENT.decision.json" "$WORK/$INTENT.trace.json" "$INTENT" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+json.dump(d["trace"], open(sys.argv[2], "w"), indent=2)
+print("   %-18s verdict=%s rule=%s reasons=%s bundle_epoch=%s record_seq=%s" % (
+    sys.argv[3], d["verdict"], d["matched_rule"] or "-", ",".join(d["reason_codes"]),
+    d["bundle"]["epoch"], d["record_seq"]))
+PY
+done
+echo "   the trace verifies offline with Gait's rules and the agent's trace key:"
+"$BIN/gait-agent" trace verify --path "$WORK/write-system-file.trace.json" \
+  --public-key "$WORK/agent-1/data/keys/trace_public.key" | sed 's/^/   /'
 TOKEN=$(cat "$WORK/aggregator/admin.token")
 for _ in $(seq 1 50); do
   OUT=$(curl -fsS -H "authorization: Bearer $TOKEN" "$HTTP/v1/orgs/acme/projects/payments/envs/prod/agents/agent-1/records?limit=10")
-  echo "$OUT" | grep -q '"gate.decision"' && break
+  [ "$(echo "$OUT" | grep -o '"gate.decision"' | wc -l)" -ge 2 ] && break
   sleep 0.2
 done
-echo "$OUT" | python3 -c 'import json,sys; d=json.load(sys.stdin); [print("   stored seq=%s class=%s kind=%s bundle_epoch=%s payload=%s" % (r["seq"], r["class"], r["kind"], r["bundle_epoch"], json.dumps(r["payload"]))) for r in d["records"]]'
+echo "   committed on the aggregator:"
+echo "$OUT" | python3 -c 'import json,sys; d=json.load(sys.stdin); [print("   seq=%s class=%s kind=%s bundle_epoch=%s %s" % (r["seq"], r["class"], r["kind"], r["bundle_epoch"], ("tool=%s verdict=%s trace_id=%s" % (r["payload"]["tool_name"], r["payload"]["verdict"], r["payload"]["trace_id"][:16])) if r["kind"]=="gate.decision" else json.dumps(r["payload"]))) for r in d["records"]]'
 
 echo "== 7. fleet inventory"
 "$BIN/gait-aggregator" agents "${API[@]}" --org acme | sed 's/^/   /'
