@@ -602,10 +602,31 @@ pub fn issue_fleet(
     Ok(all)
 }
 
+/// Receive/send buffer of each shared client socket. A real agent owns its socket; here a few hundred simulated
+/// agents share one, so its buffer is sized like the aggregator's, or the bench's own sockets drop the
+/// handshake replies of a reconnecting fleet and the bench measures itself.
+pub const CLIENT_UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// `n` QUIC client endpoints on 127.0.0.1 that simulated agents share (one UDP socket each).
 pub fn client_endpoints(n: usize) -> anyhow::Result<Vec<quinn::Endpoint>> {
+    use socket2::{Domain, Protocol, Socket, Type};
     (0..n.max(1))
-        .map(|_| Ok(quinn::Endpoint::client("127.0.0.1:0".parse()?)?))
+        .map(|_| {
+            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            // Best effort: the kernel caps both at net.core.{r,w}mem_max.
+            let _ = socket.set_recv_buffer_size(CLIENT_UDP_BUFFER_BYTES);
+            let _ = socket.set_send_buffer_size(CLIENT_UDP_BUFFER_BYTES);
+            socket.set_nonblocking(true)?;
+            let addr: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+            socket.bind(&addr.into())?;
+            let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+            Ok(quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket.into(),
+                runtime,
+            )?)
+        })
         .collect()
 }
 
