@@ -329,26 +329,39 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let mut url = format!(
-        "{}/v1/orgs/{}/agents",
+    let mut base = format!(
+        "{}/v1/orgs/{}/agents?limit=5000",
         args.api.server.trim_end_matches('/'),
         args.org
     );
-    let mut sep = '?';
     for (k, v) in [("project", &args.project), ("env", &args.env)] {
         if let Some(v) = v {
-            url.push_str(&format!("{sep}{k}={v}"));
-            sep = '&';
+            base.push_str(&format!("&{k}={v}"));
         }
     }
-    let (status, answer) = call(&args.api, reqwest::Method::GET, &url, None).await?;
-    if !status.is_success() {
-        eprintln!(
-            "error: ({status}): {}",
-            answer["error"]["message"].as_str().unwrap_or("no message")
-        );
-        return Ok(ExitCode::from(1));
+    // Follow the pages until the server returns no cursor.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(cursor) => format!("{base}&after={cursor}"),
+            None => base.clone(),
+        };
+        let (status, page) = call(&args.api, reqwest::Method::GET, &url, None).await?;
+        if !status.is_success() {
+            eprintln!(
+                "error: ({status}): {}",
+                page["error"]["message"].as_str().unwrap_or("no message")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        all.extend(page["agents"].as_array().cloned().unwrap_or_default());
+        match page["next_after"].as_str() {
+            Some(next) if Some(next) != after.as_deref() => after = Some(next.to_owned()),
+            _ => break,
+        }
     }
+    let answer = serde_json::json!({ "agents": all });
     if args.json {
         println!("{answer}");
         return Ok(ExitCode::SUCCESS);

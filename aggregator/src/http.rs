@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gait_bundle::OnStale;
-use gait_store::{AgentFilter, AgentKey, Store, Tenant};
+use gait_store::{AgentFilter, AgentKey, AgentPosition, MAX_AGENT_PAGE, Store, Tenant};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -312,6 +312,10 @@ async fn latest_bundle_raw(
 struct AgentQuery {
     project: Option<String>,
     env: Option<String>,
+    /// Cursor `project/env/agent_id` of the last agent of the previous page (`next_after`).
+    after: Option<String>,
+    /// Page size, 1..=5000 (default 500).
+    limit: Option<u32>,
 }
 
 async fn list_agents(
@@ -325,17 +329,52 @@ async fn list_agents(
             validate_identifier(field, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
     }
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
+        Some(text) => Some(AgentPosition::from_cursor(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "after: {text:?} is not a cursor `project/env/agent_id`; pass the previous page's next_after"
+            ))
+        })?),
+        None => None,
+    };
+    if let Some(a) = &after {
+        for (field, v) in [
+            ("after.project", &a.project),
+            ("after.env", &a.env),
+            ("after.agent_id", &a.agent_id),
+        ] {
+            validate_identifier(field, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+    }
+    if let Some(limit) = q.limit
+        && !(1..=MAX_AGENT_PAGE).contains(&limit)
+    {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is out of range 1..={MAX_AGENT_PAGE}"
+        )));
+    }
     let filter = AgentFilter {
         org,
         project: q.project,
         env: q.env,
+        after,
+        limit: q.limit,
     };
     let agents = state
         .store
         .list_agents(&filter)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "agents": agents })).into_response())
+    let full = u32::try_from(agents.len()).unwrap_or(u32::MAX) >= filter.page_size();
+    let next_after = agents.last().filter(|_| full).map(|a| {
+        AgentPosition {
+            project: a.tenant.project.clone(),
+            env: a.tenant.env.clone(),
+            agent_id: a.agent_id.clone(),
+        }
+        .to_cursor()
+    });
+    Ok(Json(json!({ "agents": agents, "next_after": next_after })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

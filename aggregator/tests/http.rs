@@ -230,7 +230,66 @@ async fn every_documented_route_is_served(db: &TestStore) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn agents_are_paged_with_a_cursor_and_bad_paging_is_refused(
+    db: &TestStore,
+) -> anyhow::Result<()> {
+    let (app, _) = app(db);
+    for i in 0..5 {
+        let key = gait_store::AgentKey {
+            tenant: gait_store::Tenant {
+                org: "acme".into(),
+                project: "web".into(),
+                env: "prod".into(),
+            },
+            agent_id: format!("a{i}"),
+        };
+        let hello = gait_store::AgentHello {
+            cert_serial: "0a".into(),
+            remote_addr: "127.0.0.1:1".into(),
+            agent_version: "0.1.0".into(),
+            active_bundle: None,
+            received_bundle: None,
+            outbox_depth: 0,
+            shed_total: 0,
+        };
+        db.store()
+            .agent_connected(&key, &hello, now() * 1000)
+            .await?;
+    }
+    let mut ids = Vec::new();
+    let mut uri = "/v1/orgs/acme/agents?limit=2".to_owned();
+    for _ in 0..10 {
+        let (s, v) = call(&app, "GET", &uri, Some(TOKEN), None).await;
+        anyhow::ensure!(s == StatusCode::OK, "{uri}: {s} {v}");
+        ids.extend(
+            v["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["agent_id"].as_str().map(str::to_owned)),
+        );
+        match v["next_after"].as_str() {
+            Some(next) => uri = format!("/v1/orgs/acme/agents?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    anyhow::ensure!(ids == ["a0", "a1", "a2", "a3", "a4"], "paged ids: {ids:?}");
+    for bad in ["limit=0", "limit=5001", "after=web", "after=web/prod/A*"] {
+        let (s, v) = call(
+            &app,
+            "GET",
+            &format!("/v1/orgs/acme/agents?{bad}"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        anyhow::ensure!(s == StatusCode::BAD_REQUEST, "{bad}: {s} {v}");
+    }
+    Ok(())
+}
+
 gait_store::store_tests!(
     publish_is_authenticated_validated_and_signed,
-    every_documented_route_is_served
+    every_documented_route_is_served,
+    agents_are_paged_with_a_cursor_and_bad_paging_is_refused
 );

@@ -22,10 +22,11 @@ use std::path::Path;
 
 pub use error::StoreError;
 pub use model::{
-    ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BatchOutcome,
-    BundleRef, BundleReportRow, GapKind, GapRow, MAX_BATCH_RECORDS, MAX_LABEL_BYTES,
-    MAX_NAME_BYTES, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES, MAX_SERIAL_HEX, MAX_TEXT_BYTES,
-    NewRecord, Refusal, Revocation, StoredBundle, StoredRecord, Tenant, normalize_cert_serial,
+    ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentPosition, AgentRow,
+    BatchOutcome, BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
+    MAX_BATCH_RECORDS, MAX_LABEL_BYTES, MAX_NAME_BYTES, MAX_RECORDS_PAGE,
+    MAX_REFUSAL_MESSAGE_BYTES, MAX_SERIAL_HEX, MAX_TEXT_BYTES, NewRecord, Refusal, Revocation,
+    StoredBundle, StoredRecord, Tenant, normalize_cert_serial,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -286,9 +287,15 @@ impl Store {
         dispatch!(self, s => s.latest_bundle(tenant).await)
     }
 
-    /// The agents of one org, optionally narrowed to a project and env, ordered by (project, env, agent_id).
+    /// One page of the agents of one org, optionally narrowed to a project and env, ordered by (project, env,
+    /// agent_id), starting after `filter.after`.
     pub async fn list_agents(&self, filter: &AgentFilter) -> Result<Vec<AgentRow>, StoreError> {
         check_name("filter.org", &filter.org)?;
+        if let Some(after) = &filter.after {
+            check_name("filter.after.project", &after.project)?;
+            check_name("filter.after.env", &after.env)?;
+            check_name("filter.after.agent_id", &after.agent_id)?;
+        }
         if let Some(project) = &filter.project {
             check_name("filter.project", project)?;
         }

@@ -179,14 +179,65 @@ pub struct StoredBundle {
     pub created_by: String,
 }
 
-/// Which agents to list: `org` is required, `project` and `env` narrow the list when set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Agents returned per page when the caller names no limit.
+pub const DEFAULT_AGENT_PAGE: u32 = 500;
+/// Largest page of agents.
+pub const MAX_AGENT_PAGE: u32 = 5_000;
+
+/// Which agents to list: `org` is required, `project` and `env` narrow the list when set. Pages follow the
+/// order (project, env, agent_id): `after` is the last agent of the previous page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentFilter {
     pub org: String,
     #[serde(default)]
     pub project: Option<String>,
     #[serde(default)]
     pub env: Option<String>,
+    /// Start after this agent (exclusive).
+    #[serde(default)]
+    pub after: Option<AgentPosition>,
+    /// Page size, 1..=[`MAX_AGENT_PAGE`]; `None` is [`DEFAULT_AGENT_PAGE`].
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl AgentFilter {
+    /// The page size to use.
+    pub fn page_size(&self) -> u32 {
+        self.limit
+            .unwrap_or(DEFAULT_AGENT_PAGE)
+            .clamp(1, MAX_AGENT_PAGE)
+    }
+}
+
+/// An agent's place in the listing order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPosition {
+    pub project: String,
+    pub env: String,
+    pub agent_id: String,
+}
+
+impl AgentPosition {
+    /// The cursor text `project/env/agent_id` (identifiers never contain `/`).
+    pub fn to_cursor(&self) -> String {
+        format!("{}/{}/{}", self.project, self.env, self.agent_id)
+    }
+
+    /// Parses [`AgentPosition::to_cursor`] output.
+    pub fn from_cursor(text: &str) -> Option<AgentPosition> {
+        let mut parts = text.split('/');
+        let (Some(project), Some(env), Some(agent_id), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(AgentPosition {
+            project: project.to_owned(),
+            env: env.to_owned(),
+            agent_id: agent_id.to_owned(),
+        })
+    }
 }
 
 /// The last bundle an agent refused.

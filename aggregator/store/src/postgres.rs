@@ -444,12 +444,19 @@ impl PgStore {
             "SELECT ",
             agent_columns!(),
             " FROM agents WHERE org = $1 AND ($2::text IS NULL OR project = $2) \
-             AND ($3::text IS NULL OR env = $3) ORDER BY project, env, agent_id"
+             AND ($3::text IS NULL OR env = $3) \
+             AND ($4::text IS NULL OR (project, env, agent_id) > ($4::text, $5::text, $6::text)) \
+             ORDER BY project, env, agent_id LIMIT $7"
         );
+        let after = filter.after.as_ref();
         let found = sqlx::query(SQL)
             .bind(&filter.org)
             .bind(filter.project.as_deref())
             .bind(filter.env.as_deref())
+            .bind(after.map(|a| a.project.as_str()))
+            .bind(after.map(|a| a.env.as_str()))
+            .bind(after.map(|a| a.agent_id.as_str()))
+            .bind(i64::from(filter.page_size()))
             .fetch_all(&self.pool)
             .await
             .map_err(db("list_agents"))?;

@@ -430,13 +430,20 @@ impl SqliteStore {
         const SQL: &str = concat!(
             "SELECT ",
             agent_columns!(),
-            " FROM agents WHERE org = $1 AND ($2 IS NULL OR project = $2) AND ($3 IS NULL OR env = $3) \
-             ORDER BY project, env, agent_id"
+            " FROM agents WHERE org = $1 AND ($2 IS NULL OR project = $2) \
+             AND ($3 IS NULL OR env = $3) \
+             AND ($4 IS NULL OR (project, env, agent_id) > ($4, $5, $6)) \
+             ORDER BY project, env, agent_id LIMIT $7"
         );
+        let after = filter.after.as_ref();
         let found = sqlx::query(SQL)
             .bind(&filter.org)
             .bind(filter.project.as_deref())
             .bind(filter.env.as_deref())
+            .bind(after.map(|a| a.project.as_str()))
+            .bind(after.map(|a| a.env.as_str()))
+            .bind(after.map(|a| a.agent_id.as_str()))
+            .bind(i64::from(filter.page_size()))
             .fetch_all(&self.pool)
             .await
             .map_err(db("list_agents"))?;

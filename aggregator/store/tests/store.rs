@@ -82,6 +82,7 @@ async fn agent_row(store: &Store, k: &AgentKey) -> Result<gait_store::AgentRow> 
         org: k.tenant.org.clone(),
         project: None,
         env: None,
+        ..AgentFilter::default()
     };
     let rows = store.list_agents(&filter).await?;
     rows.into_iter()
@@ -140,6 +141,7 @@ gait_store::store_tests!(
     concurrent_redelivery_of_one_batch_stores_it_once,
     concurrent_publishes_of_one_epoch_admit_exactly_one,
     hellos_and_last_seen_are_written_in_batches,
+    agents_are_listed_in_pages_that_cover_each_agent_once,
 );
 
 async fn migrations_are_idempotent_and_keep_data(db: &TestStore) -> Result<()> {
@@ -214,7 +216,8 @@ async fn agent_upsert_returns_the_committed_cursor(db: &TestStore) -> Result<()>
             .list_agents(&AgentFilter {
                 org: "acme".into(),
                 project: None,
-                env: None
+                env: None,
+                ..AgentFilter::default()
             })
             .await?
             .len()
@@ -506,6 +509,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
             org: "org-a".into(),
             project: None,
             env: None,
+            ..AgentFilter::default()
         })
         .await?;
     ensure!(org_a.len() == 2, "{org_a:?}");
@@ -514,6 +518,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
         org: "org-a".into(),
         project: Some("payments".into()),
         env: Some("prod".into()),
+        ..AgentFilter::default()
     };
     let only_prod = store.list_agents(&prod).await?;
     ensure!(only_prod.len() == 1 && only_prod[0].committed_seq == 4);
@@ -522,6 +527,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
             org: "org-b".into(),
             project: None,
             env: None,
+            ..AgentFilter::default()
         })
         .await?;
     ensure!(org_b.len() == 1 && org_b[0].committed_seq == 2);
@@ -534,6 +540,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
             org: "org-d".into(),
             project: None,
             env: None,
+            ..AgentFilter::default()
         })
         .await?
         .into_iter()
@@ -545,6 +552,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
             org: "org-c".into(),
             project: None,
             env: None,
+            ..AgentFilter::default()
         })
         .await?;
     ensure!(none.is_empty());
@@ -903,5 +911,85 @@ async fn hellos_and_last_seen_are_written_in_batches(db: &TestStore) -> Result<(
     store.agents_seen(&[&a], NOW + 100).await?;
     ensure!(agent_row(store, &a).await?.last_seen_unix_ms == NOW + 900);
     ensure!(store.agents_seen(&[], NOW).await? == 0);
+    Ok(())
+}
+
+async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let mut expected = Vec::new();
+    for (project, env) in [
+        ("billing", "prod"),
+        ("payments", "dev"),
+        ("payments", "prod"),
+    ] {
+        for i in 0..7 {
+            let k = AgentKey {
+                tenant: Tenant {
+                    org: "pager".into(),
+                    project: project.into(),
+                    env: env.into(),
+                },
+                agent_id: format!("agent-{i:02}"),
+            };
+            store.agent_connected(&k, &hello("0a"), NOW).await?;
+            expected.push((project.to_owned(), env.to_owned(), k.agent_id.clone()));
+        }
+    }
+    // Another org's agents never appear.
+    store
+        .agent_connected(&key("other", "agent-00"), &hello("0b"), NOW)
+        .await?;
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_agents(&AgentFilter {
+                org: "pager".into(),
+                after: after.clone(),
+                limit: Some(5),
+                ..AgentFilter::default()
+            })
+            .await?;
+        pages += 1;
+        ensure!(page.len() <= 5, "page of {}", page.len());
+        let Some(last) = page.last() else { break };
+        after = Some(gait_store::AgentPosition {
+            project: last.tenant.project.clone(),
+            env: last.tenant.env.clone(),
+            agent_id: last.agent_id.clone(),
+        });
+        seen.extend(page.iter().map(|a| {
+            (
+                a.tenant.project.clone(),
+                a.tenant.env.clone(),
+                a.agent_id.clone(),
+            )
+        }));
+        ensure!(pages < 20, "paging does not end");
+    }
+    ensure!(seen == expected, "pages: {seen:?}");
+    ensure!(
+        pages == 6,
+        "21 agents in pages of 5 plus the empty one: {pages}"
+    );
+    // Narrowed to one environment, the cursor still works.
+    let prod = store
+        .list_agents(&AgentFilter {
+            org: "pager".into(),
+            project: Some("payments".into()),
+            env: Some("prod".into()),
+            after: Some(gait_store::AgentPosition {
+                project: "payments".into(),
+                env: "prod".into(),
+                agent_id: "agent-03".into(),
+            }),
+            limit: Some(100),
+        })
+        .await?;
+    ensure!(
+        prod.iter().map(|a| a.agent_id.as_str()).collect::<Vec<_>>()
+            == ["agent-04", "agent-05", "agent-06"]
+    );
     Ok(())
 }
