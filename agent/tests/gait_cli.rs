@@ -1708,3 +1708,57 @@ fn broker_credentials_gate_an_allow_without_leaking_the_secret() -> Result<()> {
     assert_eq!(got.code, 6, "{}", got.stdout);
     Ok(())
 }
+
+/// `--wrkr-inventory`: keys match case-insensitively and `null` is empty (Go's decoder); the reported intent is
+/// the enriched one, so its digest (and trace) is Gait's (contract §1.3); `context_source` is the cleaned path.
+#[test]
+fn gate_eval_wrkr_enrichment_reports_the_enriched_digest_and_decodes_like_go() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    fs::write(
+        dir.join("p.yaml"),
+        "default_verdict: allow\nrules:\n  - name: pii\n    effect: block\n    match:\n      context_data_classes: [pii]\n",
+    )?;
+    fs::write(
+        dir.join("inv.json"),
+        r#"[{"tool_name":"Tool.Write","data_class":"PII","endpoint_class":"fs.write","autonomy_level":"L2"}]"#,
+    )?;
+    fs::write(
+        dir.join("inv2.json"),
+        r#"{"items":[{"Tool_Name":"tool.write","Data_Class":"PII","endpoint_class":null}]}"#,
+    )?;
+    let intent = fixtures().join("examples/policy-test/intent.json");
+    let eval = |inventory: &str| -> Result<Map<String, Value>> {
+        let run = run(
+            [
+                "gate",
+                "eval",
+                "--policy",
+                "p.yaml",
+                "--intent",
+                &p(&intent),
+                "--wrkr-inventory",
+                inventory,
+                "--trace-out",
+                "t.json",
+                "--json",
+            ],
+            dir,
+        )?;
+        run.json()
+    };
+    let out = eval("./inv.json")?;
+    ensure!(out["verdict"] == "block", "{out:?}");
+    // Digest of the intent with auth_context wrkr.* injected, as Gait computes it.
+    ensure!(
+        out["intent_digest"] == "c97671ac3abb2cae915d0c06e6a8ab6c76acff465cfc9ba7748f923ed34da92d",
+        "{out:?}"
+    );
+    ensure!(out["context_source"] == "inv.json", "{out:?}");
+    let trace = read_object(&dir.join("t.json"))?;
+    ensure!(trace["intent_digest"] == out["intent_digest"]);
+    let lenient = eval("inv2.json")?;
+    ensure!(lenient["verdict"] == "block", "{lenient:?}");
+    ensure!(lenient["ok"] == true, "{lenient:?}");
+    Ok(())
+}

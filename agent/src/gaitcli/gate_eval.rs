@@ -18,7 +18,9 @@ use gait_artifact::delegation::{
     ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
 };
 use gait_canon::sign::PublicKey;
-use gait_policy::eval::{CompositeRisk, ScriptOutcome, StepVerdict, WrkrInventory};
+use gait_policy::eval::{
+    CompositeRisk, ScriptOutcome, StepVerdict, WrkrInventory, wrkr_enriched_intent,
+};
 use gait_policy::gate::{
     BrokerStatus, GateDecision, RateLimitDecision, SimulateReport, TokenCheck, apply_approvals,
     apply_broker, apply_delegation, apply_destructive_budget, apply_rate_limit, apply_simulate,
@@ -281,6 +283,32 @@ struct Setup {
     registry_entries: Vec<LoadedEntry>,
 }
 
+/// Go's `filepath.Clean(strings.TrimSpace(path))`: lexical, `.` for an empty result.
+fn go_clean_path(path: &str) -> String {
+    let path = path.trim();
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_owned(),
+        (false, false) => joined,
+    }
+}
+
 fn load_wrkr(
     path: &Path,
     intent: &IntentRequest,
@@ -290,7 +318,7 @@ fn load_wrkr(
         .map_err(|e| format!("read wrkr inventory: {e}"))
         .and_then(|bytes| parse_wrkr_inventory(&bytes).map_err(|e| e.to_string()));
     match loaded {
-        Ok(inventory) => Ok(Some((inventory, path.display().to_string()))),
+        Ok(inventory) => Ok(Some((inventory, go_clean_path(&path.to_string_lossy())))),
         Err(e) if fail_closed_risk(intent) => Err(CliError::with_exit(
             format!("wrkr inventory unavailable in fail-closed mode: {e}"),
             EXIT_POLICY_BLOCKED,
@@ -485,7 +513,7 @@ fn decide(
 ) -> Result<Decided, CliError> {
     let mut registry_reason = String::new();
     if !setup.registry_entries.is_empty() {
-        if policy.rules.iter().any(|r| r.require_context_evidence) {
+        if policy.requires_context_evidence() {
             setup.warnings.push(
                 "approved script fast-path disabled because policy requires authenticated context evidence"
                     .into(),
@@ -878,9 +906,16 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     let policy_digest = policy.digest();
     let decided = decide(&policy, &policy_digest, &normalized, &mut setup)?;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let intent = prepare_for_evaluation(&normalized, setup.context_evidence.as_ref())
+    let mut intent = prepare_for_evaluation(&normalized, setup.context_evidence.as_ref())
         .map_err(|e| invalid(format!("verify context envelope: {e}")))?;
     let outcome = &decided.outcome;
+    // Gait reports (digests, trace, approval binding) the intent its single-intent evaluation enriched.
+    if let Some((inventory, source)) = &setup.wrkr
+        && outcome.context_source.split(',').any(|s| s == source)
+        && let Some(enriched) = wrkr_enriched_intent(&intent, Some(inventory))
+    {
+        intent = enriched;
+    }
     let mut decision = GateDecision::from_outcome(outcome);
 
     let (rate, budget) = enforce_limits(&state_path, outcome, &intent, &mut decision)?;

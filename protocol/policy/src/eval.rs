@@ -43,7 +43,7 @@ pub type WrkrInventory = BTreeMap<String, WrkrToolMetadata>;
 /// The Wrkr inventory file is not JSON of either accepted shape.
 #[derive(Debug, thiserror::Error)]
 #[error("parse wrkr inventory: {0}")]
-pub struct WrkrInventoryError(#[from] serde_json::Error);
+pub struct WrkrInventoryError(String);
 
 /// Parse Wrkr inventory content as Gait does: `{"items":[...]}` when it has items, otherwise a bare array of
 /// `{tool_name, data_class, endpoint_class, autonomy_level}`; values trimmed and lowercased, entries without a
@@ -66,9 +66,11 @@ pub fn parse_wrkr_inventory(bytes: &[u8]) -> Result<WrkrInventory, WrkrInventory
         #[serde(default)]
         items: Vec<Item>,
     }
-    let items = match serde_json::from_slice::<Envelope>(bytes) {
+    // Go's encoding/json: keys match case-insensitively and `null` leaves a field empty.
+    let items = match gait_canon::gojson::from_slice::<Envelope>(bytes) {
         Ok(envelope) if !envelope.items.is_empty() => envelope.items,
-        _ => serde_json::from_slice::<Vec<Item>>(bytes)?,
+        _ => gait_canon::gojson::from_slice::<Vec<Item>>(bytes)
+            .map_err(|e| WrkrInventoryError(e.to_string()))?,
     };
     let mut inventory = WrkrInventory::new();
     for item in items {
@@ -300,6 +302,23 @@ pub(crate) fn apply_wrkr(
         Value::String(meta.autonomy_level.clone()),
     );
     Some(Box::new(out))
+}
+
+/// The intent as Gait reports it after a single-intent evaluation with a Wrkr inventory: `auth_context`
+/// carries the `wrkr.*` keys of its tool and the digests are recomputed (contract §1.3). `None` for scripts
+/// and when the inventory has no entry for the tool.
+pub fn wrkr_enriched_intent(
+    intent: &NormalizedIntent,
+    inventory: Option<&WrkrInventory>,
+) -> Option<NormalizedIntent> {
+    if intent.is_script() {
+        return None;
+    }
+    let context = apply_wrkr(&intent.context, &intent.tool_name, inventory)?;
+    let mut out = intent.clone();
+    out.context = *context;
+    out.recompute_digests();
+    Some(out)
 }
 
 fn fail_closed_failures(

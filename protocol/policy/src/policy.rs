@@ -324,6 +324,20 @@ impl Policy {
     pub fn digest(&self) -> String {
         gait_canon::digest_jcs(&self.digest_payload())
     }
+
+    /// Gait's `PolicyRequiresContextEvidence`: `fail_closed.required_fields` names `context_evidence`, or a
+    /// rule requires evidence, a `required` evidence mode or a maximum context age.
+    pub fn requires_context_evidence(&self) -> bool {
+        self.fail_closed
+            .required_fields
+            .iter()
+            .any(|f| f == "context_evidence")
+            || self.rules.iter().any(|r| {
+                r.require_context_evidence
+                    || r.required_context_evidence_mode == "required"
+                    || r.max_context_age_seconds > 0
+            })
+    }
 }
 
 impl Default for Policy {

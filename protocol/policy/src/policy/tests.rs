@@ -301,3 +301,25 @@ fn oversized_policy_is_rejected_before_parsing() {
         Err(PolicyError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn context_evidence_is_required_by_any_of_gaits_four_conditions() {
+    let rule = |extra: &str| {
+        format!(
+            "rules:\n  - name: r\n    effect: allow\n    match:\n      tool_names: [x]\n{extra}"
+        )
+    };
+    let requires = |yaml: &str| parse(yaml).expect("policy").requires_context_evidence();
+    assert!(!requires(&rule("")));
+    assert!(requires(&rule("    require_context_evidence: true\n")));
+    assert!(requires(&rule(
+        "    required_context_evidence_mode: required\n"
+    )));
+    assert!(requires(&rule("    max_context_age_seconds: 60\n")));
+    assert!(requires(
+        "fail_closed:\n  enabled: true\n  required_fields: [context_evidence]\n"
+    ));
+    assert!(!requires(
+        "fail_closed:\n  enabled: true\n  required_fields: [targets]\n"
+    ));
+}
