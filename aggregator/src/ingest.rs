@@ -146,7 +146,15 @@ pub async fn serve(
             "ingest drain timed out; connections dropped"
         );
     }
+    // `close` only queues the CONNECTION_CLOSE frames; exiting before the endpoint sent them leaves agents to
+    // find out from their idle timeout (15 s) instead of at once. Give the driver a short moment to send them;
+    // waiting out the whole draining period instead would keep the port dark while the fleet redials.
+    let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
 }
+
+/// How long shutdown lets the endpoint send the close frames of every connection (10,000 take well under
+/// this on one core; the draining period that `wait_idle` would wait out in full is longer).
+const CLOSE_FLUSH: Duration = Duration::from_millis(250);
 
 async fn handle_incoming(
     incoming: quinn::Incoming,
