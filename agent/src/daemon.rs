@@ -236,7 +236,7 @@ impl Daemon {
             db,
             outbox,
             trust,
-            Some(Arc::new(engine)),
+            Arc::new(engine),
         )
         .await?;
         activation::restore_cached_bundle(&state).await;

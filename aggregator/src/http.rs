@@ -366,14 +366,10 @@ async fn list_agents(
         .await
         .map_err(ApiError::internal)?;
     let full = u32::try_from(agents.len()).unwrap_or(u32::MAX) >= filter.page_size();
-    let next_after = agents.last().filter(|_| full).map(|a| {
-        AgentPosition {
-            project: a.tenant.project.clone(),
-            env: a.tenant.env.clone(),
-            agent_id: a.agent_id.clone(),
-        }
-        .to_cursor()
-    });
+    let next_after = agents
+        .last()
+        .filter(|_| full)
+        .map(|a| a.position().to_cursor());
     Ok(Json(json!({ "agents": agents, "next_after": next_after })).into_response())
 }
 

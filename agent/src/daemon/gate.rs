@@ -30,7 +30,7 @@ use gait_artifact::trace::TraceRecord;
 use gait_canon::sign::SigningKey;
 use gait_policy::gate::{
     BrokerStatus, GateDecision, SimulateReport, apply_approvals, apply_broker, apply_delegation,
-    apply_simulate, result_created_at,
+    apply_simulate,
 };
 use gait_policy::intent::prepare_for_evaluation;
 use gait_policy::{
@@ -44,7 +44,7 @@ use serde_json::Value;
 use super::state::{ActiveBundle, now_unix_ms};
 use super::{AgentState, DaemonError};
 use crate::gaitcli::PRODUCER_VERSION;
-use crate::gaitcli::gate_eval::enforce_limits;
+use crate::gaitcli::gate_eval::{enforce_limits, fail_closed_risk, gate_created_at};
 use crate::gaitcli::trace_emit::{self, TraceInputs};
 use crate::outbox::{AppendOutcome, OutboxError};
 
@@ -279,13 +279,6 @@ fn record_class(verdict: Verdict) -> RecordClass {
     }
 }
 
-fn is_high_risk(intent: &IntentRequest) -> bool {
-    matches!(
-        intent.context.risk_class.trim().to_lowercase().as_str(),
-        "high" | "critical"
-    )
-}
-
 fn pick_policy(
     active: &ActiveBundle,
     name: Option<&str>,
@@ -343,15 +336,15 @@ fn decide_blocking(
     req: &GateRequest,
 ) -> Result<Decided, GateError> {
     let Some(active) = active else {
-        let (verdict, violation) = if is_high_risk(raw) {
-            (Verdict::Block, "no_verified_policy")
+        let verdict = if fail_closed_risk(raw) {
+            Verdict::Block
         } else {
-            (Verdict::RequireApproval, "no_verified_policy")
+            Verdict::RequireApproval
         };
         let decision = GateDecision {
             verdict,
             reason_codes: vec![REASON_NO_POLICY.to_owned()],
-            violations: vec![violation.to_owned()],
+            violations: vec!["no_verified_policy".to_owned()],
         };
         let intent_digest = normalize_intent(raw)
             .map(|n| n.intent_digest)
@@ -420,9 +413,7 @@ fn decide_blocking(
         None
     };
     let enforcement = stale_block(&mut decision, stale_fail_closed);
-    let created_at = GoTime::parse(&result_created_at(intent.created_at)).unwrap_or_else(|_| {
-        GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC))
-    });
+    let created_at = gate_created_at(&intent);
     let record = trace_emit::build_trace(
         &TraceInputs {
             policy,
@@ -463,15 +454,8 @@ fn stale_block(decision: &mut GateDecision, stale_fail_closed: bool) -> Enforcem
     if !stale_fail_closed {
         return Enforcement::Policy;
     }
-    if decision.verdict != Verdict::Block {
-        decision.verdict = Verdict::Block;
-    }
-    if let Err(at) = decision
-        .reason_codes
-        .binary_search_by(|r| r.as_str().cmp(REASON_STALE))
-    {
-        decision.reason_codes.insert(at, REASON_STALE.to_owned());
-    }
+    decision.verdict = Verdict::Block;
+    decision.add(REASON_STALE, None);
     Enforcement::StaleFailClosed
 }
 
@@ -482,10 +466,7 @@ pub async fn evaluate_intent(
 ) -> Result<GateResponse, GateError> {
     let raw = parse_intent(&req.intent).map_err(|e| bad("intent", format!("intent: {e}")))?;
     let tool_name = raw.tool_name.trim().to_owned();
-    let engine = state
-        .gate()
-        .ok_or_else(|| GateError::Internal("local enforcement is not configured".into()))?
-        .clone();
+    let engine = state.gate().clone();
     let active = state.active_bundle();
     let staleness = state.staleness_at(now_unix_ms());
     let stale_fail_closed =
@@ -515,10 +496,7 @@ pub async fn evaluate_intent(
         since_unix_ms: a.since_unix_ms,
     });
     let trace_key_id = if decided.trace.is_some() {
-        state
-            .gate()
-            .map(|g| g.key_id().to_owned())
-            .unwrap_or_default()
+        state.gate().key_id().to_owned()
     } else {
         String::new()
     };

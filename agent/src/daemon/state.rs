@@ -200,8 +200,8 @@ pub struct AgentState {
     connected: AtomicBool,
     reconnects: AtomicU64,
     refusals: AtomicU64,
-    /// Local enforcement (trace key, rate-limit state); `None` only in tests that build bare state.
-    gate: Option<Arc<super::gate::GateEngine>>,
+    /// Local enforcement (trace key, rate-limit state).
+    gate: Arc<super::gate::GateEngine>,
     /// 0 = never.
     last_contact_ms: AtomicI64,
     persisted_contact_ms: AtomicI64,
@@ -235,7 +235,7 @@ impl AgentState {
         db: AgentDb,
         outbox: Outbox,
         trust: gait_bundle::TrustRoot,
-        gate: Option<Arc<super::gate::GateEngine>>,
+        gate: Arc<super::gate::GateEngine>,
     ) -> Result<Arc<Self>, DaemonError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
@@ -294,9 +294,9 @@ impl AgentState {
         &self.trust
     }
 
-    /// Local enforcement, when configured.
-    pub fn gate(&self) -> Option<&Arc<super::gate::GateEngine>> {
-        self.gate.as_ref()
+    /// Local enforcement.
+    pub fn gate(&self) -> &Arc<super::gate::GateEngine> {
+        &self.gate
     }
 
     /// Whether the bundle in force is older than its `max_offline_seconds` at `now_ms`, and its rule.

@@ -213,7 +213,8 @@ pub fn run(args: &GateEvalArgs, invocation: &Invocation) -> CommandOutput {
     }
 }
 
-fn fail_closed_risk(intent: &IntentRequest) -> bool {
+/// Risk classes Gait's CLI fails closed for (`high`, `critical`).
+pub(crate) fn fail_closed_risk(intent: &IntentRequest) -> bool {
     matches!(
         intent.context.risk_class.trim().to_lowercase().as_str(),
         "high" | "critical"
@@ -539,16 +540,19 @@ fn decide(
         wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
     };
     let outcome = evaluate(policy, intent, &opts).map_err(|e| invalid(e.to_string()))?;
-    let created_at = GoTime::parse(&result_created_at(intent.created_at)).unwrap_or_else(|_| {
-        GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC))
-    });
     Ok(Decided {
         outcome,
-        created_at,
+        created_at: gate_created_at(intent),
         pre_approved: false,
         pattern_id: String::new(),
         registry_reason,
     })
+}
+
+/// The gate result's `created_at` for `intent` (Gait's rule, 1980-01-01 if that cannot be represented).
+pub(crate) fn gate_created_at(intent: &NormalizedIntent) -> GoTime {
+    GoTime::parse(&result_created_at(intent.created_at))
+        .unwrap_or_else(|_| GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC)))
 }
 
 /// Rate limit and destructive budget under one hold of the state lock.

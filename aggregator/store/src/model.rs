@@ -218,6 +218,17 @@ pub struct AgentPosition {
     pub agent_id: String,
 }
 
+impl AgentRow {
+    /// This agent's place in the listing order (the cursor of a page that ends with it).
+    pub fn position(&self) -> AgentPosition {
+        AgentPosition {
+            project: self.tenant.project.clone(),
+            env: self.tenant.env.clone(),
+            agent_id: self.agent_id.clone(),
+        }
+    }
+}
+
 impl AgentPosition {
     /// The cursor text `project/env/agent_id` (identifiers never contain `/`).
     pub fn to_cursor(&self) -> String {

@@ -954,11 +954,7 @@ async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -
         pages += 1;
         ensure!(page.len() <= 5, "page of {}", page.len());
         let Some(last) = page.last() else { break };
-        after = Some(gait_store::AgentPosition {
-            project: last.tenant.project.clone(),
-            env: last.tenant.env.clone(),
-            agent_id: last.agent_id.clone(),
-        });
+        after = Some(last.position());
         seen.extend(page.iter().map(|a| {
             (
                 a.tenant.project.clone(),

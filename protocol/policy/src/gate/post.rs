@@ -30,7 +30,8 @@ impl GateDecision {
         }
     }
 
-    fn add(&mut self, reason: &str, violation: Option<&str>) {
+    /// Adds a reason code (and a violation) keeping both lists sorted and unique.
+    pub fn add(&mut self, reason: &str, violation: Option<&str>) {
         insert_sorted(&mut self.reason_codes, reason);
         if let Some(v) = violation {
             insert_sorted(&mut self.violations, v);
