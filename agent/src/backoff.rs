@@ -67,6 +67,19 @@ impl Backoff {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// A uniformly random delay in `[0, window]`, for a redial window the aggregator announced when it shut
+    /// down ([`gait_wire::shutdown`]). The attempt counter is not touched: should that redial fail, the
+    /// ordinary backoff follows.
+    pub fn within(window: Duration) -> Duration {
+        Self::within_with(window, getrandom::u64().unwrap_or(u64::MAX))
+    }
+
+    /// [`Backoff::within`] for a given 64-bit random value (`window * random / 2^64`).
+    pub fn within_with(window: Duration, random: u64) -> Duration {
+        let nanos = window.as_nanos().saturating_mul(u128::from(random)) >> 64;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
     /// Back to the first, smallest ceiling (call after a connection stayed up long enough to count as stable).
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -77,6 +90,15 @@ impl Backoff {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn announced_windows_are_spanned() {
+        let w = Duration::from_secs(10);
+        assert_eq!(Backoff::within_with(w, 0), Duration::ZERO);
+        assert_eq!(Backoff::within_with(w, 1 << 63), Duration::from_secs(5));
+        let top = Backoff::within_with(w, u64::MAX);
+        assert!(top <= w && top > Duration::from_millis(9_999));
+    }
 
     #[test]
     fn ceiling_doubles_from_base_until_the_cap() {

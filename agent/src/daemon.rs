@@ -24,7 +24,10 @@
 //!   crashes and reconnects.
 //! - `ServerMsg::Error` is logged with its code; a retryable one is retried after a pause, any other ends
 //!   the connection. A lost connection is redialled with full-jitter exponential backoff ([`crate::backoff`]:
-//!   base 200 ms, cap 30 s, reset once a connection stayed up for [`STABLE_CONNECTION`]).
+//!   base 1 s, cap 30 s, reset once a connection stayed up for [`STABLE_CONNECTION`]). When the aggregator
+//!   closed the connection because it is shutting down, its close reason announces a redial window
+//!   ([`gait_wire::shutdown`]) and the first redial waits a uniformly random part of it instead, so a whole
+//!   fleet comes back as a steady stream at the rate the aggregator asked for.
 //!
 //! # Bundle handling
 //! An offered bundle is checked with `gait_bundle::verify` against the configured trust root, the agent's
@@ -46,6 +49,8 @@ mod exchange;
 pub mod gate;
 mod session;
 mod state;
+
+pub use session::announced_redial_window;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -54,19 +54,27 @@ pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
 pub const CLOSE_REVOKED: u32 = 2;
 pub const CLOSE_UNAUTHORIZED: u32 = 3;
-pub const CLOSE_SHUTDOWN: u32 = 4;
+pub const CLOSE_SHUTDOWN: u32 = gait_wire::CLOSE_SHUTDOWN;
 
 /// Limits of the ingest endpoint.
 #[derive(Clone, Debug)]
 pub struct IngestLimits {
     /// Largest request frame body accepted.
     pub max_frame: u32,
+    /// Handshakes per second the fleet is asked to come back at after this aggregator shuts down: the close
+    /// reason announces a redial window of `open connections / reconnect_rate` ([`gait_wire::shutdown`]).
+    pub reconnect_rate: u32,
 }
+
+/// Default [`IngestLimits::reconnect_rate`]: what one aggregator core sustains with room to spare (a full
+/// handshake, `Hello` and long-poll cost about 1.5 ms of aggregator CPU; docs/benchmarks.md).
+pub const DEFAULT_RECONNECT_RATE: u32 = 1000;
 
 impl Default for IngestLimits {
     fn default() -> Self {
         Self {
             max_frame: gait_wire::MAX_FRAME_LEN,
+            reconnect_rate: DEFAULT_RECONNECT_RATE,
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct IngestState {
     pub server_version: String,
     presence: Presence,
     live: LiveConnections,
+    /// Fixed at the first close of shutdown, so every connection announces the same redial window.
+    shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl IngestState {
@@ -101,7 +111,23 @@ impl IngestState {
             limits,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             live: LiveConnections::default(),
+            shutdown_reason: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The close reason of shutdown: announces a redial window sized by the connections being dropped and
+    /// [`IngestLimits::reconnect_rate`] (see [`gait_wire::shutdown`]). Computed once, on first use.
+    fn shutdown_reason(&self) -> &[u8] {
+        self.shutdown_reason.get_or_init(|| {
+            let open = self.live.len();
+            let spread = gait_wire::shutdown::spread_for(open, self.limits.reconnect_rate);
+            info!(
+                open,
+                reconnect_spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX),
+                "shutting down: closing agent connections and announcing their redial window"
+            );
+            gait_wire::shutdown::shutdown_reason(spread)
+        })
     }
 
     /// Number of agent connections currently open.
@@ -135,7 +161,7 @@ pub async fn serve(
             }
         }
     }
-    endpoint.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+    endpoint.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
@@ -217,7 +243,7 @@ async fn handle_incoming(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                conn.close(CLOSE_SHUTDOWN.into(), b"aggregator shutting down");
+                conn.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
                 break;
             }
             bi = conn.accept_bi() => match bi {

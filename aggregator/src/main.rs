@@ -89,6 +89,12 @@ struct ServeArgs {
     /// size is logged at start). 0 keeps the system default.
     #[arg(long, default_value_t = serve::DEFAULT_UDP_BUFFER_BYTES, env = "GAIT_UDP_BUFFER_BYTES")]
     udp_buffer_bytes: usize,
+    /// Handshakes per second the fleet should come back at after this aggregator stops. At shutdown every agent
+    /// is told to spread its first redial over (connected agents / rate) seconds, so a restart meets a steady
+    /// stream instead of a herd. Size it to what the host sustains (about 1,000 per core; see
+    /// docs/benchmarks.md).
+    #[arg(long, default_value_t = gait_aggregator::ingest::DEFAULT_RECONNECT_RATE, env = "GAIT_RECONNECT_RATE")]
+    reconnect_rate: u32,
     /// Seconds to wait for in-flight work after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10)]
     grace_seconds: u64,
@@ -104,21 +110,29 @@ enum PkiCommand {
     Revoke(cli::RevokeArgs),
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_tracing(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    // Colour only on a terminal: a log file or journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
     }
+    .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, &cli.log_level);
+    if let Err(e) = init_tracing(cli.log_format, &cli.log_level) {
+        eprintln!(
+            "error: invalid --log-level / GAIT_LOG {:?}: {e} (a tracing filter such as `info` or `info,gait_aggregator=debug`)",
+            cli.log_level
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,6 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config.http_listen = args.http_listen;
             config.server_names = args.server_names;
             config.udp_buffer_bytes = args.udp_buffer_bytes;
+            config.reconnect_rate = args.reconnect_rate;
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             let running = serve::start(config, shutdown)

@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// Receive and send buffer asked of the kernel for the QUIC UDP socket, in bytes. Large enough to hold the
     /// burst of handshakes when a whole fleet reconnects; Linux caps it at `net.core.rmem_max`/`wmem_max`.
     pub udp_buffer_bytes: usize,
+    /// Handshakes per second the fleet is asked to reconnect at after a shutdown (the close reason announces a
+    /// redial window of connections / rate).
+    pub reconnect_rate: u32,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -68,6 +71,7 @@ impl ServeConfig {
             transport: TransportTuning::default(),
             revocation_refresh: Duration::from_secs(1),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
+            reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
         }
     }
 
@@ -298,7 +302,10 @@ pub async fn start(
         registry.clone(),
         metrics.clone(),
         revoked,
-        IngestLimits::default(),
+        IngestLimits {
+            reconnect_rate: config.reconnect_rate,
+            ..IngestLimits::default()
+        },
     ));
     let tracker = TaskTracker::new();
     spawn_ingest(&tracker, endpoint, ingest.clone(), shutdown.child_token());

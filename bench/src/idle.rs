@@ -2,8 +2,9 @@
 //! client endpoints) connect, say `Hello` and park a `PollBundle` long-poll, like an idle `gait-agent`. The
 //! aggregator child's VmRSS before and after gives the memory per idle connection. Then the aggregator is
 //! restarted (SIGTERM, start again on the same ports) and every agent reconnects the way the real agent does:
-//! full-jitter exponential backoff (`gait_agent::backoff`, base 200 ms, cap 30 s) and the agent's handshake
-//! deadline (`gait_agent::daemon::CONNECT_TIMEOUT`). The report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
+//! the redial window the shutting-down aggregator announced (`gait_wire::shutdown`), then full-jitter
+//! exponential backoff (`gait_agent::backoff`, base 1 s, cap 30 s) and the agent's handshake deadline
+//! (`gait_agent::daemon::CONNECT_TIMEOUT`). The report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -468,7 +469,12 @@ impl SimAgent {
             if up.elapsed() >= gait_agent::daemon::STABLE_CONNECTION {
                 backoff.reset();
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            // As the real agent: a window announced by a shutting-down aggregator, else the backoff.
+            let delay = match gait_agent::daemon::announced_redial_window(&conn) {
+                Some(window) => Backoff::within(window),
+                None => backoff.next_delay(),
+            };
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -83,6 +83,8 @@ pub struct Aggregator {
     pub quic: SocketAddr,
     pub http: SocketAddr,
     pub token: String,
+    /// Extra `serve` arguments, kept across [`Aggregator::restart`].
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -105,6 +107,17 @@ impl Aggregator {
         quic: SocketAddr,
         http: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, database_url, quic, http, &[])
+    }
+
+    /// Start with extra `serve` arguments (e.g. `--reconnect-rate 1`).
+    pub fn start_with(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        quic: SocketAddr,
+        http: SocketAddr,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -124,6 +137,7 @@ impl Aggregator {
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
+        cmd.args(extra_args);
         let mut child = cmd.spawn().context("spawn gait-aggregator")?;
         let stdout = child.stdout.take().context("aggregator stdout")?;
         let mut line = String::new();
@@ -143,6 +157,7 @@ impl Aggregator {
             quic: quic.parse()?,
             http: http.parse()?,
             token,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             child: Some(child),
             log: data_dir.join("aggregator.log"),
         })
@@ -171,12 +186,14 @@ impl Aggregator {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let mut last = None;
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         for _ in 0..50 {
-            match Self::start_on(
+            match Self::start_with(
                 &self.data_dir,
                 self.database_url.as_deref(),
                 self.quic,
                 self.http,
+                &extra,
             ) {
                 Ok(n) => {
                     *self = n;

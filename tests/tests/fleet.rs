@@ -321,3 +321,105 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
         Ok(())
     });
 }
+
+/// The number after `field=` on the last log line that contains `what`.
+fn logged_ms(log: &str, what: &str, field: &str) -> Option<u64> {
+    let key = format!("{field}=");
+    log.lines()
+        .rev()
+        .filter(|l| l.contains(what))
+        .find_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+#[test]
+fn a_stopping_aggregator_announces_a_redial_window_sized_by_its_fleet_and_agents_redial_within_it()
+-> anyhow::Result<()> {
+    // The spread is a transport matter, the same on either store; SQLite only.
+    let tmp = tempfile::tempdir()?;
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    // One handshake a second asked of the fleet: three agents must spread their redials over 3 s.
+    let mut agg = Aggregator::start_with(
+        &tmp.path().join("agg"),
+        None,
+        any,
+        any,
+        &["--reconnect-rate", "1"],
+    )?;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let id = format!("edge-{i}");
+        let mut a = Agent::enroll(&agg, &tmp.path().join(&id), "acme", "web", "prod", &id)?;
+        a.start()?;
+        agents.push(a);
+    }
+    let all_connected = |agents: &[Agent]| {
+        agents
+            .iter()
+            .all(|a| a.status().is_ok_and(|s| s["connected"] == true))
+            .then_some(())
+    };
+    wait_for(Duration::from_secs(20), "three agents connected", || {
+        all_connected(&agents)
+    })?;
+    // The aggregator's own view, so the window is sized by three open connections.
+    wait_for(
+        Duration::from_secs(10),
+        "aggregator sees three agents",
+        || {
+            let (_, metrics) = agg.get("/metrics").ok()?;
+            metrics
+                .as_str()?
+                .contains("\ngait_aggregator_connections_open 3\n")
+                .then_some(())
+        },
+    )?;
+
+    agg.restart()?;
+    let agg_log = agg.log();
+    ensure!(
+        logged_ms(
+            &agg_log,
+            "announcing their redial window",
+            "reconnect_spread_ms"
+        ) == Some(3000)
+            && agg_log.contains("open=3"),
+        "the stopping aggregator must announce 3 connections / 1 per second = 3000 ms:\n{agg_log}"
+    );
+    wait_for(Duration::from_secs(30), "all agents back", || {
+        all_connected(&agents)
+    })
+    .with_context(|| agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n"))?;
+    for a in &agents {
+        let log = a.log();
+        ensure!(
+            logged_ms(&log, "announced a redial window", "window_ms") == Some(3000),
+            "agent {} must have read the 3000 ms window from the close reason:\n{log}",
+            a.id
+        );
+        // The first redial after the announcement waits a part of the window, not the backoff.
+        let after = &log[log.find("announced a redial window").unwrap_or(0)..];
+        let delay = logged_ms(
+            after
+                .lines()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_str(),
+            "reconnecting to the aggregator",
+            "delay_ms",
+        )
+        .with_context(|| format!("agent {} logged no redial delay:\n{log}", a.id))?;
+        ensure!(
+            delay <= 3000,
+            "agent {} waited {delay} ms, outside the window",
+            a.id
+        );
+    }
+    Ok(())
+}

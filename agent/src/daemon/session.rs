@@ -159,14 +159,28 @@ impl Endpoints {
     }
 }
 
+/// The redial window an aggregator announced when it closed `conn` because it was shutting down
+/// ([`gait_wire::shutdown`]); `None` for every other ending.
+pub fn announced_redial_window(conn: &quinn::Connection) -> Option<Duration> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(gait_wire::CLOSE_SHUTDOWN) =>
+        {
+            gait_wire::shutdown::announced_spread(&close.reason)
+        }
+        _ => None,
+    }
+}
+
 impl Session {
     async fn run(self, shutdown: CancellationToken) {
         let mut endpoints = Endpoints::default();
         let mut backoff = Backoff::default();
         loop {
             let mut up_since = None;
+            let mut announced = None;
             let result = self
-                .connect_and_serve(&mut endpoints, &shutdown, &mut up_since)
+                .connect_and_serve(&mut endpoints, &shutdown, &mut up_since, &mut announced)
                 .await;
             self.state.set_connected(false);
             if shutdown.is_cancelled() {
@@ -182,7 +196,18 @@ impl Session {
                 }
                 Err(e) => tracing::warn!(error = %e, "connection to the aggregator ended"),
             }
-            let delay = backoff.next_delay();
+            // An aggregator that shut down announced a window to spread the fleet's redials over; without one,
+            // the jittered exponential backoff decides.
+            let delay = match announced {
+                Some(window) => {
+                    tracing::info!(
+                        window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                        "aggregator shut down and announced a redial window"
+                    );
+                    Backoff::within(window)
+                }
+                None => backoff.next_delay(),
+            };
             self.state.count_reconnect();
             tracing::info!(
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -218,12 +243,14 @@ impl Session {
         endpoints: &mut Endpoints,
         shutdown: &CancellationToken,
         up_since: &mut Option<Instant>,
+        announced: &mut Option<Duration>,
     ) -> Result<(), SessionError> {
         let conn = tokio::select! {
             r = self.connect(endpoints) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let result = self.serve(&conn, shutdown, up_since).await;
+        *announced = announced_redial_window(&conn);
         let reason: &[u8] = if shutdown.is_cancelled() {
             b"agent shutting down"
         } else {

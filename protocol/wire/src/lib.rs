@@ -20,6 +20,7 @@ mod byte_buf;
 pub mod frame;
 pub mod message;
 pub mod record;
+pub mod shutdown;
 
 pub use frame::{
     DecodeError, EncodeError, FRAME_HEADER_LEN, FrameDecoder, decode_agent_msg, decode_msg,
@@ -30,6 +31,7 @@ pub use message::{
     PollBundle, RecordBatch, Refusal, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
 };
 pub use record::{GENESIS_HASH, Record, RecordClass};
+pub use shutdown::CLOSE_SHUTDOWN;
 
 /// The protocol version this crate speaks; sent in `Hello` and `Welcome`.
 pub const PROTOCOL_VERSION: u16 = 1;
