@@ -209,12 +209,23 @@ async fn handle_incoming(
             return;
         }
     };
-    // A certificate revoked after the handshake verifier last looked is still caught here.
+    // A certificate revoked after the handshake verifier last looked is still caught here, and so is one a
+    // resumed session (crate::tickets) brought back without running the verifier at all.
     if state.revoked.contains(&identity.serial_hex) {
         state
             .metrics
             .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
+        info!(%remote, serial = %identity.serial_hex, "revoked agent certificate; closing");
         conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+        return;
+    }
+    if identity.not_after_unix < unix_ms() / 1000 {
+        state
+            .metrics
+            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "expired", 1);
+        info!(%remote, serial = %identity.serial_hex, not_after_unix = identity.not_after_unix,
+            "expired agent certificate (resumed session); closing");
+        conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate expired");
         return;
     }
     state.metrics.inc(metrics::CONNECTIONS_ACCEPTED, 1);

@@ -12,4 +12,5 @@ pub mod policy_check;
 pub mod presence;
 pub mod registry;
 pub mod serve;
+pub mod tickets;
 pub mod tls;

@@ -24,6 +24,7 @@ pub const BUNDLE_REFUSALS_REPORTED: &str = "gait_aggregator_bundle_refusals_repo
 pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
+pub const TLS_SESSION_TICKETS: &str = "gait_aggregator_tls_session_tickets_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -94,6 +95,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Group commits of agent hellos and last-seen refreshes.",
     ),
+    (
+        TLS_SESSION_TICKETS,
+        "counter",
+        "TLS session tickets by outcome: issued, resumed (a handshake without certificates), refused (forged, foreign or expired; a full handshake followed).",
+    ),
 ];
 
 /// A counter's identity: metric name and an optional (label, value) pair.
@@ -137,6 +143,16 @@ impl Metrics {
 
     pub fn gauge_value(&self, name: &'static str) -> i64 {
         self.gauge(name).load(Ordering::Relaxed)
+    }
+
+    /// The counter cell itself, for hot paths that count without a map lookup.
+    pub fn counter_handle(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        value: &str,
+    ) -> Arc<AtomicU64> {
+        self.counter(name, Some((label, value.to_owned())))
     }
 
     fn counter(&self, name: &'static str, label: Option<(&'static str, String)>) -> Arc<AtomicU64> {

@@ -21,6 +21,7 @@ use crate::ingest::{IngestLimits, IngestState};
 use crate::metrics::Metrics;
 use crate::pki;
 use crate::registry::{BundleDefaults, Registry};
+use crate::tickets::SessionTickets;
 use crate::tls::{RevocationSet, TransportTuning, server_config};
 
 /// Name of the SQLite database file inside the data directory.
@@ -171,36 +172,43 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
 /// File (in the key directory) holding the secret behind QUIC stateless resets.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
+/// File (in the key directory) holding the secret behind TLS session tickets ([`crate::tickets`]).
+pub const TICKET_KEY_FILE: &str = "tls-ticket.key";
+
 /// The QUIC stateless-reset key, persisted so that an aggregator restarted after a crash can tell agents
 /// still holding connections of the previous process that those connections are gone: they reconnect at once
 /// instead of waiting for their idle timeout. Replicas behind one load balancer should share this file.
 fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeError> {
-    let path = dir.join(RESET_KEY_FILE);
+    let secret = load_or_create_secret(dir, RESET_KEY_FILE)?;
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret,
+    )))
+}
+
+/// A 32-byte secret in `dir/file`, created (mode 0600) on first use.
+fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError> {
+    let path = dir.join(file);
     let err = |source| ServeError::DataDir {
         path: path.clone(),
         source,
     };
-    let secret = match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => bytes,
-        Ok(bytes) => {
-            return Err(err(std::io::Error::other(format!(
+    match std::fs::read(&path) {
+        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            err(std::io::Error::other(format!(
                 "expected 32 bytes, found {}; delete the file to generate a new key",
                 bytes.len()
-            ))));
-        }
+            )))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(err)?;
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
             write_private(&path, &bytes).map_err(err)?;
-            bytes.to_vec()
+            Ok(bytes)
         }
-        Err(e) => return Err(err(e)),
-    };
-    Ok(Arc::new(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &secret,
-    )))
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -248,12 +256,24 @@ pub async fn start(
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
+    let ca_pem = pki_dir.join("ca.pem");
+    let ca_der = crate::tls::load_certs(&ca_pem)?
+        .into_iter()
+        .next()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let tickets = SessionTickets::new(
+        &load_or_create_secret(&config.key_dir(), TICKET_KEY_FILE)?,
+        &ca_der,
+        &metrics,
+    );
     let quic = server_config(
-        &pki_dir.join("ca.pem"),
+        &ca_pem,
         &pki_dir.join("server.pem"),
         &pki_dir.join("server.key"),
         revoked.clone(),
         &config.transport,
+        Some(tickets),
     )?;
     let reset_key = load_or_create_reset_key(&config.key_dir())?;
     let socket = bind_udp(config.quic_listen, config.udp_buffer_bytes).map_err(|source| {

@@ -509,12 +509,17 @@ impl TransportTuning {
 
 /// Builds the agent-facing QUIC server configuration: TLS 1.3 only, ALPN [`ALPN`], client certificates
 /// required, chained to the CA in `ca_pem`, carrying one agent URI SAN and not revoked in `revoked`.
+/// With `tickets`, every handshake hands the agent one session ticket so its next connection (also to a
+/// restarted aggregator with the same ticket secret) resumes without a certificate handshake
+/// ([`crate::tickets`]); the caller must then re-check revocation and expiry after each handshake, as
+/// [`crate::ingest`] does.
 pub fn server_config(
     ca_pem: &Path,
     cert_pem: &Path,
     key_pem: &Path,
     revoked: RevocationSet,
     transport: &TransportTuning,
+    tickets: Option<Arc<crate::tickets::SessionTickets>>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = crypto_provider();
     let ca_certs = load_certs(ca_pem)?;
@@ -540,6 +545,13 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    match tickets {
+        Some(tickets) => {
+            tls.ticketer = tickets;
+            tls.send_tls13_tickets = 1;
+        }
+        None => tls.send_tls13_tickets = 0,
+    }
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use gait_aggregator::metrics::Metrics;
 use gait_aggregator::pki::{self, InitOptions, IssuedAgent, Validity};
+use gait_aggregator::tickets::SessionTickets;
 use gait_aggregator::tls::{self, AgentIdentity, RevocationSet, TransportTuning};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;
@@ -40,12 +42,23 @@ impl Server {
     /// Starts an endpoint that trusts agents of the CA in `client_ca_dir` and presents the server
     /// certificate of `server_dir`. An accepted agent reads one stream and gets back `agent_id:<request>`.
     fn start(client_ca_dir: &Path, server_dir: &Path, revoked: RevocationSet) -> Result<Self> {
+        Self::start_with(client_ca_dir, server_dir, revoked, None)
+    }
+
+    /// [`Server::start`] handing out session tickets from `tickets`.
+    fn start_with(
+        client_ca_dir: &Path,
+        server_dir: &Path,
+        revoked: RevocationSet,
+        tickets: Option<Arc<SessionTickets>>,
+    ) -> Result<Self> {
         let config = tls::server_config(
             &client_ca_dir.join("ca.pem"),
             &server_dir.join("server.pem"),
             &server_dir.join("server.key"),
             revoked,
             &TransportTuning::default(),
+            tickets,
         )?;
         let endpoint = quinn::Endpoint::server(config, (Ipv4Addr::LOCALHOST, 0).into())?;
         let addr = endpoint.local_addr()?;
@@ -382,5 +395,88 @@ async fn agent_refuses_a_server_certificate_from_a_foreign_ca() -> Result<()> {
         "{error}"
     );
     server.expect_refused().await?;
+    Ok(())
+}
+
+fn tickets_for(pki_dir: &Path, secret: [u8; 32]) -> Result<(Arc<SessionTickets>, Arc<Metrics>)> {
+    let ca = CertificateDer::from_pem_file(pki_dir.join("ca.pem"))?;
+    let metrics = Arc::new(Metrics::new());
+    Ok((SessionTickets::new(&secret, ca.as_ref(), &metrics), metrics))
+}
+
+#[tokio::test]
+async fn a_restarted_server_with_the_same_ticket_secret_resumes_the_agent_session_with_its_identity()
+-> Result<()> {
+    let f = fixture()?;
+    let agent_dir = f.root.join("agent");
+    issue(&f.pki, &agent_dir, "edge-1", Validity::days(30))?;
+    // One agent process: one client configuration, one session cache, across both servers.
+    let config = agent_config(&agent_dir)?;
+
+    let (tickets, _) = tickets_for(&f.pki, [1; 32])?;
+    let mut first =
+        Server::start_with(&f.pki, &f.pki, RevocationSet::new(), Some(tickets.clone()))?;
+    assert_eq!(exchange(config.clone(), first.addr).await?, b"edge-1:ping");
+    first.expect_accepted().await?;
+    assert_eq!(
+        (tickets.issued(), tickets.resumed()),
+        (1, 0),
+        "a full handshake issues one ticket"
+    );
+    drop(first);
+
+    // "Restart": new process state (fresh ticketer and metrics), same secret and CA, another port.
+    let (tickets, metrics) = tickets_for(&f.pki, [1; 32])?;
+    let mut second =
+        Server::start_with(&f.pki, &f.pki, RevocationSet::new(), Some(tickets.clone()))?;
+    assert_eq!(exchange(config.clone(), second.addr).await?, b"edge-1:ping");
+    let identity = second.expect_accepted().await?;
+    assert_eq!(
+        (identity.org.as_str(), identity.agent_id.as_str()),
+        ("acme", "edge-1"),
+        "the resumed session carries the identity of the certificate verified before"
+    );
+    assert_eq!(tickets.resumed(), 1, "the second connection must resume");
+    assert!(
+        metrics
+            .render()
+            .contains("gait_aggregator_tls_session_tickets_total{outcome=\"resumed\"} 1"),
+        "{}",
+        metrics.render()
+    );
+    drop(second);
+
+    // A server with another secret cannot read the ticket: it is refused and a full handshake follows.
+    let (other, _) = tickets_for(&f.pki, [2; 32])?;
+    let mut third = Server::start_with(&f.pki, &f.pki, RevocationSet::new(), Some(other.clone()))?;
+    assert_eq!(exchange(config.clone(), third.addr).await?, b"edge-1:ping");
+    third.expect_accepted().await?;
+    assert_eq!((other.resumed(), other.refused()), (0, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resumed_session_carries_the_serial_the_post_handshake_revocation_check_needs()
+-> Result<()> {
+    // The verifier does not run on resumption, so revocation and expiry are re-checked after every handshake
+    // (ingest.rs; end to end in tests/tests/security.rs). That only works if a resumed session carries the
+    // serial of the certificate verified before.
+    let f = fixture()?;
+    let agent_dir = f.root.join("agent");
+    let issued = issue(&f.pki, &agent_dir, "edge-1", Validity::days(30))?;
+    let config = agent_config(&agent_dir)?;
+    let (tickets, _) = tickets_for(&f.pki, [3; 32])?;
+    let mut first = Server::start_with(&f.pki, &f.pki, RevocationSet::new(), Some(tickets))?;
+    exchange(config.clone(), first.addr).await?;
+    first.expect_accepted().await?;
+    drop(first);
+
+    let (tickets, _) = tickets_for(&f.pki, [3; 32])?;
+    let mut second =
+        Server::start_with(&f.pki, &f.pki, RevocationSet::new(), Some(tickets.clone()))?;
+    exchange(config.clone(), second.addr).await?;
+    let identity = second.expect_accepted().await?;
+    assert_eq!(tickets.resumed(), 1);
+    assert_eq!(identity.serial_hex, issued.serial_hex);
     Ok(())
 }

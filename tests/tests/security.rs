@@ -66,6 +66,28 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
         "record of a revoked agent was accepted"
     );
     ensure!(agg.log().contains("revoked"), "the refusal is logged");
+    // The agent held a session ticket from before the revocation, so its redials resumed without the
+    // certificate verifier; the post-handshake serial check is what refused them.
+    let counter = |metrics: &str, series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(10), "resumed redial refused", || {
+        let (_, m) = agg.get("/metrics").ok()?;
+        let m = m.as_str()?.to_owned();
+        (counter(
+            &m,
+            "gait_aggregator_tls_session_tickets_total{outcome=\"resumed\"}",
+        ) >= 1
+            && counter(
+                &m,
+                "gait_aggregator_connections_refused_total{stage=\"revoked\"}",
+            ) >= 1)
+            .then_some(())
+    })
+    .with_context(|| format!("{:?}", agg.get("/metrics")))?;
     Ok(())
 }
 
