@@ -3,7 +3,8 @@
 //!
 //! Embedded defaults need no configuration: everything lives under the data directory (`./gait-data`): the
 //! SQLite database `aggregator.db`, the PKI (`pki/`, created on first start when absent), the registry signing
-//! key (`keys/registry.key`) and the admin token (`admin.token`). PostgreSQL is selected with `--database-url
+//! key (`keys/registry.key`), the QUIC stateless-reset and TLS session-ticket secrets (`keys/quic-reset.key`,
+//! `keys/tls-ticket.key`) and the admin token (`admin.token`). PostgreSQL is selected with `--database-url
 //! postgres://...`.
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     /// Handshakes per second the fleet is asked to reconnect at after a shutdown (the close reason announces a
     /// redial window of connections / rate).
     pub reconnect_rate: u32,
+    /// Issue TLS session tickets (secret in `keys/tls-ticket.key`) so agents resume after a restart.
+    pub session_tickets: bool,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -73,6 +76,7 @@ impl ServeConfig {
             revocation_refresh: Duration::from_secs(1),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
+            session_tickets: true,
         }
     }
 
@@ -262,18 +266,22 @@ pub async fn start(
         .next()
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
-    let tickets = SessionTickets::new(
-        &load_or_create_secret(&config.key_dir(), TICKET_KEY_FILE)?,
-        &ca_der,
-        &metrics,
-    );
+    let tickets = if config.session_tickets {
+        Some(SessionTickets::new(
+            &load_or_create_secret(&config.key_dir(), TICKET_KEY_FILE)?,
+            &ca_der,
+            &metrics,
+        ))
+    } else {
+        None
+    };
     let quic = server_config(
         &ca_pem,
         &pki_dir.join("server.pem"),
         &pki_dir.join("server.key"),
         revoked.clone(),
         &config.transport,
-        Some(tickets),
+        tickets,
     )?;
     let reset_key = load_or_create_reset_key(&config.key_dir())?;
     let socket = bind_udp(config.quic_listen, config.udp_buffer_bytes).map_err(|source| {

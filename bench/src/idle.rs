@@ -188,6 +188,7 @@ async fn measure(
     };
     let connect_drops_server = ports_before.get(&quic.port()).copied().unwrap_or(0);
     let term_at = Instant::now();
+    let bench_cpu_term = common::cpu_seconds_of("self")?;
     let shutdown = agg.terminate(Duration::from_secs(30)).await?;
     let exited_at = Instant::now();
     let agg = start_again(&args.common, data_dir, db, quic, http).await?;
@@ -224,6 +225,22 @@ async fn measure(
         }
     }
     let all_back = Instant::now();
+    // CPU of the whole reconnect: the new aggregator process since its start, the bench since SIGTERM.
+    let reconnect_cpu_ms = json!({
+        "aggregator_per_agent": round(agg.cpu_seconds()? * 1e3 / args.agents as f64, 3),
+        "bench_per_agent": round((common::cpu_seconds_of("self")? - bench_cpu_term) * 1e3 / args.agents as f64, 3),
+    });
+    let ticket_metrics = agg.api().metrics().await?;
+    let ticket = |outcome: &str| {
+        common::metric_value(
+            &ticket_metrics,
+            &format!(
+                "{}{{outcome=\"{outcome}\"}}",
+                gait_aggregator::metrics::TLS_SESSION_TICKETS
+            ),
+        ) as u64
+    };
+    let tickets = json!({ "resumed": ticket("resumed"), "refused": ticket("refused"), "issued": ticket("issued") });
     let restart_udp_drops = common::udp_rcvbuf_errors()? - udp_drops1;
     let ports_after = common::udp_drops_by_port()?;
     let restart_drops_server = ports_after.get(&quic.port()).copied().unwrap_or(0);
@@ -315,6 +332,8 @@ async fn measure(
             "udp_drops_at": { "new_aggregator_socket": restart_drops_server, "agent_sockets": restart_drops_clients },
             "dial_attempts": { "p50": pa.p50.as_secs(), "p99": pa.p99.as_secs(), "max": pa.max.as_secs() },
             "reconnects_per_second_after_ready": histogram,
+            "cpu_ms": reconnect_cpu_ms,
+            "tls_session_tickets": tickets,
         },
         "goal_reconnect_s": GOAL_RECONNECT.as_secs(),
         "reconnect_goal_met": reconnect_met,
@@ -325,7 +344,7 @@ async fn measure(
          loss detected {} ({late_detection} later than 5 s); up again after own detection {}; \
          dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers; \
          {restart_drops_server} at the new aggregator socket, {restart_drops_clients} at agent sockets); \
-         reconnects per second {:?}",
+         reconnects per second {:?}; reconnect CPU per agent {} (connect: {}); session tickets {}",
         args.agents,
         rss_before,
         rss_after,
@@ -342,6 +361,9 @@ async fn measure(
         pa.p50.as_secs(),
         pa.max.as_secs(),
         histogram,
+        summary["restart"]["cpu_ms"],
+        summary["connect_cpu_ms"],
+        summary["restart"]["tls_session_tickets"],
     );
     common::emit(&summary, &human);
     Ok(())
