@@ -93,10 +93,11 @@ struct ServeArgs {
     /// is told to spread its first redial over (connected agents / rate) seconds, so a restart meets a steady
     /// stream instead of a herd. Size it to what the host sustains (about 1,000 per core; see
     /// docs/benchmarks.md).
-    #[arg(long, default_value_t = gait_aggregator::ingest::DEFAULT_RECONNECT_RATE, env = "GAIT_RECONNECT_RATE")]
+    #[arg(long, default_value_t = gait_aggregator::ingest::DEFAULT_RECONNECT_RATE, env = "GAIT_RECONNECT_RATE",
+        value_parser = clap::value_parser!(u32).range(1..))]
     reconnect_rate: u32,
     /// Hand agents TLS 1.3 session tickets so their reconnects (also after a restart) resume without a
-    /// certificate handshake, about half the CPU of a full one. The ticket secret is `keys/tls-ticket.key`;
+    /// certificate handshake, about a quarter less CPU on both ends than a full one. The ticket secret is `keys/tls-ticket.key`;
     /// `false` makes every connection a full mutual-TLS handshake.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GAIT_SESSION_TICKETS")]
     session_tickets: bool,
