@@ -74,6 +74,15 @@ impl Backoff {
         Self::within_with(window, getrandom::u64().unwrap_or(u64::MAX))
     }
 
+    /// The wait before the next redial: a uniformly random part of the window a shutting-down aggregator
+    /// announced ([`Backoff::within`]), or else the next backoff delay ([`Backoff::next_delay`]).
+    pub fn redial_delay(&mut self, announced: Option<Duration>) -> Duration {
+        match announced {
+            Some(window) => Self::within(window),
+            None => self.next_delay(),
+        }
+    }
+
     /// [`Backoff::within`] for a given 64-bit random value (`window * random / 2^64`).
     pub fn within_with(window: Duration, random: u64) -> Duration {
         let nanos = window.as_nanos().saturating_mul(u128::from(random)) >> 64;
@@ -98,6 +107,16 @@ mod tests {
         assert_eq!(Backoff::within_with(w, 1 << 63), Duration::from_secs(5));
         let top = Backoff::within_with(w, u64::MAX);
         assert!(top <= w && top > Duration::from_millis(9_999));
+    }
+
+    #[test]
+    fn an_announced_window_replaces_the_backoff_without_advancing_it() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let w = Duration::from_millis(50);
+        assert!(b.redial_delay(Some(w)) <= w);
+        assert_eq!(b.attempt(), 0);
+        b.redial_delay(None);
+        assert_eq!(b.attempt(), 1);
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl std::fmt::Debug for SessionTickets {
             .field("lifetime", &self.lifetime)
             .field("issued", &self.issued.load(Ordering::Relaxed))
             .field("resumed", &self.resumed.load(Ordering::Relaxed))
+            .field("refused", &self.refused.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -115,15 +116,15 @@ impl SessionTickets {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&issued_unix.to_be_bytes());
         out.extend_from_slice(plain);
-        let mut body = out.split_off(NONCE_LEN);
-        self.key
-            .seal_in_place_append_tag(
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(AAD),
-                &mut body,
+                &mut out[NONCE_LEN..],
             )
             .ok()?;
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 

@@ -492,11 +492,8 @@ impl SimAgent {
                 backoff.reset();
             }
             // As the real agent: a window announced by a shutting-down aggregator, else the backoff.
-            let delay = match gait_agent::daemon::announced_redial_window(&conn) {
-                Some(window) => Backoff::within(window),
-                None => backoff.next_delay(),
-            };
-            tokio::time::sleep(delay).await;
+            let announced = gait_agent::daemon::announced_redial_window(&conn);
+            tokio::time::sleep(backoff.redial_delay(announced)).await;
         }
     }
 

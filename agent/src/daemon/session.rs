@@ -198,16 +198,13 @@ impl Session {
             }
             // An aggregator that shut down announced a window to spread the fleet's redials over; without one,
             // the jittered exponential backoff decides.
-            let delay = match announced {
-                Some(window) => {
-                    tracing::info!(
-                        window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
-                        "aggregator shut down and announced a redial window"
-                    );
-                    Backoff::within(window)
-                }
-                None => backoff.next_delay(),
-            };
+            if let Some(window) = announced {
+                tracing::info!(
+                    window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                    "aggregator shut down and announced a redial window"
+                );
+            }
+            let delay = backoff.redial_delay(announced);
             self.state.count_reconnect();
             tracing::info!(
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
