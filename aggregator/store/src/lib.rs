@@ -1,22 +1,33 @@
 //! `gait-store`: the aggregator's storage — agents, their record streams and gaps, policy bundles and
 //! certificate revocations — on embedded SQLite (the default) or PostgreSQL (the scale path).
 //!
-//! All SQL of the aggregator lives in this crate: `sqlite` and `postgres` hold one module per backend with
-//! runtime queries (no compile-time macros, so no database at build time) and each backend embeds its own
-//! migrations (`migrations/sqlite`, `migrations/postgres`). [`Store`] dispatches to a backend by enum and checks
-//! every input before any SQL runs, so both backends refuse the same inputs with the same errors.
+//! All SQL of the aggregator lives in this crate, as runtime queries (no compile-time macros, so no database at
+//! build time), in one module per domain: `agents`, `records`, `bundles`, `revocations`. Each portable query is
+//! written once and runs on either pool through `conn::db_run!`; `sqlite` and `postgres` hold only the SQL that
+//! really differs (bulk inserts, locks, list parameters) plus opening the pool, and each backend embeds its own
+//! migrations (`migrations/sqlite`, `migrations/postgres`). Every operation checks its input before any SQL
+//! runs, so both backends refuse the same inputs with the same errors.
+//!
+//! [`Store::transaction`] (or [`Store::begin`]) runs several operations atomically, e.g. an operation and its
+//! audit entry; see [`StoreTx`].
 //!
 //! Every row is scoped by a [`Tenant`] (org, project, env); agents are keyed by tenant plus agent id.
 //! The record stream rules (dedup, conflicts, gaps, cursor) are in the `batch` module.
 
+mod agents;
 mod batch;
+mod bundles;
+mod conn;
 mod error;
 mod model;
 mod postgres;
+mod records;
+mod revocations;
 mod rows;
 mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod tx;
 
 use std::path::Path;
 
@@ -30,8 +41,10 @@ pub use model::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use tx::StoreTx;
 
-use model::{check_digest, check_name, check_text, to_i64, to_u64};
+use conn::{Pooled, db_run};
+use error::db;
 
 /// The aggregator's store: one of the two backends. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
@@ -40,13 +53,26 @@ pub enum Store {
     Postgres(PgStore),
 }
 
-macro_rules! dispatch {
-    ($store:expr, $backend:ident => $call:expr) => {
-        match $store {
-            Store::Sqlite($backend) => $call,
-            Store::Postgres($backend) => $call,
-        }
-    };
+/// Runs one domain operation on a pooled connection outside any transaction (reads, single statements).
+macro_rules! on_conn {
+    ($store:expr, |$conn:ident| $op:expr) => {{
+        let mut pooled = $store.acquire().await?;
+        let $conn = pooled.conn();
+        $op.await
+    }};
+}
+
+/// Runs one domain operation in its own transaction and commits it; `$name` prefixes the begin/commit errors.
+macro_rules! in_tx {
+    ($store:expr, $name:literal, |$conn:ident| $op:expr) => {{
+        let mut tx = $store.begin_named(concat!($name, ": begin")).await?;
+        let out = {
+            let $conn = tx.conn();
+            $op.await?
+        };
+        tx.commit().await.map_err(db(concat!($name, ": commit")))?;
+        Ok(out)
+    }};
 }
 
 impl Store {
@@ -82,12 +108,81 @@ impl Store {
 
     /// One round trip to the database (readiness checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping().await)
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            sqlx::query("SELECT 1")
+                .execute(&mut *c)
+                .await
+                .map_err(db("ping"))?;
+        });
+        Ok(())
     }
 
     /// Closes the pool: waits for checked-out connections to return, then closes them all.
     pub async fn close(&self) {
-        dispatch!(self, s => s.close().await)
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+
+    /// Starts a transaction: every operation on the returned [`StoreTx`] commits with [`StoreTx::commit`] or
+    /// not at all. On SQLite it holds the database's write lock until it ends, so keep it short.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let tx = self.begin_named("begin").await?;
+        Ok(StoreTx::new(tx))
+    }
+
+    /// Runs `body` in a transaction and commits it when the body returns `Ok`; when it returns `Err` (or
+    /// panics) nothing it wrote is kept. A failed commit is returned as `E::from(StoreError)`. The body is an
+    /// async closure and may borrow from its surroundings.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &gait_store::Store, rev: &gait_store::Revocation) -> Result<(), gait_store::StoreError> {
+    /// store
+    ///     .transaction(async |tx| {
+    ///         tx.revoke(rev, 1_700_000_000_000).await?;
+    ///         // ... and the audit entry of the revocation, committed together with it.
+    ///         Ok::<_, gait_store::StoreError>(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn transaction<T, E, F>(&self, body: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut StoreTx) -> Result<T, E>,
+        E: From<StoreError>,
+    {
+        let mut tx = self.begin().await?;
+        match body(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    // The body's error is the one to report; the database discards the transaction anyway
+                    // when the connection closes.
+                    tracing::warn!(error = %rollback, "rolling back a failed store transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn begin_named(&self, op: &'static str) -> Result<conn::Tx, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.begin(op).await,
+            Store::Postgres(s) => s.begin(op).await,
+        }
+    }
+
+    async fn acquire(&self) -> Result<Pooled, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.acquire().await,
+            Store::Postgres(s) => s.acquire().await,
+        }
     }
 
     /// Creates or refreshes the agent's row from its hello and returns what is already committed of its stream,
@@ -116,45 +211,14 @@ impl Store {
         hellos: &[(&AgentKey, &AgentHello)],
         now_ms: i64,
     ) -> Result<Vec<Result<AgentCursor, StoreError>>, StoreError> {
-        let mut results: Vec<Result<AgentCursor, StoreError>> = Vec::with_capacity(hellos.len());
-        let mut valid = Vec::with_capacity(hellos.len());
-        for (key, hello) in hellos {
-            match key.validate().and_then(|()| hello.validate()) {
-                Ok(serial) => {
-                    valid.push((*key, *hello, serial));
-                    // Placeholder, replaced by the cursor below.
-                    results.push(Ok(AgentCursor {
-                        committed_seq: 0,
-                        committed_hash: [0; 32],
-                    }));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if valid.is_empty() {
-            return Ok(results);
-        }
-        let cursors = dispatch!(self, s => s.agents_connected(&valid, now_ms).await)?;
-        let mut cursors = cursors.into_iter();
-        for slot in results.iter_mut().filter(|r| r.is_ok()) {
-            match cursors.next() {
-                Some(cursor) => *slot = Ok(cursor),
-                None => {
-                    return Err(StoreError::invalid(
-                        "hello",
-                        "fewer cursors than hellos (store bug)",
-                    ));
-                }
-            }
-        }
-        Ok(results)
+        in_tx!(self, "agents_connected", |conn| agents::connected(
+            conn, hellos, now_ms
+        ))
     }
 
     /// Moves the agent's `last_seen` forward (never backward).
     pub async fn agent_seen(&self, key: &AgentKey, now_ms: i64) -> Result<(), StoreError> {
-        key.validate()?;
-        let found = dispatch!(self, s => s.agents_seen(&[key], now_ms).await)?;
-        if found > 0 {
+        if self.agents_seen(&[key], now_ms).await? > 0 {
             Ok(())
         } else {
             Err(StoreError::UnknownAgent {
@@ -172,7 +236,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(0);
         }
-        dispatch!(self, s => s.agents_seen(keys, now_ms).await)
+        in_tx!(self, "agents_seen", |conn| agents::seen(conn, keys, now_ms))
     }
 
     /// Records what the agent did with a bundle: received, activated, or refused (with the reason).
@@ -182,30 +246,9 @@ impl Store {
         report: &BundleReportRow,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        key.validate()?;
-        match report {
-            BundleReportRow::Received(b) => {
-                to_i64("report.epoch", b.epoch)?;
-                check_digest("report.digest", &b.digest)?;
-            }
-            BundleReportRow::Activated(b) => {
-                to_i64("report.epoch", b.epoch)?;
-                check_digest("report.digest", &b.digest)?;
-            }
-            BundleReportRow::Refused { epoch, code, .. } => {
-                to_i64("report.epoch", *epoch)?;
-                check_name("report.code", code)?;
-                check_text("report.code", code, model::MAX_LABEL_BYTES)?;
-            }
-        }
-        let found = dispatch!(self, s => s.record_bundle_report(key, report, now_ms).await)?;
-        if found {
-            Ok(())
-        } else {
-            Err(StoreError::UnknownAgent {
-                agent: key.to_string(),
-            })
-        }
+        on_conn!(self, |conn| agents::bundle_report(
+            conn, key, report, now_ms
+        ))
     }
 
     /// Stores a batch of the agent's records in one transaction, then returns what was stored and the new cursor.
@@ -220,32 +263,9 @@ impl Store {
         records: &[NewRecord],
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
-        key.validate()?;
-        if records.len() > MAX_BATCH_RECORDS {
-            return Err(StoreError::invalid(
-                "records",
-                format!(
-                    "batch of {} records exceeds the limit of {MAX_BATCH_RECORDS}: split it",
-                    records.len()
-                ),
-            ));
-        }
-        for (index, record) in records.iter().enumerate() {
-            record.validate(index)?;
-        }
-        let outcome = dispatch!(self, s => s.commit_batch(key, records, now_ms).await)?
-            .ok_or_else(|| StoreError::UnknownAgent {
-                agent: key.to_string(),
-            })?;
-        if outcome.conflicts > 0 {
-            tracing::warn!(agent = %key, conflicts = outcome.conflicts, first_seq = outcome.conflict_seqs.first(),
-                "records redelivered with a different hash; the stored records were kept");
-        }
-        if !outcome.gaps.is_empty() || !outcome.chain_breaks.is_empty() {
-            tracing::warn!(agent = %key, missing = ?outcome.gaps, chain_breaks = ?outcome.chain_breaks,
-                "gaps in the agent's record stream");
-        }
-        Ok(outcome)
+        in_tx!(self, "commit_batch", |conn| records::commit_batch(
+            conn, key, records, now_ms
+        ))
     }
 
     /// Stores a published bundle. `epoch` must exceed the tenant's latest epoch, else
@@ -259,57 +279,25 @@ impl Store {
         created_by: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        tenant.validate()?;
-        if epoch == 0 {
-            return Err(StoreError::invalid("epoch", "bundle epochs start at 1"));
-        }
-        let epoch_i64 = to_i64("epoch", epoch)?;
-        check_digest("digest", digest_hex)?;
-        check_text("created_by", created_by, model::MAX_TEXT_BYTES)?;
-        let refused = dispatch!(self, s => s.publish_bundle(tenant, epoch_i64, digest_hex, bytes, created_by, now_ms).await)?;
-        match refused {
-            None => Ok(()),
-            Some(latest) => {
-                let latest = to_u64("bundles", "epoch", latest)?;
-                Err(StoreError::EpochConflict {
-                    tenant: tenant.to_string(),
-                    epoch,
-                    latest,
-                    next: latest + 1,
-                })
-            }
-        }
+        in_tx!(self, "publish_bundle", |conn| bundles::publish(
+            conn, tenant, epoch, digest_hex, bytes, created_by, now_ms
+        ))
     }
 
     /// The tenant's bundle with the highest epoch.
     pub async fn latest_bundle(&self, tenant: &Tenant) -> Result<Option<StoredBundle>, StoreError> {
-        tenant.validate()?;
-        dispatch!(self, s => s.latest_bundle(tenant).await)
+        on_conn!(self, |conn| bundles::latest(conn, tenant))
     }
 
     /// One page of the agents of one org, optionally narrowed to a project and env, ordered by (project, env,
     /// agent_id), starting after `filter.after`.
     pub async fn list_agents(&self, filter: &AgentFilter) -> Result<Vec<AgentRow>, StoreError> {
-        check_name("filter.org", &filter.org)?;
-        if let Some(after) = &filter.after {
-            check_name("filter.after.project", &after.project)?;
-            check_name("filter.after.env", &after.env)?;
-            check_name("filter.after.agent_id", &after.agent_id)?;
-        }
-        if let Some(project) = &filter.project {
-            check_name("filter.project", project)?;
-        }
-        if let Some(env) = &filter.env {
-            check_name("filter.env", env)?;
-        }
-        dispatch!(self, s => s.list_agents(filter).await)
+        on_conn!(self, |conn| agents::list(conn, filter))
     }
 
     /// How many records of the agent are stored.
     pub async fn count_records(&self, key: &AgentKey) -> Result<u64, StoreError> {
-        key.validate()?;
-        let n = dispatch!(self, s => s.count_records(key).await)?;
-        to_u64("records", "count", n)
+        on_conn!(self, |conn| records::count(conn, key))
     }
 
     /// The agent's records with seq above `after_seq`, ascending; at most `limit`, clamped to
@@ -320,32 +308,21 @@ impl Store {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        key.validate()?;
-        let after = to_i64("after_seq", after_seq)?;
-        let limit = limit.min(MAX_RECORDS_PAGE);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        dispatch!(self, s => s.records(key, after, i64::from(limit)).await)
+        on_conn!(self, |conn| records::page(conn, key, after_seq, limit))
     }
 
     /// The agent's recorded gaps, by first seq.
     pub async fn gaps(&self, key: &AgentKey) -> Result<Vec<GapRow>, StoreError> {
-        key.validate()?;
-        dispatch!(self, s => s.gaps(key).await)
+        on_conn!(self, |conn| records::gaps(conn, key))
     }
 
     /// Revokes a certificate. Revoking an already revoked serial is a no-op that keeps the first record.
     pub async fn revoke(&self, rev: &Revocation, now_ms: i64) -> Result<(), StoreError> {
-        let serial = normalize_cert_serial("revocation.cert_serial", &rev.cert_serial)?;
-        rev.tenant.validate()?;
-        check_name("revocation.agent_id", &rev.agent_id)?;
-        check_text("revocation.reason", &rev.reason, model::MAX_TEXT_BYTES)?;
-        dispatch!(self, s => s.revoke(rev, &serial, now_ms).await)
+        on_conn!(self, |conn| revocations::revoke(conn, rev, now_ms))
     }
 
     /// Every revoked serial (normalised lowercase hex), sorted.
     pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
-        dispatch!(self, s => s.revoked_serials().await)
+        on_conn!(self, |conn| revocations::serials(conn))
     }
 }

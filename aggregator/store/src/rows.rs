@@ -172,3 +172,17 @@ pub(crate) fn cursor_row(row: &impl Columns) -> Result<AgentCursor, StoreError> 
         committed_hash: to_hash("agents", "committed_hash", row.bytes("committed_hash")?)?,
     })
 }
+
+/// `(seq, record_hash)` rows as the map `batch::plan` takes.
+pub(crate) fn stored_hashes<R: Columns>(
+    rows: &[R],
+) -> Result<std::collections::HashMap<u64, [u8; 32]>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                to_u64("records", "seq", row.int("seq")?)?,
+                to_hash("records", "record_hash", row.bytes("record_hash")?)?,
+            ))
+        })
+        .collect()
+}

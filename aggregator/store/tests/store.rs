@@ -142,6 +142,9 @@ gait_store::store_tests!(
     concurrent_publishes_of_one_epoch_admit_exactly_one,
     hellos_and_last_seen_are_written_in_batches,
     agents_are_listed_in_pages_that_cover_each_agent_once,
+    a_transaction_body_that_fails_leaves_nothing,
+    a_committed_transaction_keeps_every_write,
+    a_dropped_transaction_is_rolled_back,
 );
 
 async fn migrations_are_idempotent_and_keep_data(db: &TestStore) -> Result<()> {
@@ -987,5 +990,169 @@ async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -
         prod.iter().map(|a| a.agent_id.as_str()).collect::<Vec<_>>()
             == ["agent-04", "agent-05", "agent-06"]
     );
+    Ok(())
+}
+
+/// A transaction future must be `Send`, or handlers could not run one on a multi-threaded runtime.
+#[tokio::test]
+async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
+    let db = gait_store::testing::sqlite_temp().await?;
+    let store = db.store().clone();
+    let task = tokio::spawn(async move {
+        let rev = Revocation {
+            cert_serial: "0a".into(),
+            tenant: tenant("acme"),
+            agent_id: "a1".into(),
+            reason: "test".into(),
+        };
+        store
+            .transaction(async |tx| {
+                tx.revoke(&rev, 1).await?;
+                tx.revoked_serials().await
+            })
+            .await
+    });
+    assert_eq!(task.await??, vec!["0a".to_owned()]);
+    Ok(())
+}
+
+fn revocation(serial: &str) -> Revocation {
+    Revocation {
+        cert_serial: serial.into(),
+        tenant: tenant("acme"),
+        agent_id: "agent-1".into(),
+        reason: "key compromise".into(),
+    }
+}
+
+/// The body's own error, to tell it apart from a store error.
+#[derive(Debug)]
+enum BodyError {
+    Audit,
+    Store(StoreError),
+}
+
+impl From<StoreError> for BodyError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+async fn a_transaction_body_that_fails_leaves_nothing(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    // The body writes to three domains, reads its own writes, then fails after the last write.
+    let outcome = store
+        .transaction(async |tx| {
+            tx.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+            tx.revoke(&revocation("0a"), NOW).await?;
+            tx.publish_bundle(&k.tenant, 1, &digest(1), b"bundle", "ops", NOW)
+                .await?;
+            let seen = (
+                tx.count_records(&k).await?,
+                tx.revoked_serials().await?,
+                tx.latest_bundle(&k.tenant).await?.map(|b| b.epoch),
+            );
+            if seen != (3, vec!["0a".to_owned()], Some(1)) {
+                return Ok(seen);
+            }
+            Err(BodyError::Audit)
+        })
+        .await;
+    match outcome {
+        Err(BodyError::Audit) => {}
+        other => bail!("the body should have seen its writes and failed, got {other:?}"),
+    }
+    ensure!(
+        store.count_records(&k).await? == 0,
+        "records survived the rollback"
+    );
+    ensure!(
+        store.revoked_serials().await?.is_empty(),
+        "revocation survived the rollback"
+    );
+    ensure!(
+        store.latest_bundle(&k.tenant).await?.is_none(),
+        "bundle survived the rollback"
+    );
+    ensure!(
+        agent_row(store, &k).await?.committed_seq == 0,
+        "cursor moved in a rolled-back batch"
+    );
+
+    // A store error inside the body (here an epoch conflict after a revocation) rolls the revocation back too.
+    store
+        .publish_bundle(&k.tenant, 5, &digest(5), b"five", "ops", NOW)
+        .await?;
+    let outcome = store
+        .transaction(async |tx| {
+            tx.revoke(&revocation("0b"), NOW).await?;
+            tx.publish_bundle(&k.tenant, 5, &digest(6), b"again", "ops", NOW)
+                .await?;
+            Ok::<_, BodyError>(())
+        })
+        .await;
+    match outcome {
+        Err(BodyError::Store(StoreError::EpochConflict { next: 6, .. })) => {}
+        other => bail!("a republished epoch should fail the transaction, got {other:?}"),
+    }
+    ensure!(
+        store.revoked_serials().await?.is_empty(),
+        "revocation survived a failed publish"
+    );
+    Ok(())
+}
+
+async fn a_committed_transaction_keeps_every_write(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    let epoch = store
+        .transaction(async |tx| {
+            let cursor = tx.agent_connected(&k, &hello("0a"), NOW).await?;
+            ensure!(cursor.committed_seq == 0);
+            let outcome = tx.commit_batch(&k, &chain(1, 4, 1), NOW).await?;
+            ensure!(outcome.inserted == 4);
+            tx.revoke(&revocation("0a"), NOW).await?;
+            tx.publish_bundle(&k.tenant, 2, &digest(2), b"bundle", "ops", NOW)
+                .await?;
+            Ok(2)
+        })
+        .await?;
+    ensure!(epoch == 2);
+    ensure!(store.count_records(&k).await? == 4);
+    ensure!(agent_row(store, &k).await?.committed_seq == 4);
+    ensure!(store.revoked_serials().await? == vec!["0a".to_owned()]);
+    ensure!(store.latest_bundle(&k.tenant).await?.map(|b| b.epoch) == Some(2));
+    assert_cursor_invariant(store, &k).await?;
+
+    // The same with an explicit begin and commit.
+    let mut tx = store.begin().await?;
+    tx.commit_batch(&k, &chain(5, 6, 1), NOW).await?;
+    tx.revoke(&revocation("0b"), NOW).await?;
+    tx.commit().await?;
+    ensure!(store.count_records(&k).await? == 6);
+    ensure!(store.revoked_serials().await? == vec!["0a".to_owned(), "0b".to_owned()]);
+    Ok(())
+}
+
+async fn a_dropped_transaction_is_rolled_back(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    {
+        let mut tx = store.begin().await?;
+        tx.commit_batch(&k, &chain(1, 2, 1), NOW).await?;
+        tx.revoke(&revocation("0a"), NOW).await?;
+    }
+    // The next write must not wait on (or see) the dropped transaction.
+    let outcome = store.commit_batch(&k, &chain(1, 2, 1), NOW).await?;
+    ensure!(outcome.inserted == 2 && outcome.duplicates == 0);
+    ensure!(store.revoked_serials().await?.is_empty());
+
+    let mut tx = store.begin().await?;
+    tx.revoke(&revocation("0c"), NOW).await?;
+    tx.rollback().await?;
+    ensure!(store.revoked_serials().await?.is_empty());
     Ok(())
 }

@@ -1,0 +1,217 @@
+//! The agents domain: one row per agent (keyed by tenant and agent id) holding what its last hello said, its
+//! bundle reports, its presence (`last_seen`) and the cursor of its record stream. Portable SQL only.
+
+use crate::conn::{Conn, agent_where, bind_key, db_run, later};
+use crate::error::{StoreError, db};
+use crate::model::{
+    self, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BundleReportRow, check_digest,
+    check_name, check_text, to_i64,
+};
+use crate::rows::{self, agent_columns};
+
+/// Upserts each valid hello's agent row and returns one result per input, in order: an invalid hello gets its
+/// own validation error and does not affect the others. Run inside a transaction so a burst of reconnects
+/// costs one commit; the outer error means a statement failed.
+pub(crate) async fn connected(
+    mut conn: Conn<'_>,
+    hellos: &[(&AgentKey, &AgentHello)],
+    now_ms: i64,
+) -> Result<Vec<Result<AgentCursor, StoreError>>, StoreError> {
+    const SQL: &str = concat!(
+        "INSERT INTO agents (org, project, env, agent_id, cert_serial, first_seen_unix_ms, \
+         last_seen_unix_ms, remote_addr, agent_version, active_bundle_epoch, active_bundle_digest, \
+         active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, outbox_depth, shed_total) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (org, project, env, agent_id) DO UPDATE SET \
+         cert_serial = excluded.cert_serial, last_seen_unix_ms = ",
+        later!("agents.last_seen_unix_ms", "excluded.last_seen_unix_ms"),
+        ", remote_addr = excluded.remote_addr, agent_version = excluded.agent_version, \
+         active_bundle_epoch = excluded.active_bundle_epoch, \
+         active_bundle_digest = excluded.active_bundle_digest, \
+         active_bundle_since_ms = excluded.active_bundle_since_ms, \
+         received_bundle_epoch = excluded.received_bundle_epoch, \
+         received_bundle_digest = excluded.received_bundle_digest, \
+         outbox_depth = excluded.outbox_depth, shed_total = excluded.shed_total \
+         RETURNING committed_seq, committed_hash"
+    );
+    let mut results = Vec::with_capacity(hellos.len());
+    for (key, hello) in hellos {
+        let serial = match key.validate().and_then(|()| hello.validate()) {
+            Ok(serial) => serial,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        let active = hello.active_bundle.as_ref();
+        let received = hello.received_bundle.as_ref();
+        let active_epoch = active
+            .map(|b| to_i64("hello.active_bundle.epoch", b.epoch))
+            .transpose()?;
+        let received_epoch = received
+            .map(|b| to_i64("hello.received_bundle.epoch", b.epoch))
+            .transpose()?;
+        let outbox_depth = to_i64("hello.outbox_depth", hello.outbox_depth)?;
+        let shed_total = to_i64("hello.shed_total", hello.shed_total)?;
+        let cursor = db_run!(conn, |c| {
+            let row = bind_key(sqlx::query(SQL), key)
+                .bind(serial.as_str())
+                .bind(now_ms)
+                .bind(hello.remote_addr.as_str())
+                .bind(hello.agent_version.as_str())
+                .bind(active_epoch)
+                .bind(active.map(|b| b.digest.as_str()))
+                .bind(active.map(|b| b.since_unix_ms))
+                .bind(received_epoch)
+                .bind(received.map(|b| b.digest.as_str()))
+                .bind(outbox_depth)
+                .bind(shed_total)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db("agents_connected"))?;
+            rows::cursor_row(&row)?
+        });
+        results.push(Ok(cursor));
+    }
+    Ok(results)
+}
+
+/// Moves `last_seen` forward (never backward) for each agent; unknown agents are skipped. Returns how many
+/// agents were found.
+pub(crate) async fn seen(
+    mut conn: Conn<'_>,
+    keys: &[&AgentKey],
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    const SQL: &str = concat!(
+        "UPDATE agents SET last_seen_unix_ms = ",
+        later!("last_seen_unix_ms", "$5"),
+        agent_where!()
+    );
+    for key in keys {
+        key.validate()?;
+    }
+    let mut found = 0;
+    for key in keys {
+        found += db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
+            .bind(now_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db("agents_seen"))?
+            .rows_affected());
+    }
+    Ok(found)
+}
+
+/// Records what the agent did with a bundle. Refused with [`StoreError::UnknownAgent`] when it has no row.
+pub(crate) async fn bundle_report(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    report: &BundleReportRow,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    const RECEIVED: &str = concat!(
+        "UPDATE agents SET received_bundle_epoch = $5, received_bundle_digest = $6, last_seen_unix_ms = ",
+        later!("last_seen_unix_ms", "$7"),
+        agent_where!()
+    );
+    const ACTIVATED: &str = concat!(
+        "UPDATE agents SET active_bundle_epoch = $5, active_bundle_digest = $6, active_bundle_since_ms = $7, \
+         last_seen_unix_ms = ",
+        later!("last_seen_unix_ms", "$8"),
+        agent_where!()
+    );
+    const REFUSED: &str = concat!(
+        "UPDATE agents SET last_refusal_epoch = $5, last_refusal_code = $6, last_refusal_message = $7, \
+         last_refusal_unix_ms = $8, last_seen_unix_ms = ",
+        later!("last_seen_unix_ms", "$8"),
+        agent_where!()
+    );
+    key.validate()?;
+    let (sql, epoch, text, since) = match report {
+        BundleReportRow::Received(b) => (RECEIVED, b.epoch, b.digest.as_str(), None),
+        BundleReportRow::Activated(b) => {
+            (ACTIVATED, b.epoch, b.digest.as_str(), Some(b.since_unix_ms))
+        }
+        BundleReportRow::Refused { epoch, code, .. } => (REFUSED, *epoch, code.as_str(), None),
+    };
+    let epoch = to_i64("report.epoch", epoch)?;
+    match report {
+        BundleReportRow::Received(_) | BundleReportRow::Activated(_) => {
+            check_digest("report.digest", text)?
+        }
+        BundleReportRow::Refused { .. } => {
+            check_name("report.code", text)?;
+            check_text("report.code", text, model::MAX_LABEL_BYTES)?;
+        }
+    }
+    let found = db_run!(conn, |c| {
+        let mut query = bind_key(sqlx::query(sql), key).bind(epoch).bind(text);
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        if let BundleReportRow::Refused { message, .. } = report {
+            query = query.bind(model::truncate_utf8(
+                message,
+                model::MAX_REFUSAL_MESSAGE_BYTES,
+            ));
+        }
+        query
+            .bind(now_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db("record_bundle_report"))?
+            .rows_affected()
+    });
+    if found > 0 {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownAgent {
+            agent: key.to_string(),
+        })
+    }
+}
+
+/// One page of the agents of one org, optionally narrowed to a project and env, ordered by (project, env,
+/// agent_id), starting after `filter.after`.
+pub(crate) async fn list(
+    mut conn: Conn<'_>,
+    filter: &AgentFilter,
+) -> Result<Vec<AgentRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        agent_columns!(),
+        " FROM agents WHERE org = $1 AND (CAST($2 AS TEXT) IS NULL OR project = $2) \
+         AND (CAST($3 AS TEXT) IS NULL OR env = $3) \
+         AND (CAST($4 AS TEXT) IS NULL \
+              OR (project, env, agent_id) > (CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT))) \
+         ORDER BY project, env, agent_id LIMIT $7"
+    );
+    check_name("filter.org", &filter.org)?;
+    if let Some(after) = &filter.after {
+        check_name("filter.after.project", &after.project)?;
+        check_name("filter.after.env", &after.env)?;
+        check_name("filter.after.agent_id", &after.agent_id)?;
+    }
+    if let Some(project) = &filter.project {
+        check_name("filter.project", project)?;
+    }
+    if let Some(env) = &filter.env {
+        check_name("filter.env", env)?;
+    }
+    let after = filter.after.as_ref();
+    db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(filter.org.as_str())
+            .bind(filter.project.as_deref())
+            .bind(filter.env.as_deref())
+            .bind(after.map(|a| a.project.as_str()))
+            .bind(after.map(|a| a.env.as_str()))
+            .bind(after.map(|a| a.agent_id.as_str()))
+            .bind(i64::from(filter.page_size()))
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("list_agents"))?;
+        found.iter().map(rows::agent_row).collect()
+    })
+}

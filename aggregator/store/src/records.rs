@@ -1,0 +1,161 @@
+//! The records domain: each agent's hash-chained record stream, its gaps and its committed cursor. The batch
+//! rules are the pure `batch` module; this module runs its plan. The cursor lock, the seq lookup and the bulk
+//! inserts differ per dialect (`sqlite`, `postgres`); the rest is portable SQL.
+
+use std::collections::HashMap;
+
+use crate::batch;
+use crate::conn::{Conn, agent_where, bind_key, db_run, later};
+use crate::error::{StoreError, db};
+use crate::model::{
+    AgentKey, BatchOutcome, GapRow, MAX_BATCH_RECORDS, MAX_RECORDS_PAGE, NewRecord, StoredRecord,
+    to_i64, to_u64,
+};
+use crate::rows::{self, Columns, record_columns};
+use crate::{postgres, sqlite};
+
+/// Stores a batch of the agent's records and moves its cursor, inside the caller's transaction; the rules are
+/// in the `batch` module docs. Refused with [`StoreError::UnknownAgent`] when the agent has no row.
+pub(crate) async fn commit_batch(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    records: &[NewRecord],
+    now_ms: i64,
+) -> Result<BatchOutcome, StoreError> {
+    const ADVANCE: &str = concat!(
+        "UPDATE agents SET committed_seq = $5, committed_hash = $6, gap_count = gap_count + $7, \
+         last_seen_unix_ms = ",
+        later!("last_seen_unix_ms", "$8"),
+        agent_where!()
+    );
+    key.validate()?;
+    if records.len() > MAX_BATCH_RECORDS {
+        return Err(StoreError::invalid(
+            "records",
+            format!(
+                "batch of {} records exceeds the limit of {MAX_BATCH_RECORDS}: split it",
+                records.len()
+            ),
+        ));
+    }
+    for (index, record) in records.iter().enumerate() {
+        record.validate(index)?;
+    }
+
+    let cursor = db_run!(conn,
+        sqlite: |c| sqlite::lock_cursor(c, key).await,
+        postgres: |c| postgres::lock_cursor(c, key).await,
+    )?
+    .ok_or_else(|| StoreError::UnknownAgent {
+        agent: key.to_string(),
+    })?;
+    let prepared = batch::prepare(records);
+    let lookup = prepared.seqs_to_look_up(cursor.committed_seq);
+    let stored = if lookup.is_empty() {
+        HashMap::new()
+    } else {
+        db_run!(conn,
+            sqlite: |c| sqlite::stored_hashes(c, key, &lookup).await,
+            postgres: |c| postgres::stored_hashes(c, key, &lookup).await,
+        )?
+    };
+    let plan = batch::plan(cursor, prepared, &stored);
+
+    if !plan.insert.is_empty() {
+        db_run!(conn,
+            sqlite: |c| sqlite::insert_records(c, key, now_ms, &plan.insert).await,
+            postgres: |c| postgres::insert_records(c, key, now_ms, &plan.insert).await,
+        )?;
+    }
+    if !plan.gaps.is_empty() {
+        db_run!(conn,
+            sqlite: |c| sqlite::insert_gaps(c, key, now_ms, &plan.gaps).await,
+            postgres: |c| postgres::insert_gaps(c, key, now_ms, &plan.gaps).await,
+        )?;
+    }
+    let committed_seq = to_i64("committed_seq", plan.outcome.committed_seq)?;
+    let gap_count = i64::try_from(plan.gaps.len())
+        .map_err(|_| StoreError::invalid("records", "too many gaps in one batch"))?;
+    db_run!(conn, |c| {
+        bind_key(sqlx::query(ADVANCE), key)
+            .bind(committed_seq)
+            .bind(plan.outcome.committed_hash.as_slice())
+            .bind(gap_count)
+            .bind(now_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db("commit_batch: advance cursor"))?;
+    });
+
+    let outcome = plan.outcome;
+    if outcome.conflicts > 0 {
+        tracing::warn!(agent = %key, conflicts = outcome.conflicts, first_seq = outcome.conflict_seqs.first(),
+            "records redelivered with a different hash; the stored records were kept");
+    }
+    if !outcome.gaps.is_empty() || !outcome.chain_breaks.is_empty() {
+        tracing::warn!(agent = %key, missing = ?outcome.gaps, chain_breaks = ?outcome.chain_breaks,
+            "gaps in the agent's record stream");
+    }
+    Ok(outcome)
+}
+
+/// How many records of the agent are stored.
+pub(crate) async fn count(mut conn: Conn<'_>, key: &AgentKey) -> Result<u64, StoreError> {
+    const SQL: &str = concat!("SELECT count(*) AS n FROM records", agent_where!());
+    key.validate()?;
+    let n = db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db("count_records"))?
+        .int("n")?);
+    to_u64("records", "count", n)
+}
+
+/// The agent's records with seq above `after_seq`, ascending; at most `limit`, clamped to
+/// [`MAX_RECORDS_PAGE`].
+pub(crate) async fn page(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM records",
+        agent_where!(),
+        " AND seq > $5 ORDER BY seq LIMIT $6"
+    );
+    key.validate()?;
+    let after = to_i64("after_seq", after_seq)?;
+    let limit = limit.min(MAX_RECORDS_PAGE);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    db_run!(conn, |c| {
+        let found = bind_key(sqlx::query(SQL), key)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("records"))?;
+        found.iter().map(rows::record_row).collect()
+    })
+}
+
+/// The agent's recorded gaps, by first seq.
+pub(crate) async fn gaps(mut conn: Conn<'_>, key: &AgentKey) -> Result<Vec<GapRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT first_seq, last_seq, kind, detected_unix_ms FROM record_gaps",
+        agent_where!(),
+        " ORDER BY first_seq, id"
+    );
+    key.validate()?;
+    db_run!(conn, |c| {
+        let found = bind_key(sqlx::query(SQL), key)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("gaps"))?;
+        found.iter().map(rows::gap_row).collect()
+    })
+}

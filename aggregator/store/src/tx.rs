@@ -1,0 +1,170 @@
+//! [`StoreTx`]: several store operations committed atomically, e.g. an operation and its audit entry.
+//!
+//! A transaction holds one connection until it ends. On SQLite it is a write transaction (`BEGIN IMMEDIATE`)
+//! and holds the database's single write lock for its whole life, so other writers wait (up to the busy
+//! timeout) until it commits or rolls back: keep transactions short and never await anything slow inside one.
+//! On PostgreSQL the operations take their row and advisory locks as they run and keep them until the end.
+//! Dropping a `StoreTx` without [`StoreTx::commit`] rolls it back.
+
+use crate::conn::Tx;
+use crate::error::{StoreError, db};
+use crate::model::{
+    AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BatchOutcome, BundleReportRow,
+    GapRow, NewRecord, Revocation, StoredBundle, StoredRecord, Tenant,
+};
+use crate::{agents, bundles, records, revocations};
+
+/// An open transaction on the store; see the module docs. Start one with [`crate::Store::begin`] or
+/// [`crate::Store::transaction`]. Its operations check their input exactly as the [`crate::Store`] methods of the
+/// same name do, and see the transaction's own earlier writes.
+#[derive(Debug)]
+pub struct StoreTx {
+    tx: Tx,
+}
+
+impl StoreTx {
+    pub(crate) fn new(tx: Tx) -> Self {
+        Self { tx }
+    }
+
+    /// Makes every write of the transaction durable and visible to others.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db("commit"))
+    }
+
+    /// Discards every write of the transaction (as dropping it does, but waits for the database to confirm).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(db("rollback"))
+    }
+
+    /// See [`crate::Store::agents_connected`]; inside a transaction an invalid hello still fails alone.
+    pub async fn agents_connected(
+        &mut self,
+        hellos: &[(&AgentKey, &AgentHello)],
+        now_ms: i64,
+    ) -> Result<Vec<Result<AgentCursor, StoreError>>, StoreError> {
+        agents::connected(self.tx.conn(), hellos, now_ms).await
+    }
+
+    /// See [`crate::Store::agent_connected`].
+    pub async fn agent_connected(
+        &mut self,
+        key: &AgentKey,
+        hello: &AgentHello,
+        now_ms: i64,
+    ) -> Result<AgentCursor, StoreError> {
+        let mut results = self.agents_connected(&[(key, hello)], now_ms).await?;
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError::invalid(
+                "hello",
+                "no result for the agent (store bug)",
+            ))
+        })
+    }
+
+    /// See [`crate::Store::agents_seen`].
+    pub async fn agents_seen(
+        &mut self,
+        keys: &[&AgentKey],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        agents::seen(self.tx.conn(), keys, now_ms).await
+    }
+
+    /// See [`crate::Store::agent_seen`].
+    pub async fn agent_seen(&mut self, key: &AgentKey, now_ms: i64) -> Result<(), StoreError> {
+        if self.agents_seen(&[key], now_ms).await? > 0 {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownAgent {
+                agent: key.to_string(),
+            })
+        }
+    }
+
+    /// See [`crate::Store::record_bundle_report`].
+    pub async fn record_bundle_report(
+        &mut self,
+        key: &AgentKey,
+        report: &BundleReportRow,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        agents::bundle_report(self.tx.conn(), key, report, now_ms).await
+    }
+
+    /// See [`crate::Store::commit_batch`]; the records are durable only once the transaction commits.
+    pub async fn commit_batch(
+        &mut self,
+        key: &AgentKey,
+        records: &[NewRecord],
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        records::commit_batch(self.tx.conn(), key, records, now_ms).await
+    }
+
+    /// See [`crate::Store::publish_bundle`]. On PostgreSQL the tenant's publish lock is held until the
+    /// transaction ends.
+    pub async fn publish_bundle(
+        &mut self,
+        tenant: &Tenant,
+        epoch: u64,
+        digest_hex: &str,
+        bytes: &[u8],
+        created_by: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        bundles::publish(
+            self.tx.conn(),
+            tenant,
+            epoch,
+            digest_hex,
+            bytes,
+            created_by,
+            now_ms,
+        )
+        .await
+    }
+
+    /// See [`crate::Store::latest_bundle`].
+    pub async fn latest_bundle(
+        &mut self,
+        tenant: &Tenant,
+    ) -> Result<Option<StoredBundle>, StoreError> {
+        bundles::latest(self.tx.conn(), tenant).await
+    }
+
+    /// See [`crate::Store::list_agents`].
+    pub async fn list_agents(&mut self, filter: &AgentFilter) -> Result<Vec<AgentRow>, StoreError> {
+        agents::list(self.tx.conn(), filter).await
+    }
+
+    /// See [`crate::Store::count_records`].
+    pub async fn count_records(&mut self, key: &AgentKey) -> Result<u64, StoreError> {
+        records::count(self.tx.conn(), key).await
+    }
+
+    /// See [`crate::Store::records`].
+    pub async fn records(
+        &mut self,
+        key: &AgentKey,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        records::page(self.tx.conn(), key, after_seq, limit).await
+    }
+
+    /// See [`crate::Store::gaps`].
+    pub async fn gaps(&mut self, key: &AgentKey) -> Result<Vec<GapRow>, StoreError> {
+        records::gaps(self.tx.conn(), key).await
+    }
+
+    /// See [`crate::Store::revoke`].
+    pub async fn revoke(&mut self, rev: &Revocation, now_ms: i64) -> Result<(), StoreError> {
+        revocations::revoke(self.tx.conn(), rev, now_ms).await
+    }
+
+    /// See [`crate::Store::revoked_serials`].
+    pub async fn revoked_serials(&mut self) -> Result<Vec<String>, StoreError> {
+        revocations::serials(self.tx.conn()).await
+    }
+}
