@@ -636,7 +636,7 @@ mod tests {
 
         let key = SigningKey::from_seed(&[7; 32]);
         let trust = TrustRoot::from_public_keys(vec![key.public_key()]);
-        let scope = Scope::new("acme", "payments", "prod");
+        let scope = Scope::from_parts("acme", "payments", "prod").unwrap();
         let now = 1_800_000_000;
         let raw = BundleBuilder::new(scope.clone(), 5, now + 3600)
             .created_at(now - 60)

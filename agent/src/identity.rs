@@ -3,17 +3,17 @@
 //!
 //! This is the scope every offered policy bundle is checked against. It never comes from the aggregator: a
 //! compromised or misconfigured server must not be able to make an agent enforce another tenant's policy.
-//! Segments follow the SPIFFE ID character rules (letters, digits, `.`, `-`, `_`); anything else is refused
-//! rather than normalised, so the agent and the aggregator can never disagree about what a segment says.
+//! This module only reads the certificate; the URI grammar is `gait_identity::SpiffeId`, the same parser the
+//! aggregator's CA and handshake use, so the two ends can never disagree about what a segment says.
 
 use std::path::{Path, PathBuf};
 
+use gait_identity::{
+    AgentId, Env, Org, Project, SPIFFE_SCHEME, SpiffeId, SpiffeIdError, Tenant, TrustDomain,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-
-/// URI scheme of agent identities.
-const SCHEME: &str = "spiffe://";
 
 /// Errors reading the agent's identity from its certificate.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,12 @@ pub enum IdentityError {
     #[error("the agent certificate names more than one agent identity: {0} and {1}")]
     Ambiguous(String, String),
     /// A URI looked like an agent identity but is malformed.
-    #[error("invalid agent identity uri {uri:?}: {reason}")]
-    BadUri { uri: String, reason: &'static str },
+    #[error("invalid agent identity uri {uri:?}: {source}")]
+    BadUri {
+        uri: String,
+        #[source]
+        source: SpiffeIdError,
+    },
 }
 
 /// Who this agent is and which tenancy scope it enforces, as its certificate says.
@@ -44,15 +48,15 @@ pub struct AgentIdentity {
     /// The full SPIFFE URI from the certificate.
     pub uri: String,
     /// SPIFFE trust domain (the deployment's CA namespace).
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// Organisation.
-    pub org: String,
+    pub org: Org,
     /// Project inside the organisation.
-    pub project: String,
+    pub project: Project,
     /// Environment inside the project.
-    pub env: String,
+    pub env: Env,
     /// This agent's id.
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// Certificate expiry, seconds since the Unix epoch (0 when parsed from a bare URI).
     pub cert_not_after_unix: i64,
 }
@@ -118,7 +122,7 @@ impl AgentIdentity {
                     found = Some(id);
                 }
                 Err(e) => {
-                    if uri.starts_with(SCHEME) && first_error.is_none() {
+                    if uri.starts_with(SPIFFE_SCHEME) && first_error.is_none() {
                         first_error = Some(e);
                     }
                 }
@@ -140,62 +144,40 @@ impl AgentIdentity {
         }
     }
 
-    /// Parses `spiffe://<td>/org/<o>/project/<p>/env/<e>/agent/<id>`.
+    /// Parses `spiffe://<td>/org/<o>/project/<p>/env/<e>/agent/<id>` with [`SpiffeId::parse`].
     pub fn from_uri(uri: &str) -> Result<Self, IdentityError> {
-        let bad = |reason| IdentityError::BadUri {
+        let id = SpiffeId::parse(uri).map_err(|source| IdentityError::BadUri {
             uri: uri.to_owned(),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| bad("scheme is not spiffe://"))?;
-        let mut parts = rest.split('/');
-        let trust_domain = parts.next().unwrap_or_default();
-        if trust_domain.is_empty()
-            || !trust_domain
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        {
-            return Err(bad(
-                "trust domain must be non-empty lowercase letters, digits, '.', '-' or '_'",
-            ));
-        }
-        let segments: Vec<&str> = parts.collect();
-        let labels = ["org", "project", "env", "agent"];
-        if segments.len() != labels.len() * 2 {
-            return Err(bad("path must be /org/<o>/project/<p>/env/<e>/agent/<id>"));
-        }
-        let mut values = Vec::with_capacity(labels.len());
-        for (pair, label) in segments.chunks(2).zip(labels) {
-            if pair[0] != label {
-                return Err(bad("path must be /org/<o>/project/<p>/env/<e>/agent/<id>"));
-            }
-            let value = pair[1];
-            if value.is_empty()
-                || !value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(bad(
-                    "segments must be non-empty letters, digits, '.', '-' or '_'",
-                ));
-            }
-            if value == "." || value == ".." {
-                return Err(bad("segments must not be '.' or '..'"));
-            }
-            values.push(value.to_owned());
-        }
-        let [org, project, env, agent_id] = <[String; 4]>::try_from(values)
-            .map_err(|_| bad("path must be /org/<o>/project/<p>/env/<e>/agent/<id>"))?;
-        Ok(AgentIdentity {
-            uri: uri.to_owned(),
-            trust_domain: trust_domain.to_owned(),
-            org,
-            project,
-            env,
-            agent_id,
+            source,
+        })?;
+        Ok(Self::from_spiffe_id(id))
+    }
+
+    /// The identity named by a parsed SPIFFE id (no certificate, so `cert_not_after_unix` is 0).
+    pub fn from_spiffe_id(id: SpiffeId) -> Self {
+        AgentIdentity {
+            uri: id.to_string(),
+            trust_domain: id.trust_domain,
+            org: id.tenant.org,
+            project: id.tenant.project,
+            env: id.tenant.env,
+            agent_id: id.agent_id,
             cert_not_after_unix: 0,
-        })
+        }
+    }
+
+    /// The tenancy scope this agent enforces.
+    pub fn tenant(&self) -> Tenant {
+        Tenant::new(self.org.clone(), self.project.clone(), self.env.clone())
+    }
+
+    /// The SPIFFE id of this agent.
+    pub fn spiffe_id(&self) -> SpiffeId {
+        SpiffeId::new(
+            self.trust_domain.clone(),
+            self.tenant(),
+            self.agent_id.clone(),
+        )
     }
 }
 
@@ -229,6 +211,9 @@ mod tests {
             "spiffe://fleet/org/a%2f/project/b/env/c/agent/d",
             "spiffe://fleet/org/../project/b/env/c/agent/d",
             "spiffe://fleet/org/a/project/b/env/c/agent/d/",
+            "spiffe://fleet/org/Acme/project/b/env/c/agent/d",
+            "spiffe://fleet/org/_a/project/b/env/c/agent/d",
+            "spiffe://fleet:8443/org/a/project/b/env/c/agent/d",
         ] {
             assert!(AgentIdentity::from_uri(uri).is_err(), "{uri} was accepted");
         }
@@ -242,6 +227,27 @@ mod tests {
             .map(|s| rcgen::SanType::URI((*s).try_into().unwrap()))
             .collect();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_bad_uri_error_says_what_is_wrong() {
+        let err = AgentIdentity::from_uri("spiffe://td/org/a/project/B/env/c/agent/d")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid project \"B\""), "{err}");
+    }
+
+    #[test]
+    fn the_identity_serializes_with_plain_string_fields() {
+        let id = AgentIdentity::from_uri("spiffe://td/org/o/project/p/env/e/agent/a-1").unwrap();
+        let json = serde_json::to_value(&id).unwrap();
+        assert_eq!(json["org"], "o");
+        assert_eq!(json["agent_id"], "a-1");
+        assert_eq!(json["uri"], "spiffe://td/org/o/project/p/env/e/agent/a-1");
+        let back: AgentIdentity = serde_json::from_value(json).unwrap();
+        assert_eq!(back, id);
+        assert_eq!(id.spiffe_id().to_string(), id.uri);
+        assert_eq!(id.tenant().to_string(), "o/p/e");
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn signed_bundle_with(
 ) -> Result<Vec<u8>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let bytes = gait_bundle::BundleBuilder::new(
-        gait_bundle::Scope::new(org, PROJECT, ENV),
+        gait_bundle::Scope::from_parts(org, PROJECT, ENV)?,
         epoch,
         now + 3600,
     )

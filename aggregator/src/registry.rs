@@ -167,7 +167,7 @@ impl Registry {
             let validity = req.validity.unwrap_or(self.defaults.validity);
             let not_after = now + validity;
             let mut builder =
-                BundleBuilder::new(scope_of(tenant), epoch, not_after.unix_timestamp());
+                BundleBuilder::new(scope_of(tenant)?, epoch, not_after.unix_timestamp());
             builder
                 .created_at(now.unix_timestamp())
                 .staleness(Staleness {
@@ -337,12 +337,9 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
     Ok(())
 }
 
-pub fn scope_of(t: &Tenant) -> Scope {
-    Scope {
-        org: t.org.clone(),
-        project: t.project.clone(),
-        env: t.env.clone(),
-    }
+pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {
+    Scope::from_parts(&t.org, &t.project, &t.env)
+        .map_err(|e| RegistryError::Invalid(e.to_string()))
 }
 
 pub fn unix_ms() -> i64 {

@@ -158,7 +158,7 @@ async fn publish_is_authenticated_validated_and_signed(db: &TestStore) -> anyhow
     let verified = gait_bundle::verify(
         &raw,
         &trust,
-        &gait_bundle::Scope::new("acme", "web", "prod"),
+        &gait_bundle::Scope::from_parts("acme", "web", "prod")?,
         Some(1),
         now(),
     )?;
@@ -170,7 +170,7 @@ async fn publish_is_authenticated_validated_and_signed(db: &TestStore) -> anyhow
         gait_bundle::verify(
             &raw,
             &trust,
-            &gait_bundle::Scope::new("other", "web", "prod"),
+            &gait_bundle::Scope::from_parts("other", "web", "prod")?,
             None,
             now()
         )

@@ -83,11 +83,7 @@ async fn measure(
             .join(gait_aggregator::registry::REGISTRY_PUB_FILE),
     )?;
     let trust = Arc::new(TrustRoot::from_public_keys(vec![key]));
-    let bundle_scope = gait_bundle::Scope {
-        org: scope.org.clone(),
-        project: scope.project.clone(),
-        env: scope.env.clone(),
-    };
+    let bundle_scope = gait_bundle::Scope::from_parts(&scope.org, &scope.project, &scope.env)?;
 
     // Connect the fleet (bounded handshake concurrency), then start every agent's long-poll loop.
     let endpoints = common::client_endpoints(args.endpoints)?;

@@ -19,7 +19,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let key = SigningKey::from_seed(&[9; 32]);
-        let scope = Scope::new("acme", "payments", "prod");
+        let scope = Scope::from_parts("acme", "payments", "prod").expect("valid scope");
         let bytes = BundleBuilder::new(scope.clone(), 3, NOW + 3600)
             .created_at(NOW - 3600)
             .parent([0x5a; 32])

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-/// Path of a workspace binary. The first call in a test process runs `cargo build` for both binaries so the
-/// tests never run a stale build (a no-op when `cargo test --workspace` already built them).
+/// Path of a workspace binary. The first call in a test process makes sure both binaries are fresh by running
+/// `cargo test --workspace --no-run`: the same package selection as the suite's own `cargo test --workspace`,
+/// hence the same feature unification, so it is a no-op there (a `cargo build -p …` resolves features for two
+/// packages only and rebuilt tokio, quinn and sqlx a second time on every fresh checkout).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -24,14 +26,7 @@ pub fn bin(name: &str) -> PathBuf {
             .expect("target dir")
             .to_path_buf();
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "gait-agent",
-                "-p",
-                "gait-aggregator",
-            ])
+            .args(["test", "--workspace", "--no-run", "--quiet"])
             .status()
             .expect("run cargo build");
         assert!(

@@ -103,7 +103,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
 
     // 2. A tampered policy file in a bundle genuinely signed by the registry key.
     let key = gait_canon::sign::load_private_key_file(&agg.data_dir.join("keys/registry.key"))?;
-    let mut b = BundleBuilder::new(Scope::new(ORG, PROJECT, ENV), 3, now_unix() + 3600);
+    let mut b = BundleBuilder::new(Scope::from_parts(ORG, PROJECT, ENV)?, 3, now_unix() + 3600);
     b.staleness(Staleness {
         max_offline_seconds: 3600,
         on_stale: OnStale::Keep,

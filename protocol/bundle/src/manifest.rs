@@ -2,6 +2,7 @@
 //! the field rules every manifest must satisfy (see `schemas/bundle/manifest.schema.json`).
 
 use crate::BundleError;
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
@@ -17,36 +18,32 @@ pub const MAX_POLICIES: usize = 1024;
 /// Longest policy file name in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// Longest scope component (org, project, env) in bytes.
-pub const MAX_SCOPE_PART_LEN: usize = 128;
+/// Longest scope component (org, project, env) in bytes: the tenancy identifier limit of `gait-identity`.
+pub const MAX_SCOPE_PART_LEN: usize = gait_identity::MAX_IDENTIFIER_LEN;
 
-/// Tenancy a bundle applies to.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
-pub struct Scope {
-    /// Organisation.
-    pub org: String,
-    /// Project inside the organisation.
-    pub project: String,
-    /// Environment inside the project.
-    pub env: String,
-}
+/// Tenancy a bundle applies to: the one tenant type of the fleet, `{"org", "project", "env"}` in JSON, each part
+/// under [`gait_identity::IDENTIFIER_RULE`].
+pub type Scope = gait_identity::Tenant;
 
-impl Scope {
-    /// A scope from its three parts.
-    pub fn new(org: impl Into<String>, project: impl Into<String>, env: impl Into<String>) -> Self {
-        Scope {
-            org: org.into(),
-            project: project.into(),
-            env: env.into(),
-        }
+/// Reads `manifest.scope` like [`Scope`]'s own `Deserialize` does, but names the dotted field of a part that
+/// breaks its rule (`manifest.scope.org: invalid org "Acme": must match …`).
+fn deserialize_scope<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Scope, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawScope {
+        org: String,
+        project: String,
+        env: String,
     }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.org, self.project, self.env)
-    }
+    let raw = RawScope::deserialize(deserializer)?;
+    let named = |field: &str, e: gait_identity::IdError| {
+        de::Error::custom(format_args!("manifest.scope.{field}: {e}"))
+    };
+    Ok(Scope {
+        org: raw.org.try_into().map_err(|e| named("org", e))?,
+        project: raw.project.try_into().map_err(|e| named("project", e))?,
+        env: raw.env.try_into().map_err(|e| named("env", e))?,
+    })
 }
 
 /// What an agent does once it has been offline longer than `max_offline_seconds` since it last heard from the
@@ -97,6 +94,7 @@ pub struct PolicyEntry {
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Tenancy the bundle applies to.
+    #[serde(deserialize_with = "deserialize_scope")]
     pub scope: Scope,
     /// Monotonic per scope, starting at 1.
     pub epoch: u64,
@@ -135,21 +133,7 @@ impl Manifest {
 
     /// Check every field rule; errors name the dotted field.
     pub(crate) fn validate(&self) -> Result<(), BundleError> {
-        for (field, part) in [
-            ("manifest.scope.org", &self.scope.org),
-            ("manifest.scope.project", &self.scope.project),
-            ("manifest.scope.env", &self.scope.env),
-        ] {
-            if part.is_empty()
-                || part.len() > MAX_SCOPE_PART_LEN
-                || part.chars().any(char::is_control)
-            {
-                return Err(malformed(
-                    field,
-                    format!("must be 1 to {MAX_SCOPE_PART_LEN} bytes without control characters"),
-                ));
-            }
-        }
+        // The scope needs no check here: its parts are validated identifiers by construction.
         if self.epoch == 0 || self.epoch > MAX_SAFE_INTEGER {
             return Err(malformed(
                 "manifest.epoch",

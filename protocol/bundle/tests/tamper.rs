@@ -11,7 +11,7 @@ fn fixture() -> &'static (Vec<u8>, TrustRoot, Scope) {
     static FIXTURE: OnceLock<(Vec<u8>, TrustRoot, Scope)> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let key = SigningKey::from_seed(&[3; 32]);
-        let scope = Scope::new("acme", "payments", "prod");
+        let scope = Scope::from_parts("acme", "payments", "prod").unwrap();
         let bytes = BundleBuilder::new(scope.clone(), 5, NOW + 3600)
             .created_at(NOW - 3600)
             .add_policy("a.yaml", b"default_verdict: block\n".to_vec())

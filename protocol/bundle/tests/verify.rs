@@ -33,7 +33,7 @@ fn trust() -> TrustRoot {
 }
 
 fn scope() -> Scope {
-    Scope::new("acme", "payments", "prod")
+    Scope::from_parts("acme", "payments", "prod").unwrap()
 }
 
 fn builder() -> BundleBuilder {
@@ -208,9 +208,9 @@ fn file_that_is_not_base64_is_malformed() {
 fn bundle_for_another_scope_is_refused_on_each_scope_part() {
     let bytes = bundle();
     for other in [
-        Scope::new("other", "payments", "prod"),
-        Scope::new("acme", "other", "prod"),
-        Scope::new("acme", "payments", "staging"),
+        Scope::from_parts("other", "payments", "prod").unwrap(),
+        Scope::from_parts("acme", "other", "prod").unwrap(),
+        Scope::from_parts("acme", "payments", "staging").unwrap(),
     ] {
         let err = verify(&bytes, &trust(), &other, None, NOW).unwrap_err();
         assert_eq!(
@@ -520,4 +520,45 @@ fn error_codes_are_distinct_and_prefixed() {
     let codes: std::collections::BTreeSet<_> = errors.iter().map(BundleError::code).collect();
     assert_eq!(codes.len(), errors.len());
     assert!(codes.iter().all(|c| c.starts_with("bundle_")));
+}
+
+#[test]
+fn validly_signed_scope_breaking_the_identifier_rule_is_malformed_naming_the_part() {
+    let d = doc(&bundle());
+    let cases: Vec<(&str, Edit)> = vec![
+        ("manifest.scope.org", |m| m["scope"]["org"] = json!("Acme")),
+        ("manifest.scope.org", |m| m["scope"]["org"] = json!("")),
+        ("manifest.scope.project", |m| {
+            m["scope"]["project"] = json!("p".repeat(64))
+        }),
+        ("manifest.scope.env", |m| m["scope"]["env"] = json!("..")),
+        ("manifest.scope.env", |m| m["scope"]["env"] = json!("prød")),
+    ];
+    for (field, edit) in cases {
+        let mut manifest = d["manifest"].clone();
+        edit(&mut manifest);
+        let err = check(&resign(d.clone(), manifest, &key())).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::Malformed(m) if m.contains(&format!("{field}: invalid"))),
+            "{field}: {err:?}"
+        );
+    }
+    let mut manifest = d["manifest"].clone();
+    manifest["scope"]["tier"] = json!("gold");
+    let err = check(&resign(d.clone(), manifest, &key())).unwrap_err();
+    assert!(
+        matches!(&err, BundleError::Malformed(m) if m.contains("tier")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn manifest_scope_json_is_three_plain_strings() {
+    let d = doc(&bundle());
+    assert_eq!(
+        d["manifest"]["scope"],
+        json!({"org": "acme", "project": "payments", "env": "prod"})
+    );
+    let v = check(&bundle()).unwrap();
+    assert_eq!(v.manifest.scope.to_string(), "acme/payments/prod");
 }
