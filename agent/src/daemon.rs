@@ -46,7 +46,6 @@
 mod activation;
 mod committer;
 mod exchange;
-pub mod gate;
 mod session;
 mod state;
 
@@ -67,6 +66,7 @@ use crate::outbox::{Outbox, OutboxError};
 pub use exchange::ExchangeError;
 pub use state::{
     ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, Staleness, StatusReport,
+    now_unix_ms,
 };
 
 /// A connection that stayed up this long resets the reconnect backoff.
@@ -232,7 +232,12 @@ impl Daemon {
         let data_dir = config.data_dir.clone();
         let key_path = config.gate.signing_key.clone();
         let engine = tokio::task::spawn_blocking(move || {
-            gate::GateEngine::open(&data_dir, key_path.as_deref())
+            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref()).map_err(|e| {
+                DaemonError::GateKey {
+                    path: e.path,
+                    detail: e.detail,
+                }
+            })
         })
         .await??;
         let state = AgentState::open(

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod gaitcli;
+pub mod gate;
 pub mod identity;
 pub mod local_api;
 pub mod outbox;

@@ -37,13 +37,13 @@ pub struct ActiveBundle {
     /// When this agent activated it, milliseconds since the Unix epoch.
     pub since_unix_ms: i64,
     /// Its policy files, parsed once for local decisions.
-    pub policies: super::gate::PreparedPolicies,
+    pub policies: crate::gate::policy_set::PreparedPolicies,
 }
 
 impl ActiveBundle {
     /// The bundle in force from `since_unix_ms`, its policies parsed.
     pub fn new(bundle: gait_bundle::VerifiedBundle, since_unix_ms: i64) -> ActiveBundle {
-        let policies = super::gate::prepare_policies(&bundle);
+        let policies = crate::gate::policy_set::prepare_policies(&bundle);
         for (name, p) in &policies {
             if let Err(e) = p {
                 tracing::error!(
@@ -201,7 +201,7 @@ pub struct AgentState {
     reconnects: AtomicU64,
     refusals: AtomicU64,
     /// Local enforcement (trace key, rate-limit state).
-    gate: Arc<super::gate::GateEngine>,
+    gate: Arc<crate::gate::engine::GateEngine>,
     /// 0 = never.
     last_contact_ms: AtomicI64,
     persisted_contact_ms: AtomicI64,
@@ -235,7 +235,7 @@ impl AgentState {
         db: AgentDb,
         outbox: Outbox,
         trust: gait_bundle::TrustRoot,
-        gate: Arc<super::gate::GateEngine>,
+        gate: Arc<crate::gate::engine::GateEngine>,
     ) -> Result<Arc<Self>, DaemonError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
@@ -295,7 +295,7 @@ impl AgentState {
     }
 
     /// Local enforcement.
-    pub fn gate(&self) -> &Arc<super::gate::GateEngine> {
+    pub fn gate(&self) -> &Arc<crate::gate::engine::GateEngine> {
         &self.gate
     }
 

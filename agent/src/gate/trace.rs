@@ -13,7 +13,7 @@ use gait_canon::sign::SigningKey;
 use gait_policy::eval::ScriptOutcome;
 use gait_policy::{NormalizedIntent, Policy, Verdict};
 
-use super::files;
+use crate::gate::files;
 
 /// Everything a trace records beyond the intent and policy.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::files;
+use crate::gate::files;
 
 /// How long a process waits for the lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
