@@ -44,10 +44,8 @@
 //! durable before a producer is answered, so an unclean drain loses nothing but in-flight network work.
 
 mod activation;
-mod committer;
 mod exchange;
 mod session;
-mod state;
 
 pub use session::announced_redial_window;
 
@@ -63,11 +61,11 @@ use crate::db::{AgentDb, DbError};
 use crate::identity::{AgentIdentity, IdentityError};
 use crate::outbox::{Outbox, OutboxError};
 
-pub use exchange::ExchangeError;
-pub use state::{
+pub use crate::state::{
     ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, Staleness, StatusReport,
     now_unix_ms,
 };
+pub use exchange::ExchangeError;
 
 /// A connection that stayed up this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -146,6 +144,9 @@ pub enum DaemonError {
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The agent state could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 impl DaemonError {

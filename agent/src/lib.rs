@@ -9,4 +9,5 @@ pub mod gate;
 pub mod identity;
 pub mod local_api;
 pub mod outbox;
+pub mod state;
 pub mod tls;

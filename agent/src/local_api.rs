@@ -32,9 +32,9 @@ use gait_wire::RecordClass;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{AgentState, StatusReport};
 use crate::gate::engine::{DecisionError, GateRequest};
 use crate::outbox::{AppendOutcome, MAX_PAYLOAD_BYTES, OutboxError};
+use crate::state::{AgentState, StatusReport};
 use evaluate::EvaluateError;
 
 /// State shared by the handlers.

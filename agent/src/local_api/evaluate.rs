@@ -16,10 +16,10 @@ use gait_policy::{Verdict, parse_intent};
 use gait_wire::RecordClass;
 use serde_json::Value;
 
-use crate::daemon::{AgentState, now_unix_ms};
 use crate::gate::engine::{DecisionBundle, DecisionError, GateRequest, GateResponse, bad};
 use crate::gate::policy_set::PolicySet;
 use crate::outbox::{AppendOutcome, OutboxError};
+use crate::state::{AgentState, now_unix_ms};
 
 /// Record kind of a local gate decision.
 pub const DECISION_KIND: &str = "gate.decision";

@@ -20,7 +20,24 @@ use crate::db::{AgentDb, DbError};
 use crate::identity::AgentIdentity;
 use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
 
-use super::DaemonError;
+mod committer;
+
+/// Why the agent state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The agent database could not be read.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The outbox commit thread could not be started.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The bundle cache could not be opened or read.
+    #[error("bundle cache: {0}")]
+    BundleCache(#[from] crate::bundle_cache::BundleCacheError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// One-row table holding the last successful contact with the aggregator.
 const CONTACT: TableDefinition<'static, &str, i64> = TableDefinition::new("agent_contact");
@@ -190,7 +207,7 @@ pub struct AgentState {
     aggregator: String,
     db: AgentDb,
     outbox: Outbox,
-    committer: super::committer::Committer,
+    committer: committer::Committer,
     cache: BundleCache,
     trust: gait_bundle::TrustRoot,
     active: RwLock<Option<Arc<ActiveBundle>>>,
@@ -236,12 +253,12 @@ impl AgentState {
         outbox: Outbox,
         trust: gait_bundle::TrustRoot,
         gate: Arc<crate::gate::engine::GateEngine>,
-    ) -> Result<Arc<Self>, DaemonError> {
+    ) -> Result<Arc<Self>, StateError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
             let cache = BundleCache::open(&db2)?;
             let last_contact = read_contact(&db2)?;
-            Ok::<_, DaemonError>((cache, last_contact))
+            Ok::<_, StateError>((cache, last_contact))
         })
         .await??;
         let scope = gait_bundle::Scope {
@@ -249,8 +266,8 @@ impl AgentState {
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
-        let committer = super::committer::Committer::spawn(outbox.clone()).map_err(|e| {
-            DaemonError::from(OutboxError::Corrupt {
+        let committer = committer::Committer::spawn(outbox.clone()).map_err(|e| {
+            StateError::from(OutboxError::Corrupt {
                 path: String::new(),
                 seq: 0,
                 detail: format!("cannot start the outbox commit thread: {e}"),
