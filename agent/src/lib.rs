@@ -1,4 +1,9 @@
 //! Gait edge agent library.
+//!
+//! Dependency direction (nothing points back up): `main -> {daemon, gaitcli}`; `daemon -> local_api ->
+//! {gate, state}`; `state -> {gate, outbox, bundle_cache, db}`; `gaitcli -> gate -> protocol/*`. Nothing
+//! imports `daemon`, and the daemon never imports `gaitcli`: the Gait gate step order lives once, in
+//! [`gate::pipeline`].
 pub mod backoff;
 pub mod bundle_cache;
 pub mod config;
