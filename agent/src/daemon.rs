@@ -44,11 +44,8 @@
 //! durable before a producer is answered, so an unclean drain loses nothing but in-flight network work.
 
 mod activation;
-mod committer;
 mod exchange;
-pub mod gate;
 mod session;
-mod state;
 
 pub use session::announced_redial_window;
 
@@ -64,10 +61,11 @@ use crate::db::{AgentDb, DbError};
 use crate::identity::{AgentIdentity, IdentityError};
 use crate::outbox::{Outbox, OutboxError};
 
-pub use exchange::ExchangeError;
-pub use state::{
+pub use crate::state::{
     ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, Staleness, StatusReport,
+    now_unix_ms,
 };
+pub use exchange::ExchangeError;
 
 /// A connection that stayed up this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -146,6 +144,9 @@ pub enum DaemonError {
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The agent state could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 impl DaemonError {
@@ -232,7 +233,12 @@ impl Daemon {
         let data_dir = config.data_dir.clone();
         let key_path = config.gate.signing_key.clone();
         let engine = tokio::task::spawn_blocking(move || {
-            gate::GateEngine::open(&data_dir, key_path.as_deref())
+            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref()).map_err(|e| {
+                DaemonError::GateKey {
+                    path: e.path,
+                    detail: e.detail,
+                }
+            })
         })
         .await??;
         let state = AgentState::open(

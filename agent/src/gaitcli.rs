@@ -11,13 +11,9 @@
 mod audit;
 mod broker;
 pub mod envelope;
-mod files;
 pub mod gate_eval;
 mod keys;
 pub mod policy_test;
-pub mod ratelimit_state;
-mod registry;
-pub(crate) mod trace_emit;
 pub mod trace_verify;
 pub mod verify;
 
@@ -31,7 +27,8 @@ use serde_json::{Map, Value};
 use envelope::{CliError, EXIT_INVALID_INPUT, EXIT_OK};
 
 /// Producer version written into the artifacts this binary creates.
-pub const PRODUCER_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::gate::PRODUCER_VERSION;
+pub(crate) use crate::gate::{files, registry};
 
 /// First arguments that select a Gait-compatible command.
 const GAIT_COMMANDS: [&str; 4] = ["policy", "gate", "trace", "verify"];

@@ -1,11 +1,18 @@
 //! Gait edge agent library.
+//!
+//! Dependency direction (nothing points back up): `main -> {daemon, gaitcli}`; `daemon -> local_api ->
+//! {gate, state}`; `state -> {gate, outbox, bundle_cache, db}`; `gaitcli -> gate -> protocol/*`. Nothing
+//! imports `daemon`, and the daemon never imports `gaitcli`: the Gait gate step order lives once, in
+//! [`gate::pipeline`].
 pub mod backoff;
 pub mod bundle_cache;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod gaitcli;
+pub mod gate;
 pub mod identity;
 pub mod local_api;
 pub mod outbox;
+pub mod state;
 pub mod tls;

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
 //! | `POST /v1/records` | body `{"class":"block","kind":"gate.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record) |
-//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::daemon::gate::GateResponse) (HTTP 200 for every verdict) |
+//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format |
 //!
@@ -14,6 +14,8 @@
 //! (507: nothing was stored, retry later or fail closed), `internal` (500).
 //!
 //! There is no authentication: the listener must stay on a loopback address (the config refuses others).
+
+pub mod evaluate;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,9 +32,10 @@ use gait_wire::RecordClass;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::gate::{GateError, GateRequest};
-use crate::daemon::{AgentState, StatusReport};
+use crate::gate::engine::{DecisionError, GateRequest};
 use crate::outbox::{AppendOutcome, MAX_PAYLOAD_BYTES, OutboxError};
+use crate::state::{AgentState, StatusReport};
+use evaluate::EvaluateError;
 
 /// State shared by the handlers.
 pub type AppState = Arc<AgentState>;
@@ -254,11 +257,16 @@ async fn post_evaluate(
         policy: query.policy,
         simulate: query.simulate,
     };
-    match crate::daemon::gate::evaluate_intent(&state, request).await {
+    match evaluate::evaluate_intent(&state, request).await {
         Ok(response) => Ok(axum::Json(response).into_response()),
-        Err(GateError::BadRequest { field, message }) => Err(ApiError::bad(field, message)),
-        Err(GateError::Outbox(e)) => Err(e.into()),
-        Err(GateError::Internal(message)) => {
+        Err(EvaluateError::Decision(DecisionError::BadRequest { field, message })) => {
+            Err(ApiError::bad(field, message))
+        }
+        Err(EvaluateError::Outbox(e)) => Err(e.into()),
+        Err(
+            EvaluateError::Decision(DecisionError::Internal(message))
+            | EvaluateError::Internal(message),
+        ) => {
             tracing::error!(error = %message, "local decision failed");
             Err(ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,

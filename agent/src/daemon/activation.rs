@@ -12,9 +12,9 @@ use std::sync::Arc;
 use gait_wire::{BundleOffer, BundleRef, BundleReport, RecordClass};
 use serde_json::json;
 
-use super::state::{ActiveBundle, RefusalInfo, now_unix_ms};
 use super::{AgentState, DaemonError};
 use crate::bundle_cache::{BundleRefusal, CachedBundle};
+use crate::state::{ActiveBundle, RefusalInfo, now_unix_ms};
 
 /// Refusal code when a verified bundle cannot be stored locally.
 const CODE_STORAGE: &str = "agent_storage_error";

@@ -2,11 +2,12 @@
 //! §2.3–§2.5, §9). In Gait's order: optional Wrkr inventory and approved-script registry (fail-closed for
 //! high/critical risk) → evaluation (or registry pre-approval) → rate limit → destructive budget (one locked
 //! state file) → signing key → delegation token chain → approval tokens → broker credential → `--simulate` →
-//! signed trace, approval and delegation audit records → one output line. Exit 0 allow/dry_run/simulate,
+//! signed trace, approval and delegation audit records → one output line. The order from evaluation to
+//! `--simulate` is [`crate::gate::pipeline`]'s (shared with the daemon); this file parses flags, loads files
+//! and keys, checks presented tokens, runs the broker and writes the outputs. Exit 0 allow/dry_run/simulate,
 //! 3 block, 4 require_approval, 6 bad input, 1 runtime failure (e.g. rate-limit lock timeout).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Args;
 use gait_artifact::GoTime;
@@ -18,20 +19,12 @@ use gait_artifact::delegation::{
     ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
 };
 use gait_canon::sign::PublicKey;
-use gait_policy::eval::{
-    CompositeRisk, ScriptOutcome, StepVerdict, WrkrInventory, wrkr_enriched_intent,
-};
+use gait_policy::eval::WrkrInventory;
 use gait_policy::gate::{
-    BrokerStatus, GateDecision, RateLimitDecision, SimulateReport, TokenCheck, apply_approvals,
-    apply_broker, apply_delegation, apply_destructive_budget, apply_rate_limit, apply_simulate,
-    result_created_at,
+    BrokerStatus, GateDecision, RateLimitDecision, SimulateReport, TokenCheck,
 };
-use gait_policy::intent::{ContextEvidence, prepare_for_evaluation};
-use gait_policy::policy::RateLimitPolicy;
-use gait_policy::{
-    EvalOptions, EvalOutcome, IntentRequest, NormalizedIntent, Policy, Verdict, evaluate,
-    normalize_intent, parse_wrkr_inventory,
-};
+use gait_policy::intent::ContextEvidence;
+use gait_policy::{EvalOutcome, IntentRequest, NormalizedIntent, Verdict, parse_wrkr_inventory};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -40,12 +33,15 @@ use super::broker::{self, BrokerCredentialRecord};
 use super::envelope::{
     CliError, EXIT_APPROVAL_REQUIRED, EXIT_INVALID_INPUT, EXIT_OK, EXIT_POLICY_BLOCKED,
 };
-use super::keys::{self, KeySources};
+use super::keys::{self, KeySources, LoadedSigningKey};
 use super::policy_test::{load_intent, load_policy};
-use super::ratelimit_state::{LOCK_TIMEOUT, RateLimitStore};
 use super::registry::{self, LoadedEntry};
-use super::trace_emit::{self, TraceInputs};
 use super::{CommandOutput, Invocation, PRODUCER_VERSION, files};
+use crate::gate::GateError;
+use crate::gate::pipeline::{
+    self, Authorizations, Inputs, StepContext, TraceContext, fail_closed_risk,
+};
+use crate::gate::trace;
 
 /// Gait's default rate-limit state file.
 pub const DEFAULT_RATE_LIMIT_STATE: &str = ".gait-out/gate_rate_limits.json";
@@ -213,16 +209,16 @@ pub fn run(args: &GateEvalArgs, invocation: &Invocation) -> CommandOutput {
     }
 }
 
-/// Risk classes Gait's CLI fails closed for (`high`, `critical`).
-pub(crate) fn fail_closed_risk(intent: &IntentRequest) -> bool {
-    matches!(
-        intent.context.risk_class.trim().to_lowercase().as_str(),
-        "high" | "critical"
-    )
-}
-
 fn invalid(message: impl Into<String>) -> CliError {
     CliError::classified(message, EXIT_INVALID_INPUT)
+}
+
+/// Every pipeline error is invalid input to Gait (exit 6), except that a message naming a lock or timeout
+/// (rate-limit state contention) is a runtime failure (exit 1), as Gait classifies it.
+impl From<GateError> for CliError {
+    fn from(err: GateError) -> CliError {
+        invalid(err.to_string())
+    }
 }
 
 /// Trimmed, de-duplicated, sorted token paths from the repeatable flag and the CSV chains (Gait's
@@ -243,10 +239,6 @@ fn gather_paths(primary: &[PathBuf], chains: &[String]) -> Vec<PathBuf> {
     paths.into_iter().map(PathBuf::from).collect()
 }
 
-fn now_policy_time(now: OffsetDateTime) -> gait_policy::gotime::GoTime {
-    gait_policy::gotime::GoTime::from_offset_date_time(now)
-}
-
 /// Targets an approval token's `max_targets` counts (Gait's `gateIntentTargetCount`).
 fn target_count(intent: &NormalizedIntent) -> usize {
     if let Some(steps) = &intent.script {
@@ -264,16 +256,6 @@ fn operation_count(intent: &NormalizedIntent) -> usize {
         Some(steps) if !steps.is_empty() => steps.len(),
         _ => intent.targets.len().max(1),
     }
-}
-
-/// Gait's `gateIntentContainsDestructiveTarget`: script step targets when any step has targets.
-fn has_destructive_target(intent: &NormalizedIntent) -> bool {
-    if let Some(steps) = &intent.script
-        && steps.iter().any(|s| !s.targets.is_empty())
-    {
-        return steps.iter().flat_map(|s| &s.targets).any(|t| t.destructive);
-    }
-    intent.targets.iter().any(|t| t.destructive)
 }
 
 /// Startup state gathered before evaluation.
@@ -437,200 +419,31 @@ fn delegation_key_sources(args: &GateEvalArgs) -> KeySources {
     }
 }
 
-/// The evaluation outcome plus what the registry fast path adds.
-struct Decided {
-    outcome: EvalOutcome,
-    created_at: GoTime,
-    pre_approved: bool,
-    pattern_id: String,
-    registry_reason: String,
-}
-
-fn pre_approved_outcome(intent: &NormalizedIntent, found: &registry::ScriptMatch) -> EvalOutcome {
-    let reasons = vec![found.reason.clone()];
-    let script = intent.script.as_ref().map(|steps| {
-        let risk = steps
-            .iter()
-            .map(|s| {
-                if s.targets.iter().any(|t| {
-                    t.destructive || matches!(t.endpoint_class.as_str(), "fs.delete" | "proc.exec")
-                }) {
-                    CompositeRisk::High
-                } else if s.targets.iter().any(|t| {
-                    matches!(
-                        t.endpoint_class.as_str(),
-                        "fs.write" | "net.http" | "net.dns"
-                    )
-                }) {
-                    CompositeRisk::Medium
-                } else {
-                    CompositeRisk::Low
-                }
-            })
-            .max()
-            .unwrap_or(CompositeRisk::Low);
-        ScriptOutcome {
-            step_count: steps.len(),
-            script_hash: intent.script_hash.clone(),
-            composite_risk_class: risk,
-            step_verdicts: steps
-                .iter()
-                .enumerate()
-                .map(|(index, s)| StepVerdict {
-                    index,
-                    tool_name: s.tool_name.clone(),
-                    verdict: Verdict::Allow,
-                    reason_codes: reasons.clone(),
-                    violations: Vec::new(),
-                    matched_rule: String::new(),
-                })
-                .collect(),
-        }
-    });
-    EvalOutcome {
-        verdict: Verdict::Allow,
-        reason_codes: reasons,
-        violations: Vec::new(),
-        matched_rule: String::new(),
-        min_approvals: 0,
-        require_distinct_approvers: false,
-        require_broker_credential: false,
-        require_delegation: false,
-        broker_reference: String::new(),
-        broker_scopes: Vec::new(),
-        rate_limit: RateLimitPolicy::default(),
-        destructive_budget: RateLimitPolicy::default(),
-        dataflow_triggered: false,
-        script,
-        context_source: String::new(),
-    }
-}
-
-fn decide(
-    policy: &Policy,
-    policy_digest: &str,
-    intent: &NormalizedIntent,
-    setup: &mut Setup,
-) -> Result<Decided, CliError> {
-    let mut registry_reason = String::new();
-    if !setup.registry_entries.is_empty() {
-        if policy.requires_context_evidence() {
-            setup.warnings.push(
-                "approved script fast-path disabled because policy requires authenticated context evidence"
-                    .into(),
-            );
-        } else {
-            let now = OffsetDateTime::now_utc();
-            let found = registry::match_script(intent, policy_digest, &setup.registry_entries, now);
-            if found.matched {
-                return Ok(Decided {
-                    outcome: pre_approved_outcome(intent, &found),
-                    created_at: GoTime::from_datetime(now),
-                    pre_approved: true,
-                    pattern_id: found.pattern_id,
-                    registry_reason: found.reason,
-                });
-            }
-            registry_reason = found.reason;
-        }
-    }
-    let opts = EvalOptions {
-        context_evidence: setup.context_evidence.as_ref(),
-        wrkr_inventory: setup.wrkr.as_ref().map(|(inventory, _)| inventory),
-        wrkr_source: setup.wrkr.as_ref().map(|(_, source)| source.as_str()),
-    };
-    let outcome = evaluate(policy, intent, &opts).map_err(|e| invalid(e.to_string()))?;
-    Ok(Decided {
-        outcome,
-        created_at: gate_created_at(intent),
-        pre_approved: false,
-        pattern_id: String::new(),
-        registry_reason,
-    })
-}
-
-/// The gate result's `created_at` for `intent` (Gait's rule, 1980-01-01 if that cannot be represented).
-pub(crate) fn gate_created_at(intent: &NormalizedIntent) -> GoTime {
-    GoTime::parse(&result_created_at(intent.created_at))
-        .unwrap_or_else(|_| GoTime::from_datetime(time::macros::datetime!(1980-01-01 00:00:00 UTC)))
-}
-
-/// Rate limit and destructive budget under one hold of the state lock.
-pub(crate) fn enforce_limits(
-    state_path: &Path,
-    outcome: &EvalOutcome,
-    intent: &NormalizedIntent,
-    decision: &mut GateDecision,
-) -> Result<(Option<RateLimitDecision>, Option<RateLimitDecision>), CliError> {
-    let rate_needed = outcome.rate_limit.requests > 0;
-    let budget_needed = outcome.destructive_budget.requests > 0 && has_destructive_target(intent);
-    if !rate_needed && !budget_needed {
-        return Ok((None, None));
-    }
-    let state_err = |e: super::ratelimit_state::StateError| invalid(e.to_string());
-    let limit_err = |e: gait_policy::gate::RateLimitError| invalid(e.to_string());
-    let mut store = RateLimitStore::open(state_path, LOCK_TIMEOUT).map_err(state_err)?;
-    let now = now_policy_time(OffsetDateTime::now_utc());
-    let identity = intent.context.identity.as_str();
-    let rate = if rate_needed {
-        let d = store
-            .state
-            .enforce(&outcome.rate_limit, &intent.tool_name, identity, now)
-            .map_err(limit_err)?;
-        apply_rate_limit(decision, &d);
-        Some(d)
-    } else {
-        None
-    };
-    let budget = if budget_needed {
-        let d = store
-            .state
-            .enforce_destructive_budget(
-                &outcome.destructive_budget,
-                &intent.tool_name,
-                identity,
-                now,
-            )
-            .map_err(limit_err)?;
-        apply_destructive_budget(decision, &d);
-        Some(d)
-    } else {
-        None
-    };
-    store.commit().map_err(state_err)?;
-    Ok((rate, budget))
-}
-
 /// What the delegation step produced.
 #[derive(Default)]
 struct DelegationResult {
     required: bool,
-    valid: usize,
     token_ref: String,
     entries: Vec<DelegationAuditEntry>,
 }
 
-fn check_delegation(
+/// Verify the presented delegation tokens against the intent's claimed chain: the token checks the
+/// pipeline applies, and the audit entries.
+fn delegation_checks(
     args: &GateEvalArgs,
-    intent: &NormalizedIntent,
-    policy_digest: &str,
+    ctx: &StepContext<'_>,
     signing_public: PublicKey,
-    decision: &mut GateDecision,
-) -> Result<DelegationResult, CliError> {
+) -> Result<(Vec<TokenCheck>, Vec<DelegationAuditEntry>), CliError> {
+    let intent = ctx.intent;
     let sources = delegation_key_sources(args);
     let key = if sources.has_any() {
         keys::load_verify_key(&sources)?
     } else {
         signing_public
     };
-    let mut result = DelegationResult {
-        required: true,
-        ..DelegationResult::default()
-    };
     let paths = gather_paths(&args.delegation_token, &args.delegation_token_chain);
     if paths.is_empty() {
-        apply_delegation(decision, true, &[]);
-        return Ok(result);
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut raw_tokens = Vec::with_capacity(paths.len());
     let mut loaded = Vec::with_capacity(paths.len());
@@ -664,7 +477,7 @@ fn check_delegation(
             let token_refs: Vec<&[u8]> = raw_tokens.iter().map(Vec::as_slice).collect();
             let check = DelegationCheck {
                 intent_digest: &intent.intent_digest,
-                policy_digest,
+                policy_digest: ctx.policy_digest,
                 required_scope: &required_scope,
                 now: OffsetDateTime::now_utc(),
             };
@@ -678,7 +491,7 @@ fn check_delegation(
             ..Default::default()
         },
     };
-    result.entries = loaded
+    let entries: Vec<DelegationAuditEntry> = loaded
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -702,10 +515,8 @@ fn check_delegation(
             }
         })
         .collect();
-    result.valid = result.entries.iter().filter(|e| e.valid).count();
     let checks: Vec<TokenCheck> = if outcome.delegated {
-        result
-            .entries
+        entries
             .iter()
             .filter(|e| e.valid)
             .map(|e| TokenCheck {
@@ -726,11 +537,7 @@ fn check_delegation(
             })
             .collect()
     };
-    let report = apply_delegation(decision, true, &checks);
-    if outcome.delegated {
-        result.token_ref = report.delegation_ref;
-    }
-    Ok(result)
+    Ok((checks, entries))
 }
 
 /// What the approval step produced.
@@ -750,30 +557,13 @@ fn read_approval_token(path: &Path) -> Result<(Vec<u8>, ApprovalToken), CliError
     Ok((bytes, token))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_approvals(
+/// Validate the presented approval tokens: the token checks the pipeline applies, and the audit entries.
+fn approval_checks(
     args: &GateEvalArgs,
-    intent: &NormalizedIntent,
-    policy_digest: &str,
-    outcome: &EvalOutcome,
+    ctx: &StepContext<'_>,
     signing_public: PublicKey,
-    decision: &mut GateDecision,
-    exit: &mut u8,
-) -> Result<ApprovalResult, CliError> {
-    let mut result = ApprovalResult {
-        required: outcome.min_approvals,
-        token_ref: args
-            .approval_token_ref
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned(),
-        ..ApprovalResult::default()
-    };
-    if decision.verdict != Verdict::RequireApproval {
-        return Ok(result);
-    }
-    result.required = result.required.max(1);
+) -> Result<(Vec<TokenCheck>, Vec<ApprovalAuditEntry>), CliError> {
+    let intent = ctx.intent;
     let sources = approval_key_sources(args);
     let key = if sources.has_any() {
         keys::load_verify_key(&sources)?
@@ -784,7 +574,7 @@ fn check_approvals(
     let binding = intent.delegation_digest().unwrap_or_default();
     let check = ApprovalCheck {
         intent_digest: &intent.intent_digest,
-        policy_digest,
+        policy_digest: ctx.policy_digest,
         delegation_binding_digest: &binding,
         required_scope: &scope,
         target_count: target_count(intent),
@@ -792,6 +582,7 @@ fn check_approvals(
         now: OffsetDateTime::now_utc(),
     };
     let mut checks = Vec::new();
+    let mut entries = Vec::new();
     for path in gather_paths(&args.approval_token, &args.approval_token_chain) {
         let (bytes, token) = read_approval_token(&path)?;
         let judged = validate_approval_token(&bytes, &key, &check);
@@ -803,7 +594,7 @@ fn check_approvals(
             .err()
             .map(|e| e.code.as_str().to_owned())
             .unwrap_or_default();
-        result.entries.push(ApprovalAuditEntry {
+        entries.push(ApprovalAuditEntry {
             token_id: token.token_id.clone(),
             approver_identity: token.approver_identity.clone(),
             reason_code: token.reason_code.clone(),
@@ -822,20 +613,74 @@ fn check_approvals(
             },
         });
     }
-    let report = apply_approvals(
-        decision,
-        result.required,
-        outcome.require_distinct_approvers,
-        &checks,
-    );
-    if report.granted {
-        if !report.approval_ref.is_empty() {
-            result.token_ref = report.approval_ref;
-        }
-    } else {
-        *exit = EXIT_APPROVAL_REQUIRED;
+    Ok((checks, entries))
+}
+
+/// The CLI's keys, tokens and broker, consulted by the pipeline at its steps 5–8.
+struct CliAuthorizations<'a> {
+    args: &'a GateEvalArgs,
+    key_mode: &'a str,
+    broker: Option<&'a broker::Broker>,
+    signing: Option<LoadedSigningKey>,
+    delegation_entries: Vec<DelegationAuditEntry>,
+    approval_ran: bool,
+    approval_entries: Vec<ApprovalAuditEntry>,
+    credential: Option<IssuedCredential>,
+}
+
+impl CliAuthorizations<'_> {
+    fn signing_public(&self) -> Result<PublicKey, CliError> {
+        self.signing
+            .as_ref()
+            .map(|s| s.key.public_key())
+            .ok_or_else(|| CliError::with_exit("signing key not loaded", EXIT_INVALID_INPUT))
     }
-    Ok(result)
+}
+
+impl Authorizations for CliAuthorizations<'_> {
+    type Error = CliError;
+
+    fn load_keys(&mut self) -> Result<(), CliError> {
+        let signing = keys::load_signing_key(
+            self.key_mode,
+            &KeySources {
+                private_path: self.args.private_key.clone(),
+                private_env: self.args.private_key_env.clone(),
+                ..KeySources::default()
+            },
+        )?;
+        self.signing = Some(signing);
+        Ok(())
+    }
+
+    fn delegation_tokens(&mut self, ctx: &StepContext<'_>) -> Result<Vec<TokenCheck>, CliError> {
+        let (checks, entries) = delegation_checks(self.args, ctx, self.signing_public()?)?;
+        self.delegation_entries = entries;
+        Ok(checks)
+    }
+
+    fn approval_tokens(&mut self, ctx: &StepContext<'_>) -> Result<Vec<TokenCheck>, CliError> {
+        self.approval_ran = true;
+        let (checks, entries) = approval_checks(self.args, ctx, self.signing_public()?)?;
+        self.approval_entries = entries;
+        Ok(checks)
+    }
+
+    fn broker_credential(&mut self, ctx: &StepContext<'_>) -> BrokerStatus {
+        let (status, credential) = issue_credential(self.args, self.broker, ctx);
+        self.credential = credential;
+        status
+    }
+}
+
+/// Gait's exit code for the final verdict: 3 block, 4 require_approval, otherwise 0 (after `--simulate`
+/// the verdict is never `block` or `require_approval`).
+fn exit_for(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Block => EXIT_POLICY_BLOCKED,
+        Verdict::RequireApproval => EXIT_APPROVAL_REQUIRED,
+        Verdict::Allow | Verdict::DryRun => EXIT_OK,
+    }
 }
 
 fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<CommandOutput, CliError> {
@@ -904,96 +749,72 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         setup.registry_entries = load_registry(args, path, &raw_intent, &mut setup.warnings)?;
     }
 
-    let started = Instant::now();
-    let normalized =
-        normalize_intent(&raw_intent).map_err(|e| invalid(format!("normalize intent: {e}")))?;
     let policy_digest = policy.digest();
-    let decided = decide(&policy, &policy_digest, &normalized, &mut setup)?;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut intent = prepare_for_evaluation(&normalized, setup.context_evidence.as_ref())
-        .map_err(|e| invalid(format!("verify context envelope: {e}")))?;
-    let outcome = &decided.outcome;
-    // Gait reports (digests, trace, approval binding) the intent its single-intent evaluation enriched.
-    if let Some((inventory, source)) = &setup.wrkr
-        && outcome.context_source.split(',').any(|s| s == source)
-        && let Some(enriched) = wrkr_enriched_intent(&intent, Some(inventory))
-    {
-        intent = enriched;
-    }
-    let mut decision = GateDecision::from_outcome(outcome);
-
-    let (rate, budget) = enforce_limits(&state_path, outcome, &intent, &mut decision)?;
-
-    let signing = keys::load_signing_key(
-        &key_mode,
-        &KeySources {
-            private_path: args.private_key.clone(),
-            private_env: args.private_key_env.clone(),
-            ..KeySources::default()
+    let inputs = Inputs {
+        policy: &policy,
+        policy_digest: &policy_digest,
+        context_evidence: setup.context_evidence.as_ref(),
+        wrkr: setup.wrkr.as_ref(),
+        registry_entries: &setup.registry_entries,
+        rate_limit_state: &state_path,
+        simulate: args.simulate,
+    };
+    let mut auth = CliAuthorizations {
+        args,
+        key_mode: &key_mode,
+        broker: resolved_broker.as_ref(),
+        signing: None,
+        delegation_entries: Vec::new(),
+        approval_ran: false,
+        approval_entries: Vec::new(),
+        credential: None,
+    };
+    let evaluated = pipeline::run(&inputs, &raw_intent, &mut auth)?;
+    let signing = auth
+        .signing
+        .take()
+        .ok_or_else(|| CliError::with_exit("signing key not loaded", EXIT_INVALID_INPUT))?;
+    let outcome = &evaluated.outcome;
+    let decision = &evaluated.decision;
+    let intent = &evaluated.intent;
+    let delegation = DelegationResult {
+        required: evaluated.delegation.is_some(),
+        token_ref: evaluated
+            .delegation
+            .as_ref()
+            .map(|r| r.delegation_ref.clone())
+            .unwrap_or_default(),
+        entries: std::mem::take(&mut auth.delegation_entries),
+    };
+    let mut approvals = ApprovalResult {
+        required: if auth.approval_ran {
+            outcome.min_approvals.max(1)
+        } else {
+            outcome.min_approvals
         },
-    )?;
-    let signing_public = signing.key.public_key();
+        token_ref: args
+            .approval_token_ref
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned(),
+        entries: std::mem::take(&mut auth.approval_entries),
+    };
+    if evaluated.approval.granted && !evaluated.approval.approval_ref.is_empty() {
+        approvals.token_ref = evaluated.approval.approval_ref.clone();
+    }
+    let credential = auth.credential.take();
+    let exit = exit_for(decision.verdict);
 
-    let mut exit = EXIT_OK;
-    let delegation = if outcome.require_delegation {
-        let d = check_delegation(args, &intent, &policy_digest, signing_public, &mut decision)?;
-        if decision.verdict == Verdict::Block {
-            exit = EXIT_POLICY_BLOCKED;
-        }
-        d
-    } else {
-        DelegationResult::default()
-    };
-    let approvals = check_approvals(
-        args,
-        &intent,
-        &policy_digest,
-        outcome,
-        signing_public,
-        &mut decision,
-        &mut exit,
-    )?;
-    let credential = issue_credential(
-        args,
-        resolved_broker.as_ref(),
-        outcome,
-        &intent,
-        &mut decision,
-    );
-    let simulated: Option<SimulateReport> = if args.simulate {
-        exit = EXIT_OK;
-        Some(apply_simulate(&mut decision))
-    } else {
-        None
-    };
-    exit = match decision.verdict {
-        Verdict::Block => EXIT_POLICY_BLOCKED,
-        Verdict::RequireApproval if exit == EXIT_OK => EXIT_APPROVAL_REQUIRED,
-        _ => exit,
-    };
-
-    let observed_at = GoTime::now_utc();
-    let record = trace_emit::build_trace(
-        &TraceInputs {
-            policy: &policy,
-            policy_digest: &policy_digest,
-            intent: &intent,
-            verdict: decision.verdict,
-            reason_codes: &decision.reason_codes,
-            violations: &decision.violations,
-            created_at: decided.created_at,
+    let record = evaluated.trace_record(
+        &inputs,
+        &TraceContext {
             producer_version: PRODUCER_VERSION,
             correlation_id: &invocation.correlation_id,
             approval_token_ref: &approvals.token_ref,
             delegation_token_ref: &delegation.token_ref,
-            latency_ms,
-            context_source: &outcome.context_source,
-            script: outcome.script.as_ref(),
-            pre_approved: decided.pre_approved,
-            pattern_id: &decided.pattern_id,
-            registry_reason: &decided.registry_reason,
         },
-        observed_at,
+        GoTime::now_utc(),
     );
     let trace_path = args
         .trace_out
@@ -1001,12 +822,12 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         .map(|p| p.to_string_lossy().trim().to_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| format!("trace_{}.json", record.trace_id));
-    let write_path = trace_emit::normalize_trace_path(Path::new(&trace_path)).map_err(invalid)?;
-    let trace = trace_emit::sign_and_write(record, &signing.key, &write_path)
+    let write_path = trace::normalize_trace_path(Path::new(&trace_path)).map_err(invalid)?;
+    let trace = trace::sign_and_write(record, &signing.key, &write_path)
         .map_err(|e| CliError::classified(e, EXIT_INVALID_INPUT))?;
 
     let header = AuditHeader {
-        created_at: decided.created_at,
+        created_at: evaluated.created_at,
         producer_version: PRODUCER_VERSION,
         trace_id: &trace.trace_id,
         tool_name: &trace.tool_name,
@@ -1032,7 +853,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         let record = BrokerCredentialRecord {
             schema_id: "gait.gate.broker_credential_record",
             schema_version: "1.0.0",
-            created_at: decided.created_at.to_utc(),
+            created_at: evaluated.created_at.to_utc(),
             producer_version: PRODUCER_VERSION.to_owned(),
             trace_id: trace.trace_id.clone(),
             tool_name: trace.tool_name.trim().to_owned(),
@@ -1066,26 +887,27 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
     }
 
     let mut warnings = setup.warnings;
+    warnings.extend(evaluated.warnings.iter().cloned());
     warnings.extend(signing.warnings);
     warnings.sort_unstable();
     warnings.dedup();
 
     let summary = Summary {
         profile,
-        decision: &decision,
+        decision,
         outcome,
         trace: &trace,
         trace_path: &trace_path,
-        intent: &intent,
+        intent,
         approvals: &approvals,
         valid_approvals,
         approval_audit_path: &approval_audit_path,
         delegation: &delegation,
         valid_delegations,
         delegation_audit_path: &delegation_audit_path,
-        rate: rate.as_ref(),
-        budget: budget.as_ref(),
-        simulated: simulated.as_ref(),
+        rate: evaluated.rate.as_ref(),
+        budget: evaluated.budget.as_ref(),
+        simulated: evaluated.simulated.as_ref(),
         credential: credential.as_ref(),
         credential_evidence_path: &credential_evidence_path,
         warnings: &warnings,
@@ -1104,21 +926,17 @@ struct IssuedCredential {
     scope: Vec<String>,
 }
 
-/// Gait's broker step: only when the deciding rule requires a credential and the verdict is allow; no broker
-/// blocks with `broker_credential_required`, a failing one with `broker_credential_missing`.
+/// Gait's broker step (the pipeline calls it only when the deciding rule requires a credential and the
+/// verdict is allow): no broker is `NotConfigured` (blocks with `broker_credential_required`), a failing
+/// one `Failed` (blocks with `broker_credential_missing`).
 fn issue_credential(
     args: &GateEvalArgs,
     resolved: Option<&broker::Broker>,
-    outcome: &EvalOutcome,
-    intent: &NormalizedIntent,
-    decision: &mut GateDecision,
-) -> Option<IssuedCredential> {
-    if !outcome.require_broker_credential || decision.verdict != Verdict::Allow {
-        return None;
-    }
+    ctx: &StepContext<'_>,
+) -> (BrokerStatus, Option<IssuedCredential>) {
+    let (outcome, intent) = (ctx.outcome, ctx.intent);
     let Some(resolved) = resolved else {
-        apply_broker(decision, true, BrokerStatus::NotConfigured);
-        return None;
+        return (BrokerStatus::NotConfigured, None);
     };
     let mut scope: Vec<String> = outcome
         .broker_scopes
@@ -1153,19 +971,18 @@ fn issue_credential(
     };
     let getenv = |key: &str| std::env::var(key).ok();
     match resolved.issue(&request, &getenv, OffsetDateTime::now_utc()) {
-        Ok(issued) => {
-            apply_broker(decision, true, BrokerStatus::Issued);
+        Ok(issued) => (
+            BrokerStatus::Issued,
             Some(IssuedCredential {
                 issued,
                 reference,
                 scope,
-            })
-        }
+            }),
+        ),
         Err(err) => {
             // The error names the variable or the failure, never a credential value.
             tracing::debug!(broker = resolved.name(), error = %err, "broker credential unavailable");
-            apply_broker(decision, true, BrokerStatus::Failed);
-            None
+            (BrokerStatus::Failed, None)
         }
     }
 }
@@ -1368,6 +1185,7 @@ impl Summary<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gate::pipeline::has_destructive_target;
 
     #[test]
     fn token_paths_are_gathered_trimmed_unique_and_sorted() {

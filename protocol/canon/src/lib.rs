@@ -6,6 +6,7 @@
 
 mod digest;
 pub mod gojson;
+pub mod gotime;
 mod jcs;
 mod json;
 pub mod sign;

@@ -25,7 +25,7 @@ pub fn result_created_at(intent_created_at: GoTime) -> String {
         return "1980-01-01T00:00:00Z".to_owned();
     }
     intent_created_at
-        .to_rfc3339_nano()
+        .marshal_text()
         .unwrap_or_else(|_| "1980-01-01T00:00:00Z".to_owned())
 }
 

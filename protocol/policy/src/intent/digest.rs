@@ -42,7 +42,7 @@ fn put_list(map: &mut Map<String, Value>, key: &str, values: &[String]) {
 
 fn time_value(t: GoTime) -> Value {
     // Normalization already rejected times Go cannot marshal, so the fallback is unreachable in practice.
-    Value::String(t.to_rfc3339_nano().unwrap_or_else(|_| t.to_string()))
+    Value::String(t.marshal_text().unwrap_or_else(|_| t.to_string()))
 }
 
 pub(crate) fn target_payload(t: &IntentTarget) -> Value {

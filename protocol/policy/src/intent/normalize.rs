@@ -621,7 +621,7 @@ fn normalize_context(input: &IntentContext) -> Result<IntentContext, NormalizeEr
 }
 
 fn check_marshalable(t: super::GoTime) -> Result<(), NormalizeError> {
-    t.to_rfc3339_nano()
+    t.marshal_text()
         .map(|_| ())
         .map_err(|err| NormalizeError::TimeOutOfRange(err.to_string()))
 }

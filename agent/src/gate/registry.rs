@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::files;
+use crate::gate::files;
 
 /// `schema_id` of an approved-script entry.
 pub const APPROVED_SCRIPT_SCHEMA_ID: &str = "gait.gate.approved_script_entry";

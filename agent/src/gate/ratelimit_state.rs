@@ -1,5 +1,6 @@
-//! The rate-limit state file of `gate eval` (`.gait-out/gate_rate_limits.json`, `gait.gate.rate_limit_state`)
-//! under an exclusive lock, so concurrent `gate eval` processes never lose or double-count a request.
+//! The rate-limit state file of the gate (`gate eval`: `.gait-out/gate_rate_limits.json`; the daemon:
+//! `<data_dir>/gate_rate_limits.json`; `gait.gate.rate_limit_state`) under an exclusive lock, so concurrent
+//! `gate eval` processes and the daemon never lose or double-count a request.
 //!
 //! The lock is `<state>.lock`, shared with Gait's protocol: an exclusive `flock` (fs4) guards it between
 //! `gait-agent` processes, the holder writes Gait's lock metadata into it (so a Gait process sees a live lock and
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::files;
+use crate::gate::files;
 
 /// How long a process waits for the lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,6 +1,7 @@
-//! The signed gate trace `gate eval` emits (contract §2.3, Gait's `EmitSignedTrace`): the record built from the
-//! evaluated (context-prepared) intent and the final decision, its relationship envelope, the Ed25519 signature
-//! over DigestJCS of the record without `signature`, and the file written pretty-printed with mode 0600.
+//! The signed gate trace `gate eval` and the daemon emit (contract §2.3, Gait's `EmitSignedTrace`): the record
+//! built from the evaluated (context-prepared) intent and the final decision, its relationship envelope, the
+//! Ed25519 signature over DigestJCS of the record without `signature`, and (for `gate eval`) the file written
+//! pretty-printed with mode 0600.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -13,7 +14,7 @@ use gait_canon::sign::SigningKey;
 use gait_policy::eval::ScriptOutcome;
 use gait_policy::{NormalizedIntent, Policy, Verdict};
 
-use super::files;
+use crate::gate::files;
 
 /// Everything a trace records beyond the intent and policy.
 #[derive(Debug, Clone)]

@@ -20,7 +20,24 @@ use crate::db::{AgentDb, DbError};
 use crate::identity::AgentIdentity;
 use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
 
-use super::DaemonError;
+mod committer;
+
+/// Why the agent state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The agent database could not be read.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The outbox commit thread could not be started.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The bundle cache could not be opened or read.
+    #[error("bundle cache: {0}")]
+    BundleCache(#[from] crate::bundle_cache::BundleCacheError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// One-row table holding the last successful contact with the aggregator.
 const CONTACT: TableDefinition<'static, &str, i64> = TableDefinition::new("agent_contact");
@@ -37,13 +54,13 @@ pub struct ActiveBundle {
     /// When this agent activated it, milliseconds since the Unix epoch.
     pub since_unix_ms: i64,
     /// Its policy files, parsed once for local decisions.
-    pub policies: super::gate::PreparedPolicies,
+    pub policies: crate::gate::policy_set::PreparedPolicies,
 }
 
 impl ActiveBundle {
     /// The bundle in force from `since_unix_ms`, its policies parsed.
     pub fn new(bundle: gait_bundle::VerifiedBundle, since_unix_ms: i64) -> ActiveBundle {
-        let policies = super::gate::prepare_policies(&bundle);
+        let policies = crate::gate::policy_set::prepare_policies(&bundle);
         for (name, p) in &policies {
             if let Err(e) = p {
                 tracing::error!(
@@ -190,7 +207,7 @@ pub struct AgentState {
     aggregator: String,
     db: AgentDb,
     outbox: Outbox,
-    committer: super::committer::Committer,
+    committer: committer::Committer,
     cache: BundleCache,
     trust: gait_bundle::TrustRoot,
     active: RwLock<Option<Arc<ActiveBundle>>>,
@@ -201,7 +218,7 @@ pub struct AgentState {
     reconnects: AtomicU64,
     refusals: AtomicU64,
     /// Local enforcement (trace key, rate-limit state).
-    gate: Arc<super::gate::GateEngine>,
+    gate: Arc<crate::gate::engine::GateEngine>,
     /// 0 = never.
     last_contact_ms: AtomicI64,
     persisted_contact_ms: AtomicI64,
@@ -235,13 +252,13 @@ impl AgentState {
         db: AgentDb,
         outbox: Outbox,
         trust: gait_bundle::TrustRoot,
-        gate: Arc<super::gate::GateEngine>,
-    ) -> Result<Arc<Self>, DaemonError> {
+        gate: Arc<crate::gate::engine::GateEngine>,
+    ) -> Result<Arc<Self>, StateError> {
         let db2 = db.clone();
         let (cache, last_contact) = tokio::task::spawn_blocking(move || {
             let cache = BundleCache::open(&db2)?;
             let last_contact = read_contact(&db2)?;
-            Ok::<_, DaemonError>((cache, last_contact))
+            Ok::<_, StateError>((cache, last_contact))
         })
         .await??;
         let scope = gait_bundle::Scope {
@@ -249,8 +266,8 @@ impl AgentState {
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
-        let committer = super::committer::Committer::spawn(outbox.clone()).map_err(|e| {
-            DaemonError::from(OutboxError::Corrupt {
+        let committer = committer::Committer::spawn(outbox.clone()).map_err(|e| {
+            StateError::from(OutboxError::Corrupt {
                 path: String::new(),
                 seq: 0,
                 detail: format!("cannot start the outbox commit thread: {e}"),
@@ -295,7 +312,7 @@ impl AgentState {
     }
 
     /// Local enforcement.
-    pub fn gate(&self) -> &Arc<super::gate::GateEngine> {
+    pub fn gate(&self) -> &Arc<crate::gate::engine::GateEngine> {
         &self.gate
     }
 
