@@ -1,5 +1,10 @@
 //! The connection loop: dial the aggregator, say hello, then run the bundle long-poll and the outbox shipper
 //! side by side until the connection fails or shutdown is requested; redial with jittered backoff.
+//!
+//! The exchange itself (messages, limits, refusal and close codes) is described once, in the `gait-wire`
+//! crate docs, rendered as `docs/protocol.md`. A record the aggregator refuses for good (`RecordRefused` with
+//! a permanent code) or that breaks `gait_wire::Record::validate` is moved into the outbox quarantine once
+//! every record before it is acknowledged ([`crate::outbox::quarantine`]), and shipping goes on after it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -27,9 +27,10 @@
 //! - [`close`]: every QUIC application close code; [`shutdown`]: the redial hint of [`CLOSE_SHUTDOWN`].
 //!
 //! # Conversation
-//! 1. `Hello` -> `Welcome` (or `Error`). `Hello` is the first exchange. `Welcome` carries the tenancy from the
-//!    certificate and the agent's committed head (`committed_seq`, `committed_hash`): the agent deletes its
-//!    outbox records up to it (or, when its outbox is empty and behind, continues its sequence after it).
+//! 1. `Hello` -> `Welcome` (or `Error`). `Hello` is the first exchange; any other request before it is
+//!    answered with `Error(BadRequest)`. `Welcome` carries the tenancy from the certificate and the agent's
+//!    committed head (`committed_seq`, `committed_hash`): the agent deletes its outbox records up to it (or,
+//!    when its outbox is empty and behind, continues its sequence after it).
 //! 2. `PollBundle` -> `Bundle` when a bundle newer than `have_epoch` is assigned, else `NoNewBundle` once
 //!    `wait_ms` (within [`limits::POLL_WAIT_MS`]) elapsed. The agent verifies a bundle against its own trust
 //!    root and scope, then reports on a unidirectional stream: `BundleReport` (received, applied or refused
@@ -38,7 +39,11 @@
 //!    [`limits::MAX_BATCH_RECORDS`] records in ascending `seq` order, each passing [`Record::validate`] and
 //!    [`Record::verify_hash`]. `BatchAck` is sent only after the batch is committed; its `committed_through`
 //!    means every seq up to it is stored or recorded as a gap, and the agent deletes exactly those records.
-//!    Several batches may be in flight; replies come back in order.
+//!    Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
+//!    redelivered record is recognised by (agent, seq) and counted as a duplicate, never stored twice.
+//! 4. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
+//!    retried after a pause, any other ends the connection. A request that is oversized, malformed or not
+//!    read in time closes the connection with [`close::CLOSE_PROTOCOL_VIOLATION`].
 //!
 //! # Refused records
 //! When a record breaks a rule, the aggregator answers `RecordRefused { batch_id, seq, code, message }` and

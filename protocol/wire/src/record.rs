@@ -521,8 +521,7 @@ mod tests {
             r.seq = seq;
             r.kind = kind.clone();
             r.payload = vec![0; payload_len];
-            let ok = seq >= 1
-                && seq <= limits::MAX_SEQ
+            let ok = (1..=limits::MAX_SEQ).contains(&seq)
                 && !kind.is_empty()
                 && kind.len() <= limits::MAX_KIND_BYTES
                 && !kind.chars().any(char::is_control)
