@@ -42,7 +42,7 @@ pub type AppState = Arc<AgentState>;
 
 /// Longest `kind` accepted here, in bytes. The aggregator refuses a batch holding a longer kind, so such a
 /// record would block delivery of everything after it; it is refused before it gets a seq instead.
-pub const MAX_KIND_LEN: usize = 64;
+pub const MAX_KIND_LEN: usize = gait_wire::limits::MAX_KIND_BYTES;
 
 /// Largest request body: a maximal payload plus room for JSON escaping and the envelope.
 const MAX_BODY_BYTES: usize = 2 * MAX_PAYLOAD_BYTES + 64 * 1024;
@@ -129,13 +129,15 @@ impl From<OutboxError> for ApiError {
                 message: e.to_string(),
                 field: None,
             },
-            OutboxError::PayloadTooLarge { .. } => ApiError {
+            OutboxError::InvalidRecord { source, .. } if source.field() == "payload" => ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 code: "payload_too_large",
                 message: e.to_string(),
                 field: Some("payload"),
             },
-            OutboxError::KindTooLong { .. } => ApiError::bad("kind", e.to_string()),
+            OutboxError::InvalidRecord { source, .. } => {
+                ApiError::bad(source.field(), e.to_string())
+            }
             _ => {
                 tracing::error!(error = %e, "local api could not append a record");
                 ApiError {

@@ -44,6 +44,10 @@ enum Command {
     Run(RunArgs),
     /// Show the status of the locally running agent.
     Status(StatusArgs),
+    /// Records the aggregator refused for good, kept in the outbox quarantine (reads the database; stop
+    /// the agent first).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Gait-compatible offline commands: `policy test`, `gate eval`, `trace verify`, `verify`.
     #[command(flatten)]
     Gait(gait_agent::gaitcli::GaitCommand),
@@ -69,6 +73,24 @@ struct StatusArgs {
     api: SocketAddr,
 }
 
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// One line per quarantined record: seq, class, kind, refusal code and message.
+    List(QuarantineArgs),
+    /// Every quarantined record as a JSON document (counters and records, payloads included).
+    Export(QuarantineArgs),
+}
+
+#[derive(Debug, Args)]
+struct QuarantineArgs {
+    /// Agent configuration file (YAML); the database is `<data_dir>/agent.redb`.
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", default_value = "agent.yaml")]
+    config: PathBuf,
+    /// Print JSON (always on for `export`).
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     // Gait-compatible commands run before logging and the async runtime are set up (process latency).
     if let Some(code) = gait_agent::gaitcli::run_from_env() {
@@ -90,6 +112,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Status(args) => cmd_status(args).await,
+            Command::Quarantine(command) => cmd_quarantine(command),
             Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
@@ -163,6 +186,60 @@ async fn cancel_on_signal(token: CancellationToken) {
         () = terminate => tracing::info!("SIGTERM received"),
     }
     token.cancel();
+}
+
+fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
+    let (args, export) = match command {
+        QuarantineCommand::List(args) => (args, false),
+        QuarantineCommand::Export(args) => (args, true),
+    };
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let read = gait_agent::db::AgentDb::open(config.db_path())
+        .map_err(gait_agent::outbox::OutboxError::from)
+        .and_then(|db| gait_agent::outbox::quarantine::read(&db));
+    let (stats, records) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if export || args.json {
+        let doc = serde_json::json!({
+            "held": stats.held,
+            "bytes": stats.bytes,
+            "total": stats.total,
+            "dropped": stats.dropped,
+            "records": records.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+        });
+        return match serde_json::to_string_pretty(&doc) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gait-agent: cannot render the quarantine: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
+    println!(
+        "{} records held ({} bytes); {} quarantined since the database was created, {} dropped",
+        stats.held, stats.bytes, stats.total, stats.dropped
+    );
+    for r in &records {
+        println!(
+            "seq {}  {}  {:?}  {}: {}",
+            r.record.seq, r.record.class, r.record.kind, r.code, r.message
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn cmd_status(args: StatusArgs) -> ExitCode {

@@ -9,6 +9,8 @@
 //! - `outbox_meta`: one key, `state`, holding a postcard-encoded, versioned `Meta`: `last_seq`, `last_hash`,
 //!   `shed_total`, `acked_through` and `bytes` (sum of the stored value sizes). Meta is never deleted, so it
 //!   survives the deletion of every record.
+//! - `outbox_quarantine` and `outbox_quarantine_meta`: records the aggregator refused for good, see
+//!   [`quarantine`].
 //!
 //! # Invariants (checked on open, and fully by [`Outbox::verify_chain`])
 //! - Sequence numbers start at 1 and strictly increase; a number is never reused, even after its record was
@@ -17,7 +19,12 @@
 //!   ([`gait_wire::GENESIS_HASH`] for seq 1) and its `hash` is [`gait_wire::Record::compute_hash`]. `last_hash`
 //!   in meta is the hash of record `last_seq`, so the chain continues across deletions and restarts.
 //! - The records table holds exactly the seqs `acked_through + 1 ..= last_seq`: no gaps, nothing below the
-//!   acknowledged point.
+//!   acknowledged point. `acked_through` is "acknowledged by the aggregator, or quarantined": a record leaves
+//!   the records table for the quarantine only when it is the oldest one waiting ([`Outbox::quarantine_oldest`]),
+//!   so quarantining moves `acked_through` by one and keeps this invariant.
+//! - Every stored record passes [`gait_wire::Record::validate`] when it is appended (the one rule the
+//!   aggregator applies too); a record stored by an older build under older limits is quarantined by the
+//!   shipper before it is sent.
 //!
 //! # Ack/delete rule
 //! A record is deleted only by [`Outbox::ack_through`], which the sync loop calls with the `committed_through`
@@ -45,6 +52,14 @@
 //! producer was not acknowledged, so nothing it was promised is lost: it decides (e.g. fail closed). One
 //! record's payload is capped at [`MAX_PAYLOAD_BYTES`].
 //!
+//! # Upgrade from protocol version 1
+//! Records written by a build that spoke protocol version 1 carry a SHA-256 hash. [`Outbox::open`] re-seals
+//! every waiting record whose hash is a valid version 1 hash with the BLAKE3 hash of version 2, in one
+//! durable commit, keeping the first one's `prev_hash` (the aggregator's stored hash of the record before
+//! it), so the chain still links at the aggregator. A record the old build sent but that was not yet
+//! acknowledged is stored by the aggregator under its old hash; its resend is counted there as a conflict
+//! and acknowledged.
+//!
 //! All methods block on disk I/O (each commit waits for fsync): async callers use `spawn_blocking`. Writers
 //! are serialised by a mutex that also keeps the in-memory [`OutboxStats`] in step with the file.
 //!
@@ -53,19 +68,18 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use gait_wire::{BundleRef, GENESIS_HASH, Record, RecordClass};
+use gait_wire::{BundleRef, GENESIS_HASH, Record, RecordClass, RecordError};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{AgentDb, DbError};
 
+pub mod quarantine;
 #[cfg(test)]
 mod tests;
 
-/// Largest payload one record may carry. Bigger artifacts are stored elsewhere and referenced by digest.
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
-/// Largest `kind` string (bytes).
-pub const MAX_KIND_BYTES: usize = 256;
+pub use gait_wire::limits::{MAX_KIND_BYTES, MAX_PAYLOAD_BYTES};
+pub use quarantine::{QuarantineLimits, QuarantineOutcome, QuarantineStats, QuarantinedRecord};
 
 const RECORDS: TableDefinition<'static, [u8; 8], &[u8]> = TableDefinition::new("outbox_records");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("outbox_meta");
@@ -105,7 +119,7 @@ impl OutboxLimits {
 pub struct NewRecord {
     /// Priority class; only `Allow` may be shed.
     pub class: RecordClass,
-    /// What the payload is, e.g. `"gate.decision"` (at most [`MAX_KIND_BYTES`]).
+    /// What the payload is, e.g. `"gate.decision"` (the kind rule of [`gait_wire::limits`]).
     pub kind: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
@@ -173,19 +187,20 @@ pub enum OutboxError {
         hard_records: u64,
         hard_bytes: u64,
     },
-    /// One record's payload exceeds [`MAX_PAYLOAD_BYTES`].
-    #[error(
-        "record payload of kind {kind:?} is {size} bytes, over the {max}-byte limit: store the artifact \
-         elsewhere and record its digest"
-    )]
-    PayloadTooLarge {
+    /// The record breaks a limit of [`gait_wire::limits`] ([`gait_wire::Record::validate`]); nothing was
+    /// stored. `kind` is the record's kind (cut to [`MAX_KIND_BYTES`]) so the producer can be found.
+    #[error("{kind:?} record refused: {source}")]
+    InvalidRecord {
         kind: String,
-        size: usize,
-        max: usize,
+        #[source]
+        source: RecordError,
     },
-    /// A record's `kind` exceeds [`MAX_KIND_BYTES`].
-    #[error("record kind is {size} bytes, over the {max}-byte limit")]
-    KindTooLong { size: usize, max: usize },
+    /// [`Outbox::quarantine_oldest`] was asked to move a record that is not the oldest one waiting.
+    #[error(
+        "cannot quarantine seq {seq}: only the oldest waiting record ({oldest:?}) may leave the outbox \
+         before it is acknowledged"
+    )]
+    NotOldest { seq: u64, oldest: Option<u64> },
     /// The aggregator acknowledged a seq this outbox never assigned.
     #[error(
         "aggregator acknowledged seq {acked} but this outbox has only assigned up to {last_seq}: the agent's \
@@ -281,6 +296,9 @@ pub struct Outbox {
 struct Inner {
     db: AgentDb,
     limits: OutboxLimits,
+    quarantine_limits: QuarantineLimits,
+    /// Quarantine counters as of the last commit; written under the `meta` lock.
+    quarantine: Mutex<quarantine::QMeta>,
     /// Meta as of the last commit. Held for the whole of every write transaction, so it is updated in
     /// commit order and only after a commit succeeded.
     meta: Mutex<Meta>,
@@ -305,6 +323,14 @@ impl Outbox {
     /// Open one `Outbox` per [`AgentDb`] and clone it: clones share the writer lock and the stats
     /// snapshot, two separately opened handles would not see each other's stats.
     pub fn open(db: &AgentDb, limits: OutboxLimits) -> Result<Self, OutboxError> {
+        Self::open_inner(db, limits, QuarantineLimits::default())
+    }
+
+    fn open_inner(
+        db: &AgentDb,
+        limits: OutboxLimits,
+        quarantine_limits: QuarantineLimits,
+    ) -> Result<Self, OutboxError> {
         if limits.max_records == 0 {
             return Err(OutboxError::InvalidLimits("max_records must be at least 1"));
         }
@@ -315,13 +341,26 @@ impl Outbox {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 limits,
+                quarantine_limits,
+                quarantine: Mutex::new(quarantine::QMeta::EMPTY),
                 meta: Mutex::new(Meta::EMPTY),
             }),
         };
-        let meta = this.write(true, |records, meta| {
+        let mut resealed = 0u64;
+        let mut qmeta = quarantine::QMeta::EMPTY;
+        let meta = this.write_txn(true, |txn, records, meta| {
+            resealed = this.reseal_v1_records(records, meta)?;
             this.check_against_records(records, meta)?;
+            qmeta = this.open_quarantine(txn)?;
             Ok(())
         })?;
+        *this.qlock() = qmeta;
+        if resealed > 0 {
+            tracing::warn!(
+                resealed,
+                "outbox records written under protocol version 1 were re-sealed with the version 2 (BLAKE3) hash"
+            );
+        }
         tracing::debug!(
             path = %db.path().display(),
             depth = meta.depth(),
@@ -345,11 +384,12 @@ impl Outbox {
     }
 
     /// Appends records in order in ONE durable commit (group commit): one fsync for the whole batch.
-    /// All-or-nothing: if any non-sheddable record would cross the hard ceiling, or any record is invalid,
-    /// nothing of the batch is stored and no shed is counted.
+    /// All-or-nothing: if any non-sheddable record would cross the hard ceiling, or any record breaks
+    /// [`gait_wire::Record::validate`], nothing of the batch is stored and no shed is counted.
     pub fn append_many(&self, recs: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
         for rec in &recs {
-            validate(rec)?;
+            gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
+                .map_err(|source| invalid(&rec.kind, source))?;
         }
         if recs.is_empty() {
             return Ok(Vec::new());
@@ -371,6 +411,9 @@ impl Outbox {
                     rec.bundle,
                     rec.payload,
                 );
+                record
+                    .validate()
+                    .map_err(|source| invalid(&record.kind, source))?;
                 let value = postcard::to_allocvec(&record)
                     .map_err(|e| self.corrupt(seq, format!("cannot encode record: {e}")))?;
                 let size = value.len() as u64;
@@ -621,6 +664,21 @@ impl Outbox {
         always_commit: bool,
         f: impl FnOnce(&mut RecordsTable<'_>, &mut Meta) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
+        self.write_txn(always_commit, |_, records, meta| f(records, meta))
+    }
+
+    /// [`Outbox::write`] that also hands `f` the transaction, for changes to other tables (the quarantine)
+    /// that must commit together with the records and meta. A change to another table alone does not make
+    /// the transaction commit: `f` must change meta too, or `always_commit` must be set.
+    fn write_txn(
+        &self,
+        always_commit: bool,
+        f: impl FnOnce(
+            &redb::WriteTransaction,
+            &mut RecordsTable<'_>,
+            &mut Meta,
+        ) -> Result<(), OutboxError>,
+    ) -> Result<Meta, OutboxError> {
         let mut cached = self.lock();
         let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
         let result = (|| {
@@ -628,7 +686,7 @@ impl Outbox {
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
             let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
             let mut meta = before;
-            f(&mut records, &mut meta)?;
+            f(&txn, &mut records, &mut meta)?;
             if meta != before {
                 let encoded = postcard::to_allocvec(&MetaOnDisk::V1(meta))
                     .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
@@ -655,6 +713,70 @@ impl Outbox {
                 Err(e)
             }
         }
+    }
+
+    /// Re-seals waiting records that carry a valid protocol version 1 (SHA-256) hash with the version 2
+    /// hash, relinking each `prev_hash` to its predecessor's new hash (module docs, "Upgrade"). Returns how
+    /// many records were re-sealed; a record valid under neither hash is left for the checks to report.
+    fn reseal_v1_records(
+        &self,
+        records: &mut RecordsTable<'_>,
+        meta: &mut Meta,
+    ) -> Result<u64, OutboxError> {
+        if meta.depth() == 0 {
+            return Ok(0);
+        }
+        let Some(newest) = records
+            .get(meta.last_seq.to_be_bytes())
+            .map_err(|e| self.db_err(e))?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(0);
+        };
+        let newest = self.decode(meta.last_seq, &newest)?;
+        if newest.verify_hash() || newest.compute_hash_v1() != newest.hash {
+            return Ok(0);
+        }
+        let mut resealed = 0u64;
+        let mut relinked: Option<[u8; 32]> = None;
+        for seq in meta.acked_through + 1..=meta.last_seq {
+            let Some(bytes) = records
+                .get(seq.to_be_bytes())
+                .map_err(|e| self.db_err(e))?
+                .map(|v| v.value().to_vec())
+            else {
+                return Err(self.corrupt(seq, "record missing below last_seq"));
+            };
+            let mut record = self.decode(seq, &bytes)?;
+            let prev = relinked.unwrap_or(record.prev_hash);
+            if record.verify_hash() && record.prev_hash == prev {
+                relinked = Some(record.hash);
+                continue;
+            }
+            if record.compute_hash_v1() != record.hash {
+                return Err(self.corrupt(
+                    seq,
+                    "record hash matches neither protocol version 2 nor version 1",
+                ));
+            }
+            record.prev_hash = prev;
+            record.hash = record.compute_hash();
+            let value = postcard::to_allocvec(&record)
+                .map_err(|e| self.corrupt(seq, format!("cannot encode record: {e}")))?;
+            meta.bytes = meta
+                .bytes
+                .saturating_sub(bytes.len() as u64)
+                .saturating_add(value.len() as u64);
+            records
+                .insert(seq.to_be_bytes(), value.as_slice())
+                .map_err(|e| self.db_err(e))?;
+            if seq == meta.last_seq {
+                meta.last_hash = record.hash;
+            }
+            relinked = Some(record.hash);
+            resealed += 1;
+        }
+        Ok(resealed)
     }
 
     fn check_against_records(
@@ -758,19 +880,14 @@ fn read_meta<T: ReadableTable<&'static str, &'static [u8]>>(table: &T) -> Result
     }
 }
 
-fn validate(rec: &NewRecord) -> Result<(), OutboxError> {
-    if rec.payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(OutboxError::PayloadTooLarge {
-            kind: rec.kind.chars().take(MAX_KIND_BYTES).collect(),
-            size: rec.payload.len(),
-            max: MAX_PAYLOAD_BYTES,
-        });
+/// The error for a record that breaks [`gait_wire::Record::validate`], naming its (cut) kind.
+fn invalid(kind: &str, source: RecordError) -> OutboxError {
+    let mut end = kind.len().min(MAX_KIND_BYTES);
+    while !kind.is_char_boundary(end) {
+        end -= 1;
     }
-    if rec.kind.len() > MAX_KIND_BYTES {
-        return Err(OutboxError::KindTooLong {
-            size: rec.kind.len(),
-            max: MAX_KIND_BYTES,
-        });
+    OutboxError::InvalidRecord {
+        kind: kind[..end].to_owned(),
+        source,
     }
-    Ok(())
 }

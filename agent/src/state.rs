@@ -157,6 +157,8 @@ pub struct OutboxStatus {
     pub max_records: u64,
     /// Soft quota, bytes.
     pub max_bytes: u64,
+    /// Records the aggregator refused for good, held in the outbox quarantine (`gait-agent quarantine`).
+    pub quarantined: u64,
 }
 
 /// Everything `GET /v1/status` and `gait-agent status` show.
@@ -501,6 +503,7 @@ impl AgentState {
                 shed_total: stats.shed_total,
                 max_records: limits.max_records,
                 max_bytes: limits.max_bytes,
+                quarantined: self.outbox.quarantine_stats().held,
             },
             reconnects: self.counters().reconnects,
         }
@@ -604,6 +607,11 @@ impl StatusReport {
             s,
             "outbox       {} records, {} bytes waiting (soft quota {} / {}); last seq {}, acked {}, shed {}",
             o.depth, o.bytes, o.max_records, o.max_bytes, o.last_seq, o.acked_through, o.shed_total
+        );
+        let _ = writeln!(
+            s,
+            "quarantine   {} records (gait-agent quarantine list)",
+            o.quarantined
         );
         let _ = writeln!(s, "reconnects   {}", self.reconnects);
         s

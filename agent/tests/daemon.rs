@@ -2,7 +2,7 @@
 //! (rcgen certificates) that speaks the exchange protocol documented in `gait_agent::daemon`, plus real
 //! signed bundles. Each test drives the agent through its local HTTP API like a producer or operator would.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,7 +18,7 @@ use gait_agent::daemon::{Daemon, RunOptions, Shutdown, StatusReport};
 use gait_canon::sign::SigningKey;
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleReport, GENESIS_HASH, Hello, Record,
-    ServerMsg, ServerMsgV1, Welcome,
+    RecordRefusal, RefusalCode, SeqRange, ServerMsg, ServerMsgV1, Welcome,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
@@ -203,16 +203,34 @@ struct PeerData {
     reports: Mutex<Vec<BundleReport>>,
     offers: Mutex<VecDeque<BundleOffer>>,
     offer_added: Notify,
+    /// Records of this kind are refused for good (`RecordRefused`, `record_store_refused`).
+    refuse_kind: Mutex<Option<String>>,
+    /// Seqs refused for good; recorded as gaps, as the aggregator records a refusal.
+    refused: Mutex<BTreeSet<u64>>,
 }
 
 impl PeerData {
+    /// Highest seq up to which every seq is committed or refused (a refused seq is a gap), and the hash
+    /// of the last committed record at or below it.
     fn committed_head(&self) -> (u64, [u8; 32]) {
         let committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let mut head = (0, GENESIS_HASH);
-        while let Some(r) = committed.get(&(head.0 + 1)) {
-            head = (r.seq, r.hash);
+        loop {
+            let next = head.0 + 1;
+            if let Some(r) = committed.get(&next) {
+                head = (r.seq, r.hash);
+            } else if refused.contains(&next) && committed.range(next..).next().is_some() {
+                head.0 = next;
+            } else {
+                return head;
+            }
         }
-        head
+    }
+
+    fn refused_seqs(&self) -> Vec<u64> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.iter().copied().collect()
     }
 
     fn push_offer(&self, offer: BundleOffer) {
@@ -404,6 +422,36 @@ async fn serve_request(
             if mode == AckMode::Silent as u8 {
                 std::future::pending::<()>().await;
             }
+            let refuse_kind = data
+                .refuse_kind
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let poisoned = batch
+                .records
+                .iter()
+                .find(|r| Some(&r.kind) == refuse_kind.as_ref());
+            if let Some(r) = poisoned {
+                data.refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(r.seq);
+                let reply = ServerMsgV1::RecordRefused(RecordRefusal::new(
+                    batch.batch_id,
+                    r.seq,
+                    RefusalCode::RecordStoreRefused,
+                    format!(
+                        "record {} kind {:?} is refused by this store",
+                        r.seq, r.kind
+                    ),
+                ));
+                if let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V1(reply)) {
+                    let _ = send.write_all(&frame).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+                return;
+            }
             {
                 let mut committed = data.committed.lock().unwrap_or_else(|e| e.into_inner());
                 for r in &batch.records {
@@ -413,12 +461,18 @@ async fn serve_request(
             if mode == AckMode::CommitSilently as u8 {
                 std::future::pending::<()>().await;
             }
+            let committed_through = data.committed_head().0;
             ServerMsgV1::BatchAck(BatchAck {
                 batch_id: batch.batch_id,
-                committed_through: data.committed_head().0,
+                committed_through,
                 inserted: u32::try_from(batch.records.len()).unwrap_or(u32::MAX),
                 duplicates: 0,
-                gaps: Vec::new(),
+                gaps: data
+                    .refused_seqs()
+                    .into_iter()
+                    .filter(|&s| s <= committed_through)
+                    .map(|s| SeqRange { first: s, last: s })
+                    .collect(),
             })
         }
         AgentMsgV1::BundleReport(_) => return,
@@ -1275,6 +1329,91 @@ async fn a_stale_bundle_blocks_everything_under_fail_closed_and_keeps_deciding_u
             assert_eq!(stale["enforcement"], json!("policy"));
         }
         assert!(agent.stop().await?.clean);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records_after_it_arrive()
+-> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let data = Arc::new(PeerData::default());
+    *data.refuse_kind.lock().unwrap_or_else(|e| e.into_inner()) = Some("test.poison".into());
+    // Silent first, so all four records are in the outbox before the first batch is answered.
+    let peer = Peer::start(&fx.pki, None, data.clone(), AckMode::Silent).await?;
+    let addr = peer.addr;
+    let config = fx.config(addr);
+    let db_path = config.db_path();
+    let agent = Agent::start(config).await?;
+    agent.wait_status("connection", |s| s.connected).await?;
+    for (n, kind) in [
+        "gate.decision",
+        "test.poison",
+        "gate.decision",
+        "gate.decision",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (code, body) = agent
+            .post_record(json!({"class": "block", "kind": kind, "payload": {"n": n + 1}}))
+            .await?;
+        assert_eq!(
+            (code, body["seq"].as_u64()),
+            (200, Some(n as u64 + 1)),
+            "{body}"
+        );
+    }
+    // A record breaking a wire limit is refused at the producer, naming the field and the limit.
+    let (code, body) = agent
+        .post_record(json!({"class": "block", "kind": "k".repeat(65), "payload": {}}))
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["field"], "kind", "{body}");
+    assert!(body.to_string().contains("64"), "{body}");
+
+    // The aggregator comes back and refuses record 2 for good.
+    peer.stop().await;
+    agent.wait_status("disconnect", |s| !s.connected).await?;
+    let peer = Peer::start(&fx.pki, Some(addr), data.clone(), AckMode::Ack).await?;
+    let status = agent
+        .wait_status("outbox drained around the refused record", |s| {
+            s.outbox.depth == 0 && s.outbox.quarantined == 1
+        })
+        .await?;
+    assert_eq!(status.outbox.acked_through, 4);
+    let committed = data.committed_records();
+    assert_eq!(
+        committed.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    assert_eq!(data.refused_seqs(), vec![2]);
+
+    // The stream goes on after the refusal.
+    let (code, body) = agent
+        .post_record(json!({"class": "block", "kind": "gate.decision", "payload": {"n": 5}}))
+        .await?;
+    assert_eq!((code, body["seq"].as_u64()), (200, Some(5)), "{body}");
+    wait_until("record 5 committed", || data.committed_head().0 == 5).await?;
+    assert!(agent.stop().await?.clean);
+    peer.stop().await;
+
+    // The quarantine holds record 2, and the chain links through it: record 3 points at its hash.
+    let db = gait_agent::db::AgentDb::open(&db_path)?;
+    let (stats, held) = gait_agent::outbox::quarantine::read(&db)?;
+    assert_eq!((stats.held, stats.total, stats.dropped), (1, 1, 0));
+    assert_eq!(held.len(), 1);
+    let poison = &held[0];
+    assert_eq!(poison.record.seq, 2);
+    assert_eq!(poison.record.kind, "test.poison");
+    assert_eq!(poison.code, "record_store_refused");
+    assert!(poison.record.verify_hash());
+    let committed = data.committed_records();
+    assert_eq!(committed[0].hash, poison.record.prev_hash);
+    assert_eq!(committed[1].prev_hash, poison.record.hash);
+    for r in &committed {
+        assert!(r.verify_hash(), "record {} hash", r.seq);
     }
     Ok(())
 }

@@ -1,5 +1,10 @@
 //! The connection loop: dial the aggregator, say hello, then run the bundle long-poll and the outbox shipper
 //! side by side until the connection fails or shutdown is requested; redial with jittered backoff.
+//!
+//! The exchange itself (messages, limits, refusal and close codes) is described once, in the `gait-wire`
+//! crate docs, rendered as `docs/protocol.md`. A record the aggregator refuses for good (`RecordRefused` with
+//! a permanent code) or that breaks `gait_wire::Record::validate` is moved into the outbox quarantine once
+//! every record before it is acknowledged ([`crate::outbox::quarantine`]), and shipping goes on after it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BatchAck, Hello, PROTOCOL_VERSION, PollBundle, RecordBatch, ServerMsg,
-    ServerMsgV1, Welcome, WireError,
+    AgentMsg, AgentMsgV1, BatchAck, Hello, PROTOCOL_VERSION, PollBundle, RecordBatch,
+    RecordRefusal, ServerMsg, ServerMsgV1, Welcome, WireError,
 };
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -71,6 +76,15 @@ pub(crate) enum SessionError {
     },
     #[error("batch ack out of order: expected batch {expected}, got {got}")]
     AckOrder { expected: u64, got: u64 },
+    #[error(
+        "the aggregator refused seq {seq} as part of batch {batch_id}, which holds seqs {first}..={last}"
+    )]
+    RefusedOutsideBatch {
+        batch_id: u64,
+        seq: u64,
+        first: u64,
+        last: u64,
+    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("internal task failed: {0}")]
@@ -98,6 +112,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => "NoNewBundle",
         ServerMsg::V1(ServerMsgV1::BatchAck(_)) => "BatchAck",
         ServerMsg::V1(ServerMsgV1::Error(_)) => "Error",
+        ServerMsg::V1(ServerMsgV1::RecordRefused(_)) => "RecordRefused",
     }
 }
 
@@ -492,6 +507,7 @@ fn spawn_ship_loop(
             in_flight: VecDeque::new(),
             next_batch_id: 1,
             shipped_through: 0,
+            pending_quarantine: None,
         };
         let result = shipper.run(&token).await;
         shipper.abort_in_flight();
@@ -502,6 +518,7 @@ fn spawn_ship_loop(
 /// One batch on the wire.
 struct InFlight {
     batch_id: u64,
+    first_seq: u64,
     last_seq: u64,
     reply: JoinHandle<Result<ServerMsg, ExchangeError>>,
 }
@@ -513,6 +530,17 @@ struct Shipper {
     next_batch_id: u64,
     /// Highest seq sent in a batch on this connection (acknowledged or not).
     shipped_through: u64,
+    /// A record refused for good (by the aggregator, or by [`gait_wire::Record::validate`] before sending).
+    /// Only records before it are shipped until everything before it is acknowledged; then it moves into
+    /// the outbox quarantine and shipping goes on after it.
+    pending_quarantine: Option<PendingQuarantine>,
+}
+
+/// A record waiting to be quarantined, with the refusal that sends it there.
+struct PendingQuarantine {
+    seq: u64,
+    code: String,
+    message: String,
 }
 
 impl Shipper {
@@ -543,6 +571,14 @@ impl Shipper {
                 ServerMsg::V1(ServerMsgV1::BatchAck(ack)) => {
                     self.on_ack(oldest.batch_id, oldest.last_seq, ack).await?
                 }
+                ServerMsg::V1(ServerMsgV1::RecordRefused(refusal)) => {
+                    if !self.on_refused(&oldest, refusal)? {
+                        tokio::select! {
+                            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                            _ = token.cancelled() => return Ok(()),
+                        }
+                    }
+                }
                 ServerMsg::V1(ServerMsgV1::Error(error)) => {
                     tracing::warn!(
                         code = %error.code,
@@ -572,16 +608,122 @@ impl Shipper {
         }
     }
 
-    /// Sends batches of unsent records until the pipeline is full or the outbox has nothing more.
+    /// A `RecordRefused` reply to `batch`. A permanent refusal marks the record for the quarantine and
+    /// rewinds, so the records before it are shipped alone; returns `false` when the refusal is retryable
+    /// (the caller pauses before the batch is sent again).
+    fn on_refused(
+        &mut self,
+        batch: &InFlight,
+        refusal: RecordRefusal,
+    ) -> Result<bool, SessionError> {
+        if refusal.batch_id != batch.batch_id {
+            return Err(SessionError::AckOrder {
+                expected: batch.batch_id,
+                got: refusal.batch_id,
+            });
+        }
+        if !(batch.first_seq..=batch.last_seq).contains(&refusal.seq) {
+            return Err(SessionError::RefusedOutsideBatch {
+                batch_id: batch.batch_id,
+                seq: refusal.seq,
+                first: batch.first_seq,
+                last: batch.last_seq,
+            });
+        }
+        let permanent = refusal.is_permanent();
+        tracing::warn!(
+            batch_id = batch.batch_id,
+            seq = refusal.seq,
+            code = %refusal.code,
+            message = %refusal.message,
+            permanent,
+            "the aggregator refused a record"
+        );
+        self.rewind();
+        if !permanent {
+            return Ok(false);
+        }
+        if self
+            .pending_quarantine
+            .as_ref()
+            .is_none_or(|p| refusal.seq < p.seq)
+        {
+            self.pending_quarantine = Some(PendingQuarantine {
+                seq: refusal.seq,
+                code: refusal.code,
+                message: refusal.message,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Moves the pending record into the quarantine once it is the oldest one waiting. Returns the seq
+    /// below which records may be shipped now (`None` = no bound).
+    async fn settle_quarantine(&mut self) -> Result<Option<u64>, SessionError> {
+        let Some(pending) = self.pending_quarantine.as_ref() else {
+            return Ok(None);
+        };
+        let acked = self.state.outbox().stats().acked_through;
+        if pending.seq > acked + 1 {
+            return Ok(Some(pending.seq));
+        }
+        let Some(pending) = self.pending_quarantine.take() else {
+            return Ok(None);
+        };
+        let outbox = self.state.outbox().clone();
+        let now = crate::state::now_unix_ms();
+        tokio::task::spawn_blocking(move || {
+            outbox.quarantine_oldest(pending.seq, &pending.code, &pending.message, now)
+        })
+        .await??;
+        self.shipped_through = self
+            .shipped_through
+            .max(self.state.outbox().stats().acked_through);
+        Ok(None)
+    }
+
+    /// Sends batches of unsent records until the pipeline is full or the outbox has nothing more. Records
+    /// that break [`gait_wire::Record::validate`] (stored by an older build under older limits) are not
+    /// sent: they are marked for the quarantine.
     async fn fill_pipeline(&mut self) -> Result<(), SessionError> {
         while self.in_flight.len() < PIPELINE_DEPTH {
+            let below = self.settle_quarantine().await?;
             let outbox = self.state.outbox().clone();
             let after = self.shipped_through;
-            let records = tokio::task::spawn_blocking(move || {
+            if below.is_some_and(|b| after.saturating_add(1) >= b) {
+                return Ok(());
+            }
+            let mut records = tokio::task::spawn_blocking(move || {
                 outbox.peek_batch(after, BATCH_MAX_RECORDS, BATCH_MAX_BYTES)
             })
             .await??;
-            let Some(last_seq) = records.last().map(|r| r.seq) else {
+            if let Some(b) = below {
+                records.retain(|r| r.seq < b);
+            }
+            if let Some((i, err)) = records
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.validate().err().map(|e| (i, e)))
+            {
+                let seq = records[i].seq;
+                tracing::warn!(seq, error = %err, "outbox record breaks the wire limits; it will be quarantined");
+                self.pending_quarantine = Some(PendingQuarantine {
+                    seq,
+                    code: err.refusal_code().as_str().to_owned(),
+                    message: format!("refused by this agent before sending: {err}"),
+                });
+                records.truncate(i);
+                if records.is_empty() {
+                    if self.settle_quarantine().await?.is_some() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            let (Some(first_seq), Some(last_seq)) = (
+                records.first().map(|r| r.seq),
+                records.last().map(|r| r.seq),
+            ) else {
                 return Ok(());
             };
             let batch_id = self.next_batch_id;
@@ -591,6 +733,7 @@ impl Shipper {
             let reply = spawn_batch_request(self.conn.clone(), msg);
             self.in_flight.push_back(InFlight {
                 batch_id,
+                first_seq,
                 last_seq,
                 reply,
             });

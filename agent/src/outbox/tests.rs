@@ -452,7 +452,13 @@ fn oversized_payload_and_kind_are_refused_with_the_limit_named() {
     big.kind = "artifact.runpack".into();
     let err = outbox.append(big).unwrap_err();
     assert!(
-        matches!(err, OutboxError::PayloadTooLarge { .. }),
+        matches!(
+            &err,
+            OutboxError::InvalidRecord {
+                source: gait_wire::RecordError::PayloadTooLarge { .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -465,7 +471,10 @@ fn oversized_payload_and_kind_are_refused_with_the_limit_named() {
     long_kind.kind = "k".repeat(MAX_KIND_BYTES + 1);
     assert!(matches!(
         outbox.append(long_kind).unwrap_err(),
-        OutboxError::KindTooLong { .. }
+        OutboxError::InvalidRecord {
+            source: gait_wire::RecordError::Kind { .. },
+            ..
+        }
     ));
     assert_eq!(outbox.stats().last_seq, 0);
     // Exactly at the limit is fine.
@@ -641,4 +650,159 @@ fn zero_limits_are_refused() {
             OutboxError::InvalidLimits(_)
         ));
     }
+}
+
+fn append_n(outbox: &Outbox, n: usize) {
+    for _ in 0..n {
+        outbox.append(new_record(RecordClass::Block, 8)).unwrap();
+    }
+}
+
+#[test]
+fn quarantine_moves_only_the_oldest_record_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    {
+        let (_db, outbox) = open_at(&path, ROOMY);
+        append_n(&outbox, 3);
+        let err = outbox
+            .quarantine_oldest(2, "record_kind_invalid", "too long", 5)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OutboxError::NotOldest {
+                    seq: 2,
+                    oldest: Some(1)
+                }
+            ),
+            "{err:?}"
+        );
+        let outcome = outbox
+            .quarantine_oldest(1, "record_kind_invalid", "kind is 65 bytes", 5)
+            .unwrap();
+        assert_eq!(
+            outcome,
+            QuarantineOutcome::Quarantined { seq: 1, dropped: 0 }
+        );
+        assert_eq!(
+            outbox
+                .quarantine_oldest(1, "record_kind_invalid", "again", 6)
+                .unwrap(),
+            QuarantineOutcome::NotWaiting
+        );
+        let stats = outbox.stats();
+        assert_eq!(
+            (stats.depth, stats.acked_through, stats.oldest_seq),
+            (2, 1, Some(2))
+        );
+        assert_eq!(outbox.quarantine_stats().held, 1);
+        // The records after it are still shipped, and acking them deletes exactly them.
+        let batch = outbox
+            .peek_batch(stats.acked_through, 10, usize::MAX)
+            .unwrap();
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+        outbox.verify_chain().unwrap();
+    }
+    // Crash-safe: a fresh open (as after a restart) sees the same quarantine and outbox.
+    let (db, outbox) = open_at(&path, ROOMY);
+    assert_eq!(
+        outbox.quarantine_stats(),
+        QuarantineStats {
+            held: 1,
+            bytes: outbox.quarantine_stats().bytes,
+            total: 1,
+            dropped: 0
+        }
+    );
+    assert_eq!(outbox.stats().acked_through, 1);
+    assert_eq!(outbox.ack_through(3).unwrap(), 2);
+    let (stats, records) = quarantine::read(&db).unwrap();
+    assert_eq!(stats.held, 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.seq, 1);
+    assert!(records[0].record.verify_hash());
+    assert_eq!(records[0].code, "record_kind_invalid");
+    assert_eq!(records[0].quarantined_unix_ms, 5);
+    let json = records[0].to_json();
+    assert_eq!(json["seq"], 1);
+    assert_eq!(json["code"], "record_kind_invalid");
+}
+
+#[test]
+fn a_full_quarantine_drops_its_oldest_entries_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = AgentDb::open(dir.path().join("a.redb")).unwrap();
+    let outbox = Outbox::open_with_quarantine(
+        &db,
+        ROOMY,
+        QuarantineLimits {
+            max_records: 2,
+            max_bytes: u64::MAX,
+        },
+    )
+    .unwrap();
+    append_n(&outbox, 4);
+    for seq in 1..=3 {
+        outbox
+            .quarantine_oldest(seq, "record_hash_mismatch", "x", 0)
+            .unwrap();
+    }
+    let q = outbox.quarantine_stats();
+    assert_eq!((q.held, q.total, q.dropped), (2, 3, 1));
+    let (_, records) = quarantine::read(&db).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.record.seq).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(outbox.stats().oldest_seq, Some(4));
+}
+
+#[test]
+fn records_sealed_under_protocol_version_1_are_resealed_on_open_and_still_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let anchor = [0x5a; 32];
+    {
+        let (_db, outbox) = open_at(&path, ROOMY);
+        // The aggregator already holds seqs 1..=2; the old build's chain continues from its stored hash.
+        outbox.adopt_committed_head(2, anchor).unwrap();
+        append_n(&outbox, 3);
+        // Rewrite the waiting records as an older build would have sealed them (SHA-256, v1 tag).
+        let write = outbox.db().redb().begin_write().unwrap();
+        let mut prev = anchor;
+        {
+            let mut table = write.open_table(RECORDS).unwrap();
+            for seq in 3..=5u64 {
+                let bytes = table
+                    .get(seq.to_be_bytes())
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec();
+                let mut r: Record = postcard::from_bytes(&bytes).unwrap();
+                r.prev_hash = prev;
+                r.hash = r.compute_hash_v1();
+                prev = r.hash;
+                let v = postcard::to_allocvec(&r).unwrap();
+                table.insert(seq.to_be_bytes(), v.as_slice()).unwrap();
+            }
+            let mut meta_table = write.open_table(META).unwrap();
+            let mut meta = read_meta(&meta_table).ok().unwrap();
+            meta.last_hash = prev;
+            let v = postcard::to_allocvec(&MetaOnDisk::V1(meta)).unwrap();
+            meta_table.insert(META_KEY, v.as_slice()).unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let (_db, outbox) = open_at(&path, ROOMY);
+    outbox.verify_chain().unwrap();
+    let records = everything(&outbox);
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[0].prev_hash, anchor,
+        "the chain still links to the aggregator's head"
+    );
+    assert!(records.iter().all(Record::verify_hash));
+    assert_eq!(outbox.stats().last_hash, records[2].hash);
 }

@@ -6,7 +6,7 @@
 //! every postcard length prefix (strings, byte strings, vectors) is checked against the bytes actually left in
 //! that body before anything is copied, so decoding allocates at most a small multiple of the body size.
 
-use crate::{AgentMsg, ErrorCode, MAX_FRAME_LEN, PROTOCOL_VERSION, ServerMsg};
+use crate::{AgentMsg, ErrorCode, MAX_FRAME_LEN, ServerMsg};
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,12 +52,13 @@ pub enum DecodeError {
     /// The body ended before the message was complete.
     #[error("message body ended before the message was complete")]
     Truncated,
-    /// The body is a message envelope of a protocol version this build does not speak.
-    #[error("peer sent envelope version {version}; this build speaks protocol version {supported}")]
+    /// The body is a message envelope of a version this build does not speak.
+    #[error("peer sent envelope version {version}; this build speaks envelope version {supported}")]
     UnknownVersion {
-        /// The version the envelope tag stands for (tag + 1).
+        /// The envelope version the tag stands for (tag + 1).
         version: u64,
-        /// [`PROTOCOL_VERSION`].
+        /// [`ENVELOPE_VERSION`] (the envelope, not [`crate::PROTOCOL_VERSION`]: protocol version 2 still
+        /// uses envelope `V1`).
         supported: u16,
     },
     /// An enum tag in the body is out of range: an unknown message variant (peer speaks a newer protocol) or
@@ -138,6 +139,9 @@ pub fn decode_server_msg(body: &[u8]) -> Result<ServerMsg, DecodeError> {
     decode_msg(body)
 }
 
+/// Newest message envelope this build decodes (`V1`, tag 0).
+pub const ENVELOPE_VERSION: u16 = 1;
+
 /// The envelope tag is the body's first postcard varint (u32); `V1` is tag 0.
 fn check_envelope_tag(body: &[u8]) -> Result<(), DecodeError> {
     let mut tag: u64 = 0;
@@ -153,7 +157,7 @@ fn check_envelope_tag(body: &[u8]) -> Result<(), DecodeError> {
                 0 => Ok(()),
                 other => Err(DecodeError::UnknownVersion {
                     version: other + 1,
-                    supported: PROTOCOL_VERSION,
+                    supported: ENVELOPE_VERSION,
                 }),
             };
         }

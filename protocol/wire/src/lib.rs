@@ -1,5 +1,17 @@
-//! The agent<->aggregator wire protocol: versioned message envelopes, the outbox record hash chain and
-//! length-prefixed postcard framing. No I/O: callers own the streams and feed bytes in and out.
+//! The agent<->aggregator wire protocol: versioned message envelopes, the outbox record hash chain, the
+//! limits and codes both ends share, and length-prefixed postcard framing. No I/O: callers own the streams
+//! and feed bytes in and out.
+//!
+//! This module documentation is the one description of the exchange; `docs/protocol.md` is rendered from it
+//! (the test `protocol_doc` in this crate fails when the two differ: regenerate with
+//! `GAIT_UPDATE_PROTOCOL_DOC=1 cargo test -p gait-wire --test protocol_doc`).
+//!
+//! # Transport
+//! One QUIC connection per agent, mutual TLS 1.3, ALPN [`ALPN`] (`gait-fleet/2`). The agent always dials
+//! out. The aggregator takes the agent's identity (org, project, env, agent id) from its verified client
+//! certificate, never from a message. Each request/reply exchange uses its own bidirectional stream: the
+//! agent writes one framed [`AgentMsg`], finishes its side and reads one framed [`ServerMsg`]. A
+//! `BundleReport` goes on a unidirectional stream and has no reply.
 //!
 //! # Layers
 //! - [`frame`]: a frame is a `u32` big-endian body length followed by that many body bytes. The body length is
@@ -8,39 +20,93 @@
 //! - [`message`]: the body is one postcard-encoded envelope, [`AgentMsg`] (agent -> aggregator) or [`ServerMsg`]
 //!   (aggregator -> agent). The first postcard varint of a body is the envelope version tag (0 = `V1`), the
 //!   second is the variant tag inside that version.
-//! - [`record`]: outbox records and their SHA-256 hash chain (the hash input is documented there).
+//! - [`record`]: outbox records, their BLAKE3 hash chain (the hash input is documented there) and
+//!   [`Record::validate`].
+//! - [`limits`]: record kind and payload, seq, batch size and poll wait, one value each.
+//! - [`refusal`]: [`RefusalCode`], why a record or batch is refused, and whether that is permanent.
+//! - [`close`]: every QUIC application close code; [`shutdown`]: the redial hint of [`CLOSE_SHUTDOWN`].
+//!
+//! # Conversation
+//! 1. `Hello` -> `Welcome` (or `Error`). `Hello` is the first exchange; any other request before it is
+//!    answered with `Error(BadRequest)`. `Welcome` carries the tenancy from the certificate and the agent's
+//!    committed head (`committed_seq`, `committed_hash`): the agent deletes its outbox records up to it (or,
+//!    when its outbox is empty and behind, continues its sequence after it).
+//! 2. `PollBundle` -> `Bundle` when a bundle newer than `have_epoch` is assigned, else `NoNewBundle` once
+//!    `wait_ms` (within [`limits::POLL_WAIT_MS`]) elapsed. The agent verifies a bundle against its own trust
+//!    root and scope, then reports on a unidirectional stream: `BundleReport` (received, applied or refused
+//!    with a stable code).
+//! 3. `RecordBatch` -> `BatchAck`, `RecordRefused` or `Error`. A batch holds at most
+//!    [`limits::MAX_BATCH_RECORDS`] records in ascending `seq` order, each passing [`Record::validate`] and
+//!    [`Record::verify_hash`]. `BatchAck` is sent only after the batch is committed; its `committed_through`
+//!    means every seq up to it is stored or recorded as a gap, and the agent deletes exactly those records.
+//!    Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
+//!    redelivered record is recognised by (agent, seq) and counted as a duplicate, never stored twice.
+//! 4. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
+//!    retried after a pause, any other ends the connection. A request that is oversized, malformed or not
+//!    read in time closes the connection with [`close::CLOSE_PROTOCOL_VIOLATION`].
+//!
+//! # Refused records
+//! When a record breaks a rule, the aggregator answers `RecordRefused { batch_id, seq, code, message }` and
+//! commits nothing of that batch. A retryable code ([`RefusalCode::is_retryable`]) means "send it again
+//! later". A permanent one means the record will never be accepted: the agent first ships and gets
+//! acknowledged every record before `seq`, then moves record `seq` into its durable quarantine (kept,
+//! counted, logged at ERROR, exportable with `gait-agent quarantine`) and counts it as done in its outbox.
+//! The records after it are shipped as usual; their chain still links through the quarantined record's hash,
+//! so the aggregator sees a one-record gap at `seq` and a chain it can check again from `seq + 1` on. The
+//! agent applies the same [`Record::validate`] before storing a record, and again before shipping one (a
+//! record written by an older build under older limits is quarantined locally with the same code).
+//!
+//! # Close codes
+//! [`close::CLOSE_NORMAL`] (0), [`close::CLOSE_PROTOCOL_VIOLATION`] (1), [`close::CLOSE_REVOKED`] (2),
+//! [`close::CLOSE_UNAUTHORIZED`] (3) and [`CLOSE_SHUTDOWN`] (4, with a `reconnect_spread_ms=N` hint that
+//! agents use to spread their redials).
+//!
+//! # Versions
+//! [`PROTOCOL_VERSION`] 2 changed the record hash from SHA-256 (`gait.wire.record.v1`) to BLAKE3
+//! (`gait.wire.record.v2`) and added `RecordRefused`. Peers of different versions refuse each other before
+//! any record moves: the ALPN changed with the version (`gait-fleet/1` -> `gait-fleet/2`), so the TLS
+//! handshake fails with "no application protocol", and `Hello.protocol_version` is checked as a second
+//! guard.
 //!
 //! # Compatibility rules
 //! postcard is not self-describing: field order and types *are* the format. Inside `V1`, never reorder, remove
 //! or retype a field or variant. New messages are appended as new variants at the end (an older peer answers
 //! them with [`ErrorCode::Unsupported`] after [`DecodeError::UnknownVariant`]); a change to an existing struct
-//! needs a `V2` envelope. The golden vectors under `schemas/wire/v1/` fail the build on any drift.
+//! needs a `V2` envelope. The golden vectors under `schemas/wire/v1/` (named for the envelope) fail the build
+//! on any drift.
 
 mod byte_buf;
+pub mod close;
 pub mod frame;
+pub mod limits;
 pub mod message;
 pub mod record;
+pub mod refusal;
 pub mod shutdown;
 
 pub use frame::{
-    DecodeError, EncodeError, FRAME_HEADER_LEN, FrameDecoder, decode_agent_msg, decode_msg,
-    decode_server_msg, encode_frame, encode_frame_with_limit,
+    DecodeError, ENVELOPE_VERSION, EncodeError, FRAME_HEADER_LEN, FrameDecoder, decode_agent_msg,
+    decode_msg, decode_server_msg, encode_frame, encode_frame_with_limit,
 };
 pub use message::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, Hello,
-    PollBundle, RecordBatch, Refusal, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
+    PollBundle, RecordBatch, RecordRefusal, Refusal, SeqRange, ServerMsg, ServerMsgV1, Welcome,
+    WireError,
 };
-pub use record::{GENESIS_HASH, Record, RecordClass};
+pub use record::{GENESIS_HASH, Record, RecordClass, RecordError};
+pub use refusal::RefusalCode;
 pub use shutdown::CLOSE_SHUTDOWN;
 
 /// The protocol version this crate speaks; sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: BLAKE3 record hash and `RecordRefused` (see "Versions" above).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// TLS ALPN identifier of the QUIC connection between agent and aggregator.
-pub const ALPN: &[u8] = b"gait-fleet/1";
+/// Changes with [`PROTOCOL_VERSION`], so peers of different versions fail the handshake.
+pub const ALPN: &[u8] = b"gait-fleet/2";
 
 /// Hard ceiling on a frame body in bytes; decoders may be given a smaller limit, never a larger one.
 pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;
 
-/// A raw SHA-256 digest.
+/// A raw 32-byte digest: SHA-256 for Gait's bundle digests, BLAKE3 for record hashes.
 pub type Digest = [u8; 32];

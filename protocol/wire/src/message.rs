@@ -128,6 +128,49 @@ pub enum ServerMsgV1 {
     BatchAck(BatchAck),
     /// The request failed; see the code.
     Error(WireError),
+    /// Reply to `RecordBatch` when the aggregator refuses one record of it (protocol version 2). Nothing of
+    /// the batch is committed; see [`RecordRefusal`].
+    RecordRefused(RecordRefusal),
+}
+
+/// The aggregator refuses the record `seq` of batch `batch_id` and commits nothing of that batch.
+///
+/// `code` is a [`crate::RefusalCode`] string. When it is permanent (or unknown to the agent) the agent moves
+/// that record into its quarantine once every record before it is acknowledged, and ships the records after
+/// it; the aggregator then sees a gap at `seq`. When it is retryable the agent sends the batch again later.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RecordRefusal {
+    /// Echo of `RecordBatch::batch_id`.
+    pub batch_id: u64,
+    /// The refused record.
+    pub seq: u64,
+    /// Stable refusal code ([`crate::RefusalCode::as_str`]).
+    pub code: String,
+    /// Human-readable detail naming the field and the limit; never contains secrets.
+    pub message: String,
+}
+
+impl RecordRefusal {
+    /// A refusal of record `seq` in batch `batch_id`.
+    pub fn new(
+        batch_id: u64,
+        seq: u64,
+        code: crate::RefusalCode,
+        message: impl Into<String>,
+    ) -> Self {
+        RecordRefusal {
+            batch_id,
+            seq,
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the agent must quarantine the record rather than resend it (unknown codes count as
+    /// permanent, see [`crate::refusal`]).
+    pub fn is_permanent(&self) -> bool {
+        crate::RefusalCode::parse_or_permanent(&self.code)
+    }
 }
 
 /// Reply to `Hello`: who the aggregator thinks the agent is, and how far its records are committed.

@@ -1,13 +1,14 @@
-//! Outbox records as they travel on the wire, their priority classes, and the per-agent SHA-256 hash chain.
+//! Outbox records as they travel on the wire, their priority classes, the per-agent BLAKE3 hash chain and
+//! the one validation rule ([`Record::validate`]) that the agent's outbox, ingest and the store all apply.
 //!
-//! # Record hash (version 1)
-//! Each record carries `hash = SHA-256(input)` and the `prev_hash` of the record before it in the same agent's
-//! sequence; the first record of an agent uses [`GENESIS_HASH`] (32 zero bytes). `input` is the concatenation
-//! below. Every integer is big-endian; every variable-length field is preceded by its byte length as a `u64`
-//! so no two distinct records share an input:
+//! # Record hash (protocol version 2)
+//! Each record carries `hash = BLAKE3(input)` (the default 32-byte BLAKE3 hash, unkeyed) and the `prev_hash`
+//! of the record before it in the same agent's sequence; the first record of an agent uses [`GENESIS_HASH`]
+//! (32 zero bytes). `input` is the concatenation below. Every integer is big-endian; every variable-length
+//! field is preceded by its byte length as a `u64` so no two distinct records share an input:
 //!
 //! ```text
-//! u64 len("gait.wire.record.v1") || "gait.wire.record.v1"      domain separation tag
+//! u64 len("gait.wire.record.v2") || "gait.wire.record.v2"      domain separation tag
 //! u64 seq
 //! prev_hash                                                    32 bytes
 //! u64 len(class) || class                                      RecordClass::as_str(), ASCII, e.g. "block"
@@ -21,7 +22,15 @@
 //! The `hash` field itself is not part of the input. The input does not depend on postcard, so a verifier in
 //! another language (or over an exported JSON projection) can recompute it. `schemas/wire/v1/record_hash.hex`
 //! pins one worked example.
+//!
+//! Protocol version 1 used SHA-256 over the same layout with the tag `gait.wire.record.v1`;
+//! [`Record::compute_hash_v1`] keeps that function only so an agent can re-seal records written by an older
+//! build (see the agent's outbox). The chain is this project's own: Gait's artifacts and digests (bundle
+//! digests, `DigestJCS`) stay SHA-256 as Gait defines them. A `prev_hash` is an opaque link to the stored
+//! `hash` of the previous record, so a chain may cross from a v1 hash to a v2 one.
 
+use crate::limits::{self, KindViolation};
+use crate::refusal::RefusalCode;
 use crate::{BundleRef, Digest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -30,7 +39,91 @@ use sha2::{Digest as _, Sha256};
 pub const GENESIS_HASH: Digest = [0; 32];
 
 /// Domain separation tag that starts every record hash input.
-const RECORD_HASH_DOMAIN: &[u8] = b"gait.wire.record.v1";
+const RECORD_HASH_DOMAIN: &[u8] = b"gait.wire.record.v2";
+
+/// Domain separation tag of the protocol version 1 (SHA-256) record hash.
+const RECORD_HASH_DOMAIN_V1: &[u8] = b"gait.wire.record.v1";
+
+/// Why a record breaks a limit of [`crate::limits`]. Each variant names the field; [`RecordError::field`]
+/// gives it as a string and [`RecordError::refusal_code`] the code the aggregator answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// `seq` is 0 (sequences start at 1).
+    #[error("record seq 0 is reserved: sequences start at 1")]
+    SeqZero,
+    /// `seq` is above [`limits::MAX_SEQ`].
+    #[error("record seq {seq} is above the limit {max}", max = limits::MAX_SEQ)]
+    SeqTooLarge {
+        /// The offending seq.
+        seq: u64,
+    },
+    /// `kind` breaks the kind rule.
+    #[error("record {seq} kind {violation}: a kind is 1-{max} bytes of UTF-8 without control characters", max = limits::MAX_KIND_BYTES)]
+    Kind {
+        /// Seq of the record (0 before the outbox assigned one).
+        seq: u64,
+        /// What is wrong with the kind.
+        violation: KindViolation,
+    },
+    /// `payload` is over [`limits::MAX_PAYLOAD_BYTES`].
+    #[error(
+        "record {seq} payload is {len} bytes, over the {max}-byte limit: store the artifact elsewhere and \
+         record its digest",
+        max = limits::MAX_PAYLOAD_BYTES
+    )]
+    PayloadTooLarge {
+        /// Seq of the record (0 before the outbox assigned one).
+        seq: u64,
+        /// Payload length in bytes.
+        len: usize,
+    },
+    /// `bundle.epoch` is above [`limits::MAX_BUNDLE_EPOCH`].
+    #[error("record {seq} bundle.epoch {epoch} is above the limit {max}", max = limits::MAX_BUNDLE_EPOCH)]
+    BundleEpochTooLarge {
+        /// Seq of the record.
+        seq: u64,
+        /// The offending epoch.
+        epoch: u64,
+    },
+}
+
+impl RecordError {
+    /// Name of the offending field: `seq`, `kind`, `payload` or `bundle.epoch`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RecordError::SeqZero | RecordError::SeqTooLarge { .. } => "seq",
+            RecordError::Kind { .. } => "kind",
+            RecordError::PayloadTooLarge { .. } => "payload",
+            RecordError::BundleEpochTooLarge { .. } => "bundle.epoch",
+        }
+    }
+
+    /// The refusal code an aggregator answers a record with this error with.
+    pub fn refusal_code(&self) -> RefusalCode {
+        match self {
+            RecordError::SeqZero | RecordError::SeqTooLarge { .. } => RefusalCode::RecordSeqInvalid,
+            RecordError::Kind { .. } => RefusalCode::RecordKindInvalid,
+            RecordError::PayloadTooLarge { .. } => RefusalCode::RecordPayloadTooLarge,
+            RecordError::BundleEpochTooLarge { .. } => RefusalCode::RecordBundleInvalid,
+        }
+    }
+}
+
+/// The content rule of a record apart from its seq: kind and payload limits. [`Record::validate`] applies it
+/// after the seq check; the agent's outbox applies it to a record before it has a seq (`seq` is then 0 in
+/// the error).
+pub fn check_content(seq: u64, kind: &str, payload_len: usize) -> Result<(), RecordError> {
+    if let Some(violation) = limits::kind_violation(kind) {
+        return Err(RecordError::Kind { seq, violation });
+    }
+    if payload_len > limits::MAX_PAYLOAD_BYTES {
+        return Err(RecordError::PayloadTooLarge {
+            seq,
+            len: payload_len,
+        });
+    }
+    Ok(())
+}
 
 /// Priority class of a record. The outbox sheds the lowest class first under pressure, and only
 /// [`RecordClass::Allow`] may be shed at all. Declaration order is priority order, highest first.
@@ -104,7 +197,7 @@ pub struct Record {
     pub seq: u64,
     /// `hash` of the previous record of this agent, or [`GENESIS_HASH`] for the first one.
     pub prev_hash: Digest,
-    /// SHA-256 over the input documented in the module header.
+    /// BLAKE3 over the input documented in the module header.
     pub hash: Digest,
     /// Priority class.
     pub class: RecordClass,
@@ -144,25 +237,20 @@ impl Record {
         record
     }
 
-    /// The record hash over every field except `hash` (encoding in the module header).
+    /// The record hash (BLAKE3) over every field except `hash` (encoding in the module header).
     pub fn compute_hash(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        self.hash_input(RECORD_HASH_DOMAIN, &mut |bytes| {
+            h.update(bytes);
+        });
+        h.finalize().into()
+    }
+
+    /// The protocol version 1 record hash (SHA-256, tag `gait.wire.record.v1`). Only for recognising and
+    /// re-sealing records written by an older agent; never used for new records.
+    pub fn compute_hash_v1(&self) -> Digest {
         let mut h = Sha256::new();
-        put_bytes(&mut h, RECORD_HASH_DOMAIN);
-        h.update(self.seq.to_be_bytes());
-        h.update(self.prev_hash);
-        put_bytes(&mut h, self.class.as_str().as_bytes());
-        put_bytes(&mut h, self.kind.as_bytes());
-        h.update(self.created_unix_ms.to_be_bytes());
-        match &self.bundle {
-            None => h.update([0u8]),
-            Some(b) => {
-                h.update([1u8]);
-                h.update(b.epoch.to_be_bytes());
-                h.update(b.digest);
-                h.update(b.since_unix_ms.to_be_bytes());
-            }
-        }
-        put_bytes(&mut h, &self.payload);
+        self.hash_input(RECORD_HASH_DOMAIN_V1, &mut |bytes| h.update(bytes));
         h.finalize().into()
     }
 
@@ -170,12 +258,54 @@ impl Record {
     pub fn verify_hash(&self) -> bool {
         self.compute_hash() == self.hash
     }
+
+    /// Checks every limit of [`crate::limits`] a single record is subject to: `seq` in 1..=`MAX_SEQ`, the
+    /// kind rule, the payload size and the bundle epoch. The one rule the outbox (before storing), ingest
+    /// and the store (before committing) apply; it does not check the hash (see [`Record::verify_hash`]).
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if self.seq == 0 {
+            return Err(RecordError::SeqZero);
+        }
+        if self.seq > limits::MAX_SEQ {
+            return Err(RecordError::SeqTooLarge { seq: self.seq });
+        }
+        check_content(self.seq, &self.kind, self.payload.len())?;
+        if let Some(b) = &self.bundle
+            && b.epoch > limits::MAX_BUNDLE_EPOCH
+        {
+            return Err(RecordError::BundleEpochTooLarge {
+                seq: self.seq,
+                epoch: b.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Feeds the hash input (module header) for `domain` to `put`, piece by piece.
+    fn hash_input(&self, domain: &[u8], put: &mut dyn FnMut(&[u8])) {
+        put_bytes(put, domain);
+        put(&self.seq.to_be_bytes());
+        put(&self.prev_hash);
+        put_bytes(put, self.class.as_str().as_bytes());
+        put_bytes(put, self.kind.as_bytes());
+        put(&self.created_unix_ms.to_be_bytes());
+        match &self.bundle {
+            None => put(&[0u8]),
+            Some(b) => {
+                put(&[1u8]);
+                put(&b.epoch.to_be_bytes());
+                put(&b.digest);
+                put(&b.since_unix_ms.to_be_bytes());
+            }
+        }
+        put_bytes(put, &self.payload);
+    }
 }
 
 /// Length-prefixed (u64 big-endian) byte string.
-fn put_bytes(h: &mut Sha256, bytes: &[u8]) {
-    h.update((bytes.len() as u64).to_be_bytes());
-    h.update(bytes);
+fn put_bytes(put: &mut dyn FnMut(&[u8]), bytes: &[u8]) {
+    put(&(bytes.len() as u64).to_be_bytes());
+    put(bytes);
 }
 
 #[cfg(test)]
@@ -263,7 +393,7 @@ mod tests {
         let r = sample();
         let mut input = Vec::new();
         input.extend_from_slice(&19u64.to_be_bytes());
-        input.extend_from_slice(b"gait.wire.record.v1");
+        input.extend_from_slice(b"gait.wire.record.v2");
         input.extend_from_slice(&7u64.to_be_bytes());
         input.extend_from_slice(&[0x11; 32]);
         for field in [&b"block"[..], b"gate.decision"] {
@@ -278,8 +408,13 @@ mod tests {
         let payload = br#"{"verdict":"block"}"#;
         input.extend_from_slice(&(payload.len() as u64).to_be_bytes());
         input.extend_from_slice(payload);
-        let expected: Digest = Sha256::digest(&input).into();
+        let expected: Digest = blake3::hash(&input).into();
         assert_eq!(r.hash, expected);
+        let mut v1_input = input.clone();
+        v1_input[8..27].copy_from_slice(b"gait.wire.record.v1");
+        let v1: Digest = Sha256::digest(&v1_input).into();
+        assert_eq!(r.compute_hash_v1(), v1);
+        assert_ne!(r.compute_hash_v1(), r.hash);
 
         let bare = Record::sealed(
             1,
@@ -292,7 +427,7 @@ mod tests {
         );
         let mut input = Vec::new();
         input.extend_from_slice(&19u64.to_be_bytes());
-        input.extend_from_slice(b"gait.wire.record.v1");
+        input.extend_from_slice(b"gait.wire.record.v2");
         input.extend_from_slice(&1u64.to_be_bytes());
         input.extend_from_slice(&[0; 32]);
         input.extend_from_slice(&6u64.to_be_bytes());
@@ -301,7 +436,97 @@ mod tests {
         input.extend_from_slice(&(-1i64).to_be_bytes());
         input.push(0);
         input.extend_from_slice(&0u64.to_be_bytes());
-        let expected: Digest = Sha256::digest(&input).into();
+        let expected: Digest = blake3::hash(&input).into();
         assert_eq!(bare.hash, expected);
+    }
+
+    fn with(seq: u64, kind: &str, payload_len: usize, epoch: Option<u64>) -> Record {
+        let mut r = sample();
+        r.seq = seq;
+        r.kind = kind.to_owned();
+        r.payload = vec![b'x'; payload_len];
+        r.bundle = epoch.map(|epoch| BundleRef {
+            epoch,
+            digest: [0; 32],
+            since_unix_ms: 0,
+        });
+        r
+    }
+
+    #[test]
+    fn validate_names_the_field_and_the_limit() {
+        assert_eq!(sample().validate(), Ok(()));
+        let cases = [
+            (with(0, "k", 1, None), "seq", RefusalCode::RecordSeqInvalid),
+            (
+                with(limits::MAX_SEQ + 1, "k", 1, None),
+                "seq",
+                RefusalCode::RecordSeqInvalid,
+            ),
+            (with(1, "", 1, None), "kind", RefusalCode::RecordKindInvalid),
+            (
+                with(1, &"k".repeat(65), 1, None),
+                "kind",
+                RefusalCode::RecordKindInvalid,
+            ),
+            (
+                with(1, "a\u{0}b", 1, None),
+                "kind",
+                RefusalCode::RecordKindInvalid,
+            ),
+            (
+                with(1, "k", limits::MAX_PAYLOAD_BYTES + 1, None),
+                "payload",
+                RefusalCode::RecordPayloadTooLarge,
+            ),
+            (
+                with(1, "k", 1, Some(limits::MAX_BUNDLE_EPOCH + 1)),
+                "bundle.epoch",
+                RefusalCode::RecordBundleInvalid,
+            ),
+        ];
+        for (record, field, code) in cases {
+            let err = record.validate().expect_err(field);
+            assert_eq!(err.field(), field);
+            assert_eq!(err.refusal_code(), code);
+            assert!(!err.to_string().is_empty());
+        }
+        let err = with(9, &"k".repeat(65), 1, None).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "record 9 kind is 65 bytes, over the 64-byte limit: a kind is 1-64 bytes of UTF-8 without \
+             control characters"
+        );
+    }
+
+    #[test]
+    fn validate_accepts_the_boundaries() {
+        let at_limits = with(
+            limits::MAX_SEQ,
+            &"k".repeat(limits::MAX_KIND_BYTES),
+            limits::MAX_PAYLOAD_BYTES,
+            Some(limits::MAX_BUNDLE_EPOCH),
+        );
+        assert_eq!(at_limits.validate(), Ok(()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validate_agrees_with_the_limits(
+            seq in proptest::prelude::any::<u64>(),
+            kind in ".{0,80}",
+            payload_len in 0usize..=(limits::MAX_PAYLOAD_BYTES + 8),
+        ) {
+            let mut r = sample();
+            r.seq = seq;
+            r.kind = kind.clone();
+            r.payload = vec![0; payload_len];
+            let ok = (1..=limits::MAX_SEQ).contains(&seq)
+                && !kind.is_empty()
+                && kind.len() <= limits::MAX_KIND_BYTES
+                && !kind.chars().any(char::is_control)
+                && payload_len <= limits::MAX_PAYLOAD_BYTES;
+            proptest::prop_assert_eq!(r.validate().is_ok(), ok);
+        }
     }
 }

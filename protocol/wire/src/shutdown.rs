@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-/// QUIC application close code of an aggregator that is shutting down.
-pub const CLOSE_SHUTDOWN: u32 = 4;
+/// QUIC application close code of an aggregator that is shutting down (defined with the others in
+/// [`crate::close`]).
+pub use crate::close::CLOSE_SHUTDOWN;
 
 /// Largest spread an agent accepts from a close reason; a larger (or hostile) value is clamped to this.
 pub const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(300);

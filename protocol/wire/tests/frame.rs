@@ -192,7 +192,7 @@ fn envelope_of_a_newer_protocol_version_is_reported_as_unknown_version() {
 fn unknown_v1_variant_is_reported_as_unknown_variant() {
     assert_eq!(decode_agent_msg(&[0, 4]), Err(DecodeError::UnknownVariant));
     assert_eq!(
-        decode_server_msg(&[0, 5, 0]),
+        decode_server_msg(&[0, 6, 0]),
         Err(DecodeError::UnknownVariant)
     );
     // ErrorCode tag 7 does not exist.

@@ -5,14 +5,15 @@
 
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, GENESIS_HASH,
-    Hello, PollBundle, Record, RecordBatch, RecordClass, Refusal, SeqRange, ServerMsg, ServerMsgV1,
-    Welcome, WireError, decode_agent_msg, decode_server_msg, encode_frame,
+    Hello, PollBundle, Record, RecordBatch, RecordClass, RecordRefusal, Refusal, RefusalCode,
+    SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError, decode_agent_msg, decode_server_msg,
+    encode_frame,
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 const AGENT_VARIANTS: usize = 4;
-const SERVER_VARIANTS: usize = 5;
+const SERVER_VARIANTS: usize = 6;
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/wire/v1")
@@ -65,6 +66,7 @@ fn server_variant_index(msg: &ServerMsg) -> usize {
         ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => 2,
         ServerMsg::V1(ServerMsgV1::BatchAck(_)) => 3,
         ServerMsg::V1(ServerMsgV1::Error(_)) => 4,
+        ServerMsg::V1(ServerMsgV1::RecordRefused(_)) => 5,
     }
 }
 
@@ -74,7 +76,7 @@ fn agent_cases() -> Vec<(&'static str, AgentMsg)> {
             "agent_hello",
             AgentMsg::V1(AgentMsgV1::Hello(Hello {
                 agent_version: "0.1.0".into(),
-                protocol_version: 1,
+                protocol_version: 2,
                 active: Some(bundle_ref(6, 0xa6)),
                 received: Some(bundle_ref(7, 0xb7)),
                 outbox_depth: 1234,
@@ -118,7 +120,7 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
             "server_welcome",
             ServerMsg::V1(ServerMsgV1::Welcome(Welcome {
                 server_version: "0.1.0".into(),
-                protocol_version: 1,
+                protocol_version: 2,
                 org: "acme".into(),
                 project: "payments".into(),
                 env: "prod".into(),
@@ -160,6 +162,15 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
             ServerMsg::V1(ServerMsgV1::Error(WireError::new(
                 ErrorCode::Unavailable,
                 "store is down, retry",
+            ))),
+        ),
+        (
+            "server_record_refused",
+            ServerMsg::V1(ServerMsgV1::RecordRefused(RecordRefusal::new(
+                42,
+                301,
+                RefusalCode::RecordKindInvalid,
+                "record 301 kind is 65 bytes, over the 64-byte limit",
             ))),
         ),
     ]

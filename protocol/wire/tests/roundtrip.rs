@@ -3,9 +3,9 @@
 
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, FrameDecoder,
-    Hello, MAX_FRAME_LEN, PollBundle, Record, RecordBatch, RecordClass, Refusal, SeqRange,
-    ServerMsg, ServerMsgV1, Welcome, WireError, decode_agent_msg, decode_msg, decode_server_msg,
-    encode_frame,
+    Hello, MAX_FRAME_LEN, PollBundle, Record, RecordBatch, RecordClass, RecordRefusal, Refusal,
+    SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError, decode_agent_msg, decode_msg,
+    decode_server_msg, encode_frame,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -194,7 +194,16 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
     ];
     let error = (prop::sample::select(codes), text())
         .prop_map(|(code, message)| ServerMsgV1::Error(WireError { code, message }));
-    prop_oneof![welcome, offer, none, ack, error].prop_map(ServerMsg::V1)
+    let refused =
+        (any::<u64>(), any::<u64>(), text(), text()).prop_map(|(batch_id, seq, code, message)| {
+            ServerMsgV1::RecordRefused(RecordRefusal {
+                batch_id,
+                seq,
+                code,
+                message,
+            })
+        });
+    prop_oneof![welcome, offer, none, ack, error, refused].prop_map(ServerMsg::V1)
 }
 
 /// Split `stream` into chunks whose sizes cycle through `sizes` (each 1..).
