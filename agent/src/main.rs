@@ -12,12 +12,10 @@ use gait_agent::daemon::{self, RunOptions};
 use gait_agent::local_api;
 use tokio_util::sync::CancellationToken;
 
-/// Exit code: the command failed at runtime.
-const EXIT_FAILURE: u8 = 1;
-/// Exit code: the configuration (file, certificates, keys) is unusable (sysexits EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
-/// Exit code: the local agent could not be reached (sysexits EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
+use gait_runtime::exit::{
+    CONFIG as EXIT_CONFIG, FAILURE as EXIT_FAILURE, UNAVAILABLE as EXIT_UNAVAILABLE,
+};
+use gait_runtime::outln;
 
 #[derive(Debug, Parser)]
 #[command(name = "gait-agent", version, about = "Gait edge agent")]
@@ -97,10 +95,18 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    if let Err(e) = init_tracing(cli.log_format, &cli.log_level) {
-        eprintln!("gait-agent: invalid --log-level {:?}: {e}", cli.log_level);
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let format = match cli.log_format {
+        LogFormat::Text => gait_runtime::LogFormat::Text,
+        LogFormat::Json => gait_runtime::LogFormat::Json,
+    };
+    // Held until main returns: dropping it flushes the log lines still buffered.
+    let _log = match gait_runtime::init_tracing("gait-agent", format, &cli.log_level) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -118,19 +124,6 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    }
-    .map_err(|e| e.to_string())
-}
-
 async fn cmd_run(args: RunArgs) -> ExitCode {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
@@ -140,7 +133,7 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let signals = tokio::spawn(gait_runtime::cancel_on_signal(shutdown.clone()));
     let options = RunOptions {
         grace: args.grace_period,
     };
@@ -157,35 +150,6 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-async fn cancel_on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
-    token.cancel();
 }
 
 fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
@@ -220,7 +184,7 @@ fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
         });
         return match serde_json::to_string_pretty(&doc) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -229,15 +193,24 @@ fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
             }
         };
     }
-    println!(
+    outln!(
         "{} records held ({} bytes); {} quarantined since the database was created, {} dropped",
-        stats.held, stats.bytes, stats.total, stats.dropped
+        stats.held,
+        stats.bytes,
+        stats.total,
+        stats.dropped
     );
     for r in &records {
-        println!(
+        if !outln!(
             "seq {}  {}  {:?}  {}: {}",
-            r.record.seq, r.record.class, r.record.kind, r.code, r.message
-        );
+            r.record.seq,
+            r.record.class,
+            r.record.kind,
+            r.code,
+            r.message
+        ) {
+            break;
+        }
     }
     ExitCode::SUCCESS
 }
@@ -246,7 +219,7 @@ async fn cmd_status(args: StatusArgs) -> ExitCode {
     match local_api::fetch_status(args.api, Duration::from_secs(5)).await {
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -255,7 +228,7 @@ async fn cmd_status(args: StatusArgs) -> ExitCode {
             }
         },
         Ok(report) => {
-            print!("{}", report.render_text());
+            outln!("{}", report.render_text().trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {
