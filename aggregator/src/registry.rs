@@ -338,8 +338,7 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
 }
 
 pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {
-    Scope::from_parts(&t.org, &t.project, &t.env)
-        .map_err(|e| RegistryError::Invalid(e.to_string()))
+    Scope::from_parts(&t.org, &t.project, &t.env).map_err(|e| RegistryError::Invalid(e.to_string()))
 }
 
 pub fn unix_ms() -> i64 {
