@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gait_aggregator::{cli, serve};
+use gait_aggregator::app as serve;
+
+mod cmd;
+use cmd::pki as cli;
 use tokio_util::sync::CancellationToken;
 
 /// Gait fleet aggregator: mutual-TLS QUIC ingest for gait-agents, signed policy bundles, fleet inventory.

@@ -23,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::tls::{self, AgentIdentity, IdentityError, TlsError};
+use crate::ingest::tls::{self, AgentIdentity, IdentityError, TlsError};
 
 /// CA certificate file name in a PKI directory (and in an agent's output directory).
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -745,7 +745,10 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(message.contains("invalid project `Web`"), "{message}");
-        assert!(message.contains(crate::tls::IDENTIFIER_RULE), "{message}");
+        assert!(
+            message.contains(crate::ingest::tls::IDENTIFIER_RULE),
+            "{message}"
+        );
 
         let foreign = AgentIdentity::for_issuance("other.example", "acme", "web", "prod", "a-1");
         assert!(matches!(

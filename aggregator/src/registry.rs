@@ -6,6 +6,8 @@
 //! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
 //! sharing the same database.
 
+pub mod validate;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -329,9 +331,11 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
                 text.len()
             )));
         }
-        crate::policy_check::check(text.as_bytes()).map_err(|message| RegistryError::Policy {
-            name: name.clone(),
-            message,
+        crate::registry::validate::check(text.as_bytes()).map_err(|message| {
+            RegistryError::Policy {
+                name: name.clone(),
+                message,
+            }
         })?;
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use gait_aggregator::http::{AppState, OPENAPI_JSON, router};
+use gait_aggregator::api::{AppState, OPENAPI_JSON, router};
 use gait_aggregator::metrics::Metrics;
 use gait_aggregator::registry::{BundleDefaults, Registry};
 use gait_canon::sign::SigningKey;

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::http::{AppState, router};
+use crate::api::{AppState, router};
+use crate::ingest::tickets::SessionTickets;
+use crate::ingest::tls::{RevocationSet, TransportTuning, server_config};
 use crate::ingest::{IngestLimits, IngestState};
 use crate::metrics::Metrics;
 use crate::pki;
 use crate::registry::{BundleDefaults, Registry};
-use crate::tickets::SessionTickets;
-use crate::tls::{RevocationSet, TransportTuning, server_config};
 
 /// Name of the SQLite database file inside the data directory.
 pub const SQLITE_FILE: &str = "aggregator.db";
@@ -112,7 +112,7 @@ pub enum ServeError {
     #[error("pki: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::ingest::tls::TlsError),
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -176,7 +176,7 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
 /// File (in the key directory) holding the secret behind QUIC stateless resets.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
-/// File (in the key directory) holding the secret behind TLS session tickets ([`crate::tickets`]).
+/// File (in the key directory) holding the secret behind TLS session tickets ([`crate::ingest::tickets`]).
 pub const TICKET_KEY_FILE: &str = "tls-ticket.key";
 
 /// The QUIC stateless-reset key, persisted so that an aggregator restarted after a crash can tell agents
@@ -261,7 +261,7 @@ pub async fn start(
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
     let ca_pem = pki_dir.join("ca.pem");
-    let ca_der = crate::tls::load_certs(&ca_pem)?
+    let ca_der = crate::ingest::tls::load_certs(&ca_pem)?
         .into_iter()
         .next()
         .map(|c| c.as_ref().to_vec())

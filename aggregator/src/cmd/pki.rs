@@ -8,10 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use gait_store::{Revocation, Store};
 
-use crate::pki::{self, InitOptions, Validity};
-use crate::registry::{REGISTRY_PUB_FILE, unix_ms};
-use crate::serve::{ADMIN_TOKEN_FILE, ServeConfig};
-use crate::tls::AgentIdentity;
+use gait_aggregator::app::{ADMIN_TOKEN_FILE, ServeConfig};
+use gait_aggregator::ingest::tls::AgentIdentity;
+use gait_aggregator::pki::{self, InitOptions, Validity};
+use gait_aggregator::registry::{REGISTRY_PUB_FILE, unix_ms};
 
 /// Where the data directory is and which database it uses.
 #[derive(Args, Debug, Clone)]
@@ -263,7 +263,7 @@ fn pem_identity(pem: &[u8]) -> Option<(String, String, String, String)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let der = CertificateDer::from_pem_slice(pem).ok()?;
-    let id = crate::tls::identity_from_cert_der(&der).ok()?;
+    let id = gait_aggregator::ingest::tls::identity_from_cert_der(&der).ok()?;
     Some((id.org, id.project, id.env, id.agent_id))
 }
 

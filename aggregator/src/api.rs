@@ -20,9 +20,9 @@ use gait_store::{AgentFilter, AgentKey, AgentPosition, MAX_AGENT_PAGE, Store, Te
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::ingest::tls::validate_identifier;
 use crate::metrics::{self, Metrics};
 use crate::registry::{PublishRequest, Registry};
-use crate::tls::validate_identifier;
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../schemas/openapi.json");

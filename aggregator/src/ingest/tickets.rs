@@ -18,7 +18,7 @@
 //!
 //! # What a resumed connection still goes through
 //! The certificate verifier does not run on resumption, so [`crate::ingest`] re-checks every connection after
-//! the handshake: revocation (the live [`crate::tls::RevocationSet`]) and certificate expiry. A ticket older
+//! the handshake: revocation (the live [`crate::ingest::tls::RevocationSet`]) and certificate expiry. A ticket older
 //! than [`TICKET_LIFETIME`] is refused by [`SessionTickets::decrypt`] and the agent falls back to a full
 //! handshake.
 

@@ -511,7 +511,7 @@ impl TransportTuning {
 /// required, chained to the CA in `ca_pem`, carrying one agent URI SAN and not revoked in `revoked`.
 /// With `tickets`, every handshake hands the agent one session ticket so its next connection (also to a
 /// restarted aggregator with the same ticket secret) resumes without a certificate handshake
-/// ([`crate::tickets`]); the caller must then re-check revocation and expiry after each handshake, as
+/// ([`crate::ingest::tickets`]); the caller must then re-check revocation and expiry after each handshake, as
 /// [`crate::ingest`] does.
 pub fn server_config(
     ca_pem: &Path,
@@ -519,7 +519,7 @@ pub fn server_config(
     key_pem: &Path,
     revoked: RevocationSet,
     transport: &TransportTuning,
-    tickets: Option<Arc<crate::tickets::SessionTickets>>,
+    tickets: Option<Arc<crate::ingest::tickets::SessionTickets>>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = crypto_provider();
     let ca_certs = load_certs(ca_pem)?;
