@@ -20,8 +20,8 @@ use gait_store::{AgentFilter, AgentKey, AgentPosition, MAX_AGENT_PAGE, Store, Te
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ingest::tls::validate_identifier;
 use crate::metrics::{self, Metrics};
+use crate::pki::identity::validate_identifier;
 use crate::registry::{PublishRequest, Registry};
 
 /// The OpenAPI document of this API, served at `/openapi.json`.

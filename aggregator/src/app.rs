@@ -113,6 +113,8 @@ pub enum ServeError {
     Pki(#[from] pki::PkiError),
     #[error("tls: {0}")]
     Tls(#[from] crate::ingest::tls::TlsError),
+    #[error("tls: {0}")]
+    Pem(#[from] crate::pki::pem::PemError),
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -261,7 +263,7 @@ pub async fn start(
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
     let ca_pem = pki_dir.join("ca.pem");
-    let ca_der = crate::ingest::tls::load_certs(&ca_pem)?
+    let ca_der = crate::pki::pem::load_certs(&ca_pem)?
         .into_iter()
         .next()
         .map(|c| c.as_ref().to_vec())

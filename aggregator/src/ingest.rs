@@ -35,8 +35,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::fleet::presence::Presence;
-use crate::ingest::tls::{AgentIdentity, RevocationSet, peer_identity};
+use crate::ingest::tls::{RevocationSet, peer_identity};
 use crate::metrics::{self, Metrics};
+use crate::pki::identity::AgentIdentity;
 use crate::registry::{Registry, unix_ms};
 
 /// Longest a bundle long-poll is held open.

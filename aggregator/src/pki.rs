@@ -23,7 +23,11 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::ingest::tls::{self, AgentIdentity, IdentityError, TlsError};
+pub mod identity;
+pub mod pem;
+
+use identity::{AgentIdentity, IdentityError, canonical_serial_hex};
+use pem::PemError;
 
 /// CA certificate file name in a PKI directory (and in an agent's output directory).
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -185,7 +189,7 @@ pub enum PkiError {
     Identity(#[from] IdentityError),
     /// A PEM file could not be loaded.
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Pem(#[from] PemError),
     /// The identity names a trust domain other than the CA's.
     #[error("trust domain `{requested}` does not match the CA's trust domain `{ca}`")]
     TrustDomainMismatch {
@@ -258,7 +262,7 @@ pub enum PkiError {
 
 /// Creates the CA and the server certificate in `dir` (created if missing).
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
-    tls::validate_trust_domain(&opts.trust_domain)?;
+    identity::validate_trust_domain(&opts.trust_domain)?;
     let sans = server_sans(&opts.server_names)?;
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
@@ -351,7 +355,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
 pub fn trust_domain(dir: &Path) -> Result<String, PkiError> {
     let ca_cert_path = existing(dir, CA_CERT_FILE)?;
     let ca_der = first_cert(&ca_cert_path)?;
-    tls::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
+    identity::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
 }
 
 /// Issues a client certificate for agent `id` with the CA in `dir`, writing `agent.pem`, `agent.key` and
@@ -369,9 +373,10 @@ pub fn issue_agent(
     let ca_cert_path = existing(dir, CA_CERT_FILE)?;
     let ca_key_path = existing(dir, CA_KEY_FILE)?;
     let ca_der = first_cert(&ca_cert_path)?;
-    let ca_trust_domain = tls::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
-        path: ca_cert_path.clone(),
-    })?;
+    let ca_trust_domain =
+        identity::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
+            path: ca_cert_path.clone(),
+        })?;
     if !id.trust_domain.is_empty() && id.trust_domain != ca_trust_domain {
         return Err(PkiError::TrustDomainMismatch {
             ca: ca_trust_domain,
@@ -440,43 +445,6 @@ pub fn cert_serial_hex(cert_pem: &Path) -> Result<String, PkiError> {
     Ok(canonical_serial_hex(cert.raw_serial()))
 }
 
-/// Canonical text form of a certificate serial: lowercase hex of the DER integer content with leading
-/// zero bytes removed (so always an even number of digits, never starting with `00`); zero is `00`.
-pub fn canonical_serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        return "00".to_owned();
-    }
-    hex::encode(&raw[start..])
-}
-
-/// Brings a serial typed by a person (`AB:CD:01`, `0abcd01`, ` abcd01 `) to the form of
-/// [`canonical_serial_hex`]. Input that is not hex stays as given, lowercased, and so matches no
-/// certificate; use [`is_serial_hex`] to reject it first.
-pub fn normalize_serial_hex(serial: &str) -> String {
-    let digits: String = serial
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let significant = digits.trim_start_matches('0');
-    if significant.is_empty() {
-        return "00".to_owned();
-    }
-    if significant.len() % 2 == 1 {
-        format!("0{significant}")
-    } else {
-        significant.to_owned()
-    }
-}
-
-/// Whether `serial` is hex digits, optionally separated by `:` (at most 20 bytes, the RFC 5280 limit).
-pub fn is_serial_hex(serial: &str) -> bool {
-    let digits: Vec<char> = serial.trim().chars().filter(|c| *c != ':').collect();
-    !digits.is_empty() && digits.len() <= 40 && digits.iter().all(char::is_ascii_hexdigit)
-}
-
 fn now_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
@@ -502,7 +470,7 @@ fn existing(dir: &Path, name: &str) -> Result<PathBuf, PkiError> {
 }
 
 fn first_cert(path: &Path) -> Result<Vec<u8>, PkiError> {
-    let certs = tls::load_certs(path)?;
+    let certs = pem::load_certs(path)?;
     certs
         .into_iter()
         .next()
@@ -660,20 +628,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_and_normalized_serials_agree() {
-        assert_eq!(canonical_serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
-        assert_eq!(canonical_serial_hex(&[0x0a, 0xbc]), "0abc");
-        assert_eq!(canonical_serial_hex(&[0, 0]), "00");
-        assert_eq!(normalize_serial_hex("00:8F:01"), "8f01");
-        assert_eq!(normalize_serial_hex("abc"), "0abc");
-        assert_eq!(normalize_serial_hex(" 0ABC "), "0abc");
-        assert_eq!(normalize_serial_hex("0"), "00");
-        assert!(is_serial_hex("AB:cd"));
-        assert!(!is_serial_hex("xyz"));
-        assert!(!is_serial_hex(""));
-    }
-
-    #[test]
     fn init_writes_private_keys_and_refuses_to_replace_the_ca() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("pki");
@@ -745,10 +699,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(message.contains("invalid project `Web`"), "{message}");
-        assert!(
-            message.contains(crate::ingest::tls::IDENTIFIER_RULE),
-            "{message}"
-        );
+        assert!(message.contains(identity::IDENTIFIER_RULE), "{message}");
 
         let foreign = AgentIdentity::for_issuance("other.example", "acme", "web", "prod", "a-1");
         assert!(matches!(

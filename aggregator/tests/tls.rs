@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use gait_aggregator::ingest::tickets::SessionTickets;
-use gait_aggregator::ingest::tls::{self, AgentIdentity, RevocationSet, TransportTuning};
+use gait_aggregator::ingest::tls::{self, RevocationSet, TransportTuning};
 use gait_aggregator::metrics::Metrics;
+use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, InitOptions, IssuedAgent, Validity};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gait_aggregator::ingest::tls::AgentIdentity;
+use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, Validity};
 use gait_wire::{
     AgentMsg, AgentMsgV1, FrameDecoder, Hello, PROTOCOL_VERSION, PollBundle, ServerMsg, ServerMsgV1,

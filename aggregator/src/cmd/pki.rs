@@ -9,7 +9,7 @@ use clap::Args;
 use gait_store::{Revocation, Store};
 
 use gait_aggregator::app::{ADMIN_TOKEN_FILE, ServeConfig};
-use gait_aggregator::ingest::tls::AgentIdentity;
+use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use gait_aggregator::registry::{REGISTRY_PUB_FILE, unix_ms};
 
@@ -222,10 +222,10 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let serial = match (&args.cert, &args.serial) {
         (Some(path), _) => pki::cert_serial_hex(path)?,
         (None, Some(s)) => {
-            if !pki::is_serial_hex(s) {
+            if !pki::identity::is_serial_hex(s) {
                 bail!("--serial `{s}` is not a hexadecimal certificate serial");
             }
-            pki::normalize_serial_hex(s)
+            pki::identity::normalize_serial_hex(s)
         }
         (None, None) => bail!("give --cert <agent.pem> or --serial <hex>"),
     };
@@ -263,7 +263,7 @@ fn pem_identity(pem: &[u8]) -> Option<(String, String, String, String)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let der = CertificateDer::from_pem_slice(pem).ok()?;
-    let id = gait_aggregator::ingest::tls::identity_from_cert_der(&der).ok()?;
+    let id = gait_aggregator::pki::identity::identity_from_cert_der(&der).ok()?;
     Some((id.org, id.project, id.env, id.agent_id))
 }
 
