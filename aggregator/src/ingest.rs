@@ -34,11 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_ms;
 use crate::fleet::presence::Presence;
 use crate::ingest::tls::{RevocationSet, peer_identity};
 use crate::metrics::{self, Metrics};
 use crate::pki::identity::AgentIdentity;
-use crate::registry::{Registry, unix_ms};
+use crate::registry::Registry;
 
 /// Longest a bundle long-poll is held open.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);

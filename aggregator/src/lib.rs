@@ -9,11 +9,12 @@
 //!   `ingest::tickets`).
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: create, issue, identity and serial rules).
-//! - Shared below the features: [`metrics`] (Prometheus text).
+//! - Shared below the features: [`clock`] (every wall-clock read), [`metrics`] (Prometheus text).
 //!
 //! The binary side (`main.rs` + `cmd/`) parses the command line and is the only place `anyhow` is used.
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod fleet;
 pub mod ingest;
 pub mod metrics;

@@ -446,7 +446,7 @@ pub fn cert_serial_hex(cert_pem: &Path) -> Result<String, PkiError> {
 }
 
 fn now_seconds() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
 }
 

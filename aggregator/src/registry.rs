@@ -18,6 +18,7 @@ use gait_canon::sign::{self, PublicKey, SigningKey};
 use gait_store::{Store, StoreError, StoredBundle, Tenant};
 use tokio::sync::watch;
 
+use crate::clock::unix_ms;
 use crate::metrics::{self, Metrics};
 
 /// File name of the registry's private signing key inside the key directory.
@@ -165,7 +166,7 @@ impl Registry {
                 Some(b) => (b.epoch + 1, Some(b.digest.clone())),
                 None => (1, None),
             };
-            let now = time::OffsetDateTime::now_utc();
+            let now = crate::clock::now_utc();
             let validity = req.validity.unwrap_or(self.defaults.validity);
             let not_after = now + validity;
             let mut builder =
@@ -347,11 +348,6 @@ pub fn scope_of(t: &Tenant) -> Scope {
         project: t.project.clone(),
         env: t.env.clone(),
     }
-}
-
-pub fn unix_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Per-scope watch channels carrying the newest bundle.

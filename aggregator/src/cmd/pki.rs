@@ -9,9 +9,10 @@ use clap::Args;
 use gait_store::{Revocation, Store};
 
 use gait_aggregator::app::{ADMIN_TOKEN_FILE, ServeConfig};
+use gait_aggregator::clock::unix_ms;
 use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, InitOptions, Validity};
-use gait_aggregator::registry::{REGISTRY_PUB_FILE, unix_ms};
+use gait_aggregator::registry::REGISTRY_PUB_FILE;
 
 /// Where the data directory is and which database it uses.
 #[derive(Args, Debug, Clone)]
