@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{AppState, router};
+use crate::config::Config;
 use crate::ingest::tickets::SessionTickets;
 use crate::ingest::tls::{RevocationSet, TransportTuning, server_config};
 use crate::ingest::{IngestLimits, IngestState};
@@ -25,10 +26,10 @@ use crate::metrics::Metrics;
 use crate::pki;
 use crate::registry::{BundleDefaults, Registry};
 
-/// Name of the SQLite database file inside the data directory.
-pub const SQLITE_FILE: &str = "aggregator.db";
 /// Name of the admin token file inside the data directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use crate::config::ADMIN_TOKEN_FILE;
+/// Name of the SQLite database file inside the data directory.
+pub use crate::config::SQLITE_FILE;
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Server names put in the server certificate when the PKI is created on first start.
     pub server_names: Vec<String>,
+    /// SPIFFE trust domain of the CA when the PKI is created on first start.
+    pub trust_domain: String,
     /// Defaults for published bundles.
     pub bundle_defaults: BundleDefaults,
     /// QUIC transport tuning.
@@ -60,7 +63,7 @@ pub struct ServeConfig {
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
-pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
+pub use crate::config::DEFAULT_UDP_BUFFER_BYTES;
 
 impl ServeConfig {
     /// Embedded defaults rooted at `data_dir`.
@@ -71,12 +74,28 @@ impl ServeConfig {
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            trust_domain: pki::DEFAULT_TRUST_DOMAIN.to_owned(),
             bundle_defaults: BundleDefaults::default(),
             transport: TransportTuning::default(),
             revocation_refresh: Duration::from_secs(1),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
+        }
+    }
+
+    /// What `serve` runs with under `config` (the file, the environment and the flags already merged).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            database_url: config.database.url.clone(),
+            quic_listen: config.quic.listen,
+            http_listen: config.http.listen,
+            server_names: config.pki.server_names.clone(),
+            trust_domain: config.pki.trust_domain.clone(),
+            udp_buffer_bytes: config.quic.udp_buffer_bytes,
+            reconnect_rate: config.quic.reconnect_rate,
+            session_tickets: config.quic.session_tickets,
+            ..Self::embedded(config.data_dir.clone())
         }
     }
 
@@ -244,6 +263,7 @@ pub async fn start(
     if !pki_dir.join("ca.pem").exists() {
         let opts = pki::InitOptions {
             server_names: config.server_names.clone(),
+            trust_domain: config.trust_domain.clone(),
             ..Default::default()
         };
         pki::init(&pki_dir, &opts)?;

@@ -9,12 +9,14 @@
 //!   `ingest::tickets`).
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: create, issue, identity and serial rules).
+//! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`metrics`] (Prometheus text).
 //!
 //! The binary side (`main.rs` + `cmd/`) parses the command line and is the only place `anyhow` is used.
 pub mod api;
 pub mod app;
 pub mod clock;
+pub mod config;
 pub mod fleet;
 pub mod ingest;
 pub mod metrics;

@@ -1,49 +1,44 @@
-//! Operator subcommands other than `serve`: PKI management, publishing and listing agents over the HTTP API.
+//! `gait-aggregator pki`: create the deployment CA, issue agent certificates, revoke them. Every one reads the
+//! data directory (and, for `revoke`, the database) from the same configuration as `serve`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use gait_aggregator::clock::unix_ms;
+use gait_aggregator::config::Config;
 use gait_store::{Revocation, Store};
 
-use gait_aggregator::app::{ADMIN_TOKEN_FILE, ServeConfig};
-use gait_aggregator::clock::unix_ms;
+use super::DataArgs;
 use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use gait_aggregator::registry::REGISTRY_PUB_FILE;
 
-/// Where the data directory is and which database it uses.
-#[derive(Args, Debug, Clone)]
-pub struct DataDirArgs {
-    /// Data directory of the aggregator (holds pki/, keys/, admin.token and the SQLite database).
-    #[arg(long, default_value = "./gait-data", env = "GAIT_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL when the aggregator runs on PostgreSQL; default SQLite in the data directory.
-    #[arg(long, env = "GAIT_DATABASE_URL")]
-    pub database_url: Option<String>,
-}
-
+/// Flags of `pki init`.
 #[derive(Args, Debug)]
 pub struct PkiInitArgs {
-    #[arg(long, default_value = "./gait-data", env = "GAIT_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// SPIFFE trust domain written into every agent identity.
-    #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-    /// DNS names / IPs agents use to reach the aggregator (repeatable).
-    #[arg(long = "server-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+    /// Data directory [key: data_dir, env: GAIT_DATA_DIR, default: ./gait-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// SPIFFE trust domain written into every agent identity [key: pki.trust_domain, default: gait.local].
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// DNS names / IPs agents use to reach the aggregator (repeatable) [key: pki.server_names, default:
+    /// localhost, 127.0.0.1].
+    #[arg(long = "server-name")]
     pub server_names: Vec<String>,
     /// Replace an existing CA (every issued agent certificate stops working).
     #[arg(long)]
     pub force: bool,
 }
 
+/// Flags of `pki issue-agent`.
 #[derive(Args, Debug)]
 pub struct IssueAgentArgs {
-    #[arg(long, default_value = "./gait-data", env = "GAIT_DATA_DIR")]
-    pub data_dir: PathBuf,
+    /// Data directory holding pki/ [key: data_dir, env: GAIT_DATA_DIR, default: ./gait-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Organisation of the agent.
     #[arg(long)]
     pub org: String,
@@ -70,10 +65,11 @@ pub struct IssueAgentArgs {
     pub json: bool,
 }
 
+/// Flags of `pki revoke`.
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
     #[command(flatten)]
-    pub data: DataDirArgs,
+    pub data: DataArgs,
     /// The agent certificate (PEM) to revoke.
     #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
     pub cert: Option<PathBuf>,
@@ -85,75 +81,25 @@ pub struct RevokeArgs {
     pub reason: String,
 }
 
-/// How to reach the HTTP API.
-#[derive(Args, Debug, Clone)]
-pub struct ApiArgs {
-    /// Base URL of the aggregator's HTTP API.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:7080",
-        env = "GAIT_AGGREGATOR_URL"
-    )]
-    pub server: String,
-    /// File holding the admin bearer token.
-    #[arg(
-        long,
-        default_value = "./gait-data/admin.token",
-        env = "GAIT_TOKEN_FILE"
-    )]
-    pub token_file: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct PublishArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
-    #[arg(long)]
-    pub org: String,
-    #[arg(long)]
-    pub project: String,
-    #[arg(long)]
-    pub env: String,
-    /// Gait policy YAML file(s) to put in the bundle (repeatable); stored under their file names.
-    #[arg(long = "policy", required = true)]
-    pub policies: Vec<PathBuf>,
-    /// Seconds an agent may enforce without contact before it is stale.
-    #[arg(long)]
-    pub max_offline_seconds: Option<u64>,
-    /// What a stale agent does: keep (enforce the cached bundle) or fail_closed (block everything).
-    #[arg(long)]
-    pub on_stale: Option<String>,
-    /// Seconds the bundle may be activated after signing.
-    #[arg(long)]
-    pub validity_seconds: Option<u64>,
-    /// Print the server's JSON answer.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct AgentsArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
-    #[arg(long)]
-    pub org: String,
-    #[arg(long)]
-    pub project: Option<String>,
-    #[arg(long)]
-    pub env: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn pki_init(args: PkiInitArgs) -> anyhow::Result<ExitCode> {
+/// Creates the CA and server certificate under `<data_dir>/pki`.
+pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(domain) = args.trust_domain {
+        config.pki.trust_domain = domain;
+    }
+    if !args.server_names.is_empty() {
+        config.pki.server_names = args.server_names;
+    }
+    config.validate()?;
     let opts = InitOptions {
-        trust_domain: args.trust_domain,
-        server_names: args.server_names,
+        trust_domain: config.pki.trust_domain,
+        server_names: config.pki.server_names,
         force: args.force,
         ..Default::default()
     };
-    let dir = args.data_dir.join("pki");
+    let dir = config.data_dir.join("pki");
     let report = pki::init(&dir, &opts)?;
     println!("CA created for trust domain {}", report.trust_domain);
     println!("  ca:     {}", report.ca_cert_path.display());
@@ -161,11 +107,13 @@ pub fn pki_init(args: PkiInitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn issue_agent(args: IssueAgentArgs) -> anyhow::Result<ExitCode> {
-    let pki_dir = args.data_dir.join("pki");
+/// Issues an agent certificate and writes a ready `agent.yaml` next to it.
+pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
+    let pki_dir = data_dir.join("pki");
     let id = AgentIdentity::for_issuance("", &args.org, &args.project, &args.env, &args.agent_id);
     let issued = pki::issue_agent(&pki_dir, &id, &args.out, Validity::days(args.days))?;
-    let registry_pub = args.data_dir.join("keys").join(REGISTRY_PUB_FILE);
+    let registry_pub = data_dir.join("keys").join(REGISTRY_PUB_FILE);
     let trust_line = if registry_pub.exists() {
         std::fs::copy(&registry_pub, args.out.join(REGISTRY_PUB_FILE))
             .with_context(|| format!("copying {}", registry_pub.display()))?;
@@ -219,7 +167,9 @@ fn agent_yaml(address: &str) -> String {
     )
 }
 
-pub async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+/// Records a revocation in the database the server uses; refuses to create a database that does not exist.
+pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let config = args.data.apply(config)?;
     let serial = match (&args.cert, &args.serial) {
         (Some(path), _) => pki::cert_serial_hex(path)?,
         (None, Some(s)) => {
@@ -238,11 +188,15 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         }
         None => Default::default(),
     };
-    let config = ServeConfig {
-        database_url: args.data.database_url,
-        ..ServeConfig::embedded(args.data.data_dir)
-    };
-    std::fs::create_dir_all(&config.data_dir)?;
+    // An operator command must never invent a database: a revocation written into a fresh SQLite file
+    // would report success while the server (on PostgreSQL, or another data directory) never sees it.
+    if config.database.url.is_none() && !config.sqlite_path().exists() {
+        bail!(
+            "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \
+             --data-dir / --database-url",
+            config.sqlite_path().display()
+        );
+    }
     let store = Store::connect(&config.effective_database_url()).await?;
     store
         .revoke(
@@ -266,159 +220,4 @@ fn pem_identity(pem: &[u8]) -> Option<(String, String, String, String)> {
     let der = CertificateDer::from_pem_slice(pem).ok()?;
     let id = gait_aggregator::pki::identity::identity_from_cert_der(&der).ok()?;
     Some((id.org, id.project, id.env, id.agent_id))
-}
-
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| {
-        format!("reading the admin token {} (written by `gait-aggregator serve` into <data-dir>/{ADMIN_TOKEN_FILE}; pass --token-file)", path.display())
-    })?;
-    Ok(token.trim().to_owned())
-}
-
-pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let mut policies = BTreeMap::new();
-    for path in &args.policies {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("{}: not a file name", path.display()))?
-            .to_owned();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading policy {}", path.display()))?;
-        if policies.insert(name.clone(), text).is_some() {
-            bail!("two policies are named {name}; file names must be unique in a bundle");
-        }
-    }
-    let mut body = serde_json::json!({ "policies": policies });
-    if let Some(v) = args.max_offline_seconds {
-        body["max_offline_seconds"] = v.into();
-    }
-    if let Some(v) = &args.on_stale {
-        body["on_stale"] = v.clone().into();
-    }
-    if let Some(v) = args.validity_seconds {
-        body["validity_seconds"] = v.into();
-    }
-    let url = format!(
-        "{}/v1/orgs/{}/projects/{}/envs/{}/bundles",
-        args.api.server.trim_end_matches('/'),
-        args.org,
-        args.project,
-        args.env
-    );
-    let (status, answer) = call(&args.api, reqwest::Method::POST, &url, Some(body)).await?;
-    if args.json {
-        println!("{answer}");
-    } else if status.is_success() {
-        println!(
-            "published epoch {} for {}/{}/{}: digest {}",
-            answer["epoch"],
-            args.org,
-            args.project,
-            args.env,
-            answer["digest"].as_str().unwrap_or("?")
-        );
-    }
-    if !status.is_success() {
-        eprintln!(
-            "error: publish refused ({status}): {}",
-            answer["error"]["message"].as_str().unwrap_or("no message")
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let mut base = format!(
-        "{}/v1/orgs/{}/agents?limit=5000",
-        args.api.server.trim_end_matches('/'),
-        args.org
-    );
-    for (k, v) in [("project", &args.project), ("env", &args.env)] {
-        if let Some(v) = v {
-            base.push_str(&format!("&{k}={v}"));
-        }
-    }
-    // Follow the pages until the server returns no cursor.
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let url = match &after {
-            Some(cursor) => format!("{base}&after={cursor}"),
-            None => base.clone(),
-        };
-        let (status, page) = call(&args.api, reqwest::Method::GET, &url, None).await?;
-        if !status.is_success() {
-            eprintln!(
-                "error: ({status}): {}",
-                page["error"]["message"].as_str().unwrap_or("no message")
-            );
-            return Ok(ExitCode::from(1));
-        }
-        all.extend(page["agents"].as_array().cloned().unwrap_or_default());
-        match page["next_after"].as_str() {
-            Some(next) if Some(next) != after.as_deref() => after = Some(next.to_owned()),
-            _ => break,
-        }
-    }
-    let answer = serde_json::json!({ "agents": all });
-    if args.json {
-        println!("{answer}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
-        "AGENT", "PROJECT/ENV", "VERSION", "ADDRESS", "SEEN(s)", "ACTIVE", "RECV"
-    );
-    let now = unix_ms();
-    for a in answer["agents"].as_array().into_iter().flatten() {
-        let seen = a["last_seen_unix_ms"]
-            .as_i64()
-            .map(|t| ((now - t) / 1000).to_string())
-            .unwrap_or_default();
-        println!(
-            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
-            a["agent_id"].as_str().unwrap_or(""),
-            format!(
-                "{}/{}",
-                a["project"].as_str().unwrap_or(""),
-                a["env"].as_str().unwrap_or("")
-            ),
-            a["agent_version"].as_str().unwrap_or(""),
-            a["remote_addr"].as_str().unwrap_or(""),
-            seen,
-            a["active_bundle"]["epoch"]
-                .as_u64()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
-            a["received_bundle"]["epoch"]
-                .as_u64()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn call(
-    api: &ApiArgs,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-    let token = read_token(&api.token_file)?;
-    let client = reqwest::Client::new();
-    let mut req = client.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.with_context(|| format!("cannot reach the aggregator at {url} (is `gait-aggregator serve` running? set --server)"))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .context("reading the aggregator's answer")?;
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
-    Ok((status, value))
 }
