@@ -2,7 +2,8 @@
 //!
 //! `router(state)` is separate from serving so handler tests drive it with `oneshot` and no socket. Every
 //! `/v1` route needs the admin bearer token (operators' OIDC identities and RBAC arrive with the tenancy work);
-//! every error has one JSON shape: `{"error":{"code":"<stable machine code>","message":"<what to do>"}}`.
+//! every error, unknown routes and methods included, has one JSON shape (see [`error`] for the status table):
+//! `{"error":{"code":"<stable machine code>","message":"<what to do>"}}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,10 @@ use gait_bundle::OnStale;
 use gait_store::{AgentFilter, AgentKey, AgentPosition, MAX_AGENT_PAGE, Store, Tenant};
 use serde::Deserialize;
 use serde_json::json;
+
+mod error;
+
+pub use error::{ApiError, RequestError};
 
 use crate::metrics::{self, Metrics};
 use crate::pki::identity::validate_identifier;
@@ -71,54 +76,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(openapi))
         .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-/// An API error: HTTP status, stable code, human message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-    fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    fn internal(err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "request failed on the server side");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the aggregator could not complete the request; retry",
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
-    }
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -140,15 +105,8 @@ async fn require_admin(
         Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
             next.run(req).await
         }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        Some(_) => ApiError::unauthorized("the bearer token is not valid").into_response(),
+        None => ApiError::unauthorized(
             "send `Authorization: Bearer <token>`; the admin token is in <data-dir>/admin.token",
         )
         .into_response(),
@@ -197,7 +155,7 @@ async fn openapi() -> Response {
 
 fn tenant(org: String, project: String, env: String) -> Result<Tenant, ApiError> {
     for (field, value) in [("org", &org), ("project", &project), ("env", &env)] {
-        validate_identifier(field, value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        validate_identifier(field, value)?;
     }
     Ok(Tenant { org, project, env })
 }
@@ -225,8 +183,7 @@ async fn publish(
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let Json(body) =
-        body.map_err(|e| ApiError::bad_request(format!("request body: {}", e.body_text())))?;
+    let Json(body) = body.map_err(RequestError::Body)?;
     let on_stale = match body.on_stale.as_deref() {
         None => None,
         Some("keep") => Some(OnStale::Keep),
@@ -251,12 +208,7 @@ async fn publish(
     };
     match state.registry.publish(&tenant, req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),
-        Err(e) if e.is_client_error() => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_policy",
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -265,11 +217,7 @@ async fn latest_bundle(
     Path((org, project, env)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let bundle = state
-        .registry
-        .latest(&tenant)
-        .await
-        .map_err(ApiError::internal)?;
+    let bundle = state.registry.latest(&tenant).await?;
     let Some(bundle) = bundle else {
         return Err(ApiError::not_found(
             "no bundle has been published for this environment",
@@ -291,11 +239,7 @@ async fn latest_bundle_raw(
     Path((org, project, env)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    let bundle = state
-        .registry
-        .latest(&tenant)
-        .await
-        .map_err(ApiError::internal)?;
+    let bundle = state.registry.latest(&tenant).await?;
     let Some(bundle) = bundle else {
         return Err(ApiError::not_found(
             "no bundle has been published for this environment",
@@ -323,10 +267,10 @@ async fn list_agents(
     Path(org): Path<String>,
     Query(q): Query<AgentQuery>,
 ) -> Result<Response, ApiError> {
-    validate_identifier("org", &org).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_identifier("org", &org)?;
     for (field, value) in [("project", &q.project), ("env", &q.env)] {
         if let Some(v) = value {
-            validate_identifier(field, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            validate_identifier(field, v)?;
         }
     }
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
@@ -343,7 +287,7 @@ async fn list_agents(
             ("after.env", &a.env),
             ("after.agent_id", &a.agent_id),
         ] {
-            validate_identifier(field, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            validate_identifier(field, v)?;
         }
     }
     if let Some(limit) = q.limit
@@ -360,11 +304,7 @@ async fn list_agents(
         after,
         limit: q.limit,
     };
-    let agents = state
-        .store
-        .list_agents(&filter)
-        .await
-        .map_err(ApiError::internal)?;
+    let agents = state.store.list_agents(&filter).await?;
     let full = u32::try_from(agents.len()).unwrap_or(u32::MAX) >= filter.page_size();
     let next_after = agents
         .last()
@@ -391,21 +331,13 @@ async fn agent_records(
     Query(q): Query<RecordQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    validate_identifier("agent_id", &agent_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_identifier("agent_id", &agent_id)?;
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
     }
     let key = AgentKey { tenant, agent_id };
-    let total = state
-        .store
-        .count_records(&key)
-        .await
-        .map_err(ApiError::internal)?;
-    let rows = state
-        .store
-        .records(&key, q.after, q.limit)
-        .await
-        .map_err(ApiError::internal)?;
+    let total = state.store.count_records(&key).await?;
+    let rows = state.store.records(&key, q.after, q.limit).await?;
     let records: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -434,11 +366,7 @@ async fn agent_gaps(
     Path((org, project, env, agent_id)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    validate_identifier("agent_id", &agent_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let gaps = state
-        .store
-        .gaps(&AgentKey { tenant, agent_id })
-        .await
-        .map_err(ApiError::internal)?;
+    validate_identifier("agent_id", &agent_id)?;
+    let gaps = state.store.gaps(&AgentKey { tenant, agent_id }).await?;
     Ok(Json(json!({ "gaps": gaps })).into_response())
 }
