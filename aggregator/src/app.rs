@@ -25,6 +25,7 @@ use crate::ingest::{IngestLimits, IngestState};
 use crate::metrics::Metrics;
 use crate::pki;
 use crate::registry::{BundleDefaults, Registry};
+use crate::secrets::{self, Access};
 
 /// Name of the admin token file inside the data directory.
 pub use crate::config::ADMIN_TOKEN_FILE;
@@ -190,7 +191,7 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
     let token = hex::encode(bytes);
-    write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
+    secrets::write_atomic(&path, format!("{token}\n").as_bytes(), Access::Private).map_err(err)?;
     Ok(token)
 }
 
@@ -214,40 +215,7 @@ fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeErr
 /// A 32-byte secret in `dir/file`, created (mode 0600) on first use.
 fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError> {
     let path = dir.join(file);
-    let err = |source| ServeError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read(&path) {
-        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-            err(std::io::Error::other(format!(
-                "expected 32 bytes, found {}; delete the file to generate a new key",
-                bytes.len()
-            )))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
-            write_private(&path, &bytes).map_err(err)?;
-            Ok(bytes)
-        }
-        Err(e) => Err(err(e)),
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    secrets::load_or_create_32(&path).map_err(|source| ServeError::DataDir { path, source })
 }
 
 /// Start every subsystem; returns once the endpoints are bound.

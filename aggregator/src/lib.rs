@@ -10,7 +10,7 @@
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: create, issue, identity and serial rules).
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
-//! - Shared below the features: [`clock`] (every wall-clock read), [`metrics`] (Prometheus text).
+//! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!
 //! The binary side (`main.rs` + `cmd/`) parses the command line and is the only place `anyhow` is used.
 pub mod api;
@@ -22,3 +22,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod secrets;

@@ -11,7 +11,6 @@
 //! serial. Keys are PKCS#8 PEM, written with mode 0600. Files are replaced atomically (temp file + rename).
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +25,7 @@ use x509_parser::prelude::FromDer;
 pub mod identity;
 pub mod pem;
 
+use crate::secrets::{self, Access};
 use identity::{AgentIdentity, IdentityError, canonical_serial_hex};
 use pem::PemError;
 
@@ -589,38 +589,14 @@ fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
     builder.create(dir).map_err(|source| io_error(dir, source))
 }
 
-/// Writes `bytes` to `path` through a fresh temp file in the same directory, fsynced, then renamed over
-/// `path`. Private files are created with mode 0600, so the key is never readable by others.
+/// Writes a CA file through the one secrets writer (atomic; private keys 0600).
 fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut suffix = [0u8; 6];
-    getrandom::fill(&mut suffix).map_err(|e| PkiError::Random(e.to_string()))?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
-
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_error(path, source));
-    }
-    Ok(())
+    let access = if private {
+        Access::Private
+    } else {
+        Access::Public
+    };
+    secrets::write_atomic(path, bytes, access).map_err(|source| io_error(path, source))
 }
 
 #[cfg(test)]

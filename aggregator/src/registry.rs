@@ -136,9 +136,10 @@ impl Registry {
             let key = sign::load_private_key_file(&private)
                 .map_err(|e| key_err(&private, e.to_string()))?;
             if !public.exists() {
-                std::fs::write(
+                crate::secrets::write_atomic(
                     &public,
-                    format!("{}\n", key.public_key().to_gait_public_key()),
+                    format!("{}\n", key.public_key().to_gait_public_key()).as_bytes(),
+                    crate::secrets::Access::Public,
                 )
                 .map_err(|e| key_err(&public, e.to_string()))?;
             }
