@@ -3,7 +3,7 @@
 //! # Exchange protocol (agent side: `gait-agent`'s daemon)
 //! - QUIC with mutual TLS 1.3 and ALPN [`gait_wire::ALPN`]. Agents always dial out; the aggregator never
 //!   connects to an agent. The agent's identity and tenancy come only from its verified certificate
-//!   ([`crate::tls::peer_identity`]); nothing a message claims is used for authorization.
+//!   ([`crate::ingest::tls::peer_identity`]); nothing a message claims is used for authorization.
 //! - One request per bidirectional stream: the agent writes one framed [`AgentMsg`] and finishes its side; the
 //!   aggregator answers with one framed [`ServerMsg`] and finishes. The first exchange of a connection is
 //!   `Hello` -> `Welcome`; any other request before it is answered with `Error(BadRequest)`.
@@ -15,6 +15,9 @@
 //!   an outbox record).
 //! - A request that is oversized, malformed or not read within [`REQUEST_READ_TIMEOUT`] closes the connection
 //!   with [`CLOSE_PROTOCOL_VIOLATION`] and a logged reason; other connections are unaffected.
+
+pub mod tickets;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,10 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_ms;
+use crate::fleet::presence::Presence;
+use crate::ingest::tls::{RevocationSet, peer_identity};
 use crate::metrics::{self, Metrics};
-use crate::presence::Presence;
-use crate::registry::{Registry, unix_ms};
-use crate::tls::{AgentIdentity, RevocationSet, peer_identity};
+use crate::pki::identity::AgentIdentity;
+use crate::registry::Registry;
 
 /// Longest a bundle long-poll is held open.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
@@ -94,7 +99,7 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::presence`]).
+    /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::fleet::presence`]).
     pub fn new(
         store: Store,
         registry: Arc<Registry>,
@@ -210,7 +215,7 @@ async fn handle_incoming(
         }
     };
     // A certificate revoked after the handshake verifier last looked is still caught here, and so is one a
-    // resumed session (crate::tickets) brought back without running the verifier at all.
+    // resumed session (crate::ingest::tickets) brought back without running the verifier at all.
     if state.revoked.contains(&identity.serial_hex) {
         state
             .metrics

@@ -1,16 +1,25 @@
 //! Gait fleet aggregator library: the buyer-hosted control plane behind `gait-aggregator`.
 //!
-//! - [`serve`] wires everything together; [`ingest`] speaks the QUIC exchange protocol with agents;
-//!   [`http`] is the operator API; [`registry`] signs and distributes policy bundles;
-//!   [`pki`] and [`tls`] own the deployment CA and mutual TLS; [`metrics`] renders Prometheus text.
-pub mod cli;
-pub mod http;
+//! Layout map (dependencies point down this list, never back up):
+//!
+//! - [`app`]: the composition root; the only module that knows every other one. `start` builds the store,
+//!   PKI, registry, ingest endpoint and HTTP API from a config and runs them until shutdown.
+//! - Edges that translate and decide nothing: [`api`] (the operator HTTP API) and [`ingest`] (the QUIC
+//!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
+//!   `ingest::tickets`).
+//! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
+//!   known about agents: presence), [`pki`] (the deployment CA: create, issue, identity and serial rules).
+//! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
+//! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
+//!
+//! The binary side (`main.rs` + `cmd/`) parses the command line and is the only place `anyhow` is used.
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod fleet;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
-pub mod policy_check;
-pub mod presence;
 pub mod registry;
-pub mod serve;
-pub mod tickets;
-pub mod tls;
+pub mod secrets;

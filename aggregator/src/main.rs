@@ -1,15 +1,15 @@
 //! `gait-aggregator`: the buyer-hosted control plane. Thin entry point: parse the command line, set up logging,
 //! call the library, map errors to exit codes.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use gait_aggregator::{cli, serve};
+use clap::{Parser, Subcommand, ValueEnum};
+use gait_aggregator::config::Config;
 use tokio_util::sync::CancellationToken;
+
+mod cmd;
 
 /// Gait fleet aggregator: mutual-TLS QUIC ingest for gait-agents, signed policy bundles, fleet inventory.
 ///
@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 ///   gait-aggregator pki issue-agent --org acme --project web --env prod --agent-id a1 --out ./agent-a1
 ///
 ///   gait-aggregator publish --org acme --project web --env prod --policy policy.yaml
+///
+/// With a configuration file, give it to every subcommand (or set GAIT_CONFIG):
+///
+///   gait-aggregator --config /etc/gait/aggregator.yaml config check
 #[derive(Parser, Debug)]
 #[command(
     name = "gait-aggregator",
@@ -35,6 +39,11 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `gait_aggregator=debug`.
     #[arg(long, global = true, default_value = "info", env = "GAIT_LOG")]
     log_level: String,
+    /// Configuration file (YAML, see deploy/config/aggregator.yaml) read by every subcommand, so operator
+    /// commands use the same data directory and database as the server. Optional: without it the embedded
+    /// defaults apply. `GAIT_*` environment variables and the flags of each subcommand override its keys.
+    #[arg(long, global = true, env = "GAIT_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,71 +58,36 @@ enum LogFormat {
 enum Command {
     /// Run the aggregator: QUIC ingest for agents and the HTTP API. Creates the data directory, a private CA,
     /// the registry signing key and an admin token on first start.
-    Serve(ServeArgs),
+    Serve(cmd::serve::ServeArgs),
     /// Manage the deployment's private CA: create it, issue agent certificates, revoke them.
     #[command(subcommand)]
     Pki(PkiCommand),
     /// Sign and publish policy files as the next bundle of an org/project/environment (through the HTTP API).
-    Publish(cli::PublishArgs),
+    Publish(cmd::publish::PublishArgs),
     /// List agents of an org with last-seen time, address, version and bundle versions (through the HTTP API).
-    Agents(cli::AgentsArgs),
+    Agents(cmd::agents::AgentsArgs),
     /// Create or upgrade the database schema and exit.
-    Migrate(DataArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-struct DataArgs {
-    /// Data directory (SQLite database, PKI, keys, admin token).
-    #[arg(long, default_value = "./gait-data", env = "GAIT_DATA_DIR")]
-    data_dir: PathBuf,
-    /// PostgreSQL URL (`postgres://user@host/db`); the default is SQLite in the data directory.
-    #[arg(long, env = "GAIT_DATABASE_URL")]
-    database_url: Option<String>,
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    /// UDP address agents connect to (QUIC + mutual TLS).
-    #[arg(long, default_value = "127.0.0.1:7443", env = "GAIT_QUIC_LISTEN")]
-    quic_listen: SocketAddr,
-    /// TCP address of the HTTP API (/healthz, /readyz, /metrics, /v1/...).
-    #[arg(long, default_value = "127.0.0.1:7080", env = "GAIT_HTTP_LISTEN")]
-    http_listen: SocketAddr,
-    /// DNS names / IPs for the server certificate when the CA is created on first start (repeatable).
-    #[arg(long = "server-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
-    server_names: Vec<String>,
-    /// Kernel receive/send buffer for the QUIC UDP socket, in bytes. A large buffer keeps handshakes from being
-    /// dropped when a whole fleet reconnects after a restart; Linux caps it at net.core.rmem_max (the granted
-    /// size is logged at start). 0 keeps the system default.
-    #[arg(long, default_value_t = serve::DEFAULT_UDP_BUFFER_BYTES, env = "GAIT_UDP_BUFFER_BYTES")]
-    udp_buffer_bytes: usize,
-    /// Handshakes per second the fleet should come back at after this aggregator stops. At shutdown every agent
-    /// is told to spread its first redial over (connected agents / rate) seconds, so a restart meets a steady
-    /// stream instead of a herd. Size it to what the host sustains (about 1,000 per core; see
-    /// docs/benchmarks.md).
-    #[arg(long, default_value_t = gait_aggregator::ingest::DEFAULT_RECONNECT_RATE, env = "GAIT_RECONNECT_RATE",
-        value_parser = clap::value_parser!(u32).range(1..))]
-    reconnect_rate: u32,
-    /// Hand agents TLS 1.3 session tickets so their reconnects (also after a restart) resume without a
-    /// certificate handshake, about a quarter less CPU on both ends than a full one. The ticket secret is `keys/tls-ticket.key`;
-    /// `false` makes every connection a full mutual-TLS handshake.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GAIT_SESSION_TICKETS")]
-    session_tickets: bool,
-    /// Seconds to wait for in-flight work after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 10)]
-    grace_seconds: u64,
+    Migrate(cmd::DataArgs),
+    /// Inspect the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Subcommand, Debug)]
 enum PkiCommand {
     /// Create the CA and the server certificate under <data-dir>/pki.
-    Init(cli::PkiInitArgs),
+    Init(cmd::pki::PkiInitArgs),
     /// Issue an agent client certificate carrying its org/project/env/agent id, plus a ready agent.yaml.
-    IssueAgent(cli::IssueAgentArgs),
+    IssueAgent(cmd::pki::IssueAgentArgs),
     /// Revoke an agent certificate: refused at its next handshake, live connections closed within seconds.
-    Revoke(cli::RevokeArgs),
+    Revoke(cmd::pki::RevokeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration (file + GAIT_* environment) and print the effective values, secrets redacted.
+    /// An unknown key or a bad value is an error naming its dotted key.
+    Check(cmd::config::CheckArgs),
 }
 
 fn init_tracing(format: LogFormat, level: &str) -> Result<(), String> {
@@ -149,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.config.as_deref(), cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -158,48 +132,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Result<ExitCode> {
+    let load = || {
+        Config::load(config_file).with_context(|| match config_file {
+            Some(path) => format!("configuration {}", path.display()),
+            None => "configuration (GAIT_* environment)".to_owned(),
+        })
+    };
     match command {
+        Command::Config(ConfigCommand::Check(args)) => cmd::config::check(config_file, &args),
         Command::Serve(args) => {
-            let mut config = serve::ServeConfig::embedded(args.data.data_dir);
-            config.database_url = args.data.database_url;
-            config.quic_listen = args.quic_listen;
-            config.http_listen = args.http_listen;
-            config.server_names = args.server_names;
-            config.udp_buffer_bytes = args.udp_buffer_bytes;
-            config.reconnect_rate = args.reconnect_rate;
-            config.session_tickets = args.session_tickets;
+            let config = args.apply(load()?)?;
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
-            let running = serve::start(config, shutdown)
-                .await
-                .context("aggregator failed to start")?;
-            println!(
-                "gait-aggregator serving: quic={} http=http://{}",
-                running.quic_addr, running.http_addr
-            );
-            let clean = running.wait(Duration::from_secs(args.grace_seconds)).await;
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            cmd::serve::run(&config, shutdown).await
         }
-        Command::Pki(PkiCommand::Init(args)) => cli::pki_init(args),
-        Command::Pki(PkiCommand::IssueAgent(args)) => cli::issue_agent(args),
-        Command::Pki(PkiCommand::Revoke(args)) => cli::revoke(args).await,
-        Command::Publish(args) => cli::publish(args).await,
-        Command::Agents(args) => cli::agents(args).await,
-        Command::Migrate(args) => {
-            let config = serve::ServeConfig {
-                database_url: args.database_url,
-                ..serve::ServeConfig::embedded(args.data_dir)
-            };
-            std::fs::create_dir_all(&config.data_dir)?;
-            let store = gait_store::Store::connect(&config.effective_database_url()).await?;
-            println!("schema up to date ({})", store.backend());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Pki(PkiCommand::Init(args)) => cmd::pki::pki_init(args, load()?),
+        Command::Pki(PkiCommand::IssueAgent(args)) => cmd::pki::issue_agent(args, load()?),
+        Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
+        Command::Publish(args) => cmd::publish::publish(args, load()?).await,
+        Command::Agents(args) => cmd::agents::agents(args, load()?).await,
+        Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
 }
 

@@ -11,7 +11,6 @@
 //! serial. Keys are PKCS#8 PEM, written with mode 0600. Files are replaced atomically (temp file + rename).
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +22,12 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::tls::{self, AgentIdentity, IdentityError, TlsError};
+pub mod identity;
+pub mod pem;
+
+use crate::secrets::{self, Access};
+use identity::{AgentIdentity, IdentityError, canonical_serial_hex};
+use pem::PemError;
 
 /// CA certificate file name in a PKI directory (and in an agent's output directory).
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -185,7 +189,7 @@ pub enum PkiError {
     Identity(#[from] IdentityError),
     /// A PEM file could not be loaded.
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Pem(#[from] PemError),
     /// The identity names a trust domain other than the CA's.
     #[error("trust domain `{requested}` does not match the CA's trust domain `{ca}`")]
     TrustDomainMismatch {
@@ -258,7 +262,7 @@ pub enum PkiError {
 
 /// Creates the CA and the server certificate in `dir` (created if missing).
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
-    tls::validate_trust_domain(&opts.trust_domain)?;
+    identity::validate_trust_domain(&opts.trust_domain)?;
     let sans = server_sans(&opts.server_names)?;
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
@@ -351,7 +355,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
 pub fn trust_domain(dir: &Path) -> Result<String, PkiError> {
     let ca_cert_path = existing(dir, CA_CERT_FILE)?;
     let ca_der = first_cert(&ca_cert_path)?;
-    tls::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
+    identity::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
 }
 
 /// Issues a client certificate for agent `id` with the CA in `dir`, writing `agent.pem`, `agent.key` and
@@ -369,9 +373,10 @@ pub fn issue_agent(
     let ca_cert_path = existing(dir, CA_CERT_FILE)?;
     let ca_key_path = existing(dir, CA_KEY_FILE)?;
     let ca_der = first_cert(&ca_cert_path)?;
-    let ca_trust_domain = tls::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
-        path: ca_cert_path.clone(),
-    })?;
+    let ca_trust_domain =
+        identity::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
+            path: ca_cert_path.clone(),
+        })?;
     if !id.trust_domain.is_empty() && id.trust_domain != ca_trust_domain {
         return Err(PkiError::TrustDomainMismatch {
             ca: ca_trust_domain,
@@ -440,45 +445,8 @@ pub fn cert_serial_hex(cert_pem: &Path) -> Result<String, PkiError> {
     Ok(canonical_serial_hex(cert.raw_serial()))
 }
 
-/// Canonical text form of a certificate serial: lowercase hex of the DER integer content with leading
-/// zero bytes removed (so always an even number of digits, never starting with `00`); zero is `00`.
-pub fn canonical_serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        return "00".to_owned();
-    }
-    hex::encode(&raw[start..])
-}
-
-/// Brings a serial typed by a person (`AB:CD:01`, `0abcd01`, ` abcd01 `) to the form of
-/// [`canonical_serial_hex`]. Input that is not hex stays as given, lowercased, and so matches no
-/// certificate; use [`is_serial_hex`] to reject it first.
-pub fn normalize_serial_hex(serial: &str) -> String {
-    let digits: String = serial
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let significant = digits.trim_start_matches('0');
-    if significant.is_empty() {
-        return "00".to_owned();
-    }
-    if significant.len() % 2 == 1 {
-        format!("0{significant}")
-    } else {
-        significant.to_owned()
-    }
-}
-
-/// Whether `serial` is hex digits, optionally separated by `:` (at most 20 bytes, the RFC 5280 limit).
-pub fn is_serial_hex(serial: &str) -> bool {
-    let digits: Vec<char> = serial.trim().chars().filter(|c| *c != ':').collect();
-    !digits.is_empty() && digits.len() <= 40 && digits.iter().all(char::is_ascii_hexdigit)
-}
-
 fn now_seconds() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
 }
 
@@ -502,7 +470,7 @@ fn existing(dir: &Path, name: &str) -> Result<PathBuf, PkiError> {
 }
 
 fn first_cert(path: &Path) -> Result<Vec<u8>, PkiError> {
-    let certs = tls::load_certs(path)?;
+    let certs = pem::load_certs(path)?;
     certs
         .into_iter()
         .next()
@@ -621,57 +589,19 @@ fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
     builder.create(dir).map_err(|source| io_error(dir, source))
 }
 
-/// Writes `bytes` to `path` through a fresh temp file in the same directory, fsynced, then renamed over
-/// `path`. Private files are created with mode 0600, so the key is never readable by others.
+/// Writes a CA file through the one secrets writer (atomic; private keys 0600).
 fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut suffix = [0u8; 6];
-    getrandom::fill(&mut suffix).map_err(|e| PkiError::Random(e.to_string()))?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
-
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_error(path, source));
-    }
-    Ok(())
+    let access = if private {
+        Access::Private
+    } else {
+        Access::Public
+    };
+    secrets::write_atomic(path, bytes, access).map_err(|source| io_error(path, source))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn canonical_and_normalized_serials_agree() {
-        assert_eq!(canonical_serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
-        assert_eq!(canonical_serial_hex(&[0x0a, 0xbc]), "0abc");
-        assert_eq!(canonical_serial_hex(&[0, 0]), "00");
-        assert_eq!(normalize_serial_hex("00:8F:01"), "8f01");
-        assert_eq!(normalize_serial_hex("abc"), "0abc");
-        assert_eq!(normalize_serial_hex(" 0ABC "), "0abc");
-        assert_eq!(normalize_serial_hex("0"), "00");
-        assert!(is_serial_hex("AB:cd"));
-        assert!(!is_serial_hex("xyz"));
-        assert!(!is_serial_hex(""));
-    }
 
     #[test]
     fn init_writes_private_keys_and_refuses_to_replace_the_ca() -> anyhow::Result<()> {
@@ -745,7 +675,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(message.contains("invalid project `Web`"), "{message}");
-        assert!(message.contains(crate::tls::IDENTIFIER_RULE), "{message}");
+        assert!(message.contains(identity::IDENTIFIER_RULE), "{message}");
 
         let foreign = AgentIdentity::for_issuance("other.example", "acme", "web", "prod", "a-1");
         assert!(matches!(

@@ -6,6 +6,8 @@
 //! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
 //! sharing the same database.
 
+pub mod validate;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use gait_canon::sign::{self, PublicKey, SigningKey};
 use gait_store::{Store, StoreError, StoredBundle, Tenant};
 use tokio::sync::watch;
 
+use crate::clock::unix_ms;
 use crate::metrics::{self, Metrics};
 
 /// File name of the registry's private signing key inside the key directory.
@@ -133,9 +136,10 @@ impl Registry {
             let key = sign::load_private_key_file(&private)
                 .map_err(|e| key_err(&private, e.to_string()))?;
             if !public.exists() {
-                std::fs::write(
+                crate::secrets::write_atomic(
                     &public,
-                    format!("{}\n", key.public_key().to_gait_public_key()),
+                    format!("{}\n", key.public_key().to_gait_public_key()).as_bytes(),
+                    crate::secrets::Access::Public,
                 )
                 .map_err(|e| key_err(&public, e.to_string()))?;
             }
@@ -163,7 +167,7 @@ impl Registry {
                 Some(b) => (b.epoch + 1, Some(b.digest.clone())),
                 None => (1, None),
             };
-            let now = time::OffsetDateTime::now_utc();
+            let now = crate::clock::now_utc();
             let validity = req.validity.unwrap_or(self.defaults.validity);
             let not_after = now + validity;
             let mut builder =
@@ -329,9 +333,11 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
                 text.len()
             )));
         }
-        crate::policy_check::check(text.as_bytes()).map_err(|message| RegistryError::Policy {
-            name: name.clone(),
-            message,
+        crate::registry::validate::check(text.as_bytes()).map_err(|message| {
+            RegistryError::Policy {
+                name: name.clone(),
+                message,
+            }
         })?;
     }
     Ok(())
@@ -339,11 +345,6 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
 
 pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {
     Scope::from_parts(&t.org, &t.project, &t.env).map_err(|e| RegistryError::Invalid(e.to_string()))
-}
-
-pub fn unix_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Per-scope watch channels carrying the newest bundle.

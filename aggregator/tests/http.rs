@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use gait_aggregator::http::{AppState, OPENAPI_JSON, router};
+use gait_aggregator::api::{AppState, OPENAPI_JSON, router};
 use gait_aggregator::metrics::Metrics;
 use gait_aggregator::registry::{BundleDefaults, Registry};
 use gait_canon::sign::SigningKey;
@@ -205,9 +205,11 @@ async fn every_documented_route_is_served(db: &TestStore) -> anyhow::Result<()> 
         {
             let body = (method == "post").then(|| json!({"policies": {"p.yaml": POLICY}}));
             let (s, v) = call(&app, &method.to_uppercase(), &concrete, Some(TOKEN), body).await;
-            // A route the router does not know answers 404/405 with an empty body; ours answer JSON or text.
-            let unrouted = (s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED)
-                && v == Value::String(String::new());
+            // A route the router does not know answers the fallbacks' 404 or 405.
+            let unrouted = v["error"]["code"] == "method_not_allowed"
+                || v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("no such route"));
             anyhow::ensure!(
                 !unrouted,
                 "{method} {path} is documented but not routed ({s})"
@@ -288,7 +290,129 @@ async fn agents_are_paged_with_a_cursor_and_bad_paging_is_refused(
     Ok(())
 }
 
+/// Sends `body` with `content_type` (and the admin token) and returns the status and the JSON answer.
+async fn raw(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", content_type)
+        .body(Body::from(body))?;
+    let resp = app.clone().oneshot(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{status}: answer is not JSON ({e}): {bytes:?}"))?;
+    Ok((status, value))
+}
+
+fn ensure_shape(
+    what: &str,
+    got: (StatusCode, Value),
+    status: StatusCode,
+    code: &str,
+) -> anyhow::Result<()> {
+    let (s, v) = got;
+    anyhow::ensure!(
+        s == status
+            && v["error"]["code"] == code
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+        "{what}: expected {status} {code}, got {s} {v}"
+    );
+    anyhow::ensure!(
+        v.as_object().map(|o| o.len()) == Some(1)
+            && v["error"].as_object().map(|o| o.len()) == Some(2),
+        "{what}: not the one error shape: {v}"
+    );
+    Ok(())
+}
+
+async fn every_error_has_the_one_json_shape(db: &TestStore) -> anyhow::Result<()> {
+    let (app, _) = app(db);
+    let publish = "/v1/orgs/acme/projects/web/envs/prod/bundles";
+    let json_body = json!({"policies": {"p.yaml": POLICY}})
+        .to_string()
+        .into_bytes();
+    ensure_shape(
+        "unknown route",
+        raw(&app, "GET", "/v2/nothing", "application/json", Vec::new()).await?,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )?;
+    ensure_shape(
+        "wrong method on a public route",
+        raw(&app, "DELETE", "/healthz", "application/json", Vec::new()).await?,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )?;
+    ensure_shape(
+        "wrong method on an API route",
+        raw(&app, "PUT", publish, "application/json", json_body.clone()).await?,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )?;
+    ensure_shape(
+        "body not JSON",
+        raw(&app, "POST", publish, "text/plain", json_body).await?,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )?;
+    let mut huge = br#"{"policies": {"p.yaml": ""#.to_vec();
+    huge.resize(9 * 1024 * 1024, b'a');
+    huge.extend_from_slice(br#""}}"#);
+    ensure_shape(
+        "body over the limit",
+        raw(&app, "POST", publish, "application/json", huge).await?,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )?;
+    ensure_shape(
+        "malformed JSON",
+        raw(&app, "POST", publish, "application/json", b"{".to_vec()).await?,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )?;
+    ensure_shape(
+        "bad identifier",
+        raw(
+            &app,
+            "GET",
+            "/v1/orgs/ACME/agents",
+            "application/json",
+            Vec::new(),
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )?;
+    ensure_shape(
+        "refused policy",
+        raw(
+            &app,
+            "POST",
+            publish,
+            "application/json",
+            json!({"policies": {"p.yaml": "not: a policy"}})
+                .to_string()
+                .into_bytes(),
+        )
+        .await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+    )?;
+    Ok(())
+}
+
 gait_store::store_tests!(
+    every_error_has_the_one_json_shape,
     publish_is_authenticated_validated_and_signed,
     every_documented_route_is_served,
     agents_are_paged_with_a_cursor_and_bad_paging_is_refused

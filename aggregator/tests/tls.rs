@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use gait_aggregator::ingest::tickets::SessionTickets;
+use gait_aggregator::ingest::tls::{self, RevocationSet, TransportTuning};
 use gait_aggregator::metrics::Metrics;
+use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, InitOptions, IssuedAgent, Validity};
-use gait_aggregator::tickets::SessionTickets;
-use gait_aggregator::tls::{self, AgentIdentity, RevocationSet, TransportTuning};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use gait_aggregator::pki::identity::AgentIdentity;
 use gait_aggregator::pki::{self, Validity};
-use gait_aggregator::tls::AgentIdentity;
 use gait_wire::{
     AgentMsg, AgentMsgV1, FrameDecoder, Hello, PROTOCOL_VERSION, PollBundle, ServerMsg, ServerMsgV1,
 };
@@ -241,10 +241,9 @@ impl AggregatorProc {
             bail!("aggregator did not start: {line:?}\n{}", tail(&log, 2000));
         };
         let (quic, http) = rest.split_once(" http=http://").context("serving line")?;
-        let token =
-            std::fs::read_to_string(data_dir.join(gait_aggregator::serve::ADMIN_TOKEN_FILE))?
-                .trim()
-                .to_owned();
+        let token = std::fs::read_to_string(data_dir.join(gait_aggregator::app::ADMIN_TOKEN_FILE))?
+            .trim()
+            .to_owned();
         Ok(Self {
             child,
             _stdout: stdout,

@@ -17,18 +17,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::http::{AppState, router};
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::ingest::tickets::SessionTickets;
+use crate::ingest::tls::{RevocationSet, TransportTuning, server_config};
 use crate::ingest::{IngestLimits, IngestState};
 use crate::metrics::Metrics;
 use crate::pki;
 use crate::registry::{BundleDefaults, Registry};
-use crate::tickets::SessionTickets;
-use crate::tls::{RevocationSet, TransportTuning, server_config};
+use crate::secrets::{self, Access};
 
-/// Name of the SQLite database file inside the data directory.
-pub const SQLITE_FILE: &str = "aggregator.db";
 /// Name of the admin token file inside the data directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use crate::config::ADMIN_TOKEN_FILE;
+/// Name of the SQLite database file inside the data directory.
+pub use crate::config::SQLITE_FILE;
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -43,6 +45,8 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Server names put in the server certificate when the PKI is created on first start.
     pub server_names: Vec<String>,
+    /// SPIFFE trust domain of the CA when the PKI is created on first start.
+    pub trust_domain: String,
     /// Defaults for published bundles.
     pub bundle_defaults: BundleDefaults,
     /// QUIC transport tuning.
@@ -60,7 +64,7 @@ pub struct ServeConfig {
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
-pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
+pub use crate::config::DEFAULT_UDP_BUFFER_BYTES;
 
 impl ServeConfig {
     /// Embedded defaults rooted at `data_dir`.
@@ -71,12 +75,28 @@ impl ServeConfig {
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            trust_domain: pki::DEFAULT_TRUST_DOMAIN.to_owned(),
             bundle_defaults: BundleDefaults::default(),
             transport: TransportTuning::default(),
             revocation_refresh: Duration::from_secs(1),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
+        }
+    }
+
+    /// What `serve` runs with under `config` (the file, the environment and the flags already merged).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            database_url: config.database.url.clone(),
+            quic_listen: config.quic.listen,
+            http_listen: config.http.listen,
+            server_names: config.pki.server_names.clone(),
+            trust_domain: config.pki.trust_domain.clone(),
+            udp_buffer_bytes: config.quic.udp_buffer_bytes,
+            reconnect_rate: config.quic.reconnect_rate,
+            session_tickets: config.quic.session_tickets,
+            ..Self::embedded(config.data_dir.clone())
         }
     }
 
@@ -112,7 +132,9 @@ pub enum ServeError {
     #[error("pki: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::ingest::tls::TlsError),
+    #[error("tls: {0}")]
+    Pem(#[from] crate::pki::pem::PemError),
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -169,14 +191,14 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
     let token = hex::encode(bytes);
-    write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
+    secrets::write_atomic(&path, format!("{token}\n").as_bytes(), Access::Private).map_err(err)?;
     Ok(token)
 }
 
 /// File (in the key directory) holding the secret behind QUIC stateless resets.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
-/// File (in the key directory) holding the secret behind TLS session tickets ([`crate::tickets`]).
+/// File (in the key directory) holding the secret behind TLS session tickets ([`crate::ingest::tickets`]).
 pub const TICKET_KEY_FILE: &str = "tls-ticket.key";
 
 /// The QUIC stateless-reset key, persisted so that an aggregator restarted after a crash can tell agents
@@ -193,40 +215,7 @@ fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeErr
 /// A 32-byte secret in `dir/file`, created (mode 0600) on first use.
 fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError> {
     let path = dir.join(file);
-    let err = |source| ServeError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read(&path) {
-        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-            err(std::io::Error::other(format!(
-                "expected 32 bytes, found {}; delete the file to generate a new key",
-                bytes.len()
-            )))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
-            write_private(&path, &bytes).map_err(err)?;
-            Ok(bytes)
-        }
-        Err(e) => Err(err(e)),
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    secrets::load_or_create_32(&path).map_err(|source| ServeError::DataDir { path, source })
 }
 
 /// Start every subsystem; returns once the endpoints are bound.
@@ -242,6 +231,7 @@ pub async fn start(
     if !pki_dir.join("ca.pem").exists() {
         let opts = pki::InitOptions {
             server_names: config.server_names.clone(),
+            trust_domain: config.trust_domain.clone(),
             ..Default::default()
         };
         pki::init(&pki_dir, &opts)?;
@@ -261,7 +251,7 @@ pub async fn start(
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
     let ca_pem = pki_dir.join("ca.pem");
-    let ca_der = crate::tls::load_certs(&ca_pem)?
+    let ca_der = crate::pki::pem::load_certs(&ca_pem)?
         .into_iter()
         .next()
         .map(|c| c.as_ref().to_vec())

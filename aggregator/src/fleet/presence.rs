@@ -22,8 +22,8 @@ use gait_store::{AgentCursor, AgentHello, AgentKey, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::clock::unix_ms;
 use crate::metrics::{self, Metrics};
-use crate::registry::unix_ms;
 
 /// Most hellos written in one transaction.
 pub const MAX_GROUP: usize = 512;

@@ -18,13 +18,13 @@
 //!
 //! # What a resumed connection still goes through
 //! The certificate verifier does not run on resumption, so [`crate::ingest`] re-checks every connection after
-//! the handshake: revocation (the live [`crate::tls::RevocationSet`]) and certificate expiry. A ticket older
+//! the handshake: revocation (the live [`crate::ingest::tls::RevocationSet`]) and certificate expiry. A ticket older
 //! than [`TICKET_LIFETIME`] is refused by [`SessionTickets::decrypt`] and the agent falls back to a full
 //! handshake.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;
@@ -147,12 +147,6 @@ impl SessionTickets {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl rustls::server::ProducesTickets for SessionTickets {
     fn enabled(&self) -> bool {
         true
@@ -163,7 +157,7 @@ impl rustls::server::ProducesTickets for SessionTickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let ticket = self.seal(plain, now_unix());
+        let ticket = self.seal(plain, crate::clock::unix_seconds());
         if ticket.is_some() {
             self.issued.fetch_add(1, Ordering::Relaxed);
         }
@@ -171,7 +165,7 @@ impl rustls::server::ProducesTickets for SessionTickets {
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let state = self.open(cipher, now_unix());
+        let state = self.open(cipher, crate::clock::unix_seconds());
         let counter = if state.is_some() {
             &self.resumed
         } else {

@@ -1,0 +1,102 @@
+//! HTTP API of the aggregator (axum): health, readiness, metrics, OpenAPI, bundle publishing, agent inventory.
+//! One file per resource: `health`, `bundles`, `agents`, `records`; `auth` is the admin-token gate and `error`
+//! the one error shape.
+//!
+//! `router(state)` is separate from serving so handler tests drive it with `oneshot` and no socket. Every
+//! `/v1` route needs the admin bearer token (operators' OIDC identities and RBAC arrive with the tenancy work);
+//! every error, unknown routes and methods included, has one JSON shape (see [`error`] for the status table):
+//! `{"error":{"code":"<stable machine code>","message":"<what to do>"}}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use gait_store::{Store, Tenant};
+
+mod agents;
+mod auth;
+mod bundles;
+mod error;
+mod health;
+mod records;
+
+pub use bundles::PublishBody;
+pub use error::{ApiError, RequestError};
+
+use crate::metrics::{self, Metrics};
+use crate::pki::identity::validate_identifier;
+use crate::registry::Registry;
+
+/// The OpenAPI document of this API, served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../schemas/openapi.json");
+
+/// Largest request body accepted (a publish carries up to 64 policies).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// State shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// Bearer token that authorizes `/v1` requests.
+    pub admin_token: Arc<String>,
+}
+
+/// Build the router.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles",
+            post(bundles::publish),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest",
+            get(bundles::latest_bundle),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest/raw",
+            get(bundles::latest_bundle_raw),
+        )
+        .route("/v1/orgs/{org}/agents", get(agents::list_agents))
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records",
+            get(records::agent_records),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
+            get(records::agent_gaps),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::render_metrics))
+        .route("/openapi.json", get(health::openapi))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    state.metrics.inc(metrics::HTTP_REQUESTS, 1);
+    next.run(req).await
+}
+fn tenant(org: String, project: String, env: String) -> Result<Tenant, ApiError> {
+    for (field, value) in [("org", &org), ("project", &project), ("env", &env)] {
+        validate_identifier(field, value)?;
+    }
+    Ok(Tenant { org, project, env })
+}

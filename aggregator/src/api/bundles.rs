@@ -1,0 +1,107 @@
+//! `/v1/orgs/{org}/projects/{project}/envs/{env}/bundles`: publish a bundle, read the latest one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gait_bundle::OnStale;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState, RequestError, tenant};
+use crate::registry::PublishRequest;
+
+/// Body of a publish request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// Policy file name -> Gait policy YAML.
+    pub policies: BTreeMap<String, String>,
+    /// Seconds an agent may enforce without contact before it counts as stale.
+    #[serde(default)]
+    pub max_offline_seconds: Option<u64>,
+    /// `keep` or `fail_closed`.
+    #[serde(default)]
+    pub on_stale: Option<String>,
+    /// Seconds the bundle may be activated after signing.
+    #[serde(default)]
+    pub validity_seconds: Option<u64>,
+}
+
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    Path((org, project, env)): Path<(String, String, String)>,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(org, project, env)?;
+    let Json(body) = body.map_err(RequestError::Body)?;
+    let on_stale = match body.on_stale.as_deref() {
+        None => None,
+        Some("keep") => Some(OnStale::Keep),
+        Some("fail_closed") => Some(OnStale::FailClosed),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "on_stale: `{other}` is not one of keep, fail_closed"
+            )));
+        }
+    };
+    if body.validity_seconds == Some(0) {
+        return Err(ApiError::bad_request(
+            "validity_seconds: must be at least 1",
+        ));
+    }
+    let req = PublishRequest {
+        policies: body.policies,
+        max_offline_seconds: body.max_offline_seconds,
+        on_stale,
+        validity: body.validity_seconds.map(Duration::from_secs),
+        created_by: "admin-token".into(),
+    };
+    match state.registry.publish(&tenant, req).await {
+        Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn latest_bundle(
+    State(state): State<AppState>,
+    Path((org, project, env)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(org, project, env)?;
+    let bundle = state.registry.latest(&tenant).await?;
+    let Some(bundle) = bundle else {
+        return Err(ApiError::not_found(
+            "no bundle has been published for this environment",
+        ));
+    };
+    let manifest = gait_bundle::inspect(&bundle.bytes).map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "epoch": bundle.epoch,
+        "digest": bundle.digest,
+        "created_unix_ms": bundle.created_unix_ms,
+        "created_by": bundle.created_by,
+        "manifest": manifest,
+    }))
+    .into_response())
+}
+
+pub(super) async fn latest_bundle_raw(
+    State(state): State<AppState>,
+    Path((org, project, env)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(org, project, env)?;
+    let bundle = state.registry.latest(&tenant).await?;
+    let Some(bundle) = bundle else {
+        return Err(ApiError::not_found(
+            "no bundle has been published for this environment",
+        ));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        bundle.bytes.clone(),
+    )
+        .into_response())
+}

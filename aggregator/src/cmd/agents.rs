@@ -1,0 +1,93 @@
+//! `gait-aggregator agents`: list an org's agents through the API, following every page.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use gait_aggregator::clock::unix_ms;
+use gait_aggregator::config::Config;
+
+use super::{ApiArgs, call};
+
+#[derive(Args, Debug)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: String,
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let mut base = format!("{}/v1/orgs/{}/agents?limit=5000", api.server, args.org);
+    for (k, v) in [("project", &args.project), ("env", &args.env)] {
+        if let Some(v) = v {
+            base.push_str(&format!("&{k}={v}"));
+        }
+    }
+    // Follow the pages until the server returns no cursor.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(cursor) => format!("{base}&after={cursor}"),
+            None => base.clone(),
+        };
+        let (status, page) = call(&api, reqwest::Method::GET, &url, None).await?;
+        if !status.is_success() {
+            eprintln!(
+                "error: ({status}): {}",
+                page["error"]["message"].as_str().unwrap_or("no message")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        all.extend(page["agents"].as_array().cloned().unwrap_or_default());
+        match page["next_after"].as_str() {
+            Some(next) if Some(next) != after.as_deref() => after = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    let answer = serde_json::json!({ "agents": all });
+    if args.json {
+        println!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
+        "AGENT", "PROJECT/ENV", "VERSION", "ADDRESS", "SEEN(s)", "ACTIVE", "RECV"
+    );
+    let now = unix_ms();
+    for a in answer["agents"].as_array().into_iter().flatten() {
+        let seen = a["last_seen_unix_ms"]
+            .as_i64()
+            .map(|t| ((now - t) / 1000).to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
+            a["agent_id"].as_str().unwrap_or(""),
+            format!(
+                "{}/{}",
+                a["project"].as_str().unwrap_or(""),
+                a["env"].as_str().unwrap_or("")
+            ),
+            a["agent_version"].as_str().unwrap_or(""),
+            a["remote_addr"].as_str().unwrap_or(""),
+            seen,
+            a["active_bundle"]["epoch"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            a["received_bundle"]["epoch"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,90 @@
+//! `gait-aggregator publish`: sign and publish policy files as the next bundle of a scope, through the API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use gait_aggregator::config::Config;
+
+use super::{ApiArgs, call};
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub env: String,
+    /// Gait policy YAML file(s) to put in the bundle (repeatable); stored under their file names.
+    #[arg(long = "policy", required = true)]
+    pub policies: Vec<PathBuf>,
+    /// Seconds an agent may enforce without contact before it is stale.
+    #[arg(long)]
+    pub max_offline_seconds: Option<u64>,
+    /// What a stale agent does: keep (enforce the cached bundle) or fail_closed (block everything).
+    #[arg(long)]
+    pub on_stale: Option<String>,
+    /// Seconds the bundle may be activated after signing.
+    #[arg(long)]
+    pub validity_seconds: Option<u64>,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let mut policies = BTreeMap::new();
+    for path in &args.policies {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: not a file name", path.display()))?
+            .to_owned();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading policy {}", path.display()))?;
+        if policies.insert(name.clone(), text).is_some() {
+            bail!("two policies are named {name}; file names must be unique in a bundle");
+        }
+    }
+    let mut body = serde_json::json!({ "policies": policies });
+    if let Some(v) = args.max_offline_seconds {
+        body["max_offline_seconds"] = v.into();
+    }
+    if let Some(v) = &args.on_stale {
+        body["on_stale"] = v.clone().into();
+    }
+    if let Some(v) = args.validity_seconds {
+        body["validity_seconds"] = v.into();
+    }
+    let url = format!(
+        "{}/v1/orgs/{}/projects/{}/envs/{}/bundles",
+        api.server, args.org, args.project, args.env
+    );
+    let (status, answer) = call(&api, reqwest::Method::POST, &url, Some(body)).await?;
+    if args.json {
+        println!("{answer}");
+    } else if status.is_success() {
+        println!(
+            "published epoch {} for {}/{}/{}: digest {}",
+            answer["epoch"],
+            args.org,
+            args.project,
+            args.env,
+            answer["digest"].as_str().unwrap_or("?")
+        );
+    }
+    if !status.is_success() {
+        eprintln!(
+            "error: publish refused ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

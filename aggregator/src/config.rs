@@ -1,0 +1,590 @@
+//! The aggregator's configuration: one optional YAML file (`aggregator.yaml`) read by every subcommand, so
+//! `serve`, `migrate`, `pki`, `publish` and `agents` always agree on the data directory and the database.
+//!
+//! ```yaml
+//! data_dir: /var/lib/gait-aggregator        # SQLite database, pki/, keys/, admin.token
+//! database:
+//!   url: postgres://gait@db.internal/gait   # absent = SQLite file in data_dir
+//! quic:
+//!   listen: 0.0.0.0:7443                    # UDP address agents connect to
+//!   udp_buffer_bytes: 8388608
+//!   reconnect_rate: 1000
+//!   session_tickets: true
+//! http:
+//!   listen: 127.0.0.1:7080                  # operator HTTP API
+//! pki:
+//!   trust_domain: gait.local                # used when the CA is created
+//!   server_names: [localhost, 127.0.0.1]
+//! shutdown: { grace_seconds: 10 }
+//! client:                                   # where `publish` and `agents` reach the API
+//!   server: http://127.0.0.1:7080           # default: http://<http.listen>
+//!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
+//! ```
+//!
+//! Order of precedence, lowest first: built-in defaults (embedded single-machine mode, so no file is needed),
+//! the file, `GAIT_*` environment variables ([`ENV_OVERRIDES`], one key each), command-line flags. Relative
+//! paths in the file are resolved against the directory holding it. Unknown keys are errors, and
+//! [`Config::validate`] names the dotted key of every problem it finds.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::DEFAULT_RECONNECT_RATE;
+use crate::pki::DEFAULT_TRUST_DOMAIN;
+use crate::pki::identity::validate_trust_domain;
+
+/// SQLite database file name inside the data directory when no database URL is configured.
+pub const SQLITE_FILE: &str = "aggregator.db";
+
+/// Name of the admin token file inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Default [`QuicConfig::udp_buffer_bytes`]: 8 MiB.
+pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// Environment variables that override one key each, with the key they override.
+pub const ENV_OVERRIDES: [(&str, &str); 9] = [
+    ("GAIT_DATA_DIR", "data_dir"),
+    ("GAIT_DATABASE_URL", "database.url"),
+    ("GAIT_QUIC_LISTEN", "quic.listen"),
+    ("GAIT_UDP_BUFFER_BYTES", "quic.udp_buffer_bytes"),
+    ("GAIT_RECONNECT_RATE", "quic.reconnect_rate"),
+    ("GAIT_SESSION_TICKETS", "quic.session_tickets"),
+    ("GAIT_HTTP_LISTEN", "http.listen"),
+    ("GAIT_AGGREGATOR_URL", "client.server"),
+    ("GAIT_TOKEN_FILE", "client.token_file"),
+];
+
+/// The whole aggregator configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding the SQLite database, `pki/`, `keys/` and `admin.token`; created if missing.
+    /// Default `./gait-data`.
+    pub data_dir: PathBuf,
+    /// Which database holds the fleet state.
+    pub database: DatabaseConfig,
+    /// The agent-facing QUIC endpoint.
+    pub quic: QuicConfig,
+    /// The operator HTTP API.
+    pub http: HttpConfig,
+    /// The deployment CA, when `serve` or `pki init` creates it.
+    pub pki: PkiConfig,
+    /// Stopping.
+    pub shutdown: ShutdownConfig,
+    /// How the operator commands `publish` and `agents` reach the HTTP API.
+    pub client: ClientConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./gait-data"),
+            database: DatabaseConfig::default(),
+            quic: QuicConfig::default(),
+            http: HttpConfig::default(),
+            pki: PkiConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// `database.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host[:port]/database` or `sqlite://<path>`. Absent: the SQLite file
+    /// `<data_dir>/aggregator.db`. A secret when it carries a password; `config check` redacts it.
+    pub url: Option<String>,
+}
+
+/// `quic.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// UDP address agents connect to (QUIC + mutual TLS). Default `127.0.0.1:7443`.
+    pub listen: SocketAddr,
+    /// Kernel receive/send buffer for the QUIC UDP socket, in bytes; Linux caps it at `net.core.rmem_max`.
+    /// 0 keeps the system default. Default 8 MiB.
+    pub udp_buffer_bytes: usize,
+    /// Handshakes per second the fleet is asked to come back at after this aggregator stops; at least 1.
+    /// Default 1000.
+    pub reconnect_rate: u32,
+    /// Hand agents TLS 1.3 session tickets (secret in `keys/tls-ticket.key`) so reconnects resume without a
+    /// certificate handshake. Default `true`.
+    pub session_tickets: bool,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
+            reconnect_rate: DEFAULT_RECONNECT_RATE,
+            session_tickets: true,
+        }
+    }
+}
+
+/// `http.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address of the HTTP API (`/healthz`, `/readyz`, `/metrics`, `/v1/...`). Default `127.0.0.1:7080`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+        }
+    }
+}
+
+/// `pki.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// SPIFFE trust domain written into every agent identity when the CA is created. Default `gait.local`.
+    pub trust_domain: String,
+    /// DNS names / IPs put in the server certificate when the CA is created; at least one. Default
+    /// `[localhost, 127.0.0.1]`.
+    pub server_names: Vec<String>,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        }
+    }
+}
+
+/// `shutdown.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds to wait for in-flight work after SIGTERM/SIGINT. Default 10.
+    pub grace_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_seconds: 10 }
+    }
+}
+
+/// `client.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Base URL of the HTTP API for `publish` and `agents`. Default `http://<http.listen>` (an unspecified
+    /// listen address is reached on 127.0.0.1).
+    pub server: Option<String>,
+    /// File holding the admin bearer token. Default `<data_dir>/admin.token`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// One validation problem at a dotted key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `quic.reconnect_rate` or `pki.server_names[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported, naming the key.
+        message: String,
+    },
+    /// The values parsed but do not work; every problem is listed.
+    #[error("invalid config: {}", join(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems found by validation (empty for read and parse errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn problem(key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Defaults, then `path` (if any), then the `GAIT_*` environment; validated.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment lookup (tests pass a closure over a map).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let base = path.parent().unwrap_or_else(|| Path::new(""));
+                Self::from_yaml(&text, base).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?
+            }
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses YAML text and resolves relative paths against `base`. Does not validate.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Self, String> {
+        // An empty file (or one holding only comments) is the defaults.
+        let mut config: Config = if text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---"
+        }) {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+        };
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut config.data_dir);
+        if let Some(token) = config.client.token_file.as_mut() {
+            fix(token);
+        }
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (var, key) in ENV_OVERRIDES {
+            let Some(value) = env(var) else { continue };
+            let bad = |what: &str| problem(key, format!("{var}={value:?} is not {what}"));
+            match key {
+                "data_dir" => self.data_dir = PathBuf::from(&value),
+                "database.url" => self.database.url = Some(value.clone()),
+                "quic.listen" => match value.parse() {
+                    Ok(addr) => self.quic.listen = addr,
+                    Err(_) => problems.push(bad("an ip:port address")),
+                },
+                "quic.udp_buffer_bytes" => match value.parse() {
+                    Ok(n) => self.quic.udp_buffer_bytes = n,
+                    Err(_) => problems.push(bad("a byte count")),
+                },
+                "quic.reconnect_rate" => match value.parse() {
+                    Ok(n) => self.quic.reconnect_rate = n,
+                    Err(_) => problems.push(bad("a whole number")),
+                },
+                "quic.session_tickets" => match value.parse() {
+                    Ok(b) => self.quic.session_tickets = b,
+                    Err(_) => problems.push(bad("true or false")),
+                },
+                "http.listen" => match value.parse() {
+                    Ok(addr) => self.http.listen = addr,
+                    Err(_) => problems.push(bad("an ip:port address")),
+                },
+                "client.server" => self.client.server = Some(value.clone()),
+                _ => self.client.token_file = Some(PathBuf::from(&value)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Checks every value; the error lists each problem with its dotted key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(problem("data_dir", "must not be empty"));
+        }
+        if let Some(url) = &self.database.url {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("sqlite" | "postgres" | "postgresql")) {
+                problems.push(problem(
+                    "database.url",
+                    format!(
+                        "`{}` must start with postgres://, postgresql:// or sqlite://",
+                        redact_url(url)
+                    ),
+                ));
+            }
+        }
+        if self.quic.reconnect_rate == 0 {
+            problems.push(problem("quic.reconnect_rate", "must be at least 1"));
+        }
+        if let Err(e) = validate_trust_domain(&self.pki.trust_domain) {
+            problems.push(problem("pki.trust_domain", e.to_string()));
+        }
+        if self.pki.server_names.is_empty() {
+            problems.push(problem("pki.server_names", "must name at least one host"));
+        }
+        for (i, name) in self.pki.server_names.iter().enumerate() {
+            if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                problems.push(problem(
+                    &format!("pki.server_names[{i}]"),
+                    format!("`{name}` is not a DNS name or IP address"),
+                ));
+            }
+        }
+        if let Some(server) = &self.client.server
+            && !(server.starts_with("http://") || server.starts_with("https://"))
+        {
+            problems.push(problem(
+                "client.server",
+                format!("`{server}` must start with http:// or https://"),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The database URL in force: the configured one or the SQLite file under the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.sqlite_path().display()),
+        }
+    }
+
+    /// The embedded SQLite file (used when `database.url` is absent).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join(SQLITE_FILE)
+    }
+
+    /// Base URL of the HTTP API for the operator commands.
+    pub fn client_server(&self) -> String {
+        match &self.client.server {
+            Some(url) => url.clone(),
+            None => {
+                let mut addr = self.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        }
+    }
+
+    /// The admin token file for the operator commands.
+    pub fn client_token_file(&self) -> PathBuf {
+        self.client
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(ADMIN_TOKEN_FILE))
+    }
+
+    /// A copy safe to print: the database password is replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        copy.database.url = copy.database.url.as_deref().map(redact_url);
+        copy
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; a `password=` query value likewise.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            out = format!("{scheme}://{masked}@{host}{tail}");
+        }
+    }
+    if let Some((head, query)) = out.clone().split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{head}?{}", query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("aggregator.yaml");
+        std::fs::write(&path, text).expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load_with_env(Some(&path), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn no_file_is_the_embedded_defaults() {
+        let c = Config::load_with_env(None, |_| None).expect("defaults");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.data_dir, PathBuf::from("./gait-data"));
+        assert_eq!(
+            c.effective_database_url(),
+            "sqlite://./gait-data/aggregator.db?mode=rwc"
+        );
+        assert_eq!(c.client_server(), "http://127.0.0.1:7080");
+        assert_eq!(
+            c.client_token_file(),
+            PathBuf::from("./gait-data/admin.token")
+        );
+    }
+
+    #[test]
+    fn file_values_apply_and_relative_paths_follow_the_file() {
+        let c = load_text(
+            "data_dir: state\nquic:\n  listen: 0.0.0.0:9443\n  session_tickets: false\nhttp:\n  listen: 0.0.0.0:9080\n",
+            &[],
+        )
+        .expect("valid");
+        assert!(c.data_dir.ends_with("state") && c.data_dir.is_absolute());
+        assert_eq!(c.quic.listen.port(), 9443);
+        assert!(!c.quic.session_tickets);
+        assert_eq!(c.quic.reconnect_rate, DEFAULT_RECONNECT_RATE);
+        assert_eq!(c.client_server(), "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        for text in ["quic:\n  listen_addr: 1.2.3.4:5\n", "databse:\n  url: x\n"] {
+            let err = load_text(text, &[]).expect_err("unknown key").to_string();
+            let key = if text.starts_with("quic") {
+                "listen_addr"
+            } else {
+                "databse"
+            };
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn validation_names_every_bad_dotted_key() {
+        let err = load_text(
+            "database:\n  url: mysql://x\nquic:\n  reconnect_rate: 0\npki:\n  trust_domain: Bad_Domain\n  server_names: [ok, \"a b\"]\nclient:\n  server: ftp://x\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "database.url",
+                "quic.reconnect_rate",
+                "pki.trust_domain",
+                "pki.server_names[1]",
+                "client.server"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_bad_values_name_the_key() {
+        let c = load_text(
+            "database:\n  url: sqlite:///tmp/a.db\n",
+            &[
+                ("GAIT_DATABASE_URL", "postgres://u:pw@db/gait"),
+                ("GAIT_RECONNECT_RATE", "5"),
+                ("GAIT_SESSION_TICKETS", "false"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.effective_database_url(), "postgres://u:pw@db/gait");
+        assert_eq!(c.quic.reconnect_rate, 5);
+        assert!(!c.quic.session_tickets);
+        let err = load_text("", &[("GAIT_QUIC_LISTEN", "nowhere")]).expect_err("bad env");
+        assert_eq!(err.problems()[0].key, "quic.listen");
+        assert!(err.to_string().contains("GAIT_QUIC_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://gait:s3cret@db:5432/gait?sslmode=require"),
+            "postgres://gait:***@db:5432/gait?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://gait@db/gait?password=s3cret"),
+            "postgres://gait@db/gait?password=***"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/a.db?mode=rwc"),
+            "sqlite:///var/lib/a.db?mode=rwc"
+        );
+        let mut c = Config::default();
+        c.database.url = Some("postgres://u:pw@h/d".into());
+        assert!(!format!("{:?}", c.redacted()).contains("pw@"));
+    }
+}
