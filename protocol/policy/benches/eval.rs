@@ -1,5 +1,6 @@
-//! Criterion benchmarks: in-process evaluation of a typical intent against a typical pre-parsed policy (Gait's
-//! `EvaluatePolicyTypical`, Go baseline 7.05 µs), and intent parse + normalize + digest.
+//! Criterion benchmarks: in-process evaluation of a typical intent against a typical pre-parsed policy, on its
+//! own (intent already normalized) and with the work Gait's `EvaluatePolicyTypical` does per call (normalize and
+//! digest the decoded intent, then evaluate), and intent parse + normalize + digest from bytes.
 //!
 //! Run: `cargo bench -p gait-policy --bench eval`
 
@@ -7,7 +8,10 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gait_policy::{EvalOptions, evaluate, parse_and_normalize_intent, parse_policy_yaml};
+use gait_policy::{
+    EvalOptions, evaluate, evaluate_request, parse_and_normalize_intent, parse_intent,
+    parse_policy_yaml,
+};
 
 fn fixture(rel: &str) -> Vec<u8> {
     let path = Path::new(concat!(
@@ -31,10 +35,17 @@ fn benches(c: &mut Criterion) {
         Ok(i) => i,
         Err(err) => panic!("intent_block.json: {err}"),
     };
+    let request = match parse_intent(&intent_bytes) {
+        Ok(r) => r,
+        Err(err) => panic!("intent_block.json: {err}"),
+    };
     let opts = EvalOptions::default();
 
     c.bench_function("evaluate/base_high_risk+intent_block", |b| {
         b.iter(|| evaluate(black_box(&policy), black_box(&intent), black_box(&opts)))
+    });
+    c.bench_function("evaluate_request/normalize+digest+evaluate", |b| {
+        b.iter(|| evaluate_request(black_box(&policy), black_box(&request), black_box(&opts)))
     });
     c.bench_function("intent/parse+normalize+digest", |b| {
         b.iter(|| parse_and_normalize_intent(black_box(&intent_bytes)))

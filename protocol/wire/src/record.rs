@@ -240,7 +240,7 @@ impl Record {
     /// The record hash (BLAKE3) over every field except `hash` (encoding in the module header).
     pub fn compute_hash(&self) -> Digest {
         let mut h = blake3::Hasher::new();
-        self.hash_input(RECORD_HASH_DOMAIN, &mut |bytes| {
+        self.feed_coalesced(RECORD_HASH_DOMAIN, &mut |bytes| {
             h.update(bytes);
         });
         h.finalize().into()
@@ -250,7 +250,7 @@ impl Record {
     /// re-sealing records written by an older agent; never used for new records.
     pub fn compute_hash_v1(&self) -> Digest {
         let mut h = Sha256::new();
-        self.hash_input(RECORD_HASH_DOMAIN_V1, &mut |bytes| h.update(bytes));
+        self.feed_coalesced(RECORD_HASH_DOMAIN_V1, &mut |bytes| h.update(bytes));
         h.finalize().into()
     }
 
@@ -282,6 +282,34 @@ impl Record {
     }
 
     /// Feeds the hash input (module header) for `domain` to `put`, piece by piece.
+    /// Feeds the hash input to `update` in as few calls as it can: the short fields go through one stack
+    /// buffer, so a typical record is hashed in one or two calls instead of sixteen (per-call overhead dominates
+    /// BLAKE3 on inputs of a few hundred bytes). The bytes fed are exactly [`Record::hash_input`]'s.
+    fn feed_coalesced(&self, domain: &[u8], update: &mut dyn FnMut(&[u8])) {
+        let mut buf = [0u8; HASH_BUF_LEN];
+        let mut len = 0usize;
+        self.hash_input(domain, &mut |bytes| {
+            if len + bytes.len() <= HASH_BUF_LEN {
+                buf[len..len + bytes.len()].copy_from_slice(bytes);
+                len += bytes.len();
+            } else {
+                if len > 0 {
+                    update(&buf[..len]);
+                    len = 0;
+                }
+                if bytes.len() <= HASH_BUF_LEN {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    len = bytes.len();
+                } else {
+                    update(bytes);
+                }
+            }
+        });
+        if len > 0 {
+            update(&buf[..len]);
+        }
+    }
+
     fn hash_input(&self, domain: &[u8], put: &mut dyn FnMut(&[u8])) {
         put_bytes(put, domain);
         put(&self.seq.to_be_bytes());
@@ -302,6 +330,9 @@ impl Record {
     }
 }
 
+/// Bytes of hash input gathered before one hasher update (see [`Record::feed_coalesced`]).
+const HASH_BUF_LEN: usize = 1024;
+
 /// Length-prefixed (u64 big-endian) byte string.
 fn put_bytes(put: &mut dyn FnMut(&[u8]), bytes: &[u8]) {
     put(&(bytes.len() as u64).to_be_bytes());
@@ -311,6 +342,29 @@ fn put_bytes(put: &mut dyn FnMut(&[u8]), bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coalesced_feeding_yields_exactly_the_documented_input_around_the_buffer_boundary() {
+        for kind_len in [1usize, 64, 300, 2000] {
+            for payload_len in [0usize, 1, 500, 700, 1023, 1024, 1025, 5000] {
+                let r = Record::sealed(
+                    9,
+                    [3; 32],
+                    RecordClass::Status,
+                    "k".repeat(kind_len),
+                    5,
+                    None,
+                    vec![0xAB; payload_len],
+                );
+                let mut plain = Vec::new();
+                r.hash_input(RECORD_HASH_DOMAIN, &mut |b| plain.extend_from_slice(b));
+                let mut coalesced = Vec::new();
+                r.feed_coalesced(RECORD_HASH_DOMAIN, &mut |b| coalesced.extend_from_slice(b));
+                assert_eq!(plain, coalesced, "kind {kind_len} payload {payload_len}");
+                assert_eq!(r.compute_hash(), <[u8; 32]>::from(blake3::hash(&plain)));
+            }
+        }
+    }
 
     fn sample() -> Record {
         Record::sealed(
