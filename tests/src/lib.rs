@@ -38,13 +38,32 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (also free for UDP in practice; tests retry on collisions).
+/// A free TCP port on 127.0.0.1 at the time of the call. Racy by nature — any process may take the port before
+/// the caller binds it — so the harness itself never uses it: processes bind port 0 and report their address.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A command for a workspace binary with no `GAIT_*` variable inherited from the environment running the
+/// tests (a `GAIT_DATABASE_URL` or `GAIT_LOG_FORMAT` there would silently change what a test runs against).
+pub fn hermetic(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GAIT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// How long a harness wait allows for something that normally takes about a second. The suite runs on small
+/// machines shared with other builds (load 10+ on two cores), where a reconnect or a process start can take many
+/// times its usual duration; a generous bound costs nothing when things work and only turns a real hang into a
+/// failure.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
 pub fn wait_for<T>(
@@ -118,7 +137,7 @@ impl Aggregator {
             .create(true)
             .append(true)
             .open(data_dir.join("aggregator.log"))?;
-        let mut cmd = Command::new(bin("gait-aggregator"));
+        let mut cmd = hermetic("gait-aggregator");
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -127,6 +146,7 @@ impl Aggregator {
             .arg("--http-listen")
             .arg(http.to_string())
             .env("GAIT_LOG", "info,gait_aggregator=debug")
+            .env("GAIT_LOG_FORMAT", "text")
             .stdout(Stdio::piped())
             .stderr(log_file);
         if let Some(url) = database_url {
@@ -178,29 +198,43 @@ impl Aggregator {
     }
 
     /// Start again on the same data directory and ports.
+    ///
+    /// The old process has exited (and released its ports) when [`Aggregator::stop`] returns, so the first
+    /// attempt normally binds; further attempts, for up to [`PATIENCE`], cover a port that another process on the
+    /// machine picked as an ephemeral port in between.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
+        let extra: Vec<String> = self.extra_args.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let mut last = None;
-        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
-        for _ in 0..50 {
-            match Self::start_with(
-                &self.data_dir,
-                self.database_url.as_deref(),
-                self.quic,
-                self.http,
-                &extra,
-            ) {
-                Ok(n) => {
-                    *self = n;
-                    return Ok(());
-                }
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        let started =
+            wait_for(
+                PATIENCE,
+                "aggregator restarted on its ports",
+                || match Self::start_with(
+                    &self.data_dir,
+                    self.database_url.as_deref(),
+                    self.quic,
+                    self.http,
+                    &extra,
+                ) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        last = Some(e);
+                        None
+                    }
+                },
+            );
+        match started {
+            Ok(n) => {
+                *self = n;
+                Ok(())
             }
+            Err(e) => Err(match last {
+                Some(last) => last.context(e),
+                None => e,
+            }),
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("restart failed")))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -263,6 +297,21 @@ impl Aggregator {
             after = page.last().and_then(|r| r["seq"].as_u64()).unwrap_or(after);
             out.extend(page);
         }
+    }
+
+    /// The value of one series of the aggregator's `/metrics` (e.g.
+    /// `gait_aggregator_connections_refused_total{stage="revoked"}`); 0 while the series has not been created.
+    pub fn metric(&self, series: &str) -> anyhow::Result<u64> {
+        let (status, body) = self.get("/metrics")?;
+        anyhow::ensure!(status == 200, "metrics: {status} {body}");
+        let text = body.as_str().context("metrics are text")?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                let value = l.strip_prefix(series)?.strip_prefix(' ')?;
+                value.trim().parse::<f64>().ok()
+            })
+            .map_or(0, |v| v as u64))
     }
 }
 
@@ -352,7 +401,7 @@ impl Agent {
         env: &str,
         id: &str,
     ) -> anyhow::Result<Self> {
-        let out = Command::new(bin("gait-aggregator"))
+        let out = hermetic("gait-aggregator")
             .args([
                 "pki",
                 "issue-agent",
@@ -377,7 +426,9 @@ impl Agent {
             "issue-agent: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        // Port 0: the agent binds a free port itself and logs it (see `Agent::start`); a port chosen here and
+        // bound later could be taken in between by any other process on the machine.
+        let api: SocketAddr = "127.0.0.1:0".parse()?;
         let yaml = std::fs::read_to_string(dir.join("agent.yaml"))?
             .replace("127.0.0.1:7071", &api.to_string());
         std::fs::write(dir.join("agent.yaml"), yaml)?;
@@ -393,22 +444,44 @@ impl Agent {
     }
 
     /// Start the daemon and wait for its local API.
+    ///
+    /// The agent listens on an ephemeral port and names it in its `gait-agent started` log line, which is read
+    /// from this start's part of the log only, so [`Agent::api`] is this process's API, never a port another
+    /// process took or a previous run's.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        let log_path = self.dir.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let child = Command::new(bin("gait-agent"))
+            .open(&log_path)?;
+        let from = log.metadata()?.len();
+        let child = hermetic("gait-agent")
             .arg("run")
             .arg("--config")
             .arg(self.dir.join("agent.yaml"))
-            .env("GAIT_LOG", "info,gait_agent=debug")
+            .arg("--log-format")
+            .arg("text")
+            .env("GAIT_AGENT_LOG", "info,gait_agent=debug")
+            .env("GAIT_AGENT_LOCAL_API_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
         self.child = Some(child);
+        let api = wait_for(PATIENCE, "agent started", || {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(exit)) = child.try_wait()
+            {
+                return Some(Err(anyhow::anyhow!("agent exited: {exit}")));
+            }
+            let bytes = std::fs::read(&log_path).ok()?;
+            let text = String::from_utf8_lossy(bytes.get(usize::try_from(from).ok()?..)?);
+            started_api(&text).map(Ok)
+        })
+        .and_then(|r| r)
+        .with_context(|| format!("agent {} log:\n{}", self.id, self.log()))?;
+        self.api = api;
         let url = format!("http://{}/healthz", self.api);
-        wait_for(Duration::from_secs(20), "agent local API", || {
+        wait_for(PATIENCE, "agent local API", || {
             http_json("GET", &url, None, None)
                 .ok()
                 .filter(|(s, _)| *s == 200)
@@ -440,6 +513,14 @@ impl Agent {
         Ok(v)
     }
 
+    /// Connection attempts that have ended since the process started (`reconnects` in its status): the anchor
+    /// for "it stays disconnected" checks — wait until it has tried and failed N more times.
+    pub fn reconnects(&self) -> anyhow::Result<u64> {
+        self.status()?["reconnects"]
+            .as_u64()
+            .context("status has no reconnects counter")
+    }
+
     /// Epoch of the active bundle, if any.
     pub fn active_epoch(&self) -> Option<u64> {
         self.status().ok()?["active_bundle"]["epoch"].as_u64()
@@ -456,6 +537,17 @@ impl Agent {
         anyhow::ensure!(s == 200 || s == 201, "append {s}: {v}");
         Ok(v["seq"].as_u64())
     }
+}
+
+/// The local API address in a complete (newline-terminated) `gait-agent started … local_api=<addr>` log line;
+/// a line still being written could hold a truncated port.
+fn started_api(log: &str) -> Option<SocketAddr> {
+    let complete = &log[..log.rfind('\n')?];
+    let line = complete
+        .lines()
+        .find(|l| l.contains("gait-agent started"))?;
+    let rest = &line[line.find("local_api=")? + "local_api=".len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 impl Drop for Agent {

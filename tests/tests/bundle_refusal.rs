@@ -4,12 +4,10 @@
 //! The forged bundles are written straight into the aggregator's SQLite database (as an attacker with database
 //! access could), so the aggregator serves them exactly like real ones.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use gait_bundle::{BundleBuilder, OnStale, Scope, Staleness};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, wait_for};
 use gait_store::{Store, Tenant};
 use serde_json::Value;
 
@@ -74,7 +72,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
     agent.start()?;
     let (status, first) = agg.publish(ORG, PROJECT, ENV, &[("base.yaml", POLICY_V1)])?;
     ensure!(status == 201, "publish: {first}");
-    wait_for(Duration::from_secs(10), "epoch 1 active", || {
+    wait_for(PATIENCE, "epoch 1 active", || {
         (agent.active_epoch() == Some(1)).then_some(())
     })?;
     let genuine = {
@@ -92,7 +90,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
     doc["signature"]["sig"] =
         Value::String(base64::engine::general_purpose::STANDARD.encode([7u8; 64]));
     forge(&agg, &rt, 2, &serde_json::to_vec(&doc)?)?;
-    wait_for(Duration::from_secs(10), "signature refusal", || {
+    wait_for(PATIENCE, "signature refusal", || {
         (refusal_code(&agent).as_deref() == Some("bundle_signature_invalid")).then_some(())
     })
     .with_context(|| agent.log())?;
@@ -114,7 +112,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
     doc["files"]["base.yaml"] =
         Value::String(base64::engine::general_purpose::STANDARD.encode(tampered));
     forge(&agg, &rt, 3, &serde_json::to_vec(&doc)?)?;
-    wait_for(Duration::from_secs(10), "file digest refusal", || {
+    wait_for(PATIENCE, "file digest refusal", || {
         (refusal_code(&agent).as_deref() == Some("bundle_file_digest_mismatch")).then_some(())
     })?;
     ensure!(
@@ -124,7 +122,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
 
     // 3. A replay of the genuine epoch-1 bundle offered as something newer: anti-rollback.
     forge(&agg, &rt, 4, &genuine)?;
-    wait_for(Duration::from_secs(10), "stale epoch refusal", || {
+    wait_for(PATIENCE, "stale epoch refusal", || {
         (refusal_code(&agent).as_deref() == Some("bundle_epoch_stale")).then_some(())
     })?;
     ensure!(
@@ -132,13 +130,18 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
         "active bundle must stay epoch 1"
     );
 
-    // The aggregator learned of the refusals: inventory and the durable status records.
-    let agents = agg.agents(ORG)?;
-    ensure!(
-        agents[0]["last_refusal"]["code"] == "bundle_epoch_stale",
-        "inventory: {agents:?}"
-    );
-    let records = wait_for(Duration::from_secs(10), "refusal records", || {
+    // The aggregator learned of the refusals: inventory and the durable status records. The agent reports a
+    // refusal to the aggregator after recording it locally, so the inventory catches up asynchronously.
+    let mut inventory = Vec::new();
+    wait_for(PATIENCE, "inventory shows the stale epoch refusal", || {
+        inventory = agg.agents(ORG).ok()?;
+        inventory
+            .iter()
+            .any(|a| a["agent_id"] == "edge" && a["last_refusal"]["code"] == "bundle_epoch_stale")
+            .then_some(())
+    })
+    .with_context(|| format!("inventory: {inventory:?}"))?;
+    let records = wait_for(PATIENCE, "refusal records", || {
         let r = agg.records(ORG, PROJECT, ENV, "edge").ok()?;
         (r.iter().filter(|x| x["kind"] == "bundle.refused").count() >= 3).then_some(r)
     })?;
@@ -164,7 +167,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
         status == 201 && body["epoch"] == 5,
         "publish: {status} {body}"
     );
-    wait_for(Duration::from_secs(10), "epoch 5 active", || {
+    wait_for(PATIENCE, "epoch 5 active", || {
         (agent.active_epoch() == Some(5)).then_some(())
     })?;
     Ok(())

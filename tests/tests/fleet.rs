@@ -3,10 +3,9 @@
 //! with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), on PostgreSQL.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, wait_for};
 use gait_store::testing::{TestStore, postgres_fresh};
 use serde_json::json;
 
@@ -53,14 +52,14 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
             a.start()?;
             agents.push(a);
         }
-        wait_for(Duration::from_secs(20), "3 agents connected", || {
+        wait_for(PATIENCE, "3 agents connected", || {
             agg.agents("acme").ok().filter(|v| v.len() == 3)
         })?;
         let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
         ensure!(status == 201, "publish: {status} {body}");
         let digest = body["digest"].as_str().context("digest")?.to_owned();
         for a in &agents {
-            wait_for(Duration::from_secs(10), "agent active epoch 1", || {
+            wait_for(PATIENCE, "agent active epoch 1", || {
                 (a.active_epoch() == Some(1)).then_some(())
             })
             .with_context(|| a.log())?;
@@ -70,18 +69,14 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
             );
         }
         // The aggregator's inventory shows what each agent applied (reported by the agents themselves).
-        wait_for(
-            Duration::from_secs(10),
-            "inventory shows epoch 1 everywhere",
-            || {
-                agg.agents("acme").ok().filter(|v| {
-                    v.iter().all(|a| {
-                        a["active_bundle"]["epoch"] == 1
-                            && a["active_bundle"]["digest"] == digest.as_str()
-                    })
+        wait_for(PATIENCE, "inventory shows epoch 1 everywhere", || {
+            agg.agents("acme").ok().filter(|v| {
+                v.iter().all(|a| {
+                    a["active_bundle"]["epoch"] == 1
+                        && a["active_bundle"]["digest"] == digest.as_str()
                 })
-            },
-        )?;
+            })
+        })?;
         // A second publish moves everyone to epoch 2.
         let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V2)])?;
         ensure!(
@@ -93,7 +88,7 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
             "epoch 2 must chain to epoch 1: {body}"
         );
         for a in &agents {
-            wait_for(Duration::from_secs(10), "agent active epoch 2", || {
+            wait_for(PATIENCE, "agent active epoch 2", || {
                 (a.active_epoch() == Some(2)).then_some(())
             })?;
         }
@@ -109,8 +104,9 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
         let mut agent =
             Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge-1")?;
         agent.start()?;
-        agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
-        wait_for(Duration::from_secs(10), "bundle active", || {
+        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
+        ensure!(status == 201, "publish: {status} {body}");
+        wait_for(PATIENCE, "bundle active", || {
             (agent.active_epoch() == Some(1)).then_some(())
         })?;
 
@@ -142,7 +138,7 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
         }
 
         agg.restart()?;
-        let records = wait_for(Duration::from_secs(30), "all records committed", || {
+        let records = wait_for(PATIENCE * 2, "all records committed", || {
             let r = agg.records("acme", "web", "prod", "edge-1").ok()?;
             let n = r.iter().filter(|x| x["kind"] == "gate.decision").count();
             (n >= sent.len()).then_some(r)
@@ -191,7 +187,7 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
             "no gaps expected: {gaps}"
         );
         // The outbox is drained once the aggregator has acknowledged everything.
-        wait_for(Duration::from_secs(10), "outbox drained", || {
+        wait_for(PATIENCE, "outbox drained", || {
             (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
         })?;
         Ok(())
@@ -206,7 +202,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         let mut agent =
             Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
         agent.start()?;
-        wait_for(Duration::from_secs(20), "agent connected", || {
+        wait_for(PATIENCE, "agent connected", || {
             (agent.status().ok()?["connected"] == true).then_some(())
         })?;
         let mut expected = 0u64;
@@ -226,7 +222,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
                 agg.restart()?;
             }
         }
-        let records = wait_for(Duration::from_secs(40), "every record committed", || {
+        let records = wait_for(PATIENCE * 2, "every record committed", || {
             let r = agg.records("acme", "web", "prod", "crashy").ok()?;
             (r.iter().filter(|x| x["kind"] == "gate.decision").count() as u64 >= expected)
                 .then_some(r)
@@ -292,18 +288,36 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
         )?;
         a.start()?;
         b.start()?;
-        agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
-        wait_for(Duration::from_secs(10), "org-b agent active", || {
+        for agent in [&a, &b] {
+            wait_for(PATIENCE, "agent connected", || {
+                (agent.status().ok()?["connected"] == true).then_some(())
+            })?;
+        }
+        let (status, body) = agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
+        ensure!(status == 201, "publish org-b: {status} {body}");
+        let b_digest = body["digest"].as_str().context("digest")?.to_owned();
+        wait_for(PATIENCE, "org-b agent active", || {
             (b.active_epoch() == Some(1)).then_some(())
         })?;
-        std::thread::sleep(Duration::from_millis(1500));
+        // "org-a never gets org-b's bundle" is anchored on org-a's own bundle: both agents were polling when
+        // org-b published, so a leak would have reached the org-a agent before org-a's publish and shown as its
+        // active bundle (org-b's epoch 1 would make org-a's epoch 1 look stale) or as a refusal.
+        let (status, body) = agg.publish("org-a", "web", "prod", &[("a.yaml", POLICY_V1)])?;
+        ensure!(status == 201, "publish org-a: {status} {body}");
+        let a_digest = body["digest"].as_str().context("digest")?.to_owned();
+        ensure!(a_digest != b_digest, "the two tenants' bundles must differ");
+        wait_for(PATIENCE, "org-a agent active on its own bundle", || {
+            (a.active_epoch() == Some(1)).then_some(())
+        })?;
+        let a_status = a.status()?;
         ensure!(
-            a.active_epoch().is_none(),
-            "org-a agent must not receive org-b's bundle: {}",
-            a.status()?
+            a_status["active_bundle"]["digest"] == a_digest.as_str()
+                && a_status["received_bundle"]["digest"] == a_digest.as_str()
+                && a_status["last_refusal"].is_null(),
+            "org-a agent must only ever see org-a's bundle: {a_status}"
         );
         a.append("block", "gate.decision", json!({"secret": "org-a"}))?;
-        wait_for(Duration::from_secs(10), "org-a record", || {
+        wait_for(PATIENCE, "org-a record", || {
             agg.records("org-a", "web", "prod", "same-id")
                 .ok()
                 .filter(|r| r.iter().any(|x| x["payload"]["secret"] == "org-a"))
@@ -364,22 +378,22 @@ fn a_stopping_aggregator_announces_a_redial_window_sized_by_its_fleet_and_agents
             .all(|a| a.status().is_ok_and(|s| s["connected"] == true))
             .then_some(())
     };
-    wait_for(Duration::from_secs(20), "three agents connected", || {
+    wait_for(PATIENCE, "three agents connected", || {
         all_connected(&agents)
     })?;
     // The aggregator's own view, so the window is sized by three open connections.
-    wait_for(
-        Duration::from_secs(10),
-        "aggregator sees three agents",
-        || {
-            let (_, metrics) = agg.get("/metrics").ok()?;
-            metrics
-                .as_str()?
-                .contains("\ngait_aggregator_connections_open 3\n")
-                .then_some(())
-        },
-    )?;
+    wait_for(PATIENCE, "aggregator sees three agents", || {
+        let (_, metrics) = agg.get("/metrics").ok()?;
+        metrics
+            .as_str()?
+            .contains("\ngait_aggregator_connections_open 3\n")
+            .then_some(())
+    })?;
 
+    let before: Vec<u64> = agents
+        .iter()
+        .map(Agent::reconnects)
+        .collect::<anyhow::Result<_>>()?;
     agg.restart()?;
     let agg_log = agg.log();
     ensure!(
@@ -391,8 +405,18 @@ fn a_stopping_aggregator_announces_a_redial_window_sized_by_its_fleet_and_agents
             && agg_log.contains("open=3"),
         "the stopping aggregator must announce 3 connections / 1 per second = 3000 ms:\n{agg_log}"
     );
-    wait_for(Duration::from_secs(30), "all agents back", || {
-        all_connected(&agents)
+    // Back means: the agent saw the old connection end (its reconnect counter moved) and is connected again; a
+    // bare `connected` could still be the old connection's flag if the agent has not noticed the close yet.
+    wait_for(PATIENCE, "all agents back", || {
+        agents
+            .iter()
+            .zip(&before)
+            .all(|(a, before)| {
+                a.status().is_ok_and(|s| {
+                    s["connected"] == true && s["reconnects"].as_u64().is_some_and(|n| n > *before)
+                })
+            })
+            .then_some(())
     })
     .with_context(|| agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n"))?;
     for a in &agents {
@@ -402,19 +426,14 @@ fn a_stopping_aggregator_announces_a_redial_window_sized_by_its_fleet_and_agents
             "agent {} must have read the 3000 ms window from the close reason:\n{log}",
             a.id
         );
-        // The first redial after the announcement waits a part of the window, not the backoff.
+        // The first redial after the announcement waits a part of the window, not the backoff. It is the next
+        // "reconnecting" line, however many lines other tasks logged in between.
         let after = &log[log.find("announced a redial window").unwrap_or(0)..];
-        let delay = logged_ms(
-            after
-                .lines()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("\n")
-                .as_str(),
-            "reconnecting to the aggregator",
-            "delay_ms",
-        )
-        .with_context(|| format!("agent {} logged no redial delay:\n{log}", a.id))?;
+        let delay = after
+            .lines()
+            .find(|l| l.contains("reconnecting to the aggregator"))
+            .and_then(|l| logged_ms(l, "reconnecting to the aggregator", "delay_ms"))
+            .with_context(|| format!("agent {} logged no redial delay:\n{log}", a.id))?;
         ensure!(
             delay <= 3000,
             "agent {} waited {delay} ms, outside the window",
