@@ -19,5 +19,9 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo test --no-run (build every test binary and both daemons once)"
+cargo test --workspace --locked --no-run
+
 echo "== cargo test"
-cargo test --workspace --locked
+# The end-to-end harness uses the daemons just built instead of running cargo from inside the tests.
+GAIT_E2E_PREBUILT=1 cargo test --workspace --locked

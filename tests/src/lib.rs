@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-/// Path of a workspace binary. The first call in a test process makes sure both binaries are fresh by running
-/// `cargo test --workspace --no-run`: the same package selection as the suite's own `cargo test --workspace`,
-/// hence the same feature unification, so it is a no-op there (a `cargo build -p …` resolves features for two
-/// packages only and rebuilt tokio, quinn and sqlx a second time on every fresh checkout).
+/// Environment variable that tells [`bin`] the binaries were just built by the caller (`scripts/test.sh` runs
+/// `cargo test --workspace --no-run` first), so the harness uses them without running cargo itself.
+pub const PREBUILT_ENV: &str = "GAIT_E2E_PREBUILT";
+
+/// Path of a workspace binary. Unless [`PREBUILT_ENV`] is `1`, the first call in a test process makes sure both
+/// binaries are fresh by running `cargo test --workspace --no-run --locked`: the same package selection as the
+/// suite's own `cargo test --workspace`, hence the same feature unification. The nested cargo gets the
+/// environment of the shell, not the test process's (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, `OUT_DIR` … that
+/// cargo sets for a running test), so it does not see a different build than the outer one.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -25,10 +30,32 @@ pub fn bin(name: &str) -> PathBuf {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
-        let status = Command::new(env!("CARGO"))
-            .args(["test", "--workspace", "--no-run", "--quiet"])
-            .status()
-            .expect("run cargo build");
+        if std::env::var(PREBUILT_ENV).as_deref() == Ok("1") {
+            for name in ["gait-agent", "gait-aggregator"] {
+                assert!(
+                    dir.join(name).is_file(),
+                    "{PREBUILT_ENV}=1 but {} is missing: run `cargo test --workspace --no-run` first",
+                    dir.join(name).display()
+                );
+            }
+            return dir;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut command = Command::new(cargo);
+        command.args(["test", "--workspace", "--no-run", "--locked", "--quiet"]);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_by_cargo_for_this_test = (key.starts_with("CARGO_")
+                && !["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"].contains(&key.as_ref())
+                && !["CARGO_BUILD_", "CARGO_TERM_", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_", "CARGO_PROFILE_"]
+                    .iter()
+                    .any(|p| key.starts_with(p)))
+                || key == "OUT_DIR";
+            if set_by_cargo_for_this_test {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command.status().expect("run cargo test --no-run");
         assert!(
             status.success(),
             "building gait-agent and gait-aggregator failed"
