@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gait_store::{ActiveBundle, AgentHello, AgentKey, BundleReportRow, NewRecord, Store, Tenant};
+use gait_store::{
+    ActiveBundle, AgentHello, AgentKey, BundleReportRow, CertSerial, NewRecord, Store,
+};
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, ErrorCode, FrameDecoder,
     PROTOCOL_VERSION, Record, RecordBatch, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
@@ -38,7 +40,6 @@ use crate::clock::unix_ms;
 use crate::fleet::presence::Presence;
 use crate::ingest::tls::{RevocationSet, peer_identity};
 use crate::metrics::{self, Metrics};
-use crate::pki::identity::AgentIdentity;
 use crate::registry::Registry;
 
 /// Longest a bundle long-poll is held open.
@@ -203,8 +204,12 @@ async fn handle_incoming(
             return;
         }
     };
-    let identity = match peer_identity(&conn) {
-        Ok(id) => id,
+    let typed = peer_identity(&conn).and_then(|id| {
+        let (key, serial) = id.typed()?;
+        Ok((id, key, serial))
+    });
+    let (identity, key, cert_serial) = match typed {
+        Ok(found) => found,
         Err(e) => {
             state
                 .metrics
@@ -240,15 +245,8 @@ async fn handle_incoming(
         agent_id = %identity.agent_id, "agent connected");
 
     let session = Arc::new(Session {
-        key: AgentKey {
-            tenant: Tenant {
-                org: identity.org.clone(),
-                project: identity.project.clone(),
-                env: identity.env.clone(),
-            },
-            agent_id: identity.agent_id.clone(),
-        },
-        identity,
+        key,
+        cert_serial,
         remote,
         hello_done: AtomicBool::new(false),
         last_seen_ms: AtomicU64::new(0),
@@ -292,7 +290,8 @@ async fn handle_incoming(
 
 /// Per-connection facts.
 struct Session {
-    identity: AgentIdentity,
+    /// The certificate serial in its `gait-identity` form.
+    cert_serial: CertSerial,
     key: AgentKey,
     remote: SocketAddr,
     hello_done: AtomicBool,
@@ -566,7 +565,7 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
         received_bundle: hello.received.as_ref().map(received_row),
         outbox_depth: hello.outbox_depth,
         shed_total: hello.shed_total,
-        cert_serial: session.identity.serial_hex.clone(),
+        cert_serial: session.cert_serial.clone(),
     };
     match state.presence.connected(session.key.clone(), row).await {
         Ok(cursor) => {
@@ -575,10 +574,10 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
             ServerMsgV1::Welcome(Welcome {
                 server_version: state.server_version.clone(),
                 protocol_version: PROTOCOL_VERSION,
-                org: session.key.tenant.org.clone(),
-                project: session.key.tenant.project.clone(),
-                env: session.key.tenant.env.clone(),
-                agent_id: session.key.agent_id.clone(),
+                org: session.key.tenant.org.to_string(),
+                project: session.key.tenant.project.to_string(),
+                env: session.key.tenant.env.to_string(),
+                agent_id: session.key.agent_id.to_string(),
                 committed_seq: cursor.committed_seq,
                 committed_hash: cursor.committed_hash,
             })
