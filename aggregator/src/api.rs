@@ -27,7 +27,6 @@ pub use bundles::PublishBody;
 pub use error::{ApiError, RequestError};
 
 use crate::metrics::{self, Metrics};
-use crate::pki::identity::validate_identifier;
 use crate::registry::Registry;
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
@@ -95,8 +94,18 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     next.run(req).await
 }
 fn tenant(org: String, project: String, env: String) -> Result<Tenant, ApiError> {
-    for (field, value) in [("org", &org), ("project", &project), ("env", &env)] {
-        validate_identifier(field, value)?;
-    }
-    Ok(Tenant { org, project, env })
+    Ok(Tenant::new(
+        ident("org", org)?,
+        ident("project", project)?,
+        ident("env", env)?,
+    ))
+}
+
+/// A path or query parameter as its `gait-identity` type; a value that breaks the identifier rule is a 400
+/// naming the parameter.
+fn ident<T>(field: &str, value: String) -> Result<T, ApiError>
+where
+    T: TryFrom<String, Error = gait_identity::IdError>,
+{
+    T::try_from(value).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
 }

@@ -25,10 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gait_store::{ActiveBundle, AgentHello, AgentKey, BundleReportRow, NewRecord, Store, Tenant};
+use gait_store::{
+    ActiveBundle, AgentHello, AgentKey, BundleReportRow, CertSerial, NewRecord, Store,
+};
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, ErrorCode, FrameDecoder,
-    PROTOCOL_VERSION, Record, RecordBatch, SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError,
+    PROTOCOL_VERSION, Record, RecordBatch, RecordRefusal, RefusalCode, SeqRange, ServerMsg,
+    ServerMsgV1, Welcome, WireError,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,28 +41,21 @@ use crate::clock::unix_ms;
 use crate::fleet::presence::Presence;
 use crate::ingest::tls::{RevocationSet, peer_identity};
 use crate::metrics::{self, Metrics};
-use crate::pki::identity::AgentIdentity;
 use crate::registry::Registry;
 
 /// Longest a bundle long-poll is held open.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
 /// Time allowed to receive a complete request once its stream is open.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(15);
-/// Most records accepted in one batch.
-pub const MAX_BATCH_RECORDS: usize = 10_000;
-/// Largest payload of one record.
-pub const MAX_RECORD_PAYLOAD: usize = 1024 * 1024;
-/// Longest record kind (the agent outbox accepts the same).
-pub const MAX_RECORD_KIND: usize = 256;
+/// Most records accepted in one batch: the wire limit.
+pub use gait_wire::limits::MAX_BATCH_RECORDS;
 /// Largest bundle report frame.
 const MAX_REPORT_FRAME: u32 = 64 * 1024;
 
-/// QUIC application close codes.
-pub const CLOSE_NORMAL: u32 = 0;
-pub const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
-pub const CLOSE_REVOKED: u32 = 2;
-pub const CLOSE_UNAUTHORIZED: u32 = 3;
-pub const CLOSE_SHUTDOWN: u32 = gait_wire::CLOSE_SHUTDOWN;
+/// QUIC application close codes: the wire crate's.
+pub use gait_wire::close::{
+    CLOSE_NORMAL, CLOSE_PROTOCOL_VIOLATION, CLOSE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED,
+};
 
 /// Limits of the ingest endpoint.
 #[derive(Clone, Debug)]
@@ -203,8 +199,12 @@ async fn handle_incoming(
             return;
         }
     };
-    let identity = match peer_identity(&conn) {
-        Ok(id) => id,
+    let typed = peer_identity(&conn).and_then(|id| {
+        let (key, serial) = id.typed()?;
+        Ok((id, key, serial))
+    });
+    let (identity, key, cert_serial) = match typed {
+        Ok(found) => found,
         Err(e) => {
             state
                 .metrics
@@ -240,15 +240,8 @@ async fn handle_incoming(
         agent_id = %identity.agent_id, "agent connected");
 
     let session = Arc::new(Session {
-        key: AgentKey {
-            tenant: Tenant {
-                org: identity.org.clone(),
-                project: identity.project.clone(),
-                env: identity.env.clone(),
-            },
-            agent_id: identity.agent_id.clone(),
-        },
-        identity,
+        key,
+        cert_serial,
         remote,
         hello_done: AtomicBool::new(false),
         last_seen_ms: AtomicU64::new(0),
@@ -292,7 +285,8 @@ async fn handle_incoming(
 
 /// Per-connection facts.
 struct Session {
-    identity: AgentIdentity,
+    /// The certificate serial in its `gait-identity` form.
+    cert_serial: CertSerial,
     key: AgentKey,
     remote: SocketAddr,
     hello_done: AtomicBool,
@@ -566,7 +560,7 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
         received_bundle: hello.received.as_ref().map(received_row),
         outbox_depth: hello.outbox_depth,
         shed_total: hello.shed_total,
-        cert_serial: session.identity.serial_hex.clone(),
+        cert_serial: session.cert_serial.clone(),
     };
     match state.presence.connected(session.key.clone(), row).await {
         Ok(cursor) => {
@@ -575,10 +569,10 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
             ServerMsgV1::Welcome(Welcome {
                 server_version: state.server_version.clone(),
                 protocol_version: PROTOCOL_VERSION,
-                org: session.key.tenant.org.clone(),
-                project: session.key.tenant.project.clone(),
-                env: session.key.tenant.env.clone(),
-                agent_id: session.key.agent_id.clone(),
+                org: session.key.tenant.org.to_string(),
+                project: session.key.tenant.project.to_string(),
+                env: session.key.tenant.env.to_string(),
+                agent_id: session.key.agent_id.to_string(),
                 committed_seq: cursor.committed_seq,
                 committed_hash: cursor.committed_hash,
             })
@@ -644,10 +638,11 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
     };
     let rows = match checked {
         Ok(rows) => rows,
-        Err(message) => {
+        Err(refused) => {
             state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
-            warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, %message, "record batch refused");
-            return error_msg(ErrorCode::BadRequest, message);
+            warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, seq = refused.seq,
+                code = %refused.code, message = %refused.message, "record refused");
+            return ServerMsgV1::RecordRefused(refused.for_batch(batch.batch_id));
         }
     };
     match state
@@ -691,35 +686,59 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
             warn!(error = %e, agent_id = %session.key.agent_id, "batch commit failed; agent will retry");
             error_msg(ErrorCode::Unavailable, "commit failed; retry")
         }
-        Err(e) => {
-            warn!(error = %e, agent_id = %session.key.agent_id, "batch refused by the store");
-            error_msg(ErrorCode::BadRequest, format!("batch refused: {e}"))
-        }
+        Err(e) => match e
+            .refusal_code()
+            .and_then(|(index, code)| Some((rows.get(index)?.seq, code)))
+        {
+            Some((seq, code)) => {
+                warn!(error = %e, agent_id = %session.key.agent_id, seq, %code, "record refused by the store");
+                ServerMsgV1::RecordRefused(RecordRefusal::new(
+                    batch.batch_id,
+                    seq,
+                    code,
+                    e.to_string(),
+                ))
+            }
+            None => {
+                warn!(error = %e, agent_id = %session.key.agent_id, "batch refused by the store");
+                error_msg(ErrorCode::BadRequest, format!("batch refused: {e}"))
+            }
+        },
     }
 }
 
-/// Verify each record's hash and bounds and turn it into a store row.
-fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
+/// A record [`check_records`] refuses, before the batch id is attached.
+#[derive(Debug)]
+struct Refused {
+    seq: u64,
+    code: RefusalCode,
+    message: String,
+}
+
+impl Refused {
+    fn for_batch(self, batch_id: u64) -> RecordRefusal {
+        RecordRefusal::new(batch_id, self.seq, self.code, self.message)
+    }
+}
+
+/// Checks each record under the wire rule ([`Record::validate`]) and its hash, and turns it into a store row.
+/// The first record that fails is named with its [`RefusalCode`].
+fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, Refused> {
     let mut rows = Vec::with_capacity(records.len());
     for r in records {
-        if r.seq == 0 {
-            return Err("record seq 0 is reserved; sequences start at 1".into());
-        }
-        if r.payload.len() > MAX_RECORD_PAYLOAD {
-            return Err(format!(
-                "record {} payload is {} bytes; the limit is {MAX_RECORD_PAYLOAD}",
-                r.seq,
-                r.payload.len()
-            ));
-        }
-        if r.kind.is_empty() || r.kind.len() > MAX_RECORD_KIND {
-            return Err(format!(
-                "record {} kind must be 1-{MAX_RECORD_KIND} bytes",
-                r.seq
-            ));
+        if let Err(e) = r.validate() {
+            return Err(Refused {
+                seq: r.seq,
+                code: e.refusal_code(),
+                message: e.to_string(),
+            });
         }
         if !r.verify_hash() {
-            return Err(format!("record {} hash does not match its content", r.seq));
+            return Err(Refused {
+                seq: r.seq,
+                code: RefusalCode::RecordHashMismatch,
+                message: format!("record {} hash does not match its content", r.seq),
+            });
         }
         rows.push(NewRecord {
             seq: r.seq,

@@ -155,7 +155,14 @@ async fn pki_revoke_writes_into_the_database_of_the_config_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let serial = gait_aggregator::pki::cert_serial_hex(&cert).expect("serial");
     let store = Store::connect(&url).await.expect("open the configured db");
-    assert_eq!(store.revoked_serials().await.expect("read"), [serial]);
+    let stored: Vec<String> = store
+        .revoked_serials()
+        .await
+        .expect("read")
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    assert_eq!(stored, [serial]);
     assert!(
         !tmp.path().join("data").join("aggregator.db").exists(),
         "revoke created a second database in the data directory"

@@ -238,15 +238,11 @@ async fn agents_are_paged_with_a_cursor_and_bad_paging_is_refused(
     let (app, _) = app(db);
     for i in 0..5 {
         let key = gait_store::AgentKey {
-            tenant: gait_store::Tenant {
-                org: "acme".into(),
-                project: "web".into(),
-                env: "prod".into(),
-            },
-            agent_id: format!("a{i}"),
+            tenant: gait_store::Tenant::from_parts("acme", "web", "prod")?,
+            agent_id: format!("a{i}").parse()?,
         };
         let hello = gait_store::AgentHello {
-            cert_serial: "0a".into(),
+            cert_serial: gait_store::CertSerial::parse("0a")?,
             remote_addr: "127.0.0.1:1".into(),
             agent_version: "0.1.0".into(),
             active_bundle: None,

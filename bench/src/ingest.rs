@@ -465,11 +465,11 @@ async fn baseline(args: &Args, scope: &Scope, per_agent: &[usize]) -> anyhow::Re
         ),
     };
     let store = Store::connect(&url).await?;
-    let tenant = Tenant::new(scope.org.clone(), scope.project.clone(), scope.env.clone());
+    let tenant = Tenant::from_parts(&scope.org, &scope.project, &scope.env)?;
     let mut work = Vec::new();
     for (i, &n) in per_agent.iter().enumerate() {
-        let key = AgentKey::new(tenant.clone(), format!("ingest-{i:05}"));
-        store.agent_connected(&key, &agent_hello(), NOW_MS).await?;
+        let key = AgentKey::new(tenant.clone(), format!("ingest-{i:05}").parse()?);
+        store.agent_connected(&key, &agent_hello()?, NOW_MS).await?;
         let rows: Vec<NewRecord> = agent_records(&key.agent_id, n)
             .into_iter()
             .map(to_row)
@@ -511,16 +511,16 @@ async fn baseline(args: &Args, scope: &Scope, per_agent: &[usize]) -> anyhow::Re
     Ok(rate)
 }
 
-fn agent_hello() -> AgentHello {
-    AgentHello {
-        cert_serial: "01".into(),
+fn agent_hello() -> anyhow::Result<AgentHello> {
+    Ok(AgentHello {
+        cert_serial: gait_store::CertSerial::parse("01")?,
         remote_addr: "127.0.0.1:1".into(),
         agent_version: "gait-fleet-bench".into(),
         active_bundle: None,
         received_bundle: None,
         outbox_depth: 0,
         shed_total: 0,
-    }
+    })
 }
 
 /// The row the aggregator derives from a wire record (as its ingest does).

@@ -35,11 +35,7 @@ fn forge(
     );
     rt.block_on(async {
         let store = Store::connect(&url).await?;
-        let tenant = Tenant {
-            org: ORG.into(),
-            project: PROJECT.into(),
-            env: ENV.into(),
-        };
+        let tenant = Tenant::from_parts(ORG, PROJECT, ENV)?;
         store
             .publish_bundle(
                 &tenant,

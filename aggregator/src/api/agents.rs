@@ -3,12 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use gait_store::{AgentFilter, AgentPosition, MAX_AGENT_PAGE};
+use gait_store::{AgentFilter, AgentPosition, Env, MAX_AGENT_PAGE, Org, Project};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::pki::identity::validate_identifier;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct AgentQuery {
@@ -25,29 +24,18 @@ pub(super) async fn list_agents(
     Path(org): Path<String>,
     Query(q): Query<AgentQuery>,
 ) -> Result<Response, ApiError> {
-    validate_identifier("org", &org)?;
-    for (field, value) in [("project", &q.project), ("env", &q.env)] {
-        if let Some(v) = value {
-            validate_identifier(field, v)?;
-        }
-    }
+    let org: Org = super::ident("org", org)?;
+    let project: Option<Project> = q.project.map(|p| super::ident("project", p)).transpose()?;
+    let env: Option<Env> = q.env.map(|e| super::ident("env", e)).transpose()?;
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
         Some(text) => Some(AgentPosition::from_cursor(text).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "after: {text:?} is not a cursor `project/env/agent_id`; pass the previous page's next_after"
+                "after: {text:?} is not a cursor `project/env/agent_id` of three valid identifiers; pass the \
+                 previous page's next_after"
             ))
         })?),
         None => None,
     };
-    if let Some(a) = &after {
-        for (field, v) in [
-            ("after.project", &a.project),
-            ("after.env", &a.env),
-            ("after.agent_id", &a.agent_id),
-        ] {
-            validate_identifier(field, v)?;
-        }
-    }
     if let Some(limit) = q.limit
         && !(1..=MAX_AGENT_PAGE).contains(&limit)
     {
@@ -57,8 +45,8 @@ pub(super) async fn list_agents(
     }
     let filter = AgentFilter {
         org,
-        project: q.project,
-        env: q.env,
+        project,
+        env,
         after,
         limit: q.limit,
     };

@@ -3,12 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use gait_store::AgentKey;
+use gait_store::{AgentId, AgentKey};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, tenant};
-use crate::pki::identity::validate_identifier;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RecordQuery {
@@ -28,7 +27,7 @@ pub(super) async fn agent_records(
     Query(q): Query<RecordQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    validate_identifier("agent_id", &agent_id)?;
+    let agent_id: AgentId = super::ident("agent_id", agent_id)?;
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
     }
@@ -63,7 +62,7 @@ pub(super) async fn agent_gaps(
     Path((org, project, env, agent_id)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
-    validate_identifier("agent_id", &agent_id)?;
+    let agent_id: AgentId = super::ident("agent_id", agent_id)?;
     let gaps = state.store.gaps(&AgentKey { tenant, agent_id }).await?;
     Ok(Json(json!({ "gaps": gaps })).into_response())
 }

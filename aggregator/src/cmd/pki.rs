@@ -172,21 +172,17 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
     let config = args.data.apply(config)?;
     let serial = match (&args.cert, &args.serial) {
         (Some(path), _) => pki::cert_serial_hex(path)?,
-        (None, Some(s)) => {
-            if !pki::identity::is_serial_hex(s) {
-                bail!("--serial `{s}` is not a hexadecimal certificate serial");
-            }
-            pki::identity::normalize_serial_hex(s)
-        }
+        (None, Some(s)) => s.clone(),
         (None, None) => bail!("give --cert <agent.pem> or --serial <hex>"),
     };
-    let (org, project, env, agent_id) = match &args.cert {
+    let serial = gait_store::CertSerial::parse(&serial)
+        .with_context(|| format!("--serial `{serial}` is not a certificate serial"))?;
+    let agent = match &args.cert {
         Some(path) => {
             let der = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let id = pem_identity(&der).unwrap_or_default();
-            (id.0, id.1, id.2, id.3)
+            pem_identity(&der)
         }
-        None => Default::default(),
+        None => None,
     };
     // An operator command must never invent a database: a revocation written into a fresh SQLite file
     // would report success while the server (on PostgreSQL, or another data directory) never sees it.
@@ -202,8 +198,7 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
         .revoke(
             &Revocation {
                 cert_serial: serial.clone(),
-                tenant: gait_store::Tenant { org, project, env },
-                agent_id,
+                agent,
                 reason: args.reason.clone(),
             },
             unix_ms(),
@@ -214,10 +209,10 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
 }
 
 /// Tenancy of a PEM agent certificate, for the revocation record (best effort).
-fn pem_identity(pem: &[u8]) -> Option<(String, String, String, String)> {
+fn pem_identity(pem: &[u8]) -> Option<gait_store::AgentKey> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let der = CertificateDer::from_pem_slice(pem).ok()?;
     let id = gait_aggregator::pki::identity::identity_from_cert_der(&der).ok()?;
-    Some((id.org, id.project, id.env, id.agent_id))
+    id.typed().ok().map(|(key, _)| key)
 }

@@ -83,11 +83,8 @@ impl RevocationSet {
     }
 
     /// Replaces the whole set (e.g. after reloading it from the store).
-    pub fn replace_all(&self, serials: Vec<String>) {
-        let fresh: HashSet<String> = serials
-            .iter()
-            .map(|s| pki::normalize_serial_hex(s))
-            .collect();
+    pub fn replace_all(&self, serials: Vec<gait_identity::CertSerial>) {
+        let fresh: HashSet<String> = serials.into_iter().map(|s| s.as_str().to_owned()).collect();
         *self.write() = fresh;
     }
 
@@ -394,7 +391,9 @@ mod tests {
         assert!(clone.contains("abc"));
         assert!(clone.contains("000abc"));
         assert!(!clone.contains("abd"));
-        clone.replace_all(vec!["ff".to_owned()]);
+        clone.replace_all(vec![
+            gait_identity::CertSerial::parse("ff").expect("valid serial"),
+        ]);
         assert!(!set.contains("0abc"));
         assert!(set.contains("FF"));
         assert_eq!(set.len(), 1);

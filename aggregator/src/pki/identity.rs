@@ -4,6 +4,7 @@
 //! Moved here as it was from `tls.rs` and `pki.rs` so the CA side and the QUIC server side share one copy
 //! without importing each other; the `gait-identity` crate is to replace it.
 
+use gait_identity::{AgentKey, CertSerial, Tenant};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -65,6 +66,19 @@ impl AgentIdentity {
         )
     }
 
+    /// The store key and certificate serial of this identity as `gait-identity` types (the tenancy parts
+    /// and the serial are parsed again under the shared rule).
+    pub fn typed(&self) -> Result<(AgentKey, CertSerial), IdentityError> {
+        let key = AgentKey::new(
+            Tenant::from_parts(&self.org, &self.project, &self.env)?,
+            self.agent_id.parse()?,
+        );
+        let serial = CertSerial::parse(&self.serial_hex).map_err(|e| {
+            IdentityError::BadCertificate(format!("serial {:?}: {e}", self.serial_hex))
+        })?;
+        Ok((key, serial))
+    }
+
     /// Checks every tenancy field and the trust domain against their rules.
     pub fn validate(&self) -> Result<(), IdentityError> {
         validate_trust_domain(&self.trust_domain)?;
@@ -111,6 +125,9 @@ pub enum IdentityError {
         /// The offending value.
         value: String,
     },
+    /// A tenancy identifier breaks the shared `gait-identity` rule.
+    #[error(transparent)]
+    Identifier(#[from] gait_identity::IdError),
     /// The trust domain breaks the trust domain rule.
     #[error("invalid trust domain `{value}`: must match {TRUST_DOMAIN_RULE}")]
     InvalidTrustDomain {

@@ -89,12 +89,17 @@ async fn ingest(
     rounds: usize,
     tasks: usize,
 ) -> Result<(usize, Duration, Option<f64>)> {
-    let tenant = Tenant::new("bench", "ingest", "prod");
+    let tenant = Tenant::from_parts("bench", "ingest", "prod")?;
     let keys: Vec<AgentKey> = (0..AGENTS)
-        .map(|i| AgentKey::new(tenant.clone(), format!("agent-{i:03}")))
-        .collect();
+        .map(|i| {
+            Ok(AgentKey::new(
+                tenant.clone(),
+                format!("agent-{i:03}").parse()?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     for k in &keys {
-        store.agent_connected(k, &hello(), NOW).await?;
+        store.agent_connected(k, &hello()?, NOW).await?;
     }
     // Per agent: its batches in order, built before the clock starts.
     let work: Vec<(AgentKey, Vec<Vec<NewRecord>>)> = keys
@@ -144,16 +149,16 @@ async fn ingest(
     Ok((total, elapsed, cpu))
 }
 
-fn hello() -> AgentHello {
-    AgentHello {
-        cert_serial: "01".into(),
+fn hello() -> Result<AgentHello> {
+    Ok(AgentHello {
+        cert_serial: gait_store::CertSerial::parse("01")?,
         remote_addr: "127.0.0.1:1".into(),
         agent_version: "bench".into(),
         active_bundle: None,
         received_bundle: None,
         outbox_depth: 0,
         shed_total: 0,
-    }
+    })
 }
 
 /// `n` chained records with ~300-byte JSON payloads; hashes are distinct per agent and seq.

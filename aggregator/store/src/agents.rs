@@ -5,7 +5,7 @@ use crate::conn::{Conn, agent_where, bind_key, db_run, later};
 use crate::error::{StoreError, db};
 use crate::model::{
     self, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BundleReportRow, check_digest,
-    check_name, check_text, to_i64,
+    check_label, to_i64,
 };
 use crate::rows::{self, agent_columns};
 
@@ -36,8 +36,9 @@ pub(crate) async fn connected(
     );
     let mut results = Vec::with_capacity(hellos.len());
     for (key, hello) in hellos {
-        let serial = match key.validate().and_then(|()| hello.validate()) {
-            Ok(serial) => serial,
+        let serial = hello.cert_serial.as_str();
+        match hello.validate() {
+            Ok(()) => {}
             Err(e) => {
                 results.push(Err(e));
                 continue;
@@ -55,7 +56,7 @@ pub(crate) async fn connected(
         let shed_total = to_i64("hello.shed_total", hello.shed_total)?;
         let cursor = db_run!(conn, |c| {
             let row = bind_key(sqlx::query(SQL), key)
-                .bind(serial.as_str())
+                .bind(serial)
                 .bind(now_ms)
                 .bind(hello.remote_addr.as_str())
                 .bind(hello.agent_version.as_str())
@@ -88,9 +89,6 @@ pub(crate) async fn seen(
         later!("last_seen_unix_ms", "$5"),
         agent_where!()
     );
-    for key in keys {
-        key.validate()?;
-    }
     let mut found = 0;
     for key in keys {
         found += db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
@@ -127,7 +125,6 @@ pub(crate) async fn bundle_report(
         later!("last_seen_unix_ms", "$8"),
         agent_where!()
     );
-    key.validate()?;
     let (sql, epoch, text, since) = match report {
         BundleReportRow::Received(b) => (RECEIVED, b.epoch, b.digest.as_str(), None),
         BundleReportRow::Activated(b) => {
@@ -141,8 +138,7 @@ pub(crate) async fn bundle_report(
             check_digest("report.digest", text)?
         }
         BundleReportRow::Refused { .. } => {
-            check_name("report.code", text)?;
-            check_text("report.code", text, model::MAX_LABEL_BYTES)?;
+            check_label("report.code", text)?;
         }
     }
     let found = db_run!(conn, |c| {
@@ -187,18 +183,6 @@ pub(crate) async fn list(
               OR (project, env, agent_id) > (CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT))) \
          ORDER BY project, env, agent_id LIMIT $7"
     );
-    check_name("filter.org", &filter.org)?;
-    if let Some(after) = &filter.after {
-        check_name("filter.after.project", &after.project)?;
-        check_name("filter.after.env", &after.env)?;
-        check_name("filter.after.agent_id", &after.agent_id)?;
-    }
-    if let Some(project) = &filter.project {
-        check_name("filter.project", project)?;
-    }
-    if let Some(env) = &filter.env {
-        check_name("filter.env", env)?;
-    }
     let after = filter.after.as_ref();
     db_run!(conn, |c| {
         let found = sqlx::query(SQL)

@@ -42,6 +42,15 @@ pub enum StoreError {
     /// The caller passed a value the store refuses; `field` is the dotted name of the offending input.
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: String, reason: String },
+    /// A record of a batch breaks the wire rule of one record ([`gait_wire::Record::validate`]); `index` is
+    /// its place in the batch.
+    #[error("invalid records[{index}] (seq {seq}): {source}")]
+    InvalidRecord {
+        index: usize,
+        seq: u64,
+        #[source]
+        source: gait_wire::RecordError,
+    },
     /// The agent has no row yet: call `agent_connected` first.
     #[error("unknown agent {agent}: agent_connected must run before this operation")]
     UnknownAgent { agent: String },
@@ -65,8 +74,19 @@ impl StoreError {
             Self::UnsupportedUrl { .. }
             | Self::EpochConflict { .. }
             | Self::InvalidInput { .. }
+            | Self::InvalidRecord { .. }
             | Self::UnknownAgent { .. }
             | Self::Corrupt { .. } => false,
+        }
+    }
+
+    /// For a record the batch refused under the wire rule: its index in the batch and the refusal code the
+    /// aggregator answers with. `None` for every other error (including the store's own input rules, which
+    /// ingest reports as [`gait_wire::RefusalCode::RecordStoreRefused`] when they name a record).
+    pub fn refusal_code(&self) -> Option<(usize, gait_wire::RefusalCode)> {
+        match self {
+            Self::InvalidRecord { index, source, .. } => Some((*index, source.refusal_code())),
+            _ => None,
         }
     }
 

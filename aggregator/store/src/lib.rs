@@ -33,12 +33,12 @@ use std::path::Path;
 
 pub use error::StoreError;
 pub use model::{
-    ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentPosition, AgentRow,
-    BatchOutcome, BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
-    MAX_BATCH_RECORDS, MAX_LABEL_BYTES, MAX_NAME_BYTES, MAX_RECORDS_PAGE,
-    MAX_REFUSAL_MESSAGE_BYTES, MAX_SERIAL_HEX, MAX_TEXT_BYTES, NewRecord, Refusal, Revocation,
-    StoredBundle, StoredRecord, Tenant, normalize_cert_serial,
+    ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
+    BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
+    MAX_BATCH_RECORDS, MAX_LABEL_BYTES, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES,
+    MAX_TEXT_BYTES, NewRecord, Refusal, Revocation, StoredBundle, StoredRecord,
 };
+pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tx::StoreTx;
@@ -230,9 +230,6 @@ impl Store {
     /// Moves `last_seen` forward for many agents in one transaction; unknown agents are skipped. Returns how
     /// many agents were found.
     pub async fn agents_seen(&self, keys: &[&AgentKey], now_ms: i64) -> Result<u64, StoreError> {
-        for key in keys {
-            key.validate()?;
-        }
         if keys.is_empty() {
             return Ok(0);
         }
@@ -321,8 +318,8 @@ impl Store {
         on_conn!(self, |conn| revocations::revoke(conn, rev, now_ms))
     }
 
-    /// Every revoked serial (normalised lowercase hex), sorted.
-    pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+    /// Every revoked serial, sorted by its canonical text.
+    pub async fn revoked_serials(&self) -> Result<Vec<CertSerial>, StoreError> {
         on_conn!(self, |conn| revocations::serials(conn))
     }
 }

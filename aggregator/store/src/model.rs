@@ -8,77 +8,21 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::StoreError;
 
-/// Longest accepted org, project, env or agent id, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
-/// Longest accepted record class or kind, or refusal code, in bytes.
+/// Longest accepted record class or bundle refusal code, in bytes. (Record kinds follow the wire kind rule,
+/// [`gait_wire::limits::MAX_KIND_BYTES`].)
 pub const MAX_LABEL_BYTES: usize = 64;
 /// Longest accepted free text (remote address, agent version, reason, created_by), in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
 /// Longest accepted refusal message; longer messages from agents are cut to this length, not refused.
 pub const MAX_REFUSAL_MESSAGE_BYTES: usize = 1024;
-/// Most records one `commit_batch` call accepts.
-pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// Most records one `commit_batch` call accepts: the wire limit of one batch.
+pub const MAX_BATCH_RECORDS: usize = gait_wire::limits::MAX_BATCH_RECORDS;
 /// Most records one `records` page returns; larger limits are clamped to it.
 pub const MAX_RECORDS_PAGE: u32 = 1_000;
-/// Longest accepted certificate serial in hex digits, after normalisation (RFC 5280 allows 20 octets).
-pub const MAX_SERIAL_HEX: usize = 64;
 
-/// The tenancy every row is scoped by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Tenant {
-    pub org: String,
-    pub project: String,
-    pub env: String,
-}
-
-impl Tenant {
-    pub fn new(org: impl Into<String>, project: impl Into<String>, env: impl Into<String>) -> Self {
-        Self {
-            org: org.into(),
-            project: project.into(),
-            env: env.into(),
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        check_name("org", &self.org)?;
-        check_name("project", &self.project)?;
-        check_name("env", &self.env)
-    }
-}
-
-impl std::fmt::Display for Tenant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.org, self.project, self.env)
-    }
-}
-
-/// One agent inside one tenant. The same `agent_id` in two tenants names two different agents.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct AgentKey {
-    pub tenant: Tenant,
-    pub agent_id: String,
-}
-
-impl AgentKey {
-    pub fn new(tenant: Tenant, agent_id: impl Into<String>) -> Self {
-        Self {
-            tenant,
-            agent_id: agent_id.into(),
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        self.tenant.validate()?;
-        check_name("agent_id", &self.agent_id)
-    }
-}
-
-impl std::fmt::Display for AgentKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.tenant, self.agent_id)
-    }
-}
+/// The tenancy every row is scoped by, and one agent inside one tenant: `gait-identity`'s types, so a value
+/// the store holds satisfies the same identifier rule as HTTP paths, certificates and bundles.
+pub use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 
 /// A bundle an agent holds, named by epoch and manifest digest (64 lowercase hex characters).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,8 +42,8 @@ pub struct ActiveBundle {
 /// What an agent says about itself when it connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentHello {
-    /// Serial of the verified client certificate, hex (colons and upper case are accepted and normalised).
-    pub cert_serial: String,
+    /// Serial of the verified client certificate.
+    pub cert_serial: CertSerial,
     pub remote_addr: String,
     pub agent_version: String,
     pub active_bundle: Option<ActiveBundle>,
@@ -186,13 +130,13 @@ pub const MAX_AGENT_PAGE: u32 = 5_000;
 
 /// Which agents to list: `org` is required, `project` and `env` narrow the list when set. Pages follow the
 /// order (project, env, agent_id): `after` is the last agent of the previous page.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentFilter {
-    pub org: String,
+    pub org: Org,
     #[serde(default)]
-    pub project: Option<String>,
+    pub project: Option<Project>,
     #[serde(default)]
-    pub env: Option<String>,
+    pub env: Option<Env>,
     /// Start after this agent (exclusive).
     #[serde(default)]
     pub after: Option<AgentPosition>,
@@ -202,6 +146,17 @@ pub struct AgentFilter {
 }
 
 impl AgentFilter {
+    /// Every agent of `org`, first page of the default size.
+    pub fn for_org(org: Org) -> Self {
+        AgentFilter {
+            org,
+            project: None,
+            env: None,
+            after: None,
+            limit: None,
+        }
+    }
+
     /// The page size to use.
     pub fn page_size(&self) -> u32 {
         self.limit
@@ -213,9 +168,9 @@ impl AgentFilter {
 /// An agent's place in the listing order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentPosition {
-    pub project: String,
-    pub env: String,
-    pub agent_id: String,
+    pub project: Project,
+    pub env: Env,
+    pub agent_id: AgentId,
 }
 
 impl AgentRow {
@@ -235,7 +190,7 @@ impl AgentPosition {
         format!("{}/{}/{}", self.project, self.env, self.agent_id)
     }
 
-    /// Parses [`AgentPosition::to_cursor`] output.
+    /// Parses [`AgentPosition::to_cursor`] output; `None` unless it is three valid identifiers.
     pub fn from_cursor(text: &str) -> Option<AgentPosition> {
         let mut parts = text.split('/');
         let (Some(project), Some(env), Some(agent_id), None) =
@@ -244,9 +199,9 @@ impl AgentPosition {
             return None;
         };
         Some(AgentPosition {
-            project: project.to_owned(),
-            env: env.to_owned(),
-            agent_id: agent_id.to_owned(),
+            project: project.parse().ok()?,
+            env: env.parse().ok()?,
+            agent_id: agent_id.parse().ok()?,
         })
     }
 }
@@ -265,8 +220,8 @@ pub struct Refusal {
 pub struct AgentRow {
     #[serde(flatten)]
     pub tenant: Tenant,
-    pub agent_id: String,
-    pub cert_serial: String,
+    pub agent_id: AgentId,
+    pub cert_serial: CertSerial,
     pub first_seen_unix_ms: i64,
     pub last_seen_unix_ms: i64,
     pub remote_addr: String,
@@ -340,10 +295,10 @@ pub struct StoredRecord {
 /// A revoked client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
-    /// Hex serial (colons and upper case are accepted and normalised).
-    pub cert_serial: String,
-    pub tenant: Tenant,
-    pub agent_id: String,
+    /// The revoked certificate's serial.
+    pub cert_serial: CertSerial,
+    /// The agent the certificate belonged to, when known (an operator may revoke a bare serial).
+    pub agent: Option<AgentKey>,
     pub reason: String,
 }
 
@@ -351,45 +306,12 @@ fn hex_bytes<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(bytes))
 }
 
-/// Normalises a certificate serial to its canonical hex form, so revocations and hellos compare equal whatever
-/// rendering the caller's X.509 parser produced: lowercase, no colons, leading zeros dropped, then padded to
-/// whole bytes (`"00:0A:BC"` -> `"0abc"`, zero -> `"00"`).
-pub fn normalize_cert_serial(field: &str, serial: &str) -> Result<String, StoreError> {
-    let hex: String = serial
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if hex.is_empty() {
-        return Err(StoreError::invalid(field, "certificate serial is empty"));
-    }
-    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(StoreError::invalid(
-            field,
-            "certificate serial must be hex digits (colons allowed)",
-        ));
-    }
-    let significant = hex.trim_start_matches('0');
-    let canonical = match significant.len() {
-        0 => "00".to_owned(),
-        n if n % 2 == 1 => format!("0{significant}"),
-        _ => significant.to_owned(),
-    };
-    if canonical.len() > MAX_SERIAL_HEX {
-        return Err(StoreError::invalid(
-            field,
-            format!("certificate serial is longer than {MAX_SERIAL_HEX} hex digits"),
-        ));
-    }
-    Ok(canonical)
-}
-
-pub(crate) fn check_name(field: &str, value: &str) -> Result<(), StoreError> {
+/// A label (record class, bundle refusal code): non-empty, at most [`MAX_LABEL_BYTES`], no control characters.
+pub(crate) fn check_label(field: &str, value: &str) -> Result<(), StoreError> {
     if value.is_empty() {
         return Err(StoreError::invalid(field, "must not be empty"));
     }
-    check_text(field, value, MAX_NAME_BYTES)
+    check_text(field, value, MAX_LABEL_BYTES)
 }
 
 pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), StoreError> {
@@ -461,8 +383,7 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 impl AgentHello {
-    pub(crate) fn validate(&self) -> Result<String, StoreError> {
-        let serial = normalize_cert_serial("hello.cert_serial", &self.cert_serial)?;
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
         check_text("hello.remote_addr", &self.remote_addr, MAX_TEXT_BYTES)?;
         check_text("hello.agent_version", &self.agent_version, MAX_TEXT_BYTES)?;
         if let Some(b) = &self.active_bundle {
@@ -475,48 +396,53 @@ impl AgentHello {
         }
         to_i64("hello.outbox_depth", self.outbox_depth)?;
         to_i64("hello.shed_total", self.shed_total)?;
-        Ok(serial)
+        Ok(())
     }
 }
 
 impl NewRecord {
+    /// The wire rule of one record ([`gait_wire::Record::validate`]: seq, kind, payload, bundle epoch) plus
+    /// the store's own input rules (class label, bundle digest). `index` is the record's place in the batch.
     pub(crate) fn validate(&self, index: usize) -> Result<(), StoreError> {
+        self.wire_check()
+            .map_err(|source| StoreError::InvalidRecord {
+                index,
+                seq: self.seq,
+                source,
+            })?;
         let field = |name: &str| format!("records[{index}].{name}");
-        if self.seq == 0 {
-            return Err(StoreError::invalid(
-                field("seq"),
-                "sequence numbers start at 1",
-            ));
-        }
-        to_i64(&field("seq"), self.seq)?;
-        check_name(&field("class"), &self.class)?;
-        check_text(&field("class"), &self.class, MAX_LABEL_BYTES)?;
-        check_name(&field("kind"), &self.kind)?;
-        check_text(&field("kind"), &self.kind, MAX_LABEL_BYTES)?;
-        if let Some(epoch) = self.bundle_epoch {
-            to_i64(&field("bundle_epoch"), epoch)?;
-        }
+        check_label(&field("class"), &self.class)?;
         if let Some(digest) = &self.bundle_digest {
             check_digest(&field("bundle_digest"), digest)?;
         }
         Ok(())
+    }
+
+    /// The checks of [`gait_wire::Record::validate`], in its order, on the store's form of the record.
+    fn wire_check(&self) -> Result<(), gait_wire::RecordError> {
+        use gait_wire::{RecordError, limits};
+        if self.seq == 0 {
+            return Err(RecordError::SeqZero);
+        }
+        if self.seq > limits::MAX_SEQ {
+            return Err(RecordError::SeqTooLarge { seq: self.seq });
+        }
+        gait_wire::record::check_content(self.seq, &self.kind, self.payload.len())?;
+        match self.bundle_epoch {
+            Some(epoch) if epoch > limits::MAX_BUNDLE_EPOCH => {
+                Err(RecordError::BundleEpochTooLarge {
+                    seq: self.seq,
+                    epoch,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cert_serials_normalise_to_lowercase_hex_without_colons() {
-        assert_eq!(
-            normalize_cert_serial("s", "0A:1b:FF").ok().as_deref(),
-            Some("0a1bff")
-        );
-        assert!(normalize_cert_serial("s", "").is_err());
-        assert!(normalize_cert_serial("s", "0x12").is_err());
-        assert!(normalize_cert_serial("s", &"a".repeat(MAX_SERIAL_HEX + 1)).is_err());
-    }
 
     #[test]
     fn digests_must_be_64_lowercase_hex() {
@@ -545,10 +471,59 @@ mod tests {
     }
 
     #[test]
-    fn names_refuse_empty_oversized_and_control_characters() {
-        assert!(check_name("org", "").is_err());
-        assert!(check_name("org", &"o".repeat(MAX_NAME_BYTES + 1)).is_err());
-        assert!(check_name("org", "a\nb").is_err());
-        assert!(check_name("org", "acme-prod_1").is_ok());
+    fn labels_refuse_empty_oversized_and_control_characters() {
+        assert!(check_label("class", "").is_err());
+        assert!(check_label("class", &"c".repeat(MAX_LABEL_BYTES + 1)).is_err());
+        assert!(check_label("class", "a\nb").is_err());
+        assert!(check_label("class", "decision").is_ok());
+    }
+
+    fn record(seq: u64, kind: &str, payload_len: usize) -> NewRecord {
+        NewRecord {
+            seq,
+            prev_hash: [0; 32],
+            hash: [1; 32],
+            class: "decision".into(),
+            kind: kind.into(),
+            created_unix_ms: 0,
+            bundle_epoch: None,
+            bundle_digest: None,
+            bundle_since_ms: None,
+            payload: vec![b'x'; payload_len],
+        }
+    }
+
+    #[test]
+    fn records_follow_the_wire_rule_and_name_their_refusal_code() {
+        use gait_wire::{RefusalCode, limits};
+        assert!(record(1, "gate.decision", 10).validate(0).is_ok());
+        let cases = [
+            (record(0, "k", 0), RefusalCode::RecordSeqInvalid),
+            (
+                record(limits::MAX_SEQ + 1, "k", 0),
+                RefusalCode::RecordSeqInvalid,
+            ),
+            (
+                record(1, &"k".repeat(limits::MAX_KIND_BYTES + 1), 0),
+                RefusalCode::RecordKindInvalid,
+            ),
+            (
+                record(1, "k", limits::MAX_PAYLOAD_BYTES + 1),
+                RefusalCode::RecordPayloadTooLarge,
+            ),
+        ];
+        for (index, (r, code)) in cases.into_iter().enumerate() {
+            let err = r.validate(index).expect_err("refused");
+            assert_eq!(err.refusal_code(), Some((index, code)), "{err}");
+        }
+        let mut epoch = record(2, "k", 0);
+        epoch.bundle_epoch = Some(limits::MAX_BUNDLE_EPOCH + 1);
+        assert_eq!(
+            epoch.validate(7).expect_err("refused").refusal_code(),
+            Some((7, RefusalCode::RecordBundleInvalid))
+        );
+        let mut class = record(3, "k", 0);
+        class.class = String::new();
+        assert_eq!(class.validate(1).expect_err("refused").refusal_code(), None);
     }
 }

@@ -28,7 +28,6 @@ pub(crate) async fn commit_batch(
         later!("last_seen_unix_ms", "$8"),
         agent_where!()
     );
-    key.validate()?;
     if records.len() > MAX_BATCH_RECORDS {
         return Err(StoreError::invalid(
             "records",
@@ -102,7 +101,6 @@ pub(crate) async fn commit_batch(
 /// How many records of the agent are stored.
 pub(crate) async fn count(mut conn: Conn<'_>, key: &AgentKey) -> Result<u64, StoreError> {
     const SQL: &str = concat!("SELECT count(*) AS n FROM records", agent_where!());
-    key.validate()?;
     let n = db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
         .fetch_one(&mut *c)
         .await
@@ -126,7 +124,6 @@ pub(crate) async fn page(
         agent_where!(),
         " AND seq > $5 ORDER BY seq LIMIT $6"
     );
-    key.validate()?;
     let after = to_i64("after_seq", after_seq)?;
     let limit = limit.min(MAX_RECORDS_PAGE);
     if limit == 0 {
@@ -150,7 +147,6 @@ pub(crate) async fn gaps(mut conn: Conn<'_>, key: &AgentKey) -> Result<Vec<GapRo
         agent_where!(),
         " ORDER BY first_seq, id"
     );
-    key.validate()?;
     db_run!(conn, |c| {
         let found = bind_key(sqlx::query(SQL), key)
             .fetch_all(&mut *c)

@@ -2,7 +2,7 @@
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::model::{self, Revocation, check_name, check_text, normalize_cert_serial};
+use crate::model::{self, CertSerial, Revocation, check_text};
 
 /// Revokes a certificate. Revoking an already revoked serial is a no-op that keeps the first record.
 pub(crate) async fn revoke(
@@ -12,17 +12,16 @@ pub(crate) async fn revoke(
 ) -> Result<(), StoreError> {
     const SQL: &str = "INSERT INTO revocations (cert_serial, org, project, env, agent_id, reason, \
          revoked_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cert_serial) DO NOTHING";
-    let serial = normalize_cert_serial("revocation.cert_serial", &rev.cert_serial)?;
-    rev.tenant.validate()?;
-    check_name("revocation.agent_id", &rev.agent_id)?;
+    // A bare-serial revocation keeps empty tenancy columns, as it always did.
+    let agent = rev.agent.as_ref();
     check_text("revocation.reason", &rev.reason, model::MAX_TEXT_BYTES)?;
     db_run!(conn, |c| {
         sqlx::query(SQL)
-            .bind(serial.as_str())
-            .bind(rev.tenant.org.as_str())
-            .bind(rev.tenant.project.as_str())
-            .bind(rev.tenant.env.as_str())
-            .bind(rev.agent_id.as_str())
+            .bind(rev.cert_serial.as_str())
+            .bind(agent.map_or("", |a| a.tenant.org.as_str()))
+            .bind(agent.map_or("", |a| a.tenant.project.as_str()))
+            .bind(agent.map_or("", |a| a.tenant.env.as_str()))
+            .bind(agent.map_or("", |a| a.agent_id.as_str()))
             .bind(rev.reason.as_str())
             .bind(now_ms)
             .execute(&mut *c)
@@ -32,11 +31,32 @@ pub(crate) async fn revoke(
     Ok(())
 }
 
-/// Every revoked serial (normalised lowercase hex), sorted.
-pub(crate) async fn serials(mut conn: Conn<'_>) -> Result<Vec<String>, StoreError> {
+/// Every revoked serial, sorted by its canonical text. A stored serial that is not canonical is reported as
+/// [`StoreError::Corrupt`].
+pub(crate) async fn serials(mut conn: Conn<'_>) -> Result<Vec<CertSerial>, StoreError> {
     const SQL: &str = "SELECT cert_serial FROM revocations ORDER BY cert_serial";
-    db_run!(conn, |c| sqlx::query_scalar(SQL)
+    let texts: Vec<String> = db_run!(conn, |c| sqlx::query_scalar(SQL)
         .fetch_all(&mut *c)
         .await
-        .map_err(db("revoked_serials")))
+        .map_err(db("revoked_serials")))?;
+    texts
+        .iter()
+        .map(|text| stored_serial("revocations", text))
+        .collect()
+}
+
+/// A serial read back from the database: it must already be in canonical form (the store writes only
+/// [`CertSerial`] text), anything else is corruption.
+pub(crate) fn stored_serial(table: &'static str, text: &str) -> Result<CertSerial, StoreError> {
+    match CertSerial::parse(text) {
+        Ok(serial) if serial.as_str() == text => Ok(serial),
+        Ok(serial) => Err(StoreError::corrupt(
+            table,
+            format!("cert_serial {text:?} is not canonical (expected {serial})"),
+        )),
+        Err(e) => Err(StoreError::corrupt(
+            table,
+            format!("cert_serial {text:?}: {e}"),
+        )),
+    }
 }

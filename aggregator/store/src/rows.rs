@@ -94,13 +94,13 @@ pub(crate) fn agent_row(row: &impl Columns) -> Result<AgentRow, StoreError> {
         _ => None,
     };
     Ok(AgentRow {
-        tenant: Tenant {
-            org: row.text("org")?,
-            project: row.text("project")?,
-            env: row.text("env")?,
-        },
-        agent_id: row.text("agent_id")?,
-        cert_serial: row.text("cert_serial")?,
+        tenant: Tenant::new(
+            stored_id(T, "org", row.text("org")?)?,
+            stored_id(T, "project", row.text("project")?)?,
+            stored_id(T, "env", row.text("env")?)?,
+        ),
+        agent_id: stored_id(T, "agent_id", row.text("agent_id")?)?,
+        cert_serial: crate::revocations::stored_serial(T, &row.text("cert_serial")?)?,
         first_seen_unix_ms: row.int("first_seen_unix_ms")?,
         last_seen_unix_ms: row.int("last_seen_unix_ms")?,
         remote_addr: row.text("remote_addr")?,
@@ -114,6 +114,15 @@ pub(crate) fn agent_row(row: &impl Columns) -> Result<AgentRow, StoreError> {
         shed_total: to_u64(T, "shed_total", row.int("shed_total")?)?,
         gap_count: to_u64(T, "gap_count", row.int("gap_count")?)?,
     })
+}
+
+/// An identifier read back from the database, parsed by its `gait-identity` type; a value that breaks the
+/// identifier rule was not written by this store and is reported as [`StoreError::Corrupt`].
+pub(crate) fn stored_id<T>(table: &'static str, column: &str, text: String) -> Result<T, StoreError>
+where
+    T: TryFrom<String, Error = gait_identity::IdError>,
+{
+    T::try_from(text).map_err(|e| StoreError::corrupt(table, format!("{column}: {e}")))
 }
 
 /// The columns `record_row` reads, as a literal for `concat!` in SELECT statements.

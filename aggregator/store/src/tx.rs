@@ -164,7 +164,7 @@ impl StoreTx {
     }
 
     /// See [`crate::Store::revoked_serials`].
-    pub async fn revoked_serials(&mut self) -> Result<Vec<String>, StoreError> {
+    pub async fn revoked_serials(&mut self) -> Result<Vec<crate::CertSerial>, StoreError> {
         revocations::serials(self.tx.conn()).await
     }
 }

@@ -5,17 +5,31 @@ use anyhow::{Context as _, Result, bail, ensure};
 use gait_store::testing::TestStore;
 use gait_store::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentKey, BundleRef, BundleReportRow,
-    GapKind, NewRecord, Revocation, Store, StoreError, Tenant,
+    CertSerial, GapKind, NewRecord, Revocation, Store, StoreError, Tenant,
 };
 
 const NOW: i64 = 1_764_000_000_000;
 
+/// A typed identifier (or serial) from a literal the test knows to be valid.
+fn id<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.parse()
+        .unwrap_or_else(|e| panic!("test literal {text:?}: {e:?}"))
+}
+
+fn tenant_of(org: &str, project: &str, env: &str) -> Tenant {
+    Tenant::from_parts(org, project, env)
+        .unwrap_or_else(|e| panic!("test tenant {org}/{project}/{env}: {e}"))
+}
+
 fn tenant(org: &str) -> Tenant {
-    Tenant::new(org, "payments", "prod")
+    tenant_of(org, "payments", "prod")
 }
 
 fn key(org: &str, agent: &str) -> AgentKey {
-    AgentKey::new(tenant(org), agent)
+    AgentKey::new(tenant(org), id(agent))
 }
 
 fn digest(n: u8) -> String {
@@ -24,7 +38,7 @@ fn digest(n: u8) -> String {
 
 fn hello(serial: &str) -> AgentHello {
     AgentHello {
-        cert_serial: serial.into(),
+        cert_serial: id(serial),
         remote_addr: "10.0.0.7:4433".into(),
         agent_version: "0.1.0".into(),
         active_bundle: Some(ActiveBundle {
@@ -78,12 +92,7 @@ async fn connected(store: &Store, k: &AgentKey) -> Result<AgentCursor> {
 }
 
 async fn agent_row(store: &Store, k: &AgentKey) -> Result<gait_store::AgentRow> {
-    let filter = AgentFilter {
-        org: k.tenant.org.clone(),
-        project: None,
-        env: None,
-        ..AgentFilter::default()
-    };
+    let filter = AgentFilter::for_org(k.tenant.org.clone());
     let rows = store.list_agents(&filter).await?;
     rows.into_iter()
         .find(|r| r.tenant == k.tenant && r.agent_id == k.agent_id)
@@ -199,7 +208,7 @@ async fn agent_upsert_returns_the_committed_cursor(db: &TestStore) -> Result<()>
     ensure!(row.last_seen_unix_ms == NOW + 10);
     ensure!(row.agent_version == "0.2.0");
     ensure!(
-        row.cert_serial == "0a1b2c",
+        row.cert_serial.as_str() == "0a1b2c",
         "serial stored normalised: {}",
         row.cert_serial
     );
@@ -217,10 +226,9 @@ async fn agent_upsert_returns_the_committed_cursor(db: &TestStore) -> Result<()>
     ensure!(
         store
             .list_agents(&AgentFilter {
-                org: "acme".into(),
                 project: None,
                 env: None,
-                ..AgentFilter::default()
+                ..AgentFilter::for_org(id("acme"))
             })
             .await?
             .len()
@@ -475,7 +483,7 @@ async fn bundle_epochs_must_increase_per_tenant(db: &TestStore) -> Result<()> {
     ensure!(latest.created_by == "bob" && latest.created_unix_ms == NOW + 2);
 
     // Epochs are per tenant: another env starts at 1.
-    let staging = Tenant::new("acme", "payments", "staging");
+    let staging = tenant_of("acme", "payments", "staging");
     store
         .publish_bundle(&staging, 1, &digest(1), b"s1", "alice", NOW)
         .await?;
@@ -488,7 +496,7 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
     let store = db.store();
     let a = key("org-a", "agent-1");
     let b = key("org-b", "agent-1");
-    let a_staging = AgentKey::new(Tenant::new("org-a", "payments", "staging"), "agent-1");
+    let a_staging = AgentKey::new(tenant_of("org-a", "payments", "staging"), id("agent-1"));
     for k in [&a, &b, &a_staging] {
         connected(store, k).await?;
     }
@@ -509,53 +517,52 @@ async fn tenants_are_isolated(db: &TestStore) -> Result<()> {
 
     let org_a = store
         .list_agents(&AgentFilter {
-            org: "org-a".into(),
             project: None,
             env: None,
-            ..AgentFilter::default()
+            ..AgentFilter::for_org(id("org-a"))
         })
         .await?;
     ensure!(org_a.len() == 2, "{org_a:?}");
     ensure!(org_a.iter().all(|r| r.tenant.org == "org-a"));
     let prod = AgentFilter {
-        org: "org-a".into(),
-        project: Some("payments".into()),
-        env: Some("prod".into()),
-        ..AgentFilter::default()
+        project: Some(id("payments")),
+        env: Some(id("prod")),
+        ..AgentFilter::for_org(id("org-a"))
     };
     let only_prod = store.list_agents(&prod).await?;
     ensure!(only_prod.len() == 1 && only_prod[0].committed_seq == 4);
     let org_b = store
         .list_agents(&AgentFilter {
-            org: "org-b".into(),
             project: None,
             env: None,
-            ..AgentFilter::default()
+            ..AgentFilter::for_org(id("org-b"))
         })
         .await?;
     ensure!(org_b.len() == 1 && org_b[0].committed_seq == 2);
-    // Both backends order agents bytewise by (project, env, agent_id): upper case before lower case.
-    for id in ["b-agent", "Z-agent", "a-agent"] {
-        connected(store, &AgentKey::new(Tenant::new("org-d", "p", "e"), id)).await?;
+    // Both backends order agents bytewise by (project, env, agent_id): `-` before `.` before letters.
+    for agent in ["b-agent", "a.agent", "a-agent"] {
+        connected(
+            store,
+            &AgentKey::new(tenant_of("org-d", "p", "e"), id(agent)),
+        )
+        .await?;
     }
-    let ids: Vec<String> = store
+    let ids: Vec<gait_store::AgentId> = store
         .list_agents(&AgentFilter {
-            org: "org-d".into(),
             project: None,
             env: None,
-            ..AgentFilter::default()
+            ..AgentFilter::for_org(id("org-d"))
         })
         .await?
         .into_iter()
         .map(|r| r.agent_id)
         .collect();
-    ensure!(ids == ["Z-agent", "a-agent", "b-agent"], "order {ids:?}");
+    ensure!(ids == ["a-agent", "a.agent", "b-agent"], "order {ids:?}");
     let none = store
         .list_agents(&AgentFilter {
-            org: "org-c".into(),
             project: None,
             env: None,
-            ..AgentFilter::default()
+            ..AgentFilter::for_org(id("org-c"))
         })
         .await?;
     ensure!(none.is_empty());
@@ -574,16 +581,15 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
     let store = db.store();
     ensure!(store.revoked_serials().await?.is_empty());
     let rev = Revocation {
-        cert_serial: "0A:BC:DE".into(),
-        tenant: tenant("acme"),
-        agent_id: "agent-1".into(),
+        cert_serial: id("0A:BC:DE"),
+        agent: Some(key("acme", "agent-1")),
         reason: "key compromise".into(),
     };
     store.revoke(&rev, NOW).await?;
     store
         .revoke(
             &Revocation {
-                cert_serial: "0abcde".into(),
+                cert_serial: id("0abcde"),
                 reason: "again".into(),
                 ..rev.clone()
             },
@@ -593,26 +599,17 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
     store
         .revoke(
             &Revocation {
-                cert_serial: "01".into(),
+                cert_serial: id("01"),
                 ..rev.clone()
             },
             NOW,
         )
         .await?;
-    ensure!(store.revoked_serials().await? == vec!["01".to_string(), "0abcde".to_string()]);
-    match store
-        .revoke(
-            &Revocation {
-                cert_serial: "zz".into(),
-                ..rev
-            },
-            NOW,
-        )
-        .await
-    {
-        Err(StoreError::InvalidInput { field, .. }) => ensure!(field == "revocation.cert_serial"),
-        other => bail!("non-hex serial gave {other:?}"),
-    }
+    ensure!(
+        store.revoked_serials().await? == vec![id::<CertSerial>("01"), id::<CertSerial>("0abcde")]
+    );
+    // A non-hex serial cannot even be built: the store only ever sees canonical serials.
+    ensure!("zz".parse::<CertSerial>().is_err());
     Ok(())
 }
 
@@ -679,16 +676,24 @@ async fn invalid_input_is_refused_before_any_write(db: &TestStore) -> Result<()>
     let mut batch = chain(1, 3, 1);
     batch[2].seq = u64::MAX;
     match store.commit_batch(&k, &batch, NOW).await {
-        Err(StoreError::InvalidInput { field, .. }) => {
-            ensure!(field == "records[2].seq", "{field}")
-        }
+        Err(e @ StoreError::InvalidRecord { index: 2, .. }) => ensure!(
+            e.refusal_code() == Some((2, gait_wire::RefusalCode::RecordSeqInvalid)),
+            "{e}"
+        ),
         other => bail!("seq u64::MAX gave {other:?}"),
     }
     let mut zero = chain(1, 1, 1);
     zero[0].seq = 0;
     ensure!(matches!(
         store.commit_batch(&k, &zero, NOW).await,
-        Err(StoreError::InvalidInput { .. })
+        Err(StoreError::InvalidRecord { index: 0, .. })
+    ));
+    // The wire kind rule (64 bytes), not the store's old label limit, decides.
+    let mut long_kind = chain(1, 1, 1);
+    long_kind[0].kind = "k".repeat(gait_wire::limits::MAX_KIND_BYTES + 1);
+    ensure!(matches!(
+        store.commit_batch(&k, &long_kind, NOW).await,
+        Err(StoreError::InvalidRecord { index: 0, .. })
     ));
     let mut bad_digest = chain(1, 1, 1);
     bad_digest[0].bundle_digest = Some("sha256:abc".into());
@@ -701,11 +706,8 @@ async fn invalid_input_is_refused_before_any_write(db: &TestStore) -> Result<()>
         "a refused batch wrote records"
     );
 
-    let empty_org = AgentKey::new(Tenant::new("", "p", "e"), "a");
-    ensure!(matches!(
-        store.agent_connected(&empty_org, &hello("01"), NOW).await,
-        Err(StoreError::InvalidInput { .. })
-    ));
+    // A tenant with an empty org cannot be built at all: the identifier rule holds before the store.
+    ensure!(Tenant::from_parts("", "p", "e").is_err());
     ensure!(matches!(
         store
             .publish_bundle(&tenant("acme"), 0, &digest(1), b"x", "a", NOW)
@@ -927,15 +929,15 @@ async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -
     ] {
         for i in 0..7 {
             let k = AgentKey {
-                tenant: Tenant {
-                    org: "pager".into(),
-                    project: project.into(),
-                    env: env.into(),
-                },
-                agent_id: format!("agent-{i:02}"),
+                tenant: tenant_of("pager", project, env),
+                agent_id: id(&format!("agent-{i:02}")),
             };
             store.agent_connected(&k, &hello("0a"), NOW).await?;
-            expected.push((project.to_owned(), env.to_owned(), k.agent_id.clone()));
+            expected.push((
+                k.tenant.project.clone(),
+                k.tenant.env.clone(),
+                k.agent_id.clone(),
+            ));
         }
     }
     // Another org's agents never appear.
@@ -948,10 +950,9 @@ async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -
     loop {
         let page = store
             .list_agents(&AgentFilter {
-                org: "pager".into(),
                 after: after.clone(),
                 limit: Some(5),
-                ..AgentFilter::default()
+                ..AgentFilter::for_org(id("pager"))
             })
             .await?;
         pages += 1;
@@ -975,13 +976,13 @@ async fn agents_are_listed_in_pages_that_cover_each_agent_once(db: &TestStore) -
     // Narrowed to one environment, the cursor still works.
     let prod = store
         .list_agents(&AgentFilter {
-            org: "pager".into(),
-            project: Some("payments".into()),
-            env: Some("prod".into()),
+            org: id("pager"),
+            project: Some(id("payments")),
+            env: Some(id("prod")),
             after: Some(gait_store::AgentPosition {
-                project: "payments".into(),
-                env: "prod".into(),
-                agent_id: "agent-03".into(),
+                project: id("payments"),
+                env: id("prod"),
+                agent_id: id("agent-03"),
             }),
             limit: Some(100),
         })
@@ -1000,9 +1001,8 @@ async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
     let store = db.store().clone();
     let task = tokio::spawn(async move {
         let rev = Revocation {
-            cert_serial: "0a".into(),
-            tenant: tenant("acme"),
-            agent_id: "a1".into(),
+            cert_serial: id("0a"),
+            agent: Some(key("acme", "a1")),
             reason: "test".into(),
         };
         store
@@ -1012,15 +1012,14 @@ async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
             })
             .await
     });
-    assert_eq!(task.await??, vec!["0a".to_owned()]);
+    assert_eq!(task.await??, vec![id::<CertSerial>("0a")]);
     Ok(())
 }
 
 fn revocation(serial: &str) -> Revocation {
     Revocation {
-        cert_serial: serial.into(),
-        tenant: tenant("acme"),
-        agent_id: "agent-1".into(),
+        cert_serial: id(serial),
+        agent: Some(key("acme", "agent-1")),
         reason: "key compromise".into(),
     }
 }
@@ -1054,7 +1053,7 @@ async fn a_transaction_body_that_fails_leaves_nothing(db: &TestStore) -> Result<
                 tx.revoked_serials().await?,
                 tx.latest_bundle(&k.tenant).await?.map(|b| b.epoch),
             );
-            if seen != (3, vec!["0a".to_owned()], Some(1)) {
+            if seen != (3, vec![id::<CertSerial>("0a")], Some(1)) {
                 return Ok(seen);
             }
             Err(BodyError::Audit)
@@ -1122,7 +1121,7 @@ async fn a_committed_transaction_keeps_every_write(db: &TestStore) -> Result<()>
     ensure!(epoch == 2);
     ensure!(store.count_records(&k).await? == 4);
     ensure!(agent_row(store, &k).await?.committed_seq == 4);
-    ensure!(store.revoked_serials().await? == vec!["0a".to_owned()]);
+    ensure!(store.revoked_serials().await? == vec![id::<CertSerial>("0a")]);
     ensure!(store.latest_bundle(&k.tenant).await?.map(|b| b.epoch) == Some(2));
     assert_cursor_invariant(store, &k).await?;
 
@@ -1132,7 +1131,7 @@ async fn a_committed_transaction_keeps_every_write(db: &TestStore) -> Result<()>
     tx.revoke(&revocation("0b"), NOW).await?;
     tx.commit().await?;
     ensure!(store.count_records(&k).await? == 6);
-    ensure!(store.revoked_serials().await? == vec!["0a".to_owned(), "0b".to_owned()]);
+    ensure!(store.revoked_serials().await? == vec![id::<CertSerial>("0a"), id::<CertSerial>("0b")]);
     Ok(())
 }
 
