@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every test of the workspace: formatting, clippy, and all unit, integration and end-to-end tests against
+# Run every test of the workspace: formatting, unused dependencies, clippy, and all unit, integration and end-to-end tests against
 # both store backends (SQLite, and a throwaway PostgreSQL cluster this script starts unless
 # GAIT_TEST_DATABASE_URL already points at a server).
 set -euo pipefail
@@ -16,7 +16,13 @@ echo "== PostgreSQL for the store suites: ${GAIT_TEST_DATABASE_URL}"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
-echo "== cargo clippy"
+echo "== cargo machete (unused dependencies)"
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  cargo install --locked cargo-machete
+fi
+cargo machete
+
+echo "== cargo clippy (disallowed methods: clippy.toml)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test --no-run (build every test binary and both daemons once)"

@@ -38,10 +38,13 @@
 //! before it is used; a cache that fails is not used and an ERROR is logged.
 //!
 //! # Tasks and shutdown
-//! [`Daemon::start`] spawns two owned tasks on a `TaskTracker`: the local API server and the connection loop
-//! (which owns one poll task and one ship task per connection). Cancelling the token stops them; [`Daemon::
-//! wait`] drains the tracker under a grace timeout and reports whether the drain was clean. Records are
-//! durable before a producer is answered, so an unclean drain loses nothing but in-flight network work.
+//! [`Daemon::start`] spawns two essential tasks on one [`gait_runtime::Tasks`]: the local API server and the
+//! connection loop, which spawns its per-connection tasks (one poll task, one ship task, the batches in flight)
+//! on the same owner. Cancelling the token stops them; an essential task that fails, panics or ends early
+//! cancels the token too and is named in [`Shutdown::failure`] (the process then exits 1 instead of deciding
+//! without syncing, or syncing without answering). [`Daemon::wait`] drains every task under a grace timeout
+//! and reports whether the drain was clean. Records are durable before a producer is answered, so an unclean
+//! drain loses nothing but in-flight network work.
 
 mod activation;
 mod exchange;
@@ -53,8 +56,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gait_runtime::Tasks;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::db::{AgentDb, DbError};
@@ -164,18 +167,31 @@ impl DaemonError {
 }
 
 /// How the daemon stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shutdown {
     /// Every task finished within the grace period.
     pub clean: bool,
+    /// The first essential task that failed (`"<task>: <reason>"`), which stopped the daemon; `None` when it
+    /// stopped because shutdown was requested.
+    pub failure: Option<String>,
+}
+
+impl Shutdown {
+    /// The process exit code for this stop: 0 after a clean, requested stop; 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        gait_runtime::Drain {
+            clean: self.clean,
+            failure: self.failure.clone(),
+        }
+        .exit_code()
+    }
 }
 
 /// A started daemon: its tasks run until the token is cancelled.
 pub struct Daemon {
     state: Arc<AgentState>,
     local_api: SocketAddr,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    tasks: Tasks,
     grace: Duration,
 }
 
@@ -266,11 +282,12 @@ impl Daemon {
             source,
         })?;
 
-        let tracker = TaskTracker::new();
-        spawn_local_api(&tracker, listener, state.clone(), shutdown.child_token());
+        let tasks = Tasks::new(shutdown.clone());
+        spawn_local_api(&tasks, listener, state.clone(), shutdown.child_token());
         session::spawn_connection_loop(
-            &tracker,
+            &tasks,
             session::Session {
+                tasks: tasks.clone(),
                 state: state.clone(),
                 client_config,
                 address: config.aggregator.address.clone(),
@@ -279,7 +296,6 @@ impl Daemon {
             },
             shutdown.child_token(),
         );
-        tracker.close();
         let me = state.identity();
         tracing::info!(
             agent = %me.uri,
@@ -293,8 +309,7 @@ impl Daemon {
         Ok(Daemon {
             state,
             local_api,
-            tracker,
-            shutdown,
+            tasks,
             grace: options.grace,
         })
     }
@@ -309,15 +324,17 @@ impl Daemon {
         &self.state
     }
 
-    /// Waits for the shutdown token, then drains the tasks within the grace period.
+    /// Waits for the shutdown token (cancelled by the caller or by a failed essential task), then drains the
+    /// tasks within the grace period.
     pub async fn wait(self) -> Shutdown {
-        self.shutdown.cancelled().await;
+        self.tasks.token().cancelled().await;
         tracing::info!(grace = ?self.grace, "shutdown requested, draining");
-        let clean = tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let drain = self.tasks.drain(self.grace).await;
+        let clean = drain.clean;
         self.state.flush_last_contact().await;
-        if clean {
+        if let Some(failure) = &drain.failure {
+            tracing::error!(%failure, "gait-agent stopped because an essential task failed");
+        } else if clean {
             tracing::info!("gait-agent stopped cleanly");
         } else {
             tracing::warn!(
@@ -326,19 +343,21 @@ impl Daemon {
                  durable records are safe and will be shipped after restart"
             );
         }
-        Shutdown { clean }
+        Shutdown {
+            clean,
+            failure: drain.failure,
+        }
     }
 }
 
+/// The local API: essential, a server that fails stops the agent.
 fn spawn_local_api(
-    tracker: &TaskTracker,
+    tasks: &Tasks,
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
     shutdown: CancellationToken,
 ) {
-    tracker.spawn(async move {
-        if let Err(e) = crate::local_api::serve(listener, state, shutdown).await {
-            tracing::error!(error = %e, "local api stopped");
-        }
+    tasks.spawn_essential("local-api", async move {
+        crate::local_api::serve(listener, state, shutdown).await
     });
 }

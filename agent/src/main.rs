@@ -133,14 +133,17 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(gait_runtime::cancel_on_signal(shutdown.clone()));
+    let signals = gait_runtime::Tasks::new(shutdown.clone());
+    signals.spawn("signals", gait_runtime::cancel_on_signal(shutdown.clone()));
     let options = RunOptions {
         grace: args.grace_period,
     };
-    let result = daemon::run_with(config, options, shutdown).await;
-    signals.abort();
+    let result = daemon::run_with(config, options, shutdown.clone()).await;
+    // Stops the signal watcher too when the daemon could not start.
+    shutdown.cancel();
+    let _ = signals.drain(Duration::from_secs(1)).await;
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(stopped) => ExitCode::from(stopped.exit_code()),
         Err(e) if e.is_config() => {
             tracing::error!(error = %e, "gait-agent cannot start");
             ExitCode::from(EXIT_CONFIG)

@@ -237,8 +237,7 @@ impl std::fmt::Debug for AgentState {
 
 /// Milliseconds since the Unix epoch on the local clock.
 pub fn now_unix_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    crate::clock::unix_ms()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

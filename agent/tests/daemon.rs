@@ -1,6 +1,7 @@
 //! The `gait-agent run` daemon against a small but real aggregator stand-in: a quinn server with mutual TLS
 //! (rcgen certificates) that speaks the exchange protocol documented in `gait_agent::daemon`, plus real
 //! signed bundles. Each test drives the agent through its local HTTP API like a producer or operator would.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;

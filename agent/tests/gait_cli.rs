@@ -2,6 +2,7 @@
 //! `policy_test_sample.json` row, the endpoint `gate eval` runs (stdout, trace content, signatures checked by
 //! our `trace verify` and by the independent `gait_verify.py`), Gait's own traces, the demo runpack, and every
 //! `scenarios/gait/*` scenario with its flags.yaml and expected.yaml.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gait_runtime::{Drain, Tasks};
 use gait_store::Store;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{AppState, router};
@@ -151,24 +151,38 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub admin_token: String,
     pub ingest: Arc<IngestState>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    tasks: Tasks,
+    store: Store,
 }
 
 impl Running {
-    /// Wait until shutdown is requested and every task has drained (or the grace period ran out).
-    pub async fn wait(self, grace: Duration) -> bool {
-        self.shutdown.cancelled().await;
-        self.tracker.close();
-        let clean = tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok();
-        if clean {
-            info!("aggregator stopped cleanly");
-        } else {
-            warn!(grace_s = grace.as_secs(), "aggregator drain timed out");
+    /// The owner of every task of this aggregator; cancelling its token stops them.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Wait until shutdown is requested (a signal, or an essential task failed), drain every task (at most
+    /// `grace`), then close the store. The [`Drain`] says whether the stop was clean and names the first
+    /// essential task that failed; its [`Drain::exit_code`] is the process's.
+    pub async fn wait(self, grace: Duration) -> Drain {
+        let Running {
+            ingest,
+            tasks,
+            store,
+            ..
+        } = self;
+        // The presence writer ends once the last handle to the ingest state is gone.
+        drop(ingest);
+        let drain = tasks.wait(grace).await;
+        store.close().await;
+        match (&drain.failure, drain.clean) {
+            (Some(failure), _) => {
+                warn!(%failure, clean = drain.clean, "aggregator stopped after a failure")
+            }
+            (None, true) => info!("aggregator stopped cleanly"),
+            (None, false) => warn!(grace_s = grace.as_secs(), "aggregator drain timed out"),
         }
-        clean
+        drain
     }
 }
 
@@ -218,11 +232,9 @@ fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError>
     secrets::load_or_create_32(&path).map_err(|source| ServeError::DataDir { path, source })
 }
 
-/// Start every subsystem; returns once the endpoints are bound.
-pub async fn start(
-    config: ServeConfig,
-    shutdown: CancellationToken,
-) -> Result<Running, ServeError> {
+/// Start every subsystem as a task of `tasks` (servers, endpoint, writers and periodic jobs are essential: one
+/// that fails stops them all); returns once the endpoints are bound.
+pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -324,11 +336,12 @@ pub async fn start(
             reconnect_rate: config.reconnect_rate,
             ..IngestLimits::default()
         },
+        &tasks,
     ));
-    let tracker = TaskTracker::new();
-    spawn_ingest(&tracker, endpoint, ingest.clone(), shutdown.child_token());
+    let shutdown = tasks.token().clone();
+    spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
-        &tracker,
+        &tasks,
         listener,
         AppState {
             store: store.clone(),
@@ -339,7 +352,7 @@ pub async fn start(
         shutdown.child_token(),
     );
     spawn_housekeeping(
-        &tracker,
+        &tasks,
         ingest.clone(),
         registry,
         config.revocation_refresh,
@@ -351,52 +364,54 @@ pub async fn start(
         http_addr,
         admin_token,
         ingest,
-        tracker,
-        shutdown,
+        tasks,
+        store,
     })
 }
 
-/// Start and run until `shutdown`, then drain.
-pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<bool, ServeError> {
-    let running = start(config, shutdown).await?;
+/// Start and run until `shutdown`, then drain (10 s grace) and close the store.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<Drain, ServeError> {
+    let running = start(config, Tasks::new(shutdown)).await?;
     Ok(running.wait(Duration::from_secs(10)).await)
 }
 
+/// The QUIC endpoint: essential, it ends only at shutdown.
 fn spawn_ingest(
-    tracker: &TaskTracker,
+    tasks: &Tasks,
     endpoint: quinn::Endpoint,
     state: Arc<IngestState>,
     token: CancellationToken,
 ) {
-    tracker.spawn(async move { crate::ingest::serve(endpoint, state, token).await });
+    tasks.spawn_essential("quic-ingest", async move {
+        crate::ingest::serve(endpoint, state, token).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
 }
 
+/// The HTTP API: essential, a server that fails after start stops the process.
 fn spawn_http(
-    tracker: &TaskTracker,
+    tasks: &Tasks,
     listener: tokio::net::TcpListener,
     state: AppState,
     token: CancellationToken,
 ) {
-    tracker.spawn(async move {
-        let app = router(state);
-        if let Err(e) = axum::serve(listener, app)
+    tasks.spawn_essential("http-server", async move {
+        axum::serve(listener, router(state))
             .with_graceful_shutdown(token.cancelled_owned())
             .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
     });
 }
 
 /// Periodic jobs: reload revocations (closing revoked agents' connections) and refresh long-polled scopes.
+/// Essential: without it revoked agents would stay connected.
 fn spawn_housekeeping(
-    tracker: &TaskTracker,
+    tasks: &Tasks,
     ingest: Arc<IngestState>,
     registry: Arc<Registry>,
     every: Duration,
     token: CancellationToken,
 ) {
-    tracker.spawn(async move {
+    tasks.spawn_essential("housekeeping", async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -412,6 +427,7 @@ fn spawn_housekeeping(
                 }
             }
         }
+        Ok::<(), std::convert::Infallible>(())
     });
 }
 

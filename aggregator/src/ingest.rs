@@ -95,16 +95,18 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::fleet::presence`]).
+    /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::fleet::presence`]) on
+    /// `tasks`.
     pub fn new(
         store: Store,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         revoked: RevocationSet,
         limits: IngestLimits,
+        tasks: &gait_runtime::Tasks,
     ) -> Self {
         Self {
-            presence: Presence::spawn(store.clone(), metrics.clone()),
+            presence: Presence::spawn(store.clone(), metrics.clone(), tasks),
             store,
             registry,
             metrics,
@@ -894,6 +896,7 @@ impl LiveConnections {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
     use super::*;
     use std::sync::atomic::AtomicUsize;
 

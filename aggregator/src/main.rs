@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use gait_aggregator::config::Config;
+use gait_runtime::exit;
 use tokio_util::sync::CancellationToken;
 
 mod cmd;
@@ -90,46 +91,42 @@ enum ConfigCommand {
     Check(cmd::config::CheckArgs),
 }
 
-fn init_tracing(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-    // Colour only on a terminal: a log file or journal gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
-    .map_err(|e| e.to_string())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing(cli.log_format, &cli.log_level) {
-        eprintln!(
-            "error: invalid --log-level / GAIT_LOG {:?}: {e} (a tracing filter such as `info` or `info,gait_aggregator=debug`)",
-            cli.log_level
-        );
-        return ExitCode::from(2);
-    }
+    let format = match cli.log_format {
+        LogFormat::Text => gait_runtime::LogFormat::Text,
+        LogFormat::Json => gait_runtime::LogFormat::Json,
+    };
+    // Held until main returns: dropping it flushes the log lines still buffered.
+    let _log = match gait_runtime::init_tracing("gait-aggregator", format, &cli.log_level) {
+        Ok(guard) => guard,
+        Err(e) => {
+            report_error(format_args!("invalid --log-level / GAIT_LOG: {e}"));
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            report_error(format_args!("cannot start the async runtime: {e}"));
+            return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(dispatch(cli.config.as_deref(), cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            report_error(format_args!("{e:#}"));
+            ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// Writes `error: …` to stderr; a closed stderr is ignored (`eprintln!` would panic).
+fn report_error(message: std::fmt::Arguments<'_>) {
+    gait_runtime::errln!("error: {message}");
 }
 
 async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Result<ExitCode> {
@@ -143,9 +140,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Config(ConfigCommand::Check(args)) => cmd::config::check(config_file, &args),
         Command::Serve(args) => {
             let config = args.apply(load()?)?;
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone());
-            cmd::serve::run(&config, shutdown).await
+            cmd::serve::run(&config, CancellationToken::new()).await
         }
         Command::Pki(PkiCommand::Init(args)) => cmd::pki::pki_init(args, load()?),
         Command::Pki(PkiCommand::IssueAgent(args)) => cmd::pki::issue_agent(args, load()?),
@@ -154,32 +149,4 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
-}
-
-/// Cancel `token` on SIGINT or SIGTERM.
-fn spawn_signal_handler(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        token.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
-        token.cancel();
-    });
 }

@@ -1,5 +1,6 @@
 //! HTTP API handler tests: the real router over a real store (SQLite, and PostgreSQL when configured),
 //! driven with `oneshot` — no socket.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::sync::Arc;
 

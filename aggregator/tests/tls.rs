@@ -1,6 +1,7 @@
 //! Mutual-TLS handshake tests: real quinn endpoints on 127.0.0.1, real certificates from `pki` in a tempdir,
 //! the real agent client configuration. Every accepted case must carry bytes that depend on the verified
 //! identity; every refused case must carry none and must be reported by the server's accept path.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

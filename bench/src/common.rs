@@ -1,6 +1,7 @@
 //! Shared plumbing of the fleet benchmarks: the aggregator child process, certificate issuance for simulated
 //! agents, the agent side of the exchange protocol, the HTTP API client, fresh PostgreSQL databases,
 //! `/proc` readings and latency statistics.
+#![allow(clippy::disallowed_methods)] // benchmark harness: spawns load generators freely and reads the clock
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! Baseline, same run: the same batches committed straight into a fresh store with `Store::commit_batch`
 //! (one task per agent, as the aggregator does), so the end-to-end number can be read as a ratio to what the
 //! storage alone does on this machine.
+#![allow(clippy::disallowed_methods)] // benchmark harness: spawns load generators freely and reads the clock
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

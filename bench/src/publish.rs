@@ -3,6 +3,7 @@
 //! once every long-poll is parked (the aggregator's `long_polls_waiting` gauge says so) a bundle is published
 //! through the HTTP API, and each agent verifies the offered bundle with `gait_bundle::verify` against the
 //! registry public key before it records its receive time. Latency = verified time - time the POST was sent.
+#![allow(clippy::disallowed_methods)] // benchmark harness: spawns load generators freely and reads the clock
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //!
 //! The forged bundles are written straight into the aggregator's SQLite database (as an attacker with database
 //! access could), so the aggregator serves them exactly like real ones.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use anyhow::{Context as _, ensure};
 use base64::Engine as _;

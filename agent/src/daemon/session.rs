@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gait_runtime::Tasks;
 use gait_wire::{
     AgentMsg, AgentMsgV1, BatchAck, Hello, PROTOCOL_VERSION, PollBundle, RecordBatch,
     RecordRefusal, ServerMsg, ServerMsgV1, Welcome, WireError,
 };
-use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::exchange::{self, ExchangeError};
 use super::{AgentState, CONNECT_TIMEOUT, STABLE_CONNECTION, activation};
@@ -118,6 +118,8 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
 
 /// Everything the connection loop needs.
 pub(crate) struct Session {
+    /// Owner of the tasks each connection spawns (poll loop, ship loop, batches in flight).
+    pub tasks: Tasks,
     pub state: Arc<AgentState>,
     pub client_config: quinn::ClientConfig,
     pub address: String,
@@ -125,13 +127,13 @@ pub(crate) struct Session {
     pub poll_wait_ms: u32,
 }
 
-/// Spawns the connection loop on `tracker`; it ends when `shutdown` is cancelled.
-pub(crate) fn spawn_connection_loop(
-    tracker: &TaskTracker,
-    session: Session,
-    shutdown: CancellationToken,
-) {
-    tracker.spawn(async move { session.run(shutdown).await });
+/// Spawns the connection loop as an essential task of `tasks`; it ends when `shutdown` is cancelled, and a loop
+/// that panics or ends before stops the agent (it would otherwise keep deciding without ever syncing).
+pub(crate) fn spawn_connection_loop(tasks: &Tasks, session: Session, shutdown: CancellationToken) {
+    tasks.spawn_essential("connection-loop", async move {
+        session.run(shutdown).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
 }
 
 /// Client endpoints, one per address family, created on first use.
@@ -305,33 +307,53 @@ impl Session {
         );
 
         let conn_token = shutdown.child_token();
-        let mut tasks = JoinSet::new();
-        spawn_poll_loop(
-            &mut tasks,
+        let mut poll = spawn_poll_loop(
+            &self.tasks,
             self.state.clone(),
             conn.clone(),
             self.poll_wait_ms,
             conn_token.clone(),
         );
-        spawn_ship_loop(
-            &mut tasks,
+        let mut ship = spawn_ship_loop(
+            &self.tasks,
             self.state.clone(),
             conn.clone(),
             conn_token.clone(),
         );
-        let first = tokio::select! {
-            Some(r) = tasks.join_next() => r.map_err(SessionError::from).and_then(|r| r),
-            reason = conn.closed() => Err(SessionError::Exchange(ExchangeError::Connection(reason))),
-            _ = shutdown.cancelled() => Ok(()),
+        let ended = tokio::select! {
+            r = &mut poll => Ended::Poll(joined(r)),
+            r = &mut ship => Ended::Ship(joined(r)),
+            reason = conn.closed() => Ended::Other(Err(SessionError::Exchange(ExchangeError::Connection(reason)))),
+            _ = shutdown.cancelled() => Ended::Other(Ok(())),
+        };
+        let (first, rest) = match ended {
+            Ended::Poll(r) => (r, vec![ship]),
+            Ended::Ship(r) => (r, vec![poll]),
+            Ended::Other(r) => (r, vec![poll, ship]),
         };
         conn_token.cancel();
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
+        for task in rest {
+            if let Err(e) = joined(task.await) {
                 tracing::debug!(error = %e, "connection task ended");
             }
         }
         first
     }
+}
+
+/// A connection task's handle.
+type ConnectionTask = AbortOnDropHandle<Result<(), SessionError>>;
+
+/// Which connection task ended first.
+enum Ended {
+    Poll(Result<(), SessionError>),
+    Ship(Result<(), SessionError>),
+    Other(Result<(), SessionError>),
+}
+
+/// A connection task's outcome, a panic included.
+fn joined(r: Result<Result<(), SessionError>, tokio::task::JoinError>) -> Result<(), SessionError> {
+    r.map_err(SessionError::from).and_then(|r| r)
 }
 
 /// `Hello` -> `Welcome`, then settle the outbox against the aggregator's committed head.
@@ -393,13 +415,13 @@ async fn hello(state: &Arc<AgentState>, conn: &quinn::Connection) -> Result<Welc
 }
 
 fn spawn_poll_loop(
-    tasks: &mut JoinSet<Result<(), SessionError>>,
+    tasks: &Tasks,
     state: Arc<AgentState>,
     conn: quinn::Connection,
     wait_ms: u32,
     token: CancellationToken,
-) {
-    tasks.spawn(async move { poll_loop(state, conn, wait_ms, token).await });
+) -> ConnectionTask {
+    tasks.spawn_owned(async move { poll_loop(state, conn, wait_ms, token).await })
 }
 
 /// Long-polls for newer bundles and hands each offer to activation.
@@ -495,13 +517,15 @@ async fn send_report(conn: &quinn::Connection, report: gait_wire::BundleReport) 
 }
 
 fn spawn_ship_loop(
-    tasks: &mut JoinSet<Result<(), SessionError>>,
+    tasks: &Tasks,
     state: Arc<AgentState>,
     conn: quinn::Connection,
     token: CancellationToken,
-) {
-    tasks.spawn(async move {
+) -> ConnectionTask {
+    let owner = tasks.clone();
+    tasks.spawn_owned(async move {
         let mut shipper = Shipper {
+            tasks: owner,
             state,
             conn,
             in_flight: VecDeque::new(),
@@ -512,7 +536,7 @@ fn spawn_ship_loop(
         let result = shipper.run(&token).await;
         shipper.abort_in_flight();
         result
-    });
+    })
 }
 
 /// One batch on the wire.
@@ -520,10 +544,12 @@ struct InFlight {
     batch_id: u64,
     first_seq: u64,
     last_seq: u64,
-    reply: JoinHandle<Result<ServerMsg, ExchangeError>>,
+    reply: AbortOnDropHandle<Result<ServerMsg, ExchangeError>>,
 }
 
 struct Shipper {
+    /// Owner of the batch requests in flight.
+    tasks: Tasks,
     state: Arc<AgentState>,
     conn: quinn::Connection,
     in_flight: VecDeque<InFlight>,
@@ -730,7 +756,7 @@ impl Shipper {
             self.next_batch_id += 1;
             self.shipped_through = last_seq;
             let msg = AgentMsg::V1(AgentMsgV1::RecordBatch(RecordBatch { batch_id, records }));
-            let reply = spawn_batch_request(self.conn.clone(), msg);
+            let reply = spawn_batch_request(&self.tasks, self.conn.clone(), msg);
             self.in_flight.push_back(InFlight {
                 batch_id,
                 first_seq,
@@ -794,10 +820,11 @@ impl Shipper {
 
 /// One `RecordBatch` exchange as its own task, so several batches are on the wire at once.
 fn spawn_batch_request(
+    tasks: &Tasks,
     conn: quinn::Connection,
     msg: AgentMsg,
-) -> JoinHandle<Result<ServerMsg, ExchangeError>> {
-    tokio::spawn(async move { exchange::request(&conn, &msg, REPLY_TIMEOUT).await })
+) -> AbortOnDropHandle<Result<ServerMsg, ExchangeError>> {
+    tasks.spawn_owned(async move { exchange::request(&conn, &msg, REPLY_TIMEOUT).await })
 }
 
 #[cfg(test)]

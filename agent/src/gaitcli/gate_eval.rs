@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use gait_artifact::GoTime;
 use gait_artifact::approval::{
     ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token,
 };
@@ -26,7 +25,6 @@ use gait_policy::gate::{
 use gait_policy::intent::ContextEvidence;
 use gait_policy::{EvalOutcome, IntentRequest, NormalizedIntent, Verdict, parse_wrkr_inventory};
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
 
 use super::audit::{self, AuditHeader, DelegationAuditEntry};
 use super::broker::{self, BrokerCredentialRecord};
@@ -359,7 +357,7 @@ fn load_registry(
         return Ok(Vec::new());
     }
     let key = keys::load_verify_key(&sources)?;
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now_utc();
     for (index, entry) in entries.iter().enumerate() {
         if let Err(e) = registry::verify_entry(entry, &key, now) {
             if fail_closed {
@@ -390,7 +388,7 @@ fn load_context_envelope(path: &Path) -> Result<ContextEvidence, CliError> {
         .map_err(|e| invalid(format!("context envelope {}: {e}", path.display())))?;
     Ok(ContextEvidence {
         context_refs: envelope.context_refs(),
-        context_age_seconds: envelope.age_seconds(OffsetDateTime::now_utc()),
+        context_age_seconds: envelope.age_seconds(crate::clock::now_utc()),
         context_set_digest: envelope.context_set_digest,
         evidence_mode: envelope.evidence_mode,
     })
@@ -479,7 +477,7 @@ fn delegation_checks(
                 intent_digest: &intent.intent_digest,
                 policy_digest: ctx.policy_digest,
                 required_scope: &required_scope,
-                now: OffsetDateTime::now_utc(),
+                now: crate::clock::now_utc(),
             };
             match_delegation_chain(&links, &token_refs, &key, &check)
         }
@@ -579,7 +577,7 @@ fn approval_checks(
         required_scope: &scope,
         target_count: target_count(intent),
         op_count: operation_count(intent),
-        now: OffsetDateTime::now_utc(),
+        now: crate::clock::now_utc(),
     };
     let mut checks = Vec::new();
     let mut entries = Vec::new();
@@ -814,7 +812,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
             approval_token_ref: &approvals.token_ref,
             delegation_token_ref: &delegation.token_ref,
         },
-        GoTime::now_utc(),
+        crate::clock::now_go(),
     );
     let trace_path = args
         .trace_out
@@ -970,7 +968,7 @@ fn issue_credential(
         scope: scope.clone(),
     };
     let getenv = |key: &str| std::env::var(key).ok();
-    match resolved.issue(&request, &getenv, OffsetDateTime::now_utc()) {
+    match resolved.issue(&request, &getenv, crate::clock::now_utc()) {
         Ok(issued) => (
             BrokerStatus::Issued,
             Some(IssuedCredential {

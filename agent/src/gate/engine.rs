@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gait_artifact::GoTime;
 use gait_artifact::trace::TraceRecord;
 use gait_canon::sign::SigningKey;
 use gait_policy::gate::{GateDecision, SimulateReport};
@@ -137,7 +136,7 @@ impl GateEngine {
                 producer_version: PRODUCER_VERSION,
                 ..TraceContext::default()
             },
-            GoTime::now_utc(),
+            crate::clock::now_go(),
         );
         let trace = gait_artifact::trace::sign_trace(record, &self.key);
         Ok(LocalDecision {

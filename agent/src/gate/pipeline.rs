@@ -38,7 +38,6 @@ use gait_policy::{
     EvalOptions, EvalOutcome, IntentRequest, NormalizedIntent, Policy, Verdict, evaluate,
     normalize_intent,
 };
-use time::OffsetDateTime;
 
 use super::GateError;
 use super::ratelimit_state::{LOCK_TIMEOUT, RateLimitStore};
@@ -326,7 +325,7 @@ fn decide(
                     .into(),
             );
         } else {
-            let now = OffsetDateTime::now_utc();
+            let now = crate::clock::now_utc();
             let found =
                 registry::match_script(intent, inputs.policy_digest, inputs.registry_entries, now);
             if found.matched {
@@ -447,7 +446,7 @@ fn enforce_limits(
         return Ok((None, None));
     }
     let mut store = RateLimitStore::open(state_path, LOCK_TIMEOUT)?;
-    let now = gait_policy::gotime::GoTime::from_offset_date_time(OffsetDateTime::now_utc());
+    let now = gait_policy::gotime::GoTime::from_offset_date_time(crate::clock::now_utc());
     let identity = intent.context.identity.as_str();
     let rate = if rate_needed {
         let d = store

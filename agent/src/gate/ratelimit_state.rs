@@ -225,7 +225,7 @@ fn held_by_live_foreign_process(file: &mut File) -> bool {
     {
         return false;
     }
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now_utc();
     let created = metadata
         .and_then(|m| OffsetDateTime::parse(m.created_at.trim(), &Rfc3339).ok())
         .or_else(|| {
@@ -243,7 +243,7 @@ fn write_metadata(file: &mut File) -> io::Result<()> {
         schema_id: "gait.gate.rate_limit_lock".into(),
         schema_version: "1.0.0".into(),
         pid: std::process::id(),
-        created_at: OffsetDateTime::now_utc()
+        created_at: crate::clock::now_utc()
             .format(&Rfc3339)
             .map_err(io::Error::other)?,
         holder: Some(HOLDER.into()),
@@ -258,6 +258,7 @@ fn write_metadata(file: &mut File) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
     use super::*;
     use gait_policy::gotime::GoTime;
     use gait_policy::policy::RateLimitPolicy;

@@ -98,6 +98,7 @@ fn commit(outbox: &Outbox, group: Vec<(NewRecord, Reply)>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
     use super::*;
     use crate::db::AgentDb;
     use crate::outbox::OutboxLimits;

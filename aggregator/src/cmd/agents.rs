@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
+use gait_runtime::exit;
 
 use super::{ApiArgs, call};
 
@@ -41,11 +42,11 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         };
         let (status, page) = call(&api, reqwest::Method::GET, &url, None).await?;
         if !status.is_success() {
-            eprintln!(
+            gait_runtime::errln!(
                 "error: ({status}): {}",
                 page["error"]["message"].as_str().unwrap_or("no message")
             );
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(exit::FAILURE));
         }
         all.extend(page["agents"].as_array().cloned().unwrap_or_default());
         match page["next_after"].as_str() {
@@ -55,12 +56,18 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
     }
     let answer = serde_json::json!({ "agents": all });
     if args.json {
-        println!("{answer}");
+        gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    gait_runtime::outln!(
         "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
-        "AGENT", "PROJECT/ENV", "VERSION", "ADDRESS", "SEEN(s)", "ACTIVE", "RECV"
+        "AGENT",
+        "PROJECT/ENV",
+        "VERSION",
+        "ADDRESS",
+        "SEEN(s)",
+        "ACTIVE",
+        "RECV"
     );
     let now = unix_ms();
     for a in answer["agents"].as_array().into_iter().flatten() {
@@ -68,7 +75,7 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
             .as_i64()
             .map(|t| ((now - t) / 1000).to_string())
             .unwrap_or_default();
-        println!(
+        let printed = gait_runtime::outln!(
             "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
             a["agent_id"].as_str().unwrap_or(""),
             format!(
@@ -88,6 +95,10 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
+        if !printed {
+            // stdout closed (`… | head`): nobody reads the rest.
+            break;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

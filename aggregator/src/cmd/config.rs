@@ -24,13 +24,16 @@ pub fn check(file: Option<&Path>, args: &CheckArgs) -> anyhow::Result<ExitCode> 
     })?;
     let shown = config.redacted();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        gait_runtime::outln!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         match file {
-            Some(path) => println!("# effective configuration from {}", path.display()),
-            None => println!("# effective configuration (no file: embedded defaults)"),
-        }
-        print!("{}", serde_saphyr::to_string(&shown)?);
+            Some(path) => gait_runtime::outln!("# effective configuration from {}", path.display()),
+            None => gait_runtime::outln!("# effective configuration (no file: embedded defaults)"),
+        };
+        gait_runtime::outln!(
+            "{}",
+            serde_saphyr::to_string(&shown)?.trim_end_matches('\n')
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,6 @@ pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = gait_store::Store::connect(&config.effective_database_url()).await?;
-    println!("schema up to date ({})", store.backend());
+    gait_runtime::outln!("schema up to date ({})", store.backend());
     Ok(ExitCode::SUCCESS)
 }

@@ -101,9 +101,9 @@ pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCod
     };
     let dir = config.data_dir.join("pki");
     let report = pki::init(&dir, &opts)?;
-    println!("CA created for trust domain {}", report.trust_domain);
-    println!("  ca:     {}", report.ca_cert_path.display());
-    println!("  server: {}", report.server_cert_path.display());
+    gait_runtime::outln!("CA created for trust domain {}", report.trust_domain);
+    gait_runtime::outln!("  ca:     {}", report.ca_cert_path.display());
+    gait_runtime::outln!("  server: {}", report.server_cert_path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -125,7 +125,7 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     let yaml_path = args.out.join("agent.yaml");
     std::fs::write(&yaml_path, yaml).with_context(|| format!("writing {}", yaml_path.display()))?;
     if args.json {
-        println!(
+        gait_runtime::outln!(
             "{}",
             serde_json::json!({
                 "serial": issued.serial_hex, "uri": issued.uri, "not_after": issued.not_after.unix_timestamp(),
@@ -133,24 +133,25 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
             })
         );
     } else {
-        println!("agent certificate issued: {}", issued.uri);
-        println!(
+        gait_runtime::outln!("agent certificate issued: {}", issued.uri);
+        gait_runtime::outln!(
             "  serial {}  (revoke with: gait-aggregator pki revoke --serial {})",
-            issued.serial_hex, issued.serial_hex
+            issued.serial_hex,
+            issued.serial_hex
         );
-        println!(
+        gait_runtime::outln!(
             "  files in {}: agent.pem agent.key ca.pem agent.yaml{}",
             args.out.display(),
             if trust_line { " registry.pub" } else { "" }
         );
         if !trust_line {
-            println!(
+            gait_runtime::outln!(
                 "  note: {} does not exist yet (start `gait-aggregator serve` once), copy it into {} before starting the agent",
                 registry_pub.display(),
                 args.out.display()
             );
         }
-        println!("  run it: gait-agent run --config {}", yaml_path.display());
+        gait_runtime::outln!("  run it: gait-agent run --config {}", yaml_path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -204,7 +205,9 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
             unix_ms(),
         )
         .await?;
-    println!("revoked certificate serial {serial}; running aggregators refuse it within seconds");
+    gait_runtime::outln!(
+        "revoked certificate serial {serial}; running aggregators refuse it within seconds"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use gait_aggregator::config::Config;
+use gait_runtime::exit;
 
 use super::{ApiArgs, call};
 
@@ -68,9 +69,9 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
     );
     let (status, answer) = call(&api, reqwest::Method::POST, &url, Some(body)).await?;
     if args.json {
-        println!("{answer}");
+        gait_runtime::outln!("{answer}");
     } else if status.is_success() {
-        println!(
+        gait_runtime::outln!(
             "published epoch {} for {}/{}/{}: digest {}",
             answer["epoch"],
             args.org,
@@ -80,11 +81,11 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
         );
     }
     if !status.is_success() {
-        eprintln!(
+        gait_runtime::errln!(
             "error: publish refused ({status}): {}",
             answer["error"]["message"].as_str().unwrap_or("no message")
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(exit::FAILURE));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::app::{self, ServeConfig};
 use gait_aggregator::config::Config;
+use gait_runtime::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use super::DataArgs;
@@ -82,19 +83,26 @@ impl ServeArgs {
     }
 }
 
-/// Starts the aggregator and waits for `shutdown`; exit 1 if in-flight work did not finish in the grace time.
+/// Starts the aggregator, stops it at SIGTERM/SIGINT (or when an essential task fails) and maps the drain to the
+/// exit code: 0 after a clean stop, 1 when a task failed or in-flight work did not finish in the grace time.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    let running = app::start(ServeConfig::from_config(config), shutdown)
-        .await
-        .context("aggregator failed to start")?;
-    println!(
+    let tasks = Tasks::new(shutdown);
+    tasks.spawn(
+        "signals",
+        gait_runtime::cancel_on_signal(tasks.token().clone()),
+    );
+    let running = match app::start(ServeConfig::from_config(config), tasks.clone()).await {
+        Ok(running) => running,
+        Err(e) => {
+            tasks.token().cancel();
+            return Err(e).context("aggregator failed to start");
+        }
+    };
+    gait_runtime::outln!(
         "gait-aggregator serving: quic={} http=http://{}",
-        running.quic_addr, running.http_addr
+        running.quic_addr,
+        running.http_addr
     );
     let grace = Duration::from_secs(config.shutdown.grace_seconds);
-    Ok(if running.wait(grace).await {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(running.wait(grace).await.exit_code()))
 }

@@ -58,10 +58,13 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Start the writer task on the current Tokio runtime.
-    pub fn spawn(store: Store, metrics: Arc<Metrics>) -> Self {
+    /// Start the writer as an essential task of `tasks` (a writer that panics stops the process).
+    pub fn spawn(store: Store, metrics: Arc<Metrics>, tasks: &gait_runtime::Tasks) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, metrics, rx));
+        tasks.spawn_essential("presence-writer", async move {
+            run(store, metrics, rx).await;
+            Ok::<(), std::convert::Infallible>(())
+        });
         Self { tx }
     }
 

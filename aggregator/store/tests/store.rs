@@ -1,5 +1,6 @@
 //! The store's behaviour suite, run against both backends: SQLite on a temp file and PostgreSQL on a fresh
 //! database from `GAIT_TEST_DATABASE_URL` (see `gait_store::testing`).
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use anyhow::{Context as _, Result, bail, ensure};
 use gait_store::testing::TestStore;

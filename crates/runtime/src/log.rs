@@ -231,6 +231,7 @@ fn json_line(service: &str, event: &Event<'_>, spans: Option<Vec<Value>>) -> Val
     Value::Object(line)
 }
 
+#[allow(clippy::disallowed_methods)] // a log line's timestamp is the wall clock by definition
 fn timestamp() -> String {
     let now = time::OffsetDateTime::now_utc();
     let format = time::macros::format_description!(

@@ -21,3 +21,21 @@ macro_rules! outln {
         $crate::output::print_line(::std::format_args!($($arg)*))
     };
 }
+
+/// Writes one line to stderr. Returns `false` when stderr is closed or broken; never panics (`eprintln!` does).
+pub fn print_error_line(args: Arguments<'_>) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_fmt(args)
+        .and_then(|()| err.write_all(b"\n"))
+        .and_then(|()| err.flush())
+        .is_ok()
+}
+
+/// `eprintln!` that never panics: for the one-line error reports of operator commands, written before (or
+/// instead of) logging.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::print_error_line(::std::format_args!($($arg)*))
+    };
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::exit;
 
@@ -78,6 +78,17 @@ impl Tasks {
                 tracing::error!(task = name, "task panicked");
             }
         });
+    }
+
+    /// Spawns a tracked task whose result the caller awaits (a per-connection loop, one request in flight).
+    /// Dropping the handle aborts the task, so a caller that goes away leaves nothing running; the drain still
+    /// waits for it like any other task.
+    pub fn spawn_owned<F>(&self, task: F) -> AbortOnDropHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AbortOnDropHandle::new(self.tracker.spawn(task))
     }
 
     /// Spawns a tracked essential task. If it returns an error, panics, or returns before the root token was
@@ -193,6 +204,24 @@ mod tests {
                 failure: None
             }
         );
+        assert_eq!(drain.exit_code(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_owned_task_returns_its_result_and_is_aborted_when_its_handle_is_dropped() {
+        let tasks = Tasks::new(CancellationToken::new());
+        assert_eq!(tasks.spawn_owned(async { 7 }).await.ok(), Some(7));
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tasks.spawn_owned(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await
+        });
+        drop(handle);
+        // The sender is dropped with the aborted task, so the receiver sees the channel close.
+        assert!(rx.await.is_err());
+        tasks.token().cancel();
+        let drain = tasks.wait(Duration::from_secs(30)).await;
         assert_eq!(drain.exit_code(), 0);
     }
 

@@ -1,6 +1,7 @@
 //! Go-style decoding of real Gait artifacts (contract §0.1): keys in any case (Go's folding, including the
 //! Kelvin sign), unknown keys ignored and repeated keys resolved as Go does, while every digest and signature
 //! is still computed over the canonical lower-case projection.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};

@@ -74,6 +74,7 @@ impl BundleBuilder {
     }
 
     /// The manifest this builder would sign with `key_id`.
+    #[allow(clippy::disallowed_methods)] // `created_at` defaults to now; callers that care set it explicitly
     pub fn manifest(&self, key_id: &str) -> Result<Manifest, BundleError> {
         if let Some(name) = &self.duplicate {
             return Err(malformed(
