@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// `cargo test --workspace --no-run` first), so the harness uses them without running cargo itself.
 pub const PREBUILT_ENV: &str = "GAIT_E2E_PREBUILT";
 
-/// Path of a workspace binary. Unless [`PREBUILT_ENV`] is `1`, the first call in a test process makes sure both
+/// Path of a workspace binary. Unless [`PREBUILT_ENV`] is `1` and both binaries exist, the first call in a test process makes sure both
 /// binaries are fresh by running `cargo test --workspace --no-run --locked`: the same package selection as the
 /// suite's own `cargo test --workspace`, hence the same feature unification. The nested cargo gets the
 /// environment of the shell, not the test process's (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, `OUT_DIR` … that
@@ -30,14 +30,10 @@ pub fn bin(name: &str) -> PathBuf {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
-        if std::env::var(PREBUILT_ENV).as_deref() == Ok("1") {
-            for name in ["gait-agent", "gait-aggregator"] {
-                assert!(
-                    dir.join(name).is_file(),
-                    "{PREBUILT_ENV}=1 but {} is missing: run `cargo test --workspace --no-run` first",
-                    dir.join(name).display()
-                );
-            }
+        let prebuilt = ["gait-agent", "gait-aggregator"]
+            .iter()
+            .all(|name| dir.join(name).is_file());
+        if prebuilt && std::env::var(PREBUILT_ENV).as_deref() == Ok("1") {
             return dir;
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
@@ -46,10 +42,18 @@ pub fn bin(name: &str) -> PathBuf {
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             let set_by_cargo_for_this_test = (key.starts_with("CARGO_")
-                && !["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"].contains(&key.as_ref())
-                && !["CARGO_BUILD_", "CARGO_TERM_", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_", "CARGO_PROFILE_"]
-                    .iter()
-                    .any(|p| key.starts_with(p)))
+                && !["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"]
+                    .contains(&key.as_ref())
+                && ![
+                    "CARGO_BUILD_",
+                    "CARGO_TERM_",
+                    "CARGO_NET_",
+                    "CARGO_HTTP_",
+                    "CARGO_REGISTRIES_",
+                    "CARGO_PROFILE_",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p)))
                 || key == "OUT_DIR";
             if set_by_cargo_for_this_test {
                 command.env_remove(key.as_ref());
