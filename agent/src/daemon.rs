@@ -1,33 +1,17 @@
 //! `gait-agent run`: the long-lived daemon that dials out to the aggregator over mutual-TLS QUIC, pulls signed
 //! policy bundles by long-poll, ships the durable outbox, and serves the loopback API.
 //!
-//! # Exchange protocol (the aggregator implements the other side exactly like this)
-//! - QUIC with mutual TLS and ALPN [`gait_wire::ALPN`]. The agent ALWAYS dials out; the aggregator never
-//!   connects to an agent.
-//! - One request, one response, one stream: for every exchange the agent opens ONE bidirectional stream,
-//!   writes exactly one framed `AgentMsg`, finishes its send side, then reads exactly one framed `ServerMsg`
-//!   and the stream ends. The agent waits at most the poll wait + 10 s for a `PollBundle` reply and 30 s for
-//!   any other reply.
-//! - The first exchange on every connection is `Hello` -> `Welcome`. `Welcome.committed_seq` is the highest
-//!   seq the aggregator has committed for this agent: the agent immediately acknowledges its outbox through
-//!   it (those records are already stored) and ships from there. If the aggregator is AHEAD of an empty
-//!   outbox (the agent's file was lost) the outbox adopts that head, so new records do not reuse seqs.
-//! - Long-poll: a dedicated task loops `PollBundle { have_epoch: active epoch or 0, wait_ms }` -> `Bundle`
-//!   or `NoNewBundle`; a publish therefore reaches a connected agent within about a second.
-//! - Shipping: a dedicated task sends `RecordBatch`es (at most 500 records / 4 MiB each, monotonic
-//!   `batch_id`) of the records after the last shipped seq, up to 4 batches in flight, and takes their
-//!   `BatchAck`s in order. Only after an ack arrives does it call `ack_through(committed_through)`, which
-//!   deletes records. With nothing to ship it sleeps until a producer appends (a `Notify`) or 1 s passes.
-//! - Bundle report: when a bundle is applied or refused the agent sends a `BundleReport` on a UNI stream
-//!   (fire and forget) AND appends a durable `status` record (kind `bundle.applied` / `bundle.refused`, JSON
-//!   payload with epoch, digest, code, message), so the aggregator learns it exactly once even across
-//!   crashes and reconnects.
-//! - `ServerMsg::Error` is logged with its code; a retryable one is retried after a pause, any other ends
-//!   the connection. A lost connection is redialled with full-jitter exponential backoff ([`crate::backoff`]:
-//!   base 1 s, cap 30 s, reset once a connection stayed up for [`STABLE_CONNECTION`]). When the aggregator
-//!   closed the connection because it is shutting down, its close reason announces a redial window
-//!   ([`gait_wire::shutdown`]) and the first redial waits a uniformly random part of it instead, so a whole
-//!   fleet comes back as a steady stream at the rate the aggregator asked for.
+//! # Exchange protocol
+//! The exchange (streams, messages, their order, refusals, close codes) is described once, in the `gait-wire`
+//! crate documentation, rendered as `docs/protocol.md`; the aggregator's ingest links to the same page. This
+//! side's choices within it:
+//! - The agent always dials out; its replies wait at most the poll wait + 10 s for `PollBundle` and 30 s for any
+//!   other request. One task long-polls for bundles, one ships the outbox (up to 4 batches in flight, acks taken
+//!   in order, records deleted only after their ack); a bundle report travels both on a uni stream and as a
+//!   durable `status` record.
+//! - A lost connection is redialled with full-jitter exponential backoff ([`crate::backoff`]: base 1 s, cap
+//!   30 s, reset once a connection stayed up for [`STABLE_CONNECTION`]); after an aggregator shutdown the first
+//!   redial waits a random part of the window its close reason announces ([`gait_wire::shutdown`]).
 //!
 //! # Bundle handling
 //! An offered bundle is checked with `gait_bundle::verify` against the configured trust root, the agent's

@@ -1,20 +1,13 @@
 //! QUIC ingest: accepts mutually authenticated agent connections and serves the exchange protocol.
 //!
-//! # Exchange protocol (agent side: `gait-agent`'s daemon)
-//! - QUIC with mutual TLS 1.3 and ALPN [`gait_wire::ALPN`]. Agents always dial out; the aggregator never
-//!   connects to an agent. The agent's identity and tenancy come only from its verified certificate
+//! The exchange itself (streams, messages, their order, refusals and close codes) is described once, in the
+//! `gait-wire` crate documentation, rendered as `docs/protocol.md`; the agent's side links to the same page. What
+//! this side adds to it:
+//! - The agent's identity and tenancy come only from its verified certificate
 //!   ([`crate::ingest::tls::peer_identity`]); nothing a message claims is used for authorization.
-//! - One request per bidirectional stream: the agent writes one framed [`AgentMsg`] and finishes its side; the
-//!   aggregator answers with one framed [`ServerMsg`] and finishes. The first exchange of a connection is
-//!   `Hello` -> `Welcome`; any other request before it is answered with `Error(BadRequest)`.
-//! - `PollBundle` is a long-poll: it is answered as soon as a bundle newer than `have_epoch` exists for the
-//!   agent's scope, or with `NoNewBundle` when the wait (capped at [`MAX_POLL_WAIT`]) runs out.
-//! - `RecordBatch` is answered with `BatchAck` only after the batch is committed; redelivered records are
-//!   recognised by (agent, seq) and counted as duplicates, never stored twice.
-//! - `BundleReport` arrives on a unidirectional stream and gets no answer (the agent also sends it durably as
-//!   an outbox record).
-//! - A request that is oversized, malformed or not read within [`REQUEST_READ_TIMEOUT`] closes the connection
-//!   with [`CLOSE_PROTOCOL_VIOLATION`] and a logged reason; other connections are unaffected.
+//! - Long-polls wait at most [`MAX_POLL_WAIT`]. A request that is oversized, malformed or not read within
+//!   [`REQUEST_READ_TIMEOUT`] closes the connection with [`CLOSE_PROTOCOL_VIOLATION`] and a logged reason; other
+//!   connections are unaffected.
 
 pub mod tickets;
 pub mod tls;
