@@ -604,7 +604,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn init_writes_private_keys_and_refuses_to_replace_the_ca() -> anyhow::Result<()> {
+    fn init_writes_private_keys_and_refuses_to_replace_the_ca()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("pki");
         let opts = InitOptions {
@@ -642,7 +643,8 @@ mod tests {
     }
 
     #[test]
-    fn issue_agent_writes_the_bundle_and_validates_identifiers() -> anyhow::Result<()> {
+    fn issue_agent_writes_the_bundle_and_validates_identifiers()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("pki");
         let out = tmp.path().join("agent");
@@ -705,7 +707,8 @@ mod tests {
     }
 
     #[test]
-    fn issue_agent_detects_a_ca_key_that_does_not_match() -> anyhow::Result<()> {
+    fn issue_agent_detects_a_ca_key_that_does_not_match() -> Result<(), Box<dyn std::error::Error>>
+    {
         let tmp = tempfile::tempdir()?;
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         init(&a, &InitOptions::default())?;
