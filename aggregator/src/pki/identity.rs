@@ -13,10 +13,10 @@ use x509_parser::prelude::FromDer;
 const SPIFFE_SCHEME: &str = "spiffe://";
 
 /// The rule every tenancy identifier (org, project, env, agent id) must satisfy.
-pub const IDENTIFIER_RULE: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+pub use gait_identity::IDENTIFIER_RULE;
 
 /// The rule a trust domain must satisfy (SPIFFE trust domain characters, lowercase).
-pub const TRUST_DOMAIN_RULE: &str = "^[a-z0-9][a-z0-9._-]{0,254}$";
+pub use gait_identity::TRUST_DOMAIN_RULE;
 
 /// Identity and tenancy of an agent, as carried by its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,39 +146,22 @@ pub enum IdentityError {
 
 /// Checks a tenancy identifier against [`IDENTIFIER_RULE`]; the error names `field`.
 pub fn validate_identifier(field: &'static str, value: &str) -> Result<(), IdentityError> {
-    let bytes = value.as_bytes();
-    let first_ok = bytes
-        .first()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-    if first_ok && rest_ok && bytes.len() <= 63 {
-        Ok(())
-    } else {
-        Err(IdentityError::InvalidIdentifier {
+    // Org, project, env and agent id share one rule; gait-identity owns it.
+    gait_identity::Org::parse(value)
+        .map(drop)
+        .map_err(|_| IdentityError::InvalidIdentifier {
             field,
             value: value.to_owned(),
         })
-    }
 }
 
 /// Checks a trust domain against [`TRUST_DOMAIN_RULE`].
 pub fn validate_trust_domain(value: &str) -> Result<(), IdentityError> {
-    let bytes = value.as_bytes();
-    let first_ok = bytes
-        .first()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-    if first_ok && rest_ok && bytes.len() <= 255 {
-        Ok(())
-    } else {
-        Err(IdentityError::InvalidTrustDomain {
+    gait_identity::TrustDomain::parse(value)
+        .map(drop)
+        .map_err(|_| IdentityError::InvalidTrustDomain {
             value: value.to_owned(),
         })
-    }
 }
 
 /// Parses an agent URI strictly into `(trust_domain, org, project, env, agent_id)`.
