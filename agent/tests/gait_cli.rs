@@ -1634,15 +1634,15 @@ fn broker_credentials_gate_an_allow_without_leaking_the_secret() -> Result<()> {
         &ok,
         "#!/bin/sh\ncat >/dev/null\necho '{\"issued_by\":\"vault\",\"credential_ref\":\"vault:ref-123\",\"ttl_seconds\":60}'\n",
     )?;
-    for script in [&failing, &ok] {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(script, fs::Permissions::from_mode(0o755))?;
-    }
+    // The scripts run as `/bin/sh <script>`: exec'ing a file this test process just
+    // wrote can fail with ETXTBSY while a sibling test thread is between fork and exec.
     let got = eval(
         &[
             "--credential-broker",
             "command",
             "--credential-command",
+            "/bin/sh",
+            "--credential-command-args",
             &p(&failing),
         ],
         &[],
@@ -1658,6 +1658,8 @@ fn broker_credentials_gate_an_allow_without_leaking_the_secret() -> Result<()> {
             "--credential-broker",
             "command",
             "--credential-command",
+            "/bin/sh",
+            "--credential-command-args",
             &p(&ok),
         ],
         &[],

@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 
 use super::*;
 
@@ -116,18 +115,24 @@ fn stub_references_are_deterministic_per_request() {
     assert_eq!(a.ttl_seconds, 300);
 }
 
-fn script(dir: &std::path::Path, name: &str, body: &str) -> String {
+/// A command broker running `body` as a shell script. The script is handed to
+/// `/bin/sh` as an argument rather than executed itself: exec'ing a file this
+/// process just wrote fails with ETXTBSY when a sibling test thread forks while
+/// the write descriptor is still open (the CI failure this replaced).
+fn script_broker(dir: &std::path::Path, name: &str, body: &str) -> Broker {
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
+    std::fs::write(&path, format!("{body}\n")).unwrap();
+    Broker::Command {
+        program: "/bin/sh".into(),
+        args: vec![path.display().to_string()],
+    }
 }
 
 #[test]
 fn command_broker_gets_the_request_on_stdin_and_returns_a_reference() {
     let dir = tempfile::tempdir().unwrap();
     let seen = dir.path().join("stdin.json");
-    let program = script(
+    let broker = script_broker(
         dir.path(),
         "broker.sh",
         &format!(
@@ -135,10 +140,6 @@ fn command_broker_gets_the_request_on_stdin_and_returns_a_reference() {
             seen.display()
         ),
     );
-    let broker = Broker::Command {
-        program,
-        args: Vec::new(),
-    };
     let issued = broker.issue(&request("egress"), &|_| None, now()).unwrap();
     assert_eq!(issued.credential_ref, "vault:abc");
     assert_eq!(issued.issued_by, "vault");
@@ -153,14 +154,8 @@ fn command_broker_gets_the_request_on_stdin_and_returns_a_reference() {
 #[test]
 fn command_broker_failures_are_unavailable_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |body: &str| {
-        let program = script(dir.path(), "b.sh", body);
-        Broker::Command {
-            program,
-            args: Vec::new(),
-        }
-        .issue(&request("r"), &|_| None, now())
-    };
+    let run =
+        |body: &str| script_broker(dir.path(), "b.sh", body).issue(&request("r"), &|_| None, now());
     assert!(matches!(run("exit 3"), Err(IssueError::Command(_))));
     assert!(matches!(run("echo not-json"), Err(IssueError::Command(_))));
     assert!(matches!(run("true"), Err(IssueError::Command(_))));
