@@ -26,7 +26,7 @@ pub mod identity;
 pub mod pem;
 
 use crate::secrets::{self, Access};
-use identity::{AgentIdentity, IdentityError, canonical_serial_hex};
+use identity::{AgentIdentity, IdentityError, canonical_serial_hex, identity_from_cert_der};
 use pem::PemError;
 
 /// CA certificate file name in a PKI directory (and in an agent's output directory).
@@ -443,6 +443,16 @@ pub fn cert_serial_hex(cert_pem: &Path) -> Result<String, PkiError> {
         detail: e.to_string(),
     })?;
     Ok(canonical_serial_hex(cert.raw_serial()))
+}
+
+/// The agent identity carried by the first certificate in a PEM file (its URI SAN, serial and expiry); the
+/// error names the file. Does not verify the certificate against the CA.
+pub fn cert_agent(cert_pem: &Path) -> Result<AgentIdentity, PkiError> {
+    let der = first_cert(cert_pem)?;
+    identity_from_cert_der(&der).map_err(|e| PkiError::BadCertificate {
+        path: cert_pem.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 fn now_seconds() -> OffsetDateTime {

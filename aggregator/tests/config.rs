@@ -190,6 +190,92 @@ fn pki_revoke_refuses_to_invent_a_database() {
     assert!(!data.join("aggregator.db").exists());
 }
 
+/// `issue-agent` prints a revoke command; run as printed it revokes, recording the agent. A bare serial
+/// nobody has seen is refused with what to do instead; bad identifiers are refused naming the flag.
+#[test]
+fn the_revoke_command_issue_agent_prints_works_and_a_bare_unknown_serial_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let out_dir = tmp.path().join("agent");
+    for args in [
+        &["migrate", "--data-dir", data][..],
+        &["pki", "init", "--data-dir", data],
+    ] {
+        let out = aggregator(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let issue = |org: &str| {
+        aggregator(&[
+            "pki",
+            "issue-agent",
+            "--data-dir",
+            data,
+            "--org",
+            org,
+            "--project",
+            "web",
+            "--env",
+            "prod",
+            "--agent-id",
+            "a1",
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+        ])
+    };
+    let bad = issue("Acme");
+    assert!(!bad.status.success(), "an uppercase org was accepted");
+    assert!(text(&bad.stderr).contains("--org"), "{}", text(&bad.stderr));
+    let out = issue("acme");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let printed = stdout
+        .split("revoke with: gait-aggregator ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no revoke command in {stdout}"));
+    let serial = gait_aggregator::pki::cert_serial_hex(&out_dir.join("agent.pem")).expect("serial");
+
+    // The serial alone: this aggregator never saw the certificate, so it cannot tell whose it is.
+    let bare = aggregator(&["pki", "revoke", "--serial", &serial, "--data-dir", data]);
+    assert!(!bare.status.success(), "a bare unseen serial was revoked");
+    let why = text(&bare.stderr);
+    assert!(
+        why.contains(&serial) && why.contains("--cert") && why.contains("--agent-id"),
+        "{why}"
+    );
+    // Only some of the agent flags: refused by the argument parser.
+    let partial = aggregator(&[
+        "pki",
+        "revoke",
+        "--serial",
+        &serial,
+        "--org",
+        "acme",
+        "--data-dir",
+        data,
+    ]);
+    assert!(
+        !partial.status.success(),
+        "a partial agent name was accepted"
+    );
+
+    // The printed command, as printed, plus where the data is and --json.
+    let mut args: Vec<&str> = printed.split_whitespace().collect();
+    args.extend(["--data-dir", data, "--json"]);
+    let revoked = aggregator(&args);
+    assert!(
+        revoked.status.success(),
+        "{args:?}: {}",
+        text(&revoked.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&revoked.stdout).expect("revoke --json prints JSON");
+    assert_eq!(json["serial"], serial.as_str());
+    assert_eq!(json["org"], "acme");
+    assert_eq!(json["agent_id"], "a1");
+}
+
 #[test]
 fn config_check_prints_the_effective_config_redacted_and_names_unknown_keys() {
     let tmp = tempfile::tempdir().expect("tempdir");

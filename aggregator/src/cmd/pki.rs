@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
+use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 use gait_store::{Revocation, Store};
 
 use super::DataArgs;
@@ -39,18 +40,18 @@ pub struct IssueAgentArgs {
     /// Data directory holding pki/ [key: data_dir, env: GAIT_DATA_DIR, default: ./gait-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Organisation of the agent.
+    /// Organisation of the agent (lowercase letters, digits, `.`, `_`, `-`; at most 63 characters).
     #[arg(long)]
-    pub org: String,
-    /// Project of the agent.
+    pub org: Org,
+    /// Project of the agent (same rule as --org).
     #[arg(long)]
-    pub project: String,
-    /// Environment of the agent (e.g. prod, staging, ci).
+    pub project: Project,
+    /// Environment of the agent, e.g. prod, staging, ci (same rule as --org).
     #[arg(long)]
-    pub env: String,
-    /// Agent id, unique within the environment.
+    pub env: Env,
+    /// Agent id, unique within the environment (same rule as --org).
     #[arg(long)]
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// Output directory for agent.pem, agent.key, ca.pem, registry.pub and agent.yaml.
     #[arg(long)]
     pub out: PathBuf,
@@ -70,15 +71,32 @@ pub struct IssueAgentArgs {
 pub struct RevokeArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// The agent certificate (PEM) to revoke.
+    /// The agent certificate (PEM) to revoke: its serial and its agent are read from it.
     #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
     pub cert: Option<PathBuf>,
-    /// Serial number (hex) of the certificate to revoke.
+    /// Serial number (hex, `:` separators allowed) of the certificate to revoke. Its agent is looked up among
+    /// the agents this aggregator has seen; for a certificate that never connected (or was since rotated),
+    /// name the agent with --org, --project, --env and --agent-id.
     #[arg(long)]
-    pub serial: Option<String>,
+    pub serial: Option<CertSerial>,
+    /// Organisation of the agent whose certificate --serial is (with --project, --env, --agent-id).
+    #[arg(long, requires_all = ["serial", "project", "env", "agent_id"])]
+    pub org: Option<Org>,
+    /// Project of the agent whose certificate --serial is.
+    #[arg(long, requires = "org")]
+    pub project: Option<Project>,
+    /// Environment of the agent whose certificate --serial is.
+    #[arg(long, requires = "org")]
+    pub env: Option<Env>,
+    /// Agent id of the agent whose certificate --serial is.
+    #[arg(long, requires = "org")]
+    pub agent_id: Option<AgentId>,
     /// Why (recorded with the revocation).
     #[arg(long, default_value = "unspecified")]
     pub reason: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Creates the CA and server certificate under `<data_dir>/pki`.
@@ -111,7 +129,13 @@ pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCod
 pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
     let pki_dir = data_dir.join("pki");
-    let id = AgentIdentity::for_issuance("", &args.org, &args.project, &args.env, &args.agent_id);
+    let id = AgentIdentity::for_issuance(
+        "",
+        args.org.as_str(),
+        args.project.as_str(),
+        args.env.as_str(),
+        args.agent_id.as_str(),
+    );
     let issued = pki::issue_agent(&pki_dir, &id, &args.out, Validity::days(args.days))?;
     let registry_pub = data_dir.join("keys").join(REGISTRY_PUB_FILE);
     let trust_line = if registry_pub.exists() {
@@ -135,9 +159,13 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     } else {
         gait_runtime::outln!("agent certificate issued: {}", issued.uri);
         gait_runtime::outln!(
-            "  serial {}  (revoke with: gait-aggregator pki revoke --serial {})",
+            "  serial {}  (revoke with: gait-aggregator pki revoke --serial {} --org {} --project {} --env {} --agent-id {})",
             issued.serial_hex,
-            issued.serial_hex
+            issued.serial_hex,
+            args.org,
+            args.project,
+            args.env,
+            args.agent_id
         );
         gait_runtime::outln!(
             "  files in {}: agent.pem agent.key ca.pem agent.yaml{}",
@@ -168,22 +196,26 @@ fn agent_yaml(address: &str) -> String {
     )
 }
 
-/// Records a revocation in the database the server uses; refuses to create a database that does not exist.
+/// Records a revocation in the database the server uses; refuses to create a database that does not exist,
+/// and refuses a serial whose agent it cannot tell (every stored row belongs to a tenant).
 pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode> {
     let config = args.data.apply(config)?;
-    let serial = match (&args.cert, &args.serial) {
-        (Some(path), _) => pki::cert_serial_hex(path)?,
-        (None, Some(s)) => s.clone(),
-        (None, None) => bail!("give --cert <agent.pem> or --serial <hex>"),
-    };
-    let serial = gait_store::CertSerial::parse(&serial)
-        .with_context(|| format!("--serial `{serial}` is not a certificate serial"))?;
-    let agent = match &args.cert {
+    let from_cert = match &args.cert {
         Some(path) => {
-            let der = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            pem_identity(&der)
+            let id = pki::cert_agent(path)?;
+            let (key, serial) = id
+                .typed()
+                .with_context(|| format!("the agent identity in {}", path.display()))?;
+            Some((serial, key))
         }
         None => None,
+    };
+    let named = match (args.org, args.project, args.env, args.agent_id) {
+        (Some(org), Some(project), Some(env), Some(agent_id)) => {
+            Some(AgentKey::new(Tenant::new(org, project, env), agent_id))
+        }
+        (None, None, None, None) => None,
+        _ => bail!("name the agent with all four of --org, --project, --env and --agent-id"),
     };
     // An operator command must never invent a database: a revocation written into a fresh SQLite file
     // would report success while the server (on PostgreSQL, or another data directory) never sees it.
@@ -195,27 +227,78 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
         );
     }
     let store = Store::connect(&config.effective_database_url()).await?;
+    let (serial, agent) = match (from_cert, args.serial) {
+        (Some(found), _) => found,
+        (None, Some(serial)) => {
+            let agent = agent_of_serial(&store, &serial, named).await?;
+            (serial, agent)
+        }
+        (None, None) => bail!("give --cert <agent.pem> or --serial <hex>"),
+    };
     store
         .revoke(
             &Revocation {
                 cert_serial: serial.clone(),
-                agent,
+                agent: agent.clone(),
                 reason: args.reason.clone(),
             },
             unix_ms(),
         )
         .await?;
-    gait_runtime::outln!(
-        "revoked certificate serial {serial}; running aggregators refuse it within seconds"
-    );
+    store.close().await;
+    if args.json {
+        gait_runtime::outln!(
+            "{}",
+            serde_json::json!({
+                "serial": serial, "org": agent.tenant.org, "project": agent.tenant.project,
+                "env": agent.tenant.env, "agent_id": agent.agent_id, "reason": args.reason,
+            })
+        );
+    } else {
+        gait_runtime::outln!(
+            "revoked certificate serial {serial} of agent {agent}; running aggregators refuse it within seconds"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tenancy of a PEM agent certificate, for the revocation record (best effort).
-fn pem_identity(pem: &[u8]) -> Option<gait_store::AgentKey> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let der = CertificateDer::from_pem_slice(pem).ok()?;
-    let id = gait_aggregator::pki::identity::identity_from_cert_der(&der).ok()?;
-    id.typed().ok().map(|(key, _)| key)
+/// Whose certificate `serial` is: the agent named on the command line (checked against what the store saw),
+/// else the one agent whose last hello presented it.
+async fn agent_of_serial(
+    store: &Store,
+    serial: &CertSerial,
+    named: Option<AgentKey>,
+) -> anyhow::Result<AgentKey> {
+    let seen: Vec<AgentKey> = store
+        .agents_with_cert_serial(serial)
+        .await?
+        .into_iter()
+        .map(|row| AgentKey::new(row.tenant, row.agent_id))
+        .collect();
+    match (named, seen.as_slice()) {
+        (Some(named), []) => Ok(named),
+        (Some(named), seen) if seen.contains(&named) => Ok(named),
+        (Some(named), seen) => bail!(
+            "certificate serial {serial} was presented by {}, not by {named}: check the serial",
+            list(seen)
+        ),
+        (None, [one]) => Ok(one.clone()),
+        (None, []) => bail!(
+            "no agent this aggregator has seen presented certificate serial {serial} (a certificate that never \
+             connected, or was since rotated): revoke with --cert <agent.pem>, or name its agent with --org, \
+             --project, --env and --agent-id"
+        ),
+        (None, many) => bail!(
+            "certificate serial {serial} was presented by several agents ({}): name the one to revoke with \
+             --org, --project, --env and --agent-id",
+            list(many)
+        ),
+    }
+}
+
+fn list(keys: &[AgentKey]) -> String {
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -4,8 +4,8 @@
 use crate::conn::{Conn, agent_where, bind_key, db_run, later};
 use crate::error::{StoreError, db};
 use crate::model::{
-    self, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BundleReportRow, check_digest,
-    check_label, to_i64,
+    self, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BundleReportRow, CertSerial,
+    check_digest, check_label, to_i64,
 };
 use crate::rows::{self, agent_columns};
 
@@ -196,6 +196,28 @@ pub(crate) async fn list(
             .fetch_all(&mut *c)
             .await
             .map_err(db("list_agents"))?;
+        found.iter().map(rows::agent_row).collect()
+    })
+}
+
+/// The agents whose last hello presented the certificate `serial`, in tenant order. A serial is unique under
+/// one CA, so this is at most one agent unless the CA was replaced; an agent that rotated its certificate is
+/// found only under its newest serial.
+pub(crate) async fn with_cert_serial(
+    mut conn: Conn<'_>,
+    serial: &CertSerial,
+) -> Result<Vec<AgentRow>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        agent_columns!(),
+        " FROM agents WHERE cert_serial = $1 ORDER BY org, project, env, agent_id"
+    );
+    db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(serial.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("agents_with_cert_serial"))?;
         found.iter().map(rows::agent_row).collect()
     })
 }

@@ -236,6 +236,15 @@ impl Store {
         in_tx!(self, "agents_seen", |conn| agents::seen(conn, keys, now_ms))
     }
 
+    /// The agents whose last hello presented certificate `serial` (normally at most one): how an operator
+    /// revoking a bare serial learns whose certificate it is.
+    pub async fn agents_with_cert_serial(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        on_conn!(self, |conn| agents::with_cert_serial(conn, serial))
+    }
+
     /// Records what the agent did with a bundle: received, activated, or refused (with the reason).
     pub async fn record_bundle_report(
         &self,

@@ -297,8 +297,9 @@ pub struct StoredRecord {
 pub struct Revocation {
     /// The revoked certificate's serial.
     pub cert_serial: CertSerial,
-    /// The agent the certificate belonged to, when known (an operator may revoke a bare serial).
-    pub agent: Option<AgentKey>,
+    /// The agent the certificate belongs to: every stored row is tenancy-scoped, so an operator revoking a bare
+    /// serial must name (or let the store find) its agent.
+    pub agent: AgentKey,
     pub reason: String,
 }
 

@@ -12,16 +12,15 @@ pub(crate) async fn revoke(
 ) -> Result<(), StoreError> {
     const SQL: &str = "INSERT INTO revocations (cert_serial, org, project, env, agent_id, reason, \
          revoked_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cert_serial) DO NOTHING";
-    // A bare-serial revocation keeps empty tenancy columns, as it always did.
-    let agent = rev.agent.as_ref();
+    let agent = &rev.agent;
     check_text("revocation.reason", &rev.reason, model::MAX_TEXT_BYTES)?;
     db_run!(conn, |c| {
         sqlx::query(SQL)
             .bind(rev.cert_serial.as_str())
-            .bind(agent.map_or("", |a| a.tenant.org.as_str()))
-            .bind(agent.map_or("", |a| a.tenant.project.as_str()))
-            .bind(agent.map_or("", |a| a.tenant.env.as_str()))
-            .bind(agent.map_or("", |a| a.agent_id.as_str()))
+            .bind(agent.tenant.org.as_str())
+            .bind(agent.tenant.project.as_str())
+            .bind(agent.tenant.env.as_str())
+            .bind(agent.agent_id.as_str())
             .bind(rev.reason.as_str())
             .bind(now_ms)
             .execute(&mut *c)

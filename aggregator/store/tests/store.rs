@@ -144,6 +144,7 @@ gait_store::store_tests!(
     bundle_epochs_must_increase_per_tenant,
     tenants_are_isolated,
     revocations_are_normalised_and_idempotent,
+    agents_are_found_by_their_certificate_serial,
     a_batch_of_5000_records_commits_in_one_call,
     operations_on_an_unknown_agent_are_refused,
     invalid_input_is_refused_before_any_write,
@@ -583,7 +584,7 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
     ensure!(store.revoked_serials().await?.is_empty());
     let rev = Revocation {
         cert_serial: id("0A:BC:DE"),
-        agent: Some(key("acme", "agent-1")),
+        agent: key("acme", "agent-1"),
         reason: "key compromise".into(),
     };
     store.revoke(&rev, NOW).await?;
@@ -611,6 +612,27 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
     );
     // A non-hex serial cannot even be built: the store only ever sees canonical serials.
     ensure!("zz".parse::<CertSerial>().is_err());
+    Ok(())
+}
+
+async fn agents_are_found_by_their_certificate_serial(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let (a, b) = (key("acme", "agent-a"), key("other", "agent-b"));
+    store.agent_connected(&a, &hello("0a1b2c"), NOW).await?;
+    store.agent_connected(&b, &hello("0d0e0f"), NOW).await?;
+    let found = store.agents_with_cert_serial(&id("0A:1B:2C")).await?;
+    ensure!(found.len() == 1, "found {found:?}");
+    ensure!(found[0].tenant == a.tenant && found[0].agent_id == a.agent_id);
+    ensure!(store.agents_with_cert_serial(&id("99")).await?.is_empty());
+    // A rotated certificate: the agent is found under its new serial only.
+    store.agent_connected(&a, &hello("77"), NOW + 1).await?;
+    ensure!(
+        store
+            .agents_with_cert_serial(&id("0a1b2c"))
+            .await?
+            .is_empty()
+    );
+    ensure!(store.agents_with_cert_serial(&id("77")).await?.len() == 1);
     Ok(())
 }
 
@@ -1003,7 +1025,7 @@ async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
     let task = tokio::spawn(async move {
         let rev = Revocation {
             cert_serial: id("0a"),
-            agent: Some(key("acme", "a1")),
+            agent: key("acme", "a1"),
             reason: "test".into(),
         };
         store
@@ -1020,7 +1042,7 @@ async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
 fn revocation(serial: &str) -> Revocation {
     Revocation {
         cert_serial: id(serial),
-        agent: Some(key("acme", "agent-1")),
+        agent: key("acme", "agent-1"),
         reason: "key compromise".into(),
     }
 }
