@@ -2,9 +2,11 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
+use gait_identity::{Env, Org, Project};
 use gait_runtime::exit;
 
 use super::{ApiArgs, call};
@@ -13,12 +15,15 @@ use super::{ApiArgs, call};
 pub struct AgentsArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Organisation whose agents to list.
     #[arg(long)]
-    pub org: String,
+    pub org: Org,
+    /// Only agents of this project.
     #[arg(long)]
-    pub project: Option<String>,
+    pub project: Option<Project>,
+    /// Only agents of this environment (with or without --project).
     #[arg(long)]
-    pub env: Option<String>,
+    pub env: Option<Env>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -26,20 +31,25 @@ pub struct AgentsArgs {
 
 pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode> {
     let api = args.api.resolve(config)?;
-    let mut base = format!("{}/v1/orgs/{}/agents?limit=5000", api.server, args.org);
-    for (k, v) in [("project", &args.project), ("env", &args.env)] {
-        if let Some(v) = v {
-            base.push_str(&format!("&{k}={v}"));
-        }
+    let mut query = vec![("limit", "5000".to_owned())];
+    if let Some(project) = &args.project {
+        query.push(("project", project.to_string()));
     }
+    if let Some(env) = &args.env {
+        query.push(("env", env.to_string()));
+    }
+    let base = format!("{}/v1/orgs/{}/agents", api.server, args.org);
     // Follow the pages until the server returns no cursor.
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let url = match &after {
-            Some(cursor) => format!("{base}&after={cursor}"),
-            None => base.clone(),
-        };
+        let mut params = query.clone();
+        if let Some(cursor) = &after {
+            params.push(("after", cursor.clone()));
+        }
+        let url = reqwest::Url::parse_with_params(&base, &params)
+            .with_context(|| format!("--server `{}` is not a URL", api.server))?
+            .to_string();
         let (status, page) = call(&api, reqwest::Method::GET, &url, None).await?;
         if !status.is_success() {
             gait_runtime::errln!(

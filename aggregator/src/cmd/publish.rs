@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use gait_aggregator::config::Config;
+use gait_identity::{Env, Org, Project};
 use gait_runtime::exit;
 
 use super::{ApiArgs, call};
@@ -15,12 +16,15 @@ use super::{ApiArgs, call};
 pub struct PublishArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Organisation of the scope to publish to.
     #[arg(long)]
-    pub org: String,
+    pub org: Org,
+    /// Project of the scope.
     #[arg(long)]
-    pub project: String,
+    pub project: Project,
+    /// Environment of the scope (e.g. prod); agents of exactly this org/project/env receive the bundle.
     #[arg(long)]
-    pub env: String,
+    pub env: Env,
     /// Gait policy YAML file(s) to put in the bundle (repeatable); stored under their file names.
     #[arg(long = "policy", required = true)]
     pub policies: Vec<PathBuf>,
