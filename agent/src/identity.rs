@@ -30,9 +30,13 @@ pub enum IdentityError {
          spiffe://<trust-domain>/org/<org>/project/<project>/env/<env>/agent/<id>{found}"
     )]
     NoAgentUri { found: String },
-    /// More than one URI SAN names an agent, so the identity is ambiguous.
-    #[error("the agent certificate names more than one agent identity: {0} and {1}")]
-    Ambiguous(String, String),
+    /// The certificate has more than one URI SAN. An X.509 SVID carries exactly one (SPIFFE X509-SVID
+    /// section 2), and the aggregator refuses any other certificate at the handshake.
+    #[error(
+        "the agent certificate has {count} URI SANs ({found}); an agent certificate must have exactly one, \
+         its spiffe:// agent id (issue one with `gait-aggregator pki issue-agent`)"
+    )]
+    MultipleUris { count: usize, found: String },
     /// A URI looked like an agent identity but is malformed.
     #[error("invalid agent identity uri {uri:?}: {source}")]
     BadUri {
@@ -92,7 +96,8 @@ impl AgentIdentity {
         Self::from_cert_der(&der)
     }
 
-    /// Extracts the identity from a DER certificate: exactly one URI SAN must be an agent identity.
+    /// Extracts the identity from a DER certificate: it must have exactly one URI SAN, the agent's SPIFFE id
+    /// (the aggregator's rule, so a certificate the aggregator would refuse is refused here at start-up).
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| IdentityError::X509(e.to_string()))?;
@@ -111,37 +116,28 @@ impl AgentIdentity {
                     .collect()
             })
             .unwrap_or_default();
-        let mut found: Option<AgentIdentity> = None;
-        let mut first_error = None;
-        for uri in &uris {
-            match Self::from_uri(uri) {
-                Ok(id) => {
-                    if let Some(prev) = &found {
-                        return Err(IdentityError::Ambiguous(prev.uri.clone(), id.uri));
-                    }
-                    found = Some(id);
-                }
-                Err(e) => {
-                    if uri.starts_with(SPIFFE_SCHEME) && first_error.is_none() {
-                        first_error = Some(e);
-                    }
-                }
+        let uri = match uris[..] {
+            [uri] => uri,
+            [] => {
+                return Err(IdentityError::NoAgentUri {
+                    found: " (it has none)".to_owned(),
+                });
             }
-        }
-        match (found, first_error) {
-            (Some(mut id), _) => {
-                id.cert_not_after_unix = cert.validity().not_after.timestamp();
-                Ok(id)
+            _ => {
+                return Err(IdentityError::MultipleUris {
+                    count: uris.len(),
+                    found: uris.join(", "),
+                });
             }
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(IdentityError::NoAgentUri {
-                found: if uris.is_empty() {
-                    " (it has none)".to_owned()
-                } else {
-                    format!(" (found {})", uris.join(", "))
-                },
-            }),
+        };
+        if !uri.starts_with(SPIFFE_SCHEME) {
+            return Err(IdentityError::NoAgentUri {
+                found: format!(" (found {uri})"),
+            });
         }
+        let mut id = Self::from_uri(uri)?;
+        id.cert_not_after_unix = cert.validity().not_after.timestamp();
+        Ok(id)
     }
 
     /// Parses `spiffe://<td>/org/<o>/project/<p>/env/<e>/agent/<id>` with [`SpiffeId::parse`].
@@ -252,10 +248,7 @@ mod tests {
 
     #[test]
     fn identity_comes_from_the_certificate_uri_san() {
-        let der = cert_with_sans(&[
-            "urn:example:other",
-            "spiffe://td/org/o1/project/p1/env/e1/agent/x9",
-        ]);
+        let der = cert_with_sans(&["spiffe://td/org/o1/project/p1/env/e1/agent/x9"]);
         let id = AgentIdentity::from_cert_der(&der).unwrap();
         assert_eq!(id.agent_id, "x9");
         assert_eq!(id.org, "o1");
@@ -270,15 +263,25 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_naming_two_agents_is_ambiguous() {
-        let der = cert_with_sans(&[
-            "spiffe://td/org/o/project/p/env/e/agent/a",
-            "spiffe://td/org/o/project/p/env/e/agent/b",
-        ]);
-        assert!(matches!(
-            AgentIdentity::from_cert_der(&der),
-            Err(IdentityError::Ambiguous(..))
-        ));
+    fn a_certificate_with_a_second_uri_san_is_refused_naming_both() {
+        for sans in [
+            [
+                "spiffe://td/org/o/project/p/env/e/agent/a",
+                "spiffe://td/org/o/project/p/env/e/agent/b",
+            ],
+            [
+                "urn:example:other",
+                "spiffe://td/org/o/project/p/env/e/agent/a",
+            ],
+        ] {
+            let err = AgentIdentity::from_cert_der(&cert_with_sans(&sans)).unwrap_err();
+            assert!(
+                matches!(err, IdentityError::MultipleUris { count: 2, .. }),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(sans[0]) && text.contains(sans[1]), "{text}");
+        }
     }
 
     #[test]

@@ -20,9 +20,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::pki::identity::{
-    self as pki, AgentIdentity, IdentityError, ca_trust_domain, identity_from_cert_der,
-};
+use crate::pki::identity::{AgentIdentity, IdentityError, ca_trust_domain, identity_from_cert_der};
 use crate::pki::pem::{PemError, load_certs, load_key};
 
 /// ALPN protocol spoken on agent connections (defined by the wire crate).
@@ -64,7 +62,7 @@ pub enum TlsError {
 /// Revoked certificate serials, shared between the handshake verifier and whoever maintains the list.
 ///
 /// Cloning is cheap and every clone sees the same set. Serials are stored in canonical form (see
-/// [`pki::normalize_serial_hex`]), so `AB:CD`, `0abcd` and `abcd` name the same certificate.
+/// [`gait_identity::CertSerial::parse`]), so `AB:CD`, `0abcd` and `abcd` name the same certificate.
 #[derive(Clone, Debug, Default)]
 pub struct RevocationSet {
     serials: Arc<RwLock<HashSet<String>>>,
@@ -76,10 +74,12 @@ impl RevocationSet {
         Self::default()
     }
 
-    /// Marks `serial` revoked. Returns `false` if it was already revoked.
+    /// Marks `serial` revoked. Returns `false` if it was already revoked or is not a serial.
     pub fn insert(&self, serial: &str) -> bool {
-        let serial = pki::normalize_serial_hex(serial);
-        self.write().insert(serial)
+        match gait_identity::CertSerial::parse(serial) {
+            Ok(serial) => self.write().insert(serial.as_str().to_owned()),
+            Err(_) => false,
+        }
     }
 
     /// Replaces the whole set (e.g. after reloading it from the store).
@@ -90,8 +90,11 @@ impl RevocationSet {
 
     /// Whether `serial` is revoked.
     pub fn contains(&self, serial: &str) -> bool {
-        let serial = pki::normalize_serial_hex(serial);
-        self.read().contains(&serial)
+        match gait_identity::CertSerial::parse(serial) {
+            Ok(serial) => self.read().contains(serial.as_str()),
+            // Not a serial of ours (e.g. longer than RFC 5280 allows): compare the text as it is.
+            Err(_) => self.read().contains(serial),
+        }
     }
 
     /// Number of revoked serials.

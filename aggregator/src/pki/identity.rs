@@ -4,7 +4,7 @@
 //! Moved here as it was from `tls.rs` and `pki.rs` so the CA side and the QUIC server side share one copy
 //! without importing each other; the `gait-identity` crate is to replace it.
 
-use gait_identity::{AgentKey, CertSerial, Tenant};
+use gait_identity::{AgentKey, CertSerial, SpiffeId, Tenant};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -164,55 +164,24 @@ pub fn validate_trust_domain(value: &str) -> Result<(), IdentityError> {
         })
 }
 
-/// Parses an agent URI strictly into `(trust_domain, org, project, env, agent_id)`.
+/// Parses an agent URI strictly into `(trust_domain, org, project, env, agent_id)` with
+/// [`SpiffeId::parse`], the one SPIFFE parser of the project.
 ///
 /// Accepted form: `spiffe://<trust-domain>/org/<org>/project/<project>/env/<env>/agent/<agent-id>`, with no
 /// port, user info, query, fragment, percent-encoding, empty or extra segments.
 pub fn parse_agent_uri(
     uri: &str,
 ) -> Result<(String, String, String, String, String), IdentityError> {
-    let invalid = |reason: &str| IdentityError::InvalidUri {
-        uri: uri.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rest = uri
-        .strip_prefix(SPIFFE_SCHEME)
-        .ok_or_else(|| invalid("scheme must be spiffe://"))?;
-    let (trust_domain, path) = rest
-        .split_once('/')
-        .ok_or_else(|| invalid("missing path /org/<org>/project/<project>/env/<env>/agent/<id>"))?;
-    validate_trust_domain(trust_domain)?;
-    let segments: Vec<&str> = path.split('/').collect();
-    let [
-        org_key,
-        org,
-        project_key,
-        project,
-        env_key,
-        env,
-        agent_key,
-        agent_id,
-    ] = segments[..]
-    else {
-        return Err(invalid(
-            "path must be exactly /org/<org>/project/<project>/env/<env>/agent/<id>",
-        ));
-    };
-    if org_key != "org" || project_key != "project" || env_key != "env" || agent_key != "agent" {
-        return Err(invalid(
-            "path must be exactly /org/<org>/project/<project>/env/<env>/agent/<id>",
-        ));
-    }
-    validate_identifier("org", org)?;
-    validate_identifier("project", project)?;
-    validate_identifier("env", env)?;
-    validate_identifier("agent_id", agent_id)?;
+    let id = SpiffeId::parse(uri).map_err(|e| IdentityError::InvalidUri {
+        uri: uri.chars().take(256).collect(),
+        reason: e.to_string(),
+    })?;
     Ok((
-        trust_domain.to_owned(),
-        org.to_owned(),
-        project.to_owned(),
-        env.to_owned(),
-        agent_id.to_owned(),
+        id.trust_domain.to_string(),
+        id.tenant.org.into_string(),
+        id.tenant.project.into_string(),
+        id.tenant.env.into_string(),
+        id.agent_id.into_string(),
     ))
 }
 
@@ -263,41 +232,14 @@ pub fn ca_trust_domain(ca_der: &[u8]) -> Option<String> {
     })
 }
 
-/// Canonical text form of a certificate serial: lowercase hex of the DER integer content with leading
-/// zero bytes removed (so always an even number of digits, never starting with `00`); zero is `00`.
+/// Canonical text form of a certificate serial from its DER INTEGER content ([`CertSerial::from_der_bytes`]).
+/// A serial longer than RFC 5280 allows keeps its full hex so it still names that certificate (and matches no
+/// canonical revocation).
 pub fn canonical_serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        return "00".to_owned();
+    match CertSerial::from_der_bytes(raw) {
+        Ok(serial) => serial.as_str().to_owned(),
+        Err(_) => hex::encode(raw),
     }
-    hex::encode(&raw[start..])
-}
-
-/// Brings a serial typed by a person (`AB:CD:01`, `0abcd01`, ` abcd01 `) to the form of
-/// [`canonical_serial_hex`]. Input that is not hex stays as given, lowercased, and so matches no
-/// certificate; use [`is_serial_hex`] to reject it first.
-pub fn normalize_serial_hex(serial: &str) -> String {
-    let digits: String = serial
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let significant = digits.trim_start_matches('0');
-    if significant.is_empty() {
-        return "00".to_owned();
-    }
-    if significant.len() % 2 == 1 {
-        format!("0{significant}")
-    } else {
-        significant.to_owned()
-    }
-}
-
-/// Whether `serial` is hex digits, optionally separated by `:` (at most 20 bytes, the RFC 5280 limit).
-pub fn is_serial_hex(serial: &str) -> bool {
-    let digits: Vec<char> = serial.trim().chars().filter(|c| *c != ':').collect();
-    !digits.is_empty() && digits.len() <= 40 && digits.iter().all(char::is_ascii_hexdigit)
 }
 
 #[cfg(test)]
@@ -367,16 +309,10 @@ mod tests {
     }
 
     #[test]
-    fn canonical_and_normalized_serials_agree() {
+    fn canonical_serials_are_gait_identity_serials() {
         assert_eq!(canonical_serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
         assert_eq!(canonical_serial_hex(&[0x0a, 0xbc]), "0abc");
         assert_eq!(canonical_serial_hex(&[0, 0]), "00");
-        assert_eq!(normalize_serial_hex("00:8F:01"), "8f01");
-        assert_eq!(normalize_serial_hex("abc"), "0abc");
-        assert_eq!(normalize_serial_hex(" 0ABC "), "0abc");
-        assert_eq!(normalize_serial_hex("0"), "00");
-        assert!(is_serial_hex("AB:cd"));
-        assert!(!is_serial_hex("xyz"));
-        assert!(!is_serial_hex(""));
+        assert_eq!(canonical_serial_hex(&[0x01; 21]), "01".repeat(21));
     }
 }
