@@ -8,7 +8,8 @@
 //!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
 //!   `ingest::tickets`).
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
-//!   known about agents: presence), [`pki`] (the deployment CA: create, issue, identity and serial rules).
+//!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
+//!   `revocation` holds the serials the handshake refuses).
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!

@@ -11,22 +11,26 @@
 //! serial. Keys are PKCS#8 PEM, written with mode 0600. Files are replaced atomically (temp file + rename).
 
 use std::fs;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+mod ca;
 pub mod identity;
+mod issue;
 pub mod pem;
+pub mod revocation;
+
+pub use ca::{InitOptions, InitReport, init, trust_domain};
+pub use issue::{IssuedAgent, Validity, cert_agent, cert_serial_hex, issue_agent};
 
 use crate::secrets::{self, Access};
-use identity::{AgentIdentity, IdentityError, canonical_serial_hex, identity_from_cert_der};
+use identity::{IdentityError, canonical_serial_hex};
 use pem::PemError;
 
 /// CA certificate file name in a PKI directory (and in an agent's output directory).
@@ -47,114 +51,6 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "gait.local";
 
 /// Clock skew tolerated by freshly issued certificates: `notBefore` is backdated by this much.
 const BACKDATE: Duration = Duration::minutes(5);
-
-/// Options of [`init`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitOptions {
-    /// SPIFFE trust domain recorded in the CA and in every agent URI.
-    pub trust_domain: String,
-    /// DNS names and IP addresses the aggregator is reached at (server certificate SANs).
-    pub server_names: Vec<String>,
-    /// CA lifetime in days.
-    pub ca_validity_days: u32,
-    /// Server certificate lifetime in days.
-    pub server_validity_days: u32,
-    /// Replace an existing CA (every certificate issued by the old one stops being accepted).
-    pub force: bool,
-}
-
-impl Default for InitOptions {
-    fn default() -> Self {
-        Self {
-            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
-            server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-            ca_validity_days: 3650,
-            server_validity_days: 825,
-            force: false,
-        }
-    }
-}
-
-/// What [`init`] created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitReport {
-    /// Trust domain recorded in the CA.
-    pub trust_domain: String,
-    /// `dir/ca.pem`.
-    pub ca_cert_path: PathBuf,
-    /// `dir/ca.key`.
-    pub ca_key_path: PathBuf,
-    /// `dir/server.pem`.
-    pub server_cert_path: PathBuf,
-    /// `dir/server.key`.
-    pub server_key_path: PathBuf,
-    /// CA expiry.
-    pub ca_not_after: OffsetDateTime,
-    /// Server certificate expiry.
-    pub server_not_after: OffsetDateTime,
-    /// Server certificate serial (canonical hex).
-    pub server_serial_hex: String,
-}
-
-/// Validity window of an issued certificate. May lie entirely in the past (tests of expired certificates).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
-    /// Start of validity.
-    pub not_before: OffsetDateTime,
-    /// End of validity.
-    pub not_after: OffsetDateTime,
-}
-
-impl Validity {
-    /// Valid from a few minutes ago (clock skew) for `days` days from now, capped at the RFC 5280
-    /// "no well-defined expiration" date 9999-12-31T23:59:59Z.
-    pub fn days(days: u32) -> Self {
-        let now = now_seconds();
-        let latest = time::macros::datetime!(9999-12-31 23:59:59 UTC);
-        Self {
-            not_before: now - BACKDATE,
-            not_after: now
-                .checked_add(Duration::days(i64::from(days)))
-                .map_or(latest, |t| t.min(latest)),
-        }
-    }
-
-    /// An explicit window, `not_before` < `not_after` (checked at issuance).
-    pub fn between(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Self {
-        Self {
-            not_before,
-            not_after,
-        }
-    }
-
-    fn check(&self) -> Result<(), PkiError> {
-        if self.not_before < self.not_after {
-            Ok(())
-        } else {
-            Err(PkiError::Validity {
-                not_before: self.not_before,
-                not_after: self.not_after,
-            })
-        }
-    }
-}
-
-/// An agent certificate written by [`issue_agent`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedAgent {
-    /// Certificate serial (canonical hex): what `revoke` takes.
-    pub serial_hex: String,
-    /// The agent URI SAN.
-    pub uri: String,
-    /// Certificate expiry.
-    pub not_after: OffsetDateTime,
-    /// `out_dir/agent.pem`.
-    pub cert_path: PathBuf,
-    /// `out_dir/agent.key`.
-    pub key_path: PathBuf,
-    /// `out_dir/ca.pem`.
-    pub ca_path: PathBuf,
-}
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -260,199 +156,36 @@ pub enum PkiError {
     Random(String),
 }
 
-/// Creates the CA and the server certificate in `dir` (created if missing).
-pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
-    identity::validate_trust_domain(&opts.trust_domain)?;
-    let sans = server_sans(&opts.server_names)?;
-    let ca_cert_path = dir.join(CA_CERT_FILE);
-    let ca_key_path = dir.join(CA_KEY_FILE);
-    if !opts.force {
-        for path in [&ca_cert_path, &ca_key_path] {
-            if path.try_exists().map_err(|source| io_error(path, source))? {
-                return Err(PkiError::AlreadyInitialized { path: path.clone() });
-            }
-        }
-    }
-    create_private_dir(dir)?;
+/// 128 random bits, encoded by rcgen as a positive DER integer.
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| PkiError::Random(e.to_string()))?;
+    Ok(SerialNumber::from_slice(&bytes))
+}
 
-    let ca_validity = Validity::days(opts.ca_validity_days);
-    ca_validity.check()?;
-    let ca_key = generate_key("CA key")?;
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = {
+fn serial_hex_of(params: &CertificateParams) -> String {
+    params
+        .serial_number
+        .as_ref()
+        .map(|s| canonical_serial_hex(&s.to_bytes()))
+        .unwrap_or_default()
+}
+
+/// Parameters shared by server and agent certificates: CN, random serial, validity, digital signature.
+fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = {
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Gait fleet");
-        dn.push(
-            DnType::CommonName,
-            format!("Gait fleet CA {}", opts.trust_domain),
-        );
+        dn.push(DnType::CommonName, common_name);
         dn
     };
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{}", opts.trust_domain)
-            .try_into()
-            .map_err(|source| PkiError::Generate {
-                what: "CA trust domain URI",
-                source,
-            })?,
-    )];
-    ca_params.serial_number = Some(random_serial()?);
-    ca_params.not_before = ca_validity.not_before;
-    ca_params.not_after = ca_validity.not_after;
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(|source| PkiError::Generate {
-            what: "CA certificate",
-            source,
-        })?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_validity = Validity::days(opts.server_validity_days);
-    server_validity.check()?;
-    let server_key = generate_key("server key")?;
-    let mut server_params = leaf_params("gait-aggregator", server_validity)?;
-    server_params.subject_alt_names = sans;
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_serial_hex = serial_hex_of(&server_params);
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .map_err(|source| PkiError::Generate {
-            what: "server certificate",
-            source,
-        })?;
-
-    let server_cert_path = dir.join(SERVER_CERT_FILE);
-    let server_key_path = dir.join(SERVER_KEY_FILE);
-    // Keys first, certificates last: a crash leaves no certificate without its key.
-    write_atomic(&ca_key_path, issuer.key().serialize_pem().as_bytes(), true)?;
-    write_atomic(
-        &server_key_path,
-        server_key.serialize_pem().as_bytes(),
-        true,
-    )?;
-    write_atomic(&server_cert_path, server_cert.pem().as_bytes(), false)?;
-    write_atomic(&ca_cert_path, ca_cert.pem().as_bytes(), false)?;
-
-    Ok(InitReport {
-        trust_domain: opts.trust_domain.clone(),
-        ca_cert_path,
-        ca_key_path,
-        server_cert_path,
-        server_key_path,
-        ca_not_after: ca_validity.not_after,
-        server_not_after: server_validity.not_after,
-        server_serial_hex,
-    })
-}
-
-/// The trust domain of the CA in PKI directory `dir`.
-pub fn trust_domain(dir: &Path) -> Result<String, PkiError> {
-    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
-    let ca_der = first_cert(&ca_cert_path)?;
-    identity::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
-}
-
-/// Issues a client certificate for agent `id` with the CA in `dir`, writing `agent.pem`, `agent.key` and
-/// `ca.pem` into `out_dir` (created if missing; existing files are replaced).
-///
-/// Only the tenancy fields of `id` are used; `serial_hex` and `not_after_unix` are decided here and
-/// returned in [`IssuedAgent`]. An empty `id.trust_domain` means the CA's; any other value must equal it.
-pub fn issue_agent(
-    dir: &Path,
-    id: &AgentIdentity,
-    out_dir: &Path,
-    validity: Validity,
-) -> Result<IssuedAgent, PkiError> {
-    validity.check()?;
-    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
-    let ca_key_path = existing(dir, CA_KEY_FILE)?;
-    let ca_der = first_cert(&ca_cert_path)?;
-    let ca_trust_domain =
-        identity::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
-            path: ca_cert_path.clone(),
-        })?;
-    if !id.trust_domain.is_empty() && id.trust_domain != ca_trust_domain {
-        return Err(PkiError::TrustDomainMismatch {
-            ca: ca_trust_domain,
-            requested: id.trust_domain.clone(),
-        });
-    }
-    let identity = AgentIdentity {
-        trust_domain: ca_trust_domain,
-        ..id.clone()
-    };
-    identity.validate()?;
-
-    let ca_key = load_key_pair(&ca_key_path)?;
-    check_key_matches(&ca_cert_path, &ca_der, &ca_key_path, &ca_key)?;
-    let issuer = Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key).map_err(|e| {
-        PkiError::BadCertificate {
-            path: ca_cert_path.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-
-    let uri = identity.uri();
-    let agent_key = generate_key("agent key")?;
-    let mut params = leaf_params(&identity.agent_id, validity)?;
-    params.subject_alt_names = vec![SanType::URI(uri.clone().try_into().map_err(|source| {
-        PkiError::Generate {
-            what: "agent URI",
-            source,
-        }
-    })?)];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let serial_hex = serial_hex_of(&params);
-    let cert = params
-        .signed_by(&agent_key, &issuer)
-        .map_err(|source| PkiError::Generate {
-            what: "agent certificate",
-            source,
-        })?;
-
-    fs::create_dir_all(out_dir).map_err(|source| io_error(out_dir, source))?;
-    let ca_pem = fs::read(&ca_cert_path).map_err(|source| io_error(&ca_cert_path, source))?;
-    let cert_path = out_dir.join(AGENT_CERT_FILE);
-    let key_path = out_dir.join(AGENT_KEY_FILE);
-    let ca_path = out_dir.join(CA_CERT_FILE);
-    write_atomic(&key_path, agent_key.serialize_pem().as_bytes(), true)?;
-    write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
-    write_atomic(&ca_path, &ca_pem, false)?;
-
-    Ok(IssuedAgent {
-        serial_hex,
-        uri,
-        not_after: validity.not_after,
-        cert_path,
-        key_path,
-        ca_path,
-    })
-}
-
-/// Serial of the first certificate in a PEM file, canonical hex (see [`canonical_serial_hex`]).
-pub fn cert_serial_hex(cert_pem: &Path) -> Result<String, PkiError> {
-    let der = first_cert(cert_pem)?;
-    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| PkiError::BadCertificate {
-        path: cert_pem.to_owned(),
-        detail: e.to_string(),
-    })?;
-    Ok(canonical_serial_hex(cert.raw_serial()))
-}
-
-/// The agent identity carried by the first certificate in a PEM file (its URI SAN, serial and expiry); the
-/// error names the file. Does not verify the certificate against the CA.
-pub fn cert_agent(cert_pem: &Path) -> Result<AgentIdentity, PkiError> {
-    let der = first_cert(cert_pem)?;
-    identity_from_cert_der(&der).map_err(|e| PkiError::BadCertificate {
-        path: cert_pem.to_owned(),
-        detail: e.to_string(),
-    })
+    params.serial_number = Some(random_serial()?);
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
 }
 
 fn now_seconds() -> OffsetDateTime {
@@ -524,81 +257,6 @@ fn generate_key(what: &'static str) -> Result<KeyPair, PkiError> {
         .map_err(|source| PkiError::Generate { what, source })
 }
 
-/// 128 random bits, encoded by rcgen as a positive DER integer.
-fn random_serial() -> Result<SerialNumber, PkiError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| PkiError::Random(e.to_string()))?;
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn serial_hex_of(params: &CertificateParams) -> String {
-    params
-        .serial_number
-        .as_ref()
-        .map(|s| canonical_serial_hex(&s.to_bytes()))
-        .unwrap_or_default()
-}
-
-/// Parameters shared by server and agent certificates: CN, random serial, validity, digital signature.
-fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParams, PkiError> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        dn
-    };
-    params.serial_number = Some(random_serial()?);
-    params.not_before = validity.not_before;
-    params.not_after = validity.not_after;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
-    Ok(params)
-}
-
-fn server_sans(names: &[String]) -> Result<Vec<SanType>, PkiError> {
-    if names.is_empty() {
-        return Err(PkiError::NoServerNames);
-    }
-    names
-        .iter()
-        .map(|name| {
-            if let Ok(ip) = name.parse::<IpAddr>() {
-                return Ok(SanType::IpAddress(ip));
-            }
-            let valid = !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            let bad = || PkiError::ServerName { name: name.clone() };
-            if !valid {
-                return Err(bad());
-            }
-            Ok(SanType::DnsName(
-                name.to_ascii_lowercase().try_into().map_err(|_| bad())?,
-            ))
-        })
-        .collect()
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|source| io_error(dir, source))
-}
-
 /// Writes a CA file through the one secrets writer (atomic; private keys 0600).
 fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
     let access = if private {
@@ -611,6 +269,7 @@ fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError
 
 #[cfg(test)]
 mod tests {
+    use super::identity::AgentIdentity;
     use super::*;
 
     #[test]
@@ -736,19 +395,5 @@ mod tests {
     fn validity_days_never_overflows() {
         let validity = Validity::days(u32::MAX);
         assert_eq!(validity.not_after.year(), 9999);
-    }
-
-    #[test]
-    fn server_names_become_ip_and_dns_sans() {
-        let sans = server_sans(&["localhost".to_owned(), "::1".to_owned()]);
-        assert!(matches!(
-            sans.as_deref(),
-            Ok([SanType::DnsName(_), SanType::IpAddress(_)])
-        ));
-        assert!(matches!(
-            server_sans(&["bad name".to_owned()]),
-            Err(PkiError::ServerName { .. })
-        ));
-        assert!(matches!(server_sans(&[]), Err(PkiError::NoServerNames)));
     }
 }

@@ -7,9 +7,8 @@
 //! the [`RevocationSet`]. After the handshake, [`peer_identity`] reads the tenancy from the verified
 //! certificate; the aggregator authorizes every message against it and never against what a message claims.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
@@ -22,6 +21,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::pki::identity::{AgentIdentity, IdentityError, ca_trust_domain, identity_from_cert_der};
 use crate::pki::pem::{PemError, load_certs, load_key};
+/// The revoked serials the handshake refuses (kept with the CA in [`crate::pki::revocation`]).
+pub use crate::pki::revocation::RevocationSet;
 
 /// ALPN protocol spoken on agent connections (defined by the wire crate).
 pub use gait_wire::ALPN;
@@ -57,65 +58,6 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// Revoked certificate serials, shared between the handshake verifier and whoever maintains the list.
-///
-/// Cloning is cheap and every clone sees the same set. Serials are stored in canonical form (see
-/// [`gait_identity::CertSerial::parse`]), so `AB:CD`, `0abcd` and `abcd` name the same certificate.
-#[derive(Clone, Debug, Default)]
-pub struct RevocationSet {
-    serials: Arc<RwLock<HashSet<String>>>,
-}
-
-impl RevocationSet {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Marks `serial` revoked. Returns `false` if it was already revoked or is not a serial.
-    pub fn insert(&self, serial: &str) -> bool {
-        match gait_identity::CertSerial::parse(serial) {
-            Ok(serial) => self.write().insert(serial.as_str().to_owned()),
-            Err(_) => false,
-        }
-    }
-
-    /// Replaces the whole set (e.g. after reloading it from the store).
-    pub fn replace_all(&self, serials: Vec<gait_identity::CertSerial>) {
-        let fresh: HashSet<String> = serials.into_iter().map(|s| s.as_str().to_owned()).collect();
-        *self.write() = fresh;
-    }
-
-    /// Whether `serial` is revoked.
-    pub fn contains(&self, serial: &str) -> bool {
-        match gait_identity::CertSerial::parse(serial) {
-            Ok(serial) => self.read().contains(serial.as_str()),
-            // Not a serial of ours (e.g. longer than RFC 5280 allows): compare the text as it is.
-            Err(_) => self.read().contains(serial),
-        }
-    }
-
-    /// Number of revoked serials.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// Whether no serial is revoked.
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
-    }
-
-    // A panic while holding the lock cannot leave the set half-updated (every update is one call), so a
-    // poisoned lock still holds a consistent set.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<String>> {
-        self.serials.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {
-        self.serials.write().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// QUIC transport knobs for the agent-facing endpoint.

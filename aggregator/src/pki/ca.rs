@@ -1,0 +1,222 @@
+//! The deployment CA: `pki init` creates the CA and the aggregator's server certificate in a PKI directory,
+//! and later commands read the trust domain back from the CA certificate.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+
+use super::*;
+
+/// Options of [`init`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// SPIFFE trust domain recorded in the CA and in every agent URI.
+    pub trust_domain: String,
+    /// DNS names and IP addresses the aggregator is reached at (server certificate SANs).
+    pub server_names: Vec<String>,
+    /// CA lifetime in days.
+    pub ca_validity_days: u32,
+    /// Server certificate lifetime in days.
+    pub server_validity_days: u32,
+    /// Replace an existing CA (every certificate issued by the old one stops being accepted).
+    pub force: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            ca_validity_days: 3650,
+            server_validity_days: 825,
+            force: false,
+        }
+    }
+}
+
+/// What [`init`] created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// Trust domain recorded in the CA.
+    pub trust_domain: String,
+    /// `dir/ca.pem`.
+    pub ca_cert_path: PathBuf,
+    /// `dir/ca.key`.
+    pub ca_key_path: PathBuf,
+    /// `dir/server.pem`.
+    pub server_cert_path: PathBuf,
+    /// `dir/server.key`.
+    pub server_key_path: PathBuf,
+    /// CA expiry.
+    pub ca_not_after: OffsetDateTime,
+    /// Server certificate expiry.
+    pub server_not_after: OffsetDateTime,
+    /// Server certificate serial (canonical hex).
+    pub server_serial_hex: String,
+}
+
+/// Creates the CA and the server certificate in `dir` (created if missing).
+pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
+    identity::validate_trust_domain(&opts.trust_domain)?;
+    let sans = server_sans(&opts.server_names)?;
+    let ca_cert_path = dir.join(CA_CERT_FILE);
+    let ca_key_path = dir.join(CA_KEY_FILE);
+    if !opts.force {
+        for path in [&ca_cert_path, &ca_key_path] {
+            if path.try_exists().map_err(|source| io_error(path, source))? {
+                return Err(PkiError::AlreadyInitialized { path: path.clone() });
+            }
+        }
+    }
+    create_private_dir(dir)?;
+
+    let ca_validity = Validity::days(opts.ca_validity_days);
+    ca_validity.check()?;
+    let ca_key = generate_key("CA key")?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Gait fleet");
+        dn.push(
+            DnType::CommonName,
+            format!("Gait fleet CA {}", opts.trust_domain),
+        );
+        dn
+    };
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{}", opts.trust_domain)
+            .try_into()
+            .map_err(|source| PkiError::Generate {
+                what: "CA trust domain URI",
+                source,
+            })?,
+    )];
+    ca_params.serial_number = Some(random_serial()?);
+    ca_params.not_before = ca_validity.not_before;
+    ca_params.not_after = ca_validity.not_after;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|source| PkiError::Generate {
+            what: "CA certificate",
+            source,
+        })?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_validity = Validity::days(opts.server_validity_days);
+    server_validity.check()?;
+    let server_key = generate_key("server key")?;
+    let mut server_params = leaf_params("gait-aggregator", server_validity)?;
+    server_params.subject_alt_names = sans;
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_serial_hex = serial_hex_of(&server_params);
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(|source| PkiError::Generate {
+            what: "server certificate",
+            source,
+        })?;
+
+    let server_cert_path = dir.join(SERVER_CERT_FILE);
+    let server_key_path = dir.join(SERVER_KEY_FILE);
+    // Keys first, certificates last: a crash leaves no certificate without its key.
+    write_atomic(&ca_key_path, issuer.key().serialize_pem().as_bytes(), true)?;
+    write_atomic(
+        &server_key_path,
+        server_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_atomic(&server_cert_path, server_cert.pem().as_bytes(), false)?;
+    write_atomic(&ca_cert_path, ca_cert.pem().as_bytes(), false)?;
+
+    Ok(InitReport {
+        trust_domain: opts.trust_domain.clone(),
+        ca_cert_path,
+        ca_key_path,
+        server_cert_path,
+        server_key_path,
+        ca_not_after: ca_validity.not_after,
+        server_not_after: server_validity.not_after,
+        server_serial_hex,
+    })
+}
+
+/// The trust domain of the CA in PKI directory `dir`.
+pub fn trust_domain(dir: &Path) -> Result<String, PkiError> {
+    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
+    let ca_der = first_cert(&ca_cert_path)?;
+    identity::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
+}
+
+fn server_sans(names: &[String]) -> Result<Vec<SanType>, PkiError> {
+    if names.is_empty() {
+        return Err(PkiError::NoServerNames);
+    }
+    names
+        .iter()
+        .map(|name| {
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                return Ok(SanType::IpAddress(ip));
+            }
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            let bad = || PkiError::ServerName { name: name.clone() };
+            if !valid {
+                return Err(bad());
+            }
+            Ok(SanType::DnsName(
+                name.to_ascii_lowercase().try_into().map_err(|_| bad())?,
+            ))
+        })
+        .collect()
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| io_error(dir, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_become_ip_and_dns_sans() {
+        let sans = server_sans(&["localhost".to_owned(), "::1".to_owned()]);
+        assert!(matches!(
+            sans.as_deref(),
+            Ok([SanType::DnsName(_), SanType::IpAddress(_)])
+        ));
+        assert!(matches!(
+            server_sans(&["bad name".to_owned()]),
+            Err(PkiError::ServerName { .. })
+        ));
+        assert!(matches!(server_sans(&[]), Err(PkiError::NoServerNames)));
+    }
+}
