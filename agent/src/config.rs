@@ -23,10 +23,10 @@
 //! `GAIT_AGENT_LOCAL_API_LISTEN`); paths given there are used as they are. Unknown keys are errors, and
 //! [`Config::validate`] names the dotted key of every problem it finds.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use gait_runtime::config::{EnvOverride, apply_env};
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::OutboxLimits;
@@ -38,11 +38,32 @@ pub const MAX_POLL_WAIT_MS: u32 = 120_000;
 /// Default local API address.
 pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:7071";
 
-/// Environment variables that override one key each, with the key they override.
-pub const ENV_OVERRIDES: [(&str, &str); 3] = [
-    ("GAIT_AGENT_AGGREGATOR_ADDRESS", "aggregator.address"),
-    ("GAIT_AGENT_DATA_DIR", "data_dir"),
-    ("GAIT_AGENT_LOCAL_API_LISTEN", "local_api.listen"),
+/// Environment variables that override one key each: the variable, the dotted key, and how the value is read.
+pub const ENV_OVERRIDES: [EnvOverride<Config>; 3] = [
+    EnvOverride {
+        var: "GAIT_AGENT_AGGREGATOR_ADDRESS",
+        key: "aggregator.address",
+        set: |c, v| {
+            c.aggregator.address = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_AGENT_DATA_DIR",
+        key: "data_dir",
+        set: |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_AGENT_LOCAL_API_LISTEN",
+        key: "local_api.listen",
+        set: |c, v| {
+            c.local_api.listen = v.to_owned();
+            Ok(())
+        },
+    },
 ];
 
 /// The whole agent configuration.
@@ -192,20 +213,8 @@ fn default_server_name() -> String {
     "localhost".to_owned()
 }
 
-/// One validation problem at a dotted key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key, e.g. `tls.cert` or `trust.registry_public_keys[1]`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
+/// One validation problem at a dotted key (shared with the aggregator).
+pub use gait_runtime::config::Problem;
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -270,14 +279,10 @@ impl Config {
             path: path.to_path_buf(),
             message,
         })?;
-        for (var, key) in ENV_OVERRIDES {
-            if let Some(value) = env(var) {
-                match key {
-                    "aggregator.address" => config.aggregator.address = value,
-                    "data_dir" => config.data_dir = PathBuf::from(value),
-                    _ => config.local_api.listen = value,
-                }
-            }
+        // Every agent override is a plain string or path, so none can fail to parse; validate() checks them.
+        let problems = apply_env(&mut config, &ENV_OVERRIDES, env);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
         }
         config.validate()?;
         Ok(config)

@@ -26,10 +26,10 @@
 //! paths in the file are resolved against the directory holding it. Unknown keys are errors, and
 //! [`Config::validate`] names the dotted key of every problem it finds.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use gait_runtime::config::{EnvOverride, apply_env, parse_into};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::DEFAULT_RECONNECT_RATE;
@@ -45,17 +45,65 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Default [`QuicConfig::udp_buffer_bytes`]: 8 MiB.
 pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 
-/// Environment variables that override one key each, with the key they override.
-pub const ENV_OVERRIDES: [(&str, &str); 9] = [
-    ("GAIT_DATA_DIR", "data_dir"),
-    ("GAIT_DATABASE_URL", "database.url"),
-    ("GAIT_QUIC_LISTEN", "quic.listen"),
-    ("GAIT_UDP_BUFFER_BYTES", "quic.udp_buffer_bytes"),
-    ("GAIT_RECONNECT_RATE", "quic.reconnect_rate"),
-    ("GAIT_SESSION_TICKETS", "quic.session_tickets"),
-    ("GAIT_HTTP_LISTEN", "http.listen"),
-    ("GAIT_AGGREGATOR_URL", "client.server"),
-    ("GAIT_TOKEN_FILE", "client.token_file"),
+/// Environment variables that override one key each: the variable, the dotted key, and how the value is read.
+pub const ENV_OVERRIDES: [EnvOverride<Config>; 9] = [
+    EnvOverride {
+        var: "GAIT_DATA_DIR",
+        key: "data_dir",
+        set: |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_DATABASE_URL",
+        key: "database.url",
+        set: |c, v| {
+            c.database.url = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_QUIC_LISTEN",
+        key: "quic.listen",
+        set: |c, v| parse_into(&mut c.quic.listen, v, "an ip:port address"),
+    },
+    EnvOverride {
+        var: "GAIT_UDP_BUFFER_BYTES",
+        key: "quic.udp_buffer_bytes",
+        set: |c, v| parse_into(&mut c.quic.udp_buffer_bytes, v, "a byte count"),
+    },
+    EnvOverride {
+        var: "GAIT_RECONNECT_RATE",
+        key: "quic.reconnect_rate",
+        set: |c, v| parse_into(&mut c.quic.reconnect_rate, v, "a whole number"),
+    },
+    EnvOverride {
+        var: "GAIT_SESSION_TICKETS",
+        key: "quic.session_tickets",
+        set: |c, v| parse_into(&mut c.quic.session_tickets, v, "true or false"),
+    },
+    EnvOverride {
+        var: "GAIT_HTTP_LISTEN",
+        key: "http.listen",
+        set: |c, v| parse_into(&mut c.http.listen, v, "an ip:port address"),
+    },
+    EnvOverride {
+        var: "GAIT_AGGREGATOR_URL",
+        key: "client.server",
+        set: |c, v| {
+            c.client.server = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_TOKEN_FILE",
+        key: "client.token_file",
+        set: |c, v| {
+            c.client.token_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
 ];
 
 /// The whole aggregator configuration.
@@ -191,20 +239,8 @@ pub struct ClientConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// One validation problem at a dotted key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key, e.g. `quic.reconnect_rate` or `pki.server_names[1]`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
+/// One validation problem at a dotted key (shared with the agent).
+pub use gait_runtime::config::Problem;
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -250,10 +286,7 @@ fn join(problems: &[Problem]) -> String {
 }
 
 fn problem(key: &str, message: impl Into<String>) -> Problem {
-    Problem {
-        key: key.to_owned(),
-        message: message.into(),
-    }
+    Problem::new(key, message)
 }
 
 impl Config {
@@ -310,37 +343,7 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        for (var, key) in ENV_OVERRIDES {
-            let Some(value) = env(var) else { continue };
-            let bad = |what: &str| problem(key, format!("{var}={value:?} is not {what}"));
-            match key {
-                "data_dir" => self.data_dir = PathBuf::from(&value),
-                "database.url" => self.database.url = Some(value.clone()),
-                "quic.listen" => match value.parse() {
-                    Ok(addr) => self.quic.listen = addr,
-                    Err(_) => problems.push(bad("an ip:port address")),
-                },
-                "quic.udp_buffer_bytes" => match value.parse() {
-                    Ok(n) => self.quic.udp_buffer_bytes = n,
-                    Err(_) => problems.push(bad("a byte count")),
-                },
-                "quic.reconnect_rate" => match value.parse() {
-                    Ok(n) => self.quic.reconnect_rate = n,
-                    Err(_) => problems.push(bad("a whole number")),
-                },
-                "quic.session_tickets" => match value.parse() {
-                    Ok(b) => self.quic.session_tickets = b,
-                    Err(_) => problems.push(bad("true or false")),
-                },
-                "http.listen" => match value.parse() {
-                    Ok(addr) => self.http.listen = addr,
-                    Err(_) => problems.push(bad("an ip:port address")),
-                },
-                "client.server" => self.client.server = Some(value.clone()),
-                _ => self.client.token_file = Some(PathBuf::from(&value)),
-            }
-        }
+        let problems = apply_env(self, &ENV_OVERRIDES, env);
         if problems.is_empty() {
             Ok(())
         } else {

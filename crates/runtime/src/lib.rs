@@ -7,11 +7,13 @@
 //! - [`tasks`]: every long-lived task is owned by a [`Tasks`] tracker; an *essential* task that fails or ends stops
 //!   the whole process with exit code 1 instead of leaving it half alive; shutdown drains under a grace period.
 //! - [`exit`]: one exit-code convention (BSD sysexits for operator-facing failures).
+//! - [`config`]: a validation problem named by its dotted key, and `GAIT_*` environment overrides as a typed table.
 //! - [`output`]: stdout printing that treats a closed pipe (`… | head`) as "stop printing", never as a panic.
 //!
 //! Gait-compatible CLI commands keep Gait's own exit codes (see the agent's `gaitcli::envelope`); [`exit`] is for
 //! the daemons and the operator commands.
 
+pub mod config;
 pub mod exit;
 pub mod log;
 pub mod output;
