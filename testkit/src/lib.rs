@@ -38,6 +38,9 @@ pub use wait::{PATIENCE, POLL_INTERVAL, wait_for, wait_until};
 /// The tenancy types the helpers take, re-exported so tests need no direct `gait-identity` dependency.
 pub use gait_identity::{AgentKey, Tenant};
 
+/// What the store holds per record, re-exported for the same reason.
+pub use gait_store::StoredRecord;
+
 /// A tenant from its three parts, validated under the shared identifier rule.
 pub fn tenant(org: &str, project: &str, env: &str) -> Result<Tenant, TestkitError> {
     Tenant::from_parts(org, project, env).map_err(|e| TestkitError::Identity(e.to_string()))
