@@ -35,6 +35,8 @@ pub struct AgentCerts {
     pub serial_hex: String,
     /// The agent URI SAN. Empty for [`Pki::issue_raw`].
     pub uri: String,
+    /// Certificate expiry; `None` for [`Pki::issue_raw`].
+    pub not_after: Option<time::OffsetDateTime>,
 }
 
 impl Pki {
@@ -117,6 +119,7 @@ impl Pki {
             key: issued.key_path,
             serial_hex: issued.serial_hex,
             uri: issued.uri,
+            not_after: Some(issued.not_after),
         })
     }
 
@@ -159,6 +162,7 @@ impl Pki {
             key: out.join(pki::AGENT_KEY_FILE),
             serial_hex: String::new(),
             uri: String::new(),
+            not_after: None,
         };
         for (path, text) in [
             (&certs.cert, cert.pem()),
