@@ -2,8 +2,8 @@
 //! process on `127.0.0.1:0`, PKI fixtures minted by the aggregator's own `pki` module, and bounded waits on
 //! observable conditions.
 //!
-//! Used only as a dev-dependency (agent and aggregator integration tests, the workspace `tests/` crate). A test
-//! typically reads:
+//! Used only as a dev-dependency (today by the agent's and the aggregator's integration tests). A test typically
+//! reads:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gait_testkit::TestkitError> {
