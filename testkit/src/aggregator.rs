@@ -14,7 +14,7 @@ use gait_runtime::Tasks;
 use gait_store::{AgentFilter, AgentRow, GapRow, Revocation, Store, StoredRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AgentCerts, AgentKey, PATIENCE, POLL_INTERVAL, Pki, Tenant, TestkitError};
+use crate::{AgentKey, PATIENCE, POLL_INTERVAL, Pki, Tenant, TestkitError};
 
 /// How the aggregator is started. `Default` is a fresh temporary data directory, ephemeral ports, trust
 /// domain `gait.local`.
@@ -301,11 +301,12 @@ impl RunningAggregator {
         Ok(rows.into_iter().find(|r| r.agent_id == agent.agent_id))
     }
 
-    /// Revokes `certs` in the store; the aggregator refuses the certificate once its next revocation reload
-    /// ran (every [`AggregatorOptions::revocation_refresh`]).
-    pub async fn revoke(&self, agent: &AgentKey, certs: &AgentCerts) -> Result<(), TestkitError> {
-        let cert_serial = certs
-            .serial_hex
+    /// Revokes the certificate in `cert_pem` (of `agent`) in the store; the aggregator refuses it once its
+    /// next revocation reload ran (every [`AggregatorOptions::revocation_refresh`]) and closes its live
+    /// connection.
+    pub async fn revoke(&self, agent: &AgentKey, cert_pem: &Path) -> Result<(), TestkitError> {
+        let serial = gait_aggregator::pki::cert_serial_hex(cert_pem)?;
+        let cert_serial = serial
             .parse()
             .map_err(|e: gait_identity::CertSerialError| TestkitError::Identity(e.to_string()))?;
         let revocation = Revocation {
@@ -317,6 +318,42 @@ impl RunningAggregator {
             .revoke(&revocation, gait_aggregator::clock::unix_ms())
             .await?;
         Ok(())
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> Result<String, TestkitError> {
+        let what = "GET /metrics";
+        let response = self
+            .http
+            .get(format!("http://{}/metrics", self.http_addr()))
+            .send()
+            .await
+            .map_err(|e| TestkitError::http(what, e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| TestkitError::http(what, e))?;
+        if status != 200 {
+            return Err(TestkitError::Status {
+                what: what.into(),
+                status,
+                body,
+            });
+        }
+        Ok(body)
+    }
+
+    /// The value of the sample `series` (name with its labels, exactly as rendered, e.g.
+    /// `gait_aggregator_connections_refused_total{stage="handshake"}`) in `GET /metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64, TestkitError> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// Cancels every task, drains them (at most the configured grace) and closes the store. An unclean drain

@@ -147,3 +147,75 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
     aggregator.stop().await?;
     Ok(())
 }
+
+/// Connections the aggregator refused, at the handshake or right after it.
+async fn refusals(
+    aggregator: &gait_testkit::RunningAggregator,
+) -> Result<f64, gait_testkit::TestkitError> {
+    let mut total = 0.0;
+    for stage in ["handshake", "revoked"] {
+        total += aggregator
+            .metric(&format!(
+                "gait_aggregator_connections_refused_total{{stage=\"{stage}\"}}"
+            ))
+            .await?;
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_cut_off_while_the_rest_of_the_tenant_keeps_shipping() -> Result<()> {
+    init_logs();
+    let aggregator = spawn_aggregator(AggregatorOptions::default()).await?;
+    let tenant = tenant("acme", "payments", "prod")?;
+    let lost = spawn_agent(&aggregator, &tenant, "lost-laptop", AgentOptions::default()).await?;
+    let kept = spawn_agent(&aggregator, &tenant, "ci-runner", AgentOptions::default()).await?;
+    lost.wait_status("lost-laptop connected", |s| s.connected)
+        .await?;
+    kept.wait_status("ci-runner connected", |s| s.connected)
+        .await?;
+    let lost_key = agent_key(&tenant, "lost-laptop")?;
+    let kept_key = agent_key(&tenant, "ci-runner")?;
+    let before = refusals(&aggregator).await?;
+
+    aggregator
+        .revoke(&lost_key, &lost.config().tls.cert)
+        .await?;
+    lost.wait_status("revoked agent disconnected", |s| !s.connected)
+        .await?;
+    let (code, body) = lost
+        .post_record(&json!({"class": "block", "kind": "gate.decision", "payload": {}}))
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let seq = body["seq"].as_u64().context("seq")?;
+
+    // "It never gets back in" is anchored on attempts the aggregator saw and refused, not on elapsed time.
+    wait_for("two refused reconnection attempts", || async {
+        Ok((refusals(&aggregator).await? >= before + 2.0).then_some(()))
+    })
+    .await?;
+    assert!(!lost.status().await?.connected);
+    let stored = aggregator.records(&lost_key).await?;
+    assert!(
+        stored.iter().all(|r| r.seq != seq),
+        "a record of a revoked agent reached the store"
+    );
+
+    // The other agent of the tenant is untouched.
+    let (code, body) = kept
+        .post_record(&json!({"class": "allow", "kind": "gate.decision", "payload": {}}))
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let kept_seq = body["seq"].as_u64().context("seq")?;
+    wait_for("ci-runner's record in the store", || async {
+        let records = aggregator.records(&kept_key).await?;
+        Ok(records.iter().any(|r| r.seq == kept_seq).then_some(()))
+    })
+    .await?;
+    assert!(kept.status().await?.connected);
+
+    lost.stop().await?;
+    kept.stop().await?;
+    aggregator.stop().await?;
+    Ok(())
+}
