@@ -388,7 +388,7 @@ impl RunningAggregator {
     }
 
     fn running(&self) -> &Running {
-        // Only `stop_keeping_data` takes it, and it consumes `self`.
+        // Only `stop` takes it, and it consumes `self`.
         self.running.as_ref().unwrap_or_else(|| {
             unreachable!("a RunningAggregator always holds its app until stopped")
         })
