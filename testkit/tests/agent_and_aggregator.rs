@@ -99,6 +99,7 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
     );
 
     // The aggregator goes away; records appended meanwhile wait in the agent's outbox.
+    let stored_before_stop = aggregator.store().count_records(&key).await?;
     let stopped = aggregator.stop().await?;
     agent.wait_status("disconnected", |s| !s.connected).await?;
     for n in 4..=6 {
@@ -141,6 +142,19 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
     }
     let row = aggregator.agent(&key).await?.context("agent row")?;
     assert_eq!(row.committed_seq, last_seq);
+    // Nothing was shipped twice: the restarted process (fresh counters) inserted only records it did not
+    // hold, and saw no record again.
+    let metric = |name: &'static str| aggregator.metric(name);
+    let inserted = metric("gait_aggregator_records_inserted_total").await?;
+    assert!(
+        inserted >= 3.0 && inserted <= (last_seq - stored_before_stop) as f64,
+        "{inserted} inserted after the restart; {stored_before_stop} stored before, {last_seq} in all"
+    );
+    assert_eq!(
+        metric("gait_aggregator_records_duplicate_total").await?,
+        0.0
+    );
+    assert_eq!(metric("gait_aggregator_records_conflict_total").await?, 0.0);
 
     let stopped = agent.stop().await?;
     assert!(stopped.shutdown.clean, "{:?}", stopped.shutdown);
