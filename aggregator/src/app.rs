@@ -161,6 +161,11 @@ impl Running {
         &self.tasks
     }
 
+    /// The store this aggregator writes to (tests and embedders read what ingest committed through it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Wait until shutdown is requested (a signal, or an essential task failed), drain every task (at most
     /// `grace`), then close the store. The [`Drain`] says whether the stop was clean and names the first
     /// essential task that failed; its [`Drain::exit_code`] is the process's.

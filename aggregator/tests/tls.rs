@@ -1,5 +1,5 @@
-//! Mutual-TLS handshake tests: real quinn endpoints on 127.0.0.1, real certificates from `pki` in a tempdir,
-//! the real agent client configuration. Every accepted case must carry bytes that depend on the verified
+//! Mutual-TLS handshake tests: real quinn endpoints on 127.0.0.1, real certificates from `pki` in a tempdir
+//! (through the `gait-testkit` PKI fixtures), the real agent client configuration. Every accepted case must carry bytes that depend on the verified
 //! identity; every refused case must carry none and must be reported by the server's accept path.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
@@ -13,16 +13,20 @@ use gait_aggregator::ingest::tickets::SessionTickets;
 use gait_aggregator::ingest::tls::{self, RevocationSet, TransportTuning};
 use gait_aggregator::metrics::Metrics;
 use gait_aggregator::pki::identity::AgentIdentity;
-use gait_aggregator::pki::{self, InitOptions, IssuedAgent, Validity};
-use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+use gait_aggregator::pki::{self, Validity};
+use gait_testkit::{AgentCerts, PATIENCE, Pki};
+use rcgen::SanType;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-const STEP: Duration = Duration::from_secs(10);
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Upper bound of one handshake or exchange: the suite's patience, since a loaded machine can stretch a
+/// millisecond handshake into seconds.
+const STEP: Duration = PATIENCE;
+/// The agent's own keep-alive, so these handshakes run with the client settings the daemon uses.
+const KEEP_ALIVE: Duration = gait_agent::daemon::KEEP_ALIVE;
 
 /// What the server's accept loop saw for one connection attempt.
 #[derive(Debug)]
@@ -163,35 +167,19 @@ fn agent_config(dir: &Path) -> Result<quinn::ClientConfig> {
 }
 
 fn init_pki(dir: &Path, trust_domain: &str) -> Result<()> {
-    let opts = InitOptions {
-        trust_domain: trust_domain.to_owned(),
-        ..InitOptions::default()
-    };
-    pki::init(dir, &opts)?;
+    Pki::create(dir, trust_domain)?;
     Ok(())
 }
 
-fn issue(pki_dir: &Path, out: &Path, agent_id: &str, validity: Validity) -> Result<IssuedAgent> {
-    let id = AgentIdentity::for_issuance("", "acme", "web", "prod", agent_id);
-    Ok(pki::issue_agent(pki_dir, &id, out, validity)?)
+fn issue(pki_dir: &Path, out: &Path, agent_id: &str, validity: Validity) -> Result<AgentCerts> {
+    let tenant = gait_testkit::tenant("acme", "web", "prod")?;
+    Ok(Pki::open(pki_dir).issue_agent_with(out, &tenant, agent_id, validity)?)
 }
 
 /// Issues a client certificate with arbitrary SANs from the CA in `pki_dir`, bypassing `issue_agent`'s
 /// checks, to test what the handshake does with certificates our tool never writes.
 fn issue_raw(pki_dir: &Path, out: &Path, sans: Vec<SanType>) -> Result<()> {
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key"))?)?;
-    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem"))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = sans;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("agent.pem"), cert.pem())?;
-    std::fs::write(out.join("agent.key"), key.serialize_pem())?;
-    std::fs::write(out.join("ca.pem"), ca_pem)?;
+    Pki::open(pki_dir).issue_raw(out, sans)?;
     Ok(())
 }
 
@@ -243,11 +231,11 @@ async fn valid_agent_is_accepted_and_identified_by_its_certificate() -> Result<(
     assert_eq!(identity.agent_id, "ci-runner-7");
     assert_eq!(identity.uri(), issued.uri);
     assert_eq!(identity.serial_hex, issued.serial_hex);
+    assert_eq!(identity.serial_hex, pki::cert_serial_hex(&issued.cert)?);
     assert_eq!(
-        identity.serial_hex,
-        pki::cert_serial_hex(&issued.cert_path)?
+        Some(identity.not_after_unix),
+        issued.not_after.map(|t| t.unix_timestamp())
     );
-    assert_eq!(identity.not_after_unix, issued.not_after.unix_timestamp());
     Ok(())
 }
 
