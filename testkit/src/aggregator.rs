@@ -311,7 +311,7 @@ impl RunningAggregator {
             .map_err(|e: gait_identity::CertSerialError| TestkitError::Identity(e.to_string()))?;
         let revocation = Revocation {
             cert_serial,
-            agent: Some(agent.clone()),
+            agent: agent.clone(),
             reason: "revoked by the test".into(),
         };
         self.store()
