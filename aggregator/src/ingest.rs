@@ -58,6 +58,9 @@ pub struct IngestLimits {
     /// Handshakes per second the fleet is asked to come back at after this aggregator shuts down: the close
     /// reason announces a redial window of `open connections / reconnect_rate` ([`gait_wire::shutdown`]).
     pub reconnect_rate: u32,
+    /// Largest record payload stored (`ingest.max_record_payload_bytes`), at most the wire limit. A larger
+    /// record is refused for good with [`RefusalCode::RecordPayloadTooLarge`].
+    pub max_record_payload_bytes: usize,
 }
 
 /// Default [`IngestLimits::reconnect_rate`]: what one aggregator core sustains with room to spare (a full
@@ -69,6 +72,7 @@ impl Default for IngestLimits {
         Self {
             max_frame: gait_wire::MAX_FRAME_LEN,
             reconnect_rate: DEFAULT_RECONNECT_RATE,
+            max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -622,23 +626,19 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
     }
     let started = Instant::now();
     let records = batch.records;
+    let max_payload = state.limits.max_record_payload_bytes;
     // Hashing every payload is CPU work: keep it off the async workers for big batches.
     let checked = if records.len() > 64 {
-        match tokio::task::spawn_blocking(move || check_records(records)).await {
+        match tokio::task::spawn_blocking(move || check_records(records, max_payload)).await {
             Ok(r) => r,
             Err(_) => return error_msg(ErrorCode::Internal, "record check task failed"),
         }
     } else {
-        check_records(records)
+        check_records(records, max_payload)
     };
     let rows = match checked {
         Ok(rows) => rows,
-        Err(refused) => {
-            state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
-            warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, seq = refused.seq,
-                code = %refused.code, message = %refused.message, "record refused");
-            return ServerMsgV1::RecordRefused(refused.for_batch(batch.batch_id));
-        }
+        Err(refused) => return refuse(state, session, batch.batch_id, refused).await,
     };
     match state
         .store
@@ -659,6 +659,10 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
             state
                 .metrics
                 .inc(metrics::RECORD_GAPS, outcome.gaps.len() as u64);
+            state.metrics.inc(
+                metrics::RECORDS_REFUSED_SKIPPED,
+                outcome.refused.len() as u64,
+            );
             if !outcome.gaps.is_empty() || outcome.conflicts > 0 {
                 warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, gaps = ?outcome.gaps,
                     conflicts = outcome.conflicts, "agent record stream has gaps or conflicts");
@@ -686,13 +690,12 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
             .and_then(|(index, code)| Some((rows.get(index)?.seq, code)))
         {
             Some((seq, code)) => {
-                warn!(error = %e, agent_id = %session.key.agent_id, seq, %code, "record refused by the store");
-                ServerMsgV1::RecordRefused(RecordRefusal::new(
-                    batch.batch_id,
+                let refused = Refused {
                     seq,
                     code,
-                    e.to_string(),
-                ))
+                    message: e.to_string(),
+                };
+                refuse(state, session, batch.batch_id, refused).await
             }
             None => {
                 warn!(error = %e, agent_id = %session.key.agent_id, "batch refused by the store");
@@ -700,6 +703,41 @@ async fn on_batch(state: &IngestState, session: &Session, batch: RecordBatch) ->
             }
         },
     }
+}
+
+/// Answers a batch with the refusal of one of its records: counts it by code, logs it naming the agent and the
+/// seq, and, for a permanent code, records the refused seq in the store first, so the gap the agent's stream
+/// will show there is known as a refusal rather than a loss. When that cannot be recorded now, the batch is
+/// answered "unavailable; retry" instead: the agent sends it again and gets the same refusal later.
+async fn refuse(
+    state: &IngestState,
+    session: &Session,
+    batch_id: u64,
+    refused: Refused,
+) -> ServerMsgV1 {
+    let Refused { seq, code, message } = refused;
+    warn!(agent = %session.key, seq, %code, %message, "record refused");
+    if code.is_permanent() {
+        let recorded = state
+            .store
+            .record_refusal(&session.key, seq, code.as_str(), &message, unix_ms())
+            .await;
+        match recorded {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => {
+                warn!(error = %e, agent = %session.key, seq, "refusal not recorded; agent will retry");
+                return error_msg(ErrorCode::Unavailable, "store unavailable; retry");
+            }
+            Err(e) => {
+                warn!(error = %e, agent = %session.key, seq,
+                    "refusal not recorded; the agent's stream will show a missing gap there")
+            }
+        }
+    }
+    state
+        .metrics
+        .inc_labeled(metrics::RECORDS_REFUSED, "code", code.as_str(), 1);
+    ServerMsgV1::RecordRefused(RecordRefusal::new(batch_id, seq, code, message))
 }
 
 /// A record [`check_records`] refuses, before the batch id is attached.
@@ -710,15 +748,10 @@ struct Refused {
     message: String,
 }
 
-impl Refused {
-    fn for_batch(self, batch_id: u64) -> RecordRefusal {
-        RecordRefusal::new(batch_id, self.seq, self.code, self.message)
-    }
-}
-
-/// Checks each record under the wire rule ([`Record::validate`]) and its hash, and turns it into a store row.
-/// The first record that fails is named with its [`RefusalCode`].
-fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, Refused> {
+/// Checks each record under the wire rule ([`Record::validate`]), this aggregator's payload limit
+/// (`max_payload`, at most the wire's) and its hash, and turns it into a store row. The first record that
+/// fails is named with its [`RefusalCode`].
+fn check_records(records: Vec<Record>, max_payload: usize) -> Result<Vec<NewRecord>, Refused> {
     let mut rows = Vec::with_capacity(records.len());
     for r in records {
         if let Err(e) = r.validate() {
@@ -726,6 +759,18 @@ fn check_records(records: Vec<Record>) -> Result<Vec<NewRecord>, Refused> {
                 seq: r.seq,
                 code: e.refusal_code(),
                 message: e.to_string(),
+            });
+        }
+        if r.payload.len() > max_payload {
+            return Err(Refused {
+                seq: r.seq,
+                code: RefusalCode::RecordPayloadTooLarge,
+                message: format!(
+                    "record {}: payload is {} bytes, over this aggregator's limit of {max_payload} bytes \
+                     (ingest.max_record_payload_bytes)",
+                    r.seq,
+                    r.payload.len()
+                ),
             });
         }
         if !r.verify_hash() {
@@ -811,24 +856,12 @@ async fn handle_report(
     }
 }
 
-/// Refusal codes are agent-supplied: only known ones become metric labels.
+/// Refusal codes are agent-supplied: only the bundle crate's own codes ([`gait_bundle::BundleError::CODES`])
+/// become metric labels, anything else is `other`.
 fn bounded_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "bundle_malformed",
-        "bundle_too_large",
-        "bundle_key_unknown",
-        "bundle_signature_invalid",
-        "bundle_file_digest_mismatch",
-        "bundle_file_missing",
-        "bundle_file_unlisted",
-        "bundle_scope_mismatch",
-        "bundle_expired",
-        "bundle_epoch_stale",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == code)
-        .copied()
+    gait_bundle::BundleError::CODES
+        .into_iter()
+        .find(|known| *known == code)
         .unwrap_or("other")
 }
 
@@ -904,6 +937,49 @@ mod tests {
         log.lock().unwrap().push(id);
         tokio::time::sleep(commit).await;
         drop(turn);
+    }
+
+    fn sealed(seq: u64, prev: [u8; 32], payload_len: usize) -> Record {
+        Record::sealed(
+            seq,
+            prev,
+            gait_wire::RecordClass::Block,
+            "gate.decision",
+            0,
+            None,
+            vec![b'x'; payload_len],
+        )
+    }
+
+    #[test]
+    fn a_payload_over_the_configured_limit_is_refused_naming_the_seq_and_the_limit() {
+        let first = sealed(1, gait_wire::GENESIS_HASH, 100);
+        let second = sealed(2, first.hash, 101);
+        let rows = check_records(vec![first.clone()], 100).expect("at the limit");
+        assert_eq!(rows.len(), 1);
+        let refused = check_records(vec![first, second], 100).expect_err("over the limit");
+        assert_eq!(refused.seq, 2);
+        assert_eq!(refused.code, RefusalCode::RecordPayloadTooLarge);
+        assert!(refused.code.is_permanent());
+        assert!(
+            refused.message.contains("record 2")
+                && refused.message.contains("101 bytes")
+                && refused.message.contains("limit of 100 bytes"),
+            "{}",
+            refused.message
+        );
+    }
+
+    #[test]
+    fn bundle_refusal_labels_are_the_bundle_crates_codes_or_other() {
+        for code in gait_bundle::BundleError::CODES {
+            assert_eq!(bounded_code(code), code);
+        }
+        assert_eq!(
+            bounded_code("bundle_schema_unsupported"),
+            "bundle_schema_unsupported"
+        );
+        assert_eq!(bounded_code("anything an agent says"), "other");
     }
 
     #[tokio::test(start_paused = true)]
