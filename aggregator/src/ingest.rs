@@ -190,6 +190,14 @@ async fn handle_incoming(
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
+        Err(e) if is_version_skew(&e) => {
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "version", 1);
+            warn!(%remote, error = %e, speaks = %String::from_utf8_lossy(gait_wire::ALPN),
+                "agent connection refused: the agent speaks another protocol version (no ALPN in common)");
+            return;
+        }
         Err(e) => {
             state
                 .metrics
@@ -280,6 +288,21 @@ async fn handle_incoming(
     let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
     state.live.remove(conn_id);
     state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, -1);
+}
+
+/// TLS alert `no_application_protocol` (RFC 8446 §6.2, RFC 7301 §3.2): the peers share no ALPN.
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// Whether a failed handshake means the peer speaks another protocol version: the ALPN changes with
+/// [`PROTOCOL_VERSION`] (`gait-fleet/2` now), so a peer of another version shares no ALPN with this aggregator
+/// and the handshake ends with TLS alert `no_application_protocol`, whichever side noticed it.
+pub fn is_version_skew(error: &quinn::ConnectionError) -> bool {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => e.code,
+        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL)
 }
 
 /// Per-connection facts.
