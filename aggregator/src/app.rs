@@ -387,8 +387,9 @@ fn spawn_ingest(
     state: Arc<IngestState>,
     token: CancellationToken,
 ) {
+    let owner = tasks.clone();
     tasks.spawn_essential("quic-ingest", async move {
-        crate::ingest::serve(endpoint, state, token).await;
+        crate::ingest::serve(endpoint, state, token, owner).await;
         Ok::<(), std::convert::Infallible>(())
     });
 }

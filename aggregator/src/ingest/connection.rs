@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use gait_runtime::Tasks;
 use gait_store::{AgentKey, CertSerial};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,10 +20,13 @@ use crate::clock::unix_ms;
 use crate::ingest::tls::peer_identity;
 use crate::metrics;
 
+/// Serves one incoming connection until it ends or `shutdown` is cancelled; its request streams run as tasks
+/// of `tasks`, counted here so the connection waits for them (at most 2 s) before it is forgotten.
 pub(super) async fn handle_incoming(
     incoming: quinn::Incoming,
     state: Arc<IngestState>,
     shutdown: CancellationToken,
+    tasks: Tasks,
 ) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -101,8 +105,8 @@ pub(super) async fn handle_incoming(
             }
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let (state, session, shutdown) = (state.clone(), session.clone(), shutdown.clone());
-                    streams.spawn(async move { handle_request(state, session, send, recv, shutdown).await });
+                    let request = handle_request(state.clone(), session.clone(), send, recv, shutdown.clone());
+                    tasks.spawn("quic-request", streams.track_future(request));
                 }
                 Err(e) => {
                     debug!(%remote, reason = %e, "agent connection ended");
@@ -111,8 +115,8 @@ pub(super) async fn handle_incoming(
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    let (state, session) = (state.clone(), session.clone());
-                    streams.spawn(async move { handle_report(state, session, recv).await });
+                    let report = handle_report(state.clone(), session.clone(), recv);
+                    tasks.spawn("quic-report", streams.track_future(report));
                 }
                 Err(e) => {
                     debug!(%remote, reason = %e, "agent connection ended");

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gait_runtime::Tasks;
 use gait_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,10 +113,15 @@ impl IngestState {
 }
 
 /// Serve agents on `endpoint` until `shutdown` is cancelled, then drain connection tasks.
+///
+/// Each connection's handler (and each of its request streams) is a task of `tasks`, so the process's drain
+/// waits for them and a panic in one is logged; `serve` also counts its own handlers, so that it closes the
+/// endpoint and waits for them (at most 5 s) before the close frames are flushed.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     state: Arc<IngestState>,
     shutdown: CancellationToken,
+    tasks: Tasks,
 ) {
     let tracker = TaskTracker::new();
     loop {
@@ -123,9 +129,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let state = state.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move { handle_incoming(incoming, state, shutdown).await });
+                let handler = handle_incoming(incoming, state.clone(), shutdown.clone(), tasks.clone());
+                tasks.spawn("quic-connection", tracker.track_future(handler));
             }
         }
     }
