@@ -1,6 +1,7 @@
-//! The records domain: each agent's hash-chained record stream, its gaps and its committed cursor. The batch
-//! rules are the pure `batch` module; this module runs its plan. The cursor lock, the seq lookup and the bulk
-//! inserts differ per dialect (`sqlite`, `postgres`); the rest is portable SQL.
+//! The records domain: each agent's hash-chained record stream, its gaps, the seqs the aggregator refused for
+//! good, and its committed cursor. The batch rules are the pure `batch` module; this module runs its plan. The
+//! cursor lock, the seq lookup and the bulk inserts differ per dialect (`sqlite`, `postgres`); the rest is
+//! portable SQL.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -430,6 +430,13 @@ async fn a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap(
         store.record_refusal(&k, 11, "", "x", NOW).await,
         Err(StoreError::InvalidInput { .. })
     ));
+    // Inside a transaction a refusal is written with everything else, or not at all.
+    let mut tx = store.begin().await?;
+    tx.record_refusal(&k, 12, code, "in a transaction", NOW)
+        .await?;
+    ensure!(tx.refusals(&k).await?.len() == 2);
+    tx.rollback().await?;
+    ensure!(store.refusals(&k).await?.len() == 1);
     Ok(())
 }
 
