@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use gait_aggregator::app::{self, ServeConfig};
 use gait_aggregator::ingest::is_version_skew;
 use gait_aggregator::ingest::tls::{self, RevocationSet, TransportTuning};
 use gait_aggregator::pki::identity::AgentIdentity;
@@ -17,6 +18,7 @@ use gait_aggregator::pki::{self, InitOptions, Validity};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 /// Generous bound for one handshake on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -188,5 +190,79 @@ async fn the_agent_recognises_an_aggregator_speaking_only_gait_fleet_1() -> Resu
     let closed = quinn::ConnectionError::TimedOut;
     ensure!(!gait_agent::tls::is_version_skew(&closed) && !is_version_skew(&closed));
     server.close(0u32.into(), b"done");
+    Ok(())
+}
+
+/// The value of one series in the aggregator's metrics text (0 while it does not exist).
+fn series(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_running_aggregator_counts_a_gait_fleet_1_client_as_version_skew_and_still_drains_cleanly()
+-> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut config = ServeConfig::embedded(tmp.path().join("agg"));
+    config.quic_listen = (Ipv4Addr::LOCALHOST, 0).into();
+    config.http_listen = (Ipv4Addr::LOCALHOST, 0).into();
+    let running = app::start(config, gait_runtime::Tasks::new(CancellationToken::new())).await?;
+    let agent_dir = tmp.path().join("agent");
+    let id = AgentIdentity::for_issuance("", "acme", "web", "prod", "edge");
+    pki::issue_agent(
+        &tmp.path().join("agg/pki"),
+        &id,
+        &agent_dir,
+        Validity::days(30),
+    )?;
+    let refused = "gait_aggregator_connections_refused_total{stage=\"version\"}";
+
+    match dial(client_offering(&agent_dir, OLD_ALPN)?, running.quic_addr).await? {
+        Ok(_) => bail!("the aggregator accepted a gait-fleet/1 client"),
+        Err(e) => ensure!(is_version_skew(&e), "client side: {e}"),
+    }
+    let metrics = running.ingest.metrics.clone();
+    let started = std::time::Instant::now();
+    while series(&metrics.render(), refused) != 1 {
+        ensure!(
+            started.elapsed() < PATIENCE,
+            "version refusal not counted:\n{}",
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A current agent connects and stays connected; shutdown closes it and drains its handler (a task of
+    // the aggregator's Tasks) within the grace period.
+    let current = dial(
+        client_offering(&agent_dir, gait_wire::ALPN)?,
+        running.quic_addr,
+    )
+    .await?
+    .context("a gait-fleet/2 client was refused")?;
+    let started = std::time::Instant::now();
+    while running.ingest.open_connections() != 1 {
+        ensure!(started.elapsed() < PATIENCE, "connection not registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(
+        drain.clean && drain.failure.is_none(),
+        "unclean drain: {drain:?}"
+    );
+    let closed = timeout(PATIENCE, current.closed()).await?;
+    ensure!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(gait_wire::close::CLOSE_SHUTDOWN)),
+        "agent connection ended with {closed}"
+    );
     Ok(())
 }
