@@ -78,6 +78,21 @@ pub enum TlsError {
     },
 }
 
+/// TLS alert `no_application_protocol` (RFC 8446 §6.2, RFC 7301 §3.2): the peers share no ALPN.
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// Whether a failed handshake means the aggregator speaks another protocol version: the ALPN changes with
+/// [`gait_wire::PROTOCOL_VERSION`], so peers of different versions share no ALPN and the handshake ends with
+/// TLS alert `no_application_protocol`, whichever side noticed it.
+pub fn is_version_skew(error: &quinn::ConnectionError) -> bool {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => e.code,
+        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL)
+}
+
 /// Builds the agent's QUIC client configuration: TLS 1.3, ALPN, this agent's certificate for client
 /// authentication, and the aggregator's certificate verified against `ca_pem` only (no system roots).
 ///

@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub reconnect_rate: u32,
     /// Issue TLS session tickets (secret in `keys/tls-ticket.key`) so agents resume after a restart.
     pub session_tickets: bool,
+    /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
+    pub max_record_payload_bytes: usize,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -82,6 +84,7 @@ impl ServeConfig {
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
+            max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -96,6 +99,7 @@ impl ServeConfig {
             udp_buffer_bytes: config.quic.udp_buffer_bytes,
             reconnect_rate: config.quic.reconnect_rate,
             session_tickets: config.quic.session_tickets,
+            max_record_payload_bytes: config.ingest.max_record_payload_bytes,
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -339,6 +343,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         revoked,
         IngestLimits {
             reconnect_rate: config.reconnect_rate,
+            max_record_payload_bytes: config.max_record_payload_bytes,
             ..IngestLimits::default()
         },
         &tasks,
@@ -387,8 +392,9 @@ fn spawn_ingest(
     state: Arc<IngestState>,
     token: CancellationToken,
 ) {
+    let owner = tasks.clone();
     tasks.spawn_essential("quic-ingest", async move {
-        crate::ingest::serve(endpoint, state, token).await;
+        crate::ingest::serve(endpoint, state, token, owner).await;
         Ok::<(), std::convert::Infallible>(())
     });
 }

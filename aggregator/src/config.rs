@@ -12,6 +12,8 @@
 //!   session_tickets: true
 //! http:
 //!   listen: 127.0.0.1:7080                  # operator HTTP API
+//! ingest:
+//!   max_record_payload_bytes: 1048576       # larger records are refused (agents quarantine them)
 //! pki:
 //!   trust_domain: gait.local                # used when the CA is created
 //!   server_names: [localhost, 127.0.0.1]
@@ -119,6 +121,8 @@ pub struct Config {
     pub quic: QuicConfig,
     /// The operator HTTP API.
     pub http: HttpConfig,
+    /// What the aggregator accepts from agents.
+    pub ingest: IngestConfig,
     /// The deployment CA, when `serve` or `pki init` creates it.
     pub pki: PkiConfig,
     /// Stopping.
@@ -134,6 +138,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             quic: QuicConfig::default(),
             http: HttpConfig::default(),
+            ingest: IngestConfig::default(),
             pki: PkiConfig::default(),
             shutdown: ShutdownConfig::default(),
             client: ClientConfig::default(),
@@ -190,6 +195,24 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+        }
+    }
+}
+
+/// `ingest.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest record payload this aggregator stores, in bytes: 1 to the wire limit
+    /// ([`gait_wire::limits::MAX_PAYLOAD_BYTES`], 1 MiB). A larger record is refused for good
+    /// (`record_payload_too_large`); the agent quarantines it and its stream goes on. Default: the wire limit.
+    pub max_record_payload_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -372,6 +395,16 @@ impl Config {
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
         }
+        let payload = self.ingest.max_record_payload_bytes;
+        if payload == 0 || payload > gait_wire::limits::MAX_PAYLOAD_BYTES {
+            problems.push(problem(
+                "ingest.max_record_payload_bytes",
+                format!(
+                    "is {payload}; must be 1 to {} (the wire limit)",
+                    gait_wire::limits::MAX_PAYLOAD_BYTES
+                ),
+            ));
+        }
         if let Err(e) = validate_trust_domain(&self.pki.trust_domain) {
             problems.push(problem("pki.trust_domain", e.to_string()));
         }
@@ -521,6 +554,24 @@ mod tests {
     }
 
     #[test]
+    fn the_record_payload_limit_defaults_to_the_wire_limit_and_cannot_exceed_it() {
+        let wire = gait_wire::limits::MAX_PAYLOAD_BYTES;
+        assert_eq!(
+            load_text("", &[])
+                .expect("valid")
+                .ingest
+                .max_record_payload_bytes,
+            wire
+        );
+        let c = load_text("ingest:\n  max_record_payload_bytes: 4096\n", &[]).expect("valid");
+        assert_eq!(c.ingest.max_record_payload_bytes, 4096);
+        let over = format!("ingest:\n  max_record_payload_bytes: {}\n", wire + 1);
+        let err = load_text(&over, &[]).expect_err("over the wire limit");
+        assert_eq!(err.problems()[0].key, "ingest.max_record_payload_bytes");
+        assert!(err.to_string().contains("1048576"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_naming_the_key() {
         for text in ["quic:\n  listen_addr: 1.2.3.4:5\n", "databse:\n  url: x\n"] {
             let err = load_text(text, &[]).expect_err("unknown key").to_string();
@@ -536,7 +587,7 @@ mod tests {
     #[test]
     fn validation_names_every_bad_dotted_key() {
         let err = load_text(
-            "database:\n  url: mysql://x\nquic:\n  reconnect_rate: 0\npki:\n  trust_domain: Bad_Domain\n  server_names: [ok, \"a b\"]\nclient:\n  server: ftp://x\n",
+            "database:\n  url: mysql://x\nquic:\n  reconnect_rate: 0\ningest:\n  max_record_payload_bytes: 0\npki:\n  trust_domain: Bad_Domain\n  server_names: [ok, \"a b\"]\nclient:\n  server: ftp://x\n",
             &[],
         )
         .expect_err("invalid");
@@ -546,6 +597,7 @@ mod tests {
             [
                 "database.url",
                 "quic.reconnect_rate",
+                "ingest.max_record_payload_bytes",
                 "pki.trust_domain",
                 "pki.server_names[1]",
                 "client.server"

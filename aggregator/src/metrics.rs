@@ -13,6 +13,10 @@ pub const RECORDS_INSERTED: &str = "gait_aggregator_records_inserted_total";
 pub const RECORDS_DUPLICATE: &str = "gait_aggregator_records_duplicate_total";
 pub const RECORDS_CONFLICT: &str = "gait_aggregator_records_conflict_total";
 pub const RECORD_GAPS: &str = "gait_aggregator_record_gaps_total";
+/// Records refused, labelled `code` with [`gait_wire::RefusalCode::as_str`] (a bounded set).
+pub const RECORDS_REFUSED: &str = "gait_aggregator_records_refused_total";
+/// Skipped seqs recognised as refused earlier (the agent quarantined them), so not counted as gaps.
+pub const RECORDS_REFUSED_SKIPPED: &str = "gait_aggregator_records_refused_skipped_total";
 pub const BATCHES_COMMITTED: &str = "gait_aggregator_batches_committed_total";
 pub const CONNECTIONS_ACCEPTED: &str = "gait_aggregator_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "gait_aggregator_connections_refused_total";
@@ -47,6 +51,16 @@ const HELP: &[(&str, &str, &str)] = &[
         RECORD_GAPS,
         "counter",
         "Sequence gaps or hash-chain breaks detected in agent streams.",
+    ),
+    (
+        RECORDS_REFUSED,
+        "counter",
+        "Records refused, by refusal code (a permanent code makes the agent quarantine the record).",
+    ),
+    (
+        RECORDS_REFUSED_SKIPPED,
+        "counter",
+        "Seqs skipped by an agent stream that were refused earlier (quarantined by the agent), not counted as gaps.",
     ),
     (
         BATCHES_COMMITTED,

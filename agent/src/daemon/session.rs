@@ -62,6 +62,17 @@ pub(crate) enum SessionError {
     },
     #[error("handshake with {0} timed out")]
     HandshakeTimeout(SocketAddr),
+    /// The aggregator accepted none of this agent's ALPN: it speaks another protocol version.
+    #[error(
+        "the aggregator at {addr} speaks another protocol version: this agent speaks {} (protocol {}), \
+         the aggregator refused it (an aggregator of protocol {} speaks gait-fleet/{}); run agent and \
+         aggregator builds of the same protocol version",
+        String::from_utf8_lossy(gait_wire::ALPN),
+        gait_wire::PROTOCOL_VERSION,
+        gait_wire::PROTOCOL_VERSION - 1,
+        gait_wire::PROTOCOL_VERSION - 1
+    )]
+    VersionSkew { addr: SocketAddr },
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
     #[error("the aggregator answered {request} with error {}: {}", .error.code, .error.message)]
@@ -100,7 +111,7 @@ impl SessionError {
                 OutboxError::AckBeyondLastSeq { .. }
                     | OutboxError::Diverged { .. }
                     | OutboxError::Corrupt { .. }
-            )
+            ) | SessionError::VersionSkew { .. }
         )
     }
 }
@@ -283,7 +294,13 @@ impl Session {
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| SessionError::HandshakeTimeout(addr))?
-            .map_err(|source| SessionError::Handshake { addr, source })
+            .map_err(|source| {
+                if crate::tls::is_version_skew(&source) {
+                    SessionError::VersionSkew { addr }
+                } else {
+                    SessionError::Handshake { addr, source }
+                }
+            })
     }
 
     async fn serve(
@@ -830,6 +847,19 @@ fn spawn_batch_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_skew_names_both_versions_and_needs_an_operator() {
+        let e = SessionError::VersionSkew {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7443)),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("gait-fleet/2") && text.contains("gait-fleet/1"),
+            "{text}"
+        );
+        assert!(e.needs_operator(), "logged at ERROR");
+    }
 
     #[test]
     fn the_first_refusals_are_free_then_the_pause_doubles_up_to_the_poll_wait() {

@@ -14,8 +14,11 @@
 //!   the cursor whose `prev_hash` is not the cursor hash is a `chain_break`. Either way the record is stored and
 //!   the cursor moves to it, so every seq up to the cursor is stored or recorded as a gap.
 //! - A new record at or below the cursor (it fills a seq earlier declared missing) is stored and moves nothing.
+//! - A skipped seq the aggregator refused for good (a `record_refusals` row: the agent quarantined that record
+//!   and went on) is accounted for, not lost: [`account_refused`] takes it out of the `missing` gaps and lists
+//!   it in `BatchOutcome::refused`. The chain is still not checked across it (its hash was never stored).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{AgentCursor, BatchOutcome, GapKind, NewRecord};
 
@@ -135,6 +138,60 @@ pub(crate) fn plan<'a>(
         gaps,
         outcome,
     }
+}
+
+impl Plan<'_> {
+    /// The inclusive seq range spanned by the plan's `missing` gaps, if any: where refused seqs may hide.
+    pub(crate) fn missing_span(&self) -> Option<(u64, u64)> {
+        let mut missing = self.gaps.iter().filter(|g| g.kind == GapKind::Missing);
+        let first = missing.next()?;
+        let last = missing.next_back().unwrap_or(first);
+        Some((first.first_seq, last.last_seq))
+    }
+}
+
+/// Takes the seqs in `refused` out of the plan's `missing` gaps (splitting a gap around them) and lists them
+/// in `outcome.refused`; `chain_break` gaps are left alone.
+pub(crate) fn account_refused(plan: &mut Plan<'_>, refused: &BTreeSet<u64>) {
+    if refused.is_empty() {
+        return;
+    }
+    let mut gaps = Vec::with_capacity(plan.gaps.len());
+    let mut accounted = Vec::new();
+    for gap in plan.gaps.drain(..) {
+        if gap.kind != GapKind::Missing {
+            gaps.push(gap);
+            continue;
+        }
+        let mut next = gap.first_seq;
+        for &seq in refused.range(gap.first_seq..=gap.last_seq) {
+            if seq > next {
+                gaps.push(PlannedGap {
+                    first_seq: next,
+                    last_seq: seq - 1,
+                    kind: GapKind::Missing,
+                });
+            }
+            accounted.push(seq);
+            next = seq + 1;
+        }
+        if next <= gap.last_seq {
+            gaps.push(PlannedGap {
+                first_seq: next,
+                last_seq: gap.last_seq,
+                kind: GapKind::Missing,
+            });
+        }
+    }
+    plan.gaps = gaps;
+    plan.outcome.gaps = plan
+        .gaps
+        .iter()
+        .filter(|g| g.kind == GapKind::Missing)
+        .map(|g| (g.first_seq, g.last_seq))
+        .collect();
+    accounted.sort_unstable();
+    plan.outcome.refused = accounted;
 }
 
 #[cfg(test)]
@@ -257,6 +314,44 @@ mod tests {
             (2, 1, 1)
         );
         assert_eq!(p.insert[0].hash, [1; 32]);
+    }
+
+    #[test]
+    fn refused_seqs_are_taken_out_of_missing_gaps_and_split_them() {
+        let cursor = AgentCursor {
+            committed_seq: 3,
+            committed_hash: [3; 32],
+        };
+        // 4..=8 skipped (8 refused, 5 refused, 6 and 7 lost), 10 skipped and refused; 4 also lost.
+        let batch = [rec(9, 99, 9), rec(11, 99, 11)];
+        let mut p = plan(cursor, prepare(&batch), &HashMap::new());
+        assert_eq!(p.missing_span(), Some((4, 10)));
+        account_refused(&mut p, &BTreeSet::from([5, 8, 10, 42]));
+        assert_eq!(p.outcome.gaps, vec![(4, 4), (6, 7)]);
+        assert_eq!(p.outcome.refused, vec![5, 8, 10]);
+        assert_eq!(
+            p.gaps
+                .iter()
+                .map(|g| (g.first_seq, g.last_seq))
+                .collect::<Vec<_>>(),
+            vec![(4, 4), (6, 7)]
+        );
+        assert_eq!(p.outcome.committed_seq, 11);
+    }
+
+    #[test]
+    fn a_refused_seq_never_hides_a_chain_break() {
+        let cursor = AgentCursor {
+            committed_seq: 3,
+            committed_hash: [3; 32],
+        };
+        let batch = [rec(4, 42, 4)];
+        let mut p = plan(cursor, prepare(&batch), &HashMap::new());
+        assert_eq!(p.missing_span(), None);
+        account_refused(&mut p, &BTreeSet::from([4]));
+        assert_eq!(p.outcome.chain_breaks, vec![4]);
+        assert_eq!(p.gaps.len(), 1);
+        assert!(p.outcome.refused.is_empty());
     }
 
     #[test]

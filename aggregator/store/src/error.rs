@@ -51,6 +51,15 @@ pub enum StoreError {
         #[source]
         source: gait_wire::RecordError,
     },
+    /// A record of a batch passes the wire rule but breaks one of the store's own input rules (its class
+    /// label, its bundle digest); `field` names the record's field, `index` its place in the batch.
+    #[error("invalid records[{index}].{field} (seq {seq}): {reason}")]
+    InvalidRecordField {
+        index: usize,
+        seq: u64,
+        field: &'static str,
+        reason: String,
+    },
     /// The agent has no row yet: call `agent_connected` first.
     #[error("unknown agent {agent}: agent_connected must run before this operation")]
     UnknownAgent { agent: String },
@@ -75,17 +84,22 @@ impl StoreError {
             | Self::EpochConflict { .. }
             | Self::InvalidInput { .. }
             | Self::InvalidRecord { .. }
+            | Self::InvalidRecordField { .. }
             | Self::UnknownAgent { .. }
             | Self::Corrupt { .. } => false,
         }
     }
 
-    /// For a record the batch refused under the wire rule: its index in the batch and the refusal code the
-    /// aggregator answers with. `None` for every other error (including the store's own input rules, which
-    /// ingest reports as [`gait_wire::RefusalCode::RecordStoreRefused`] when they name a record).
+    /// For an error that names one record of the batch: its index in the batch and the refusal code the
+    /// aggregator answers with: the wire rule's own code ([`StoreError::InvalidRecord`]) or
+    /// [`gait_wire::RefusalCode::RecordStoreRefused`] for the store's own rules
+    /// ([`StoreError::InvalidRecordField`]). `None` for every error that names no record.
     pub fn refusal_code(&self) -> Option<(usize, gait_wire::RefusalCode)> {
         match self {
             Self::InvalidRecord { index, source, .. } => Some((*index, source.refusal_code())),
+            Self::InvalidRecordField { index, .. } => {
+                Some((*index, gait_wire::RefusalCode::RecordStoreRefused))
+            }
             _ => None,
         }
     }

@@ -36,7 +36,7 @@ pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
     BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
     MAX_BATCH_RECORDS, MAX_LABEL_BYTES, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_TEXT_BYTES, NewRecord, Refusal, Revocation, StoredBundle, StoredRecord,
+    MAX_TEXT_BYTES, NewRecord, Refusal, RefusedRecord, Revocation, StoredBundle, StoredRecord,
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
@@ -320,6 +320,28 @@ impl Store {
     /// The agent's recorded gaps, by first seq.
     pub async fn gaps(&self, key: &AgentKey) -> Result<Vec<GapRow>, StoreError> {
         on_conn!(self, |conn| records::gaps(conn, key))
+    }
+
+    /// Records that the aggregator refused the agent's record `seq` for good with `code` (a permanent
+    /// [`gait_wire::RefusalCode`], as a string); the agent quarantines it, and a later batch that skips `seq`
+    /// does not record it as a `missing` gap ([`BatchOutcome::refused`]). A second refusal of the same seq keeps
+    /// the latest code and message; `message` is cut to [`MAX_REFUSAL_MESSAGE_BYTES`].
+    pub async fn record_refusal(
+        &self,
+        key: &AgentKey,
+        seq: u64,
+        code: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        on_conn!(self, |conn| records::refuse(
+            conn, key, seq, code, message, now_ms
+        ))
+    }
+
+    /// The agent's refused records ([`Store::record_refusal`]), by seq.
+    pub async fn refusals(&self, key: &AgentKey) -> Result<Vec<RefusedRecord>, StoreError> {
+        on_conn!(self, |conn| records::refusals(conn, key))
     }
 
     /// Revokes a certificate. Revoking an already revoked serial is a no-op that keeps the first record.

@@ -111,6 +111,23 @@ pub struct BatchOutcome {
     pub gaps: Vec<(u64, u64)>,
     /// Seqs whose `prev_hash` did not match the hash of the record before them (`chain_break` gaps).
     pub chain_breaks: Vec<u64>,
+    /// Skipped seqs the aggregator had refused for good ([`RefusedRecord`]): the agent quarantined them, so
+    /// they are accounted for and not counted in `gaps`. Ascending.
+    pub refused: Vec<u64>,
+}
+
+/// A record the aggregator refused for good (a permanent [`gait_wire::RefusalCode`]): the agent quarantines
+/// it and ships the records after it, so its seq never arrives and is not recorded as a `missing` gap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusedRecord {
+    /// The refused record's seq.
+    pub seq: u64,
+    /// The refusal code ([`gait_wire::RefusalCode::as_str`]).
+    pub code: String,
+    /// What the agent was told, cut to [`MAX_REFUSAL_MESSAGE_BYTES`].
+    pub message: String,
+    /// When the (latest) refusal was recorded.
+    pub refused_unix_ms: i64,
 }
 
 /// A published policy bundle.
@@ -411,10 +428,20 @@ impl NewRecord {
                 seq: self.seq,
                 source,
             })?;
-        let field = |name: &str| format!("records[{index}].{name}");
-        check_label(&field("class"), &self.class)?;
+        let refused = |field: &'static str| {
+            move |e: StoreError| StoreError::InvalidRecordField {
+                index,
+                seq: self.seq,
+                field,
+                reason: match e {
+                    StoreError::InvalidInput { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            }
+        };
+        check_label("class", &self.class).map_err(refused("class"))?;
         if let Some(digest) = &self.bundle_digest {
-            check_digest(&field("bundle_digest"), digest)?;
+            check_digest("bundle_digest", digest).map_err(refused("bundle_digest"))?;
         }
         Ok(())
     }
@@ -525,6 +552,15 @@ mod tests {
         );
         let mut class = record(3, "k", 0);
         class.class = String::new();
-        assert_eq!(class.validate(1).expect_err("refused").refusal_code(), None);
+        // The store's own rules name the record too: the aggregator refuses it as `record_store_refused`.
+        let err = class.validate(1).expect_err("refused");
+        assert_eq!(
+            err.refusal_code(),
+            Some((1, RefusalCode::RecordStoreRefused))
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid records[1].class (seq 3): must not be empty"
+        );
     }
 }

@@ -1,15 +1,16 @@
-//! The records domain: each agent's hash-chained record stream, its gaps and its committed cursor. The batch
-//! rules are the pure `batch` module; this module runs its plan. The cursor lock, the seq lookup and the bulk
-//! inserts differ per dialect (`sqlite`, `postgres`); the rest is portable SQL.
+//! The records domain: each agent's hash-chained record stream, its gaps, the seqs the aggregator refused for
+//! good, and its committed cursor. The batch rules are the pure `batch` module; this module runs its plan. The
+//! cursor lock, the seq lookup and the bulk inserts differ per dialect (`sqlite`, `postgres`); the rest is
+//! portable SQL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::batch;
 use crate::conn::{Conn, agent_where, bind_key, db_run, later};
 use crate::error::{StoreError, db};
 use crate::model::{
-    AgentKey, BatchOutcome, GapRow, MAX_BATCH_RECORDS, MAX_RECORDS_PAGE, NewRecord, StoredRecord,
-    to_i64, to_u64,
+    AgentKey, BatchOutcome, GapRow, MAX_BATCH_RECORDS, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES,
+    NewRecord, RefusedRecord, StoredRecord, check_label, to_i64, to_u64, truncate_utf8,
 };
 use crate::rows::{self, Columns, record_columns};
 use crate::{postgres, sqlite};
@@ -58,7 +59,11 @@ pub(crate) async fn commit_batch(
             postgres: |c| postgres::stored_hashes(c, key, &lookup).await,
         )?
     };
-    let plan = batch::plan(cursor, prepared, &stored);
+    let mut plan = batch::plan(cursor, prepared, &stored);
+    if let Some((first, last)) = plan.missing_span() {
+        let refused = refused_between(conn.reborrow(), key, first, last).await?;
+        batch::account_refused(&mut plan, &refused);
+    }
 
     if !plan.insert.is_empty() {
         db_run!(conn,
@@ -90,6 +95,10 @@ pub(crate) async fn commit_batch(
     if outcome.conflicts > 0 {
         tracing::warn!(agent = %key, conflicts = outcome.conflicts, first_seq = outcome.conflict_seqs.first(),
             "records redelivered with a different hash; the stored records were kept");
+    }
+    if !outcome.refused.is_empty() {
+        tracing::info!(agent = %key, refused = ?outcome.refused,
+            "skipped seqs were refused earlier and quarantined by the agent; not recorded as gaps");
     }
     if !outcome.gaps.is_empty() || !outcome.chain_breaks.is_empty() {
         tracing::warn!(agent = %key, missing = ?outcome.gaps, chain_breaks = ?outcome.chain_breaks,
@@ -153,5 +162,93 @@ pub(crate) async fn gaps(mut conn: Conn<'_>, key: &AgentKey) -> Result<Vec<GapRo
             .await
             .map_err(db("gaps"))?;
         found.iter().map(rows::gap_row).collect()
+    })
+}
+
+/// The agent's refused seqs in `first..=last` (see [`refuse`]).
+async fn refused_between(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    first: u64,
+    last: u64,
+) -> Result<BTreeSet<u64>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT seq FROM record_refusals",
+        agent_where!(),
+        " AND seq >= $5 AND seq <= $6"
+    );
+    let (first, last) = (to_i64("first_seq", first)?, to_i64("last_seq", last)?);
+    db_run!(conn, |c| {
+        let found = bind_key(sqlx::query(SQL), key)
+            .bind(first)
+            .bind(last)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("commit_batch: refused seqs"))?;
+        found
+            .iter()
+            .map(|row| to_u64("record_refusals", "seq", rows::Columns::int(row, "seq")?))
+            .collect()
+    })
+}
+
+/// Records that the aggregator refused the agent's record `seq` for good with `code` (a permanent
+/// `gait_wire::RefusalCode`). A later batch that skips `seq` then does not record it as a `missing` gap. A
+/// second refusal of the same seq keeps the latest code and message. `message` is cut to
+/// [`MAX_REFUSAL_MESSAGE_BYTES`]. Refused with [`StoreError::UnknownAgent`] when the agent has no row.
+pub(crate) async fn refuse(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    seq: u64,
+    code: &str,
+    message: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    const SQL: &str = concat!(
+        "INSERT INTO record_refusals (org, project, env, agent_id, seq, code, message, refused_unix_ms) ",
+        "SELECT org, project, env, agent_id, $5, $6, $7, $8 FROM agents",
+        agent_where!(),
+        " ON CONFLICT (org, project, env, agent_id, seq) DO UPDATE SET code = excluded.code, \
+         message = excluded.message, refused_unix_ms = excluded.refused_unix_ms"
+    );
+    if seq == 0 {
+        return Err(StoreError::invalid("refusal.seq", "must be at least 1"));
+    }
+    let seq = to_i64("refusal.seq", seq)?;
+    check_label("refusal.code", code)?;
+    let message = truncate_utf8(message, MAX_REFUSAL_MESSAGE_BYTES);
+    let written = db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
+        .bind(seq)
+        .bind(code)
+        .bind(message)
+        .bind(now_ms)
+        .execute(&mut *c)
+        .await
+        .map_err(db("record_refusal"))?
+        .rows_affected());
+    if written == 0 {
+        return Err(StoreError::UnknownAgent {
+            agent: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The agent's refused records, by seq.
+pub(crate) async fn refusals(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+) -> Result<Vec<RefusedRecord>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT seq, code, message, refused_unix_ms FROM record_refusals",
+        agent_where!(),
+        " ORDER BY seq"
+    );
+    db_run!(conn, |c| {
+        let found = bind_key(sqlx::query(SQL), key)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("refusals"))?;
+        found.iter().map(rows::refused_row).collect()
     })
 }

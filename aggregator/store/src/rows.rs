@@ -7,8 +7,8 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::error::{StoreError, db};
 use crate::model::{
-    ActiveBundle, AgentCursor, AgentRow, BundleRef, GapKind, GapRow, Refusal, StoredBundle,
-    StoredRecord, Tenant, to_hash, to_u64,
+    ActiveBundle, AgentCursor, AgentRow, BundleRef, GapKind, GapRow, Refusal, RefusedRecord,
+    StoredBundle, StoredRecord, Tenant, to_hash, to_u64,
 };
 
 /// Typed column reads by name, implemented for both backends' rows. A failed read (missing column, wrong type)
@@ -161,6 +161,15 @@ pub(crate) fn gap_row(row: &impl Columns) -> Result<GapRow, StoreError> {
         last_seq: to_u64(T, "last_seq", row.int("last_seq")?)?,
         kind: GapKind::parse(&row.text("kind")?)?,
         detected_unix_ms: row.int("detected_unix_ms")?,
+    })
+}
+
+pub(crate) fn refused_row(row: &impl Columns) -> Result<RefusedRecord, StoreError> {
+    Ok(RefusedRecord {
+        seq: to_u64("record_refusals", "seq", row.int("seq")?)?,
+        code: row.text("code")?,
+        message: row.text("message")?,
+        refused_unix_ms: row.int("refused_unix_ms")?,
     })
 }
 

@@ -158,6 +158,26 @@ impl StoreTx {
         records::gaps(self.tx.conn(), key).await
     }
 
+    /// See [`crate::Store::record_refusal`].
+    pub async fn record_refusal(
+        &mut self,
+        key: &AgentKey,
+        seq: u64,
+        code: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        records::refuse(self.tx.conn(), key, seq, code, message, now_ms).await
+    }
+
+    /// See [`crate::Store::refusals`].
+    pub async fn refusals(
+        &mut self,
+        key: &AgentKey,
+    ) -> Result<Vec<crate::RefusedRecord>, StoreError> {
+        records::refusals(self.tx.conn(), key).await
+    }
+
     /// See [`crate::Store::revoke`].
     pub async fn revoke(&mut self, rev: &Revocation, now_ms: i64) -> Result<(), StoreError> {
         revocations::revoke(self.tx.conn(), rev, now_ms).await

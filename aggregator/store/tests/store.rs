@@ -139,6 +139,7 @@ gait_store::store_tests!(
     redelivered_batch_counts_all_duplicates_and_doubles_nothing,
     same_seq_with_another_hash_is_a_conflict_and_the_original_is_kept,
     skipped_seqs_are_recorded_as_a_missing_gap,
+    a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap,
     wrong_prev_hash_is_recorded_as_a_chain_break,
     committed_seq_advances_only_over_stored_or_recorded_seqs,
     bundle_epochs_must_increase_per_tenant,
@@ -364,6 +365,79 @@ async fn skipped_seqs_are_recorded_as_a_missing_gap(db: &TestStore) -> Result<()
     connected(store, &k2).await?;
     let out = store.commit_batch(&k2, &chain(5, 6, 3), NOW).await?;
     ensure!(out.gaps == vec![(1, 4)], "{out:?}");
+    Ok(())
+}
+
+async fn a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 3, 1), NOW).await?;
+    // Seq 4 is refused for good (the agent quarantines it); seq 6 is simply lost.
+    let code = gait_wire::RefusalCode::RecordPayloadTooLarge.as_str();
+    store
+        .record_refusal(&k, 4, code, "record 4: too big", NOW + 1)
+        .await?;
+    // A second refusal of the same seq keeps one row, with the latest words; a long message is cut.
+    let long = "é".repeat(gait_store::MAX_REFUSAL_MESSAGE_BYTES);
+    store.record_refusal(&k, 4, code, &long, NOW + 2).await?;
+    let out = store.commit_batch(&k, &chain(5, 5, 1), NOW + 3).await?;
+    ensure!(out.gaps.is_empty(), "a refused seq became a gap: {out:?}");
+    ensure!(out.refused == vec![4], "{out:?}");
+    ensure!(out.committed_seq == 5);
+    let out = store.commit_batch(&k, &chain(7, 7, 1), NOW + 4).await?;
+    ensure!(
+        out.gaps == vec![(6, 6)] && out.refused.is_empty(),
+        "{out:?}"
+    );
+    let gaps = store.gaps(&k).await?;
+    ensure!(
+        gaps.len() == 1 && gaps[0].first_seq == 6 && gaps[0].last_seq == 6,
+        "{gaps:?}"
+    );
+    ensure!(agent_row(store, &k).await?.gap_count == 1);
+    let refusals = store.refusals(&k).await?;
+    ensure!(refusals.len() == 1, "{refusals:?}");
+    ensure!(refusals[0].seq == 4 && refusals[0].code == code);
+    ensure!(refusals[0].refused_unix_ms == NOW + 2);
+    ensure!(
+        refusals[0].message.len() <= gait_store::MAX_REFUSAL_MESSAGE_BYTES
+            && refusals[0].message.starts_with('é'),
+        "message not cut on a char boundary: {} bytes",
+        refusals[0].message.len()
+    );
+    // Another agent's refusal of the same seq is its own; it does not cover this agent's seqs.
+    let other = key("acme", "agent-2");
+    connected(store, &other).await?;
+    store
+        .record_refusal(&other, 9, code, "other agent", NOW)
+        .await?;
+    let out = store.commit_batch(&k, &chain(10, 10, 1), NOW + 5).await?;
+    ensure!(out.gaps == vec![(8, 9)], "{out:?}");
+    // Refusals need a known agent and a valid seq and code.
+    ensure!(matches!(
+        store
+            .record_refusal(&key("acme", "ghost"), 1, code, "x", NOW)
+            .await,
+        Err(StoreError::UnknownAgent { .. })
+    ));
+    ensure!(matches!(
+        store.record_refusal(&k, 0, code, "x", NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(matches!(
+        store.record_refusal(&k, 11, "", "x", NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    // Inside a transaction a refusal is written with everything else, or not at all.
+    let mut tx = store.begin().await?;
+    tx.record_refusal(&k, 12, code, "in a transaction", NOW)
+        .await?;
+    ensure!(tx.refusals(&k).await?.len() == 2);
+    tx.rollback().await?;
+    ensure!(store.refusals(&k).await?.len() == 1);
     Ok(())
 }
 
@@ -720,10 +794,28 @@ async fn invalid_input_is_refused_before_any_write(db: &TestStore) -> Result<()>
     ));
     let mut bad_digest = chain(1, 1, 1);
     bad_digest[0].bundle_digest = Some("sha256:abc".into());
-    ensure!(matches!(
-        store.commit_batch(&k, &bad_digest, NOW).await,
-        Err(StoreError::InvalidInput { .. })
-    ));
+    // The store's own rules name the record too, and map to the store's refusal code.
+    match store.commit_batch(&k, &bad_digest, NOW).await {
+        Err(
+            e @ StoreError::InvalidRecordField {
+                index: 0,
+                seq: 1,
+                field: "bundle_digest",
+                ..
+            },
+        ) => {
+            ensure!(
+                e.refusal_code() == Some((0, gait_wire::RefusalCode::RecordStoreRefused)),
+                "{e}"
+            );
+            ensure!(
+                e.to_string()
+                    .starts_with("invalid records[0].bundle_digest (seq 1): "),
+                "{e}"
+            );
+        }
+        other => bail!("a bad bundle digest gave {other:?}"),
+    }
     ensure!(
         store.count_records(&k).await? == 0,
         "a refused batch wrote records"

@@ -79,6 +79,22 @@ pub enum BundleError {
 }
 
 impl BundleError {
+    /// Every [`code`](BundleError::code), in declaration order: the bounded set a receiver of refusal reports
+    /// may use as metric labels (anything else an agent reports is not one of these).
+    pub const CODES: [&'static str; 11] = [
+        "bundle_too_large",
+        "bundle_malformed",
+        "bundle_schema_unsupported",
+        "bundle_key_unknown",
+        "bundle_signature_invalid",
+        "bundle_file_digest_mismatch",
+        "bundle_file_missing",
+        "bundle_file_unlisted",
+        "bundle_scope_mismatch",
+        "bundle_expired",
+        "bundle_epoch_stale",
+    ];
+
     /// Stable machine code for reports and metrics labels (e.g. the `code` of a wire `Refusal`).
     pub fn code(&self) -> &'static str {
         match self {
@@ -105,5 +121,49 @@ impl BundleError {
                 | BundleError::Expired { .. }
                 | BundleError::StaleEpoch { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_lists_the_code_of_every_variant_once() {
+        let scope = || Box::new(Scope::from_parts("a", "b", "c").expect("scope"));
+        let every = [
+            BundleError::TooLarge { size: 2, limit: 1 },
+            BundleError::Malformed(String::new()),
+            BundleError::UnsupportedSchema {
+                schema_id: String::new(),
+                schema_version: String::new(),
+            },
+            BundleError::UnknownKey {
+                key_id: String::new(),
+            },
+            BundleError::BadSignature(String::new()),
+            BundleError::FileDigestMismatch {
+                name: String::new(),
+            },
+            BundleError::MissingFile {
+                name: String::new(),
+            },
+            BundleError::UnlistedFile {
+                name: String::new(),
+            },
+            BundleError::ScopeMismatch {
+                expected: scope(),
+                got: scope(),
+            },
+            BundleError::Expired {
+                not_after: String::new(),
+            },
+            BundleError::StaleEpoch {
+                offered: 1,
+                current: 1,
+            },
+        ];
+        let codes: Vec<&str> = every.iter().map(BundleError::code).collect();
+        assert_eq!(codes, BundleError::CODES);
     }
 }

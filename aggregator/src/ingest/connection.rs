@@ -1,0 +1,180 @@
+//! One agent connection: the checks after the handshake (identity, revocation, expiry), the per-connection
+//! [`Session`], and the loop that hands each stream to [`super::request`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use gait_runtime::Tasks;
+use gait_store::{AgentKey, CertSerial};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::batch_order::BatchOrder;
+use super::endpoint::IngestState;
+use super::request::{handle_report, handle_request};
+use super::{CLOSE_PROTOCOL_VIOLATION, CLOSE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED};
+use crate::clock::unix_ms;
+use crate::ingest::tls::peer_identity;
+use crate::metrics;
+
+/// Serves one incoming connection until it ends or `shutdown` is cancelled; its request streams run as tasks
+/// of `tasks`, counted here so the connection waits for them (at most 2 s) before it is forgotten.
+pub(super) async fn handle_incoming(
+    incoming: quinn::Incoming,
+    state: Arc<IngestState>,
+    shutdown: CancellationToken,
+    tasks: Tasks,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) if is_version_skew(&e) => {
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "version", 1);
+            warn!(%remote, error = %e, speaks = %String::from_utf8_lossy(gait_wire::ALPN),
+                "agent connection refused: the agent speaks another protocol version (no ALPN in common)");
+            return;
+        }
+        Err(e) => {
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "handshake", 1);
+            info!(%remote, error = %e, "agent connection refused during handshake");
+            return;
+        }
+    };
+    let typed = peer_identity(&conn).and_then(|id| {
+        let (key, serial) = id.typed()?;
+        Ok((id, key, serial))
+    });
+    let (identity, key, cert_serial) = match typed {
+        Ok(found) => found,
+        Err(e) => {
+            state
+                .metrics
+                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "identity", 1);
+            warn!(%remote, error = %e, "agent certificate has no usable identity; closing");
+            conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate identity unusable");
+            return;
+        }
+    };
+    // A certificate revoked after the handshake verifier last looked is still caught here, and so is one a
+    // resumed session (crate::ingest::tickets) brought back without running the verifier at all.
+    if state.revoked.contains(&identity.serial_hex) {
+        state
+            .metrics
+            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
+        info!(%remote, serial = %identity.serial_hex, "revoked agent certificate; closing");
+        conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+        return;
+    }
+    if identity.not_after_unix < unix_ms() / 1000 {
+        state
+            .metrics
+            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "expired", 1);
+        info!(%remote, serial = %identity.serial_hex, not_after_unix = identity.not_after_unix,
+            "expired agent certificate (resumed session); closing");
+        conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate expired");
+        return;
+    }
+    state.metrics.inc(metrics::CONNECTIONS_ACCEPTED, 1);
+    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, 1);
+    let conn_id = state.live.insert(&identity.serial_hex, conn.clone());
+    debug!(%remote, org = %identity.org, project = %identity.project, env = %identity.env,
+        agent_id = %identity.agent_id, "agent connected");
+
+    let session = Arc::new(Session {
+        key,
+        cert_serial,
+        remote,
+        hello_done: AtomicBool::new(false),
+        last_seen_ms: AtomicU64::new(0),
+        conn: conn.clone(),
+        batch_order: BatchOrder::new(),
+    });
+    let streams = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                conn.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
+                break;
+            }
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let request = handle_request(state.clone(), session.clone(), send, recv, shutdown.clone());
+                    tasks.spawn("quic-request", streams.track_future(request));
+                }
+                Err(e) => {
+                    debug!(%remote, reason = %e, "agent connection ended");
+                    break;
+                }
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let report = handle_report(state.clone(), session.clone(), recv);
+                    tasks.spawn("quic-report", streams.track_future(report));
+                }
+                Err(e) => {
+                    debug!(%remote, reason = %e, "agent connection ended");
+                    break;
+                }
+            },
+        }
+    }
+    streams.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
+    state.live.remove(conn_id);
+    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, -1);
+}
+
+/// TLS alert `no_application_protocol` (RFC 8446 §6.2, RFC 7301 §3.2): the peers share no ALPN.
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// Whether a failed handshake means the peer speaks another protocol version: the ALPN changes with
+/// [`gait_wire::PROTOCOL_VERSION`] (`gait-fleet/2` now), so a peer of another version shares no ALPN with this aggregator
+/// and the handshake ends with TLS alert `no_application_protocol`, whichever side noticed it.
+pub fn is_version_skew(error: &quinn::ConnectionError) -> bool {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => e.code,
+        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL)
+}
+
+/// Per-connection facts.
+pub(super) struct Session {
+    /// The certificate serial in its `gait-identity` form.
+    pub(super) cert_serial: CertSerial,
+    pub(super) key: AgentKey,
+    pub(super) remote: SocketAddr,
+    pub(super) hello_done: AtomicBool,
+    pub(super) last_seen_ms: AtomicU64,
+    pub(super) conn: quinn::Connection,
+    pub(super) batch_order: BatchOrder,
+}
+
+impl Session {
+    pub(super) fn protocol_violation(&self, state: &IngestState, reason: &str) {
+        state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
+        warn!(remote = %self.remote, org = %self.key.tenant.org, agent_id = %self.key.agent_id, reason,
+            "protocol violation; closing agent connection");
+        self.conn
+            .close(CLOSE_PROTOCOL_VIOLATION.into(), reason.as_bytes());
+    }
+}
+
+/// Refresh the agent's last-seen time at most every few seconds.
+pub(super) fn touch(state: &IngestState, session: &Session) {
+    let now = unix_ms();
+    let last = session.last_seen_ms.load(Ordering::Relaxed) as i64;
+    if now - last < 5_000 {
+        return;
+    }
+    session.last_seen_ms.store(now as u64, Ordering::Relaxed);
+    state.presence.seen(&session.key);
+}

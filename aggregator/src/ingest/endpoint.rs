@@ -1,0 +1,200 @@
+//! The QUIC ingest endpoint: the state every connection shares ([`IngestState`]), the accept loop
+//! ([`serve`]) and the table of open connections that revocation and shutdown close.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gait_runtime::Tasks;
+use gait_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::connection::handle_incoming;
+use super::{CLOSE_REVOKED, CLOSE_SHUTDOWN};
+use crate::fleet::presence::Presence;
+use crate::ingest::tls::RevocationSet;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Limits of the ingest endpoint.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Largest request frame body accepted.
+    pub max_frame: u32,
+    /// Handshakes per second the fleet is asked to come back at after this aggregator shuts down: the close
+    /// reason announces a redial window of `open connections / reconnect_rate` ([`gait_wire::shutdown`]).
+    pub reconnect_rate: u32,
+    /// Largest record payload stored (`ingest.max_record_payload_bytes`), at most the wire limit. A larger
+    /// record is refused for good with [`RefusalCode::RecordPayloadTooLarge`].
+    pub max_record_payload_bytes: usize,
+}
+
+/// Default [`IngestLimits::reconnect_rate`]: what one aggregator core sustains with room to spare (a full
+/// handshake, `Hello` and long-poll cost about 1.5 ms of aggregator CPU; docs/benchmarks.md).
+pub const DEFAULT_RECONNECT_RATE: u32 = 1000;
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: gait_wire::MAX_FRAME_LEN,
+            reconnect_rate: DEFAULT_RECONNECT_RATE,
+            max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// Everything the ingest tasks share.
+pub struct IngestState {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub revoked: RevocationSet,
+    pub limits: IngestLimits,
+    pub server_version: String,
+    pub(super) presence: Presence,
+    pub(super) live: LiveConnections,
+    /// Fixed at the first close of shutdown, so every connection announces the same redial window.
+    shutdown_reason: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl IngestState {
+    /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::fleet::presence`]) on
+    /// `tasks`.
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        revoked: RevocationSet,
+        limits: IngestLimits,
+        tasks: &gait_runtime::Tasks,
+    ) -> Self {
+        Self {
+            presence: Presence::spawn(store.clone(), metrics.clone(), tasks),
+            store,
+            registry,
+            metrics,
+            revoked,
+            limits,
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            live: LiveConnections::default(),
+            shutdown_reason: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The close reason of shutdown: announces a redial window sized by the connections being dropped and
+    /// [`IngestLimits::reconnect_rate`] (see [`gait_wire::shutdown`]). Computed once, on first use.
+    pub(super) fn shutdown_reason(&self) -> &[u8] {
+        self.shutdown_reason.get_or_init(|| {
+            let open = self.live.len();
+            let spread = gait_wire::shutdown::spread_for(open, self.limits.reconnect_rate);
+            info!(
+                open,
+                reconnect_spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX),
+                "shutting down: closing agent connections and announcing their redial window"
+            );
+            gait_wire::shutdown::shutdown_reason(spread)
+        })
+    }
+
+    /// Number of agent connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Reload the revocation list from the store and close live connections of newly revoked certificates.
+    pub async fn refresh_revocations(&self) -> Result<usize, gait_store::StoreError> {
+        let serials = self.store.revoked_serials().await?;
+        self.revoked.replace_all(serials);
+        Ok(self.live.close_revoked(&self.revoked))
+    }
+}
+
+/// Serve agents on `endpoint` until `shutdown` is cancelled, then drain connection tasks.
+///
+/// Each connection's handler (and each of its request streams) is a task of `tasks`, so the process's drain
+/// waits for them and a panic in one is logged; `serve` also counts its own handlers, so that it closes the
+/// endpoint and waits for them (at most 5 s) before the close frames are flushed.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    state: Arc<IngestState>,
+    shutdown: CancellationToken,
+    tasks: Tasks,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let handler = handle_incoming(incoming, state.clone(), shutdown.clone(), tasks.clone());
+                tasks.spawn("quic-connection", tracker.track_future(handler));
+            }
+        }
+    }
+    endpoint.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = state.live.len(),
+            "ingest drain timed out; connections dropped"
+        );
+    }
+    // `close` only queues the CONNECTION_CLOSE frames; exiting before the endpoint sent them leaves agents to
+    // find out from their idle timeout (15 s) instead of at once. Give the driver a short moment to send them;
+    // waiting out the whole draining period instead would keep the port dark while the fleet redials.
+    let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+}
+
+/// How long shutdown lets the endpoint send the close frames of every connection (10,000 take well under
+/// this on one core; the draining period that `wait_idle` would wait out in full is longer).
+const CLOSE_FLUSH: Duration = Duration::from_millis(250);
+
+/// Open connections by id, with the certificate serial each was authenticated with.
+#[derive(Default)]
+pub(super) struct LiveConnections {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, (String, quinn::Connection)>>,
+}
+
+impl LiveConnections {
+    pub(super) fn insert(&self, serial: &str, conn: quinn::Connection) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (serial.to_owned(), conn));
+        id
+    }
+
+    pub(super) fn remove(&self, id: u64) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn close_revoked(&self, revoked: &RevocationSet) -> usize {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for (serial, conn) in map.values() {
+            if revoked.contains(serial) {
+                conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            info!(closed, "closed connections of revoked certificates");
+        }
+        closed
+    }
+}

@@ -1,0 +1,310 @@
+//! One request stream: reading and answering a frame, and every request but record batches (`Hello`,
+//! `PollBundle`, the unidirectional `BundleReport`); batches go to [`super::records`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gait_store::{ActiveBundle, AgentHello, BundleReportRow};
+use gait_wire::{
+    AgentMsg, AgentMsgV1, BundleOffer, BundleRef, ErrorCode, FrameDecoder, PROTOCOL_VERSION,
+    ServerMsg, ServerMsgV1, Welcome, WireError,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::connection::{Session, touch};
+use super::endpoint::IngestState;
+use super::records::on_batch;
+use super::{MAX_POLL_WAIT, REQUEST_READ_TIMEOUT};
+use crate::clock::unix_ms;
+use crate::metrics;
+
+/// Largest bundle report frame.
+const MAX_REPORT_FRAME: u32 = 64 * 1024;
+
+/// Read one complete frame body from `recv`, bounded by `max` bytes and the read timeout.
+async fn read_request(recv: &mut quinn::RecvStream, max: u32) -> Result<Vec<u8>, String> {
+    let limit = max as usize + gait_wire::FRAME_HEADER_LEN;
+    let bytes = match tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(limit)).await {
+        Err(_) => {
+            return Err(format!(
+                "request not received within {}s",
+                REQUEST_READ_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            return Err(format!("request larger than {max} bytes"));
+        }
+        Ok(Err(e)) => return Err(format!("request stream failed: {e}")),
+        Ok(Ok(bytes)) => bytes,
+    };
+    let mut decoder = FrameDecoder::new(max);
+    decoder.push(&bytes);
+    let frame = decoder
+        .next_frame()
+        .map_err(|e| format!("bad frame: {e}"))?;
+    let Some(body) = frame else {
+        return Err("truncated frame".into());
+    };
+    if decoder.buffered_len() != 0 {
+        return Err("trailing bytes after the request frame".into());
+    }
+    Ok(body)
+}
+
+async fn write_response(send: &mut quinn::SendStream, msg: ServerMsgV1) {
+    match gait_wire::encode_frame(&ServerMsg::V1(msg)) {
+        Ok(frame) => {
+            if send.write_all(&frame).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        Err(e) => warn!(error = %e, "response could not be encoded"),
+    }
+}
+
+pub(super) fn error_msg(code: ErrorCode, message: impl Into<String>) -> ServerMsgV1 {
+    ServerMsgV1::Error(WireError::new(code, message))
+}
+
+pub(super) async fn handle_request(
+    state: Arc<IngestState>,
+    session: Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shutdown: CancellationToken,
+) {
+    let body = match read_request(&mut recv, state.limits.max_frame).await {
+        Ok(b) => b,
+        Err(reason) => return session.protocol_violation(&state, &reason),
+    };
+    let msg = match gait_wire::decode_agent_msg(&body) {
+        Ok(AgentMsg::V1(m)) => m,
+        Err(e) => {
+            // An unknown variant from a newer agent is answered, not punished.
+            if e.error_code() == ErrorCode::Unsupported {
+                return write_response(&mut send, error_msg(ErrorCode::Unsupported, e.to_string()))
+                    .await;
+            }
+            return session.protocol_violation(&state, &format!("malformed request: {e}"));
+        }
+    };
+    let is_hello = matches!(msg, AgentMsgV1::Hello(_));
+    if !is_hello && !session.hello_done.load(Ordering::Acquire) {
+        return write_response(
+            &mut send,
+            error_msg(ErrorCode::BadRequest, "send Hello first"),
+        )
+        .await;
+    }
+    let reply = match msg {
+        AgentMsgV1::Hello(hello) => on_hello(&state, &session, hello).await,
+        AgentMsgV1::PollBundle(poll) => {
+            let wait = Duration::from_millis(u64::from(poll.wait_ms)).min(MAX_POLL_WAIT);
+            tokio::select! {
+                r = on_poll(&state, &session, poll.have_epoch, wait) => r,
+                _ = shutdown.cancelled() => error_msg(ErrorCode::Unavailable, "aggregator shutting down"),
+                _ = session.conn.closed() => return,
+            }
+        }
+        AgentMsgV1::RecordBatch(batch) => {
+            let id = batch.batch_id;
+            let turn = session.batch_order.wait_turn(id).await;
+            let reply = on_batch(&state, &session, batch).await;
+            drop(turn);
+            reply
+        }
+        AgentMsgV1::BundleReport(_) => error_msg(
+            ErrorCode::BadRequest,
+            "send BundleReport on a unidirectional stream",
+        ),
+    };
+    write_response(&mut send, reply).await;
+    touch(&state, &session);
+}
+
+fn active_row(b: &BundleRef) -> ActiveBundle {
+    ActiveBundle {
+        epoch: b.epoch,
+        digest: hex::encode(b.digest),
+        since_unix_ms: b.since_unix_ms,
+    }
+}
+
+fn received_row(b: &BundleRef) -> gait_store::BundleRef {
+    gait_store::BundleRef {
+        epoch: b.epoch,
+        digest: hex::encode(b.digest),
+    }
+}
+
+async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hello) -> ServerMsgV1 {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return error_msg(
+            ErrorCode::Unsupported,
+            format!(
+                "protocol version {} not supported; this aggregator speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        );
+    }
+    let now = unix_ms();
+    let row = AgentHello {
+        remote_addr: session.remote.to_string(),
+        agent_version: truncate(&hello.agent_version, 64),
+        active_bundle: hello.active.as_ref().map(active_row),
+        received_bundle: hello.received.as_ref().map(received_row),
+        outbox_depth: hello.outbox_depth,
+        shed_total: hello.shed_total,
+        cert_serial: session.cert_serial.clone(),
+    };
+    match state.presence.connected(session.key.clone(), row).await {
+        Ok(cursor) => {
+            session.hello_done.store(true, Ordering::Release);
+            session.last_seen_ms.store(now as u64, Ordering::Relaxed);
+            ServerMsgV1::Welcome(Welcome {
+                server_version: state.server_version.clone(),
+                protocol_version: PROTOCOL_VERSION,
+                org: session.key.tenant.org.to_string(),
+                project: session.key.tenant.project.to_string(),
+                env: session.key.tenant.env.to_string(),
+                agent_id: session.key.agent_id.to_string(),
+                committed_seq: cursor.committed_seq,
+                committed_hash: cursor.committed_hash,
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, agent_id = %session.key.agent_id, "agent registration failed");
+            error_msg(ErrorCode::Unavailable, "store unavailable; retry")
+        }
+    }
+}
+
+async fn on_poll(
+    state: &IngestState,
+    session: &Session,
+    have_epoch: u64,
+    wait: Duration,
+) -> ServerMsgV1 {
+    match state
+        .registry
+        .wait_newer(&session.key.tenant, have_epoch, wait)
+        .await
+    {
+        Ok(Some(bundle)) => {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&bundle.digest, &mut digest).is_err() {
+                return error_msg(ErrorCode::Internal, "stored bundle digest is not hex");
+            }
+            state.metrics.inc(metrics::BUNDLES_SERVED, 1);
+            ServerMsgV1::Bundle(BundleOffer {
+                epoch: bundle.epoch,
+                digest,
+                signed_bundle: bundle.bytes.clone(),
+            })
+        }
+        Ok(None) => ServerMsgV1::NoNewBundle { have_epoch },
+        Err(e) => {
+            warn!(error = %e, "bundle lookup failed");
+            error_msg(ErrorCode::Unavailable, "registry unavailable; retry")
+        }
+    }
+}
+
+async fn on_report(state: &IngestState, session: &Session, report: gait_wire::BundleReport) {
+    if let Some(refusal) = &report.refusal {
+        state.metrics.inc_labeled(
+            metrics::BUNDLE_REFUSALS_REPORTED,
+            "code",
+            bounded_code(&refusal.code),
+            1,
+        );
+        warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, epoch = refusal.epoch,
+            code = %refusal.code, message = %refusal.message, "agent refused a bundle");
+    }
+    let mut rows = Vec::new();
+    if let Some(r) = &report.received {
+        rows.push(BundleReportRow::Received(received_row(r)));
+    }
+    if let Some(a) = &report.applied {
+        rows.push(BundleReportRow::Activated(active_row(a)));
+    }
+    if let Some(r) = &report.refusal {
+        rows.push(BundleReportRow::Refused {
+            epoch: r.epoch,
+            code: truncate(&r.code, 64),
+            message: truncate(&r.message, 512),
+        });
+    }
+    let now = unix_ms();
+    for row in &rows {
+        if let Err(e) = state
+            .store
+            .record_bundle_report(&session.key, row, now)
+            .await
+        {
+            warn!(error = %e, "bundle report not stored");
+        }
+    }
+}
+
+pub(super) async fn handle_report(
+    state: Arc<IngestState>,
+    session: Arc<Session>,
+    mut recv: quinn::RecvStream,
+) {
+    let body = match read_request(&mut recv, MAX_REPORT_FRAME).await {
+        Ok(b) => b,
+        Err(reason) => return session.protocol_violation(&state, &reason),
+    };
+    match gait_wire::decode_agent_msg(&body) {
+        Ok(AgentMsg::V1(AgentMsgV1::BundleReport(report)))
+            if session.hello_done.load(Ordering::Acquire) =>
+        {
+            on_report(&state, &session, report).await
+        }
+        Ok(_) => session.protocol_violation(
+            &state,
+            "only a BundleReport after Hello may use a unidirectional stream",
+        ),
+        Err(e) => session.protocol_violation(&state, &format!("malformed report: {e}")),
+    }
+}
+
+/// Refusal codes are agent-supplied: only the bundle crate's own codes ([`gait_bundle::BundleError::CODES`])
+/// become metric labels, anything else is `other`.
+fn bounded_code(code: &str) -> &'static str {
+    gait_bundle::BundleError::CODES
+        .into_iter()
+        .find(|known| *known == code)
+        .unwrap_or("other")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_refusal_labels_are_the_bundle_crates_codes_or_other() {
+        for code in gait_bundle::BundleError::CODES {
+            assert_eq!(bounded_code(code), code);
+        }
+        assert_eq!(
+            bounded_code("bundle_schema_unsupported"),
+            "bundle_schema_unsupported"
+        );
+        assert_eq!(bounded_code("anything an agent says"), "other");
+    }
+}
