@@ -269,7 +269,7 @@ fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError
 
 #[cfg(test)]
 mod tests {
-    use super::identity::AgentIdentity;
+    use super::identity::AgentToIssue;
     use super::*;
 
     #[test]
@@ -318,7 +318,7 @@ mod tests {
         let dir = tmp.path().join("pki");
         let out = tmp.path().join("agent");
         init(&dir, &InitOptions::default())?;
-        let id = AgentIdentity::for_issuance("", "acme", "web", "prod", "a-1");
+        let id = AgentToIssue::parse("", "acme", "web", "prod", "a-1")?;
         let issued = issue_agent(&dir, &id, &out, Validity::days(1))?;
         assert_eq!(
             issued.uri,
@@ -340,15 +340,14 @@ mod tests {
         let second = issue_agent(&dir, &id, &out, Validity::days(1))?;
         assert_ne!(second.serial_hex, issued.serial_hex);
 
-        let bad = AgentIdentity::for_issuance("", "acme", "Web", "prod", "a-1");
-        let message = issue_agent(&dir, &bad, &out, Validity::days(1))
+        let message = AgentToIssue::parse("", "acme", "Web", "prod", "a-1")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(message.contains("invalid project `Web`"), "{message}");
+        assert!(message.contains("invalid project \"Web\""), "{message}");
         assert!(message.contains(identity::IDENTIFIER_RULE), "{message}");
 
-        let foreign = AgentIdentity::for_issuance("other.example", "acme", "web", "prod", "a-1");
+        let foreign = AgentToIssue::parse("other.example", "acme", "web", "prod", "a-1")?;
         assert!(matches!(
             issue_agent(&dir, &foreign, &out, Validity::days(1)),
             Err(PkiError::TrustDomainMismatch { .. })
@@ -365,7 +364,7 @@ mod tests {
     fn issue_agent_without_a_ca_says_to_run_init() {
         let message = issue_agent(
             Path::new("/nonexistent/pki"),
-            &AgentIdentity::for_issuance("", "a", "b", "c", "d"),
+            &AgentToIssue::parse("", "a", "b", "c", "d").expect("valid"),
             Path::new("/nonexistent/out"),
             Validity::days(1),
         )
@@ -383,7 +382,7 @@ mod tests {
         init(&a, &InitOptions::default())?;
         init(&b, &InitOptions::default())?;
         fs::copy(b.join(CA_KEY_FILE), a.join(CA_KEY_FILE))?;
-        let id = AgentIdentity::for_issuance("", "a", "b", "c", "d");
+        let id = AgentToIssue::parse("", "a", "b", "c", "d")?;
         assert!(matches!(
             issue_agent(&a, &id, &tmp.path().join("out"), Validity::days(1)),
             Err(PkiError::KeyMismatch { .. })

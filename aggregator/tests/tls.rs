@@ -119,9 +119,10 @@ async fn spawn_accept_loop(endpoint: quinn::Endpoint, tx: mpsc::UnboundedSender<
         // A handshake that completes is reported as such even without an identity, and still answers,
         // so a permissive verifier fails the refusal tests on both sides.
         let identity = tls::peer_identity(&conn).map_err(|e| e.to_string());
-        let agent_id = identity
-            .as_ref()
-            .map_or_else(|_| "unidentified".to_owned(), |id| id.agent_id.clone());
+        let agent_id = identity.as_ref().map_or_else(
+            |_| "unidentified".to_owned(),
+            |id| id.spiffe.agent_id.to_string(),
+        );
         let _ = tx.send(Outcome::Accepted(identity));
         tokio::spawn(async move {
             if let Ok((mut send, mut recv)) = conn.accept_bi().await
@@ -224,14 +225,15 @@ async fn valid_agent_is_accepted_and_identified_by_its_certificate() -> Result<(
     assert_eq!(reply, b"ci-runner-7:ping");
 
     let identity = server.expect_accepted().await?;
-    assert_eq!(identity.trust_domain, "gait.local");
-    assert_eq!(identity.org, "acme");
-    assert_eq!(identity.project, "web");
-    assert_eq!(identity.env, "prod");
-    assert_eq!(identity.agent_id, "ci-runner-7");
+    assert_eq!(identity.spiffe.trust_domain.as_str(), "gait.local");
+    assert_eq!(identity.tenant().to_string(), "acme/web/prod");
+    assert_eq!(identity.spiffe.agent_id, "ci-runner-7");
     assert_eq!(identity.uri(), issued.uri);
-    assert_eq!(identity.serial_hex, issued.serial_hex);
-    assert_eq!(identity.serial_hex, pki::cert_serial_hex(&issued.cert)?);
+    assert_eq!(identity.serial.as_str(), issued.serial_hex);
+    assert_eq!(
+        identity.serial.as_str(),
+        pki::cert_serial_hex(&issued.cert)?
+    );
     assert_eq!(
         Some(identity.not_after_unix),
         issued.not_after.map(|t| t.unix_timestamp())
@@ -422,7 +424,10 @@ async fn a_restarted_server_with_the_same_ticket_secret_resumes_the_agent_sessio
     assert_eq!(exchange(config.clone(), second.addr).await?, b"edge-1:ping");
     let identity = second.expect_accepted().await?;
     assert_eq!(
-        (identity.org.as_str(), identity.agent_id.as_str()),
+        (
+            identity.tenant().org.as_str(),
+            identity.spiffe.agent_id.as_str()
+        ),
         ("acme", "edge-1"),
         "the resumed session carries the identity of the certificate verified before"
     );
@@ -467,6 +472,6 @@ async fn a_resumed_session_carries_the_serial_the_post_handshake_revocation_chec
     exchange(config.clone(), second.addr).await?;
     let identity = second.expect_accepted().await?;
     assert_eq!(tickets.resumed(), 1);
-    assert_eq!(identity.serial_hex, issued.serial_hex);
+    assert_eq!(identity.serial.as_str(), issued.serial_hex);
     Ok(())
 }

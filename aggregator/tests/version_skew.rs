@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use gait_aggregator::app::{self, ServeConfig};
 use gait_aggregator::ingest::is_version_skew;
 use gait_aggregator::ingest::tls::{self, RevocationSet, TransportTuning};
-use gait_aggregator::pki::identity::AgentIdentity;
+use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,7 +33,7 @@ fn fixture(root: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let pki_dir = root.join("pki");
     pki::init(&pki_dir, &InitOptions::default())?;
     let agent_dir = root.join("agent");
-    let id = AgentIdentity::for_issuance("", "acme", "web", "prod", "edge");
+    let id = AgentToIssue::parse("", "acme", "web", "prod", "edge")?;
     pki::issue_agent(&pki_dir, &id, &agent_dir, Validity::days(30))?;
     Ok((pki_dir, agent_dir))
 }
@@ -215,7 +215,7 @@ async fn the_running_aggregator_counts_a_gait_fleet_1_client_as_version_skew_and
     config.http_listen = (Ipv4Addr::LOCALHOST, 0).into();
     let running = app::start(config, gait_runtime::Tasks::new(CancellationToken::new())).await?;
     let agent_dir = tmp.path().join("agent");
-    let id = AgentIdentity::for_issuance("", "acme", "web", "prod", "edge");
+    let id = AgentToIssue::parse("", "acme", "web", "prod", "edge")?;
     pki::issue_agent(
         &tmp.path().join("agg/pki"),
         &id,

@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gait_aggregator::pki::identity::AgentIdentity;
+use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, Validity};
+use gait_store::AgentKey;
 use gait_wire::{
     AgentMsg, AgentMsgV1, FrameDecoder, Hello, PROTOCOL_VERSION, PollBundle, ServerMsg, ServerMsgV1,
 };
@@ -527,22 +528,7 @@ impl AgentCreds {
 }
 
 /// The tenancy every simulated agent of one benchmark shares.
-#[derive(Clone, Debug)]
-pub struct Scope {
-    pub org: String,
-    pub project: String,
-    pub env: String,
-}
-
-impl Scope {
-    pub fn new(org: &str, project: &str, env: &str) -> Self {
-        Self {
-            org: org.into(),
-            project: project.into(),
-            env: env.into(),
-        }
-    }
-}
+pub type Scope = gait_store::Tenant;
 
 /// Issue `n` agent certificates (`<prefix>-00000`, ...) with the CA in `pki_dir`, on all cores.
 pub fn issue_fleet(
@@ -568,13 +554,8 @@ pub fn issue_fleet(
                     idx.into_iter()
                         .map(|i| {
                             let agent_id = format!("{prefix}-{i:05}");
-                            let id = AgentIdentity::for_issuance(
-                                "",
-                                &scope.org,
-                                &scope.project,
-                                &scope.env,
-                                &agent_id,
-                            );
+                            let id =
+                                AgentToIssue::new(AgentKey::new(scope.clone(), agent_id.parse()?));
                             let dir = out.join(&agent_id);
                             pki::issue_agent(pki_dir, &id, &dir, Validity::days(2))?;
                             Ok(AgentCreds { agent_id, dir })

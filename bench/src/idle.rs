@@ -73,7 +73,7 @@ struct Track {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.agents > 0, "--agents must be positive");
-    let scope = Scope::new("bench", "idle", "prod");
+    let scope = Scope::from_parts("bench", "idle", "prod")?;
     let work_dir = args.common.temp_dir("gait-bench-idle-")?;
     let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
     let data_dir = work_dir.path().join("aggregator");

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gait_store::{AgentHello, AgentKey, NewRecord, Store, Tenant};
+use gait_store::{AgentHello, AgentKey, NewRecord, Store};
 use gait_wire::{AgentMsgV1, BundleRef, Record, RecordBatch, RecordClass, ServerMsgV1};
 use serde_json::json;
 
@@ -65,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.batch <= gait_aggregator::ingest::MAX_BATCH_RECORDS,
         "--batch exceeds the aggregator's limit"
     );
-    let scope = Scope::new("bench", "ingest", "prod");
+    let scope = Scope::from_parts("bench", "ingest", "prod")?;
     let work_dir = args.common.temp_dir("gait-bench-ingest-")?;
     let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
     let data_dir = work_dir.path().join("aggregator");
@@ -466,7 +466,7 @@ async fn baseline(args: &Args, scope: &Scope, per_agent: &[usize]) -> anyhow::Re
         ),
     };
     let store = Store::connect(&url).await?;
-    let tenant = Tenant::from_parts(&scope.org, &scope.project, &scope.env)?;
+    let tenant = scope.clone();
     let mut work = Vec::new();
     for (i, &n) in per_agent.iter().enumerate() {
         let key = AgentKey::new(tenant.clone(), format!("ingest-{i:05}").parse()?);

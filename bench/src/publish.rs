@@ -52,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.agents > 0 && args.rounds > 0,
         "--agents and --rounds must be positive"
     );
-    let scope = Scope::new("bench", "publish", "prod");
+    let scope = Scope::from_parts("bench", "publish", "prod")?;
     let work_dir = args.common.temp_dir("gait-bench-publish-")?;
     let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
     let data_dir = work_dir.path().join("aggregator");
@@ -84,7 +84,7 @@ async fn measure(
             .join(gait_aggregator::registry::REGISTRY_PUB_FILE),
     )?;
     let trust = Arc::new(TrustRoot::from_public_keys(vec![key]));
-    let bundle_scope = gait_bundle::Scope::from_parts(&scope.org, &scope.project, &scope.env)?;
+    let bundle_scope: gait_bundle::Scope = scope.clone();
 
     // Connect the fleet (bounded handshake concurrency), then start every agent's long-poll loop.
     let endpoints = common::client_endpoints(args.endpoints)?;

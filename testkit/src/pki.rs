@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gait_aggregator::pki::identity::AgentIdentity;
+use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 
@@ -104,13 +104,7 @@ impl Pki {
         agent_id: &str,
         validity: Validity,
     ) -> Result<AgentCerts, TestkitError> {
-        let id = AgentIdentity::for_issuance(
-            "",
-            tenant.org.as_str(),
-            tenant.project.as_str(),
-            tenant.env.as_str(),
-            agent_id,
-        );
+        let id = AgentToIssue::new(crate::agent_key(tenant, agent_id)?);
         let issued = pki::issue_agent(&self.dir, &id, out, validity)?;
         Ok(AgentCerts {
             dir: out.to_owned(),

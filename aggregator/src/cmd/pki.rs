@@ -12,7 +12,7 @@ use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 use gait_store::{Revocation, Store};
 
 use super::DataArgs;
-use gait_aggregator::pki::identity::AgentIdentity;
+use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use gait_aggregator::registry::REGISTRY_PUB_FILE;
 
@@ -129,13 +129,10 @@ pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCod
 pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or(config.data_dir);
     let pki_dir = data_dir.join("pki");
-    let id = AgentIdentity::for_issuance(
-        "",
-        args.org.as_str(),
-        args.project.as_str(),
-        args.env.as_str(),
-        args.agent_id.as_str(),
-    );
+    let id = AgentToIssue::new(AgentKey::new(
+        Tenant::new(args.org.clone(), args.project.clone(), args.env.clone()),
+        args.agent_id.clone(),
+    ));
     let issued = pki::issue_agent(&pki_dir, &id, &args.out, Validity::days(args.days))?;
     let registry_pub = data_dir.join("keys").join(REGISTRY_PUB_FILE);
     let trust_line = if registry_pub.exists() {
@@ -203,10 +200,7 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
     let from_cert = match &args.cert {
         Some(path) => {
             let id = pki::cert_agent(path)?;
-            let (key, serial) = id
-                .typed()
-                .with_context(|| format!("the agent identity in {}", path.display()))?;
-            Some((serial, key))
+            Some((id.serial.clone(), id.key()))
         }
         None => None,
     };

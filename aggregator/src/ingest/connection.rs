@@ -47,11 +47,7 @@ pub(super) async fn handle_incoming(
             return;
         }
     };
-    let typed = peer_identity(&conn).and_then(|id| {
-        let (key, serial) = id.typed()?;
-        Ok((id, key, serial))
-    });
-    let (identity, key, cert_serial) = match typed {
+    let identity = match peer_identity(&conn) {
         Ok(found) => found,
         Err(e) => {
             state
@@ -64,11 +60,11 @@ pub(super) async fn handle_incoming(
     };
     // A certificate revoked after the handshake verifier last looked is still caught here, and so is one a
     // resumed session (crate::ingest::tickets) brought back without running the verifier at all.
-    if state.revoked.contains(&identity.serial_hex) {
+    if state.revoked.contains(identity.serial.as_str()) {
         state
             .metrics
             .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
-        info!(%remote, serial = %identity.serial_hex, "revoked agent certificate; closing");
+        info!(%remote, serial = %identity.serial, "revoked agent certificate; closing");
         conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
         return;
     }
@@ -76,16 +72,17 @@ pub(super) async fn handle_incoming(
         state
             .metrics
             .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "expired", 1);
-        info!(%remote, serial = %identity.serial_hex, not_after_unix = identity.not_after_unix,
+        info!(%remote, serial = %identity.serial, not_after_unix = identity.not_after_unix,
             "expired agent certificate (resumed session); closing");
         conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate expired");
         return;
     }
     state.metrics.inc(metrics::CONNECTIONS_ACCEPTED, 1);
     state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, 1);
-    let conn_id = state.live.insert(&identity.serial_hex, conn.clone());
-    debug!(%remote, org = %identity.org, project = %identity.project, env = %identity.env,
-        agent_id = %identity.agent_id, "agent connected");
+    let conn_id = state.live.insert(identity.serial.as_str(), conn.clone());
+    debug!(%remote, agent = %identity.spiffe, serial = %identity.serial, "agent connected");
+    let key = identity.key();
+    let cert_serial = identity.serial;
 
     let session = Arc::new(Session {
         key,

@@ -241,20 +241,20 @@ impl AgentCertVerifier {
             }
         };
         if let Some(expected) = &self.trust_domain
-            && *expected != identity.trust_domain
+            && *expected != identity.spiffe.trust_domain.as_str()
         {
             tracing::warn!(
                 uri = %identity.uri(),
-                serial = %identity.serial_hex,
+                serial = %identity.serial,
                 expected_trust_domain = %expected,
                 "client certificate refused: foreign trust domain"
             );
             return Err(refusal(CertificateError::ApplicationVerificationFailure));
         }
-        if self.revoked.contains(&identity.serial_hex) {
+        if self.revoked.contains(identity.serial.as_str()) {
             tracing::warn!(
                 uri = %identity.uri(),
-                serial = %identity.serial_hex,
+                serial = %identity.serial,
                 "client certificate refused: revoked"
             );
             return Err(refusal(CertificateError::Revoked));

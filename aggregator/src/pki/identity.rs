@@ -1,10 +1,10 @@
 //! Agent identity as carried by its certificate: the tenancy identifier and trust-domain rules, the SPIFFE
 //! agent URI, and the canonical form of certificate serials.
 //!
-//! Moved here as it was from `tls.rs` and `pki.rs` so the CA side and the QUIC server side share one copy
-//! without importing each other; the `gait-identity` crate is to replace it.
+//! The types and rules themselves are `gait-identity`'s ([`SpiffeId`], [`CertSerial`], the identifier rule);
+//! this module reads them out of X.509 certificates for the CA side and the QUIC server side.
 
-use gait_identity::{AgentKey, CertSerial, SpiffeId, Tenant};
+use gait_identity::{AgentKey, CertSerial, SpiffeId, Tenant, TrustDomain};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -18,74 +18,74 @@ pub use gait_identity::IDENTIFIER_RULE;
 /// The rule a trust domain must satisfy (SPIFFE trust domain characters, lowercase).
 pub use gait_identity::TRUST_DOMAIN_RULE;
 
-/// Identity and tenancy of an agent, as carried by its certificate.
+/// Identity and tenancy of an agent, as carried by its verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentIdentity {
-    /// SPIFFE trust domain of the deployment, e.g. `gait.local`.
-    pub trust_domain: String,
-    /// Organisation the agent belongs to.
-    pub org: String,
-    /// Project within the organisation.
-    pub project: String,
-    /// Environment within the project (e.g. `prod`).
-    pub env: String,
-    /// Agent identifier, unique within the environment.
-    pub agent_id: String,
-    /// Certificate serial, canonical lowercase hex (see [`canonical_serial_hex`]).
-    pub serial_hex: String,
+    /// The agent's SPIFFE id (trust domain, tenant, agent id): the certificate's one URI SAN.
+    pub spiffe: SpiffeId,
+    /// Certificate serial.
+    pub serial: CertSerial,
     /// Certificate `notAfter` as Unix seconds.
     pub not_after_unix: i64,
 }
 
 impl AgentIdentity {
-    /// An identity to issue a certificate for: serial and expiry are decided at issuance, so they are
-    /// left empty here. An empty `trust_domain` means "the trust domain of the CA".
-    pub fn for_issuance(
-        trust_domain: impl Into<String>,
-        org: impl Into<String>,
-        project: impl Into<String>,
-        env: impl Into<String>,
-        agent_id: impl Into<String>,
-    ) -> Self {
-        Self {
-            trust_domain: trust_domain.into(),
-            org: org.into(),
-            project: project.into(),
-            env: env.into(),
-            agent_id: agent_id.into(),
-            serial_hex: String::new(),
-            not_after_unix: 0,
+    /// The agent URI SAN.
+    pub fn uri(&self) -> String {
+        self.spiffe.to_string()
+    }
+
+    /// The agent's store key (tenant and agent id).
+    pub fn key(&self) -> AgentKey {
+        self.spiffe.agent_key()
+    }
+
+    /// The tenant the agent belongs to.
+    pub fn tenant(&self) -> &Tenant {
+        &self.spiffe.tenant
+    }
+}
+
+/// The agent a certificate is to be issued for ([`crate::pki::issue_agent`]): serial and expiry are decided at
+/// issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentToIssue {
+    /// The trust domain to issue under; `None` means the CA's (any other value must equal it).
+    pub trust_domain: Option<TrustDomain>,
+    /// Tenant and agent id.
+    pub agent: AgentKey,
+}
+
+impl AgentToIssue {
+    /// An agent under the CA's trust domain.
+    pub fn new(agent: AgentKey) -> Self {
+        AgentToIssue {
+            trust_domain: None,
+            agent,
         }
     }
 
-    /// The agent URI SAN for this identity.
-    pub fn uri(&self) -> String {
-        format!(
-            "{SPIFFE_SCHEME}{}/org/{}/project/{}/env/{}/agent/{}",
-            self.trust_domain, self.org, self.project, self.env, self.agent_id
-        )
-    }
-
-    /// The store key and certificate serial of this identity as `gait-identity` types (the tenancy parts
-    /// and the serial are parsed again under the shared rule).
-    pub fn typed(&self) -> Result<(AgentKey, CertSerial), IdentityError> {
-        let key = AgentKey::new(
-            Tenant::from_parts(&self.org, &self.project, &self.env)?,
-            self.agent_id.parse()?,
-        );
-        let serial = CertSerial::parse(&self.serial_hex).map_err(|e| {
-            IdentityError::BadCertificate(format!("serial {:?}: {e}", self.serial_hex))
-        })?;
-        Ok((key, serial))
-    }
-
-    /// Checks every tenancy field and the trust domain against their rules.
-    pub fn validate(&self) -> Result<(), IdentityError> {
-        validate_trust_domain(&self.trust_domain)?;
-        validate_identifier("org", &self.org)?;
-        validate_identifier("project", &self.project)?;
-        validate_identifier("env", &self.env)?;
-        validate_identifier("agent_id", &self.agent_id)
+    /// From text, each part checked under the `gait-identity` rules; an empty `trust_domain` means the CA's.
+    pub fn parse(
+        trust_domain: &str,
+        org: &str,
+        project: &str,
+        env: &str,
+        agent_id: &str,
+    ) -> Result<Self, IdentityError> {
+        let trust_domain =
+            match trust_domain {
+                "" => None,
+                text => Some(TrustDomain::parse(text).map_err(|_| {
+                    IdentityError::InvalidTrustDomain {
+                        value: text.to_owned(),
+                    }
+                })?),
+            };
+        Ok(AgentToIssue {
+            trust_domain,
+            agent: AgentKey::new(Tenant::from_parts(org, project, env)?, agent_id.parse()?),
+        })
     }
 }
 
@@ -164,27 +164,6 @@ pub fn validate_trust_domain(value: &str) -> Result<(), IdentityError> {
         })
 }
 
-/// Parses an agent URI strictly into `(trust_domain, org, project, env, agent_id)` with
-/// [`SpiffeId::parse`], the one SPIFFE parser of the project.
-///
-/// Accepted form: `spiffe://<trust-domain>/org/<org>/project/<project>/env/<env>/agent/<agent-id>`, with no
-/// port, user info, query, fragment, percent-encoding, empty or extra segments.
-pub fn parse_agent_uri(
-    uri: &str,
-) -> Result<(String, String, String, String, String), IdentityError> {
-    let id = SpiffeId::parse(uri).map_err(|e| IdentityError::InvalidUri {
-        uri: uri.chars().take(256).collect(),
-        reason: e.to_string(),
-    })?;
-    Ok((
-        id.trust_domain.to_string(),
-        id.tenant.org.into_string(),
-        id.tenant.project.into_string(),
-        id.tenant.env.into_string(),
-        id.agent_id.into_string(),
-    ))
-}
-
 /// Reads the agent identity from a DER certificate: exactly one URI SAN, a valid agent URI, the serial and
 /// the expiry. Does not verify the certificate; callers pass only verified certificates.
 pub fn identity_from_cert_der(der: &[u8]) -> Result<AgentIdentity, IdentityError> {
@@ -206,14 +185,15 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<AgentIdentity, IdentityError
         [uri] => uri,
         _ => return Err(IdentityError::MultipleUris { count: uris.len() }),
     };
-    let (trust_domain, org, project, env, agent_id) = parse_agent_uri(uri)?;
+    let spiffe = SpiffeId::parse(uri).map_err(|e| IdentityError::InvalidUri {
+        uri: uri.chars().take(256).collect(),
+        reason: e.to_string(),
+    })?;
+    let serial = CertSerial::from_der_bytes(cert.raw_serial())
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     Ok(AgentIdentity {
-        trust_domain,
-        org,
-        project,
-        env,
-        agent_id,
-        serial_hex: canonical_serial_hex(cert.raw_serial()),
+        spiffe,
+        serial,
         not_after_unix: cert.validity().not_after.timestamp(),
     })
 }
@@ -247,23 +227,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_agent_uri_accepts_the_canonical_form() {
-        let parsed =
-            parse_agent_uri("spiffe://gait.local/org/acme/project/web/env/prod/agent/ci-runner-7");
-        assert_eq!(
-            parsed.ok(),
-            Some((
-                "gait.local".to_owned(),
-                "acme".to_owned(),
-                "web".to_owned(),
-                "prod".to_owned(),
-                "ci-runner-7".to_owned()
-            ))
-        );
+    fn agent_uris_parse_into_their_parts() {
+        let id =
+            SpiffeId::parse("spiffe://gait.local/org/acme/project/web/env/prod/agent/ci-runner-7")
+                .expect("canonical form");
+        assert_eq!(id.trust_domain.as_str(), "gait.local");
+        assert_eq!(id.tenant.to_string(), "acme/web/prod");
+        assert_eq!(id.agent_id.as_str(), "ci-runner-7");
     }
 
     #[test]
-    fn parse_agent_uri_rejects_every_deviation() {
+    fn agent_uris_with_any_deviation_are_refused() {
         let bad = [
             "https://gait.local/org/a/project/b/env/c/agent/d",
             "spiffe://gait.local",
@@ -285,7 +259,7 @@ mod tests {
             "spiffe://gait.local/org/a/project/b/env/c/agent/.d",
         ];
         for uri in bad {
-            assert!(parse_agent_uri(uri).is_err(), "accepted {uri}");
+            assert!(SpiffeId::parse(uri).is_err(), "accepted {uri}");
         }
     }
 

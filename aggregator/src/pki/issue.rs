@@ -9,7 +9,9 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use super::identity::{AgentIdentity, canonical_serial_hex, identity_from_cert_der};
+use gait_identity::{SpiffeId, TrustDomain};
+
+use super::identity::{AgentIdentity, AgentToIssue, canonical_serial_hex, identity_from_cert_der};
 use super::*;
 
 /// Validity window of an issued certificate. May lie entirely in the past (tests of expired certificates).
@@ -73,13 +75,11 @@ pub struct IssuedAgent {
 }
 
 /// Issues a client certificate for agent `id` with the CA in `dir`, writing `agent.pem`, `agent.key` and
-/// `ca.pem` into `out_dir` (created if missing; existing files are replaced).
-///
-/// Only the tenancy fields of `id` are used; `serial_hex` and `not_after_unix` are decided here and
-/// returned in [`IssuedAgent`]. An empty `id.trust_domain` means the CA's; any other value must equal it.
+/// `ca.pem` into `out_dir` (created if missing; existing files are replaced). Serial and expiry are decided
+/// here and returned in [`IssuedAgent`]; `id.trust_domain`, when given, must be the CA's.
 pub fn issue_agent(
     dir: &Path,
-    id: &AgentIdentity,
+    id: &AgentToIssue,
     out_dir: &Path,
     validity: Validity,
 ) -> Result<IssuedAgent, PkiError> {
@@ -87,21 +87,24 @@ pub fn issue_agent(
     let ca_cert_path = existing(dir, CA_CERT_FILE)?;
     let ca_key_path = existing(dir, CA_KEY_FILE)?;
     let ca_der = first_cert(&ca_cert_path)?;
-    let ca_trust_domain =
-        identity::ca_trust_domain(&ca_der).ok_or_else(|| PkiError::NoTrustDomain {
+    let ca_trust_domain = identity::ca_trust_domain(&ca_der)
+        .and_then(|domain| TrustDomain::parse(&domain).ok())
+        .ok_or_else(|| PkiError::NoTrustDomain {
             path: ca_cert_path.clone(),
         })?;
-    if !id.trust_domain.is_empty() && id.trust_domain != ca_trust_domain {
+    if let Some(requested) = &id.trust_domain
+        && *requested != ca_trust_domain
+    {
         return Err(PkiError::TrustDomainMismatch {
-            ca: ca_trust_domain,
-            requested: id.trust_domain.clone(),
+            ca: ca_trust_domain.to_string(),
+            requested: requested.to_string(),
         });
     }
-    let identity = AgentIdentity {
-        trust_domain: ca_trust_domain,
-        ..id.clone()
-    };
-    identity.validate()?;
+    let spiffe = SpiffeId::new(
+        ca_trust_domain,
+        id.agent.tenant.clone(),
+        id.agent.agent_id.clone(),
+    );
 
     let ca_key = load_key_pair(&ca_key_path)?;
     check_key_matches(&ca_cert_path, &ca_der, &ca_key_path, &ca_key)?;
@@ -112,9 +115,9 @@ pub fn issue_agent(
         }
     })?;
 
-    let uri = identity.uri();
+    let uri = spiffe.to_string();
     let agent_key = generate_key("agent key")?;
-    let mut params = leaf_params(&identity.agent_id, validity)?;
+    let mut params = leaf_params(spiffe.agent_id.as_str(), validity)?;
     params.subject_alt_names = vec![SanType::URI(uri.clone().try_into().map_err(|source| {
         PkiError::Generate {
             what: "agent URI",
