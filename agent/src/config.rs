@@ -173,12 +173,16 @@ pub struct LocalApiConfig {
     /// Address of the local HTTP API; must be a loopback address. Port 0 picks a free port. Default
     /// `127.0.0.1:7071`.
     pub listen: String,
+    /// Web origins (`scheme://host[:port]`, exactly as a browser sends `Origin`) whose requests are answered.
+    /// Default none: a request carrying any `Origin` header — a web page's — is refused with 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for LocalApiConfig {
     fn default() -> Self {
         LocalApiConfig {
             listen: DEFAULT_LOCAL_API.to_owned(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -370,6 +374,11 @@ impl Config {
                 format!("{} is too small; use at least 65536", self.outbox.max_bytes),
             );
         }
+        for (i, origin) in self.local_api.allowed_origins.iter().enumerate() {
+            if let Err(m) = check_origin(origin) {
+                bad(&format!("local_api.allowed_origins[{i}]"), m);
+            }
+        }
         if let Err(m) = parse_listen(&self.local_api.listen) {
             bad("local_api.listen", m);
         }
@@ -448,6 +457,20 @@ fn check_file(path: &Path) -> Result<(), String> {
     } else {
         Err(format!("file not found: {}", path.display()))
     }
+}
+
+/// An origin as browsers send it: `http://` or `https://`, a host, an optional port, nothing else.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(|| format!("{origin:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "{origin:?} must be scheme://host[:port] with no path, as a browser sends it in `Origin`"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

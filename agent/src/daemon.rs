@@ -267,7 +267,16 @@ impl Daemon {
         })?;
 
         let tasks = Tasks::new(shutdown.clone());
-        spawn_local_api(&tasks, listener, state.clone(), shutdown.child_token());
+        let guard = crate::local_api::guard::Guard {
+            allowed_origins: config.local_api.allowed_origins.clone(),
+        };
+        spawn_local_api(
+            &tasks,
+            listener,
+            state.clone(),
+            guard,
+            shutdown.child_token(),
+        );
         session::spawn_connection_loop(
             &tasks,
             session::Session {
@@ -339,9 +348,10 @@ fn spawn_local_api(
     tasks: &Tasks,
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
+    guard: crate::local_api::guard::Guard,
     shutdown: CancellationToken,
 ) {
     tasks.spawn_essential("local-api", async move {
-        crate::local_api::serve(listener, state, shutdown).await
+        crate::local_api::serve(listener, state, guard, shutdown).await
     });
 }

@@ -4,18 +4,23 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
-//! | `POST /v1/records` | body `{"class":"block","kind":"gate.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record) |
+//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.` or `bundle.` are the agent's own and refused (403 `kind_reserved`) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
-//! when one input field is at fault). Codes: `bad_request` (400), `payload_too_large` (413), `outbox_full`
-//! (507: nothing was stored, retry later or fail closed), `internal` (500).
+//! when one input field is at fault). Codes: `bad_request` (400), `host_not_allowed`, `origin_not_allowed`,
+//! `kind_reserved` (403), `payload_too_large` (413), `unsupported_media_type` (415), `outbox_full` (507: nothing
+//! was stored, retry later or fail closed), `internal` (500).
 //!
-//! There is no authentication: the listener must stay on a loopback address (the config refuses others).
+//! Every request passes [`guard`] first: a non-loopback `Host` or an `Origin` header is refused with 403, a
+//! `POST` without `Content-Type: application/json` with 415, so a web page in a browser on the host cannot use the
+//! API (DNS rebinding, cross-site simple requests). There is no credential yet: the listener must stay on a
+//! loopback address (the config refuses others), and any local process can call it.
 
 pub mod evaluate;
+pub mod guard;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -67,8 +72,14 @@ pub mod metric {
     pub const STALE: &str = "gait_agent_stale";
 }
 
-/// The API's routes over `state`, without a socket (tests call it with `oneshot`).
+/// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
+/// `oneshot`).
 pub fn router(state: AppState) -> Router {
+    router_with(state, guard::Guard::default())
+}
+
+/// [`router`] behind a configured guard (`local_api.allowed_origins`).
+pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
     Router::new()
         .route("/v1/status", get(get_status))
         .route("/v1/records", post(post_record))
@@ -76,6 +87,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::enforce,
+        ))
         .with_state(state)
 }
 
@@ -83,9 +98,10 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    guard: guard::Guard,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router_with(state, guard))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
@@ -222,8 +238,27 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
     })
 }
 
+/// Kind prefixes of the records the agent writes itself (its decisions, its bundle status): a producer may
+/// not append them, so nothing another process posts reads as the agent's own decision.
+pub const RESERVED_KIND_PREFIXES: [&str; 2] = ["gate.", "bundle."];
+
 async fn post_record(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let rec = parse_record(&body)?;
+    if let Some(prefix) = RESERVED_KIND_PREFIXES
+        .iter()
+        .find(|p| rec.kind.starts_with(**p))
+    {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "kind_reserved",
+            message: format!(
+                "kind {:?} is the agent's own ({prefix}*: written by the agent for its decisions and bundle \
+                 status); producer records use another kind, e.g. \"app.decision\"",
+                rec.kind
+            ),
+            field: Some("kind"),
+        });
+    }
     let outcome = state.append(rec.class, rec.kind, rec.payload).await?;
     Ok(match outcome {
         AppendOutcome::Appended { seq } => axum::Json(json!({ "seq": seq })).into_response(),

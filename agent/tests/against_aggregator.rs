@@ -109,7 +109,7 @@ async fn agent_activates_a_bundle_signed_by_a_trusted_key_and_stamps_records_wit
     // A producer's record carries the bundle in force and since when.
     let (code, body) = agent
         .post_record(
-            &json!({"class": "block", "kind": "gate.decision", "payload": {"tool": "fs.write"}}),
+            &json!({"class": "block", "kind": "app.decision", "payload": {"tool": "fs.write"}}),
         )
         .await?;
     assert_eq!(code, 200, "{body}");
@@ -338,6 +338,7 @@ async fn agent_decides_locally_from_the_verified_bundle_signs_the_trace_and_reco
     let bad = agent
         .http()
         .post(format!("http://{}/v1/gate/evaluate", agent.local_api()))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await?;

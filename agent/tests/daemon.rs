@@ -591,7 +591,7 @@ async fn agent_refuses_untrusted_older_and_foreign_bundles_and_keeps_the_active_
 
     // Records made after the refusals still carry the bundle that stayed in force.
     let (code, body) = agent
-        .post_record(&json!({"class": "allow", "kind": "gate.decision", "payload": {}}))
+        .post_record(&json!({"class": "allow", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!(code, 200, "{body}");
     let seq = body["seq"].as_u64().context("seq")?;
@@ -627,7 +627,7 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
 
     for (class, n) in [("block", 1), ("approval", 2), ("allow", 3)] {
         let (code, body) = agent
-            .post_record(&json!({"class": class, "kind": "gate.decision", "payload": {"n": n}}))
+            .post_record(&json!({"class": class, "kind": "app.decision", "payload": {"n": n}}))
             .await?;
         assert_eq!((code, body["seq"].as_u64()), (200, Some(n)), "{body}");
     }
@@ -716,7 +716,7 @@ async fn records_the_aggregator_committed_before_dying_are_acked_by_welcome_not_
     // would be in `seen` by then.
     peer.set_mode(AckMode::Ack);
     let (_, body) = agent
-        .post_record(&json!({"class": "block", "kind": "gate.decision", "payload": {}}))
+        .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!(body["seq"], json!(3));
     wait_until("record 3 committed", || data.committed_head().0 == 3).await?;
@@ -779,10 +779,10 @@ async fn local_api_names_the_bad_field_and_answers_507_when_the_outbox_is_full()
     }
 
     // Soft quota 1 record, hard ceiling 2: an allow record is shed, a block record refused with 507.
-    let block = json!({"class": "block", "kind": "gate.decision", "payload": {}});
+    let block = json!({"class": "block", "kind": "app.decision", "payload": {}});
     assert_eq!(agent.post_record(&block).await?.1, json!({"seq": 1}));
     let (code, answer) = agent
-        .post_record(&json!({"class": "allow", "kind": "gate.decision", "payload": {}}))
+        .post_record(&json!({"class": "allow", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!((code, answer), (200, json!({"shed": true})));
     assert_eq!(agent.post_record(&block).await?.1, json!({"seq": 2}));
@@ -825,10 +825,10 @@ async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records
     let agent = start_agent(config).await?;
     agent.wait_status("connection", |s| s.connected).await?;
     for (n, kind) in [
-        "gate.decision",
+        "app.decision",
         "test.poison",
-        "gate.decision",
-        "gate.decision",
+        "app.decision",
+        "app.decision",
     ]
     .into_iter()
     .enumerate()
@@ -869,7 +869,7 @@ async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records
 
     // The stream goes on after the refusal.
     let (code, body) = agent
-        .post_record(&json!({"class": "block", "kind": "gate.decision", "payload": {"n": 5}}))
+        .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {"n": 5}}))
         .await?;
     assert_eq!((code, body["seq"].as_u64()), (200, Some(5)), "{body}");
     wait_until("record 5 committed", || data.committed_head().0 == 5).await?;

@@ -125,6 +125,7 @@ pub fn agent_config(
         outbox: OutboxConfig::default(),
         local_api: LocalApiConfig {
             listen: "127.0.0.1:0".into(),
+            ..LocalApiConfig::default()
         },
         poll: PollConfig { wait_ms: 1_000 },
         gate: GateConfig::default(),

@@ -65,7 +65,7 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
     let mut producer_seqs = Vec::new();
     for n in 1..=3 {
         let (code, body) = agent
-            .post_record(&json!({"class": "block", "kind": "gate.decision", "payload": {"n": n}}))
+            .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {"n": n}}))
             .await?;
         assert_eq!(code, 200, "{body}");
         producer_seqs.push(body["seq"].as_u64().context("seq")?);
@@ -84,7 +84,7 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
             .with_context(|| format!("record {seq}"))?;
         assert_eq!(
             (r.class.as_str(), r.kind.as_str()),
-            ("block", "gate.decision")
+            ("block", "app.decision")
         );
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&r.payload)?,
@@ -104,7 +104,7 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
     agent.wait_status("disconnected", |s| !s.connected).await?;
     for n in 4..=6 {
         let (code, body) = agent
-            .post_record(&json!({"class": "allow", "kind": "gate.decision", "payload": {"n": n}}))
+            .post_record(&json!({"class": "allow", "kind": "app.decision", "payload": {"n": n}}))
             .await?;
         assert_eq!(code, 200, "{body}");
     }
@@ -198,7 +198,7 @@ async fn a_revoked_agent_is_cut_off_while_the_rest_of_the_tenant_keeps_shipping(
     lost.wait_status("revoked agent disconnected", |s| !s.connected)
         .await?;
     let (code, body) = lost
-        .post_record(&json!({"class": "block", "kind": "gate.decision", "payload": {}}))
+        .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!(code, 200, "{body}");
     let seq = body["seq"].as_u64().context("seq")?;
@@ -217,7 +217,7 @@ async fn a_revoked_agent_is_cut_off_while_the_rest_of_the_tenant_keeps_shipping(
 
     // The other agent of the tenant is untouched.
     let (code, body) = kept
-        .post_record(&json!({"class": "allow", "kind": "gate.decision", "payload": {}}))
+        .post_record(&json!({"class": "allow", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!(code, 200, "{body}");
     let kept_seq = body["seq"].as_u64().context("seq")?;

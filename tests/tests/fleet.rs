@@ -116,7 +116,7 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
             let class = if i % 3 == 0 { "block" } else { "approval" };
             let payload = json!({"i": i, "note": "written while the aggregator was down"});
             let seq = agent
-                .append(class, "gate.decision", payload.clone())?
+                .append(class, "app.decision", payload.clone())?
                 .context("not shed")?;
             sent.push((seq, payload));
         }
@@ -132,7 +132,7 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
         for i in 150..200 {
             let payload = json!({"i": i, "note": "after the agent restart"});
             let seq = agent
-                .append("block", "gate.decision", payload.clone())?
+                .append("block", "app.decision", payload.clone())?
                 .context("not shed")?;
             sent.push((seq, payload));
         }
@@ -140,13 +140,13 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
         agg.restart()?;
         let records = wait_for(PATIENCE * 2, "all records committed", || {
             let r = agg.records("acme", "web", "prod", "edge-1").ok()?;
-            let n = r.iter().filter(|x| x["kind"] == "gate.decision").count();
+            let n = r.iter().filter(|x| x["kind"] == "app.decision").count();
             (n >= sent.len()).then_some(r)
         })?;
         // Exactly once: one row per seq, and every payload we wrote is there with its seq.
         let decisions: Vec<_> = records
             .iter()
-            .filter(|r| r["kind"] == "gate.decision")
+            .filter(|r| r["kind"] == "app.decision")
             .collect();
         ensure!(
             decisions.len() == sent.len(),
@@ -210,7 +210,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
             // Write a burst; the agent ships while we write.
             for i in 0..400 {
                 agent
-                    .append("block", "gate.decision", json!({"round": round, "i": i}))?
+                    .append("block", "app.decision", json!({"round": round, "i": i}))?
                     .context("not shed")?;
                 expected += 1;
             }
@@ -224,7 +224,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         }
         let records = wait_for(PATIENCE * 2, "every record committed", || {
             let r = agg.records("acme", "web", "prod", "crashy").ok()?;
-            (r.iter().filter(|x| x["kind"] == "gate.decision").count() as u64 >= expected)
+            (r.iter().filter(|x| x["kind"] == "app.decision").count() as u64 >= expected)
                 .then_some(r)
         })
         .with_context(|| {
@@ -236,7 +236,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         })?;
         let decisions: Vec<_> = records
             .iter()
-            .filter(|r| r["kind"] == "gate.decision")
+            .filter(|r| r["kind"] == "app.decision")
             .collect();
         ensure!(
             decisions.len() as u64 == expected,
@@ -316,7 +316,7 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
                 && a_status["last_refusal"].is_null(),
             "org-a agent must only ever see org-a's bundle: {a_status}"
         );
-        a.append("block", "gate.decision", json!({"secret": "org-a"}))?;
+        a.append("block", "app.decision", json!({"secret": "org-a"}))?;
         wait_for(PATIENCE, "org-a record", || {
             agg.records("org-a", "web", "prod", "same-id")
                 .ok()

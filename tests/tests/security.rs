@@ -44,7 +44,7 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
     })?;
     // It stays out: two more connection attempts end without it connecting.
     stays_disconnected(&bad, 2).context("revoked agent")?;
-    bad.append("block", "gate.decision", json!({"from": "revoked"}))?;
+    bad.append("block", "app.decision", json!({"from": "revoked"}))?;
     let (status, body) = agg.publish("acme", "web", "prod", &[("p.yaml", POLICY_V1)])?;
     ensure!(status == 201, "publish: {status} {body}");
     wait_for(PATIENCE, "good agent active", || {
@@ -232,7 +232,7 @@ fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_
     wait_for(PATIENCE, "good agent active", || {
         (good.active_epoch() == Some(1)).then_some(())
     })?;
-    good.append("block", "gate.decision", json!({"ok": true}))?;
+    good.append("block", "app.decision", json!({"ok": true}))?;
     wait_for(PATIENCE, "record stored", || {
         agg.records("acme", "web", "prod", "good")
             .ok()
