@@ -6,7 +6,8 @@
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
 //! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.` or `bundle.` are the agent's own and refused (403 `kind_reserved`) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
+//! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
@@ -85,6 +86,7 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
         .route("/v1/records", post(post_record))
         .route("/v1/gate/evaluate", post(post_evaluate))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -171,8 +173,36 @@ async fn get_status(State(state): State<AppState>) -> axum::Json<StatusReport> {
     axum::Json(state.status().await)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness: `ok`, or 503 with the storage error while durable appends fail (a supervisor may restart the
+/// agent; decisions are not answered meanwhile, since they could not be recorded).
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.status().await.storage_error {
+        None => "ok\n".into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": { "code": "storage_failing", "message": error } })),
+        )
+            .into_response(),
+    }
+}
+
+/// Readiness: 200 `{"ready":true}` when decisions can be answered from a policy, else 503 with the reasons
+/// (no bundle in force, stale under `fail_closed`, storage failing). Being offline alone does not make the agent
+/// unready: it keeps enforcing its last verified bundle.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.status().await;
+    let body = json!({
+        "ready": report.ready,
+        "not_ready": report.not_ready,
+        "connected": report.connected,
+        "stale": report.stale,
+    });
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// A record as posted, checked field by field so an error names the field.

@@ -13,7 +13,8 @@ use gait_agent::local_api;
 use tokio_util::sync::CancellationToken;
 
 use gait_runtime::exit::{
-    CONFIG as EXIT_CONFIG, FAILURE as EXIT_FAILURE, UNAVAILABLE as EXIT_UNAVAILABLE,
+    CONFIG as EXIT_CONFIG, FAILURE as EXIT_FAILURE, TEMPFAIL as EXIT_NOT_READY,
+    UNAVAILABLE as EXIT_UNAVAILABLE,
 };
 use gait_runtime::outln;
 
@@ -62,6 +63,9 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+/// Exit code 0 when the agent can decide from a verified policy and is not stale; 75 when it is stale or not
+/// ready (the reasons are printed: no bundle, stale under fail_closed, storage failing); 69 when no agent
+/// answers at --api.
 struct StatusArgs {
     /// Print the raw JSON status.
     #[arg(long)]
@@ -220,19 +224,25 @@ fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
 
 async fn cmd_status(args: StatusArgs) -> ExitCode {
     match local_api::fetch_status(args.api, Duration::from_secs(5)).await {
-        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
-            Ok(text) => {
-                outln!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gait-agent: cannot render status: {e}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
         Ok(report) => {
-            outln!("{}", report.render_text().trim_end());
-            ExitCode::SUCCESS
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => outln!("{text}"),
+                    Err(e) => {
+                        eprintln!("gait-agent: cannot render status: {e}");
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                };
+            } else {
+                outln!("{}", report.render_text().trim_end());
+            }
+            // A script or probe can rely on the exit code: 0 only when the agent can decide from a policy and
+            // is not stale.
+            if report.ready && !report.stale {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NOT_READY)
+            }
         }
         Err(e) => {
             eprintln!("gait-agent: {e}");

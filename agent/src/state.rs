@@ -191,6 +191,16 @@ pub struct StatusReport {
     pub outbox: OutboxStatus,
     /// Reconnect attempts since start.
     pub reconnects: u64,
+    /// Whether the agent can answer decisions from a policy now (see [`StatusReport::not_ready`]).
+    #[serde(default)]
+    pub ready: bool,
+    /// Why it cannot (empty when ready): no verified bundle in force, stale under `fail_closed`, or storage
+    /// failing (decisions cannot be recorded, so they are not answered).
+    #[serde(default)]
+    pub not_ready: Vec<String>,
+    /// The last storage failure, while appends fail.
+    #[serde(default)]
+    pub storage_error: Option<String>,
 }
 
 /// Process-lifetime counters.
@@ -224,6 +234,8 @@ pub struct AgentState {
     /// 0 = never.
     last_contact_ms: AtomicI64,
     persisted_contact_ms: AtomicI64,
+    /// The last durable append's storage failure, cleared by the next append that succeeds.
+    storage_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -293,6 +305,7 @@ impl AgentState {
             refusals: AtomicU64::new(0),
             last_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
             persisted_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
+            storage_error: Mutex::new(None),
         });
         Ok(state)
     }
@@ -398,7 +411,20 @@ impl AgentState {
             bundle: self.active_bundle().map(|a| a.bundle_ref()),
             payload,
         };
-        let outcome = self.committer.append(record).await?;
+        let outcome = match self.committer.append(record).await {
+            Ok(outcome) => {
+                *lock(&self.storage_error) = None;
+                outcome
+            }
+            Err(e) => {
+                // A storage failure (not a full outbox or a bad record: those are the caller's) makes the agent
+                // unhealthy until an append succeeds again.
+                if matches!(e, OutboxError::Db(_)) {
+                    *lock(&self.storage_error) = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
         if matches!(outcome, AppendOutcome::Appended { .. }) {
             self.records_ready.notify_one();
         }
@@ -505,7 +531,11 @@ impl AgentState {
                 quarantined: self.outbox.quarantine_stats().held,
             },
             reconnects: self.counters().reconnects,
+            ready: false,
+            not_ready: Vec::new(),
+            storage_error: lock(&self.storage_error).clone(),
         }
+        .with_readiness()
     }
 }
 
@@ -540,6 +570,26 @@ fn write_contact(db: &AgentDb, value: i64) -> Result<(), DbError> {
 
 impl StatusReport {
     /// Human-readable rendering for `gait-agent status`.
+    /// Fills [`StatusReport::ready`] and [`StatusReport::not_ready`] from the other fields.
+    fn with_readiness(mut self) -> Self {
+        let mut why = Vec::new();
+        if self.active_bundle.is_none() {
+            why.push("no verified policy bundle in force".to_owned());
+        }
+        if self.stale && self.on_stale.as_deref() == Some("fail_closed") {
+            why.push(format!(
+                "stale under on_stale=fail_closed: no contact with the aggregator for over {} s, every decision blocks",
+                self.max_offline_seconds.unwrap_or(0)
+            ));
+        }
+        if let Some(error) = &self.storage_error {
+            why.push(format!("storage failing: {error}"));
+        }
+        self.ready = why.is_empty();
+        self.not_ready = why;
+        self
+    }
+
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
@@ -613,6 +663,11 @@ impl StatusReport {
             o.quarantined
         );
         let _ = writeln!(s, "reconnects   {}", self.reconnects);
+        if self.ready {
+            let _ = writeln!(s, "ready        yes");
+        } else {
+            let _ = writeln!(s, "ready        NO: {}", self.not_ready.join("; "));
+        }
         s
     }
 }

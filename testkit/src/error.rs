@@ -80,7 +80,8 @@ impl TestkitError {
         }
     }
 
-    pub(crate) fn http(what: impl Into<String>, source: reqwest::Error) -> Self {
+    /// An HTTP exchange `what` (e.g. `GET /readyz`) failed; for tests that call an endpoint the helpers do not wrap.
+    pub fn http(what: impl Into<String>, source: reqwest::Error) -> Self {
         TestkitError::Http {
             what: what.into(),
             source,

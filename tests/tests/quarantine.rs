@@ -146,11 +146,24 @@ fn refused_record_is_quarantined_and_the_stream_goes_on(db: Option<&str>) -> any
     })
     .with_context(|| agent.log())?;
 
-    // `gait-agent status --json` says the same.
-    let out =
-        run(hermetic("gait-agent").args(["status", "--json", "--api", &agent.api.to_string()]))?;
+    // `gait-agent status --json` says the same. No bundle was published, so the agent cannot decide from a
+    // policy: the status says why and exits 75 (not ready), which a probe can rely on.
+    let out = hermetic("gait-agent")
+        .args(["status", "--json", "--api", &agent.api.to_string()])
+        .output()?;
     let cli: Value = serde_json::from_slice(&out.stdout).context("status --json is JSON")?;
     ensure!(cli["outbox"]["quarantined"] == 1, "status --json: {cli}");
+    ensure!(
+        out.status.code() == Some(75) && cli["ready"] == false,
+        "status of an agent without a bundle: exit {:?}, {cli}",
+        out.status.code()
+    );
+    ensure!(
+        cli["not_ready"][0]
+            .as_str()
+            .is_some_and(|why| why.contains("no verified policy bundle")),
+        "not_ready: {cli}"
+    );
 
     // The aggregator counted and logged the refusal, and recorded the refused seq instead of a lost one.
     ensure!(
