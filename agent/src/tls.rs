@@ -93,6 +93,87 @@ pub fn is_version_skew(error: &quinn::ConnectionError) -> bool {
     code == quinn::TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL)
 }
 
+/// Why the aggregator refused this agent's certificate, read from how the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateRefusal {
+    /// The certificate's serial is revoked (TLS alert `certificate_revoked`, or closed with
+    /// [`gait_wire::close::CLOSE_REVOKED`] after a resumed handshake).
+    Revoked,
+    /// The certificate is outside its validity window (TLS alert `certificate_expired`).
+    Expired,
+    /// Refused for another reason: unknown CA, bad or missing certificate, or no usable agent identity
+    /// ([`gait_wire::close::CLOSE_UNAUTHORIZED`]).
+    Rejected,
+}
+
+impl CertificateRefusal {
+    /// What happened and what the operator does about it, for the ERROR log line.
+    pub fn advice(self) -> &'static str {
+        match self {
+            CertificateRefusal::Revoked => {
+                "the aggregator refused this agent's certificate: it is REVOKED. Issue a new one \
+                 (`gait-aggregator pki issue-agent`), point tls.cert/tls.key at it and restart the agent"
+            }
+            CertificateRefusal::Expired => {
+                "the aggregator refused this agent's certificate: it has EXPIRED (or is not yet valid: check \
+                 the clock). Issue a new one (`gait-aggregator pki issue-agent`) and restart the agent"
+            }
+            CertificateRefusal::Rejected => {
+                "the aggregator refused this agent's certificate (not issued by its CA, or no usable agent \
+                 identity). Check tls.ca/tls.cert against the aggregator's `pki` directory"
+            }
+        }
+    }
+}
+
+/// TLS alerts (RFC 8446 §6.2) that refuse the client certificate.
+const ALERT_BAD_CERTIFICATE: u8 = 42;
+const ALERT_UNSUPPORTED_CERTIFICATE: u8 = 43;
+const ALERT_CERTIFICATE_REVOKED: u8 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+const ALERT_CERTIFICATE_UNKNOWN: u8 = 46;
+const ALERT_UNKNOWN_CA: u8 = 48;
+const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+
+/// Whether the connection ended because the aggregator refused this agent's certificate, and why.
+pub fn certificate_refusal(error: &quinn::ConnectionError) -> Option<CertificateRefusal> {
+    use gait_wire::close::{CLOSE_REVOKED, CLOSE_UNAUTHORIZED};
+    let alert = |code: quinn::TransportErrorCode| {
+        [
+            (ALERT_CERTIFICATE_REVOKED, CertificateRefusal::Revoked),
+            (ALERT_CERTIFICATE_EXPIRED, CertificateRefusal::Expired),
+            (ALERT_BAD_CERTIFICATE, CertificateRefusal::Rejected),
+            (ALERT_UNSUPPORTED_CERTIFICATE, CertificateRefusal::Rejected),
+            (ALERT_CERTIFICATE_UNKNOWN, CertificateRefusal::Rejected),
+            (ALERT_UNKNOWN_CA, CertificateRefusal::Rejected),
+            (ALERT_CERTIFICATE_REQUIRED, CertificateRefusal::Rejected),
+        ]
+        .into_iter()
+        .find(|(a, _)| code == quinn::TransportErrorCode::crypto(*a))
+        .map(|(_, why)| why)
+    };
+    match error {
+        quinn::ConnectionError::TransportError(e) => alert(e.code),
+        quinn::ConnectionError::ConnectionClosed(close) => alert(close.error_code),
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let code = close.error_code.into_inner();
+            if code == u64::from(CLOSE_REVOKED) {
+                Some(CertificateRefusal::Revoked)
+            } else if code == u64::from(CLOSE_UNAUTHORIZED) {
+                let reason = String::from_utf8_lossy(&close.reason);
+                Some(if reason.contains("expired") {
+                    CertificateRefusal::Expired
+                } else {
+                    CertificateRefusal::Rejected
+                })
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Builds the agent's QUIC client configuration: TLS 1.3, ALPN, this agent's certificate for client
 /// authentication, and the aggregator's certificate verified against `ca_pem` only (no system roots).
 ///

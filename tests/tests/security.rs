@@ -62,6 +62,20 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
         !records.iter().any(|r| r["payload"]["from"] == "revoked"),
         "record of a revoked agent was accepted"
     );
+    // The agent says why, once, at ERROR with what to do — not a WARN per redial.
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("REVOKED") && l.contains("pki issue-agent"))
+            .count()
+    };
+    wait_for(PATIENCE, "the agent logs the revocation at ERROR", || {
+        (refusals(&bad.log()) >= 1).then_some(())
+    })?;
+    ensure!(
+        refusals(&bad.log()) == 1,
+        "the revocation was logged at ERROR more than once over several redials:\n{}",
+        bad.log()
+    );
     wait_for(PATIENCE, "the refusal is logged", || {
         agg.log().contains("revoked").then_some(())
     })?;

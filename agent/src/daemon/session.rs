@@ -40,6 +40,8 @@ pub const PIPELINE_DEPTH: usize = 4;
 const SHIP_IDLE_TICK: Duration = Duration::from_secs(1);
 /// Pause after a retryable error reply before asking again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often a certificate refusal that goes on is repeated at ERROR (in between: DEBUG, with a count).
+const REPEAT_ERROR_EVERY: Duration = Duration::from_secs(600);
 /// QUIC application close code for a normal close.
 const CLOSE_NORMAL: u32 = 0;
 
@@ -103,6 +105,24 @@ pub(crate) enum SessionError {
 }
 
 impl SessionError {
+    /// The aggregator refused this agent's certificate (revoked, expired, unknown): the agent cannot get in
+    /// until an operator acts, so it is logged at ERROR with what to do.
+    fn certificate_refusal(&self) -> Option<crate::tls::CertificateRefusal> {
+        match self {
+            SessionError::Handshake { source, .. } => crate::tls::certificate_refusal(source),
+            SessionError::Exchange(ExchangeError::Connection(source)) => {
+                crate::tls::certificate_refusal(source)
+            }
+            SessionError::Exchange(ExchangeError::Write(quinn::WriteError::ConnectionLost(
+                source,
+            )))
+            | SessionError::Exchange(ExchangeError::Read(quinn::ReadError::ConnectionLost(
+                source,
+            ))) => crate::tls::certificate_refusal(source),
+            _ => None,
+        }
+    }
+
     /// Errors an operator must look at (data could be lost or never delivered) are logged at ERROR.
     fn needs_operator(&self) -> bool {
         matches!(
@@ -204,6 +224,9 @@ impl Session {
     async fn run(self, shutdown: CancellationToken) {
         let mut endpoints = Endpoints::default();
         let mut backoff = Backoff::default();
+        // The last certificate refusal logged at ERROR, and attempts refused since the last connection.
+        let mut refused_logged: Option<(crate::tls::CertificateRefusal, Instant)> = None;
+        let mut refused_attempts: u64 = 0;
         loop {
             let mut up_since = None;
             let mut announced = None;
@@ -219,10 +242,31 @@ impl Session {
             }
             match &result {
                 Ok(()) => tracing::info!("aggregator closed the connection"),
-                Err(e) if e.needs_operator() => {
-                    tracing::error!(error = %e, "connection to the aggregator ended; operator action needed")
-                }
-                Err(e) => tracing::warn!(error = %e, "connection to the aggregator ended"),
+                Err(e) => match e.certificate_refusal() {
+                    // Said once at ERROR, then again only every REPEAT_ERROR_EVERY while it goes on: a refused
+                    // agent redials for ever, and each attempt ends the same way.
+                    Some(why) => {
+                        let now = Instant::now();
+                        let repeat = refused_logged.is_some_and(|(was, at)| {
+                            was == why && now.duration_since(at) < REPEAT_ERROR_EVERY
+                        });
+                        refused_attempts += 1;
+                        if repeat {
+                            tracing::debug!(error = %e, attempts = refused_attempts, "certificate still refused");
+                        } else {
+                            tracing::error!(error = %e, attempts = refused_attempts, "{}", why.advice());
+                            refused_logged = Some((why, now));
+                        }
+                    }
+                    None if e.needs_operator() => {
+                        tracing::error!(error = %e, "connection to the aggregator ended; operator action needed")
+                    }
+                    None => tracing::warn!(error = %e, "connection to the aggregator ended"),
+                },
+            }
+            if result.is_ok() {
+                refused_logged = None;
+                refused_attempts = 0;
             }
             // An aggregator that shut down announced a window to spread the fleet's redials over; without one,
             // the jittered exponential backoff decides.
