@@ -1,5 +1,6 @@
-//! `gait-aggregator pki`: create the deployment CA, issue agent certificates, revoke them. Every one reads the
-//! data directory (and, for `revoke`, the database) from the same configuration as `serve`.
+//! `gait-aggregator pki`: create the deployment CA, issue agent certificates, revoke them and list the
+//! revocations. Every one reads the data directory (and, for `revoke` and `revocations`, the database) from
+//! the same configuration as `serve`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
 use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
-use gait_store::{Revocation, Store};
+use gait_store::{Revocation, Store, StoredRevocation};
 
 use super::DataArgs;
 use gait_aggregator::pki::identity::AgentToIssue;
@@ -95,6 +96,16 @@ pub struct RevokeArgs {
     #[arg(long, default_value = "unspecified")]
     pub reason: String,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `pki revocations`.
+#[derive(Args, Debug)]
+pub struct RevocationsArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the revocations as a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -211,16 +222,8 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
         (None, None, None, None) => None,
         _ => bail!("name the agent with all four of --org, --project, --env and --agent-id"),
     };
-    // An operator command must never invent a database: a revocation written into a fresh SQLite file
-    // would report success while the server (on PostgreSQL, or another data directory) never sees it.
-    if config.database.url.is_none() && !config.sqlite_path().exists() {
-        bail!(
-            "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \
-             --data-dir / --database-url",
-            config.sqlite_path().display()
-        );
-    }
-    let store = Store::connect(&config.effective_database_url()).await?;
+    let revoked_by = operator()?;
+    let store = open_existing_store(&config).await?;
     let (serial, agent) = match (from_cert, args.serial) {
         (Some(found), _) => found,
         (None, Some(serial)) => {
@@ -235,6 +238,7 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
                 cert_serial: serial.clone(),
                 agent: agent.clone(),
                 reason: args.reason.clone(),
+                revoked_by: revoked_by.clone(),
             },
             unix_ms(),
         )
@@ -246,14 +250,126 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
             serde_json::json!({
                 "serial": serial, "org": agent.tenant.org, "project": agent.tenant.project,
                 "env": agent.tenant.env, "agent_id": agent.agent_id, "reason": args.reason,
+                "revoked_by": revoked_by,
             })
         );
     } else {
         gait_runtime::outln!(
-            "revoked certificate serial {serial} of agent {agent}; running aggregators refuse it within seconds"
+            "revoked certificate serial {serial} of agent {agent} (by {revoked_by}); running aggregators refuse \
+             it within seconds"
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists every revocation: serial, agent, reason, who revoked and when; a table, or JSON with `--json`.
+pub async fn revocations(args: RevocationsArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let config = args.data.apply(config)?;
+    let store = open_existing_store(&config).await?;
+    let listed = store.revocations().await;
+    store.close().await;
+    let listed = listed?;
+    if args.json {
+        let rows: Vec<_> = listed.iter().map(revocation_json).collect();
+        gait_runtime::outln!("{}", serde_json::Value::Array(rows));
+    } else {
+        gait_runtime::outln!("{}", revocation_table(&listed).trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One revocation as a flat JSON object (the agent's four identifiers as their own fields).
+fn revocation_json(r: &StoredRevocation) -> serde_json::Value {
+    serde_json::json!({
+        "serial": r.cert_serial,
+        "org": r.agent.tenant.org,
+        "project": r.agent.tenant.project,
+        "env": r.agent.tenant.env,
+        "agent_id": r.agent.agent_id,
+        "reason": r.reason,
+        "revoked_by": r.revoked_by,
+        "revoked_unix_ms": r.revoked_unix_ms,
+        "revoked_at": rfc3339(r.revoked_unix_ms),
+    })
+}
+
+/// The revocations as an aligned table with a header; a note instead when there are none.
+fn revocation_table(listed: &[StoredRevocation]) -> String {
+    if listed.is_empty() {
+        return "no certificate has been revoked\n".to_owned();
+    }
+    let header = ["SERIAL", "AGENT", "REVOKED AT", "REVOKED BY", "REASON"].map(String::from);
+    let rows: Vec<[String; 5]> = listed
+        .iter()
+        .map(|r| {
+            [
+                r.cert_serial.to_string(),
+                r.agent.to_string(),
+                rfc3339(r.revoked_unix_ms),
+                r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
+                r.reason.escape_debug().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Unix milliseconds as RFC 3339 (UTC); the raw number when it is out of the calendar's range.
+fn rfc3339(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
+}
+
+/// The operator running this command, recorded as who revoked: `$USER` (or `$LOGNAME`), else the numeric uid
+/// of this process (`uid:<n>`, the owner of `/proc/self`).
+fn operator() -> anyhow::Result<String> {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.trim().is_empty()
+        {
+            return Ok(name);
+        }
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self")
+        .context("neither USER nor LOGNAME is set and /proc/self cannot be read to find the uid")?
+        .uid();
+    Ok(format!("uid:{uid}"))
+}
+
+/// Opens the database the server uses. An operator command must never invent a database: a revocation
+/// written into a fresh SQLite file would report success while the server (on PostgreSQL, or another data
+/// directory) never sees it.
+async fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
+    if config.database.url.is_none() && !config.sqlite_path().exists() {
+        bail!(
+            "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \
+             --data-dir / --database-url",
+            config.sqlite_path().display()
+        );
+    }
+    Ok(Store::connect(&config.effective_database_url()).await?)
 }
 
 /// Whose certificate `serial` is: the agent named on the command line (checked against what the store saw),
