@@ -202,3 +202,75 @@ fn pki_revocations_refuses_to_invent_a_database() {
     );
     assert!(!data.join("aggregator.db").exists());
 }
+
+/// The agent.yaml `issue-agent` wrote, as the agent reads it.
+fn agent_yaml(dir: &Path) -> gait_agent::config::Config {
+    let text = std::fs::read_to_string(dir.join("agent.yaml")).expect("agent.yaml written");
+    gait_agent::config::Config::from_yaml(&text, dir).expect("the agent parses agent.yaml")
+}
+
+#[test]
+fn issue_agent_writes_the_aggregator_address_host_as_the_server_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = deployment(tmp.path());
+    for (i, (address, server_name)) in [
+        ("fleet.example.com:7443", "fleet.example.com"),
+        ("10.0.0.5:7443", "10.0.0.5"),
+        ("[::1]:7443", "::1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tmp.path().join(format!("agent{i}"));
+        issue(&data, "a1", &dir, &["--aggregator-address", address]);
+        let config = agent_yaml(&dir);
+        assert_eq!(config.aggregator.address, address);
+        assert_eq!(config.aggregator.server_name, server_name, "for {address}");
+    }
+    // The default address is the default server certificate's IP name.
+    let dir = tmp.path().join("default");
+    issue(&data, "a1", &dir, &[]);
+    assert_eq!(agent_yaml(&dir).aggregator.server_name, "127.0.0.1");
+
+    // An address the agent could not dial is refused before a certificate is issued.
+    for bad in [
+        "fleet.example.com",
+        "::1:7443",
+        "bad name:7443",
+        "host:0",
+        "\"x\":1",
+    ] {
+        let dir = tmp.path().join("refused");
+        let out = aggregator(
+            &[
+                "pki",
+                "issue-agent",
+                "--data-dir",
+                &data,
+                "--org",
+                "acme",
+                "--project",
+                "web",
+                "--env",
+                "prod",
+                "--agent-id",
+                "a1",
+                "--out",
+                dir.to_str().expect("utf-8"),
+                "--aggregator-address",
+                bad,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            text(&out.stderr).contains("--aggregator-address"),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !dir.join("agent.pem").exists(),
+            "{bad:?} left a certificate"
+        );
+    }
+}

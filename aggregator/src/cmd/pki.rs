@@ -144,6 +144,8 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
         Tenant::new(args.org.clone(), args.project.clone(), args.env.clone()),
         args.agent_id.clone(),
     ));
+    // Checked before anything is issued: a bad address must not leave a certificate behind.
+    let server_name = server_name_of(&args.aggregator_address)?;
     let issued = pki::issue_agent(&pki_dir, &id, &args.out, Validity::days(args.days))?;
     let registry_pub = data_dir.join("keys").join(REGISTRY_PUB_FILE);
     let trust_line = if registry_pub.exists() {
@@ -153,7 +155,7 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     } else {
         false
     };
-    let yaml = agent_yaml(&args.aggregator_address);
+    let yaml = agent_yaml(&args.aggregator_address, &server_name);
     let yaml_path = args.out.join("agent.yaml");
     std::fs::write(&yaml_path, yaml).with_context(|| format!("writing {}", yaml_path.display()))?;
     if args.json {
@@ -192,11 +194,38 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn agent_yaml(address: &str) -> String {
+/// The name the agent checks the aggregator's certificate against: the host of `host:port` (an IPv6 host in
+/// brackets), a DNS name or an IP address as written. The aggregator's certificate must carry it (`pki init
+/// --server-name`).
+fn server_name_of(address: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--aggregator-address {address:?}: {why}; give host:port as the agents dial it, e.g. \
+             fleet.example.com:7443, 10.0.0.5:7443 or [::1]:7443"
+        )
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?,
+        None if host.contains(':') => return Err(bad("put an IPv6 host in brackets")),
+        None => host,
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(bad("the port is not 1-65535"));
+    }
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    rustls::pki_types::ServerName::try_from(host)
+        .map_err(|_| bad("the host is neither a DNS name nor an IP address"))?;
+    Ok(host.to_owned())
+}
+
+fn agent_yaml(address: &str, server_name: &str) -> String {
     format!(
         "# gait-agent configuration written by `gait-aggregator pki issue-agent`.\n\
          # Paths are relative to this file.\n\
-         aggregator:\n  address: \"{address}\"\n  server_name: localhost\n\
+         aggregator:\n  address: \"{address}\"\n  server_name: \"{server_name}\"\n\
          tls:\n  ca: ca.pem\n  cert: agent.pem\n  key: agent.key\n\
          trust:\n  registry_public_keys:\n    - registry.pub\n\
          data_dir: data\n\
