@@ -214,6 +214,45 @@ async fn concurrent_publishes_to_one_scope_all_succeed_with_consecutive_epochs(
     Ok(())
 }
 
+/// The same burst through the real server over real sockets on a multi-threaded runtime (the embedded SQLite
+/// store), where handlers truly run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_through_the_real_server_all_succeed() -> anyhow::Result<()> {
+    const N: u64 = 300;
+    let aggregator =
+        Arc::new(gait_testkit::spawn_aggregator(gait_testkit::AggregatorOptions::default()).await?);
+    let tenant: gait_testkit::Tenant = "acme/web/prod".parse()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (aggregator, tenant) = (aggregator.clone(), tenant.clone());
+        tasks.spawn(async move {
+            let publish =
+                gait_testkit::Publish::policy("base.yaml", &format!("{POLICY}# publish {i}\n"));
+            aggregator.publish(&tenant, &publish).await
+        });
+    }
+    let mut epochs = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok(published) => epochs.push(published.epoch),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {N} publishes failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    epochs.sort_unstable();
+    anyhow::ensure!(
+        epochs == (1..=N).collect::<Vec<_>>(),
+        "epochs are not 1..={N}: {epochs:?}"
+    );
+    Ok(())
+}
+
 gait_store::store_tests!(
     out_of_range_publish_fields_are_refused_naming_the_field,
     out_of_range_cursors_and_bad_query_strings_answer_the_json_shape,
