@@ -6,6 +6,10 @@
 //! write transaction the agent commits uses redb's default durability (`fsync` before `commit()` returns);
 //! modules that own tables (`outbox`, `bundle_cache`) rely on that and document their own crash rules.
 //!
+//! The file holds the arguments of every intent the agent decided, so it is private to the agent's user: the
+//! data directory holding it is 0700 and the file 0600, both created so and narrowed on open when an older
+//! build left them open to group or others (0755/0644).
+//!
 //! All methods block on disk I/O: async callers run them on `tokio::task::spawn_blocking`.
 
 use std::fmt;
@@ -38,6 +42,14 @@ pub enum DbError {
     #[error("cannot create the data directory {dir}: {source}")]
     CreateDir {
         dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory or the database file could not be made private to this user (0700 / 0600).
+    #[error("cannot make {path} private to this user (mode {mode:o}): {source}")]
+    Permissions {
+        path: PathBuf,
+        mode: u32,
         #[source]
         source: std::io::Error,
     },
@@ -86,6 +98,70 @@ impl DbError {
     }
 }
 
+/// Creates `dir` (and missing parents) with mode 0700 and narrows an existing one open to group or others.
+fn create_private_dir(dir: &Path) -> Result<(), DbError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| DbError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    narrow(dir, 0o700)
+}
+
+/// Creates the database file with mode 0600 when it is missing (redb initialises an empty file) and narrows
+/// an existing one open to group or others.
+fn create_private_file(path: &Path) -> Result<(), DbError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(DbError::Permissions {
+                    path: path.to_path_buf(),
+                    mode: 0o600,
+                    source,
+                });
+            }
+        }
+    }
+    narrow(path, 0o600)
+}
+
+/// Sets `path` to `mode` when its group or others have any access; logs that it did.
+fn narrow(path: &Path, mode: u32) -> Result<(), DbError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let fail = |source| DbError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        };
+        let was = std::fs::metadata(path).map_err(fail)?.permissions().mode() & 0o777;
+        if was & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+            tracing::warn!(path = %path.display(), was = format!("{was:o}"), now = format!("{mode:o}"),
+                "agent data was open to group or others; narrowed");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 /// Shared handle to the agent's redb file. Cheap to clone; the file closes when the last clone drops.
 #[derive(Clone)]
 pub struct AgentDb {
@@ -111,11 +187,9 @@ impl AgentDb {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
+            create_private_dir(dir)?;
         }
+        create_private_file(&path)?;
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)

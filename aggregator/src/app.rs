@@ -244,10 +244,14 @@ fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError>
 /// Start every subsystem as a task of `tasks` (servers, endpoint, writers and periodic jobs are essential: one
 /// that fails stops them all); returns once the endpoints are bound.
 pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let narrowed =
+        secrets::create_private_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    if narrowed {
+        warn!(dir = %config.data_dir.display(), "data directory was open to group or others; now mode 0700");
+    }
     let pki_dir = config.pki_dir();
     if !pki_dir.join("ca.pem").exists() {
         let opts = pki::InitOptions {

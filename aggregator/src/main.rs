@@ -82,6 +82,8 @@ enum PkiCommand {
     IssueAgent(cmd::pki::IssueAgentArgs),
     /// Revoke an agent certificate: refused at its next handshake, live connections closed within seconds.
     Revoke(cmd::pki::RevokeArgs),
+    /// List revoked agent certificates: serial, agent, when, who revoked and why (a table, or --json).
+    Revocations(cmd::pki::RevocationsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +147,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::Init(args)) => cmd::pki::pki_init(args, load()?),
         Command::Pki(PkiCommand::IssueAgent(args)) => cmd::pki::issue_agent(args, load()?),
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
+        Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,

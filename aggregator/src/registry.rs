@@ -29,6 +29,14 @@ pub const REGISTRY_PUB_FILE: &str = "registry.pub";
 pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 /// Most policy files in one bundle.
 pub const MAX_POLICIES: usize = 64;
+/// Longest validity a bundle may be signed with: ten years. Past it the signing date arithmetic would
+/// overflow for values an operator can type (1e12 seconds is ~31,700 years).
+pub const MAX_VALIDITY_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// Largest `max_offline_seconds`: 2^53 - 1, the bundle format's bound for every integer of the manifest
+/// (the largest integer every JSON reader, JavaScript's included, reads exactly).
+pub const MAX_OFFLINE_SECONDS: u64 = gait_bundle::MAX_SAFE_INTEGER;
+/// How often a publish is retried when another replica took the epoch it computed.
+const EPOCH_ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -36,6 +44,14 @@ pub enum RegistryError {
     Key { path: PathBuf, message: String },
     #[error("invalid publish request: {0}")]
     Invalid(String),
+    /// A publish field (or the configured default standing in for it) is out of its range.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field, as named in the publish request.
+        field: &'static str,
+        /// What is wrong and the accepted range.
+        message: String,
+    },
     #[error("policy {name} is not a valid Gait policy: {message}")]
     Policy { name: String, message: String },
     #[error("signing the bundle failed: {0}")]
@@ -47,7 +63,10 @@ pub enum RegistryError {
 impl RegistryError {
     /// Whether the caller sent something wrong (as opposed to a server-side failure).
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Self::Invalid(_) | Self::Policy { .. })
+        matches!(
+            self,
+            Self::Invalid(_) | Self::Field { .. } | Self::Policy { .. }
+        )
     }
 }
 
@@ -100,6 +119,9 @@ pub struct Registry {
     key: SigningKey,
     defaults: BundleDefaults,
     hub: Hub,
+    /// One lock per scope, held from reading the latest epoch to storing the next, so publishes to one scope
+    /// through this replica take consecutive epochs instead of racing for the same one.
+    publishing: Mutex<HashMap<Tenant, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -115,6 +137,7 @@ impl Registry {
             key,
             defaults,
             hub: Hub::default(),
+            publishing: Mutex::default(),
             metrics,
         }
     }
@@ -160,24 +183,57 @@ impl Registry {
         req: PublishRequest,
     ) -> Result<Published, RegistryError> {
         validate_policies(&req.policies)?;
-        // Two concurrent publishes may race for the same epoch; the store refuses the loser, which retries once.
-        for attempt in 0..3 {
+        let validity = req.validity.unwrap_or(self.defaults.validity);
+        if validity.is_zero() || validity.as_secs() > MAX_VALIDITY_SECONDS {
+            return Err(RegistryError::Field {
+                field: "validity_seconds",
+                message: format!(
+                    "{} is out of range 1..={MAX_VALIDITY_SECONDS} (ten years)",
+                    validity.as_secs()
+                ),
+            });
+        }
+        let max_offline_seconds = req
+            .max_offline_seconds
+            .unwrap_or(self.defaults.max_offline_seconds);
+        if max_offline_seconds > MAX_OFFLINE_SECONDS {
+            return Err(RegistryError::Field {
+                field: "max_offline_seconds",
+                message: format!(
+                    "{max_offline_seconds} is out of range 0..={MAX_OFFLINE_SECONDS} (2^53 - 1)"
+                ),
+            });
+        }
+        // Publishes to one scope through this replica are serialised, so each reads the epoch the previous
+        // one stored. Another replica sharing the database can still take an epoch first: the store refuses
+        // the loser with `EpochConflict` and it computes the next one again.
+        let scope_lock = self.scope_lock(tenant);
+        let _serialised = scope_lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let latest = self.store.latest_bundle(tenant).await?;
             let (epoch, parent) = match &latest {
                 Some(b) => (b.epoch + 1, Some(b.digest.clone())),
                 None => (1, None),
             };
             let now = crate::clock::now_utc();
-            let validity = req.validity.unwrap_or(self.defaults.validity);
-            let not_after = now + validity;
+            let not_after = time::Duration::try_from(validity)
+                .ok()
+                .and_then(|v| now.checked_add(v))
+                .ok_or_else(|| RegistryError::Field {
+                    field: "validity_seconds",
+                    message: format!(
+                        "{} seconds from now is past the year 9999",
+                        validity.as_secs()
+                    ),
+                })?;
             let mut builder =
                 BundleBuilder::new(scope_of(tenant)?, epoch, not_after.unix_timestamp());
             builder
                 .created_at(now.unix_timestamp())
                 .staleness(Staleness {
-                    max_offline_seconds: req
-                        .max_offline_seconds
-                        .unwrap_or(self.defaults.max_offline_seconds),
+                    max_offline_seconds,
                     on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
                 });
             if let Some(p) = &parent {
@@ -205,7 +261,7 @@ impl Registry {
                 .await
             {
                 Ok(()) => {}
-                Err(StoreError::EpochConflict { .. }) if attempt < 2 => continue,
+                Err(StoreError::EpochConflict { .. }) if attempt < EPOCH_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
             self.metrics.inc(metrics::BUNDLES_PUBLISHED, 1);
@@ -231,9 +287,12 @@ impl Registry {
                 policies: req.policies.keys().cloned().collect(),
             });
         }
-        Err(RegistryError::Invalid(
-            "concurrent publishes kept conflicting; retry".into(),
-        ))
+    }
+
+    /// The publish lock of `tenant`'s scope.
+    fn scope_lock(&self, tenant: &Tenant) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(tenant.clone()).or_default().clone()
     }
 
     /// The newest bundle of a scope, from the hub when known, else from the store.

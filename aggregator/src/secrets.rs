@@ -55,6 +55,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> std::io::Resul
     result
 }
 
+/// Creates `dir` and its missing parents with mode 0700, and narrows an existing `dir` that its group or
+/// others may read or enter (older builds made the data directory 0755) to 0700. Returns whether an
+/// existing directory was narrowed, so the caller can say so.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<bool> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// A random 32-byte secret in `path`, created (0600, atomically) if the file does not exist. A file of any
 /// other length is an error naming the fix.
 pub fn load_or_create_32(path: &Path) -> std::io::Result<[u8; 32]> {
@@ -97,6 +121,21 @@ mod tests {
         }
         let leftovers = fs::read_dir(dir.path()).expect("ls").count();
         assert_eq!(leftovers, 1, "temp file left behind");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_dirs_are_created_0700_and_an_open_one_is_narrowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("a").join("data");
+        assert!(!create_private_dir(&dir).expect("create"));
+        assert_eq!(mode(&dir), 0o700);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(create_private_dir(&dir).expect("narrow"));
+        assert_eq!(mode(&dir), 0o700);
+        assert!(!create_private_dir(&dir).expect("again"));
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl RunningAggregator {
             cert_serial,
             agent: agent.clone(),
             reason: "revoked by the test".into(),
+            revoked_by: "gait-testkit".into(),
         };
         self.store()
             .revoke(&revocation, gait_aggregator::clock::unix_ms())

@@ -1,13 +1,14 @@
 //! `/v1/orgs/{org}/agents`: the fleet inventory, paged with a cursor.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use gait_store::{AgentFilter, AgentPosition, Env, MAX_AGENT_PAGE, Org, Project};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, RequestError};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct AgentQuery {
@@ -22,9 +23,10 @@ pub(super) struct AgentQuery {
 pub(super) async fn list_agents(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    Query(q): Query<AgentQuery>,
+    query: Result<Query<AgentQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let org: Org = super::ident("org", org)?;
+    let Query(q) = query.map_err(RequestError::Query)?;
     let project: Option<Project> = q.project.map(|p| super::ident("project", p)).transpose()?;
     let env: Option<Env> = q.env.map(|e| super::ident("env", e)).transpose()?;
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {

@@ -20,13 +20,13 @@ use crate::registry::PublishRequest;
 pub struct PublishBody {
     /// Policy file name -> Gait policy YAML.
     pub policies: BTreeMap<String, String>,
-    /// Seconds an agent may enforce without contact before it counts as stale.
+    /// Seconds an agent may enforce without contact before it counts as stale (at most 2^53 - 1).
     #[serde(default)]
     pub max_offline_seconds: Option<u64>,
     /// `keep` or `fail_closed`.
     #[serde(default)]
     pub on_stale: Option<String>,
-    /// Seconds the bundle may be activated after signing.
+    /// Seconds the bundle may be activated after signing (1 to ten years).
     #[serde(default)]
     pub validity_seconds: Option<u64>,
 }
@@ -48,11 +48,6 @@ pub(super) async fn publish(
             )));
         }
     };
-    if body.validity_seconds == Some(0) {
-        return Err(ApiError::bad_request(
-            "validity_seconds: must be at least 1",
-        ));
-    }
     let req = PublishRequest {
         policies: body.policies,
         max_offline_seconds: body.max_offline_seconds,

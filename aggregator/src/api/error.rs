@@ -18,7 +18,7 @@
 //! | 503    | `unavailable`            | a transient server-side failure (database busy or unreachable)   |
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gait_store::StoreError;
@@ -36,6 +36,9 @@ pub enum RequestError {
     /// The JSON body could not be read: too large, wrong content type, malformed or not the schema.
     #[error("request body: {}", .0.body_text())]
     Body(#[source] JsonRejection),
+    /// The query string could not be read: a parameter of the wrong type (`?limit=abc`) or out of its range.
+    #[error("query string: {}", .0.body_text())]
+    Query(#[source] QueryRejection),
     /// A query or body field has a value the API refuses.
     #[error("{field}: {message}")]
     Field {
@@ -133,7 +136,9 @@ impl From<RequestError> for ApiError {
                 ),
                 _ => Self::bad_request(message),
             },
-            RequestError::Identifier(_) | RequestError::Field { .. } => Self::bad_request(message),
+            RequestError::Identifier(_) | RequestError::Query(_) | RequestError::Field { .. } => {
+                Self::bad_request(message)
+            }
         }
     }
 }
@@ -165,6 +170,7 @@ impl From<RegistryError> for ApiError {
                 "invalid_policy",
                 err.to_string(),
             ),
+            RegistryError::Field { .. } => Self::bad_request(err.to_string()),
             RegistryError::Store(store) => store.into(),
             RegistryError::Key { .. } | RegistryError::Sign(_) => Self::internal(err),
         }

@@ -1,13 +1,14 @@
 //! `/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/{records,gaps}`: what an agent shipped.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use gait_store::{AgentId, AgentKey};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, tenant};
+use super::{ApiError, AppState, RequestError, tenant};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RecordQuery {
@@ -24,10 +25,17 @@ fn default_limit() -> u32 {
 pub(super) async fn agent_records(
     State(state): State<AppState>,
     Path((org, project, env, agent_id)): Path<(String, String, String, String)>,
-    Query(q): Query<RecordQuery>,
+    query: Result<Query<RecordQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(org, project, env)?;
     let agent_id: AgentId = super::ident("agent_id", agent_id)?;
+    let Query(q) = query.map_err(RequestError::Query)?;
+    if i64::try_from(q.after).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "after: {} is out of range; seqs are below 2^63 (9223372036854775808)",
+            q.after
+        )));
+    }
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
     }

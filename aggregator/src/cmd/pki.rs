@@ -1,5 +1,6 @@
-//! `gait-aggregator pki`: create the deployment CA, issue agent certificates, revoke them. Every one reads the
-//! data directory (and, for `revoke`, the database) from the same configuration as `serve`.
+//! `gait-aggregator pki`: create the deployment CA, issue agent certificates, revoke them and list the
+//! revocations. Every one reads the data directory (and, for `revoke` and `revocations`, the database) from
+//! the same configuration as `serve`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
 use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
-use gait_store::{Revocation, Store};
+use gait_store::{Revocation, Store, StoredRevocation};
 
 use super::DataArgs;
 use gait_aggregator::pki::identity::AgentToIssue;
@@ -99,6 +100,16 @@ pub struct RevokeArgs {
     pub json: bool,
 }
 
+/// Flags of `pki revocations`.
+#[derive(Args, Debug)]
+pub struct RevocationsArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the revocations as a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Creates the CA and server certificate under `<data_dir>/pki`.
 pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.data_dir {
@@ -133,6 +144,8 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
         Tenant::new(args.org.clone(), args.project.clone(), args.env.clone()),
         args.agent_id.clone(),
     ));
+    // Checked before anything is issued: a bad address must not leave a certificate behind.
+    let server_name = server_name_of(&args.aggregator_address)?;
     let issued = pki::issue_agent(&pki_dir, &id, &args.out, Validity::days(args.days))?;
     let registry_pub = data_dir.join("keys").join(REGISTRY_PUB_FILE);
     let trust_line = if registry_pub.exists() {
@@ -142,7 +155,7 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     } else {
         false
     };
-    let yaml = agent_yaml(&args.aggregator_address);
+    let yaml = agent_yaml(&args.aggregator_address, &server_name);
     let yaml_path = args.out.join("agent.yaml");
     std::fs::write(&yaml_path, yaml).with_context(|| format!("writing {}", yaml_path.display()))?;
     if args.json {
@@ -181,11 +194,38 @@ pub fn issue_agent(args: IssueAgentArgs, config: Config) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn agent_yaml(address: &str) -> String {
+/// The name the agent checks the aggregator's certificate against: the host of `host:port` (an IPv6 host in
+/// brackets), a DNS name or an IP address as written. The aggregator's certificate must carry it (`pki init
+/// --server-name`).
+fn server_name_of(address: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--aggregator-address {address:?}: {why}; give host:port as the agents dial it, e.g. \
+             fleet.example.com:7443, 10.0.0.5:7443 or [::1]:7443"
+        )
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?,
+        None if host.contains(':') => return Err(bad("put an IPv6 host in brackets")),
+        None => host,
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(bad("the port is not 1-65535"));
+    }
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    rustls::pki_types::ServerName::try_from(host)
+        .map_err(|_| bad("the host is neither a DNS name nor an IP address"))?;
+    Ok(host.to_owned())
+}
+
+fn agent_yaml(address: &str, server_name: &str) -> String {
     format!(
         "# gait-agent configuration written by `gait-aggregator pki issue-agent`.\n\
          # Paths are relative to this file.\n\
-         aggregator:\n  address: \"{address}\"\n  server_name: localhost\n\
+         aggregator:\n  address: \"{address}\"\n  server_name: \"{server_name}\"\n\
          tls:\n  ca: ca.pem\n  cert: agent.pem\n  key: agent.key\n\
          trust:\n  registry_public_keys:\n    - registry.pub\n\
          data_dir: data\n\
@@ -211,16 +251,8 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
         (None, None, None, None) => None,
         _ => bail!("name the agent with all four of --org, --project, --env and --agent-id"),
     };
-    // An operator command must never invent a database: a revocation written into a fresh SQLite file
-    // would report success while the server (on PostgreSQL, or another data directory) never sees it.
-    if config.database.url.is_none() && !config.sqlite_path().exists() {
-        bail!(
-            "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \
-             --data-dir / --database-url",
-            config.sqlite_path().display()
-        );
-    }
-    let store = Store::connect(&config.effective_database_url()).await?;
+    let revoked_by = operator()?;
+    let store = open_existing_store(&config).await?;
     let (serial, agent) = match (from_cert, args.serial) {
         (Some(found), _) => found,
         (None, Some(serial)) => {
@@ -235,6 +267,7 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
                 cert_serial: serial.clone(),
                 agent: agent.clone(),
                 reason: args.reason.clone(),
+                revoked_by: revoked_by.clone(),
             },
             unix_ms(),
         )
@@ -246,14 +279,126 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
             serde_json::json!({
                 "serial": serial, "org": agent.tenant.org, "project": agent.tenant.project,
                 "env": agent.tenant.env, "agent_id": agent.agent_id, "reason": args.reason,
+                "revoked_by": revoked_by,
             })
         );
     } else {
         gait_runtime::outln!(
-            "revoked certificate serial {serial} of agent {agent}; running aggregators refuse it within seconds"
+            "revoked certificate serial {serial} of agent {agent} (by {revoked_by}); running aggregators refuse \
+             it within seconds"
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists every revocation: serial, agent, reason, who revoked and when; a table, or JSON with `--json`.
+pub async fn revocations(args: RevocationsArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let config = args.data.apply(config)?;
+    let store = open_existing_store(&config).await?;
+    let listed = store.revocations().await;
+    store.close().await;
+    let listed = listed?;
+    if args.json {
+        let rows: Vec<_> = listed.iter().map(revocation_json).collect();
+        gait_runtime::outln!("{}", serde_json::Value::Array(rows));
+    } else {
+        gait_runtime::outln!("{}", revocation_table(&listed).trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One revocation as a flat JSON object (the agent's four identifiers as their own fields).
+fn revocation_json(r: &StoredRevocation) -> serde_json::Value {
+    serde_json::json!({
+        "serial": r.cert_serial,
+        "org": r.agent.tenant.org,
+        "project": r.agent.tenant.project,
+        "env": r.agent.tenant.env,
+        "agent_id": r.agent.agent_id,
+        "reason": r.reason,
+        "revoked_by": r.revoked_by,
+        "revoked_unix_ms": r.revoked_unix_ms,
+        "revoked_at": rfc3339(r.revoked_unix_ms),
+    })
+}
+
+/// The revocations as an aligned table with a header; a note instead when there are none.
+fn revocation_table(listed: &[StoredRevocation]) -> String {
+    if listed.is_empty() {
+        return "no certificate has been revoked\n".to_owned();
+    }
+    let header = ["SERIAL", "AGENT", "REVOKED AT", "REVOKED BY", "REASON"].map(String::from);
+    let rows: Vec<[String; 5]> = listed
+        .iter()
+        .map(|r| {
+            [
+                r.cert_serial.to_string(),
+                r.agent.to_string(),
+                rfc3339(r.revoked_unix_ms),
+                r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
+                r.reason.escape_debug().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Unix milliseconds as RFC 3339 (UTC); the raw number when it is out of the calendar's range.
+fn rfc3339(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
+}
+
+/// The operator running this command, recorded as who revoked: `$USER` (or `$LOGNAME`), else the numeric uid
+/// of this process (`uid:<n>`, the owner of `/proc/self`).
+fn operator() -> anyhow::Result<String> {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.trim().is_empty()
+        {
+            return Ok(name);
+        }
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self")
+        .context("neither USER nor LOGNAME is set and /proc/self cannot be read to find the uid")?
+        .uid();
+    Ok(format!("uid:{uid}"))
+}
+
+/// Opens the database the server uses. An operator command must never invent a database: a revocation
+/// written into a fresh SQLite file would report success while the server (on PostgreSQL, or another data
+/// directory) never sees it.
+async fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
+    if config.database.url.is_none() && !config.sqlite_path().exists() {
+        bail!(
+            "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \
+             --data-dir / --database-url",
+            config.sqlite_path().display()
+        );
+    }
+    Ok(Store::connect(&config.effective_database_url()).await?)
 }
 
 /// Whose certificate `serial` is: the agent named on the command line (checked against what the store saw),

@@ -63,6 +63,13 @@ pub enum StoreError {
     /// The agent has no row yet: call `agent_connected` first.
     #[error("unknown agent {agent}: agent_connected must run before this operation")]
     UnknownAgent { agent: String },
+    /// A database file could not be created private or narrowed to mode 0600.
+    #[error("cannot make {path} private to this user (mode 0600): {source}")]
+    Permissions {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A stored row holds a value the store never writes (edited by hand, or a bug).
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
@@ -86,6 +93,7 @@ impl StoreError {
             | Self::InvalidRecord { .. }
             | Self::InvalidRecordField { .. }
             | Self::UnknownAgent { .. }
+            | Self::Permissions { .. }
             | Self::Corrupt { .. } => false,
         }
     }

@@ -37,6 +37,7 @@ pub use model::{
     BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
     MAX_BATCH_RECORDS, MAX_LABEL_BYTES, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES,
     MAX_TEXT_BYTES, NewRecord, Refusal, RefusedRecord, Revocation, StoredBundle, StoredRecord,
+    StoredRevocation,
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
@@ -352,5 +353,10 @@ impl Store {
     /// Every revoked serial, sorted by its canonical text.
     pub async fn revoked_serials(&self) -> Result<Vec<CertSerial>, StoreError> {
         on_conn!(self, |conn| revocations::serials(conn))
+    }
+
+    /// Every revocation with its agent, reason, operator and time, oldest first.
+    pub async fn revocations(&self) -> Result<Vec<StoredRevocation>, StoreError> {
+        on_conn!(self, |conn| revocations::list(conn))
     }
 }

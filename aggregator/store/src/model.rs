@@ -317,7 +317,25 @@ pub struct Revocation {
     /// The agent the certificate belongs to: every stored row is tenancy-scoped, so an operator revoking a bare
     /// serial must name (or let the store find) its agent.
     pub agent: AgentKey,
+    /// Why the certificate was revoked, as the operator gave it.
     pub reason: String,
+    /// Who revoked it (the operator's OS user for `pki revoke`); must not be empty.
+    pub revoked_by: String,
+}
+
+/// A revocation as stored: what was revoked, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRevocation {
+    /// The revoked certificate's serial.
+    pub cert_serial: CertSerial,
+    /// The agent the certificate belongs to.
+    pub agent: AgentKey,
+    /// Why the certificate was revoked.
+    pub reason: String,
+    /// Who revoked it; `None` for a revocation recorded before the store kept that.
+    pub revoked_by: Option<String>,
+    /// When it was recorded (Unix milliseconds).
+    pub revoked_unix_ms: i64,
 }
 
 fn hex_bytes<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {

@@ -9,6 +9,11 @@
 //! for 100-record batches, and no clear difference for 1,000-record batches (~68-80k/s, CPU-bound), so agents
 //! should send large batches.
 //!
+//! File modes: the database holds every agent's records, so the database file and its `-wal` and `-shm`
+//! files are private to the aggregator's user (0600). The file is created 0600 before SQLite opens it (SQLite
+//! gives the `-wal` and `-shm` files it creates the database file's mode), and files an older build left
+//! readable by others are narrowed to 0600 on open.
+//!
 //! Concurrency: write transactions start with `BEGIN IMMEDIATE`, so they take the write lock up front and wait
 //! on `busy_timeout` instead of failing with SQLITE_BUSY when they upgrade from a read; readers never block the
 //! writer in WAL mode.
@@ -67,6 +72,55 @@ static INSERT_RECORDS_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Makes the database at `path` and its `-wal` and `-shm` files private (0600): creates the database file
+/// with that mode when `create` and it is missing (a missing directory is left for SQLite to report), and
+/// narrows any of the three that its group or others may access.
+fn make_private(path: &Path, create: bool) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let fail = |path: &Path, source| StoreError::Permissions {
+            path: path.to_path_buf(),
+            source,
+        };
+        if create {
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            match created {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound
+                    ) => {}
+                Err(e) => return Err(fail(path, e)),
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            let mode = match std::fs::metadata(&file) {
+                Ok(meta) => meta.permissions().mode(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(&file, e)),
+            };
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&file, e))?;
+                tracing::warn!(path = %file.display(), was = format!("{:o}", mode & 0o777),
+                    "database file was open to group or others; now mode 0600");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, create);
+    Ok(())
+}
+
 /// The SQLite backend. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -105,6 +159,8 @@ impl SqliteStore {
     }
 
     async fn open(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let path = options.get_filename().to_path_buf();
+        make_private(&path, true)?;
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -126,6 +182,7 @@ impl SqliteStore {
                 backend: "sqlite",
                 source,
             })?;
+        make_private(&path, false)?;
         Ok(Self { pool })
     }
 

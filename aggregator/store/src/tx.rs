@@ -187,4 +187,9 @@ impl StoreTx {
     pub async fn revoked_serials(&mut self) -> Result<Vec<crate::CertSerial>, StoreError> {
         revocations::serials(self.tx.conn()).await
     }
+
+    /// See [`crate::Store::revocations`].
+    pub async fn revocations(&mut self) -> Result<Vec<crate::StoredRevocation>, StoreError> {
+        revocations::list(self.tx.conn()).await
+    }
 }

@@ -660,6 +660,7 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
         cert_serial: id("0A:BC:DE"),
         agent: key("acme", "agent-1"),
         reason: "key compromise".into(),
+        revoked_by: "alice".into(),
     };
     store.revoke(&rev, NOW).await?;
     store
@@ -686,6 +687,55 @@ async fn revocations_are_normalised_and_idempotent(db: &TestStore) -> Result<()>
     );
     // A non-hex serial cannot even be built: the store only ever sees canonical serials.
     ensure!("zz".parse::<CertSerial>().is_err());
+    // The listing keeps the first record of each serial: agent, reason, operator and time.
+    let listed = store.revocations().await?;
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|r| {
+            (
+                r.cert_serial.as_str().to_owned(),
+                r.agent.to_string(),
+                r.reason.as_str(),
+                r.revoked_by.as_deref(),
+                r.revoked_unix_ms,
+            )
+        })
+        .collect();
+    ensure!(
+        summary
+            == vec![
+                (
+                    "01".to_owned(),
+                    rev.agent.to_string(),
+                    "key compromise",
+                    Some("alice"),
+                    NOW
+                ),
+                (
+                    "0abcde".to_owned(),
+                    rev.agent.to_string(),
+                    "key compromise",
+                    Some("alice"),
+                    NOW
+                ),
+            ],
+        "{summary:?}"
+    );
+    // Who revoked is required.
+    let anonymous = store
+        .revoke(
+            &Revocation {
+                cert_serial: id("02"),
+                revoked_by: " ".into(),
+                ..rev.clone()
+            },
+            NOW,
+        )
+        .await;
+    ensure!(
+        matches!(&anonymous, Err(StoreError::InvalidInput { field, .. }) if field == "revocation.revoked_by"),
+        "{anonymous:?}"
+    );
     Ok(())
 }
 
@@ -1119,6 +1169,7 @@ async fn a_transaction_with_borrows_runs_in_a_spawned_task() -> Result<()> {
             cert_serial: id("0a"),
             agent: key("acme", "a1"),
             reason: "test".into(),
+            revoked_by: "test".into(),
         };
         store
             .transaction(async |tx| {
@@ -1136,6 +1187,7 @@ fn revocation(serial: &str) -> Revocation {
         cert_serial: id(serial),
         agent: key("acme", "agent-1"),
         reason: "key compromise".into(),
+        revoked_by: "test".into(),
     }
 }
 
