@@ -65,7 +65,9 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
     // The agent says why, once, at ERROR with what to do — not a WARN per redial.
     let refusals = |log: &str| {
         log.lines()
-            .filter(|l| l.contains("ERROR") && l.contains("REVOKED") && l.contains("pki issue-agent"))
+            .filter(|l| {
+                l.contains("ERROR") && l.contains("REVOKED") && l.contains("pki issue-agent")
+            })
             .count()
     };
     wait_for(PATIENCE, "the agent logs the revocation at ERROR", || {
