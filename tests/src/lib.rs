@@ -307,6 +307,11 @@ impl Aggregator {
     }
 
     /// Every committed record of one agent.
+    /// The running aggregator's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn records(
         &self,
         org: &str,

@@ -318,6 +318,21 @@ impl Store {
         on_conn!(self, |conn| records::page(conn, key, after_seq, limit))
     }
 
+    /// Up to `limit` records after `after_seq` whose payloads fit in `max_bytes` (at least one record when any
+    /// is there), streamed from the database so a page of large records never sits in memory whole; the flag
+    /// is true when the byte budget ended the page. Page on by passing the last seq returned.
+    pub async fn records_within(
+        &self,
+        key: &AgentKey,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredRecord>, bool), StoreError> {
+        on_conn!(self, |conn| records::page_within(
+            conn, key, after_seq, limit, max_bytes
+        ))
+    }
+
     /// The agent's recorded gaps, by first seq.
     pub async fn gaps(&self, key: &AgentKey) -> Result<Vec<GapRow>, StoreError> {
         on_conn!(self, |conn| records::gaps(conn, key))

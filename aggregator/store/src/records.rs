@@ -252,3 +252,48 @@ pub(crate) async fn refusals(
         found.iter().map(rows::refused_row).collect()
     })
 }
+
+/// Like [`page`], but stops once the payloads returned reach `max_bytes` (the first record is always returned,
+/// whatever its size): the rows are streamed from the database and the rest of the page is never read, so a
+/// listing of large records holds at most `max_bytes` plus one record of payload in memory. The flag says
+/// whether the byte budget (not `limit` or the end of the stream) ended the page.
+pub(crate) async fn page_within(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    after_seq: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<(Vec<StoredRecord>, bool), StoreError> {
+    use futures_util::TryStreamExt as _;
+    const SQL: &str = concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM records",
+        agent_where!(),
+        " AND seq > $5 ORDER BY seq LIMIT $6"
+    );
+    let after = to_i64("after_seq", after_seq)?;
+    let limit = limit.min(MAX_RECORDS_PAGE);
+    if limit == 0 {
+        return Ok((Vec::new(), false));
+    }
+    db_run!(conn, |c| {
+        let mut rows = bind_key(sqlx::query(SQL), key)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch(&mut *c);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut = false;
+        while let Some(row) = rows.try_next().await.map_err(db("records"))? {
+            let record = rows::record_row(&row)?;
+            if !out.is_empty() && bytes.saturating_add(record.payload.len()) > max_bytes {
+                cut = true;
+                break;
+            }
+            bytes = bytes.saturating_add(record.payload.len());
+            out.push(record);
+        }
+        Ok((out, cut))
+    })
+}

@@ -146,6 +146,7 @@ gait_store::store_tests!(
     tenants_are_isolated,
     revocations_are_normalised_and_idempotent,
     agents_are_found_by_their_certificate_serial,
+    record_pages_end_at_their_byte_budget,
     a_batch_of_5000_records_commits_in_one_call,
     operations_on_an_unknown_agent_are_refused,
     invalid_input_is_refused_before_any_write,
@@ -757,6 +758,40 @@ async fn agents_are_found_by_their_certificate_serial(db: &TestStore) -> Result<
             .is_empty()
     );
     ensure!(store.agents_with_cert_serial(&id("77")).await?.len() == 1);
+    Ok(())
+}
+
+async fn record_pages_end_at_their_byte_budget(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    let mut batch = chain(1, 10, 1);
+    for r in &mut batch {
+        r.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(90)).into_bytes(); // 101 bytes each
+    }
+    store.commit_batch(&k, &batch, NOW).await?;
+    let seqs = |page: &[gait_store::StoredRecord]| page.iter().map(|r| r.seq).collect::<Vec<_>>();
+
+    // 350 bytes hold three records of 101; the fourth would pass the budget, so the page ends there.
+    let (page, cut) = store.records_within(&k, 0, 100, 350).await?;
+    ensure!(
+        seqs(&page) == [1, 2, 3] && cut,
+        "{:?} cut={cut}",
+        seqs(&page)
+    );
+    // The count limit ends a page before the budget: not cut.
+    let (page, cut) = store.records_within(&k, 3, 2, 10_000).await?;
+    ensure!(seqs(&page) == [4, 5] && !cut, "{:?} cut={cut}", seqs(&page));
+    // A record larger than the whole budget still comes, alone, so paging always advances.
+    let (page, cut) = store.records_within(&k, 5, 100, 10).await?;
+    ensure!(seqs(&page) == [6] && cut, "{:?} cut={cut}", seqs(&page));
+    // The end of the stream: not cut.
+    let (page, cut) = store.records_within(&k, 6, 100, 1 << 20).await?;
+    ensure!(
+        seqs(&page) == [7, 8, 9, 10] && !cut,
+        "{:?} cut={cut}",
+        seqs(&page)
+    );
     Ok(())
 }
 
