@@ -261,6 +261,20 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         };
         pki::init(&pki_dir, &opts)?;
         info!(dir = %pki_dir.display(), "PKI created (first start)");
+    } else {
+        // The server certificate was made earlier: names configured since are not in it, and agents dialling
+        // them would fail to verify it. Said loudly, with the remedy that keeps the CA (and every agent).
+        let covered = pki::server_cert_names(&pki_dir)?;
+        let missing = pki::uncovered_server_names(&covered, &config.server_names);
+        if !missing.is_empty() {
+            warn!(
+                missing = %missing.join(", "),
+                covered = %covered.join(", "),
+                "the server certificate does not cover every configured server name; agents dialling those \
+                 names will refuse it. Re-issue it under the same CA: gait-aggregator pki reissue-server \
+                 --server-name <name>... (then restart)"
+            );
+        }
     }
     let store = Store::connect(&config.effective_database_url()).await?;
     let metrics = Arc::new(Metrics::new());

@@ -80,6 +80,8 @@ enum PkiCommand {
     Init(cmd::pki::PkiInitArgs),
     /// Issue an agent client certificate carrying its org/project/env/agent id, plus a ready agent.yaml.
     IssueAgent(cmd::pki::IssueAgentArgs),
+    /// Re-issue the server certificate for new server names under the same CA (agents keep working).
+    ReissueServer(cmd::pki::ReissueServerArgs),
     /// Revoke an agent certificate: refused at its next handshake, live connections closed within seconds.
     Revoke(cmd::pki::RevokeArgs),
     /// List revoked agent certificates: serial, agent, when, who revoked and why (a table, or --json).
@@ -146,6 +148,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         }
         Command::Pki(PkiCommand::Init(args)) => cmd::pki::pki_init(args, load()?),
         Command::Pki(PkiCommand::IssueAgent(args)) => cmd::pki::issue_agent(args, load()?),
+        Command::Pki(PkiCommand::ReissueServer(args)) => cmd::pki::reissue_server(args, load()?),
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,

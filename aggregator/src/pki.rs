@@ -26,7 +26,10 @@ mod issue;
 pub mod pem;
 pub mod revocation;
 
-pub use ca::{InitOptions, InitReport, init, trust_domain};
+pub use ca::{
+    InitOptions, InitReport, ReissuedServer, init, reissue_server, server_cert_names, trust_domain,
+    uncovered_server_names,
+};
 pub use issue::{IssuedAgent, Validity, cert_agent, cert_serial_hex, issue_agent};
 
 use crate::secrets::{self, Access};

@@ -35,6 +35,24 @@ pub struct PkiInitArgs {
     pub force: bool,
 }
 
+/// Flags of `pki reissue-server`.
+#[derive(Args, Debug)]
+pub struct ReissueServerArgs {
+    /// Data directory holding pki/ [key: data_dir, env: GAIT_DATA_DIR, default: ./gait-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// DNS names / IPs agents use to reach the aggregator (repeatable); the new certificate covers exactly these
+    /// [key: pki.server_names, default: localhost, 127.0.0.1].
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// Certificate lifetime in days.
+    #[arg(long, default_value_t = 825)]
+    pub days: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Flags of `pki issue-agent`.
 #[derive(Args, Debug)]
 pub struct IssueAgentArgs {
@@ -133,6 +151,41 @@ pub fn pki_init(args: PkiInitArgs, mut config: Config) -> anyhow::Result<ExitCod
     gait_runtime::outln!("CA created for trust domain {}", report.trust_domain);
     gait_runtime::outln!("  ca:     {}", report.ca_cert_path.display());
     gait_runtime::outln!("  server: {}", report.server_cert_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Re-issues the server certificate under the existing CA (agents keep working; restart the server to use it).
+pub fn reissue_server(args: ReissueServerArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if !args.server_names.is_empty() {
+        config.pki.server_names = args.server_names;
+    }
+    config.validate()?;
+    let dir = config.data_dir.join("pki");
+    let before = pki::server_cert_names(&dir).unwrap_or_default();
+    let issued = pki::reissue_server(&dir, &config.pki.server_names, args.days)?;
+    if args.json {
+        gait_runtime::outln!(
+            "{}",
+            serde_json::json!({
+                "cert": issued.cert_path, "server_names": issued.server_names, "previous_server_names": before,
+                "serial": issued.serial_hex, "not_after": issued.not_after.unix_timestamp(),
+            })
+        );
+    } else {
+        gait_runtime::outln!(
+            "server certificate re-issued under the same CA: {}",
+            issued.cert_path.display()
+        );
+        gait_runtime::outln!("  names  {}", issued.server_names.join(", "));
+        gait_runtime::outln!("  was    {}", before.join(", "));
+        gait_runtime::outln!("  serial {}", issued.serial_hex);
+        gait_runtime::outln!(
+            "  agents keep their certificates; restart `gait-aggregator serve` to serve the new one"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,8 +26,9 @@ pub struct ServeArgs {
     /// GAIT_HTTP_LISTEN, default: 127.0.0.1:7080].
     #[arg(long)]
     pub http_listen: Option<SocketAddr>,
-    /// DNS names / IPs for the server certificate when the CA is created on first start (repeatable) [key:
-    /// pki.server_names, default: localhost, 127.0.0.1].
+    /// DNS names / IPs for the server certificate when the CA is created on first start (repeatable); on a
+    /// later start a name the certificate lacks is reported at WARN (`pki reissue-server` adds it under the same
+    /// CA) [key: pki.server_names, default: localhost, 127.0.0.1].
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
     /// Kernel receive/send buffer for the QUIC UDP socket, in bytes. A large buffer keeps handshakes from being

@@ -159,6 +159,117 @@ pub fn trust_domain(dir: &Path) -> Result<String, PkiError> {
     identity::ca_trust_domain(&ca_der).ok_or(PkiError::NoTrustDomain { path: ca_cert_path })
 }
 
+/// A server certificate written by [`reissue_server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReissuedServer {
+    /// `dir/server.pem`.
+    pub cert_path: PathBuf,
+    /// The names it covers.
+    pub server_names: Vec<String>,
+    /// Its serial (canonical hex).
+    pub serial_hex: String,
+    /// Its expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// Issues a new server certificate (and key) for `server_names` under the existing CA in `dir`, replacing
+/// `server.pem`/`server.key` atomically. The CA is untouched, so every agent keeps trusting the aggregator;
+/// a running aggregator serves the new certificate from its next start.
+pub fn reissue_server(
+    dir: &Path,
+    server_names: &[String],
+    validity_days: u32,
+) -> Result<ReissuedServer, PkiError> {
+    let sans = server_sans(server_names)?;
+    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
+    let ca_key_path = existing(dir, CA_KEY_FILE)?;
+    let ca_der = first_cert(&ca_cert_path)?;
+    let ca_key = load_key_pair(&ca_key_path)?;
+    check_key_matches(&ca_cert_path, &ca_der, &ca_key_path, &ca_key)?;
+    let issuer = Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key).map_err(|e| {
+        PkiError::BadCertificate {
+            path: ca_cert_path.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    let validity = Validity::days(validity_days);
+    validity.check()?;
+    let server_key = generate_key("server key")?;
+    let mut params = leaf_params("gait-aggregator", validity)?;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serial_hex = serial_hex_of(&params);
+    let cert = params
+        .signed_by(&server_key, &issuer)
+        .map_err(|source| PkiError::Generate {
+            what: "server certificate",
+            source,
+        })?;
+    let cert_path = dir.join(SERVER_CERT_FILE);
+    // The key first: a crash between the two writes leaves the old certificate with a key that does not match
+    // it, which the server refuses at start with a message naming both files (never a silent mix-up).
+    write_atomic(
+        &dir.join(SERVER_KEY_FILE),
+        server_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
+    Ok(ReissuedServer {
+        cert_path,
+        server_names: server_names.to_vec(),
+        serial_hex,
+        not_after: validity.not_after,
+    })
+}
+
+/// The DNS names and IP addresses the server certificate in `dir` covers, as text.
+pub fn server_cert_names(dir: &Path) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::FromDer as _;
+    let path = existing(dir, SERVER_CERT_FILE)?;
+    let der = first_cert(&path)?;
+    let bad = |detail: String| PkiError::BadCertificate {
+        path: path.clone(),
+        detail,
+    };
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+        .map_err(|e| bad(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The configured names a server certificate does not cover (DNS names compared case-insensitively, IPs by
+/// value).
+pub fn uncovered_server_names(covered: &[String], wanted: &[String]) -> Vec<String> {
+    let same = |a: &str, b: &str| match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a.eq_ignore_ascii_case(b),
+    };
+    wanted
+        .iter()
+        .filter(|w| !covered.iter().any(|c| same(c, w)))
+        .cloned()
+        .collect()
+}
+
 fn server_sans(names: &[String]) -> Result<Vec<SanType>, PkiError> {
     if names.is_empty() {
         return Err(PkiError::NoServerNames);
@@ -205,6 +316,43 @@ fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reissuing_the_server_certificate_keeps_the_ca_and_covers_the_new_names()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("pki");
+        let report = init(&dir, &InitOptions::default())?;
+        let ca_before = fs::read(&report.ca_cert_path)?;
+        let ca_key_before = fs::read(&report.ca_key_path)?;
+        assert_eq!(server_cert_names(&dir)?, ["localhost", "127.0.0.1"]);
+        let names = vec!["agg.example.internal".to_owned(), "10.0.0.7".to_owned()];
+        let reissued = reissue_server(&dir, &names, 30)?;
+        assert_eq!(server_cert_names(&dir)?, names);
+        assert_ne!(reissued.serial_hex, report.server_serial_hex);
+        assert_eq!(fs::read(&report.ca_cert_path)?, ca_before, "the CA changed");
+        assert_eq!(
+            fs::read(&report.ca_key_path)?,
+            ca_key_before,
+            "the CA key changed"
+        );
+        // The new certificate is signed by the same CA (its issuer is the CA's subject).
+        let ca_der = first_cert(&report.ca_cert_path)?;
+        let server_der = first_cert(&reissued.cert_path)?;
+        let (_, ca) = X509Certificate::from_der(&ca_der)?;
+        let (_, server) = X509Certificate::from_der(&server_der)?;
+        assert_eq!(server.issuer(), ca.subject());
+        assert!(server.verify_signature(Some(ca.public_key())).is_ok());
+        assert!(matches!(
+            reissue_server(&dir, &["bad name".to_owned()], 30),
+            Err(PkiError::ServerName { .. })
+        ));
+        assert_eq!(
+            uncovered_server_names(&names, &["AGG.example.internal".into(), "10.0.0.8".into()]),
+            ["10.0.0.8"]
+        );
+        Ok(())
+    }
 
     #[test]
     fn server_names_become_ip_and_dns_sans() {
