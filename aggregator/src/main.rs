@@ -65,7 +65,8 @@ enum Command {
     Pki(PkiCommand),
     /// Sign and publish policy files as the next bundle of an org/project/environment (through the HTTP API).
     Publish(cmd::publish::PublishArgs),
-    /// List agents of an org with last-seen time, address, version and bundle versions (through the HTTP API).
+    /// List agents of an org with last-seen time, address, version, bundle versions and their state (revoked,
+    /// stale: silent for over 120 s, behind: not on the newest published bundle) through the HTTP API.
     Agents(cmd::agents::AgentsArgs),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),

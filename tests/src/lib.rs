@@ -306,12 +306,12 @@ impl Aggregator {
         Ok(v["agents"].as_array().cloned().unwrap_or_default())
     }
 
-    /// Every committed record of one agent.
     /// The running aggregator's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Every committed record of one agent.
     pub fn records(
         &self,
         org: &str,

@@ -78,6 +78,21 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
         "the revocation was logged at ERROR more than once over several redials:\n{}",
         bad.log()
     );
+    // The inventory shows it: revoked, and behind the published epoch; the good agent is neither.
+    let inventory = agg.agents("acme")?;
+    let row = |id: &str| inventory.iter().find(|a| a["agent_id"] == id).cloned();
+    let (bad_row, good_row) = (
+        row("bad").context("bad listed")?,
+        row("good").context("good listed")?,
+    );
+    ensure!(
+        bad_row["revoked"] == true && bad_row["behind"] == true && bad_row["latest_epoch"] == 1,
+        "revoked agent row: {bad_row}"
+    );
+    ensure!(
+        good_row["revoked"] == false && good_row["stale"] == false,
+        "good agent row: {good_row}"
+    );
     wait_for(PATIENCE, "the refusal is logged", || {
         agg.log().contains("revoked").then_some(())
     })?;

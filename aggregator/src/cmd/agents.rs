@@ -70,7 +70,7 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     gait_runtime::outln!(
-        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
+        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}  STATE",
         "AGENT",
         "PROJECT/ENV",
         "VERSION",
@@ -85,8 +85,17 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
             .as_i64()
             .map(|t| ((now - t) / 1000).to_string())
             .unwrap_or_default();
+        let flags: Vec<&str> = ["revoked", "stale", "behind"]
+            .into_iter()
+            .filter(|flag| a[*flag] == true)
+            .collect();
+        let state = if flags.is_empty() {
+            "ok".to_owned()
+        } else {
+            flags.join(",")
+        };
         let printed = gait_runtime::outln!(
-            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}",
+            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}  {}",
             a["agent_id"].as_str().unwrap_or(""),
             format!(
                 "{}/{}",
@@ -104,6 +113,7 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
                 .as_u64()
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
+            state,
         );
         if !printed {
             // stdout closed (`… | head`): nobody reads the rest.
