@@ -71,6 +71,8 @@ pub mod metric {
     pub const RECONNECTS: &str = "gait_agent_reconnects_total";
     /// 1 when the active bundle is older than its `max_offline_seconds`.
     pub const STALE: &str = "gait_agent_stale";
+    /// Unreadable rate-limit state files set aside since start.
+    pub const RATE_LIMIT_STATE_RESETS: &str = "gait_agent_rate_limit_state_resets_total";
 }
 
 /// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
@@ -401,6 +403,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         "1 when the aggregator has not been reached for longer than the bundle allows.",
         u64::from(report.stale),
+    );
+    put(
+        metric::RATE_LIMIT_STATE_RESETS,
+        "counter",
+        "Unreadable rate-limit state files set aside since start (counting started afresh).",
+        crate::gate::ratelimit_state::STATE_RESETS.load(std::sync::atomic::Ordering::Relaxed),
     );
     (
         [(

@@ -415,3 +415,47 @@ async fn a_stale_bundle_blocks_everything_under_fail_closed_and_keeps_deciding_u
     }
     Ok(())
 }
+
+/// An unreadable rate-limit state file no longer fails every rate-limited decision for ever: the agent sets it
+/// aside, logs an ERROR, counts it in a metric and decides on with fresh counters; limits still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_rate_limit_state_is_set_aside_and_decisions_go_on() -> Result<()> {
+    const LIMITED: &str = "default_verdict: block\nrules:\n  - name: limited-read\n    effect: allow\n    match:\n      tool_names: [fs.read]\n    rate_limit:\n      requests: 2\n      window: hour\n      scope: tool\n";
+    let (aggregator, agent) = start_pair().await?;
+    publish(&aggregator, &Publish::policy("default.yaml", LIMITED)).await?;
+    agent
+        .wait_status("bundle active", |s| s.active_bundle.is_some())
+        .await?;
+    let (_, first) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(first["verdict"], json!("allow"), "{first}");
+
+    // The state file is damaged (a full disk, a bad edit): before, every rate-limited decision failed from here.
+    let state = agent.data_dir().join("gate_rate_limits.json");
+    std::fs::write(&state, b"{ not json")?;
+    let (code, answer) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["verdict"], json!("allow"), "{answer}");
+    let aside: Vec<_> = std::fs::read_dir(agent.data_dir())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("gate_rate_limits.json.unreadable-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the unreadable file is kept aside once");
+    assert_eq!(std::fs::read(aside[0].path())?, b"{ not json");
+    let metrics = agent.get_text("/metrics").await?;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("gait_agent_rate_limit_state_resets_total") && l.ends_with(" 1")
+        ),
+        "{metrics}"
+    );
+    // Counting goes on from the fresh state: one more allowed, then the limit of 2 per hour refuses.
+    let (_, second) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(second["verdict"], json!("allow"), "{second}");
+    let (_, third) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(third["verdict"], json!("block"), "{third}");
+    Ok(())
+}

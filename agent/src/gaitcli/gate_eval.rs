@@ -755,6 +755,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         wrkr: setup.wrkr.as_ref(),
         registry_entries: &setup.registry_entries,
         rate_limit_state: &state_path,
+        recover_rate_limit_state: false,
         simulate: args.simulate,
     };
     let mut auth = CliAuthorizations {

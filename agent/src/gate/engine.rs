@@ -103,6 +103,7 @@ impl GateEngine {
             wrkr: None,
             registry_entries: &[],
             rate_limit_state: &self.rate_limit_state,
+            recover_rate_limit_state: true,
             simulate: req.simulate && !stale_fail_closed,
         };
         let mut evaluated = match pipeline::run(&inputs, raw, &mut NoAuthorizations) {

@@ -40,7 +40,7 @@ use gait_policy::{
 };
 
 use super::GateError;
-use super::ratelimit_state::{LOCK_TIMEOUT, RateLimitStore};
+use super::ratelimit_state::{self, LOCK_TIMEOUT, RateLimitStore, StateError};
 use super::registry::{self, LoadedEntry};
 use super::trace::{self, TraceInputs};
 
@@ -59,6 +59,11 @@ pub struct Inputs<'a> {
     pub registry_entries: &'a [LoadedEntry],
     /// Rate-limit state file (Gait's format, exclusive lock).
     pub rate_limit_state: &'a Path,
+    /// The long-running agent's state handling: an unreadable state file is set aside and counting starts
+    /// afresh (ERROR, counted in [`super::ratelimit_state::STATE_RESETS`]) instead of failing every decision
+    /// from then on, and expired buckets are pruned at each commit. `gate eval` keeps Gait's behaviour
+    /// (`false`): the error is the command's.
+    pub recover_rate_limit_state: bool,
     /// Gait's `--simulate`: report what enforcement would do, enforce `allow`.
     pub simulate: bool,
 }
@@ -218,8 +223,8 @@ pub fn run<A: Authorizations>(
     let outcome = decided.outcome;
     let mut decision = GateDecision::from_outcome(&outcome);
     // 4: rate limit and destructive budget.
-    let (rate, budget) = enforce_limits(inputs.rate_limit_state, &outcome, &intent, &mut decision)
-        .map_err(A::Error::from)?;
+    let (rate, budget) =
+        enforce_limits(inputs, &outcome, &intent, &mut decision).map_err(A::Error::from)?;
     // 5: keys.
     auth.load_keys()?;
     let ctx = StepContext {
@@ -435,7 +440,7 @@ fn pre_approved_outcome(intent: &NormalizedIntent, found: &registry::ScriptMatch
 
 /// Step 4: rate limit and destructive budget under one hold of the state lock.
 fn enforce_limits(
-    state_path: &Path,
+    inputs: &Inputs<'_>,
     outcome: &EvalOutcome,
     intent: &NormalizedIntent,
     decision: &mut GateDecision,
@@ -445,8 +450,21 @@ fn enforce_limits(
     if !rate_needed && !budget_needed {
         return Ok((None, None));
     }
-    let mut store = RateLimitStore::open(state_path, LOCK_TIMEOUT)?;
+    let state_path = inputs.rate_limit_state;
     let now = gait_policy::gotime::GoTime::from_offset_date_time(crate::clock::now_utc());
+    let mut store = match RateLimitStore::open(state_path, LOCK_TIMEOUT) {
+        Ok(store) => store,
+        Err(e @ (StateError::Parse(_) | StateError::Read(_)))
+            if inputs.recover_rate_limit_state =>
+        {
+            ratelimit_state::set_aside(state_path, &e)?;
+            RateLimitStore::open(state_path, LOCK_TIMEOUT)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if inputs.recover_rate_limit_state {
+        store.state.prune_expired(now);
+    }
     let identity = intent.context.identity.as_str();
     let rate = if rate_needed {
         let d = store

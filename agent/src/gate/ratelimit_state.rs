@@ -113,6 +113,29 @@ impl RateLimitStore {
     }
 }
 
+/// Unreadable rate-limit state files set aside since start (the agent's `gait_agent_rate_limit_state_resets_total`).
+pub static STATE_RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Moves an unreadable state file aside (`<state>.unreadable-<unix ms>`, kept for inspection) so counting
+/// starts afresh, logs an ERROR naming both paths and the cause, and counts it in [`STATE_RESETS`]. Counters
+/// reset: requests already counted in the current buckets are allowed again once, which is what an operator
+/// deleting the file (the only remedy before) did too.
+pub fn set_aside(path: &Path, cause: &StateError) -> Result<(), StateError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".unreadable-{}", crate::clock::unix_ms()));
+    let aside = PathBuf::from(name);
+    fs::rename(path, &aside)
+        .map_err(|e| StateError::Write(files::go_path_error("rename", path, &e)))?;
+    STATE_RESETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(
+        state = %path.display(),
+        moved_to = %aside.display(),
+        cause = %cause,
+        "rate-limit state was unreadable: set aside, counting starts afresh (decisions go on)"
+    );
+    Ok(())
+}
+
 /// `<state>.lock`, the lock file Gait uses.
 pub fn lock_path(state_path: &Path) -> PathBuf {
     let mut name = state_path.as_os_str().to_owned();

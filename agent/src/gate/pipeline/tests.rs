@@ -37,6 +37,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         wrkr: None,
         registry_entries: &[],
         rate_limit_state: state,
+        recover_rate_limit_state: false,
         simulate,
     }
 }

@@ -150,6 +150,32 @@ impl RateLimitState {
         self.counters.is_empty()
     }
 
+    /// Drops the counters whose bucket is over at `now` (a `minute` bucket one minute after its start, an
+    /// `hour` bucket one hour after) and keys that are not counter keys; returns how many were dropped. Gait only
+    /// prunes a window's old buckets when that window next counts, so buckets of windows and scopes no longer
+    /// used stay forever; a long-running agent calls this to keep the state to live buckets. Counting is
+    /// unchanged: a dropped bucket could never be counted against again.
+    pub fn prune_expired(&mut self, now: GoTime) -> usize {
+        let before = self.counters.len();
+        let now = now.unix_timestamp();
+        self.counters.retain(|key, _| {
+            let parts: Vec<&str> = key.splitn(4, '|').collect();
+            let [window, _, bucket, _] = parts[..] else {
+                return false;
+            };
+            let length = match window {
+                "minute" => 60,
+                "hour" => 3600,
+                _ => return true,
+            };
+            match GoTime::parse_rfc3339(bucket) {
+                Ok(start) => start.unix_timestamp().saturating_add(length) > now,
+                Err(_) => false,
+            }
+        });
+        before - self.counters.len()
+    }
+
     /// Check and count one request of a (normalized) intent against `limit` at `now`. A limit with
     /// `requests <= 0` always allows and changes nothing. The state changes only when the request is allowed.
     pub fn enforce(
@@ -323,6 +349,28 @@ mod tests {
         assert_eq!(value["counters"][0]["key"], "b");
         assert_eq!(value["counters"][1]["key"], "c");
         assert_eq!(value["counters"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn expired_buckets_of_every_window_are_pruned_and_live_ones_kept() {
+        let mut state = RateLimitState::new();
+        let t = |s: &str| GoTime::parse_rfc3339(s).unwrap();
+        let minute = limit(5, "minute", "tool");
+        let hour = limit(5, "hour", "identity");
+        state
+            .enforce(&minute, "t", "alice", t("2026-02-05T10:00:10Z"))
+            .unwrap();
+        state
+            .enforce(&hour, "t", "alice", t("2026-02-05T10:00:10Z"))
+            .unwrap();
+        assert_eq!(state.len(), 2);
+        // 10:00:59: both buckets live.
+        assert_eq!(state.prune_expired(t("2026-02-05T10:00:59Z")), 0);
+        // 10:01:00: the minute bucket is over, the hour bucket is not.
+        assert_eq!(state.prune_expired(t("2026-02-05T10:01:00Z")), 1);
+        assert_eq!(state.count("hour|identity|2026-02-05T10:00:00Z|alice"), 1);
+        assert_eq!(state.prune_expired(t("2026-02-05T11:00:00Z")), 1);
+        assert!(state.is_empty());
     }
 
     #[test]
