@@ -29,6 +29,7 @@ pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
 pub const TLS_SESSION_TICKETS: &str = "gait_aggregator_tls_session_tickets_total";
+pub const AUTH_FAILURES: &str = "gait_aggregator_http_auth_failures_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -104,6 +105,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Bundle long-polls currently waiting.",
     ),
     (HTTP_REQUESTS, "counter", "HTTP API requests served."),
+    (
+        AUTH_FAILURES,
+        "counter",
+        "HTTP API requests refused for a missing or invalid admin token, by reason.",
+    ),
     (
         PRESENCE_COMMITS,
         "counter",

@@ -74,6 +74,17 @@ async fn publish_is_authenticated_validated_and_signed(db: &TestStore) -> anyhow
     );
     let (s, _) = call(&app, "POST", uri, Some("wrong"), Some(body.clone())).await;
     anyhow::ensure!(s == StatusCode::UNAUTHORIZED, "wrong token: {s}");
+    // Both refusals are counted by reason (and logged at most every 10 s at WARN).
+    let (_, metrics) = call(&app, "GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for reason in ["missing", "invalid"] {
+        anyhow::ensure!(
+            metrics.contains(&format!(
+                "gait_aggregator_http_auth_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "auth failure {reason} not counted:\n{metrics}"
+        );
+    }
     let (s, v) = call(
         &app,
         "POST",

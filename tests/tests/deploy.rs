@@ -38,7 +38,9 @@ fn the_systemd_units_verify_and_score_ok_in_systemd_analyze_security() -> anyhow
             .args(["verify", "--man=no"])
             .arg(&local)
             .output()
-            .context("systemd-analyze (Debian package systemd) must be installed; .ci/run installs it")?;
+            .context(
+                "systemd-analyze (Debian package systemd) must be installed; .ci/run installs it",
+            )?;
         let said = String::from_utf8_lossy(&verify.stderr);
         ensure!(
             verify.status.success() && said.trim().is_empty(),
