@@ -328,6 +328,16 @@ async fn agent_decides_locally_from_the_verified_bundle_signs_the_trace_and_reco
     assert_eq!(payload["schema"], json!("gait.agent.gate_decision"));
     assert_eq!(payload["trace"], allow["trace"]);
     assert_eq!(payload["tool_name"], json!("fs.read"));
+    // Both clocks: the intent's claim (2026-02-05, as sent) and the agent's own, near the record's envelope time.
+    assert_eq!(payload["intent_created_at"], json!("2026-02-05T00:00:00Z"));
+    let decided = payload["agent_decided_unix_ms"]
+        .as_i64()
+        .context("agent_decided_unix_ms")?;
+    assert!(
+        (decided - rec.created_unix_ms).abs() < 60_000,
+        "agent clock {decided} vs record {}",
+        rec.created_unix_ms
+    );
     assert_eq!(
         payload_of(by_seq(seqs[4])?)?["enforced_verdict"],
         json!("block")

@@ -55,6 +55,16 @@ pub async fn evaluate_intent(
 ) -> Result<GateResponse, EvaluateError> {
     let raw = parse_intent(&req.intent).map_err(|e| bad("intent", format!("intent: {e}")))?;
     let tool_name = raw.tool_name.trim().to_owned();
+    // The caller's claim of when the intent was made, kept beside the agent's own clock: the record shows both,
+    // so a producer cannot backdate a decision (Gait's trace fields stay Gait's).
+    let clocks = Clocks {
+        intent_created_at: if raw.created_at.is_zero() {
+            None
+        } else {
+            Some(raw.created_at.to_rfc3339_nano())
+        },
+        agent_decided_unix_ms: now_unix_ms(),
+    };
     let engine = state.gate().clone();
     let active = state.active_bundle();
     let staleness = state.staleness_at(now_unix_ms());
@@ -116,7 +126,7 @@ pub async fn evaluate_intent(
         record_seq: None,
         trace: trace_json,
     };
-    let payload = decision_payload(&response, decided.enforced_verdict);
+    let payload = decision_payload(&response, decided.enforced_verdict, &clocks);
     let bytes = serde_json::to_vec(&payload)
         .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
     let class = record_class(decided.enforced_verdict);
@@ -128,11 +138,30 @@ pub async fn evaluate_intent(
     Ok(response)
 }
 
+/// The two clocks of one decision.
+struct Clocks {
+    /// The intent's `created_at` as the caller sent it (absent when it sent none).
+    intent_created_at: Option<String>,
+    /// The agent's clock when it decided, Unix ms.
+    agent_decided_unix_ms: i64,
+}
+
 /// The outbox record of a decision: the answer plus the verdict before simulation (the bundle digest in
-/// force and since when are on the record envelope).
-fn decision_payload(response: &GateResponse, enforced_verdict: Verdict) -> Value {
+/// force and since when are on the record envelope) and both clocks.
+fn decision_payload(response: &GateResponse, enforced_verdict: Verdict, clocks: &Clocks) -> Value {
     let mut value = serde_json::to_value(response).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
+        map.insert(
+            "agent_decided_unix_ms".into(),
+            Value::from(clocks.agent_decided_unix_ms),
+        );
+        map.insert(
+            "intent_created_at".into(),
+            clocks
+                .intent_created_at
+                .clone()
+                .map_or(Value::Null, Value::String),
+        );
         map.remove("ok");
         map.remove("record_seq");
         map.insert("schema".into(), Value::String(DECISION_SCHEMA.into()));
