@@ -59,6 +59,7 @@ done
 echo "== 6. the agent decides locally from the verified bundle, signs a Gait trace, records the decision"
 for INTENT in read-report write-system-file; do
   curl -fsS -X POST "http://$LOCAL/v1/gate/evaluate" -H 'content-type: application/json' \
+    -H "authorization: Bearer $(cat "$WORK/agent-1/data/local-api.token")" \
     --data-binary "@examples/intents/$INTENT.json" >"$WORK/$INTENT.decision.json"
   python3 - "$WORK/$INTENT.decision.json" "$WORK/$INTENT.trace.json" "$INTENT" <<'PY'
 import json, sys

@@ -176,6 +176,9 @@ pub struct LocalApiConfig {
     /// Web origins (`scheme://host[:port]`, exactly as a browser sends `Origin`) whose requests are answered.
     /// Default none: a request carrying any `Origin` header — a web page's — is refused with 403.
     pub allowed_origins: Vec<String>,
+    /// File holding the bearer token producers present to append records or ask for decisions (created,
+    /// mode 0600, at first start). Default `<data_dir>/local-api.token`.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for LocalApiConfig {
@@ -183,6 +186,7 @@ impl Default for LocalApiConfig {
         LocalApiConfig {
             listen: DEFAULT_LOCAL_API.to_owned(),
             allowed_origins: Vec::new(),
+            token_file: None,
         }
     }
 }
@@ -239,7 +243,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn single(key: &str, message: String) -> Self {
+    pub(crate) fn single(key: &str, message: String) -> Self {
         ConfigError::Invalid(vec![Problem {
             key: key.to_owned(),
             message,
@@ -311,6 +315,9 @@ impl Config {
         self.trust.registry_public_keys.iter_mut().for_each(fix);
         fix(&mut self.data_dir);
         if let Some(p) = self.gate.signing_key.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.local_api.token_file.as_mut() {
             fix(p);
         }
     }
@@ -403,7 +410,15 @@ impl Config {
         }
     }
 
-    /// The agent database file inside `data_dir`.
+    /// The local API's bearer token file (`local_api.token_file`, default `<data_dir>/local-api.token`).
+    pub fn api_token_path(&self) -> PathBuf {
+        self.local_api
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::local_api::token::TOKEN_FILE))
+    }
+
+    /// Path of the agent's database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("agent.redb")
     }

@@ -267,8 +267,17 @@ impl Daemon {
         })?;
 
         let tasks = Tasks::new(shutdown.clone());
+        let token_path = config.api_token_path();
+        let token =
+            crate::local_api::token::ApiToken::load_or_create(&token_path).map_err(|e| {
+                DaemonError::Config(crate::config::ConfigError::single(
+                    "local_api.token_file",
+                    format!("{}: {e}", token_path.display()),
+                ))
+            })?;
         let guard = crate::local_api::guard::Guard {
             allowed_origins: config.local_api.allowed_origins.clone(),
+            token: Some(Arc::new(token)),
         };
         spawn_local_api(
             &tasks,

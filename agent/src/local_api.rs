@@ -22,6 +22,7 @@
 
 pub mod evaluate;
 pub mod guard;
+pub mod token;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

@@ -47,6 +47,9 @@ enum Command {
     /// the agent first).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// The local API's bearer token (producers send it as `Authorization: Bearer <token>`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Gait-compatible offline commands: `policy test`, `gate eval`, `trace verify`, `verify`.
     #[command(flatten)]
     Gait(gait_agent::gaitcli::GaitCommand),
@@ -73,6 +76,22 @@ struct StatusArgs {
     /// Address of the agent's local API.
     #[arg(long, default_value = gait_agent::config::DEFAULT_LOCAL_API)]
     api: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Write a new random token to the token file (`local_api.token_file`, default
+    /// `<data_dir>/local-api.token`); a running agent accepts it from the next request on and refuses the old.
+    Rotate(TokenArgs),
+    /// Print where the token file is.
+    Path(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// Agent configuration file (YAML).
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", default_value = "agent.yaml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +142,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cmd_run(args).await,
             Command::Status(args) => cmd_status(args).await,
             Command::Quarantine(command) => cmd_quarantine(command),
+            Command::Token(command) => cmd_token(command),
             Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
@@ -154,6 +174,39 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "gait-agent failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn cmd_token(command: TokenCommand) -> ExitCode {
+    let (args, rotate) = match command {
+        TokenCommand::Rotate(args) => (args, true),
+        TokenCommand::Path(args) => (args, false),
+    };
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let path = config.api_token_path();
+    if !rotate {
+        outln!("{}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    match local_api::token::rotate(&path) {
+        Ok(_) => {
+            // The token itself is a secret: it is in the file (0600), never on the terminal.
+            outln!(
+                "new local API token written to {}; producers must read it again (the old one is refused)",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gait-agent: cannot write {}: {e}", path.display());
             ExitCode::from(EXIT_FAILURE)
         }
     }

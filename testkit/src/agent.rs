@@ -152,8 +152,17 @@ impl RunningAgent {
     ) -> Result<RunningAgent, TestkitError> {
         let shutdown = CancellationToken::new();
         let daemon = Daemon::start(config.clone(), RunOptions { grace }, shutdown.clone()).await?;
+        // Producers present the agent's local API token; the helpers' client always does.
+        let token_path = config.api_token_path();
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|source| TestkitError::io(&token_path, source))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|e| TestkitError::Identity(format!("local API token: {e}")))?;
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
         let http = reqwest::Client::builder()
             .no_proxy()
+            .default_headers(headers)
             .build()
             .map_err(|e| TestkitError::http("building the HTTP client", e))?;
         Ok(RunningAgent {

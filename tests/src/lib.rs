@@ -562,12 +562,22 @@ impl Agent {
         self.status().ok()?["active_bundle"]["epoch"].as_u64()
     }
 
+    /// The local API token the agent made at first start (`data/local-api.token` next to its config).
+    pub fn api_token(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("data").join("local-api.token");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
+    }
+
     /// Append a record through the local API; returns its seq (None when shed).
     pub fn append(&self, class: &str, kind: &str, payload: Value) -> anyhow::Result<Option<u64>> {
+        let token = self.api_token()?;
         let (s, v) = http_json(
             "POST",
             &format!("http://{}/v1/records", self.api),
-            None,
+            Some(&token),
             Some(json!({ "class": class, "kind": kind, "payload": payload })),
         )?;
         anyhow::ensure!(s == 200 || s == 201, "append {s}: {v}");

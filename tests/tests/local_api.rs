@@ -45,6 +45,7 @@ fn browser_shaped_requests_and_reserved_kinds_are_refused_and_append_nothing() -
     agent.start()?;
     wait_for(PATIENCE, "agent answering", || agent.status().ok()).with_context(|| agent.log())?;
     let api = agent.api;
+    let token = agent.api_token()?;
     let record = json!({"class": "block", "kind": "app.decision", "payload": {"n": 1}}).to_string();
     let before = last_seq(&agent)?;
 
@@ -92,12 +93,30 @@ fn browser_shaped_requests_and_reserved_kinds_are_refused_and_append_nothing() -
         );
     }
 
+    // Without the agent's token (or with a wrong one) a local process cannot append either.
+    for (auth, what) in [
+        ("", "no token"),
+        ("authorization: Bearer 00\r\n", "a wrong token"),
+    ] {
+        let (got, body) = raw(
+            api,
+            &format!(
+                "POST /v1/records HTTP/1.1\r\n{auth}host: {api}\r\ncontent-type: application/json"
+            ),
+            &record,
+        )?;
+        ensure!(
+            got == 401 && body["error"]["code"] == "unauthorized",
+            "{what}: {got} {body}"
+        );
+    }
+
     // A producer may not write the agent's own kinds.
     for kind in ["gate.decision", "bundle.applied"] {
         let (got, body) = http_json(
             "POST",
             &format!("http://{api}/v1/records"),
-            None,
+            Some(&token),
             Some(json!({"class": "allow", "kind": kind, "payload": {}})),
         )?;
         ensure!(
@@ -118,7 +137,7 @@ fn browser_shaped_requests_and_reserved_kinds_are_refused_and_append_nothing() -
     let (got, body) = raw(
         api,
         &format!(
-            "POST /v1/records HTTP/1.1\r\nhost: localhost:{}\r\ncontent-type: application/json; charset=utf-8",
+            "POST /v1/records HTTP/1.1\r\nhost: localhost:{}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json; charset=utf-8",
             api.port()
         ),
         &record,

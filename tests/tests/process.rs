@@ -33,7 +33,7 @@ fn gate_evaluate(agent: &Agent, intent: &str) -> anyhow::Result<Value> {
     let (status, answer) = http_json(
         "POST",
         &format!("http://{}/v1/gate/evaluate", agent.api),
-        None,
+        Some(&agent.api_token()?),
         Some(body),
     )?;
     ensure!(status == 200, "gate evaluate answered {status}: {answer}");

@@ -98,7 +98,7 @@ fn refused_record_is_quarantined_and_the_stream_goes_on(db: Option<&str>) -> any
     let (status, body) = http_json(
         "POST",
         &format!("http://{}/v1/records", agent.api),
-        None,
+        Some(&agent.api_token()?),
         Some(json!({ "class": "block", "kind": "k".repeat(65), "payload": {} })),
     )?;
     ensure!(status == 400, "65-byte kind: {status} {body}");

@@ -13,11 +13,14 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The guard's settings (`local_api.allowed_origins`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The guard's settings (`local_api.allowed_origins`, the bearer token).
+#[derive(Debug, Clone, Default)]
 pub struct Guard {
     /// Exact origins (`scheme://host[:port]`) whose requests are answered; empty refuses every `Origin`.
     pub allowed_origins: Vec<String>,
+    /// The token a `POST` (appending a record, asking for a decision) must present as
+    /// `Authorization: Bearer <token>`; `None` (tests of the router alone) requires none.
+    pub token: Option<Arc<super::token::ApiToken>>,
 }
 
 /// Why a request was refused before reaching a handler.
@@ -29,6 +32,13 @@ pub enum Refusal {
     Origin(String),
     /// A `POST` whose `Content-Type` is not JSON.
     MediaType(String),
+    /// A `POST` without the bearer token (`None`: no `Authorization` header; `Some`: the file it is in).
+    Token {
+        /// Whether a token was presented at all.
+        presented: bool,
+        /// Where the token is (for the message).
+        file: String,
+    },
 }
 
 impl Guard {
@@ -53,6 +63,18 @@ impl Guard {
                 .unwrap_or_default();
             if !is_json(&declared) {
                 return Err(Refusal::MediaType(declared));
+            }
+            if let Some(token) = &self.token {
+                let presented = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !presented.is_some_and(|p| token.check(p.trim())) {
+                    return Err(Refusal::Token {
+                        presented: presented.is_some(),
+                        file: token.path().display().to_string(),
+                    });
+                }
             }
         }
         Ok(())
@@ -104,6 +126,15 @@ impl IntoResponse for Refusal {
                     "requests from web pages are refused (Origin {origin:?}); list the origin under \
                      local_api.allowed_origins to allow it"
                 ),
+            ),
+            Refusal::Token { presented, file } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                if presented {
+                    "the bearer token is not valid".to_owned()
+                } else {
+                    format!("send `Authorization: Bearer <token>`; the agent's token is in {file}")
+                },
             ),
             Refusal::MediaType(declared) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -221,6 +252,7 @@ mod tests {
         );
         let listed = Guard {
             allowed_origins: vec!["http://localhost:3000".into()],
+            token: None,
         };
         assert_eq!(
             listed.check(
