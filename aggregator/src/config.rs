@@ -200,7 +200,9 @@ pub struct HttpConfig {
     /// Milliseconds allowed to read a request body and answer it; past it the answer is 408 and the connection
     /// closes. Default 30000.
     pub body_timeout_ms: u64,
-    /// Milliseconds a connection may stay open with no request in flight. Default 60000.
+    /// Milliseconds a connection may stay open with no request in flight. The header timeout also runs while a
+    /// kept-alive connection waits for its next request, so such a connection closes after the shorter of the
+    /// two. Default 60000.
     pub idle_timeout_ms: u64,
     /// Requests answered on one connection before it is closed. Default 1000.
     pub max_requests_per_connection: u64,

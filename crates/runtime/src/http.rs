@@ -11,7 +11,9 @@
 //!   for its next request).
 //! - **Body timeout.** A request must be read and answered within `body_timeout`, else it is answered
 //!   `408 Request Timeout` and the connection is closed (the unread rest of the body is never read).
-//! - **Idle timeout.** A connection with no request in flight for `idle_timeout` is closed.
+//! - **Idle timeout.** A connection with no request in flight for `idle_timeout` is closed. Since the header
+//!   timeout also runs while a kept-alive connection waits for its next request, such a connection closes after
+//!   the shorter of the two.
 //! - **Requests per connection.** The `max_requests_per_connection`-th answer carries `Connection: close`, and
 //!   the connection ends after it.
 //! - **Graceful shutdown.** When the token is cancelled, the listener closes, idle connections close at once and

@@ -90,3 +90,20 @@ async fn the_last_allowed_request_closes_the_connection() {
     );
     token.cancel();
 }
+
+#[tokio::test]
+async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
+    let mut limits = limits(8);
+    limits.header_timeout = Duration::from_millis(200);
+    limits.idle_timeout = Duration::from_secs(600);
+    let (addr, _stats, token) = start(limits).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // One answer, then the connection (kept alive, idle timeout 600 s) closes on the header timeout.
+    let answers = read_to_eof(&mut stream).await;
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 1, "{answers}");
+    token.cancel();
+}
