@@ -19,10 +19,11 @@
 //! - **Graceful shutdown.** When the token is cancelled, the listener closes, idle connections close at once and
 //!   a connection with a request in flight closes after its answer (at most `body_timeout` later).
 //!
-//! **Memory bound.** Body bytes held in flight are at most `max_connections` × the router's body limit (each
-//! router answers a larger body 413 before reading past its limit), held for at most `body_timeout`: with the
-//! defaults, 1024 × 2 MiB = 2 GiB worst case on the agent, and a refused or timed-out connection frees its
-//! buffer at once. Operators who need a tighter bound lower `max_connections`.
+//! **Memory bound.** Request body bytes held in flight are at most `max_connections` × the router's body limit
+//! (each router answers a larger body 413 as soon as it crosses its limit), each held for at most
+//! `body_timeout`; a refused or timed-out connection frees its buffer at once. At the defaults: agent
+//! 1024 × (2 MiB + 64 KiB) ≈ 2.06 GiB, aggregator 4096 × 8 MiB = 32 GiB, worst case. Operators who need a
+//! tighter bound lower `max_connections`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
