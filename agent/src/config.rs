@@ -25,6 +25,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gait_runtime::config::{EnvOverride, apply_env};
 use serde::{Deserialize, Serialize};
@@ -179,6 +180,22 @@ pub struct LocalApiConfig {
     /// File holding the bearer token producers present to append records or ask for decisions (created,
     /// mode 0600, at first start). Default `<data_dir>/local-api.token`.
     pub token_file: Option<PathBuf>,
+    /// Connections served at once; one more is closed at once (and counted), so decisions keep being answered
+    /// under a connection flood. Request bodies held in memory are bounded by `max_connections` × the API's
+    /// body limit (about 2 MiB): about 2 GiB at the default. Default 1024.
+    pub max_connections: usize,
+    /// Milliseconds allowed for a request line and its headers (and for the next request on a kept-alive
+    /// connection); a slower client is disconnected. Default 5000.
+    pub header_timeout_ms: u64,
+    /// Milliseconds allowed to read a request body and answer it; past it the answer is 408 and the connection
+    /// closes. Default 30000.
+    pub body_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in flight. The header timeout also runs while a
+    /// kept-alive connection waits for its next request, so such a connection closes after the shorter of the
+    /// two. Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Requests answered on one connection before it is closed. Default 1000.
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for LocalApiConfig {
@@ -187,6 +204,11 @@ impl Default for LocalApiConfig {
             listen: DEFAULT_LOCAL_API.to_owned(),
             allowed_origins: Vec::new(),
             token_file: None,
+            max_connections: 1024,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_requests_per_connection: 1_000,
         }
     }
 }
@@ -195,6 +217,17 @@ impl LocalApiConfig {
     /// The parsed listen address (call after [`Config::validate`]).
     pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_listen(&self.listen).map_err(|m| ConfigError::single("local_api.listen", m))
+    }
+
+    /// The limits the local API server enforces (see [`gait_runtime::http`]).
+    pub fn limits(&self) -> gait_runtime::http::Limits {
+        gait_runtime::http::Limits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_requests_per_connection: self.max_requests_per_connection,
+        }
     }
 }
 
@@ -389,6 +422,9 @@ impl Config {
         if let Err(m) = parse_listen(&self.local_api.listen) {
             bad("local_api.listen", m);
         }
+        for (key, message) in self.local_api.limits().problems() {
+            bad(&format!("local_api.{key}"), message);
+        }
         if !(MIN_POLL_WAIT_MS..=MAX_POLL_WAIT_MS).contains(&self.poll.wait_ms) {
             bad(
                 "poll.wait_ms",
@@ -527,6 +563,8 @@ trust:
         assert_eq!(c.local_api.listen, DEFAULT_LOCAL_API);
         assert_eq!(c.poll.wait_ms, 25_000);
         assert_eq!(c.outbox.limits(), OutboxLimits::default());
+        assert_eq!(c.local_api.limits().max_connections, 1024);
+        assert_eq!(c.local_api.limits().body_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -549,7 +587,7 @@ aggregator: { address: 'no-port', server_name: 'bad name!' }
 tls: { ca: ca.pem, cert: agent.pem, key: agent.key }
 trust: { registry_public_keys: [a.pub, b.pub] }
 outbox: { max_records: 0, max_bytes: 10 }
-local_api: { listen: '0.0.0.0:7071' }
+local_api: { listen: '0.0.0.0:7071', header_timeout_ms: 0, max_requests_per_connection: 0 }
 poll: { wait_ms: 5 }
 ";
         std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
@@ -569,6 +607,8 @@ poll: { wait_ms: 5 }
                 "outbox.max_records",
                 "outbox.max_bytes",
                 "local_api.listen",
+                "local_api.header_timeout_ms",
+                "local_api.max_requests_per_connection",
                 "poll.wait_ms",
             ]
         );

@@ -284,6 +284,7 @@ impl Daemon {
             listener,
             state.clone(),
             guard,
+            config.local_api.limits(),
             shutdown.child_token(),
         );
         session::spawn_connection_loop(
@@ -358,9 +359,11 @@ fn spawn_local_api(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
     guard: crate::local_api::guard::Guard,
+    limits: gait_runtime::http::Limits,
     shutdown: CancellationToken,
 ) {
+    let owner = tasks.clone();
     tasks.spawn_essential("local-api", async move {
-        crate::local_api::serve(listener, state, guard, shutdown).await
+        crate::local_api::serve(listener, state, guard, limits, owner, shutdown).await
     });
 }

@@ -99,16 +99,30 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on an already-bound listener until `shutdown` is cancelled.
+/// Serves [`router_with`] on an already-bound listener under `limits` (connection cap, header/body/idle
+/// timeouts, requests per connection; see [`gait_runtime::http`]) until `shutdown` is cancelled. Each
+/// connection is a task of `tasks`. Request bodies held in memory stay below `limits.max_connections` ×
+/// the body limit, `MAX_BODY_BYTES` = 2 MiB + 64 KiB (a larger body is answered 413 before it is read past
+/// the limit): 2.06 GiB at the default cap of 1024.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     guard: guard::Guard,
+    limits: gait_runtime::http::Limits,
+    tasks: gait_runtime::Tasks,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(state, guard))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let stats = Arc::new(gait_runtime::http::Stats::default());
+    gait_runtime::http::serve(
+        listener,
+        router_with(state, guard),
+        limits,
+        stats,
+        tasks,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 /// One JSON error answer.

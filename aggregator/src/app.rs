@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub quic_listen: SocketAddr,
     /// TCP address of the HTTP API.
     pub http_listen: SocketAddr,
+    /// Connection cap and timeouts of the HTTP API (`http.*`).
+    pub http_limits: gait_runtime::http::Limits,
     /// Server names put in the server certificate when the PKI is created on first start.
     pub server_names: Vec<String>,
     /// SPIFFE trust domain of the CA when the PKI is created on first start.
@@ -76,6 +78,7 @@ impl ServeConfig {
             database_url: None,
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            http_limits: crate::config::HttpConfig::default().limits(),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             trust_domain: pki::DEFAULT_TRUST_DOMAIN.to_owned(),
             bundle_defaults: BundleDefaults::default(),
@@ -94,6 +97,7 @@ impl ServeConfig {
             database_url: config.database.url.clone(),
             quic_listen: config.quic.listen,
             http_listen: config.http.listen,
+            http_limits: config.http.limits(),
             server_names: config.pki.server_names.clone(),
             trust_domain: config.pki.trust_domain.clone(),
             udp_buffer_bytes: config.quic.udp_buffer_bytes,
@@ -377,6 +381,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             metrics,
             admin_token: Arc::new(admin_token.clone()),
         },
+        config.http_limits,
         shutdown.child_token(),
     );
     spawn_housekeeping(
@@ -422,12 +427,14 @@ fn spawn_http(
     tasks: &Tasks,
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: gait_runtime::http::Limits,
     token: CancellationToken,
 ) {
+    let stats = Arc::new(gait_runtime::http::Stats::default());
+    let owner = tasks.clone();
     tasks.spawn_essential("http-server", async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
+        gait_runtime::http::serve(listener, router(state), limits, stats, owner, token).await;
+        Ok::<(), std::convert::Infallible>(())
     });
 }
 

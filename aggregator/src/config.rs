@@ -30,6 +30,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gait_runtime::config::{EnvOverride, apply_env, parse_into};
 use serde::{Deserialize, Serialize};
@@ -189,12 +190,46 @@ impl Default for QuicConfig {
 pub struct HttpConfig {
     /// TCP address of the HTTP API (`/healthz`, `/readyz`, `/metrics`, `/v1/...`). Default `127.0.0.1:7080`.
     pub listen: SocketAddr,
+    /// Connections served at once; one more is closed at once (and counted) so `/healthz` and publishing keep
+    /// answering under a connection flood. With the API's 8 MiB body limit this bounds request bodies held in
+    /// memory to `max_connections` × 8 MiB (32 GiB at the default; lower it on a small host). Default 4096.
+    pub max_connections: usize,
+    /// Milliseconds allowed for a request line and its headers (and for the next request on a kept-alive
+    /// connection); a slower client is disconnected. Default 5000.
+    pub header_timeout_ms: u64,
+    /// Milliseconds allowed to read a request body and answer it; past it the answer is 408 and the connection
+    /// closes. Default 30000.
+    pub body_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in flight. The header timeout also runs while a
+    /// kept-alive connection waits for its next request, so such a connection closes after the shorter of the
+    /// two. Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Requests answered on one connection before it is closed. Default 1000.
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            max_connections: 4096,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_requests_per_connection: 1_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits the HTTP server enforces (see [`gait_runtime::http`]).
+    pub fn limits(&self) -> gait_runtime::http::Limits {
+        gait_runtime::http::Limits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_requests_per_connection: self.max_requests_per_connection,
         }
     }
 }
@@ -392,6 +427,9 @@ impl Config {
                 ));
             }
         }
+        for (key, message) in self.http.limits().problems() {
+            problems.push(problem(&format!("http.{key}"), message));
+        }
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
         }
@@ -551,6 +589,24 @@ mod tests {
         assert!(!c.quic.session_tickets);
         assert_eq!(c.quic.reconnect_rate, DEFAULT_RECONNECT_RATE);
         assert_eq!(c.client_server(), "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn http_limits_default_and_a_zero_names_its_dotted_key() {
+        let c = load_text("", &[]).expect("valid");
+        assert_eq!(c.http.max_connections, 4096);
+        assert_eq!(c.http.limits().header_timeout, Duration::from_secs(5));
+        let c = load_text(
+            "http:\n  max_connections: 64\n  idle_timeout_ms: 250\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.http.limits().max_connections, 64);
+        assert_eq!(c.http.limits().idle_timeout, Duration::from_millis(250));
+        let err = load_text("http:\n  max_connections: 0\n  body_timeout_ms: 0\n", &[])
+            .expect_err("zeros refused");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["http.max_connections", "http.body_timeout_ms"]);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct AgentOptions {
     pub outbox: OutboxConfig,
     /// Grace period of the drain on stop.
     pub grace: Duration,
+    /// Local API section (connection cap, timeouts); `None` keeps the defaults on an ephemeral loopback port.
+    pub local_api: Option<LocalApiConfig>,
 }
 
 impl Default for AgentOptions {
@@ -34,6 +36,7 @@ impl Default for AgentOptions {
             poll_wait_ms: 1_000,
             outbox: OutboxConfig::default(),
             grace: Duration::from_secs(30),
+            local_api: None,
         }
     }
 }
@@ -97,6 +100,9 @@ pub async fn spawn_agent(
     let mut config = agent_config(aggregator.quic_addr(), &certs, &registry_pub, home.path());
     config.poll.wait_ms = options.poll_wait_ms;
     config.outbox = options.outbox;
+    if let Some(local_api) = options.local_api {
+        config.local_api = local_api;
+    }
     RunningAgent::start_in(config, options.grace, Some(Arc::new(home))).await
 }
 

@@ -35,6 +35,8 @@ pub struct AggregatorOptions {
     pub revocation_refresh: Duration,
     /// Grace period of the drain on stop.
     pub grace: Duration,
+    /// Connection cap and timeouts of the HTTP API; `None` keeps the `http.*` defaults.
+    pub http_limits: Option<gait_runtime::http::Limits>,
 }
 
 impl Default for AggregatorOptions {
@@ -48,6 +50,7 @@ impl Default for AggregatorOptions {
             session_tickets: true,
             revocation_refresh: Duration::from_millis(200),
             grace: Duration::from_secs(30),
+            http_limits: None,
         }
     }
 }
@@ -167,6 +170,9 @@ async fn start(
         revocation_refresh: options.revocation_refresh,
         // The kernel default is plenty for a handful of agents, and asking for more only logs warnings.
         udp_buffer_bytes: 0,
+        http_limits: options
+            .http_limits
+            .unwrap_or(ServeConfig::embedded(&data_dir).http_limits),
         ..ServeConfig::embedded(data_dir.clone())
     };
     // A restart binds the previous ports again; the old sockets may still be on their way out.

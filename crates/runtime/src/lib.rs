@@ -6,6 +6,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM cancel one root [`CancellationToken`](tokio_util::sync::CancellationToken).
 //! - [`tasks`]: every long-lived task is owned by a [`Tasks`] tracker; an *essential* task that fails or ends stops
 //!   the whole process with exit code 1 instead of leaving it half alive; shutdown drains under a grace period.
+//! - [`http`]: one hardened HTTP/1.1 accept loop (connection cap, header/body/idle timeouts, request cap).
 //! - [`exit`]: one exit-code convention (BSD sysexits for operator-facing failures).
 //! - [`config`]: a validation problem named by its dotted key, and `GAIT_*` environment overrides as a typed table.
 //! - [`output`]: stdout printing that treats a closed pipe (`… | head`) as "stop printing", never as a panic.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod exit;
+pub mod http;
 pub mod log;
 pub mod output;
 pub mod shutdown;

@@ -1,0 +1,313 @@
+//! One HTTP/1.1 server loop for both daemons (the aggregator's API, the agent's local API), hardened against
+//! clients that connect and never finish: idle, slow-header, slow-body and connection-flooding clients.
+//!
+//! What [`serve`] enforces, each from [`Limits`]:
+//! - **Connection cap.** At most `max_connections` connections are served at once. Beyond the cap a new
+//!   connection is accepted and closed at once (fast refusal: the client sees EOF, not a hang) and counted in
+//!   [`Stats::refused`], so the process never runs out of file handles and the admitted connections keep being
+//!   answered.
+//! - **Header timeout.** The request line and headers must arrive within `header_timeout`, else the
+//!   connection is closed (hyper's `header_read_timeout`; hyper also arms it while a kept-alive connection waits
+//!   for its next request).
+//! - **Body timeout.** A request must be read and answered within `body_timeout`, else it is answered
+//!   `408 Request Timeout` and the connection is closed (the unread rest of the body is never read).
+//! - **Idle timeout.** A connection with no request in flight for `idle_timeout` is closed. Since the header
+//!   timeout also runs while a kept-alive connection waits for its next request, such a connection closes after
+//!   the shorter of the two.
+//! - **Requests per connection.** The `max_requests_per_connection`-th answer carries `Connection: close`, and
+//!   the connection ends after it.
+//! - **Graceful shutdown.** When the token is cancelled, the listener closes, idle connections close at once and
+//!   a connection with a request in flight closes after its answer (at most `body_timeout` later).
+//!
+//! **Memory bound.** Request body bytes held in flight are at most `max_connections` × the router's body limit
+//! (each router answers a larger body 413 as soon as it crosses its limit), each held for at most
+//! `body_timeout`; a refused or timed-out connection frees its buffer at once. At the defaults: agent
+//! 1024 × (2 MiB + 64 KiB) ≈ 2.06 GiB, aggregator 4096 × 8 MiB = 32 GiB, worst case. Operators who need a
+//! tighter bound lower `max_connections`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+use tower_http::timeout::Timeout;
+
+use crate::Tasks;
+
+/// How long the accept loop waits before accepting again after the process ran out of file handles (or another
+/// resource error), so that it does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The limits [`serve`] enforces; each binary builds them from its own dotted config keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; a connection beyond the cap is closed at once and counted.
+    pub max_connections: usize,
+    /// Time allowed for the request line and headers (and for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Time allowed to read a request's body and answer it; past it the answer is 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Requests answered on one connection before it is closed (`Connection: close` on the last answer).
+    pub max_requests_per_connection: u64,
+}
+
+impl Limits {
+    /// The problems with these limits, each as (key under the binary's section, message): every count and
+    /// timeout must be at least 1.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.max_connections == 0 {
+            problems.push(("max_connections", "must be at least 1".to_owned()));
+        }
+        for (key, value) in [
+            ("header_timeout_ms", self.header_timeout),
+            ("body_timeout_ms", self.body_timeout),
+            ("idle_timeout_ms", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push((key, "must be at least 1 ms".to_owned()));
+            }
+        }
+        if self.max_requests_per_connection == 0 {
+            problems.push((
+                "max_requests_per_connection",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Counters of one server, shared with whoever exports metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Stats {
+    /// Connections admitted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because `max_connections` were already open.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `service` on `listener` under `limits` until `shutdown` is cancelled. Each connection is a task of
+/// `tasks` (named `http-connection`), so the process drain waits for the answers in flight.
+///
+/// Returns once the listener is closed; accept errors (such as running out of file handles) are logged and
+/// retried, never fatal.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "HTTP accept failed; retrying shortly");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            // Dropping the stream closes it: the client learns at once instead of waiting in a queue.
+            drop(stream);
+            let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused_total = refused,
+                    max_connections = limits.max_connections,
+                    "HTTP connection cap reached; refusing new connections"
+                );
+            }
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let open = OpenGuard::new(Arc::clone(&stats), permit);
+        tasks.spawn(
+            "http-connection",
+            serve_connection(stream, service.clone(), limits, shutdown.clone(), open),
+        );
+    }
+}
+
+/// Errors that concern one connection only (the peer went away before it was accepted).
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    )
+}
+
+/// Holds a connection's slot under the cap and its place in [`Stats::open`] until the connection ends.
+struct OpenGuard {
+    stats: Arc<Stats>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenGuard {
+    fn new(stats: Arc<Stats>, permit: OwnedSemaphorePermit) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard {
+            stats,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one connection's requests tell its idle timer.
+#[derive(Debug)]
+struct Activity {
+    served: AtomicU64,
+    in_flight: AtomicUsize,
+    changed: watch::Sender<()>,
+}
+
+/// Marks one request in flight until dropped (the answer is produced or the request is abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.changed.send_replace(());
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.send_replace(());
+    }
+}
+
+async fn serve_connection<S, B>(
+    stream: TcpStream,
+    service: S,
+    limits: Limits,
+    shutdown: CancellationToken,
+    _open: OpenGuard,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (changed, mut changes) = watch::channel(());
+    let activity = Arc::new(Activity {
+        served: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        changed,
+    });
+    let timed =
+        Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
+    let per_request = Arc::clone(&activity);
+    let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let activity = Arc::clone(&per_request);
+        let timed = timed.clone();
+        async move {
+            let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
+            let _in_flight = InFlight::start(activity);
+            let mut response = timed.oneshot(request).await?;
+            if served >= limits.max_requests_per_connection {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            // Any request starting or ending restarts the idle timer (the next loop arms a new sleep).
+            _ = changes.changed(), if !closing => {}
+            () = tokio::time::sleep(limits.idle_timeout), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            // A closing connection whose peer does not read its last answer is cut.
+            () = tokio::time::sleep(limits.body_timeout), if closing => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
