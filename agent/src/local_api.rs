@@ -72,6 +72,10 @@ pub mod metric {
     pub const RECONNECTS: &str = "gait_agent_reconnects_total";
     /// 1 when the active bundle is older than its `max_offline_seconds`.
     pub const STALE: &str = "gait_agent_stale";
+    /// Local API connections refused at the connection cap.
+    pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_agent_http_connections_refused_total";
+    /// Local API connections open now.
+    pub const HTTP_CONNECTIONS_OPEN: &str = "gait_agent_http_connections_open";
     /// Unreadable rate-limit state files set aside since start.
     pub const RATE_LIMIT_STATE_RESETS: &str = "gait_agent_rate_limit_state_resets_total";
 }
@@ -113,6 +117,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let stats = Arc::new(gait_runtime::http::Stats::default());
+    state.attach_http_stats(stats.clone());
     gait_runtime::http::serve(
         listener,
         router_with(state, guard),
@@ -418,6 +423,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         "1 when the aggregator has not been reached for longer than the bundle allows.",
         u64::from(report.stale),
+    );
+    let http = state.http_stats();
+    put(
+        metric::HTTP_CONNECTIONS_REFUSED,
+        "counter",
+        "Local API connections closed at once because local_api.max_connections were open.",
+        http.map_or(0, |s| s.refused()),
+    );
+    put(
+        metric::HTTP_CONNECTIONS_OPEN,
+        "gauge",
+        "Local API connections open now.",
+        http.map_or(0, |s| u64::try_from(s.open()).unwrap_or(u64::MAX)),
     );
     put(
         metric::RATE_LIMIT_STATE_RESETS,

@@ -236,6 +236,8 @@ pub struct AgentState {
     persisted_contact_ms: AtomicI64,
     /// The last durable append's storage failure, cleared by the next append that succeeds.
     storage_error: Mutex<Option<String>>,
+    /// The local API server's connection counters, once it runs.
+    http_stats: std::sync::OnceLock<Arc<gait_runtime::http::Stats>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -306,6 +308,7 @@ impl AgentState {
             last_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
             persisted_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
             storage_error: Mutex::new(None),
+            http_stats: std::sync::OnceLock::new(),
         });
         Ok(state)
     }
@@ -434,6 +437,16 @@ impl AgentState {
     /// Resolves when a producer appended a record since the last call (at most one stored wake-up).
     pub(crate) async fn records_appended(&self) {
         self.records_ready.notified().await;
+    }
+
+    /// Publishes the local API server's connection counters on `/metrics`.
+    pub fn attach_http_stats(&self, stats: Arc<gait_runtime::http::Stats>) {
+        let _ = self.http_stats.set(stats);
+    }
+
+    /// The local API server's connection counters, once it runs.
+    pub fn http_stats(&self) -> Option<&Arc<gait_runtime::http::Stats>> {
+        self.http_stats.get()
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {

@@ -431,6 +431,7 @@ fn spawn_http(
     token: CancellationToken,
 ) {
     let stats = Arc::new(gait_runtime::http::Stats::default());
+    state.metrics.attach_http_stats(stats.clone());
     let owner = tasks.clone();
     tasks.spawn_essential("http-server", async move {
         gait_runtime::http::serve(listener, router(state), limits, stats, owner, token).await;

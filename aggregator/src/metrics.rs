@@ -30,6 +30,9 @@ pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
 pub const TLS_SESSION_TICKETS: &str = "gait_aggregator_tls_session_tickets_total";
 pub const AUTH_FAILURES: &str = "gait_aggregator_http_auth_failures_total";
+pub const HTTP_CONNECTIONS_ACCEPTED: &str = "gait_aggregator_http_connections_accepted_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_aggregator_http_connections_refused_total";
+pub const HTTP_CONNECTIONS_OPEN: &str = "gait_aggregator_http_connections_open";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -130,11 +133,18 @@ type CounterKey = (&'static str, Option<(&'static str, String)>);
 pub struct Metrics {
     counters: Mutex<BTreeMap<CounterKey, Arc<AtomicU64>>>,
     gauges: Mutex<BTreeMap<&'static str, Arc<AtomicI64>>>,
+    /// The HTTP server's connection counters, once it runs.
+    http: std::sync::OnceLock<Arc<gait_runtime::http::Stats>>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Publishes the HTTP server's connection counters (accepted, refused at the cap, open).
+    pub fn attach_http_stats(&self, stats: Arc<gait_runtime::http::Stats>) {
+        let _ = self.http.set(stats);
     }
 
     /// Add `n` to a counter without labels.
@@ -190,6 +200,31 @@ impl Metrics {
         let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let http = self.http.get();
+        for (name, kind, help, value) in [
+            (
+                HTTP_CONNECTIONS_ACCEPTED,
+                "counter",
+                "HTTP API connections admitted.",
+                http.map_or(0, |s| s.accepted()),
+            ),
+            (
+                HTTP_CONNECTIONS_REFUSED,
+                "counter",
+                "HTTP API connections closed at once because http.max_connections were open.",
+                http.map_or(0, |s| s.refused()),
+            ),
+            (
+                HTTP_CONNECTIONS_OPEN,
+                "gauge",
+                "HTTP API connections open now.",
+                http.map_or(0, |s| u64::try_from(s.open()).unwrap_or(u64::MAX)),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -44,6 +44,8 @@ struct Target {
     body_headers: String,
     /// The router's body limit, in bytes.
     body_limit: usize,
+    /// The `/metrics` series counting connections refused at the cap.
+    refused_metric: &'static str,
     /// Kept alive for the test's duration.
     _aggregator: RunningAggregator,
     _agent: Option<gait_testkit::RunningAgent>,
@@ -61,6 +63,7 @@ async fn aggregator_target(limits: Limits) -> Result<Target> {
         body_path: "/v1/orgs/acme/projects/payments/envs/prod/bundles".to_owned(),
         body_headers: format!("authorization: Bearer {}\r\n", aggregator.admin_token()),
         body_limit: 8 * 1024 * 1024,
+        refused_metric: "gait_aggregator_http_connections_refused_total",
         _aggregator: aggregator,
         _agent: None,
     })
@@ -95,6 +98,7 @@ async fn agent_target(limits: Limits) -> Result<Target> {
         body_path: "/v1/records".to_owned(),
         body_headers: format!("authorization: Bearer {}\r\n", token.trim()),
         body_limit: 2 * 1024 * 1024 + 64 * 1024,
+        refused_metric: "gait_agent_http_connections_refused_total",
         _aggregator: aggregator,
         _agent: Some(agent),
     })
@@ -215,6 +219,24 @@ async fn cap_refuses_fast_and_recovers(target: Target) -> Result<()> {
         );
         tokio::task::yield_now().await;
     }
+    // The refusal is on /metrics for an operator to alert on.
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let metrics = read_response(&mut stream).await?.unwrap_or_default();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{} ", target.refused_metric)))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    ensure!(
+        refused.is_some_and(|n| n >= 1),
+        "{} not counted: {refused:?}\n{metrics}",
+        target.refused_metric
+    );
     Ok(())
 }
 
