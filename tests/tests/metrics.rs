@@ -1,0 +1,59 @@
+//! Both daemons' `/metrics` pass `promtool check metrics` (Debian package `prometheus`; `.ci/run` installs
+//! it): well-formed exposition, HELP and TYPE for every series, Prometheus naming conventions.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, ensure};
+use gait_e2e::{Agent, Aggregator, PATIENCE, http_json, wait_for};
+use serde_json::json;
+
+fn promtool_check(what: &str, text: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian package prometheus) must be installed; .ci/run installs it")?;
+    child
+        .stdin
+        .take()
+        .context("promtool stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on the {what}: {}\n{said}\n--- exposition ---\n{text}",
+        out.status
+    );
+    Ok(())
+}
+
+#[test]
+fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge")?;
+    agent.start()?;
+    wait_for(PATIENCE, "agent connected", || {
+        (agent.status().ok()?["connected"] == true).then_some(())
+    })
+    .with_context(|| agent.log())?;
+    // Some traffic first, so labelled series exist.
+    agent.append("block", "app.decision", json!({"n": 1}))?;
+
+    let (status, body) = http_json("GET", &format!("http://{}/metrics", agg.http), None, None)?;
+    ensure!(status == 200, "aggregator /metrics: {status}");
+    promtool_check("aggregator", body.as_str().context("text")?)?;
+    let (status, body) = http_json("GET", &format!("http://{}/metrics", agent.api), None, None)?;
+    ensure!(status == 200, "agent /metrics: {status}");
+    promtool_check("agent", body.as_str().context("text")?)?;
+    Ok(())
+}
