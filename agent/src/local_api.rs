@@ -100,6 +100,10 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
             Arc::new(guard),
             guard::enforce,
         ))
+        // Outermost, so refused requests are logged too; DEBUG, since every decision is a request.
+        .layer(gait_runtime::http::access::access_log(
+            tracing::Level::DEBUG,
+        ))
         .with_state(state)
 }
 

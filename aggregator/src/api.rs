@@ -86,6 +86,7 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(gait_runtime::http::access::access_log(tracing::Level::INFO))
         .with_state(state)
 }
 

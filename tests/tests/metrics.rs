@@ -57,3 +57,33 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
     promtool_check("agent", body.as_str().context("text")?)?;
     Ok(())
 }
+
+/// The aggregator's access log has one line per request, inside a span carrying the caller's request id.
+#[test]
+fn the_api_access_log_names_each_request_with_its_id() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let mut stream = std::net::TcpStream::connect(agg.http)?;
+    write!(
+        stream,
+        "GET /v1/orgs/acme/agents?limit=5 HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\nx-request-id: ci-req-42\r\nconnection: close\r\n\r\n",
+        agg.http, agg.token
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_for(PATIENCE, "the access line", || {
+        agg.log()
+            .lines()
+            .any(|l| {
+                l.contains("ci-req-42")
+                    && l.contains("/v1/orgs/acme/agents")
+                    && l.contains("status=200")
+                    && !l.contains("limit=5")
+            })
+            .then_some(())
+    })
+    .with_context(|| agg.log())?;
+    Ok(())
+}

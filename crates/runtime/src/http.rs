@@ -309,5 +309,7 @@ async fn serve_connection<S, B>(
     }
 }
 
+pub mod access;
+
 #[cfg(test)]
 mod tests;
