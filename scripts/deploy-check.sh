@@ -23,6 +23,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { echo "== $*"; }
+# GET http://127.0.0.1:$1/healthz answered 200 (python3, so the check needs no curl on a fresh machine).
+healthz() { python3 -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=5)' "$1" >/dev/null 2>&1; }
 die() { echo "deploy-check: $*" >&2; exit 1; }
 
 AGG_HOME="$ROOT/var/lib/gait-aggregator"
@@ -54,11 +56,11 @@ say "5. serve as the unit does (ExecStart of deploy/systemd/gait-aggregator.serv
 ) > "$ROOT/aggregator.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 600); do
-  curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && break
+  healthz "$HTTP_PORT" && break
   kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$ROOT/aggregator.log" >&2; die "the aggregator exited"; }
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null || { cat "$ROOT/aggregator.log" >&2; die "no /healthz"; }
+healthz "$HTTP_PORT" || { cat "$ROOT/aggregator.log" >&2; die "no /healthz"; }
 
 say "6. an agent: issued by the aggregator's user, installed as /etc/gait-agent, run as gait-agent"
 runuser -u gait -- gait-aggregator pki issue-agent --data-dir "$AGG_HOME" --org acme --project web --env prod \
