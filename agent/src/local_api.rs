@@ -20,6 +20,7 @@
 //! API (DNS rebinding, cross-site simple requests). There is no credential yet: the listener must stay on a
 //! loopback address (the config refuses others), and any local process can call it.
 
+pub mod decision_metrics;
 pub mod evaluate;
 pub mod guard;
 pub mod token;
@@ -446,6 +447,41 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         "Unreadable rate-limit state files set aside since start (counting started afresh).",
         crate::gate::ratelimit_state::STATE_RESETS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    state.decision_metrics().render(&mut out);
+    // Timestamps an operator alerts on ("certificate expires within 14 days", "no contact for 10 minutes",
+    // "bundle older than a day"), 0 when unknown, and the build.
+    let seconds = |ms: Option<i64>| ms.map_or(0, |ms| ms / 1000);
+    for (name, help, value) in [
+        (
+            "gait_agent_certificate_expiry_timestamp_seconds",
+            "notAfter of the agent's certificate, Unix seconds.",
+            report.identity.cert_not_after_unix,
+        ),
+        (
+            "gait_agent_last_contact_timestamp_seconds",
+            "End of the last successful exchange with the aggregator, Unix seconds (0: never).",
+            seconds(report.last_contact_unix_ms),
+        ),
+        (
+            "gait_agent_bundle_activated_timestamp_seconds",
+            "When the bundle in force was activated, Unix seconds (0: none).",
+            seconds(report.active_bundle.as_ref().map(|b| b.since_unix_ms)),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gait_agent_build_info The running build (always 1)."
+    );
+    let _ = writeln!(out, "# TYPE gait_agent_build_info gauge");
+    let _ = writeln!(
+        out,
+        "gait_agent_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
     );
     (
         [(

@@ -238,6 +238,8 @@ pub struct AgentState {
     storage_error: Mutex<Option<String>>,
     /// The local API server's connection counters, once it runs.
     http_stats: std::sync::OnceLock<Arc<gait_runtime::http::Stats>>,
+    /// Decisions answered by verdict, and their latency.
+    decisions: crate::local_api::decision_metrics::DecisionMetrics,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -309,6 +311,7 @@ impl AgentState {
             persisted_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
             storage_error: Mutex::new(None),
             http_stats: std::sync::OnceLock::new(),
+            decisions: Default::default(),
         });
         Ok(state)
     }
@@ -442,6 +445,11 @@ impl AgentState {
     /// Publishes the local API server's connection counters on `/metrics`.
     pub fn attach_http_stats(&self, stats: Arc<gait_runtime::http::Stats>) {
         let _ = self.http_stats.set(stats);
+    }
+
+    /// Decisions answered by verdict, and their latency (for `/metrics`).
+    pub fn decision_metrics(&self) -> &crate::local_api::decision_metrics::DecisionMetrics {
+        &self.decisions
     }
 
     /// The local API server's connection counters, once it runs.

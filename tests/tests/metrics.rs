@@ -46,15 +46,45 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
         (agent.status().ok()?["connected"] == true).then_some(())
     })
     .with_context(|| agent.log())?;
-    // Some traffic first, so labelled series exist.
+    // Some traffic first, so labelled series exist: a record and a decision (no bundle yet: blocked).
     agent.append("block", "app.decision", json!({"n": 1}))?;
+    let intent = json!({
+        "schema_id": "gait.gate.intent_request", "schema_version": "1.0.0",
+        "created_at": "2026-02-05T00:00:00Z", "producer_version": "test", "tool_name": "fs.write",
+        "args": {"path": "/tmp/x"}, "targets": [{"kind": "path", "value": "/tmp/x"}],
+        "context": {"identity": "alice", "workspace": "/tmp", "risk_class": "high"}
+    });
+    let (status, decision) = http_json(
+        "POST",
+        &format!("http://{}/v1/gate/evaluate", agent.api),
+        Some(&agent.api_token()?),
+        Some(intent),
+    )?;
+    ensure!(
+        status == 200 && decision["verdict"] == "block",
+        "{status} {decision}"
+    );
 
     let (status, body) = http_json("GET", &format!("http://{}/metrics", agg.http), None, None)?;
     ensure!(status == 200, "aggregator /metrics: {status}");
     promtool_check("aggregator", body.as_str().context("text")?)?;
     let (status, body) = http_json("GET", &format!("http://{}/metrics", agent.api), None, None)?;
     ensure!(status == 200, "agent /metrics: {status}");
-    promtool_check("agent", body.as_str().context("text")?)?;
+    let text = body.as_str().context("text")?;
+    promtool_check("agent", text)?;
+    for series in [
+        "gait_agent_decisions_total{verdict=\"block\"} 1",
+        "gait_agent_decision_duration_seconds_count 1",
+    ] {
+        ensure!(text.contains(series), "{series} missing:\n{text}");
+    }
+    ensure!(
+        text.lines().any(|l| l
+            .strip_prefix("gait_agent_certificate_expiry_timestamp_seconds ")
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|t| t > 1_700_000_000)),
+        "certificate expiry missing:\n{text}"
+    );
     Ok(())
 }
 

@@ -53,6 +53,7 @@ pub async fn evaluate_intent(
     state: &Arc<AgentState>,
     req: GateRequest,
 ) -> Result<GateResponse, EvaluateError> {
+    let started = std::time::Instant::now();
     let raw = parse_intent(&req.intent).map_err(|e| bad("intent", format!("intent: {e}")))?;
     let tool_name = raw.tool_name.trim().to_owned();
     // The caller's claim of when the intent was made, kept beside the agent's own clock: the record shows both,
@@ -135,6 +136,9 @@ pub async fn evaluate_intent(
         AppendOutcome::Appended { seq } => Some(seq),
         AppendOutcome::Shed => None,
     };
+    state
+        .decision_metrics()
+        .observe(response.verdict, started.elapsed());
     Ok(response)
 }
 
