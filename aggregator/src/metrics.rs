@@ -200,6 +200,16 @@ impl Metrics {
         let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP gait_aggregator_build_info The running build (always 1)."
+        );
+        let _ = writeln!(out, "# TYPE gait_aggregator_build_info gauge");
+        let _ = writeln!(
+            out,
+            "gait_aggregator_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         let http = self.http.get();
         for (name, kind, help, value) in [
             (
@@ -280,6 +290,10 @@ mod tests {
         assert!(text.contains("gait_aggregator_connections_refused_total{reason=\"revoked\"} 2"));
         assert!(text.contains("\ngait_aggregator_connections_open 4\n"));
         assert!(text.contains("\ngait_aggregator_bundles_published_total 0\n"));
+        assert!(text.contains(&format!(
+            "gait_aggregator_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
         for (name, _, _) in HELP {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
         }
