@@ -31,3 +31,12 @@ cargo test --workspace --locked --no-run
 echo "== cargo test"
 # The end-to-end harness uses the daemons just built instead of running cargo from inside the tests.
 GAIT_E2E_PREBUILT=1 cargo test --workspace --locked
+
+# The deploy steps of deploy/README.md, as the service users under a temporary root. They create the system
+# users `gait` and `gait-agent`, so they run only as root (CI runs as root) and are skipped otherwise.
+if [ "$(id -u)" = 0 ]; then
+  echo "== deploy check (deploy/README.md as the service users)"
+  ./scripts/deploy-check.sh target/debug
+else
+  echo "== deploy check skipped: needs root (sudo scripts/deploy-check.sh runs it)"
+fi

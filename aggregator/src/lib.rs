@@ -13,7 +13,8 @@
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!
-//! The binary side (`main.rs` + `cmd/`) parses the command line and is the only place `anyhow` is used.
+//! The binary side (`main.rs` + `cmd/`) parses the command line and alone uses a catch-all error type;
+//! the library returns typed errors.
 pub mod api;
 pub mod app;
 pub mod clock;
