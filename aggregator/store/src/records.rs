@@ -121,32 +121,13 @@ pub(crate) async fn count(mut conn: Conn<'_>, key: &AgentKey) -> Result<u64, Sto
 /// The agent's records with seq above `after_seq`, ascending; at most `limit`, clamped to
 /// [`MAX_RECORDS_PAGE`].
 pub(crate) async fn page(
-    mut conn: Conn<'_>,
+    conn: Conn<'_>,
     key: &AgentKey,
     after_seq: u64,
     limit: u32,
 ) -> Result<Vec<StoredRecord>, StoreError> {
-    const SQL: &str = concat!(
-        "SELECT ",
-        record_columns!(),
-        " FROM records",
-        agent_where!(),
-        " AND seq > $5 ORDER BY seq LIMIT $6"
-    );
-    let after = to_i64("after_seq", after_seq)?;
-    let limit = limit.min(MAX_RECORDS_PAGE);
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    db_run!(conn, |c| {
-        let found = bind_key(sqlx::query(SQL), key)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *c)
-            .await
-            .map_err(db("records"))?;
-        found.iter().map(rows::record_row).collect()
-    })
+    let (records, _) = page_within(conn, key, after_seq, limit, usize::MAX).await?;
+    Ok(records)
 }
 
 /// The agent's recorded gaps, by first seq.
