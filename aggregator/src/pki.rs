@@ -191,6 +191,34 @@ fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParam
     Ok(params)
 }
 
+/// The CA of a PKI directory, loaded to sign certificates: its certificate (path and DER) and an issuer whose
+/// key was checked against the certificate.
+struct SigningCa {
+    cert_path: PathBuf,
+    der: Vec<u8>,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+/// Loads `dir/ca.pem` and `dir/ca.key`, refusing a key that does not belong to the certificate.
+fn load_signing_ca(dir: &Path) -> Result<SigningCa, PkiError> {
+    let cert_path = existing(dir, CA_CERT_FILE)?;
+    let key_path = existing(dir, CA_KEY_FILE)?;
+    let der = first_cert(&cert_path)?;
+    let key = load_key_pair(&key_path)?;
+    check_key_matches(&cert_path, &der, &key_path, &key)?;
+    let issuer = rcgen::Issuer::from_ca_cert_der(&der.as_slice().into(), key).map_err(|e| {
+        PkiError::BadCertificate {
+            path: cert_path.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(SigningCa {
+        cert_path,
+        der,
+        issuer,
+    })
+}
+
 fn now_seconds() -> OffsetDateTime {
     let now = crate::clock::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)

@@ -115,18 +115,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport, PkiError> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_validity = Validity::days(opts.server_validity_days);
-    server_validity.check()?;
-    let server_key = generate_key("server key")?;
-    let mut server_params = leaf_params("gait-aggregator", server_validity)?;
-    server_params.subject_alt_names = sans;
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_serial_hex = serial_hex_of(&server_params);
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .map_err(|source| PkiError::Generate {
-            what: "server certificate",
-            source,
-        })?;
+    let (server_cert, server_key, server_serial_hex) =
+        server_certificate(&issuer, sans, server_validity)?;
 
     let server_cert_path = dir.join(SERVER_CERT_FILE);
     let server_key_path = dir.join(SERVER_KEY_FILE);
@@ -181,30 +171,9 @@ pub fn reissue_server(
     validity_days: u32,
 ) -> Result<ReissuedServer, PkiError> {
     let sans = server_sans(server_names)?;
-    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
-    let ca_key_path = existing(dir, CA_KEY_FILE)?;
-    let ca_der = first_cert(&ca_cert_path)?;
-    let ca_key = load_key_pair(&ca_key_path)?;
-    check_key_matches(&ca_cert_path, &ca_der, &ca_key_path, &ca_key)?;
-    let issuer = Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key).map_err(|e| {
-        PkiError::BadCertificate {
-            path: ca_cert_path.clone(),
-            detail: e.to_string(),
-        }
-    })?;
+    let ca = load_signing_ca(dir)?;
     let validity = Validity::days(validity_days);
-    validity.check()?;
-    let server_key = generate_key("server key")?;
-    let mut params = leaf_params("gait-aggregator", validity)?;
-    params.subject_alt_names = sans;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serial_hex = serial_hex_of(&params);
-    let cert = params
-        .signed_by(&server_key, &issuer)
-        .map_err(|source| PkiError::Generate {
-            what: "server certificate",
-            source,
-        })?;
+    let (cert, server_key, serial_hex) = server_certificate(&ca.issuer, sans, validity)?;
     let cert_path = dir.join(SERVER_CERT_FILE);
     // The key first: a crash between the two writes leaves the old certificate with a key that does not match
     // it, which the server refuses at start with a message naming both files (never a silent mix-up).
@@ -220,6 +189,27 @@ pub fn reissue_server(
         serial_hex,
         not_after: validity.not_after,
     })
+}
+
+/// A server certificate (EKU ServerAuth, `sans`) and its new key, signed by `issuer`, with its serial.
+fn server_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    sans: Vec<SanType>,
+    validity: Validity,
+) -> Result<(rcgen::Certificate, KeyPair, String), PkiError> {
+    validity.check()?;
+    let key = generate_key("server key")?;
+    let mut params = leaf_params("gait-aggregator", validity)?;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serial_hex = serial_hex_of(&params);
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|source| PkiError::Generate {
+            what: "server certificate",
+            source,
+        })?;
+    Ok((cert, key, serial_hex))
 }
 
 /// The DNS names and IP addresses the server certificate in `dir` covers, as text.

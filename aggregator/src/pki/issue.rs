@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rcgen::{ExtendedKeyUsagePurpose, Issuer, SanType};
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -84,13 +84,11 @@ pub fn issue_agent(
     validity: Validity,
 ) -> Result<IssuedAgent, PkiError> {
     validity.check()?;
-    let ca_cert_path = existing(dir, CA_CERT_FILE)?;
-    let ca_key_path = existing(dir, CA_KEY_FILE)?;
-    let ca_der = first_cert(&ca_cert_path)?;
-    let ca_trust_domain = identity::ca_trust_domain(&ca_der)
+    let ca = load_signing_ca(dir)?;
+    let ca_trust_domain = identity::ca_trust_domain(&ca.der)
         .and_then(|domain| TrustDomain::parse(&domain).ok())
         .ok_or_else(|| PkiError::NoTrustDomain {
-            path: ca_cert_path.clone(),
+            path: ca.cert_path.clone(),
         })?;
     if let Some(requested) = &id.trust_domain
         && *requested != ca_trust_domain
@@ -106,15 +104,6 @@ pub fn issue_agent(
         id.agent.agent_id.clone(),
     );
 
-    let ca_key = load_key_pair(&ca_key_path)?;
-    check_key_matches(&ca_cert_path, &ca_der, &ca_key_path, &ca_key)?;
-    let issuer = Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key).map_err(|e| {
-        PkiError::BadCertificate {
-            path: ca_cert_path.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-
     let uri = spiffe.to_string();
     let agent_key = generate_key("agent key")?;
     let mut params = leaf_params(spiffe.agent_id.as_str(), validity)?;
@@ -127,14 +116,14 @@ pub fn issue_agent(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let serial_hex = serial_hex_of(&params);
     let cert = params
-        .signed_by(&agent_key, &issuer)
+        .signed_by(&agent_key, &ca.issuer)
         .map_err(|source| PkiError::Generate {
             what: "agent certificate",
             source,
         })?;
 
     fs::create_dir_all(out_dir).map_err(|source| io_error(out_dir, source))?;
-    let ca_pem = fs::read(&ca_cert_path).map_err(|source| io_error(&ca_cert_path, source))?;
+    let ca_pem = fs::read(&ca.cert_path).map_err(|source| io_error(&ca.cert_path, source))?;
     let cert_path = out_dir.join(AGENT_CERT_FILE);
     let key_path = out_dir.join(AGENT_KEY_FILE);
     let ca_path = out_dir.join(CA_CERT_FILE);
