@@ -203,7 +203,8 @@ async fn get_status(State(state): State<AppState>) -> axum::Json<StatusReport> {
 /// Liveness: `ok`, or 503 with the storage error while durable appends fail (a supervisor may restart the
 /// agent; decisions are not answered meanwhile, since they could not be recorded).
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.status().await.storage_error {
+    // Only the storage flag: a liveness probe does not build the whole status report.
+    match state.storage_error() {
         None => "ok\n".into_response(),
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

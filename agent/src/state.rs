@@ -447,6 +447,11 @@ impl AgentState {
         let _ = self.http_stats.set(stats);
     }
 
+    /// The last durable append's storage failure, while appends fail.
+    pub fn storage_error(&self) -> Option<String> {
+        lock(&self.storage_error).clone()
+    }
+
     /// Decisions answered by verdict, and their latency (for `/metrics`).
     pub fn decision_metrics(&self) -> &crate::local_api::decision_metrics::DecisionMetrics {
         &self.decisions
@@ -554,7 +559,7 @@ impl AgentState {
             reconnects: self.counters().reconnects,
             ready: false,
             not_ready: Vec::new(),
-            storage_error: lock(&self.storage_error).clone(),
+            storage_error: self.storage_error(),
         }
         .with_readiness()
     }
