@@ -41,12 +41,13 @@ impl ApiToken {
     /// Whether `presented` is the token, comparing in constant time. A mismatch re-reads the file once, so a
     /// rotated token is accepted without a restart (and the old one refused from then on).
     pub fn check(&self, presented: &str) -> bool {
-        if matches(&self.get(), presented) {
+        if gait_runtime::http::constant_time_eq(self.get().as_bytes(), presented.as_bytes()) {
             return true;
         }
         match read(&self.path) {
             Ok(Some(fresh)) if fresh != self.get() => {
-                let ok = matches(&fresh, presented);
+                let ok =
+                    gait_runtime::http::constant_time_eq(fresh.as_bytes(), presented.as_bytes());
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
                 ok
             }
@@ -78,11 +79,6 @@ fn read(path: &Path) -> io::Result<Option<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-fn matches(expected: &str, presented: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -21,7 +21,12 @@ pub(super) async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let reason = match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
+        Some(token)
+            if gait_runtime::http::constant_time_eq(
+                state.admin_token.as_bytes(),
+                token.as_bytes(),
+            ) =>
+        {
             return next.run(req).await;
         }
         Some(_) => "invalid",
@@ -78,11 +83,4 @@ impl FailureLog {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
