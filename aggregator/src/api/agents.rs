@@ -66,7 +66,7 @@ pub(super) async fn list_agents(
     let mut latest: HashMap<Tenant, Option<u64>> = HashMap::new();
     for a in &agents {
         if !latest.contains_key(&a.tenant) {
-            let epoch = state.store.latest_bundle(&a.tenant).await?.map(|b| b.epoch);
+            let epoch = state.store.latest_epoch(&a.tenant).await?;
             latest.insert(a.tenant.clone(), epoch);
         }
     }

@@ -25,7 +25,6 @@ pub(crate) async fn publish(
     created_by: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    const LATEST: &str = concat!("SELECT max(epoch) FROM bundles", tenant_where!());
     const INSERT: &str = "INSERT INTO bundles (org, project, env, epoch, digest, bytes, created_at, \
          created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
     if epoch == 0 {
@@ -39,15 +38,10 @@ pub(crate) async fn publish(
         sqlite: |_c| (),
         postgres: |c| postgres::lock_tenant_bundles(c, tenant).await?,
     );
-    let latest: Option<i64> = db_run!(conn, |c| sqlx::query_scalar(LATEST)
-        .bind(tenant.org.as_str())
-        .bind(tenant.project.as_str())
-        .bind(tenant.env.as_str())
-        .fetch_one(&mut *c)
-        .await
-        .map_err(db("publish_bundle: latest"))?);
-    if let Some(latest) = latest.filter(|l| *l >= epoch_i64) {
-        let latest = to_u64("bundles", "epoch", latest)?;
+    if let Some(latest) = latest_epoch(conn.reborrow(), tenant)
+        .await?
+        .filter(|l| *l >= epoch)
+    {
         return Err(StoreError::EpochConflict {
             tenant: tenant.to_string(),
             epoch,
@@ -92,4 +86,20 @@ pub(crate) async fn latest(
             .map_err(db("latest_bundle"))?;
         row.as_ref().map(rows::bundle_row).transpose()
     })
+}
+
+/// The newest published epoch of `tenant`, without reading the bundle itself.
+pub(crate) async fn latest_epoch(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+) -> Result<Option<u64>, StoreError> {
+    const SQL: &str = concat!("SELECT MAX(epoch) FROM bundles", tenant_where!());
+    let epoch: Option<i64> = db_run!(conn, |c| sqlx::query_scalar(SQL)
+        .bind(tenant.org.as_str())
+        .bind(tenant.project.as_str())
+        .bind(tenant.env.as_str())
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db("latest_epoch")))?;
+    epoch.map(|e| to_u64("bundles", "epoch", e)).transpose()
 }

@@ -296,6 +296,11 @@ impl Store {
         on_conn!(self, |conn| bundles::latest(conn, tenant))
     }
 
+    /// The newest published epoch of `tenant` (the bundle itself is not read).
+    pub async fn latest_epoch(&self, tenant: &Tenant) -> Result<Option<u64>, StoreError> {
+        on_conn!(self, |conn| bundles::latest_epoch(conn, tenant))
+    }
+
     /// One page of the agents of one org, optionally narrowed to a project and env, ordered by (project, env,
     /// agent_id), starting after `filter.after`.
     pub async fn list_agents(&self, filter: &AgentFilter) -> Result<Vec<AgentRow>, StoreError> {

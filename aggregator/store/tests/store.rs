@@ -526,9 +526,11 @@ async fn bundle_epochs_must_increase_per_tenant(db: &TestStore) -> Result<()> {
     let store = db.store();
     let t = tenant("acme");
     ensure!(store.latest_bundle(&t).await?.is_none());
+    ensure!(store.latest_epoch(&t).await?.is_none());
     store
         .publish_bundle(&t, 1, &digest(1), b"bundle-1", "alice", NOW)
         .await?;
+    ensure!(store.latest_epoch(&t).await? == Some(1));
     match store
         .publish_bundle(&t, 1, &digest(9), b"other", "mallory", NOW + 1)
         .await
