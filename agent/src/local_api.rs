@@ -75,6 +75,8 @@ pub mod metric {
     pub const STALE: &str = "gait_agent_stale";
     /// Local API connections refused at the connection cap.
     pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_agent_http_connections_refused_total";
+    /// Idle local API connections closed to admit a new one at the connection cap.
+    pub const HTTP_CONNECTIONS_EVICTED: &str = "gait_agent_http_connections_evicted_total";
     /// Local API connections open now.
     pub const HTTP_CONNECTIONS_OPEN: &str = "gait_agent_http_connections_open";
     /// Unreadable rate-limit state files set aside since start.
@@ -434,8 +436,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     put(
         metric::HTTP_CONNECTIONS_REFUSED,
         "counter",
-        "Local API connections closed at once because local_api.max_connections were open.",
+        "Local API connections closed at once because local_api.max_connections were open, each with a request in flight.",
         http.map_or(0, |s| s.refused()),
+    );
+    put(
+        metric::HTTP_CONNECTIONS_EVICTED,
+        "counter",
+        "Idle local API connections closed to admit a new one at local_api.max_connections.",
+        http.map_or(0, |s| s.evicted()),
     );
     put(
         metric::HTTP_CONNECTIONS_OPEN,

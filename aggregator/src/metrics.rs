@@ -33,6 +33,7 @@ pub const AUTH_FAILURES: &str = "gait_aggregator_http_auth_failures_total";
 pub const HTTP_CONNECTIONS_ACCEPTED: &str = "gait_aggregator_http_connections_accepted_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_aggregator_http_connections_refused_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "gait_aggregator_http_connections_open";
+pub const HTTP_CONNECTIONS_EVICTED: &str = "gait_aggregator_http_connections_evicted_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -221,8 +222,14 @@ impl Metrics {
             (
                 HTTP_CONNECTIONS_REFUSED,
                 "counter",
-                "HTTP API connections closed at once because http.max_connections were open.",
+                "HTTP API connections closed at once because http.max_connections were open, each with a request in flight.",
                 http.map_or(0, |s| s.refused()),
+            ),
+            (
+                HTTP_CONNECTIONS_EVICTED,
+                "counter",
+                "Idle HTTP API connections closed to admit a new one at http.max_connections.",
+                http.map_or(0, |s| s.evicted()),
             ),
             (
                 HTTP_CONNECTIONS_OPEN,

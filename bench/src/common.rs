@@ -326,6 +326,159 @@ fn tail(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
+/// A real `gait-agent run` child process enrolled with `gait-aggregator pki issue-agent`, its local API on a
+/// fixed loopback port.
+pub struct AgentProc {
+    child: Child,
+    pub pid: u32,
+    /// The local API address.
+    pub api: SocketAddr,
+    /// The directory `issue-agent` wrote (config, certificates; the data dir is `data/` inside it).
+    pub dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl AgentProc {
+    /// Enrol agent `agent_id` of `tenant` (org, project, env) with `agg`, start it in `dir` and wait until it
+    /// is connected.
+    pub async fn start(
+        common: &CommonArgs,
+        agg: &AggregatorProc,
+        tenant: (&str, &str, &str),
+        agent_id: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let (org, project, env) = tenant;
+        let out = Command::new(common.bin("gait-aggregator")?)
+            .args(["pki", "issue-agent", "--org", org, "--project", project])
+            .args(["--env", env, "--agent-id", agent_id])
+            .arg("--data-dir")
+            .arg(&agg.data_dir)
+            .arg("--out")
+            .arg(dir)
+            .arg("--aggregator-address")
+            .arg(agg.quic.to_string())
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "issue-agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(common.bin("gait-agent")?)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("agent.yaml"))
+            .env("GAIT_AGENT_LOCAL_API_LISTEN", api.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn gait-agent")?;
+        let pid = child.id().context("agent pid")?;
+        let agent = Self {
+            child,
+            pid,
+            api,
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        };
+        agent
+            .wait_status(Duration::from_secs(60), |s| {
+                s["connected"].as_bool() == Some(true)
+            })
+            .await
+            .with_context(|| format!("agent did not connect; log:\n{}", agent.log_tail()))?;
+        Ok(agent)
+    }
+
+    /// Poll `GET /v1/status` until `ok` holds.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let url = format!("http://{}/v1/status", self.api);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(resp) = self.http.get(&url).send().await
+                && let Ok(v) = resp.json::<Value>().await
+                && ok(&v)
+            {
+                return Ok(v);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} polling {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The local API bearer token, when this agent build makes one (`data/local-api.token`).
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("data").join("local-api.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+
+    /// Resident set size now, KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid, "VmRSS")
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after `grace`).
+    pub async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        Ok(())
+    }
+
+    /// The tail of the agent's log (for error messages).
+    pub fn log_tail(&self) -> String {
+        tail(
+            &std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default(),
+            3000,
+        )
+        .to_owned()
+    }
+}
+
+/// The policy the agent benches publish: reads are allowed, everything else blocked.
+pub const READS_POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    \
+                                priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read]\n";
+
+/// A Gait intent request for `tool`.
+pub fn intent(tool: &str) -> Value {
+    json!({
+        "schema_id": "gait.gate.intent_request",
+        "schema_version": "1.0.0",
+        "created_at": "2026-02-05T00:00:00Z",
+        "producer_version": "gait-fleet-bench",
+        "tool_name": tool,
+        "args": {"path": "/tmp/out.txt"},
+        "targets": [{"kind": "path", "value": "/tmp/out.txt"}],
+        "arg_provenance": [{"arg_path": "$.path", "source": "user"}],
+        "context": {"identity": "bench", "workspace": "/tmp/ws", "risk_class": "low"}
+    })
+}
+
 /// A field of `/proc/<pid>/status` in KiB (e.g. `VmRSS`).
 pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

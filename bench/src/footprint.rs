@@ -3,12 +3,10 @@
 //! left idle; its VmRSS is read after the idle period. Also reports the size of both release binaries.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
-use serde_json::{Value, json};
-use tokio::process::Command;
+use anyhow::{Context as _, bail};
+use serde_json::json;
 
 use crate::common::{self, AggregatorProc, CommonArgs, Database, round};
 
@@ -40,84 +38,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn measure(args: &Args, agg: &AggregatorProc, work: &Path) -> anyhow::Result<()> {
     let agent_dir = work.join("agent");
-    let out = Command::new(args.common.bin("gait-aggregator")?)
-        .args([
-            "pki",
-            "issue-agent",
-            "--org",
-            "bench",
-            "--project",
-            "footprint",
-            "--env",
-            "prod",
-            "--agent-id",
-            "fp-1",
-        ])
-        .arg("--data-dir")
-        .arg(&agg.data_dir)
-        .arg("--out")
-        .arg(&agent_dir)
-        .arg("--aggregator-address")
-        .arg(agg.quic.to_string())
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "issue-agent: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let log = std::fs::File::create(agent_dir.join("agent.log"))?;
-    let mut child = Command::new(args.common.bin("gait-agent")?)
-        .arg("run")
-        .arg("--config")
-        .arg(agent_dir.join("agent.yaml"))
-        .env("GAIT_AGENT_LOCAL_API_LISTEN", api_addr.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn gait-agent")?;
-    let pid = child.id().context("agent pid")?;
-    let status_url = format!("http://{api_addr}/v1/status");
-    let http = reqwest::Client::new();
-    let agent_log = || std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
-
-    // Connected, then a published bundle verified and active.
     let started = Instant::now();
-    wait_status(&http, &status_url, Duration::from_secs(30), |s| {
-        s["connected"].as_bool() == Some(true)
-    })
-    .await
-    .with_context(|| format!("agent did not connect; log:\n{}", agent_log()))?;
+    let mut agent = common::AgentProc::start(
+        &args.common,
+        agg,
+        ("bench", "footprint", "prod"),
+        "fp-1",
+        &agent_dir,
+    )
+    .await?;
     let connected_after = started.elapsed();
-    let policy = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    \
-                  priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read]\n";
     agg.api()
-        .publish("bench", "footprint", "prod", "p.yaml", policy)
+        .publish("bench", "footprint", "prod", "p.yaml", common::READS_POLICY)
         .await?;
-    wait_status(&http, &status_url, Duration::from_secs(30), |s| {
-        s["active_bundle"]["epoch"].as_u64() == Some(1)
-    })
-    .await
-    .with_context(|| format!("agent did not activate the bundle; log:\n{}", agent_log()))?;
+    agent
+        .wait_status(Duration::from_secs(30), |s| {
+            s["active_bundle"]["epoch"].as_u64() == Some(1)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "agent did not activate the bundle; log:\n{}",
+                agent.log_tail()
+            )
+        })?;
 
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-    if let Some(status) = child.try_wait()? {
-        bail!("gait-agent exited with {status}; log:\n{}", agent_log());
+    if !agent.running()? {
+        bail!("gait-agent exited; log:\n{}", agent.log_tail());
     }
-    let rss = common::proc_status_kib(pid, "VmRSS")?;
-    let hwm = common::proc_status_kib(pid, "VmHWM")?;
-    let threads = common::proc_status_kib(pid, "Threads")?;
+    let rss = agent.rss_kib()?;
+    let hwm = common::proc_status_kib(agent.pid, "VmHWM")?;
+    let threads = common::proc_status_kib(agent.pid, "Threads")?;
     let agent_bin = std::fs::metadata(args.common.bin("gait-agent")?)?.len();
     let agg_bin = std::fs::metadata(args.common.bin("gait-aggregator")?)?.len();
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    agent.terminate(Duration::from_secs(15)).await?;
 
     let rss_bytes = rss * 1024;
     let rss_met = rss_bytes < GOAL_RSS_BYTES;
@@ -148,27 +103,4 @@ async fn measure(args: &Args, agg: &AggregatorProc, work: &Path) -> anyhow::Resu
     );
     common::emit(&summary, &human);
     Ok(())
-}
-
-/// Poll the agent's local status until `ok` holds.
-async fn wait_status(
-    http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-    ok: impl Fn(&Value) -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(resp) = http.get(url).send().await
-            && let Ok(v) = resp.json::<Value>().await
-            && ok(&v)
-        {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} polling {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

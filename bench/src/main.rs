@@ -8,9 +8,12 @@
 //! target/release/gait-fleet-bench publish-latency --agents 1000
 //! target/release/gait-fleet-bench idle --agents 10000
 //! target/release/gait-fleet-bench agent-footprint
+//! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
+//! prlimit --nofile=65536:65536 target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
 //! ```
 
 mod common;
+mod edge;
 mod footprint;
 mod idle;
 mod ingest;
@@ -39,6 +42,11 @@ enum Command {
     Idle(idle::Args),
     /// Memory of an idle real gait-agent and the size of both release binaries.
     AgentFootprint(footprint::Args),
+    /// Decisions/s through a real agent's local API, and the time until all are recorded upstream.
+    Decide(edge::DecideArgs),
+    /// Both HTTP servers flooded with idle connections and unfinished bodies: are `/healthz` and real work
+    /// still answered, and how much memory does the server hold.
+    HttpFlood(edge::FloodArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,8 @@ fn main() -> ExitCode {
             Command::PublishLatency(a) => publish::run(a).await,
             Command::Idle(a) => idle::run(a).await,
             Command::AgentFootprint(a) => footprint::run(a).await,
+            Command::Decide(a) => edge::decide(a).await,
+            Command::HttpFlood(a) => edge::flood(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

@@ -2,10 +2,13 @@
 //! clients that connect and never finish: idle, slow-header, slow-body and connection-flooding clients.
 //!
 //! What [`serve`] enforces, each from [`Limits`]:
-//! - **Connection cap.** At most `max_connections` connections are served at once. Beyond the cap a new
-//!   connection is accepted and closed at once (fast refusal: the client sees EOF, not a hang) and counted in
-//!   [`Stats::refused`], so the process never runs out of file handles and the admitted connections keep being
-//!   answered.
+//! - **Connection cap.** At most `max_connections` connections are served at once. When a connection arrives at
+//!   the cap, the connection that has waited longest without a request in flight (idle between requests, or
+//!   still sending its request head — the slow-header client) is closed to make room, and counted in
+//!   [`Stats::evicted`]: a flood of idle connections cannot lock out a client that sends a request, however
+//!   fast the flood re-dials, because the newest connection is always the last to go. Only when every admitted
+//!   connection has a request in flight is a new connection closed at once (fast refusal: the client sees EOF,
+//!   not a hang) and counted in [`Stats::refused`]. Either way the process never runs out of file handles.
 //! - **Header timeout.** The request line and headers must arrive within `header_timeout`, else the
 //!   connection is closed (hyper's `header_read_timeout`; hyper also arms it while a kept-alive connection waits
 //!   for its next request).
@@ -25,9 +28,10 @@
 //! 1024 × (2 MiB + 64 KiB) ≈ 2.06 GiB, aggregator 4096 × 8 MiB = 32 GiB, worst case. Operators who need a
 //! tighter bound lower `max_connections`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderValue};
@@ -45,6 +49,14 @@ use crate::Tasks;
 /// How long the accept loop waits before accepting again after the process ran out of file handles (or another
 /// resource error), so that it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a connection admitted by evicting an idle one waits for the evicted connection to release its slot
+/// (normally microseconds; the evicted connection only has to be dropped) before it is refused after all.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections admitted by eviction that may wait for a released slot at once; beyond it a new connection at the
+/// cap is refused, so a flood cannot park unbounded waiters.
+const MAX_EVICTION_WAITERS: usize = 64;
 
 /// The limits [`serve`] enforces; each binary builds them from its own dotted config keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +105,7 @@ impl Limits {
 pub struct Stats {
     accepted: AtomicU64,
     refused: AtomicU64,
+    evicted: AtomicU64,
     open: AtomicUsize,
 }
 
@@ -102,9 +115,14 @@ impl Stats {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once because `max_connections` were already open.
+    /// Connections closed at once because `max_connections` were already open, each with a request in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections (no request in flight) closed to make room for a new one at `max_connections`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Connections open now.
@@ -137,6 +155,8 @@ pub async fn serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let idle = Arc::new(IdleSet::default());
+    let waiters = Arc::new(Semaphore::new(MAX_EVICTION_WAITERS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -153,25 +173,107 @@ pub async fn serve<S, B>(
                 }
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            // Dropping the stream closes it: the client learns at once instead of waiting in a queue.
-            drop(stream);
-            let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if refused.is_power_of_two() {
+        let connection = Connection {
+            service: service.clone(),
+            limits,
+            shutdown: shutdown.clone(),
+            idle: Arc::clone(&idle),
+        };
+        if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let open = OpenGuard::new(Arc::clone(&stats), permit);
+            tasks.spawn("http-connection", connection.serve(stream, open));
+            continue;
+        }
+        // At the cap: make room by closing the longest-idle connection, and give its slot to this one.
+        let waiter = Arc::clone(&waiters).try_acquire_owned();
+        if let Ok(waiter) = waiter
+            && idle.evict_oldest()
+        {
+            let evicted = stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            if evicted.is_power_of_two() {
                 tracing::warn!(
-                    refused_total = refused,
+                    evicted_total = evicted,
                     max_connections = limits.max_connections,
-                    "HTTP connection cap reached; refusing new connections"
+                    "HTTP connection cap reached; closing the longest-idle connections to admit new ones"
                 );
             }
+            let (permits, stats) = (Arc::clone(&permits), Arc::clone(&stats));
+            tasks.spawn("http-connection", async move {
+                let slot = tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await;
+                drop(waiter);
+                match slot {
+                    Ok(Ok(permit)) => {
+                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        let open = OpenGuard::new(Arc::clone(&stats), permit);
+                        connection.serve(stream, open).await;
+                    }
+                    _ => refuse(stream, &stats, limits),
+                }
+            });
             continue;
-        };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let open = OpenGuard::new(Arc::clone(&stats), permit);
-        tasks.spawn(
-            "http-connection",
-            serve_connection(stream, service.clone(), limits, shutdown.clone(), open),
+        }
+        refuse(stream, &stats, limits);
+    }
+}
+
+/// Closes a connection at the cap at once (the client learns instead of waiting in a queue) and counts it.
+fn refuse(stream: TcpStream, stats: &Stats, limits: Limits) {
+    drop(stream);
+    let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    if refused.is_power_of_two() {
+        tracing::warn!(
+            refused_total = refused,
+            max_connections = limits.max_connections,
+            "HTTP connection cap reached with a request in flight on every connection; refusing new connections"
         );
+    }
+}
+
+/// The connections with no request in flight, oldest first: the candidates for eviction at the cap. A
+/// connection enters when it is admitted and whenever its last request in flight is answered, and leaves when a
+/// request starts.
+#[derive(Debug, Default)]
+struct IdleSet {
+    inner: Mutex<IdleInner>,
+}
+
+#[derive(Debug, Default)]
+struct IdleInner {
+    next_ticket: u64,
+    by_age: BTreeMap<u64, CancellationToken>,
+}
+
+impl IdleSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleInner> {
+        // The critical sections below cannot panic; a poisoned lock still holds a consistent map.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection that just became idle; returns its ticket.
+    fn enter(&self, evict: &CancellationToken) -> u64 {
+        let mut inner = self.lock();
+        let ticket = inner.next_ticket;
+        inner.next_ticket += 1;
+        inner.by_age.insert(ticket, evict.clone());
+        ticket
+    }
+
+    /// Removes a connection (a request started, or the connection ended).
+    fn leave(&self, ticket: u64) {
+        self.lock().by_age.remove(&ticket);
+    }
+
+    /// Signals the longest-idle connection to close; false when no connection is idle.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().by_age.pop_first();
+        match oldest {
+            Some((_, evict)) => {
+                evict.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -206,20 +308,59 @@ impl Drop for OpenGuard {
     }
 }
 
-/// What one connection's requests tell its idle timer.
+/// What one connection's requests tell its idle timer and the server's [`IdleSet`].
 #[derive(Debug)]
 struct Activity {
     served: AtomicU64,
     in_flight: AtomicUsize,
     changed: watch::Sender<()>,
+    idle: Arc<IdleSet>,
+    /// Cancelled when the server evicts this connection.
+    evict: CancellationToken,
+    /// This connection's place in the idle set while it has no request in flight.
+    ticket: Mutex<Option<u64>>,
 }
 
-/// Marks one request in flight until dropped (the answer is produced or the request is abandoned).
+impl Activity {
+    fn new(idle: Arc<IdleSet>, changed: watch::Sender<()>) -> Self {
+        let evict = CancellationToken::new();
+        let ticket = idle.enter(&evict);
+        Activity {
+            served: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            changed,
+            idle,
+            evict,
+            ticket: Mutex::new(Some(ticket)),
+        }
+    }
+
+    fn ticket(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.ticket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket().take() {
+            self.idle.leave(ticket);
+        }
+    }
+}
+
+/// Marks one request in flight until dropped (the answer is produced or the request is abandoned); while any
+/// request is in flight the connection is not a candidate for eviction.
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut ticket = activity.ticket();
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            if let Some(ticket) = ticket.take() {
+                activity.idle.leave(ticket);
+            }
+        }
         activity.changed.send_replace(());
         InFlight(activity)
     }
@@ -227,8 +368,47 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut ticket = self.0.ticket();
+            let left = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+            if left == 0 && ticket.is_none() {
+                *ticket = Some(self.0.idle.enter(&self.0.evict));
+            }
+        }
         self.0.changed.send_replace(());
+    }
+}
+
+/// What serving one admitted connection needs.
+struct Connection<S> {
+    service: S,
+    limits: Limits,
+    shutdown: CancellationToken,
+    idle: Arc<IdleSet>,
+}
+
+impl<S, B> Connection<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn serve(self, stream: TcpStream, open: OpenGuard) {
+        serve_connection(
+            stream,
+            self.service,
+            self.limits,
+            self.shutdown,
+            self.idle,
+            open,
+        )
+        .await;
     }
 }
 
@@ -237,6 +417,7 @@ async fn serve_connection<S, B>(
     service: S,
     limits: Limits,
     shutdown: CancellationToken,
+    idle: Arc<IdleSet>,
     _open: OpenGuard,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -250,11 +431,8 @@ async fn serve_connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (changed, mut changes) = watch::channel(());
-    let activity = Arc::new(Activity {
-        served: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        changed,
-    });
+    let activity = Arc::new(Activity::new(idle, changed));
+    let evict = activity.evict.clone();
     let timed =
         Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
     let per_request = Arc::clone(&activity);
@@ -292,6 +470,15 @@ async fn serve_connection<S, B>(
                 return;
             }
             () = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            // Evicted at the cap: an idle connection ends now; one whose request started in the meantime ends
+            // after its answer.
+            () = evict.cancelled(), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -24,13 +24,38 @@ fn limits(max_connections: usize) -> Limits {
 }
 
 async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Stats>, CancellationToken) {
+    let (addr, stats, token, _hold) = start_holding(limits).await;
+    (addr, stats, token)
+}
+
+/// What the test service's `/hold` route does: counts the requests that reached it, and answers them once
+/// `release` is cancelled.
+#[derive(Clone, Default)]
+struct Hold {
+    reached: Arc<std::sync::atomic::AtomicUsize>,
+    release: CancellationToken,
+}
+
+async fn start_holding(
+    limits: Limits,
+) -> (std::net::SocketAddr, Arc<Stats>, CancellationToken, Hold) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
     let tasks = Tasks::new(token.clone());
     let stats = Arc::new(Stats::default());
-    let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    let hold = Hold::default();
+    let held = hold.clone();
+    let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let hold = held.clone();
+        async move {
+            if req.uri().path() == "/hold" {
+                hold.reached
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hold.release.cancelled().await;
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        }
     });
     let server = serve(
         listener,
@@ -41,7 +66,18 @@ async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Stats>, Cancellatio
         token.clone(),
     );
     tasks.spawn("test-server", server);
-    (addr, stats, token)
+    (addr, stats, token, hold)
+}
+
+/// Waits (bounded by [`PATIENCE`]) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within the patience"));
 }
 
 /// Reads until EOF (or a reset), bounded by [`PATIENCE`]; returns what was read.
@@ -54,22 +90,75 @@ async fn read_to_eof(stream: &mut TcpStream) -> String {
 }
 
 #[tokio::test]
-async fn a_connection_beyond_the_cap_is_closed_at_once_and_counted() {
+async fn at_the_cap_the_longest_idle_connection_makes_room_for_a_new_one() {
     let (addr, stats, token) = start(limits(2)).await;
-    let mut held = Vec::new();
+    let mut oldest = TcpStream::connect(addr).await.unwrap();
+    until("the first connection is admitted", || stats.open() == 1).await;
+    let mut newer = TcpStream::connect(addr).await.unwrap();
+    until("both connections are admitted", || stats.open() == 2).await;
+
+    // A third client at the cap is answered; the connection idle longest is closed to make room.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_eof(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(
+        read_to_eof(&mut oldest).await,
+        "",
+        "the oldest idle connection is closed"
+    );
+    assert_eq!(stats.evicted(), 1);
+    assert_eq!(stats.refused(), 0);
+
+    // The newer idle connection was left alone and is still served.
+    newer
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_eof(&mut newer).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    token.cancel();
+}
+
+#[tokio::test]
+async fn at_the_cap_with_a_request_in_flight_everywhere_a_connection_is_refused_at_once() {
+    let (addr, stats, token, hold) = start_holding(limits(2)).await;
+    let mut busy = Vec::new();
     for _ in 0..2 {
-        held.push(TcpStream::connect(addr).await.unwrap());
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(stream);
     }
-    tokio::time::timeout(PATIENCE, async {
-        while stats.open() < 2 {
-            tokio::task::yield_now().await;
-        }
+    until("both requests reach the service", || {
+        hold.reached.load(std::sync::atomic::Ordering::SeqCst) == 2
     })
-    .await
-    .unwrap();
+    .await;
+
     let mut extra = TcpStream::connect(addr).await.unwrap();
-    assert_eq!(read_to_eof(&mut extra).await, "");
+    assert_eq!(
+        read_to_eof(&mut extra).await,
+        "",
+        "refused without an answer"
+    );
     assert_eq!(stats.refused(), 1);
+    assert_eq!(
+        stats.evicted(),
+        0,
+        "a connection with a request in flight is never evicted"
+    );
+
+    // The busy connections still get their answers.
+    hold.release.cancel();
+    for mut stream in busy {
+        let answer = read_to_eof(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    }
     token.cancel();
 }
 

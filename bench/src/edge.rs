@@ -1,0 +1,628 @@
+//! The HTTP edges of both daemons under load and under attack, against real release processes.
+//!
+//! - `decide`: decision throughput of a real `gait-agent`'s local API (`POST /v1/gate/evaluate`, keep-alive
+//!   connections, the bearer token when the agent build makes one) with a bundle in force, then the time until
+//!   every decision record reached the aggregator (outbox empty). Run it on two builds (`--bin-dir`) to compare.
+//! - `http-flood`: first the aggregator's admin API, then the agent's local API, are flooded with idle
+//!   (slow-header) connections and authenticated 2 MiB bodies stalled one byte short, optionally re-dialled as soon as the server closes
+//!   them (an attacker that keeps the pressure on). Meanwhile fresh connections probe `/healthz` and real work
+//!   (an authenticated admin `GET` on the aggregator, a decision on the agent): how many are answered, how fast,
+//!   and the server's resident memory. Needs file handles for every attack connection: run it under
+//!   `prlimit --nofile=65536:65536`.
+#![allow(clippy::disallowed_methods)] // benchmark harness: spawns load generators freely and reads the clock
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, AgentProc, AggregatorProc, CommonArgs, Database, Percentiles, round};
+
+const TENANT: (&str, &str, &str) = ("bench", "edge", "prod");
+/// The body a slow-body connection announces; it sends all of it but the last byte.
+const SLOW_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+#[derive(clap::Args, Debug)]
+pub struct DecideArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Decisions to time (after a warm-up of 500).
+    #[arg(long, default_value_t = 20_000)]
+    pub decisions: usize,
+    /// Callers deciding at once, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Idle connections (connect, send nothing) opened against each server.
+    #[arg(long, default_value_t = 20_000)]
+    pub idle: usize,
+    /// Authenticated connections (the caller's token: an unauthenticated body is refused before it is read)
+    /// that send a request head announcing a 2 MiB body, all of it but the last byte, then stall.
+    #[arg(long, default_value_t = 200)]
+    pub slow_bodies: usize,
+    /// Re-open an attack connection as soon as the server closes it.
+    #[arg(long)]
+    pub redial: bool,
+    /// Seconds the attack is held while probing.
+    #[arg(long, default_value_t = 20)]
+    pub hold_secs: u64,
+    /// Attack connections being dialled at once.
+    #[arg(long, default_value_t = 256)]
+    pub dial_concurrency: usize,
+}
+
+/// Two work items per probe round; a failed one counts with its error.
+#[derive(Default)]
+struct Probes {
+    ok: Vec<Duration>,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+impl Probes {
+    fn record(&mut self, result: anyhow::Result<Duration>) {
+        match result {
+            Ok(took) => self.ok.push(took),
+            Err(error) => {
+                self.failed += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(format!("{error:#}"));
+                }
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "answered": self.ok.len(),
+            "failed": self.failed,
+            "latency_ms": Percentiles::of(&self.ok).json_ms(),
+            "first_error": self.first_error,
+        })
+    }
+
+    fn human(&self) -> String {
+        let p = Percentiles::of(&self.ok);
+        format!(
+            "{}/{} answered (p50 {:.1} ms, max {:.1} ms)",
+            self.ok.len(),
+            self.ok.len() + self.failed,
+            p.p50.as_secs_f64() * 1e3,
+            p.max.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// Start an aggregator and an enrolled agent with the reads policy in force.
+async fn start_pair(
+    common: &CommonArgs,
+    work: &std::path::Path,
+    db: &Database,
+) -> anyhow::Result<(AggregatorProc, AgentProc)> {
+    let data_dir = work.join("aggregator");
+    std::fs::create_dir_all(&data_dir)?;
+    let agg = AggregatorProc::start_ephemeral(common, &data_dir, db).await?;
+    let agent = AgentProc::start(common, &agg, TENANT, "edge-1", &work.join("agent")).await?;
+    let (org, project, env) = TENANT;
+    agg.api()
+        .publish(org, project, env, "p.yaml", common::READS_POLICY)
+        .await?;
+    agent
+        .wait_status(Duration::from_secs(60), |s| {
+            s["active_bundle"]["epoch"].as_u64() == Some(1)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "agent did not activate the bundle; log:\n{}",
+                agent.log_tail()
+            )
+        })?;
+    Ok((agg, agent))
+}
+
+pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
+    ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let work = args.common.temp_dir("gait-bench-decide-")?;
+    let db = Database::create(&args.common, "decide").await?;
+    let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
+    let result = measure_decide(&args, &agent).await;
+    let logs = format!(
+        "agent log:\n{}\naggregator log:\n{}",
+        agent.log_tail(),
+        agg.log_tail()
+    );
+    agent.terminate(Duration::from_secs(15)).await?;
+    agg.terminate(Duration::from_secs(15)).await?;
+    db.drop_database().await?;
+    result.with_context(|| logs)
+}
+
+async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<()> {
+    let url = format!("http://{}/v1/gate/evaluate", agent.api);
+    let token = agent.token();
+    let body = serde_json::to_vec(&common::intent("tool.read"))?;
+    let clients: Vec<reqwest::Client> = (0..args.concurrency)
+        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).build())
+        .collect::<Result<_, _>>()?;
+
+    let run = |count: usize| {
+        let next = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = clients
+            .iter()
+            .cloned()
+            .map(|client| {
+                let (next, url, token, body) =
+                    (Arc::clone(&next), url.clone(), token.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < count as u64 {
+                        let started = Instant::now();
+                        let mut req = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone());
+                        if let Some(token) = &token {
+                            req = req.bearer_auth(token);
+                        }
+                        let resp = req.send().await?;
+                        let status = resp.status();
+                        let answer: Value = resp.json().await?;
+                        ensure!(
+                            status.is_success() && answer["verdict"] == "allow",
+                            "decision answered {status}: {answer}"
+                        );
+                        latencies.push(started.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        async move {
+            let mut all = Vec::with_capacity(count);
+            for worker in workers {
+                all.extend(worker.await??);
+            }
+            anyhow::Ok(all)
+        }
+    };
+
+    eprintln!("decide: warm-up (500 decisions)");
+    run(500).await?;
+    eprintln!(
+        "decide: {} decisions by {} callers",
+        args.decisions, args.concurrency
+    );
+    let started = Instant::now();
+    let latencies = run(args.decisions).await?;
+    let elapsed = started.elapsed();
+    let drained = agent
+        .wait_status(Duration::from_secs(300), |s| {
+            s["outbox"]["depth"].as_u64() == Some(0)
+        })
+        .await
+        .map(|_| started.elapsed());
+    let rate = args.decisions as f64 / elapsed.as_secs_f64();
+    let p = Percentiles::of(&latencies);
+    let summary = json!({
+        "bench": "decide",
+        "decisions": args.decisions,
+        "concurrency": args.concurrency,
+        "token": agent.token().is_some(),
+        "elapsed_s": round(elapsed.as_secs_f64(), 3),
+        "decisions_per_s": round(rate, 1),
+        "latency_ms": p.json_ms(),
+        "all_recorded_upstream_after_s": drained.as_ref().ok().map(|d| round(d.as_secs_f64(), 2)),
+    });
+    let human = format!(
+        "decide: {} decisions by {} callers in {:.2} s = {:.0} decisions/s (p50 {:.2} ms, p99 {:.2} ms); outbox empty after {}",
+        args.decisions,
+        args.concurrency,
+        elapsed.as_secs_f64(),
+        rate,
+        p.p50.as_secs_f64() * 1e3,
+        p.p99.as_secs_f64() * 1e3,
+        match &drained {
+            Ok(d) => format!("{:.2} s", d.as_secs_f64()),
+            Err(e) => format!("NOT within 300 s ({e})"),
+        }
+    );
+    common::emit(&summary, &human);
+    Ok(())
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> anyhow::Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no 'Max open files' in /proc/self/limits")?;
+    line.split_whitespace()
+        .nth(3)
+        .context("malformed 'Max open files' line")?
+        .parse()
+        .context("'Max open files' soft limit")
+}
+
+pub async fn flood(args: FloodArgs) -> anyhow::Result<()> {
+    let needed = (args.idle + args.slow_bodies + 2048) as u64;
+    let limit = open_files_limit()?;
+    if limit < needed {
+        bail!(
+            "http-flood needs {needed} open files and this process may open {limit}: run it as \
+             `prlimit --nofile=65536:65536 target/release/gait-fleet-bench http-flood ...` (as root, or after raising \
+             the hard limit)"
+        );
+    }
+    let work = args.common.temp_dir("gait-bench-flood-")?;
+    let db = Database::create(&args.common, "flood").await?;
+    let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
+    let result = measure_flood(&args, &agg, &agent).await;
+    let logs = format!(
+        "agent log:\n{}\naggregator log:\n{}",
+        agent.log_tail(),
+        agg.log_tail()
+    );
+    agent.terminate(Duration::from_secs(15)).await?;
+    agg.terminate(Duration::from_secs(15)).await?;
+    db.drop_database().await?;
+    result.with_context(|| logs)
+}
+
+/// What one flooded server did.
+struct TargetReport {
+    name: &'static str,
+    before: (Probes, Probes),
+    during: (Probes, Probes),
+    after: (Probes, Probes),
+    rss_before_kib: u64,
+    rss_max_during_kib: u64,
+    attack: AttackStats,
+}
+
+async fn measure_flood(
+    args: &FloodArgs,
+    agg: &AggregatorProc,
+    agent: &AgentProc,
+) -> anyhow::Result<()> {
+    let (org, project, env) = TENANT;
+    let admin = Work::Admin {
+        addr: agg.http,
+        path: format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest"),
+        token: agg.token.clone(),
+    };
+    let decision = Work::Decide {
+        addr: agent.api,
+        token: agent.token(),
+        body: serde_json::to_string(&common::intent("tool.read"))?,
+    };
+    // Check both probes work before attacking.
+    admin.run().await.context("admin probe before the attack")?;
+    decision
+        .run()
+        .await
+        .context("decision probe before the attack")?;
+
+    let mut reports = Vec::new();
+    for (name, addr, pid, work) in [
+        ("aggregator", agg.http, agg.pid, admin),
+        ("agent", agent.api, agent.pid, decision),
+    ] {
+        reports.push(flood_one(args, name, addr, pid, &work).await?);
+    }
+
+    let targets: Vec<Value> = reports
+        .iter()
+        .map(|r| {
+            json!({
+                "target": r.name,
+                "before": {"healthz": r.before.0.json(), "work": r.before.1.json()},
+                "during": {"healthz": r.during.0.json(), "work": r.during.1.json()},
+                "after": {"healthz": r.after.0.json(), "work": r.after.1.json()},
+                "rss_before_kib": r.rss_before_kib,
+                "rss_max_during_kib": r.rss_max_during_kib,
+                "attack": r.attack.json(),
+            })
+        })
+        .collect();
+    let summary = json!({
+        "bench": "http-flood",
+        "idle": args.idle,
+        "slow_bodies": args.slow_bodies,
+        "redial": args.redial,
+        "hold_s": args.hold_secs,
+        "targets": targets,
+    });
+    let human = reports
+        .iter()
+        .map(|r| {
+            format!(
+                "http-flood {} ({} idle + {} slow bodies{}): during the attack healthz {}, work {}; RSS {:.1} MB before, \
+                 max {:.1} MB during; {} attack connections opened, {} closed by the server",
+                r.name,
+                args.idle,
+                args.slow_bodies,
+                if args.redial { ", re-dialled" } else { "" },
+                r.during.0.human(),
+                r.during.1.human(),
+                r.rss_before_kib as f64 * 1024.0 / 1e6,
+                r.rss_max_during_kib as f64 * 1024.0 / 1e6,
+                r.attack.opened.load(Ordering::Relaxed),
+                r.attack.closed_by_server.load(Ordering::Relaxed),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    common::emit(&summary, &human);
+    Ok(())
+}
+
+/// The real work probed beside `/healthz`.
+enum Work {
+    /// An authenticated admin API `GET`.
+    Admin {
+        addr: SocketAddr,
+        path: String,
+        token: String,
+    },
+    /// A decision.
+    Decide {
+        addr: SocketAddr,
+        token: Option<String>,
+        body: String,
+    },
+}
+
+impl Work {
+    /// The head of an authenticated request with a 2 MiB JSON body, for the slow-body attack.
+    fn slow_body_head(&self) -> String {
+        let (addr, path, auth) = match self {
+            Work::Admin { addr, path, token } => (
+                addr,
+                path.trim_end_matches("/latest"),
+                format!("authorization: Bearer {token}\r\n"),
+            ),
+            Work::Decide { addr, token, .. } => (
+                addr,
+                "/v1/gate/evaluate",
+                token
+                    .as_ref()
+                    .map(|t| format!("authorization: Bearer {t}\r\n"))
+                    .unwrap_or_default(),
+            ),
+        };
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}\
+             content-length: {SLOW_BODY_BYTES}\r\n\r\n"
+        )
+    }
+
+    async fn run(&self) -> anyhow::Result<Duration> {
+        match self {
+            Work::Admin { addr, path, token } => {
+                let head = format!(
+                    "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+                );
+                exchange(*addr, head.as_bytes()).await
+            }
+            Work::Decide { addr, token, body } => {
+                let auth = token
+                    .as_ref()
+                    .map(|t| format!("authorization: Bearer {t}\r\n"))
+                    .unwrap_or_default();
+                let req = format!(
+                    "POST /v1/gate/evaluate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                exchange(*addr, req.as_bytes()).await
+            }
+        }
+    }
+}
+
+async fn healthz(addr: SocketAddr) -> anyhow::Result<Duration> {
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    exchange(addr, head.as_bytes()).await
+}
+
+/// One request on a fresh connection; success is a `200` answer within 10 s.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.context("connect")?;
+        stream.write_all(request).await.context("send")?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .context("read answer")?;
+        ensure!(!answer.is_empty(), "connection closed without an answer");
+        let status_line = String::from_utf8_lossy(&answer[..answer.len().min(64)])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            status_line.starts_with("HTTP/1.1 200"),
+            "answered {status_line:?}"
+        );
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .context("no answer within 10 s")??;
+    Ok(started.elapsed())
+}
+
+/// Counters of one attack.
+#[derive(Default)]
+struct AttackStats {
+    opened: AtomicU64,
+    /// Held connections the server closed (refused at once, or timed out).
+    closed_by_server: AtomicU64,
+    connect_errors: AtomicU64,
+    /// Attack connections open now.
+    open: AtomicU64,
+}
+
+impl AttackStats {
+    fn json(&self) -> Value {
+        json!({
+            "opened": self.opened.load(Ordering::Relaxed),
+            "closed_by_server": self.closed_by_server.load(Ordering::Relaxed),
+            "connect_errors": self.connect_errors.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One attack connection: connect, optionally start an unfinished 2 MiB body, then hold it until the server
+/// closes it (and dial again with `redial`) or the attack stops.
+async fn attacker(
+    addr: SocketAddr,
+    slow_body: Option<Arc<String>>,
+    redial: bool,
+    stats: Arc<AttackStats>,
+    dials: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = {
+            let Ok(_dialling) = dials.acquire().await else {
+                return;
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                s = TcpStream::connect(addr) => s,
+            }
+        };
+        let Ok(mut stream) = stream else {
+            stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+            // Out of ephemeral ports or file handles: back off instead of spinning.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
+        };
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        if let Some(head) = &slow_body {
+            let send = async {
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&vec![b' '; SLOW_BODY_BYTES - 1]).await
+            };
+            tokio::select! {
+                () = stop.cancelled() => {
+                    stats.open.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                _ = send => {}
+            }
+        }
+        let mut sink = [0u8; 4096];
+        let closed = tokio::select! {
+            () = stop.cancelled() => false,
+            _ = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} } => true,
+        };
+        stats.open.fetch_sub(1, Ordering::Relaxed);
+        if !closed {
+            return;
+        }
+        stats.closed_by_server.fetch_add(1, Ordering::Relaxed);
+        if !redial {
+            return;
+        }
+    }
+}
+
+/// A round of probes: `/healthz` and the real work, each on a fresh connection.
+async fn probe_round(addr: SocketAddr, work: &Work, rounds: usize) -> (Probes, Probes) {
+    let mut health = Probes::default();
+    let mut real = Probes::default();
+    for _ in 0..rounds {
+        health.record(healthz(addr).await);
+        real.record(work.run().await);
+    }
+    (health, real)
+}
+
+async fn flood_one(
+    args: &FloodArgs,
+    name: &'static str,
+    addr: SocketAddr,
+    pid: u32,
+    work: &Work,
+) -> anyhow::Result<TargetReport> {
+    eprintln!("http-flood {name}: baseline probes");
+    let before = probe_round(addr, work, 20).await;
+    let rss_before_kib = common::proc_status_kib(pid, "VmRSS")?;
+
+    eprintln!(
+        "http-flood {name}: opening {} idle connections and {} slow bodies",
+        args.idle, args.slow_bodies
+    );
+    let stats = Arc::new(AttackStats::default());
+    let dials = Arc::new(Semaphore::new(args.dial_concurrency.max(1)));
+    let stop = CancellationToken::new();
+    let mut attackers = tokio::task::JoinSet::new();
+    let slow_head = Arc::new(work.slow_body_head());
+    for i in 0..args.idle + args.slow_bodies {
+        attackers.spawn(attacker(
+            addr,
+            (i >= args.idle).then(|| Arc::clone(&slow_head)),
+            args.redial,
+            Arc::clone(&stats),
+            Arc::clone(&dials),
+            stop.clone(),
+        ));
+    }
+    // Probe while the attack is dialled and then held; memory is read between probe rounds.
+    let mut during = (Probes::default(), Probes::default());
+    let mut rss_max = rss_before_kib;
+    let until = Instant::now() + Duration::from_secs(args.hold_secs);
+    while Instant::now() < until {
+        let (h, w) = probe_round(addr, work, 1).await;
+        during.0.ok.extend(h.ok);
+        during.0.failed += h.failed;
+        during.0.first_error = during.0.first_error.or(h.first_error);
+        during.1.ok.extend(w.ok);
+        during.1.failed += w.failed;
+        during.1.first_error = during.1.first_error.or(w.first_error);
+        rss_max = rss_max.max(common::proc_status_kib(pid, "VmRSS")?);
+        eprintln!(
+            "http-flood {name}: {} attack connections open, {} opened, {} closed by the server; probes {} ok / {} failed",
+            stats.open.load(Ordering::Relaxed),
+            stats.opened.load(Ordering::Relaxed),
+            stats.closed_by_server.load(Ordering::Relaxed),
+            during.0.ok.len() + during.1.ok.len(),
+            during.0.failed + during.1.failed,
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    while attackers.join_next().await.is_some() {}
+    let after = probe_round(addr, work, 20).await;
+    let stats = Arc::try_unwrap(stats).unwrap_or_default();
+    Ok(TargetReport {
+        name,
+        before,
+        during,
+        after,
+        rss_before_kib,
+        rss_max_during_kib: rss_max,
+        attack: stats,
+    })
+}
