@@ -299,6 +299,7 @@ impl Daemon {
             },
             shutdown.child_token(),
         );
+        spawn_storage_healer(&tasks, state.clone(), shutdown.child_token());
         let me = state.identity();
         tracing::info!(
             agent = %me.uri,
@@ -351,6 +352,11 @@ impl Daemon {
             failure: drain.failure,
         }
     }
+}
+
+/// Re-opens the agent database after a storage failure (full disk) once the storage takes writes again.
+fn spawn_storage_healer(tasks: &Tasks, state: Arc<AgentState>, shutdown: CancellationToken) {
+    tasks.spawn("storage-healer", crate::state::healer::run(state, shutdown));
 }
 
 /// The local API: essential, a server that fails stops the agent.

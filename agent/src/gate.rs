@@ -63,6 +63,15 @@ impl GateError {
         matches!(self, GateError::Normalize(_))
     }
 
+    /// The storage under the rate-limit state failed: its lock file or the new state could not be written
+    /// (a full disk, an I/O error).
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            GateError::RateLimitState(StateError::Write(_) | StateError::Lock(_))
+        )
+    }
+
     /// The rate-limit state or policy failed (lock timeout, unreadable or unwritable state file).
     pub fn is_rate_limit(&self) -> bool {
         matches!(self, GateError::RateLimitState(_) | GateError::RateLimit(_))

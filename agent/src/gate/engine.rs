@@ -128,6 +128,9 @@ impl GateEngine {
                 });
             }
             Err(e) if e.is_invalid_intent() => return Err(bad("intent", e.to_string())),
+            Err(e) if e.is_storage() => {
+                return Err(DecisionError::Storage(format!("rate limit state: {e}")));
+            }
             Err(e) => return Err(DecisionError::Internal(format!("rate limit state: {e}"))),
         };
         let enforcement = stale_block(&mut evaluated.decision, stale_fail_closed);
@@ -201,6 +204,9 @@ pub enum DecisionError {
     /// Local state (rate-limit file, policy parse) failed.
     #[error("{0}")]
     Internal(String),
+    /// The storage under the rate-limit state failed (full disk, I/O error): retry later or fail closed.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl DecisionError {
