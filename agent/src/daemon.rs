@@ -232,13 +232,14 @@ impl Daemon {
 
         let data_dir = config.data_dir.clone();
         let key_path = config.gate.signing_key.clone();
+        let max_keys = config.gate.rate_limit.max_keys;
         let engine = tokio::task::spawn_blocking(move || {
-            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref()).map_err(|e| {
-                DaemonError::GateKey {
+            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref())
+                .map(|engine| engine.with_rate_limit_max_keys(max_keys))
+                .map_err(|e| DaemonError::GateKey {
                     path: e.path,
                     detail: e.detail,
-                }
-            })
+                })
         })
         .await??;
         let state = AgentState::open(

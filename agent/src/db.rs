@@ -516,7 +516,7 @@ mod tests {
             payload: format!("{{\"i\":{i}}}").into_bytes(),
         };
         outbox.append(record(1)).unwrap();
-        assert_eq!(db.heal().unwrap(), false, "nothing to heal while healthy");
+        assert!(!db.heal().unwrap(), "nothing to heal while healthy");
 
         db.close_for_test();
         let err = outbox.append(record(2)).unwrap_err();
@@ -529,7 +529,7 @@ mod tests {
         assert!(health.errors >= 1, "{health:?}");
         assert_eq!(health.reopens, 0);
 
-        assert_eq!(db.heal().unwrap(), true);
+        assert!(db.heal().unwrap());
         let health = db.health();
         assert_eq!(health.failure, None);
         assert_eq!(health.reopens, 1);

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod files;
 pub mod pipeline;
 pub mod policy_set;
+pub mod ratelimit_bound;
 pub mod ratelimit_state;
 pub mod registry;
 pub mod trace;

@@ -80,6 +80,12 @@ pub mod metric {
     pub const HTTP_CONNECTIONS_OPEN: &str = "gait_agent_http_connections_open";
     /// Unreadable rate-limit state files set aside since start.
     pub const RATE_LIMIT_STATE_RESETS: &str = "gait_agent_rate_limit_state_resets_total";
+    /// Rate-limit counters held after the last decision.
+    pub const RATE_LIMIT_KEYS: &str = "gait_agent_rate_limit_keys";
+    /// Rate-limit counters below their limit evicted to make room for new ones since start.
+    pub const RATE_LIMIT_KEYS_EVICTED: &str = "gait_agent_rate_limit_keys_evicted_total";
+    /// New rate-limit counters refused (requests blocked) because every counter was at its limit, since start.
+    pub const RATE_LIMIT_KEYS_REFUSED: &str = "gait_agent_rate_limit_keys_refused_total";
     /// 1 while the agent's storage fails (decisions answer 503 `storage_failing`).
     pub const STORAGE_FAILING: &str = "gait_agent_storage_failing";
     /// Agent database operations that failed on storage since start.
@@ -472,6 +478,28 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Unreadable rate-limit state files set aside since start (counting started afresh).",
         crate::gate::ratelimit_state::STATE_RESETS.load(std::sync::atomic::Ordering::Relaxed),
     );
+    {
+        use crate::gate::ratelimit_bound::{KEYS_EVICTED, KEYS_REFUSED, KEYS_TRACKED};
+        use std::sync::atomic::Ordering::Relaxed;
+        put(
+            metric::RATE_LIMIT_KEYS,
+            "gauge",
+            "Rate-limit counters held after the last decision (bounded by gate.rate_limit.max_keys).",
+            KEYS_TRACKED.load(Relaxed),
+        );
+        put(
+            metric::RATE_LIMIT_KEYS_EVICTED,
+            "counter",
+            "Rate-limit counters below their limit evicted to make room for new ones since start.",
+            KEYS_EVICTED.load(Relaxed),
+        );
+        put(
+            metric::RATE_LIMIT_KEYS_REFUSED,
+            "counter",
+            "Requests blocked because the rate-limit state was full of counters at their limit, since start.",
+            KEYS_REFUSED.load(Relaxed),
+        );
+    }
     let storage = state.storage_health();
     put(
         metric::STORAGE_FAILING,

@@ -38,6 +38,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         registry_entries: &[],
         rate_limit_state: state,
         recover_rate_limit_state: false,
+        rate_limit_bound: None,
         simulate,
     }
 }
