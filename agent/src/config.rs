@@ -602,6 +602,24 @@ trust:
     }
 
     #[test]
+    fn the_rate_limit_bound_defaults_to_1024_keys_and_zero_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.gate.rate_limit.max_keys, 1024);
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}gate:\n  rate_limit:\n    max_keys: 0\n"),
+        )
+        .unwrap();
+        let err = Config::load_with_env(&path, |_| None).unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["gate.rate_limit.max_keys"]);
+    }
+
+    #[test]
     fn unknown_keys_are_refused_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         write_files(dir.path());
