@@ -22,7 +22,7 @@
 //! - Pruning keeps the active bundle plus the [`KEEP_RECEIVED`] newest epochs.
 
 use gait_wire::BundleRef;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{AgentDb, DbError};

@@ -16,6 +16,7 @@
 //! local_api: { listen: 127.0.0.1:7071 }
 //! poll: { wait_ms: 25000 }
 //! gate: { signing_key: keys/trace_private.key }   # optional; default: generated in <data_dir>/keys/
+//! # gate.rate_limit.max_keys: 1024                  # most rate-limit counters kept (see the gate docs)
 //! ```
 //!
 //! Relative paths are resolved against the directory holding the file. After the file, environment
@@ -101,6 +102,30 @@ pub struct GateConfig {
     /// Gait Ed25519 private key file that signs the trace of every local decision. Default: the pair
     /// `<data_dir>/keys/trace_private.key` / `trace_public.key`, generated on first start.
     pub signing_key: Option<PathBuf>,
+    /// The bound on the rate-limit state.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Most counters `gate.rate_limit.max_keys` may allow.
+pub const MAX_RATE_LIMIT_KEYS: usize = 1_000_000;
+
+/// `gate.rate_limit.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Most rate-limit counters (one per window, scope, bucket and tool/identity) the agent keeps. A new one
+    /// beyond it evicts the least recently used counters below their limit, or, when every counter is at its
+    /// limit, is refused (the request is blocked with `agent_rate_limit_state_full`). The counters' bytes are
+    /// bounded too (4 MiB, a quarter of the state file's 16 MiB cap). Default 1024.
+    pub max_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            max_keys: crate::gate::ratelimit_bound::DEFAULT_MAX_KEYS,
+        }
+    }
 }
 
 /// `aggregator.*`
@@ -439,6 +464,15 @@ impl Config {
         {
             bad("gate.signing_key", m);
         }
+        if !(1..=MAX_RATE_LIMIT_KEYS).contains(&self.gate.rate_limit.max_keys) {
+            bad(
+                "gate.rate_limit.max_keys",
+                format!(
+                    "{} is out of range 1..={MAX_RATE_LIMIT_KEYS}",
+                    self.gate.rate_limit.max_keys
+                ),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -565,6 +599,24 @@ trust:
         assert_eq!(c.outbox.limits(), OutboxLimits::default());
         assert_eq!(c.local_api.limits().max_connections, 1024);
         assert_eq!(c.local_api.limits().body_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_rate_limit_bound_defaults_to_1024_keys_and_zero_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.gate.rate_limit.max_keys, 1024);
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}gate:\n  rate_limit:\n    max_keys: 0\n"),
+        )
+        .unwrap();
+        let err = Config::load_with_env(&path, |_| None).unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["gate.rate_limit.max_keys"]);
     }
 
     #[test]

@@ -232,13 +232,14 @@ impl Daemon {
 
         let data_dir = config.data_dir.clone();
         let key_path = config.gate.signing_key.clone();
+        let max_keys = config.gate.rate_limit.max_keys;
         let engine = tokio::task::spawn_blocking(move || {
-            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref()).map_err(|e| {
-                DaemonError::GateKey {
+            crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref())
+                .map(|engine| engine.with_rate_limit_max_keys(max_keys))
+                .map_err(|e| DaemonError::GateKey {
                     path: e.path,
                     detail: e.detail,
-                }
-            })
+                })
         })
         .await??;
         let state = AgentState::open(
@@ -299,6 +300,7 @@ impl Daemon {
             },
             shutdown.child_token(),
         );
+        spawn_storage_healer(&tasks, state.clone(), shutdown.child_token());
         let me = state.identity();
         tracing::info!(
             agent = %me.uri,
@@ -351,6 +353,11 @@ impl Daemon {
             failure: drain.failure,
         }
     }
+}
+
+/// Re-opens the agent database after a storage failure (full disk) once the storage takes writes again.
+fn spawn_storage_healer(tasks: &Tasks, state: Arc<AgentState>, shutdown: CancellationToken) {
+    tasks.spawn("storage-healer", crate::state::healer::run(state, shutdown));
 }
 
 /// The local API: essential, a server that fails stops the agent.

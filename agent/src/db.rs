@@ -10,13 +10,26 @@
 //! data directory holding it is 0700 and the file 0600, both created so and narrowed on open when an older
 //! build left them open to group or others (0755/0644).
 //!
+//! # Healing after a storage failure
+//! redb latches the first failed write or fsync (a full disk, an I/O error): from then on every operation of
+//! that `redb::Database` answers `PreviousIo` ("close and re-open the database"), even once space is back.
+//! So every redb error that means "storage failed" ([`DbError::is_storage_failure`]) marks this handle as
+//! failing ([`AgentDb::failure`], counted in [`StorageHealth::errors`]), and [`AgentDb::heal`] (run by the
+//! daemon about every second while failing) closes the latched database, opens the file again (redb
+//! repairs it from its last durable commit, so nothing committed is lost and nothing uncommitted appears)
+//! and proves the disk takes writes with one durable probe commit before it clears the mark. Every clone of
+//! the handle shares the one slot, so the outbox, the bundle cache and the state continue on the re-opened
+//! database without being rebuilt; an operation that arrives while the slot is empty (between the close and
+//! a successful open) gets redb's `DatabaseClosed`, a storage failure like the others.
+//!
 //! All methods block on disk I/O: async callers run them on `tokio::task::spawn_blocking`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Version of the table layout this build writes. Bumped when a table changes shape; an older agent refuses
 /// a file written by a newer one instead of misreading it.
@@ -29,6 +42,8 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Key/value table describing the file itself (`format` -> [`FORMAT_VERSION`]).
 const FILE_META: TableDefinition<'static, &str, u64> = TableDefinition::new("agent_file_meta");
 const FORMAT_KEY: &str = "format";
+/// Key in [`FILE_META`] counting the probe commits [`AgentDb::heal`] made (one small write per heal).
+const PROBE_KEY: &str = "storage_probes";
 
 /// Errors opening or using the agent database. Every variant names the file so an operator knows which one.
 #[derive(Debug, thiserror::Error)]
@@ -85,17 +100,34 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// True when retrying the same operation later may succeed (transient I/O, e.g. a full disk). Lock
-    /// contention, corruption and format mismatches need an operator.
+    /// True when retrying the same operation later may succeed (transient I/O, e.g. a full disk, or the
+    /// database closed while it is re-opened). Lock contention, corruption and format mismatches need an
+    /// operator.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DbError::Storage { source, .. } => matches!(
-                source,
-                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::TransactionInProgress
-            ),
+            DbError::Storage { source, .. } => {
+                is_io_failure(source) || matches!(source, redb::Error::TransactionInProgress)
+            }
             _ => false,
         }
     }
+
+    /// True when the storage under the database failed (an I/O error such as a full disk, redb's latched
+    /// `PreviousIo` after one, or the database closed for re-opening): the handle needs [`AgentDb::heal`].
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, DbError::Storage { source, .. } if is_io_failure(source))
+    }
+}
+
+/// The redb errors that mean the storage failed, not the request or the file's content.
+fn is_io_failure(source: &redb::Error) -> bool {
+    matches!(
+        source,
+        redb::Error::Io(_)
+            | redb::Error::PreviousIo
+            | redb::Error::DatabaseClosed
+            | redb::Error::Backend(_)
+    )
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 and narrows an existing one open to group or others.
@@ -169,8 +201,47 @@ pub struct AgentDb {
 }
 
 struct Inner {
-    db: redb::Database,
+    /// The open database; `None` between closing a latched one and opening the file again.
+    db: RwLock<Option<Arc<redb::Database>>>,
     path: PathBuf,
+    /// The storage failure that marked this handle, until [`AgentDb::heal`] succeeds.
+    failure: Mutex<Option<String>>,
+    errors: AtomicU64,
+    reopens: AtomicU64,
+    /// Serialises [`AgentDb::heal`] calls.
+    heal: Mutex<()>,
+}
+
+/// Storage failure counters of one [`AgentDb`] (for `/metrics` and `status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// The failure that is not healed yet, if any.
+    pub failure: Option<String>,
+    /// Database operations that failed on storage since start.
+    pub errors: u64,
+    /// Times the database was closed and opened again after a failure since start.
+    pub reopens: u64,
+}
+
+/// A counted reference to the open database for one operation. `begin_read` / `begin_write` answer redb's
+/// `DatabaseClosed` while the handle is between a close and a re-open, so callers handle that like any other
+/// storage error.
+pub(crate) struct Redb(Option<Arc<redb::Database>>);
+
+impl Redb {
+    fn closed() -> redb::TransactionError {
+        redb::TransactionError::Storage(redb::StorageError::DatabaseClosed)
+    }
+
+    /// [`redb::Database::begin_read`].
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        self.0.as_ref().ok_or_else(Self::closed)?.begin_read()
+    }
+
+    /// [`redb::Database::begin_write`].
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
+        self.0.as_ref().ok_or_else(Self::closed)?.begin_write()
+    }
 }
 
 impl fmt::Debug for AgentDb {
@@ -190,13 +261,16 @@ impl AgentDb {
             create_private_dir(dir)?;
         }
         create_private_file(&path)?;
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| classify(&path, e.into()))?;
+        let db = open_redb(&path)?;
         let this = AgentDb {
-            inner: Arc::new(Inner { db, path }),
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(Arc::new(db))),
+                path,
+                failure: Mutex::new(None),
+                errors: AtomicU64::new(0),
+                reopens: AtomicU64::new(0),
+                heal: Mutex::new(()),
+            }),
         };
         this.check_format()?;
         Ok(this)
@@ -208,13 +282,126 @@ impl AgentDb {
     }
 
     /// The underlying redb database, for modules that own tables in this file.
-    pub(crate) fn redb(&self) -> &redb::Database {
-        &self.inner.db
+    pub(crate) fn redb(&self) -> Redb {
+        Redb(
+            self.inner
+                .db
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 
-    /// Wraps a redb failure into a [`DbError`] naming this file.
+    /// Wraps a redb failure into a [`DbError`] naming this file; a storage failure marks the handle as
+    /// failing until [`AgentDb::heal`] succeeds.
     pub(crate) fn err(&self, source: impl Into<redb::Error>) -> DbError {
-        classify(&self.inner.path, source.into())
+        let error = classify(&self.inner.path, source.into());
+        if error.is_storage_failure() {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+            let mut failure = lock(&self.inner.failure);
+            if failure.is_none() {
+                tracing::error!(path = %self.inner.path.display(), error = %error,
+                    "agent database storage failed: decisions are refused until it heals (free space on \
+                     its filesystem; the agent re-opens the database by itself)");
+                *failure = Some(error.to_string());
+            }
+        }
+        error
+    }
+
+    /// The storage failure not healed yet, if any.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.inner.failure).clone()
+    }
+
+    /// Failure counters.
+    pub fn health(&self) -> StorageHealth {
+        StorageHealth {
+            failure: self.failure(),
+            errors: self.inner.errors.load(Ordering::Relaxed),
+            reopens: self.inner.reopens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// After a storage failure: closes the latched database, opens the file again (redb recovers its last
+    /// durable commit) and commits one small probe durably. `Ok(true)` when the handle was failing and is
+    /// healthy again, `Ok(false)` when nothing was failing, an error (retry later) while the storage still
+    /// fails. Blocking; concurrent calls are serialised.
+    pub fn heal(&self) -> Result<bool, DbError> {
+        let _one = lock(&self.inner.heal);
+        if self.failure().is_none() {
+            return Ok(false);
+        }
+        // A probe on the current database first: it succeeds when the failure was one that did not latch
+        // (e.g. a read error) or the database was already re-opened.
+        if self.probe().is_err() {
+            self.reopen()?;
+            self.probe()?;
+        }
+        *lock(&self.inner.failure) = None;
+        tracing::info!(path = %self.inner.path.display(), "agent database storage healed: decisions resume");
+        Ok(true)
+    }
+
+    /// Closes the current database (if no operation still holds it) and opens the file again.
+    fn reopen(&self) -> Result<(), DbError> {
+        let mut slot = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = slot.take() {
+            match Arc::try_unwrap(current) {
+                Ok(db) => {
+                    // A write transaction still alive defers the close to its end; the open below then
+                    // fails as locked and the next heal tries again.
+                    if let Err(e) = db.close() {
+                        tracing::debug!(error = %e, "closing the failed agent database");
+                    }
+                }
+                Err(still_used) => {
+                    *slot = Some(still_used);
+                    return Err(DbError::Storage {
+                        path: self.inner.path.clone(),
+                        source: redb::Error::TransactionInProgress,
+                    });
+                }
+            }
+        }
+        let db = open_redb(&self.inner.path)?;
+        *slot = Some(Arc::new(db));
+        self.inner.reopens.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %self.inner.path.display(), "agent database re-opened after a storage failure");
+        Ok(())
+    }
+
+    /// Closes the database as a storage failure leaves it (every operation fails until [`AgentDb::heal`]).
+    #[cfg(test)]
+    pub(crate) fn close_for_test(&self) {
+        let mut slot = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.take().and_then(|db| Arc::try_unwrap(db).ok()) {
+            let _ = db.close();
+        }
+    }
+
+    /// One durable write: proves the storage takes commits again.
+    fn probe(&self) -> Result<(), DbError> {
+        let write = self.redb().begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = write.open_table(FILE_META).map_err(|e| self.err(e))?;
+            let probes = table
+                .get(PROBE_KEY)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            table
+                .insert(PROBE_KEY, probes.wrapping_add(1))
+                .map_err(|e| self.err(e))?;
+        }
+        write.commit().map_err(|e| self.err(e))
     }
 
     /// Stamps a fresh file with [`FORMAT_VERSION`], or refuses a file from a newer agent.
@@ -248,6 +435,19 @@ impl AgentDb {
             }
         }
     }
+}
+
+/// Opens (creating if missing) the redb file at `path` with the agent's settings.
+fn open_redb(path: &Path) -> Result<redb::Database, DbError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| classify(path, e.into()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn classify(path: &Path, source: redb::Error) -> DbError {
@@ -300,6 +500,47 @@ mod tests {
             err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_failed_database_is_marked_counted_and_healed_by_reopening_keeping_its_commits() {
+        use crate::outbox::{NewRecord, Outbox, OutboxError, OutboxLimits};
+        let dir = tempfile::tempdir().unwrap();
+        let db = AgentDb::open(dir.path().join("agent.redb")).unwrap();
+        let outbox = Outbox::open(&db, OutboxLimits::default()).unwrap();
+        let record = |i: u32| NewRecord {
+            class: gait_wire::RecordClass::Block,
+            kind: "gate.decision".into(),
+            created_unix_ms: 1,
+            bundle: None,
+            payload: format!("{{\"i\":{i}}}").into_bytes(),
+        };
+        outbox.append(record(1)).unwrap();
+        assert!(!db.heal().unwrap(), "nothing to heal while healthy");
+
+        db.close_for_test();
+        let err = outbox.append(record(2)).unwrap_err();
+        assert!(
+            matches!(&err, OutboxError::Db(e) if e.is_storage_failure() && e.is_retryable()),
+            "{err:?}"
+        );
+        let health = db.health();
+        assert!(health.failure.is_some(), "{health:?}");
+        assert!(health.errors >= 1, "{health:?}");
+        assert_eq!(health.reopens, 0);
+
+        assert!(db.heal().unwrap());
+        let health = db.health();
+        assert_eq!(health.failure, None);
+        assert_eq!(health.reopens, 1);
+        outbox.append(record(3)).unwrap();
+        let stats = outbox.stats();
+        assert_eq!(
+            (stats.depth, stats.last_seq),
+            (2, 2),
+            "the commit before the failure kept, seq continues"
+        );
+        assert!(outbox.verify_chain().is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod files;
 pub mod pipeline;
 pub mod policy_set;
+pub mod ratelimit_bound;
 pub mod ratelimit_state;
 pub mod registry;
 pub mod trace;
@@ -61,6 +62,15 @@ impl GateError {
     /// The intent failed normalization (the daemon then lets a fail-closed policy block it).
     pub fn is_normalize(&self) -> bool {
         matches!(self, GateError::Normalize(_))
+    }
+
+    /// The storage under the rate-limit state failed: its lock file or the new state could not be written
+    /// (a full disk, an I/O error).
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            GateError::RateLimitState(StateError::Write(_) | StateError::Lock(_))
+        )
     }
 
     /// The rate-limit state or policy failed (lock timeout, unreadable or unwritable state file).

@@ -13,7 +13,8 @@
 //! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
 //! when one input field is at fault). Codes: `bad_request` (400), `host_not_allowed`, `origin_not_allowed`,
 //! `kind_reserved` (403), `payload_too_large` (413), `unsupported_media_type` (415), `outbox_full` (507: nothing
-//! was stored, retry later or fail closed), `internal` (500).
+//! was stored, retry later or fail closed), `storage_failing` (503: the storage under the agent fails, e.g. a
+//! full disk; nothing was recorded, retry later or fail closed), `internal` (500).
 //!
 //! Every request passes [`guard`] first: a non-loopback `Host` or an `Origin` header is refused with 403, a
 //! `POST` without `Content-Type: application/json` with 415, so a web page in a browser on the host cannot use the
@@ -81,6 +82,18 @@ pub mod metric {
     pub const HTTP_CONNECTIONS_OPEN: &str = "gait_agent_http_connections_open";
     /// Unreadable rate-limit state files set aside since start.
     pub const RATE_LIMIT_STATE_RESETS: &str = "gait_agent_rate_limit_state_resets_total";
+    /// Rate-limit counters held after the last decision.
+    pub const RATE_LIMIT_KEYS: &str = "gait_agent_rate_limit_keys";
+    /// Rate-limit counters below their limit evicted to make room for new ones since start.
+    pub const RATE_LIMIT_KEYS_EVICTED: &str = "gait_agent_rate_limit_keys_evicted_total";
+    /// New rate-limit counters refused (requests blocked) because every counter was at its limit, since start.
+    pub const RATE_LIMIT_KEYS_REFUSED: &str = "gait_agent_rate_limit_keys_refused_total";
+    /// 1 while the agent's storage fails (decisions answer 503 `storage_failing`).
+    pub const STORAGE_FAILING: &str = "gait_agent_storage_failing";
+    /// Agent database operations that failed on storage since start.
+    pub const STORAGE_ERRORS: &str = "gait_agent_storage_errors_total";
+    /// Times the agent database was re-opened after a storage failure since start.
+    pub const STORAGE_REOPENS: &str = "gait_agent_storage_reopens_total";
 }
 
 /// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
@@ -185,6 +198,8 @@ impl From<OutboxError> for ApiError {
             OutboxError::InvalidRecord { source, .. } => {
                 ApiError::bad(source.field(), e.to_string())
             }
+            // Storage failed (full disk, I/O error): nothing was recorded; the agent heals by itself.
+            OutboxError::Db(_) => storage_failing(e.to_string()),
             _ => {
                 tracing::error!(error = %e, "local api could not append a record");
                 ApiError {
@@ -195,6 +210,17 @@ impl From<OutboxError> for ApiError {
                 }
             }
         }
+    }
+}
+
+/// 503 `storage_failing`: the request could not be recorded because the agent's storage fails; retry later
+/// or fail closed (the agent re-opens its database by itself once the storage takes writes again).
+fn storage_failing(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "storage_failing",
+        message,
+        field: None,
     }
 }
 
@@ -360,6 +386,9 @@ async fn post_evaluate(
             Err(ApiError::bad(field, message))
         }
         Err(EvaluateError::Outbox(e)) => Err(e.into()),
+        Err(EvaluateError::Decision(DecisionError::Storage(message))) => {
+            Err(storage_failing(message))
+        }
         Err(
             EvaluateError::Decision(DecisionError::Internal(message))
             | EvaluateError::Internal(message),
@@ -456,6 +485,47 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "counter",
         "Unreadable rate-limit state files set aside since start (counting started afresh).",
         crate::gate::ratelimit_state::STATE_RESETS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    {
+        use crate::gate::ratelimit_bound::{KEYS_EVICTED, KEYS_REFUSED, KEYS_TRACKED};
+        use std::sync::atomic::Ordering::Relaxed;
+        put(
+            metric::RATE_LIMIT_KEYS,
+            "gauge",
+            "Rate-limit counters held after the last decision (bounded by gate.rate_limit.max_keys).",
+            KEYS_TRACKED.load(Relaxed),
+        );
+        put(
+            metric::RATE_LIMIT_KEYS_EVICTED,
+            "counter",
+            "Rate-limit counters below their limit evicted to make room for new ones since start.",
+            KEYS_EVICTED.load(Relaxed),
+        );
+        put(
+            metric::RATE_LIMIT_KEYS_REFUSED,
+            "counter",
+            "Requests blocked because the rate-limit state was full of counters at their limit, since start.",
+            KEYS_REFUSED.load(Relaxed),
+        );
+    }
+    let storage = state.storage_health();
+    put(
+        metric::STORAGE_FAILING,
+        "gauge",
+        "1 while the agent's storage fails (decisions answer 503 storage_failing until it heals).",
+        u64::from(storage.failure.is_some()),
+    );
+    put(
+        metric::STORAGE_ERRORS,
+        "counter",
+        "Agent database operations that failed on storage (full disk, I/O error) since start.",
+        storage.errors,
+    );
+    put(
+        metric::STORAGE_REOPENS,
+        "counter",
+        "Times the agent database was re-opened after a storage failure since start.",
+        storage.reopens,
     );
     state.decision_metrics().render(&mut out);
     // Timestamps an operator alerts on ("certificate expires within 14 days", "no contact for 10 minutes",

@@ -69,7 +69,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gait_wire::{BundleRef, GENESIS_HASH, Record, RecordClass, RecordError};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{AgentDb, DbError};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use gait_wire::{BundleRef, RecordClass};
-use redb::{ReadableDatabase, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -21,6 +21,7 @@ use crate::identity::AgentIdentity;
 use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
 
 mod committer;
+pub(crate) mod healer;
 
 /// Why the agent state could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -447,9 +448,36 @@ impl AgentState {
         let _ = self.http_stats.set(stats);
     }
 
-    /// The last durable append's storage failure, while appends fail.
+    /// The storage failure of the agent database (any operation), or of the last durable append, until the
+    /// storage heals ([`healer`]) or an append succeeds.
     pub fn storage_error(&self) -> Option<String> {
-        lock(&self.storage_error).clone()
+        lock(&self.storage_error)
+            .clone()
+            .or_else(|| self.db.failure())
+    }
+
+    /// Storage failure counters of the agent database (for `/metrics`).
+    pub fn storage_health(&self) -> crate::db::StorageHealth {
+        let mut health = self.db.health();
+        health.failure = self.storage_error();
+        health
+    }
+
+    /// One heal attempt ([`AgentDb::heal`]): `Ok` when the storage takes durable commits again (or never
+    /// failed), which clears the failure; an error while it still fails.
+    pub(crate) async fn heal_storage(&self) -> Result<(), DbError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.heal()).await {
+            Ok(Ok(_)) => {
+                *lock(&self.storage_error) = None;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(DbError::Storage {
+                path: self.db.path().to_path_buf(),
+                source: redb::Error::Io(std::io::Error::other(format!("heal task failed: {join}"))),
+            }),
+        }
     }
 
     /// Decisions answered by verdict, and their latency (for `/metrics`).

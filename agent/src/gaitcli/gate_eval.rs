@@ -756,6 +756,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         registry_entries: &setup.registry_entries,
         rate_limit_state: &state_path,
         recover_rate_limit_state: false,
+        rate_limit_bound: None,
         simulate: args.simulate,
     };
     let mut auth = CliAuthorizations {

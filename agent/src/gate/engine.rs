@@ -51,6 +51,7 @@ pub struct GateEngine {
     key: SigningKey,
     key_id: String,
     rate_limit_state: PathBuf,
+    rate_limit_bound: super::ratelimit_bound::KeyBound,
 }
 
 impl GateEngine {
@@ -69,7 +70,16 @@ impl GateEngine {
             key,
             key_id,
             rate_limit_state: data_dir.join(RATE_LIMIT_STATE),
+            rate_limit_bound: super::ratelimit_bound::KeyBound::new(
+                super::ratelimit_bound::DEFAULT_MAX_KEYS,
+            ),
         })
+    }
+
+    /// Bounds the rate-limit state to `max_keys` counters (`gate.rate_limit.max_keys`).
+    pub fn with_rate_limit_max_keys(mut self, max_keys: usize) -> GateEngine {
+        self.rate_limit_bound = super::ratelimit_bound::KeyBound::new(max_keys);
+        self
     }
 
     /// Key id (SHA-256 of the raw public key) traces are signed with.
@@ -104,6 +114,7 @@ impl GateEngine {
             registry_entries: &[],
             rate_limit_state: &self.rate_limit_state,
             recover_rate_limit_state: true,
+            rate_limit_bound: Some(&self.rate_limit_bound),
             simulate: req.simulate && !stale_fail_closed,
         };
         let mut evaluated = match pipeline::run(&inputs, raw, &mut NoAuthorizations) {
@@ -128,6 +139,9 @@ impl GateEngine {
                 });
             }
             Err(e) if e.is_invalid_intent() => return Err(bad("intent", e.to_string())),
+            Err(e) if e.is_storage() => {
+                return Err(DecisionError::Storage(format!("rate limit state: {e}")));
+            }
             Err(e) => return Err(DecisionError::Internal(format!("rate limit state: {e}"))),
         };
         let enforcement = stale_block(&mut evaluated.decision, stale_fail_closed);
@@ -201,6 +215,9 @@ pub enum DecisionError {
     /// Local state (rate-limit file, policy parse) failed.
     #[error("{0}")]
     Internal(String),
+    /// The storage under the rate-limit state failed (full disk, I/O error): retry later or fail closed.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl DecisionError {

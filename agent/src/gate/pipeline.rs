@@ -64,6 +64,10 @@ pub struct Inputs<'a> {
     /// from then on, and expired buckets are pruned at each commit. `gate eval` keeps Gait's behaviour
     /// (`false`): the error is the command's.
     pub recover_rate_limit_state: bool,
+    /// The long-running agent's bound on the number and bytes of counters (`gate.rate_limit.max_keys`): a new
+    /// key at the bound evicts counters below their limit or is refused (blocked). `None` (`gate eval`): Gait's
+    /// unbounded counting.
+    pub rate_limit_bound: Option<&'a super::ratelimit_bound::KeyBound>,
     /// Gait's `--simulate`: report what enforcement would do, enforce `allow`.
     pub simulate: bool,
 }
@@ -438,6 +442,17 @@ fn pre_approved_outcome(intent: &NormalizedIntent, found: &registry::ScriptMatch
     }
 }
 
+/// A new counter was refused because the bounded state is full: the request is blocked and says why.
+fn state_full(decision: &mut GateDecision, full: bool) {
+    if full {
+        decision.verdict = Verdict::Block;
+        decision.add(
+            super::ratelimit_bound::REASON_STATE_FULL,
+            Some("rate_limit_state_full"),
+        );
+    }
+}
+
 /// Step 4: rate limit and destructive budget under one hold of the state lock.
 fn enforce_limits(
     inputs: &Inputs<'_>,
@@ -467,21 +482,49 @@ fn enforce_limits(
     }
     let identity = intent.context.identity.as_str();
     let rate = if rate_needed {
-        let d = store
-            .state
-            .enforce(&outcome.rate_limit, &intent.tool_name, identity, now)?;
+        let d = match inputs.rate_limit_bound {
+            Some(bound) => {
+                let counted = bound.enforce(
+                    &mut store.state,
+                    &outcome.rate_limit,
+                    &intent.tool_name,
+                    identity,
+                    now,
+                )?;
+                state_full(decision, counted.state_full);
+                counted.decision
+            }
+            None => store
+                .state
+                .enforce(&outcome.rate_limit, &intent.tool_name, identity, now)?,
+        };
         apply_rate_limit(decision, &d);
         Some(d)
     } else {
         None
     };
     let budget = if budget_needed {
-        let d = store.state.enforce_destructive_budget(
-            &outcome.destructive_budget,
-            &intent.tool_name,
-            identity,
-            now,
-        )?;
+        let d = match inputs.rate_limit_bound {
+            Some(bound) => {
+                let tool =
+                    gait_policy::gate::RateLimitState::destructive_budget_tool(&intent.tool_name);
+                let counted = bound.enforce(
+                    &mut store.state,
+                    &outcome.destructive_budget,
+                    &tool,
+                    identity,
+                    now,
+                )?;
+                state_full(decision, counted.state_full);
+                counted.decision
+            }
+            None => store.state.enforce_destructive_budget(
+                &outcome.destructive_budget,
+                &intent.tool_name,
+                identity,
+                now,
+            )?,
+        };
         apply_destructive_budget(decision, &d);
         Some(d)
     } else {

@@ -22,7 +22,7 @@
 //!   checks again from the next record, whose `prev_hash` is the quarantined record's hash).
 
 use gait_wire::Record;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{Outbox, OutboxError};

@@ -38,6 +38,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         registry_entries: &[],
         rate_limit_state: state,
         recover_rate_limit_state: false,
+        rate_limit_bound: None,
         simulate,
     }
 }
@@ -246,4 +247,58 @@ fn an_intent_that_does_not_normalize_is_a_typed_error_before_any_step() {
     assert!(err.is_normalize() && err.is_invalid_intent(), "{err}");
     assert!(auth.log.is_empty());
     assert!(!state.exists());
+}
+
+/// An intent of `tool.x` by `identity`.
+fn intent_of(identity: &str) -> IntentRequest {
+    let text = format!(
+        r#"{{"tool_name":"tool.x","args":{{}},"targets":[],"context":{{"identity":"{identity}","workspace":"/w","risk_class":"low"}}}}"#
+    );
+    parse_intent(text.as_bytes()).expect("test intent parses")
+}
+
+#[test]
+fn the_daemon_bound_keeps_the_state_file_small_and_blocks_a_new_identity_when_all_are_at_their_limit()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("limits.json");
+    let policy = policy(
+        "    effect: allow\n    rate_limit:\n      requests: 1\n      window: hour\n      scope: identity\n",
+    );
+    let digest = policy.digest();
+    let bound = crate::gate::ratelimit_bound::KeyBound::new(8);
+    let inputs = Inputs {
+        recover_rate_limit_state: true,
+        rate_limit_bound: Some(&bound),
+        ..inputs(&policy, &digest, &state, false)
+    };
+    // Eight identities use their one request each: every counter is at its limit.
+    for i in 0..8 {
+        let first = run(
+            &inputs,
+            &intent_of(&format!("user-{i}")),
+            &mut NoAuthorizations,
+        )
+        .expect("decides");
+        assert_eq!(first.decision.verdict, Verdict::Allow);
+    }
+    // A ninth identity finds no counter to evict: blocked, saying why, and nothing was reset.
+    let ninth = run(&inputs, &intent_of("user-8"), &mut NoAuthorizations).expect("decides");
+    assert_eq!(ninth.decision.verdict, Verdict::Block);
+    for reason in ["rate_limit_exceeded", "agent_rate_limit_state_full"] {
+        assert!(
+            ninth.decision.reason_codes.contains(&reason.to_owned()),
+            "{:?}",
+            ninth.decision.reason_codes
+        );
+    }
+    let again = run(&inputs, &intent_of("user-0"), &mut NoAuthorizations).expect("decides");
+    assert_eq!(
+        again.decision.verdict,
+        Verdict::Block,
+        "user-0 stays over its limit"
+    );
+    let file = gait_policy::gate::RateLimitState::from_json(&std::fs::read(&state).expect("state"))
+        .expect("state parses");
+    assert_eq!(file.len(), 8, "the file holds at most max_keys counters");
 }

@@ -26,6 +26,15 @@ pub struct RateLimitState {
     counters: BTreeMap<String, i64>,
 }
 
+/// Where one request is counted: its counter key and the parts it is made of.
+struct KeyParts {
+    counter_key: String,
+    window: String,
+    bucket: String,
+    scope: String,
+    scope_key: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct PersistedState {
     #[serde(default)]
@@ -176,21 +185,41 @@ impl RateLimitState {
         before - self.counters.len()
     }
 
-    /// Check and count one request of a (normalized) intent against `limit` at `now`. A limit with
-    /// `requests <= 0` always allows and changes nothing. The state changes only when the request is allowed.
-    pub fn enforce(
-        &mut self,
+    /// The counters held, in key order (`window|scope|bucket|scope_key` and their counts).
+    pub fn counters(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.counters
+            .iter()
+            .map(|(key, count)| (key.as_str(), *count))
+    }
+
+    /// Drops one counter; returns its count if it was held. A caller bounding the state evicts with it.
+    pub fn remove(&mut self, key: &str) -> Option<i64> {
+        self.counters.remove(key)
+    }
+
+    /// The counter key [`RateLimitState::enforce`] counts a request under (`window|scope|bucket|scope_key`),
+    /// or `None` for a limit with `requests <= 0` (never counted).
+    pub fn counter_key(
         limit: &RateLimitPolicy,
         tool_name: &str,
         identity: &str,
         now: GoTime,
-    ) -> Result<RateLimitDecision, RateLimitError> {
+    ) -> Result<Option<String>, RateLimitError> {
         if limit.requests <= 0 {
-            return Ok(RateLimitDecision {
-                allowed: true,
-                ..RateLimitDecision::default()
-            });
+            return Ok(None);
         }
+        Ok(Some(
+            Self::key_parts(limit, tool_name, identity, now)?.counter_key,
+        ))
+    }
+
+    /// Where one request is counted.
+    fn key_parts(
+        limit: &RateLimitPolicy,
+        tool_name: &str,
+        identity: &str,
+        now: GoTime,
+    ) -> Result<KeyParts, RateLimitError> {
         let scope = match lower_trim(&limit.scope) {
             s if s.is_empty() => "tool_identity".to_owned(),
             s => s,
@@ -214,6 +243,37 @@ impl RateLimitState {
             _ => return Err(RateLimitError::Scope(scope)),
         };
         let counter_key = format!("{window}|{scope}|{bucket}|{scope_key}");
+        Ok(KeyParts {
+            counter_key,
+            window,
+            bucket,
+            scope,
+            scope_key,
+        })
+    }
+
+    /// Check and count one request of a (normalized) intent against `limit` at `now`. A limit with
+    /// `requests <= 0` always allows and changes nothing. The state changes only when the request is allowed.
+    pub fn enforce(
+        &mut self,
+        limit: &RateLimitPolicy,
+        tool_name: &str,
+        identity: &str,
+        now: GoTime,
+    ) -> Result<RateLimitDecision, RateLimitError> {
+        if limit.requests <= 0 {
+            return Ok(RateLimitDecision {
+                allowed: true,
+                ..RateLimitDecision::default()
+            });
+        }
+        let KeyParts {
+            counter_key,
+            window,
+            bucket,
+            scope,
+            scope_key,
+        } = Self::key_parts(limit, tool_name, identity, now)?;
 
         let mut pruned = self.counters.clone();
         pruned.retain(|key, _| {
@@ -253,8 +313,18 @@ impl RateLimitState {
         identity: &str,
         now: GoTime,
     ) -> Result<RateLimitDecision, RateLimitError> {
-        let tool = format!("destructive_budget|{}", tool_name.trim());
-        self.enforce(budget, &tool, identity, now)
+        self.enforce(
+            budget,
+            &Self::destructive_budget_tool(tool_name),
+            identity,
+            now,
+        )
+    }
+
+    /// The tool name the destructive budget counts under (`destructive_budget|<tool>`), for
+    /// [`RateLimitState::counter_key`].
+    pub fn destructive_budget_tool(tool_name: &str) -> String {
+        format!("destructive_budget|{}", tool_name.trim())
     }
 }
 
@@ -322,6 +392,30 @@ mod tests {
         );
         assert_eq!(state.len(), 2, "old minute bucket pruned, hour bucket kept");
         assert_eq!(state.count("hour|identity|2026-02-05T10:00:00Z|alice"), 1);
+    }
+
+    #[test]
+    fn counter_key_is_the_key_enforce_counts_and_remove_drops_it() {
+        let mut state = RateLimitState::new();
+        let now = at("2026-02-05T10:42:17Z");
+        let l = limit(3, "", "");
+        let key = RateLimitState::counter_key(&l, " Tool.Write ", " alice ", now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            key,
+            "minute|tool_identity|2026-02-05T10:42:00Z|tool.write|alice"
+        );
+        state.enforce(&l, "tool.write", "alice", now).unwrap();
+        assert_eq!(state.counters().collect::<Vec<_>>(), [(key.as_str(), 1)]);
+        assert_eq!(state.remove(&key), Some(1));
+        assert!(state.is_empty());
+        assert_eq!(
+            RateLimitState::counter_key(&limit(0, "hour", "tool"), "t", "a", now).unwrap(),
+            None
+        );
+        let tool = RateLimitState::destructive_budget_tool(" tool.delete ");
+        assert_eq!(tool, "destructive_budget|tool.delete");
     }
 
     #[test]
