@@ -16,6 +16,10 @@
 //!   the shorter of the two.
 //! - **Requests per connection.** The `max_requests_per_connection`-th answer carries `Connection: close`, and
 //!   the connection ends after it.
+//! - **TLS.** [`serve_tls`] runs the same loop with a TLS handshake first, inside the connection's task: it holds
+//!   a slot under the cap like any connection and must finish within `header_timeout` (a client that opens TCP
+//!   and never sends a ClientHello is closed then), after which the header timeout runs again for the first
+//!   request.
 //! - **Graceful shutdown.** When the token is cancelled, the listener closes, idle connections close at once and
 //!   a connection with a request in flight closes after its answer (at most `body_timeout` later).
 //!
@@ -94,6 +98,7 @@ pub struct Stats {
     accepted: AtomicU64,
     refused: AtomicU64,
     open: AtomicUsize,
+    handshake_failures: AtomicU64,
 }
 
 impl Stats {
@@ -111,6 +116,12 @@ impl Stats {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// TLS connections closed because their handshake failed or did not finish within the header timeout
+    /// (always 0 on a plain-HTTP server).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
 }
 
 /// Serves `service` on `listener` under `limits` until `shutdown` is cancelled. Each connection is a task of
@@ -120,6 +131,63 @@ impl Stats {
 /// retried, never fatal.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
+}
+
+/// [`serve`] over TLS: each accepted connection first completes a handshake with `tls` (within
+/// `limits.header_timeout`, holding its slot under the connection cap), then is served like a plain one. A
+/// failed or timed-out handshake closes the connection and is counted in [`Stats::handshake_failures`].
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(
+        listener,
+        Some(acceptor),
+        service,
+        limits,
+        stats,
+        tasks,
+        shutdown,
+    )
+    .await;
+}
+
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
@@ -168,10 +236,23 @@ pub async fn serve<S, B>(
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let open = OpenGuard::new(Arc::clone(&stats), permit);
-        tasks.spawn(
-            "http-connection",
-            serve_connection(stream, service.clone(), limits, shutdown.clone(), open),
-        );
+        match &tls {
+            None => tasks.spawn(
+                "http-connection",
+                serve_connection(stream, service.clone(), limits, shutdown.clone(), open),
+            ),
+            Some(acceptor) => tasks.spawn(
+                "http-connection",
+                serve_tls_connection(
+                    stream,
+                    acceptor.clone(),
+                    service.clone(),
+                    limits,
+                    shutdown.clone(),
+                    open,
+                ),
+            ),
+        }
     }
 }
 
@@ -232,13 +313,57 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_connection<S, B>(
+/// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown), then serves the
+/// connection.
+async fn serve_tls_connection<S, B>(
     stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    service: S,
+    limits: Limits,
+    shutdown: CancellationToken,
+    open: OpenGuard,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        () = shutdown.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    timeout_ms = limits.header_timeout.as_millis(),
+                    "TLS handshake not finished within the header timeout; connection closed"
+                );
+                return;
+            }
+        },
+    };
+    serve_connection(stream, service, limits, shutdown, open).await;
+}
+
+async fn serve_connection<I, S, B>(
+    stream: I,
     service: S,
     limits: Limits,
     shutdown: CancellationToken,
     _open: OpenGuard,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -310,6 +435,8 @@ async fn serve_connection<S, B>(
 }
 
 pub mod access;
+pub mod client;
+pub mod tls;
 
 /// Whether a presented secret (a bearer token) equals the expected one, in time that depends only on the
 /// length: both HTTP APIs compare tokens with it.
