@@ -47,8 +47,8 @@ impl DataArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Base URL of the aggregator's HTTP API, http:// or https:// [key: client.server, env:
-    /// GAIT_AGGREGATOR_URL, default: https://<http.listen> when the API is HTTPS, else http://<http.listen>,
-    /// i.e. http://127.0.0.1:7080].
+    /// GAIT_AGGREGATOR_URL, default: http://<http.listen>, i.e. http://127.0.0.1:7080; when the API is HTTPS
+    /// https://<http.listen>, with localhost for a loopback or unspecified listen address].
     #[arg(long)]
     pub server: Option<String>,
     /// CA certificate (PEM) an https:// server is verified against; no system roots are trusted [key:

@@ -23,7 +23,7 @@
 //!   server_names: [localhost, 127.0.0.1]
 //! shutdown: { grace_seconds: 10 }
 //! client:                                   # where `publish` and `agents` reach the API
-//!   server: https://127.0.0.1:7080          # default: http(s)://<http.listen>
+//!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
 //!   ca_file: /var/lib/gait-aggregator/pki/ca.pem       # default: <data_dir>/pki/ca.pem
 //! ```
@@ -352,8 +352,9 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
-    /// Base URL of the HTTP API for `publish` and `agents`. Default `https://<http.listen>` when the API is
-    /// HTTPS, else `http://<http.listen>` (an unspecified listen address is reached on 127.0.0.1).
+    /// Base URL of the HTTP API for `publish` and `agents`. Default `http://<http.listen>` for a plain-HTTP
+    /// API; for an HTTPS one `https://<http.listen>`, or `https://localhost:<port>` when it listens on a
+    /// loopback or unspecified address (an unspecified one is reached on loopback).
     pub server: Option<String>,
     /// File holding the admin bearer token. Default `<data_dir>/admin.token`.
     pub token_file: Option<PathBuf>,
@@ -633,12 +634,16 @@ impl Config {
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                let scheme = if self.http.tls_enabled() {
-                    "https"
+                if !self.http.tls_enabled() {
+                    return format!("http://{addr}");
+                }
+                // The certificate must name the host dialled: `localhost` is in the PKI's default server names
+                // and is what an operator adds for the host itself, an IP address less often.
+                if addr.ip().is_loopback() {
+                    format!("https://localhost:{}", addr.port())
                 } else {
-                    "http"
-                };
-                format!("{scheme}://{addr}")
+                    format!("https://{addr}")
+                }
             }
         }
     }
@@ -733,7 +738,7 @@ mod tests {
         assert!(!c.quic.session_tickets);
         assert_eq!(c.quic.reconnect_rate, DEFAULT_RECONNECT_RATE);
         // Off loopback the API is HTTPS, so the operator commands default to https://.
-        assert_eq!(c.client_server(), "https://127.0.0.1:9080");
+        assert_eq!(c.client_server(), "https://localhost:9080");
     }
 
     #[test]
@@ -833,13 +838,13 @@ mod tests {
         let c =
             load_text("data_dir: /srv/gait\nhttp:\n  listen: 0.0.0.0:7080\n", &[]).expect("valid");
         assert!(c.http.tls_enabled());
-        assert_eq!(c.client_server(), "https://127.0.0.1:7080");
+        assert_eq!(c.client_server(), "https://localhost:7080");
         let files = c.http_tls_files().expect("https");
         assert_eq!(files.cert, PathBuf::from("/srv/gait/pki/server.pem"));
         assert!(files.from_pki);
         assert_eq!(c.client_ca_file(), PathBuf::from("/srv/gait/pki/ca.pem"));
         let c = load_text("http:\n  tls:\n    enabled: true\n", &[]).expect("valid");
-        assert_eq!(c.client_server(), "https://127.0.0.1:7080");
+        assert_eq!(c.client_server(), "https://localhost:7080");
         let c = load_text(
             "http:\n  listen: 127.0.0.1:7080\n  tls:\n    enabled: false\n",
             &[],
