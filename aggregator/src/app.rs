@@ -157,6 +157,11 @@ pub enum ServeError {
         #[source]
         source: gait_runtime::http::tls::TlsConfigError,
     },
+    #[error(
+        "http.listen: {addr} is not a loopback address and the HTTP API has no TLS: plain HTTP is served only \
+         on 127.0.0.1 or ::1; enable http.tls (the default off loopback) or listen on a loopback address"
+    )]
+    PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -264,6 +269,12 @@ fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError>
 /// Start every subsystem as a task of `tasks` (servers, endpoint, writers and periodic jobs are essential: one
 /// that fails stops them all); returns once the endpoints are bound.
 pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeError> {
+    // The configuration refuses this already; an embedder building a ServeConfig by hand is held to it too.
+    if config.http_tls.is_none() && !config.http_listen.ip().is_loopback() {
+        return Err(ServeError::PlainHttpOffLoopback {
+            addr: config.http_listen,
+        });
+    }
     let narrowed =
         secrets::create_private_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
             path: config.data_dir.clone(),

@@ -40,3 +40,23 @@ async fn an_https_aggregator_is_published_to_through_the_deployment_ca() -> Resu
     assert_eq!(published.epoch, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_refuses_plain_http_off_loopback_even_when_built_without_the_config_file()
+-> Result<()> {
+    let refused = spawn_aggregator(AggregatorOptions {
+        http_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        https: false,
+        ..AggregatorOptions::default()
+    })
+    .await;
+    let message = match refused {
+        Ok(_) => anyhow::bail!("plain HTTP on 0.0.0.0 was served"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        message.contains("http.listen") && message.contains("loopback"),
+        "{message}"
+    );
+    Ok(())
+}
