@@ -150,6 +150,10 @@ fn an_https_api_answers_healthz_and_a_cli_publish_that_trusts_the_deployment_ca(
     ensure!(out.status.success(), "publish over HTTPS: {}", stderr(&out));
     let printed = String::from_utf8_lossy(&out.stdout);
     ensure!(printed.contains("published epoch 1"), "{printed}");
+    let out = cli(&agg.data_dir)
+        .args(["agents", "--org", "acme", "--json", "--server", &url])
+        .output()?;
+    ensure!(out.status.success(), "agents over HTTPS: {}", stderr(&out));
 
     // Plain HTTP to the HTTPS listener gets no answer, and the CLI says to use https://.
     let out = publish(&agg, &format!("http://localhost:{}", agg.port()), &[])?;
