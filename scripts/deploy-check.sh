@@ -23,8 +23,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { echo "== $*"; }
-# GET http://127.0.0.1:$1/healthz answered 200 (python3, so the check needs no curl on a fresh machine).
-healthz() { python3 -c 'import sys,urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=5)' "$1" >/dev/null 2>&1; }
+# GET https://localhost:$1/healthz answered 200, the server verified against the deployment CA in $2 (python3,
+# so the check needs no curl on a fresh machine).
+healthz() {
+  python3 -c 'import ssl,sys,urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+urllib.request.urlopen("https://localhost:%s/healthz" % sys.argv[1], timeout=5, context=ctx)' "$1" "$2" >/dev/null 2>&1
+}
+# The same URL as plain HTTP must get no answer: the production setup serves HTTPS only.
+plain_http_answers() { python3 -c 'import sys,urllib.request; urllib.request.urlopen("http://localhost:%s/healthz" % sys.argv[1], timeout=5)' "$1" >/dev/null 2>&1; }
 die() { echo "deploy-check: $*" >&2; exit 1; }
 
 AGG_HOME="$ROOT/var/lib/gait-aggregator"
@@ -55,12 +62,31 @@ say "5. serve as the unit does (ExecStart of deploy/systemd/gait-aggregator.serv
   exec runuser -u gait -- gait-aggregator serve --data-dir "$AGG_HOME"
 ) > "$ROOT/aggregator.log" 2>&1 &
 PIDS+=($!)
+CA="$AGG_HOME/pki/ca.pem"
 for _ in $(seq 1 600); do
-  healthz "$HTTP_PORT" && break
+  healthz "$HTTP_PORT" "$CA" && break
   kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$ROOT/aggregator.log" >&2; die "the aggregator exited"; }
   sleep 0.1
 done
-healthz "$HTTP_PORT" || { cat "$ROOT/aggregator.log" >&2; die "no /healthz"; }
+healthz "$HTTP_PORT" "$CA" || { cat "$ROOT/aggregator.log" >&2; die "no /healthz over HTTPS"; }
+plain_http_answers "$HTTP_PORT" && die "the admin API answered plain HTTP"
+
+say "5b. publish a policy over HTTPS as the service user (the CLI trusts <data-dir>/pki/ca.pem)"
+cat > "$AGG_HOME/policy.yaml" <<'POLICY'
+schema_id: gait.gate.policy
+schema_version: 1.0.0
+default_verdict: block
+rules:
+  - name: allow-reads
+    priority: 10
+    effect: allow
+    match:
+      tool_names: [tool.read]
+POLICY
+chown gait:gait "$AGG_HOME/policy.yaml"
+runuser -u gait -- env GAIT_DATA_DIR="$AGG_HOME" gait-aggregator publish --server "https://localhost:$HTTP_PORT" \
+  --org acme --project web --env prod --policy "$AGG_HOME/policy.yaml" \
+  || { cat "$ROOT/aggregator.log" >&2; die "publish over HTTPS failed"; }
 
 say "6. an agent: issued by the aggregator's user, installed as /etc/gait-agent, run as gait-agent"
 runuser -u gait -- gait-aggregator pki issue-agent --data-dir "$AGG_HOME" --org acme --project web --env prod \

@@ -6,18 +6,12 @@
 //! certificate the aggregator refuses is not reported by the handshake on this side: the connection fails
 //! on its first read instead.
 
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gait_runtime::pem::{PemError, load_certs, load_key};
 use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-/// Largest PEM file read from disk; real certificate and key files are a few KiB.
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// What an operator runs to produce the agent's certificate files.
 const ISSUE_HINT: &str = "run `gait-aggregator pki issue-agent ...` and copy agent.pem, agent.key and ca.pem to the agent";
@@ -25,29 +19,12 @@ const ISSUE_HINT: &str = "run `gait-aggregator pki issue-agent ...` and copy age
 /// Why the agent's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A certificate or key file could not be read.
-    #[error("cannot read {}: {source}; {ISSUE_HINT}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A file is larger than any certificate or key.
-    #[error("{} is larger than {MAX_PEM_BYTES} bytes and is not a certificate or key; {ISSUE_HINT}", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A file is not valid PEM, or holds no item of the expected kind.
-    #[error("{} holds no valid {expected}: {detail}; {ISSUE_HINT}", path.display())]
+    /// A certificate or key file could not be read, is too large, or holds no item of the expected kind.
+    #[error("{source}; {ISSUE_HINT}")]
     Pem {
-        /// The file.
-        path: PathBuf,
-        /// What the file should hold.
-        expected: &'static str,
-        /// What went wrong.
-        detail: String,
+        /// What the shared PEM loader reported (it names the file).
+        #[from]
+        source: PemError,
     },
     /// The CA certificate is unusable as a trust anchor.
     #[error("{} is not a usable CA certificate: {source}; {ISSUE_HINT}", path.display())]
@@ -222,52 +199,10 @@ pub fn client_config(
     Ok(config)
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let read_error = |source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = fs::File::open(path).map_err(read_error)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(TlsError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read_bounded(path)?;
-    let pem_error = |detail: String| TlsError::Pem {
-        path: path.to_owned(),
-        expected: "CERTIFICATE block",
-        detail,
-    };
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(pem_error("the file contains none".to_owned()));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read_bounded(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
-        path: path.to_owned(),
-        expected: "private key block",
-        detail: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn missing_files_are_named_with_the_command_that_creates_them() -> anyhow::Result<()> {

@@ -45,6 +45,9 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Connection cap and timeouts of the HTTP API (`http.*`).
     pub http_limits: gait_runtime::http::Limits,
+    /// Certificate and key of the HTTPS API (`http.tls.*`); `None` serves plain HTTP (loopback only, which
+    /// the configuration enforces).
+    pub http_tls: Option<crate::config::TlsFiles>,
     /// Server names put in the server certificate when the PKI is created on first start.
     pub server_names: Vec<String>,
     /// SPIFFE trust domain of the CA when the PKI is created on first start.
@@ -79,6 +82,7 @@ impl ServeConfig {
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             http_limits: crate::config::HttpConfig::default().limits(),
+            http_tls: None,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             trust_domain: pki::DEFAULT_TRUST_DOMAIN.to_owned(),
             bundle_defaults: BundleDefaults::default(),
@@ -98,6 +102,7 @@ impl ServeConfig {
             quic_listen: config.quic.listen,
             http_listen: config.http.listen,
             http_limits: config.http.limits(),
+            http_tls: config.http_tls_files(),
             server_names: config.pki.server_names.clone(),
             trust_domain: config.pki.trust_domain.clone(),
             udp_buffer_bytes: config.quic.udp_buffer_bytes,
@@ -143,6 +148,20 @@ pub enum ServeError {
     Tls(#[from] crate::ingest::tls::TlsError),
     #[error("tls: {0}")]
     Pem(#[from] crate::pki::pem::PemError),
+    #[error(
+        "http.tls: {source}; by default the HTTPS API presents the deployment PKI's server certificate \
+         (<data_dir>/pki/server.pem, made by `gait-aggregator pki init`); set http.tls.cert_file and \
+         http.tls.key_file to use another"
+    )]
+    HttpTls {
+        #[source]
+        source: gait_runtime::http::tls::TlsConfigError,
+    },
+    #[error(
+        "http.listen: {addr} is not a loopback address and the HTTP API has no TLS: plain HTTP is served only \
+         on 127.0.0.1 or ::1; enable http.tls (the default off loopback) or listen on a loopback address"
+    )]
+    PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -157,6 +176,8 @@ pub enum ServeError {
 pub struct Running {
     pub quic_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Whether the HTTP API is served over HTTPS.
+    pub http_tls: bool,
     pub admin_token: String,
     pub ingest: Arc<IngestState>,
     tasks: Tasks,
@@ -248,6 +269,12 @@ fn load_or_create_secret(dir: &Path, file: &str) -> Result<[u8; 32], ServeError>
 /// Start every subsystem as a task of `tasks` (servers, endpoint, writers and periodic jobs are essential: one
 /// that fails stops them all); returns once the endpoints are bound.
 pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeError> {
+    // The configuration refuses this already; an embedder building a ServeConfig by hand is held to it too.
+    if config.http_tls.is_none() && !config.http_listen.ip().is_loopback() {
+        return Err(ServeError::PlainHttpOffLoopback {
+            addr: config.http_listen,
+        });
+    }
     let narrowed =
         secrets::create_private_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
             path: config.data_dir.clone(),
@@ -357,6 +384,18 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         what: "HTTP/TCP",
         source,
     })?;
+    let http_tls = match &config.http_tls {
+        None => None,
+        Some(files) => {
+            if files.from_pki {
+                warn_uncovered_listen(&pki_dir, config.http_listen)?;
+            }
+            Some(
+                gait_runtime::http::tls::server_config(&files.cert, &files.key)
+                    .map_err(|source| ServeError::HttpTls { source })?,
+            )
+        }
+    };
 
     let ingest = Arc::new(IngestState::new(
         store.clone(),
@@ -382,6 +421,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             admin_token: Arc::new(admin_token.clone()),
         },
         config.http_limits,
+        http_tls.clone(),
         shutdown.child_token(),
     );
     spawn_housekeeping(
@@ -391,10 +431,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         config.revocation_refresh,
         shutdown.child_token(),
     );
-    info!(%quic_addr, %http_addr, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
+    info!(%quic_addr, %http_addr, http_scheme, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
     Ok(Running {
         quic_addr,
         http_addr,
+        http_tls: http_tls.is_some(),
         admin_token,
         ingest,
         tasks,
@@ -428,15 +470,43 @@ fn spawn_http(
     listener: tokio::net::TcpListener,
     state: AppState,
     limits: gait_runtime::http::Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     token: CancellationToken,
 ) {
     let stats = Arc::new(gait_runtime::http::Stats::default());
     state.metrics.attach_http_stats(stats.clone());
     let owner = tasks.clone();
     tasks.spawn_essential("http-server", async move {
-        gait_runtime::http::serve(listener, router(state), limits, stats, owner, token).await;
+        let service = router(state);
+        match tls {
+            None => gait_runtime::http::serve(listener, service, limits, stats, owner, token).await,
+            Some(tls) => {
+                gait_runtime::http::serve_tls(listener, tls, service, limits, stats, owner, token)
+                    .await
+            }
+        }
         Ok::<(), std::convert::Infallible>(())
     });
+}
+
+/// Warns when the PKI's server certificate, presented by the HTTPS API, does not name the address the API
+/// listens on (a specific address only: a wildcard listen is reached by names the operator knows).
+fn warn_uncovered_listen(pki_dir: &Path, listen: SocketAddr) -> Result<(), ServeError> {
+    if listen.ip().is_unspecified() {
+        return Ok(());
+    }
+    let covered = pki::server_cert_names(pki_dir)?;
+    let wanted = [listen.ip().to_string()];
+    if !pki::uncovered_server_names(&covered, &wanted).is_empty() {
+        warn!(
+            listen = %listen,
+            covered = %covered.join(", "),
+            "the HTTPS API presents the PKI's server certificate, which does not name its listen address; \
+             clients dialling it will refuse the certificate. Add it: gait-aggregator pki reissue-server \
+             --server-name <name>... (then restart)"
+        );
+    }
+    Ok(())
 }
 
 /// Periodic jobs: reload revocations (closing revoked agents' connections) and refresh long-polled scopes.

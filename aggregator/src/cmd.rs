@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::config::{ADMIN_TOKEN_FILE, Config};
+use gait_runtime::http::client::{Client, ClientError};
+use gait_runtime::http::tls::HandshakeFailure;
 
 /// Where the data directory is and which database it uses (overrides `data_dir` and `database.url`).
 #[derive(Args, Debug, Clone)]
@@ -41,13 +43,18 @@ impl DataArgs {
     }
 }
 
-/// How to reach the HTTP API (overrides `client.server` and `client.token_file`).
+/// How to reach the HTTP API (overrides `client.server`, `client.token_file` and `client.ca_file`).
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// Base URL of the aggregator's HTTP API [key: client.server, env: GAIT_AGGREGATOR_URL, default:
-    /// http://<http.listen>, i.e. http://127.0.0.1:7080].
+    /// Base URL of the aggregator's HTTP API, http:// or https:// [key: client.server, env:
+    /// GAIT_AGGREGATOR_URL, default: http://<http.listen>, i.e. http://127.0.0.1:7080; when the API is HTTPS
+    /// https://<http.listen>, with localhost for a loopback or unspecified listen address].
     #[arg(long)]
     pub server: Option<String>,
+    /// CA certificate (PEM) an https:// server is verified against; no system roots are trusted [key:
+    /// client.ca_file, env: GAIT_CA_FILE, default: <data_dir>/pki/ca.pem, the deployment CA].
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// File holding the admin bearer token [key: client.token_file, env: GAIT_TOKEN_FILE, default:
     /// <data_dir>/admin.token, i.e. ./gait-data/admin.token].
     #[arg(long)]
@@ -61,6 +68,8 @@ pub struct Api {
     pub server: String,
     /// The admin token file.
     pub token_file: PathBuf,
+    /// The CA an `https://` server is verified against.
+    pub ca_file: PathBuf,
 }
 
 impl ApiArgs {
@@ -72,10 +81,14 @@ impl ApiArgs {
         if let Some(file) = &self.token_file {
             config.client.token_file = Some(file.clone());
         }
+        if let Some(file) = &self.ca_file {
+            config.client.ca_file = Some(file.clone());
+        }
         config.validate()?;
         Ok(Api {
             server: config.client_server().trim_end_matches('/').to_owned(),
             token_file: config.client_token_file(),
+            ca_file: config.client_ca_file(),
         })
     }
 }
@@ -87,24 +100,99 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token.trim().to_owned())
 }
 
+/// How long one API call may take, connection and TLS handshake included.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The HTTP client for `api`: an `https://` server is verified against the CA file only (read here, so a
+/// plain `http://` API needs no CA).
+fn client(api: &Api) -> anyhow::Result<Client> {
+    if !api.server.starts_with("https://") {
+        return Ok(Client::new(None, CALL_TIMEOUT));
+    }
+    let tls = gait_runtime::http::tls::client_config(&api.ca_file).with_context(|| {
+        format!(
+            "loading the CA certificate {} to verify {} (the deployment CA is <data-dir>/pki/ca.pem on the \
+             aggregator host, made by `gait-aggregator pki init`; copy it here and pass --ca-file)",
+            api.ca_file.display(),
+            api.server
+        )
+    })?;
+    Ok(Client::new(Some(tls), CALL_TIMEOUT))
+}
+
+/// What the operator does about a failed call, by cause.
+fn explain(api: &Api, url: &str, error: &ClientError) -> String {
+    match error {
+        ClientError::Handshake {
+            failure: HandshakeFailure::NameMismatch,
+            ..
+        } => format!(
+            "the aggregator's certificate does not name the host in {url}: reach it by a name the certificate \
+             carries (--server), or add the name on the aggregator host with `gait-aggregator pki \
+             reissue-server --server-name <host>` and restart it"
+        ),
+        ClientError::Handshake {
+            failure: HandshakeFailure::UntrustedCertificate,
+            ..
+        } => format!(
+            "the aggregator's certificate is not signed by the CA in {}: pass --ca-file with that \
+             aggregator's deployment CA (<data-dir>/pki/ca.pem)",
+            api.ca_file.display()
+        ),
+        ClientError::Handshake {
+            failure: HandshakeFailure::Expired,
+            ..
+        } => "the aggregator's certificate has expired (or the clock is wrong): re-issue it with \
+              `gait-aggregator pki reissue-server` and restart the aggregator"
+            .to_owned(),
+        ClientError::Handshake { .. } => format!(
+            "no TLS with {url}: if the API is served as plain HTTP (a loopback listen), use an http:// URL"
+        ),
+        ClientError::Http { .. } if url.starts_with("http://") => format!(
+            "the aggregator at {url} closed the connection: if its API is HTTPS (any non-loopback listen), \
+             use an https:// URL"
+        ),
+        _ => format!(
+            "cannot reach the aggregator at {url} (is `gait-aggregator serve` running? set --server)"
+        ),
+    }
+}
+
 async fn call(
     api: &Api,
-    method: reqwest::Method,
+    method: http::Method,
     url: &str,
     body: Option<serde_json::Value>,
-) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
     let token = read_token(&api.token_file)?;
-    let client = reqwest::Client::new();
-    let mut req = client.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.with_context(|| format!("cannot reach the aggregator at {url} (is `gait-aggregator serve` running? set --server)"))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .context("reading the aggregator's answer")?;
+    let client = client(api)?;
+    let mut headers = http::HeaderMap::new();
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).with_context(|| {
+        format!(
+            "the admin token in {} is not a valid header value",
+            api.token_file.display()
+        )
+    })?;
+    headers.insert(http::header::AUTHORIZATION, bearer);
+    let bytes = match body {
+        Some(body) => {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            bytes::Bytes::from(serde_json::to_vec(&body).context("encoding the request")?)
+        }
+        None => bytes::Bytes::new(),
+    };
+    let response = match client.request(method, url, headers, bytes).await {
+        Ok(response) => response,
+        Err(error) => {
+            let advice = explain(api, url, &error);
+            return Err(anyhow::Error::new(error).context(advice));
+        }
+    };
+    let status = response.status();
+    let text = String::from_utf8_lossy(response.body()).into_owned();
     let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
     Ok((status, value))
 }

@@ -11,7 +11,11 @@
 //!   reconnect_rate: 1000
 //!   session_tickets: true
 //! http:
-//!   listen: 127.0.0.1:7080                  # operator HTTP API
+//!   listen: 0.0.0.0:7080                    # operator HTTP API; HTTPS unless on a loopback address
+//!   tls:
+//!     enabled: true                         # absent: HTTPS off loopback, plain HTTP on loopback
+//!     cert_file: /etc/gait/api.pem          # default: <data_dir>/pki/server.pem (the deployment PKI's)
+//!     key_file: /etc/gait/api.key           # default: <data_dir>/pki/server.key
 //! ingest:
 //!   max_record_payload_bytes: 1048576       # larger records are refused (agents quarantine them)
 //! pki:
@@ -19,8 +23,9 @@
 //!   server_names: [localhost, 127.0.0.1]
 //! shutdown: { grace_seconds: 10 }
 //! client:                                   # where `publish` and `agents` reach the API
-//!   server: http://127.0.0.1:7080           # default: http://<http.listen>
+//!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
+//!   ca_file: /var/lib/gait-aggregator/pki/ca.pem       # default: <data_dir>/pki/ca.pem
 //! ```
 //!
 //! Order of precedence, lowest first: built-in defaults (embedded single-machine mode, so no file is needed),
@@ -49,7 +54,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// Environment variables that override one key each: the variable, the dotted key, and how the value is read.
-pub const ENV_OVERRIDES: [EnvOverride<Config>; 9] = [
+pub const ENV_OVERRIDES: [EnvOverride<Config>; 11] = [
     EnvOverride {
         var: "GAIT_DATA_DIR",
         key: "data_dir",
@@ -90,6 +95,24 @@ pub const ENV_OVERRIDES: [EnvOverride<Config>; 9] = [
         var: "GAIT_HTTP_LISTEN",
         key: "http.listen",
         set: |c, v| parse_into(&mut c.http.listen, v, "an ip:port address"),
+    },
+    EnvOverride {
+        var: "GAIT_HTTP_TLS",
+        key: "http.tls.enabled",
+        set: |c, v| {
+            let mut enabled = false;
+            parse_into(&mut enabled, v, "true or false")?;
+            c.http.tls.enabled = Some(enabled);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "GAIT_CA_FILE",
+        key: "client.ca_file",
+        set: |c, v| {
+            c.client.ca_file = Some(PathBuf::from(v));
+            Ok(())
+        },
     },
     EnvOverride {
         var: "GAIT_AGGREGATOR_URL",
@@ -189,7 +212,10 @@ impl Default for QuicConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// TCP address of the HTTP API (`/healthz`, `/readyz`, `/metrics`, `/v1/...`). Default `127.0.0.1:7080`.
+    /// Plain HTTP is served only on a loopback address; anywhere else the API is HTTPS (`http.tls`).
     pub listen: SocketAddr,
+    /// HTTPS for the API.
+    pub tls: HttpTlsConfig,
     /// Connections served at once; one more is closed at once (and counted) so `/healthz` and publishing keep
     /// answering under a connection flood. With the API's 8 MiB body limit this bounds request bodies held in
     /// memory to `max_connections` × 8 MiB (32 GiB at the default; lower it on a small host). Default 4096.
@@ -212,6 +238,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            tls: HttpTlsConfig::default(),
             max_connections: 4096,
             header_timeout_ms: 5_000,
             body_timeout_ms: 30_000,
@@ -221,7 +248,42 @@ impl Default for HttpConfig {
     }
 }
 
+/// `http.tls.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTlsConfig {
+    /// Serve the API over HTTPS. Absent (the default): HTTPS when `http.listen` is not a loopback address,
+    /// plain HTTP on a loopback one. `true` forces HTTPS on loopback too; `false` is allowed only on a loopback
+    /// address.
+    pub enabled: Option<bool>,
+    /// Certificate chain (PEM) the API presents, to use an operator's own certificate. Default: the deployment
+    /// PKI's server certificate `<data_dir>/pki/server.pem` (the one QUIC ingest presents; `gait-aggregator pki
+    /// reissue-server --server-name <name>` adds the names the API is reached by). Set with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`. Default `<data_dir>/pki/server.key`. Set with `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The certificate and key the HTTPS API presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Whether these are the deployment PKI's server certificate and key (the default).
+    pub from_pki: bool,
+}
+
 impl HttpConfig {
+    /// Whether the API is served over HTTPS: `http.tls.enabled`, or when absent, whether `http.listen` is off
+    /// loopback.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls
+            .enabled
+            .unwrap_or_else(|| !self.listen.ip().is_loopback())
+    }
+
     /// The limits the HTTP server enforces (see [`gait_runtime::http`]).
     pub fn limits(&self) -> gait_runtime::http::Limits {
         gait_runtime::http::Limits {
@@ -290,11 +352,15 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
-    /// Base URL of the HTTP API for `publish` and `agents`. Default `http://<http.listen>` (an unspecified
-    /// listen address is reached on 127.0.0.1).
+    /// Base URL of the HTTP API for `publish` and `agents`. Default `http://<http.listen>` for a plain-HTTP
+    /// API; for an HTTPS one `https://<http.listen>`, or `https://localhost:<port>` when it listens on a
+    /// loopback or unspecified address (an unspecified one is reached on loopback).
     pub server: Option<String>,
     /// File holding the admin bearer token. Default `<data_dir>/admin.token`.
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https://` server is verified against; no system roots are trusted. Default:
+    /// the deployment CA `<data_dir>/pki/ca.pem`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One validation problem at a dotted key (shared with the agent).
@@ -394,8 +460,16 @@ impl Config {
             }
         };
         fix(&mut config.data_dir);
-        if let Some(token) = config.client.token_file.as_mut() {
-            fix(token);
+        for path in [
+            config.client.token_file.as_mut(),
+            config.client.ca_file.as_mut(),
+            config.http.tls.cert_file.as_mut(),
+            config.http.tls.key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(path);
         }
         Ok(config)
     }
@@ -430,6 +504,7 @@ impl Config {
         for (key, message) in self.http.limits().problems() {
             problems.push(problem(&format!("http.{key}"), message));
         }
+        self.validate_http_tls(&mut problems);
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
         }
@@ -472,6 +547,71 @@ impl Config {
         }
     }
 
+    /// `http.tls.*` against `http.listen`: plain HTTP only on loopback, and an own certificate comes with its
+    /// key.
+    fn validate_http_tls(&self, problems: &mut Vec<Problem>) {
+        let http = &self.http;
+        if http.tls.enabled == Some(false) && !http.listen.ip().is_loopback() {
+            problems.push(problem(
+                "http.listen",
+                format!(
+                    "`{}` is not a loopback address and http.tls.enabled is false: the admin API is served as \
+                     plain HTTP only on 127.0.0.1 or ::1. Remove http.tls.enabled (HTTPS with the deployment \
+                     PKI's server certificate) or listen on a loopback address",
+                    http.listen
+                ),
+            ));
+        }
+        match (&http.tls.cert_file, &http.tls.key_file) {
+            (Some(_), None) => problems.push(problem(
+                "http.tls.key_file",
+                "must be set with http.tls.cert_file (the private key of that certificate)",
+            )),
+            (None, Some(_)) => problems.push(problem(
+                "http.tls.cert_file",
+                "must be set with http.tls.key_file (the certificate of that key)",
+            )),
+            (Some(_), Some(_)) if !http.tls_enabled() => problems.push(problem(
+                "http.tls.cert_file",
+                "is set but HTTPS is off (http.tls.enabled is false, or absent on a loopback listen); set \
+                 http.tls.enabled: true or remove the certificate",
+            )),
+            _ => {}
+        }
+    }
+
+    /// The certificate and key of the HTTPS API, `None` when it serves plain HTTP.
+    pub fn http_tls_files(&self) -> Option<TlsFiles> {
+        if !self.http.tls_enabled() {
+            return None;
+        }
+        Some(match (&self.http.tls.cert_file, &self.http.tls.key_file) {
+            (Some(cert), Some(key)) => TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                from_pki: false,
+            },
+            _ => TlsFiles {
+                cert: self.pki_dir().join(crate::pki::SERVER_CERT_FILE),
+                key: self.pki_dir().join(crate::pki::SERVER_KEY_FILE),
+                from_pki: true,
+            },
+        })
+    }
+
+    /// The deployment PKI directory, `<data_dir>/pki`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    /// The CA file the operator commands verify an `https://` API against.
+    pub fn client_ca_file(&self) -> PathBuf {
+        self.client
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join(crate::pki::CA_CERT_FILE))
+    }
+
     /// The database URL in force: the configured one or the SQLite file under the data directory.
     pub fn effective_database_url(&self) -> String {
         match &self.database.url {
@@ -494,7 +634,16 @@ impl Config {
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{addr}")
+                if !self.http.tls_enabled() {
+                    return format!("http://{addr}");
+                }
+                // The certificate must name the host dialled: `localhost` is in the PKI's default server names
+                // and is what an operator adds for the host itself, an IP address less often.
+                if addr.ip().is_loopback() {
+                    format!("https://localhost:{}", addr.port())
+                } else {
+                    format!("https://{addr}")
+                }
             }
         }
     }
@@ -588,7 +737,8 @@ mod tests {
         assert_eq!(c.quic.listen.port(), 9443);
         assert!(!c.quic.session_tickets);
         assert_eq!(c.quic.reconnect_rate, DEFAULT_RECONNECT_RATE);
-        assert_eq!(c.client_server(), "http://127.0.0.1:9080");
+        // Off loopback the API is HTTPS, so the operator commands default to https://.
+        assert_eq!(c.client_server(), "https://localhost:9080");
     }
 
     #[test]
@@ -678,6 +828,68 @@ mod tests {
         let err = load_text("", &[("GAIT_QUIC_LISTEN", "nowhere")]).expect_err("bad env");
         assert_eq!(err.problems()[0].key, "quic.listen");
         assert!(err.to_string().contains("GAIT_QUIC_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_the_loopback_default_and_https_elsewhere() {
+        let c = load_text("", &[]).expect("valid");
+        assert!(!c.http.tls_enabled());
+        assert_eq!(c.http_tls_files(), None);
+        let c =
+            load_text("data_dir: /srv/gait\nhttp:\n  listen: 0.0.0.0:7080\n", &[]).expect("valid");
+        assert!(c.http.tls_enabled());
+        assert_eq!(c.client_server(), "https://localhost:7080");
+        let files = c.http_tls_files().expect("https");
+        assert_eq!(files.cert, PathBuf::from("/srv/gait/pki/server.pem"));
+        assert!(files.from_pki);
+        assert_eq!(c.client_ca_file(), PathBuf::from("/srv/gait/pki/ca.pem"));
+        let c = load_text("http:\n  tls:\n    enabled: true\n", &[]).expect("valid");
+        assert_eq!(c.client_server(), "https://localhost:7080");
+        let c = load_text(
+            "http:\n  listen: 127.0.0.1:7080\n  tls:\n    enabled: false\n",
+            &[],
+        )
+        .expect("loopback may opt out");
+        assert!(!c.http.tls_enabled());
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused_naming_the_key_and_the_remedy() {
+        for (text, env) in [
+            (
+                "http:\n  listen: 0.0.0.0:7080\n  tls:\n    enabled: false\n",
+                vec![],
+            ),
+            (
+                "http:\n  listen: 10.1.2.3:7080\n",
+                vec![("GAIT_HTTP_TLS", "false")],
+            ),
+        ] {
+            let err = load_text(text, &env).expect_err("plain HTTP off loopback");
+            assert_eq!(err.problems()[0].key, "http.listen", "{err}");
+            let message = err.to_string();
+            assert!(message.contains("http.tls.enabled"), "{message}");
+            assert!(message.contains("loopback"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_own_certificate_needs_its_key_and_relative_paths_follow_the_file() {
+        let err = load_text(
+            "http:\n  listen: 0.0.0.0:7080\n  tls:\n    cert_file: api.pem\n",
+            &[],
+        )
+        .expect_err("no key");
+        assert_eq!(err.problems()[0].key, "http.tls.key_file");
+        let c = load_text(
+            "http:\n  listen: 0.0.0.0:7080\n  tls:\n    cert_file: api.pem\n    key_file: api.key\nclient:\n  ca_file: ca.pem\n",
+            &[],
+        )
+        .expect("valid");
+        let files = c.http_tls_files().expect("https");
+        assert!(files.cert.is_absolute() && files.cert.ends_with("api.pem"));
+        assert!(files.key.is_absolute() && !files.from_pki);
+        assert!(c.client_ca_file().is_absolute());
     }
 
     #[test]

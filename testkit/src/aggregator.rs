@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gait_aggregator::app::{self, Running, ServeConfig, ServeError};
+use gait_aggregator::config::TlsFiles;
 use gait_runtime::Tasks;
+use gait_runtime::http::client::Client;
 use gait_store::{AgentFilter, AgentRow, GapRow, Revocation, Store, StoredRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,9 @@ pub struct AggregatorOptions {
     pub grace: Duration,
     /// Connection cap and timeouts of the HTTP API; `None` keeps the `http.*` defaults.
     pub http_limits: Option<gait_runtime::http::Limits>,
+    /// Serve the HTTP API over HTTPS with the PKI's server certificate (`http.tls.enabled: true`); the
+    /// harness's own calls then verify it against the deployment CA.
+    pub https: bool,
 }
 
 impl Default for AggregatorOptions {
@@ -51,6 +56,7 @@ impl Default for AggregatorOptions {
             revocation_refresh: Duration::from_millis(200),
             grace: Duration::from_secs(30),
             http_limits: None,
+            https: false,
         }
     }
 }
@@ -101,7 +107,7 @@ pub struct RunningAggregator {
     options: AggregatorOptions,
     data_dir: PathBuf,
     tmp: Option<Arc<tempfile::TempDir>>,
-    http: reqwest::Client,
+    api: Client,
 }
 
 impl std::fmt::Debug for RunningAggregator {
@@ -173,6 +179,15 @@ async fn start(
         http_limits: options
             .http_limits
             .unwrap_or(ServeConfig::embedded(&data_dir).http_limits),
+        http_tls: options.https.then(|| TlsFiles {
+            cert: data_dir
+                .join("pki")
+                .join(gait_aggregator::pki::SERVER_CERT_FILE),
+            key: data_dir
+                .join("pki")
+                .join(gait_aggregator::pki::SERVER_KEY_FILE),
+            from_pki: true,
+        }),
         ..ServeConfig::embedded(data_dir.clone())
     };
     // A restart binds the previous ports again; the old sockets may still be on their way out.
@@ -189,16 +204,26 @@ async fn start(
             Err(e) => return Err(e.into()),
         }
     };
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| TestkitError::http("building the HTTP client", e))?;
+    // The CA exists now: the aggregator made it on first start.
+    let tls = if options.https {
+        let ca = data_dir
+            .join("pki")
+            .join(gait_aggregator::pki::CA_CERT_FILE);
+        Some(
+            gait_runtime::http::tls::client_config(&ca).map_err(|e| TestkitError::Answer {
+                what: "loading the deployment CA".to_owned(),
+                detail: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
     Ok(RunningAggregator {
         running: Some(running),
         options,
         data_dir,
         tmp,
-        http,
+        api: Client::new(tls, PATIENCE),
     })
 }
 
@@ -211,6 +236,53 @@ impl RunningAggregator {
     /// The HTTP API.
     pub fn http_addr(&self) -> SocketAddr {
         self.running().http_addr
+    }
+
+    /// Base URL of the HTTP API: `https://127.0.0.1:<port>` when it serves HTTPS, else `http://...`.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.running().http_tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr())
+    }
+
+    /// An HTTP(S) client that trusts the deployment CA (when the API is HTTPS), as the CLI does.
+    pub fn api_client(&self) -> &Client {
+        &self.api
+    }
+
+    /// Sends `method path` with the admin token (and `body` as JSON) and reads the whole answer.
+    pub async fn api_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<http::Response<bytes::Bytes>, TestkitError> {
+        let what = format!("{method} {path}");
+        let mut headers = http::HeaderMap::new();
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {}", self.admin_token()))
+            .map_err(|e| TestkitError::Answer {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+        headers.insert(http::header::AUTHORIZATION, bearer);
+        let bytes = match body {
+            Some(body) => {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                bytes::Bytes::from(body.to_string())
+            }
+            None => bytes::Bytes::new(),
+        };
+        let url = format!("{}{path}", self.api_url());
+        self.api
+            .request(method, &url, headers, bytes)
+            .await
+            .map_err(|source| TestkitError::Api { what, source })
     }
 
     /// The bearer token of the HTTP API.
@@ -247,30 +319,26 @@ impl RunningAggregator {
         publish: &Publish,
     ) -> Result<Published, TestkitError> {
         let what = format!("publish for {tenant}");
-        let url = format!(
-            "http://{}/v1/orgs/{}/projects/{}/envs/{}/bundles",
-            self.http_addr(),
-            tenant.org,
-            tenant.project,
-            tenant.env
+        let path = format!(
+            "/v1/orgs/{}/projects/{}/envs/{}/bundles",
+            tenant.org, tenant.project, tenant.env
         );
+        let body = serde_json::to_value(publish).map_err(|e| TestkitError::Answer {
+            what: what.clone(),
+            detail: e.to_string(),
+        })?;
         let response = self
-            .http
-            .post(url)
-            .bearer_auth(self.admin_token())
-            .json(publish)
-            .send()
-            .await
-            .map_err(|e| TestkitError::http(what.clone(), e))?;
+            .api_request(http::Method::POST, &path, Some(&body))
+            .await?;
         let status = response.status().as_u16();
         if status != 201 {
-            let body = response.text().await.unwrap_or_default();
+            let body = String::from_utf8_lossy(response.body()).into_owned();
             return Err(TestkitError::Status { what, status, body });
         }
-        response
-            .json()
-            .await
-            .map_err(|e| TestkitError::http(what, e))
+        serde_json::from_slice(response.body()).map_err(|e| TestkitError::Answer {
+            what,
+            detail: e.to_string(),
+        })
     }
 
     /// Every record the store holds for `agent`, by seq.
@@ -329,21 +397,14 @@ impl RunningAggregator {
 
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> Result<String, TestkitError> {
-        let what = "GET /metrics";
         let response = self
-            .http
-            .get(format!("http://{}/metrics", self.http_addr()))
-            .send()
-            .await
-            .map_err(|e| TestkitError::http(what, e))?;
+            .api_request(http::Method::GET, "/metrics", None)
+            .await?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| TestkitError::http(what, e))?;
+        let body = String::from_utf8_lossy(response.body()).into_owned();
         if status != 200 {
             return Err(TestkitError::Status {
-                what: what.into(),
+                what: "GET /metrics".into(),
                 status,
                 body,
             });

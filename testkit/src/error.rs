@@ -42,6 +42,23 @@ pub enum TestkitError {
         #[source]
         source: reqwest::Error,
     },
+    /// A request to the aggregator API failed before an answer was read (connection, TLS, timeout).
+    #[error("{what}: {source}")]
+    Api {
+        /// The request.
+        what: String,
+        /// The client error.
+        #[source]
+        source: gait_runtime::http::client::ClientError,
+    },
+    /// An answer (or a request body) could not be encoded or decoded, or the client could not be set up.
+    #[error("{what}: {detail}")]
+    Answer {
+        /// The request.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// An HTTP request was answered with an unexpected status.
     #[error("{what}: HTTP {status}: {body}")]
     Status {

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// GAIT_HTTP_LISTEN, default: 127.0.0.1:7080].
     #[arg(long)]
     pub http_listen: Option<SocketAddr>,
+    /// Serve the HTTP API over HTTPS (the deployment PKI's server certificate unless http.tls.cert_file is
+    /// set); false is allowed only on a loopback --http-listen [key: http.tls.enabled, env: GAIT_HTTP_TLS,
+    /// default: true off loopback, false on loopback].
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub http_tls: Option<bool>,
     /// DNS names / IPs for the server certificate when the CA is created on first start (repeatable); on a
     /// later start a name the certificate lacks is reported at WARN (`pki reissue-server` adds it under the same
     /// CA) [key: pki.server_names, default: localhost, 127.0.0.1].
@@ -64,6 +69,9 @@ impl ServeArgs {
         if let Some(addr) = self.http_listen {
             config.http.listen = addr;
         }
+        if let Some(enabled) = self.http_tls {
+            config.http.tls.enabled = Some(enabled);
+        }
         if !self.server_names.is_empty() {
             config.pki.server_names = self.server_names.clone();
         }
@@ -100,8 +108,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         }
     };
     gait_runtime::outln!(
-        "gait-aggregator serving: quic={} http=http://{}",
+        "gait-aggregator serving: quic={} http={}://{}",
         running.quic_addr,
+        if running.http_tls { "https" } else { "http" },
         running.http_addr
     );
     let grace = Duration::from_secs(config.shutdown.grace_seconds);

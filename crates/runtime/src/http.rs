@@ -19,6 +19,10 @@
 //!   the shorter of the two.
 //! - **Requests per connection.** The `max_requests_per_connection`-th answer carries `Connection: close`, and
 //!   the connection ends after it.
+//! - **TLS.** [`serve_tls`] runs the same loop with a TLS handshake first, inside the connection's task: it holds
+//!   a slot under the cap like any connection and must finish within `header_timeout` (a client that opens TCP
+//!   and never sends a ClientHello is closed then), after which the header timeout runs again for the first
+//!   request.
 //! - **Graceful shutdown.** When the token is cancelled, the listener closes, idle connections close at once and
 //!   a connection with a request in flight closes after its answer (at most `body_timeout` later).
 //!
@@ -107,6 +111,7 @@ pub struct Stats {
     refused: AtomicU64,
     evicted: AtomicU64,
     open: AtomicUsize,
+    handshake_failures: AtomicU64,
 }
 
 impl Stats {
@@ -129,6 +134,12 @@ impl Stats {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// TLS connections closed because their handshake failed or did not finish within the header timeout
+    /// (always 0 on a plain-HTTP server).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
 }
 
 /// Serves `service` on `listener` under `limits` until `shutdown` is cancelled. Each connection is a task of
@@ -138,6 +149,63 @@ impl Stats {
 /// retried, never fatal.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
+}
+
+/// [`serve`] over TLS: each accepted connection first completes a handshake with `tls` (within
+/// `limits.header_timeout`, holding its slot under the connection cap), then is served like a plain one. A
+/// failed or timed-out handshake closes the connection and is counted in [`Stats::handshake_failures`].
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(
+        listener,
+        Some(acceptor),
+        service,
+        limits,
+        stats,
+        tasks,
+        shutdown,
+    )
+    .await;
+}
+
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
@@ -178,6 +246,7 @@ pub async fn serve<S, B>(
             limits,
             shutdown: shutdown.clone(),
             idle: Arc::clone(&idle),
+            tls: tls.clone(),
         };
         if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -385,6 +454,7 @@ struct Connection<S> {
     limits: Limits,
     shutdown: CancellationToken,
     idle: Arc<IdleSet>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<S, B> Connection<S>
@@ -400,26 +470,86 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     async fn serve(self, stream: TcpStream, open: OpenGuard) {
-        serve_connection(
-            stream,
-            self.service,
-            self.limits,
-            self.shutdown,
-            self.idle,
-            open,
-        )
-        .await;
+        let Connection {
+            service,
+            limits,
+            shutdown,
+            idle,
+            tls,
+        } = self;
+        match tls {
+            None => serve_connection(stream, service, limits, shutdown, idle, open).await,
+            Some(acceptor) => {
+                serve_tls_connection(stream, acceptor, service, limits, shutdown, idle, open).await;
+            }
+        }
     }
 }
 
-async fn serve_connection<S, B>(
+/// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
+/// connection is idle, so it may be evicted at the cap like a slow-header one), then serves the connection.
+async fn serve_tls_connection<S, B>(
     stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    service: S,
+    limits: Limits,
+    shutdown: CancellationToken,
+    idle: Arc<IdleSet>,
+    open: OpenGuard,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let evict = CancellationToken::new();
+    let ticket = idle.enter(&evict);
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        () = shutdown.cancelled() => {
+            idle.leave(ticket);
+            return;
+        }
+        () = evict.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(stream)) => {
+                idle.leave(ticket);
+                stream
+            }
+            Ok(Err(error)) => {
+                idle.leave(ticket);
+                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                idle.leave(ticket);
+                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    timeout_ms = limits.header_timeout.as_millis(),
+                    "TLS handshake not finished within the header timeout; connection closed"
+                );
+                return;
+            }
+        },
+    };
+    serve_connection(stream, service, limits, shutdown, idle, open).await;
+}
+
+async fn serve_connection<I, S, B>(
+    stream: I,
     service: S,
     limits: Limits,
     shutdown: CancellationToken,
     idle: Arc<IdleSet>,
     _open: OpenGuard,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -497,6 +627,8 @@ async fn serve_connection<S, B>(
 }
 
 pub mod access;
+pub mod client;
+pub mod tls;
 
 /// Whether a presented secret (a bearer token) equals the expected one, in time that depends only on the
 /// length: both HTTP APIs compare tokens with it.

@@ -6,7 +6,9 @@
 //! - [`shutdown`]: SIGINT/SIGTERM cancel one root [`CancellationToken`](tokio_util::sync::CancellationToken).
 //! - [`tasks`]: every long-lived task is owned by a [`Tasks`] tracker; an *essential* task that fails or ends stops
 //!   the whole process with exit code 1 instead of leaving it half alive; shutdown drains under a grace period.
-//! - [`http`]: one hardened HTTP/1.1 accept loop (connection cap, header/body/idle timeouts, request cap).
+//! - [`http`]: one hardened HTTP/1.1 accept loop (connection cap, header/body/idle timeouts, request cap), plain or
+//!   TLS, and a small HTTP(S) client for the operator commands.
+//! - [`pem`]: the one bounded loader of PEM certificates and keys (agent, aggregator PKI, HTTPS).
 //! - [`exit`]: one exit-code convention (BSD sysexits for operator-facing failures).
 //! - [`config`]: a validation problem named by its dotted key, and `GAIT_*` environment overrides as a typed table.
 //! - [`output`]: stdout printing that treats a closed pipe (`… | head`) as "stop printing", never as a panic.
@@ -19,6 +21,7 @@ pub mod exit;
 pub mod http;
 pub mod log;
 pub mod output;
+pub mod pem;
 pub mod shutdown;
 pub mod tasks;
 

@@ -8,7 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, Stats, serve};
+use super::client::{Client, ClientError};
+use super::tls::{HandshakeFailure, client_config, server_config};
+use super::{Limits, Stats, serve, serve_tls};
 use crate::Tasks;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -24,7 +26,7 @@ fn limits(max_connections: usize) -> Limits {
 }
 
 async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Stats>, CancellationToken) {
-    let (addr, stats, token, _hold) = start_holding(limits).await;
+    let (addr, stats, token, _hold) = start_with(limits, None).await;
     (addr, stats, token)
 }
 
@@ -38,6 +40,13 @@ struct Hold {
 
 async fn start_holding(
     limits: Limits,
+) -> (std::net::SocketAddr, Arc<Stats>, CancellationToken, Hold) {
+    start_with(limits, None).await
+}
+
+async fn start_with(
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> (std::net::SocketAddr, Arc<Stats>, CancellationToken, Hold) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -57,15 +66,31 @@ async fn start_holding(
             Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
         }
     });
-    let server = serve(
-        listener,
-        service,
-        limits,
-        Arc::clone(&stats),
-        tasks.clone(),
-        token.clone(),
-    );
-    tasks.spawn("test-server", server);
+    match tls {
+        None => tasks.spawn(
+            "test-server",
+            serve(
+                listener,
+                service,
+                limits,
+                Arc::clone(&stats),
+                tasks.clone(),
+                token.clone(),
+            ),
+        ),
+        Some(tls) => tasks.spawn(
+            "test-server",
+            serve_tls(
+                listener,
+                tls,
+                service,
+                limits,
+                Arc::clone(&stats),
+                tasks.clone(),
+                token.clone(),
+            ),
+        ),
+    }
     (addr, stats, token, hold)
 }
 
@@ -194,5 +219,154 @@ async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
     // One answer, then the connection (kept alive, idle timeout 600 s) closes on the header timeout.
     let answers = read_to_eof(&mut stream).await;
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 1, "{answers}");
+    token.cancel();
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as `cert.pem` / `key.pem` in a temporary
+/// directory (the certificate is its own CA).
+fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    self_signed_for(&["localhost", "127.0.0.1"])
+}
+
+/// [`self_signed`] for exactly `names`.
+fn self_signed_for(names: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (dir, cert, key)
+}
+
+#[tokio::test]
+async fn a_tls_listener_answers_clients_that_trust_its_ca_and_fails_the_handshake_of_others() {
+    let (_dir, cert, key) = self_signed();
+    let (addr, stats, token, _) =
+        start_with(limits(8), Some(server_config(&cert, &key).unwrap())).await;
+    let trusting = Client::new(Some(client_config(&cert).unwrap()), PATIENCE);
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{}/", addr.port());
+        let answer = trusting
+            .request(
+                http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        assert_eq!(answer.body().as_ref(), b"ok");
+    }
+
+    let (_other_dir, other_ca, _) = self_signed();
+    let stranger = Client::new(Some(client_config(&other_ca).unwrap()), PATIENCE);
+    let url = format!("https://127.0.0.1:{}/", addr.port());
+    let error = stranger
+        .request(
+            http::Method::GET,
+            &url,
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Handshake {
+                failure: HandshakeFailure::UntrustedCertificate,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    tokio::time::timeout(PATIENCE, async {
+        while stats.handshake_failures() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_never_sends_a_client_hello_is_closed_within_the_header_timeout() {
+    let (_dir, cert, key) = self_signed();
+    let mut limits = limits(8);
+    limits.header_timeout = Duration::from_millis(300);
+    // Far beyond PATIENCE: only the header timeout can close the connection in time.
+    limits.idle_timeout = Duration::from_secs(600);
+    limits.body_timeout = Duration::from_secs(600);
+    let (addr, stats, token, _) =
+        start_with(limits, Some(server_config(&cert, &key).unwrap())).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_to_eof(&mut silent).await, "");
+    assert_eq!(stats.handshake_failures(), 1);
+    token.cancel();
+}
+
+#[tokio::test]
+async fn at_the_cap_a_tls_connection_still_in_its_handshake_makes_room_for_a_new_client() {
+    let (_dir, cert, key) = self_signed();
+    let (addr, stats, token, _) =
+        start_with(limits(2), Some(server_config(&cert, &key).unwrap())).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    until("the first connection is admitted", || stats.open() == 1).await;
+    let _newer = TcpStream::connect(addr).await.unwrap();
+    until("both connections are admitted", || stats.open() == 2).await;
+
+    // Both slots are held by connections that never send a ClientHello; a real client is still answered.
+    let client = Client::new(Some(client_config(&cert).unwrap()), PATIENCE);
+    let answer = client
+        .request(
+            http::Method::GET,
+            &format!("https://localhost:{}/", addr.port()),
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    assert_eq!(
+        read_to_eof(&mut silent).await,
+        "",
+        "the oldest handshake is closed"
+    );
+    assert_eq!(stats.evicted(), 1);
+    assert_eq!(stats.refused(), 0);
+    token.cancel();
+}
+
+#[tokio::test]
+async fn a_client_dialling_a_name_the_certificate_lacks_fails_the_handshake_as_a_name_mismatch() {
+    let (_dir, cert, key) = self_signed_for(&["localhost"]);
+    let (addr, _stats, token, _) =
+        start_with(limits(8), Some(server_config(&cert, &key).unwrap())).await;
+    let client = Client::new(Some(client_config(&cert).unwrap()), PATIENCE);
+    let by_ip = format!("https://127.0.0.1:{}/", addr.port());
+    let error = client
+        .request(
+            http::Method::GET,
+            &by_ip,
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Handshake {
+                failure: HandshakeFailure::NameMismatch,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     token.cancel();
 }
