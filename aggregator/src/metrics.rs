@@ -34,6 +34,7 @@ pub const HTTP_CONNECTIONS_ACCEPTED: &str = "gait_aggregator_http_connections_ac
 pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_aggregator_http_connections_refused_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "gait_aggregator_http_connections_open";
 pub const HTTP_CONNECTIONS_EVICTED: &str = "gait_aggregator_http_connections_evicted_total";
+pub const HTTP_TLS_HANDSHAKE_FAILURES: &str = "gait_aggregator_http_tls_handshake_failures_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -230,6 +231,12 @@ impl Metrics {
                 "counter",
                 "Idle HTTP API connections closed to admit a new one at http.max_connections.",
                 http.map_or(0, |s| s.evicted()),
+            ),
+            (
+                HTTP_TLS_HANDSHAKE_FAILURES,
+                "counter",
+                "HTTPS API connections closed because the TLS handshake failed or did not finish within http.header_timeout_ms.",
+                http.map_or(0, |s| s.handshake_failures()),
             ),
             (
                 HTTP_CONNECTIONS_OPEN,

@@ -117,6 +117,20 @@ fn publish(agg: &HttpsAggregator, server: &str, extra: &[&str]) -> anyhow::Resul
 }
 
 /// `GET /healthz` through `client`.
+/// The body of `GET {url}/metrics`.
+fn metrics(client: &Client, url: &str) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(client.request(
+        http::Method::GET,
+        &format!("{url}/metrics"),
+        http::HeaderMap::new(),
+        bytes::Bytes::new(),
+    ))?;
+    Ok(String::from_utf8_lossy(answer.body()).into_owned())
+}
+
 fn healthz(client: &Client, url: &str) -> Result<http::StatusCode, ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,6 +293,14 @@ fn a_client_that_never_sends_a_client_hello_is_closed_within_the_header_timeout(
     ensure!(
         closed_by_server(&mut silent)?,
         "a connection without a ClientHello was still open after {PATIENCE:?}"
+    );
+    // Counted for an operator to alert on.
+    let trusting = Client::new(Some(client_config(&agg.ca())?), PATIENCE);
+    let text = metrics(&trusting, &format!("https://localhost:{}", agg.port()))?;
+    ensure!(
+        text.lines()
+            .any(|l| l == "gait_aggregator_http_tls_handshake_failures_total 1"),
+        "the stalled handshake is not counted:\n{text}"
     );
     Ok(())
 }
