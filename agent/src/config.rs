@@ -205,8 +205,9 @@ pub struct LocalApiConfig {
     /// File holding the bearer token producers present to append records or ask for decisions (created,
     /// mode 0600, at first start). Default `<data_dir>/local-api.token`.
     pub token_file: Option<PathBuf>,
-    /// Connections served at once; one more is closed at once (and counted), so decisions keep being answered
-    /// under a connection flood. Request bodies held in memory are bounded by `max_connections` × the API's
+    /// Connections served at once; at the cap a newcomer closes the connection idle longest (one with a
+    /// request in flight is never closed; when all are busy the newcomer is refused), so decisions keep being
+    /// answered under a connection flood. Request bodies held in memory are bounded by `max_connections` × the API's
     /// body limit (about 2 MiB): about 2 GiB at the default. Default 1024.
     pub max_connections: usize,
     /// Milliseconds allowed for a request line and its headers (and for the next request on a kept-alive

@@ -216,8 +216,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// HTTPS for the API.
     pub tls: HttpTlsConfig,
-    /// Connections served at once; one more is closed at once (and counted) so `/healthz` and publishing keep
-    /// answering under a connection flood. With the API's 8 MiB body limit this bounds request bodies held in
+    /// Connections served at once; at the cap a newcomer closes the connection idle longest (one with a
+    /// request in flight is never closed; when all are busy the newcomer is refused) so `/healthz` and publishing
+    /// keep answering under a connection flood. With the API's 8 MiB body limit this bounds request bodies held in
     /// memory to `max_connections` × 8 MiB (32 GiB at the default; lower it on a small host). Default 4096.
     pub max_connections: usize,
     /// Milliseconds allowed for a request line and its headers (and for the next request on a kept-alive
