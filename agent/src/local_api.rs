@@ -358,6 +358,12 @@ async fn post_evaluate(
             Err(ApiError::bad(field, message))
         }
         Err(EvaluateError::Outbox(e)) => Err(e.into()),
+        Err(e @ EvaluateError::SimulateNotAllowed { .. }) => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "simulate_not_allowed",
+            message: e.to_string(),
+            field: Some("simulate"),
+        }),
         Err(
             EvaluateError::Decision(DecisionError::Internal(message))
             | EvaluateError::Internal(message),
