@@ -82,9 +82,11 @@ fn decision_class(policy: Verdict, enforced: Verdict) -> RecordClass {
 }
 
 /// Decides one intent locally, records the decision durably, and returns the answer.
+/// `requested_by` (the caller's transport and credential, as producer records carry `appended_by`) is stored in the record.
 pub async fn evaluate_intent(
     state: &Arc<AgentState>,
     req: GateRequest,
+    requested_by: Value,
 ) -> Result<GateResponse, EvaluateError> {
     let started = std::time::Instant::now();
     let raw = parse_intent(&req.intent).map_err(|e| bad("intent", format!("intent: {e}")))?;
@@ -170,7 +172,10 @@ pub async fn evaluate_intent(
         record_seq: None,
         trace: trace_json,
     };
-    let payload = decision_payload(&response, decided.policy_verdict, &clocks);
+    let mut payload = decision_payload(&response, decided.policy_verdict, &clocks);
+    if let Value::Object(map) = &mut payload {
+        map.insert("requested_by".into(), requested_by);
+    }
     let bytes = serde_json::to_vec(&payload)
         .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
     let class = decision_class(decided.policy_verdict, response.verdict);

@@ -1,7 +1,9 @@
 //! One HTTP/1.1 server loop for both daemons (the aggregator's API, the agent's local API), hardened against
 //! clients that connect and never finish: idle, slow-header, slow-body and connection-flooding clients.
 //!
-//! What [`serve`] enforces, each from [`Limits`]:
+//! [`serve`] listens on TCP, [`serve_unix`] on a Unix-domain socket; both run the same accept loop and
+//! per-connection machinery, and put the client ([`Peer`]: address, or uid/pid from `SO_PEERCRED`) into each
+//! request's extensions. What they enforce, each from [`Limits`]:
 //! - **Connection cap.** At most `max_connections` connections are served at once. Beyond the cap a new
 //!   connection is accepted and closed at once (fast refusal: the client sees EOF, not a hang) and counted in
 //!   [`Stats::refused`], so the process never runs out of file handles and the admitted connections keep being
@@ -26,6 +28,7 @@
 //! tighter bound lower `max_connections`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,7 +37,10 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -113,8 +119,53 @@ impl Stats {
     }
 }
 
+/// Who is at the other end of a connection, as the kernel reports it. [`serve`] and [`serve_unix`] insert it into
+/// every request's extensions, so a handler can tell the transport and attribute what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client at this address.
+    Tcp(SocketAddr),
+    /// A Unix-socket client; its credentials as the kernel saw them at `connect` (`SO_PEERCRED`), when the
+    /// platform reports them.
+    Unix {
+        /// The client's user id.
+        uid: Option<u32>,
+        /// The client's process id.
+        pid: Option<i32>,
+    },
+}
+
+/// A listener [`serve_on`] accepts from: TCP or a Unix socket.
+trait Listener {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)>;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)> {
+        let (stream, addr) = self.accept().await?;
+        Ok((stream, Peer::Tcp(addr)))
+    }
+}
+
+#[cfg(unix)]
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)> {
+        let (stream, _addr) = self.accept().await?;
+        let cred = stream.peer_cred().ok();
+        let peer = Peer::Unix {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        };
+        Ok((stream, peer))
+    }
+}
+
 /// Serves `service` on `listener` under `limits` until `shutdown` is cancelled. Each connection is a task of
-/// `tasks` (named `http-connection`), so the process drain waits for the answers in flight.
+/// `tasks` (named `http-connection`), so the process drain waits for the answers in flight. Every request
+/// carries the client's [`Peer::Tcp`] address in its extensions.
 ///
 /// Returns once the listener is closed; accept errors (such as running out of file handles) are logged and
 /// retried, never fatal.
@@ -136,14 +187,61 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_on(listener, service, limits, stats, tasks, shutdown).await;
+}
+
+/// [`serve`] on a Unix-domain socket: the same limits, timeouts and per-connection handling; every request
+/// carries the client's [`Peer::Unix`] credentials in its extensions. Who may connect is decided by the socket
+/// file's owner, group and mode, which the caller sets.
+#[cfg(unix)]
+pub async fn serve_unix<S, B>(
+    listener: UnixListener,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_on(listener, service, limits, stats, tasks, shutdown).await;
+}
+
+async fn serve_on<L, S, B>(
+    listener: L,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    L: Listener,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_peer() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) if is_connection_error(&error) => continue,
             Err(error) => {
                 tracing::warn!(%error, "HTTP accept failed; retrying shortly");
@@ -170,7 +268,14 @@ pub async fn serve<S, B>(
         let open = OpenGuard::new(Arc::clone(&stats), permit);
         tasks.spawn(
             "http-connection",
-            serve_connection(stream, service.clone(), limits, shutdown.clone(), open),
+            serve_connection(
+                stream,
+                peer,
+                service.clone(),
+                limits,
+                shutdown.clone(),
+                open,
+            ),
         );
     }
 }
@@ -232,13 +337,15 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_connection<S, B>(
-    stream: TcpStream,
+async fn serve_connection<I, S, B>(
+    stream: I,
+    peer: Peer,
     service: S,
     limits: Limits,
     shutdown: CancellationToken,
     _open: OpenGuard,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -258,9 +365,10 @@ async fn serve_connection<S, B>(
     let timed =
         Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
     let per_request = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let activity = Arc::clone(&per_request);
         let timed = timed.clone();
+        request.extensions_mut().insert(peer);
         async move {
             let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
             let _in_flight = InFlight::start(activity);
