@@ -122,7 +122,9 @@ async fn agent_activates_a_bundle_signed_by_a_trusted_key_and_stamps_records_wit
         Some(published.digest.as_str())
     );
     assert_eq!(rec.bundle_since_ms, Some(active.since_unix_ms));
-    assert_eq!(payload_of(rec)?, json!({"tool": "fs.write"}));
+    let payload = payload_of(rec)?;
+    assert_eq!(payload["tool"], json!("fs.write"));
+    assert_eq!(payload["appended_by"]["transport"], json!("tcp"));
 
     let metrics = agent.get_text("/metrics").await?;
     assert!(metrics.contains("gait_agent_bundle_epoch 1"), "{metrics}");
