@@ -369,16 +369,37 @@ fn simulate_is_refused_unless_the_bundle_allows_it_and_its_record_keeps_the_poli
         "a refused simulate was recorded"
     );
 
-    // The environment allows it: published, signed, and only then honoured.
-    let (status, body) = http_json(
-        "POST",
-        &agg.url("/v1/orgs/acme/projects/web/envs/prod/bundles"),
-        Some(&agg.token),
-        Some(json!({"policies": {"base.yaml": POLICY}, "allow_caller_simulate": true})),
-    )?;
+    // The environment allows it: published by the operator CLI, signed, and only then honoured.
+    let policy = tmp.path().join("base.yaml");
+    std::fs::write(&policy, POLICY)?;
+    let out = gait_e2e::hermetic("gait-aggregator")
+        .current_dir(tmp.path())
+        .args([
+            "publish",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+        ])
+        .arg("--server")
+        .arg(agg.url(""))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--allow-caller-simulate")
+        .output()?;
     ensure!(
-        status == 201,
-        "publish with allow_caller_simulate: {status} {body}"
+        out.status.success(),
+        "publish --allow-caller-simulate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, latest) = agg.get("/v1/orgs/acme/projects/web/envs/prod/bundles/latest")?;
+    ensure!(
+        status == 200 && latest["manifest"]["settings"] == json!({"allow_caller_simulate": true}),
+        "the setting is signed into the bundle: {status} {latest}"
     );
     wait_for(PATIENCE, "bundle 2 active", || {
         (agent.active_epoch() == Some(2)).then_some(())
