@@ -13,7 +13,7 @@
 //!   registry_public_keys: [keys/registry.pub]   # Ed25519 keys that may sign policy bundles
 //! data_dir: data                        # holds agent.redb (outbox + bundle cache)
 //! outbox: { max_records: 100000, max_bytes: 268435456 }
-//! local_api: { listen: 127.0.0.1:7071 }
+//! local_api: { listen: 127.0.0.1:7071, socket_path: /run/gait-agent/local-api.sock, socket_group: gait-apps }
 //! poll: { wait_ms: 25000 }
 //! gate: { signing_key: keys/trace_private.key }   # optional; default: generated in <data_dir>/keys/
 //! # gate.rate_limit.max_keys: 1024                  # most rate-limit counters kept (see the gate docs)
@@ -39,6 +39,8 @@ pub const MIN_POLL_WAIT_MS: u32 = 1_000;
 pub const MAX_POLL_WAIT_MS: u32 = 120_000;
 /// Default local API address.
 pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:7071";
+/// Default mode of the local API's Unix socket: owner and group may connect.
+pub const DEFAULT_SOCKET_MODE: &str = "0660";
 
 /// Environment variables that override one key each: the variable, the dotted key, and how the value is read.
 pub const ENV_OVERRIDES: [EnvOverride<Config>; 3] = [
@@ -196,9 +198,22 @@ impl OutboxConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalApiConfig {
-    /// Address of the local HTTP API; must be a loopback address. Port 0 picks a free port. Default
-    /// `127.0.0.1:7071`.
+    /// Address of the local HTTP API over TCP; must be a loopback address. Port 0 picks a free port. Requests
+    /// that append or decide need the bearer token. Default `127.0.0.1:7071`.
     pub listen: String,
+    /// Whether the API is also served on a Unix socket (the primary transport: the socket file's owner, group
+    /// and mode are the credential, no token needed). Default true.
+    pub socket_enabled: bool,
+    /// Path of the Unix socket. A socket file left by a crashed run is replaced at start; any other file there
+    /// is an error. At most about 100 bytes (the kernel's limit). Default `<data_dir>/local-api.sock` (inside
+    /// the 0700 data directory, so only the agent's user reaches it: put it elsewhere, e.g.
+    /// `/run/gait-agent/local-api.sock`, to let a group connect).
+    pub socket_path: Option<PathBuf>,
+    /// Mode of the socket file, octal digits as a string (connecting needs write permission). Default `"0660"`.
+    pub socket_mode: String,
+    /// Group (name or numeric id) the socket file is given to, so its members may connect; the agent's user
+    /// must belong to it. Default: the agent's own group.
+    pub socket_group: Option<String>,
     /// Web origins (`scheme://host[:port]`, exactly as a browser sends `Origin`) whose requests are answered.
     /// Default none: a request carrying any `Origin` header — a web page's — is refused with 403.
     pub allowed_origins: Vec<String>,
@@ -228,6 +243,10 @@ impl Default for LocalApiConfig {
     fn default() -> Self {
         LocalApiConfig {
             listen: DEFAULT_LOCAL_API.to_owned(),
+            socket_enabled: true,
+            socket_path: None,
+            socket_mode: DEFAULT_SOCKET_MODE.to_owned(),
+            socket_group: None,
             allowed_origins: Vec::new(),
             token_file: None,
             max_connections: 1024,
@@ -243,6 +262,11 @@ impl LocalApiConfig {
     /// The parsed listen address (call after [`Config::validate`]).
     pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_listen(&self.listen).map_err(|m| ConfigError::single("local_api.listen", m))
+    }
+
+    /// The socket file's mode, parsed (call after [`Config::validate`]).
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        parse_mode(&self.socket_mode).map_err(|m| ConfigError::single("local_api.socket_mode", m))
     }
 
     /// The limits the local API server enforces (see [`gait_runtime::http`]).
@@ -379,6 +403,9 @@ impl Config {
         if let Some(p) = self.local_api.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.local_api.socket_path.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks every value; the error lists each problem with its dotted key.
@@ -448,6 +475,34 @@ impl Config {
         if let Err(m) = parse_listen(&self.local_api.listen) {
             bad("local_api.listen", m);
         }
+        if let Err(m) = parse_mode(&self.local_api.socket_mode) {
+            bad("local_api.socket_mode", m);
+        }
+        if self.local_api.socket_enabled {
+            let path = self.api_socket_path();
+            if path.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+                bad(
+                    "local_api.socket_path",
+                    format!(
+                        "{} is {} bytes, over the {MAX_SOCKET_PATH_BYTES}-byte limit of a Unix socket \
+                         path; choose a shorter path",
+                        path.display(),
+                        path.as_os_str().len()
+                    ),
+                );
+            }
+        }
+        if self
+            .local_api
+            .socket_group
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            bad(
+                "local_api.socket_group",
+                "must not be empty; leave it out to keep the agent's own group".to_owned(),
+            );
+        }
         for (key, message) in self.local_api.limits().problems() {
             bad(&format!("local_api.{key}"), message);
         }
@@ -489,6 +544,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join(crate::local_api::token::TOKEN_FILE))
     }
 
+    /// The local API's Unix socket (`local_api.socket_path`, default `<data_dir>/local-api.sock`).
+    pub fn api_socket_path(&self) -> PathBuf {
+        self.local_api
+            .socket_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::local_api::socket::SOCKET_FILE))
+    }
+
     /// Path of the agent's database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("agent.redb")
@@ -528,11 +591,32 @@ fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{listen:?} is not ip:port"))?;
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "{listen} is not a loopback address; the local API has no authentication and must stay on \
-             127.0.0.1 or [::1]"
+            "{listen} is not a loopback address; the local API must stay on 127.0.0.1 or [::1] (other hosts \
+             would only need the bearer token)"
         ));
     }
     Ok(addr)
+}
+
+/// Longest Unix socket path, in bytes: `sun_path` holds 108 bytes on Linux (104 on the BSDs) with a NUL.
+const MAX_SOCKET_PATH_BYTES: usize = 103;
+
+/// A file mode written as octal digits (`"0660"`, `"660"`), at most `0777`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim();
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(format!(
+            "{text:?} is not an octal file mode; write it as a quoted string such as \"0660\""
+        ));
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|e| format!("{text:?}: {e}"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?} sets special bits; use permission bits only (at most \"0777\")"
+        ));
+    }
+    Ok(mode)
 }
 
 fn check_file(path: &Path) -> Result<(), String> {
@@ -640,7 +724,7 @@ aggregator: { address: 'no-port', server_name: 'bad name!' }
 tls: { ca: ca.pem, cert: agent.pem, key: agent.key }
 trust: { registry_public_keys: [a.pub, b.pub] }
 outbox: { max_records: 0, max_bytes: 10 }
-local_api: { listen: '0.0.0.0:7071', header_timeout_ms: 0, max_requests_per_connection: 0 }
+local_api: { listen: '0.0.0.0:7071', socket_mode: '0991', socket_group: '', socket_path: /a/path/far/too/long/for/a/unix/socket/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock, header_timeout_ms: 0, max_requests_per_connection: 0 }
 poll: { wait_ms: 5 }
 ";
         std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
@@ -660,6 +744,9 @@ poll: { wait_ms: 5 }
                 "outbox.max_records",
                 "outbox.max_bytes",
                 "local_api.listen",
+                "local_api.socket_mode",
+                "local_api.socket_path",
+                "local_api.socket_group",
                 "local_api.header_timeout_ms",
                 "local_api.max_requests_per_connection",
                 "poll.wait_ms",

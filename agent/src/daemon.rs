@@ -280,6 +280,33 @@ impl Daemon {
             allowed_origins: config.local_api.allowed_origins.clone(),
             token: Some(Arc::new(token)),
         };
+        let socket_path = config
+            .local_api
+            .socket_enabled
+            .then(|| config.api_socket_path());
+        if let Some(path) = &socket_path {
+            let mode = config.local_api.socket_mode()?;
+            let listener = crate::local_api::socket::bind(
+                path,
+                mode,
+                config.local_api.socket_group.as_deref(),
+            )
+            .map_err(|e| {
+                DaemonError::Config(crate::config::ConfigError::single(e.key(), e.to_string()))
+            })?;
+            let owner = tasks.clone();
+            let (state, guard, limits, path, shutdown) = (
+                state.clone(),
+                guard.clone(),
+                config.local_api.limits(),
+                path.clone(),
+                shutdown.child_token(),
+            );
+            tasks.spawn_essential("local-api-socket", async move {
+                crate::local_api::serve_unix(listener, path, state, guard, limits, owner, shutdown)
+                    .await
+            });
+        }
         spawn_local_api(
             &tasks,
             listener,
@@ -309,6 +336,7 @@ impl Daemon {
             env = %me.env,
             aggregator = %config.aggregator.address,
             local_api = %local_api,
+            local_api_socket = %socket_path.as_deref().map_or("off".into(), |p| p.display().to_string()),
             "gait-agent started"
         );
         Ok(Daemon {

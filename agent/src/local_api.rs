@@ -4,26 +4,34 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
-//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.` or `bundle.` are the agent's own and refused (403 `kind_reserved`) |
-//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true`. Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
+//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.` or `bundle.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
+//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
-//! when one input field is at fault). Codes: `bad_request` (400), `host_not_allowed`, `origin_not_allowed`,
-//! `kind_reserved` (403), `payload_too_large` (413), `unsupported_media_type` (415), `outbox_full` (507: nothing
-//! was stored, retry later or fail closed), `storage_failing` (503: the storage under the agent fails, e.g. a
-//! full disk; nothing was recorded, retry later or fail closed), `internal` (500).
+//! when one input field is at fault). Codes: `bad_request` (400), `unauthorized` (401), `host_not_allowed`,
+//! `origin_not_allowed`, `kind_reserved`, `simulate_not_allowed` (403), `payload_too_large` (413),
+//! `unsupported_media_type` (415), `outbox_full` (507: nothing was stored, retry later or fail closed),
+//! `storage_failing` (503: the storage under the agent fails, e.g. a full disk; nothing was recorded, retry
+//! later or fail closed), `internal` (500).
 //!
-//! Every request passes [`guard`] first: a non-loopback `Host` or an `Origin` header is refused with 403, a
-//! `POST` without `Content-Type: application/json` with 415, so a web page in a browser on the host cannot use the
-//! API (DNS rebinding, cross-site simple requests). There is no credential yet: the listener must stay on a
-//! loopback address (the config refuses others), and any local process can call it.
+//! Two transports serve the same routes: a Unix socket ([`socket`], the primary one: the socket file's mode and
+//! group are the credential) and loopback TCP, where appending and deciding need the bearer token ([`token`]).
+//! Every request passes [`guard`] first: an `Origin` header is refused with 403, a `POST` without
+//! `Content-Type: application/json` with 415, and on TCP a non-loopback `Host` with 403, so a web page in a
+//! browser on the host cannot use the API (DNS rebinding, cross-site simple requests).
+//!
+//! Attribution: every producer record's payload carries `appended_by`, the credential that appended it —
+//! `{"transport":"unix","uid":U,"pid":P}` on the socket, `{"transport":"tcp","token_id":"<8 hex>"}` on TCP
+//! (the first 8 hex digits of the token's SHA-256, never the token) — and every decision record carries the
+//! same object as `requested_by`. A producer payload that sets `appended_by` itself is refused (400).
 
 pub mod decision_metrics;
 pub mod evaluate;
 pub mod guard;
+pub mod socket;
 pub mod token;
 
 use std::fmt::Write as _;
@@ -34,11 +42,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gait_runtime::http::Peer;
 use gait_wire::RecordClass;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::engine::{DecisionError, GateRequest};
@@ -136,8 +145,7 @@ pub async fn serve(
     tasks: gait_runtime::Tasks,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let stats = Arc::new(gait_runtime::http::Stats::default());
-    state.attach_http_stats(stats.clone());
+    let stats = shared_stats(&state);
     gait_runtime::http::serve(
         listener,
         router_with(state, guard),
@@ -149,6 +157,70 @@ pub async fn serve(
     .await;
     Ok(())
 }
+
+/// Serves [`router_with`] on the Unix socket `listener` (bound by [`socket::bind`]) under the same `limits`, with
+/// its own connection cap, counting into the same `stats` as the TCP listener; the socket file at `path` is
+/// removed when the server stops.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    state: AppState,
+    guard: guard::Guard,
+    limits: gait_runtime::http::Limits,
+    tasks: gait_runtime::Tasks,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let stats = shared_stats(&state);
+    gait_runtime::http::serve_unix(
+        listener,
+        router_with(state, guard),
+        limits,
+        stats,
+        tasks,
+        shutdown,
+    )
+    .await;
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove the local api socket");
+    }
+    Ok(())
+}
+
+/// The connection counters both listeners share (the metrics export one set for the API).
+fn shared_stats(state: &AgentState) -> Arc<gait_runtime::http::Stats> {
+    let fresh = Arc::new(gait_runtime::http::Stats::default());
+    state.attach_http_stats(Arc::clone(&fresh));
+    state.http_stats().cloned().unwrap_or(fresh)
+}
+
+/// Who appended a record or asked for a decision: the transport and the credential it presented (the uid and
+/// pid of a socket client, the id of a TCP client's bearer token — never the token). A request without a
+/// [`Peer`] (the router driven directly, in tests) counts as TCP.
+fn attribution(peer: Option<&Peer>, headers: &HeaderMap) -> Value {
+    match peer {
+        Some(Peer::Unix { uid, pid }) => json!({ "transport": "unix", "uid": uid, "pid": pid }),
+        Some(Peer::Tcp(_)) | None => {
+            let mut by = Map::new();
+            by.insert("transport".into(), Value::from("tcp"));
+            if let Some(presented) = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+            {
+                by.insert(
+                    "token_id".into(),
+                    Value::from(token::token_id(presented.trim())),
+                );
+            }
+            Value::Object(by)
+        }
+    }
+}
+
+/// Payload key under which the agent stores who appended a producer record.
+pub const APPENDED_BY: &str = "appended_by";
 
 /// One JSON error answer.
 #[derive(Debug)]
@@ -265,7 +337,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 struct PostedRecord {
     class: RecordClass,
     kind: String,
-    payload: Vec<u8>,
+    payload: Map<String, Value>,
 }
 
 fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
@@ -304,8 +376,16 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
         None => return Err(ApiError::bad("kind", "kind is required")),
     };
     let payload = match obj.remove("payload") {
-        Some(p @ Value::Object(_)) => serde_json::to_vec(&p)
-            .map_err(|e| ApiError::bad("payload", format!("payload cannot be encoded: {e}")))?,
+        Some(Value::Object(p)) if p.contains_key(APPENDED_BY) => {
+            return Err(ApiError::bad(
+                "payload",
+                format!(
+                    "payload key {APPENDED_BY:?} is reserved: the agent records there which credential appended \
+                     the record; rename the key"
+                ),
+            ));
+        }
+        Some(Value::Object(p)) => p,
         Some(_) => return Err(ApiError::bad("payload", "payload must be a JSON object")),
         None => return Err(ApiError::bad("payload", "payload is required")),
     };
@@ -328,8 +408,13 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
 /// not append them, so nothing another process posts reads as the agent's own decision.
 pub const RESERVED_KIND_PREFIXES: [&str; 2] = ["gate.", "bundle."];
 
-async fn post_record(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let rec = parse_record(&body)?;
+async fn post_record(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut rec = parse_record(&body)?;
     if let Some(prefix) = RESERVED_KIND_PREFIXES
         .iter()
         .find(|p| rec.kind.starts_with(**p))
@@ -345,7 +430,13 @@ async fn post_record(State(state): State<AppState>, body: Bytes) -> Result<Respo
             field: Some("kind"),
         });
     }
-    let outcome = state.append(rec.class, rec.kind, rec.payload).await?;
+    rec.payload.insert(
+        APPENDED_BY.to_owned(),
+        attribution(peer.as_deref(), &headers),
+    );
+    let payload = serde_json::to_vec(&rec.payload)
+        .map_err(|e| ApiError::bad("payload", format!("payload cannot be encoded: {e}")))?;
+    let outcome = state.append(rec.class, rec.kind, payload).await?;
     Ok(match outcome {
         AppendOutcome::Appended { seq } => axum::Json(json!({ "seq": seq })).into_response(),
         AppendOutcome::Shed => axum::Json(json!({ "shed": true })).into_response(),
@@ -363,6 +454,8 @@ struct EvaluateQuery {
 
 async fn post_evaluate(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<EvaluateQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -380,7 +473,8 @@ async fn post_evaluate(
         policy: query.policy,
         simulate: query.simulate,
     };
-    match evaluate::evaluate_intent(&state, request).await {
+    let requested_by = attribution(peer.as_deref(), &headers);
+    match evaluate::evaluate_intent(&state, request, requested_by).await {
         Ok(response) => Ok(axum::Json(response).into_response()),
         Err(EvaluateError::Decision(DecisionError::BadRequest { field, message })) => {
             Err(ApiError::bad(field, message))
@@ -389,6 +483,12 @@ async fn post_evaluate(
         Err(EvaluateError::Decision(DecisionError::Storage(message))) => {
             Err(storage_failing(message))
         }
+        Err(e @ EvaluateError::SimulateNotAllowed { .. }) => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "simulate_not_allowed",
+            message: e.to_string(),
+            field: Some("simulate"),
+        }),
         Err(
             EvaluateError::Decision(DecisionError::Internal(message))
             | EvaluateError::Internal(message),
@@ -572,48 +672,101 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Where a client reaches a running agent's local API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Loopback TCP (reads need no token).
+    Tcp(SocketAddr),
+    /// The Unix socket.
+    Unix(std::path::PathBuf),
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint::Tcp(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Where `gait-agent` run with `config` serves its API: the socket when enabled, else TCP.
+    pub fn of(config: &crate::config::Config) -> Result<Endpoint, crate::config::ConfigError> {
+        if config.local_api.socket_enabled {
+            Ok(Endpoint::Unix(config.api_socket_path()))
+        } else {
+            config.local_api.addr().map(Endpoint::Tcp)
+        }
+    }
+
+    /// An HTTP client bound to this endpoint, and the base URL to request.
+    fn client(&self, timeout: Duration) -> reqwest::Result<(reqwest::Client, String)> {
+        let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+        Ok(match self {
+            Endpoint::Tcp(addr) => (builder.build()?, format!("http://{addr}")),
+            // The host name is not looked up on a socket; the agent does not check it there either.
+            Endpoint::Unix(path) => (
+                builder.unix_socket(path.as_path()).build()?,
+                "http://localhost".to_owned(),
+            ),
+        })
+    }
+}
+
 /// Why `gait-agent status` could not read the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusClientError {
     /// The request failed (agent not running, wrong address, timeout).
-    #[error("cannot reach the agent's local api at {addr}: {source}")]
+    #[error("cannot reach the agent's local api at {endpoint}: {source}")]
     Request {
-        /// The address tried.
-        addr: SocketAddr,
+        /// The endpoint tried.
+        endpoint: Endpoint,
         /// The HTTP client error.
         #[source]
         source: reqwest::Error,
     },
     /// The agent answered with an error status.
-    #[error("the agent at {addr} answered {status}")]
+    #[error("the agent at {endpoint} answered {status}")]
     Status {
-        /// The address tried.
-        addr: SocketAddr,
+        /// The endpoint tried.
+        endpoint: Endpoint,
         /// The HTTP status.
         status: StatusCode,
     },
 }
 
-/// Fetches `GET /v1/status` from a running agent.
+/// Fetches `GET /v1/status` from a running agent, over TCP or its Unix socket.
 pub async fn fetch_status(
-    addr: SocketAddr,
+    endpoint: impl Into<Endpoint>,
     timeout: Duration,
 ) -> Result<StatusReport, StatusClientError> {
-    let request_error = |source| StatusClientError::Request { addr, source };
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-        .map_err(request_error)?;
+    let endpoint = endpoint.into();
+    let (client, base) = endpoint
+        .client(timeout)
+        .map_err(|source| StatusClientError::Request {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    let request_error = |source| StatusClientError::Request {
+        endpoint: endpoint.clone(),
+        source,
+    };
     let response = client
-        .get(format!("http://{addr}/v1/status"))
+        .get(format!("{base}/v1/status"))
         .send()
         .await
         .map_err(request_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(StatusClientError::Status {
-            addr,
+            endpoint,
             status: StatusCode::from_u16(status.as_u16())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         });

@@ -68,14 +68,42 @@ struct RunArgs {
 #[derive(Debug, Args)]
 /// Exit code 0 when the agent can decide from a verified policy and is not stale; 75 when it is stale or not
 /// ready (the reasons are printed: no bundle, stale under fail_closed, storage failing); 69 when no agent
-/// answers at --api.
+/// answers. Where it asks: --socket, else --api, else the socket (or, with the socket off, the TCP address) of
+/// --config, else 127.0.0.1:7071.
 struct StatusArgs {
     /// Print the raw JSON status.
     #[arg(long)]
     json: bool,
-    /// Address of the agent's local API.
-    #[arg(long, default_value = gait_agent::config::DEFAULT_LOCAL_API)]
-    api: SocketAddr,
+    /// TCP address of the agent's local API (default 127.0.0.1:7071).
+    #[arg(long, conflicts_with_all = ["socket", "config"])]
+    api: Option<SocketAddr>,
+    /// Unix socket of the agent's local API.
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Agent configuration file: ask where that agent serves its API (its `local_api.socket_path` unless the
+    /// socket is off).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl StatusArgs {
+    /// The endpoint to ask, or the configuration error.
+    fn endpoint(&self) -> Result<local_api::Endpoint, gait_agent::config::ConfigError> {
+        if let Some(path) = &self.socket {
+            return Ok(local_api::Endpoint::Unix(path.clone()));
+        }
+        if let Some(addr) = self.api {
+            return Ok(local_api::Endpoint::Tcp(addr));
+        }
+        match &self.config {
+            Some(path) => local_api::Endpoint::of(&Config::load(path)?),
+            None => Ok(local_api::Endpoint::Tcp(
+                gait_agent::config::DEFAULT_LOCAL_API
+                    .parse()
+                    .unwrap_or_else(|_| ([127, 0, 0, 1], 7071).into()),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,10 +225,12 @@ fn cmd_token(command: TokenCommand) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match local_api::token::rotate(&path) {
-        Ok(_) => {
-            // The token itself is a secret: it is in the file (0600), never on the terminal.
+        Ok(token) => {
+            // The token itself is a secret: it is in the file (0600), never on the terminal; its id is what
+            // records name in `appended_by.token_id`.
             outln!(
-                "new local API token written to {}; producers must read it again (the old one is refused)",
+                "new local API token (id {}) written to {}; producers must read it again (the old one is refused)",
+                local_api::token::token_id(&token),
                 path.display()
             );
             ExitCode::SUCCESS
@@ -276,7 +306,14 @@ fn cmd_quarantine(command: QuarantineCommand) -> ExitCode {
 }
 
 async fn cmd_status(args: StatusArgs) -> ExitCode {
-    match local_api::fetch_status(args.api, Duration::from_secs(5)).await {
+    let endpoint = match args.endpoint() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match local_api::fetch_status(endpoint, Duration::from_secs(5)).await {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {

@@ -122,7 +122,9 @@ async fn agent_activates_a_bundle_signed_by_a_trusted_key_and_stamps_records_wit
         Some(published.digest.as_str())
     );
     assert_eq!(rec.bundle_since_ms, Some(active.since_unix_ms));
-    assert_eq!(payload_of(rec)?, json!({"tool": "fs.write"}));
+    let payload = payload_of(rec)?;
+    assert_eq!(payload["tool"], json!("fs.write"));
+    assert_eq!(payload["appended_by"]["transport"], json!("tcp"));
 
     let metrics = agent.get_text("/metrics").await?;
     assert!(metrics.contains("gait_agent_bundle_epoch 1"), "{metrics}");
@@ -236,7 +238,18 @@ async fn agent_decides_locally_from_the_verified_bundle_signs_the_trace_and_reco
     let (_, low) = agent.evaluate("", &intent("fs.read", "low")).await?;
     assert_eq!(low["verdict"], json!("require_approval"), "{low}");
 
-    let published = publish(&aggregator, &Publish::policy("default.yaml", POLICY_YAML)).await?;
+    // Without a bundle nothing allows a caller to simulate.
+    let (code, refused) = agent
+        .evaluate("?simulate=true", &intent("fs.write", "high"))
+        .await?;
+    assert_eq!(code, 403, "{refused}");
+    assert_eq!(refused["error"]["code"], json!("simulate_not_allowed"));
+
+    let published = publish(
+        &aggregator,
+        &Publish::policy("default.yaml", POLICY_YAML).allow_caller_simulate(),
+    )
+    .await?;
     let digest = published.digest;
     agent
         .wait_status("bundle 1 active", |s| {
@@ -338,10 +351,10 @@ async fn agent_decides_locally_from_the_verified_bundle_signs_the_trace_and_reco
         "agent clock {decided} vs record {}",
         rec.created_unix_ms
     );
-    assert_eq!(
-        payload_of(by_seq(seqs[4])?)?["enforced_verdict"],
-        json!("block")
-    );
+    // The simulated record carries the policy's own verdict beside the enforced one.
+    let simulated_record = payload_of(by_seq(seqs[4])?)?;
+    assert_eq!(simulated_record["policy_verdict"], json!("block"));
+    assert_eq!(simulated_record["enforced_verdict"], json!("allow"));
 
     // Bad input names what is wrong and records nothing.
     let depth = agent.status().await?.outbox.last_seq;
@@ -381,7 +394,9 @@ async fn a_stale_bundle_blocks_everything_under_fail_closed_and_keeps_deciding_u
         let (aggregator, agent) = start_pair().await?;
         publish(
             &aggregator,
-            &Publish::policy("default.yaml", POLICY_YAML).staleness(1, on_stale),
+            &Publish::policy("default.yaml", POLICY_YAML)
+                .staleness(1, on_stale)
+                .allow_caller_simulate(),
         )
         .await?;
         agent

@@ -671,7 +671,10 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
         assert_eq!(r.prev_hash, prev, "record {} chain", r.seq);
         prev = r.hash;
     }
-    assert_eq!(payload_of(&records[1])?, json!({"n": 2}));
+    // The producer's payload, plus who appended it (TCP, with the agent's token).
+    let payload = payload_of(&records[1])?;
+    assert_eq!(payload["n"], json!(2));
+    assert_eq!(payload["appended_by"]["transport"], json!("tcp"));
     assert!(second.hello_count() >= 1);
 
     assert!(agent.stop().await?.shutdown.clean);

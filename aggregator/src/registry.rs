@@ -99,6 +99,8 @@ pub struct PublishRequest {
     pub max_offline_seconds: Option<u64>,
     pub on_stale: Option<OnStale>,
     pub validity: Option<Duration>,
+    /// Environment settings signed into the bundle (default: all off, omitted from the manifest).
+    pub settings: gait_bundle::Settings,
     /// Who published (operator identity, for the record).
     pub created_by: String,
 }
@@ -235,7 +237,8 @@ impl Registry {
                 .staleness(Staleness {
                     max_offline_seconds,
                     on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
-                });
+                })
+                .settings(req.settings);
             if let Some(p) = &parent {
                 let mut raw = [0u8; 32];
                 hex::decode_to_slice(p, &mut raw).map_err(|_| {

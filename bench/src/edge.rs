@@ -7,8 +7,8 @@
 //!   (slow-header) connections and authenticated 2 MiB bodies stalled one byte short, optionally re-dialled as soon as the server closes
 //!   them (an attacker that keeps the pressure on). Meanwhile fresh connections probe `/healthz` and real work
 //!   (an authenticated admin `GET` on the aggregator, a decision on the agent): how many are answered, how fast,
-//!   and the server's resident memory. Needs file handles for every attack connection: run it under
-//!   `prlimit --nofile=65536:65536`.
+//!   and the server's resident memory. The attack runs in worker processes of this binary (`flood-worker`,
+//!   at most 8,000 connections each), so no raised open-files limit is needed.
 #![allow(clippy::disallowed_methods)] // benchmark harness: spawns load generators freely and reads the clock
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -62,6 +62,30 @@ pub struct FloodArgs {
     #[arg(long, default_value_t = 256)]
     pub dial_concurrency: usize,
 }
+
+/// One attack process of `http-flood` (started by it; an open-files limit applies per process, so the attack
+/// is spread over several).
+#[derive(clap::Args, Debug)]
+pub struct FloodWorkerArgs {
+    /// The server to attack.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Idle connections.
+    #[arg(long)]
+    pub idle: usize,
+    /// Slow-body connections (their request head comes in `GAIT_BENCH_SLOW_HEAD`).
+    #[arg(long)]
+    pub slow_bodies: usize,
+    /// Re-open a connection as soon as the server closes it.
+    #[arg(long)]
+    pub redial: bool,
+    /// Connections being dialled at once.
+    #[arg(long)]
+    pub dial_concurrency: usize,
+}
+
+/// Attack connections one worker process holds at most.
+const CONNECTIONS_PER_WORKER: usize = 8_000;
 
 /// Two work items per probe round; a failed one counts with its error.
 #[derive(Default)]
@@ -258,15 +282,6 @@ fn open_files_limit() -> anyhow::Result<u64> {
 }
 
 pub async fn flood(args: FloodArgs) -> anyhow::Result<()> {
-    let needed = (args.idle + args.slow_bodies + 2048) as u64;
-    let limit = open_files_limit()?;
-    if limit < needed {
-        bail!(
-            "http-flood needs {needed} open files and this process may open {limit}: run it as \
-             `prlimit --nofile=65536:65536 target/release/gait-fleet-bench http-flood ...` (as root, or after raising \
-             the hard limit)"
-        );
-    }
     let work = args.common.temp_dir("gait-bench-flood-")?;
     let db = Database::create(&args.common, "flood").await?;
     let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
@@ -468,11 +483,11 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Duration> 
     Ok(started.elapsed())
 }
 
-/// Counters of one attack.
+/// Counters of one attack (one worker's, or the sum over workers).
 #[derive(Default)]
 struct AttackStats {
     opened: AtomicU64,
-    /// Held connections the server closed (refused at once, or timed out).
+    /// Held connections the server closed (evicted, refused at once, or timed out).
     closed_by_server: AtomicU64,
     connect_errors: AtomicU64,
     /// Attack connections open now.
@@ -482,11 +497,85 @@ struct AttackStats {
 impl AttackStats {
     fn json(&self) -> Value {
         json!({
+            "open": self.open.load(Ordering::Relaxed),
             "opened": self.opened.load(Ordering::Relaxed),
             "closed_by_server": self.closed_by_server.load(Ordering::Relaxed),
             "connect_errors": self.connect_errors.load(Ordering::Relaxed),
         })
     }
+
+    /// Overwrites these counters with a worker's report line.
+    fn set_from(&self, line: &Value) {
+        for (counter, key) in [
+            (&self.open, "open"),
+            (&self.opened, "opened"),
+            (&self.closed_by_server, "closed_by_server"),
+            (&self.connect_errors, "connect_errors"),
+        ] {
+            counter.store(line[key].as_u64().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    fn sum(all: &[Arc<AttackStats>]) -> AttackStats {
+        let total = AttackStats::default();
+        for s in all {
+            for (to, from) in [
+                (&total.open, &s.open),
+                (&total.opened, &s.opened),
+                (&total.closed_by_server, &s.closed_by_server),
+                (&total.connect_errors, &s.connect_errors),
+            ] {
+                to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        total
+    }
+}
+
+/// Runs one attack process: holds the connections, prints its counters as a JSON line every 250 ms, and stops
+/// when its standard input closes.
+pub async fn flood_worker(args: FloodWorkerArgs) -> anyhow::Result<()> {
+    let needed = (args.idle + args.slow_bodies + 64) as u64;
+    let limit = open_files_limit()?;
+    ensure!(
+        limit >= needed,
+        "flood-worker needs {needed} open files and may open {limit}"
+    );
+    let slow_head = Arc::new(std::env::var("GAIT_BENCH_SLOW_HEAD").unwrap_or_default());
+    ensure!(
+        args.slow_bodies == 0 || !slow_head.is_empty(),
+        "GAIT_BENCH_SLOW_HEAD is not set"
+    );
+    let stats = Arc::new(AttackStats::default());
+    let dials = Arc::new(Semaphore::new(args.dial_concurrency.max(1)));
+    let stop = CancellationToken::new();
+    let mut attackers = tokio::task::JoinSet::new();
+    for i in 0..args.idle + args.slow_bodies {
+        attackers.spawn(attacker(
+            args.addr,
+            (i >= args.idle).then(|| Arc::clone(&slow_head)),
+            args.redial,
+            Arc::clone(&stats),
+            Arc::clone(&dials),
+            stop.clone(),
+        ));
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut byte = [0u8; 1];
+    let mut stdout = tokio::io::stdout();
+    loop {
+        stdout
+            .write_all(format!("{}\n", stats.json()).as_bytes())
+            .await?;
+        stdout.flush().await?;
+        tokio::select! {
+            _ = stdin.read(&mut byte) => break,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    stop.cancel();
+    while attackers.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// One attack connection: connect, optionally start an unfinished 2 MiB body, then hold it until the server
@@ -574,20 +663,49 @@ async fn flood_one(
         "http-flood {name}: opening {} idle connections and {} slow bodies",
         args.idle, args.slow_bodies
     );
-    let stats = Arc::new(AttackStats::default());
-    let dials = Arc::new(Semaphore::new(args.dial_concurrency.max(1)));
-    let stop = CancellationToken::new();
-    let mut attackers = tokio::task::JoinSet::new();
-    let slow_head = Arc::new(work.slow_body_head());
-    for i in 0..args.idle + args.slow_bodies {
-        attackers.spawn(attacker(
-            addr,
-            (i >= args.idle).then(|| Arc::clone(&slow_head)),
-            args.redial,
-            Arc::clone(&stats),
-            Arc::clone(&dials),
-            stop.clone(),
-        ));
+    // The attack is spread over worker processes (the open-files limit is per process): slow bodies first,
+    // then idle connections, at most CONNECTIONS_PER_WORKER each.
+    let mut workers = Vec::new();
+    let mut worker_stats = Vec::new();
+    let (mut idle_left, mut slow_left) = (args.idle, args.slow_bodies);
+    let workers_needed = (args.idle + args.slow_bodies).div_ceil(CONNECTIONS_PER_WORKER);
+    while idle_left + slow_left > 0 {
+        let slow = slow_left.min(CONNECTIONS_PER_WORKER);
+        let idle = idle_left.min(CONNECTIONS_PER_WORKER - slow);
+        slow_left -= slow;
+        idle_left -= idle;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.arg("flood-worker")
+            .arg("--addr")
+            .arg(addr.to_string())
+            .arg("--idle")
+            .arg(idle.to_string())
+            .arg("--slow-bodies")
+            .arg(slow.to_string())
+            .arg("--dial-concurrency")
+            .arg((args.dial_concurrency / workers_needed).max(1).to_string())
+            .env("GAIT_BENCH_SLOW_HEAD", work.slow_body_head())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if args.redial {
+            cmd.arg("--redial");
+        }
+        let mut child = cmd.spawn().context("spawn a flood-worker")?;
+        let stdout = child.stdout.take().context("flood-worker stdout")?;
+        let stats = Arc::new(AttackStats::default());
+        let reported = Arc::clone(&stats);
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    reported.set_from(&v);
+                }
+            }
+        });
+        worker_stats.push(stats);
+        workers.push(child);
     }
     // Probe while the attack is dialled and then held; memory is read between probe rounds.
     let mut during = (Probes::default(), Probes::default());
@@ -602,6 +720,7 @@ async fn flood_one(
         during.1.failed += w.failed;
         during.1.first_error = during.1.first_error.or(w.first_error);
         rss_max = rss_max.max(common::proc_status_kib(pid, "VmRSS")?);
+        let stats = AttackStats::sum(&worker_stats);
         eprintln!(
             "http-flood {name}: {} attack connections open, {} opened, {} closed by the server; probes {} ok / {} failed",
             stats.open.load(Ordering::Relaxed),
@@ -612,10 +731,18 @@ async fn flood_one(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    stop.cancel();
-    while attackers.join_next().await.is_some() {}
+    let stats = AttackStats::sum(&worker_stats);
+    // Closing a worker's stdin stops it; it closes its connections as it exits.
+    for mut worker in workers {
+        drop(worker.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(60), worker.wait())
+            .await
+            .is_err()
+        {
+            let _ = worker.kill().await;
+        }
+    }
     let after = probe_round(addr, work, 20).await;
-    let stats = Arc::try_unwrap(stats).unwrap_or_default();
     Ok(TargetReport {
         name,
         before,

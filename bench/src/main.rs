@@ -9,7 +9,7 @@
 //! target/release/gait-fleet-bench idle --agents 10000
 //! target/release/gait-fleet-bench agent-footprint
 //! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
-//! prlimit --nofile=65536:65536 target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
+//! target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
 //! ```
 
 mod common;
@@ -47,6 +47,9 @@ enum Command {
     /// Both HTTP servers flooded with idle connections and unfinished bodies: are `/healthz` and real work
     /// still answered, and how much memory does the server hold.
     HttpFlood(edge::FloodArgs),
+    /// One attack process of `http-flood` (internal).
+    #[command(hide = true)]
+    FloodWorker(edge::FloodWorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::AgentFootprint(a) => footprint::run(a).await,
             Command::Decide(a) => edge::decide(a).await,
             Command::HttpFlood(a) => edge::flood(a).await,
+            Command::FloodWorker(a) => edge::flood_worker(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

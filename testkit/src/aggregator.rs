@@ -72,6 +72,9 @@ pub struct Publish {
     /// `keep` or `fail_closed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_stale: Option<String>,
+    /// Let local API callers ask for `simulate` (signed into the bundle's settings).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_caller_simulate: bool,
 }
 
 impl Publish {
@@ -87,6 +90,12 @@ impl Publish {
     pub fn staleness(mut self, max_offline_seconds: u64, on_stale: &str) -> Self {
         self.max_offline_seconds = Some(max_offline_seconds);
         self.on_stale = Some(on_stale.to_owned());
+        self
+    }
+
+    /// Letting local API callers ask for `simulate`.
+    pub fn allow_caller_simulate(mut self) -> Self {
+        self.allow_caller_simulate = true;
         self
     }
 }

@@ -86,10 +86,10 @@ async fn the_real_agent_activates_a_published_bundle_ships_records_and_rides_out
             (r.class.as_str(), r.kind.as_str()),
             ("block", "app.decision")
         );
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&r.payload)?,
-            json!({"n": n + 1})
-        );
+        // The producer's payload, plus who appended it (TCP, with the agent's token).
+        let payload = serde_json::from_slice::<serde_json::Value>(&r.payload)?;
+        assert_eq!(payload["n"], json!(n + 1));
+        assert_eq!(payload["appended_by"]["transport"], json!("tcp"));
         assert_eq!(r.bundle_epoch, Some(1));
         assert_eq!(r.bundle_digest.as_deref(), Some(published.digest.as_str()));
     }

@@ -125,14 +125,14 @@ impl GateEngine {
                     gait_policy::evaluate_request(&prepared.policy, raw, &EvalOptions::default())
                         .map_err(|_| bad("intent", e.to_string()))?;
                 let mut decision = GateDecision::from_outcome(&outcome);
-                let enforced_verdict = decision.verdict;
+                let policy_verdict = decision.verdict;
                 let enforcement = stale_block(&mut decision, stale_fail_closed);
                 return Ok(LocalDecision {
                     decision,
                     matched_rule: outcome.matched_rule,
                     enforcement,
                     simulated: None,
-                    enforced_verdict,
+                    policy_verdict,
                     trace: None,
                     intent_digest: String::new(),
                     policy: Some(prepared),
@@ -159,7 +159,9 @@ impl GateEngine {
             matched_rule: evaluated.outcome.matched_rule,
             enforcement,
             simulated: evaluated.simulated,
-            enforced_verdict: evaluated.enforced_verdict,
+            // The pipeline calls the verdict before simulation "enforced" (what enforcement would do); the record
+            // calls it the policy's own verdict, beside the verdict the caller enforces.
+            policy_verdict: evaluated.enforced_verdict,
             trace: Some(trace),
             intent_digest: evaluated.intent.intent_digest,
             policy: Some(prepared),
@@ -310,8 +312,10 @@ pub struct LocalDecision {
     pub enforcement: Enforcement,
     /// The `simulate` report, when simulation ran.
     pub simulated: Option<SimulateReport>,
-    /// Verdict before simulation: picks the record class.
-    pub enforced_verdict: Verdict,
+    /// The policy's own verdict (with rate limits and staleness), before simulation: picks the record class.
+    /// [`decision`](Self::decision)`.verdict` is the verdict the caller enforces (`allow` after a simulated
+    /// would-have-blocked decision).
+    pub policy_verdict: Verdict,
     /// The signed trace (absent when nothing was evaluated).
     pub trace: Option<TraceRecord>,
     /// Gait intent digest (empty when the intent could not be normalized).
@@ -340,7 +344,7 @@ fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
         matched_rule: String::new(),
         enforcement: Enforcement::NoPolicy,
         simulated: None,
-        enforced_verdict: verdict,
+        policy_verdict: verdict,
         trace: None,
         intent_digest,
         policy: None,

@@ -6,9 +6,15 @@
 //! 1. Parse the Gait intent request (Gait's leniency: unknown fields ignored, keys case-insensitive).
 //! 2. Decide with [`GateEngine::decide`](crate::gate::engine::GateEngine::decide): the bundle's policy
 //!    (the only one, or `?policy=`), the shared Gait pipeline without tokens or broker, staleness.
-//! 3. Append a `gate.decision` record (class `block`, `approval` or `allow` by the verdict before
-//!    simulation) whose envelope carries the bundle digest in force and since when, and only then answer.
-//!    If the record cannot be stored the caller gets an error and must fail closed.
+//! 3. Append a `gate.decision` record (class `block`, `approval` or `allow` by the stricter of the policy's own
+//!    verdict and the enforced one) whose envelope carries the bundle digest in force and since when, and only
+//!    then answer. If the record cannot be stored the caller gets an error and must fail closed.
+//!
+//! Simulation is the environment's choice, not the caller's: `simulate` is refused
+//! ([`EvaluateError::SimulateNotAllowed`], before anything is decided or recorded) unless the signed bundle in
+//! force says `settings.allow_caller_simulate`. Every decision record carries both `policy_verdict` (what the
+//! policy decided) and `enforced_verdict` (what the caller was told to enforce), so a simulated `allow` never
+//! hides a `block`.
 
 use std::sync::Arc;
 
@@ -35,6 +41,17 @@ pub enum EvaluateError {
     /// The decision could not be recorded durably.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The caller asked for `simulate` and the bundle in force does not allow it (or no bundle is in force).
+    #[error(
+        "simulate is not allowed in this environment{}: it is decided by the environment's signed bundle, \
+         published with allow_caller_simulate (`gait-aggregator publish --allow-caller-simulate`, which sets \
+         manifest.settings.allow_caller_simulate); ask without simulate",
+        if *no_bundle { " (no verified bundle is in force)" } else { "" }
+    )]
+    SimulateNotAllowed {
+        /// No bundle was in force at all.
+        no_bundle: bool,
+    },
     /// The decision task or an encoding failed.
     #[error("{0}")]
     Internal(String),
@@ -48,10 +65,28 @@ fn record_class(verdict: Verdict) -> RecordClass {
     }
 }
 
+/// The record class of a decision: the stricter of the policy's verdict and the enforced one. Simulation only
+/// lowers the enforced verdict (a would-have-blocked decision stays at block priority) and a stale bundle under
+/// `fail_closed` only raises it (a stale block is never shed as an `allow`).
+fn decision_class(policy: Verdict, enforced: Verdict) -> RecordClass {
+    let severity = |v: Verdict| match v {
+        Verdict::Block => 2,
+        Verdict::RequireApproval => 1,
+        Verdict::Allow | Verdict::DryRun => 0,
+    };
+    record_class(if severity(enforced) > severity(policy) {
+        enforced
+    } else {
+        policy
+    })
+}
+
 /// Decides one intent locally, records the decision durably, and returns the answer.
+/// `requested_by` (the caller's transport and credential, as producer records carry `appended_by`) is stored in the record.
 pub async fn evaluate_intent(
     state: &Arc<AgentState>,
     req: GateRequest,
+    requested_by: Value,
 ) -> Result<GateResponse, EvaluateError> {
     let started = std::time::Instant::now();
     let raw = parse_intent(&req.intent).map_err(|e| bad("intent", format!("intent: {e}")))?;
@@ -68,6 +103,16 @@ pub async fn evaluate_intent(
     };
     let engine = state.gate().clone();
     let active = state.active_bundle();
+    if req.simulate {
+        let allowed = active
+            .as_ref()
+            .is_some_and(|a| a.bundle.manifest.settings.allow_caller_simulate);
+        if !allowed {
+            return Err(EvaluateError::SimulateNotAllowed {
+                no_bundle: active.is_none(),
+            });
+        }
+    }
     let staleness = state.staleness_at(now_unix_ms());
     let stale_fail_closed =
         staleness.stale && staleness.on_stale == Some(gait_bundle::OnStale::FailClosed);
@@ -127,10 +172,13 @@ pub async fn evaluate_intent(
         record_seq: None,
         trace: trace_json,
     };
-    let payload = decision_payload(&response, decided.enforced_verdict, &clocks);
+    let mut payload = decision_payload(&response, decided.policy_verdict, &clocks);
+    if let Value::Object(map) = &mut payload {
+        map.insert("requested_by".into(), requested_by);
+    }
     let bytes = serde_json::to_vec(&payload)
         .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
-    let class = record_class(decided.enforced_verdict);
+    let class = decision_class(decided.policy_verdict, response.verdict);
     let outcome = state.append(class, DECISION_KIND.to_owned(), bytes).await?;
     response.record_seq = match outcome {
         AppendOutcome::Appended { seq } => Some(seq),
@@ -150,9 +198,9 @@ struct Clocks {
     agent_decided_unix_ms: i64,
 }
 
-/// The outbox record of a decision: the answer plus the verdict before simulation (the bundle digest in
-/// force and since when are on the record envelope) and both clocks.
-fn decision_payload(response: &GateResponse, enforced_verdict: Verdict, clocks: &Clocks) -> Value {
+/// The outbox record of a decision: the answer plus the policy's own verdict beside the enforced one (the
+/// bundle digest in force and since when are on the record envelope) and both clocks.
+fn decision_payload(response: &GateResponse, policy_verdict: Verdict, clocks: &Clocks) -> Value {
     let mut value = serde_json::to_value(response).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(
@@ -170,8 +218,12 @@ fn decision_payload(response: &GateResponse, enforced_verdict: Verdict, clocks: 
         map.remove("record_seq");
         map.insert("schema".into(), Value::String(DECISION_SCHEMA.into()));
         map.insert(
+            "policy_verdict".into(),
+            Value::String(policy_verdict.as_str().into()),
+        );
+        map.insert(
             "enforced_verdict".into(),
-            Value::String(enforced_verdict.as_str().into()),
+            Value::String(response.verdict.as_str().into()),
         );
     }
     value

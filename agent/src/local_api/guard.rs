@@ -4,11 +4,17 @@
 //! `text/plain` "simple request" a page can send without a CORS preflight).
 //!
 //! Local processes are not browsers: they send a loopback `Host`, no `Origin`, and `application/json`.
+//!
+//! On the Unix socket ([`Peer::Unix`]) the `Host` is not checked — no browser can reach a socket, so DNS
+//! rebinding does not apply, and HTTP clients put whatever name their URL holds there — and no token is asked
+//! for: the socket file's mode and group decide who connects. `Origin` and the JSON rule hold on both
+//! transports. A request without a [`Peer`] (the router driven directly, in tests) is treated as TCP.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use gait_runtime::http::Peer;
 use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -42,9 +48,15 @@ pub enum Refusal {
 }
 
 impl Guard {
-    /// Checks a request's method and headers.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
-        if let Some(host) = headers.get(header::HOST) {
+    /// Checks a request's method and headers, as it arrived from `peer`.
+    pub fn check(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        peer: Option<&Peer>,
+    ) -> Result<(), Refusal> {
+        let on_socket = matches!(peer, Some(Peer::Unix { .. }));
+        if !on_socket && let Some(host) = headers.get(header::HOST) {
             let text = String::from_utf8_lossy(host.as_bytes()).into_owned();
             if !is_loopback_host(&text) {
                 return Err(Refusal::Host(text));
@@ -64,7 +76,7 @@ impl Guard {
             if !is_json(&declared) {
                 return Err(Refusal::MediaType(declared));
             }
-            if let Some(token) = &self.token {
+            if !on_socket && let Some(token) = &self.token {
                 let presented = headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
@@ -154,7 +166,8 @@ impl IntoResponse for Refusal {
 
 /// The axum middleware: refuses with [`Refusal`]'s answer, else runs the handler.
 pub async fn enforce(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.check(request.method(), request.headers()) {
+    let peer = request.extensions().get::<Peer>();
+    match guard.check(request.method(), request.headers(), peer) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
             tracing::warn!(?refusal, path = %request.uri().path(), "local api request refused");
@@ -210,14 +223,16 @@ mod tests {
         assert_eq!(
             guard.check(
                 &Method::POST,
-                &headers(&[(header::HOST, "127.0.0.1:7071"), json.clone()])
+                &headers(&[(header::HOST, "127.0.0.1:7071"), json.clone()]),
+                None
             ),
             Ok(())
         );
         assert!(matches!(
             guard.check(
                 &Method::POST,
-                &headers(&[(header::HOST, "evil.example"), json.clone()])
+                &headers(&[(header::HOST, "evil.example"), json.clone()]),
+                None
             ),
             Err(Refusal::Host(_))
         ));
@@ -227,7 +242,8 @@ mod tests {
                 &headers(&[
                     (header::HOST, "localhost"),
                     (header::ORIGIN, "http://evil.example")
-                ])
+                ]),
+                None
             ),
             Err(Refusal::Origin(_))
         ));
@@ -237,17 +253,22 @@ mod tests {
                 &headers(&[
                     (header::HOST, "localhost"),
                     (header::CONTENT_TYPE, "text/plain")
-                ])
+                ]),
+                None
             ),
             Err(Refusal::MediaType(_))
         ));
         assert!(matches!(
-            guard.check(&Method::POST, &headers(&[(header::HOST, "localhost")])),
+            guard.check(
+                &Method::POST,
+                &headers(&[(header::HOST, "localhost")]),
+                None
+            ),
             Err(Refusal::MediaType(_))
         ));
         // A GET needs no content type; a listed origin is answered.
         assert_eq!(
-            guard.check(&Method::GET, &headers(&[(header::HOST, "localhost")])),
+            guard.check(&Method::GET, &headers(&[(header::HOST, "localhost")]), None),
             Ok(())
         );
         let listed = Guard {
@@ -260,9 +281,61 @@ mod tests {
                 &headers(&[
                     (header::HOST, "localhost"),
                     (header::ORIGIN, "http://localhost:3000")
-                ])
+                ]),
+                None
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn on_the_socket_host_and_token_are_not_asked_for_but_origin_and_json_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = super::super::token::ApiToken::load_or_create(&dir.path().join("t")).unwrap();
+        let guard = Guard {
+            allowed_origins: Vec::new(),
+            token: Some(Arc::new(token)),
+        };
+        let socket = Peer::Unix {
+            uid: Some(1000),
+            pid: Some(1),
+        };
+        let tcp = Peer::Tcp("127.0.0.1:5000".parse().unwrap());
+        let post = headers(&[
+            (header::HOST, "gait-agent"),
+            (header::CONTENT_TYPE, "application/json"),
+        ]);
+        assert_eq!(guard.check(&Method::POST, &post, Some(&socket)), Ok(()));
+        assert!(matches!(
+            guard.check(&Method::POST, &post, Some(&tcp)),
+            Err(Refusal::Host(_))
+        ));
+        let loopback = headers(&[
+            (header::HOST, "localhost"),
+            (header::CONTENT_TYPE, "application/json"),
+        ]);
+        assert!(matches!(
+            guard.check(&Method::POST, &loopback, Some(&tcp)),
+            Err(Refusal::Token {
+                presented: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            guard.check(
+                &Method::POST,
+                &headers(&[(header::HOST, "x"), (header::CONTENT_TYPE, "text/plain")]),
+                Some(&socket)
+            ),
+            Err(Refusal::MediaType(_))
+        ));
+        assert!(matches!(
+            guard.check(
+                &Method::GET,
+                &headers(&[(header::ORIGIN, "http://evil.example")]),
+                Some(&socket)
+            ),
+            Err(Refusal::Origin(_))
+        ));
     }
 }

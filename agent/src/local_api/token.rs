@@ -63,6 +63,14 @@ impl ApiToken {
     }
 }
 
+/// The token's public id: the first 8 hex digits of its SHA-256. Records say which token appended them by this
+/// id, so the token itself is never stored or shipped; `gait-agent token id` prints it for the current token.
+pub fn token_id(token: &str) -> String {
+    let mut id = gait_canon::sha256_hex(token.as_bytes());
+    id.truncate(8);
+    id
+}
+
 /// Writes a new random token to `path` (atomically, mode 0600) and returns it.
 pub fn rotate(path: &Path) -> io::Result<String> {
     let mut bytes = [0u8; 32];

@@ -29,6 +29,9 @@ pub struct PublishBody {
     /// Seconds the bundle may be activated after signing (1 to ten years).
     #[serde(default)]
     pub validity_seconds: Option<u64>,
+    /// Whether callers of the agents' local API may ask for `simulate` (default false: refused).
+    #[serde(default)]
+    pub allow_caller_simulate: bool,
 }
 
 pub(super) async fn publish(
@@ -53,6 +56,9 @@ pub(super) async fn publish(
         max_offline_seconds: body.max_offline_seconds,
         on_stale,
         validity: body.validity_seconds.map(Duration::from_secs),
+        settings: gait_bundle::Settings {
+            allow_caller_simulate: body.allow_caller_simulate,
+        },
         created_by: "admin-token".into(),
     };
     match state.registry.publish(&tenant, req).await {

@@ -37,6 +37,10 @@ pub struct PublishArgs {
     /// Seconds the bundle may be activated after signing.
     #[arg(long)]
     pub validity_seconds: Option<u64>,
+    /// Let callers of the agents' local API ask for `?simulate=true` (decide, record the policy's verdict,
+    /// enforce allow). Signed into the bundle; without it such requests are refused.
+    #[arg(long)]
+    pub allow_caller_simulate: bool,
     /// Print the server's JSON answer.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +70,9 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
     }
     if let Some(v) = args.validity_seconds {
         body["validity_seconds"] = v.into();
+    }
+    if args.allow_caller_simulate {
+        body["allow_caller_simulate"] = true.into();
     }
     let url = format!(
         "{}/v1/orgs/{}/projects/{}/envs/{}/bundles",

@@ -1,7 +1,9 @@
 //! One HTTP/1.1 server loop for both daemons (the aggregator's API, the agent's local API), hardened against
 //! clients that connect and never finish: idle, slow-header, slow-body and connection-flooding clients.
 //!
-//! What [`serve`] enforces, each from [`Limits`]:
+//! [`serve`] listens on TCP ([`serve_tls`] with TLS), [`serve_unix`] on a Unix-domain socket; all run the same
+//! accept loop and per-connection machinery, and put the client ([`Peer`]: address, or uid/pid from
+//! `SO_PEERCRED`) into each request's extensions. What they enforce, each from [`Limits`]:
 //! - **Connection cap.** At most `max_connections` connections are served at once. When a connection arrives at
 //!   the cap, the connection that has waited longest without a request in flight (idle between requests, or
 //!   still sending its request head — the slow-header client) is closed to make room, and counted in
@@ -34,6 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -42,7 +45,10 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -142,8 +148,54 @@ impl Stats {
     }
 }
 
+/// Who is at the other end of a connection, as the kernel reports it. [`serve`], [`serve_tls`] and
+/// [`serve_unix`] insert it into every request's extensions, so a handler can tell the transport and attribute
+/// what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client at this address.
+    Tcp(SocketAddr),
+    /// A Unix-socket client; its credentials as the kernel saw them at `connect` (`SO_PEERCRED`), when the
+    /// platform reports them.
+    Unix {
+        /// The client's user id.
+        uid: Option<u32>,
+        /// The client's process id.
+        pid: Option<i32>,
+    },
+}
+
+/// A listener the accept loop takes connections from: TCP or a Unix socket.
+trait Listener {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)>;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)> {
+        let (stream, addr) = self.accept().await?;
+        Ok((stream, Peer::Tcp(addr)))
+    }
+}
+
+#[cfg(unix)]
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)> {
+        let (stream, _addr) = self.accept().await?;
+        let cred = stream.peer_cred().ok();
+        let peer = Peer::Unix {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        };
+        Ok((stream, peer))
+    }
+}
+
 /// Serves `service` on `listener` under `limits` until `shutdown` is cancelled. Each connection is a task of
-/// `tasks` (named `http-connection`), so the process drain waits for the answers in flight.
+/// `tasks` (named `http-connection`), so the process drain waits for the answers in flight. Every request
+/// carries the client's [`Peer::Tcp`] address in its extensions.
 ///
 /// Returns once the listener is closed; accept errors (such as running out of file handles) are logged and
 /// retried, never fatal.
@@ -203,9 +255,12 @@ pub async fn serve_tls<S, B>(
     .await;
 }
 
-async fn accept_loop<S, B>(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+/// [`serve`] on a Unix-domain socket: the same limits, timeouts and per-connection handling; every request
+/// carries the client's [`Peer::Unix`] credentials in its extensions. Who may connect is decided by the socket
+/// file's owner, group and mode, which the caller sets.
+#[cfg(unix)]
+pub async fn serve_unix<S, B>(
+    listener: UnixListener,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
@@ -222,16 +277,39 @@ async fn accept_loop<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
+}
+
+async fn accept_loop<L, S, B>(
+    listener: L,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+) where
+    L: Listener,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let idle = Arc::new(IdleSet::default());
     let waiters = Arc::new(Semaphore::new(MAX_EVICTION_WAITERS));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_peer() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) if is_connection_error(&error) => continue,
             Err(error) => {
                 tracing::warn!(%error, "HTTP accept failed; retrying shortly");
@@ -251,7 +329,7 @@ async fn accept_loop<S, B>(
         if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             let open = OpenGuard::new(Arc::clone(&stats), permit);
-            tasks.spawn("http-connection", connection.serve(stream, open));
+            tasks.spawn("http-connection", connection.serve(stream, peer, open));
             continue;
         }
         // At the cap: make room by closing the longest-idle connection, and give its slot to this one.
@@ -275,7 +353,7 @@ async fn accept_loop<S, B>(
                     Ok(Ok(permit)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
                         let open = OpenGuard::new(Arc::clone(&stats), permit);
-                        connection.serve(stream, open).await;
+                        connection.serve(stream, peer, open).await;
                     }
                     _ => refuse(stream, &stats, limits),
                 }
@@ -287,7 +365,7 @@ async fn accept_loop<S, B>(
 }
 
 /// Closes a connection at the cap at once (the client learns instead of waiting in a queue) and counts it.
-fn refuse(stream: TcpStream, stats: &Stats, limits: Limits) {
+fn refuse<I>(stream: I, stats: &Stats, limits: Limits) {
     drop(stream);
     let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
     if refused.is_power_of_two() {
@@ -469,7 +547,10 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    async fn serve(self, stream: TcpStream, open: OpenGuard) {
+    async fn serve<I>(self, stream: I, peer: Peer, open: OpenGuard)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Connection {
             service,
             limits,
@@ -478,9 +559,12 @@ where
             tls,
         } = self;
         match tls {
-            None => serve_connection(stream, service, limits, shutdown, idle, open).await,
+            None => serve_connection(stream, peer, service, limits, shutdown, idle, open).await,
             Some(acceptor) => {
-                serve_tls_connection(stream, acceptor, service, limits, shutdown, idle, open).await;
+                serve_tls_connection(
+                    stream, peer, acceptor, service, limits, shutdown, idle, open,
+                )
+                .await;
             }
         }
     }
@@ -488,8 +572,10 @@ where
 
 /// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
 /// connection is idle, so it may be evicted at the cap like a slow-header one), then serves the connection.
-async fn serve_tls_connection<S, B>(
-    stream: TcpStream,
+#[allow(clippy::too_many_arguments)] // one connection's whole context, passed once from `Connection::serve`
+async fn serve_tls_connection<I, S, B>(
+    stream: I,
+    peer: Peer,
     acceptor: tokio_rustls::TlsAcceptor,
     service: S,
     limits: Limits,
@@ -497,6 +583,7 @@ async fn serve_tls_connection<S, B>(
     idle: Arc<IdleSet>,
     open: OpenGuard,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -538,11 +625,12 @@ async fn serve_tls_connection<S, B>(
             }
         },
     };
-    serve_connection(stream, service, limits, shutdown, idle, open).await;
+    serve_connection(stream, peer, service, limits, shutdown, idle, open).await;
 }
 
 async fn serve_connection<I, S, B>(
     stream: I,
+    peer: Peer,
     service: S,
     limits: Limits,
     shutdown: CancellationToken,
@@ -566,9 +654,10 @@ async fn serve_connection<I, S, B>(
     let timed =
         Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
     let per_request = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let activity = Arc::clone(&per_request);
         let timed = timed.clone();
+        request.extensions_mut().insert(peer);
         async move {
             let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
             let _in_flight = InFlight::start(activity);

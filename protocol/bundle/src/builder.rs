@@ -3,7 +3,7 @@
 use crate::manifest::{check_name, format_time, malformed};
 use crate::{
     BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, MAX_BUNDLE_LEN, Manifest, PolicyEntry,
-    Scope, Staleness,
+    Scope, Settings, Staleness,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,6 +19,7 @@ pub struct BundleBuilder {
     not_after_unix: i64,
     parent: Option<[u8; 32]>,
     staleness: Staleness,
+    settings: Settings,
     files: BTreeMap<String, Vec<u8>>,
     duplicate: Option<String>,
 }
@@ -34,6 +35,7 @@ impl BundleBuilder {
             not_after_unix,
             parent: None,
             staleness: Staleness::default(),
+            settings: Settings::default(),
             files: BTreeMap::new(),
             duplicate: None,
         }
@@ -60,6 +62,12 @@ impl BundleBuilder {
     /// Set the offline tolerance.
     pub fn staleness(&mut self, staleness: Staleness) -> &mut Self {
         self.staleness = staleness;
+        self
+    }
+
+    /// Set the environment settings (default: all off, and the manifest omits them).
+    pub fn settings(&mut self, settings: Settings) -> &mut Self {
+        self.settings = settings;
         self
     }
 
@@ -101,6 +109,7 @@ impl BundleBuilder {
             not_after: format_time("manifest.not_after", self.not_after_unix)?,
             parent_digest: self.parent.map(hex::encode),
             staleness: self.staleness,
+            settings: self.settings,
             policies: self
                 .files
                 .iter()

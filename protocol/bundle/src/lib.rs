@@ -29,7 +29,7 @@ pub use builder::BundleBuilder;
 pub use error::BundleError;
 pub use manifest::{
     MAX_NAME_LEN, MAX_POLICIES, MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN, Manifest, OnStale,
-    PolicyEntry, Scope, Staleness,
+    PolicyEntry, Scope, Settings, Staleness,
 };
 pub use trust::TrustRoot;
 pub use verify::{VerifiedBundle, inspect, verify};

@@ -1,5 +1,5 @@
-//! The signed part of a bundle: scope, epoch, validity window, staleness rule and the list of policy files, with
-//! the field rules every manifest must satisfy (see `schemas/bundle/manifest.schema.json`).
+//! The signed part of a bundle: scope, epoch, validity window, staleness rule, environment settings and the list
+//! of policy files, with the field rules every manifest must satisfy (see `schemas/bundle/manifest.schema.json`).
 
 use crate::BundleError;
 use serde::de::{self, Deserializer};
@@ -77,6 +77,29 @@ impl Default for Staleness {
     }
 }
 
+/// Settings of the environment that travel with its policies, signed like them, so an agent applies what the
+/// publisher chose and never what a local caller asks for. Every field defaults to the restrictive choice and
+/// is omitted while it has that value, so a manifest without settings keeps the digest it always had.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Whether a caller of the agent's local API may ask for `simulate` (decide, record the policy's verdict,
+    /// enforce `allow`). Default false: such a request is refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_caller_simulate: bool,
+}
+
+impl Settings {
+    /// Whether every setting has its default (the manifest then omits `settings`).
+    pub fn is_default(&self) -> bool {
+        *self == Settings::default()
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// One policy file listed in the manifest.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +130,9 @@ pub struct Manifest {
     pub parent_digest: Option<String>,
     /// Offline tolerance.
     pub staleness: Staleness,
+    /// Environment settings; omitted when all are default, so older manifests keep their digest.
+    #[serde(default, skip_serializing_if = "Settings::is_default")]
+    pub settings: Settings,
     /// Policy files, sorted by name, names unique.
     pub policies: Vec<PolicyEntry>,
     /// Key id (lowercase hex SHA-256 of the raw Ed25519 public key) of the signing key.

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gait_bundle::{
     BUNDLE_SCHEMA_ID, BundleBuilder, BundleError, MAX_BUNDLE_LEN, MAX_SAFE_INTEGER, OnStale, Scope,
-    Staleness, TrustRoot, inspect, verify,
+    Settings, Staleness, TrustRoot, inspect, verify,
 };
 use gait_canon::sign::{SigningKey, sign_json};
 use serde_json::{Value, json};
@@ -330,6 +330,52 @@ fn manifest_key_id_must_name_the_signing_key() {
     manifest["key_id"] = json!(other_key().public_key().key_id());
     let err = check(&resign(d, manifest, &key())).unwrap_err();
     assert!(matches!(err, BundleError::BadSignature(m) if m.contains("manifest.key_id")));
+}
+
+#[test]
+fn settings_are_signed_and_omitted_while_default() {
+    // Default settings leave the manifest (and so the digest of every bundle published before them) unchanged.
+    let plain = doc(&bundle());
+    assert!(plain["manifest"].get("settings").is_none(), "{plain}");
+    assert!(
+        !check(&bundle())
+            .unwrap()
+            .manifest
+            .settings
+            .allow_caller_simulate
+    );
+
+    let mut b = builder();
+    b.settings(Settings {
+        allow_caller_simulate: true,
+    });
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    assert!(v.manifest.settings.allow_caller_simulate);
+    let d = doc(&bytes);
+    assert_eq!(
+        d["manifest"]["settings"],
+        json!({"allow_caller_simulate": true})
+    );
+    assert_ne!(
+        v.digest_hex,
+        check(&bundle()).unwrap().digest_hex,
+        "the setting is part of the signed digest"
+    );
+    // A local edit of the setting breaks the signature.
+    let mut forged = doc(&bundle());
+    forged["manifest"]["settings"] = json!({"allow_caller_simulate": true});
+    assert!(matches!(
+        check(&bytes_of(&forged)),
+        Err(BundleError::BadSignature(_))
+    ));
+    // Unknown settings are refused like any unknown manifest field.
+    let mut manifest = d["manifest"].clone();
+    manifest["settings"]["allow_everything"] = json!(true);
+    assert!(matches!(
+        check(&resign(d, manifest, &key())),
+        Err(BundleError::Malformed(m)) if m.contains("allow_everything")
+    ));
 }
 
 #[test]

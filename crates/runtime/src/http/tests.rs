@@ -370,3 +370,74 @@ async fn a_client_dialling_a_name_the_certificate_lacks_fails_the_handshake_as_a
     );
     token.cancel();
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_unix_socket_is_served_with_the_same_limits_and_names_its_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let token = CancellationToken::new();
+    let tasks = Tasks::new(token.clone());
+    let stats = Arc::new(Stats::default());
+    // The service answers with the peer the accept loop put into the request.
+    let service = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let peer = req.extensions().get::<super::Peer>().copied();
+        Ok::<_, std::convert::Infallible>(http::Response::new(format!("{peer:?}")))
+    });
+    tasks.spawn(
+        "test-server",
+        super::serve_unix(
+            listener,
+            service,
+            limits(1),
+            Arc::clone(&stats),
+            tasks.clone(),
+            token.clone(),
+        ),
+    );
+    let mut held = tokio::net::UnixStream::connect(&path).await.unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, held.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&first[..n]).into_owned();
+    let uid = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    if let Ok(uid) = uid {
+        assert!(
+            answer.contains(&format!("uid: Some({uid})")),
+            "the peer's uid is reported: {answer}"
+        );
+    }
+    assert!(
+        answer.contains(&format!("pid: Some({})", std::process::id())),
+        "{answer}"
+    );
+    // The cap applies: a second connection while the first is held (idle) makes room by closing it.
+    let mut second = tokio::net::UnixStream::connect(&path).await.unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, second.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, held.read_to_end(&mut rest))
+        .await
+        .expect("the held idle connection is closed");
+    assert!(rest.is_empty());
+    assert_eq!(stats.evicted(), 1);
+    token.cancel();
+}
