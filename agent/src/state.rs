@@ -664,6 +664,9 @@ impl StatusReport {
             self.aggregator,
             if self.connected {
                 "connected"
+            } else if self.identity_in_use {
+                "refused: another instance of this agent identity is connected; stop it or issue this host \
+                 its own certificate"
             } else {
                 "disconnected"
             }
@@ -713,8 +716,8 @@ impl StatusReport {
         );
         let _ = writeln!(
             s,
-            "quarantine   {} records (gait-agent quarantine list)",
-            o.quarantined
+            "quarantine   {} records (gait-agent quarantine list); {} conflicting records since start",
+            o.quarantined, o.conflicts
         );
         let _ = writeln!(s, "reconnects   {}", self.reconnects);
         if self.ready {

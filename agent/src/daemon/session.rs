@@ -1047,7 +1047,7 @@ mod tests {
 
     fn outbox_with(n: usize) -> (tempfile::TempDir, crate::outbox::Outbox) {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::AgentDb::open(&dir.path().join("agent.redb")).unwrap();
+        let db = crate::db::AgentDb::open(dir.path().join("agent.redb")).unwrap();
         let outbox = crate::outbox::Outbox::open(&db, Default::default()).unwrap();
         for i in 0..n {
             outbox

@@ -489,3 +489,51 @@ pub fn ranges_of(seqs: impl IntoIterator<Item = u64>) -> Vec<SeqRange> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_of_merges_sorted_runs() {
+        assert_eq!(ranges_of([]), vec![]);
+        assert_eq!(
+            ranges_of([7, 3, 4, 5, 9, 4, u64::MAX]),
+            vec![
+                SeqRange { first: 3, last: 5 },
+                SeqRange { first: 7, last: 7 },
+                SeqRange { first: 9, last: 9 },
+                SeqRange {
+                    first: u64::MAX,
+                    last: u64::MAX
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_ack_knows_its_conflicts() {
+        let ack = BatchAck {
+            batch_id: 1,
+            committed_through: 9,
+            inserted: 5,
+            duplicates: 0,
+            gaps: vec![],
+            conflicts: ranges_of([2, 3, 7]),
+        };
+        assert!(ack.is_conflict(2) && ack.is_conflict(3) && ack.is_conflict(7));
+        assert!(!ack.is_conflict(1) && !ack.is_conflict(4) && !ack.is_conflict(8));
+        assert_eq!(ack.conflict_count(), 3);
+    }
+
+    #[test]
+    fn instance_ids_round_trip_through_hex() {
+        let id = InstanceId([0xab; INSTANCE_ID_LEN]);
+        assert_eq!(id.to_hex(), "ab".repeat(16));
+        assert_eq!(InstanceId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(InstanceId::from_hex(&"AB".repeat(16)), Some(id));
+        assert_eq!(InstanceId::from_hex("ab"), None);
+        assert_eq!(InstanceId::from_hex(&"zz".repeat(16)), None);
+        assert_eq!(InstanceId::from_hex(&"é".repeat(16)), None);
+    }
+}
