@@ -329,7 +329,7 @@ impl Session {
                     None => tracing::warn!(error = %e, "connection to the aggregator ended"),
                 },
             }
-            if result.is_ok() || up_since.is_some() {
+            if result.is_ok() {
                 refused_logged = None;
                 refused_attempts = 0;
             }
