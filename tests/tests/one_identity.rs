@@ -9,11 +9,16 @@
 //!    alert, keeps the first agent's records at those seqs, and the second agent quarantines its conflicting
 //!    records instead of deleting them, then continues after the aggregator's head.
 //!
+//! 3. At the wire: the same instance redialling while its old connection is still open replaces the old session
+//!    (closed with code 0), and another instance is closed with code 5 while the newer session keeps working.
+//!
 //! Real binaries on 127.0.0.1 with SQLite; the store-level part runs on both backends in
 //! `aggregator/store/tests/store.rs`.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
-use anyhow::{Context as _, ensure};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
 use gait_e2e::{Agent, Aggregator, PATIENCE, wait_for};
 use gait_store::{AgentAlert, AlertKind, Store, Tenant};
 use serde_json::{Value, json};
@@ -205,6 +210,130 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
     ensure!(
         agg.metric("gait_aggregator_records_conflict_total")? >= 3,
         "conflicts not counted"
+    );
+    Ok(())
+}
+
+/// A raw QUIC connection with the agent's certificate that says `Hello` as `instance`; returns the connection
+/// (its endpoint kept alive with it) and the reply, `None` when the connection closed instead of answering.
+async fn raw_hello(
+    agg: std::net::SocketAddr,
+    dir: &std::path::Path,
+    instance: gait_wire::InstanceId,
+) -> anyhow::Result<(
+    quinn::Endpoint,
+    quinn::Connection,
+    Option<gait_wire::ServerMsg>,
+)> {
+    let cfg = gait_agent::tls::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("agent.pem"),
+        &dir.join("agent.key"),
+        Duration::from_secs(5),
+    )?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(cfg);
+    let conn = ep.connect(agg, "localhost")?.await.context("handshake")?;
+    let reply = hello_on(&conn, instance).await?;
+    Ok((ep, conn, reply))
+}
+
+async fn hello_on(
+    conn: &quinn::Connection,
+    instance: gait_wire::InstanceId,
+) -> anyhow::Result<Option<gait_wire::ServerMsg>> {
+    let hello = gait_wire::encode_frame(&gait_wire::AgentMsg::V2(gait_wire::AgentMsgV2::Hello(
+        gait_wire::Hello {
+            agent_version: "raw-test".into(),
+            protocol_version: gait_wire::PROTOCOL_VERSION,
+            active: None,
+            received: None,
+            outbox_depth: 0,
+            shed_total: 0,
+            last_seq: 0,
+            instance_id: instance,
+        },
+    )))?;
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return Ok(None);
+    };
+    if send.write_all(&hello).await.is_err() || send.finish().is_err() {
+        return Ok(None);
+    }
+    let Ok(bytes) = tokio::time::timeout(PATIENCE, recv.read_to_end(1 << 20))
+        .await
+        .context("no reply to Hello")?
+    else {
+        return Ok(None);
+    };
+    if bytes.len() < 4 {
+        return Ok(None);
+    }
+    Ok(Some(gait_wire::decode_server_msg(&bytes[4..])?))
+}
+
+fn is_welcome(reply: &Option<gait_wire::ServerMsg>) -> bool {
+    matches!(
+        reply,
+        Some(gait_wire::ServerMsg::V2(gait_wire::ServerMsgV2::Welcome(_)))
+    )
+}
+
+async fn close_code(conn: &quinn::Connection) -> anyhow::Result<u32> {
+    match tokio::time::timeout(PATIENCE, conn.closed())
+        .await
+        .context("connection not closed")?
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            Ok(u32::try_from(close.error_code.into_inner())?)
+        }
+        other => bail!("connection ended otherwise: {other}"),
+    }
+}
+
+#[test]
+fn the_same_instance_redialling_replaces_its_session_and_another_instance_is_closed_with_code_5()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let agent = Agent::enroll(&agg, &tmp.path().join("a"), ORG, PROJECT, ENV, AGENT)?;
+    let (x, y) = (
+        gait_wire::InstanceId([0x11; 16]),
+        gait_wire::InstanceId([0x22; 16]),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (_ep1, old, reply) = raw_hello(agg.quic, &agent.dir, x).await?;
+        ensure!(is_welcome(&reply), "first session: {reply:?}");
+        // The same instance again while the old connection is open (a redial after a network blip).
+        let (_ep2, newer, reply) = raw_hello(agg.quic, &agent.dir, x).await?;
+        ensure!(
+            is_welcome(&reply),
+            "the same instance redialling was refused: {reply:?}"
+        );
+        ensure!(
+            close_code(&old).await? == gait_wire::close::CLOSE_NORMAL,
+            "the replaced session was not closed normally"
+        );
+        // Another instance is refused with code 5 while the newer session holds the identity.
+        let (_ep3, other, reply) = raw_hello(agg.quic, &agent.dir, y).await?;
+        ensure!(!is_welcome(&reply), "another instance got in: {reply:?}");
+        ensure!(
+            close_code(&other).await? == gait_wire::close::CLOSE_IDENTITY_IN_USE,
+            "another instance was not closed with CLOSE_IDENTITY_IN_USE"
+        );
+        ensure!(
+            is_welcome(&hello_on(&newer, x).await?),
+            "the holding session stopped working"
+        );
+        anyhow::Ok(())
+    })
+    .with_context(|| agg.log())?;
+    ensure!(
+        agg.metric("gait_aggregator_identity_alerts_total{kind=\"duplicate_instance\"}")? == 1,
+        "exactly one refusal counted"
     );
     Ok(())
 }
