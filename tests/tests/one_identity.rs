@@ -211,6 +211,17 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         agg.metric("gait_aggregator_records_conflict_total")? >= 3,
         "conflicts not counted"
     );
+    // The agents view shows the durable conflict count and the instance that now holds the identity.
+    let row = agg
+        .agents(ORG)?
+        .into_iter()
+        .find(|a| a["agent_id"] == AGENT)
+        .context("agent listed")?;
+    let second_instance = std::fs::read_to_string(second.dir.join("data").join("instance_id"))?;
+    ensure!(
+        row["conflict_count"] == 3 && row["instance_id"] == second_instance.trim(),
+        "agents view: {row}"
+    );
     Ok(())
 }
 

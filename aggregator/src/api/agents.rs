@@ -145,6 +145,8 @@ mod tests {
             outbox_depth: 0,
             shed_total: 0,
             gap_count: 0,
+            instance_id: String::new(),
+            conflict_count: 0,
         }
     }
 
