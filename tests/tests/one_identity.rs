@@ -151,6 +151,18 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         agg.metric("gait_aggregator_identity_alerts_total{kind=\"duplicate_instance\"}")? >= 1,
         "refusal not counted"
     );
+    // The admin API lists the same alert for the tenant.
+    let (status, listed) = agg.get(&format!(
+        "/v1/orgs/{ORG}/projects/{PROJECT}/envs/{ENV}/alerts"
+    ))?;
+    ensure!(
+        status == 200
+            && listed["alerts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["kind"] == "duplicate_instance"
+                    && x["instance_id"] == duplicate.instance_id.as_str())),
+        "alerts route: {status} {listed}"
+    );
 
     // 2. The first agent goes away; the second data directory (seqs 1..3 of its own) takes the identity.
     second.stop();
