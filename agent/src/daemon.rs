@@ -89,6 +89,9 @@ pub enum DaemonError {
     /// The agent's identity could not be read from its certificate.
     #[error("agent identity: {0}")]
     Identity(#[from] IdentityError),
+    /// The data directory's instance id could not be read or made.
+    #[error(transparent)]
+    InstanceId(#[from] crate::identity::InstanceIdError),
     /// The TLS material is unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -267,6 +270,12 @@ impl Daemon {
             source,
         })?;
 
+        let data_dir = config.data_dir.clone();
+        let instance_id = tokio::task::spawn_blocking(move || {
+            crate::identity::load_or_create_instance_id(&data_dir)
+        })
+        .await??;
+
         let tasks = Tasks::new(shutdown.clone());
         let token_path = config.api_token_path();
         let token =
@@ -324,6 +333,7 @@ impl Daemon {
                 address: config.aggregator.address.clone(),
                 server_name: config.aggregator.server_name.clone(),
                 poll_wait_ms: config.poll.wait_ms,
+                instance_id,
             },
             shutdown.child_token(),
         );

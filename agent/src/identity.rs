@@ -289,3 +289,101 @@ mod tests {
         assert!(AgentIdentity::from_cert_pem(b"not pem").is_err());
     }
 }
+
+/// Name of the file in the agent's data directory that holds its instance id.
+pub const INSTANCE_ID_FILE: &str = "instance_id";
+
+/// Errors loading or creating the agent's instance id file.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceIdError {
+    /// The file exists but could not be read.
+    #[error("cannot read the agent instance id from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file does not hold 32 hex digits.
+    #[error(
+        "{path} does not hold an agent instance id (32 hex digits); it was damaged or edited. Delete it to \
+         make a new one: the aggregator will then see a new instance of this agent (and raise an alert if \
+         its records are behind)"
+    )]
+    Invalid { path: PathBuf },
+    /// No randomness was available.
+    #[error("cannot draw a random agent instance id: {0}")]
+    Random(String),
+    /// The new file could not be written.
+    #[error("cannot write the agent instance id to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The instance id of the agent data directory `data_dir`: read from its [`INSTANCE_ID_FILE`], or drawn at
+/// random (128 bits) and written there (mode 0600, atomically) at the first start. The id says "this data
+/// directory", so a second process with the same certificate but another data directory is told apart; a
+/// copied data directory copies the id too and cannot be told apart by it (its records then conflict).
+pub fn load_or_create_instance_id(
+    data_dir: &Path,
+) -> Result<gait_wire::InstanceId, InstanceIdError> {
+    let path = data_dir.join(INSTANCE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return gait_wire::InstanceId::from_hex(text.trim())
+                .ok_or(InstanceIdError::Invalid { path });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(InstanceIdError::Read { path, source }),
+    }
+    let mut bytes = [0u8; gait_wire::INSTANCE_ID_LEN];
+    getrandom::fill(&mut bytes).map_err(|e| InstanceIdError::Random(e.to_string()))?;
+    let id = gait_wire::InstanceId(bytes);
+    let write = |path: &Path| -> std::io::Result<()> {
+        crate::gate::files::create_parent_dirs(path)?;
+        crate::gate::files::write_atomic(path, format!("{}\n", id.to_hex()).as_bytes())
+    };
+    write(&path).map_err(|source| InstanceIdError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(instance_id = %id, path = %path.display(), "made this agent data directory's instance id");
+    Ok(id)
+}
+
+#[cfg(test)]
+mod instance_id_tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_instance_id(dir.path()).unwrap();
+        let again = load_or_create_instance_id(dir.path()).unwrap();
+        assert_eq!(first, again, "a restart keeps the instance id");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(INSTANCE_ID_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            load_or_create_instance_id(other.path()).unwrap(),
+            first,
+            "another data directory is another instance"
+        );
+    }
+
+    #[test]
+    fn a_damaged_instance_id_file_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(INSTANCE_ID_FILE), "not hex\n").unwrap();
+        let e = load_or_create_instance_id(dir.path()).unwrap_err();
+        assert!(matches!(e, InstanceIdError::Invalid { .. }));
+        assert!(e.to_string().contains(INSTANCE_ID_FILE), "{e}");
+    }
+}

@@ -27,10 +27,14 @@
 //!   shipper before it is sent.
 //!
 //! # Ack/delete rule
-//! A record is deleted only by [`Outbox::ack_through`], which the sync loop calls with the `committed_through`
-//! of the aggregator's `BatchAck` (or the `committed_seq` of its `Welcome`): the aggregator sends those only
-//! after its store committed the records. `ack_through` is idempotent, and an ack beyond `last_seq` is
-//! refused (the aggregator cannot have committed a record that was never written here).
+//! A record is deleted only by [`Outbox::ack_with_conflicts`] (a `BatchAck`) or [`Outbox::ack_through`] (a
+//! `Welcome`), and only when the aggregator committed it: the aggregator acknowledges only after its store
+//! committed the batch. A record the aggregator did not commit because it holds a different record at that
+//! seq (listed in `BatchAck.conflicts`: another instance of this identity wrote the seq) is moved into the
+//! quarantine, never deleted. The sync loop acknowledges a `BatchAck` at most through the last seq of that
+//! batch, and a `Welcome`'s `committed_seq` only when this outbox's record at that seq has the aggregator's
+//! `committed_hash` (the hash chain then proves every record before it is the one the aggregator holds).
+//! Both are idempotent, and an ack beyond `last_seq` is refused.
 //!
 //! # Crash rules
 //! - Each `append` / `append_many` is one redb write transaction committed with fsync ("immediate"
@@ -79,7 +83,9 @@ pub mod quarantine;
 mod tests;
 
 pub use gait_wire::limits::{MAX_KIND_BYTES, MAX_PAYLOAD_BYTES};
-pub use quarantine::{QuarantineLimits, QuarantineOutcome, QuarantineStats, QuarantinedRecord};
+pub use quarantine::{
+    AckOutcome, QuarantineLimits, QuarantineOutcome, QuarantineStats, QuarantinedRecord,
+};
 
 const RECORDS: TableDefinition<'static, [u8; 8], &[u8]> = TableDefinition::new("outbox_records");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("outbox_meta");

@@ -160,6 +160,11 @@ pub struct OutboxStatus {
     pub max_bytes: u64,
     /// Records the aggregator refused for good, held in the outbox quarantine (`gait-agent quarantine`).
     pub quarantined: u64,
+    /// Records the aggregator did not commit because it already held a different record at their seq
+    /// (another instance of this agent identity wrote them), moved into the quarantine since this process
+    /// started (each also logged at ERROR; the quarantine keeps them across restarts).
+    #[serde(default)]
+    pub conflicts: u64,
 }
 
 /// Everything `GET /v1/status` and `gait-agent status` show.
@@ -202,6 +207,11 @@ pub struct StatusReport {
     /// The last storage failure, while appends fail.
     #[serde(default)]
     pub storage_error: Option<String>,
+    /// Set while the aggregator refuses this agent because another instance of its identity (another
+    /// process with the same certificate and another data directory) is connected; the agent keeps
+    /// deciding locally and its outbox keeps its records.
+    #[serde(default)]
+    pub identity_in_use: bool,
 }
 
 /// Process-lifetime counters.
@@ -241,6 +251,10 @@ pub struct AgentState {
     http_stats: std::sync::OnceLock<Arc<gait_runtime::http::Stats>>,
     /// Decisions answered by verdict, and their latency.
     decisions: crate::local_api::decision_metrics::DecisionMetrics,
+    /// Conflicting records quarantined since start (see [`OutboxStatus::conflicts`]).
+    conflicts: AtomicU64,
+    /// See [`StatusReport::identity_in_use`].
+    identity_in_use: AtomicBool,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -313,6 +327,8 @@ impl AgentState {
             storage_error: Mutex::new(None),
             http_stats: std::sync::OnceLock::new(),
             decisions: Default::default(),
+            conflicts: AtomicU64::new(0),
+            identity_in_use: AtomicBool::new(false),
         });
         Ok(state)
     }
@@ -499,6 +515,16 @@ impl AgentState {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// Counts conflicting records moved into the quarantine.
+    pub(crate) fn count_conflicts(&self, n: u64) {
+        self.conflicts.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Marks whether the aggregator refuses this agent because another instance of its identity is connected.
+    pub(crate) fn set_identity_in_use(&self, refused: bool) {
+        self.identity_in_use.store(refused, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
@@ -583,11 +609,13 @@ impl AgentState {
                 max_records: limits.max_records,
                 max_bytes: limits.max_bytes,
                 quarantined: self.outbox.quarantine_stats().held,
+                conflicts: self.conflicts.load(Ordering::Relaxed),
             },
             reconnects: self.counters().reconnects,
             ready: false,
             not_ready: Vec::new(),
             storage_error: self.storage_error(),
+            identity_in_use: self.identity_in_use.load(Ordering::Relaxed),
         }
         .with_readiness()
     }
@@ -664,6 +692,9 @@ impl StatusReport {
             self.aggregator,
             if self.connected {
                 "connected"
+            } else if self.identity_in_use {
+                "refused: another instance of this agent identity is connected; stop it or issue this host \
+                 its own certificate"
             } else {
                 "disconnected"
             }
@@ -713,8 +744,8 @@ impl StatusReport {
         );
         let _ = writeln!(
             s,
-            "quarantine   {} records (gait-agent quarantine list)",
-            o.quarantined
+            "quarantine   {} records (gait-agent quarantine list); {} conflicting records since start",
+            o.quarantined, o.conflicts
         );
         let _ = writeln!(s, "reconnects   {}", self.reconnects);
         if self.ready {

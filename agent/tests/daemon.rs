@@ -18,8 +18,8 @@ use gait_agent::config::{Config, OutboxConfig};
 use gait_canon::sign::SigningKey;
 use gait_testkit::{AgentCerts, PATIENCE, POLL_INTERVAL, RunningAgent, init_logs, wait_until};
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleReport, GENESIS_HASH, Hello, Record,
-    RecordRefusal, RefusalCode, SeqRange, ServerMsg, ServerMsgV1, Welcome,
+    AgentMsg, AgentMsgV2, BatchAck, BundleOffer, BundleReport, GENESIS_HASH, Hello, Record,
+    RecordRefusal, RefusalCode, SeqRange, ServerMsg, ServerMsgV2, Welcome,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -305,7 +305,7 @@ async fn serve_connection(conn: quinn::Connection, data: Arc<PeerData>, mode: Ar
                 let data = data.clone();
                 streams.spawn(async move {
                     if let Ok(bytes) = recv.read_to_end(1 << 20).await
-                        && let Ok(AgentMsg::V1(AgentMsgV1::BundleReport(r))) = decode_body(&bytes)
+                        && let Ok(AgentMsg::V2(AgentMsgV2::BundleReport(r))) = decode_body(&bytes)
                     {
                         data.reports.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                     }
@@ -336,17 +336,17 @@ async fn serve_request(
     else {
         return;
     };
-    let Ok(AgentMsg::V1(msg)) = decode_body(&bytes) else {
+    let Ok(AgentMsg::V2(msg)) = decode_body(&bytes) else {
         return;
     };
     let reply = match msg {
-        AgentMsgV1::Hello(hello) => {
+        AgentMsgV2::Hello(hello) => {
             data.hellos
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(hello);
             let (committed_seq, committed_hash) = data.committed_head();
-            ServerMsgV1::Welcome(Welcome {
+            ServerMsgV2::Welcome(Welcome {
                 server_version: "test-peer".into(),
                 protocol_version: gait_wire::PROTOCOL_VERSION,
                 org: ORG.into(),
@@ -357,7 +357,7 @@ async fn serve_request(
                 committed_hash,
             })
         }
-        AgentMsgV1::PollBundle(poll) => {
+        AgentMsgV2::PollBundle(poll) => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(poll.wait_ms.into());
             loop {
                 let added = data.offer_added.notified();
@@ -367,16 +367,16 @@ async fn serve_request(
                     .unwrap_or_else(|e| e.into_inner())
                     .pop_front();
                 if let Some(offer) = next {
-                    break ServerMsgV1::Bundle(offer);
+                    break ServerMsgV2::Bundle(offer);
                 }
                 if tokio::time::timeout_at(deadline, added).await.is_err() {
-                    break ServerMsgV1::NoNewBundle {
+                    break ServerMsgV2::NoNewBundle {
                         have_epoch: poll.have_epoch,
                     };
                 }
             }
         }
-        AgentMsgV1::RecordBatch(batch) => {
+        AgentMsgV2::RecordBatch(batch) => {
             data.seen
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -399,7 +399,7 @@ async fn serve_request(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(r.seq);
-                let reply = ServerMsgV1::RecordRefused(RecordRefusal::new(
+                let reply = ServerMsgV2::RecordRefused(RecordRefusal::new(
                     batch.batch_id,
                     r.seq,
                     RefusalCode::RecordStoreRefused,
@@ -408,7 +408,7 @@ async fn serve_request(
                         r.seq, r.kind
                     ),
                 ));
-                if let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V1(reply)) {
+                if let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) {
                     let _ = send.write_all(&frame).await;
                     let _ = send.finish();
                     let _ = send.stopped().await;
@@ -425,7 +425,7 @@ async fn serve_request(
                 std::future::pending::<()>().await;
             }
             let committed_through = data.committed_head().0;
-            ServerMsgV1::BatchAck(BatchAck {
+            ServerMsgV2::BatchAck(BatchAck {
                 batch_id: batch.batch_id,
                 committed_through,
                 inserted: u32::try_from(batch.records.len()).unwrap_or(u32::MAX),
@@ -436,11 +436,12 @@ async fn serve_request(
                     .filter(|&s| s <= committed_through)
                     .map(|s| SeqRange { first: s, last: s })
                     .collect(),
+                conflicts: Vec::new(),
             })
         }
-        AgentMsgV1::BundleReport(_) => return,
+        AgentMsgV2::BundleReport(_) => return,
     };
-    let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V1(reply)) else {
+    let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) else {
         return;
     };
     if send.write_all(&frame).await.is_ok() {

@@ -62,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/orgs/{org}/agents", get(agents::list_agents))
         .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/alerts",
+            get(agents::list_alerts),
+        )
+        .route(
             "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records",
             get(records::agent_records),
         )

@@ -19,6 +19,7 @@
 mod batch_order;
 mod connection;
 mod endpoint;
+mod identity;
 mod records;
 mod request;
 pub mod tickets;

@@ -35,6 +35,10 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_aggregator_http_connections_ref
 pub const HTTP_CONNECTIONS_OPEN: &str = "gait_aggregator_http_connections_open";
 pub const HTTP_CONNECTIONS_EVICTED: &str = "gait_aggregator_http_connections_evicted_total";
 pub const HTTP_TLS_HANDSHAKE_FAILURES: &str = "gait_aggregator_http_tls_handshake_failures_total";
+/// Agent identity alerts, labelled `kind` with [`gait_store::AlertKind::as_str`] (`duplicate_instance`: a
+/// second live instance of one identity refused; `instance_behind`: a new instance behind the committed head).
+/// Each one is also a durable `agent_alerts` row, so a restart loses only the rate, never the record.
+pub const IDENTITY_ALERTS: &str = "gait_aggregator_identity_alerts_total";
 
 /// Help text for each metric, rendered as `# HELP` lines.
 const HELP: &[(&str, &str, &str)] = &[
@@ -51,7 +55,7 @@ const HELP: &[(&str, &str, &str)] = &[
     (
         RECORDS_CONFLICT,
         "counter",
-        "Records whose sequence was stored with a different hash (kept the original).",
+        "Records not stored because their sequence was stored with a different hash (kept the original; the agent quarantines its record). Durable per agent as agents.conflict_count.",
     ),
     (
         RECORD_GAPS,
@@ -119,6 +123,11 @@ const HELP: &[(&str, &str, &str)] = &[
         PRESENCE_COMMITS,
         "counter",
         "Group commits of agent hellos and last-seen refreshes.",
+    ),
+    (
+        IDENTITY_ALERTS,
+        "counter",
+        "Agent identity alerts by kind: a second live instance of one identity refused, or a new instance behind the committed head (durable rows in agent_alerts).",
     ),
     (
         TLS_SESSION_TICKETS,

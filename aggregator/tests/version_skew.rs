@@ -1,4 +1,4 @@
-//! Version skew is refused at the handshake: the ALPN changes with the protocol version (`gait-fleet/2` now),
+//! Version skew is refused at the handshake: the ALPN changes with the protocol version (`gait-fleet/3` now),
 //! so a peer that offers only `gait-fleet/1` shares no application protocol with the other side. Real quinn
 //! endpoints on 127.0.0.1 with the aggregator's own server TLS configuration, the agent's own client
 //! configuration and certificates from `pki` in a tempdir.
@@ -131,7 +131,7 @@ async fn the_aggregator_refuses_a_client_offering_only_gait_fleet_1() -> Result<
     );
     ensure!(
         client?.is_ok() && accepted?.is_ok(),
-        "a gait-fleet/2 client was refused"
+        "a current-version client was refused"
     );
 
     let (client, refused) = tokio::join!(
@@ -168,7 +168,7 @@ async fn the_agent_recognises_an_aggregator_speaking_only_gait_fleet_1() -> Resu
     let (pki_dir, agent_dir) = fixture(tmp.path())?;
     let server = old_server(&pki_dir)?;
     let addr = server.local_addr()?;
-    // The agent's real client configuration (gait-fleet/2 only).
+    // The agent's real client configuration (the current ALPN only).
     let config = gait_agent::tls::client_config(
         &agent_dir.join("ca.pem"),
         &agent_dir.join("agent.pem"),
@@ -178,10 +178,10 @@ async fn the_agent_recognises_an_aggregator_speaking_only_gait_fleet_1() -> Resu
     let (client, refused) = tokio::join!(dial(config, addr), accept(&server));
     ensure!(
         refused?.is_err(),
-        "the old server accepted a gait-fleet/2 agent"
+        "the old server accepted a current-version agent"
     );
     let err = match client? {
-        Ok(_) => bail!("a gait-fleet/2 agent completed a handshake with a gait-fleet/1 server"),
+        Ok(_) => bail!("a current-version agent completed a handshake with a gait-fleet/1 server"),
         Err(e) => e,
     };
     ensure!(gait_agent::tls::is_version_skew(&err), "agent side: {err}");
@@ -246,7 +246,7 @@ async fn the_running_aggregator_counts_a_gait_fleet_1_client_as_version_skew_and
         running.quic_addr,
     )
     .await?
-    .context("a gait-fleet/2 client was refused")?;
+    .context("a current-version client was refused")?;
     let started = std::time::Instant::now();
     while running.ingest.open_connections() != 1 {
         ensure!(started.elapsed() < PATIENCE, "connection not registered");

@@ -13,7 +13,7 @@ use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, Validity};
 use gait_store::AgentKey;
 use gait_wire::{
-    AgentMsg, AgentMsgV1, FrameDecoder, Hello, PROTOCOL_VERSION, PollBundle, ServerMsg, ServerMsgV1,
+    AgentMsg, AgentMsgV2, FrameDecoder, Hello, PROTOCOL_VERSION, PollBundle, ServerMsg, ServerMsgV2,
 };
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection as _};
@@ -774,13 +774,13 @@ pub async fn dial(
 }
 
 /// Frame an agent message.
-pub fn frame(msg: AgentMsgV1) -> anyhow::Result<Vec<u8>> {
-    Ok(gait_wire::encode_frame(&AgentMsg::V1(msg))?)
+pub fn frame(msg: AgentMsgV2) -> anyhow::Result<Vec<u8>> {
+    Ok(gait_wire::encode_frame(&AgentMsg::V2(msg))?)
 }
 
 /// The `Hello` a fresh simulated agent sends.
 pub fn hello_frame() -> anyhow::Result<Vec<u8>> {
-    frame(AgentMsgV1::Hello(Hello {
+    frame(AgentMsgV2::Hello(Hello {
         agent_version: "gait-fleet-bench".into(),
         protocol_version: PROTOCOL_VERSION,
         active: None,
@@ -788,19 +788,21 @@ pub fn hello_frame() -> anyhow::Result<Vec<u8>> {
         outbox_depth: 0,
         shed_total: 0,
         last_seq: 0,
+        // One id for every simulated agent: each has its own certificate, and a redial is the same instance.
+        instance_id: gait_wire::InstanceId([0xbe; 16]),
     }))
 }
 
 /// A `PollBundle` frame.
 pub fn poll_frame(have_epoch: u64, wait_ms: u32) -> anyhow::Result<Vec<u8>> {
-    frame(AgentMsgV1::PollBundle(PollBundle {
+    frame(AgentMsgV2::PollBundle(PollBundle {
         have_epoch,
         wait_ms,
     }))
 }
 
 /// One exchange: a new bidirectional stream, one request frame, one reply.
-pub async fn request(conn: &quinn::Connection, frame: &[u8]) -> anyhow::Result<ServerMsgV1> {
+pub async fn request(conn: &quinn::Connection, frame: &[u8]) -> anyhow::Result<ServerMsgV2> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(frame).await?;
     send.finish()?;
@@ -812,14 +814,16 @@ pub async fn request(conn: &quinn::Connection, frame: &[u8]) -> anyhow::Result<S
     let body = decoder
         .next_frame()?
         .context("the aggregator closed the stream without a reply")?;
-    let ServerMsg::V1(msg) = gait_wire::decode_server_msg(&body)?;
-    Ok(msg)
+    match gait_wire::decode_server_msg(&body)? {
+        ServerMsg::V2(msg) => Ok(msg),
+        ServerMsg::V1(old) => bail!("the aggregator answered with an envelope V1 message: {old:?}"),
+    }
 }
 
 /// Send `Hello` and expect `Welcome`.
 pub async fn hello(conn: &quinn::Connection, hello: &[u8]) -> anyhow::Result<gait_wire::Welcome> {
     match request(conn, hello).await? {
-        ServerMsgV1::Welcome(w) => Ok(w),
+        ServerMsgV2::Welcome(w) => Ok(w),
         other => bail!("Hello answered with {other:?}"),
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use gait_agent::backoff::Backoff;
-use gait_wire::ServerMsgV1;
+use gait_wire::ServerMsgV2;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -502,7 +502,7 @@ impl SimAgent {
         loop {
             match tokio::time::timeout(self.poll_deadline, common::request(conn, &self.poll)).await
             {
-                Ok(Ok(ServerMsgV1::NoNewBundle { .. } | ServerMsgV1::Bundle(_))) => {}
+                Ok(Ok(ServerMsgV2::NoNewBundle { .. } | ServerMsgV2::Bundle(_))) => {}
                 Ok(Ok(_)) => {
                     // An error reply (e.g. "shutting down"): the connection usually closes right after.
                     tokio::select! {

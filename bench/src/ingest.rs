@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gait_store::{AgentHello, AgentKey, NewRecord, Store};
-use gait_wire::{AgentMsgV1, BundleRef, Record, RecordBatch, RecordClass, ServerMsgV1};
+use gait_wire::{AgentMsgV2, BundleRef, Record, RecordBatch, RecordClass, ServerMsgV2};
 use serde_json::json;
 
 use crate::common::{self, AggregatorProc, CommonArgs, Database, Percentiles, Scope, round};
@@ -278,7 +278,7 @@ async fn build_work(
             let mut frames = Vec::new();
             for (k, chunk) in records.chunks(batch).enumerate() {
                 let batch_id = k as u64 + 1;
-                let f = common::frame(AgentMsgV1::RecordBatch(RecordBatch {
+                let f = common::frame(AgentMsgV2::RecordBatch(RecordBatch {
                     batch_id,
                     records: chunk.to_vec(),
                 }))?;
@@ -332,7 +332,7 @@ type InFlight = VecDeque<(
     u64,
     usize,
     Instant,
-    tokio::task::JoinHandle<anyhow::Result<ServerMsgV1>>,
+    tokio::task::JoinHandle<anyhow::Result<ServerMsgV2>>,
 )>;
 
 async fn take_ack(
@@ -344,7 +344,7 @@ async fn take_ack(
         return Ok(false);
     };
     match task.await?? {
-        ServerMsgV1::BatchAck(ack) => {
+        ServerMsgV2::BatchAck(ack) => {
             latencies.push(sent.elapsed());
             ensure!(
                 ack.batch_id == batch_id,

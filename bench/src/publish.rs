@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gait_bundle::TrustRoot;
-use gait_wire::ServerMsgV1;
+use gait_wire::ServerMsgV2;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -262,7 +262,7 @@ async fn poll_loop(
     loop {
         let poll = common::poll_frame(have, wait_ms)?;
         match common::request(&conn, &poll).await? {
-            ServerMsgV1::Bundle(offer) => {
+            ServerMsgV2::Bundle(offer) => {
                 let t = Instant::now();
                 let now_unix = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
@@ -287,7 +287,7 @@ async fn poll_loop(
                     return Ok(());
                 }
             }
-            ServerMsgV1::NoNewBundle { .. } => {}
+            ServerMsgV2::NoNewBundle { .. } => {}
             other => bail!("PollBundle answered with {other:?}"),
         }
     }

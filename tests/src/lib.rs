@@ -479,6 +479,33 @@ impl Agent {
         })
     }
 
+    /// A second agent using this agent's certificate, key and configuration from `dir`, with its own data
+    /// directory there (the configuration's relative `data_dir`): another instance of the same identity.
+    pub fn same_certificate_in(&self, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for name in [
+            "agent.pem",
+            "agent.key",
+            "ca.pem",
+            "registry.pub",
+            "agent.yaml",
+        ] {
+            let from = self.dir.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, dir.join(name))?;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            org: self.org.clone(),
+            project: self.project.clone(),
+            env: self.env.clone(),
+            id: self.id.clone(),
+            api: "127.0.0.1:0".parse()?,
+            child: None,
+        })
+    }
+
     /// Start the daemon and wait for its local API.
     ///
     /// The agent listens on an ephemeral port and names it in its `gait-agent started` log line, which is read

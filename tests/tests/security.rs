@@ -176,7 +176,7 @@ async fn send_raw(
         .context("handshake")?;
     let (mut send, mut recv) = conn.open_bi().await?;
     // Hello first, so the stream below is judged on its frame alone.
-    let hello = gait_wire::encode_frame(&gait_wire::AgentMsg::V1(gait_wire::AgentMsgV1::Hello(
+    let hello = gait_wire::encode_frame(&gait_wire::AgentMsg::V2(gait_wire::AgentMsgV2::Hello(
         gait_wire::Hello {
             agent_version: "raw-test".into(),
             protocol_version: gait_wire::PROTOCOL_VERSION,
@@ -185,6 +185,7 @@ async fn send_raw(
             outbox_depth: 0,
             shed_total: 0,
             last_seq: 0,
+            instance_id: gait_wire::InstanceId([7; 16]),
         },
     )))?;
     send.write_all(&hello).await?;

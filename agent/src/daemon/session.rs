@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use gait_runtime::Tasks;
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BatchAck, Hello, PROTOCOL_VERSION, PollBundle, RecordBatch,
-    RecordRefusal, ServerMsg, ServerMsgV1, Welcome, WireError,
+    AgentMsg, AgentMsgV2, BatchAck, Hello, InstanceId, PROTOCOL_VERSION, PollBundle, RecordBatch,
+    RecordRefusal, ServerMsg, ServerMsgV2, Welcome, WireError,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -102,6 +102,13 @@ pub(crate) enum SessionError {
     Outbox(#[from] OutboxError),
     #[error("internal task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The aggregator's committed head is past this outbox, which is empty now that its conflicting records
+    /// were quarantined: redial, so the `Welcome` continues the sequence after the head.
+    #[error(
+        "the aggregator holds this identity's records up to seq {committed} and this outbox ends at seq \
+         {last_seq}; reconnecting to continue after the aggregator's head"
+    )]
+    BehindAggregator { committed: u64, last_seq: u64 },
 }
 
 impl SessionError {
@@ -123,6 +130,26 @@ impl SessionError {
         }
     }
 
+    /// The aggregator refused this agent because another instance of its identity is connected
+    /// ([`gait_wire::close::CLOSE_IDENTITY_IN_USE`]).
+    fn identity_in_use(&self) -> bool {
+        match self {
+            SessionError::Handshake { source, .. }
+            | SessionError::Exchange(ExchangeError::Connection(source))
+            | SessionError::Exchange(ExchangeError::Write(quinn::WriteError::ConnectionLost(
+                source,
+            )))
+            | SessionError::Exchange(ExchangeError::Read(quinn::ReadError::ConnectionLost(
+                source,
+            ))) => is_identity_in_use(source),
+            SessionError::Server { error, .. } => {
+                error.code == gait_wire::ErrorCode::Forbidden
+                    && error.message == gait_wire::close::IDENTITY_IN_USE_REASON
+            }
+            _ => false,
+        }
+    }
+
     /// Errors an operator must look at (data could be lost or never delivered) are logged at ERROR.
     fn needs_operator(&self) -> bool {
         matches!(
@@ -138,13 +165,20 @@ impl SessionError {
 
 fn msg_name(msg: &ServerMsg) -> &'static str {
     match msg {
-        ServerMsg::V1(ServerMsgV1::Welcome(_)) => "Welcome",
-        ServerMsg::V1(ServerMsgV1::Bundle(_)) => "Bundle",
-        ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => "NoNewBundle",
-        ServerMsg::V1(ServerMsgV1::BatchAck(_)) => "BatchAck",
-        ServerMsg::V1(ServerMsgV1::Error(_)) => "Error",
-        ServerMsg::V1(ServerMsgV1::RecordRefused(_)) => "RecordRefused",
+        ServerMsg::V2(ServerMsgV2::Welcome(_)) => "Welcome",
+        ServerMsg::V2(ServerMsgV2::Bundle(_)) => "Bundle",
+        ServerMsg::V2(ServerMsgV2::NoNewBundle { .. }) => "NoNewBundle",
+        ServerMsg::V2(ServerMsgV2::BatchAck(_)) => "BatchAck",
+        ServerMsg::V2(ServerMsgV2::Error(_)) => "Error",
+        ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
+        ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
+}
+
+/// Whether a connection error is the aggregator's [`gait_wire::close::CLOSE_IDENTITY_IN_USE`].
+fn is_identity_in_use(error: &quinn::ConnectionError) -> bool {
+    matches!(error, quinn::ConnectionError::ApplicationClosed(close)
+        if close.error_code == quinn::VarInt::from_u32(gait_wire::close::CLOSE_IDENTITY_IN_USE))
 }
 
 /// Everything the connection loop needs.
@@ -156,6 +190,8 @@ pub(crate) struct Session {
     pub address: String,
     pub server_name: String,
     pub poll_wait_ms: u32,
+    /// This data directory's instance id, sent in every `Hello`.
+    pub instance_id: InstanceId,
 }
 
 /// Spawns the connection loop as an essential task of `tasks`; it ends when `shutdown` is cancelled, and a loop
@@ -227,6 +263,9 @@ impl Session {
         // The last certificate refusal logged at ERROR, and attempts refused since the last connection.
         let mut refused_logged: Option<(crate::tls::CertificateRefusal, Instant)> = None;
         let mut refused_attempts: u64 = 0;
+        // The last "identity in use" refusal logged at ERROR, and such refusals since the last connection.
+        let mut in_use_logged: Option<Instant> = None;
+        let mut in_use_attempts: u64 = 0;
         loop {
             let mut up_since = None;
             let mut announced = None;
@@ -240,8 +279,34 @@ impl Session {
             if up_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_CONNECTION) {
                 backoff.reset();
             }
+            let in_use = result
+                .as_ref()
+                .err()
+                .is_some_and(SessionError::identity_in_use);
+            self.state.set_identity_in_use(in_use);
             match &result {
                 Ok(()) => tracing::info!("aggregator closed the connection"),
+                Err(e) if in_use => {
+                    // Said once at ERROR, then again only every REPEAT_ERROR_EVERY while it goes on.
+                    in_use_attempts += 1;
+                    let now = Instant::now();
+                    if in_use_logged.is_some_and(|at| now.duration_since(at) < REPEAT_ERROR_EVERY) {
+                        tracing::debug!(error = %e, attempts = in_use_attempts, "identity still in use");
+                    } else {
+                        tracing::error!(
+                            error = %e,
+                            attempts = in_use_attempts,
+                            instance_id = %self.instance_id,
+                            certificate = %self.state.identity().uri,
+                            "the aggregator refused this agent: another instance of this agent identity is \
+                             connected (another process uses this certificate with another data directory). \
+                             Stop the other instance, or issue this host its own certificate \
+                             (`gait-aggregator pki issue-agent`). This agent keeps deciding locally and keeps \
+                             its records until it is let in"
+                        );
+                        in_use_logged = Some(now);
+                    }
+                }
                 Err(e) => match e.certificate_refusal() {
                     // Said once at ERROR, then again only every REPEAT_ERROR_EVERY while it goes on: a refused
                     // agent redials for ever, and each attempt ends the same way.
@@ -267,6 +332,10 @@ impl Session {
             if result.is_ok() {
                 refused_logged = None;
                 refused_attempts = 0;
+            }
+            if !in_use && up_since.is_some() {
+                in_use_logged = None;
+                in_use_attempts = 0;
             }
             // An aggregator that shut down announced a window to spread the fleet's redials over; without one,
             // the jittered exponential backoff decides.
@@ -354,7 +423,7 @@ impl Session {
         up_since: &mut Option<Instant>,
     ) -> Result<(), SessionError> {
         let welcome = tokio::select! {
-            r = hello(&self.state, conn) => r?,
+            r = hello(&self.state, conn, self.instance_id) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         self.state.touch_contact().await;
@@ -418,9 +487,13 @@ fn joined(r: Result<Result<(), SessionError>, tokio::task::JoinError>) -> Result
 }
 
 /// `Hello` -> `Welcome`, then settle the outbox against the aggregator's committed head.
-async fn hello(state: &Arc<AgentState>, conn: &quinn::Connection) -> Result<Welcome, SessionError> {
+async fn hello(
+    state: &Arc<AgentState>,
+    conn: &quinn::Connection,
+    instance_id: InstanceId,
+) -> Result<Welcome, SessionError> {
     let stats = state.outbox().stats();
-    let msg = AgentMsg::V1(AgentMsgV1::Hello(Hello {
+    let msg = AgentMsg::V2(AgentMsgV2::Hello(Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol_version: PROTOCOL_VERSION,
         active: state.active_bundle().map(|a| a.bundle_ref()),
@@ -428,10 +501,11 @@ async fn hello(state: &Arc<AgentState>, conn: &quinn::Connection) -> Result<Welc
         outbox_depth: stats.depth,
         shed_total: stats.shed_total,
         last_seq: stats.last_seq,
+        instance_id,
     }));
     let welcome = match exchange::request(conn, &msg, REPLY_TIMEOUT).await? {
-        ServerMsg::V1(ServerMsgV1::Welcome(w)) => w,
-        ServerMsg::V1(ServerMsgV1::Error(error)) => {
+        ServerMsg::V2(ServerMsgV2::Welcome(w)) => w,
+        ServerMsg::V2(ServerMsgV2::Error(error)) => {
             return Err(SessionError::Server {
                 request: "Hello",
                 error,
@@ -464,15 +538,63 @@ async fn hello(state: &Arc<AgentState>, conn: &quinn::Connection) -> Result<Welc
     }
     let outbox = state.outbox().clone();
     let (committed, hash) = (welcome.committed_seq, welcome.committed_hash);
-    tokio::task::spawn_blocking(move || {
-        if committed > outbox.stats().last_seq {
-            outbox.adopt_committed_head(committed, hash).map(|_| ())
-        } else {
-            outbox.ack_through(committed).map(|_| ())
-        }
-    })
-    .await??;
+    let settled =
+        tokio::task::spawn_blocking(move || settle_welcome(&outbox, committed, hash)).await??;
+    if let WelcomeSettlement::Diverged { waiting_from } = settled {
+        tracing::error!(
+            committed_seq = committed,
+            waiting_from,
+            last_seq = state.outbox().stats().last_seq,
+            "the aggregator holds other records than this outbox at the same seqs: another instance of this \
+             agent identity wrote them (a second process with this certificate, or this data directory was \
+             wiped or copied). Nothing is deleted: records the aggregator does not commit are quarantined \
+             (`gait-agent quarantine list`). Check which host runs this identity"
+        );
+    }
     Ok(welcome)
+}
+
+/// What [`settle_welcome`] did with a `Welcome`'s committed head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WelcomeSettlement {
+    /// Records up to the head were deleted (or none were waiting there), or the empty outbox continued
+    /// after it.
+    Settled,
+    /// The outbox's records at or below the head are not the aggregator's: nothing was deleted; they are
+    /// shipped, and the ones the aggregator does not commit come back as conflicts and are quarantined.
+    Diverged { waiting_from: u64 },
+}
+
+/// Applies a `Welcome`'s committed head to the outbox without ever deleting a record the aggregator did not
+/// commit: records up to `committed` are deleted only when this outbox's record at `committed` has the
+/// aggregator's `hash` (the chain then proves every earlier record is the aggregator's too). An empty outbox
+/// behind the head continues after it.
+fn settle_welcome(
+    outbox: &crate::outbox::Outbox,
+    committed: u64,
+    hash: gait_wire::Digest,
+) -> Result<WelcomeSettlement, OutboxError> {
+    let stats = outbox.stats();
+    if committed <= stats.acked_through {
+        return Ok(WelcomeSettlement::Settled);
+    }
+    if committed > stats.last_seq {
+        if stats.depth == 0 {
+            outbox.adopt_committed_head(committed, hash)?;
+            return Ok(WelcomeSettlement::Settled);
+        }
+        return Ok(WelcomeSettlement::Diverged {
+            waiting_from: stats.acked_through + 1,
+        });
+    }
+    if outbox.hash_at(committed)? == Some(hash) {
+        outbox.ack_through(committed)?;
+        Ok(WelcomeSettlement::Settled)
+    } else {
+        Ok(WelcomeSettlement::Diverged {
+            waiting_from: stats.acked_through + 1,
+        })
+    }
 }
 
 fn spawn_poll_loop(
@@ -501,7 +623,7 @@ async fn poll_loop(
     let mut refused_through = 0u64;
     loop {
         let have_epoch = state.active_epoch().unwrap_or(0).max(refused_through);
-        let msg = AgentMsg::V1(AgentMsgV1::PollBundle(PollBundle {
+        let msg = AgentMsg::V2(AgentMsgV2::PollBundle(PollBundle {
             have_epoch,
             wait_ms,
         }));
@@ -511,7 +633,7 @@ async fn poll_loop(
         };
         state.touch_contact().await;
         let pause = match reply {
-            ServerMsg::V1(ServerMsgV1::Bundle(offer)) => {
+            ServerMsg::V2(ServerMsgV2::Bundle(offer)) => {
                 let offered_epoch = offer.epoch;
                 match activation::handle_offer(&state, offer).await {
                     activation::Outcome::Applied(report) => {
@@ -533,8 +655,8 @@ async fn poll_loop(
                     activation::Outcome::Unchanged => None,
                 }
             }
-            ServerMsg::V1(ServerMsgV1::NoNewBundle { .. }) => None,
-            ServerMsg::V1(ServerMsgV1::Error(error)) => {
+            ServerMsg::V2(ServerMsgV2::NoNewBundle { .. }) => None,
+            ServerMsg::V2(ServerMsgV2::Error(error)) => {
                 tracing::warn!(code = %error.code, message = %error.message, "bundle poll refused by the aggregator");
                 if !error.code.is_retryable() {
                     return Err(SessionError::Server {
@@ -571,7 +693,7 @@ fn refusal_pause(n: u32, poll_wait: Duration) -> Option<Duration> {
 
 /// Fire-and-forget `BundleReport` on a uni stream; the durable status record is the reliable copy.
 async fn send_report(conn: &quinn::Connection, report: gait_wire::BundleReport) {
-    let msg = AgentMsg::V1(AgentMsgV1::BundleReport(report));
+    let msg = AgentMsg::V2(AgentMsgV2::BundleReport(report));
     if let Err(e) = exchange::send_one_way(conn, &msg, Duration::from_secs(5)).await {
         tracing::debug!(error = %e, "bundle report not sent; the outbox record will carry it");
     }
@@ -655,10 +777,10 @@ impl Shipper {
             };
             let reply = reply??;
             match reply {
-                ServerMsg::V1(ServerMsgV1::BatchAck(ack)) => {
+                ServerMsg::V2(ServerMsgV2::BatchAck(ack)) => {
                     self.on_ack(oldest.batch_id, oldest.last_seq, ack).await?
                 }
-                ServerMsg::V1(ServerMsgV1::RecordRefused(refusal)) => {
+                ServerMsg::V2(ServerMsgV2::RecordRefused(refusal)) => {
                     if !self.on_refused(&oldest, refusal)? {
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY_PAUSE) => {}
@@ -666,7 +788,7 @@ impl Shipper {
                         }
                     }
                 }
-                ServerMsg::V1(ServerMsgV1::Error(error)) => {
+                ServerMsg::V2(ServerMsgV2::Error(error)) => {
                     tracing::warn!(
                         code = %error.code,
                         message = %error.message,
@@ -816,7 +938,7 @@ impl Shipper {
             let batch_id = self.next_batch_id;
             self.next_batch_id += 1;
             self.shipped_through = last_seq;
-            let msg = AgentMsg::V1(AgentMsgV1::RecordBatch(RecordBatch { batch_id, records }));
+            let msg = AgentMsg::V2(AgentMsgV2::RecordBatch(RecordBatch { batch_id, records }));
             let reply = spawn_batch_request(&self.tasks, self.conn.clone(), msg);
             self.in_flight.push_back(InFlight {
                 batch_id,
@@ -844,9 +966,40 @@ impl Shipper {
             tracing::warn!(gaps = ?ack.gaps, batch_id, "the aggregator reports gaps in this agent's records");
         }
         let outbox = self.state.outbox().clone();
-        let through = ack.committed_through;
-        tokio::task::spawn_blocking(move || outbox.ack_through(through)).await??;
+        // Never past this batch: the aggregator's head may be ahead of this outbox when another instance of
+        // the identity wrote records, and records not in this batch were not judged by this ack.
+        let through = ack.committed_through.min(last_seq);
+        let conflicts = ack.conflicts.clone();
+        let message = format!(
+            "the aggregator already holds a different record at this seq (batch {batch_id}): another \
+             instance of this agent identity wrote it"
+        );
+        let now = crate::state::now_unix_ms();
+        let settled = tokio::task::spawn_blocking(move || {
+            outbox.ack_with_conflicts(through, &conflicts, &message, now)
+        })
+        .await??;
+        if !settled.quarantined.is_empty() {
+            let n = settled.quarantined.len() as u64;
+            self.state.count_conflicts(n);
+            tracing::error!(
+                batch_id,
+                conflicts = ?gait_wire::ranges_of(settled.quarantined.iter().copied()),
+                count = n,
+                "the aggregator did not store these records: it already holds other records at the same seqs, \
+                 written by another instance of this agent identity (a second process with this certificate, \
+                 or a wiped or copied data directory). They were moved to the quarantine, not deleted: export \
+                 them with `gait-agent quarantine export`, and make sure one host runs this identity"
+            );
+        }
         self.state.touch_contact().await;
+        let stats = self.state.outbox().stats();
+        if ack.committed_through > stats.last_seq && stats.depth == 0 {
+            return Err(SessionError::BehindAggregator {
+                committed: ack.committed_through,
+                last_seq: stats.last_seq,
+            });
+        }
         tracing::debug!(
             batch_id,
             committed_through = through,
@@ -892,6 +1045,60 @@ fn spawn_batch_request(
 mod tests {
     use super::*;
 
+    fn outbox_with(n: usize) -> (tempfile::TempDir, crate::outbox::Outbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::AgentDb::open(dir.path().join("agent.redb")).unwrap();
+        let outbox = crate::outbox::Outbox::open(&db, Default::default()).unwrap();
+        for i in 0..n {
+            outbox
+                .append(crate::outbox::NewRecord {
+                    class: gait_wire::RecordClass::Block,
+                    kind: "gate.decision".into(),
+                    created_unix_ms: 1_700_000_000_000 + i as i64,
+                    bundle: None,
+                    payload: format!("{{\"n\":{i}}}").into_bytes(),
+                })
+                .unwrap();
+        }
+        (dir, outbox)
+    }
+
+    #[test]
+    fn a_welcome_deletes_records_only_when_the_aggregator_holds_the_same_chain() {
+        let (_dir, outbox) = outbox_with(5);
+        let hash3 = outbox.hash_at(3).unwrap().unwrap();
+        assert_eq!(
+            settle_welcome(&outbox, 3, hash3).unwrap(),
+            WelcomeSettlement::Settled
+        );
+        assert_eq!(outbox.stats().acked_through, 3);
+
+        // Another instance wrote seq 5 at the aggregator: a different hash deletes nothing.
+        let (_dir, outbox) = outbox_with(5);
+        assert_eq!(
+            settle_welcome(&outbox, 4, [0xee; 32]).unwrap(),
+            WelcomeSettlement::Diverged { waiting_from: 1 }
+        );
+        assert_eq!(outbox.stats().depth, 5, "nothing deleted");
+
+        // The aggregator is ahead of a non-empty outbox (a wiped data directory that wrote records before
+        // it connected): nothing deleted, no error.
+        let (_dir, outbox) = outbox_with(2);
+        assert_eq!(
+            settle_welcome(&outbox, 19, [0xee; 32]).unwrap(),
+            WelcomeSettlement::Diverged { waiting_from: 1 }
+        );
+        assert_eq!(outbox.stats().depth, 2);
+
+        // An empty outbox behind the head continues after it.
+        let (_dir, outbox) = outbox_with(0);
+        assert_eq!(
+            settle_welcome(&outbox, 19, [0xee; 32]).unwrap(),
+            WelcomeSettlement::Settled
+        );
+        assert_eq!(outbox.stats().last_seq, 19);
+    }
+
     #[test]
     fn version_skew_names_both_versions_and_needs_an_operator() {
         let e = SessionError::VersionSkew {
@@ -899,7 +1106,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(
-            text.contains("gait-fleet/2") && text.contains("gait-fleet/1"),
+            text.contains("gait-fleet/3") && text.contains("gait-fleet/2"),
             "{text}"
         );
         assert!(e.needs_operator(), "logged at ERROR");

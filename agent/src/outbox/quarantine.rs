@@ -20,6 +20,10 @@
 //!   entries are dropped, each with an ERROR log and the `dropped` counter.
 //! - The aggregator never receives a quarantined record: it sees a one-record gap at its seq (the chain
 //!   checks again from the next record, whose `prev_hash` is the quarantined record's hash).
+//! - A record the aggregator did NOT commit because it already holds a different record at that seq (a
+//!   `BatchAck.conflicts` entry: another instance of this identity wrote the seq) is never deleted:
+//!   [`Outbox::ack_with_conflicts`] moves it here with code `record_seq_conflict` in the same durable commit
+//!   that deletes the committed records around it.
 
 use gait_wire::Record;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -66,6 +70,17 @@ pub struct QuarantineStats {
     /// Records quarantined since the file was created.
     pub total: u64,
     /// Records dropped from the quarantine to respect its bounds.
+    pub dropped: u64,
+}
+
+/// What [`Outbox::ack_with_conflicts`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AckOutcome {
+    /// Committed records deleted from the outbox.
+    pub deleted: u64,
+    /// Conflicting records moved into the quarantine, by seq.
+    pub quarantined: Vec<u64>,
+    /// Older quarantine entries dropped to make room.
     pub dropped: u64,
 }
 
@@ -282,6 +297,131 @@ impl Outbox {
             }
         }
         Ok(outcome)
+    }
+
+    /// Settles a `BatchAck`: every waiting record with `seq <= through` leaves the outbox in one durable
+    /// commit, the ones whose seq lies in `conflicts` into the quarantine (code `record_seq_conflict`,
+    /// `message`), the others deleted. Call it with `through` at most the last seq of the acknowledged batch
+    /// (the aggregator's `committed_through` may be ahead of this outbox when another instance wrote the
+    /// identity's records). Acknowledging an already acknowledged seq changes nothing.
+    pub fn ack_with_conflicts(
+        &self,
+        through: u64,
+        conflicts: &[gait_wire::SeqRange],
+        message: &str,
+        now_unix_ms: i64,
+    ) -> Result<AckOutcome, OutboxError> {
+        let code = gait_wire::RefusalCode::RecordSeqConflict.as_str();
+        let limits = self.inner.quarantine_limits;
+        let is_conflict = |seq: u64| conflicts.iter().any(|r| r.first <= seq && seq <= r.last);
+        let mut outcome = AckOutcome::default();
+        let mut qmeta_after = None;
+        let mut dropped_seqs = Vec::new();
+        if through <= self.stats().acked_through {
+            return Ok(outcome);
+        }
+        self.write_txn(false, |txn, records, meta| {
+            if through > meta.last_seq {
+                return Err(OutboxError::AckBeyondLastSeq {
+                    acked: through,
+                    last_seq: meta.last_seq,
+                });
+            }
+            if through <= meta.acked_through {
+                return Ok(());
+            }
+            let mut table = txn.open_table(QUARANTINE).map_err(|e| self.db_err(e))?;
+            let mut meta_table = txn
+                .open_table(QUARANTINE_META)
+                .map_err(|e| self.db_err(e))?;
+            let mut q = read_qmeta(&meta_table).map_err(|e| self.qmeta_err(e))?;
+            for seq in meta.acked_through + 1..=through {
+                let bytes = records
+                    .remove(seq.to_be_bytes())
+                    .map_err(|e| self.db_err(e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| self.corrupt(seq, "acknowledged record is missing"))?;
+                meta.bytes = meta.bytes.checked_sub(bytes.len() as u64).ok_or_else(|| {
+                    self.corrupt(seq, "byte counter is smaller than the stored records")
+                })?;
+                if !is_conflict(seq) {
+                    outcome.deleted += 1;
+                    continue;
+                }
+                let record = self.decode(seq, &bytes)?;
+                let entry = EntryOnDisk::V1(Entry {
+                    record,
+                    code: code.to_owned(),
+                    message: cut(message, MAX_MESSAGE_BYTES).to_owned(),
+                    quarantined_unix_ms: now_unix_ms,
+                });
+                let value = postcard::to_allocvec(&entry).map_err(|e| {
+                    self.corrupt(seq, format!("cannot encode quarantine entry: {e}"))
+                })?;
+                table
+                    .insert(seq.to_be_bytes(), value.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                q.held += 1;
+                q.bytes = q.bytes.saturating_add(value.len() as u64);
+                q.total = q.total.saturating_add(1);
+                outcome.quarantined.push(seq);
+            }
+            meta.acked_through = through;
+            while q.held > limits.max_records || q.bytes > limits.max_bytes {
+                let Some((old_seq, old_len)) = table
+                    .pop_first()
+                    .map_err(|e| self.db_err(e))?
+                    .map(|(k, v)| (u64::from_be_bytes(k.value()), v.value().len() as u64))
+                else {
+                    break;
+                };
+                q.held -= 1;
+                q.bytes = q.bytes.saturating_sub(old_len);
+                q.dropped = q.dropped.saturating_add(1);
+                dropped_seqs.push(old_seq);
+            }
+            if !outcome.quarantined.is_empty() || !dropped_seqs.is_empty() {
+                let encoded = postcard::to_allocvec(&QMetaOnDisk::V1(q)).map_err(|e| {
+                    self.corrupt(through, format!("cannot encode quarantine meta: {e}"))
+                })?;
+                meta_table
+                    .insert(QMETA_KEY, encoded.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                qmeta_after = Some(q);
+            }
+            Ok(())
+        })?;
+        outcome.dropped = dropped_seqs.len() as u64;
+        if let Some(q) = qmeta_after {
+            *self.qlock() = q;
+        }
+        for dropped in dropped_seqs {
+            tracing::error!(
+                seq = dropped,
+                max_records = limits.max_records,
+                max_bytes = limits.max_bytes,
+                "outbox quarantine full: oldest quarantined record dropped and lost"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// The hash of waiting record `seq`, or `None` when it is not waiting (acknowledged, or never written).
+    pub fn hash_at(&self, seq: u64) -> Result<Option<gait_wire::Digest>, OutboxError> {
+        let stats = self.stats();
+        if seq <= stats.acked_through || seq > stats.last_seq {
+            return Ok(None);
+        }
+        let txn = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
+        let records = txn.open_table(super::RECORDS).map_err(|e| self.db_err(e))?;
+        let found = records
+            .get(seq.to_be_bytes())
+            .map_err(|e| self.db_err(e))?
+            .map(|v| v.value().to_vec());
+        match found {
+            Some(bytes) => Ok(Some(self.decode(seq, &bytes)?.hash)),
+            None => Ok(None),
+        }
     }
 
     /// Quarantine counters as of the last commit.

@@ -806,3 +806,70 @@ fn records_sealed_under_protocol_version_1_are_resealed_on_open_and_still_link()
     assert!(records.iter().all(Record::verify_hash));
     assert_eq!(outbox.stats().last_hash, records[2].hash);
 }
+
+/// The ack rule of protocol version 3: a record listed in `BatchAck.conflicts` was NOT committed by the
+/// aggregator, so it leaves the outbox only into the quarantine; the committed records around it are deleted.
+#[test]
+fn conflicting_records_are_quarantined_and_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, outbox) = open_at(&dir.path().join("agent.redb"), OutboxLimits::default());
+    for n in 1..=6 {
+        outbox.append(new_record(RecordClass::Block, n)).unwrap();
+    }
+    let before = everything(&outbox);
+    let conflicts = [gait_wire::SeqRange { first: 2, last: 3 }];
+    let outcome = outbox
+        .ack_with_conflicts(4, &conflicts, "another instance wrote it", 42)
+        .unwrap();
+    assert_eq!(outcome.deleted, 2, "seqs 1 and 4 were committed");
+    assert_eq!(outcome.quarantined, vec![2, 3]);
+    let stats = outbox.stats();
+    assert_eq!((stats.acked_through, stats.depth), (4, 2));
+    assert_eq!(outbox.quarantine_stats().held, 2);
+
+    // Idempotent: the same ack again changes nothing.
+    let again = outbox
+        .ack_with_conflicts(4, &conflicts, "another instance wrote it", 43)
+        .unwrap();
+    assert_eq!(again, AckOutcome::default());
+
+    drop(outbox);
+    let (_, held) = quarantine::read(&db).unwrap();
+    let seqs: Vec<u64> = held.iter().map(|q| q.record.seq).collect();
+    assert_eq!(seqs, vec![2, 3]);
+    for q in &held {
+        assert_eq!(q.code, "record_seq_conflict");
+        assert_eq!(
+            q.record,
+            before[(q.record.seq - 1) as usize],
+            "kept byte for byte"
+        );
+    }
+}
+
+#[test]
+fn an_ack_beyond_the_outbox_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open_at(&dir.path().join("agent.redb"), OutboxLimits::default());
+    for n in 1..=3 {
+        outbox.append(new_record(RecordClass::Block, n)).unwrap();
+    }
+    let e = outbox.ack_with_conflicts(9, &[], "", 1).unwrap_err();
+    assert!(matches!(e, OutboxError::AckBeyondLastSeq { .. }), "{e}");
+    assert_eq!(outbox.stats().depth, 3);
+}
+
+#[test]
+fn hash_at_answers_only_for_waiting_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open_at(&dir.path().join("agent.redb"), OutboxLimits::default());
+    for n in 1..=3 {
+        outbox.append(new_record(RecordClass::Block, n)).unwrap();
+    }
+    let records = everything(&outbox);
+    assert_eq!(outbox.hash_at(2).unwrap(), Some(records[1].hash));
+    outbox.ack_through(2).unwrap();
+    assert_eq!(outbox.hash_at(2).unwrap(), None, "acknowledged");
+    assert_eq!(outbox.hash_at(4).unwrap(), None, "never written");
+    assert_eq!(outbox.hash_at(3).unwrap(), Some(records[2].hash));
+}

@@ -1,4 +1,6 @@
-//! `/v1/orgs/{org}/agents`: the fleet inventory, paged with a cursor.
+//! `/v1/orgs/{org}/agents`: the fleet inventory, paged with a cursor; and
+//! `/v1/orgs/{org}/projects/{project}/envs/{env}/alerts`: the tenant's agent identity alerts (a second live
+//! instance of one identity refused, a new instance behind the committed head), newest first.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -22,6 +24,30 @@ pub(super) struct AgentQuery {
     after: Option<String>,
     /// Page size, 1..=5000 (default 500).
     limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AlertQuery {
+    /// Most alerts returned, 1..=1000 (default 100).
+    limit: Option<u32>,
+}
+
+pub(super) async fn list_alerts(
+    State(state): State<AppState>,
+    Path((org, project, env)): Path<(String, String, String)>,
+    query: Result<Query<AlertQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = super::tenant(org, project, env)?;
+    let Query(q) = query.map_err(RequestError::Query)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=gait_store::MAX_ALERTS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is out of range 1..={}",
+            gait_store::MAX_ALERTS_PAGE
+        )));
+    }
+    let alerts = state.store.alerts(&tenant, limit).await?;
+    Ok(Json(json!({ "alerts": alerts })).into_response())
 }
 
 pub(super) async fn list_agents(
@@ -145,6 +171,8 @@ mod tests {
             outbox_depth: 0,
             shed_total: 0,
             gap_count: 0,
+            instance_id: String::new(),
+            conflict_count: 0,
         }
     }
 

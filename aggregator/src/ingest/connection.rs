@@ -125,6 +125,7 @@ pub(super) async fn handle_incoming(
     streams.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
     state.live.remove(conn_id);
+    state.identities.release(&session.key, conn.stable_id());
     state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, -1);
 }
 

@@ -56,6 +56,8 @@ pub struct IngestState {
     pub server_version: String,
     pub(super) presence: Presence,
     pub(super) live: LiveConnections,
+    /// The live session of each agent identity ([`super::identity`]).
+    pub(super) identities: super::identity::Identities,
     /// Fixed at the first close of shutdown, so every connection announces the same redial window.
     shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
@@ -80,6 +82,7 @@ impl IngestState {
             limits,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             live: LiveConnections::default(),
+            identities: Default::default(),
             shutdown_reason: std::sync::OnceLock::new(),
         }
     }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use gait_store::NewRecord;
 use gait_wire::{
-    BatchAck, ErrorCode, Record, RecordBatch, RecordRefusal, RefusalCode, SeqRange, ServerMsgV1,
+    BatchAck, ErrorCode, Record, RecordBatch, RecordRefusal, RefusalCode, SeqRange, ServerMsgV2,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::MAX_BATCH_RECORDS;
 use super::connection::Session;
@@ -20,7 +20,7 @@ pub(super) async fn on_batch(
     state: &IngestState,
     session: &Session,
     batch: RecordBatch,
-) -> ServerMsgV1 {
+) -> ServerMsgV2 {
     if batch.records.len() > MAX_BATCH_RECORDS {
         return error_msg(
             ErrorCode::TooLarge,
@@ -69,13 +69,19 @@ pub(super) async fn on_batch(
                 metrics::RECORDS_REFUSED_SKIPPED,
                 outcome.refused.len() as u64,
             );
-            if !outcome.gaps.is_empty() || outcome.conflicts > 0 {
+            if !outcome.gaps.is_empty() {
                 warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, gaps = ?outcome.gaps,
-                    conflicts = outcome.conflicts, "agent record stream has gaps or conflicts");
+                    "agent record stream has gaps");
+            }
+            if outcome.conflicts > 0 {
+                error!(agent = %session.key, remote = %session.remote, conflicts = outcome.conflicts,
+                    first_seq = outcome.conflict_seqs.first(), last_seq = outcome.conflict_seqs.last(),
+                    "records arrived at seqs already stored with other records (another instance of this \
+                     identity wrote them); not stored, the agent quarantines them");
             }
             debug!(agent_id = %session.key.agent_id, inserted = outcome.inserted, duplicates = outcome.duplicates,
                 elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
-            ServerMsgV1::BatchAck(BatchAck {
+            ServerMsgV2::BatchAck(BatchAck {
                 batch_id: batch.batch_id,
                 committed_through: outcome.committed_seq,
                 inserted: u32::try_from(outcome.inserted).unwrap_or(u32::MAX),
@@ -85,6 +91,7 @@ pub(super) async fn on_batch(
                     .iter()
                     .map(|&(first, last)| SeqRange { first, last })
                     .collect(),
+                conflicts: gait_wire::ranges_of(outcome.conflict_seqs.iter().copied()),
             })
         }
         Err(e) if e.is_retryable() => {
@@ -120,7 +127,7 @@ async fn refuse(
     session: &Session,
     batch_id: u64,
     refused: Refused,
-) -> ServerMsgV1 {
+) -> ServerMsgV2 {
     let Refused { seq, code, message } = refused;
     warn!(agent = %session.key, seq, %code, %message, "record refused");
     if code.is_permanent() {
@@ -143,7 +150,7 @@ async fn refuse(
     state
         .metrics
         .inc_labeled(metrics::RECORDS_REFUSED, "code", code.as_str(), 1);
-    ServerMsgV1::RecordRefused(RecordRefusal::new(batch_id, seq, code, message))
+    ServerMsgV2::RecordRefused(RecordRefusal::new(batch_id, seq, code, message))
 }
 
 /// A record [`check_records`] refuses, before the batch id is attached.

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gait_store::{ActiveBundle, AgentHello, BundleReportRow};
+use gait_store::{ActiveBundle, AgentHello, AlertKind, BundleReportRow, NewAgentAlert};
+use gait_wire::close::{CLOSE_IDENTITY_IN_USE, IDENTITY_IN_USE_REASON};
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BundleOffer, BundleRef, ErrorCode, FrameDecoder, PROTOCOL_VERSION,
-    ServerMsg, ServerMsgV1, Welcome, WireError,
+    AgentMsg, AgentMsgV2, BundleOffer, BundleRef, ErrorCode, FrameDecoder, PROTOCOL_VERSION,
+    ServerMsg, ServerMsgV2, Welcome, WireError,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, info, warn};
+
+use super::identity::Claim;
 
 use super::connection::{Session, touch};
 use super::endpoint::IngestState;
@@ -53,8 +56,8 @@ async fn read_request(recv: &mut quinn::RecvStream, max: u32) -> Result<Vec<u8>,
     Ok(body)
 }
 
-async fn write_response(send: &mut quinn::SendStream, msg: ServerMsgV1) {
-    match gait_wire::encode_frame(&ServerMsg::V1(msg)) {
+async fn write_response(send: &mut quinn::SendStream, msg: ServerMsgV2) {
+    match gait_wire::encode_frame(&ServerMsg::V2(msg)) {
         Ok(frame) => {
             if send.write_all(&frame).await.is_ok() {
                 let _ = send.finish();
@@ -64,8 +67,8 @@ async fn write_response(send: &mut quinn::SendStream, msg: ServerMsgV1) {
     }
 }
 
-pub(super) fn error_msg(code: ErrorCode, message: impl Into<String>) -> ServerMsgV1 {
-    ServerMsgV1::Error(WireError::new(code, message))
+pub(super) fn error_msg(code: ErrorCode, message: impl Into<String>) -> ServerMsgV2 {
+    ServerMsgV2::Error(WireError::new(code, message))
 }
 
 pub(super) async fn handle_request(
@@ -80,7 +83,21 @@ pub(super) async fn handle_request(
         Err(reason) => return session.protocol_violation(&state, &reason),
     };
     let msg = match gait_wire::decode_agent_msg(&body) {
-        Ok(AgentMsg::V1(m)) => m,
+        Ok(AgentMsg::V2(m)) => m,
+        Ok(AgentMsg::V1(_)) => {
+            // An agent of protocol version 1 or 2 (envelope V1) cannot get past the ALPN; answered anyway.
+            return write_response(
+                &mut send,
+                error_msg(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "envelope V1 (protocol version 2 or older) is not spoken here; this aggregator \
+                         speaks protocol version {PROTOCOL_VERSION}: upgrade the agent"
+                    ),
+                ),
+            )
+            .await;
+        }
         Err(e) => {
             // An unknown variant from a newer agent is answered, not punished.
             if e.error_code() == ErrorCode::Unsupported {
@@ -90,7 +107,7 @@ pub(super) async fn handle_request(
             return session.protocol_violation(&state, &format!("malformed request: {e}"));
         }
     };
-    let is_hello = matches!(msg, AgentMsgV1::Hello(_));
+    let is_hello = matches!(msg, AgentMsgV2::Hello(_));
     if !is_hello && !session.hello_done.load(Ordering::Acquire) {
         return write_response(
             &mut send,
@@ -99,8 +116,8 @@ pub(super) async fn handle_request(
         .await;
     }
     let reply = match msg {
-        AgentMsgV1::Hello(hello) => on_hello(&state, &session, hello).await,
-        AgentMsgV1::PollBundle(poll) => {
+        AgentMsgV2::Hello(hello) => on_hello(&state, &session, hello).await,
+        AgentMsgV2::PollBundle(poll) => {
             let wait = Duration::from_millis(u64::from(poll.wait_ms)).min(MAX_POLL_WAIT);
             tokio::select! {
                 r = on_poll(&state, &session, poll.have_epoch, wait) => r,
@@ -108,14 +125,14 @@ pub(super) async fn handle_request(
                 _ = session.conn.closed() => return,
             }
         }
-        AgentMsgV1::RecordBatch(batch) => {
+        AgentMsgV2::RecordBatch(batch) => {
             let id = batch.batch_id;
             let turn = session.batch_order.wait_turn(id).await;
             let reply = on_batch(&state, &session, batch).await;
             drop(turn);
             reply
         }
-        AgentMsgV1::BundleReport(_) => error_msg(
+        AgentMsgV2::BundleReport(_) => error_msg(
             ErrorCode::BadRequest,
             "send BundleReport on a unidirectional stream",
         ),
@@ -139,7 +156,7 @@ fn received_row(b: &BundleRef) -> gait_store::BundleRef {
     }
 }
 
-async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hello) -> ServerMsgV1 {
+async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hello) -> ServerMsgV2 {
     if hello.protocol_version != PROTOCOL_VERSION {
         return error_msg(
             ErrorCode::Unsupported,
@@ -150,6 +167,30 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
         );
     }
     let now = unix_ms();
+    let conn_id = session.conn.stable_id();
+    match state.identities.claim(
+        &session.key,
+        hello.instance_id,
+        conn_id,
+        session.remote,
+        Some(session.conn.clone()),
+    ) {
+        Claim::Refused {
+            holder,
+            holder_remote,
+        } => return refuse_second_instance(state, session, &hello, holder, holder_remote).await,
+        Claim::Granted {
+            replaced: Some(old),
+        } => {
+            info!(agent = %session.key, instance_id = %hello.instance_id, old_remote = %old.remote_address(),
+                remote = %session.remote, "the same agent instance reconnected; closing its older session");
+            old.close(
+                gait_wire::close::CLOSE_NORMAL.into(),
+                b"replaced by a newer session of the same agent instance",
+            );
+        }
+        Claim::Granted { replaced: None } => {}
+    }
     let row = AgentHello {
         remote_addr: session.remote.to_string(),
         agent_version: truncate(&hello.agent_version, 64),
@@ -161,9 +202,10 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
     };
     match state.presence.connected(session.key.clone(), row).await {
         Ok(cursor) => {
+            note_instance(state, session, &hello).await;
             session.hello_done.store(true, Ordering::Release);
             session.last_seen_ms.store(now as u64, Ordering::Relaxed);
-            ServerMsgV1::Welcome(Welcome {
+            ServerMsgV2::Welcome(Welcome {
                 server_version: state.server_version.clone(),
                 protocol_version: PROTOCOL_VERSION,
                 org: session.key.tenant.org.to_string(),
@@ -175,9 +217,104 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
             })
         }
         Err(e) => {
+            state.identities.release(&session.key, conn_id);
             warn!(error = %e, agent_id = %session.key.agent_id, "agent registration failed");
             error_msg(ErrorCode::Unavailable, "store unavailable; retry")
         }
+    }
+}
+
+/// Refuses a `Hello` from a second instance of a held identity: ERROR log naming the agent, both instance ids
+/// and both peers, a counted metric, a durable alert row, then the connection is closed with
+/// [`CLOSE_IDENTITY_IN_USE`]. The holding session is not disturbed.
+async fn refuse_second_instance(
+    state: &IngestState,
+    session: &Session,
+    hello: &gait_wire::Hello,
+    holder: gait_wire::InstanceId,
+    holder_remote: std::net::SocketAddr,
+) -> ServerMsgV2 {
+    let kind = AlertKind::DuplicateInstance;
+    state
+        .metrics
+        .inc_labeled(metrics::IDENTITY_ALERTS, "kind", kind.as_str(), 1);
+    error!(agent = %session.key, instance_id = %hello.instance_id, remote = %session.remote,
+        live_instance_id = %holder, live_remote = %holder_remote, serial = %session.cert_serial,
+        "another instance of this agent identity is connected; refused the new one. Two processes share one \
+         certificate: stop one of them, or issue each host its own certificate");
+    let alert = NewAgentAlert {
+        kind,
+        instance_id: hello.instance_id.to_hex(),
+        other_instance_id: holder.to_hex(),
+        remote_addr: session.remote.to_string(),
+        other_remote_addr: holder_remote.to_string(),
+        detail: format!(
+            "instance {} from {} refused: instance {} from {} holds the identity (agent last_seq {})",
+            hello.instance_id, session.remote, holder, holder_remote, hello.last_seq
+        ),
+    };
+    if let Err(e) = state
+        .store
+        .record_alert(&session.key, &alert, unix_ms())
+        .await
+    {
+        warn!(error = %e, agent = %session.key, "identity alert not stored (the ERROR log and metric stand)");
+    }
+    session.conn.close(
+        CLOSE_IDENTITY_IN_USE.into(),
+        IDENTITY_IN_USE_REASON.as_bytes(),
+    );
+    error_msg(ErrorCode::Forbidden, IDENTITY_IN_USE_REASON)
+}
+
+/// Stores the hello's instance id as the identity's current instance; when it replaces another instance and
+/// the agent's `last_seq` is behind the committed head (a wiped or copied data directory reusing the
+/// certificate), raises an `instance_behind` alert. A store failure here is logged, not fatal: the session
+/// goes on and the next hello tries again.
+async fn note_instance(state: &IngestState, session: &Session, hello: &gait_wire::Hello) {
+    let instance = hello.instance_id.to_hex();
+    let change = match state.store.note_instance(&session.key, &instance).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, agent = %session.key, "agent instance not recorded");
+            return;
+        }
+    };
+    let Some(previous) = change.previous.filter(|p| *p != instance) else {
+        return;
+    };
+    if hello.last_seq >= change.committed_seq {
+        warn!(agent = %session.key, instance_id = %instance, previous_instance_id = %previous,
+            last_seq = hello.last_seq, committed_seq = change.committed_seq,
+            "a new agent instance took over this identity (new data directory)");
+        return;
+    }
+    let kind = AlertKind::InstanceBehind;
+    state
+        .metrics
+        .inc_labeled(metrics::IDENTITY_ALERTS, "kind", kind.as_str(), 1);
+    error!(agent = %session.key, instance_id = %instance, previous_instance_id = %previous,
+        remote = %session.remote, last_seq = hello.last_seq, committed_seq = change.committed_seq,
+        "a new agent instance is behind what this identity already committed: its data directory was wiped \
+         or copied while reusing the certificate; its records at committed seqs will conflict and be \
+         quarantined by the agent. Check which host runs this identity");
+    let alert = NewAgentAlert {
+        kind,
+        instance_id: instance,
+        other_instance_id: previous,
+        remote_addr: session.remote.to_string(),
+        other_remote_addr: String::new(),
+        detail: format!(
+            "agent last_seq {} is behind the committed seq {}",
+            hello.last_seq, change.committed_seq
+        ),
+    };
+    if let Err(e) = state
+        .store
+        .record_alert(&session.key, &alert, unix_ms())
+        .await
+    {
+        warn!(error = %e, agent = %session.key, "identity alert not stored (the ERROR log and metric stand)");
     }
 }
 
@@ -186,7 +323,7 @@ async fn on_poll(
     session: &Session,
     have_epoch: u64,
     wait: Duration,
-) -> ServerMsgV1 {
+) -> ServerMsgV2 {
     match state
         .registry
         .wait_newer(&session.key.tenant, have_epoch, wait)
@@ -198,13 +335,13 @@ async fn on_poll(
                 return error_msg(ErrorCode::Internal, "stored bundle digest is not hex");
             }
             state.metrics.inc(metrics::BUNDLES_SERVED, 1);
-            ServerMsgV1::Bundle(BundleOffer {
+            ServerMsgV2::Bundle(BundleOffer {
                 epoch: bundle.epoch,
                 digest,
                 signed_bundle: bundle.bytes.clone(),
             })
         }
-        Ok(None) => ServerMsgV1::NoNewBundle { have_epoch },
+        Ok(None) => ServerMsgV2::NoNewBundle { have_epoch },
         Err(e) => {
             warn!(error = %e, "bundle lookup failed");
             error_msg(ErrorCode::Unavailable, "registry unavailable; retry")
@@ -259,7 +396,7 @@ pub(super) async fn handle_report(
         Err(reason) => return session.protocol_violation(&state, &reason),
     };
     match gait_wire::decode_agent_msg(&body) {
-        Ok(AgentMsg::V1(AgentMsgV1::BundleReport(report)))
+        Ok(AgentMsg::V2(AgentMsgV2::BundleReport(report)))
             if session.hello_done.load(Ordering::Acquire) =>
         {
             on_report(&state, &session, report).await

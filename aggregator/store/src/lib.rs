@@ -15,6 +15,7 @@
 //! The record stream rules (dedup, conflicts, gaps, cursor) are in the `batch` module.
 
 mod agents;
+mod alerts;
 mod batch;
 mod bundles;
 mod conn;
@@ -31,6 +32,9 @@ mod tx;
 
 use std::path::Path;
 
+pub use alerts::{
+    AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
+};
 pub use error::StoreError;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
@@ -378,5 +382,36 @@ impl Store {
     /// Every revocation with its agent, reason, operator and time, oldest first.
     pub async fn revocations(&self) -> Result<Vec<StoredRevocation>, StoreError> {
         on_conn!(self, |conn| revocations::list(conn))
+    }
+
+    /// Stores `instance_id` (32 hex digits) as the identity's current agent instance and returns the one
+    /// stored before, with the committed seq and the durable conflict count. Refused with
+    /// [`StoreError::UnknownAgent`] when the agent has no row (call after [`Store::agent_connected`]).
+    pub async fn note_instance(
+        &self,
+        key: &AgentKey,
+        instance_id: &str,
+    ) -> Result<InstanceChange, StoreError> {
+        in_tx!(self, "note_instance", |conn| alerts::note_instance(
+            conn,
+            key,
+            instance_id
+        ))
+    }
+
+    /// Stores an identity alert about the agent. Refused with [`StoreError::UnknownAgent`] when the agent
+    /// has no row.
+    pub async fn record_alert(
+        &self,
+        key: &AgentKey,
+        alert: &NewAgentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        on_conn!(self, |conn| alerts::record(conn, key, alert, now_ms))
+    }
+
+    /// The tenant's identity alerts, newest first, at most `limit` (clamped to [`MAX_ALERTS_PAGE`]).
+    pub async fn alerts(&self, tenant: &Tenant, limit: u32) -> Result<Vec<AgentAlert>, StoreError> {
+        on_conn!(self, |conn| alerts::list(conn, tenant, limit))
     }
 }

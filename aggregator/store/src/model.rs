@@ -252,6 +252,11 @@ pub struct AgentRow {
     pub outbox_depth: u64,
     pub shed_total: u64,
     pub gap_count: u64,
+    /// The agent data directory (instance id, 32 hex digits) that last said hello; empty before any did.
+    pub instance_id: String,
+    /// Records not stored because the aggregator already held a different record at their seq (another
+    /// instance of this identity wrote them), over the agent's life. Durable: never resets.
+    pub conflict_count: u64,
 }
 
 /// Why a gap row exists.

@@ -25,7 +25,7 @@ pub(crate) async fn commit_batch(
 ) -> Result<BatchOutcome, StoreError> {
     const ADVANCE: &str = concat!(
         "UPDATE agents SET committed_seq = $5, committed_hash = $6, gap_count = gap_count + $7, \
-         last_seen_unix_ms = ",
+         conflict_count = conflict_count + $9, last_seen_unix_ms = ",
         later!("last_seen_unix_ms", "$8"),
         agent_where!()
     );
@@ -80,12 +80,14 @@ pub(crate) async fn commit_batch(
     let committed_seq = to_i64("committed_seq", plan.outcome.committed_seq)?;
     let gap_count = i64::try_from(plan.gaps.len())
         .map_err(|_| StoreError::invalid("records", "too many gaps in one batch"))?;
+    let conflict_count = to_i64("conflicts", plan.outcome.conflicts)?;
     db_run!(conn, |c| {
         bind_key(sqlx::query(ADVANCE), key)
             .bind(committed_seq)
             .bind(plan.outcome.committed_hash.as_slice())
             .bind(gap_count)
             .bind(now_ms)
+            .bind(conflict_count)
             .execute(&mut *c)
             .await
             .map_err(db("commit_batch: advance cursor"))?;
@@ -94,7 +96,8 @@ pub(crate) async fn commit_batch(
     let outcome = plan.outcome;
     if outcome.conflicts > 0 {
         tracing::warn!(agent = %key, conflicts = outcome.conflicts, first_seq = outcome.conflict_seqs.first(),
-            "records redelivered with a different hash; the stored records were kept");
+            "records arrived with a different hash at stored seqs; the stored records were kept and the \
+             agent told to quarantine the new ones");
     }
     if !outcome.refused.is_empty() {
         tracing::info!(agent = %key, refused = ?outcome.refused,

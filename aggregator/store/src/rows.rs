@@ -53,7 +53,7 @@ macro_rules! agent_columns {
      last_seen_unix_ms, remote_addr, agent_version, active_bundle_epoch, active_bundle_digest, \
      active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, last_refusal_code, \
      last_refusal_message, last_refusal_epoch, last_refusal_unix_ms, committed_seq, committed_hash, \
-     outbox_depth, shed_total, gap_count"
+     outbox_depth, shed_total, gap_count, instance_id, conflict_count"
     };
 }
 pub(crate) use agent_columns;
@@ -113,6 +113,8 @@ pub(crate) fn agent_row(row: &impl Columns) -> Result<AgentRow, StoreError> {
         outbox_depth: to_u64(T, "outbox_depth", row.int("outbox_depth")?)?,
         shed_total: to_u64(T, "shed_total", row.int("shed_total")?)?,
         gap_count: to_u64(T, "gap_count", row.int("gap_count")?)?,
+        instance_id: row.text("instance_id")?,
+        conflict_count: to_u64(T, "conflict_count", row.int("conflict_count")?)?,
     })
 }
 

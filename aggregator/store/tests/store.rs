@@ -158,7 +158,95 @@ gait_store::store_tests!(
     a_transaction_body_that_fails_leaves_nothing,
     a_committed_transaction_keeps_every_write,
     a_dropped_transaction_is_rolled_back,
+    instances_conflicts_and_identity_alerts_are_durable_and_tenant_scoped,
 );
+
+async fn instances_conflicts_and_identity_alerts_are_durable_and_tenant_scoped(
+    db: &TestStore,
+) -> Result<()> {
+    use gait_store::{AlertKind, NewAgentAlert};
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    let a = "0123456789abcdef0123456789abcdef";
+    let b = "fedcba9876543210fedcba9876543210";
+    ensure!(
+        store.note_instance(&k, a).await.is_err(),
+        "an unknown agent has no instance to note"
+    );
+    connected(store, &k).await?;
+    let first = store.note_instance(&k, a).await?;
+    ensure!(
+        first.previous.is_none() && first.committed_seq == 0,
+        "{first:?}"
+    );
+    ensure!(store.note_instance(&k, a).await?.previous.as_deref() == Some(a));
+
+    // Another instance's records at stored seqs are conflicts, counted durably per agent.
+    store.commit_batch(&k, &chain(1, 4, 1), NOW).await?;
+    let outcome = store.commit_batch(&k, &chain(1, 3, 2), NOW).await?;
+    ensure!(
+        outcome.conflicts == 3 && outcome.inserted == 0,
+        "{outcome:?}"
+    );
+    let change = store.note_instance(&k, b).await?;
+    ensure!(
+        change.previous.as_deref() == Some(a)
+            && change.committed_seq == 4
+            && change.conflict_count == 3,
+        "{change:?}"
+    );
+    let reopened = Store::connect(db.url()).await?;
+    ensure!(
+        reopened.note_instance(&k, b).await?.conflict_count == 3,
+        "conflict count survives a reconnect"
+    );
+    reopened.close().await;
+
+    let alert = NewAgentAlert {
+        kind: AlertKind::DuplicateInstance,
+        instance_id: b.into(),
+        other_instance_id: a.into(),
+        remote_addr: "10.0.0.8:5000".into(),
+        other_remote_addr: "10.0.0.7:4433".into(),
+        detail: "x".repeat(5000),
+    };
+    store.record_alert(&k, &alert, NOW).await?;
+    let behind = NewAgentAlert {
+        kind: AlertKind::InstanceBehind,
+        other_remote_addr: String::new(),
+        detail: "behind".into(),
+        ..alert.clone()
+    };
+    store.record_alert(&k, &behind, NOW + 1).await?;
+    let listed = store.alerts(&k.tenant, 10).await?;
+    ensure!(listed.len() == 2, "{listed:?}");
+    ensure!(
+        listed[0].kind == AlertKind::InstanceBehind
+            && listed[1].kind == AlertKind::DuplicateInstance,
+        "newest first: {listed:?}"
+    );
+    ensure!(listed[1].agent == k && listed[1].instance_id == b && listed[1].other_instance_id == a);
+    ensure!(listed[1].detail.len() == gait_store::MAX_ALERT_DETAIL_BYTES);
+    ensure!(
+        store.alerts(&k.tenant, 1).await?.len() == 1,
+        "limit applies"
+    );
+
+    // Tenancy: another tenant sees none of them; bad input and unknown agents are refused.
+    ensure!(store.alerts(&tenant("other"), 10).await?.is_empty());
+    let bad = NewAgentAlert {
+        instance_id: "not-hex".into(),
+        ..alert.clone()
+    };
+    ensure!(store.record_alert(&k, &bad, NOW).await.is_err());
+    ensure!(
+        store
+            .record_alert(&key("acme", "nobody"), &alert, NOW)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
 
 async fn migrations_are_idempotent_and_keep_data(db: &TestStore) -> Result<()> {
     let store = db.store();

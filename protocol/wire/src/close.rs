@@ -14,15 +14,24 @@ pub const CLOSE_REVOKED: u32 = 2;
 pub const CLOSE_UNAUTHORIZED: u32 = 3;
 /// The aggregator is shutting down; the reason announces a redial window.
 pub const CLOSE_SHUTDOWN: u32 = 4;
+/// Another instance of this agent identity is connected: a second process (a different agent data
+/// directory, see [`crate::InstanceId`]) presented the same certificate. The connection is refused and the
+/// agent keeps deciding locally; an operator must stop the other instance or issue this host its own
+/// certificate.
+pub const CLOSE_IDENTITY_IN_USE: u32 = 5;
 
 /// Every close code with its stable name, in code order.
-pub const ALL: [(u32, &str); 5] = [
+pub const ALL: [(u32, &str); 6] = [
     (CLOSE_NORMAL, "normal"),
     (CLOSE_PROTOCOL_VIOLATION, "protocol_violation"),
     (CLOSE_REVOKED, "revoked"),
     (CLOSE_UNAUTHORIZED, "unauthorized"),
     (CLOSE_SHUTDOWN, "shutdown"),
+    (CLOSE_IDENTITY_IN_USE, "identity_in_use"),
 ];
+
+/// The reason text sent with [`CLOSE_IDENTITY_IN_USE`]; starts with the words an operator searches for.
+pub const IDENTITY_IN_USE_REASON: &str = "another instance of this agent identity is connected";
 
 /// Stable name of a close code for logs, or `None` for a code this version does not define.
 pub fn name(code: u32) -> Option<&'static str> {

@@ -57,8 +57,8 @@ pub enum DecodeError {
     UnknownVersion {
         /// The envelope version the tag stands for (tag + 1).
         version: u64,
-        /// [`ENVELOPE_VERSION`] (the envelope, not [`crate::PROTOCOL_VERSION`]: protocol version 2 still
-        /// uses envelope `V1`).
+        /// [`ENVELOPE_VERSION`] (the envelope, not [`crate::PROTOCOL_VERSION`]: protocol versions 1 and 2
+        /// use envelope `V1`, protocol version 3 envelope `V2`).
         supported: u16,
     },
     /// An enum tag in the body is out of range: an unknown message variant (peer speaks a newer protocol) or
@@ -139,10 +139,11 @@ pub fn decode_server_msg(body: &[u8]) -> Result<ServerMsg, DecodeError> {
     decode_msg(body)
 }
 
-/// Newest message envelope this build decodes (`V1`, tag 0).
-pub const ENVELOPE_VERSION: u16 = 1;
+/// Newest message envelope this build decodes (`V2`, tag 1; `V1`, tag 0, still decodes so that a peer can
+/// answer it with [`ErrorCode::Unsupported`] naming the version).
+pub const ENVELOPE_VERSION: u16 = 2;
 
-/// The envelope tag is the body's first postcard varint (u32); `V1` is tag 0.
+/// The envelope tag is the body's first postcard varint (u32); `V1` is tag 0, `V2` tag 1.
 fn check_envelope_tag(body: &[u8]) -> Result<(), DecodeError> {
     let mut tag: u64 = 0;
     for (i, &b) in body.iter().take(5).enumerate() {
@@ -154,7 +155,7 @@ fn check_envelope_tag(body: &[u8]) -> Result<(), DecodeError> {
                 });
             }
             return match tag {
-                0 => Ok(()),
+                0 | 1 => Ok(()),
                 other => Err(DecodeError::UnknownVersion {
                     version: other + 1,
                     supported: ENVELOPE_VERSION,

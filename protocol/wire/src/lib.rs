@@ -7,7 +7,7 @@
 //! `GAIT_UPDATE_PROTOCOL_DOC=1 cargo test -p gait-wire --test protocol_doc`).
 //!
 //! # Transport
-//! One QUIC connection per agent, mutual TLS 1.3, ALPN [`ALPN`] (`gait-fleet/2`). The agent always dials
+//! One QUIC connection per agent, mutual TLS 1.3, ALPN [`ALPN`] (`gait-fleet/3`). The agent always dials
 //! out. The aggregator takes the agent's identity (org, project, env, agent id) from its verified client
 //! certificate, never from a message. Each request/reply exchange uses its own bidirectional stream: the
 //! agent writes one framed [`AgentMsg`], finishes its side and reads one framed [`ServerMsg`]. A
@@ -18,8 +18,8 @@
 //!   capped by [`MAX_FRAME_LEN`] and by a caller-chosen limit; [`FrameDecoder`] reassembles frames from arbitrary
 //!   chunks and refuses an oversized frame as soon as its header arrives.
 //! - [`message`]: the body is one postcard-encoded envelope, [`AgentMsg`] (agent -> aggregator) or [`ServerMsg`]
-//!   (aggregator -> agent). The first postcard varint of a body is the envelope version tag (0 = `V1`), the
-//!   second is the variant tag inside that version.
+//!   (aggregator -> agent). The first postcard varint of a body is the envelope version tag (0 = `V1`,
+//!   1 = `V2`), the second is the variant tag inside that version. Protocol version 3 speaks `V2` only.
 //! - [`record`]: outbox records, their BLAKE3 hash chain (the hash input is documented there) and
 //!   [`Record::validate`].
 //! - [`limits`]: record kind and payload, seq, batch size and poll wait, one value each.
@@ -28,7 +28,8 @@
 //!
 //! # Conversation
 //! 1. `Hello` -> `Welcome` (or `Error`). `Hello` is the first exchange; any other request before it is
-//!    answered with `Error(BadRequest)`. `Welcome` carries the tenancy from the certificate and the agent's
+//!    answered with `Error(BadRequest)`. `Hello` carries the agent's [`InstanceId`], a random 128-bit id
+//!    made once per agent data directory (see "One live instance per identity"). `Welcome` carries the tenancy from the certificate and the agent's
 //!    committed head (`committed_seq`, `committed_hash`): the agent deletes its outbox records up to it (or,
 //!    when its outbox is empty and behind, continues its sequence after it).
 //! 2. `PollBundle` -> `Bundle` when a bundle newer than `have_epoch` is assigned, else `NoNewBundle` once
@@ -38,8 +39,8 @@
 //! 3. `RecordBatch` -> `BatchAck`, `RecordRefused` or `Error`. A batch holds at most
 //!    [`limits::MAX_BATCH_RECORDS`] records in ascending `seq` order, each passing [`Record::validate`] and
 //!    [`Record::verify_hash`]. `BatchAck` is sent only after the batch is committed; its `committed_through`
-//!    means every seq up to it is stored or recorded as a gap, and the agent deletes exactly those records.
-//!    Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
+//!    means every seq up to it is stored, recorded as a gap, or listed in `conflicts`; the agent deletes
+//!    those records except the ones in `conflicts` (see "Conflicts"). Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
 //!    redelivered record is recognised by (agent, seq) and counted as a duplicate, never stored twice.
 //! 4. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
 //!    retried after a pause, any other ends the connection. A request that is oversized, malformed or not
@@ -56,24 +57,45 @@
 //! agent applies the same [`Record::validate`] before storing a record, and again before shipping one (a
 //! record written by an older build under older limits is quarantined locally with the same code).
 //!
+//! # Conflicts
+//! A record whose seq the aggregator already holds with a different hash (another instance of the identity
+//! wrote that seq) is not stored: `BatchAck.conflicts` lists those seqs apart from `inserted` and
+//! `duplicates`. The agent never deletes a record the aggregator did not commit: it moves each conflicting
+//! record into its quarantine (the same one as permanently refused records, code `record_seq_conflict`),
+//! counts it, reports it in `gait-agent status` and logs an ERROR naming the range.
+//!
+//! # One live instance per identity
+//! The aggregator keeps at most one live session per identity (tenant + agent id). A `Hello` whose
+//! instance id differs from the live session's is refused: the aggregator closes the new connection with
+//! [`close::CLOSE_IDENTITY_IN_USE`], logs an ERROR naming the agent, both instance ids and both peer
+//! addresses, stores a durable alert and counts it. A `Hello` with the live session's own instance id (a
+//! redial after a network blip, the old connection not yet noticed dead) replaces the old session, which is
+//! closed. The aggregator also remembers the last instance that wrote each identity's records; a new instance
+//! whose `last_seq` is behind the committed head (a wiped or copied data directory reusing a certificate)
+//! is accepted but raises the same kind of alert. The refused agent logs an ERROR (then rate-limited) and
+//! keeps deciding locally; its outbox keeps its records.
+//!
 //! # Close codes
 //! [`close::CLOSE_NORMAL`] (0), [`close::CLOSE_PROTOCOL_VIOLATION`] (1), [`close::CLOSE_REVOKED`] (2),
-//! [`close::CLOSE_UNAUTHORIZED`] (3) and [`CLOSE_SHUTDOWN`] (4, with a `reconnect_spread_ms=N` hint that
-//! agents use to spread their redials).
+//! [`close::CLOSE_UNAUTHORIZED`] (3), [`CLOSE_SHUTDOWN`] (4, with a `reconnect_spread_ms=N` hint that
+//! agents use to spread their redials) and [`close::CLOSE_IDENTITY_IN_USE`] (5).
 //!
 //! # Versions
 //! [`PROTOCOL_VERSION`] 2 changed the record hash from SHA-256 (`gait.wire.record.v1`) to BLAKE3
 //! (`gait.wire.record.v2`) and added `RecordRefused`. Peers of different versions refuse each other before
 //! any record moves: the ALPN changed with the version (`gait-fleet/1` -> `gait-fleet/2`), so the TLS
 //! handshake fails with "no application protocol", and `Hello.protocol_version` is checked as a second
-//! guard.
+//! guard. [`PROTOCOL_VERSION`] 3 added `Hello.instance_id` and `BatchAck.conflicts`; changing two
+//! structs needs a new envelope (rules below), so it speaks envelope `V2` and ALPN `gait-fleet/3`. The `V1`
+//! envelope and its golden vectors are kept unchanged: a version 3 peer still decodes a `V1` body and answers
+//! it with `Error(Unsupported)`, though the ALPN already keeps older peers out at the handshake.
 //!
 //! # Compatibility rules
 //! postcard is not self-describing: field order and types *are* the format. Inside `V1`, never reorder, remove
 //! or retype a field or variant. New messages are appended as new variants at the end (an older peer answers
 //! them with [`ErrorCode::Unsupported`] after [`DecodeError::UnknownVariant`]); a change to an existing struct
-//! needs a `V2` envelope. The golden vectors under `schemas/wire/v1/` (named for the envelope) fail the build
-//! on any drift.
+//! needs a new envelope (as `V2` did). The golden vectors under `schemas/wire/v1/` and `schemas/wire/v2/`
+//! (named for the envelope) fail the build on any drift. The same rules now hold for `V2`; `V1` is frozen.
 
 mod byte_buf;
 pub mod close;
@@ -89,21 +111,22 @@ pub use frame::{
     decode_msg, decode_server_msg, encode_frame, encode_frame_with_limit,
 };
 pub use message::{
-    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, Hello,
-    PollBundle, RecordBatch, RecordRefusal, Refusal, SeqRange, ServerMsg, ServerMsgV1, Welcome,
-    WireError,
+    AgentMsg, AgentMsgV1, AgentMsgV2, BatchAck, BatchAckV1, BundleOffer, BundleRef, BundleReport,
+    ErrorCode, Hello, HelloV1, INSTANCE_ID_LEN, InstanceId, PollBundle, RecordBatch, RecordRefusal,
+    Refusal, SeqRange, ServerMsg, ServerMsgV1, ServerMsgV2, Welcome, WireError, ranges_of,
 };
 pub use record::{GENESIS_HASH, Record, RecordClass, RecordError};
 pub use refusal::RefusalCode;
 pub use shutdown::CLOSE_SHUTDOWN;
 
 /// The protocol version this crate speaks; sent in `Hello` and `Welcome`.
-/// Version 2: BLAKE3 record hash and `RecordRefused` (see "Versions" above).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: BLAKE3 record hash and `RecordRefused`; version 3: envelope `V2` with `Hello.instance_id` and
+/// `BatchAck.conflicts` (see "Versions" above).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// TLS ALPN identifier of the QUIC connection between agent and aggregator.
 /// Changes with [`PROTOCOL_VERSION`], so peers of different versions fail the handshake.
-pub const ALPN: &[u8] = b"gait-fleet/2";
+pub const ALPN: &[u8] = b"gait-fleet/3";
 
 /// Hard ceiling on a frame body in bytes; decoders may be given a smaller limit, never a larger one.
 pub const MAX_FRAME_LEN: u32 = 8 * 1024 * 1024;

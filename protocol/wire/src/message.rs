@@ -1,5 +1,8 @@
 //! Message envelopes exchanged on the control stream: [`AgentMsg`] from agent to aggregator and [`ServerMsg`]
-//! back, each a versioned enum whose `V1` arm holds the messages of protocol version 1.
+//! back, each a versioned enum. The `V1` arm holds the messages of protocol versions 1 and 2, frozen (its
+//! golden vectors under `schemas/wire/v1/` pin them); the `V2` arm holds those of protocol version 3, which
+//! changed two structs: [`Hello`] carries the agent's `instance_id` and [`BatchAck`] reports `conflicts`.
+//! Messages whose shape did not change are shared by both arms.
 //!
 //! Conversation (one request, one reply, in order):
 //! - `Hello` -> `Welcome` (or `Error`); `Hello` is the first message on the control stream.
@@ -16,14 +19,29 @@ use serde::{Deserialize, Serialize};
 /// Agent -> aggregator envelope.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AgentMsg {
-    /// Protocol version 1.
+    /// Protocol versions 1 and 2 (frozen; a version 3 peer answers it with `Error(Unsupported)`).
     V1(AgentMsgV1),
+    /// Protocol version 3.
+    V2(AgentMsgV2),
 }
 
-/// Agent -> aggregator messages of protocol version 1. Append new variants at the end only.
+/// Agent -> aggregator messages of protocol versions 1 and 2. Frozen: new messages go into [`AgentMsgV2`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AgentMsgV1 {
     /// First message on the control stream.
+    Hello(HelloV1),
+    /// Long-poll: answer when a bundle newer than `have_epoch` exists, or after `wait_ms`.
+    PollBundle(PollBundle),
+    /// A batch of outbox records, oldest first.
+    RecordBatch(RecordBatch),
+    /// What the agent received, applied or refused.
+    BundleReport(BundleReport),
+}
+
+/// Agent -> aggregator messages of protocol version 3. Append new variants at the end only.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AgentMsgV2 {
+    /// First message on the control stream; carries the agent's instance id.
     Hello(Hello),
     /// Long-poll: answer when a bundle newer than `have_epoch` exists, or after `wait_ms`.
     PollBundle(PollBundle),
@@ -33,7 +51,68 @@ pub enum AgentMsgV1 {
     BundleReport(BundleReport),
 }
 
-/// Opening message of an agent session.
+/// Opening message of an agent session in protocol versions 1 and 2 (envelope `V1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HelloV1 {
+    /// Agent build version (semver string).
+    pub agent_version: String,
+    /// Highest wire protocol version the agent speaks.
+    pub protocol_version: u16,
+    /// The bundle the agent enforces now.
+    pub active: Option<BundleRef>,
+    /// The newest verified bundle the agent has stored (may be newer than `active` mid-activation).
+    pub received: Option<BundleRef>,
+    /// Records waiting in the outbox.
+    pub outbox_depth: u64,
+    /// Records shed (dropped under pressure) since the agent's outbox was created.
+    pub shed_total: u64,
+    /// Sequence number of the newest record the agent has written.
+    pub last_seq: u64,
+}
+
+/// Length of an [`InstanceId`] in bytes.
+pub const INSTANCE_ID_LEN: usize = 16;
+
+/// The random 128-bit id of one agent data directory, made once at its first start. Two processes that
+/// present the same certificate with different instance ids are two copies of one identity; the aggregator
+/// keeps only one of them connected. Not a secret (it authenticates nothing; the certificate does).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub [u8; INSTANCE_ID_LEN]);
+
+impl InstanceId {
+    /// The id as 32 lowercase hex digits (its form in logs, alerts and status output).
+    pub fn to_hex(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(INSTANCE_ID_LEN * 2);
+        for b in self.0 {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// Inverse of [`InstanceId::to_hex`] (either case); `None` unless exactly 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        if bytes.len() != INSTANCE_ID_LEN * 2 {
+            return None;
+        }
+        let mut out = [0u8; INSTANCE_ID_LEN];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(InstanceId(out))
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Opening message of an agent session (protocol version 3).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Agent build version (semver string).
@@ -50,6 +129,8 @@ pub struct Hello {
     pub shed_total: u64,
     /// Sequence number of the newest record the agent has written.
     pub last_seq: u64,
+    /// This agent data directory's instance id (see [`InstanceId`]).
+    pub instance_id: InstanceId,
 }
 
 /// Identifies one policy bundle and when it came into force locally.
@@ -108,11 +189,13 @@ pub struct Refusal {
 /// Aggregator -> agent envelope.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
-    /// Protocol version 1.
+    /// Protocol versions 1 and 2 (frozen).
     V1(ServerMsgV1),
+    /// Protocol version 3.
+    V2(ServerMsgV2),
 }
 
-/// Aggregator -> agent messages of protocol version 1. Append new variants at the end only.
+/// Aggregator -> agent messages of protocol versions 1 and 2. Frozen: new messages go into [`ServerMsgV2`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsgV1 {
     /// Reply to `Hello`.
@@ -125,6 +208,26 @@ pub enum ServerMsgV1 {
         have_epoch: u64,
     },
     /// Reply to `RecordBatch`, sent after the batch is committed.
+    BatchAck(BatchAckV1),
+    /// The request failed; see the code.
+    Error(WireError),
+    /// Reply to `RecordBatch` when the aggregator refuses one record of it (protocol version 2).
+    RecordRefused(RecordRefusal),
+}
+
+/// Aggregator -> agent messages of protocol version 3. Append new variants at the end only.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsgV2 {
+    /// Reply to `Hello`.
+    Welcome(Welcome),
+    /// Reply to `PollBundle` when a newer bundle is assigned.
+    Bundle(BundleOffer),
+    /// Reply to `PollBundle` when the wait elapsed without a newer bundle.
+    NoNewBundle {
+        /// Echo of the poll's `have_epoch`.
+        have_epoch: u64,
+    },
+    /// Reply to `RecordBatch`, sent after the batch is committed; reports conflicts apart.
     BatchAck(BatchAck),
     /// The request failed; see the code.
     Error(WireError),
@@ -206,7 +309,29 @@ pub struct BundleOffer {
     pub signed_bundle: Vec<u8>,
 }
 
-/// Acknowledges a committed batch.
+/// Acknowledges a committed batch (protocol versions 1 and 2, envelope `V1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BatchAckV1 {
+    /// Echo of `RecordBatch::batch_id`.
+    pub batch_id: u64,
+    /// Every record of this agent with `seq <= committed_through` is durably stored (or known missing, see
+    /// `gaps`); the agent may delete them.
+    pub committed_through: u64,
+    /// Records newly stored from this batch.
+    pub inserted: u32,
+    /// Records of this batch that were already stored (redelivery).
+    pub duplicates: u32,
+    /// Sequence ranges the aggregator has never seen below `committed_through` (shed or lost records).
+    pub gaps: Vec<SeqRange>,
+}
+
+/// Acknowledges a committed batch (protocol version 3).
+///
+/// `inserted + duplicates + (records in conflicts)` is the batch's record count. Only inserted records and
+/// duplicates (the aggregator holds the same record: same seq and hash) are committed; a record in
+/// `conflicts` was NOT stored because the aggregator already holds a different record at that seq (another
+/// instance of this identity wrote it). The agent deletes records up to `committed_through` except those in
+/// `conflicts`, which it moves to its quarantine.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct BatchAck {
     /// Echo of `RecordBatch::batch_id`.
@@ -220,6 +345,26 @@ pub struct BatchAck {
     pub duplicates: u32,
     /// Sequence ranges the aggregator has never seen below `committed_through` (shed or lost records).
     pub gaps: Vec<SeqRange>,
+    /// Sequence ranges of this batch that were not stored because the aggregator already holds a different
+    /// record at those seqs, ascending.
+    pub conflicts: Vec<SeqRange>,
+}
+
+impl BatchAck {
+    /// Whether `seq` lies in one of the `conflicts` ranges.
+    pub fn is_conflict(&self, seq: u64) -> bool {
+        self.conflicts
+            .iter()
+            .any(|r| r.first <= seq && seq <= r.last)
+    }
+
+    /// Number of records in the `conflicts` ranges.
+    pub fn conflict_count(&self) -> u64 {
+        self.conflicts
+            .iter()
+            .map(|r| r.last.saturating_sub(r.first).saturating_add(1))
+            .sum()
+    }
 }
 
 /// Inclusive range of sequence numbers.
@@ -312,5 +457,83 @@ impl From<AgentMsgV1> for AgentMsg {
 impl From<ServerMsgV1> for ServerMsg {
     fn from(msg: ServerMsgV1) -> Self {
         ServerMsg::V1(msg)
+    }
+}
+
+impl From<AgentMsgV2> for AgentMsg {
+    fn from(msg: AgentMsgV2) -> Self {
+        AgentMsg::V2(msg)
+    }
+}
+
+impl From<ServerMsgV2> for ServerMsg {
+    fn from(msg: ServerMsgV2) -> Self {
+        ServerMsg::V2(msg)
+    }
+}
+
+/// Sorted, merged inclusive ranges covering `seqs` (which need not be sorted or distinct).
+pub fn ranges_of(seqs: impl IntoIterator<Item = u64>) -> Vec<SeqRange> {
+    let mut sorted: Vec<u64> = seqs.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<SeqRange> = Vec::new();
+    for seq in sorted {
+        match out.last_mut() {
+            Some(r) if r.last.checked_add(1) == Some(seq) => r.last = seq,
+            _ => out.push(SeqRange {
+                first: seq,
+                last: seq,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_of_merges_sorted_runs() {
+        assert_eq!(ranges_of([]), vec![]);
+        assert_eq!(
+            ranges_of([7, 3, 4, 5, 9, 4, u64::MAX]),
+            vec![
+                SeqRange { first: 3, last: 5 },
+                SeqRange { first: 7, last: 7 },
+                SeqRange { first: 9, last: 9 },
+                SeqRange {
+                    first: u64::MAX,
+                    last: u64::MAX
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_ack_knows_its_conflicts() {
+        let ack = BatchAck {
+            batch_id: 1,
+            committed_through: 9,
+            inserted: 5,
+            duplicates: 0,
+            gaps: vec![],
+            conflicts: ranges_of([2, 3, 7]),
+        };
+        assert!(ack.is_conflict(2) && ack.is_conflict(3) && ack.is_conflict(7));
+        assert!(!ack.is_conflict(1) && !ack.is_conflict(4) && !ack.is_conflict(8));
+        assert_eq!(ack.conflict_count(), 3);
+    }
+
+    #[test]
+    fn instance_ids_round_trip_through_hex() {
+        let id = InstanceId([0xab; INSTANCE_ID_LEN]);
+        assert_eq!(id.to_hex(), "ab".repeat(16));
+        assert_eq!(InstanceId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(InstanceId::from_hex(&"AB".repeat(16)), Some(id));
+        assert_eq!(InstanceId::from_hex("ab"), None);
+        assert_eq!(InstanceId::from_hex(&"zz".repeat(16)), None);
+        assert_eq!(InstanceId::from_hex(&"é".repeat(16)), None);
     }
 }

@@ -29,11 +29,15 @@ pub enum RefusalCode {
     BatchTooLarge,
     /// The aggregator cannot take records now (store down, overload); send the batch again later.
     Unavailable,
+    /// The aggregator already holds a different record at this seq (another instance of the agent identity
+    /// wrote it). Reported in `BatchAck.conflicts`, not in `RecordRefused`; the agent quarantines the record
+    /// under this code.
+    RecordSeqConflict,
 }
 
 impl RefusalCode {
     /// Every code, in declaration order.
-    pub const ALL: [RefusalCode; 8] = [
+    pub const ALL: [RefusalCode; 9] = [
         RefusalCode::RecordSeqInvalid,
         RefusalCode::RecordKindInvalid,
         RefusalCode::RecordPayloadTooLarge,
@@ -42,6 +46,7 @@ impl RefusalCode {
         RefusalCode::RecordStoreRefused,
         RefusalCode::BatchTooLarge,
         RefusalCode::Unavailable,
+        RefusalCode::RecordSeqConflict,
     ];
 
     /// Stable snake_case form, used on the wire, in logs, metric labels and the agent's quarantine.
@@ -55,6 +60,7 @@ impl RefusalCode {
             RefusalCode::RecordStoreRefused => "record_store_refused",
             RefusalCode::BatchTooLarge => "batch_too_large",
             RefusalCode::Unavailable => "unavailable",
+            RefusalCode::RecordSeqConflict => "record_seq_conflict",
         }
     }
 

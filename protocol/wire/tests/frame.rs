@@ -1,8 +1,8 @@
 //! Framing and decoding behaviour on valid, truncated, oversized and hostile input.
 
 use gait_wire::{
-    AgentMsg, AgentMsgV1, DecodeError, EncodeError, ErrorCode, FrameDecoder, Hello, MAX_FRAME_LEN,
-    PollBundle, RecordBatch, ServerMsg, ServerMsgV1, decode_agent_msg, decode_msg,
+    AgentMsg, AgentMsgV1, DecodeError, EncodeError, ErrorCode, FrameDecoder, HelloV1,
+    MAX_FRAME_LEN, PollBundle, RecordBatch, ServerMsg, ServerMsgV1, decode_agent_msg, decode_msg,
     decode_server_msg, encode_frame, encode_frame_with_limit,
 };
 
@@ -14,7 +14,7 @@ fn poll() -> AgentMsg {
 }
 
 fn hello() -> AgentMsg {
-    AgentMsg::V1(AgentMsgV1::Hello(Hello {
+    AgentMsg::V1(AgentMsgV1::Hello(HelloV1 {
         agent_version: "0.1.0".into(),
         protocol_version: 1,
         active: None,
@@ -162,19 +162,19 @@ fn trailing_bytes_after_a_message_are_refused() {
 
 #[test]
 fn envelope_of_a_newer_protocol_version_is_reported_as_unknown_version() {
-    let body = [1u8, 0, 0];
+    let body = [2u8, 0, 0];
     assert_eq!(
         decode_agent_msg(&body),
         Err(DecodeError::UnknownVersion {
-            version: 2,
-            supported: 1
+            version: 3,
+            supported: 2
         })
     );
     assert_eq!(
         decode_server_msg(&body),
         Err(DecodeError::UnknownVersion {
-            version: 2,
-            supported: 1
+            version: 3,
+            supported: 2
         })
     );
     // Generic decoding still refuses it, with the less specific error.

@@ -2,9 +2,9 @@
 //! whatever the chunking, and arbitrary bytes never panic the decoders.
 
 use gait_wire::{
-    AgentMsg, AgentMsgV1, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, FrameDecoder,
-    Hello, MAX_FRAME_LEN, PollBundle, Record, RecordBatch, RecordClass, RecordRefusal, Refusal,
-    SeqRange, ServerMsg, ServerMsgV1, Welcome, WireError, decode_agent_msg, decode_msg,
+    AgentMsg, AgentMsgV2, BatchAck, BundleOffer, BundleRef, BundleReport, ErrorCode, FrameDecoder,
+    Hello, InstanceId, MAX_FRAME_LEN, PollBundle, Record, RecordBatch, RecordClass, RecordRefusal,
+    Refusal, SeqRange, ServerMsg, ServerMsgV2, Welcome, WireError, decode_agent_msg, decode_msg,
     decode_server_msg, encode_frame,
 };
 use proptest::collection::vec;
@@ -66,6 +66,7 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
         any::<u64>(),
         any::<u64>(),
         any::<u64>(),
+        any::<[u8; 16]>(),
     )
         .prop_map(
             |(
@@ -76,8 +77,9 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
                 outbox_depth,
                 shed_total,
                 last_seq,
+                instance_id,
             )| {
-                AgentMsgV1::Hello(Hello {
+                AgentMsgV2::Hello(Hello {
                     agent_version,
                     protocol_version,
                     active,
@@ -85,17 +87,18 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
                     outbox_depth,
                     shed_total,
                     last_seq,
+                    instance_id: InstanceId(instance_id),
                 })
             },
         );
     let poll = (any::<u64>(), any::<u32>()).prop_map(|(have_epoch, wait_ms)| {
-        AgentMsgV1::PollBundle(PollBundle {
+        AgentMsgV2::PollBundle(PollBundle {
             have_epoch,
             wait_ms,
         })
     });
     let batch = (any::<u64>(), vec(record(), 0..6))
-        .prop_map(|(batch_id, records)| AgentMsgV1::RecordBatch(RecordBatch { batch_id, records }));
+        .prop_map(|(batch_id, records)| AgentMsgV2::RecordBatch(RecordBatch { batch_id, records }));
     let refusal =
         (any::<u64>(), digest(), text(), text()).prop_map(|(epoch, digest, code, message)| {
             Refusal {
@@ -111,13 +114,13 @@ fn agent_msg() -> impl Strategy<Value = AgentMsg> {
         prop::option::of(refusal),
     )
         .prop_map(|(received, applied, refusal)| {
-            AgentMsgV1::BundleReport(BundleReport {
+            AgentMsgV2::BundleReport(BundleReport {
                 received,
                 applied,
                 refusal,
             })
         });
-    prop_oneof![hello, poll, batch, report].prop_map(AgentMsg::V1)
+    prop_oneof![hello, poll, batch, report].prop_map(AgentMsg::V2)
 }
 
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
@@ -142,7 +145,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 committed_seq,
                 committed_hash,
             )| {
-                ServerMsgV1::Welcome(Welcome {
+                ServerMsgV2::Welcome(Welcome {
                     server_version,
                     protocol_version,
                     org,
@@ -155,31 +158,35 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             },
         );
     let offer = (any::<u64>(), digest(), bytes()).prop_map(|(epoch, digest, signed_bundle)| {
-        ServerMsgV1::Bundle(BundleOffer {
+        ServerMsgV2::Bundle(BundleOffer {
             epoch,
             digest,
             signed_bundle,
         })
     });
-    let none = any::<u64>().prop_map(|have_epoch| ServerMsgV1::NoNewBundle { have_epoch });
+    let none = any::<u64>().prop_map(|have_epoch| ServerMsgV2::NoNewBundle { have_epoch });
     let ack = (
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
         any::<u32>(),
         vec((any::<u64>(), any::<u64>()), 0..5),
+        vec((any::<u64>(), any::<u64>()), 0..5),
     )
         .prop_map(
-            |(batch_id, committed_through, inserted, duplicates, gaps)| {
-                ServerMsgV1::BatchAck(BatchAck {
+            |(batch_id, committed_through, inserted, duplicates, gaps, conflicts)| {
+                let ranges = |v: Vec<(u64, u64)>| {
+                    v.into_iter()
+                        .map(|(first, last)| SeqRange { first, last })
+                        .collect()
+                };
+                ServerMsgV2::BatchAck(BatchAck {
                     batch_id,
                     committed_through,
                     inserted,
                     duplicates,
-                    gaps: gaps
-                        .into_iter()
-                        .map(|(first, last)| SeqRange { first, last })
-                        .collect(),
+                    gaps: ranges(gaps),
+                    conflicts: ranges(conflicts),
                 })
             },
         );
@@ -193,17 +200,17 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         ErrorCode::Unavailable,
     ];
     let error = (prop::sample::select(codes), text())
-        .prop_map(|(code, message)| ServerMsgV1::Error(WireError { code, message }));
+        .prop_map(|(code, message)| ServerMsgV2::Error(WireError { code, message }));
     let refused =
         (any::<u64>(), any::<u64>(), text(), text()).prop_map(|(batch_id, seq, code, message)| {
-            ServerMsgV1::RecordRefused(RecordRefusal {
+            ServerMsgV2::RecordRefused(RecordRefusal {
                 batch_id,
                 seq,
                 code,
                 message,
             })
         });
-    prop_oneof![welcome, offer, none, ack, error, refused].prop_map(ServerMsg::V1)
+    prop_oneof![welcome, offer, none, ack, error, refused].prop_map(ServerMsg::V2)
 }
 
 /// Split `stream` into chunks whose sizes cycle through `sizes` (each 1..).
@@ -240,9 +247,9 @@ proptest! {
 
     #[test]
     fn record_hash_survives_the_wire(r in record()) {
-        let batch = AgentMsg::V1(AgentMsgV1::RecordBatch(RecordBatch { batch_id: 1, records: vec![r.clone()] }));
+        let batch = AgentMsg::V2(AgentMsgV2::RecordBatch(RecordBatch { batch_id: 1, records: vec![r.clone()] }));
         let frame = encode_frame(&batch).unwrap();
-        let AgentMsg::V1(AgentMsgV1::RecordBatch(back)) = decode_agent_msg(&frame[4..]).unwrap() else {
+        let AgentMsg::V2(AgentMsgV2::RecordBatch(back)) = decode_agent_msg(&frame[4..]).unwrap() else {
             panic!("decoded to another variant");
         };
         prop_assert_eq!(back.records[0].verify_hash(), r.verify_hash());
