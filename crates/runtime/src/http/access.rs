@@ -19,7 +19,7 @@ pub type AccessLayer =
 /// The access log at `level` (the aggregator's API logs at INFO, the agent's per-decision API at DEBUG).
 pub fn access_log(level: Level) -> AccessLayer {
     TraceLayer::new_for_http()
-        .make_span_with(AccessSpan)
+        .make_span_with(AccessSpan { level })
         .on_request(())
         .on_response(AccessLine { level })
         .on_body_chunk(())
@@ -30,19 +30,33 @@ pub fn access_log(level: Level) -> AccessLayer {
 /// Longest caller-supplied request id kept; a longer or non-printable one is replaced by a fresh id.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
-/// Makes the per-request span (`http` with `request_id`, `method`, `path`).
+/// Makes the per-request span (`http` with `request_id`, `method`, `path`) at the access log's level: where
+/// that level is filtered out (the agent's per-decision API at the default INFO), no span is built and no
+/// request id is made, so the decision path pays nothing for it.
 #[derive(Debug, Clone, Copy)]
-pub struct AccessSpan;
+pub struct AccessSpan {
+    level: Level,
+}
 
 impl<B> MakeSpan<B> for AccessSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
-        let id = request_id(request.headers().get("x-request-id"));
-        tracing::info_span!(
-            "http",
-            request_id = %id,
-            method = %request.method(),
-            path = %request.uri().path(),
-        )
+        // The field expressions are evaluated only when the span is enabled.
+        macro_rules! span_at {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "http",
+                    request_id = %request_id(request.headers().get("x-request-id")),
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            };
+        }
+        match self.level {
+            Level::ERROR | Level::WARN | Level::INFO => span_at!(Level::INFO),
+            Level::DEBUG => span_at!(Level::DEBUG),
+            Level::TRACE => span_at!(Level::TRACE),
+        }
     }
 }
 
