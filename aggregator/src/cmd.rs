@@ -2,6 +2,7 @@
 //! besides `main.rs` that uses `anyhow`.
 
 pub mod agents;
+pub mod alerts;
 pub mod config;
 pub mod migrate;
 pub mod pki;

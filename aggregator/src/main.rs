@@ -68,6 +68,9 @@ enum Command {
     /// List agents of an org with last-seen time, address, version, bundle versions and their state (revoked,
     /// stale: silent for over 120 s, behind: not on the newest published bundle) through the HTTP API.
     Agents(cmd::agents::AgentsArgs),
+    /// List an environment's agent identity alerts (a second live instance of one certificate refused, a new
+    /// instance behind what the aggregator holds) through the HTTP API, newest first.
+    Alerts(cmd::alerts::AlertsArgs),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// Inspect the configuration file.
@@ -154,6 +157,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
+        Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
 }

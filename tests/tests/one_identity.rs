@@ -163,6 +163,31 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
                     && x["instance_id"] == duplicate.instance_id.as_str())),
         "alerts route: {status} {listed}"
     );
+    // And the operator's CLI shows it as a table.
+    let out = gait_e2e::hermetic("gait-aggregator")
+        .args([
+            "alerts",
+            "--org",
+            ORG,
+            "--project",
+            PROJECT,
+            "--env",
+            ENV,
+            "--server",
+        ])
+        .arg(agg.url(""))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && table.lines().any(|l| l.contains(AGENT)
+                && l.contains("duplicate_instance")
+                && l.contains(duplicate.instance_id.as_str())),
+        "gait-aggregator alerts: {table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 2. The first agent goes away; the second data directory (seqs 1..3 of its own) takes the identity.
     second.stop();

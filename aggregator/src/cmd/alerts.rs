@@ -1,0 +1,98 @@
+//! `gait-aggregator alerts`: the agent identity alerts of one org/project/environment through the API (a second
+//! live instance of one certificate refused, a new instance behind what the aggregator holds), newest first.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use gait_aggregator::config::Config;
+use gait_identity::{Env, Org, Project};
+use gait_runtime::exit;
+
+use super::{ApiArgs, call};
+
+#[derive(Args, Debug)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Organisation of the environment.
+    #[arg(long)]
+    pub org: Org,
+    /// Project of the environment.
+    #[arg(long)]
+    pub project: Project,
+    /// Environment whose alerts to list.
+    #[arg(long)]
+    pub env: Env,
+    /// Most alerts to list, 1..=1000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn alerts(args: AlertsArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let base = format!(
+        "{}/v1/orgs/{}/projects/{}/envs/{}/alerts",
+        api.server, args.org, args.project, args.env
+    );
+    let url = reqwest::Url::parse_with_params(&base, [("limit", args.limit.to_string())])
+        .with_context(|| format!("--server `{}` is not a URL", api.server))?
+        .to_string();
+    let (status, answer) = call(&api, reqwest::Method::GET, &url, None).await?;
+    if !status.is_success() {
+        gait_runtime::errln!(
+            "error: ({status}): {}",
+            answer["error"]["message"].as_str().unwrap_or("no message")
+        );
+        return Ok(ExitCode::from(exit::FAILURE));
+    }
+    if args.json {
+        gait_runtime::outln!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    gait_runtime::outln!(
+        "{:<20} {:<24} {:<18} {:<32} {:<32} {:<22}  OTHER ADDRESS",
+        "TIME (UTC)",
+        "AGENT",
+        "KIND",
+        "INSTANCE",
+        "OTHER INSTANCE",
+        "ADDRESS"
+    );
+    for a in answer["alerts"].as_array().into_iter().flatten() {
+        let time = a["created_unix_ms"]
+            .as_i64()
+            .and_then(|ms| {
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            })
+            .and_then(|t| {
+                t.format(time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]"
+                ))
+                .ok()
+            })
+            .unwrap_or_default();
+        let dash = |v: &serde_json::Value| match v.as_str() {
+            Some("") | None => "-".to_owned(),
+            Some(s) => s.to_owned(),
+        };
+        let printed = gait_runtime::outln!(
+            "{:<20} {:<24} {:<18} {:<32} {:<32} {:<22}  {}",
+            time,
+            a["agent"]["agent_id"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or(""),
+            dash(&a["instance_id"]),
+            dash(&a["other_instance_id"]),
+            dash(&a["remote_addr"]),
+            dash(&a["other_remote_addr"]),
+        );
+        if !printed {
+            // stdout closed (`… | head`): nobody reads the rest.
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
