@@ -678,6 +678,7 @@ fn scrape_registry(
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
         .set(1);
     registry.register(metric::BUILD_INFO, "The running build (always 1).", build);
+    registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
     registry
 }
 

@@ -271,6 +271,7 @@ impl Metrics {
         registry.register(BUILD_INFO, "The running build (always 1).", build_info);
         let http = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HttpStats(Arc::clone(&http))));
+        registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
 
         Self {
             registry,
@@ -431,6 +432,15 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert!(!text.contains("# EOF"));
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
+        }
     }
 
     #[test]

@@ -76,6 +76,16 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
     ensure!(status == 200, "aggregator /metrics: {status}");
     let text = body.as_str().context("text")?;
     promtool_check("aggregator", text)?;
+    for series in [
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_cpu_seconds_total ",
+        "\nprocess_open_fds ",
+    ] {
+        ensure!(
+            text.contains(series),
+            "aggregator: {series} missing:\n{text}"
+        );
+    }
     // Requests are counted under the matched route template, never the raw path (whose ids are unbounded).
     let requests: Vec<&str> = text
         .lines()
@@ -96,6 +106,9 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
     let text = body.as_str().context("text")?;
     promtool_check("agent", text)?;
     for series in [
+        "\nprocess_start_time_seconds ",
+        "\nprocess_resident_memory_bytes ",
+        "gait_agent_decisions_total{verdict=\"allow\"} 0",
         "gait_agent_decisions_total{verdict=\"block\"} 1",
         "gait_agent_decision_duration_seconds_count 1",
     ] {
