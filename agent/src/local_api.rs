@@ -547,8 +547,7 @@ fn scrape_registry(
 
     let mut registry = prometheus_client::registry::Registry::default();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        registry.register(family, help, ConstCounter::new(value));
+        gait_runtime::metrics::register(&mut registry, name, help, ConstCounter::new(value));
     };
     let counters = state.counters();
     let http = state.http_stats();
@@ -668,7 +667,7 @@ fn scrape_registry(
             seconds(report.active_bundle.as_ref().map(|b| b.since_unix_ms)),
         ),
     ] {
-        registry.register(name, help, ConstGauge::new(value));
+        gait_runtime::metrics::register(&mut registry, name, help, ConstGauge::new(value));
     }
     let build = prometheus_client::metrics::family::Family::<
         [(&'static str, &'static str); 1],
@@ -677,7 +676,12 @@ fn scrape_registry(
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
         .set(1);
-    registry.register(metric::BUILD_INFO, "The running build (always 1).", build);
+    gait_runtime::metrics::register(
+        &mut registry,
+        metric::BUILD_INFO,
+        "The running build (always 1).",
+        build,
+    );
     registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
     registry
 }

@@ -8,6 +8,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use gait_runtime::metrics::register;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -129,7 +130,7 @@ impl Default for Metrics {
     }
 }
 
-/// A counter's family name: the registry appends `_total` itself.
+/// A counter's family name in a descriptor: the encoder appends `_total` to its samples itself.
 fn family(name: &str) -> &str {
     name.strip_suffix("_total").unwrap_or(name)
 }
@@ -140,7 +141,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
-            registry.register(family(name), help, c.clone());
+            register(&mut registry, name, help, c.clone());
             c
         };
         let records_inserted = counter(RECORDS_INSERTED, "Outbox records committed to the store.");
@@ -184,7 +185,7 @@ impl Metrics {
             for v in values {
                 let _ = f.get_or_create(&[(key, *v)]);
             }
-            registry.register(family(name), help, f.clone());
+            register(&mut registry, name, help, f.clone());
             f
         };
         let codes: Vec<&'static str> = gait_wire::RefusalCode::ALL
@@ -232,26 +233,30 @@ impl Metrics {
         );
 
         let connections_open = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
             CONNECTIONS_OPEN,
             "Agent connections currently open.",
             connections_open.clone(),
         );
         let long_polls_waiting = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
             LONG_POLLS_WAITING,
             "Bundle long-polls currently waiting.",
             long_polls_waiting.clone(),
         );
         let batch_commit_duration = latency_histogram();
-        registry.register(
+        register(
+            &mut registry,
             BATCH_COMMIT_DURATION,
             "Time to commit one record batch to the store, in seconds.",
             batch_commit_duration.clone(),
         );
         let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            family(HTTP_REQUESTS),
+        register(
+            &mut registry,
+            HTTP_REQUESTS,
             "HTTP API requests served, by matched route, method and status.",
             http_requests.clone(),
         );
@@ -259,7 +264,8 @@ impl Metrics {
             Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
             );
-        registry.register(
+        register(
+            &mut registry,
             HTTP_REQUEST_DURATION,
             "HTTP API request latency until the response head, in seconds, by matched route and method.",
             http_request_duration.clone(),
@@ -268,7 +274,12 @@ impl Metrics {
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
-        registry.register(BUILD_INFO, "The running build (always 1).", build_info);
+        register(
+            &mut registry,
+            BUILD_INFO,
+            "The running build (always 1).",
+            build_info,
+        );
         let http = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HttpStats(Arc::clone(&http))));
         registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
@@ -432,6 +443,10 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert!(!text.contains("# EOF"));
+        assert!(
+            !text.contains(".."),
+            "a help text ends in two periods:\n{text}"
+        );
         #[cfg(target_os = "linux")]
         for name in [
             "process_cpu_seconds_total",

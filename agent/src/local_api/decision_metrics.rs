@@ -32,13 +32,15 @@ impl Default for DecisionMetrics {
         for v in VERDICTS {
             let _ = by_verdict.get_or_create(&[("verdict", v)]);
         }
-        registry.register(
-            "gait_agent_decisions",
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_decisions_total",
             "Decisions answered by the local API, by verdict.",
             by_verdict.clone(),
         );
         let duration = Histogram::new(BUCKETS);
-        registry.register(
+        gait_runtime::metrics::register(
+            &mut registry,
             "gait_agent_decision_duration_seconds",
             "Time to answer a decision: decide, sign the trace, record it durably.",
             duration.clone(),
@@ -94,6 +96,7 @@ mod tests {
         m.observe(Verdict::Allow, Duration::from_millis(30));
         let text = render(&m);
         assert!(text.contains("# TYPE gait_agent_decisions_total counter"));
+        assert!(!text.contains(".."), "{text}");
         assert!(text.contains("gait_agent_decisions_total{verdict=\"block\"} 1"));
         assert!(text.contains("gait_agent_decision_duration_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("gait_agent_decision_duration_seconds_bucket{le=\"0.001\"} 1"));

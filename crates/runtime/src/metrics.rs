@@ -65,6 +65,23 @@ pub fn to_text_format(openmetrics: &str) -> String {
     out
 }
 
+/// Registers `metric` under the name it is exposed with (a counter's `…_total`: the registry appends the suffix
+/// itself, so it is taken off here) and its help sentence (the registry appends the final period itself).
+pub fn register(
+    registry: &mut prometheus_client::registry::Registry,
+    exposed_name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    let name = match metric.metric_type() {
+        prometheus_client::metrics::MetricType::Counter => {
+            exposed_name.strip_suffix("_total").unwrap_or(exposed_name)
+        }
+        _ => exposed_name,
+    };
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
 /// The standard process series, read from `/proc/self` at each scrape (Linux; nothing elsewhere). A value that
 /// cannot be read is left out of that scrape rather than reported as 0.
 #[derive(Debug, Default, Clone, Copy)]
@@ -221,6 +238,7 @@ mod tests {
         let mut om = String::new();
         prometheus_client::encoding::text::encode(&mut om, &registry).expect("encode");
         let text = to_text_format(&om);
+        assert!(!text.contains(".."), "{text}");
         for series in [
             "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total ",
             "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes ",
