@@ -459,6 +459,28 @@ async fn requests_are_counted_by_route_template_and_status(db: &TestStore) -> an
             .all(|l| !l.contains("acme")),
         "a raw path leaked into a label:\n{text}"
     );
+    // Prometheus asks for OpenMetrics and gets it; without that Accept, the text format (no `# EOF`).
+    let req = Request::builder()
+        .uri("/metrics")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .body(Body::empty())?;
+    let resp = app.clone().oneshot(req).await?;
+    let content_type = resp.headers()["content-type"].to_str()?.to_owned();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    anyhow::ensure!(
+        content_type.starts_with("application/openmetrics-text") && body.ends_with("# EOF\n"),
+        "{content_type}\n{body}"
+    );
+    anyhow::ensure!(
+        body.contains("# TYPE gait_aggregator_records_inserted counter\n")
+            && body.contains("\ngait_aggregator_records_inserted_total 0\n"),
+        "{body}"
+    );
+    anyhow::ensure!(!text.contains("# EOF"), "{text}");
     Ok(())
 }
 
