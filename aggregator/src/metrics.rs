@@ -94,7 +94,9 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-/// Every series of the aggregator, and the registry that renders them.
+/// Every series of the aggregator, and the registry that renders them. Each public field is the series named by
+/// the constant of the same name in upper case (`records_inserted` is [`RECORDS_INSERTED`]); labelled ones are
+/// [`Family`]s keyed by the label documented on that constant.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,

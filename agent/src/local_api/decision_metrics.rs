@@ -21,7 +21,8 @@ const BUCKETS: [f64; 11] = [
 #[derive(Debug)]
 pub struct DecisionMetrics {
     registry: Registry,
-    by_verdict: Family<[(&'static str, &'static str); 1], Counter>,
+    /// One counter per entry of [`VERDICTS`], taken from the family once so a decision never locks the family.
+    by_verdict: [Counter; 4],
     duration: Histogram,
 }
 
@@ -29,9 +30,7 @@ impl Default for DecisionMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let by_verdict = Family::<[(&'static str, &'static str); 1], Counter>::default();
-        for v in VERDICTS {
-            let _ = by_verdict.get_or_create(&[("verdict", v)]);
-        }
+        let counters = VERDICTS.map(|v| by_verdict.get_or_create(&[("verdict", v)]).clone());
         gait_runtime::metrics::register(
             &mut registry,
             "gait_agent_decisions_total",
@@ -47,7 +46,7 @@ impl Default for DecisionMetrics {
         );
         Self {
             registry,
-            by_verdict,
+            by_verdict: counters,
             duration,
         }
     }
@@ -56,13 +55,13 @@ impl Default for DecisionMetrics {
 impl DecisionMetrics {
     /// Counts one answered decision.
     pub fn observe(&self, verdict: Verdict, took: Duration) {
-        let label = match verdict {
-            Verdict::Allow => VERDICTS[0],
-            Verdict::Block => VERDICTS[1],
-            Verdict::RequireApproval => VERDICTS[2],
-            Verdict::DryRun => VERDICTS[3],
+        let index = match verdict {
+            Verdict::Allow => 0,
+            Verdict::Block => 1,
+            Verdict::RequireApproval => 2,
+            Verdict::DryRun => 3,
         };
-        self.by_verdict.get_or_create(&[("verdict", label)]).inc();
+        self.by_verdict[index].inc();
         self.duration.observe(took.as_secs_f64());
     }
 
