@@ -8,7 +8,7 @@
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics when asked for, else text format 0.0.4) |
 //!
 //! Errors have one shape: `{"error":{"code":"bad_request","message":"...","field":"class"}}` (`field` only
 //! when one input field is at fault). Codes: `bad_request` (400), `unauthorized` (401), `host_not_allowed`,
@@ -34,7 +34,6 @@ pub mod guard;
 pub mod socket;
 pub mod token;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +102,18 @@ pub mod metric {
     pub const STORAGE_ERRORS: &str = "gait_agent_storage_errors_total";
     /// Times the agent database was re-opened after a storage failure since start.
     pub const STORAGE_REOPENS: &str = "gait_agent_storage_reopens_total";
+    /// notAfter of the agent's certificate, Unix seconds.
+    pub const CERTIFICATE_EXPIRY: &str = "gait_agent_certificate_expiry_timestamp_seconds";
+    /// End of the last successful exchange with the aggregator, Unix seconds (0: never).
+    pub const LAST_CONTACT: &str = "gait_agent_last_contact_timestamp_seconds";
+    /// When the bundle in force was activated, Unix seconds (0: none).
+    pub const BUNDLE_ACTIVATED: &str = "gait_agent_bundle_activated_timestamp_seconds";
+    /// The running build (`version` label, always 1).
+    pub const BUILD_INFO: &str = "gait_agent_build_info";
+    /// Decisions answered, by `verdict` (every verdict present from start).
+    pub const DECISIONS: &str = "gait_agent_decisions_total";
+    /// Histogram of whole decisions (decide, sign, record durably), seconds.
+    pub const DECISION_DURATION: &str = "gait_agent_decision_duration_seconds";
 }
 
 /// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
@@ -504,172 +515,175 @@ async fn post_evaluate(
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: the decision series (kept in [`decision_metrics::DecisionMetrics`]) and everything read from the
+/// agent's state at this scrape, as OpenMetrics when the scraper asks for it, the text format 0.0.4 otherwise.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let report = state.status().await;
-    let counters = state.counters();
+    let snapshot = scrape_registry(&state, &report);
     let mut out = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
+    // Writing into a String cannot fail; an encoder error would be a bug in a metric.
+    let encoded = prometheus_client::encoding::text::encode_registry(
+        &mut out,
+        state.decision_metrics().registry(),
+    )
+    .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, &snapshot))
+    .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out));
+    if let Err(e) = encoded {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = gait_runtime::metrics::negotiate(out, accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The series read from the agent's state at one scrape, as constant metrics in a registry of their own.
+fn scrape_registry(
+    state: &AppState,
+    report: &StatusReport,
+) -> prometheus_client::registry::Registry {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        gait_runtime::metrics::register(&mut registry, name, help, ConstCounter::new(value));
     };
-    put(
-        metric::OUTBOX_DEPTH,
-        "gauge",
-        "Records waiting in the outbox.",
-        report.outbox.depth,
-    );
-    put(
-        metric::OUTBOX_BYTES,
-        "gauge",
-        "Bytes of records waiting in the outbox.",
-        report.outbox.bytes,
-    );
-    put(
+    let counters = state.counters();
+    let http = state.http_stats();
+    let storage = state.storage_health();
+    counter(
         metric::OUTBOX_SHED,
-        "counter",
         "Allow records shed since the outbox was created.",
         report.outbox.shed_total,
     );
-    put(
-        metric::BUNDLE_EPOCH,
-        "gauge",
-        "Epoch of the active policy bundle (0 = none).",
-        report.active_bundle.as_ref().map_or(0, |b| b.epoch),
-    );
-    put(
+    counter(
         metric::BUNDLE_REFUSALS,
-        "counter",
         "Offered bundles refused since start.",
         counters.refusals,
     );
-    put(
-        metric::CONNECTED,
-        "gauge",
-        "1 while connected to the aggregator.",
-        u64::from(report.connected),
-    );
-    put(
+    counter(
         metric::RECONNECTS,
-        "counter",
         "Reconnect attempts since start.",
         counters.reconnects,
     );
-    put(
-        metric::STALE,
-        "gauge",
-        "1 when the aggregator has not been reached for longer than the bundle allows.",
-        u64::from(report.stale),
-    );
-    let http = state.http_stats();
-    put(
+    counter(
         metric::HTTP_CONNECTIONS_REFUSED,
-        "counter",
         "Local API connections closed at once because local_api.max_connections were open, each with a request in flight.",
         http.map_or(0, |s| s.refused()),
     );
-    put(
+    counter(
         metric::HTTP_CONNECTIONS_EVICTED,
-        "counter",
         "Idle local API connections closed to admit a new one at local_api.max_connections.",
         http.map_or(0, |s| s.evicted()),
     );
-    put(
-        metric::HTTP_CONNECTIONS_OPEN,
-        "gauge",
-        "Local API connections open now.",
-        http.map_or(0, |s| u64::try_from(s.open()).unwrap_or(u64::MAX)),
-    );
-    put(
+    counter(
         metric::RATE_LIMIT_STATE_RESETS,
-        "counter",
         "Unreadable rate-limit state files set aside since start (counting started afresh).",
-        crate::gate::ratelimit_state::STATE_RESETS.load(std::sync::atomic::Ordering::Relaxed),
+        crate::gate::ratelimit_state::STATE_RESETS.load(Relaxed),
     );
     {
-        use crate::gate::ratelimit_bound::{KEYS_EVICTED, KEYS_REFUSED, KEYS_TRACKED};
-        use std::sync::atomic::Ordering::Relaxed;
-        put(
-            metric::RATE_LIMIT_KEYS,
-            "gauge",
-            "Rate-limit counters held after the last decision (bounded by gate.rate_limit.max_keys).",
-            KEYS_TRACKED.load(Relaxed),
-        );
-        put(
+        use crate::gate::ratelimit_bound::{KEYS_EVICTED, KEYS_REFUSED};
+        counter(
             metric::RATE_LIMIT_KEYS_EVICTED,
-            "counter",
             "Rate-limit counters below their limit evicted to make room for new ones since start.",
             KEYS_EVICTED.load(Relaxed),
         );
-        put(
+        counter(
             metric::RATE_LIMIT_KEYS_REFUSED,
-            "counter",
             "Requests blocked because the rate-limit state was full of counters at their limit, since start.",
             KEYS_REFUSED.load(Relaxed),
         );
     }
-    let storage = state.storage_health();
-    put(
-        metric::STORAGE_FAILING,
-        "gauge",
-        "1 while the agent's storage fails (decisions answer 503 storage_failing until it heals).",
-        u64::from(storage.failure.is_some()),
-    );
-    put(
+    counter(
         metric::STORAGE_ERRORS,
-        "counter",
         "Agent database operations that failed on storage (full disk, I/O error) since start.",
         storage.errors,
     );
-    put(
+    counter(
         metric::STORAGE_REOPENS,
-        "counter",
         "Times the agent database was re-opened after a storage failure since start.",
         storage.reopens,
     );
-    state.decision_metrics().render(&mut out);
-    // Timestamps an operator alerts on ("certificate expires within 14 days", "no contact for 10 minutes",
-    // "bundle older than a day"), 0 when unknown, and the build.
+
+    let gauge_value = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let seconds = |ms: Option<i64>| ms.map_or(0, |ms| ms / 1000);
     for (name, help, value) in [
         (
-            "gait_agent_certificate_expiry_timestamp_seconds",
+            metric::OUTBOX_DEPTH,
+            "Records waiting in the outbox.",
+            gauge_value(report.outbox.depth),
+        ),
+        (
+            metric::OUTBOX_BYTES,
+            "Bytes of records waiting in the outbox.",
+            gauge_value(report.outbox.bytes),
+        ),
+        (
+            metric::BUNDLE_EPOCH,
+            "Epoch of the active policy bundle (0 = none).",
+            gauge_value(report.active_bundle.as_ref().map_or(0, |b| b.epoch)),
+        ),
+        (
+            metric::CONNECTED,
+            "1 while connected to the aggregator.",
+            i64::from(report.connected),
+        ),
+        (
+            metric::STALE,
+            "1 when the aggregator has not been reached for longer than the bundle allows.",
+            i64::from(report.stale),
+        ),
+        (
+            metric::HTTP_CONNECTIONS_OPEN,
+            "Local API connections open now.",
+            http.map_or(0, |s| i64::try_from(s.open()).unwrap_or(i64::MAX)),
+        ),
+        (
+            metric::RATE_LIMIT_KEYS,
+            "Rate-limit counters held after the last decision (bounded by gate.rate_limit.max_keys).",
+            gauge_value(crate::gate::ratelimit_bound::KEYS_TRACKED.load(Relaxed)),
+        ),
+        (
+            metric::STORAGE_FAILING,
+            "1 while the agent's storage fails (decisions answer 503 storage_failing until it heals).",
+            i64::from(storage.failure.is_some()),
+        ),
+        // Timestamps an operator alerts on ("certificate expires within 14 days", "no contact for 10 minutes",
+        // "bundle older than a day"), 0 when unknown.
+        (
+            metric::CERTIFICATE_EXPIRY,
             "notAfter of the agent's certificate, Unix seconds.",
             report.identity.cert_not_after_unix,
         ),
         (
-            "gait_agent_last_contact_timestamp_seconds",
+            metric::LAST_CONTACT,
             "End of the last successful exchange with the aggregator, Unix seconds (0: never).",
             seconds(report.last_contact_unix_ms),
         ),
         (
-            "gait_agent_bundle_activated_timestamp_seconds",
+            metric::BUNDLE_ACTIVATED,
             "When the bundle in force was activated, Unix seconds (0: none).",
             seconds(report.active_bundle.as_ref().map(|b| b.since_unix_ms)),
         ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {value}");
+        gait_runtime::metrics::register(&mut registry, name, help, ConstGauge::new(value));
     }
-    let _ = writeln!(
-        out,
-        "# HELP gait_agent_build_info The running build (always 1)."
+    let build = prometheus_client::metrics::family::Family::<
+        [(&'static str, &'static str); 1],
+        prometheus_client::metrics::gauge::Gauge,
+    >::default();
+    build
+        .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    gait_runtime::metrics::register(
+        &mut registry,
+        metric::BUILD_INFO,
+        "The running build (always 1).",
+        build,
     );
-    let _ = writeln!(out, "# TYPE gait_agent_build_info gauge");
-    let _ = writeln!(
-        out,
-        "gait_agent_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
+    registry
 }
 
 /// Where a client reaches a running agent's local API.

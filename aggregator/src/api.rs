@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -26,7 +26,7 @@ mod records;
 pub use bundles::PublishBody;
 pub use error::{ApiError, RequestError};
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// The OpenAPI document of this API, served at `/openapi.json`.
@@ -94,9 +94,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Counts each request under its matched route template (never the raw path, whose ids are unbounded) with its
+/// method and status, and observes its latency until the response head.
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    state.metrics.inc(metrics::HTTP_REQUESTS, 1);
-    next.run(req).await
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    state.metrics.observe_request(
+        route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 fn tenant(org: String, project: String, env: String) -> Result<Tenant, ApiError> {
     Ok(Tenant::new(

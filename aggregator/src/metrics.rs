@@ -1,13 +1,21 @@
-//! Prometheus metrics of the aggregator: named constants, lock-free counters, text exposition.
+//! Prometheus metrics of the aggregator: one [`Metrics`] owning a `prometheus-client` [`Registry`].
 //!
-//! The aggregator keeps its own small registry instead of a process-global recorder so that several servers can
-//! run in one test process without sharing counters. Label values are bounded (backend, refusal code, message
-//! kind), never tenant or agent ids.
+//! Each server has its own registry instead of a process-global recorder, so that an aggregator and agents can run
+//! in one test process without merging their series. Label values come from bounded sets (backend, refusal code,
+//! message kind, matched route), never tenant or agent ids; every known label value is registered at zero when
+//! the server starts, so a rate or an absence alert works before the first event.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use gait_runtime::metrics::register;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 pub const RECORDS_INSERTED: &str = "gait_aggregator_records_inserted_total";
 pub const RECORDS_DUPLICATE: &str = "gait_aggregator_records_duplicate_total";
@@ -18,6 +26,8 @@ pub const RECORDS_REFUSED: &str = "gait_aggregator_records_refused_total";
 /// Skipped seqs recognised as refused earlier (the agent quarantined them), so not counted as gaps.
 pub const RECORDS_REFUSED_SKIPPED: &str = "gait_aggregator_records_refused_skipped_total";
 pub const BATCHES_COMMITTED: &str = "gait_aggregator_batches_committed_total";
+/// Histogram of the store commit of one record batch, in seconds.
+pub const BATCH_COMMIT_DURATION: &str = "gait_aggregator_batch_commit_duration_seconds";
 pub const CONNECTIONS_ACCEPTED: &str = "gait_aggregator_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "gait_aggregator_connections_refused_total";
 pub const CONNECTIONS_OPEN: &str = "gait_aggregator_connections_open";
@@ -26,7 +36,10 @@ pub const BUNDLES_PUBLISHED: &str = "gait_aggregator_bundles_published_total";
 pub const BUNDLES_SERVED: &str = "gait_aggregator_bundles_served_total";
 pub const BUNDLE_REFUSALS_REPORTED: &str = "gait_aggregator_bundle_refusals_reported_total";
 pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
+/// HTTP API requests, labelled `route` (the matched route template, `unmatched` for none), `method`, `status`.
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
+/// Histogram of HTTP API request latency in seconds, labelled `route` and `method`.
+pub const HTTP_REQUEST_DURATION: &str = "gait_aggregator_http_request_duration_seconds";
 pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
 pub const TLS_SESSION_TICKETS: &str = "gait_aggregator_tls_session_tickets_total";
 pub const AUTH_FAILURES: &str = "gait_aggregator_http_auth_failures_total";
@@ -39,118 +52,266 @@ pub const HTTP_TLS_HANDSHAKE_FAILURES: &str = "gait_aggregator_http_tls_handshak
 /// second live instance of one identity refused; `instance_behind`: a new instance behind the committed head).
 /// Each one is also a durable `agent_alerts` row, so a restart loses only the rate, never the record.
 pub const IDENTITY_ALERTS: &str = "gait_aggregator_identity_alerts_total";
+pub const BUILD_INFO: &str = "gait_aggregator_build_info";
 
-/// Help text for each metric, rendered as `# HELP` lines.
-const HELP: &[(&str, &str, &str)] = &[
-    (
-        RECORDS_INSERTED,
-        "counter",
-        "Outbox records committed to the store.",
-    ),
-    (
-        RECORDS_DUPLICATE,
-        "counter",
-        "Redelivered records recognised as already stored.",
-    ),
-    (
-        RECORDS_CONFLICT,
-        "counter",
-        "Records not stored because their sequence was stored with a different hash (kept the original; the agent quarantines its record). Durable per agent as agents.conflict_count.",
-    ),
-    (
-        RECORD_GAPS,
-        "counter",
-        "Sequence gaps or hash-chain breaks detected in agent streams.",
-    ),
-    (
-        RECORDS_REFUSED,
-        "counter",
-        "Records refused, by refusal code (a permanent code makes the agent quarantine the record).",
-    ),
-    (
-        RECORDS_REFUSED_SKIPPED,
-        "counter",
-        "Seqs skipped by an agent stream that were refused earlier (quarantined by the agent), not counted as gaps.",
-    ),
-    (
-        BATCHES_COMMITTED,
-        "counter",
-        "Record batches committed and acknowledged.",
-    ),
-    (
-        CONNECTIONS_ACCEPTED,
-        "counter",
-        "QUIC connections that completed the mutual-TLS handshake.",
-    ),
-    (
-        CONNECTIONS_REFUSED,
-        "counter",
-        "QUIC connection attempts refused during the handshake.",
-    ),
-    (
-        CONNECTIONS_OPEN,
-        "gauge",
-        "Agent connections currently open.",
-    ),
-    (
-        PROTOCOL_ERRORS,
-        "counter",
-        "Streams or connections closed for a protocol violation.",
-    ),
-    (
-        BUNDLES_PUBLISHED,
-        "counter",
-        "Policy bundles signed and published.",
-    ),
-    (BUNDLES_SERVED, "counter", "Policy bundles sent to agents."),
-    (
-        BUNDLE_REFUSALS_REPORTED,
-        "counter",
-        "Bundle refusals reported by agents.",
-    ),
-    (
-        LONG_POLLS_WAITING,
-        "gauge",
-        "Bundle long-polls currently waiting.",
-    ),
-    (HTTP_REQUESTS, "counter", "HTTP API requests served."),
-    (
-        AUTH_FAILURES,
-        "counter",
-        "HTTP API requests refused for a missing or invalid admin token, by reason.",
-    ),
-    (
-        PRESENCE_COMMITS,
-        "counter",
-        "Group commits of agent hellos and last-seen refreshes.",
-    ),
-    (
-        IDENTITY_ALERTS,
-        "counter",
-        "Agent identity alerts by kind: a second live instance of one identity refused, or a new instance behind the committed head (durable rows in agent_alerts).",
-    ),
-    (
-        TLS_SESSION_TICKETS,
-        "counter",
-        "TLS session tickets by outcome: issued, resumed (a handshake without certificates), refused (forged, foreign or expired; a full handshake followed).",
-    ),
+/// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
+pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
+/// Reasons an admin request is refused (`reason` label of [`AUTH_FAILURES`]).
+pub const AUTH_FAILURE_REASONS: [&str; 2] = ["missing", "invalid"];
+/// Session ticket outcomes (`outcome` label of [`TLS_SESSION_TICKETS`]).
+pub const TICKET_OUTCOMES: [&str; 3] = ["issued", "resumed", "refused"];
+/// Identity alert kinds (`kind` label of [`IDENTITY_ALERTS`]).
+pub const ALERT_KINDS: [gait_store::AlertKind; 2] = [
+    gait_store::AlertKind::DuplicateInstance,
+    gait_store::AlertKind::InstanceBehind,
 ];
 
-/// A counter's identity: metric name and an optional (label, value) pair.
-type CounterKey = (&'static str, Option<(&'static str, String)>);
+/// One label with a value from a bounded set.
+type Label = [(&'static str, &'static str); 1];
 
-/// Counters and gauges keyed by metric name and a single bounded label pair.
-#[derive(Default)]
+/// Labels of [`HTTP_REQUESTS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matched route template (`/v1/orgs/{org}/…`), never the raw path; `unmatched` when no route matched.
+    pub route: String,
+    /// The request method (`other` for a method outside the standard set).
+    pub method: &'static str,
+    /// The response status code.
+    pub status: u16,
+}
+
+/// Labels of [`HTTP_REQUEST_DURATION`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// As [`RequestLabels::route`].
+    pub route: String,
+    /// As [`RequestLabels::method`].
+    pub method: &'static str,
+}
+
+/// Latency buckets from 0.5 ms to about 16 s (doubling).
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every series of the aggregator, and the registry that renders them. Each public field is the series named by
+/// the constant of the same name in upper case (`records_inserted` is [`RECORDS_INSERTED`]); labelled ones are
+/// [`Family`]s keyed by the label documented on that constant.
+#[derive(Debug)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<CounterKey, Arc<AtomicU64>>>,
-    gauges: Mutex<BTreeMap<&'static str, Arc<AtomicI64>>>,
-    /// The HTTP server's connection counters, once it runs.
-    http: std::sync::OnceLock<Arc<gait_runtime::http::Stats>>,
+    registry: Registry,
+    pub records_inserted: Counter,
+    pub records_duplicate: Counter,
+    pub records_conflict: Counter,
+    pub record_gaps: Counter,
+    pub records_refused: Family<Label, Counter>,
+    pub records_refused_skipped: Counter,
+    pub batches_committed: Counter,
+    pub batch_commit_duration: Histogram,
+    pub connections_accepted: Counter,
+    pub connections_refused: Family<Label, Counter>,
+    pub connections_open: Gauge,
+    pub protocol_errors: Counter,
+    pub bundles_published: Counter,
+    pub bundles_served: Counter,
+    pub bundle_refusals_reported: Family<Label, Counter>,
+    pub long_polls_waiting: Gauge,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub auth_failures: Family<Label, Counter>,
+    pub presence_commits: Counter,
+    pub identity_alerts: Family<Label, Counter>,
+    pub tls_session_tickets: Family<Label, Counter>,
+    /// The HTTP server's connection counters, once it runs (read at each scrape).
+    http: Arc<OnceLock<Arc<gait_runtime::http::Stats>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A counter's family name in a descriptor: the encoder appends `_total` to its samples itself.
+fn family(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
 }
 
 impl Metrics {
+    /// A registry with every series, labelled ones at zero for each known label value.
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            register(&mut registry, name, help, c.clone());
+            c
+        };
+        let records_inserted = counter(RECORDS_INSERTED, "Outbox records committed to the store.");
+        let records_duplicate = counter(
+            RECORDS_DUPLICATE,
+            "Redelivered records recognised as already stored.",
+        );
+        let records_conflict = counter(
+            RECORDS_CONFLICT,
+            "Records not stored because their sequence was stored with a different hash (kept the original; the agent quarantines its record). Durable per agent as agents.conflict_count.",
+        );
+        let record_gaps = counter(
+            RECORD_GAPS,
+            "Sequence gaps or hash-chain breaks detected in agent streams.",
+        );
+        let records_refused_skipped = counter(
+            RECORDS_REFUSED_SKIPPED,
+            "Seqs skipped by an agent stream that were refused earlier (quarantined by the agent), not counted as gaps.",
+        );
+        let batches_committed = counter(
+            BATCHES_COMMITTED,
+            "Record batches committed and acknowledged.",
+        );
+        let connections_accepted = counter(
+            CONNECTIONS_ACCEPTED,
+            "QUIC connections that completed the mutual-TLS handshake.",
+        );
+        let protocol_errors = counter(
+            PROTOCOL_ERRORS,
+            "Streams or connections closed for a protocol violation.",
+        );
+        let bundles_published = counter(BUNDLES_PUBLISHED, "Policy bundles signed and published.");
+        let bundles_served = counter(BUNDLES_SERVED, "Policy bundles sent to agents.");
+        let presence_commits = counter(
+            PRESENCE_COMMITS,
+            "Group commits of agent hellos and last-seen refreshes.",
+        );
+
+        let mut labelled = |name: &str, help: &str, key: &'static str, values: &[&'static str]| {
+            let f = Family::<Label, Counter>::default();
+            for v in values {
+                let _ = f.get_or_create(&[(key, *v)]);
+            }
+            register(&mut registry, name, help, f.clone());
+            f
+        };
+        let codes: Vec<&'static str> = gait_wire::RefusalCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        let records_refused = labelled(
+            RECORDS_REFUSED,
+            "Records refused, by refusal code (a permanent code makes the agent quarantine the record).",
+            "code",
+            &codes,
+        );
+        let connections_refused = labelled(
+            CONNECTIONS_REFUSED,
+            "QUIC connection attempts refused, by stage.",
+            "stage",
+            &REFUSAL_STAGES,
+        );
+        let auth_failures = labelled(
+            AUTH_FAILURES,
+            "HTTP API requests refused for a missing or invalid admin token, by reason.",
+            "reason",
+            &AUTH_FAILURE_REASONS,
+        );
+        let mut bundle_codes = gait_bundle::BundleError::CODES.to_vec();
+        bundle_codes.push("other");
+        let bundle_refusals_reported = labelled(
+            BUNDLE_REFUSALS_REPORTED,
+            "Bundle refusals reported by agents, by refusal code (`other` for a code this build does not know).",
+            "code",
+            &bundle_codes,
+        );
+        let kinds: Vec<&'static str> = ALERT_KINDS.iter().map(|k| k.as_str()).collect();
+        let identity_alerts = labelled(
+            IDENTITY_ALERTS,
+            "Agent identity alerts by kind: a second live instance of one identity refused, or a new instance behind the committed head (durable rows in agent_alerts).",
+            "kind",
+            &kinds,
+        );
+        let tls_session_tickets = labelled(
+            TLS_SESSION_TICKETS,
+            "TLS session tickets by outcome: issued, resumed (a handshake without certificates), refused (forged, foreign or expired; a full handshake followed).",
+            "outcome",
+            &TICKET_OUTCOMES,
+        );
+
+        let connections_open = Gauge::default();
+        register(
+            &mut registry,
+            CONNECTIONS_OPEN,
+            "Agent connections currently open.",
+            connections_open.clone(),
+        );
+        let long_polls_waiting = Gauge::default();
+        register(
+            &mut registry,
+            LONG_POLLS_WAITING,
+            "Bundle long-polls currently waiting.",
+            long_polls_waiting.clone(),
+        );
+        let batch_commit_duration = latency_histogram();
+        register(
+            &mut registry,
+            BATCH_COMMIT_DURATION,
+            "Time to commit one record batch to the store, in seconds.",
+            batch_commit_duration.clone(),
+        );
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        register(
+            &mut registry,
+            HTTP_REQUESTS,
+            "HTTP API requests served, by matched route, method and status.",
+            http_requests.clone(),
+        );
+        let http_request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        register(
+            &mut registry,
+            HTTP_REQUEST_DURATION,
+            "HTTP API request latency until the response head, in seconds, by matched route and method.",
+            http_request_duration.clone(),
+        );
+        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        register(
+            &mut registry,
+            BUILD_INFO,
+            "The running build (always 1).",
+            build_info,
+        );
+        let http = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(HttpStats(Arc::clone(&http))));
+        registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
+
+        Self {
+            registry,
+            records_inserted,
+            records_duplicate,
+            records_conflict,
+            record_gaps,
+            records_refused,
+            records_refused_skipped,
+            batches_committed,
+            batch_commit_duration,
+            connections_accepted,
+            connections_refused,
+            connections_open,
+            protocol_errors,
+            bundles_published,
+            bundles_served,
+            bundle_refusals_reported,
+            long_polls_waiting,
+            http_requests,
+            http_request_duration,
+            auth_failures,
+            presence_commits,
+            identity_alerts,
+            tls_session_tickets,
+            http,
+        }
     }
 
     /// Publishes the HTTP server's connection counters (accepted, refused at the cap, open).
@@ -158,142 +319,106 @@ impl Metrics {
         let _ = self.http.set(stats);
     }
 
-    /// Add `n` to a counter without labels.
-    pub fn inc(&self, name: &'static str, n: u64) {
-        self.counter(name, None).fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Add `n` to a counter with one label whose values come from a bounded set.
-    pub fn inc_labeled(&self, name: &'static str, label: &'static str, value: &str, n: u64) {
-        self.counter(name, Some((label, value.to_owned())))
-            .fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Move a gauge by `delta`.
-    pub fn gauge_add(&self, name: &'static str, delta: i64) {
-        self.gauge(name).fetch_add(delta, Ordering::Relaxed);
-    }
-
-    pub fn counter_value(&self, name: &'static str) -> u64 {
-        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|((n, _), _)| *n == name)
-            .map(|(_, c)| c.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    pub fn gauge_value(&self, name: &'static str) -> i64 {
-        self.gauge(name).load(Ordering::Relaxed)
-    }
-
-    /// The counter cell itself, for hot paths that count without a map lookup.
-    pub fn counter_handle(
+    /// Counts one HTTP request answered with `status` after `elapsed`.
+    pub fn observe_request(
         &self,
-        name: &'static str,
-        label: &'static str,
-        value: &str,
-    ) -> Arc<AtomicU64> {
-        self.counter(name, Some((label, value.to_owned())))
+        route: String,
+        method: &http::Method,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let method = method_label(method);
+        self.http_request_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+                method,
+            })
+            .observe(elapsed.as_secs_f64());
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
     }
 
-    fn counter(&self, name: &'static str, label: Option<(&'static str, String)>) -> Arc<AtomicU64> {
-        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((name, label)).or_default().clone()
-    }
-
-    fn gauge(&self, name: &'static str) -> Arc<AtomicI64> {
-        let mut map = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name).or_default().clone()
-    }
-
-    /// Render every known metric in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+    /// Every series as OpenMetrics text (serve it through [`gait_runtime::metrics::negotiate`]).
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP gait_aggregator_build_info The running build (always 1)."
-        );
-        let _ = writeln!(out, "# TYPE gait_aggregator_build_info gauge");
-        let _ = writeln!(
-            out,
-            "gait_aggregator_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let http = self.http.get();
-        for (name, kind, help, value) in [
-            (
-                HTTP_CONNECTIONS_ACCEPTED,
-                "counter",
-                "HTTP API connections admitted.",
-                http.map_or(0, |s| s.accepted()),
-            ),
-            (
-                HTTP_CONNECTIONS_REFUSED,
-                "counter",
-                "HTTP API connections closed at once because http.max_connections were open, each with a request in flight.",
-                http.map_or(0, |s| s.refused()),
-            ),
-            (
-                HTTP_CONNECTIONS_EVICTED,
-                "counter",
-                "Idle HTTP API connections closed to admit a new one at http.max_connections.",
-                http.map_or(0, |s| s.evicted()),
-            ),
-            (
-                HTTP_TLS_HANDSHAKE_FAILURES,
-                "counter",
-                "HTTPS API connections closed because the TLS handshake failed or did not finish within http.header_timeout_ms.",
-                http.map_or(0, |s| s.handshake_failures()),
-            ),
-            (
-                HTTP_CONNECTIONS_OPEN,
-                "gauge",
-                "HTTP API connections open now.",
-                http.map_or(0, |s| u64::try_from(s.open()).unwrap_or(u64::MAX)),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        }
-        for (name, kind, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            if *kind == "gauge" {
-                let v = gauges.get(name).map_or(0, |g| g.load(Ordering::Relaxed));
-                let _ = writeln!(out, "{name} {v}");
-                continue;
-            }
-            let mut any = false;
-            for ((n, label), c) in counters.iter() {
-                if n != name {
-                    continue;
-                }
-                any = true;
-                let v = c.load(Ordering::Relaxed);
-                match label {
-                    Some((k, val)) => {
-                        let _ = writeln!(out, "{name}{{{k}=\"{}\"}} {v}", escape_label(val));
-                    }
-                    None => {
-                        let _ = writeln!(out, "{name} {v}");
-                    }
-                }
-            }
-            if !any {
-                let _ = writeln!(out, "{name} 0");
-            }
+        // Writing into a String cannot fail; an encoder error would be a bug in a metric, shown as a short body.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
         }
         out
     }
+
+    /// Every series in the Prometheus text format 0.0.4 (what `promtool check metrics` reads).
+    pub fn render(&self) -> String {
+        gait_runtime::metrics::to_text_format(&self.render_openmetrics())
+    }
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Counts one `key = value` of a labelled counter (`records_refused`, `connections_refused`, …).
+pub fn inc_labelled(family: &Family<Label, Counter>, key: &'static str, value: &'static str) {
+    family.get_or_create(&[(key, value)]).inc();
+}
+
+/// A method as a bounded label value.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The HTTP server's connection counters, read at each scrape (0 before the server runs).
+#[derive(Debug)]
+struct HttpStats(Arc<OnceLock<Arc<gait_runtime::http::Stats>>>);
+
+impl Collector for HttpStats {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.get();
+        for (name, help, value) in [
+            (
+                HTTP_CONNECTIONS_ACCEPTED,
+                "HTTP API connections admitted.",
+                s.map_or(0, |s| s.accepted()),
+            ),
+            (
+                HTTP_CONNECTIONS_REFUSED,
+                "HTTP API connections closed at once because http.max_connections were open, each with a request in flight.",
+                s.map_or(0, |s| s.refused()),
+            ),
+            (
+                HTTP_CONNECTIONS_EVICTED,
+                "Idle HTTP API connections closed to admit a new one at http.max_connections.",
+                s.map_or(0, |s| s.evicted()),
+            ),
+            (
+                HTTP_TLS_HANDSHAKE_FAILURES,
+                "HTTPS API connections closed because the TLS handshake failed or did not finish within http.header_timeout_ms.",
+                s.map_or(0, |s| s.handshake_failures()),
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(family(name), help, None, c.metric_type())?)?;
+        }
+        let open = ConstGauge::new(s.map_or(0, |s| i64::try_from(s.open()).unwrap_or(i64::MAX)));
+        open.encode(encoder.encode_descriptor(
+            HTTP_CONNECTIONS_OPEN,
+            "HTTP API connections open now.",
+            None,
+            open.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -303,22 +428,83 @@ mod tests {
     #[test]
     fn render_lists_every_metric_with_type_and_current_value() {
         let m = Metrics::new();
-        m.inc(RECORDS_INSERTED, 3);
-        m.inc_labeled(CONNECTIONS_REFUSED, "reason", "revoked", 2);
-        m.gauge_add(CONNECTIONS_OPEN, 5);
-        m.gauge_add(CONNECTIONS_OPEN, -1);
+        m.records_inserted.inc_by(3);
+        inc_labelled(&m.connections_refused, "stage", "revoked");
+        inc_labelled(&m.connections_refused, "stage", "revoked");
+        m.connections_open.inc_by(5);
+        m.connections_open.dec();
         let text = m.render();
         assert!(text.contains("# TYPE gait_aggregator_records_inserted_total counter"));
         assert!(text.contains("\ngait_aggregator_records_inserted_total 3\n"));
-        assert!(text.contains("gait_aggregator_connections_refused_total{reason=\"revoked\"} 2"));
+        assert!(text.contains("gait_aggregator_connections_refused_total{stage=\"revoked\"} 2"));
         assert!(text.contains("\ngait_aggregator_connections_open 4\n"));
         assert!(text.contains("\ngait_aggregator_bundles_published_total 0\n"));
+        assert!(text.contains("\ngait_aggregator_http_connections_open 0\n"));
         assert!(text.contains(&format!(
             "gait_aggregator_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
-        for (name, _, _) in HELP {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
+        assert!(!text.contains("# EOF"));
+        assert!(
+            !text.contains(".."),
+            "a help text ends in two periods:\n{text}"
+        );
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn labelled_series_are_present_at_zero_before_any_event() {
+        let text = Metrics::new().render();
+        for code in gait_wire::RefusalCode::ALL {
+            let s = format!(
+                "gait_aggregator_records_refused_total{{code=\"{}\"}} 0\n",
+                code.as_str()
+            );
+            assert!(text.contains(&s), "{s} missing:\n{text}");
+        }
+        for (name, key, values) in [
+            (CONNECTIONS_REFUSED, "stage", &REFUSAL_STAGES[..]),
+            (AUTH_FAILURES, "reason", &AUTH_FAILURE_REASONS[..]),
+            (TLS_SESSION_TICKETS, "outcome", &TICKET_OUTCOMES[..]),
+            (
+                IDENTITY_ALERTS,
+                "kind",
+                &["duplicate_instance", "instance_behind"][..],
+            ),
+        ] {
+            for v in values {
+                let s = format!("{name}{{{key}=\"{v}\"}} 0\n");
+                assert!(text.contains(&s), "{s} missing:\n{text}");
+            }
+        }
+        assert!(text.contains("# TYPE gait_aggregator_batch_commit_duration_seconds histogram"));
+        assert!(text.contains("\ngait_aggregator_batch_commit_duration_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn a_request_is_counted_under_its_route_method_and_status() {
+        let m = Metrics::new();
+        m.observe_request(
+            "/v1/orgs/{org}".to_owned(),
+            &http::Method::GET,
+            404,
+            Duration::from_millis(3),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("gait_aggregator_http_requests_total{route=\"/v1/orgs/{org}\",method=\"GET\",status=\"404\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "gait_aggregator_http_request_duration_seconds_count{route=\"/v1/orgs/{org}\",method=\"GET\"} 1\n"
+        ));
     }
 }

@@ -19,7 +19,7 @@ use gait_store::{Store, StoreError, StoredBundle, Tenant};
 use tokio::sync::watch;
 
 use crate::clock::unix_ms;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 /// File name of the registry's private signing key inside the key directory.
 pub const REGISTRY_KEY_FILE: &str = "registry.key";
@@ -267,7 +267,7 @@ impl Registry {
                 Err(StoreError::EpochConflict { .. }) if attempt < EPOCH_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
-            self.metrics.inc(metrics::BUNDLES_PUBLISHED, 1);
+            self.metrics.bundles_published.inc();
             tracing::info!(org = %tenant.org, project = %tenant.project, env = %tenant.env, epoch, %digest,
                 created_by = %req.created_by, "bundle published");
             self.hub.announce(
@@ -327,7 +327,7 @@ impl Registry {
         {
             return Ok(Some(b));
         }
-        self.metrics.gauge_add(metrics::LONG_POLLS_WAITING, 1);
+        self.metrics.long_polls_waiting.inc();
         let result = tokio::time::timeout(wait, async {
             loop {
                 if rx.changed().await.is_err() {
@@ -344,7 +344,7 @@ impl Registry {
             }
         })
         .await;
-        self.metrics.gauge_add(metrics::LONG_POLLS_WAITING, -1);
+        self.metrics.long_polls_waiting.dec();
         Ok(result.ok().flatten())
     }
 

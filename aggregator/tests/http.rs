@@ -419,7 +419,73 @@ async fn every_error_has_the_one_json_shape(db: &TestStore) -> anyhow::Result<()
     Ok(())
 }
 
+/// A request is counted under its matched route template (never the raw path with its ids), method and status,
+/// with its latency; a path no route matches is `unmatched`. Labelled series exist at zero before any event.
+async fn requests_are_counted_by_route_template_and_status(db: &TestStore) -> anyhow::Result<()> {
+    let (app, _) = app(db);
+    let (_, before) = call(&app, "GET", "/metrics", None, None).await;
+    let before = before.as_str().unwrap_or_default().to_owned();
+    for series in [
+        "gait_aggregator_http_auth_failures_total{reason=\"missing\"} 0\n",
+        "gait_aggregator_identity_alerts_total{kind=\"duplicate_instance\"} 0\n",
+        "gait_aggregator_connections_refused_total{stage=\"revoked\"} 0\n",
+        "gait_aggregator_batch_commit_duration_seconds_count 0\n",
+    ] {
+        anyhow::ensure!(
+            before.contains(series),
+            "{series} missing before any event:\n{before}"
+        );
+    }
+    let (s, _) = call(&app, "GET", "/v1/orgs/acme/agents", Some(TOKEN), None).await;
+    anyhow::ensure!(s == StatusCode::OK, "agents: {s}");
+    let (s, _) = call(&app, "GET", "/v1/orgs/acme/agents", None, None).await;
+    anyhow::ensure!(s == StatusCode::UNAUTHORIZED, "agents without a token: {s}");
+    let (s, _) = call(&app, "GET", "/no/such/route/acme", None, None).await;
+    anyhow::ensure!(s == StatusCode::NOT_FOUND, "unknown route: {s}");
+    let (_, text) = call(&app, "GET", "/metrics", None, None).await;
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for series in [
+        "gait_aggregator_http_requests_total{route=\"/v1/orgs/{org}/agents\",method=\"GET\",status=\"200\"} 1\n",
+        "gait_aggregator_http_requests_total{route=\"/v1/orgs/{org}/agents\",method=\"GET\",status=\"401\"} 1\n",
+        "gait_aggregator_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1\n",
+        "gait_aggregator_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"200\"} 1\n",
+        "gait_aggregator_http_request_duration_seconds_count{route=\"/v1/orgs/{org}/agents\",method=\"GET\"} 2\n",
+    ] {
+        anyhow::ensure!(text.contains(series), "{series} missing:\n{text}");
+    }
+    anyhow::ensure!(
+        text.lines()
+            .filter(|l| l.starts_with("gait_aggregator_http_request"))
+            .all(|l| !l.contains("acme")),
+        "a raw path leaked into a label:\n{text}"
+    );
+    // Prometheus asks for OpenMetrics and gets it; without that Accept, the text format (no `# EOF`).
+    let req = Request::builder()
+        .uri("/metrics")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .body(Body::empty())?;
+    let resp = app.clone().oneshot(req).await?;
+    let content_type = resp.headers()["content-type"].to_str()?.to_owned();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    anyhow::ensure!(
+        content_type.starts_with("application/openmetrics-text") && body.ends_with("# EOF\n"),
+        "{content_type}\n{body}"
+    );
+    anyhow::ensure!(
+        body.contains("# TYPE gait_aggregator_records_inserted counter\n")
+            && body.contains("\ngait_aggregator_records_inserted_total 0\n"),
+        "{body}"
+    );
+    anyhow::ensure!(!text.contains("# EOF"), "{text}");
+    Ok(())
+}
+
 gait_store::store_tests!(
+    requests_are_counted_by_route_template_and_status,
     every_error_has_the_one_json_shape,
     publish_is_authenticated_validated_and_signed,
     every_documented_route_is_served,

@@ -65,14 +65,50 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
         "{status} {decision}"
     );
 
+    // The agent's record reaches the store: a batch commit is timed.
+    wait_for(PATIENCE, "a batch commit", || {
+        (agg.metric("gait_aggregator_batch_commit_duration_seconds_count")
+            .ok()?
+            >= 1)
+            .then_some(())
+    })?;
     let (status, body) = http_json("GET", &format!("http://{}/metrics", agg.http), None, None)?;
     ensure!(status == 200, "aggregator /metrics: {status}");
-    promtool_check("aggregator", body.as_str().context("text")?)?;
+    let text = body.as_str().context("text")?;
+    promtool_check("aggregator", text)?;
+    for series in [
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_cpu_seconds_total ",
+        "\nprocess_open_fds ",
+    ] {
+        ensure!(
+            text.contains(series),
+            "aggregator: {series} missing:\n{text}"
+        );
+    }
+    // Requests are counted under the matched route template, never the raw path (whose ids are unbounded).
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gait_aggregator_http_requests_total{"))
+        .collect();
+    ensure!(
+        requests
+            .iter()
+            .any(|l| l.contains("route=\"/metrics\",method=\"GET\",status=\"200\"")),
+        "the earlier /metrics scrapes are not counted under their route:\n{text}"
+    );
+    ensure!(
+        requests.iter().all(|l| !l.contains("acme")),
+        "a raw path leaked into a route label:\n{text}"
+    );
     let (status, body) = http_json("GET", &format!("http://{}/metrics", agent.api), None, None)?;
     ensure!(status == 200, "agent /metrics: {status}");
     let text = body.as_str().context("text")?;
     promtool_check("agent", text)?;
     for series in [
+        "\nprocess_start_time_seconds ",
+        "\nprocess_resident_memory_bytes ",
+        "gait_agent_decisions_total{verdict=\"allow\"} 0",
         "gait_agent_decisions_total{verdict=\"block\"} 1",
         "gait_agent_decision_duration_seconds_count 1",
     ] {

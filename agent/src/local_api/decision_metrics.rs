@@ -1,13 +1,16 @@
-//! Counters of the local decision API for `/metrics`: decisions by answered verdict (every verdict present
-//! from start, at zero) and a latency histogram of whole decisions (decide, sign, record durably).
+//! Metrics of the local decision API for `/metrics`: decisions by answered verdict (every verdict present from
+//! start, at zero) and a latency histogram of whole decisions (decide, sign, record durably), kept in this
+//! agent's own `prometheus-client` registry (several agents in one test process never share series).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gait_policy::Verdict;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Verdict labels, in the order of [`DecisionMetrics::by_verdict`].
+/// Verdict labels, every one registered at zero.
 const VERDICTS: [&str; 4] = ["allow", "block", "require_approval", "dry_run"];
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 11] = [
@@ -15,12 +18,38 @@ const BUCKETS: [f64; 11] = [
 ];
 
 /// Decisions answered, by verdict, and how long they took.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DecisionMetrics {
-    by_verdict: [AtomicU64; 4],
-    buckets: [AtomicU64; 11],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    registry: Registry,
+    /// One counter per entry of [`VERDICTS`], taken from the family once so a decision never locks the family.
+    by_verdict: [Counter; 4],
+    duration: Histogram,
+}
+
+impl Default for DecisionMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let by_verdict = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let counters = VERDICTS.map(|v| by_verdict.get_or_create(&[("verdict", v)]).clone());
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_decisions_total",
+            "Decisions answered by the local API, by verdict.",
+            by_verdict.clone(),
+        );
+        let duration = Histogram::new(BUCKETS);
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_decision_duration_seconds",
+            "Time to answer a decision: decide, sign the trace, record it durably.",
+            duration.clone(),
+        );
+        Self {
+            registry,
+            by_verdict: counters,
+            duration,
+        }
+    }
 }
 
 impl DecisionMetrics {
@@ -32,53 +61,13 @@ impl DecisionMetrics {
             Verdict::RequireApproval => 2,
             Verdict::DryRun => 3,
         };
-        self.by_verdict[index].fetch_add(1, Ordering::Relaxed);
-        let seconds = took.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.by_verdict[index].inc();
+        self.duration.observe(took.as_secs_f64());
     }
 
-    /// Appends both series in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let name = "gait_agent_decisions_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Decisions answered by the local API, by verdict."
-        );
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (verdict, n) in VERDICTS.iter().zip(&self.by_verdict) {
-            let _ = writeln!(
-                out,
-                "{name}{{verdict=\"{verdict}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let name = "gait_agent_decision_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time to answer a decision: decide, sign the trace, record it durably."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+    /// The registry holding both series (encode it with the scrape's other series).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -86,18 +75,27 @@ impl DecisionMetrics {
 mod tests {
     use super::*;
 
+    fn render(m: &DecisionMetrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, m.registry()).expect("encode");
+        gait_runtime::metrics::to_text_format(&out)
+    }
+
     #[test]
     fn every_verdict_starts_at_zero_and_buckets_are_cumulative() {
         let m = DecisionMetrics::default();
-        let mut empty = String::new();
-        m.render(&mut empty);
+        let empty = render(&m);
         for v in VERDICTS {
-            assert!(empty.contains(&format!("gait_agent_decisions_total{{verdict=\"{v}\"}} 0")));
+            assert!(
+                empty.contains(&format!("gait_agent_decisions_total{{verdict=\"{v}\"}} 0")),
+                "{empty}"
+            );
         }
         m.observe(Verdict::Block, Duration::from_micros(800));
         m.observe(Verdict::Allow, Duration::from_millis(30));
-        let mut text = String::new();
-        m.render(&mut text);
+        let text = render(&m);
+        assert!(text.contains("# TYPE gait_agent_decisions_total counter"));
+        assert!(!text.contains(".."), "{text}");
         assert!(text.contains("gait_agent_decisions_total{verdict=\"block\"} 1"));
         assert!(text.contains("gait_agent_decision_duration_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("gait_agent_decision_duration_seconds_bucket{le=\"0.001\"} 1"));

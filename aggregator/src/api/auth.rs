@@ -32,9 +32,7 @@ pub(super) async fn require_admin(
         Some(_) => "invalid",
         None => "missing",
     };
-    state
-        .metrics
-        .inc_labeled(metrics::AUTH_FAILURES, "reason", reason, 1);
+    metrics::inc_labelled(&state.metrics.auth_failures, "reason", reason);
     FAILURE_LOG.note(reason, req.method().as_str(), req.uri().path());
     match reason {
         "invalid" => ApiError::unauthorized("the bearer token is not valid").into_response(),

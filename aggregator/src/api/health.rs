@@ -31,12 +31,15 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub(super) async fn render_metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), the text format 0.0.4 otherwise.
+pub(super) async fn render_metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) =
+        gait_runtime::metrics::negotiate(state.metrics.render_openmetrics(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub(super) async fn openapi() -> Response {

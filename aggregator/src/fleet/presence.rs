@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::clock::unix_ms;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 /// Most hellos written in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -138,7 +138,7 @@ async fn write_hellos(store: &Store, metrics: &Metrics, hellos: Vec<PendingHello
     let batch: Vec<(&AgentKey, &AgentHello)> = hellos.iter().map(|(k, h, _)| (k, h)).collect();
     let outcome = store.agents_connected(&batch, unix_ms()).await;
     drop(batch);
-    metrics.inc(metrics::PRESENCE_COMMITS, 1);
+    metrics.presence_commits.inc();
     match outcome {
         Ok(results) => {
             for ((_, _, reply), result) in hellos.into_iter().zip(results) {
@@ -162,7 +162,7 @@ async fn flush_seen(store: &Store, metrics: &Metrics, seen: &mut HashSet<AgentKe
     let keys: Vec<&AgentKey> = seen.iter().collect();
     let result = store.agents_seen(&keys, unix_ms()).await;
     drop(keys);
-    metrics.inc(metrics::PRESENCE_COMMITS, 1);
+    metrics.presence_commits.inc();
     match result {
         Ok(_) => seen.clear(),
         // Kept for the next flush; the set is bounded by the number of connected agents.

@@ -32,17 +32,13 @@ pub(super) async fn handle_incoming(
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) if is_version_skew(&e) => {
-            state
-                .metrics
-                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "version", 1);
+            metrics::inc_labelled(&state.metrics.connections_refused, "stage", "version");
             warn!(%remote, error = %e, speaks = %String::from_utf8_lossy(gait_wire::ALPN),
                 "agent connection refused: the agent speaks another protocol version (no ALPN in common)");
             return;
         }
         Err(e) => {
-            state
-                .metrics
-                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "handshake", 1);
+            metrics::inc_labelled(&state.metrics.connections_refused, "stage", "handshake");
             info!(%remote, error = %e, "agent connection refused during handshake");
             return;
         }
@@ -50,9 +46,7 @@ pub(super) async fn handle_incoming(
     let identity = match peer_identity(&conn) {
         Ok(found) => found,
         Err(e) => {
-            state
-                .metrics
-                .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "identity", 1);
+            metrics::inc_labelled(&state.metrics.connections_refused, "stage", "identity");
             warn!(%remote, error = %e, "agent certificate has no usable identity; closing");
             conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate identity unusable");
             return;
@@ -61,24 +55,20 @@ pub(super) async fn handle_incoming(
     // A certificate revoked after the handshake verifier last looked is still caught here, and so is one a
     // resumed session (crate::ingest::tickets) brought back without running the verifier at all.
     if state.revoked.contains(identity.serial.as_str()) {
-        state
-            .metrics
-            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "revoked", 1);
+        metrics::inc_labelled(&state.metrics.connections_refused, "stage", "revoked");
         info!(%remote, serial = %identity.serial, "revoked agent certificate; closing");
         conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
         return;
     }
     if identity.not_after_unix < unix_ms() / 1000 {
-        state
-            .metrics
-            .inc_labeled(metrics::CONNECTIONS_REFUSED, "stage", "expired", 1);
+        metrics::inc_labelled(&state.metrics.connections_refused, "stage", "expired");
         info!(%remote, serial = %identity.serial, not_after_unix = identity.not_after_unix,
             "expired agent certificate (resumed session); closing");
         conn.close(CLOSE_UNAUTHORIZED.into(), b"certificate expired");
         return;
     }
-    state.metrics.inc(metrics::CONNECTIONS_ACCEPTED, 1);
-    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, 1);
+    state.metrics.connections_accepted.inc();
+    state.metrics.connections_open.inc();
     let conn_id = state.live.insert(identity.serial.as_str(), conn.clone());
     debug!(%remote, agent = %identity.spiffe, serial = %identity.serial, "agent connected");
     let key = identity.key();
@@ -126,7 +116,7 @@ pub(super) async fn handle_incoming(
     let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait()).await;
     state.live.remove(conn_id);
     state.identities.release(&session.key, conn.stable_id());
-    state.metrics.gauge_add(metrics::CONNECTIONS_OPEN, -1);
+    state.metrics.connections_open.dec();
 }
 
 /// TLS alert `no_application_protocol` (RFC 8446 §6.2, RFC 7301 §3.2): the peers share no ALPN.
@@ -158,7 +148,7 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn protocol_violation(&self, state: &IngestState, reason: &str) {
-        state.metrics.inc(metrics::PROTOCOL_ERRORS, 1);
+        state.metrics.protocol_errors.inc();
         warn!(remote = %self.remote, org = %self.key.tenant.org, agent_id = %self.key.agent_id, reason,
             "protocol violation; closing agent connection");
         self.conn

@@ -46,29 +46,26 @@ pub(super) async fn on_batch(
         Ok(rows) => rows,
         Err(refused) => return refuse(state, session, batch.batch_id, refused).await,
     };
-    match state
+    let commit_started = Instant::now();
+    let committed = state
         .store
         .commit_batch(&session.key, &rows, unix_ms())
-        .await
-    {
+        .await;
+    state
+        .metrics
+        .batch_commit_duration
+        .observe(commit_started.elapsed().as_secs_f64());
+    match committed {
         Ok(outcome) => {
-            state.metrics.inc(metrics::BATCHES_COMMITTED, 1);
+            state.metrics.batches_committed.inc();
+            state.metrics.records_inserted.inc_by(outcome.inserted);
+            state.metrics.records_duplicate.inc_by(outcome.duplicates);
+            state.metrics.records_conflict.inc_by(outcome.conflicts);
+            state.metrics.record_gaps.inc_by(outcome.gaps.len() as u64);
             state
                 .metrics
-                .inc(metrics::RECORDS_INSERTED, outcome.inserted);
-            state
-                .metrics
-                .inc(metrics::RECORDS_DUPLICATE, outcome.duplicates);
-            state
-                .metrics
-                .inc(metrics::RECORDS_CONFLICT, outcome.conflicts);
-            state
-                .metrics
-                .inc(metrics::RECORD_GAPS, outcome.gaps.len() as u64);
-            state.metrics.inc(
-                metrics::RECORDS_REFUSED_SKIPPED,
-                outcome.refused.len() as u64,
-            );
+                .records_refused_skipped
+                .inc_by(outcome.refused.len() as u64);
             if !outcome.gaps.is_empty() {
                 warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, gaps = ?outcome.gaps,
                     "agent record stream has gaps");
@@ -147,9 +144,7 @@ async fn refuse(
             }
         }
     }
-    state
-        .metrics
-        .inc_labeled(metrics::RECORDS_REFUSED, "code", code.as_str(), 1);
+    metrics::inc_labelled(&state.metrics.records_refused, "code", code.as_str());
     ServerMsgV2::RecordRefused(RecordRefusal::new(batch_id, seq, code, message))
 }
 

@@ -235,9 +235,7 @@ async fn refuse_second_instance(
     holder_remote: std::net::SocketAddr,
 ) -> ServerMsgV2 {
     let kind = AlertKind::DuplicateInstance;
-    state
-        .metrics
-        .inc_labeled(metrics::IDENTITY_ALERTS, "kind", kind.as_str(), 1);
+    metrics::inc_labelled(&state.metrics.identity_alerts, "kind", kind.as_str());
     error!(agent = %session.key, instance_id = %hello.instance_id, remote = %session.remote,
         live_instance_id = %holder, live_remote = %holder_remote, serial = %session.cert_serial,
         "another instance of this agent identity is connected; refused the new one. Two processes share one \
@@ -290,9 +288,7 @@ async fn note_instance(state: &IngestState, session: &Session, hello: &gait_wire
         return;
     }
     let kind = AlertKind::InstanceBehind;
-    state
-        .metrics
-        .inc_labeled(metrics::IDENTITY_ALERTS, "kind", kind.as_str(), 1);
+    metrics::inc_labelled(&state.metrics.identity_alerts, "kind", kind.as_str());
     error!(agent = %session.key, instance_id = %instance, previous_instance_id = %previous,
         remote = %session.remote, last_seq = hello.last_seq, committed_seq = change.committed_seq,
         "a new agent instance is behind what this identity already committed: its data directory was wiped \
@@ -334,7 +330,7 @@ async fn on_poll(
             if hex::decode_to_slice(&bundle.digest, &mut digest).is_err() {
                 return error_msg(ErrorCode::Internal, "stored bundle digest is not hex");
             }
-            state.metrics.inc(metrics::BUNDLES_SERVED, 1);
+            state.metrics.bundles_served.inc();
             ServerMsgV2::Bundle(BundleOffer {
                 epoch: bundle.epoch,
                 digest,
@@ -351,11 +347,10 @@ async fn on_poll(
 
 async fn on_report(state: &IngestState, session: &Session, report: gait_wire::BundleReport) {
     if let Some(refusal) = &report.refusal {
-        state.metrics.inc_labeled(
-            metrics::BUNDLE_REFUSALS_REPORTED,
+        metrics::inc_labelled(
+            &state.metrics.bundle_refusals_reported,
             "code",
             bounded_code(&refusal.code),
-            1,
         );
         warn!(agent_id = %session.key.agent_id, org = %session.key.tenant.org, epoch = refusal.epoch,
             code = %refusal.code, message = %refusal.message, "agent refused a bundle");

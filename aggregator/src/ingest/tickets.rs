@@ -23,13 +23,14 @@
 //! handshake.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;
 
-use crate::metrics::{self, Metrics};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::Metrics;
 
 /// How long a ticket may be used to resume, from the full handshake that issued it.
 pub const TICKET_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -45,9 +46,9 @@ const ISSUED_LEN: usize = 8;
 pub struct SessionTickets {
     key: LessSafeKey,
     lifetime: Duration,
-    issued: Arc<AtomicU64>,
-    resumed: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
+    issued: Counter,
+    resumed: Counter,
+    refused: Counter,
 }
 
 impl std::fmt::Debug for SessionTickets {
@@ -55,16 +56,16 @@ impl std::fmt::Debug for SessionTickets {
         // Never the key.
         f.debug_struct("SessionTickets")
             .field("lifetime", &self.lifetime)
-            .field("issued", &self.issued.load(Ordering::Relaxed))
-            .field("resumed", &self.resumed.load(Ordering::Relaxed))
-            .field("refused", &self.refused.load(Ordering::Relaxed))
+            .field("issued", &self.issued.get())
+            .field("resumed", &self.resumed.get())
+            .field("refused", &self.refused.get())
             .finish_non_exhaustive()
     }
 }
 
 impl SessionTickets {
     /// The ticket key for `secret` (the persisted 32 bytes) and the DER of the CA certificate agents chain to;
-    /// outcomes are counted in `metrics` ([`metrics::TLS_SESSION_TICKETS`]).
+    /// outcomes are counted in `metrics` ([`crate::metrics::TLS_SESSION_TICKETS`]).
     pub fn new(secret: &[u8; 32], ca_der: &[u8], metrics: &Metrics) -> Arc<Self> {
         Self::with_lifetime(secret, ca_der, TICKET_LIFETIME, metrics)
     }
@@ -76,8 +77,12 @@ impl SessionTickets {
         lifetime: Duration,
         metrics: &Metrics,
     ) -> Arc<Self> {
-        let outcome =
-            |value| metrics.counter_handle(metrics::TLS_SESSION_TICKETS, "outcome", value);
+        let outcome = |value| {
+            metrics
+                .tls_session_tickets
+                .get_or_create(&[("outcome", value)])
+                .clone()
+        };
         let salt_bytes = ring::digest::digest(&ring::digest::SHA256, ca_der);
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, salt_bytes.as_ref());
         let info = [HKDF_INFO];
@@ -96,17 +101,17 @@ impl SessionTickets {
 
     /// Tickets issued (one per full handshake or resumption).
     pub fn issued(&self) -> u64 {
-        self.issued.load(Ordering::Relaxed)
+        self.issued.get()
     }
 
     /// Tickets presented and accepted: sessions resumed without a certificate handshake.
     pub fn resumed(&self) -> u64 {
-        self.resumed.load(Ordering::Relaxed)
+        self.resumed.get()
     }
 
     /// Tickets presented and refused (forged, from another key or CA, or too old): a full handshake followed.
     pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused.get()
     }
 
     fn seal(&self, plain: &[u8], issued_unix: u64) -> Option<Vec<u8>> {
@@ -159,7 +164,7 @@ impl rustls::server::ProducesTickets for SessionTickets {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let ticket = self.seal(plain, crate::clock::unix_seconds());
         if ticket.is_some() {
-            self.issued.fetch_add(1, Ordering::Relaxed);
+            self.issued.inc();
         }
         ticket
     }
@@ -171,7 +176,7 @@ impl rustls::server::ProducesTickets for SessionTickets {
         } else {
             &self.refused
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         state
     }
 }

@@ -11,6 +11,7 @@
 //! - [`pem`]: the one bounded loader of PEM certificates and keys (agent, aggregator PKI, HTTPS).
 //! - [`exit`]: one exit-code convention (BSD sysexits for operator-facing failures).
 //! - [`config`]: a validation problem named by its dotted key, and `GAIT_*` environment overrides as a typed table.
+//! - [`metrics`]: a `/metrics` scrape in OpenMetrics or the classic text format, as the scraper asks.
 //! - [`output`]: stdout printing that treats a closed pipe (`… | head`) as "stop printing", never as a panic.
 //!
 //! Gait-compatible CLI commands keep Gait's own exit codes (see the agent's `gaitcli::envelope`); [`exit`] is for
@@ -20,6 +21,7 @@ pub mod config;
 pub mod exit;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod output;
 pub mod pem;
 pub mod shutdown;
