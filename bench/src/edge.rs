@@ -299,6 +299,8 @@ pub async fn flood(args: FloodArgs) -> anyhow::Result<()> {
 
 /// What one flooded server did.
 struct TargetReport {
+    /// The server's own connection counters after the attack (`/metrics`): evicted, refused.
+    server_counters: Value,
     name: &'static str,
     before: (Probes, Probes),
     during: (Probes, Probes),
@@ -350,6 +352,7 @@ async fn measure_flood(
                 "rss_before_kib": r.rss_before_kib,
                 "rss_max_during_kib": r.rss_max_during_kib,
                 "attack": r.attack.json(),
+                "server_counters": r.server_counters,
             })
         })
         .collect();
@@ -447,6 +450,30 @@ impl Work {
             }
         }
     }
+}
+
+/// The server's HTTP connection counters from its `/metrics` (`name` is the metric prefix's daemon), or null
+/// when they cannot be read.
+async fn connection_counters(addr: SocketAddr, name: &str) -> Value {
+    let read = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        anyhow::Ok(text)
+    };
+    let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
+        return Value::Null;
+    };
+    let value = |metric: &str| {
+        common::metric_value(&text, &format!("gait_{name}_http_connections_{metric}"))
+    };
+    json!({
+        "accepted": value("accepted_total"),
+        "evicted": value("evicted_total"),
+        "refused": value("refused_total"),
+    })
 }
 
 async fn healthz(addr: SocketAddr) -> anyhow::Result<Duration> {
@@ -743,6 +770,7 @@ async fn flood_one(
         }
     }
     let after = probe_round(addr, work, 20).await;
+    let server_counters = connection_counters(addr, name).await;
     Ok(TargetReport {
         name,
         before,
@@ -751,5 +779,6 @@ async fn flood_one(
         rss_before_kib,
         rss_max_during_kib: rss_max,
         attack: stats,
+        server_counters,
     })
 }
