@@ -359,7 +359,7 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        on_conn!(self, |conn| records::refuse(
+        in_tx!(self, "record_refusal", |conn| records::refuse(
             conn, key, seq, code, message, now_ms
         ))
     }

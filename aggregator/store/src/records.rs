@@ -180,6 +180,11 @@ async fn refused_between(
 /// `gait_wire::RefusalCode`). A later batch that skips `seq` then does not record it as a `missing` gap. A
 /// second refusal of the same seq keeps the latest code and message. `message` is cut to
 /// [`MAX_REFUSAL_MESSAGE_BYTES`]. Refused with [`StoreError::UnknownAgent`] when the agent has no row.
+///
+/// The agent has several batches on the wire at once, so a batch after the refused record can commit before
+/// the refusal is written, recording `seq` as a `missing` gap. The refusal takes such a gap back in the same
+/// transaction (see [`settle_refused_gap`]): run it inside one, as [`crate::Store::record_refusal`] does. The
+/// agent's cursor row is locked first, which orders this against [`commit_batch`].
 pub(crate) async fn refuse(
     mut conn: Conn<'_>,
     key: &AgentKey,
@@ -201,7 +206,16 @@ pub(crate) async fn refuse(
     let seq = to_i64("refusal.seq", seq)?;
     check_label("refusal.code", code)?;
     let message = truncate_utf8(message, MAX_REFUSAL_MESSAGE_BYTES);
-    let written = db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
+    let locked = db_run!(conn,
+        sqlite: |c| sqlite::lock_cursor(c, key).await,
+        postgres: |c| postgres::lock_cursor(c, key).await,
+    )?;
+    if locked.is_none() {
+        return Err(StoreError::UnknownAgent {
+            agent: key.to_string(),
+        });
+    }
+    db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
         .bind(seq)
         .bind(code)
         .bind(message)
@@ -210,10 +224,109 @@ pub(crate) async fn refuse(
         .await
         .map_err(db("record_refusal"))?
         .rows_affected());
-    if written == 0 {
-        return Err(StoreError::UnknownAgent {
-            agent: key.to_string(),
+    settle_refused_gap(conn, key, seq).await
+}
+
+/// Takes the refused `seq` out of any `missing` gap that holds it (a gap of that one seq is deleted, one
+/// ending at it shrinks, one around it splits in two, keeping its detection time) and moves the agent's
+/// `gap_count` by the difference, so a refusal that lands after a later batch leaves the same rows as one
+/// that landed before it. `chain_break` gaps are left alone.
+async fn settle_refused_gap(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    seq: i64,
+) -> Result<(), StoreError> {
+    const FIND: &str = concat!(
+        "SELECT id, first_seq, last_seq, detected_unix_ms FROM record_gaps",
+        agent_where!(),
+        " AND kind = 'missing' AND first_seq <= $5 AND last_seq >= $5"
+    );
+    const DELETE: &str = "DELETE FROM record_gaps WHERE id = $1";
+    const RESHAPE: &str = "UPDATE record_gaps SET first_seq = $2, last_seq = $3 WHERE id = $1";
+    const SPLIT_OFF: &str = "INSERT INTO record_gaps (org, project, env, agent_id, first_seq, last_seq, \
+         kind, detected_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, 'missing', $7)";
+    const TAKE: &str = "record_refusal: take the seq out of its gap";
+    const COUNT: &str = concat!(
+        "UPDATE agents SET gap_count = gap_count + $5",
+        agent_where!()
+    );
+    let found = db_run!(conn, |c| bind_key(sqlx::query(FIND), key)
+        .bind(seq)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db("record_refusal: gaps holding the seq"))?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.int("id")?,
+                row.int("first_seq")?,
+                row.int("last_seq")?,
+                row.int("detected_unix_ms")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut delta = 0_i64;
+    for (id, first, last, detected) in found {
+        db_run!(conn, |c| {
+            match (first == seq, last == seq) {
+                (true, true) => {
+                    sqlx::query(DELETE)
+                        .bind(id)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db(TAKE))?;
+                    delta -= 1;
+                }
+                (true, false) => {
+                    sqlx::query(RESHAPE)
+                        .bind(id)
+                        .bind(seq + 1)
+                        .bind(last)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db(TAKE))?;
+                }
+                (false, true) => {
+                    sqlx::query(RESHAPE)
+                        .bind(id)
+                        .bind(first)
+                        .bind(seq - 1)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db(TAKE))?;
+                }
+                (false, false) => {
+                    sqlx::query(RESHAPE)
+                        .bind(id)
+                        .bind(first)
+                        .bind(seq - 1)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db(TAKE))?;
+                    bind_key(sqlx::query(SPLIT_OFF), key)
+                        .bind(seq + 1)
+                        .bind(last)
+                        .bind(detected)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db(TAKE))?;
+                    delta += 1;
+                }
+            }
         });
+    }
+    tracing::info!(agent = %key, seq,
+        "a refused seq had been recorded as a missing gap by a later batch; the gap was taken back");
+    if delta != 0 {
+        db_run!(conn, |c| bind_key(sqlx::query(COUNT), key)
+            .bind(delta)
+            .execute(&mut *c)
+            .await
+            .map_err(db("record_refusal: gap count"))?
+            .rows_affected());
     }
     Ok(())
 }

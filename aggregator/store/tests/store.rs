@@ -100,7 +100,7 @@ async fn agent_row(store: &Store, k: &AgentKey) -> Result<gait_store::AgentRow> 
         .with_context(|| format!("agent {k} not listed"))
 }
 
-/// Every seq up to the cursor is stored or inside a `missing` gap, and nothing is stored above it.
+/// Every seq up to the cursor is stored, refused or inside a `missing` gap, and nothing is stored above it.
 async fn assert_cursor_invariant(store: &Store, k: &AgentKey) -> Result<()> {
     let row = agent_row(store, k).await?;
     let stored: Vec<u64> = store
@@ -116,12 +116,14 @@ async fn assert_cursor_invariant(store: &Store, k: &AgentKey) -> Result<()> {
         .filter(|g| g.kind == GapKind::Missing)
         .map(|g| (g.first_seq, g.last_seq))
         .collect();
+    let refused: Vec<u64> = store.refusals(k).await?.iter().map(|r| r.seq).collect();
     for seq in 1..=row.committed_seq {
-        let covered =
-            stored.contains(&seq) || missing.iter().any(|(a, b)| (*a..=*b).contains(&seq));
+        let covered = stored.contains(&seq)
+            || refused.contains(&seq)
+            || missing.iter().any(|(a, b)| (*a..=*b).contains(&seq));
         ensure!(
             covered,
-            "seq {seq} <= committed_seq {} is neither stored nor a recorded gap",
+            "seq {seq} <= committed_seq {} is neither stored, refused nor a recorded gap",
             row.committed_seq
         );
     }
@@ -140,6 +142,7 @@ gait_store::store_tests!(
     same_seq_with_another_hash_is_a_conflict_and_the_original_is_kept,
     skipped_seqs_are_recorded_as_a_missing_gap,
     a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap,
+    a_refusal_written_after_a_later_batch_takes_its_seq_out_of_the_gap,
     wrong_prev_hash_is_recorded_as_a_chain_break,
     committed_seq_advances_only_over_stored_or_recorded_seqs,
     bundle_epochs_must_increase_per_tenant,
@@ -528,6 +531,76 @@ async fn a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap(
     tx.rollback().await?;
     ensure!(store.refusals(&k).await?.len() == 1);
     Ok(())
+}
+
+/// The agent has several batches on the wire: the batch after a refused record can commit (recording the
+/// refused seq as missing) before the refusal is written. The refusal then takes its seq back out of the gap,
+/// leaving what an in-order arrival leaves.
+async fn a_refusal_written_after_a_later_batch_takes_its_seq_out_of_the_gap(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    let code = gait_wire::RefusalCode::RecordPayloadTooLarge.as_str();
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 1, 1), NOW).await?;
+    // Seq 2 was refused, but the batch of 3..4 commits first: a one-seq gap, then taken back entirely.
+    let out = store.commit_batch(&k, &chain(3, 4, 1), NOW + 1).await?;
+    ensure!(out.gaps == vec![(2, 2)], "{out:?}");
+    ensure!(agent_row(store, &k).await?.gap_count == 1);
+    store
+        .record_refusal(&k, 2, code, "record 2", NOW + 2)
+        .await?;
+    ensure!(
+        store.gaps(&k).await?.is_empty(),
+        "{:?}",
+        store.gaps(&k).await?
+    );
+    ensure!(agent_row(store, &k).await?.gap_count == 0);
+
+    // Gap 5..10: refusing 5 shrinks it from the front, 10 from the back, 7 splits it around; the
+    // detection time stays the gap's own. A seq in no gap, or in a chain break, moves nothing.
+    let out = store.commit_batch(&k, &chain(11, 11, 1), NOW + 3).await?;
+    ensure!(out.gaps == vec![(5, 10)], "{out:?}");
+    for seq in [5, 10, 7] {
+        store
+            .record_refusal(&k, seq, code, "refused", NOW + 4)
+            .await?;
+    }
+    let gaps = store.gaps(&k).await?;
+    let spans: Vec<(u64, u64, i64)> = gaps
+        .iter()
+        .map(|g| (g.first_seq, g.last_seq, g.detected_unix_ms))
+        .collect();
+    ensure!(spans == vec![(6, 6, NOW + 3), (8, 9, NOW + 3)], "{gaps:?}");
+    ensure!(gaps.iter().all(|g| g.kind == GapKind::Missing));
+    ensure!(agent_row(store, &k).await?.gap_count == 2);
+    store
+        .record_refusal(&k, 3, code, "stored seq", NOW + 5)
+        .await?;
+    // Seq 13's prev hash does not link to 12's: a chain break at 13, which a refusal does not touch.
+    store.commit_batch(&k, &chain(12, 12, 1), NOW + 6).await?;
+    store.commit_batch(&k, &chain(13, 13, 9), NOW + 6).await?;
+    let (gaps, count) = (store.gaps(&k).await?, agent_row(store, &k).await?.gap_count);
+    ensure!(
+        gaps.iter()
+            .any(|g| g.kind == GapKind::ChainBreak && g.first_seq == 13),
+        "{gaps:?}"
+    );
+    store
+        .record_refusal(&k, 13, code, "chain break", NOW + 7)
+        .await?;
+    ensure!(store.gaps(&k).await? == gaps);
+    ensure!(agent_row(store, &k).await?.gap_count == count);
+    // Another agent's gap at the same seq is its own.
+    let other = key("acme", "agent-2");
+    connected(store, &other).await?;
+    store.commit_batch(&other, &chain(1, 1, 2), NOW).await?;
+    store.commit_batch(&other, &chain(3, 3, 2), NOW).await?;
+    store.record_refusal(&k, 2, code, "again", NOW + 8).await?;
+    ensure!(store.gaps(&other).await?.len() == 1);
+    ensure!(agent_row(store, &other).await?.gap_count == 1);
+    assert_cursor_invariant(store, &k).await
 }
 
 async fn wrong_prev_hash_is_recorded_as_a_chain_break(db: &TestStore) -> Result<()> {
