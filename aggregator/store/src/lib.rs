@@ -14,6 +14,7 @@
 //! Every row is scoped by a [`Tenant`] (org, project, env); agents are keyed by tenant plus agent id.
 //! The record stream rules (dedup, conflicts, gaps, cursor) are in the `batch` module.
 
+mod access;
 mod agents;
 mod alerts;
 mod batch;
@@ -32,6 +33,10 @@ mod tx;
 
 use std::path::Path;
 
+pub use access::{
+    BindingScope, BindingSource, ConfigBindingsApplied, MAX_BINDING_SUBJECT_BYTES, MAX_BINDINGS,
+    NewBinding, RoleBinding, SubjectKind,
+};
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
@@ -413,5 +418,26 @@ impl Store {
     /// The tenant's identity alerts, newest first, at most `limit` (clamped to [`MAX_ALERTS_PAGE`]).
     pub async fn alerts(&self, tenant: &Tenant, limit: u32) -> Result<Vec<AgentAlert>, StoreError> {
         on_conn!(self, |conn| alerts::list(conn, tenant, limit))
+    }
+
+    /// Every role binding, by id (at most [`MAX_BINDINGS`]).
+    pub async fn bindings(&self) -> Result<Vec<RoleBinding>, StoreError> {
+        on_conn!(self, |conn| access::list(conn))
+    }
+
+    /// One role binding by id.
+    pub async fn binding(&self, id: u64) -> Result<Option<RoleBinding>, StoreError> {
+        on_conn!(self, |conn| access::get(conn, id))
+    }
+
+    /// Makes the config file's bindings exactly `set` (idempotent, one transaction); API bindings are kept.
+    pub async fn replace_config_bindings(
+        &self,
+        set: &[NewBinding],
+        now_ms: i64,
+    ) -> Result<ConfigBindingsApplied, StoreError> {
+        in_tx!(self, "replace_config_bindings", |conn| {
+            access::replace_config(conn, set, now_ms)
+        })
     }
 }

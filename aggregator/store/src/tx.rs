@@ -170,6 +170,37 @@ impl StoreTx {
         records::refuse(self.tx.conn(), key, seq, code, message, now_ms).await
     }
 
+    /// Grants a role binding (from the API) inside this transaction; an existing identical binding is
+    /// returned with `false` and left as it was.
+    pub async fn grant_binding(
+        &mut self,
+        binding: &crate::NewBinding,
+        created_by: &str,
+        now_ms: i64,
+    ) -> Result<(crate::RoleBinding, bool), StoreError> {
+        crate::access::grant(
+            self.tx.conn(),
+            binding,
+            crate::BindingSource::Api,
+            created_by,
+            now_ms,
+        )
+        .await
+    }
+
+    /// Removes role binding `id` inside this transaction; returns it, or `None` when there is none.
+    pub async fn revoke_binding(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<crate::RoleBinding>, StoreError> {
+        crate::access::revoke(self.tx.conn(), id).await
+    }
+
+    /// See [`crate::Store::bindings`].
+    pub async fn bindings(&mut self) -> Result<Vec<crate::RoleBinding>, StoreError> {
+        crate::access::list(self.tx.conn()).await
+    }
+
     /// See [`crate::Store::refusals`].
     pub async fn refusals(
         &mut self,

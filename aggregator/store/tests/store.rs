@@ -143,6 +143,7 @@ gait_store::store_tests!(
     skipped_seqs_are_recorded_as_a_missing_gap,
     a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap,
     a_refusal_written_after_a_later_batch_takes_its_seq_out_of_the_gap,
+    role_bindings_are_granted_once_revoked_and_replaced_from_config,
     wrong_prev_hash_is_recorded_as_a_chain_break,
     committed_seq_advances_only_over_stored_or_recorded_seqs,
     bundle_epochs_must_increase_per_tenant,
@@ -601,6 +602,122 @@ async fn a_refusal_written_after_a_later_batch_takes_its_seq_out_of_the_gap(
     ensure!(store.gaps(&other).await?.len() == 1);
     ensure!(agent_row(store, &other).await?.gap_count == 1);
     assert_cursor_invariant(store, &k).await
+}
+
+async fn role_bindings_are_granted_once_revoked_and_replaced_from_config(
+    db: &TestStore,
+) -> Result<()> {
+    use gait_store::{BindingScope, BindingSource, NewBinding, SubjectKind};
+    let store = db.store();
+    let acme: gait_store::Org = id("acme");
+    let web: gait_store::Project = id("web");
+    let prod: gait_store::Env = id("prod");
+    let viewer = NewBinding {
+        kind: SubjectKind::Group,
+        subject: "sre".into(),
+        role: "viewer".into(),
+        scope: BindingScope::env(acme.clone(), web.clone(), prod.clone()),
+    };
+    let (first, created) = store
+        .transaction(async |tx| tx.grant_binding(&viewer, "admin-token", NOW).await)
+        .await?;
+    ensure!(created && first.source == BindingSource::Api && first.created_by == "admin-token");
+    ensure!(
+        first.scope.to_string() == "acme/web/prod",
+        "{}",
+        first.scope
+    );
+    // Granting it again changes nothing.
+    let (again, created) = store
+        .transaction(async |tx| tx.grant_binding(&viewer, "someone-else", NOW + 1).await)
+        .await?;
+    ensure!(!created && again == first);
+
+    // The config set is applied idempotently and leaves API bindings alone.
+    let admins = NewBinding {
+        kind: SubjectKind::User,
+        subject: "alice@example.com".into(),
+        role: "platform_admin".into(),
+        scope: BindingScope::deployment(),
+    };
+    let authors = NewBinding {
+        kind: SubjectKind::Group,
+        subject: "web-team".into(),
+        role: "policy_author".into(),
+        scope: BindingScope::project(acme.clone(), web.clone()),
+    };
+    let applied = store
+        .replace_config_bindings(&[admins.clone(), authors.clone(), viewer.clone()], NOW)
+        .await?;
+    ensure!(
+        applied.added.len() == 2 && applied.removed.is_empty(),
+        "{applied:?}"
+    );
+    let applied = store
+        .replace_config_bindings(&[admins.clone(), authors.clone(), viewer.clone()], NOW)
+        .await?;
+    ensure!(
+        applied.added.is_empty() && applied.removed.is_empty(),
+        "{applied:?}"
+    );
+    let applied = store
+        .replace_config_bindings(&[admins.clone()], NOW)
+        .await?;
+    ensure!(
+        applied.removed.len() == 1 && applied.removed[0].subject == "web-team",
+        "{applied:?}"
+    );
+    let all = store.bindings().await?;
+    ensure!(all.len() == 2, "{all:?}");
+    ensure!(
+        all.iter()
+            .any(|b| b.source == BindingSource::Config && b.scope == BindingScope::deployment())
+    );
+    ensure!(
+        all.iter()
+            .any(|b| b.id == first.id && b.source == BindingSource::Api)
+    );
+
+    // Revoking returns the row once; an unknown id is None.
+    let gone = store
+        .transaction(async |tx| tx.revoke_binding(first.id).await)
+        .await?;
+    ensure!(gone.as_ref().map(|b| b.id) == Some(first.id));
+    ensure!(
+        store
+            .transaction(async |tx| tx.revoke_binding(first.id).await)
+            .await?
+            .is_none()
+    );
+    ensure!(store.binding(first.id).await?.is_none());
+
+    // Scopes nest: the deployment covers all, an org its projects, a project its envs, and not the reverse.
+    let env = BindingScope::env(acme.clone(), web.clone(), prod.clone());
+    let project = BindingScope::project(acme.clone(), web.clone());
+    let org = BindingScope::org(acme.clone());
+    ensure!(BindingScope::deployment().covers(&env) && org.covers(&env) && project.covers(&env));
+    ensure!(
+        !env.covers(&project) && !project.covers(&org) && !org.covers(&BindingScope::deployment())
+    );
+    ensure!(!BindingScope::org(id("other")).covers(&env));
+    ensure!(BindingScope::from_parts(None, Some(web), None).is_none());
+
+    // Bad input is refused before any write.
+    let mut bad = viewer.clone();
+    bad.subject = String::new();
+    ensure!(matches!(
+        store
+            .transaction(async |tx| tx.grant_binding(&bad, "x", NOW).await)
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    bad.subject = "x\u{7}".into();
+    ensure!(matches!(
+        store.replace_config_bindings(&[bad], NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    ensure!(store.bindings().await?.len() == 1);
+    Ok(())
 }
 
 async fn wrong_prev_hash_is_recorded_as_a_chain_break(db: &TestStore) -> Result<()> {
