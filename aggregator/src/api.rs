@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use gait_store::{Store, Tenant};
 
+mod access;
 mod agents;
 mod auth;
 mod bundles;
@@ -23,9 +25,11 @@ mod error;
 mod health;
 mod records;
 
+pub use auth::ScopeFrom;
 pub use bundles::PublishBody;
 pub use error::{ApiError, RequestError};
 
+use crate::auth::{Authorizer, Permission};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -41,42 +45,142 @@ pub struct AppState {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    /// Bearer token that authorizes `/v1` requests.
+    /// The bootstrap admin token (what it may do: [`Authorizer::admin_token_mode`]).
     pub admin_token: Arc<String>,
+    /// Role bindings and the authorization decision.
+    pub authorizer: Arc<Authorizer>,
+}
+
+/// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
+/// checked. The OpenAPI document states the same (`x-gait-permission`, `x-gait-scope`) and a test keeps the two
+/// equal; the RBAC matrix test walks this list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// HTTP method.
+    pub method: Method,
+    /// Path template (`{org}` style).
+    pub path: &'static str,
+    /// What the caller must hold.
+    pub permission: Permission,
+    /// Over which scope.
+    pub scope: ScopeFrom,
+}
+
+/// Every `/v1` route with its handler. The one place an endpoint declares its permission: the router attaches
+/// [`auth::require`] with it, and the handler's `Caller`/`Pending` extractor finds nothing without it.
+fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    use Permission as P;
+    use ScopeFrom::{Env, Org, Request};
+    let e =
+        |method: Method, path: &'static str, permission: Permission, scope: ScopeFrom| Endpoint {
+            method,
+            path,
+            permission,
+            scope,
+        };
+    vec![
+        (
+            e(
+                Method::POST,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles",
+                P::BundlePublish,
+                Env,
+            ),
+            post(bundles::publish),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest",
+                P::BundleRead,
+                Env,
+            ),
+            get(bundles::latest_bundle),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest/raw",
+                P::BundleRead,
+                Env,
+            ),
+            get(bundles::latest_bundle_raw),
+        ),
+        (
+            e(Method::GET, "/v1/orgs/{org}/agents", P::AgentRead, Org),
+            get(agents::list_agents),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/alerts",
+                P::AgentRead,
+                Env,
+            ),
+            get(agents::list_alerts),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records",
+                P::RecordRead,
+                Env,
+            ),
+            get(records::agent_records),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
+                P::RecordRead,
+                Env,
+            ),
+            get(records::agent_gaps),
+        ),
+        (
+            e(Method::GET, "/v1/access/bindings", P::BindingRead, Request),
+            get(access::list_bindings),
+        ),
+        (
+            e(
+                Method::POST,
+                "/v1/access/bindings",
+                P::BindingWrite,
+                Request,
+            ),
+            post(access::grant_binding),
+        ),
+        (
+            e(
+                Method::DELETE,
+                "/v1/access/bindings/{id}",
+                P::BindingWrite,
+                Request,
+            ),
+            delete(access::revoke_binding),
+        ),
+    ]
+}
+
+/// Every `/v1` endpoint with its declared permission.
+pub fn endpoints() -> Vec<Endpoint> {
+    v1_routes().into_iter().map(|(e, _)| e).collect()
 }
 
 /// Build the router.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles",
-            post(bundles::publish),
-        )
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest",
-            get(bundles::latest_bundle),
-        )
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/latest/raw",
-            get(bundles::latest_bundle_raw),
-        )
-        .route("/v1/orgs/{org}/agents", get(agents::list_agents))
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/alerts",
-            get(agents::list_alerts),
-        )
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/records",
-            get(records::agent_records),
-        )
-        .route(
-            "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
-            get(records::agent_gaps),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_admin,
-        ));
+    let mut v1 = Router::new();
+    for (endpoint, handler) in v1_routes() {
+        let layer = middleware::from_fn_with_state(
+            (state.clone(), endpoint.permission, endpoint.scope),
+            auth::require,
+        );
+        v1 = v1.route(endpoint.path, handler.route_layer(layer));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(health::readyz))

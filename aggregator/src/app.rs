@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{AppState, router};
+use crate::auth::Authorizer;
 use crate::config::Config;
 use crate::ingest::tickets::SessionTickets;
 use crate::ingest::tls::{RevocationSet, TransportTuning, server_config};
@@ -68,6 +69,8 @@ pub struct ServeConfig {
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
     pub max_record_payload_bytes: usize,
+    /// Who may call the HTTP API (`auth.*`): the admin token's powers and the config file's role bindings.
+    pub auth: crate::config::AuthConfig,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -92,6 +95,7 @@ impl ServeConfig {
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+            auth: crate::config::AuthConfig::default(),
         }
     }
 
@@ -109,6 +113,7 @@ impl ServeConfig {
             reconnect_rate: config.quic.reconnect_rate,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
+            auth: config.auth.clone(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -317,6 +322,21 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         metrics.clone(),
     ));
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
+    let oidc_configured = false;
+    let admin_mode = config.auth.admin_token.resolve(oidc_configured);
+    let authorizer = Arc::new(Authorizer::new(admin_mode));
+    crate::auth::bindings::apply_config(
+        &store,
+        &authorizer,
+        &config.auth.bindings,
+        crate::clock::unix_ms(),
+    )
+    .await?;
+    info!(
+        admin_token = admin_mode.as_str(),
+        bindings = config.auth.bindings.len(),
+        "access control ready"
+    );
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
@@ -419,6 +439,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             registry: registry.clone(),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
+            authorizer: authorizer.clone(),
         },
         config.http_limits,
         http_tls.clone(),

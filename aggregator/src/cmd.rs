@@ -1,6 +1,7 @@
 //! The binary's subcommands: each merges its flags into the [`Config`] and calls the library. The only place
 //! besides `main.rs` that uses `anyhow`.
 
+pub mod access;
 pub mod agents;
 pub mod alerts;
 pub mod config;

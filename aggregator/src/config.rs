@@ -153,6 +153,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// How the operator commands `publish` and `agents` reach the HTTP API.
     pub client: ClientConfig,
+    /// Who may call the HTTP API: the admin token's powers and role bindings.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -166,6 +168,7 @@ impl Default for Config {
             pki: PkiConfig::default(),
             shutdown: ShutdownConfig::default(),
             client: ClientConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -364,6 +367,121 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `auth.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// What the bootstrap admin token may do: `auto` (default: `admin` without an OIDC issuer, `bootstrap`
+    /// with one), `admin`, `bootstrap` (only role bindings), `disabled`.
+    pub admin_token: crate::auth::AdminTokenMode,
+    /// Role bindings kept equal to this list at every start (GitOps): each names exactly one of `user` or
+    /// `group`, a `role`, and a scope (`org`, `project`, `env`; absent parts widen it; no `org` = the whole
+    /// deployment). Bindings granted through the API are not touched.
+    pub bindings: Vec<BindingConfig>,
+}
+
+/// One entry of `auth.bindings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// An operator's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An IdP group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// platform_admin, policy_author, approver, auditor or viewer.
+    pub role: String,
+    /// The org; absent = the whole deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// The project; absent = the whole org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The environment; absent = the whole project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+impl BindingConfig {
+    /// What is wrong with this entry, as (sub-key, message) pairs.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match (&self.user, &self.group) {
+            (Some(s), None) | (None, Some(s)) if s.trim().is_empty() => {
+                out.push(("user", "must not be empty".to_owned()));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => out.push((
+                "user",
+                "give exactly one of `user` (an operator's subject) or `group` (an IdP group)"
+                    .to_owned(),
+            )),
+        }
+        if let Err(e) = crate::auth::Role::parse(&self.role) {
+            out.push(("role", e.to_string()));
+        }
+        let org = self.org.clone().map(gait_store::Org::try_from).transpose();
+        let project = self
+            .project
+            .clone()
+            .map(gait_store::Project::try_from)
+            .transpose();
+        let env = self.env.clone().map(gait_store::Env::try_from).transpose();
+        match (org, project, env) {
+            (Ok(o), Ok(p), Ok(e)) => {
+                if gait_store::BindingScope::from_parts(o, p, e).is_none() {
+                    out.push((
+                        "project",
+                        "a project needs its org, and an env needs its project".to_owned(),
+                    ));
+                }
+            }
+            (o, p, e) => {
+                for (key, err) in [("org", o.err()), ("project", p.err()), ("env", e.err())] {
+                    if let Some(err) = err {
+                        out.push((key, err.to_string()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The store binding, when the entry is valid.
+    pub fn to_binding(&self) -> Option<gait_store::NewBinding> {
+        let (kind, subject) = match (&self.user, &self.group) {
+            (Some(u), None) => (gait_store::SubjectKind::User, u.clone()),
+            (None, Some(g)) => (gait_store::SubjectKind::Group, g.clone()),
+            _ => return None,
+        };
+        let role = crate::auth::Role::parse(&self.role).ok()?;
+        let scope = gait_store::BindingScope::from_parts(
+            self.org
+                .clone()
+                .map(gait_store::Org::try_from)
+                .transpose()
+                .ok()?,
+            self.project
+                .clone()
+                .map(gait_store::Project::try_from)
+                .transpose()
+                .ok()?,
+            self.env
+                .clone()
+                .map(gait_store::Env::try_from)
+                .transpose()
+                .ok()?,
+        )?;
+        Some(gait_store::NewBinding {
+            kind,
+            subject,
+            role: role.as_str().to_owned(),
+            scope,
+        })
+    }
+}
+
 /// One validation problem at a dotted key (shared with the agent).
 pub use gait_runtime::config::Problem;
 
@@ -531,6 +649,11 @@ impl Config {
                     &format!("pki.server_names[{i}]"),
                     format!("`{name}` is not a DNS name or IP address"),
                 ));
+            }
+        }
+        for (i, binding) in self.auth.bindings.iter().enumerate() {
+            for (key, message) in binding.problems() {
+                problems.push(problem(&format!("auth.bindings[{i}].{key}"), message));
             }
         }
         if let Some(server) = &self.client.server
@@ -709,6 +832,46 @@ mod tests {
         Config::load_with_env(Some(&path), |name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn role_bindings_are_checked_naming_the_entry_and_key() {
+        let ok = load_text(
+            "auth:\n  admin_token: bootstrap\n  bindings:\n    - { group: sre, role: viewer, org: acme }\n    \
+             - { user: alice, role: platform_admin }\n",
+            &[],
+        )
+        .expect("valid bindings");
+        assert_eq!(ok.auth.admin_token, crate::auth::AdminTokenMode::Bootstrap);
+        let bindings: Vec<_> = ok
+            .auth
+            .bindings
+            .iter()
+            .filter_map(BindingConfig::to_binding)
+            .collect();
+        assert_eq!(bindings.len(), 2);
+        assert_eq!(bindings[1].scope, gait_store::BindingScope::deployment());
+
+        let err = load_text(
+            "auth:\n  bindings:\n    - { group: sre, user: bob, role: viewer }\n    - { group: sre, role: root }\n    \
+             - { group: sre, role: viewer, project: web }\n    - { group: sre, role: viewer, org: Bad_Org }\n",
+            &[],
+        )
+        .expect_err("bad bindings");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.bindings[0].user",
+                "auth.bindings[1].role",
+                "auth.bindings[2].project",
+                "auth.bindings[3].org"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("platform_admin"), "{err}");
+        let unknown = load_text("auth:\n  admin_token: root\n", &[]).expect_err("unknown mode");
+        assert!(unknown.to_string().contains("admin_token"), "{unknown}");
     }
 
     #[test]

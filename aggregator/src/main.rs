@@ -71,6 +71,10 @@ enum Command {
     /// List an environment's agent identity alerts (a second live instance of one certificate refused, a new
     /// instance behind what the aggregator holds) through the HTTP API, newest first.
     Alerts(cmd::alerts::AlertsArgs),
+    /// Who may do what: list, grant and revoke role bindings (user or IdP group, role, org/project/env scope)
+    /// through the HTTP API. The config file's auth.bindings are applied at every start.
+    #[command(subcommand)]
+    Access(cmd::access::AccessCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// Inspect the configuration file.
@@ -158,6 +162,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
+        Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
 }

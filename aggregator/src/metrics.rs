@@ -43,6 +43,8 @@ pub const HTTP_REQUEST_DURATION: &str = "gait_aggregator_http_request_duration_s
 pub const PRESENCE_COMMITS: &str = "gait_aggregator_presence_commits_total";
 pub const TLS_SESSION_TICKETS: &str = "gait_aggregator_tls_session_tickets_total";
 pub const AUTH_FAILURES: &str = "gait_aggregator_http_auth_failures_total";
+/// Authenticated HTTP API requests refused by RBAC (403), labelled by the permission asked for.
+pub const AUTHZ_DENIALS: &str = "gait_aggregator_http_authz_denials_total";
 pub const HTTP_CONNECTIONS_ACCEPTED: &str = "gait_aggregator_http_connections_accepted_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "gait_aggregator_http_connections_refused_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "gait_aggregator_http_connections_open";
@@ -119,6 +121,7 @@ pub struct Metrics {
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_failures: Family<Label, Counter>,
+    pub authz_denials: Family<Label, Counter>,
     pub presence_commits: Counter,
     pub identity_alerts: Family<Label, Counter>,
     pub tls_session_tickets: Family<Label, Counter>,
@@ -208,9 +211,19 @@ impl Metrics {
         );
         let auth_failures = labelled(
             AUTH_FAILURES,
-            "HTTP API requests refused for a missing or invalid admin token, by reason.",
+            "HTTP API requests refused for a missing or invalid bearer token, by reason.",
             "reason",
             &AUTH_FAILURE_REASONS,
+        );
+        let permissions: Vec<&'static str> = crate::auth::Permission::ALL
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        let authz_denials = labelled(
+            AUTHZ_DENIALS,
+            "Authenticated HTTP API requests refused because no role binding grants the permission, by permission.",
+            "permission",
+            &permissions,
         );
         let mut bundle_codes = gait_bundle::BundleError::CODES.to_vec();
         bundle_codes.push("other");
@@ -307,6 +320,7 @@ impl Metrics {
             http_requests,
             http_request_duration,
             auth_failures,
+            authz_denials,
             presence_commits,
             identity_alerts,
             tls_session_tickets,

@@ -33,6 +33,9 @@ fn app(db: &TestStore) -> axum::Router {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
+            gait_aggregator::auth::AdminTokenMode::Admin,
+        )),
     })
 }
 

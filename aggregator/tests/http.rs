@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gait_aggregator::api::{AppState, OPENAPI_JSON, router};
@@ -33,6 +35,9 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
+            gait_aggregator::auth::AdminTokenMode::Admin,
+        )),
     };
     (router(state), public)
 }
@@ -491,3 +496,52 @@ gait_store::store_tests!(
     every_documented_route_is_served,
     agents_are_paged_with_a_cursor_and_bad_paging_is_refused
 );
+
+/// Every `/v1` route the router serves declares its permission and scope in the OpenAPI document, the same as
+/// in the route table, and the document lists no `/v1` operation the router does not serve.
+#[test]
+fn openapi_declares_each_endpoints_permission_as_the_route_table_does() -> anyhow::Result<()> {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON)?;
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().context("paths")? {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, op) in ops.as_object().context("operations")? {
+            let permission = op["x-gait-permission"]
+                .as_str()
+                .with_context(|| format!("{method} {path}: no x-gait-permission"))?;
+            let scope = op["x-gait-scope"]
+                .as_str()
+                .with_context(|| format!("{method} {path}: no x-gait-scope"))?;
+            anyhow::ensure!(
+                op["responses"]["403"].is_object(),
+                "{method} {path}: no 403 response documented"
+            );
+            documented.insert((
+                method.to_uppercase(),
+                path.clone(),
+                permission.to_owned(),
+                scope.to_owned(),
+            ));
+        }
+    }
+    let served: std::collections::BTreeSet<_> = gait_aggregator::api::endpoints()
+        .into_iter()
+        .map(|e| {
+            (
+                e.method.to_string(),
+                e.path.to_owned(),
+                e.permission.as_str().to_owned(),
+                e.scope.as_str().to_owned(),
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        documented == served,
+        "OpenAPI and the route table disagree:\nonly documented: {:?}\nonly served: {:?}",
+        documented.difference(&served).collect::<Vec<_>>(),
+        served.difference(&documented).collect::<Vec<_>>()
+    );
+    Ok(())
+}

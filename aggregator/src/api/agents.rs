@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +14,7 @@ use gait_store::{
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::{ApiError, AppState, RequestError};
 
 #[derive(Debug, Deserialize)]
@@ -34,10 +35,10 @@ pub(super) struct AlertQuery {
 
 pub(super) async fn list_alerts(
     State(state): State<AppState>,
-    Path((org, project, env)): Path<(String, String, String)>,
+    Caller(caller): Caller<Tenant>,
     query: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = super::tenant(org, project, env)?;
+    let tenant = caller.target();
     let Query(q) = query.map_err(RequestError::Query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=gait_store::MAX_ALERTS_PAGE).contains(&limit) {
@@ -46,16 +47,16 @@ pub(super) async fn list_alerts(
             gait_store::MAX_ALERTS_PAGE
         )));
     }
-    let alerts = state.store.alerts(&tenant, limit).await?;
+    let alerts = state.store.alerts(tenant, limit).await?;
     Ok(Json(json!({ "alerts": alerts })).into_response())
 }
 
 pub(super) async fn list_agents(
     State(state): State<AppState>,
-    Path(org): Path<String>,
+    Caller(caller): Caller<Org>,
     query: Result<Query<AgentQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let org: Org = super::ident("org", org)?;
+    let org: Org = caller.target().clone();
     let Query(q) = query.map_err(RequestError::Query)?;
     let project: Option<Project> = q.project.map(|p| super::ident("project", p)).transpose()?;
     let env: Option<Env> = q.env.map(|e| super::ident("env", e)).transpose()?;

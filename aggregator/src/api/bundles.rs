@@ -4,14 +4,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gait_bundle::OnStale;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, RequestError, tenant};
+use gait_store::Tenant;
+
+use super::auth::Caller;
+use super::{ApiError, AppState, RequestError};
 use crate::registry::PublishRequest;
 
 /// Body of a publish request.
@@ -36,10 +39,9 @@ pub struct PublishBody {
 
 pub(super) async fn publish(
     State(state): State<AppState>,
-    Path((org, project, env)): Path<(String, String, String)>,
+    Caller(caller): Caller<Tenant>,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(org, project, env)?;
     let Json(body) = body.map_err(RequestError::Body)?;
     let on_stale = match body.on_stale.as_deref() {
         None => None,
@@ -59,9 +61,9 @@ pub(super) async fn publish(
         settings: gait_bundle::Settings {
             allow_caller_simulate: body.allow_caller_simulate,
         },
-        created_by: "admin-token".into(),
+        created_by: caller.actor(),
     };
-    match state.registry.publish(&tenant, req).await {
+    match state.registry.publish(caller.target(), req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),
         Err(e) => Err(e.into()),
     }
@@ -69,10 +71,9 @@ pub(super) async fn publish(
 
 pub(super) async fn latest_bundle(
     State(state): State<AppState>,
-    Path((org, project, env)): Path<(String, String, String)>,
+    Caller(caller): Caller<Tenant>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(org, project, env)?;
-    let bundle = state.registry.latest(&tenant).await?;
+    let bundle = state.registry.latest(caller.target()).await?;
     let Some(bundle) = bundle else {
         return Err(ApiError::not_found(
             "no bundle has been published for this environment",
@@ -91,10 +92,9 @@ pub(super) async fn latest_bundle(
 
 pub(super) async fn latest_bundle_raw(
     State(state): State<AppState>,
-    Path((org, project, env)): Path<(String, String, String)>,
+    Caller(caller): Caller<Tenant>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(org, project, env)?;
-    let bundle = state.registry.latest(&tenant).await?;
+    let bundle = state.registry.latest(caller.target()).await?;
     let Some(bundle) = bundle else {
         return Err(ApiError::not_found(
             "no bundle has been published for this environment",

@@ -4,12 +4,13 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use gait_store::{AgentId, AgentKey, StoredRecord};
+use gait_store::{AgentId, AgentKey, StoredRecord, Tenant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, RequestError, tenant};
+use super::auth::Caller;
+use super::{ApiError, AppState, RequestError};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RecordQuery {
@@ -25,10 +26,11 @@ fn default_limit() -> u32 {
 
 pub(super) async fn agent_records(
     State(state): State<AppState>,
-    Path((org, project, env, agent_id)): Path<(String, String, String, String)>,
+    Caller(caller): Caller<Tenant>,
+    Path((_, _, _, agent_id)): Path<(String, String, String, String)>,
     query: Result<Query<RecordQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(org, project, env)?;
+    let tenant = caller.target().clone();
     let agent_id: AgentId = super::ident("agent_id", agent_id)?;
     let Query(q) = query.map_err(RequestError::Query)?;
     if i64::try_from(q.after).is_err() {
@@ -130,9 +132,10 @@ impl<'a> From<&'a StoredRecord> for ListedRecord<'a> {
 
 pub(super) async fn agent_gaps(
     State(state): State<AppState>,
-    Path((org, project, env, agent_id)): Path<(String, String, String, String)>,
+    Caller(caller): Caller<Tenant>,
+    Path((_, _, _, agent_id)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(org, project, env)?;
+    let tenant = caller.target().clone();
     let agent_id: AgentId = super::ident("agent_id", agent_id)?;
     let gaps = state.store.gaps(&AgentKey { tenant, agent_id }).await?;
     Ok(Json(json!({ "gaps": gaps })).into_response())

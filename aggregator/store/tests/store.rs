@@ -661,7 +661,7 @@ async fn role_bindings_are_granted_once_revoked_and_replaced_from_config(
         "{applied:?}"
     );
     let applied = store
-        .replace_config_bindings(&[admins.clone()], NOW)
+        .replace_config_bindings(std::slice::from_ref(&admins), NOW)
         .await?;
     ensure!(
         applied.removed.len() == 1 && applied.removed[0].subject == "web-team",
