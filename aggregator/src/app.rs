@@ -452,6 +452,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         config.revocation_refresh,
         shutdown.child_token(),
     );
+    spawn_binding_reload(&tasks, store.clone(), authorizer, shutdown.child_token());
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     info!(%quic_addr, %http_addr, http_scheme, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
     Ok(Running {
@@ -551,6 +552,34 @@ fn spawn_housekeeping(
                     }
                     if let Err(e) = registry.refresh_waited_scopes().await {
                         warn!(error = %e, "bundle refresh failed");
+                    }
+                }
+            }
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+}
+
+/// How often role bindings are reloaded from the store, so a grant through another replica on the same
+/// database takes effect here too (this replica reloads at once after its own changes).
+const BINDING_RELOAD: Duration = Duration::from_secs(10);
+
+fn spawn_binding_reload(
+    tasks: &Tasks,
+    store: Store,
+    authorizer: Arc<Authorizer>,
+    token: CancellationToken,
+) {
+    tasks.spawn_essential("binding-reload", async move {
+        let mut tick = tokio::time::interval(BINDING_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = crate::auth::bindings::reload(&store, &authorizer).await {
+                        warn!(error = %e, "role binding reload failed; the bindings loaded before stay in force");
                     }
                 }
             }
