@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bearer token that authorizes `/v1` requests.
     pub admin_token: Arc<String>,
+    /// Verifier of operators' OIDC bearer tokens (`auth.oidc`); `None` when OIDC is off.
+    pub oidc: Option<Arc<crate::auth::oidc::OidcVerifier>>,
 }
 
 /// Build the router.

@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
     pub max_record_payload_bytes: usize,
+    /// Operators' OIDC bearer tokens (`auth.oidc`); `None` when OIDC is off.
+    pub oidc: Option<crate::config::OidcConfig>,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -92,6 +94,7 @@ impl ServeConfig {
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+            oidc: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl ServeConfig {
             reconnect_rate: config.quic.reconnect_rate,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
+            oidc: config.auth.oidc.enabled().then(|| config.auth.oidc.clone()),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -164,6 +168,10 @@ pub enum ServeError {
     PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("{0}")]
+    Oidc(#[from] crate::auth::oidc::OidcSetupError),
+    #[error("auth.oidc.jwks_file: {0}")]
+    OidcKeys(#[from] crate::auth::jwks::JwksError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -410,6 +418,20 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &tasks,
     ));
     let shutdown = tasks.token().clone();
+    let oidc = match &config.oidc {
+        None => None,
+        Some(oidc) => {
+            let verifier =
+                crate::auth::oidc::OidcVerifier::from_config(oidc, metrics.jwks.clone())?;
+            // A local key file must be readable at start (the operator is at hand); a provider may come later.
+            if oidc.jwks_file.is_some() {
+                verifier.jwks().refresh().await?;
+            }
+            verifier.spawn_refresh(&tasks, shutdown.child_token());
+            info!(issuer = verifier.issuer(), keys = %verifier.jwks().source().describe(), "OIDC operator tokens accepted");
+            Some(verifier)
+        }
+    };
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
         &tasks,
@@ -419,6 +441,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             registry: registry.clone(),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
+            oidc,
         },
         config.http_limits,
         http_tls.clone(),

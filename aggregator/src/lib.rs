@@ -10,6 +10,7 @@
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
 //!   `revocation` holds the serials the handshake refuses).
+//! - [`auth`]: who an operator is — [`auth::oidc`] verifies bearer JWTs against [`auth::jwks`].
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!
@@ -17,6 +18,7 @@
 //! the library returns typed errors.
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod fleet;

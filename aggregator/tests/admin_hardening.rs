@@ -33,6 +33,7 @@ fn app(db: &TestStore) -> axum::Router {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        oidc: None,
     })
 }
 

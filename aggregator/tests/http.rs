@@ -33,6 +33,7 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        oidc: None,
     };
     (router(state), public)
 }

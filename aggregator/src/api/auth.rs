@@ -1,19 +1,25 @@
-//! The admin bearer-token gate in front of every `/v1` route.
+//! The bearer-token gate in front of every `/v1` route: the admin token, or — when `auth.oidc` is configured —
+//! an operator's JWT, verified by [`crate::auth::oidc`] and put into the request's extensions as an
+//! [`OperatorIdentity`] (every route lets it through for now; RBAC will narrow that). A refused JWT is 401 with
+//! its reason in the body (`error.reason`) and in `WWW-Authenticate` (RFC 6750).
 
+use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::{ApiError, AppState};
+use crate::auth::oidc::{OperatorIdentity, TokenError};
 use crate::metrics;
 
 pub(super) async fn require_admin(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let presented = headers
@@ -29,6 +35,17 @@ pub(super) async fn require_admin(
         {
             return next.run(req).await;
         }
+        Some(token) if let Some(oidc) = &state.oidc => match oidc.verify(token).await {
+            Ok(identity) => {
+                req.extensions_mut().insert::<OperatorIdentity>(identity);
+                return next.run(req).await;
+            }
+            Err(error) => {
+                metrics::inc_labelled(&state.metrics.auth_failures, "reason", error.reason());
+                FAILURE_LOG.note(error.reason(), req.method().as_str(), req.uri().path());
+                return token_refused(&error);
+            }
+        },
         Some(_) => "invalid",
         None => "missing",
     };
@@ -41,6 +58,26 @@ pub(super) async fn require_admin(
         )
         .into_response(),
     }
+}
+
+/// 401 for a refused operator token: the usual error shape plus `reason`, and the RFC 6750 challenge.
+fn token_refused(error: &TokenError) -> Response {
+    let body = json!({"error": {
+        "code": "unauthorized",
+        "reason": error.reason(),
+        "message": error.to_string(),
+    }});
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        error.reason()
+    );
+    let mut response = (axum::http::StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Failed authentication is logged at WARN at most once per [`FAILURE_LOG_EVERY_MS`], with how many were
@@ -75,7 +112,7 @@ impl FailureLog {
                 method,
                 path,
                 suppressed_since_last = suppressed,
-                "HTTP API request refused: admin token {reason}"
+                "HTTP API request refused: bearer token {reason}"
             );
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
