@@ -52,7 +52,7 @@ pub enum KeySource {
     Url(String),
     /// The `jwks_uri` of the discovery document of this issuer (`auth.oidc.issuer`).
     Discovery {
-        /// The issuer URL, without a trailing slash.
+        /// The issuer URL, exactly as configured.
         issuer: String,
     },
     /// A JWKS document in a local file (`auth.oidc.jwks_file`).
@@ -64,7 +64,12 @@ impl KeySource {
     pub fn describe(&self) -> String {
         match self {
             KeySource::Url(url) => url.clone(),
-            KeySource::Discovery { issuer } => format!("{issuer}{DISCOVERY_PATH} (jwks_uri)"),
+            KeySource::Discovery { issuer } => {
+                format!(
+                    "{}{DISCOVERY_PATH} (jwks_uri)",
+                    issuer.trim_end_matches('/')
+                )
+            }
             KeySource::File(path) => path.display().to_string(),
         }
     }
@@ -611,7 +616,7 @@ impl Jwks {
             issuer: String,
             jwks_uri: String,
         }
-        let url = format!("{issuer}{DISCOVERY_PATH}");
+        let url = format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/'));
         let body = self
             .get(&url, MAX_DISCOVERY_BYTES, "the discovery document")
             .await?;
@@ -619,7 +624,8 @@ impl Jwks {
             what: url.clone(),
             detail: format!("expected `issuer` and `jwks_uri`: {e}"),
         })?;
-        if doc.issuer.trim_end_matches('/') != issuer {
+        // OpenID Connect Discovery §4.3: the announced issuer is exactly the one configured.
+        if doc.issuer != issuer {
             return Err(JwksError::IssuerMismatch {
                 configured: issuer.to_owned(),
                 found: doc.issuer,
