@@ -18,6 +18,13 @@ if [ -z "${GAIT_TEST_DATABASE_URL:-}" ]; then
 fi
 echo "== PostgreSQL for the store suites: ${GAIT_TEST_DATABASE_URL}"
 
+# The real OpenID provider of the OIDC end-to-end test (tests/tests/oidc.rs); without node that test says it
+# is skipped (and fails under CI=true).
+if command -v npm >/dev/null 2>&1; then
+  echo "== npm ci (tests/oidc: oidc-provider)"
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 

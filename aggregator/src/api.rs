@@ -49,6 +49,8 @@ pub struct AppState {
     pub admin_token: Arc<String>,
     /// Role bindings and the authorization decision.
     pub authorizer: Arc<Authorizer>,
+    /// Verifier of operators' OIDC bearer tokens (`auth.oidc`); `None` when OIDC is off.
+    pub oidc: Option<Arc<crate::auth::oidc::OidcVerifier>>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is

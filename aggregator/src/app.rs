@@ -169,6 +169,10 @@ pub enum ServeError {
     PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("{0}")]
+    Oidc(#[from] crate::auth::oidc::OidcSetupError),
+    #[error("auth.oidc.jwks_file: {0}")]
+    OidcKeys(#[from] crate::auth::jwks::JwksError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -322,7 +326,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         metrics.clone(),
     ));
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
-    let oidc_configured = false;
+    let oidc_configured = config.auth.oidc.enabled();
     let admin_mode = config.auth.admin_token.resolve(oidc_configured);
     let authorizer = Arc::new(Authorizer::new(admin_mode));
     crate::auth::bindings::apply_config(
@@ -430,6 +434,20 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &tasks,
     ));
     let shutdown = tasks.token().clone();
+    let oidc = match config.auth.oidc.enabled().then_some(&config.auth.oidc) {
+        None => None,
+        Some(oidc) => {
+            let verifier =
+                crate::auth::oidc::OidcVerifier::from_config(oidc, metrics.jwks.clone())?;
+            // A local key file must be readable at start (the operator is at hand); a provider may come later.
+            if oidc.jwks_file.is_some() {
+                verifier.jwks().refresh().await?;
+            }
+            verifier.spawn_refresh(&tasks, shutdown.child_token());
+            info!(issuer = verifier.issuer(), keys = %verifier.jwks().source().describe(), "OIDC operator tokens accepted");
+            Some(verifier)
+        }
+    };
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
         &tasks,
@@ -440,6 +458,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             metrics,
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),
+            oidc,
         },
         config.http_limits,
         http_tls.clone(),

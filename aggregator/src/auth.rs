@@ -7,8 +7,11 @@
 //! - [`Authorizer`]: the role bindings in memory (loaded from the store, reloaded after every change), and
 //!   [`Authorizer::authorize`], the one decision.
 //! - [`AdminTokenMode`]: what the bootstrap admin token may still do (`auth.admin_token`).
+//! - [`oidc`]: operators' OpenID Connect bearer tokens, verified against keys from [`jwks`].
 
 pub mod bindings;
+pub mod jwks;
+pub mod oidc;
 pub mod rbac;
 
 use std::sync::{Arc, RwLock};

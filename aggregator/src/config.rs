@@ -22,6 +22,11 @@
 //!   trust_domain: gait.local                # used when the CA is created
 //!   server_names: [localhost, 127.0.0.1]
 //! shutdown: { grace_seconds: 10 }
+//! auth:
+//!   oidc:                                   # operators' bearer JWTs; off unless issuer is set
+//!     issuer: https://idp.example.com/realms/ops
+//!     audience: gait-aggregator
+//!     groups_claim: groups                  # jwks_url / jwks_file / ca_file / algorithms: see docs/enterprise/oidc.md
 //! client:                                   # where `publish` and `agents` reach the API
 //!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
@@ -378,6 +383,8 @@ pub struct AuthConfig {
     /// `group`, a `role`, and a scope (`org`, `project`, `env`; absent parts widen it; no `org` = the whole
     /// deployment). Bindings granted through the API are not touched.
     pub bindings: Vec<BindingConfig>,
+    /// Operators authenticated by an OpenID Connect provider (see `docs/enterprise/oidc.md`).
+    pub oidc: OidcConfig,
 }
 
 /// One entry of `auth.bindings`.
@@ -479,6 +486,149 @@ impl BindingConfig {
             role: role.as_str().to_owned(),
             scope,
         })
+    }
+}
+
+/// `auth.oidc.*`: operator bearer JWTs verified against the provider's keys. Off unless `issuer` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The provider's issuer URL, exactly as its tokens' `iss` spell it (`https://`; `http://` only on
+    /// loopback). Keys are found through `<issuer>/.well-known/openid-configuration` unless `jwks_url` or
+    /// `jwks_file` is set. Absent (the default): OIDC is off.
+    pub issuer: Option<String>,
+    /// The audience the tokens must carry in `aud` (the API's client id or resource). Required with `issuer`.
+    pub audience: Option<String>,
+    /// The provider's JWKS URL, instead of discovery.
+    pub jwks_url: Option<String>,
+    /// A local JWKS file, instead of fetching (disconnected sites); re-read when it changes.
+    pub jwks_file: Option<PathBuf>,
+    /// CA certificate (PEM) the provider's HTTPS certificate is verified against. Default: the public web PKI.
+    pub ca_file: Option<PathBuf>,
+    /// Accepted signature algorithms. Default `[RS256, ES256, EdDSA]`; `none` and HMAC are never accepted.
+    pub algorithms: Vec<String>,
+    /// Claim holding the operator's subject. Default `sub`.
+    pub subject_claim: String,
+    /// Claim holding the operator's groups (an array of strings or one string). Default `groups`.
+    pub groups_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds: 0 to 300. Default 60.
+    pub leeway_seconds: u64,
+    /// How often the keys are fetched again, in seconds: 10 to 86400. Default 600.
+    pub refresh_interval_seconds: u64,
+    /// Least time between two fetches triggered by tokens with an unknown `kid` (key rotation), in seconds:
+    /// 1 to 3600. Default 30.
+    pub unknown_kid_refresh_seconds: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            jwks_url: None,
+            jwks_file: None,
+            ca_file: None,
+            algorithms: crate::auth::oidc::default_algorithms(),
+            subject_claim: "sub".to_owned(),
+            groups_claim: "groups".to_owned(),
+            leeway_seconds: 60,
+            refresh_interval_seconds: 600,
+            unknown_kid_refresh_seconds: 30,
+        }
+    }
+}
+
+impl OidcConfig {
+    /// Whether OIDC is on (`issuer` is set).
+    pub fn enabled(&self) -> bool {
+        self.issuer.is_some()
+    }
+
+    /// The problems of `auth.oidc.*`, each at its dotted key.
+    fn problems(&self) -> Vec<Problem> {
+        use crate::auth::jwks::check_url;
+        let mut problems = Vec::new();
+        let Some(issuer) = &self.issuer else {
+            for (key, set) in [
+                ("audience", self.audience.is_some()),
+                ("jwks_url", self.jwks_url.is_some()),
+                ("jwks_file", self.jwks_file.is_some()),
+            ] {
+                if set {
+                    problems.push(problem(
+                        "auth.oidc.issuer",
+                        format!(
+                            "must be set when auth.oidc.{key} is (OIDC is off without an issuer)"
+                        ),
+                    ));
+                }
+            }
+            return problems;
+        };
+        if let Err(e) = check_url(issuer) {
+            problems.push(problem("auth.oidc.issuer", format!("`{issuer}`: {e}")));
+        }
+        if self.audience.as_deref().is_none_or(str::is_empty) {
+            problems.push(problem(
+                "auth.oidc.audience",
+                "must be set with auth.oidc.issuer (the `aud` the API's tokens carry)",
+            ));
+        }
+        match (&self.jwks_url, &self.jwks_file) {
+            (Some(_), Some(_)) => problems.push(problem(
+                "auth.oidc.jwks_file",
+                "set auth.oidc.jwks_url or auth.oidc.jwks_file, not both",
+            )),
+            (Some(url), None) => {
+                if let Err(e) = check_url(url) {
+                    problems.push(problem("auth.oidc.jwks_url", format!("`{url}`: {e}")));
+                }
+            }
+            _ => {}
+        }
+        if self.algorithms.is_empty() {
+            problems.push(problem(
+                "auth.oidc.algorithms",
+                "must name at least one algorithm",
+            ));
+        }
+        for (i, name) in self.algorithms.iter().enumerate() {
+            if let Err(e) = crate::auth::oidc::parse_algorithm(name) {
+                problems.push(problem(&format!("auth.oidc.algorithms[{i}]"), e));
+            }
+        }
+        for (key, value) in [
+            ("subject_claim", &self.subject_claim),
+            ("groups_claim", &self.groups_claim),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(problem(&format!("auth.oidc.{key}"), "must name a claim"));
+            }
+        }
+        let max_leeway = crate::auth::oidc::MAX_LEEWAY_SECONDS;
+        for (key, value, min, max) in [
+            ("leeway_seconds", self.leeway_seconds, 0, max_leeway),
+            (
+                "refresh_interval_seconds",
+                self.refresh_interval_seconds,
+                10,
+                86_400,
+            ),
+            (
+                "unknown_kid_refresh_seconds",
+                self.unknown_kid_refresh_seconds,
+                1,
+                3_600,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                problems.push(problem(
+                    &format!("auth.oidc.{key}"),
+                    format!("is {value}; must be {min} to {max}"),
+                ));
+            }
+        }
+        problems
     }
 }
 
@@ -584,6 +734,8 @@ impl Config {
             config.client.ca_file.as_mut(),
             config.http.tls.cert_file.as_mut(),
             config.http.tls.key_file.as_mut(),
+            config.auth.oidc.jwks_file.as_mut(),
+            config.auth.oidc.ca_file.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -664,6 +816,7 @@ impl Config {
                 format!("`{server}` must start with http:// or https://"),
             ));
         }
+        problems.extend(self.auth.oidc.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1054,6 +1207,53 @@ mod tests {
         assert!(files.cert.is_absolute() && files.cert.ends_with("api.pem"));
         assert!(files.key.is_absolute() && !files.from_pki);
         assert!(c.client_ca_file().is_absolute());
+    }
+
+    #[test]
+    fn oidc_is_off_by_default_and_its_problems_name_their_keys() {
+        let c = load_text("", &[]).expect("valid");
+        assert!(!c.auth.oidc.enabled());
+        assert_eq!(c.auth.oidc.algorithms, ["RS256", "ES256", "EdDSA"]);
+        let c = load_text(
+            "auth:\n  oidc:\n    issuer: https://idp.example.com\n    audience: gait\n    jwks_file: keys/jwks.json\n",
+            &[],
+        )
+        .expect("valid");
+        assert!(c.auth.oidc.enabled());
+        assert!(
+            c.auth
+                .oidc
+                .jwks_file
+                .as_ref()
+                .is_some_and(|p| p.is_absolute())
+        );
+        let err = load_text(
+            "auth:\n  oidc:\n    issuer: http://idp.example.com\n    jwks_url: https://x/jwks\n    jwks_file: j.json\n    algorithms: [RS256, HS256, none]\n    leeway_seconds: 301\n    unknown_kid_refresh_seconds: 0\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.oidc.issuer",
+                "auth.oidc.audience",
+                "auth.oidc.jwks_file",
+                "auth.oidc.algorithms[1]",
+                "auth.oidc.algorithms[2]",
+                "auth.oidc.leeway_seconds",
+                "auth.oidc.unknown_kid_refresh_seconds"
+            ]
+        );
+        assert!(err.to_string().contains("HMAC"), "{err}");
+        let err = load_text("auth:\n  oidc:\n    audience: gait\n", &[]).expect_err("no issuer");
+        assert_eq!(err.problems()[0].key, "auth.oidc.issuer");
+        let c = load_text(
+            "auth:\n  oidc:\n    issuer: http://127.0.0.1:9000/\n    audience: gait\n",
+            &[],
+        )
+        .expect("loopback http is allowed");
+        assert!(c.auth.oidc.enabled());
     }
 
     #[test]

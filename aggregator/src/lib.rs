@@ -10,8 +10,8 @@
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
 //!   `revocation` holds the serials the handshake refuses).
-//! - [`auth`]: who is calling (the admin token, an OIDC operator) and what role bindings let them do; only it
-//!   builds the `Authorized<…>` the API handlers need.
+//! - [`auth`]: who is calling (the admin token, or an operator whose bearer JWT [`auth::oidc`] verifies against
+//!   [`auth::jwks`]) and what role bindings let them do; only it builds the `Authorized<…>` the API handlers need.
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!

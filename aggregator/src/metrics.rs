@@ -55,10 +55,15 @@ pub const HTTP_TLS_HANDSHAKE_FAILURES: &str = "gait_aggregator_http_tls_handshak
 /// Each one is also a durable `agent_alerts` row, so a restart loses only the rate, never the record.
 pub const IDENTITY_ALERTS: &str = "gait_aggregator_identity_alerts_total";
 pub const BUILD_INFO: &str = "gait_aggregator_build_info";
+/// Fetches of the OpenID provider's signing keys, labelled `result` (`ok`, `failed`: the last good set stayed).
+pub const OIDC_JWKS_REFRESHES: &str = "gait_aggregator_oidc_jwks_refreshes_total";
+/// Usable signing keys of the OpenID provider in the cache.
+pub const OIDC_JWKS_KEYS: &str = "gait_aggregator_oidc_jwks_keys";
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
 pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
-/// Reasons an admin request is refused (`reason` label of [`AUTH_FAILURES`]).
+/// Reasons an admin request is refused (`reason` label of [`AUTH_FAILURES`]); an operator's bearer JWT adds
+/// [`crate::auth::oidc::REASONS`].
 pub const AUTH_FAILURE_REASONS: [&str; 2] = ["missing", "invalid"];
 /// Session ticket outcomes (`outcome` label of [`TLS_SESSION_TICKETS`]).
 pub const TICKET_OUTCOMES: [&str; 3] = ["issued", "resumed", "refused"];
@@ -125,6 +130,8 @@ pub struct Metrics {
     pub presence_commits: Counter,
     pub identity_alerts: Family<Label, Counter>,
     pub tls_session_tickets: Family<Label, Counter>,
+    /// [`OIDC_JWKS_REFRESHES`] and [`OIDC_JWKS_KEYS`], handed to the OIDC key cache.
+    pub jwks: crate::auth::jwks::JwksMetrics,
     /// The HTTP server's connection counters, once it runs (read at each scrape).
     http: Arc<OnceLock<Arc<gait_runtime::http::Stats>>>,
 }
@@ -209,11 +216,19 @@ impl Metrics {
             "stage",
             &REFUSAL_STAGES,
         );
+        let mut auth_reasons = AUTH_FAILURE_REASONS.to_vec();
+        auth_reasons.extend(crate::auth::oidc::REASONS);
         let auth_failures = labelled(
             AUTH_FAILURES,
-            "HTTP API requests refused for a missing or invalid bearer token, by reason.",
+            "HTTP API requests refused for a missing or invalid admin token or operator JWT, by reason.",
             "reason",
-            &AUTH_FAILURE_REASONS,
+            &auth_reasons,
+        );
+        let jwks_refreshes = labelled(
+            OIDC_JWKS_REFRESHES,
+            "Fetches of the OpenID provider's signing keys, by result (failed: the last good set stayed).",
+            "result",
+            &["ok", "failed"],
         );
         let permissions: Vec<&'static str> = crate::auth::Permission::ALL
             .iter()
@@ -295,6 +310,19 @@ impl Metrics {
             "The running build (always 1).",
             build_info,
         );
+        let jwks = crate::auth::jwks::JwksMetrics {
+            refresh_ok: jwks_refreshes.get_or_create(&[("result", "ok")]).clone(),
+            refresh_failed: jwks_refreshes
+                .get_or_create(&[("result", "failed")])
+                .clone(),
+            keys: Gauge::default(),
+        };
+        register(
+            &mut registry,
+            OIDC_JWKS_KEYS,
+            "Usable signing keys of the OpenID provider in the cache.",
+            jwks.keys.clone(),
+        );
         let http = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HttpStats(Arc::clone(&http))));
         registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
@@ -324,6 +352,7 @@ impl Metrics {
             presence_commits,
             identity_alerts,
             tls_session_tickets,
+            jwks,
             http,
         }
     }

@@ -36,6 +36,7 @@ fn app(db: &TestStore) -> axum::Router {
         authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
+        oidc: None,
     })
 }
 

@@ -322,3 +322,22 @@ fn config_check_prints_the_effective_config_redacted_and_names_unknown_keys() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn an_oidc_section_validates_against_the_schema_and_loads() {
+    let text = "auth:\n  oidc:\n    issuer: https://idp.example.com/realms/ops\n    audience: gait-aggregator\n    groups_claim: roles\n    algorithms: [RS256, EdDSA]\n    leeway_seconds: 30\n";
+    let doc: Value = serde_saphyr::from_str(text).expect("yaml");
+    assert_eq!(errors(&schema("aggregator"), &doc), Vec::<String>::new());
+    let config = Config::from_yaml(text, Path::new("/etc/gait")).expect("parses");
+    config.validate().expect("valid");
+    assert!(config.auth.oidc.enabled());
+    for (key, value) in [
+        ("algorithms", serde_json::json!(["HS256"])),
+        ("leeway_seconds", serde_json::json!(301)),
+        ("wat", serde_json::json!(1)),
+    ] {
+        let mut bad = doc.clone();
+        bad["auth"]["oidc"][key] = value;
+        assert!(!errors(&schema("aggregator"), &bad).is_empty(), "{key}");
+    }
+}

@@ -38,6 +38,7 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
+        oidc: None,
     };
     (router(state), public)
 }

@@ -1,5 +1,7 @@
 //! Authentication and authorization at the HTTP edge. [`authenticate`] runs before every `/v1` route and turns
-//! the bearer token into a [`Principal`] (the bootstrap admin token, or an operator's OIDC token); [`require`]
+//! the bearer token into a [`Principal`] (the bootstrap admin token, or an operator's OIDC token, verified by
+//! [`crate::auth::oidc`]; a refused one is 401 with its reason in the body, `error.reason`, and in
+//! `WWW-Authenticate`, RFC 6750); [`require`]
 //! is attached to each route with the permission it declares (`api::v1_routes`) and asks
 //! [`crate::auth::Authorizer`] for an [`Authorized`] over the request's tenancy, which the handler takes with the
 //! [`Caller`] extractor. A handler whose route declared nothing gets no `Authorized` and answers 403: deny by
@@ -8,17 +10,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use gait_store::Org;
 
 use super::{ApiError, AppState};
+use crate::auth::oidc::TokenError;
 use crate::auth::{Authorized, Denied, Deployment, Permission, Principal, Target};
 use crate::metrics;
 
@@ -44,6 +49,22 @@ pub(super) async fn authenticate(
             req.extensions_mut().insert(Arc::new(Principal::AdminToken));
             return next.run(req).await;
         }
+        Some(token) if let Some(oidc) = &state.oidc => match oidc.verify(token).await {
+            Ok(identity) => {
+                let principal = Principal::Operator(crate::auth::Operator {
+                    issuer: identity.issuer,
+                    subject: identity.subject,
+                    groups: identity.groups,
+                });
+                req.extensions_mut().insert(Arc::new(principal));
+                return next.run(req).await;
+            }
+            Err(error) => {
+                metrics::inc_labelled(&state.metrics.auth_failures, "reason", error.reason());
+                FAILURE_LOG.note(error.reason(), req.method().as_str(), req.uri().path());
+                return token_refused(&error);
+            }
+        },
         Some(_) => "invalid",
         None => "missing",
     };
@@ -214,6 +235,26 @@ fn undeclared() -> ApiError {
         "forbidden",
         "this route declares no permission, so nobody may call it",
     )
+}
+
+/// 401 for a refused operator token: the usual error shape plus `reason`, and the RFC 6750 challenge.
+fn token_refused(error: &TokenError) -> Response {
+    let body = json!({"error": {
+        "code": "unauthorized",
+        "reason": error.reason(),
+        "message": error.to_string(),
+    }});
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        error.reason()
+    );
+    let mut response = (axum::http::StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Failed authentication is logged at WARN at most once per [`FAILURE_LOG_EVERY_MS`], with how many were

@@ -103,6 +103,14 @@ impl Client {
         }
     }
 
+    /// This client with answers bounded to `max` bytes: a larger body fails the request with
+    /// [`ClientError::Body`] as soon as it crosses the bound (for answers from parties not trusted to be
+    /// small, such as an OpenID provider's JWKS).
+    pub fn with_max_answer_bytes(mut self, max: usize) -> Self {
+        self.max_answer_bytes = max;
+        self
+    }
+
     /// Sends one request and reads the whole answer.
     pub async fn request(
         &self,

@@ -6,6 +6,8 @@
 //!   handshake inside the connection cap and under the header timeout.
 //! - [`client_config`]: trusts exactly the certificates of one CA file (the deployment CA), no system roots,
 //!   so an HTTPS client reaches only servers that CA vouches for.
+//! - [`client_config_public_roots`]: trusts the public web PKI (webpki-roots), for an OpenID provider on the
+//!   internet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,21 @@ use crate::pem::{PemError, load_certs, load_key};
 
 /// ALPN protocol the HTTP servers and clients speak (HTTP/1.1 only).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// A client configuration that trusts the public web PKI (the Mozilla root programme, as compiled into
+/// `webpki-roots`), for HTTPS to parties outside the deployment such as an OpenID provider.
+pub fn client_config_public_roots() -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsConfigError::Versions)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
