@@ -13,7 +13,8 @@
 //!   `missing` gap for the seqs in between (the chain cannot be checked across it); a record exactly one past
 //!   the cursor whose `prev_hash` is not the cursor hash is a `chain_break`. Either way the record is stored and
 //!   the cursor moves to it, so every seq up to the cursor is stored or recorded as a gap.
-//! - A new record at or below the cursor (it fills a seq earlier declared missing) is stored and moves nothing.
+//! - A new record at or below the cursor (it fills a seq earlier declared missing) is stored and moves nothing;
+//!   `records::commit_batch` takes its seq out of that `missing` gap.
 //! - A skipped seq the aggregator refused for good (a `record_refusals` row: the agent quarantined that record
 //!   and went on) is accounted for, not lost: [`account_refused`] takes it out of the `missing` gaps and lists
 //!   it in `BatchOutcome::refused`. The chain is still not checked across it (its hash was never stored).

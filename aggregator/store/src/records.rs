@@ -49,6 +49,7 @@ pub(crate) async fn commit_batch(
     .ok_or_else(|| StoreError::UnknownAgent {
         agent: key.to_string(),
     })?;
+    let head = cursor.committed_seq;
     let prepared = batch::prepare(records);
     let lookup = prepared.seqs_to_look_up(cursor.committed_seq);
     let stored = if lookup.is_empty() {
@@ -76,6 +77,35 @@ pub(crate) async fn commit_batch(
             sqlite: |c| sqlite::insert_gaps(c, key, now_ms, &plan.gaps).await,
             postgres: |c| postgres::insert_gaps(c, key, now_ms, &plan.gaps).await,
         )?;
+    }
+    // Records at or below the cursor fill seqs an earlier batch recorded as missing (the agent had batches in
+    // flight when one was refused and resent): take them out of their gaps, a contiguous run at a time.
+    let late: Vec<u64> = plan
+        .insert
+        .iter()
+        .map(|r| r.seq)
+        .take_while(|seq| *seq <= head)
+        .collect();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for seq in late {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == seq => *end = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    let mut filled = 0_u64;
+    for (start, end) in runs {
+        filled += end - start + 1;
+        take_out_of_missing_gaps(
+            conn.reborrow(),
+            key,
+            to_i64("seq", start)?,
+            to_i64("seq", end)?,
+        )
+        .await?;
+    }
+    if filled > 0 {
+        tracing::info!(agent = %key, filled, "records arrived for seqs below the head; their missing gaps were taken back");
     }
     let committed_seq = to_i64("committed_seq", plan.outcome.committed_seq)?;
     let gap_count = i64::try_from(plan.gaps.len())
@@ -227,34 +257,46 @@ pub(crate) async fn refuse(
     settle_refused_gap(conn, key, seq).await
 }
 
-/// Takes the refused `seq` out of any `missing` gap that holds it (a gap of that one seq is deleted, one
-/// ending at it shrinks, one around it splits in two, keeping its detection time) and moves the agent's
-/// `gap_count` by the difference, so a refusal that lands after a later batch leaves the same rows as one
-/// that landed before it. `chain_break` gaps are left alone.
-async fn settle_refused_gap(
+/// Takes the refused `seq` out of any `missing` gap that holds it, so a refusal that lands after a later batch
+/// leaves the same rows as one that landed before it.
+async fn settle_refused_gap(conn: Conn<'_>, key: &AgentKey, seq: i64) -> Result<(), StoreError> {
+    if take_out_of_missing_gaps(conn, key, seq, seq).await? {
+        tracing::info!(agent = %key, seq,
+            "a refused seq had been recorded as a missing gap by a later batch; the gap was taken back");
+    }
+    Ok(())
+}
+
+/// Takes the seqs `first..=last` out of the agent's `missing` gaps: a gap inside the range is deleted, one
+/// overlapping an end shrinks, one around the range splits in two (keeping its detection time), and the
+/// agent's `gap_count` moves by the difference. `chain_break` gaps are left alone. Returns whether any gap
+/// changed. Runs in the caller's transaction, after the agent's cursor row was locked.
+async fn take_out_of_missing_gaps(
     mut conn: Conn<'_>,
     key: &AgentKey,
-    seq: i64,
-) -> Result<(), StoreError> {
+    first: i64,
+    last: i64,
+) -> Result<bool, StoreError> {
     const FIND: &str = concat!(
         "SELECT id, first_seq, last_seq, detected_unix_ms FROM record_gaps",
         agent_where!(),
-        " AND kind = 'missing' AND first_seq <= $5 AND last_seq >= $5"
+        " AND kind = 'missing' AND first_seq <= $6 AND last_seq >= $5"
     );
     const DELETE: &str = "DELETE FROM record_gaps WHERE id = $1";
     const RESHAPE: &str = "UPDATE record_gaps SET first_seq = $2, last_seq = $3 WHERE id = $1";
     const SPLIT_OFF: &str = "INSERT INTO record_gaps (org, project, env, agent_id, first_seq, last_seq, \
          kind, detected_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, 'missing', $7)";
-    const TAKE: &str = "record_refusal: take the seq out of its gap";
+    const TAKE: &str = "take seqs out of their missing gap";
     const COUNT: &str = concat!(
         "UPDATE agents SET gap_count = gap_count + $5",
         agent_where!()
     );
     let found = db_run!(conn, |c| bind_key(sqlx::query(FIND), key)
-        .bind(seq)
+        .bind(first)
+        .bind(last)
         .fetch_all(&mut *c)
         .await
-        .map_err(db("record_refusal: gaps holding the seq"))?
+        .map_err(db("gaps overlapping stored or refused seqs"))?
         .iter()
         .map(|row| {
             Ok((
@@ -266,13 +308,15 @@ async fn settle_refused_gap(
         })
         .collect::<Result<Vec<_>, StoreError>>()?);
     if found.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut delta = 0_i64;
-    for (id, first, last, detected) in found {
+    for (id, gap_first, gap_last, detected) in found {
+        let left = (gap_first < first).then_some((gap_first, first - 1));
+        let right = (gap_last > last).then_some((last + 1, gap_last));
         db_run!(conn, |c| {
-            match (first == seq, last == seq) {
-                (true, true) => {
+            match (left, right) {
+                (None, None) => {
                     sqlx::query(DELETE)
                         .bind(id)
                         .execute(&mut *c)
@@ -280,35 +324,26 @@ async fn settle_refused_gap(
                         .map_err(db(TAKE))?;
                     delta -= 1;
                 }
-                (true, false) => {
+                (Some((a, b)), None) | (None, Some((a, b))) => {
                     sqlx::query(RESHAPE)
                         .bind(id)
-                        .bind(seq + 1)
-                        .bind(last)
+                        .bind(a)
+                        .bind(b)
                         .execute(&mut *c)
                         .await
                         .map_err(db(TAKE))?;
                 }
-                (false, true) => {
+                (Some((a, b)), Some((c_first, c_last))) => {
                     sqlx::query(RESHAPE)
                         .bind(id)
-                        .bind(first)
-                        .bind(seq - 1)
-                        .execute(&mut *c)
-                        .await
-                        .map_err(db(TAKE))?;
-                }
-                (false, false) => {
-                    sqlx::query(RESHAPE)
-                        .bind(id)
-                        .bind(first)
-                        .bind(seq - 1)
+                        .bind(a)
+                        .bind(b)
                         .execute(&mut *c)
                         .await
                         .map_err(db(TAKE))?;
                     bind_key(sqlx::query(SPLIT_OFF), key)
-                        .bind(seq + 1)
-                        .bind(last)
+                        .bind(c_first)
+                        .bind(c_last)
                         .bind(detected)
                         .execute(&mut *c)
                         .await
@@ -318,17 +353,15 @@ async fn settle_refused_gap(
             }
         });
     }
-    tracing::info!(agent = %key, seq,
-        "a refused seq had been recorded as a missing gap by a later batch; the gap was taken back");
     if delta != 0 {
         db_run!(conn, |c| bind_key(sqlx::query(COUNT), key)
             .bind(delta)
             .execute(&mut *c)
             .await
-            .map_err(db("record_refusal: gap count"))?
+            .map_err(db("gap count"))?
             .rows_affected());
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The agent's refused records, by seq.

@@ -144,6 +144,7 @@ gait_store::store_tests!(
     a_refused_seq_is_recorded_as_refused_and_not_as_a_missing_gap,
     a_refusal_written_after_a_later_batch_takes_its_seq_out_of_the_gap,
     role_bindings_are_granted_once_revoked_and_replaced_from_config,
+    records_arriving_below_the_head_fill_their_missing_gap,
     wrong_prev_hash_is_recorded_as_a_chain_break,
     committed_seq_advances_only_over_stored_or_recorded_seqs,
     bundle_epochs_must_increase_per_tenant,
@@ -718,6 +719,50 @@ async fn role_bindings_are_granted_once_revoked_and_replaced_from_config(
     ));
     ensure!(store.bindings().await?.len() == 1);
     Ok(())
+}
+
+/// A record that arrives for a seq an earlier batch recorded as missing (the agent resent it after a batch in
+/// flight was refused) is stored and taken out of the gap; a run of them splits or shrinks the gap.
+async fn records_arriving_below_the_head_fill_their_missing_gap(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "agent-1");
+    connected(store, &k).await?;
+    store.commit_batch(&k, &chain(1, 1, 1), NOW).await?;
+    let out = store.commit_batch(&k, &chain(4, 4, 1), NOW + 1).await?;
+    ensure!(out.gaps == vec![(2, 3)], "{out:?}");
+    let out = store.commit_batch(&k, &chain(3, 3, 1), NOW + 2).await?;
+    ensure!(
+        out.inserted == 1 && out.gaps.is_empty() && out.committed_seq == 4,
+        "{out:?}"
+    );
+    let gaps = store.gaps(&k).await?;
+    ensure!(
+        gaps.len() == 1 && (gaps[0].first_seq, gaps[0].last_seq) == (2, 2),
+        "{gaps:?}"
+    );
+    ensure!(agent_row(store, &k).await?.gap_count == 1);
+    store.commit_batch(&k, &chain(2, 2, 1), NOW + 3).await?;
+    ensure!(store.gaps(&k).await?.is_empty());
+    ensure!(agent_row(store, &k).await?.gap_count == 0);
+    // Gap 5..12, then 7..8 and 10 arrive in one batch: 5..6, 9 and 11..12 stay missing.
+    store.commit_batch(&k, &chain(13, 13, 1), NOW + 4).await?;
+    let mut late = chain(7, 8, 1);
+    late.extend(chain(10, 10, 1));
+    let out = store.commit_batch(&k, &late, NOW + 5).await?;
+    ensure!(out.inserted == 3 && out.committed_seq == 13, "{out:?}");
+    let spans: Vec<(u64, u64)> = store
+        .gaps(&k)
+        .await?
+        .iter()
+        .map(|g| (g.first_seq, g.last_seq))
+        .collect();
+    ensure!(spans == vec![(5, 6), (9, 9), (11, 12)], "{spans:?}");
+    ensure!(agent_row(store, &k).await?.gap_count == 3);
+    // A redelivery of stored seqs changes nothing.
+    let out = store.commit_batch(&k, &late, NOW + 6).await?;
+    ensure!(out.duplicates == 3 && out.inserted == 0, "{out:?}");
+    ensure!(store.gaps(&k).await?.len() == 3);
+    assert_cursor_invariant(store, &k).await
 }
 
 async fn wrong_prev_hash_is_recorded_as_a_chain_break(db: &TestStore) -> Result<()> {
