@@ -42,16 +42,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 #[cfg(unix)]
 use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 use tower_http::timeout::Timeout;
 
 use crate::Tasks;
@@ -161,9 +160,64 @@ pub enum Peer {
     },
 }
 
+/// The bounds the accept loop puts on what it serves and what it reads from, each written once as a trait with a
+/// blanket impl. They are `pub` inside a private module: usable in the public signatures below, but not nameable
+/// (nor implementable) outside this crate, so they add nothing to the API — any tower service of
+/// `Request<Incoming>` answering `Response<B>` with `Infallible` errors (an axum `Router`) fits.
+mod bounds {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tower::Service;
+
+    /// A cloneable, thread-safe tower service of hyper requests whose answers hyper can write.
+    pub trait HttpService:
+        Service<
+            Request<Incoming>,
+            Response = Response<Self::ResBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+        /// The body of the service's answers.
+        type ResBody: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+            + Default
+            + Send
+            + 'static;
+    }
+
+    impl<S, B> HttpService for S
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+            + Default
+            + Send
+            + 'static,
+    {
+        type ResBody = B;
+    }
+
+    /// A byte stream one connection is served over (TCP, a Unix socket, or TLS over either).
+    pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+    impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for I {}
+}
+
+use bounds::{HttpService, Io};
+
 /// A listener the accept loop takes connections from: TCP or a Unix socket.
 trait Listener {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: Io;
     async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)>;
 }
 
@@ -195,31 +249,21 @@ impl Listener for UnixListener {
 ///
 /// Returns once the listener is closed; accept errors (such as running out of file handles) are logged and
 /// retried, never fatal.
-pub async fn serve<S, B>(
+pub async fn serve<S: HttpService>(
     listener: TcpListener,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
 }
 
 /// [`serve`] over TLS: each accepted connection first completes a handshake with `tls` (within
 /// `limits.header_timeout`, holding its slot under the connection cap), then is served like a plain one. A
 /// failed or timed-out handshake closes the connection and is counted in [`Stats::handshake_failures`].
-pub async fn serve_tls<S, B>(
+pub async fn serve_tls<S: HttpService>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: S,
@@ -227,17 +271,7 @@ pub async fn serve_tls<S, B>(
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     accept_loop(
         listener,
@@ -255,28 +289,18 @@ pub async fn serve_tls<S, B>(
 /// carries the client's [`Peer::Unix`] credentials in its extensions. Who may connect is decided by the socket
 /// file's owner, group and mode, which the caller sets.
 #[cfg(unix)]
-pub async fn serve_unix<S, B>(
+pub async fn serve_unix<S: HttpService>(
     listener: UnixListener,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
 }
 
-async fn accept_loop<L, S, B>(
+async fn accept_loop<L: Listener, S: HttpService>(
     listener: L,
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
@@ -284,18 +308,7 @@ async fn accept_loop<L, S, B>(
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    L: Listener,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let idle = Arc::new(IdleSet::default());
     // Connections admitted by eviction may wait for a released slot at once up to `max_connections` (so at most
@@ -526,7 +539,7 @@ impl Drop for InFlight {
     }
 }
 
-/// What serving one admitted connection needs.
+/// One admitted connection: what serving it needs, from its TLS handshake (if any) to its end.
 struct Connection<S> {
     service: S,
     limits: Limits,
@@ -535,182 +548,132 @@ struct Connection<S> {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-impl<S, B> Connection<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    async fn serve<I>(self, stream: I, peer: Peer, open: OpenGuard)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+impl<S: HttpService> Connection<S> {
+    /// Serves `stream` from `peer` while `open` holds its slot under the cap: the TLS handshake first when the
+    /// server has TLS, then HTTP.
+    async fn serve(mut self, stream: impl Io, peer: Peer, open: OpenGuard) {
+        match self.tls.take() {
+            None => self.serve_http(stream, peer, open).await,
+            Some(acceptor) => self.serve_tls(stream, acceptor, peer, open).await,
+        }
+    }
+
+    /// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
+    /// connection is idle, so it may be evicted at the cap like a slow-header one), then serves HTTP over it.
+    async fn serve_tls(
+        self,
+        stream: impl Io,
+        acceptor: tokio_rustls::TlsAcceptor,
+        peer: Peer,
+        open: OpenGuard,
+    ) {
+        let evict = CancellationToken::new();
+        let ticket = self.idle.enter(&evict);
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+        let stream = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                self.idle.leave(ticket);
+                return;
+            }
+            () = evict.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(stream)) => {
+                    self.idle.leave(ticket);
+                    stream
+                }
+                Ok(Err(error)) => {
+                    self.idle.leave(ticket);
+                    open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_elapsed) => {
+                    self.idle.leave(ticket);
+                    open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        timeout_ms = self.limits.header_timeout.as_millis(),
+                        "TLS handshake not finished within the header timeout; connection closed"
+                    );
+                    return;
+                }
+            },
+        };
+        self.serve_http(stream, peer, open).await;
+    }
+
+    /// Serves HTTP/1.1 on `stream` until the peer closes it, a limit closes it, it is evicted, or shutdown.
+    async fn serve_http(self, stream: impl Io, peer: Peer, _open: OpenGuard) {
         let Connection {
             service,
             limits,
             shutdown,
             idle,
-            tls,
+            tls: _,
         } = self;
-        match tls {
-            None => serve_connection(stream, peer, service, limits, shutdown, idle, open).await,
-            Some(acceptor) => {
-                serve_tls_connection(
-                    stream, peer, acceptor, service, limits, shutdown, idle, open,
-                )
-                .await;
-            }
-        }
-    }
-}
-
-/// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
-/// connection is idle, so it may be evicted at the cap like a slow-header one), then serves the connection.
-#[allow(clippy::too_many_arguments)] // one connection's whole context, passed once from `Connection::serve`
-async fn serve_tls_connection<I, S, B>(
-    stream: I,
-    peer: Peer,
-    acceptor: tokio_rustls::TlsAcceptor,
-    service: S,
-    limits: Limits,
-    shutdown: CancellationToken,
-    idle: Arc<IdleSet>,
-    open: OpenGuard,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let evict = CancellationToken::new();
-    let ticket = idle.enter(&evict);
-    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
-    let stream = tokio::select! {
-        () = shutdown.cancelled() => {
-            idle.leave(ticket);
-            return;
-        }
-        () = evict.cancelled() => return,
-        result = handshake => match result {
-            Ok(Ok(stream)) => {
-                idle.leave(ticket);
-                stream
-            }
-            Ok(Err(error)) => {
-                idle.leave(ticket);
-                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "TLS handshake failed");
-                return;
-            }
-            Err(_elapsed) => {
-                idle.leave(ticket);
-                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    timeout_ms = limits.header_timeout.as_millis(),
-                    "TLS handshake not finished within the header timeout; connection closed"
-                );
-                return;
-            }
-        },
-    };
-    serve_connection(stream, peer, service, limits, shutdown, idle, open).await;
-}
-
-async fn serve_connection<I, S, B>(
-    stream: I,
-    peer: Peer,
-    service: S,
-    limits: Limits,
-    shutdown: CancellationToken,
-    idle: Arc<IdleSet>,
-    _open: OpenGuard,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (changed, mut changes) = watch::channel(());
-    let activity = Arc::new(Activity::new(idle, changed));
-    let evict = activity.evict.clone();
-    let timed =
-        Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
-    let per_request = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let activity = Arc::clone(&per_request);
-        let timed = timed.clone();
-        request.extensions_mut().insert(peer);
-        async move {
-            let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
-            let _in_flight = InFlight::start(activity);
-            let mut response = timed.oneshot(request).await?;
-            if served >= limits.max_requests_per_connection {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, Infallible>(response)
-        }
-    });
-
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "HTTP connection ended with an error");
+        let (changed, mut changes) = watch::channel(());
+        let activity = Arc::new(Activity::new(idle, changed));
+        let evict = activity.evict.clone();
+        let timed =
+            Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
+        let per_request = Arc::clone(&activity);
+        let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let activity = Arc::clone(&per_request);
+            let timed = timed.clone();
+            request.extensions_mut().insert(peer);
+            async move {
+                let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
+                let _in_flight = InFlight::start(activity);
+                let mut response = timed.oneshot(request).await?;
+                if served >= limits.max_requests_per_connection {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                return;
+                Ok::<_, Infallible>(response)
             }
-            () = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            // Evicted at the cap: an idle connection ends now; one whose request started in the meantime ends
-            // after its answer.
-            () = evict.cancelled(), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+        });
+
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "HTTP connection ended with an error");
+                    }
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            // Any request starting or ending restarts the idle timer (the next loop arms a new sleep).
-            _ = changes.changed(), if !closing => {}
-            () = tokio::time::sleep(limits.idle_timeout), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                () = shutdown.cancelled(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                // Evicted at the cap: an idle connection ends now; one whose request started in the meantime
+                // ends after its answer.
+                () = evict.cancelled(), if !closing => {
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // Any request starting or ending restarts the idle timer (the next loop arms a new sleep).
+                _ = changes.changed(), if !closing => {}
+                () = tokio::time::sleep(limits.idle_timeout), if !closing => {
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                // A closing connection whose peer does not read its last answer is cut.
+                () = tokio::time::sleep(limits.body_timeout), if closing => return,
             }
-            // A closing connection whose peer does not read its last answer is cut.
-            () = tokio::time::sleep(limits.body_timeout), if closing => return,
         }
     }
 }
