@@ -119,7 +119,8 @@ impl Stats {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once because `max_connections` were already open, each with a request in flight.
+    /// Connections closed at once because `max_connections` were already open, each with a request in flight
+    /// (or with `max_connections` evicted connections still ending).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
