@@ -344,8 +344,7 @@ async fn accept_loop<L: Listener, S: HttpService>(
                     refuse(stream, &stats, limits);
                     continue;
                 };
-                let evicted = stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-                if evicted.is_power_of_two() {
+                if let Some(evicted) = count_sparsely(&stats.evicted) {
                     tracing::warn!(
                         evicted_total = evicted,
                         max_connections = limits.max_connections,
@@ -372,14 +371,20 @@ async fn accept_loop<L: Listener, S: HttpService>(
 /// Closes a connection at the cap at once (the client learns instead of waiting in a queue) and counts it.
 fn refuse<I>(stream: I, stats: &Stats, limits: Limits) {
     drop(stream);
-    let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
-    if refused.is_power_of_two() {
+    if let Some(refused) = count_sparsely(&stats.refused) {
         tracing::warn!(
             refused_total = refused,
             max_connections = limits.max_connections,
             "HTTP connection cap reached with a request in flight on every connection; refusing new connections"
         );
     }
+}
+
+/// Adds one to `counter`; returns the new total when it is to be logged: the 1st, 2nd, 4th, 8th… (bounded log
+/// volume under a flood).
+fn count_sparsely(counter: &AtomicU64) -> Option<u64> {
+    let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    total.is_power_of_two().then_some(total)
 }
 
 /// A connection's place under the cap: its permit and the token that evicts it. The connection's task holds it,
