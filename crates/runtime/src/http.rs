@@ -34,7 +34,10 @@
 //! (each router answers a larger body 413 as soon as it crosses its limit), each held for at most
 //! `body_timeout`; a refused or timed-out connection frees its buffer at once. At the defaults: agent
 //! 1024 × (2 MiB + 64 KiB) ≈ 2.06 GiB, aggregator 4096 × 8 MiB = 32 GiB, worst case. Operators who need a
-//! tighter bound lower `max_connections`.
+//! tighter bound lower `max_connections`. One race can add to it: a request that starts in the instant its
+//! connection is evicted is still answered, under the evicted connection's permit of the ending budget, so in
+//! theory up to `max_connections` more bodies; it needs a request arriving exactly then on the longest-idle
+//! connection, and (on both servers) a valid token before any body is read.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
