@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gait_runtime::config::{EnvOverride, apply_env};
+use gait_runtime::config::{EnvOverride, Invalid, apply_env};
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::OutboxLimits;
@@ -320,34 +320,23 @@ pub enum ConfigError {
     /// The file is not valid YAML for this schema (unknown key, wrong type, missing key).
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    /// The values parsed but do not work; every problem is listed.
-    #[error("invalid config: {}", join(.0))]
-    Invalid(Vec<Problem>),
+    /// The values parsed but do not work (from the file or the environment); every problem is listed.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 impl ConfigError {
     pub(crate) fn single(key: &str, message: String) -> Self {
-        ConfigError::Invalid(vec![Problem {
-            key: key.to_owned(),
-            message,
-        }])
+        ConfigError::Invalid(Problem::new(key, message).into())
     }
 
     /// The problems found by validation (empty for read and parse errors).
     pub fn problems(&self) -> &[Problem] {
         match self {
-            ConfigError::Invalid(p) => p,
+            ConfigError::Invalid(invalid) => invalid.problems(),
             _ => &[],
         }
     }
-}
-
-fn join(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl Config {
@@ -371,10 +360,7 @@ impl Config {
             message,
         })?;
         // Every agent override is a plain string or path, so none can fail to parse; validate() checks them.
-        let problems = apply_env(&mut config, &ENV_OVERRIDES, env);
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
+        apply_env(&mut config, &ENV_OVERRIDES, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -529,11 +515,7 @@ impl Config {
                 ),
             );
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        Ok(Invalid::check(problems)?)
     }
 
     /// The local API's bearer token file (`local_api.token_file`, default `<data_dir>/local-api.token`).

@@ -312,8 +312,8 @@ impl Daemon {
                 shutdown.child_token(),
             );
             tasks.spawn_essential("local-api-socket", async move {
-                crate::local_api::serve_unix(listener, path, state, guard, limits, owner, shutdown)
-                    .await
+                let listener = crate::local_api::ApiListener::Unix { listener, path };
+                crate::local_api::serve(listener, state, guard, limits, owner, shutdown).await
             });
         }
         spawn_local_api(

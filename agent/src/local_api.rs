@@ -143,38 +143,34 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router_with`] on an already-bound listener under `limits` (connection cap, header/body/idle
-/// timeouts, requests per connection; see [`gait_runtime::http`]) until `shutdown` is cancelled. Each
-/// connection is a task of `tasks`. Request bodies held in memory stay below `limits.max_connections` ×
-/// the body limit, `MAX_BODY_BYTES` = 2 MiB + 64 KiB (a larger body is answered 413 before it is read past
-/// the limit): 2.06 GiB at the default cap of 1024.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    guard: guard::Guard,
-    limits: gait_runtime::http::Limits,
-    tasks: gait_runtime::Tasks,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let stats = shared_stats(&state);
-    gait_runtime::http::serve(
-        listener,
-        router_with(state, guard),
-        limits,
-        stats,
-        tasks,
-        shutdown,
-    )
-    .await;
-    Ok(())
+/// Where [`serve`] listens: loopback TCP, or a Unix socket.
+#[derive(Debug)]
+pub enum ApiListener {
+    /// A bound loopback TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// The Unix socket bound by [`socket::bind`]; its file at `path` is removed when the server stops.
+    Unix {
+        /// The bound socket.
+        listener: tokio::net::UnixListener,
+        /// The socket file.
+        path: std::path::PathBuf,
+    },
 }
 
-/// Serves [`router_with`] on the Unix socket `listener` (bound by [`socket::bind`]) under the same `limits`, with
-/// its own connection cap, counting into the same `stats` as the TCP listener; the socket file at `path` is
-/// removed when the server stops.
-pub async fn serve_unix(
-    listener: tokio::net::UnixListener,
-    path: std::path::PathBuf,
+impl From<tokio::net::TcpListener> for ApiListener {
+    fn from(listener: tokio::net::TcpListener) -> Self {
+        ApiListener::Tcp(listener)
+    }
+}
+
+/// Serves [`router_with`] on an already-bound listener under `limits` (connection cap, header/body/idle
+/// timeouts, requests per connection; see [`gait_runtime::http`]) until `shutdown` is cancelled. Each
+/// connection is a task of `tasks`. Each listener has its own connection cap, and all count into the one set of
+/// connection counters the metrics export. Request bodies held in memory stay below `limits.max_connections` ×
+/// the body limit, `MAX_BODY_BYTES` = 2 MiB + 64 KiB (a larger body is answered 413 before it is read past
+/// the limit): 2.06 GiB at the default cap of 1024, per listener.
+pub async fn serve(
+    listener: impl Into<ApiListener>,
     state: AppState,
     guard: guard::Guard,
     limits: gait_runtime::http::Limits,
@@ -182,19 +178,19 @@ pub async fn serve_unix(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let stats = shared_stats(&state);
-    gait_runtime::http::serve_unix(
-        listener,
-        router_with(state, guard),
-        limits,
-        stats,
-        tasks,
-        shutdown,
-    )
-    .await;
-    if let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "could not remove the local api socket");
+    let router = router_with(state, guard);
+    match listener.into() {
+        ApiListener::Tcp(listener) => {
+            gait_runtime::http::serve(listener, router, limits, stats, tasks, shutdown).await;
+        }
+        ApiListener::Unix { listener, path } => {
+            gait_runtime::http::serve_unix(listener, router, limits, stats, tasks, shutdown).await;
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove the local api socket");
+            }
+        }
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gait_runtime::config::{EnvOverride, apply_env, parse_into};
+use gait_runtime::config::{EnvOverride, Invalid, apply_env, parse_into};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::DEFAULT_RECONNECT_RATE;
@@ -655,27 +655,19 @@ pub enum ConfigError {
         /// What the parser reported, naming the key.
         message: String,
     },
-    /// The values parsed but do not work; every problem is listed.
-    #[error("invalid config: {}", join(.0))]
-    Invalid(Vec<Problem>),
+    /// The values parsed but do not work (from the file or the environment); every problem is listed.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 impl ConfigError {
     /// The problems found by validation (empty for read and parse errors).
     pub fn problems(&self) -> &[Problem] {
         match self {
-            ConfigError::Invalid(p) => p,
+            ConfigError::Invalid(invalid) => invalid.problems(),
             _ => &[],
         }
     }
-}
-
-fn join(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn problem(key: &str, message: impl Into<String>) -> Problem {
@@ -707,7 +699,7 @@ impl Config {
                 })?
             }
         };
-        config.apply_env(env)?;
+        apply_env(&mut config, &ENV_OVERRIDES, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -743,15 +735,6 @@ impl Config {
             fix(path);
         }
         Ok(config)
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let problems = apply_env(self, &ENV_OVERRIDES, env);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
     }
 
     /// Checks every value; the error lists each problem with its dotted key.
@@ -817,11 +800,7 @@ impl Config {
             ));
         }
         problems.extend(self.auth.oidc.problems());
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        Ok(Invalid::check(problems)?)
     }
 
     /// `http.tls.*` against `http.listen`: plain HTTP only on loopback, and an own certificate comes with its

@@ -335,6 +335,8 @@ pub struct AgentProc {
     pub api: SocketAddr,
     /// The directory `issue-agent` wrote (config, certificates; the data dir is `data/` inside it).
     pub dir: PathBuf,
+    /// The tenant (org, project, env) it was enrolled in.
+    tenant: (String, String, String),
     http: reqwest::Client,
 }
 
@@ -384,6 +386,7 @@ impl AgentProc {
             pid,
             api,
             dir: dir.to_path_buf(),
+            tenant: (org.to_owned(), project.to_owned(), env.to_owned()),
             http: reqwest::Client::new(),
         };
         agent
@@ -393,6 +396,28 @@ impl AgentProc {
             .await
             .with_context(|| format!("agent did not connect; log:\n{}", agent.log_tail()))?;
         Ok(agent)
+    }
+
+    /// Publishes [`READS_POLICY`] to this agent's tenant through `agg` and waits (up to `timeout`) until the
+    /// agent has activated it: the first bundle of the tenant, epoch 1. The error carries the agent's log.
+    pub async fn activate_reads_policy(
+        &self,
+        agg: &AggregatorProc,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let (org, project, env) = &self.tenant;
+        agg.api()
+            .publish(org, project, env, "p.yaml", READS_POLICY)
+            .await?;
+        self.wait_status(timeout, |s| s["active_bundle"]["epoch"].as_u64() == Some(1))
+            .await
+            .with_context(|| {
+                format!(
+                    "agent did not activate the bundle; log:\n{}",
+                    self.log_tail()
+                )
+            })?;
+        Ok(())
     }
 
     /// Poll `GET /v1/status` until `ok` holds.

@@ -139,21 +139,9 @@ async fn start_pair(
     std::fs::create_dir_all(&data_dir)?;
     let agg = AggregatorProc::start_ephemeral(common, &data_dir, db).await?;
     let agent = AgentProc::start(common, &agg, TENANT, "edge-1", &work.join("agent")).await?;
-    let (org, project, env) = TENANT;
-    agg.api()
-        .publish(org, project, env, "p.yaml", common::READS_POLICY)
-        .await?;
     agent
-        .wait_status(Duration::from_secs(60), |s| {
-            s["active_bundle"]["epoch"].as_u64() == Some(1)
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "agent did not activate the bundle; log:\n{}",
-                agent.log_tail()
-            )
-        })?;
+        .activate_reads_policy(&agg, Duration::from_secs(60))
+        .await?;
     Ok((agg, agent))
 }
 

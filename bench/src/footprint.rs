@@ -48,20 +48,9 @@ async fn measure(args: &Args, agg: &AggregatorProc, work: &Path) -> anyhow::Resu
     )
     .await?;
     let connected_after = started.elapsed();
-    agg.api()
-        .publish("bench", "footprint", "prod", "p.yaml", common::READS_POLICY)
-        .await?;
     agent
-        .wait_status(Duration::from_secs(30), |s| {
-            s["active_bundle"]["epoch"].as_u64() == Some(1)
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "agent did not activate the bundle; log:\n{}",
-                agent.log_tail()
-            )
-        })?;
+        .activate_reads_policy(agg, Duration::from_secs(30))
+        .await?;
 
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
     if !agent.running()? {

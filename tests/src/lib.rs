@@ -114,7 +114,11 @@ pub fn wait_for<T>(
     }
 }
 
-fn kill(child: &mut Child, signal: &str) {
+/// Sends `signal` to the process in `child`, if any, and reaps it; `child` is left empty.
+fn kill(child: &mut Option<Child>, signal: &str) {
+    let Some(mut child) = child.take() else {
+        return;
+    };
     let _ = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status();
@@ -189,7 +193,7 @@ impl Aggregator {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let Some(rest) = line.trim().strip_prefix("gait-aggregator serving: quic=") else {
-            kill(&mut child, "-9");
+            kill(&mut Some(child), "-9");
             let log = std::fs::read_to_string(data_dir.join("aggregator.log")).unwrap_or_default();
             bail!("aggregator did not start: {line:?}\n{log}");
         };
@@ -216,16 +220,12 @@ impl Aggregator {
 
     /// Graceful stop (SIGTERM).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill(&mut c, "-TERM");
-        }
+        kill(&mut self.child, "-TERM");
     }
 
     /// Crash stop (SIGKILL).
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill(&mut c, "-9");
-        }
+        kill(&mut self.child, "-9");
     }
 
     /// Start again on the same data directory and ports.
@@ -401,6 +401,25 @@ pub fn http_json(
     Ok((status, value))
 }
 
+/// Writes `request` (a whole HTTP/1.1 request asking for `connection: close`) to `stream`, reads the answer to
+/// its end and returns the status and the body as JSON (`Null` when it is not JSON): for requests the typed
+/// client [`http_json`] cannot send (odd headers, a Unix socket). The caller sets the read timeout.
+pub fn raw_exchange(
+    mut stream: impl std::io::Read + std::io::Write,
+    request: &str,
+) -> anyhow::Result<(u16, Value)> {
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status: u16 = answer
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
@@ -558,15 +577,11 @@ impl Agent {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill(&mut c, "-TERM");
-        }
+        kill(&mut self.child, "-TERM");
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill(&mut c, "-9");
-        }
+        kill(&mut self.child, "-9");
     }
 
     /// The agent's `/v1/status`.
@@ -587,6 +602,21 @@ impl Agent {
     /// Epoch of the active bundle, if any.
     pub fn active_epoch(&self) -> Option<u64> {
         self.status().ok()?["active_bundle"]["epoch"].as_u64()
+    }
+
+    /// Waits (up to [`PATIENCE`]) until the active bundle is `epoch`; `what` names the wait in the error.
+    pub fn wait_active_epoch(&self, epoch: u64, what: &str) -> anyhow::Result<()> {
+        wait_for(PATIENCE, what, || {
+            (self.active_epoch() == Some(epoch)).then_some(())
+        })
+    }
+
+    /// Waits (up to [`PATIENCE`]) until the agent's status says it is connected to its aggregator; `what` names
+    /// the wait in the error.
+    pub fn wait_connected(&self, what: &str) -> anyhow::Result<()> {
+        wait_for(PATIENCE, what, || {
+            (self.status().ok()?["connected"] == true).then_some(())
+        })
     }
 
     /// The local API token the agent made at first start (`data/local-api.token` next to its config).

@@ -69,9 +69,7 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
     agent.start()?;
     let (status, first) = agg.publish(ORG, PROJECT, ENV, &[("base.yaml", POLICY_V1)])?;
     ensure!(status == 201, "publish: {first}");
-    wait_for(PATIENCE, "epoch 1 active", || {
-        (agent.active_epoch() == Some(1)).then_some(())
-    })?;
+    agent.wait_active_epoch(1, "epoch 1 active")?;
     let genuine = {
         let (_, raw) = gait_e2e::http_json(
             "GET",
@@ -164,8 +162,6 @@ fn forged_tampered_and_replayed_bundles_are_refused_and_the_active_bundle_stays(
         status == 201 && body["epoch"] == 5,
         "publish: {status} {body}"
     );
-    wait_for(PATIENCE, "epoch 5 active", || {
-        (agent.active_epoch() == Some(5)).then_some(())
-    })?;
+    agent.wait_active_epoch(5, "epoch 5 active")?;
     Ok(())
 }

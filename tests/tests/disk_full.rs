@@ -152,9 +152,7 @@ fn agent_storage_heals_after_the_disk_filled_and_no_answered_decision_is_lost() 
         &[("fleet-baseline.yaml", BASELINE)],
     )?;
     ensure!(status == 200 || status == 201, "publish: {status} {answer}");
-    wait_for(PATIENCE, "bundle active at the agent", || {
-        (agent.active_epoch() == Some(1)).then_some(())
-    })?;
+    agent.wait_active_epoch(1, "bundle active at the agent")?;
     let token = agent.api_token()?;
     let mut answered = Vec::new();
     for _ in 0..20 {

@@ -59,10 +59,8 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
         ensure!(status == 201, "publish: {status} {body}");
         let digest = body["digest"].as_str().context("digest")?.to_owned();
         for a in &agents {
-            wait_for(PATIENCE, "agent active epoch 1", || {
-                (a.active_epoch() == Some(1)).then_some(())
-            })
-            .with_context(|| a.log())?;
+            a.wait_active_epoch(1, "agent active epoch 1")
+                .with_context(|| a.log())?;
             ensure!(
                 a.status()?["active_bundle"]["digest"] == digest.as_str(),
                 "agent digest differs"
@@ -88,9 +86,7 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
             "epoch 2 must chain to epoch 1: {body}"
         );
         for a in &agents {
-            wait_for(PATIENCE, "agent active epoch 2", || {
-                (a.active_epoch() == Some(2)).then_some(())
-            })?;
+            a.wait_active_epoch(2, "agent active epoch 2")?;
         }
         Ok(())
     });
@@ -106,9 +102,7 @@ fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_rest
         agent.start()?;
         let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
         ensure!(status == 201, "publish: {status} {body}");
-        wait_for(PATIENCE, "bundle active", || {
-            (agent.active_epoch() == Some(1)).then_some(())
-        })?;
+        agent.wait_active_epoch(1, "bundle active")?;
 
         agg.stop();
         let mut sent = Vec::new();
@@ -205,9 +199,7 @@ fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_n
         let mut agent =
             Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
         agent.start()?;
-        wait_for(PATIENCE, "agent connected", || {
-            (agent.status().ok()?["connected"] == true).then_some(())
-        })?;
+        agent.wait_connected("agent connected")?;
         let mut expected = 0u64;
         for round in 0..4 {
             // Write a burst; the agent ships while we write.
@@ -292,16 +284,12 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
         a.start()?;
         b.start()?;
         for agent in [&a, &b] {
-            wait_for(PATIENCE, "agent connected", || {
-                (agent.status().ok()?["connected"] == true).then_some(())
-            })?;
+            agent.wait_connected("agent connected")?;
         }
         let (status, body) = agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
         ensure!(status == 201, "publish org-b: {status} {body}");
         let b_digest = body["digest"].as_str().context("digest")?.to_owned();
-        wait_for(PATIENCE, "org-b agent active", || {
-            (b.active_epoch() == Some(1)).then_some(())
-        })?;
+        b.wait_active_epoch(1, "org-b agent active")?;
         // "org-a never gets org-b's bundle" is anchored on org-a's own bundle: both agents were polling when
         // org-b published, so a leak would have reached the org-a agent before org-a's publish and shown as its
         // active bundle (org-b's epoch 1 would make org-a's epoch 1 look stale) or as a refusal.
@@ -309,9 +297,7 @@ fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
         ensure!(status == 201, "publish org-a: {status} {body}");
         let a_digest = body["digest"].as_str().context("digest")?.to_owned();
         ensure!(a_digest != b_digest, "the two tenants' bundles must differ");
-        wait_for(PATIENCE, "org-a agent active on its own bundle", || {
-            (a.active_epoch() == Some(1)).then_some(())
-        })?;
+        a.wait_active_epoch(1, "org-a agent active on its own bundle")?;
         let a_status = a.status()?;
         ensure!(
             a_status["active_bundle"]["digest"] == a_digest.as_str()

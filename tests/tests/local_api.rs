@@ -9,35 +9,27 @@
 //! place is refused naming the key.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, http_json, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, http_json, raw_exchange, wait_for};
 use serde_json::{Value, json};
 
 /// Sends `head` (request line and headers, without the final blank line) and `body` as one HTTP/1.1 request;
 /// returns the status and the JSON body.
 fn raw(addr: SocketAddr, head: &str, body: &str) -> anyhow::Result<(u16, Value)> {
-    let mut stream = TcpStream::connect(addr)?;
+    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(PATIENCE))?;
-    write!(
+    raw_exchange(
         stream,
-        "{head}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let status: u16 = answer
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+        &format!(
+            "{head}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }
 
 fn last_seq(agent: &Agent) -> anyhow::Result<Value> {
@@ -167,24 +159,17 @@ fn over_socket(
     target: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let mut stream =
+    let stream =
         UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
     stream.set_read_timeout(Some(PATIENCE))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
+    raw_exchange(
         stream,
-        "{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let status: u16 = answer
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+        &format!(
+            "{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }
 
 /// Adds `lines` under `local_api:` in the agent's config.
@@ -350,10 +335,9 @@ fn simulate_is_refused_unless_the_bundle_allows_it_and_its_record_keeps_the_poli
 
     let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY)])?;
     ensure!(status == 201, "publish: {status} {body}");
-    wait_for(PATIENCE, "bundle 1 active", || {
-        (agent.active_epoch() == Some(1)).then_some(())
-    })
-    .with_context(|| agent.log())?;
+    agent
+        .wait_active_epoch(1, "bundle 1 active")
+        .with_context(|| agent.log())?;
     let before = last_seq(&agent)?;
     let (status, body) = simulate("default bundle")?;
     ensure!(
@@ -401,10 +385,9 @@ fn simulate_is_refused_unless_the_bundle_allows_it_and_its_record_keeps_the_poli
         status == 200 && latest["manifest"]["settings"] == json!({"allow_caller_simulate": true}),
         "the setting is signed into the bundle: {status} {latest}"
     );
-    wait_for(PATIENCE, "bundle 2 active", || {
-        (agent.active_epoch() == Some(2)).then_some(())
-    })
-    .with_context(|| agent.log())?;
+    agent
+        .wait_active_epoch(2, "bundle 2 active")
+        .with_context(|| agent.log())?;
     let (status, body) = simulate("allowing bundle")?;
     ensure!(
         status == 200

@@ -42,10 +42,9 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge")?;
     agent.start()?;
-    wait_for(PATIENCE, "agent connected", || {
-        (agent.status().ok()?["connected"] == true).then_some(())
-    })
-    .with_context(|| agent.log())?;
+    agent
+        .wait_connected("agent connected")
+        .with_context(|| agent.log())?;
     // Some traffic first, so labelled series exist: a record and a decision (no bundle yet: blocked).
     agent.append("block", "app.decision", json!({"n": 1}))?;
     let intent = json!({

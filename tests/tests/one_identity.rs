@@ -67,10 +67,9 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     let mut first = Agent::enroll(&agg, &tmp.path().join("a"), ORG, PROJECT, ENV, AGENT)?;
     first.start()?;
-    wait_for(PATIENCE, "first agent connected", || {
-        (first.status().ok()?["connected"] == true).then_some(())
-    })
-    .with_context(|| first.log())?;
+    first
+        .wait_connected("first agent connected")
+        .with_context(|| first.log())?;
     let mut first_seqs = Vec::new();
     for n in 0..5 {
         first_seqs.push(append(&first, n)?);

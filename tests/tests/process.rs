@@ -115,10 +115,9 @@ fn an_agent_whose_log_pipe_closes_keeps_deciding_and_syncing_and_stops_on_sigter
         &[("fleet-baseline.yaml", BASELINE)],
     )?;
     ensure!(status == 201 || status == 200, "publish: {status} {answer}");
-    wait_for(PATIENCE, "bundle active at the agent", || {
-        (agent.active_epoch() == Some(1)).then_some(())
-    })
-    .with_context(|| format!("agent process: {:?}", child.try_wait()))?;
+    agent
+        .wait_active_epoch(1, "bundle active at the agent")
+        .with_context(|| format!("agent process: {:?}", child.try_wait()))?;
 
     // Deciding: every decision is answered and its record reaches the aggregator.
     for _ in 0..20 {

@@ -88,10 +88,9 @@ fn refused_record_is_quarantined_and_the_stream_goes_on(db: Option<&str>) -> any
     )?;
     let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), ORG, PROJECT, ENV, AGENT)?;
     agent.start()?;
-    wait_for(PATIENCE, "agent connected", || {
-        (agent.status().ok()?["connected"] == true).then_some(())
-    })
-    .with_context(|| agent.log())?;
+    agent
+        .wait_connected("agent connected")
+        .with_context(|| agent.log())?;
 
     // 1. A kind over the wire's 64 bytes is refused by the local API, naming `kind`, and nothing is appended.
     let before = agent.status()?["outbox"]["last_seq"].clone();

@@ -23,9 +23,7 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
     bad.start()?;
     good.start()?;
     for a in [&bad, &good] {
-        wait_for(PATIENCE, "connected", || {
-            (a.status().ok()?["connected"] == true).then_some(())
-        })?;
+        a.wait_connected("connected")?;
     }
     let out = hermetic("gait-aggregator")
         .args(["pki", "revoke", "--reason", "key compromise"])
@@ -47,9 +45,7 @@ fn revoked_agent_is_disconnected_and_refused_while_others_keep_working() -> anyh
     bad.append("block", "app.decision", json!({"from": "revoked"}))?;
     let (status, body) = agg.publish("acme", "web", "prod", &[("p.yaml", POLICY_V1)])?;
     ensure!(status == 201, "publish: {status} {body}");
-    wait_for(PATIENCE, "good agent active", || {
-        (good.active_epoch() == Some(1)).then_some(())
-    })?;
+    good.wait_active_epoch(1, "good agent active")?;
     // Two more attempts: the second of them started after the record and the bundle existed, so it would
     // have shipped the one and fetched the other had it been let in.
     stays_disconnected(&bad, 2).context("revoked agent")?;
@@ -261,9 +257,7 @@ fn malformed_and_oversized_frames_close_the_connection_and_leave_the_aggregator_
     // The aggregator is unaffected: the good agent still connects, gets bundles, ships records.
     let (status, body) = agg.publish("acme", "web", "prod", &[("p.yaml", POLICY_V1)])?;
     ensure!(status == 201, "publish: {status} {body}");
-    wait_for(PATIENCE, "good agent active", || {
-        (good.active_epoch() == Some(1)).then_some(())
-    })?;
+    good.wait_active_epoch(1, "good agent active")?;
     good.append("block", "app.decision", json!({"ok": true}))?;
     wait_for(PATIENCE, "record stored", || {
         agg.records("acme", "web", "prod", "good")

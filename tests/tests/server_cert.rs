@@ -14,10 +14,9 @@ fn the_server_certificate_is_reissued_under_the_same_ca_and_uncovered_names_are_
     let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge")?;
     agent.start()?;
-    wait_for(PATIENCE, "agent connected", || {
-        (agent.status().ok()?["connected"] == true).then_some(())
-    })
-    .with_context(|| agent.log())?;
+    agent
+        .wait_connected("agent connected")
+        .with_context(|| agent.log())?;
     let ca = std::fs::read(agg.data_dir.join("pki/ca.pem"))?;
 
     let out = hermetic("gait-aggregator")

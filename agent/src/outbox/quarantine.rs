@@ -38,6 +38,9 @@ const QUARANTINE_META: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new("outbox_quarantine_meta");
 const QMETA_KEY: &str = "state";
 
+/// The quarantine table opened in a write transaction.
+type QuarantineTable<'txn> = redb::Table<'txn, [u8; 8], &'static [u8]>;
+
 /// Longest refusal message kept with a quarantined record, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 
@@ -237,38 +240,9 @@ impl Outbox {
                 .open_table(QUARANTINE_META)
                 .map_err(|e| self.db_err(e))?;
             let mut q = read_qmeta(&meta_table).map_err(|e| self.qmeta_err(e))?;
-            let entry = EntryOnDisk::V1(Entry {
-                record,
-                code: cut(code, MAX_MESSAGE_BYTES).to_owned(),
-                message: cut(message, MAX_MESSAGE_BYTES).to_owned(),
-                quarantined_unix_ms: now_unix_ms,
-            });
-            let value = postcard::to_allocvec(&entry)
-                .map_err(|e| self.corrupt(seq, format!("cannot encode quarantine entry: {e}")))?;
-            table
-                .insert(seq.to_be_bytes(), value.as_slice())
-                .map_err(|e| self.db_err(e))?;
-            q.held += 1;
-            q.bytes = q.bytes.saturating_add(value.len() as u64);
-            q.total = q.total.saturating_add(1);
-            while q.held > limits.max_records || q.bytes > limits.max_bytes {
-                let Some((old_seq, old_len)) = table
-                    .pop_first()
-                    .map_err(|e| self.db_err(e))?
-                    .map(|(k, v)| (u64::from_be_bytes(k.value()), v.value().len() as u64))
-                else {
-                    break;
-                };
-                q.held -= 1;
-                q.bytes = q.bytes.saturating_sub(old_len);
-                q.dropped = q.dropped.saturating_add(1);
-                dropped_seqs.push(old_seq);
-            }
-            let encoded = postcard::to_allocvec(&QMetaOnDisk::V1(q))
-                .map_err(|e| self.corrupt(seq, format!("cannot encode quarantine meta: {e}")))?;
-            meta_table
-                .insert(QMETA_KEY, encoded.as_slice())
-                .map_err(|e| self.db_err(e))?;
+            self.insert_entry(&mut table, &mut q, record, code, message, now_unix_ms)?;
+            dropped_seqs = self.trim_to_limits(&mut table, &mut q)?;
+            self.write_qmeta(&mut meta_table, seq, q)?;
             qmeta_after = Some(q);
             outcome = QuarantineOutcome::Quarantined {
                 seq,
@@ -287,14 +261,7 @@ impl Outbox {
                 "record refused for good; moved to the outbox quarantine (export it with \
                  `gait-agent quarantine export`), later records continue"
             );
-            for dropped in dropped_seqs {
-                tracing::error!(
-                    seq = dropped,
-                    max_records = limits.max_records,
-                    max_bytes = limits.max_bytes,
-                    "outbox quarantine full: oldest quarantined record dropped and lost"
-                );
-            }
+            log_dropped(limits, &dropped_seqs);
         }
         Ok(outcome)
     }
@@ -349,44 +316,13 @@ impl Outbox {
                     continue;
                 }
                 let record = self.decode(seq, &bytes)?;
-                let entry = EntryOnDisk::V1(Entry {
-                    record,
-                    code: code.to_owned(),
-                    message: cut(message, MAX_MESSAGE_BYTES).to_owned(),
-                    quarantined_unix_ms: now_unix_ms,
-                });
-                let value = postcard::to_allocvec(&entry).map_err(|e| {
-                    self.corrupt(seq, format!("cannot encode quarantine entry: {e}"))
-                })?;
-                table
-                    .insert(seq.to_be_bytes(), value.as_slice())
-                    .map_err(|e| self.db_err(e))?;
-                q.held += 1;
-                q.bytes = q.bytes.saturating_add(value.len() as u64);
-                q.total = q.total.saturating_add(1);
+                self.insert_entry(&mut table, &mut q, record, code, message, now_unix_ms)?;
                 outcome.quarantined.push(seq);
             }
             meta.acked_through = through;
-            while q.held > limits.max_records || q.bytes > limits.max_bytes {
-                let Some((old_seq, old_len)) = table
-                    .pop_first()
-                    .map_err(|e| self.db_err(e))?
-                    .map(|(k, v)| (u64::from_be_bytes(k.value()), v.value().len() as u64))
-                else {
-                    break;
-                };
-                q.held -= 1;
-                q.bytes = q.bytes.saturating_sub(old_len);
-                q.dropped = q.dropped.saturating_add(1);
-                dropped_seqs.push(old_seq);
-            }
+            dropped_seqs = self.trim_to_limits(&mut table, &mut q)?;
             if !outcome.quarantined.is_empty() || !dropped_seqs.is_empty() {
-                let encoded = postcard::to_allocvec(&QMetaOnDisk::V1(q)).map_err(|e| {
-                    self.corrupt(through, format!("cannot encode quarantine meta: {e}"))
-                })?;
-                meta_table
-                    .insert(QMETA_KEY, encoded.as_slice())
-                    .map_err(|e| self.db_err(e))?;
+                self.write_qmeta(&mut meta_table, through, q)?;
                 qmeta_after = Some(q);
             }
             Ok(())
@@ -395,14 +331,7 @@ impl Outbox {
         if let Some(q) = qmeta_after {
             *self.qlock() = q;
         }
-        for dropped in dropped_seqs {
-            tracing::error!(
-                seq = dropped,
-                max_records = limits.max_records,
-                max_bytes = limits.max_bytes,
-                "outbox quarantine full: oldest quarantined record dropped and lost"
-            );
-        }
+        log_dropped(limits, &dropped_seqs);
         Ok(outcome)
     }
 
@@ -455,6 +384,76 @@ impl Outbox {
             .quarantine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts `record` into the quarantine `table` with its refusal (both cut to [`MAX_MESSAGE_BYTES`]) and
+    /// counts it in `q`. The caller trims ([`Self::trim_to_limits`]) and writes `q` in the same transaction.
+    fn insert_entry(
+        &self,
+        table: &mut QuarantineTable<'_>,
+        q: &mut QMeta,
+        record: Record,
+        code: &str,
+        message: &str,
+        now_unix_ms: i64,
+    ) -> Result<(), OutboxError> {
+        let seq = record.seq;
+        let entry = EntryOnDisk::V1(Entry {
+            record,
+            code: cut(code, MAX_MESSAGE_BYTES).to_owned(),
+            message: cut(message, MAX_MESSAGE_BYTES).to_owned(),
+            quarantined_unix_ms: now_unix_ms,
+        });
+        let value = postcard::to_allocvec(&entry)
+            .map_err(|e| self.corrupt(seq, format!("cannot encode quarantine entry: {e}")))?;
+        table
+            .insert(seq.to_be_bytes(), value.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        q.held += 1;
+        q.bytes = q.bytes.saturating_add(value.len() as u64);
+        q.total = q.total.saturating_add(1);
+        Ok(())
+    }
+
+    /// Drops the oldest entries of the quarantine `table` while `q` is above this handle's
+    /// [`QuarantineLimits`], counting them in `q`; returns their seqs, oldest first, for [`log_dropped`]
+    /// once the transaction has committed.
+    fn trim_to_limits(
+        &self,
+        table: &mut QuarantineTable<'_>,
+        q: &mut QMeta,
+    ) -> Result<Vec<u64>, OutboxError> {
+        let limits = self.inner.quarantine_limits;
+        let mut dropped = Vec::new();
+        while q.held > limits.max_records || q.bytes > limits.max_bytes {
+            let Some((old_seq, old_len)) = table
+                .pop_first()
+                .map_err(|e| self.db_err(e))?
+                .map(|(k, v)| (u64::from_be_bytes(k.value()), v.value().len() as u64))
+            else {
+                break;
+            };
+            q.held -= 1;
+            q.bytes = q.bytes.saturating_sub(old_len);
+            q.dropped = q.dropped.saturating_add(1);
+            dropped.push(old_seq);
+        }
+        Ok(dropped)
+    }
+
+    /// Writes the quarantine counters `q`; `seq` names the record in an encoding error.
+    fn write_qmeta(
+        &self,
+        meta_table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        seq: u64,
+        q: QMeta,
+    ) -> Result<(), OutboxError> {
+        let encoded = postcard::to_allocvec(&QMetaOnDisk::V1(q))
+            .map_err(|e| self.corrupt(seq, format!("cannot encode quarantine meta: {e}")))?;
+        meta_table
+            .insert(QMETA_KEY, encoded.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
     }
 
     fn qmeta_err(&self, e: QMetaError) -> OutboxError {
@@ -528,6 +527,18 @@ fn read_qmeta<T: ReadableTable<&'static str, &'static [u8]>>(
     match postcard::from_bytes::<QMetaOnDisk>(value.value()) {
         Ok(QMetaOnDisk::V1(q)) => Ok(q),
         Err(e) => Err(QMetaError::Decode(e.to_string())),
+    }
+}
+
+/// Logs each quarantine entry [`Outbox::trim_to_limits`] dropped, after its commit: the record is lost.
+fn log_dropped(limits: QuarantineLimits, dropped_seqs: &[u64]) {
+    for &dropped in dropped_seqs {
+        tracing::error!(
+            seq = dropped,
+            max_records = limits.max_records,
+            max_bytes = limits.max_bytes,
+            "outbox quarantine full: oldest quarantined record dropped and lost"
+        );
     }
 }
 

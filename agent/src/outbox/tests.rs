@@ -873,3 +873,42 @@ fn hash_at_answers_only_for_waiting_records() {
     assert_eq!(outbox.hash_at(4).unwrap(), None, "never written");
     assert_eq!(outbox.hash_at(3).unwrap(), Some(records[2].hash));
 }
+
+/// The ack path trims the quarantine like the refusal path: conflicts that overflow it drop the oldest entries
+/// (counted, and the counters survive a reopen), and the newest conflicts are the ones kept.
+#[test]
+fn conflicts_that_overflow_the_quarantine_drop_its_oldest_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.redb");
+    let limits = QuarantineLimits {
+        max_records: 2,
+        max_bytes: u64::MAX,
+    };
+    {
+        let db = AgentDb::open(&path).unwrap();
+        let outbox = Outbox::open_with_quarantine(&db, ROOMY, limits).unwrap();
+        append_n(&outbox, 6);
+        outbox
+            .quarantine_oldest(1, "record_hash_mismatch", "x", 0)
+            .unwrap();
+        let conflicts = [gait_wire::SeqRange { first: 3, last: 5 }];
+        let outcome = outbox
+            .ack_with_conflicts(6, &conflicts, "another instance wrote it", 7)
+            .unwrap();
+        assert_eq!(outcome.deleted, 2, "seqs 2 and 6 were committed");
+        assert_eq!(outcome.quarantined, vec![3, 4, 5]);
+        assert_eq!(outcome.dropped, 2, "seq 1 and seq 3 made room");
+        let q = outbox.quarantine_stats();
+        assert_eq!((q.held, q.total, q.dropped), (2, 4, 2));
+    }
+    let db = AgentDb::open(&path).unwrap();
+    let outbox = Outbox::open_with_quarantine(&db, ROOMY, limits).unwrap();
+    let q = outbox.quarantine_stats();
+    assert_eq!((q.held, q.total, q.dropped), (2, 4, 2));
+    drop(outbox);
+    let (_, held) = quarantine::read(&db).unwrap();
+    assert_eq!(
+        held.iter().map(|r| r.record.seq).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+}

@@ -1,8 +1,11 @@
-//! Configuration plumbing both binaries share: a validation [`Problem`] named by its dotted key, and the
-//! `GAIT_*` environment overrides as a typed table ([`EnvOverride`]) applied by [`apply_env`].
+//! Configuration plumbing both binaries share: a validation [`Problem`] named by its dotted key, every problem
+//! of one configuration as one error ([`Invalid`]), and the `GAIT_*` environment overrides as a typed table
+//! ([`EnvOverride`]) applied by [`apply_env`].
 //!
 //! Each binary keeps its own configuration struct, keys and defaults; only the way an environment variable
-//! overrides one key, and the way a bad value is reported, live here once.
+//! overrides one key, and the way bad values (from the environment or validation) are reported, live here once:
+//! each binary's `ConfigError::Invalid` wraps [`Invalid`], so `apply_env(..)?` and `Invalid::check(..)?` are the
+//! whole path from a problem list to the binary's error.
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +35,42 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Every problem found in one configuration, in the order found; shown as `invalid config: ` followed by each
+/// problem (`key: message`), joined with `; `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config: {}", join(.0))]
+pub struct Invalid(pub Vec<Problem>);
+
+impl Invalid {
+    /// `Ok` when `problems` is empty, else all of them as the error.
+    pub fn check(problems: Vec<Problem>) -> Result<(), Invalid> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(problems))
+        }
+    }
+
+    /// The problems, in the order found.
+    pub fn problems(&self) -> &[Problem] {
+        &self.0
+    }
+}
+
+impl From<Problem> for Invalid {
+    fn from(problem: Problem) -> Self {
+        Invalid(vec![problem])
+    }
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// An environment variable that overrides one configuration key of `C`.
 pub struct EnvOverride<C> {
     /// The variable, e.g. `GAIT_QUIC_LISTEN`.
@@ -52,12 +91,13 @@ impl<C> fmt::Debug for EnvOverride<C> {
 }
 
 /// Applies every override in `table` whose variable `env` returns, in table order. A value that does not
-/// parse leaves its key as it was and comes back as a [`Problem`] naming the key, the variable and the value.
+/// parse leaves its key as it was and comes back as a [`Problem`] naming the key, the variable and the value;
+/// all of them together are the error.
 pub fn apply_env<C>(
     config: &mut C,
     table: &[EnvOverride<C>],
     env: impl Fn(&str) -> Option<String>,
-) -> Vec<Problem> {
+) -> Result<(), Invalid> {
     let mut problems = Vec::new();
     for entry in table {
         let Some(value) = env(entry.var) else {
@@ -70,7 +110,7 @@ pub fn apply_env<C>(
             ));
         }
     }
-    problems
+    Invalid::check(problems)
 }
 
 /// Parses `value` into `slot` for an [`EnvOverride::set`]; on failure `slot` is unchanged and the error is
@@ -118,7 +158,7 @@ mod tests {
             "T_NAME" => Some("edge".to_owned()),
             _ => None,
         };
-        assert!(apply_env(&mut conf, &TABLE, env).is_empty());
+        assert_eq!(apply_env(&mut conf, &TABLE, env), Ok(()));
         assert_eq!(
             conf,
             Conf {
@@ -127,11 +167,12 @@ mod tests {
             }
         );
 
-        let problems = apply_env(&mut conf, &TABLE, |var| {
+        let error = apply_env(&mut conf, &TABLE, |var| {
             (var == "T_PORT").then(|| "eighty".to_owned())
-        });
+        })
+        .unwrap_err();
         assert_eq!(
-            problems,
+            error.problems(),
             [Problem::new(
                 "server.port",
                 "T_PORT=\"eighty\" is not a port number"
@@ -139,8 +180,8 @@ mod tests {
         );
         assert_eq!(conf.port, 80, "a bad value leaves the key unchanged");
         assert_eq!(
-            problems[0].to_string(),
-            "server.port: T_PORT=\"eighty\" is not a port number"
+            error.to_string(),
+            "invalid config: server.port: T_PORT=\"eighty\" is not a port number"
         );
     }
 }

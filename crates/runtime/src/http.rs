@@ -6,11 +6,13 @@
 //! `SO_PEERCRED`) into each request's extensions. What they enforce, each from [`Limits`]:
 //! - **Connection cap.** At most `max_connections` connections are served at once. When a connection arrives at
 //!   the cap, the connection that has waited longest without a request in flight (idle between requests, or
-//!   still sending its request head — the slow-header client) is closed to make room, and counted in
+//!   still sending its request head — the slow-header client) is closed to make room, its slot passes to the
+//!   newcomer at once (the newcomer never waits for the evicted connection's task to end), and it is counted in
 //!   [`Stats::evicted`]: a flood of idle connections cannot lock out a client that sends a request, however
 //!   fast the flood re-dials, because the newest connection is always the last to go. Only when every admitted
 //!   connection has a request in flight is a new connection closed at once (fast refusal: the client sees EOF,
-//!   not a hang) and counted in [`Stats::refused`]. Either way the process never runs out of file handles.
+//!   not a hang) and counted in [`Stats::refused`], as it is when `max_connections` evicted connections are
+//!   still ending. Either way the process holds at most twice `max_connections` connection file handles.
 //! - **Header timeout.** The request line and headers must arrive within `header_timeout`, else the
 //!   connection is closed (hyper's `header_read_timeout`; hyper also arms it while a kept-alive connection waits
 //!   for its next request).
@@ -32,7 +34,10 @@
 //! (each router answers a larger body 413 as soon as it crosses its limit), each held for at most
 //! `body_timeout`; a refused or timed-out connection frees its buffer at once. At the defaults: agent
 //! 1024 × (2 MiB + 64 KiB) ≈ 2.06 GiB, aggregator 4096 × 8 MiB = 32 GiB, worst case. Operators who need a
-//! tighter bound lower `max_connections`.
+//! tighter bound lower `max_connections`. One race can add to it: a request that starts in the instant its
+//! connection is evicted is still answered, under the evicted connection's permit of the ending budget, so in
+//! theory up to `max_connections` more bodies; it needs a request arriving exactly then on the longest-idle
+//! connection, and (on both servers) a valid token before any body is read.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,16 +47,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 #[cfg(unix)]
 use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 use tower_http::timeout::Timeout;
 
 use crate::Tasks;
@@ -59,10 +63,6 @@ use crate::Tasks;
 /// How long the accept loop waits before accepting again after the process ran out of file handles (or another
 /// resource error), so that it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How long a connection admitted by evicting an idle one waits for the evicted connection to release its slot
-/// (normally microseconds; the evicted connection only has to be dropped) before it is refused after all.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// The limits [`serve`] enforces; each binary builds them from its own dotted config keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +122,8 @@ impl Stats {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once because `max_connections` were already open, each with a request in flight.
+    /// Connections closed at once because `max_connections` were already open, each with a request in flight
+    /// (or with `max_connections` evicted connections still ending).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
@@ -132,7 +133,8 @@ impl Stats {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Connections open now.
+    /// Connections open now: at most `max_connections` being served, plus evicted connections whose task has
+    /// not ended yet (at most as many again).
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
@@ -161,9 +163,64 @@ pub enum Peer {
     },
 }
 
+/// The bounds the accept loop puts on what it serves and what it reads from, each written once as a trait with a
+/// blanket impl. They are `pub` inside a private module: usable in the public signatures below, but not nameable
+/// (nor implementable) outside this crate, so they add nothing to the API — any tower service of
+/// `Request<Incoming>` answering `Response<B>` with `Infallible` errors (an axum `Router`) fits.
+mod bounds {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncRead, AsyncWrite};
+    use tower::Service;
+
+    /// A cloneable, thread-safe tower service of hyper requests whose answers hyper can write.
+    pub trait HttpService:
+        Service<
+            Request<Incoming>,
+            Response = Response<Self::ResBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+        /// The body of the service's answers.
+        type ResBody: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+            + Default
+            + Send
+            + 'static;
+    }
+
+    impl<S, B> HttpService for S
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+            + Default
+            + Send
+            + 'static,
+    {
+        type ResBody = B;
+    }
+
+    /// A byte stream one connection is served over (TCP, a Unix socket, or TLS over either).
+    pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+    impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for I {}
+}
+
+use bounds::{HttpService, Io};
+
 /// A listener the accept loop takes connections from: TCP or a Unix socket.
 trait Listener {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: Io;
     async fn accept_peer(&self) -> std::io::Result<(Self::Stream, Peer)>;
 }
 
@@ -195,31 +252,21 @@ impl Listener for UnixListener {
 ///
 /// Returns once the listener is closed; accept errors (such as running out of file handles) are logged and
 /// retried, never fatal.
-pub async fn serve<S, B>(
+pub async fn serve<S: HttpService>(
     listener: TcpListener,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
 }
 
 /// [`serve`] over TLS: each accepted connection first completes a handshake with `tls` (within
 /// `limits.header_timeout`, holding its slot under the connection cap), then is served like a plain one. A
 /// failed or timed-out handshake closes the connection and is counted in [`Stats::handshake_failures`].
-pub async fn serve_tls<S, B>(
+pub async fn serve_tls<S: HttpService>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: S,
@@ -227,17 +274,7 @@ pub async fn serve_tls<S, B>(
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     accept_loop(
         listener,
@@ -255,28 +292,18 @@ pub async fn serve_tls<S, B>(
 /// carries the client's [`Peer::Unix`] credentials in its extensions. Who may connect is decided by the socket
 /// file's owner, group and mode, which the caller sets.
 #[cfg(unix)]
-pub async fn serve_unix<S, B>(
+pub async fn serve_unix<S: HttpService>(
     listener: UnixListener,
     service: S,
     limits: Limits,
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     accept_loop(listener, None, service, limits, stats, tasks, shutdown).await;
 }
 
-async fn accept_loop<L, S, B>(
+async fn accept_loop<L: Listener, S: HttpService>(
     listener: L,
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
@@ -284,25 +311,14 @@ async fn accept_loop<L, S, B>(
     stats: Arc<Stats>,
     tasks: Tasks,
     shutdown: CancellationToken,
-) where
-    L: Listener,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let idle = Arc::new(IdleSet::default());
-    // Connections admitted by eviction may wait for a released slot at once up to `max_connections` (so at most
-    // twice the cap of connection file handles are held); beyond it a new connection at the cap is refused, so a
-    // flood cannot park unbounded waiters. A smaller budget (64) refused thousands of newcomers — real clients
-    // among them — while a 20,000-connection burst was being evicted (`gait-fleet-bench http-flood`).
-    let waiters = Arc::new(Semaphore::new(limits.max_connections));
+    // An evicted connection hands its permit to the newcomer at once and holds one of these until its task ends,
+    // so at most twice the cap of connection file handles are held; when `max_connections` evicted connections
+    // are still ending, a newcomer at the cap is refused. (Newcomers used to wait up to 1 s for the evicted task
+    // to end and release its permit; under a 20,000-connection burst about 1 probe in 45 was still refused.)
+    let ending = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -319,56 +335,46 @@ async fn accept_loop<L, S, B>(
                 }
             }
         };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            // At the cap: close the longest-idle connection and take its slot.
+            Err(_) => {
+                let evicted = Arc::clone(&ending)
+                    .try_acquire_owned()
+                    .ok()
+                    .and_then(|ending| idle.evict_oldest(ending));
+                let Some(permit) = evicted else {
+                    refuse(stream, &stats, limits);
+                    continue;
+                };
+                if let Some(evicted) = count_sparsely(&stats.evicted) {
+                    tracing::warn!(
+                        evicted_total = evicted,
+                        max_connections = limits.max_connections,
+                        "HTTP connection cap reached; closing the longest-idle connections to admit new ones"
+                    );
+                }
+                permit
+            }
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
         let connection = Connection {
             service: service.clone(),
+            peer,
             limits,
             shutdown: shutdown.clone(),
             idle: Arc::clone(&idle),
-            tls: tls.clone(),
+            slot: Slot::new(permit),
+            open: OpenGuard::new(Arc::clone(&stats)),
         };
-        if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
-            let open = OpenGuard::new(Arc::clone(&stats), permit);
-            tasks.spawn("http-connection", connection.serve(stream, peer, open));
-            continue;
-        }
-        // At the cap: make room by closing the longest-idle connection, and give its slot to this one.
-        let waiter = Arc::clone(&waiters).try_acquire_owned();
-        if let Ok(waiter) = waiter
-            && idle.evict_oldest()
-        {
-            let evicted = stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-            if evicted.is_power_of_two() {
-                tracing::warn!(
-                    evicted_total = evicted,
-                    max_connections = limits.max_connections,
-                    "HTTP connection cap reached; closing the longest-idle connections to admit new ones"
-                );
-            }
-            let (permits, stats) = (Arc::clone(&permits), Arc::clone(&stats));
-            tasks.spawn("http-connection", async move {
-                let slot = tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await;
-                drop(waiter);
-                match slot {
-                    Ok(Ok(permit)) => {
-                        stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        let open = OpenGuard::new(Arc::clone(&stats), permit);
-                        connection.serve(stream, peer, open).await;
-                    }
-                    _ => refuse(stream, &stats, limits),
-                }
-            });
-            continue;
-        }
-        refuse(stream, &stats, limits);
+        tasks.spawn("http-connection", connection.serve(stream, tls.clone()));
     }
 }
 
 /// Closes a connection at the cap at once (the client learns instead of waiting in a queue) and counts it.
 fn refuse<I>(stream: I, stats: &Stats, limits: Limits) {
     drop(stream);
-    let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
-    if refused.is_power_of_two() {
+    if let Some(refused) = count_sparsely(&stats.refused) {
         tracing::warn!(
             refused_total = refused,
             max_connections = limits.max_connections,
@@ -377,9 +383,37 @@ fn refuse<I>(stream: I, stats: &Stats, limits: Limits) {
     }
 }
 
+/// Adds one to `counter`; returns the new total when it is to be logged: the 1st, 2nd, 4th, 8th… (bounded log
+/// volume under a flood).
+fn count_sparsely(counter: &AtomicU64) -> Option<u64> {
+    let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    total.is_power_of_two().then_some(total)
+}
+
+/// A connection's place under the cap: its permit and the token that evicts it. The connection's task holds it,
+/// and so does the [`IdleSet`] while the connection is idle, so an eviction takes the permit and hands it to the
+/// newcomer at once, instead of making the newcomer wait for the evicted task to end. Released when the
+/// connection's task ends.
+#[derive(Debug)]
+struct Slot {
+    /// The permit under `max_connections`; after an eviction, a permit of the budget of connections still ending.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Cancelled when the server evicts this connection.
+    evict: CancellationToken,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(Slot {
+            permit: Mutex::new(Some(permit)),
+            evict: CancellationToken::new(),
+        })
+    }
+}
+
 /// The connections with no request in flight, oldest first: the candidates for eviction at the cap. A
 /// connection enters when it is admitted and whenever its last request in flight is answered, and leaves when a
-/// request starts.
+/// request starts; once evicted it never enters again.
 #[derive(Debug, Default)]
 struct IdleSet {
     inner: Mutex<IdleInner>,
@@ -388,7 +422,7 @@ struct IdleSet {
 #[derive(Debug, Default)]
 struct IdleInner {
     next_ticket: u64,
-    by_age: BTreeMap<u64, CancellationToken>,
+    by_age: BTreeMap<u64, Arc<Slot>>,
 }
 
 impl IdleSet {
@@ -397,13 +431,17 @@ impl IdleSet {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a connection that just became idle; returns its ticket.
-    fn enter(&self, evict: &CancellationToken) -> u64 {
+    /// Registers a connection that just became idle; returns its ticket, or `None` when it was evicted already
+    /// (its slot then holds a permit of the ending budget, which must never be handed on as a connection's).
+    fn enter(&self, slot: &Arc<Slot>) -> Option<u64> {
         let mut inner = self.lock();
+        if slot.evict.is_cancelled() {
+            return None;
+        }
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
-        inner.by_age.insert(ticket, evict.clone());
-        ticket
+        inner.by_age.insert(ticket, Arc::clone(slot));
+        Some(ticket)
     }
 
     /// Removes a connection (a request started, or the connection ended).
@@ -411,16 +449,20 @@ impl IdleSet {
         self.lock().by_age.remove(&ticket);
     }
 
-    /// Signals the longest-idle connection to close; false when no connection is idle.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().by_age.pop_first();
-        match oldest {
-            Some((_, evict)) => {
-                evict.cancel();
-                true
+    /// Signals the longest-idle connection to close and takes its permit under the cap, leaving it `ending` (a
+    /// permit of the budget of evicted connections still ending) until its task ends; `None` when no connection
+    /// is idle. Eviction and [`IdleSet::enter`] hold the same lock, so an evicted connection cannot re-enter.
+    fn evict_oldest(&self, ending: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        let mut inner = self.lock();
+        while let Some((_, slot)) = inner.by_age.pop_first() {
+            slot.evict.cancel();
+            let mut permit = slot.permit.lock().unwrap_or_else(PoisonError::into_inner);
+            // Always present for an idle connection; a slot without one is skipped, never trusted.
+            if permit.is_some() {
+                return permit.replace(ending);
             }
-            None => false,
         }
+        None
     }
 }
 
@@ -433,19 +475,15 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Holds a connection's slot under the cap and its place in [`Stats::open`] until the connection ends.
+/// Holds a connection's place in [`Stats::open`] until the connection ends.
 struct OpenGuard {
     stats: Arc<Stats>,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl OpenGuard {
-    fn new(stats: Arc<Stats>, permit: OwnedSemaphorePermit) -> Self {
+    fn new(stats: Arc<Stats>) -> Self {
         stats.open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard {
-            stats,
-            _permit: permit,
-        }
+        OpenGuard { stats }
     }
 }
 
@@ -462,23 +500,22 @@ struct Activity {
     in_flight: AtomicUsize,
     changed: watch::Sender<()>,
     idle: Arc<IdleSet>,
-    /// Cancelled when the server evicts this connection.
-    evict: CancellationToken,
+    /// The connection's slot (and eviction token).
+    slot: Arc<Slot>,
     /// This connection's place in the idle set while it has no request in flight.
     ticket: Mutex<Option<u64>>,
 }
 
 impl Activity {
-    fn new(idle: Arc<IdleSet>, changed: watch::Sender<()>) -> Self {
-        let evict = CancellationToken::new();
-        let ticket = idle.enter(&evict);
+    fn new(idle: Arc<IdleSet>, slot: Arc<Slot>, changed: watch::Sender<()>) -> Self {
+        let ticket = idle.enter(&slot);
         Activity {
             served: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             changed,
             idle,
-            evict,
-            ticket: Mutex::new(Some(ticket)),
+            slot,
+            ticket: Mutex::new(ticket),
         }
     }
 
@@ -519,198 +556,146 @@ impl Drop for InFlight {
             let mut ticket = self.0.ticket();
             let left = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
             if left == 0 && ticket.is_none() {
-                *ticket = Some(self.0.idle.enter(&self.0.evict));
+                *ticket = self.0.idle.enter(&self.0.slot);
             }
         }
         self.0.changed.send_replace(());
     }
 }
 
-/// What serving one admitted connection needs.
+/// One admitted connection: what serving it needs, from its TLS handshake (if any) to its end.
 struct Connection<S> {
     service: S,
+    peer: Peer,
     limits: Limits,
     shutdown: CancellationToken,
     idle: Arc<IdleSet>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    slot: Arc<Slot>,
+    open: OpenGuard,
 }
 
-impl<S, B> Connection<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    async fn serve<I>(self, stream: I, peer: Peer, open: OpenGuard)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+impl<S: HttpService> Connection<S> {
+    /// Serves `stream`: the TLS handshake first when the server has TLS, then HTTP.
+    async fn serve(self, stream: impl Io, tls: Option<tokio_rustls::TlsAcceptor>) {
+        match tls {
+            None => self.serve_http(stream).await,
+            Some(acceptor) => self.serve_tls(stream, acceptor).await,
+        }
+    }
+
+    /// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
+    /// connection is idle, so it may be evicted at the cap like a slow-header one), then serves HTTP over it.
+    async fn serve_tls(self, stream: impl Io, acceptor: tokio_rustls::TlsAcceptor) {
+        let Some(ticket) = self.idle.enter(&self.slot) else {
+            return;
+        };
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+        let stream = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                self.idle.leave(ticket);
+                return;
+            }
+            () = self.slot.evict.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(stream)) => {
+                    self.idle.leave(ticket);
+                    stream
+                }
+                Ok(Err(error)) => {
+                    self.idle.leave(ticket);
+                    self.open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_elapsed) => {
+                    self.idle.leave(ticket);
+                    self.open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        timeout_ms = self.limits.header_timeout.as_millis(),
+                        "TLS handshake not finished within the header timeout; connection closed"
+                    );
+                    return;
+                }
+            },
+        };
+        self.serve_http(stream).await;
+    }
+
+    /// Serves HTTP/1.1 on `stream` until the peer closes it, a limit closes it, it is evicted, or shutdown.
+    async fn serve_http(self, stream: impl Io) {
         let Connection {
             service,
+            peer,
             limits,
             shutdown,
             idle,
-            tls,
+            slot,
+            open: _open,
         } = self;
-        match tls {
-            None => serve_connection(stream, peer, service, limits, shutdown, idle, open).await,
-            Some(acceptor) => {
-                serve_tls_connection(
-                    stream, peer, acceptor, service, limits, shutdown, idle, open,
-                )
-                .await;
-            }
-        }
-    }
-}
-
-/// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
-/// connection is idle, so it may be evicted at the cap like a slow-header one), then serves the connection.
-#[allow(clippy::too_many_arguments)] // one connection's whole context, passed once from `Connection::serve`
-async fn serve_tls_connection<I, S, B>(
-    stream: I,
-    peer: Peer,
-    acceptor: tokio_rustls::TlsAcceptor,
-    service: S,
-    limits: Limits,
-    shutdown: CancellationToken,
-    idle: Arc<IdleSet>,
-    open: OpenGuard,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let evict = CancellationToken::new();
-    let ticket = idle.enter(&evict);
-    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
-    let stream = tokio::select! {
-        () = shutdown.cancelled() => {
-            idle.leave(ticket);
-            return;
-        }
-        () = evict.cancelled() => return,
-        result = handshake => match result {
-            Ok(Ok(stream)) => {
-                idle.leave(ticket);
-                stream
-            }
-            Ok(Err(error)) => {
-                idle.leave(ticket);
-                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "TLS handshake failed");
-                return;
-            }
-            Err(_elapsed) => {
-                idle.leave(ticket);
-                open.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    timeout_ms = limits.header_timeout.as_millis(),
-                    "TLS handshake not finished within the header timeout; connection closed"
-                );
-                return;
-            }
-        },
-    };
-    serve_connection(stream, peer, service, limits, shutdown, idle, open).await;
-}
-
-async fn serve_connection<I, S, B>(
-    stream: I,
-    peer: Peer,
-    service: S,
-    limits: Limits,
-    shutdown: CancellationToken,
-    idle: Arc<IdleSet>,
-    _open: OpenGuard,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Default + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (changed, mut changes) = watch::channel(());
-    let activity = Arc::new(Activity::new(idle, changed));
-    let evict = activity.evict.clone();
-    let timed =
-        Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
-    let per_request = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let activity = Arc::clone(&per_request);
-        let timed = timed.clone();
-        request.extensions_mut().insert(peer);
-        async move {
-            let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
-            let _in_flight = InFlight::start(activity);
-            let mut response = timed.oneshot(request).await?;
-            if served >= limits.max_requests_per_connection {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, Infallible>(response)
-        }
-    });
-
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "HTTP connection ended with an error");
+        let evict = slot.evict.clone();
+        let (changed, mut changes) = watch::channel(());
+        let activity = Arc::new(Activity::new(idle, slot, changed));
+        let timed =
+            Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
+        let per_request = Arc::clone(&activity);
+        let svc = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let activity = Arc::clone(&per_request);
+            let timed = timed.clone();
+            request.extensions_mut().insert(peer);
+            async move {
+                let served = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
+                let _in_flight = InFlight::start(activity);
+                let mut response = timed.oneshot(request).await?;
+                if served >= limits.max_requests_per_connection {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                return;
+                Ok::<_, Infallible>(response)
             }
-            () = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            // Evicted at the cap: an idle connection ends now; one whose request started in the meantime ends
-            // after its answer.
-            () = evict.cancelled(), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+        });
+
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "HTTP connection ended with an error");
+                    }
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            // Any request starting or ending restarts the idle timer (the next loop arms a new sleep).
-            _ = changes.changed(), if !closing => {}
-            () = tokio::time::sleep(limits.idle_timeout), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                () = shutdown.cancelled(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                // Evicted at the cap: an idle connection ends now; one whose request started in the meantime
+                // ends after its answer.
+                () = evict.cancelled(), if !closing => {
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // Any request starting or ending restarts the idle timer (the next loop arms a new sleep).
+                _ = changes.changed(), if !closing => {}
+                () = tokio::time::sleep(limits.idle_timeout), if !closing => {
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                // A closing connection whose peer does not read its last answer is cut.
+                () = tokio::time::sleep(limits.body_timeout), if closing => return,
             }
-            // A closing connection whose peer does not read its last answer is cut.
-            () = tokio::time::sleep(limits.body_timeout), if closing => return,
         }
     }
 }

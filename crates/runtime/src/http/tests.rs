@@ -441,3 +441,159 @@ async fn a_unix_socket_is_served_with_the_same_limits_and_names_its_peer() {
     assert_eq!(stats.evicted(), 1);
     token.cancel();
 }
+
+/// Blocks a thread until opened (bounded by [`PATIENCE`]).
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Set once a thread waits at the gate.
+    reached: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn wait(&self) {
+        self.reached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .opened
+            .wait_timeout_while(open, PATIENCE, |open| !*open)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave a runtime thread blocked.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// A TCP stream whose drop waits at a [`Gate`]: the task serving it cannot end until the gate opens.
+struct GatedStream {
+    inner: TcpStream,
+    gate: Option<Arc<Gate>>,
+}
+
+impl Drop for GatedStream {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            gate.wait();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for GatedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GatedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A TCP listener whose first accepted connection is a [`GatedStream`].
+struct FirstGated {
+    inner: tokio::net::TcpListener,
+    gate: std::sync::Mutex<Option<Arc<Gate>>>,
+}
+
+impl super::Listener for FirstGated {
+    type Stream = GatedStream;
+    async fn accept_peer(&self) -> std::io::Result<(GatedStream, super::Peer)> {
+        let (inner, addr) = self.inner.accept().await?;
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok((GatedStream { inner, gate }, super::Peer::Tcp(addr)))
+    }
+}
+
+/// The fix for the losses under a 20,000-connection burst: an evicted connection's slot goes to the newcomer at
+/// once. Here the evicted connection's task is held up from ending (its stream's drop blocks) for longer than a
+/// newcomer used to wait for that slot; the newcomer is still answered, and nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_cap_a_newcomer_is_served_even_while_the_evicted_connection_is_still_ending() {
+    let gate = Arc::new(Gate::default());
+    let _open_at_end = OpenOnDrop(Arc::clone(&gate));
+    let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = inner.local_addr().unwrap();
+    let listener = FirstGated {
+        inner,
+        gate: std::sync::Mutex::new(Some(Arc::clone(&gate))),
+    };
+    let token = CancellationToken::new();
+    let tasks = Tasks::new(token.clone());
+    let stats = Arc::new(Stats::default());
+    let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    });
+    tasks.spawn(
+        "test-server",
+        super::accept_loop(
+            listener,
+            None,
+            service,
+            limits(1),
+            Arc::clone(&stats),
+            tasks.clone(),
+            token.clone(),
+        ),
+    );
+
+    let mut evicted = TcpStream::connect(addr).await.unwrap();
+    until("the first connection is admitted", || stats.open() == 1).await;
+    let mut newcomer = TcpStream::connect(addr).await.unwrap();
+    newcomer
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_eof(&mut newcomer).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK"),
+        "the newcomer is answered while the evicted connection is still ending: {answer:?}"
+    );
+    assert_eq!(stats.evicted(), 1);
+    assert_eq!(stats.refused(), 0);
+
+    // Once its task may end, the evicted connection is closed.
+    until("the evicted connection's task reaches its end", || {
+        gate.reached.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    gate.open();
+    assert_eq!(read_to_eof(&mut evicted).await, "");
+    until("both connections are gone", || stats.open() == 0).await;
+    token.cancel();
+}
