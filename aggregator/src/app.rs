@@ -68,6 +68,10 @@ pub struct ServeConfig {
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
     pub max_record_payload_bytes: usize,
+    /// The audit log's origin (`audit.origin`); `None` = `gait-aggregator/<trust_domain>`.
+    pub audit_origin: Option<String>,
+    /// How often a checkpoint of the audit log is signed while it grows (`audit.checkpoint_interval_seconds`).
+    pub audit_checkpoint_interval: Duration,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -92,6 +96,8 @@ impl ServeConfig {
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+            audit_origin: None,
+            audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 
@@ -109,6 +115,10 @@ impl ServeConfig {
             reconnect_rate: config.quic.reconnect_rate,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
+            audit_origin: Some(config.audit_origin()),
+            audit_checkpoint_interval: Duration::from_secs(
+                config.audit.checkpoint_interval_seconds,
+            ),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -164,6 +174,8 @@ pub enum ServeError {
     PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -317,6 +329,15 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         metrics.clone(),
     ));
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
+    let audit_origin = config
+        .audit_origin
+        .clone()
+        .unwrap_or_else(|| crate::audit::default_origin(&config.trust_domain));
+    let audit = Arc::new(crate::audit::AuditLog::open(
+        store.clone(),
+        &config.key_dir(),
+        &audit_origin,
+    )?);
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
@@ -429,6 +450,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         ingest.clone(),
         registry,
         config.revocation_refresh,
+        shutdown.child_token(),
+    );
+    crate::audit::spawn_checkpointer(
+        &tasks,
+        audit,
+        config.audit_checkpoint_interval,
         shutdown.child_token(),
     );
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };

@@ -22,6 +22,9 @@
 //!   trust_domain: gait.local                # used when the CA is created
 //!   server_names: [localhost, 127.0.0.1]
 //! shutdown: { grace_seconds: 10 }
+//! audit:                                    # the tamper-evident audit log
+//!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
+//!   checkpoint_interval_seconds: 60
 //! client:                                   # where `publish` and `agents` reach the API
 //!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
@@ -153,6 +156,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// How the operator commands `publish` and `agents` reach the HTTP API.
     pub client: ClientConfig,
+    /// The tamper-evident audit log.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -166,6 +171,7 @@ impl Default for Config {
             pki: PkiConfig::default(),
             shutdown: ShutdownConfig::default(),
             client: ClientConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -364,6 +370,26 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `audit.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Name of the audit log: the origin of its checkpoints and the name of its verifier key. Default
+    /// `gait-aggregator/<pki.trust_domain>`.
+    pub origin: Option<String>,
+    /// How often `serve` signs and stores a checkpoint while the log grows. Default 60.
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            checkpoint_interval_seconds: crate::audit::DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
+        }
+    }
+}
+
 /// One validation problem at a dotted key (shared with the agent).
 pub use gait_runtime::config::Problem;
 
@@ -533,6 +559,25 @@ impl Config {
                 ));
             }
         }
+        if let Some(origin) = &self.audit.origin
+            && (origin.is_empty()
+                || origin.contains('+')
+                || origin.chars().any(char::is_whitespace))
+        {
+            problems.push(problem(
+                "audit.origin",
+                format!("`{origin}` must be non-empty without whitespace or '+' (it names a signed-note key)"),
+            ));
+        }
+        if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
+            problems.push(problem(
+                "audit.checkpoint_interval_seconds",
+                format!(
+                    "is {}; must be 1 to 86400",
+                    self.audit.checkpoint_interval_seconds
+                ),
+            ));
+        }
         if let Some(server) = &self.client.server
             && !(server.starts_with("http://") || server.starts_with("https://"))
         {
@@ -579,6 +624,14 @@ impl Config {
             )),
             _ => {}
         }
+    }
+
+    /// The audit log's origin: `audit.origin`, or `gait-aggregator/<pki.trust_domain>`.
+    pub fn audit_origin(&self) -> String {
+        self.audit
+            .origin
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_origin(&self.pki.trust_domain))
     }
 
     /// The certificate and key of the HTTPS API, `None` when it serves plain HTTP.

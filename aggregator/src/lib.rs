@@ -7,7 +7,7 @@
 //! - Edges that translate and decide nothing: [`api`] (the operator HTTP API) and [`ingest`] (the QUIC
 //!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
 //!   `ingest::tickets`).
-//! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
+//! - Features: [`audit`] (the tamper-evident log every privileged operation appends to), [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
 //!   `revocation` holds the serials the handshake refuses).
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
@@ -17,6 +17,7 @@
 //! the library returns typed errors.
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod fleet;

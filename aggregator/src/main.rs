@@ -73,6 +73,10 @@ enum Command {
     Alerts(cmd::alerts::AlertsArgs),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
+    /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
+    /// audit.vkey`), check that a checkpoint extends an older one.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
     /// Inspect the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -159,5 +163,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
+        Command::Audit(command) => cmd::audit::run(command, load()?).await,
     }
 }
