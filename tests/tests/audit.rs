@@ -99,8 +99,9 @@ impl Db {
         on_db!(self, |p| {
             let mut tx = p.begin().await?;
             for (i, line) in lines.iter().enumerate() {
-                sqlx::query("UPDATE audit_entries SET leaf = $1 WHERE seq = $2")
+                sqlx::query("UPDATE audit_entries SET leaf = $1, leaf_hash = $2 WHERE seq = $3")
                     .bind(line.as_slice())
+                    .bind(gait_audit::leaf_hash(line).as_slice())
                     .bind(i as i64)
                     .execute(&mut *tx)
                     .await?;
@@ -108,7 +109,7 @@ impl Db {
             sqlx::query("DELETE FROM audit_nodes")
                 .execute(&mut *tx)
                 .await?;
-            for (id, hash) in &nodes {
+            for (id, hash) in nodes.iter().filter(|(id, _)| id.level > 0) {
                 sqlx::query("INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3)")
                     .bind(i64::from(id.level))
                     .bind(id.index as i64)

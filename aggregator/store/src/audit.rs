@@ -10,7 +10,7 @@
 //! new head are written. A rolled-back transaction takes its index back with it.
 //!
 //! # Proofs
-//! Every complete aligned subtree's hash is in `audit_nodes`, so a tree hash or proof reads the `O(log n)` nodes
+//! Every complete aligned subtree's hash is stored (a leaf's with its entry, larger ones in `audit_nodes`), so a tree hash or proof reads the `O(log n)` nodes
 //! [`gait_audit::merkle::nodes_for`] names and recomputes nothing over the leaves.
 
 use std::collections::HashMap;
@@ -82,8 +82,7 @@ pub(crate) async fn append(
     const BUMP: &str =
         "UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size, frontier, last_leaf";
     const INSERT_ENTRY: &str = "INSERT INTO audit_entries (seq, org, project, env, actor, action, \
-         time_unix_ms, leaf) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-    const INSERT_NODE: &str = "INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3)";
+         time_unix_ms, leaf, leaf_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     const SET_HEAD: &str = "UPDATE audit_head SET frontier = $1, last_leaf = $2 WHERE id = 1";
 
     draft
@@ -118,7 +117,21 @@ pub(crate) async fn append(
         .map_err(|e| StoreError::invalid("audit entry", e.to_string()))?;
     let line = entry.to_line();
     let leaf = gait_audit::leaf_hash(&line);
-    let nodes = frontier.append(leaf);
+    // The leaf itself (level 0) is stored with the entry; the larger subtrees it completes (one in two appends
+    // completes none) go to `audit_nodes` in one statement.
+    let nodes: Vec<(i64, i64, Hash)> = frontier
+        .append(leaf)
+        .into_iter()
+        .filter(|(id, _)| id.level > 0)
+        .map(|(id, hash)| {
+            Ok((
+                i64::from(id.level),
+                int(id.index, "audit node index")?,
+                hash,
+            ))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let insert_nodes = (!nodes.is_empty()).then(|| insert_nodes_sql(nodes.len()));
     let target = &draft.target;
     let seq_i = int(seq, "audit seq")?;
     db_run!(conn, |c| {
@@ -131,17 +144,19 @@ pub(crate) async fn append(
             .bind(draft.action.as_str())
             .bind(now_ms)
             .bind(line.as_slice())
+            .bind(leaf.as_slice())
             .execute(&mut *c)
             .await
             .map_err(db("audit append: entry"))?;
-        for (id, hash) in &nodes {
-            sqlx::query(INSERT_NODE)
-                .bind(i64::from(id.level))
-                .bind(int(id.index, "audit node index")?)
-                .bind(hash.as_slice())
+        if let Some(sql) = &insert_nodes {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for (level, index, hash) in &nodes {
+                query = query.bind(*level).bind(*index).bind(hash.as_slice());
+            }
+            query
                 .execute(&mut *c)
                 .await
-                .map_err(db("audit append: node"))?;
+                .map_err(db("audit append: nodes"))?;
         }
         sqlx::query(SET_HEAD)
             .bind(frontier.to_bytes())
@@ -156,6 +171,17 @@ pub(crate) async fn append(
         leaf_hash: leaf,
         root: frontier.root(),
     })
+}
+
+/// `INSERT INTO audit_nodes` of `rows` rows, numbered placeholders only (no value is ever spliced in).
+fn insert_nodes_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| format!("(${}, ${}, ${})", 3 * r + 1, 3 * r + 2, 3 * r + 3))
+        .collect();
+    format!(
+        "INSERT INTO audit_nodes (level, idx, hash) VALUES {}",
+        values.join(", ")
+    )
 }
 
 /// The log's size and root.
@@ -206,19 +232,27 @@ pub(crate) async fn entries(
 
 /// The stored hashes of `ids`; a missing one is corruption (every complete subtree is written with its leaf).
 async fn nodes(mut conn: Conn<'_>, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError> {
-    const SQL: &str = "SELECT hash FROM audit_nodes WHERE level = $1 AND idx = $2";
+    const NODE: &str = "SELECT hash FROM audit_nodes WHERE level = $1 AND idx = $2";
+    const LEAF: &str = "SELECT leaf_hash FROM audit_entries WHERE seq = $1";
     let mut out = HashMap::with_capacity(ids.len());
     for id in ids {
         if out.contains_key(id) {
             continue;
         }
         let index = int(id.index, "audit node index")?;
-        let found: Option<Vec<u8>> = db_run!(conn, |c| sqlx::query_scalar(SQL)
-            .bind(i64::from(id.level))
-            .bind(index)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(db("audit nodes")))?;
+        let found: Option<Vec<u8>> = db_run!(conn, |c| if id.level == 0 {
+            sqlx::query_scalar(LEAF)
+                .bind(index)
+                .fetch_optional(&mut *c)
+                .await
+        } else {
+            sqlx::query_scalar(NODE)
+                .bind(i64::from(id.level))
+                .bind(index)
+                .fetch_optional(&mut *c)
+                .await
+        }
+        .map_err(db("audit nodes")))?;
         let bytes = found.ok_or_else(|| {
             StoreError::corrupt(
                 "audit_nodes",

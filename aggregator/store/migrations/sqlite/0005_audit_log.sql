@@ -1,7 +1,8 @@
 -- The tamper-evident audit log (issue 11): an append-only RFC 6962 Merkle log of privileged operations.
--- `audit_entries` holds each entry's canonical bytes (the leaf data, exactly one line of an export) with the
--- tenancy of its target (NULL where it has none) for scoped reads; `audit_nodes` the hash of every complete
--- aligned subtree (level, index), written once when its last leaf is appended, so proofs read O(log n) rows;
+-- `audit_entries` holds each entry's canonical bytes (the leaf data, exactly one line of an export), its leaf
+-- hash (the level-0 subtree) and the tenancy of its target (NULL where it has none) for scoped reads;
+-- `audit_nodes` the hash of every larger complete aligned subtree (level >= 1, index), written once when its
+-- last leaf is appended, so proofs read O(log n) rows;
 -- `audit_head` the one row that serialises appends: the size, the right edge of the tree (its complete
 -- subtrees' hashes, largest first) and the last leaf hash; `audit_checkpoints` the signed checkpoints.
 CREATE TABLE audit_head (
@@ -20,12 +21,13 @@ CREATE TABLE audit_entries (
     actor           TEXT    NOT NULL,
     action          TEXT    NOT NULL,
     time_unix_ms    INTEGER NOT NULL,
-    leaf            BLOB    NOT NULL
+    leaf            BLOB    NOT NULL,
+    leaf_hash       BLOB    NOT NULL CHECK (length(leaf_hash) = 32)
 );
 CREATE INDEX audit_entries_by_tenant ON audit_entries (org, project, env, seq);
 
 CREATE TABLE audit_nodes (
-    level   INTEGER NOT NULL CHECK (level >= 0 AND level < 64),
+    level   INTEGER NOT NULL CHECK (level >= 1 AND level < 64),
     idx     INTEGER NOT NULL CHECK (idx >= 0),
     hash    BLOB    NOT NULL CHECK (length(hash) = 32),
     PRIMARY KEY (level, idx)
