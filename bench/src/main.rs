@@ -10,8 +10,10 @@
 //! target/release/gait-fleet-bench agent-footprint
 //! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
 //! target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
+//! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
 //! ```
 
+mod audit;
 mod common;
 mod edge;
 mod footprint;
@@ -47,6 +49,9 @@ enum Command {
     /// Both HTTP servers flooded with idle connections and unfinished bodies: are `/healthz` and real work
     /// still answered, and how much memory does the server hold.
     HttpFlood(edge::FloodArgs),
+    /// The audit log: privileged operations/s with their audit append against without (SQLite), checkpoint
+    /// signing and proof generation on a 1,000,000-entry log.
+    Audit(audit::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
             Command::Decide(a) => edge::decide(a).await,
             Command::HttpFlood(a) => edge::flood(a).await,
             Command::FloodWorker(a) => edge::flood_worker(a).await,
+            Command::Audit(a) => audit::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.
