@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use gait_store::{Store, Tenant};
 
 mod agents;
+mod audit;
 mod auth;
 mod bundles;
 mod error;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bearer token that authorizes `/v1` requests.
     pub admin_token: Arc<String>,
+    /// The tamper-evident audit log (signs checkpoints on demand).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 /// Build the router.
@@ -73,6 +76,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
             get(records::agent_gaps),
         )
+        // Permission `audit.read` (org scope) once RBAC lands.
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/entries", get(audit::entries))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

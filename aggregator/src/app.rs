@@ -440,6 +440,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             registry: registry.clone(),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
+            audit: audit.clone(),
         },
         config.http_limits,
         http_tls.clone(),

@@ -33,6 +33,7 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        audit: Arc::new(audit_log(db)),
     };
     (router(state), public)
 }
@@ -491,3 +492,14 @@ gait_store::store_tests!(
     every_documented_route_is_served,
     agents_are_paged_with_a_cursor_and_bad_paging_is_refused
 );
+
+/// The audit log on the test store (its key is read into memory, so the key directory can go).
+fn audit_log(db: &TestStore) -> gait_aggregator::audit::AuditLog {
+    let dir = tempfile::tempdir().expect("tempdir");
+    gait_aggregator::audit::AuditLog::open(
+        db.store().clone(),
+        dir.path(),
+        "gait-aggregator/test.local",
+    )
+    .expect("audit log")
+}

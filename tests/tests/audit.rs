@@ -301,6 +301,27 @@ fn scenario(fx: &Fixture) -> anyhow::Result<()> {
         "verify first: {json}"
     );
 
+    // The same log over HTTP: the checkpoint verifies under the key file, the entries page by seq.
+    let (status, cp) = fx.agg.get("/v1/audit/checkpoint")?;
+    ensure!(
+        status == 200 && cp["size"] == 3,
+        "checkpoint: {status} {cp}"
+    );
+    let vkey = gait_audit::NoteVerifier::parse(&std::fs::read_to_string(fx.vkey())?)?;
+    let note = cp["note"].as_str().context("note")?;
+    ensure!(gait_audit::Checkpoint::open(&vkey, note)?.size == 3);
+    let (status, page) = fx.agg.get("/v1/audit/entries?limit=2")?;
+    ensure!(
+        status == 200 && page["next_after"] == 1,
+        "entries: {status} {page}"
+    );
+    ensure!(page["entries"][1]["action"] == "bundle.publish");
+    let (_, page) = fx.agg.get("/v1/audit/entries?after=1&limit=2")?;
+    ensure!(
+        page["entries"][0]["action"] == "pki.revoke" && page["next_after"].is_null(),
+        "{page}"
+    );
+
     // The log grows; the second export carries the proof that it extends the first checkpoint.
     fx.publish(POLICY_V1)?;
     let second = fx.export("second", Some("first"))?;
