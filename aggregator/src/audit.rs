@@ -212,7 +212,25 @@ fn load_or_create_signer(key_dir: &Path, origin: &str) -> Result<NoteSigner, Aud
     })?;
     let signer = NoteSigner::new(origin, &seed).map_err(|e| AuditError::Origin(e.to_string()))?;
     let vkey = format!("{}\n", signer.verifier());
-    if std::fs::read_to_string(&public).ok().as_deref() != Some(vkey.as_str()) {
+    let existing = std::fs::read_to_string(&public).ok();
+    if let Some(other) = existing
+        .as_deref()
+        .and_then(|t| NoteVerifier::parse(t).ok())
+        && other.name() != origin
+    {
+        // A command run without the server's configuration would otherwise rename the log under the
+        // auditors' feet.
+        return Err(AuditError::Origin(format!(
+            "{} names the log {:?}, and the configured origin is {origin:?}: run with the server's \
+             configuration (--config), or set audit.origin to {:?}; to start a new log identity on purpose, \
+             delete {} and hand auditors the new one",
+            public.display(),
+            other.name(),
+            other.name(),
+            public.display()
+        )));
+    }
+    if existing.as_deref() != Some(vkey.as_str()) {
         secrets::write_atomic(&public, vkey.as_bytes(), Access::Public).map_err(|e| {
             AuditError::Key {
                 path: public.clone(),
@@ -276,5 +294,16 @@ mod tests {
             load_or_create_signer(dir.path(), "has space"),
             Err(AuditError::Origin(_))
         ));
+        // Another origin than the one auditors hold is refused, not silently renamed.
+        match load_or_create_signer(dir.path(), "gait-aggregator/other.org") {
+            Err(AuditError::Origin(message)) => {
+                assert!(message.contains("gait-aggregator/example.org"), "{message}")
+            }
+            other => panic!("another origin gave {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(AUDIT_VKEY_FILE)).expect("vkey"),
+            vkey
+        );
     }
 }
