@@ -272,6 +272,89 @@ pub fn spawn_checkpointer(
 mod tests {
     use super::*;
 
+    /// A publish whose audit entry cannot be appended (an empty actor) is not stored either: both are one
+    /// transaction.
+    #[tokio::test]
+    async fn a_publish_whose_audit_append_fails_is_not_stored() {
+        let db = gait_store::testing::sqlite_temp().await.expect("store");
+        let store = db.store().clone();
+        let registry = crate::registry::Registry::new(
+            store.clone(),
+            gait_canon::sign::SigningKey::generate(),
+            crate::registry::BundleDefaults::default(),
+            Arc::new(crate::metrics::Metrics::new()),
+        );
+        let tenant = gait_store::Tenant::from_parts("acme", "web", "prod").expect("tenant");
+        let request = |created_by: &str| crate::registry::PublishRequest {
+            policies: [(
+                "p.yaml".to_owned(),
+                "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\n"
+                    .to_owned(),
+            )]
+            .into(),
+            max_offline_seconds: None,
+            on_stale: None,
+            validity: None,
+            settings: Default::default(),
+            created_by: created_by.to_owned(),
+        };
+        let refused = registry.publish(&tenant, request("")).await;
+        assert!(
+            matches!(refused, Err(crate::registry::RegistryError::Audit(_))),
+            "{refused:?}"
+        );
+        assert!(
+            store
+                .latest_bundle(&tenant)
+                .await
+                .expect("latest")
+                .is_none()
+        );
+        assert_eq!(store.audit_head().await.expect("head").size, 0);
+        registry
+            .publish(&tenant, request("admin-token"))
+            .await
+            .expect("publish");
+        assert_eq!(store.audit_head().await.expect("head").size, 1);
+        assert_eq!(
+            store
+                .latest_bundle(&tenant)
+                .await
+                .expect("latest")
+                .map(|b| b.epoch),
+            Some(1)
+        );
+    }
+
+    /// Likewise a revocation: refused with its audit entry, kept with it.
+    #[tokio::test]
+    async fn a_revocation_whose_audit_append_fails_is_not_stored() {
+        let db = gait_store::testing::sqlite_temp().await.expect("store");
+        let store = db.store();
+        let rev = gait_store::Revocation {
+            cert_serial: gait_store::CertSerial::parse("0a1b").expect("serial"),
+            agent: gait_store::AgentKey::new(
+                gait_store::Tenant::from_parts("acme", "web", "prod").expect("tenant"),
+                "a1".parse().expect("agent id"),
+            ),
+            reason: "key compromise".into(),
+            revoked_by: "alice".into(),
+        };
+        let refused = crate::pki::revocation::revoke(store, &rev, "", 1).await;
+        assert!(matches!(refused, Err(AuditError::Entry(_))), "{refused:?}");
+        assert!(store.revocations().await.expect("list").is_empty());
+        let entry = crate::pki::revocation::revoke(store, &rev, "local:alice", 1)
+            .await
+            .expect("revoke");
+        assert_eq!(entry.seq, 0);
+        assert_eq!(store.revocations().await.expect("list").len(), 1);
+        let line = gait_audit::Entry::parse_line(&entry.line).expect("entry");
+        assert_eq!(
+            (line.action.as_str(), line.target.id.as_str()),
+            ("pki.revoke", "0a1b")
+        );
+    }
+
     #[test]
     fn the_key_is_made_once_private_and_its_verifier_key_is_written_beside_it() {
         let dir = tempfile::tempdir().expect("tempdir");
