@@ -19,6 +19,7 @@ use gait_store::{Store, Tenant};
 
 mod access;
 mod agents;
+mod audit;
 mod auth;
 mod bundles;
 mod error;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub authorizer: Arc<Authorizer>,
     /// Verifier of operators' OIDC bearer tokens (`auth.oidc`); `None` when OIDC is off.
     pub oidc: Option<Arc<crate::auth::oidc::OidcVerifier>>,
+    /// The tamper-evident audit log (signs checkpoints on demand).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -72,7 +75,7 @@ pub struct Endpoint {
 /// [`auth::require`] with it, and the handler's `Caller`/`Pending` extractor finds nothing without it.
 fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     use Permission as P;
-    use ScopeFrom::{Env, Org, Request};
+    use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
         |method: Method, path: &'static str, permission: Permission, scope: ScopeFrom| Endpoint {
             method,
@@ -160,6 +163,19 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 Request,
             ),
             delete(access::revoke_binding),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/audit/checkpoint",
+                P::AuditRead,
+                Deployment,
+            ),
+            get(audit::checkpoint),
+        ),
+        (
+            e(Method::GET, "/v1/audit/entries", P::AuditRead, Deployment),
+            get(audit::entries),
         ),
     ]
 }

@@ -71,6 +71,10 @@ pub struct ServeConfig {
     pub max_record_payload_bytes: usize,
     /// Who may call the HTTP API (`auth.*`): the admin token's powers and the config file's role bindings.
     pub auth: crate::config::AuthConfig,
+    /// The audit log's origin (`audit.origin`); `None` = `gait-aggregator/<trust_domain>`.
+    pub audit_origin: Option<String>,
+    /// How often a checkpoint of the audit log is signed while it grows (`audit.checkpoint_interval_seconds`).
+    pub audit_checkpoint_interval: Duration,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -96,6 +100,8 @@ impl ServeConfig {
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
             auth: crate::config::AuthConfig::default(),
+            audit_origin: None,
+            audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 
@@ -114,6 +120,10 @@ impl ServeConfig {
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
             auth: config.auth.clone(),
+            audit_origin: Some(config.audit_origin()),
+            audit_checkpoint_interval: Duration::from_secs(
+                config.audit.checkpoint_interval_seconds,
+            ),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -173,6 +183,8 @@ pub enum ServeError {
     Oidc(#[from] crate::auth::oidc::OidcSetupError),
     #[error("auth.oidc.jwks_file: {0}")]
     OidcKeys(#[from] crate::auth::jwks::JwksError),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -341,6 +353,15 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         bindings = config.auth.bindings.len(),
         "access control ready"
     );
+    let audit_origin = config
+        .audit_origin
+        .clone()
+        .unwrap_or_else(|| crate::audit::default_origin(&config.trust_domain));
+    let audit = Arc::new(crate::audit::AuditLog::open(
+        store.clone(),
+        &config.key_dir(),
+        &audit_origin,
+    )?);
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
@@ -459,6 +480,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),
             oidc,
+            audit: audit.clone(),
         },
         config.http_limits,
         http_tls.clone(),
@@ -472,6 +494,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         shutdown.child_token(),
     );
     spawn_binding_reload(&tasks, store.clone(), authorizer, shutdown.child_token());
+    crate::audit::spawn_checkpointer(
+        &tasks,
+        audit,
+        config.audit_checkpoint_interval,
+        shutdown.child_token(),
+    );
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     info!(%quic_addr, %http_addr, http_scheme, store = store.backend(), data_dir = %config.data_dir.display(), "aggregator serving");
     Ok(Running {

@@ -27,6 +27,9 @@
 //!     issuer: https://idp.example.com/realms/ops
 //!     audience: gait-aggregator
 //!     groups_claim: groups                  # jwks_url / jwks_file / ca_file / algorithms: see docs/enterprise/oidc.md
+//! audit:                                    # the tamper-evident audit log
+//!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
+//!   checkpoint_interval_seconds: 60
 //! client:                                   # where `publish` and `agents` reach the API
 //!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
@@ -160,6 +163,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// Who may call the HTTP API: the admin token's powers and role bindings.
     pub auth: AuthConfig,
+    /// The tamper-evident audit log.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -174,6 +179,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             client: ClientConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -538,6 +544,26 @@ impl Default for OidcConfig {
     }
 }
 
+/// `audit.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Name of the audit log: the origin of its checkpoints and the name of its verifier key. Default
+    /// `gait-aggregator/<pki.trust_domain>`.
+    pub origin: Option<String>,
+    /// How often `serve` signs and stores a checkpoint while the log grows. Default 60.
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            checkpoint_interval_seconds: crate::audit::DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
+        }
+    }
+}
+
 impl OidcConfig {
     /// Whether OIDC is on (`issuer` is set).
     pub fn enabled(&self) -> bool {
@@ -791,6 +817,25 @@ impl Config {
                 problems.push(problem(&format!("auth.bindings[{i}].{key}"), message));
             }
         }
+        if let Some(origin) = &self.audit.origin
+            && (origin.is_empty()
+                || origin.contains('+')
+                || origin.chars().any(char::is_whitespace))
+        {
+            problems.push(problem(
+                "audit.origin",
+                format!("`{origin}` must be non-empty without whitespace or '+' (it names a signed-note key)"),
+            ));
+        }
+        if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
+            problems.push(problem(
+                "audit.checkpoint_interval_seconds",
+                format!(
+                    "is {}; must be 1 to 86400",
+                    self.audit.checkpoint_interval_seconds
+                ),
+            ));
+        }
         if let Some(server) = &self.client.server
             && !(server.starts_with("http://") || server.starts_with("https://"))
         {
@@ -834,6 +879,14 @@ impl Config {
             )),
             _ => {}
         }
+    }
+
+    /// The audit log's origin: `audit.origin`, or `gait-aggregator/<pki.trust_domain>`.
+    pub fn audit_origin(&self) -> String {
+        self.audit
+            .origin
+            .clone()
+            .unwrap_or_else(|| crate::audit::default_origin(&self.pki.trust_domain))
     }
 
     /// The certificate and key of the HTTPS API, `None` when it serves plain HTTP.

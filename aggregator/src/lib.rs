@@ -7,7 +7,7 @@
 //! - Edges that translate and decide nothing: [`api`] (the operator HTTP API) and [`ingest`] (the QUIC
 //!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
 //!   `ingest::tickets`).
-//! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
+//! - Features: [`audit`] (the tamper-evident log every privileged operation appends to), [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
 //!   `revocation` holds the serials the handshake refuses).
 //! - [`auth`]: who is calling (the admin token, or an operator whose bearer JWT [`auth::oidc`] verifies against
@@ -19,6 +19,7 @@
 //! the library returns typed errors.
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

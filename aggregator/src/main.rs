@@ -77,6 +77,10 @@ enum Command {
     Access(cmd::access::AccessCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
+    /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
+    /// audit.vkey`), check that a checkpoint extends an older one.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
     /// Inspect the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -164,5 +168,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
+        Command::Audit(command) => cmd::audit::run(command, load()?).await,
     }
 }

@@ -58,6 +58,9 @@ pub enum RegistryError {
     Sign(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The publish's audit entry could not be appended (nothing was published).
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 impl RegistryError {
@@ -258,14 +261,23 @@ impl Registry {
                 .digest()
                 .map_err(|e| RegistryError::Sign(e.to_string()))?;
             let now_ms = unix_ms();
-            match self
+            // The bundle and its audit entry commit together: a publish is never stored unaudited.
+            let stored = self
                 .store
-                .publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms)
-                .await
-            {
-                Ok(()) => {}
-                Err(StoreError::EpochConflict { .. }) if attempt < EPOCH_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
+                .transaction(async |tx| {
+                    tx.publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms)
+                        .await?;
+                    audit_publish(tx, tenant, epoch, parent.as_deref(), &digest, &req).await
+                })
+                .await;
+            match stored {
+                Ok(_) => {}
+                Err(RegistryError::Store(StoreError::EpochConflict { .. }))
+                    if attempt < EPOCH_ATTEMPTS =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             self.metrics.bundles_published.inc();
             tracing::info!(org = %tenant.org, project = %tenant.project, env = %tenant.env, epoch, %digest,
@@ -403,6 +415,46 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
         })?;
     }
     Ok(())
+}
+
+/// The audit entry of a publish: `bundle.publish` on the bundle `<epoch>` of the tenant, from the parent
+/// bundle's digest to the new one.
+async fn audit_publish(
+    tx: &mut gait_store::StoreTx,
+    tenant: &Tenant,
+    epoch: u64,
+    parent: Option<&str>,
+    digest: &str,
+    req: &PublishRequest,
+) -> Result<gait_store::AppendedEntry, RegistryError> {
+    let mut details = serde_json::Map::new();
+    details.insert("epoch".into(), epoch.into());
+    details.insert(
+        "policies".into(),
+        req.policies.keys().cloned().collect::<Vec<_>>().into(),
+    );
+    crate::audit::append_draft(
+        tx,
+        gait_audit::EntryDraft {
+            actor: req.created_by.clone(),
+            action: "bundle.publish".into(),
+            target: gait_audit::Target::in_env(
+                tenant.org.as_str(),
+                tenant.project.as_str(),
+                tenant.env.as_str(),
+                "bundle",
+                epoch.to_string(),
+            ),
+            before: parent.map(|d| format!("sha256:{d}")),
+            after: Some(format!("sha256:{digest}")),
+            details: Some(details),
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        crate::audit::AuditError::Store(e) => RegistryError::Store(e),
+        other => RegistryError::Audit(other.to_string()),
+    })
 }
 
 pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {

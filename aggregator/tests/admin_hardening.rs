@@ -37,6 +37,7 @@ fn app(db: &TestStore) -> axum::Router {
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
         oidc: None,
+        audit: Arc::new(audit_log(db)),
     })
 }
 
@@ -262,3 +263,14 @@ gait_store::store_tests!(
     out_of_range_cursors_and_bad_query_strings_answer_the_json_shape,
     concurrent_publishes_to_one_scope_all_succeed_with_consecutive_epochs
 );
+
+/// The audit log on the test store (its key is read into memory, so the key directory can go).
+fn audit_log(db: &TestStore) -> gait_aggregator::audit::AuditLog {
+    let dir = tempfile::tempdir().expect("tempdir");
+    gait_aggregator::audit::AuditLog::open(
+        db.store().clone(),
+        dir.path(),
+        "gait-aggregator/test.local",
+    )
+    .expect("audit log")
+}

@@ -39,6 +39,7 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
         oidc: None,
+        audit: Arc::new(audit_log(db)),
     };
     (router(state), public)
 }
@@ -545,4 +546,15 @@ fn openapi_declares_each_endpoints_permission_as_the_route_table_does() -> anyho
         served.difference(&documented).collect::<Vec<_>>()
     );
     Ok(())
+}
+
+/// The audit log on the test store (its key is read into memory, so the key directory can go).
+fn audit_log(db: &TestStore) -> gait_aggregator::audit::AuditLog {
+    let dir = tempfile::tempdir().expect("tempdir");
+    gait_aggregator::audit::AuditLog::open(
+        db.store().clone(),
+        dir.path(),
+        "gait-aggregator/test.local",
+    )
+    .expect("audit log")
 }

@@ -11,8 +11,10 @@
 //! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
 //! target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
 //! target/release/gait-fleet-bench auth --verifies 20000 --requests 5000
+//! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
 //! ```
 
+mod audit;
 mod auth;
 mod common;
 mod edge;
@@ -52,6 +54,9 @@ enum Command {
     /// Per-request cost of an operator's OIDC JWT: verify with a cached JWKS (RS256, ES256), and whole HTTP
     /// requests with a JWT against the admin token in the same run.
     Auth(auth::Args),
+    /// The audit log: privileged operations/s with their audit append against without (SQLite), checkpoint
+    /// signing and proof generation on a 1,000,000-entry log.
+    Audit(audit::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             Command::HttpFlood(a) => edge::flood(a).await,
             Command::FloodWorker(a) => edge::flood_worker(a).await,
             Command::Auth(a) => auth::run(a).await,
+            Command::Audit(a) => audit::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

@@ -172,7 +172,9 @@ impl From<RegistryError> for ApiError {
             ),
             RegistryError::Field { .. } => Self::bad_request(err.to_string()),
             RegistryError::Store(store) => store.into(),
-            RegistryError::Key { .. } | RegistryError::Sign(_) => Self::internal(err),
+            RegistryError::Key { .. } | RegistryError::Sign(_) | RegistryError::Audit(_) => {
+                Self::internal(err)
+            }
         }
     }
 }

@@ -314,17 +314,19 @@ pub async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode
         }
         (None, None) => bail!("give --cert <agent.pem> or --serial <hex>"),
     };
-    store
-        .revoke(
-            &Revocation {
-                cert_serial: serial.clone(),
-                agent: agent.clone(),
-                reason: args.reason.clone(),
-                revoked_by: revoked_by.clone(),
-            },
-            unix_ms(),
-        )
-        .await?;
+    // The revocation and its audit entry commit together; a local operator is `local:<os user>` in the log.
+    pki::revocation::revoke(
+        &store,
+        &Revocation {
+            cert_serial: serial.clone(),
+            agent: agent.clone(),
+            reason: args.reason.clone(),
+            revoked_by: revoked_by.clone(),
+        },
+        &format!("local:{revoked_by}"),
+        unix_ms(),
+    )
+    .await?;
     store.close().await;
     if args.json {
         gait_runtime::outln!(

@@ -62,3 +62,37 @@ impl RevocationSet {
         self.serials.write().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// Records the revocation `rev` and its audit entry (`pki.revoke` by `actor`) in one store transaction, so a
+/// certificate is never revoked unaudited. Running aggregators pick the serial up at their next refresh.
+pub async fn revoke(
+    store: &gait_store::Store,
+    rev: &gait_store::Revocation,
+    actor: &str,
+    now_ms: i64,
+) -> Result<gait_store::AppendedEntry, crate::audit::AuditError> {
+    let agent = &rev.agent;
+    let mut details = serde_json::Map::new();
+    details.insert("agent_id".into(), agent.agent_id.as_str().into());
+    details.insert("reason".into(), rev.reason.as_str().into());
+    let draft = gait_audit::EntryDraft {
+        actor: actor.to_owned(),
+        action: "pki.revoke".into(),
+        target: gait_audit::Target::in_env(
+            agent.tenant.org.as_str(),
+            agent.tenant.project.as_str(),
+            agent.tenant.env.as_str(),
+            "certificate",
+            rev.cert_serial.as_str(),
+        ),
+        before: None,
+        after: None,
+        details: Some(details),
+    };
+    store
+        .transaction(async |tx| {
+            tx.revoke(rev, now_ms).await?;
+            crate::audit::append_draft(tx, draft).await
+        })
+        .await
+}

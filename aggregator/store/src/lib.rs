@@ -17,6 +17,7 @@
 mod access;
 mod agents;
 mod alerts;
+mod audit;
 mod batch;
 mod bundles;
 mod conn;
@@ -40,6 +41,7 @@ pub use access::{
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
+pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
 pub use error::StoreError;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
@@ -372,6 +374,69 @@ impl Store {
     /// The agent's refused records ([`Store::record_refusal`]), by seq.
     pub async fn refusals(&self, key: &AgentKey) -> Result<Vec<RefusedRecord>, StoreError> {
         on_conn!(self, |conn| records::refusals(conn, key))
+    }
+
+    /// Appends one audit entry in its own transaction. Privileged operations append with
+    /// [`StoreTx::audit_append`] instead, inside the operation's own transaction.
+    pub async fn audit_append(
+        &self,
+        draft: &gait_audit::EntryDraft,
+        now_ms: i64,
+    ) -> Result<AppendedEntry, StoreError> {
+        in_tx!(self, "audit_append", |conn| audit::append(
+            conn, draft, now_ms
+        ))
+    }
+
+    /// The audit log's size and root hash.
+    pub async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        on_conn!(self, |conn| audit::head(conn))
+    }
+
+    /// Up to `limit` audit entries from leaf index `from` on, in order.
+    pub async fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        on_conn!(self, |conn| audit::entries(conn, from, limit))
+    }
+
+    /// The audit log's root hash over its first `size` entries (at most the current size).
+    pub async fn audit_root(&self, size: u64) -> Result<gait_audit::Hash, StoreError> {
+        on_conn!(self, |conn| audit::root(conn, size))
+    }
+
+    /// The RFC 9162 inclusion proof of audit entry `index` in the tree of the first `size` entries.
+    pub async fn audit_inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<gait_audit::Hash>, StoreError> {
+        on_conn!(self, |conn| audit::inclusion_proof(conn, index, size))
+    }
+
+    /// The RFC 9162 consistency proof from the audit tree of `old` entries to the one of `new` entries.
+    pub async fn audit_consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<gait_audit::Hash>, StoreError> {
+        on_conn!(self, |conn| audit::consistency_proof(conn, old, new))
+    }
+
+    /// Stores a signed checkpoint (one per size; the first kept).
+    pub async fn audit_save_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
+        on_conn!(self, |conn| audit::save_checkpoint(conn, cp))
+    }
+
+    /// The stored checkpoint of the largest size.
+    pub async fn audit_latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        on_conn!(self, |conn| audit::checkpoint(conn, None))
+    }
+
+    /// The stored checkpoint of exactly `size` entries.
+    pub async fn audit_checkpoint(
+        &self,
+        size: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        on_conn!(self, |conn| audit::checkpoint(conn, Some(size)))
     }
 
     /// Revokes a certificate. Revoking an already revoked serial is a no-op that keeps the first record.

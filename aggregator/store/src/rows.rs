@@ -19,6 +19,7 @@ pub(crate) trait Columns {
     fn text(&self, col: &str) -> Result<String, StoreError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 macro_rules! impl_columns {
@@ -37,6 +38,9 @@ macro_rules! impl_columns {
                 self.try_get(col).map_err(db("decode row"))
             }
             fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+                self.try_get(col).map_err(db("decode row"))
+            }
+            fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 self.try_get(col).map_err(db("decode row"))
             }
         }

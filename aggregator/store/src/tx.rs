@@ -12,7 +12,7 @@ use crate::model::{
     AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BatchOutcome, BundleReportRow,
     GapRow, NewRecord, Revocation, StoredBundle, StoredRecord, Tenant,
 };
-use crate::{agents, bundles, records, revocations};
+use crate::{agents, audit, bundles, records, revocations};
 
 /// An open transaction on the store; see the module docs. Start one with [`crate::Store::begin`] or
 /// [`crate::Store::transaction`]. Its operations check their input exactly as the [`crate::Store`] methods of the
@@ -222,5 +222,16 @@ impl StoreTx {
     /// See [`crate::Store::revocations`].
     pub async fn revocations(&mut self) -> Result<Vec<crate::StoredRevocation>, StoreError> {
         revocations::list(self.tx.conn()).await
+    }
+
+    /// Appends an audit entry in this transaction, so it commits together with the operation it records (or
+    /// not at all). Appends are serialised: on PostgreSQL the log's head row stays locked until this
+    /// transaction ends, so append last, just before committing.
+    pub async fn audit_append(
+        &mut self,
+        draft: &gait_audit::EntryDraft,
+        now_ms: i64,
+    ) -> Result<crate::AppendedEntry, StoreError> {
+        audit::append(self.tx.conn(), draft, now_ms).await
     }
 }
