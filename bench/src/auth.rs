@@ -96,6 +96,8 @@ fn micros(d: Duration) -> f64 {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // As the aggregator does before its first token (writing the JWKS below would pin the RustCrypto default).
+    gait_aggregator::auth::oidc::install_ring_provider();
     let dir = args.common.temp_dir("gait-bench-auth-")?;
     let jwks = dir.path().join("jwks.json");
     write_jwks(&jwks)?;
