@@ -179,10 +179,11 @@ pub enum ServeError {
     PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
-    #[error("{0}")]
+    #[error(transparent)]
     Oidc(#[from] crate::auth::oidc::OidcSetupError),
-    #[error("auth.oidc.jwks_file: {0}")]
-    OidcKeys(#[from] crate::auth::jwks::JwksError),
+    /// The JWKS file (`auth.oidc.jwks_file`) is unreadable or invalid at start.
+    #[error("auth.oidc.jwks_file: {detail}")]
+    OidcKeys { detail: String },
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -442,6 +443,26 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         }
     };
 
+    let oidc = match config.auth.oidc.enabled().then_some(&config.auth.oidc) {
+        None => None,
+        Some(oidc) => {
+            let verifier =
+                crate::auth::oidc::OidcVerifier::from_config(oidc, metrics.jwks.clone())?;
+            // A local key file must be readable at start (the operator is at hand); a provider may come later.
+            if oidc.jwks_file.is_some() {
+                verifier
+                    .jwks()
+                    .refresh()
+                    .await
+                    .map_err(|e| ServeError::OidcKeys {
+                        detail: e.to_string(),
+                    })?;
+            }
+            verifier.spawn_refresh(&tasks, tasks.token().child_token());
+            info!(issuer = verifier.issuer(), keys = %verifier.jwks().source().describe(), "OIDC operator tokens accepted");
+            Some(verifier)
+        }
+    };
     let ingest = Arc::new(IngestState::new(
         store.clone(),
         registry.clone(),
@@ -455,20 +476,6 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &tasks,
     ));
     let shutdown = tasks.token().clone();
-    let oidc = match config.auth.oidc.enabled().then_some(&config.auth.oidc) {
-        None => None,
-        Some(oidc) => {
-            let verifier =
-                crate::auth::oidc::OidcVerifier::from_config(oidc, metrics.jwks.clone())?;
-            // A local key file must be readable at start (the operator is at hand); a provider may come later.
-            if oidc.jwks_file.is_some() {
-                verifier.jwks().refresh().await?;
-            }
-            verifier.spawn_refresh(&tasks, shutdown.child_token());
-            info!(issuer = verifier.issuer(), keys = %verifier.jwks().source().describe(), "OIDC operator tokens accepted");
-            Some(verifier)
-        }
-    };
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
         &tasks,

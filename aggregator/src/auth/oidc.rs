@@ -9,7 +9,7 @@
 //! 3. Key: by `kid` from the cached JWKS (an unknown `kid` triggers one rate-limited refresh): `unknown_key`,
 //!    or `jwks_unavailable` when no key was ever loaded. The key's type and `alg` must fit the token's
 //!    algorithm (`key_algorithm_mismatch`), so an RSA public key never becomes an HMAC secret.
-//! 4. Signature (jsonwebtoken, RustCrypto provider): `bad_signature`.
+//! 4. Signature (jsonwebtoken, with [`ring_crypto`]'s ring-backed provider): `bad_signature`.
 //! 5. Claims, only once the signature holds: `iss` equals `auth.oidc.issuer` (`wrong_issuer`), `aud` holds
 //!    `auth.oidc.audience` (`wrong_audience`), `exp` is present and not past (`expired`), `nbf` if present is
 //!    not ahead (`not_yet_valid`) — both with `auth.oidc.leeway_seconds` — then the subject
@@ -29,6 +29,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::jwks::{FETCH_TIMEOUT, Jwks, JwksMetrics, KeySource, Lookup};
 use crate::config::OidcConfig;
+
+mod ring_crypto;
+
+/// Makes jsonwebtoken verify signatures with ring, process-wide ([`OidcVerifier::from_config`] does it; call it
+/// earlier in a process that uses jsonwebtoken before building a verifier). `false` when another provider was
+/// already in use: verification stays correct, only slower.
+pub fn install_ring_provider() -> bool {
+    ring_crypto::install()
+}
 
 /// Longest bearer token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -275,6 +284,11 @@ impl OidcVerifier {
         config: &OidcConfig,
         metrics: JwksMetrics,
     ) -> Result<Arc<OidcVerifier>, OidcSetupError> {
+        if !install_ring_provider() {
+            tracing::debug!(
+                "jsonwebtoken's crypto provider was chosen before the OIDC verifier was built; RustCrypto verifies"
+            );
+        }
         let invalid = |key, detail: String| OidcSetupError::Invalid { key, detail };
         let issuer = config.issuer.clone().ok_or(OidcSetupError::Disabled)?;
         let audience = config

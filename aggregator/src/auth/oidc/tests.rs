@@ -48,6 +48,8 @@ struct Fixture {
 }
 
 async fn fixture(edit: impl FnOnce(&mut OidcConfig)) -> Fixture {
+    // Before any use of jsonwebtoken below, so these tests verify with ring as the aggregator does.
+    install_ring_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("jwks.json");
     let set = JwkSet {
