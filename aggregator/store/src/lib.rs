@@ -19,6 +19,7 @@ mod alerts;
 mod batch;
 mod bundles;
 mod conn;
+mod enrollment;
 mod error;
 mod model;
 mod postgres;
@@ -34,6 +35,10 @@ use std::path::Path;
 
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
+};
+pub use enrollment::{
+    IssueKind, IssuedCertificate, JoinTokenRow, JoinTokenState, MAX_JOIN_TOKEN_USES,
+    MAX_JOIN_TOKENS_PAGE, NewJoinToken,
 };
 pub use error::StoreError;
 pub use model::{
