@@ -19,8 +19,10 @@ use gait_store::{Store, Tenant};
 mod agents;
 mod auth;
 mod bundles;
+mod enroll;
 mod error;
 mod health;
+mod join_tokens;
 mod records;
 
 pub use bundles::PublishBody;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bearer token that authorizes `/v1` requests.
     pub admin_token: Arc<String>,
+    /// Join tokens and enrollment.
+    pub enrollment: Arc<crate::enroll::Enrollment>,
 }
 
 /// Build the router.
@@ -73,16 +77,27 @@ pub fn router(state: AppState) -> Router {
             "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/gaps",
             get(records::agent_gaps),
         )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens",
+            post(join_tokens::create).get(join_tokens::list),
+        )
+        .route(
+            "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens/{token_id}",
+            axum::routing::delete(join_tokens::revoke),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
         ));
+    // The join token in the body is the credential of enrollment: no bearer token.
+    let public = Router::new().route("/v1/enroll", post(enroll::enroll));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::render_metrics))
         .route("/openapi.json", get(health::openapi))
         .merge(v1)
+        .merge(public)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(

@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
     pub max_record_payload_bytes: usize,
+    /// Join tokens, enrollment and renewal (`enroll.*`).
+    pub enroll: crate::enroll::EnrollSettings,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -92,6 +94,7 @@ impl ServeConfig {
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+            enroll: crate::enroll::EnrollSettings::default(),
         }
     }
 
@@ -109,6 +112,7 @@ impl ServeConfig {
             reconnect_rate: config.quic.reconnect_rate,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
+            enroll: config.enroll.settings(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -419,6 +423,11 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             registry: registry.clone(),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
+            enrollment: Arc::new(crate::enroll::Enrollment::new(
+                store.clone(),
+                pki_dir.clone(),
+                config.enroll,
+            )),
         },
         config.http_limits,
         http_tls.clone(),

@@ -9,7 +9,7 @@
 //!   `ingest::tickets`).
 //! - Features: [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
-//!   `revocation` holds the serials the handshake refuses).
+//!   `revocation` holds the serials the handshake refuses), [`enroll`] (join tokens, enrollment by CSR, renewal).
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!
@@ -19,6 +19,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod enroll;
 pub mod fleet;
 pub mod ingest;
 pub mod metrics;

@@ -71,6 +71,10 @@ enum Command {
     /// List an environment's agent identity alerts (a second live instance of one certificate refused, a new
     /// instance behind what the aggregator holds) through the HTTP API, newest first.
     Alerts(cmd::alerts::AlertsArgs),
+    /// Mint, list and revoke join tokens: an agent enrolls with one (`gait-agent enroll`) into its
+    /// org/project/environment, making its own key; no key or certificate is copied by hand.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(cmd::join_token::JoinTokenCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// Inspect the configuration file.
@@ -158,6 +162,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
+        Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
 }

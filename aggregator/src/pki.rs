@@ -21,6 +21,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 mod ca;
+pub mod csr;
 pub mod identity;
 mod issue;
 pub mod pem;
@@ -30,6 +31,7 @@ pub use ca::{
     InitOptions, InitReport, ReissuedServer, init, reissue_server, server_cert_names, trust_domain,
     uncovered_server_names,
 };
+pub use csr::{CsrError, SignedAgent, VerifiedCsr, sign_agent_csr};
 pub use issue::{IssuedAgent, Validity, cert_agent, cert_serial_hex, issue_agent};
 
 use crate::secrets::{self, Access};
@@ -154,6 +156,9 @@ pub enum PkiError {
         /// What rcgen reported.
         source: rcgen::Error,
     },
+    /// An agent's certificate signing request was refused.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
     /// The operating system's random source failed.
     #[error("cannot read random bytes for a certificate serial: {0}")]
     Random(String),

@@ -33,6 +33,11 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         registry,
         metrics,
         admin_token: Arc::new(TOKEN.into()),
+        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
+            db.store().clone(),
+            std::path::PathBuf::from("/nonexistent/pki"),
+            Default::default(),
+        )),
     };
     (router(state), public)
 }
