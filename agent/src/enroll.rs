@@ -86,8 +86,8 @@ pub enum EnrollError {
     Ca {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: gait_runtime::http::tls::TlsConfigError,
+        /// Why (boxed: the error is large and this path is cold).
+        source: Box<gait_runtime::http::tls::TlsConfigError>,
     },
     /// Key or CSR generation failed.
     #[error("cannot make the agent key or its CSR: {0}")]
@@ -184,7 +184,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Enrolled, EnrollError> {
         Some(
             gait_runtime::http::tls::client_config(ca).map_err(|source| EnrollError::Ca {
                 path: ca.clone(),
-                source,
+                source: Box::new(source),
             })?,
         )
     } else if base.starts_with("http://") {

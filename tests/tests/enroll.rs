@@ -1,0 +1,210 @@
+//! Enrollment end to end with the real binaries: `gait-aggregator join-token create`, `gait-agent enroll`, then
+//! `gait-agent run` connects with the certificate it was issued and ships; expired, used-up and other-scope
+//! tokens enroll nothing.
+#![allow(clippy::disallowed_methods)] // tests read the clock and spawn freely
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::{Context as _, Result, ensure};
+use gait_e2e::{Agent, Aggregator, PATIENCE, hermetic, http_json, wait_for};
+use serde_json::{Value, json};
+
+/// An agent with its configuration, registry key and local API set up but no certificate yet: the files
+/// `pki issue-agent` wrote are removed, so only enrollment can give it one.
+fn unenrolled_agent(agg: &Aggregator, dir: &Path, env: &str, id: &str) -> Result<Agent> {
+    let agent = Agent::enroll(agg, dir, "acme", "web", env, id)?;
+    for name in ["agent.pem", "agent.key", "ca.pem"] {
+        std::fs::remove_file(dir.join(name))?;
+    }
+    Ok(agent)
+}
+
+/// Mints a join token through the API.
+fn mint(agg: &Aggregator, env: &str, ttl_seconds: u64, uses: u32) -> Result<Value> {
+    let (status, v) = http_json(
+        "POST",
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/{env}/join-tokens"
+        )),
+        Some(&agg.token),
+        Some(json!({ "ttl_seconds": ttl_seconds, "uses": uses })),
+    )?;
+    ensure!(status == 201, "mint: {status} {v}");
+    Ok(v)
+}
+
+/// Runs `gait-agent enroll` for the agent in `dir` (files per its agent.yaml), expecting acme/web/`expect`.
+fn enroll(agg: &Aggregator, dir: &Path, token: &str, id: &str, expect: &str) -> Result<Output> {
+    Ok(hermetic("gait-agent")
+        .arg("enroll")
+        .arg("--aggregator")
+        .arg(format!("http://{}", agg.http))
+        .arg("--config")
+        .arg(dir.join("agent.yaml"))
+        .args([
+            "--agent-id",
+            id,
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            expect,
+            "--json",
+        ])
+        .env("GAIT_JOIN_TOKEN", token)
+        .output()?)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn an_agent_enrolled_with_a_join_token_connects_and_ships() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    // The CLI prints the token alone on stdout.
+    let out = hermetic("gait-aggregator")
+        .args([
+            "join-token",
+            "create",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+        ])
+        .args(["--ttl", "10m", "--uses", "1"])
+        .arg("--server")
+        .arg(format!("http://{}", agg.http))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    ensure!(out.status.success(), "join-token create: {}", text(&out));
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(token.starts_with("gjt1_"), "{token}");
+
+    let dir = tmp.path().join("a1");
+    let mut agent = unenrolled_agent(&agg, &dir, "prod", "e2e-enrolled")?;
+    let out = enroll(&agg, &dir, &token, "e2e-enrolled", "prod")?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let enrolled: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        enrolled["agent"] == "spiffe://gait.local/org/acme/project/web/env/prod/agent/e2e-enrolled",
+        "{enrolled}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("agent.key"))?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o600, "agent.key mode {mode:o}");
+    }
+    agent.start()?;
+    let seq = agent.append("block", "app.decision", json!({"n": 1}))?;
+    ensure!(seq.is_some(), "the record was shed");
+    let records = wait_for(PATIENCE, "the enrolled agent's record committed", || {
+        agg.records("acme", "web", "prod", "e2e-enrolled")
+            .ok()
+            .filter(|r| !r.is_empty())
+    })
+    .with_context(|| agent.log())?;
+    ensure!(records.len() == 1, "{records:?}");
+
+    // The aggregator knows it by the certificate enrollment issued.
+    let listed = agg.agents("acme")?;
+    let row = listed
+        .iter()
+        .find(|a| a["agent_id"] == "e2e-enrolled")
+        .context("agent not listed")?;
+    ensure!(
+        row["cert_serial"] == enrolled["serial"],
+        "{row} vs {enrolled}"
+    );
+
+    // The one use is gone: a second agent enrolls nothing.
+    let dir2 = tmp.path().join("a2");
+    unenrolled_agent(&agg, &dir2, "prod", "e2e-second")?;
+    let out = enroll(&agg, &dir2, &token, "e2e-second", "prod")?;
+    ensure!(out.status.code() == Some(65), "second use: {}", text(&out));
+    ensure!(text(&out).contains("no uses left"), "{}", text(&out));
+    ensure!(!dir2.join("agent.pem").exists() && !dir2.join("agent.key").exists());
+    Ok(())
+}
+
+#[test]
+fn expired_and_other_scope_tokens_enroll_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let dir = tmp.path().join("a1");
+    unenrolled_agent(&agg, &dir, "prod", "e2e-refused")?;
+
+    // A token for another environment than the agent means to join: refused, and its use is kept.
+    let dev = mint(&agg, "dev", 600, 1)?;
+    let token = dev["token"].as_str().context("token")?;
+    let out = enroll(&agg, &dir, token, "e2e-refused", "prod")?;
+    ensure!(out.status.code() == Some(65), "other scope: {}", text(&out));
+    ensure!(text(&out).contains("acme/web/dev"), "{}", text(&out));
+    ensure!(!dir.join("agent.pem").exists() && !dir.join("agent.key").exists());
+    let (_, listed) = agg.get("/v1/orgs/acme/projects/web/envs/dev/join-tokens")?;
+    ensure!(listed["join_tokens"][0]["uses_left"] == 1, "{listed}");
+
+    // An expired token: minted for one second, used once the aggregator lists it as expired.
+    let short = mint(&agg, "prod", 1, 5)?;
+    wait_for(PATIENCE, "the token to expire", || {
+        let (_, v) = agg
+            .get("/v1/orgs/acme/projects/web/envs/prod/join-tokens")
+            .ok()?;
+        (v["join_tokens"][0]["state"] == "expired").then_some(())
+    })?;
+    let out = enroll(
+        &agg,
+        &dir,
+        short["token"].as_str().context("token")?,
+        "e2e-refused",
+        "prod",
+    )?;
+    ensure!(out.status.code() == Some(65), "expired: {}", text(&out));
+    ensure!(text(&out).contains("expired"), "{}", text(&out));
+    ensure!(!dir.join("agent.pem").exists());
+
+    // A revoked token.
+    let revoked = mint(&agg, "prod", 600, 5)?;
+    let id = revoked["token_id"].as_str().context("id")?;
+    let (status, v) = http_json(
+        "DELETE",
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/prod/join-tokens/{id}"
+        )),
+        Some(&agg.token),
+        None,
+    )?;
+    ensure!(status == 200, "{status} {v}");
+    let out = enroll(
+        &agg,
+        &dir,
+        revoked["token"].as_str().context("token")?,
+        "e2e-refused",
+        "prod",
+    )?;
+    ensure!(
+        out.status.code() == Some(65) && text(&out).contains("revoked"),
+        "{}",
+        text(&out)
+    );
+    ensure!(!dir.join("agent.pem").exists());
+    ensure!(
+        agg.agents("acme")?
+            .iter()
+            .all(|a| a["agent_id"] != "e2e-refused")
+    );
+    Ok(())
+}
