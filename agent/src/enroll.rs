@@ -149,12 +149,12 @@ impl EnrollError {
     }
 }
 
-/// A fresh P-256 key and a CSR signed by it; the CSR carries `uri` as its one URI SAN when given (renewal
-/// names the identity it renews) and `common_name` as its subject.
+/// A fresh P-256 key and a CSR signed by it (PEM and DER); the CSR carries `uri` as its one URI SAN when
+/// given (renewal names the identity it renews) and `common_name` as its subject.
 pub fn new_key_and_csr(
     common_name: &str,
     uri: Option<&str>,
-) -> Result<(KeyPair, String), rcgen::Error> {
+) -> Result<(KeyPair, String, Vec<u8>), rcgen::Error> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
@@ -164,7 +164,8 @@ pub fn new_key_and_csr(
         params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
     }
     let csr = params.serialize_request(&key)?;
-    Ok((key, csr.pem()?))
+    let der = csr.der().to_vec();
+    Ok((key, csr.pem()?, der))
 }
 
 #[derive(Deserialize)]
@@ -194,7 +195,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<Enrolled, EnrollError> {
             url: opts.aggregator.clone(),
         });
     };
-    let (key, csr_pem) = new_key_and_csr(opts.agent_id.as_str(), None)?;
+    let (key, csr_pem, _) = new_key_and_csr(opts.agent_id.as_str(), None)?;
     let mut body = serde_json::json!({
         "token": opts.token.trim(),
         "csr_pem": csr_pem,
@@ -335,7 +336,8 @@ mod tests {
     #[test]
     fn the_csr_carries_the_identity_asked_for_and_verifies() -> Result<(), rcgen::Error> {
         let uri = "spiffe://gait.local/org/a/project/b/env/c/agent/d";
-        let (key, pem) = new_key_and_csr("d", Some(uri))?;
+        let (key, pem, der) = new_key_and_csr("d", Some(uri))?;
+        assert!(!der.is_empty());
         assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         assert!(key.serialize_pem().contains("PRIVATE KEY"));
         Ok(())

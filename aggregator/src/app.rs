@@ -401,18 +401,26 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         }
     };
 
-    let ingest = Arc::new(IngestState::new(
+    let enrollment = Arc::new(crate::enroll::Enrollment::new(
         store.clone(),
-        registry.clone(),
-        metrics.clone(),
-        revoked,
-        IngestLimits {
-            reconnect_rate: config.reconnect_rate,
-            max_record_payload_bytes: config.max_record_payload_bytes,
-            ..IngestLimits::default()
-        },
-        &tasks,
+        pki_dir.clone(),
+        config.enroll,
     ));
+    let ingest = Arc::new(
+        IngestState::new(
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            revoked,
+            IngestLimits {
+                reconnect_rate: config.reconnect_rate,
+                max_record_payload_bytes: config.max_record_payload_bytes,
+                ..IngestLimits::default()
+            },
+            &tasks,
+        )
+        .with_enrollment(enrollment.clone()),
+    );
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
@@ -423,11 +431,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             registry: registry.clone(),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
-            enrollment: Arc::new(crate::enroll::Enrollment::new(
-                store.clone(),
-                pki_dir.clone(),
-                config.enroll,
-            )),
+            enrollment,
         },
         config.http_limits,
         http_tls.clone(),

@@ -208,3 +208,100 @@ fn expired_and_other_scope_tokens_enroll_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[test]
+fn an_enrolled_agent_renews_across_an_aggregator_restart_and_keeps_shipping() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Certificates of 60 s: renewed 35 s after issue (a third of the 75 s window, backdating included, left).
+    let config = tmp.path().join("aggregator.yaml");
+    std::fs::write(&config, "enroll:\n  certificate_validity_seconds: 60\n")?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut agg = Aggregator::start_with(
+        &tmp.path().join("agg"),
+        None,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        &["--config", &config_arg],
+    )?;
+    let token = mint(&agg, "prod", 600, 1)?;
+    let dir = tmp.path().join("a1");
+    let mut agent = unenrolled_agent(&agg, &dir, "prod", "e2e-renewing")?;
+    let out = enroll(
+        &agg,
+        &dir,
+        token["token"].as_str().context("token")?,
+        "e2e-renewing",
+        "prod",
+    )?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let enrolled: Value = serde_json::from_slice(&out.stdout)?;
+    let first_not_after = enrolled["not_after_unix"].as_i64().context("not_after")?;
+    let first_cert = std::fs::read(dir.join("agent.pem"))?;
+    let first_key = std::fs::read(dir.join("agent.key"))?;
+    agent.start()?;
+    let status = agent.status()?;
+    ensure!(
+        status["certificate"]["not_after"] == first_not_after,
+        "{status}"
+    );
+
+    // Restarted before the renewal is due: the agent reconnects and renews over its new connection.
+    agg.restart()?;
+    let renewed = wait_for(2 * PATIENCE, "the agent to renew its certificate", || {
+        let now = std::fs::read(dir.join("agent.pem")).ok()?;
+        (now != first_cert).then_some(now)
+    })
+    .with_context(|| format!("{}\n{}", agent.log(), agg.log()))?;
+    ensure!(
+        std::fs::read(dir.join("agent.key"))? != first_key,
+        "the key was not rotated"
+    );
+    ensure!(!renewed.is_empty());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("agent.key"))?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o600, "agent.key mode {mode:o}");
+    }
+    let status = wait_for(PATIENCE, "status to show the new expiry", || {
+        let s = agent.status().ok()?;
+        (s["certificate"]["not_after"].as_i64()? > first_not_after).then_some(s)
+    })?;
+    ensure!(status["certificate"]["renewal_due"] == false, "{status}");
+    ensure!(
+        agg.metric("gait_aggregator_certificates_issued_total{kind=\"renew\"}")? == 1,
+        "the renewal was not counted once"
+    );
+
+    // Once the first certificate has expired, a restarted aggregator takes the agent back with the new one.
+    wait_for(2 * PATIENCE, "the first certificate to expire", || {
+        (unix_now() > first_not_after + 1).then_some(())
+    })?;
+    agg.restart()?;
+    agent.append("block", "app.decision", json!({"after": "renewal"}))?;
+    wait_for(PATIENCE, "the record shipped after the renewal", || {
+        agg.records("acme", "web", "prod", "e2e-renewing")
+            .ok()
+            .filter(|r| !r.is_empty())
+    })
+    .with_context(|| format!("{}\n{}", agent.log(), agg.log()))?;
+    let row = agg
+        .agents("acme")?
+        .into_iter()
+        .find(|a| a["agent_id"] == "e2e-renewing")
+        .context("agent not listed")?;
+    ensure!(
+        row["cert_serial"] != enrolled["serial"],
+        "still the enrolled certificate: {row}"
+    );
+    Ok(())
+}

@@ -64,6 +64,7 @@ pub(super) async fn enroll(
             expect,
         })
         .await?;
+    crate::metrics::inc_labelled(&state.metrics.certificates_issued, "kind", "enroll");
     Ok(Json(json!({
         "agent": signed.spiffe.to_string(),
         "serial": signed.serial.as_str(),
