@@ -324,7 +324,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
-    let ca_pem = pki_dir.join("ca.pem");
+    // The CAs agent certificates may chain to: both during and after a CA rotation.
+    let ca_pem = pki::trust_bundle_path(&pki_dir);
     let ca_der = crate::pki::pem::load_certs(&ca_pem)?
         .into_iter()
         .next()

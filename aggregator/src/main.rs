@@ -94,6 +94,10 @@ enum PkiCommand {
     Revoke(cmd::pki::RevokeArgs),
     /// List revoked agent certificates: serial, agent, when, who revoked and why (a table, or --json).
     Revocations(cmd::pki::RevocationsArgs),
+    /// Rotate the CA with overlap: `rotate-ca` makes a new issuing CA while the old one stays trusted;
+    /// `rotate-ca --finish` moves the server certificate to the new CA (cross-signed by the old one, so agents
+    /// that slept through the rotation still connect) and deletes the old CA key. Restart serve after each.
+    RotateCa(cmd::pki::RotateCaArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +163,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::ReissueServer(args)) => cmd::pki::reissue_server(args, load()?),
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
+        Command::Pki(PkiCommand::RotateCa(args)) => cmd::pki::rotate_ca(args, load()?),
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,

@@ -305,3 +305,103 @@ fn an_enrolled_agent_renews_across_an_aggregator_restart_and_keeps_shipping() ->
     );
     Ok(())
 }
+
+/// Runs `gait-aggregator pki rotate-ca` (with `extra` flags) on the aggregator's data directory.
+fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
+    let out = hermetic("gait-aggregator")
+        .args(["pki", "rotate-ca"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(&agg.data_dir)
+        .output()?;
+    ensure!(out.status.success(), "rotate-ca {extra:?}: {}", text(&out));
+    Ok(())
+}
+
+/// Appends one record through `agent` and waits until the aggregator committed `count` records of it.
+fn ships(agg: &Aggregator, agent: &Agent, count: usize) -> Result<()> {
+    agent.append("block", "app.decision", json!({"count": count}))?;
+    wait_for(PATIENCE, "the agent's record committed", || {
+        agg.records(&agent.org, &agent.project, &agent.env, &agent.id)
+            .ok()
+            .filter(|r| r.len() >= count)
+    })
+    .with_context(|| {
+        format!(
+            "agent {} log:\n{}\naggregator log:\n{}",
+            agent.id,
+            agent.log(),
+            agg.log()
+        )
+    })?;
+    Ok(())
+}
+
+#[test]
+fn agents_offline_through_a_whole_ca_rotation_reconnect_after_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    // One agent enrolled with a join token, one hand-minted with `pki issue-agent`: both hold only the old CA.
+    let token = mint(&agg, "prod", 600, 2)?;
+    let token = token["token"].as_str().context("token")?.to_owned();
+    let enrolled_dir = tmp.path().join("enrolled");
+    let mut enrolled = unenrolled_agent(&agg, &enrolled_dir, "prod", "e2e-sleeper")?;
+    let out = enroll(&agg, &enrolled_dir, &token, "e2e-sleeper", "prod")?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let mut minted = Agent::enroll(
+        &agg,
+        &tmp.path().join("minted"),
+        "acme",
+        "web",
+        "prod",
+        "e2e-minted",
+    )?;
+    for agent in [&mut enrolled, &mut minted] {
+        agent.start()?;
+        ships(&agg, agent, 1)?;
+        agent.stop();
+    }
+
+    // Rotation starts while both are stopped: a new CA issues, the old one stays trusted.
+    agg.stop();
+    rotate_ca(&agg, &[])?;
+    agg.restart()?;
+    // An agent enrolled during the overlap gets both CAs and connects.
+    let fresh_dir = tmp.path().join("fresh");
+    let mut fresh = unenrolled_agent(&agg, &fresh_dir, "prod", "e2e-fresh")?;
+    let out = enroll(&agg, &fresh_dir, &token, "e2e-fresh", "prod")?;
+    ensure!(
+        out.status.success(),
+        "enroll during the overlap: {}",
+        text(&out)
+    );
+    let bundle = std::fs::read_to_string(fresh_dir.join("ca.pem"))?;
+    ensure!(bundle.matches("BEGIN CERTIFICATE").count() == 2, "{bundle}");
+    fresh.start()?;
+    ships(&agg, &fresh, 1)?;
+
+    // The rotation finishes: the server certificate moves to the new CA, the old CA key is gone.
+    agg.stop();
+    rotate_ca(&agg, &["--finish"])?;
+    ensure!(!agg.data_dir.join("pki").join("ca-previous.key").exists());
+    agg.restart()?;
+
+    // The sleepers come back holding only the old CA and certificates it issued: they verify the server
+    // through the cross-signed CA and are still trusted, so they connect and ship.
+    for (agent, dir) in [
+        (&mut enrolled, &enrolled_dir),
+        (&mut minted, &tmp.path().join("minted")),
+    ] {
+        let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
+        ensure!(
+            ca.matches("BEGIN CERTIFICATE").count() == 1,
+            "{} holds more than the old CA",
+            agent.id
+        );
+        agent.start()?;
+        ships(&agg, agent, 2)?;
+    }
+    // The agent of the overlap reconnected to the restarted aggregator too.
+    ships(&agg, &fresh, 2)?;
+    Ok(())
+}

@@ -180,8 +180,9 @@ pub fn sign_agent_csr(
             source,
         })?;
     let serial = CertSerial::parse(&serial_hex).map_err(|e| PkiError::Random(e.to_string()))?;
-    let ca_bundle_pem =
-        fs::read_to_string(&ca.cert_path).map_err(|source| io_error(&ca.cert_path, source))?;
+    // During and after a CA rotation the agent gets both CAs (see `rotation`).
+    let bundle = super::rotation::trust_bundle_path(dir);
+    let ca_bundle_pem = fs::read_to_string(&bundle).map_err(|source| io_error(&bundle, source))?;
     Ok(SignedAgent {
         spiffe,
         serial,
