@@ -129,6 +129,11 @@ fn an_agent_enrolled_with_a_join_token_connects_and_ships() -> Result<()> {
         row["cert_serial"] == enrolled["serial"],
         "{row} vs {enrolled}"
     );
+    ensure!(
+        row["cert_not_after_unix_ms"].as_i64()
+            == enrolled["not_after_unix"].as_i64().map(|s| s * 1000),
+        "expiry column: {row} vs {enrolled}"
+    );
 
     // The one use is gone: a second agent enrolls nothing.
     let dir2 = tmp.path().join("a2");

@@ -385,6 +385,38 @@ pub(crate) async fn issued_for(
     })
 }
 
+/// `notAfter` (unix ms) of the tenant's online-issued certificates still valid at `now_ms`, by serial.
+pub(crate) async fn live_expiries(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+    now_ms: i64,
+) -> Result<Vec<(CertSerial, i64)>, StoreError> {
+    const SQL: &str = "SELECT cert_serial, not_after_unix_ms FROM issued_certificates \
+         WHERE org = $1 AND project = $2 AND env = $3 AND not_after_unix_ms > $4";
+    db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(tenant.org.as_str())
+            .bind(tenant.project.as_str())
+            .bind(tenant.env.as_str())
+            .bind(now_ms)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("certificate_expiries"))?;
+        found
+            .iter()
+            .map(|row| {
+                Ok((
+                    crate::revocations::stored_serial(
+                        "issued_certificates",
+                        &row.text("cert_serial")?,
+                    )?,
+                    row.int("not_after_unix_ms")?,
+                ))
+            })
+            .collect()
+    })
+}
+
 fn token_row(row: &impl Columns) -> Result<JoinTokenRow, StoreError> {
     const T: &str = "join_tokens";
     let count = |col: &str| -> Result<u32, StoreError> {
@@ -480,6 +512,20 @@ impl crate::Store {
     ) -> Result<(), StoreError> {
         let mut pooled = self.acquire().await?;
         record_issued(pooled.conn(), cert, now_ms).await
+    }
+
+    /// `notAfter` (unix ms) of the tenant's certificates signed online and still valid at `now_ms`, by serial
+    /// (the fleet inventory's expiry column; hand-minted certificates are not in it).
+    pub async fn certificate_expiries(
+        &self,
+        tenant: &Tenant,
+        now_ms: i64,
+    ) -> Result<std::collections::HashMap<CertSerial, i64>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        Ok(live_expiries(pooled.conn(), tenant, now_ms)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// The certificates signed online for `agent`, newest first.

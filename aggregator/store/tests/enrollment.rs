@@ -217,6 +217,23 @@ async fn issued_certificates_are_recorded_per_agent(db: &TestStore) -> Result<()
     ensure!(serials == ["0a02", "0a01"], "{serials:?}");
     ensure!(issued[1].kind == IssueKind::Enroll && issued[1].join_token_id == "00000000000000e1");
     ensure!(store.issued_certificates(&other).await?.is_empty());
+    let live = store.certificate_expiries(&tenant("prod"), NOW).await?;
+    ensure!(
+        live.len() == 2 && live.values().all(|t| *t == NOW + HOUR),
+        "{live:?}"
+    );
+    ensure!(
+        store
+            .certificate_expiries(&tenant("prod"), NOW + HOUR)
+            .await?
+            .is_empty()
+    );
+    ensure!(
+        store
+            .certificate_expiries(&tenant("dev"), NOW)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
