@@ -97,12 +97,15 @@ impl CertificateRefusal {
     pub fn advice(self) -> &'static str {
         match self {
             CertificateRefusal::Revoked => {
-                "the aggregator refused this agent's certificate: it is REVOKED. Issue a new one \
-                 (`gait-aggregator pki issue-agent`), point tls.cert/tls.key at it and restart the agent"
+                "the aggregator refused this agent's certificate: it is REVOKED. Enroll the agent again \
+                 (`gait-agent enroll` with a new join token) or issue a new certificate (`gait-aggregator pki \
+                 issue-agent`), point tls.cert/tls.key at it and restart the agent"
             }
             CertificateRefusal::Expired => {
                 "the aggregator refused this agent's certificate: it has EXPIRED (or is not yet valid: check \
-                 the clock). Issue a new one (`gait-aggregator pki issue-agent`) and restart the agent"
+                 the clock). A connected agent renews it before expiry; one that stayed offline past it must \
+                 be enrolled again (`gait-agent enroll` with a new join token, or `gait-aggregator pki \
+                 issue-agent`) and restarted"
             }
             CertificateRefusal::Rejected => {
                 "the aggregator refused this agent's certificate (not issued by its CA, or no usable agent \
