@@ -100,6 +100,12 @@ pub enum EnrollError {
         /// The tenancy searched.
         tenant: Tenant,
     },
+    /// The certificate asking for renewal is revoked.
+    #[error("certificate {serial} is revoked: it renews nothing")]
+    Revoked {
+        /// Its serial.
+        serial: gait_store::CertSerial,
+    },
     /// The CSR was refused.
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -144,6 +150,7 @@ impl EnrollError {
             Self::TokenFormat(TokenFormatError::Shape)
                 | Self::Refused(_)
                 | Self::ScopeMismatch { .. }
+                | Self::Revoked { .. }
         )
     }
 }
@@ -321,19 +328,26 @@ impl Enrollment {
         Ok(signed)
     }
 
-    /// Renews the certificate of a connected agent: signs `csr` for `agent` (the identity of the connection's
-    /// verified certificate, never one the CSR names) and records it, on behalf of `actor` (`agent:<spiffe>`).
-    /// The caller has checked that the presented certificate is not revoked.
+    /// Renews the certificate `current` of a connected agent: signs `csr` for `agent` (the identity of the
+    /// connection's verified certificate, never one the CSR names) and records it, on behalf of `actor`
+    /// (`agent:<spiffe>`). A revoked `current` renews nothing (checked in the store, not only in the cached set
+    /// the handshake uses).
     pub async fn renew(
         &self,
         actor: &str,
         agent: &AgentKey,
+        current: &gait_store::CertSerial,
         csr: VerifiedCsr,
     ) -> Result<SignedAgent, EnrollError> {
         let now = crate::clock::unix_ms();
         let validity = self.validity();
         self.store
             .transaction(async |tx| {
+                if tx.is_revoked(current).await? {
+                    return Err(EnrollError::Revoked {
+                        serial: current.clone(),
+                    });
+                }
                 let signed = pki::sign_agent_csr(&self.pki_dir, csr, agent, validity)?;
                 let issued = IssuedCertificate {
                     cert_serial: signed.serial.clone(),

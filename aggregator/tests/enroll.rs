@@ -297,3 +297,49 @@ gait_store::store_tests!(
     a_token_enrolls_its_tenancy_with_the_agents_own_key,
     refused_tokens_and_csrs_enroll_nothing_and_keep_their_uses,
 );
+
+async fn a_revoked_certificate_renews_nothing(db: &TestStore) -> Result<()> {
+    let f = fixture(db)?;
+    let enrollment = Enrollment::new(
+        db.store().clone(),
+        f.pki.path().to_owned(),
+        EnrollSettings::default(),
+    );
+    let agent = gait_store::AgentKey::new(
+        gait_store::Tenant::from_parts("acme", "web", "prod")?,
+        "a-1".parse()?,
+    );
+    let current: gait_store::CertSerial = "0badc0de".parse()?;
+    let uri = "spiffe://gait.local/org/acme/project/web/env/prod/agent/a-1";
+    let verified = |pem: &str| gait_aggregator::pki::VerifiedCsr::from_pem(pem);
+
+    let (pem, _) = csr(Some(uri))?;
+    let renewed = enrollment
+        .renew("agent:x", &agent, &current, verified(&pem)?)
+        .await?;
+    ensure!(renewed.spiffe.to_string() == uri);
+
+    db.store()
+        .revoke(
+            &gait_store::Revocation {
+                cert_serial: current.clone(),
+                agent: agent.clone(),
+                reason: "key compromise".into(),
+                revoked_by: "alice".into(),
+            },
+            1,
+        )
+        .await?;
+    let (pem, _) = csr(Some(uri))?;
+    match enrollment
+        .renew("agent:x", &agent, &current, verified(&pem)?)
+        .await
+    {
+        Err(gait_aggregator::enroll::EnrollError::Revoked { serial }) => ensure!(serial == current),
+        other => anyhow::bail!("a revoked certificate was renewed: {other:?}"),
+    }
+    ensure!(db.store().issued_certificates(&agent).await?.len() == 1);
+    Ok(())
+}
+
+gait_store::store_tests!(a_revoked_certificate_renews_nothing);

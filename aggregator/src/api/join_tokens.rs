@@ -112,7 +112,8 @@ impl From<EnrollError> for ApiError {
             | EnrollError::Pki(_) => ApiError::internal(err),
             EnrollError::TokenFormat(_)
             | EnrollError::Refused(_)
-            | EnrollError::ScopeMismatch { .. } => {
+            | EnrollError::ScopeMismatch { .. }
+            | EnrollError::Revoked { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "enrollment_refused", err.to_string())
             }
             EnrollError::Store(store) => store.into(),

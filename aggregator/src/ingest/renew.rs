@@ -35,7 +35,10 @@ pub(super) async fn on_renew(
         Err(e) => return error_msg(ErrorCode::BadRequest, e.to_string()),
     };
     let actor = format!("agent:{}", session.spiffe);
-    match enrollment.renew(&actor, &session.key, csr).await {
+    match enrollment
+        .renew(&actor, &session.key, &session.cert_serial, csr)
+        .await
+    {
         Ok(signed) => {
             crate::metrics::inc_labelled(&state.metrics.certificates_issued, "kind", "renew");
             info!(agent = %session.key, old_serial = %session.cert_serial, serial = %signed.serial,
@@ -46,7 +49,9 @@ pub(super) async fn on_renew(
                 not_after_unix: signed.not_after.unix_timestamp(),
             })
         }
-        Err(EnrollError::Csr(e)) => error_msg(ErrorCode::Forbidden, e.to_string()),
+        Err(e @ (EnrollError::Csr(_) | EnrollError::Revoked { .. })) => {
+            error_msg(ErrorCode::Forbidden, e.to_string())
+        }
         Err(EnrollError::Store(e)) if e.is_retryable() => {
             warn!(agent = %session.key, error = %e, "certificate renewal failed; the agent retries");
             error_msg(ErrorCode::Unavailable, "store unavailable, retry")

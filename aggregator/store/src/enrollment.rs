@@ -385,6 +385,20 @@ pub(crate) async fn issued_for(
     })
 }
 
+/// Whether certificate `serial` is revoked (renewal asks the store, not only the handshake's cached set).
+pub(crate) async fn is_revoked(
+    mut conn: Conn<'_>,
+    serial: &CertSerial,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "SELECT COUNT(*) FROM revocations WHERE cert_serial = $1";
+    let count: i64 = db_run!(conn, |c| sqlx::query_scalar(SQL)
+        .bind(serial.as_str())
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db("is_revoked")))?;
+    Ok(count > 0)
+}
+
 /// `notAfter` (unix ms) of the tenant's online-issued certificates still valid at `now_ms`, by serial.
 pub(crate) async fn live_expiries(
     mut conn: Conn<'_>,
@@ -552,6 +566,11 @@ impl crate::StoreTx {
         now_ms: i64,
     ) -> Result<Result<JoinTokenRow, JoinTokenState>, StoreError> {
         consume(self.conn(), token_id, secret_sha256, now_ms).await
+    }
+
+    /// Whether certificate `serial` is revoked, as this transaction sees it.
+    pub async fn is_revoked(&mut self, serial: &CertSerial) -> Result<bool, StoreError> {
+        is_revoked(self.conn(), serial).await
     }
 
     /// See [`crate::Store::record_issued_certificate`].
