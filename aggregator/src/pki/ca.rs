@@ -182,10 +182,10 @@ pub fn reissue_server(
         server_key.serialize_pem().as_bytes(),
         true,
     )?;
-    // After a finished CA rotation the server also presents the new CA as the retired one signed it, so agents
-    // that hold only the retired CA still verify it (see `rotation`).
+    // Once a CA rotation started, the certificate comes from the new CA: the server also presents the new CA as
+    // the retired one signed it, so agents that hold only the retired CA still verify it (see `rotation`).
     let mut chain = cert.pem();
-    if super::rotation::rotation_phase(dir) == super::rotation::RotationPhase::Finished {
+    if super::rotation::rotation_phase(dir) != super::rotation::RotationPhase::None {
         let cross = dir.join(super::rotation::CROSS_CERT_FILE);
         chain.push_str(&fs::read_to_string(&cross).map_err(|source| io_error(&cross, source))?);
     }

@@ -198,14 +198,9 @@ pub fn rotate_ca_finish(dir: &Path, server_validity_days: u32) -> Result<Rotatio
     let issuing_ca = common_name(&ca.der, &ca.cert_path)?;
     let previous = dir.join(PREVIOUS_CA_CERT_FILE);
     let retired_ca = common_name(&first_cert(&previous)?, &previous)?;
-    let cross = fs::read_to_string(dir.join(CROSS_CERT_FILE))
-        .map_err(|source| io_error(&dir.join(CROSS_CERT_FILE), source))?;
-    let reissued = reissue_server(dir, &names, server_validity_days)?;
-    // The chain a verifier holding only the old CA needs: server, then the new CA as the old one signed it.
-    let mut chain = fs::read_to_string(&reissued.cert_path)
-        .map_err(|source| io_error(&reissued.cert_path, source))?;
-    chain.push_str(&cross);
-    write_atomic(&reissued.cert_path, chain.as_bytes(), false)?;
+    // `reissue_server` appends the cross certificate once a rotation started: the chain a verifier holding only
+    // the old CA needs.
+    reissue_server(dir, &names, server_validity_days)?;
     let old_key = dir.join(PREVIOUS_CA_KEY_FILE);
     fs::remove_file(&old_key).map_err(|source| io_error(&old_key, source))?;
     Ok(RotationReport {
@@ -254,6 +249,11 @@ mod tests {
         assert_eq!(cross.public_key().raw, new.public_key().raw);
         assert_eq!(cross.issuer(), old.subject());
         assert!(cross.verify_signature(Some(old.public_key())).is_ok());
+        // The server certificate stays the old CA's until --finish; re-issued meanwhile, it comes from the new
+        // CA and brings the cross certificate, so old-CA-only agents still verify it.
+        assert_eq!(pem::load_certs(&dir.join(SERVER_CERT_FILE))?.len(), 1);
+        reissue_server(dir, &["localhost".to_owned()], 30)?;
+        assert_eq!(pem::load_certs(&dir.join(SERVER_CERT_FILE))?.len(), 2);
 
         let finished = rotate_ca_finish(dir, 30)?;
         assert_eq!(finished.phase, RotationPhase::Finished);
