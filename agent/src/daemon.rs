@@ -32,6 +32,7 @@
 
 mod activation;
 mod exchange;
+mod renew;
 mod session;
 
 pub use session::announced_redial_window;
@@ -216,12 +217,13 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         config.validate()?;
         let identity = AgentIdentity::from_cert_file(&config.tls.cert)?;
-        let client_config = crate::tls::client_config(
+        let client_config = Arc::new(std::sync::RwLock::new(crate::tls::client_config(
             &config.tls.ca,
             &config.tls.cert,
             &config.tls.key,
             KEEP_ALIVE,
-        )?;
+        )?));
+        let cert_validity = crate::tls::certificate_validity(&config.tls.cert)?;
         let trust = activation::load_trust_root(&config.trust.registry_public_keys)?;
 
         let db_path = config.db_path();
@@ -254,6 +256,7 @@ impl Daemon {
             Arc::new(engine),
         )
         .await?;
+        state.set_certificate_validity(cert_validity.0, cert_validity.1);
         activation::restore_cached_bundle(&state).await;
 
         let listen = config.local_api.addr()?;
@@ -329,7 +332,16 @@ impl Daemon {
             session::Session {
                 tasks: tasks.clone(),
                 state: state.clone(),
-                client_config,
+                client_config: client_config.clone(),
+                renewal: Some(renew::Renewal {
+                    paths: crate::enroll::TlsPaths {
+                        ca: config.tls.ca.clone(),
+                        cert: config.tls.cert.clone(),
+                        key: config.tls.key.clone(),
+                    },
+                    keep_alive: KEEP_ALIVE,
+                    client_config,
+                }),
                 address: config.aggregator.address.clone(),
                 server_name: config.aggregator.server_name.clone(),
                 poll_wait_ms: config.poll.wait_ms,

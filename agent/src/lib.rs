@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod enroll;
 pub mod gaitcli;
 pub mod gate;
 pub mod identity;

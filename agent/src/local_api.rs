@@ -104,6 +104,8 @@ pub mod metric {
     pub const STORAGE_REOPENS: &str = "gait_agent_storage_reopens_total";
     /// notAfter of the agent's certificate, Unix seconds.
     pub const CERTIFICATE_EXPIRY: &str = "gait_agent_certificate_expiry_timestamp_seconds";
+    /// Seconds left until the agent's certificate expires (negative once expired; renewal follows it).
+    pub const CERTIFICATE_EXPIRY_SECONDS: &str = "gait_agent_certificate_expiry_seconds";
     /// End of the last successful exchange with the aggregator, Unix seconds (0: never).
     pub const LAST_CONTACT: &str = "gait_agent_last_contact_timestamp_seconds";
     /// When the bundle in force was activated, Unix seconds (0: none).
@@ -650,7 +652,15 @@ fn scrape_registry(
         (
             metric::CERTIFICATE_EXPIRY,
             "notAfter of the agent's certificate, Unix seconds.",
-            report.identity.cert_not_after_unix,
+            report
+                .certificate
+                .as_ref()
+                .map_or(report.identity.cert_not_after_unix, |c| c.not_after),
+        ),
+        (
+            metric::CERTIFICATE_EXPIRY_SECONDS,
+            "Seconds left until the agent's certificate expires (negative once expired); renewed at a third left.",
+            report.certificate.as_ref().map_or(0, |c| c.seconds_left),
         ),
         (
             metric::LAST_CONTACT,

@@ -43,6 +43,11 @@ enum Command {
     Run(RunArgs),
     /// Show the status of the locally running agent.
     Status(StatusArgs),
+    /// Join the fleet with a join token: make this agent's key here (it never leaves the host), have the
+    /// aggregator certify it, and write key, certificate and CA bundle where the configuration expects them.
+    /// Exit code 0 when enrolled, 65 when the token or request was refused, 69 when the aggregator is
+    /// unreachable, 78 for bad options.
+    Enroll(EnrollArgs),
     /// Records the aggregator refused for good, kept in the outbox quarantine (reads the database; stop
     /// the agent first).
     #[command(subcommand)]
@@ -104,6 +109,43 @@ impl StatusArgs {
             )),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    /// The join token from `gait-aggregator join-token create` (read from GAIT_JOIN_TOKEN when not given, which
+    /// keeps it out of the process list).
+    #[arg(long, env = "GAIT_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The aggregator's HTTP API, e.g. https://aggregator.example:7080.
+    #[arg(long)]
+    aggregator: String,
+    /// CA certificate the HTTPS API is verified with (the deployment CA, <data-dir>/pki/ca.pem on the
+    /// aggregator host). Default: the configuration's tls.ca when that file exists.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// The agent id to enroll as (default: agent-<12 random hex digits>).
+    #[arg(long)]
+    agent_id: Option<gait_identity::AgentId>,
+    /// The organisation this agent means to join: a token for another scope is refused without using it
+    /// (give --org, --project and --env together).
+    #[arg(long, requires_all = ["project", "env"])]
+    org: Option<gait_identity::Org>,
+    /// The project this agent means to join.
+    #[arg(long, requires_all = ["org", "env"])]
+    project: Option<gait_identity::Project>,
+    /// The environment this agent means to join.
+    #[arg(long, requires_all = ["org", "project"])]
+    env: Option<gait_identity::Env>,
+    /// Agent configuration file: key, certificate and CA bundle go to its tls.key, tls.cert and tls.ca.
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Without a configuration file: write <data-dir>/tls/agent.key, agent.pem and ca.pem.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +211,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Status(args) => cmd_status(args).await,
+            Command::Enroll(args) => cmd_enroll(args).await,
             Command::Quarantine(command) => cmd_quarantine(command),
             Command::Token(command) => cmd_token(command),
             Command::Gait(command) => gait_agent::gaitcli::run(command),
@@ -203,6 +246,108 @@ async fn cmd_run(args: RunArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "gait-agent failed");
             ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn cmd_enroll(args: EnrollArgs) -> ExitCode {
+    use gait_agent::enroll::{EnrollOptions, TlsPaths};
+    let (paths, config_ca) = match (&args.config, &args.data_dir) {
+        (Some(path), _) => {
+            // The files enrollment writes do not exist yet, so the file is read without validation.
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("gait-agent: cannot read {}: {e}", path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let base = path.parent().unwrap_or_else(|| std::path::Path::new(""));
+            let config = match Config::from_yaml(&text, base) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("gait-agent: {}: {e}", path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let ca = config.tls.ca.clone();
+            let paths = TlsPaths {
+                ca: config.tls.ca,
+                cert: config.tls.cert,
+                key: config.tls.key,
+            };
+            (paths, Some(ca).filter(|ca| ca.is_file()))
+        }
+        (None, Some(dir)) => (
+            TlsPaths {
+                ca: dir.join("tls").join("ca.pem"),
+                cert: dir.join("tls").join("agent.pem"),
+                key: dir.join("tls").join("agent.key"),
+            },
+            None,
+        ),
+        (None, None) => {
+            eprintln!(
+                "gait-agent: enroll needs --config <agent.yaml> (files go to its tls.*) or --data-dir <dir>"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let agent_id = match args.agent_id {
+        Some(id) => id,
+        None => match gait_agent::enroll::random_agent_id() {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("gait-agent: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+    };
+    let expect = match (args.org, args.project, args.env) {
+        (Some(org), Some(project), Some(env)) => {
+            Some(gait_identity::Tenant::new(org, project, env))
+        }
+        _ => None,
+    };
+    let options = EnrollOptions {
+        token: args.token,
+        aggregator: args.aggregator,
+        ca_file: args.ca_file.or(config_ca),
+        agent_id,
+        expect,
+        paths,
+    };
+    match gait_agent::enroll::enroll(options).await {
+        Ok(enrolled) => {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "agent": enrolled.identity.uri,
+                        "serial": enrolled.serial,
+                        "not_after_unix": enrolled.not_after_unix,
+                        "ca": enrolled.paths.ca,
+                        "cert": enrolled.paths.cert,
+                        "key": enrolled.paths.key,
+                    })
+                );
+            } else {
+                outln!(
+                    "enrolled as {} (certificate {}, expires at unix {}); key {} (0600, made here), \
+                     certificate {}, CA bundle {}",
+                    enrolled.identity.uri,
+                    enrolled.serial,
+                    enrolled.not_after_unix,
+                    enrolled.paths.key.display(),
+                    enrolled.paths.cert.display(),
+                    enrolled.paths.ca.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

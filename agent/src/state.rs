@@ -212,6 +212,25 @@ pub struct StatusReport {
     /// deciding locally and its outbox keeps its records.
     #[serde(default)]
     pub identity_in_use: bool,
+    /// The certificate the agent presents: expiry, time left, whether renewal is due.
+    #[serde(default)]
+    pub certificate: Option<CertificateStatus>,
+    /// Conditions an operator should act on that do not stop decisions (a certificate close to expiry).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The agent certificate as `gait-agent status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// Seconds left until `not_after` (negative once expired).
+    pub seconds_left: i64,
+    /// Whole days left (rounded down; negative once expired).
+    pub days_left: i64,
+    /// Whether less than a third of the validity is left: the agent renews it over its connection.
+    pub renewal_due: bool,
 }
 
 /// Process-lifetime counters.
@@ -255,6 +274,9 @@ pub struct AgentState {
     conflicts: AtomicU64,
     /// See [`StatusReport::identity_in_use`].
     identity_in_use: AtomicBool,
+    /// `notBefore` / `notAfter` of the certificate in use, Unix seconds (renewal replaces them; `notBefore`
+    /// 0 = unknown).
+    cert_validity: Mutex<(i64, i64)>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -293,6 +315,7 @@ impl AgentState {
             Ok::<_, StateError>((cache, last_contact))
         })
         .await??;
+        let identity_not_after = identity.cert_not_after_unix;
         let scope = gait_bundle::Scope {
             org: identity.org.clone(),
             project: identity.project.clone(),
@@ -329,6 +352,7 @@ impl AgentState {
             decisions: Default::default(),
             conflicts: AtomicU64::new(0),
             identity_in_use: AtomicBool::new(false),
+            cert_validity: Mutex::new((0, identity_not_after)),
         });
         Ok(state)
     }
@@ -336,6 +360,16 @@ impl AgentState {
     /// Identity and tenancy from the agent's certificate.
     pub fn identity(&self) -> &AgentIdentity {
         &self.identity
+    }
+
+    /// Records the validity window of the certificate in use (at start, and after each renewal).
+    pub(crate) fn set_certificate_validity(&self, not_before: i64, not_after: i64) {
+        *lock(&self.cert_validity) = (not_before, not_after);
+    }
+
+    /// `notBefore` / `notAfter` of the certificate in use, Unix seconds.
+    pub fn certificate_validity(&self) -> (i64, i64) {
+        *lock(&self.cert_validity)
     }
 
     /// The tenancy scope bundles must be issued for.
@@ -616,8 +650,24 @@ impl AgentState {
             not_ready: Vec::new(),
             storage_error: self.storage_error(),
             identity_in_use: self.identity_in_use.load(Ordering::Relaxed),
+            certificate: Some(certificate_status(
+                self.certificate_validity(),
+                now_ms / 1000,
+            )),
+            warnings: Vec::new(),
         }
         .with_readiness()
+    }
+}
+
+/// The certificate's status at `now` (Unix seconds) from its validity window.
+fn certificate_status((not_before, not_after): (i64, i64), now: i64) -> CertificateStatus {
+    let seconds_left = not_after.saturating_sub(now);
+    CertificateStatus {
+        not_after,
+        seconds_left,
+        days_left: seconds_left.div_euclid(86_400),
+        renewal_due: crate::tls::renewal_due(not_before, not_after, now),
     }
 }
 
@@ -669,6 +719,21 @@ impl StatusReport {
         }
         self.ready = why.is_empty();
         self.not_ready = why;
+        if let Some(cert) = &self.certificate {
+            if cert.seconds_left <= 0 {
+                self.warnings.push(format!(
+                    "the certificate EXPIRED {} s ago: the aggregator refuses this agent; enroll it again \
+                     (`gait-agent enroll`)",
+                    -cert.seconds_left
+                ));
+            } else if cert.renewal_due {
+                self.warnings.push(format!(
+                    "the certificate expires in {} days ({} s) and is not renewed yet: renewal needs a \
+                     connection to the aggregator",
+                    cert.days_left, cert.seconds_left
+                ));
+            }
+        }
         self
     }
 
@@ -748,6 +813,22 @@ impl StatusReport {
             o.quarantined, o.conflicts
         );
         let _ = writeln!(s, "reconnects   {}", self.reconnects);
+        if let Some(cert) = &self.certificate {
+            let _ = writeln!(
+                s,
+                "certificate  expires {} ({} days left{})",
+                format_ms(cert.not_after.saturating_mul(1000)),
+                cert.days_left,
+                if cert.renewal_due {
+                    ", renewal due"
+                } else {
+                    ""
+                }
+            );
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(s, "warning      {warning}");
+        }
         if self.ready {
             let _ = writeln!(s, "ready        yes");
         } else {

@@ -1,8 +1,9 @@
 //! Mutual-TLS QUIC client configuration: the agent's certificate, and the aggregator verified against the
 //! deployment CA only.
 //!
-//! The certificate files come from `gait-aggregator pki issue-agent`, which writes `agent.pem`, `agent.key`
-//! and `ca.pem` together. TLS 1.3 only; the ALPN is [`gait_wire::ALPN`]. Note that with TLS 1.3 a client
+//! The certificate files come from `gait-agent enroll` (a join token; the key is made here) or from
+//! `gait-aggregator pki issue-agent`, which writes `agent.pem`, `agent.key` and `ca.pem` together. Renewal
+//! ([`renew_at`]) replaces them while the agent runs; the next connection uses the new ones. TLS 1.3 only; the ALPN is [`gait_wire::ALPN`]. Note that with TLS 1.3 a client
 //! certificate the aggregator refuses is not reported by the handshake on this side: the connection fails
 //! on its first read instead.
 
@@ -14,7 +15,7 @@ use gait_runtime::pem::{PemError, load_certs, load_key};
 use quinn::crypto::rustls::QuicClientConfig;
 
 /// What an operator runs to produce the agent's certificate files.
-const ISSUE_HINT: &str = "run `gait-aggregator pki issue-agent ...` and copy agent.pem, agent.key and ca.pem to the agent";
+const ISSUE_HINT: &str = "enroll the agent (`gait-agent enroll --token ...`), or run `gait-aggregator pki issue-agent ...` and copy agent.pem, agent.key and ca.pem to the agent";
 
 /// Why the agent's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,14 @@ pub enum TlsError {
     /// The configuration cannot be used for QUIC.
     #[error("tls configuration unusable for QUIC: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The certificate file holds no parsable certificate.
+    #[error("{} is not a usable certificate: {detail}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported.
+        detail: String,
+    },
     /// The keep-alive interval is unusable.
     #[error("invalid keep-alive {keep_alive:?}: must be between 1 s and 10 min")]
     KeepAlive {
@@ -88,12 +97,15 @@ impl CertificateRefusal {
     pub fn advice(self) -> &'static str {
         match self {
             CertificateRefusal::Revoked => {
-                "the aggregator refused this agent's certificate: it is REVOKED. Issue a new one \
-                 (`gait-aggregator pki issue-agent`), point tls.cert/tls.key at it and restart the agent"
+                "the aggregator refused this agent's certificate: it is REVOKED. Enroll the agent again \
+                 (`gait-agent enroll` with a new join token) or issue a new certificate (`gait-aggregator pki \
+                 issue-agent`), point tls.cert/tls.key at it and restart the agent"
             }
             CertificateRefusal::Expired => {
                 "the aggregator refused this agent's certificate: it has EXPIRED (or is not yet valid: check \
-                 the clock). Issue a new one (`gait-aggregator pki issue-agent`) and restart the agent"
+                 the clock). A connected agent renews it before expiry; one that stayed offline past it must \
+                 be enrolled again (`gait-agent enroll` with a new join token, or `gait-aggregator pki \
+                 issue-agent`) and restarted"
             }
             CertificateRefusal::Rejected => {
                 "the aggregator refused this agent's certificate (not issued by its CA, or no usable agent \
@@ -199,10 +211,51 @@ pub fn client_config(
     Ok(config)
 }
 
+/// The validity window (`notBefore`, `notAfter`, Unix seconds) of the first certificate in a PEM file.
+pub fn certificate_validity(cert_pem: &Path) -> Result<(i64, i64), TlsError> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let chain = load_certs(cert_pem)?;
+    let leaf = chain.first().ok_or_else(|| TlsError::BadCertificate {
+        path: cert_pem.to_owned(),
+        detail: "no certificate".to_owned(),
+    })?;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| TlsError::BadCertificate {
+        path: cert_pem.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let validity = cert.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: once less than a third of its
+/// validity is left (Unix seconds).
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    not_after.saturating_sub(not_after.saturating_sub(not_before) / 3)
+}
+
+/// Whether the certificate is due for renewal at `now` (false when its window is unknown).
+pub fn renewal_due(not_before: i64, not_after: i64, now: i64) -> bool {
+    not_before > 0 && not_before < not_after && now >= renew_at(not_before, not_after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn renewal_is_due_once_a_third_of_the_validity_is_left() {
+        // 90 days from t=0 (as Unix seconds 1000..): due at day 60.
+        let (nb, na) = (1_000, 1_000 + 90 * 86_400);
+        assert_eq!(renew_at(nb, na), 1_000 + 60 * 86_400);
+        assert!(!renewal_due(nb, na, 1_000 + 60 * 86_400 - 1));
+        assert!(renewal_due(nb, na, 1_000 + 60 * 86_400));
+        assert!(renewal_due(nb, na, na + 10));
+        assert!(!renewal_due(0, na, na), "an unknown window is never due");
+    }
 
     #[test]
     fn missing_files_are_named_with_the_command_that_creates_them() -> anyhow::Result<()> {

@@ -440,6 +440,11 @@ async fn serve_request(
             })
         }
         AgentMsgV2::BundleReport(_) => return,
+        // The stand-in peer does not renew: an aggregator that predates renewal answers this way.
+        AgentMsgV2::RenewCertificate(_) => ServerMsgV2::Error(gait_wire::WireError::new(
+            gait_wire::ErrorCode::Unsupported,
+            "this peer does not renew certificates",
+        )),
     };
     let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) else {
         return;

@@ -22,8 +22,10 @@ mod agents;
 mod audit;
 mod auth;
 mod bundles;
+mod enroll;
 mod error;
 mod health;
+mod join_tokens;
 mod records;
 
 pub use auth::ScopeFrom;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub oidc: Option<Arc<crate::auth::oidc::OidcVerifier>>,
     /// The tamper-evident audit log (signs checkpoints on demand).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Join tokens and enrollment.
+    pub enrollment: Arc<crate::enroll::Enrollment>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -74,6 +78,8 @@ pub struct Endpoint {
 /// Every `/v1` route with its handler. The one place an endpoint declares its permission: the router attaches
 /// [`auth::require`] with it, and the handler's `Caller`/`Pending` extractor finds nothing without it.
 fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    const JOIN_TOKENS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens";
+    const JOIN_TOKEN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens/{token_id}";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -177,6 +183,18 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             e(Method::GET, "/v1/audit/entries", P::AuditRead, Deployment),
             get(audit::entries),
         ),
+        (
+            e(Method::POST, JOIN_TOKENS, P::JoinTokenWrite, Env),
+            post(join_tokens::create),
+        ),
+        (
+            e(Method::GET, JOIN_TOKENS, P::JoinTokenRead, Env),
+            get(join_tokens::list),
+        ),
+        (
+            e(Method::DELETE, JOIN_TOKEN, P::JoinTokenWrite, Env),
+            delete(join_tokens::revoke),
+        ),
     ]
 }
 
@@ -199,12 +217,15 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         auth::authenticate,
     ));
+    // The join token in the body is the credential of enrollment: no bearer token.
+    let public = Router::new().route("/v1/enroll", post(enroll::enroll));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::render_metrics))
         .route("/openapi.json", get(health::openapi))
         .merge(v1)
+        .merge(public)
         .fallback(|| async { ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(

@@ -75,6 +75,8 @@ pub struct ServeConfig {
     pub audit_origin: Option<String>,
     /// How often a checkpoint of the audit log is signed while it grows (`audit.checkpoint_interval_seconds`).
     pub audit_checkpoint_interval: Duration,
+    /// Join tokens, enrollment and renewal (`enroll.*`).
+    pub enroll: crate::enroll::EnrollSettings,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -102,6 +104,7 @@ impl ServeConfig {
             auth: crate::config::AuthConfig::default(),
             audit_origin: None,
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
+            enroll: crate::enroll::EnrollSettings::default(),
         }
     }
 
@@ -124,6 +127,7 @@ impl ServeConfig {
             audit_checkpoint_interval: Duration::from_secs(
                 config.audit.checkpoint_interval_seconds,
             ),
+            enroll: config.enroll.settings(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -366,7 +370,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
 
     let revoked = RevocationSet::new();
     revoked.replace_all(store.revoked_serials().await?);
-    let ca_pem = pki_dir.join("ca.pem");
+    // The CAs agent certificates may chain to: both during and after a CA rotation.
+    let ca_pem = pki::trust_bundle_path(&pki_dir);
     let ca_der = crate::pki::pem::load_certs(&ca_pem)?
         .into_iter()
         .next()
@@ -463,18 +468,26 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             Some(verifier)
         }
     };
-    let ingest = Arc::new(IngestState::new(
+    let enrollment = Arc::new(crate::enroll::Enrollment::new(
         store.clone(),
-        registry.clone(),
-        metrics.clone(),
-        revoked,
-        IngestLimits {
-            reconnect_rate: config.reconnect_rate,
-            max_record_payload_bytes: config.max_record_payload_bytes,
-            ..IngestLimits::default()
-        },
-        &tasks,
+        pki_dir.clone(),
+        config.enroll,
     ));
+    let ingest = Arc::new(
+        IngestState::new(
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            revoked,
+            IngestLimits {
+                reconnect_rate: config.reconnect_rate,
+                max_record_payload_bytes: config.max_record_payload_bytes,
+                ..IngestLimits::default()
+            },
+            &tasks,
+        )
+        .with_enrollment(enrollment.clone()),
+    );
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
@@ -488,6 +501,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             authorizer: authorizer.clone(),
             oidc,
             audit: audit.clone(),
+            enrollment,
         },
         config.http_limits,
         http_tls.clone(),

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod alerts;
 pub mod audit;
 pub mod config;
+pub mod join_token;
 pub mod migrate;
 pub mod pki;
 pub mod publish;

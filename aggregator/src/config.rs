@@ -30,6 +30,9 @@
 //! audit:                                    # the tamper-evident audit log
 //!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
 //!   checkpoint_interval_seconds: 60
+//! enroll:                                   # join tokens (`join-token create`) and certificate renewal
+//!   max_token_ttl_seconds: 604800           # longest join token lifetime (7 days)
+//!   certificate_validity_seconds: 7776000   # enrolled/renewed certificates (90 days; renewed at 1/3 left)
 //! client:                                   # where `publish` and `agents` reach the API
 //!   server: https://localhost:7080          # default: http(s)://<http.listen> (localhost for loopback)
 //!   token_file: /var/lib/gait-aggregator/admin.token   # default: <data_dir>/admin.token
@@ -165,6 +168,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The tamper-evident audit log.
     pub audit: AuditConfig,
+    /// Agent enrollment with join tokens, and certificate renewal.
+    pub enroll: EnrollConfig,
 }
 
 impl Default for Config {
@@ -180,6 +185,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            enroll: EnrollConfig::default(),
         }
     }
 }
@@ -325,6 +331,42 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// `enroll.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollConfig {
+    /// Longest lifetime a join token may be minted with, in seconds: 60 to 2,592,000 (30 days). Default
+    /// 604,800 (7 days).
+    pub max_token_ttl_seconds: u64,
+    /// Validity of the certificates enrollment and renewal issue, in seconds: 60 to 34,128,000 (395 days).
+    /// Agents renew when less than a third of it is left. Default 7,776,000 (90 days).
+    pub certificate_validity_seconds: u64,
+}
+
+/// Bounds of `enroll.max_token_ttl_seconds`.
+pub const ENROLL_TOKEN_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 3600;
+/// Bounds of `enroll.certificate_validity_seconds`.
+pub const ENROLL_CERT_VALIDITY_RANGE: std::ops::RangeInclusive<u64> = 60..=395 * 24 * 3600;
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        Self {
+            max_token_ttl_seconds: crate::enroll::DEFAULT_MAX_TOKEN_TTL.as_secs(),
+            certificate_validity_seconds: crate::enroll::DEFAULT_CERT_VALIDITY.as_secs(),
+        }
+    }
+}
+
+impl EnrollConfig {
+    /// The settings the enrollment service runs with.
+    pub fn settings(&self) -> crate::enroll::EnrollSettings {
+        crate::enroll::EnrollSettings {
+            max_token_ttl: Duration::from_secs(self.max_token_ttl_seconds),
+            certificate_validity: Duration::from_secs(self.certificate_validity_seconds),
         }
     }
 }
@@ -835,6 +877,25 @@ impl Config {
                     self.audit.checkpoint_interval_seconds
                 ),
             ));
+        }
+        for (key, value, range) in [
+            (
+                "enroll.max_token_ttl_seconds",
+                self.enroll.max_token_ttl_seconds,
+                ENROLL_TOKEN_TTL_RANGE,
+            ),
+            (
+                "enroll.certificate_validity_seconds",
+                self.enroll.certificate_validity_seconds,
+                ENROLL_CERT_VALIDITY_RANGE,
+            ),
+        ] {
+            if !range.contains(&value) {
+                problems.push(problem(
+                    key,
+                    format!("is {value}; must be {} to {}", range.start(), range.end()),
+                ));
+            }
         }
         if let Some(server) = &self.client.server
             && !(server.starts_with("http://") || server.starts_with("https://"))

@@ -21,6 +21,7 @@ mod connection;
 mod endpoint;
 mod identity;
 mod records;
+mod renew;
 mod request;
 pub mod tickets;
 pub mod tls;

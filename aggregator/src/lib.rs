@@ -9,7 +9,7 @@
 //!   `ingest::tickets`).
 //! - Features: [`audit`] (the tamper-evident log every privileged operation appends to), [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
-//!   `revocation` holds the serials the handshake refuses).
+//!   `revocation` holds the serials the handshake refuses), [`enroll`] (join tokens, enrollment by CSR, renewal).
 //! - [`auth`]: who is calling (the admin token, or an operator whose bearer JWT [`auth::oidc`] verifies against
 //!   [`auth::jwks`]) and what role bindings let them do; only it builds the `Authorized<…>` the API handlers need.
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
@@ -23,6 +23,7 @@ pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod enroll;
 pub mod fleet;
 pub mod ingest;
 pub mod metrics;

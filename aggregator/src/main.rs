@@ -75,6 +75,10 @@ enum Command {
     /// through the HTTP API. The config file's auth.bindings are applied at every start.
     #[command(subcommand)]
     Access(cmd::access::AccessCommand),
+    /// Mint, list and revoke join tokens: an agent enrolls with one (`gait-agent enroll`) into its
+    /// org/project/environment, making its own key; no key or certificate is copied by hand.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(cmd::join_token::JoinTokenCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
@@ -98,6 +102,10 @@ enum PkiCommand {
     Revoke(cmd::pki::RevokeArgs),
     /// List revoked agent certificates: serial, agent, when, who revoked and why (a table, or --json).
     Revocations(cmd::pki::RevocationsArgs),
+    /// Rotate the CA with overlap: `rotate-ca` makes a new issuing CA while the old one stays trusted;
+    /// `rotate-ca --finish` moves the server certificate to the new CA (cross-signed by the old one, so agents
+    /// that slept through the rotation still connect) and deletes the old CA key. Restart serve after each.
+    RotateCa(cmd::pki::RotateCaArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,10 +171,12 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::ReissueServer(args)) => cmd::pki::reissue_server(args, load()?),
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
+        Command::Pki(PkiCommand::RotateCa(args)) => cmd::pki::rotate_ca(args, load()?),
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
+        Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
     }

@@ -59,6 +59,11 @@ pub const BUILD_INFO: &str = "gait_aggregator_build_info";
 pub const OIDC_JWKS_REFRESHES: &str = "gait_aggregator_oidc_jwks_refreshes_total";
 /// Usable signing keys of the OpenID provider in the cache.
 pub const OIDC_JWKS_KEYS: &str = "gait_aggregator_oidc_jwks_keys";
+/// Agent certificates signed online, labelled `kind`: `enroll` (join token) or `renew`.
+pub const CERTIFICATES_ISSUED: &str = "gait_aggregator_certificates_issued_total";
+/// Histogram of the time left on the certificates agents present at each accepted connection, in seconds:
+/// the fleet's expiry, sampled where it matters.
+pub const AGENT_CERTIFICATE_EXPIRY: &str = "gait_aggregator_agent_certificate_expiry_seconds";
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
 pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
@@ -132,6 +137,8 @@ pub struct Metrics {
     pub tls_session_tickets: Family<Label, Counter>,
     /// [`OIDC_JWKS_REFRESHES`] and [`OIDC_JWKS_KEYS`], handed to the OIDC key cache.
     pub jwks: crate::auth::jwks::JwksMetrics,
+    pub certificates_issued: Family<Label, Counter>,
+    pub agent_certificate_expiry: Histogram,
     /// The HTTP server's connection counters, once it runs (read at each scrape).
     http: Arc<OnceLock<Arc<gait_runtime::http::Stats>>>,
 }
@@ -261,6 +268,28 @@ impl Metrics {
             "outcome",
             &TICKET_OUTCOMES,
         );
+        let certificates_issued = labelled(
+            CERTIFICATES_ISSUED,
+            "Agent certificates signed online, by kind: enroll (a join token) or renew (over the agent's connection).",
+            "kind",
+            &["enroll", "renew"],
+        );
+        // An hour to a year, so a fleet drifting towards expiry shows in the low buckets.
+        let agent_certificate_expiry = Histogram::new([
+            3_600.0,
+            86_400.0,
+            7.0 * 86_400.0,
+            30.0 * 86_400.0,
+            60.0 * 86_400.0,
+            90.0 * 86_400.0,
+            365.0 * 86_400.0,
+        ]);
+        register(
+            &mut registry,
+            AGENT_CERTIFICATE_EXPIRY,
+            "Time left on the certificate an agent presented, observed at each accepted connection, in seconds.",
+            agent_certificate_expiry.clone(),
+        );
 
         let connections_open = Gauge::default();
         register(
@@ -353,6 +382,8 @@ impl Metrics {
             identity_alerts,
             tls_session_tickets,
             jwks,
+            certificates_issued,
+            agent_certificate_expiry,
             http,
         }
     }

@@ -21,16 +21,23 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 mod ca;
+pub mod csr;
 pub mod identity;
 mod issue;
 pub mod pem;
 pub mod revocation;
+pub mod rotation;
 
 pub use ca::{
     InitOptions, InitReport, ReissuedServer, init, reissue_server, server_cert_names, trust_domain,
     uncovered_server_names,
 };
+pub use csr::{CsrError, SignedAgent, VerifiedCsr, sign_agent_csr};
 pub use issue::{IssuedAgent, Validity, cert_agent, cert_serial_hex, issue_agent};
+pub use rotation::{
+    RotationPhase, RotationReport, rotate_ca_finish, rotate_ca_start, rotation_phase,
+    trust_bundle_path,
+};
 
 use crate::secrets::{self, Access};
 use identity::{IdentityError, canonical_serial_hex};
@@ -153,6 +160,24 @@ pub enum PkiError {
         what: &'static str,
         /// What rcgen reported.
         source: rcgen::Error,
+    },
+    /// An agent's certificate signing request was refused.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// `rotate-ca` while a rotation is in progress.
+    #[error(
+        "a CA rotation is in progress ({} exists): finish it first with `gait-aggregator pki rotate-ca --finish`",
+        path.display()
+    )]
+    RotationInProgress {
+        /// The retired CA's key, present until the rotation finishes.
+        path: PathBuf,
+    },
+    /// `rotate-ca --finish` without a rotation in progress.
+    #[error("no CA rotation is in progress in {}: start one with `gait-aggregator pki rotate-ca`", dir.display())]
+    NoRotation {
+        /// The PKI directory.
+        dir: PathBuf,
     },
     /// The operating system's random source failed.
     #[error("cannot read random bytes for a certificate serial: {0}")]

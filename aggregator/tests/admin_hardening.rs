@@ -38,6 +38,11 @@ fn app(db: &TestStore) -> axum::Router {
         )),
         oidc: None,
         audit: Arc::new(audit_log(db)),
+        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
+            db.store().clone(),
+            std::path::PathBuf::from("/nonexistent/pki"),
+            Default::default(),
+        )),
     })
 }
 

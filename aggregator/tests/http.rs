@@ -40,6 +40,11 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         )),
         oidc: None,
         audit: Arc::new(audit_log(db)),
+        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
+            db.store().clone(),
+            std::path::PathBuf::from("/nonexistent/pki"),
+            Default::default(),
+        )),
     };
     (router(state), public)
 }
@@ -510,6 +515,15 @@ fn openapi_declares_each_endpoints_permission_as_the_route_table_does() -> anyho
             continue;
         }
         for (method, op) in ops.as_object().context("operations")? {
+            // A public operation (`security: []`, e.g. enrollment, whose join token is the credential) is
+            // outside the bearer-token layer and declares no permission.
+            if op["security"].as_array().is_some_and(Vec::is_empty) {
+                anyhow::ensure!(
+                    op.get("x-gait-permission").is_none(),
+                    "{method} {path}: public yet declares a permission"
+                );
+                continue;
+            }
             let permission = op["x-gait-permission"]
                 .as_str()
                 .with_context(|| format!("{method} {path}: no x-gait-permission"))?;

@@ -171,6 +171,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V2(ServerMsgV2::BatchAck(_)) => "BatchAck",
         ServerMsg::V2(ServerMsgV2::Error(_)) => "Error",
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
+        ServerMsg::V2(ServerMsgV2::Certificate(_)) => "Certificate",
         ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
 }
@@ -186,7 +187,10 @@ pub(crate) struct Session {
     /// Owner of the tasks each connection spawns (poll loop, ship loop, batches in flight).
     pub tasks: Tasks,
     pub state: Arc<AgentState>,
-    pub client_config: quinn::ClientConfig,
+    /// The configuration each dial uses; certificate renewal replaces it.
+    pub client_config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
+    /// Certificate renewal; `None` never renews.
+    pub renewal: Option<super::renew::Renewal>,
     pub address: String,
     pub server_name: String,
     pub poll_wait_ms: u32,
@@ -401,8 +405,13 @@ impl Session {
     async fn connect(&self, endpoints: &mut Endpoints) -> Result<quinn::Connection, SessionError> {
         let addr = self.resolve().await?;
         let endpoint = endpoints.for_addr(addr)?;
+        let client_config = self
+            .client_config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let connecting = endpoint
-            .connect_with(self.client_config.clone(), addr, &self.server_name)
+            .connect_with(client_config, addr, &self.server_name)
             .map_err(|source| SessionError::Connect { addr, source })?;
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -450,6 +459,15 @@ impl Session {
             conn.clone(),
             conn_token.clone(),
         );
+        // Renewal runs beside the exchange and ends with the connection; it never ends the connection itself.
+        let _renew = self.renewal.clone().map(|renewal| {
+            self.tasks.spawn_owned(super::renew::renew_loop(
+                self.state.clone(),
+                conn.clone(),
+                renewal,
+                conn_token.clone(),
+            ))
+        });
         let ended = tokio::select! {
             r = &mut poll => Ended::Poll(joined(r)),
             r = &mut ship => Ended::Ship(joined(r)),

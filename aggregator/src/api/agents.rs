@@ -90,14 +90,17 @@ pub(super) async fn list_agents(
         .filter(|_| full)
         .map(|a| a.position().to_cursor());
     let revoked: HashSet<CertSerial> = state.store.revoked_serials().await?.into_iter().collect();
+    let now = crate::clock::unix_ms();
     let mut latest: HashMap<Tenant, Option<u64>> = HashMap::new();
+    // Expiry of the certificates the aggregator signed (enrollment, renewal); hand-minted ones are unknown.
+    let mut expiries: HashMap<CertSerial, i64> = HashMap::new();
     for a in &agents {
         if !latest.contains_key(&a.tenant) {
             let epoch = state.store.latest_epoch(&a.tenant).await?;
             latest.insert(a.tenant.clone(), epoch);
+            expiries.extend(state.store.certificate_expiries(&a.tenant, now).await?);
         }
     }
-    let now = crate::clock::unix_ms();
     let listed = agents
         .iter()
         .map(|a| {
@@ -109,6 +112,10 @@ pub(super) async fn list_agents(
                 obj.insert("revoked".into(), json!(health.revoked));
                 obj.insert("stale".into(), json!(health.stale));
                 obj.insert("behind".into(), json!(health.behind));
+                obj.insert(
+                    "cert_not_after_unix_ms".into(),
+                    json!(expiries.get(&a.cert_serial)),
+                );
             }
             Ok(row)
         })

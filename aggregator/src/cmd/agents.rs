@@ -70,14 +70,15 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     gait_runtime::outln!(
-        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}  STATE",
+        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7} {:>11}  STATE",
         "AGENT",
         "PROJECT/ENV",
         "VERSION",
         "ADDRESS",
         "SEEN(s)",
         "ACTIVE",
-        "RECV"
+        "RECV",
+        "CERT(days)"
     );
     let now = unix_ms();
     for a in answer["agents"].as_array().into_iter().flatten() {
@@ -94,8 +95,12 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         } else {
             flags.join(",")
         };
+        // Days left on the certificate the aggregator signed for it; `-` for a hand-minted one (unknown here).
+        let cert_days = a["cert_not_after_unix_ms"]
+            .as_i64()
+            .map_or_else(|| "-".to_owned(), |t| ((t - now) / 86_400_000).to_string());
         let printed = gait_runtime::outln!(
-            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7}  {}",
+            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7} {:>11}  {}",
             a["agent_id"].as_str().unwrap_or(""),
             format!(
                 "{}/{}",
@@ -113,6 +118,7 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
                 .as_u64()
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
+            cert_days,
             state,
         );
         if !printed {

@@ -496,3 +496,75 @@ fn list(keys: &[AgentKey]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Flags of `pki rotate-ca`.
+#[derive(Args, Debug)]
+pub struct RotateCaArgs {
+    /// Data directory holding pki/ [key: data_dir, env: GAIT_DATA_DIR, default: ./gait-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Finish the rotation: re-issue the server certificate from the new CA (presented with the new CA
+    /// cross-signed by the old one) and delete the old CA key.
+    #[arg(long)]
+    pub finish: bool,
+    /// Lifetime of the new CA in days (start only).
+    #[arg(long, default_value_t = 3650)]
+    pub ca_days: u32,
+    /// Lifetime of the re-issued server certificate in days (--finish only).
+    #[arg(long, default_value_t = 825)]
+    pub server_days: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pki rotate-ca [--finish]`: the two phases of a CA rotation with overlap (see `pki::rotation`).
+pub fn rotate_ca(args: RotateCaArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate()?;
+    let dir = config.pki_dir();
+    let actor = operator()?;
+    let report = if args.finish {
+        pki::rotate_ca_finish(&dir, args.server_days)?
+    } else {
+        pki::rotate_ca_start(&dir, args.ca_days)?
+    };
+    let phase = if args.finish { "finish" } else { "start" };
+    gait_aggregator::enroll::audit::ca_rotated(
+        &actor,
+        phase,
+        &format!(
+            "issuing CA `{}`, retired CA `{}`",
+            report.issuing_ca, report.retired_ca
+        ),
+    );
+    if args.json {
+        gait_runtime::outln!(
+            "{}",
+            serde_json::json!({
+                "phase": phase, "issuing_ca": report.issuing_ca, "retired_ca": report.retired_ca,
+                "by": actor,
+            })
+        );
+    } else if args.finish {
+        gait_runtime::outln!(
+            "CA rotation finished: the server certificate is now issued by `{}` and presented with that CA \
+             cross-signed by `{}`; the old CA key is deleted. Agents that still hold only the old CA connect \
+             through the cross certificate and move to the new CA at their next renewal. Restart `gait-aggregator \
+             serve`.",
+            report.issuing_ca,
+            report.retired_ca
+        );
+    } else {
+        gait_runtime::outln!(
+            "CA rotation started: `{}` issues from now on (enrollment, renewal, issue-agent); `{}` stays trusted. \
+             Agents receive both CAs with their next renewal. Restart `gait-aggregator serve`, let agents renew, \
+             then run `gait-aggregator pki rotate-ca --finish`.",
+            report.issuing_ca,
+            report.retired_ca
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

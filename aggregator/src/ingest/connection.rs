@@ -68,14 +68,20 @@ pub(super) async fn handle_incoming(
         return;
     }
     state.metrics.connections_accepted.inc();
+    state
+        .metrics
+        .agent_certificate_expiry
+        .observe((identity.not_after_unix - unix_ms() / 1000).max(0) as f64);
     state.metrics.connections_open.inc();
     let conn_id = state.live.insert(identity.serial.as_str(), conn.clone());
     debug!(%remote, agent = %identity.spiffe, serial = %identity.serial, "agent connected");
     let key = identity.key();
+    let spiffe = identity.spiffe.clone();
     let cert_serial = identity.serial;
 
     let session = Arc::new(Session {
         key,
+        spiffe,
         cert_serial,
         remote,
         hello_done: AtomicBool::new(false),
@@ -139,6 +145,8 @@ pub(super) struct Session {
     /// The certificate serial in its `gait-identity` form.
     pub(super) cert_serial: CertSerial,
     pub(super) key: AgentKey,
+    /// The verified certificate's SPIFFE id (the actor of what this connection does, e.g. a renewal).
+    pub(super) spiffe: gait_identity::SpiffeId,
     pub(super) remote: SocketAddr,
     pub(super) hello_done: AtomicBool,
     pub(super) last_seen_ms: AtomicU64,

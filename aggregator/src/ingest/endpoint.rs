@@ -58,6 +58,8 @@ pub struct IngestState {
     pub(super) live: LiveConnections,
     /// The live session of each agent identity ([`super::identity`]).
     pub(super) identities: super::identity::Identities,
+    /// Certificate renewal (`RenewCertificate`); `None` answers it `Unsupported`.
+    pub enrollment: Option<Arc<crate::enroll::Enrollment>>,
     /// Fixed at the first close of shutdown, so every connection announces the same redial window.
     shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
@@ -83,8 +85,15 @@ impl IngestState {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             live: LiveConnections::default(),
             identities: Default::default(),
+            enrollment: None,
             shutdown_reason: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This state with certificate renewal served by `enrollment`.
+    pub fn with_enrollment(mut self, enrollment: Arc<crate::enroll::Enrollment>) -> Self {
+        self.enrollment = Some(enrollment);
+        self
     }
 
     /// The close reason of shutdown: announces a redial window sized by the connections being dropped and

@@ -136,6 +136,9 @@ pub(super) async fn handle_request(
             ErrorCode::BadRequest,
             "send BundleReport on a unidirectional stream",
         ),
+        AgentMsgV2::RenewCertificate(renew) => {
+            super::renew::on_renew(&state, &session, renew).await
+        }
     };
     write_response(&mut send, reply).await;
     touch(&state, &session);

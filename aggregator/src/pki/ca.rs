@@ -182,7 +182,14 @@ pub fn reissue_server(
         server_key.serialize_pem().as_bytes(),
         true,
     )?;
-    write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
+    // Once a CA rotation started, the certificate comes from the new CA: the server also presents the new CA as
+    // the retired one signed it, so agents that hold only the retired CA still verify it (see `rotation`).
+    let mut chain = cert.pem();
+    if super::rotation::rotation_phase(dir) != super::rotation::RotationPhase::None {
+        let cross = dir.join(super::rotation::CROSS_CERT_FILE);
+        chain.push_str(&fs::read_to_string(&cross).map_err(|source| io_error(&cross, source))?);
+    }
+    write_atomic(&cert_path, chain.as_bytes(), false)?;
     Ok(ReissuedServer {
         cert_path,
         server_names: server_names.to_vec(),

@@ -123,7 +123,9 @@ pub fn issue_agent(
         })?;
 
     fs::create_dir_all(out_dir).map_err(|source| io_error(out_dir, source))?;
-    let ca_pem = fs::read(&ca.cert_path).map_err(|source| io_error(&ca.cert_path, source))?;
+    // During and after a CA rotation the agent gets both CAs (see `rotation`).
+    let bundle = super::rotation::trust_bundle_path(dir);
+    let ca_pem = fs::read(&bundle).map_err(|source| io_error(&bundle, source))?;
     let cert_path = out_dir.join(AGENT_CERT_FILE);
     let key_path = out_dir.join(AGENT_KEY_FILE);
     let ca_path = out_dir.join(CA_CERT_FILE);

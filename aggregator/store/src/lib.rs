@@ -21,6 +21,7 @@ mod audit;
 mod batch;
 mod bundles;
 mod conn;
+mod enrollment;
 mod error;
 mod model;
 mod postgres;
@@ -42,6 +43,10 @@ pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
+pub use enrollment::{
+    IssueKind, IssuedCertificate, JoinTokenRow, JoinTokenState, MAX_JOIN_TOKEN_USES,
+    MAX_JOIN_TOKENS_PAGE, NewJoinToken,
+};
 pub use error::StoreError;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,

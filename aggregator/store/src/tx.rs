@@ -27,6 +27,11 @@ impl StoreTx {
         Self { tx }
     }
 
+    /// The transaction's connection, for domain modules that keep their `StoreTx` methods beside their SQL.
+    pub(crate) fn conn(&mut self) -> crate::conn::Conn<'_> {
+        self.tx.conn()
+    }
+
     /// Makes every write of the transaction durable and visible to others.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(db("commit"))

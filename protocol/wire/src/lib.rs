@@ -42,7 +42,14 @@
 //!    means every seq up to it is stored, recorded as a gap, or listed in `conflicts`; the agent deletes
 //!    those records except the ones in `conflicts` (see "Conflicts"). Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
 //!    redelivered record is recognised by (agent, seq) and counted as a duplicate, never stored twice.
-//! 4. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
+//! 4. `RenewCertificate { csr_der }` -> `Certificate { chain_pem, ca_bundle_pem, not_after_unix }` or
+//!    `Error`. The aggregator certifies the CSR's key for the identity of the connection's verified client
+//!    certificate (a URI SAN in the CSR must name that same identity; a revoked certificate renews nothing).
+//!    The agent makes a fresh key for each renewal, writes key, chain and CA bundle atomically and presents
+//!    the new certificate from its next connection on. Added at the end of the `V2` enums (protocol version
+//!    3 unchanged): an aggregator that predates it answers `Error(Unsupported)` and the agent keeps its
+//!    certificate.
+//! 5. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
 //!    retried after a pause, any other ends the connection. A request that is oversized, malformed or not
 //!    read in time closes the connection with [`close::CLOSE_PROTOCOL_VIOLATION`].
 //!
@@ -112,8 +119,9 @@ pub use frame::{
 };
 pub use message::{
     AgentMsg, AgentMsgV1, AgentMsgV2, BatchAck, BatchAckV1, BundleOffer, BundleRef, BundleReport,
-    ErrorCode, Hello, HelloV1, INSTANCE_ID_LEN, InstanceId, PollBundle, RecordBatch, RecordRefusal,
-    Refusal, SeqRange, ServerMsg, ServerMsgV1, ServerMsgV2, Welcome, WireError, ranges_of,
+    ErrorCode, Hello, HelloV1, INSTANCE_ID_LEN, InstanceId, IssuedCertificate, PollBundle,
+    RecordBatch, RecordRefusal, Refusal, RenewCertificate, SeqRange, ServerMsg, ServerMsgV1,
+    ServerMsgV2, Welcome, WireError, ranges_of,
 };
 pub use record::{GENESIS_HASH, Record, RecordClass, RecordError};
 pub use refusal::RefusalCode;

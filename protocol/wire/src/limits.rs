@@ -18,6 +18,9 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// Largest bundle epoch a record may reference (same reason as [`MAX_SEQ`]).
 pub const MAX_BUNDLE_EPOCH: u64 = i64::MAX as u64;
 
+/// Largest CSR a `RenewCertificate` may carry, in bytes (a P-256 CSR is about 300).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
 /// Most records in one `RecordBatch`.
 pub const MAX_BATCH_RECORDS: usize = 10_000;
 

@@ -9,6 +9,7 @@
 //! - `PollBundle` -> `Bundle` when a bundle newer than `have_epoch` is assigned, else `NoNewBundle` at `wait_ms`.
 //! - `RecordBatch` -> `BatchAck`, sent only after the batch is committed; the agent deletes acked records only.
 //! - `BundleReport` -> no reply.
+//! - `RenewCertificate` -> `Certificate` (or `Error`), for the identity of the connection's certificate.
 //!
 //! The aggregator never trusts tenancy claimed in a message: org/project/env/agent id come from the verified
 //! client certificate and are echoed in `Welcome`.
@@ -49,6 +50,32 @@ pub enum AgentMsgV2 {
     RecordBatch(RecordBatch),
     /// What the agent received, applied or refused.
     BundleReport(BundleReport),
+    /// Ask for a new certificate for the connection's own identity (renewal before expiry).
+    RenewCertificate(RenewCertificate),
+}
+
+/// Asks the aggregator to certify a key for the identity of the connection's verified client certificate.
+///
+/// `csr_der` is a PKCS#10 request signed by the key to certify (a fresh key: agents rotate their key at each
+/// renewal; the mutual-TLS session already proves possession of the current one). Its URI SAN, if any, must
+/// be the connection's identity. Answered with [`ServerMsgV2::Certificate`] or `Error` (`Forbidden`: revoked
+/// or another identity; `BadRequest`: the CSR does not verify; `Unsupported`: this aggregator cannot renew).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RenewCertificate {
+    /// DER PKCS#10 certificate signing request, at most [`crate::limits::MAX_CSR_BYTES`].
+    pub csr_der: Vec<u8>,
+}
+
+/// A certificate issued by renewal: the chain to present from the next connection on and the CA bundle to
+/// verify the aggregator with (it carries a new CA during a CA rotation).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The certificate chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// The CA certificates to trust, PEM.
+    pub ca_bundle_pem: String,
+    /// The new certificate's `notAfter`, Unix seconds.
+    pub not_after_unix: i64,
 }
 
 /// Opening message of an agent session in protocol versions 1 and 2 (envelope `V1`).
@@ -234,6 +261,8 @@ pub enum ServerMsgV2 {
     /// Reply to `RecordBatch` when the aggregator refuses one record of it (protocol version 2). Nothing of
     /// the batch is committed; see [`RecordRefusal`].
     RecordRefused(RecordRefusal),
+    /// Reply to `RenewCertificate`: the renewed certificate.
+    Certificate(IssuedCertificate),
 }
 
 /// The aggregator refuses the record `seq` of batch `batch_id` and commits nothing of that batch.

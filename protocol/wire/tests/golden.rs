@@ -6,15 +6,21 @@
 
 use gait_wire::{
     AgentMsg, AgentMsgV1, AgentMsgV2, BatchAck, BatchAckV1, BundleOffer, BundleRef, BundleReport,
-    ErrorCode, GENESIS_HASH, Hello, HelloV1, InstanceId, PollBundle, Record, RecordBatch,
-    RecordClass, RecordRefusal, Refusal, RefusalCode, SeqRange, ServerMsg, ServerMsgV1,
-    ServerMsgV2, Welcome, WireError, decode_agent_msg, decode_server_msg, encode_frame,
+    ErrorCode, GENESIS_HASH, Hello, HelloV1, InstanceId, IssuedCertificate, PollBundle, Record,
+    RecordBatch, RecordClass, RecordRefusal, Refusal, RefusalCode, RenewCertificate, SeqRange,
+    ServerMsg, ServerMsgV1, ServerMsgV2, Welcome, WireError, decode_agent_msg, decode_server_msg,
+    encode_frame,
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-const AGENT_VARIANTS: usize = 4;
-const SERVER_VARIANTS: usize = 6;
+/// Variants per envelope: (agent, server). `V1` is frozen; `V2` grows at its end.
+fn variant_counts(envelope: &str) -> (usize, usize) {
+    match envelope {
+        "v1" => (4, 6),
+        _ => (5, 7),
+    }
+}
 
 fn golden_dir(envelope: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +70,7 @@ fn agent_variant_index(msg: &AgentMsg) -> (&'static str, usize) {
         AgentMsg::V2(AgentMsgV2::PollBundle(_)) => ("v2", 1),
         AgentMsg::V2(AgentMsgV2::RecordBatch(_)) => ("v2", 2),
         AgentMsg::V2(AgentMsgV2::BundleReport(_)) => ("v2", 3),
+        AgentMsg::V2(AgentMsgV2::RenewCertificate(_)) => ("v2", 4),
     }
 }
 
@@ -81,6 +88,7 @@ fn server_variant_index(msg: &ServerMsg) -> (&'static str, usize) {
         ServerMsg::V2(ServerMsgV2::BatchAck(_)) => ("v2", 3),
         ServerMsg::V2(ServerMsgV2::Error(_)) => ("v2", 4),
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => ("v2", 5),
+        ServerMsg::V2(ServerMsgV2::Certificate(_)) => ("v2", 6),
     }
 }
 
@@ -110,7 +118,9 @@ fn agent_cases_v1() -> Vec<(&'static str, AgentMsg)> {
             AgentMsgV2::PollBundle(p) => AgentMsgV1::PollBundle(p),
             AgentMsgV2::RecordBatch(b) => AgentMsgV1::RecordBatch(b),
             AgentMsgV2::BundleReport(r) => AgentMsgV1::BundleReport(r),
-            AgentMsgV2::Hello(_) => unreachable!("hello is not shared"),
+            AgentMsgV2::Hello(_) | AgentMsgV2::RenewCertificate(_) => {
+                unreachable!("not shared with V1")
+            }
         };
         (n, AgentMsg::V1(m))
     }));
@@ -136,6 +146,12 @@ fn agent_cases_v2() -> Vec<(&'static str, AgentMsg)> {
             .into_iter()
             .map(|(n, m)| (n, AgentMsg::V2(m))),
     );
+    cases.push((
+        "agent_renew_certificate",
+        AgentMsg::V2(AgentMsgV2::RenewCertificate(RenewCertificate {
+            csr_der: vec![0x30, 0x82, 0x01, 0x0a, 0xde, 0xad],
+        })),
+    ));
     cases
 }
 
@@ -267,6 +283,15 @@ fn server_cases_v2() -> Vec<(&'static str, ServerMsg)> {
             "server_record_refused",
             ServerMsg::V2(ServerMsgV2::RecordRefused(record_refused())),
         ),
+        (
+            "server_certificate",
+            ServerMsg::V2(ServerMsgV2::Certificate(IssuedCertificate {
+                chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                ca_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+                    .into(),
+                not_after_unix: 1_800_000_000,
+            })),
+        ),
     ]
 }
 
@@ -342,7 +367,7 @@ fn check_envelope(
         .collect();
     assert_eq!(
         covered,
-        (0..AGENT_VARIANTS).collect(),
+        (0..variant_counts(envelope).0).collect(),
         "every AgentMsg variant of {envelope} needs a golden case"
     );
     for (name, msg) in &agent {
@@ -364,7 +389,7 @@ fn check_envelope(
         .collect();
     assert_eq!(
         covered,
-        (0..SERVER_VARIANTS).collect(),
+        (0..variant_counts(envelope).1).collect(),
         "every ServerMsg variant of {envelope} needs a golden case"
     );
     for (name, msg) in &server {

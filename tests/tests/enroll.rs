@@ -1,0 +1,412 @@
+//! Enrollment end to end with the real binaries: `gait-aggregator join-token create`, `gait-agent enroll`, then
+//! `gait-agent run` connects with the certificate it was issued and ships; expired, used-up and other-scope
+//! tokens enroll nothing.
+#![allow(clippy::disallowed_methods)] // tests read the clock and spawn freely
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::{Context as _, Result, ensure};
+use gait_e2e::{Agent, Aggregator, PATIENCE, hermetic, http_json, wait_for};
+use serde_json::{Value, json};
+
+/// An agent with its configuration, registry key and local API set up but no certificate yet: the files
+/// `pki issue-agent` wrote are removed, so only enrollment can give it one.
+fn unenrolled_agent(agg: &Aggregator, dir: &Path, env: &str, id: &str) -> Result<Agent> {
+    let agent = Agent::enroll(agg, dir, "acme", "web", env, id)?;
+    for name in ["agent.pem", "agent.key", "ca.pem"] {
+        std::fs::remove_file(dir.join(name))?;
+    }
+    Ok(agent)
+}
+
+/// Mints a join token through the API.
+fn mint(agg: &Aggregator, env: &str, ttl_seconds: u64, uses: u32) -> Result<Value> {
+    let (status, v) = http_json(
+        "POST",
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/{env}/join-tokens"
+        )),
+        Some(&agg.token),
+        Some(json!({ "ttl_seconds": ttl_seconds, "uses": uses })),
+    )?;
+    ensure!(status == 201, "mint: {status} {v}");
+    Ok(v)
+}
+
+/// Runs `gait-agent enroll` for the agent in `dir` (files per its agent.yaml), expecting acme/web/`expect`.
+fn enroll(agg: &Aggregator, dir: &Path, token: &str, id: &str, expect: &str) -> Result<Output> {
+    Ok(hermetic("gait-agent")
+        .arg("enroll")
+        .arg("--aggregator")
+        .arg(format!("http://{}", agg.http))
+        .arg("--config")
+        .arg(dir.join("agent.yaml"))
+        .args([
+            "--agent-id",
+            id,
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            expect,
+            "--json",
+        ])
+        .env("GAIT_JOIN_TOKEN", token)
+        .output()?)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn an_agent_enrolled_with_a_join_token_connects_and_ships() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    // The CLI prints the token alone on stdout.
+    let out = hermetic("gait-aggregator")
+        .args([
+            "join-token",
+            "create",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+        ])
+        .args(["--ttl", "10m", "--uses", "1"])
+        .arg("--server")
+        .arg(format!("http://{}", agg.http))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    ensure!(out.status.success(), "join-token create: {}", text(&out));
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(token.starts_with("gjt1_"), "{token}");
+
+    let dir = tmp.path().join("a1");
+    let mut agent = unenrolled_agent(&agg, &dir, "prod", "e2e-enrolled")?;
+    let out = enroll(&agg, &dir, &token, "e2e-enrolled", "prod")?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let enrolled: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        enrolled["agent"] == "spiffe://gait.local/org/acme/project/web/env/prod/agent/e2e-enrolled",
+        "{enrolled}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("agent.key"))?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o600, "agent.key mode {mode:o}");
+    }
+    agent.start()?;
+    let seq = agent.append("block", "app.decision", json!({"n": 1}))?;
+    ensure!(seq.is_some(), "the record was shed");
+    let records = wait_for(PATIENCE, "the enrolled agent's record committed", || {
+        agg.records("acme", "web", "prod", "e2e-enrolled")
+            .ok()
+            .filter(|r| !r.is_empty())
+    })
+    .with_context(|| agent.log())?;
+    ensure!(records.len() == 1, "{records:?}");
+
+    // The aggregator knows it by the certificate enrollment issued.
+    let listed = agg.agents("acme")?;
+    let row = listed
+        .iter()
+        .find(|a| a["agent_id"] == "e2e-enrolled")
+        .context("agent not listed")?;
+    ensure!(
+        row["cert_serial"] == enrolled["serial"],
+        "{row} vs {enrolled}"
+    );
+    ensure!(
+        row["cert_not_after_unix_ms"].as_i64()
+            == enrolled["not_after_unix"].as_i64().map(|s| s * 1000),
+        "expiry column: {row} vs {enrolled}"
+    );
+
+    // The one use is gone: a second agent enrolls nothing.
+    let dir2 = tmp.path().join("a2");
+    unenrolled_agent(&agg, &dir2, "prod", "e2e-second")?;
+    let out = enroll(&agg, &dir2, &token, "e2e-second", "prod")?;
+    ensure!(out.status.code() == Some(65), "second use: {}", text(&out));
+    ensure!(text(&out).contains("no uses left"), "{}", text(&out));
+    ensure!(!dir2.join("agent.pem").exists() && !dir2.join("agent.key").exists());
+    Ok(())
+}
+
+#[test]
+fn expired_and_other_scope_tokens_enroll_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let dir = tmp.path().join("a1");
+    unenrolled_agent(&agg, &dir, "prod", "e2e-refused")?;
+
+    // A token for another environment than the agent means to join: refused, and its use is kept.
+    let dev = mint(&agg, "dev", 600, 1)?;
+    let token = dev["token"].as_str().context("token")?;
+    let out = enroll(&agg, &dir, token, "e2e-refused", "prod")?;
+    ensure!(out.status.code() == Some(65), "other scope: {}", text(&out));
+    ensure!(text(&out).contains("acme/web/dev"), "{}", text(&out));
+    ensure!(!dir.join("agent.pem").exists() && !dir.join("agent.key").exists());
+    let (_, listed) = agg.get("/v1/orgs/acme/projects/web/envs/dev/join-tokens")?;
+    ensure!(listed["join_tokens"][0]["uses_left"] == 1, "{listed}");
+
+    // An expired token: minted for one second, used once the aggregator lists it as expired.
+    let short = mint(&agg, "prod", 1, 5)?;
+    wait_for(PATIENCE, "the token to expire", || {
+        let (_, v) = agg
+            .get("/v1/orgs/acme/projects/web/envs/prod/join-tokens")
+            .ok()?;
+        (v["join_tokens"][0]["state"] == "expired").then_some(())
+    })?;
+    let out = enroll(
+        &agg,
+        &dir,
+        short["token"].as_str().context("token")?,
+        "e2e-refused",
+        "prod",
+    )?;
+    ensure!(out.status.code() == Some(65), "expired: {}", text(&out));
+    ensure!(text(&out).contains("expired"), "{}", text(&out));
+    ensure!(!dir.join("agent.pem").exists());
+
+    // A revoked token.
+    let revoked = mint(&agg, "prod", 600, 5)?;
+    let id = revoked["token_id"].as_str().context("id")?;
+    let (status, v) = http_json(
+        "DELETE",
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/prod/join-tokens/{id}"
+        )),
+        Some(&agg.token),
+        None,
+    )?;
+    ensure!(status == 200, "{status} {v}");
+    let out = enroll(
+        &agg,
+        &dir,
+        revoked["token"].as_str().context("token")?,
+        "e2e-refused",
+        "prod",
+    )?;
+    ensure!(
+        out.status.code() == Some(65) && text(&out).contains("revoked"),
+        "{}",
+        text(&out)
+    );
+    ensure!(!dir.join("agent.pem").exists());
+    ensure!(
+        agg.agents("acme")?
+            .iter()
+            .all(|a| a["agent_id"] != "e2e-refused")
+    );
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[test]
+fn an_enrolled_agent_renews_across_an_aggregator_restart_and_keeps_shipping() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Certificates of 60 s: renewed 35 s after issue (a third of the 75 s window, backdating included, left).
+    let config = tmp.path().join("aggregator.yaml");
+    std::fs::write(&config, "enroll:\n  certificate_validity_seconds: 60\n")?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut agg = Aggregator::start_with(
+        &tmp.path().join("agg"),
+        None,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        &["--config", &config_arg],
+    )?;
+    let token = mint(&agg, "prod", 600, 1)?;
+    let dir = tmp.path().join("a1");
+    let mut agent = unenrolled_agent(&agg, &dir, "prod", "e2e-renewing")?;
+    let out = enroll(
+        &agg,
+        &dir,
+        token["token"].as_str().context("token")?,
+        "e2e-renewing",
+        "prod",
+    )?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let enrolled: Value = serde_json::from_slice(&out.stdout)?;
+    let first_not_after = enrolled["not_after_unix"].as_i64().context("not_after")?;
+    let first_cert = std::fs::read(dir.join("agent.pem"))?;
+    let first_key = std::fs::read(dir.join("agent.key"))?;
+    agent.start()?;
+    let status = agent.status()?;
+    ensure!(
+        status["certificate"]["not_after"] == first_not_after,
+        "{status}"
+    );
+
+    // Restarted before the renewal is due: the agent reconnects and renews over its new connection.
+    agg.restart()?;
+    let renewed = wait_for(2 * PATIENCE, "the agent to renew its certificate", || {
+        let now = std::fs::read(dir.join("agent.pem")).ok()?;
+        (now != first_cert).then_some(now)
+    })
+    .with_context(|| format!("{}\n{}", agent.log(), agg.log()))?;
+    ensure!(
+        std::fs::read(dir.join("agent.key"))? != first_key,
+        "the key was not rotated"
+    );
+    ensure!(!renewed.is_empty());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("agent.key"))?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o600, "agent.key mode {mode:o}");
+    }
+    let status = wait_for(PATIENCE, "status to show the new expiry", || {
+        let s = agent.status().ok()?;
+        (s["certificate"]["not_after"].as_i64()? > first_not_after).then_some(s)
+    })?;
+    ensure!(status["certificate"]["renewal_due"] == false, "{status}");
+    ensure!(
+        agg.metric("gait_aggregator_certificates_issued_total{kind=\"renew\"}")? == 1,
+        "the renewal was not counted once"
+    );
+
+    // Once the first certificate has expired, a restarted aggregator takes the agent back with the new one.
+    wait_for(2 * PATIENCE, "the first certificate to expire", || {
+        (unix_now() > first_not_after + 1).then_some(())
+    })?;
+    agg.restart()?;
+    agent.append("block", "app.decision", json!({"after": "renewal"}))?;
+    wait_for(PATIENCE, "the record shipped after the renewal", || {
+        agg.records("acme", "web", "prod", "e2e-renewing")
+            .ok()
+            .filter(|r| !r.is_empty())
+    })
+    .with_context(|| format!("{}\n{}", agent.log(), agg.log()))?;
+    let row = agg
+        .agents("acme")?
+        .into_iter()
+        .find(|a| a["agent_id"] == "e2e-renewing")
+        .context("agent not listed")?;
+    ensure!(
+        row["cert_serial"] != enrolled["serial"],
+        "still the enrolled certificate: {row}"
+    );
+    Ok(())
+}
+
+/// Runs `gait-aggregator pki rotate-ca` (with `extra` flags) on the aggregator's data directory.
+fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
+    let out = hermetic("gait-aggregator")
+        .args(["pki", "rotate-ca"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(&agg.data_dir)
+        .output()?;
+    ensure!(out.status.success(), "rotate-ca {extra:?}: {}", text(&out));
+    Ok(())
+}
+
+/// Appends one record through `agent` and waits until the aggregator committed `count` records of it.
+fn ships(agg: &Aggregator, agent: &Agent, count: usize) -> Result<()> {
+    agent.append("block", "app.decision", json!({"count": count}))?;
+    wait_for(PATIENCE, "the agent's record committed", || {
+        agg.records(&agent.org, &agent.project, &agent.env, &agent.id)
+            .ok()
+            .filter(|r| r.len() >= count)
+    })
+    .with_context(|| {
+        format!(
+            "agent {} log:\n{}\naggregator log:\n{}",
+            agent.id,
+            agent.log(),
+            agg.log()
+        )
+    })?;
+    Ok(())
+}
+
+#[test]
+fn agents_offline_through_a_whole_ca_rotation_reconnect_after_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    // One agent enrolled with a join token, one hand-minted with `pki issue-agent`: both hold only the old CA.
+    let token = mint(&agg, "prod", 600, 2)?;
+    let token = token["token"].as_str().context("token")?.to_owned();
+    let enrolled_dir = tmp.path().join("enrolled");
+    let mut enrolled = unenrolled_agent(&agg, &enrolled_dir, "prod", "e2e-sleeper")?;
+    let out = enroll(&agg, &enrolled_dir, &token, "e2e-sleeper", "prod")?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let mut minted = Agent::enroll(
+        &agg,
+        &tmp.path().join("minted"),
+        "acme",
+        "web",
+        "prod",
+        "e2e-minted",
+    )?;
+    for agent in [&mut enrolled, &mut minted] {
+        agent.start()?;
+        ships(&agg, agent, 1)?;
+        agent.stop();
+    }
+
+    // Rotation starts while both are stopped: a new CA issues, the old one stays trusted.
+    agg.stop();
+    rotate_ca(&agg, &[])?;
+    agg.restart()?;
+    // An agent enrolled during the overlap gets both CAs and connects.
+    let fresh_dir = tmp.path().join("fresh");
+    let mut fresh = unenrolled_agent(&agg, &fresh_dir, "prod", "e2e-fresh")?;
+    let out = enroll(&agg, &fresh_dir, &token, "e2e-fresh", "prod")?;
+    ensure!(
+        out.status.success(),
+        "enroll during the overlap: {}",
+        text(&out)
+    );
+    let bundle = std::fs::read_to_string(fresh_dir.join("ca.pem"))?;
+    ensure!(bundle.matches("BEGIN CERTIFICATE").count() == 2, "{bundle}");
+    fresh.start()?;
+    ships(&agg, &fresh, 1)?;
+
+    // The rotation finishes: the server certificate moves to the new CA, the old CA key is gone.
+    agg.stop();
+    rotate_ca(&agg, &["--finish"])?;
+    ensure!(!agg.data_dir.join("pki").join("ca-previous.key").exists());
+    agg.restart()?;
+
+    // The sleepers come back holding only the old CA and certificates it issued: they verify the server
+    // through the cross-signed CA and are still trusted, so they connect and ship.
+    for (agent, dir) in [
+        (&mut enrolled, &enrolled_dir),
+        (&mut minted, &tmp.path().join("minted")),
+    ] {
+        let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
+        ensure!(
+            ca.matches("BEGIN CERTIFICATE").count() == 1,
+            "{} holds more than the old CA",
+            agent.id
+        );
+        agent.start()?;
+        ships(&agg, agent, 2)?;
+    }
+    // The agent of the overlap reconnected to the restarted aggregator too.
+    ships(&agg, &fresh, 2)?;
+    Ok(())
+}
