@@ -312,11 +312,9 @@ pub(crate) async fn put_policy(
 ) -> Result<StoredApprovalPolicy, StoreError> {
     const NEXT: &str = "SELECT COALESCE(MAX(version), 0) AS v FROM approval_policies \
          WHERE org = $1 AND project = $2 AND env = $3 AND name = $4";
-    const INSERT: &str = concat!(
-        "INSERT INTO approval_policies (org, project, env, name, version, spec, digest, created_by, \
+    const INSERT: &str = "INSERT INTO approval_policies (org, project, env, name, version, spec, digest, created_by, \
          created_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, org, project, env, name, \
-         version, spec, digest, created_by, created_unix_ms"
-    );
+         version, spec, digest, created_by, created_unix_ms";
     let (org, project, env) = scope_columns(&policy.scope)?;
     check_label("approval_policy.name", &policy.name)?;
     if policy.spec.len() > MAX_APPROVAL_POLICY_BYTES {
