@@ -169,6 +169,8 @@ pub enum ServeError {
     PlainHttpOffLoopback { addr: SocketAddr },
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("approvals: {0}")]
+    ApprovalKey(#[from] crate::approval::issue::KeyError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -321,6 +323,10 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         config.bundle_defaults.clone(),
         metrics.clone(),
     ));
+    let approvals = Arc::new(crate::approval::Approvals::new(
+        store.clone(),
+        crate::approval::issue::load_or_create_key(&config.key_dir())?,
+    ));
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
     let oidc_configured = false;
     let admin_mode = config.auth.admin_token.resolve(oidc_configured);
@@ -417,18 +423,21 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         }
     };
 
-    let ingest = Arc::new(IngestState::new(
-        store.clone(),
-        registry.clone(),
-        metrics.clone(),
-        revoked,
-        IngestLimits {
-            reconnect_rate: config.reconnect_rate,
-            max_record_payload_bytes: config.max_record_payload_bytes,
-            ..IngestLimits::default()
-        },
-        &tasks,
-    ));
+    let ingest = Arc::new(
+        IngestState::new(
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            revoked,
+            IngestLimits {
+                reconnect_rate: config.reconnect_rate,
+                max_record_payload_bytes: config.max_record_payload_bytes,
+                ..IngestLimits::default()
+            },
+            &tasks,
+        )
+        .with_approvals(approvals.clone()),
+    );
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
@@ -440,6 +449,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             metrics,
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),
+            approvals,
         },
         config.http_limits,
         http_tls.clone(),

@@ -36,6 +36,10 @@ fn app(db: &TestStore) -> axum::Router {
         authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
+        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
+            db.store().clone(),
+            SigningKey::generate(),
+        )),
     })
 }
 

@@ -38,6 +38,10 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
         authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
             gait_aggregator::auth::AdminTokenMode::Admin,
         )),
+        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
+            db.store().clone(),
+            SigningKey::generate(),
+        )),
     };
     (router(state), public)
 }

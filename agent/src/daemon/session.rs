@@ -171,6 +171,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V2(ServerMsgV2::BatchAck(_)) => "BatchAck",
         ServerMsg::V2(ServerMsgV2::Error(_)) => "Error",
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
+        ServerMsg::V2(ServerMsgV2::Approvals(_)) => "Approvals",
         ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
 }

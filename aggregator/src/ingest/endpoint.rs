@@ -58,6 +58,9 @@ pub struct IngestState {
     pub(super) live: LiveConnections,
     /// The live session of each agent identity ([`super::identity`]).
     pub(super) identities: super::identity::Identities,
+    /// Approval governance: raises requests from `approval.request` records, delivers issued tokens
+    /// (`None`: records are stored only and `FetchApprovals` gets nothing).
+    pub approvals: Option<Arc<crate::approval::Approvals>>,
     /// Fixed at the first close of shutdown, so every connection announces the same redial window.
     shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
@@ -83,8 +86,15 @@ impl IngestState {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             live: LiveConnections::default(),
             identities: Default::default(),
+            approvals: None,
             shutdown_reason: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns on approval governance (requests from records, token delivery).
+    pub fn with_approvals(mut self, approvals: Arc<crate::approval::Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 
     /// The close reason of shutdown: announces a redial window sized by the connections being dropped and

@@ -49,6 +49,8 @@ pub enum AgentMsgV2 {
     RecordBatch(RecordBatch),
     /// What the agent received, applied or refused.
     BundleReport(BundleReport),
+    /// The approvals issued for the agent's approval requests (reply `Approvals`).
+    FetchApprovals(crate::approval::FetchApprovals),
 }
 
 /// Opening message of an agent session in protocol versions 1 and 2 (envelope `V1`).
@@ -234,6 +236,8 @@ pub enum ServerMsgV2 {
     /// Reply to `RecordBatch` when the aggregator refuses one record of it (protocol version 2). Nothing of
     /// the batch is committed; see [`RecordRefusal`].
     RecordRefused(RecordRefusal),
+    /// Reply to `FetchApprovals`: the issued Gait approval tokens.
+    Approvals(crate::approval::ApprovalDelivery),
 }
 
 /// The aggregator refuses the record `seq` of batch `batch_id` and commits nothing of that batch.

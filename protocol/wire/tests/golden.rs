@@ -10,11 +10,14 @@ use gait_wire::{
     RecordClass, RecordRefusal, Refusal, RefusalCode, SeqRange, ServerMsg, ServerMsgV1,
     ServerMsgV2, Welcome, WireError, decode_agent_msg, decode_server_msg, encode_frame,
 };
+use gait_wire::{ApprovalDelivery, DeliveredApproval, FetchApprovals, TokenDocument};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-const AGENT_VARIANTS: usize = 4;
-const SERVER_VARIANTS: usize = 6;
+/// Variants per envelope: (agent, server). `V1` is frozen; `V2` grew `FetchApprovals` and `Approvals`.
+fn variant_counts(envelope: &str) -> (usize, usize) {
+    if envelope == "v1" { (4, 6) } else { (5, 7) }
+}
 
 fn golden_dir(envelope: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +67,7 @@ fn agent_variant_index(msg: &AgentMsg) -> (&'static str, usize) {
         AgentMsg::V2(AgentMsgV2::PollBundle(_)) => ("v2", 1),
         AgentMsg::V2(AgentMsgV2::RecordBatch(_)) => ("v2", 2),
         AgentMsg::V2(AgentMsgV2::BundleReport(_)) => ("v2", 3),
+        AgentMsg::V2(AgentMsgV2::FetchApprovals(_)) => ("v2", 4),
     }
 }
 
@@ -81,6 +85,7 @@ fn server_variant_index(msg: &ServerMsg) -> (&'static str, usize) {
         ServerMsg::V2(ServerMsgV2::BatchAck(_)) => ("v2", 3),
         ServerMsg::V2(ServerMsgV2::Error(_)) => ("v2", 4),
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => ("v2", 5),
+        ServerMsg::V2(ServerMsgV2::Approvals(_)) => ("v2", 6),
     }
 }
 
@@ -110,7 +115,9 @@ fn agent_cases_v1() -> Vec<(&'static str, AgentMsg)> {
             AgentMsgV2::PollBundle(p) => AgentMsgV1::PollBundle(p),
             AgentMsgV2::RecordBatch(b) => AgentMsgV1::RecordBatch(b),
             AgentMsgV2::BundleReport(r) => AgentMsgV1::BundleReport(r),
-            AgentMsgV2::Hello(_) => unreachable!("hello is not shared"),
+            AgentMsgV2::Hello(_) | AgentMsgV2::FetchApprovals(_) => {
+                unreachable!("not shared with V1")
+            }
         };
         (n, AgentMsg::V1(m))
     }));
@@ -136,6 +143,12 @@ fn agent_cases_v2() -> Vec<(&'static str, AgentMsg)> {
             .into_iter()
             .map(|(n, m)| (n, AgentMsg::V2(m))),
     );
+    cases.push((
+        "agent_fetch_approvals",
+        AgentMsg::V2(AgentMsgV2::FetchApprovals(FetchApprovals {
+            after_request_id: 41,
+        })),
+    ));
     cases
 }
 
@@ -267,6 +280,19 @@ fn server_cases_v2() -> Vec<(&'static str, ServerMsg)> {
             "server_record_refused",
             ServerMsg::V2(ServerMsgV2::RecordRefused(record_refused())),
         ),
+        (
+            "server_approvals",
+            ServerMsg::V2(ServerMsgV2::Approvals(ApprovalDelivery {
+                approvals: vec![DeliveredApproval {
+                    request_id: 42,
+                    intent_digest: "a".repeat(64),
+                    policy_digest: "b".repeat(64),
+                    tokens: vec![TokenDocument(
+                        br#"{"schema_id":"gait.gate.approval_token"}"#.to_vec(),
+                    )],
+                }],
+            })),
+        ),
     ]
 }
 
@@ -342,7 +368,7 @@ fn check_envelope(
         .collect();
     assert_eq!(
         covered,
-        (0..AGENT_VARIANTS).collect(),
+        (0..variant_counts(envelope).0).collect(),
         "every AgentMsg variant of {envelope} needs a golden case"
     );
     for (name, msg) in &agent {
@@ -364,7 +390,7 @@ fn check_envelope(
         .collect();
     assert_eq!(
         covered,
-        (0..SERVER_VARIANTS).collect(),
+        (0..variant_counts(envelope).1).collect(),
         "every ServerMsg variant of {envelope} needs a golden case"
     );
     for (name, msg) in &server {
