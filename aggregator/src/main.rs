@@ -75,6 +75,10 @@ enum Command {
     /// through the HTTP API. The config file's auth.bindings are applied at every start.
     #[command(subcommand)]
     Access(cmd::access::AccessCommand),
+    /// Approval governance through the HTTP API: approval policies (policy set|list) and the requests agents
+    /// raise for require_approval verdicts (list|show|approve|deny).
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// Inspect the configuration file.
@@ -163,6 +167,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
+        Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
     }
 }
