@@ -440,6 +440,7 @@ async fn serve_request(
             })
         }
         AgentMsgV2::BundleReport(_) => return,
+        AgentMsgV2::FetchApprovals(_) => ServerMsgV2::Approvals(Default::default()),
     };
     let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) else {
         return;

@@ -317,16 +317,19 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     let store = Store::connect(&config.effective_database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let key = Registry::load_or_create_key(&config.key_dir())?;
-    let registry = Arc::new(Registry::new(
-        store.clone(),
-        key,
-        config.bundle_defaults.clone(),
-        metrics.clone(),
-    ));
     let approvals = Arc::new(crate::approval::Approvals::new(
         store.clone(),
         crate::approval::issue::load_or_create_key(&config.key_dir())?,
     ));
+    let registry = Arc::new(
+        Registry::new(
+            store.clone(),
+            key,
+            config.bundle_defaults.clone(),
+            metrics.clone(),
+        )
+        .with_approval_key(approvals.public_key()),
+    );
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
     let oidc_configured = false;
     let admin_mode = config.auth.admin_token.resolve(oidc_configured);

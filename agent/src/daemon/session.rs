@@ -451,6 +451,13 @@ impl Session {
             conn.clone(),
             conn_token.clone(),
         );
+        // Ends with the connection (its token) or when this function returns (the handle is dropped).
+        let _approvals = super::approvals::spawn_fetch_loop(
+            &self.tasks,
+            self.state.clone(),
+            conn.clone(),
+            conn_token.clone(),
+        );
         let ended = tokio::select! {
             r = &mut poll => Ended::Poll(joined(r)),
             r = &mut ship => Ended::Ship(joined(r)),
