@@ -173,6 +173,8 @@ async fn set_policy(
 gait_store::store_tests!(
     quorum_groups_and_separation_of_duties_decide_when_tokens_are_issued,
     a_denied_or_expired_request_cannot_be_approved,
+    concurrent_approvals_that_meet_the_quorum_issue_the_tokens_once,
+    the_http_api_maps_the_rules_to_statuses_and_hides_other_environments,
 );
 
 async fn quorum_groups_and_separation_of_duties_decide_when_tokens_are_issued(
@@ -370,5 +372,179 @@ async fn a_denied_or_expired_request_cannot_be_approved(db: &TestStore) -> Resul
     let open = raise(store, &approvals, 3, &payload("alice", 0x03, 3600)).await?;
     let done = approvals.approve(&bob, open, "").await.context("approve")?;
     ensure!(done.request.status == "approved");
+    Ok(())
+}
+
+async fn concurrent_approvals_that_meet_the_quorum_issue_the_tokens_once(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let (approvals, _) = setup(db).await?;
+    let auth = authorizer();
+    set_policy(
+        &approvals,
+        &auth,
+        "erin",
+        PolicySpec {
+            quorum: 3,
+            ..PolicySpec::default()
+        },
+    )
+    .await?;
+    let deciders = [
+        decider(&auth, operator("bob", &["security"])),
+        decider(&auth, operator("carol", &["web-owners"])),
+        decider(&auth, operator("dave", &["security"])),
+    ];
+    // Three approvers at once on each of several requests: each decision must see the others once it holds the
+    // request, so the quorum is met by whichever comes last and the tokens are issued exactly once. Without the
+    // request lock two decisions can each count only themselves and leave the request pending for good.
+    const REQUESTS: u64 = 12;
+    for seq in 1..=REQUESTS {
+        let id = raise(store, &approvals, seq, &payload("alice", seq as u8, 3600)).await?;
+        let (a, b, c) = tokio::join!(
+            approvals.approve(&deciders[0], id, ""),
+            approvals.approve(&deciders[1], id, ""),
+            approvals.approve(&deciders[2], id, "")
+        );
+        ensure!(
+            a?.recorded && b?.recorded && c?.recorded,
+            "every decision counts"
+        );
+    }
+    let delivered = approvals.deliverable(&agent(), 0).await?;
+    ensure!(
+        delivered.len() == REQUESTS as usize && delivered.iter().all(|d| d.tokens.len() == 3),
+        "every request approved once, one token per approver: {} approved",
+        delivered.len()
+    );
+    Ok(())
+}
+
+async fn the_http_api_maps_the_rules_to_statuses_and_hides_other_environments(
+    db: &TestStore,
+) -> Result<()> {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "test-admin-token";
+    let store = db.store();
+    let metrics = Arc::new(gait_aggregator::metrics::Metrics::new());
+    let approvals = Arc::new(Approvals::new(store.clone(), SigningKey::generate()));
+    let app = gait_aggregator::api::router(gait_aggregator::api::AppState {
+        store: store.clone(),
+        registry: Arc::new(gait_aggregator::registry::Registry::new(
+            store.clone(),
+            SigningKey::generate(),
+            gait_aggregator::registry::BundleDefaults::default(),
+            metrics.clone(),
+        )),
+        metrics,
+        admin_token: Arc::new(TOKEN.into()),
+        authorizer: Arc::new(Authorizer::new(AdminTokenMode::Admin)),
+        approvals: approvals.clone(),
+    });
+    let call = |method: &'static str, uri: String, body: Option<Value>| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+                .expect("request");
+            let resp = app.oneshot(req).await.expect("router answers");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    setup(db).await?;
+    // A policy: invalid rules name the field; a valid one is version 1.
+    let (s, v) = call(
+        "PUT",
+        "/v1/approval-policies".into(),
+        Some(json!({"org": "acme", "project": "web", "name": "p", "rules": {"quorum": 0}})),
+    )
+    .await;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && v.to_string().contains("quorum"),
+        "{s} {v}"
+    );
+    let (s, v) = call(
+        "PUT",
+        "/v1/approval-policies".into(),
+        Some(json!({"org": "acme", "project": "web", "name": "p", "rules": {"quorum": 1, "tools": ["db.*"]}})),
+    )
+    .await;
+    ensure!(
+        s == StatusCode::OK && v["policy"]["version"] == 1,
+        "{s} {v}"
+    );
+    let (s, v) = call(
+        "GET",
+        "/v1/approval-policies?org=acme&project=web&env=prod".into(),
+        None,
+    )
+    .await;
+    ensure!(
+        s == StatusCode::OK && v["policies"].as_array().map(Vec::len) == Some(1),
+        "{s} {v}"
+    );
+
+    // The requester (here the admin token itself) cannot approve: 403 naming the rule.
+    let mine = raise(store, &approvals, 1, &payload("admin-token", 0x11, 3600)).await?;
+    let base = "/v1/orgs/acme/projects/web/envs/prod/approvals";
+    let (s, v) = call("POST", format!("{base}/{mine}/approve"), None).await;
+    ensure!(
+        s == StatusCode::FORBIDDEN && v.to_string().contains("someone else"),
+        "{s} {v}"
+    );
+    // Another request: approved once (200), then 409 for any further decision.
+    let other = raise(store, &approvals, 2, &payload("alice", 0x12, 3600)).await?;
+    let (s, v) = call(
+        "POST",
+        format!("{base}/{other}/approve"),
+        Some(json!({"reason": "CHG-1"})),
+    )
+    .await;
+    ensure!(
+        s == StatusCode::OK && v["request"]["status"] == "approved",
+        "{s} {v}"
+    );
+    ensure!(
+        v["request"]["tokens"].as_array().map(Vec::len) == Some(1),
+        "{v}"
+    );
+    let (s, v) = call("POST", format!("{base}/{other}/deny"), None).await;
+    ensure!(s == StatusCode::CONFLICT, "{s} {v}");
+    // Another environment does not see it: 404, nothing of it in the body.
+    let (s, v) = call(
+        "GET",
+        format!("/v1/orgs/acme/projects/web/envs/dev/approvals/{other}"),
+        None,
+    )
+    .await;
+    ensure!(
+        s == StatusCode::NOT_FOUND && !v.to_string().contains(&hex::encode([0x12u8; 32])),
+        "{s} {v}"
+    );
+    let (s, v) = call("GET", format!("{base}?status=approved"), None).await;
+    ensure!(
+        s == StatusCode::OK && v["approvals"].as_array().map(Vec::len) == Some(1),
+        "{s} {v}"
+    );
+    let (s, v) = call("GET", format!("{base}?status=bogus"), None).await;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && v.to_string().contains("status"),
+        "{s} {v}"
+    );
     Ok(())
 }
