@@ -317,10 +317,13 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     let store = Store::connect(&config.effective_database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let key = Registry::load_or_create_key(&config.key_dir())?;
-    let approvals = Arc::new(crate::approval::Approvals::new(
-        store.clone(),
-        crate::approval::issue::load_or_create_key(&config.key_dir())?,
-    ));
+    let approvals = Arc::new(
+        crate::approval::Approvals::new(
+            store.clone(),
+            crate::approval::issue::load_or_create_key(&config.key_dir())?,
+        )
+        .with_metrics(metrics.clone()),
+    );
     let registry = Arc::new(
         Registry::new(
             store.clone(),

@@ -127,12 +127,30 @@ pub struct PolicyView {
 pub struct Approvals {
     store: Store,
     key: SigningKey,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Approvals {
     /// The service over `store`, signing tokens with `key`.
     pub fn new(store: Store, key: SigningKey) -> Self {
-        Self { store, key }
+        Self {
+            store,
+            key,
+            metrics: None,
+        }
+    }
+
+    /// Counts requests and decisions in `metrics` ([`crate::metrics::APPROVALS`]).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts one approval event (`requested`, `approved`, `denied`).
+    pub fn count(&self, outcome: &'static str) {
+        if let Some(m) = &self.metrics {
+            crate::metrics::inc_labelled(&m.approvals, "outcome", outcome);
+        }
     }
 
     /// The public half of the approval key: what agents verify tokens with.
@@ -386,15 +404,19 @@ impl Approvals {
                         let json = tokens_json(&tokens);
                         let expires =
                             now.saturating_add(i64::try_from(ttl * 1000).unwrap_or(i64::MAX));
-                        tx.finish_approval_request(
-                            tenant,
-                            id,
-                            ApprovalState::Approved,
-                            &json,
-                            Some(expires),
-                            now,
-                        )
-                        .await?;
+                        if tx
+                            .finish_approval_request(
+                                tenant,
+                                id,
+                                ApprovalState::Approved,
+                                &json,
+                                Some(expires),
+                                now,
+                            )
+                            .await?
+                        {
+                            self.count("approved");
+                        }
                         // Audit entry of `approval.issue` (token ids, approvers) goes here.
                         tracing::info!(request = id, approvers = %approvers.join(", "), ttl_s = ttl,
                             "approval granted; tokens issued");

@@ -55,6 +55,11 @@ pub const HTTP_TLS_HANDSHAKE_FAILURES: &str = "gait_aggregator_http_tls_handshak
 /// Each one is also a durable `agent_alerts` row, so a restart loses only the rate, never the record.
 pub const IDENTITY_ALERTS: &str = "gait_aggregator_identity_alerts_total";
 pub const BUILD_INFO: &str = "gait_aggregator_build_info";
+/// Approval requests raised by agents and requests decided, labelled `outcome` ([`APPROVAL_OUTCOMES`]).
+pub const APPROVALS: &str = "gait_aggregator_approvals_total";
+/// Outcomes of [`APPROVALS`]: `requested` (a new request from an agent's record), `approved` (its rules were
+/// met and tokens issued), `denied`.
+pub const APPROVAL_OUTCOMES: [&str; 3] = ["requested", "approved", "denied"];
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
 pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
@@ -124,6 +129,7 @@ pub struct Metrics {
     pub authz_denials: Family<Label, Counter>,
     pub presence_commits: Counter,
     pub identity_alerts: Family<Label, Counter>,
+    pub approvals: Family<Label, Counter>,
     pub tls_session_tickets: Family<Label, Counter>,
     /// The HTTP server's connection counters, once it runs (read at each scrape).
     http: Arc<OnceLock<Arc<gait_runtime::http::Stats>>>,
@@ -240,6 +246,12 @@ impl Metrics {
             "kind",
             &kinds,
         );
+        let approvals = labelled(
+            APPROVALS,
+            "Approval requests raised by agents (requested) and requests decided (approved: tokens issued; denied).",
+            "outcome",
+            &APPROVAL_OUTCOMES,
+        );
         let tls_session_tickets = labelled(
             TLS_SESSION_TICKETS,
             "TLS session tickets by outcome: issued, resumed (a handshake without certificates), refused (forged, foreign or expired; a full handshake followed).",
@@ -323,6 +335,7 @@ impl Metrics {
             authz_denials,
             presence_commits,
             identity_alerts,
+            approvals,
             tls_session_tickets,
             http,
         }

@@ -207,6 +207,10 @@ fn an_approved_request_lets_the_retry_pass_at_the_agent_and_in_gate_eval() -> an
         allowed["intent_digest"] == intent_digest.as_str(),
         "{allowed}"
     );
+    for (outcome, count) in [("requested", 1), ("approved", 1), ("denied", 0)] {
+        let series = format!("gait_aggregator_approvals_total{{outcome=\"{outcome}\"}}");
+        ensure!(agg.metric(&series)? == count, "{series} is not {count}");
+    }
     let (_, pending) = agg.get(approvals_path)?;
     ensure!(
         pending["approvals"].as_array().is_some_and(Vec::is_empty),

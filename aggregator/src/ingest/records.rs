@@ -75,15 +75,26 @@ pub(super) async fn on_batch(
             .store
             .transaction(async |tx| {
                 let outcome = tx.commit_batch(&session.key, &rows, now).await?;
+                let mut raised = 0u64;
                 for request in &approval_requests {
                     // A seq another instance already holds is not this record: it raises nothing.
-                    if !outcome.conflict_seqs.contains(&request.seq) {
-                        tx.insert_approval_request(request, now).await?;
+                    if !outcome.conflict_seqs.contains(&request.seq)
+                        && tx.insert_approval_request(request, now).await?.1
+                    {
+                        raised += 1;
                     }
                 }
-                Ok::<_, gait_store::StoreError>(outcome)
+                Ok::<_, gait_store::StoreError>((outcome, raised))
             })
             .await
+            .map(|(outcome, raised)| {
+                if let Some(approvals) = &state.approvals {
+                    for _ in 0..raised {
+                        approvals.count("requested");
+                    }
+                }
+                outcome
+            })
     };
     state
         .metrics
