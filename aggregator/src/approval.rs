@@ -446,10 +446,10 @@ impl Approvals {
     ) -> Result<Vec<DeliveredApproval>, ApprovalError> {
         let rows = self
             .store
-            .deliverable_approvals(key, crate::clock::unix_ms())
+            .deliverable_approvals(key, after_request_id, crate::clock::unix_ms())
             .await?;
         let mut out = Vec::new();
-        for row in rows.into_iter().filter(|r| r.id > after_request_id) {
+        for row in rows {
             let docs: Vec<serde_json::Value> = serde_json::from_str(&row.tokens)
                 .map_err(|e| ApprovalError::Corrupt(format!("request {} tokens: {e}", row.id)))?;
             out.push(DeliveredApproval {

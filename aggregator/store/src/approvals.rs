@@ -746,20 +746,22 @@ pub(crate) async fn finish_request(
         == 1)
 }
 
-/// The agent's approved requests whose tokens are still valid at `now_ms` (what its next poll delivers),
-/// oldest first, at most 100.
+/// The agent's approved requests with an id above `after_id` whose tokens are still valid at `now_ms` (what its
+/// next fetch delivers), oldest first, at most 100.
 pub(crate) async fn deliverable(
     mut conn: Conn<'_>,
     key: &AgentKey,
+    after_id: u64,
     now_ms: i64,
 ) -> Result<Vec<StoredApprovalRequest>, StoreError> {
     const SQL: &str = concat!(
         "SELECT ",
         request_columns!(),
         " FROM approval_requests WHERE org = $1 AND project = $2 AND env = $3 AND agent_id = $4 \
-         AND state = 'approved' AND token_expires_unix_ms > $5 ORDER BY id LIMIT 100"
+         AND state = 'approved' AND token_expires_unix_ms > $5 AND id > $6 ORDER BY id LIMIT 100"
     );
     let t = &key.tenant;
+    let after_id = to_i64("approval_request.after_id", after_id)?;
     db_run!(conn, |c| {
         let rows = sqlx::query(SQL)
             .bind(t.org.as_str())
@@ -767,6 +769,7 @@ pub(crate) async fn deliverable(
             .bind(t.env.as_str())
             .bind(key.agent_id.as_str())
             .bind(now_ms)
+            .bind(after_id)
             .fetch_all(&mut *c)
             .await
             .map_err(db("deliverable_approvals"))?;

@@ -491,12 +491,16 @@ impl Store {
         on_conn!(self, |conn| approvals::decisions(conn, tenant, id))
     }
 
-    /// The agent's approved requests whose tokens are valid at `now_ms` (what its next poll delivers).
+    /// The agent's approved requests with an id above `after_id` whose tokens are valid at `now_ms` (what its
+    /// next fetch delivers), oldest first, at most 100.
     pub async fn deliverable_approvals(
         &self,
         key: &AgentKey,
+        after_id: u64,
         now_ms: i64,
     ) -> Result<Vec<StoredApprovalRequest>, StoreError> {
-        on_conn!(self, |conn| approvals::deliverable(conn, key, now_ms))
+        on_conn!(self, |conn| approvals::deliverable(
+            conn, key, after_id, now_ms
+        ))
     }
 }

@@ -157,7 +157,7 @@ async fn approval_requests_are_idempotent_decided_once_and_tenant_scoped(
     );
 
     // Nothing is deliverable before approval; the state moves once.
-    ensure!(store.deliverable_approvals(&k, NOW).await?.is_empty());
+    ensure!(store.deliverable_approvals(&k, 0, NOW).await?.is_empty());
     let moved = store
         .transaction(async |tx| {
             tx.finish_approval_request(
@@ -179,21 +179,21 @@ async fn approval_requests_are_idempotent_decided_once_and_tenant_scoped(
         })
         .await?;
     ensure!(!moved_again, "a decided request does not move again");
-    let delivered = store.deliverable_approvals(&k, NOW).await?;
+    let delivered = store.deliverable_approvals(&k, 0, NOW).await?;
     ensure!(
         delivered.len() == 1 && delivered[0].tokens == "[{}]",
         "{delivered:?}"
     );
     ensure!(
         store
-            .deliverable_approvals(&k, NOW + 60_000)
+            .deliverable_approvals(&k, 0, NOW + 60_000)
             .await?
             .is_empty(),
         "expired tokens are not delivered"
     );
     ensure!(
         store
-            .deliverable_approvals(&key("acme", "agent-2"), NOW)
+            .deliverable_approvals(&key("acme", "agent-2"), 0, NOW)
             .await?
             .is_empty()
     );
