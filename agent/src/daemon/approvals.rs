@@ -34,9 +34,13 @@ pub(super) fn spawn_fetch_loop(
 
 async fn fetch_loop(state: Arc<AgentState>, conn: quinn::Connection, token: CancellationToken) {
     let approvals = state.gate().approvals();
+    // Each sweep pages through every approval still valid (ids ascending, a full page continues after its last
+    // id), so a request approved after a newer one was delivered is still picked up; tokens already stored are
+    // skipped by name.
+    let mut cursor = 0u64;
     loop {
         let msg = AgentMsg::V2(AgentMsgV2::FetchApprovals(FetchApprovals {
-            after_request_id: approvals.delivered_through(),
+            after_request_id: cursor,
         }));
         let reply = tokio::select! {
             r = exchange::request(&conn, &msg, REPLY_TIMEOUT) => r,
@@ -44,6 +48,11 @@ async fn fetch_loop(state: Arc<AgentState>, conn: quinn::Connection, token: Canc
         };
         match reply {
             Ok(ServerMsg::V2(ServerMsgV2::Approvals(delivery))) => {
+                let full = delivery.approvals.len() >= gait_wire::approval::MAX_DELIVERED_APPROVALS;
+                cursor = match delivery.approvals.last() {
+                    Some(last) if full => last.request_id,
+                    _ => 0,
+                };
                 for approval in &delivery.approvals {
                     match approvals.store(approval) {
                         Ok(0) => {}
@@ -52,6 +61,9 @@ async fn fetch_loop(state: Arc<AgentState>, conn: quinn::Connection, token: Canc
                         Err(e) => tracing::error!(request = approval.request_id, error = %e,
                             "approval tokens could not be stored; asking again"),
                     }
+                }
+                if cursor != 0 {
+                    continue;
                 }
             }
             Ok(ServerMsg::V2(ServerMsgV2::Error(e))) if e.code == ErrorCode::Unsupported => {

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use gait_artifact::approval::{ApprovalCheck, validate_approval_token};
 use gait_canon::sign::PublicKey;
@@ -64,8 +63,6 @@ pub struct ApprovalStore {
     dir: PathBuf,
     /// (intent digest, policy digest) -> raised until (Unix ms).
     raised: Mutex<HashMap<(String, String), i64>>,
-    /// Highest request id delivered so far (the next fetch asks for newer ones).
-    delivered_through: AtomicU64,
     /// Woken when a request is raised, so the uplink asks for approvals sooner.
     raised_notify: tokio::sync::Notify,
 }
@@ -76,7 +73,6 @@ impl ApprovalStore {
         ApprovalStore {
             dir: data_dir.join(APPROVALS_DIR),
             raised: Mutex::new(HashMap::new()),
-            delivered_through: AtomicU64::new(0),
             raised_notify: tokio::sync::Notify::new(),
         }
     }
@@ -129,8 +125,6 @@ impl ApprovalStore {
             write_private(&path, &token.0)?;
             new += 1;
         }
-        self.delivered_through
-            .fetch_max(delivered.request_id, Ordering::AcqRel);
         self.raised
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -166,11 +160,6 @@ impl ApprovalStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .any(|until| *until > now_ms)
-    }
-
-    /// The highest request id delivered so far.
-    pub fn delivered_through(&self) -> u64 {
-        self.delivered_through.load(Ordering::Acquire)
     }
 
     /// Resolves when a request is raised.
@@ -316,7 +305,6 @@ mod tests {
         assert_eq!(store.store(&delivered).expect("stored"), 1);
         assert_eq!(store.store(&delivered).expect("stored again"), 0);
         assert_eq!(store.tokens_for(&i, &p), vec![b"{}".to_vec()]);
-        assert_eq!(store.delivered_through(), 7);
         assert!(!store.outstanding(1));
         // After its lifetime the same intent raises again.
         let later = i64::try_from(REQUEST_TTL_SECONDS * 1000).expect("ms") + 10;
