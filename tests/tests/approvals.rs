@@ -262,6 +262,48 @@ fn an_approved_request_lets_the_retry_pass_at_the_agent_and_in_gate_eval() -> an
         "gate eval with a tampered token: {code} {answer}"
     );
 
+    // Requests approved out of order: the newer one first, then the older one; both reach the agent.
+    let first_intent = evaluate(&agent, &token, &intent("invoices"))?;
+    let second_intent = evaluate(&agent, &token, &intent("payments"))?;
+    ensure!(
+        first_intent["verdict"] == "require_approval"
+            && second_intent["verdict"] == "require_approval"
+    );
+    let id_of = |digest: &Value| -> anyhow::Result<u64> {
+        wait_for(PATIENCE, "the request upstream", || {
+            let (_, v) = agg.get(approvals_path).ok()?;
+            v["approvals"]
+                .as_array()?
+                .iter()
+                .find(|r| r["intent_digest"] == *digest)?["id"]
+                .as_u64()
+        })
+    };
+    let older = id_of(&first_intent["intent_digest"])?;
+    let newer = id_of(&second_intent["intent_digest"])?;
+    ensure!(older < newer, "{older} {newer}");
+    for (id, table) in [(newer, "payments"), (older, "invoices")] {
+        let (s, v) = http_json(
+            "POST",
+            &agg.url(&format!(
+                "/v1/orgs/acme/projects/web/envs/prod/approvals/{id}/approve"
+            )),
+            Some(&agg.token),
+            None,
+        )?;
+        ensure!(s == 200 && v["request"]["status"] == "approved", "{s} {v}");
+        wait_for(PATIENCE, "the approved intent allowed at the agent", || {
+            let answer = evaluate(&agent, &token, &intent(table)).ok()?;
+            (answer["verdict"] == "allow").then_some(())
+        })
+        .with_context(|| {
+            format!(
+                "request {id} ({table}) never reached the agent\n{}",
+                agent.log()
+            )
+        })?;
+    }
+
     // At the agent: a token for another intent, forged from the real one, is refused.
     let other = evaluate(&agent, &token, &intent("customers"))?;
     ensure!(other["verdict"] == "require_approval", "{other}");
