@@ -31,6 +31,7 @@
 //! drain loses nothing but in-flight network work.
 
 mod activation;
+mod approvals;
 mod exchange;
 mod renew;
 mod session;

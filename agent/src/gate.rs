@@ -10,6 +10,7 @@
 //! No clap, axum or quinn types live here. Dependency direction: `gaitcli -> gate` and
 //! `local_api -> gate`; this module imports neither of them nor `daemon`.
 
+pub mod approvals;
 pub mod engine;
 pub mod files;
 pub mod pipeline;

@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
-//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.` or `bundle.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
+//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.` or `approval.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
@@ -415,7 +415,7 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
 
 /// Kind prefixes of the records the agent writes itself (its decisions, its bundle status): a producer may
 /// not append them, so nothing another process posts reads as the agent's own decision.
-pub const RESERVED_KIND_PREFIXES: [&str; 2] = ["gate.", "bundle."];
+pub const RESERVED_KIND_PREFIXES: [&str; 3] = ["gate.", "bundle.", "approval."];
 
 async fn post_record(
     State(state): State<AppState>,
@@ -432,8 +432,8 @@ async fn post_record(
             status: StatusCode::FORBIDDEN,
             code: "kind_reserved",
             message: format!(
-                "kind {:?} is the agent's own ({prefix}*: written by the agent for its decisions and bundle \
-                 status); producer records use another kind, e.g. \"app.decision\"",
+                "kind {:?} is the agent's own ({prefix}*: written by the agent for its decisions, bundle \
+                 status and approval requests); producer records use another kind, e.g. \"app.decision\"",
                 rec.kind
             ),
             field: Some("kind"),

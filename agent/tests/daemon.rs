@@ -445,6 +445,7 @@ async fn serve_request(
             gait_wire::ErrorCode::Unsupported,
             "this peer does not renew certificates",
         )),
+        AgentMsgV2::FetchApprovals(_) => ServerMsgV2::Approvals(Default::default()),
     };
     let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) else {
         return;

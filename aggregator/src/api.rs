@@ -19,6 +19,7 @@ use gait_store::{Store, Tenant};
 
 mod access;
 mod agents;
+mod approvals;
 mod audit;
 mod auth;
 mod bundles;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::AuditLog>,
     /// Join tokens and enrollment.
     pub enrollment: Arc<crate::enroll::Enrollment>,
+    /// Approval policies, requests and decisions.
+    pub approvals: Arc<crate::approval::Approvals>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -194,6 +197,60 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::DELETE, JOIN_TOKEN, P::JoinTokenWrite, Env),
             delete(join_tokens::revoke),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/approval-policies",
+                P::ApprovalRead,
+                Request,
+            ),
+            get(approvals::list_policies),
+        ),
+        (
+            e(
+                Method::PUT,
+                "/v1/approval-policies",
+                P::ApprovalPolicyWrite,
+                Request,
+            ),
+            axum::routing::put(approvals::set_policy),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/approvals",
+                P::ApprovalRead,
+                Env,
+            ),
+            get(approvals::list_requests),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/approvals/{id}",
+                P::ApprovalRead,
+                Env,
+            ),
+            get(approvals::show_request),
+        ),
+        (
+            e(
+                Method::POST,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/approvals/{id}/approve",
+                P::ApprovalDecide,
+                Env,
+            ),
+            post(approvals::approve),
+        ),
+        (
+            e(
+                Method::POST,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/approvals/{id}/deny",
+                P::ApprovalDecide,
+                Env,
+            ),
+            post(approvals::deny),
         ),
     ]
 }

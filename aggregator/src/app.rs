@@ -190,6 +190,8 @@ pub enum ServeError {
     OidcKeys { detail: String },
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("approvals: {0}")]
+    ApprovalKey(#[from] crate::approval::issue::KeyError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -336,12 +338,22 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     let store = Store::connect(&config.effective_database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let key = Registry::load_or_create_key(&config.key_dir())?;
-    let registry = Arc::new(Registry::new(
-        store.clone(),
-        key,
-        config.bundle_defaults.clone(),
-        metrics.clone(),
-    ));
+    let approvals = Arc::new(
+        crate::approval::Approvals::new(
+            store.clone(),
+            crate::approval::issue::load_or_create_key(&config.key_dir())?,
+        )
+        .with_metrics(metrics.clone()),
+    );
+    let registry = Arc::new(
+        Registry::new(
+            store.clone(),
+            key,
+            config.bundle_defaults.clone(),
+            metrics.clone(),
+        )
+        .with_approval_key(approvals.public_key()),
+    );
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
     let oidc_configured = config.auth.oidc.enabled();
     let admin_mode = config.auth.admin_token.resolve(oidc_configured);
@@ -486,7 +498,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             },
             &tasks,
         )
-        .with_enrollment(enrollment.clone()),
+        .with_enrollment(enrollment.clone())
+        .with_approvals(approvals.clone()),
     );
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
@@ -502,6 +515,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             oidc,
             audit: audit.clone(),
             enrollment,
+            approvals,
         },
         config.http_limits,
         http_tls.clone(),

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod agents;
 pub mod alerts;
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod join_token;

@@ -19,6 +19,7 @@
 //! the library returns typed errors.
 pub mod api;
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod clock;

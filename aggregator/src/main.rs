@@ -79,6 +79,10 @@ enum Command {
     /// org/project/environment, making its own key; no key or certificate is copied by hand.
     #[command(subcommand, name = "join-token")]
     JoinToken(cmd::join_token::JoinTokenCommand),
+    /// Approval governance through the HTTP API: approval policies (policy set|list) and the requests agents
+    /// raise for require_approval verdicts (list|show|approve|deny).
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
@@ -177,6 +181,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
+        Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
     }

@@ -64,6 +64,11 @@ pub const CERTIFICATES_ISSUED: &str = "gait_aggregator_certificates_issued_total
 /// Histogram of the time left on the certificates agents present at each accepted connection, in seconds:
 /// the fleet's expiry, sampled where it matters.
 pub const AGENT_CERTIFICATE_EXPIRY: &str = "gait_aggregator_agent_certificate_expiry_seconds";
+/// Approval requests raised by agents and requests decided, labelled `outcome` ([`APPROVAL_OUTCOMES`]).
+pub const APPROVALS: &str = "gait_aggregator_approvals_total";
+/// Outcomes of [`APPROVALS`]: `requested` (a new request from an agent's record), `approved` (its rules were
+/// met and tokens issued), `denied`.
+pub const APPROVAL_OUTCOMES: [&str; 3] = ["requested", "approved", "denied"];
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
 pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
@@ -134,6 +139,7 @@ pub struct Metrics {
     pub authz_denials: Family<Label, Counter>,
     pub presence_commits: Counter,
     pub identity_alerts: Family<Label, Counter>,
+    pub approvals: Family<Label, Counter>,
     pub tls_session_tickets: Family<Label, Counter>,
     /// [`OIDC_JWKS_REFRESHES`] and [`OIDC_JWKS_KEYS`], handed to the OIDC key cache.
     pub jwks: crate::auth::jwks::JwksMetrics,
@@ -262,6 +268,12 @@ impl Metrics {
             "kind",
             &kinds,
         );
+        let approvals = labelled(
+            APPROVALS,
+            "Approval requests raised by agents (requested) and requests decided (approved: tokens issued; denied).",
+            "outcome",
+            &APPROVAL_OUTCOMES,
+        );
         let tls_session_tickets = labelled(
             TLS_SESSION_TICKETS,
             "TLS session tickets by outcome: issued, resumed (a handshake without certificates), refused (forged, foreign or expired; a full handshake followed).",
@@ -380,6 +392,7 @@ impl Metrics {
             authz_denials,
             presence_commits,
             identity_alerts,
+            approvals,
             tls_session_tickets,
             jwks,
             certificates_issued,

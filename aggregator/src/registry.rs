@@ -128,6 +128,8 @@ pub struct Registry {
     /// through this replica take consecutive epochs instead of racing for the same one.
     publishing: Mutex<HashMap<Tenant, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Metrics>,
+    /// The approval public key every bundle carries (`manifest.approval_key`), when approvals are on.
+    approval_key: Option<PublicKey>,
 }
 
 impl Registry {
@@ -144,7 +146,15 @@ impl Registry {
             hub: Hub::default(),
             publishing: Mutex::default(),
             metrics,
+            approval_key: None,
         }
+    }
+
+    /// Every bundle published from now on carries `key` as its approval key, so agents accept the approval
+    /// tokens it signs.
+    pub fn with_approval_key(mut self, key: PublicKey) -> Self {
+        self.approval_key = Some(key);
+        self
     }
 
     /// The public half of the registry key: what agents must trust.
@@ -242,6 +252,9 @@ impl Registry {
                     on_stale: req.on_stale.unwrap_or(self.defaults.on_stale),
                 })
                 .settings(req.settings);
+            if let Some(key) = &self.approval_key {
+                builder.approval_key(key);
+            }
             if let Some(p) = &parent {
                 let mut raw = [0u8; 32];
                 hex::decode_to_slice(p, &mut raw).map_err(|_| {

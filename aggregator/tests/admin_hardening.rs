@@ -43,6 +43,10 @@ fn app(db: &TestStore) -> axum::Router {
             std::path::PathBuf::from("/nonexistent/pki"),
             Default::default(),
         )),
+        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
+            db.store().clone(),
+            SigningKey::generate(),
+        )),
     })
 }
 

@@ -59,6 +59,10 @@ fn fixture(db: &TestStore) -> Result<Fixture> {
             pki.path().to_owned(),
             EnrollSettings::default(),
         )),
+        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
+            db.store().clone(),
+            SigningKey::generate(),
+        )),
     });
     Ok(Fixture { app, pki })
 }

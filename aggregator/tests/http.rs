@@ -45,6 +45,10 @@ fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
             std::path::PathBuf::from("/nonexistent/pki"),
             Default::default(),
         )),
+        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
+            db.store().clone(),
+            SigningKey::generate(),
+        )),
     };
     (router(state), public)
 }

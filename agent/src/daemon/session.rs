@@ -172,6 +172,7 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V2(ServerMsgV2::Error(_)) => "Error",
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
         ServerMsg::V2(ServerMsgV2::Certificate(_)) => "Certificate",
+        ServerMsg::V2(ServerMsgV2::Approvals(_)) => "Approvals",
         ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
 }
@@ -468,6 +469,13 @@ impl Session {
                 conn_token.clone(),
             ))
         });
+        // Ends with the connection (its token) or when this function returns (the handle is dropped).
+        let _approvals = super::approvals::spawn_fetch_loop(
+            &self.tasks,
+            self.state.clone(),
+            conn.clone(),
+            conn_token.clone(),
+        );
         let ended = tokio::select! {
             r = &mut poll => Ended::Poll(joined(r)),
             r = &mut ship => Ended::Ship(joined(r)),

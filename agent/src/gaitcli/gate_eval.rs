@@ -7,6 +7,7 @@
 //! and keys, checks presented tokens, runs the broker and writes the outputs. Exit 0 allow/dry_run/simulate,
 //! 3 block, 4 require_approval, 6 bad input, 1 runtime failure (e.g. rate-limit lock timeout).
 
+use crate::gate::approvals::{operation_count, target_count};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -235,25 +236,6 @@ fn gather_paths(primary: &[PathBuf], chains: &[String]) -> Vec<PathBuf> {
     paths.sort_unstable();
     paths.dedup();
     paths.into_iter().map(PathBuf::from).collect()
-}
-
-/// Targets an approval token's `max_targets` counts (Gait's `gateIntentTargetCount`).
-fn target_count(intent: &NormalizedIntent) -> usize {
-    if let Some(steps) = &intent.script {
-        let total: usize = steps.iter().map(|s| s.targets.len()).sum();
-        if total > 0 {
-            return total;
-        }
-    }
-    intent.targets.len()
-}
-
-/// Operations an approval token's `max_ops` counts (Gait's `gateIntentOperationCount`).
-fn operation_count(intent: &NormalizedIntent) -> usize {
-    match &intent.script {
-        Some(steps) if !steps.is_empty() => steps.len(),
-        _ => intent.targets.len().max(1),
-    }
 }
 
 /// Startup state gathered before evaluation.

@@ -21,7 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::PRODUCER_VERSION;
-use super::pipeline::{self, Inputs, NoAuthorizations, TraceContext};
+use super::approvals::{ApprovalStore, DeliveredTokens};
+use super::pipeline::{self, Inputs, TraceContext};
 use super::policy_set::{PolicySet, PreparedPolicy};
 
 /// File name of the agent's generated trace signing key (in `<data_dir>/keys/`).
@@ -52,6 +53,8 @@ pub struct GateEngine {
     key_id: String,
     rate_limit_state: PathBuf,
     rate_limit_bound: super::ratelimit_bound::KeyBound,
+    /// Delivered approval tokens and raised approval requests.
+    approvals: ApprovalStore,
 }
 
 impl GateEngine {
@@ -73,6 +76,7 @@ impl GateEngine {
             rate_limit_bound: super::ratelimit_bound::KeyBound::new(
                 super::ratelimit_bound::DEFAULT_MAX_KEYS,
             ),
+            approvals: ApprovalStore::open(data_dir),
         })
     }
 
@@ -80,6 +84,11 @@ impl GateEngine {
     pub fn with_rate_limit_max_keys(mut self, max_keys: usize) -> GateEngine {
         self.rate_limit_bound = super::ratelimit_bound::KeyBound::new(max_keys);
         self
+    }
+
+    /// Delivered approval tokens and raised approval requests.
+    pub fn approvals(&self) -> &ApprovalStore {
+        &self.approvals
     }
 
     /// Key id (SHA-256 of the raw public key) traces are signed with.
@@ -117,7 +126,11 @@ impl GateEngine {
             rate_limit_bound: Some(&self.rate_limit_bound),
             simulate: req.simulate && !stale_fail_closed,
         };
-        let mut evaluated = match pipeline::run(&inputs, raw, &mut NoAuthorizations) {
+        let mut tokens = DeliveredTokens {
+            store: &self.approvals,
+            key: set.approval_key,
+        };
+        let mut evaluated = match pipeline::run(&inputs, raw, &mut tokens) {
             Ok(evaluated) => evaluated,
             Err(e) if e.is_normalize() => {
                 // Gait's step 2: a policy that fails closed for this risk class blocks an invalid intent.
@@ -136,6 +149,7 @@ impl GateEngine {
                     trace: None,
                     intent_digest: String::new(),
                     policy: Some(prepared),
+                    ask: None,
                 });
             }
             Err(e) if e.is_invalid_intent() => return Err(bad("intent", e.to_string())),
@@ -154,6 +168,18 @@ impl GateEngine {
             crate::clock::now_go(),
         );
         let trace = gait_artifact::trace::sign_trace(record, &self.key);
+        // Still waiting for approval (no valid token presented, not simulated away): ask upstream.
+        let ask = (evaluated.decision.verdict == Verdict::RequireApproval
+            && evaluated.enforced_verdict == Verdict::RequireApproval)
+            .then(|| ApprovalAsk {
+                intent_digest: evaluated.intent.intent_digest.clone(),
+                policy_digest: prepared.digest.clone(),
+                tool_name: evaluated.intent.tool_name.clone(),
+                phase: evaluated.intent.context.phase.clone(),
+                destructive: evaluated.intent.has_destructive_target(),
+                scope: evaluated.intent.required_approval_scope(),
+                trace_id: trace.trace_id.clone(),
+            });
         Ok(LocalDecision {
             decision: evaluated.decision,
             matched_rule: evaluated.outcome.matched_rule,
@@ -165,6 +191,7 @@ impl GateEngine {
             trace: Some(trace),
             intent_digest: evaluated.intent.intent_digest,
             policy: Some(prepared),
+            ask,
         })
     }
 }
@@ -322,6 +349,27 @@ pub struct LocalDecision {
     pub intent_digest: String,
     /// The policy that decided.
     pub policy: Option<Arc<PreparedPolicy>>,
+    /// The approval request to raise upstream, when the final verdict still requires approval.
+    pub ask: Option<ApprovalAsk>,
+}
+
+/// What an `approval.request` record asks for (see `gait_wire::approval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalAsk {
+    /// Gait intent digest.
+    pub intent_digest: String,
+    /// Gait policy digest.
+    pub policy_digest: String,
+    /// Tool name.
+    pub tool_name: String,
+    /// Phase.
+    pub phase: String,
+    /// Any target destructive.
+    pub destructive: bool,
+    /// The approval scope a token must grant.
+    pub scope: Vec<String>,
+    /// Trace of the decision.
+    pub trace_id: String,
 }
 
 /// No verified bundle: `high`/`critical` risk is blocked, anything else needs approval.
@@ -348,6 +396,7 @@ fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
         trace: None,
         intent_digest,
         policy: None,
+        ask: None,
     }
 }
 

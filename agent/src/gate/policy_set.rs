@@ -49,6 +49,8 @@ pub struct PolicySet<'a> {
     pub epoch: u64,
     /// Its parsed policy files.
     pub policies: &'a PreparedPolicies,
+    /// The approval key the bundle carries (`manifest.approval_key`): tokens it signs are accepted.
+    pub approval_key: Option<gait_canon::sign::PublicKey>,
 }
 
 /// Why no policy could be picked.

@@ -121,6 +121,7 @@ pub async fn evaluate_intent(
         let set = active2.as_deref().map(|a| PolicySet {
             epoch: a.epoch(),
             policies: &a.policies,
+            approval_key: a.bundle.manifest.approval_public_key(),
         });
         engine.decide(set, stale_fail_closed, &raw, &req)
     })
@@ -172,6 +173,7 @@ pub async fn evaluate_intent(
         record_seq: None,
         trace: trace_json,
     };
+    let requester = crate::gate::approvals::requester_of(&requested_by);
     let mut payload = decision_payload(&response, decided.policy_verdict, &clocks);
     if let Value::Object(map) = &mut payload {
         map.insert("requested_by".into(), requested_by);
@@ -184,10 +186,48 @@ pub async fn evaluate_intent(
         AppendOutcome::Appended { seq } => Some(seq),
         AppendOutcome::Shed => None,
     };
+    if let Some(ask) = &decided.ask {
+        raise_approval(state, ask, &requester).await;
+    }
     state
         .decision_metrics()
         .observe(response.verdict, started.elapsed());
     Ok(response)
+}
+
+/// Raises an approval request upstream (an `approval.request` record) unless this intent already raised one
+/// within the request's lifetime. The decision is already recorded and answered `require_approval` either way,
+/// so a failure here is logged, not returned.
+async fn raise_approval(
+    state: &Arc<AgentState>,
+    ask: &crate::gate::engine::ApprovalAsk,
+    requester: &str,
+) {
+    let now = now_unix_ms();
+    let approvals = state.gate().approvals();
+    if !approvals.should_raise(&ask.intent_digest, &ask.policy_digest, now) {
+        return;
+    }
+    let payload = crate::gate::approvals::request_payload(ask, requester, now);
+    let appended = match serde_json::to_vec(&payload) {
+        Ok(bytes) => state
+            .append(
+                RecordClass::Approval,
+                gait_wire::APPROVAL_REQUEST_KIND.to_owned(),
+                bytes,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match appended {
+        Ok(_) => {
+            tracing::info!(intent_digest = %ask.intent_digest, tool = %ask.tool_name, requester,
+            "approval requested upstream")
+        }
+        Err(error) => tracing::error!(intent_digest = %ask.intent_digest, %error,
+            "approval request could not be recorded; the intent stays require_approval"),
+    }
 }
 
 /// The two clocks of one decision.

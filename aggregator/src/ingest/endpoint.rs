@@ -60,6 +60,9 @@ pub struct IngestState {
     pub(super) identities: super::identity::Identities,
     /// Certificate renewal (`RenewCertificate`); `None` answers it `Unsupported`.
     pub enrollment: Option<Arc<crate::enroll::Enrollment>>,
+    /// Approval governance: raises requests from `approval.request` records, delivers issued tokens
+    /// (`None`: records are stored only and `FetchApprovals` gets nothing).
+    pub approvals: Option<Arc<crate::approval::Approvals>>,
     /// Fixed at the first close of shutdown, so every connection announces the same redial window.
     shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
@@ -86,6 +89,7 @@ impl IngestState {
             live: LiveConnections::default(),
             identities: Default::default(),
             enrollment: None,
+            approvals: None,
             shutdown_reason: std::sync::OnceLock::new(),
         }
     }
@@ -93,6 +97,12 @@ impl IngestState {
     /// This state with certificate renewal served by `enrollment`.
     pub fn with_enrollment(mut self, enrollment: Arc<crate::enroll::Enrollment>) -> Self {
         self.enrollment = Some(enrollment);
+        self
+    }
+
+    /// Turns on approval governance (requests from records, token delivery).
+    pub fn with_approvals(mut self, approvals: Arc<crate::approval::Approvals>) -> Self {
+        self.approvals = Some(approvals);
         self
     }
 

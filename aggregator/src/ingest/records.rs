@@ -46,11 +46,56 @@ pub(super) async fn on_batch(
         Ok(rows) => rows,
         Err(refused) => return refuse(state, session, batch.batch_id, refused).await,
     };
+    let now = unix_ms();
+    // Approval requests the batch raises commit in the same transaction as their records.
+    let approval_requests = match &state.approvals {
+        Some(approvals)
+            if rows
+                .iter()
+                .any(|r| r.kind == gait_wire::APPROVAL_REQUEST_KIND) =>
+        {
+            match approvals
+                .requests_from_records(&session.key, &rows, now)
+                .await
+            {
+                Ok(requests) => requests,
+                Err(e) => {
+                    warn!(error = %e, agent = %session.key, "approval requests could not be prepared; agent will retry");
+                    return error_msg(ErrorCode::Unavailable, "commit failed; retry");
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
     let commit_started = Instant::now();
-    let committed = state
-        .store
-        .commit_batch(&session.key, &rows, unix_ms())
-        .await;
+    let committed = if approval_requests.is_empty() {
+        state.store.commit_batch(&session.key, &rows, now).await
+    } else {
+        state
+            .store
+            .transaction(async |tx| {
+                let outcome = tx.commit_batch(&session.key, &rows, now).await?;
+                let mut raised = 0u64;
+                for request in &approval_requests {
+                    // A seq another instance already holds is not this record: it raises nothing.
+                    if !outcome.conflict_seqs.contains(&request.seq)
+                        && tx.insert_approval_request(request, now).await?.1
+                    {
+                        raised += 1;
+                    }
+                }
+                Ok::<_, gait_store::StoreError>((outcome, raised))
+            })
+            .await
+            .map(|(outcome, raised)| {
+                if let Some(approvals) = &state.approvals {
+                    for _ in 0..raised {
+                        approvals.count("requested");
+                    }
+                }
+                outcome
+            })
+    };
     state
         .metrics
         .batch_commit_duration

@@ -139,9 +139,36 @@ pub(super) async fn handle_request(
         AgentMsgV2::RenewCertificate(renew) => {
             super::renew::on_renew(&state, &session, renew).await
         }
+        AgentMsgV2::FetchApprovals(fetch) => on_fetch_approvals(&state, &session, fetch).await,
     };
     write_response(&mut send, reply).await;
     touch(&state, &session);
+}
+
+/// The approvals issued for this agent's requests (its tenancy and id from the certificate).
+async fn on_fetch_approvals(
+    state: &IngestState,
+    session: &Session,
+    fetch: gait_wire::FetchApprovals,
+) -> ServerMsgV2 {
+    let Some(approvals) = &state.approvals else {
+        return ServerMsgV2::Approvals(gait_wire::ApprovalDelivery::default());
+    };
+    match approvals
+        .deliverable(&session.key, fetch.after_request_id)
+        .await
+    {
+        Ok(mut delivered) => {
+            delivered.truncate(gait_wire::approval::MAX_DELIVERED_APPROVALS);
+            ServerMsgV2::Approvals(gait_wire::ApprovalDelivery {
+                approvals: delivered,
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, agent = %session.key, "approvals could not be read for delivery");
+            error_msg(ErrorCode::Unavailable, "approvals unavailable; retry")
+        }
+    }
 }
 
 fn active_row(b: &BundleRef) -> ActiveBundle {

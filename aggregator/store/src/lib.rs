@@ -17,6 +17,7 @@
 mod access;
 mod agents;
 mod alerts;
+mod approvals;
 mod audit;
 mod batch;
 mod bundles;
@@ -41,6 +42,11 @@ pub use access::{
 };
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
+};
+pub use approvals::{
+    ApprovalState, ApprovalVote, MAX_APPROVAL_PAGE, MAX_APPROVAL_POLICY_BYTES,
+    MAX_APPROVAL_TOKENS_BYTES, NewApprovalDecision, NewApprovalPolicy, NewApprovalRequest,
+    StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
 pub use enrollment::{
@@ -509,5 +515,62 @@ impl Store {
         in_tx!(self, "replace_config_bindings", |conn| {
             access::replace_config(conn, set, now_ms)
         })
+    }
+
+    /// The newest version of every approval policy of `org` (any scope inside it).
+    pub async fn approval_policies(
+        &self,
+        org: &Org,
+    ) -> Result<Vec<StoredApprovalPolicy>, StoreError> {
+        on_conn!(self, |conn| approvals::policies(conn, org))
+    }
+
+    /// One approval policy version by id.
+    pub async fn approval_policy(
+        &self,
+        id: u64,
+    ) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+        on_conn!(self, |conn| approvals::policy(conn, id))
+    }
+
+    /// The tenant's approval requests, newest first (optionally one state), at most `limit`.
+    pub async fn approval_requests(
+        &self,
+        tenant: &Tenant,
+        state: Option<ApprovalState>,
+        limit: u32,
+    ) -> Result<Vec<StoredApprovalRequest>, StoreError> {
+        on_conn!(self, |conn| approvals::requests(conn, tenant, state, limit))
+    }
+
+    /// Approval request `id` of `tenant`.
+    pub async fn approval_request(
+        &self,
+        tenant: &Tenant,
+        id: u64,
+    ) -> Result<Option<StoredApprovalRequest>, StoreError> {
+        on_conn!(self, |conn| approvals::request(conn, tenant, id))
+    }
+
+    /// The decisions on approval request `id` of `tenant`, in order.
+    pub async fn approval_decisions(
+        &self,
+        tenant: &Tenant,
+        id: u64,
+    ) -> Result<Vec<StoredApprovalDecision>, StoreError> {
+        on_conn!(self, |conn| approvals::decisions(conn, tenant, id))
+    }
+
+    /// The agent's approved requests with an id above `after_id` whose tokens are valid at `now_ms` (what its
+    /// next fetch delivers), oldest first, at most 100.
+    pub async fn deliverable_approvals(
+        &self,
+        key: &AgentKey,
+        after_id: u64,
+        now_ms: i64,
+    ) -> Result<Vec<StoredApprovalRequest>, StoreError> {
+        on_conn!(self, |conn| approvals::deliverable(
+            conn, key, after_id, now_ms
+        ))
     }
 }

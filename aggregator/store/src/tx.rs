@@ -6,13 +6,17 @@
 //! On PostgreSQL the operations take their row and advisory locks as they run and keep them until the end.
 //! Dropping a `StoreTx` without [`StoreTx::commit`] rolls it back.
 
+use crate::approvals::{
+    ApprovalState, NewApprovalDecision, NewApprovalPolicy, NewApprovalRequest,
+    StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
+};
 use crate::conn::Tx;
 use crate::error::{StoreError, db};
 use crate::model::{
     AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BatchOutcome, BundleReportRow,
     GapRow, NewRecord, Revocation, StoredBundle, StoredRecord, Tenant,
 };
-use crate::{agents, audit, bundles, records, revocations};
+use crate::{agents, approvals, audit, bundles, records, revocations};
 
 /// An open transaction on the store; see the module docs. Start one with [`crate::Store::begin`] or
 /// [`crate::Store::transaction`]. Its operations check their input exactly as the [`crate::Store`] methods of the
@@ -238,5 +242,87 @@ impl StoreTx {
         now_ms: i64,
     ) -> Result<crate::AppendedEntry, StoreError> {
         audit::append(self.tx.conn(), draft, now_ms).await
+    }
+
+    /// Adds the next version of an approval policy (version 1 for a new name at its scope).
+    pub async fn put_approval_policy(
+        &mut self,
+        policy: &NewApprovalPolicy,
+        created_by: &str,
+        now_ms: i64,
+    ) -> Result<StoredApprovalPolicy, StoreError> {
+        approvals::put_policy(self.tx.conn(), policy, created_by, now_ms).await
+    }
+
+    /// See [`crate::Store::approval_policy`].
+    pub async fn approval_policy(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+        approvals::policy(self.tx.conn(), id).await
+    }
+
+    /// Records a pending approval request unless its agent's seq already raised one; returns the stored row
+    /// and whether it was inserted now.
+    pub async fn insert_approval_request(
+        &mut self,
+        request: &NewApprovalRequest,
+        now_ms: i64,
+    ) -> Result<(StoredApprovalRequest, bool), StoreError> {
+        approvals::insert_request(self.tx.conn(), request, now_ms).await
+    }
+
+    /// Locks approval request `id` of `tenant` until the transaction ends and returns it (`None`: no such
+    /// request in that tenant). Call it first when deciding a request.
+    pub async fn lock_approval_request(
+        &mut self,
+        tenant: &Tenant,
+        id: u64,
+        now_ms: i64,
+    ) -> Result<Option<StoredApprovalRequest>, StoreError> {
+        approvals::lock_request(self.tx.conn(), tenant, id, now_ms).await
+    }
+
+    /// Records one approver's decision; `false` when this actor had already decided the request.
+    pub async fn insert_approval_decision(
+        &mut self,
+        tenant: &Tenant,
+        request_id: u64,
+        decision: &NewApprovalDecision,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        approvals::insert_decision(self.tx.conn(), tenant, request_id, decision, now_ms).await
+    }
+
+    /// See [`crate::Store::approval_decisions`] (sees this transaction's own decisions).
+    pub async fn approval_decisions(
+        &mut self,
+        tenant: &Tenant,
+        request_id: u64,
+    ) -> Result<Vec<StoredApprovalDecision>, StoreError> {
+        approvals::decisions(self.tx.conn(), tenant, request_id).await
+    }
+
+    /// Moves a pending request to approved (with its issued tokens) or denied; `false` when it was no longer
+    /// pending.
+    pub async fn finish_approval_request(
+        &mut self,
+        tenant: &Tenant,
+        id: u64,
+        state: ApprovalState,
+        tokens: &str,
+        token_expires_unix_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        approvals::finish_request(
+            self.tx.conn(),
+            tenant,
+            id,
+            state,
+            tokens,
+            token_expires_unix_ms,
+            now_ms,
+        )
+        .await
     }
 }

@@ -20,6 +20,7 @@ pub struct BundleBuilder {
     parent: Option<[u8; 32]>,
     staleness: Staleness,
     settings: Settings,
+    approval_key: Option<String>,
     files: BTreeMap<String, Vec<u8>>,
     duplicate: Option<String>,
 }
@@ -36,6 +37,7 @@ impl BundleBuilder {
             parent: None,
             staleness: Staleness::default(),
             settings: Settings::default(),
+            approval_key: None,
             files: BTreeMap::new(),
             duplicate: None,
         }
@@ -68,6 +70,12 @@ impl BundleBuilder {
     /// Set the environment settings (default: all off, and the manifest omits them).
     pub fn settings(&mut self, settings: Settings) -> &mut Self {
         self.settings = settings;
+        self
+    }
+
+    /// Carry the aggregator's approval public key (agents then accept approval tokens it signs).
+    pub fn approval_key(&mut self, key: &gait_canon::sign::PublicKey) -> &mut Self {
+        self.approval_key = Some(key.to_gait_public_key());
         self
     }
 
@@ -120,6 +128,7 @@ impl BundleBuilder {
                 })
                 .collect(),
             key_id: key_id.to_owned(),
+            approval_key: self.approval_key.clone(),
         };
         manifest.validate()?;
         Ok(manifest)

@@ -135,11 +135,23 @@ pub struct Manifest {
     pub settings: Settings,
     /// Policy files, sorted by name, names unique.
     pub policies: Vec<PolicyEntry>,
+    /// The aggregator's approval public key (Gait's key text: base64 of the raw Ed25519 key): the agent accepts
+    /// Gait approval tokens signed by it for decisions under this bundle. Omitted when absent, so manifests
+    /// without it keep their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_key: Option<String>,
     /// Key id (lowercase hex SHA-256 of the raw Ed25519 public key) of the signing key.
     pub key_id: String,
 }
 
 impl Manifest {
+    /// The approval public key the bundle carries, if any (validated when the manifest was parsed or built).
+    pub fn approval_public_key(&self) -> Option<gait_canon::sign::PublicKey> {
+        self.approval_key
+            .as_deref()
+            .and_then(|k| gait_canon::sign::PublicKey::from_gait_public_key(k).ok())
+    }
+
     /// `created_at` as Unix seconds (the manifest was validated when it was parsed or built).
     pub fn created_at_unix(&self) -> Result<i64, BundleError> {
         parse_time("manifest.created_at", &self.created_at).map(|t| t.unix_timestamp())
@@ -209,6 +221,14 @@ impl Manifest {
             }
         }
         check_hex64("manifest.key_id", &self.key_id)?;
+        if let Some(key) = &self.approval_key {
+            gait_canon::sign::PublicKey::from_gait_public_key(key).map_err(|e| {
+                malformed(
+                    "manifest.approval_key",
+                    format!("is not an Ed25519 public key in Gait's base64 form ({e})"),
+                )
+            })?;
+        }
         Ok(())
     }
 }

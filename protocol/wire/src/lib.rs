@@ -52,6 +52,12 @@
 //! 5. `Error { code, message }` answers any request that failed as a whole: a retryable [`ErrorCode`] is
 //!    retried after a pause, any other ends the connection. A request that is oversized, malformed or not
 //!    read in time closes the connection with [`close::CLOSE_PROTOCOL_VIOLATION`].
+//! 5. `FetchApprovals { after_request_id }` -> `Approvals` (or `Error`): the Gait approval tokens
+//!    (`gait.gate.approval_token` documents, one per approver) the aggregator issued for this agent's approval
+//!    requests with an id above `after_request_id` and still valid. A request is raised by an
+//!    `approval.request` record ([`approval`]): its tenancy is the certificate's, never the payload's. An
+//!    aggregator that predates the exchange answers `Error(Unsupported)`; the agent then stops asking on that
+//!    connection. Appended to `V2` (protocol version 3, same ALPN): older peers are unaffected.
 //!
 //! # Refused records
 //! When a record breaks a rule, the aggregator answers `RecordRefused { batch_id, seq, code, message }` and
@@ -104,6 +110,7 @@
 //! needs a new envelope (as `V2` did). The golden vectors under `schemas/wire/v1/` and `schemas/wire/v2/`
 //! (named for the envelope) fail the build on any drift. The same rules now hold for `V2`; `V1` is frozen.
 
+pub mod approval;
 mod byte_buf;
 pub mod close;
 pub mod frame;
@@ -113,6 +120,10 @@ pub mod record;
 pub mod refusal;
 pub mod shutdown;
 
+pub use approval::{
+    APPROVAL_REQUEST_KIND, ApprovalDelivery, ApprovalRequestPayload, DeliveredApproval,
+    FetchApprovals, TokenDocument,
+};
 pub use frame::{
     DecodeError, ENVELOPE_VERSION, EncodeError, FRAME_HEADER_LEN, FrameDecoder, decode_agent_msg,
     decode_msg, decode_server_msg, encode_frame, encode_frame_with_limit,

@@ -52,6 +52,8 @@ pub enum AgentMsgV2 {
     BundleReport(BundleReport),
     /// Ask for a new certificate for the connection's own identity (renewal before expiry).
     RenewCertificate(RenewCertificate),
+    /// The approvals issued for the agent's approval requests (reply `Approvals`).
+    FetchApprovals(crate::approval::FetchApprovals),
 }
 
 /// Asks the aggregator to certify a key for the identity of the connection's verified client certificate.
@@ -263,6 +265,8 @@ pub enum ServerMsgV2 {
     RecordRefused(RecordRefusal),
     /// Reply to `RenewCertificate`: the renewed certificate.
     Certificate(IssuedCertificate),
+    /// Reply to `FetchApprovals`: the issued Gait approval tokens.
+    Approvals(crate::approval::ApprovalDelivery),
 }
 
 /// The aggregator refuses the record `seq` of batch `batch_id` and commits nothing of that batch.

@@ -11,15 +11,13 @@ use gait_wire::{
     ServerMsg, ServerMsgV1, ServerMsgV2, Welcome, WireError, decode_agent_msg, decode_server_msg,
     encode_frame,
 };
+use gait_wire::{ApprovalDelivery, DeliveredApproval, FetchApprovals, TokenDocument};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-/// Variants per envelope: (agent, server). `V1` is frozen; `V2` grows at its end.
+/// Variants per envelope: (agent, server). `V1` is frozen; `V2` grows at its end (renewal, then approvals).
 fn variant_counts(envelope: &str) -> (usize, usize) {
-    match envelope {
-        "v1" => (4, 6),
-        _ => (5, 7),
-    }
+    if envelope == "v1" { (4, 6) } else { (6, 8) }
 }
 
 fn golden_dir(envelope: &str) -> PathBuf {
@@ -71,6 +69,7 @@ fn agent_variant_index(msg: &AgentMsg) -> (&'static str, usize) {
         AgentMsg::V2(AgentMsgV2::RecordBatch(_)) => ("v2", 2),
         AgentMsg::V2(AgentMsgV2::BundleReport(_)) => ("v2", 3),
         AgentMsg::V2(AgentMsgV2::RenewCertificate(_)) => ("v2", 4),
+        AgentMsg::V2(AgentMsgV2::FetchApprovals(_)) => ("v2", 5),
     }
 }
 
@@ -89,6 +88,7 @@ fn server_variant_index(msg: &ServerMsg) -> (&'static str, usize) {
         ServerMsg::V2(ServerMsgV2::Error(_)) => ("v2", 4),
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => ("v2", 5),
         ServerMsg::V2(ServerMsgV2::Certificate(_)) => ("v2", 6),
+        ServerMsg::V2(ServerMsgV2::Approvals(_)) => ("v2", 7),
     }
 }
 
@@ -118,7 +118,9 @@ fn agent_cases_v1() -> Vec<(&'static str, AgentMsg)> {
             AgentMsgV2::PollBundle(p) => AgentMsgV1::PollBundle(p),
             AgentMsgV2::RecordBatch(b) => AgentMsgV1::RecordBatch(b),
             AgentMsgV2::BundleReport(r) => AgentMsgV1::BundleReport(r),
-            AgentMsgV2::Hello(_) | AgentMsgV2::RenewCertificate(_) => {
+            AgentMsgV2::Hello(_)
+            | AgentMsgV2::RenewCertificate(_)
+            | AgentMsgV2::FetchApprovals(_) => {
                 unreachable!("not shared with V1")
             }
         };
@@ -150,6 +152,12 @@ fn agent_cases_v2() -> Vec<(&'static str, AgentMsg)> {
         "agent_renew_certificate",
         AgentMsg::V2(AgentMsgV2::RenewCertificate(RenewCertificate {
             csr_der: vec![0x30, 0x82, 0x01, 0x0a, 0xde, 0xad],
+        })),
+    ));
+    cases.push((
+        "agent_fetch_approvals",
+        AgentMsg::V2(AgentMsgV2::FetchApprovals(FetchApprovals {
+            after_request_id: 41,
         })),
     ));
     cases
@@ -290,6 +298,19 @@ fn server_cases_v2() -> Vec<(&'static str, ServerMsg)> {
                 ca_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
                     .into(),
                 not_after_unix: 1_800_000_000,
+            })),
+        ),
+        (
+            "server_approvals",
+            ServerMsg::V2(ServerMsgV2::Approvals(ApprovalDelivery {
+                approvals: vec![DeliveredApproval {
+                    request_id: 42,
+                    intent_digest: "a".repeat(64),
+                    policy_digest: "b".repeat(64),
+                    tokens: vec![TokenDocument(
+                        br#"{"schema_id":"gait.gate.approval_token"}"#.to_vec(),
+                    )],
+                }],
             })),
         ),
     ]
