@@ -7,7 +7,7 @@
 //!   tenancy is the agent's certificate's. It is judged under the approval policy that covers it when it
 //!   arrives (the most specific scope, then the first name), or the default rules (one approver) when none does.
 //! - The privileged operations are [`Approvals::set_policy`], [`Approvals::approve`] and [`Approvals::deny`]:
-//!   each runs in one store transaction, where its audit entry is to be appended.
+//!   each runs in one store transaction, which also appends its audit entry.
 //! - Decisions on one request are serialized (the request row is locked first), so two concurrent approvals
 //!   that together meet the quorum issue the tokens exactly once.
 
@@ -58,6 +58,40 @@ pub enum ApprovalError {
     /// A stored row cannot be read back.
     #[error("stored approval data is unreadable: {0}")]
     Corrupt(String),
+    /// The audit entry of the operation could not be appended (nothing was committed).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Appends the audit entry of an approval operation in `tx` (the operation's own transaction).
+async fn audit(
+    tx: &mut gait_store::StoreTx,
+    actor: &str,
+    action: &str,
+    target: gait_audit::Target,
+    after: Option<String>,
+    details: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ApprovalError> {
+    let draft = gait_audit::EntryDraft {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target,
+        before: None,
+        after,
+        details: Some(details),
+    };
+    crate::audit::append_draft(tx, draft).await?;
+    Ok(())
+}
+
+fn request_target(tenant: &Tenant, id: u64) -> gait_audit::Target {
+    gait_audit::Target::in_env(
+        tenant.org.as_str(),
+        tenant.project.as_str(),
+        tenant.env.as_str(),
+        "approval_request",
+        id.to_string(),
+    )
 }
 
 impl ApprovalError {
@@ -186,8 +220,25 @@ impl Approvals {
             .store
             .transaction(async |tx| {
                 let stored = tx.put_approval_policy(&new, &actor, now).await?;
-                // Audit entry of `approval_policy.set` (actor, scope/name, new digest) goes here.
-                Ok::<_, StoreError>(stored)
+                let target = gait_audit::Target {
+                    org: stored.scope.org_part().map(|o| o.as_str().to_owned()),
+                    project: stored.scope.project_part().map(|p| p.as_str().to_owned()),
+                    env: stored.scope.env_part().map(|e| e.as_str().to_owned()),
+                    kind: "approval_policy".into(),
+                    id: stored.name.clone(),
+                };
+                let mut details = serde_json::Map::new();
+                details.insert("version".into(), stored.version.into());
+                audit(
+                    tx,
+                    &actor,
+                    "approval_policy.set",
+                    target,
+                    Some(format!("sha256:{}", stored.digest)),
+                    details,
+                )
+                .await?;
+                Ok::<_, ApprovalError>(stored)
             })
             .await?;
         tracing::info!(actor, policy = %stored.name, version = stored.version, scope = %stored.scope,
@@ -382,7 +433,31 @@ impl Approvals {
                 let recorded = tx
                     .insert_approval_decision(tenant, id, &decision, now)
                     .await?;
-                // Audit entry of `approval.approve` / `approval.deny` (actor, request id, intent digest) goes here.
+                if recorded {
+                    let mut details = serde_json::Map::new();
+                    details.insert(
+                        "intent_digest".into(),
+                        request.intent_digest.as_str().into(),
+                    );
+                    details.insert(
+                        "policy_digest".into(),
+                        request.policy_digest.as_str().into(),
+                    );
+                    details.insert("reason".into(), reason.as_str().into());
+                    let action = match vote {
+                        ApprovalVote::Approve => "approval.approve",
+                        ApprovalVote::Deny => "approval.deny",
+                    };
+                    audit(
+                        tx,
+                        &actor,
+                        action,
+                        request_target(tenant, id),
+                        None,
+                        details,
+                    )
+                    .await?;
+                }
                 let decisions = tx.approval_decisions(tenant, id).await?;
                 match rules::standing(&in_force.spec, &decisions) {
                     Standing::Denied { .. } => {
@@ -417,7 +492,18 @@ impl Approvals {
                         {
                             self.count("approved");
                         }
-                        // Audit entry of `approval.issue` (token ids, approvers) goes here.
+                        let mut details = serde_json::Map::new();
+                        details.insert("approvers".into(), approvers.clone().into());
+                        details.insert("ttl_seconds".into(), ttl.into());
+                        audit(
+                            tx,
+                            &actor,
+                            "approval.issue",
+                            request_target(tenant, id),
+                            Some(gait_audit::content_digest(json.as_bytes())),
+                            details,
+                        )
+                        .await?;
                         tracing::info!(request = id, approvers = %approvers.join(", "), ttl_s = ttl,
                             "approval granted; tokens issued");
                     }

@@ -294,6 +294,23 @@ impl Aggregator {
         )
     }
 
+    /// The `action` of every audit log entry, in log order (`GET /v1/audit/entries` with the admin token).
+    pub fn audit_actions(&self) -> anyhow::Result<Vec<(String, Value)>> {
+        let (status, page) = self.get("/v1/audit/entries?limit=1000")?;
+        anyhow::ensure!(status == 200, "audit entries: {status} {page}");
+        Ok(page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or_default().to_owned(),
+                    e.clone(),
+                )
+            })
+            .collect())
+    }
+
     /// GET a `/v1` path with the admin token.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         http_json("GET", &self.url(path), Some(&self.token), None)

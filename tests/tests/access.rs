@@ -112,6 +112,25 @@ fn bindings_from_config_and_cli_and_what_the_admin_token_may_do() -> anyhow::Res
         again["created"] == false && again["binding"]["id"] == alice_id,
         "{again}"
     );
+    // The grant is in the audit log once, with who granted what where.
+    let (status, audit) = agg.get("/v1/audit/entries?limit=1000")?;
+    ensure!(status == 200, "{status} {audit}");
+    let grants: Vec<&Value> = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "binding.grant")
+        .collect();
+    ensure!(grants.len() == 1, "binding.grant entries: {audit}");
+    ensure!(
+        grants[0]["actor"] == "admin-token"
+            && grants[0]["target"]["org"] == "acme"
+            && grants[0]["target"]["project"] == "web"
+            && grants[0]["target"]["id"] == alice_id.to_string()
+            && grants[0]["details"]["role"] == "policy_author",
+        "{}",
+        grants[0]
+    );
     // The table names the binding, and listing inside a scope filters: acme/web holds only alice's.
     let table = access(&agg, &["list"])?;
     let text = String::from_utf8_lossy(&table.stdout);
@@ -174,6 +193,15 @@ fn bindings_from_config_and_cli_and_what_the_admin_token_may_do() -> anyhow::Res
     agg.restart()?;
     let revoked = json_of(&access(&agg, &["revoke", "--json", &alice_id.to_string()])?)?;
     ensure!(revoked["binding"]["subject"] == "alice", "{revoked}");
+    let (_, audit) = agg.get("/v1/audit/entries?limit=1000")?;
+    ensure!(
+        audit["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["action"] == "binding.revoke" && e["target"]["id"] == alice_id.to_string()),
+        "no binding.revoke entry: {audit}"
+    );
     let gone = access(&agg, &["revoke", &alice_id.to_string()])?;
     ensure!(
         gone.status.code() == Some(1) && String::from_utf8_lossy(&gone.stderr).contains("404"),

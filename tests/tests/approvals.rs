@@ -216,6 +216,14 @@ fn an_approved_request_lets_the_retry_pass_at_the_agent_and_in_gate_eval() -> an
         pending["approvals"].as_array().is_some_and(Vec::is_empty),
         "one request only, now approved: {pending}"
     );
+    // Setting the policy, the approval and the issued tokens are in the audit log.
+    let actions: Vec<String> = agg.audit_actions()?.into_iter().map(|(a, _)| a).collect();
+    for action in ["approval_policy.set", "approval.approve", "approval.issue"] {
+        ensure!(
+            actions.iter().any(|a| a == action),
+            "no {action} entry: {actions:?}"
+        );
+    }
 
     // The same token, written by the CLI, under the independent check and Gait's CLI.
     let work = tmp.path().join("eval");

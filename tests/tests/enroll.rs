@@ -135,6 +135,20 @@ fn an_agent_enrolled_with_a_join_token_connects_and_ships() -> Result<()> {
         "expiry column: {row} vs {enrolled}"
     );
 
+    // Minting the token and issuing the certificate are in the audit log, with their actors.
+    let actions = agg.audit_actions()?;
+    let find = |action: &str| actions.iter().find(|(a, _)| a == action).map(|(_, e)| e);
+    let minted = find("join_token.create").context("no join_token.create entry")?;
+    ensure!(minted["actor"] == "admin-token", "{minted}");
+    let issued = find("pki.enroll").context("no pki.enroll entry")?;
+    ensure!(
+        issued["target"]["id"] == enrolled["serial"]
+            && issued["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("agent:")),
+        "{issued}"
+    );
+
     // The one use is gone: a second agent enrolls nothing.
     let dir2 = tmp.path().join("a2");
     unenrolled_agent(&agg, &dir2, "prod", "e2e-second")?;

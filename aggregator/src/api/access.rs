@@ -106,11 +106,10 @@ pub(super) async fn grant_binding(
     };
     let actor = caller.actor();
     let now = crate::clock::unix_ms();
-    let (stored, created) = state
-        .store
-        .transaction(async |tx| tx.grant_binding(&binding, &actor, now).await)
-        .await?;
-    crate::auth::bindings::reload(&state.store, &state.authorizer).await?;
+    let (stored, created) =
+        crate::auth::bindings::grant(&state.store, &state.authorizer, &caller, &binding, now)
+            .await
+            .map_err(audit_error)?;
     if created {
         tracing::info!(actor, binding = stored.id, role = %role, subject = %stored.subject,
             scope = %stored.scope, "role binding granted");
@@ -150,15 +149,22 @@ pub(super) async fn revoke_binding(
         ));
     }
     let actor = caller.actor();
-    let removed = state
-        .store
-        .transaction(async |tx| tx.revoke_binding(id).await)
-        .await?;
-    crate::auth::bindings::reload(&state.store, &state.authorizer).await?;
+    let removed = crate::auth::bindings::revoke(&state.store, &state.authorizer, &caller, id)
+        .await
+        .map_err(audit_error)?;
     let Some(removed) = removed else {
         return Err(not_found());
     };
     tracing::info!(actor, binding = id, role = %removed.role, subject = %removed.subject,
         scope = %removed.scope, "role binding revoked");
     Ok(Json(json!({ "binding": removed })).into_response())
+}
+
+/// A failed grant or revoke: the store's own error, or a 500 when the audit entry could not be written (the
+/// operation was not committed either).
+fn audit_error(e: crate::audit::AuditError) -> ApiError {
+    match e {
+        crate::audit::AuditError::Store(store) => store.into(),
+        other => ApiError::internal(other),
+    }
 }

@@ -33,7 +33,7 @@ impl From<ApprovalError> for ApiError {
                 ApprovalError::Store(store) => store.into(),
                 _ => Self::internal(err),
             },
-            ApprovalError::Corrupt(_) => Self::internal(err),
+            ApprovalError::Corrupt(_) | ApprovalError::Audit(_) => Self::internal(err),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Keeping the authorizer's bindings equal to the store's: [`reload`] after every change (and periodically,
 //! so a second aggregator on the same PostgreSQL database sees the first one's grants), and [`apply_config`]
-//! for the config file's `auth.bindings` at start.
+//! for the config file's `auth.bindings` at start; [`grant`] and [`revoke`] for the API, each with its audit
+//! entry in the same transaction.
 
-use gait_store::{ConfigBindingsApplied, NewBinding, Store, StoreError};
+use gait_store::{ConfigBindingsApplied, NewBinding, RoleBinding, Store, StoreError};
 
 use super::Authorizer;
 use crate::config::BindingConfig;
@@ -42,4 +43,85 @@ pub async fn apply_config(
     }
     reload(store, authorizer).await?;
     Ok(applied)
+}
+
+/// The audit target of a binding: its scope's parts and its id.
+fn target(binding: &RoleBinding) -> gait_audit::Target {
+    gait_audit::Target {
+        org: binding.scope.org_part().map(|o| o.as_str().to_owned()),
+        project: binding.scope.project_part().map(|p| p.as_str().to_owned()),
+        env: binding.scope.env_part().map(|e| e.as_str().to_owned()),
+        kind: "role_binding".into(),
+        id: binding.id.to_string(),
+    }
+}
+
+fn details(binding: &RoleBinding) -> serde_json::Map<String, serde_json::Value> {
+    let mut details = serde_json::Map::new();
+    details.insert("kind".into(), binding.kind.as_str().into());
+    details.insert("subject".into(), binding.subject.as_str().into());
+    details.insert("role".into(), binding.role.as_str().into());
+    details
+}
+
+/// Grants `binding` for `caller` (authorized over the binding's own scope) and, when it is new, appends the
+/// `binding.grant` audit entry in the same transaction; then reloads `authorizer`. Returns the stored binding
+/// and whether it was created now.
+pub async fn grant(
+    store: &Store,
+    authorizer: &Authorizer,
+    caller: &super::Authorized<gait_store::BindingScope>,
+    binding: &NewBinding,
+    now_ms: i64,
+) -> Result<(RoleBinding, bool), crate::audit::AuditError> {
+    let actor = caller.actor();
+    let granted = store
+        .transaction(async |tx| {
+            let (stored, created) = tx.grant_binding(binding, &actor, now_ms).await?;
+            if created {
+                let draft = gait_audit::EntryDraft {
+                    actor: actor.clone(),
+                    action: "binding.grant".into(),
+                    target: target(&stored),
+                    before: None,
+                    after: None,
+                    details: Some(details(&stored)),
+                };
+                crate::audit::append_draft(tx, draft).await?;
+            }
+            Ok::<_, crate::audit::AuditError>((stored, created))
+        })
+        .await?;
+    reload(store, authorizer).await?;
+    Ok(granted)
+}
+
+/// Revokes binding `id` (the caller was authorized over its scope) and appends the `binding.revoke` audit
+/// entry in the same transaction; then reloads `authorizer`. `None` when the binding is gone already.
+pub async fn revoke(
+    store: &Store,
+    authorizer: &Authorizer,
+    caller: &super::Authorized<gait_store::BindingScope>,
+    id: u64,
+) -> Result<Option<RoleBinding>, crate::audit::AuditError> {
+    let actor = caller.actor();
+    let removed = store
+        .transaction(async |tx| {
+            let removed = tx.revoke_binding(id).await?;
+            if let Some(gone) = &removed {
+                let draft = gait_audit::EntryDraft {
+                    actor: actor.clone(),
+                    action: "binding.revoke".into(),
+                    target: target(gone),
+                    before: None,
+                    after: None,
+                    details: Some(details(gone)),
+                };
+                crate::audit::append_draft(tx, draft).await?;
+            }
+            Ok::<_, crate::audit::AuditError>(removed)
+        })
+        .await?;
+    reload(store, authorizer).await?;
+    Ok(removed)
 }

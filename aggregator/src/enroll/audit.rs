@@ -1,9 +1,11 @@
 //! Where enrollment's privileged operations meet the audit log: one function per operation, called inside the
-//! store transaction that performs it, with the actor, the action and the target. Until the audit log lands
-//! they write a structured INFO line; the integrator replaces each body with the audit append (same
-//! transaction, so the operation and its entry commit together).
+//! store transaction that performs it, with the actor, the action and the target; each logs an INFO line and
+//! appends its audit entry in that transaction, so the operation and its entry commit together. CA rotation
+//! works on the CA host's files, outside any transaction: it is logged (an audit entry for it is left to do).
 
+use gait_audit::{EntryDraft, Target};
 use gait_store::{IssuedCertificate, JoinTokenRow, StoreError, StoreTx};
+use serde_json::{Map, Value};
 use tracing::info;
 
 /// Action names as the audit log will record them.
@@ -20,41 +22,85 @@ pub mod action {
     pub const CA_ROTATE: &str = "pki.rotate_ca";
 }
 
-/// `actor` minted `token` (target: the token id in its tenant).
+/// Appends one entry in `tx`; an entry the log refuses is an invalid input to the operation (nothing commits).
+async fn record(
+    tx: &mut StoreTx,
+    actor: &str,
+    action: &str,
+    target: Target,
+    details: Map<String, Value>,
+) -> Result<(), StoreError> {
+    let draft = EntryDraft {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target,
+        before: None,
+        after: None,
+        details: Some(details),
+    };
+    match crate::audit::append_draft(tx, draft).await {
+        Ok(_) => Ok(()),
+        Err(crate::audit::AuditError::Store(e)) => Err(e),
+        Err(e) => Err(StoreError::InvalidInput {
+            field: "audit".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn token_target(token: &JoinTokenRow) -> Target {
+    let t = &token.tenant;
+    Target::in_env(
+        t.org.as_str(),
+        t.project.as_str(),
+        t.env.as_str(),
+        "join_token",
+        token.token_id.as_str(),
+    )
+}
+
+/// `actor` minted `token` (target: the token id in its tenant; never its secret).
 pub async fn join_token_created(
-    _tx: &mut StoreTx,
+    tx: &mut StoreTx,
     actor: &str,
     token: &JoinTokenRow,
 ) -> Result<(), StoreError> {
-    info!(
+    info!(actor, action = action::JOIN_TOKEN_CREATE, token = %token.token_id, tenant = %token.tenant,
+        uses = token.uses_allowed, expires_unix_ms = token.expires_unix_ms, "join token created");
+    let mut details = Map::new();
+    details.insert("uses".into(), token.uses_allowed.into());
+    details.insert("expires_unix_ms".into(), token.expires_unix_ms.into());
+    record(
+        tx,
         actor,
-        action = action::JOIN_TOKEN_CREATE,
-        target = %format!("{}/join-token/{}", token.tenant, token.token_id),
-        uses = token.uses_allowed,
-        expires_unix_ms = token.expires_unix_ms,
-        "join token created"
-    );
-    Ok(())
+        action::JOIN_TOKEN_CREATE,
+        token_target(token),
+        details,
+    )
+    .await
 }
 
 /// `actor` revoked `token`.
 pub async fn join_token_revoked(
-    _tx: &mut StoreTx,
+    tx: &mut StoreTx,
     actor: &str,
     token: &JoinTokenRow,
 ) -> Result<(), StoreError> {
-    info!(
+    info!(actor, action = action::JOIN_TOKEN_REVOKE, token = %token.token_id, tenant = %token.tenant,
+        "join token revoked");
+    record(
+        tx,
         actor,
-        action = action::JOIN_TOKEN_REVOKE,
-        target = %format!("{}/join-token/{}", token.tenant, token.token_id),
-        "join token revoked"
-    );
-    Ok(())
+        action::JOIN_TOKEN_REVOKE,
+        token_target(token),
+        Map::new(),
+    )
+    .await
 }
 
 /// A certificate was issued (`action::CERT_ENROLL` with the join token, or `action::CERT_RENEW`) by `actor`.
 pub async fn certificate_issued(
-    _tx: &mut StoreTx,
+    tx: &mut StoreTx,
     actor: &str,
     cert: &IssuedCertificate,
 ) -> Result<(), StoreError> {
@@ -62,16 +108,23 @@ pub async fn certificate_issued(
         gait_store::IssueKind::Enroll => action::CERT_ENROLL,
         gait_store::IssueKind::Renew => action::CERT_RENEW,
     };
-    info!(
-        actor,
-        action,
-        target = %cert.agent,
-        serial = %cert.cert_serial,
-        join_token = cert.join_token_id,
-        not_after_unix_ms = cert.not_after_unix_ms,
-        "agent certificate issued"
+    info!(actor, action, agent = %cert.agent, serial = %cert.cert_serial, join_token = cert.join_token_id,
+        not_after_unix_ms = cert.not_after_unix_ms, "agent certificate issued");
+    let t = &cert.agent.tenant;
+    let mut details = Map::new();
+    details.insert("agent_id".into(), cert.agent.agent_id.as_str().into());
+    details.insert("not_after_unix_ms".into(), cert.not_after_unix_ms.into());
+    if !cert.join_token_id.is_empty() {
+        details.insert("join_token".into(), cert.join_token_id.as_str().into());
+    }
+    let target = Target::in_env(
+        t.org.as_str(),
+        t.project.as_str(),
+        t.env.as_str(),
+        "certificate",
+        cert.cert_serial.as_str(),
     );
-    Ok(())
+    record(tx, actor, action, target, details).await
 }
 
 /// `actor` rotated the CA (`phase`: `start` or `finish`); `detail` names the CAs involved. CA rotation runs on
