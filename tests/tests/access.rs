@@ -113,6 +113,7 @@ fn bindings_from_config_and_cli_and_what_the_admin_token_may_do() -> anyhow::Res
         "{again}"
     );
     // The grant is in the audit log once, with who granted what where.
+    let alice_key = alice_id.to_string();
     let (status, audit) = agg.get("/v1/audit/entries?limit=1000")?;
     ensure!(status == 200, "{status} {audit}");
     let grants: Vec<&Value> = audit["entries"]
@@ -126,7 +127,7 @@ fn bindings_from_config_and_cli_and_what_the_admin_token_may_do() -> anyhow::Res
         grants[0]["actor"] == "admin-token"
             && grants[0]["target"]["org"] == "acme"
             && grants[0]["target"]["project"] == "web"
-            && grants[0]["target"]["id"] == alice_id.to_string()
+            && grants[0]["target"]["id"] == alice_key.as_str()
             && grants[0]["details"]["role"] == "policy_author",
         "{}",
         grants[0]
@@ -199,7 +200,7 @@ fn bindings_from_config_and_cli_and_what_the_admin_token_may_do() -> anyhow::Res
             .as_array()
             .into_iter()
             .flatten()
-            .any(|e| e["action"] == "binding.revoke" && e["target"]["id"] == alice_id.to_string()),
+            .any(|e| e["action"] == "binding.revoke" && e["target"]["id"] == alice_key.as_str()),
         "no binding.revoke entry: {audit}"
     );
     let gone = access(&agg, &["revoke", &alice_id.to_string()])?;
