@@ -49,6 +49,54 @@ pub struct Args {
     /// Skip the HTTP part.
     #[arg(long)]
     pub verify_only: bool,
+    /// Role bindings held (in process and by the served aggregator): this many bindings of other groups,
+    /// then the one that lets the bench operator read (the permission check scans them all).
+    #[arg(long, default_value_t = 1_000)]
+    pub bindings: usize,
+}
+
+/// The bindings the bench holds: `n` of other groups on other orgs, then `sre` as viewer of `acme`.
+fn bench_bindings(n: usize) -> Vec<gait_store::RoleBinding> {
+    let row = |i: usize, subject: String, org: &str| gait_store::RoleBinding {
+        id: i as u64 + 1,
+        kind: gait_store::SubjectKind::Group,
+        subject,
+        role: "viewer".into(),
+        scope: gait_store::BindingScope::org(org.parse().expect("bench org")),
+        source: gait_store::BindingSource::Config,
+        created_by: "config".into(),
+        created_unix_ms: 0,
+    };
+    let mut rows: Vec<_> = (0..n)
+        .map(|i| row(i, format!("team-{i}"), &format!("org-{i}")))
+        .collect();
+    rows.push(row(n, "sre".into(), "acme"));
+    rows
+}
+
+/// The permission check alone: `Authorizer::authorize` for the bench operator over `acme` with `n` other
+/// bindings ahead of the one that grants it.
+fn permission_check(n: usize, calls: usize) -> anyhow::Result<Percentiles> {
+    use gait_aggregator::auth::{AdminTokenMode, Authorizer, Operator, Permission, Principal};
+    let authorizer = Authorizer::new(AdminTokenMode::Admin);
+    authorizer.load(&bench_bindings(n));
+    let operator = Arc::new(Principal::Operator(Operator {
+        issuer: ISSUER.into(),
+        subject: "bench-operator".into(),
+        groups: vec!["sre".into(), "security".into()],
+    }));
+    let org: gait_store::Org = "acme".parse()?;
+    let mut sample = Vec::with_capacity(calls);
+    for i in 0..calls + 1_000 {
+        let started = Instant::now();
+        let granted = authorizer.authorize(operator.clone(), Permission::AgentRead, org.clone());
+        let elapsed = started.elapsed();
+        ensure!(granted.is_ok(), "the bench operator was denied");
+        if i >= 1_000 {
+            sample.push(elapsed);
+        }
+    }
+    Ok(Percentiles::of(&sample))
 }
 
 fn now_s() -> i64 {
@@ -144,7 +192,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("verify {alg:?}: {} calls", args.verifies);
     }
 
-    // 2. Whole HTTP requests, admin token against JWT, alternating on one connection.
+    // 2. The permission check alone, over `--bindings` role bindings.
+    let check = permission_check(args.bindings, args.verifies)?;
+    eprintln!(
+        "permission check: {} calls over {} bindings",
+        args.verifies,
+        args.bindings + 1
+    );
+
+    // 3. Whole HTTP requests, admin token against JWT, alternating on one connection.
     let (admin, jwt) = if args.verify_only {
         (Percentiles::default(), Percentiles::default())
     } else {
@@ -166,6 +222,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "bench": "auth",
         "provider": provider,
         "verify": verify_json,
+        "permission_check": {
+            "bindings": args.bindings + 1,
+            "p50_us": round(micros(check.p50), 2), "p99_us": round(micros(check.p99), 2),
+        },
         "http": {
             "n": admin.n,
             "admin_token": {"p50_us": round(micros(admin.p50), 1), "p99_us": round(micros(admin.p99), 1)},
@@ -195,6 +255,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         human
     };
+    let human = format!(
+        "{human} | permission check over {} bindings p50 {:.2} µs p99 {:.2} µs",
+        args.bindings + 1,
+        micros(check.p50),
+        micros(check.p99)
+    );
     emit(&summary, &human);
     Ok(())
 }
@@ -211,7 +277,14 @@ async fn http_pair(
     std::fs::write(
         &config,
         format!(
-            "auth:\n  oidc:\n    issuer: {ISSUER}\n    audience: {AUDIENCE}\n    jwks_file: {}\n",
+            "auth:\n  admin_token: admin\n  bindings:\n{}  oidc:\n    issuer: {ISSUER}\n    audience: {AUDIENCE}\n    jwks_file: {}\n",
+            bench_bindings(args.bindings)
+                .iter()
+                .map(|b| format!(
+                    "    - {{ group: {}, role: viewer, org: {} }}\n",
+                    b.subject, b.scope
+                ))
+                .collect::<String>(),
             jwks.display()
         ),
     )?;
