@@ -358,13 +358,18 @@ async fn accept_loop<L: Listener, S: HttpService>(
             }
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // Idle (evictable) from the moment it is admitted, not from when its task first runs: a newcomer
+        // accepted before that would otherwise find nothing to evict and be refused.
+        let slot = Slot::new(permit);
+        let ticket = idle.enter(&slot);
         let connection = Connection {
             service: service.clone(),
             peer,
             limits,
             shutdown: shutdown.clone(),
             idle: Arc::clone(&idle),
-            slot: Slot::new(permit),
+            slot,
+            ticket,
             open: OpenGuard::new(Arc::clone(&stats)),
         };
         tasks.spawn("http-connection", connection.serve(stream, tls.clone()));
@@ -507,8 +512,13 @@ struct Activity {
 }
 
 impl Activity {
-    fn new(idle: Arc<IdleSet>, slot: Arc<Slot>, changed: watch::Sender<()>) -> Self {
-        let ticket = idle.enter(&slot);
+    /// `ticket`: the connection's place in the idle set (`None` when it was evicted before serving).
+    fn new(
+        idle: Arc<IdleSet>,
+        slot: Arc<Slot>,
+        changed: watch::Sender<()>,
+        ticket: Option<u64>,
+    ) -> Self {
         Activity {
             served: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -571,6 +581,8 @@ struct Connection<S> {
     shutdown: CancellationToken,
     idle: Arc<IdleSet>,
     slot: Arc<Slot>,
+    /// Its place in the idle set, entered when it was admitted (`None`: evicted already).
+    ticket: Option<u64>,
     open: OpenGuard,
 }
 
@@ -585,8 +597,8 @@ impl<S: HttpService> Connection<S> {
 
     /// Completes the TLS handshake (bounded by the header timeout, abandoned at shutdown; until it completes the
     /// connection is idle, so it may be evicted at the cap like a slow-header one), then serves HTTP over it.
-    async fn serve_tls(self, stream: impl Io, acceptor: tokio_rustls::TlsAcceptor) {
-        let Some(ticket) = self.idle.enter(&self.slot) else {
+    async fn serve_tls(mut self, stream: impl Io, acceptor: tokio_rustls::TlsAcceptor) {
+        let Some(ticket) = self.ticket.take() else {
             return;
         };
         let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
@@ -630,11 +642,18 @@ impl<S: HttpService> Connection<S> {
             shutdown,
             idle,
             slot,
+            ticket,
             open: _open,
         } = self;
         let evict = slot.evict.clone();
         let (changed, mut changes) = watch::channel(());
-        let activity = Arc::new(Activity::new(idle, slot, changed));
+        // Plain HTTP keeps the ticket it was admitted with; after a TLS handshake (which left the idle set
+        // once done) the connection enters it anew.
+        let ticket = match ticket {
+            Some(ticket) => Some(ticket),
+            None => idle.enter(&slot),
+        };
+        let activity = Arc::new(Activity::new(idle, slot, changed, ticket));
         let timed =
             Timeout::with_status_code(service, StatusCode::REQUEST_TIMEOUT, limits.body_timeout);
         let per_request = Arc::clone(&activity);
