@@ -175,7 +175,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::ReissueServer(args)) => cmd::pki::reissue_server(args, load()?),
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
-        Command::Pki(PkiCommand::RotateCa(args)) => cmd::pki::rotate_ca(args, load()?),
+        Command::Pki(PkiCommand::RotateCa(args)) => cmd::pki::rotate_ca(args, load()?).await,
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,

@@ -404,6 +404,22 @@ fn agents_offline_through_a_whole_ca_rotation_reconnect_after_it() -> Result<()>
     rotate_ca(&agg, &["--finish"])?;
     ensure!(!agg.data_dir.join("pki").join("ca-previous.key").exists());
     agg.restart()?;
+    // Both phases are in the audit log, by the local operator who ran them.
+    let rotations: Vec<Value> = agg
+        .audit_actions()?
+        .into_iter()
+        .filter(|(action, _)| action == "pki.rotate_ca")
+        .map(|(_, entry)| entry)
+        .collect();
+    ensure!(
+        rotations.len() == 2
+            && rotations[0]["target"]["id"] == "start"
+            && rotations[1]["target"]["id"] == "finish"
+            && rotations
+                .iter()
+                .all(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("local:"))),
+        "rotation entries: {rotations:?}"
+    );
 
     // The sleepers come back holding only the old CA and certificates it issued: they verify the server
     // through the cross-signed CA and are still trusted, so they connect and ship.

@@ -519,13 +519,15 @@ pub struct RotateCaArgs {
 }
 
 /// `pki rotate-ca [--finish]`: the two phases of a CA rotation with overlap (see `pki::rotation`).
-pub fn rotate_ca(args: RotateCaArgs, mut config: Config) -> anyhow::Result<ExitCode> {
+pub async fn rotate_ca(args: RotateCaArgs, mut config: Config) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
     config.validate()?;
     let dir = config.pki_dir();
     let actor = operator()?;
+    // The rotation goes into the audit log: refuse before touching the CA when the log's database is not there.
+    let store = open_existing_store(&config).await?;
     let report = if args.finish {
         pki::rotate_ca_finish(&dir, args.server_days)?
     } else {
@@ -533,13 +535,20 @@ pub fn rotate_ca(args: RotateCaArgs, mut config: Config) -> anyhow::Result<ExitC
     };
     let phase = if args.finish { "finish" } else { "start" };
     gait_aggregator::enroll::audit::ca_rotated(
-        &actor,
+        &store,
+        &format!("local:{actor}"),
         phase,
         &format!(
             "issuing CA `{}`, retired CA `{}`",
             report.issuing_ca, report.retired_ca
         ),
-    );
+    )
+    .await
+    .context(
+        "the CA was rotated but its audit entry could not be written; the rotation is in the aggregator's log \
+         only",
+    )?;
+    store.close().await;
     if args.json {
         gait_runtime::outln!(
             "{}",

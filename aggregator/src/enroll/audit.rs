@@ -1,7 +1,7 @@
 //! Where enrollment's privileged operations meet the audit log: one function per operation, called inside the
 //! store transaction that performs it, with the actor, the action and the target; each logs an INFO line and
 //! appends its audit entry in that transaction, so the operation and its entry commit together. CA rotation
-//! works on the CA host's files, outside any transaction: it is logged (an audit entry for it is left to do).
+//! works on the CA host's files, outside any transaction: its entry follows in a transaction of its own.
 
 use gait_audit::{EntryDraft, Target};
 use gait_store::{IssuedCertificate, JoinTokenRow, StoreError, StoreTx};
@@ -127,9 +127,15 @@ pub async fn certificate_issued(
     record(tx, actor, action, target, details).await
 }
 
-/// `actor` rotated the CA (`phase`: `start` or `finish`); `detail` names the CAs involved. CA rotation runs on
-/// the CA host's files, so it has no store transaction of its own: the audit append is its own transaction.
-pub fn ca_rotated(actor: &str, phase: &str, detail: &str) {
+/// `actor` rotated the CA (`phase`: `start` or `finish`); `detail` names the CAs involved. CA rotation works on
+/// the CA host's files, outside any store transaction, so its entry is appended in a transaction of its own right
+/// after the files changed.
+pub async fn ca_rotated(
+    store: &gait_store::Store,
+    actor: &str,
+    phase: &str,
+    detail: &str,
+) -> Result<(), crate::audit::AuditError> {
     info!(
         actor,
         action = action::CA_ROTATE,
@@ -138,4 +144,18 @@ pub fn ca_rotated(actor: &str, phase: &str, detail: &str) {
         detail,
         "CA rotation"
     );
+    let mut details = Map::new();
+    details.insert("phase".into(), phase.into());
+    details.insert("detail".into(), detail.into());
+    let draft = EntryDraft {
+        actor: actor.to_owned(),
+        action: action::CA_ROTATE.to_owned(),
+        target: Target::global("ca", phase),
+        before: None,
+        after: None,
+        details: Some(details),
+    };
+    store
+        .transaction(async |tx| crate::audit::append_draft(tx, draft).await.map(|_| ()))
+        .await
 }
