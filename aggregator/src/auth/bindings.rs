@@ -23,15 +23,38 @@ pub fn from_config(bindings: &[BindingConfig]) -> Vec<NewBinding> {
         .collect()
 }
 
-/// Makes the stored config bindings exactly the config file's (idempotent), logs what changed, and reloads.
+/// Makes the stored config bindings exactly the config file's (idempotent), with a `binding.grant` /
+/// `binding.revoke` audit entry by actor `config` for each change in the same transaction; logs what changed
+/// and reloads.
 pub async fn apply_config(
     store: &Store,
     authorizer: &Authorizer,
     bindings: &[BindingConfig],
     now_ms: i64,
-) -> Result<ConfigBindingsApplied, StoreError> {
+) -> Result<ConfigBindingsApplied, crate::audit::AuditError> {
+    let set = from_config(bindings);
     let applied = store
-        .replace_config_bindings(&from_config(bindings), now_ms)
+        .transaction(async |tx| {
+            let applied = tx.replace_config_bindings(&set, now_ms).await?;
+            // In the order the store applied them: the file's removals first, then its additions.
+            for (action, rows) in [
+                ("binding.revoke", &applied.removed),
+                ("binding.grant", &applied.added),
+            ] {
+                for row in rows {
+                    let draft = gait_audit::EntryDraft {
+                        actor: "config".into(),
+                        action: action.into(),
+                        target: target(row),
+                        before: None,
+                        after: None,
+                        details: Some(details(row)),
+                    };
+                    crate::audit::append_draft(tx, draft).await?;
+                }
+            }
+            Ok::<_, crate::audit::AuditError>(applied)
+        })
         .await?;
     for b in &applied.added {
         tracing::info!(binding = b.id, kind = b.kind.as_str(), subject = %b.subject, role = %b.role,

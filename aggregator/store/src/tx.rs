@@ -205,6 +205,15 @@ impl StoreTx {
         crate::access::revoke(self.tx.conn(), id).await
     }
 
+    /// See [`crate::Store::replace_config_bindings`], inside this transaction.
+    pub async fn replace_config_bindings(
+        &mut self,
+        set: &[crate::NewBinding],
+        now_ms: i64,
+    ) -> Result<crate::ConfigBindingsApplied, StoreError> {
+        crate::access::replace_config(self.tx.conn(), set, now_ms).await
+    }
+
     /// See [`crate::Store::bindings`].
     pub async fn bindings(&mut self) -> Result<Vec<crate::RoleBinding>, StoreError> {
         crate::access::list(self.tx.conn()).await
