@@ -105,6 +105,20 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token.trim().to_owned())
 }
 
+/// Prints the API's refusal of a call to stderr: `error: (<status>): <the error's message>`.
+fn print_refusal(status: http::StatusCode, answer: &serde_json::Value) {
+    gait_runtime::errln!(
+        "error: ({status}): {}",
+        answer["error"]["message"].as_str().unwrap_or("no message")
+    );
+}
+
+/// [`print_refusal`], then exit code 1 (failure) for the command.
+fn refused(status: http::StatusCode, answer: &serde_json::Value) -> std::process::ExitCode {
+    print_refusal(status, answer);
+    std::process::ExitCode::from(gait_runtime::exit::FAILURE)
+}
+
 /// How long one API call may take, connection and TLS handshake included.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 

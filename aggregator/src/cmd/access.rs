@@ -8,10 +8,9 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
-use gait_runtime::exit;
 use serde_json::{Value, json};
 
-use super::{ApiArgs, call};
+use super::{ApiArgs, call, refused};
 
 /// The scope flags shared by the three commands.
 #[derive(Args, Debug, Clone)]
@@ -89,14 +88,6 @@ pub async fn access(command: AccessCommand, config: Config) -> anyhow::Result<Ex
     }
 }
 
-fn failed(status: http::StatusCode, answer: &Value) -> ExitCode {
-    gait_runtime::errln!(
-        "error: ({status}): {}",
-        answer["error"]["message"].as_str().unwrap_or("no message")
-    );
-    ExitCode::from(exit::FAILURE)
-}
-
 fn scope_text(scope: &Value) -> String {
     let part = |k: &str| scope[k].as_str().map(str::to_owned);
     match (part("org"), part("project"), part("env")) {
@@ -125,7 +116,7 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         .to_string();
     let (status, answer) = call(&api, http::Method::GET, &url, None).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -179,7 +170,7 @@ async fn grant(args: GrantArgs, config: Config) -> anyhow::Result<ExitCode> {
     }
     let (status, answer) = call(&api, http::Method::POST, &url, Some(body)).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -207,7 +198,7 @@ async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode> {
     let url = format!("{}/v1/access/bindings/{}", api.server, args.id);
     let (status, answer) = call(&api, http::Method::DELETE, &url, None).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");

@@ -7,7 +7,6 @@ use clap::Args;
 use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
-use gait_runtime::exit;
 
 use super::{ApiArgs, call};
 
@@ -52,11 +51,7 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
             .to_string();
         let (status, page) = call(&api, reqwest::Method::GET, &url, None).await?;
         if !status.is_success() {
-            gait_runtime::errln!(
-                "error: ({status}): {}",
-                page["error"]["message"].as_str().unwrap_or("no message")
-            );
-            return Ok(ExitCode::from(exit::FAILURE));
+            return Ok(super::refused(status, &page));
         }
         all.extend(page["agents"].as_array().cloned().unwrap_or_default());
         match page["next_after"].as_str() {

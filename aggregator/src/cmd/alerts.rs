@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
-use gait_runtime::exit;
 
 use super::{ApiArgs, call};
 
@@ -43,11 +42,7 @@ pub async fn alerts(args: AlertsArgs, config: Config) -> anyhow::Result<ExitCode
         .to_string();
     let (status, answer) = call(&api, reqwest::Method::GET, &url, None).await?;
     if !status.is_success() {
-        gait_runtime::errln!(
-            "error: ({status}): {}",
-            answer["error"]["message"].as_str().unwrap_or("no message")
-        );
-        return Ok(ExitCode::from(exit::FAILURE));
+        return Ok(super::refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");

@@ -10,10 +10,9 @@ use clap::{Args, Subcommand};
 use gait_aggregator::approval::policy::PolicySpec;
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
-use gait_runtime::exit;
 use serde_json::{Value, json};
 
-use super::{ApiArgs, call};
+use super::{ApiArgs, call, refused};
 
 #[derive(Subcommand, Debug)]
 pub enum ApprovalsCommand {
@@ -181,14 +180,6 @@ pub async fn approvals(command: ApprovalsCommand, config: Config) -> anyhow::Res
     }
 }
 
-fn failed(status: http::StatusCode, answer: &Value) -> ExitCode {
-    gait_runtime::errln!(
-        "error: ({status}): {}",
-        answer["error"]["message"].as_str().unwrap_or("no message")
-    );
-    ExitCode::from(exit::FAILURE)
-}
-
 fn rules(args: &SetArgs) -> anyhow::Result<PolicySpec> {
     let mut spec = match &args.file {
         Some(path) => {
@@ -228,7 +219,7 @@ async fn set(args: SetArgs, config: Config) -> anyhow::Result<ExitCode> {
     }
     let (status, answer) = call(&api, http::Method::PUT, &url, Some(body)).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -259,7 +250,7 @@ async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<Exi
             .to_string();
     let (status, answer) = call(&api, http::Method::GET, &url, None).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -307,7 +298,7 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         .to_string();
     let (status, answer) = call(&api, http::Method::GET, &url, None).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -343,7 +334,7 @@ async fn show(args: ShowArgs, config: Config) -> anyhow::Result<ExitCode> {
     let url = format!("{}/{}", args.scope.path(&api.server), args.id);
     let (status, answer) = call(&api, http::Method::GET, &url, None).await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if let Some(dir) = &args.token_dir {
         std::fs::create_dir_all(dir)
@@ -376,7 +367,7 @@ async fn decide(args: DecideArgs, verb: &str, config: Config) -> anyhow::Result<
     )
     .await?;
     if !status.is_success() {
-        return Ok(failed(status, &answer));
+        return Ok(refused(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");

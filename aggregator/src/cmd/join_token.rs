@@ -94,10 +94,7 @@ fn base(server: &str, scope: &Scope) -> String {
 }
 
 fn refused(status: http::StatusCode, answer: &serde_json::Value) -> ExitCode {
-    gait_runtime::errln!(
-        "error: ({status}): {}",
-        answer["error"]["message"].as_str().unwrap_or("no message")
-    );
+    super::print_refusal(status, answer);
     ExitCode::from(if status.is_client_error() {
         exit::DATAERR
     } else {
