@@ -7,47 +7,21 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use gait_aggregator::api::{AppState, router};
-use gait_aggregator::metrics::Metrics;
-use gait_aggregator::registry::{BundleDefaults, Registry};
+use gait_aggregator::api::router;
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+mod common;
+
 const TOKEN: &str = "test-admin-token";
 const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\n";
 const PUBLISH: &str = "/v1/orgs/acme/projects/web/envs/prod/bundles";
 
 fn app(db: &TestStore) -> axum::Router {
-    let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(Registry::new(
-        db.store().clone(),
-        SigningKey::generate(),
-        BundleDefaults::default(),
-        metrics.clone(),
-    ));
-    router(AppState {
-        store: db.store().clone(),
-        registry,
-        metrics,
-        admin_token: Arc::new(TOKEN.into()),
-        authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
-            gait_aggregator::auth::AdminTokenMode::Admin,
-        )),
-        oidc: None,
-        audit: Arc::new(audit_log(db)),
-        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
-            db.store().clone(),
-            std::path::PathBuf::from("/nonexistent/pki"),
-            Default::default(),
-        )),
-        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
-            db.store().clone(),
-            SigningKey::generate(),
-        )),
-    })
+    router(common::app_state(db, TOKEN, SigningKey::generate()))
 }
 
 async fn call(
@@ -272,14 +246,3 @@ gait_store::store_tests!(
     out_of_range_cursors_and_bad_query_strings_answer_the_json_shape,
     concurrent_publishes_to_one_scope_all_succeed_with_consecutive_epochs
 );
-
-/// The audit log on the test store (its key is read into memory, so the key directory can go).
-fn audit_log(db: &TestStore) -> gait_aggregator::audit::AuditLog {
-    let dir = tempfile::tempdir().expect("tempdir");
-    gait_aggregator::audit::AuditLog::open(
-        db.store().clone(),
-        dir.path(),
-        "gait-aggregator/test.local",
-    )
-    .expect("audit log")
-}

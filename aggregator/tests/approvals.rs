@@ -20,6 +20,8 @@ use gait_store::{
 };
 use gait_wire::{APPROVAL_REQUEST_KIND, ApprovalRequestPayload};
 
+mod common;
+
 const ISSUER: &str = "https://idp.example";
 
 fn tenant() -> Tenant {
@@ -432,32 +434,10 @@ async fn the_http_api_maps_the_rules_to_statuses_and_hides_other_environments(
 
     const TOKEN: &str = "test-admin-token";
     let store = db.store();
-    let metrics = Arc::new(gait_aggregator::metrics::Metrics::new());
     let approvals = Arc::new(Approvals::new(store.clone(), SigningKey::generate()));
-    let keys = tempfile::tempdir()?;
     let app = gait_aggregator::api::router(gait_aggregator::api::AppState {
-        store: store.clone(),
-        registry: Arc::new(gait_aggregator::registry::Registry::new(
-            store.clone(),
-            SigningKey::generate(),
-            gait_aggregator::registry::BundleDefaults::default(),
-            metrics.clone(),
-        )),
-        metrics,
-        admin_token: Arc::new(TOKEN.into()),
-        authorizer: Arc::new(Authorizer::new(AdminTokenMode::Admin)),
-        oidc: None,
-        audit: Arc::new(gait_aggregator::audit::AuditLog::open(
-            store.clone(),
-            keys.path(),
-            "gait-aggregator/test.local",
-        )?),
-        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
-            store.clone(),
-            std::path::PathBuf::from("/nonexistent/pki"),
-            Default::default(),
-        )),
         approvals: approvals.clone(),
+        ..common::app_state(db, TOKEN, SigningKey::generate())
     });
     let call = |method: &'static str, uri: String, body: Option<Value>| {
         let app = app.clone();

@@ -10,8 +10,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gait_aggregator::api::{AppState, router};
 use gait_aggregator::enroll::{EnrollSettings, Enrollment};
-use gait_aggregator::metrics::Metrics;
-use gait_aggregator::registry::{BundleDefaults, Registry};
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use http_body_util::BodyExt as _;
@@ -21,6 +19,8 @@ use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+mod common;
 
 const TOKEN: &str = "test-admin-token";
 const TOKENS: &str = "/v1/orgs/acme/projects/web/envs/prod/join-tokens";
@@ -33,22 +33,7 @@ struct Fixture {
 fn fixture(db: &TestStore) -> Result<Fixture> {
     let pki = tempfile::tempdir()?;
     gait_aggregator::pki::init(pki.path(), &gait_aggregator::pki::InitOptions::default())?;
-    let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(Registry::new(
-        db.store().clone(),
-        SigningKey::generate(),
-        BundleDefaults::default(),
-        metrics.clone(),
-    ));
     let app = router(AppState {
-        store: db.store().clone(),
-        registry,
-        metrics,
-        admin_token: Arc::new(TOKEN.into()),
-        authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
-            gait_aggregator::auth::AdminTokenMode::Admin,
-        )),
-        oidc: None,
         audit: Arc::new(gait_aggregator::audit::AuditLog::open(
             db.store().clone(),
             &pki.path().join("keys"),
@@ -59,10 +44,7 @@ fn fixture(db: &TestStore) -> Result<Fixture> {
             pki.path().to_owned(),
             EnrollSettings::default(),
         )),
-        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
-            db.store().clone(),
-            SigningKey::generate(),
-        )),
+        ..common::app_state(db, TOKEN, SigningKey::generate())
     });
     Ok(Fixture { app, pki })
 }

@@ -2,55 +2,26 @@
 //! driven with `oneshot` — no socket.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use gait_aggregator::api::{AppState, OPENAPI_JSON, router};
-use gait_aggregator::metrics::Metrics;
-use gait_aggregator::registry::{BundleDefaults, Registry};
+use gait_aggregator::api::{OPENAPI_JSON, router};
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+mod common;
+
 const TOKEN: &str = "test-admin-token";
 const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\n";
 
 fn app(db: &TestStore) -> (axum::Router, gait_canon::sign::PublicKey) {
-    let metrics = Arc::new(Metrics::new());
     let key = SigningKey::generate();
     let public = key.public_key();
-    let registry = Arc::new(Registry::new(
-        db.store().clone(),
-        key,
-        BundleDefaults::default(),
-        metrics.clone(),
-    ));
-    let state = AppState {
-        store: db.store().clone(),
-        registry,
-        metrics,
-        admin_token: Arc::new(TOKEN.into()),
-        authorizer: Arc::new(gait_aggregator::auth::Authorizer::new(
-            gait_aggregator::auth::AdminTokenMode::Admin,
-        )),
-        oidc: None,
-        audit: Arc::new(audit_log(db)),
-        enrollment: Arc::new(gait_aggregator::enroll::Enrollment::new(
-            db.store().clone(),
-            std::path::PathBuf::from("/nonexistent/pki"),
-            Default::default(),
-        )),
-        approvals: Arc::new(gait_aggregator::approval::Approvals::new(
-            db.store().clone(),
-            SigningKey::generate(),
-        )),
-    };
-    (router(state), public)
+    (router(common::app_state(db, TOKEN, key)), public)
 }
 
 async fn call(
@@ -564,15 +535,4 @@ fn openapi_declares_each_endpoints_permission_as_the_route_table_does() -> anyho
         served.difference(&documented).collect::<Vec<_>>()
     );
     Ok(())
-}
-
-/// The audit log on the test store (its key is read into memory, so the key directory can go).
-fn audit_log(db: &TestStore) -> gait_aggregator::audit::AuditLog {
-    let dir = tempfile::tempdir().expect("tempdir");
-    gait_aggregator::audit::AuditLog::open(
-        db.store().clone(),
-        dir.path(),
-        "gait-aggregator/test.local",
-    )
-    .expect("audit log")
 }
