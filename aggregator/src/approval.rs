@@ -85,13 +85,7 @@ async fn audit(
 }
 
 fn request_target(tenant: &Tenant, id: u64) -> gait_audit::Target {
-    gait_audit::Target::in_env(
-        tenant.org.as_str(),
-        tenant.project.as_str(),
-        tenant.env.as_str(),
-        "approval_request",
-        id.to_string(),
-    )
+    crate::audit::tenant_target(tenant, "approval_request", id.to_string())
 }
 
 impl ApprovalError {
@@ -220,13 +214,11 @@ impl Approvals {
             .store
             .transaction(async |tx| {
                 let stored = tx.put_approval_policy(&new, &actor, now).await?;
-                let target = gait_audit::Target {
-                    org: stored.scope.org_part().map(|o| o.as_str().to_owned()),
-                    project: stored.scope.project_part().map(|p| p.as_str().to_owned()),
-                    env: stored.scope.env_part().map(|e| e.as_str().to_owned()),
-                    kind: "approval_policy".into(),
-                    id: stored.name.clone(),
-                };
+                let target = crate::audit::scope_target(
+                    &stored.scope,
+                    "approval_policy",
+                    stored.name.clone(),
+                );
                 let mut details = serde_json::Map::new();
                 details.insert("version".into(), stored.version.into());
                 audit(

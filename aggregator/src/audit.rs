@@ -91,6 +91,37 @@ impl AuditError {
     }
 }
 
+/// The audit target `kind`/`id` in `tenant`'s environment.
+pub fn tenant_target(
+    tenant: &gait_store::Tenant,
+    kind: impl Into<String>,
+    id: impl Into<String>,
+) -> Target {
+    Target::in_env(
+        tenant.org.as_str(),
+        tenant.project.as_str(),
+        tenant.env.as_str(),
+        kind,
+        id,
+    )
+}
+
+/// The audit target `kind`/`id` at `scope` (the deployment, an org, a project or an environment): a role
+/// binding's or an approval policy's own scope.
+pub fn scope_target(
+    scope: &gait_store::BindingScope,
+    kind: impl Into<String>,
+    id: impl Into<String>,
+) -> Target {
+    Target {
+        org: scope.org_part().map(|o| o.as_str().to_owned()),
+        project: scope.project_part().map(|p| p.as_str().to_owned()),
+        env: scope.env_part().map(|e| e.as_str().to_owned()),
+        kind: kind.into(),
+        id: id.into(),
+    }
+}
+
 /// Appends an audit entry inside the operation's transaction `tx`, so both commit together or neither does.
 /// `actor` is who did it (`admin-token`, `oidc:<issuer>#<subject>`, `agent:<spiffe id>`), `action` a dotted
 /// name (`bundle.publish`), `before`/`after` `sha256:<hex>` digests of the object (see

@@ -451,13 +451,7 @@ async fn audit_publish(
         gait_audit::EntryDraft {
             actor: req.created_by.clone(),
             action: "bundle.publish".into(),
-            target: gait_audit::Target::in_env(
-                tenant.org.as_str(),
-                tenant.project.as_str(),
-                tenant.env.as_str(),
-                "bundle",
-                epoch.to_string(),
-            ),
+            target: crate::audit::tenant_target(tenant, "bundle", epoch.to_string()),
             before: parent.map(|d| format!("sha256:{d}")),
             after: Some(format!("sha256:{digest}")),
             details: Some(details),

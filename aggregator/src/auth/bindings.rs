@@ -70,13 +70,7 @@ pub async fn apply_config(
 
 /// The audit target of a binding: its scope's parts and its id.
 fn target(binding: &RoleBinding) -> gait_audit::Target {
-    gait_audit::Target {
-        org: binding.scope.org_part().map(|o| o.as_str().to_owned()),
-        project: binding.scope.project_part().map(|p| p.as_str().to_owned()),
-        env: binding.scope.env_part().map(|e| e.as_str().to_owned()),
-        kind: "role_binding".into(),
-        id: binding.id.to_string(),
-    }
+    crate::audit::scope_target(&binding.scope, "role_binding", binding.id.to_string())
 }
 
 fn details(binding: &RoleBinding) -> serde_json::Map<String, serde_json::Value> {

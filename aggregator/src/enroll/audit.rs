@@ -49,14 +49,7 @@ async fn record(
 }
 
 fn token_target(token: &JoinTokenRow) -> Target {
-    let t = &token.tenant;
-    Target::in_env(
-        t.org.as_str(),
-        t.project.as_str(),
-        t.env.as_str(),
-        "join_token",
-        token.token_id.as_str(),
-    )
+    crate::audit::tenant_target(&token.tenant, "join_token", token.token_id.as_str())
 }
 
 /// `actor` minted `token` (target: the token id in its tenant; never its secret).
@@ -117,13 +110,7 @@ pub async fn certificate_issued(
     if !cert.join_token_id.is_empty() {
         details.insert("join_token".into(), cert.join_token_id.as_str().into());
     }
-    let target = Target::in_env(
-        t.org.as_str(),
-        t.project.as_str(),
-        t.env.as_str(),
-        "certificate",
-        cert.cert_serial.as_str(),
-    );
+    let target = crate::audit::tenant_target(t, "certificate", cert.cert_serial.as_str());
     record(tx, actor, action, target, details).await
 }
 

@@ -78,13 +78,7 @@ pub async fn revoke(
     let draft = gait_audit::EntryDraft {
         actor: actor.to_owned(),
         action: "pki.revoke".into(),
-        target: gait_audit::Target::in_env(
-            agent.tenant.org.as_str(),
-            agent.tenant.project.as_str(),
-            agent.tenant.env.as_str(),
-            "certificate",
-            rev.cert_serial.as_str(),
-        ),
+        target: crate::audit::tenant_target(&agent.tenant, "certificate", rev.cert_serial.as_str()),
         before: None,
         after: None,
         details: Some(details),
