@@ -2,7 +2,10 @@
 //!
 //! 1. Privileged operations per second on SQLite (a certificate revocation, each its own transaction with
 //!    `synchronous=FULL` as `serve` runs it), with their audit append in the same transaction against the same
-//!    operations without it, in alternating rounds of one run, `--concurrency` callers at a time.
+//!    operations without it, in alternating rounds of one run, `--concurrency` callers at a time. A third
+//!    variant is the baseline of the store's group commit: the same audited operations from the same callers,
+//!    but let into the store one at a time (a semaphore before the transaction), so each pays its own commit —
+//!    what every transaction paid before group commit.
 //! 2. A log of `--log-size` entries (1,000,000 by default), built by the real append path in transactions of
 //!    10,000, then: checkpoint signing time (the note signature alone and `sign_checkpoint` with its store
 //!    round trips), and inclusion and consistency proof generation from the stored subtrees for random
@@ -65,23 +68,51 @@ fn revocation(n: u64) -> anyhow::Result<Revocation> {
     })
 }
 
+/// What one round measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// Revocation + audit append in one transaction, callers concurrent (group commit at work).
+    Audited,
+    /// Revocation alone, callers concurrent.
+    Plain,
+    /// Revocation + audit append, callers let in one at a time: one commit per operation.
+    AuditedOneCommitEach,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Audited => "audited          ",
+            Variant::Plain => "plain            ",
+            Variant::AuditedOneCommitEach => "audited, 1 commit",
+        }
+    }
+}
+
 /// `ops` revocations from `concurrency` callers; returns operations per second.
 async fn round(
     store: &Store,
     first: u64,
     ops: u64,
     concurrency: u64,
-    audited: bool,
+    variant: Variant,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let one_at_a_time = Arc::new(tokio::sync::Semaphore::new(1));
     for worker in 0..concurrency {
         let store = store.clone();
+        let one_at_a_time = Arc::clone(&one_at_a_time);
         tasks.spawn(async move {
             let mut i = worker;
             while i < ops {
                 let rev = revocation(first + i)?;
-                if audited {
+                let _turn = if variant == Variant::AuditedOneCommitEach {
+                    Some(one_at_a_time.acquire().await?)
+                } else {
+                    None
+                };
+                if variant != Variant::Plain {
                     gait_aggregator::pki::revocation::revoke(&store, &rev, "admin-token", 0)
                         .await?;
                 } else {
@@ -134,25 +165,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // 1. Throughput with and without the audit append.
     let ops_store = Store::open_sqlite_file(&dir.path().join("ops.db")).await?;
-    let (mut audited, mut plain) = (Vec::new(), Vec::new());
+    let (mut audited, mut plain, mut serial) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut audited_transactions, mut audited_commits) = (0u64, 0u64);
     let mut next = 0;
     for r in 0..args.rounds {
-        for with_audit in [true, false] {
-            let rate = round(&ops_store, next, args.ops, args.concurrency, with_audit).await?;
+        for variant in [
+            Variant::Audited,
+            Variant::Plain,
+            Variant::AuditedOneCommitEach,
+        ] {
+            let before = ops_store.group_commit_stats().context("SQLite store")?;
+            let rate = round(&ops_store, next, args.ops, args.concurrency, variant).await?;
+            let after = ops_store.group_commit_stats().context("SQLite store")?;
+            if variant == Variant::Audited {
+                audited_transactions += after.transactions - before.transactions;
+                audited_commits += after.commits - before.commits;
+            }
             next += args.ops;
-            eprintln!(
-                "round {}: {} {rate:.0} ops/s",
-                r + 1,
-                if with_audit { "audited" } else { "plain  " }
-            );
-            if with_audit {
-                audited.push(rate);
-            } else {
-                plain.push(rate);
+            eprintln!("round {}: {} {rate:.0} ops/s", r + 1, variant.label());
+            match variant {
+                Variant::Audited => audited.push(rate),
+                Variant::Plain => plain.push(rate),
+                Variant::AuditedOneCommitEach => serial.push(rate),
             }
         }
     }
-    let (audited_ops, plain_ops) = (median(&mut audited), median(&mut plain));
+    let (audited_ops, plain_ops, serial_ops) = (
+        median(&mut audited),
+        median(&mut plain),
+        median(&mut serial),
+    );
+    let per_commit = audited_transactions as f64 / audited_commits.max(1) as f64;
     ops_store.close().await;
 
     // 2. A log of `log_size` entries through the real append path.
@@ -258,8 +301,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "audited_ops_per_s": audited_ops.round(),
         "plain_ops_per_s": plain_ops.round(),
         "audited_over_plain": (audited_ops / plain_ops * 100.0).round() / 100.0,
+        "audited_one_commit_each_ops_per_s": serial_ops.round(),
+        "audited_group_commit_over_one_commit_each": (audited_ops / serial_ops * 100.0).round() / 100.0,
         "audited_rounds": audited,
         "plain_rounds": plain,
+        "audited_one_commit_each_rounds": serial,
+        "audited_transactions_per_commit": (per_commit * 10.0).round() / 10.0,
         "log_size": size,
         "log_fill_appends_per_s": fill_rate.round(),
         "log_db_bytes": db_bytes,
@@ -274,8 +321,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "consistency_proof_ms_max": (micros(percentile(&mut cons, 1.0)) / 10.0).round() / 100.0,
     });
     let human = format!(
-        "audit: {audited_ops:.0} audited ops/s vs {plain_ops:.0} plain ({:.2}x); log of {size}: checkpoint sign {:.2} ms, inclusion proof {:.2} ms median / {:.2} ms max, consistency proof {:.2} ms median / {:.2} ms max",
+        "audit: {audited_ops:.0} audited ops/s vs {plain_ops:.0} plain ({:.2}x) and {serial_ops:.0} with one commit each ({:.2}x, {:.1} transactions per commit); log of {size}: checkpoint sign {:.2} ms, inclusion proof {:.2} ms median / {:.2} ms max, consistency proof {:.2} ms median / {:.2} ms max",
         audited_ops / plain_ops,
+        audited_ops / serial_ops,
+        per_commit,
         micros(percentile(&mut sign_times, 0.5)) / 1000.0,
         micros(percentile(&mut incl, 0.5)) / 1000.0,
         micros(percentile(&mut incl, 1.0)) / 1000.0,

@@ -12,7 +12,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, PgConnection, Postgres, Sqlite, SqliteConnection, Transaction, Type};
 
+use crate::error::{StoreError, db};
 use crate::model::AgentKey;
+use crate::sqlite::Member;
 
 /// A borrowed connection (plain or inside a transaction) of either backend.
 #[derive(Debug)]
@@ -47,32 +49,35 @@ impl Pooled {
     }
 }
 
-/// An open transaction on either backend (rolled back on drop unless committed).
+/// An open transaction on either backend (rolled back on drop unless committed). On SQLite it is a member of
+/// the backend's group commit (see `sqlite::group`), on PostgreSQL a transaction of its own.
 #[derive(Debug)]
 pub(crate) enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Member),
     Postgres(Transaction<'static, Postgres>),
 }
 
 impl Tx {
     pub(crate) fn conn(&mut self) -> Conn<'_> {
         match self {
-            Tx::Sqlite(tx) => Conn::Sqlite(tx),
+            Tx::Sqlite(member) => Conn::Sqlite(member.connection()),
             Tx::Postgres(tx) => Conn::Postgres(tx),
         }
     }
 
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+    /// Makes the transaction's writes durable; `op` names the operation in errors.
+    pub(crate) async fn commit(self, op: &'static str) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await,
-            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(member) => member.commit(op).await,
+            Tx::Postgres(tx) => tx.commit().await.map_err(db(op)),
         }
     }
 
-    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+    /// Discards the transaction's writes; `op` names the operation in errors.
+    pub(crate) async fn rollback(self, op: &'static str) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.rollback().await,
-            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Sqlite(member) => member.rollback(op).await,
+            Tx::Postgres(tx) => tx.rollback().await.map_err(db(op)),
         }
     }
 }

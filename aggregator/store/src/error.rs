@@ -29,6 +29,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The shared commit of a group of SQLite write transactions failed (see the SQLite backend's group
+    /// commit): nothing the transaction wrote was kept. `reason` is the commit's own error.
+    #[error("database error in {op}: the group commit failed: {reason}")]
+    GroupCommit {
+        op: &'static str,
+        reason: String,
+        retryable: bool,
+    },
     /// A bundle was published with an epoch that does not exceed the latest one of its tenant.
     #[error(
         "bundle epoch {epoch} does not exceed the latest epoch {latest} of {tenant}: publish epoch {next} or later"
@@ -83,6 +91,7 @@ impl StoreError {
             Self::Connect { source, .. } | Self::Database { source, .. } => {
                 sqlx_is_transient(source)
             }
+            Self::GroupCommit { retryable, .. } => *retryable,
             Self::Migrate { source, .. } => match source {
                 sqlx::migrate::MigrateError::Execute(e) => sqlx_is_transient(e),
                 _ => false,
@@ -133,7 +142,7 @@ pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 /// Whether a sqlx error is a transient condition rather than a fault of the request or the schema.
-fn sqlx_is_transient(e: &sqlx::Error) -> bool {
+pub(crate) fn sqlx_is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {

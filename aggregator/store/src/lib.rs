@@ -63,7 +63,7 @@ pub use model::{
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{GroupCommitStats, SqliteStore};
 pub use tx::StoreTx;
 
 use conn::{Pooled, db_run};
@@ -93,7 +93,7 @@ macro_rules! in_tx {
             let $conn = tx.conn();
             $op.await?
         };
-        tx.commit().await.map_err(db(concat!($name, ": commit")))?;
+        tx.commit(concat!($name, ": commit")).await?;
         Ok(out)
     }};
 }
@@ -126,6 +126,15 @@ impl Store {
         match self {
             Store::Sqlite(_) => "sqlite",
             Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// On SQLite, what the group commit has done since the store opened (`None` on PostgreSQL, which commits
+    /// each transaction on its own).
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        match self {
+            Store::Sqlite(s) => Some(s.group_commit_stats()),
+            Store::Postgres(_) => None,
         }
     }
 

@@ -14,9 +14,12 @@
 //! gives the `-wal` and `-shm` files it creates the database file's mode), and files an older build left
 //! readable by others are narrowed to 0600 on open.
 //!
-//! Concurrency: write transactions start with `BEGIN IMMEDIATE`, so they take the write lock up front and wait
-//! on `busy_timeout` instead of failing with SQLITE_BUSY when they upgrade from a read; readers never block the
-//! writer in WAL mode.
+//! Concurrency: write transactions run one at a time, each in a savepoint of a shared `BEGIN IMMEDIATE`
+//! transaction that commits once for all the transactions that ran while it was open (group commit, see
+//! [`group`]): one fsync for many operations, and no transaction is reported committed before that fsync.
+//! `BEGIN IMMEDIATE` takes the write lock up front, so another process writing to the same file (an operator
+//! command) makes it wait on `busy_timeout` instead of failing with SQLITE_BUSY; readers never block the writer
+//! in WAL mode.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +38,12 @@ use crate::conn::{Pooled, Tx, agent_where, bind_key};
 use crate::error::{StoreError, db};
 use crate::model::{AgentCursor, AgentKey, NewRecord, to_i64};
 use crate::rows;
+
+mod group;
+
+use group::GroupCommit;
+pub use group::GroupCommitStats;
+pub(crate) use group::Member;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -125,6 +134,7 @@ fn make_private(path: &Path, create: bool) -> Result<(), StoreError> {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writes: GroupCommit,
 }
 
 impl SqliteStore {
@@ -183,17 +193,13 @@ impl SqliteStore {
                 source,
             })?;
         make_private(&path, false)?;
-        Ok(Self { pool })
+        let writes = GroupCommit::new(pool.clone());
+        Ok(Self { pool, writes })
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`: the write lock is taken now, see the module docs).
+    /// Starts a write transaction: a member of the group commit (see [`group`] and the module docs).
     pub(crate) async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
-        Ok(Tx::Sqlite(tx))
+        Ok(Tx::Sqlite(self.writes.begin(op).await?))
     }
 
     /// Checks a connection out of the pool, for reads outside a transaction.
@@ -202,7 +208,13 @@ impl SqliteStore {
         Ok(Pooled::Sqlite(conn))
     }
 
+    /// What the group commit has done since the store opened.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.writes.stats()
+    }
+
     pub(crate) async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 }

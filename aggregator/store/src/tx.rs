@@ -11,7 +11,7 @@ use crate::approvals::{
     StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 use crate::conn::Tx;
-use crate::error::{StoreError, db};
+use crate::error::StoreError;
 use crate::model::{
     AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BatchOutcome, BundleReportRow,
     GapRow, NewRecord, Revocation, StoredBundle, StoredRecord, Tenant,
@@ -38,12 +38,12 @@ impl StoreTx {
 
     /// Makes every write of the transaction durable and visible to others.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db("commit"))
+        self.tx.commit("commit").await
     }
 
     /// Discards every write of the transaction (as dropping it does, but waits for the database to confirm).
     pub async fn rollback(self) -> Result<(), StoreError> {
-        self.tx.rollback().await.map_err(db("rollback"))
+        self.tx.rollback("rollback").await
     }
 
     /// See [`crate::Store::agents_connected`]; inside a transaction an invalid hello still fails alone.
