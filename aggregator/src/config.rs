@@ -170,6 +170,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Agent enrollment with join tokens, and certificate renewal.
     pub enroll: EnrollConfig,
+    /// Where the bytes of the fleet's artifacts are kept.
+    pub evidence: crate::evidence::blob::EvidenceConfig,
 }
 
 impl Default for Config {
@@ -186,6 +188,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
             enroll: EnrollConfig::default(),
+            evidence: crate::evidence::blob::EvidenceConfig::default(),
         }
     }
 }
@@ -853,6 +856,9 @@ impl Config {
                     format!("`{name}` is not a DNS name or IP address"),
                 ));
             }
+        }
+        for (key, message) in self.evidence.problems() {
+            problems.push(problem(&format!("evidence.{key}"), message));
         }
         for (i, binding) in self.auth.bindings.iter().enumerate() {
             for (key, message) in binding.problems() {

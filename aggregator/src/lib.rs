@@ -25,6 +25,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod enroll;
+pub mod evidence;
 pub mod fleet;
 pub mod ingest;
 pub mod metrics;

@@ -1,0 +1,11 @@
+//! Evidence operations: where the bytes of the artifacts the fleet produced (runpacks, traces, regress results)
+//! live, addressed by their SHA-256 digest, and verified on the way in and on the way out.
+//!
+//! [`blob::BlobStore`] is the one interface: a directory under the data dir by default (`evidence.blobs.backend:
+//! dir`), or any S3-compatible object store (`s3`) for deployments that outgrow one disk. Both go through the
+//! `object_store` crate, so the two backends share every rule: content addressing, the size cap, and the digest
+//! check on every read (a blob edited in place is refused, never served).
+
+pub mod blob;
+
+pub use blob::{BlobError, BlobStore, PutOutcome};
