@@ -15,7 +15,7 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post};
-use gait_store::{Store, Tenant};
+use gait_store::Tenant;
 
 mod access;
 mod agents;
@@ -44,10 +44,17 @@ pub const OPENAPI_JSON: &str = include_str!("../../schemas/openapi.json");
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// State shared by the handlers.
+///
+/// The edges never hold the store (LAYOUT rule 5): every read and change goes through a feature service that
+/// takes the caller's `Authorized<…>`; the composition root (`app.rs`) builds them from the store.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    /// Signs and distributes policy bundles.
     pub registry: Arc<Registry>,
+    /// The operators' reads of the fleet: inventory, alerts, records, gaps; and the readiness ping.
+    pub fleet: Arc<crate::fleet::Fleet>,
+    /// Role bindings as the access API reads and changes them.
+    pub bindings: Arc<crate::auth::bindings::Bindings>,
     pub metrics: Arc<Metrics>,
     /// The bootstrap admin token (what it may do: [`Authorizer::admin_token_mode`]).
     pub admin_token: Arc<String>,

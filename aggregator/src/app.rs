@@ -507,8 +507,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &tasks,
         listener,
         AppState {
-            store: store.clone(),
             registry: registry.clone(),
+            fleet: Arc::new(crate::fleet::Fleet::new(store.clone())),
+            bindings: Arc::new(crate::auth::bindings::Bindings::new(
+                store.clone(),
+                authorizer.clone(),
+            )),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),

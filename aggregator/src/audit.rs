@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use gait_audit::{EntryDraft, NoteSigner, NoteVerifier, Target};
 use gait_runtime::Tasks;
-use gait_store::{AppendedEntry, Store, StoreError, StoreTx, StoredCheckpoint};
+use gait_store::{AppendedEntry, AuditRow, Store, StoreError, StoreTx, StoredCheckpoint};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authorized, Deployment};
 use crate::clock::unix_ms;
 use crate::secrets::{self, Access};
 
@@ -195,9 +196,20 @@ impl AuditLog {
         self.signer.verifier()
     }
 
-    /// The store the log lives in.
-    pub fn store(&self) -> &Store {
+    /// The store the log lives in (for the export, beside; never handed to an edge).
+    fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Up to `limit` entries of the whole log from leaf index `from` on, in order: the deployment-wide read of
+    /// an auditor authorized over the [`Deployment`].
+    pub async fn entries(
+        &self,
+        _caller: &Authorized<Deployment>,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, AuditError> {
+        Ok(self.store.audit_entries(from, limit).await?)
     }
 
     /// A signed checkpoint of the log as it is now: the stored one when it already covers the current size,

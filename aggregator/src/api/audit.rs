@@ -57,7 +57,7 @@ struct Page<'a> {
 /// `GET /v1/audit/entries?after=&limit=`: entries in seq order.
 pub(super) async fn entries(
     State(state): State<AppState>,
-    _caller: Caller<Deployment>,
+    Caller(caller): Caller<Deployment>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
@@ -75,7 +75,11 @@ pub(super) async fn entries(
             )));
         }
     };
-    let rows = state.store.audit_entries(from, q.limit).await?;
+    let rows = state
+        .audit
+        .entries(&caller, from, q.limit)
+        .await
+        .map_err(audit_error)?;
     let texts: Vec<&str> = rows
         .iter()
         .map(|r| std::str::from_utf8(&r.line))
