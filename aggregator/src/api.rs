@@ -90,6 +90,13 @@ pub struct Endpoint {
 fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     const JOIN_TOKENS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens";
     const JOIN_TOKEN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens/{token_id}";
+    const AUDIT_ORG_CHECKPOINT: &str = "/v1/orgs/{org}/audit/checkpoint";
+    const AUDIT_ORG_ENTRIES: &str = "/v1/orgs/{org}/audit/entries";
+    const AUDIT_ORG_PROOF: &str = "/v1/orgs/{org}/audit/proof";
+    const AUDIT_ENV_CHECKPOINT: &str =
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/checkpoint";
+    const AUDIT_ENV_ENTRIES: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/entries";
+    const AUDIT_ENV_PROOF: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/proof";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -187,11 +194,40 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 P::AuditRead,
                 Deployment,
             ),
-            get(audit::checkpoint),
+            get(audit::checkpoint::<crate::auth::Deployment>),
         ),
         (
             e(Method::GET, "/v1/audit/entries", P::AuditRead, Deployment),
             get(audit::entries),
+        ),
+        // The audit log: an entry's inclusion proof; and the per-tenant view (ADR 0004, s21-layout).
+        (
+            e(Method::GET, "/v1/audit/proof", P::AuditRead, Deployment),
+            get(audit::proof::<crate::auth::Deployment>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_CHECKPOINT, P::AuditRead, Org),
+            get(audit::checkpoint::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_ENTRIES, P::AuditRead, Org),
+            get(audit::tenant_entries::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_PROOF, P::AuditRead, Org),
+            get(audit::proof::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_CHECKPOINT, P::AuditRead, Env),
+            get(audit::checkpoint::<Tenant>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_ENTRIES, P::AuditRead, Env),
+            get(audit::tenant_entries::<Tenant>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_PROOF, P::AuditRead, Env),
+            get(audit::proof::<Tenant>),
         ),
         (
             e(Method::POST, JOIN_TOKENS, P::JoinTokenWrite, Env),
