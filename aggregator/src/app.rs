@@ -487,7 +487,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     ));
     let ingest = Arc::new(
         IngestState::new(
-            store.clone(),
+            crate::fleet::intake::Intake::new(store.clone()),
             registry.clone(),
             metrics.clone(),
             revoked,

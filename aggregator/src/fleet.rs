@@ -1,11 +1,13 @@
 //! What the aggregator knows about its agents: which are connected and when each was last seen
-//! ([`presence`]), and the reads operators make of it through [`Fleet`] — the inventory with its health
+//! ([`presence`]), what agents write through the QUIC edge ([`intake::Intake`]), and the reads operators make
+//! of it through [`Fleet`] — the inventory with its health
 //! ([`inventory`]), identity alerts, and what each agent shipped (records and gaps).
 //!
 //! Every read takes the caller's [`Authorized`] over the tenancy it reads (an org for the inventory, an
 //! environment for the rest), so no query runs for a tenant the caller was not granted: the compiler checks
 //! tenancy, the HTTP edge only translates.
 
+pub mod intake;
 pub mod inventory;
 pub mod presence;
 

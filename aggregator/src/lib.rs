@@ -6,7 +6,7 @@
 //!   PKI, registry, ingest endpoint and HTTP API from a config and runs them until shutdown.
 //! - Edges that translate and decide nothing and never hold the store: [`api`] (the operator HTTP API, whose
 //!   `AppState` holds feature services that each take the caller's `Authorized<…>`) and [`ingest`] (the QUIC
-//!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
+//!   exchange with agents, writing through `fleet::intake::Intake`, including its mutual-TLS server side in `ingest::tls` and session tickets in
 //!   `ingest::tickets`).
 //! - Features: [`audit`] (the tamper-evident log every privileged operation appends to), [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
 //!   known about agents: presence, and the operators' inventory, alerts and records reads), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
