@@ -15,7 +15,7 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post};
-use gait_store::{Store, Tenant};
+use gait_store::Tenant;
 
 mod access;
 mod agents;
@@ -44,10 +44,17 @@ pub const OPENAPI_JSON: &str = include_str!("../../schemas/openapi.json");
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// State shared by the handlers.
+///
+/// The edges never hold the store (LAYOUT rule 5): every read and change goes through a feature service that
+/// takes the caller's `Authorized<…>`; the composition root (`app.rs`) builds them from the store.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    /// Signs and distributes policy bundles.
     pub registry: Arc<Registry>,
+    /// The operators' reads of the fleet: inventory, alerts, records, gaps; and the readiness ping.
+    pub fleet: Arc<crate::fleet::Fleet>,
+    /// Role bindings as the access API reads and changes them.
+    pub bindings: Arc<crate::auth::bindings::Bindings>,
     pub metrics: Arc<Metrics>,
     /// The bootstrap admin token (what it may do: [`Authorizer::admin_token_mode`]).
     pub admin_token: Arc<String>,
@@ -83,6 +90,13 @@ pub struct Endpoint {
 fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     const JOIN_TOKENS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens";
     const JOIN_TOKEN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/join-tokens/{token_id}";
+    const AUDIT_ORG_CHECKPOINT: &str = "/v1/orgs/{org}/audit/checkpoint";
+    const AUDIT_ORG_ENTRIES: &str = "/v1/orgs/{org}/audit/entries";
+    const AUDIT_ORG_PROOF: &str = "/v1/orgs/{org}/audit/proof";
+    const AUDIT_ENV_CHECKPOINT: &str =
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/checkpoint";
+    const AUDIT_ENV_ENTRIES: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/entries";
+    const AUDIT_ENV_PROOF: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/proof";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -180,11 +194,40 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 P::AuditRead,
                 Deployment,
             ),
-            get(audit::checkpoint),
+            get(audit::checkpoint::<crate::auth::Deployment>),
         ),
         (
             e(Method::GET, "/v1/audit/entries", P::AuditRead, Deployment),
             get(audit::entries),
+        ),
+        // The audit log: an entry's inclusion proof; and the per-tenant view (ADR 0004, s21-layout).
+        (
+            e(Method::GET, "/v1/audit/proof", P::AuditRead, Deployment),
+            get(audit::proof::<crate::auth::Deployment>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_CHECKPOINT, P::AuditRead, Org),
+            get(audit::checkpoint::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_ENTRIES, P::AuditRead, Org),
+            get(audit::tenant_entries::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ORG_PROOF, P::AuditRead, Org),
+            get(audit::proof::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_CHECKPOINT, P::AuditRead, Env),
+            get(audit::checkpoint::<Tenant>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_ENTRIES, P::AuditRead, Env),
+            get(audit::tenant_entries::<Tenant>),
+        ),
+        (
+            e(Method::GET, AUDIT_ENV_PROOF, P::AuditRead, Env),
+            get(audit::proof::<Tenant>),
         ),
         (
             e(Method::POST, JOIN_TOKENS, P::JoinTokenWrite, Env),

@@ -487,7 +487,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     ));
     let ingest = Arc::new(
         IngestState::new(
-            store.clone(),
+            crate::fleet::intake::Intake::new(store.clone()),
             registry.clone(),
             metrics.clone(),
             revoked,
@@ -507,8 +507,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &tasks,
         listener,
         AppState {
-            store: store.clone(),
             registry: registry.clone(),
+            fleet: Arc::new(crate::fleet::Fleet::new(store.clone())),
+            bindings: Arc::new(crate::auth::bindings::Bindings::new(
+                store.clone(),
+                authorizer.clone(),
+            )),
             metrics,
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),

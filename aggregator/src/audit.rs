@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use gait_audit::{EntryDraft, NoteSigner, NoteVerifier, Target};
 use gait_runtime::Tasks;
-use gait_store::{AppendedEntry, Store, StoreError, StoreTx, StoredCheckpoint};
+use gait_store::{AppendedEntry, AuditRow, Store, StoreError, StoreTx, StoredCheckpoint};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authorized, Deployment};
 use crate::clock::unix_ms;
 use crate::secrets::{self, Access};
 
@@ -160,6 +161,20 @@ pub async fn append_draft(
     Ok(tx.audit_append(&draft, unix_ms()).await?)
 }
 
+/// An entry's inclusion proof against a tree size: recompute the root from `leaf_hash` and `proof` (RFC 9162
+/// §2.1.3.2, `gait_audit::merkle::verify_inclusion`) and compare it with the checkpoint's of `size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The entry's leaf index.
+    pub seq: u64,
+    /// The tree size the proof is for.
+    pub size: u64,
+    /// The entry's RFC 6962 leaf hash (SHA-256 of 0x00 and its canonical bytes).
+    pub leaf_hash: gait_audit::Hash,
+    /// The sibling hashes, leaf first.
+    pub proof: Vec<gait_audit::Hash>,
+}
+
 /// The log of one deployment: its store and its signing key.
 pub struct AuditLog {
     store: Store,
@@ -195,9 +210,57 @@ impl AuditLog {
         self.signer.verifier()
     }
 
-    /// The store the log lives in.
-    pub fn store(&self) -> &Store {
+    /// The store the log lives in (for the export, beside; never handed to an edge).
+    fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Up to `limit` entries of the whole log from leaf index `from` on, in order: the deployment-wide read of
+    /// an auditor authorized over the [`Deployment`].
+    pub async fn entries(
+        &self,
+        _caller: &Authorized<Deployment>,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, AuditError> {
+        Ok(self.store.audit_entries(from, limit).await?)
+    }
+
+    /// Up to `limit` entries from leaf index `from` on whose target lies inside the caller's scope, in order,
+    /// each with its leaf index in the whole log: the per-tenant view of an auditor bound to an org or an
+    /// environment (entries on the deployment or on other tenants are not in it).
+    pub async fn entries_in<T: crate::auth::Target>(
+        &self,
+        caller: &Authorized<T>,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, AuditError> {
+        let scope = caller.target().scope();
+        Ok(self.store.audit_entries_in(&scope, from, limit).await?)
+    }
+
+    /// The RFC 9162 inclusion proof of entry `seq` in the tree of the first `size` entries (a checkpoint's
+    /// size), with the entry's leaf hash; `None` when no entry `seq` lies inside the caller's scope, so a
+    /// tenant's auditor proves its own entries against the deployment's checkpoint and learns nothing of
+    /// others' but the hashes a proof carries.
+    pub async fn inclusion_proof<T: crate::auth::Target>(
+        &self,
+        caller: &Authorized<T>,
+        seq: u64,
+        size: u64,
+    ) -> Result<Option<InclusionProof>, AuditError> {
+        let scope = caller.target().scope();
+        let found = self.store.audit_entries_in(&scope, seq, 1).await?;
+        let Some(row) = found.into_iter().next().filter(|r| r.seq == seq) else {
+            return Ok(None);
+        };
+        let proof = self.store.audit_inclusion_proof(seq, size).await?;
+        Ok(Some(InclusionProof {
+            seq,
+            size,
+            leaf_hash: gait_audit::leaf_hash(&row.line),
+            proof,
+        }))
     }
 
     /// A signed checkpoint of the log as it is now: the stored one when it already covers the current size,

@@ -4,11 +4,12 @@
 //!
 //! - [`app`]: the composition root; the only module that knows every other one. `start` builds the store,
 //!   PKI, registry, ingest endpoint and HTTP API from a config and runs them until shutdown.
-//! - Edges that translate and decide nothing: [`api`] (the operator HTTP API) and [`ingest`] (the QUIC
-//!   exchange with agents, including its mutual-TLS server side in `ingest::tls` and session tickets in
+//! - Edges that translate and decide nothing and never hold the store: [`api`] (the operator HTTP API, whose
+//!   `AppState` holds feature services that each take the caller's `Authorized<…>`) and [`ingest`] (the QUIC
+//!   exchange with agents, writing through `fleet::intake::Intake`, including its mutual-TLS server side in `ingest::tls` and session tickets in
 //!   `ingest::tickets`).
 //! - Features: [`audit`] (the tamper-evident log every privileged operation appends to), [`registry`] (signs and distributes policy bundles, validates policies), [`fleet`] (what is
-//!   known about agents: presence), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
+//!   known about agents: presence, and the operators' inventory, alerts and records reads), [`pki`] (the deployment CA: `ca` creates it, `issue` signs agent certificates, `identity` reads them,
 //!   `revocation` holds the serials the handshake refuses), [`enroll`] (join tokens, enrollment by CSR, renewal).
 //! - [`auth`]: who is calling (the admin token, or an operator whose bearer JWT [`auth::oidc`] verifies against
 //!   [`auth::jwks`]) and what role bindings let them do; only it builds the `Authorized<…>` the API handlers need.

@@ -63,13 +63,7 @@ pub(super) async fn list_bindings(
     let Query(q) = query.map_err(RequestError::Query)?;
     let scope = scope_of(q.org, q.project, q.env)?;
     let caller = pending.authorize(scope)?;
-    let bindings: Vec<_> = state
-        .store
-        .bindings()
-        .await?
-        .into_iter()
-        .filter(|b| caller.target().covers(&b.scope))
-        .collect();
+    let bindings = state.bindings.list(&caller).await?;
     Ok(Json(json!({ "bindings": bindings })).into_response())
 }
 
@@ -106,10 +100,11 @@ pub(super) async fn grant_binding(
     };
     let actor = caller.actor();
     let now = crate::clock::unix_ms();
-    let (stored, created) =
-        crate::auth::bindings::grant(&state.store, &state.authorizer, &caller, &binding, now)
-            .await
-            .map_err(audit_error)?;
+    let (stored, created) = state
+        .bindings
+        .grant(&caller, &binding, now)
+        .await
+        .map_err(audit_error)?;
     if created {
         tracing::info!(actor, binding = stored.id, role = %role, subject = %stored.subject,
             scope = %stored.scope, "role binding granted");
@@ -132,13 +127,14 @@ pub(super) async fn revoke_binding(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("no role binding {id} in your scope"));
-    let Some(found) = state.store.binding(id).await? else {
+    let Some(scope) = state.bindings.scope_of(id).await? else {
         return Err(not_found());
     };
     // A binding outside the caller's scope is not revealed: the same 404 as a missing one.
-    let caller = pending
-        .authorize(found.scope.clone())
-        .map_err(|_| not_found())?;
+    let caller = pending.authorize(scope).map_err(|_| not_found())?;
+    let Some(found) = state.bindings.get(&caller, id).await? else {
+        return Err(not_found());
+    };
     if found.source == BindingSource::Config {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -149,7 +145,9 @@ pub(super) async fn revoke_binding(
         ));
     }
     let actor = caller.actor();
-    let removed = crate::auth::bindings::revoke(&state.store, &state.authorizer, &caller, id)
+    let removed = state
+        .bindings
+        .revoke(&caller, id)
         .await
         .map_err(audit_error)?;
     let Some(removed) = removed else {

@@ -1,9 +1,12 @@
-//! `/v1/audit/{checkpoint,entries}`: the audit log's latest signed checkpoint and its entries, for auditors
-//! who fetch over HTTP what `gait-aggregator audit export` writes to files. Permission `audit.read` (org scope)
-//! once RBAC lands; the admin token until then.
+//! `/v1/audit/{checkpoint,entries,proof}`: the audit log's latest signed checkpoint, its entries and an entry's
+//! inclusion proof, for auditors who fetch over HTTP what `gait-aggregator audit export` writes to files
+//! (`audit.read` over the deployment). The per-tenant view `/v1/orgs/{org}/audit/…` (and the same under an
+//! environment) serves auditors bound to an org or an environment: only the entries whose target lies there,
+//! each with its leaf index, and the deployment's checkpoint and inclusion proofs of those entries, so they
+//! verify their entries against the one signed log without seeing anyone else's (ADR 0004).
 
 use super::auth::Caller;
-use crate::auth::Deployment;
+use crate::auth::{Deployment, Target};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -20,10 +23,13 @@ const MAX_LIMIT: u32 = 1000;
 
 /// `GET /v1/audit/checkpoint`: a checkpoint of the log as it is now (signed on demand when the log grew since
 /// the last one), its body fields and the signed note.
-pub(super) async fn checkpoint(
+pub(super) async fn checkpoint<T>(
     State(state): State<AppState>,
-    _caller: Caller<Deployment>,
-) -> Result<Response, ApiError> {
+    _caller: Caller<T>,
+) -> Result<Response, ApiError>
+where
+    T: Target + Clone + Send + Sync + 'static,
+{
     let cp = state.audit.sign_checkpoint().await.map_err(audit_error)?;
     Ok(Json(json!({
         "origin": state.audit.origin(),
@@ -57,9 +63,39 @@ struct Page<'a> {
 /// `GET /v1/audit/entries?after=&limit=`: entries in seq order.
 pub(super) async fn entries(
     State(state): State<AppState>,
-    _caller: Caller<Deployment>,
+    Caller(caller): Caller<Deployment>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let (from, limit) = page_start(query)?;
+    let rows = state
+        .audit
+        .entries(&caller, from, limit)
+        .await
+        .map_err(audit_error)?;
+    page(&rows, limit)
+}
+
+/// `GET /v1/orgs/{org}/audit/entries?after=&limit=` (and under an environment): the entries whose target lies
+/// in the caller's scope, in seq order; each entry carries its leaf index in the whole log (`seq`).
+pub(super) async fn tenant_entries<T>(
+    State(state): State<AppState>,
+    Caller(caller): Caller<T>,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Response, ApiError>
+where
+    T: Target + Clone + Send + Sync + 'static,
+{
+    let (from, limit) = page_start(query)?;
+    let rows = state
+        .audit
+        .entries_in(&caller, from, limit)
+        .await
+        .map_err(audit_error)?;
+    page(&rows, limit)
+}
+
+/// The first leaf index and the size of the page `after`/`limit` ask for.
+fn page_start(query: Result<Query<EntriesQuery>, QueryRejection>) -> Result<(u64, u32), ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
     if q.limit == 0 || q.limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
@@ -75,7 +111,12 @@ pub(super) async fn entries(
             )));
         }
     };
-    let rows = state.store.audit_entries(from, q.limit).await?;
+    Ok((from, q.limit))
+}
+
+/// One page: the stored entries embedded as the JSON they are, and the cursor of the next page when this one
+/// is full.
+fn page(rows: &[gait_store::AuditRow], limit: u32) -> Result<Response, ApiError> {
     let texts: Vec<&str> = rows
         .iter()
         .map(|r| std::str::from_utf8(&r.line))
@@ -90,7 +131,7 @@ pub(super) async fn entries(
         .map_err(|_| {
             ApiError::internal("a stored audit entry is not JSON (the log was altered)")
         })?;
-    let next_after = (rows.len() == q.limit as usize)
+    let next_after = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.seq))
         .flatten();
     let body = serde_json::to_vec(&Page {
@@ -99,6 +140,45 @@ pub(super) async fn entries(
     })
     .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ProofQuery {
+    /// The entry's leaf index.
+    seq: u64,
+    /// The tree size: the `size` of the checkpoint the auditor verifies against.
+    size: u64,
+}
+
+/// `GET …/audit/proof?seq=&size=`: the inclusion proof of entry `seq` in the tree of the first `size` entries,
+/// for an entry inside the caller's scope (404 otherwise, as for a missing one).
+pub(super) async fn proof<T>(
+    State(state): State<AppState>,
+    Caller(caller): Caller<T>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Response, ApiError>
+where
+    T: Target + Clone + Send + Sync + 'static,
+{
+    let Query(q) = query.map_err(RequestError::Query)?;
+    let found = state
+        .audit
+        .inclusion_proof(&caller, q.seq, q.size)
+        .await
+        .map_err(audit_error)?;
+    let Some(p) = found else {
+        return Err(ApiError::not_found(format!(
+            "no audit entry {} in your scope",
+            q.seq
+        )));
+    };
+    Ok(Json(json!({
+        "seq": p.seq,
+        "size": p.size,
+        "leaf_hash": hex::encode(p.leaf_hash),
+        "proof": p.proof.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response())
 }
 
 fn audit_error(e: crate::audit::AuditError) -> ApiError {

@@ -11,10 +11,8 @@ use serde_json::json;
 use super::{AppState, OPENAPI_JSON};
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => {
-            Json(json!({"status": "ready", "store": state.store.backend()})).into_response()
-        }
+    match tokio::time::timeout(Duration::from_secs(2), state.fleet.ping()).await {
+        Ok(Ok(backend)) => Json(json!({"status": "ready", "store": backend})).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: store unreachable");
             (

@@ -1,10 +1,11 @@
-//! `/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/{records,gaps}`: what an agent shipped.
+//! `/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/{records,gaps}`: what an agent shipped,
+//! read through [`crate::fleet::Fleet`].
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use gait_store::{AgentId, AgentKey, StoredRecord, Tenant};
+use gait_store::{AgentId, StoredRecord, Tenant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -30,24 +31,13 @@ pub(super) async fn agent_records(
     Path((_, _, _, agent_id)): Path<(String, String, String, String)>,
     query: Result<Query<RecordQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = caller.target().clone();
     let agent_id: AgentId = super::ident("agent_id", agent_id)?;
     let Query(q) = query.map_err(RequestError::Query)?;
-    if i64::try_from(q.after).is_err() {
-        return Err(ApiError::bad_request(format!(
-            "after: {} is out of range; seqs are below 2^63 (9223372036854775808)",
-            q.after
-        )));
-    }
-    if q.limit == 0 || q.limit > 10_000 {
-        return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
-    }
-    let key = AgentKey { tenant, agent_id };
-    let total = state.store.count_records(&key).await?;
-    let (rows, cut) = state
-        .store
-        .records_within(&key, q.after, q.limit, MAX_PAGE_PAYLOAD_BYTES)
+    let page = state
+        .fleet
+        .records(&caller, agent_id, q.after, q.limit)
         .await?;
+    let (total, rows, cut) = (page.total, page.records, page.truncated);
     // Each payload is embedded as the JSON text it already is (checked, never parsed into a tree: a tree costs
     // tens of times the text), so the answer holds about twice the page's payload bytes at most.
     let records: Vec<ListedRecord<'_>> = rows.iter().map(ListedRecord::from).collect();
@@ -65,10 +55,6 @@ pub(super) async fn agent_records(
     )
         .into_response())
 }
-
-/// Most payload bytes one records page carries; a page ends early (`truncated: true`) when the next record
-/// would pass it, and always carries at least one record.
-pub const MAX_PAGE_PAYLOAD_BYTES: usize = 4 << 20;
 
 /// One page of `GET …/records`.
 #[derive(Serialize)]
@@ -135,8 +121,7 @@ pub(super) async fn agent_gaps(
     Caller(caller): Caller<Tenant>,
     Path((_, _, _, agent_id)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let tenant = caller.target().clone();
     let agent_id: AgentId = super::ident("agent_id", agent_id)?;
-    let gaps = state.store.gaps(&AgentKey { tenant, agent_id }).await?;
+    let gaps = state.fleet.gaps(&caller, agent_id).await?;
     Ok(Json(json!({ "gaps": gaps })).into_response())
 }

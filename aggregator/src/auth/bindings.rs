@@ -1,11 +1,76 @@
 //! Keeping the authorizer's bindings equal to the store's: [`reload`] after every change (and periodically,
 //! so a second aggregator on the same PostgreSQL database sees the first one's grants), and [`apply_config`]
 //! for the config file's `auth.bindings` at start; [`grant`] and [`revoke`] for the API, each with its audit
-//! entry in the same transaction.
+//! entry in the same transaction. [`Bindings`] is what the HTTP API holds: the same operations and the reads,
+//! each taking the caller's `Authorized<BindingScope>`.
 
-use gait_store::{ConfigBindingsApplied, NewBinding, RoleBinding, Store, StoreError};
+use std::sync::Arc;
 
-use super::Authorizer;
+use gait_store::{BindingScope, ConfigBindingsApplied, NewBinding, RoleBinding, Store, StoreError};
+
+use super::{Authorized, Authorizer};
+
+/// The role bindings as operators read and change them: the store, and the authorizer kept equal to it.
+#[derive(Clone, Debug)]
+pub struct Bindings {
+    store: Store,
+    authorizer: Arc<Authorizer>,
+}
+
+impl Bindings {
+    /// The bindings in `store`, reloading `authorizer` after every change.
+    pub fn new(store: Store, authorizer: Arc<Authorizer>) -> Self {
+        Self { store, authorizer }
+    }
+
+    /// Every binding inside the caller's scope.
+    pub async fn list(
+        &self,
+        caller: &Authorized<BindingScope>,
+    ) -> Result<Vec<RoleBinding>, StoreError> {
+        let mut rows = self.store.bindings().await?;
+        rows.retain(|b| caller.target().covers(&b.scope));
+        Ok(rows)
+    }
+
+    /// Only the scope of binding `id`, which is where a change of it is authorized; nothing else of the
+    /// binding is read before the caller is.
+    pub async fn scope_of(&self, id: u64) -> Result<Option<BindingScope>, StoreError> {
+        Ok(self.store.binding(id).await?.map(|b| b.scope))
+    }
+
+    /// Binding `id` when it lies inside the caller's scope (`None` otherwise, as when it does not exist).
+    pub async fn get(
+        &self,
+        caller: &Authorized<BindingScope>,
+        id: u64,
+    ) -> Result<Option<RoleBinding>, StoreError> {
+        Ok(self
+            .store
+            .binding(id)
+            .await?
+            .filter(|b| caller.target().covers(&b.scope)))
+    }
+
+    /// [`grant`] on this store and authorizer.
+    pub async fn grant(
+        &self,
+        caller: &Authorized<BindingScope>,
+        binding: &NewBinding,
+        now_ms: i64,
+    ) -> Result<(RoleBinding, bool), crate::audit::AuditError> {
+        grant(&self.store, &self.authorizer, caller, binding, now_ms).await
+    }
+
+    /// [`revoke`] on this store and authorizer.
+    pub async fn revoke(
+        &self,
+        caller: &Authorized<BindingScope>,
+        id: u64,
+    ) -> Result<Option<RoleBinding>, crate::audit::AuditError> {
+        revoke(&self.store, &self.authorizer, caller, id).await
+    }
+}
 use crate::config::BindingConfig;
 
 /// Loads every binding from the store into `authorizer`.

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gait_runtime::Tasks;
-use gait_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::connection::handle_incoming;
 use super::{CLOSE_REVOKED, CLOSE_SHUTDOWN};
+use crate::fleet::intake::Intake;
 use crate::fleet::presence::Presence;
 use crate::ingest::tls::RevocationSet;
 use crate::metrics::Metrics;
@@ -48,7 +48,8 @@ impl Default for IngestLimits {
 
 /// Everything the ingest tasks share.
 pub struct IngestState {
-    pub store: Store,
+    /// The agents' writes (the edge holds no store).
+    pub intake: Intake,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub revoked: RevocationSet,
@@ -71,7 +72,7 @@ impl IngestState {
     /// Must be called within a Tokio runtime: it starts the presence writer ([`crate::fleet::presence`]) on
     /// `tasks`.
     pub fn new(
-        store: Store,
+        intake: Intake,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         revoked: RevocationSet,
@@ -79,8 +80,8 @@ impl IngestState {
         tasks: &gait_runtime::Tasks,
     ) -> Self {
         Self {
-            presence: Presence::spawn(store.clone(), metrics.clone(), tasks),
-            store,
+            presence: intake.spawn_presence(metrics.clone(), tasks),
+            intake,
             registry,
             metrics,
             revoked,
@@ -128,7 +129,7 @@ impl IngestState {
 
     /// Reload the revocation list from the store and close live connections of newly revoked certificates.
     pub async fn refresh_revocations(&self) -> Result<usize, gait_store::StoreError> {
-        let serials = self.store.revoked_serials().await?;
+        let serials = self.intake.revoked_serials().await?;
         self.revoked.replace_all(serials);
         Ok(self.live.close_revoked(&self.revoked))
     }

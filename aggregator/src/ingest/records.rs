@@ -68,34 +68,18 @@ pub(super) async fn on_batch(
         _ => Vec::new(),
     };
     let commit_started = Instant::now();
-    let committed = if approval_requests.is_empty() {
-        state.store.commit_batch(&session.key, &rows, now).await
-    } else {
-        state
-            .store
-            .transaction(async |tx| {
-                let outcome = tx.commit_batch(&session.key, &rows, now).await?;
-                let mut raised = 0u64;
-                for request in &approval_requests {
-                    // A seq another instance already holds is not this record: it raises nothing.
-                    if !outcome.conflict_seqs.contains(&request.seq)
-                        && tx.insert_approval_request(request, now).await?.1
-                    {
-                        raised += 1;
-                    }
+    let committed = state
+        .intake
+        .commit_batch(&session.key, &rows, &approval_requests, now)
+        .await
+        .map(|(outcome, raised)| {
+            if let Some(approvals) = &state.approvals {
+                for _ in 0..raised {
+                    approvals.count("requested");
                 }
-                Ok::<_, gait_store::StoreError>((outcome, raised))
-            })
-            .await
-            .map(|(outcome, raised)| {
-                if let Some(approvals) = &state.approvals {
-                    for _ in 0..raised {
-                        approvals.count("requested");
-                    }
-                }
-                outcome
-            })
-    };
+            }
+            outcome
+        });
     state
         .metrics
         .batch_commit_duration
@@ -174,7 +158,7 @@ async fn refuse(
     warn!(agent = %session.key, seq, %code, %message, "record refused");
     if code.is_permanent() {
         let recorded = state
-            .store
+            .intake
             .record_refusal(&session.key, seq, code.as_str(), &message, unix_ms())
             .await;
         match recorded {

@@ -282,7 +282,7 @@ async fn refuse_second_instance(
         ),
     };
     if let Err(e) = state
-        .store
+        .intake
         .record_alert(&session.key, &alert, unix_ms())
         .await
     {
@@ -301,7 +301,7 @@ async fn refuse_second_instance(
 /// goes on and the next hello tries again.
 async fn note_instance(state: &IngestState, session: &Session, hello: &gait_wire::Hello) {
     let instance = hello.instance_id.to_hex();
-    let change = match state.store.note_instance(&session.key, &instance).await {
+    let change = match state.intake.note_instance(&session.key, &instance).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, agent = %session.key, "agent instance not recorded");
@@ -336,7 +336,7 @@ async fn note_instance(state: &IngestState, session: &Session, hello: &gait_wire
         ),
     };
     if let Err(e) = state
-        .store
+        .intake
         .record_alert(&session.key, &alert, unix_ms())
         .await
     {
@@ -402,7 +402,7 @@ async fn on_report(state: &IngestState, session: &Session, report: gait_wire::Bu
     let now = unix_ms();
     for row in &rows {
         if let Err(e) = state
-            .store
+            .intake
             .record_bundle_report(&session.key, row, now)
             .await
         {

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use gait_audit::merkle::{self, NodeId, NodeSource, ProofError};
 use gait_audit::{Entry, EntryDraft, Frontier, Hash};
 
+use crate::access::BindingScope;
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
 use crate::model::{to_hash, to_u64};
@@ -219,6 +220,53 @@ pub(crate) async fn entries(
             .fetch_all(&mut *c)
             .await
             .map_err(db("audit entries"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRow {
+                    seq: to_u64("audit_entries", "seq", row.int("seq")?)?,
+                    line: row.bytes("leaf")?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Up to `limit` entries from leaf index `from` on whose target lies inside `scope`, in order: an org's
+/// entries (any project and env of it, and those on the org itself), a project's, or an environment's; the
+/// deployment scope is every entry ([`entries`]). Each query reads one index (migrations 0005 and 0011).
+pub(crate) async fn entries_in(
+    mut conn: Conn<'_>,
+    scope: &BindingScope,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<AuditRow>, StoreError> {
+    const ORG: &str = "SELECT seq, leaf FROM audit_entries WHERE org = $1 AND seq >= $2 \
+         ORDER BY seq LIMIT $3";
+    const PROJECT: &str = "SELECT seq, leaf FROM audit_entries WHERE org = $1 AND project = $2 \
+         AND seq >= $3 ORDER BY seq LIMIT $4";
+    const ENV: &str = "SELECT seq, leaf FROM audit_entries WHERE org = $1 AND project = $2 \
+         AND env = $3 AND seq >= $4 ORDER BY seq LIMIT $5";
+    let Some(org) = scope.org_part() else {
+        return entries(conn, from, limit).await;
+    };
+    let project = scope.project_part().map(|p| p.as_str());
+    let env = scope.env_part().map(|e| e.as_str());
+    let from = int(from, "audit entries: from")?;
+    let limit = i64::from(limit);
+    db_run!(conn, |c| {
+        let query = match (project, env) {
+            (None, _) => sqlx::query(ORG).bind(org.as_str()),
+            (Some(project), None) => sqlx::query(PROJECT).bind(org.as_str()).bind(project),
+            (Some(project), Some(env)) => {
+                sqlx::query(ENV).bind(org.as_str()).bind(project).bind(env)
+            }
+        }
+        .bind(from)
+        .bind(limit);
+        let rows = query
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("audit entries in scope"))?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRow {

@@ -418,6 +418,17 @@ impl Store {
         on_conn!(self, |conn| audit::entries(conn, from, limit))
     }
 
+    /// Up to `limit` audit entries from leaf index `from` on whose target lies inside `scope`, in order (an
+    /// org's, a project's or an environment's; the deployment scope is every entry).
+    pub async fn audit_entries_in(
+        &self,
+        scope: &BindingScope,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        on_conn!(self, |conn| audit::entries_in(conn, scope, from, limit))
+    }
+
     /// The audit log's root hash over its first `size` entries (at most the current size).
     pub async fn audit_root(&self, size: u64) -> Result<gait_audit::Hash, StoreError> {
         on_conn!(self, |conn| audit::root(conn, size))

@@ -14,6 +14,7 @@ use gait_store::testing::TestStore;
 pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) -> AppState {
     let store = db.store().clone();
     let metrics = Arc::new(Metrics::new());
+    let authorizer = Arc::new(Authorizer::new(AdminTokenMode::Admin));
     // The audit log reads its key into memory, so the key directory can go when this returns.
     let keys = tempfile::tempdir().expect("tempdir");
     AppState {
@@ -23,9 +24,14 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
             BundleDefaults::default(),
             metrics.clone(),
         )),
+        fleet: Arc::new(gait_aggregator::fleet::Fleet::new(store.clone())),
+        bindings: Arc::new(gait_aggregator::auth::bindings::Bindings::new(
+            store.clone(),
+            authorizer.clone(),
+        )),
         metrics,
         admin_token: Arc::new(admin_token.to_owned()),
-        authorizer: Arc::new(Authorizer::new(AdminTokenMode::Admin)),
+        authorizer,
         oidc: None,
         audit: Arc::new(
             gait_aggregator::audit::AuditLog::open(
@@ -44,6 +50,5 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
             store.clone(),
             SigningKey::generate(),
         )),
-        store,
     }
 }
