@@ -92,12 +92,16 @@ pub(super) async fn list_agents(
     let revoked: HashSet<CertSerial> = state.store.revoked_serials().await?.into_iter().collect();
     let now = crate::clock::unix_ms();
     let mut latest: HashMap<Tenant, Option<u64>> = HashMap::new();
-    // Expiry of the certificates the aggregator signed (enrollment, renewal); hand-minted ones are unknown.
+    // The expiry of the certificate each agent presented is on its row (hand-minted ones included); a row from
+    // before that was recorded falls back to the certificates the aggregator signed (enrollment, renewal).
     let mut expiries: HashMap<CertSerial, i64> = HashMap::new();
+    let mut looked_up: HashSet<&Tenant> = HashSet::new();
     for a in &agents {
         if !latest.contains_key(&a.tenant) {
             let epoch = state.store.latest_epoch(&a.tenant).await?;
             latest.insert(a.tenant.clone(), epoch);
+        }
+        if a.cert_not_after_unix_ms.is_none() && looked_up.insert(&a.tenant) {
             expiries.extend(state.store.certificate_expiries(&a.tenant, now).await?);
         }
     }
@@ -114,7 +118,10 @@ pub(super) async fn list_agents(
                 obj.insert("behind".into(), json!(health.behind));
                 obj.insert(
                     "cert_not_after_unix_ms".into(),
-                    json!(expiries.get(&a.cert_serial)),
+                    json!(
+                        a.cert_not_after_unix_ms
+                            .or_else(|| expiries.get(&a.cert_serial).copied())
+                    ),
                 );
             }
             Ok(row)
@@ -163,6 +170,8 @@ mod tests {
             tenant: Tenant::from_parts("acme", "web", "prod").expect("tenant"),
             agent_id: "a1".parse().expect("agent id"),
             cert_serial: serial.parse().expect("serial"),
+            cert_not_after_unix_ms: None,
+            cert_issuer: None,
             first_seen_unix_ms: 0,
             last_seen_unix_ms: last_seen,
             remote_addr: "127.0.0.1:1".into(),

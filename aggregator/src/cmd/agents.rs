@@ -90,7 +90,8 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         } else {
             flags.join(",")
         };
-        // Days left on the certificate the aggregator signed for it; `-` for a hand-minted one (unknown here).
+        // Days left on the certificate it last connected with; `-` when not recorded (not connected since the
+        // upgrade that records it, and not signed by this aggregator).
         let cert_days = a["cert_not_after_unix_ms"]
             .as_i64()
             .map_or_else(|| "-".to_owned(), |t| ((t - now) / 86_400_000).to_string());

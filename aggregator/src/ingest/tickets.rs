@@ -12,8 +12,9 @@
 //!
 //! # Key
 //! The key is HKDF-SHA256 of the 32-byte secret in `<data-dir>/keys/tls-ticket.key` (created on first start,
-//! mode 0600), salted with the SHA-256 of the CA certificate: a new CA invalidates every ticket. Whoever holds
-//! the secret can mint tickets for any agent identity, so it is exactly as sensitive as the CA key next to it.
+//! mode 0600), salted with the SHA-256 of every trusted CA certificate: a new CA, a rotation or a retired CA
+//! invalidates every ticket. Whoever holds the secret can mint tickets for any agent identity, so it is exactly
+//! as sensitive as the CA key next to it.
 //! Deleting the file (and restarting) revokes every outstanding ticket; agents then do full handshakes.
 //!
 //! # What a resumed connection still goes through
