@@ -384,12 +384,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     revoked.replace_all(store.revoked_serials().await?);
     // The CAs agent certificates may chain to: both during and after a CA rotation.
     let ca_pem = pki::trust_bundle_path(&pki_dir);
-    // Every trusted CA salts the session-ticket key: a change of trust (a rotation started, a CA retired)
-    // voids the tickets, so no session resumes past a CA that is no longer trusted.
-    let ca_der: Vec<u8> = crate::pki::pem::load_certs(&ca_pem)?
-        .iter()
-        .flat_map(|c| c.as_ref().iter().copied())
-        .collect();
+    // Every trusted CA salts the session-ticket key: a change of trust voids the tickets.
+    let ca_der = crate::ingest::tickets::trust_key_input(&crate::pki::pem::load_certs(&ca_pem)?);
     let tickets = if config.session_tickets {
         Some(SessionTickets::new(
             &load_or_create_secret(&config.key_dir(), TICKET_KEY_FILE)?,
