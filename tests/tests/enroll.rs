@@ -540,6 +540,34 @@ fn retiring_the_old_ca_waits_for_its_agents_then_refuses_their_certificates() ->
             .is_some_and(|i| i.contains("Gait fleet CA")),
         "{row}"
     );
+    // And in the table: 89 whole days left on a 90-day certificate issued just now.
+    let out = hermetic("gait-aggregator")
+        .args(["agents", "--org", "acme"])
+        .arg("--server")
+        .arg(format!("http://{}", agg.http))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let cert_column = header.iter().position(|c| *c == "CERT(days)");
+    let minted_row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("e2e-minted "))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    ensure!(
+        out.status.success() && cert_column.is_some_and(|i| minted_row.get(i) == Some(&"89")),
+        "agents table: {table}"
+    );
 
     // Retiring before any rotation retires nothing.
     let (code, _, said) = retire_ca(&agg, &[])?;

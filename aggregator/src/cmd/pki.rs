@@ -13,6 +13,7 @@ use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 use gait_store::{Revocation, Store, StoredRevocation};
 
 use super::DataArgs;
+use super::table::{Align, Table};
 use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use gait_aggregator::registry::REGISTRY_PUB_FILE;
@@ -382,36 +383,23 @@ fn revocation_table(listed: &[StoredRevocation]) -> String {
     if listed.is_empty() {
         return "no certificate has been revoked\n".to_owned();
     }
-    let header = ["SERIAL", "AGENT", "REVOKED AT", "REVOKED BY", "REASON"].map(String::from);
-    let rows: Vec<[String; 5]> = listed
-        .iter()
-        .map(|r| {
-            [
-                r.cert_serial.to_string(),
-                r.agent.to_string(),
-                rfc3339(r.revoked_unix_ms),
-                r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
-                r.reason.escape_debug().to_string(),
-            ]
-        })
-        .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+    let mut table = Table::new(&[
+        ("SERIAL", Align::Left),
+        ("AGENT", Align::Left),
+        ("REVOKED AT", Align::Left),
+        ("REVOKED BY", Align::Left),
+        ("REASON", Align::Left),
+    ]);
+    for r in listed {
+        table.row([
+            r.cert_serial.to_string(),
+            r.agent.to_string(),
+            rfc3339(r.revoked_unix_ms),
+            r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
+            r.reason.escape_debug().to_string(),
+        ]);
     }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    table.render()
 }
 
 /// Unix milliseconds as RFC 3339 (UTC); the raw number when it is out of the calendar's range.
