@@ -325,6 +325,14 @@ fn an_enrolled_agent_renews_across_an_aggregator_restart_and_keeps_shipping() ->
     Ok(())
 }
 
+/// `GAIT_DATABASE_URL=<url>` when the aggregator runs on PostgreSQL (the CA commands need its database).
+fn database_env(agg: &Aggregator) -> Vec<(&'static str, String)> {
+    agg.database_url
+        .iter()
+        .map(|url| ("GAIT_DATABASE_URL", url.clone()))
+        .collect()
+}
+
 /// Runs `gait-aggregator pki rotate-ca` (with `extra` flags) on the aggregator's data directory.
 fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
     let out = hermetic("gait-aggregator")
@@ -332,6 +340,7 @@ fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
         .args(extra)
         .arg("--data-dir")
         .arg(&agg.data_dir)
+        .envs(database_env(agg))
         .output()?;
     ensure!(out.status.success(), "rotate-ca {extra:?}: {}", text(&out));
     Ok(())
@@ -448,6 +457,7 @@ fn retire_ca(agg: &Aggregator, extra: &[&str]) -> Result<(Option<i32>, Value, St
         .args(extra)
         .arg("--data-dir")
         .arg(&agg.data_dir)
+        .envs(database_env(agg))
         .output()?;
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     Ok((out.status.code(), json, text(&out)))
@@ -482,8 +492,20 @@ fn listed(agg: &Aggregator, id: &str) -> Result<Value> {
         .with_context(|| format!("{id} not listed: {all}"))
 }
 
+/// On SQLite and, with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), on PostgreSQL.
 #[test]
 fn retiring_the_old_ca_waits_for_its_agents_then_refuses_their_certificates() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    retire_on(None).context("sqlite")?;
+    if let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? {
+        retire_on(Some(db.url())).context("postgres")?;
+    }
+    Ok(())
+}
+
+fn retire_on(database_url: Option<&str>) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     // Enrolled certificates of 120 s: renewal is due 75 s after issue (a third of the 135 s window, backdating
     // included, left), late enough to see the agent still on the old CA first.
@@ -492,7 +514,7 @@ fn retiring_the_old_ca_waits_for_its_agents_then_refuses_their_certificates() ->
     let config_arg = config.to_string_lossy().into_owned();
     let mut agg = Aggregator::start_with(
         &tmp.path().join("agg"),
-        None,
+        database_url,
         "127.0.0.1:0".parse()?,
         "127.0.0.1:0".parse()?,
         &["--config", &config_arg],
