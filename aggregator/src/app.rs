@@ -384,11 +384,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     revoked.replace_all(store.revoked_serials().await?);
     // The CAs agent certificates may chain to: both during and after a CA rotation.
     let ca_pem = pki::trust_bundle_path(&pki_dir);
-    let ca_der = crate::pki::pem::load_certs(&ca_pem)?
-        .into_iter()
-        .next()
-        .map(|c| c.as_ref().to_vec())
-        .unwrap_or_default();
+    // Every trusted CA salts the session-ticket key: a change of trust voids the tickets.
+    let ca_der = crate::ingest::tickets::trust_key_input(&crate::pki::pem::load_certs(&ca_pem)?);
     let tickets = if config.session_tickets {
         Some(SessionTickets::new(
             &load_or_create_secret(&config.key_dir(), TICKET_KEY_FILE)?,

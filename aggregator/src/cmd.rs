@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod pki;
 pub mod publish;
 pub mod serve;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 

@@ -318,6 +318,7 @@ impl Enrollment {
                     kind: IssueKind::Enroll,
                     join_token_id: row.token_id.clone(),
                     not_after_unix_ms: unix_ms(signed.not_after),
+                    issuer: Some(signed.issuer.clone()),
                     issued_by: format!("agent:{}", signed.spiffe),
                 };
                 tx.record_issued_certificate(&issued, now).await?;
@@ -355,6 +356,7 @@ impl Enrollment {
                     kind: IssueKind::Renew,
                     join_token_id: String::new(),
                     not_after_unix_ms: unix_ms(signed.not_after),
+                    issuer: Some(signed.issuer.clone()),
                     issued_by: actor.to_owned(),
                 };
                 tx.record_issued_certificate(&issued, now).await?;

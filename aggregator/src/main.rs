@@ -110,6 +110,9 @@ enum PkiCommand {
     /// `rotate-ca --finish` moves the server certificate to the new CA (cross-signed by the old one, so agents
     /// that slept through the rotation still connect) and deletes the old CA key. Restart serve after each.
     RotateCa(cmd::pki::RotateCaArgs),
+    /// End a finished rotation's overlap: stop trusting the retired CA and drop the cross certificate. Refused
+    /// (exit 75) while agents still hold certificates of the retired CA, unless --force. Restart serve after.
+    RetireCa(cmd::pki::RetireCaArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +179,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Pki(PkiCommand::Revoke(args)) => cmd::pki::revoke(args, load()?).await,
         Command::Pki(PkiCommand::Revocations(args)) => cmd::pki::revocations(args, load()?).await,
         Command::Pki(PkiCommand::RotateCa(args)) => cmd::pki::rotate_ca(args, load()?).await,
+        Command::Pki(PkiCommand::RetireCa(args)) => cmd::pki::retire_ca(args, load()?).await,
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,

@@ -25,6 +25,7 @@ pub mod csr;
 pub mod identity;
 mod issue;
 pub mod pem;
+pub mod retire;
 pub mod revocation;
 pub mod rotation;
 
@@ -34,6 +35,7 @@ pub use ca::{
 };
 pub use csr::{CsrError, SignedAgent, VerifiedCsr, sign_agent_csr};
 pub use issue::{IssuedAgent, Validity, cert_agent, cert_serial_hex, issue_agent};
+pub use retire::{RetireError, RetireReport, RetiredCaHolder, retire_ca};
 pub use rotation::{
     RotationPhase, RotationReport, rotate_ca_finish, rotate_ca_start, rotation_phase,
     trust_bundle_path,
@@ -182,6 +184,25 @@ pub enum PkiError {
     /// The operating system's random source failed.
     #[error("cannot read random bytes for a certificate serial: {0}")]
     Random(String),
+    /// `retire-ca` while the rotation is not finished (the server certificate is still the retired CA's).
+    #[error(
+        "the CA rotation in {} is not finished: the server certificate still comes from the CA to retire; run \
+         `gait-aggregator pki rotate-ca --finish`, restart the aggregator, then retire",
+        dir.display()
+    )]
+    RotationNotFinished {
+        /// The PKI directory.
+        dir: PathBuf,
+    },
+    /// `retire-ca` with no retired CA left to drop.
+    #[error(
+        "no retired CA in {} (no {} file): nothing to retire; a rotation starts with `gait-aggregator pki rotate-ca`",
+        dir.display(), rotation::PREVIOUS_CA_CERT_FILE
+    )]
+    NothingToRetire {
+        /// The PKI directory.
+        dir: PathBuf,
+    },
 }
 
 /// 128 random bits, encoded by rcgen as a positive DER integer.

@@ -137,6 +137,8 @@ async fn setup(db: &TestStore) -> Result<(Approvals, PublicKey)> {
             &agent(),
             &gait_store::AgentHello {
                 cert_serial: "0a1b".parse()?,
+                cert_not_after_unix_ms: i64::MAX,
+                cert_issuer: "CN=test CA".into(),
                 remote_addr: "127.0.0.1:1".into(),
                 agent_version: "test".into(),
                 active_bundle: None,

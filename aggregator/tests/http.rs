@@ -242,6 +242,8 @@ async fn agents_are_paged_with_a_cursor_and_bad_paging_is_refused(
         };
         let hello = gait_store::AgentHello {
             cert_serial: gait_store::CertSerial::parse("0a")?,
+            cert_not_after_unix_ms: i64::MAX,
+            cert_issuer: "CN=test CA".into(),
             remote_addr: "127.0.0.1:1".into(),
             agent_version: "0.1.0".into(),
             active_bundle: None,

@@ -515,6 +515,8 @@ async fn baseline(args: &Args, scope: &Scope, per_agent: &[usize]) -> anyhow::Re
 fn agent_hello() -> anyhow::Result<AgentHello> {
     Ok(AgentHello {
         cert_serial: gait_store::CertSerial::parse("01")?,
+        cert_not_after_unix_ms: i64::MAX,
+        cert_issuer: "CN=test CA".into(),
         remote_addr: "127.0.0.1:1".into(),
         agent_version: "gait-fleet-bench".into(),
         active_bundle: None,

@@ -325,6 +325,14 @@ fn an_enrolled_agent_renews_across_an_aggregator_restart_and_keeps_shipping() ->
     Ok(())
 }
 
+/// `GAIT_DATABASE_URL=<url>` when the aggregator runs on PostgreSQL (the CA commands need its database).
+fn database_env(agg: &Aggregator) -> Vec<(&'static str, String)> {
+    agg.database_url
+        .iter()
+        .map(|url| ("GAIT_DATABASE_URL", url.clone()))
+        .collect()
+}
+
 /// Runs `gait-aggregator pki rotate-ca` (with `extra` flags) on the aggregator's data directory.
 fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
     let out = hermetic("gait-aggregator")
@@ -332,6 +340,7 @@ fn rotate_ca(agg: &Aggregator, extra: &[&str]) -> Result<()> {
         .args(extra)
         .arg("--data-dir")
         .arg(&agg.data_dir)
+        .envs(database_env(agg))
         .output()?;
     ensure!(out.status.success(), "rotate-ca {extra:?}: {}", text(&out));
     Ok(())
@@ -438,5 +447,277 @@ fn agents_offline_through_a_whole_ca_rotation_reconnect_after_it() -> Result<()>
     }
     // The agent of the overlap reconnected to the restarted aggregator too.
     ships(&agg, &fresh, 2)?;
+    Ok(())
+}
+
+/// Runs `gait-aggregator pki retire-ca --json` (with `extra` flags) on the aggregator's data directory.
+fn retire_ca(agg: &Aggregator, extra: &[&str]) -> Result<(Option<i32>, Value, String)> {
+    let out = hermetic("gait-aggregator")
+        .args(["pki", "retire-ca", "--json"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(&agg.data_dir)
+        .envs(database_env(agg))
+        .output()?;
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    Ok((out.status.code(), json, text(&out)))
+}
+
+/// The agent ids in a `retire-ca --json` list (`holders` or `cut_off`).
+fn agent_ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["agent_id"].as_str())
+        .collect()
+}
+
+/// `gait-aggregator agents --org acme --json` through the CLI: the row of agent `id`.
+fn listed(agg: &Aggregator, id: &str) -> Result<Value> {
+    let out = hermetic("gait-aggregator")
+        .args(["agents", "--org", "acme", "--json"])
+        .arg("--server")
+        .arg(format!("http://{}", agg.http))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    ensure!(out.status.success(), "agents: {}", text(&out));
+    let all: Value = serde_json::from_slice(&out.stdout)?;
+    all["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["agent_id"] == id)
+        .cloned()
+        .with_context(|| format!("{id} not listed: {all}"))
+}
+
+/// On SQLite and, with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), on PostgreSQL.
+#[test]
+fn retiring_the_old_ca_waits_for_its_agents_then_refuses_their_certificates() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    retire_on(None).context("sqlite")?;
+    if let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? {
+        retire_on(Some(db.url())).context("postgres")?;
+    }
+    Ok(())
+}
+
+fn retire_on(database_url: Option<&str>) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Enrolled certificates of 120 s: renewal is due 75 s after issue (a third of the 135 s window, backdating
+    // included, left), late enough to see the agent still on the old CA first.
+    let config = tmp.path().join("aggregator.yaml");
+    std::fs::write(&config, "enroll:\n  certificate_validity_seconds: 120\n")?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut agg = Aggregator::start_with(
+        &tmp.path().join("agg"),
+        database_url,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        &["--config", &config_arg],
+    )?;
+    // One agent enrolled with a join token (it renews during the overlap), one hand-minted (it never does).
+    let token = mint(&agg, "prod", 600, 1)?;
+    let renewing_dir = tmp.path().join("renewing");
+    let mut renewing = unenrolled_agent(&agg, &renewing_dir, "prod", "e2e-renewing")?;
+    let out = enroll(
+        &agg,
+        &renewing_dir,
+        token["token"].as_str().context("token")?,
+        "e2e-renewing",
+        "prod",
+    )?;
+    ensure!(out.status.success(), "enroll: {}", text(&out));
+    let old_cert = std::fs::read(renewing_dir.join("agent.pem"))?;
+    renewing.start()?;
+    ships(&agg, &renewing, 1)?;
+    // Stopped well before its renewal is due: it holds the old CA's certificate until it runs again.
+    renewing.stop();
+    let mut minted = Agent::enroll(
+        &agg,
+        &tmp.path().join("minted"),
+        "acme",
+        "web",
+        "prod",
+        "e2e-minted",
+    )?;
+    minted.start()?;
+    ships(&agg, &minted, 1)?;
+
+    // The hand-minted certificate's expiry is in the inventory as soon as the agent connected.
+    let not_after = minted.status()?["certificate"]["not_after"]
+        .as_i64()
+        .context("the agent reports no certificate expiry")?;
+    let row = listed(&agg, "e2e-minted")?;
+    ensure!(
+        row["cert_not_after_unix_ms"].as_i64() == Some(not_after * 1000),
+        "hand-minted expiry: {row} (agent says {not_after})"
+    );
+    ensure!(
+        row["cert_issuer"]
+            .as_str()
+            .is_some_and(|i| i.contains("Gait fleet CA")),
+        "{row}"
+    );
+    // And in the table: 89 whole days left on a 90-day certificate issued just now.
+    let out = hermetic("gait-aggregator")
+        .args(["agents", "--org", "acme"])
+        .arg("--server")
+        .arg(format!("http://{}", agg.http))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let cert_column = header.iter().position(|c| *c == "CERT(days)");
+    let minted_row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("e2e-minted "))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    ensure!(
+        out.status.success() && cert_column.is_some_and(|i| minted_row.get(i) == Some(&"89")),
+        "agents table: {table}"
+    );
+
+    // Retiring before any rotation retires nothing.
+    let (code, _, said) = retire_ca(&agg, &[])?;
+    ensure!(
+        code == Some(1) && said.contains("nothing to retire"),
+        "{code:?} {said}"
+    );
+
+    // The whole rotation; the hand-minted agent stays connected through it (via the cross certificate).
+    agg.stop();
+    rotate_ca(&agg, &[])?;
+    let (code, _, said) = retire_ca(&agg, &[])?;
+    ensure!(
+        code == Some(1) && said.contains("not finished"),
+        "{code:?} {said}"
+    );
+    rotate_ca(&agg, &["--finish"])?;
+    agg.restart()?;
+    ships(&agg, &minted, 2)?;
+
+    // Both agents still hold only the old CA's certificates: retiring is refused (EX_TEMPFAIL), naming them.
+    let (code, refused, said) = retire_ca(&agg, &[])?;
+    ensure!(code == Some(75), "retire with holders: {code:?} {said}");
+    ensure!(
+        refused["retired"] == false
+            && agent_ids(&refused["holders"]) == ["e2e-minted", "e2e-renewing"],
+        "{refused}"
+    );
+    ensure!(
+        said.contains("acme/web/prod/e2e-minted") && said.contains("acme/web/prod/e2e-renewing"),
+        "{said}"
+    );
+    let pki = agg.data_dir.join("pki");
+    ensure!(pki.join("ca-previous.pem").exists() && pki.join("ca-bundle.pem").exists());
+
+    // The enrolled agent comes back and renews from the new CA: it no longer holds the retired one.
+    renewing.start()?;
+    wait_for(3 * PATIENCE, "the agent to renew its certificate", || {
+        let now = std::fs::read(renewing_dir.join("agent.pem")).ok()?;
+        (now != old_cert).then_some(())
+    })
+    .with_context(|| format!("{}\n{}", renewing.log(), agg.log()))?;
+    let (code, refused, said) = retire_ca(&agg, &[])?;
+    ensure!(code == Some(75), "retire with one holder: {code:?} {said}");
+    ensure!(
+        agent_ids(&refused["holders"]) == ["e2e-minted"],
+        "{refused}"
+    );
+
+    // Forced: the retired CA and the cross certificate leave the trust; the cut-off agent is named and audited.
+    let (code, retired, said) = retire_ca(&agg, &["--force"])?;
+    ensure!(code == Some(0), "retire --force: {code:?} {said}");
+    ensure!(
+        retired["retired"] == true && agent_ids(&retired["cut_off"]) == ["e2e-minted"],
+        "{retired}"
+    );
+    for gone in ["ca-previous.pem", "ca-cross.pem", "ca-bundle.pem"] {
+        ensure!(!pki.join(gone).exists(), "{gone} survived the retirement");
+    }
+    let entry = agg
+        .audit_actions()?
+        .into_iter()
+        .find(|(action, _)| action == "pki.retire_ca")
+        .map(|(_, entry)| entry)
+        .context("no pki.retire_ca entry")?;
+    ensure!(
+        entry["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("local:"))
+            && entry["details"]["forced"] == true,
+        "{entry}"
+    );
+
+    // From the next start the old CA's certificate is refused at the handshake (no session resumes past the
+    // retirement); the renewed agent connects and ships.
+    let refused_before =
+        agg.metric("gait_aggregator_connections_refused_total{stage=\"handshake\"}")?;
+    agg.restart()?;
+    ships(&agg, &renewing, 2)?;
+    wait_for(PATIENCE, "the old CA's agent to be refused", || {
+        let now = agg
+            .metric("gait_aggregator_connections_refused_total{stage=\"handshake\"}")
+            .ok()?;
+        (now > refused_before).then_some(())
+    })
+    .with_context(|| format!("{}\n{}", minted.log(), agg.log()))?;
+    let tries = minted.reconnects()?;
+    wait_for(PATIENCE, "the old CA's agent to fail twice more", || {
+        (minted.reconnects().ok()? >= tries + 2).then_some(())
+    })
+    .with_context(|| minted.log())?;
+    ensure!(minted.status()?["connected"] == false, "{}", minted.log());
+    minted.append("block", "app.decision", json!({"after": "retire"}))?;
+    ensure!(
+        agg.records("acme", "web", "prod", "e2e-minted")?.len() == 2,
+        "a record of the cut-off agent arrived"
+    );
+    // Even an agent that trusts the new CA is refused by the aggregator while it presents the old CA's
+    // certificate: that CA is no longer a trust anchor.
+    minted.stop();
+    std::fs::copy(pki.join("ca.pem"), tmp.path().join("minted").join("ca.pem"))?;
+    let refused_before =
+        agg.metric("gait_aggregator_connections_refused_total{stage=\"handshake\"}")?;
+    minted.start()?;
+    wait_for(
+        PATIENCE,
+        "the aggregator to refuse the old CA's certificate",
+        || {
+            let now = agg
+                .metric("gait_aggregator_connections_refused_total{stage=\"handshake\"}")
+                .ok()?;
+            (now > refused_before && minted.reconnects().ok()? >= 2).then_some(())
+        },
+    )
+    .with_context(|| format!("{}\n{}", minted.log(), agg.log()))?;
+    ensure!(minted.status()?["connected"] == false, "{}", minted.log());
+    ensure!(
+        agg.records("acme", "web", "prod", "e2e-minted")?.len() == 2,
+        "a record of the cut-off agent arrived"
+    );
+    let row = listed(&agg, "e2e-renewing")?;
+    let renewed_not_after = renewing.status()?["certificate"]["not_after"]
+        .as_i64()
+        .context("renewed expiry")?;
+    ensure!(
+        row["cert_not_after_unix_ms"].as_i64() == Some(renewed_not_after * 1000)
+            && row["cert_issuer"] != listed(&agg, "e2e-minted")?["cert_issuer"],
+        "{row}"
+    );
     Ok(())
 }

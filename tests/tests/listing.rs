@@ -52,6 +52,8 @@ fn listing_large_records_keeps_the_aggregator_memory_bounded() -> anyhow::Result
         let key = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "big".parse()?);
         let hello = AgentHello {
             cert_serial: CertSerial::parse("01")?,
+            cert_not_after_unix_ms: i64::MAX,
+            cert_issuer: "CN=test CA".into(),
             remote_addr: "127.0.0.1:1".into(),
             agent_version: "test".into(),
             active_bundle: None,

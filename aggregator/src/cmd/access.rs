@@ -10,6 +10,7 @@ use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
 use serde_json::{Value, json};
 
+use super::table::{Align, Table};
 use super::{ApiArgs, call, refused};
 
 /// The scope flags shared by the three commands.
@@ -122,30 +123,27 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:>6}  {:<6} {:<32} {:<15} {:<32} {:<7} CREATED BY",
-        "ID",
-        "KIND",
-        "SUBJECT",
-        "ROLE",
-        "SCOPE",
-        "SOURCE"
-    );
+    let mut table = Table::new(&[
+        ("ID", Align::Right),
+        ("KIND", Align::Left),
+        ("SUBJECT", Align::Left),
+        ("ROLE", Align::Left),
+        ("SCOPE", Align::Left),
+        ("SOURCE", Align::Left),
+        ("CREATED BY", Align::Left),
+    ]);
     for b in answer["bindings"].as_array().into_iter().flatten() {
-        let printed = gait_runtime::outln!(
-            "{:>6}  {:<6} {:<32} {:<15} {:<32} {:<7} {}",
-            b["id"].as_u64().unwrap_or(0),
-            b["kind"].as_str().unwrap_or(""),
-            b["subject"].as_str().unwrap_or(""),
-            b["role"].as_str().unwrap_or(""),
+        table.row([
+            b["id"].as_u64().unwrap_or(0).to_string(),
+            b["kind"].as_str().unwrap_or("").to_owned(),
+            b["subject"].as_str().unwrap_or("").to_owned(),
+            b["role"].as_str().unwrap_or("").to_owned(),
             scope_text(&b["scope"]),
-            b["source"].as_str().unwrap_or(""),
-            b["created_by"].as_str().unwrap_or(""),
-        );
-        if !printed {
-            break;
-        }
+            b["source"].as_str().unwrap_or("").to_owned(),
+            b["created_by"].as_str().unwrap_or("").to_owned(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@ use gait_aggregator::clock::unix_ms;
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
 
+use super::table::{Align, Table};
 use super::{ApiArgs, call};
 
 #[derive(Args, Debug)]
@@ -64,17 +65,17 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7} {:>11}  STATE",
-        "AGENT",
-        "PROJECT/ENV",
-        "VERSION",
-        "ADDRESS",
-        "SEEN(s)",
-        "ACTIVE",
-        "RECV",
-        "CERT(days)"
-    );
+    let mut table = Table::new(&[
+        ("AGENT", Align::Left),
+        ("PROJECT/ENV", Align::Left),
+        ("VERSION", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("SEEN(s)", Align::Right),
+        ("ACTIVE", Align::Right),
+        ("RECV", Align::Right),
+        ("CERT(days)", Align::Right),
+        ("STATE", Align::Left),
+    ]);
     let now = unix_ms();
     for a in answer["agents"].as_array().into_iter().flatten() {
         let seen = a["last_seen_unix_ms"]
@@ -90,36 +91,29 @@ pub async fn agents(args: AgentsArgs, config: Config) -> anyhow::Result<ExitCode
         } else {
             flags.join(",")
         };
-        // Days left on the certificate the aggregator signed for it; `-` for a hand-minted one (unknown here).
+        // Days left on the certificate it last connected with; `-` when not recorded (not connected since the
+        // upgrade that records it, and not signed by this aggregator).
         let cert_days = a["cert_not_after_unix_ms"]
             .as_i64()
             .map_or_else(|| "-".to_owned(), |t| ((t - now) / 86_400_000).to_string());
-        let printed = gait_runtime::outln!(
-            "{:<24} {:<16} {:<10} {:<22} {:<9} {:>7} {:>7} {:>11}  {}",
-            a["agent_id"].as_str().unwrap_or(""),
+        let epoch =
+            |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_owned(), |e| e.to_string());
+        table.row([
+            a["agent_id"].as_str().unwrap_or("").to_owned(),
             format!(
                 "{}/{}",
                 a["project"].as_str().unwrap_or(""),
                 a["env"].as_str().unwrap_or("")
             ),
-            a["agent_version"].as_str().unwrap_or(""),
-            a["remote_addr"].as_str().unwrap_or(""),
+            a["agent_version"].as_str().unwrap_or("").to_owned(),
+            a["remote_addr"].as_str().unwrap_or("").to_owned(),
             seen,
-            a["active_bundle"]["epoch"]
-                .as_u64()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
-            a["received_bundle"]["epoch"]
-                .as_u64()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
+            epoch(&a["active_bundle"]["epoch"]),
+            epoch(&a["received_bundle"]["epoch"]),
             cert_days,
             state,
-        );
-        if !printed {
-            // stdout closed (`… | head`): nobody reads the rest.
-            break;
-        }
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

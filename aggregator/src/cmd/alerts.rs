@@ -8,6 +8,7 @@ use clap::Args;
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
 
+use super::table::{Align, Table};
 use super::{ApiArgs, call};
 
 #[derive(Args, Debug)]
@@ -48,15 +49,15 @@ pub async fn alerts(args: AlertsArgs, config: Config) -> anyhow::Result<ExitCode
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:<20} {:<24} {:<18} {:<32} {:<32} {:<22}  OTHER ADDRESS",
-        "TIME (UTC)",
-        "AGENT",
-        "KIND",
-        "INSTANCE",
-        "OTHER INSTANCE",
-        "ADDRESS"
-    );
+    let mut table = Table::new(&[
+        ("TIME (UTC)", Align::Left),
+        ("AGENT", Align::Left),
+        ("KIND", Align::Left),
+        ("INSTANCE", Align::Left),
+        ("OTHER INSTANCE", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("OTHER ADDRESS", Align::Left),
+    ]);
     for a in answer["alerts"].as_array().into_iter().flatten() {
         let time = a["created_unix_ms"]
             .as_i64()
@@ -74,20 +75,16 @@ pub async fn alerts(args: AlertsArgs, config: Config) -> anyhow::Result<ExitCode
             Some("") | None => "-".to_owned(),
             Some(s) => s.to_owned(),
         };
-        let printed = gait_runtime::outln!(
-            "{:<20} {:<24} {:<18} {:<32} {:<32} {:<22}  {}",
+        table.row([
             time,
-            a["agent"]["agent_id"].as_str().unwrap_or(""),
-            a["kind"].as_str().unwrap_or(""),
+            a["agent"]["agent_id"].as_str().unwrap_or("").to_owned(),
+            a["kind"].as_str().unwrap_or("").to_owned(),
             dash(&a["instance_id"]),
             dash(&a["other_instance_id"]),
             dash(&a["remote_addr"]),
             dash(&a["other_remote_addr"]),
-        );
-        if !printed {
-            // stdout closed (`… | head`): nobody reads the rest.
-            break;
-        }
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

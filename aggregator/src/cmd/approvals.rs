@@ -12,6 +12,7 @@ use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
 use serde_json::{Value, json};
 
+use super::table::{Align, Table};
 use super::{ApiArgs, call, refused};
 
 #[derive(Subcommand, Debug)]
@@ -256,34 +257,32 @@ async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<Exi
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:<24} {:>4}  {:<7} {:<24} RULES",
-        "NAME",
-        "VER",
-        "QUORUM",
-        "GROUPS"
-    );
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("VER", Align::Right),
+        ("QUORUM", Align::Left),
+        ("GROUPS", Align::Left),
+        ("RULES", Align::Left),
+    ]);
     for p in answer["policies"].as_array().into_iter().flatten() {
         let r = &p["rules"];
-        let printed = gait_runtime::outln!(
-            "{:<24} {:>4}  {:<7} {:<24} {}",
-            p["name"].as_str().unwrap_or(""),
-            p["version"],
-            r["quorum"],
+        table.row([
+            p["name"].as_str().unwrap_or("").to_owned(),
+            p["version"].to_string(),
+            r["quorum"].to_string(),
             r["groups"]
                 .as_array()
-                .map(|g| g
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("+"))
+                .map(|g| {
+                    g.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("+")
+                })
                 .unwrap_or_default(),
-            r
-        );
-        if !printed {
-            break;
-        }
+            r.to_string(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -304,28 +303,25 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:>6}  {:<9} {:<24} {:<20} {:<24} MISSING",
-        "ID",
-        "STATUS",
-        "TOOL",
-        "AGENT",
-        "REQUESTED BY"
-    );
+    let mut table = Table::new(&[
+        ("ID", Align::Right),
+        ("STATUS", Align::Left),
+        ("TOOL", Align::Left),
+        ("AGENT", Align::Left),
+        ("REQUESTED BY", Align::Left),
+        ("MISSING", Align::Left),
+    ]);
     for r in answer["approvals"].as_array().into_iter().flatten() {
-        let printed = gait_runtime::outln!(
-            "{:>6}  {:<9} {:<24} {:<20} {:<24} {}",
-            r["id"].as_u64().unwrap_or(0),
-            r["status"].as_str().unwrap_or(""),
-            r["tool"].as_str().unwrap_or(""),
-            r["agent_id"].as_str().unwrap_or(""),
-            r["requested_by"].as_str().unwrap_or(""),
-            r["missing"].as_str().unwrap_or("")
-        );
-        if !printed {
-            break;
-        }
+        table.row([
+            r["id"].as_u64().unwrap_or(0).to_string(),
+            r["status"].as_str().unwrap_or("").to_owned(),
+            r["tool"].as_str().unwrap_or("").to_owned(),
+            r["agent_id"].as_str().unwrap_or("").to_owned(),
+            r["requested_by"].as_str().unwrap_or("").to_owned(),
+            r["missing"].as_str().unwrap_or("").to_owned(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
 use gait_runtime::exit;
 
+use super::table::{Align, Table};
 use super::{ApiArgs, call};
 
 #[derive(Subcommand, Debug)]
@@ -166,28 +167,25 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         gait_runtime::outln!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
-    gait_runtime::outln!(
-        "{:<16}  {:<8}  {:>9}  {:<19}  {:<19}  CREATED BY",
-        "ID",
-        "STATE",
-        "USES LEFT",
-        "CREATED (UTC)",
-        "EXPIRES (UTC)"
-    );
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("STATE", Align::Left),
+        ("USES LEFT", Align::Right),
+        ("CREATED (UTC)", Align::Left),
+        ("EXPIRES (UTC)", Align::Left),
+        ("CREATED BY", Align::Left),
+    ]);
     for t in answer["join_tokens"].as_array().into_iter().flatten() {
-        let printed = gait_runtime::outln!(
-            "{:<16}  {:<8}  {:>9}  {:<19}  {:<19}  {}",
-            t["token_id"].as_str().unwrap_or(""),
-            t["state"].as_str().unwrap_or(""),
+        table.row([
+            t["token_id"].as_str().unwrap_or("").to_owned(),
+            t["state"].as_str().unwrap_or("").to_owned(),
             format!("{}/{}", t["uses_left"], t["uses_allowed"]),
             utc(t["created_unix_ms"].as_i64()),
             utc(t["expires_unix_ms"].as_i64()),
-            t["created_by"].as_str().unwrap_or(""),
-        );
-        if !printed {
-            break;
-        }
+            t["created_by"].as_str().unwrap_or("").to_owned(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

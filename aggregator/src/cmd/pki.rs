@@ -13,6 +13,7 @@ use gait_identity::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 use gait_store::{Revocation, Store, StoredRevocation};
 
 use super::DataArgs;
+use super::table::{Align, Table};
 use gait_aggregator::pki::identity::AgentToIssue;
 use gait_aggregator::pki::{self, InitOptions, Validity};
 use gait_aggregator::registry::REGISTRY_PUB_FILE;
@@ -382,36 +383,23 @@ fn revocation_table(listed: &[StoredRevocation]) -> String {
     if listed.is_empty() {
         return "no certificate has been revoked\n".to_owned();
     }
-    let header = ["SERIAL", "AGENT", "REVOKED AT", "REVOKED BY", "REASON"].map(String::from);
-    let rows: Vec<[String; 5]> = listed
-        .iter()
-        .map(|r| {
-            [
-                r.cert_serial.to_string(),
-                r.agent.to_string(),
-                rfc3339(r.revoked_unix_ms),
-                r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
-                r.reason.escape_debug().to_string(),
-            ]
-        })
-        .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+    let mut table = Table::new(&[
+        ("SERIAL", Align::Left),
+        ("AGENT", Align::Left),
+        ("REVOKED AT", Align::Left),
+        ("REVOKED BY", Align::Left),
+        ("REASON", Align::Left),
+    ]);
+    for r in listed {
+        table.row([
+            r.cert_serial.to_string(),
+            r.agent.to_string(),
+            rfc3339(r.revoked_unix_ms),
+            r.revoked_by.clone().unwrap_or_else(|| "-".to_owned()),
+            r.reason.escape_debug().to_string(),
+        ]);
     }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    table.render()
 }
 
 /// Unix milliseconds as RFC 3339 (UTC); the raw number when it is out of the calendar's range.
@@ -576,4 +564,99 @@ pub async fn rotate_ca(args: RotateCaArgs, mut config: Config) -> anyhow::Result
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `pki retire-ca`.
+#[derive(Args, Debug)]
+pub struct RetireCaArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Retire even though agents still hold certificates of the retired CA: they are refused from the
+    /// aggregator's next start and must be re-enrolled (or re-issued with `pki issue-agent`).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pki retire-ca [--force]`: ends a finished rotation's overlap (see `pki::retire`). Refused with exit code 75
+/// (`EX_TEMPFAIL`: retry once the agents renewed) while agents still hold the retired CA, unless `--force`.
+pub async fn retire_ca(args: RetireCaArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let config = args.data.apply(config)?;
+    let dir = config.pki_dir();
+    let actor = operator()?;
+    let store = open_existing_store(&config).await?;
+    let result = pki::retire_ca(
+        &store,
+        &dir,
+        &format!("local:{actor}"),
+        args.force,
+        unix_ms(),
+    )
+    .await;
+    store.close().await;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) if e.is_still_held() => {
+            if args.json
+                && let pki::RetireError::StillHeld {
+                    retired_ca,
+                    holders,
+                } = &e
+            {
+                gait_runtime::outln!(
+                    "{}",
+                    serde_json::json!({
+                        "retired": false, "retired_ca": retired_ca,
+                        "holders": holders.iter().map(holder_json).collect::<Vec<_>>(),
+                    })
+                );
+            }
+            gait_runtime::errln!("error: {e}");
+            return Ok(ExitCode::from(gait_runtime::exit::TEMPFAIL));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        gait_runtime::outln!(
+            "{}",
+            serde_json::json!({
+                "retired": true, "retired_ca": report.retired_ca, "issuing_ca": report.issuing_ca,
+                "forced": args.force, "by": actor,
+                "cut_off": report.forced_past.iter().map(holder_json).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        gait_runtime::outln!(
+            "retired CA `{}` removed: the aggregator trusts only `{}` and no longer presents the cross \
+             certificate. Restart `gait-aggregator serve`; certificates of the retired CA are refused from then on.",
+            report.retired_ca,
+            report.issuing_ca
+        );
+        if !report.forced_past.is_empty() {
+            gait_runtime::outln!(
+                "cut off (--force): {}; re-enroll them with a join token or `pki issue-agent`",
+                list_holders(&report.forced_past)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One agent holding the retired CA as a flat JSON object.
+fn holder_json(h: &pki::RetiredCaHolder) -> serde_json::Value {
+    serde_json::json!({
+        "org": h.agent.tenant.org, "project": h.agent.tenant.project, "env": h.agent.tenant.env,
+        "agent_id": h.agent.agent_id, "serial": h.cert_serial, "not_after_unix_ms": h.not_after_unix_ms,
+        "issuer_known": h.issuer_known,
+    })
+}
+
+fn list_holders(holders: &[pki::RetiredCaHolder]) -> String {
+    holders
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

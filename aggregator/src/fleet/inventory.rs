@@ -43,8 +43,6 @@ pub struct InventoryEntry {
     pub stale: bool,
     /// Its active bundle is older than `latest_epoch` (or it has none while one exists).
     pub behind: bool,
-    /// Expiry of that certificate when the aggregator signed it (enrollment, renewal); hand-minted: unknown.
-    pub cert_not_after_unix_ms: Option<i64>,
 }
 
 /// One page of the inventory.
@@ -86,25 +84,32 @@ pub(super) async fn page(
         .map(|a| a.position().to_cursor());
     let revoked: HashSet<CertSerial> = store.revoked_serials().await?.into_iter().collect();
     let mut latest: HashMap<Tenant, Option<u64>> = HashMap::new();
+    // The expiry of the certificate each agent presented is on its row (hand-minted ones included); a row from
+    // before that was recorded falls back to the certificates the aggregator signed (enrollment, renewal).
     let mut expiries: HashMap<CertSerial, i64> = HashMap::new();
+    let mut looked_up: HashSet<Tenant> = HashSet::new();
     for a in &agents {
         if !latest.contains_key(&a.tenant) {
             let epoch = store.latest_epoch(&a.tenant).await?;
             latest.insert(a.tenant.clone(), epoch);
+        }
+        if a.cert_not_after_unix_ms.is_none() && looked_up.insert(a.tenant.clone()) {
             expiries.extend(store.certificate_expiries(&a.tenant, now_ms).await?);
         }
     }
     let agents = agents
         .into_iter()
-        .map(|agent| {
+        .map(|mut agent| {
             let latest_epoch = latest.get(&agent.tenant).copied().flatten();
             let health = Health::of(&agent, &revoked, latest_epoch, now_ms);
+            if agent.cert_not_after_unix_ms.is_none() {
+                agent.cert_not_after_unix_ms = expiries.get(&agent.cert_serial).copied();
+            }
             InventoryEntry {
                 latest_epoch,
                 revoked: health.revoked,
                 stale: health.stale,
                 behind: health.behind,
-                cert_not_after_unix_ms: expiries.get(&agent.cert_serial).copied(),
                 agent,
             }
         })
@@ -145,6 +150,8 @@ mod tests {
             tenant: Tenant::from_parts("acme", "web", "prod").expect("tenant"),
             agent_id: "a1".parse().expect("agent id"),
             cert_serial: serial.parse().expect("serial"),
+            cert_not_after_unix_ms: None,
+            cert_issuer: None,
             first_seen_unix_ms: 0,
             last_seen_unix_ms: last_seen,
             remote_addr: "127.0.0.1:1".into(),

@@ -83,6 +83,8 @@ pub(super) async fn handle_incoming(
         key,
         spiffe,
         cert_serial,
+        cert_not_after_unix_ms: identity.not_after_unix.saturating_mul(1000),
+        cert_issuer: identity.issuer,
         remote,
         hello_done: AtomicBool::new(false),
         last_seen_ms: AtomicU64::new(0),
@@ -144,6 +146,10 @@ pub fn is_version_skew(error: &quinn::ConnectionError) -> bool {
 pub(super) struct Session {
     /// The certificate serial in its `gait-identity` form.
     pub(super) cert_serial: CertSerial,
+    /// The certificate's `notAfter` (unix ms) and issuer, recorded with the hello (expiry inventory, CA
+    /// retirement).
+    pub(super) cert_not_after_unix_ms: i64,
+    pub(super) cert_issuer: String,
     pub(super) key: AgentKey,
     /// The verified certificate's SPIFFE id (the actor of what this connection does, e.g. a renewal).
     pub(super) spiffe: gait_identity::SpiffeId,

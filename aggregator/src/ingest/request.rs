@@ -229,6 +229,8 @@ async fn on_hello(state: &IngestState, session: &Session, hello: gait_wire::Hell
         outbox_depth: hello.outbox_depth,
         shed_total: hello.shed_total,
         cert_serial: session.cert_serial.clone(),
+        cert_not_after_unix_ms: session.cert_not_after_unix_ms,
+        cert_issuer: session.cert_issuer.clone(),
     };
     match state.presence.connected(session.key.clone(), row).await {
         Ok(cursor) => {

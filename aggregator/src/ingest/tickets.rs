@@ -12,8 +12,9 @@
 //!
 //! # Key
 //! The key is HKDF-SHA256 of the 32-byte secret in `<data-dir>/keys/tls-ticket.key` (created on first start,
-//! mode 0600), salted with the SHA-256 of the CA certificate: a new CA invalidates every ticket. Whoever holds
-//! the secret can mint tickets for any agent identity, so it is exactly as sensitive as the CA key next to it.
+//! mode 0600), salted with the SHA-256 of every trusted CA certificate: a new CA, a rotation or a retired CA
+//! invalidates every ticket. Whoever holds the secret can mint tickets for any agent identity, so it is exactly
+//! as sensitive as the CA key next to it.
 //! Deleting the file (and restarting) revokes every outstanding ticket; agents then do full handshakes.
 //!
 //! # What a resumed connection still goes through
@@ -63,8 +64,19 @@ impl std::fmt::Debug for SessionTickets {
     }
 }
 
+/// What salts the ticket key: the DER of every CA trusted for agent certificates, in order (DER is
+/// self-delimiting, so the concatenation names the set unambiguously). Any change of trust (a new CA, a rotation
+/// started, a retired CA dropped) changes it and voids every ticket, so no session resumes without the
+/// certificate verifier past a CA that is no longer trusted.
+pub fn trust_key_input(trusted_cas: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
+    trusted_cas
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
+}
+
 impl SessionTickets {
-    /// The ticket key for `secret` (the persisted 32 bytes) and the DER of the CA certificate agents chain to;
+    /// The ticket key for `secret` (the persisted 32 bytes) and the trusted CAs ([`trust_key_input`]);
     /// outcomes are counted in `metrics` ([`crate::metrics::TLS_SESSION_TICKETS`]).
     pub fn new(secret: &[u8; 32], ca_der: &[u8], metrics: &Metrics) -> Arc<Self> {
         Self::with_lifetime(secret, ca_der, TICKET_LIFETIME, metrics)
@@ -220,6 +232,26 @@ mod tests {
         assert_eq!(t.decrypt(&ticket[..NONCE_LEN + 4]), None);
         assert_eq!(t.decrypt(&[]), None);
         assert_eq!(t.resumed(), 0);
+    }
+
+    #[test]
+    fn a_ticket_does_not_survive_a_change_of_trust() {
+        use rustls::pki_types::CertificateDer;
+        let (new, old) = (
+            CertificateDer::from(b"new ca".to_vec()),
+            CertificateDer::from(b"old ca".to_vec()),
+        );
+        let key = |cas: &[CertificateDer<'_>]| {
+            SessionTickets::new(&SECRET, &trust_key_input(cas), &Metrics::new())
+        };
+        let ticket = key(&[new.clone(), old.clone()]).encrypt(b"state").unwrap();
+        // A restart with the same trust keeps the tickets.
+        assert!(key(&[new.clone(), old.clone()]).decrypt(&ticket).is_some());
+        // The retired CA dropped (the new one still first): the ticket is void.
+        assert_eq!(key(std::slice::from_ref(&new)).decrypt(&ticket), None);
+        // A rotation started (the new CA ahead of the old one): void too.
+        let before = key(std::slice::from_ref(&old)).encrypt(b"state").unwrap();
+        assert_eq!(key(&[new, old]).decrypt(&before), None);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct SignedAgent {
     pub chain_pem: String,
     /// The CA certificates the agent trusts the aggregator with, PEM.
     pub ca_bundle_pem: String,
+    /// The issuing CA's subject (RFC 4514 text, [`identity::subject_name`]).
+    pub issuer: String,
 }
 
 /// Signs a client certificate for `agent` (under the CA's trust domain) certifying the key of `csr`, with the
@@ -183,12 +185,17 @@ pub fn sign_agent_csr(
     // During and after a CA rotation the agent gets both CAs (see `rotation`).
     let bundle = super::rotation::trust_bundle_path(dir);
     let ca_bundle_pem = fs::read_to_string(&bundle).map_err(|source| io_error(&bundle, source))?;
+    let issuer = identity::subject_name(&ca.der).map_err(|e| PkiError::BadCertificate {
+        path: ca.cert_path.clone(),
+        detail: e.to_string(),
+    })?;
     Ok(SignedAgent {
         spiffe,
         serial,
         not_after: validity.not_after,
         chain_pem: cert.pem(),
         ca_bundle_pem,
+        issuer,
     })
 }
 

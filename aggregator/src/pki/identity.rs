@@ -27,6 +27,8 @@ pub struct AgentIdentity {
     pub serial: CertSerial,
     /// Certificate `notAfter` as Unix seconds.
     pub not_after_unix: i64,
+    /// The issuer's distinguished name (RFC 4514 text, [`issuer_name`]): the CA the certificate chains to.
+    pub issuer: String,
 }
 
 impl AgentIdentity {
@@ -195,7 +197,22 @@ pub fn identity_from_cert_der(der: &[u8]) -> Result<AgentIdentity, IdentityError
         spiffe,
         serial,
         not_after_unix: cert.validity().not_after.timestamp(),
+        issuer: issuer_name(&cert),
     })
+}
+
+/// The distinguished name of the CA that issued `cert`, as RFC 4514 text. Certificates chain by name, so this
+/// equals [`subject_name`] of the CA certificate that signed it; the store records it to tell which CA an
+/// agent's certificate depends on.
+pub fn issuer_name(cert: &X509Certificate<'_>) -> String {
+    cert.issuer().to_string()
+}
+
+/// The subject distinguished name of a DER certificate (a CA's, to compare with [`issuer_name`]).
+pub fn subject_name(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    Ok(cert.subject().to_string())
 }
 
 /// The trust domain a CA certificate declares in its `spiffe://<trust-domain>` URI SAN, if any.

@@ -17,6 +17,8 @@
 //! the server present `[server, cross]`: an agent that holds only the old CA (offline through the rotation,
 //! or hand-minted before it) builds server -> cross -> old CA and connects; one with the bundle stops at the
 //! new CA. The old CA key is deleted. Restart the aggregator after each phase (it reads the PKI at start).
+//! `retire-ca` ([`super::retire`]) ends the overlap once no agent depends on the retired CA: it deletes
+//! `ca-previous.pem`, `ca-cross.pem` and `ca-bundle.pem` and cuts the cross certificate from `server.pem`.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose, SanType};
 

@@ -152,6 +152,8 @@ async fn ingest(
 fn hello() -> Result<AgentHello> {
     Ok(AgentHello {
         cert_serial: gait_store::CertSerial::parse("01")?,
+        cert_not_after_unix_ms: i64::MAX,
+        cert_issuer: "CN=test CA".into(),
         remote_addr: "127.0.0.1:1".into(),
         agent_version: "bench".into(),
         active_bundle: None,

@@ -5,9 +5,10 @@ use crate::conn::{Conn, agent_where, bind_key, db_run, later};
 use crate::error::{StoreError, db};
 use crate::model::{
     self, AgentCursor, AgentFilter, AgentHello, AgentKey, AgentRow, BundleReportRow, CertSerial,
-    check_digest, check_label, to_i64,
+    Tenant, check_digest, check_label, to_i64,
 };
-use crate::rows::{self, agent_columns};
+use crate::rows::{self, Columns as _, agent_columns};
+use serde::Serialize;
 
 /// Upserts each valid hello's agent row and returns one result per input, in order: an invalid hello gets its
 /// own validation error and does not affect the others. Run inside a transaction so a burst of reconnects
@@ -20,10 +21,12 @@ pub(crate) async fn connected(
     const SQL: &str = concat!(
         "INSERT INTO agents (org, project, env, agent_id, cert_serial, first_seen_unix_ms, \
          last_seen_unix_ms, remote_addr, agent_version, active_bundle_epoch, active_bundle_digest, \
-         active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, outbox_depth, shed_total) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, outbox_depth, shed_total, \
+         cert_not_after_unix_ms, cert_issuer) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
          ON CONFLICT (org, project, env, agent_id) DO UPDATE SET \
-         cert_serial = excluded.cert_serial, last_seen_unix_ms = ",
+         cert_serial = excluded.cert_serial, cert_not_after_unix_ms = excluded.cert_not_after_unix_ms, \
+         cert_issuer = excluded.cert_issuer, last_seen_unix_ms = ",
         later!("agents.last_seen_unix_ms", "excluded.last_seen_unix_ms"),
         ", remote_addr = excluded.remote_addr, agent_version = excluded.agent_version, \
          active_bundle_epoch = excluded.active_bundle_epoch, \
@@ -67,6 +70,8 @@ pub(crate) async fn connected(
                 .bind(received.map(|b| b.digest.as_str()))
                 .bind(outbox_depth)
                 .bind(shed_total)
+                .bind(hello.cert_not_after_unix_ms)
+                .bind(hello.cert_issuer.as_str())
                 .fetch_one(&mut *c)
                 .await
                 .map_err(db("agents_connected"))?;
@@ -220,4 +225,91 @@ pub(crate) async fn with_cert_serial(
             .map_err(db("agents_with_cert_serial"))?;
         found.iter().map(rows::agent_row).collect()
     })
+}
+
+/// Where the aggregator learnt of a [`KnownCertificate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateSource {
+    /// The agent presented it at its last connection (hand-minted certificates are known this way).
+    Presented,
+    /// The aggregator signed it online (enrollment or renewal), whether or not the agent has used it yet.
+    Issued,
+}
+
+/// A live, unrevoked agent certificate the aggregator knows of: what CA rotation needs to tell which agents
+/// still depend on a CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KnownCertificate {
+    /// The agent it certifies.
+    pub agent: AgentKey,
+    /// Its serial.
+    pub cert_serial: CertSerial,
+    /// Its issuer's distinguished name (RFC 4514 text); `None` when it was recorded before issuers were.
+    pub issuer: Option<String>,
+    /// Its `notAfter` (unix ms); `None` when it was recorded before expiries were.
+    pub not_after_unix_ms: Option<i64>,
+    /// Presented at the last connection, or signed online.
+    pub source: CertificateSource,
+}
+
+/// Every agent certificate known to be live at `now_ms` and not revoked: the one each agent presented at its
+/// last connection (also when its expiry is unknown) and every one signed online, ordered by agent, then
+/// presented before issued, then serial.
+pub(crate) async fn live_certificates(
+    mut conn: Conn<'_>,
+    now_ms: i64,
+) -> Result<Vec<KnownCertificate>, StoreError> {
+    const SQL: &str = "SELECT org, project, env, agent_id, cert_serial, cert_issuer AS issuer, \
+         cert_not_after_unix_ms AS not_after_unix_ms, CAST(0 AS BIGINT) AS source FROM agents \
+         WHERE (cert_not_after_unix_ms IS NULL OR cert_not_after_unix_ms > $1) \
+         AND cert_serial NOT IN (SELECT cert_serial FROM revocations) \
+         UNION ALL \
+         SELECT org, project, env, agent_id, cert_serial, issuer, not_after_unix_ms, CAST(1 AS BIGINT) AS source \
+         FROM issued_certificates \
+         WHERE not_after_unix_ms > $1 AND cert_serial NOT IN (SELECT cert_serial FROM revocations) \
+         ORDER BY org, project, env, agent_id, source, cert_serial";
+    const T: &str = "agents";
+    db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(now_ms)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("live_certificates"))?;
+        found
+            .iter()
+            .map(|row| {
+                Ok(KnownCertificate {
+                    agent: AgentKey::new(
+                        Tenant::new(
+                            rows::stored_id(T, "org", row.text("org")?)?,
+                            rows::stored_id(T, "project", row.text("project")?)?,
+                            rows::stored_id(T, "env", row.text("env")?)?,
+                        ),
+                        rows::stored_id(T, "agent_id", row.text("agent_id")?)?,
+                    ),
+                    cert_serial: crate::revocations::stored_serial(T, &row.text("cert_serial")?)?,
+                    issuer: row.opt_text("issuer")?,
+                    not_after_unix_ms: row.opt_int("not_after_unix_ms")?,
+                    source: if row.int("source")? == 0 {
+                        CertificateSource::Presented
+                    } else {
+                        CertificateSource::Issued
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+}
+
+impl crate::Store {
+    /// Every live, unrevoked agent certificate known at `now_ms` (see [`KnownCertificate`]), across all tenants:
+    /// for the CA host's `pki retire-ca`, which is not scoped to a tenant.
+    pub async fn live_agent_certificates(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<KnownCertificate>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        live_certificates(pooled.conn(), now_ms).await
+    }
 }

@@ -149,6 +149,8 @@ pub struct IssuedCertificate {
     pub not_after_unix_ms: i64,
     /// Who caused it (an actor string: `agent:<spiffe id>` for a renewal, the token's id for an enrollment).
     pub issued_by: String,
+    /// The issuing CA's subject (RFC 4514 text); `None` for certificates recorded before the issuer was.
+    pub issuer: Option<String>,
 }
 
 fn check_token_id(token_id: &str) -> Result<(), StoreError> {
@@ -336,9 +338,12 @@ pub(crate) async fn record_issued(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     const SQL: &str = "INSERT INTO issued_certificates (cert_serial, org, project, env, agent_id, kind, \
-         join_token_id, not_after_unix_ms, issued_unix_ms, issued_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+         join_token_id, not_after_unix_ms, issued_unix_ms, issued_by, issuer) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
     check_actor("issued_certificate.issued_by", &cert.issued_by)?;
+    if let Some(issuer) = &cert.issuer {
+        check_text("issued_certificate.issuer", issuer, model::MAX_TEXT_BYTES)?;
+    }
     if !cert.join_token_id.is_empty() {
         check_token_id(&cert.join_token_id)?;
     }
@@ -355,6 +360,7 @@ pub(crate) async fn record_issued(
             .bind(cert.not_after_unix_ms)
             .bind(now_ms)
             .bind(cert.issued_by.as_str())
+            .bind(cert.issuer.as_deref())
             .execute(&mut *c)
             .await
             .map_err(db("record_issued_certificate"))?;
@@ -368,7 +374,7 @@ pub(crate) async fn issued_for(
     agent: &AgentKey,
 ) -> Result<Vec<IssuedCertificate>, StoreError> {
     const SQL: &str = "SELECT cert_serial, org, project, env, agent_id, kind, join_token_id, \
-         not_after_unix_ms, issued_by FROM issued_certificates \
+         not_after_unix_ms, issued_by, issuer FROM issued_certificates \
          WHERE org = $1 AND project = $2 AND env = $3 AND agent_id = $4 \
          ORDER BY issued_unix_ms DESC, cert_serial";
     let t = &agent.tenant;
@@ -470,6 +476,7 @@ fn issued_row(row: &impl Columns) -> Result<IssuedCertificate, StoreError> {
         join_token_id: row.text("join_token_id")?,
         not_after_unix_ms: row.int("not_after_unix_ms")?,
         issued_by: row.text("issued_by")?,
+        issuer: row.opt_text("issuer")?,
     })
 }
 

@@ -40,6 +40,7 @@ pub use access::{
     BindingScope, BindingSource, ConfigBindingsApplied, MAX_BINDING_SUBJECT_BYTES, MAX_BINDINGS,
     NewBinding, RoleBinding, SubjectKind,
 };
+pub use agents::{CertificateSource, KnownCertificate};
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };

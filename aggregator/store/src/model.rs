@@ -44,6 +44,10 @@ pub struct ActiveBundle {
 pub struct AgentHello {
     /// Serial of the verified client certificate.
     pub cert_serial: CertSerial,
+    /// Its `notAfter` (unix ms).
+    pub cert_not_after_unix_ms: i64,
+    /// Its issuer's distinguished name (RFC 4514 text): which CA it chains to.
+    pub cert_issuer: String,
     pub remote_addr: String,
     pub agent_version: String,
     pub active_bundle: Option<ActiveBundle>,
@@ -239,6 +243,11 @@ pub struct AgentRow {
     pub tenant: Tenant,
     pub agent_id: AgentId,
     pub cert_serial: CertSerial,
+    /// `notAfter` (unix ms) of the certificate presented at the last connection; `None` before one was
+    /// recorded (an agent not connected since the upgrade that added it).
+    pub cert_not_after_unix_ms: Option<i64>,
+    /// Issuer (RFC 4514 text) of that certificate; `None` as above.
+    pub cert_issuer: Option<String>,
     pub first_seen_unix_ms: i64,
     pub last_seen_unix_ms: i64,
     pub remote_addr: String,
@@ -427,6 +436,7 @@ impl AgentHello {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         check_text("hello.remote_addr", &self.remote_addr, MAX_TEXT_BYTES)?;
         check_text("hello.agent_version", &self.agent_version, MAX_TEXT_BYTES)?;
+        check_text("hello.cert_issuer", &self.cert_issuer, MAX_TEXT_BYTES)?;
         if let Some(b) = &self.active_bundle {
             to_i64("hello.active_bundle.epoch", b.epoch)?;
             check_digest("hello.active_bundle.digest", &b.digest)?;

@@ -53,7 +53,7 @@ impl_columns!(PgRow);
 /// The columns `agent_row` reads, as a literal for `concat!` in SELECT statements.
 macro_rules! agent_columns {
     () => {
-        "org, project, env, agent_id, cert_serial, first_seen_unix_ms, \
+        "org, project, env, agent_id, cert_serial, cert_not_after_unix_ms, cert_issuer, first_seen_unix_ms, \
      last_seen_unix_ms, remote_addr, agent_version, active_bundle_epoch, active_bundle_digest, \
      active_bundle_since_ms, received_bundle_epoch, received_bundle_digest, last_refusal_code, \
      last_refusal_message, last_refusal_epoch, last_refusal_unix_ms, committed_seq, committed_hash, \
@@ -105,6 +105,8 @@ pub(crate) fn agent_row(row: &impl Columns) -> Result<AgentRow, StoreError> {
         ),
         agent_id: stored_id(T, "agent_id", row.text("agent_id")?)?,
         cert_serial: crate::revocations::stored_serial(T, &row.text("cert_serial")?)?,
+        cert_not_after_unix_ms: row.opt_int("cert_not_after_unix_ms")?,
+        cert_issuer: row.opt_text("cert_issuer")?,
         first_seen_unix_ms: row.int("first_seen_unix_ms")?,
         last_seen_unix_ms: row.int("last_seen_unix_ms")?,
         remote_addr: row.text("remote_addr")?,

@@ -5,7 +5,8 @@
 use anyhow::{Result, ensure};
 use gait_store::testing::TestStore;
 use gait_store::{
-    AgentKey, IssueKind, IssuedCertificate, JoinTokenState, NewJoinToken, StoreError, Tenant,
+    AgentHello, AgentKey, CertificateSource, IssueKind, IssuedCertificate, JoinTokenState,
+    NewJoinToken, StoreError, Tenant,
 };
 
 const NOW: i64 = 1_764_000_000_000;
@@ -205,6 +206,7 @@ async fn issued_certificates_are_recorded_per_agent(db: &TestStore) -> Result<()
         join_token_id: token.to_owned(),
         not_after_unix_ms: NOW + HOUR,
         issued_by: "agent:spiffe://gait.local/org/acme/project/web/env/prod/agent/a-1".to_owned(),
+        issuer: Some("CN=ca".to_owned()),
     };
     store
         .record_issued_certificate(&cert("0a01", IssueKind::Enroll, "00000000000000e1"), NOW)
@@ -216,6 +218,7 @@ async fn issued_certificates_are_recorded_per_agent(db: &TestStore) -> Result<()
     let serials: Vec<&str> = issued.iter().map(|c| c.cert_serial.as_str()).collect();
     ensure!(serials == ["0a02", "0a01"], "{serials:?}");
     ensure!(issued[1].kind == IssueKind::Enroll && issued[1].join_token_id == "00000000000000e1");
+    ensure!(issued[0].issuer.as_deref() == Some("CN=ca"), "{issued:?}");
     ensure!(store.issued_certificates(&other).await?.is_empty());
     let live = store.certificate_expiries(&tenant("prod"), NOW).await?;
     ensure!(
@@ -280,7 +283,158 @@ async fn invalid_join_tokens_are_refused_before_any_write(db: &TestStore) -> Res
     Ok(())
 }
 
+const OLD_CA: &str = "O=Gait fleet, CN=old";
+const NEW_CA: &str = "O=Gait fleet, CN=new";
+
+fn hello(serial: &str, not_after: i64, issuer: &str) -> Result<AgentHello> {
+    Ok(AgentHello {
+        cert_serial: serial.parse()?,
+        cert_not_after_unix_ms: not_after,
+        cert_issuer: issuer.to_owned(),
+        remote_addr: "127.0.0.1:1".to_owned(),
+        agent_version: "t".to_owned(),
+        active_bundle: None,
+        received_bundle: None,
+        outbox_depth: 0,
+        shed_total: 0,
+    })
+}
+
+/// A known certificate as (agent, serial, issuer, not_after, source).
+type Seen<'a> = (
+    String,
+    &'a str,
+    Option<&'a str>,
+    Option<i64>,
+    CertificateSource,
+);
+
+/// The certificates `pki retire-ca` decides from: each agent's presented one (expiry and issuer recorded with the
+/// hello, replaced at the next hello) and the ones signed online, live and unrevoked only.
+async fn live_agent_certificates_cover_presented_and_issued_ones(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let minted = AgentKey::new(tenant("prod"), "minted".parse()?);
+    let renewed = AgentKey::new(tenant("prod"), "renewed".parse()?);
+    let revoked = AgentKey::new(tenant("dev"), "revoked".parse()?);
+    let expired = AgentKey::new(tenant("dev"), "expired".parse()?);
+    store
+        .agent_connected(&minted, &hello("0b01", NOW + HOUR, OLD_CA)?, NOW)
+        .await?;
+    store
+        .agent_connected(&renewed, &hello("0b02", NOW + HOUR, OLD_CA)?, NOW)
+        .await?;
+    store
+        .agent_connected(&revoked, &hello("0b03", NOW + HOUR, OLD_CA)?, NOW)
+        .await?;
+    store
+        .agent_connected(&expired, &hello("0b04", NOW - 1, OLD_CA)?, NOW)
+        .await?;
+    store
+        .record_issued_certificate(
+            &IssuedCertificate {
+                cert_serial: "0b12".parse()?,
+                agent: renewed.clone(),
+                kind: IssueKind::Renew,
+                join_token_id: String::new(),
+                not_after_unix_ms: NOW + 2 * HOUR,
+                issued_by: "agent:x".to_owned(),
+                issuer: Some(NEW_CA.to_owned()),
+            },
+            NOW,
+        )
+        .await?;
+    store
+        .revoke(
+            &gait_store::Revocation {
+                cert_serial: "0b03".parse()?,
+                agent: revoked.clone(),
+                reason: "gone".to_owned(),
+                revoked_by: "alice".to_owned(),
+            },
+            NOW,
+        )
+        .await?;
+
+    let live = store.live_agent_certificates(NOW).await?;
+    let seen: Vec<Seen<'_>> = live
+        .iter()
+        .map(|c| {
+            (
+                c.agent.to_string(),
+                c.cert_serial.as_str(),
+                c.issuer.as_deref(),
+                c.not_after_unix_ms,
+                c.source,
+            )
+        })
+        .collect();
+    let prod = |id: &str| format!("acme/web/prod/{id}");
+    ensure!(
+        seen == [
+            (
+                prod("minted"),
+                "0b01",
+                Some(OLD_CA),
+                Some(NOW + HOUR),
+                CertificateSource::Presented
+            ),
+            (
+                prod("renewed"),
+                "0b02",
+                Some(OLD_CA),
+                Some(NOW + HOUR),
+                CertificateSource::Presented
+            ),
+            (
+                prod("renewed"),
+                "0b12",
+                Some(NEW_CA),
+                Some(NOW + 2 * HOUR),
+                CertificateSource::Issued
+            ),
+        ],
+        "{seen:?}"
+    );
+    // The inventory row carries what the last hello presented; the next hello replaces it.
+    let row = |rows: Vec<gait_store::AgentRow>| rows.into_iter().next();
+    let listed = row(store.agents_with_cert_serial(&"0b01".parse()?).await?);
+    ensure!(
+        listed
+            .as_ref()
+            .is_some_and(|r| r.cert_not_after_unix_ms == Some(NOW + HOUR)
+                && r.cert_issuer.as_deref() == Some(OLD_CA)),
+        "{listed:?}"
+    );
+    store
+        .agent_connected(&minted, &hello("0b21", NOW + 3 * HOUR, NEW_CA)?, NOW + 1)
+        .await?;
+    let listed = row(store.agents_with_cert_serial(&"0b21".parse()?).await?);
+    ensure!(
+        listed
+            .as_ref()
+            .is_some_and(|r| r.cert_not_after_unix_ms == Some(NOW + 3 * HOUR)
+                && r.cert_issuer.as_deref() == Some(NEW_CA)),
+        "{listed:?}"
+    );
+    ensure!(
+        store
+            .live_agent_certificates(NOW + 3 * HOUR)
+            .await?
+            .is_empty()
+    );
+    // An issuer longer than any distinguished name is refused, naming the field.
+    match store
+        .agent_connected(&minted, &hello("0b22", NOW + HOUR, &"x".repeat(5000))?, NOW)
+        .await
+    {
+        Err(StoreError::InvalidInput { field, .. }) if field == "hello.cert_issuer" => {}
+        other => anyhow::bail!("long issuer: {other:?}"),
+    }
+    Ok(())
+}
+
 gait_store::store_tests!(
+    live_agent_certificates_cover_presented_and_issued_ones,
     tokens_are_listed_per_tenant_and_revoked_only_in_their_tenant,
     consumption_refuses_wrong_secrets_expired_used_up_and_revoked_tokens,
     concurrent_enrollments_with_a_one_use_token_admit_exactly_one,

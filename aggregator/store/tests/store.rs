@@ -40,6 +40,8 @@ fn digest(n: u8) -> String {
 fn hello(serial: &str) -> AgentHello {
     AgentHello {
         cert_serial: id(serial),
+        cert_not_after_unix_ms: NOW + 86_400_000,
+        cert_issuer: "O=Gait fleet, CN=Gait fleet CA gait.local".into(),
         remote_addr: "10.0.0.7:4433".into(),
         agent_version: "0.1.0".into(),
         active_bundle: Some(ActiveBundle {
