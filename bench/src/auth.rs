@@ -172,7 +172,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         jwks_file: Some(jwks.clone()),
         ..OidcConfig::default()
     };
-    let verifier: Arc<OidcVerifier> = OidcVerifier::from_config(&config, JwksMetrics::default())?;
+    let verifier: Arc<OidcVerifier> =
+        OidcVerifier::from_config(&config, JwksMetrics::default(), Default::default())?;
     verifier.jwks().refresh().await?;
     let now = now_s();
     let mut verify = Vec::new();
