@@ -460,8 +460,11 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     let oidc = match config.auth.oidc.enabled().then_some(&config.auth.oidc) {
         None => None,
         Some(oidc) => {
-            let verifier =
-                crate::auth::oidc::OidcVerifier::from_config(oidc, metrics.jwks.clone())?;
+            let verifier = crate::auth::oidc::OidcVerifier::from_config(
+                oidc,
+                metrics.jwks.clone(),
+                metrics.oidc_token_cache.clone(),
+            )?;
             // A local key file must be readable at start (the operator is at hand); a provider may come later.
             if oidc.jwks_file.is_some() {
                 verifier

@@ -569,6 +569,9 @@ pub struct OidcConfig {
     /// Least time between two fetches triggered by tokens with an unknown `kid` (key rotation), in seconds:
     /// 1 to 3600. Default 30.
     pub unknown_kid_refresh_seconds: u64,
+    /// Verified tokens kept in memory (by SHA-256), so a token sent again is not verified again until it
+    /// expires: 0 (off) to 100000. Default 4096.
+    pub token_cache_size: u64,
 }
 
 impl Default for OidcConfig {
@@ -585,6 +588,7 @@ impl Default for OidcConfig {
             leeway_seconds: 60,
             refresh_interval_seconds: 600,
             unknown_kid_refresh_seconds: 30,
+            token_cache_size: crate::auth::oidc::cache::DEFAULT_TOKEN_CACHE_SIZE,
         }
     }
 }
@@ -690,6 +694,12 @@ impl OidcConfig {
                 self.unknown_kid_refresh_seconds,
                 1,
                 3_600,
+            ),
+            (
+                "token_cache_size",
+                self.token_cache_size,
+                0,
+                crate::auth::oidc::cache::MAX_TOKEN_CACHE_SIZE,
             ),
         ] {
             if !(min..=max).contains(&value) {
@@ -1313,6 +1323,7 @@ mod tests {
         let c = load_text("", &[]).expect("valid");
         assert!(!c.auth.oidc.enabled());
         assert_eq!(c.auth.oidc.algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert_eq!(c.auth.oidc.token_cache_size, 4_096);
         let c = load_text(
             "auth:\n  oidc:\n    issuer: https://idp.example.com\n    audience: gait\n    jwks_file: keys/jwks.json\n",
             &[],
@@ -1327,7 +1338,7 @@ mod tests {
                 .is_some_and(|p| p.is_absolute())
         );
         let err = load_text(
-            "auth:\n  oidc:\n    issuer: http://idp.example.com\n    jwks_url: https://x/jwks\n    jwks_file: j.json\n    algorithms: [RS256, HS256, none]\n    leeway_seconds: 301\n    unknown_kid_refresh_seconds: 0\n",
+            "auth:\n  oidc:\n    issuer: http://idp.example.com\n    jwks_url: https://x/jwks\n    jwks_file: j.json\n    algorithms: [RS256, HS256, none]\n    leeway_seconds: 301\n    unknown_kid_refresh_seconds: 0\n    token_cache_size: 100001\n",
             &[],
         )
         .expect_err("invalid");
@@ -1341,7 +1352,8 @@ mod tests {
                 "auth.oidc.algorithms[1]",
                 "auth.oidc.algorithms[2]",
                 "auth.oidc.leeway_seconds",
-                "auth.oidc.unknown_kid_refresh_seconds"
+                "auth.oidc.unknown_kid_refresh_seconds",
+                "auth.oidc.token_cache_size"
             ]
         );
         assert!(err.to_string().contains("HMAC"), "{err}");

@@ -59,6 +59,10 @@ pub const BUILD_INFO: &str = "gait_aggregator_build_info";
 pub const OIDC_JWKS_REFRESHES: &str = "gait_aggregator_oidc_jwks_refreshes_total";
 /// Usable signing keys of the OpenID provider in the cache.
 pub const OIDC_JWKS_KEYS: &str = "gait_aggregator_oidc_jwks_keys";
+/// Lookups in the verified-token cache of operators' JWTs, labelled `result` (`hit`, `miss`: verified in full).
+pub const OIDC_TOKEN_CACHE_LOOKUPS: &str = "gait_aggregator_oidc_token_cache_lookups_total";
+/// Verified tokens held in that cache (at most `auth.oidc.token_cache_size`).
+pub const OIDC_TOKEN_CACHE_ENTRIES: &str = "gait_aggregator_oidc_token_cache_entries";
 /// Agent certificates signed online, labelled `kind`: `enroll` (join token) or `renew`.
 pub const CERTIFICATES_ISSUED: &str = "gait_aggregator_certificates_issued_total";
 /// Histogram of the time left on the certificates agents present at each accepted connection, in seconds:
@@ -143,6 +147,8 @@ pub struct Metrics {
     pub tls_session_tickets: Family<Label, Counter>,
     /// [`OIDC_JWKS_REFRESHES`] and [`OIDC_JWKS_KEYS`], handed to the OIDC key cache.
     pub jwks: crate::auth::jwks::JwksMetrics,
+    /// [`OIDC_TOKEN_CACHE_LOOKUPS`] and [`OIDC_TOKEN_CACHE_ENTRIES`], handed to the OIDC verifier.
+    pub oidc_token_cache: crate::auth::oidc::cache::TokenCacheMetrics,
     pub certificates_issued: Family<Label, Counter>,
     pub agent_certificate_expiry: Histogram,
     /// The HTTP server's connection counters, once it runs (read at each scrape).
@@ -242,6 +248,12 @@ impl Metrics {
             "Fetches of the OpenID provider's signing keys, by result (failed: the last good set stayed).",
             "result",
             &["ok", "failed"],
+        );
+        let cache_lookups = labelled(
+            OIDC_TOKEN_CACHE_LOOKUPS,
+            "Lookups in the verified-token cache of operators' JWTs, by result (miss: the token was verified in full).",
+            "result",
+            &["hit", "miss"],
         );
         let permissions: Vec<&'static str> = crate::auth::Permission::ALL
             .iter()
@@ -364,6 +376,17 @@ impl Metrics {
             "Usable signing keys of the OpenID provider in the cache.",
             jwks.keys.clone(),
         );
+        let oidc_token_cache = crate::auth::oidc::cache::TokenCacheMetrics {
+            hits: cache_lookups.get_or_create(&[("result", "hit")]).clone(),
+            misses: cache_lookups.get_or_create(&[("result", "miss")]).clone(),
+            entries: Gauge::default(),
+        };
+        register(
+            &mut registry,
+            OIDC_TOKEN_CACHE_ENTRIES,
+            "Verified operator tokens held in the cache (at most auth.oidc.token_cache_size).",
+            oidc_token_cache.entries.clone(),
+        );
         let http = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HttpStats(Arc::clone(&http))));
         registry.register_collector(Box::new(gait_runtime::metrics::ProcessCollector));
@@ -395,6 +418,7 @@ impl Metrics {
             approvals,
             tls_session_tickets,
             jwks,
+            oidc_token_cache,
             certificates_issued,
             agent_certificate_expiry,
             http,
@@ -561,6 +585,7 @@ mod tests {
             (CONNECTIONS_REFUSED, "stage", &REFUSAL_STAGES[..]),
             (AUTH_FAILURES, "reason", &AUTH_FAILURE_REASONS[..]),
             (TLS_SESSION_TICKETS, "outcome", &TICKET_OUTCOMES[..]),
+            (OIDC_TOKEN_CACHE_LOOKUPS, "result", &["hit", "miss"][..]),
             (
                 IDENTITY_ALERTS,
                 "kind",

@@ -1,11 +1,16 @@
 //! `gait-fleet-bench auth`: what verifying an operator's OIDC bearer JWT costs per API request.
 //!
-//! Two measurements in one run:
-//! 1. **The verify itself**, in process: `OidcVerifier::verify_at` with the JWKS cached (loaded once from a file),
-//!    for an RS256 (RSA-2048) and an ES256 (P-256) token, each call timed alone; median and p99.
-//! 2. **A whole HTTP request**, against a real `gait-aggregator serve` with `auth.oidc` set: the same `GET
-//!    /v1/orgs/{org}/agents` on one kept-alive connection, alternating the admin token (the baseline) and an
-//!    RS256 JWT, so both see the same machine state; the difference of the medians is what OIDC adds.
+//! Measurements in one run, each call timed alone (median and p99):
+//! 1. **The verify itself**, in process, JWKS cached (loaded once from a file), for RS256 (RSA-2048), ES256
+//!    (P-256) and EdDSA (Ed25519) tokens, three ways: with the verified-token cache off (`token_cache_size: 0`,
+//!    one token again and again: the full check every time); **first sight** with the cache on (`--first-sight`
+//!    distinct tokens, each seen once: a miss, the full check, the insert); **cached** (one token again: a hit).
+//! 2. **The permission check** alone over `--bindings` role bindings.
+//! 3. **Whole HTTP requests**, against two real `gait-aggregator serve` processes with `auth.oidc` set, one with
+//!    the cache off and one with it on (default size): the same `GET /v1/orgs/{org}/agents` on one kept-alive
+//!    connection, rotating the admin token (the baseline) and a JWT of each algorithm (the same token each time,
+//!    as an operator's client sends it until it expires), so all see the same machine state; the difference
+//!    and the ratio of the medians are what OIDC adds.
 //!
 //! The keys are the fixed test keys of `tests/oidc/keys/` (public: never use them elsewhere).
 #![allow(clippy::disallowed_methods)] // benchmark harness: reads the clock and spawns the server
@@ -28,6 +33,7 @@ use crate::common::{CommonArgs, Percentiles, emit, round};
 
 const RSA: &str = include_str!("../../tests/oidc/keys/rsa.pem");
 const EC: &str = include_str!("../../tests/oidc/keys/ec.pem");
+const ED: &str = include_str!("../../tests/oidc/keys/ed25519.pem");
 const ISSUER: &str = "https://idp.bench.example";
 const AUDIENCE: &str = "gait-aggregator";
 
@@ -36,10 +42,15 @@ const AUDIENCE: &str = "gait-aggregator";
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Verify calls timed per algorithm (after 1,000 warm-up calls).
+    /// Verify calls timed per algorithm, cache off and cached each (after 1,000 warm-up calls).
     #[arg(long, default_value_t = 20_000)]
     pub verifies: usize,
-    /// HTTP requests timed per bearer kind (admin token, JWT), alternating.
+    /// Distinct tokens verified once each per algorithm with the cache on (first sight; minting RSA tokens is
+    /// the slow part). At most the default cache size, so none is evicted during the run.
+    #[arg(long, default_value_t = 2_000)]
+    pub first_sight: usize,
+    /// HTTP requests timed per bearer kind (admin token, a JWT of each algorithm) and per server (cache off,
+    /// on), rotating.
     #[arg(long, default_value_t = 5_000)]
     pub requests: usize,
     /// Verify in process with jsonwebtoken's RustCrypto provider instead of the aggregator's ring-backed one (the
@@ -105,7 +116,7 @@ fn now_s() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn keys() -> anyhow::Result<[(Algorithm, &'static str, EncodingKey); 2]> {
+fn keys() -> anyhow::Result<[(Algorithm, &'static str, EncodingKey); 3]> {
     Ok([
         (
             Algorithm::RS256,
@@ -116,6 +127,11 @@ fn keys() -> anyhow::Result<[(Algorithm, &'static str, EncodingKey); 2]> {
             Algorithm::ES256,
             "bench-ec",
             EncodingKey::from_ec_pem(EC.as_bytes())?,
+        ),
+        (
+            Algorithm::EdDSA,
+            "bench-ed",
+            EncodingKey::from_ed_pem(ED.as_bytes())?,
         ),
     ])
 }
@@ -132,7 +148,8 @@ fn write_jwks(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> anyhow::Result<String> {
+/// A token of the bench operator; `jti` makes distinct tokens of otherwise equal claims.
+fn token(alg: Algorithm, kid: &str, key: &EncodingKey, jti: usize) -> anyhow::Result<String> {
     let mut header = Header::new(alg);
     header.kid = Some(kid.to_owned());
     let claims = json!({
@@ -142,8 +159,55 @@ fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> anyhow::Result<String>
         "groups": ["sre", "security"],
         "iat": now_s(),
         "exp": now_s() + 3600,
+        "jti": format!("bench-{jti}"),
     });
     Ok(jsonwebtoken::encode(&header, &claims, key)?)
+}
+
+/// The in-process verifier reading `jwks`, keys loaded, with a cache of `cache_size` tokens.
+async fn verifier(jwks: &Path, cache_size: u64) -> anyhow::Result<Arc<OidcVerifier>> {
+    let config = OidcConfig {
+        issuer: Some(ISSUER.to_owned()),
+        audience: Some(AUDIENCE.to_owned()),
+        jwks_file: Some(jwks.to_path_buf()),
+        token_cache_size: cache_size,
+        ..OidcConfig::default()
+    };
+    let verifier = OidcVerifier::from_config(&config, JwksMetrics::default(), Default::default())?;
+    verifier.jwks().refresh().await?;
+    Ok(verifier)
+}
+
+/// `calls` verifies of `token` after 1,000 untimed ones.
+async fn repeat(
+    verifier: &OidcVerifier,
+    token: &str,
+    now: i64,
+    calls: usize,
+) -> anyhow::Result<Percentiles> {
+    for _ in 0..1_000 {
+        verifier.verify_at(token, now).await?;
+    }
+    let mut sample = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let identity = verifier.verify_at(token, now).await;
+        sample.push(started.elapsed());
+        ensure!(identity.is_ok(), "token refused: {identity:?}");
+    }
+    Ok(Percentiles::of(&sample))
+}
+
+/// One algorithm's verify costs.
+struct VerifyCosts {
+    alg: Algorithm,
+    uncached: Percentiles,
+    first_sight: Percentiles,
+    cached: Percentiles,
+}
+
+fn p_json(p: &Percentiles) -> serde_json::Value {
+    json!({"n": p.n, "p50_us": round(micros(p.p50), 1), "p99_us": round(micros(p.p99), 1)})
 }
 
 fn micros(d: Duration) -> f64 {
@@ -165,31 +229,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let jwks = dir.path().join("jwks.json");
     write_jwks(&jwks)?;
 
-    // 1. The verify itself, keys cached.
-    let config = OidcConfig {
-        issuer: Some(ISSUER.to_owned()),
-        audience: Some(AUDIENCE.to_owned()),
-        jwks_file: Some(jwks.clone()),
-        ..OidcConfig::default()
-    };
-    let verifier: Arc<OidcVerifier> = OidcVerifier::from_config(&config, JwksMetrics::default())?;
-    verifier.jwks().refresh().await?;
+    // 1. The verify itself, keys cached: cache off, first sight with the cache on, cached.
+    let cache_size = OidcConfig::default().token_cache_size;
+    ensure!(
+        args.first_sight as u64 <= cache_size,
+        "--first-sight is at most the default cache size ({cache_size})"
+    );
+    let uncached_verifier = verifier(&jwks, 0).await?;
     let now = now_s();
     let mut verify = Vec::new();
     for (alg, kid, key) in keys()? {
-        let token = token(alg, kid, &key)?;
-        for _ in 0..1_000 {
-            verifier.verify_at(&token, now).await?;
-        }
-        let mut sample = Vec::with_capacity(args.verifies);
-        for _ in 0..args.verifies {
+        let repeated = token(alg, kid, &key, 0)?;
+        let uncached = repeat(&uncached_verifier, &repeated, now, args.verifies).await?;
+        // A cache of the default size per algorithm; distinct tokens minted first (signing is not what is
+        // measured), each verified once.
+        let cached_verifier = verifier(&jwks, cache_size).await?;
+        let fresh: Vec<String> = (1..=args.first_sight)
+            .map(|i| token(alg, kid, &key, i))
+            .collect::<anyhow::Result<_>>()?;
+        let mut sample = Vec::with_capacity(fresh.len());
+        for token in &fresh {
             let started = Instant::now();
-            let identity = verifier.verify_at(&token, now).await;
+            let identity = cached_verifier.verify_at(token, now).await;
             sample.push(started.elapsed());
             ensure!(identity.is_ok(), "{alg:?} token refused: {identity:?}");
         }
-        verify.push((alg, Percentiles::of(&sample)));
-        eprintln!("verify {alg:?}: {} calls", args.verifies);
+        let first_sight = Percentiles::of(&sample);
+        let cached = repeat(&cached_verifier, &repeated, now, args.verifies).await?;
+        eprintln!(
+            "verify {alg:?}: {} calls cache off, {} first sight, {} cached",
+            args.verifies, args.first_sight, args.verifies
+        );
+        verify.push(VerifyCosts {
+            alg,
+            uncached,
+            first_sight,
+            cached,
+        });
     }
 
     // 2. The permission check alone, over `--bindings` role bindings.
@@ -200,24 +276,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.bindings + 1
     );
 
-    // 3. Whole HTTP requests, admin token against JWT, alternating on one connection.
-    let (admin, jwt) = if args.verify_only {
-        (Percentiles::default(), Percentiles::default())
-    } else {
-        http_pair(&args, dir.path(), &jwks).await?
-    };
+    // 3. Whole HTTP requests, admin token against a JWT of each algorithm, rotating on one connection; one
+    // server with the cache off, one with it on.
+    let mut http = Vec::new();
+    if !args.verify_only {
+        for cache_size in [0, OidcConfig::default().token_cache_size] {
+            http.push((
+                cache_size,
+                http_run(&args, dir.path(), &jwks, cache_size).await?,
+            ));
+        }
+    }
 
+    let check_p50 = micros(check.p50);
     let verify_json: Vec<_> = verify
         .iter()
-        .map(|(alg, p)| {
+        .map(|v| {
             json!({
-                "alg": format!("{alg:?}"), "n": p.n,
-                "p50_us": round(micros(p.p50), 1), "p99_us": round(micros(p.p99), 1),
-                "mean_us": round(micros(p.mean), 1),
+                "alg": format!("{:?}", v.alg),
+                "cache_off": p_json(&v.uncached),
+                "first_sight": p_json(&v.first_sight),
+                "cached": p_json(&v.cached),
+                "authorization_p50_us": {
+                    "cache_off": round(micros(v.uncached.p50) + check_p50, 1),
+                    "first_sight": round(micros(v.first_sight.p50) + check_p50, 1),
+                    "cached": round(micros(v.cached.p50) + check_p50, 1),
+                },
             })
         })
         .collect();
-    let added = micros(jwt.p50) - micros(admin.p50);
+    let http_json: Vec<_> = http
+        .iter()
+        .map(|(size, run)| {
+            json!({
+                "token_cache_size": size,
+                "admin_token": p_json(&run.admin),
+                "jwt": run.jwt.iter().map(|(alg, p)| json!({
+                    "alg": format!("{alg:?}"),
+                    "p50_us": round(micros(p.p50), 1), "p99_us": round(micros(p.p99), 1),
+                    "added_p50_us": round(micros(p.p50) - micros(run.admin.p50), 1),
+                    "ratio_p50": round(ratio(p, &run.admin), 3),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let summary = json!({
         "bench": "auth",
         "provider": provider,
@@ -226,58 +328,80 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "bindings": args.bindings + 1,
             "p50_us": round(micros(check.p50), 2), "p99_us": round(micros(check.p99), 2),
         },
-        "http": {
-            "n": admin.n,
-            "admin_token": {"p50_us": round(micros(admin.p50), 1), "p99_us": round(micros(admin.p99), 1)},
-            "jwt_rs256": {"p50_us": round(micros(jwt.p50), 1), "p99_us": round(micros(jwt.p99), 1)},
-            "added_p50_us": round(added, 1),
-        },
+        "http": http_json,
     });
-    let human = format!(
-        "verify ({provider}): {} | HTTP GET p50 admin token {:.0} µs, RS256 JWT {:.0} µs (+{:.0} µs), p99 {:.0} / {:.0} µs",
-        verify
-            .iter()
-            .map(|(alg, p)| format!(
-                "{alg:?} p50 {:.1} µs p99 {:.1} µs",
-                micros(p.p50),
-                micros(p.p99)
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        micros(admin.p50),
-        micros(jwt.p50),
-        added,
-        micros(admin.p99),
-        micros(jwt.p99),
-    );
-    let human = if args.verify_only {
-        human.split(" | ").next().unwrap_or_default().to_owned()
-    } else {
-        human
-    };
-    let human = format!(
-        "{human} | permission check over {} bindings p50 {:.2} µs p99 {:.2} µs",
+    let mut human = format!(
+        "verify ({provider}) p50 / p99 in µs: cache off | first sight (cache on) | cached hit; + permission check \
+         over {} bindings p50 {:.2} µs p99 {:.2} µs",
         args.bindings + 1,
-        micros(check.p50),
+        check_p50,
         micros(check.p99)
     );
+    for v in &verify {
+        human.push_str(&format!(
+            "\n  {:?}: {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1}; authorization p50 {:.1} | {:.1} | {:.1}",
+            v.alg,
+            micros(v.uncached.p50),
+            micros(v.uncached.p99),
+            micros(v.first_sight.p50),
+            micros(v.first_sight.p99),
+            micros(v.cached.p50),
+            micros(v.cached.p99),
+            micros(v.uncached.p50) + check_p50,
+            micros(v.first_sight.p50) + check_p50,
+            micros(v.cached.p50) + check_p50,
+        ));
+    }
+    for (size, run) in &http {
+        human.push_str(&format!(
+            "\nHTTP GET p50 (token_cache_size {size}): admin token {:.0} µs (p99 {:.0})",
+            micros(run.admin.p50),
+            micros(run.admin.p99)
+        ));
+        for (alg, p) in &run.jwt {
+            human.push_str(&format!(
+                ", {alg:?} JWT {:.0} µs (+{:.0}, ×{:.3}; p99 {:.0})",
+                micros(p.p50),
+                micros(p.p50) - micros(run.admin.p50),
+                ratio(p, &run.admin),
+                micros(p.p99)
+            ));
+        }
+    }
     emit(&summary, &human);
     Ok(())
 }
 
-/// Starts `gait-aggregator serve` with `auth.oidc` reading `jwks`, then times alternating requests.
-async fn http_pair(
+/// Median of `jwt` over median of `admin`.
+fn ratio(jwt: &Percentiles, admin: &Percentiles) -> f64 {
+    if admin.p50.is_zero() {
+        return 0.0;
+    }
+    jwt.p50.as_secs_f64() / admin.p50.as_secs_f64()
+}
+
+/// The request latencies of one server: the admin token's and each algorithm's JWT.
+struct HttpRun {
+    admin: Percentiles,
+    jwt: Vec<(Algorithm, Percentiles)>,
+}
+
+/// Starts `gait-aggregator serve` with `auth.oidc` reading `jwks` and a token cache of `cache_size`, then times
+/// rotating requests.
+async fn http_run(
     args: &Args,
     dir: &Path,
     jwks: &Path,
-) -> anyhow::Result<(Percentiles, Percentiles)> {
+    cache_size: u64,
+) -> anyhow::Result<HttpRun> {
+    let dir = dir.join(format!("http-cache-{cache_size}"));
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)?;
     let config = dir.join("aggregator.yaml");
     std::fs::write(
         &config,
         format!(
-            "auth:\n  admin_token: admin\n  bindings:\n{}  oidc:\n    issuer: {ISSUER}\n    audience: {AUDIENCE}\n    jwks_file: {}\n",
+            "auth:\n  admin_token: admin\n  bindings:\n{}  oidc:\n    issuer: {ISSUER}\n    audience: {AUDIENCE}\n    jwks_file: {}\n    token_cache_size: {cache_size}\n",
             bench_bindings(args.bindings)
                 .iter()
                 .map(|b| format!(
@@ -319,8 +443,10 @@ async fn http_pair(
     let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))?
         .trim()
         .to_owned();
-    let [(alg, kid, key), _] = keys()?;
-    let jwt = token(alg, kid, &key)?;
+    let jwts: Vec<(Algorithm, String)> = keys()?
+        .into_iter()
+        .map(|(alg, kid, key)| Ok((alg, token(alg, kid, &key, 0)?)))
+        .collect::<anyhow::Result<_>>()?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()?;
@@ -336,22 +462,34 @@ async fn http_pair(
             Ok::<_, anyhow::Error>(elapsed)
         }
     };
+    // Bearer 0 is the admin token, then one JWT per algorithm.
+    let bearers: Vec<&str> = std::iter::once(admin_token.as_str())
+        .chain(jwts.iter().map(|(_, jwt)| jwt.as_str()))
+        .collect();
     for _ in 0..200 {
-        request(&admin_token).await?;
-        request(&jwt).await?;
-    }
-    let (mut admin, mut oidc) = (Vec::new(), Vec::new());
-    for i in 0..args.requests {
-        // Alternate which goes first so neither always follows the other.
-        if i % 2 == 0 {
-            admin.push(request(&admin_token).await?);
-            oidc.push(request(&jwt).await?);
-        } else {
-            oidc.push(request(&jwt).await?);
-            admin.push(request(&admin_token).await?);
+        for bearer in &bearers {
+            request(bearer).await?;
         }
     }
-    eprintln!("http: {} requests per bearer kind", args.requests);
+    let mut samples = vec![Vec::with_capacity(args.requests); bearers.len()];
+    for i in 0..args.requests {
+        // Rotate which goes first so none always follows another.
+        for k in 0..bearers.len() {
+            let which = (i + k) % bearers.len();
+            samples[which].push(request(bearers[which]).await?);
+        }
+    }
+    eprintln!(
+        "http (token_cache_size {cache_size}): {} requests per bearer kind",
+        args.requests
+    );
     let _ = child.kill().await;
-    Ok((Percentiles::of(&admin), Percentiles::of(&oidc)))
+    Ok(HttpRun {
+        admin: Percentiles::of(&samples[0]),
+        jwt: jwts
+            .iter()
+            .zip(&samples[1..])
+            .map(|((alg, _), sample)| (*alg, Percentiles::of(sample)))
+            .collect(),
+    })
 }

@@ -225,6 +225,9 @@ pub struct Key {
     pub alg: Option<Algorithm>,
     /// The key itself.
     pub decoding: DecodingKey,
+    /// SHA-256 of the key's type and public parameters: tells two keys apart even under one `kid`, so a
+    /// verified-token cache entry can check that the key which verified it is still the one the set holds.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Key {
@@ -233,6 +236,7 @@ impl std::fmt::Debug for Key {
             .field("kid", &self.kid)
             .field("key_type", &self.key_type)
             .field("alg", &self.alg)
+            .field("fingerprint", &hex::encode(&self.fingerprint[..8]))
             .finish_non_exhaustive()
     }
 }
@@ -375,11 +379,19 @@ fn usable_key(value: serde_json::Value) -> Option<Key> {
         }
     };
     let decoding = DecodingKey::from_jwk(&jwk).ok()?;
+    // The parameters serialise in a fixed field order (struct fields), so equal keys hash equal.
+    let params = serde_json::to_vec(&jwk.algorithm).ok()?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    hash.update(key_type.as_str().as_bytes());
+    hash.update(&[0]);
+    hash.update(&params);
+    let fingerprint = hash.finish().as_ref().try_into().ok()?;
     Some(Key {
         kid: jwk.common.key_id.clone(),
         key_type,
         alg,
         decoding,
+        fingerprint,
     })
 }
 

@@ -15,6 +15,10 @@
 //!    not ahead (`not_yet_valid`) — both with `auth.oidc.leeway_seconds` — then the subject
 //!    (`auth.oidc.subject_claim`) and the groups (`auth.oidc.groups_claim`: an array of strings or one string,
 //!    at most [`MAX_GROUPS`] of at most [`MAX_CLAIM_BYTES`] each); a missing or bad one is `bad_claim`.
+//!
+//! A token that passed all of it is kept in the verified-token cache ([`cache`], `auth.oidc.token_cache_size`),
+//! keyed by its SHA-256: the same token again skips steps 1–5 but for what can change since — its key is still
+//! the one the key set holds, and `exp`/`nbf` against the clock (same leeway, same reasons).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +34,10 @@ use tokio_util::sync::CancellationToken;
 use super::jwks::{FETCH_TIMEOUT, Jwks, JwksMetrics, KeySource, Lookup};
 use crate::config::OidcConfig;
 
+pub mod cache;
 mod ring_crypto;
+
+use cache::{TokenCache, TokenCacheMetrics, VerifiedToken};
 
 /// Makes jsonwebtoken verify signatures with ring, process-wide ([`OidcVerifier::from_config`] does it; call it
 /// earlier in a process that uses jsonwebtoken before building a verifier). `false` when another provider was
@@ -275,14 +282,18 @@ pub struct OidcVerifier {
     refresh_every: Duration,
     unknown_kid_gap: Duration,
     jwks: Arc<Jwks>,
+    /// Verified tokens by SHA-256; `None` when `auth.oidc.token_cache_size` is 0.
+    cache: Option<TokenCache>,
 }
 
 impl OidcVerifier {
     /// The verifier for `auth.oidc` (which [`crate::config::Config::validate`] has checked). No key is loaded
     /// yet: [`OidcVerifier::spawn_refresh`] loads them (or [`OidcVerifier::jwks`]`.refresh()` at once).
+    /// `metrics` counts the key fetches, `cache_metrics` the verified-token cache.
     pub fn from_config(
         config: &OidcConfig,
         metrics: JwksMetrics,
+        cache_metrics: TokenCacheMetrics,
     ) -> Result<Arc<OidcVerifier>, OidcSetupError> {
         if !install_ring_provider() {
             tracing::debug!(
@@ -327,6 +338,13 @@ impl OidcVerifier {
             None => gait_runtime::http::tls::client_config_public_roots(),
         }
         .map_err(OidcSetupError::Ca)?;
+        if config.token_cache_size > cache::MAX_TOKEN_CACHE_SIZE {
+            return Err(invalid(
+                "token_cache_size",
+                format!("at most {}", cache::MAX_TOKEN_CACHE_SIZE),
+            ));
+        }
+        let cache_size = usize::try_from(config.token_cache_size).unwrap_or(usize::MAX);
         let unknown_kid_gap = Duration::from_secs(config.unknown_kid_refresh_seconds);
         let jwks = Arc::new(Jwks::new(
             source,
@@ -345,6 +363,7 @@ impl OidcVerifier {
             refresh_every: Duration::from_secs(config.refresh_interval_seconds),
             unknown_kid_gap,
             jwks,
+            cache: TokenCache::new(cache_size, cache_metrics),
         }))
     }
 
@@ -358,6 +377,11 @@ impl OidcVerifier {
         &self.issuer
     }
 
+    /// The verified-token cache; `None` when `auth.oidc.token_cache_size` is 0.
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.cache.as_ref()
+    }
+
     /// Starts the task that loads the keys now and keeps them fresh (task `oidc-jwks-refresh`).
     pub fn spawn_refresh(&self, tasks: &Tasks, token: CancellationToken) {
         self.jwks.spawn_refresh(tasks, self.refresh_every, token);
@@ -369,8 +393,42 @@ impl OidcVerifier {
         self.verify_at(bearer, now).await
     }
 
-    /// Verifies `bearer` as at `now` (Unix seconds).
+    /// Verifies `bearer` as at `now` (Unix seconds): from the verified-token cache when it holds the token and
+    /// the token's key is still current, else in full (and a token that passes enters the cache).
     pub async fn verify_at(&self, bearer: &str, now: i64) -> Result<OperatorIdentity, TokenError> {
+        // An oversized token is refused by the full check without being hashed.
+        let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| bearer.len() <= MAX_TOKEN_BYTES)
+        else {
+            return Ok(self.verify_fresh(bearer, now).await?.identity);
+        };
+        let digest = cache::digest(bearer);
+        if let Some(hit) = cache.get(&digest) {
+            if hit.key_still_current(&self.jwks.current()) {
+                // Everything else the full check decides is fixed by the token's bytes and the configuration.
+                if let Err(refused) =
+                    self.check_times(hit.identity.expires_unix_s, hit.not_before, now)
+                {
+                    if matches!(refused, TokenError::Expired { .. }) {
+                        cache.remove(&digest);
+                    }
+                    return Err(refused);
+                }
+                return Ok(hit.identity.clone());
+            }
+            // Its key was removed or replaced: the full check decides (normally `unknown_key`).
+            cache.remove(&digest);
+        }
+        let verified = self.verify_fresh(bearer, now).await?;
+        let identity = verified.identity.clone();
+        cache.insert(digest, verified);
+        Ok(identity)
+    }
+
+    /// The full check of `bearer` at `now`, without the cache.
+    async fn verify_fresh(&self, bearer: &str, now: i64) -> Result<VerifiedToken, TokenError> {
         let header = parse_header(bearer)?;
         let alg = self.check_algorithm(&header.alg)?;
         let kid = header.kid.as_deref();
@@ -420,7 +478,14 @@ impl OidcVerifier {
                 },
             })?
             .claims;
-        self.check_claims(&claims, now)
+        let (identity, not_before) = self.check_claims(&claims, now)?;
+        Ok(VerifiedToken {
+            identity,
+            not_before,
+            alg,
+            kid: header.kid,
+            key_fingerprint: key.fingerprint,
+        })
     }
 
     fn check_algorithm(&self, name: &str) -> Result<Algorithm, TokenError> {
@@ -435,11 +500,12 @@ impl OidcVerifier {
         Ok(alg)
     }
 
+    /// The claims' identity and `nbf`.
     fn check_claims(
         &self,
         claims: &Map<String, Value>,
         now: i64,
-    ) -> Result<OperatorIdentity, TokenError> {
+    ) -> Result<(OperatorIdentity, Option<i64>), TokenError> {
         match claims.get("iss") {
             Some(Value::String(iss)) if *iss == self.issuer => {}
             other => {
@@ -462,28 +528,14 @@ impl OidcVerifier {
                 expected: self.audience.clone(),
             });
         }
-        let leeway = i64::try_from(self.leeway_s).unwrap_or(i64::MAX);
         let exp = numeric_date(claims, "exp")?.ok_or_else(|| TokenError::BadClaim {
             claim: "exp".to_owned(),
             detail: "is missing (tokens without an expiry are refused)".to_owned(),
             key: "issuer",
         })?;
-        if now.saturating_sub(leeway) >= exp {
-            return Err(TokenError::Expired {
-                exp,
-                now,
-                leeway_s: self.leeway_s,
-            });
-        }
-        if let Some(nbf) = numeric_date(claims, "nbf")?
-            && now.saturating_add(leeway) < nbf
-        {
-            return Err(TokenError::NotYetValid {
-                nbf,
-                now,
-                leeway_s: self.leeway_s,
-            });
-        }
+        self.check_expiry(exp, now)?;
+        let nbf = numeric_date(claims, "nbf")?;
+        self.check_not_before(nbf, now)?;
         let subject = match claims.get(&self.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLAIM_BYTES => s.clone(),
             other => {
@@ -498,12 +550,49 @@ impl OidcVerifier {
             }
         };
         let groups = self.groups(claims.get(&self.groups_claim))?;
-        Ok(OperatorIdentity {
+        let identity = OperatorIdentity {
             issuer: self.issuer.clone(),
             subject,
             groups,
             expires_unix_s: exp,
-        })
+        };
+        Ok((identity, nbf))
+    }
+
+    /// `exp` then `nbf` at `now`, as [`OidcVerifier::check_claims`] checks them (a cache hit's time check).
+    fn check_times(&self, exp: i64, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
+        self.check_expiry(exp, now)?;
+        self.check_not_before(nbf, now)
+    }
+
+    /// `exp` is not past at `now`, with the leeway.
+    fn check_expiry(&self, exp: i64, now: i64) -> Result<(), TokenError> {
+        if now.saturating_sub(self.leeway()) >= exp {
+            return Err(TokenError::Expired {
+                exp,
+                now,
+                leeway_s: self.leeway_s,
+            });
+        }
+        Ok(())
+    }
+
+    /// `nbf`, if any, is not ahead of `now`, with the leeway.
+    fn check_not_before(&self, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
+        if let Some(nbf) = nbf
+            && now.saturating_add(self.leeway()) < nbf
+        {
+            return Err(TokenError::NotYetValid {
+                nbf,
+                now,
+                leeway_s: self.leeway_s,
+            });
+        }
+        Ok(())
+    }
+
+    fn leeway(&self) -> i64 {
+        i64::try_from(self.leeway_s).unwrap_or(i64::MAX)
     }
 
     fn groups(&self, value: Option<&Value>) -> Result<Vec<String>, TokenError> {

@@ -1,5 +1,5 @@
 //! Verifier tests with fixed test keys (`tests/oidc/keys/`) served from a JWKS file: every accepted algorithm,
-//! every refusal reason, the claim rules.
+//! every refusal reason, the claim rules, and the verified-token cache (a hit answers as a fresh verify would).
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{EncodingKey, Header};
@@ -7,6 +7,7 @@ use serde_json::json;
 
 use std::path::PathBuf;
 
+use super::cache::TokenCacheMetrics;
 use super::*;
 
 const RSA: &str = include_str!("../../../../tests/oidc/keys/rsa.pem");
@@ -44,7 +45,37 @@ fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Jwk {
 
 struct Fixture {
     verifier: Arc<OidcVerifier>,
+    config: OidcConfig,
+    cache: TokenCacheMetrics,
     _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// The JWKS file the verifier reads.
+    fn jwks_path(&self) -> PathBuf {
+        self.config.jwks_file.clone().expect("file source")
+    }
+
+    /// A verifier of the same configuration and key file without a cache, keys loaded: what a fresh verify says.
+    async fn uncached(&self) -> Arc<OidcVerifier> {
+        let config = OidcConfig {
+            token_cache_size: 0,
+            ..self.config.clone()
+        };
+        let verifier = OidcVerifier::from_config(
+            &config,
+            JwksMetrics::default(),
+            TokenCacheMetrics::default(),
+        )
+        .expect("verifier");
+        let _ = verifier.jwks().refresh().await;
+        verifier
+    }
+
+    /// (hits, misses) of the cache so far.
+    fn lookups(&self) -> (u64, u64) {
+        (self.cache.hits.get(), self.cache.misses.get())
+    }
 }
 
 async fn fixture(edit: impl FnOnce(&mut OidcConfig)) -> Fixture {
@@ -66,10 +97,14 @@ async fn fixture(edit: impl FnOnce(&mut OidcConfig)) -> Fixture {
         ..OidcConfig::default()
     };
     edit(&mut config);
-    let verifier = OidcVerifier::from_config(&config, JwksMetrics::default()).expect("verifier");
+    let cache = TokenCacheMetrics::default();
+    let verifier = OidcVerifier::from_config(&config, JwksMetrics::default(), cache.clone())
+        .expect("verifier");
     let _ = verifier.jwks().refresh().await;
     Fixture {
         verifier,
+        config,
+        cache,
         _dir: dir,
     }
 }
@@ -302,4 +337,199 @@ fn every_reason_is_listed_once() {
     reasons.sort_unstable();
     reasons.dedup();
     assert_eq!(reasons.len(), REASONS.len());
+}
+
+// The verified-token cache.
+
+/// Writes a JWKS of `keys` (algorithm, kid, signing key) to `path`.
+fn write_jwks(path: &std::path::Path, keys: &[(Algorithm, &str, &EncodingKey)]) {
+    let set = JwkSet {
+        keys: keys
+            .iter()
+            .map(|(alg, kid, key)| jwk(key, *alg, kid))
+            .collect(),
+    };
+    std::fs::write(path, serde_json::to_vec(&set).expect("json")).expect("write");
+}
+
+#[tokio::test]
+async fn a_token_seen_again_is_a_cache_hit_with_the_same_identity() {
+    let f = fixture(|_| {}).await;
+    for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+        let token = token(alg, &claims());
+        let first = f.verifier.verify_at(&token, NOW).await.expect("valid");
+        let before = f.lookups();
+        let again = f.verifier.verify_at(&token, NOW + 10).await.expect("hit");
+        assert_eq!(again, first, "{alg:?}");
+        assert_eq!(
+            f.lookups(),
+            (before.0 + 1, before.1),
+            "{alg:?}: one more hit"
+        );
+    }
+    assert_eq!(f.lookups(), (3, 3));
+    assert_eq!(f.verifier.token_cache().expect("on").len(), 3);
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_exactly_when_a_fresh_verify_refuses_it_with_the_same_error() {
+    let f = fixture(|_| {}).await;
+    let fresh = f.uncached().await;
+    let leeway = 60;
+    let exp = NOW + 300;
+    let token = token(Algorithm::ES256, &claims());
+    f.verifier.verify_at(&token, NOW).await.expect("valid");
+    // The last second a fresh verify accepts, then the first it refuses.
+    let last = exp + leeway - 1;
+    fresh.verify_at(&token, last).await.expect("fresh: valid");
+    f.verifier
+        .verify_at(&token, last)
+        .await
+        .expect("cached: valid");
+    let hits = f.lookups().0;
+    let uncached = fresh
+        .verify_at(&token, last + 1)
+        .await
+        .expect_err("expired");
+    let cached = f
+        .verifier
+        .verify_at(&token, last + 1)
+        .await
+        .expect_err("expired");
+    assert_eq!(cached, uncached);
+    assert_eq!(cached.reason(), "expired");
+    assert_eq!(f.lookups().0, hits + 1, "refused from the cache");
+    // A clock that went back before `nbf` (minus the leeway) refuses it as a fresh verify would.
+    let early = token_with_nbf(NOW + 30);
+    f.verifier
+        .verify_at(&early, NOW)
+        .await
+        .expect("within the leeway");
+    let back = NOW + 30 - leeway - 1;
+    let uncached = fresh.verify_at(&early, back).await.expect_err("too early");
+    let cached = f
+        .verifier
+        .verify_at(&early, back)
+        .await
+        .expect_err("too early");
+    assert_eq!((cached.reason(), &cached), ("not_yet_valid", &uncached));
+}
+
+fn token_with_nbf(nbf: i64) -> String {
+    token(Algorithm::RS256, &with(claims(), "nbf", json!(nbf)))
+}
+
+#[tokio::test]
+async fn a_cached_token_of_a_key_removed_or_replaced_in_the_jwks_is_refused_after_the_refresh() {
+    let f = fixture(|_| {}).await;
+    let rsa_token = token(Algorithm::RS256, &claims());
+    let ec_token = token(Algorithm::ES256, &claims());
+    let kidless = sign(Algorithm::EdDSA, None, &claims(), &key(Algorithm::EdDSA));
+    for t in [&rsa_token, &ec_token, &kidless] {
+        f.verifier.verify_at(t, NOW).await.expect("valid");
+        f.verifier.verify_at(t, NOW).await.expect("hit");
+    }
+    // The provider gives the kid `rsa` to another RSA key, drops the EC key, and publishes a second Ed25519
+    // key (a kid-less token no longer has exactly one candidate).
+    let other = EncodingKey::from_rsa_pem(RSA_OTHER.as_bytes()).expect("key");
+    let ed = key(Algorithm::EdDSA);
+    write_jwks(
+        &f.jwks_path(),
+        &[
+            (Algorithm::RS256, "rsa", &other),
+            (Algorithm::EdDSA, "ed", &ed),
+            (Algorithm::EdDSA, "ed-next", &ed),
+        ],
+    );
+    f.verifier.jwks().refresh().await.expect("reloaded");
+    let fresh = f.uncached().await;
+    for (t, reason) in [
+        (&rsa_token, "bad_signature"),
+        (&ec_token, "unknown_key"),
+        (&kidless, "unknown_key"),
+    ] {
+        let uncached = fresh.verify_at(t, NOW).await.expect_err("refused");
+        let cached = f.verifier.verify_at(t, NOW).await.expect_err("refused");
+        assert_eq!((cached.reason(), &cached), (reason, &uncached));
+    }
+    assert!(f.verifier.token_cache().expect("on").is_empty());
+}
+
+#[tokio::test]
+async fn a_token_changed_in_one_byte_never_hits() {
+    let f = fixture(|_| {}).await;
+    let fresh = f.uncached().await;
+    let good = token(Algorithm::RS256, &claims());
+    f.verifier.verify_at(&good, NOW).await.expect("valid");
+    let (dot1, dot2) = {
+        let mut dots = good.match_indices('.').map(|(i, _)| i);
+        (dots.next().expect("dot"), dots.next().expect("dot"))
+    };
+    // In the header, the payload, the signature (not its last character, whose low bits are padding), and
+    // one byte appended.
+    let mut changed = Vec::new();
+    for at in [
+        1,
+        dot1 / 2,
+        dot1 + 5,
+        (dot1 + dot2) / 2,
+        dot2 - 2,
+        dot2 + 3,
+        good.len() - 4,
+    ] {
+        let mut bytes = good.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        changed.push(String::from_utf8(bytes).expect("ascii"));
+    }
+    changed.push(format!("{good}A"));
+    let hits = f.lookups().0;
+    for t in &changed {
+        let uncached = fresh.verify_at(t, NOW).await.expect_err("refused");
+        let cached = f.verifier.verify_at(t, NOW).await.expect_err("refused");
+        assert_eq!(cached, uncached, "{t}");
+    }
+    assert_eq!(f.lookups().0, hits, "no changed token hit");
+    assert_eq!(f.verifier.token_cache().expect("on").len(), 1);
+}
+
+#[tokio::test]
+async fn only_verified_tokens_enter_and_the_cache_never_exceeds_its_size() {
+    let f = fixture(|c| c.token_cache_size = 3).await;
+    let cache = f.verifier.token_cache().expect("on");
+    // Refused tokens of every kind: nothing stored however many.
+    let other = EncodingKey::from_rsa_pem(RSA_OTHER.as_bytes()).expect("key");
+    for i in 0..50 {
+        let claims = with(claims(), "jti", json!(i));
+        for t in [
+            sign(Algorithm::RS256, Some("rsa"), &claims, &other),
+            token(Algorithm::RS256, &with(claims.clone(), "aud", json!("x"))),
+            token(
+                Algorithm::RS256,
+                &with(claims.clone(), "exp", json!(NOW - 600)),
+            ),
+            format!("junk.{i}.x"),
+        ] {
+            f.verifier.verify_at(&t, NOW).await.expect_err("refused");
+        }
+    }
+    assert!(cache.is_empty());
+    assert_eq!(f.lookups(), (0, 200));
+    for i in 0..20 {
+        let t = token(Algorithm::EdDSA, &with(claims(), "jti", json!(i)));
+        f.verifier.verify_at(&t, NOW).await.expect("valid");
+        assert!(cache.len() <= 3, "{} entries", cache.len());
+    }
+    assert_eq!(cache.len(), 3);
+    assert_eq!(f.cache.entries.get(), 3);
+}
+
+#[tokio::test]
+async fn size_zero_turns_the_cache_off() {
+    let f = fixture(|c| c.token_cache_size = 0).await;
+    assert!(f.verifier.token_cache().is_none());
+    let t = token(Algorithm::RS256, &claims());
+    for _ in 0..3 {
+        f.verifier.verify_at(&t, NOW).await.expect("valid");
+    }
+    assert_eq!(f.lookups(), (0, 0));
 }
