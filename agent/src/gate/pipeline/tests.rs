@@ -40,6 +40,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         recover_rate_limit_state: false,
         rate_limit_bound: None,
         simulate,
+        apply_limits: true,
     }
 }
 
