@@ -4,7 +4,8 @@
 //!
 //! What differs between the two callers is only where the inputs come from: the CLI reads files and flags
 //! and may present approval/delegation tokens and a credential broker; the daemon evaluates against its
-//! verified bundle with no tokens and no broker. Those differences enter through
+//! verified bundle with the tokens a caller presents with the intent or the aggregator delivered (keys from the
+//! bundle), and no broker. Those differences enter through
 //! [`pipeline::Authorizations`]; the step order itself never forks.
 //!
 //! No clap, axum or quinn types live here. Dependency direction: `gaitcli -> gate` and
@@ -18,6 +19,7 @@ pub mod policy_set;
 pub mod ratelimit_bound;
 pub mod ratelimit_state;
 pub mod registry;
+pub mod tokens;
 pub mod trace;
 
 use gait_policy::EvalError;
@@ -48,6 +50,9 @@ pub enum GateError {
     /// A rate-limit or destructive-budget policy could not be applied.
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    /// A presented approval or delegation token does not decode.
+    #[error(transparent)]
+    Token(#[from] tokens::TokenDecodeError),
 }
 
 impl GateError {

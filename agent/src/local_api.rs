@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
 //! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.` or `approval.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
-//! | `POST /v1/gate/evaluate` | body: a Gait intent request; query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
+//! | `POST /v1/gate/evaluate` | body: a Gait intent request, or `{"intent":{…},"approval_tokens":[…],"delegation_tokens":[…]}` with Gait tokens presented for it (judged as `gait gate eval` does, with the keys of the bundle in force); query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics when asked for, else text format 0.0.4) |
@@ -50,6 +50,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::engine::{DecisionError, GateRequest};
+use crate::gate::tokens::{self, MAX_PRESENTED_TOKENS, PresentedTokens, TokenDecodeError};
 use crate::outbox::{AppendOutcome, MAX_PAYLOAD_BYTES, OutboxError};
 use crate::state::{AgentState, StatusReport};
 use evaluate::EvaluateError;
@@ -117,6 +118,17 @@ pub mod metric {
     /// Histogram of whole decisions (decide, sign, record durably), seconds.
     pub const DECISION_DURATION: &str = "gait_agent_decision_duration_seconds";
 }
+
+/// Every route the API serves, as (method, path): the agent API's OpenAPI document
+/// (`schemas/agent-api.openapi.json`) lists exactly these (checked by `agent/tests/edge.rs`).
+pub const ROUTES: [(&str, &str); 6] = [
+    ("GET", "/v1/status"),
+    ("POST", "/v1/records"),
+    ("POST", "/v1/gate/evaluate"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
 
 /// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
 /// `oneshot`).
@@ -461,6 +473,77 @@ struct EvaluateQuery {
     simulate: bool,
 }
 
+/// `POST /v1/gate/evaluate` with tokens: the intent beside the Gait tokens presented for it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateEnvelope<'a> {
+    #[serde(borrow)]
+    intent: &'a serde_json::value::RawValue,
+    #[serde(default, borrow)]
+    approval_tokens: Vec<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    delegation_tokens: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// The body of `POST /v1/gate/evaluate`: a bare Gait intent request, or `{"intent": {…}, "approval_tokens":
+/// [{…}], "delegation_tokens": [{…}]}` (told apart by a top-level `intent` key, which no Gait intent request
+/// has). Each token is a Gait token document, kept byte for byte as sent (its signature covers it) and decoded
+/// here so a malformed one is refused naming it, before anything is decided.
+fn split_evaluate_body(body: &[u8]) -> Result<(Vec<u8>, PresentedTokens), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        intent: Option<serde::de::IgnoredAny>,
+    }
+    let enveloped = serde_json::from_slice::<Probe>(body).is_ok_and(|p| p.intent.is_some());
+    if !enveloped {
+        return Ok((body.to_vec(), PresentedTokens::default()));
+    }
+    let envelope: EvaluateEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(
+            "body",
+            format!("{e}; expected {{\"intent\": {{…}}, \"approval_tokens\": [{{…}}], \"delegation_tokens\": [{{…}}]}}"),
+        )
+    })?;
+    let take = |field: &'static str,
+                raw: &[&serde_json::value::RawValue],
+                decode: fn(&[u8], usize) -> Result<(), TokenDecodeError>|
+     -> Result<Vec<Vec<u8>>, ApiError> {
+        if raw.len() > MAX_PRESENTED_TOKENS {
+            return Err(ApiError::bad(
+                field,
+                format!(
+                    "{} tokens presented; at most {MAX_PRESENTED_TOKENS}",
+                    raw.len()
+                ),
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let bytes = token.get().as_bytes();
+                if !bytes.starts_with(b"{") {
+                    return Err(ApiError::bad(
+                        field,
+                        format!("{field}[{i}] must be a token document (a JSON object)"),
+                    ));
+                }
+                decode(bytes, i).map_err(|e| ApiError::bad(field, format!("{field}[{i}]: {e}")))?;
+                Ok(bytes.to_vec())
+            })
+            .collect()
+    };
+    let tokens = PresentedTokens {
+        approval: take("approval_tokens", &envelope.approval_tokens, |b, i| {
+            tokens::decode_approval_token(b, i).map(drop)
+        })?,
+        delegation: take("delegation_tokens", &envelope.delegation_tokens, |b, i| {
+            tokens::decode_delegation_token(b, i).map(drop)
+        })?,
+    };
+    Ok((envelope.intent.get().as_bytes().to_vec(), tokens))
+}
+
 async fn post_evaluate(
     State(state): State<AppState>,
     peer: Option<axum::Extension<Peer>>,
@@ -477,10 +560,12 @@ async fn post_evaluate(
             ),
         )
     })?;
+    let (intent, tokens) = split_evaluate_body(&body)?;
     let request = GateRequest {
-        intent: body.to_vec(),
+        intent,
         policy: query.policy,
         simulate: query.simulate,
+        tokens,
     };
     let requested_by = attribution(peer.as_deref(), &headers);
     match evaluate::evaluate_intent(&state, request, requested_by).await {

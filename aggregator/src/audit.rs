@@ -391,6 +391,8 @@ mod tests {
             validity: None,
             settings: Default::default(),
             created_by: created_by.to_owned(),
+            candidates: Default::default(),
+            delegation_key: None,
         };
         let refused = registry.publish(&tenant, request("")).await;
         assert!(

@@ -106,6 +106,21 @@ pub struct PublishRequest {
     pub settings: gait_bundle::Settings,
     /// Who published (operator identity, for the record).
     pub created_by: String,
+    /// Candidates staged beside policies: policy file name -> its candidate.
+    pub candidates: BTreeMap<String, StagedCandidate>,
+    /// The public key agents verify delegation tokens with (`manifest.delegation_key`).
+    pub delegation_key: Option<PublicKey>,
+}
+
+/// A candidate policy staged beside a policy of the bundle (`manifest.policies[].candidate`).
+#[derive(Clone, Debug)]
+pub struct StagedCandidate {
+    /// `observe` or `dry_run`.
+    pub stage: gait_bundle::Stage,
+    /// Its file name in the bundle (distinct from every policy name).
+    pub name: String,
+    /// Its Gait policy YAML.
+    pub text: String,
 }
 
 /// The outcome of a publish.
@@ -198,6 +213,7 @@ impl Registry {
         req: PublishRequest,
     ) -> Result<Published, RegistryError> {
         validate_policies(&req.policies)?;
+        validate_candidates(&req.policies, &req.candidates)?;
         let validity = req.validity.unwrap_or(self.defaults.validity);
         if validity.is_zero() || validity.as_secs() > MAX_VALIDITY_SECONDS {
             return Err(RegistryError::Field {
@@ -254,6 +270,12 @@ impl Registry {
                 .settings(req.settings);
             if let Some(key) = &self.approval_key {
                 builder.approval_key(key);
+            }
+            if let Some(key) = &req.delegation_key {
+                builder.delegation_key(key);
+            }
+            for (policy, c) in &req.candidates {
+                builder.candidate(policy.clone(), c.stage, c.name.clone(), c.text.as_bytes());
             }
             if let Some(p) = &parent {
                 let mut raw = [0u8; 32];
@@ -432,6 +454,42 @@ fn validate_policies(policies: &BTreeMap<String, String>) -> Result<(), Registry
 
 /// The audit entry of a publish: `bundle.publish` on the bundle `<epoch>` of the tenant, from the parent
 /// bundle's digest to the new one.
+/// Each candidate is staged beside a policy of the bundle, at `observe` or `dry_run`, as a valid Gait policy
+/// under a name of its own.
+fn validate_candidates(
+    policies: &BTreeMap<String, String>,
+    candidates: &BTreeMap<String, StagedCandidate>,
+) -> Result<(), RegistryError> {
+    let mut names = std::collections::BTreeSet::new();
+    for (policy, c) in candidates {
+        if !policies.contains_key(policy) {
+            return Err(RegistryError::Invalid(format!(
+                "candidates: `{policy}` is not a policy of this bundle; stage a candidate beside one of: {}",
+                policies.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if c.stage == gait_bundle::Stage::Enforce {
+            return Err(RegistryError::Invalid(format!(
+                "candidates.{policy}.stage: enforce takes no candidate; to enforce it, publish the candidate as the policy"
+            )));
+        }
+        if policies.contains_key(&c.name) || !names.insert(c.name.clone()) {
+            return Err(RegistryError::Invalid(format!(
+                "candidates.{policy}.name: `{}` is already a policy or candidate name in this bundle; rename the file",
+                c.name
+            )));
+        }
+    }
+    let texts: BTreeMap<String, String> = candidates
+        .values()
+        .map(|c| (c.name.clone(), c.text.clone()))
+        .collect();
+    if texts.is_empty() {
+        return Ok(());
+    }
+    validate_policies(&texts)
+}
+
 async fn audit_publish(
     tx: &mut gait_store::StoreTx,
     tenant: &Tenant,
@@ -446,6 +504,21 @@ async fn audit_publish(
         "policies".into(),
         req.policies.keys().cloned().collect::<Vec<_>>().into(),
     );
+    if !req.candidates.is_empty() {
+        details.insert(
+            "stages".into(),
+            req.candidates
+                .iter()
+                .map(|(policy, c)| {
+                    (
+                        policy.clone(),
+                        serde_json::json!({ "stage": c.stage.as_str(), "candidate": c.name }),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+    }
     crate::audit::append_draft(
         tx,
         gait_audit::EntryDraft {

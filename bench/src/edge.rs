@@ -3,6 +3,8 @@
 //! - `decide`: decision throughput of a real `gait-agent`'s local API (`POST /v1/gate/evaluate`, keep-alive
 //!   connections, the bearer token when the agent build makes one) with a bundle in force, then the time until
 //!   every decision record reached the aggregator (outbox empty). Run it on two builds (`--bin-dir`) to compare.
+//!   With `--observe`, the same run then stages a candidate beside the policy in `observe` (two evaluations per
+//!   decision) and reports observe against enforce as ratios.
 //! - `http-flood`: first the aggregator's admin API, then the agent's local API, are flooded with idle
 //!   (slow-header) connections and authenticated 2 MiB bodies stalled one byte short, optionally re-dialled as soon as the server closes
 //!   them (an attacker that keeps the pressure on). Meanwhile fresh connections probe `/healthz` and real work
@@ -39,6 +41,11 @@ pub struct DecideArgs {
     /// Callers deciding at once, each on its own keep-alive connection.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// After the run with the policy alone (stage enforce), stage a candidate beside it in `observe` (two
+    /// evaluations per decision), time the same number of decisions again and report observe against enforce
+    /// as ratios from this one run.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,7 +157,37 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
     let work = args.common.temp_dir("gait-bench-decide-")?;
     let db = Database::create(&args.common, "decide").await?;
     let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
-    let result = measure_decide(&args, &agent).await;
+    let result = async {
+        let enforce = measure_decide(&args, &agent, "enforce").await?;
+        if args.observe {
+            stage_observe(&agg, &agent).await?;
+            let observe = measure_decide(&args, &agent, "observe").await?;
+            let ratio = |o: f64, e: f64| if e > 0.0 { round(o / e, 3) } else { 0.0 };
+            let summary = json!({
+                "bench": "decide-observe-vs-enforce",
+                "decisions": args.decisions,
+                "concurrency": args.concurrency,
+                "throughput_ratio": ratio(observe.rate, enforce.rate),
+                "p50_ratio": ratio(observe.p50_ms, enforce.p50_ms),
+                "p99_ratio": ratio(observe.p99_ms, enforce.p99_ms),
+            });
+            let human = format!(
+                "decide: observe / enforce in one run: throughput x{:.3} ({:.0} vs {:.0} decisions/s), p50 x{:.3} ({:.3} vs {:.3} ms), p99 x{:.3} ({:.3} vs {:.3} ms)",
+                ratio(observe.rate, enforce.rate),
+                observe.rate,
+                enforce.rate,
+                ratio(observe.p50_ms, enforce.p50_ms),
+                observe.p50_ms,
+                enforce.p50_ms,
+                ratio(observe.p99_ms, enforce.p99_ms),
+                observe.p99_ms,
+                enforce.p99_ms,
+            );
+            common::emit(&summary, &human);
+        }
+        anyhow::Ok(())
+    }
+    .await;
     let logs = format!(
         "agent log:\n{}\naggregator log:\n{}",
         agent.log_tail(),
@@ -162,7 +199,49 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
     result.with_context(|| logs)
 }
 
-async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<()> {
+/// A candidate beside the bench's reads policy (it also allows `tool.list`; `tool.read` stays allowed by both).
+const CANDIDATE_POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    \
+                                priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read, tool.list]\n";
+
+/// Publishes epoch 2: the reads policy with [`CANDIDATE_POLICY`] staged beside it in `observe`; waits until the
+/// agent has activated it.
+async fn stage_observe(agg: &AggregatorProc, agent: &AgentProc) -> anyhow::Result<()> {
+    let (org, project, env) = TENANT;
+    let path = format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles");
+    let body = json!({
+        "policies": { "p.yaml": common::READS_POLICY },
+        "candidates": { "p.yaml": { "stage": "observe", "name": "p.candidate.yaml", "policy": CANDIDATE_POLICY } },
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}{path}", agg.http))
+        .bearer_auth(&agg.token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    ensure!(status.as_u16() == 201, "POST {path}: {status} {answer}");
+    agent
+        .wait_status(Duration::from_secs(60), |s| {
+            s["active_bundle"]["epoch"].as_u64() == Some(2)
+        })
+        .await
+        .context("agent did not activate the observe bundle")?;
+    Ok(())
+}
+
+/// What one timed run measured.
+struct Measured {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn measure_decide(
+    args: &DecideArgs,
+    agent: &AgentProc,
+    stage: &str,
+) -> anyhow::Result<Measured> {
     let url = format!("http://{}/v1/gate/evaluate", agent.api);
     let token = agent.token();
     let body = serde_json::to_vec(&common::intent("tool.read"))?;
@@ -176,8 +255,13 @@ async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<
             .iter()
             .cloned()
             .map(|client| {
-                let (next, url, token, body) =
-                    (Arc::clone(&next), url.clone(), token.clone(), body.clone());
+                let (next, url, token, body, stage) = (
+                    Arc::clone(&next),
+                    url.clone(),
+                    token.clone(),
+                    body.clone(),
+                    stage.to_owned(),
+                );
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
                     while next.fetch_add(1, Ordering::Relaxed) < count as u64 {
@@ -193,7 +277,11 @@ async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<
                         let status = resp.status();
                         let answer: Value = resp.json().await?;
                         ensure!(
-                            status.is_success() && answer["verdict"] == "allow",
+                            status.is_success()
+                                && answer["verdict"] == "allow"
+                                // Builds before staged enforcement answer no `stage`.
+                                && (answer.get("stage").is_none()
+                                    || answer["stage"]["stage"] == stage.as_str()),
                             "decision answered {status}: {answer}"
                         );
                         latencies.push(started.elapsed());
@@ -230,6 +318,7 @@ async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<
     let p = Percentiles::of(&latencies);
     let summary = json!({
         "bench": "decide",
+        "stage": stage,
         "decisions": args.decisions,
         "concurrency": args.concurrency,
         "token": agent.token().is_some(),
@@ -239,7 +328,7 @@ async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<
         "all_recorded_upstream_after_s": drained.as_ref().ok().map(|d| round(d.as_secs_f64(), 2)),
     });
     let human = format!(
-        "decide: {} decisions by {} callers in {:.2} s = {:.0} decisions/s (p50 {:.2} ms, p99 {:.2} ms); outbox empty after {}",
+        "decide ({stage}): {} decisions by {} callers in {:.2} s = {:.0} decisions/s (p50 {:.2} ms, p99 {:.2} ms); outbox empty after {}",
         args.decisions,
         args.concurrency,
         elapsed.as_secs_f64(),
@@ -252,7 +341,11 @@ async fn measure_decide(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<
         }
     );
     common::emit(&summary, &human);
-    Ok(())
+    Ok(Measured {
+        rate,
+        p50_ms: p.p50.as_secs_f64() * 1e3,
+        p99_ms: p.p99.as_secs_f64() * 1e3,
+    })
 }
 
 /// The soft limit on open files of this process.

@@ -94,29 +94,7 @@ pub fn approval_audit(
     }
 }
 
-/// One delegation token (or unmatched link) as judged by `gate eval`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DelegationAuditEntry {
-    /// Token id.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub token_id: String,
-    /// Delegator.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub delegator_identity: String,
-    /// Delegate.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub delegate_identity: String,
-    /// Granted scope.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub scope: Vec<String>,
-    /// Expiry of the token.
-    pub expires_at: GoTime,
-    /// Whether the token satisfied a link of the chain.
-    pub valid: bool,
-    /// Gait error code when not valid.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub error_code: String,
-}
+pub use crate::gate::tokens::DelegationAuditEntry;
 
 /// `gait.gate.delegation_audit_record`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

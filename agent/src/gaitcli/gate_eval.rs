@@ -7,17 +7,11 @@
 //! and keys, checks presented tokens, runs the broker and writes the outputs. Exit 0 allow/dry_run/simulate,
 //! 3 block, 4 require_approval, 6 bad input, 1 runtime failure (e.g. rate-limit lock timeout).
 
-use crate::gate::approvals::{operation_count, target_count};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use gait_artifact::approval::{
-    ApprovalAuditEntry, ApprovalCheck, ApprovalToken, validate_approval_token,
-};
+use gait_artifact::approval::ApprovalAuditEntry;
 use gait_artifact::context::{MAX_ENVELOPE_BYTES, parse_context_envelope};
-use gait_artifact::delegation::{
-    ClaimedLink, DelegationCheck, LoadedDelegationToken, match_delegation_chain, required_links,
-};
 use gait_canon::sign::PublicKey;
 use gait_policy::eval::WrkrInventory;
 use gait_policy::gate::{
@@ -40,7 +34,7 @@ use crate::gate::GateError;
 use crate::gate::pipeline::{
     self, Authorizations, Inputs, StepContext, TraceContext, fail_closed_risk,
 };
-use crate::gate::trace;
+use crate::gate::{tokens, trace};
 
 /// Gait's default rate-limit state file.
 pub const DEFAULT_RATE_LIMIT_STATE: &str = ".gait-out/gate_rate_limits.json";
@@ -407,14 +401,13 @@ struct DelegationResult {
     entries: Vec<DelegationAuditEntry>,
 }
 
-/// Verify the presented delegation tokens against the intent's claimed chain: the token checks the
-/// pipeline applies, and the audit entries.
+/// Verify the presented delegation tokens against the intent's claimed chain ([`tokens`], shared with the
+/// daemon): the token checks the pipeline applies, and the audit entries.
 fn delegation_checks(
     args: &GateEvalArgs,
     ctx: &StepContext<'_>,
     signing_public: PublicKey,
 ) -> Result<(Vec<TokenCheck>, Vec<DelegationAuditEntry>), CliError> {
-    let intent = ctx.intent;
     let sources = delegation_key_sources(args);
     let key = if sources.has_any() {
         keys::load_verify_key(&sources)?
@@ -422,102 +415,14 @@ fn delegation_checks(
         signing_public
     };
     let paths = gather_paths(&args.delegation_token, &args.delegation_token_chain);
-    if paths.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
     let mut raw_tokens = Vec::with_capacity(paths.len());
-    let mut loaded = Vec::with_capacity(paths.len());
     for path in &paths {
         let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
             .map_err(|e| invalid(format!("read delegation token: {e}")))?;
-        let token = LoadedDelegationToken::from_bytes(&bytes)
-            .map_err(|e| invalid(format!("parse delegation token: {e}")))?;
-        loaded.push(token);
         raw_tokens.push(bytes);
     }
-    let (requester, scope_class, chain) = match &intent.delegation {
-        Some(d) => (
-            d.requester_identity.as_str(),
-            d.scope_class.as_str(),
-            d.chain
-                .iter()
-                .map(|l| ClaimedLink {
-                    delegator_identity: l.delegator_identity.clone(),
-                    delegate_identity: l.delegate_identity.clone(),
-                    scope_class: l.scope_class.clone(),
-                    token_ref: l.token_ref.clone(),
-                })
-                .collect(),
-        ),
-        None => ("", "", Vec::new()),
-    };
-    let required_scope = intent.required_approval_scope();
-    let outcome = match required_links(requester, scope_class, &chain) {
-        Ok(links) => {
-            let token_refs: Vec<&[u8]> = raw_tokens.iter().map(Vec::as_slice).collect();
-            let check = DelegationCheck {
-                intent_digest: &intent.intent_digest,
-                policy_digest: ctx.policy_digest,
-                required_scope: &required_scope,
-                now: crate::clock::now_utc(),
-            };
-            match_delegation_chain(&links, &token_refs, &key, &check)
-        }
-        Err(err) => gait_artifact::delegation::DelegationOutcome {
-            reason_codes: vec![
-                "delegation_chain_insufficient".into(),
-                err.code.as_str().to_owned(),
-            ],
-            ..Default::default()
-        },
-    };
-    let entries: Vec<DelegationAuditEntry> = loaded
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let token = t.token();
-            let judged = outcome.entries.get(i);
-            let mut scope = token.scope.clone();
-            scope.sort_unstable();
-            scope.dedup();
-            DelegationAuditEntry {
-                token_id: token.token_id.clone(),
-                delegator_identity: token.delegator_identity.clone(),
-                delegate_identity: token.delegate_identity.clone(),
-                scope,
-                expires_at: token.expires_at.to_utc(),
-                valid: judged.is_some_and(|j| j.valid),
-                error_code: judged
-                    .and_then(|j| j.error_code)
-                    .filter(|_| !judged.is_some_and(|j| j.valid))
-                    .map(|c| c.as_str().to_owned())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect();
-    let checks: Vec<TokenCheck> = if outcome.delegated {
-        entries
-            .iter()
-            .filter(|e| e.valid)
-            .map(|e| TokenCheck {
-                token_id: e.token_id.clone(),
-                identity: e.delegator_identity.clone(),
-                result: Ok(()),
-            })
-            .collect()
-    } else {
-        outcome
-            .reason_codes
-            .iter()
-            .filter(|c| c.as_str() != "delegation_chain_insufficient")
-            .map(|c| TokenCheck {
-                token_id: String::new(),
-                identity: String::new(),
-                result: Err(c.clone()),
-            })
-            .collect()
-    };
-    Ok((checks, entries))
+    let presented: Vec<&[u8]> = raw_tokens.iter().map(Vec::as_slice).collect();
+    tokens::check_delegation_tokens(&presented, &key, ctx).map_err(|e| invalid(e.to_string()))
 }
 
 /// What the approval step produced.
@@ -528,72 +433,27 @@ struct ApprovalResult {
     entries: Vec<ApprovalAuditEntry>,
 }
 
-fn read_approval_token(path: &Path) -> Result<(Vec<u8>, ApprovalToken), CliError> {
-    let bytes = files::read_bounded(path, MAX_AUX_FILE_BYTES)
-        .map_err(|e| invalid(format!("read approval token: {e}")))?;
-    // Go's decoder: keys in any case, unknown keys ignored, repeated keys resolved as Go does.
-    let token: ApprovalToken = gait_canon::gojson::from_slice(&bytes)
-        .map_err(|e| invalid(format!("parse approval token: {e}")))?;
-    Ok((bytes, token))
-}
-
-/// Validate the presented approval tokens: the token checks the pipeline applies, and the audit entries.
+/// Validate the presented approval tokens ([`tokens`], shared with the daemon): the token checks the pipeline
+/// applies, and the audit entries.
 fn approval_checks(
     args: &GateEvalArgs,
     ctx: &StepContext<'_>,
     signing_public: PublicKey,
 ) -> Result<(Vec<TokenCheck>, Vec<ApprovalAuditEntry>), CliError> {
-    let intent = ctx.intent;
     let sources = approval_key_sources(args);
     let key = if sources.has_any() {
         keys::load_verify_key(&sources)?
     } else {
         signing_public
     };
-    let scope = intent.required_approval_scope();
-    let binding = intent.delegation_digest().unwrap_or_default();
-    let check = ApprovalCheck {
-        intent_digest: &intent.intent_digest,
-        policy_digest: ctx.policy_digest,
-        delegation_binding_digest: &binding,
-        required_scope: &scope,
-        target_count: target_count(intent),
-        op_count: operation_count(intent),
-        now: crate::clock::now_utc(),
-    };
-    let mut checks = Vec::new();
-    let mut entries = Vec::new();
+    let mut raw_tokens = Vec::new();
     for path in gather_paths(&args.approval_token, &args.approval_token_chain) {
-        let (bytes, token) = read_approval_token(&path)?;
-        let judged = validate_approval_token(&bytes, &key, &check);
-        let mut scope = token.scope.clone();
-        scope.sort_unstable();
-        scope.dedup();
-        let error_code = judged
-            .as_ref()
-            .err()
-            .map(|e| e.code.as_str().to_owned())
-            .unwrap_or_default();
-        entries.push(ApprovalAuditEntry {
-            token_id: token.token_id.clone(),
-            approver_identity: token.approver_identity.clone(),
-            reason_code: token.reason_code.clone(),
-            scope,
-            expires_at: token.expires_at.to_utc(),
-            valid: judged.is_ok(),
-            error_code: error_code.clone(),
-        });
-        checks.push(TokenCheck {
-            token_id: token.token_id.clone(),
-            identity: token.approver_identity.clone(),
-            result: if error_code.is_empty() {
-                Ok(())
-            } else {
-                Err(error_code)
-            },
-        });
+        let bytes = files::read_bounded(&path, MAX_AUX_FILE_BYTES)
+            .map_err(|e| invalid(format!("read approval token: {e}")))?;
+        raw_tokens.push(bytes);
     }
-    Ok((checks, entries))
+    let presented: Vec<&[u8]> = raw_tokens.iter().map(Vec::as_slice).collect();
+    tokens::check_approval_tokens(&presented, &key, ctx).map_err(|e| invalid(e.to_string()))
 }
 
 /// The CLI's keys, tokens and broker, consulted by the pipeline at its steps 5–8.
@@ -740,6 +600,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         recover_rate_limit_state: false,
         rate_limit_bound: None,
         simulate: args.simulate,
+        apply_limits: true,
     };
     let mut auth = CliAuthorizations {
         args,
@@ -1167,6 +1028,7 @@ impl Summary<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gate::approvals::{operation_count, target_count};
     use crate::gate::pipeline::has_destructive_target;
 
     #[test]

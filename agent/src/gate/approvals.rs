@@ -6,14 +6,15 @@
 //!
 //! Tokens are verified at every decision with the approval key of the bundle in force
 //! (`manifest.approval_key`, signed by the registry key the agent already trusts); with no such key no token
-//! is accepted. A token bound to another intent or policy, expired, tampered or signed by another key is
+//! is accepted. Tokens a caller presents with the intent ([`PresentedTokens`]) are judged the same way, beside
+//! the delivered ones, and delegation tokens with `manifest.delegation_key`. A token bound to another intent or policy, expired, tampered or signed by another key is
 //! judged invalid by Gait's own validation (contract §2.4) and the verdict stays `require_approval`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use gait_artifact::approval::{ApprovalCheck, validate_approval_token};
+use gait_artifact::approval::ApprovalAuditEntry;
 use gait_canon::sign::PublicKey;
 use gait_policy::NormalizedIntent;
 use gait_policy::gate::{BrokerStatus, TokenCheck};
@@ -21,6 +22,7 @@ use gait_wire::DeliveredApproval;
 
 use super::GateError;
 use super::pipeline::{Authorizations, StepContext};
+use super::tokens::{self, DelegationAuditEntry, PresentedTokens};
 
 /// Directory (under the data dir) holding delivered approval tokens.
 pub const APPROVALS_DIR: &str = "approvals";
@@ -184,63 +186,88 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The daemon's tokens for the pipeline: the delivered tokens of the intent, verified with the approval key
-/// of the bundle in force; no delegation tokens and no broker (as [`super::pipeline::NoAuthorizations`]).
+/// The daemon's tokens for the pipeline: the tokens presented with the intent on the local API and the
+/// approval tokens the aggregator delivered for it, judged by [`super::tokens`] (the checks of `gait gate eval`)
+/// with the keys of the bundle in force; no broker (as [`super::pipeline::NoAuthorizations`]). The judgement
+/// of each token is kept for the decision record.
 #[derive(Debug)]
-pub struct DeliveredTokens<'a> {
+pub struct EdgeTokens<'a> {
     /// Where delivered tokens are.
     pub store: &'a ApprovalStore,
-    /// The bundle's approval key; `None`: no token is accepted.
-    pub key: Option<PublicKey>,
+    /// The bundle's approval key; `None`: no approval token is accepted.
+    pub approval_key: Option<PublicKey>,
+    /// The bundle's delegation key; `None`: no delegation token is accepted.
+    pub delegation_key: Option<PublicKey>,
+    /// Tokens presented with the intent.
+    pub presented: &'a PresentedTokens,
+    /// How each approval token was judged (presented first, then delivered).
+    pub approval_audit: Vec<ApprovalAuditEntry>,
+    /// How each presented delegation token was judged.
+    pub delegation_audit: Vec<DelegationAuditEntry>,
 }
 
-impl Authorizations for DeliveredTokens<'_> {
+impl<'a> EdgeTokens<'a> {
+    /// Tokens presented with one intent, judged with the keys the bundle carries.
+    pub fn new(
+        store: &'a ApprovalStore,
+        approval_key: Option<PublicKey>,
+        delegation_key: Option<PublicKey>,
+        presented: &'a PresentedTokens,
+    ) -> Self {
+        EdgeTokens {
+            store,
+            approval_key,
+            delegation_key,
+            presented,
+            approval_audit: Vec::new(),
+            delegation_audit: Vec::new(),
+        }
+    }
+}
+
+impl Authorizations for EdgeTokens<'_> {
     type Error = GateError;
 
     fn load_keys(&mut self) -> Result<(), GateError> {
         Ok(())
     }
 
-    fn delegation_tokens(&mut self, _ctx: &StepContext<'_>) -> Result<Vec<TokenCheck>, GateError> {
-        Ok(Vec::new())
+    fn delegation_tokens(&mut self, ctx: &StepContext<'_>) -> Result<Vec<TokenCheck>, GateError> {
+        let Some(key) = self.delegation_key else {
+            return Ok(Vec::new());
+        };
+        let presented: Vec<&[u8]> = self
+            .presented
+            .delegation
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let (checks, entries) = tokens::check_delegation_tokens(&presented, &key, ctx)?;
+        self.delegation_audit = entries;
+        Ok(checks)
     }
 
     fn approval_tokens(&mut self, ctx: &StepContext<'_>) -> Result<Vec<TokenCheck>, GateError> {
-        let Some(key) = self.key else {
+        let Some(key) = self.approval_key else {
             return Ok(Vec::new());
         };
+        let presented: Vec<&[u8]> = self.presented.approval.iter().map(Vec::as_slice).collect();
+        let (mut checks, mut entries) = tokens::check_approval_tokens(&presented, &key, ctx)?;
         let intent = ctx.intent;
-        let scope = intent.required_approval_scope();
-        let binding = intent.delegation_digest().unwrap_or_default();
-        let check = ApprovalCheck {
-            intent_digest: &intent.intent_digest,
-            policy_digest: ctx.policy_digest,
-            delegation_binding_digest: &binding,
-            required_scope: &scope,
-            target_count: target_count(intent),
-            op_count: operation_count(intent),
-            now: crate::clock::now_utc(),
-        };
-        Ok(self
+        for bytes in self
             .store
             .tokens_for(&intent.intent_digest, ctx.policy_digest)
-            .iter()
-            .map(|bytes| match validate_approval_token(bytes, &key, &check) {
-                Ok(token) => TokenCheck {
-                    token_id: token.token_id,
-                    identity: token.approver_identity,
-                    result: Ok(()),
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "delivered approval token not accepted");
-                    TokenCheck {
-                        token_id: String::new(),
-                        identity: String::new(),
-                        result: Err(e.code.as_str().to_owned()),
-                    }
+        {
+            match tokens::check_approval_tokens(&[bytes.as_slice()], &key, ctx) {
+                Ok((c, e)) => {
+                    checks.extend(c);
+                    entries.extend(e);
                 }
-            })
-            .collect())
+                Err(e) => tracing::warn!(error = %e, "delivered approval token not accepted"),
+            }
+        }
+        self.approval_audit = entries;
+        Ok(checks)
     }
 
     fn broker_credential(&mut self, _ctx: &StepContext<'_>) -> BrokerStatus {

@@ -1,6 +1,6 @@
 //! The daemon's side of the gate: the trace signing key and rate-limit state of local enforcement, and one
 //! local decision from the verified bundle in force, made by the shared [`pipeline`](super::pipeline) with
-//! no tokens and no broker.
+//! the tokens presented with the intent or delivered by the aggregator, and no broker.
 //!
 //! Around the pipeline the daemon adds only what it alone knows:
 //! - no verified bundle at all: nothing is evaluated; `high`/`critical` risk intents are blocked
@@ -8,7 +8,12 @@
 //! - an intent that does not normalize is still blocked by a policy that fails closed for its risk class
 //!   (Gait's step 2), otherwise it is a bad request;
 //! - staleness: with `on_stale: fail_closed` anything but `block` becomes `block` with `agent_bundle_stale`
-//!   (enforcement `stale_fail_closed`), and simulation never lifts that block.
+//!   (enforcement `stale_fail_closed`), and simulation never lifts that block;
+//! - the stage of the picked policy (`manifest.policies[].stage`): `enforce` runs it alone; `observe` runs it
+//!   as the policy of record and its candidate in shadow (no rate-limit counting), enforcing the policy's
+//!   verdict; `dry_run` runs the candidate as the policy of record and the replaced policy in shadow, and
+//!   where their verdicts differ enforces the replaced policy's (a block the candidate adds is reported as
+//!   `would_have_blocked`, one it drops stays). Both verdicts go into [`StageReport`] on every decision.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +25,14 @@ use gait_policy::{EvalOptions, IntentRequest, Verdict, normalize_intent};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::GateError;
 use super::PRODUCER_VERSION;
-use super::approvals::{ApprovalStore, DeliveredTokens};
+use super::approvals::{ApprovalStore, EdgeTokens};
 use super::pipeline::{self, Inputs, TraceContext};
 use super::policy_set::{PolicySet, PreparedPolicy};
+use super::tokens::{DelegationAuditEntry, PresentedTokens};
+use gait_artifact::approval::ApprovalAuditEntry;
+use gait_bundle::Stage;
 
 /// File name of the agent's generated trace signing key (in `<data_dir>/keys/`).
 pub const TRACE_PRIVATE_KEY: &str = "trace_private.key";
@@ -35,6 +44,8 @@ pub const RATE_LIMIT_STATE: &str = "gate_rate_limits.json";
 pub const REASON_NO_POLICY: &str = "agent_no_verified_policy";
 /// Reason code when the bundle is stale and says `on_stale: fail_closed`.
 pub const REASON_STALE: &str = "agent_bundle_stale";
+/// Reason code added in `dry_run` where the candidate would have stopped what the replaced policy lets through.
+pub const REASON_WOULD_HAVE_BLOCKED: &str = "stage_dry_run_would_have_blocked";
 
 /// The trace signing key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +107,8 @@ impl GateEngine {
         &self.key_id
     }
 
-    /// Decides `raw` against the bundle policies `set` (none: fail-closed default), enforcing rate limits
-    /// and staleness. Blocking: takes the rate-limit file lock and does file I/O.
+    /// Decides `raw` against the bundle policies `set` (none: fail-closed default), enforcing rate limits,
+    /// the stage of the picked policy and staleness. Blocking: takes the rate-limit file lock and does file I/O.
     pub fn decide(
         &self,
         set: Option<PolicySet<'_>>,
@@ -115,84 +126,269 @@ impl GateEngine {
                 DecisionError::Internal(e.to_string())
             }
         })?;
-        let inputs = Inputs {
-            policy: &prepared.policy,
-            policy_digest: &prepared.digest,
+        let (stage, candidate) = match &prepared.staged {
+            None => (Stage::Enforce, None),
+            Some(staged) => match &staged.candidate {
+                Ok(candidate) => (staged.stage, Some(Arc::clone(candidate))),
+                Err(error) => {
+                    // The aggregator validates candidates on publish; should one not parse, its policy decides.
+                    tracing::warn!(policy = %prepared.name, %error, "staged candidate unusable; its policy decides alone");
+                    (staged.stage, None)
+                }
+            },
+        };
+        // The policy of record counts rate limits and signs the trace; the other one is evaluated in shadow.
+        let (of_record, shadow) = match (stage, &candidate) {
+            (Stage::DryRun, Some(c)) => (Arc::clone(c), Some(Arc::clone(&prepared))),
+            (Stage::Observe, Some(c)) => (Arc::clone(&prepared), Some(Arc::clone(c))),
+            _ => (Arc::clone(&prepared), None),
+        };
+        let record_run = self.run_policy(&of_record, &set, raw, req, true)?;
+        let shadow_run = match &shadow {
+            None => None,
+            Some(policy) => match self.run_policy(policy, &set, raw, req, false) {
+                Ok(run) => Some(run),
+                // In observe the candidate's failure must not change what the policy in force decides.
+                Err(e) if stage == Stage::Observe => {
+                    tracing::warn!(policy = %prepared.name, error = %e, "candidate could not be evaluated in shadow");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let record_verdict = record_run.decision().verdict;
+        let shadow_verdict = shadow_run.as_ref().map(|r| r.decision().verdict);
+        // dry_run: never weaker than the replaced policy, and a block it adds is reported, not enforced.
+        let (deciding, would_have_blocked) = match (stage, shadow_run) {
+            (Stage::DryRun, Some(old)) => {
+                let (new, was) = (severity(record_verdict), severity(old.decision().verdict));
+                if new == was {
+                    (record_run, false)
+                } else {
+                    (old, new > was)
+                }
+            }
+            _ => (record_run, false),
+        };
+        let (active_verdict, candidate_verdict) = match stage {
+            Stage::DryRun => (shadow_verdict, candidate.as_ref().map(|_| record_verdict)),
+            _ => (Some(record_verdict), shadow_verdict),
+        };
+        let stage_report = StageReport {
+            stage,
+            candidate: candidate.as_ref().map(|c| c.name.clone()),
+            candidate_digest: candidate.as_ref().map(|c| c.digest.clone()),
+            active_verdict,
+            candidate_verdict,
+            would_have_blocked,
+        };
+        let policy_verdict = record_verdict;
+        match deciding {
+            PolicyRun::Invalid {
+                mut decision,
+                matched_rule,
+            } => {
+                if would_have_blocked {
+                    decision.add(REASON_WOULD_HAVE_BLOCKED, None);
+                }
+                let enforcement = stale_block(&mut decision, stale_fail_closed);
+                Ok(LocalDecision {
+                    decision,
+                    matched_rule,
+                    enforcement,
+                    simulated: None,
+                    policy_verdict,
+                    trace: None,
+                    intent_digest: String::new(),
+                    policy: Some(of_record),
+                    ask: None,
+                    stage: stage_report,
+                    approval_audit: Vec::new(),
+                    delegation_audit: Vec::new(),
+                })
+            }
+            PolicyRun::Evaluated {
+                policy,
+                mut evaluated,
+                approval_audit,
+                delegation_audit,
+            } => {
+                if would_have_blocked {
+                    evaluated.decision.add(REASON_WOULD_HAVE_BLOCKED, None);
+                }
+                let enforcement = stale_block(&mut evaluated.decision, stale_fail_closed);
+                let enforced_verdict = evaluated.decision.verdict;
+                let simulated = (req.simulate && !stale_fail_closed)
+                    .then(|| gait_policy::gate::apply_simulate(&mut evaluated.decision));
+                let record = evaluated.trace_record(
+                    &self.inputs(&policy, false),
+                    &TraceContext {
+                        producer_version: PRODUCER_VERSION,
+                        ..TraceContext::default()
+                    },
+                    crate::clock::now_go(),
+                );
+                let trace = gait_artifact::trace::sign_trace(record, &self.key);
+                // Still waiting for approval (no valid token presented, not simulated away): ask upstream.
+                let ask = (evaluated.decision.verdict == Verdict::RequireApproval
+                    && enforced_verdict == Verdict::RequireApproval)
+                    .then(|| ApprovalAsk {
+                        intent_digest: evaluated.intent.intent_digest.clone(),
+                        policy_digest: policy.digest.clone(),
+                        tool_name: evaluated.intent.tool_name.clone(),
+                        phase: evaluated.intent.context.phase.clone(),
+                        destructive: evaluated.intent.has_destructive_target(),
+                        scope: evaluated.intent.required_approval_scope(),
+                        trace_id: trace.trace_id.clone(),
+                    });
+                Ok(LocalDecision {
+                    decision: evaluated.decision,
+                    matched_rule: evaluated.outcome.matched_rule,
+                    enforcement,
+                    simulated,
+                    // The record class weighs the policy of record's own verdict beside the enforced one.
+                    policy_verdict,
+                    trace: Some(trace),
+                    intent_digest: evaluated.intent.intent_digest,
+                    policy: Some(of_record),
+                    ask,
+                    stage: stage_report,
+                    approval_audit,
+                    delegation_audit,
+                })
+            }
+        }
+    }
+
+    /// The pipeline's inputs for `policy` as the daemon runs it (simulation is applied after the stage).
+    fn inputs<'a>(&'a self, policy: &'a PreparedPolicy, apply_limits: bool) -> Inputs<'a> {
+        Inputs {
+            policy: &policy.policy,
+            policy_digest: &policy.digest,
             context_evidence: None,
             wrkr: None,
             registry_entries: &[],
             rate_limit_state: &self.rate_limit_state,
             recover_rate_limit_state: true,
             rate_limit_bound: Some(&self.rate_limit_bound),
-            simulate: req.simulate && !stale_fail_closed,
-        };
-        let mut tokens = DeliveredTokens {
-            store: &self.approvals,
-            key: set.approval_key,
-        };
-        let mut evaluated = match pipeline::run(&inputs, raw, &mut tokens) {
-            Ok(evaluated) => evaluated,
+            simulate: false,
+            apply_limits,
+        }
+    }
+
+    /// One policy's verdict on `raw` through the shared pipeline, with the presented and delivered tokens;
+    /// `apply_limits` only for the policy of record.
+    fn run_policy(
+        &self,
+        policy: &Arc<PreparedPolicy>,
+        set: &PolicySet<'_>,
+        raw: &IntentRequest,
+        req: &GateRequest,
+        apply_limits: bool,
+    ) -> Result<PolicyRun, DecisionError> {
+        let inputs = self.inputs(policy, apply_limits);
+        let mut tokens = EdgeTokens::new(
+            &self.approvals,
+            set.approval_key,
+            set.delegation_key,
+            &req.tokens,
+        );
+        match pipeline::run(&inputs, raw, &mut tokens) {
+            Ok(evaluated) => Ok(PolicyRun::Evaluated {
+                policy: Arc::clone(policy),
+                evaluated: Box::new(evaluated),
+                approval_audit: tokens.approval_audit,
+                delegation_audit: tokens.delegation_audit,
+            }),
             Err(e) if e.is_normalize() => {
                 // Gait's step 2: a policy that fails closed for this risk class blocks an invalid intent.
                 let outcome =
-                    gait_policy::evaluate_request(&prepared.policy, raw, &EvalOptions::default())
+                    gait_policy::evaluate_request(&policy.policy, raw, &EvalOptions::default())
                         .map_err(|_| bad("intent", e.to_string()))?;
-                let mut decision = GateDecision::from_outcome(&outcome);
-                let policy_verdict = decision.verdict;
-                let enforcement = stale_block(&mut decision, stale_fail_closed);
-                return Ok(LocalDecision {
-                    decision,
+                Ok(PolicyRun::Invalid {
+                    decision: GateDecision::from_outcome(&outcome),
                     matched_rule: outcome.matched_rule,
-                    enforcement,
-                    simulated: None,
-                    policy_verdict,
-                    trace: None,
-                    intent_digest: String::new(),
-                    policy: Some(prepared),
-                    ask: None,
-                });
+                })
             }
-            Err(e) if e.is_invalid_intent() => return Err(bad("intent", e.to_string())),
+            Err(GateError::Token(e)) => Err(bad(
+                if e.kind == "approval" {
+                    "approval_tokens"
+                } else {
+                    "delegation_tokens"
+                },
+                e.to_string(),
+            )),
+            Err(e) if e.is_invalid_intent() => Err(bad("intent", e.to_string())),
             Err(e) if e.is_storage() => {
-                return Err(DecisionError::Storage(format!("rate limit state: {e}")));
+                Err(DecisionError::Storage(format!("rate limit state: {e}")))
             }
-            Err(e) => return Err(DecisionError::Internal(format!("rate limit state: {e}"))),
-        };
-        let enforcement = stale_block(&mut evaluated.decision, stale_fail_closed);
-        let record = evaluated.trace_record(
-            &inputs,
-            &TraceContext {
-                producer_version: PRODUCER_VERSION,
-                ..TraceContext::default()
-            },
-            crate::clock::now_go(),
-        );
-        let trace = gait_artifact::trace::sign_trace(record, &self.key);
-        // Still waiting for approval (no valid token presented, not simulated away): ask upstream.
-        let ask = (evaluated.decision.verdict == Verdict::RequireApproval
-            && evaluated.enforced_verdict == Verdict::RequireApproval)
-            .then(|| ApprovalAsk {
-                intent_digest: evaluated.intent.intent_digest.clone(),
-                policy_digest: prepared.digest.clone(),
-                tool_name: evaluated.intent.tool_name.clone(),
-                phase: evaluated.intent.context.phase.clone(),
-                destructive: evaluated.intent.has_destructive_target(),
-                scope: evaluated.intent.required_approval_scope(),
-                trace_id: trace.trace_id.clone(),
-            });
-        Ok(LocalDecision {
-            decision: evaluated.decision,
-            matched_rule: evaluated.outcome.matched_rule,
-            enforcement,
-            simulated: evaluated.simulated,
-            // The pipeline calls the verdict before simulation "enforced" (what enforcement would do); the record
-            // calls it the policy's own verdict, beside the verdict the caller enforces.
-            policy_verdict: evaluated.enforced_verdict,
-            trace: Some(trace),
-            intent_digest: evaluated.intent.intent_digest,
-            policy: Some(prepared),
-            ask,
-        })
+            Err(e) => Err(DecisionError::Internal(format!("rate limit state: {e}"))),
+        }
+    }
+}
+
+/// One policy's run: the pipeline's result, or the fail-closed verdict on an intent that did not normalize.
+enum PolicyRun {
+    Evaluated {
+        policy: Arc<PreparedPolicy>,
+        evaluated: Box<pipeline::Evaluated>,
+        approval_audit: Vec<ApprovalAuditEntry>,
+        delegation_audit: Vec<DelegationAuditEntry>,
+    },
+    Invalid {
+        decision: GateDecision,
+        matched_rule: String,
+    },
+}
+
+impl PolicyRun {
+    fn decision(&self) -> &GateDecision {
+        match self {
+            PolicyRun::Evaluated { evaluated, .. } => &evaluated.decision,
+            PolicyRun::Invalid { decision, .. } => decision,
+        }
+    }
+}
+
+/// How strongly a verdict stops a call: `block` over `require_approval` over `allow`/`dry_run`.
+pub fn severity(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Block => 2,
+        Verdict::RequireApproval => 1,
+        Verdict::Allow | Verdict::DryRun => 0,
+    }
+}
+
+/// The stage a decision was made at and what each policy decided (on every decision record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageReport {
+    /// `enforce` (no candidate), `observe` or `dry_run`.
+    pub stage: Stage,
+    /// File name of the staged candidate.
+    pub candidate: Option<String>,
+    /// Gait policy digest of the staged candidate.
+    pub candidate_digest: Option<String>,
+    /// Verdict of the policy the bundle lists (the one a candidate would replace), before simulation and
+    /// staleness.
+    pub active_verdict: Option<Verdict>,
+    /// Verdict of the candidate (evaluated in shadow in `observe`, of record in `dry_run`).
+    pub candidate_verdict: Option<Verdict>,
+    /// `dry_run` only: the candidate would have stopped what the replaced policy lets through; the replaced
+    /// policy's verdict was enforced and the reason code `stage_dry_run_would_have_blocked` added.
+    pub would_have_blocked: bool,
+}
+
+impl StageReport {
+    /// The report of a decision made without a policy.
+    fn none() -> Self {
+        StageReport {
+            stage: Stage::Enforce,
+            candidate: None,
+            candidate_digest: None,
+            active_verdict: None,
+            candidate_verdict: None,
+            would_have_blocked: false,
+        }
     }
 }
 
@@ -228,6 +424,8 @@ pub struct GateRequest {
     pub policy: Option<String>,
     /// Gait's `--simulate`: record the real decision, enforce `allow`.
     pub simulate: bool,
+    /// Approval and delegation tokens presented with the intent.
+    pub tokens: PresentedTokens,
 }
 
 /// Why no local decision was made (the caller must fail closed).
@@ -326,6 +524,14 @@ pub struct GateResponse {
     /// The signed trace (absent when nothing was evaluated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<Value>,
+    /// The stage the policy was at, the candidate's digest and both verdicts.
+    pub stage: StageReport,
+    /// How each approval token was judged (absent when none was consulted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approval_audit: Vec<ApprovalAuditEntry>,
+    /// How each presented delegation token was judged (absent when none was consulted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delegation_audit: Vec<DelegationAuditEntry>,
 }
 
 /// A local decision before it is recorded.
@@ -351,6 +557,12 @@ pub struct LocalDecision {
     pub policy: Option<Arc<PreparedPolicy>>,
     /// The approval request to raise upstream, when the final verdict still requires approval.
     pub ask: Option<ApprovalAsk>,
+    /// The stage and both policies' verdicts.
+    pub stage: StageReport,
+    /// How each approval token (presented or delivered) was judged.
+    pub approval_audit: Vec<ApprovalAuditEntry>,
+    /// How each presented delegation token was judged.
+    pub delegation_audit: Vec<DelegationAuditEntry>,
 }
 
 /// What an `approval.request` record asks for (see `gait_wire::approval`).
@@ -397,6 +609,9 @@ fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
         intent_digest,
         policy: None,
         ask: None,
+        stage: StageReport::none(),
+        approval_audit: Vec::new(),
+        delegation_audit: Vec::new(),
     }
 }
 

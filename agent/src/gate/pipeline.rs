@@ -70,6 +70,10 @@ pub struct Inputs<'a> {
     pub rate_limit_bound: Option<&'a super::ratelimit_bound::KeyBound>,
     /// Gait's `--simulate`: report what enforcement would do, enforce `allow`.
     pub simulate: bool,
+    /// Whether step 4 (rate limit, destructive budget) counts and applies. `false` only for a policy evaluated
+    /// in shadow beside the policy of record (a staged candidate, or the policy a dry run replaces): its
+    /// verdict is reported, and only the policy of record's counters move.
+    pub apply_limits: bool,
 }
 
 /// Facts about the evaluation a token or broker step may need.
@@ -227,8 +231,11 @@ pub fn run<A: Authorizations>(
     let outcome = decided.outcome;
     let mut decision = GateDecision::from_outcome(&outcome);
     // 4: rate limit and destructive budget.
-    let (rate, budget) =
-        enforce_limits(inputs, &outcome, &intent, &mut decision).map_err(A::Error::from)?;
+    let (rate, budget) = if inputs.apply_limits {
+        enforce_limits(inputs, &outcome, &intent, &mut decision).map_err(A::Error::from)?
+    } else {
+        (None, None)
+    };
     // 5: keys.
     auth.load_keys()?;
     let ctx = StepContext {

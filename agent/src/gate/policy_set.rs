@@ -1,5 +1,7 @@
 //! The policies of a verified bundle, parsed once at activation, and the choice of the one a decision
-//! is made against (`?policy=<file>`, or the bundle's only policy file).
+//! is made against (`?policy=<file>`, or the bundle's only policy file). A policy may carry a staged
+//! candidate (`manifest.policies[].stage` / `.candidate`): it is parsed with its policy and is never picked
+//! by name on its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,29 +17,52 @@ pub struct PreparedPolicy {
     pub policy: Policy,
     /// Its Gait policy digest.
     pub digest: String,
+    /// The candidate staged beside it (stage `observe` or `dry_run`); `None`: stage `enforce`.
+    pub staged: Option<Staged>,
+}
+
+/// A candidate policy and its stage.
+#[derive(Debug)]
+pub struct Staged {
+    /// `observe` or `dry_run`.
+    pub stage: gait_bundle::Stage,
+    /// The candidate, parsed; a file that does not parse keeps its error (the candidate then has no verdict,
+    /// and the policy it was staged beside decides alone).
+    pub candidate: Result<Arc<PreparedPolicy>, String>,
 }
 
 /// Every policy file of a bundle, parsed; a file that does not parse keeps its error (the aggregator
 /// validates on publish, so this is a defence, reported at decision time).
 pub type PreparedPolicies = BTreeMap<String, Result<Arc<PreparedPolicy>, String>>;
 
-/// Parses every policy file of a verified bundle.
+/// Parses every policy file of a verified bundle, each with its staged candidate.
 pub fn prepare_policies(bundle: &gait_bundle::VerifiedBundle) -> PreparedPolicies {
+    let parse = |name: &str, staged: Option<Staged>| -> Result<PreparedPolicy, String> {
+        let bytes = bundle
+            .files
+            .get(name)
+            .ok_or_else(|| format!("bundle has no file {name:?}"))?;
+        let policy = parse_policy_yaml(bytes).map_err(|e| e.to_string())?;
+        let digest = policy.digest();
+        Ok(PreparedPolicy {
+            name: name.to_owned(),
+            policy,
+            digest,
+            staged,
+        })
+    };
     bundle
-        .files
+        .manifest
+        .policies
         .iter()
-        .map(|(name, bytes)| {
-            let prepared = parse_policy_yaml(bytes)
-                .map(|policy| {
-                    let digest = policy.digest();
-                    Arc::new(PreparedPolicy {
-                        name: name.clone(),
-                        policy,
-                        digest,
-                    })
-                })
-                .map_err(|e| e.to_string());
-            (name.clone(), prepared)
+        .map(|entry| {
+            let staged = entry.candidate.as_ref().map(|c| Staged {
+                stage: entry.stage,
+                candidate: parse(&c.name, None)
+                    .map(Arc::new)
+                    .map_err(|e| format!("candidate {:?}: {e}", c.name)),
+            });
+            (entry.name.clone(), parse(&entry.name, staged).map(Arc::new))
         })
         .collect()
 }
@@ -51,6 +76,9 @@ pub struct PolicySet<'a> {
     pub policies: &'a PreparedPolicies,
     /// The approval key the bundle carries (`manifest.approval_key`): tokens it signs are accepted.
     pub approval_key: Option<gait_canon::sign::PublicKey>,
+    /// The delegation key the bundle carries (`manifest.delegation_key`): delegation tokens it signs are
+    /// accepted; without it none is.
+    pub delegation_key: Option<gait_canon::sign::PublicKey>,
 }
 
 /// Why no policy could be picked.

@@ -5,7 +5,8 @@
 //! Order for one intent:
 //! 1. Parse the Gait intent request (Gait's leniency: unknown fields ignored, keys case-insensitive).
 //! 2. Decide with [`GateEngine::decide`](crate::gate::engine::GateEngine::decide): the bundle's policy
-//!    (the only one, or `?policy=`), the shared Gait pipeline without tokens or broker, staleness.
+//!    (the only one, or `?policy=`) at its stage, the shared Gait pipeline with the tokens presented with the
+//!    intent and those the aggregator delivered (no broker), staleness.
 //! 3. Append a `gate.decision` record (class `block`, `approval` or `allow` by the stricter of the policy's own
 //!    verdict and the enforced one) whose envelope carries the bundle digest in force and since when, and only
 //!    then answer. If the record cannot be stored the caller gets an error and must fail closed.
@@ -14,7 +15,8 @@
 //! ([`EvaluateError::SimulateNotAllowed`], before anything is decided or recorded) unless the signed bundle in
 //! force says `settings.allow_caller_simulate`. Every decision record carries both `policy_verdict` (what the
 //! policy decided) and `enforced_verdict` (what the caller was told to enforce), so a simulated `allow` never
-//! hides a `block`.
+//! hides a `block`, and `stage` (the stage, the candidate's digest, the verdicts of the policy and of its
+//! candidate, `would_have_blocked`).
 
 use std::sync::Arc;
 
@@ -22,7 +24,9 @@ use gait_policy::{Verdict, parse_intent};
 use gait_wire::RecordClass;
 use serde_json::Value;
 
-use crate::gate::engine::{DecisionBundle, DecisionError, GateRequest, GateResponse, bad};
+use crate::gate::engine::{
+    DecisionBundle, DecisionError, GateRequest, GateResponse, bad, severity,
+};
 use crate::gate::policy_set::PolicySet;
 use crate::outbox::{AppendOutcome, OutboxError};
 use crate::state::{AgentState, now_unix_ms};
@@ -69,11 +73,6 @@ fn record_class(verdict: Verdict) -> RecordClass {
 /// lowers the enforced verdict (a would-have-blocked decision stays at block priority) and a stale bundle under
 /// `fail_closed` only raises it (a stale block is never shed as an `allow`).
 fn decision_class(policy: Verdict, enforced: Verdict) -> RecordClass {
-    let severity = |v: Verdict| match v {
-        Verdict::Block => 2,
-        Verdict::RequireApproval => 1,
-        Verdict::Allow | Verdict::DryRun => 0,
-    };
     record_class(if severity(enforced) > severity(policy) {
         enforced
     } else {
@@ -122,6 +121,7 @@ pub async fn evaluate_intent(
             epoch: a.epoch(),
             policies: &a.policies,
             approval_key: a.bundle.manifest.approval_public_key(),
+            delegation_key: a.bundle.manifest.delegation_public_key(),
         });
         engine.decide(set, stale_fail_closed, &raw, &req)
     })
@@ -172,6 +172,9 @@ pub async fn evaluate_intent(
         simulated: decided.simulated,
         record_seq: None,
         trace: trace_json,
+        stage: decided.stage,
+        approval_audit: decided.approval_audit,
+        delegation_audit: decided.delegation_audit,
     };
     let requester = crate::gate::approvals::requester_of(&requested_by);
     let mut payload = decision_payload(&response, decided.policy_verdict, &clocks);
@@ -180,7 +183,17 @@ pub async fn evaluate_intent(
     }
     let bytes = serde_json::to_vec(&payload)
         .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
-    let class = decision_class(decided.policy_verdict, response.verdict);
+    // Both policies' verdicts weigh in, so a decision whose candidate would block is never shed as an `allow`.
+    let strictest = [
+        Some(decided.policy_verdict),
+        response.stage.active_verdict,
+        response.stage.candidate_verdict,
+    ]
+    .into_iter()
+    .flatten()
+    .max_by_key(|v| severity(*v))
+    .unwrap_or(decided.policy_verdict);
+    let class = decision_class(strictest, response.verdict);
     let outcome = state.append(class, DECISION_KIND.to_owned(), bytes).await?;
     response.record_seq = match outcome {
         AppendOutcome::Appended { seq } => Some(seq),

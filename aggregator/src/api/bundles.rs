@@ -35,6 +35,24 @@ pub struct PublishBody {
     /// Whether callers of the agents' local API may ask for `simulate` (default false: refused).
     #[serde(default)]
     pub allow_caller_simulate: bool,
+    /// Candidates staged beside policies: policy file name -> `{stage, name, policy}`.
+    #[serde(default)]
+    pub candidates: BTreeMap<String, CandidateBody>,
+    /// Public key (Gait's key text) agents verify delegation tokens with.
+    #[serde(default)]
+    pub delegation_key: Option<String>,
+}
+
+/// A candidate staged beside a policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateBody {
+    /// `observe` or `dry_run`.
+    pub stage: String,
+    /// Its file name in the bundle.
+    pub name: String,
+    /// Its Gait policy YAML.
+    pub policy: String,
 }
 
 pub(super) async fn publish(
@@ -53,6 +71,34 @@ pub(super) async fn publish(
             )));
         }
     };
+    let mut candidates = BTreeMap::new();
+    for (policy, c) in body.candidates {
+        let stage = gait_bundle::Stage::parse(&c.stage).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "candidates.{policy}.stage: `{}` is not one of observe, dry_run",
+                c.stage
+            ))
+        })?;
+        candidates.insert(
+            policy,
+            crate::registry::StagedCandidate {
+                stage,
+                name: c.name,
+                text: c.policy,
+            },
+        );
+    }
+    let delegation_key = body
+        .delegation_key
+        .as_deref()
+        .map(|k| {
+            gait_canon::sign::PublicKey::from_gait_public_key(k.trim()).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "delegation_key: not an Ed25519 public key in Gait's base64 form ({e})"
+                ))
+            })
+        })
+        .transpose()?;
     let req = PublishRequest {
         policies: body.policies,
         max_offline_seconds: body.max_offline_seconds,
@@ -62,6 +108,8 @@ pub(super) async fn publish(
             allow_caller_simulate: body.allow_caller_simulate,
         },
         created_by: caller.actor(),
+        candidates,
+        delegation_key,
     };
     match state.registry.publish(caller.target(), req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),

@@ -41,6 +41,19 @@ pub struct PublishArgs {
     /// enforce allow). Signed into the bundle; without it such requests are refused.
     #[arg(long)]
     pub allow_caller_simulate: bool,
+    /// Candidate policy to stage beside a policy (repeatable): `FILE` when the bundle has one policy, else
+    /// `POLICY=FILE` (POLICY: the file name of a --policy). Stored under FILE's name; needs --stage.
+    #[arg(long = "candidate", requires = "stage")]
+    pub candidates: Vec<String>,
+    /// Stage of the candidates: observe (the policy decides, the candidate runs in shadow, both verdicts are
+    /// recorded) or dry_run (the candidate is the policy of record; a block it adds is reported, not
+    /// enforced). To enforce a candidate, publish it as the --policy.
+    #[arg(long, requires = "candidates", value_parser = ["observe", "dry_run"])]
+    pub stage: Option<String>,
+    /// Public key file (Gait's key text) agents verify Gait delegation tokens with; signed into the bundle.
+    /// Without it agents accept no delegation token.
+    #[arg(long)]
+    pub delegation_key: Option<PathBuf>,
     /// Print the server's JSON answer.
     #[arg(long)]
     pub json: bool,
@@ -61,7 +74,52 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
             bail!("two policies are named {name}; file names must be unique in a bundle");
         }
     }
+    let mut candidates = serde_json::Map::new();
+    for spec in &args.candidates {
+        let (policy, path) = match spec.split_once('=') {
+            Some((policy, path)) => (policy.to_owned(), PathBuf::from(path)),
+            None if policies.len() == 1 => (
+                policies.keys().next().cloned().unwrap_or_default(),
+                PathBuf::from(spec),
+            ),
+            None => bail!(
+                "--candidate {spec}: the bundle has {} policies; name the one it stands beside: --candidate POLICY=FILE",
+                policies.len()
+            ),
+        };
+        if !policies.contains_key(&policy) {
+            bail!(
+                "--candidate {spec}: {policy} is not a --policy of this bundle ({})",
+                policies.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: not a file name", path.display()))?
+            .to_owned();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading candidate {}", path.display()))?;
+        let stage = args.stage.clone().unwrap_or_default();
+        if candidates
+            .insert(
+                policy.clone(),
+                serde_json::json!({ "stage": stage, "name": name, "policy": text }),
+            )
+            .is_some()
+        {
+            bail!("two candidates are staged beside {policy}; give one");
+        }
+    }
     let mut body = serde_json::json!({ "policies": policies });
+    if !candidates.is_empty() {
+        body["candidates"] = candidates.into();
+    }
+    if let Some(path) = &args.delegation_key {
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("reading delegation key {}", path.display()))?;
+        body["delegation_key"] = key.trim().to_owned().into();
+    }
     if let Some(v) = args.max_offline_seconds {
         body["max_offline_seconds"] = v.into();
     }

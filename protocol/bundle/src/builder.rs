@@ -2,8 +2,8 @@
 
 use crate::manifest::{check_name, format_time, malformed};
 use crate::{
-    BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, MAX_BUNDLE_LEN, Manifest, PolicyEntry,
-    Scope, Settings, Staleness,
+    BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, CandidateEntry, MAX_BUNDLE_LEN, Manifest,
+    PolicyEntry, Scope, Settings, Stage, Staleness,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,7 +21,10 @@ pub struct BundleBuilder {
     staleness: Staleness,
     settings: Settings,
     approval_key: Option<String>,
+    delegation_key: Option<String>,
     files: BTreeMap<String, Vec<u8>>,
+    /// Policy name -> (stage, candidate file name, candidate bytes).
+    candidates: BTreeMap<String, (Stage, String, Vec<u8>)>,
     duplicate: Option<String>,
 }
 
@@ -38,7 +41,9 @@ impl BundleBuilder {
             staleness: Staleness::default(),
             settings: Settings::default(),
             approval_key: None,
+            delegation_key: None,
             files: BTreeMap::new(),
+            candidates: BTreeMap::new(),
             duplicate: None,
         }
     }
@@ -79,6 +84,29 @@ impl BundleBuilder {
         self
     }
 
+    /// Carry the public key delegation tokens must be signed with (agents then accept delegation tokens it
+    /// signs).
+    pub fn delegation_key(&mut self, key: &gait_canon::sign::PublicKey) -> &mut Self {
+        self.delegation_key = Some(key.to_gait_public_key());
+        self
+    }
+
+    /// Stage `bytes` as the candidate of the policy `policy` (added with [`add_policy`](Self::add_policy))
+    /// at `stage`, stored as the file `name`. [`sign`](Self::sign) fails when `policy` is not in the bundle,
+    /// when `name` is taken, or when `stage` is `enforce` (a candidate is enforced by publishing it as the
+    /// policy).
+    pub fn candidate(
+        &mut self,
+        policy: impl Into<String>,
+        stage: Stage,
+        name: impl Into<String>,
+        bytes: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        self.candidates
+            .insert(policy.into(), (stage, name.into(), bytes.into()));
+        self
+    }
+
     /// Add a policy file. Adding the same name twice makes [`sign`](Self::sign) fail.
     pub fn add_policy(&mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> &mut Self {
         let name = name.into();
@@ -101,6 +129,18 @@ impl BundleBuilder {
         for name in self.files.keys() {
             check_name("manifest.policies[].name", name)?;
         }
+        if let Some(policy) = self
+            .candidates
+            .keys()
+            .find(|p| !self.files.contains_key(*p))
+        {
+            return Err(malformed(
+                "manifest.policies[].candidate",
+                format!(
+                    "the candidate is staged for {policy:?}, which is not a policy of the bundle"
+                ),
+            ));
+        }
         let created_at_unix = match self.created_at_unix {
             Some(t) => t,
             None => std::time::SystemTime::now()
@@ -121,14 +161,24 @@ impl BundleBuilder {
             policies: self
                 .files
                 .iter()
-                .map(|(name, bytes)| PolicyEntry {
-                    name: name.clone(),
-                    sha256: gait_canon::sha256_hex(bytes),
-                    size: bytes.len() as u64,
+                .map(|(name, bytes)| {
+                    let staged = self.candidates.get(name);
+                    PolicyEntry {
+                        name: name.clone(),
+                        sha256: gait_canon::sha256_hex(bytes),
+                        size: bytes.len() as u64,
+                        stage: staged.map(|(stage, _, _)| *stage).unwrap_or_default(),
+                        candidate: staged.map(|(_, cname, cbytes)| CandidateEntry {
+                            name: cname.clone(),
+                            sha256: gait_canon::sha256_hex(cbytes),
+                            size: cbytes.len() as u64,
+                        }),
+                    }
                 })
                 .collect(),
             key_id: key_id.to_owned(),
             approval_key: self.approval_key.clone(),
+            delegation_key: self.delegation_key.clone(),
         };
         manifest.validate()?;
         Ok(manifest)
@@ -143,6 +193,11 @@ impl BundleBuilder {
         let files: BTreeMap<&str, String> = self
             .files
             .iter()
+            .chain(
+                self.candidates
+                    .values()
+                    .map(|(_, name, bytes)| (name, bytes)),
+            )
             .map(|(name, bytes)| (name.as_str(), STANDARD.encode(bytes)))
             .collect();
         let document = serde_json::json!({

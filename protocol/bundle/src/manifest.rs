@@ -100,6 +100,66 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+/// How far a policy's candidate has come (per policy, signed with it). A policy without a candidate is
+/// `enforce`, which is also what every manifest without a `stage` field means.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The policy decides alone (no candidate).
+    #[default]
+    Enforce,
+    /// The policy decides; the candidate is evaluated in shadow and both verdicts are recorded.
+    Observe,
+    /// The candidate is the policy of record, but a block it adds over the policy it replaces is reported
+    /// (`would_have_blocked`) and not enforced, and what the replaced policy blocks stays blocked.
+    DryRun,
+}
+
+impl Stage {
+    /// The stage's name in manifests, flags and decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Enforce => "enforce",
+            Stage::Observe => "observe",
+            Stage::DryRun => "dry_run",
+        }
+    }
+
+    /// Parses `enforce`, `observe` or `dry_run`.
+    pub fn parse(s: &str) -> Option<Stage> {
+        match s {
+            "enforce" => Some(Stage::Enforce),
+            "observe" => Some(Stage::Observe),
+            "dry_run" => Some(Stage::DryRun),
+            _ => None,
+        }
+    }
+
+    fn is_enforce(&self) -> bool {
+        *self == Stage::Enforce
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The candidate policy file staged beside a policy of record: a file of the bundle like the policies, bound
+/// by SHA-256 and size, under a name no policy uses.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateEntry {
+    /// File name in the bundle's `files`, under the rule of [`PolicyEntry::name`], distinct from every policy
+    /// and candidate name.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the file bytes.
+    pub sha256: String,
+    /// File size in bytes.
+    pub size: u64,
+}
+
 /// One policy file listed in the manifest.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +170,12 @@ pub struct PolicyEntry {
     pub sha256: String,
     /// File size in bytes.
     pub size: u64,
+    /// The candidate's stage; omitted for `enforce`, so manifests without stages keep their digest.
+    #[serde(default, skip_serializing_if = "Stage::is_enforce")]
+    pub stage: Stage,
+    /// The candidate policy file: required for `observe` and `dry_run`, refused for `enforce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateEntry>,
 }
 
 /// The signed manifest of a bundle. Its DigestJCS is the bundle digest.
@@ -140,6 +206,11 @@ pub struct Manifest {
     /// without it keep their digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_key: Option<String>,
+    /// The public key Gait delegation tokens must be signed with (Gait's key text) for decisions under this
+    /// bundle; agents accept no delegation token without it. Omitted when absent, so manifests without it keep
+    /// their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_key: Option<String>,
     /// Key id (lowercase hex SHA-256 of the raw Ed25519 public key) of the signing key.
     pub key_id: String,
 }
@@ -148,6 +219,13 @@ impl Manifest {
     /// The approval public key the bundle carries, if any (validated when the manifest was parsed or built).
     pub fn approval_public_key(&self) -> Option<gait_canon::sign::PublicKey> {
         self.approval_key
+            .as_deref()
+            .and_then(|k| gait_canon::sign::PublicKey::from_gait_public_key(k).ok())
+    }
+
+    /// The delegation public key the bundle carries, if any (validated when the manifest was parsed or built).
+    pub fn delegation_public_key(&self) -> Option<gait_canon::sign::PublicKey> {
+        self.delegation_key
             .as_deref()
             .and_then(|k| gait_canon::sign::PublicKey::from_gait_public_key(k).ok())
     }
@@ -210,6 +288,7 @@ impl Manifest {
                     format!("must be at most {MAX_SAFE_INTEGER}"),
                 ));
             }
+            check_stage(i, p)?;
             if i > 0 && self.policies[i - 1].name >= p.name {
                 return Err(malformed(
                     &format!("manifest.policies[{i}].name"),
@@ -220,16 +299,76 @@ impl Manifest {
                 ));
             }
         }
+        let mut names: std::collections::BTreeSet<&str> =
+            self.policies.iter().map(|p| p.name.as_str()).collect();
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Some(c) = &p.candidate
+                && !names.insert(c.name.as_str())
+            {
+                return Err(malformed(
+                    &format!("manifest.policies[{i}].candidate.name"),
+                    format!(
+                        "{:?} is already the name of a policy or another candidate: every file of a bundle has its own name",
+                        c.name
+                    ),
+                ));
+            }
+        }
         check_hex64("manifest.key_id", &self.key_id)?;
-        if let Some(key) = &self.approval_key {
-            gait_canon::sign::PublicKey::from_gait_public_key(key).map_err(|e| {
-                malformed(
-                    "manifest.approval_key",
-                    format!("is not an Ed25519 public key in Gait's base64 form ({e})"),
-                )
-            })?;
+        for (field, key) in [
+            ("manifest.approval_key", &self.approval_key),
+            ("manifest.delegation_key", &self.delegation_key),
+        ] {
+            if let Some(key) = key {
+                gait_canon::sign::PublicKey::from_gait_public_key(key).map_err(|e| {
+                    malformed(
+                        field,
+                        format!("is not an Ed25519 public key in Gait's base64 form ({e})"),
+                    )
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Every file the bundle carries: (name, sha256, size) of each policy and each candidate.
+    pub fn listed_files(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.policies.iter().flat_map(|p| {
+            std::iter::once((p.name.as_str(), p.sha256.as_str(), p.size)).chain(
+                p.candidate
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.sha256.as_str(), c.size)),
+            )
+        })
+    }
+}
+
+/// A staged policy names its candidate, and `enforce` carries none.
+fn check_stage(i: usize, p: &PolicyEntry) -> Result<(), BundleError> {
+    match (&p.candidate, p.stage) {
+        (None, Stage::Enforce) => Ok(()),
+        (Some(_), Stage::Enforce) => Err(malformed(
+            &format!("manifest.policies[{i}].candidate"),
+            "a policy at stage enforce has no candidate: to enforce the candidate, publish it as the policy",
+        )),
+        (None, stage) => Err(malformed(
+            &format!("manifest.policies[{i}].stage"),
+            format!("{stage} needs a candidate policy file (manifest.policies[{i}].candidate)"),
+        )),
+        (Some(c), _) => {
+            check_name(&format!("manifest.policies[{i}].candidate.name"), &c.name)?;
+            check_hex64(
+                &format!("manifest.policies[{i}].candidate.sha256"),
+                &c.sha256,
+            )?;
+            if c.size > MAX_SAFE_INTEGER {
+                return Err(malformed(
+                    &format!("manifest.policies[{i}].candidate.size"),
+                    format!("must be at most {MAX_SAFE_INTEGER}"),
+                ));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub struct VerifiedBundle {
     pub digest: [u8; 32],
     /// Bundle digest, lowercase hex.
     pub digest_hex: String,
-    /// Policy files by name, each matching its manifest entry.
+    /// Policy and candidate files by name, each matching its manifest entry.
     pub files: BTreeMap<String, Vec<u8>>,
     /// The document exactly as received, for durable storage and re-verification.
     pub raw: Vec<u8>,
@@ -90,25 +90,25 @@ pub fn verify(
     }
 
     let mut files = BTreeMap::new();
-    for entry in &manifest.policies {
+    for (name, sha256, size) in manifest.listed_files() {
         let encoded = parsed
             .files
-            .get(&entry.name)
+            .get(name)
             .ok_or_else(|| BundleError::MissingFile {
-                name: entry.name.clone(),
+                name: name.to_owned(),
             })?;
         let decoded = STANDARD.decode(encoded).map_err(|e| {
             malformed(
-                &format!("files.{}", entry.name),
+                &format!("files.{name}"),
                 format!("not standard padded base64 ({e})"),
             )
         })?;
-        if decoded.len() as u64 != entry.size || gait_canon::sha256_hex(&decoded) != entry.sha256 {
+        if decoded.len() as u64 != size || gait_canon::sha256_hex(&decoded) != sha256 {
             return Err(BundleError::FileDigestMismatch {
-                name: entry.name.clone(),
+                name: name.to_owned(),
             });
         }
-        files.insert(entry.name.clone(), decoded);
+        files.insert(name.to_owned(), decoded);
     }
     if let Some(name) = parsed.files.keys().find(|name| !files.contains_key(*name)) {
         return Err(BundleError::UnlistedFile { name: name.clone() });

@@ -609,3 +609,79 @@ fn manifest_scope_json_is_three_plain_strings() {
     let v = check(&bundle()).unwrap();
     assert_eq!(v.manifest.scope.to_string(), "acme/payments/prod");
 }
+
+#[test]
+fn a_staged_candidate_is_signed_bound_and_verified_like_a_policy() {
+    use gait_bundle::Stage;
+    let mut b = builder();
+    b.candidate("base.yaml", Stage::Observe, "base.candidate.yaml", POLICY_B)
+        .delegation_key(&other_key().public_key());
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    let base = &v.manifest.policies[1];
+    assert_eq!(base.stage, Stage::Observe);
+    let candidate = base.candidate.as_ref().expect("candidate listed");
+    assert_eq!(candidate.name, "base.candidate.yaml");
+    assert_eq!(candidate.sha256, gait_canon::sha256_hex(POLICY_B));
+    assert_eq!(v.files["base.candidate.yaml"], POLICY_B);
+    assert_eq!(
+        v.manifest.policies[0].stage,
+        Stage::Enforce,
+        "unstaged is enforce"
+    );
+    assert_eq!(
+        v.manifest.delegation_public_key(),
+        Some(other_key().public_key())
+    );
+
+    // The candidate's bytes are bound like a policy's.
+    let mut d = doc(&bytes);
+    d["files"]["base.candidate.yaml"] = Value::from(STANDARD.encode(POLICY_A));
+    assert!(matches!(
+        check(&bytes_of(&d)),
+        Err(BundleError::FileDigestMismatch { name }) if name == "base.candidate.yaml"
+    ));
+    // The stage is signed: moving it is a forgery.
+    let mut d = doc(&bytes);
+    d["manifest"]["policies"][1]["stage"] = Value::from("dry_run");
+    assert!(matches!(
+        check(&bytes_of(&d)),
+        Err(BundleError::BadSignature(_))
+    ));
+    // A stage without candidate, a candidate at enforce and a candidate named like a policy are malformed.
+    let mut d = doc(&bytes);
+    let mut manifest = d["manifest"].take();
+    manifest["policies"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("candidate");
+    let err = check(&resign(d, manifest, &key())).unwrap_err();
+    assert!(
+        err.to_string().contains("manifest.policies[1].stage"),
+        "{err}"
+    );
+    let mut enforce = builder();
+    enforce.candidate("base.yaml", Stage::Enforce, "c.yaml", POLICY_B);
+    let err = enforce.sign(&key()).unwrap_err();
+    assert!(
+        err.to_string().contains("manifest.policies[1].candidate"),
+        "{err}"
+    );
+    let mut clash = builder();
+    clash.candidate("base.yaml", Stage::DryRun, "api.yaml", POLICY_B);
+    let err = clash.sign(&key()).unwrap_err();
+    assert!(err.to_string().contains("candidate.name"), "{err}");
+    let mut orphan = builder();
+    orphan.candidate("nope.yaml", Stage::DryRun, "c.yaml", POLICY_B);
+    assert!(orphan.sign(&key()).is_err());
+}
+
+#[test]
+fn a_bundle_without_stages_keeps_its_manifest_bytes() {
+    // No stage, candidate or delegation key: none of the new fields appears, so older digests stay.
+    let d = doc(&bundle());
+    let text = d["manifest"].to_string();
+    for field in ["stage", "candidate", "delegation_key"] {
+        assert!(!text.contains(field), "{field} in {text}");
+    }
+}

@@ -40,6 +40,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         recover_rate_limit_state: false,
         rate_limit_bound: None,
         simulate,
+        apply_limits: true,
     }
 }
 
@@ -116,6 +117,35 @@ fn a_rate_limit_exceeded_block_survives_the_policy_verdict() {
             .contains(&"rate_limit_exceeded".to_owned()),
         "{:?}",
         second.decision.reason_codes
+    );
+}
+
+#[test]
+fn a_shadow_run_neither_counts_nor_applies_rate_limits() {
+    // A staged candidate (or the policy a dry run replaces) is evaluated with `apply_limits: false`: only the
+    // policy of record's counters may move, or the shadow would change what the policy of record sees.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("limits.json");
+    let policy = policy(
+        "    effect: allow\n    rate_limit:\n      requests: 1\n      window: hour\n      scope: tool\n",
+    );
+    let digest = policy.digest();
+    let shadow = Inputs {
+        apply_limits: false,
+        ..inputs(&policy, &digest, &state, false)
+    };
+    for _ in 0..3 {
+        let run = run(&shadow, &intent(), &mut NoAuthorizations).expect("shadow decides");
+        assert_eq!(run.decision.verdict, Verdict::Allow);
+        assert!(run.rate.is_none());
+    }
+    assert!(!state.exists(), "a shadow run never writes the state file");
+    let of_record = inputs(&policy, &digest, &state, false);
+    let first = run(&of_record, &intent(), &mut NoAuthorizations).expect("decides");
+    assert_eq!(
+        first.rate.as_ref().map(|r| r.used),
+        Some(1),
+        "counting starts at the policy of record"
     );
 }
 
