@@ -813,6 +813,7 @@ impl Endpoint {
 
     /// An HTTP client bound to this endpoint, and the base URL to request.
     fn client(&self, timeout: Duration) -> reqwest::Result<(reqwest::Client, String)> {
+        gait_runtime::http::tls::install_ring_default();
         let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
         Ok(match self {
             Endpoint::Tcp(addr) => (builder.build()?, format!("http://{addr}")),

@@ -187,6 +187,8 @@ fn main() -> ExitCode {
     if let Some(code) = gait_agent::gaitcli::run_from_env() {
         return code;
     }
+    // Every reqwest client needs a default rustls provider (see gait_runtime::http::tls::install_ring_default).
+    gait_runtime::http::tls::install_ring_default();
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormat::Text => gait_runtime::LogFormat::Text,

@@ -123,6 +123,8 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Every reqwest client needs a default rustls provider (see gait_runtime::http::tls::install_ring_default).
+    gait_runtime::http::tls::install_ring_default();
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormat::Text => gait_runtime::LogFormat::Text,

@@ -263,7 +263,7 @@ async fn the_s3_backend_on_a_real_seaweedfs_server_addresses_by_content_and_chec
 -> Result<()> {
     let Some(weed) = weed() else { return Ok(()) };
     // reqwest is built with `rustls-no-provider`: the test's own clients need the provider the store installs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    gait_runtime::http::tls::install_ring_default();
     let mut server = Seaweed::start(&weed)?;
     server.create_bucket("evidence").await?;
     let config = BlobConfig {

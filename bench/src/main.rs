@@ -64,6 +64,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every reqwest client needs a default rustls provider (see gait_runtime::http::tls::install_ring_default).
+    gait_runtime::http::tls::install_ring_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -166,6 +166,7 @@ impl RunningAgent {
         let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|e| TestkitError::Identity(format!("local API token: {e}")))?;
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        gait_runtime::http::tls::install_ring_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .default_headers(headers)

@@ -384,10 +384,9 @@ impl BlobStore {
                 .with_access_key_id(id)
                 .with_secret_access_key(secret);
         }
-        // reqwest is built without a crypto provider of its own (`rustls-no-provider`): give rustls ring, the
-        // provider the rest of the aggregator uses, before object_store builds its HTTP client. Already
-        // installed (a second store) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest is built without a crypto provider of its own (`rustls-no-provider`): object_store's HTTP
+        // client needs the process default.
+        gait_runtime::http::tls::install_ring_default();
         let store = builder.build().map_err(|e| BlobError::Config {
             key: "s3",
             message: e.to_string(),

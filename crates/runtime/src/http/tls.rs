@@ -17,6 +17,16 @@ use rustls::crypto::CryptoProvider;
 
 use crate::pem::{PemError, load_certs, load_key};
 
+/// Makes ring the process's default rustls provider (idempotent; a provider already installed stays).
+///
+/// reqwest is built with `rustls-no-provider` (the evidence blob store's S3 client needs TLS, and reqwest's own
+/// `rustls` feature would compile aws-lc-rs): Cargo unifies that feature across the workspace, so *every*
+/// `reqwest::Client` builder in a process panics unless a default provider is installed first. Call this before
+/// building one; both daemons call it at start.
+pub fn install_ring_default() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// ALPN protocol the HTTP servers and clients speak (HTTP/1.1 only).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
