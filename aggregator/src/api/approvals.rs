@@ -25,7 +25,9 @@ impl From<ApprovalError> for ApiError {
             _ if err.is_forbidden() => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", err.to_string())
             }
-            ApprovalError::Rule(_) => Self::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+            ApprovalError::Rule(_) | ApprovalError::ConfigOwned { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
             ApprovalError::Spec(_) | ApprovalError::Field { .. } => {
                 Self::bad_request(err.to_string())
             }

@@ -257,18 +257,20 @@ async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     }
     gait_runtime::outln!(
-        "{:<24} {:>4}  {:<7} {:<24} RULES",
+        "{:<24} {:>4}  {:<7} {:<7} {:<24} RULES",
         "NAME",
         "VER",
+        "SOURCE",
         "QUORUM",
         "GROUPS"
     );
     for p in answer["policies"].as_array().into_iter().flatten() {
         let r = &p["rules"];
         let printed = gait_runtime::outln!(
-            "{:<24} {:>4}  {:<7} {:<24} {}",
+            "{:<24} {:>4}  {:<7} {:<7} {:<24} {}",
             p["name"].as_str().unwrap_or(""),
             p["version"],
+            p["source"].as_str().unwrap_or("api"),
             r["quorum"],
             r["groups"]
                 .as_array()
