@@ -178,6 +178,7 @@ gait_store::store_tests!(
     concurrent_approvals_that_meet_the_quorum_issue_the_tokens_once,
     the_http_api_maps_the_rules_to_statuses_and_hides_other_environments,
     config_policies_apply_as_a_set_idempotently_with_audit_entries_and_the_api_cannot_change_them,
+    two_replicas_starting_at_once_apply_the_config_policies_once,
 );
 
 async fn quorum_groups_and_separation_of_duties_decide_when_tokens_are_issued(
@@ -741,5 +742,44 @@ async fn config_policies_apply_as_a_set_idempotently_with_audit_entries_and_the_
     );
     let (s, v) = put(json!({"org": "acme", "name": "config", "rules": {"quorum": 2}})).await;
     ensure!(s == StatusCode::CONFLICT, "{s} {v}");
+    Ok(())
+}
+
+/// Two aggregators on one database start at the same moment with the same file: both starts succeed and the
+/// policies are added once, with one audit entry each.
+async fn two_replicas_starting_at_once_apply_the_config_policies_once(
+    db: &TestStore,
+) -> Result<()> {
+    use gait_aggregator::approval::config::apply_config;
+    let store = db.store();
+    let set = [
+        config_policy("{ name: drops, org: acme, project: web, tools: [db.*], quorum: 2 }"),
+        config_policy("{ org: acme, quorum: 1 }"),
+    ];
+    for round in 0..5_i64 {
+        // Each round edits the rules, so both replicas try to add the same next version.
+        let set: Vec<_> = set
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.max_token_ttl_seconds = Some(600 + round as u64);
+                p
+            })
+            .collect();
+        let now = gait_aggregator::clock::unix_ms();
+        let (a, b) = tokio::join!(
+            apply_config(store, &set, now),
+            apply_config(store, &set, now)
+        );
+        let (a, b) = (a.context("replica a")?, b.context("replica b")?);
+        let changed = a.added.len() + a.replaced.len() + b.added.len() + b.replaced.len();
+        ensure!(changed == 2, "round {round}: {a:?} {b:?}");
+    }
+    let entries = audit_entries(store, 0).await?;
+    ensure!(
+        entries.len() == 10,
+        "{} entries: {entries:?}",
+        entries.len()
+    );
     Ok(())
 }

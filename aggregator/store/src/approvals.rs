@@ -324,21 +324,31 @@ pub(crate) async fn put_policy(
     created_by: &str,
     now_ms: i64,
 ) -> Result<StoredApprovalPolicy, StoreError> {
-    put_versioned(conn, policy, BindingSource::Api, created_by, now_ms).await
+    put_versioned(conn, policy, BindingSource::Api, created_by, now_ms, None)
+        .await?
+        .ok_or_else(|| {
+            invalid(
+                "approval_policy.version",
+                "another writer set this policy at the same moment; set it again",
+            )
+        })
 }
 
-/// Adds the next version of `policy`, owned by `source`.
+/// Adds `policy` owned by `source` as `version` (default: the next one). `None` when that version exists
+/// already: a concurrent writer added it first (the unique index decides; nothing is written).
 async fn put_versioned(
     mut conn: Conn<'_>,
     policy: &NewApprovalPolicy,
     source: BindingSource,
     created_by: &str,
     now_ms: i64,
-) -> Result<StoredApprovalPolicy, StoreError> {
+    version: Option<u64>,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
     const NEXT: &str = "SELECT COALESCE(MAX(version), 0) AS v FROM approval_policies \
          WHERE org = $1 AND project = $2 AND env = $3 AND name = $4";
     const INSERT: &str = "INSERT INTO approval_policies (org, project, env, name, version, spec, digest, created_by, \
-         created_unix_ms, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id, org, project, env, \
+         created_unix_ms, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (org, project, env, name, version) DO NOTHING RETURNING id, org, project, env, \
          name, version, spec, digest, created_by, created_unix_ms, source, removed_unix_ms";
     let (org, project, env) = scope_columns(&policy.scope)?;
     check_label("approval_policy.name", &policy.name)?;
@@ -357,30 +367,38 @@ async fn put_versioned(
         created_by,
         crate::model::MAX_TEXT_BYTES,
     )?;
-    let current: i64 = db_run!(conn, |c| sqlx::query(NEXT)
-        .bind(org)
-        .bind(project)
-        .bind(env)
-        .bind(policy.name.as_str())
-        .fetch_one(&mut *c)
-        .await
-        .map_err(db("put_approval_policy: version"))
-        .and_then(|row| row.int("v")))?;
+    let version = match version {
+        Some(v) => to_i64("approval_policy.version", v)?,
+        None => {
+            let current: i64 = db_run!(conn, |c| sqlx::query(NEXT)
+                .bind(org)
+                .bind(project)
+                .bind(env)
+                .bind(policy.name.as_str())
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db("put_approval_policy: version"))
+                .and_then(|row| row.int("v")))?;
+            current + 1
+        }
+    };
     db_run!(conn, |c| sqlx::query(INSERT)
         .bind(org)
         .bind(project)
         .bind(env)
         .bind(policy.name.as_str())
-        .bind(current + 1)
+        .bind(version)
         .bind(policy.spec.as_str())
         .bind(policy.digest.as_str())
         .bind(created_by)
         .bind(now_ms)
         .bind(source.as_str())
-        .fetch_one(&mut *c)
+        .fetch_optional(&mut *c)
         .await
-        .map_err(db("put_approval_policy"))
-        .and_then(|row| policy_row(&row)))
+        .map_err(db("put_approval_policy"))?
+        .as_ref()
+        .map(policy_row)
+        .transpose())
 }
 
 /// The newest version of every policy of `org` (at any scope inside it) that is not removed, by scope and name.
@@ -423,6 +441,17 @@ pub(crate) async fn policy(
 
 /// The version of policy `name` at `scope` in force: its newest, unless that one is removed.
 pub(crate) async fn current_policy(
+    conn: Conn<'_>,
+    scope: &BindingScope,
+    name: &str,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    Ok(newest_policy(conn, scope, name)
+        .await?
+        .filter(|p| p.removed_unix_ms.is_none()))
+}
+
+/// The newest version of policy `name` at `scope`, removed or not.
+async fn newest_policy(
     mut conn: Conn<'_>,
     scope: &BindingScope,
     name: &str,
@@ -432,7 +461,7 @@ pub(crate) async fn current_policy(
         " WHERE org = $1 AND project = $2 AND env = $3 AND name = $4 ORDER BY version DESC LIMIT 1"
     );
     let (org, project, env) = scope_columns(scope)?;
-    let newest = db_run!(conn, |c| sqlx::query(SQL)
+    db_run!(conn, |c| sqlx::query(SQL)
         .bind(org)
         .bind(project)
         .bind(env)
@@ -442,8 +471,7 @@ pub(crate) async fn current_policy(
         .map_err(db("current_approval_policy"))?
         .as_ref()
         .map(policy_row)
-        .transpose())?;
-    Ok(newest.filter(|p| p.removed_unix_ms.is_none()))
+        .transpose())
 }
 
 /// The config-owned policies in force, in every org, by org, scope and name.
@@ -463,25 +491,26 @@ async fn config_policies(mut conn: Conn<'_>) -> Result<Vec<StoredApprovalPolicy>
     })
 }
 
-/// Marks `policy` (a policy's newest version) removed at `now_ms`; returns it as removed.
+/// Marks `policy` (a policy's newest version) removed at `now_ms`; returns it as removed, or `None` when a
+/// concurrent writer removed it first.
 async fn remove_version(
     mut conn: Conn<'_>,
     policy: &StoredApprovalPolicy,
     now_ms: i64,
-) -> Result<StoredApprovalPolicy, StoreError> {
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
     const SQL: &str = "UPDATE approval_policies SET removed_unix_ms = $1 WHERE id = $2 AND removed_unix_ms IS NULL";
     let id = to_i64("approval_policy.id", policy.id)?;
-    db_run!(conn, |c| sqlx::query(SQL)
+    let removed = db_run!(conn, |c| sqlx::query(SQL)
         .bind(now_ms)
         .bind(id)
         .execute(&mut *c)
         .await
         .map_err(db("remove_approval_policy"))?
         .rows_affected());
-    Ok(StoredApprovalPolicy {
+    Ok((removed == 1).then(|| StoredApprovalPolicy {
         removed_unix_ms: Some(now_ms),
         ..policy.clone()
-    })
+    }))
 }
 
 /// What [`replace_config_policies`] changed.
@@ -525,37 +554,49 @@ pub(crate) async fn replace_config_policies(
     }
     let mut applied = ConfigPoliciesApplied::default();
     for stored in config_policies(conn.reborrow()).await? {
-        if !wanted.contains(&(&stored.scope, stored.name.as_str())) {
-            let removed = remove_version(conn.reborrow(), &stored, now_ms).await?;
+        if !wanted.contains(&(&stored.scope, stored.name.as_str()))
+            && let Some(removed) = remove_version(conn.reborrow(), &stored, now_ms).await?
+        {
             applied.removed.push(removed);
         }
     }
     for policy in set {
-        let current = current_policy(conn.reborrow(), &policy.scope, &policy.name).await?;
+        let newest = newest_policy(conn.reborrow(), &policy.scope, &policy.name).await?;
+        let version = newest.as_ref().map_or(1, |n| n.version + 1);
+        let current = newest.filter(|n| n.removed_unix_ms.is_none());
+        let same = |p: &StoredApprovalPolicy| {
+            p.source == BindingSource::Config && p.digest == policy.digest
+        };
+        if current.as_ref().is_some_and(same) {
+            continue;
+        }
+        // Another aggregator on this database may be applying the same file right now: the version is fixed
+        // before the insert, so of two replicas adding it one writes and the other finds it written.
+        let Some(next) = put_versioned(
+            conn.reborrow(),
+            policy,
+            BindingSource::Config,
+            "config",
+            now_ms,
+            Some(version),
+        )
+        .await?
+        else {
+            let theirs = newest_policy(conn.reborrow(), &policy.scope, &policy.name).await?;
+            if theirs.as_ref().is_some_and(same) {
+                continue;
+            }
+            return Err(invalid(
+                "approval_policy.version",
+                format!(
+                    "`{}` at {} was changed by another writer while the config file was applied; start again",
+                    policy.name, policy.scope
+                ),
+            ));
+        };
         match current {
-            Some(c) if c.source == BindingSource::Config && c.digest == policy.digest => {}
-            Some(c) => {
-                let next = put_versioned(
-                    conn.reborrow(),
-                    policy,
-                    BindingSource::Config,
-                    "config",
-                    now_ms,
-                )
-                .await?;
-                applied.replaced.push((c, next));
-            }
-            None => {
-                let next = put_versioned(
-                    conn.reborrow(),
-                    policy,
-                    BindingSource::Config,
-                    "config",
-                    now_ms,
-                )
-                .await?;
-                applied.added.push(next);
-            }
+            Some(before) => applied.replaced.push((before, next)),
+            None => applied.added.push(next),
         }
     }
     Ok(applied)
