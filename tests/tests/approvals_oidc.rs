@@ -166,16 +166,22 @@ fn approve(agg: &Aggregator, token: &str, id: u64) -> anyhow::Result<(u16, Value
     )
 }
 
-/// The config file: OIDC at `issuer`, role bindings by group and the two-group approval policy.
-fn config_yaml(issuer: &str) -> String {
+/// The two-group approval policy with `quorum`, as an `approvals.policies` entry.
+fn drops_policy(quorum: u32) -> String {
+    format!(
+        "    - {{ name: drops, org: acme, project: payments, tools: [db.*], quorum: {quorum}, \
+         groups: [security, payments-team], max_token_ttl_seconds: 600 }}\n"
+    )
+}
+
+/// The config file: OIDC at `issuer`, role bindings by group and `policies` (`approvals.policies` entries).
+fn config_yaml(issuer: &str, policies: &str) -> String {
     format!(
         "auth:\n  admin_token: admin\n  oidc:\n    issuer: {issuer}\n    audience: gait-aggregator\n  bindings:\n    \
          - {{ group: security, role: approver, org: acme }}\n    \
          - {{ group: payments-team, role: approver, org: acme, project: payments }}\n    \
          - {{ group: observers, role: viewer, org: acme }}\n\
-         approvals:\n  policies:\n    \
-         - {{ name: drops, org: acme, project: payments, tools: [db.*], quorum: 2, \
-         groups: [security, payments-team], max_token_ttl_seconds: 600 }}\n"
+         approvals:\n  policies:\n{policies}"
     )
 }
 
@@ -188,7 +194,7 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
     let tmp = tempfile::tempdir()?;
     let provider = Provider::start(&tmp.path().join("idp-keys"))?;
     let config = tmp.path().join("aggregator.yaml");
-    std::fs::write(&config, config_yaml(&provider.issuer))?;
+    std::fs::write(&config, config_yaml(&provider.issuer, &drops_policy(2)))?;
     let config_arg = config.to_string_lossy().into_owned();
     let mut agg = Aggregator::start_with(
         &tmp.path().join("agg"),
@@ -358,5 +364,59 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
     );
     let (_, listed) = agg.get("/v1/approval-policies?org=acme&project=payments")?;
     ensure!(listed["policies"][0]["version"] == 1, "{listed}");
+
+    // An edited file: the restart replaces the policy with its next version, audited with both digests.
+    std::fs::write(&config, config_yaml(&provider.issuer, &drops_policy(3)))?;
+    agg.restart()?;
+    let (_, listed) = agg.get("/v1/approval-policies?org=acme&project=payments")?;
+    ensure!(
+        listed["policies"][0]["version"] == 2
+            && listed["policies"][0]["rules"]["quorum"] == 3
+            && listed["policies"][0]["source"] == "config",
+        "{listed}"
+    );
+    let policy_entries = |entries: &[(String, Value)]| -> Vec<Value> {
+        entries
+            .iter()
+            .filter(|(a, _)| a.starts_with("approval_policy."))
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    let entries = policy_entries(&agg.audit_actions()?);
+    let [created, edited] = entries.as_slice() else {
+        bail!("not one creation and one edit: {entries:?}");
+    };
+    ensure!(
+        edited["action"] == "approval_policy.set"
+            && edited["actor"] == "config"
+            && edited["before"] == created["after"]
+            && edited["after"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("sha256:"))
+            && edited["after"] != edited["before"],
+        "{edited}"
+    );
+
+    // A file without the policy: the restart removes it (no longer listed), audited with the digest before.
+    std::fs::write(
+        &config,
+        config_yaml(&provider.issuer, "    []\n").replace("policies:\n    []", "policies: []"),
+    )?;
+    agg.restart()?;
+    let (_, listed) = agg.get("/v1/approval-policies?org=acme&project=payments")?;
+    ensure!(
+        listed["policies"].as_array().is_some_and(Vec::is_empty),
+        "{listed}"
+    );
+    let entries = policy_entries(&agg.audit_actions()?);
+    let removed = entries.last().context("no policy entries")?;
+    ensure!(
+        entries.len() == 3
+            && removed["action"] == "approval_policy.remove"
+            && removed["actor"] == "config"
+            && removed["before"] == edited["after"]
+            && removed.get("after").is_none_or(Value::is_null),
+        "{entries:?}"
+    );
     Ok(())
 }
