@@ -197,7 +197,7 @@ pub enum ServeError {
     #[error("approvals: {0}")]
     ApprovalKey(#[from] crate::approval::issue::KeyError),
     /// The config file's approval policies could not be applied (nothing was changed).
-    #[error("approvals.policies: {0}")]
+    #[error("cannot apply the config file's approval policies: {0}")]
     ApprovalPolicies(#[from] crate::approval::ApprovalError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {

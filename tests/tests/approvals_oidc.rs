@@ -227,6 +227,31 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
         status == 409 && refused.to_string().contains("config file"),
         "{status} {refused}"
     );
+    let cli = gait_e2e::hermetic("gait-aggregator")
+        .args([
+            "approvals",
+            "policy",
+            "set",
+            "--org",
+            "acme",
+            "--project",
+            "payments",
+            "--name",
+            "drops",
+            "--quorum",
+            "1",
+            "--server",
+        ])
+        .arg(agg.url(""))
+        .arg("--token-file")
+        .arg(agg.data_dir.join("admin.token"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    ensure!(
+        !cli.status.success() && stderr.contains("config file"),
+        "the CLI overwrote the config's policy: {:?} {stderr}",
+        cli.status
+    );
 
     let (status, published) = agg.publish("acme", "payments", "prod", &[("gate.yaml", POLICY)])?;
     ensure!(status == 201, "publish {status}: {published}");
