@@ -30,6 +30,9 @@
 //! audit:                                    # the tamper-evident audit log
 //!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
 //!   checkpoint_interval_seconds: 60
+//! approvals:                                # approval policies kept equal to this list at every start
+//!   policies:                               # fields: docs/enterprise/approvals.md
+//!     - { name: drops, org: acme, project: payments, tools: [db.*], quorum: 2, groups: [security, payments-team] }
 //! enroll:                                   # join tokens (`join-token create`) and certificate renewal
 //!   max_token_ttl_seconds: 604800           # longest join token lifetime (7 days)
 //!   certificate_validity_seconds: 7776000   # enrolled/renewed certificates (90 days; renewed at 1/3 left)

@@ -513,7 +513,7 @@ async fn remove_version(
     }))
 }
 
-/// What [`replace_config_policies`] changed.
+/// What [`crate::StoreTx::replace_config_approval_policies`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ConfigPoliciesApplied {
     /// Policies of the set that were not in force before (first version, or the next one of a removed policy).
