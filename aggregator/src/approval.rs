@@ -63,6 +63,14 @@ pub enum ApprovalError {
     /// The audit entry of the operation could not be appended (nothing was committed).
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// No policy of that name is in force at that scope.
+    #[error("no approval policy `{name}` at {scope}")]
+    PolicyNotFound {
+        /// The scope asked for.
+        scope: String,
+        /// The name asked for.
+        name: String,
+    },
     /// The policy comes from the config file (`approvals.policies`); only the file changes it.
     #[error(
         "approval policy `{name}` at {scope} comes from approvals.policies in the config file; change it there and \
@@ -261,6 +269,55 @@ impl Approvals {
             stored,
             rules: spec,
         })
+    }
+
+    /// Removes policy `name` at the caller's scope: it no longer judges new requests (its versions stay, so
+    /// requests judged under one still name it). Privileged: audit point. A policy the config file owns is
+    /// refused ([`ApprovalError::ConfigOwned`]).
+    pub async fn remove_policy(
+        &self,
+        caller: &Authorized<BindingScope>,
+        name: &str,
+    ) -> Result<StoredApprovalPolicy, ApprovalError> {
+        let scope = caller.target();
+        if scope.org_part().is_none() {
+            return Err(ApprovalError::Field {
+                field: "org",
+                reason: "an approval policy applies to an org, a project or an environment; name the org"
+                    .into(),
+            });
+        }
+        let name = name.trim();
+        let not_found = || ApprovalError::PolicyNotFound {
+            scope: scope.to_string(),
+            name: name.to_owned(),
+        };
+        let actor = caller.actor();
+        let now = crate::clock::unix_ms();
+        let removed = self
+            .store
+            .transaction(async |tx| {
+                let current = tx
+                    .current_approval_policy(scope, name)
+                    .await?
+                    .ok_or_else(not_found)?;
+                if current.source == gait_store::BindingSource::Config {
+                    return Err(ApprovalError::ConfigOwned {
+                        scope: current.scope.to_string(),
+                        name: current.name.clone(),
+                    });
+                }
+                let removed = tx
+                    .remove_approval_policy(scope, name, now)
+                    .await?
+                    .ok_or_else(not_found)?;
+                audit_policy(tx, &actor, "approval_policy.remove", Some(&removed), None).await?;
+                Ok::<_, ApprovalError>(removed)
+            })
+            .await?;
+        tracing::info!(actor, policy = %removed.name, version = removed.version, scope = %removed.scope,
+            "approval policy removed");
+        Ok(removed)
     }
 
     /// The newest version of every policy inside the caller's scope or covering it.

@@ -742,6 +742,58 @@ async fn config_policies_apply_as_a_set_idempotently_with_audit_entries_and_the_
     );
     let (s, v) = put(json!({"org": "acme", "name": "config", "rules": {"quorum": 2}})).await;
     ensure!(s == StatusCode::CONFLICT, "{s} {v}");
+
+    // Removal through the API: a config policy is 409, an API policy goes (audited), a missing one is 404.
+    let del = |query: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method("DELETE")
+                .uri(format!("/v1/approval-policies?{query}"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .expect("request");
+            let resp = app.oneshot(req).await.expect("router answers");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = del("org=acme&project=web&name=drops").await;
+    ensure!(
+        s == StatusCode::CONFLICT && v.to_string().contains("config file"),
+        "{s} {v}"
+    );
+    let (s, v) =
+        put(json!({"org": "acme", "project": "web", "name": "mine", "rules": {"quorum": 1}})).await;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let before = store.audit_head().await?.size;
+    let (s, v) = del("org=acme&project=web&name=mine").await;
+    ensure!(
+        s == StatusCode::OK && v["policy"]["removed_unix_ms"].is_i64(),
+        "{s} {v}"
+    );
+    let entries = audit_entries(store, before).await?;
+    ensure!(
+        entries.len() == 1
+            && entries[0]["action"] == "approval_policy.remove"
+            && entries[0]["actor"] == "admin-token",
+        "{entries:?}"
+    );
+    ensure!(
+        !listed().await?.iter().any(|(name, _, _)| name == "mine"),
+        "a removed policy is still listed"
+    );
+    let (s, v) = del("org=acme&project=web&name=mine").await;
+    ensure!(s == StatusCode::NOT_FOUND, "{s} {v}");
+    let (s, v) = del("org=acme&project=web").await;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && v.to_string().contains("name"),
+        "{s} {v}"
+    );
     Ok(())
 }
 

@@ -77,7 +77,19 @@ impl Drop for Provider {
 }
 
 impl Provider {
+    /// Starts the provider and waits (at most [`PATIENCE`]) for its `issuer=` line; a provider that printed
+    /// nothing by then is killed and started once more.
     fn start(keys: &Path) -> anyhow::Result<Provider> {
+        match Self::start_once(keys) {
+            Ok(p) => Ok(p),
+            Err(first) => {
+                eprintln!("the OpenID provider did not start ({first:#}); starting it again");
+                Self::start_once(keys)
+            }
+        }
+    }
+
+    fn start_once(keys: &Path) -> anyhow::Result<Provider> {
         let mut child = Command::new("node")
             .arg(provider_dir().join("provider.js"))
             .arg("--keys-dir")
@@ -86,10 +98,26 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .context("spawn node tests/oidc/provider.js")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("provider stdout")?).read_line(&mut line)?;
+        let stdout = child.stdout.take().context("provider stdout")?;
+        // The line is read on its own thread so a provider that never prints fails the start instead of
+        // hanging the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let line = match rx.recv_timeout(PATIENCE) {
+            Ok(Ok(line)) => line,
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the provider printed no issuer within {PATIENCE:?}: {outcome:?}");
+            }
+        };
         let Some(issuer) = line.trim().strip_prefix("issuer=") else {
             let _ = child.kill();
+            let _ = child.wait();
             bail!("the provider did not start: {line:?}");
         };
         Ok(Provider {

@@ -35,6 +35,8 @@ pub enum PolicyCommand {
     Set(SetArgs),
     /// List the policies inside a scope or covering it.
     List(PolicyListArgs),
+    /// Remove a policy (not one from the config file's approvals.policies: edit the file instead).
+    Remove(PolicyRemoveArgs),
 }
 
 /// An org, optionally narrowed to a project and an environment.
@@ -127,6 +129,20 @@ pub struct PolicyListArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PolicyRemoveArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub scope: PolicyScope,
+    /// The policy's name within its scope.
+    #[arg(long)]
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ListArgs {
     #[command(flatten)]
     pub api: ApiArgs,
@@ -173,6 +189,7 @@ pub async fn approvals(command: ApprovalsCommand, config: Config) -> anyhow::Res
     match command {
         ApprovalsCommand::Policy(PolicyCommand::Set(args)) => set(args, config).await,
         ApprovalsCommand::Policy(PolicyCommand::List(args)) => policy_list(args, config).await,
+        ApprovalsCommand::Policy(PolicyCommand::Remove(args)) => policy_remove(args, config).await,
         ApprovalsCommand::List(args) => list(args, config).await,
         ApprovalsCommand::Show(args) => show(args, config).await,
         ApprovalsCommand::Approve(args) => decide(args, "approve", config).await,
@@ -230,6 +247,37 @@ async fn set(args: SetArgs, config: Config) -> anyhow::Result<ExitCode> {
             p["name"].as_str().unwrap_or(""),
             p["version"],
             p["digest"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn policy_remove(args: PolicyRemoveArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let mut params = vec![("org", args.scope.org.to_string())];
+    if let Some(p) = &args.scope.project {
+        params.push(("project", p.to_string()));
+    }
+    if let Some(e) = &args.scope.env {
+        params.push(("env", e.to_string()));
+    }
+    params.push(("name", args.name.clone()));
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/v1/approval-policies", api.server), params)
+            .with_context(|| format!("--server `{}` is not a URL", api.server))?
+            .to_string();
+    let (status, answer) = call(&api, http::Method::DELETE, &url, None).await?;
+    if !status.is_success() {
+        return Ok(refused(status, &answer));
+    }
+    if args.json {
+        gait_runtime::outln!("{answer}");
+    } else {
+        let p = &answer["policy"];
+        gait_runtime::outln!(
+            "approval policy {} removed (last version v{})",
+            p["name"].as_str().unwrap_or(""),
+            p["version"]
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -450,6 +450,20 @@ pub(crate) async fn current_policy(
         .filter(|p| p.removed_unix_ms.is_none()))
 }
 
+/// Removes policy `name` at `scope` (marks its newest version removed); returns it, or `None` when no such
+/// policy is in force.
+pub(crate) async fn remove_policy(
+    mut conn: Conn<'_>,
+    scope: &BindingScope,
+    name: &str,
+    now_ms: i64,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    let Some(current) = current_policy(conn.reborrow(), scope, name).await? else {
+        return Ok(None);
+    };
+    remove_version(conn, &current, now_ms).await
+}
+
 /// The newest version of policy `name` at `scope`, removed or not.
 async fn newest_policy(
     mut conn: Conn<'_>,

@@ -272,6 +272,16 @@ impl StoreTx {
         approvals::current_policy(self.tx.conn(), scope, name).await
     }
 
+    /// Removes approval policy `name` at `scope` (its versions stay readable); `None` when none is in force.
+    pub async fn remove_approval_policy(
+        &mut self,
+        scope: &crate::BindingScope,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+        approvals::remove_policy(self.tx.conn(), scope, name, now_ms).await
+    }
+
     /// Makes the config-owned approval policies in force exactly `set` (idempotent); API policies the set does
     /// not name are kept.
     pub async fn replace_config_approval_policies(
