@@ -280,6 +280,50 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
         "the CLI overwrote the config's policy: {:?} {stderr}",
         cli.status
     );
+    // `approvals policy remove` is refused on it as well, and removes a policy the API set.
+    let remove = |name: &str| -> anyhow::Result<std::process::Output> {
+        Ok(gait_e2e::hermetic("gait-aggregator")
+            .args([
+                "approvals",
+                "policy",
+                "remove",
+                "--org",
+                "acme",
+                "--project",
+                "payments",
+                "--name",
+            ])
+            .arg(name)
+            .arg("--server")
+            .arg(agg.url(""))
+            .arg("--token-file")
+            .arg(agg.data_dir.join("admin.token"))
+            .output()?)
+    };
+    let out = remove("drops")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("config file"),
+        "the CLI removed the config's policy: {:?} {stderr}",
+        out.status
+    );
+    let (status, body) = http_json(
+        "PUT",
+        &agg.url("/v1/approval-policies"),
+        Some(&agg.token),
+        Some(
+            json!({"org": "acme", "project": "payments", "name": "scratch", "rules": {"quorum": 1}}),
+        ),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let out = remove("scratch")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("scratch removed"),
+        "{:?} {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (status, published) = agg.publish("acme", "payments", "prod", &[("gate.yaml", POLICY)])?;
     ensure!(status == 201, "publish {status}: {published}");
@@ -400,7 +444,7 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
         actors("approval.issue")
     );
     ensure!(
-        actors("approval_policy.set") == ["config"],
+        actors("approval_policy.set") == ["config", "admin-token"],
         "{:?}",
         actors("approval_policy.set")
     );
@@ -431,7 +475,7 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
     let policy_entries = |entries: &[(String, Value)]| -> Vec<Value> {
         entries
             .iter()
-            .filter(|(a, _)| a.starts_with("approval_policy."))
+            .filter(|(a, e)| a.starts_with("approval_policy.") && e["actor"] == "config")
             .map(|(_, e)| e.clone())
             .collect()
     };
