@@ -261,6 +261,15 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         ),
         (
             e(
+                Method::DELETE,
+                "/v1/approval-policies",
+                P::ApprovalPolicyWrite,
+                Request,
+            ),
+            delete(approvals::remove_policy),
+        ),
+        (
+            e(
                 Method::GET,
                 "/v1/orgs/{org}/projects/{project}/envs/{env}/approvals",
                 P::ApprovalRead,

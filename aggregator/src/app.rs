@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub audit_checkpoint_interval: Duration,
     /// Join tokens, enrollment and renewal (`enroll.*`).
     pub enroll: crate::enroll::EnrollSettings,
+    /// The config file's approval policies (`approvals.policies`), kept in force at start.
+    pub approval_policies: Vec<crate::config::ApprovalPolicyConfig>,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -105,6 +107,7 @@ impl ServeConfig {
             audit_origin: None,
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             enroll: crate::enroll::EnrollSettings::default(),
+            approval_policies: Vec::new(),
         }
     }
 
@@ -128,6 +131,7 @@ impl ServeConfig {
                 config.audit.checkpoint_interval_seconds,
             ),
             enroll: config.enroll.settings(),
+            approval_policies: config.approvals.policies.clone(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -192,6 +196,9 @@ pub enum ServeError {
     Audit(#[from] crate::audit::AuditError),
     #[error("approvals: {0}")]
     ApprovalKey(#[from] crate::approval::issue::KeyError),
+    /// The config file's approval policies could not be applied (nothing was changed).
+    #[error("cannot apply the config file's approval policies: {0}")]
+    ApprovalPolicies(#[from] crate::approval::ApprovalError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -370,6 +377,12 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         bindings = config.auth.bindings.len(),
         "access control ready"
     );
+    crate::approval::config::apply_config(
+        &store,
+        &config.approval_policies,
+        crate::clock::unix_ms(),
+    )
+    .await?;
     let audit_origin = config
         .audit_origin
         .clone()

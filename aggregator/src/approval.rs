@@ -7,10 +7,12 @@
 //!   tenancy is the agent's certificate's. It is judged under the approval policy that covers it when it
 //!   arrives (the most specific scope, then the first name), or the default rules (one approver) when none does.
 //! - The privileged operations are [`Approvals::set_policy`], [`Approvals::approve`] and [`Approvals::deny`]:
-//!   each runs in one store transaction, which also appends its audit entry.
+//!   each runs in one store transaction, which also appends its audit entry. [`config::apply_config`] keeps the
+//!   config file's `approvals.policies` in force at start (GitOps); the API cannot change those policies.
 //! - Decisions on one request are serialized (the request row is locked first), so two concurrent approvals
 //!   that together meet the quorum issue the tokens exactly once.
 
+pub mod config;
 pub mod issue;
 pub mod policy;
 pub mod rules;
@@ -61,6 +63,25 @@ pub enum ApprovalError {
     /// The audit entry of the operation could not be appended (nothing was committed).
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// No policy of that name is in force at that scope.
+    #[error("no approval policy `{name}` at {scope}")]
+    PolicyNotFound {
+        /// The scope asked for.
+        scope: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The policy comes from the config file (`approvals.policies`); only the file changes it.
+    #[error(
+        "approval policy `{name}` at {scope} comes from approvals.policies in the config file; change it there and \
+         restart the aggregator"
+    )]
+    ConfigOwned {
+        /// The policy's scope.
+        scope: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Appends the audit entry of an approval operation in `tx` (the operation's own transaction).
@@ -72,11 +93,24 @@ async fn audit(
     after: Option<String>,
     details: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), ApprovalError> {
+    audit_change(tx, actor, action, target, None, after, details).await
+}
+
+/// [`audit`] with the digest of the state before the change.
+async fn audit_change(
+    tx: &mut gait_store::StoreTx,
+    actor: &str,
+    action: &str,
+    target: gait_audit::Target,
+    before: Option<String>,
+    after: Option<String>,
+    details: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ApprovalError> {
     let draft = gait_audit::EntryDraft {
         actor: actor.to_owned(),
         action: action.to_owned(),
         target,
-        before: None,
+        before,
         after,
         details: Some(details),
     };
@@ -186,7 +220,8 @@ impl Approvals {
         self.key.public_key()
     }
 
-    /// Sets policy `name` at the caller's scope to `spec` (a new version). Privileged: audit point.
+    /// Sets policy `name` at the caller's scope to `spec` (a new version). Privileged: audit point. A policy
+    /// the config file owns is refused ([`ApprovalError::ConfigOwned`]).
     pub async fn set_policy(
         &self,
         caller: &Authorized<BindingScope>,
@@ -201,33 +236,28 @@ impl Approvals {
             });
         }
         let spec = spec.normalize()?;
-        let json = spec.to_canonical_json();
-        let new = NewApprovalPolicy {
-            scope: caller.target().clone(),
-            name: name.trim().to_owned(),
-            digest: gait_canon::sha256_hex(json.as_bytes()),
-            spec: json,
-        };
+        let new = new_policy(caller.target().clone(), name, &spec);
         let actor = caller.actor();
         let now = crate::clock::unix_ms();
         let stored = self
             .store
             .transaction(async |tx| {
+                let before = tx.current_approval_policy(&new.scope, &new.name).await?;
+                if let Some(current) = &before
+                    && current.source == gait_store::BindingSource::Config
+                {
+                    return Err(ApprovalError::ConfigOwned {
+                        scope: current.scope.to_string(),
+                        name: current.name.clone(),
+                    });
+                }
                 let stored = tx.put_approval_policy(&new, &actor, now).await?;
-                let target = crate::audit::scope_target(
-                    &stored.scope,
-                    "approval_policy",
-                    stored.name.clone(),
-                );
-                let mut details = serde_json::Map::new();
-                details.insert("version".into(), stored.version.into());
-                audit(
+                audit_policy(
                     tx,
                     &actor,
                     "approval_policy.set",
-                    target,
-                    Some(format!("sha256:{}", stored.digest)),
-                    details,
+                    before.as_ref(),
+                    Some(&stored),
                 )
                 .await?;
                 Ok::<_, ApprovalError>(stored)
@@ -239,6 +269,55 @@ impl Approvals {
             stored,
             rules: spec,
         })
+    }
+
+    /// Removes policy `name` at the caller's scope: it no longer judges new requests (its versions stay, so
+    /// requests judged under one still name it). Privileged: audit point. A policy the config file owns is
+    /// refused ([`ApprovalError::ConfigOwned`]).
+    pub async fn remove_policy(
+        &self,
+        caller: &Authorized<BindingScope>,
+        name: &str,
+    ) -> Result<StoredApprovalPolicy, ApprovalError> {
+        let scope = caller.target();
+        if scope.org_part().is_none() {
+            return Err(ApprovalError::Field {
+                field: "org",
+                reason: "an approval policy applies to an org, a project or an environment; name the org"
+                    .into(),
+            });
+        }
+        let name = name.trim();
+        let not_found = || ApprovalError::PolicyNotFound {
+            scope: scope.to_string(),
+            name: name.to_owned(),
+        };
+        let actor = caller.actor();
+        let now = crate::clock::unix_ms();
+        let removed = self
+            .store
+            .transaction(async |tx| {
+                let current = tx
+                    .current_approval_policy(scope, name)
+                    .await?
+                    .ok_or_else(not_found)?;
+                if current.source == gait_store::BindingSource::Config {
+                    return Err(ApprovalError::ConfigOwned {
+                        scope: current.scope.to_string(),
+                        name: current.name.clone(),
+                    });
+                }
+                let removed = tx
+                    .remove_approval_policy(scope, name, now)
+                    .await?
+                    .ok_or_else(not_found)?;
+                audit_policy(tx, &actor, "approval_policy.remove", Some(&removed), None).await?;
+                Ok::<_, ApprovalError>(removed)
+            })
+            .await?;
+        tracing::info!(actor, policy = %removed.name, version = removed.version, scope = %removed.scope,
+            "approval policy removed");
+        Ok(removed)
     }
 
     /// The newest version of every policy inside the caller's scope or covering it.
@@ -591,6 +670,46 @@ impl Approvals {
             tokens,
         })
     }
+}
+
+/// The store row of policy `name` at `scope` with the (normalized) `spec`: its canonical JSON and digest.
+fn new_policy(scope: BindingScope, name: &str, spec: &PolicySpec) -> NewApprovalPolicy {
+    let json = spec.to_canonical_json();
+    NewApprovalPolicy {
+        scope,
+        name: name.trim().to_owned(),
+        digest: gait_canon::sha256_hex(json.as_bytes()),
+        spec: json,
+    }
+}
+
+/// The audit entry of a policy change by `actor`: `before` and `after` are the versions in force before and
+/// after it (digests `sha256:<hex>`), the target the policy at its scope.
+async fn audit_policy(
+    tx: &mut gait_store::StoreTx,
+    actor: &str,
+    action: &str,
+    before: Option<&StoredApprovalPolicy>,
+    after: Option<&StoredApprovalPolicy>,
+) -> Result<(), ApprovalError> {
+    let Some(policy) = after.or(before) else {
+        return Ok(());
+    };
+    let target = crate::audit::scope_target(&policy.scope, "approval_policy", policy.name.clone());
+    let mut details = serde_json::Map::new();
+    details.insert("version".into(), policy.version.into());
+    details.insert("source".into(), policy.source.as_str().into());
+    let digest = |p: &StoredApprovalPolicy| format!("sha256:{}", p.digest);
+    audit_change(
+        tx,
+        actor,
+        action,
+        target,
+        before.map(digest),
+        after.map(digest),
+        details,
+    )
+    .await
 }
 
 fn tokens_json(tokens: &[ApprovalToken]) -> String {

@@ -30,6 +30,9 @@
 //! audit:                                    # the tamper-evident audit log
 //!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
 //!   checkpoint_interval_seconds: 60
+//! approvals:                                # approval policies kept equal to this list at every start
+//!   policies:                               # fields: docs/enterprise/approvals.md
+//!     - { name: drops, org: acme, project: payments, tools: [db.*], quorum: 2, groups: [security, payments-team] }
 //! enroll:                                   # join tokens (`join-token create`) and certificate renewal
 //!   max_token_ttl_seconds: 604800           # longest join token lifetime (7 days)
 //!   certificate_validity_seconds: 7776000   # enrolled/renewed certificates (90 days; renewed at 1/3 left)
@@ -172,6 +175,8 @@ pub struct Config {
     pub enroll: EnrollConfig,
     /// Where the bytes of the fleet's artifacts are kept.
     pub evidence: crate::evidence::blob::EvidenceConfig,
+    /// Approval governance: the approval policies kept from this file.
+    pub approvals: ApprovalsConfig,
 }
 
 impl Default for Config {
@@ -189,6 +194,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             enroll: EnrollConfig::default(),
             evidence: crate::evidence::blob::EvidenceConfig::default(),
+            approvals: ApprovalsConfig::default(),
         }
     }
 }
@@ -540,6 +546,138 @@ impl BindingConfig {
     }
 }
 
+/// `approvals.*`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Approval policies kept equal to this list at every start (GitOps): a listed policy is added or, when its
+    /// rules changed, replaced by a new version; a policy that left the list is removed. The API and CLI cannot
+    /// change or remove them; policies set through the API are not touched unless the list names them.
+    pub policies: Vec<ApprovalPolicyConfig>,
+}
+
+/// One entry of `approvals.policies`: the scope and name of an approval policy and its rules (see
+/// [`crate::approval::policy::PolicySpec`]; absent rules take the same defaults as through the API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalPolicyConfig {
+    /// Its name, unique within its scope. Default `config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The org it applies to (required).
+    pub org: String,
+    /// The project; absent = the whole org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The environment; absent = the whole project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Tool name globs; absent: every tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// Phases (`plan`, `apply`, …); absent: every phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<String>,
+    /// Only intents with a destructive target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive_only: Option<bool>,
+    /// Environment globs, for a policy on an org or a project; absent: every environment of its scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
+    /// Distinct approvers needed. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// Groups that must each supply their own approver (AND).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Longest lifetime of an issued token, in seconds. Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_seconds: Option<u64>,
+    /// The author of the policy version in force may not approve under it (for a config policy the author is
+    /// `config`, so this only matters once the API owns the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_cannot_approve: Option<bool>,
+}
+
+/// [`ApprovalPolicyConfig::name`] when absent.
+pub const DEFAULT_APPROVAL_POLICY_NAME: &str = "config";
+
+impl ApprovalPolicyConfig {
+    /// The policy's name (`name`, default `config`), trimmed.
+    pub fn name(&self) -> &str {
+        self.name
+            .as_deref()
+            .map_or(DEFAULT_APPROVAL_POLICY_NAME, str::trim)
+    }
+
+    /// The scope, or the sub-key at fault and why.
+    pub fn scope(&self) -> Result<gait_store::BindingScope, (&'static str, String)> {
+        let org =
+            gait_store::Org::try_from(self.org.clone()).map_err(|e| ("org", e.to_string()))?;
+        let project = self
+            .project
+            .clone()
+            .map(gait_store::Project::try_from)
+            .transpose()
+            .map_err(|e| ("project", e.to_string()))?;
+        let env = self
+            .env
+            .clone()
+            .map(gait_store::Env::try_from)
+            .transpose()
+            .map_err(|e| ("env", e.to_string()))?;
+        gait_store::BindingScope::from_parts(Some(org), project, env)
+            .ok_or(("env", "an env needs its project".to_owned()))
+    }
+
+    /// The rules, checked and normalized, or the sub-key at fault and why.
+    pub fn spec(
+        &self,
+    ) -> Result<crate::approval::policy::PolicySpec, crate::approval::policy::SpecError> {
+        let defaults = crate::approval::policy::PolicySpec::default();
+        crate::approval::policy::PolicySpec {
+            tools: self.tools.clone(),
+            phases: self.phases.clone(),
+            destructive_only: self.destructive_only.unwrap_or(defaults.destructive_only),
+            envs: self.envs.clone(),
+            quorum: self.quorum.unwrap_or(defaults.quorum),
+            groups: self.groups.clone(),
+            max_token_ttl_seconds: self
+                .max_token_ttl_seconds
+                .unwrap_or(defaults.max_token_ttl_seconds),
+            author_cannot_approve: self
+                .author_cannot_approve
+                .unwrap_or(defaults.author_cannot_approve),
+        }
+        .normalize()
+    }
+
+    /// What is wrong with this entry, as (sub-key, message) pairs.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let name = self.name();
+        if name.is_empty()
+            || name.len() > gait_store::MAX_LABEL_BYTES
+            || name.chars().any(char::is_control)
+        {
+            out.push((
+                "name",
+                format!(
+                    "`{name}` must be 1 to {} bytes without control characters",
+                    gait_store::MAX_LABEL_BYTES
+                ),
+            ));
+        }
+        if let Err(p) = self.scope() {
+            out.push(p);
+        }
+        if let Err(e) = self.spec() {
+            out.push((e.field, e.reason));
+        }
+        out
+    }
+}
+
 /// `auth.oidc.*`: operator bearer JWTs verified against the provider's keys. Off unless `issuer` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -875,6 +1013,24 @@ impl Config {
                 problems.push(problem(&format!("auth.bindings[{i}].{key}"), message));
             }
         }
+        let mut policy_names = std::collections::HashMap::new();
+        for (i, policy) in self.approvals.policies.iter().enumerate() {
+            for (key, message) in policy.problems() {
+                problems.push(problem(&format!("approvals.policies[{i}].{key}"), message));
+            }
+            if let Ok(scope) = policy.scope()
+                && let Some(first) = policy_names.insert((scope.to_string(), policy.name()), i)
+            {
+                problems.push(problem(
+                    &format!("approvals.policies[{i}].name"),
+                    format!(
+                        "`{}` at {scope} is already approvals.policies[{first}]; give each policy of one scope \
+                         its own name",
+                        policy.name()
+                    ),
+                ));
+            }
+        }
         if let Some(origin) = &self.audit.origin
             && (origin.is_empty()
                 || origin.contains('+')
@@ -1134,6 +1290,52 @@ mod tests {
         assert!(err.to_string().contains("platform_admin"), "{err}");
         let unknown = load_text("auth:\n  admin_token: root\n", &[]).expect_err("unknown mode");
         assert!(unknown.to_string().contains("admin_token"), "{unknown}");
+    }
+
+    #[test]
+    fn approval_policies_are_checked_naming_the_entry_and_key() {
+        let ok = load_text(
+            "approvals:\n  policies:\n    - { org: acme, project: payments, tools: [db.*], quorum: 2, \
+             groups: [security, payments-team] }\n    - { name: prod, org: acme, envs: [prod] }\n",
+            &[],
+        )
+        .expect("valid policies");
+        let policies = &ok.approvals.policies;
+        assert_eq!(policies[0].name(), DEFAULT_APPROVAL_POLICY_NAME);
+        let spec = policies[0].spec().expect("spec");
+        assert_eq!((spec.quorum, spec.groups.len()), (2, 2));
+        // Absent rules take the API's defaults.
+        let spec = policies[1].spec().expect("spec");
+        assert_eq!(spec.quorum, 1);
+        assert_eq!(
+            spec.max_token_ttl_seconds,
+            crate::approval::policy::DEFAULT_TOKEN_TTL_SECONDS
+        );
+
+        let err = load_text(
+            "approvals:\n  policies:\n    - { org: acme, quorum: 0 }\n    - { org: acme, project: web, groups: [a, b] }\n    \
+             - { name: x, org: acme, env: prod }\n    - { org: acme, max_token_ttl_seconds: 0 }\n    \
+             - { org: acme, project: web, name: y }\n    - { org: acme, project: web, name: ' y ' }\n",
+            &[],
+        )
+        .expect_err("bad policies");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "approvals.policies[0].quorum",
+                "approvals.policies[1].groups",
+                "approvals.policies[2].env",
+                "approvals.policies[3].max_token_ttl_seconds",
+                "approvals.policies[3].name",
+                "approvals.policies[5].name",
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("approvals.policies[4]"), "{err}");
+        let missing_org =
+            load_text("approvals:\n  policies:\n    - { quorum: 2 }\n", &[]).expect_err("no org");
+        assert!(missing_org.to_string().contains("org"), "{missing_org}");
     }
 
     #[test]

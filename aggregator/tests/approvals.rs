@@ -179,6 +179,8 @@ gait_store::store_tests!(
     a_denied_or_expired_request_cannot_be_approved,
     concurrent_approvals_that_meet_the_quorum_issue_the_tokens_once,
     the_http_api_maps_the_rules_to_statuses_and_hides_other_environments,
+    config_policies_apply_as_a_set_idempotently_with_audit_entries_and_the_api_cannot_change_them,
+    two_replicas_starting_at_once_apply_the_config_policies_once,
 );
 
 async fn quorum_groups_and_separation_of_duties_decide_when_tokens_are_issued(
@@ -539,6 +541,299 @@ async fn the_http_api_maps_the_rules_to_statuses_and_hides_other_environments(
     ensure!(
         s == StatusCode::BAD_REQUEST && v.to_string().contains("status"),
         "{s} {v}"
+    );
+    Ok(())
+}
+
+/// The audit entries from leaf `from` on, as JSON.
+async fn audit_entries(store: &Store, from: u64) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for row in store.audit_entries(from, 1_000).await? {
+        out.push(serde_json::from_slice(&row.line)?);
+    }
+    Ok(out)
+}
+
+fn config_policy(yaml: &str) -> gait_aggregator::config::ApprovalPolicyConfig {
+    serde_saphyr::from_str(yaml).expect("policy entry")
+}
+
+async fn config_policies_apply_as_a_set_idempotently_with_audit_entries_and_the_api_cannot_change_them(
+    db: &TestStore,
+) -> Result<()> {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use gait_aggregator::approval::config::apply_config;
+    use http_body_util::BodyExt as _;
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "test-admin-token";
+    let store = db.store();
+    let (approvals, _) = setup(db).await?;
+    let now = gait_aggregator::clock::unix_ms();
+    let drops = config_policy(
+        "{ name: drops, org: acme, project: web, tools: [db.*], quorum: 2, groups: [security, web-owners] }",
+    );
+    let org_wide = config_policy("{ org: acme, quorum: 1 }");
+    let reader = authorizer()
+        .authorize(
+            operator("bob", &["security"]),
+            Permission::ApprovalRead,
+            BindingScope::env("acme".parse()?, "web".parse()?, "prod".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listed = async || -> Result<Vec<(String, u64, String)>> {
+        Ok(approvals
+            .policies(&reader)
+            .await?
+            .into_iter()
+            .map(|p| {
+                (
+                    p.stored.name,
+                    p.stored.version,
+                    p.stored.source.as_str().to_owned(),
+                )
+            })
+            .collect())
+    };
+
+    // First start: both added, one set entry each by actor config, no digest before.
+    let applied = apply_config(store, &[drops.clone(), org_wide.clone()], now).await?;
+    ensure!(
+        applied.added.len() == 2 && applied.replaced.is_empty() && applied.removed.is_empty(),
+        "{applied:?}"
+    );
+    let entries = audit_entries(store, 0).await?;
+    ensure!(entries.len() == 2, "{entries:?}");
+    for e in &entries {
+        ensure!(
+            e["actor"] == "config" && e["action"] == "approval_policy.set",
+            "{e}"
+        );
+        ensure!(
+            e.get("before").is_none_or(Value::is_null)
+                && e["after"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("sha256:")),
+            "{e}"
+        );
+    }
+    ensure!(
+        listed().await?
+            == [
+                ("config".to_owned(), 1, "config".to_owned()),
+                ("drops".to_owned(), 1, "config".to_owned())
+            ],
+        "{:?}",
+        listed().await?
+    );
+    // A request of acme/web/prod is judged under the most specific one.
+    let id = raise(store, &approvals, 1, &payload("alice", 0x21, 3600)).await?;
+    let view = approvals
+        .get(&decider(&authorizer(), operator("bob", &["security"])), id)
+        .await?;
+    ensure!(
+        view.approval_policy
+            .as_ref()
+            .is_some_and(|p| p.name == "drops"),
+        "{:?}",
+        view.approval_policy
+    );
+
+    // A restart with the same file (spelled differently) changes nothing and appends nothing.
+    let respelled = config_policy(
+        "{ name: drops, org: acme, project: web, tools: [' DB.*'], quorum: 2, groups: [web-owners, security] }",
+    );
+    let again = apply_config(store, &[org_wide.clone(), respelled], now + 1).await?;
+    ensure!(again.is_empty(), "{again:?}");
+    ensure!(audit_entries(store, 2).await?.is_empty());
+
+    // An edited entry is replaced by its next version; its entry carries both digests.
+    let edited = config_policy(
+        "{ name: drops, org: acme, project: web, tools: [db.*], quorum: 3, groups: [security, web-owners] }",
+    );
+    let applied = apply_config(store, &[edited.clone(), org_wide.clone()], now + 2).await?;
+    ensure!(applied.replaced.len() == 1 && applied.added.is_empty() && applied.removed.is_empty());
+    let (before, after) = &applied.replaced[0];
+    ensure!(before.version == 1 && after.version == 2 && before.digest != after.digest);
+    let entries = audit_entries(store, 2).await?;
+    ensure!(entries.len() == 1, "{entries:?}");
+    ensure!(
+        entries[0]["before"] == format!("sha256:{}", before.digest).as_str()
+            && entries[0]["after"] == format!("sha256:{}", after.digest).as_str()
+            && entries[0]["actor"] == "config",
+        "{}",
+        entries[0]
+    );
+    // The request raised before keeps the version it was judged under.
+    let view = approvals
+        .get(&decider(&authorizer(), operator("bob", &["security"])), id)
+        .await?;
+    ensure!(
+        view.approval_policy
+            .as_ref()
+            .is_some_and(|p| p.version == 1)
+    );
+
+    // A removed entry is removed: no longer listed, an audit entry with only the digest before.
+    let applied = apply_config(store, std::slice::from_ref(&edited), now + 3).await?;
+    ensure!(applied.removed.len() == 1 && applied.removed[0].name == "config");
+    let entries = audit_entries(store, 3).await?;
+    ensure!(
+        entries.len() == 1
+            && entries[0]["action"] == "approval_policy.remove"
+            && entries[0]["before"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("sha256:"))
+            && entries[0].get("after").is_none_or(Value::is_null),
+        "{entries:?}"
+    );
+    ensure!(
+        listed().await? == [("drops".to_owned(), 2, "config".to_owned())],
+        "{:?}",
+        listed().await?
+    );
+
+    // The API cannot overwrite the config's policy: 409 saying where it comes from; other names are its own.
+    let app = gait_aggregator::api::router(gait_aggregator::api::AppState {
+        approvals: Arc::new(Approvals::new(store.clone(), SigningKey::generate())),
+        ..common::app_state(db, TOKEN, SigningKey::generate())
+    });
+    let put = |body: Value| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method("PUT")
+                .uri("/v1/approval-policies")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request");
+            let resp = app.oneshot(req).await.expect("router answers");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) =
+        put(json!({"org": "acme", "project": "web", "name": "drops", "rules": {"quorum": 1}}))
+            .await;
+    ensure!(
+        s == StatusCode::CONFLICT && v.to_string().contains("config file"),
+        "{s} {v}"
+    );
+    ensure!(
+        listed().await? == [("drops".to_owned(), 2, "config".to_owned())],
+        "the refused write changed nothing"
+    );
+    // The removed config policy's name is free for the API again.
+    let (s, v) = put(json!({"org": "acme", "name": "config", "rules": {"quorum": 1}})).await;
+    ensure!(
+        s == StatusCode::OK && v["policy"]["source"] == "api" && v["policy"]["version"] == 2,
+        "{s} {v}"
+    );
+    // ... until the file names it again: the config takes it over with the next version.
+    let applied = apply_config(store, &[edited, org_wide], now + 4).await?;
+    ensure!(
+        applied.replaced.len() == 1 && applied.replaced[0].0.source == BindingSource::Api,
+        "{applied:?}"
+    );
+    let (s, v) = put(json!({"org": "acme", "name": "config", "rules": {"quorum": 2}})).await;
+    ensure!(s == StatusCode::CONFLICT, "{s} {v}");
+
+    // Removal through the API: a config policy is 409, an API policy goes (audited), a missing one is 404.
+    let del = |query: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method("DELETE")
+                .uri(format!("/v1/approval-policies?{query}"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .expect("request");
+            let resp = app.oneshot(req).await.expect("router answers");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = del("org=acme&project=web&name=drops").await;
+    ensure!(
+        s == StatusCode::CONFLICT && v.to_string().contains("config file"),
+        "{s} {v}"
+    );
+    let (s, v) =
+        put(json!({"org": "acme", "project": "web", "name": "mine", "rules": {"quorum": 1}})).await;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let before = store.audit_head().await?.size;
+    let (s, v) = del("org=acme&project=web&name=mine").await;
+    ensure!(
+        s == StatusCode::OK && v["policy"]["removed_unix_ms"].is_i64(),
+        "{s} {v}"
+    );
+    let entries = audit_entries(store, before).await?;
+    ensure!(
+        entries.len() == 1
+            && entries[0]["action"] == "approval_policy.remove"
+            && entries[0]["actor"] == "admin-token",
+        "{entries:?}"
+    );
+    ensure!(
+        !listed().await?.iter().any(|(name, _, _)| name == "mine"),
+        "a removed policy is still listed"
+    );
+    let (s, v) = del("org=acme&project=web&name=mine").await;
+    ensure!(s == StatusCode::NOT_FOUND, "{s} {v}");
+    let (s, v) = del("org=acme&project=web").await;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && v.to_string().contains("name"),
+        "{s} {v}"
+    );
+    Ok(())
+}
+
+/// Two aggregators on one database start at the same moment with the same file: both starts succeed and the
+/// policies are added once, with one audit entry each.
+async fn two_replicas_starting_at_once_apply_the_config_policies_once(
+    db: &TestStore,
+) -> Result<()> {
+    use gait_aggregator::approval::config::apply_config;
+    let store = db.store();
+    let set = [
+        config_policy("{ name: drops, org: acme, project: web, tools: [db.*], quorum: 2 }"),
+        config_policy("{ org: acme, quorum: 1 }"),
+    ];
+    for round in 0..5_i64 {
+        // Each round edits the rules, so both replicas try to add the same next version.
+        let set: Vec<_> = set
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.max_token_ttl_seconds = Some(600 + round as u64);
+                p
+            })
+            .collect();
+        let now = gait_aggregator::clock::unix_ms();
+        let (a, b) = tokio::join!(
+            apply_config(store, &set, now),
+            apply_config(store, &set, now)
+        );
+        let (a, b) = (a.context("replica a")?, b.context("replica b")?);
+        let changed = a.added.len() + a.replaced.len() + b.added.len() + b.replaced.len();
+        ensure!(changed == 2, "round {round}: {a:?} {b:?}");
+    }
+    let entries = audit_entries(store, 0).await?;
+    ensure!(
+        entries.len() == 10,
+        "{} entries: {entries:?}",
+        entries.len()
     );
     Ok(())
 }

@@ -1,6 +1,8 @@
-// A real OpenID provider (the OpenID-certified `oidc-provider` package) for the aggregator's end-to-end OIDC test
-// (tests/tests/oidc.rs). It serves discovery, the JWKS and /token (client credentials, JWT access tokens for the
-// audience `gait-aggregator` with a `groups` claim) on 127.0.0.1 and can rotate its signing key.
+// A real OpenID provider (the OpenID-certified `oidc-provider` package) for the aggregator's end-to-end OIDC tests
+// (tests/tests/oidc.rs, tests/tests/approvals_oidc.rs). It serves discovery, the JWKS and /token (client
+// credentials, JWT access tokens for the audience `gait-aggregator` with a `groups` claim) on 127.0.0.1 and can
+// rotate its signing key. Several clients stand for several operators: each client's token carries its own
+// groups (CLIENT_GROUPS), its subject is the client id, and its secret is `<client id>-secret`.
 //
 //   node provider.js --keys-dir DIR [--port N]
 //
@@ -16,11 +18,16 @@ const path = require('node:path');
 
 const { default: Provider } = require('oidc-provider');
 
-const CLIENT_ID = 'gait-e2e';
-const CLIENT_SECRET = 'gait-e2e-secret';
 const AUDIENCE = 'gait-aggregator';
 const RESOURCE = 'urn:gait:aggregator';
-const GROUPS = ['sre', 'security'];
+// Client id (= the token's subject) -> the groups its access tokens carry.
+const CLIENT_GROUPS = {
+  'gait-e2e': ['sre', 'security'],
+  'sec-ana': ['security'],
+  'sec-ben': ['security'],
+  'pay-cho': ['payments-team'],
+  'view-dee': ['observers'],
+};
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(name);
@@ -51,13 +58,13 @@ function newKey() {
 
 function makeProvider(issuer) {
   const provider = new Provider(issuer, {
-    clients: [{
-      client_id: CLIENT_ID,
-      client_secret: CLIENT_SECRET,
+    clients: Object.keys(CLIENT_GROUPS).map((id) => ({
+      client_id: id,
+      client_secret: `${id}-secret`,
       grant_types: ['client_credentials'],
       redirect_uris: [],
       response_types: [],
-    }],
+    })),
     jwks: { keys: signingKeys },
     features: {
       clientCredentials: { enabled: true },
@@ -75,7 +82,7 @@ function makeProvider(issuer) {
         }),
       },
     },
-    extraTokenClaims: () => ({ groups: GROUPS }),
+    extraTokenClaims: (ctx, token) => ({ groups: CLIENT_GROUPS[token.clientId] || [] }),
   });
   // Plain HTTP on loopback only (the aggregator allows http:// for a loopback issuer).
   provider.proxy = false;

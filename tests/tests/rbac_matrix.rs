@@ -198,6 +198,14 @@ fn every_endpoint_allows_exactly_the_roles_and_scopes_the_permission_table_grant
                                 target.0, target.1, target.2
                             ));
                         }
+                        // Approval policy removal names its scope and the policy in the query.
+                        let policy_removal = method == "delete" && path == "/v1/approval-policies";
+                        if policy_removal {
+                            url.push_str(&format!(
+                                "?org={}&project={}&env={}&name=matrix",
+                                target.0, target.1, target.2
+                            ));
+                        }
                         if scope == "request" && method == "put" && path == "/v1/approval-policies"
                         {
                             body = Some(
@@ -232,8 +240,12 @@ fn every_endpoint_allows_exactly_the_roles_and_scopes_the_permission_table_grant
                         if allowed {
                             // A binding outside the caller's scope answers 404 (not revealed), so for
                             // that route a 404 is a refusal; elsewhere it is an allowed "no such object".
+                            // The policy removal's 404 is "already removed" (the caller's scope was checked).
                             let refused = [401, 403].contains(&status)
-                                || (status == 404 && method == "delete" && scope == "request");
+                                || (status == 404
+                                    && method == "delete"
+                                    && scope == "request"
+                                    && !policy_removal);
                             ensure!(!refused, "denied but the table grants it: {what}");
                         } else {
                             let refused = status == 403

@@ -21,11 +21,15 @@ use crate::approval::policy::PolicySpec;
 impl From<ApprovalError> for ApiError {
     fn from(err: ApprovalError) -> Self {
         match &err {
-            ApprovalError::NotFound { .. } => Self::not_found(err.to_string()),
+            ApprovalError::NotFound { .. } | ApprovalError::PolicyNotFound { .. } => {
+                Self::not_found(err.to_string())
+            }
             _ if err.is_forbidden() => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", err.to_string())
             }
-            ApprovalError::Rule(_) => Self::new(StatusCode::CONFLICT, "conflict", err.to_string()),
+            ApprovalError::Rule(_) | ApprovalError::ConfigOwned { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
             ApprovalError::Spec(_) | ApprovalError::Field { .. } => {
                 Self::bad_request(err.to_string())
             }
@@ -85,6 +89,31 @@ pub(super) async fn set_policy(
         .set_policy(&caller, &body.name, body.rules)
         .await?;
     Ok((StatusCode::OK, Json(json!({ "policy": policy }))).into_response())
+}
+
+/// `?org=&project=&env=&name=` of a policy removal.
+#[derive(Debug, Deserialize)]
+pub(super) struct RemovePolicyQuery {
+    org: Option<String>,
+    project: Option<String>,
+    env: Option<String>,
+    name: Option<String>,
+}
+
+pub(super) async fn remove_policy(
+    State(state): State<AppState>,
+    pending: Pending,
+    query: Result<Query<RemovePolicyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(RequestError::Query)?;
+    let caller = pending.authorize(scope_of(q.org, q.project, q.env)?)?;
+    let Some(name) = q.name.filter(|n| !n.trim().is_empty()) else {
+        return Err(ApiError::bad_request(
+            "name: give the policy's name (`?name=`)".to_owned(),
+        ));
+    };
+    let removed = state.approvals.remove_policy(&caller, &name).await?;
+    Ok(Json(json!({ "policy": removed })).into_response())
 }
 
 /// `?status=&limit=` of the request listing.

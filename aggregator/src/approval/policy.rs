@@ -133,10 +133,17 @@ impl PolicySpec {
                 format!("must be 1 to {MAX_TOKEN_TTL_SECONDS}"),
             ));
         }
-        for entry in self.tools.iter().chain(&self.envs).chain(&self.groups) {
-            if entry.len() > 256 || entry.chars().any(char::is_control) {
+        for (field, list) in [
+            ("tools", &self.tools),
+            ("envs", &self.envs),
+            ("groups", &self.groups),
+        ] {
+            if list
+                .iter()
+                .any(|entry| entry.len() > 256 || entry.chars().any(char::is_control))
+            {
                 return Err(bad(
-                    "tools/envs/groups",
+                    field,
                     "entries are at most 256 bytes without control characters",
                 ));
             }

@@ -36,6 +36,8 @@ pub enum PolicyCommand {
     Set(SetArgs),
     /// List the policies inside a scope or covering it.
     List(PolicyListArgs),
+    /// Remove a policy (not one from the config file's approvals.policies: edit the file instead).
+    Remove(PolicyRemoveArgs),
 }
 
 /// An org, optionally narrowed to a project and an environment.
@@ -128,6 +130,20 @@ pub struct PolicyListArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PolicyRemoveArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub scope: PolicyScope,
+    /// The policy's name within its scope.
+    #[arg(long)]
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ListArgs {
     #[command(flatten)]
     pub api: ApiArgs,
@@ -174,6 +190,7 @@ pub async fn approvals(command: ApprovalsCommand, config: Config) -> anyhow::Res
     match command {
         ApprovalsCommand::Policy(PolicyCommand::Set(args)) => set(args, config).await,
         ApprovalsCommand::Policy(PolicyCommand::List(args)) => policy_list(args, config).await,
+        ApprovalsCommand::Policy(PolicyCommand::Remove(args)) => policy_remove(args, config).await,
         ApprovalsCommand::List(args) => list(args, config).await,
         ApprovalsCommand::Show(args) => show(args, config).await,
         ApprovalsCommand::Approve(args) => decide(args, "approve", config).await,
@@ -236,6 +253,37 @@ async fn set(args: SetArgs, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn policy_remove(args: PolicyRemoveArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let mut params = vec![("org", args.scope.org.to_string())];
+    if let Some(p) = &args.scope.project {
+        params.push(("project", p.to_string()));
+    }
+    if let Some(e) = &args.scope.env {
+        params.push(("env", e.to_string()));
+    }
+    params.push(("name", args.name.clone()));
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/v1/approval-policies", api.server), params)
+            .with_context(|| format!("--server `{}` is not a URL", api.server))?
+            .to_string();
+    let (status, answer) = call(&api, http::Method::DELETE, &url, None).await?;
+    if !status.is_success() {
+        return Ok(refused(status, &answer));
+    }
+    if args.json {
+        gait_runtime::outln!("{answer}");
+    } else {
+        let p = &answer["policy"];
+        gait_runtime::outln!(
+            "approval policy {} removed (last version v{})",
+            p["name"].as_str().unwrap_or(""),
+            p["version"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<ExitCode> {
     let api = args.api.resolve(config)?;
     let mut params = vec![("org", args.scope.org.to_string())];
@@ -260,6 +308,7 @@ async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<Exi
     let mut table = Table::new(&[
         ("NAME", Align::Left),
         ("VER", Align::Right),
+        ("SOURCE", Align::Left),
         ("QUORUM", Align::Left),
         ("GROUPS", Align::Left),
         ("RULES", Align::Left),
@@ -269,6 +318,7 @@ async fn policy_list(args: PolicyListArgs, config: Config) -> anyhow::Result<Exi
         table.row([
             p["name"].as_str().unwrap_or("").to_owned(),
             p["version"].to_string(),
+            p["source"].as_str().unwrap_or("api").to_owned(),
             r["quorum"].to_string(),
             r["groups"]
                 .as_array()

@@ -4,7 +4,10 @@
 //! aggregator's `approval` feature. Portable SQL only.
 //!
 //! Invariants the SQL holds:
-//! - a policy version is never changed: setting a policy adds the next version of its (scope, name);
+//! - a policy version is never changed: setting a policy adds the next version of its (scope, name); removing
+//!   one only marks its newest version removed, so a request can always read the version judging it;
+//! - who owns a policy (`source`: the API or the config file's `approvals.policies`) is its newest version's;
+//!   [`replace_config_policies`] touches config-owned policies only, besides the ones the file names;
 //! - a request is unique on its agent's stream position (tenant, agent, seq), so a redelivered record raises
 //!   nothing twice;
 //! - a request's state moves once, from `pending` to `approved` or `denied` ([`finish_request`] changes only a
@@ -15,7 +18,7 @@
 
 use serde::Serialize;
 
-use crate::access::BindingScope;
+use crate::access::{BindingScope, BindingSource};
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
 use crate::model::{
@@ -53,6 +56,11 @@ pub struct StoredApprovalPolicy {
     pub created_by: String,
     /// When, in milliseconds since the Unix epoch.
     pub created_unix_ms: i64,
+    /// Who owns it: `api` (the API and CLI) or `config` (the config file's `approvals.policies`).
+    pub source: BindingSource,
+    /// When this version was removed (then no longer listed nor judging new requests); `None` while in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_unix_ms: Option<i64>,
 }
 
 /// A policy version to add.
@@ -284,8 +292,8 @@ fn to_json_list(list: &[String]) -> String {
 
 macro_rules! select_policies {
     () => {
-        "SELECT id, org, project, env, name, version, spec, digest, created_by, created_unix_ms \
-         FROM approval_policies"
+        "SELECT id, org, project, env, name, version, spec, digest, created_by, created_unix_ms, source, \
+         removed_unix_ms FROM approval_policies"
     };
 }
 
@@ -300,21 +308,48 @@ fn policy_row(row: &impl Columns) -> Result<StoredApprovalPolicy, StoreError> {
         digest: row.text("digest")?,
         created_by: row.text("created_by")?,
         created_unix_ms: row.int("created_unix_ms")?,
+        source: match row.text("source")?.as_str() {
+            "api" => BindingSource::Api,
+            "config" => BindingSource::Config,
+            other => return Err(StoreError::corrupt(T, format!("source `{other}`"))),
+        },
+        removed_unix_ms: row.opt_int("removed_unix_ms")?,
     })
 }
 
-/// Adds the next version of `policy` (version 1 when its scope has no policy of that name).
+/// Adds the next version of `policy` owned by the API (version 1 when its scope has no policy of that name).
 pub(crate) async fn put_policy(
-    mut conn: Conn<'_>,
+    conn: Conn<'_>,
     policy: &NewApprovalPolicy,
     created_by: &str,
     now_ms: i64,
 ) -> Result<StoredApprovalPolicy, StoreError> {
+    put_versioned(conn, policy, BindingSource::Api, created_by, now_ms, None)
+        .await?
+        .ok_or_else(|| {
+            invalid(
+                "approval_policy.version",
+                "another writer set this policy at the same moment; set it again",
+            )
+        })
+}
+
+/// Adds `policy` owned by `source` as `version` (default: the next one). `None` when that version exists
+/// already: a concurrent writer added it first (the unique index decides; nothing is written).
+async fn put_versioned(
+    mut conn: Conn<'_>,
+    policy: &NewApprovalPolicy,
+    source: BindingSource,
+    created_by: &str,
+    now_ms: i64,
+    version: Option<u64>,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
     const NEXT: &str = "SELECT COALESCE(MAX(version), 0) AS v FROM approval_policies \
          WHERE org = $1 AND project = $2 AND env = $3 AND name = $4";
     const INSERT: &str = "INSERT INTO approval_policies (org, project, env, name, version, spec, digest, created_by, \
-         created_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, org, project, env, name, \
-         version, spec, digest, created_by, created_unix_ms";
+         created_unix_ms, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (org, project, env, name, version) DO NOTHING RETURNING id, org, project, env, \
+         name, version, spec, digest, created_by, created_unix_ms, source, removed_unix_ms";
     let (org, project, env) = scope_columns(&policy.scope)?;
     check_label("approval_policy.name", &policy.name)?;
     if policy.spec.len() > MAX_APPROVAL_POLICY_BYTES {
@@ -332,39 +367,48 @@ pub(crate) async fn put_policy(
         created_by,
         crate::model::MAX_TEXT_BYTES,
     )?;
-    let current: i64 = db_run!(conn, |c| sqlx::query(NEXT)
-        .bind(org)
-        .bind(project)
-        .bind(env)
-        .bind(policy.name.as_str())
-        .fetch_one(&mut *c)
-        .await
-        .map_err(db("put_approval_policy: version"))
-        .and_then(|row| row.int("v")))?;
+    let version = match version {
+        Some(v) => to_i64("approval_policy.version", v)?,
+        None => {
+            let current: i64 = db_run!(conn, |c| sqlx::query(NEXT)
+                .bind(org)
+                .bind(project)
+                .bind(env)
+                .bind(policy.name.as_str())
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db("put_approval_policy: version"))
+                .and_then(|row| row.int("v")))?;
+            current + 1
+        }
+    };
     db_run!(conn, |c| sqlx::query(INSERT)
         .bind(org)
         .bind(project)
         .bind(env)
         .bind(policy.name.as_str())
-        .bind(current + 1)
+        .bind(version)
         .bind(policy.spec.as_str())
         .bind(policy.digest.as_str())
         .bind(created_by)
         .bind(now_ms)
-        .fetch_one(&mut *c)
+        .bind(source.as_str())
+        .fetch_optional(&mut *c)
         .await
-        .map_err(db("put_approval_policy"))
-        .and_then(|row| policy_row(&row)))
+        .map_err(db("put_approval_policy"))?
+        .as_ref()
+        .map(policy_row)
+        .transpose())
 }
 
-/// The newest version of every policy of `org` (at any scope inside it), by scope and name.
+/// The newest version of every policy of `org` (at any scope inside it) that is not removed, by scope and name.
 pub(crate) async fn policies(
     mut conn: Conn<'_>,
     org: &Org,
 ) -> Result<Vec<StoredApprovalPolicy>, StoreError> {
     const SQL: &str = concat!(
         select_policies!(),
-        " p WHERE org = $1 AND version = (SELECT MAX(version) FROM approval_policies q \
+        " p WHERE org = $1 AND removed_unix_ms IS NULL AND version = (SELECT MAX(version) FROM approval_policies q \
          WHERE q.org = p.org AND q.project = p.project AND q.env = p.env AND q.name = p.name) \
          ORDER BY project, env, name LIMIT 10000"
     );
@@ -393,6 +437,183 @@ pub(crate) async fn policy(
         .as_ref()
         .map(policy_row)
         .transpose())
+}
+
+/// The version of policy `name` at `scope` in force: its newest, unless that one is removed.
+pub(crate) async fn current_policy(
+    conn: Conn<'_>,
+    scope: &BindingScope,
+    name: &str,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    Ok(newest_policy(conn, scope, name)
+        .await?
+        .filter(|p| p.removed_unix_ms.is_none()))
+}
+
+/// Removes policy `name` at `scope` (marks its newest version removed); returns it, or `None` when no such
+/// policy is in force.
+pub(crate) async fn remove_policy(
+    mut conn: Conn<'_>,
+    scope: &BindingScope,
+    name: &str,
+    now_ms: i64,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    let Some(current) = current_policy(conn.reborrow(), scope, name).await? else {
+        return Ok(None);
+    };
+    remove_version(conn, &current, now_ms).await
+}
+
+/// The newest version of policy `name` at `scope`, removed or not.
+async fn newest_policy(
+    mut conn: Conn<'_>,
+    scope: &BindingScope,
+    name: &str,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    const SQL: &str = concat!(
+        select_policies!(),
+        " WHERE org = $1 AND project = $2 AND env = $3 AND name = $4 ORDER BY version DESC LIMIT 1"
+    );
+    let (org, project, env) = scope_columns(scope)?;
+    db_run!(conn, |c| sqlx::query(SQL)
+        .bind(org)
+        .bind(project)
+        .bind(env)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db("current_approval_policy"))?
+        .as_ref()
+        .map(policy_row)
+        .transpose())
+}
+
+/// The config-owned policies in force, in every org, by org, scope and name.
+async fn config_policies(mut conn: Conn<'_>) -> Result<Vec<StoredApprovalPolicy>, StoreError> {
+    const SQL: &str = concat!(
+        select_policies!(),
+        " p WHERE source = 'config' AND removed_unix_ms IS NULL AND version = (SELECT MAX(version) \
+         FROM approval_policies q WHERE q.org = p.org AND q.project = p.project AND q.env = p.env \
+         AND q.name = p.name) ORDER BY org, project, env, name"
+    );
+    db_run!(conn, |c| {
+        let rows = sqlx::query(SQL)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("config_approval_policies"))?;
+        rows.iter().map(policy_row).collect()
+    })
+}
+
+/// Marks `policy` (a policy's newest version) removed at `now_ms`; returns it as removed, or `None` when a
+/// concurrent writer removed it first.
+async fn remove_version(
+    mut conn: Conn<'_>,
+    policy: &StoredApprovalPolicy,
+    now_ms: i64,
+) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+    const SQL: &str = "UPDATE approval_policies SET removed_unix_ms = $1 WHERE id = $2 AND removed_unix_ms IS NULL";
+    let id = to_i64("approval_policy.id", policy.id)?;
+    let removed = db_run!(conn, |c| sqlx::query(SQL)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map_err(db("remove_approval_policy"))?
+        .rows_affected());
+    Ok((removed == 1).then(|| StoredApprovalPolicy {
+        removed_unix_ms: Some(now_ms),
+        ..policy.clone()
+    }))
+}
+
+/// What [`crate::StoreTx::replace_config_approval_policies`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigPoliciesApplied {
+    /// Policies of the set that were not in force before (first version, or the next one of a removed policy).
+    pub added: Vec<StoredApprovalPolicy>,
+    /// Policies in force whose rules (or owner: an API policy the file now names) changed, as (before, after).
+    pub replaced: Vec<(StoredApprovalPolicy, StoredApprovalPolicy)>,
+    /// Config policies in force before that the set no longer names (marked removed).
+    pub removed: Vec<StoredApprovalPolicy>,
+}
+
+impl ConfigPoliciesApplied {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Makes the config-owned policies in force exactly `set` (idempotent; unique on scope and name): a config
+/// policy the set no longer names is removed; a named one whose digest differs, or which the API owns, gets the
+/// next version owned by the config; an identical one is left alone. Run inside a transaction.
+pub(crate) async fn replace_config_policies(
+    mut conn: Conn<'_>,
+    set: &[NewApprovalPolicy],
+    now_ms: i64,
+) -> Result<ConfigPoliciesApplied, StoreError> {
+    let mut wanted = std::collections::HashSet::new();
+    for policy in set {
+        scope_columns(&policy.scope)?;
+        if !wanted.insert((&policy.scope, policy.name.as_str())) {
+            return Err(invalid(
+                "approval_policy.name",
+                format!(
+                    "`{}` is named twice at {}; a scope's policies need distinct names",
+                    policy.name, policy.scope
+                ),
+            ));
+        }
+    }
+    let mut applied = ConfigPoliciesApplied::default();
+    for stored in config_policies(conn.reborrow()).await? {
+        if !wanted.contains(&(&stored.scope, stored.name.as_str()))
+            && let Some(removed) = remove_version(conn.reborrow(), &stored, now_ms).await?
+        {
+            applied.removed.push(removed);
+        }
+    }
+    for policy in set {
+        let newest = newest_policy(conn.reborrow(), &policy.scope, &policy.name).await?;
+        let version = newest.as_ref().map_or(1, |n| n.version + 1);
+        let current = newest.filter(|n| n.removed_unix_ms.is_none());
+        let same = |p: &StoredApprovalPolicy| {
+            p.source == BindingSource::Config && p.digest == policy.digest
+        };
+        if current.as_ref().is_some_and(same) {
+            continue;
+        }
+        // Another aggregator on this database may be applying the same file right now: the version is fixed
+        // before the insert, so of two replicas adding it one writes and the other finds it written.
+        let Some(next) = put_versioned(
+            conn.reborrow(),
+            policy,
+            BindingSource::Config,
+            "config",
+            now_ms,
+            Some(version),
+        )
+        .await?
+        else {
+            let theirs = newest_policy(conn.reborrow(), &policy.scope, &policy.name).await?;
+            if theirs.as_ref().is_some_and(same) {
+                continue;
+            }
+            return Err(invalid(
+                "approval_policy.version",
+                format!(
+                    "`{}` at {} was changed by another writer while the config file was applied; start again",
+                    policy.name, policy.scope
+                ),
+            ));
+        };
+        match current {
+            Some(before) => applied.replaced.push((before, next)),
+            None => applied.added.push(next),
+        }
+    }
+    Ok(applied)
 }
 
 macro_rules! request_columns {

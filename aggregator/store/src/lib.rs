@@ -45,9 +45,9 @@ pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
 pub use approvals::{
-    ApprovalState, ApprovalVote, MAX_APPROVAL_PAGE, MAX_APPROVAL_POLICY_BYTES,
-    MAX_APPROVAL_TOKENS_BYTES, NewApprovalDecision, NewApprovalPolicy, NewApprovalRequest,
-    StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
+    ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,
+    MAX_APPROVAL_POLICY_BYTES, MAX_APPROVAL_TOKENS_BYTES, NewApprovalDecision, NewApprovalPolicy,
+    NewApprovalRequest, StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
 pub use enrollment::{

@@ -263,6 +263,35 @@ impl StoreTx {
         approvals::put_policy(self.tx.conn(), policy, created_by, now_ms).await
     }
 
+    /// The version of approval policy `name` at `scope` in force (its newest, unless removed).
+    pub async fn current_approval_policy(
+        &mut self,
+        scope: &crate::BindingScope,
+        name: &str,
+    ) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+        approvals::current_policy(self.tx.conn(), scope, name).await
+    }
+
+    /// Removes approval policy `name` at `scope` (its versions stay readable); `None` when none is in force.
+    pub async fn remove_approval_policy(
+        &mut self,
+        scope: &crate::BindingScope,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredApprovalPolicy>, StoreError> {
+        approvals::remove_policy(self.tx.conn(), scope, name, now_ms).await
+    }
+
+    /// Makes the config-owned approval policies in force exactly `set` (idempotent); API policies the set does
+    /// not name are kept.
+    pub async fn replace_config_approval_policies(
+        &mut self,
+        set: &[NewApprovalPolicy],
+        now_ms: i64,
+    ) -> Result<crate::ConfigPoliciesApplied, StoreError> {
+        approvals::replace_config_policies(self.tx.conn(), set, now_ms).await
+    }
+
     /// See [`crate::Store::approval_policy`].
     pub async fn approval_policy(
         &mut self,
