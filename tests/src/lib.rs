@@ -96,6 +96,43 @@ pub fn hermetic(name: &str) -> Command {
 /// failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Spawns `make()`'s command with stdout piped and returns it with its first stdout line once that line starts
+/// with `prefix` (the rest of the line is returned). The line is read on its own thread, so a process that prints
+/// nothing within [`PATIENCE`] is killed instead of hanging the test; that happens on loaded machines, so the
+/// start is tried twice.
+pub fn spawn_until_line(
+    mut make: impl FnMut() -> Command,
+    prefix: &str,
+) -> anyhow::Result<(Child, String)> {
+    let mut failures = Vec::new();
+    for _ in 0..2 {
+        let mut child = make()
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning a helper process")?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        match rx.recv_timeout(PATIENCE) {
+            Ok(Ok(line)) if line.trim().starts_with(prefix) => {
+                let rest = line.trim()[prefix.len()..].to_owned();
+                return Ok((child, rest));
+            }
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("a helper process printed no `{prefix}` line: {outcome:?}");
+                failures.push(format!("{outcome:?}"));
+            }
+        }
+    }
+    bail!("the helper process never printed its `{prefix}` line: {failures:?}")
+}
+
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
 pub fn wait_for<T>(
     timeout: Duration,

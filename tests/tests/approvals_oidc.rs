@@ -16,7 +16,7 @@
 //! skipped with a loud message — except under `CI=true`, where that is a failure.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -77,53 +77,22 @@ impl Drop for Provider {
 }
 
 impl Provider {
-    /// Starts the provider and waits (at most [`PATIENCE`]) for its `issuer=` line; a provider that printed
-    /// nothing by then is killed and started once more.
+    /// Starts the provider and waits (bounded, retried once: [`gait_e2e::spawn_until_line`]) for its
+    /// `issuer=` line.
     fn start(keys: &Path) -> anyhow::Result<Provider> {
-        match Self::start_once(keys) {
-            Ok(p) => Ok(p),
-            Err(first) => {
-                eprintln!("the OpenID provider did not start ({first:#}); starting it again");
-                Self::start_once(keys)
-            }
-        }
-    }
-
-    fn start_once(keys: &Path) -> anyhow::Result<Provider> {
-        let mut child = Command::new("node")
-            .arg(provider_dir().join("provider.js"))
-            .arg("--keys-dir")
-            .arg(keys)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn node tests/oidc/provider.js")?;
-        let stdout = child.stdout.take().context("provider stdout")?;
-        // The line is read on its own thread so a provider that never prints fails the start instead of
-        // hanging the test.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = match rx.recv_timeout(PATIENCE) {
-            Ok(Ok(line)) => line,
-            outcome => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the provider printed no issuer within {PATIENCE:?}: {outcome:?}");
-            }
-        };
-        let Some(issuer) = line.trim().strip_prefix("issuer=") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the provider did not start: {line:?}");
-        };
-        Ok(Provider {
-            issuer: issuer.to_owned(),
-            child,
-        })
+        let (child, issuer) = gait_e2e::spawn_until_line(
+            || {
+                let mut cmd = Command::new("node");
+                cmd.arg(provider_dir().join("provider.js"))
+                    .arg("--keys-dir")
+                    .arg(keys)
+                    .stderr(Stdio::null());
+                cmd
+            },
+            "issuer=",
+        )
+        .context("starting node tests/oidc/provider.js")?;
+        Ok(Provider { issuer, child })
     }
 
     /// A client-credentials access token of operator `client` (its secret is `<client>-secret`).

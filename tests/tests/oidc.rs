@@ -10,7 +10,7 @@
 //! skipped with a loud message — except under `CI=true`, where that is a failure.
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,23 +74,20 @@ impl Drop for Provider {
 
 impl Provider {
     fn start(keys: &Path) -> anyhow::Result<Provider> {
-        let mut child = Command::new("node")
-            .arg(provider_dir().join("provider.js"))
-            .arg("--keys-dir")
-            .arg(keys)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn node tests/oidc/provider.js")?;
-        let stdout = child.stdout.take().context("provider stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(issuer) = line.trim().strip_prefix("issuer=") else {
-            let _ = child.kill();
-            bail!("the provider did not start: {line:?}");
-        };
+        let (child, issuer) = gait_e2e::spawn_until_line(
+            || {
+                let mut cmd = Command::new("node");
+                cmd.arg(provider_dir().join("provider.js"))
+                    .arg("--keys-dir")
+                    .arg(keys)
+                    .stderr(Stdio::null());
+                cmd
+            },
+            "issuer=",
+        )
+        .context("starting node tests/oidc/provider.js")?;
         Ok(Provider {
-            issuer: issuer.to_owned(),
+            issuer,
             child,
             keys: keys.to_path_buf(),
         })
