@@ -7,13 +7,14 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use gait_store::{BindingScope, BindingSource, Env, NewBinding, Org, Project, SubjectKind};
+use gait_store::{BindingScope, Env, NewBinding, Org, Project, SubjectKind};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Pending;
 use super::{ApiError, AppState, RequestError};
 use crate::auth::Role;
+use crate::auth::bindings::RevokeError;
 
 /// `?org=&project=&env=` of the listing.
 #[derive(Debug, Deserialize)]
@@ -132,27 +133,19 @@ pub(super) async fn revoke_binding(
     };
     // A binding outside the caller's scope is not revealed: the same 404 as a missing one.
     let caller = pending.authorize(scope).map_err(|_| not_found())?;
-    let Some(found) = state.bindings.get(&caller, id).await? else {
-        return Err(not_found());
-    };
-    if found.source == BindingSource::Config {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "role binding {id} comes from auth.bindings in the config file; remove it there and restart"
-            ),
-        ));
-    }
     let actor = caller.actor();
     let removed = state
         .bindings
         .revoke(&caller, id)
         .await
-        .map_err(audit_error)?;
-    let Some(removed) = removed else {
-        return Err(not_found());
-    };
+        .map_err(|e| match e {
+            RevokeError::NotFound(_) => not_found(),
+            RevokeError::FromConfig(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RevokeError::Store(store) => store.into(),
+            RevokeError::Audit(audit) => audit_error(audit),
+        })?;
     tracing::info!(actor, binding = id, role = %removed.role, subject = %removed.subject,
         scope = %removed.scope, "role binding revoked");
     Ok(Json(json!({ "binding": removed })).into_response())

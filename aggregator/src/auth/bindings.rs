@@ -63,13 +63,44 @@ impl Bindings {
     }
 
     /// [`revoke`] on this store and authorizer.
+    /// Revokes binding `id` within the caller's scope. A binding outside it is reported exactly as a missing
+    /// one ([`RevokeError::NotFound`]: nothing about foreign bindings is revealed); one from the config file
+    /// cannot be revoked here ([`RevokeError::FromConfig`]: the file is applied again at every start).
     pub async fn revoke(
         &self,
         caller: &Authorized<BindingScope>,
         id: u64,
-    ) -> Result<Option<RoleBinding>, crate::audit::AuditError> {
-        revoke(&self.store, &self.authorizer, caller, id).await
+    ) -> Result<RoleBinding, RevokeError> {
+        let found = self
+            .get(caller, id)
+            .await?
+            .ok_or(RevokeError::NotFound(id))?;
+        if found.source == gait_store::BindingSource::Config {
+            return Err(RevokeError::FromConfig(id));
+        }
+        revoke(&self.store, &self.authorizer, caller, id)
+            .await?
+            .ok_or(RevokeError::NotFound(id))
     }
+}
+
+/// Why [`Bindings::revoke`] revoked nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No such binding in the caller's scope.
+    #[error("no role binding {0} in your scope")]
+    NotFound(u64),
+    /// The binding comes from `auth.bindings` in the config file.
+    #[error(
+        "role binding {0} comes from auth.bindings in the config file; remove it there and restart"
+    )]
+    FromConfig(u64),
+    /// Reading the binding failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The revocation or its audit entry could not be committed (neither was).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 use crate::config::BindingConfig;
 
