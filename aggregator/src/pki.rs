@@ -175,6 +175,16 @@ pub enum PkiError {
         /// The retired CA's key, present until the rotation finishes.
         path: PathBuf,
     },
+    /// `rotate-ca` after a finished rotation whose retired CA is still trusted.
+    #[error(
+        "the CA retired by the previous rotation is still trusted ({} exists): run `gait-aggregator pki retire-ca` \
+         before rotating again (a new rotation would drop it without checking which agents still hold its certificates)",
+        path.display()
+    )]
+    PreviousNotRetired {
+        /// The retired CA's certificate.
+        path: PathBuf,
+    },
     /// `rotate-ca --finish` without a rotation in progress.
     #[error("no CA rotation is in progress in {}: start one with `gait-aggregator pki rotate-ca`", dir.display())]
     NoRotation {

@@ -222,7 +222,7 @@ fn subject_of(path: &Path) -> Result<String, PkiError> {
 /// Removes the retired CA from the PKI in `dir`: the server certificate without the cross certificate, then the
 /// bundle (trust falls back to `ca.pem`), the cross certificate, and last the retired CA itself. Each step is
 /// idempotent, so a retirement interrupted half-way is completed by running it again.
-fn drop_previous_ca(dir: &Path) -> Result<(), PkiError> {
+pub(crate) fn drop_previous_ca(dir: &Path) -> Result<(), PkiError> {
     let server = dir.join(SERVER_CERT_FILE);
     let chain = fs::read_to_string(&server).map_err(|source| io_error(&server, source))?;
     let leaf = first_pem_block(&chain).ok_or_else(|| PkiError::BadCertificate {

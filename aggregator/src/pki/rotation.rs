@@ -126,12 +126,21 @@ fn ca_params(
 }
 
 /// `rotate-ca`: a new CA issues from now on; the old one stays trusted and cross-signs the new one. Refused
-/// while a rotation is in progress (finish it first).
+/// while a rotation is in progress (finish it first), and after a finished one until its retired CA is dropped
+/// (`retire-ca`, which checks which agents still hold it).
 pub fn rotate_ca_start(dir: &Path, ca_validity_days: u32) -> Result<RotationReport, PkiError> {
-    if rotation_phase(dir) == RotationPhase::Started {
-        return Err(PkiError::RotationInProgress {
-            path: dir.join(PREVIOUS_CA_KEY_FILE),
-        });
+    match rotation_phase(dir) {
+        RotationPhase::Started => {
+            return Err(PkiError::RotationInProgress {
+                path: dir.join(PREVIOUS_CA_KEY_FILE),
+            });
+        }
+        RotationPhase::Finished => {
+            return Err(PkiError::PreviousNotRetired {
+                path: dir.join(PREVIOUS_CA_CERT_FILE),
+            });
+        }
+        RotationPhase::None => {}
     }
     let old = load_signing_ca(dir)?;
     let trust_domain =
@@ -260,6 +269,12 @@ mod tests {
         let finished = rotate_ca_finish(dir, 30)?;
         assert_eq!(finished.phase, RotationPhase::Finished);
         assert_eq!(rotation_phase(dir), RotationPhase::Finished);
+        // A second rotation waits until the first one's retired CA is dropped (retire-ca checks its holders).
+        assert!(matches!(
+            rotate_ca_start(dir, 365),
+            Err(PkiError::PreviousNotRetired { .. })
+        ));
+        assert!(dir.join(PREVIOUS_CA_CERT_FILE).exists());
         assert!(
             !dir.join(PREVIOUS_CA_KEY_FILE).exists(),
             "the old CA key survived"
@@ -269,7 +284,10 @@ mod tests {
         let (_, server) = X509Certificate::from_der(&chain[0])?;
         assert_eq!(server.issuer(), new.subject());
         assert!(server.verify_signature(Some(new.public_key())).is_ok());
-        // A second rotation may start once the first finished.
+        // A second rotation may start once the first one's retired CA is dropped (what retire-ca does after its
+        // holder check).
+        crate::pki::retire::drop_previous_ca(dir)?;
+        assert_eq!(rotation_phase(dir), RotationPhase::None);
         rotate_ca_start(dir, 365)?;
         Ok(())
     }
