@@ -283,6 +283,11 @@ async fn import_via_daemon(
             path: path.to_path_buf(),
             detail: refused.message,
         },
+        "unauthorized" => ImportError::Config(format!(
+            "the agent at {endpoint} refused the local api token of {}: {}",
+            config.api_token_path().display(),
+            refused.message
+        )),
         _ => ImportError::Refused {
             path: path.to_path_buf(),
             refused,

@@ -234,6 +234,32 @@ async fn a_bundle_file_activates_in_a_stopped_agent_database_and_survives_restar
         "{older}"
     );
 
+    // A bundle for another org and a tampered one are refused here too.
+    let stranger = answer(
+        &site
+            .import(&site.bundle_file("globex", 6, LENIENT)?)
+            .await?,
+        65,
+    )?;
+    ensure!(
+        stranger["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("bundle_scope_mismatch")),
+        "{stranger}"
+    );
+    let mut doc: Value =
+        serde_json::from_slice(&std::fs::read(site.bundle_file(ORG, 7, LENIENT)?)?)?;
+    doc["manifest"]["epoch"] = json!(70);
+    let tampered = site.tmp.path().join("tampered.json");
+    std::fs::write(&tampered, serde_json::to_vec(&doc)?)?;
+    let forged = answer(&site.import(&tampered).await?, 65)?;
+    ensure!(
+        forged["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("bundle_signature_invalid")),
+        "{forged}"
+    );
+
     // The daemon starts with it, re-verified, and decides from it.
     let agent = site.start().await?;
     ensure!(
