@@ -30,7 +30,7 @@
 //! and reports whether the drain was clean. Records are durable before a producer is answered, so an unclean
 //! drain loses nothing but in-flight network work.
 
-mod activation;
+pub(crate) mod activation;
 mod approvals;
 mod exchange;
 mod renew;
@@ -54,6 +54,7 @@ pub use crate::state::{
     ActiveBundle, AgentState, BundleInfo, OutboxStatus, RefusalInfo, Staleness, StatusReport,
     now_unix_ms,
 };
+pub use activation::{ImportRefused, Imported};
 pub use exchange::ExchangeError;
 
 /// A connection that stayed up this long resets the reconnect backoff.

@@ -6,6 +6,7 @@
 //! [`gate::pipeline`].
 pub mod backoff;
 pub mod bundle_cache;
+pub mod bundle_import;
 pub mod clock;
 pub mod config;
 pub mod daemon;

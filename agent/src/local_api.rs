@@ -6,6 +6,7 @@
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
 //! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.` or `approval.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request, or `{"intent":{…},"approval_tokens":[…],"delegation_tokens":[…]}` with Gait tokens presented for it (judged as `gait gate eval` does, with the keys of the bundle in force); query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
+//! | `POST /v1/bundle/import` | body: a signed bundle document (`gait-agent bundle import FILE`); verified exactly as an offer from the aggregator (trust root, scope, expiry, an epoch newer than the active one) and activated; 200 `{"epoch","digest","previous_epoch","since_unix_ms"}`, 422 with the `gait_bundle` refusal code (e.g. `bundle_epoch_stale`), 503 `agent_storage_error` |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics when asked for, else text format 0.0.4) |
@@ -65,6 +66,9 @@ pub const MAX_KIND_LEN: usize = gait_wire::limits::MAX_KIND_BYTES;
 /// Largest request body: a maximal payload plus room for JSON escaping and the envelope.
 const MAX_BODY_BYTES: usize = 2 * MAX_PAYLOAD_BYTES + 64 * 1024;
 
+/// Largest `POST /v1/bundle/import` body: the largest bundle `gait_bundle::verify` accepts.
+const MAX_IMPORT_BODY_BYTES: usize = gait_bundle::MAX_BUNDLE_LEN;
+
 /// Metric names (Prometheus text format).
 pub mod metric {
     /// Records waiting in the outbox.
@@ -121,10 +125,11 @@ pub mod metric {
 
 /// Every route the API serves, as (method, path): the agent API's OpenAPI document
 /// (`schemas/agent-api.openapi.json`) lists exactly these (checked by `agent/tests/edge.rs`).
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 7] = [
     ("GET", "/v1/status"),
     ("POST", "/v1/records"),
     ("POST", "/v1/gate/evaluate"),
+    ("POST", "/v1/bundle/import"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -142,6 +147,10 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/records", post(post_record))
         .route("/v1/gate/evaluate", post(post_evaluate))
+        .route(
+            "/v1/bundle/import",
+            post(post_bundle).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -314,6 +323,30 @@ fn storage_failing(message: String) -> ApiError {
         code: "storage_failing",
         message,
         field: None,
+    }
+}
+
+/// `POST /v1/bundle/import`: the body is a signed bundle (`gait-agent bundle import`); verified and activated
+/// as an offer from the aggregator. 200 [`Imported`](crate::daemon::Imported); 422 with the bundle refusal
+/// code (e.g. `bundle_epoch_stale`, `bundle_signature_invalid`, `bundle_scope_mismatch`); 503 when storage
+/// fails.
+async fn post_bundle(State(state): State<AppState>, body: Bytes) -> Response {
+    match crate::daemon::activation::import_bytes(&state, body.to_vec()).await {
+        Ok(imported) => axum::Json(imported).into_response(),
+        Err(refused) => {
+            let status = if refused.is_bundle_refused() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            ApiError {
+                status,
+                code: refused.code,
+                message: refused.message,
+                field: None,
+            }
+            .into_response()
+        }
     }
 }
 
@@ -846,6 +879,39 @@ pub enum StatusClientError {
         /// The HTTP status.
         status: StatusCode,
     },
+}
+
+/// Sends a signed bundle to a running agent's `POST /v1/bundle/import` (`token`: the bearer token, needed
+/// on TCP). The outer error is the transport's; the inner one the agent's refusal.
+pub async fn post_bundle_import(
+    endpoint: &Endpoint,
+    token: Option<&str>,
+    bundle: Vec<u8>,
+    timeout: Duration,
+) -> Result<Result<crate::daemon::Imported, crate::daemon::ImportRefused>, reqwest::Error> {
+    let (client, base) = endpoint.client(timeout)?;
+    let mut request = client
+        .post(format!("{base}/v1/bundle/import"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(bundle);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    if response.status().is_success() {
+        return Ok(Ok(response.json().await?));
+    }
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or("");
+    let message = body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the agent answered {status}"));
+    Ok(Err(crate::daemon::ImportRefused {
+        code: crate::daemon::activation::known_code(code),
+        message,
+    }))
 }
 
 /// Fetches `GET /v1/status` from a running agent, over TCP or its Unix socket.

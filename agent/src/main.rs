@@ -52,6 +52,9 @@ enum Command {
     /// the agent first).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Policy bundles carried in on a file (sites with no network path to the aggregator).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// The local API's bearer token (producers send it as `Authorization: Bearer <token>`).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -149,6 +152,28 @@ struct EnrollArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Verify a signed bundle file (as `gait-aggregator publish` writes it) exactly as one from the aggregator
+    /// — a trusted registry key, this agent's org/project/env, not expired, an epoch newer than the active one
+    /// — and activate it; through the running agent when one holds the database. Exit code 0 when active, 65
+    /// when the bundle is refused, 66 when the file cannot be read, 69 when the running agent does not answer,
+    /// 74 when storage fails, 78 for bad options.
+    Import(BundleImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct BundleImportArgs {
+    /// Agent configuration file (YAML).
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", default_value = "agent.yaml")]
+    config: PathBuf,
+    /// The signed bundle file.
+    file: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Write a new random token to the token file (`local_api.token_file`, default
     /// `<data_dir>/local-api.token`); a running agent accepts it from the next request on and refuses the old.
@@ -216,6 +241,7 @@ fn main() -> ExitCode {
             Command::Enroll(args) => cmd_enroll(args).await,
             Command::Quarantine(command) => cmd_quarantine(command),
             Command::Token(command) => cmd_token(command),
+            Command::Bundle(BundleCommand::Import(args)) => cmd_bundle_import(args).await,
             Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
@@ -348,6 +374,63 @@ async fn cmd_enroll(args: EnrollArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            eprintln!("gait-agent: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn cmd_bundle_import(args: BundleImportArgs) -> ExitCode {
+    use gait_agent::bundle_import;
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match bundle_import::read_file(&args.file) {
+        Ok(bytes) => bundle_import::import(&config, &args.file, bytes).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((imported, via)) => {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "file": args.file,
+                        "epoch": imported.epoch,
+                        "digest": imported.digest,
+                        "previous_epoch": imported.previous_epoch,
+                        "since_unix_ms": imported.since_unix_ms,
+                        "via": via,
+                    })
+                );
+            } else {
+                let previous = imported
+                    .previous_epoch
+                    .map_or("no bundle".to_owned(), |e| format!("epoch {e}"));
+                let by = match via {
+                    bundle_import::Via::Daemon => "by the running agent",
+                    bundle_import::Via::Database => "in the agent database (no agent was running)",
+                };
+                outln!(
+                    "{}: bundle epoch {} (digest {}) is active {by}, replacing {previous}",
+                    args.file.display(),
+                    imported.epoch,
+                    imported.digest
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"file": args.file, "error": e.to_string(), "exit_code": e.exit_code()})
+                );
+            }
             eprintln!("gait-agent: {e}");
             ExitCode::from(e.exit_code())
         }

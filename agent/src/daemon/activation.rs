@@ -93,6 +93,32 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
         );
     }
 
+    match store_and_activate(state, bundle, now_ms, current_epoch, "aggregator").await {
+        Ok(applied) => Outcome::Applied(applied.report),
+        Err((code, message)) => refuse(state, epoch, digest, code, &message, now_ms).await,
+    }
+}
+
+/// A verified bundle once stored and activated.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The report for the aggregator.
+    pub(crate) report: BundleReport,
+    /// When it was activated, agent clock.
+    pub(crate) since_unix_ms: i64,
+}
+
+/// Stores and activates a verified bundle, switches to it in memory and appends the durable
+/// `bundle.applied` status record (`source`: `aggregator` or `file`). On a storage failure the old bundle
+/// stays active and the refusal code and message are returned.
+async fn store_and_activate(
+    state: &Arc<AgentState>,
+    bundle: gait_bundle::VerifiedBundle,
+    now_ms: i64,
+    current_epoch: Option<u64>,
+    source: &'static str,
+) -> Result<Applied, (&'static str, String)> {
+    let (epoch, digest) = (bundle.manifest.epoch, bundle.digest);
     let cache = state.cache().clone();
     let stored = tokio::task::spawn_blocking(move || {
         let received = cache.store_received(&bundle, now_ms)?;
@@ -108,11 +134,9 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
                 _ => CODE_STORAGE,
             };
             tracing::error!(error = %e, epoch, "a verified bundle could not be stored; the old bundle stays active");
-            return refuse(state, epoch, digest, code, &e.to_string(), now_ms).await;
+            return Err((code, e.to_string()));
         }
-        Err(e) => {
-            return refuse(state, epoch, digest, CODE_STORAGE, &e.to_string(), now_ms).await;
-        }
+        Err(e) => return Err((CODE_STORAGE, e.to_string())),
     };
     let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
     let active = Arc::new(ActiveBundle::new(bundle, since));
@@ -123,6 +147,7 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
         epoch,
         digest = %hex::encode(digest),
         previous_epoch = current_epoch,
+        source,
         "bundle activated"
     );
     let payload = json!({
@@ -132,13 +157,114 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
         "message": null,
         "since_unix_ms": since,
         "previous_epoch": current_epoch,
+        "source": source,
     });
     append_status(state, "bundle.applied", &payload).await;
-    Outcome::Applied(BundleReport {
-        received: Some(received.bundle_ref()),
-        applied: Some(applied_ref),
-        refusal: None,
+    Ok(Applied {
+        report: BundleReport {
+            received: Some(received.bundle_ref()),
+            applied: Some(applied_ref),
+            refusal: None,
+        },
+        since_unix_ms: since,
     })
+}
+
+/// A bundle imported from a file (`gait-agent bundle import`), once in force.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Imported {
+    /// Epoch of the imported bundle.
+    pub epoch: u64,
+    /// Its digest, hex.
+    pub digest: String,
+    /// The epoch it replaced (`None`: no bundle was active).
+    pub previous_epoch: Option<u64>,
+    /// When it was activated, milliseconds since the Unix epoch (agent clock).
+    pub since_unix_ms: i64,
+}
+
+/// Why an imported bundle was not activated: a stable code (a `gait_bundle` code, or the storage codes of
+/// this module) and a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ImportRefused {
+    /// Stable machine code, e.g. `bundle_epoch_stale`.
+    pub code: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ImportRefused {
+    /// True when the bundle itself was refused (as opposed to the agent failing to store it).
+    pub fn is_bundle_refused(&self) -> bool {
+        self.code != CODE_STORAGE
+    }
+}
+
+/// Verifies a bundle carried in on a file exactly as an offer from the aggregator (trust root, this agent's
+/// scope, expiry, and an epoch newer than the active one) and activates it. Unlike an offer, a refusal is not
+/// recorded as the last refusal: the operator who imported the file gets it directly.
+pub(crate) async fn import_bytes(
+    state: &Arc<AgentState>,
+    bytes: Vec<u8>,
+) -> Result<Imported, ImportRefused> {
+    let now_ms = now_unix_ms();
+    let current_epoch = state.active_epoch();
+    let st = state.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        gait_bundle::verify(
+            &bytes,
+            st.trust_root(),
+            st.scope(),
+            current_epoch,
+            unix_secs(now_ms),
+        )
+    })
+    .await
+    .map_err(|e| ImportRefused {
+        code: CODE_STORAGE,
+        message: format!("the verification task failed: {e}"),
+    })?;
+    let bundle = verified.map_err(|e| refusal_of(&e))?;
+    let (epoch, digest_hex) = (bundle.manifest.epoch, bundle.digest_hex.clone());
+    let applied = store_and_activate(state, bundle, now_ms, current_epoch, "file")
+        .await
+        .map_err(|(code, message)| ImportRefused { code, message })?;
+    Ok(Imported {
+        epoch,
+        digest: digest_hex,
+        previous_epoch: current_epoch,
+        since_unix_ms: applied.since_unix_ms,
+    })
+}
+
+/// The static form of a refusal code a running agent answered (unknown codes become `bundle_refused`, or
+/// `agent_storage_error` for the API's storage and internal errors).
+pub(crate) fn known_code(code: &str) -> &'static str {
+    if let Some(known) = gait_bundle::BundleError::CODES.iter().find(|c| **c == code) {
+        return known;
+    }
+    match code {
+        CODE_EPOCH_CONFLICT => CODE_EPOCH_CONFLICT,
+        CODE_STORAGE | "storage_failing" | "internal" => CODE_STORAGE,
+        "unauthorized" => "unauthorized",
+        _ => "bundle_refused",
+    }
+}
+
+/// The operator's message for a bundle `gait_bundle::verify` refused.
+pub(crate) fn refusal_of(e: &gait_bundle::BundleError) -> ImportRefused {
+    let message = match e {
+        gait_bundle::BundleError::StaleEpoch { offered, current } => format!(
+            "bundle epoch {offered} is not newer than the active epoch {current}: the agent never goes back to \
+             an older (or the same) epoch; export a bundle published after epoch {current}"
+        ),
+        other => other.to_string(),
+    };
+    ImportRefused {
+        code: e.code(),
+        message,
+    }
 }
 
 /// Records, logs and reports a refusal; the active bundle is untouched.
