@@ -6,6 +6,7 @@ pub mod agents;
 pub mod alerts;
 pub mod approvals;
 pub mod audit;
+pub mod bundle;
 pub mod config;
 pub mod join_token;
 pub mod migrate;
@@ -184,6 +185,19 @@ async fn call(
     url: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
+    let (status, bytes) = call_raw(api, method, url, body).await?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
+    Ok((status, value))
+}
+
+/// [`call`] answering the body's bytes as they came (a signed bundle, not JSON).
+async fn call_raw(
+    api: &Api,
+    method: http::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
     let token = read_token(&api.token_file)?;
     let client = client(api)?;
     let mut headers = http::HeaderMap::new();
@@ -211,8 +225,5 @@ async fn call(
             return Err(anyhow::Error::new(error).context(advice));
         }
     };
-    let status = response.status();
-    let text = String::from_utf8_lossy(response.body()).into_owned();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
-    Ok((status, value))
+    Ok((response.status(), response.into_body()))
 }

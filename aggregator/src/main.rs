@@ -83,6 +83,10 @@ enum Command {
     /// raise for require_approval verdicts (list|show|approve|deny).
     #[command(subcommand)]
     Approvals(cmd::approvals::ApprovalsCommand),
+    /// Signed policy bundles as files, for sites with no network path (`bundle export`, then `gait-agent bundle
+    /// import` there).
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
@@ -190,5 +194,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
+        Command::Bundle(command) => cmd::bundle::run(command, load()?).await,
     }
 }
