@@ -133,6 +133,75 @@ pub fn spawn_until_line(
     bail!("the helper process never printed its `{prefix}` line: {failures:?}")
 }
 
+/// The real OpenID provider the OIDC tests run (the npm `oidc-provider` package, `tests/oidc/provider.js`), on a
+/// loopback port of its own choosing; killed on drop.
+pub struct OidcProvider {
+    child: Child,
+    /// Its issuer URL (`http://127.0.0.1:<port>/...`), as it printed it.
+    pub issuer: String,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcProvider {
+    /// `tests/oidc`: the provider's script and packages.
+    pub fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
+    }
+
+    /// Whether node and the provider's packages are there (running `npm ci` if only the packages are missing).
+    /// `false` means the calling test `test` should skip, with a loud message; under `CI=true` it fails instead.
+    pub fn ready(test: &str) -> bool {
+        if !Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but `node` is not installed: .ci/run installs it (Debian nodejs + npm)"
+            );
+            eprintln!(
+                "\n\n!!!! SKIPPED {test}: `node` is not installed, so the real OpenID provider cannot run.\n\
+                 !!!! Install Node.js 20+ and npm, then `npm ci` in tests/oidc (scripts/test.sh does it).\n\n"
+            );
+            return false;
+        }
+        if !Self::dir().join("node_modules/oidc-provider").is_dir() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(Self::dir())
+                .status()
+                .expect("run npm ci in tests/oidc");
+            assert!(status.success(), "npm ci in tests/oidc failed");
+        }
+        true
+    }
+
+    /// Starts the provider with its signing keys in `keys` and waits (bounded, retried once:
+    /// [`spawn_until_line`]) for its `issuer=` line.
+    pub fn start(keys: &Path) -> anyhow::Result<Self> {
+        let (child, issuer) = spawn_until_line(
+            || {
+                let mut cmd = Command::new("node");
+                cmd.arg(Self::dir().join("provider.js"))
+                    .arg("--keys-dir")
+                    .arg(keys)
+                    .stderr(Stdio::null());
+                cmd
+            },
+            "issuer=",
+        )
+        .context("starting node tests/oidc/provider.js")?;
+        Ok(Self { child, issuer })
+    }
+}
+
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
 pub fn wait_for<T>(
     timeout: Duration,

@@ -17,87 +17,37 @@
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use gait_e2e::{Agent, Aggregator, PATIENCE, http_json, wait_for};
+use gait_e2e::{Agent, Aggregator, OidcProvider, PATIENCE, http_json, wait_for};
 use serde_json::{Value, json};
 
 const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\nrules:\n  - name: approve-drops\n    priority: 1\n    effect: require_approval\n    match:\n      tool_names: [db.drop]\n";
 const REQUESTS: &str = "/v1/orgs/acme/projects/payments/envs/prod/approvals";
 
-fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
-}
-
-/// Whether node and the provider's packages are there (installing the packages if only they are missing);
-/// `false` means skip, never under CI.
-fn node_ready() -> bool {
-    if !Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but `node` is not installed: .ci/run installs it (Debian nodejs + npm)"
-        );
-        eprintln!(
-            "\n\n!!!! SKIPPED tests/tests/approvals_oidc.rs: `node` is not installed, so the real OpenID provider \
-             cannot run.\n!!!! Install Node.js 20+ and npm, then `npm ci` in tests/oidc.\n\n"
-        );
-        return false;
-    }
-    if !provider_dir().join("node_modules/oidc-provider").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(provider_dir())
-            .status()
-            .expect("run npm ci in tests/oidc");
-        assert!(status.success(), "npm ci in tests/oidc failed");
-    }
-    true
-}
-
-/// The provider process; killed on drop.
+/// The real provider, with the operators' clients this test registers.
 struct Provider {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    idp: OidcProvider,
 }
 
 impl Provider {
-    /// Starts the provider and waits (bounded, retried once: [`gait_e2e::spawn_until_line`]) for its
-    /// `issuer=` line.
     fn start(keys: &Path) -> anyhow::Result<Provider> {
-        let (child, issuer) = gait_e2e::spawn_until_line(
-            || {
-                let mut cmd = Command::new("node");
-                cmd.arg(provider_dir().join("provider.js"))
-                    .arg("--keys-dir")
-                    .arg(keys)
-                    .stderr(Stdio::null());
-                cmd
-            },
-            "issuer=",
-        )
-        .context("starting node tests/oidc/provider.js")?;
-        Ok(Provider { issuer, child })
+        Ok(Provider {
+            idp: OidcProvider::start(keys)?,
+        })
     }
 
     /// A client-credentials access token of operator `client` (its secret is `<client>-secret`).
     fn token(&self, client: &str) -> anyhow::Result<String> {
-        let rest = self.issuer.strip_prefix("http://").context("http issuer")?;
+        let rest = self
+            .idp
+            .issuer
+            .strip_prefix("http://")
+            .context("http issuer")?;
         let host = rest.split('/').next().unwrap_or(rest);
         let body = "grant_type=client_credentials&scope=api";
         let basic = STANDARD.encode(format!("{client}:{client}-secret"));
@@ -123,7 +73,7 @@ impl Provider {
 
     /// The actor the aggregator records for operator `client`.
     fn actor(&self, client: &str) -> String {
-        format!("oidc:{}#{client}", self.issuer)
+        format!("oidc:{}#{client}", self.idp.issuer)
     }
 }
 
@@ -185,13 +135,13 @@ fn config_yaml(issuer: &str, policies: &str) -> String {
 #[test]
 fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
 -> anyhow::Result<()> {
-    if !node_ready() {
+    if !OidcProvider::ready("tests/tests/approvals_oidc.rs") {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
     let provider = Provider::start(&tmp.path().join("idp-keys"))?;
     let config = tmp.path().join("aggregator.yaml");
-    std::fs::write(&config, config_yaml(&provider.issuer, &drops_policy(2)))?;
+    std::fs::write(&config, config_yaml(&provider.idp.issuer, &drops_policy(2)))?;
     let config_arg = config.to_string_lossy().into_owned();
     let mut agg = Aggregator::start_with(
         &tmp.path().join("agg"),
@@ -432,7 +382,7 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
     ensure!(listed["policies"][0]["version"] == 1, "{listed}");
 
     // An edited file: the restart replaces the policy with its next version, audited with both digests.
-    std::fs::write(&config, config_yaml(&provider.issuer, &drops_policy(3)))?;
+    std::fs::write(&config, config_yaml(&provider.idp.issuer, &drops_policy(3)))?;
     agg.restart()?;
     let (_, listed) = agg.get("/v1/approval-policies?org=acme&project=payments")?;
     ensure!(
@@ -466,7 +416,7 @@ fn several_oidc_operators_meet_a_config_policy_of_quorum_two_across_two_groups()
     // A file without the policy: the restart removes it (no longer listed), audited with the digest before.
     std::fs::write(
         &config,
-        config_yaml(&provider.issuer, "    []\n").replace("policies:\n    []", "policies: []"),
+        config_yaml(&provider.idp.issuer, "    []\n").replace("policies:\n    []", "policies: []"),
     )?;
     agg.restart()?;
     let (_, listed) = agg.get("/v1/approval-policies?org=acme&project=payments")?;

@@ -12,13 +12,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use gait_e2e::{Aggregator, PATIENCE, http_json, wait_for};
+use gait_e2e::{Aggregator, OidcProvider, PATIENCE, http_json, wait_for};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -28,67 +27,16 @@ const CLIENT: &str = "gait-e2e:gait-e2e-secret";
 /// Any `/v1` route the admin gate guards.
 const ROUTE: &str = "/v1/orgs/acme/agents";
 
-fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
-}
-
-/// Whether node and the provider's packages are there; installs the packages (`npm ci`) if only they are
-/// missing. `false` means skip (never under CI).
-fn node_ready() -> bool {
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but `node` is not installed: .ci/run installs it (Debian nodejs + npm)"
-        );
-        eprintln!(
-            "\n\n!!!! SKIPPED tests/tests/oidc.rs: `node` is not installed, so the real OpenID provider cannot run.\n\
-             !!!! Install Node.js 20+ and npm, then `npm ci` in tests/oidc (scripts/test.sh does it).\n\n"
-        );
-        return false;
-    }
-    if !provider_dir().join("node_modules/oidc-provider").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(provider_dir())
-            .status()
-            .expect("run npm ci in tests/oidc");
-        assert!(status.success(), "npm ci in tests/oidc failed");
-    }
-    true
-}
-
-/// The provider process; killed on drop.
+/// The real provider and the directory it keeps its signing keys in.
 struct Provider {
-    child: Child,
-    issuer: String,
+    idp: OidcProvider,
     keys: PathBuf,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Provider {
     fn start(keys: &Path) -> anyhow::Result<Provider> {
-        let (child, issuer) = gait_e2e::spawn_until_line(
-            || {
-                let mut cmd = Command::new("node");
-                cmd.arg(provider_dir().join("provider.js"))
-                    .arg("--keys-dir")
-                    .arg(keys)
-                    .stderr(Stdio::null());
-                cmd
-            },
-            "issuer=",
-        )
-        .context("starting node tests/oidc/provider.js")?;
         Ok(Provider {
-            issuer,
-            child,
+            idp: OidcProvider::start(keys)?,
             keys: keys.to_path_buf(),
         })
     }
@@ -97,7 +45,7 @@ impl Provider {
     fn token(&self) -> anyhow::Result<String> {
         let basic = format!("Basic {}", STANDARD.encode(CLIENT));
         let (status, body) = post(
-            &format!("{}/token", self.issuer),
+            &format!("{}/token", self.idp.issuer),
             Some(&basic),
             "application/x-www-form-urlencoded",
             "grant_type=client_credentials&scope=api",
@@ -112,7 +60,7 @@ impl Provider {
     /// Rotates the signing key; returns the new kid.
     fn rotate(&self) -> anyhow::Result<String> {
         let (status, body) = post(
-            &format!("{}/admin/rotate", self.issuer),
+            &format!("{}/admin/rotate", self.idp.issuer),
             None,
             "application/json",
             "",
@@ -235,7 +183,7 @@ fn start_aggregator(dir: &Path, oidc_yaml: &str) -> anyhow::Result<Aggregator> {
 #[test]
 fn tokens_from_a_real_openid_provider_are_verified_rotated_keys_followed_and_bad_tokens_refused_by_reason()
 -> anyhow::Result<()> {
-    if !node_ready() {
+    if !OidcProvider::ready("tests/tests/oidc.rs") {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
@@ -244,7 +192,7 @@ fn tokens_from_a_real_openid_provider_are_verified_rotated_keys_followed_and_bad
         &tmp.path().join("agg"),
         &format!(
             "    issuer: {}\n    audience: {AUDIENCE}\n    unknown_kid_refresh_seconds: 1\n",
-            provider.issuer
+            provider.idp.issuer
         ),
     )?;
 
@@ -269,7 +217,7 @@ fn tokens_from_a_real_openid_provider_are_verified_rotated_keys_followed_and_bad
     let key = provider.private_key(&first_kid)?;
     let claims = |edit: &dyn Fn(&mut Value)| {
         let mut c = json!({
-            "iss": provider.issuer,
+            "iss": provider.idp.issuer,
             "aud": AUDIENCE,
             "sub": "mallory",
             "iat": now(),
@@ -301,8 +249,9 @@ fn tokens_from_a_real_openid_provider_are_verified_rotated_keys_followed_and_bad
         &claims(&|_| {}),
         &EncodingKey::from_secret(&provider.public_pem(&first_kid)?),
     )?;
-    let stranger =
-        EncodingKey::from_rsa_pem(&std::fs::read(provider_dir().join("keys/rsa-other.pem"))?)?;
+    let stranger = EncodingKey::from_rsa_pem(&std::fs::read(
+        OidcProvider::dir().join("keys/rsa-other.pem"),
+    )?)?;
     let unknown_key = sign(
         Algorithm::RS256,
         "never-published",
@@ -372,7 +321,7 @@ fn tokens_from_a_real_openid_provider_are_verified_rotated_keys_followed_and_bad
 fn a_jwks_file_serves_a_disconnected_site_and_is_reread_when_it_changes() -> anyhow::Result<()> {
     // No provider and no node needed: the keys come from a file.
     let tmp = tempfile::tempdir()?;
-    let keys = provider_dir().join("keys");
+    let keys = OidcProvider::dir().join("keys");
     let rsa = EncodingKey::from_rsa_pem(&std::fs::read(keys.join("rsa.pem"))?)?;
     let ec = EncodingKey::from_ec_pem(&std::fs::read(keys.join("ec.pem"))?)?;
     let jwk = |key: &EncodingKey, alg, kid: &str| -> anyhow::Result<Jwk> {
