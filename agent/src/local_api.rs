@@ -460,7 +460,8 @@ fn parse_record(body: &[u8]) -> Result<PostedRecord, ApiError> {
 
 /// Kind prefixes of the records the agent writes itself (its decisions, its bundle status): a producer may
 /// not append them, so nothing another process posts reads as the agent's own decision.
-pub const RESERVED_KIND_PREFIXES: [&str; 3] = ["gate.", "bundle.", "approval."];
+pub const RESERVED_KIND_PREFIXES: [&str; 5] =
+    ["gate.", "bundle.", "approval.", "artifact.", "agent."];
 
 async fn post_record(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ pub mod approval;
 pub mod check;
 pub mod context;
 pub mod delegation;
+pub mod evidence;
 pub mod regress;
 pub mod relationship;
 pub mod runpack;

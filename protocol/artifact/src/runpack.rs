@@ -9,7 +9,7 @@ use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use gait_canon::sign::{self, PublicKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use archive::{ArchiveError, SafeZip, ZipLimits};
@@ -424,7 +424,7 @@ pub fn read_runpack(bytes: &[u8]) -> Result<Runpack, RunpackError> {
 }
 
 /// Runpack fields an enterprise consumer keeps (contract §7); unchanged by unknown additive fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunpackProjection {
     /// Run id.
     pub run_id: String,

@@ -119,6 +119,7 @@ pub mod message;
 pub mod record;
 pub mod refusal;
 pub mod shutdown;
+pub mod trace_key;
 
 pub use approval::{
     APPROVAL_REQUEST_KIND, ApprovalDelivery, ApprovalRequestPayload, DeliveredApproval,
