@@ -95,6 +95,40 @@ pub struct Config {
     /// Local gate decisions.
     #[serde(default)]
     pub gate: GateConfig,
+    /// Gait artifacts the agent imports (`gait-agent push`, watched directories).
+    #[serde(default)]
+    pub capture: CaptureConfig,
+}
+
+/// Shortest `capture.poll_interval_ms`.
+pub const MIN_CAPTURE_POLL_MS: u64 = 100;
+/// Longest `capture.poll_interval_ms` (one hour).
+pub const MAX_CAPTURE_POLL_MS: u64 = 3_600_000;
+
+/// `capture.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Directories the daemon watches for Gait artifacts (runpacks, traces, regress results, JUnit reports),
+    /// recursively; each new artifact is verified and enqueued once, by digest, across restarts. Default: none.
+    pub watch: Vec<PathBuf>,
+    /// How often the watched directories are scanned, in milliseconds. A file is imported once its size and
+    /// modification time were the same in two scans in a row. Default 2000.
+    pub poll_interval_ms: u64,
+    /// Gait public key files (base64 Ed25519, as `gait keys init` writes them) that trace and runpack
+    /// signatures are verified with, besides the agent's own trace key. A signature by any other key is
+    /// reported `skipped` (its digest is still checked). Default: none.
+    pub trace_public_keys: Vec<PathBuf>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            watch: Vec::new(),
+            poll_interval_ms: 2_000,
+            trace_public_keys: Vec::new(),
+        }
+    }
 }
 
 /// `gate.*`
@@ -392,6 +426,8 @@ impl Config {
         if let Some(p) = self.local_api.socket_path.as_mut() {
             fix(p);
         }
+        self.capture.watch.iter_mut().for_each(fix);
+        self.capture.trace_public_keys.iter_mut().for_each(fix);
     }
 
     /// Checks every value; the error lists each problem with its dotted key.
@@ -514,6 +550,42 @@ impl Config {
                     self.gate.rate_limit.max_keys
                 ),
             );
+        }
+        for (i, dir) in self.capture.watch.iter().enumerate() {
+            if dir.as_os_str().is_empty() {
+                bad(
+                    &format!("capture.watch[{i}]"),
+                    "must not be empty".to_owned(),
+                );
+            } else if dir.exists() && !dir.is_dir() {
+                bad(
+                    &format!("capture.watch[{i}]"),
+                    format!("{} exists and is not a directory", dir.display()),
+                );
+            }
+        }
+        if !(MIN_CAPTURE_POLL_MS..=MAX_CAPTURE_POLL_MS).contains(&self.capture.poll_interval_ms) {
+            bad(
+                "capture.poll_interval_ms",
+                format!(
+                    "{} is out of range {MIN_CAPTURE_POLL_MS}..={MAX_CAPTURE_POLL_MS}",
+                    self.capture.poll_interval_ms
+                ),
+            );
+        }
+        for (i, path) in self.capture.trace_public_keys.iter().enumerate() {
+            let key = format!("capture.trace_public_keys[{i}]");
+            match check_file(path) {
+                Err(m) => bad(&key, m),
+                Ok(()) => {
+                    if let Err(e) = gait_canon::sign::load_public_key_file(path) {
+                        bad(
+                            &key,
+                            format!("{}: not a Gait public key: {e}", path.display()),
+                        );
+                    }
+                }
+            }
         }
         Ok(Invalid::check(problems)?)
     }

@@ -259,6 +259,10 @@ impl Daemon {
         )
         .await?;
         state.set_certificate_validity(cert_validity.0, cert_validity.1);
+        let trace_keys = crate::capture::load_trace_keys(&config).map_err(|e| {
+            DaemonError::Config(crate::config::ConfigError::single(&e.key, e.to_string()))
+        })?;
+        state.attach_trace_keys(Arc::new(trace_keys));
         activation::restore_cached_bundle(&state).await;
 
         let listen = config.local_api.addr()?;
@@ -352,6 +356,13 @@ impl Daemon {
             shutdown.child_token(),
         );
         spawn_storage_healer(&tasks, state.clone(), shutdown.child_token());
+        crate::capture::watch::spawn(
+            &tasks,
+            state.clone(),
+            config.capture.watch.clone(),
+            Duration::from_millis(config.capture.poll_interval_ms),
+            shutdown.child_token(),
+        );
         let me = state.identity();
         tracing::info!(
             agent = %me.uri,

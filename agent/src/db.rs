@@ -462,6 +462,13 @@ fn classify(path: &Path, source: redb::Error) -> DbError {
     }
 }
 
+/// `capture_imported`: the SHA-256 (64 lowercase hex) of every artifact file the agent enqueued as an
+/// `artifact.*` record (`gait-agent push`, watched directories) -> the record's seq and the import time (Unix
+/// ms), both 8 bytes big-endian. Written in the same commit as the record ([`crate::capture::import`]), so a
+/// digest is here exactly when its record was enqueued; never deleted (about 100 bytes a file).
+pub(crate) const CAPTURE_IMPORTED: TableDefinition<'static, &str, [u8; 16]> =
+    TableDefinition::new("capture_imported");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod bundle_cache;
 pub mod bundle_import;
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -7,6 +7,8 @@
 //! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.` or `approval.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request, or `{"intent":{…},"approval_tokens":[…],"delegation_tokens":[…]}` with Gait tokens presented for it (judged as `gait gate eval` does, with the keys of the bundle in force); query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `POST /v1/bundle/import` | body: a signed bundle document (`gait-agent bundle import FILE`); verified exactly as an offer from the aggregator (trust root, scope, expiry, an epoch newer than the active one) and activated; 200 `{"epoch","digest","previous_epoch","since_unix_ms"}`, 422 with the `gait_bundle` refusal code (e.g. `bundle_epoch_stale`), 503 `agent_storage_error` |
+//! | `POST /v1/artifacts` | body `{"artifacts":[{"file_name","content_base64"}]}` (`gait-agent push`): each Gait artifact verified and, when valid, enqueued once by digest as an `artifact.*` record; 200 `{"results":[…]}` per file (see [`artifacts`]) |
+//! | `GET /v1/outbox` | `{"last_seq","acked_through","depth","connected"}`: how far the aggregator committed the outbox |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics when asked for, else text format 0.0.4) |
@@ -29,6 +31,7 @@
 //! (the first 8 hex digits of the token's SHA-256, never the token) — and every decision record carries the
 //! same object as `requested_by`. A producer payload that sets `appended_by` itself is refused (400).
 
+pub mod artifacts;
 pub mod decision_metrics;
 pub mod evaluate;
 pub mod guard;
@@ -125,7 +128,7 @@ pub mod metric {
 
 /// Every route the API serves, as (method, path): the agent API's OpenAPI document
 /// (`schemas/agent-api.openapi.json`) lists exactly these (checked by `agent/tests/edge.rs`).
-pub const ROUTES: [(&str, &str); 7] = [
+pub const ROUTES: [(&str, &str); 9] = [
     ("GET", "/v1/status"),
     ("POST", "/v1/records"),
     ("POST", "/v1/gate/evaluate"),
@@ -133,6 +136,8 @@ pub const ROUTES: [(&str, &str); 7] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/v1/artifacts"),
+    ("GET", "/v1/outbox"),
 ];
 
 /// The API's routes over `state` behind the default [`guard::Guard`], without a socket (tests call it with
@@ -151,6 +156,11 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
             "/v1/bundle/import",
             post(post_bundle).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
         )
+        .route(
+            "/v1/artifacts",
+            post(artifacts::post_artifacts).layer(DefaultBodyLimit::max(artifacts::MAX_BODY_BYTES)),
+        )
+        .route("/v1/outbox", get(artifacts::get_outbox))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -712,6 +722,16 @@ fn scrape_registry(
             KEYS_REFUSED.load(Relaxed),
         );
     }
+    counter(
+        crate::capture::metric::IMPORTED,
+        "Gait artifacts enqueued (push through the daemon, watched directories) since start.",
+        crate::capture::IMPORTED.load(Relaxed),
+    );
+    counter(
+        crate::capture::metric::WATCH_INVALID,
+        "Invalid Gait artifacts found in watched directories since start (each file version once).",
+        crate::capture::WATCH_INVALID.load(Relaxed),
+    );
     counter(
         metric::STORAGE_ERRORS,
         "Agent database operations that failed on storage (full disk, I/O error) since start.",

@@ -55,6 +55,14 @@ enum Command {
     /// Policy bundles carried in on a file (sites with no network path to the aggregator).
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Verify Gait artifacts (runpacks, traces, regress results, JUnit reports; directories walked) and send
+    /// the valid ones to the aggregator as evidence records, once each by SHA-256; through the running agent
+    /// when one holds the database, else directly. Waits until the aggregator committed them (unless
+    /// --no-wait). Exit code 0 when every artifact is committed (or queued with --no-wait), 65 when any file
+    /// was invalid (reported, never sent; the valid ones are still handled), 66 when a path does not exist,
+    /// 69 when the running agent or the aggregator does not answer, 74 on storage failure, 75 when not
+    /// committed within --timeout (the records stay queued), 78 for bad options.
+    Push(PushArgs),
     /// The local API's bearer token (producers send it as `Authorization: Bearer <token>`).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -173,6 +181,25 @@ struct BundleImportArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct PushArgs {
+    /// Agent configuration file (YAML).
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", default_value = "agent.yaml")]
+    config: PathBuf,
+    /// Artifact files and directories (walked recursively; only .zip, .json and .xml files are offered).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Enqueue and return: the agent daemon sends the records when it runs.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the aggregator to commit everything, e.g. `120s`.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object with every file's result (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Write a new random token to the token file (`local_api.token_file`, default
@@ -242,6 +269,7 @@ fn main() -> ExitCode {
             Command::Quarantine(command) => cmd_quarantine(command),
             Command::Token(command) => cmd_token(command),
             Command::Bundle(BundleCommand::Import(args)) => cmd_bundle_import(args).await,
+            Command::Push(args) => cmd_push(args).await,
             Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
@@ -429,6 +457,129 @@ async fn cmd_bundle_import(args: BundleImportArgs) -> ExitCode {
                 outln!(
                     "{}",
                     serde_json::json!({"file": args.file, "error": e.to_string(), "exit_code": e.exit_code()})
+                );
+            }
+            eprintln!("gait-agent: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal (indicatif hides it otherwise).
+struct Bar(indicatif::ProgressBar);
+
+impl gait_agent::capture::push::Progress for Bar {
+    fn files(&mut self, done: usize, total: usize) {
+        self.0.set_length(total as u64);
+        self.0.set_position(done as u64);
+        self.0.set_message("verified and enqueued");
+    }
+
+    fn waiting(&mut self, start: u64, acked: u64, target: u64) {
+        self.0.set_length(target.saturating_sub(start));
+        self.0.set_position(
+            acked
+                .saturating_sub(start)
+                .min(target.saturating_sub(start)),
+        );
+        self.0.set_message("committed by the aggregator");
+    }
+}
+
+async fn cmd_push(args: PushArgs) -> ExitCode {
+    use gait_agent::capture::push::{self, NoProgress, PushError, PushOptions, PushReport};
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let options = PushOptions {
+        wait: !args.no_wait,
+        timeout: args.timeout,
+    };
+    let bar = (!args.json).then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Bar(bar)
+    });
+    let mut quiet = NoProgress;
+    let mut bar = bar;
+    let progress: &mut dyn push::Progress = match bar.as_mut() {
+        Some(bar) => bar,
+        None => &mut quiet,
+    };
+    let result = push::push(&config, &args.paths, options, progress).await;
+    if let Some(bar) = &bar {
+        bar.0.finish_and_clear();
+    }
+    let print = |report: &PushReport, error: Option<&PushError>| {
+        if args.json {
+            let mut value = serde_json::to_value(report).unwrap_or_default();
+            if let (Some(e), Some(obj)) = (error, value.as_object_mut()) {
+                obj.insert("error".into(), e.to_string().into());
+                obj.insert("exit_code".into(), e.exit_code().into());
+            }
+            outln!("{value}");
+            return;
+        }
+        for file in &report.files {
+            match (&file.status[..], &file.reason) {
+                ("invalid", Some(reason)) => {
+                    eprintln!("gait-agent: {}: invalid: {reason}", file.file)
+                }
+                (status, Some(reason)) => {
+                    outln!("{}: {status}: {reason}", file.file);
+                }
+                (status, None) => {
+                    outln!(
+                        "{}: {status} {} seq {} ({} signature)",
+                        file.file,
+                        file.kind.map_or("", |k| k.as_str()),
+                        file.seq.unwrap_or(0),
+                        file.signature_status.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        outln!(
+            "{} enqueued, {} already sent before, {} invalid, {} skipped; {}",
+            report.count("enqueued"),
+            report.count("duplicate"),
+            report.count("invalid"),
+            report.count("skipped") + report.count("not_artifact"),
+            if report.committed {
+                "the aggregator committed every record"
+            } else if error.is_some() {
+                "not committed"
+            } else {
+                "queued for the agent to send"
+            }
+        );
+    };
+    match result {
+        Ok(report) => {
+            print(&report, None);
+            if report.any_invalid() {
+                ExitCode::from(gait_runtime::exit::DATAERR)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            if let PushError::NotCommitted { report, .. } = &e {
+                print(report, Some(&e));
+            } else if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
                 );
             }
             eprintln!("gait-agent: {e}");

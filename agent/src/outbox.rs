@@ -400,55 +400,10 @@ impl Outbox {
         if recs.is_empty() {
             return Ok(Vec::new());
         }
-        let limits = self.inner.limits;
         let mut outcomes = Vec::with_capacity(recs.len());
         self.write(false, |records, meta| {
             for rec in recs {
-                let seq = meta
-                    .last_seq
-                    .checked_add(1)
-                    .ok_or(OutboxError::SeqExhausted)?;
-                let record = Record::sealed(
-                    seq,
-                    meta.last_hash,
-                    rec.class,
-                    rec.kind,
-                    rec.created_unix_ms,
-                    rec.bundle,
-                    rec.payload,
-                );
-                record
-                    .validate()
-                    .map_err(|source| invalid(&record.kind, source))?;
-                let value = postcard::to_allocvec(&record)
-                    .map_err(|e| self.corrupt(seq, format!("cannot encode record: {e}")))?;
-                let size = value.len() as u64;
-                let depth_after = meta.depth() + 1;
-                let bytes_after = meta.bytes.saturating_add(size);
-                if rec.class.is_sheddable()
-                    && (depth_after > limits.max_records || bytes_after > limits.max_bytes)
-                {
-                    meta.shed_total = meta.shed_total.saturating_add(1);
-                    outcomes.push(AppendOutcome::Shed);
-                    continue;
-                }
-                if depth_after > limits.hard_records() || bytes_after > limits.hard_bytes() {
-                    return Err(OutboxError::Full {
-                        path: self.path_string(),
-                        class: rec.class,
-                        depth: meta.depth(),
-                        bytes: meta.bytes,
-                        hard_records: limits.hard_records(),
-                        hard_bytes: limits.hard_bytes(),
-                    });
-                }
-                records
-                    .insert(seq.to_be_bytes(), value.as_slice())
-                    .map_err(|e| self.db_err(e))?;
-                meta.last_seq = seq;
-                meta.last_hash = record.hash;
-                meta.bytes = bytes_after;
-                outcomes.push(AppendOutcome::Appended { seq });
+                outcomes.push(self.append_one(records, meta, rec)?);
             }
             Ok(())
         })?;
@@ -460,6 +415,86 @@ impl Outbox {
             tracing::debug!(shed, "outbox over soft quota, allow records shed");
         }
         Ok(outcomes)
+    }
+
+    /// Appends records chosen by `f` in ONE durable commit together with `f`'s changes to other tables of the
+    /// transaction (e.g. an index of what was appended), so both land or neither does. `f` gets the write
+    /// transaction and an `append` function that assigns the next seq (all [`Outbox::append_many`] rules apply).
+    /// If `f` fails, nothing of the transaction is stored. If `f` appends nothing, its other changes are not
+    /// committed either.
+    pub fn append_in_transaction<R>(
+        &self,
+        f: impl FnOnce(
+            &redb::WriteTransaction,
+            &mut dyn FnMut(NewRecord) -> Result<AppendOutcome, OutboxError>,
+        ) -> Result<R, OutboxError>,
+    ) -> Result<R, OutboxError> {
+        let mut out = None;
+        self.write_txn(false, |txn, records, meta| {
+            let mut append = |rec: NewRecord| {
+                gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
+                    .map_err(|source| invalid(&rec.kind, source))?;
+                self.append_one(records, meta, rec)
+            };
+            out = Some(f(txn, &mut append)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| self.corrupt(0, "append transaction produced no outcome"))
+    }
+
+    /// One record of a write transaction: seals it with the next seq, or sheds it, or refuses it at the hard
+    /// ceiling.
+    fn append_one(
+        &self,
+        records: &mut RecordsTable<'_>,
+        meta: &mut Meta,
+        rec: NewRecord,
+    ) -> Result<AppendOutcome, OutboxError> {
+        let limits = self.inner.limits;
+        let seq = meta
+            .last_seq
+            .checked_add(1)
+            .ok_or(OutboxError::SeqExhausted)?;
+        let record = Record::sealed(
+            seq,
+            meta.last_hash,
+            rec.class,
+            rec.kind,
+            rec.created_unix_ms,
+            rec.bundle,
+            rec.payload,
+        );
+        record
+            .validate()
+            .map_err(|source| invalid(&record.kind, source))?;
+        let value = postcard::to_allocvec(&record)
+            .map_err(|e| self.corrupt(seq, format!("cannot encode record: {e}")))?;
+        let size = value.len() as u64;
+        let depth_after = meta.depth() + 1;
+        let bytes_after = meta.bytes.saturating_add(size);
+        if rec.class.is_sheddable()
+            && (depth_after > limits.max_records || bytes_after > limits.max_bytes)
+        {
+            meta.shed_total = meta.shed_total.saturating_add(1);
+            return Ok(AppendOutcome::Shed);
+        }
+        if depth_after > limits.hard_records() || bytes_after > limits.hard_bytes() {
+            return Err(OutboxError::Full {
+                path: self.path_string(),
+                class: rec.class,
+                depth: meta.depth(),
+                bytes: meta.bytes,
+                hard_records: limits.hard_records(),
+                hard_bytes: limits.hard_bytes(),
+            });
+        }
+        records
+            .insert(seq.to_be_bytes(), value.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        meta.last_seq = seq;
+        meta.last_hash = record.hash;
+        meta.bytes = bytes_after;
+        Ok(AppendOutcome::Appended { seq })
     }
 
     /// Records with `seq > after_seq`, oldest first: at most `max_records`, and at most `max_bytes` of
@@ -843,7 +878,8 @@ impl Outbox {
         self.inner.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn db(&self) -> &AgentDb {
+    /// The database this outbox lives in (for tables written in the same commit as records).
+    pub(crate) fn db(&self) -> &AgentDb {
         &self.inner.db
     }
 

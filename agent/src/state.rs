@@ -277,6 +277,8 @@ pub struct AgentState {
     /// `notBefore` / `notAfter` of the certificate in use, Unix seconds (renewal replaces them; `notBefore`
     /// 0 = unknown).
     cert_validity: Mutex<(i64, i64)>,
+    /// Keys artifact signatures are checked with (`capture`), set once by the daemon at start.
+    trace_keys: std::sync::OnceLock<Arc<crate::capture::TraceKeys>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -342,6 +344,7 @@ impl AgentState {
             received: Mutex::new(None),
             last_refusal: Mutex::new(None),
             records_ready: Notify::new(),
+            trace_keys: std::sync::OnceLock::new(),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
@@ -486,6 +489,21 @@ impl AgentState {
             self.records_ready.notify_one();
         }
         Ok(outcome)
+    }
+
+    /// Wakes the shipper after records were appended to the outbox directly (not through [`AgentState::append`]).
+    pub(crate) fn wake_shipper(&self) {
+        self.records_ready.notify_one();
+    }
+
+    /// Sets the keys artifact signatures are checked with (the daemon does, once, at start).
+    pub fn attach_trace_keys(&self, keys: Arc<crate::capture::TraceKeys>) {
+        let _ = self.trace_keys.set(keys);
+    }
+
+    /// The keys artifact signatures are checked with (none until [`AgentState::attach_trace_keys`]).
+    pub fn trace_keys(&self) -> Arc<crate::capture::TraceKeys> {
+        self.trace_keys.get().cloned().unwrap_or_default()
     }
 
     /// Resolves when a producer appended a record since the last call (at most one stored wake-up).

@@ -135,6 +135,7 @@ pub fn agent_config(
         },
         poll: PollConfig { wait_ms: 1_000 },
         gate: GateConfig::default(),
+        capture: Default::default(),
     }
 }
 
