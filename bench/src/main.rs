@@ -12,6 +12,7 @@
 //! target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
 //! target/release/gait-fleet-bench auth --verifies 20000 --requests 5000
 //! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
+//! target/release/gait-fleet-bench push --artifacts 1000
 //! ```
 
 mod audit;
@@ -22,6 +23,7 @@ mod footprint;
 mod idle;
 mod ingest;
 mod publish;
+mod push;
 
 use std::process::ExitCode;
 
@@ -57,6 +59,9 @@ enum Command {
     /// The audit log: privileged operations/s with their audit append against without (SQLite), checkpoint
     /// signing and proof generation on a 1,000,000-entry log.
     Audit(audit::Args),
+    /// `gait-agent push` of a directory of signed traces until the aggregator committed them, with no daemon
+    /// and through a running daemon.
+    Push(push::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
             Command::FloodWorker(a) => edge::flood_worker(a).await,
             Command::Auth(a) => auth::run(a).await,
             Command::Audit(a) => audit::run(a).await,
+            Command::Push(a) => push::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.
