@@ -850,4 +850,45 @@ poll: { wait_ms: 5 }
             assert!(parse_host_port(bad).is_err(), "{bad}");
         }
     }
+    #[test]
+    fn capture_keys_resolve_relative_paths_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        std::fs::create_dir(dir.path().join("gait-out")).unwrap();
+        let key = gait_canon::sign::SigningKey::from_seed(&[7; 32]).public_key();
+        std::fs::write(dir.path().join("gait.pub"), key.to_gait_public_key()).unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}capture:\n  watch: [gait-out]\n  trace_public_keys: [gait.pub]\n"),
+        )
+        .unwrap();
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.capture.watch, vec![dir.path().join("gait-out")]);
+        assert_eq!(
+            c.capture.trace_public_keys,
+            vec![dir.path().join("gait.pub")]
+        );
+        assert_eq!(c.capture.poll_interval_ms, 2_000);
+
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{MINIMAL}capture:\n  watch: [file]\n  poll_interval_ms: 5\n  trace_public_keys: [agent.key, missing.pub]\n"
+            ),
+        )
+        .unwrap();
+        let err = Config::load_with_env(&path, |_| None).unwrap_err();
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "capture.watch[0]",
+                "capture.poll_interval_ms",
+                "capture.trace_public_keys[0]",
+                "capture.trace_public_keys[1]"
+            ]
+        );
+    }
 }

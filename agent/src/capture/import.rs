@@ -161,6 +161,13 @@ pub fn import(
                 seq: 0,
                 detail: format!("cannot encode an artifact record: {e}"),
             })?;
+            if payload.len() > crate::outbox::MAX_PAYLOAD_BYTES {
+                outcomes.push(Outcome::Invalid(InvalidArtifact::RecordTooLarge {
+                    bytes: payload.len(),
+                    max: crate::outbox::MAX_PAYLOAD_BYTES,
+                }));
+                continue;
+            }
             let outcome = append(NewRecord {
                 class: RecordClass::ArtifactDigest,
                 kind: record.artifact_kind.record_kind().to_owned(),

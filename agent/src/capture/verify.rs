@@ -126,6 +126,18 @@ pub enum InvalidArtifact {
     /// The JUnit report is not a `<testsuites>` document.
     #[error("junit report: {0}")]
     Junit(String),
+    /// The artifact verified, but its record (digests and projection) is over the wire's payload limit (e.g.
+    /// a runpack with tens of thousands of receipts).
+    #[error(
+        "its evidence record would be {bytes} bytes, over the record payload limit of {max} bytes; it was not \
+         sent"
+    )]
+    RecordTooLarge {
+        /// Encoded payload size.
+        bytes: usize,
+        /// [`gait_wire::limits::MAX_PAYLOAD_BYTES`].
+        max: usize,
+    },
 }
 
 impl InvalidArtifact {

@@ -188,3 +188,178 @@ pub async fn fetch_outbox(
         .json()
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::db::AgentDb;
+    use crate::outbox::{Outbox, OutboxLimits};
+    use crate::state::AgentState;
+
+    const TRACE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/conformance/artifacts/trace_endpoint_allow.json"
+    ));
+    const GAIT_PUBLIC_KEY: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/conformance/artifacts/gait_public.key"
+    ));
+
+    async fn state(dir: &std::path::Path) -> Arc<AgentState> {
+        let db = AgentDb::open(dir.join("agent.redb")).expect("db");
+        let outbox = Outbox::open(&db, OutboxLimits::default()).expect("outbox");
+        let identity = crate::identity::AgentIdentity::from_uri(
+            "spiffe://fleet.example/org/acme/project/pay/env/prod/agent/a-1",
+        )
+        .expect("identity");
+        let gate = crate::gate::engine::GateEngine::open(dir, None).expect("gate");
+        let state = AgentState::open(
+            identity,
+            "127.0.0.1:7443".into(),
+            db,
+            outbox,
+            gait_bundle::TrustRoot::from_public_keys(Vec::new()),
+            Arc::new(gate),
+        )
+        .await
+        .expect("state");
+        let key =
+            gait_canon::sign::PublicKey::from_gait_public_key(GAIT_PUBLIC_KEY.trim()).expect("key");
+        state.attach_trace_keys(Arc::new(crate::capture::TraceKeys::new([key])));
+        state
+    }
+
+    async fn call(
+        state: &Arc<AgentState>,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let response = super::super::router(state.clone())
+            .oneshot(request)
+            .await
+            .expect("answer");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn file(name: &str, bytes: &[u8]) -> Value {
+        json!({
+            "file_name": name,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn artifacts_are_verified_enqueued_once_and_reported_per_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(dir.path()).await;
+        let body = json!({"artifacts": [
+            file("ci/trace.json", TRACE),
+            file("ci/broken.json", b"{\"schema_id\": \"gait.gate.trace\""),
+        ]});
+        let (status, answer) = call(
+            &state,
+            "POST",
+            "/v1/artifacts",
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let results = answer["results"].as_array().expect("results");
+        assert_eq!(results[0]["status"], "enqueued", "{answer}");
+        assert_eq!(results[0]["signature_status"], "verified", "{answer}");
+        assert_eq!(results[0]["kind"], "trace");
+        assert_eq!(results[1]["status"], "invalid");
+        assert!(
+            results[1]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("bad json at line 1")),
+            "{answer}"
+        );
+        let seq = results[0]["seq"].as_u64().expect("seq");
+
+        let again = json!({"artifacts": [file("other-name.json", TRACE)]});
+        let (_, answer) = call(
+            &state,
+            "POST",
+            "/v1/artifacts",
+            again.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(answer["results"][0]["status"], "duplicate", "{answer}");
+        assert_eq!(answer["results"][0]["seq"], seq);
+
+        let (status, progress) = call(&state, "GET", "/v1/outbox", Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (
+                progress["last_seq"].as_u64(),
+                progress["acked_through"].as_u64()
+            ),
+            (Some(seq), Some(0)),
+            "{progress}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_or_oversized_requests_get_a_4xx_with_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(dir.path()).await;
+        for (body, field) in [
+            (b"not json".to_vec(), "body"),
+            (br#"{"artifacts": []}"#.to_vec(), "artifacts"),
+            (br#"{"artifacts": [], "extra": 1}"#.to_vec(), "body"),
+            (
+                br#"{"artifacts": [{"file_name": "a.json", "content_base64": "!!"}]}"#.to_vec(),
+                "content_base64",
+            ),
+            (
+                br#"{"artifacts": [{"file_name": "", "content_base64": ""}]}"#.to_vec(),
+                "file_name",
+            ),
+        ] {
+            let (status, answer) = call(&state, "POST", "/v1/artifacts", body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+            assert_eq!(answer["error"]["field"], field, "{answer}");
+        }
+        let too_many: Vec<Value> = (0..=MAX_FILES).map(|_| file("a.json", b"{}")).collect();
+        let (status, answer) = call(
+            &state,
+            "POST",
+            "/v1/artifacts",
+            json!({ "artifacts": too_many }).to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let (status, _) = call(
+            &state,
+            "POST",
+            "/v1/artifacts",
+            vec![b' '; MAX_BODY_BYTES + 1],
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(state.outbox().stats().last_seq, 0, "nothing was enqueued");
+    }
+}
