@@ -247,7 +247,13 @@ fn main() -> ExitCode {
         LogFormat::Json => gait_runtime::LogFormat::Json,
     };
     // Held until main returns: dropping it flushes the log lines still buffered.
-    let _log = match gait_runtime::init_tracing("gait-agent", format, &cli.log_level) {
+    // `push` runs the agent's uplink in process when no daemon does; its INFO lines would bury the command's
+    // own report, so the default level of that command is WARN.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Push(_), "info") => "warn",
+        (_, level) => level,
+    };
+    let _log = match gait_runtime::init_tracing("gait-agent", format, level) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("gait-agent: {e}");
@@ -539,12 +545,17 @@ async fn cmd_push(args: PushArgs) -> ExitCode {
                     outln!("{}: {status}: {reason}", file.file);
                 }
                 (status, None) => {
+                    let signature = match file.signature_status.as_deref() {
+                        Some("verified") => ", signature verified",
+                        Some("skipped") => ", signed by a key this agent does not know",
+                        Some("missing") => ", unsigned",
+                        _ => "",
+                    };
                     outln!(
-                        "{}: {status} {} seq {} ({} signature)",
+                        "{}: {status} {} seq {}{signature}",
                         file.file,
                         file.kind.map_or("", |k| k.as_str()),
                         file.seq.unwrap_or(0),
-                        file.signature_status.as_deref().unwrap_or("")
                     );
                 }
             }
