@@ -294,58 +294,79 @@ fn a_watched_directory_imports_a_file_written_in_two_halves_once_and_not_again_a
     agent.wait_connected("agent connected")?;
 
     // The first half, then a pause long enough for the watcher to see it stable: it is reported invalid once,
-    // never enqueued.
+    // never enqueued, and not reported again by the scans that follow (a sentinel imported meanwhile proves
+    // they happened).
+    let invalid = "invalid gait artifact in a watched directory";
+    let again = "watched artifact already enqueued";
     let full = std::fs::read(conformance("regress_result.json"))?;
     let target = watched.join("regress_result.json");
     let mut file = std::fs::File::create(&target)?;
     file.write_all(&full[..full.len() / 2])?;
     file.flush()?;
     wait_for(PATIENCE, "the half-written file reported", || {
-        agent
-            .log()
-            .contains("invalid gait artifact in a watched directory")
-            .then_some(())
+        agent.log().contains(invalid).then_some(())
     })?;
-    ensure!(artifact_records(&agg, &agent)?.is_empty());
-    file.write_all(&full[full.len() / 2..])?;
-    file.flush()?;
-    drop(file);
-    let records = wait_for(PATIENCE, "the complete file committed", || {
-        artifact_records(&agg, &agent)
-            .ok()
-            .filter(|r| !r.is_empty())
-    })?;
-    ensure!(records.len() == 1 && records[0]["kind"] == "artifact.regress_result");
-    ensure!(
-        records[0]["payload"]["source"] == "watch",
-        "{:?}",
-        records[0]
-    );
-
-    // Later scans do not report or import it again: a sentinel written afterwards lands, the counts hold.
     std::fs::copy(conformance("junit.xml"), watched.join("junit.xml"))?;
-    wait_for(PATIENCE, "the sentinel committed", || {
-        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 2)
+    wait_for(PATIENCE, "the first sentinel committed", || {
+        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 1)
     })?;
     ensure!(
-        agent
-            .log()
-            .matches("invalid gait artifact in a watched directory")
-            .count()
-            == 1,
+        artifact_records(&agg, &agent)?[0]["kind"] == "artifact.junit",
+        "the half-written file was sent"
+    );
+    ensure!(
+        agent.log().matches(invalid).count() == 1,
         "reported more than once:\n{}",
         agent.log()
     );
 
-    // After a restart every file is read again, nothing is enqueued again.
+    // The rest of the file: imported once.
+    file.write_all(&full[full.len() / 2..])?;
+    file.flush()?;
+    drop(file);
+    let records = wait_for(PATIENCE, "the complete file committed", || {
+        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 2)
+    })?;
+    let regress: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "artifact.regress_result")
+        .collect();
+    ensure!(regress.len() == 1, "{records:#?}");
+    ensure!(
+        regress[0]["payload"]["source"] == "watch",
+        "{:?}",
+        regress[0]
+    );
+    ensure!(
+        regress[0]["payload"]["sha256"] == gait_canon::sha256_hex(&full),
+        "the whole file, not a half: {:?}",
+        regress[0]
+    );
+
+    // Handled files are not read again while the agent runs: another sentinel lands, and no scan found a
+    // file it had already enqueued.
+    std::fs::copy(
+        conformance("trace_endpoint_allow.json"),
+        watched.join("trace_allow.json"),
+    )?;
+    wait_for(PATIENCE, "the second sentinel committed", || {
+        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 3)
+    })?;
+    ensure!(
+        !agent.log().contains(again),
+        "a handled file was imported again:\n{}",
+        agent.log()
+    );
+
+    // After a restart every file is read once more, and nothing is enqueued again.
     agent.stop();
     agent.start()?;
     std::fs::copy(
         conformance("trace_endpoint_block.json"),
-        watched.join("trace.json"),
+        watched.join("trace_block.json"),
     )?;
     wait_for(PATIENCE, "the post-restart sentinel committed", || {
-        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 3)
+        artifact_records(&agg, &agent).ok().filter(|r| r.len() == 4)
     })?;
     let records = artifact_records(&agg, &agent)?;
     ensure!(
@@ -355,6 +376,11 @@ fn a_watched_directory_imports_a_file_written_in_two_halves_once_and_not_again_a
             .count()
             == 1,
         "{records:#?}"
+    );
+    ensure!(
+        agent.log().matches(again).count() == 3,
+        "each of the three files seen before the restart is found enqueued exactly once:\n{}",
+        agent.log()
     );
     agent.stop();
     Ok(())
