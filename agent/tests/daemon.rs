@@ -702,7 +702,7 @@ async fn records_the_aggregator_committed_before_dying_are_acked_by_welcome_not_
     for n in 1..=2 {
         let (code, _) = agent
             .post_record(
-                &json!({"class": "artifact_digest", "kind": "artifact.trace", "payload": {"n": n}}),
+                &json!({"class": "artifact_digest", "kind": "ci.evidence", "payload": {"n": n}}),
             )
             .await?;
         assert_eq!(code, 200);
