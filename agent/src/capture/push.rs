@@ -177,8 +177,9 @@ pub enum PushError {
 }
 
 impl PushError {
-    /// Exit code (sysexits): 66 missing input, 78 configuration, 74 storage, 69 daemon or aggregator
-    /// unreachable, 75 not committed in time, 65 refused.
+    /// Exit code (sysexits): 66 missing input, 78 configuration, 74 storage (also the daemon's
+    /// `storage_failing`), 69 daemon or aggregator unreachable, 75 not committed in time or the daemon's outbox
+    /// full, 65 any other refusal by the daemon.
     pub fn exit_code(&self) -> u8 {
         use gait_runtime::exit;
         match self {
@@ -186,6 +187,8 @@ impl PushError {
             PushError::Config(_) => exit::CONFIG,
             PushError::Storage(_) => exit::IOERR,
             PushError::Unreachable { .. } => exit::UNAVAILABLE,
+            PushError::Refused { code, .. } if code == "outbox_full" => exit::TEMPFAIL,
+            PushError::Refused { code, .. } if code == "storage_failing" => exit::IOERR,
             PushError::Refused { .. } => exit::DATAERR,
             PushError::NotCommitted {
                 unreachable: true, ..
