@@ -9,6 +9,10 @@
 //!   then `GET /v1/outbox` until committed), or, with no daemon, straight into the agent database and through
 //!   an in-process uplink until the aggregator committed the records.
 //! - [`watch`]: the daemon task that imports new artifacts from `capture.watch` directories.
+//!
+//! Dependency direction: `verify` and `import` depend on protocol crates, the outbox and the database only, so
+//! the local API and the daemon use them. `push` is the command side (used by `main`, like
+//! [`crate::bundle_import`]): it is the one part that starts a [`crate::daemon::Daemon`], in process.
 
 pub mod import;
 pub mod push;

@@ -3,7 +3,7 @@
 //!
 //! Each offered file is verified ([`super::verify`]); the valid ones become `RecordClass::ArtifactDigest`
 //! records of kind `artifact.<kind>` whose payload is the [`ArtifactRecord`] JSON (digests and projection,
-//! never the file's bytes). The records and the `capture_imported` digest table ([`crate::db::CAPTURE_IMPORTED`])
+//! never the file's bytes). The records and the `capture_imported` digest table (`crate::db::CAPTURE_IMPORTED`)
 //! are written in ONE outbox commit, so a digest is known exactly when its record is in the outbox: offering
 //! the same bytes again, under any name, by push or by the watcher, before or after a restart, enqueues
 //! nothing and answers the seq of the first record.
