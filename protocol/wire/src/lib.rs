@@ -113,6 +113,7 @@
 pub mod approval;
 mod byte_buf;
 pub mod close;
+pub mod export;
 pub mod frame;
 pub mod limits;
 pub mod message;
