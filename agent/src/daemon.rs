@@ -259,6 +259,7 @@ impl Daemon {
         )
         .await?;
         state.set_certificate_validity(cert_validity.0, cert_validity.1);
+        state.set_tls_files(config.tls.cert.clone(), config.tls.key.clone());
         activation::restore_cached_bundle(&state).await;
 
         let listen = config.local_api.addr()?;
