@@ -154,10 +154,7 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
             "/v1/bundle/import",
             post(post_bundle).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
         )
-        .route(
-            "/v1/outbox/export",
-            post(outbox_export::handle_export),
-        )
+        .route("/v1/outbox/export", post(outbox_export::handle_export))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -486,7 +486,9 @@ async fn cmd_outbox_export(args: OutboxExportArgs) -> ExitCode {
             } else {
                 let by = match via {
                     outbox_export::Via::Daemon => "by the running agent",
-                    outbox_export::Via::Database => "from the agent database (no agent was running)",
+                    outbox_export::Via::Database => {
+                        "from the agent database (no agent was running)"
+                    }
                 };
                 outln!(
                     "{}: records {}..={} ({} records, {} bytes, sha256 {}) exported {by}; they stay in the \

@@ -318,14 +318,10 @@ async fn via_daemon(config: &Config, after_seq: u64) -> Result<Sealed, ExportErr
         endpoint: endpoint.clone(),
         detail,
     };
-    let answer = crate::local_api::request_export(
-        &endpoint,
-        token.as_deref(),
-        after_seq,
-        DAEMON_TIMEOUT,
-    )
-    .await
-    .map_err(|e| unreachable(e.to_string()))?;
+    let answer =
+        crate::local_api::request_export(&endpoint, token.as_deref(), after_seq, DAEMON_TIMEOUT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
     let (bytes, remaining) = match answer {
         Ok(ok) => ok,
         Err((code, _)) if code == "outbox_empty" => return Err(ExportError::Empty { after_seq }),

@@ -60,8 +60,13 @@ pub(super) async fn handle_export(State(state): State<AppState>, body: Bytes) ->
     .await;
     match sealed {
         Ok(Ok(sealed)) => {
-            tracing::info!(first_seq = sealed.summary.first_seq, last_seq = sealed.summary.last_seq,
-                count = sealed.summary.count, bytes = sealed.summary.bytes, "outbox exported to a file");
+            tracing::info!(
+                first_seq = sealed.summary.first_seq,
+                last_seq = sealed.summary.last_seq,
+                count = sealed.summary.count,
+                bytes = sealed.summary.bytes,
+                "outbox exported to a file"
+            );
             let mut response = sealed.bytes.into_response();
             let headers = response.headers_mut();
             headers.insert(
