@@ -31,7 +31,7 @@ pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Encoded outbox bytes read into one file at most: with base64 and hex in the JSON form a file then stays
 /// under [`export::MAX_EXPORT_BYTES`].
-pub const READ_BYTES: usize = 640 * 1024 * 1024;
+pub const READ_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where the export was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -2,54 +2,8 @@
 //! on a file and committed by the aggregator (`gait-aggregator ingest-file`) exactly as if they had arrived
 //! over the wire. The agent, the aggregator and an auditor's offline verifier read it with this module.
 //!
-//! # Format (schema `gait.fleet.outbox_export`, version 1)
-//! One JSON object, UTF-8, in exactly the canonical form [`OutboxExport::encode`] writes (compact, the field
-//! order below, one trailing newline). A reader refuses any other spelling of the same content, so a file
-//! either verifies byte for byte or is refused:
-//!
-//! ```text
-//! {"schema_id":"gait.fleet.outbox_export","schema_version":1,
-//!  "header":{"agent_uri":"spiffe://…/agent/<id>","first_seq":N,"last_seq":M,"count":M-N+1,
-//!            "first_prev_hash":"<hex>","last_hash":"<hex>","created_unix_ms":T,"records_digest":"<hex>"},
-//!  "signature":{"algorithm":"ecdsa_p256_sha256"|"ecdsa_p384_sha384"|"ed25519","value":"<base64>"},
-//!  "certificate_chain":["<base64 DER, the agent's certificate>","<base64 DER, intermediates…>"],
-//!  "records":[{"seq":N,"prev_hash":"<hex>","hash":"<hex>","class":"block","kind":"gate.decision",
-//!              "created_unix_ms":…,"bundle":null|{"epoch":…,"digest":"<hex>","since_unix_ms":…},
-//!              "payload":"<base64>"}, …]}
-//! ```
-//!
-//! Hex is lowercase, 64 digits per digest; base64 is the standard alphabet with padding. Records are the
-//! outbox's records unchanged ([`Record`]), in ascending, consecutive `seq` order, each passing
-//! [`Record::validate`] and [`Record::verify_hash`], each `prev_hash` the previous record's `hash`.
-//!
-//! # Digests and signature
-//! `records_digest = BLAKE3(u64 len(tag) || "gait.wire.outbox_export.records.v1" || u64 count ||
-//! (u64 seq || hash) for each record)`. Every record hash covers all of its fields, so the digest binds every
-//! byte of every record. The signature is made with the private key of the agent's mTLS certificate (the
-//! first certificate of `certificate_chain`) over the [signing input](OutboxExport::signing_input):
-//!
-//! ```text
-//! u64 len("gait.wire.outbox_export.v1") || "gait.wire.outbox_export.v1"
-//! u64 len(schema_id) || schema_id || u64 schema_version
-//! u64 len(agent_uri) || agent_uri
-//! u64 first_seq || u64 last_seq || u64 count || first_prev_hash || last_hash || i64 created_unix_ms
-//! records_digest
-//! SHA-256(u64 n || (u64 len(der) || der) for each certificate of certificate_chain)
-//! ```
-//!
-//! Integers are big-endian. ECDSA signatures are ASN.1 DER (as in TLS), Ed25519 signatures 64 bytes.
-//!
-//! # Verification (what a reader must do, in this order)
-//! 1. Refuse a file over [`MAX_EXPORT_BYTES`] before reading it ([`OutboxExport::decode`] refuses it too).
-//! 2. [`OutboxExport::decode`]: canonical JSON, the schema id and version, the caps of this module, every
-//!    record's rule and hash, the chain of `prev_hash` links, the header's counts, hashes and digest.
-//! 3. [`OutboxExport::verify_signature`]: the signature over the signing input with the first certificate's
-//!    public key.
-//! 4. [`OutboxExport::verify_certificate_chain`]: the certificates chain to a trusted CA for client
-//!    authentication at the header's `created_unix_ms` (an export may be carried out after the certificate
-//!    expired; a reader also refuses a creation time in the future, see the aggregator's rule in ADR 0005).
-//! 5. The identity (org, project, env, agent id) is the one in the verified certificate, never the header's
-//!    `agent_uri`, which is there for humans and must equal the certificate's URI SAN.
+//! The format, the signed input and what a reader must verify, in order, are described once in the crate
+//! documentation, section "Outbox export files" (rendered as `docs/protocol.md`); this module implements them.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -64,9 +18,9 @@ pub const SCHEMA_ID: &str = "gait.fleet.outbox_export";
 /// Schema version this module writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Largest export file, in bytes; checked before a file is read or parsed.
-pub const MAX_EXPORT_BYTES: u64 = 1024 * 1024 * 1024;
+pub const MAX_EXPORT_BYTES: u64 = 256 * 1024 * 1024;
 /// Most records one export file holds (an agent with more exports them in several files).
-pub const MAX_EXPORT_RECORDS: usize = 1_000_000;
+pub const MAX_EXPORT_RECORDS: usize = 500_000;
 /// Most certificates in `certificate_chain` (the agent's and its intermediates).
 pub const MAX_CHAIN_CERTS: usize = 8;
 /// Largest certificate in `certificate_chain`, in DER bytes.
