@@ -16,18 +16,16 @@ use serde_json::{Value, json};
 const GRACE: Duration = Duration::from_secs(30);
 
 async fn export_cli(config: &Path, out: &Path, after_seq: u64) -> Result<Output> {
-    Ok(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_gait-agent"))
-            .args(["outbox", "export", "--json", "--config"])
-            .arg(config)
-            .arg("--out")
-            .arg(out)
-            .arg("--after-seq")
-            .arg(after_seq.to_string())
-            .output()
-            .await
-            .context("run gait-agent outbox export")?,
-    )
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_gait-agent"))
+        .args(["outbox", "export", "--json", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .arg("--after-seq")
+        .arg(after_seq.to_string())
+        .output()
+        .await
+        .context("run gait-agent outbox export")
 }
 
 fn json_of(output: &Output, code: i32) -> Result<Value> {
