@@ -250,3 +250,44 @@ fn signature_algorithm_names_round_trip() {
     }
     assert_eq!(SignatureAlgorithm::parse("rsa"), None);
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            prop_assert!(OutboxExport::decode(&bytes).is_err());
+        }
+
+        #[test]
+        fn any_replaced_byte_or_truncation_of_a_valid_file_is_refused(
+            index in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let pki = fixture();
+            let bytes = pki.1.clone();
+            let i = index.index(bytes.len());
+            let mut replaced = bytes.clone();
+            prop_assume!(replaced[i] != value);
+            replaced[i] = value;
+            prop_assert!(OutboxExport::decode(&replaced).and_then(|e| e.verify_signature()).is_err());
+            let truncated = &bytes[..cut.index(bytes.len())];
+            prop_assert!(OutboxExport::decode(truncated).is_err());
+        }
+    }
+
+    /// One sealed file, made once for all cases.
+    fn fixture() -> &'static (Pki, Vec<u8>) {
+        static FIXTURE: std::sync::OnceLock<(Pki, Vec<u8>)> = std::sync::OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let pki = pki();
+            let bytes = sealed(&pki, records(1, 3), mid_2026_ms()).encode();
+            (pki, bytes)
+        })
+    }
+}
