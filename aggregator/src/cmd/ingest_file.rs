@@ -69,7 +69,7 @@ async fn run(
         .collect();
     let store = super::pki::open_existing_store(config)
         .await
-        .map_err(|e| IngestFileError::Trust(format!("{e:#}")))?;
+        .map_err(|e| IngestFileError::Database(format!("{e:#}")))?;
     let path = args.file.clone();
     let max_payload = config.ingest.max_record_payload_bytes;
     let now = unix_ms();
@@ -78,7 +78,7 @@ async fn run(
         offline::verify(&path, &bytes, &anchors, max_payload, now)
     })
     .await
-    .map_err(|e| IngestFileError::Trust(format!("the verification task failed: {e}")))?;
+    .map_err(|e| IngestFileError::Database(format!("the verification task failed: {e}")))?;
     let result = match verified {
         Ok(file) => match offline::check_not_revoked(&store, &args.file, &file).await {
             Ok(()) => offline::commit(&store, &file, actor, unix_ms()).await,

@@ -121,6 +121,9 @@ pub enum IngestFileError {
     /// The trusted CA certificates cannot be loaded.
     #[error("the CA certificates agents are trusted with cannot be read: {0}")]
     Trust(String),
+    /// The aggregator's database cannot be opened (none there, wrong options).
+    #[error("{0}")]
+    Database(String),
     /// The store failed; nothing was committed.
     #[error("the store failed; nothing was committed: {0}")]
     Store(#[from] StoreError),
@@ -131,7 +134,7 @@ pub enum IngestFileError {
 
 impl IngestFileError {
     /// One word for what failed: `read`, `size`, `format`, `record`, `chain`, `digest`, `signature`,
-    /// `certificate`, `time`, `revoked`, `tenancy`, `trust`, `store`, `audit`.
+    /// `certificate`, `time`, `revoked`, `tenancy`, `trust`, `database`, `store`, `audit`.
     pub fn what(&self) -> &'static str {
         match self {
             IngestFileError::Read { .. } => "read",
@@ -142,18 +145,19 @@ impl IngestFileError {
             IngestFileError::Tenancy { .. } => "tenancy",
             IngestFileError::PayloadTooLarge { .. } => "record",
             IngestFileError::Trust(_) => "trust",
+            IngestFileError::Database(_) => "database",
             IngestFileError::Store(_) => "store",
             IngestFileError::Audit(_) => "audit",
         }
     }
 
     /// The exit code (sysexits): 66 unreadable file, 65 a refused file, 78 unreadable CA files, 69 the store
-    /// is unavailable (retry), 74 another store or audit failure.
+    /// is unavailable (retry), 74 another store or audit failure, 78 no usable database or CA files.
     pub fn exit_code(&self) -> u8 {
         use gait_runtime::exit;
         match self {
             IngestFileError::Read { .. } => exit::NOINPUT,
-            IngestFileError::Trust(_) => exit::CONFIG,
+            IngestFileError::Trust(_) | IngestFileError::Database(_) => exit::CONFIG,
             IngestFileError::Store(e) if e.is_retryable() => exit::UNAVAILABLE,
             IngestFileError::Store(_) | IngestFileError::Audit(_) => exit::IOERR,
             _ => exit::DATAERR,
