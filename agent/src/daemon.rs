@@ -263,6 +263,7 @@ impl Daemon {
             DaemonError::Config(crate::config::ConfigError::single(&e.key, e.to_string()))
         })?;
         state.attach_trace_keys(Arc::new(trace_keys));
+        state.set_tls_files(config.tls.cert.clone(), config.tls.key.clone());
         activation::restore_cached_bundle(&state).await;
 
         let listen = config.local_api.addr()?;

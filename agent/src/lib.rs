@@ -18,5 +18,6 @@ pub mod gate;
 pub mod identity;
 pub mod local_api;
 pub mod outbox;
+pub mod outbox_export;
 pub mod state;
 pub mod tls;

@@ -4,11 +4,12 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/status` | [`StatusReport`] as JSON |
-//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.` or `approval.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
+//! | `POST /v1/records` | body `{"class":"block","kind":"app.decision","payload":{...}}`; the record is durable before the answer `{"seq":N}` (or `{"shed":true}` for a shed `allow` record). Kinds starting `gate.`, `bundle.`, `approval.`, `artifact.` or `agent.` are the agent's own and refused (403 `kind_reserved`). The stored payload gains `appended_by` (see below) |
 //! | `POST /v1/gate/evaluate` | body: a Gait intent request, or `{"intent":{…},"approval_tokens":[…],"delegation_tokens":[…]}` with Gait tokens presented for it (judged as `gait gate eval` does, with the keys of the bundle in force); query `policy=<file>` (when the bundle holds several) and `simulate=true` (refused, 403 `simulate_not_allowed`, unless the bundle in force allows it). Decides locally from the verified bundle in force, signs the trace, records the decision durably, then answers [`GateResponse`](crate::gate::engine::GateResponse) (HTTP 200 for every verdict) |
 //! | `POST /v1/bundle/import` | body: a signed bundle document (`gait-agent bundle import FILE`); verified exactly as an offer from the aggregator (trust root, scope, expiry, an epoch newer than the active one) and activated; 200 `{"epoch","digest","previous_epoch","since_unix_ms"}`, 422 with the `gait_bundle` refusal code (e.g. `bundle_epoch_stale`), 503 `agent_storage_error` |
 //! | `POST /v1/artifacts` | body `{"artifacts":[{"file_name","content_base64"}]}` (`gait-agent push`): each Gait artifact verified and, when valid, enqueued once by digest as an `artifact.*` record; 200 `{"results":[…]}` per file (see [`artifacts`]) |
 //! | `GET /v1/outbox` | `{"last_seq","acked_through","depth","connected"}`: how far the aggregator committed the outbox |
+//! | `POST /v1/outbox/export` | body `{}` or `{"after_seq":N}`; the records waiting in the outbox (after seq N), sealed into an outbox export file signed with the agent's key (`gait-agent outbox export`, format `gait_wire::export`); 200 with the file (`application/json`) and header `gait-outbox-remaining` (records that did not fit), 409 `outbox_empty`, 503 `agent_storage_error`. Nothing leaves the outbox |
 //! | `GET /healthz` | `ok`, or 503 `storage_failing` while durable appends fail |
 //! | `GET /readyz` | 200 `{"ready":true,…}` when decisions can be answered from a policy; 503 with `not_ready` reasons otherwise |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics when asked for, else text format 0.0.4) |
@@ -35,6 +36,7 @@ pub mod artifacts;
 pub mod decision_metrics;
 pub mod evaluate;
 pub mod guard;
+pub mod outbox_export;
 pub mod socket;
 pub mod token;
 
@@ -128,11 +130,12 @@ pub mod metric {
 
 /// Every route the API serves, as (method, path): the agent API's OpenAPI document
 /// (`schemas/agent-api.openapi.json`) lists exactly these (checked by `agent/tests/edge.rs`).
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("GET", "/v1/status"),
     ("POST", "/v1/records"),
     ("POST", "/v1/gate/evaluate"),
     ("POST", "/v1/bundle/import"),
+    ("POST", "/v1/outbox/export"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -161,6 +164,7 @@ pub fn router_with(state: AppState, guard: guard::Guard) -> Router {
             post(artifacts::post_artifacts).layer(DefaultBodyLimit::max(artifacts::MAX_BODY_BYTES)),
         )
         .route("/v1/outbox", get(artifacts::get_outbox))
+        .route("/v1/outbox/export", post(outbox_export::handle_export))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -934,6 +938,8 @@ pub async fn post_bundle_import(
         message,
     }))
 }
+
+pub use outbox_export::request_export;
 
 /// Fetches `GET /v1/status` from a running agent, over TCP or its Unix socket.
 pub async fn fetch_status(

@@ -63,6 +63,9 @@ enum Command {
     /// 69 when the running agent or the aggregator does not answer, 74 on storage failure, 75 when not
     /// committed within --timeout (the records stay queued), 78 for bad options.
     Push(PushArgs),
+    /// The outbox carried out on a file (sites with no network path to the aggregator).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// The local API's bearer token (producers send it as `Authorization: Bearer <token>`).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -154,6 +157,32 @@ struct EnrollArgs {
     /// Without a configuration file: write <data-dir>/tls/agent.key, agent.pem and ca.pem.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Seal every record still waiting for the aggregator into one file signed with this agent's key, for
+    /// `gait-aggregator ingest-file`; through the running agent when one holds the database. Nothing leaves
+    /// the outbox: records are deleted when the aggregator acknowledges them at the next connection. Exit
+    /// code 0 when written, 66 when nothing is waiting, 65 when a record cannot be exported, 69 when the
+    /// running agent does not answer, 74 when storage or writing fails, 78 for bad options or keys.
+    Export(OutboxExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct OutboxExportArgs {
+    /// Agent configuration file (YAML).
+    #[arg(long, short, env = "GAIT_AGENT_CONFIG", default_value = "agent.yaml")]
+    config: PathBuf,
+    /// The file to write (atomically, mode 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// Only records after this seq (to continue an export that did not fit into one file).
+    #[arg(long, default_value_t = 0)]
+    after_seq: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -276,6 +305,7 @@ fn main() -> ExitCode {
             Command::Token(command) => cmd_token(command),
             Command::Bundle(BundleCommand::Import(args)) => cmd_bundle_import(args).await,
             Command::Push(args) => cmd_push(args).await,
+            Command::Outbox(OutboxCommand::Export(args)) => cmd_outbox_export(args).await,
             Command::Gait(command) => gait_agent::gaitcli::run(command),
         }
     })
@@ -591,6 +621,62 @@ async fn cmd_push(args: PushArgs) -> ExitCode {
                 outln!(
                     "{}",
                     serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                );
+            }
+            eprintln!("gait-agent: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn cmd_outbox_export(args: OutboxExportArgs) -> ExitCode {
+    use gait_agent::outbox_export;
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gait-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match outbox_export::export(&config, &args.out, args.after_seq).await {
+        Ok((exported, via)) => {
+            if args.json {
+                let mut value = serde_json::to_value(&exported).unwrap_or_default();
+                value["file"] = serde_json::json!(args.out);
+                value["via"] = serde_json::json!(via);
+                outln!("{value}");
+            } else {
+                let by = match via {
+                    outbox_export::Via::Daemon => "by the running agent",
+                    outbox_export::Via::Database => {
+                        "from the agent database (no agent was running)"
+                    }
+                };
+                outln!(
+                    "{}: records {}..={} ({} records, {} bytes, sha256 {}) exported {by}; they stay in the \
+                     outbox until the aggregator acknowledges them",
+                    args.out.display(),
+                    exported.first_seq,
+                    exported.last_seq,
+                    exported.count,
+                    exported.bytes,
+                    exported.sha256
+                );
+                if exported.remaining > 0 {
+                    outln!(
+                        "{} more records did not fit: export them with --after-seq {}",
+                        exported.remaining,
+                        exported.last_seq
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"file": args.out, "error": e.to_string(), "exit_code": e.exit_code()})
                 );
             }
             eprintln!("gait-agent: {e}");

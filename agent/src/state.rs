@@ -279,6 +279,8 @@ pub struct AgentState {
     cert_validity: Mutex<(i64, i64)>,
     /// Keys artifact signatures are checked with (`capture`), set once by the daemon at start.
     trace_keys: std::sync::OnceLock<Arc<crate::capture::TraceKeys>>,
+    /// The certificate chain and key files that sign outbox exports (`POST /v1/outbox/export`).
+    tls_files: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -356,6 +358,7 @@ impl AgentState {
             conflicts: AtomicU64::new(0),
             identity_in_use: AtomicBool::new(false),
             cert_validity: Mutex::new((0, identity_not_after)),
+            tls_files: std::sync::OnceLock::new(),
         });
         Ok(state)
     }
@@ -368,6 +371,16 @@ impl AgentState {
     /// Records the validity window of the certificate in use (at start, and after each renewal).
     pub(crate) fn set_certificate_validity(&self, not_before: i64, not_after: i64) {
         *lock(&self.cert_validity) = (not_before, not_after);
+    }
+
+    /// Records the agent's certificate chain and key files (once, at start), for signing outbox exports.
+    pub(crate) fn set_tls_files(&self, cert: std::path::PathBuf, key: std::path::PathBuf) {
+        let _ = self.tls_files.set((cert, key));
+    }
+
+    /// The agent's certificate chain and key files, when the daemon set them.
+    pub(crate) fn tls_files(&self) -> Option<&(std::path::PathBuf, std::path::PathBuf)> {
+        self.tls_files.get()
     }
 
     /// `notBefore` / `notAfter` of the certificate in use, Unix seconds.

@@ -135,6 +135,15 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             get(bundles::latest_bundle_raw),
         ),
         (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/bundles/{epoch}/raw",
+                P::BundleRead,
+                Env,
+            ),
+            get(bundles::bundle_raw_at_epoch),
+        ),
+        (
             e(Method::GET, "/v1/orgs/{org}/agents", P::AgentRead, Org),
             get(agents::list_agents),
         ),

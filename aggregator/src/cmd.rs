@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod audit;
 pub mod bundle;
 pub mod config;
+pub mod ingest_file;
 pub mod join_token;
 pub mod migrate;
 pub mod pki;

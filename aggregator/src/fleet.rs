@@ -9,6 +9,7 @@
 
 pub mod intake;
 pub mod inventory;
+pub mod offline;
 pub mod presence;
 
 use gait_store::{

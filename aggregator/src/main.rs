@@ -89,6 +89,12 @@ enum Command {
     Bundle(cmd::bundle::BundleCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
+    /// Commit an agent's outbox export file (`gait-agent outbox export`, sites with no network path) exactly
+    /// once: signature, certificate (trusted CA at the export time, not revoked), records and hash chain
+    /// verified; identity from the certificate. Runs on the store directly. Exit code 0 when committed, 65
+    /// when the file is refused, 66 when it cannot be read.
+    #[command(name = "ingest-file")]
+    IngestFile(cmd::ingest_file::IngestFileArgs),
     /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
     /// audit.vkey`), check that a checkpoint extends an older one.
     #[command(subcommand)]
@@ -193,6 +199,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
+        Command::IngestFile(args) => cmd::ingest_file::ingest_file(args, load()?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
         Command::Bundle(command) => cmd::bundle::run(command, load()?).await,
     }

@@ -360,6 +360,15 @@ impl Registry {
         Ok(stored)
     }
 
+    /// The bundle `tenant` published with `epoch` (the newest or an older one), if any.
+    pub async fn at_epoch(
+        &self,
+        tenant: &Tenant,
+        epoch: u64,
+    ) -> Result<Option<StoredBundle>, RegistryError> {
+        Ok(self.store.bundle_at_epoch(tenant, epoch).await?)
+    }
+
     /// Wait up to `wait` for a bundle newer than `have_epoch`; `None` at the timeout.
     pub async fn wait_newer(
         &self,

@@ -154,3 +154,30 @@ pub(super) async fn latest_bundle_raw(
     )
         .into_response())
 }
+
+/// `GET …/bundles/{epoch}/raw`: the signed bundle published with that epoch (an older one too, e.g. to carry
+/// a rollback to a site; agents still refuse an epoch older than the one they enforce).
+pub(super) async fn bundle_raw_at_epoch(
+    State(state): State<AppState>,
+    Caller(caller): Caller<Tenant>,
+    axum::extract::Path(path): axum::extract::Path<EpochPath>,
+) -> Result<Response, ApiError> {
+    let epoch: u64 = path.epoch.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "epoch: {:?} is not a bundle epoch (a positive integer)",
+            path.epoch
+        ))
+    })?;
+    let Some(bundle) = state.registry.at_epoch(caller.target(), epoch).await? else {
+        return Err(ApiError::not_found(format!(
+            "no bundle with epoch {epoch} has been published for this environment"
+        )));
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], bundle.bytes).into_response())
+}
+
+/// Path of [`bundle_raw_at_epoch`]: the tenancy segments are read by the `Caller` extractor.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct EpochPath {
+    epoch: String,
+}

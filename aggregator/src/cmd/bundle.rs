@@ -16,8 +16,8 @@ use super::{ApiArgs, call_raw, refused};
 /// Signed policy bundles as files.
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
-    /// Write the newest bundle published for one environment to a file, byte for byte as agents receive it
-    /// (signed; agents verify it themselves). Needs `bundle.read` on that environment.
+    /// Write the newest bundle (or the one of `--epoch N`) published for one environment to a file, byte for
+    /// byte as agents receive it (signed; agents verify it themselves). Needs `bundle.read` on that environment.
     ///
     /// Example: gait-aggregator bundle export --org acme --project payments --env prod --out bundle.json
     /// then at the site: gait-agent bundle import --config agent.yaml bundle.json
@@ -38,6 +38,10 @@ pub struct ExportArgs {
     /// The environment whose bundle agents enforce.
     #[arg(long)]
     pub env: Env,
+    /// Export the bundle published with this epoch instead of the newest (e.g. to carry a rollback to a site;
+    /// an agent refuses an epoch older than the one it enforces, so a rollback is published as a new epoch).
+    #[arg(long)]
+    pub epoch: Option<u64>,
     /// File to write (replaced atomically: a reader never sees half a bundle).
     #[arg(long)]
     pub out: PathBuf,
@@ -55,8 +59,11 @@ pub async fn run(command: BundleCommand, config: Config) -> anyhow::Result<ExitC
 
 async fn export(args: ExportArgs, config: Config) -> anyhow::Result<ExitCode> {
     let api = args.api.resolve(config)?;
+    let which = args
+        .epoch
+        .map_or_else(|| "latest".to_owned(), |e| e.to_string());
     let url = format!(
-        "{}/v1/orgs/{}/projects/{}/envs/{}/bundles/latest/raw",
+        "{}/v1/orgs/{}/projects/{}/envs/{}/bundles/{which}/raw",
         api.server, args.org, args.project, args.env
     );
     let (status, bytes) = call_raw(&api, http::Method::GET, &url, None).await?;

@@ -415,7 +415,7 @@ fn rfc3339(unix_ms: i64) -> String {
 
 /// The operator running this command, recorded as who revoked: `$USER` (or `$LOGNAME`), else the numeric uid
 /// of this process (`uid:<n>`, the owner of `/proc/self`).
-fn operator() -> anyhow::Result<String> {
+pub(super) fn operator() -> anyhow::Result<String> {
     for var in ["USER", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
             && !name.trim().is_empty()
@@ -433,7 +433,7 @@ fn operator() -> anyhow::Result<String> {
 /// Opens the database the server uses. An operator command must never invent a database: a revocation
 /// written into a fresh SQLite file would report success while the server (on PostgreSQL, or another data
 /// directory) never sees it.
-async fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
+pub(super) async fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
     if config.database.url.is_none() && !config.sqlite_path().exists() {
         bail!(
             "no aggregator database at {}: give the server's configuration (--config or GAIT_CONFIG), or its \

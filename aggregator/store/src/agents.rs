@@ -82,6 +82,33 @@ pub(crate) async fn connected(
     Ok(results)
 }
 
+/// Creates the row of an agent known only from a verified certificate (records carried in on a file, never a
+/// hello): its certificate serial, expiry and issuer, first and last seen at `seen_ms`. An existing row is left
+/// as it is. Returns whether a row was created.
+pub(crate) async fn ensure(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    cert_serial: &CertSerial,
+    cert_not_after_unix_ms: Option<i64>,
+    cert_issuer: &str,
+    seen_ms: i64,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "INSERT INTO agents (org, project, env, agent_id, cert_serial, first_seen_unix_ms, \
+         last_seen_unix_ms, remote_addr, agent_version, cert_not_after_unix_ms, cert_issuer) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, '', '', $7, $8) \
+         ON CONFLICT (org, project, env, agent_id) DO NOTHING";
+    let created = db_run!(conn, |c| bind_key(sqlx::query(SQL), key)
+        .bind(cert_serial.as_str())
+        .bind(seen_ms)
+        .bind(cert_not_after_unix_ms)
+        .bind(cert_issuer)
+        .execute(&mut *c)
+        .await
+        .map_err(db("agents_ensure"))?
+        .rows_affected());
+    Ok(created > 0)
+}
+
 /// Moves `last_seen` forward (never backward) for each agent; unknown agents are skipped. Returns how many
 /// agents were found.
 pub(crate) async fn seen(

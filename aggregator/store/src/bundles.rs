@@ -88,6 +88,31 @@ pub(crate) async fn latest(
     })
 }
 
+/// The tenant's bundle published with `epoch`, if any (an older one, e.g. to carry a rollback to a site).
+pub(crate) async fn at_epoch(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+    epoch: u64,
+) -> Result<Option<StoredBundle>, StoreError> {
+    const SQL: &str = concat!(
+        "SELECT epoch, digest, bytes, created_at, created_by FROM bundles",
+        tenant_where!(),
+        " AND epoch = $4"
+    );
+    let epoch = to_i64("epoch", epoch)?;
+    db_run!(conn, |c| {
+        let row = sqlx::query(SQL)
+            .bind(tenant.org.as_str())
+            .bind(tenant.project.as_str())
+            .bind(tenant.env.as_str())
+            .bind(epoch)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(db("bundle_at_epoch"))?;
+        row.as_ref().map(rows::bundle_row).transpose()
+    })
+}
+
 /// The newest published epoch of `tenant`, without reading the bundle itself.
 pub(crate) async fn latest_epoch(
     mut conn: Conn<'_>,

@@ -328,6 +328,15 @@ impl Store {
         on_conn!(self, |conn| bundles::latest(conn, tenant))
     }
 
+    /// The tenant's bundle published with `epoch`, if any.
+    pub async fn bundle_at_epoch(
+        &self,
+        tenant: &Tenant,
+        epoch: u64,
+    ) -> Result<Option<StoredBundle>, StoreError> {
+        on_conn!(self, |conn| bundles::at_epoch(conn, tenant, epoch))
+    }
+
     /// The newest published epoch of `tenant` (the bundle itself is not read).
     pub async fn latest_epoch(&self, tenant: &Tenant) -> Result<Option<u64>, StoreError> {
         on_conn!(self, |conn| bundles::latest_epoch(conn, tenant))

@@ -101,6 +101,27 @@ impl StoreTx {
         agents::bundle_report(self.tx.conn(), key, report, now_ms).await
     }
 
+    /// Creates the row of an agent known only from its verified certificate, unless it exists (records
+    /// carried in on a file by `gait-aggregator ingest-file`); `true` when a row was created.
+    pub async fn ensure_agent(
+        &mut self,
+        key: &AgentKey,
+        cert_serial: &crate::model::CertSerial,
+        cert_not_after_unix_ms: Option<i64>,
+        cert_issuer: &str,
+        seen_ms: i64,
+    ) -> Result<bool, StoreError> {
+        agents::ensure(
+            self.tx.conn(),
+            key,
+            cert_serial,
+            cert_not_after_unix_ms,
+            cert_issuer,
+            seen_ms,
+        )
+        .await
+    }
+
     /// See [`crate::Store::commit_batch`]; the records are durable only once the transaction commits.
     pub async fn commit_batch(
         &mut self,

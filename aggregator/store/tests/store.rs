@@ -150,6 +150,8 @@ gait_store::store_tests!(
     wrong_prev_hash_is_recorded_as_a_chain_break,
     committed_seq_advances_only_over_stored_or_recorded_seqs,
     bundle_epochs_must_increase_per_tenant,
+    an_older_bundle_is_read_by_its_epoch,
+    an_agent_known_only_from_a_file_gets_one_row_and_keeps_its_cursor,
     tenants_are_isolated,
     revocations_are_normalised_and_idempotent,
     agents_are_found_by_their_certificate_serial,
@@ -893,6 +895,54 @@ async fn bundle_epochs_must_increase_per_tenant(db: &TestStore) -> Result<()> {
         .await?;
     ensure!(store.latest_bundle(&staging).await?.map(|b| b.epoch) == Some(1));
     ensure!(store.latest_bundle(&t).await?.map(|b| b.epoch) == Some(3));
+    Ok(())
+}
+
+async fn an_older_bundle_is_read_by_its_epoch(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let t = tenant("acme");
+    for epoch in 1..=3u8 {
+        store
+            .publish_bundle(&t, epoch.into(), &digest(epoch), &[epoch], "alice", NOW)
+            .await?;
+    }
+    let old = store.bundle_at_epoch(&t, 2).await?.context("epoch 2")?;
+    ensure!(old.epoch == 2 && old.digest == digest(2) && old.bytes == [2]);
+    ensure!(store.bundle_at_epoch(&t, 4).await?.is_none());
+    ensure!(store.bundle_at_epoch(&tenant("other"), 2).await?.is_none());
+    ensure!(store.bundle_at_epoch(&t, u64::MAX).await.is_err());
+    Ok(())
+}
+
+async fn an_agent_known_only_from_a_file_gets_one_row_and_keeps_its_cursor(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "offline-1");
+    let serial: CertSerial = id("0a1b2c");
+    let ensure_row = async |store: &Store| -> Result<bool> {
+        let mut tx = store.begin().await?;
+        let created = tx
+            .ensure_agent(&k, &serial, Some(NOW + 1000), "CN=ca", NOW - 10)
+            .await?;
+        tx.commit().await?;
+        Ok(created)
+    };
+    ensure!(matches!(
+        store
+            .commit_batch(&k, &[record(1, hash(0, 1), hash(1, 1))], NOW)
+            .await,
+        Err(StoreError::UnknownAgent { .. })
+    ));
+    ensure!(ensure_row(store).await?, "the first call creates the row");
+    let outcome = store
+        .commit_batch(&k, &[record(1, hash(0, 1), hash(1, 1))], NOW)
+        .await?;
+    ensure!(outcome.inserted == 1 && outcome.committed_seq == 1);
+    ensure!(!ensure_row(store).await?, "the second call changes nothing");
+    // The agent's first hello sees the head the file moved.
+    let cursor = store.agent_connected(&k, &hello("0a1b2c"), NOW + 5).await?;
+    ensure!(cursor.committed_seq == 1 && cursor.committed_hash == hash(1, 1));
     Ok(())
 }
 

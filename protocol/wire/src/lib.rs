@@ -88,6 +88,66 @@
 //! is accepted but raises the same kind of alert. The refused agent logs an ERROR (then rate-limited) and
 //! keeps deciding locally; its outbox keeps its records.
 //!
+//! # Outbox export files
+//! A site with no network path carries its outbox out on a file instead ([`export`], schema
+//! `gait.fleet.outbox_export` version 1): the waiting records unchanged, in consecutive seq order, in canonical
+//! JSON, with a header (agent URI, first/last seq, count, first `prev_hash`, last hash, creation time, a BLAKE3
+//! digest over the records' seqs and hashes) signed with the agent's mTLS private key, and the agent's
+//! certificate chain embedded. The aggregator (`gait-aggregator ingest-file`) verifies the signature, the chain
+//! against its trusted CAs at the creation time, revocation now, and every record and link, takes the identity
+//! from the certificate only, and commits the records as a batch would be: by (agent, seq), so a repeated or
+//! overlapping file doubles nothing. The agent deletes them when the next `Welcome.committed_seq` covers them.
+//!
+//! ### Format (schema `gait.fleet.outbox_export`, version 1)
+//! One JSON object, UTF-8, in exactly the canonical form [`export::OutboxExport::encode`] writes (compact,
+//! the field order below, one trailing newline). A reader refuses any other spelling of the same content, so a file
+//! either verifies byte for byte or is refused:
+//!
+//! ```text
+//! {"schema_id":"gait.fleet.outbox_export","schema_version":1,
+//!  "header":{"agent_uri":"spiffe://…/agent/<id>","first_seq":N,"last_seq":M,"count":M-N+1,
+//!            "first_prev_hash":"<hex>","last_hash":"<hex>","created_unix_ms":T,"records_digest":"<hex>"},
+//!  "signature":{"algorithm":"ecdsa_p256_sha256"|"ecdsa_p384_sha384"|"ed25519","value":"<base64>"},
+//!  "certificate_chain":["<base64 DER, the agent's certificate>","<base64 DER, intermediates…>"],
+//!  "records":[{"seq":N,"prev_hash":"<hex>","hash":"<hex>","class":"block","kind":"gate.decision",
+//!              "created_unix_ms":…,"bundle":null|{"epoch":…,"digest":"<hex>","since_unix_ms":…},
+//!              "payload":"<base64>"}, …]}
+//! ```
+//!
+//! Hex is lowercase, 64 digits per digest; base64 is the standard alphabet with padding. Records are the
+//! outbox's records unchanged ([`Record`]), in ascending, consecutive `seq` order, each passing
+//! [`Record::validate`] and [`Record::verify_hash`], each `prev_hash` the previous record's `hash`.
+//!
+//! ### Digests and signature
+//! `records_digest = BLAKE3(u64 len(tag) || "gait.wire.outbox_export.records.v1" || u64 count ||
+//! (u64 seq || hash) for each record)`. Every record hash covers all of its fields, so the digest binds every
+//! byte of every record. The signature is made with the private key of the agent's mTLS certificate (the
+//! first certificate of `certificate_chain`) over the signing input ([`export::OutboxExport::signing_input`]):
+//!
+//! ```text
+//! u64 len("gait.wire.outbox_export.v1") || "gait.wire.outbox_export.v1"
+//! u64 len(schema_id) || schema_id || u64 schema_version
+//! u64 len(agent_uri) || agent_uri
+//! u64 first_seq || u64 last_seq || u64 count || first_prev_hash || last_hash || i64 created_unix_ms
+//! records_digest
+//! SHA-256(u64 n || (u64 len(der) || der) for each certificate of certificate_chain)
+//! ```
+//!
+//! Integers are big-endian. ECDSA signatures are ASN.1 DER (as in TLS), Ed25519 signatures 64 bytes.
+//!
+//! ### Verification (what a reader must do, in this order)
+//! 1. Refuse a file over [`export::MAX_EXPORT_BYTES`] (256 MiB) before reading it (decoding refuses it too).
+//! 2. [`export::OutboxExport::decode`]: canonical JSON, the schema id and version, the caps (at most 500,000
+//!    records, 8 certificates of 16 KiB, a 1 KiB signature), every record's rule and hash, the chain of
+//!    `prev_hash` links, the header's counts, hashes and digest.
+//! 3. [`export::OutboxExport::verify_signature`]: the signature over the signing input with the first
+//!    certificate's public key.
+//! 4. [`export::OutboxExport::verify_certificate_chain`]: the certificates chain to a trusted CA for client
+//!    authentication at the header's `created_unix_ms` (an export may be carried out after the certificate
+//!    expired; a reader also refuses a creation time in the future, see the aggregator's rule in ADR 0005).
+//! 5. The identity (org, project, env, agent id) is the one in the verified certificate, never the header's
+//!    `agent_uri`, which is there for humans and must equal the certificate's URI SAN.
+//!
 //! # Close codes
 //! [`close::CLOSE_NORMAL`] (0), [`close::CLOSE_PROTOCOL_VIOLATION`] (1), [`close::CLOSE_REVOKED`] (2),
 //! [`close::CLOSE_UNAUTHORIZED`] (3), [`CLOSE_SHUTDOWN`] (4, with a `reconnect_spread_ms=N` hint that
@@ -113,6 +173,7 @@
 pub mod approval;
 mod byte_buf;
 pub mod close;
+pub mod export;
 pub mod frame;
 pub mod limits;
 pub mod message;
