@@ -173,6 +173,8 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
         ServerMsg::V2(ServerMsgV2::Certificate(_)) => "Certificate",
         ServerMsg::V2(ServerMsgV2::Approvals(_)) => "Approvals",
+        ServerMsg::V2(ServerMsgV2::BlobStatus(_)) => "BlobStatus",
+        ServerMsg::V2(ServerMsgV2::BlobStored(_)) => "BlobStored",
         ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
 }
