@@ -19,3 +19,4 @@ pub mod local_api;
 pub mod outbox;
 pub mod state;
 pub mod tls;
+pub mod upload;

@@ -478,6 +478,13 @@ impl Session {
             conn.clone(),
             conn_token.clone(),
         );
+        // Spooled artifact bytes go up beside the exchange; ends with the connection like the fetch loop.
+        let _uploads = super::upload::spawn_upload_loop(
+            &self.tasks,
+            self.state.clone(),
+            conn.clone(),
+            conn_token.clone(),
+        );
         let ended = tokio::select! {
             r = &mut poll => Ended::Poll(joined(r)),
             r = &mut ship => Ended::Ship(joined(r)),
