@@ -87,6 +87,9 @@ enum Command {
     /// import` there).
     #[command(subcommand)]
     Bundle(cmd::bundle::BundleCommand),
+    /// Artifact bytes agents uploaded (`artifact get --digest … --out FILE`, digest-checked).
+    #[command(subcommand)]
+    Artifact(cmd::artifact::ArtifactCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// The tamper-evident audit log: export it, verify an export offline (`audit verify DIR --public-key
@@ -195,5 +198,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
         Command::Bundle(command) => cmd::bundle::run(command, load()?).await,
+        Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
     }
 }

@@ -117,6 +117,34 @@ fn upload_and_read_back(agg: &Aggregator, tmp: &Path) -> Result<()> {
         &agg.token,
     )?;
     ensure!(status == 404, "another environment read it: {status}");
+    // The CLI writes the same bytes, digest-checked; through another environment it finds nothing.
+    let out_file = tmp.join("fetched.zip");
+    let get = |env: &str| {
+        hermetic("gait-aggregator")
+            .env("GAIT_DATA_DIR", &agg.data_dir)
+            .args(["artifact", "get", "--server", &agg.url("")])
+            .args(["--org", "acme", "--project", "web", "--env", env])
+            .args(["--digest", &sha])
+            .arg("--out")
+            .arg(&out_file)
+            .output()
+    };
+    let out = get("prod")?;
+    ensure!(
+        out.status.success(),
+        "artifact get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        std::fs::read(&out_file)? == bytes,
+        "the CLI wrote other bytes"
+    );
+    std::fs::remove_file(&out_file)?;
+    let out = get("staging")?;
+    ensure!(
+        !out.status.success() && !out_file.exists(),
+        "staging fetched it"
+    );
     // The agent's spool copy is gone once stored.
     let copy = agent.dir.join("data").join("uploads").join(&sha);
     wait_for(PATIENCE, "spool drained", || (!copy.exists()).then_some(()))?;
