@@ -203,6 +203,119 @@ fn the_same_upload_with_the_s3_backend_lands_in_seaweedfs_and_reads_back_digest_
     Ok(())
 }
 
+#[test]
+fn an_upload_cut_off_mid_way_is_finished_by_the_agent_from_the_aggregators_offset() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    publish_with_uploads(&agg, tmp.path())?;
+    let mut agent = Agent::enroll(
+        &agg,
+        &tmp.path().join("agent"),
+        "acme",
+        "web",
+        "prod",
+        "ci-1",
+    )?;
+    let bytes = runpack();
+    let sha = enqueue(&agent, &bytes)?;
+    // The first two chunks go up over a connection with the agent's own certificate, which then drops: what
+    // an agent killed mid-upload leaves behind.
+    const CUT: usize = 2 * gait_wire::MAX_BLOB_CHUNK_BYTES;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(send_first_bytes(&agg, &agent.dir, &bytes, CUT))?;
+    // The real daemon resumes: it sends only what the aggregator did not keep.
+    agent.start()?;
+    let url = agg.url(&format!(
+        "/v1/orgs/acme/projects/web/envs/prod/artifacts/{sha}/content"
+    ));
+    let (_, body) = wait_for(PATIENCE, "artifact readable", || {
+        get_bytes(&url, &agg.token).ok().filter(|(s, _)| *s == 200)
+    })
+    .with_context(|| {
+        format!(
+            "agent log:\n{}\naggregator log:\n{}",
+            agent.log(),
+            agg.log()
+        )
+    })?;
+    ensure!(body == bytes, "content differs");
+    ensure!(agg.metric("gait_aggregator_blob_uploads_total{outcome=\"resumed\"}")? == 1);
+    let received = agg.metric("gait_aggregator_blob_upload_bytes_total")?;
+    ensure!(
+        received == bytes.len() as u64,
+        "{received} bytes received for {}: the agent started over instead of resuming",
+        bytes.len()
+    );
+    agent.stop();
+    agg.stop();
+    Ok(())
+}
+
+/// Hello, `BlobOffer`, and the first `cut` bytes in chunks, as the agent in `dir`; then the connection closes.
+async fn send_first_bytes(agg: &Aggregator, dir: &Path, bytes: &[u8], cut: usize) -> Result<()> {
+    use gait_wire::{AgentMsg, AgentMsgV2, ServerMsg, ServerMsgV2};
+    let config = gait_agent::tls::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("agent.pem"),
+        &dir.join("agent.key"),
+        Duration::from_secs(5),
+    )?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(agg.quic, "localhost")?.await?;
+    let request = async |msg: AgentMsgV2| -> Result<ServerMsgV2> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&gait_wire::encode_frame(&AgentMsg::V2(msg))?)
+            .await?;
+        send.finish()?;
+        let reply = tokio::time::timeout(PATIENCE, recv.read_to_end(1 << 20)).await??;
+        match gait_wire::decode_server_msg(reply.get(4..).context("short reply")?)? {
+            ServerMsg::V2(m) => Ok(m),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    };
+    let welcome = request(AgentMsgV2::Hello(gait_wire::Hello {
+        agent_version: "raw-test".into(),
+        protocol_version: gait_wire::PROTOCOL_VERSION,
+        active: None,
+        received: None,
+        outbox_depth: 0,
+        shed_total: 0,
+        last_seq: 0,
+        instance_id: gait_wire::InstanceId([0x42; 16]),
+    }))
+    .await?;
+    ensure!(matches!(welcome, ServerMsgV2::Welcome(_)), "{welcome:?}");
+    let sha256: [u8; 32] = Sha256::digest(bytes).into();
+    let offer = request(AgentMsgV2::BlobOffer(gait_wire::BlobOffer {
+        sha256,
+        size: bytes.len() as u64,
+    }))
+    .await?;
+    ensure!(
+        matches!(offer, ServerMsgV2::BlobStatus(ref s) if s.have == 0),
+        "{offer:?}"
+    );
+    for offset in (0..cut).step_by(gait_wire::MAX_BLOB_CHUNK_BYTES) {
+        let end = offset + gait_wire::MAX_BLOB_CHUNK_BYTES;
+        let reply = request(AgentMsgV2::BlobChunk(gait_wire::BlobChunk {
+            sha256,
+            offset: offset as u64,
+            bytes: bytes[offset..end].to_vec(),
+        }))
+        .await?;
+        ensure!(
+            matches!(reply, ServerMsgV2::BlobStatus(ref s) if s.have == end as u64),
+            "{reply:?}"
+        );
+    }
+    conn.close(0u32.into(), b"cut off");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
 /// The `weed` binary, or `None` to skip (never under CI).
 fn weed() -> Option<PathBuf> {
     let candidates = std::env::var_os("GAIT_TEST_WEED")
