@@ -21,6 +21,10 @@ use super::session::REPLY_TIMEOUT;
 use crate::db::AgentDb;
 use crate::upload;
 
+/// Bytes per `BlobChunk`: a quarter of the wire limit, so a chunk crosses a slow link (about 20 KB/s) within the
+/// aggregator's request read timeout (15 s) and the agent's reply timeout.
+pub(crate) const CHUNK_BYTES: usize = MAX_BLOB_CHUNK_BYTES / 4;
+
 /// Pause between looks at an empty spool.
 pub(crate) const IDLE_INTERVAL: Duration = Duration::from_millis(500);
 /// Pause after a retryable refusal or a local failure before the next attempt.
@@ -128,7 +132,7 @@ async fn upload_one(
             msg = AgentMsgV2::BlobOffer(BlobOffer { sha256, size });
             continue;
         }
-        let len = (size - have).min(MAX_BLOB_CHUNK_BYTES as u64) as usize;
+        let len = (size - have).min(CHUNK_BYTES as u64) as usize;
         let path = upload::spool_file(db, &sha256);
         let read = tokio::task::spawn_blocking(move || read_at(&path, have, len)).await;
         let bytes = match read {
