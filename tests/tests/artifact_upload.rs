@@ -253,6 +253,52 @@ fn an_upload_cut_off_mid_way_is_finished_by_the_agent_from_the_aggregators_offse
     Ok(())
 }
 
+#[test]
+fn an_environment_without_uploads_refuses_them_and_the_agent_drops_its_copy() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let (status, answer) = agg.publish("acme", "web", "prod", &[("default.yaml", POLICY)])?;
+    ensure!(status == 201, "{answer}");
+    let mut agent = Agent::enroll(
+        &agg,
+        &tmp.path().join("agent"),
+        "acme",
+        "web",
+        "prod",
+        "ci-1",
+    )?;
+    let bytes = runpack();
+    let sha = enqueue(&agent, &bytes)?;
+    agent.start()?;
+    let copy = agent.dir.join("data").join("uploads").join(&sha);
+    wait_for(PATIENCE, "copy dropped", || (!copy.exists()).then_some(()))
+        .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    ensure!(
+        agg.metric("gait_aggregator_blob_uploads_refused_total{reason=\"disabled\"}")? >= 1,
+        "no refusal counted"
+    );
+    agent.stop();
+    // The spool keeps the refusal for `push` to report.
+    let db = gait_agent::db::AgentDb::open(agent.dir.join("data").join("agent.redb"))?;
+    let entry = gait_agent::upload::get(&db, &gait_agent::upload::parse_digest(&sha)?)?
+        .context("the refused entry is kept")?;
+    let why = entry.refused.context("marked refused")?;
+    ensure!(
+        why.starts_with("forbidden: ") && why.contains("--upload-artifacts"),
+        "{why}"
+    );
+    ensure!(gait_agent::upload::pending(&db)?.is_empty());
+    let (status, _) = get_bytes(
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/prod/artifacts/{sha}/content"
+        )),
+        &agg.token,
+    )?;
+    ensure!(status == 404);
+    agg.stop();
+    Ok(())
+}
+
 /// Hello, `BlobOffer`, and the first `cut` bytes in chunks, as the agent in `dir`; then the connection closes.
 async fn send_first_bytes(agg: &Aggregator, dir: &Path, bytes: &[u8], cut: usize) -> Result<()> {
     use gait_wire::{AgentMsg, AgentMsgV2, ServerMsg, ServerMsgV2};
