@@ -309,3 +309,52 @@ fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+#[tokio::test]
+async fn partial_uploads_are_bounded_per_agent() -> Result<()> {
+    let mut options = AggregatorOptions::default();
+    options.evidence.uploads.max_partials_per_agent = 1;
+    options.evidence.uploads.max_partial_bytes_per_agent = 300_000;
+    let aggregator = spawn_aggregator(options).await?;
+    let tmp = tempfile::tempdir()?;
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    aggregator
+        .publish(
+            &prod,
+            &Publish::policy("default.yaml", POLICY).upload_artifacts(),
+        )
+        .await?;
+    let (_e1, a1) = connect(&aggregator, &tmp.path().join("a1"), &prod, "a-1").await?;
+    let (_e2, a2) = connect(&aggregator, &tmp.path().join("a2"), &prod, "a-2").await?;
+    let first = content(100_000, 5);
+    let second = content(100_000, 6);
+    let (sha1, sha2): ([u8; 32], [u8; 32]) = (
+        Sha256::digest(&first).into(),
+        Sha256::digest(&second).into(),
+    );
+
+    ensure!(have(&request(&a1, offer(sha1, 100_000)).await?, sha1)? == 0);
+    // A second partial upload of the same agent is over its count: retry later.
+    refused(
+        &request(&a1, offer(sha2, 100_000)).await?,
+        ErrorCode::Unavailable,
+    )?;
+    // Larger than the agent's partial byte budget: refused for good.
+    refused(
+        &request(&a1, offer([7; 32], 300_001)).await?,
+        ErrorCode::TooLarge,
+    )?;
+    // The quota is per agent: another agent of the environment is not held back.
+    ensure!(have(&request(&a2, offer(sha2, 100_000)).await?, sha2)? == 0);
+    // Once the first completes, the agent may start the next.
+    let done = request(&a1, chunk(sha1, 0, &first)).await?;
+    ensure!(matches!(done, ServerMsgV2::BlobStored(_)), "{done:?}");
+    ensure!(have(&request(&a1, offer(sha2, 100_000)).await?, sha2)? == 0);
+    ensure!(
+        aggregator
+            .metric("gait_aggregator_blob_uploads_refused_total{reason=\"quota\"}")
+            .await?
+            == 1.0
+    );
+    Ok(())
+}

@@ -245,8 +245,9 @@ pub struct Uploads {
     store: Store,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// One lock per (agent, digest): chunks of one upload are applied one at a time.
-    locks: Mutex<HashMap<(AgentKey, BlobDigest), UploadLock>>,
+    /// One lock per (agent, digest): chunks of one upload are applied one at a time; (agent, `None`) orders one
+    /// agent's offers, so its quota is checked against a stable set of partial uploads.
+    locks: Mutex<HashMap<(AgentKey, Option<BlobDigest>), UploadLock>>,
 }
 
 impl std::fmt::Debug for Uploads {
@@ -352,7 +353,11 @@ impl Uploads {
         if !self.enabled(&agent.tenant).await? {
             return Err(UploadError::Disabled);
         }
-        let lock = self.lock(agent, digest);
+        // Offers of one agent are counted against its quota one at a time (the agent-wide lock), and the
+        // steps of one upload are applied one at a time (the per-digest lock).
+        let agent_lock = self.lock(agent, None);
+        let _agent_held = agent_lock.lock().await;
+        let lock = self.lock(agent, Some(digest));
         let _held = lock.lock().await;
         if let Some(done) = self.already_stored(&agent.tenant, &digest, size).await? {
             return Ok(done);
@@ -421,7 +426,7 @@ impl Uploads {
                 gait_wire::MAX_BLOB_CHUNK_BYTES
             )));
         }
-        let lock = self.lock(agent, digest);
+        let lock = self.lock(agent, Some(digest));
         let _held = lock.lock().await;
         let dir = self.agent_dir(agent);
         let partial = self
@@ -524,7 +529,8 @@ impl Uploads {
         Ok(manifest.settings.upload_artifacts)
     }
 
-    fn lock(&self, agent: &AgentKey, digest: BlobDigest) -> UploadLock {
+    /// The lock of one upload (`Some(digest)`) or of all of one agent's offers (`None`).
+    fn lock(&self, agent: &AgentKey, digest: Option<BlobDigest>) -> UploadLock {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         // Drop the locks nobody holds, so the map stays as small as the uploads in flight.
         locks.retain(|_, l| Arc::strong_count(l) > 1);
