@@ -358,3 +358,33 @@ async fn partial_uploads_are_bounded_per_agent() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_partial_upload_untouched_past_its_ttl_is_dropped_and_starts_over() -> Result<()> {
+    let aggregator = spawn_aggregator(AggregatorOptions::default()).await?;
+    let tmp = tempfile::tempdir()?;
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    aggregator
+        .publish(
+            &prod,
+            &Publish::policy("default.yaml", POLICY).upload_artifacts(),
+        )
+        .await?;
+    let (_e, conn) = connect(&aggregator, &tmp.path().join("a1"), &prod, "a-1").await?;
+    let bytes = content(200_000, 8);
+    let sha: [u8; 32] = Sha256::digest(&bytes).into();
+    ensure!(have(&request(&conn, offer(sha, 200_000)).await?, sha)? == 0);
+    ensure!(have(&request(&conn, chunk(sha, 0, &bytes[..CHUNK])).await?, sha)? == CHUNK as u64);
+    // Kept for resumption while fresh...
+    ensure!(have(&request(&conn, offer(sha, 200_000)).await?, sha)? == CHUNK as u64);
+    // ...and dropped once untouched for longer than evidence.uploads.partial_ttl_seconds (a day by default).
+    let partials = walk(&aggregator.data_dir().join("uploads"))?;
+    ensure!(partials.len() == 1, "{partials:?}");
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .append(true)
+        .open(&partials[0])?
+        .set_modified(two_days_ago)?;
+    ensure!(have(&request(&conn, offer(sha, 200_000)).await?, sha)? == 0);
+    Ok(())
+}
