@@ -477,4 +477,41 @@ mod tests {
         assert!(get(&db, &raw).expect("get").is_none());
         assert!(!spool_file(&db, &raw).exists());
     }
+
+    #[tokio::test]
+    async fn wait_uploaded_reports_pending_refused_and_uploaded() {
+        let (dir, db) = db();
+        let mut digests = Vec::new();
+        for content in [&b"first"[..], &b"second"[..]] {
+            let file = dir.path().join("artifact");
+            std::fs::write(&file, content).expect("write");
+            let sha = hex::encode(Sha256::digest(content));
+            enqueue(&db, &sha, &file, content.len() as u64).expect("queued");
+            digests.push(sha);
+        }
+        let within = Duration::from_millis(50);
+        assert_eq!(
+            wait_uploaded(&db, &digests, within).await.expect("wait"),
+            WaitOutcome::TimedOut(digests.clone())
+        );
+        let raw: Vec<[u8; 32]> = digests
+            .iter()
+            .map(|d| parse_digest(d).expect("hex"))
+            .collect();
+        mark_uploaded(&db, &raw[0]).expect("uploaded");
+        mark_refused(&db, &raw[1], "forbidden: uploads are not enabled").expect("refused");
+        assert_eq!(
+            wait_uploaded(&db, &digests, within).await.expect("wait"),
+            WaitOutcome::Refused(vec![(
+                digests[1].clone(),
+                "forbidden: uploads are not enabled".to_owned()
+            )])
+        );
+        assert_eq!(
+            wait_uploaded(&db, &digests[..1], within)
+                .await
+                .expect("wait"),
+            WaitOutcome::Uploaded
+        );
+    }
 }
