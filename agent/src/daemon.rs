@@ -35,6 +35,7 @@ mod approvals;
 mod exchange;
 mod renew;
 mod session;
+mod upload;
 
 pub use session::announced_redial_window;
 

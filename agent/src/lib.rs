@@ -21,3 +21,4 @@ pub mod outbox;
 pub mod outbox_export;
 pub mod state;
 pub mod tls;
+pub mod upload;

@@ -429,6 +429,11 @@ impl AgentState {
         &self.outbox
     }
 
+    /// The agent's database (the upload spool lives in it, see [`crate::upload`]).
+    pub fn db(&self) -> &AgentDb {
+        &self.db
+    }
+
     pub(crate) fn cache(&self) -> &BundleCache {
         &self.cache
     }

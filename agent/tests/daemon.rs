@@ -446,6 +446,13 @@ async fn serve_request(
             "this peer does not renew certificates",
         )),
         AgentMsgV2::FetchApprovals(_) => ServerMsgV2::Approvals(Default::default()),
+        // The stand-in peer keeps no blobs: an aggregator that predates uploads answers this way.
+        AgentMsgV2::BlobOffer(_) | AgentMsgV2::BlobChunk(_) => {
+            ServerMsgV2::Error(gait_wire::WireError::new(
+                gait_wire::ErrorCode::Unsupported,
+                "this peer does not take uploads",
+            ))
+        }
     };
     let Ok(frame) = gait_wire::encode_frame(&ServerMsg::V2(reply)) else {
         return;

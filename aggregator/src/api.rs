@@ -20,6 +20,7 @@ use gait_store::Tenant;
 mod access;
 mod agents;
 mod approvals;
+mod artifact_content;
 mod audit;
 mod auth;
 mod bundles;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub enrollment: Arc<crate::enroll::Enrollment>,
     /// Approval policies, requests and decisions.
     pub approvals: Arc<crate::approval::Approvals>,
+    /// Artifact bytes agents uploaded (`None`: the content route answers 404).
+    pub uploads: Option<Arc<crate::evidence::Uploads>>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -312,6 +315,15 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 Env,
             ),
             post(approvals::deny),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/artifacts/{sha256}/content",
+                P::EvidenceRead,
+                Env,
+            ),
+            get(artifact_content::content),
         ),
     ]
 }

@@ -79,6 +79,8 @@ pub struct ServeConfig {
     pub enroll: crate::enroll::EnrollSettings,
     /// The config file's approval policies (`approvals.policies`), kept in force at start.
     pub approval_policies: Vec<crate::config::ApprovalPolicyConfig>,
+    /// Where artifact bytes are kept and how agents upload them (`evidence.*`).
+    pub evidence: crate::evidence::blob::EvidenceConfig,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -108,6 +110,7 @@ impl ServeConfig {
             audit_checkpoint_interval: crate::audit::DEFAULT_CHECKPOINT_INTERVAL,
             enroll: crate::enroll::EnrollSettings::default(),
             approval_policies: Vec::new(),
+            evidence: Default::default(),
         }
     }
 
@@ -132,6 +135,7 @@ impl ServeConfig {
             ),
             enroll: config.enroll.settings(),
             approval_policies: config.approvals.policies.clone(),
+            evidence: config.evidence.clone(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -199,6 +203,9 @@ pub enum ServeError {
     /// The config file's approval policies could not be applied (nothing was changed).
     #[error("cannot apply the config file's approval policies: {0}")]
     ApprovalPolicies(#[from] crate::approval::ApprovalError),
+    /// The blob store (`evidence.blobs.*`) cannot be opened.
+    #[error("evidence: {0}")]
+    Evidence(#[from] crate::evidence::BlobError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -493,6 +500,14 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             Some(verifier)
         }
     };
+    let uploads = Arc::new(crate::evidence::Uploads::new(
+        &config.data_dir,
+        config.evidence.uploads.clone(),
+        crate::evidence::BlobStore::open(&config.evidence.blobs, &config.data_dir)?,
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+    ));
     let enrollment = Arc::new(crate::enroll::Enrollment::new(
         store.clone(),
         pki_dir.clone(),
@@ -512,7 +527,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             &tasks,
         )
         .with_enrollment(enrollment.clone())
-        .with_approvals(approvals.clone()),
+        .with_approvals(approvals.clone())
+        .with_uploads(uploads.clone()),
     );
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
@@ -533,6 +549,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             audit: audit.clone(),
             enrollment,
             approvals,
+            uploads: Some(uploads.clone()),
         },
         config.http_limits,
         http_tls.clone(),
@@ -545,6 +562,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         config.revocation_refresh,
         shutdown.child_token(),
     );
+    crate::evidence::upload::spawn_sweeper(&tasks, uploads, shutdown.child_token());
     spawn_binding_reload(&tasks, store.clone(), authorizer, shutdown.child_token());
     crate::audit::spawn_checkpointer(
         &tasks,

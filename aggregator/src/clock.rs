@@ -28,6 +28,11 @@ pub fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The current time as a [`SystemTime`] (for file timestamps).
+pub fn system_now() -> SystemTime {
+    SystemTime::now()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod access;
 pub mod agents;
 pub mod alerts;
 pub mod approvals;
+pub mod artifact;
 pub mod audit;
 pub mod bundle;
 pub mod config;

@@ -5,7 +5,12 @@
 //! dir`), or any S3-compatible object store (`s3`) for deployments that outgrow one disk. Both go through the
 //! `object_store` crate, so the two backends share every rule: content addressing, the size cap, and the digest
 //! check on every read (a blob edited in place is refused, never served).
+//!
+//! [`upload::Uploads`] takes artifact bytes from agents over their connection, resumable, and records which
+//! environment's agent uploaded which digest: the tenancy the content route reads through.
 
 pub mod blob;
+pub mod upload;
 
 pub use blob::{BlobError, BlobStore, PutOutcome};
+pub use upload::{Progress, UploadError, Uploads};

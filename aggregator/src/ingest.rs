@@ -14,7 +14,8 @@
 //!
 //! Layout: `endpoint` accepts connections and holds the shared [`IngestState`]; `connection` checks one agent
 //! after the handshake and runs its streams; `request` reads, dispatches and answers one request; `records`
-//! checks and commits record batches; `batch_order` keeps a connection's batches in order.
+//! checks and commits record batches; `batch_order` keeps a connection's batches in order; `upload` takes
+//! artifact bytes (`BlobOffer`, `BlobChunk`) to [`crate::evidence::Uploads`].
 
 mod batch_order;
 mod connection;
@@ -25,6 +26,7 @@ mod renew;
 mod request;
 pub mod tickets;
 pub mod tls;
+mod upload;
 
 use std::time::Duration;
 

@@ -87,6 +87,9 @@ enum Command {
     /// import` there).
     #[command(subcommand)]
     Bundle(cmd::bundle::BundleCommand),
+    /// Artifact bytes agents uploaded (`artifact get --digest … --out FILE`, digest-checked).
+    #[command(subcommand)]
+    Artifact(cmd::artifact::ArtifactCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
     /// Commit an agent's outbox export file (`gait-agent outbox export`, sites with no network path) exactly
@@ -202,5 +205,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::IngestFile(args) => cmd::ingest_file::ingest_file(args, load()?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
         Command::Bundle(command) => cmd::bundle::run(command, load()?).await,
+        Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
     }
 }

@@ -74,6 +74,16 @@ pub const APPROVALS: &str = "gait_aggregator_approvals_total";
 /// met and tokens issued), `denied`.
 pub const APPROVAL_OUTCOMES: [&str; 3] = ["requested", "approved", "denied"];
 
+/// Artifact upload bytes received from agents in `BlobChunk`s and kept (a chunk not applied is not counted).
+pub const BLOB_UPLOAD_BYTES: &str = "gait_aggregator_blob_upload_bytes_total";
+/// Artifact uploads by `outcome` ([`BLOB_UPLOAD_OUTCOMES`]).
+pub const BLOB_UPLOADS: &str = "gait_aggregator_blob_uploads_total";
+/// Outcomes of [`BLOB_UPLOADS`]: `started` (an offer with nothing kept yet), `resumed` (an offer answered
+/// with an offset above 0 from a kept partial upload), `completed` (verified and stored), `refused`.
+pub const BLOB_UPLOAD_OUTCOMES: [&str; 4] = ["started", "resumed", "completed", "refused"];
+/// Refused artifact uploads by `reason` ([`crate::evidence::upload::REFUSAL_REASONS`]).
+pub const BLOB_UPLOADS_REFUSED: &str = "gait_aggregator_blob_uploads_refused_total";
+
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
 pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
 /// Reasons an admin request is refused (`reason` label of [`AUTH_FAILURES`]); an operator's bearer JWT adds
@@ -151,6 +161,9 @@ pub struct Metrics {
     pub oidc_token_cache: crate::auth::oidc::cache::TokenCacheMetrics,
     pub certificates_issued: Family<Label, Counter>,
     pub agent_certificate_expiry: Histogram,
+    pub blob_upload_bytes: Counter,
+    pub blob_uploads: Family<Label, Counter>,
+    pub blob_uploads_refused: Family<Label, Counter>,
     /// The HTTP server's connection counters, once it runs (read at each scrape).
     http: Arc<OnceLock<Arc<gait_runtime::http::Stats>>>,
 }
@@ -298,6 +311,25 @@ impl Metrics {
             "kind",
             &["enroll", "renew"],
         );
+        let blob_uploads = labelled(
+            BLOB_UPLOADS,
+            "Artifact uploads from agents by outcome: started, resumed (from a kept partial upload), completed (verified and stored), refused.",
+            "outcome",
+            &BLOB_UPLOAD_OUTCOMES,
+        );
+        let blob_uploads_refused = labelled(
+            BLOB_UPLOADS_REFUSED,
+            "Artifact uploads refused, by reason.",
+            "reason",
+            &crate::evidence::upload::REFUSAL_REASONS,
+        );
+        let blob_upload_bytes = Counter::default();
+        register(
+            &mut registry,
+            BLOB_UPLOAD_BYTES,
+            "Artifact upload bytes received from agents and kept.",
+            blob_upload_bytes.clone(),
+        );
         // An hour to a year, so a fleet drifting towards expiry shows in the low buckets.
         let agent_certificate_expiry = Histogram::new([
             3_600.0,
@@ -421,6 +453,9 @@ impl Metrics {
             oidc_token_cache,
             certificates_issued,
             agent_certificate_expiry,
+            blob_upload_bytes,
+            blob_uploads,
+            blob_uploads_refused,
             http,
         }
     }

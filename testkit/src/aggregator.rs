@@ -42,6 +42,8 @@ pub struct AggregatorOptions {
     /// Serve the HTTP API over HTTPS with the PKI's server certificate (`http.tls.enabled: true`); the
     /// harness's own calls then verify it against the deployment CA.
     pub https: bool,
+    /// The blob store and artifact uploads (`evidence.*`); the default keeps blobs under the data directory.
+    pub evidence: gait_aggregator::evidence::blob::EvidenceConfig,
 }
 
 impl Default for AggregatorOptions {
@@ -57,6 +59,7 @@ impl Default for AggregatorOptions {
             grace: Duration::from_secs(30),
             http_limits: None,
             https: false,
+            evidence: Default::default(),
         }
     }
 }
@@ -75,6 +78,9 @@ pub struct Publish {
     /// Let local API callers ask for `simulate` (signed into the bundle's settings).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_caller_simulate: bool,
+    /// Have the agents upload artifact bytes (signed into the bundle's settings).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub upload_artifacts: bool,
 }
 
 impl Publish {
@@ -96,6 +102,12 @@ impl Publish {
     /// Letting local API callers ask for `simulate`.
     pub fn allow_caller_simulate(mut self) -> Self {
         self.allow_caller_simulate = true;
+        self
+    }
+
+    /// Having the agents upload artifact bytes.
+    pub fn upload_artifacts(mut self) -> Self {
+        self.upload_artifacts = true;
         self
     }
 }
@@ -197,6 +209,7 @@ async fn start(
                 .join(gait_aggregator::pki::SERVER_KEY_FILE),
             from_pki: true,
         }),
+        evidence: options.evidence.clone(),
         ..ServeConfig::embedded(data_dir.clone())
     };
     // A restart binds the previous ports again; the old sockets may still be on their way out.

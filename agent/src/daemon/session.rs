@@ -173,6 +173,8 @@ fn msg_name(msg: &ServerMsg) -> &'static str {
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => "RecordRefused",
         ServerMsg::V2(ServerMsgV2::Certificate(_)) => "Certificate",
         ServerMsg::V2(ServerMsgV2::Approvals(_)) => "Approvals",
+        ServerMsg::V2(ServerMsgV2::BlobStatus(_)) => "BlobStatus",
+        ServerMsg::V2(ServerMsgV2::BlobStored(_)) => "BlobStored",
         ServerMsg::V1(_) => "envelope V1 message (protocol version 2 or older)",
     }
 }
@@ -471,6 +473,13 @@ impl Session {
         });
         // Ends with the connection (its token) or when this function returns (the handle is dropped).
         let _approvals = super::approvals::spawn_fetch_loop(
+            &self.tasks,
+            self.state.clone(),
+            conn.clone(),
+            conn_token.clone(),
+        );
+        // Spooled artifact bytes go up beside the exchange; ends with the connection like the fetch loop.
+        let _uploads = super::upload::spawn_upload_loop(
             &self.tasks,
             self.state.clone(),
             conn.clone(),

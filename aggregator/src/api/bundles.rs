@@ -35,6 +35,9 @@ pub struct PublishBody {
     /// Whether callers of the agents' local API may ask for `simulate` (default false: refused).
     #[serde(default)]
     pub allow_caller_simulate: bool,
+    /// Whether the agents upload artifact bytes to the blob store (default false: digests only).
+    #[serde(default)]
+    pub upload_artifacts: bool,
     /// Candidates staged beside policies: policy file name -> `{stage, name, policy}`.
     #[serde(default)]
     pub candidates: BTreeMap<String, CandidateBody>,
@@ -106,6 +109,7 @@ pub(super) async fn publish(
         validity: body.validity_seconds.map(Duration::from_secs),
         settings: gait_bundle::Settings {
             allow_caller_simulate: body.allow_caller_simulate,
+            upload_artifacts: body.upload_artifacts,
         },
         created_by: caller.actor(),
         candidates,

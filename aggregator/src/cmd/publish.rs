@@ -41,6 +41,10 @@ pub struct PublishArgs {
     /// enforce allow). Signed into the bundle; without it such requests are refused.
     #[arg(long)]
     pub allow_caller_simulate: bool,
+    /// Have the agents upload the bytes of the artifacts they record (runpacks, traces, regress results) to
+    /// the aggregator's blob store. Signed into the bundle; without it only digests travel.
+    #[arg(long)]
+    pub upload_artifacts: bool,
     /// Candidate policy to stage beside a policy (repeatable): `FILE` when the bundle has one policy, else
     /// `POLICY=FILE` (POLICY: the file name of a --policy). Stored under FILE's name; needs --stage.
     #[arg(long = "candidate", requires = "stage")]
@@ -131,6 +135,9 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
     }
     if args.allow_caller_simulate {
         body["allow_caller_simulate"] = true.into();
+    }
+    if args.upload_artifacts {
+        body["upload_artifacts"] = true.into();
     }
     let url = format!(
         "{}/v1/orgs/{}/projects/{}/envs/{}/bundles",

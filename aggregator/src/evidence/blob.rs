@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
 pub struct EvidenceConfig {
     /// Where artifact bytes are kept.
     pub blobs: BlobConfig,
+    /// Artifact uploads from agents (partial upload quotas and expiry).
+    pub uploads: super::upload::UploadConfig,
 }
 
 /// `evidence.blobs.*`
@@ -115,7 +117,7 @@ impl EvidenceConfig {
     /// The problems of `evidence.*`, as (dotted key below `evidence.`, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let b = &self.blobs;
-        let mut out = Vec::new();
+        let mut out = self.uploads.problems();
         let mut push = |key: &str, message: String| out.push((format!("blobs.{key}"), message));
         if b.max_blob_bytes == 0 || b.max_blob_bytes > 4 * 1024 * 1024 * 1024 {
             push(
@@ -175,6 +177,11 @@ impl EvidenceConfig {
 pub struct BlobDigest([u8; 32]);
 
 impl BlobDigest {
+    /// The digest whose raw bytes are `raw` (as the wire carries it).
+    pub fn from_raw(raw: [u8; 32]) -> Self {
+        Self(raw)
+    }
+
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())

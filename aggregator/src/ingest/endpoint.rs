@@ -64,6 +64,8 @@ pub struct IngestState {
     /// Approval governance: raises requests from `approval.request` records, delivers issued tokens
     /// (`None`: records are stored only and `FetchApprovals` gets nothing).
     pub approvals: Option<Arc<crate::approval::Approvals>>,
+    /// Artifact uploads (`BlobOffer`, `BlobChunk`); `None` answers them `Unsupported`.
+    pub uploads: Option<Arc<crate::evidence::Uploads>>,
     /// Fixed at the first close of shutdown, so every connection announces the same redial window.
     shutdown_reason: std::sync::OnceLock<Vec<u8>>,
 }
@@ -91,6 +93,7 @@ impl IngestState {
             identities: Default::default(),
             enrollment: None,
             approvals: None,
+            uploads: None,
             shutdown_reason: std::sync::OnceLock::new(),
         }
     }
@@ -104,6 +107,12 @@ impl IngestState {
     /// Turns on approval governance (requests from records, token delivery).
     pub fn with_approvals(mut self, approvals: Arc<crate::approval::Approvals>) -> Self {
         self.approvals = Some(approvals);
+        self
+    }
+
+    /// Takes artifact uploads into `uploads`.
+    pub fn with_uploads(mut self, uploads: Arc<crate::evidence::Uploads>) -> Self {
+        self.uploads = Some(uploads);
         self
     }
 

@@ -140,6 +140,8 @@ pub(super) async fn handle_request(
             super::renew::on_renew(&state, &session, renew).await
         }
         AgentMsgV2::FetchApprovals(fetch) => on_fetch_approvals(&state, &session, fetch).await,
+        AgentMsgV2::BlobOffer(offer) => super::upload::on_offer(&state, &session, offer).await,
+        AgentMsgV2::BlobChunk(chunk) => super::upload::on_chunk(&state, &session, chunk).await,
     };
     write_response(&mut send, reply).await;
     touch(&state, &session);

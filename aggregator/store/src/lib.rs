@@ -33,6 +33,7 @@ mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod tx;
+mod uploads;
 
 use std::path::Path;
 
@@ -66,6 +67,7 @@ pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
 pub use sqlite::{GroupCommitStats, SqliteStore};
 pub use tx::StoreTx;
+pub use uploads::ArtifactUpload;
 
 use conn::{Pooled, db_run};
 use error::db;
@@ -524,6 +526,29 @@ impl Store {
     /// The tenant's identity alerts, newest first, at most `limit` (clamped to [`MAX_ALERTS_PAGE`]).
     pub async fn alerts(&self, tenant: &Tenant, limit: u32) -> Result<Vec<AgentAlert>, StoreError> {
         on_conn!(self, |conn| alerts::list(conn, tenant, limit))
+    }
+
+    /// Records that the agent uploaded `sha256` (`size_bytes` long, verified). Idempotent per agent and digest;
+    /// [`StoreError::UnknownAgent`] when the agent has no row.
+    pub async fn record_artifact_upload(
+        &self,
+        key: &AgentKey,
+        sha256: &str,
+        size_bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        in_tx!(self, "record_artifact_upload", |conn| uploads::record(
+            conn, key, sha256, size_bytes, now_ms
+        ))
+    }
+
+    /// The earliest upload of `sha256` by an agent of `tenant`, or `None` when none of its agents uploaded it.
+    pub async fn artifact_upload(
+        &self,
+        tenant: &Tenant,
+        sha256: &str,
+    ) -> Result<Option<ArtifactUpload>, StoreError> {
+        on_conn!(self, |conn| uploads::find(conn, tenant, sha256))
     }
 
     /// Every role binding, by id (at most [`MAX_BINDINGS`]).

@@ -50,5 +50,6 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
             store.clone(),
             SigningKey::generate(),
         )),
+        uploads: None,
     }
 }

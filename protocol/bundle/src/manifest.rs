@@ -87,6 +87,10 @@ pub struct Settings {
     /// enforce `allow`). Default false: such a request is refused.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_caller_simulate: bool,
+    /// Whether the environment's agents upload the bytes of the artifacts they record (runpacks, traces,
+    /// regress results) to the aggregator's blob store. Default false: only digests travel.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub upload_artifacts: bool,
 }
 
 impl Settings {

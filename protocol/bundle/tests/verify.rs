@@ -348,6 +348,7 @@ fn settings_are_signed_and_omitted_while_default() {
     let mut b = builder();
     b.settings(Settings {
         allow_caller_simulate: true,
+        ..Settings::default()
     });
     let bytes = b.sign(&key()).unwrap();
     let v = check(&bytes).unwrap();
@@ -375,6 +376,29 @@ fn settings_are_signed_and_omitted_while_default() {
     assert!(matches!(
         check(&resign(d, manifest, &key())),
         Err(BundleError::Malformed(m)) if m.contains("allow_everything")
+    ));
+}
+
+#[test]
+fn upload_artifacts_is_signed_apart_and_omitted_while_false() {
+    let mut b = builder();
+    b.settings(Settings {
+        upload_artifacts: true,
+        ..Settings::default()
+    });
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    assert!(v.manifest.settings.upload_artifacts && !v.manifest.settings.allow_caller_simulate);
+    assert_eq!(
+        doc(&bytes)["manifest"]["settings"],
+        json!({"upload_artifacts": true})
+    );
+    assert!(!check(&bundle()).unwrap().manifest.settings.upload_artifacts);
+    let mut forged = doc(&bundle());
+    forged["manifest"]["settings"] = json!({"upload_artifacts": true});
+    assert!(matches!(
+        check(&bytes_of(&forged)),
+        Err(BundleError::BadSignature(_))
     ));
 }
 

@@ -58,6 +58,14 @@
 //!    `approval.request` record ([`approval`]): its tenancy is the certificate's, never the payload's. An
 //!    aggregator that predates the exchange answers `Error(Unsupported)`; the agent then stops asking on that
 //!    connection. Appended to `V2` (protocol version 3, same ALPN): older peers are unaffected.
+//! 7. `BlobOffer { sha256, size }` -> `BlobStatus { sha256, have }`, `BlobStored` or `Error`; then
+//!    `BlobChunk { sha256, offset, bytes }` -> `BlobStatus` (continue from `have`) or, after the last byte,
+//!    `BlobStored { sha256, size }`: artifact bytes uploaded to the aggregator's blob store, resumable
+//!    ([`blob`]). The aggregator keeps a partial upload per agent and digest and answers each offer with the
+//!    offset to resume from; it checks SHA-256 and size against the offer before it stores anything. A chunk
+//!    holds at most [`MAX_BLOB_CHUNK_BYTES`]. `Forbidden`: uploads are not enabled for the environment;
+//!    `TooLarge`: above the blob size cap or the agent's quota; `BadRequest`: digest or size mismatch. An
+//!    aggregator that predates the exchange answers `Error(Unsupported)`. Appended to `V2` like `FetchApprovals`.
 //!
 //! # Refused records
 //! When a record breaks a rule, the aggregator answers `RecordRefused { batch_id, seq, code, message }` and
@@ -171,6 +179,7 @@
 //! (named for the envelope) fail the build on any drift. The same rules now hold for `V2`; `V1` is frozen.
 
 pub mod approval;
+pub mod blob;
 mod byte_buf;
 pub mod close;
 pub mod export;
@@ -186,6 +195,7 @@ pub use approval::{
     APPROVAL_REQUEST_KIND, ApprovalDelivery, ApprovalRequestPayload, DeliveredApproval,
     FetchApprovals, TokenDocument,
 };
+pub use blob::{BlobChunk, BlobOffer, BlobStatus, BlobStored, MAX_BLOB_CHUNK_BYTES};
 pub use frame::{
     DecodeError, ENVELOPE_VERSION, EncodeError, FRAME_HEADER_LEN, FrameDecoder, decode_agent_msg,
     decode_msg, decode_server_msg, encode_frame, encode_frame_with_limit,

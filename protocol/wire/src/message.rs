@@ -54,6 +54,10 @@ pub enum AgentMsgV2 {
     RenewCertificate(RenewCertificate),
     /// The approvals issued for the agent's approval requests (reply `Approvals`).
     FetchApprovals(crate::approval::FetchApprovals),
+    /// Artifact bytes to upload (reply `BlobStatus` or `BlobStored`), see [`crate::blob`].
+    BlobOffer(crate::blob::BlobOffer),
+    /// A piece of an offered upload (reply `BlobStatus` or `BlobStored`), see [`crate::blob`].
+    BlobChunk(crate::blob::BlobChunk),
 }
 
 /// Asks the aggregator to certify a key for the identity of the connection's verified client certificate.
@@ -267,6 +271,10 @@ pub enum ServerMsgV2 {
     Certificate(IssuedCertificate),
     /// Reply to `FetchApprovals`: the issued Gait approval tokens.
     Approvals(crate::approval::ApprovalDelivery),
+    /// Reply to `BlobOffer` / `BlobChunk`: the offset to continue the upload from.
+    BlobStatus(crate::blob::BlobStatus),
+    /// Reply to `BlobOffer` / `BlobChunk`: the content is stored; nothing more to send.
+    BlobStored(crate::blob::BlobStored),
 }
 
 /// The aggregator refuses the record `seq` of batch `batch_id` and commits nothing of that batch.

@@ -12,12 +12,13 @@ use gait_wire::{
     encode_frame,
 };
 use gait_wire::{ApprovalDelivery, DeliveredApproval, FetchApprovals, TokenDocument};
+use gait_wire::{BlobChunk, BlobOffer, BlobStatus, BlobStored};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// Variants per envelope: (agent, server). `V1` is frozen; `V2` grows at its end (renewal, then approvals).
 fn variant_counts(envelope: &str) -> (usize, usize) {
-    if envelope == "v1" { (4, 6) } else { (6, 8) }
+    if envelope == "v1" { (4, 6) } else { (8, 10) }
 }
 
 fn golden_dir(envelope: &str) -> PathBuf {
@@ -70,6 +71,8 @@ fn agent_variant_index(msg: &AgentMsg) -> (&'static str, usize) {
         AgentMsg::V2(AgentMsgV2::BundleReport(_)) => ("v2", 3),
         AgentMsg::V2(AgentMsgV2::RenewCertificate(_)) => ("v2", 4),
         AgentMsg::V2(AgentMsgV2::FetchApprovals(_)) => ("v2", 5),
+        AgentMsg::V2(AgentMsgV2::BlobOffer(_)) => ("v2", 6),
+        AgentMsg::V2(AgentMsgV2::BlobChunk(_)) => ("v2", 7),
     }
 }
 
@@ -89,6 +92,8 @@ fn server_variant_index(msg: &ServerMsg) -> (&'static str, usize) {
         ServerMsg::V2(ServerMsgV2::RecordRefused(_)) => ("v2", 5),
         ServerMsg::V2(ServerMsgV2::Certificate(_)) => ("v2", 6),
         ServerMsg::V2(ServerMsgV2::Approvals(_)) => ("v2", 7),
+        ServerMsg::V2(ServerMsgV2::BlobStatus(_)) => ("v2", 8),
+        ServerMsg::V2(ServerMsgV2::BlobStored(_)) => ("v2", 9),
     }
 }
 
@@ -120,7 +125,9 @@ fn agent_cases_v1() -> Vec<(&'static str, AgentMsg)> {
             AgentMsgV2::BundleReport(r) => AgentMsgV1::BundleReport(r),
             AgentMsgV2::Hello(_)
             | AgentMsgV2::RenewCertificate(_)
-            | AgentMsgV2::FetchApprovals(_) => {
+            | AgentMsgV2::FetchApprovals(_)
+            | AgentMsgV2::BlobOffer(_)
+            | AgentMsgV2::BlobChunk(_) => {
                 unreachable!("not shared with V1")
             }
         };
@@ -158,6 +165,21 @@ fn agent_cases_v2() -> Vec<(&'static str, AgentMsg)> {
         "agent_fetch_approvals",
         AgentMsg::V2(AgentMsgV2::FetchApprovals(FetchApprovals {
             after_request_id: 41,
+        })),
+    ));
+    cases.push((
+        "agent_blob_offer",
+        AgentMsg::V2(AgentMsgV2::BlobOffer(BlobOffer {
+            sha256: [0xd1; 32],
+            size: 5_000_000,
+        })),
+    ));
+    cases.push((
+        "agent_blob_chunk",
+        AgentMsg::V2(AgentMsgV2::BlobChunk(BlobChunk {
+            sha256: [0xd1; 32],
+            offset: 1_048_576,
+            bytes: b"PK\x03\x04runpack".to_vec(),
         })),
     ));
     cases
@@ -311,6 +333,20 @@ fn server_cases_v2() -> Vec<(&'static str, ServerMsg)> {
                         br#"{"schema_id":"gait.gate.approval_token"}"#.to_vec(),
                     )],
                 }],
+            })),
+        ),
+        (
+            "server_blob_status",
+            ServerMsg::V2(ServerMsgV2::BlobStatus(BlobStatus {
+                sha256: [0xd1; 32],
+                have: 2_097_152,
+            })),
+        ),
+        (
+            "server_blob_stored",
+            ServerMsg::V2(ServerMsgV2::BlobStored(BlobStored {
+                sha256: [0xd1; 32],
+                size: 5_000_000,
             })),
         ),
     ]
