@@ -9,6 +9,10 @@
 //!   then `GET /v1/outbox` until committed), or, with no daemon, straight into the agent database and through
 //!   an in-process uplink until the aggregator committed the records.
 //! - [`watch`]: the daemon task that imports new artifacts from `capture.watch` directories.
+//! - When the bundle in force says `settings.upload_artifacts`, the bytes of every newly enqueued artifact are
+//!   also copied into the upload spool ([`crate::upload`]), which the daemon sends to the aggregator's blob
+//!   store ([`spool_uploads`]). The record goes first and alone decides "captured": an upload that cannot be
+//!   spooled is logged and counted, never a reason to lose the record.
 //!
 //! Dependency direction: `verify` and `import` depend on protocol crates, the outbox and the database only, so
 //! the local API and the daemon use them. `push` is the command side (used by `main`, like
@@ -115,10 +119,18 @@ pub async fn import_into(
 ) -> Result<Vec<(String, Outcome)>, ImportError> {
     let outbox = state.outbox().clone();
     let keys = state.trace_keys();
-    let bundle = state.active_bundle().map(|a| a.bundle_ref());
+    let active = state.active_bundle();
+    let bundle = active.as_ref().map(|a| a.bundle_ref());
+    let upload = active
+        .as_ref()
+        .is_some_and(|a| a.bundle.manifest.settings.upload_artifacts);
+    let db = state.db().clone();
     let now = crate::state::now_unix_ms();
     let outcomes = tokio::task::spawn_blocking(move || {
         let outcomes = import::import(&outbox, &offered, source, &keys, bundle, now)?;
+        if upload {
+            spool_uploads(&db, &offered, &outcomes);
+        }
         Ok::<_, OutboxError>(
             offered
                 .into_iter()
@@ -142,3 +154,65 @@ pub async fn import_into(
 
 #[cfg(test)]
 mod tests;
+
+/// Artifacts whose bytes could not be copied into the upload spool (their records were enqueued).
+pub static SPOOL_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Copies the bytes of every artifact `outcomes` newly enqueued into the upload spool (blocking). Returns the
+/// SHA-256 of each one spooled (or already waiting there). A failure is logged at ERROR and counted in
+/// [`SPOOL_FAILED`]: the record is already durable, and only the bytes' optional copy is missing.
+pub fn spool_uploads(
+    db: &crate::db::AgentDb,
+    offered: &[Offered],
+    outcomes: &[Outcome],
+) -> Vec<String> {
+    let mut spooled = Vec::new();
+    for (file, outcome) in offered.iter().zip(outcomes) {
+        let Outcome::Enqueued { record, .. } = outcome else {
+            continue;
+        };
+        let name = std::path::Path::new(&file.name);
+        match crate::upload::enqueue_bytes(db, &record.sha256, name, &file.bytes) {
+            Ok(_) => spooled.push(record.sha256.clone()),
+            Err(error) => {
+                SPOOL_FAILED.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %file.name, sha256 = %record.sha256, %error,
+                    "artifact recorded, but its bytes could not be queued for upload");
+            }
+        }
+    }
+    spooled
+}
+
+/// Whether the bundle cached as active in `db` asks for artifact uploads, re-verified with the trust root and
+/// scope of `config` (what `gait-agent push` decides with when no daemon runs). Anything unverifiable means
+/// no: the aggregator refuses uploads its environment did not enable anyway.
+pub fn uploads_enabled_offline(config: &Config, db: &crate::db::AgentDb) -> bool {
+    let verified = || -> Result<bool, String> {
+        let Some(cached) = crate::bundle_cache::BundleCache::open(db)
+            .and_then(|c| c.active())
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(false);
+        };
+        let identity = crate::identity::AgentIdentity::from_cert_file(&config.tls.cert)
+            .map_err(|e| e.to_string())?;
+        let scope = gait_bundle::Scope {
+            org: identity.org.clone(),
+            project: identity.project.clone(),
+            env: identity.env.clone(),
+        };
+        let trust = crate::daemon::activation::load_trust_root(&config.trust.registry_public_keys)
+            .map_err(|e| e.to_string())?;
+        let since = cached
+            .activated_at_unix_ms
+            .unwrap_or(cached.received_at_unix_ms);
+        let bundle = gait_bundle::verify(&cached.raw, &trust, &scope, None, since.div_euclid(1000))
+            .map_err(|e| e.to_string())?;
+        Ok(bundle.digest == cached.digest && bundle.manifest.settings.upload_artifacts)
+    };
+    verified().unwrap_or_else(|reason| {
+        tracing::warn!(%reason, "cannot read the active bundle's upload setting; artifact bytes are not uploaded");
+        false
+    })
+}

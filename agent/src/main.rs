@@ -615,7 +615,9 @@ async fn cmd_push(args: PushArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            if let PushError::NotCommitted { report, .. } = &e {
+            if let PushError::NotCommitted { report, .. } | PushError::NotUploaded { report, .. } =
+                &e
+            {
                 print(report, Some(&e));
             } else if args.json {
                 outln!(

@@ -165,6 +165,48 @@ pub fn enqueue(
     path: &Path,
     size: u64,
 ) -> Result<Enqueued, UploadError> {
+    spool(db, sha256, Source::File(path), size)
+}
+
+/// [`enqueue`] for an artifact whose bytes the caller holds (`gait-agent push` through the daemon's local
+/// API hands the daemon bytes, not a path). `name` only labels errors. Blocking.
+pub fn enqueue_bytes(
+    db: &AgentDb,
+    sha256: &str,
+    name: &Path,
+    bytes: &[u8],
+) -> Result<Enqueued, UploadError> {
+    spool(
+        db,
+        sha256,
+        Source::Bytes { name, bytes },
+        bytes.len() as u64,
+    )
+}
+
+/// Where the bytes to spool come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    File(&'a Path),
+    Bytes { name: &'a Path, bytes: &'a [u8] },
+}
+
+impl Source<'_> {
+    fn name(&self) -> &Path {
+        match self {
+            Source::File(path) => path,
+            Source::Bytes { name, .. } => name,
+        }
+    }
+}
+
+fn spool(
+    db: &AgentDb,
+    sha256: &str,
+    source: Source<'_>,
+    size: u64,
+) -> Result<Enqueued, UploadError> {
+    let path = source.name();
     let digest = parse_digest(sha256)?;
     if let Some(queued) = get(db, &digest)?.filter(|e| e.refused.is_none())
         && spool_file(db, &digest).is_file()
@@ -190,7 +232,7 @@ pub fn enqueue(
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let target = spool_file(db, &digest);
     let tmp = dir.join(format!("{sha256}.tmp"));
-    let copied = copy_checked(path, &tmp, &digest, size);
+    let copied = copy_checked(source, &tmp, &digest, size);
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -213,9 +255,21 @@ pub fn enqueue(
 }
 
 /// Copies `from` to `to`, hashing on the way; refuses a size or digest other than recorded.
-fn copy_checked(from: &Path, to: &Path, digest: &[u8; 32], size: u64) -> Result<(), UploadError> {
-    let mut src = std::fs::File::open(from).map_err(io(from))?;
-    let actual = src.metadata().map_err(io(from))?.len();
+fn copy_checked(
+    source: Source<'_>,
+    to: &Path,
+    digest: &[u8; 32],
+    size: u64,
+) -> Result<(), UploadError> {
+    let from = source.name();
+    let (mut src, actual): (Box<dyn std::io::Read + '_>, u64) = match source {
+        Source::File(path) => {
+            let file = std::fs::File::open(path).map_err(io(path))?;
+            let len = file.metadata().map_err(io(path))?.len();
+            (Box::new(file), len)
+        }
+        Source::Bytes { bytes, .. } => (Box::new(bytes), bytes.len() as u64),
+    };
     if actual != size {
         return Err(UploadError::SizeMismatch {
             path: from.to_owned(),

@@ -174,6 +174,21 @@ pub enum PushError {
         /// The report so far (every file's result).
         report: Box<PushReport>,
     },
+    /// Every record was committed, but artifact bytes the environment asks for did not all reach the
+    /// aggregator's blob store.
+    #[error(
+        "the records are committed, but the bytes of {count} artifact(s) were not uploaded: {detail}"
+    )]
+    NotUploaded {
+        /// How many.
+        count: usize,
+        /// Which, and why (refused by the aggregator, or still waiting when the time was up).
+        detail: String,
+        /// Still waiting (retried later by the agent), not refused for good.
+        pending: bool,
+        /// The report (every file's result).
+        report: Box<PushReport>,
+    },
 }
 
 impl PushError {
@@ -194,6 +209,8 @@ impl PushError {
                 unreachable: true, ..
             } => exit::UNAVAILABLE,
             PushError::NotCommitted { .. } => exit::TEMPFAIL,
+            PushError::NotUploaded { pending: true, .. } => exit::TEMPFAIL,
+            PushError::NotUploaded { .. } => exit::DATAERR,
         }
     }
 }
@@ -329,6 +346,8 @@ pub async fn push(
     let mut results: Vec<Option<FileResult>> = vec![None; files.len()];
     let keys = super::load_trace_keys(config).map_err(|e| PushError::Config(e.to_string()))?;
 
+    // SHA-256 of the artifacts this run queued for upload (no daemon: the in-process uplink sends them).
+    let mut uploads: Vec<String> = Vec::new();
     let (via, target, start_acked) = if files.is_empty() {
         (None, 0, 0)
     } else {
@@ -342,14 +361,15 @@ pub async fn push(
                 let outbox = Outbox::open(&db, config.outbox.limits())
                     .map_err(|e| PushError::Storage(e.to_string()))?;
                 let start_acked = outbox.stats().acked_through;
+                let upload = super::uploads_enabled_offline(config, &db);
                 let total = files.len();
                 let mut target = 0;
                 let mut done = 0;
                 for batch in batches(&files, &mut results) {
                     let now = crate::state::now_unix_ms();
-                    let (outbox, keys) = (outbox.clone(), keys.clone());
+                    let (outbox, keys, db) = (outbox.clone(), keys.clone(), db.clone());
                     let Batch { offered, index } = batch;
-                    let (offered, outcomes) = tokio::task::spawn_blocking(move || {
+                    let (offered, outcomes, spooled) = tokio::task::spawn_blocking(move || {
                         let outcomes = super::import::import(
                             &outbox,
                             &offered,
@@ -358,11 +378,16 @@ pub async fn push(
                             None,
                             now,
                         );
-                        (offered, outcomes)
+                        let spooled = match (&outcomes, upload) {
+                            (Ok(outcomes), true) => super::spool_uploads(&db, &offered, outcomes),
+                            _ => Vec::new(),
+                        };
+                        (offered, outcomes, spooled)
                     })
                     .await
                     .map_err(|e| PushError::Storage(format!("import task failed: {e}")))?;
                     let outcomes = outcomes.map_err(|e| PushError::Storage(e.to_string()))?;
+                    uploads.extend(spooled);
                     for ((offered, i), outcome) in offered.iter().zip(&index).zip(outcomes) {
                         target = target.max(outcome.seq().unwrap_or(0));
                         results[*i] = Some(finish(outcome.to_result(&offered.name), files[*i].1));
@@ -437,12 +462,38 @@ pub async fn push(
     }
     let waited = match via {
         Some(Via::Daemon) => wait_via_daemon(config, target, start_acked, options, progress).await,
-        _ => wait_in_process(config, target, start_acked, options, progress).await,
+        _ => wait_in_process(config, target, start_acked, &uploads, options, progress).await,
     };
     match waited {
         Ok(()) => {
             report.committed = true;
             Ok(report)
+        }
+        Err(Waited::Uploads(outcome)) => {
+            report.committed = true;
+            let (pending, list) = match outcome {
+                crate::upload::WaitOutcome::Uploaded => return Ok(report),
+                crate::upload::WaitOutcome::TimedOut(waiting) => (
+                    true,
+                    waiting
+                        .into_iter()
+                        .map(|d| format!("{d} (still queued; the agent uploads it later)"))
+                        .collect::<Vec<_>>(),
+                ),
+                crate::upload::WaitOutcome::Refused(refused) => (
+                    false,
+                    refused
+                        .into_iter()
+                        .map(|(d, why)| format!("{d} (refused: {why})"))
+                        .collect(),
+                ),
+            };
+            Err(PushError::NotUploaded {
+                count: list.len(),
+                detail: list.join(", "),
+                pending,
+                report: Box::new(report),
+            })
         }
         Err(Waited::Failed(e)) => Err(e),
         Err(Waited::Timeout { acked, unreachable }) => Err(PushError::NotCommitted {
@@ -480,7 +531,12 @@ fn api_token(config: &Config, endpoint: &Endpoint) -> Result<Option<String>, Pus
 
 enum Waited {
     Failed(PushError),
-    Timeout { acked: u64, unreachable: bool },
+    Timeout {
+        acked: u64,
+        unreachable: bool,
+    },
+    /// Every record committed; the uploads ended otherwise than all uploaded.
+    Uploads(crate::upload::WaitOutcome),
 }
 
 async fn wait_via_daemon(
@@ -495,14 +551,16 @@ async fn wait_via_daemon(
     let deadline = Instant::now() + options.timeout;
     let mut connected = false;
     loop {
-        let acked = match api::fetch_outbox(&endpoint, api::CLIENT_TIMEOUT).await {
+        let (acked, uploads_pending) = match api::fetch_outbox(&endpoint, api::CLIENT_TIMEOUT).await
+        {
             Ok(OutboxProgress {
                 acked_through,
                 connected: now,
+                uploads_pending,
                 ..
             }) => {
                 connected |= now;
-                acked_through
+                (acked_through, uploads_pending)
             }
             Err(e) => {
                 return Err(Waited::Failed(PushError::Unreachable {
@@ -512,8 +570,15 @@ async fn wait_via_daemon(
             }
         };
         progress.waiting(start, acked, target);
-        if acked >= target {
+        // The daemon queued the bytes of what it enqueued when the environment asks for uploads: wait for
+        // its spool to drain too, so a CI job's workspace can go once this returns.
+        if acked >= target && uploads_pending == 0 {
             return Ok(());
+        }
+        if acked >= target && Instant::now() >= deadline {
+            return Err(Waited::Uploads(crate::upload::WaitOutcome::TimedOut(vec![
+                format!("{uploads_pending} artifact file(s) in the running agent's upload spool"),
+            ])));
         }
         if Instant::now() >= deadline {
             return Err(Waited::Timeout {
@@ -529,6 +594,7 @@ async fn wait_in_process(
     config: &Config,
     target: u64,
     start: u64,
+    uploads: &[String],
     options: PushOptions,
     progress: &mut dyn Progress,
 ) -> Result<(), Waited> {
@@ -561,7 +627,16 @@ async fn wait_in_process(
         connected |= daemon.state().is_connected();
         progress.waiting(start, acked, target);
         if acked >= target {
-            break Ok(());
+            if uploads.is_empty() {
+                break Ok(());
+            }
+            // The records are committed; the bytes go on the same connection (the daemon's upload task).
+            let within = deadline.saturating_duration_since(Instant::now());
+            break match crate::upload::wait_uploaded(daemon.state().db(), uploads, within).await {
+                Ok(crate::upload::WaitOutcome::Uploaded) => Ok(()),
+                Ok(other) => Err(Waited::Uploads(other)),
+                Err(e) => Err(Waited::Failed(PushError::Storage(e.to_string()))),
+            };
         }
         if Instant::now() >= deadline {
             break Err(Waited::Timeout {

@@ -57,6 +57,9 @@ pub struct OutboxProgress {
     pub depth: u64,
     /// Connected to the aggregator now.
     pub connected: bool,
+    /// Artifacts whose bytes wait in the upload spool (`settings.upload_artifacts`); absent from older agents.
+    #[serde(default)]
+    pub uploads_pending: u64,
 }
 
 /// `POST /v1/artifacts`.
@@ -126,11 +129,18 @@ async fn handle(state: &AppState, body: &[u8]) -> Result<Vec<FileResult>, ApiErr
 /// `GET /v1/outbox`.
 pub(super) async fn get_outbox(State(state): State<AppState>) -> Json<OutboxProgress> {
     let stats = state.outbox().stats();
+    let db = state.db().clone();
+    let uploads_pending = tokio::task::spawn_blocking(move || crate::upload::pending(&db))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |p| p.len() as u64);
     Json(OutboxProgress {
         last_seq: stats.last_seq,
         acked_through: stats.acked_through,
         depth: stats.depth,
         connected: state.is_connected(),
+        uploads_pending,
     })
 }
 
