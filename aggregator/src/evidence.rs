@@ -5,7 +5,12 @@
 //! dir`), or any S3-compatible object store (`s3`) for deployments that outgrow one disk. Both go through the
 //! `object_store` crate, so the two backends share every rule: content addressing, the size cap, and the digest
 //! check on every read (a blob edited in place is refused, never served).
+//!
+//! [`index`] computes what the evidence index holds of each committed batch (decision and artifact records by
+//! their digests, run ids, verdicts and stage), and [`query::EvidenceIndex`] serves operators' lookups in it.
 
 pub mod blob;
+pub mod index;
+pub mod query;
 
 pub use blob::{BlobError, BlobStore, PutOutcome};
