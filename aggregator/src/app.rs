@@ -533,6 +533,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             audit: audit.clone(),
             enrollment,
             approvals,
+            evidence: Arc::new(crate::evidence::query::EvidenceIndex::new(store.clone())),
         },
         config.http_limits,
         http_tls.clone(),

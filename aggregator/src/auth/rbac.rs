@@ -97,11 +97,13 @@ pub enum Permission {
     ApprovalDecide,
     /// Write approval policies.
     ApprovalPolicyWrite,
+    /// Look up the evidence index (decisions and artifacts by digest, run id, verdict, stage).
+    EvidenceRead,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -115,6 +117,7 @@ impl Permission {
         Permission::ApprovalRead,
         Permission::ApprovalDecide,
         Permission::ApprovalPolicyWrite,
+        Permission::EvidenceRead,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -133,6 +136,7 @@ impl Permission {
             Permission::ApprovalRead => "approval.read",
             Permission::ApprovalDecide => "approval.decide",
             Permission::ApprovalPolicyWrite => "approval_policy.write",
+            Permission::EvidenceRead => "evidence.read",
         }
     }
 
@@ -157,7 +161,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 13] = [
+pub const GRANTS: [(Permission, &[Role]); 14] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -185,6 +189,11 @@ pub const GRANTS: [(Permission, &[Role]); 13] = [
     (
         Permission::ApprovalPolicyWrite,
         &[PlatformAdmin, PolicyAuthor],
+    ),
+    // Whoever reads records reads the index over them.
+    (
+        Permission::EvidenceRead,
+        &[PlatformAdmin, PolicyAuthor, Auditor],
     ),
 ];
 

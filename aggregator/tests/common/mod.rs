@@ -50,5 +50,8 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
             store.clone(),
             SigningKey::generate(),
         )),
+        evidence: Arc::new(gait_aggregator::evidence::query::EvidenceIndex::new(
+            store.clone(),
+        )),
     }
 }
