@@ -5,6 +5,7 @@ pub mod access;
 pub mod agents;
 pub mod alerts;
 pub mod approvals;
+pub mod artifacts;
 pub mod audit;
 pub mod bundle;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod join_token;
 pub mod migrate;
 pub mod pki;
 pub mod publish;
+pub mod records;
 pub mod serve;
 pub mod table;
 
