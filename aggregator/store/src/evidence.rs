@@ -218,6 +218,9 @@ pub(crate) async fn insert(
     entries: &[NewIndexEntry],
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    // SQLite gets anonymous `?` placeholders: with numbered ones sqlx looks each parameter up by name, a
+    // linear search in SQLite that makes binding quadratic in the statement size (see `sqlite::insert_records`).
+    let anonymous = matches!(conn, Conn::Sqlite(_));
     let mut rows: Vec<(&NewRecord, &NewIndexEntry, Option<String>)> = Vec::new();
     for entry in entries {
         if let Ok(i) = inserted.binary_search_by_key(&entry.seq, |r| r.seq) {
@@ -271,15 +274,8 @@ pub(crate) async fn insert(
                 Arg::Text(f.regress_status.as_deref()),
                 Arg::Text(run_ids.as_deref()),
             ];
-            sql.push_str(if n == 0 { "(" } else { ", (" });
-            for i in 0..row.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('$');
-                sql.push_str(&(args.len() + i + 1).to_string());
-            }
-            sql.push(')');
+            sql.push_str(if n == 0 { "" } else { ", " });
+            push_row(&mut sql, anonymous, args.len(), row.len());
             args.extend(row);
         }
         sql.push_str(" ON CONFLICT (org, project, env, agent_id, seq) DO NOTHING");
@@ -301,23 +297,41 @@ pub(crate) async fn insert(
         let mut sql = String::from(
             "INSERT INTO evidence_run_ids (org, project, env, agent_id, seq, run_id) VALUES ",
         );
-        let mut args = vec![
-            Arg::Text(Some(key.tenant.org.as_str())),
-            Arg::Text(Some(key.tenant.project.as_str())),
-            Arg::Text(Some(key.tenant.env.as_str())),
-            Arg::Text(Some(key.agent_id.as_str())),
-        ];
+        let mut args = Vec::with_capacity(chunk.len() * 6);
         for (n, (seq, run)) in chunk.iter().enumerate() {
-            let at = args.len();
             sql.push_str(if n == 0 { "" } else { ", " });
-            sql.push_str(&format!("($1, $2, $3, $4, ${}, ${})", at + 1, at + 2));
-            args.push(Arg::Int(Some(*seq)));
-            args.push(Arg::Text(Some(run)));
+            push_row(&mut sql, anonymous, args.len(), 6);
+            args.extend([
+                Arg::Text(Some(key.tenant.org.as_str())),
+                Arg::Text(Some(key.tenant.project.as_str())),
+                Arg::Text(Some(key.tenant.env.as_str())),
+                Arg::Text(Some(key.agent_id.as_str())),
+                Arg::Int(Some(*seq)),
+                Arg::Text(Some(run)),
+            ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING");
         execute(conn.reborrow(), &sql, &args, "commit_batch: index run ids").await?;
     }
     Ok(())
+}
+
+/// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
+/// `(?, ?, …)` when `anonymous` (SQLite), `($n, $n+1, …)` otherwise.
+fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
+    sql.push('(');
+    for i in 0..count {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        if anonymous {
+            sql.push('?');
+        } else {
+            sql.push('$');
+            sql.push_str(&(before + i + 1).to_string());
+        }
+    }
+    sql.push(')');
 }
 
 /// Runs a statement built here (fixed fragments and numbered parameters only) with its arguments.

@@ -6,7 +6,8 @@
 -- fields queries filter on. `class` is 'decision' or 'artifact'; decision columns are NULL on artifact rows
 -- and the other way round, except verdict and policy_digest, which an artifact row carries from its trace
 -- projection. `run_ids` is the artifact's run ids as a JSON array (display); evidence_run_ids is its lookup.
--- Listings are newest first by id (the order of indexing), keyset-paginated on id.
+-- Listings are newest first by id (the order of indexing), keyset-paginated on id; a time window
+-- (received_unix_ms) filters within that walk, so it has no index of its own (ids grow with receipt time).
 CREATE TABLE evidence_index (
     id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     org                 TEXT COLLATE "C" NOT NULL,
@@ -41,8 +42,8 @@ CREATE TABLE evidence_index (
 CREATE INDEX evidence_index_by_org ON evidence_index (org, class, id);
 CREATE INDEX evidence_index_by_env ON evidence_index (org, project, env, class, id);
 CREATE INDEX evidence_index_by_policy ON evidence_index (org, policy_digest, id);
-CREATE INDEX evidence_index_by_sha256 ON evidence_index (org, sha256, id);
-CREATE INDEX evidence_index_by_received ON evidence_index (org, received_unix_ms);
+-- Only artifact rows carry a digest: the index holds those alone (decisions are the bulk of the rows).
+CREATE INDEX evidence_index_by_sha256 ON evidence_index (org, sha256, id) WHERE sha256 IS NOT NULL;
 
 -- evidence_run_ids: one row per run id of an indexed artifact record.
 CREATE TABLE evidence_run_ids (
