@@ -26,6 +26,7 @@ mod auth;
 mod bundles;
 mod enroll;
 mod error;
+mod evidence;
 mod health;
 mod join_tokens;
 mod records;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub approvals: Arc<crate::approval::Approvals>,
     /// Artifact bytes agents uploaded (`None`: the content route answers 404).
     pub uploads: Option<Arc<crate::evidence::Uploads>>,
+    /// Lookups in the evidence index.
+    pub evidence: Arc<crate::evidence::query::EvidenceIndex>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -100,6 +103,12 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/checkpoint";
     const AUDIT_ENV_ENTRIES: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/entries";
     const AUDIT_ENV_PROOF: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/audit/proof";
+    const EVIDENCE_ORG_RECORDS: &str = "/v1/orgs/{org}/evidence/records";
+    const EVIDENCE_ORG_ARTIFACTS: &str = "/v1/orgs/{org}/evidence/artifacts";
+    const EVIDENCE_ENV_RECORDS: &str =
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/evidence/records";
+    const EVIDENCE_ENV_ARTIFACTS: &str =
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/evidence/artifacts";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -324,6 +333,23 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 Env,
             ),
             get(artifact_content::content),
+        ),
+        // The evidence index (issue 15 item 10): an org's lookups, and an environment's.
+        (
+            e(Method::GET, EVIDENCE_ORG_RECORDS, P::EvidenceRead, Org),
+            get(evidence::records::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, EVIDENCE_ORG_ARTIFACTS, P::EvidenceRead, Org),
+            get(evidence::artifacts::<gait_store::Org>),
+        ),
+        (
+            e(Method::GET, EVIDENCE_ENV_RECORDS, P::EvidenceRead, Env),
+            get(evidence::records::<Tenant>),
+        ),
+        (
+            e(Method::GET, EVIDENCE_ENV_ARTIFACTS, P::EvidenceRead, Env),
+            get(evidence::artifacts::<Tenant>),
         ),
     ]
 }

@@ -550,6 +550,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             enrollment,
             approvals,
             uploads: Some(uploads.clone()),
+            evidence: Arc::new(crate::evidence::query::EvidenceIndex::new(store.clone())),
         },
         config.http_limits,
         http_tls.clone(),

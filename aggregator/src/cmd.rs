@@ -6,6 +6,7 @@ pub mod agents;
 pub mod alerts;
 pub mod approvals;
 pub mod artifact;
+pub mod artifacts;
 pub mod audit;
 pub mod bundle;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod join_token;
 pub mod migrate;
 pub mod pki;
 pub mod publish;
+pub mod records;
 pub mod serve;
 pub mod table;
 

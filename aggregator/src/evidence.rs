@@ -8,8 +8,13 @@
 //!
 //! [`upload::Uploads`] takes artifact bytes from agents over their connection, resumable, and records which
 //! environment's agent uploaded which digest: the tenancy the content route reads through.
+//!
+//! [`index`] computes what the evidence index holds of each committed batch (decision and artifact records by
+//! their digests, run ids, verdicts and stage), and [`query::EvidenceIndex`] serves operators' lookups in it.
 
 pub mod blob;
+pub mod index;
+pub mod query;
 pub mod upload;
 
 pub use blob::{BlobError, BlobStore, PutOutcome};

@@ -105,6 +105,10 @@ enum Command {
     /// Inspect the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Look up indexed decisions (by policy digest, verdict, stage, agent, time) through the HTTP API.
+    Records(cmd::records::RecordsArgs),
+    /// Find recorded artifacts (runpacks, traces, regress results, JUnit) by run id or SHA-256 through the API.
+    Artifacts(cmd::artifacts::ArtifactsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -206,5 +210,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
         Command::Bundle(command) => cmd::bundle::run(command, load()?).await,
         Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
+        Command::Records(args) => cmd::records::records(args, load()?).await,
+        Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
     }
 }

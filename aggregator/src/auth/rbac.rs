@@ -97,7 +97,8 @@ pub enum Permission {
     ApprovalDecide,
     /// Write approval policies.
     ApprovalPolicyWrite,
-    /// Read artifact evidence: the bytes agents uploaded.
+    /// Read evidence: look up the evidence index (decisions and artifacts by digest, run id, verdict, stage)
+    /// and read the artifact bytes agents uploaded.
     EvidenceRead,
 }
 
@@ -190,6 +191,7 @@ pub const GRANTS: [(Permission, &[Role]); 14] = [
         Permission::ApprovalPolicyWrite,
         &[PlatformAdmin, PolicyAuthor],
     ),
+    // Whoever reads records reads the index over them.
     (
         Permission::EvidenceRead,
         &[PlatformAdmin, PolicyAuthor, Auditor],

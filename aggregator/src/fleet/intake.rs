@@ -35,7 +35,8 @@ impl Intake {
         Presence::spawn(self.store.clone(), metrics, tasks)
     }
 
-    /// Commits one batch of `agent`'s records. When `requests` is not empty, the approval requests the batch
+    /// Commits one batch of `agent`'s records, with the evidence index entries of its decision and artifact
+    /// records (in the same transaction). When `requests` is not empty, the approval requests the batch
     /// raises commit in the same transaction (a request at a seq another instance holds raises nothing); the
     /// second value is how many were raised now.
     pub async fn commit_batch(
@@ -45,12 +46,18 @@ impl Intake {
         requests: &[NewApprovalRequest],
         now_ms: i64,
     ) -> Result<(BatchOutcome, u64), StoreError> {
+        // The evidence index entries of the batch commit in its transaction (`crate::evidence::index`).
+        let index = crate::evidence::index::entries(rows);
         if requests.is_empty() {
-            return Ok((self.store.commit_batch(agent, rows, now_ms).await?, 0));
+            let outcome = self
+                .store
+                .commit_batch_indexed(agent, rows, &index, now_ms)
+                .await?;
+            return Ok((outcome, 0));
         }
         self.store
             .transaction(async |tx| {
-                let outcome = tx.commit_batch(agent, rows, now_ms).await?;
+                let outcome = tx.commit_batch_indexed(agent, rows, &index, now_ms).await?;
                 let mut raised = 0u64;
                 for request in requests {
                     if !outcome.conflict_seqs.contains(&request.seq)

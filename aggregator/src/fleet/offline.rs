@@ -381,7 +381,9 @@ pub async fn commit(
                 new_agent,
             };
             for chunk in rows.chunks(gait_store::MAX_BATCH_RECORDS) {
-                let outcome = tx.commit_batch(&key, chunk, now_ms).await?;
+                // Indexed as QUIC ingest indexes a batch (`Intake::commit_batch`), in the same transaction.
+                let index = crate::evidence::index::entries(chunk);
+                let outcome = tx.commit_batch_indexed(&key, chunk, &index, now_ms).await?;
                 report.committed += outcome.inserted;
                 report.duplicates += outcome.duplicates;
                 report.conflicts.extend(outcome.conflict_seqs);

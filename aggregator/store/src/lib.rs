@@ -24,6 +24,7 @@ mod bundles;
 mod conn;
 mod enrollment;
 mod error;
+mod evidence;
 mod model;
 mod postgres;
 mod records;
@@ -56,6 +57,9 @@ pub use enrollment::{
     MAX_JOIN_TOKENS_PAGE, NewJoinToken,
 };
 pub use error::StoreError;
+pub use evidence::{
+    EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry,
+};
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
     BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
@@ -305,8 +309,36 @@ impl Store {
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
         in_tx!(self, "commit_batch", |conn| records::commit_batch(
-            conn, key, records, now_ms
+            conn,
+            key,
+            records,
+            &[],
+            now_ms
         ))
+    }
+
+    /// [`Store::commit_batch`] that also writes the evidence index entries of the records it inserts, in the
+    /// same transaction: an entry whose record was a duplicate or a conflict is dropped, so a redelivered batch
+    /// indexes nothing twice. Entries of seqs not in `records` are ignored.
+    pub async fn commit_batch_indexed(
+        &self,
+        key: &AgentKey,
+        records: &[NewRecord],
+        index: &[NewIndexEntry],
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        in_tx!(self, "commit_batch", |conn| records::commit_batch(
+            conn, key, records, index, now_ms
+        ))
+    }
+
+    /// One page of the evidence index under `filter`, newest first (by index position); page on with
+    /// `filter.before_id` = the last id returned. `filter.limit` must be 1..=[`MAX_EVIDENCE_PAGE`].
+    pub async fn evidence(
+        &self,
+        filter: &EvidenceFilter,
+    ) -> Result<Vec<IndexedRecord>, StoreError> {
+        on_conn!(self, |conn| evidence::page(conn, filter))
     }
 
     /// Stores a published bundle. `epoch` must exceed the tenant's latest epoch, else

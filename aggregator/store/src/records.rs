@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::batch;
 use crate::conn::{Conn, agent_where, bind_key, db_run, later};
 use crate::error::{StoreError, db};
+use crate::evidence::{self, NewIndexEntry};
 use crate::model::{
     AgentKey, BatchOutcome, GapRow, MAX_BATCH_RECORDS, MAX_RECORDS_PAGE, MAX_REFUSAL_MESSAGE_BYTES,
     NewRecord, RefusedRecord, StoredRecord, check_label, to_i64, to_u64, truncate_utf8,
@@ -21,6 +22,7 @@ pub(crate) async fn commit_batch(
     mut conn: Conn<'_>,
     key: &AgentKey,
     records: &[NewRecord],
+    index: &[NewIndexEntry],
     now_ms: i64,
 ) -> Result<BatchOutcome, StoreError> {
     const ADVANCE: &str = concat!(
@@ -71,6 +73,10 @@ pub(crate) async fn commit_batch(
             sqlite: |c| sqlite::insert_records(c, key, now_ms, &plan.insert).await,
             postgres: |c| postgres::insert_records(c, key, now_ms, &plan.insert).await,
         )?;
+        // The index entries of exactly the records inserted, in the same transaction (module `evidence`).
+        if !index.is_empty() {
+            evidence::insert(conn.reborrow(), key, &plan.insert, index, now_ms).await?;
+        }
     }
     if !plan.gaps.is_empty() {
         db_run!(conn,

@@ -129,7 +129,19 @@ impl StoreTx {
         records: &[NewRecord],
         now_ms: i64,
     ) -> Result<BatchOutcome, StoreError> {
-        records::commit_batch(self.tx.conn(), key, records, now_ms).await
+        records::commit_batch(self.tx.conn(), key, records, &[], now_ms).await
+    }
+
+    /// See [`crate::Store::commit_batch_indexed`]; records and index entries are durable only once the
+    /// transaction commits.
+    pub async fn commit_batch_indexed(
+        &mut self,
+        key: &AgentKey,
+        records: &[NewRecord],
+        index: &[crate::NewIndexEntry],
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        records::commit_batch(self.tx.conn(), key, records, index, now_ms).await
     }
 
     /// See [`crate::Store::publish_bundle`]. On PostgreSQL the tenant's publish lock is held until the

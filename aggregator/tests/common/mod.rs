@@ -51,5 +51,8 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
             SigningKey::generate(),
         )),
         uploads: None,
+        evidence: Arc::new(gait_aggregator::evidence::query::EvidenceIndex::new(
+            store.clone(),
+        )),
     }
 }

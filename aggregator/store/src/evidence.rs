@@ -1,0 +1,497 @@
+//! The evidence index domain: one row per committed decision or artifact record whose payload the aggregator's
+//! evidence feature could read, and the lookups operators make over it.
+//!
+//! The store never parses a payload (LAYOUT rule 3): the feature hands [`NewIndexEntry`] values to
+//! [`crate::Store::commit_batch_indexed`], and `records::commit_batch` writes, in its own transaction, the
+//! entries of exactly the records it inserted (a redelivered or conflicting record's entry is dropped with the
+//! record), so "indexed" and "committed" never disagree and a retried batch doubles nothing; the
+//! `UNIQUE (org, project, env, agent_id, seq)` of `evidence_index` is the backstop.
+//!
+//! Listings are newest first by `id` (the order rows were indexed in), keyset-paginated on it: a page asks for
+//! ids below the last one it saw, so pages never overlap or skip a row that was there when the first page was
+//! read. The filter is built from fixed SQL fragments with numbered parameters; no value is ever spliced into
+//! the SQL text.
+
+use serde::Serialize;
+
+use crate::conn::{Conn, db_run};
+use crate::error::{StoreError, db};
+use crate::model::{AgentId, AgentKey, Env, NewRecord, Org, Project, Tenant, to_i64, to_u64};
+use crate::rows::Columns;
+
+/// Most rows one [`crate::Store::evidence`] page returns.
+pub const MAX_EVIDENCE_PAGE: u32 = 1000;
+
+/// Rows per multi-row `INSERT` (27 parameters each, far below either backend's parameter limit).
+const INSERT_CHUNK: usize = 64;
+
+/// What an indexed record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceClass {
+    /// A gate decision (`gate.decision`).
+    Decision,
+    /// An artifact record (`artifact.*`).
+    Artifact,
+}
+
+impl EvidenceClass {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvidenceClass::Decision => "decision",
+            EvidenceClass::Artifact => "artifact",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "decision" => Some(EvidenceClass::Decision),
+            "artifact" => Some(EvidenceClass::Artifact),
+            _ => None,
+        }
+    }
+}
+
+/// The indexed fields of one record. Decision fields are `None` on artifact rows and the other way round,
+/// except `verdict` and `policy_digest`, which an artifact row carries from its trace projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IndexFields {
+    /// The verdict enforced (a decision), or the trace's verdict (a trace artifact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The policy's own verdict before staging and simulation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_verdict: Option<String>,
+    /// Gait policy digest (64 hex) of the policy that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// Policy file name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+    /// Gait intent digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent_digest: Option<String>,
+    /// Trace id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The intent's tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// `enforce`, `observe` or `dry_run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Policy digest of the staged candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_digest: Option<String>,
+    /// `dry_run`: the candidate would have blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_have_blocked: Option<bool>,
+    /// `runpack`, `trace`, `regress_result` or `junit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_kind: Option<String>,
+    /// SHA-256 (64 hex) of the artifact file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size of the artifact file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The artifact's file name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    /// The artifact's `producer_version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer_version: Option<String>,
+    /// `verified`, `missing`, `skipped` or `not_applicable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_status: Option<String>,
+    /// A regress result's `pass` or `fail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regress_status: Option<String>,
+    /// The run ids an artifact concerns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub run_ids: Vec<String>,
+}
+
+/// The index entry of one record of a batch, by its seq; written only when that record is inserted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewIndexEntry {
+    /// The seq of the record in the batch.
+    pub seq: u64,
+    /// Decision or artifact.
+    pub class: EvidenceClass,
+    /// What is indexed.
+    pub fields: IndexFields,
+}
+
+/// One indexed record as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IndexedRecord {
+    /// Position in the index (the page cursor).
+    pub id: u64,
+    pub org: Org,
+    pub project: Project,
+    pub env: Env,
+    pub agent_id: AgentId,
+    /// The record's seq in the agent's stream.
+    pub seq: u64,
+    pub class: EvidenceClass,
+    /// The record kind.
+    pub kind: String,
+    /// When the aggregator committed it.
+    pub received_unix_ms: i64,
+    /// When the agent wrote it (the agent's clock).
+    pub created_unix_ms: i64,
+    #[serde(flatten)]
+    pub fields: IndexFields,
+}
+
+/// What to list: an org, optionally narrowed; every other field narrows further when set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvidenceFilter {
+    pub org: Org,
+    pub project: Option<Project>,
+    pub env: Option<Env>,
+    pub agent_id: Option<AgentId>,
+    pub class: Option<EvidenceClass>,
+    /// Record kind (`gate.decision`, `artifact.runpack`, …).
+    pub kind: Option<String>,
+    pub verdict: Option<String>,
+    pub stage: Option<String>,
+    pub policy_digest: Option<String>,
+    pub sha256: Option<String>,
+    pub run_id: Option<String>,
+    /// Received at or after (unix ms).
+    pub received_from_ms: Option<i64>,
+    /// Received before (unix ms).
+    pub received_to_ms: Option<i64>,
+    /// Only ids below this one (the previous page's last id).
+    pub before_id: Option<u64>,
+    /// Page size, 1..=[`MAX_EVIDENCE_PAGE`].
+    pub limit: u32,
+}
+
+impl EvidenceFilter {
+    /// Everything of `org`, newest first, `limit` at a time.
+    pub fn org(org: Org, limit: u32) -> Self {
+        Self {
+            org,
+            project: None,
+            env: None,
+            agent_id: None,
+            class: None,
+            kind: None,
+            verdict: None,
+            stage: None,
+            policy_digest: None,
+            sha256: None,
+            run_id: None,
+            received_from_ms: None,
+            received_to_ms: None,
+            before_id: None,
+            limit,
+        }
+    }
+
+    /// Everything of one environment.
+    pub fn tenant(tenant: &Tenant, limit: u32) -> Self {
+        Self {
+            project: Some(tenant.project.clone()),
+            env: Some(tenant.env.clone()),
+            ..Self::org(tenant.org.clone(), limit)
+        }
+    }
+}
+
+/// A bound parameter of a built statement.
+enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+}
+
+/// Writes the entries of the records just inserted (`inserted`, ascending by seq); entries of any other seq
+/// are dropped. Runs inside `commit_batch`'s transaction.
+pub(crate) async fn insert(
+    mut conn: Conn<'_>,
+    key: &AgentKey,
+    inserted: &[&NewRecord],
+    entries: &[NewIndexEntry],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    // SQLite gets anonymous `?` placeholders: with numbered ones sqlx looks each parameter up by name, a
+    // linear search in SQLite that makes binding quadratic in the statement size (see `sqlite::insert_records`).
+    let anonymous = matches!(conn, Conn::Sqlite(_));
+    let mut rows: Vec<(&NewRecord, &NewIndexEntry, Option<String>)> = Vec::new();
+    for entry in entries {
+        if let Ok(i) = inserted.binary_search_by_key(&entry.seq, |r| r.seq) {
+            let run_ids = if entry.fields.run_ids.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&entry.fields.run_ids).map_err(|e| {
+                    StoreError::invalid("evidence.run_ids", format!("not encodable: {e}"))
+                })?)
+            };
+            rows.push((inserted[i], entry, run_ids));
+        }
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO evidence_index (org, project, env, agent_id, seq, class, kind, received_unix_ms, \
+             created_unix_ms, verdict, policy_verdict, policy_digest, policy_name, intent_digest, trace_id, \
+             tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
+             file_name, producer_version, signature_status, regress_status, run_ids) VALUES ",
+        );
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 27);
+        for (n, (record, entry, run_ids)) in chunk.iter().enumerate() {
+            let f = &entry.fields;
+            let row = [
+                Arg::Text(Some(key.tenant.org.as_str())),
+                Arg::Text(Some(key.tenant.project.as_str())),
+                Arg::Text(Some(key.tenant.env.as_str())),
+                Arg::Text(Some(key.agent_id.as_str())),
+                Arg::Int(Some(to_i64("records.seq", record.seq)?)),
+                Arg::Text(Some(entry.class.as_str())),
+                Arg::Text(Some(record.kind.as_str())),
+                Arg::Int(Some(now_ms)),
+                Arg::Int(Some(record.created_unix_ms)),
+                Arg::Text(f.verdict.as_deref()),
+                Arg::Text(f.policy_verdict.as_deref()),
+                Arg::Text(f.policy_digest.as_deref()),
+                Arg::Text(f.policy_name.as_deref()),
+                Arg::Text(f.intent_digest.as_deref()),
+                Arg::Text(f.trace_id.as_deref()),
+                Arg::Text(f.tool_name.as_deref()),
+                Arg::Text(f.stage.as_deref()),
+                Arg::Text(f.candidate_digest.as_deref()),
+                Arg::Int(f.would_have_blocked.map(i64::from)),
+                Arg::Text(f.artifact_kind.as_deref()),
+                Arg::Text(f.sha256.as_deref()),
+                // A size past i64 cannot be a file the agent read; keep the row, not the number.
+                Arg::Int(f.size_bytes.and_then(|s| i64::try_from(s).ok())),
+                Arg::Text(f.file_name.as_deref()),
+                Arg::Text(f.producer_version.as_deref()),
+                Arg::Text(f.signature_status.as_deref()),
+                Arg::Text(f.regress_status.as_deref()),
+                Arg::Text(run_ids.as_deref()),
+            ];
+            sql.push_str(if n == 0 { "" } else { ", " });
+            push_row(&mut sql, anonymous, args.len(), row.len());
+            args.extend(row);
+        }
+        sql.push_str(" ON CONFLICT (org, project, env, agent_id, seq) DO NOTHING");
+        execute(conn.reborrow(), &sql, &args, "commit_batch: index evidence").await?;
+    }
+
+    let runs: Vec<(i64, &str)> = rows
+        .iter()
+        .flat_map(|(record, entry, _)| {
+            let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+            entry
+                .fields
+                .run_ids
+                .iter()
+                .map(move |run| (seq, run.as_str()))
+        })
+        .collect();
+    for chunk in runs.chunks(INSERT_CHUNK * 4) {
+        let mut sql = String::from(
+            "INSERT INTO evidence_run_ids (org, project, env, agent_id, seq, run_id) VALUES ",
+        );
+        let mut args = Vec::with_capacity(chunk.len() * 6);
+        for (n, (seq, run)) in chunk.iter().enumerate() {
+            sql.push_str(if n == 0 { "" } else { ", " });
+            push_row(&mut sql, anonymous, args.len(), 6);
+            args.extend([
+                Arg::Text(Some(key.tenant.org.as_str())),
+                Arg::Text(Some(key.tenant.project.as_str())),
+                Arg::Text(Some(key.tenant.env.as_str())),
+                Arg::Text(Some(key.agent_id.as_str())),
+                Arg::Int(Some(*seq)),
+                Arg::Text(Some(run)),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        execute(conn.reborrow(), &sql, &args, "commit_batch: index run ids").await?;
+    }
+    Ok(())
+}
+
+/// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
+/// `(?, ?, …)` when `anonymous` (SQLite), `($n, $n+1, …)` otherwise.
+fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
+    sql.push('(');
+    for i in 0..count {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        if anonymous {
+            sql.push('?');
+        } else {
+            sql.push('$');
+            sql.push_str(&(before + i + 1).to_string());
+        }
+    }
+    sql.push(')');
+}
+
+/// Runs a statement built here (fixed fragments and numbered parameters only) with its arguments.
+async fn execute<'a>(
+    mut conn: Conn<'_>,
+    sql: &'a str,
+    args: &'a [Arg<'a>],
+    op: &'static str,
+) -> Result<(), StoreError> {
+    db_run!(conn, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in args {
+            query = match arg {
+                Arg::Text(t) => query.bind(*t),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        query.execute(&mut *c).await.map_err(db(op))?;
+    });
+    Ok(())
+}
+
+/// One page of the index under `filter`, newest first.
+pub(crate) async fn page(
+    mut conn: Conn<'_>,
+    filter: &EvidenceFilter,
+) -> Result<Vec<IndexedRecord>, StoreError> {
+    if filter.limit == 0 || filter.limit > MAX_EVIDENCE_PAGE {
+        return Err(StoreError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_EVIDENCE_PAGE}"),
+        ));
+    }
+    let before = filter
+        .before_id
+        .map(|id| to_i64("before_id", id))
+        .transpose()?;
+    let mut sql = String::from(
+        "SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.class, e.kind, e.received_unix_ms, \
+         e.created_unix_ms, e.verdict, e.policy_verdict, e.policy_digest, e.policy_name, e.intent_digest, \
+         e.trace_id, e.tool_name, e.stage, e.candidate_digest, e.would_have_blocked, e.artifact_kind, e.sha256, \
+         e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids \
+         FROM evidence_index e WHERE e.org = $1",
+    );
+    let mut args = vec![Arg::Text(Some(filter.org.as_str()))];
+    fn text(v: &Option<String>) -> Option<Arg<'_>> {
+        v.as_deref().map(|s| Arg::Text(Some(s)))
+    }
+    let conditions: [(&str, Option<Arg<'_>>); 13] = [
+        (
+            " AND e.project = ?",
+            filter.project.as_ref().map(|p| Arg::Text(Some(p.as_str()))),
+        ),
+        (
+            " AND e.env = ?",
+            filter.env.as_ref().map(|e| Arg::Text(Some(e.as_str()))),
+        ),
+        (
+            " AND e.agent_id = ?",
+            filter
+                .agent_id
+                .as_ref()
+                .map(|a| Arg::Text(Some(a.as_str()))),
+        ),
+        (
+            " AND e.class = ?",
+            filter.class.map(|c| Arg::Text(Some(c.as_str()))),
+        ),
+        (" AND e.kind = ?", text(&filter.kind)),
+        (" AND e.verdict = ?", text(&filter.verdict)),
+        (" AND e.stage = ?", text(&filter.stage)),
+        (" AND e.policy_digest = ?", text(&filter.policy_digest)),
+        (" AND e.sha256 = ?", text(&filter.sha256)),
+        (
+            " AND EXISTS (SELECT 1 FROM evidence_run_ids r WHERE r.org = e.org AND r.project = e.project \
+             AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq AND r.run_id = ?)",
+            text(&filter.run_id),
+        ),
+        (
+            " AND e.received_unix_ms >= ?",
+            filter.received_from_ms.map(|t| Arg::Int(Some(t))),
+        ),
+        (
+            " AND e.received_unix_ms < ?",
+            filter.received_to_ms.map(|t| Arg::Int(Some(t))),
+        ),
+        (" AND e.id < ?", before.map(|b| Arg::Int(Some(b)))),
+    ];
+    let limit = [(
+        " ORDER BY e.id DESC LIMIT ?",
+        Some(Arg::Int(Some(i64::from(filter.limit)))),
+    )];
+    for (clause, arg) in conditions.into_iter().chain(limit) {
+        if let Some(arg) = arg {
+            args.push(arg);
+            // Each fragment holds one `?`, replaced by the number of the parameter just added.
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        }
+    }
+    db_run!(conn, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for arg in &args {
+            query = match arg {
+                Arg::Text(t) => query.bind(*t),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        let found = query
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("evidence index"))?;
+        found.iter().map(indexed_row).collect()
+    })
+}
+
+fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
+    const TABLE: &str = "evidence_index";
+    let corrupt = |column: &str, e: gait_identity::IdError| {
+        StoreError::corrupt(TABLE, format!("{column} is not a valid identifier: {e}"))
+    };
+    let class = row.text("class")?;
+    let run_ids = match row.opt_text("run_ids")? {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::corrupt(TABLE, format!("run_ids is not a JSON array: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(IndexedRecord {
+        id: to_u64(TABLE, "id", row.int("id")?)?,
+        org: Org::try_from(row.text("org")?).map_err(|e| corrupt("org", e))?,
+        project: Project::try_from(row.text("project")?).map_err(|e| corrupt("project", e))?,
+        env: Env::try_from(row.text("env")?).map_err(|e| corrupt("env", e))?,
+        agent_id: AgentId::try_from(row.text("agent_id")?).map_err(|e| corrupt("agent_id", e))?,
+        seq: to_u64(TABLE, "seq", row.int("seq")?)?,
+        class: EvidenceClass::parse(&class)
+            .ok_or_else(|| StoreError::corrupt(TABLE, format!("class is `{class}`")))?,
+        kind: row.text("kind")?,
+        received_unix_ms: row.int("received_unix_ms")?,
+        created_unix_ms: row.int("created_unix_ms")?,
+        fields: IndexFields {
+            verdict: row.opt_text("verdict")?,
+            policy_verdict: row.opt_text("policy_verdict")?,
+            policy_digest: row.opt_text("policy_digest")?,
+            policy_name: row.opt_text("policy_name")?,
+            intent_digest: row.opt_text("intent_digest")?,
+            trace_id: row.opt_text("trace_id")?,
+            tool_name: row.opt_text("tool_name")?,
+            stage: row.opt_text("stage")?,
+            candidate_digest: row.opt_text("candidate_digest")?,
+            would_have_blocked: row.opt_int("would_have_blocked")?.map(|b| b != 0),
+            artifact_kind: row.opt_text("artifact_kind")?,
+            sha256: row.opt_text("sha256")?,
+            size_bytes: row
+                .opt_int("size_bytes")?
+                .map(|s| to_u64(TABLE, "size_bytes", s))
+                .transpose()?,
+            file_name: row.opt_text("file_name")?,
+            producer_version: row.opt_text("producer_version")?,
+            signature_status: row.opt_text("signature_status")?,
+            regress_status: row.opt_text("regress_status")?,
+            run_ids,
+        },
+    })
+}
