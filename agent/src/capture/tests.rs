@@ -18,7 +18,7 @@ macro_rules! conformance {
     ($name:literal) => {
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/conformance/artifacts/",
+            "/../../shared/conformance/artifacts/",
             $name
         ))
     };

@@ -215,11 +215,11 @@ mod tests {
 
     const TRACE: &[u8] = include_bytes!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/conformance/artifacts/trace_endpoint_allow.json"
+        "/../../shared/conformance/artifacts/trace_endpoint_allow.json"
     ));
     const GAIT_PUBLIC_KEY: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/conformance/artifacts/gait_public.key"
+        "/../../shared/conformance/artifacts/gait_public.key"
     ));
 
     async fn state(dir: &std::path::Path) -> Arc<AgentState> {
