@@ -5,8 +5,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gait_bundle::{
-    BUNDLE_SCHEMA_ID, BundleBuilder, BundleError, MAX_BUNDLE_LEN, MAX_SAFE_INTEGER, OnStale, Scope,
-    Settings, Staleness, TrustRoot, inspect, verify,
+    BUNDLE_SCHEMA_ID, BundleBuilder, BundleError, CaptureMode, MAX_BUNDLE_LEN, MAX_SAFE_INTEGER,
+    OnStale, Scope, Settings, Staleness, TrustRoot, inspect, verify,
 };
 use gait_canon::sign::{SigningKey, sign_json};
 use serde_json::{Value, json};
@@ -333,6 +333,46 @@ fn manifest_key_id_must_name_the_signing_key() {
 }
 
 #[test]
+fn capture_mode_is_signed_and_omitted_at_reference() {
+    // `reference` (the default) leaves the manifest and its digest as they were before the field existed.
+    let plain = check(&bundle()).unwrap();
+    assert_eq!(plain.manifest.settings.capture_mode, CaptureMode::Reference);
+    let mut b = builder();
+    b.settings(Settings {
+        capture_mode: CaptureMode::Reference,
+        ..Settings::default()
+    });
+    let same = b.sign(&key()).unwrap();
+    assert!(doc(&same)["manifest"].get("settings").is_none());
+    assert_eq!(check(&same).unwrap().digest_hex, plain.digest_hex);
+
+    let mut b = builder();
+    b.settings(Settings {
+        capture_mode: CaptureMode::Raw,
+        ..Settings::default()
+    });
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    assert_eq!(v.manifest.settings.capture_mode, CaptureMode::Raw);
+    assert_eq!(
+        doc(&bytes)["manifest"]["settings"],
+        json!({"capture_mode": "raw"})
+    );
+    assert_ne!(v.digest_hex, plain.digest_hex, "the mode is signed");
+    // Turning raw capture on locally breaks the signature.
+    let mut forged = doc(&bundle());
+    forged["manifest"]["settings"] = json!({"capture_mode": "raw"});
+    assert!(matches!(
+        check(&bytes_of(&forged)),
+        Err(BundleError::BadSignature(_))
+    ));
+    // An unknown mode is refused like any malformed field.
+    let mut manifest = doc(&bytes)["manifest"].clone();
+    manifest["settings"]["capture_mode"] = json!("everything");
+    assert!(check(&resign(doc(&bytes), manifest, &key())).is_err());
+}
+
+#[test]
 fn settings_are_signed_and_omitted_while_default() {
     // Default settings leave the manifest (and so the digest of every bundle published before them) unchanged.
     let plain = doc(&bundle());
@@ -348,6 +388,7 @@ fn settings_are_signed_and_omitted_while_default() {
     let mut b = builder();
     b.settings(Settings {
         allow_caller_simulate: true,
+        ..Settings::default()
     });
     let bytes = b.sign(&key()).unwrap();
     let v = check(&bytes).unwrap();
