@@ -35,6 +35,7 @@ mod approvals;
 mod exchange;
 mod renew;
 mod session;
+mod trace_key;
 
 pub use session::announced_redial_window;
 
@@ -260,6 +261,7 @@ impl Daemon {
         .await?;
         state.set_certificate_validity(cert_validity.0, cert_validity.1);
         activation::restore_cached_bundle(&state).await;
+        trace_key::announce_at_start(&state).await;
 
         let listen = config.local_api.addr()?;
         let listener = tokio::net::TcpListener::bind(listen)

@@ -225,6 +225,9 @@ pub struct StatusReport {
     /// The active bundle's policies with their stage and staged candidate.
     #[serde(default)]
     pub policies: Vec<PolicyStatus>,
+    /// Key id of the key traces are signed with (announced to the aggregator as an `agent.trace_key` record).
+    #[serde(default)]
+    pub trace_key_id: String,
 }
 
 /// One policy of the active bundle as `gait-agent status` shows it.
@@ -555,6 +558,11 @@ impl AgentState {
         Ok(outcome)
     }
 
+    /// The agent database, for modules that own a table in it.
+    pub(crate) fn db(&self) -> &AgentDb {
+        &self.db
+    }
+
     /// Resolves when a producer appended a record since the last call (at most one stored wake-up).
     pub(crate) async fn records_appended(&self) {
         self.records_ready.notified().await;
@@ -727,6 +735,7 @@ impl AgentState {
                 .map(|a| a.bundle.manifest.settings.capture_mode)
                 .unwrap_or_default(),
             policies: active.as_deref().map(PolicyStatus::of).unwrap_or_default(),
+            trace_key_id: self.gate.key_id().to_owned(),
         }
         .with_readiness()
     }
@@ -863,6 +872,9 @@ impl StatusReport {
                     "reference (decision records carry digests only)",
             }
         );
+        if !self.trace_key_id.is_empty() {
+            let _ = writeln!(s, "trace key    {}", self.trace_key_id);
+        }
         for p in &self.policies {
             let _ = writeln!(
                 s,

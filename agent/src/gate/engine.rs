@@ -107,6 +107,11 @@ impl GateEngine {
         &self.key_id
     }
 
+    /// The public half of the trace signing key (what `gait trace verify --public-key` needs).
+    pub fn public_key(&self) -> gait_canon::sign::PublicKey {
+        self.key.public_key()
+    }
+
     /// Decides `raw` against the bundle policies `set` (none: fail-closed default), enforcing rate limits,
     /// the stage of the picked policy and staleness. Blocking: takes the rate-limit file lock and does file I/O.
     pub fn decide(
