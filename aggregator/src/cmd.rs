@@ -14,6 +14,7 @@ pub mod pki;
 pub mod publish;
 pub mod serve;
 pub mod table;
+pub mod trace_keys;
 
 use std::path::{Path, PathBuf};
 

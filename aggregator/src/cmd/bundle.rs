@@ -97,7 +97,7 @@ async fn export(args: ExportArgs, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("--out {} names no file", path.display()))?;

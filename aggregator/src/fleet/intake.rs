@@ -8,7 +8,7 @@
 
 use gait_store::{
     AgentKey, BatchOutcome, BundleReportRow, CertSerial, InstanceChange, NewAgentAlert,
-    NewApprovalRequest, NewRecord, Store, StoreError,
+    NewApprovalRequest, NewRecord, NewTraceKey, Store, StoreError,
 };
 
 use super::presence::Presence;
@@ -37,15 +37,17 @@ impl Intake {
 
     /// Commits one batch of `agent`'s records. When `requests` is not empty, the approval requests the batch
     /// raises commit in the same transaction (a request at a seq another instance holds raises nothing); the
-    /// second value is how many were raised now.
+    /// second value is how many were raised now. The verified trace key announcements of the batch
+    /// (`trace_keys`, see [`super::trace_keys`]) are registered in that transaction too.
     pub async fn commit_batch(
         &self,
         agent: &AgentKey,
         rows: &[NewRecord],
         requests: &[NewApprovalRequest],
+        trace_keys: &[NewTraceKey],
         now_ms: i64,
     ) -> Result<(BatchOutcome, u64), StoreError> {
-        if requests.is_empty() {
+        if requests.is_empty() && trace_keys.is_empty() {
             return Ok((self.store.commit_batch(agent, rows, now_ms).await?, 0));
         }
         self.store
@@ -59,6 +61,7 @@ impl Intake {
                         raised += 1;
                     }
                 }
+                super::trace_keys::register(tx, agent, &outcome, trace_keys, now_ms).await?;
                 Ok::<_, StoreError>((outcome, raised))
             })
             .await
