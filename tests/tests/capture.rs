@@ -275,9 +275,7 @@ fn trace_keys_export_verifies_the_fleets_traces_across_a_rotation() -> anyhow::R
         .find(|k| k["key_id"] == second_id.as_str())
         .context("new key listed")?;
     ensure!(rotated["replaces"] == first_id.as_str(), "{listed:?}");
-    let (status, one) = agg.get(&format!(
-        "/v1/orgs/acme/projects/web/envs/prod/agents/edge/trace-keys"
-    ))?;
+    let (status, one) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/edge/trace-keys")?;
     ensure!(
         status == 200 && one["trace_keys"].as_array().map(Vec::len) == Some(2),
         "{one}"
