@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, http_json, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, hermetic, http_json, wait_for};
 use serde_json::{Value, json};
 
 const TRACE_KEYS: &str = "/v1/orgs/acme/projects/web/envs/prod/trace-keys";
@@ -72,6 +72,15 @@ fn status_cli(agent: &Agent) -> anyhow::Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("status --json: {}", stderr(&out)))
 }
 
+/// `gait-agent status --api ADDR` as text.
+fn status_text(agent: &Agent) -> anyhow::Result<String> {
+    let out = hermetic("gait-agent")
+        .args(["status", "--api"])
+        .arg(agent.api.to_string())
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The committed `gate.decision` record of the decision whose trace is `trace_id`, once it arrived.
 fn decision_record(agg: &Aggregator, agent: &Agent, trace_id: &str) -> anyhow::Result<Value> {
     wait_for(PATIENCE, "the decision record at the aggregator", || {
@@ -87,7 +96,22 @@ fn decision_record(agg: &Aggregator, agent: &Agent, trace_id: &str) -> anyhow::R
 fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
-    publish(&agg, tmp.path(), &["--capture-mode", "raw"])?;
+    // Raw capture, and a candidate observed beside the policy.
+    let candidate = tmp.path().join("base.next.yaml");
+    std::fs::write(&candidate, POLICY_V2)?;
+    let candidate = candidate.to_string_lossy().into_owned();
+    publish(
+        &agg,
+        tmp.path(),
+        &[
+            "--capture-mode",
+            "raw",
+            "--candidate",
+            &candidate,
+            "--stage",
+            "observe",
+        ],
+    )?;
     let (_, latest) = agg.get("/v1/orgs/acme/projects/web/envs/prod/bundles/latest")?;
     ensure!(
         latest["manifest"]["settings"] == json!({"capture_mode": "raw"}),
@@ -99,13 +123,14 @@ fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> any
 
     let status = status_cli(&agent)?;
     ensure!(status["capture_mode"] == "raw", "{status}");
+    let policy = &status["policies"][0];
     ensure!(
-        status["policies"]
-            == json!([{"name": "base.yaml", "stage": "enforce",
-            "digest": status["policies"][0]["digest"].clone()}])
-            && status["policies"][0]["digest"]
-                .as_str()
-                .is_some_and(|d| d.len() == 64),
+        status["policies"].as_array().map(Vec::len) == Some(1)
+            && policy["name"] == "base.yaml"
+            && policy["stage"] == "observe"
+            && policy["candidate"] == "base.next.yaml"
+            && policy["digest"].as_str().is_some_and(|d| d.len() == 64)
+            && policy.get("error").is_none(),
         "{status}"
     );
     ensure!(
@@ -118,6 +143,23 @@ fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> any
     // Spaces and case are normalized away in what is captured; its digest is the decision's intent digest.
     let answer = evaluate(&agent, &intent(" /srv/app/report.txt "))?;
     ensure!(answer["verdict"] == "allow", "{answer}");
+    // The candidate digest status shows is the one decisions record.
+    ensure!(
+        answer["stage"]["candidate_digest"] == policy["candidate_digest"]
+            && policy["candidate_digest"]
+                .as_str()
+                .is_some_and(|d| d.len() == 64),
+        "{answer} vs {status}"
+    );
+    let text = status_text(&agent)?;
+    let digest = policy["candidate_digest"].as_str().unwrap_or_default();
+    ensure!(
+        text.contains("capture      raw")
+            && text.contains(&format!(
+                "policy       base.yaml observe candidate base.next.yaml digest {digest}"
+            )),
+        "{text}"
+    );
     let record = decision_record(
         &agg,
         &agent,
