@@ -180,6 +180,28 @@ fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> any
         "the captured intent hashes to the decision's intent digest: {digest} vs {payload}"
     );
 
+    // An intent too large to capture is decided and recorded with its digest and `intent_truncated`.
+    let mut huge = intent("/srv/app/report.txt");
+    huge["args"]["blob"] = Value::String("x".repeat(300 * 1024));
+    let answer = evaluate(&agent, &huge)?;
+    ensure!(
+        answer["verdict"] == "allow" && answer["record_seq"].is_u64(),
+        "{answer}"
+    );
+    let record = decision_record(
+        &agg,
+        &agent,
+        answer["trace_id"].as_str().context("trace id")?,
+    )?;
+    let payload = &record["payload"];
+    ensure!(
+        payload["intent_truncated"] == true
+            && payload.get("normalized_intent").is_none()
+            && payload["intent_digest"] == answer["intent_digest"],
+        "{}",
+        payload.to_string().chars().take(2000).collect::<String>()
+    );
+
     // The next bundle says reference: records carry digests only, and status says so.
     publish(&agg, tmp.path(), &[])?;
     agent.wait_active_epoch(2, "reference bundle active")?;

@@ -167,7 +167,9 @@ mod tests {
             .into_iter()
             .filter(|r| r.kind == TRACE_KEY_KIND)
             .map(|r| {
+                // Status records are never shed under quota (only `allow` ones are).
                 assert_eq!(r.class, RecordClass::Status);
+                assert!(!r.class.is_sheddable());
                 serde_json::from_slice(&r.payload).expect("payload")
             })
             .collect()
