@@ -223,6 +223,23 @@ fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> any
         payload["intent_digest"] == answer["intent_digest"],
         "{payload}"
     );
+    // Each activation's status record says which capture mode it brought.
+    let applied: Vec<(u64, String)> = agg
+        .records("acme", "web", "prod", &agent.id)?
+        .into_iter()
+        .filter(|r| r["kind"] == "bundle.applied")
+        .map(|r| {
+            let p = &r["payload"];
+            (
+                p["epoch"].as_u64().unwrap_or(0),
+                p["capture_mode"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        applied == [(1, "raw".to_owned()), (2, "reference".to_owned())],
+        "{applied:?}"
+    );
     Ok(())
 }
 
