@@ -386,7 +386,7 @@ fn trace_keys_export_verifies_the_fleets_traces_across_a_rotation() -> anyhow::R
     })
     .with_context(|| agent.log())?;
     let announcements = agg
-        .records("acme", "web", "prod", "edge")?
+        .all_records("acme", "web", "prod", "edge")?
         .into_iter()
         .filter(|r| r["kind"] == "agent.trace_key")
         .count();

@@ -136,10 +136,19 @@ pub async fn register(
         if outcome.conflict_seqs.contains(&key.record_seq) {
             continue;
         }
-        if tx.register_trace_key(agent, key, now_ms).await? {
-            tracing::info!(%agent, key_id = %key.key_id, replaces = key.replaces.as_deref().unwrap_or(""),
-                cert_serial = %key.cert_serial, "trace key registered");
-            added += 1;
+        match tx.register_trace_key(agent, key, now_ms).await {
+            Ok(true) => {
+                tracing::info!(%agent, key_id = %key.key_id, replaces = key.replaces.as_deref().unwrap_or(""),
+                    cert_serial = %key.cert_serial, "trace key registered");
+                added += 1;
+            }
+            Ok(false) => {}
+            // The store checks its input before any SQL runs, so the transaction is intact: an announcement the
+            // store will not hold must not stop the agent's record stream (verification above rules this out).
+            Err(error @ StoreError::InvalidInput { .. }) => {
+                tracing::warn!(%agent, %error, seq = key.record_seq, "trace key not registered");
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(added)
