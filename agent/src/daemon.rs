@@ -35,6 +35,7 @@ mod approvals;
 mod exchange;
 mod renew;
 mod session;
+mod trace_key;
 mod upload;
 
 pub use session::announced_redial_window;
@@ -266,6 +267,7 @@ impl Daemon {
         state.attach_trace_keys(Arc::new(trace_keys));
         state.set_tls_files(config.tls.cert.clone(), config.tls.key.clone());
         activation::restore_cached_bundle(&state).await;
+        trace_key::announce_at_start(&state).await;
 
         let listen = config.local_api.addr()?;
         let listener = tokio::net::TcpListener::bind(listen)

@@ -12,6 +12,7 @@
 //! `local_api -> gate`; this module imports neither of them nor `daemon`.
 
 pub mod approvals;
+pub mod capture;
 pub mod engine;
 pub mod files;
 pub mod pipeline;

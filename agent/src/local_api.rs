@@ -614,6 +614,7 @@ async fn post_evaluate(
         policy: query.policy,
         simulate: query.simulate,
         tokens,
+        ..GateRequest::default()
     };
     let requested_by = attribution(peer.as_deref(), &headers);
     match evaluate::evaluate_intent(&state, request, requested_by).await {

@@ -218,6 +218,76 @@ pub struct StatusReport {
     /// Conditions an operator should act on that do not stop decisions (a certificate close to expiry).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// What decision records carry of each intent, as the active bundle says (`reference` without a bundle):
+    /// `raw` means they carry the normalized intent, i.e. the content of every call leaves this host.
+    #[serde(default)]
+    pub capture_mode: gait_bundle::CaptureMode,
+    /// The active bundle's policies with their stage and staged candidate.
+    #[serde(default)]
+    pub policies: Vec<PolicyStatus>,
+    /// Key id of the key traces are signed with (announced to the aggregator as an `agent.trace_key` record).
+    #[serde(default)]
+    pub trace_key_id: String,
+}
+
+/// One policy of the active bundle as `gait-agent status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Policy file name (`?policy=` of a decision).
+    pub name: String,
+    /// Its Gait policy digest (empty when the file does not parse; see `error`).
+    pub digest: String,
+    /// `enforce`, `observe` or `dry_run`.
+    pub stage: gait_bundle::Stage,
+    /// File name of the staged candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// Gait policy digest of the candidate (as on decision records' `stage.candidate_digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_digest: Option<String>,
+    /// Why the policy or its candidate cannot be used (decisions naming it fail, or it decides alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PolicyStatus {
+    /// The status of every policy of `active`, in manifest order.
+    fn of(active: &ActiveBundle) -> Vec<PolicyStatus> {
+        active
+            .bundle
+            .manifest
+            .policies
+            .iter()
+            .map(|entry| {
+                let prepared = active.policies.get(&entry.name);
+                let (digest, mut error) = match prepared {
+                    Some(Ok(p)) => (p.digest.clone(), None),
+                    Some(Err(e)) => (String::new(), Some(e.clone())),
+                    None => (String::new(), Some("not prepared".to_owned())),
+                };
+                let candidate = prepared
+                    .and_then(|p| p.as_ref().ok())
+                    .and_then(|p| p.staged.as_ref())
+                    .map(|s| &s.candidate);
+                let candidate_digest = match candidate {
+                    Some(Ok(c)) => Some(c.digest.clone()),
+                    Some(Err(e)) => {
+                        error.get_or_insert_with(|| e.clone());
+                        None
+                    }
+                    None => None,
+                };
+                PolicyStatus {
+                    name: entry.name.clone(),
+                    digest,
+                    stage: entry.stage,
+                    candidate: entry.candidate.as_ref().map(|c| c.name.clone()),
+                    candidate_digest,
+                    error,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The agent certificate as `gait-agent status` shows it.
@@ -691,6 +761,12 @@ impl AgentState {
                 now_ms / 1000,
             )),
             warnings: Vec::new(),
+            capture_mode: active
+                .as_ref()
+                .map(|a| a.bundle.manifest.settings.capture_mode)
+                .unwrap_or_default(),
+            policies: active.as_deref().map(PolicyStatus::of).unwrap_or_default(),
+            trace_key_id: self.gate.key_id().to_owned(),
         }
         .with_readiness()
     }
@@ -817,6 +893,35 @@ impl StatusReport {
         };
         let _ = writeln!(s, "active       {}", bundle(&self.active_bundle));
         let _ = writeln!(s, "received     {}", bundle(&self.received_bundle));
+        let _ = writeln!(
+            s,
+            "capture      {}",
+            match self.capture_mode {
+                gait_bundle::CaptureMode::Raw =>
+                    "raw (decision records carry the normalized intent of every call)",
+                gait_bundle::CaptureMode::Reference =>
+                    "reference (decision records carry digests only)",
+            }
+        );
+        if !self.trace_key_id.is_empty() {
+            let _ = writeln!(s, "trace key    {}", self.trace_key_id);
+        }
+        for p in &self.policies {
+            let _ = writeln!(
+                s,
+                "policy       {} {}{}{}",
+                p.name,
+                p.stage,
+                match (&p.candidate, &p.candidate_digest) {
+                    (Some(name), Some(digest)) => format!(" candidate {name} digest {digest}"),
+                    (Some(name), None) => format!(" candidate {name}"),
+                    _ => String::new(),
+                },
+                p.error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!(" (error: {e})"))
+            );
+        }
         if let Some(r) = &self.last_refusal {
             let _ = writeln!(
                 s,

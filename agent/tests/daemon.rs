@@ -500,6 +500,10 @@ impl Fixture {
 }
 
 /// Starts the real agent daemon with `config`.
+/// Seq of the first record a fresh agent writes itself: the announcement of its trace key (`agent.trace_key`),
+/// ahead of any producer's record.
+const ANNOUNCED: u64 = 1;
+
 async fn start_agent(config: Config) -> Result<RunningAgent> {
     Ok(RunningAgent::start(config, AGENT_GRACE).await?)
 }
@@ -643,16 +647,23 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
         let (code, body) = agent
             .post_record(&json!({"class": class, "kind": "app.decision", "payload": {"n": n}}))
             .await?;
-        assert_eq!((code, body["seq"].as_u64()), (200, Some(n)), "{body}");
+        assert_eq!(
+            (code, body["seq"].as_u64()),
+            (200, Some(ANNOUNCED + n)),
+            "{body}"
+        );
     }
     wait_until("the peer received all three records", || {
         let seen = first.seen();
-        (1..=3).all(|s| seen.contains(&s))
+        (1..=ANNOUNCED + 3).all(|s| seen.contains(&s))
     })
     .await?;
     // Sent but never acknowledged: nothing may be deleted.
     let status = agent.status().await?;
-    assert_eq!((status.outbox.depth, status.outbox.acked_through), (3, 0));
+    assert_eq!(
+        (status.outbox.depth, status.outbox.acked_through),
+        (ANNOUNCED + 3, 0)
+    );
 
     // The aggregator dies before acking. Once the agent has seen the connection end, no answer to those
     // batches can still arrive: the records must all still be there.
@@ -660,7 +671,7 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
     let status = agent.wait_status("disconnect", |s| !s.connected).await?;
     assert_eq!(
         (status.outbox.depth, status.outbox.acked_through),
-        (3, 0),
+        (ANNOUNCED + 3, 0),
         "records were deleted without an ack"
     );
     // A new aggregator (empty store) comes up on the same address.
@@ -671,14 +682,15 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
             s.connected && s.outbox.depth == 0
         })
         .await?;
-    assert_eq!(status.outbox.acked_through, 3);
+    assert_eq!(status.outbox.acked_through, ANNOUNCED + 3);
     assert!(status.reconnects >= 1);
 
     let records = second.committed_records();
     assert_eq!(
         records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3]
+        (1..=ANNOUNCED + 3).collect::<Vec<_>>()
     );
+    assert_eq!(records[0].kind, "agent.trace_key");
     let mut prev = GENESIS_HASH;
     for r in &records {
         assert!(r.verify_hash(), "record {} hash", r.seq);
@@ -686,7 +698,7 @@ async fn records_are_deleted_only_after_the_ack_and_are_resent_after_the_peer_re
         prev = r.hash;
     }
     // The producer's payload, plus who appended it (TCP, with the agent's token).
-    let payload = payload_of(&records[1])?;
+    let payload = payload_of(&records[ANNOUNCED as usize + 1])?;
     assert_eq!(payload["n"], json!(2));
     assert_eq!(payload["appended_by"]["transport"], json!("tcp"));
     assert!(second.hello_count() >= 1);
@@ -714,8 +726,11 @@ async fn records_the_aggregator_committed_before_dying_are_acked_by_welcome_not_
             .await?;
         assert_eq!(code, 200);
     }
-    wait_until("both records committed", || data.committed_head().0 == 2).await?;
-    assert_eq!(agent.status().await?.outbox.depth, 2);
+    wait_until("both records committed", || {
+        data.committed_head().0 == ANNOUNCED + 2
+    })
+    .await?;
+    assert_eq!(agent.status().await?.outbox.depth, ANNOUNCED + 2);
 
     // Same store, new process: its Welcome says seq 2 is committed.
     peer.stop().await;
@@ -726,7 +741,7 @@ async fn records_the_aggregator_committed_before_dying_are_acked_by_welcome_not_
             s.connected && s.outbox.depth == 0
         })
         .await?;
-    assert_eq!(status.outbox.acked_through, 2);
+    assert_eq!(status.outbox.acked_through, ANNOUNCED + 2);
 
     // Shipping continues after the acknowledged head. The agent takes acks in order, so once record 3 is
     // acknowledged every batch it sent on this connection was answered, hence received: a resent 1 or 2
@@ -735,16 +750,17 @@ async fn records_the_aggregator_committed_before_dying_are_acked_by_welcome_not_
     let (_, body) = agent
         .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {}}))
         .await?;
-    assert_eq!(body["seq"], json!(3));
-    wait_until("record 3 committed", || data.committed_head().0 == 3).await?;
+    let third = ANNOUNCED + 3;
+    assert_eq!(body["seq"], json!(third));
+    wait_until("record 3 committed", || data.committed_head().0 == third).await?;
     agent
         .wait_status("record 3 acknowledged", |s| {
-            s.outbox.acked_through == 3 && s.outbox.depth == 0
+            s.outbox.acked_through == third && s.outbox.depth == 0
         })
         .await?;
     let seen = data.seen();
     assert!(
-        seen.contains(&3) && seen.iter().all(|&s| s > 2),
+        seen.contains(&third) && seen.iter().all(|&s| s > third - 1),
         "records were resent: {seen:?}"
     );
 
@@ -795,14 +811,17 @@ async fn local_api_names_the_bad_field_and_answers_507_when_the_outbox_is_full()
         assert_eq!(answer["error"]["code"], json!("bad_request"));
     }
 
-    // Soft quota 1 record, hard ceiling 2: an allow record is shed, a block record refused with 507.
+    // Soft quota 1 record, hard ceiling 2: the trace key announcement (seq 1) fills the soft quota, so a block
+    // record is still taken, an allow record is shed, and a block record past the ceiling refused with 507.
     let block = json!({"class": "block", "kind": "app.decision", "payload": {}});
-    assert_eq!(agent.post_record(&block).await?.1, json!({"seq": 1}));
+    assert_eq!(
+        agent.post_record(&block).await?.1,
+        json!({"seq": ANNOUNCED + 1})
+    );
     let (code, answer) = agent
         .post_record(&json!({"class": "allow", "kind": "app.decision", "payload": {}}))
         .await?;
     assert_eq!((code, answer), (200, json!({"shed": true})));
-    assert_eq!(agent.post_record(&block).await?.1, json!({"seq": 2}));
     let (code, answer) = agent.post_record(&block).await?;
     assert_eq!(code, 507, "{answer}");
     assert_eq!(answer["error"]["code"], json!("outbox_full"));
@@ -855,7 +874,7 @@ async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records
             .await?;
         assert_eq!(
             (code, body["seq"].as_u64()),
-            (200, Some(n as u64 + 1)),
+            (200, Some(ANNOUNCED + n as u64 + 1)),
             "{body}"
         );
     }
@@ -876,20 +895,21 @@ async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records
             s.outbox.depth == 0 && s.outbox.quarantined == 1
         })
         .await?;
-    assert_eq!(status.outbox.acked_through, 4);
+    assert_eq!(status.outbox.acked_through, ANNOUNCED + 4);
     let committed = data.committed_records();
+    let a = ANNOUNCED;
     assert_eq!(
         committed.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![1, 3, 4]
+        (1..=a).chain([a + 1, a + 3, a + 4]).collect::<Vec<_>>()
     );
-    assert_eq!(data.refused_seqs(), vec![2]);
+    assert_eq!(data.refused_seqs(), vec![a + 2]);
 
     // The stream goes on after the refusal.
     let (code, body) = agent
         .post_record(&json!({"class": "block", "kind": "app.decision", "payload": {"n": 5}}))
         .await?;
-    assert_eq!((code, body["seq"].as_u64()), (200, Some(5)), "{body}");
-    wait_until("record 5 committed", || data.committed_head().0 == 5).await?;
+    assert_eq!((code, body["seq"].as_u64()), (200, Some(a + 5)), "{body}");
+    wait_until("record 5 committed", || data.committed_head().0 == a + 5).await?;
     assert!(agent.stop().await?.shutdown.clean);
     peer.stop().await;
 
@@ -899,13 +919,14 @@ async fn a_record_the_aggregator_refuses_for_good_is_quarantined_and_the_records
     assert_eq!((stats.held, stats.total, stats.dropped), (1, 1, 0));
     assert_eq!(held.len(), 1);
     let poison = &held[0];
-    assert_eq!(poison.record.seq, 2);
+    assert_eq!(poison.record.seq, a + 2);
     assert_eq!(poison.record.kind, "test.poison");
     assert_eq!(poison.code, "record_store_refused");
     assert!(poison.record.verify_hash());
     let committed = data.committed_records();
-    assert_eq!(committed[0].hash, poison.record.prev_hash);
-    assert_eq!(committed[1].prev_hash, poison.record.hash);
+    let before = ANNOUNCED as usize;
+    assert_eq!(committed[before].hash, poison.record.prev_hash);
+    assert_eq!(committed[before + 1].prev_hash, poison.record.hash);
     for r in &committed {
         assert!(r.verify_hash(), "record {} hash", r.seq);
     }

@@ -30,6 +30,7 @@ mod evidence;
 mod health;
 mod join_tokens;
 mod records;
+mod trace_keys;
 
 pub use auth::ScopeFrom;
 pub use bundles::PublishBody;
@@ -185,6 +186,24 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 Env,
             ),
             get(records::agent_gaps),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/trace-keys",
+                P::AgentRead,
+                Env,
+            ),
+            get(trace_keys::env_trace_keys),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/trace-keys",
+                P::AgentRead,
+                Env,
+            ),
+            get(trace_keys::agent_trace_keys),
         ),
         (
             e(Method::GET, "/v1/access/bindings", P::BindingRead, Request),

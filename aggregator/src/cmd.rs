@@ -18,6 +18,7 @@ pub mod publish;
 pub mod records;
 pub mod serve;
 pub mod table;
+pub mod trace_keys;
 
 use std::path::{Path, PathBuf};
 

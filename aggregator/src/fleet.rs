@@ -1,7 +1,8 @@
 //! What the aggregator knows about its agents: which are connected and when each was last seen
 //! ([`presence`]), what agents write through the QUIC edge ([`intake::Intake`]), and the reads operators make
 //! of it through [`Fleet`] — the inventory with its health
-//! ([`inventory`]), identity alerts, and what each agent shipped (records and gaps).
+//! ([`inventory`]), identity alerts, what each agent shipped (records and gaps), and the trace keys agents
+//! announced ([`trace_keys`]).
 //!
 //! Every read takes the caller's [`Authorized`] over the tenancy it reads (an org for the inventory, an
 //! environment for the rest), so no query runs for a tenant the caller was not granted: the compiler checks
@@ -11,6 +12,7 @@ pub mod intake;
 pub mod inventory;
 pub mod offline;
 pub mod presence;
+pub mod trace_keys;
 
 use gait_store::{
     AgentAlert, AgentId, AgentKey, GapRow, MAX_ALERTS_PAGE, Org, Store, StoreError, StoredRecord,

@@ -71,6 +71,10 @@ enum Command {
     /// List an environment's agent identity alerts (a second live instance of one certificate refused, a new
     /// instance behind what the aggregator holds) through the HTTP API, newest first.
     Alerts(cmd::alerts::AlertsArgs),
+    /// List the trace keys an environment's agents announced (each bound to the certificate that delivered it)
+    /// through the HTTP API; `--out DIR` writes each as a Gait public key file `DIR/<key_id>.key`.
+    #[command(name = "trace-keys")]
+    TraceKeys(cmd::trace_keys::TraceKeysArgs),
     /// Who may do what: list, grant and revoke role bindings (user or IdP group, role, org/project/env scope)
     /// through the HTTP API. The config file's auth.bindings are applied at every start.
     #[command(subcommand)]
@@ -202,6 +206,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Publish(args) => cmd::publish::publish(args, load()?).await,
         Command::Agents(args) => cmd::agents::agents(args, load()?).await,
         Command::Alerts(args) => cmd::alerts::alerts(args, load()?).await,
+        Command::TraceKeys(args) => cmd::trace_keys::trace_keys(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,

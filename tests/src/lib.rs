@@ -434,8 +434,23 @@ impl Aggregator {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Every committed record of one agent.
+    /// Every committed record of one agent but its trace key announcements (`agent.trace_key`, which every
+    /// agent writes first at its first start and after a key rotation): the records its producers and decisions
+    /// wrote. [`Aggregator::all_records`] includes them.
     pub fn records(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        agent: &str,
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut all = self.all_records(org, project, env, agent)?;
+        all.retain(|r| r["kind"] != "agent.trace_key");
+        Ok(all)
+    }
+
+    /// Every committed record of one agent.
+    pub fn all_records(
         &self,
         org: &str,
         project: &str,

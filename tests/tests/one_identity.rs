@@ -27,6 +27,8 @@ const ORG: &str = "acme";
 const PROJECT: &str = "web";
 const ENV: &str = "prod";
 const AGENT: &str = "edge";
+/// Records every fresh data directory writes first: the announcement of its trace key (seq 1).
+const ANNOUNCED: u64 = 1;
 
 fn stored(agg: &Aggregator) -> Vec<Value> {
     agg.records(ORG, PROJECT, ENV, AGENT).unwrap_or_default()
@@ -98,7 +100,7 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         .map(|n| append(&second, 100 + n))
         .collect::<anyhow::Result<_>>()?;
     ensure!(
-        second_seqs == [1, 2, 3],
+        second_seqs == [ANNOUNCED + 1, ANNOUNCED + 2, ANNOUNCED + 3],
         "second outbox seqs {second_seqs:?}"
     );
 
@@ -120,7 +122,7 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         (first.status().ok()?["outbox"]["depth"] == 0).then_some(())
     })?;
     ensure!(
-        second.status()?["outbox"]["depth"] == 3,
+        second.status()?["outbox"]["depth"] == ANNOUNCED + 3,
         "the refused agent lost records"
     );
 
@@ -188,17 +190,21 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // 2. The first agent goes away; the second data directory (seqs 1..3 of its own) takes the identity.
+    // 2. The first agent goes away; the second data directory (its announcement and seqs 2..4 of its own) takes
+    // the identity.
     second.stop();
     first.stop();
     second.start()?;
     wait_for(PATIENCE, "conflicting records quarantined", || {
         let s = second.status().ok()?;
-        (s["outbox"]["quarantined"] == 3 && s["outbox"]["depth"] == 0).then_some(())
+        (s["outbox"]["quarantined"] == ANNOUNCED + 3 && s["outbox"]["depth"] == 0).then_some(())
     })
     .with_context(|| format!("{}\n{}", second.log(), agg.log()))?;
     let status = second.status()?;
-    ensure!(status["outbox"]["conflicts"] == 3, "status: {status}");
+    ensure!(
+        status["outbox"]["conflicts"] == ANNOUNCED + 3,
+        "status: {status}"
+    );
     ensure!(
         second
             .log()
@@ -214,12 +220,16 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         "the second agent continued after the head",
         || {
             let s = second.status().ok()?;
-            (s["connected"] == true && s["outbox"]["last_seq"].as_u64()? >= 10).then_some(())
+            (s["connected"] == true && s["outbox"]["last_seq"].as_u64()? >= ANNOUNCED + 10)
+                .then_some(())
         },
     )
     .with_context(|| second.log())?;
     let after = append(&second, 200)?;
-    ensure!(after > 10, "the second agent reused seq {after}");
+    ensure!(
+        after > ANNOUNCED + 10,
+        "the second agent reused seq {after}"
+    );
     wait_for(PATIENCE, "the second agent's new record stored", || {
         stored(&agg)
             .iter()
@@ -230,7 +240,7 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
     let now = stored(&agg);
     ensure!(
         now.iter()
-            .filter(|r| r["seq"].as_u64().is_some_and(|s| s <= 10))
+            .filter(|r| r["seq"].as_u64().is_some_and(|s| s <= ANNOUNCED + 10))
             .all(|r| r["payload"]["from"] == json!(first.dir)),
         "a record of the first agent was replaced"
     );
@@ -255,7 +265,7 @@ fn a_second_instance_of_one_identity_is_refused_and_nothing_acknowledged_is_lost
         .context("agent listed")?;
     let second_instance = std::fs::read_to_string(second.dir.join("data").join("instance_id"))?;
     ensure!(
-        row["conflict_count"] == 3 && row["instance_id"] == second_instance.trim(),
+        row["conflict_count"] == ANNOUNCED + 3 && row["instance_id"] == second_instance.trim(),
         "agents view: {row}"
     );
     Ok(())

@@ -139,6 +139,7 @@ async fn store_and_activate(
         Err(e) => return Err((CODE_STORAGE, e.to_string())),
     };
     let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
+    let capture_mode = bundle.manifest.settings.capture_mode;
     let active = Arc::new(ActiveBundle::new(bundle, since));
     let applied_ref = active.bundle_ref();
     state.set_active(Some(active));
@@ -158,6 +159,7 @@ async fn store_and_activate(
         "since_unix_ms": since,
         "previous_epoch": current_epoch,
         "source": source,
+        "capture_mode": capture_mode,
     });
     append_status(state, "bundle.applied", &payload).await;
     Ok(Applied {
@@ -469,6 +471,7 @@ fn finish_interrupted_activation(
                 "finished a bundle activation interrupted by a restart"
             );
             state.set_received(Some(activated.bundle_ref()));
+            let capture_mode = bundle.manifest.settings.capture_mode;
             state.set_active(Some(Arc::new(ActiveBundle::new(bundle, since))));
             Some(json!({
                 "epoch": received.epoch,
@@ -477,6 +480,7 @@ fn finish_interrupted_activation(
                 "message": null,
                 "since_unix_ms": since,
                 "previous_epoch": active_epoch,
+                "capture_mode": capture_mode,
             }))
         }
         Err(e) => {

@@ -107,6 +107,11 @@ impl GateEngine {
         &self.key_id
     }
 
+    /// The public half of the trace signing key (what `gait trace verify --public-key` needs).
+    pub fn public_key(&self) -> gait_canon::sign::PublicKey {
+        self.key.public_key()
+    }
+
     /// Decides `raw` against the bundle policies `set` (none: fail-closed default), enforcing rate limits,
     /// the stage of the picked policy and staleness. Blocking: takes the rate-limit file lock and does file I/O.
     pub fn decide(
@@ -117,7 +122,7 @@ impl GateEngine {
         req: &GateRequest,
     ) -> Result<LocalDecision, DecisionError> {
         let Some(set) = set else {
-            return Ok(no_policy_decision(raw));
+            return Ok(no_policy_decision(raw, req.capture));
         };
         let prepared = set.pick(req.policy.as_deref()).map_err(|e| {
             if e.is_bad_request() {
@@ -205,6 +210,8 @@ impl GateEngine {
                     stage: stage_report,
                     approval_audit: Vec::new(),
                     delegation_audit: Vec::new(),
+                    // The intent did not normalize: there is no normalized form to capture.
+                    normalized_intent: None,
                 })
             }
             PolicyRun::Evaluated {
@@ -229,6 +236,8 @@ impl GateEngine {
                     crate::clock::now_go(),
                 );
                 let trace = gait_artifact::trace::sign_trace(record, &self.key);
+                let normalized_intent = (req.capture == gait_bundle::CaptureMode::Raw)
+                    .then(|| evaluated.intent.digest_payload());
                 // Still waiting for approval (no valid token presented, not simulated away): ask upstream.
                 let ask = (evaluated.decision.verdict == Verdict::RequireApproval
                     && enforced_verdict == Verdict::RequireApproval)
@@ -255,6 +264,7 @@ impl GateEngine {
                     stage: stage_report,
                     approval_audit,
                     delegation_audit,
+                    normalized_intent,
                 })
             }
         }
@@ -426,6 +436,9 @@ pub struct GateRequest {
     pub simulate: bool,
     /// Approval and delegation tokens presented with the intent.
     pub tokens: PresentedTokens,
+    /// The environment's capture mode: `raw` makes the decision carry the normalized intent
+    /// ([`LocalDecision::normalized_intent`]).
+    pub capture: gait_bundle::CaptureMode,
 }
 
 /// Why no local decision was made (the caller must fail closed).
@@ -563,6 +576,9 @@ pub struct LocalDecision {
     pub approval_audit: Vec<ApprovalAuditEntry>,
     /// How each presented delegation token was judged.
     pub delegation_audit: Vec<DelegationAuditEntry>,
+    /// Gait's normalized intent object (§1.3, whose DigestJCS is `intent_digest`), only when the request asked
+    /// for `raw` capture and the intent normalized.
+    pub normalized_intent: Option<Value>,
 }
 
 /// What an `approval.request` record asks for (see `gait_wire::approval`).
@@ -585,7 +601,7 @@ pub struct ApprovalAsk {
 }
 
 /// No verified bundle: `high`/`critical` risk is blocked, anything else needs approval.
-fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
+fn no_policy_decision(raw: &IntentRequest, capture: gait_bundle::CaptureMode) -> LocalDecision {
     let verdict = if pipeline::fail_closed_risk(raw) {
         Verdict::Block
     } else {
@@ -596,9 +612,12 @@ fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
         reason_codes: vec![REASON_NO_POLICY.to_owned()],
         violations: vec!["no_verified_policy".to_owned()],
     };
-    let intent_digest = normalize_intent(raw)
-        .map(|n| n.intent_digest)
-        .unwrap_or_default();
+    let normalized = normalize_intent(raw).ok();
+    let normalized_intent = normalized
+        .as_ref()
+        .filter(|_| capture == gait_bundle::CaptureMode::Raw)
+        .map(|n| n.digest_payload());
+    let intent_digest = normalized.map(|n| n.intent_digest).unwrap_or_default();
     LocalDecision {
         decision,
         matched_rule: String::new(),
@@ -612,6 +631,7 @@ fn no_policy_decision(raw: &IntentRequest) -> LocalDecision {
         stage: StageReport::none(),
         approval_audit: Vec::new(),
         delegation_audit: Vec::new(),
+        normalized_intent,
     }
 }
 

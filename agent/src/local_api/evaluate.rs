@@ -16,7 +16,8 @@
 //! force says `settings.allow_caller_simulate`. Every decision record carries both `policy_verdict` (what the
 //! policy decided) and `enforced_verdict` (what the caller was told to enforce), so a simulated `allow` never
 //! hides a `block`, and `stage` (the stage, the candidate's digest, the verdicts of the policy and of its
-//! candidate, `would_have_blocked`).
+//! candidate, `would_have_blocked`), and `capture_mode`; under the bundle's `raw` capture mode also the
+//! normalized intent (see [`crate::gate::capture`]).
 
 use std::sync::Arc;
 
@@ -84,7 +85,7 @@ fn decision_class(policy: Verdict, enforced: Verdict) -> RecordClass {
 /// `requested_by` (the caller's transport and credential, as producer records carry `appended_by`) is stored in the record.
 pub async fn evaluate_intent(
     state: &Arc<AgentState>,
-    req: GateRequest,
+    mut req: GateRequest,
     requested_by: Value,
 ) -> Result<GateResponse, EvaluateError> {
     let started = std::time::Instant::now();
@@ -112,6 +113,12 @@ pub async fn evaluate_intent(
             });
         }
     }
+    // The environment's signed choice, never the caller's.
+    req.capture = active
+        .as_ref()
+        .map(|a| a.bundle.manifest.settings.capture_mode)
+        .unwrap_or_default();
+    let capture = req.capture;
     let staleness = state.staleness_at(now_unix_ms());
     let stale_fail_closed =
         staleness.stale && staleness.on_stale == Some(gait_bundle::OnStale::FailClosed);
@@ -181,8 +188,13 @@ pub async fn evaluate_intent(
     if let Value::Object(map) = &mut payload {
         map.insert("requested_by".into(), requested_by);
     }
-    let bytes = serde_json::to_vec(&payload)
-        .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
+    let (bytes, _) = crate::gate::capture::encode_record(
+        &mut payload,
+        capture,
+        decided.normalized_intent,
+        crate::outbox::MAX_PAYLOAD_BYTES,
+    )
+    .map_err(|e| EvaluateError::Internal(format!("encode decision record: {e}")))?;
     // Both policies' verdicts weigh in, so a decision whose candidate would block is never shed as an `allow`.
     let strictest = [
         Some(decided.policy_verdict),

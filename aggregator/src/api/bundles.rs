@@ -44,6 +44,9 @@ pub struct PublishBody {
     /// Public key (Gait's key text) agents verify delegation tokens with.
     #[serde(default)]
     pub delegation_key: Option<String>,
+    /// `reference` (digests only, the default) or `raw` (decision records carry the normalized intent too).
+    #[serde(default)]
+    pub capture_mode: Option<String>,
 }
 
 /// A candidate staged beside a policy.
@@ -102,6 +105,14 @@ pub(super) async fn publish(
             })
         })
         .transpose()?;
+    let capture_mode = match body.capture_mode.as_deref() {
+        None => gait_bundle::CaptureMode::default(),
+        Some(mode) => gait_bundle::CaptureMode::parse(mode).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "capture_mode: `{mode}` is not one of reference, raw"
+            ))
+        })?,
+    };
     let req = PublishRequest {
         policies: body.policies,
         max_offline_seconds: body.max_offline_seconds,
@@ -110,6 +121,7 @@ pub(super) async fn publish(
         settings: gait_bundle::Settings {
             allow_caller_simulate: body.allow_caller_simulate,
             upload_artifacts: body.upload_artifacts,
+            capture_mode,
         },
         created_by: caller.actor(),
         candidates,

@@ -58,6 +58,10 @@ pub struct PublishArgs {
     /// Without it agents accept no delegation token.
     #[arg(long)]
     pub delegation_key: Option<PathBuf>,
+    /// What the agents' decision records carry of each intent: reference (digests only, the default) or raw
+    /// (Gait's normalized intent too, to replay candidate policies against real traffic). Signed into the bundle.
+    #[arg(long, value_parser = ["reference", "raw"])]
+    pub capture_mode: Option<String>,
     /// Print the server's JSON answer.
     #[arg(long)]
     pub json: bool,
@@ -138,6 +142,9 @@ pub async fn publish(args: PublishArgs, config: Config) -> anyhow::Result<ExitCo
     }
     if args.upload_artifacts {
         body["upload_artifacts"] = true.into();
+    }
+    if let Some(mode) = &args.capture_mode {
+        body["capture_mode"] = mode.clone().into();
     }
     let url = format!(
         "{}/v1/orgs/{}/projects/{}/envs/{}/bundles",

@@ -8,7 +8,7 @@
 
 use gait_store::{
     AgentKey, BatchOutcome, BundleReportRow, CertSerial, InstanceChange, NewAgentAlert,
-    NewApprovalRequest, NewRecord, Store, StoreError,
+    NewApprovalRequest, NewRecord, NewTraceKey, Store, StoreError,
 };
 
 use super::presence::Presence;
@@ -38,17 +38,19 @@ impl Intake {
     /// Commits one batch of `agent`'s records, with the evidence index entries of its decision and artifact
     /// records (in the same transaction). When `requests` is not empty, the approval requests the batch
     /// raises commit in the same transaction (a request at a seq another instance holds raises nothing); the
-    /// second value is how many were raised now.
+    /// second value is how many were raised now. The verified trace key announcements of the batch
+    /// (`trace_keys`, see [`super::trace_keys`]) are registered in that transaction too.
     pub async fn commit_batch(
         &self,
         agent: &AgentKey,
         rows: &[NewRecord],
         requests: &[NewApprovalRequest],
+        trace_keys: &[NewTraceKey],
         now_ms: i64,
     ) -> Result<(BatchOutcome, u64), StoreError> {
         // The evidence index entries of the batch commit in its transaction (`crate::evidence::index`).
         let index = crate::evidence::index::entries(rows);
-        if requests.is_empty() {
+        if requests.is_empty() && trace_keys.is_empty() {
             let outcome = self
                 .store
                 .commit_batch_indexed(agent, rows, &index, now_ms)
@@ -66,6 +68,7 @@ impl Intake {
                         raised += 1;
                     }
                 }
+                super::trace_keys::register(tx, agent, &outcome, trace_keys, now_ms).await?;
                 Ok::<_, StoreError>((outcome, raised))
             })
             .await

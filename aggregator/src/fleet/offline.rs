@@ -18,6 +18,7 @@
 //! record already stored with the same hash counts as a duplicate, one stored with another hash as a conflict
 //! (the stored one is kept), a skipped seq as a gap; the agent's committed head moves as for a batch, so its
 //! next `Welcome` acknowledges what the file carried and the agent deletes those records from its outbox.
+//! Decision and artifact records are indexed, and trace key announcements registered, as for a QUIC batch.
 
 use std::path::{Path, PathBuf};
 
@@ -384,6 +385,13 @@ pub async fn commit(
                 // Indexed as QUIC ingest indexes a batch (`Intake::commit_batch`), in the same transaction.
                 let index = crate::evidence::index::entries(chunk);
                 let outcome = tx.commit_batch_indexed(&key, chunk, &index, now_ms).await?;
+                // Trace key announcements the file carried register as over QUIC, bound to the certificate the
+                // file was verified with.
+                let (keys, refused) = super::trace_keys::announcements(chunk, &identity.serial);
+                for error in &refused {
+                    tracing::warn!(agent = %key, %error, "trace key announcement in an outbox file not registered; its record is stored as sent");
+                }
+                super::trace_keys::register(tx, &key, &outcome, &keys, now_ms).await?;
                 report.committed += outcome.inserted;
                 report.duplicates += outcome.duplicates;
                 report.conflicts.extend(outcome.conflict_seqs);

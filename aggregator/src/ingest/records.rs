@@ -67,10 +67,16 @@ pub(super) async fn on_batch(
         }
         _ => Vec::new(),
     };
+    // Trace key announcements register, bound to this connection's certificate, with their records.
+    let (trace_keys, forged) = crate::fleet::trace_keys::announcements(&rows, &session.cert_serial);
+    for error in &forged {
+        warn!(agent = %session.key, remote = %session.remote, %error,
+            "trace key announcement not registered; its record is stored as sent");
+    }
     let commit_started = Instant::now();
     let committed = state
         .intake
-        .commit_batch(&session.key, &rows, &approval_requests, now)
+        .commit_batch(&session.key, &rows, &approval_requests, &trace_keys, now)
         .await
         .map(|(outcome, raised)| {
             if let Some(approvals) = &state.approvals {

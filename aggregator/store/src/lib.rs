@@ -33,6 +33,7 @@ mod rows;
 mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod trace_keys;
 mod tx;
 mod uploads;
 
@@ -70,6 +71,7 @@ pub use model::{
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
 pub use sqlite::{GroupCommitStats, SqliteStore};
+pub use trace_keys::{MAX_TRACE_KEYS_PAGE, NewTraceKey, TraceKey};
 pub use tx::StoreTx;
 pub use uploads::ArtifactUpload;
 

@@ -91,6 +91,51 @@ pub struct Settings {
     /// regress results) to the aggregator's blob store. Default false: only digests travel.
     #[serde(default, skip_serializing_if = "is_false")]
     pub upload_artifacts: bool,
+    /// What the agents' decision records carry of each intent: digests only (`reference`, the default) or the
+    /// normalized intent too (`raw`), so candidate policies can be replayed against real traffic.
+    #[serde(default, skip_serializing_if = "CaptureMode::is_reference")]
+    pub capture_mode: CaptureMode,
+}
+
+/// What a decision record carries of the intent it judged (`manifest.settings.capture_mode`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// Digests only (intent digest, args digest in the trace): nothing of the call's content leaves the host.
+    #[default]
+    Reference,
+    /// The normalized intent too (Gait's §1.3 normalized intent object, whose DigestJCS is the intent digest).
+    Raw,
+}
+
+impl CaptureMode {
+    /// The mode's name in manifests, flags, records and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Reference => "reference",
+            CaptureMode::Raw => "raw",
+        }
+    }
+
+    /// Parses `reference` or `raw`.
+    pub fn parse(s: &str) -> Option<CaptureMode> {
+        match s {
+            "reference" => Some(CaptureMode::Reference),
+            "raw" => Some(CaptureMode::Raw),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the default, `reference`.
+    pub fn is_reference(&self) -> bool {
+        *self == CaptureMode::Reference
+    }
+}
+
+impl fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Settings {

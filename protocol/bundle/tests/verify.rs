@@ -5,8 +5,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gait_bundle::{
-    BUNDLE_SCHEMA_ID, BundleBuilder, BundleError, MAX_BUNDLE_LEN, MAX_SAFE_INTEGER, OnStale, Scope,
-    Settings, Staleness, TrustRoot, inspect, verify,
+    BUNDLE_SCHEMA_ID, BundleBuilder, BundleError, CaptureMode, MAX_BUNDLE_LEN, MAX_SAFE_INTEGER,
+    OnStale, Scope, Settings, Staleness, TrustRoot, inspect, verify,
 };
 use gait_canon::sign::{SigningKey, sign_json};
 use serde_json::{Value, json};
@@ -330,6 +330,46 @@ fn manifest_key_id_must_name_the_signing_key() {
     manifest["key_id"] = json!(other_key().public_key().key_id());
     let err = check(&resign(d, manifest, &key())).unwrap_err();
     assert!(matches!(err, BundleError::BadSignature(m) if m.contains("manifest.key_id")));
+}
+
+#[test]
+fn capture_mode_is_signed_and_omitted_at_reference() {
+    // `reference` (the default) leaves the manifest and its digest as they were before the field existed.
+    let plain = check(&bundle()).unwrap();
+    assert_eq!(plain.manifest.settings.capture_mode, CaptureMode::Reference);
+    let mut b = builder();
+    b.settings(Settings {
+        capture_mode: CaptureMode::Reference,
+        ..Settings::default()
+    });
+    let same = b.sign(&key()).unwrap();
+    assert!(doc(&same)["manifest"].get("settings").is_none());
+    assert_eq!(check(&same).unwrap().digest_hex, plain.digest_hex);
+
+    let mut b = builder();
+    b.settings(Settings {
+        capture_mode: CaptureMode::Raw,
+        ..Settings::default()
+    });
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    assert_eq!(v.manifest.settings.capture_mode, CaptureMode::Raw);
+    assert_eq!(
+        doc(&bytes)["manifest"]["settings"],
+        json!({"capture_mode": "raw"})
+    );
+    assert_ne!(v.digest_hex, plain.digest_hex, "the mode is signed");
+    // Turning raw capture on locally breaks the signature.
+    let mut forged = doc(&bundle());
+    forged["manifest"]["settings"] = json!({"capture_mode": "raw"});
+    assert!(matches!(
+        check(&bytes_of(&forged)),
+        Err(BundleError::BadSignature(_))
+    ));
+    // An unknown mode is refused like any malformed field.
+    let mut manifest = doc(&bytes)["manifest"].clone();
+    manifest["settings"]["capture_mode"] = json!("everything");
+    assert!(check(&resign(doc(&bytes), manifest, &key())).is_err());
 }
 
 #[test]
