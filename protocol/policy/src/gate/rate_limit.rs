@@ -123,6 +123,17 @@ impl RateLimitState {
         Ok(RateLimitState { counters })
     }
 
+    /// A state holding `counters` (a store that keeps them elsewhere loads them back); like
+    /// [`RateLimitState::from_json`], empty keys and non-positive counts are dropped.
+    pub fn from_counters(counters: impl IntoIterator<Item = (String, i64)>) -> RateLimitState {
+        RateLimitState {
+            counters: counters
+                .into_iter()
+                .filter(|(key, count)| !key.trim().is_empty() && *count > 0)
+                .collect(),
+        }
+    }
+
     /// The file content Gait writes: 2-space indented JSON, counters sorted by key, trailing newline.
     pub fn to_json_pretty(&self) -> Vec<u8> {
         let persisted = PersistedState {
