@@ -686,6 +686,7 @@ fn run_open_loop(
 /// One open-loop step at `rate` for `count` decisions, after the outbox of the previous step drained.
 async fn open_loop_step(
     args: &DecideArgs,
+    agg: &AggregatorProc,
     agent: &AgentProc,
     stage: &str,
     rate: f64,
@@ -699,12 +700,24 @@ async fn open_loop_step(
         .context("the outbox did not drain before the step")?;
     let socket = agent.dir.join("data").join("local-api.sock");
     let connections = args.connections;
+    let (threads0, agg0) = (common::thread_cpu(agent.pid)?, agg.cpu_seconds()?);
     let run = tokio::task::spawn_blocking(move || run_open_loop(&socket, rate, count, connections))
         .await??;
-    common::emit(
-        &run.json(stage, args.rate_limited, args.connections),
-        &run.human(stage, args.rate_limited),
-    );
+    // Where the agent's CPU went (per thread name, microseconds per decision) and what the aggregator, on
+    // the same machine, spent meanwhile ingesting the records.
+    let by_thread = common::thread_cpu_delta(&threads0, &common::thread_cpu(agent.pid)?);
+    let agg_cpu = agg.cpu_seconds()? - agg0;
+    let per_decision = |secs: f64| round(secs * 1e6 / run.sent.max(1) as f64, 1);
+    let mut summary = run.json(stage, args.rate_limited, args.connections);
+    summary["agent_cpu_us_per_decision"] = by_thread
+        .iter()
+        .map(|(name, secs)| (name.clone(), json!(per_decision(*secs))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    summary["agent_cpu_us_per_decision_total"] =
+        json!(per_decision(by_thread.iter().map(|(_, s)| s).sum()));
+    summary["aggregator_cpu_s"] = json!(round(agg_cpu, 2));
+    common::emit(&summary, &run.human(stage, args.rate_limited));
     Ok(run)
 }
 
@@ -731,15 +744,29 @@ async fn open_loop(
         tokio::task::spawn_blocking(move || run_open_loop(&socket, 1000.0, 500, 4)).await??;
     ensure!(warm.errors == 0, "warm-up failed: {:?}", warm.first_error);
     if args.sweep {
-        return sweep(args, agent).await;
+        return sweep(args, agg, agent).await;
     }
     let rate = args.rate.unwrap_or(1000.0);
-    let enforce =
-        open_loop_step(args, agent, "enforce", rate, step_count(args, rate, None)).await?;
+    let enforce = open_loop_step(
+        args,
+        agg,
+        agent,
+        "enforce",
+        rate,
+        step_count(args, rate, None),
+    )
+    .await?;
     if args.observe {
         stage_observe(agg, agent, policy_of(args), epoch_after(args)).await?;
-        let observe =
-            open_loop_step(args, agent, "observe", rate, step_count(args, rate, None)).await?;
+        let observe = open_loop_step(
+            args,
+            agg,
+            agent,
+            "observe",
+            rate,
+            step_count(args, rate, None),
+        )
+        .await?;
         let ratio = |o: f64, e: f64| if e > 0.0 { round(o / e, 3) } else { 0.0 };
         let summary = json!({
             "bench": "decide-open-loop-observe-vs-enforce",
@@ -765,7 +792,7 @@ async fn open_loop(
 }
 
 /// `--sweep`: the highest rate whose p99 stays within `--target-p99-ms`.
-async fn sweep(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<()> {
+async fn sweep(args: &DecideArgs, agg: &AggregatorProc, agent: &AgentProc) -> anyhow::Result<()> {
     let target = args.target_p99_ms;
     let mut rate = args.rate.unwrap_or(1000.0);
     let mut best: Option<(f64, f64)> = None;
@@ -773,6 +800,7 @@ async fn sweep(args: &DecideArgs, agent: &AgentProc) -> anyhow::Result<()> {
     for _ in 0..12 {
         let run = open_loop_step(
             args,
+            agg,
             agent,
             "enforce",
             rate,
