@@ -562,16 +562,14 @@ impl SocketClient {
         self.body.resize(length, 0);
         self.stream.read_exact(&mut self.body)?;
         ensure!(
-            status == "200" && contains(&self.body, br#""verdict":"allow""#),
+            status == "200"
+                && std::str::from_utf8(&self.body)
+                    .is_ok_and(|b| b.contains(r#""verdict":"allow""#)),
             "decision answered {status}: {}",
             String::from_utf8_lossy(&self.body)
         );
         Ok(())
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The request every open-loop decision sends.
