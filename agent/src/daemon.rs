@@ -119,6 +119,9 @@ pub enum DaemonError {
     /// The agent database could not be opened.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The rate-limit counters could not be loaded, or the legacy state file not imported.
+    #[error(transparent)]
+    RateLimits(#[from] crate::gate::ratelimit_counters::CountersError),
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
@@ -232,19 +235,25 @@ impl Daemon {
 
         let db_path = config.db_path();
         let limits = config.outbox.limits();
-        let (db, outbox) = tokio::task::spawn_blocking(move || {
+        let legacy_rate_limits = config.data_dir.join(crate::gate::engine::RATE_LIMIT_STATE);
+        let max_keys = config.gate.rate_limit.max_keys;
+        let (db, outbox, counters) = tokio::task::spawn_blocking(move || {
             let db = AgentDb::open(&db_path)?;
             let outbox = Outbox::open(&db, limits)?;
-            Ok::<_, DaemonError>((db, outbox))
+            let counters = crate::gate::ratelimit_counters::DaemonCounters::open(
+                &db,
+                &legacy_rate_limits,
+                max_keys,
+            )?;
+            Ok::<_, DaemonError>((db, outbox, counters))
         })
         .await??;
 
         let data_dir = config.data_dir.clone();
         let key_path = config.gate.signing_key.clone();
-        let max_keys = config.gate.rate_limit.max_keys;
         let engine = tokio::task::spawn_blocking(move || {
             crate::gate::engine::GateEngine::open(&data_dir, key_path.as_deref())
-                .map(|engine| engine.with_rate_limit_max_keys(max_keys))
+                .map(|engine| engine.with_rate_limits(Arc::new(counters)))
                 .map_err(|e| DaemonError::GateKey {
                     path: e.path,
                     detail: e.detail,

@@ -18,6 +18,7 @@ pub mod files;
 pub mod pipeline;
 pub mod policy_set;
 pub mod ratelimit_bound;
+pub mod ratelimit_counters;
 pub mod ratelimit_state;
 pub mod registry;
 pub mod tokens;

@@ -393,6 +393,17 @@ impl Outbox {
     /// All-or-nothing: if any non-sheddable record would cross the hard ceiling, or any record breaks
     /// [`gait_wire::Record::validate`], nothing of the batch is stored and no shed is counted.
     pub fn append_many(&self, recs: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
+        self.append_many_with(recs, |_| Ok(()))
+    }
+
+    /// [`Outbox::append_many`] that also runs `also` in the same write transaction, after the records, so
+    /// changes to another table commit (or not) together with them (the daemon's rate-limit counters with
+    /// the decisions that counted them). `also` does not run when the batch is refused before any write.
+    pub(crate) fn append_many_with(
+        &self,
+        recs: Vec<NewRecord>,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<(), OutboxError>,
+    ) -> Result<Vec<AppendOutcome>, OutboxError> {
         for rec in &recs {
             gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
                 .map_err(|source| invalid(&rec.kind, source))?;
@@ -401,11 +412,11 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let mut outcomes = Vec::with_capacity(recs.len());
-        self.write(false, |records, meta| {
+        self.write_txn(false, |txn, records, meta| {
             for rec in recs {
                 outcomes.push(self.append_one(records, meta, rec)?);
             }
-            Ok(())
+            also(txn)
         })?;
         let shed = outcomes
             .iter()

@@ -395,13 +395,15 @@ impl AgentState {
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
-        let committer = committer::Committer::spawn(outbox.clone()).map_err(|e| {
-            StateError::from(OutboxError::Corrupt {
-                path: String::new(),
-                seq: 0,
-                detail: format!("cannot start the outbox commit thread: {e}"),
-            })
-        })?;
+        let committer =
+            committer::Committer::spawn(outbox.clone(), Some(Arc::clone(gate.rate_limits())))
+                .map_err(|e| {
+                    StateError::from(OutboxError::Corrupt {
+                        path: String::new(),
+                        seq: 0,
+                        detail: format!("cannot start the outbox commit thread: {e}"),
+                    })
+                })?;
         let state = Arc::new(AgentState {
             identity,
             scope,

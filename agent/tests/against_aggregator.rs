@@ -441,11 +441,24 @@ async fn a_stale_bundle_blocks_everything_under_fail_closed_and_keeps_deciding_u
     Ok(())
 }
 
-/// An unreadable rate-limit state file no longer fails every rate-limited decision for ever: the agent sets it
-/// aside, logs an ERROR, counts it in a metric and decides on with fresh counters; limits still hold.
+const LIMITED: &str = "default_verdict: block\nrules:\n  - name: limited-read\n    effect: allow\n    match:\n      tool_names: [fs.read]\n    rate_limit:\n      requests: 2\n      window: hour\n      scope: tool\n";
+
+/// Restarts `agent` and waits until its cached bundle is in force again.
+async fn restart(agent: RunningAgent) -> Result<RunningAgent> {
+    let stopped = agent.stop().await?;
+    assert!(stopped.shutdown.clean);
+    let agent = stopped.start().await?;
+    agent
+        .wait_status("cached bundle active again", |s| s.active_bundle.is_some())
+        .await?;
+    Ok(agent)
+}
+
+/// The daemon's rate-limit counters live in its database: a restart does not reset a window that was
+/// enforced. A legacy state file that is unreadable is set aside at start (ERROR, metric) and decisions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_rate_limit_state_is_set_aside_and_decisions_go_on() -> Result<()> {
-    const LIMITED: &str = "default_verdict: block\nrules:\n  - name: limited-read\n    effect: allow\n    match:\n      tool_names: [fs.read]\n    rate_limit:\n      requests: 2\n      window: hour\n      scope: tool\n";
+async fn rate_limit_counts_survive_a_restart_and_an_unreadable_legacy_state_is_set_aside()
+-> Result<()> {
     let (aggregator, agent) = start_pair().await?;
     publish(&aggregator, &Publish::policy("default.yaml", LIMITED)).await?;
     agent
@@ -454,12 +467,10 @@ async fn an_unreadable_rate_limit_state_is_set_aside_and_decisions_go_on() -> Re
     let (_, first) = agent.evaluate("", &intent("fs.read", "low")).await?;
     assert_eq!(first["verdict"], json!("allow"), "{first}");
 
-    // The state file is damaged (a full disk, a bad edit): before, every rate-limited decision failed from here.
+    // A damaged state file left by an older agent in the data directory.
     let state = agent.data_dir().join("gate_rate_limits.json");
     std::fs::write(&state, b"{ not json")?;
-    let (code, answer) = agent.evaluate("", &intent("fs.read", "low")).await?;
-    assert_eq!(code, 200, "{answer}");
-    assert_eq!(answer["verdict"], json!("allow"), "{answer}");
+    let agent = restart(agent).await?;
     let aside: Vec<_> = std::fs::read_dir(agent.data_dir())?
         .filter_map(|e| e.ok())
         .filter(|e| {
@@ -477,10 +488,90 @@ async fn an_unreadable_rate_limit_state_is_set_aside_and_decisions_go_on() -> Re
         ),
         "{metrics}"
     );
-    // Counting goes on from the fresh state: one more allowed, then the limit of 2 per hour refuses.
+    // The count from before the restart stands: one more allowed, then the limit of 2 per hour refuses.
     let (_, second) = agent.evaluate("", &intent("fs.read", "low")).await?;
     assert_eq!(second["verdict"], json!("allow"), "{second}");
     let (_, third) = agent.evaluate("", &intent("fs.read", "low")).await?;
     assert_eq!(third["verdict"], json!("block"), "{third}");
+    let agent = restart(agent).await?;
+    let (_, fourth) = agent.evaluate("", &intent("fs.read", "low")).await?;
+    assert_eq!(
+        fourth["verdict"],
+        json!("block"),
+        "still over the limit after a restart: {fourth}"
+    );
+    Ok(())
+}
+
+/// A data directory from before the counters moved into the database: its state file is imported once at
+/// start, and concurrent decisions are then allowed exactly up to the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_state_file_is_imported_and_concurrent_decisions_get_exactly_the_limit()
+-> Result<()> {
+    const LIMIT: i64 = 25;
+    let (aggregator, agent) = start_pair().await?;
+    publish(
+        &aggregator,
+        &Publish::policy(
+            "default.yaml",
+            &LIMITED.replace("requests: 2", &format!("requests: {LIMIT}")),
+        ),
+    )
+    .await?;
+    agent
+        .wait_status("bundle active", |s| s.active_bundle.is_some())
+        .await?;
+    let stopped = agent.stop().await?;
+    // 20 of the 25 requests of this hour were counted by the old agent in Gait's file.
+    let now = gait_policy::gotime::GoTime::from_offset_date_time(time::OffsetDateTime::now_utc());
+    let limit = gait_policy::policy::RateLimitPolicy {
+        requests: LIMIT,
+        window: "hour".into(),
+        scope: "tool".into(),
+    };
+    let key = gait_policy::gate::RateLimitState::counter_key(&limit, "fs.read", "alice", now)?
+        .context("a counted limit")?;
+    let legacy = stopped.config.data_dir.join("gate_rate_limits.json");
+    std::fs::write(
+        &legacy,
+        format!(
+            "{{\"schema_id\":\"gait.gate.rate_limit_state\",\"schema_version\":\"1.0.0\",\"counters\":[{{\"key\":\"{key}\",\"count\":20}}]}}\n"
+        ),
+    )?;
+    let agent = stopped.start().await?;
+    agent
+        .wait_status("cached bundle active again", |s| s.active_bundle.is_some())
+        .await?;
+    assert!(!legacy.exists(), "the legacy file is imported and renamed");
+    assert!(
+        agent
+            .data_dir()
+            .join("gate_rate_limits.json.imported")
+            .exists()
+    );
+
+    let url = format!("http://{}/v1/gate/evaluate", agent.local_api());
+    let body = intent("fs.read", "low");
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let (client, url, body) = (agent.http().clone(), url.clone(), body.clone());
+        calls.spawn(async move {
+            let answer: Value = client.post(&url).json(&body).send().await?.json().await?;
+            anyhow::Ok(answer)
+        });
+    }
+    let mut allowed = 0;
+    while let Some(answer) = calls.join_next().await {
+        let answer = answer??;
+        if answer["verdict"] == json!("allow") {
+            allowed += 1;
+        } else {
+            assert_eq!(answer["verdict"], json!("block"), "{answer}");
+        }
+    }
+    assert_eq!(
+        allowed, 5,
+        "exactly the 5 requests left of the imported window"
+    );
     Ok(())
 }

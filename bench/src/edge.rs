@@ -5,6 +5,12 @@
 //!   every decision record reached the aggregator (outbox empty). Run it on two builds (`--bin-dir`) to compare.
 //!   With `--observe`, the same run then stages a candidate beside the policy in `observe` (two evaluations per
 //!   decision) and reports observe against enforce as ratios.
+//!   With `--rate N` (or `--sweep`) the load is open-loop on the agent's Unix socket instead: decisions are
+//!   scheduled at N per second whatever the agent's answers do, each latency is measured from the request's
+//!   *scheduled* send time (a request that waits for a free connection, or behind a slow one, counts that wait:
+//!   no coordinated omission), and p50/p99/p99.9 and the achieved rate are reported; `--sweep` searches the
+//!   highest rate whose p99 stays within `--target-p99-ms`. `--rate-limited` puts a `rate_limit` on the rule
+//!   (a limit never reached, so every decision counts and is allowed).
 //! - `http-flood`: first the aggregator's admin API, then the agent's local API, are flooded with idle
 //!   (slow-header) connections and authenticated 2 MiB bodies stalled one byte short, optionally re-dialled as soon as the server closes
 //!   them (an attacker that keeps the pressure on). Meanwhile fresh connections probe `/healthz` and real work
@@ -46,6 +52,26 @@ pub struct DecideArgs {
     /// as ratios from this one run.
     #[arg(long)]
     pub observe: bool,
+    /// Open loop on the Unix socket: schedule this many decisions per second (latency from the scheduled send
+    /// time). Without it (and without `--sweep`) the run is closed-loop over HTTP on TCP.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: seconds to run at `--rate` (default: `--decisions` decisions; 5 s per step of `--sweep`).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Open loop: connections (one sending thread each); a request waits for a free one, and that wait counts.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// The rule carries a `rate_limit` (never reached: every decision is counted and allowed).
+    #[arg(long)]
+    pub rate_limited: bool,
+    /// Open loop: search the highest rate whose p99 stays within `--target-p99-ms` (starting at `--rate`,
+    /// default 1,000/s: doubling while it holds, then bisecting to within 5%).
+    #[arg(long)]
+    pub sweep: bool,
+    /// The p99 a sweep step must stay within, milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub target_p99_ms: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,13 +180,20 @@ async fn start_pair(
 
 pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    ensure!(args.connections > 0, "--connections must be at least 1");
     let work = args.common.temp_dir("gait-bench-decide-")?;
     let db = Database::create(&args.common, "decide").await?;
     let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
     let result = async {
+        if args.rate_limited {
+            publish_policy(&agg, &agent, RATE_LIMITED_POLICY, 2).await?;
+        }
+        if args.rate.is_some() || args.sweep {
+            return open_loop(&args, &agg, &agent).await;
+        }
         let enforce = measure_decide(&args, &agent, "enforce").await?;
         if args.observe {
-            stage_observe(&agg, &agent).await?;
+            stage_observe(&agg, &agent, policy_of(&args), epoch_after(&args)).await?;
             let observe = measure_decide(&args, &agent, "observe").await?;
             let ratio = |o: f64, e: f64| if e > 0.0 { round(o / e, 3) } else { 0.0 };
             let summary = json!({
@@ -203,13 +236,58 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
 const CANDIDATE_POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    \
                                 priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read, tool.list]\n";
 
-/// Publishes epoch 2: the reads policy with [`CANDIDATE_POLICY`] staged beside it in `observe`; waits until the
+/// The reads policy with a `rate_limit` on its rule that the bench never reaches (10^9 per hour, scope
+/// `tool_identity`): every decision is counted and allowed.
+const RATE_LIMITED_POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    \
+                                   priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read]\n    rate_limit:\n      \
+                                   requests: 1000000000\n      window: hour\n      scope: tool_identity\n";
+
+/// The policy of record of this run.
+fn policy_of(args: &DecideArgs) -> &'static str {
+    if args.rate_limited {
+        RATE_LIMITED_POLICY
+    } else {
+        common::READS_POLICY
+    }
+}
+
+/// The epoch the next bundle published gets (the reads policy is epoch 1, the rate-limited one 2).
+fn epoch_after(args: &DecideArgs) -> u64 {
+    if args.rate_limited { 3 } else { 2 }
+}
+
+/// Publishes `policy` as the next bundle (epoch `epoch`) and waits until the agent has activated it.
+async fn publish_policy(
+    agg: &AggregatorProc,
+    agent: &AgentProc,
+    policy: &str,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let (org, project, env) = TENANT;
+    agg.api()
+        .publish(org, project, env, "p.yaml", policy)
+        .await?;
+    agent
+        .wait_status(Duration::from_secs(60), |s| {
+            s["active_bundle"]["epoch"].as_u64() == Some(epoch)
+        })
+        .await
+        .with_context(|| format!("agent did not activate bundle epoch {epoch}"))?;
+    Ok(())
+}
+
+/// Publishes epoch `epoch`: `policy` with [`CANDIDATE_POLICY`] staged beside it in `observe`; waits until the
 /// agent has activated it.
-async fn stage_observe(agg: &AggregatorProc, agent: &AgentProc) -> anyhow::Result<()> {
+async fn stage_observe(
+    agg: &AggregatorProc,
+    agent: &AgentProc,
+    policy: &str,
+    epoch: u64,
+) -> anyhow::Result<()> {
     let (org, project, env) = TENANT;
     let path = format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles");
     let body = json!({
-        "policies": { "p.yaml": common::READS_POLICY },
+        "policies": { "p.yaml": policy },
         "candidates": { "p.yaml": { "stage": "observe", "name": "p.candidate.yaml", "policy": CANDIDATE_POLICY } },
     });
     let resp = reqwest::Client::new()
@@ -223,7 +301,7 @@ async fn stage_observe(agg: &AggregatorProc, agent: &AgentProc) -> anyhow::Resul
     ensure!(status.as_u16() == 201, "POST {path}: {status} {answer}");
     agent
         .wait_status(Duration::from_secs(60), |s| {
-            s["active_bundle"]["epoch"].as_u64() == Some(2)
+            s["active_bundle"]["epoch"].as_u64() == Some(epoch)
         })
         .await
         .context("agent did not activate the observe bundle")?;
@@ -346,6 +424,431 @@ async fn measure_decide(
         p50_ms: p.p50.as_secs_f64() * 1e3,
         p99_ms: p.p99.as_secs_f64() * 1e3,
     })
+}
+
+/// One open-loop run's measurements.
+struct OpenLoop {
+    target_rate: f64,
+    sent: usize,
+    errors: usize,
+    first_error: Option<String>,
+    achieved_rate: f64,
+    /// Latency from the scheduled send time to the full answer, sorted.
+    latencies: Vec<Duration>,
+    /// How late the client itself sent each request (pacing, or no free connection), sorted.
+    lateness: Vec<Duration>,
+}
+
+impl OpenLoop {
+    /// Nearest-rank quantile of a sorted sample, in milliseconds.
+    fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1].as_secs_f64() * 1e3
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        Self::quantile_ms(&self.latencies, q)
+    }
+
+    /// The step holds: no error, the rate was achieved (within 3%) and p99 within `target_ms`.
+    fn holds(&self, target_ms: f64) -> bool {
+        self.errors == 0
+            && self.achieved_rate >= 0.97 * self.target_rate
+            && self.p(0.99) <= target_ms
+    }
+
+    fn json(&self, stage: &str, rate_limited: bool, connections: usize) -> Value {
+        json!({
+            "bench": "decide-open-loop",
+            "transport": "unix-socket",
+            "stage": stage,
+            "rate_limited": rate_limited,
+            "connections": connections,
+            "target_rate": round(self.target_rate, 1),
+            "achieved_rate": round(self.achieved_rate, 1),
+            "sent": self.sent,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "latency_ms": {
+                "p50": round(self.p(0.50), 3),
+                "p90": round(self.p(0.90), 3),
+                "p99": round(self.p(0.99), 3),
+                "p999": round(self.p(0.999), 3),
+                "max": round(self.p(1.0), 3),
+            },
+            "send_lateness_ms": {
+                "p50": round(Self::quantile_ms(&self.lateness, 0.50), 3),
+                "p99": round(Self::quantile_ms(&self.lateness, 0.99), 3),
+            },
+        })
+    }
+
+    fn human(&self, stage: &str, rate_limited: bool) -> String {
+        format!(
+            "decide open-loop ({stage}{}): {:.0}/s scheduled, {:.0}/s achieved, {} sent, {} errors; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (client send lateness p99 {:.3} ms)",
+            if rate_limited {
+                ", rate-limited rule"
+            } else {
+                ""
+            },
+            self.target_rate,
+            self.achieved_rate,
+            self.sent,
+            self.errors,
+            self.p(0.50),
+            self.p(0.99),
+            self.p(0.999),
+            self.p(1.0),
+            Self::quantile_ms(&self.lateness, 0.99),
+        )
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to the agent's Unix socket that asks for one decision at a time (the
+/// socket needs no bearer token). Minimal on purpose: the client's own cost is part of what is measured.
+struct SocketClient {
+    stream: std::io::BufReader<std::os::unix::net::UnixStream>,
+    request: Arc<Vec<u8>>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl SocketClient {
+    fn connect(path: &std::path::Path, request: Arc<Vec<u8>>) -> anyhow::Result<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connect {}", path.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            stream: std::io::BufReader::new(stream),
+            request,
+            line: String::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// `POST /v1/gate/evaluate` with the bench intent; an error unless it answered 200 `allow`.
+    fn decide(&mut self) -> anyhow::Result<()> {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        self.stream.get_mut().write_all(&self.request)?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line)?;
+        let status = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let mut length = None;
+        loop {
+            self.line.clear();
+            ensure!(
+                self.stream.read_line(&mut self.line)? > 0,
+                "connection closed in the answer's head"
+            );
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let length = length.context("answer without content-length")?;
+        self.body.resize(length, 0);
+        self.stream.read_exact(&mut self.body)?;
+        ensure!(
+            status == "200"
+                && std::str::from_utf8(&self.body)
+                    .is_ok_and(|b| b.contains(r#""verdict":"allow""#)),
+            "decision answered {status}: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        Ok(())
+    }
+}
+
+/// The request every open-loop decision sends.
+fn socket_request() -> anyhow::Result<Vec<u8>> {
+    let body = serde_json::to_vec(&common::intent("tool.read"))?;
+    let mut request = format!(
+        "POST /v1/gate/evaluate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    Ok(request)
+}
+
+/// Sends `count` decisions scheduled at `rate` per second over `connections` connections (one thread each).
+/// Blocking.
+fn run_open_loop(
+    socket: &std::path::Path,
+    rate: f64,
+    count: usize,
+    connections: usize,
+) -> anyhow::Result<OpenLoop> {
+    ensure!(rate > 0.0, "--rate must be positive");
+    let request = Arc::new(socket_request()?);
+    let clients = (0..connections)
+        .map(|_| SocketClient::connect(socket, Arc::clone(&request)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let next = AtomicU64::new(0);
+    let start = Instant::now() + Duration::from_millis(20);
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|mut client| {
+                let next = &next;
+                scope.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut lateness = Vec::new();
+                    let mut errors = Vec::new();
+                    let mut last_done = start;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count as u64 {
+                            break;
+                        }
+                        let scheduled = start + interval.mul_f64(i as f64);
+                        let now = Instant::now();
+                        if scheduled > now {
+                            std::thread::sleep(scheduled - now);
+                        }
+                        let sent = Instant::now();
+                        match client.decide() {
+                            Ok(()) => {
+                                let done = Instant::now();
+                                latencies.push(done - scheduled);
+                                lateness.push(sent.saturating_duration_since(scheduled));
+                                last_done = last_done.max(done);
+                            }
+                            Err(e) => {
+                                errors.push(format!("{e:#}"));
+                                // The connection may be unusable: reconnect for the next request.
+                                match SocketClient::connect(socket, Arc::clone(&client.request)) {
+                                    Ok(fresh) => client = fresh,
+                                    Err(e) => {
+                                        errors.push(format!("{e:#}"));
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    (latencies, lateness, errors, last_done)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a sending thread panicked"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut run = OpenLoop {
+        target_rate: rate,
+        sent: count,
+        errors: 0,
+        first_error: None,
+        achieved_rate: 0.0,
+        latencies: Vec::with_capacity(count),
+        lateness: Vec::with_capacity(count),
+    };
+    let mut last = start;
+    for (latencies, lateness, errors, last_done) in results {
+        run.latencies.extend(latencies);
+        run.lateness.extend(lateness);
+        run.errors += errors.len();
+        if run.first_error.is_none() {
+            run.first_error = errors.into_iter().next();
+        }
+        last = last.max(last_done);
+    }
+    run.latencies.sort_unstable();
+    run.lateness.sort_unstable();
+    let elapsed = last.saturating_duration_since(start).as_secs_f64();
+    if elapsed > 0.0 {
+        run.achieved_rate = run.latencies.len() as f64 / elapsed;
+    }
+    Ok(run)
+}
+
+/// One open-loop step at `rate` for `count` decisions, after the outbox of the previous step drained.
+async fn open_loop_step(
+    args: &DecideArgs,
+    agg: &AggregatorProc,
+    agent: &AgentProc,
+    stage: &str,
+    rate: f64,
+    count: usize,
+) -> anyhow::Result<OpenLoop> {
+    agent
+        .wait_status(Duration::from_secs(300), |s| {
+            s["outbox"]["depth"].as_u64() == Some(0)
+        })
+        .await
+        .context("the outbox did not drain before the step")?;
+    let socket = agent.dir.join("data").join("local-api.sock");
+    let connections = args.connections;
+    let (threads0, agg0) = (common::thread_cpu(agent.pid)?, agg.cpu_seconds()?);
+    let run = tokio::task::spawn_blocking(move || run_open_loop(&socket, rate, count, connections))
+        .await??;
+    // Where the agent's CPU went (per thread name, microseconds per decision) and what the aggregator, on
+    // the same machine, spent meanwhile ingesting the records.
+    let by_thread = common::thread_cpu_delta(&threads0, &common::thread_cpu(agent.pid)?);
+    let agg_cpu = agg.cpu_seconds()? - agg0;
+    let per_decision = |secs: f64| round(secs * 1e6 / run.sent.max(1) as f64, 1);
+    let mut summary = run.json(stage, args.rate_limited, args.connections);
+    summary["agent_cpu_us_per_decision"] = by_thread
+        .iter()
+        .map(|(name, secs)| (name.clone(), json!(per_decision(*secs))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    summary["agent_cpu_us_per_decision_total"] =
+        json!(per_decision(by_thread.iter().map(|(_, s)| s).sum()));
+    summary["aggregator_cpu_s"] = json!(round(agg_cpu, 2));
+    common::emit(&summary, &run.human(stage, args.rate_limited));
+    Ok(run)
+}
+
+/// Decisions of one open-loop run: `--duration` at the rate, else `--decisions`.
+fn step_count(args: &DecideArgs, rate: f64, default_secs: Option<f64>) -> usize {
+    match args.duration.or(default_secs) {
+        Some(secs) => (rate * secs).ceil().max(1.0) as usize,
+        None => args.decisions,
+    }
+}
+
+/// `decide --rate`/`--sweep`: open-loop runs on the Unix socket (module docs).
+async fn open_loop(
+    args: &DecideArgs,
+    agg: &AggregatorProc,
+    agent: &AgentProc,
+) -> anyhow::Result<()> {
+    let socket = agent.dir.join("data").join("local-api.sock");
+    eprintln!(
+        "decide: warm-up (500 decisions at 1,000/s on {})",
+        socket.display()
+    );
+    let warm =
+        tokio::task::spawn_blocking(move || run_open_loop(&socket, 1000.0, 500, 4)).await??;
+    ensure!(warm.errors == 0, "warm-up failed: {:?}", warm.first_error);
+    if args.sweep {
+        return sweep(args, agg, agent).await;
+    }
+    let rate = args.rate.unwrap_or(1000.0);
+    let enforce = open_loop_step(
+        args,
+        agg,
+        agent,
+        "enforce",
+        rate,
+        step_count(args, rate, None),
+    )
+    .await?;
+    if args.observe {
+        stage_observe(agg, agent, policy_of(args), epoch_after(args)).await?;
+        let observe = open_loop_step(
+            args,
+            agg,
+            agent,
+            "observe",
+            rate,
+            step_count(args, rate, None),
+        )
+        .await?;
+        let ratio = |o: f64, e: f64| if e > 0.0 { round(o / e, 3) } else { 0.0 };
+        let summary = json!({
+            "bench": "decide-open-loop-observe-vs-enforce",
+            "target_rate": rate,
+            "rate_limited": args.rate_limited,
+            "p50_ratio": ratio(observe.p(0.50), enforce.p(0.50)),
+            "p99_ratio": ratio(observe.p(0.99), enforce.p(0.99)),
+            "p999_ratio": ratio(observe.p(0.999), enforce.p(0.999)),
+        });
+        let human = format!(
+            "decide open-loop at {rate:.0}/s: observe / enforce in one run: p50 x{:.3} ({:.3} vs {:.3} ms), p99 x{:.3} ({:.3} vs {:.3} ms), p99.9 x{:.3}",
+            ratio(observe.p(0.50), enforce.p(0.50)),
+            observe.p(0.50),
+            enforce.p(0.50),
+            ratio(observe.p(0.99), enforce.p(0.99)),
+            observe.p(0.99),
+            enforce.p(0.99),
+            ratio(observe.p(0.999), enforce.p(0.999)),
+        );
+        common::emit(&summary, &human);
+    }
+    Ok(())
+}
+
+/// `--sweep`: the highest rate whose p99 stays within `--target-p99-ms`.
+async fn sweep(args: &DecideArgs, agg: &AggregatorProc, agent: &AgentProc) -> anyhow::Result<()> {
+    let target = args.target_p99_ms;
+    let mut rate = args.rate.unwrap_or(1000.0);
+    let mut best: Option<(f64, f64)> = None;
+    let mut failed_at: Option<f64> = None;
+    for _ in 0..12 {
+        let run = open_loop_step(
+            args,
+            agg,
+            agent,
+            "enforce",
+            rate,
+            step_count(args, rate, Some(5.0)),
+        )
+        .await?;
+        if run.holds(target) {
+            best = Some((rate, run.p(0.99)));
+            rate = match failed_at {
+                Some(high) => (rate + high) / 2.0,
+                None => rate * 2.0,
+            };
+        } else {
+            failed_at = Some(rate);
+            rate = match best {
+                Some((low, _)) => (low + rate) / 2.0,
+                None => rate / 2.0,
+            };
+        }
+        if let (Some((low, _)), Some(high)) = (best, failed_at)
+            && high - low <= 0.05 * low
+        {
+            break;
+        }
+        if rate < 50.0 {
+            break;
+        }
+    }
+    let summary = json!({
+        "bench": "decide-open-loop-sweep",
+        "rate_limited": args.rate_limited,
+        "target_p99_ms": target,
+        "highest_rate_within_target": best.map(|(r, _)| round(r, 0)),
+        "its_p99_ms": best.map(|(_, p)| round(p, 3)),
+        "lowest_rate_over_target": failed_at.map(|r| round(r, 0)),
+    });
+    let human = match best {
+        Some((r, p)) => format!(
+            "decide sweep{}: highest rate with p99 <= {target} ms: {r:.0}/s (p99 {p:.3} ms); lowest failing step {}",
+            if args.rate_limited {
+                " (rate-limited rule)"
+            } else {
+                ""
+            },
+            failed_at.map_or("none".to_owned(), |f| format!("{f:.0}/s"))
+        ),
+        None => format!("decide sweep: no rate down to 50/s kept p99 <= {target} ms"),
+    };
+    common::emit(&summary, &human);
+    Ok(())
 }
 
 /// The soft limit on open files of this process.

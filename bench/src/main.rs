@@ -9,6 +9,7 @@
 //! target/release/gait-fleet-bench idle --agents 10000
 //! target/release/gait-fleet-bench agent-footprint
 //! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
+//! target/release/gait-fleet-bench decide --rate 5000 --duration 5 [--rate-limited] [--observe | --sweep]
 //! target/release/gait-fleet-bench http-flood --idle 20000 --slow-bodies 200
 //! target/release/gait-fleet-bench auth --verifies 20000 --requests 5000
 //! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000

@@ -596,9 +596,7 @@ fn evaluate_gate(args: &GateEvalArgs, invocation: &Invocation) -> Result<Command
         context_evidence: setup.context_evidence.as_ref(),
         wrkr: setup.wrkr.as_ref(),
         registry_entries: &setup.registry_entries,
-        rate_limit_state: &state_path,
-        recover_rate_limit_state: false,
-        rate_limit_bound: None,
+        rate_limits: crate::gate::pipeline::RateLimits::File(&state_path),
         simulate: args.simulate,
         apply_limits: true,
     };

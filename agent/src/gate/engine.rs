@@ -1,4 +1,4 @@
-//! The daemon's side of the gate: the trace signing key and rate-limit state of local enforcement, and one
+//! The daemon's side of the gate: the trace signing key and rate-limit counters of local enforcement, and one
 //! local decision from the verified bundle in force, made by the shared [`pipeline`](super::pipeline) with
 //! the tokens presented with the intent or delivered by the aggregator, and no broker.
 //!
@@ -30,6 +30,7 @@ use super::PRODUCER_VERSION;
 use super::approvals::{ApprovalStore, EdgeTokens};
 use super::pipeline::{self, Inputs, TraceContext};
 use super::policy_set::{PolicySet, PreparedPolicy};
+use super::ratelimit_counters::DaemonCounters;
 use super::tokens::{DelegationAuditEntry, PresentedTokens};
 use gait_artifact::approval::ApprovalAuditEntry;
 use gait_bundle::Stage;
@@ -38,7 +39,8 @@ use gait_bundle::Stage;
 pub const TRACE_PRIVATE_KEY: &str = "trace_private.key";
 /// File name of its public half, for `gait trace verify --public-key`.
 pub const TRACE_PUBLIC_KEY: &str = "trace_public.key";
-/// Rate-limit state file in the data dir (Gait's format).
+/// Rate-limit state file in the data dir (Gait's format) where daemons before the counters moved into the agent
+/// database kept them; imported once at start ([`DaemonCounters::open`]).
 pub const RATE_LIMIT_STATE: &str = "gate_rate_limits.json";
 /// Reason code when the agent has no verified bundle.
 pub const REASON_NO_POLICY: &str = "agent_no_verified_policy";
@@ -57,13 +59,12 @@ pub struct KeyError {
     pub detail: String,
 }
 
-/// The signing key and state files of local enforcement.
+/// The signing key and rate-limit counters of local enforcement.
 #[derive(Debug)]
 pub struct GateEngine {
     key: SigningKey,
     key_id: String,
-    rate_limit_state: PathBuf,
-    rate_limit_bound: super::ratelimit_bound::KeyBound,
+    rate_limits: Arc<DaemonCounters>,
     /// Delivered approval tokens and raised approval requests.
     approvals: ApprovalStore,
 }
@@ -83,18 +84,23 @@ impl GateEngine {
         Ok(GateEngine {
             key,
             key_id,
-            rate_limit_state: data_dir.join(RATE_LIMIT_STATE),
-            rate_limit_bound: super::ratelimit_bound::KeyBound::new(
+            rate_limits: Arc::new(DaemonCounters::new(
                 super::ratelimit_bound::DEFAULT_MAX_KEYS,
-            ),
+            )),
             approvals: ApprovalStore::open(data_dir),
         })
     }
 
-    /// Bounds the rate-limit state to `max_keys` counters (`gate.rate_limit.max_keys`).
-    pub fn with_rate_limit_max_keys(mut self, max_keys: usize) -> GateEngine {
-        self.rate_limit_bound = super::ratelimit_bound::KeyBound::new(max_keys);
+    /// Counts rate limits in `counters` (the daemon's, durable in the agent database) instead of the
+    /// in-memory ones [`GateEngine::open`] starts with.
+    pub fn with_rate_limits(mut self, counters: Arc<DaemonCounters>) -> GateEngine {
+        self.rate_limits = counters;
         self
+    }
+
+    /// The rate-limit counters decisions count in (the outbox committer writes them with the records).
+    pub fn rate_limits(&self) -> &Arc<DaemonCounters> {
+        &self.rate_limits
     }
 
     /// Delivered approval tokens and raised approval requests.
@@ -113,7 +119,7 @@ impl GateEngine {
     }
 
     /// Decides `raw` against the bundle policies `set` (none: fail-closed default), enforcing rate limits,
-    /// the stage of the picked policy and staleness. Blocking: takes the rate-limit file lock and does file I/O.
+    /// the stage of the picked policy and staleness. Blocking: takes the counters' lock, may read token files.
     pub fn decide(
         &self,
         set: Option<PolicySet<'_>>,
@@ -278,9 +284,7 @@ impl GateEngine {
             context_evidence: None,
             wrkr: None,
             registry_entries: &[],
-            rate_limit_state: &self.rate_limit_state,
-            recover_rate_limit_state: true,
-            rate_limit_bound: Some(&self.rate_limit_bound),
+            rate_limits: pipeline::RateLimits::Daemon(&self.rate_limits),
             simulate: false,
             apply_limits,
         }

@@ -5,8 +5,8 @@
 //! 2. approved-script registry fast path (a matching signed entry pre-approves the script) or policy
 //!    evaluation;
 //! 3. prepare the intent that is reported (verified context evidence, Wrkr enrichment when it decided);
-//! 4. rate limit, then destructive budget, under one hold of the state-file lock (counters increment even
-//!    for non-allow verdicts);
+//! 4. rate limit, then destructive budget, under one hold of the counters (Gait's state-file lock for the
+//!    CLI, the daemon's in-memory counters for the daemon; counters increment even for non-allow verdicts);
 //! 5. [`Authorizations::load_keys`] (the CLI loads its signing key here, so a bad key fails after the
 //!    counters and before any token or broker is touched);
 //! 6. delegation token chain, only when the deciding rule requires delegation;
@@ -16,7 +16,7 @@
 //!
 //! The trace is built afterwards by [`Evaluated::trace_record`] from the final decision; signing and writing
 //! it (a file for the CLI, the outbox for the daemon) stay with the caller. Steps that need I/O other than
-//! the rate-limit state file (token files, keys, a broker) are supplied by the caller through
+//! the rate-limit counters (token files, keys, a broker) are supplied by the caller through
 //! [`Authorizations`].
 
 use std::path::Path;
@@ -40,7 +40,9 @@ use gait_policy::{
 };
 
 use super::GateError;
-use super::ratelimit_state::{self, LOCK_TIMEOUT, RateLimitStore, StateError};
+use super::ratelimit_bound::Counted;
+use super::ratelimit_counters::DaemonCounters;
+use super::ratelimit_state::{LOCK_TIMEOUT, RateLimitStore};
 use super::registry::{self, LoadedEntry};
 use super::trace::{self, TraceInputs};
 
@@ -57,23 +59,26 @@ pub struct Inputs<'a> {
     pub wrkr: Option<&'a (WrkrInventory, String)>,
     /// Verified approved-script registry entries (empty: no fast path).
     pub registry_entries: &'a [LoadedEntry],
-    /// Rate-limit state file (Gait's format, exclusive lock).
-    pub rate_limit_state: &'a Path,
-    /// The long-running agent's state handling: an unreadable state file is set aside and counting starts
-    /// afresh (ERROR, counted in [`super::ratelimit_state::STATE_RESETS`]) instead of failing every decision
-    /// from then on, and expired buckets are pruned at each commit. `gate eval` keeps Gait's behaviour
-    /// (`false`): the error is the command's.
-    pub recover_rate_limit_state: bool,
-    /// The long-running agent's bound on the number and bytes of counters (`gate.rate_limit.max_keys`): a new
-    /// key at the bound evicts counters below their limit or is refused (blocked). `None` (`gate eval`): Gait's
-    /// unbounded counting.
-    pub rate_limit_bound: Option<&'a super::ratelimit_bound::KeyBound>,
+    /// Where step 4 counts.
+    pub rate_limits: RateLimits<'a>,
     /// Gait's `--simulate`: report what enforcement would do, enforce `allow`.
     pub simulate: bool,
     /// Whether step 4 (rate limit, destructive budget) counts and applies. `false` only for a policy evaluated
     /// in shadow beside the policy of record (a staged candidate, or the policy a dry run replaces): its
     /// verdict is reported, and only the policy of record's counters move.
     pub apply_limits: bool,
+}
+
+/// Where the rate-limit and destructive-budget counters live.
+#[derive(Debug, Clone, Copy)]
+pub enum RateLimits<'a> {
+    /// Gait's state file under its exclusive lock, read and rewritten for each evaluation (`gate eval`):
+    /// Gait's behaviour exactly, unbounded, and an unreadable file is the command's error.
+    File(&'a Path),
+    /// The long-running agent's counters: in memory, durable in the agent database with the decision records,
+    /// bounded by `gate.rate_limit.max_keys` (a new key at the bound evicts counters below their limit or is
+    /// refused: blocked).
+    Daemon(&'a DaemonCounters),
 }
 
 /// Facts about the evaluation a token or broker step may need.
@@ -460,7 +465,7 @@ fn state_full(decision: &mut GateDecision, full: bool) {
     }
 }
 
-/// Step 4: rate limit and destructive budget under one hold of the state lock.
+/// Step 4: rate limit and destructive budget under one hold of the counters.
 fn enforce_limits(
     inputs: &Inputs<'_>,
     outcome: &EvalOutcome,
@@ -472,73 +477,74 @@ fn enforce_limits(
     if !rate_needed && !budget_needed {
         return Ok((None, None));
     }
-    let state_path = inputs.rate_limit_state;
     let now = gait_policy::gotime::GoTime::from_offset_date_time(crate::clock::now_utc());
-    let mut store = match RateLimitStore::open(state_path, LOCK_TIMEOUT) {
-        Ok(store) => store,
-        Err(e @ (StateError::Parse(_) | StateError::Read(_)))
-            if inputs.recover_rate_limit_state =>
-        {
-            ratelimit_state::set_aside(state_path, &e)?;
-            RateLimitStore::open(state_path, LOCK_TIMEOUT)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if inputs.recover_rate_limit_state {
-        store.state.prune_expired(now);
-    }
     let identity = intent.context.identity.as_str();
-    let rate = if rate_needed {
-        let d = match inputs.rate_limit_bound {
-            Some(bound) => {
-                let counted = bound.enforce(
-                    &mut store.state,
-                    &outcome.rate_limit,
-                    &intent.tool_name,
-                    identity,
-                    now,
-                )?;
-                state_full(decision, counted.state_full);
-                counted.decision
-            }
-            None => store
-                .state
-                .enforce(&outcome.rate_limit, &intent.tool_name, identity, now)?,
-        };
-        apply_rate_limit(decision, &d);
-        Some(d)
-    } else {
-        None
+    let limits = Limits {
+        rate: rate_needed.then_some(&outcome.rate_limit),
+        budget: budget_needed.then_some(&outcome.destructive_budget),
+        tool_name: &intent.tool_name,
     };
-    let budget = if budget_needed {
-        let d = match inputs.rate_limit_bound {
-            Some(bound) => {
+    match inputs.rate_limits {
+        RateLimits::File(path) => {
+            let mut store = RateLimitStore::open(path, LOCK_TIMEOUT)?;
+            let counted = limits.count(decision, |limit, tool| {
+                Ok(Counted {
+                    decision: store.state.enforce(limit, tool, identity, now)?,
+                    state_full: false,
+                })
+            })?;
+            store.commit()?;
+            Ok(counted)
+        }
+        RateLimits::Daemon(counters) => {
+            let mut held = counters.hold(now);
+            limits.count(decision, |limit, tool| {
+                held.enforce(limit, tool, identity, now)
+            })
+        }
+    }
+}
+
+/// The limits one evaluation counts against.
+struct Limits<'a> {
+    rate: Option<&'a RateLimitPolicy>,
+    budget: Option<&'a RateLimitPolicy>,
+    tool_name: &'a str,
+}
+
+impl Limits<'_> {
+    /// Counts the rate limit under the tool, then the destructive budget under `destructive_budget|<tool>`,
+    /// with `count`, and applies each to `decision`.
+    fn count(
+        &self,
+        decision: &mut GateDecision,
+        mut count: impl FnMut(
+            &RateLimitPolicy,
+            &str,
+        ) -> Result<Counted, gait_policy::gate::RateLimitError>,
+    ) -> Result<(Option<RateLimitDecision>, Option<RateLimitDecision>), GateError> {
+        let rate = match self.rate {
+            Some(limit) => {
+                let counted = count(limit, self.tool_name)?;
+                state_full(decision, counted.state_full);
+                apply_rate_limit(decision, &counted.decision);
+                Some(counted.decision)
+            }
+            None => None,
+        };
+        let budget = match self.budget {
+            Some(limit) => {
                 let tool =
-                    gait_policy::gate::RateLimitState::destructive_budget_tool(&intent.tool_name);
-                let counted = bound.enforce(
-                    &mut store.state,
-                    &outcome.destructive_budget,
-                    &tool,
-                    identity,
-                    now,
-                )?;
+                    gait_policy::gate::RateLimitState::destructive_budget_tool(self.tool_name);
+                let counted = count(limit, &tool)?;
                 state_full(decision, counted.state_full);
-                counted.decision
+                apply_destructive_budget(decision, &counted.decision);
+                Some(counted.decision)
             }
-            None => store.state.enforce_destructive_budget(
-                &outcome.destructive_budget,
-                &intent.tool_name,
-                identity,
-                now,
-            )?,
+            None => None,
         };
-        apply_destructive_budget(decision, &d);
-        Some(d)
-    } else {
-        None
-    };
-    store.commit()?;
-    Ok((rate, budget))
+        Ok((rate, budget))
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 //!    or by a `gait` CLI sharing the file) is never evicted;
 //! 4. when nothing can be evicted the new key is refused: the request is blocked (`rate_limit_exceeded` and
 //!    `agent_rate_limit_state_full`), logged at ERROR and counted ([`KEYS_REFUSED`]), instead of the old
-//!    behaviour of resetting every counter. Expired buckets are pruned at every commit, so room returns with
-//!    the next bucket at the latest.
+//!    behaviour of resetting every counter. Expired buckets are pruned before anything is evicted (and by the
+//!    daemon's counters every second), so room returns with the next bucket at the latest.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,13 +137,11 @@ impl KeyBound {
                 state_full: false,
             });
         };
-        // Counters of buckets that are over can never count again: they make room before anything is evicted.
-        state.prune_expired(now);
         let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
         uses.sync(state);
         uses.tick += 1;
         let tick = uses.tick;
-        if state.count(&key) == 0 && !self.make_room(state, &mut uses, &key) {
+        if state.count(&key) == 0 && !self.make_room(state, &mut uses, &key, now) {
             let refused = KEYS_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
             if refused.is_power_of_two() {
                 tracing::error!(
@@ -193,10 +191,17 @@ impl KeyBound {
         })
     }
 
-    /// Makes room for the new `key`: evicts the least recently used counters below their limit until it fits,
-    /// and, while such counters remain, a sixteenth of the bound more (so the sort runs once per many new
-    /// keys, not at each). False, with nothing evicted, when it cannot fit.
-    fn make_room(&self, state: &mut RateLimitState, uses: &mut Uses, key: &str) -> bool {
+    /// Makes room for the new `key`: drops the counters of buckets that are over at `now` (they can never
+    /// count again), then evicts the least recently used counters below their limit until it fits, and, while
+    /// such counters remain, a sixteenth of the bound more (so the sort runs once per many new keys, not at
+    /// each). False, with nothing evicted, when it cannot fit.
+    fn make_room(
+        &self,
+        state: &mut RateLimitState,
+        uses: &mut Uses,
+        key: &str,
+        now: GoTime,
+    ) -> bool {
         let need = entry_bytes(key);
         let fits = |count: usize, bytes: usize, slack: bool| {
             let (keys, room) = if slack {
@@ -206,10 +211,16 @@ impl KeyBound {
             };
             count + keys < self.max_keys && bytes + need + room <= self.max_bytes
         };
-        let (mut count, mut bytes) = (state.len(), uses.bytes);
-        if fits(count, bytes, false) {
+        if fits(state.len(), uses.bytes, false) {
             return true;
         }
+        if state.prune_expired(now) > 0 {
+            uses.sync(state);
+            if fits(state.len(), uses.bytes, false) {
+                return true;
+            }
+        }
+        let (mut count, mut bytes) = (state.len(), uses.bytes);
         let mut candidates: Vec<(u64, &str, usize)> = uses
             .keys
             .iter()

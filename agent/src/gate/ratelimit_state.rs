@@ -1,6 +1,8 @@
-//! The rate-limit state file of the gate (`gate eval`: `.gait-out/gate_rate_limits.json`; the daemon:
-//! `<data_dir>/gate_rate_limits.json`; `gait.gate.rate_limit_state`) under an exclusive lock, so concurrent
-//! `gate eval` processes and the daemon never lose or double-count a request.
+//! The rate-limit state file of the gate (`gate eval`: `.gait-out/gate_rate_limits.json`;
+//! `gait.gate.rate_limit_state`) under an exclusive lock, so concurrent `gate eval` processes never lose or
+//! double-count a request. The daemon counts in memory and in its database instead
+//! ([`super::ratelimit_counters`]) and only reads a `<data_dir>/gate_rate_limits.json` an older agent left, once,
+//! to import it.
 //!
 //! The lock is `<state>.lock`, shared with Gait's protocol: an exclusive `flock` (fs4) guards it between
 //! `gait-agent` processes, the holder writes Gait's lock metadata into it (so a Gait process sees a live lock and

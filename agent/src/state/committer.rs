@@ -6,11 +6,17 @@
 //! each producer. A lone producer pays one commit, as before; many concurrent producers share commits. When a
 //! group cannot be committed as a whole (quota reached, one record invalid) each record of it is appended on
 //! its own, so every producer gets exactly the answer a single append would have given.
+//!
+//! The daemon's rate-limit counters ride along: every commit also writes the counters changed since the last
+//! one, in the same transaction, taken after the group was gathered, so a decision's count is durable with
+//! its record before it is answered ([`crate::gate::ratelimit_counters`], "Durability rule"). When the queue
+//! closes, counters still changed are written in a last commit of their own.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 
+use crate::gate::ratelimit_counters::DaemonCounters;
 use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
 
 /// Most records committed together.
@@ -35,11 +41,15 @@ impl Drop for Committer {
 }
 
 impl Committer {
-    pub(crate) fn spawn(outbox: Outbox) -> std::io::Result<Self> {
+    /// Starts the commit thread; `counters` (the daemon's rate-limit counters) are written with every commit.
+    pub(crate) fn spawn(
+        outbox: Outbox,
+        counters: Option<Arc<DaemonCounters>>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(NewRecord, Reply)>();
         let thread = std::thread::Builder::new()
             .name("gait-outbox-commit".into())
-            .spawn(move || run(outbox, rx))?;
+            .spawn(move || run(&Group { outbox, counters }, rx))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -60,7 +70,13 @@ impl Committer {
     }
 }
 
-fn run(outbox: Outbox, rx: mpsc::Receiver<(NewRecord, Reply)>) {
+/// What every commit writes to.
+struct Group {
+    outbox: Outbox,
+    counters: Option<Arc<DaemonCounters>>,
+}
+
+fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -69,30 +85,64 @@ fn run(outbox: Outbox, rx: mpsc::Receiver<(NewRecord, Reply)>) {
                 Err(_) => break,
             }
         }
-        commit(&outbox, group);
+        group_to.commit(group);
+    }
+    if let Some(counters) = &group_to.counters
+        && let Err(error) = counters.flush()
+    {
+        tracing::warn!(%error, "rate-limit counters of unanswered decisions not written at stop");
     }
 }
 
-fn commit(outbox: &Outbox, group: Vec<(NewRecord, Reply)>) {
-    if group.len() == 1 {
-        for (record, reply) in group {
-            let _ = reply.send(outbox.append(record));
-        }
-        return;
-    }
-    let records: Vec<NewRecord> = group.iter().map(|(r, _)| r.clone()).collect();
-    match outbox.append_many(records) {
-        Ok(outcomes) if outcomes.len() == group.len() => {
-            for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
-            }
-        }
-        // All-or-nothing failed (or an unexpected answer): give every record its own verdict.
-        _ => {
+impl Group {
+    fn commit(&self, group: Vec<(NewRecord, Reply)>) {
+        if group.len() == 1 {
             for (record, reply) in group {
-                let _ = reply.send(outbox.append(record));
+                let _ = reply.send(self.append_one(record));
+            }
+            return;
+        }
+        let records: Vec<NewRecord> = group.iter().map(|(r, _)| r.clone()).collect();
+        match self.append(records) {
+            Ok(outcomes) if outcomes.len() == group.len() => {
+                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            // All-or-nothing failed (or an unexpected answer): give every record its own verdict.
+            _ => {
+                for (record, reply) in group {
+                    let _ = reply.send(self.append_one(record));
+                }
             }
         }
+    }
+
+    fn append_one(&self, record: NewRecord) -> Result<AppendOutcome, OutboxError> {
+        let mut outcomes = self.append(vec![record])?;
+        outcomes.pop().ok_or_else(|| OutboxError::Corrupt {
+            path: String::new(),
+            seq: 0,
+            detail: "append produced no outcome".into(),
+        })
+    }
+
+    /// One durable commit of `records` and the counters changed since the last commit.
+    fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
+        let Some(counters) = &self.counters else {
+            return self.outbox.append_many(records);
+        };
+        let mut taken = None;
+        let result = self.outbox.append_many_with(records, |txn| {
+            taken = Some(counters.write_changes(txn)?);
+            Ok(())
+        });
+        if result.is_err()
+            && let Some(changes) = taken
+        {
+            counters.restore(changes);
+        }
+        result
     }
 }
 
@@ -126,7 +176,7 @@ mod tests {
             },
         )
         .expect("outbox");
-        let committer = std::sync::Arc::new(Committer::spawn(outbox.clone()).expect("spawn"));
+        let committer = std::sync::Arc::new(Committer::spawn(outbox.clone(), None).expect("spawn"));
         let mut tasks = Vec::new();
         for i in 0..400 {
             let c = committer.clone();
@@ -146,5 +196,41 @@ mod tests {
             "every producer got a distinct seq, none lost"
         );
         assert_eq!(outbox.stats().depth, 400);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decisions_count_is_durable_once_its_record_is_committed() {
+        use crate::gate::ratelimit_counters::DaemonCounters;
+        use gait_policy::gate::RateLimitState;
+        use gait_policy::gotime::GoTime;
+        use gait_policy::policy::RateLimitPolicy;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join("gate_rate_limits.json");
+        let db = AgentDb::open(dir.path().join("agent.redb")).expect("db");
+        let outbox = Outbox::open(&db, OutboxLimits::default()).expect("outbox");
+        let counters =
+            std::sync::Arc::new(DaemonCounters::open(&db, &legacy, 1024).expect("counters"));
+        let committer =
+            Committer::spawn(outbox, Some(std::sync::Arc::clone(&counters))).expect("spawn");
+        let limit = RateLimitPolicy {
+            requests: 10,
+            window: "hour".into(),
+            scope: "tool".into(),
+        };
+        let now = GoTime::from_offset_date_time(crate::clock::now_utc());
+        let key = RateLimitState::counter_key(&limit, "t", "a", now)
+            .expect("key")
+            .expect("counted");
+        for i in 1..=3_i64 {
+            counters
+                .hold(now)
+                .enforce(&limit, "t", "a", now)
+                .expect("counts");
+            committer.append(record(0)).await.expect("append");
+            // What a restart would load now, while the committer still runs (no clean stop).
+            let on_disk = DaemonCounters::open(&db, &legacy, 1024).expect("reload");
+            assert_eq!(on_disk.snapshot().count(&key), i, "after decision {i}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use gait_policy::gate::{BrokerStatus, TokenCheck};
 use gait_policy::{IntentRequest, Policy, Verdict, parse_intent, parse_policy_yaml};
 
-use super::{Authorizations, Inputs, NoAuthorizations, StepContext, run};
+use super::{Authorizations, Inputs, NoAuthorizations, RateLimits, StepContext, run};
 use crate::gate::GateError;
 
 const INTENT: &[u8] = br#"{"tool_name":"tool.x","args":{},"targets":[],"context":{"identity":"alice","workspace":"/w","risk_class":"low"}}"#;
@@ -36,9 +36,7 @@ fn inputs<'a>(policy: &'a Policy, digest: &'a str, state: &'a Path, simulate: bo
         context_evidence: None,
         wrkr: None,
         registry_entries: &[],
-        rate_limit_state: state,
-        recover_rate_limit_state: false,
-        rate_limit_bound: None,
+        rate_limits: RateLimits::File(state),
         simulate,
         apply_limits: true,
     }
@@ -288,18 +286,16 @@ fn intent_of(identity: &str) -> IntentRequest {
 }
 
 #[test]
-fn the_daemon_bound_keeps_the_state_file_small_and_blocks_a_new_identity_when_all_are_at_their_limit()
- {
+fn the_daemon_bound_keeps_the_counters_few_and_blocks_a_new_identity_when_all_are_at_their_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("limits.json");
     let policy = policy(
         "    effect: allow\n    rate_limit:\n      requests: 1\n      window: hour\n      scope: identity\n",
     );
     let digest = policy.digest();
-    let bound = crate::gate::ratelimit_bound::KeyBound::new(8);
+    let counters = crate::gate::ratelimit_counters::DaemonCounters::new(8);
     let inputs = Inputs {
-        recover_rate_limit_state: true,
-        rate_limit_bound: Some(&bound),
+        rate_limits: RateLimits::Daemon(&counters),
         ..inputs(&policy, &digest, &state, false)
     };
     // Eight identities use their one request each: every counter is at its limit.
@@ -328,7 +324,13 @@ fn the_daemon_bound_keeps_the_state_file_small_and_blocks_a_new_identity_when_al
         Verdict::Block,
         "user-0 stays over its limit"
     );
-    let file = gait_policy::gate::RateLimitState::from_json(&std::fs::read(&state).expect("state"))
-        .expect("state parses");
-    assert_eq!(file.len(), 8, "the file holds at most max_keys counters");
+    assert_eq!(
+        counters.snapshot().len(),
+        8,
+        "the counters hold at most max_keys keys"
+    );
+    assert!(
+        !state.exists(),
+        "the daemon's counters never touch a state file"
+    );
 }

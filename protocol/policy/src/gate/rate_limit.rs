@@ -123,6 +123,17 @@ impl RateLimitState {
         Ok(RateLimitState { counters })
     }
 
+    /// A state holding `counters` (a store that keeps them elsewhere loads them back); like
+    /// [`RateLimitState::from_json`], empty keys and non-positive counts are dropped.
+    pub fn from_counters(counters: impl IntoIterator<Item = (String, i64)>) -> RateLimitState {
+        RateLimitState {
+            counters: counters
+                .into_iter()
+                .filter(|(key, count)| !key.trim().is_empty() && *count > 0)
+                .collect(),
+        }
+    }
+
     /// The file content Gait writes: 2-space indented JSON, counters sorted by key, trailing newline.
     pub fn to_json_pretty(&self) -> Vec<u8> {
         let persisted = PersistedState {
@@ -275,12 +286,9 @@ impl RateLimitState {
             scope_key,
         } = Self::key_parts(limit, tool_name, identity, now)?;
 
-        let mut pruned = self.counters.clone();
-        pruned.retain(|key, _| {
-            let parts: Vec<&str> = key.splitn(4, '|').collect();
-            parts.len() == 4 && (parts[0] != window || parts[2] == bucket)
-        });
-        let used = pruned.get(&counter_key).copied().unwrap_or(0);
+        // The counter's own key always survives the pruning below (same window, same bucket), so its count is
+        // read before pruning, and nothing changes when the request is refused.
+        let used = self.counters.get(&counter_key).copied().unwrap_or(0);
         if used >= limit.requests {
             return Ok(RateLimitDecision {
                 allowed: false,
@@ -292,8 +300,9 @@ impl RateLimitState {
             });
         }
         let used = used + 1;
-        pruned.insert(counter_key, used);
-        self.counters = pruned;
+        self.counters
+            .retain(|key, _| Self::kept_when_counting(key, &window, &bucket));
+        self.counters.insert(counter_key, used);
         Ok(RateLimitDecision {
             allowed: true,
             limit: limit.requests,
@@ -302,6 +311,16 @@ impl RateLimitState {
             scope,
             key: scope_key,
         })
+    }
+
+    /// Whether `key` stays when a request of `window` is counted in `bucket` (Gait's rule): a counter key of
+    /// another window, or of this window's current bucket. Keys that are not counter keys go.
+    fn kept_when_counting(key: &str, window: &str, bucket: &str) -> bool {
+        let mut parts = key.splitn(4, '|');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(w), Some(_), Some(b), Some(_)) => w != window || b == bucket,
+            _ => false,
+        }
     }
 
     /// The destructive budget: the same counting with the tool name prefixed by `destructive_budget|`. Callers
