@@ -109,7 +109,7 @@ async fn run(indexed: bool, work: &[Vec<NewRecord>]) -> Result<(f64, f64)> {
     for batch in work {
         for key in &keys {
             if indexed {
-                intake.commit_batch(key, batch, &[], NOW).await?;
+                intake.commit_batch(key, batch, &[], &[], NOW).await?;
             } else {
                 store.commit_batch(key, batch, NOW).await?;
             }

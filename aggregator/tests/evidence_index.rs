@@ -102,7 +102,7 @@ fn runpack(run_id: &str, sha: char) -> Value {
 }
 
 async fn commit(intake: &Intake, k: &AgentKey, records: &[NewRecord]) -> Result<()> {
-    intake.commit_batch(k, records, &[], NOW).await?;
+    intake.commit_batch(k, records, &[], &[], NOW).await?;
     Ok(())
 }
 
