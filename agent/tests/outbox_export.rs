@@ -105,9 +105,11 @@ async fn the_outbox_is_sealed_by_the_daemon_or_from_the_database_and_nothing_lea
         "{}",
         export.header.agent_uri
     );
-    ensure!(export.header.first_seq == 1 && export.header.last_seq == 3);
+    // Seq 1 is the agent's trace key announcement (written at its first start), then the three records.
+    ensure!(export.header.first_seq == 1 && export.header.last_seq == 4);
+    ensure!(export.records[0].kind == gait_wire::trace_key::TRACE_KEY_KIND);
     ensure!(
-        export.records[2]
+        export.records[3]
             .payload
             .windows(5)
             .any(|w| w == b"\"n\":2")
@@ -115,7 +117,7 @@ async fn the_outbox_is_sealed_by_the_daemon_or_from_the_database_and_nothing_lea
     // Bad bodies and nothing after the last seq.
     let (status, body, _) = post_export(&agent, r#"{"after":1}"#).await?;
     ensure!(status == 400, "{status} {}", String::from_utf8_lossy(&body));
-    let (status, body, _) = post_export(&agent, r#"{"after_seq":3}"#).await?;
+    let (status, body, _) = post_export(&agent, r#"{"after_seq":4}"#).await?;
     let answer: Value = serde_json::from_slice(&body)?;
     ensure!(
         status == 409 && answer["error"]["code"] == "outbox_empty",
@@ -126,13 +128,13 @@ async fn the_outbox_is_sealed_by_the_daemon_or_from_the_database_and_nothing_lea
     let out = tmp.path().join("part.json");
     let report = json_of(&export_cli(&config_file, &out, 1).await?, 0)?;
     ensure!(
-        report["via"] == "daemon" && report["first_seq"] == 2 && report["count"] == 2,
+        report["via"] == "daemon" && report["first_seq"] == 2 && report["count"] == 3,
         "{report}"
     );
     let file = OutboxExport::decode(&std::fs::read(&out)?)?;
     ensure!(file.records[..] == export.records[1..]);
     ensure!(
-        agent.status().await?.outbox.depth == 3,
+        agent.status().await?.outbox.depth == 4,
         "exporting removed records"
     );
 
@@ -141,18 +143,18 @@ async fn the_outbox_is_sealed_by_the_daemon_or_from_the_database_and_nothing_lea
     let out = tmp.path().join("all.json");
     let report = json_of(&export_cli(&config_file, &out, 0).await?, 0)?;
     ensure!(
-        report["via"] == "database" && report["count"] == 3,
+        report["via"] == "database" && report["count"] == 4,
         "{report}"
     );
     ensure!(OutboxExport::decode(&std::fs::read(&out)?)?.records == export.records);
     let report = json_of(
-        &export_cli(&config_file, &tmp.path().join("none.json"), 3).await?,
+        &export_cli(&config_file, &tmp.path().join("none.json"), 4).await?,
         66,
     )?;
     ensure!(
         report["error"]
             .as_str()
-            .is_some_and(|e| e.contains("after seq 3")),
+            .is_some_and(|e| e.contains("after seq 4")),
         "{report}"
     );
     ensure!(!tmp.path().join("none.json").exists());

@@ -191,8 +191,18 @@ fn an_exported_outbox_lands_exactly_once_and_the_agent_drains_without_resending(
             && r["conflicts"].as_array().is_some_and(Vec::is_empty),
         "{r}"
     );
-    let records = agg.records("acme", "web", "prod", "a1")?;
+    let records = agg.all_records("acme", "web", "prod", "a1")?;
     ensure!(records.len() as u64 == n2, "{} records held", records.len());
+    // The agent never connected, yet its trace key is known centrally: the announcement it wrote at its first
+    // start came in the file and registered under the file's verified certificate.
+    let (status, keys) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/a1/trace-keys")?;
+    ensure!(status == 200, "trace keys: {status} {keys}");
+    ensure!(
+        keys["trace_keys"].as_array().is_some_and(
+            |k| k.len() == 1 && k[0]["key_id"].as_str().is_some_and(|id| id.len() == 64)
+        ),
+        "{keys}"
+    );
     let ingests = agg
         .audit_actions()?
         .into_iter()
@@ -214,7 +224,7 @@ fn an_exported_outbox_lands_exactly_once_and_the_agent_drains_without_resending(
     let last = agent.status()?["outbox"]["last_seq"]
         .as_u64()
         .context("last_seq")?;
-    let held = agg.records("acme", "web", "prod", "a1")?;
+    let held = agg.all_records("acme", "web", "prod", "a1")?;
     ensure!(
         held.len() as u64 == last,
         "{} records held, agent's last seq {last}",
