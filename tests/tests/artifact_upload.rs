@@ -264,7 +264,7 @@ fn push_find_and_read_back(agg: &Aggregator, tmp: &Path) -> Result<()> {
     );
     let runpack_bytes = std::fs::read(conformance("runpack_run_demo.zip"))?;
     let runpack_sha = hex::encode(Sha256::digest(&runpack_bytes));
-    // By digest, in one environment; the record it names holds the projection Gait's reference consumer computes.
+    // By digest, in one environment.
     let found = aggregator_json(
         agg,
         &[
@@ -284,13 +284,9 @@ fn push_find_and_read_back(agg: &Aggregator, tmp: &Path) -> Result<()> {
         row["sha256"] == runpack_sha.as_str() && row["agent_id"] == "ci-push",
         "{found}"
     );
-    let seq = row["seq"].as_u64().context("seq")?;
-    let record = agg
-        .records("acme", "web", "prod", "ci-push")?
-        .into_iter()
-        .find(|r| r["seq"].as_u64() == Some(seq))
-        .context("the indexed record")?;
-    let projection = &record["payload"]["runpack"];
+    // The lookup carries the record's payload: Gait's §7 projection as the reference consumer computes it.
+    let record = row;
+    let projection = &record["artifact"]["runpack"];
     ensure!(
         projection["run_id"] == "run_demo"
             && projection["capture_mode"] == "reference"

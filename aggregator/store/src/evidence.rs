@@ -144,7 +144,39 @@ pub struct IndexedRecord {
     pub created_unix_ms: i64,
     #[serde(flatten)]
     pub fields: IndexFields,
+    /// For an artifact: the record's whole payload as the agent sent it (Gait's §7 projection with the digests,
+    /// `gait_artifact::evidence::ArtifactRecord`), embedded as the JSON text it is. Absent for decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<RawJson>,
 }
+
+/// JSON text embedded as is when serialised (checked to be JSON, never parsed into a tree); equal when the
+/// texts are.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `text` when it is one JSON value.
+    pub fn new(text: String) -> Option<RawJson> {
+        serde_json::value::RawValue::from_string(text)
+            .ok()
+            .map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
 
 /// What to list: an org, optionally narrowed; every other field narrows further when set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -373,8 +405,11 @@ pub(crate) async fn page(
         "SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.class, e.kind, e.received_unix_ms, \
          e.created_unix_ms, e.verdict, e.policy_verdict, e.policy_digest, e.policy_name, e.intent_digest, \
          e.trace_id, e.tool_name, e.stage, e.candidate_digest, e.would_have_blocked, e.artifact_kind, e.sha256, \
-         e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids \
-         FROM evidence_index e WHERE e.org = $1",
+         e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids, \
+         r.payload AS artifact_payload \
+         FROM evidence_index e LEFT JOIN records r ON e.class = 'artifact' AND r.org = e.org \
+         AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
+         WHERE e.org = $1",
     );
     let mut args = vec![Arg::Text(Some(filter.org.as_str()))];
     fn text(v: &Option<String>) -> Option<Arg<'_>> {
@@ -453,6 +488,19 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
         StoreError::corrupt(TABLE, format!("{column} is not a valid identifier: {e}"))
     };
     let class = row.text("class")?;
+    // Checked to be JSON (as the agent records route does), never parsed into a tree: a record the index
+    // points at was JSON when it was indexed, so anything else is corruption.
+    let artifact = match row.opt_bytes("artifact_payload")? {
+        Some(bytes) => Some(
+            String::from_utf8(bytes)
+                .ok()
+                .and_then(RawJson::new)
+                .ok_or_else(|| {
+                    StoreError::corrupt("records", "an indexed artifact payload is not JSON")
+                })?,
+        ),
+        None => None,
+    };
     let run_ids = match row.opt_text("run_ids")? {
         Some(text) => serde_json::from_str(&text)
             .map_err(|e| StoreError::corrupt(TABLE, format!("run_ids is not a JSON array: {e}")))?,
@@ -493,5 +541,6 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             regress_status: row.opt_text("regress_status")?,
             run_ids,
         },
+        artifact,
     })
 }

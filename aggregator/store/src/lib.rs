@@ -60,6 +60,7 @@ pub use enrollment::{
 pub use error::StoreError;
 pub use evidence::{
     EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry,
+    RawJson,
 };
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,

@@ -156,11 +156,17 @@ async fn index_entries_commit_with_their_records_and_a_retry_doubles_nothing(
             && artifact.created_unix_ms == NOW - 10,
         "{artifact:?}"
     );
+    // An artifact row carries its record's payload (the projection), joined from the records it indexes.
+    ensure!(
+        artifact.artifact.as_ref().map(|p| p.get()) == Some("{}"),
+        "{artifact:?}"
+    );
     let decided = &rows[1];
     ensure!(
         decided.seq == 1
             && decided.fields.verdict.as_deref() == Some("block")
-            && decided.fields.would_have_blocked == Some(false),
+            && decided.fields.would_have_blocked == Some(false)
+            && decided.artifact.is_none(),
         "{decided:?}"
     );
 
