@@ -405,6 +405,54 @@ async fn every_error_has_the_one_json_shape(db: &TestStore) -> anyhow::Result<()
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_policy",
     )?;
+    // The edge issue's routes: a malformed path parameter is a 400 naming it, never a crash or a 500.
+    let env = "/v1/orgs/acme/projects/web/envs/prod";
+    for (what, path) in [
+        (
+            "bad digest",
+            format!("{env}/artifacts/not-a-digest/content"),
+        ),
+        (
+            "upper-case digest",
+            format!("{env}/artifacts/{}/content", "A".repeat(64)),
+        ),
+        ("bad epoch", format!("{env}/bundles/x/raw")),
+        (
+            "epoch over the limit",
+            format!("{env}/bundles/99999999999999999999999/raw"),
+        ),
+        (
+            "bad agent id",
+            format!("{env}/agents/Not_An_Id!/trace-keys"),
+        ),
+        (
+            "bad evidence parameter",
+            format!("{env}/evidence/records?verdict=maybe"),
+        ),
+    ] {
+        let got = raw(&app, "GET", &path, "application/json", Vec::new()).await?;
+        anyhow::ensure!(
+            got.0 == StatusCode::BAD_REQUEST || got.0 == StatusCode::NOT_FOUND,
+            "{what}: {path} answered {} {}",
+            got.0,
+            got.1
+        );
+        let code = if got.0 == StatusCode::BAD_REQUEST {
+            "invalid_request"
+        } else {
+            "not_found"
+        };
+        ensure_shape(
+            what,
+            got,
+            if code == "not_found" {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            code,
+        )?;
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, http_json, wait_for};
 use gait_store::testing::{TestStore, postgres_fresh};
 use serde_json::json;
 
@@ -88,6 +88,115 @@ fn publish_reaches_three_connected_agents_which_report_the_new_version() {
         for a in &agents {
             a.wait_active_epoch(2, "agent active epoch 2")?;
         }
+        Ok(())
+    });
+}
+
+/// A Gait intent for `tool`.
+fn intent(tool: &str, n: u32) -> serde_json::Value {
+    json!({
+        "schema_id": "gait.gate.intent_request",
+        "schema_version": "1.0.0",
+        "created_at": "2026-12-05T09:00:00Z",
+        "producer_version": "e2e",
+        "tool_name": tool,
+        "args": {"path": format!("/srv/data/{n}.csv")},
+        "targets": [{"kind": "path", "value": format!("/srv/data/{n}.csv"), "operation": "read"}],
+        "arg_provenance": [{"arg_path": "$.path", "source": "user"}],
+        "context": {"identity": "sidecar-e2e", "workspace": "/srv/agents/e2e", "risk_class": "low"}
+    })
+}
+
+#[test]
+fn sidecar_decisions_made_while_the_aggregator_is_down_arrive_exactly_once() {
+    each_backend(|db, _| {
+        let tmp = tempfile::tempdir()?;
+        let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+        let mut agent = Agent::enroll(
+            &agg,
+            &tmp.path().join("a"),
+            "acme",
+            "web",
+            "prod",
+            "sidecar-1",
+        )?;
+        agent.start()?;
+        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
+        ensure!(status == 201, "publish: {status} {body}");
+        agent.wait_active_epoch(1, "bundle active")?;
+        let token = agent.api_token()?;
+
+        // The aggregator goes away; the sidecar keeps deciding from its verified bundle, each answer durable.
+        agg.stop();
+        let mut answered = Vec::new();
+        for n in 0..40u32 {
+            let tool = if n % 4 == 0 {
+                "tool.write"
+            } else {
+                "tool.read"
+            };
+            let (status, answer) = http_json(
+                "POST",
+                &format!("http://{}/v1/gate/evaluate", agent.api),
+                Some(&token),
+                Some(intent(tool, n)),
+            )?;
+            ensure!(status == 200, "evaluate while down: {status} {answer}");
+            let expected = if n % 4 == 0 { "block" } else { "allow" };
+            ensure!(answer["verdict"] == expected, "{answer}");
+            let seq = answer["record_seq"].as_u64().context("record_seq")?;
+            answered.push((
+                seq,
+                answer["intent_digest"].clone(),
+                answer["trace_id"].clone(),
+            ));
+        }
+        ensure!(
+            agent.status()?["connected"] == false,
+            "the aggregator is down"
+        );
+
+        agg.restart()?;
+        let decisions = wait_for(PATIENCE * 2, "every decision committed", || {
+            let records = agg.records("acme", "web", "prod", "sidecar-1").ok()?;
+            let decisions: Vec<_> = records
+                .into_iter()
+                .filter(|r| r["kind"] == "gate.decision")
+                .collect();
+            (decisions.len() >= answered.len()).then_some(decisions)
+        })?;
+        // Exactly once: one record per answered decision, at the seq the answer named, with its digests.
+        ensure!(
+            decisions.len() == answered.len(),
+            "{} decision records for {} answers",
+            decisions.len(),
+            answered.len()
+        );
+        let seqs: BTreeSet<u64> = decisions.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        ensure!(seqs.len() == decisions.len(), "duplicate seqs");
+        for (seq, digest, trace_id) in &answered {
+            let r = decisions
+                .iter()
+                .find(|r| r["seq"] == *seq)
+                .with_context(|| format!("decision at seq {seq} missing"))?;
+            ensure!(
+                r["payload"]["intent_digest"] == *digest && r["payload"]["trace_id"] == *trace_id,
+                "seq {seq}: {}",
+                r["payload"]
+            );
+        }
+        // Nothing more arrives later (no resend once acknowledged).
+        wait_for(PATIENCE, "outbox drained", || {
+            (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
+        })?;
+        let again = agg
+            .records("acme", "web", "prod", "sidecar-1")?
+            .into_iter()
+            .filter(|r| r["kind"] == "gate.decision")
+            .count();
+        ensure!(again == answered.len(), "{again} decisions after the drain");
+        agent.stop();
+        agg.stop();
         Ok(())
     });
 }
