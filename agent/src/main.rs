@@ -18,6 +18,11 @@ use gait_runtime::exit::{
 };
 use gait_runtime::outln;
 
+/// mimalloc instead of glibc malloc: allocation and free were about a fifth of the CPU of a decision (and of
+/// ingest) with glibc's arenas; see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "gait-agent", version, about = "Gait edge agent")]
 struct Cli {

@@ -308,6 +308,9 @@ struct Inner {
     /// Meta as of the last commit. Held for the whole of every write transaction, so it is updated in
     /// commit order and only after a commit succeeded.
     meta: Mutex<Meta>,
+    /// The counters of `meta`, published (under the `meta` lock) after each commit. [`Outbox::stats`] reads
+    /// this one, so a reader on an async task never waits behind a writer's fsync.
+    stats: Mutex<OutboxStats>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -350,6 +353,7 @@ impl Outbox {
                 quarantine_limits,
                 quarantine: Mutex::new(quarantine::QMeta::EMPTY),
                 meta: Mutex::new(Meta::EMPTY),
+                stats: Mutex::new(Meta::EMPTY.stats()),
             }),
         };
         let mut resealed = 0u64;
@@ -636,7 +640,7 @@ impl Outbox {
 
     /// Counters as of the last committed write.
     pub fn stats(&self) -> OutboxStats {
-        self.lock().stats()
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Scans every stored record: decodes it, checks its hash, that seqs are contiguous, that each
@@ -731,8 +735,26 @@ impl Outbox {
             &mut Meta,
         ) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
+        self.write_txn_with(redb::Durability::Immediate, always_commit, f)
+    }
+
+    /// [`Outbox::write_txn`] at a chosen durability. [`redb::Durability::None`] is for writes whose loss in
+    /// a crash is harmless because they are redone (an acknowledgement: the records come back and are sent
+    /// again, and the aggregator answers them as duplicates); the next durable commit makes them durable too.
+    fn write_txn_with(
+        &self,
+        durability: redb::Durability,
+        always_commit: bool,
+        f: impl FnOnce(
+            &redb::WriteTransaction,
+            &mut RecordsTable<'_>,
+            &mut Meta,
+        ) -> Result<(), OutboxError>,
+    ) -> Result<Meta, OutboxError> {
         let mut cached = self.lock();
-        let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+        let mut txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+        txn.set_durability(durability)
+            .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
         let result = (|| {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
@@ -756,6 +778,7 @@ impl Outbox {
                     txn.abort().map_err(|e| self.db_err(e))?;
                 }
                 *cached = meta;
+                *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
                 Ok(meta)
             }
             Err(e) => {

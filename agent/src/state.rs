@@ -56,6 +56,10 @@ pub struct ActiveBundle {
     pub since_unix_ms: i64,
     /// Its policy files, parsed once for local decisions.
     pub policies: crate::gate::policy_set::PreparedPolicies,
+    /// The approval token key the manifest carries, decoded once (not per decision).
+    pub approval_key: Option<gait_canon::sign::PublicKey>,
+    /// The delegation token key the manifest carries, decoded once.
+    pub delegation_key: Option<gait_canon::sign::PublicKey>,
 }
 
 impl ActiveBundle {
@@ -73,6 +77,8 @@ impl ActiveBundle {
             }
         }
         ActiveBundle {
+            approval_key: bundle.manifest.approval_public_key(),
+            delegation_key: bundle.manifest.delegation_public_key(),
             bundle,
             since_unix_ms,
             policies,

@@ -12,6 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 mod cmd;
 
+/// mimalloc instead of glibc malloc: allocation and free were about a fifth of the CPU of a decision (and of
+/// ingest) with glibc's arenas; see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Gait fleet aggregator: mutual-TLS QUIC ingest for gait-agents, signed policy bundles, fleet inventory.
 ///
 /// Quick start on embedded defaults (SQLite and a private CA under ./gait-data):

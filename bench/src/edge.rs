@@ -529,8 +529,10 @@ impl SocketClient {
         })
     }
 
-    /// `POST /v1/gate/evaluate` with the bench intent; an error unless it answered 200 `allow`.
-    fn decide(&mut self) -> anyhow::Result<()> {
+    /// `POST /v1/gate/evaluate` with the bench intent; an error unless it answered 200 `allow`. Returns
+    /// `false` when the answer closed the connection (`Connection: close`, sent on the agent's
+    /// `max_requests_per_connection`-th answer): the next decision needs a new connection.
+    fn decide(&mut self) -> anyhow::Result<bool> {
         use std::io::{BufRead as _, Read as _, Write as _};
         self.stream.get_mut().write_all(&self.request)?;
         self.line.clear();
@@ -542,6 +544,7 @@ impl SocketClient {
             .unwrap_or_default()
             .to_owned();
         let mut length = None;
+        let mut keep_alive = true;
         loop {
             self.line.clear();
             ensure!(
@@ -552,10 +555,12 @@ impl SocketClient {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = Some(value.trim().parse::<usize>()?);
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = Some(value.trim().parse::<usize>()?);
+                } else if name.eq_ignore_ascii_case("connection") {
+                    keep_alive = !value.trim().eq_ignore_ascii_case("close");
+                }
             }
         }
         let length = length.context("answer without content-length")?;
@@ -568,7 +573,7 @@ impl SocketClient {
             "decision answered {status}: {}",
             String::from_utf8_lossy(&self.body)
         );
-        Ok(())
+        Ok(keep_alive)
     }
 }
 
@@ -622,11 +627,23 @@ fn run_open_loop(
                         }
                         let sent = Instant::now();
                         match client.decide() {
-                            Ok(()) => {
+                            Ok(keep_alive) => {
                                 let done = Instant::now();
                                 latencies.push(done - scheduled);
                                 lateness.push(sent.saturating_duration_since(scheduled));
                                 last_done = last_done.max(done);
+                                if !keep_alive {
+                                    // As a real client does: a new connection for the next decision (a
+                                    // connect that makes it late counts in its latency).
+                                    match SocketClient::connect(socket, Arc::clone(&client.request))
+                                    {
+                                        Ok(fresh) => client = fresh,
+                                        Err(e) => {
+                                            errors.push(format!("{e:#}"));
+                                            break;
+                                        }
+                                    }
+                                }
                             }
                             Err(e) => {
                                 errors.push(format!("{e:#}"));

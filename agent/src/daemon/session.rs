@@ -36,6 +36,15 @@ pub const BATCH_MAX_RECORDS: usize = 500;
 pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Batches awaiting their ack at once.
 pub const PIPELINE_DEPTH: usize = 4;
+/// While a batch awaits its ack, another is sent only once this many records wait, or once they have waited
+/// [`COALESCE_LINGER`]; until then they wait for the ack and go in the next batch. A quiet agent so ships each
+/// record at once, and a busy one ships fewer, fuller batches instead of one per group commit: every batch
+/// costs the aggregator a transaction and this agent an acknowledgement commit, which at thousands of
+/// decisions per second took more CPU than the records.
+pub const COALESCE_RECORDS: u64 = 64;
+/// Longest a few records are held back for an ack that does not come (a slow aggregator): then they are sent
+/// in a batch of their own, pipelined as before.
+pub const COALESCE_LINGER: Duration = Duration::from_millis(10);
 /// Idle shipper re-checks the outbox at least this often.
 const SHIP_IDLE_TICK: Duration = Duration::from_secs(1);
 /// Pause after a retryable error reply before asking again.
@@ -749,6 +758,7 @@ fn spawn_ship_loop(
             in_flight: VecDeque::new(),
             next_batch_id: 1,
             shipped_through: 0,
+            held_since: None,
             pending_quarantine: None,
         };
         let result = shipper.run(&token).await;
@@ -774,6 +784,8 @@ struct Shipper {
     next_batch_id: u64,
     /// Highest seq sent in a batch on this connection (acknowledged or not).
     shipped_through: u64,
+    /// Since when records have been held back for coalescing ([`COALESCE_RECORDS`]), if they are.
+    held_since: Option<tokio::time::Instant>,
     /// A record refused for good (by the aggregator, or by [`gait_wire::Record::validate`] before sending).
     /// Only records before it are shipped until everything before it is acknowledged; then it moves into
     /// the outbox quarantine and shipping goes on after it.
@@ -801,10 +813,13 @@ impl Shipper {
                 }
                 continue;
             };
-            // Wait for the oldest ack, but keep filling the pipeline as producers append.
+            // Wait for the oldest ack, but keep filling the pipeline as producers append, and send records
+            // held back for coalescing once they have lingered.
+            let linger_until = self.held_since.map(|since| since + COALESCE_LINGER);
             let reply = tokio::select! {
                 r = &mut oldest.reply => r,
                 _ = self.state.records_appended(), if can_send_more => continue,
+                _ = sleep_until_some(linger_until), if can_send_more && linger_until.is_some() => continue,
                 _ = token.cancelled() => return Ok(()),
             };
             let Some(oldest) = self.in_flight.pop_front() else {
@@ -934,6 +949,16 @@ impl Shipper {
             let below = self.settle_quarantine().await?;
             let outbox = self.state.outbox().clone();
             let after = self.shipped_through;
+            let waiting = outbox.stats().last_seq.saturating_sub(after);
+            if !self.in_flight.is_empty() && waiting > 0 && waiting < COALESCE_RECORDS {
+                let since = *self
+                    .held_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < COALESCE_LINGER {
+                    return Ok(());
+                }
+            }
+            self.held_since = None;
             if below.is_some_and(|b| after.saturating_add(1) >= b) {
                 return Ok(());
             }
@@ -1074,6 +1099,14 @@ fn spawn_batch_request(
     msg: AgentMsg,
 ) -> AbortOnDropHandle<Result<ServerMsg, ExchangeError>> {
     tasks.spawn_owned(async move { exchange::request(&conn, &msg, REPLY_TIMEOUT).await })
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

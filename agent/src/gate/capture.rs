@@ -14,6 +14,7 @@
 
 use gait_bundle::CaptureMode;
 use gait_wire::limits::MAX_PAYLOAD_BYTES;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Largest normalized intent a decision record carries (its JSON bytes). A quarter of the wire's payload limit,
@@ -38,36 +39,48 @@ pub enum Captured {
     Truncated,
 }
 
-/// Writes the capture fields into the decision record `payload` (a JSON object) and encodes it: the mode
-/// always, in `raw` mode the normalized intent (`intent`, when the intent normalized) or, if that would be too
-/// large, `intent_truncated: true`. `payload_limit` is the largest record the outbox takes.
-pub fn encode_record(
-    payload: &mut Value,
+/// Encodes the decision record `payload` (anything serializing as a JSON object) with the capture fields
+/// beside its own: the mode always, in `raw` mode the normalized intent (`normalized_intent`, when the intent
+/// normalized) or, if that would be too large, `intent_truncated: true`. `payload_limit` is the largest record
+/// the outbox takes. The payload is serialized straight to bytes, once in the common case.
+pub fn encode_record<P: Serialize>(
+    payload: &P,
     mode: CaptureMode,
     intent: Option<Value>,
     payload_limit: usize,
 ) -> Result<(Vec<u8>, Captured), serde_json::Error> {
-    let Value::Object(map) = payload else {
-        return Ok((serde_json::to_vec(payload)?, Captured::DigestsOnly));
+    let encode = |intent: Option<&Value>, intent_truncated: Option<bool>| {
+        serde_json::to_vec(&WithCapture {
+            payload,
+            capture_mode: mode.as_str(),
+            normalized_intent: intent,
+            intent_truncated,
+        })
     };
-    map.insert(FIELD_CAPTURE_MODE.into(), Value::from(mode.as_str()));
     let intent = match (mode, intent) {
         (CaptureMode::Raw, Some(intent)) => intent,
-        _ => return Ok((serde_json::to_vec(payload)?, Captured::DigestsOnly)),
+        _ => return Ok((encode(None, None)?, Captured::DigestsOnly)),
     };
     let intent_bytes = serde_json::to_vec(&intent)?.len();
     if intent_bytes <= MAX_CAPTURED_INTENT_BYTES {
-        map.insert(FIELD_NORMALIZED_INTENT.into(), intent);
-        let bytes = serde_json::to_vec(payload)?;
+        let bytes = encode(Some(&intent), None)?;
         if bytes.len() <= payload_limit {
             return Ok((bytes, Captured::Intent));
         }
     }
-    if let Value::Object(map) = payload {
-        map.remove(FIELD_NORMALIZED_INTENT);
-        map.insert(FIELD_INTENT_TRUNCATED.into(), Value::Bool(true));
-    }
-    Ok((serde_json::to_vec(payload)?, Captured::Truncated))
+    Ok((encode(None, Some(true))?, Captured::Truncated))
+}
+
+/// A record payload with the capture fields added (see [`encode_record`]).
+#[derive(Serialize)]
+struct WithCapture<'a, P> {
+    #[serde(flatten)]
+    payload: &'a P,
+    capture_mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalized_intent: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intent_truncated: Option<bool>,
 }
 
 #[cfg(test)]
@@ -87,7 +100,7 @@ mod tests {
     fn reference_mode_records_digests_only() {
         let intent = json!({"tool_name": "tool.read", "args": {"path": "/secret"}});
         let (bytes, captured) = encode_record(
-            &mut record(),
+            &record(),
             CaptureMode::Reference,
             Some(intent),
             MAX_PAYLOAD_BYTES,
@@ -105,7 +118,7 @@ mod tests {
     fn raw_mode_records_the_normalized_intent() {
         let intent = json!({"tool_name": "tool.read", "args": {"path": "/tmp/x"}});
         let (bytes, captured) = encode_record(
-            &mut record(),
+            &record(),
             CaptureMode::Raw,
             Some(intent.clone()),
             MAX_PAYLOAD_BYTES,
@@ -122,7 +135,7 @@ mod tests {
     #[test]
     fn raw_mode_without_a_normalized_intent_records_the_mode_only() {
         let (bytes, captured) =
-            encode_record(&mut record(), CaptureMode::Raw, None, MAX_PAYLOAD_BYTES).unwrap();
+            encode_record(&record(), CaptureMode::Raw, None, MAX_PAYLOAD_BYTES).unwrap();
         let v = decode(&bytes);
         assert_eq!(captured, Captured::DigestsOnly);
         assert_eq!(v["capture_mode"], "raw");
@@ -134,7 +147,7 @@ mod tests {
         let huge =
             json!({"tool_name": "t", "args": {"blob": "x".repeat(MAX_CAPTURED_INTENT_BYTES)}});
         let (bytes, captured) = encode_record(
-            &mut record(),
+            &record(),
             CaptureMode::Raw,
             Some(huge),
             MAX_PAYLOAD_BYTES,
@@ -153,7 +166,7 @@ mod tests {
         // Under the intent budget, but the record with it would pass the outbox's limit.
         let intent = json!({"tool_name": "t", "args": {"blob": "x".repeat(2048)}});
         let (bytes, captured) =
-            encode_record(&mut record(), CaptureMode::Raw, Some(intent), 1024).unwrap();
+            encode_record(&record(), CaptureMode::Raw, Some(intent), 1024).unwrap();
         assert_eq!(captured, Captured::Truncated);
         assert!(bytes.len() <= 1024);
         assert_eq!(decode(&bytes)[FIELD_INTENT_TRUNCATED], true);

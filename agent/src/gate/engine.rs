@@ -538,9 +538,10 @@ pub struct GateResponse {
     pub simulated: Option<SimulateReport>,
     /// Outbox sequence of the decision record; `None` when the `allow` record was shed under quota.
     pub record_seq: Option<u64>,
-    /// The signed trace (absent when nothing was evaluated).
+    /// The signed trace (absent when nothing was evaluated), encoded once: the answer and the decision record
+    /// embed these bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace: Option<Value>,
+    pub trace: Option<Box<serde_json::value::RawValue>>,
     /// The stage the policy was at, the candidate's digest and both verdicts.
     pub stage: StageReport,
     /// How each approval token was judged (absent when none was consulted).

@@ -129,14 +129,14 @@ pub async fn evaluate_intent(
     let set = active.as_deref().map(|a| PolicySet {
         epoch: a.epoch(),
         policies: &a.policies,
-        approval_key: a.bundle.manifest.approval_public_key(),
-        delegation_key: a.bundle.manifest.delegation_public_key(),
+        approval_key: a.approval_key,
+        delegation_key: a.delegation_key,
     });
     let decided = engine.decide(set, stale_fail_closed, &raw, &req)?;
 
     let trace_json = match &decided.trace {
         Some(t) => Some(
-            serde_json::to_value(t)
+            serde_json::value::to_raw_value(t)
                 .map_err(|e| EvaluateError::Internal(format!("encode trace: {e}")))?,
         ),
         None => None,
@@ -183,12 +183,9 @@ pub async fn evaluate_intent(
         delegation_audit: decided.delegation_audit,
     };
     let requester = crate::gate::approvals::requester_of(&requested_by);
-    let mut payload = decision_payload(&response, decided.policy_verdict, &clocks);
-    if let Value::Object(map) = &mut payload {
-        map.insert("requested_by".into(), requested_by);
-    }
+    let payload = DecisionRecord::new(&response, decided.policy_verdict, &clocks, &requested_by);
     let (bytes, _) = crate::gate::capture::encode_record(
-        &mut payload,
+        &payload,
         capture,
         decided.normalized_intent,
         crate::outbox::MAX_PAYLOAD_BYTES,
@@ -262,33 +259,76 @@ struct Clocks {
     agent_decided_unix_ms: i64,
 }
 
-/// The outbox record of a decision: the answer plus the policy's own verdict beside the enforced one (the
-/// bundle digest in force and since when are on the record envelope) and both clocks.
-fn decision_payload(response: &GateResponse, policy_verdict: Verdict, clocks: &Clocks) -> Value {
-    let mut value = serde_json::to_value(response).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert(
-            "agent_decided_unix_ms".into(),
-            Value::from(clocks.agent_decided_unix_ms),
-        );
-        map.insert(
-            "intent_created_at".into(),
-            clocks
-                .intent_created_at
-                .clone()
-                .map_or(Value::Null, Value::String),
-        );
-        map.remove("ok");
-        map.remove("record_seq");
-        map.insert("schema".into(), Value::String(DECISION_SCHEMA.into()));
-        map.insert(
-            "policy_verdict".into(),
-            Value::String(policy_verdict.as_str().into()),
-        );
-        map.insert(
-            "enforced_verdict".into(),
-            Value::String(response.verdict.as_str().into()),
-        );
+/// The outbox record of a decision (schema [`DECISION_SCHEMA`]): the answer without `ok` and `record_seq`, plus
+/// the policy's own verdict beside the enforced one (the bundle digest in force and since when are on the
+/// record envelope), both clocks and who asked. Borrowed from the answer and serialized once, the signed trace
+/// embedded as the bytes it was encoded to.
+#[derive(serde::Serialize)]
+struct DecisionRecord<'a> {
+    schema: &'static str,
+    tool_name: &'a str,
+    verdict: &'static str,
+    policy_verdict: &'static str,
+    enforced_verdict: &'static str,
+    reason_codes: &'a [String],
+    violations: &'a [String],
+    matched_rule: &'a str,
+    enforcement: &'a crate::gate::engine::Enforcement,
+    stale: bool,
+    bundle: Option<&'a DecisionBundle>,
+    policy_name: &'a str,
+    policy_digest: &'a str,
+    intent_digest: &'a str,
+    trace_id: &'a str,
+    trace_key_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simulated: Option<&'a gait_policy::gate::SimulateReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a serde_json::value::RawValue>,
+    stage: &'a crate::gate::engine::StageReport,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    approval_audit: &'a [gait_artifact::approval::ApprovalAuditEntry],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    delegation_audit: &'a [crate::gate::tokens::DelegationAuditEntry],
+    /// The agent's clock when it decided, Unix ms.
+    agent_decided_unix_ms: i64,
+    /// The intent's `created_at` as the caller sent it (`null` when it sent none).
+    intent_created_at: Option<&'a str>,
+    requested_by: &'a Value,
+}
+
+impl<'a> DecisionRecord<'a> {
+    fn new(
+        response: &'a GateResponse,
+        policy_verdict: Verdict,
+        clocks: &'a Clocks,
+        requested_by: &'a Value,
+    ) -> Self {
+        DecisionRecord {
+            schema: DECISION_SCHEMA,
+            tool_name: &response.tool_name,
+            verdict: response.verdict.as_str(),
+            policy_verdict: policy_verdict.as_str(),
+            enforced_verdict: response.verdict.as_str(),
+            reason_codes: &response.reason_codes,
+            violations: &response.violations,
+            matched_rule: &response.matched_rule,
+            enforcement: &response.enforcement,
+            stale: response.stale,
+            bundle: response.bundle.as_ref(),
+            policy_name: &response.policy_name,
+            policy_digest: &response.policy_digest,
+            intent_digest: &response.intent_digest,
+            trace_id: &response.trace_id,
+            trace_key_id: &response.trace_key_id,
+            simulated: response.simulated.as_ref(),
+            trace: response.trace.as_deref(),
+            stage: &response.stage,
+            approval_audit: &response.approval_audit,
+            delegation_audit: &response.delegation_audit,
+            agent_decided_unix_ms: clocks.agent_decided_unix_ms,
+            intent_created_at: clocks.intent_created_at.as_deref(),
+            requested_by,
+        }
     }
-    value
 }

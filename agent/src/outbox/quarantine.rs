@@ -266,11 +266,18 @@ impl Outbox {
         Ok(outcome)
     }
 
-    /// Settles a `BatchAck`: every waiting record with `seq <= through` leaves the outbox in one durable
-    /// commit, the ones whose seq lies in `conflicts` into the quarantine (code `record_seq_conflict`,
-    /// `message`), the others deleted. Call it with `through` at most the last seq of the acknowledged batch
-    /// (the aggregator's `committed_through` may be ahead of this outbox when another instance wrote the
+    /// Settles a `BatchAck`: every waiting record with `seq <= through` leaves the outbox in one commit, the
+    /// ones whose seq lies in `conflicts` into the quarantine (code `record_seq_conflict`, `message`), the
+    /// others deleted. Call it with `through` at most the last seq of the acknowledged batch (the
+    /// aggregator's `committed_through` may be ahead of this outbox when another instance wrote the
     /// identity's records). Acknowledging an already acknowledged seq changes nothing.
+    ///
+    /// A plain acknowledgement (no conflicts) commits without fsync ([`redb::Durability::None`]); the next
+    /// append's durable commit, or closing the database, makes it durable. Lost in a crash, it only brings the
+    /// acknowledged records back: the next session settles them from the aggregator's `Welcome` head, or
+    /// sends them again and the aggregator answers them as duplicates. Producers' appends, which must be
+    /// durable before a decision is answered, so no longer wait behind an acknowledgement's fsync. A move
+    /// into the quarantine stays durable.
     pub fn ack_with_conflicts(
         &self,
         through: u64,
@@ -287,7 +294,12 @@ impl Outbox {
         if through <= self.stats().acked_through {
             return Ok(outcome);
         }
-        self.write_txn(false, |txn, records, meta| {
+        let durability = if conflicts.is_empty() {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        self.write_txn_with(durability, false, |txn, records, meta| {
             if through > meta.last_seq {
                 return Err(OutboxError::AckBeyondLastSeq {
                     acked: through,

@@ -912,3 +912,67 @@ fn conflicts_that_overflow_the_quarantine_drop_its_oldest_entries() {
         vec![4, 5]
     );
 }
+
+#[test]
+fn stats_do_not_wait_for_a_write_in_progress() {
+    // An async caller (the shipper, the status API) reads the counters while the committer holds the writer
+    // lock through its fsync; it must get the last committed counters at once, not wait for the commit.
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, outbox) = open_at(&dir.path().join("a.redb"), ROOMY);
+    outbox.append(new_record(RecordClass::Block, 1)).unwrap();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let writing = &outbox;
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || {
+            writing.append_in_transaction(|_, append| {
+                let outcome = append(new_record(RecordClass::Block, 2))?;
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(outcome)
+            })
+        });
+        entered_rx.recv().unwrap();
+        // The write is open (its record not committed): the counters are those of the last commit.
+        let during = outbox.stats();
+        assert_eq!((during.last_seq, during.depth), (1, 1));
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            writer.join().unwrap().unwrap(),
+            AppendOutcome::Appended { seq: 2 }
+        );
+    });
+    assert_eq!((outbox.stats().last_seq, outbox.stats().depth), (2, 2));
+}
+
+#[test]
+fn a_plain_ack_is_kept_across_a_reopen_and_a_conflict_ack_quarantines() {
+    // A plain acknowledgement commits without fsync; closing the database (or the next durable append) makes
+    // it durable, so a clean restart does not send acknowledged records again.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    {
+        let (_db, outbox) = open_at(&path, ROOMY);
+        for i in 0..4 {
+            outbox.append(new_record(RecordClass::Block, i)).unwrap();
+        }
+        let settled = outbox.ack_with_conflicts(2, &[], "", 1).unwrap();
+        assert!(settled.quarantined.is_empty());
+        assert_eq!(outbox.stats().acked_through, 2);
+    }
+    let (_db, outbox) = open_at(&path, ROOMY);
+    assert_eq!((outbox.stats().acked_through, outbox.stats().depth), (2, 2));
+    assert_eq!(
+        everything(&outbox)
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    let conflict = [gait_wire::SeqRange { first: 4, last: 4 }];
+    let settled = outbox
+        .ack_with_conflicts(4, &conflict, "another instance", 2)
+        .unwrap();
+    assert_eq!(settled.quarantined, vec![4]);
+    assert_eq!(outbox.stats().depth, 0);
+}
