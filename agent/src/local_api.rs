@@ -126,6 +126,10 @@ pub mod metric {
     pub const DECISIONS: &str = "gait_agent_decisions_total";
     /// Histogram of whole decisions (decide, sign, record durably), seconds.
     pub const DECISION_DURATION: &str = "gait_agent_decision_duration_seconds";
+    /// Histogram of durable outbox group commits, seconds.
+    pub const OUTBOX_COMMIT_DURATION: &str = "gait_agent_outbox_commit_duration_seconds";
+    /// Histogram of records per outbox group commit.
+    pub const OUTBOX_COMMIT_RECORDS: &str = "gait_agent_outbox_commit_records";
 }
 
 /// Every route the API serves, as (method, path): the agent API's OpenAPI document

@@ -401,15 +401,19 @@ impl AgentState {
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
-        let committer =
-            committer::Committer::spawn(outbox.clone(), Some(Arc::clone(gate.rate_limits())))
-                .map_err(|e| {
-                    StateError::from(OutboxError::Corrupt {
-                        path: String::new(),
-                        seq: 0,
-                        detail: format!("cannot start the outbox commit thread: {e}"),
-                    })
-                })?;
+        let decisions = crate::local_api::decision_metrics::DecisionMetrics::default();
+        let committer = committer::Committer::spawn(
+            outbox.clone(),
+            Some(Arc::clone(gate.rate_limits())),
+            Some(decisions.commit_metrics()),
+        )
+        .map_err(|e| {
+            StateError::from(OutboxError::Corrupt {
+                path: String::new(),
+                seq: 0,
+                detail: format!("cannot start the outbox commit thread: {e}"),
+            })
+        })?;
         let state = Arc::new(AgentState {
             identity,
             scope,
@@ -432,7 +436,7 @@ impl AgentState {
             persisted_contact_ms: AtomicI64::new(last_contact.unwrap_or(0)),
             storage_error: Mutex::new(None),
             http_stats: std::sync::OnceLock::new(),
-            decisions: Default::default(),
+            decisions,
             conflicts: AtomicU64::new(0),
             identity_in_use: AtomicBool::new(false),
             cert_validity: Mutex::new((0, identity_not_after)),

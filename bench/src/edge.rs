@@ -62,6 +62,11 @@ pub struct DecideArgs {
     /// Open loop: connections (one sending thread each); a request waits for a free one, and that wait counts.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Run the aggregator under the `SCHED_IDLE` scheduling policy (`chrt --idle`): it only gets CPU the agent and
+    /// the bench client leave, standing in for an aggregator on its own machine as deployed, while the agent still
+    /// ships every record to it (the agent's shipping CPU stays in the measurement).
+    #[arg(long)]
+    pub aggregator_idle: bool,
     /// The rule carries a `rate_limit` (never reached: every decision is counted and allowed).
     #[arg(long)]
     pub rate_limited: bool,
@@ -185,6 +190,15 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
     let db = Database::create(&args.common, "decide").await?;
     let (agg, agent) = start_pair(&args.common, work.path(), &db).await?;
     let result = async {
+        if args.aggregator_idle {
+            let pid = agg.pid.to_string();
+            let status = tokio::process::Command::new("chrt")
+                .args(["--idle", "--all-tasks", "--pid", "0", &pid])
+                .status()
+                .await
+                .context("run chrt (util-linux) for --aggregator-idle")?;
+            ensure!(status.success(), "chrt --idle --all-tasks --pid 0 {pid} failed");
+        }
         if args.rate_limited {
             publish_policy(&agg, &agent, RATE_LIMITED_POLICY, 2).await?;
         }
@@ -698,6 +712,65 @@ fn run_open_loop(
     Ok(run)
 }
 
+/// The agent's outbox group-commit series (`gait_agent_outbox_commit_*`), summed since its start.
+#[derive(Debug, Default)]
+struct CommitTotals {
+    commits: f64,
+    seconds: f64,
+    records: f64,
+    /// Commits that took more than 5 ms (the histogram's `le="0.005"` bucket subtracted from the count).
+    over_5ms: f64,
+}
+
+impl CommitTotals {
+    fn since(&self, before: &CommitTotals) -> CommitTotals {
+        CommitTotals {
+            commits: self.commits - before.commits,
+            seconds: self.seconds - before.seconds,
+            records: self.records - before.records,
+            over_5ms: self.over_5ms - before.over_5ms,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let per = |x: f64| {
+            if self.commits > 0.0 {
+                x / self.commits
+            } else {
+                0.0
+            }
+        };
+        json!({
+            "commits": self.commits,
+            "mean_ms": round(per(self.seconds) * 1e3, 3),
+            "mean_records": round(per(self.records), 2),
+            "over_5ms": self.over_5ms,
+        })
+    }
+}
+
+/// Reads [`CommitTotals`] from the agent's `/metrics`.
+async fn commit_totals(agent: &AgentProc) -> anyhow::Result<CommitTotals> {
+    let text = reqwest::get(format!("http://{}/metrics", agent.api))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let duration = "gait_agent_outbox_commit_duration_seconds";
+    let commits = common::metric_value(&text, &format!("{duration}_count"));
+    let within_5ms = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{duration}_bucket{{le=\"0.005\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(commits);
+    Ok(CommitTotals {
+        commits,
+        seconds: common::metric_value(&text, &format!("{duration}_sum")),
+        records: common::metric_value(&text, "gait_agent_outbox_commit_records_sum"),
+        over_5ms: commits - within_5ms,
+    })
+}
+
 /// One open-loop step at `rate` for `count` decisions, after the outbox of the previous step drained.
 async fn open_loop_step(
     args: &DecideArgs,
@@ -716,8 +789,10 @@ async fn open_loop_step(
     let socket = agent.dir.join("data").join("local-api.sock");
     let connections = args.connections;
     let (threads0, agg0) = (common::thread_cpu(agent.pid)?, agg.cpu_seconds()?);
+    let commits0 = commit_totals(agent).await?;
     let run = tokio::task::spawn_blocking(move || run_open_loop(&socket, rate, count, connections))
         .await??;
+    let commits = commit_totals(agent).await?.since(&commits0);
     // Where the agent's CPU went (per thread name, microseconds per decision) and what the aggregator, on
     // the same machine, spent meanwhile ingesting the records.
     let by_thread = common::thread_cpu_delta(&threads0, &common::thread_cpu(agent.pid)?);
@@ -732,6 +807,8 @@ async fn open_loop_step(
     summary["agent_cpu_us_per_decision_total"] =
         json!(per_decision(by_thread.iter().map(|(_, s)| s).sum()));
     summary["aggregator_cpu_s"] = json!(round(agg_cpu, 2));
+    summary["aggregator_idle"] = json!(args.aggregator_idle);
+    summary["outbox_commits"] = commits.json();
     common::emit(&summary, &run.human(stage, args.rate_limited));
     Ok(run)
 }

@@ -110,6 +110,8 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
         "gait_agent_decisions_total{verdict=\"allow\"} 0",
         "gait_agent_decisions_total{verdict=\"block\"} 1",
         "gait_agent_decision_duration_seconds_count 1",
+        "gait_agent_outbox_commit_duration_seconds_bucket{le=\"1.0\"}",
+        "gait_agent_outbox_commit_records_bucket{le=\"512.0\"}",
     ] {
         ensure!(text.contains(series), "{series} missing:\n{text}");
     }

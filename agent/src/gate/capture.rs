@@ -146,13 +146,8 @@ mod tests {
     fn a_huge_intent_is_truncated_not_refused() {
         let huge =
             json!({"tool_name": "t", "args": {"blob": "x".repeat(MAX_CAPTURED_INTENT_BYTES)}});
-        let (bytes, captured) = encode_record(
-            &record(),
-            CaptureMode::Raw,
-            Some(huge),
-            MAX_PAYLOAD_BYTES,
-        )
-        .unwrap();
+        let (bytes, captured) =
+            encode_record(&record(), CaptureMode::Raw, Some(huge), MAX_PAYLOAD_BYTES).unwrap();
         let v = decode(&bytes);
         assert_eq!(captured, Captured::Truncated);
         assert_eq!(v[FIELD_INTENT_TRUNCATED], true);

@@ -1,6 +1,7 @@
 //! Metrics of the local decision API for `/metrics`: decisions by answered verdict (every verdict present from
-//! start, at zero) and a latency histogram of whole decisions (decide, sign, record durably), kept in this
-//! agent's own `prometheus-client` registry (several agents in one test process never share series).
+//! start, at zero), a latency histogram of whole decisions (decide, sign, record durably), and the outbox's
+//! group commits every durable record waits for (duration and records per commit), kept in this agent's own
+//! `prometheus-client` registry (several agents in one test process never share series).
 
 use std::time::Duration;
 
@@ -17,13 +18,30 @@ const BUCKETS: [f64; 11] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// Decisions answered, by verdict, and how long they took.
+/// Upper bounds of the commit duration buckets, seconds (one fsync is ~0.1–0.2 ms on a quiet disk).
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Upper bounds of the records-per-commit buckets (the committer takes at most 512 at once).
+const GROUP_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Decisions answered, by verdict, and how long they took; the outbox's group commits.
 #[derive(Debug)]
 pub struct DecisionMetrics {
     registry: Registry,
     /// One counter per entry of [`VERDICTS`], taken from the family once so a decision never locks the family.
     by_verdict: [Counter; 4],
     duration: Histogram,
+    commits: CommitMetrics,
+}
+
+/// The outbox commit thread's histograms (cheap clones sharing the registered series).
+#[derive(Debug, Clone)]
+pub struct CommitMetrics {
+    /// Wall time of one durable group commit, from the write transaction's start to its fsync'd end.
+    pub duration: Histogram,
+    /// Records written by one group commit.
+    pub records: Histogram,
 }
 
 impl Default for DecisionMetrics {
@@ -44,10 +62,27 @@ impl Default for DecisionMetrics {
             "Time to answer a decision: decide, sign the trace, record it durably.",
             duration.clone(),
         );
+        let commits = CommitMetrics {
+            duration: Histogram::new(COMMIT_BUCKETS),
+            records: Histogram::new(GROUP_BUCKETS),
+        };
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_outbox_commit_duration_seconds",
+            "Time of one durable outbox group commit (write and fsync); every record waits for one.",
+            commits.duration.clone(),
+        );
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_outbox_commit_records",
+            "Records written by one durable outbox group commit.",
+            commits.records.clone(),
+        );
         Self {
             registry,
             by_verdict: counters,
             duration,
+            commits,
         }
     }
 }
@@ -65,7 +100,12 @@ impl DecisionMetrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    /// The registry holding both series (encode it with the scrape's other series).
+    /// The histograms the outbox commit thread observes.
+    pub fn commit_metrics(&self) -> CommitMetrics {
+        self.commits.clone()
+    }
+
+    /// The registry holding every series (encode it with the scrape's other series).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

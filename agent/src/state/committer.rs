@@ -17,6 +17,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 use crate::gate::ratelimit_counters::DaemonCounters;
+use crate::local_api::decision_metrics::CommitMetrics;
 use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
 
 /// Most records committed together.
@@ -45,11 +46,21 @@ impl Committer {
     pub(crate) fn spawn(
         outbox: Outbox,
         counters: Option<Arc<DaemonCounters>>,
+        metrics: Option<CommitMetrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(NewRecord, Reply)>();
         let thread = std::thread::Builder::new()
             .name("gait-outbox-commit".into())
-            .spawn(move || run(&Group { outbox, counters }, rx))?;
+            .spawn(move || {
+                run(
+                    &Group {
+                        outbox,
+                        counters,
+                        metrics,
+                    },
+                    rx,
+                )
+            })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -74,6 +85,8 @@ impl Committer {
 struct Group {
     outbox: Outbox,
     counters: Option<Arc<DaemonCounters>>,
+    /// Observed for every commit (the daemon's; none in unit tests).
+    metrics: Option<CommitMetrics>,
 }
 
 fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>) {
@@ -127,8 +140,20 @@ impl Group {
         })
     }
 
-    /// One durable commit of `records` and the counters changed since the last commit.
+    /// One durable commit of `records` and the counters changed since the last commit, observed in the
+    /// commit histograms.
     fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
+        let started = std::time::Instant::now();
+        let count = records.len();
+        let result = self.commit_records(records);
+        if let Some(metrics) = &self.metrics {
+            metrics.duration.observe(started.elapsed().as_secs_f64());
+            metrics.records.observe(count as f64);
+        }
+        result
+    }
+
+    fn commit_records(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
         let Some(counters) = &self.counters else {
             return self.outbox.append_many(records);
         };
@@ -176,7 +201,8 @@ mod tests {
             },
         )
         .expect("outbox");
-        let committer = std::sync::Arc::new(Committer::spawn(outbox.clone(), None).expect("spawn"));
+        let committer =
+            std::sync::Arc::new(Committer::spawn(outbox.clone(), None, None).expect("spawn"));
         let mut tasks = Vec::new();
         for i in 0..400 {
             let c = committer.clone();
@@ -212,7 +238,7 @@ mod tests {
         let counters =
             std::sync::Arc::new(DaemonCounters::open(&db, &legacy, 1024).expect("counters"));
         let committer =
-            Committer::spawn(outbox, Some(std::sync::Arc::clone(&counters))).expect("spawn");
+            Committer::spawn(outbox, Some(std::sync::Arc::clone(&counters)), None).expect("spawn");
         let limit = RateLimitPolicy {
             requests: 10,
             window: "hour".into(),
