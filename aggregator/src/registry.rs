@@ -294,7 +294,7 @@ impl Registry {
             candidates,
             delegation_key: manifest.delegation_public_key(),
         };
-        self.publish(tenant, req).await.map(Some)
+        self.publish_signed(tenant, req, false).await.map(Some)
     }
 
     /// Load the registry key from `dir`, or create one (0600) with its public key beside it.
@@ -331,6 +331,17 @@ impl Registry {
         &self,
         tenant: &Tenant,
         req: PublishRequest,
+    ) -> Result<Published, RegistryError> {
+        self.publish_signed(tenant, req, true).await
+    }
+
+    /// [`publish`](Self::publish); `promote`: first make a `next` key whose overlap has passed the active one
+    /// (false for the introduction bundles of a rotation, which the old key signs).
+    async fn publish_signed(
+        &self,
+        tenant: &Tenant,
+        req: PublishRequest,
+        promote: bool,
     ) -> Result<Published, RegistryError> {
         validate_policies(&req.policies)?;
         validate_candidates(&req.policies, &req.candidates)?;
@@ -407,7 +418,7 @@ impl Registry {
             for (name, text) in &req.policies {
                 builder.add_policy(name.clone(), text.as_bytes().to_vec());
             }
-            let bytes = self.signer.sign(&mut builder, unix_ms()).await?;
+            let bytes = self.signer.sign(&mut builder, unix_ms(), promote).await?;
             let manifest =
                 gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
             let (_, digest) = manifest

@@ -113,14 +113,18 @@ impl Signer {
             .collect()
     }
 
-    /// Sign `builder` with the active key (promoting a `next` key whose overlap has passed first), attaching
-    /// the endorsement chain and the revoked key ids.
+    /// Sign `builder` with the active key, attaching the endorsement chain and the revoked key ids. With
+    /// `promote`, a `next` key whose overlap has passed becomes active first; without it (a rotation's
+    /// introduction bundles) the current active key signs.
     pub async fn sign(
         &self,
         builder: &mut BundleBuilder,
         now_ms: i64,
+        promote: bool,
     ) -> Result<Vec<u8>, RegistryError> {
-        self.promote_due(now_ms).await?;
+        if promote {
+            self.promote_due(now_ms).await?;
+        }
         let keys = self.keys().await?;
         let active = active_row(&keys)?;
         let seed = self.seed(&active.key_id)?;
@@ -461,7 +465,8 @@ fn trust_update(keys: &[SigningKeyRow]) -> TrustUpdate {
     }
 }
 
-/// The audit entry of a key change, on the deployment (`signing_key`/`<key_id>`).
+/// The audit entry of a key change, on the deployment (`signing_key`/`<key_id>`); `before`/`after` are the
+/// previous and new key as `sha256:<key_id>` (the key id is the SHA-256 of the raw public key).
 async fn audit(
     tx: &mut gait_store::StoreTx,
     actor: &str,
@@ -474,8 +479,8 @@ async fn audit(
         actor,
         action,
         crate::audit::scope_target(&BindingScope::deployment(), "signing_key", key_id),
-        before.map(|k| format!("key:{k}")),
-        Some(format!("key:{key_id}")),
+        before.map(|k| format!("sha256:{k}")),
+        Some(format!("sha256:{key_id}")),
     )
     .await
     .map_err(|e| match e {
