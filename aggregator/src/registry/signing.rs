@@ -393,7 +393,7 @@ fn write_seed(dir: &Path, key: &SigningKey) -> Result<(), RegistryError> {
     if path.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    crate::secrets::create_private_dir(dir).map_err(|e| err(dir, e))?;
     crate::secrets::write_atomic(
         &path,
         format!("{}\n", key.to_gait_private_key()).as_bytes(),
@@ -527,5 +527,71 @@ mod tests {
         // Without a next key, the chain ends at the active key.
         let t = trust_update(&keys[..3]);
         assert_eq!(t.keys.last().map(|l| &l.key_id), Some(&keys[2].key_id));
+    }
+
+    #[tokio::test]
+    async fn overlap_keeps_the_old_key_signing_and_the_active_key_cannot_be_revoked() {
+        let db = gait_store::testing::sqlite_temp().await.expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = SigningKey::from_seed(&[1; 32]);
+        let signer = Signer::new(db.store().clone(), legacy.clone()).with_key_dir(dir.path());
+        let k1 = legacy.public_key().key_id();
+        let builder = || {
+            let scope = gait_bundle::Scope::from_parts("acme", "web", "prod").expect("scope");
+            let mut b = BundleBuilder::new(scope, 1, 4_000_000_000);
+            b.created_at(1_800_000_000)
+                .add_policy("p.yaml", b"default_verdict: block\n".to_vec());
+            b
+        };
+        let now = 1_800_000_000_000;
+        let next = signer.rotate(3_600_000, "t", now).await.expect("rotate");
+        // During the overlap the old key signs and the bundle introduces the new one.
+        let bytes = signer
+            .sign(&mut builder(), now + 1, true)
+            .await
+            .expect("sign");
+        let m = gait_bundle::inspect(&bytes).expect("inspect");
+        assert_eq!(m.key_id, k1);
+        assert_eq!(m.trust.keys[0].key_id, next.key_id);
+        // A second rotation waits for the first.
+        let again = signer.rotate(0, "t", now + 2).await.unwrap_err();
+        assert!(matches!(again, RegistryError::KeyConflict(_)), "{again}");
+        // After the overlap the new key signs; the old one is retired, and the active one cannot be revoked.
+        let bytes = signer
+            .sign(&mut builder(), now + 3_600_001, true)
+            .await
+            .expect("sign");
+        assert_eq!(
+            gait_bundle::inspect(&bytes).expect("inspect").key_id,
+            next.key_id
+        );
+        let err = signer
+            .revoke(&next.key_id, "t", now + 3_600_002)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rotate first"), "{err}");
+        let revoked = signer
+            .revoke(&k1, "t", now + 3_600_003)
+            .await
+            .expect("revoke");
+        assert_eq!(revoked.state, SigningKeyState::Revoked);
+        let bytes = signer
+            .sign(&mut builder(), now + 3_600_004, true)
+            .await
+            .expect("sign");
+        assert_eq!(
+            gait_bundle::inspect(&bytes).expect("inspect").trust.revoked,
+            vec![k1.clone()]
+        );
+        // Seeds are private files in a private directory.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let keys = dir.path().join(SIGNING_KEYS_DIR);
+            let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode(&keys), 0o700);
+            assert_eq!(mode(&keys.join(format!("{}.key", next.key_id))), 0o600);
+            assert_eq!(mode(&keys.join(format!("{k1}.key"))), 0o600);
+        }
     }
 }
