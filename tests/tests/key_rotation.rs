@@ -5,7 +5,7 @@
 //! K3-signed bundle by walking the endorsement chain K1 -> K2 -> K3 it carries. K2 is revoked; a higher-epoch
 //! bundle signed with K2 (built here from K2's seed) is refused with `bundle_key_revoked` through
 //! `gait-agent bundle import`, with the daemon running and without it, and the agent stays on its epoch. After a
-//! restart it still trusts K3 and still refuses K2.
+//! restart it still trusts K3 and still refuses K2. On SQLite and, when configured, PostgreSQL.
 #![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
@@ -86,10 +86,23 @@ fn refused_with(agent: &Agent, file: &Path, code: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SQLite and, with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), a fresh PostgreSQL database.
 #[test]
 fn an_agent_walks_two_rotations_in_one_bundle_and_refuses_a_revoked_key() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    rotate_and_revoke(None).context("sqlite")?;
+    if let Some(db) = &postgres {
+        rotate_and_revoke(Some(db.url())).context("postgres")?;
+    }
+    Ok(())
+}
+
+fn rotate_and_revoke(database_url: Option<&str>) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), database_url)?;
     ensure!(publish(&agg, POLICY_V1)? == 1);
     let listed = keys(&agg, &["list"])?;
     let k1 = listed["signing_keys"][0]["key_id"]
