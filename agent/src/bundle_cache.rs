@@ -6,6 +6,10 @@
 //!   digest, digest_hex, raw signed bundle bytes, received_at}.
 //! - `bundle_state`: `active` -> postcard `ActivePointer::V1` {epoch, digest, activated_at};
 //!   `last_refusal` -> postcard `StoredRefusal::V1` {epoch, digest, code, message, at}.
+//! - `bundle_trust`: bundle signing keys learned from activated bundles' endorsement chains, `key:<key_id>` ->
+//!   the raw 32-byte public key, and key ids they revoked, `revoked:<key_id>` -> when, 8 bytes big-endian ms.
+//!   Written only in the commit that activates the bundle that announced them ([`BundleCache::activate_trusting`]),
+//!   so a crash never leaves keys trusted from a bundle that never became active.
 //!
 //! Times are milliseconds since the Unix epoch on the agent's clock.
 //!
@@ -37,6 +41,7 @@ pub const MAX_REFUSAL_MESSAGE: usize = 2048;
 
 const RECEIVED: TableDefinition<'static, [u8; 8], &[u8]> = TableDefinition::new("bundle_received");
 const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("bundle_state");
+const TRUST: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("bundle_trust");
 const ACTIVE_KEY: &str = "active";
 const REFUSAL_KEY: &str = "last_refusal";
 
@@ -65,6 +70,40 @@ impl CachedBundle {
                 .unwrap_or(self.received_at_unix_ms),
         }
     }
+}
+
+/// Signing-key news of a bundle, persisted with its activation: keys its endorsement chain added and key ids
+/// it revokes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustChange {
+    /// Keys to trust from now on.
+    pub added: Vec<gait_canon::sign::PublicKey>,
+    /// Key ids to distrust from now on (a revoked id is never trusted again, even if a later link names it).
+    pub revoked: Vec<String>,
+}
+
+impl TrustChange {
+    /// The change a verified bundle announces.
+    pub fn of(bundle: &gait_bundle::VerifiedBundle) -> Self {
+        TrustChange {
+            added: bundle.trust_added.clone(),
+            revoked: bundle.revoked.clone(),
+        }
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.revoked.is_empty()
+    }
+}
+
+/// The persisted trust additions and revocations (`bundle_trust`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersistedTrust {
+    /// Keys learned from activated bundles, revoked ones excluded.
+    pub added: Vec<gait_canon::sign::PublicKey>,
+    /// Revoked key ids.
+    pub revoked: std::collections::BTreeSet<String>,
 }
 
 /// Why an offered bundle was refused (kept for status and the next `BundleReport`).
@@ -254,6 +293,16 @@ impl BundleCache {
     /// Makes the cached bundle `epoch` the active one, in one durable transaction. Activating the bundle
     /// that is already active is a no-op that keeps its original activation time.
     pub fn activate(&self, epoch: u64, now_unix_ms: i64) -> Result<CachedBundle, BundleCacheError> {
+        self.activate_trusting(epoch, now_unix_ms, &TrustChange::default())
+    }
+
+    /// [`activate`](Self::activate), persisting the bundle's trust change in the same commit.
+    pub fn activate_trusting(
+        &self,
+        epoch: u64,
+        now_unix_ms: i64,
+        trust: &TrustChange,
+    ) -> Result<CachedBundle, BundleCacheError> {
         let txn = self.begin_write()?;
         let activated = {
             let received = txn.open_table(RECEIVED).map_err(|e| self.db_err(e))?;
@@ -284,6 +333,32 @@ impl BundleCache {
             state
                 .insert(ACTIVE_KEY, value.as_slice())
                 .map_err(|e| self.db_err(e))?;
+            if !trust.is_empty() {
+                let mut table = txn.open_table(TRUST).map_err(|e| self.db_err(e))?;
+                for id in &trust.revoked {
+                    let key = format!("revoked:{id}");
+                    if table
+                        .get(key.as_str())
+                        .map_err(|e| self.db_err(e))?
+                        .is_none()
+                    {
+                        table
+                            .insert(key.as_str(), now_unix_ms.to_be_bytes().as_slice())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                    table
+                        .remove(format!("key:{id}").as_str())
+                        .map_err(|e| self.db_err(e))?;
+                }
+                for key in &trust.added {
+                    let id = key.key_id();
+                    if !trust.revoked.contains(&id) {
+                        table
+                            .insert(format!("key:{id}").as_str(), key.as_bytes().as_slice())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                }
+            }
             CachedBundle {
                 activated_at_unix_ms: Some(now_unix_ms),
                 ..entry
@@ -291,6 +366,34 @@ impl BundleCache {
         };
         txn.commit().map_err(|e| self.db_err(e))?;
         Ok(activated)
+    }
+
+    /// The trust additions and revocations of every bundle activated so far.
+    pub fn persisted_trust(&self) -> Result<PersistedTrust, BundleCacheError> {
+        let read = self.db.redb().begin_read().map_err(|e| self.db_err(e))?;
+        let table = match read.open_table(TRUST) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(PersistedTrust::default()),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut out = PersistedTrust::default();
+        for row in table.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let (k, v) = (k.value(), v.value());
+            if let Some(id) = k.strip_prefix("revoked:") {
+                out.revoked.insert(id.to_owned());
+            } else if let Some(id) = k.strip_prefix("key:") {
+                let key = gait_canon::sign::PublicKey::from_bytes(v)
+                    .ok()
+                    .filter(|key| key.key_id() == id)
+                    .ok_or_else(|| self.corrupt(format!("bundle_trust: key {id} is damaged")))?;
+                out.added.push(key);
+            } else {
+                return Err(self.corrupt(format!("bundle_trust: unknown entry {k:?}")));
+            }
+        }
+        out.added.retain(|k| !out.revoked.contains(&k.key_id()));
+        Ok(out)
     }
 
     /// The active bundle, if one was ever activated.
@@ -676,5 +779,47 @@ mod tests {
         let err = cache.active().unwrap_err();
         assert!(matches!(err, BundleCacheError::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().contains("agent.redb"), "{err}");
+    }
+
+    #[test]
+    fn trust_changes_persist_only_with_an_activation_and_revocations_win() {
+        use gait_canon::sign::SigningKey;
+        let (k2, k3) = (
+            SigningKey::from_seed(&[2; 32]).public_key(),
+            SigningKey::from_seed(&[3; 32]).public_key(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.redb");
+        {
+            let (_db, cache) = open(&path);
+            assert_eq!(cache.persisted_trust().unwrap(), PersistedTrust::default());
+            put(&cache, 1, 1, 10).unwrap();
+            let change = TrustChange {
+                added: vec![k2, k3],
+                revoked: vec![],
+            };
+            // Activating an epoch that was never stored fails, and nothing of its trust is kept.
+            assert!(cache.activate_trusting(9, 11, &change).is_err());
+            assert!(cache.persisted_trust().unwrap().added.is_empty());
+            cache.activate_trusting(1, 11, &change).unwrap();
+            put(&cache, 2, 2, 20).unwrap();
+            cache
+                .activate_trusting(
+                    2,
+                    21,
+                    &TrustChange {
+                        added: vec![],
+                        revoked: vec![k2.key_id()],
+                    },
+                )
+                .unwrap();
+        }
+        let (_db, cache) = open(&path);
+        let trust = cache.persisted_trust().unwrap();
+        assert_eq!(trust.added, vec![k3]);
+        assert_eq!(
+            trust.revoked.into_iter().collect::<Vec<_>>(),
+            vec![k2.key_id()]
+        );
     }
 }

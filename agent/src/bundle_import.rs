@@ -183,20 +183,17 @@ fn import_offline(config: &Config, path: &Path, bytes: &[u8]) -> Result<Imported
         project: identity.project.clone(),
         env: identity.env.clone(),
     };
-    let trust = crate::daemon::activation::load_trust_root(&config.trust.registry_public_keys)
-        .map_err(|e| ImportError::Config(e.to_string()))?;
     let cache = BundleCache::open(&db).map_err(|e| storage(e.to_string()))?;
+    let trust = crate::daemon::activation::load_trust(&config.trust.registry_public_keys, &cache)
+        .map_err(ImportError::Config)?;
     let current_epoch = cache
         .active()
         .map_err(|e| storage(e.to_string()))?
         .map(|a| a.epoch);
     let now_ms = crate::state::now_unix_ms();
-    let bundle = gait_bundle::verify(
+    let bundle = gait_bundle::verify_with(
         bytes,
-        &trust,
-        &scope,
-        current_epoch,
-        now_ms.div_euclid(1000),
+        &trust.options(&scope, current_epoch, now_ms.div_euclid(1000)),
     )
     .map_err(|e| ImportError::Refused {
         path: path.to_path_buf(),
@@ -204,9 +201,10 @@ fn import_offline(config: &Config, path: &Path, bytes: &[u8]) -> Result<Imported
     })?;
     let epoch = bundle.manifest.epoch;
     let digest_hex = bundle.digest_hex.clone();
+    let change = crate::bundle_cache::TrustChange::of(&bundle);
     let activated = cache
         .store_received(&bundle, now_ms)
-        .and_then(|_| cache.activate(epoch, now_ms))
+        .and_then(|_| cache.activate_trusting(epoch, now_ms, &change))
         .map_err(|e| match e {
             BundleCacheError::EpochConflict { .. } => ImportError::Refused {
                 path: path.to_path_buf(),
@@ -228,6 +226,8 @@ fn import_offline(config: &Config, path: &Path, bytes: &[u8]) -> Result<Imported
         "since_unix_ms": since,
         "previous_epoch": current_epoch,
         "source": "file",
+        "trust_added": change.added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+        "trust_revoked": change.revoked,
     });
     outbox
         .append(NewRecord {

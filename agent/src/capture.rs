@@ -189,10 +189,8 @@ pub fn spool_uploads(
 /// no: the aggregator refuses uploads its environment did not enable anyway.
 pub fn uploads_enabled_offline(config: &Config, db: &crate::db::AgentDb) -> bool {
     let verified = || -> Result<bool, String> {
-        let Some(cached) = crate::bundle_cache::BundleCache::open(db)
-            .and_then(|c| c.active())
-            .map_err(|e| e.to_string())?
-        else {
+        let cache = crate::bundle_cache::BundleCache::open(db).map_err(|e| e.to_string())?;
+        let Some(cached) = cache.active().map_err(|e| e.to_string())? else {
             return Ok(false);
         };
         let identity = crate::identity::AgentIdentity::from_cert_file(&config.tls.cert)
@@ -202,13 +200,16 @@ pub fn uploads_enabled_offline(config: &Config, db: &crate::db::AgentDb) -> bool
             project: identity.project.clone(),
             env: identity.env.clone(),
         };
-        let trust = crate::daemon::activation::load_trust_root(&config.trust.registry_public_keys)
-            .map_err(|e| e.to_string())?;
+        let trust =
+            crate::daemon::activation::load_trust(&config.trust.registry_public_keys, &cache)?;
         let since = cached
             .activated_at_unix_ms
             .unwrap_or(cached.received_at_unix_ms);
-        let bundle = gait_bundle::verify(&cached.raw, &trust, &scope, None, since.div_euclid(1000))
-            .map_err(|e| e.to_string())?;
+        let bundle = gait_bundle::verify_with(
+            &cached.raw,
+            &trust.options(&scope, None, since.div_euclid(1000)),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(bundle.digest == cached.digest && bundle.manifest.settings.upload_artifacts)
     };
     verified().unwrap_or_else(|reason| {

@@ -318,6 +318,65 @@ pub struct Counters {
     pub refusals: u64,
 }
 
+/// The keys bundles are verified with: the configured registry keys plus the keys activated bundles' endorsement
+/// chains added, minus every key id an activated bundle revoked; and those revoked ids, which stay refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustState {
+    /// Keys trusted directly.
+    pub root: gait_bundle::TrustRoot,
+    /// Revoked key ids.
+    pub revoked: std::collections::BTreeSet<String>,
+}
+
+impl TrustState {
+    /// Configured keys ∪ persisted additions − persisted revocations.
+    pub fn compose(
+        configured: gait_bundle::TrustRoot,
+        persisted: crate::bundle_cache::PersistedTrust,
+    ) -> Self {
+        let mut root = configured;
+        for key in persisted.added {
+            root.insert(key);
+        }
+        for id in &persisted.revoked {
+            root.remove(id);
+        }
+        TrustState {
+            root,
+            revoked: persisted.revoked,
+        }
+    }
+
+    /// This state after `change`.
+    pub fn applied(&self, change: &crate::bundle_cache::TrustChange) -> Self {
+        let mut next = self.clone();
+        next.revoked.extend(change.revoked.iter().cloned());
+        for key in &change.added {
+            next.root.insert(*key);
+        }
+        for id in &next.revoked {
+            next.root.remove(id);
+        }
+        next
+    }
+
+    /// Verification options for a bundle of `scope` under this trust.
+    pub fn options<'a>(
+        &'a self,
+        scope: &'a gait_bundle::Scope,
+        current_epoch: Option<u64>,
+        now_unix: i64,
+    ) -> gait_bundle::VerifyOptions<'a> {
+        gait_bundle::VerifyOptions {
+            trust: &self.root,
+            revoked: &self.revoked,
+            expected_scope: scope,
+            current_epoch,
+            now_unix,
+        }
+    }
+}
+
 /// State shared by every part of the running agent.
 pub struct AgentState {
     identity: AgentIdentity,
@@ -327,7 +386,7 @@ pub struct AgentState {
     outbox: Outbox,
     committer: committer::Committer,
     cache: BundleCache,
-    trust: gait_bundle::TrustRoot,
+    trust: RwLock<Arc<TrustState>>,
     active: RwLock<Option<Arc<ActiveBundle>>>,
     received: Mutex<Option<BundleRef>>,
     last_refusal: Mutex<Option<RefusalInfo>>,
@@ -389,12 +448,14 @@ impl AgentState {
         gate: Arc<crate::gate::engine::GateEngine>,
     ) -> Result<Arc<Self>, StateError> {
         let db2 = db.clone();
-        let (cache, last_contact) = tokio::task::spawn_blocking(move || {
+        let (cache, last_contact, persisted) = tokio::task::spawn_blocking(move || {
             let cache = BundleCache::open(&db2)?;
             let last_contact = read_contact(&db2)?;
-            Ok::<_, StateError>((cache, last_contact))
+            let persisted = cache.persisted_trust()?;
+            Ok::<_, StateError>((cache, last_contact, persisted))
         })
         .await??;
+        let trust = TrustState::compose(trust, persisted);
         let identity_not_after = identity.cert_not_after_unix;
         let scope = gait_bundle::Scope {
             org: identity.org.clone(),
@@ -422,7 +483,7 @@ impl AgentState {
             outbox,
             committer,
             cache,
-            trust,
+            trust: RwLock::new(Arc::new(trust)),
             gate,
             active: RwLock::new(None),
             received: Mutex::new(None),
@@ -475,9 +536,21 @@ impl AgentState {
         &self.scope
     }
 
-    /// The registry keys bundles must be signed by.
-    pub fn trust_root(&self) -> &gait_bundle::TrustRoot {
-        &self.trust
+    /// The registry keys bundles must be signed by, and the revoked key ids.
+    pub fn trust(&self) -> Arc<TrustState> {
+        self.trust
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply an activated bundle's trust change (already persisted with its activation) in memory.
+    pub(crate) fn apply_trust(&self, change: &crate::bundle_cache::TrustChange) {
+        if change.is_empty() {
+            return;
+        }
+        let mut guard = self.trust.write().unwrap_or_else(PoisonError::into_inner);
+        *guard = Arc::new(guard.applied(change));
     }
 
     /// Local enforcement.

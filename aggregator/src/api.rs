@@ -30,6 +30,7 @@ mod evidence;
 mod health;
 mod join_tokens;
 mod records;
+mod signing_keys;
 mod trace_keys;
 
 pub use auth::ScopeFrom;
@@ -369,6 +370,34 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::GET, EVIDENCE_ENV_ARTIFACTS, P::EvidenceRead, Env),
             get(evidence::artifacts::<Tenant>),
+        ),
+        // Bundle signing keys (issue 13 item 7).
+        (
+            e(
+                Method::GET,
+                "/v1/signing-keys",
+                P::SigningKeyRead,
+                Deployment,
+            ),
+            get(signing_keys::list),
+        ),
+        (
+            e(
+                Method::POST,
+                "/v1/signing-keys/rotate",
+                P::SigningKeyWrite,
+                Deployment,
+            ),
+            post(signing_keys::rotate),
+        ),
+        (
+            e(
+                Method::POST,
+                "/v1/signing-keys/{key_id}/revoke",
+                P::SigningKeyWrite,
+                Deployment,
+            ),
+            post(signing_keys::revoke),
         ),
     ]
 }

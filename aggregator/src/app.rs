@@ -366,7 +366,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             config.bundle_defaults.clone(),
             metrics.clone(),
         )
-        .with_approval_key(approvals.public_key()),
+        .with_approval_key(approvals.public_key())
+        .with_key_dir(&config.key_dir()),
     );
     let admin_token = load_or_create_admin_token(&config.data_dir)?;
     let oidc_configured = config.auth.oidc.enabled();
@@ -670,6 +671,9 @@ fn spawn_housekeeping(
                     }
                     if let Err(e) = registry.refresh_waited_scopes().await {
                         warn!(error = %e, "bundle refresh failed");
+                    }
+                    if let Err(e) = registry.signer().promote_due(crate::clock::unix_ms()).await {
+                        warn!(error = %e, "signing key promotion failed");
                     }
                 }
             }

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod config;
 pub mod ingest_file;
 pub mod join_token;
+pub mod keys;
 pub mod migrate;
 pub mod pki;
 pub mod publish;

@@ -118,6 +118,9 @@ enum Command {
     Records(cmd::records::RecordsArgs),
     /// Find recorded artifacts (runpacks, traces, regress results, JUnit) by run id or SHA-256 through the API.
     Artifacts(cmd::artifacts::ArtifactsArgs),
+    /// Bundle signing keys through the HTTP API: list, rotate (with an overlap), revoke.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +217,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::TraceKeys(args) => cmd::trace_keys::trace_keys(args, load()?).await,
         Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
+        Command::Keys(command) => cmd::keys::run(command, load()?).await,
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::IngestFile(args) => cmd::ingest_file::ingest_file(args, load()?).await,

@@ -6,6 +6,7 @@
 //! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
 //! sharing the same database.
 
+pub mod signing;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use gait_bundle::{BundleBuilder, OnStale, Scope, Staleness};
 use gait_canon::sign::{self, PublicKey, SigningKey};
 use gait_store::{Store, StoreError, StoredBundle, Tenant};
+use signing::{KeyChange, Signer};
 use tokio::sync::watch;
 
 use crate::clock::unix_ms;
@@ -56,6 +58,12 @@ pub enum RegistryError {
     Policy { name: String, message: String },
     #[error("signing the bundle failed: {0}")]
     Sign(String),
+    /// No signing key has this id.
+    #[error("no bundle signing key {0}: list them with gait-aggregator keys list")]
+    KeyNotFound(String),
+    /// The key change is not possible in the keys' current states; the message says what to do.
+    #[error("{0}")]
+    KeyConflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The publish's audit entry could not be appended (nothing was published).
@@ -136,7 +144,7 @@ pub struct Published {
 /// The registry: signing key, store and wake-up hub.
 pub struct Registry {
     store: Store,
-    key: SigningKey,
+    signer: Signer,
     defaults: BundleDefaults,
     hub: Hub,
     /// One lock per scope, held from reading the latest epoch to storing the next, so publishes to one scope
@@ -155,8 +163,8 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            signer: Signer::new(store.clone(), key),
             store,
-            key,
             defaults,
             hub: Hub::default(),
             publishing: Mutex::default(),
@@ -172,9 +180,121 @@ impl Registry {
         self
     }
 
-    /// The public half of the registry key: what agents must trust.
-    pub fn public_key(&self) -> PublicKey {
-        self.key.public_key()
+    /// Keep bundle signing keys under `key_dir/registry/` (rotation needs it; see [`signing`]).
+    pub fn with_key_dir(mut self, key_dir: &Path) -> Self {
+        self.signer = self.signer.with_key_dir(key_dir);
+        self
+    }
+
+    /// The bundle signing keys.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Start a signing-key rotation (see [`Signer::rotate`]), then re-publish every environment that has a
+    /// bundle, so its agents receive the new key's endorsement at once in a bundle signed by the old key.
+    pub async fn rotate_signing_key(
+        &self,
+        overlap: Duration,
+        actor: &str,
+    ) -> Result<KeyChange, RegistryError> {
+        let overlap_ms = i64::try_from(overlap.as_millis()).map_err(|_| RegistryError::Field {
+            field: "overlap_seconds",
+            message: "is too large".into(),
+        })?;
+        let key = self.signer.rotate(overlap_ms, actor, unix_ms()).await?;
+        Ok(self.republish_all(key, actor).await)
+    }
+
+    /// Revoke a signing key (see [`Signer::revoke`]), then re-publish every environment that has a bundle, so
+    /// its agents stop trusting the key at once.
+    pub async fn revoke_signing_key(
+        &self,
+        key_id: &str,
+        actor: &str,
+    ) -> Result<KeyChange, RegistryError> {
+        let key = self.signer.revoke(key_id, actor, unix_ms()).await?;
+        Ok(self.republish_all(key, actor).await)
+    }
+
+    /// Re-publish the newest bundle of every scope (same policies, candidates and settings; validity as long
+    /// as the original's; a new epoch), signed under the current keys.
+    async fn republish_all(&self, key: gait_store::SigningKeyRow, actor: &str) -> KeyChange {
+        let mut change = KeyChange {
+            key,
+            republished: BTreeMap::new(),
+            republish_errors: BTreeMap::new(),
+        };
+        let scopes = match self.store.bundle_scopes().await {
+            Ok(s) => s,
+            Err(e) => {
+                change.republish_errors.insert("*".into(), e.to_string());
+                return change;
+            }
+        };
+        for tenant in scopes {
+            match self.republish(&tenant, actor).await {
+                Ok(Some(p)) => {
+                    change.republished.insert(tenant.to_string(), p.epoch);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "re-publish after a signing key change failed");
+                    change
+                        .republish_errors
+                        .insert(tenant.to_string(), e.to_string());
+                }
+            }
+        }
+        change
+    }
+
+    async fn republish(
+        &self,
+        tenant: &Tenant,
+        actor: &str,
+    ) -> Result<Option<Published>, RegistryError> {
+        let Some(latest) = self.store.latest_bundle(tenant).await? else {
+            return Ok(None);
+        };
+        let (manifest, mut files) = gait_bundle::open_unverified(&latest.bytes)
+            .map_err(|e| RegistryError::Sign(format!("stored bundle {}: {e}", latest.epoch)))?;
+        let text = |files: &mut BTreeMap<String, Vec<u8>>, name: &str| {
+            String::from_utf8(files.remove(name).unwrap_or_default())
+                .map_err(|_| RegistryError::Sign(format!("stored policy {name} is not UTF-8")))
+        };
+        let mut policies = BTreeMap::new();
+        let mut candidates = BTreeMap::new();
+        for p in &manifest.policies {
+            policies.insert(p.name.clone(), text(&mut files, &p.name)?);
+            if let Some(c) = &p.candidate {
+                candidates.insert(
+                    p.name.clone(),
+                    StagedCandidate {
+                        stage: p.stage,
+                        name: c.name.clone(),
+                        text: text(&mut files, &c.name)?,
+                    },
+                );
+            }
+        }
+        let validity = manifest
+            .not_after_unix()
+            .and_then(|end| manifest.created_at_unix().map(|start| end - start))
+            .map_err(|e| RegistryError::Sign(e.to_string()))?;
+        let req = PublishRequest {
+            policies,
+            max_offline_seconds: Some(manifest.staleness.max_offline_seconds),
+            on_stale: Some(manifest.staleness.on_stale),
+            validity: Some(Duration::from_secs(
+                u64::try_from(validity.max(1)).unwrap_or(1),
+            )),
+            settings: manifest.settings,
+            created_by: actor.to_owned(),
+            candidates,
+            delegation_key: manifest.delegation_public_key(),
+        };
+        self.publish_signed(tenant, req, false).await.map(Some)
     }
 
     /// Load the registry key from `dir`, or create one (0600) with its public key beside it.
@@ -211,6 +331,17 @@ impl Registry {
         &self,
         tenant: &Tenant,
         req: PublishRequest,
+    ) -> Result<Published, RegistryError> {
+        self.publish_signed(tenant, req, true).await
+    }
+
+    /// [`publish`](Self::publish); `promote`: first make a `next` key whose overlap has passed the active one
+    /// (false for the introduction bundles of a rotation, which the old key signs).
+    async fn publish_signed(
+        &self,
+        tenant: &Tenant,
+        req: PublishRequest,
+        promote: bool,
     ) -> Result<Published, RegistryError> {
         validate_policies(&req.policies)?;
         validate_candidates(&req.policies, &req.candidates)?;
@@ -287,9 +418,7 @@ impl Registry {
             for (name, text) in &req.policies {
                 builder.add_policy(name.clone(), text.as_bytes().to_vec());
             }
-            let bytes = builder
-                .sign(&self.key)
-                .map_err(|e| RegistryError::Sign(e.to_string()))?;
+            let bytes = self.signer.sign(&mut builder, unix_ms(), promote).await?;
             let manifest =
                 gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
             let (_, digest) = manifest

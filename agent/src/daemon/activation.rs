@@ -13,7 +13,7 @@ use gait_wire::{BundleOffer, BundleRef, BundleReport, RecordClass};
 use serde_json::json;
 
 use super::{AgentState, DaemonError};
-use crate::bundle_cache::{BundleRefusal, CachedBundle};
+use crate::bundle_cache::{BundleRefusal, CachedBundle, TrustChange};
 use crate::state::{ActiveBundle, RefusalInfo, now_unix_ms};
 
 /// Refusal code when a verified bundle cannot be stored locally.
@@ -21,7 +21,8 @@ const CODE_STORAGE: &str = "agent_storage_error";
 /// Refusal code when a verified bundle collides with a different cached bundle of the same epoch.
 const CODE_EPOCH_CONFLICT: &str = "bundle_epoch_conflict";
 
-/// Loads every registry public key into a trust root.
+/// Loads every configured registry public key into a trust root (the persisted additions and revocations of
+/// `bundle_trust` are applied on top by `TrustState::compose`).
 pub(crate) fn load_trust_root(paths: &[PathBuf]) -> Result<gait_bundle::TrustRoot, DaemonError> {
     let mut keys = Vec::with_capacity(paths.len());
     for path in paths {
@@ -33,6 +34,17 @@ pub(crate) fn load_trust_root(paths: &[PathBuf]) -> Result<gait_bundle::TrustRoo
         keys.push(key);
     }
     Ok(gait_bundle::TrustRoot::from_public_keys(keys))
+}
+
+/// The trust a process without the daemon verifies with: the configured keys with `cache`'s persisted
+/// additions and revocations applied.
+pub(crate) fn load_trust(
+    paths: &[PathBuf],
+    cache: &crate::bundle_cache::BundleCache,
+) -> Result<crate::state::TrustState, String> {
+    let configured = load_trust_root(paths).map_err(|e| e.to_string())?;
+    let persisted = cache.persisted_trust().map_err(|e| e.to_string())?;
+    Ok(crate::state::TrustState::compose(configured, persisted))
 }
 
 /// What happened to an offer.
@@ -65,12 +77,10 @@ pub(crate) async fn handle_offer(state: &Arc<AgentState>, offer: BundleOffer) ->
     let st = state.clone();
     let bytes = offer.signed_bundle;
     let verified = tokio::task::spawn_blocking(move || {
-        let result = gait_bundle::verify(
+        let trust = st.trust();
+        let result = gait_bundle::verify_with(
             &bytes,
-            st.trust_root(),
-            st.scope(),
-            current_epoch,
-            unix_secs(now_ms),
+            &trust.options(st.scope(), current_epoch, unix_secs(now_ms)),
         );
         result.map_err(|e| (e.code().to_owned(), e.to_string()))
     })
@@ -120,9 +130,10 @@ async fn store_and_activate(
 ) -> Result<Applied, (&'static str, String)> {
     let (epoch, digest) = (bundle.manifest.epoch, bundle.digest);
     let cache = state.cache().clone();
+    let trust = TrustChange::of(&bundle);
     let stored = tokio::task::spawn_blocking(move || {
         let received = cache.store_received(&bundle, now_ms)?;
-        let activated = cache.activate(epoch, now_ms)?;
+        let activated = cache.activate_trusting(epoch, now_ms, &TrustChange::of(&bundle))?;
         Ok::<_, crate::bundle_cache::BundleCacheError>((bundle, received, activated))
     })
     .await;
@@ -142,6 +153,7 @@ async fn store_and_activate(
     let capture_mode = bundle.manifest.settings.capture_mode;
     let active = Arc::new(ActiveBundle::new(bundle, since));
     let applied_ref = active.bundle_ref();
+    state.apply_trust(&trust);
     state.set_active(Some(active));
     state.set_received(Some(received.bundle_ref()));
     tracing::info!(
@@ -160,6 +172,8 @@ async fn store_and_activate(
         "previous_epoch": current_epoch,
         "source": source,
         "capture_mode": capture_mode,
+        "trust_added": trust.added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+        "trust_revoked": trust.revoked,
     });
     append_status(state, "bundle.applied", &payload).await;
     Ok(Applied {
@@ -214,12 +228,10 @@ pub(crate) async fn import_bytes(
     let current_epoch = state.active_epoch();
     let st = state.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        gait_bundle::verify(
+        let trust = st.trust();
+        gait_bundle::verify_with(
             &bytes,
-            st.trust_root(),
-            st.scope(),
-            current_epoch,
-            unix_secs(now_ms),
+            &trust.options(st.scope(), current_epoch, unix_secs(now_ms)),
         )
     })
     .await
@@ -351,12 +363,10 @@ fn reverify(
     current_epoch: Option<u64>,
     at_unix_ms: i64,
 ) -> Result<gait_bundle::VerifiedBundle, String> {
-    let bundle = gait_bundle::verify(
+    let trust = state.trust();
+    let bundle = gait_bundle::verify_with(
         &cached.raw,
-        state.trust_root(),
-        state.scope(),
-        current_epoch,
-        unix_secs(at_unix_ms),
+        &trust.options(state.scope(), current_epoch, unix_secs(at_unix_ms)),
     )
     .map_err(|e| format!("{}: {e}", e.code()))?;
     if bundle.digest != cached.digest || bundle.manifest.epoch != cached.epoch {
@@ -463,8 +473,13 @@ fn finish_interrupted_activation(
             return None;
         }
     };
-    match state.cache().activate(received.epoch, now_ms) {
+    let trust = TrustChange::of(&bundle);
+    match state
+        .cache()
+        .activate_trusting(received.epoch, now_ms, &trust)
+    {
         Ok(activated) => {
+            state.apply_trust(&trust);
             let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
             tracing::info!(
                 epoch = received.epoch,
@@ -481,6 +496,8 @@ fn finish_interrupted_activation(
                 "since_unix_ms": since,
                 "previous_epoch": active_epoch,
                 "capture_mode": capture_mode,
+                "trust_added": trust.added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+                "trust_revoked": trust.revoked,
             }))
         }
         Err(e) => {

@@ -172,6 +172,10 @@ impl From<RegistryError> for ApiError {
             ),
             RegistryError::Field { .. } => Self::bad_request(err.to_string()),
             RegistryError::Store(store) => store.into(),
+            RegistryError::KeyNotFound(_) => Self::not_found(err.to_string()),
+            RegistryError::KeyConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
             RegistryError::Key { .. } | RegistryError::Sign(_) | RegistryError::Audit(_) => {
                 Self::internal(err)
             }

@@ -100,11 +100,15 @@ pub enum Permission {
     /// Read evidence: look up the evidence index (decisions and artifacts by digest, run id, verdict, stage)
     /// and read the artifact bytes agents uploaded.
     EvidenceRead,
+    /// List the registry's bundle signing keys and their states.
+    SigningKeyRead,
+    /// Rotate and revoke bundle signing keys.
+    SigningKeyWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -119,6 +123,8 @@ impl Permission {
         Permission::ApprovalDecide,
         Permission::ApprovalPolicyWrite,
         Permission::EvidenceRead,
+        Permission::SigningKeyRead,
+        Permission::SigningKeyWrite,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -138,6 +144,8 @@ impl Permission {
             Permission::ApprovalDecide => "approval.decide",
             Permission::ApprovalPolicyWrite => "approval_policy.write",
             Permission::EvidenceRead => "evidence.read",
+            Permission::SigningKeyRead => "signing_key.read",
+            Permission::SigningKeyWrite => "signing_key.write",
         }
     }
 
@@ -162,7 +170,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 14] = [
+pub const GRANTS: [(Permission, &[Role]); 16] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -196,6 +204,11 @@ pub const GRANTS: [(Permission, &[Role]); 14] = [
         Permission::EvidenceRead,
         &[PlatformAdmin, PolicyAuthor, Auditor],
     ),
+    (
+        Permission::SigningKeyRead,
+        &[PlatformAdmin, PolicyAuthor, Auditor],
+    ),
+    (Permission::SigningKeyWrite, &[PlatformAdmin]),
 ];
 
 #[cfg(test)]
@@ -231,6 +244,7 @@ mod tests {
                     | Permission::PkiWrite
                     | Permission::ApprovalDecide
                     | Permission::ApprovalPolicyWrite
+                    | Permission::SigningKeyWrite
             );
             if writes {
                 assert!(!Viewer.grants(p) && !Auditor.grants(p), "{p}");

@@ -30,6 +30,7 @@ mod postgres;
 mod records;
 mod revocations;
 mod rows;
+mod signing_keys;
 mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -71,6 +72,7 @@ pub use model::{
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
 pub use postgres::PgStore;
+pub use signing_keys::{SigningKeyRow, SigningKeyState};
 pub use sqlite::{GroupCommitStats, SqliteStore};
 pub use trace_keys::{MAX_TRACE_KEYS_PAGE, NewTraceKey, TraceKey};
 pub use tx::StoreTx;

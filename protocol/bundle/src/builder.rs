@@ -3,7 +3,7 @@
 use crate::manifest::{check_name, format_time, malformed};
 use crate::{
     BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, CandidateEntry, MAX_BUNDLE_LEN, Manifest,
-    PolicyEntry, Scope, Settings, Stage, Staleness,
+    PolicyEntry, Scope, Settings, Stage, Staleness, TrustUpdate,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -26,6 +26,7 @@ pub struct BundleBuilder {
     /// Policy name -> (stage, candidate file name, candidate bytes).
     candidates: BTreeMap<String, (Stage, String, Vec<u8>)>,
     duplicate: Option<String>,
+    trust: TrustUpdate,
 }
 
 impl BundleBuilder {
@@ -45,6 +46,7 @@ impl BundleBuilder {
             files: BTreeMap::new(),
             candidates: BTreeMap::new(),
             duplicate: None,
+            trust: TrustUpdate::default(),
         }
     }
 
@@ -104,6 +106,12 @@ impl BundleBuilder {
     ) -> &mut Self {
         self.candidates
             .insert(policy.into(), (stage, name.into(), bytes.into()));
+        self
+    }
+
+    /// Carry signing-key rotation news (`manifest.trust`): endorsement links and revoked key ids.
+    pub fn trust(&mut self, trust: TrustUpdate) -> &mut Self {
+        self.trust = trust;
         self
     }
 
@@ -179,6 +187,7 @@ impl BundleBuilder {
             key_id: key_id.to_owned(),
             approval_key: self.approval_key.clone(),
             delegation_key: self.delegation_key.clone(),
+            trust: self.trust.clone(),
         };
         manifest.validate()?;
         Ok(manifest)

@@ -76,12 +76,23 @@ pub enum BundleError {
         /// Epoch the verifier already has.
         current: u64,
     },
+    /// The signing key, or a key of the endorsement chain leading to it, has been revoked.
+    #[error(
+        "bundle key {key_id} is revoked: the agent no longer accepts bundles signed by it or endorsed through it"
+    )]
+    KeyRevoked {
+        /// The revoked key id.
+        key_id: String,
+    },
+    /// A link of the endorsement chain (`manifest.trust.keys`) does not verify, loops or is too long.
+    #[error("bundle key endorsement refused: {0}")]
+    BadEndorsement(String),
 }
 
 impl BundleError {
     /// Every [`code`](BundleError::code), in declaration order: the bounded set a receiver of refusal reports
     /// may use as metric labels (anything else an agent reports is not one of these).
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 13] = [
         "bundle_too_large",
         "bundle_malformed",
         "bundle_schema_unsupported",
@@ -93,6 +104,8 @@ impl BundleError {
         "bundle_scope_mismatch",
         "bundle_expired",
         "bundle_epoch_stale",
+        "bundle_key_revoked",
+        "bundle_bad_endorsement",
     ];
 
     /// Stable machine code for reports and metrics labels (e.g. the `code` of a wire `Refusal`).
@@ -109,6 +122,8 @@ impl BundleError {
             BundleError::ScopeMismatch { .. } => "bundle_scope_mismatch",
             BundleError::Expired { .. } => "bundle_expired",
             BundleError::StaleEpoch { .. } => "bundle_epoch_stale",
+            BundleError::KeyRevoked { .. } => "bundle_key_revoked",
+            BundleError::BadEndorsement(_) => "bundle_bad_endorsement",
         }
     }
 
@@ -162,6 +177,10 @@ mod tests {
                 offered: 1,
                 current: 1,
             },
+            BundleError::KeyRevoked {
+                key_id: String::new(),
+            },
+            BundleError::BadEndorsement(String::new()),
         ];
         let codes: Vec<&str> = every.iter().map(BundleError::code).collect();
         assert_eq!(codes, BundleError::CODES);

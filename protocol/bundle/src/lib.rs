@@ -13,7 +13,9 @@
 //!
 //! # Verification order ([`verify`])
 //! size cap -> JSON syntax -> schema id/version -> strict parse (unknown and duplicate fields refused) and
-//! manifest field rules -> signing key in the trust root ->
+//! manifest field rules -> signing key not revoked (by the verifier or `manifest.trust.revoked`) -> signing key in
+//! the trust root, or reached from a trusted unrevoked key by the endorsement chain `manifest.trust.keys` (each
+//! link verified from the trusted end, at most 16, no loops) ->
 //! signature over the manifest (and `manifest.key_id` equal to the signing key) -> every listed file present with
 //! matching sha256 and size, no unlisted file -> scope equals the expected scope -> `now < not_after` -> epoch
 //! strictly greater than the current one (replay and rollback protection). The first failing check decides the
@@ -28,11 +30,12 @@ mod verify;
 pub use builder::BundleBuilder;
 pub use error::BundleError;
 pub use manifest::{
-    CandidateEntry, CaptureMode, MAX_NAME_LEN, MAX_POLICIES, MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN,
-    Manifest, OnStale, PolicyEntry, Scope, Settings, Stage, Staleness,
+    CandidateEntry, CaptureMode, KeyEndorsement, MAX_NAME_LEN, MAX_POLICIES, MAX_REVOKED_KEYS,
+    MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN, MAX_TRUST_LINKS, Manifest, OnStale, PolicyEntry, Scope,
+    Settings, Stage, Staleness, TrustUpdate, endorsement_input,
 };
-pub use trust::TrustRoot;
-pub use verify::{VerifiedBundle, inspect, verify};
+pub use trust::{TrustRoot, endorse, verify_endorsement};
+pub use verify::{VerifiedBundle, VerifyOptions, inspect, open_unverified, verify, verify_with};
 
 /// `schema_id` of a bundle document.
 pub const BUNDLE_SCHEMA_ID: &str = "gait.fleet.policy_bundle";

@@ -262,6 +262,58 @@ pub struct Manifest {
     pub delegation_key: Option<String>,
     /// Key id (lowercase hex SHA-256 of the raw Ed25519 public key) of the signing key.
     pub key_id: String,
+    /// Signing-key rotation: endorsements of newer keys and revoked key ids. Omitted when empty, so manifests
+    /// without it keep their digest.
+    #[serde(default, skip_serializing_if = "TrustUpdate::is_empty")]
+    pub trust: TrustUpdate,
+}
+
+/// Most endorsement links a manifest carries (`manifest.trust.keys`): an agent more rotations behind than this
+/// must be re-provisioned with a current registry public key.
+pub const MAX_TRUST_LINKS: usize = 16;
+
+/// Most revoked key ids a manifest carries (`manifest.trust.revoked`).
+pub const MAX_REVOKED_KEYS: usize = 64;
+
+/// The signing-key changes a bundle announces (`manifest.trust`), signed with the manifest.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustUpdate {
+    /// The endorsement chain, oldest link first: each newer key endorsed by the key before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyEndorsement>,
+    /// Key ids agents must no longer accept, sorted, each once (cumulative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+}
+
+impl TrustUpdate {
+    /// Whether the update announces nothing (the manifest then omits `trust`).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.revoked.is_empty()
+    }
+}
+
+/// One link of the endorsement chain: `endorsed_by` vouches for `key`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEndorsement {
+    /// The endorsed public key, in Gait's key text (base64 of the raw 32-byte Ed25519 key).
+    pub key: String,
+    /// Its key id (lowercase hex SHA-256 of the raw key).
+    pub key_id: String,
+    /// Key id of the endorsing key.
+    pub endorsed_by: String,
+    /// Standard base64 of the endorsing key's Ed25519 signature over SHA-256 of
+    /// [`endorsement_input`]`(key_id, endorsed_by)`.
+    pub sig: String,
+}
+
+/// The bytes an endorsement signs (through their SHA-256, like every Gait signature):
+/// `gait.fleet.bundle_key_endorsement.v1\n{key_id}\n{endorsed_by}`. The key id is the SHA-256 of the endorsed
+/// key, so the endorsement binds the key itself.
+pub fn endorsement_input(key_id: &str, endorsed_by: &str) -> Vec<u8> {
+    format!("gait.fleet.bundle_key_endorsement.v1\n{key_id}\n{endorsed_by}").into_bytes()
 }
 
 impl Manifest {
@@ -375,6 +427,58 @@ impl Manifest {
                         format!("is not an Ed25519 public key in Gait's base64 form ({e})"),
                     )
                 })?;
+            }
+        }
+        self.validate_trust()
+    }
+
+    /// `manifest.trust`: at most [`MAX_TRUST_LINKS`] well-formed links, each key id matching its key, and at
+    /// most [`MAX_REVOKED_KEYS`] revoked ids, sorted and unique. Signatures are checked by the verifier.
+    fn validate_trust(&self) -> Result<(), BundleError> {
+        let t = &self.trust;
+        if t.keys.len() > MAX_TRUST_LINKS {
+            return Err(malformed(
+                "manifest.trust.keys",
+                format!("carries more than {MAX_TRUST_LINKS} endorsement links"),
+            ));
+        }
+        for (i, link) in t.keys.iter().enumerate() {
+            let field = |f: &str| format!("manifest.trust.keys[{i}].{f}");
+            check_hex64(&field("key_id"), &link.key_id)?;
+            check_hex64(&field("endorsed_by"), &link.endorsed_by)?;
+            let key =
+                gait_canon::sign::PublicKey::from_gait_public_key(&link.key).map_err(|e| {
+                    malformed(
+                        &field("key"),
+                        format!("is not an Ed25519 public key in Gait's base64 form ({e})"),
+                    )
+                })?;
+            if key.key_id() != link.key_id {
+                return Err(malformed(
+                    &field("key_id"),
+                    "is not the SHA-256 of manifest.trust.keys[].key",
+                ));
+            }
+            if link.sig.is_empty() || link.sig.len() > 128 {
+                return Err(malformed(
+                    &field("sig"),
+                    "must be base64 of a 64-byte signature",
+                ));
+            }
+        }
+        if t.revoked.len() > MAX_REVOKED_KEYS {
+            return Err(malformed(
+                "manifest.trust.revoked",
+                format!("lists more than {MAX_REVOKED_KEYS} key ids"),
+            ));
+        }
+        for (i, id) in t.revoked.iter().enumerate() {
+            check_hex64(&format!("manifest.trust.revoked[{i}]"), id)?;
+            if i > 0 && t.revoked[i - 1] >= *id {
+                return Err(malformed(
+                    &format!("manifest.trust.revoked[{i}]"),
+                    "key ids must be sorted and unique",
+                ));
             }
         }
         Ok(())

@@ -1,7 +1,10 @@
-//! The set of public keys an agent accepts bundle signatures from, indexed by key id.
+//! The set of public keys an agent accepts bundle signatures from, indexed by key id, and the endorsement chain
+//! that extends it when the registry rotates its signing key (`manifest.trust`).
 
-use gait_canon::sign::PublicKey;
-use std::collections::BTreeMap;
+use crate::BundleError;
+use crate::manifest::{KeyEndorsement, MAX_TRUST_LINKS, endorsement_input};
+use gait_canon::sign::{PublicKey, Signature, SigningKey, verify_digest_hex};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Trusted bundle signing keys by key id (lowercase hex SHA-256 of the raw public key).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,4 +46,129 @@ impl TrustRoot {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// Stop trusting `key_id`; returns whether it was trusted.
+    pub fn remove(&mut self, key_id: &str) -> bool {
+        self.keys.remove(key_id).is_some()
+    }
+
+    /// The trusted keys, by key id.
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> {
+        self.keys.values()
+    }
+}
+
+/// Sign an endorsement of `new_key` by `endorser`: the link a bundle carries in `manifest.trust.keys` so agents
+/// that trust `endorser` come to trust `new_key`.
+pub fn endorse(endorser: &SigningKey, new_key: &PublicKey) -> KeyEndorsement {
+    let key_id = new_key.key_id();
+    let endorsed_by = endorser.public_key().key_id();
+    let digest = gait_canon::sha256_hex(&endorsement_input(&key_id, &endorsed_by));
+    // The digest is 64 hex characters by construction, so signing cannot fail.
+    let sig = endorser
+        .sign_digest_hex(&digest)
+        .map(|s| s.sig)
+        .unwrap_or_default();
+    KeyEndorsement {
+        key: new_key.to_gait_public_key(),
+        key_id,
+        endorsed_by,
+        sig,
+    }
+}
+
+/// Check one link's signature with the endorsing key.
+pub fn verify_endorsement(link: &KeyEndorsement, endorser: &PublicKey) -> Result<(), BundleError> {
+    let key = PublicKey::from_gait_public_key(&link.key)
+        .map_err(|e| BundleError::BadEndorsement(format!("key {}: {e}", link.key_id)))?;
+    if key.key_id() != link.key_id || endorser.key_id() != link.endorsed_by {
+        return Err(BundleError::BadEndorsement(format!(
+            "link for key {} names the wrong key or endorser",
+            link.key_id
+        )));
+    }
+    let digest = gait_canon::sha256_hex(&endorsement_input(&link.key_id, &link.endorsed_by));
+    let sig = Signature {
+        alg: gait_canon::sign::ALG_ED25519.to_owned(),
+        key_id: link.endorsed_by.clone(),
+        sig: link.sig.clone(),
+        signed_digest: digest.clone(),
+    };
+    verify_digest_hex(endorser, &digest, &sig).map_err(|e| {
+        BundleError::BadEndorsement(format!(
+            "endorsement of key {} by key {}: {e}",
+            link.key_id, link.endorsed_by
+        ))
+    })
+}
+
+/// Resolve the key that signed a bundle: trusted directly, or reached by walking `links` back from `signer_id`
+/// to a trusted key. Every key on the way must be unrevoked, the walk may take at most [`MAX_TRUST_LINKS`]
+/// links and never visit a key twice, and every link is verified with its endorser, starting at the trusted
+/// end, so nothing a new key signed is trusted before the chain reaches it. Returns the signing key and the keys
+/// the chain adds (oldest first).
+pub(crate) fn resolve_signer(
+    trust: &TrustRoot,
+    revoked: &BTreeSet<String>,
+    links: &[KeyEndorsement],
+    signer_id: &str,
+) -> Result<(PublicKey, Vec<PublicKey>), BundleError> {
+    let revoked_err = |key_id: &str| BundleError::KeyRevoked {
+        key_id: key_id.to_owned(),
+    };
+    if revoked.contains(signer_id) {
+        return Err(revoked_err(signer_id));
+    }
+    if let Some(key) = trust.get(signer_id) {
+        return Ok((*key, Vec::new()));
+    }
+    let mut by_key: BTreeMap<&str, &KeyEndorsement> = BTreeMap::new();
+    for link in links {
+        if by_key.insert(link.key_id.as_str(), link).is_some() {
+            return Err(BundleError::BadEndorsement(format!(
+                "key {} is endorsed twice",
+                link.key_id
+            )));
+        }
+    }
+    // Walk back from the signer to a trusted key.
+    let mut path: Vec<&KeyEndorsement> = Vec::new();
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut current = signer_id;
+    let root = loop {
+        if !seen.insert(current) {
+            return Err(BundleError::BadEndorsement(format!(
+                "the endorsement chain loops at key {current}"
+            )));
+        }
+        let Some(link) = by_key.get(current) else {
+            return Err(BundleError::UnknownKey {
+                key_id: signer_id.to_owned(),
+            });
+        };
+        if path.len() == MAX_TRUST_LINKS {
+            return Err(BundleError::BadEndorsement(format!(
+                "the endorsement chain is longer than {MAX_TRUST_LINKS} links"
+            )));
+        }
+        path.push(link);
+        let endorser = link.endorsed_by.as_str();
+        if revoked.contains(endorser) {
+            return Err(revoked_err(endorser));
+        }
+        if let Some(key) = trust.get(endorser) {
+            break *key;
+        }
+        current = endorser;
+    };
+    // Verify forward from the trusted key.
+    let mut endorser = root;
+    let mut added = Vec::with_capacity(path.len());
+    for link in path.iter().rev() {
+        verify_endorsement(link, &endorser)?;
+        endorser = PublicKey::from_gait_public_key(&link.key)
+            .map_err(|e| BundleError::BadEndorsement(format!("key {}: {e}", link.key_id)))?;
+        added.push(endorser);
+    }
+    Ok((endorser, added))
 }

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gait_canon::sign::{Signature, verify_json};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A bundle that passed every check of [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,26 @@ pub struct VerifiedBundle {
     pub files: BTreeMap<String, Vec<u8>>,
     /// The document exactly as received, for durable storage and re-verification.
     pub raw: Vec<u8>,
+    /// Keys the endorsement chain added to the trust root to reach the signing key (oldest first); empty when
+    /// the signing key was trusted already. Persist them only together with the bundle's activation.
+    pub trust_added: Vec<gait_canon::sign::PublicKey>,
+    /// Key ids the bundle revokes (`manifest.trust.revoked`), sorted.
+    pub revoked: Vec<String>,
+}
+
+/// What [`verify_with`] checks a bundle against.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyOptions<'a> {
+    /// Keys trusted directly (already without any revoked key).
+    pub trust: &'a TrustRoot,
+    /// Key ids the verifier learned are revoked: a bundle signed by, or endorsed through, one is refused.
+    pub revoked: &'a BTreeSet<String>,
+    /// The scope the verifier serves.
+    pub expected_scope: &'a Scope,
+    /// The active epoch: only strictly newer epochs are accepted.
+    pub current_epoch: Option<u64>,
+    /// Now, Unix seconds.
+    pub now_unix: i64,
 }
 
 /// Only the envelope identity, read first so a document of another schema is reported as such.
@@ -64,8 +84,18 @@ pub fn inspect(bytes: &[u8]) -> Result<Manifest, BundleError> {
     parse(bytes).map(|p| p.manifest)
 }
 
+/// The manifest and files of a bundle without any trust decision: the signature is NOT checked, only that each
+/// listed file matches its sha256 and size. For the registry re-signing its own stored bundles (a key rotation
+/// re-publishes the same policies), never for deciding what to enforce.
+pub fn open_unverified(bytes: &[u8]) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), BundleError> {
+    let parsed = parse(bytes)?;
+    let files = decode_files(&parsed.manifest, &parsed.files)?;
+    Ok((parsed.manifest, files))
+}
+
 /// Verify a bundle document for `expected_scope` at `now_unix` (seconds), refusing epochs at or below
-/// `current_epoch`. See the crate documentation for the order of checks.
+/// `current_epoch`, with no revoked key known beyond the bundle's own `manifest.trust.revoked`. See
+/// [`verify_with`].
 pub fn verify(
     bytes: &[u8],
     trust: &TrustRoot,
@@ -73,14 +103,38 @@ pub fn verify(
     current_epoch: Option<u64>,
     now_unix: i64,
 ) -> Result<VerifiedBundle, BundleError> {
+    verify_with(
+        bytes,
+        &VerifyOptions {
+            trust,
+            revoked: &BTreeSet::new(),
+            expected_scope,
+            current_epoch,
+            now_unix,
+        },
+    )
+}
+
+/// Verify a bundle document against `opts`. See the crate documentation for the order of checks: the signing
+/// key is refused when revoked (by `opts.revoked` or the bundle's own `manifest.trust.revoked`), and resolved
+/// either from the trust root or through the manifest's endorsement chain from a trusted, unrevoked key.
+pub fn verify_with(bytes: &[u8], opts: &VerifyOptions<'_>) -> Result<VerifiedBundle, BundleError> {
+    let VerifyOptions {
+        trust,
+        expected_scope,
+        current_epoch,
+        now_unix,
+        ..
+    } = *opts;
     let parsed = parse(bytes)?;
     let manifest = parsed.manifest;
 
     let key_id = &parsed.signature.key_id;
-    let key = trust.get(key_id).ok_or_else(|| BundleError::UnknownKey {
-        key_id: key_id.clone(),
-    })?;
-    verify_json(key, &parsed.manifest_value, &parsed.signature)
+    let mut revoked = opts.revoked.clone();
+    revoked.extend(manifest.trust.revoked.iter().cloned());
+    let (key, trust_added) =
+        crate::trust::resolve_signer(trust, &revoked, &manifest.trust.keys, key_id)?;
+    verify_json(&key, &parsed.manifest_value, &parsed.signature)
         .map_err(|e| BundleError::BadSignature(e.to_string()))?;
     if manifest.key_id != *key_id {
         return Err(BundleError::BadSignature(format!(
@@ -89,30 +143,7 @@ pub fn verify(
         )));
     }
 
-    let mut files = BTreeMap::new();
-    for (name, sha256, size) in manifest.listed_files() {
-        let encoded = parsed
-            .files
-            .get(name)
-            .ok_or_else(|| BundleError::MissingFile {
-                name: name.to_owned(),
-            })?;
-        let decoded = STANDARD.decode(encoded).map_err(|e| {
-            malformed(
-                &format!("files.{name}"),
-                format!("not standard padded base64 ({e})"),
-            )
-        })?;
-        if decoded.len() as u64 != size || gait_canon::sha256_hex(&decoded) != sha256 {
-            return Err(BundleError::FileDigestMismatch {
-                name: name.to_owned(),
-            });
-        }
-        files.insert(name.to_owned(), decoded);
-    }
-    if let Some(name) = parsed.files.keys().find(|name| !files.contains_key(*name)) {
-        return Err(BundleError::UnlistedFile { name: name.clone() });
-    }
+    let files = decode_files(&manifest, &parsed.files)?;
 
     if manifest.scope != *expected_scope {
         return Err(BundleError::ScopeMismatch {
@@ -138,12 +169,15 @@ pub fn verify(
     }
 
     let (digest, digest_hex) = digest_of_value(&parsed.manifest_value)?;
+    let revoked = manifest.trust.revoked.clone();
     Ok(VerifiedBundle {
         manifest,
         digest,
         digest_hex,
         files,
         raw: bytes.to_vec(),
+        trust_added,
+        revoked,
     })
 }
 
@@ -204,4 +238,35 @@ fn is_major_1(version: &str) -> bool {
         && parts[1..]
             .iter()
             .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Decode every listed file and check it against the manifest; no unlisted file is allowed.
+fn decode_files(
+    manifest: &Manifest,
+    encoded_files: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+    let mut files = BTreeMap::new();
+    for (name, sha256, size) in manifest.listed_files() {
+        let encoded = encoded_files
+            .get(name)
+            .ok_or_else(|| BundleError::MissingFile {
+                name: name.to_owned(),
+            })?;
+        let decoded = STANDARD.decode(encoded).map_err(|e| {
+            malformed(
+                &format!("files.{name}"),
+                format!("not standard padded base64 ({e})"),
+            )
+        })?;
+        if decoded.len() as u64 != size || gait_canon::sha256_hex(&decoded) != sha256 {
+            return Err(BundleError::FileDigestMismatch {
+                name: name.to_owned(),
+            });
+        }
+        files.insert(name.to_owned(), decoded);
+    }
+    if let Some(name) = encoded_files.keys().find(|name| !files.contains_key(*name)) {
+        return Err(BundleError::UnlistedFile { name: name.clone() });
+    }
+    Ok(files)
 }
