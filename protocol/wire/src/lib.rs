@@ -42,6 +42,10 @@
 //!    means every seq up to it is stored, recorded as a gap, or listed in `conflicts`; the agent deletes
 //!    those records except the ones in `conflicts` (see "Conflicts"). Several batches may be in flight; replies come back in order. Delivery is at-least-once: a
 //!    redelivered record is recognised by (agent, seq) and counted as a duplicate, never stored twice.
+//!    `gait-agent` keeps up to 4 batches in flight, but while one is waiting for its ack it sends another only
+//!    once 64 records wait or the waiting ones are 10 ms old, so a busy agent sends fuller batches. It deletes
+//!    acknowledged records without an fsync (the next durable append, or a clean stop, persists the deletion):
+//!    after a crash it may send acknowledged records again, which the rule above answers as duplicates.
 //! 4. `RenewCertificate { csr_der }` -> `Certificate { chain_pem, ca_bundle_pem, not_after_unix }` or
 //!    `Error`. The aggregator certifies the CSR's key for the identity of the connection's verified client
 //!    certificate (a URI SAN in the CSR must name that same identity; a revoked certificate renews nothing).
