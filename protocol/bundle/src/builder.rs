@@ -3,7 +3,7 @@
 use crate::manifest::{check_name, format_time, malformed};
 use crate::{
     BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, CandidateEntry, MAX_BUNDLE_LEN, Manifest,
-    PolicyEntry, Scope, Settings, Stage, Staleness,
+    PolicyEntry, Rollback, Scope, Settings, Stage, Staleness,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -26,6 +26,7 @@ pub struct BundleBuilder {
     /// Policy name -> (stage, candidate file name, candidate bytes).
     candidates: BTreeMap<String, (Stage, String, Vec<u8>)>,
     duplicate: Option<String>,
+    rollback: Option<Rollback>,
 }
 
 impl BundleBuilder {
@@ -45,12 +46,19 @@ impl BundleBuilder {
             files: BTreeMap::new(),
             candidates: BTreeMap::new(),
             duplicate: None,
+            rollback: None,
         }
     }
 
     /// Set `created_at` (Unix seconds) instead of reading the clock.
     pub fn created_at(&mut self, unix: i64) -> &mut Self {
         self.created_at_unix = Some(unix);
+        self
+    }
+
+    /// Mark the bundle as a rollback (`manifest.rollback`).
+    pub fn rollback(&mut self, rollback: Rollback) -> &mut Self {
+        self.rollback = Some(rollback);
         self
     }
 
@@ -179,6 +187,7 @@ impl BundleBuilder {
             key_id: key_id.to_owned(),
             approval_key: self.approval_key.clone(),
             delegation_key: self.delegation_key.clone(),
+            rollback: self.rollback.clone(),
         };
         manifest.validate()?;
         Ok(manifest)
