@@ -28,8 +28,9 @@ mod verify;
 pub use builder::BundleBuilder;
 pub use error::BundleError;
 pub use manifest::{
-    CandidateEntry, CaptureMode, MAX_NAME_LEN, MAX_POLICIES, MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN,
-    MAX_ROLLBACK_REASON_LEN, Manifest, OnStale, PolicyEntry, Rollback, Scope, Settings, Stage, Staleness,
+    CandidateEntry, CaptureMode, MAX_NAME_LEN, MAX_POLICIES, MAX_ROLLBACK_REASON_LEN,
+    MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN, Manifest, OnStale, PolicyEntry, Rollback, Scope,
+    Settings, Stage, Staleness,
 };
 pub use trust::TrustRoot;
 pub use verify::{VerifiedBundle, inspect, verify};

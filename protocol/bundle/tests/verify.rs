@@ -758,7 +758,12 @@ const GOLDEN_DIGEST: &str = "e47bcaf4ce52fedee4eb214bf2761de6de028b69c2591bf1767
 fn a_manifest_without_a_rollback_keeps_its_golden_digest() {
     let v = check(&bundle()).unwrap();
     assert_eq!(v.digest_hex, GOLDEN_DIGEST);
-    assert!(!doc(&bundle())["manifest"].as_object().unwrap().contains_key("rollback"));
+    assert!(
+        !doc(&bundle())["manifest"]
+            .as_object()
+            .unwrap()
+            .contains_key("rollback")
+    );
 }
 
 fn rollback() -> gait_bundle::Rollback {
@@ -777,7 +782,10 @@ fn a_rollback_marker_is_signed_and_verifies_as_a_new_epoch_only() {
     let bytes = b.sign(&key()).unwrap();
     let v = check(&bytes).unwrap();
     assert_eq!(v.manifest.rollback, Some(rollback()));
-    assert_ne!(v.digest_hex, GOLDEN_DIGEST, "the marker is part of the digest");
+    assert_ne!(
+        v.digest_hex, GOLDEN_DIGEST,
+        "the marker is part of the digest"
+    );
     // Anti-rollback is unchanged: a rollback bundle is still refused at or below the current epoch.
     let stale = verify(&bytes, &trust(), &scope(), Some(EPOCH), NOW).unwrap_err();
     assert_eq!(stale.code(), "bundle_epoch_stale", "{stale:?}");
@@ -791,9 +799,15 @@ fn a_rollback_marker_is_signed_and_verifies_as_a_new_epoch_only() {
 #[test]
 fn a_rollback_marker_breaking_its_rules_is_refused_naming_the_field() {
     let cases: [(fn(&mut gait_bundle::Rollback), &str); 4] = [
-        (|r| r.restores_epoch = EPOCH, "manifest.rollback.restores_epoch"),
+        (
+            |r| r.restores_epoch = EPOCH,
+            "manifest.rollback.restores_epoch",
+        ),
         (|r| r.restores_epoch = 0, "manifest.rollback.restores_epoch"),
-        (|r| r.from_digest = "XY".into(), "manifest.rollback.from_digest"),
+        (
+            |r| r.from_digest = "XY".into(),
+            "manifest.rollback.from_digest",
+        ),
         (|r| r.reason = "a\nb".into(), "manifest.rollback.reason"),
     ];
     for (edit, field) in cases {
