@@ -140,6 +140,11 @@ async fn store_and_activate(
     };
     let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
     let capture_mode = bundle.manifest.settings.capture_mode;
+    // A rollback bundle (a new epoch restoring older policies) is reported as such.
+    let rollback = bundle.manifest.rollback.as_ref().map(|r| {
+        json!({ "from_digest": r.from_digest, "restores_epoch": r.restores_epoch,
+            "restores_digest": r.restores_digest, "reason": r.reason })
+    });
     let active = Arc::new(ActiveBundle::new(bundle, since));
     let applied_ref = active.bundle_ref();
     state.set_active(Some(active));
@@ -161,6 +166,10 @@ async fn store_and_activate(
         "source": source,
         "capture_mode": capture_mode,
     });
+    let mut payload = payload;
+    if let Some(rollback) = rollback {
+        payload["rollback"] = rollback;
+    }
     append_status(state, "bundle.applied", &payload).await;
     Ok(Applied {
         report: BundleReport {
