@@ -14,6 +14,7 @@ pub mod ingest_file;
 pub mod join_token;
 pub mod migrate;
 pub mod pki;
+pub mod policy;
 pub mod publish;
 pub mod records;
 pub mod serve;

@@ -113,6 +113,10 @@ enum Command {
     Records(cmd::records::RecordsArgs),
     /// Find recorded artifacts (runpacks, traces, regress results, JUnit) by run id or SHA-256 through the API.
     Artifacts(cmd::artifacts::ArtifactsArgs),
+    /// The policy registry through the HTTP API: push versions (validated, id = Gait policy digest), list, show,
+    /// diff; pin an environment to a version, roll it back, show its pin history.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,5 +221,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
         Command::Records(args) => cmd::records::records(args, load()?).await,
         Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
+        Command::Policy(command) => cmd::policy::run(command, load()?).await,
     }
 }

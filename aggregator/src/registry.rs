@@ -116,6 +116,17 @@ impl Default for BundleDefaults {
     }
 }
 
+/// Work done in a publish's store transaction after the bundle is stored: `(tx, epoch, bundle digest)`.
+pub(crate) type AlsoInTx<'a, T> = dyn for<'t> Fn(
+        &'t mut gait_store::StoreTx,
+        u64,
+        &'t str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, RegistryError>> + Send + 't>,
+    > + Send
+    + Sync
+    + 'a;
+
 /// What an operator asks to publish for one scope.
 #[derive(Clone, Debug)]
 pub struct PublishRequest {
@@ -236,7 +247,7 @@ impl Registry {
         tenant: &Tenant,
         req: PublishRequest,
     ) -> Result<Published, RegistryError> {
-        self.publish_with(tenant, req, async |_, _, _| Ok(()))
+        self.publish_with(tenant, req, &|_, _, _| Box::pin(async { Ok(()) }))
             .await
             .map(|(published, ())| published)
     }
@@ -248,7 +259,7 @@ impl Registry {
         &self,
         tenant: &Tenant,
         req: PublishRequest,
-        also: impl AsyncFn(&mut gait_store::StoreTx, u64, &str) -> Result<T, RegistryError>,
+        also: &AlsoInTx<'_, T>,
     ) -> Result<(Published, T), RegistryError> {
         validate_policies(&req.policies)?;
         validate_candidates(&req.policies, &req.candidates)?;

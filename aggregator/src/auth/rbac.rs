@@ -100,11 +100,17 @@ pub enum Permission {
     /// Read evidence: look up the evidence index (decisions and artifacts by digest, run id, verdict, stage)
     /// and read the artifact bytes agents uploaded.
     EvidenceRead,
+    /// Read the policy registry: versions, diffs, environments' pin history.
+    PolicyRead,
+    /// Push policy versions to the registry.
+    PolicyWrite,
+    /// Pin an environment to a version, roll it back.
+    RolloutWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 17] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -119,6 +125,9 @@ impl Permission {
         Permission::ApprovalDecide,
         Permission::ApprovalPolicyWrite,
         Permission::EvidenceRead,
+        Permission::PolicyRead,
+        Permission::PolicyWrite,
+        Permission::RolloutWrite,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -138,6 +147,9 @@ impl Permission {
             Permission::ApprovalDecide => "approval.decide",
             Permission::ApprovalPolicyWrite => "approval_policy.write",
             Permission::EvidenceRead => "evidence.read",
+            Permission::PolicyRead => "policy.read",
+            Permission::PolicyWrite => "policy.write",
+            Permission::RolloutWrite => "rollout.write",
         }
     }
 
@@ -162,7 +174,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 14] = [
+pub const GRANTS: [(Permission, &[Role]); 17] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -196,6 +208,13 @@ pub const GRANTS: [(Permission, &[Role]); 14] = [
         Permission::EvidenceRead,
         &[PlatformAdmin, PolicyAuthor, Auditor],
     ),
+    // The policy registry (issue 13): everyone reads versions and pins; authors push, pin and roll back.
+    (
+        Permission::PolicyRead,
+        &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
+    ),
+    (Permission::PolicyWrite, &[PlatformAdmin, PolicyAuthor]),
+    (Permission::RolloutWrite, &[PlatformAdmin, PolicyAuthor]),
 ];
 
 #[cfg(test)]
@@ -231,6 +250,8 @@ mod tests {
                     | Permission::PkiWrite
                     | Permission::ApprovalDecide
                     | Permission::ApprovalPolicyWrite
+                    | Permission::PolicyWrite
+                    | Permission::RolloutWrite
             );
             if writes {
                 assert!(!Viewer.grants(p) && !Auditor.grants(p), "{p}");

@@ -331,27 +331,30 @@ impl Registry {
         staged: StagedPublish,
         current: Option<&StoredPin>,
         demote: Option<u64>,
-        action: &str,
-        new_pin: impl Fn(u64, &str) -> Result<NewPin, RegistryError>,
+        action: &'static str,
+        new_pin: impl Fn(u64, &str) -> Result<NewPin, RegistryError> + Send + Sync,
     ) -> Result<PinOutcome, RegistryError> {
         let req = self.staged_request(tenant, &staged).await?;
         let expected = current.map(|p| p.id);
-        let (bundle, pin) = self
-            .publish_with(tenant, req, async |tx, epoch, bundle_digest| {
-                let now = tx.env_pins(tenant, 1).await?.first().map(|p| p.id);
+        let before = current.map(|p| format!("sha256:{}", p.pin.digest));
+        let also: &super::AlsoInTx<'_, StoredPin> = &|tx, epoch, bundle_digest| {
+            let pin = new_pin(epoch, bundle_digest);
+            let (tenant, before) = (tenant.clone(), before.clone());
+            Box::pin(async move {
+                let pin = pin?;
+                let now = tx.env_pins(&tenant, 1).await?.first().map(|p| p.id);
                 if now != expected {
                     return Err(RegistryError::Conflict(format!(
                         "{tenant} was pinned concurrently; look at `policy pins` and retry"
                     )));
                 }
                 if let Some(id) = demote {
-                    tx.set_pin_known_good(tenant, id, false).await?;
+                    tx.set_pin_known_good(&tenant, id, false).await?;
                 }
-                let pin = new_pin(epoch, bundle_digest)?;
                 let id = tx.insert_env_pin(&pin).await?;
                 let mut details = serde_json::Map::new();
-                details.insert("epoch".into(), epoch.into());
-                details.insert("bundle_digest".into(), bundle_digest.into());
+                details.insert("epoch".into(), pin.bundle_epoch.into());
+                details.insert("bundle_digest".into(), pin.bundle_digest.clone().into());
                 details.insert("kind".into(), pin.kind.as_str().into());
                 if !pin.reason.is_empty() {
                     details.insert("reason".into(), pin.reason.clone().into());
@@ -363,8 +366,8 @@ impl Registry {
                     tx,
                     &pin.actor,
                     action,
-                    crate::audit::tenant_target(tenant, "env_pin", id.to_string()),
-                    current.map(|p| format!("sha256:{}", p.pin.digest)),
+                    crate::audit::tenant_target(&tenant, "env_pin", id.to_string()),
+                    before,
                     Some(format!("sha256:{}", pin.digest)),
                     details,
                 )
@@ -385,7 +388,8 @@ impl Registry {
                     },
                 })
             })
-            .await?;
+        };
+        let (bundle, pin) = self.publish_with(tenant, req, also).await?;
         tracing::info!(org = %tenant.org, project = %tenant.project, env = %tenant.env,
             digest = %pin.pin.digest, kind = pin.pin.kind.as_str(), epoch = bundle.epoch, "environment pinned");
         Ok(PinOutcome {
