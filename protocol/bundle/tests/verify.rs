@@ -798,7 +798,8 @@ fn a_rollback_marker_is_signed_and_verifies_as_a_new_epoch_only() {
 
 #[test]
 fn a_rollback_marker_breaking_its_rules_is_refused_naming_the_field() {
-    let cases: [(fn(&mut gait_bundle::Rollback), &str); 4] = [
+    type RollbackEdit = fn(&mut gait_bundle::Rollback);
+    let cases: [(RollbackEdit, &str); 4] = [
         (
             |r| r.restores_epoch = EPOCH,
             "manifest.rollback.restores_epoch",
