@@ -114,11 +114,11 @@ impl Registry {
         tenant: &Tenant,
         p: &StagedPublish,
     ) -> Result<PublishRequest, RegistryError> {
-        let (base, _) = self.stored_version(&tenant.org, &p.baseline).await?;
+        let base = self.stored_bytes(&tenant.org, &p.baseline).await?;
         let base_name = base.version.name.clone();
         let mut candidates = BTreeMap::new();
         if let Some((digest, stage)) = &p.candidate {
-            let (cand, _) = self.stored_version(&tenant.org, digest).await?;
+            let cand = self.stored_bytes(&tenant.org, digest).await?;
             let name = if cand.version.name == base_name {
                 format!("candidate-{}", cand.version.name)
             } else {
@@ -193,7 +193,7 @@ impl Registry {
         kind: PinKind,
         rollout_id: Option<&str>,
     ) -> Result<PinOutcome, RegistryError> {
-        self.stored_version(&tenant.org, digest).await?;
+        self.stored_bytes(&tenant.org, digest).await?;
         let current = self.current_pin(tenant).await?;
         let settings = match settings {
             Some(s) => s,

@@ -255,18 +255,27 @@ impl Registry {
         Ok((view(stored, &policy), yaml))
     }
 
+    /// The stored version, unparsed (it was validated when pushed; a publish validates it again).
+    pub(crate) async fn stored_bytes(
+        &self,
+        org: &Org,
+        digest: &str,
+    ) -> Result<StoredPolicyVersion, RegistryError> {
+        check_digest("digest", digest)?;
+        self.store.policy_version(org, digest).await?.ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "no policy version {digest} in org {org}; see `gait-aggregator policy list --org {org}`"
+            ))
+        })
+    }
+
     /// The stored version and its parsed policy.
     pub(crate) async fn stored_version(
         &self,
         org: &Org,
         digest: &str,
     ) -> Result<(StoredPolicyVersion, Policy), RegistryError> {
-        check_digest("digest", digest)?;
-        let stored = self.store.policy_version(org, digest).await?.ok_or_else(|| {
-            RegistryError::NotFound(format!(
-                "no policy version {digest} in org {org}; see `gait-aggregator policy list --org {org}`"
-            ))
-        })?;
+        let stored = self.stored_bytes(org, digest).await?;
         let policy = stored_policy(&stored)?;
         Ok((stored, policy))
     }
