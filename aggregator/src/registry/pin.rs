@@ -9,7 +9,7 @@
 //! so old signed bytes stay refused. It restores, deterministically, the newest earlier pin that is known-good
 //! and differs from the current version (or the newest pin of `--to`), with that pin's settings; the bundle
 //! carries the signed `manifest.rollback` marker (the bundle rolled back, the epoch and digest restored, the
-//! reason), the rolled-back pin loses `known_good`, and the rollback is a `kind = rollback` row and an
+//! reason), every pin of the rolled-back version loses `known_good`, and the rollback is a `kind = rollback` row and an
 //! `env.rollback` audit entry, all in one transaction. A pin by an operator or a completed rollout is
 //! known-good.
 //!
@@ -227,7 +227,7 @@ impl Registry {
             PinKind::Pin | PinKind::Rollout => "env.pin",
         };
         let outcome = self
-            .record(tenant, staged, current.as_ref(), None, action, new_pin)
+            .record(tenant, staged, current.as_ref(), &[], action, new_pin)
             .await?;
         Ok(PinOutcome {
             warnings: diff::pin_warnings(
@@ -308,12 +308,19 @@ impl Registry {
                 created_unix_ms: unix_ms(),
             })
         };
+        // Every pin of the rolled-back version stops being known-good, so no later rollback returns to it
+        // (an operator can still pin it again, or name it with `--to`).
+        let demote: Vec<u64> = pins
+            .iter()
+            .filter(|p| p.pin.digest == current.pin.digest && p.pin.known_good)
+            .map(|p| p.id)
+            .collect();
         let outcome = self
             .record(
                 tenant,
                 staged,
                 Some(current),
-                Some(current.id),
+                &demote,
                 "env.rollback",
                 new_pin,
             )
@@ -324,22 +331,24 @@ impl Registry {
     }
 
     /// Publishes `staged` and, in its transaction, checks that the current pin is still `current` (a
-    /// concurrent pin wins, this one is refused), clears `known_good` of `demote`, records the pin and audits.
+    /// concurrent pin wins, this one is refused), clears `known_good` of the pins `demote`, records the pin and
+    /// audits.
     async fn record(
         &self,
         tenant: &Tenant,
         staged: StagedPublish,
         current: Option<&StoredPin>,
-        demote: Option<u64>,
+        demote: &[u64],
         action: &'static str,
         new_pin: impl Fn(u64, &str) -> Result<NewPin, RegistryError> + Send + Sync,
     ) -> Result<PinOutcome, RegistryError> {
         let req = self.staged_request(tenant, &staged).await?;
         let expected = current.map(|p| p.id);
+        let demote = demote.to_vec();
         let before = current.map(|p| format!("sha256:{}", p.pin.digest));
         let also: &super::AlsoInTx<'_, StoredPin> = &|tx, epoch, bundle_digest| {
             let pin = new_pin(epoch, bundle_digest);
-            let (tenant, before) = (tenant.clone(), before.clone());
+            let (tenant, before, demote) = (tenant.clone(), before.clone(), demote.clone());
             Box::pin(async move {
                 let pin = pin?;
                 let now = tx.env_pins(&tenant, 1).await?.first().map(|p| p.id);
@@ -348,7 +357,7 @@ impl Registry {
                         "{tenant} was pinned concurrently; look at `policy pins` and retry"
                     )));
                 }
-                if let Some(id) = demote {
+                for id in demote {
                     tx.set_pin_known_good(&tenant, id, false).await?;
                 }
                 let id = tx.insert_env_pin(&pin).await?;
