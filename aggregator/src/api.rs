@@ -29,6 +29,7 @@ mod error;
 mod evidence;
 mod health;
 mod join_tokens;
+mod policies;
 mod records;
 mod signing_keys;
 mod trace_keys;
@@ -111,6 +112,12 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         "/v1/orgs/{org}/projects/{project}/envs/{env}/evidence/records";
     const EVIDENCE_ENV_ARTIFACTS: &str =
         "/v1/orgs/{org}/projects/{project}/envs/{env}/evidence/artifacts";
+    const POLICIES: &str = "/v1/orgs/{org}/policies";
+    const POLICY: &str = "/v1/orgs/{org}/policies/{digest}";
+    const POLICY_DIFF: &str = "/v1/orgs/{org}/policies/{digest}/diff/{other}";
+    const ENV_PIN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pin";
+    const ENV_PINS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pins";
+    const ENV_ROLLBACK: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/rollback";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -398,6 +405,35 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
                 Deployment,
             ),
             post(signing_keys::revoke),
+        ),
+        // The policy registry and environment pins (issue 13 items 1-2).
+        (
+            e(Method::POST, POLICIES, P::PolicyWrite, Org),
+            post(policies::push),
+        ),
+        (
+            e(Method::GET, POLICIES, P::PolicyRead, Org),
+            get(policies::list),
+        ),
+        (
+            e(Method::GET, POLICY, P::PolicyRead, Org),
+            get(policies::show),
+        ),
+        (
+            e(Method::GET, POLICY_DIFF, P::PolicyRead, Org),
+            get(policies::diff),
+        ),
+        (
+            e(Method::PUT, ENV_PIN, P::RolloutWrite, Env),
+            axum::routing::put(policies::pin),
+        ),
+        (
+            e(Method::GET, ENV_PINS, P::PolicyRead, Env),
+            get(policies::pins),
+        ),
+        (
+            e(Method::POST, ENV_ROLLBACK, P::RolloutWrite, Env),
+            post(policies::rollback),
         ),
     ]
 }

@@ -393,6 +393,7 @@ mod tests {
             created_by: created_by.to_owned(),
             candidates: Default::default(),
             delegation_key: None,
+            rollback: None,
         };
         let refused = registry.publish(&tenant, request("")).await;
         assert!(

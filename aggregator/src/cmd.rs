@@ -15,6 +15,7 @@ pub mod join_token;
 pub mod keys;
 pub mod migrate;
 pub mod pki;
+pub mod policy;
 pub mod publish;
 pub mod records;
 pub mod serve;

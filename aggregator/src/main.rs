@@ -121,6 +121,10 @@ enum Command {
     /// Bundle signing keys through the HTTP API: list, rotate (with an overlap), revoke.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// The policy registry through the HTTP API: push versions (validated, id = Gait policy digest), list, show,
+    /// diff; pin an environment to a version, roll it back, show its pin history.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,5 +230,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
         Command::Records(args) => cmd::records::records(args, load()?).await,
         Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
+        Command::Policy(command) => cmd::policy::run(command, load()?).await,
     }
 }

@@ -6,8 +6,11 @@
 //! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
 //! sharing the same database.
 
+pub mod diff;
+pub mod pin;
 pub mod signing;
 pub mod validate;
+pub mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,6 +72,20 @@ pub enum RegistryError {
     /// The publish's audit entry could not be appended (nothing was published).
     #[error("audit: {0}")]
     Audit(String),
+    /// A policy pushed to the registry is not a valid Gait policy; nothing was stored.
+    #[error("policy {name} is not a valid Gait policy: {rejection}")]
+    Rejected {
+        /// The version's name.
+        name: String,
+        /// What is wrong, with the key and line.
+        rejection: validate::PolicyRejection,
+    },
+    /// A registry object the request names does not exist (a version digest, a pin to roll back).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the registry's state (nothing to roll back to, a concurrent pin won).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl RegistryError {
@@ -76,7 +93,12 @@ impl RegistryError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            Self::Invalid(_) | Self::Field { .. } | Self::Policy { .. }
+            Self::Invalid(_)
+                | Self::Field { .. }
+                | Self::Policy { .. }
+                | Self::Rejected { .. }
+                | Self::NotFound(_)
+                | Self::Conflict(_)
         )
     }
 }
@@ -102,6 +124,17 @@ impl Default for BundleDefaults {
     }
 }
 
+/// Work done in a publish's store transaction after the bundle is stored: `(tx, epoch, bundle digest)`.
+pub(crate) type AlsoInTx<'a, T> = dyn for<'t> Fn(
+        &'t mut gait_store::StoreTx,
+        u64,
+        &'t str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, RegistryError>> + Send + 't>,
+    > + Send
+    + Sync
+    + 'a;
+
 /// What an operator asks to publish for one scope.
 #[derive(Clone, Debug)]
 pub struct PublishRequest {
@@ -118,6 +151,8 @@ pub struct PublishRequest {
     pub candidates: BTreeMap<String, StagedCandidate>,
     /// The public key agents verify delegation tokens with (`manifest.delegation_key`).
     pub delegation_key: Option<PublicKey>,
+    /// Set when the bundle is a rollback (`manifest.rollback`, see [`Registry::rollback`]).
+    pub rollback: Option<gait_bundle::Rollback>,
 }
 
 /// A candidate policy staged beside a policy of the bundle (`manifest.policies[].candidate`).
@@ -293,6 +328,8 @@ impl Registry {
             created_by: actor.to_owned(),
             candidates,
             delegation_key: manifest.delegation_public_key(),
+            // The same policies under a new key: not a rollback, whatever the bundle it copies was.
+            rollback: None,
         };
         self.publish_signed(tenant, req, false).await.map(Some)
     }
@@ -343,6 +380,32 @@ impl Registry {
         req: PublishRequest,
         promote: bool,
     ) -> Result<Published, RegistryError> {
+        self.publish_inner(tenant, req, promote, &|_, _, _| Box::pin(async { Ok(()) }))
+            .await
+            .map(|(published, ())| published)
+    }
+
+    /// [`Registry::publish`], running `also(tx, epoch, digest)` in the bundle's store transaction (after the
+    /// bundle and its audit entry), so a registry pin commits with the bundle that carries it or not at all.
+    /// `also` may run more than once: when another replica took the epoch, the publish is retried.
+    pub(crate) async fn publish_with<T>(
+        &self,
+        tenant: &Tenant,
+        req: PublishRequest,
+        also: &AlsoInTx<'_, T>,
+    ) -> Result<(Published, T), RegistryError> {
+        self.publish_inner(tenant, req, true, also).await
+    }
+
+    /// The one publish path: validate, sign (promoting a due `next` key first when `promote`), store with the
+    /// audit entry and `also`, announce.
+    async fn publish_inner<T>(
+        &self,
+        tenant: &Tenant,
+        req: PublishRequest,
+        promote: bool,
+        also: &AlsoInTx<'_, T>,
+    ) -> Result<(Published, T), RegistryError> {
         validate_policies(&req.policies)?;
         validate_candidates(&req.policies, &req.candidates)?;
         let validity = req.validity.unwrap_or(self.defaults.validity);
@@ -418,6 +481,9 @@ impl Registry {
             for (name, text) in &req.policies {
                 builder.add_policy(name.clone(), text.as_bytes().to_vec());
             }
+            if let Some(r) = &req.rollback {
+                builder.rollback(r.clone());
+            }
             let bytes = self.signer.sign(&mut builder, unix_ms(), promote).await?;
             let manifest =
                 gait_bundle::inspect(&bytes).map_err(|e| RegistryError::Sign(e.to_string()))?;
@@ -431,18 +497,19 @@ impl Registry {
                 .transaction(async |tx| {
                     tx.publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms)
                         .await?;
-                    audit_publish(tx, tenant, epoch, parent.as_deref(), &digest, &req).await
+                    audit_publish(tx, tenant, epoch, parent.as_deref(), &digest, &req).await?;
+                    also(tx, epoch, &digest).await
                 })
                 .await;
-            match stored {
-                Ok(_) => {}
+            let extra = match stored {
+                Ok(extra) => extra,
                 Err(RegistryError::Store(StoreError::EpochConflict { .. }))
                     if attempt < EPOCH_ATTEMPTS =>
                 {
                     continue;
                 }
                 Err(e) => return Err(e),
-            }
+            };
             self.metrics.bundles_published.inc();
             tracing::info!(org = %tenant.org, project = %tenant.project, env = %tenant.env, epoch, %digest,
                 created_by = %req.created_by, "bundle published");
@@ -456,7 +523,7 @@ impl Registry {
                     created_by: req.created_by.clone(),
                 }),
             );
-            return Ok(Published {
+            let published = Published {
                 epoch,
                 digest,
                 parent_digest: parent,
@@ -464,7 +531,8 @@ impl Registry {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
                 policies: req.policies.keys().cloned().collect(),
-            });
+            };
+            return Ok((published, extra));
         }
     }
 

@@ -14,6 +14,7 @@
 //! target/release/gait-fleet-bench auth --verifies 20000 --requests 5000
 //! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
 //! target/release/gait-fleet-bench push --artifacts 1000
+//! target/release/gait-fleet-bench registry --rules 500 --runs 50
 //! ```
 
 mod audit;
@@ -25,6 +26,7 @@ mod idle;
 mod ingest;
 mod publish;
 mod push;
+mod registry;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,8 @@ enum Command {
     /// `gait-agent push` of a directory of signed traces until the aggregator committed them, with no daemon
     /// and through a running daemon.
     Push(push::Args),
+    /// The policy registry's write path: push + validate + pin-sign of a generated large policy, p50/p99.
+    Registry(registry::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Auth(a) => auth::run(a).await,
             Command::Audit(a) => audit::run(a).await,
             Command::Push(a) => push::run(a).await,
+            Command::Registry(a) => registry::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

@@ -151,6 +151,11 @@ async fn store_and_activate(
     };
     let since = activated.activated_at_unix_ms.unwrap_or(now_ms);
     let capture_mode = bundle.manifest.settings.capture_mode;
+    // A rollback bundle (a new epoch restoring older policies) is reported as such.
+    let rollback = bundle.manifest.rollback.as_ref().map(|r| {
+        json!({ "from_digest": r.from_digest, "restores_epoch": r.restores_epoch,
+            "restores_digest": r.restores_digest, "reason": r.reason })
+    });
     let active = Arc::new(ActiveBundle::new(bundle, since));
     let applied_ref = active.bundle_ref();
     state.apply_trust(&trust);
@@ -175,6 +180,10 @@ async fn store_and_activate(
         "trust_added": trust.added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
         "trust_revoked": trust.revoked,
     });
+    let mut payload = payload;
+    if let Some(rollback) = rollback {
+        payload["rollback"] = rollback;
+    }
     append_status(state, "bundle.applied", &payload).await;
     Ok(Applied {
         report: BundleReport {

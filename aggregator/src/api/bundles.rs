@@ -126,6 +126,7 @@ pub(super) async fn publish(
         created_by: caller.actor(),
         candidates,
         delegation_key,
+        rollback: None,
     };
     match state.registry.publish(caller.target(), req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),

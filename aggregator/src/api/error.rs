@@ -165,7 +165,13 @@ impl From<StoreError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
         match err {
-            RegistryError::Invalid(_) | RegistryError::Policy { .. } => Self::new(
+            RegistryError::NotFound(_) => Self::not_found(err.to_string()),
+            RegistryError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
+            }
+            RegistryError::Invalid(_)
+            | RegistryError::Policy { .. }
+            | RegistryError::Rejected { .. } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_policy",
                 err.to_string(),

@@ -104,11 +104,17 @@ pub enum Permission {
     SigningKeyRead,
     /// Rotate and revoke bundle signing keys.
     SigningKeyWrite,
+    /// Read the policy registry: versions, diffs, environments' pin history.
+    PolicyRead,
+    /// Push policy versions to the registry.
+    PolicyWrite,
+    /// Pin an environment to a version, roll it back.
+    RolloutWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 19] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -125,6 +131,9 @@ impl Permission {
         Permission::EvidenceRead,
         Permission::SigningKeyRead,
         Permission::SigningKeyWrite,
+        Permission::PolicyRead,
+        Permission::PolicyWrite,
+        Permission::RolloutWrite,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -146,6 +155,9 @@ impl Permission {
             Permission::EvidenceRead => "evidence.read",
             Permission::SigningKeyRead => "signing_key.read",
             Permission::SigningKeyWrite => "signing_key.write",
+            Permission::PolicyRead => "policy.read",
+            Permission::PolicyWrite => "policy.write",
+            Permission::RolloutWrite => "rollout.write",
         }
     }
 
@@ -170,7 +182,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 16] = [
+pub const GRANTS: [(Permission, &[Role]); 19] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -209,6 +221,13 @@ pub const GRANTS: [(Permission, &[Role]); 16] = [
         &[PlatformAdmin, PolicyAuthor, Auditor],
     ),
     (Permission::SigningKeyWrite, &[PlatformAdmin]),
+    // The policy registry (issue 13): everyone reads versions and pins; authors push, pin and roll back.
+    (
+        Permission::PolicyRead,
+        &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
+    ),
+    (Permission::PolicyWrite, &[PlatformAdmin, PolicyAuthor]),
+    (Permission::RolloutWrite, &[PlatformAdmin, PolicyAuthor]),
 ];
 
 #[cfg(test)]
@@ -245,6 +264,8 @@ mod tests {
                     | Permission::ApprovalDecide
                     | Permission::ApprovalPolicyWrite
                     | Permission::SigningKeyWrite
+                    | Permission::PolicyWrite
+                    | Permission::RolloutWrite
             );
             if writes {
                 assert!(!Viewer.grants(p) && !Auditor.grants(p), "{p}");

@@ -26,6 +26,7 @@ mod enrollment;
 mod error;
 mod evidence;
 mod model;
+mod policy_versions;
 mod postgres;
 mod records;
 mod revocations;
@@ -71,6 +72,10 @@ pub use model::{
     StoredRevocation,
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
+pub use policy_versions::{
+    MAX_POLICY_PAGE, NewPin, NewPolicyVersion, PinFields, PinKind, PolicyVersionMeta, StoredPin,
+    StoredPolicyVersion,
+};
 pub use postgres::PgStore;
 pub use signing_keys::{SigningKeyRow, SigningKeyState};
 pub use sqlite::{GroupCommitStats, SqliteStore};

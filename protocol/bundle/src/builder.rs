@@ -3,7 +3,7 @@
 use crate::manifest::{check_name, format_time, malformed};
 use crate::{
     BUNDLE_SCHEMA_ID, BUNDLE_SCHEMA_VERSION, BundleError, CandidateEntry, MAX_BUNDLE_LEN, Manifest,
-    PolicyEntry, Scope, Settings, Stage, Staleness, TrustUpdate,
+    PolicyEntry, Rollback, Scope, Settings, Stage, Staleness, TrustUpdate,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -27,6 +27,7 @@ pub struct BundleBuilder {
     candidates: BTreeMap<String, (Stage, String, Vec<u8>)>,
     duplicate: Option<String>,
     trust: TrustUpdate,
+    rollback: Option<Rollback>,
 }
 
 impl BundleBuilder {
@@ -47,12 +48,19 @@ impl BundleBuilder {
             candidates: BTreeMap::new(),
             duplicate: None,
             trust: TrustUpdate::default(),
+            rollback: None,
         }
     }
 
     /// Set `created_at` (Unix seconds) instead of reading the clock.
     pub fn created_at(&mut self, unix: i64) -> &mut Self {
         self.created_at_unix = Some(unix);
+        self
+    }
+
+    /// Mark the bundle as a rollback (`manifest.rollback`).
+    pub fn rollback(&mut self, rollback: Rollback) -> &mut Self {
+        self.rollback = Some(rollback);
         self
     }
 
@@ -188,6 +196,7 @@ impl BundleBuilder {
             approval_key: self.approval_key.clone(),
             delegation_key: self.delegation_key.clone(),
             trust: self.trust.clone(),
+            rollback: self.rollback.clone(),
         };
         manifest.validate()?;
         Ok(manifest)

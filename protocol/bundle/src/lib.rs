@@ -31,8 +31,9 @@ pub use builder::BundleBuilder;
 pub use error::BundleError;
 pub use manifest::{
     CandidateEntry, CaptureMode, KeyEndorsement, MAX_NAME_LEN, MAX_POLICIES, MAX_REVOKED_KEYS,
-    MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN, MAX_TRUST_LINKS, Manifest, OnStale, PolicyEntry, Scope,
-    Settings, Stage, Staleness, TrustUpdate, endorsement_input,
+    MAX_ROLLBACK_REASON_LEN, MAX_SAFE_INTEGER, MAX_SCOPE_PART_LEN, MAX_TRUST_LINKS, Manifest,
+    OnStale, PolicyEntry, Rollback, Scope, Settings, Stage, Staleness, TrustUpdate,
+    endorsement_input,
 };
 pub use trust::{TrustRoot, endorse, verify_endorsement};
 pub use verify::{VerifiedBundle, VerifyOptions, inspect, open_unverified, verify, verify_with};

@@ -266,6 +266,11 @@ pub struct Manifest {
     /// without it keep their digest.
     #[serde(default, skip_serializing_if = "TrustUpdate::is_empty")]
     pub trust: TrustUpdate,
+    /// Set when this bundle is a rollback: a new epoch restoring the policies of an older bundle, signed like
+    /// everything else. Omitted when absent, so every manifest without it keeps its digest; agents older than
+    /// the field refuse a manifest carrying it (unknown field), which is the safe direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
 }
 
 /// Most endorsement links a manifest carries (`manifest.trust.keys`): an agent more rotations behind than this
@@ -314,6 +319,25 @@ pub struct KeyEndorsement {
 /// key, so the endorsement binds the key itself.
 pub fn endorsement_input(key_id: &str, endorsed_by: &str) -> Vec<u8> {
     format!("gait.fleet.bundle_key_endorsement.v1\n{key_id}\n{endorsed_by}").into_bytes()
+}
+
+/// Longest `manifest.rollback.reason` in bytes.
+pub const MAX_ROLLBACK_REASON_LEN: usize = 256;
+
+/// The signed rollback marker of a bundle (`manifest.rollback`): which bundle was rolled back and which older
+/// bundle's policies this epoch restores. It never lowers the epoch: the agent's anti-rollback rule (epoch
+/// strictly greater) stays as it is, so old signed bytes remain refused after a rollback.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Lowercase hex digest of the bundle that was in force and is rolled back.
+    pub from_digest: String,
+    /// Epoch of the older bundle whose policies this bundle restores.
+    pub restores_epoch: u64,
+    /// Lowercase hex digest of that older bundle.
+    pub restores_digest: String,
+    /// Why (at most [`MAX_ROLLBACK_REASON_LEN`] bytes, no control characters).
+    pub reason: String,
 }
 
 impl Manifest {
@@ -416,6 +440,9 @@ impl Manifest {
             }
         }
         check_hex64("manifest.key_id", &self.key_id)?;
+        if let Some(r) = &self.rollback {
+            check_rollback(r, self.epoch)?;
+        }
         for (field, key) in [
             ("manifest.approval_key", &self.approval_key),
             ("manifest.delegation_key", &self.delegation_key),
@@ -494,6 +521,29 @@ impl Manifest {
             )
         })
     }
+}
+
+/// A rollback marker names two bundle digests, an older epoch and a short printable reason.
+fn check_rollback(r: &Rollback, epoch: u64) -> Result<(), BundleError> {
+    check_hex64("manifest.rollback.from_digest", &r.from_digest)?;
+    check_hex64("manifest.rollback.restores_digest", &r.restores_digest)?;
+    if r.restores_epoch == 0 || r.restores_epoch >= epoch {
+        return Err(malformed(
+            "manifest.rollback.restores_epoch",
+            format!(
+                "{} must be between 1 and the bundle's epoch - 1 ({})",
+                r.restores_epoch,
+                epoch.saturating_sub(1)
+            ),
+        ));
+    }
+    if r.reason.len() > MAX_ROLLBACK_REASON_LEN || r.reason.chars().any(char::is_control) {
+        return Err(malformed(
+            "manifest.rollback.reason",
+            format!("must be at most {MAX_ROLLBACK_REASON_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// A staged policy names its candidate, and `enforce` carries none.

@@ -446,10 +446,11 @@ fn upload_artifacts_is_signed_apart_and_omitted_while_false() {
 fn validly_signed_manifest_with_an_unknown_field_is_malformed() {
     let d = doc(&bundle());
     let mut manifest = d["manifest"].clone();
-    manifest["rollback"] = json!(true);
+    // (`rollback` was this test's unknown field until it became a field of the format.)
+    manifest["downgrade"] = json!(true);
     let err = check(&resign(d, manifest, &key())).unwrap_err();
     assert!(
-        matches!(&err, BundleError::Malformed(m) if m.contains("rollback")),
+        matches!(&err, BundleError::Malformed(m) if m.contains("downgrade")),
         "{err:?}"
     );
     assert_eq!(err.code(), "bundle_malformed");
@@ -747,5 +748,75 @@ fn a_bundle_without_stages_keeps_its_manifest_bytes() {
     let text = d["manifest"].to_string();
     for field in ["stage", "candidate", "delegation_key"] {
         assert!(!text.contains(field), "{field} in {text}");
+    }
+}
+
+/// The digest of `builder()`'s manifest as every release before `manifest.rollback` computed it.
+const GOLDEN_DIGEST: &str = "e47bcaf4ce52fedee4eb214bf2761de6de028b69c2591bf17675519a926ba1bb";
+
+#[test]
+fn a_manifest_without_a_rollback_keeps_its_golden_digest() {
+    let v = check(&bundle()).unwrap();
+    assert_eq!(v.digest_hex, GOLDEN_DIGEST);
+    assert!(
+        !doc(&bundle())["manifest"]
+            .as_object()
+            .unwrap()
+            .contains_key("rollback")
+    );
+}
+
+fn rollback() -> gait_bundle::Rollback {
+    gait_bundle::Rollback {
+        from_digest: "cd".repeat(32),
+        restores_epoch: EPOCH - 2,
+        restores_digest: "ef".repeat(32),
+        reason: "v2 blocks reads".into(),
+    }
+}
+
+#[test]
+fn a_rollback_marker_is_signed_and_verifies_as_a_new_epoch_only() {
+    let mut b = builder();
+    b.rollback(rollback());
+    let bytes = b.sign(&key()).unwrap();
+    let v = check(&bytes).unwrap();
+    assert_eq!(v.manifest.rollback, Some(rollback()));
+    assert_ne!(
+        v.digest_hex, GOLDEN_DIGEST,
+        "the marker is part of the digest"
+    );
+    // Anti-rollback is unchanged: a rollback bundle is still refused at or below the current epoch.
+    let stale = verify(&bytes, &trust(), &scope(), Some(EPOCH), NOW).unwrap_err();
+    assert_eq!(stale.code(), "bundle_epoch_stale", "{stale:?}");
+    // Stripping the marker breaks the signature.
+    let mut d = doc(&bytes);
+    d["manifest"].as_object_mut().unwrap().remove("rollback");
+    let err = check(&bytes_of(&d)).unwrap_err();
+    assert!(!err.is_authentic(), "{err:?}");
+}
+
+#[test]
+fn a_rollback_marker_breaking_its_rules_is_refused_naming_the_field() {
+    type RollbackEdit = fn(&mut gait_bundle::Rollback);
+    let cases: [(RollbackEdit, &str); 4] = [
+        (
+            |r| r.restores_epoch = EPOCH,
+            "manifest.rollback.restores_epoch",
+        ),
+        (|r| r.restores_epoch = 0, "manifest.rollback.restores_epoch"),
+        (
+            |r| r.from_digest = "XY".into(),
+            "manifest.rollback.from_digest",
+        ),
+        (|r| r.reason = "a\nb".into(), "manifest.rollback.reason"),
+    ];
+    for (edit, field) in cases {
+        let mut r = rollback();
+        edit(&mut r);
+        let mut b = builder();
+        b.rollback(r);
+        let err = b.sign(&key()).unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
     }
 }
