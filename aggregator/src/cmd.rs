@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod pki;
 pub mod publish;
 pub mod records;
+pub mod replay;
 pub mod serve;
 pub mod table;
 pub mod trace_keys;

@@ -113,6 +113,9 @@ enum Command {
     Records(cmd::records::RecordsArgs),
     /// Find recorded artifacts (runpacks, traces, regress results, JUnit) by run id or SHA-256 through the API.
     Artifacts(cmd::artifacts::ArtifactsArgs),
+    /// Replay a candidate policy beside the baseline over the org's captured decisions (or, --offline, an
+    /// exported corpus) into a signed report; exit 5 when a verdict flips.
+    Replay(cmd::replay::ReplayArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,5 +220,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Artifact(command) => cmd::artifact::run(command, load()?).await,
         Command::Records(args) => cmd::records::records(args, load()?).await,
         Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
+        Command::Replay(args) => cmd::replay::replay(args, load()?).await,
     }
 }

@@ -100,11 +100,14 @@ pub enum Permission {
     /// Read evidence: look up the evidence index (decisions and artifacts by digest, run id, verdict, stage)
     /// and read the artifact bytes agents uploaded.
     EvidenceRead,
+    /// Replay a candidate policy against the org's captured decisions and export that corpus (it reads
+    /// decisions, like `evidence.read`).
+    ReplayRun,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -119,6 +122,7 @@ impl Permission {
         Permission::ApprovalDecide,
         Permission::ApprovalPolicyWrite,
         Permission::EvidenceRead,
+        Permission::ReplayRun,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -138,6 +142,7 @@ impl Permission {
             Permission::ApprovalDecide => "approval.decide",
             Permission::ApprovalPolicyWrite => "approval_policy.write",
             Permission::EvidenceRead => "evidence.read",
+            Permission::ReplayRun => "replay.run",
         }
     }
 
@@ -162,7 +167,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 14] = [
+pub const GRANTS: [(Permission, &[Role]); 15] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -194,6 +199,11 @@ pub const GRANTS: [(Permission, &[Role]); 14] = [
     // Whoever reads records reads the index over them.
     (
         Permission::EvidenceRead,
+        &[PlatformAdmin, PolicyAuthor, Auditor],
+    ),
+    // Replay reads the org's captured decisions: the readers of evidence.
+    (
+        Permission::ReplayRun,
         &[PlatformAdmin, PolicyAuthor, Auditor],
     ),
 ];

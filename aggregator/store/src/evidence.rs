@@ -253,6 +253,17 @@ impl EvidenceFilter {
     }
 }
 
+/// One entry to insert: its record, the entry, its run ids and its two reason-code lists as stored.
+type InsertRow<'a> = (
+    &'a NewRecord,
+    &'a NewIndexEntry,
+    Option<String>,
+    [Option<String>; 2],
+);
+
+/// What [`crate::Store::replay_corpus_payloads`] calls per payload: index id and bytes; an `Err` stops the walk.
+pub type PayloadVisitor<'v> = dyn FnMut(u64, &[u8]) -> Result<(), String> + Send + 'v;
+
 /// A bound parameter of a built statement.
 enum Arg<'a> {
     Text(Option<&'a str>),
@@ -271,12 +282,7 @@ pub(crate) async fn insert(
     // SQLite gets anonymous `?` placeholders: with numbered ones sqlx looks each parameter up by name, a
     // linear search in SQLite that makes binding quadratic in the statement size (see `sqlite::insert_records`).
     let anonymous = matches!(conn, Conn::Sqlite(_));
-    let mut rows: Vec<(
-        &NewRecord,
-        &NewIndexEntry,
-        Option<String>,
-        [Option<String>; 2],
-    )> = Vec::new();
+    let mut rows: Vec<InsertRow<'_>> = Vec::new();
     for entry in entries {
         if let Ok(i) = inserted.binary_search_by_key(&entry.seq, |r| r.seq) {
             let run_ids = if entry.fields.run_ids.is_empty() {
@@ -736,7 +742,7 @@ impl crate::Store {
         &self,
         scope: &CorpusScope,
         until_id: u64,
-        visit: &mut (dyn FnMut(u64, &[u8]) -> Result<(), String> + Send),
+        visit: &mut PayloadVisitor<'_>,
     ) -> Result<(), StoreError> {
         let (filter, extra) = scope.filter("x");
         let sql = format!(

@@ -69,7 +69,7 @@ pub struct CorpusLine;
 
 impl CorpusLine {
     /// Appends the line of `intent` (newline-terminated) to `out`. `intent.normalized_intent` must be one JSON
-    /// value (as captured records hold it).
+    /// value (as captured records hold it) or empty (written as `null`).
     pub fn write(intent: &CorpusIntent, out: &mut Vec<u8>) {
         let samples: Vec<&String> = intent.samples.iter().take(MAX_SAMPLE_IDS).collect();
         out.extend_from_slice(b"{\"count\":");
@@ -81,7 +81,13 @@ impl CorpusLine {
                 .as_bytes(),
         );
         out.extend_from_slice(b",\"normalized_intent\":");
-        out.extend_from_slice(&intent.normalized_intent);
+        // An intent whose record could not be read is kept as `null`, so an offline replay counts it as
+        // skipped exactly as the server does.
+        if intent.normalized_intent.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            out.extend_from_slice(&intent.normalized_intent);
+        }
         out.extend_from_slice(b",\"samples\":");
         out.extend_from_slice(
             serde_json::to_string(&samples)
