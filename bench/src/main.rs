@@ -14,6 +14,7 @@
 //! target/release/gait-fleet-bench auth --verifies 20000 --requests 5000
 //! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
 //! target/release/gait-fleet-bench push --artifacts 1000
+//! target/release/gait-fleet-bench replay --decisions 1000000 --distinct 10000
 //! ```
 
 mod audit;
@@ -25,6 +26,7 @@ mod idle;
 mod ingest;
 mod publish;
 mod push;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,9 @@ enum Command {
     /// `gait-agent push` of a directory of signed traces until the aggregator committed them, with no daemon
     /// and through a running daemon.
     Push(push::Args),
+    /// Replay before rollout: a candidate against 1,000,000 captured decisions in SQLite (corpus read and
+    /// evaluation timed apart).
+    Replay(replay::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
             Command::Auth(a) => auth::run(a).await,
             Command::Audit(a) => audit::run(a).await,
             Command::Push(a) => push::run(a).await,
+            Command::Replay(a) => replay::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.
