@@ -46,7 +46,7 @@ fn intent(tool: &str, path: &str) -> Value {
     })
 }
 
-/// One decision; returns the sample id `<agent>:<record_seq>`.
+/// One decision; returns its sample id in an org-wide replay, `<project>/<env>/<agent>:<record_seq>`.
 fn decide(agent: &Agent, tool: &str, path: &str) -> anyhow::Result<String> {
     let token = agent.api_token()?;
     let (status, answer) = http_json(
@@ -60,7 +60,10 @@ fn decide(agent: &Agent, tool: &str, path: &str) -> anyhow::Result<String> {
         "evaluate answered {status}: {answer}"
     );
     let seq = answer["record_seq"].as_u64().context("record_seq")?;
-    Ok(format!("{}:{seq}", agent.id))
+    Ok(format!(
+        "{}/{}/{}:{seq}",
+        agent.project, agent.env, agent.id
+    ))
 }
 
 fn publish_raw(agg: &Aggregator, dir: &Path, org: &str) -> anyhow::Result<()> {

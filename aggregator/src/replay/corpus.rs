@@ -32,13 +32,21 @@ struct Captured<'a> {
 }
 
 /// Reads the corpus of `scope` up to and including index id `until_id`.
+///
+/// Sample ids are `<agent>:<seq>` within one environment (`scope.env` set) and `<project>/<env>/<agent>:<seq>`
+/// otherwise, since agent ids are unique only within their environment.
 pub async fn load(store: &Store, scope: &CorpusScope, until_id: u64) -> Result<Corpus, StoreError> {
     let mut intents: Vec<CorpusIntent> = Vec::new();
     let mut by_digest: HashMap<String, usize> = HashMap::new();
     let mut first_ids: HashMap<u64, usize> = HashMap::new();
+    let one_env = scope.env.is_some();
     let samples = store
         .replay_corpus_samples(scope, until_id, &mut |s| {
-            let sample = format!("{}:{}", s.agent_id, s.seq);
+            let sample = if one_env {
+                format!("{}:{}", s.agent_id, s.seq)
+            } else {
+                format!("{}/{}/{}:{}", s.project, s.env, s.agent_id, s.seq)
+            };
             match by_digest.get(s.intent_digest) {
                 Some(&i) => {
                     let intent = &mut intents[i];

@@ -657,6 +657,10 @@ impl CorpusScope {
 pub struct CorpusSample<'a> {
     /// Its index id (the walk's order).
     pub id: u64,
+    /// The agent's project.
+    pub project: &'a str,
+    /// The agent's environment.
+    pub env: &'a str,
     /// The agent that decided.
     pub agent_id: &'a str,
     /// The record's seq in that agent's stream.
@@ -702,7 +706,8 @@ impl crate::Store {
     ) -> Result<u64, StoreError> {
         let (filter, extra) = scope.filter("e");
         let sql = format!(
-            "SELECT e.id, e.agent_id, e.seq, e.intent_digest FROM evidence_index e WHERE {filter} ORDER BY e.id"
+            "SELECT e.id, e.project, e.env, e.agent_id, e.seq, e.intent_digest FROM evidence_index e \
+             WHERE {filter} ORDER BY e.id"
         );
         let until = to_i64("until_id", until_id)?;
         let mut pooled = self.acquire().await?;
@@ -722,8 +727,11 @@ impl crate::Store {
             let mut visited = 0u64;
             while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
                 let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
+                let (project, env) = (row.text("project")?, row.text("env")?);
                 visit(CorpusSample {
                     id: to_u64("evidence_index", "id", row.int("id")?)?,
+                    project: &project,
+                    env: &env,
                     agent_id: &agent_id,
                     seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
                     intent_digest: &digest,

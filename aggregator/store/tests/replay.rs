@@ -125,13 +125,13 @@ async fn the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_p
     let mut samples = Vec::new();
     let n = store
         .replay_corpus_samples(&scope, head, &mut |s| {
-            samples.push((s.id, format!("{}:{}", s.agent_id, s.seq)))
+            samples.push((s.id, format!("{}/{}:{}", s.env, s.agent_id, s.seq)))
         })
         .await?;
     ensure!(n == 8, "{samples:?}");
     ensure!(samples.windows(2).all(|w| w[0].0 < w[1].0), "{samples:?}");
     ensure!(
-        samples.iter().all(|(_, s)| !s.starts_with("agent-9")),
+        samples.iter().all(|(_, s)| !s.contains("agent-9")),
         "{samples:?}"
     );
     ensure!(
