@@ -786,3 +786,79 @@ impl crate::Store {
         })
     }
 }
+
+/// One row of [`crate::Store::replay_corpus_rows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorpusRow<'a> {
+    /// The decision as a sample of the walk.
+    pub sample: CorpusSample<'a>,
+    /// How many captured decisions of the scope up to the pin carry this intent digest.
+    pub count: u64,
+    /// The record's payload, on the first decision (lowest id) of each intent digest only.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// What [`crate::Store::replay_corpus_rows`] calls per row; an `Err` stops the walk.
+pub type RowVisitor<'v> = dyn FnMut(CorpusRow<'_>) -> Result<(), String> + Send + 'v;
+
+impl crate::Store {
+    /// The corpus in one walk, deduplicated in the database: for each intent digest of the scope's captured
+    /// decisions up to `until_id`, its first `per_intent` decisions (in index order, each with the digest's
+    /// total count), the first of them with its record's payload — no other payload is read. Rows come in index
+    /// order. An error `visit` returns stops the walk as [`StoreError::InvalidInput`] on field `payload`.
+    pub async fn replay_corpus_rows(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        per_intent: u32,
+        visit: &mut RowVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql = format!(
+            "SELECT w.id, w.project, w.env, w.agent_id, w.seq, w.intent_digest, w.cnt, r.payload \
+             FROM (SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
+                   ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n, \
+                   COUNT(*) OVER (PARTITION BY e.intent_digest) AS cnt \
+                   FROM evidence_index e WHERE {filter}) w \
+             LEFT JOIN records r ON w.n = 1 AND r.org = w.org AND r.project = w.project AND r.env = w.env \
+             AND r.agent_id = w.agent_id AND r.seq = w.seq \
+             WHERE w.n <= ${} ORDER BY w.id",
+            extra.len() + 3
+        );
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let mut rows = query.bind(i64::from(per_intent)).fetch(&mut *c);
+            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
+                let (project, env) = (row.text("project")?, row.text("env")?);
+                let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
+                let payload = row.opt_bytes("payload")?;
+                visit(CorpusRow {
+                    sample: CorpusSample {
+                        id: to_u64("evidence_index", "id", row.int("id")?)?,
+                        project: &project,
+                        env: &env,
+                        agent_id: &agent_id,
+                        seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
+                        intent_digest: &digest,
+                    },
+                    count: to_u64("evidence_index", "count", row.int("cnt")?)?,
+                    payload: payload.as_deref(),
+                })
+                .map_err(|e| StoreError::invalid("payload", e))?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -61,8 +61,8 @@ pub use enrollment::{
 };
 pub use error::StoreError;
 pub use evidence::{
-    CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord,
-    MAX_EVIDENCE_PAGE, NewIndexEntry, RawJson,
+    CorpusRow, CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields,
+    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, RawJson,
 };
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
