@@ -292,7 +292,7 @@ async fn tokens_presented_with_the_intent_are_judged_as_gait_gate_eval_judges_th
 }
 
 const ACTIVE: &str = "default_verdict: allow\nrules:\n  - name: block-delete\n    effect: block\n    match:\n      tool_names: [tool.delete]\n";
-const CANDIDATE: &str = "default_verdict: allow\nrules:\n  - name: block-write\n    effect: block\n    match:\n      tool_names: [tool.write]\n";
+const CANDIDATE: &str = "default_verdict: allow\nrules:\n  - name: block-write\n    effect: block\n    match:\n      tool_names: [tool.write]\n    reason_codes: [write_blocked]\n";
 
 fn intent_for(tool: &str) -> Value {
     json!({
@@ -343,6 +343,12 @@ async fn a_policy_moves_observe_then_dry_run_then_enforce_each_on_activation() -
         )
     );
     assert_eq!(w["stage"]["candidate_digest"], Value::Null);
+    // No candidate: neither candidate reason codes nor the error flag appear.
+    assert!(
+        w["stage"].get("candidate_reason_codes").is_none()
+            && w["stage"].get("candidate_error").is_none(),
+        "{w}"
+    );
 
     // Epoch 2: the candidate (blocks write, allows delete) in observe. Until the agent activates it the old
     // stage holds; after, the active policy still decides and both verdicts are recorded.
@@ -377,6 +383,13 @@ async fn a_policy_moves_observe_then_dry_run_then_enforce_each_on_activation() -
         .context("candidate digest")?
         .to_owned();
     assert_eq!(candidate_digest.len(), 64, "{w}");
+    // The candidate's own reason codes travel with the decision (rollout health counts diffs by reason).
+    assert_eq!(
+        w["stage"]["candidate_reason_codes"],
+        json!(["write_blocked"]),
+        "{w}"
+    );
+    assert!(w["stage"].get("candidate_error").is_none(), "{w}");
     let d = decide(&agent, "", &delete).await?;
     assert_eq!(
         stage_of(&d),
@@ -408,6 +421,12 @@ async fn a_policy_moves_observe_then_dry_run_then_enforce_each_on_activation() -
     );
     assert!(
         codes(&w).contains(&"stage_dry_run_would_have_blocked".into()),
+        "{w}"
+    );
+    // In dry_run the candidate is of record: its codes, without the stage's own.
+    assert_eq!(
+        w["stage"]["candidate_reason_codes"],
+        json!(["write_blocked"]),
         "{w}"
     );
     assert_eq!(

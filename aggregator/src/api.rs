@@ -32,6 +32,7 @@ mod join_tokens;
 mod policies;
 mod records;
 mod signing_keys;
+mod replay;
 mod trace_keys;
 
 pub use auth::ScopeFrom;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub uploads: Option<Arc<crate::evidence::Uploads>>,
     /// Lookups in the evidence index.
     pub evidence: Arc<crate::evidence::query::EvidenceIndex>,
+    /// Replay of candidate policies over the captured decisions (signs reports).
+    pub replay: Arc<crate::replay::Replay>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -434,6 +437,24 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::POST, ENV_ROLLBACK, P::RolloutWrite, Env),
             post(policies::rollback),
+        ),
+        // Replay before rollout (issue 13).
+        (
+            e(Method::POST, "/v1/orgs/{org}/replay", P::ReplayRun, Org),
+            post(replay::run),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/replay/corpus",
+                P::ReplayRun,
+                Org,
+            ),
+            get(replay::corpus),
+        ),
+        (
+            e(Method::GET, "/v1/orgs/{org}/replay/key", P::ReplayRun, Org),
+            get(replay::key),
         ),
     ]
 }

@@ -3,7 +3,7 @@
 //!
 //! Embedded defaults need no configuration: everything lives under the data directory (`./gait-data`): the
 //! SQLite database `aggregator.db`, the PKI (`pki/`, created on first start when absent), the registry signing
-//! key (`keys/registry.key`), the QUIC stateless-reset and TLS session-ticket secrets (`keys/quic-reset.key`,
+//! key (`keys/registry.key`), the replay report key (`keys/replay.key`), the QUIC stateless-reset and TLS session-ticket secrets (`keys/quic-reset.key`,
 //! `keys/tls-ticket.key`) and the admin token (`admin.token`). PostgreSQL is selected with `--database-url
 //! postgres://...`.
 
@@ -200,6 +200,8 @@ pub enum ServeError {
     Audit(#[from] crate::audit::AuditError),
     #[error("approvals: {0}")]
     ApprovalKey(#[from] crate::approval::issue::KeyError),
+    #[error("replay: {0}")]
+    Replay(#[from] crate::replay::ReplayError),
     /// The config file's approval policies could not be applied (nothing was changed).
     #[error("cannot apply the config file's approval policies: {0}")]
     ApprovalPolicies(#[from] crate::approval::ApprovalError),
@@ -552,6 +554,10 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             approvals,
             uploads: Some(uploads.clone()),
             evidence: Arc::new(crate::evidence::query::EvidenceIndex::new(store.clone())),
+            replay: Arc::new(crate::replay::Replay::new(
+                store.clone(),
+                crate::replay::Replay::load_or_create_key(&config.key_dir())?,
+            )),
         },
         config.http_limits,
         http_tls.clone(),

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod policy;
 pub mod publish;
 pub mod records;
+pub mod replay;
 pub mod serve;
 pub mod table;
 pub mod trace_keys;

@@ -13,6 +13,7 @@
 //!   `revocation` holds the serials the handshake refuses), [`enroll`] (join tokens, enrollment by CSR, renewal).
 //! - [`auth`]: who is calling (the admin token, or an operator whose bearer JWT [`auth::oidc`] verifies against
 //!   [`auth::jwks`]) and what role bindings let them do; only it builds the `Authorized<…>` the API handlers need.
+//! - [`replay`]: a candidate policy replayed over the org's captured decisions into a signed report (issue 13).
 //! - [`config`]: the one configuration file (plus `GAIT_*` environment) every subcommand reads.
 //! - Shared below the features: [`clock`] (every wall-clock read), [`secrets`] (the one atomic 0600 writer), [`metrics`] (Prometheus text).
 //!
@@ -32,4 +33,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod replay;
 pub mod secrets;

@@ -125,6 +125,9 @@ enum Command {
     /// diff; pin an environment to a version, roll it back, show its pin history.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Replay a candidate policy beside the baseline over the org's captured decisions (or, --offline, an
+    /// exported corpus) into a signed report; exit 5 when a verdict flips.
+    Replay(cmd::replay::ReplayArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,5 +234,6 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Records(args) => cmd::records::records(args, load()?).await,
         Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
         Command::Policy(command) => cmd::policy::run(command, load()?).await,
+        Command::Replay(args) => cmd::replay::replay(args, load()?).await,
     }
 }

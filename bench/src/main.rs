@@ -15,6 +15,7 @@
 //! target/release/gait-fleet-bench audit --ops 5000 --log-size 1000000
 //! target/release/gait-fleet-bench push --artifacts 1000
 //! target/release/gait-fleet-bench registry --rules 500 --runs 50
+//! target/release/gait-fleet-bench replay --decisions 1000000 --distinct 10000
 //! ```
 
 mod audit;
@@ -27,6 +28,7 @@ mod ingest;
 mod publish;
 mod push;
 mod registry;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -67,6 +69,9 @@ enum Command {
     Push(push::Args),
     /// The policy registry's write path: push + validate + pin-sign of a generated large policy, p50/p99.
     Registry(registry::Args),
+    /// Replay before rollout: a candidate against 1,000,000 captured decisions in SQLite (corpus read and
+    /// evaluation timed apart).
+    Replay(replay::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
             Command::Audit(a) => audit::run(a).await,
             Command::Push(a) => push::run(a).await,
             Command::Registry(a) => registry::run(a).await,
+            Command::Replay(a) => replay::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

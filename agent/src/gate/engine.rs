@@ -137,6 +137,8 @@ impl GateEngine {
                 DecisionError::Internal(e.to_string())
             }
         })?;
+        // `candidate_error`: a staged candidate that could not be used or evaluated (rollout health counts it).
+        let mut candidate_error = false;
         let (stage, candidate) = match &prepared.staged {
             None => (Stage::Enforce, None),
             Some(staged) => match &staged.candidate {
@@ -144,6 +146,7 @@ impl GateEngine {
                 Err(error) => {
                     // The aggregator validates candidates on publish; should one not parse, its policy decides.
                     tracing::warn!(policy = %prepared.name, %error, "staged candidate unusable; its policy decides alone");
+                    candidate_error = true;
                     (staged.stage, None)
                 }
             },
@@ -162,6 +165,7 @@ impl GateEngine {
                 // In observe the candidate's failure must not change what the policy in force decides.
                 Err(e) if stage == Stage::Observe => {
                     tracing::warn!(policy = %prepared.name, error = %e, "candidate could not be evaluated in shadow");
+                    candidate_error = true;
                     None
                 }
                 Err(e) => return Err(e),
@@ -169,6 +173,11 @@ impl GateEngine {
         };
         let record_verdict = record_run.decision().verdict;
         let shadow_verdict = shadow_run.as_ref().map(|r| r.decision().verdict);
+        let candidate_reason_codes = match (stage, &shadow_run) {
+            (Stage::DryRun, _) if candidate.is_some() => record_run.decision().reason_codes.clone(),
+            (Stage::Observe, Some(shadow)) => shadow.decision().reason_codes.clone(),
+            _ => Vec::new(),
+        };
         // dry_run: never weaker than the replaced policy, and a block it adds is reported, not enforced.
         let (deciding, would_have_blocked) = match (stage, shadow_run) {
             (Stage::DryRun, Some(old)) => {
@@ -192,6 +201,8 @@ impl GateEngine {
             active_verdict,
             candidate_verdict,
             would_have_blocked,
+            candidate_reason_codes,
+            candidate_error,
         };
         let policy_verdict = record_verdict;
         match deciding {
@@ -390,6 +401,13 @@ pub struct StageReport {
     /// `dry_run` only: the candidate would have stopped what the replaced policy lets through; the replaced
     /// policy's verdict was enforced and the reason code `stage_dry_run_would_have_blocked` added.
     pub would_have_blocked: bool,
+    /// The candidate's reason codes (before the stage's own codes), so rollout health can count differences
+    /// by reason; omitted when it gave none or there is no candidate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidate_reason_codes: Vec<String>,
+    /// A staged candidate could not be used or evaluated; its policy decided alone. Omitted when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub candidate_error: bool,
 }
 
 impl StageReport {
@@ -402,6 +420,8 @@ impl StageReport {
             active_verdict: None,
             candidate_verdict: None,
             would_have_blocked: false,
+            candidate_reason_codes: Vec::new(),
+            candidate_error: false,
         }
     }
 }

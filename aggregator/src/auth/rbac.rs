@@ -110,11 +110,14 @@ pub enum Permission {
     PolicyWrite,
     /// Pin an environment to a version, roll it back.
     RolloutWrite,
+    /// Replay a candidate policy against the org's captured decisions and export that corpus (it reads
+    /// decisions, like `evidence.read`).
+    ReplayRun,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 20] = [
         Permission::BundleRead,
         Permission::BundlePublish,
         Permission::AgentRead,
@@ -134,6 +137,7 @@ impl Permission {
         Permission::PolicyRead,
         Permission::PolicyWrite,
         Permission::RolloutWrite,
+        Permission::ReplayRun,
     ];
 
     /// The stable dotted name (OpenAPI `x-gait-permission`, errors, docs).
@@ -158,6 +162,7 @@ impl Permission {
             Permission::PolicyRead => "policy.read",
             Permission::PolicyWrite => "policy.write",
             Permission::RolloutWrite => "rollout.write",
+            Permission::ReplayRun => "replay.run",
         }
     }
 
@@ -182,7 +187,7 @@ use Role::{Approver, Auditor, PlatformAdmin, PolicyAuthor, Viewer};
 
 /// The permission table: each permission and the roles granting it. Deny by default: a permission no row
 /// lists is held by nobody. (`docs/enterprise/access.md` renders this table.)
-pub const GRANTS: [(Permission, &[Role]); 19] = [
+pub const GRANTS: [(Permission, &[Role]); 20] = [
     (
         Permission::BundleRead,
         &[PlatformAdmin, PolicyAuthor, Approver, Auditor, Viewer],
@@ -228,6 +233,11 @@ pub const GRANTS: [(Permission, &[Role]); 19] = [
     ),
     (Permission::PolicyWrite, &[PlatformAdmin, PolicyAuthor]),
     (Permission::RolloutWrite, &[PlatformAdmin, PolicyAuthor]),
+    // Replay reads the org's captured decisions: the readers of evidence.
+    (
+        Permission::ReplayRun,
+        &[PlatformAdmin, PolicyAuthor, Auditor],
+    ),
 ];
 
 #[cfg(test)]

@@ -78,6 +78,11 @@ struct DecisionPayload<'a> {
     tool_name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     stage: Option<StagePayload<'a>>,
+    #[serde(borrow, default)]
+    reason_codes: Vec<Cow<'a, str>>,
+    /// Present in capture mode `raw`; only its presence is read here (replay reads the intent itself).
+    #[serde(default)]
+    normalized_intent: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +93,14 @@ struct StagePayload<'a> {
     candidate_digest: Option<Cow<'a, str>>,
     #[serde(default)]
     would_have_blocked: bool,
+    #[serde(borrow, default)]
+    active_verdict: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    candidate_verdict: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    candidate_reason_codes: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    candidate_error: bool,
 }
 
 fn decision(payload: &[u8]) -> Option<IndexFields> {
@@ -112,6 +125,14 @@ fn decision(payload: &[u8]) -> Option<IndexFields> {
             .map(|s| s.as_str().to_owned()),
         candidate_digest: digest(stage.and_then(|s| s.candidate_digest.as_deref())),
         would_have_blocked: stage.map(|s| s.would_have_blocked),
+        active_verdict: verdict_of(stage.and_then(|s| s.active_verdict.as_deref())),
+        candidate_verdict: verdict_of(stage.and_then(|s| s.candidate_verdict.as_deref())),
+        reason_codes: codes(&p.reason_codes),
+        candidate_reason_codes: codes(stage.map_or(&[][..], |s| &s.candidate_reason_codes)),
+        candidate_error: stage.and_then(|s| s.candidate_error.then_some(true)),
+        // A decision without an intent digest cannot be replayed (its intent did not normalize).
+        captured: p.normalized_intent.is_some()
+            && p.intent_digest.as_deref().is_some_and(is_digest),
         ..IndexFields::default()
     })
 }
@@ -157,6 +178,23 @@ fn artifact(kind: &str, payload: &[u8]) -> Option<IndexFields> {
         run_ids,
         ..IndexFields::default()
     })
+}
+
+/// Most reason codes of one side of a decision kept in the index (Gait's policies give a handful).
+pub const MAX_REASON_CODES: usize = 32;
+
+fn verdict_of(value: Option<&str>) -> Option<String> {
+    value
+        .and_then(Verdict::parse)
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Reason codes as indexed: cleaned like free text, at most [`MAX_REASON_CODES`].
+fn codes(list: &[Cow<'_, str>]) -> Vec<String> {
+    list.iter()
+        .filter_map(|c| text(Some(c)))
+        .take(MAX_REASON_CODES)
+        .collect()
 }
 
 /// A SHA-256 digest as 64 lowercase hex characters (the form every Gait digest takes), or nothing.
@@ -236,6 +274,39 @@ mod tests {
         assert_eq!(f.would_have_blocked, Some(true));
         assert_eq!(f.tool_name.as_deref(), Some("fs.write"));
         assert!(f.sha256.is_none() && f.run_ids.is_empty());
+    }
+
+    #[test]
+    fn a_captured_staged_decision_keeps_both_verdicts_reason_codes_and_the_captured_flag() {
+        let payload = serde_json::json!({
+            "verdict": "allow", "tool_name": "tool.delete", "intent_digest": hex64('b'),
+            "reason_codes": ["ok_read", "bad\ncode"],
+            "capture_mode": "raw", "normalized_intent": {"tool_name": "tool.delete", "args": {"x": [1]}},
+            "stage": {"stage": "observe", "candidate_digest": hex64('c'), "active_verdict": "allow",
+                      "candidate_verdict": "block", "candidate_reason_codes": ["no_delete"],
+                      "candidate_error": true}
+        });
+        let f = entry(&record(DECISION_KIND, &payload.to_string()))
+            .expect("indexed")
+            .fields;
+        assert_eq!(f.active_verdict.as_deref(), Some("allow"));
+        assert_eq!(f.candidate_verdict.as_deref(), Some("block"));
+        assert_eq!(f.reason_codes, ["ok_read", "badcode"]);
+        assert_eq!(f.candidate_reason_codes, ["no_delete"]);
+        assert_eq!(f.candidate_error, Some(true));
+        assert!(f.captured);
+        // Reference mode (no intent) and a raw record whose intent did not normalize are not captured.
+        let reference = serde_json::json!({"verdict": "allow", "intent_digest": hex64('b')});
+        let unnormalized = serde_json::json!({"verdict": "block", "normalized_intent": {}});
+        for p in [reference, unnormalized] {
+            let f = entry(&record(DECISION_KIND, &p.to_string()))
+                .unwrap()
+                .fields;
+            assert!(
+                !f.captured && f.candidate_error.is_none() && f.active_verdict.is_none(),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::rows::Columns;
 /// Most rows one [`crate::Store::evidence`] page returns.
 pub const MAX_EVIDENCE_PAGE: u32 = 1000;
 
-/// Rows per multi-row `INSERT` (27 parameters each, far below either backend's parameter limit).
+/// Rows per multi-row `INSERT` (33 parameters each, far below either backend's parameter limit).
 const INSERT_CHUNK: usize = 64;
 
 /// What an indexed record is.
@@ -111,6 +111,24 @@ pub struct IndexFields {
     /// The run ids an artifact concerns.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub run_ids: Vec<String>,
+    /// Verdict of the policy a staged candidate would replace (the stage report's `active_verdict`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_verdict: Option<String>,
+    /// Verdict of the staged candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_verdict: Option<String>,
+    /// The enforced decision's reason codes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reason_codes: Vec<String>,
+    /// The staged candidate's reason codes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidate_reason_codes: Vec<String>,
+    /// A staged candidate could not be used or evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_error: Option<bool>,
+    /// The record carries its normalized intent (capture mode `raw`): part of the replay corpus.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub captured: bool,
 }
 
 /// The index entry of one record of a batch, by its seq; written only when that record is inserted.
@@ -235,6 +253,17 @@ impl EvidenceFilter {
     }
 }
 
+/// One entry to insert: its record, the entry, its run ids and its two reason-code lists as stored.
+type InsertRow<'a> = (
+    &'a NewRecord,
+    &'a NewIndexEntry,
+    Option<String>,
+    [Option<String>; 2],
+);
+
+/// What [`crate::Store::replay_corpus_payloads`] calls per payload: index id and bytes; an `Err` stops the walk.
+pub type PayloadVisitor<'v> = dyn FnMut(u64, &[u8]) -> Result<(), String> + Send + 'v;
+
 /// A bound parameter of a built statement.
 enum Arg<'a> {
     Text(Option<&'a str>),
@@ -253,7 +282,7 @@ pub(crate) async fn insert(
     // SQLite gets anonymous `?` placeholders: with numbered ones sqlx looks each parameter up by name, a
     // linear search in SQLite that makes binding quadratic in the statement size (see `sqlite::insert_records`).
     let anonymous = matches!(conn, Conn::Sqlite(_));
-    let mut rows: Vec<(&NewRecord, &NewIndexEntry, Option<String>)> = Vec::new();
+    let mut rows: Vec<InsertRow<'_>> = Vec::new();
     for entry in entries {
         if let Ok(i) = inserted.binary_search_by_key(&entry.seq, |r| r.seq) {
             let run_ids = if entry.fields.run_ids.is_empty() {
@@ -263,7 +292,14 @@ pub(crate) async fn insert(
                     StoreError::invalid("evidence.run_ids", format!("not encodable: {e}"))
                 })?)
             };
-            rows.push((inserted[i], entry, run_ids));
+            let codes = [
+                json_list("evidence.reason_codes", &entry.fields.reason_codes)?,
+                json_list(
+                    "evidence.candidate_reason_codes",
+                    &entry.fields.candidate_reason_codes,
+                )?,
+            ];
+            rows.push((inserted[i], entry, run_ids, codes));
         }
     }
     for chunk in rows.chunks(INSERT_CHUNK) {
@@ -271,10 +307,11 @@ pub(crate) async fn insert(
             "INSERT INTO evidence_index (org, project, env, agent_id, seq, class, kind, received_unix_ms, \
              created_unix_ms, verdict, policy_verdict, policy_digest, policy_name, intent_digest, trace_id, \
              tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
-             file_name, producer_version, signature_status, regress_status, run_ids) VALUES ",
+             file_name, producer_version, signature_status, regress_status, run_ids, active_verdict, \
+             candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured) VALUES ",
         );
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 27);
-        for (n, (record, entry, run_ids)) in chunk.iter().enumerate() {
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 33);
+        for (n, (record, entry, run_ids, codes)) in chunk.iter().enumerate() {
             let f = &entry.fields;
             let row = [
                 Arg::Text(Some(key.tenant.org.as_str())),
@@ -305,6 +342,12 @@ pub(crate) async fn insert(
                 Arg::Text(f.signature_status.as_deref()),
                 Arg::Text(f.regress_status.as_deref()),
                 Arg::Text(run_ids.as_deref()),
+                Arg::Text(f.active_verdict.as_deref()),
+                Arg::Text(f.candidate_verdict.as_deref()),
+                Arg::Text(codes[0].as_deref()),
+                Arg::Text(codes[1].as_deref()),
+                Arg::Int(f.candidate_error.map(i64::from)),
+                Arg::Int(Some(i64::from(f.captured))),
             ];
             sql.push_str(if n == 0 { "" } else { ", " });
             push_row(&mut sql, anonymous, args.len(), row.len());
@@ -316,7 +359,7 @@ pub(crate) async fn insert(
 
     let runs: Vec<(i64, &str)> = rows
         .iter()
-        .flat_map(|(record, entry, _)| {
+        .flat_map(|(record, entry, _, _)| {
             let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
             entry
                 .fields
@@ -346,6 +389,29 @@ pub(crate) async fn insert(
         execute(conn.reborrow(), &sql, &args, "commit_batch: index run ids").await?;
     }
     Ok(())
+}
+
+/// A list column as stored: a JSON array, or NULL when empty.
+fn json_list(field: &'static str, list: &[String]) -> Result<Option<String>, StoreError> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(list)
+        .map(Some)
+        .map_err(|e| StoreError::invalid(field, format!("not encodable: {e}")))
+}
+
+/// A list column as read back (NULL is empty).
+pub(crate) fn read_list(column: &str, text: Option<String>) -> Result<Vec<String>, StoreError> {
+    match text {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            StoreError::corrupt(
+                "evidence_index",
+                format!("{column} is not a JSON array of strings: {e}"),
+            )
+        }),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
@@ -406,7 +472,8 @@ pub(crate) async fn page(
          e.created_unix_ms, e.verdict, e.policy_verdict, e.policy_digest, e.policy_name, e.intent_digest, \
          e.trace_id, e.tool_name, e.stage, e.candidate_digest, e.would_have_blocked, e.artifact_kind, e.sha256, \
          e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids, \
-         r.payload AS artifact_payload \
+         e.active_verdict, e.candidate_verdict, e.reason_codes, e.candidate_reason_codes, e.candidate_error, \
+         e.captured, r.payload AS artifact_payload \
          FROM evidence_index e LEFT JOIN records r ON e.class = 'artifact' AND r.org = e.org \
          AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
          WHERE e.org = $1",
@@ -540,7 +607,258 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             signature_status: row.opt_text("signature_status")?,
             regress_status: row.opt_text("regress_status")?,
             run_ids,
+            active_verdict: row.opt_text("active_verdict")?,
+            candidate_verdict: row.opt_text("candidate_verdict")?,
+            reason_codes: read_list("reason_codes", row.opt_text("reason_codes")?)?,
+            candidate_reason_codes: read_list(
+                "candidate_reason_codes",
+                row.opt_text("candidate_reason_codes")?,
+            )?,
+            candidate_error: row.opt_int("candidate_error")?.map(|b| b != 0),
+            captured: row.int("captured")? != 0,
         },
         artifact,
     })
+}
+
+/// The replay corpus of an org (issue 13): its captured decisions (`captured = 1`, capture mode `raw`), narrowed
+/// to a project and environment when set, up to and including index id `until_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorpusScope {
+    pub org: Org,
+    pub project: Option<Project>,
+    pub env: Option<Env>,
+}
+
+impl CorpusScope {
+    /// The `WHERE` clause over `alias` (parameters `$1` org, `$2` until id, then project and env when set) and
+    /// the arguments after the until id.
+    fn filter(&self, alias: &str) -> (String, Vec<Arg<'_>>) {
+        let mut sql = format!(
+            "{alias}.org = $1 AND {alias}.captured = 1 AND {alias}.class = 'decision' \
+             AND {alias}.intent_digest IS NOT NULL AND {alias}.id <= $2"
+        );
+        let mut args = Vec::new();
+        for (column, value) in [
+            ("project", self.project.as_ref().map(|p| p.as_str())),
+            ("env", self.env.as_ref().map(|e| e.as_str())),
+        ] {
+            if let Some(value) = value {
+                args.push(Arg::Text(Some(value)));
+                sql.push_str(&format!(" AND {alias}.{column} = ${}", args.len() + 2));
+            }
+        }
+        (sql, args)
+    }
+}
+
+/// One captured decision of the corpus walk (no payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorpusSample<'a> {
+    /// Its index id (the walk's order).
+    pub id: u64,
+    /// The agent's project.
+    pub project: &'a str,
+    /// The agent's environment.
+    pub env: &'a str,
+    /// The agent that decided.
+    pub agent_id: &'a str,
+    /// The record's seq in that agent's stream.
+    pub seq: u64,
+    /// The intent's digest (the deduplication key).
+    pub intent_digest: &'a str,
+}
+
+impl crate::Store {
+    /// The largest index id of the scope's captured decisions (0 when there are none): the `until_id` a replay
+    /// pins when the caller gives none.
+    pub async fn replay_corpus_head(&self, scope: &CorpusScope) -> Result<u64, StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql =
+            format!("SELECT COALESCE(MAX(e.id), 0) AS head FROM evidence_index e WHERE {filter}");
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(i64::MAX);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let row = query
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db("replay corpus head"))?;
+            to_u64("evidence_index", "id", row.int("head")?)
+        })
+    }
+
+    /// Walks the scope's captured decisions up to `until_id` in index order, without their payloads, calling
+    /// `visit` for each; returns how many it visited.
+    pub async fn replay_corpus_samples(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        visit: &mut (dyn FnMut(CorpusSample<'_>) + Send),
+    ) -> Result<u64, StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql = format!(
+            "SELECT e.id, e.project, e.env, e.agent_id, e.seq, e.intent_digest FROM evidence_index e \
+             WHERE {filter} ORDER BY e.id"
+        );
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let mut rows = query.fetch(&mut *c);
+            let mut visited = 0u64;
+            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
+                let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
+                let (project, env) = (row.text("project")?, row.text("env")?);
+                visit(CorpusSample {
+                    id: to_u64("evidence_index", "id", row.int("id")?)?,
+                    project: &project,
+                    env: &env,
+                    agent_id: &agent_id,
+                    seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
+                    intent_digest: &digest,
+                });
+                visited += 1;
+            }
+            Ok(visited)
+        })
+    }
+
+    /// The payload of the first captured decision (lowest index id) of each distinct intent digest of the
+    /// scope up to `until_id`, in index order: the corpus deduplicated before any payload is read. `visit`
+    /// gets the index id and the payload; an error it returns stops the walk and comes back as
+    /// [`StoreError::InvalidInput`] on field `payload`.
+    pub async fn replay_corpus_payloads(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        visit: &mut PayloadVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let (filter, extra) = scope.filter("x");
+        let sql = format!(
+            "SELECT e.id, r.payload FROM evidence_index e JOIN records r ON r.org = e.org \
+             AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
+             WHERE e.id IN (SELECT MIN(x.id) FROM evidence_index x WHERE {filter} GROUP BY x.intent_digest) \
+             ORDER BY e.id"
+        );
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let mut rows = query.fetch(&mut *c);
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .map_err(db("replay corpus payloads"))?
+            {
+                let id = to_u64("evidence_index", "id", row.int("id")?)?;
+                visit(id, &row.bytes("payload")?).map_err(|e| StoreError::invalid("payload", e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One row of [`crate::Store::replay_corpus_rows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorpusRow<'a> {
+    /// The decision as a sample of the walk.
+    pub sample: CorpusSample<'a>,
+    /// How many captured decisions of the scope up to the pin carry this intent digest.
+    pub count: u64,
+    /// The record's payload, on the first decision (lowest id) of each intent digest only.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// What [`crate::Store::replay_corpus_rows`] calls per row; an `Err` stops the walk.
+pub type RowVisitor<'v> = dyn FnMut(CorpusRow<'_>) -> Result<(), String> + Send + 'v;
+
+impl crate::Store {
+    /// The corpus in one walk, deduplicated in the database: for each intent digest of the scope's captured
+    /// decisions up to `until_id`, its first `per_intent` decisions (in index order, each with the digest's
+    /// total count), the first of them with its record's payload — no other payload is read. Rows come in index
+    /// order. An error `visit` returns stops the walk as [`StoreError::InvalidInput`] on field `payload`.
+    pub async fn replay_corpus_rows(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        per_intent: u32,
+        visit: &mut RowVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql = format!(
+            "SELECT w.id, w.project, w.env, w.agent_id, w.seq, w.intent_digest, w.cnt, r.payload \
+             FROM (SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
+                   ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n, \
+                   COUNT(*) OVER (PARTITION BY e.intent_digest) AS cnt \
+                   FROM evidence_index e WHERE {filter}) w \
+             LEFT JOIN records r ON w.n = 1 AND r.org = w.org AND r.project = w.project AND r.env = w.env \
+             AND r.agent_id = w.agent_id AND r.seq = w.seq \
+             WHERE w.n <= ${} ORDER BY w.id",
+            extra.len() + 3
+        );
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let mut rows = query.bind(i64::from(per_intent)).fetch(&mut *c);
+            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
+                let (project, env) = (row.text("project")?, row.text("env")?);
+                let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
+                let payload = row.opt_bytes("payload")?;
+                visit(CorpusRow {
+                    sample: CorpusSample {
+                        id: to_u64("evidence_index", "id", row.int("id")?)?,
+                        project: &project,
+                        env: &env,
+                        agent_id: &agent_id,
+                        seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
+                        intent_digest: &digest,
+                    },
+                    count: to_u64("evidence_index", "count", row.int("cnt")?)?,
+                    payload: payload.as_deref(),
+                })
+                .map_err(|e| StoreError::invalid("payload", e))?;
+            }
+            Ok(())
+        })
+    }
 }

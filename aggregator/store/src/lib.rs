@@ -22,6 +22,7 @@ mod audit;
 mod batch;
 mod bundles;
 mod conn;
+mod decision_stats;
 mod enrollment;
 mod error;
 mod evidence;
@@ -55,14 +56,15 @@ pub use approvals::{
     NewApprovalRequest, StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
+pub use decision_stats::{DecisionStats, DecisionStatsQuery, MAX_STATS_AGENTS};
 pub use enrollment::{
     IssueKind, IssuedCertificate, JoinTokenRow, JoinTokenState, MAX_JOIN_TOKEN_USES,
     MAX_JOIN_TOKENS_PAGE, NewJoinToken,
 };
 pub use error::StoreError;
 pub use evidence::{
-    EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry,
-    RawJson,
+    CorpusRow, CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields,
+    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, RawJson,
 };
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,

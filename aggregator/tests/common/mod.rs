@@ -54,5 +54,9 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
         evidence: Arc::new(gait_aggregator::evidence::query::EvidenceIndex::new(
             store.clone(),
         )),
+        replay: Arc::new(gait_aggregator::replay::Replay::new(
+            store.clone(),
+            SigningKey::generate(),
+        )),
     }
 }

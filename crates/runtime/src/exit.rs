@@ -22,3 +22,5 @@ pub const IOERR: u8 = 74;
 pub const TEMPFAIL: u8 = 75;
 /// The configuration (file, environment, certificates, keys) is unusable (`EX_CONFIG`).
 pub const CONFIG: u8 = 78;
+/// `gait-aggregator replay`: a candidate flips at least one verdict (Gait's deterministic regression failure).
+pub const REPLAY_FLIPS: u8 = 5;

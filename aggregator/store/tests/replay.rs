@@ -1,0 +1,321 @@
+//! Replay corpus and rollout decision statistics on both backends: the corpus walk reads only the org's
+//! captured decisions up to its pin, in index order, and its payload read returns one record per intent
+//! digest (the first); the decision statistics count each definition over one environment's window.
+#![allow(clippy::disallowed_methods)] // tests read the clock
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, ensure};
+use gait_store::testing::TestStore;
+use gait_store::{
+    AgentKey, CorpusScope, DecisionStats, DecisionStatsQuery, EvidenceClass, IndexFields,
+    NewIndexEntry, NewRecord, Store, Tenant,
+};
+
+const NOW: i64 = 1_764_000_000_000;
+
+fn tenant(org: &str, env: &str) -> Tenant {
+    Tenant::from_parts(org, "web", env).expect("test tenant")
+}
+
+fn key(org: &str, env: &str, agent: &str) -> AgentKey {
+    AgentKey::new(tenant(org, env), agent.parse().expect("agent id"))
+}
+
+fn hash(seq: u64) -> [u8; 32] {
+    if seq == 0 {
+        return [0; 32];
+    }
+    let mut h = [1; 32];
+    h[..8].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
+fn record(seq: u64, payload: String) -> NewRecord {
+    NewRecord {
+        seq,
+        prev_hash: hash(seq - 1),
+        hash: hash(seq),
+        class: "decision".into(),
+        kind: "gate.decision".into(),
+        created_unix_ms: NOW - 10,
+        bundle_epoch: None,
+        bundle_digest: None,
+        bundle_since_ms: None,
+        payload: payload.into_bytes(),
+    }
+}
+
+fn entry(seq: u64, fields: IndexFields) -> NewIndexEntry {
+    NewIndexEntry {
+        seq,
+        class: EvidenceClass::Decision,
+        fields,
+    }
+}
+
+async fn connected(store: &Store, k: &AgentKey) -> Result<()> {
+    let hello = gait_store::AgentHello {
+        cert_serial: "0a1b2c".parse()?,
+        cert_not_after_unix_ms: NOW + 86_400_000,
+        cert_issuer: String::new(),
+        remote_addr: "10.0.0.7:4433".into(),
+        agent_version: "0.1.0".into(),
+        active_bundle: None,
+        received_bundle: None,
+        outbox_depth: 0,
+        shed_total: 0,
+    };
+    store.agent_connected(k, &hello, NOW).await?;
+    Ok(())
+}
+
+/// `n` captured decisions of `k` over intents `seq % distinct`, plus one reference-mode decision.
+async fn captured(store: &Store, k: &AgentKey, n: u64, distinct: u64) -> Result<()> {
+    connected(store, k).await?;
+    let mut records = Vec::new();
+    let mut index = Vec::new();
+    for seq in 1..=n {
+        let digest = hex::encode([u8::try_from(seq % distinct)?; 32]);
+        records.push(record(
+            seq,
+            format!(r#"{{"intent":"{digest}","seq":{seq}}}"#),
+        ));
+        index.push(entry(
+            seq,
+            IndexFields {
+                verdict: Some("allow".into()),
+                intent_digest: Some(digest),
+                captured: true,
+                ..IndexFields::default()
+            },
+        ));
+    }
+    records.push(record(n + 1, "{}".into()));
+    index.push(entry(
+        n + 1,
+        IndexFields {
+            verdict: Some("allow".into()),
+            intent_digest: Some(hex::encode([200; 32])),
+            ..IndexFields::default()
+        },
+    ));
+    store.commit_batch_indexed(k, &records, &index, NOW).await?;
+    Ok(())
+}
+
+gait_store::store_tests!(
+    the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_per_intent,
+    decision_stats_count_each_definition_in_the_window,
+);
+
+async fn the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_per_intent(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    captured(store, &key("acme", "prod", "agent-1"), 6, 3).await?;
+    captured(store, &key("acme", "dev", "agent-2"), 2, 2).await?;
+    captured(store, &key("other", "prod", "agent-9"), 4, 4).await?;
+    let scope = CorpusScope {
+        org: "acme".parse()?,
+        project: None,
+        env: None,
+    };
+    let head = store.replay_corpus_head(&scope).await?;
+    let mut samples = Vec::new();
+    let n = store
+        .replay_corpus_samples(&scope, head, &mut |s| {
+            samples.push((s.id, format!("{}/{}:{}", s.env, s.agent_id, s.seq)))
+        })
+        .await?;
+    ensure!(n == 8, "{samples:?}");
+    ensure!(samples.windows(2).all(|w| w[0].0 < w[1].0), "{samples:?}");
+    ensure!(
+        samples.iter().all(|(_, s)| !s.contains("agent-9")),
+        "{samples:?}"
+    );
+    ensure!(
+        samples.last().map(|s| s.0) == Some(head),
+        "{samples:?} {head}"
+    );
+    // First payload per digest only: agent-1's seqs 1, 2, 3 carry digests 1, 2, 0; every later decision
+    // (agent-1's 4..6, agent-2's digests 1 and 0) repeats one of them.
+    let mut payloads = Vec::new();
+    store
+        .replay_corpus_payloads(&scope, head, &mut |id, p| {
+            payloads.push((id, String::from_utf8_lossy(p).into_owned()));
+            Ok(())
+        })
+        .await?;
+    let seqs: Vec<&str> = payloads
+        .iter()
+        .map(|(_, p)| p.rsplit("\"seq\":").next().unwrap_or(""))
+        .collect();
+    ensure!(seqs == ["1}", "2}", "3}"], "{payloads:?}");
+    // The one-walk read: the first 2 decisions of each digest with its total, the first with its payload.
+    let mut rows = Vec::new();
+    store
+        .replay_corpus_rows(&scope, head, 2, &mut |r| {
+            let s = r.sample;
+            rows.push((
+                format!("{}/{}:{}", s.env, s.agent_id, s.seq),
+                r.count,
+                r.payload.is_some(),
+            ));
+            Ok(())
+        })
+        .await?;
+    let expected: Vec<(String, u64, bool)> = [
+        ("prod/agent-1:1", 3, true),
+        ("prod/agent-1:2", 2, true),
+        ("prod/agent-1:3", 3, true),
+        ("prod/agent-1:4", 3, false),
+        ("prod/agent-1:5", 2, false),
+        ("prod/agent-1:6", 3, false),
+    ]
+    .into_iter()
+    .map(|(s, c, p)| (s.to_owned(), c, p))
+    .collect();
+    ensure!(rows == expected, "{rows:?}");
+    // The pin holds: an earlier until_id reads a prefix, and the env filter narrows.
+    let mut prefix = 0;
+    store
+        .replay_corpus_samples(&scope, samples[2].0, &mut |_| prefix += 1)
+        .await?;
+    ensure!(prefix == 3, "{prefix}");
+    let dev = CorpusScope {
+        env: Some("dev".parse()?),
+        ..scope.clone()
+    };
+    let mut dev_samples = 0;
+    store
+        .replay_corpus_samples(&dev, head, &mut |_| dev_samples += 1)
+        .await?;
+    ensure!(dev_samples == 2, "{dev_samples}");
+    let empty = CorpusScope {
+        org: "nobody".parse()?,
+        project: None,
+        env: None,
+    };
+    ensure!(store.replay_corpus_head(&empty).await? == 0);
+    Ok(())
+}
+
+fn staged(active: &str, candidate: Option<&str>, tool: &str, codes: [&[&str]; 2]) -> IndexFields {
+    IndexFields {
+        verdict: Some(active.into()),
+        stage: Some("observe".into()),
+        candidate_digest: Some(hex::encode([5; 32])),
+        active_verdict: Some(active.into()),
+        candidate_verdict: candidate.map(str::to_owned),
+        tool_name: Some(tool.into()),
+        reason_codes: codes[0].iter().map(|s| s.to_string()).collect(),
+        candidate_reason_codes: codes[1].iter().map(|s| s.to_string()).collect(),
+        ..IndexFields::default()
+    }
+}
+
+async fn decision_stats_count_each_definition_in_the_window(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let k = key("acme", "prod", "agent-1");
+    let k2 = key("acme", "prod", "agent-2");
+    connected(store, &k).await?;
+    connected(store, &k2).await?;
+    let rows = [
+        staged(
+            "allow",
+            Some("block"),
+            "tool.delete",
+            [&["ok"], &["no_delete"]],
+        ),
+        staged(
+            "allow",
+            Some("block"),
+            "tool.delete",
+            [&["ok"], &["no_delete"]],
+        ),
+        staged("allow", Some("allow"), "tool.read", [&["ok"], &["ok"]]),
+        staged(
+            "block",
+            Some("require_approval"),
+            "tool.write",
+            [&["w"], &["w", "ask"]],
+        ),
+        staged("allow", None, "tool.read", [&[], &[]]),
+    ];
+    let records: Vec<NewRecord> = (1..=5).map(|s| record(s, "{}".into())).collect();
+    let index: Vec<NewIndexEntry> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| entry(i as u64 + 1, f.clone()))
+        .collect();
+    store
+        .commit_batch_indexed(&k, &records, &index, NOW)
+        .await?;
+    let mut other = staged("allow", Some("block"), "tool.delete", [&[], &[]]);
+    other.candidate_error = Some(true);
+    store
+        .commit_batch_indexed(&k2, &[record(1, "{}".into())], &[entry(1, other)], NOW + 5)
+        .await?;
+
+    let q = DecisionStatsQuery {
+        tenant: tenant("acme", "prod"),
+        candidate_digest: Some(hex::encode([5; 32])),
+        policy_digest: None,
+        agents: None,
+        since_received_ms: NOW,
+        until_received_ms: NOW + 10,
+    };
+    let s = store.decision_stats(&q).await?;
+    let expected = DecisionStats {
+        decisions: 6,
+        agents_reporting: 2,
+        verdict_diffs: 4,
+        new_blocks: 3,
+        candidate_errors: 2,
+        blocks: 1,
+        diffs_by_reason: BTreeMap::from([
+            ("ask".to_owned(), 1),
+            ("no_delete".to_owned(), 2),
+            ("ok".to_owned(), 2),
+        ]),
+        diffs_by_tool: BTreeMap::from([
+            ("tool.delete".to_owned(), 3),
+            ("tool.write".to_owned(), 1),
+        ]),
+    };
+    ensure!(s == expected, "{s:#?}");
+    // The cohort narrows, the window excludes, another candidate matches nothing.
+    let cohort = store
+        .decision_stats(&DecisionStatsQuery {
+            agents: Some(vec!["agent-2".parse()?]),
+            ..q.clone()
+        })
+        .await?;
+    ensure!(
+        (cohort.decisions, cohort.candidate_errors) == (1, 1),
+        "{cohort:?}"
+    );
+    let before = store
+        .decision_stats(&DecisionStatsQuery {
+            until_received_ms: NOW + 1,
+            ..q.clone()
+        })
+        .await?;
+    ensure!(before.decisions == 5, "{before:?}");
+    let none = store
+        .decision_stats(&DecisionStatsQuery {
+            candidate_digest: Some(hex::encode([6; 32])),
+            ..q.clone()
+        })
+        .await?;
+    ensure!(none == DecisionStats::default(), "{none:?}");
+    let nobody = store
+        .decision_stats(&DecisionStatsQuery {
+            agents: Some(Vec::new()),
+            ..q
+        })
+        .await?;
+    ensure!(nobody.decisions == 0, "{nobody:?}");
+    Ok(())
+}
