@@ -31,8 +31,8 @@ mod health;
 mod join_tokens;
 mod policies;
 mod records;
-mod signing_keys;
 mod replay;
+mod signing_keys;
 mod trace_keys;
 
 pub use auth::ScopeFrom;
