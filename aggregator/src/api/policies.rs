@@ -131,7 +131,8 @@ pub(super) async fn diff(
     Ok(Json(json!({ "from": path.digest, "to": path.other, "diff": diff })).into_response())
 }
 
-/// Body of a pin: the version and, optionally, the bundle settings (else the previous pin's).
+/// Body of a pin: the version and, optionally, bundle settings: each one given replaces the previous pin's, the
+/// others are kept.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PinBody {
@@ -155,53 +156,60 @@ pub struct PinBody {
     /// `reference` or `raw`.
     #[serde(default)]
     pub capture_mode: Option<String>,
-    /// Delegation public key (Gait's key text).
+    /// Delegation public key (Gait's key text); an empty string removes the previous pin's key.
     #[serde(default)]
     pub delegation_key: Option<String>,
 }
 
 impl PinBody {
-    /// The settings the body gives, or `None` when it gives none (the previous pin's apply).
-    fn settings(&self) -> Result<Option<EnvSettings>, ApiError> {
-        let given = self.max_offline_seconds.is_some()
+    /// Whether the body gives any setting (none: the previous pin's settings apply unchanged).
+    fn gives_settings(&self) -> bool {
+        self.max_offline_seconds.is_some()
             || self.on_stale.is_some()
             || self.validity_seconds.is_some()
             || self.allow_caller_simulate.is_some()
             || self.upload_artifacts.is_some()
             || self.capture_mode.is_some()
-            || self.delegation_key.is_some();
-        if !given {
-            return Ok(None);
-        }
-        let on_stale = match self.on_stale.as_deref() {
-            None => None,
-            Some("keep") => Some(OnStale::Keep),
-            Some("fail_closed") => Some(OnStale::FailClosed),
+            || self.delegation_key.is_some()
+    }
+
+    /// `base` (the previous pin's settings) with each field the body gives replaced: a pin that changes one
+    /// setting keeps the others (the delegation key, raw capture, …). An empty `delegation_key` removes it.
+    fn settings_over(&self, mut base: EnvSettings) -> Result<EnvSettings, ApiError> {
+        match self.on_stale.as_deref() {
+            None => {}
+            Some("keep") => base.on_stale = Some(OnStale::Keep),
+            Some("fail_closed") => base.on_stale = Some(OnStale::FailClosed),
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
                     "on_stale: `{other}` is not one of keep, fail_closed"
                 )));
             }
-        };
-        let capture_mode = match self.capture_mode.as_deref() {
-            None => gait_bundle::CaptureMode::default(),
-            Some(mode) => gait_bundle::CaptureMode::parse(mode).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "capture_mode: `{mode}` is not one of reference, raw"
-                ))
-            })?,
-        };
-        Ok(Some(EnvSettings {
-            max_offline_seconds: self.max_offline_seconds,
-            on_stale,
-            validity_seconds: self.validity_seconds,
-            settings: gait_bundle::Settings {
-                allow_caller_simulate: self.allow_caller_simulate.unwrap_or(false),
-                upload_artifacts: self.upload_artifacts.unwrap_or(false),
-                capture_mode,
-            },
-            delegation_key: self.delegation_key.clone(),
-        }))
+        }
+        if let Some(mode) = self.capture_mode.as_deref() {
+            base.settings.capture_mode =
+                gait_bundle::CaptureMode::parse(mode).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "capture_mode: `{mode}` is not one of reference, raw"
+                    ))
+                })?;
+        }
+        if let Some(v) = self.max_offline_seconds {
+            base.max_offline_seconds = Some(v);
+        }
+        if let Some(v) = self.validity_seconds {
+            base.validity_seconds = Some(v);
+        }
+        if let Some(v) = self.allow_caller_simulate {
+            base.settings.allow_caller_simulate = v;
+        }
+        if let Some(v) = self.upload_artifacts {
+            base.settings.upload_artifacts = v;
+        }
+        if let Some(key) = &self.delegation_key {
+            base.delegation_key = (!key.trim().is_empty()).then(|| key.clone());
+        }
+        Ok(base)
     }
 }
 
@@ -211,7 +219,12 @@ pub(super) async fn pin(
     body: Result<Json<PinBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(RequestError::Body)?;
-    let settings = body.settings()?;
+    let settings = if body.gives_settings() {
+        let base = state.registry.pinned_settings(caller.target()).await?;
+        Some(body.settings_over(base)?)
+    } else {
+        None
+    };
     let outcome = state
         .registry
         .pin(
@@ -261,4 +274,56 @@ pub(super) async fn rollback(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> PinBody {
+        serde_json::from_value(json).expect("pin body")
+    }
+
+    fn base() -> EnvSettings {
+        EnvSettings {
+            max_offline_seconds: Some(3600),
+            on_stale: Some(OnStale::FailClosed),
+            validity_seconds: None,
+            settings: gait_bundle::Settings {
+                allow_caller_simulate: true,
+                upload_artifacts: true,
+                capture_mode: gait_bundle::CaptureMode::Raw,
+            },
+            delegation_key: Some("AAAA".into()),
+        }
+    }
+
+    #[test]
+    fn a_pin_changing_one_setting_keeps_the_others() {
+        let b = body(json!({"digest": "d", "max_offline_seconds": 600}));
+        assert!(b.gives_settings());
+        let merged = b.settings_over(base()).expect("merge");
+        let mut expected = base();
+        expected.max_offline_seconds = Some(600);
+        assert_eq!(merged, expected);
+        assert!(!body(json!({"digest": "d"})).gives_settings());
+    }
+
+    #[test]
+    fn an_empty_delegation_key_removes_it_and_bad_values_are_named() {
+        let merged =
+            body(json!({"digest": "d", "delegation_key": "", "capture_mode": "reference"}))
+                .settings_over(base())
+                .expect("merge");
+        assert_eq!(merged.delegation_key, None);
+        assert_eq!(
+            merged.settings.capture_mode,
+            gait_bundle::CaptureMode::Reference
+        );
+        assert!(merged.settings.upload_artifacts, "untouched");
+        let err = body(json!({"digest": "d", "on_stale": "maybe"}))
+            .settings_over(base())
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("on_stale"), "{err:?}");
+    }
 }

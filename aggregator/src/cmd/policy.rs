@@ -29,7 +29,7 @@ pub enum PolicyCommand {
     /// Semantic diff from version A to version B: rules added, removed, changed, each with its verdict effect.
     Diff(DiffArgs),
     /// Pin an environment to a version: published as the next signed bundle epoch. Settings flags as
-    /// `publish`; without any, the previous pin's settings apply.
+    /// `publish`; the previous pin's settings apply, each flag given replacing only its own field.
     Pin(PinArgs),
     /// Roll an environment back to its last known-good version (or --to DIGEST), as a new signed epoch carrying
     /// a rollback marker; agents keep refusing older epochs.

@@ -108,6 +108,12 @@ impl Registry {
         Ok(self.store.env_pins(tenant, 1).await?.into_iter().next())
     }
 
+    /// The settings of `tenant`'s newest pin (the defaults when it has none): what a pin that changes only
+    /// some settings starts from.
+    pub async fn pinned_settings(&self, tenant: &Tenant) -> Result<EnvSettings, RegistryError> {
+        Self::settings_of(self.current_pin(tenant).await?.as_ref())
+    }
+
     /// The publish request of a bundle built from registry versions of `tenant`'s org.
     async fn staged_request(
         &self,
