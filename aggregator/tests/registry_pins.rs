@@ -211,7 +211,72 @@ async fn publish_staged_carries_a_candidate_beside_the_baseline(db: &TestStore) 
     Ok(())
 }
 
+async fn a_rollback_after_a_staged_candidate_restores_the_pinned_baseline(
+    db: &TestStore,
+) -> Result<()> {
+    // Pinned to v2, a candidate v3 staged beside it (what a rollout's observe step publishes), then rolled
+    // back: the environment goes back to v2, the version that was in force, not to v1, and v2 stays
+    // known-good. (Before, the newest pin was taken for what was in force: the rollback restored v1 and
+    // demoted v2.)
+    let reg = registry(db);
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    let (v1, v2, v3) = (
+        push(&reg, 1).await?,
+        push(&reg, 2).await?,
+        push(&reg, 3).await?,
+    );
+    reg.pin(&prod, &v1, None, "alice", PinKind::Pin, None)
+        .await?;
+    reg.pin(&prod, &v2, None, "alice", PinKind::Pin, None)
+        .await?;
+    reg.publish_staged(
+        &prod,
+        gait_aggregator::registry::pin::StagedPublish {
+            baseline: v2.clone(),
+            candidate: Some((v3, gait_bundle::Stage::Observe)),
+            rollback: None,
+            settings: EnvSettings::default(),
+            actor: "controller:test".into(),
+        },
+    )
+    .await?;
+    let back = reg
+        .rollback(&prod, None, "candidate failed its gate", "controller:test")
+        .await?;
+    ensure!(
+        back.pin.pin.digest == v2,
+        "restored {} not v2",
+        back.pin.pin.digest
+    );
+    let m = manifest(
+        &reg.at_epoch(&prod, back.bundle.epoch)
+            .await?
+            .context("bundle")?
+            .bytes,
+    )?;
+    ensure!(
+        m.policies.len() == 1 && m.policies[0].candidate.is_none(),
+        "{m:?}"
+    );
+    let pins = reg.pins(&prod).await?;
+    ensure!(
+        pins.iter()
+            .filter(|p| p.pin.digest == v2)
+            .all(|p| p.pin.known_good),
+        "v2 stayed known-good: {pins:?}"
+    );
+    ensure!(
+        pins.iter().any(|p| p.pin.digest == v1 && p.pin.known_good),
+        "v1 untouched"
+    );
+    // With v2 in force again (its own bundle), the ordinary rule applies: the next rollback goes to v1.
+    let again = reg.rollback(&prod, None, "v2 too", "alice").await?;
+    ensure!(again.pin.pin.digest == v1, "then v1");
+    Ok(())
+}
+
 gait_store::store_tests!(
     pins_and_rollbacks_follow_the_known_good_rule,
     publish_staged_carries_a_candidate_beside_the_baseline,
+    a_rollback_after_a_staged_candidate_restores_the_pinned_baseline,
 );

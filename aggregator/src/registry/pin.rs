@@ -248,8 +248,10 @@ impl Registry {
         })
     }
 
-    /// Roll `tenant` back (see the module docs): to the newest pin of `to` when given, else to the newest
-    /// earlier known-good pin whose version differs from the current one.
+    /// Roll `tenant` back (see the module docs): to the newest pin of `to` when given; else, when what is in
+    /// force is not the newest pin's own content (a staged candidate, a plain publish), to the newest
+    /// known-good pin, demoting nothing; else to the newest earlier known-good pin whose version differs from
+    /// the current one, demoting the current version.
     pub async fn rollback(
         &self,
         tenant: &Tenant,
@@ -264,7 +266,24 @@ impl Registry {
                 "{tenant} was never pinned: there is nothing to roll back; pin a version first"
             )));
         };
+        // What is in force may not be the newest pin's own bundle: a staged candidate (rollout), a plain
+        // `publish` or anything else published after it. Then the newest pin is the version to go back to, and
+        // nothing of it is demoted. A re-publish of the pin's own content (a key rotation) still counts as the pin.
+        let latest = self.latest(tenant).await?;
+        let pinned_in_force = match &latest {
+            None => true,
+            Some(b) if b.epoch == current.pin.bundle_epoch => true,
+            Some(b) => enforces_only(&b.bytes, &current.pin.digest),
+        };
         let target = match to {
+            None if !pinned_in_force => pins
+                .iter()
+                .find(|p| p.pin.known_good)
+                .ok_or_else(|| {
+                    RegistryError::Conflict(format!(
+                        "{tenant} has no known-good pin to go back to; pin one explicitly"
+                    ))
+                })?,
             Some(d) => pins.iter().find(|p| p.pin.digest == d).ok_or_else(|| {
                 RegistryError::NotFound(format!(
                     "{tenant} was never pinned to {d}; see `gait-aggregator policy pins`"
@@ -280,9 +299,8 @@ impl Registry {
                     ))
                 })?,
         };
-        let from_digest = self
-            .latest(tenant)
-            .await?
+        let from_digest = latest
+            .as_ref()
             .map(|b| b.digest.clone())
             .unwrap_or_else(|| current.pin.bundle_digest.clone());
         let marker = gait_bundle::Rollback {
@@ -316,11 +334,14 @@ impl Registry {
         };
         // Every pin of the rolled-back version stops being known-good, so no later rollback returns to it
         // (an operator can still pin it again, or name it with `--to`).
-        let demote: Vec<u64> = pins
-            .iter()
-            .filter(|p| p.pin.digest == current.pin.digest && p.pin.known_good)
-            .map(|p| p.id)
-            .collect();
+        let demote: Vec<u64> = if pinned_in_force {
+            pins.iter()
+                .filter(|p| p.pin.digest == current.pin.digest && p.pin.known_good)
+                .map(|p| p.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let outcome = self
             .record(
                 tenant,
@@ -413,4 +434,21 @@ impl Registry {
             warnings: Vec::new(),
         })
     }
+}
+
+/// Whether the bundle `bytes` enforces exactly the registry version `digest`: one policy file whose Gait policy
+/// digest it is, and no candidate beside it (what a pin publishes, and a key rotation re-publishes). Bytes that
+/// do not open or parse count as not.
+fn enforces_only(bytes: &[u8], digest: &str) -> bool {
+    let Ok((manifest, files)) = gait_bundle::open_unverified(bytes) else {
+        return false;
+    };
+    let [entry] = manifest.policies.as_slice() else {
+        return false;
+    };
+    entry.candidate.is_none()
+        && files
+            .get(&entry.name)
+            .and_then(|text| super::validate::parse(text).ok())
+            .is_some_and(|policy| policy.digest() == digest)
 }
