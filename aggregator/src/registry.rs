@@ -86,6 +86,12 @@ pub enum RegistryError {
     /// The request conflicts with the registry's state (nothing to roll back to, a concurrent pin won).
     #[error("{0}")]
     Conflict(String),
+    /// A bundle meant to follow epoch `expected` found a newer one published meanwhile (not published).
+    #[error("a newer bundle than epoch {expected} was published meanwhile")]
+    Superseded {
+        /// The epoch the bundle was built on.
+        expected: u64,
+    },
 }
 
 impl RegistryError {
@@ -331,7 +337,19 @@ impl Registry {
             // The same policies under a new key: not a rollback, whatever the bundle it copies was.
             rollback: None,
         };
-        self.publish_signed(tenant, req, false).await.map(Some)
+        // Signed with the rotation's key only if nothing newer was published meanwhile: a newer bundle already
+        // carries the new trust (every bundle does), and re-signing the copied content over it would revert
+        // the environment to the older policies.
+        match self
+            .publish_inner(tenant, req, false, Some(latest.epoch), &|_, _, _| {
+                Box::pin(async { Ok(()) })
+            })
+            .await
+        {
+            Ok((published, ())) => Ok(Some(published)),
+            Err(RegistryError::Superseded { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Load the registry key from `dir`, or create one (0600) with its public key beside it.
@@ -369,20 +387,11 @@ impl Registry {
         tenant: &Tenant,
         req: PublishRequest,
     ) -> Result<Published, RegistryError> {
-        self.publish_signed(tenant, req, true).await
-    }
-
-    /// [`publish`](Self::publish); `promote`: first make a `next` key whose overlap has passed the active one
-    /// (false for the introduction bundles of a rotation, which the old key signs).
-    async fn publish_signed(
-        &self,
-        tenant: &Tenant,
-        req: PublishRequest,
-        promote: bool,
-    ) -> Result<Published, RegistryError> {
-        self.publish_inner(tenant, req, promote, &|_, _, _| Box::pin(async { Ok(()) }))
-            .await
-            .map(|(published, ())| published)
+        self.publish_inner(tenant, req, true, None, &|_, _, _| {
+            Box::pin(async { Ok(()) })
+        })
+        .await
+        .map(|(published, ())| published)
     }
 
     /// [`Registry::publish`], running `also(tx, epoch, digest)` in the bundle's store transaction (after the
@@ -394,16 +403,19 @@ impl Registry {
         req: PublishRequest,
         also: &AlsoInTx<'_, T>,
     ) -> Result<(Published, T), RegistryError> {
-        self.publish_inner(tenant, req, true, also).await
+        self.publish_inner(tenant, req, true, None, also).await
     }
 
-    /// The one publish path: validate, sign (promoting a due `next` key first when `promote`), store with the
-    /// audit entry and `also`, announce.
+    /// The one publish path: validate, sign (promoting a due `next` key first when `promote`; false for the
+    /// introduction bundles of a rotation, which the old key signs), store with the audit entry and `also`,
+    /// announce. With `after_epoch`, the bundle is published only as the successor of that epoch
+    /// ([`RegistryError::Superseded`] otherwise).
     async fn publish_inner<T>(
         &self,
         tenant: &Tenant,
         req: PublishRequest,
         promote: bool,
+        after_epoch: Option<u64>,
         also: &AlsoInTx<'_, T>,
     ) -> Result<(Published, T), RegistryError> {
         validate_policies(&req.policies)?;
@@ -438,6 +450,11 @@ impl Registry {
         loop {
             attempt += 1;
             let latest = self.store.latest_bundle(tenant).await?;
+            if let Some(expected) = after_epoch
+                && latest.as_ref().map(|b| b.epoch) != Some(expected)
+            {
+                return Err(RegistryError::Superseded { expected });
+            }
             let (epoch, parent) = match &latest {
                 Some(b) => (b.epoch + 1, Some(b.digest.clone())),
                 None => (1, None),
@@ -786,5 +803,63 @@ impl Hub {
             .filter(|(_, s)| s.receiver_count() > 0)
             .map(|(t, _)| t.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(policy: &str) -> PublishRequest {
+        PublishRequest {
+            policies: BTreeMap::from([("p.yaml".to_owned(), policy.to_owned())]),
+            max_offline_seconds: None,
+            on_stale: None,
+            validity: None,
+            settings: gait_bundle::Settings::default(),
+            created_by: "test".into(),
+            candidates: BTreeMap::new(),
+            delegation_key: None,
+            rollback: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_built_on_an_epoch_is_not_published_over_a_newer_one() {
+        // The key-rotation re-publish copies the newest bundle and must not re-sign that copy over a bundle
+        // published meanwhile (it would revert the environment to the older policies).
+        let db = gait_store::testing::sqlite_temp().await.expect("store");
+        let registry = Registry::new(
+            db.store().clone(),
+            SigningKey::from_seed(&[7; 32]),
+            BundleDefaults::default(),
+            Arc::new(crate::metrics::Metrics::new()),
+        );
+        let tenant = Tenant::from_parts("acme", "web", "prod").expect("tenant");
+        let v1 = "default_verdict: block\n";
+        let v2 = "default_verdict: require_approval\n";
+        registry
+            .publish(&tenant, request(v1))
+            .await
+            .expect("epoch 1");
+        registry
+            .publish(&tenant, request(v2))
+            .await
+            .expect("epoch 2");
+        let noop: &AlsoInTx<'_, ()> = &|_, _, _| Box::pin(async { Ok(()) });
+        let stale = registry
+            .publish_inner(&tenant, request(v1), false, Some(1), noop)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(stale, RegistryError::Superseded { expected: 1 }),
+            "{stale}"
+        );
+        assert_eq!(registry.latest(&tenant).await.unwrap().unwrap().epoch, 2);
+        let (next, ()) = registry
+            .publish_inner(&tenant, request(v2), false, Some(2), noop)
+            .await
+            .expect("on the newest epoch");
+        assert_eq!(next.epoch, 3);
     }
 }

@@ -166,7 +166,7 @@ impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
         match err {
             RegistryError::NotFound(_) => Self::not_found(err.to_string()),
-            RegistryError::Conflict(_) => {
+            RegistryError::Conflict(_) | RegistryError::Superseded { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", err.to_string())
             }
             RegistryError::Invalid(_)
