@@ -269,6 +269,14 @@ async fn a_rollback_after_a_staged_candidate_restores_the_pinned_baseline(
         pins.iter().any(|p| p.pin.digest == v1 && p.pin.known_good),
         "v1 untouched"
     );
+    // A rollback "to" the version in force would change nothing: refused, nothing published.
+    let epoch = reg.latest(&prod).await?.context("latest")?.epoch;
+    let same = reg.rollback(&prod, Some(&v2), "again", "alice").await;
+    ensure!(
+        matches!(same, Err(RegistryError::Conflict(_))),
+        "rollback --to the version in force: {same:?}"
+    );
+    ensure!(reg.latest(&prod).await?.context("latest")?.epoch == epoch);
     // With v2 in force again (its own bundle), the ordinary rule applies: the next rollback goes to v1.
     let again = reg.rollback(&prod, None, "v2 too", "alice").await?;
     ensure!(again.pin.pin.digest == v1, "then v1");

@@ -275,6 +275,15 @@ impl Registry {
             Some(b) if b.epoch == current.pin.bundle_epoch => true,
             Some(b) => enforces_only(&b.bytes, &current.pin.digest),
         };
+        if let Some(d) = to
+            && pinned_in_force
+            && d == current.pin.digest
+        {
+            return Err(RegistryError::Conflict(format!(
+                "{d} is already in force in {tenant}: a rollback to it would change nothing; name another \
+                 version (see `gait-aggregator policy pins`)"
+            )));
+        }
         let target = match to {
             None if !pinned_in_force => pins
                 .iter()
