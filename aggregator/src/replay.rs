@@ -312,6 +312,35 @@ impl Replay {
         for intent in &corpus.intents {
             CorpusLine::write(intent, &mut out);
         }
+        // A bulk read of captured intents (raw tool-call content) is audited like the run that reads them.
+        let digest = gait_canon::sha256_hex(&out);
+        let actor = caller.actor();
+        let target = crate::audit::scope_target(&caller.target().scope(), "replay", &digest);
+        let mut details = serde_json::Map::new();
+        for (k, v) in [
+            ("corpus_sha256", serde_json::Value::from(digest.clone())),
+            ("until_id", until_id.into()),
+            ("samples", corpus.samples.into()),
+            ("distinct_intents", corpus.intents.len().into()),
+        ] {
+            details.insert(k.to_owned(), v);
+        }
+        self.store
+            .transaction(async |tx| {
+                let draft = gait_audit::EntryDraft {
+                    actor: actor.clone(),
+                    action: "replay.corpus_export".into(),
+                    target: target.clone(),
+                    before: None,
+                    after: None,
+                    details: Some(details.clone()),
+                };
+                crate::audit::append_draft(tx, draft).await?;
+                Ok::<_, crate::audit::AuditError>(())
+            })
+            .await?;
+        tracing::info!(org = %caller.target(), until_id, samples = corpus.samples,
+            distinct = corpus.intents.len(), corpus_sha256 = %digest, "replay corpus exported");
         Ok(out)
     }
 }

@@ -387,6 +387,18 @@ fn a_candidate_replayed_over_the_fleet_names_exactly_the_flipped_samples_reprodu
         runs[0]["details"]["report_sha256"] == digest.as_str(),
         "{runs:?}"
     );
+    // The corpus export (raw intents leaving the server) is audited with the exported bytes' digest.
+    let exports: Vec<Value> = agg
+        .audit_actions()?
+        .into_iter()
+        .filter(|(a, _)| a == "replay.corpus_export")
+        .map(|(_, e)| e)
+        .collect();
+    ensure!(exports.len() == 1, "{exports:?}");
+    ensure!(
+        exports[0]["details"]["corpus_sha256"] == gait_canon::sha256_hex(&corpus).as_str(),
+        "{exports:?}"
+    );
     Ok(())
 }
 
