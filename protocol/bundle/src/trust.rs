@@ -106,7 +106,9 @@ pub fn verify_endorsement(link: &KeyEndorsement, endorser: &PublicKey) -> Result
 /// to a trusted key. Every key on the way must be unrevoked, the walk may take at most [`MAX_TRUST_LINKS`]
 /// links and never visit a key twice, and every link is verified with its endorser, starting at the trusted
 /// end, so nothing a new key signed is trusted before the chain reaches it. Returns the signing key and the keys
-/// the chain adds (oldest first).
+/// the chain adds (oldest first): those on the walk to the signer and every later link a trusted (or just added),
+/// unrevoked key endorses, so a bundle signed by the old key during a rotation's overlap already makes the agent
+/// trust the new one, and a later revocation of the old key does not cut it off.
 pub(crate) fn resolve_signer(
     trust: &TrustRoot,
     revoked: &BTreeSet<String>,
@@ -120,7 +122,8 @@ pub(crate) fn resolve_signer(
         return Err(revoked_err(signer_id));
     }
     if let Some(key) = trust.get(signer_id) {
-        return Ok((*key, Vec::new()));
+        let added = endorsed_forward(trust, revoked, links, Vec::new())?;
+        return Ok((*key, added));
     }
     let mut by_key: BTreeMap<&str, &KeyEndorsement> = BTreeMap::new();
     for link in links {
@@ -170,5 +173,52 @@ pub(crate) fn resolve_signer(
             .map_err(|e| BundleError::BadEndorsement(format!("key {}: {e}", link.key_id)))?;
         added.push(endorser);
     }
+    let added = endorsed_forward(trust, revoked, links, added)?;
     Ok((endorser, added))
+}
+
+/// `added` followed by every key of `links` endorsed, link by verified link, by a key of `trust` or of `added`,
+/// neither the key nor its endorser revoked and not trusted already. Links from keys this agent does not trust
+/// (older ones it never knew) are skipped; a link that does not verify is refused. At most
+/// [`MAX_TRUST_LINKS`] links, so the repeated passes stay small.
+fn endorsed_forward(
+    trust: &TrustRoot,
+    revoked: &BTreeSet<String>,
+    links: &[KeyEndorsement],
+    mut added: Vec<PublicKey>,
+) -> Result<Vec<PublicKey>, BundleError> {
+    let known = |added: &[PublicKey], key_id: &str| {
+        trust
+            .get(key_id)
+            .copied()
+            .or_else(|| added.iter().find(|k| k.key_id() == key_id).copied())
+    };
+    loop {
+        let mut progressed = false;
+        for link in links.iter().take(MAX_TRUST_LINKS) {
+            if revoked.contains(&link.key_id)
+                || revoked.contains(&link.endorsed_by)
+                || known(&added, &link.key_id).is_some()
+            {
+                continue;
+            }
+            let Some(endorser) = known(&added, &link.endorsed_by) else {
+                continue;
+            };
+            verify_endorsement(link, &endorser)?;
+            let key = PublicKey::from_gait_public_key(&link.key)
+                .map_err(|e| BundleError::BadEndorsement(format!("key {}: {e}", link.key_id)))?;
+            if key.key_id() != link.key_id {
+                return Err(BundleError::BadEndorsement(format!(
+                    "key {} does not match its key text",
+                    link.key_id
+                )));
+            }
+            added.push(key);
+            progressed = true;
+        }
+        if !progressed {
+            return Ok(added);
+        }
+    }
 }

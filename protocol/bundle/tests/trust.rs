@@ -107,11 +107,22 @@ fn an_agent_two_rotations_behind_walks_the_chain_in_one_bundle() {
 fn the_introduction_bundle_is_signed_by_the_old_key_and_carries_the_new_one() {
     let bytes = signed(1, chain(2), vec![]);
     let v = check_with(&bytes, &[1], &[]).unwrap();
-    assert!(
-        v.trust_added.is_empty(),
-        "the signer is trusted, the walk adds nothing"
+    // The signer is trusted, and the key it endorses becomes trusted too: an agent that saw the introduction
+    // bundle is not cut off when the old key is revoked later.
+    assert_eq!(
+        v.trust_added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+        vec![id(2)]
     );
     assert_eq!(v.manifest.trust.keys[0].key_id, id(2));
+    // Nothing is added through a revoked key, nor a link from a key this agent never trusted.
+    let v = check_with(&signed(1, chain(3), vec![id(2)]), &[1], &[]).unwrap();
+    assert!(v.trust_added.is_empty(), "{:?}", v.trust_added);
+    let v = check_with(&signed(2, chain(3), vec![]), &[2], &[]).unwrap();
+    assert_eq!(
+        v.trust_added.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+        vec![id(3)],
+        "k(1)->k(2) is skipped, k(2)->k(3) added"
+    );
 }
 
 #[test]
