@@ -5,7 +5,8 @@
 //! K3-signed bundle by walking the endorsement chain K1 -> K2 -> K3 it carries. K2 is revoked; a higher-epoch
 //! bundle signed with K2 (built here from K2's seed) is refused with `bundle_key_revoked` through
 //! `gait-agent bundle import`, with the daemon running and without it, and the agent stays on its epoch. After a
-//! restart it still trusts K3 and still refuses K2. On SQLite and, when configured, PostgreSQL.
+//! restart it still trusts K3 and still refuses K2. On SQLite and, when configured, PostgreSQL. An agent that saw
+//! a rotation's introduction bundle keeps updating when the old key is revoked right after.
 #![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
@@ -246,5 +247,38 @@ fn rotate_and_revoke(database_url: Option<&str>) -> anyhow::Result<()> {
             "{action}: {seen} entries, expected {n}: {actions:?}"
         );
     }
+    Ok(())
+}
+
+/// An agent that activated a rotation's introduction bundle (signed by K1, endorsing K2) keeps updating after K1
+/// is revoked right away: it learnt K2 from the introduction. Before, it trusted only K1, the K2-signed bundle
+/// revoking K1 was refused (`bundle_key_revoked`, through the chain back to K1) and the agent was cut off.
+#[test]
+fn revoking_the_old_key_right_after_a_rotation_keeps_an_agent_that_saw_the_introduction()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), None)?;
+    ensure!(publish(&agg, POLICY_V1)? == 1);
+    let k1 = latest_signer(&agg)?.0;
+    let mut agent = Agent::enroll(&agg, &tmp.path().join("a1"), "acme", "web", "prod", "a1")?;
+    agent.start()?;
+    agent.wait_active_epoch(1, "the K1 bundle")?;
+
+    let rotated = keys(&agg, &["rotate", "--overlap-seconds", "0"])?;
+    ensure!(rotated["republished"]["acme/web/prod"] == 2, "{rotated}");
+    agent.wait_active_epoch(2, "the introduction bundle, signed by K1")?;
+
+    // K1 is retired (overlap 0), so it may be revoked at once: every environment is re-published by K2.
+    let revoked = keys(&agg, &["revoke", &k1])?;
+    ensure!(revoked["key"]["state"] == "revoked", "{revoked}");
+    agent.wait_active_epoch(3, "the K2-signed bundle revoking K1")?;
+    ensure!(publish(&agg, POLICY_V2)? == 4);
+    agent.wait_active_epoch(4, "the next K2-signed bundle")?;
+    // After a restart the agent still trusts K2 (kept with the activation), not K1.
+    agent.stop();
+    agent.start()?;
+    agent.wait_active_epoch(4, "epoch 4 after the restart")?;
+    ensure!(publish(&agg, POLICY_V1)? == 5);
+    agent.wait_active_epoch(5, "a K2-signed bundle after the restart")?;
     Ok(())
 }
