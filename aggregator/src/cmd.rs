@@ -129,6 +129,19 @@ fn refused(status: http::StatusCode, answer: &serde_json::Value) -> std::process
     std::process::ExitCode::from(gait_runtime::exit::FAILURE)
 }
 
+/// [`print_refusal`], then exit code 65 (bad input) when the server refused the request (4xx), 1 otherwise.
+fn refused_by_status(
+    status: http::StatusCode,
+    answer: &serde_json::Value,
+) -> std::process::ExitCode {
+    print_refusal(status, answer);
+    std::process::ExitCode::from(if status.is_client_error() {
+        gait_runtime::exit::DATAERR
+    } else {
+        gait_runtime::exit::FAILURE
+    })
+}
+
 /// How long one API call may take, connection and TLS handshake included.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 

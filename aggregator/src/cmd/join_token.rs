@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use gait_aggregator::config::Config;
 use gait_identity::{Env, Org, Project};
-use gait_runtime::exit;
 
 use super::table::{Align, Table};
 use super::{ApiArgs, call};
@@ -94,15 +93,6 @@ fn base(server: &str, scope: &Scope) -> String {
     )
 }
 
-fn refused(status: http::StatusCode, answer: &serde_json::Value) -> ExitCode {
-    super::print_refusal(status, answer);
-    ExitCode::from(if status.is_client_error() {
-        exit::DATAERR
-    } else {
-        exit::FAILURE
-    })
-}
-
 fn utc(ms: Option<i64>) -> String {
     ms.and_then(|ms| {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
@@ -127,7 +117,7 @@ async fn create(args: CreateArgs, config: Config) -> anyhow::Result<ExitCode> {
     )
     .await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -161,7 +151,7 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
     )
     .await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -200,7 +190,7 @@ async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode> {
     let url = format!("{}/{id}", base(&api.server, &args.scope));
     let (status, answer) = call(&api, http::Method::DELETE, &url, None).await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");

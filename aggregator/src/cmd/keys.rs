@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use gait_aggregator::config::Config;
-use gait_runtime::exit;
 
 use super::table::{Align, Table};
 use super::{ApiArgs, call};
@@ -63,21 +62,12 @@ pub async fn run(command: KeysCommand, config: Config) -> anyhow::Result<ExitCod
     }
 }
 
-fn refused(status: http::StatusCode, answer: &serde_json::Value) -> ExitCode {
-    super::print_refusal(status, answer);
-    ExitCode::from(if status.is_client_error() {
-        exit::DATAERR
-    } else {
-        exit::FAILURE
-    })
-}
-
 async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
     let api = args.api.resolve(config)?;
     let url = format!("{}/v1/signing-keys", api.server);
     let (status, answer) = call(&api, http::Method::GET, &url, None).await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -121,7 +111,7 @@ async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
     let body = serde_json::json!({ "overlap_seconds": args.overlap_seconds });
     let (status, answer) = call(&api, http::Method::POST, &url, Some(body)).await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
@@ -140,7 +130,7 @@ async fn revoke(args: RevokeArgs, config: Config) -> anyhow::Result<ExitCode> {
     );
     let (status, answer) = call(&api, http::Method::POST, &url, None).await?;
     if !status.is_success() {
-        return Ok(refused(status, &answer));
+        return Ok(super::refused_by_status(status, &answer));
     }
     if args.json {
         gait_runtime::outln!("{answer}");
