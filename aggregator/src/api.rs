@@ -32,6 +32,7 @@ mod join_tokens;
 mod policies;
 mod records;
 mod replay;
+mod rollouts;
 mod signing_keys;
 mod trace_keys;
 
@@ -80,6 +81,8 @@ pub struct AppState {
     pub evidence: Arc<crate::evidence::query::EvidenceIndex>,
     /// Replay of candidate policies over the captured decisions (signs reports).
     pub replay: Arc<crate::replay::Replay>,
+    /// Staged rollouts.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -121,6 +124,16 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     const ENV_PIN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pin";
     const ENV_PINS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pins";
     const ENV_ROLLBACK: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/rollback";
+    const ROLLOUTS: &str = "/v1/orgs/{org}/rollouts";
+    const ROLLOUT: &str = "/v1/orgs/{org}/rollouts/{id}";
+    const ROLLOUT_HEALTH: &str = "/v1/orgs/{org}/rollouts/{id}/health";
+    const ROLLOUT_PAUSE: &str = "/v1/orgs/{org}/rollouts/{id}/pause";
+    const ROLLOUT_RESUME: &str = "/v1/orgs/{org}/rollouts/{id}/resume";
+    const ROLLOUT_PROMOTE: &str = "/v1/orgs/{org}/rollouts/{id}/promote";
+    const ROLLOUT_ABORT: &str = "/v1/orgs/{org}/rollouts/{id}/abort";
+    const ROLLOUT_RETRY: &str = "/v1/orgs/{org}/rollouts/{id}/retry";
+    const AGENT_LABELS: &str =
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/labels";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -455,6 +468,47 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::GET, "/v1/orgs/{org}/replay/key", P::ReplayRun, Org),
             get(replay::key),
+        ),
+        // Staged rollouts (issue 13 items 3 and 5).
+        (
+            e(Method::POST, ROLLOUTS, P::RolloutWrite, Org),
+            post(rollouts::create),
+        ),
+        (
+            e(Method::GET, ROLLOUTS, P::PolicyRead, Org),
+            get(rollouts::list),
+        ),
+        (
+            e(Method::GET, ROLLOUT, P::PolicyRead, Org),
+            get(rollouts::show),
+        ),
+        (
+            e(Method::GET, ROLLOUT_HEALTH, P::PolicyRead, Org),
+            get(rollouts::health),
+        ),
+        (
+            e(Method::POST, ROLLOUT_PAUSE, P::RolloutWrite, Org),
+            post(rollouts::pause),
+        ),
+        (
+            e(Method::POST, ROLLOUT_RESUME, P::RolloutWrite, Org),
+            post(rollouts::resume),
+        ),
+        (
+            e(Method::POST, ROLLOUT_PROMOTE, P::RolloutWrite, Org),
+            post(rollouts::promote),
+        ),
+        (
+            e(Method::POST, ROLLOUT_ABORT, P::RolloutWrite, Org),
+            post(rollouts::abort),
+        ),
+        (
+            e(Method::POST, ROLLOUT_RETRY, P::RolloutWrite, Org),
+            post(rollouts::retry),
+        ),
+        (
+            e(Method::PUT, AGENT_LABELS, P::RolloutWrite, Env),
+            axum::routing::put(rollouts::set_labels),
         ),
     ]
 }

@@ -533,6 +533,10 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         .with_approvals(approvals.clone())
         .with_uploads(uploads.clone()),
     );
+    let rollouts = Arc::new(crate::rollout::Rollouts::new(
+        store.clone(),
+        registry.clone(),
+    ));
     let shutdown = tasks.token().clone();
     spawn_ingest(&tasks, endpoint, ingest.clone(), shutdown.child_token());
     spawn_http(
@@ -540,12 +544,13 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         listener,
         AppState {
             registry: registry.clone(),
+            rollouts: rollouts.clone(),
             fleet: Arc::new(crate::fleet::Fleet::new(store.clone())),
             bindings: Arc::new(crate::auth::bindings::Bindings::new(
                 store.clone(),
                 authorizer.clone(),
             )),
-            metrics,
+            metrics: metrics.clone(),
             admin_token: Arc::new(admin_token.clone()),
             authorizer: authorizer.clone(),
             oidc,
@@ -561,6 +566,20 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         },
         config.http_limits,
         http_tls.clone(),
+        shutdown.child_token(),
+    );
+    let replica = {
+        let mut id = [0u8; 4];
+        // A name for the timeline only: a zero id if the system has no randomness is still a valid one.
+        let _ = getrandom::fill(&mut id);
+        hex::encode(id)
+    };
+    crate::rollout::controller::spawn(
+        &tasks,
+        rollouts,
+        store.clone(),
+        metrics.clone(),
+        replica,
         shutdown.child_token(),
     );
     spawn_housekeeping(

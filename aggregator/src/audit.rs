@@ -394,6 +394,7 @@ mod tests {
             candidates: Default::default(),
             delegation_key: None,
             rollback: None,
+            audience: None,
         };
         let refused = registry.publish(&tenant, request("")).await;
         assert!(

@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod pki;
 pub mod registry;
 pub mod replay;
+pub mod rollout;
 pub mod secrets;

@@ -36,6 +36,10 @@ pub const BUNDLES_PUBLISHED: &str = "gait_aggregator_bundles_published_total";
 pub const BUNDLES_SERVED: &str = "gait_aggregator_bundles_served_total";
 pub const BUNDLE_REFUSALS_REPORTED: &str = "gait_aggregator_bundle_refusals_reported_total";
 pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
+/// Passes the rollout controller made over the progressing rollouts (on the leading replica).
+pub const ROLLOUT_CONTROLLER_PASSES: &str = "gait_aggregator_rollout_controller_passes_total";
+/// 1 while this replica leads the rollout controller, else 0.
+pub const ROLLOUT_CONTROLLER_LEADER: &str = "gait_aggregator_rollout_controller_leader";
 /// HTTP API requests, labelled `route` (the matched route template, `unmatched` for none), `method`, `status`.
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 /// Histogram of HTTP API request latency in seconds, labelled `route` and `method`.
@@ -147,6 +151,8 @@ pub struct Metrics {
     pub bundles_served: Counter,
     pub bundle_refusals_reported: Family<Label, Counter>,
     pub long_polls_waiting: Gauge,
+    pub rollout_controller_passes: Counter,
+    pub rollout_controller_leader: Gauge,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_failures: Family<Label, Counter>,
@@ -361,6 +367,20 @@ impl Metrics {
             "Bundle long-polls currently waiting.",
             long_polls_waiting.clone(),
         );
+        let rollout_controller_passes = Counter::default();
+        register(
+            &mut registry,
+            ROLLOUT_CONTROLLER_PASSES,
+            "Passes the rollout controller made over the progressing rollouts (on the leading replica).",
+            rollout_controller_passes.clone(),
+        );
+        let rollout_controller_leader = Gauge::default();
+        register(
+            &mut registry,
+            ROLLOUT_CONTROLLER_LEADER,
+            "1 while this replica leads the rollout controller, else 0.",
+            rollout_controller_leader.clone(),
+        );
         let batch_commit_duration = latency_histogram();
         register(
             &mut registry,
@@ -441,6 +461,8 @@ impl Metrics {
             bundles_served,
             bundle_refusals_reported,
             long_polls_waiting,
+            rollout_controller_passes,
+            rollout_controller_leader,
             http_requests,
             http_request_duration,
             auth_failures,

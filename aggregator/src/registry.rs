@@ -159,6 +159,8 @@ pub struct PublishRequest {
     pub delegation_key: Option<PublicKey>,
     /// Set when the bundle is a rollback (`manifest.rollback`, see [`Registry::rollback`]).
     pub rollback: Option<gait_bundle::Rollback>,
+    /// Offer the bundle only to this audience (a rollout's cohort); `None`: every agent of the scope.
+    pub audience: Option<Audience>,
 }
 
 /// A candidate policy staged beside a policy of the bundle (`manifest.policies[].candidate`).
@@ -298,6 +300,15 @@ impl Registry {
         let Some(latest) = self.store.latest_bundle(tenant).await? else {
             return Ok(None);
         };
+        let latest_audience = self
+            .store
+            .bundles_since_last_full(tenant)
+            .await?
+            .into_iter()
+            .find(|(b, _)| b.epoch == latest.epoch)
+            .and_then(|(_, a)| a)
+            .map(Audience::from_row)
+            .transpose()?;
         let (manifest, mut files) = gait_bundle::open_unverified(&latest.bytes)
             .map_err(|e| RegistryError::Sign(format!("stored bundle {}: {e}", latest.epoch)))?;
         let text = |files: &mut BTreeMap<String, Vec<u8>>, name: &str| {
@@ -336,6 +347,9 @@ impl Registry {
             delegation_key: manifest.delegation_public_key(),
             // The same policies under a new key: not a rollback, whatever the bundle it copies was.
             rollback: None,
+            // A cohort's bundle stays the cohort's: everyone else gets the new trust with the next bundle
+            // offered to them all.
+            audience: latest_audience,
         };
         // Signed with the rotation's key only if nothing newer was published meanwhile: a newer bundle already
         // carries the new trust (every bundle does), and re-signing the copied content over it would revert
@@ -420,6 +434,7 @@ impl Registry {
     ) -> Result<(Published, T), RegistryError> {
         validate_policies(&req.policies)?;
         validate_candidates(&req.policies, &req.candidates)?;
+        let audience = req.audience.as_ref().map(Audience::to_row).transpose()?;
         let validity = req.validity.unwrap_or(self.defaults.validity);
         if validity.is_zero() || validity.as_secs() > MAX_VALIDITY_SECONDS {
             return Err(RegistryError::Field {
@@ -514,6 +529,9 @@ impl Registry {
                 .transaction(async |tx| {
                     tx.publish_bundle(tenant, epoch, &digest, &bytes, &req.created_by, now_ms)
                         .await?;
+                    if let Some(a) = &audience {
+                        tx.set_bundle_audience(tenant, epoch, a).await?;
+                    }
                     audit_publish(tx, tenant, epoch, parent.as_deref(), &digest, &req).await?;
                     also(tx, epoch, &digest).await
                 })
@@ -539,6 +557,7 @@ impl Registry {
                     created_unix_ms: now_ms,
                     created_by: req.created_by.clone(),
                 }),
+                req.audience.clone(),
             );
             let published = Published {
                 epoch,
@@ -559,19 +578,35 @@ impl Registry {
         map.entry(tenant.clone()).or_default().clone()
     }
 
-    /// The newest bundle of a scope, from the hub when known, else from the store.
+    /// The newest bundle of a scope (whatever its audience), from the hub when known, else from the store.
     pub async fn latest(
         &self,
         tenant: &Tenant,
     ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
-        if let Some(b) = self.hub.current(tenant) {
-            return Ok(Some(b));
+        Ok(self.offers(tenant).await?.newest().cloned())
+    }
+
+    /// What the scope offers, from the hub when known, else loaded from the store.
+    async fn offers(&self, tenant: &Tenant) -> Result<Arc<ScopeOffers>, RegistryError> {
+        if let Some(o) = self.hub.offers(tenant) {
+            return Ok(o);
         }
-        let stored = self.store.latest_bundle(tenant).await?.map(Arc::new);
-        if let Some(b) = &stored {
-            self.hub.announce(tenant, b.clone());
+        self.load_offers(tenant).await?;
+        Ok(self.hub.offers(tenant).unwrap_or_default())
+    }
+
+    /// Reads the scope's bundles since the newest one offered to everyone (with their audiences) into the hub.
+    async fn load_offers(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        let rows = self.store.bundles_since_last_full(tenant).await?;
+        let mut offers = Vec::with_capacity(rows.len());
+        for (bundle, audience) in rows {
+            offers.push(Offer {
+                bundle: Arc::new(bundle),
+                audience: audience.map(Audience::from_row).transpose()?.map(Arc::new),
+            });
         }
-        Ok(stored)
+        self.hub.load(tenant, offers);
+        Ok(())
     }
 
     /// The bundle `tenant` published with `epoch` (the newest or an older one), if any.
@@ -583,16 +618,51 @@ impl Registry {
         Ok(self.store.bundle_at_epoch(tenant, epoch).await?)
     }
 
-    /// Wait up to `wait` for a bundle newer than `have_epoch`; `None` at the timeout.
+    /// The newest bundle offered to `agent` (the newest of its scope whose audience admits it), if any.
+    pub async fn offered_to(
+        &self,
+        agent: &gait_store::AgentKey,
+    ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
+        let offers = self.offers(&agent.tenant).await?;
+        let labels = self.labels_for(agent, &offers).await?;
+        Ok(offers.for_agent(agent.agent_id.as_str(), &labels).cloned())
+    }
+
+    /// The agent's labels, read only when some offer selects by label.
+    async fn labels_for(
+        &self,
+        agent: &gait_store::AgentKey,
+        offers: &ScopeOffers,
+    ) -> Result<BTreeMap<String, String>, RegistryError> {
+        if !offers.has_label_selectors() {
+            return Ok(BTreeMap::new());
+        }
+        match self
+            .store
+            .agent_labels(&agent.tenant, &agent.agent_id)
+            .await?
+        {
+            None => Ok(BTreeMap::new()),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt {
+                    table: "agent_labels",
+                    reason: format!("labels_json of {agent}: {e}"),
+                })
+            }),
+        }
+    }
+
+    /// Wait up to `wait` for a bundle offered to `agent` newer than `have_epoch`; `None` at the timeout. An agent
+    /// outside a rollout's cohort is not woken by the cohort's bundles.
     pub async fn wait_newer(
         &self,
-        tenant: &Tenant,
+        agent: &gait_store::AgentKey,
         have_epoch: u64,
         wait: Duration,
     ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
         // Subscribe before reading so a publish between the read and the wait is not missed.
-        let mut rx = self.hub.subscribe(tenant);
-        if let Some(b) = self.latest(tenant).await?
+        let mut rx = self.hub.subscribe(&agent.tenant);
+        if let Some(b) = self.offered_to(agent).await?
             && b.epoch > have_epoch
         {
             return Ok(Some(b));
@@ -601,32 +671,36 @@ impl Registry {
         let result = tokio::time::timeout(wait, async {
             loop {
                 if rx.changed().await.is_err() {
-                    return None;
+                    return Ok(None);
                 }
-                let newer = rx
-                    .borrow_and_update()
-                    .as_ref()
+                let offers = rx.borrow_and_update().clone();
+                let labels = self.labels_for(agent, &offers).await?;
+                let newer = offers
+                    .for_agent(agent.agent_id.as_str(), &labels)
                     .filter(|b| b.epoch > have_epoch)
                     .cloned();
                 if newer.is_some() {
-                    return newer;
+                    return Ok(newer);
                 }
             }
         })
         .await;
         self.metrics.long_polls_waiting.dec();
-        Ok(result.ok().flatten())
+        result.unwrap_or(Ok(None))
     }
 
-    /// Re-read the newest bundle of every scope that has waiters, so publishes made through another replica
+    /// Agent labels of `tenant` changed: wake its waiters so they re-check the audiences.
+    pub fn labels_changed(&self, tenant: &Tenant) {
+        self.hub.labels_changed(tenant);
+    }
+
+    /// Re-read the bundles of every scope that has waiters, so publishes made through another replica
     /// (sharing the database) wake this replica's long-polls too.
     pub async fn refresh_waited_scopes(&self) -> Result<(), RegistryError> {
         for tenant in self.hub.scopes_with_waiters() {
-            if let Some(b) = self.store.latest_bundle(&tenant).await? {
-                let known = self.hub.current(&tenant).map(|c| c.epoch).unwrap_or(0);
-                if b.epoch > known {
-                    self.hub.announce(&tenant, Arc::new(b));
-                }
+            let known = self.hub.current(&tenant).map(|c| c.epoch).unwrap_or(0);
+            if self.store.latest_epoch(&tenant).await?.unwrap_or(0) > known {
+                self.load_offers(&tenant).await?;
             }
         }
         Ok(())
@@ -764,36 +838,165 @@ pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {
     Scope::from_parts(&t.org, &t.project, &t.env).map_err(|e| RegistryError::Invalid(e.to_string()))
 }
 
-/// Per-scope watch channels carrying the newest bundle.
+/// Who a bundle is offered to when it is not offered to every agent of its scope: a rollout's cohort.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audience {
+    /// The rollout (the cohort hash's salt).
+    pub rollout_id: String,
+    /// Only agents carrying every one of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Of those, the cohort of this many basis points (see [`gait_bundle::cohort`]).
+    pub percent_bp: u16,
+}
+
+impl Audience {
+    /// Whether the agent `agent_id` with `labels` is in the audience.
+    pub fn admits(&self, agent_id: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && gait_bundle::cohort::in_cohort(&self.rollout_id, agent_id, self.percent_bp)
+    }
+
+    fn to_row(&self) -> Result<gait_store::AudienceRow, RegistryError> {
+        Ok(gait_store::AudienceRow {
+            rollout_id: self.rollout_id.clone(),
+            labels_json: serde_json::to_string(&self.labels)
+                .map_err(|e| RegistryError::Invalid(format!("labels: {e}")))?,
+            percent_bp: self.percent_bp,
+        })
+    }
+
+    fn from_row(row: gait_store::AudienceRow) -> Result<Self, RegistryError> {
+        Ok(Self {
+            labels: serde_json::from_str(&row.labels_json).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt {
+                    table: "bundle_audiences",
+                    reason: format!("labels_json: {e}"),
+                })
+            })?,
+            rollout_id: row.rollout_id,
+            percent_bp: row.percent_bp,
+        })
+    }
+}
+
+/// One bundle the hub can offer, with its audience (`None`: every agent of the scope).
+#[derive(Clone, Debug)]
+struct Offer {
+    bundle: Arc<StoredBundle>,
+    audience: Option<Arc<Audience>>,
+}
+
+/// What a scope offers: its bundles from the newest one offered to everyone up, oldest first. An agent is
+/// offered the newest one whose audience admits it, so agents outside a cohort stay on the bundle everyone has.
+#[derive(Clone, Debug, Default)]
+struct ScopeOffers {
+    offers: Vec<Offer>,
+    /// Bumped when agent labels change, so waiters re-check their audience.
+    labels_generation: u64,
+}
+
+impl ScopeOffers {
+    fn newest(&self) -> Option<&Arc<StoredBundle>> {
+        self.offers.last().map(|o| &o.bundle)
+    }
+
+    fn has_label_selectors(&self) -> bool {
+        self.offers
+            .iter()
+            .any(|o| o.audience.as_ref().is_some_and(|a| !a.labels.is_empty()))
+    }
+
+    /// The newest bundle offered to the agent.
+    fn for_agent(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&Arc<StoredBundle>> {
+        self.offers
+            .iter()
+            .rev()
+            .find(|o| {
+                o.audience
+                    .as_ref()
+                    .is_none_or(|a| a.admits(agent_id, labels))
+            })
+            .map(|o| &o.bundle)
+    }
+
+    fn push(&mut self, bundle: Arc<StoredBundle>, audience: Option<Arc<Audience>>) -> bool {
+        if self.newest().is_some_and(|n| n.epoch >= bundle.epoch) {
+            return false;
+        }
+        if audience.is_none() {
+            self.offers.clear();
+        }
+        self.offers.push(Offer { bundle, audience });
+        true
+    }
+}
+
+/// Per-scope watch channels carrying what each scope offers.
 #[derive(Default)]
 struct Hub {
-    scopes: Mutex<HashMap<Tenant, watch::Sender<Option<Arc<StoredBundle>>>>>,
+    scopes: Mutex<HashMap<Tenant, watch::Sender<Arc<ScopeOffers>>>>,
 }
 
 impl Hub {
-    fn sender(&self, tenant: &Tenant) -> watch::Sender<Option<Arc<StoredBundle>>> {
+    fn sender(&self, tenant: &Tenant) -> watch::Sender<Arc<ScopeOffers>> {
         let mut map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(tenant.clone())
-            .or_insert_with(|| watch::channel(None).0)
+            .or_insert_with(|| watch::channel(Arc::default()).0)
             .clone()
     }
 
-    fn subscribe(&self, tenant: &Tenant) -> watch::Receiver<Option<Arc<StoredBundle>>> {
+    fn subscribe(&self, tenant: &Tenant) -> watch::Receiver<Arc<ScopeOffers>> {
         self.sender(tenant).subscribe()
     }
 
-    fn current(&self, tenant: &Tenant) -> Option<Arc<StoredBundle>> {
+    fn offers(&self, tenant: &Tenant) -> Option<Arc<ScopeOffers>> {
         let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(tenant).and_then(|s| s.borrow().clone())
+        map.get(tenant)
+            .map(|s| s.borrow().clone())
+            .filter(|o| !o.offers.is_empty())
     }
 
-    fn announce(&self, tenant: &Tenant, bundle: Arc<StoredBundle>) {
+    fn current(&self, tenant: &Tenant) -> Option<Arc<StoredBundle>> {
+        self.offers(tenant).and_then(|o| o.newest().cloned())
+    }
+
+    fn announce(&self, tenant: &Tenant, bundle: Arc<StoredBundle>, audience: Option<Audience>) {
+        let audience = audience.map(Arc::new);
         self.sender(tenant).send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|c| c.epoch >= bundle.epoch) {
+            let mut next = (**cur).clone();
+            if !next.push(bundle, audience) {
                 return false;
             }
-            *cur = Some(bundle);
+            *cur = Arc::new(next);
             true
+        });
+    }
+
+    /// Replace what a scope offers with `loaded` (from the store), unless the hub already knows as new a bundle.
+    fn load(&self, tenant: &Tenant, loaded: Vec<Offer>) {
+        self.sender(tenant).send_if_modified(|cur| {
+            let known = cur.newest().map(|b| b.epoch).unwrap_or(0);
+            let newest = loaded.last().map(|o| o.bundle.epoch).unwrap_or(0);
+            if newest <= known {
+                return false;
+            }
+            *cur = Arc::new(ScopeOffers {
+                offers: loaded,
+                labels_generation: cur.labels_generation,
+            });
+            true
+        });
+    }
+
+    fn labels_changed(&self, tenant: &Tenant) {
+        self.sender(tenant).send_modify(|cur| {
+            let mut next = (**cur).clone();
+            next.labels_generation += 1;
+            *cur = Arc::new(next);
         });
     }
 
@@ -821,6 +1024,7 @@ mod tests {
             candidates: BTreeMap::new(),
             delegation_key: None,
             rollback: None,
+            audience: None,
         }
     }
 

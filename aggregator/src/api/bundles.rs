@@ -127,6 +127,7 @@ pub(super) async fn publish(
         candidates,
         delegation_key,
         rollback: None,
+        audience: None,
     };
     match state.registry.publish(caller.target(), req).await {
         Ok(published) => Ok((StatusCode::CREATED, Json(published)).into_response()),

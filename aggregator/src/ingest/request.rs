@@ -356,7 +356,7 @@ async fn on_poll(
 ) -> ServerMsgV2 {
     match state
         .registry
-        .wait_newer(&session.key.tenant, have_epoch, wait)
+        .wait_newer(&session.key, have_epoch, wait)
         .await
     {
         Ok(Some(bundle)) => {

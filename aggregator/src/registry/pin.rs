@@ -62,6 +62,8 @@ pub struct StagedPublish {
     pub candidate: Option<(String, Stage)>,
     /// Set when the bundle is a rollback.
     pub rollback: Option<gait_bundle::Rollback>,
+    /// Offer the bundle only to a rollout's cohort (`None`: every agent of the environment).
+    pub audience: Option<super::Audience>,
     /// Bundle settings.
     pub settings: EnvSettings,
     /// Who publishes (an operator, or `controller:<replica>`).
@@ -162,6 +164,7 @@ impl Registry {
             candidates,
             delegation_key,
             rollback: p.rollback.clone(),
+            audience: p.audience.clone(),
         })
     }
 
@@ -174,6 +177,18 @@ impl Registry {
     ) -> Result<Published, RegistryError> {
         let req = self.staged_request(tenant, &p).await?;
         self.publish(tenant, req).await
+    }
+
+    /// [`Registry::publish_staged`], running `also` in the bundle's transaction (the rollout controller
+    /// records the step's bundle with it).
+    pub(crate) async fn publish_staged_with(
+        &self,
+        tenant: &Tenant,
+        p: StagedPublish,
+        also: &super::AlsoInTx<'_, ()>,
+    ) -> Result<Published, RegistryError> {
+        let req = self.staged_request(tenant, &p).await?;
+        Ok(self.publish_with(tenant, req, also).await?.0)
     }
 
     /// Settings of the previous pin, else the defaults.
@@ -209,6 +224,7 @@ impl Registry {
             baseline: digest.to_owned(),
             candidate: None,
             rollback: None,
+            audience: None,
             settings: settings.clone(),
             actor: actor.to_owned(),
         };
@@ -323,6 +339,7 @@ impl Registry {
             baseline: target.pin.digest.clone(),
             candidate: None,
             rollback: Some(marker),
+            audience: None,
             settings: settings.clone(),
             actor: actor.to_owned(),
         };

@@ -26,11 +26,13 @@ mod decision_stats;
 mod enrollment;
 mod error;
 mod evidence;
+mod leader;
 mod model;
 mod policy_versions;
 mod postgres;
 mod records;
 mod revocations;
+mod rollouts;
 mod rows;
 mod signing_keys;
 mod sqlite;
@@ -66,6 +68,7 @@ pub use evidence::{
     CorpusRow, CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields,
     IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, RawJson,
 };
+pub use leader::LeaderLease;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
     BundleRef, BundleReportRow, DEFAULT_AGENT_PAGE, GapKind, GapRow, MAX_AGENT_PAGE,
@@ -79,6 +82,11 @@ pub use policy_versions::{
     StoredPolicyVersion,
 };
 pub use postgres::PgStore;
+pub use rollouts::{
+    AudienceRow, EnvAgent, MAX_ENV_AGENTS, MAX_ROLLOUT_EVENTS, MAX_ROLLOUT_ID_BYTES,
+    MAX_ROLLOUT_JSON_BYTES, MAX_ROLLOUT_PAGE, NewRollout, RolloutEvent, RolloutRow,
+    RolloutTargetRow, RolloutTransition,
+};
 pub use signing_keys::{SigningKeyRow, SigningKeyState};
 pub use sqlite::{GroupCommitStats, SqliteStore};
 pub use trace_keys::{MAX_TRACE_KEYS_PAGE, NewTraceKey, TraceKey};

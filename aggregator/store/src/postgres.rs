@@ -61,6 +61,11 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// The options the pool connects with (for a dedicated connection, e.g. a leader lease).
+    pub(crate) fn connect_options(&self) -> PgConnectOptions {
+        (*self.pool.connect_options()).clone()
+    }
+
     /// Starts a transaction (read committed; the operations take the row and advisory locks they need).
     pub(crate) async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
         let tx = self.pool.begin().await.map_err(db(op))?;

@@ -17,13 +17,18 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
     let authorizer = Arc::new(Authorizer::new(AdminTokenMode::Admin));
     // The audit log reads its key into memory, so the key directory can go when this returns.
     let keys = tempfile::tempdir().expect("tempdir");
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        registry_key,
+        BundleDefaults::default(),
+        metrics.clone(),
+    ));
     AppState {
-        registry: Arc::new(Registry::new(
+        rollouts: Arc::new(gait_aggregator::rollout::Rollouts::new(
             store.clone(),
-            registry_key,
-            BundleDefaults::default(),
-            metrics.clone(),
+            registry.clone(),
         )),
+        registry,
         fleet: Arc::new(gait_aggregator::fleet::Fleet::new(store.clone())),
         bindings: Arc::new(gait_aggregator::auth::bindings::Bindings::new(
             store.clone(),

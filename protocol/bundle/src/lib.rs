@@ -22,6 +22,7 @@
 //! error, so a forged bundle is never reported as merely expired or stale.
 
 mod builder;
+pub mod cohort;
 mod error;
 mod manifest;
 mod trust;
