@@ -19,6 +19,7 @@ pub mod policy;
 pub mod publish;
 pub mod records;
 pub mod replay;
+pub mod rollout;
 pub mod serve;
 pub mod table;
 pub mod trace_keys;

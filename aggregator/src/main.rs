@@ -128,6 +128,10 @@ enum Command {
     /// Replay a candidate policy beside the baseline over the org's captured decisions (or, --offline, an
     /// exported corpus) into a signed report; exit 5 when a verdict flips.
     Replay(cmd::replay::ReplayArgs),
+    /// Staged rollouts through the HTTP API: create (cohorts, stages, bake times, health gates, blast-radius
+    /// cap), list, show, health; pause, resume, promote, abort, retry; agent labels for cohorts.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::RolloutCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +229,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Access(command) => cmd::access::access(command, load()?).await,
         Command::JoinToken(command) => cmd::join_token::run(command, load()?).await,
         Command::Keys(command) => cmd::keys::run(command, load()?).await,
+        Command::Rollout(command) => cmd::rollout::run(command, load()?).await,
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
         Command::IngestFile(args) => cmd::ingest_file::ingest_file(args, load()?).await,

@@ -8,7 +8,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, http_json, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, hermetic, http_json, wait_for};
 use serde_json::{Value, json};
 
 const AGENTS: usize = 10;
@@ -222,6 +222,32 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
                 .contains("verdict_diff_rate"),
         "{failed}"
     );
+
+    // The CLI shows the same: the failed gate in the timeline, the rollout in the list.
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = hermetic("gait-aggregator")
+            .arg("rollout")
+            .args(args)
+            .args(["--org", "acme", "--server"])
+            .arg(agg.url(""))
+            .arg("--token-file")
+            .arg(agg.data_dir.join("admin.token"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "rollout {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    };
+    let shown = cli(&["health", &id])?;
+    ensure!(
+        shown.contains("rolled_back") && shown.contains("verdict_diff_rate"),
+        "{shown}"
+    );
+    let listed: Value = serde_json::from_str(&cli(&["list", "--json"])?)?;
+    ensure!(listed["rollouts"][0]["id"] == id.as_str(), "{listed}");
 
     // Retry: the same cohort gets the observe bundle again (epoch 4).
     call(
