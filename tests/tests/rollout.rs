@@ -29,11 +29,7 @@ fn push(agg: &Aggregator, yaml: &str, message: &str) -> anyhow::Result<String> {
         "/v1/orgs/acme/policies",
         Some(json!({"name": "base.yaml", "policy": yaml, "message": message})),
     )?;
-    Ok(v["version"]["digest"]
-        .as_str()
-        .or_else(|| v["digest"].as_str())
-        .context("digest")?
-        .to_owned())
+    Ok(v["digest"].as_str().context("digest")?.to_owned())
 }
 
 fn intent(tool: &str) -> Value {
