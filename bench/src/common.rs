@@ -633,16 +633,31 @@ impl Api {
         yaml: &str,
     ) -> anyhow::Result<Value> {
         let path = format!("/v1/orgs/{org}/projects/{project}/envs/{env}/bundles");
+        self.send(
+            reqwest::Method::POST,
+            &path,
+            &json!({ "policies": { name: yaml } }),
+        )
+        .await
+    }
+
+    /// `method` a path with a JSON body and the admin token; returns the JSON body of a 2xx answer.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         let resp = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .json(&json!({ "policies": { name: yaml } }))
+            .json(body)
             .send()
             .await?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        ensure!(status.as_u16() == 201, "POST {path}: {status} {body}");
+        ensure!(status.is_success(), "{method} {path}: {status} {body}");
         Ok(body)
     }
 
@@ -824,6 +839,30 @@ pub fn poll_frame(have_epoch: u64, wait_ms: u32) -> anyhow::Result<Vec<u8>> {
         have_epoch,
         wait_ms,
     }))
+}
+
+/// Tells the aggregator bundle `epoch` is active, on a unidirectional stream (as the agent does).
+pub async fn report_applied(
+    conn: &quinn::Connection,
+    epoch: u64,
+    digest: gait_wire::Digest,
+) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let report = frame(AgentMsgV2::BundleReport(gait_wire::BundleReport {
+        received: None,
+        applied: Some(gait_wire::BundleRef {
+            epoch,
+            digest,
+            since_unix_ms: now_ms,
+        }),
+        refusal: None,
+    }))?;
+    let mut send = conn.open_uni().await?;
+    send.write_all(&report).await?;
+    send.finish()?;
+    Ok(())
 }
 
 /// One exchange: a new bidirectional stream, one request frame, one reply.

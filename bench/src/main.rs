@@ -25,6 +25,7 @@ mod edge;
 mod footprint;
 mod idle;
 mod ingest;
+mod promote;
 mod publish;
 mod push;
 mod registry;
@@ -72,6 +73,8 @@ enum Command {
     /// Replay before rollout: a candidate against 1,000,000 captured decisions in SQLite (corpus read and
     /// evaluation timed apart).
     Replay(replay::Args),
+    /// `promote` of a rollout until every agent of a connected fleet verified and runs the candidate's pin.
+    Promote(promote::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ingest(a) => ingest::run(a).await,
             Command::PublishLatency(a) => publish::run(a).await,
+            Command::Promote(a) => promote::run(a).await,
             Command::Idle(a) => idle::run(a).await,
             Command::AgentFootprint(a) => footprint::run(a).await,
             Command::Decide(a) => edge::decide(a).await,

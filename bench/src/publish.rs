@@ -41,10 +41,50 @@ pub struct Args {
 }
 
 /// One agent verified one bundle.
-struct Receipt {
-    epoch: u64,
-    at: Instant,
-    verify: Duration,
+pub(crate) struct Receipt {
+    pub(crate) epoch: u64,
+    pub(crate) at: Instant,
+    pub(crate) verify: Duration,
+}
+
+/// Connects one simulated agent per client config (at most `concurrency` handshakes in flight, spread over
+/// `endpoints` UDP sockets) and sends each one's `Hello`; returns the connections and how long it took.
+pub(crate) async fn connect(
+    endpoints: usize,
+    concurrency: usize,
+    addr: std::net::SocketAddr,
+    configs: Vec<quinn::ClientConfig>,
+) -> anyhow::Result<(Vec<quinn::Connection>, Duration)> {
+    let agents = configs.len();
+    let endpoints = common::client_endpoints(endpoints)?;
+    let hello = Arc::new(common::hello_frame()?);
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let connect_started = Instant::now();
+    let mut connecting = tokio::task::JoinSet::new();
+    for (i, config) in configs.into_iter().enumerate() {
+        let (ep, gate, hello) = (
+            endpoints[i % endpoints.len()].clone(),
+            gate.clone(),
+            hello.clone(),
+        );
+        connecting.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let conn = common::dial(&ep, config, addr).await?;
+            common::hello(&conn, &hello).await?;
+            anyhow::Ok(conn)
+        });
+    }
+    let mut conns = Vec::with_capacity(agents);
+    while let Some(r) = connecting.join_next().await {
+        conns.push(r??);
+    }
+    let connect_time = connect_started.elapsed();
+    eprintln!(
+        "{} agents connected in {:.1} s",
+        conns.len(),
+        connect_time.as_secs_f64()
+    );
+    Ok((conns, connect_time))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -87,46 +127,19 @@ async fn measure(
     let bundle_scope: gait_bundle::Scope = scope.clone();
 
     // Connect the fleet (bounded handshake concurrency), then start every agent's long-poll loop.
-    let endpoints = common::client_endpoints(args.endpoints)?;
-    let hello = Arc::new(common::hello_frame()?);
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let connect_started = Instant::now();
-    let mut connecting = tokio::task::JoinSet::new();
-    for (i, config) in configs.into_iter().enumerate() {
-        let (ep, gate, hello, addr) = (
-            endpoints[i % endpoints.len()].clone(),
-            gate.clone(),
-            hello.clone(),
-            agg.quic,
-        );
-        connecting.spawn(async move {
-            let _permit = gate.acquire_owned().await?;
-            let conn = common::dial(&ep, config, addr).await?;
-            common::hello(&conn, &hello).await?;
-            anyhow::Ok((i, conn))
-        });
-    }
-    let mut conns = Vec::with_capacity(args.agents);
-    while let Some(r) = connecting.join_next().await {
-        conns.push(r??);
-    }
-    let connect_time = connect_started.elapsed();
-    eprintln!(
-        "{} agents connected in {:.1} s",
-        conns.len(),
-        connect_time.as_secs_f64()
-    );
+    let (conns, connect_time) =
+        connect(args.endpoints, args.connect_concurrency, agg.quic, configs).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Receipt>();
     let mut pollers = tokio::task::JoinSet::new();
-    for (_, conn) in conns {
+    for conn in conns {
         let (tx, trust, bundle_scope, wait) = (
             tx.clone(),
             trust.clone(),
             bundle_scope.clone(),
             args.poll_wait_ms,
         );
-        pollers.spawn(async move { poll_loop(conn, tx, trust, bundle_scope, wait).await });
+        pollers.spawn(async move { poll_loop(conn, tx, trust, bundle_scope, wait, false).await });
     }
     drop(tx);
 
@@ -214,7 +227,7 @@ fn policy_yaml(round: u64) -> String {
 }
 
 /// Wait until the aggregator holds a long-poll for every agent.
-async fn wait_for_parked_polls(
+pub(crate) async fn wait_for_parked_polls(
     api: &common::Api,
     agents: usize,
     pollers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
@@ -242,7 +255,7 @@ async fn wait_for_parked_polls(
     }
 }
 
-async fn first_error(pollers: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> String {
+pub(crate) async fn first_error(pollers: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> String {
     match pollers.join_next().await {
         Some(Ok(Err(e))) => format!("{e:#}"),
         Some(Err(e)) => e.to_string(),
@@ -250,13 +263,16 @@ async fn first_error(pollers: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> 
     }
 }
 
-/// One agent: long-poll, verify every offered bundle, report it, poll again with the new epoch.
-async fn poll_loop(
+/// One agent: long-poll, verify every offered bundle, report it, poll again with the new epoch. With
+/// `report_applied`, it also tells the aggregator the bundle is active (a `BundleReport`, as a real agent does
+/// after activating), so the fleet inventory and rollout adoption see it.
+pub(crate) async fn poll_loop(
     conn: quinn::Connection,
     tx: mpsc::UnboundedSender<Receipt>,
     trust: Arc<TrustRoot>,
     scope: gait_bundle::Scope,
     wait_ms: u32,
+    report_applied: bool,
 ) -> anyhow::Result<()> {
     let mut have = 0u64;
     loop {
@@ -276,6 +292,9 @@ async fn poll_loop(
                 );
                 let at = Instant::now();
                 have = verified.manifest.epoch;
+                if report_applied {
+                    common::report_applied(&conn, have, offer.digest).await?;
+                }
                 if tx
                     .send(Receipt {
                         epoch: have,
