@@ -40,6 +40,8 @@ pub const MAX_VALIDITY_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Largest `max_offline_seconds`: 2^53 - 1, the bundle format's bound for every integer of the manifest
 /// (the largest integer every JSON reader, JavaScript's included, reads exactly).
 pub const MAX_OFFLINE_SECONDS: u64 = gait_bundle::MAX_SAFE_INTEGER;
+/// Most bundles the hub keeps offering per scope (the newest one for everyone and cohort bundles after it).
+const MAX_OFFERS: usize = 64;
 /// How often a publish is retried when another replica took the epoch it computed.
 const EPOCH_ATTEMPTS: usize = 5;
 
@@ -931,6 +933,11 @@ impl ScopeOffers {
             self.offers.clear();
         }
         self.offers.push(Offer { bundle, audience });
+        // Bounded like the store's answer: the bundle everyone has stays, the oldest cohort bundle goes (its
+        // agents keep what they run; newer ones are offered as their audiences admit).
+        if self.offers.len() > MAX_OFFERS {
+            self.offers.remove(1);
+        }
         true
     }
 }

@@ -941,32 +941,32 @@ impl Rollouts {
         match verdict {
             Verdict::Waiting => Ok(()),
             Verdict::Fail(reason) => {
+                // Roll back first: it is idempotent (a target already on its pin is left alone), so a failed
+                // or interrupted rollback is simply tried again at the next pass, the rollout still
+                // progressing, until every target is back; only then is the rollout marked rolled back.
+                self.roll_back(
+                    row,
+                    &targets,
+                    &format!("rollout {}: {reason}", row.id),
+                    actor,
+                )
+                .await?;
                 let to = RolloutTransition {
                     state: State::RolledBack.as_str().into(),
                     reason: reason.clone(),
                     updated_unix_ms: now,
                     ..transition_keep(row)
                 };
-                if self
-                    .transition(
-                        row,
-                        &to,
-                        "rolled_back",
-                        &reason,
-                        gates_json,
-                        actor,
-                        "rollout.rolled_back",
-                    )
-                    .await?
-                {
-                    self.roll_back(
-                        row,
-                        &targets,
-                        &format!("rollout {}: {reason}", row.id),
-                        actor,
-                    )
-                    .await?;
-                }
+                self.transition(
+                    row,
+                    &to,
+                    "rolled_back",
+                    &reason,
+                    gates_json,
+                    actor,
+                    "rollout.rolled_back",
+                )
+                .await?;
                 Ok(())
             }
             Verdict::Inconclusive(reason) => {

@@ -507,21 +507,25 @@ const fn gait_bundle_cohort_all() -> u16 {
     10_000
 }
 
-/// The bundles of `tenant` from its newest bundle without an audience (offered to every agent) up, oldest
-/// first, each with its audience.
+/// The bundles of `tenant` from its newest bundle without an audience (offered to every agent) up (that one
+/// and at most 63 newer), oldest first, each with its audience.
 async fn since_last_full(
     mut conn: Conn<'_>,
     tenant: &Tenant,
 ) -> Result<Vec<(StoredBundle, Option<AudienceRow>)>, StoreError> {
-    const SQL: &str = "SELECT b.epoch, b.digest, b.bytes, b.created_at, b.created_by, \
-         a.rollout_id, a.labels_json, a.percent_bp \
+    // The newest bundle without an audience, plus the newest 63 after it: a long run of cohort bundles (many
+    // retried steps) cannot push the bundle everyone has out of the answer.
+    const SQL: &str = "WITH base AS (SELECT COALESCE(MAX(f.epoch), 0) AS epoch FROM bundles f \
+           WHERE f.org = $1 AND f.project = $2 AND f.env = $3 AND NOT EXISTS (SELECT 1 FROM bundle_audiences x \
+             WHERE x.org = f.org AND x.project = f.project AND x.env = f.env AND x.epoch = f.epoch)) \
+         SELECT b.epoch, b.digest, b.bytes, b.created_at, b.created_by, \
+           a.rollout_id, a.labels_json, a.percent_bp \
          FROM bundles b LEFT JOIN bundle_audiences a \
            ON a.org = b.org AND a.project = b.project AND a.env = b.env AND a.epoch = b.epoch \
-         WHERE b.org = $1 AND b.project = $2 AND b.env = $3 AND b.epoch >= COALESCE(( \
-           SELECT MAX(f.epoch) FROM bundles f WHERE f.org = $1 AND f.project = $2 AND f.env = $3 \
-           AND NOT EXISTS (SELECT 1 FROM bundle_audiences x WHERE x.org = f.org AND x.project = f.project \
-             AND x.env = f.env AND x.epoch = f.epoch)), 0) \
-         ORDER BY b.epoch LIMIT 64";
+         WHERE b.org = $1 AND b.project = $2 AND b.env = $3 AND (b.epoch = (SELECT epoch FROM base) \
+           OR b.epoch IN (SELECT n.epoch FROM bundles n WHERE n.org = $1 AND n.project = $2 AND n.env = $3 \
+             AND n.epoch > (SELECT epoch FROM base) ORDER BY n.epoch DESC LIMIT 63)) \
+         ORDER BY b.epoch";
     const T: &str = "bundle_audiences";
     db_run!(conn, |c| {
         let found = sqlx::query(SQL)
