@@ -24,6 +24,7 @@ mod artifact_content;
 mod audit;
 mod auth;
 mod bundles;
+mod conformance;
 mod enroll;
 mod error;
 mod evidence;
@@ -121,6 +122,7 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     const ENV_PIN: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pin";
     const ENV_PINS: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/pins";
     const ENV_ROLLBACK: &str = "/v1/orgs/{org}/projects/{project}/envs/{env}/rollback";
+    const CONFORMANCE_BASELINE: &str = "/v1/orgs/{org}/conformance/baseline";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -437,6 +439,28 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::POST, ENV_ROLLBACK, P::RolloutWrite, Env),
             post(policies::rollback),
+        ),
+        // Conformance to the org's required baseline (issue 13 item 6).
+        (
+            e(Method::PUT, CONFORMANCE_BASELINE, P::PolicyWrite, Org),
+            axum::routing::put(conformance::set_baseline),
+        ),
+        (
+            e(Method::GET, CONFORMANCE_BASELINE, P::PolicyRead, Org),
+            get(conformance::show_baseline),
+        ),
+        (
+            e(Method::DELETE, CONFORMANCE_BASELINE, P::PolicyWrite, Org),
+            delete(conformance::clear_baseline),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/conformance",
+                P::PolicyRead,
+                Org,
+            ),
+            get(conformance::conformance),
         ),
         // Replay before rollout (issue 13).
         (
