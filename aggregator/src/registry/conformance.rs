@@ -894,4 +894,262 @@ mod tests {
         );
         assert!(push_advice(&baseline(None, &["r"])).contains("carries rules `r`"));
     }
+
+    mod with_store {
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+
+        use gait_bundle::Stage;
+        use gait_canon::sign::SigningKey;
+        use gait_store::{ActiveBundle, AgentHello, AgentKey, PinKind, Store};
+
+        use super::super::*;
+        use crate::registry::versions::PushRequest;
+        use crate::registry::{BundleDefaults, PublishRequest, StagedCandidate};
+
+        const V1: &str = "default_verdict: block\nrules:\n  - name: allow-reads\n    effect: allow\n    match:\n      tool_names: [tool.read]\n";
+        const V2: &str = "default_verdict: block\nrules:\n  - name: allow-reads\n    effect: allow\n    match:\n      tool_names: [tool.read]\n  - name: block_prod_writes\n    effect: block\n    match:\n      tool_names: [tool.write]\n";
+
+        fn registry(store: &Store) -> Registry {
+            Registry::new(
+                store.clone(),
+                SigningKey::from_seed(&[9; 32]),
+                BundleDefaults::default(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )
+        }
+
+        async fn push(r: &Registry, org: &Org, yaml: &str, parent: Option<&str>) -> String {
+            r.push(
+                org,
+                PushRequest {
+                    name: "base.yaml".into(),
+                    yaml: yaml.into(),
+                    message: String::new(),
+                    parent: parent.map(str::to_owned),
+                    author: "t".into(),
+                    dry_run: false,
+                },
+            )
+            .await
+            .expect("push")
+            .version
+            .digest
+        }
+
+        fn publish(policy: &str, candidate: Option<&str>) -> PublishRequest {
+            PublishRequest {
+                policies: BTreeMap::from([("base.yaml".to_owned(), policy.to_owned())]),
+                max_offline_seconds: None,
+                on_stale: None,
+                validity: None,
+                settings: gait_bundle::Settings::default(),
+                created_by: "t".into(),
+                candidates: candidate
+                    .map(|c| {
+                        BTreeMap::from([(
+                            "base.yaml".to_owned(),
+                            StagedCandidate {
+                                stage: Stage::Observe,
+                                name: "next.yaml".into(),
+                                text: c.to_owned(),
+                            },
+                        )])
+                    })
+                    .unwrap_or_default(),
+                delegation_key: None,
+                rollback: None,
+            }
+        }
+
+        async fn agent(store: &Store, tenant: &Tenant, id: &str, active: Option<(u64, &str)>) {
+            let hello = AgentHello {
+                cert_serial: "0a1b".parse().expect("serial"),
+                cert_not_after_unix_ms: i64::MAX,
+                cert_issuer: "CN=test CA".into(),
+                remote_addr: "127.0.0.1:1".into(),
+                agent_version: "test".into(),
+                active_bundle: active.map(|(epoch, digest)| ActiveBundle {
+                    epoch,
+                    digest: digest.to_owned(),
+                    since_unix_ms: 1,
+                }),
+                received_bundle: None,
+                outbox_depth: 0,
+                shed_total: 0,
+            };
+            let key = AgentKey::new(tenant.clone(), id.parse().expect("agent id"));
+            store.agent_connected(&key, &hello, 1).await.expect("agent");
+        }
+
+        fn find<'a>(r: &'a ConformanceReport, agent: Option<&str>) -> &'a ScopeConformance {
+            r.results
+                .iter()
+                .find(|s| s.scope.agent.as_deref() == agent)
+                .expect("answer")
+        }
+
+        #[tokio::test]
+        async fn the_policy_of_record_comes_from_bundle_bytes_and_candidates_do_not_count() {
+            let db = gait_store::testing::sqlite_temp().await.expect("store");
+            let store = db.store();
+            let r = registry(store);
+            let org: Org = "acme".parse().expect("org");
+            let prod = Tenant::from_parts("acme", "web", "prod").expect("t");
+            let v1 = push(&r, &org, V1, None).await;
+            let v2 = push(&r, &org, V2, Some(&v1)).await;
+            let all = ConformanceFilter::default();
+
+            // No baseline: not found, naming how to set one. Refusals store nothing.
+            let err = r.conformance(&org, &all).await.unwrap_err();
+            assert!(err.to_string().contains("baseline set"), "{err}");
+            let err = r
+                .set_baseline(
+                    &org,
+                    BaselineRequest {
+                        min_digest: Some("f".repeat(64)),
+                        required_rules: vec![],
+                    },
+                    "t",
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RegistryError::Field {
+                        field: "min_digest",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let err = r
+                .set_baseline(&org, BaselineRequest::default(), "t")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RegistryError::Field { .. }), "{err}");
+            assert!(r.baseline(&org).await.is_err(), "nothing stored");
+
+            r.set_baseline(
+                &org,
+                BaselineRequest {
+                    min_digest: Some(v2.clone()),
+                    required_rules: vec!["block_prod_writes".into()],
+                },
+                "t",
+            )
+            .await
+            .expect("set");
+
+            // Pinned to v1: not conforming; the remedy pins v2.
+            let pinned = r
+                .pin(&prod, &v1, None, "t", PinKind::Pin, None)
+                .await
+                .expect("pin");
+            agent(store, &prod, "a1", Some((1, &pinned.bundle.digest))).await;
+            agent(store, &prod, "a2", None).await;
+            agent(store, &prod, "a3", Some((9, &"e".repeat(64)))).await;
+            let theirs = Tenant::from_parts("other", "web", "prod").expect("t");
+            agent(store, &theirs, "o1", None).await;
+            let report = r.conformance(&org, &all).await.expect("report");
+            let env = find(&report, None);
+            assert!(!env.conformant);
+            assert_eq!(
+                env.remedy.as_deref(),
+                Some(pin_command(&prod, &v2).as_str())
+            );
+            assert_eq!(find(&report, Some("a1")).reasons.len(), 2);
+            assert_eq!(find(&report, Some("a2")).reasons, ["no bundle reported"]);
+            assert!(find(&report, Some("a3")).reasons[0].contains("no bundle with this digest"));
+            assert_eq!(
+                report.results.len(),
+                4,
+                "the other org's agent is not listed"
+            );
+
+            // v2 staged as an observe candidate beside v1: still v1 of record.
+            r.publish(&prod, publish(V1, Some(V2)))
+                .await
+                .expect("staged");
+            let report = r.conformance(&org, &all).await.expect("report");
+            assert!(
+                !find(&report, None).conformant,
+                "a candidate does not count"
+            );
+            assert_eq!(find(&report, None).policies, [v1.clone()]);
+
+            // A plain publish of v2's content (no pin) is what is in force: the environment conforms.
+            let published = r.publish(&prod, publish(V2, None)).await.expect("publish");
+            let report = r.conformance(&org, &all).await.expect("report");
+            assert!(find(&report, None).conformant, "{report:?}");
+            assert_eq!(find(&report, None).bundle_epoch, Some(published.epoch));
+            let a1 = find(&report, Some("a1"));
+            assert!(!a1.conformant);
+            assert!(
+                a1.remedy.as_deref().is_some_and(|m| m.contains("activate")),
+                "{a1:?}"
+            );
+            agent(
+                store,
+                &prod,
+                "a1",
+                Some((published.epoch, &published.digest)),
+            )
+            .await;
+            let one = ConformanceFilter {
+                agent: Some("a1".into()),
+                ..Default::default()
+            };
+            let report = r.conformance(&org, &one).await.expect("report");
+            assert_eq!(report.results.len(), 1);
+            assert!(report.conformant, "{report:?}");
+
+            // No registry version carries a rule nobody has: the remedy says what to push.
+            r.set_baseline(
+                &org,
+                BaselineRequest {
+                    min_digest: Some(v2.clone()),
+                    required_rules: vec!["nobody_has_it".into()],
+                },
+                "t",
+            )
+            .await
+            .expect("replace");
+            let report = r.conformance(&org, &all).await.expect("report");
+            assert!(
+                find(&report, None)
+                    .remedy
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("push a version that descends from")),
+                "{report:?}"
+            );
+            let cleared = r.clear_baseline(&org, "t").await.expect("clear");
+            assert_eq!(cleared.required_rules, ["nobody_has_it"]);
+            assert!(matches!(
+                r.clear_baseline(&org, "t").await,
+                Err(RegistryError::NotFound(_))
+            ));
+            let head = store.audit_head().await.expect("head");
+            let actions: Vec<String> = store
+                .audit_entries(0, u32::try_from(head.size).expect("size"))
+                .await
+                .expect("entries")
+                .iter()
+                .filter_map(|e| {
+                    let v: serde_json::Value = serde_json::from_slice(&e.line).ok()?;
+                    v["action"].as_str().map(str::to_owned)
+                })
+                .filter(|a| a.starts_with("policy.baseline"))
+                .collect();
+            assert_eq!(
+                actions,
+                [
+                    "policy.baseline_set",
+                    "policy.baseline_set",
+                    "policy.baseline_clear"
+                ]
+            );
+        }
+    }
 }
