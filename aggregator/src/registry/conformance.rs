@@ -1077,7 +1077,7 @@ mod tests {
                 !find(&report, None).conformant,
                 "a candidate does not count"
             );
-            assert_eq!(find(&report, None).policies, [v1.clone()]);
+            assert_eq!(find(&report, None).policies, std::slice::from_ref(&v1));
 
             // A plain publish of v2's content (no pin) is what is in force: the environment conforms.
             let published = r.publish(&prod, publish(V2, None)).await.expect("publish");
