@@ -1151,5 +1151,72 @@ mod tests {
                 ]
             );
         }
+
+        /// Measurement, not a check: `cargo test -p gait-aggregator --lib conformance_of_ten_thousand_agents --
+        /// --ignored --nocapture` (debug build, SQLite).
+        #[tokio::test]
+        #[ignore = "measurement"]
+        async fn conformance_of_ten_thousand_agents() {
+            let db = gait_store::testing::sqlite_temp().await.expect("store");
+            let store = db.store();
+            let r = registry(store);
+            let org: Org = "acme".parse().expect("org");
+            let v1 = push(&r, &org, V1, None).await;
+            let v2 = push(&r, &org, V2, Some(&v1)).await;
+            r.set_baseline(
+                &org,
+                BaselineRequest {
+                    min_digest: Some(v2.clone()),
+                    required_rules: vec!["block_prod_writes".into()],
+                },
+                "t",
+            )
+            .await
+            .expect("set");
+            for e in 0..10 {
+                let tenant = Tenant::from_parts("acme", "web", &format!("env{e}")).expect("t");
+                let digest = if e % 2 == 0 { &v1 } else { &v2 };
+                let pinned = r
+                    .pin(&tenant, digest, None, "t", PinKind::Pin, None)
+                    .await
+                    .expect("pin");
+                let keys: Vec<AgentKey> = (0..1000)
+                    .map(|i| AgentKey::new(tenant.clone(), format!("a{i:04}").parse().expect("id")))
+                    .collect();
+                let hellos: Vec<AgentHello> = (0..1000u32)
+                    .map(|i| AgentHello {
+                        cert_serial: format!("{:08x}", e * 1000 + i + 1).parse().expect("serial"),
+                        cert_not_after_unix_ms: i64::MAX,
+                        cert_issuer: "CN=test CA".into(),
+                        remote_addr: "127.0.0.1:1".into(),
+                        agent_version: "test".into(),
+                        active_bundle: Some(ActiveBundle {
+                            epoch: 1,
+                            digest: pinned.bundle.digest.clone(),
+                            since_unix_ms: 1,
+                        }),
+                        received_bundle: None,
+                        outbox_depth: 0,
+                        shed_total: 0,
+                    })
+                    .collect();
+                let pairs: Vec<(&AgentKey, &AgentHello)> = keys.iter().zip(&hellos).collect();
+                store.agents_connected(&pairs, 1).await.expect("agents");
+            }
+            let all = ConformanceFilter::default();
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                let report = r.conformance(&org, &all).await.expect("report");
+                times.push(start.elapsed());
+                assert_eq!(report.results.len(), 10_010);
+                assert!(!report.truncated);
+            }
+            times.sort();
+            println!(
+                "conformance of 10 envs + 10,000 agents (10 distinct bundles): min {:?}, median {:?}, max {:?}",
+                times[0], times[2], times[4]
+            );
+        }
     }
 }
