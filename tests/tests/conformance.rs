@@ -70,12 +70,25 @@ fn conformance(agg: &Aggregator) -> anyhow::Result<(Option<i32>, Value)> {
     policy_json(agg, &["conformance", "--org", "acme"])
 }
 
+/// SQLite and, with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), a fresh PostgreSQL database.
 #[test]
 fn an_env_pinned_below_the_baseline_is_named_with_its_remedy_and_conforms_once_its_agents_activate_v2()
 -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    scenario(None).context("sqlite")?;
+    if let Some(db) = &postgres {
+        scenario(Some(db.url())).context("postgres")?;
+    }
+    Ok(())
+}
+
+fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let agg = Aggregator::start(&dir.join("agg"), None)?;
+    let agg = Aggregator::start(&dir.join("agg"), database_url)?;
     let v1 = push(&agg, dir, POLICY_V1, &[])?;
     let v2 = push(&agg, dir, POLICY_V2, &["--parent", &v1])?;
 
