@@ -244,6 +244,9 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
         code == Some(1) && one["results"].as_array().map(Vec::len) == Some(1),
         "{one}"
     );
+    // A selection that matches nothing is refused, never a vacuous pass.
+    let out = policy(&agg, &["conformance", "--org", "acme", "--env", "qa"])?;
+    ensure!(out.status.code() == Some(65), "{}", text(&out));
     // The table names the remedy.
     let out = policy(&agg, &["conformance", "--org", "acme"])?;
     ensure!(out.status.code() == Some(1), "{}", text(&out));

@@ -59,7 +59,8 @@ pub struct OrgArgs {
 #[derive(Args, Debug)]
 #[command(
     after_help = "Exit status: 0 when every selected environment and agent conforms, 1 when one does not \
-                  (or the server failed), 65 when the request is refused (bad input, no baseline set)."
+                  (or the server failed), 65 when the request is refused (bad input, no baseline set, a selection \
+                  that matches nothing)."
 )]
 pub struct ConformanceArgs {
     #[command(flatten)]

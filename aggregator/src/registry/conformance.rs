@@ -533,6 +533,30 @@ impl Registry {
             }
             results.extend(per_env.remove(&tenant).unwrap_or_default());
         }
+        // A selection that matches nothing is an error, not a vacuous pass: a mistyped `--env` must not
+        // turn a pipeline's gate green.
+        let narrowed = filter.project.is_some() || filter.env.is_some() || filter.agent.is_some();
+        if narrowed && results.is_empty() {
+            return Err(RegistryError::NotFound(format!(
+                "no environment with a bundle and no agent of org {org} matches{}{}{}; see `gait-aggregator \
+                 agents --org {org}`",
+                filter
+                    .project
+                    .as_ref()
+                    .map(|p| format!(" project {p}"))
+                    .unwrap_or_default(),
+                filter
+                    .env
+                    .as_ref()
+                    .map(|e| format!(" env {e}"))
+                    .unwrap_or_default(),
+                filter
+                    .agent
+                    .as_ref()
+                    .map(|a| format!(" agent {a}"))
+                    .unwrap_or_default(),
+            )));
+        }
         let conformant = results.iter().all(|r| r.conformant);
         Ok(ConformanceReport {
             org: org.clone(),

@@ -412,6 +412,14 @@ mod with_store {
             agent: Some("a1".into()),
             ..Default::default()
         };
+        let nobody = ConformanceFilter {
+            env: Some("qa".into()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(r.conformance(&org, &nobody).await, Err(RegistryError::NotFound(m)) if m.contains("env qa")),
+            "an empty selection is not a pass"
+        );
         let report = r.conformance(&org, &one).await.expect("report");
         assert_eq!(report.results.len(), 1);
         assert!(report.conformant, "{report:?}");
