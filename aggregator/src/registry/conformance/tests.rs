@@ -472,12 +472,25 @@ mod with_store {
     }
 
     /// Measurement, not a check: `cargo test -p gait-aggregator --lib conformance_of_ten_thousand_agents --
-    /// --ignored --nocapture` (debug build, SQLite).
+    /// --ignored --nocapture` (debug build; SQLite, and PostgreSQL too with `GAIT_TEST_DATABASE_URL`).
     #[tokio::test]
     #[ignore = "measurement"]
     async fn conformance_of_ten_thousand_agents() {
         let db = gait_store::testing::sqlite_temp().await.expect("store");
-        let store = db.store();
+        measure(db.store()).await;
+        if let Some(db) = gait_store::testing::postgres_fresh()
+            .await
+            .expect("postgres")
+        {
+            measure(db.store()).await;
+        }
+    }
+
+    async fn measure(store: &Store) {
+        let backend = match store {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        };
         let r = registry(store);
         let org: Org = "acme".parse().expect("org");
         let v1 = push(&r, &org, V1, None).await;
@@ -533,7 +546,8 @@ mod with_store {
         }
         times.sort();
         println!(
-            "conformance of 10 envs + 10,000 agents (10 distinct bundles): min {:?}, median {:?}, max {:?}",
+            "{backend}: conformance of 10 envs + 10,000 agents (10 distinct bundles): min {:?}, median {:?}, \
+             max {:?}",
             times[0], times[2], times[4]
         );
     }
