@@ -537,13 +537,23 @@ mod with_store {
         }
         let all = ConformanceFilter::default();
         let mut times = Vec::new();
+        let mut encode = Vec::new();
+        let mut bytes = 0;
         for _ in 0..5 {
             let start = std::time::Instant::now();
             let report = r.conformance(&org, &all).await.expect("report");
             times.push(start.elapsed());
             assert_eq!(report.results.len(), 10_010);
             assert!(!report.truncated);
+            let start = std::time::Instant::now();
+            bytes = serde_json::to_vec(&report).expect("json").len();
+            encode.push(start.elapsed());
         }
+        encode.sort();
+        println!(
+            "{backend}: JSON answer {bytes} bytes, encoded in median {:?}",
+            encode[2]
+        );
         times.sort();
         println!(
             "{backend}: conformance of 10 envs + 10,000 agents (10 distinct bundles): min {:?}, median {:?}, \
