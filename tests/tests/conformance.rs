@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, http_json, wait_for};
 use serde_json::Value;
 
 /// v1 plus the rule the baseline requires.
@@ -125,6 +125,20 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("min_digest"),
         "{}",
         text(&out)
+    );
+    let token = std::fs::read_to_string(agg.data_dir.join("admin.token"))?;
+    let (status, answer) = http_json(
+        "PUT",
+        &agg.url("/v1/orgs/acme/conformance/baseline"),
+        Some(token.trim()),
+        Some(serde_json::json!({ "min_digest": unknown })),
+    )?;
+    ensure!(
+        status == 400
+            && answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("min_digest")),
+        "{status} {answer}"
     );
     let (code, _) = policy_json(&agg, &["baseline", "show", "--org", "acme"])?;
     ensure!(code == Some(65), "no baseline was stored");
