@@ -24,6 +24,7 @@ mod artifact_content;
 mod audit;
 mod auth;
 mod bundles;
+mod conformance;
 mod enroll;
 mod error;
 mod evidence;
@@ -134,6 +135,7 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     const ROLLOUT_RETRY: &str = "/v1/orgs/{org}/rollouts/{id}/retry";
     const AGENT_LABELS: &str =
         "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{agent_id}/labels";
+    const CONFORMANCE_BASELINE: &str = "/v1/orgs/{org}/conformance/baseline";
     use Permission as P;
     use ScopeFrom::{Deployment, Env, Org, Request};
     let e =
@@ -450,6 +452,28 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::POST, ENV_ROLLBACK, P::RolloutWrite, Env),
             post(policies::rollback),
+        ),
+        // Conformance to the org's required baseline (issue 13 item 6).
+        (
+            e(Method::PUT, CONFORMANCE_BASELINE, P::PolicyWrite, Org),
+            axum::routing::put(conformance::set_baseline),
+        ),
+        (
+            e(Method::GET, CONFORMANCE_BASELINE, P::PolicyRead, Org),
+            get(conformance::show_baseline),
+        ),
+        (
+            e(Method::DELETE, CONFORMANCE_BASELINE, P::PolicyWrite, Org),
+            delete(conformance::clear_baseline),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/conformance",
+                P::PolicyRead,
+                Org,
+            ),
+            get(conformance::conformance),
         ),
         // Replay before rollout (issue 13).
         (

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod bundle;
 pub mod config;
+pub mod conformance;
 pub mod ingest_file;
 pub mod join_token;
 pub mod keys;

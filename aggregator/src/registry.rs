@@ -6,6 +6,7 @@
 //! connected agents costs one store write. A periodic refresh picks up bundles published by another replica
 //! sharing the same database.
 
+pub mod conformance;
 pub mod diff;
 pub mod pin;
 pub mod signing;

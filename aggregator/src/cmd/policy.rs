@@ -36,6 +36,12 @@ pub enum PolicyCommand {
     Rollback(RollbackArgs),
     /// The environment's pin history, newest first.
     Pins(PinsArgs),
+    /// The org's required baseline: set, show or clear it.
+    #[command(subcommand)]
+    Baseline(super::conformance::BaselineCommand),
+    /// Which environments and agents conform to the org's baseline, why not and what to run; exit 0 when all
+    /// selected conform, 1 when one does not, 65 on bad input.
+    Conformance(super::conformance::ConformanceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +210,8 @@ pub async fn run(command: PolicyCommand, config: Config) -> anyhow::Result<ExitC
         PolicyCommand::Pin(args) => pin(args, config).await,
         PolicyCommand::Rollback(args) => rollback(args, config).await,
         PolicyCommand::Pins(args) => pins(args, config).await,
+        PolicyCommand::Baseline(c) => super::conformance::baseline(c, config).await,
+        PolicyCommand::Conformance(a) => super::conformance::conformance(a, config).await,
     }
 }
 

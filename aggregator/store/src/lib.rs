@@ -21,6 +21,7 @@ mod approvals;
 mod audit;
 mod batch;
 mod bundles;
+mod conformance;
 mod conn;
 mod decision_stats;
 mod enrollment;
@@ -58,6 +59,10 @@ pub use approvals::{
     NewApprovalRequest, StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
+pub use conformance::{
+    AgentActiveBundle, BundleHead, ConformanceBaseline, ConformanceFilter, LineageEntry,
+    MAX_CONFORMANCE_ENVS, MAX_LINEAGE_VERSIONS, MAX_REQUIRED_RULES, MAX_RULE_NAME_BYTES,
+};
 pub use decision_stats::{DecisionStats, DecisionStatsQuery, MAX_STATS_AGENTS};
 pub use enrollment::{
     IssueKind, IssuedCertificate, JoinTokenRow, JoinTokenState, MAX_JOIN_TOKEN_USES,
