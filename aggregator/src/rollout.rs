@@ -887,7 +887,7 @@ impl Rollouts {
     }
 
     /// One controller pass over a progressing rollout: publish its step, or judge it by its gates.
-    pub(crate) async fn drive(&self, row: &RolloutRow, actor: &str) -> Result<(), RolloutError> {
+    pub async fn drive(&self, row: &RolloutRow, actor: &str) -> Result<(), RolloutError> {
         let plan = plan_of(row)?;
         let step = step_of(&plan, row.step)?.clone();
         let targets = self.store.rollout_targets(&row.org, &row.id).await?;

@@ -264,7 +264,71 @@ async fn creation_checks_its_targets_and_transitions_are_compare_and_set(
     Ok(())
 }
 
+async fn abort_rolls_every_target_back_and_retry_starts_again(db: &TestStore) -> Result<()> {
+    use gait_aggregator::rollout::{Action, State};
+    let reg = Arc::new(registry(db));
+    let rollouts = Rollouts::new(db.store().clone(), reg.clone());
+    let org = "acme".parse()?;
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    let staging = Tenant::from_parts("acme", "web", "staging")?;
+    let (v1, v2) = (push(&reg, 1).await?, push(&reg, 2).await?);
+    for t in [&prod, &staging] {
+        reg.pin(t, &v1, None, "alice", PinKind::Pin, None).await?;
+    }
+    rollouts
+        .create(
+            &org,
+            Some("r1"),
+            &v2,
+            plan(&[("web", "prod"), ("web", "staging")]),
+            "alice",
+        )
+        .await?;
+    let row = db.store().rollout(&org, "r1").await?.context("row")?;
+    rollouts.drive(&row, "controller:test").await?;
+    let row = db.store().rollout(&org, "r1").await?.context("row")?;
+    ensure!(row.step_published, "{row:?}");
+    // A second pass within the bake publishes nothing more.
+    rollouts.drive(&row, "controller:test").await?;
+    for t in [&prod, &staging] {
+        ensure!(
+            reg.latest(t).await?.context("latest")?.epoch == 2,
+            "{t}: one step bundle"
+        );
+    }
+    let aborted = rollouts
+        .act(&org, "r1", Action::Abort, "wrong candidate", "bob")
+        .await?;
+    ensure!(aborted.state == State::Aborted, "{aborted:?}");
+    for t in [&prod, &staging] {
+        let pin = reg.current_pin(t).await?.context("pin")?;
+        ensure!(
+            pin.pin.kind == PinKind::Rollback && pin.pin.digest == v1 && pin.pin.bundle_epoch == 3,
+            "{t}: rolled back to the baseline: {pin:?}"
+        );
+    }
+    // Nothing to clean up: retry starts at step 0 again and publishes over the rollback.
+    let retried = rollouts.act(&org, "r1", Action::Retry, "", "bob").await?;
+    ensure!(retried.state == State::Progressing && retried.attempt == 2 && retried.step == 0);
+    let row = db.store().rollout(&org, "r1").await?.context("row")?;
+    rollouts.drive(&row, "controller:test").await?;
+    for t in [&prod, &staging] {
+        ensure!(
+            reg.latest(t).await?.context("latest")?.epoch == 4,
+            "{t}: retried step"
+        );
+    }
+    let events = db.store().rollout_events(&org, "r1").await?;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    ensure!(
+        kinds == ["created", "step", "aborted", "retried", "step"],
+        "{kinds:?}"
+    );
+    Ok(())
+}
+
 gait_store::store_tests!(
+    abort_rolls_every_target_back_and_retry_starts_again,
     the_leader_lease_has_one_holder,
     cohort_bundles_reach_their_audience_only,
     creation_checks_its_targets_and_transitions_are_compare_and_set,
