@@ -270,6 +270,7 @@ mod with_store {
                 .unwrap_or_default(),
             delegation_key: None,
             rollback: None,
+            audience: None,
         }
     }
 
