@@ -259,8 +259,27 @@ impl Registry {
         key_id: &str,
         actor: &str,
     ) -> Result<KeyChange, RegistryError> {
+        // Agents that activated nothing since the key's successor appeared may not know the successor.
+        let introduced = self
+            .store
+            .signing_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.endorsed_by.as_deref() == Some(key_id))
+            .map(|k| k.created_unix_ms)
+            .min();
         let key = self.signer.revoke(key_id, actor, unix_ms()).await?;
-        Ok(self.republish_all(key, actor).await)
+        let at_risk = match introduced {
+            Some(t) => Some(self.store.agents_active_before(t).await?),
+            None => None,
+        };
+        if let Some(n) = at_risk.filter(|n| *n > 0) {
+            tracing::warn!(%key_id, agents = n, "revoked a key some agents may still depend on: they have not \
+                activated a bundle since its successor was introduced");
+        }
+        let mut change = self.republish_all(key, actor).await;
+        change.agents_at_risk = at_risk;
+        Ok(change)
     }
 
     /// Re-publish the newest bundle of every scope (same policies, candidates and settings; validity as long
@@ -270,6 +289,7 @@ impl Registry {
             key,
             republished: BTreeMap::new(),
             republish_errors: BTreeMap::new(),
+            agents_at_risk: None,
         };
         let scopes = match self.store.bundle_scopes().await {
             Ok(s) => s,

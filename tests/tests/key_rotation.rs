@@ -204,6 +204,8 @@ fn rotate_and_revoke(database_url: Option<&str>) -> anyhow::Result<()> {
     let revoked = keys(&agg, &["revoke", &k2])?;
     ensure!(revoked["key"]["state"] == "revoked", "{revoked}");
     ensure!(revoked["republished"]["acme/web/prod"] == 6, "{revoked}");
+    // The only agent activated a bundle after K2's successor (K3) was introduced: nobody is at risk.
+    ensure!(revoked["agents_at_risk"] == 0, "{revoked}");
     ensure!(latest_signer(&agg)?.1["revoked"] == serde_json::json!([k2]));
     agent.wait_active_epoch(6, "the bundle revoking K2")?;
 

@@ -98,6 +98,12 @@ fn print_change(what: &str, answer: &serde_json::Value) {
         answer["key"]["state"].as_str().unwrap_or(""),
         answer["republished"].as_object().map_or(0, |m| m.len()),
     );
+    if let Some(n) = answer["agents_at_risk"].as_u64().filter(|n| *n > 0) {
+        gait_runtime::errln!(
+            "warning: {n} agent(s) have not activated a bundle since this key's successor was introduced; they \
+             may refuse every newer bundle and need the current registry key (see `gait-aggregator agents`)"
+        );
+    }
     for (env, err) in answer["republish_errors"].as_object().into_iter().flatten() {
         gait_runtime::errln!(
             "  {env}: re-publish failed ({err}); its agents learn at the next publish"

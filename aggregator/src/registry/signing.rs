@@ -65,6 +65,11 @@ pub struct KeyChange {
     /// Environments whose re-publish failed: `org/project/env` -> the error (their agents learn at the next
     /// publish).
     pub republish_errors: BTreeMap<String, String>,
+    /// On a revoke: agents that have not activated a bundle since the key's successor was introduced (or never
+    /// reported one). They may not know the successor yet; offered a bundle from the successor, they refuse
+    /// it and need the current registry key re-provisioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents_at_risk: Option<u64>,
 }
 
 impl Signer {

@@ -731,6 +731,21 @@ impl crate::Store {
         env_labels(pooled.conn(), tenant).await
     }
 
+    /// How many agents (of every tenant) activated their current bundle before `since_ms`, or never reported
+    /// one (a revoked key's successor check).
+    pub async fn agents_active_before(&self, since_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM agents \
+             WHERE active_bundle_since_ms IS NULL OR active_bundle_since_ms < $1";
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let n: i64 = db_run!(conn, |c| sqlx::query_scalar(SQL)
+            .bind(since_ms)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(db("agents_active_before")))?;
+        to_u64("agents", "count", n)
+    }
+
     /// The agents of the environment (at most [`MAX_ENV_AGENTS`]) with the bundle each reports active.
     pub async fn env_agents(&self, tenant: &Tenant) -> Result<Vec<EnvAgent>, StoreError> {
         let mut pooled = self.acquire().await?;
