@@ -171,6 +171,23 @@ async fn measure(
         epoch += 1;
         receipts(&mut rx, &mut pollers, args.agents, epoch, Instant::now()).await?;
         wait_for_parked_polls(&api, args.agents, &mut pollers).await?;
+        // Promote on a settled aggregator: every agent's report of the dry-run bundle is stored (else the
+        // promote's transaction queues behind a thousand report writes).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let h = api
+                .get(&format!("/v1/orgs/{org}/rollouts/{id}/health"))
+                .await?;
+            if h["facts"]["adopted"].as_u64() == Some(args.agents as u64) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the agents' reports were not all stored within 60 s: {}",
+                h["facts"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let sent = Instant::now();
         api.send(
             Method::POST,

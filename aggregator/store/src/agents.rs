@@ -140,16 +140,20 @@ pub(crate) async fn bundle_report(
     report: &BundleReportRow,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    // Reports travel on separate streams, so an older one can arrive after a newer one: epochs only go
+    // forward here (a reconnecting agent's hello still sets what it really runs).
     const RECEIVED: &str = concat!(
         "UPDATE agents SET received_bundle_epoch = $5, received_bundle_digest = $6, last_seen_unix_ms = ",
         later!("last_seen_unix_ms", "$7"),
-        agent_where!()
+        agent_where!(),
+        " AND (received_bundle_epoch IS NULL OR received_bundle_epoch <= $5)"
     );
     const ACTIVATED: &str = concat!(
         "UPDATE agents SET active_bundle_epoch = $5, active_bundle_digest = $6, active_bundle_since_ms = $7, \
          last_seen_unix_ms = ",
         later!("last_seen_unix_ms", "$8"),
-        agent_where!()
+        agent_where!(),
+        " AND (active_bundle_epoch IS NULL OR active_bundle_epoch <= $5)"
     );
     const REFUSED: &str = concat!(
         "UPDATE agents SET last_refusal_epoch = $5, last_refusal_code = $6, last_refusal_message = $7, \
@@ -192,6 +196,19 @@ pub(crate) async fn bundle_report(
             .rows_affected()
     });
     if found > 0 {
+        return Ok(());
+    }
+    // Nothing updated: an unknown agent, or a report older than what is recorded (kept as it is).
+    const EXISTS: &str = concat!("SELECT COUNT(*) FROM agents", agent_where!());
+    let known: i64 = db_run!(conn, |c| sqlx::query_scalar(EXISTS)
+        .bind(key.tenant.org.as_str())
+        .bind(key.tenant.project.as_str())
+        .bind(key.tenant.env.as_str())
+        .bind(key.agent_id.as_str())
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db("record_bundle_report: agent")))?;
+    if known > 0 {
         Ok(())
     } else {
         Err(StoreError::UnknownAgent {

@@ -1347,6 +1347,34 @@ async fn bundle_reports_update_the_agent_row(db: &TestStore) -> Result<()> {
             && refusal.message.starts_with('é')
     );
     ensure!(row.last_seen_unix_ms == NOW + 3);
+    // Reports arrive on separate streams: an older one after a newer one changes nothing and is no error.
+    let stale = ActiveBundle {
+        epoch: 4,
+        digest: digest(4),
+        since_unix_ms: NOW + 1,
+    };
+    store
+        .record_bundle_report(&k, &BundleReportRow::Activated(stale), NOW + 4)
+        .await?;
+    store
+        .record_bundle_report(
+            &k,
+            &BundleReportRow::Received(BundleRef {
+                epoch: 4,
+                digest: digest(4),
+            }),
+            NOW + 4,
+        )
+        .await?;
+    let row = agent_row(store, &k).await?;
+    ensure!(
+        row.active_bundle.as_ref().map(|b| b.epoch) == Some(5),
+        "{row:?}"
+    );
+    ensure!(
+        row.received_bundle.as_ref().map(|b| b.epoch) == Some(5),
+        "{row:?}"
+    );
     let json = serde_json::to_value(&row)?;
     ensure!(
         json["org"] == "acme" && json["committed_hash"] == hex::encode([0u8; 32]),
