@@ -161,6 +161,24 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
         ensure!(d["stage"]["stage"] == "enforce", "{}: {d}", a.id);
     }
 
+    // The inventory compares each agent with what is offered to it: nobody is "behind" for being outside the
+    // cohort.
+    // (Waits until the aggregator stored every cohort agent's report of the observe bundle.)
+    let settled = |inventory: &[Value]| {
+        inventory.len() == AGENTS
+            && inventory.iter().all(|entry| {
+                let id = entry["agent_id"].as_str().unwrap_or_default();
+                let want = if cohort.iter().any(|c| c == id) { 2 } else { 1 };
+                entry["latest_epoch"] == 2
+                    && entry["target_epoch"] == want
+                    && entry["behind"] == false
+            })
+    };
+    wait_for(PATIENCE, "the inventory shows nobody behind", || {
+        agg.agents("acme").ok().filter(|inv| settled(inv))
+    })
+    .with_context(|| format!("inventory: {:?}", agg.agents("acme")))?;
+
     // The cohort lists: the baseline allows, the candidate (in shadow) blocks: verdict differences.
     for a in agents.iter().filter(|a| cohort.contains(&a.id)) {
         let d = decide(a, "tool.list")?;

@@ -37,11 +37,14 @@ pub struct InventoryEntry {
     pub agent: AgentRow,
     /// The newest bundle epoch published for the agent's tenant.
     pub latest_epoch: Option<u64>,
+    /// The newest epoch offered to this agent: `latest_epoch`, or an older one while a rollout step offers the
+    /// newest to a cohort the agent is not in.
+    pub target_epoch: Option<u64>,
     /// The certificate it last connected with is revoked.
     pub revoked: bool,
     /// Not heard from for over [`STALE_AFTER_MS`].
     pub stale: bool,
-    /// Its active bundle is older than `latest_epoch` (or it has none while one exists).
+    /// Its active bundle is older than `target_epoch` (or it has none while one exists).
     pub behind: bool,
 }
 
@@ -83,15 +86,15 @@ pub(super) async fn page(
         .filter(|_| full)
         .map(|a| a.position().to_cursor());
     let revoked: HashSet<CertSerial> = store.revoked_serials().await?.into_iter().collect();
-    let mut latest: HashMap<Tenant, Option<u64>> = HashMap::new();
+    let mut offers: HashMap<Tenant, Offers> = HashMap::new();
     // The expiry of the certificate each agent presented is on its row (hand-minted ones included); a row from
     // before that was recorded falls back to the certificates the aggregator signed (enrollment, renewal).
     let mut expiries: HashMap<CertSerial, i64> = HashMap::new();
     let mut looked_up: HashSet<Tenant> = HashSet::new();
     for a in &agents {
-        if !latest.contains_key(&a.tenant) {
-            let epoch = store.latest_epoch(&a.tenant).await?;
-            latest.insert(a.tenant.clone(), epoch);
+        if !offers.contains_key(&a.tenant) {
+            let loaded = Offers::load(store, &a.tenant).await?;
+            offers.insert(a.tenant.clone(), loaded);
         }
         if a.cert_not_after_unix_ms.is_none() && looked_up.insert(a.tenant.clone()) {
             expiries.extend(store.certificate_expiries(&a.tenant, now_ms).await?);
@@ -100,13 +103,17 @@ pub(super) async fn page(
     let agents = agents
         .into_iter()
         .map(|mut agent| {
-            let latest_epoch = latest.get(&agent.tenant).copied().flatten();
-            let health = Health::of(&agent, &revoked, latest_epoch, now_ms);
+            let (latest_epoch, target_epoch) = offers
+                .get(&agent.tenant)
+                .map(|o| (o.latest(), o.target(agent.agent_id.as_str())))
+                .unwrap_or_default();
+            let health = Health::of(&agent, &revoked, target_epoch, now_ms);
             if agent.cert_not_after_unix_ms.is_none() {
                 agent.cert_not_after_unix_ms = expiries.get(&agent.cert_serial).copied();
             }
             InventoryEntry {
                 latest_epoch,
+                target_epoch,
                 revoked: health.revoked,
                 stale: health.stale,
                 behind: health.behind,
@@ -115,6 +122,62 @@ pub(super) async fn page(
         })
         .collect();
     Ok(InventoryPage { agents, next_after })
+}
+
+/// What a scope offers, for the inventory: epochs with their audiences, and the labels of its agents when an
+/// audience selects by label.
+struct Offers {
+    epochs: Vec<(u64, Option<crate::registry::Audience>)>,
+    labels: HashMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl Offers {
+    async fn load(store: &Store, tenant: &Tenant) -> Result<Self, FleetError> {
+        let mut epochs = Vec::new();
+        for (epoch, audience) in store.bundle_offer_epochs(tenant).await? {
+            let audience = match audience {
+                None => None,
+                Some(row) => Some(crate::registry::Audience {
+                    labels: serde_json::from_str(&row.labels_json).unwrap_or_default(),
+                    rollout_id: row.rollout_id,
+                    percent_bp: row.percent_bp,
+                }),
+            };
+            epochs.push((epoch, audience));
+        }
+        let selects = epochs
+            .iter()
+            .any(|(_, a)| a.as_ref().is_some_and(|a| !a.labels.is_empty()));
+        let labels = if selects {
+            store
+                .env_agent_labels(tenant)
+                .await?
+                .into_iter()
+                .filter_map(|(id, json)| {
+                    serde_json::from_str(&json)
+                        .ok()
+                        .map(|l| (id.as_str().to_owned(), l))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(Self { epochs, labels })
+    }
+
+    fn latest(&self) -> Option<u64> {
+        self.epochs.last().map(|(e, _)| *e)
+    }
+
+    fn target(&self, agent_id: &str) -> Option<u64> {
+        let none = std::collections::BTreeMap::new();
+        let labels = self.labels.get(agent_id).unwrap_or(&none);
+        self.epochs
+            .iter()
+            .rev()
+            .find(|(_, a)| a.as_ref().is_none_or(|a| a.admits(agent_id, labels)))
+            .map(|(e, _)| *e)
+    }
 }
 
 /// The at-a-glance flags of one agent.

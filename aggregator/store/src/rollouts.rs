@@ -557,6 +557,52 @@ async fn since_last_full(
     })
 }
 
+/// [`since_last_full`] without the bundle bytes: `(epoch, audience)` pairs, oldest first.
+async fn offer_epochs(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+) -> Result<Vec<(u64, Option<AudienceRow>)>, StoreError> {
+    const SQL: &str = "WITH base AS (SELECT COALESCE(MAX(f.epoch), 0) AS epoch FROM bundles f \
+           WHERE f.org = $1 AND f.project = $2 AND f.env = $3 AND NOT EXISTS (SELECT 1 FROM bundle_audiences x \
+             WHERE x.org = f.org AND x.project = f.project AND x.env = f.env AND x.epoch = f.epoch)) \
+         SELECT b.epoch, a.rollout_id, a.labels_json, a.percent_bp \
+         FROM bundles b LEFT JOIN bundle_audiences a \
+           ON a.org = b.org AND a.project = b.project AND a.env = b.env AND a.epoch = b.epoch \
+         WHERE b.org = $1 AND b.project = $2 AND b.env = $3 AND b.epoch >= (SELECT epoch FROM base) \
+         ORDER BY b.epoch DESC LIMIT 64";
+    const T: &str = "bundle_audiences";
+    let mut out = db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(tenant.org.as_str())
+            .bind(tenant.project.as_str())
+            .bind(tenant.env.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("bundle_offer_epochs"))?;
+        found
+            .iter()
+            .map(|row| {
+                let epoch = to_u64("bundles", "epoch", row.int("epoch")?)?;
+                let audience = match row.opt_text("rollout_id")? {
+                    None => None,
+                    Some(rollout_id) => {
+                        let bp = row.int("percent_bp")?;
+                        Some(AudienceRow {
+                            rollout_id,
+                            labels_json: row.text("labels_json")?,
+                            percent_bp: u16::try_from(bp)
+                                .map_err(|_| StoreError::corrupt(T, format!("percent_bp {bp}")))?,
+                        })
+                    }
+                };
+                Ok((epoch, audience))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    })?;
+    out.reverse();
+    Ok(out)
+}
+
 async fn labels(
     mut conn: Conn<'_>,
     tenant: &Tenant,
@@ -710,6 +756,16 @@ impl crate::Store {
     ) -> Result<Vec<(StoredBundle, Option<AudienceRow>)>, StoreError> {
         let mut pooled = self.acquire().await?;
         since_last_full(pooled.conn(), tenant).await
+    }
+
+    /// The epochs of `tenant`'s bundles from the newest one offered to every agent up (at most 64, the newest),
+    /// oldest first, with their audiences (what the fleet inventory compares each agent with).
+    pub async fn bundle_offer_epochs(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<(u64, Option<AudienceRow>)>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        offer_epochs(pooled.conn(), tenant).await
     }
 
     /// The labels (JSON object) an operator gave the agent, if any.
