@@ -230,11 +230,12 @@ async fn decision_stats_count_each_definition_in_the_window(db: &TestStore) -> R
             "tool.delete",
             [&["ok"], &["no_delete"]],
         ),
+        // A dry-run stage marker on the enforced side is no difference between the policies.
         staged(
             "allow",
             Some("block"),
             "tool.delete",
-            [&["ok"], &["no_delete"]],
+            [&["ok", "stage_dry_run_would_have_blocked"], &["no_delete"]],
         ),
         staged("allow", Some("allow"), "tool.read", [&["ok"], &["ok"]]),
         staged(
