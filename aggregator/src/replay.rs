@@ -190,7 +190,7 @@ pub struct Replay {
     running: Arc<Semaphore>,
 }
 
-/// A corpus export ready to stream: its size (already audited) and the JSON Lines body.
+/// A corpus export ready to stream (its bounds checked and its audit entry appended).
 pub struct CorpusExport {
     /// The response body, streamed from the store walk.
     pub body: axum::body::Body,
