@@ -201,6 +201,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let until_id = store.replay_corpus_head(&scope).await?;
     // The size check the aggregator makes before walking (distinct intents within the corpus bound).
     let (_, distinct) = store.replay_corpus_size(&scope, until_id).await?;
+    let size_s = started.elapsed().as_secs_f64();
     ensure!(
         distinct <= gait_aggregator::replay::corpus::MAX_CORPUS_INTENTS,
         "{distinct} distinct intents: over the corpus bound, the aggregator refuses this replay"
@@ -241,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "candidate_rules": args.rules,
         "threads": threads,
         "fill_s": fill_s,
+        "size_check_s": size_s,
         "corpus_read_s": read_s,
         "evaluate_sign_s": eval_s,
         "replay_s": total_s,
@@ -250,7 +252,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{summary}");
     println!(
-        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read {read_s:.2} s, evaluate+sign {eval_s:.2} s, {threads} threads); {} flips",
+        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read {read_s:.2} s of which size check {size_s:.2} s, evaluate+sign {eval_s:.2} s, {threads} threads); {} flips",
         args.decisions, report.corpus.distinct_intents, args.rules, report.flips_total
     );
     Ok(())
