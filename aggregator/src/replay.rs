@@ -13,10 +13,19 @@
 //!   `replay.pub` beside it and at `GET /v1/orgs/{org}/replay/key`); offline runs sign with a key of their own.
 //! - **Audit**: every run appends `replay.run` (target: the org scope; details: the report digest, the pin and
 //!   the counts) in its own transaction before the report is answered.
+//! - **Bounds** (review M1): a corpus is refused above [`corpus::MAX_CORPUS_INTENTS`] distinct intents or
+//!   [`corpus::MAX_CORPUS_BYTES`] of intents (400 naming `until_id`, `project`, `env`); at most
+//!   [`MAX_CONCURRENT_REPLAYS`] runs and exports at once (then 503 with `Retry-After`); the export is streamed
+//!   from the store walk and never held as a whole.
+//! - **Pin check** (review M3): an `until_id` above the scope's newest captured decision is refused, since the
+//!   report would change as data arrives. On PostgreSQL an index id is assigned at insert, not at commit, so a
+//!   batch still in flight can later commit ids at or below a pin: a report is reproducible once the batches
+//!   in flight when it ran have settled (seconds).
 
 pub mod corpus;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gait_canon::sign::{self, PublicKey, SigningKey};
 use gait_identity::{Env, Org, Project};
@@ -25,9 +34,13 @@ use gait_replay::{CorpusHeader, CorpusLine, Fixture, ReplayInput, build_report, 
 use gait_store::{CorpusScope, Store, StoreError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sha2::Digest as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Authorized, Target};
 use crate::evidence::index::is_digest;
+use crate::replay::corpus::{Budget, CorpusError, CorpusLimits, Grouper, RowRef};
+use crate::secrets::{self, Access};
 
 /// File name of the replay signing key in the key directory.
 pub const REPLAY_KEY_FILE: &str = "replay.key";
@@ -37,6 +50,15 @@ pub const REPLAY_PUB_FILE: &str = "replay.pub";
 pub const MAX_FIXTURES: usize = 1000;
 /// Default most entries of the report's `changed` list (its counts always cover every change).
 pub const DEFAULT_MAX_CHANGED: usize = 10_000;
+/// Most replays and corpus exports one aggregator runs at once (each may hold up to
+/// [`corpus::MAX_CORPUS_BYTES`] and keep cores busy); one more is answered 503 with `Retry-After`.
+pub const MAX_CONCURRENT_REPLAYS: usize = 2;
+/// The `Retry-After` (seconds) of a replay refused because [`MAX_CONCURRENT_REPLAYS`] are running.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
+/// Rows the streamed export buffers between the store walk and the response body.
+const EXPORT_ROW_BUFFER: usize = 64;
+/// Bytes of JSON Lines the streamed export gathers into one body chunk.
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Why a replay was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +88,15 @@ pub enum ReplayError {
     /// The evaluation task died.
     #[error("replay evaluation failed: {0}")]
     Internal(String),
+    /// The corpus could not be read or is over its bounds.
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    /// [`MAX_CONCURRENT_REPLAYS`] replays or exports are running; retry after [`BUSY_RETRY_AFTER_SECONDS`].
+    #[error(
+        "{MAX_CONCURRENT_REPLAYS} replays or corpus exports are running on this aggregator: retry in \
+         {BUSY_RETRY_AFTER_SECONDS} seconds"
+    )]
+    Busy,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ReplayError {
@@ -155,17 +186,75 @@ pub struct Replay {
     store: Store,
     key: SigningKey,
     threads: usize,
+    limits: CorpusLimits,
+    running: Arc<Semaphore>,
+}
+
+/// A corpus export ready to stream (its bounds checked and its audit entry appended).
+pub struct CorpusExport {
+    /// The response body, streamed from the store walk.
+    pub body: axum::body::Body,
 }
 
 impl Replay {
-    /// The service over `store`, signing with `key`, evaluating on every available core.
+    /// The service over `store`, signing with `key`, evaluating on every available core, with the default
+    /// corpus bounds and [`MAX_CONCURRENT_REPLAYS`].
     pub fn new(store: Store, key: SigningKey) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             store,
             key,
             threads,
+            limits: CorpusLimits::default(),
+            running: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLAYS)),
         }
+    }
+
+    /// The same service with other corpus bounds and concurrency (embedding and tests).
+    pub fn with_limits(mut self, limits: CorpusLimits, concurrent: usize) -> Self {
+        self.limits = limits;
+        self.running = Arc::new(Semaphore::new(concurrent.max(1)));
+        self
+    }
+
+    /// A slot among the [`MAX_CONCURRENT_REPLAYS`], or [`ReplayError::Busy`].
+    fn slot(&self) -> Result<OwnedSemaphorePermit, ReplayError> {
+        Arc::clone(&self.running)
+            .try_acquire_owned()
+            .map_err(|_| ReplayError::Busy)
+    }
+
+    /// The pin of a request: the one given, refused above the scope's head (the report would change as data
+    /// arrives), or the head; and the corpus size, refused over the distinct-intent bound before any walk.
+    async fn pin(
+        &self,
+        scope: &CorpusScope,
+        asked: Option<u64>,
+    ) -> Result<(u64, u64), ReplayError> {
+        let head = self.store.replay_corpus_head(scope).await?;
+        let until_id = match asked {
+            Some(id) if id > head => {
+                return Err(invalid(
+                    "until_id",
+                    format!(
+                        "{id} is above the newest captured decision of this scope ({head}), so the report \
+                         would change as decisions arrive: pass at most {head}, or leave it out"
+                    ),
+                ));
+            }
+            Some(id) => id,
+            None => head,
+        };
+        let (samples, distinct) = self.store.replay_corpus_size(scope, until_id).await?;
+        if distinct > self.limits.max_intents {
+            return Err(CorpusError::TooLarge {
+                until_id,
+                what: "distinct intents",
+                limit: self.limits.max_intents,
+            }
+            .into());
+        }
+        Ok((until_id, samples))
     }
 
     /// The public key reports verify with.
@@ -173,7 +262,12 @@ impl Replay {
         self.key.public_key()
     }
 
-    /// Loads the replay signing key from `dir`, or creates it (0600) with its public key beside it.
+    /// Loads the replay signing key from `dir`, or creates it with its public key beside it.
+    ///
+    /// Creation is atomic and first-wins between replicas sharing `dir`: the key is written (0600) to a temp
+    /// file and hard-linked to its name, which fails if another process got there first, whose key is then
+    /// read instead. `dir` is made 0700; a private key file that group or others may read is refused. The
+    /// public file is rewritten from the private key whenever it does not match it.
     pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ReplayError> {
         let private = dir.join(REPLAY_KEY_FILE);
         let public = dir.join(REPLAY_PUB_FILE);
@@ -181,15 +275,34 @@ impl Replay {
             path: path.to_path_buf(),
             message,
         };
-        if private.exists() {
-            return sign::load_private_key_file(&private)
-                .map_err(|e| key_err(&private, e.to_string()));
+        secrets::create_private_dir(dir).map_err(|e| key_err(dir, e.to_string()))?;
+        let key = match load_private(&private)? {
+            Some(key) => key,
+            None => {
+                let fresh =
+                    SigningKey::try_generate().map_err(|e| key_err(&private, e.to_string()))?;
+                if create_new_private(&private, &fresh)
+                    .map_err(|e| key_err(&private, e.to_string()))?
+                {
+                    tracing::info!(key_id = %fresh.public_key().key_id(), path = %private.display(),
+                        "replay signing key created");
+                    fresh
+                } else {
+                    // Another replica created it between our read and our link: use theirs.
+                    load_private(&private)?.ok_or_else(|| {
+                        key_err(
+                            &private,
+                            "vanished right after another process created it".into(),
+                        )
+                    })?
+                }
+            }
+        };
+        let public_text = format!("{}\n", key.public_key().to_gait_public_key());
+        if std::fs::read(&public).ok().as_deref() != Some(public_text.as_bytes()) {
+            secrets::write_atomic(&public, public_text.as_bytes(), Access::Public)
+                .map_err(|e| key_err(&public, e.to_string()))?;
         }
-        std::fs::create_dir_all(dir).map_err(|e| key_err(dir, e.to_string()))?;
-        let key = SigningKey::try_generate().map_err(|e| key_err(&private, e.to_string()))?;
-        sign::write_key_pair(&private, &public, &key)
-            .map_err(|e| key_err(&private, e.to_string()))?;
-        tracing::info!(key_id = %key.public_key().key_id(), path = %private.display(), "replay signing key created");
         Ok(key)
     }
 
@@ -224,11 +337,9 @@ impl Replay {
             })
             .collect();
         let scope = scope(caller, req.project.as_deref(), req.env.as_deref())?;
-        let until_id = match req.until_id {
-            Some(id) => id,
-            None => self.store.replay_corpus_head(&scope).await?,
-        };
-        let corpus = corpus::load(&self.store, &scope, until_id).await?;
+        let _slot = self.slot()?;
+        let (until_id, _) = self.pin(&scope, req.until_id).await?;
+        let corpus = corpus::load_limited(&self.store, &scope, until_id, &self.limits).await?;
         let key = self.key.clone();
         let threads = self.threads;
         let max_changed = req.max_changed.unwrap_or(DEFAULT_MAX_CHANGED);
@@ -295,33 +406,79 @@ impl Replay {
     }
 
     /// The corpus of `caller`'s org under `query` as JSON Lines (header line, then one line per distinct
-    /// intent), for `gait-aggregator replay --offline`.
+    /// intent), for `gait-aggregator replay --offline`, streamed.
+    ///
+    /// Two walks, neither holding the corpus: the first checks the bounds and computes the body's SHA-256 for
+    /// the audit entry, which is appended before any byte leaves; the second streams the same lines (a
+    /// mismatch, possible only on PostgreSQL with batches in flight below the pin, is logged).
     pub async fn corpus_export(
         &self,
         caller: &Authorized<Org>,
         query: &CorpusQuery,
-    ) -> Result<Vec<u8>, ReplayError> {
+    ) -> Result<CorpusExport, ReplayError> {
         let scope = scope(caller, query.project.as_deref(), query.env.as_deref())?;
-        let until_id = match query.until_id {
-            Some(id) => id,
-            None => self.store.replay_corpus_head(&scope).await?,
-        };
-        let corpus = corpus::load(&self.store, &scope, until_id).await?;
+        let slot = self.slot()?;
+        let (until_id, samples) = self.pin(&scope, query.until_id).await?;
         let (org, project, env) = scope_names(&scope);
-        let mut out = CorpusHeader::new(org, project, env, until_id, corpus.samples).to_line();
-        for intent in &corpus.intents {
-            CorpusLine::write(intent, &mut out);
+        let header = CorpusHeader::new(org, project, env, until_id, samples).to_line();
+
+        // Walk 1: bounds and digest.
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&header);
+        let mut grouper = Grouper::new(&scope);
+        let mut budget = Budget::default();
+        let mut refused: Option<CorpusError> = None;
+        let mut line = Vec::new();
+        let limits = self.limits;
+        let mut finish = |intent: gait_replay::CorpusIntent,
+                          budget: &mut Budget,
+                          hasher: &mut sha2::Sha256|
+         -> Result<(), CorpusError> {
+            budget.add(&intent, &limits, until_id)?;
+            line.clear();
+            CorpusLine::write(&intent, &mut line);
+            hasher.update(&line);
+            Ok(())
+        };
+        let walked = self
+            .store
+            .replay_corpus_rows(&scope, until_id, PER_INTENT, &mut |row| {
+                let s = row.sample;
+                if let Some(intent) = grouper.push(RowRef {
+                    id: s.id,
+                    project: s.project,
+                    env: s.env,
+                    agent_id: s.agent_id,
+                    seq: s.seq,
+                    intent_digest: s.intent_digest,
+                    count: row.count,
+                    payload: row.payload,
+                }) && let Err(e) = finish(intent, &mut budget, &mut hasher)
+                {
+                    refused = Some(e);
+                    return Err("corpus over its limit".into());
+                }
+                Ok(())
+            })
+            .await;
+        if let Some(e) = refused {
+            return Err(e.into());
         }
+        walked?;
+        if let Some(intent) = grouper.finish() {
+            finish(intent, &mut budget, &mut hasher)?;
+        }
+        let digest = hex::encode(hasher.finalize());
+
         // A bulk read of captured intents (raw tool-call content) is audited like the run that reads them.
-        let digest = gait_canon::sha256_hex(&out);
         let actor = caller.actor();
         let target = crate::audit::scope_target(&caller.target().scope(), "replay", &digest);
         let mut details = serde_json::Map::new();
         for (k, v) in [
             ("corpus_sha256", serde_json::Value::from(digest.clone())),
             ("until_id", until_id.into()),
-            ("samples", corpus.samples.into()),
-            ("distinct_intents", corpus.intents.len().into()),
+            ("samples", samples.into()),
+            ("distinct_intents", budget.intents.into()),
         ] {
             details.insert(k.to_owned(), v);
         }
@@ -339,9 +496,132 @@ impl Replay {
                 Ok::<_, crate::audit::AuditError>(())
             })
             .await?;
-        tracing::info!(org = %caller.target(), until_id, samples = corpus.samples,
-            distinct = corpus.intents.len(), corpus_sha256 = %digest, "replay corpus exported");
-        Ok(out)
+        tracing::info!(org = %caller.target(), until_id, samples, distinct = budget.intents,
+            corpus_sha256 = %digest, "replay corpus export started");
+
+        // Walk 2: the body.
+        let body = export_stream(self.store.clone(), scope, until_id, header, digest, slot);
+        Ok(CorpusExport {
+            body: axum::body::Body::from_stream(body),
+        })
+    }
+}
+
+/// Sample ids one corpus intent keeps, as the store walk is asked for them.
+const PER_INTENT: u32 = gait_replay::MAX_SAMPLE_IDS as u32;
+
+/// The store walk feeding a streamed export.
+type Walk = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// State of the streamed export body.
+struct ExportState {
+    rows: tokio::sync::mpsc::Receiver<gait_store::OwnedCorpusRow>,
+    walk: Option<Walk>,
+    grouper: Grouper,
+    pending: Vec<u8>,
+    hasher: sha2::Sha256,
+    expected: String,
+    done: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The export body: the store walk runs inside the body's own polling (no task to own; a client that goes
+/// away drops it), feeding rows through a bounded channel, so at most [`EXPORT_ROW_BUFFER`] rows and one
+/// chunk of lines are in memory. A store failure ends the body with an error, which aborts the response.
+fn export_stream(
+    store: Store,
+    scope: CorpusScope,
+    until_id: u64,
+    header: Vec<u8>,
+    expected: String,
+    slot: OwnedSemaphorePermit,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    let (tx, rows) = tokio::sync::mpsc::channel(EXPORT_ROW_BUFFER);
+    let grouper = Grouper::new(&scope);
+    let walk = async move {
+        let result = store
+            .replay_corpus_rows_to(&scope, until_id, PER_INTENT, &tx)
+            .await;
+        drop(tx);
+        result
+    };
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(&header);
+    let state = ExportState {
+        rows,
+        walk: Some(Box::pin(walk)),
+        grouper,
+        pending: header,
+        hasher,
+        expected,
+        done: false,
+        _slot: slot,
+    };
+    futures_util::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if st.pending.len() >= EXPORT_CHUNK_BYTES {
+                let chunk = bytes::Bytes::from(std::mem::take(&mut st.pending));
+                return Some((Ok(chunk), st));
+            }
+            let row = match st.walk.as_mut() {
+                Some(walk) => tokio::select! {
+                    biased;
+                    row = st.rows.recv() => row,
+                    result = walk => {
+                        st.walk = None;
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "replay corpus export failed mid-stream");
+                            st.done = true;
+                            return Some((Err(std::io::Error::other(e.to_string())), st));
+                        }
+                        continue;
+                    }
+                },
+                None => st.rows.recv().await,
+            };
+            match row {
+                Some(r) => {
+                    let done = st.grouper.push(RowRef {
+                        id: r.id,
+                        project: &r.project,
+                        env: &r.env,
+                        agent_id: &r.agent_id,
+                        seq: r.seq,
+                        intent_digest: &r.intent_digest,
+                        count: r.count,
+                        payload: r.payload.as_deref(),
+                    });
+                    if let Some(intent) = done {
+                        st.write(&intent);
+                    }
+                }
+                None => {
+                    if let Some(intent) = st.grouper.finish() {
+                        st.write(&intent);
+                    }
+                    st.done = true;
+                    let streamed = hex::encode(std::mem::take(&mut st.hasher).finalize());
+                    if streamed != st.expected {
+                        tracing::warn!(audited = %st.expected, %streamed, until_id,
+                            "replay corpus export changed between the audit and the stream (batches committed \
+                             below the pin meanwhile)");
+                    }
+                    let chunk = bytes::Bytes::from(std::mem::take(&mut st.pending));
+                    return Some((Ok(chunk), st));
+                }
+            }
+        }
+    })
+}
+
+impl ExportState {
+    fn write(&mut self, intent: &gait_replay::CorpusIntent) {
+        let start = self.pending.len();
+        CorpusLine::write(intent, &mut self.pending);
+        self.hasher.update(&self.pending[start..]);
     }
 }
 
@@ -375,4 +655,96 @@ fn scope_names(scope: &CorpusScope) -> (String, Option<String>, Option<String>) 
         scope.project.as_ref().map(|p| p.to_string()),
         scope.env.as_ref().map(|e| e.to_string()),
     )
+}
+
+/// The private key at `path`, or `None` when there is none; a file that group or others may read is refused.
+fn load_private(path: &Path) -> Result<Option<SigningKey>, ReplayError> {
+    let key_err = |message: String| ReplayError::Key {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(key_err(e.to_string())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(key_err(format!(
+                "mode {mode:04o} lets others read the private key: `chmod 600` it (and consider replacing the \
+                 key if others could read it)"
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    sign::load_private_key_file(path)
+        .map(Some)
+        .map_err(|e| key_err(e.to_string()))
+}
+
+/// Writes `key` to `path` only if nothing is there yet, atomically: a complete 0600 temp file hard-linked to
+/// the name (`link` fails rather than replaces). `false` when another process created `path` first.
+fn create_new_private(path: &Path, key: &SigningKey) -> std::io::Result<bool> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let staged = dir.join(format!(".{REPLAY_KEY_FILE}.{}.new", hex::encode(suffix)));
+    secrets::write_atomic(
+        &staged,
+        format!("{}\n", key.to_gait_private_key()).as_bytes(),
+        Access::Private,
+    )?;
+    let linked = std::fs::hard_link(&staged, path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_created_once_private_and_an_open_key_file_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("keys");
+        let first = Replay::load_or_create_key(&dir).expect("create");
+        let again = Replay::load_or_create_key(&dir).expect("load");
+        assert_eq!(first.public_key(), again.public_key());
+        let public = sign::load_public_key_file(&dir.join(REPLAY_PUB_FILE)).expect("pub");
+        assert_eq!(public, first.public_key());
+        // A second creator loses the race instead of replacing the key.
+        let other = SigningKey::generate();
+        assert!(!create_new_private(&dir.join(REPLAY_KEY_FILE), &other).expect("link"));
+        let kept = Replay::load_or_create_key(&dir).expect("load");
+        assert_eq!(kept.public_key(), first.public_key());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700);
+            assert_eq!(mode(&dir.join(REPLAY_KEY_FILE)), 0o600);
+            std::fs::set_permissions(
+                dir.join(REPLAY_KEY_FILE),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .expect("chmod");
+            let err = Replay::load_or_create_key(&dir).expect_err("0644 key");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+    }
 }

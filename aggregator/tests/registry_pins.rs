@@ -285,7 +285,111 @@ async fn a_rollback_after_a_staged_candidate_restores_the_pinned_baseline(
     Ok(())
 }
 
+async fn versions_list_newest_first_in_pages_with_their_stored_warnings(
+    db: &TestStore,
+) -> Result<()> {
+    let reg = registry(db);
+    let org: gait_store::Org = "acme".parse()?;
+    let mut digests = Vec::new();
+    for n in 1..=5 {
+        digests.push(push(&reg, n).await?);
+    }
+    // A version with a warning keeps it in listings.
+    let allow = reg
+        .push(
+            &org,
+            PushRequest {
+                name: "open.yaml".into(),
+                yaml: "default_verdict: allow\n".into(),
+                message: "open".into(),
+                parent: None,
+                author: "alice".into(),
+                dry_run: false,
+            },
+        )
+        .await?;
+    ensure!(
+        allow
+            .version
+            .warnings
+            .iter()
+            .any(|w| w.code == "default_allow")
+    );
+    digests.push(allow.version.digest.clone());
+    // Newest first, two at a time, following the cursor to the end.
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = reg.versions(&org, before.as_deref(), Some(2)).await?;
+        ensure!(page.versions.len() <= 2, "{page:?}");
+        seen.extend(
+            page.versions
+                .iter()
+                .map(|v| (v.created_unix_ms, v.digest.clone())),
+        );
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+        ensure!(seen.len() <= 6, "the cursor loops: {seen:?}");
+    }
+    // Every version once, strictly newest first (creation time, then digest).
+    ensure!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {seen:?}"
+    );
+    let mut listed: Vec<String> = seen.into_iter().map(|(_, d)| d).collect();
+    listed.sort();
+    digests.sort();
+    ensure!(listed == digests, "{listed:?} vs {digests:?}");
+    let first = reg.versions(&org, None, None).await?;
+    ensure!(first.next_before.is_none() && first.versions.len() == 6);
+    let open = first
+        .versions
+        .iter()
+        .find(|v| v.digest == allow.version.digest)
+        .context("listed")?;
+    ensure!(open.warnings == allow.version.warnings, "{open:?}");
+    // A malformed cursor or page size names its parameter; an unknown cursor is not found.
+    for (before, limit, field) in [
+        (Some("zz"), None, "before"),
+        (None, Some(0), "limit"),
+        (None, Some(1001), "limit"),
+    ] {
+        match reg.versions(&org, before, limit).await {
+            Err(RegistryError::Field { field: f, .. }) if f == field => {}
+            other => anyhow::bail!("{field}: {other:?}"),
+        }
+    }
+    ensure!(matches!(
+        reg.versions(&org, Some(&"0".repeat(64)), None).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    // A rollback `to` that is not a digest is refused as such before any search (review L6).
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    reg.pin(
+        &prod,
+        &first.versions[0].digest,
+        None,
+        "alice",
+        PinKind::Pin,
+        None,
+    )
+    .await?;
+    match reg.rollback(&prod, Some("../etc"), "why", "alice").await {
+        Err(RegistryError::Field {
+            field: "to",
+            message,
+        }) => {
+            ensure!(message.contains("not a policy digest"), "{message}")
+        }
+        other => anyhow::bail!("to: {other:?}"),
+    }
+    Ok(())
+}
+
 gait_store::store_tests!(
+    versions_list_newest_first_in_pages_with_their_stored_warnings,
     pins_and_rollbacks_follow_the_known_good_rule,
     publish_staged_carries_a_candidate_beside_the_baseline,
     a_rollback_after_a_staged_candidate_restores_the_pinned_baseline,

@@ -4,7 +4,7 @@
 //!    1 KiB each like the agent's) of `--agents` agents over `--distinct` distinct intents, committed through
 //!    `commit_batch_indexed` with the evidence index entries the aggregator's ingest computes for them.
 //! 2. One replay is timed as the aggregator runs it, minus the HTTP edge and the audit append: the corpus read
-//!    (samples walk, then the first payload of each distinct intent) and the evaluation of baseline and a
+//!    (size check, then one walk with the first payload of each distinct intent) and the evaluation of baseline and a
 //!    `--rules`-rule candidate on every distinct intent on all cores, merged, signed.
 //!
 //! The JSON line reports both phases, the distinct/total ratio, and the report's counts.
@@ -199,6 +199,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     let until_id = store.replay_corpus_head(&scope).await?;
+    // The size check the aggregator makes before walking (distinct intents within the corpus bound).
+    let (_, distinct) = store.replay_corpus_size(&scope, until_id).await?;
+    let size_s = started.elapsed().as_secs_f64();
+    ensure!(
+        distinct <= gait_aggregator::replay::corpus::MAX_CORPUS_INTENTS,
+        "{distinct} distinct intents: over the corpus bound, the aggregator refuses this replay"
+    );
     let corpus = gait_aggregator::replay::corpus::load(&store, &scope, until_id).await?;
     let read_s = started.elapsed().as_secs_f64();
     let eval = Instant::now();
@@ -235,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "candidate_rules": args.rules,
         "threads": threads,
         "fill_s": fill_s,
+        "size_check_s": size_s,
         "corpus_read_s": read_s,
         "evaluate_sign_s": eval_s,
         "replay_s": total_s,
@@ -244,7 +252,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{summary}");
     println!(
-        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read {read_s:.2} s, evaluate+sign {eval_s:.2} s, {threads} threads); {} flips",
+        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read {read_s:.2} s of which size check {size_s:.2} s, evaluate+sign {eval_s:.2} s, {threads} threads); {} flips",
         args.decisions, report.corpus.distinct_intents, args.rules, report.flips_total
     );
     Ok(())

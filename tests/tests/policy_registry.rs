@@ -144,6 +144,23 @@ fn bad_policies_are_refused_naming_line_and_key_pushes_are_idempotent_and_diffed
         policy_json(&agg, &["list", "--org", "other"])?["versions"] == json!([]),
         "versions are per org"
     );
+    // Newest first, a page at a time: the cursor of a page leads to the next.
+    let page = policy_json(&agg, &["list", "--org", "acme", "--limit", "1"])?;
+    ensure!(
+        page["versions"][0]["digest"] == v2_digest.as_str()
+            && page["next_before"] == v2_digest.as_str(),
+        "{page}"
+    );
+    let rest = policy_json(
+        &agg,
+        &[
+            "list", "--org", "acme", "--limit", "1", "--before", &v2_digest,
+        ],
+    )?;
+    ensure!(
+        rest["versions"][0]["digest"] == v1_digest.as_str() && rest["next_before"].is_null(),
+        "{rest}"
+    );
     let diff = policy_json(&agg, &["diff", &v1_digest, &v2_digest, "--org", "acme"])?;
     ensure!(
         diff["diff"]["rules"]

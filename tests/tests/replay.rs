@@ -130,8 +130,27 @@ fn get_bytes(agg: &Aggregator, path: &str) -> anyhow::Result<Vec<u8>> {
         .context("http response")?;
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     ensure!(head.starts_with("http/1.1 200"), "{head}");
-    ensure!(!head.contains("transfer-encoding: chunked"), "{head}");
-    Ok(raw[split + 4..].to_vec())
+    let body = &raw[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return Ok(body.to_vec());
+    }
+    // The corpus export is streamed: undo the chunked framing.
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line])?.trim(), 16)?;
+        rest = &rest[line + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure!(rest.len() >= size + 2, "truncated chunk");
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
 }
 
 fn samples(report: &Value) -> BTreeSet<String> {
@@ -374,6 +393,38 @@ fn a_candidate_replayed_over_the_fleet_names_exactly_the_flipped_samples_reprodu
         stderr(&out)
     );
 
+    // The CLI verifies what the server answers: with the pinned replay.pub it passes, with another key it is
+    // refused with 65 (a proxy or a wrong --server cannot pass a gate).
+    let pinned = agg.data_dir.join("keys/replay.pub");
+    let stranger = tmp.path().join("stranger.pub");
+    gait_canon::sign::write_key_pair(
+        &tmp.path().join("stranger.key"),
+        &stranger,
+        &gait_canon::sign::SigningKey::generate(),
+    )?;
+    for (key, code) in [(&pinned, 5), (&stranger, 65)] {
+        let out = replay(
+            Some(&agg),
+            &[
+                "--org",
+                "acme",
+                "--candidate",
+                c,
+                "--baseline",
+                b,
+                "--replay-pub",
+                key.to_str().context("path")?,
+            ],
+        )?;
+        ensure!(
+            out.status.code() == Some(code),
+            "{}: {:?}: {}",
+            key.display(),
+            out.status,
+            stderr(&out)
+        );
+    }
+
     // Each run is audited with the report's digest.
     let runs: Vec<Value> = agg
         .audit_actions()?
@@ -381,7 +432,7 @@ fn a_candidate_replayed_over_the_fleet_names_exactly_the_flipped_samples_reprodu
         .filter(|(a, _)| a == "replay.run")
         .map(|(_, e)| e)
         .collect();
-    ensure!(runs.len() == 4, "{runs:?}");
+    ensure!(runs.len() == 6, "{runs:?}");
     let digest = gait_canon::sha256_hex(&first_bytes);
     ensure!(
         runs[0]["details"]["report_sha256"] == digest.as_str(),
@@ -516,5 +567,57 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
     };
     ensure!(named(false) == changed && named(true) == flips, "{report}");
     ensure!(report["fixtures_total"] == names.len() as u64, "{report}");
+
+    // Nothing to check (empty corpus, no fixtures): a CI gate fails with 6 and says why, unless told otherwise.
+    let empty = |extra: &[&str]| -> anyhow::Result<Output> {
+        let mut args = vec![
+            "--offline",
+            "--corpus",
+            corpus.to_str().context("path")?,
+            "--candidate",
+            candidate.to_str().context("path")?,
+            "--baseline",
+            baseline.to_str().context("path")?,
+            "--signing-key",
+            key.to_str().context("path")?,
+        ];
+        args.extend_from_slice(extra);
+        replay(None, &args)
+    };
+    let out = empty(&[])?;
+    ensure!(
+        out.status.code() == Some(6)
+            && stderr(&out).contains("warning: the corpus")
+            && stderr(&out).contains("--require-samples"),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    let out = empty(&["--require-samples", "0"])?;
+    ensure!(
+        out.status.code() == Some(0) && stderr(&out).contains("warning: the corpus"),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    // A report that does not verify with the pinned key is refused with 65.
+    let other = tmp.path().join("other.pub");
+    gait_canon::sign::write_key_pair(
+        &tmp.path().join("other.key"),
+        &other,
+        &gait_canon::sign::SigningKey::generate(),
+    )?;
+    let out = empty(&[
+        "--require-samples",
+        "0",
+        "--replay-pub",
+        other.to_str().context("path")?,
+    ])?;
+    ensure!(
+        out.status.code() == Some(65) && stderr(&out).contains("does not verify"),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
     Ok(())
 }

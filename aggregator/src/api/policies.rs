@@ -88,12 +88,27 @@ pub(super) async fn push(
     }
 }
 
+/// `GET …/policies` parameters: a page of versions, newest first.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// Versions per page (default 100, at most 1000).
+    limit: Option<u32>,
+    /// Only versions older than this one: the `next_before` of the previous page.
+    before: Option<String>,
+}
+
 pub(super) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller<Org>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let versions = state.registry.versions(caller.target()).await?;
-    Ok(Json(json!({ "versions": versions })).into_response())
+    let Query(q) = query.map_err(RequestError::Query)?;
+    let page = state
+        .registry
+        .versions(caller.target(), q.before.as_deref(), q.limit)
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 #[derive(Debug, Deserialize)]

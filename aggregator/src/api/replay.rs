@@ -1,7 +1,8 @@
 //! `/v1/orgs/{org}/replay`: replay a candidate policy over the org's captured decisions
 //! ([`crate::replay::Replay`]). `POST …/replay` answers the signed report (`gait.fleet.replay_report`, JCS bytes
 //! as signed), `GET …/replay/corpus` the corpus as JSON Lines for offline runs, `GET …/replay/key` the public
-//! key reports verify with. All need `replay.run` on the org.
+//! key reports verify with. All need `replay.run` on the org. A corpus over its bounds is a 400 naming
+//! `until_id`, `project` and `env`; with every replay slot taken the answer is 503 with `Retry-After`.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -13,7 +14,8 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::{ApiError, AppState, RequestError};
-use crate::replay::{CorpusQuery, ReplayError, ReplayRequest};
+use crate::replay::corpus::CorpusError;
+use crate::replay::{BUSY_RETRY_AFTER_SECONDS, CorpusQuery, ReplayError, ReplayRequest};
 
 /// `POST /v1/orgs/{org}/replay`.
 pub(super) async fn run(
@@ -22,7 +24,10 @@ pub(super) async fn run(
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(RequestError::Body)?;
-    let bytes = state.replay.run(&caller, body).await?;
+    let bytes = match state.replay.run(&caller, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(refusal(e)),
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
@@ -33,8 +38,11 @@ pub(super) async fn corpus(
     query: Result<Query<CorpusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
-    let bytes = state.replay.corpus_export(&caller, &q).await?;
-    Ok(([(header::CONTENT_TYPE, "application/jsonl")], bytes).into_response())
+    let export = match state.replay.corpus_export(&caller, &q).await {
+        Ok(export) => export,
+        Err(e) => return Ok(refusal(e)),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], export.body).into_response())
 }
 
 /// `GET /v1/orgs/{org}/replay/key`.
@@ -50,14 +58,37 @@ pub(super) async fn key(
     .into_response())
 }
 
-/// A refused field is a 400 naming it; store and audit failures map as everywhere.
+/// A refused field or a corpus over its bounds is a 400 naming what to change; store and audit failures map as
+/// everywhere.
 impl From<ReplayError> for ApiError {
     fn from(err: ReplayError) -> Self {
         match err {
-            ReplayError::Invalid { .. } => ApiError::bad_request(err.to_string()),
-            ReplayError::Store(store) => store.into(),
+            ReplayError::Invalid { .. } | ReplayError::Corpus(CorpusError::TooLarge { .. }) => {
+                ApiError::bad_request(err.to_string())
+            }
+            ReplayError::Store(store) | ReplayError::Corpus(CorpusError::Store(store)) => {
+                store.into()
+            }
             ReplayError::Audit(crate::audit::AuditError::Store(store)) => store.into(),
+            ReplayError::Busy => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                err.to_string(),
+            ),
             other => ApiError::internal(other),
         }
     }
+}
+
+/// The answer to a replay refusal: the API error, and `Retry-After` when the replay slots are all taken.
+fn refusal(err: ReplayError) -> Response {
+    let busy = matches!(err, ReplayError::Busy);
+    let mut response = ApiError::from(err).into_response();
+    if busy {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(BUSY_RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }

@@ -77,6 +77,12 @@ pub struct ListArgs {
     /// Organisation.
     #[arg(long)]
     pub org: Org,
+    /// Versions per page, newest first (1-1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Only versions older than this digest: the `next_before` a previous page printed.
+    #[arg(long)]
+    pub before: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -294,7 +300,19 @@ async fn push(args: PushArgs, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
     let api = args.api.resolve(config)?;
-    let url = format!("{}/v1/orgs/{}/policies", api.server, args.org);
+    let mut url = format!(
+        "{}/v1/orgs/{}/policies?limit={}",
+        api.server, args.org, args.limit
+    );
+    if let Some(before) = &args.before {
+        if before.len() != 64 || !before.bytes().all(|b| b.is_ascii_hexdigit()) {
+            gait_runtime::errln!(
+                "error: --before {before:?} is not a version digest (64 hex characters)"
+            );
+            return Ok(ExitCode::from(gait_runtime::exit::USAGE));
+        }
+        url.push_str(&format!("&before={before}"));
+    }
     let (status, answer) = call(&api, reqwest::Method::GET, &url, None).await?;
     if !status.is_success() {
         return Ok(refused(status, &answer));
@@ -322,6 +340,9 @@ async fn list(args: ListArgs, config: Config) -> anyhow::Result<ExitCode> {
         ]);
     }
     table.print();
+    if let Some(next) = answer["next_before"].as_str() {
+        gait_runtime::errln!("more versions: --before {next}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,8 +1,11 @@
 //! `gait-aggregator replay`: replay a candidate policy beside the baseline over the org's captured decisions,
 //! through the API (`POST /v1/orgs/{org}/replay`), or `--offline` over an exported corpus file with a signing
 //! key of one's own (CI without a server). Both give the same signed report for the same corpus, policies,
-//! fixtures and key. Exit 0 when no verdict flips, 5 when one does (Gait's regression failure), 65 when an
-//! input is unusable (the message names the file or field).
+//! fixtures and key. Every report is verified before it is believed (review M5): with `--replay-pub`, else the
+//! key the server publishes (`GET …/replay/key`), else (offline) the signing key's own public half. Exit 0 when
+//! no verdict flips, 5 when one does (Gait's regression failure), 6 when fewer inputs were evaluated than
+//! `--require-samples` (default 1) asks (review M6), 65 when an input is unusable or the report does not verify
+//! (the message names the file or field).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::config::Config;
+use gait_canon::sign::PublicKey;
 use gait_identity::{Env, Org, Project};
 use gait_replay::{Fixture, ReplayInput, Report, build_report, parse_corpus, sign_report};
 use gait_runtime::exit;
@@ -29,6 +33,10 @@ use super::{ApiArgs, call_raw, print_refusal};
   curl -H \"Authorization: Bearer $TOKEN\" $GAIT/v1/orgs/acme/replay/corpus > corpus.jsonl
   gait-aggregator replay --offline --corpus corpus.jsonl --candidate next.yaml --baseline current.yaml \\
       --fixtures tests/intents --signing-key ci.key --out report.json
+
+  # CI gate: pin the server's report key, and demand a real corpus
+  gait-aggregator replay --org acme --candidate next.yaml --baseline current.yaml \
+      --replay-pub replay.pub --require-samples 100
 
 The corpus is the org's decisions made under a bundle published with --capture-mode raw, deduplicated by intent
 digest. A sample changed when the verdict, reason codes, violations or matched rule differ (Gait's policy
@@ -76,6 +84,15 @@ pub struct ReplayArgs {
     /// Write the signed report to this file (byte for byte as signed).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Gait public key file the report must verify with (the aggregator's `keys/replay.pub`); without it the
+    /// key is fetched from `GET /v1/orgs/{org}/replay/key`, which only proves the report came from the server
+    /// answering --server. Pin it in CI. Offline, the --signing-key's public half is used.
+    #[arg(long)]
+    pub replay_pub: Option<PathBuf>,
+    /// Fail (exit 6) unless at least this many inputs were evaluated: distinct corpus intents that were not
+    /// skipped, plus fixtures. 0 turns the check off.
+    #[arg(long, default_value_t = 1)]
+    pub require_samples: u64,
 }
 
 /// A bad input: printed, exit 65.
@@ -130,6 +147,7 @@ pub async fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<Exit
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
+    let mut served_key = None;
     let bytes = if args.offline {
         match offline(&args, &candidate, &baseline, &fixtures) {
             Ok(bytes) => bytes,
@@ -188,10 +206,40 @@ pub async fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<Exit
                 exit::FAILURE
             }));
         }
+        if args.replay_pub.is_none() {
+            let url = format!("{}/v1/orgs/{org}/replay/key", api.server);
+            let (status, answer) = call_raw(&api, reqwest::Method::GET, &url, None).await?;
+            let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+            if !status.is_success() {
+                print_refusal(status, &answer);
+                return Ok(ExitCode::from(exit::FAILURE));
+            }
+            match PublicKey::from_gait_public_key(answer["public_key"].as_str().unwrap_or_default())
+            {
+                Ok(key) => served_key = Some(key),
+                Err(e) => {
+                    return Ok(bad_input(format!(
+                        "GET {url}: the answer holds no usable public_key: {e}"
+                    )));
+                }
+            }
+        }
         bytes.to_vec()
     };
-    let report: Report = serde_json::from_slice(&bytes)
-        .context("the aggregator answered something that is not a replay report")?;
+    let key = match report_key(&args, served_key) {
+        Ok(key) => key,
+        Err(code) => return Ok(code),
+    };
+    let report: Report = match gait_replay::verify_report(&bytes, &key) {
+        Ok(report) => report,
+        Err(e) => {
+            return Ok(bad_input(format!(
+                "the replay report does not verify with key {}: {e}; it was not made by the replay key you \
+                 trust (check --server and --replay-pub)",
+                key.key_id()
+            )));
+        }
+    };
     if let Some(out) = &args.out {
         std::fs::write(out, &bytes).with_context(|| format!("writing --out {}", out.display()))?;
     }
@@ -200,11 +248,56 @@ pub async fn replay(args: ReplayArgs, mut config: Config) -> anyhow::Result<Exit
     } else {
         summary(&report, args.out.as_deref());
     }
+    let evaluated = report
+        .corpus
+        .distinct_intents
+        .saturating_sub(report.corpus.skipped)
+        + report.fixtures_total;
+    if report.corpus.samples == 0 {
+        gait_runtime::errln!(
+            "warning: the corpus up to until_id {} holds no captured decision: only fixtures were checked (publish \
+             with --capture-mode raw to capture decisions)",
+            report.corpus.until_id
+        );
+    }
+    if report.corpus.skipped > 0 {
+        gait_runtime::errln!(
+            "warning: {} of {} distinct intents could not be read or evaluated and were skipped (the aggregator log \
+             names their index ids)",
+            report.corpus.skipped,
+            report.corpus.distinct_intents
+        );
+    }
     Ok(ExitCode::from(if report.has_flips() {
         exit::REPLAY_FLIPS
+    } else if evaluated < args.require_samples {
+        gait_runtime::errln!(
+            "error: {evaluated} input(s) evaluated, --require-samples asks for {}: nothing proves the candidate safe",
+            args.require_samples
+        );
+        exit::REPLAY_TOO_FEW_SAMPLES
     } else {
         exit::OK
     }))
+}
+
+/// The key the report must verify with: `--replay-pub`, offline the signing key's, else the server's.
+fn report_key(args: &ReplayArgs, served: Option<PublicKey>) -> Result<PublicKey, ExitCode> {
+    if let Some(path) = &args.replay_pub {
+        return gait_canon::sign::load_public_key_file(path)
+            .map_err(|e| bad_input(format!("--replay-pub: {e}")));
+    }
+    if let Some(key) = served {
+        return Ok(key);
+    }
+    match &args.signing_key {
+        Some(path) => gait_canon::sign::load_private_key_file(path)
+            .map(|k| k.public_key())
+            .map_err(|e| bad_input(format!("--signing-key: {e}"))),
+        None => Err(bad_input(
+            "no key to verify the report with: pass --replay-pub".into(),
+        )),
+    }
 }
 
 /// The signed report of an offline replay; `Err` is the exit code after the message was printed.

@@ -249,7 +249,7 @@ impl Registry {
             PinKind::Pin | PinKind::Rollout => "env.pin",
         };
         let outcome = self
-            .record(tenant, staged, current.as_ref(), &[], action, new_pin)
+            .record(tenant, staged, current.as_ref(), None, action, new_pin)
             .await?;
         Ok(PinOutcome {
             warnings: diff::pin_warnings(
@@ -276,6 +276,9 @@ impl Registry {
         actor: &str,
     ) -> Result<PinOutcome, RegistryError> {
         check_reason(reason)?;
+        if let Some(d) = to {
+            super::versions::check_digest("to", d)?;
+        }
         let pins = self.pins(tenant).await?;
         let Some(current) = pins.first() else {
             return Err(RegistryError::NotFound(format!(
@@ -359,21 +362,15 @@ impl Registry {
             })
         };
         // Every pin of the rolled-back version stops being known-good, so no later rollback returns to it
-        // (an operator can still pin it again, or name it with `--to`).
-        let demote: Vec<u64> = if pinned_in_force {
-            pins.iter()
-                .filter(|p| p.pin.digest == current.pin.digest && p.pin.known_good)
-                .map(|p| p.id)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // (an operator can still pin it again, or name it with `--to`): one UPDATE over the whole history, not
+        // only the page read above.
+        let demote = pinned_in_force.then(|| current.pin.digest.clone());
         let outcome = self
             .record(
                 tenant,
                 staged,
                 Some(current),
-                &demote,
+                demote.as_deref(),
                 "env.rollback",
                 new_pin,
             )
@@ -384,20 +381,20 @@ impl Registry {
     }
 
     /// Publishes `staged` and, in its transaction, checks that the current pin is still `current` (a
-    /// concurrent pin wins, this one is refused), clears `known_good` of the pins `demote`, records the pin and
-    /// audits.
+    /// concurrent pin wins, this one is refused), clears `known_good` of every pin of version `demote`, records
+    /// the pin and audits.
     async fn record(
         &self,
         tenant: &Tenant,
         staged: StagedPublish,
         current: Option<&StoredPin>,
-        demote: &[u64],
+        demote: Option<&str>,
         action: &'static str,
         new_pin: impl Fn(u64, &str) -> Result<NewPin, RegistryError> + Send + Sync,
     ) -> Result<PinOutcome, RegistryError> {
         let req = self.staged_request(tenant, &staged).await?;
         let expected = current.map(|p| p.id);
-        let demote = demote.to_vec();
+        let demote = demote.map(str::to_owned);
         let before = current.map(|p| format!("sha256:{}", p.pin.digest));
         let also: &super::AlsoInTx<'_, StoredPin> = &|tx, epoch, bundle_digest| {
             let pin = new_pin(epoch, bundle_digest);
@@ -410,8 +407,8 @@ impl Registry {
                         "{tenant} was pinned concurrently; look at `policy pins` and retry"
                     )));
                 }
-                for id in demote {
-                    tx.set_pin_known_good(&tenant, id, false).await?;
+                if let Some(digest) = &demote {
+                    tx.demote_pins(&tenant, digest).await?;
                 }
                 let id = tx.insert_env_pin(&pin).await?;
                 let mut details = serde_json::Map::new();

@@ -125,7 +125,7 @@ pub fn locate(yaml: &str, path: &str) -> Option<(u64, u64)> {
         match events.next()? {
             (Event::StreamStart | Event::DocumentStart(..), _) => continue,
             (Event::StreamEnd, _) => return None,
-            first => break build(first, &mut events)?,
+            first => break build(first, &mut events, 0)?,
         }
     };
     let mut node = &root;
@@ -152,14 +152,23 @@ pub fn locate(yaml: &str, path: &str) -> Option<(u64, u64)> {
 
 type Located<'a> = (Event<'a>, (u64, u64));
 
+/// Deepest YAML nesting [`locate`] follows (review L1): below the YAML parser's own nesting limit (255 by
+/// default), so the recursion stays bounded by this constant, not by whatever the parser allows should its
+/// budget change. A Gait policy nests about six levels; deeper text is "not located", never a crash.
+pub const MAX_LOCATE_DEPTH: usize = 128;
+
 fn build<'a>(
     (event, pos): Located<'a>,
     rest: &mut impl Iterator<Item = Located<'a>>,
+    depth: usize,
 ) -> Option<Node<'a>> {
     let _ = pos;
+    if depth > MAX_LOCATE_DEPTH {
+        return None;
+    }
     match event {
         Event::Scalar(..) | Event::Alias(..) | Event::UnresolvedAlias(..) => Some(Node::Scalar),
-        Event::Anchor(..) => build(rest.next()?, rest),
+        Event::Anchor(..) => build(rest.next()?, rest, depth + 1),
         Event::SequenceStart(..) => {
             let mut items = Vec::new();
             loop {
@@ -168,7 +177,7 @@ fn build<'a>(
                     return Some(Node::Seq(items));
                 }
                 let item_pos = next.1;
-                items.push((item_pos, build(next, rest)?));
+                items.push((item_pos, build(next, rest, depth + 1)?));
             }
         }
         Event::MappingStart(..) => {
@@ -180,11 +189,11 @@ fn build<'a>(
                     Event::Scalar(text, ..) => text,
                     other => {
                         // A complex key: skip it, its value is unreachable by a dotted path.
-                        build((other, key_pos), rest)?;
+                        build((other, key_pos), rest, depth + 1)?;
                         Cow::Borrowed("")
                     }
                 };
-                let value = build(rest.next()?, rest)?;
+                let value = build(rest.next()?, rest, depth + 1)?;
                 entries.push((key, key_pos, value));
             }
         }
@@ -225,6 +234,17 @@ mod tests {
         assert_eq!(locate(RULES, "rules[0].match.tool_names"), Some((3, 5)));
         assert_eq!(locate("a: [\n", "a"), None, "unparsable text");
         assert_eq!(locate(RULES, "nothing"), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_not_located_instead_of_overflowing_the_stack() {
+        // The YAML parser refuses very deep text itself; text it accepts past the guard is not walked either.
+        let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(locate(&deep, "a"), None);
+        let past = format!("a: {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert_eq!(locate(&past, "a"), None);
+        let fits = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
+        assert_eq!(locate(&fits, "a"), Some((1, 1)));
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! the same content, comments and key order aside, finds the existing version: the first upload's bytes,
 //! author and message are kept. A push is validated before any transaction: a refused policy names its key
 //! and line and stores nothing. Each stored push appends a `policy.push` audit entry in the same transaction.
+//!
+//! A version's warnings are computed once, at push, and stored with it (migration 0021), so a listing never
+//! parses the versions it shows; only versions pushed before 0021 are parsed when listed. Listings are newest
+//! first, a page at a time, with the last digest of a page as the cursor of the next (review M7).
 
 use gait_policy::Policy;
 use gait_store::{NewPolicyVersion, Org, StoredPolicyVersion};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diff::{self, PolicyDiff, Warning};
 use super::{Registry, RegistryError, validate};
@@ -16,6 +20,38 @@ use crate::clock::unix_ms;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Name a version gets when the push names none.
 pub const DEFAULT_NAME: &str = "policy.yaml";
+/// Versions one listing page holds unless the caller asks for fewer.
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// A warning of a version as stored with it and shown (the shape of [`Warning`], owned).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionWarning {
+    /// Stable code (see [`Warning::code`]).
+    pub code: String,
+    /// The dotted field it is about.
+    pub field: String,
+    /// What it means and what to do.
+    pub message: String,
+}
+
+impl From<Warning> for VersionWarning {
+    fn from(w: Warning) -> Self {
+        VersionWarning {
+            code: w.code.to_owned(),
+            field: w.field,
+            message: w.message,
+        }
+    }
+}
+
+/// One page of an org's versions, newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionPage {
+    /// The versions.
+    pub versions: Vec<PolicyVersion>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<String>,
+}
 
 /// A push: a policy to add to an org's registry.
 #[derive(Clone, Debug)]
@@ -61,7 +97,7 @@ pub struct PolicyVersion {
     /// Length of the stored YAML bytes.
     pub size: u64,
     /// Risky content (see [`diff::warnings`]).
-    pub warnings: Vec<Warning>,
+    pub warnings: Vec<VersionWarning>,
 }
 
 /// What a push did.
@@ -99,7 +135,7 @@ fn check_name(name: &str) -> Result<(), RegistryError> {
     }
 }
 
-fn check_digest(field: &'static str, digest: &str) -> Result<(), RegistryError> {
+pub(crate) fn check_digest(field: &'static str, digest: &str) -> Result<(), RegistryError> {
     if digest.len() == 64
         && digest
             .bytes()
@@ -114,8 +150,16 @@ fn check_digest(field: &'static str, digest: &str) -> Result<(), RegistryError> 
     }
 }
 
-/// The view of a stored version; its warnings come from its policy.
-fn view(stored: StoredPolicyVersion, policy: &Policy) -> PolicyVersion {
+/// The warnings of `policy`, as stored with its version.
+fn warnings_of(policy: &Policy) -> Vec<VersionWarning> {
+    diff::warnings(policy)
+        .into_iter()
+        .map(VersionWarning::from)
+        .collect()
+}
+
+/// The view of a stored version with `warnings`.
+fn view(stored: StoredPolicyVersion, warnings: Vec<VersionWarning>) -> PolicyVersion {
     let v = stored.version;
     PolicyVersion {
         org: v.org,
@@ -129,8 +173,24 @@ fn view(stored: StoredPolicyVersion, policy: &Policy) -> PolicyVersion {
         created_unix_ms: v.created_unix_ms,
         sha256: stored.sha256,
         size: stored.size,
-        warnings: diff::warnings(policy),
+        warnings,
     }
+}
+
+/// The stored warnings of a version, or, for one pushed before they were stored (or unreadable), those of its
+/// parsed YAML.
+fn stored_warnings(stored: &StoredPolicyVersion) -> Result<Vec<VersionWarning>, RegistryError> {
+    if let Some(json) = &stored.warnings_json {
+        match serde_json::from_str(json) {
+            Ok(warnings) => return Ok(warnings),
+            Err(error) => tracing::warn!(digest = %stored.version.digest, %error,
+                "stored warnings of a policy version do not read; computing them from its YAML"),
+        }
+    }
+    if stored.yaml.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(warnings_of(&stored_policy(stored)?))
 }
 
 /// Parses a stored version's bytes (they were valid when pushed; a failure means the engine changed).
@@ -184,12 +244,13 @@ impl Registry {
             rule_count: u32::try_from(policy.rules.len()).unwrap_or(u32::MAX),
             default_verdict: policy.default_verdict.as_str().to_owned(),
             created_unix_ms: unix_ms(),
+            warnings_json: serde_json::to_string(&warnings_of(&policy)).ok(),
         };
         if req.dry_run {
             let existing = self.store.policy_version(org, &digest).await?;
             let stored = existing.unwrap_or_else(|| as_stored(&new));
             return Ok(Pushed {
-                version: view(stored, &policy),
+                version: view(stored, warnings_of(&policy)),
                 created: false,
                 dry_run: true,
             });
@@ -238,7 +299,7 @@ impl Registry {
                 author = %stored.version.author, "policy version pushed");
         }
         Ok(Pushed {
-            version: view(stored, &policy),
+            version: view(stored, warnings_of(&policy)),
             created,
             dry_run: false,
         })
@@ -252,7 +313,7 @@ impl Registry {
     ) -> Result<(PolicyVersion, String), RegistryError> {
         let (stored, policy) = self.stored_version(org, digest).await?;
         let yaml = String::from_utf8_lossy(&stored.yaml).into_owned();
-        Ok((view(stored, &policy), yaml))
+        Ok((view(stored, warnings_of(&policy)), yaml))
     }
 
     /// The stored version, unparsed (it was validated when pushed; a publish validates it again).
@@ -280,19 +341,51 @@ impl Registry {
         Ok((stored, policy))
     }
 
-    /// The org's versions, oldest first.
-    pub async fn versions(&self, org: &Org) -> Result<Vec<PolicyVersion>, RegistryError> {
-        let stored = self
-            .store
-            .policy_versions(org, gait_store::MAX_POLICY_PAGE)
-            .await?;
-        stored
+    /// A page of the org's versions, newest first: at most `limit` (default [`DEFAULT_PAGE`], at most
+    /// [`gait_store::MAX_POLICY_PAGE`]), older than version `before` when given (which must exist).
+    pub async fn versions(
+        &self,
+        org: &Org,
+        before: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<VersionPage, RegistryError> {
+        if let Some(b) = before {
+            self.stored_bytes(org, b).await.map_err(|e| match e {
+                RegistryError::Field { message, .. } => RegistryError::Field {
+                    field: "before",
+                    message,
+                },
+                other => other,
+            })?;
+        }
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > gait_store::MAX_POLICY_PAGE {
+            return Err(RegistryError::Field {
+                field: "limit",
+                message: format!(
+                    "{limit}: ask for 1 to {} versions",
+                    gait_store::MAX_POLICY_PAGE
+                ),
+            });
+        }
+        // One more than the page tells whether another page follows.
+        let mut stored = self.store.policy_versions(org, before, limit + 1).await?;
+        let more = stored.len() > limit as usize;
+        stored.truncate(limit as usize);
+        let next_before = more
+            .then(|| stored.last().map(|s| s.version.digest.clone()))
+            .flatten();
+        let versions = stored
             .into_iter()
             .map(|s| {
-                let policy = stored_policy(&s)?;
-                Ok(view(s, &policy))
+                let warnings = stored_warnings(&s)?;
+                Ok(view(s, warnings))
             })
-            .collect()
+            .collect::<Result<Vec<_>, RegistryError>>()?;
+        Ok(VersionPage {
+            versions,
+            next_before,
+        })
     }
 
     /// The semantic diff from version `from` to version `to` of `org`.
@@ -320,6 +413,7 @@ fn as_stored(new: &NewPolicyVersion) -> StoredPolicyVersion {
         sha256: new.sha256.clone(),
         size: new.yaml.len() as u64,
         yaml: new.yaml.clone(),
+        warnings_json: new.warnings_json.clone(),
     }
 }
 

@@ -371,6 +371,7 @@ mod tests {
             rule_count: 0,
             default_verdict: "block".into(),
             created_unix_ms: 1,
+            warnings_json: None,
         };
         store
             .transaction(async |tx| tx.insert_policy_version(&v).await)

@@ -8,7 +8,9 @@
 //!   `would_have_blocked` (a `dry_run` block it did not enforce);
 //! - `candidate_errors`: staged with a candidate digest but no candidate verdict, or flagged `candidate_error`;
 //! - `blocks`: the enforced verdict is `block`;
-//! - `diffs_by_reason`: over the verdict diffs, each reason code one side gives and the other does not;
+//! - `diffs_by_reason`: over the verdict diffs, each reason code one side gives and the other does not, the
+//!   agent's stage markers (`stage_*`, e.g. `stage_dry_run_would_have_blocked`, which only the enforced side
+//!   carries) left out: they say how the decision was staged, not what either policy decided;
 //! - `diffs_by_tool`: the verdict diffs by tool.
 //!
 //! Agents older than the candidate reason codes leave `diffs_by_reason` empty; a gate must read "no data" as
@@ -172,6 +174,7 @@ impl crate::Store {
                     .iter()
                     .filter(|r| !candidate.contains(r))
                     .chain(candidate.iter().filter(|r| !active.contains(r)))
+                    .filter(|r| !r.starts_with(STAGE_MARKER_PREFIX))
                 {
                     *stats.diffs_by_reason.entry(code.clone()).or_insert(0) += 1;
                 }
@@ -180,6 +183,9 @@ impl crate::Store {
         Ok(stats)
     }
 }
+
+/// Prefix of the reason codes an agent adds to the enforced decision to mark how it was staged.
+pub const STAGE_MARKER_PREFIX: &str = "stage_";
 
 fn to_count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)

@@ -787,6 +787,23 @@ impl crate::Store {
     }
 }
 
+/// The grouped corpus walk of [`crate::Store::replay_corpus_rows`] over `filter` (alias `e`) with `extra`
+/// filter arguments after `$1`/`$2`; the per-intent limit is the last argument.
+fn corpus_rows_sql(filter: &str, extra: usize) -> String {
+    format!(
+        "SELECT w.id, w.project, w.env, w.agent_id, w.seq, w.intent_digest, w.cnt, r.payload \
+         FROM (SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
+               ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n, \
+               COUNT(*) OVER (PARTITION BY e.intent_digest) AS cnt, \
+               MIN(e.id) OVER (PARTITION BY e.intent_digest) AS first_id \
+               FROM evidence_index e WHERE {filter}) w \
+         LEFT JOIN records r ON w.n = 1 AND r.org = w.org AND r.project = w.project AND r.env = w.env \
+         AND r.agent_id = w.agent_id AND r.seq = w.seq \
+         WHERE w.n <= ${} ORDER BY w.first_id, w.id",
+        extra + 3
+    )
+}
+
 /// One row of [`crate::Store::replay_corpus_rows`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CorpusRow<'a> {
@@ -804,8 +821,10 @@ pub type RowVisitor<'v> = dyn FnMut(CorpusRow<'_>) -> Result<(), String> + Send 
 impl crate::Store {
     /// The corpus in one walk, deduplicated in the database: for each intent digest of the scope's captured
     /// decisions up to `until_id`, its first `per_intent` decisions (in index order, each with the digest's
-    /// total count), the first of them with its record's payload — no other payload is read. Rows come in index
-    /// order. An error `visit` returns stops the walk as [`StoreError::InvalidInput`] on field `payload`.
+    /// total count), the first of them with its record's payload — no other payload is read. Rows come grouped
+    /// by intent digest, the groups in the order of their first decision and each group in index order, so a
+    /// consumer can finish an intent when the next one starts. An error `visit` returns stops the walk as
+    /// [`StoreError::InvalidInput`] on field `payload`.
     pub async fn replay_corpus_rows(
         &self,
         scope: &CorpusScope,
@@ -814,17 +833,7 @@ impl crate::Store {
         visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError> {
         let (filter, extra) = scope.filter("e");
-        let sql = format!(
-            "SELECT w.id, w.project, w.env, w.agent_id, w.seq, w.intent_digest, w.cnt, r.payload \
-             FROM (SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
-                   ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n, \
-                   COUNT(*) OVER (PARTITION BY e.intent_digest) AS cnt \
-                   FROM evidence_index e WHERE {filter}) w \
-             LEFT JOIN records r ON w.n = 1 AND r.org = w.org AND r.project = w.project AND r.env = w.env \
-             AND r.agent_id = w.agent_id AND r.seq = w.seq \
-             WHERE w.n <= ${} ORDER BY w.id",
-            extra.len() + 3
-        );
+        let sql = corpus_rows_sql(&filter, extra.len());
         let until = to_i64("until_id", until_id)?;
         let mut pooled = self.acquire().await?;
         let mut conn = pooled.conn();
@@ -857,6 +866,111 @@ impl crate::Store {
                     payload: payload.as_deref(),
                 })
                 .map_err(|e| StoreError::invalid("payload", e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One owned row of [`crate::Store::replay_corpus_rows_to`], for a consumer that awaits between rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedCorpusRow {
+    /// Its index id.
+    pub id: u64,
+    /// The agent's project.
+    pub project: String,
+    /// The agent's environment.
+    pub env: String,
+    /// The agent that decided.
+    pub agent_id: String,
+    /// The record's seq in that agent's stream.
+    pub seq: u64,
+    /// The intent's digest.
+    pub intent_digest: String,
+    /// How many captured decisions of the scope up to the pin carry this intent digest.
+    pub count: u64,
+    /// The record's payload, on the first decision of each intent digest only.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl crate::Store {
+    /// How many captured decisions and distinct intent digests the scope holds up to `until_id`: the size of a
+    /// replay corpus, read from the index alone (no payload), so a caller can refuse a corpus before walking it.
+    pub async fn replay_corpus_size(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql = format!(
+            "SELECT COUNT(*) AS samples, COUNT(DISTINCT e.intent_digest) AS distinct_intents \
+             FROM evidence_index e WHERE {filter}"
+        );
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let row = query
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db("replay corpus size"))?;
+            Ok((
+                to_u64("evidence_index", "count", row.int("samples")?)?,
+                to_u64("evidence_index", "count", row.int("distinct_intents")?)?,
+            ))
+        })
+    }
+
+    /// [`Self::replay_corpus_rows`] into a bounded channel: each row is sent owned, and the walk waits while
+    /// the channel is full, so a slow consumer holds back the database read instead of buffering it. The walk
+    /// stops without error when the receiver is dropped.
+    pub async fn replay_corpus_rows_to(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        per_intent: u32,
+        tx: &tokio::sync::mpsc::Sender<OwnedCorpusRow>,
+    ) -> Result<(), StoreError> {
+        let (filter, extra) = scope.filter("e");
+        let sql = corpus_rows_sql(&filter, extra.len());
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(scope.org.as_str())
+                .bind(until);
+            for arg in &extra {
+                query = match arg {
+                    Arg::Text(t) => query.bind(*t),
+                    Arg::Int(i) => query.bind(*i),
+                };
+            }
+            let mut rows = query.bind(i64::from(per_intent)).fetch(&mut *c);
+            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
+                let owned = OwnedCorpusRow {
+                    id: to_u64("evidence_index", "id", row.int("id")?)?,
+                    project: row.text("project")?,
+                    env: row.text("env")?,
+                    agent_id: row.text("agent_id")?,
+                    seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
+                    intent_digest: row.text("intent_digest")?,
+                    count: to_u64("evidence_index", "count", row.int("cnt")?)?,
+                    payload: row.opt_bytes("payload")?,
+                };
+                if tx.send(owned).await.is_err() {
+                    break;
+                }
             }
             Ok(())
         })

@@ -71,7 +71,7 @@ pub use enrollment::{
 pub use error::StoreError;
 pub use evidence::{
     CorpusRow, CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields,
-    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, RawJson,
+    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusRow, RawJson,
 };
 pub use leader::LeaderLease;
 pub use model::{

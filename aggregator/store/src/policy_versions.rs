@@ -41,6 +41,8 @@ pub struct NewPolicyVersion {
     pub default_verdict: String,
     /// When it was stored, Unix ms.
     pub created_unix_ms: i64,
+    /// Its warnings as the registry computed them at push, a JSON array (migration 0021).
+    pub warnings_json: Option<String>,
 }
 
 /// A stored policy version.
@@ -53,9 +55,12 @@ pub struct StoredPolicyVersion {
     pub sha256: String,
     /// Length of the YAML bytes.
     pub size: u64,
-    /// The YAML bytes.
+    /// The YAML bytes (in a listing: only for versions without stored warnings).
     #[serde(skip)]
     pub yaml: Vec<u8>,
+    /// The warnings stored at push (JSON array); `None` for versions pushed before migration 0021.
+    #[serde(skip)]
+    pub warnings_json: Option<String>,
 }
 
 /// The metadata of a version (everything but its bytes), as listings show it.
@@ -198,8 +203,8 @@ pub(crate) async fn insert_version(
     v: &NewPolicyVersion,
 ) -> Result<bool, StoreError> {
     const SQL: &str = "INSERT INTO policy_versions (org, digest, name, yaml, sha256, size, author, message, \
-         parent_digest, rule_count, default_verdict, created_unix_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (org, digest) DO NOTHING";
+         parent_digest, rule_count, default_verdict, created_unix_ms, warnings_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (org, digest) DO NOTHING";
     check_version(v)?;
     let size = to_i64("policy_version.size", v.yaml.len() as u64)?;
     let added = db_run!(conn, |c| sqlx::query(SQL)
@@ -215,6 +220,7 @@ pub(crate) async fn insert_version(
         .bind(i64::from(v.rule_count))
         .bind(v.default_verdict.as_str())
         .bind(v.created_unix_ms)
+        .bind(v.warnings_json.as_deref())
         .execute(&mut *c)
         .await
         .map_err(db("insert_policy_version"))?
@@ -225,7 +231,7 @@ pub(crate) async fn insert_version(
 macro_rules! version_columns {
     () => {
         "org, digest, name, yaml, sha256, size, author, message, parent_digest, rule_count, default_verdict, \
-         created_unix_ms"
+         created_unix_ms, warnings_json"
     };
 }
 
@@ -251,22 +257,39 @@ pub(crate) async fn version(
     })
 }
 
-/// The org's versions, oldest first, at most `limit` (clamped to 1..=[`MAX_POLICY_PAGE`]).
+/// The org's versions, newest first (by creation time, then digest), at most `limit` (clamped to
+/// 1..=[`MAX_POLICY_PAGE`]` + 1`, so a caller can ask one more than a page to learn whether another follows), only those older than version `before` when given (the cursor of the next page: the
+/// last digest of the previous one). A listing reads the YAML only of versions without stored warnings.
 pub(crate) async fn list_versions(
     mut conn: Conn<'_>,
     org: &Org,
+    before: Option<&str>,
     limit: u32,
 ) -> Result<Vec<StoredPolicyVersion>, StoreError> {
-    const SQL: &str = concat!(
-        "SELECT ",
-        version_columns!(),
-        " FROM policy_versions WHERE org = $1 ORDER BY created_unix_ms, digest LIMIT $2"
-    );
-    let limit = i64::from(limit.clamp(1, MAX_POLICY_PAGE));
+    const COLUMNS: &str = "SELECT org, digest, name, CASE WHEN warnings_json IS NULL THEN yaml END AS yaml, \
+         sha256, size, author, message, parent_digest, rule_count, default_verdict, created_unix_ms, warnings_json \
+         FROM policy_versions WHERE org = $1";
+    const ORDER: &str = " ORDER BY created_unix_ms DESC, digest DESC LIMIT $2";
+    if let Some(b) = before {
+        check_digest("before", b)?;
+    }
+    let sql = match before {
+        None => format!("{COLUMNS}{ORDER}"),
+        Some(_) => format!(
+            "{COLUMNS} AND EXISTS (SELECT 1 FROM policy_versions b WHERE b.org = $1 AND b.digest = $3 \
+             AND (policy_versions.created_unix_ms < b.created_unix_ms OR (policy_versions.created_unix_ms = \
+             b.created_unix_ms AND policy_versions.digest < b.digest))){ORDER}"
+        ),
+    };
+    let limit = i64::from(limit.clamp(1, MAX_POLICY_PAGE + 1));
     db_run!(conn, |c| {
-        let found = sqlx::query(SQL)
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(org.as_str())
-            .bind(limit)
+            .bind(limit);
+        if let Some(b) = before {
+            query = query.bind(b);
+        }
+        let found = query
             .fetch_all(&mut *c)
             .await
             .map_err(db("policy_versions"))?;
@@ -295,7 +318,8 @@ fn version_row(row: &impl Columns) -> Result<StoredPolicyVersion, StoreError> {
         },
         sha256: row.text("sha256")?,
         size: to_u64(T, "size", row.int("size")?)?,
-        yaml: row.bytes("yaml")?,
+        yaml: row.opt_bytes("yaml")?.unwrap_or_default(),
+        warnings_json: row.opt_text("warnings_json")?,
     })
 }
 
@@ -355,6 +379,28 @@ pub(crate) async fn set_known_good(
     Ok(changed > 0)
 }
 
+/// Clears `known_good` on every pin of `tenant` to version `digest` in one statement (a rollback demotes the
+/// version it leaves, however long the history); returns how many pins changed.
+pub(crate) async fn demote_version(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+    digest: &str,
+) -> Result<u64, StoreError> {
+    const SQL: &str = "UPDATE env_pins SET known_good = 0 \
+         WHERE org = $1 AND project = $2 AND env = $3 AND digest = $4 AND known_good = 1";
+    check_digest("pin.digest", digest)?;
+    let changed = db_run!(conn, |c| sqlx::query(SQL)
+        .bind(tenant.org.as_str())
+        .bind(tenant.project.as_str())
+        .bind(tenant.env.as_str())
+        .bind(digest)
+        .execute(&mut *c)
+        .await
+        .map_err(db("demote_pins"))?
+        .rows_affected());
+    Ok(changed)
+}
+
 /// The environment's pins, newest first, at most `limit` (clamped to 1..=[`MAX_POLICY_PAGE`]).
 pub(crate) async fn pins(
     mut conn: Conn<'_>,
@@ -411,14 +457,16 @@ impl crate::Store {
         version(pooled.conn(), org, digest).await
     }
 
-    /// The org's policy versions, oldest first.
+    /// The org's policy versions, newest first, older than version `before` when given (see
+    /// [`list_versions`]).
     pub async fn policy_versions(
         &self,
         org: &Org,
+        before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredPolicyVersion>, StoreError> {
         let mut pooled = self.acquire().await?;
-        list_versions(pooled.conn(), org, limit).await
+        list_versions(pooled.conn(), org, before, limit).await
     }
 
     /// The environment's pin history, newest first.
@@ -465,6 +513,11 @@ impl crate::StoreTx {
         known_good: bool,
     ) -> Result<bool, StoreError> {
         set_known_good(self.conn(), tenant, id, known_good).await
+    }
+
+    /// Clears `known_good` on every pin of `tenant` to version `digest`; returns how many changed.
+    pub async fn demote_pins(&mut self, tenant: &Tenant, digest: &str) -> Result<u64, StoreError> {
+        demote_version(self.conn(), tenant, digest).await
     }
 
     /// See [`crate::Store::env_pins`].

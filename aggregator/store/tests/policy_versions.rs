@@ -30,6 +30,7 @@ fn version(org_name: &str, n: u8, yaml: &str) -> NewPolicyVersion {
         rule_count: u32::from(n),
         default_verdict: "block".into(),
         created_unix_ms: NOW + i64::from(n),
+        warnings_json: n.is_multiple_of(2).then(|| "[]".to_owned()),
     }
 }
 
@@ -74,15 +75,28 @@ async fn versions_are_stored_once_and_scoped_to_their_org(db: &TestStore) -> Res
         "the first upload's bytes are kept"
     );
     ensure!(stored.version.author == "alice" && stored.size == first.yaml.len() as u64);
-    let listed = store.policy_versions(&org("acme"), 100).await?;
+    // Newest first; the YAML is read only for a version without stored warnings.
+    let listed = store.policy_versions(&org("acme"), None, 100).await?;
     ensure!(
         listed
             .iter()
             .map(|v| v.version.message.as_str())
             .collect::<Vec<_>>()
-            == ["v1", "v2"],
+            == ["v2", "v1"],
         "{listed:?}"
     );
+    ensure!(listed[0].yaml.is_empty() && listed[0].warnings_json.as_deref() == Some("[]"));
+    ensure!(listed[1].yaml == first.yaml && listed[1].warnings_json.is_none());
+    // The cursor: older than v2 is v1 alone; a page of one names the next page's cursor.
+    let older = store
+        .policy_versions(&org("acme"), Some(&listed[0].version.digest), 100)
+        .await?;
+    ensure!(
+        older.len() == 1 && older[0].version.message == "v1",
+        "{older:?}"
+    );
+    let one = store.policy_versions(&org("acme"), None, 1).await?;
+    ensure!(one.len() == 1 && one[0].version.message == "v2");
     ensure!(
         store
             .policy_version(&org("nobody"), &first.digest)
@@ -118,6 +132,31 @@ async fn pins_list_newest_first_and_only_known_good_changes(db: &TestStore) -> R
         "{history:?}"
     );
     ensure!(store.env_pins(&dev, 10).await?.len() == 1);
+
+    // A rollback's demotion: every known-good pin of one version in one environment, in one statement.
+    let demoted = store
+        .transaction(async |tx| {
+            tx.insert_env_pin(&pin("prod", 1, 3)).await?;
+            tx.insert_env_pin(&pin("prod", 2, 4)).await?;
+            let first = tx.demote_pins(&prod, &hex::encode([1u8; 32])).await?;
+            let again = tx.demote_pins(&prod, &hex::encode([1u8; 32])).await?;
+            Ok::<_, StoreError>((first, again))
+        })
+        .await?;
+    ensure!(demoted == (2, 0), "{demoted:?}");
+    let history = store.env_pins(&prod, 10).await?;
+    ensure!(
+        history
+            .iter()
+            .map(|p| (p.pin.bundle_epoch, p.pin.known_good))
+            .collect::<Vec<_>>()
+            == [(4, true), (3, false), (2, false), (1, false)],
+        "{history:?}"
+    );
+    ensure!(
+        store.env_pins(&dev, 10).await?[0].pin.known_good,
+        "another environment's pins are untouched"
+    );
     Ok(())
 }
 
@@ -148,7 +187,12 @@ async fn malformed_versions_and_pins_are_refused(db: &TestStore) -> Result<()> {
         Err(StoreError::InvalidInput { field, .. }) if field == "pin.bundle_digest" => {}
         other => bail!("pin: {other:?}"),
     }
-    ensure!(store.policy_versions(&org("acme"), 10).await?.is_empty());
+    ensure!(
+        store
+            .policy_versions(&org("acme"), None, 10)
+            .await?
+            .is_empty()
+    );
     ensure!(store.env_pins(&tenant("prod"), 10).await?.is_empty());
     Ok(())
 }

@@ -152,7 +152,9 @@ async fn the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_p
         .map(|(_, p)| p.rsplit("\"seq\":").next().unwrap_or(""))
         .collect();
     ensure!(seqs == ["1}", "2}", "3}"], "{payloads:?}");
-    // The one-walk read: the first 2 decisions of each digest with its total, the first with its payload.
+    // The one-walk read: the first 2 decisions of each digest with its total, the first with its payload,
+    // grouped by digest in the order of each digest's first decision (so a stream can finish an intent as
+    // soon as the next one starts).
     let mut rows = Vec::new();
     store
         .replay_corpus_rows(&scope, head, 2, &mut |r| {
@@ -167,10 +169,10 @@ async fn the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_p
         .await?;
     let expected: Vec<(String, u64, bool)> = [
         ("prod/agent-1:1", 3, true),
-        ("prod/agent-1:2", 2, true),
-        ("prod/agent-1:3", 3, true),
         ("prod/agent-1:4", 3, false),
+        ("prod/agent-1:2", 2, true),
         ("prod/agent-1:5", 2, false),
+        ("prod/agent-1:3", 3, true),
         ("prod/agent-1:6", 3, false),
     ]
     .into_iter()
@@ -228,11 +230,12 @@ async fn decision_stats_count_each_definition_in_the_window(db: &TestStore) -> R
             "tool.delete",
             [&["ok"], &["no_delete"]],
         ),
+        // A dry-run stage marker on the enforced side is no difference between the policies.
         staged(
             "allow",
             Some("block"),
             "tool.delete",
-            [&["ok"], &["no_delete"]],
+            [&["ok", "stage_dry_run_would_have_blocked"], &["no_delete"]],
         ),
         staged("allow", Some("allow"), "tool.read", [&["ok"], &["ok"]]),
         staged(

@@ -24,3 +24,6 @@ pub const TEMPFAIL: u8 = 75;
 pub const CONFIG: u8 = 78;
 /// `gait-aggregator replay`: a candidate flips at least one verdict (Gait's deterministic regression failure).
 pub const REPLAY_FLIPS: u8 = 5;
+/// `gait-aggregator replay`: fewer inputs were evaluated than `--require-samples` asks (an empty or skipped
+/// corpus must not pass a CI gate silently).
+pub const REPLAY_TOO_FEW_SAMPLES: u8 = 6;

@@ -106,34 +106,50 @@ pub fn evaluate_corpus(
     intents: &[CorpusIntent],
     threads: usize,
 ) -> Vec<Result<PairOutcome, String>> {
+    evaluate_each(intents, threads, &|i| {
+        evaluate_captured(baseline, candidate, i)
+    })
+}
+
+/// What one intent evaluates to.
+type Eval<'a> = dyn Fn(&CorpusIntent) -> Result<PairOutcome, String> + Sync + 'a;
+
+/// `eval` on every intent, on up to `threads` threads, in the order of `intents`. A panic is caught per intent
+/// and becomes that intent's error, so the results are the same for every thread count (review L3): never a
+/// whole chunk of errors on one machine and a failed request on another.
+fn evaluate_each(
+    intents: &[CorpusIntent],
+    threads: usize,
+    eval: &Eval<'_>,
+) -> Vec<Result<PairOutcome, String>> {
+    let one = |i: &CorpusIntent| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eval(i)))
+            .unwrap_or_else(|_| Err(format!("evaluation panicked on intent {}", i.intent_digest)))
+    };
     let threads = threads.clamp(1, 64);
     if threads == 1 || intents.len() < 2 * threads {
-        return intents
-            .iter()
-            .map(|i| evaluate_captured(baseline, candidate, i))
-            .collect();
+        return intents.iter().map(one).collect();
     }
     let chunk = intents.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = intents
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|i| evaluate_captured(baseline, candidate, i))
-                        .collect::<Vec<_>>()
-                })
+                (
+                    part,
+                    scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()),
+                )
             })
             .collect();
         let mut out = Vec::with_capacity(intents.len());
-        for worker in workers {
+        for (part, worker) in workers {
             match worker.join() {
-                Ok(part) => out.extend(part),
-                // Evaluation is pure and total; should a worker still die, its intents count as errors.
-                Err(_) => out.extend(
-                    std::iter::repeat_with(|| Err("evaluation worker panicked".to_owned()))
-                        .take(chunk.min(intents.len() - out.len())),
-                ),
+                Ok(results) => out.extend(results),
+                // Unreachable (every intent is caught); kept so a worker's death still yields one result each.
+                Err(_) => out
+                    .extend(part.iter().map(|i| {
+                        Err(format!("evaluation panicked on intent {}", i.intent_digest))
+                    })),
             }
         }
         out
@@ -212,5 +228,38 @@ mod tests {
             ..intents[0].clone()
         };
         assert!(evaluate_corpus(&base, &cand, &[broken], 1)[0].is_err());
+    }
+
+    #[test]
+    fn a_panicking_evaluation_is_one_error_on_any_thread_count() {
+        let intents: Vec<CorpusIntent> = (0..40)
+            .map(|n| CorpusIntent {
+                intent_digest: format!("{n:064x}"),
+                samples: vec![format!("a:{n}")],
+                count: 1,
+                normalized_intent: Vec::new(),
+            })
+            .collect();
+        let eval = |i: &CorpusIntent| -> Result<PairOutcome, String> {
+            if i.intent_digest.ends_with("07") {
+                panic!("engine bug");
+            }
+            Err(format!("fine {}", i.intent_digest))
+        };
+        let one = evaluate_each(&intents, 1, &eval);
+        for threads in [2, 4, 8] {
+            assert_eq!(
+                evaluate_each(&intents, threads, &eval),
+                one,
+                "{threads} threads"
+            );
+        }
+        let panicked: Vec<usize> = one
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_err_and(|e| e.contains("panicked")))
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(panicked, [7]);
     }
 }

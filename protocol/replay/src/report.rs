@@ -298,8 +298,9 @@ pub fn sign_report(report: &mut Report, key: &SigningKey) -> Vec<u8> {
 
 /// Reads report bytes and checks their signature with `key`.
 pub fn verify_report(bytes: &[u8], key: &PublicKey) -> Result<Report, ReplayError> {
+    // Strict, as bundle verification reads: a duplicate key could make a verifier and a reader disagree.
     let mut value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ReplayError::Malformed(e.to_string()))?;
+        gait_canon::parse_json(bytes).map_err(|e| ReplayError::Malformed(e.to_string()))?;
     let signature = value
         .as_object_mut()
         .ok_or_else(|| ReplayError::Malformed("not a JSON object".into()))?
@@ -495,5 +496,18 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.recommendation, "observe");
+    }
+
+    #[test]
+    fn a_report_with_a_duplicate_key_does_not_verify() {
+        let key = SigningKey::from_seed(&[3; 32]);
+        let mut r = report(1, &corpus(), &[]);
+        let bytes = sign_report(&mut r, &key);
+        assert!(verify_report(&bytes, &key.public_key()).is_ok());
+        // The same signed bytes with a second, conflicting `org` in front: a lenient reader keeps the last.
+        let text = String::from_utf8(bytes).unwrap();
+        let forged = text.replacen('{', "{\"org\":\"evil\",", 1);
+        let err = verify_report(forged.as_bytes(), &key.public_key()).unwrap_err();
+        assert!(matches!(err, ReplayError::Malformed(_)), "{err}");
     }
 }
