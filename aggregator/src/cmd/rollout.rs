@@ -351,6 +351,8 @@ fn print_rollout(r: &Value) {
             s(&t["env"]),
             short(&t["baseline_digest"]),
             t["bundle_epoch"]
+                .as_u64()
+                .map_or("- (none published yet)".to_owned(), |e| e.to_string())
         );
     }
 }
