@@ -327,7 +327,87 @@ async fn abort_rolls_every_target_back_and_retry_starts_again(db: &TestStore) ->
     Ok(())
 }
 
+async fn the_blast_radius_cap_pauses_before_enforcing_until_promoted(db: &TestStore) -> Result<()> {
+    use gait_aggregator::rollout::{Action, State};
+    use gait_store::{ActiveBundle, AgentHello, BundleReportRow};
+    let store = db.store();
+    let reg = Arc::new(registry(db));
+    let rollouts = Rollouts::new(store.clone(), reg.clone());
+    let org = "acme".parse()?;
+    let prod = Tenant::from_parts("acme", "web", "prod")?;
+    let (v1, v2) = (push(&reg, 1).await?, push(&reg, 2).await?);
+    reg.pin(&prod, &v1, None, "alice", PinKind::Pin, None)
+        .await?;
+    let now = gait_aggregator::clock::unix_ms();
+    let agents: Vec<AgentKey> = (0..3)
+        .map(|i| Ok(AgentKey::new(prod.clone(), format!("a{i}").parse()?)))
+        .collect::<Result<_>>()?;
+    for (i, key) in agents.iter().enumerate() {
+        let hello = AgentHello {
+            cert_serial: format!("0a1b2c{i}0").parse()?,
+            cert_not_after_unix_ms: now + 86_400_000,
+            cert_issuer: String::new(),
+            remote_addr: "10.0.0.7:4433".into(),
+            agent_version: "0.1.0".into(),
+            active_bundle: None,
+            received_bundle: None,
+            outbox_depth: 0,
+            shed_total: 0,
+        };
+        store.agent_connected(key, &hello, now).await?;
+    }
+    let mut p = plan(&[("web", "prod")]);
+    p.steps[0] = Step {
+        stage: gait_bundle::Stage::DryRun,
+        percent: 100.0,
+        bake_seconds: 0,
+    };
+    p.gates.min_samples = 0;
+    p.blast_radius.max_agents = Some(2);
+    rollouts
+        .create(&org, Some("capped"), &v2, p, "alice")
+        .await?;
+    let row = store.rollout(&org, "capped").await?.context("row")?;
+    rollouts.drive(&row, "controller:test").await?;
+    // Every agent runs the dry-run bundle: the step passes, but enforcing would reach 3 agents (cap 2).
+    let step = reg.latest(&prod).await?.context("step bundle")?;
+    for key in &agents {
+        let active = ActiveBundle {
+            epoch: step.epoch,
+            digest: step.digest.clone(),
+            since_unix_ms: now,
+        };
+        store
+            .record_bundle_report(key, &BundleReportRow::Activated(active), now)
+            .await?;
+    }
+    let row = store.rollout(&org, "capped").await?.context("row")?;
+    rollouts.drive(&row, "controller:test").await?;
+    let paused = rollouts.get(&org, "capped").await?;
+    ensure!(
+        paused.state == State::Paused && paused.step == 0 && paused.reason.contains("blast radius"),
+        "{paused:?}"
+    );
+    ensure!(
+        reg.latest(&prod).await?.context("latest")?.epoch == step.epoch,
+        "nothing enforced"
+    );
+    // A human promotes past the cap; the controller then pins the candidate.
+    rollouts
+        .act(&org, "capped", Action::Promote, "reviewed", "bob")
+        .await?;
+    let row = store.rollout(&org, "capped").await?.context("row")?;
+    rollouts.drive(&row, "controller:test").await?;
+    let pin = reg.current_pin(&prod).await?.context("pin")?;
+    ensure!(
+        pin.pin.kind == PinKind::Rollout && pin.pin.digest == v2,
+        "{pin:?}"
+    );
+    Ok(())
+}
+
 gait_store::store_tests!(
+    the_blast_radius_cap_pauses_before_enforcing_until_promoted,
     abort_rolls_every_target_back_and_retry_starts_again,
     the_leader_lease_has_one_holder,
     cohort_bundles_reach_their_audience_only,
