@@ -666,12 +666,7 @@ impl Registry {
             .await?
         {
             None => Ok(BTreeMap::new()),
-            Some(json) => serde_json::from_str(&json).map_err(|e| {
-                RegistryError::Store(StoreError::Corrupt {
-                    table: "agent_labels",
-                    reason: format!("labels_json of {agent}: {e}"),
-                })
-            }),
+            Some(json) => Ok(parse_labels(agent.agent_id.as_str(), &json)?),
         }
     }
 
@@ -861,6 +856,33 @@ pub fn scope_of(t: &Tenant) -> Result<Scope, RegistryError> {
     Scope::from_parts(&t.org, &t.project, &t.env).map_err(|e| RegistryError::Invalid(e.to_string()))
 }
 
+/// An agent's stored labels (`agent_labels.labels_json`); a row that does not parse is reported corrupt.
+pub(crate) fn parse_labels(
+    agent: &str,
+    json: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        table: "agent_labels",
+        reason: format!("labels_json of {agent}: {e}"),
+    })
+}
+
+/// Every labelled agent of `tenant` with its labels (what an audience with a label selector is matched on).
+pub(crate) async fn env_labels(
+    store: &Store,
+    tenant: &Tenant,
+) -> Result<BTreeMap<gait_store::AgentId, BTreeMap<String, String>>, StoreError> {
+    store
+        .env_agent_labels(tenant)
+        .await?
+        .into_iter()
+        .map(|(id, json)| {
+            let labels = parse_labels(id.as_str(), &json)?;
+            Ok((id, labels))
+        })
+        .collect()
+}
+
 /// Who a bundle is offered to when it is not offered to every agent of its scope: a rollout's cohort.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audience {
@@ -888,13 +910,12 @@ impl Audience {
         })
     }
 
-    fn from_row(row: gait_store::AudienceRow) -> Result<Self, RegistryError> {
+    /// The audience a stored row names; a row whose labels do not parse is reported corrupt.
+    pub(crate) fn from_row(row: gait_store::AudienceRow) -> Result<Self, StoreError> {
         Ok(Self {
-            labels: serde_json::from_str(&row.labels_json).map_err(|e| {
-                RegistryError::Store(StoreError::Corrupt {
-                    table: "bundle_audiences",
-                    reason: format!("labels_json: {e}"),
-                })
+            labels: serde_json::from_str(&row.labels_json).map_err(|e| StoreError::Corrupt {
+                table: "bundle_audiences",
+                reason: format!("labels_json: {e}"),
             })?,
             rollout_id: row.rollout_id,
             percent_bp: row.percent_bp,

@@ -493,12 +493,7 @@ impl Rollouts {
         let labels: BTreeMap<AgentId, BTreeMap<String, String>> = if audience.labels.is_empty() {
             BTreeMap::new()
         } else {
-            self.store
-                .env_agent_labels(tenant)
-                .await?
-                .into_iter()
-                .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|l| (id, l)))
-                .collect()
+            crate::registry::env_labels(&self.store, tenant).await?
         };
         let none = BTreeMap::new();
         Ok(agents
@@ -547,12 +542,9 @@ impl Rollouts {
         let now = unix_ms();
         let keep = |to: State, reason: String| RolloutTransition {
             state: to.as_str().into(),
-            step: row.step,
-            attempt: row.attempt,
             reason,
-            step_published: row.step_published,
-            step_started_unix_ms: row.step_started_unix_ms,
             updated_unix_ms: now,
+            ..transition_keep(&row)
         };
         let (to, kind) = match (action, state) {
             (Action::Pause, State::Progressing) => (keep(State::Paused, why("paused")), "paused"),
@@ -649,21 +641,7 @@ impl Rollouts {
                 message: "at most 32 labels".into(),
             });
         }
-        let probe = Plan {
-            targets: vec![plan::Target {
-                project: tenant.project.as_str().into(),
-                env: tenant.env.as_str().into(),
-            }],
-            labels: labels.clone(),
-            steps: vec![plan::Step {
-                stage: Stage::Enforce,
-                percent: 100.0,
-                bake_seconds: 0,
-            }],
-            gates: Default::default(),
-            blast_radius: Default::default(),
-        };
-        probe.validate()?;
+        plan::validate_labels(labels)?;
         let json = serde_json::to_string(labels).map_err(|e| RolloutError::Audit(e.to_string()))?;
         self.store
             .transaction(async |tx| {

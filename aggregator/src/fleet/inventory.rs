@@ -105,7 +105,7 @@ pub(super) async fn page(
         .map(|mut agent| {
             let (latest_epoch, target_epoch) = offers
                 .get(&agent.tenant)
-                .map(|o| (o.latest(), o.target(agent.agent_id.as_str())))
+                .map(|o| (o.latest(), o.target(&agent.agent_id)))
                 .unwrap_or_default();
             let health = Health::of(&agent, &revoked, target_epoch, now_ms);
             if agent.cert_not_after_unix_ms.is_none() {
@@ -128,39 +128,28 @@ pub(super) async fn page(
 /// audience selects by label.
 struct Offers {
     epochs: Vec<(u64, Option<crate::registry::Audience>)>,
-    labels: HashMap<String, std::collections::BTreeMap<String, String>>,
+    labels:
+        std::collections::BTreeMap<gait_store::AgentId, std::collections::BTreeMap<String, String>>,
 }
 
 impl Offers {
     async fn load(store: &Store, tenant: &Tenant) -> Result<Self, FleetError> {
         let mut epochs = Vec::new();
         for (epoch, audience) in store.bundle_offer_epochs(tenant).await? {
-            let audience = match audience {
-                None => None,
-                Some(row) => Some(crate::registry::Audience {
-                    labels: serde_json::from_str(&row.labels_json).unwrap_or_default(),
-                    rollout_id: row.rollout_id,
-                    percent_bp: row.percent_bp,
-                }),
-            };
-            epochs.push((epoch, audience));
+            epochs.push((
+                epoch,
+                audience
+                    .map(crate::registry::Audience::from_row)
+                    .transpose()?,
+            ));
         }
         let selects = epochs
             .iter()
             .any(|(_, a)| a.as_ref().is_some_and(|a| !a.labels.is_empty()));
         let labels = if selects {
-            store
-                .env_agent_labels(tenant)
-                .await?
-                .into_iter()
-                .filter_map(|(id, json)| {
-                    serde_json::from_str(&json)
-                        .ok()
-                        .map(|l| (id.as_str().to_owned(), l))
-                })
-                .collect()
+            crate::registry::env_labels(store, tenant).await?
         } else {
-            HashMap::new()
+            std::collections::BTreeMap::new()
         };
         Ok(Self { epochs, labels })
     }
@@ -169,13 +158,16 @@ impl Offers {
         self.epochs.last().map(|(e, _)| *e)
     }
 
-    fn target(&self, agent_id: &str) -> Option<u64> {
+    fn target(&self, agent_id: &gait_store::AgentId) -> Option<u64> {
         let none = std::collections::BTreeMap::new();
         let labels = self.labels.get(agent_id).unwrap_or(&none);
         self.epochs
             .iter()
             .rev()
-            .find(|(_, a)| a.as_ref().is_none_or(|a| a.admits(agent_id, labels)))
+            .find(|(_, a)| {
+                a.as_ref()
+                    .is_none_or(|a| a.admits(agent_id.as_str(), labels))
+            })
             .map(|(e, _)| *e)
     }
 }

@@ -143,20 +143,7 @@ impl Plan {
                 ));
             }
         }
-        for (k, v) in &self.labels {
-            let ok = |s: &str| {
-                !s.is_empty()
-                    && s.len() <= 63
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            };
-            if !ok(k) || !ok(v) {
-                return Err(field(
-                    &format!("labels.{k}"),
-                    "keys and values are 1-63 characters [A-Za-z0-9._-]",
-                ));
-            }
-        }
+        validate_labels(&self.labels)?;
         if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
             return Err(field("steps", format!("give 1 to {MAX_STEPS} steps")));
         }
@@ -203,6 +190,25 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Checks a label selector or an agent's labels: keys and values of 1-63 characters `[A-Za-z0-9._-]`.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), RolloutError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    for (k, v) in labels {
+        if !ok(k) || !ok(v) {
+            return Err(field(
+                &format!("labels.{k}"),
+                "keys and values are 1-63 characters [A-Za-z0-9._-]",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses the CLI's `--steps observe:10%:300s,dry_run:30%:10m,enforce:100%`.

@@ -507,26 +507,54 @@ const fn gait_bundle_cohort_all() -> u16 {
     10_000
 }
 
-/// The bundles of `tenant` from its newest bundle without an audience (offered to every agent) up (that one
-/// and at most 63 newer), oldest first, each with its audience.
-async fn since_last_full(
-    mut conn: Conn<'_>,
-    tenant: &Tenant,
-) -> Result<Vec<(StoredBundle, Option<AudienceRow>)>, StoreError> {
-    // The newest bundle without an audience, plus the newest 63 after it: a long run of cohort bundles (many
-    // retried steps) cannot push the bundle everyone has out of the answer.
-    const SQL: &str = "WITH base AS (SELECT COALESCE(MAX(f.epoch), 0) AS epoch FROM bundles f \
-           WHERE f.org = $1 AND f.project = $2 AND f.env = $3 AND NOT EXISTS (SELECT 1 FROM bundle_audiences x \
-             WHERE x.org = f.org AND x.project = f.project AND x.env = f.env AND x.epoch = f.epoch)) \
-         SELECT b.epoch, b.digest, b.bytes, b.created_at, b.created_by, \
-           a.rollout_id, a.labels_json, a.percent_bp \
-         FROM bundles b LEFT JOIN bundle_audiences a \
+/// What follows the columns of both reads of a scope's offers: its newest bundle without an audience (offered
+/// to every agent) and the newest 63 after it, oldest first, each with its audience (`a.*`, NULL for none). A
+/// long run of cohort bundles (many retried steps) cannot push the bundle everyone has out of the answer.
+macro_rules! offers_from {
+    () => {
+        " FROM bundles b LEFT JOIN bundle_audiences a \
            ON a.org = b.org AND a.project = b.project AND a.env = b.env AND a.epoch = b.epoch \
          WHERE b.org = $1 AND b.project = $2 AND b.env = $3 AND (b.epoch = (SELECT epoch FROM base) \
            OR b.epoch IN (SELECT n.epoch FROM bundles n WHERE n.org = $1 AND n.project = $2 AND n.env = $3 \
              AND n.epoch > (SELECT epoch FROM base) ORDER BY n.epoch DESC LIMIT 63)) \
-         ORDER BY b.epoch";
-    const T: &str = "bundle_audiences";
+         ORDER BY b.epoch"
+    };
+}
+
+/// The `base` CTE of [`offers_from!`]: the scope's newest epoch without an audience (0 when none).
+macro_rules! offers_base {
+    () => {
+        "WITH base AS (SELECT COALESCE(MAX(f.epoch), 0) AS epoch FROM bundles f \
+           WHERE f.org = $1 AND f.project = $2 AND f.env = $3 AND NOT EXISTS (SELECT 1 FROM bundle_audiences x \
+             WHERE x.org = f.org AND x.project = f.project AND x.env = f.env AND x.epoch = f.epoch)) "
+    };
+}
+
+/// The audience columns (`rollout_id`, `labels_json`, `percent_bp`) of an offers row.
+fn audience_of(row: &impl Columns) -> Result<Option<AudienceRow>, StoreError> {
+    let Some(rollout_id) = row.opt_text("rollout_id")? else {
+        return Ok(None);
+    };
+    let bp = row.int("percent_bp")?;
+    Ok(Some(AudienceRow {
+        rollout_id,
+        labels_json: row.text("labels_json")?,
+        percent_bp: u16::try_from(bp)
+            .map_err(|_| StoreError::corrupt("bundle_audiences", format!("percent_bp {bp}")))?,
+    }))
+}
+
+/// The bundles of `tenant` from its newest bundle without an audience up (see [`offers_from!`]).
+async fn since_last_full(
+    mut conn: Conn<'_>,
+    tenant: &Tenant,
+) -> Result<Vec<(StoredBundle, Option<AudienceRow>)>, StoreError> {
+    const SQL: &str = concat!(
+        offers_base!(),
+        "SELECT b.epoch, b.digest, b.bytes, b.created_at, b.created_by, a.rollout_id, a.labels_json, \
+         a.percent_bp",
+        offers_from!()
+    );
     db_run!(conn, |c| {
         let found = sqlx::query(SQL)
             .bind(tenant.org.as_str())
@@ -537,22 +565,7 @@ async fn since_last_full(
             .map_err(db("bundles_since_last_full"))?;
         found
             .iter()
-            .map(|row| {
-                let bundle = rows::bundle_row(row)?;
-                let audience = match row.opt_text("rollout_id")? {
-                    None => None,
-                    Some(rollout_id) => {
-                        let bp = row.int("percent_bp")?;
-                        Some(AudienceRow {
-                            rollout_id,
-                            labels_json: row.text("labels_json")?,
-                            percent_bp: u16::try_from(bp)
-                                .map_err(|_| StoreError::corrupt(T, format!("percent_bp {bp}")))?,
-                        })
-                    }
-                };
-                Ok((bundle, audience))
-            })
+            .map(|row| Ok((rows::bundle_row(row)?, audience_of(row)?)))
             .collect()
     })
 }
@@ -562,16 +575,12 @@ async fn offer_epochs(
     mut conn: Conn<'_>,
     tenant: &Tenant,
 ) -> Result<Vec<(u64, Option<AudienceRow>)>, StoreError> {
-    const SQL: &str = "WITH base AS (SELECT COALESCE(MAX(f.epoch), 0) AS epoch FROM bundles f \
-           WHERE f.org = $1 AND f.project = $2 AND f.env = $3 AND NOT EXISTS (SELECT 1 FROM bundle_audiences x \
-             WHERE x.org = f.org AND x.project = f.project AND x.env = f.env AND x.epoch = f.epoch)) \
-         SELECT b.epoch, a.rollout_id, a.labels_json, a.percent_bp \
-         FROM bundles b LEFT JOIN bundle_audiences a \
-           ON a.org = b.org AND a.project = b.project AND a.env = b.env AND a.epoch = b.epoch \
-         WHERE b.org = $1 AND b.project = $2 AND b.env = $3 AND b.epoch >= (SELECT epoch FROM base) \
-         ORDER BY b.epoch DESC LIMIT 64";
-    const T: &str = "bundle_audiences";
-    let mut out = db_run!(conn, |c| {
+    const SQL: &str = concat!(
+        offers_base!(),
+        "SELECT b.epoch, a.rollout_id, a.labels_json, a.percent_bp",
+        offers_from!()
+    );
+    db_run!(conn, |c| {
         let found = sqlx::query(SQL)
             .bind(tenant.org.as_str())
             .bind(tenant.project.as_str())
@@ -582,25 +591,13 @@ async fn offer_epochs(
         found
             .iter()
             .map(|row| {
-                let epoch = to_u64("bundles", "epoch", row.int("epoch")?)?;
-                let audience = match row.opt_text("rollout_id")? {
-                    None => None,
-                    Some(rollout_id) => {
-                        let bp = row.int("percent_bp")?;
-                        Some(AudienceRow {
-                            rollout_id,
-                            labels_json: row.text("labels_json")?,
-                            percent_bp: u16::try_from(bp)
-                                .map_err(|_| StoreError::corrupt(T, format!("percent_bp {bp}")))?,
-                        })
-                    }
-                };
-                Ok((epoch, audience))
+                Ok((
+                    to_u64("bundles", "epoch", row.int("epoch")?)?,
+                    audience_of(row)?,
+                ))
             })
-            .collect::<Result<Vec<_>, StoreError>>()
-    })?;
-    out.reverse();
-    Ok(out)
+            .collect()
+    })
 }
 
 async fn labels(
@@ -758,8 +755,8 @@ impl crate::Store {
         since_last_full(pooled.conn(), tenant).await
     }
 
-    /// The epochs of `tenant`'s bundles from the newest one offered to every agent up (at most 64, the newest),
-    /// oldest first, with their audiences (what the fleet inventory compares each agent with).
+    /// The epochs of `tenant`'s bundles from the newest one offered to every agent up (that one and at most 63
+    /// newer), oldest first, with their audiences (what the fleet inventory compares each agent with).
     pub async fn bundle_offer_epochs(
         &self,
         tenant: &Tenant,
