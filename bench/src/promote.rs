@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::common::{self, AggregatorProc, CommonArgs, Database, Percentiles, Scope, ms, round};
-use crate::publish::{Receipt, connect, first_error, poll_loop, wait_for_parked_polls};
+use crate::common::{self, AggregatorProc, CommonArgs, Percentiles, Scope, ms, round};
+use crate::publish::{Receipt, connect, first_error, poll_loop, wait_for_parked_polls, with_fleet};
 
 /// Goal of the issue for the p99 promote-to-enforcing latency.
 const GOAL_P99: Duration = Duration::from_secs(1);
@@ -51,23 +51,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.agents > 0 && args.rounds > 0,
         "--agents and --rounds must be positive"
     );
-    let scope = Scope::from_parts("bench", "promote", "prod")?;
-    let work_dir = args.common.temp_dir("gait-bench-promote-")?;
-    let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
-    let data_dir = work_dir.path().join("aggregator");
-    let pki_dir = common::init_pki(&data_dir)?;
-    let creds = common::issue_fleet(&pki_dir, cert_dir.path(), &scope, "pro", args.agents)?;
-    let configs = creds
-        .iter()
-        .map(|c| c.client_config())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let db = Database::create(&args.common, "promote").await?;
-    let agg = AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?;
-    let result = measure(&args, &scope, &agg, configs).await;
-    let agg_log = agg.log_tail();
-    agg.terminate(Duration::from_secs(15)).await?;
-    db.drop_database().await?;
-    result.with_context(|| format!("aggregator log:\n{agg_log}"))
+    with_fleet(
+        &args.common,
+        "promote",
+        args.agents,
+        async |scope, agg, configs| measure(&args, scope, agg, configs).await,
+    )
+    .await
 }
 
 /// Waits for one receipt of `epoch` from every agent; returns each one's time after `since`.

@@ -92,20 +92,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.agents > 0 && args.rounds > 0,
         "--agents and --rounds must be positive"
     );
-    let scope = Scope::from_parts("bench", "publish", "prod")?;
-    let work_dir = args.common.temp_dir("gait-bench-publish-")?;
-    let cert_dir = args.common.cert_temp_dir("gait-bench-certs-")?;
+    with_fleet(
+        &args.common,
+        "publish",
+        args.agents,
+        async |scope, agg, configs| measure(&args, scope, agg, configs).await,
+    )
+    .await
+}
+
+/// Issues `agents` certificates of one scope `bench/<name>/prod`, starts a real aggregator (on its own
+/// database), runs `measure` with the scope, the aggregator and one client config per agent, then stops the
+/// aggregator and drops the database; a failure carries the aggregator's log.
+pub(crate) async fn with_fleet(
+    common: &CommonArgs,
+    name: &str,
+    agents: usize,
+    measure: impl AsyncFnOnce(&Scope, &AggregatorProc, Vec<quinn::ClientConfig>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let scope = Scope::from_parts("bench", name, "prod")?;
+    let work_dir = common.temp_dir(&format!("gait-bench-{name}-"))?;
+    let cert_dir = common.cert_temp_dir("gait-bench-certs-")?;
     let data_dir = work_dir.path().join("aggregator");
     let pki_dir = common::init_pki(&data_dir)?;
-    let creds = common::issue_fleet(&pki_dir, cert_dir.path(), &scope, "pub", args.agents)?;
+    let prefix: String = name.chars().take(3).collect();
+    let creds = common::issue_fleet(&pki_dir, cert_dir.path(), &scope, &prefix, agents)?;
     let configs = creds
         .iter()
         .map(|c| c.client_config())
         .collect::<anyhow::Result<Vec<_>>>()?;
-
-    let db = Database::create(&args.common, "publish").await?;
-    let agg = AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?;
-    let result = measure(&args, &scope, &agg, configs).await;
+    let db = Database::create(common, name).await?;
+    let agg = AggregatorProc::start_ephemeral(common, &data_dir, &db).await?;
+    let result = measure(&scope, &agg, configs).await;
     let agg_log = agg.log_tail();
     agg.terminate(Duration::from_secs(15)).await?;
     db.drop_database().await?;
