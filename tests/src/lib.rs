@@ -417,6 +417,27 @@ impl Aggregator {
             .collect())
     }
 
+    /// `method` a `/v1` path with the admin token and a JSON body; the answer of a 2xx, else an error naming the
+    /// status and the answer.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, answer) = http_json(method, &self.url(path), Some(&self.token), body)?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        Ok(answer)
+    }
+
+    /// Pushes a policy version of `org` to the registry (file name `base.yaml`); returns its digest.
+    pub fn push_policy(&self, org: &str, yaml: &str, message: &str) -> anyhow::Result<String> {
+        let v = self.call(
+            "POST",
+            &format!("/v1/orgs/{org}/policies"),
+            Some(json!({"name": "base.yaml", "policy": yaml, "message": message})),
+        )?;
+        Ok(v["digest"].as_str().context("push: no digest")?.to_owned())
+    }
+
     /// GET a `/v1` path with the admin token.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         http_json("GET", &self.url(path), Some(&self.token), None)
@@ -493,6 +514,16 @@ impl Drop for Aggregator {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A minimal HTTP/1.1 JSON client over std (blocking tests need no async runtime).

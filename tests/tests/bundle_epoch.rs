@@ -7,17 +7,8 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, hermetic};
+use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, hermetic, output_text as text};
 use serde_json::Value;
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn export(agg: &Aggregator, epoch: Option<u64>, out: &Path) -> anyhow::Result<Output> {
     let mut cmd = hermetic("gait-aggregator");

@@ -6,18 +6,9 @@
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, hermetic, http_json};
+use gait_e2e::{Agent, Aggregator, POLICY_V1, hermetic, http_json, output_text as text};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn export(agg: &Aggregator, env: &str, out: &std::path::Path) -> anyhow::Result<Output> {
     Ok(hermetic("gait-aggregator")

@@ -10,20 +10,13 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, http_json, wait_for};
+use gait_e2e::{
+    Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, http_json, output_text as text, wait_for,
+};
 use serde_json::Value;
 
 /// v1 plus the rule the baseline requires.
 const POLICY_V2: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: allow-reads\n    priority: 10\n    effect: allow\n    match:\n      tool_names: [tool.read]\n  - name: block_prod_writes\n    priority: 5\n    effect: block\n    match:\n      tool_names: [tool.write]\n";
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `gait-aggregator policy <args…> --server … --token-file …`.
 fn policy(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Output> {

@@ -14,17 +14,8 @@ use std::process::Output;
 
 use anyhow::{Context as _, ensure};
 use gait_bundle::{BundleBuilder, Scope};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, hermetic};
+use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, hermetic, output_text as text};
 use serde_json::Value;
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `gait-aggregator keys <args> --json` against `agg`, parsed.
 fn keys(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Value> {

@@ -10,20 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, POLICY_V1, hermetic, http_json, wait_for};
+use gait_e2e::{Agent, Aggregator, POLICY_V1, hermetic, http_json, output_text as text, wait_for};
 use serde_json::Value;
 
 const READ_REPORT: &str = include_str!("../../examples/intents/read-report.json");
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `n` decisions through the agent's local API.
 fn decide(agent: &Agent, n: usize) -> anyhow::Result<()> {

@@ -9,17 +9,11 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, hermetic, http_json, wait_for};
+use gait_e2e::{
+    Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, hermetic, http_json, output_text as text,
+    wait_for,
+};
 use serde_json::{Value, json};
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `gait-aggregator policy <args…> --server … --token-file …`.
 fn policy(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Output> {

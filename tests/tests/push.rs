@@ -9,22 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, hermetic, wait_for};
+use gait_e2e::{Agent, Aggregator, PATIENCE, hermetic, output_text as text, wait_for};
 use serde_json::Value;
 
 fn conformance(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/conformance/artifacts")
         .join(name)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn push(agent: &Agent, args: &[&str], paths: &[&Path]) -> anyhow::Result<Output> {

@@ -13,25 +13,6 @@ use serde_json::{Value, json};
 
 const AGENTS: usize = 10;
 
-fn call(agg: &Aggregator, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let (status, answer) = http_json(method, &agg.url(path), Some(&agg.token), body)?;
-    ensure!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {answer}"
-    );
-    Ok(answer)
-}
-
-fn push(agg: &Aggregator, yaml: &str, message: &str) -> anyhow::Result<String> {
-    let v = call(
-        agg,
-        "POST",
-        "/v1/orgs/acme/policies",
-        Some(json!({"name": "base.yaml", "policy": yaml, "message": message})),
-    )?;
-    Ok(v["digest"].as_str().context("digest")?.to_owned())
-}
-
 fn intent(tool: &str) -> Value {
     json!({
         "schema_id": "gait.gate.intent_request",
@@ -60,7 +41,7 @@ fn decide(agent: &Agent, tool: &str) -> anyhow::Result<Value> {
 }
 
 fn rollout(agg: &Aggregator, id: &str) -> anyhow::Result<Value> {
-    call(agg, "GET", &format!("/v1/orgs/acme/rollouts/{id}"), None)
+    agg.call("GET", &format!("/v1/orgs/acme/rollouts/{id}"), None)
 }
 
 fn wait_state(agg: &Aggregator, id: &str, state: &str) -> anyhow::Result<Value> {
@@ -99,8 +80,8 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
     let tmp = tempfile::tempdir()?;
     let mut agg = Aggregator::start(&tmp.path().join("agg"), None)?;
     // The baseline allows reads and lists; the candidate allows only reads: it blocks what the baseline allows.
-    let baseline = push(&agg, POLICY_V2, "reads and lists")?;
-    let candidate = push(&agg, POLICY_V1, "reads only")?;
+    let baseline = agg.push_policy("acme", POLICY_V2, "reads and lists")?;
+    let candidate = agg.push_policy("acme", POLICY_V1, "reads only")?;
     let ids: Vec<String> = (0..AGENTS).map(|i| format!("agent-{i}")).collect();
     let mut agents = Vec::new();
     for id in &ids {
@@ -108,8 +89,7 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
         a.start()?;
         agents.push(a);
     }
-    call(
-        &agg,
+    agg.call(
         "PUT",
         "/v1/orgs/acme/projects/web/envs/prod/pin",
         Some(json!({"digest": baseline})),
@@ -127,8 +107,7 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
         ],
         "gates": {"max_diff_rate": 0.0, "min_samples": 3, "min_adoption": 0.9}
     });
-    let created = call(
-        &agg,
+    let created = agg.call(
         "POST",
         "/v1/orgs/acme/rollouts",
         Some(json!({"id": id, "candidate": candidate, "plan": plan})),
@@ -208,12 +187,7 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
             a.id
         );
     }
-    let health = call(
-        &agg,
-        "GET",
-        &format!("/v1/orgs/acme/rollouts/{id}/health"),
-        None,
-    )?;
+    let health = agg.call("GET", &format!("/v1/orgs/acme/rollouts/{id}/health"), None)?;
     let kinds: Vec<&str> = health["timeline"]
         .as_array()
         .context("timeline")?
@@ -264,12 +238,7 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
     ensure!(listed["rollouts"][0]["id"] == id.as_str(), "{listed}");
 
     // Retry: the same cohort gets the observe bundle again (epoch 4).
-    call(
-        &agg,
-        "POST",
-        &format!("/v1/orgs/acme/rollouts/{id}/retry"),
-        None,
-    )?;
+    agg.call("POST", &format!("/v1/orgs/acme/rollouts/{id}/retry"), None)?;
     for a in agents.iter().filter(|a| cohort.contains(&a.id)) {
         a.wait_active_epoch(4, "cohort on the retried observe bundle")?;
     }
@@ -278,15 +247,11 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
             .ok()
             .filter(|r| r["step_published"] == true && r["attempt"] == 2)
     })?;
-    let events_before = call(
-        &agg,
-        "GET",
-        &format!("/v1/orgs/acme/rollouts/{id}/health"),
-        None,
-    )?["timeline"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or_default();
+    let events_before =
+        agg.call("GET", &format!("/v1/orgs/acme/rollouts/{id}/health"), None)?["timeline"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_default();
 
     // Killed during the bake and restarted: the same step, the same start, no transition repeated.
     agg.kill9();
@@ -304,15 +269,11 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
             && after["step_started_unix_ms"] == before["step_started_unix_ms"],
         "before {before}\nafter {after}"
     );
-    let events_after = call(
-        &agg,
-        "GET",
-        &format!("/v1/orgs/acme/rollouts/{id}/health"),
-        None,
-    )?["timeline"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or_default();
+    let events_after =
+        agg.call("GET", &format!("/v1/orgs/acme/rollouts/{id}/health"), None)?["timeline"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_default();
     ensure!(
         events_after == events_before,
         "{events_before} -> {events_after} events"
@@ -323,8 +284,7 @@ fn a_cohort_rollout_trips_its_gate_rolls_back_resumes_after_a_kill_and_promotes(
     }
 
     // Promote: the last step pins the candidate for every agent, and the rollout completes.
-    call(
-        &agg,
+    agg.call(
         "POST",
         &format!("/v1/orgs/acme/rollouts/{id}/promote"),
         Some(json!({"reason": "reviewed the diff"})),

@@ -5,41 +5,14 @@
 #![allow(clippy::disallowed_methods)]
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, http_json, wait_for};
-use serde_json::{Value, json};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, wait_for};
+use serde_json::json;
 
 const LEADER: &str = "gait_aggregator_rollout_controller_leader";
 
-fn call(agg: &Aggregator, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let (status, answer) = http_json(method, &agg.url(path), Some(&agg.token), body)?;
-    ensure!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {answer}"
-    );
-    Ok(answer)
-}
-
-fn push(agg: &Aggregator, yaml: &str) -> anyhow::Result<String> {
-    let v = call(
-        agg,
-        "POST",
-        "/v1/orgs/acme/policies",
-        Some(json!({"name": "base.yaml", "policy": yaml})),
-    )?;
-    Ok(v["digest"]
-        .as_str()
-        .with_context(|| format!("digest in {v}"))?
-        .to_owned())
-}
-
 /// The controller actors of the rollout's timeline, in order.
 fn controller_events(agg: &Aggregator, id: &str) -> anyhow::Result<Vec<(String, String, u64)>> {
-    let health = call(
-        agg,
-        "GET",
-        &format!("/v1/orgs/acme/rollouts/{id}/health"),
-        None,
-    )?;
+    let health = agg.call("GET", &format!("/v1/orgs/acme/rollouts/{id}/health"), None)?;
     Ok(health["timeline"]
         .as_array()
         .context("timeline")?
@@ -90,8 +63,8 @@ fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyho
     let follower = 1 - leader;
 
     // Agents talk to the follower, which survives; the leader is the one killed later.
-    let baseline = push(&replicas[leader], POLICY_V2)?;
-    let candidate = push(&replicas[leader], POLICY_V1)?;
+    let baseline = replicas[leader].push_policy("acme", POLICY_V2, "")?;
+    let candidate = replicas[leader].push_policy("acme", POLICY_V1, "")?;
     let mut agents = Vec::new();
     for id in ["r1", "r2"] {
         let mut a = Agent::enroll(
@@ -105,8 +78,7 @@ fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyho
         a.start()?;
         agents.push(a);
     }
-    call(
-        &replicas[follower],
+    replicas[follower].call(
         "PUT",
         "/v1/orgs/acme/projects/web/envs/prod/pin",
         Some(json!({"digest": baseline})),
@@ -115,8 +87,7 @@ fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyho
         a.wait_active_epoch(1, "baseline pinned")?;
     }
     // Created through the follower; the leader's controller publishes the first step.
-    let created = call(
-        &replicas[follower],
+    let created = replicas[follower].call(
         "POST",
         "/v1/orgs/acme/rollouts",
         Some(json!({"candidate": candidate, "plan": {
@@ -140,8 +111,7 @@ fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyho
     wait_for(PATIENCE, "the follower leads", || {
         (replicas[follower].metric(LEADER).ok()? == 1).then_some(())
     })?;
-    call(
-        &replicas[follower],
+    replicas[follower].call(
         "POST",
         &format!("/v1/orgs/acme/rollouts/{id}/promote"),
         None,
@@ -150,14 +120,10 @@ fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyho
         a.wait_active_epoch(3, "candidate pinned by the new leader")?;
     }
     wait_for(PATIENCE, "rollout completed", || {
-        call(
-            &replicas[follower],
-            "GET",
-            &format!("/v1/orgs/acme/rollouts/{id}"),
-            None,
-        )
-        .ok()
-        .filter(|r| r["state"] == "completed")
+        replicas[follower]
+            .call("GET", &format!("/v1/orgs/acme/rollouts/{id}"), None)
+            .ok()
+            .filter(|r| r["state"] == "completed")
     })?;
     let events = controller_events(&replicas[follower], &id)?;
     let after: Vec<_> = events[1..].to_vec();
