@@ -15,8 +15,9 @@
 //!   the counts) in its own transaction before the report is answered.
 //! - **Bounds** (review M1): a corpus is refused above [`corpus::MAX_CORPUS_INTENTS`] distinct intents or
 //!   [`corpus::MAX_CORPUS_BYTES`] of intents (400 naming `until_id`, `project`, `env`); at most
-//!   [`MAX_CONCURRENT_REPLAYS`] runs and exports at once (then 503 with `Retry-After`); the export is streamed
-//!   from the store walk and never held as a whole.
+//!   [`MAX_CONCURRENT_REPLAYS`] runs and exports at once (then 503 with `Retry-After`). Neither a run nor an
+//!   export holds the corpus: a run evaluates it in chunks as the store walk yields them
+//!   ([`corpus::replay_streamed`]) and an export streams it.
 //! - **Pin check** (review M3): an `until_id` above the scope's newest captured decision is refused, since the
 //!   report would change as data arrives. On PostgreSQL an index id is assigned at insert, not at commit, so a
 //!   batch still in flight can later commit ids at or below a pin: a report is reproducible once the batches
@@ -30,8 +31,8 @@ use std::sync::Arc;
 use gait_canon::sign::{self, PublicKey, SigningKey};
 use gait_identity::{Env, Org, Project};
 use gait_policy::{Policy, parse_policy_yaml};
-use gait_replay::{CorpusHeader, CorpusLine, Fixture, ReplayInput, build_report, sign_report};
-use gait_store::{CorpusScope, Store, StoreError};
+use gait_replay::{CorpusHeader, CorpusLine, Fixture};
+use gait_store::{CorpusScope, Shard, Store, StoreError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::Digest as _;
@@ -39,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Authorized, Target};
 use crate::evidence::index::is_digest;
-use crate::replay::corpus::{Budget, CorpusError, CorpusLimits, Grouper, RowRef};
+use crate::replay::corpus::{Budget, CorpusError, CorpusLimits, PER_INTENT, intent_of};
 use crate::secrets::{self, Access};
 
 /// File name of the replay signing key in the key directory.
@@ -50,8 +51,8 @@ pub const REPLAY_PUB_FILE: &str = "replay.pub";
 pub const MAX_FIXTURES: usize = 1000;
 /// Default most entries of the report's `changed` list (its counts always cover every change).
 pub const DEFAULT_MAX_CHANGED: usize = 10_000;
-/// Most replays and corpus exports one aggregator runs at once (each may hold up to
-/// [`corpus::MAX_CORPUS_BYTES`] and keep cores busy); one more is answered 503 with `Retry-After`.
+/// Most replays and corpus exports one aggregator runs at once (each keeps cores busy); one more is answered
+/// 503 with `Retry-After`.
 pub const MAX_CONCURRENT_REPLAYS: usize = 2;
 /// The `Retry-After` (seconds) of a replay refused because [`MAX_CONCURRENT_REPLAYS`] are running.
 pub const BUSY_RETRY_AFTER_SECONDS: u64 = 10;
@@ -225,36 +226,21 @@ impl Replay {
     }
 
     /// The pin of a request: the one given, refused above the scope's head (the report would change as data
-    /// arrives), or the head; and the corpus size, refused over the distinct-intent bound before any walk.
-    async fn pin(
-        &self,
-        scope: &CorpusScope,
-        asked: Option<u64>,
-    ) -> Result<(u64, u64), ReplayError> {
+    /// arrives), or the head. The corpus bounds are checked by the walk itself, which stops at the first
+    /// intent over them.
+    async fn pin(&self, scope: &CorpusScope, asked: Option<u64>) -> Result<u64, ReplayError> {
         let head = self.store.replay_corpus_head(scope).await?;
-        let until_id = match asked {
-            Some(id) if id > head => {
-                return Err(invalid(
-                    "until_id",
-                    format!(
-                        "{id} is above the newest captured decision of this scope ({head}), so the report \
-                         would change as decisions arrive: pass at most {head}, or leave it out"
-                    ),
-                ));
-            }
-            Some(id) => id,
-            None => head,
-        };
-        let (samples, distinct) = self.store.replay_corpus_size(scope, until_id).await?;
-        if distinct > self.limits.max_intents {
-            return Err(CorpusError::TooLarge {
-                until_id,
-                what: "distinct intents",
-                limit: self.limits.max_intents,
-            }
-            .into());
+        match asked {
+            Some(id) if id > head => Err(invalid(
+                "until_id",
+                format!(
+                    "{id} is above the newest captured decision of this scope ({head}), so the report \
+                     would change as decisions arrive: pass at most {head}, or leave it out"
+                ),
+            )),
+            Some(id) => Ok(id),
+            None => Ok(head),
         }
-        Ok((until_id, samples))
     }
 
     /// The public key reports verify with.
@@ -338,39 +324,25 @@ impl Replay {
             .collect();
         let scope = scope(caller, req.project.as_deref(), req.env.as_deref())?;
         let _slot = self.slot()?;
-        let (until_id, _) = self.pin(&scope, req.until_id).await?;
-        let corpus = corpus::load_limited(&self.store, &scope, until_id, &self.limits).await?;
-        let key = self.key.clone();
-        let threads = self.threads;
-        let max_changed = req.max_changed.unwrap_or(DEFAULT_MAX_CHANGED);
-        let (org, project, env) = scope_names(&scope);
-        // Evaluation is CPU-bound: off the async workers.
-        let (bytes, report) = tokio::task::spawn_blocking(move || {
-            let input = ReplayInput {
-                org,
-                project,
-                env,
-                until_id,
-                samples_total: corpus.samples,
-                baseline: &baseline,
-                candidate: &candidate,
-                corpus: &corpus.intents,
-                fixtures: &fixtures,
-                threads,
-                max_changed: Some(max_changed),
+        let until_id = self.pin(&scope, req.until_id).await?;
+        let job = corpus::Job {
+            baseline,
+            candidate,
+            fixtures,
+            threads: self.threads,
+            max_changed: req.max_changed.unwrap_or(DEFAULT_MAX_CHANGED),
+            key: self.key.clone(),
+        };
+        let (bytes, report) =
+            match corpus::replay_streamed(&self.store, &scope, until_id, &self.limits, job).await {
+                Ok(done) => done,
+                Err(corpus::StreamError::Corpus(e)) => return Err(e.into()),
+                Err(corpus::StreamError::Replay(gait_replay::ReplayError::Fixture {
+                    path,
+                    message,
+                })) => return Err(invalid("fixtures", format!("{path}: {message}"))),
+                Err(other) => return Err(ReplayError::Internal(other.to_string())),
             };
-            let mut report = build_report(&input)?;
-            let bytes = sign_report(&mut report, &key);
-            Ok::<_, gait_replay::ReplayError>((bytes, report))
-        })
-        .await
-        .map_err(|e| ReplayError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            gait_replay::ReplayError::Fixture { path, message } => {
-                invalid("fixtures", format!("{path}: {message}"))
-            }
-            other => ReplayError::Internal(other.to_string()),
-        })?;
         let digest = gait_canon::sha256_hex(&bytes);
         let actor = caller.actor();
         let target = crate::audit::scope_target(&caller.target().scope(), "replay", &digest);
@@ -418,46 +390,29 @@ impl Replay {
     ) -> Result<CorpusExport, ReplayError> {
         let scope = scope(caller, query.project.as_deref(), query.env.as_deref())?;
         let slot = self.slot()?;
-        let (until_id, samples) = self.pin(&scope, query.until_id).await?;
+        let until_id = self.pin(&scope, query.until_id).await?;
+        let samples = self.store.replay_corpus_samples(&scope, until_id).await?;
         let (org, project, env) = scope_names(&scope);
         let header = CorpusHeader::new(org, project, env, until_id, samples).to_line();
 
         // Walk 1: bounds and digest.
         let mut hasher = sha2::Sha256::new();
         hasher.update(&header);
-        let mut grouper = Grouper::new(&scope);
         let mut budget = Budget::default();
         let mut refused: Option<CorpusError> = None;
         let mut line = Vec::new();
         let limits = self.limits;
-        let mut finish = |intent: gait_replay::CorpusIntent,
-                          budget: &mut Budget,
-                          hasher: &mut sha2::Sha256|
-         -> Result<(), CorpusError> {
-            budget.add(&intent, &limits, until_id)?;
-            line.clear();
-            CorpusLine::write(&intent, &mut line);
-            hasher.update(&line);
-            Ok(())
-        };
         let walked = self
             .store
-            .replay_corpus_rows(&scope, until_id, PER_INTENT, &mut |row| {
-                let s = row.sample;
-                if let Some(intent) = grouper.push(RowRef {
-                    id: s.id,
-                    project: s.project,
-                    env: s.env,
-                    agent_id: s.agent_id,
-                    seq: s.seq,
-                    intent_digest: s.intent_digest,
-                    count: row.count,
-                    payload: row.payload,
-                }) && let Err(e) = finish(intent, &mut budget, &mut hasher)
-                {
+            .replay_corpus_groups(&scope, until_id, PER_INTENT, &mut |group| {
+                let intent = intent_of(group);
+                if let Err(e) = budget.add(&intent, &limits, until_id) {
                     refused = Some(e);
                     return Err("corpus over its limit".into());
                 }
+                line.clear();
+                CorpusLine::write(&intent, &mut line);
+                hasher.update(&line);
                 Ok(())
             })
             .await;
@@ -465,9 +420,6 @@ impl Replay {
             return Err(e.into());
         }
         walked?;
-        if let Some(intent) = grouper.finish() {
-            finish(intent, &mut budget, &mut hasher)?;
-        }
         let digest = hex::encode(hasher.finalize());
 
         // A bulk read of captured intents (raw tool-call content) is audited like the run that reads them.
@@ -507,17 +459,13 @@ impl Replay {
     }
 }
 
-/// Sample ids one corpus intent keeps, as the store walk is asked for them.
-const PER_INTENT: u32 = gait_replay::MAX_SAMPLE_IDS as u32;
-
 /// The store walk feeding a streamed export.
 type Walk = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
 
 /// State of the streamed export body.
 struct ExportState {
-    rows: tokio::sync::mpsc::Receiver<gait_store::OwnedCorpusRow>,
+    rows: tokio::sync::mpsc::Receiver<gait_store::OwnedCorpusGroup>,
     walk: Option<Walk>,
-    grouper: Grouper,
     pending: Vec<u8>,
     hasher: sha2::Sha256,
     expected: String,
@@ -537,10 +485,9 @@ fn export_stream(
     slot: OwnedSemaphorePermit,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     let (tx, rows) = tokio::sync::mpsc::channel(EXPORT_ROW_BUFFER);
-    let grouper = Grouper::new(&scope);
     let walk = async move {
         let result = store
-            .replay_corpus_rows_to(&scope, until_id, PER_INTENT, &tx)
+            .replay_corpus_groups_to(&scope, until_id, PER_INTENT, true, Shard::WHOLE, &tx)
             .await;
         drop(tx);
         result
@@ -550,7 +497,6 @@ fn export_stream(
     let state = ExportState {
         rows,
         walk: Some(Box::pin(walk)),
-        grouper,
         pending: header,
         hasher,
         expected,
@@ -583,25 +529,8 @@ fn export_stream(
                 None => st.rows.recv().await,
             };
             match row {
-                Some(r) => {
-                    let done = st.grouper.push(RowRef {
-                        id: r.id,
-                        project: &r.project,
-                        env: &r.env,
-                        agent_id: &r.agent_id,
-                        seq: r.seq,
-                        intent_digest: &r.intent_digest,
-                        count: r.count,
-                        payload: r.payload.as_deref(),
-                    });
-                    if let Some(intent) = done {
-                        st.write(&intent);
-                    }
-                }
+                Some(group) => st.write(&intent_of(group.as_group())),
                 None => {
-                    if let Some(intent) = st.grouper.finish() {
-                        st.write(&intent);
-                    }
                     st.done = true;
                     let streamed = hex::encode(std::mem::take(&mut st.hasher).finalize());
                     if streamed != st.expected {

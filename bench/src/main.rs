@@ -18,6 +18,11 @@
 //! target/release/gait-fleet-bench replay --decisions 1000000 --distinct 10000
 //! ```
 
+// The allocator of `gait-aggregator` and `gait-agent`, whose code the in-process benchmarks (replay, registry,
+// audit) run: measured with the allocator those binaries ship with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod audit;
 mod auth;
 mod common;

@@ -1,19 +1,19 @@
 //! `gait-fleet-bench replay`: replay before rollout at fleet scale, in process on the real store.
 //!
-//! 1. A fresh SQLite store is filled with `--decisions` captured decision records (capture mode `raw`, about
+//! 1. A fresh SQLite store (or the one `--reuse-db` names) is filled with `--decisions` captured decision records (capture mode `raw`, about
 //!    1 KiB each like the agent's) of `--agents` agents over `--distinct` distinct intents, committed through
 //!    `commit_batch_indexed` with the evidence index entries the aggregator's ingest computes for them.
-//! 2. One replay is timed as the aggregator runs it, minus the HTTP edge and the audit append: the corpus read
-//!    (size check, then one walk with the first payload of each distinct intent) and the evaluation of baseline and a
-//!    `--rules`-rule candidate on every distinct intent on all cores, merged, signed.
+//! 2. One replay is timed as the aggregator runs it, minus the HTTP edge and the audit append
+//!    (`replay::corpus::replay_streamed`): the grouped walk (one row per distinct intent with the payload of its
+//!    first decision) feeding the evaluation of a baseline and a `--rules`-rule candidate on all cores in
+//!    chunks, overlapped with the read, then merged and signed.
 //!
-//! The JSON line reports both phases, the distinct/total ratio, and the report's counts.
+//! The JSON line reports the replay time, the distinct/total ratio, and the report's counts.
 
 use std::time::Instant;
 
 use anyhow::ensure;
 use gait_policy::{parse_and_normalize_intent, parse_policy_yaml};
-use gait_replay::{ReplayInput, build_report, sign_report};
 use gait_store::{AgentKey, CorpusScope, NewRecord, Store, Tenant};
 use serde_json::json;
 
@@ -53,6 +53,10 @@ pub struct Args {
     /// Records per committed batch.
     #[arg(long, default_value_t = 1000)]
     batch: u64,
+    /// Replay the store at this path instead of filling a fresh one: a `replay.db` an earlier run with the same
+    /// `--decisions`, `--distinct` and `--agents` left behind with `--keep` (filling takes about a minute).
+    #[arg(long, value_name = "FILE")]
+    reuse_db: Option<std::path::PathBuf>,
 }
 
 /// Tools the intents spread over; the candidate has one rule per tool up to `--rules`.
@@ -109,15 +113,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "--agents and --batch must be at least 1"
     );
     let dir = args.common.temp_dir("gait-bench-replay")?;
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("replay.db").display()
-    );
-    let store = Store::connect(&url).await?;
-    let tenant = Tenant::from_parts("acme", "web", "prod")?;
-
-    // 1. Fill.
+    let path = match &args.reuse_db {
+        Some(path) => {
+            ensure!(
+                path.is_file(),
+                "--reuse-db {}: no such file",
+                path.display()
+            );
+            path.clone()
+        }
+        None => dir.path().join("replay.db"),
+    };
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+    if args.common.keep {
+        eprintln!("replay: store kept at {}", path.display());
+    }
     let fill = Instant::now();
+    if args.reuse_db.is_none() {
+        fill_store(&store, &args).await?;
+    }
+    let fill_s = fill.elapsed().as_secs_f64();
+    replay(store, &args, fill_s).await
+}
+
+/// Stores `--decisions` captured decisions of `--distinct` intents over `--agents` agents.
+async fn fill_store(store: &Store, args: &Args) -> anyhow::Result<()> {
+    let tenant = Tenant::from_parts("acme", "web", "prod")?;
     let per_agent = args.decisions.div_ceil(args.agents);
     let mut made = 0u64;
     // Repeated intents are normalized once; a 100 %-distinct corpus uses each once, so nothing is kept.
@@ -186,9 +207,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("replay: {made}/{} decisions stored", args.decisions);
         }
     }
-    let fill_s = fill.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    // 2. Replay.
+/// One replay of the filled store, as the aggregator runs it without the HTTP edge and the audit append.
+async fn replay(store: Store, args: &Args, fill_s: f64) -> anyhow::Result<()> {
     let baseline = parse_policy_yaml(policy(args.rules - 1, false).as_bytes())?;
     let candidate = parse_policy_yaml(policy(args.rules, true).as_bytes())?;
     let scope = CorpusScope {
@@ -199,33 +222,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     let until_id = store.replay_corpus_head(&scope).await?;
-    // The size check the aggregator makes before walking (distinct intents within the corpus bound).
-    let (_, distinct) = store.replay_corpus_size(&scope, until_id).await?;
-    let size_s = started.elapsed().as_secs_f64();
-    ensure!(
-        distinct <= gait_aggregator::replay::corpus::MAX_CORPUS_INTENTS,
-        "{distinct} distinct intents: over the corpus bound, the aggregator refuses this replay"
-    );
-    let corpus = gait_aggregator::replay::corpus::load(&store, &scope, until_id).await?;
-    let read_s = started.elapsed().as_secs_f64();
-    let eval = Instant::now();
-    let input = ReplayInput {
-        org: "acme".into(),
-        project: None,
-        env: None,
-        until_id,
-        samples_total: corpus.samples,
-        baseline: &baseline,
-        candidate: &candidate,
-        corpus: &corpus.intents,
-        fixtures: &[],
+    let job = gait_aggregator::replay::corpus::Job {
+        baseline,
+        candidate,
+        fixtures: Vec::new(),
         threads,
-        max_changed: Some(gait_aggregator::replay::DEFAULT_MAX_CHANGED),
+        max_changed: gait_aggregator::replay::DEFAULT_MAX_CHANGED,
+        key: gait_canon::sign::SigningKey::generate(),
     };
-    let mut report = build_report(&input)?;
-    let key = gait_canon::sign::SigningKey::generate();
-    let bytes = sign_report(&mut report, &key);
-    let eval_s = eval.elapsed().as_secs_f64();
+    let (bytes, report) = gait_aggregator::replay::corpus::replay_streamed(
+        &store,
+        &scope,
+        until_id,
+        &Default::default(),
+        job,
+    )
+    .await?;
     let total_s = started.elapsed().as_secs_f64();
     store.close().await;
     ensure!(
@@ -242,9 +254,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "candidate_rules": args.rules,
         "threads": threads,
         "fill_s": fill_s,
-        "size_check_s": size_s,
-        "corpus_read_s": read_s,
-        "evaluate_sign_s": eval_s,
         "replay_s": total_s,
         "changed_total": report.changed_total,
         "flips_total": report.flips_total,
@@ -252,7 +261,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{summary}");
     println!(
-        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read {read_s:.2} s of which size check {size_s:.2} s, evaluate+sign {eval_s:.2} s, {threads} threads); {} flips",
+        "replay: {} decisions ({} distinct) against a {}-rule candidate in {total_s:.2} s (corpus read, evaluation and signing overlapped, {threads} threads); {} flips",
         args.decisions, report.corpus.distinct_intents, args.rules, report.flips_total
     );
     Ok(())

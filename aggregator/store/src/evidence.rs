@@ -261,9 +261,6 @@ type InsertRow<'a> = (
     [Option<String>; 2],
 );
 
-/// What [`crate::Store::replay_corpus_payloads`] calls per payload: index id and bytes; an `Err` stops the walk.
-pub type PayloadVisitor<'v> = dyn FnMut(u64, &[u8]) -> Result<(), String> + Send + 'v;
-
 /// A bound parameter of a built statement.
 enum Arg<'a> {
     Text(Option<&'a str>),
@@ -650,23 +647,155 @@ impl CorpusScope {
         }
         (sql, args)
     }
+
+    /// [`Self::filter`] narrowed to one shard of the intent digests: shard `index` of `of` (at most 16) takes
+    /// the digests from its first hex digit's lower bound up to the next shard's. The first shard has no lower
+    /// bound and the last no upper one, so every digest — even one that is not hex — is in exactly one shard.
+    fn shard_filter(&self, alias: &str, shard: Shard) -> (String, Vec<Arg<'_>>) {
+        const HEX: [&str; 16] = [
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+        ];
+        let (mut sql, mut args) = self.filter(alias);
+        let of = usize::from(shard.of.clamp(1, 16));
+        let index = usize::from(shard.index).min(of - 1);
+        if index > 0 {
+            args.push(Arg::Text(Some(HEX[index * 16 / of])));
+            sql.push_str(&format!(
+                " AND {alias}.intent_digest >= ${}",
+                args.len() + 2
+            ));
+        }
+        if index + 1 < of {
+            args.push(Arg::Text(Some(HEX[(index + 1) * 16 / of])));
+            sql.push_str(&format!(" AND {alias}.intent_digest < ${}", args.len() + 2));
+        }
+        (sql, args)
+    }
 }
 
-/// One captured decision of the corpus walk (no payload).
+/// One of `of` disjoint parts of a corpus by intent digest, walked on its own connection so several walks
+/// share the database work ([`crate::Store::replay_corpus_groups_to`]). `Shard::WHOLE` is the whole corpus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CorpusSample<'a> {
-    /// Its index id (the walk's order).
-    pub id: u64,
-    /// The agent's project.
-    pub project: &'a str,
-    /// The agent's environment.
-    pub env: &'a str,
-    /// The agent that decided.
-    pub agent_id: &'a str,
-    /// The record's seq in that agent's stream.
-    pub seq: u64,
+pub struct Shard {
+    /// Which part, from 0.
+    pub index: u8,
+    /// How many parts (1 to 16).
+    pub of: u8,
+}
+
+impl Shard {
+    /// The whole corpus in one part.
+    pub const WHOLE: Shard = Shard { index: 0, of: 1 };
+}
+
+/// A replay walk's statement with the scope's parameters bound: `$1` org, `$2` the pin, then the project and
+/// environment the scope names ([`CorpusScope::filter`]); further parameters follow.
+macro_rules! scoped_query {
+    ($sql:expr, $scope:expr, $until:expr, $extra:expr) => {{
+        let mut query = sqlx::query(sqlx::AssertSqlSafe($sql))
+            .bind($scope.org.as_str())
+            .bind($until);
+        for arg in $extra {
+            query = match arg {
+                Arg::Text(t) => query.bind(*t),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        query
+    }};
+}
+
+/// One distinct intent of the corpus walk ([`crate::Store::replay_corpus_groups`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorpusGroup<'a> {
+    /// The index id of its first captured decision (the walk's order).
+    pub first_id: u64,
     /// The intent's digest (the deduplication key).
     pub intent_digest: &'a str,
+    /// How many captured decisions of the scope up to the pin carry it.
+    pub count: u64,
+    /// Its first decisions (at most the walk's `per_intent`) as sample ids in index order, one space apart:
+    /// `<agent>:<seq>` when the scope names an environment, else `<project>/<env>/<agent>:<seq>` (agent ids
+    /// are unique only within their environment). Names never hold a space.
+    pub samples: &'a str,
+    /// The payload of its first decision (absent only if the record is gone).
+    pub payload: Option<&'a [u8]>,
+}
+
+/// One owned [`CorpusGroup`], for a consumer that awaits between intents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedCorpusGroup {
+    /// [`CorpusGroup::first_id`].
+    pub first_id: u64,
+    /// [`CorpusGroup::intent_digest`].
+    pub intent_digest: String,
+    /// [`CorpusGroup::count`].
+    pub count: u64,
+    /// [`CorpusGroup::samples`].
+    pub samples: String,
+    /// [`CorpusGroup::payload`].
+    pub payload: Option<Vec<u8>>,
+}
+
+impl OwnedCorpusGroup {
+    /// Borrowed.
+    pub fn as_group(&self) -> CorpusGroup<'_> {
+        CorpusGroup {
+            first_id: self.first_id,
+            intent_digest: &self.intent_digest,
+            count: self.count,
+            samples: &self.samples,
+            payload: self.payload.as_deref(),
+        }
+    }
+}
+
+/// What [`crate::Store::replay_corpus_groups`] calls per intent; an `Err` stops the walk.
+pub type GroupVisitor<'v> = dyn FnMut(CorpusGroup<'_>) -> Result<(), String> + Send + 'v;
+
+/// The grouped corpus walk over `filter` (alias `e`) with `extra` filter arguments after `$1`/`$2`; the
+/// per-intent sample limit is the last argument. `ordered` adds the final `ORDER BY` that makes the row order
+/// (each intent's first decision) a guarantee rather than the plan's.
+///
+/// One row per distinct intent digest (a row per decision cost sqlx a value copy per column per decision,
+/// ≈ 60 % of a 200,000-intent replay): its first id, count and first sample ids come from one window pass and
+/// one aggregation, ordered by first id, and only then is its first decision's payload joined, so the lookups
+/// walk `records` in insertion order and no payload goes through a sort. A final `ORDER BY` costs a sort that
+/// carries the payloads (1,000,000 distinct intents: 8.2 s against 6.3 s for the statement in `sqlite3`), so
+/// a replay, whose report does not depend on the order, goes without it. `string_agg(… ORDER BY …)` is
+/// standard on PostgreSQL and SQLite ≥ 3.44 (the bundled one). The joins are LEFT: an intent whose record is
+/// gone still comes, without a payload, and the replay counts it skipped.
+fn corpus_groups_sql(filter: &str, extra: usize, one_env: bool, ordered: bool) -> String {
+    let sample = if one_env {
+        "w.agent_id || ':' || CAST(w.seq AS TEXT)"
+    } else {
+        "w.project || '/' || w.env || '/' || w.agent_id || ':' || CAST(w.seq AS TEXT)"
+    };
+    format!(
+        "SELECT g.first_id, g.intent_digest, g.cnt, g.samples, r.payload \
+         FROM (SELECT w.intent_digest, MIN(w.id) AS first_id, COUNT(*) AS cnt, \
+                 string_agg(CASE WHEN w.n <= ${limit} THEN {sample} END, ' ' ORDER BY w.id) AS samples \
+               FROM (SELECT e.id, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
+                       ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n \
+                     FROM evidence_index e WHERE {filter}) w \
+               GROUP BY w.intent_digest ORDER BY first_id) g \
+         LEFT JOIN evidence_index f ON f.id = g.first_id \
+         LEFT JOIN records r ON r.org = f.org AND r.project = f.project AND r.env = f.env \
+           AND r.agent_id = f.agent_id AND r.seq = f.seq{order}",
+        limit = extra + 3,
+        order = if ordered { " ORDER BY g.first_id" } else { "" },
+    )
+}
+
+/// Reads one row of the grouped walk.
+fn read_group<R: crate::rows::Columns>(row: &R) -> Result<OwnedCorpusGroup, StoreError> {
+    Ok(OwnedCorpusGroup {
+        first_id: to_u64("evidence_index", "id", row.int("first_id")?)?,
+        intent_digest: row.text("intent_digest")?,
+        count: to_u64("evidence_index", "count", row.int("cnt")?)?,
+        samples: row.opt_text("samples")?.unwrap_or_default(),
+        payload: row.opt_bytes("payload")?,
+    })
 }
 
 impl crate::Store {
@@ -679,16 +808,7 @@ impl crate::Store {
         let mut pooled = self.acquire().await?;
         let mut conn = pooled.conn();
         db_run!(conn, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(i64::MAX);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let row = query
+            let row = scoped_query!(sql.as_str(), scope, i64::MAX, &extra)
                 .fetch_one(&mut *c)
                 .await
                 .map_err(db("replay corpus head"))?;
@@ -696,283 +816,82 @@ impl crate::Store {
         })
     }
 
-    /// Walks the scope's captured decisions up to `until_id` in index order, without their payloads, calling
-    /// `visit` for each; returns how many it visited.
+    /// How many captured decisions the scope holds up to `until_id` (the export's header), read from the index
+    /// alone.
     pub async fn replay_corpus_samples(
         &self,
         scope: &CorpusScope,
         until_id: u64,
-        visit: &mut (dyn FnMut(CorpusSample<'_>) + Send),
     ) -> Result<u64, StoreError> {
         let (filter, extra) = scope.filter("e");
-        let sql = format!(
-            "SELECT e.id, e.project, e.env, e.agent_id, e.seq, e.intent_digest FROM evidence_index e \
-             WHERE {filter} ORDER BY e.id"
-        );
+        let sql = format!("SELECT COUNT(*) AS samples FROM evidence_index e WHERE {filter}");
         let until = to_i64("until_id", until_id)?;
         let mut pooled = self.acquire().await?;
         let mut conn = pooled.conn();
         db_run!(conn, |c| {
-            use futures_util::TryStreamExt;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(until);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let mut rows = query.fetch(&mut *c);
-            let mut visited = 0u64;
-            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
-                let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
-                let (project, env) = (row.text("project")?, row.text("env")?);
-                visit(CorpusSample {
-                    id: to_u64("evidence_index", "id", row.int("id")?)?,
-                    project: &project,
-                    env: &env,
-                    agent_id: &agent_id,
-                    seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
-                    intent_digest: &digest,
-                });
-                visited += 1;
-            }
-            Ok(visited)
-        })
-    }
-
-    /// The payload of the first captured decision (lowest index id) of each distinct intent digest of the
-    /// scope up to `until_id`, in index order: the corpus deduplicated before any payload is read. `visit`
-    /// gets the index id and the payload; an error it returns stops the walk and comes back as
-    /// [`StoreError::InvalidInput`] on field `payload`.
-    pub async fn replay_corpus_payloads(
-        &self,
-        scope: &CorpusScope,
-        until_id: u64,
-        visit: &mut PayloadVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        let (filter, extra) = scope.filter("x");
-        let sql = format!(
-            "SELECT e.id, r.payload FROM evidence_index e JOIN records r ON r.org = e.org \
-             AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
-             WHERE e.id IN (SELECT MIN(x.id) FROM evidence_index x WHERE {filter} GROUP BY x.intent_digest) \
-             ORDER BY e.id"
-        );
-        let until = to_i64("until_id", until_id)?;
-        let mut pooled = self.acquire().await?;
-        let mut conn = pooled.conn();
-        db_run!(conn, |c| {
-            use futures_util::TryStreamExt;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(until);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let mut rows = query.fetch(&mut *c);
-            while let Some(row) = rows
-                .try_next()
-                .await
-                .map_err(db("replay corpus payloads"))?
-            {
-                let id = to_u64("evidence_index", "id", row.int("id")?)?;
-                visit(id, &row.bytes("payload")?).map_err(|e| StoreError::invalid("payload", e))?;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// The grouped corpus walk of [`crate::Store::replay_corpus_rows`] over `filter` (alias `e`) with `extra`
-/// filter arguments after `$1`/`$2`; the per-intent limit is the last argument.
-fn corpus_rows_sql(filter: &str, extra: usize) -> String {
-    // The payload is read after the sort and only for the first decision of each intent: a join (even one
-    // conditioned on `n = 1`) would search `records` for every row and carry the payloads through the sort
-    // (×0.6 the time on 1,000,000 decisions of 200,000 intents, docs/benchmarks.md). The outer ORDER BY is the
-    // contract (PostgreSQL need not keep a subquery's order); SQLite still fetches after sorting.
-    format!(
-        "SELECT s.id, s.project, s.env, s.agent_id, s.seq, s.intent_digest, s.cnt, \
-           CASE WHEN s.n = 1 THEN (SELECT r.payload FROM records r WHERE r.org = s.org AND r.project = s.project \
-             AND r.env = s.env AND r.agent_id = s.agent_id AND r.seq = s.seq) END AS payload \
-         FROM (SELECT w.* FROM (SELECT e.id, e.org, e.project, e.env, e.agent_id, e.seq, e.intent_digest, \
-               ROW_NUMBER() OVER (PARTITION BY e.intent_digest ORDER BY e.id) AS n, \
-               COUNT(*) OVER (PARTITION BY e.intent_digest) AS cnt, \
-               MIN(e.id) OVER (PARTITION BY e.intent_digest) AS first_id \
-               FROM evidence_index e WHERE {filter}) w \
-           WHERE w.n <= ${} ORDER BY w.first_id, w.id) s ORDER BY s.first_id, s.id",
-        extra + 3
-    )
-}
-
-/// One row of [`crate::Store::replay_corpus_rows`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CorpusRow<'a> {
-    /// The decision as a sample of the walk.
-    pub sample: CorpusSample<'a>,
-    /// How many captured decisions of the scope up to the pin carry this intent digest.
-    pub count: u64,
-    /// The record's payload, on the first decision (lowest id) of each intent digest only.
-    pub payload: Option<&'a [u8]>,
-}
-
-/// What [`crate::Store::replay_corpus_rows`] calls per row; an `Err` stops the walk.
-pub type RowVisitor<'v> = dyn FnMut(CorpusRow<'_>) -> Result<(), String> + Send + 'v;
-
-impl crate::Store {
-    /// The corpus in one walk, deduplicated in the database: for each intent digest of the scope's captured
-    /// decisions up to `until_id`, its first `per_intent` decisions (in index order, each with the digest's
-    /// total count), the first of them with its record's payload — no other payload is read. Rows come grouped
-    /// by intent digest, the groups in the order of their first decision and each group in index order, so a
-    /// consumer can finish an intent when the next one starts. An error `visit` returns stops the walk as
-    /// [`StoreError::InvalidInput`] on field `payload`.
-    pub async fn replay_corpus_rows(
-        &self,
-        scope: &CorpusScope,
-        until_id: u64,
-        per_intent: u32,
-        visit: &mut RowVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        let (filter, extra) = scope.filter("e");
-        let sql = corpus_rows_sql(&filter, extra.len());
-        let until = to_i64("until_id", until_id)?;
-        let mut pooled = self.acquire().await?;
-        let mut conn = pooled.conn();
-        db_run!(conn, |c| {
-            use futures_util::TryStreamExt;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(until);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let mut rows = query.bind(i64::from(per_intent)).fetch(&mut *c);
-            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
-                let (project, env) = (row.text("project")?, row.text("env")?);
-                let (agent_id, digest) = (row.text("agent_id")?, row.text("intent_digest")?);
-                let payload = row.opt_bytes("payload")?;
-                visit(CorpusRow {
-                    sample: CorpusSample {
-                        id: to_u64("evidence_index", "id", row.int("id")?)?,
-                        project: &project,
-                        env: &env,
-                        agent_id: &agent_id,
-                        seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
-                        intent_digest: &digest,
-                    },
-                    count: to_u64("evidence_index", "count", row.int("cnt")?)?,
-                    payload: payload.as_deref(),
-                })
-                .map_err(|e| StoreError::invalid("payload", e))?;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// One owned row of [`crate::Store::replay_corpus_rows_to`], for a consumer that awaits between rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnedCorpusRow {
-    /// Its index id.
-    pub id: u64,
-    /// The agent's project.
-    pub project: String,
-    /// The agent's environment.
-    pub env: String,
-    /// The agent that decided.
-    pub agent_id: String,
-    /// The record's seq in that agent's stream.
-    pub seq: u64,
-    /// The intent's digest.
-    pub intent_digest: String,
-    /// How many captured decisions of the scope up to the pin carry this intent digest.
-    pub count: u64,
-    /// The record's payload, on the first decision of each intent digest only.
-    pub payload: Option<Vec<u8>>,
-}
-
-impl crate::Store {
-    /// How many captured decisions and distinct intent digests the scope holds up to `until_id`: the size of a
-    /// replay corpus, read from the index alone (no payload), so a caller can refuse a corpus before walking it.
-    pub async fn replay_corpus_size(
-        &self,
-        scope: &CorpusScope,
-        until_id: u64,
-    ) -> Result<(u64, u64), StoreError> {
-        let (filter, extra) = scope.filter("e");
-        let sql = format!(
-            "SELECT COUNT(*) AS samples, COUNT(DISTINCT e.intent_digest) AS distinct_intents \
-             FROM evidence_index e WHERE {filter}"
-        );
-        let until = to_i64("until_id", until_id)?;
-        let mut pooled = self.acquire().await?;
-        let mut conn = pooled.conn();
-        db_run!(conn, |c| {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(until);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let row = query
+            let row = scoped_query!(sql.as_str(), scope, until, &extra)
                 .fetch_one(&mut *c)
                 .await
-                .map_err(db("replay corpus size"))?;
-            Ok((
-                to_u64("evidence_index", "count", row.int("samples")?)?,
-                to_u64("evidence_index", "count", row.int("distinct_intents")?)?,
-            ))
+                .map_err(db("replay corpus samples"))?;
+            to_u64("evidence_index", "count", row.int("samples")?)
         })
     }
 
-    /// [`Self::replay_corpus_rows`] into a bounded channel: each row is sent owned, and the walk waits while
-    /// the channel is full, so a slow consumer holds back the database read instead of buffering it. The walk
-    /// stops without error when the receiver is dropped.
-    pub async fn replay_corpus_rows_to(
+    /// The corpus in one walk, deduplicated in the database: one [`CorpusGroup`] per intent digest of the
+    /// scope's captured decisions up to `until_id`, with its count, its first `per_intent` sample ids and the
+    /// payload of its first decision (no other payload is read), in the order of each intent's first decision.
+    /// An error `visit` returns stops the walk as [`StoreError::InvalidInput`] on field `payload`.
+    pub async fn replay_corpus_groups(
         &self,
         scope: &CorpusScope,
         until_id: u64,
         per_intent: u32,
-        tx: &tokio::sync::mpsc::Sender<OwnedCorpusRow>,
+        visit: &mut GroupVisitor<'_>,
     ) -> Result<(), StoreError> {
         let (filter, extra) = scope.filter("e");
-        let sql = corpus_rows_sql(&filter, extra.len());
+        let sql = corpus_groups_sql(&filter, extra.len(), scope.env.is_some(), true);
         let until = to_i64("until_id", until_id)?;
         let mut pooled = self.acquire().await?;
         let mut conn = pooled.conn();
         db_run!(conn, |c| {
             use futures_util::TryStreamExt;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(scope.org.as_str())
-                .bind(until);
-            for arg in &extra {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            let mut rows = query.bind(i64::from(per_intent)).fetch(&mut *c);
+            let mut rows = scoped_query!(sql.as_str(), scope, until, &extra)
+                .bind(i64::from(per_intent))
+                .fetch(&mut *c);
             while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
-                let owned = OwnedCorpusRow {
-                    id: to_u64("evidence_index", "id", row.int("id")?)?,
-                    project: row.text("project")?,
-                    env: row.text("env")?,
-                    agent_id: row.text("agent_id")?,
-                    seq: to_u64("evidence_index", "seq", row.int("seq")?)?,
-                    intent_digest: row.text("intent_digest")?,
-                    count: to_u64("evidence_index", "count", row.int("cnt")?)?,
-                    payload: row.opt_bytes("payload")?,
-                };
-                if tx.send(owned).await.is_err() {
+                visit(read_group(&row)?.as_group())
+                    .map_err(|e| StoreError::invalid("payload", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Self::replay_corpus_groups`] into a bounded channel: each intent is sent owned, and the walk waits
+    /// while the channel is full, so a slow consumer holds back the database read instead of buffering it. The
+    /// walk stops without error when the receiver is dropped. `ordered: false` drops the guarantee of the
+    /// order (the plan still tends to it) for a consumer that does not depend on it, saving a sort that carries
+    /// the payloads. `shard` walks only that part of the intent digests (order holds within the shard).
+    pub async fn replay_corpus_groups_to(
+        &self,
+        scope: &CorpusScope,
+        until_id: u64,
+        per_intent: u32,
+        ordered: bool,
+        shard: Shard,
+        tx: &tokio::sync::mpsc::Sender<OwnedCorpusGroup>,
+    ) -> Result<(), StoreError> {
+        let (filter, extra) = scope.shard_filter("e", shard);
+        let sql = corpus_groups_sql(&filter, extra.len(), scope.env.is_some(), ordered);
+        let until = to_i64("until_id", until_id)?;
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        db_run!(conn, |c| {
+            use futures_util::TryStreamExt;
+            let mut rows = scoped_query!(sql.as_str(), scope, until, &extra)
+                .bind(i64::from(per_intent))
+                .fetch(&mut *c);
+            while let Some(row) = rows.try_next().await.map_err(db("replay corpus"))? {
+                if tx.send(read_group(&row)?).await.is_err() {
                     break;
                 }
             }

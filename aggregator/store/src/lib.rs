@@ -70,8 +70,8 @@ pub use enrollment::{
 };
 pub use error::StoreError;
 pub use evidence::{
-    CorpusRow, CorpusSample, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields,
-    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusRow, RawJson,
+    CorpusGroup, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord,
+    MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusGroup, RawJson, Shard,
 };
 pub use leader::LeaderLease;
 pub use model::{

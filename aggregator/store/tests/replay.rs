@@ -1,6 +1,7 @@
 //! Replay corpus and rollout decision statistics on both backends: the corpus walk reads only the org's
-//! captured decisions up to its pin, in index order, and its payload read returns one record per intent
-//! digest (the first); the decision statistics count each definition over one environment's window.
+//! captured decisions up to its pin, one group per intent digest in the order of its first decision, with
+//! the payload of that first decision only; the decision statistics count each definition over one
+//! environment's window.
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use anyhow::{Result, ensure};
 use gait_store::testing::TestStore;
 use gait_store::{
     AgentKey, CorpusScope, DecisionStats, DecisionStatsQuery, EvidenceClass, IndexFields,
-    NewIndexEntry, NewRecord, Store, Tenant,
+    NewIndexEntry, NewRecord, Shard, Store, Tenant,
 };
 
 const NOW: i64 = 1_764_000_000_000;
@@ -122,78 +123,92 @@ async fn the_corpus_is_the_orgs_captured_decisions_up_to_the_pin_first_payload_p
         env: None,
     };
     let head = store.replay_corpus_head(&scope).await?;
-    let mut samples = Vec::new();
-    let n = store
-        .replay_corpus_samples(&scope, head, &mut |s| {
-            samples.push((s.id, format!("{}/{}:{}", s.env, s.agent_id, s.seq)))
-        })
-        .await?;
-    ensure!(n == 8, "{samples:?}");
-    ensure!(samples.windows(2).all(|w| w[0].0 < w[1].0), "{samples:?}");
-    ensure!(
-        samples.iter().all(|(_, s)| !s.contains("agent-9")),
-        "{samples:?}"
-    );
-    ensure!(
-        samples.last().map(|s| s.0) == Some(head),
-        "{samples:?} {head}"
-    );
-    // First payload per digest only: agent-1's seqs 1, 2, 3 carry digests 1, 2, 0; every later decision
-    // (agent-1's 4..6, agent-2's digests 1 and 0) repeats one of them.
-    let mut payloads = Vec::new();
-    store
-        .replay_corpus_payloads(&scope, head, &mut |id, p| {
-            payloads.push((id, String::from_utf8_lossy(p).into_owned()));
-            Ok(())
-        })
-        .await?;
-    let seqs: Vec<&str> = payloads
+    let groups = async |scope: &CorpusScope, until: u64, per_intent: u32| {
+        let mut groups = Vec::new();
+        store
+            .replay_corpus_groups(scope, until, per_intent, &mut |g| {
+                let payload = g.payload.map(|p| String::from_utf8_lossy(p).into_owned());
+                let seq = payload
+                    .as_deref()
+                    .and_then(|p| p.rsplit("\"seq\":").next())
+                    .map(str::to_owned);
+                groups.push((g.first_id, g.samples.to_owned(), g.count, seq));
+                Ok(())
+            })
+            .await
+            .map(|()| groups)
+    };
+    // One row per digest, in the order of each digest's first decision: agent-1's seqs 1, 2, 3 carry digests
+    // 1, 2, 0; every later decision (agent-1's 4..6, agent-2's digests 1 and 0) repeats one of them. Each has
+    // its total count, its first 2 sample ids in index order, and the payload of its first decision only.
+    let all = groups(&scope, head, 2).await?;
+    let rows: Vec<(String, u64, Option<String>)> = all
         .iter()
-        .map(|(_, p)| p.rsplit("\"seq\":").next().unwrap_or(""))
+        .map(|(_, s, c, p)| (s.clone(), *c, p.clone()))
         .collect();
-    ensure!(seqs == ["1}", "2}", "3}"], "{payloads:?}");
-    // The one-walk read: the first 2 decisions of each digest with its total, the first with its payload,
-    // grouped by digest in the order of each digest's first decision (so a stream can finish an intent as
-    // soon as the next one starts).
-    let mut rows = Vec::new();
-    store
-        .replay_corpus_rows(&scope, head, 2, &mut |r| {
-            let s = r.sample;
-            rows.push((
-                format!("{}/{}:{}", s.env, s.agent_id, s.seq),
-                r.count,
-                r.payload.is_some(),
-            ));
-            Ok(())
-        })
-        .await?;
-    let expected: Vec<(String, u64, bool)> = [
-        ("prod/agent-1:1", 3, true),
-        ("prod/agent-1:4", 3, false),
-        ("prod/agent-1:2", 2, true),
-        ("prod/agent-1:5", 2, false),
-        ("prod/agent-1:3", 3, true),
-        ("prod/agent-1:6", 3, false),
+    let expected: Vec<(String, u64, Option<String>)> = [
+        ("web/prod/agent-1:1 web/prod/agent-1:4", 3, "1}"),
+        ("web/prod/agent-1:2 web/prod/agent-1:5", 2, "2}"),
+        ("web/prod/agent-1:3 web/prod/agent-1:6", 3, "3}"),
     ]
     .into_iter()
-    .map(|(s, c, p)| (s.to_owned(), c, p))
+    .map(|(s, c, p)| (s.to_owned(), c, Some(p.to_owned())))
     .collect();
     ensure!(rows == expected, "{rows:?}");
-    // The pin holds: an earlier until_id reads a prefix, and the env filter narrows.
-    let mut prefix = 0;
-    store
-        .replay_corpus_samples(&scope, samples[2].0, &mut |_| prefix += 1)
-        .await?;
-    ensure!(prefix == 3, "{prefix}");
+    ensure!(all.windows(2).all(|w| w[0].0 < w[1].0), "{all:?}");
+    ensure!(store.replay_corpus_samples(&scope, head).await? == 8);
+    // Every sample is kept under a larger per-intent limit, and never one of another org.
+    let wide = groups(&scope, head, 5).await?;
+    let named: Vec<&str> = wide.iter().flat_map(|(_, s, _, _)| s.split(' ')).collect();
+    ensure!(named.len() == 8, "{wide:?}");
+    ensure!(named.iter().all(|s| !s.contains("agent-9")), "{wide:?}");
+    ensure!(named.contains(&"web/dev/agent-2:2"), "{wide:?}");
+    // The pin holds: an earlier until_id reads a prefix.
+    let prefix = groups(&scope, all[1].0, 5).await?;
+    ensure!(
+        prefix.iter().map(|g| g.2).sum::<u64>() == 2 && prefix.len() == 2,
+        "{prefix:?}"
+    );
+    ensure!(store.replay_corpus_samples(&scope, all[1].0).await? == 2);
+    // The env filter narrows, and sample ids drop the project and environment it fixes.
     let dev = CorpusScope {
+        project: Some("web".parse()?),
         env: Some("dev".parse()?),
         ..scope.clone()
     };
-    let mut dev_samples = 0;
-    store
-        .replay_corpus_samples(&dev, head, &mut |_| dev_samples += 1)
-        .await?;
-    ensure!(dev_samples == 2, "{dev_samples}");
+    let dev_groups = groups(&dev, head, 5).await?;
+    let dev_samples: Vec<&str> = dev_groups.iter().map(|g| g.1.as_str()).collect();
+    ensure!(dev_samples == ["agent-2:1", "agent-2:2"], "{dev_groups:?}");
+    // Shards split the digests: every intent in exactly one shard, for any shard count.
+    captured(store, &key("spread", "prod", "agent-3"), 256, 256).await?;
+    let spread = CorpusScope {
+        org: "spread".parse()?,
+        project: None,
+        env: None,
+    };
+    let spread_head = store.replay_corpus_head(&spread).await?;
+    for of in [1u8, 2, 3, 7, 16] {
+        let mut seen = Vec::new();
+        for index in 0..of {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(512);
+            store
+                .replay_corpus_groups_to(&spread, spread_head, 1, false, Shard { index, of }, &tx)
+                .await?;
+            drop(tx);
+            while let Some(g) = rx.recv().await {
+                ensure!(g.payload.is_some() && g.count == 1, "{g:?}");
+                seen.push(g.intent_digest);
+            }
+        }
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        ensure!(
+            before == 256 && seen.len() == 256,
+            "{of} shards: {before} rows, {} distinct",
+            seen.len()
+        );
+    }
     let empty = CorpusScope {
         org: "nobody".parse()?,
         project: None,

@@ -23,7 +23,8 @@ pub use corpus::{CORPUS_SCHEMA_ID, CorpusHeader, CorpusLine, parse_corpus};
 pub use evaluate::{PairOutcome, Side, evaluate_corpus, evaluate_normalized, evaluate_pair};
 pub use report::{
     ChangedSample, CorpusSummary, MAX_SAMPLE_IDS, REPORT_SCHEMA_ID, REPORT_SCHEMA_VERSION,
-    ReplayInput, Report, ToolCounts, build_report, encode_report, sign_report, verify_report,
+    ReplayInput, Report, ReportBuilder, ReportScope, ToolCounts, build_report, encode_report,
+    sign_report, verify_report,
 };
 
 /// One distinct intent of the fleet corpus: the captured `normalized_intent` of the decisions that share its

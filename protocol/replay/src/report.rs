@@ -148,75 +148,142 @@ impl Report {
     }
 }
 
-/// Gait's `recommendSimulationStage` over the changed samples: any relaxation (the candidate lets through what
-/// the baseline stopped) → `observe`; else any new block → `require_approval`; else `enforce`.
-fn recommendation(changed: &[ChangedSample]) -> &'static str {
-    if changed
-        .iter()
-        .any(|c| c.candidate.verdict < c.baseline.verdict)
-    {
-        "observe"
-    } else if changed
-        .iter()
-        .any(|c| c.candidate.verdict == Verdict::Block && c.baseline.verdict != Verdict::Block)
-    {
-        "require_approval"
-    } else {
-        "enforce"
+/// The scope and pin a report covers: everything of it that is not computed from the corpus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportScope {
+    /// The org whose corpus this is.
+    pub org: String,
+    /// The project the corpus was narrowed to, if any.
+    pub project: Option<String>,
+    /// The environment the corpus was narrowed to, if any.
+    pub env: Option<String>,
+    /// The corpus pin: the largest evidence index id read (0 for an empty corpus).
+    pub until_id: u64,
+}
+
+/// A changed entry ordered by the report's key `(intent_digest, fixture_path)`.
+#[derive(Debug)]
+struct ByKey(ChangedSample);
+
+impl ByKey {
+    fn key(&self) -> (&str, Option<&str>) {
+        (&self.0.intent_digest, self.0.fixture_path.as_deref())
     }
 }
 
-/// Evaluates the corpus and the fixtures and builds the (unsigned) report. A fixture that does not read or
-/// evaluate is an error naming it; a corpus intent that does not is counted in `corpus.skipped`.
-pub fn build_report(input: &ReplayInput<'_>) -> Result<Report, ReplayError> {
-    let mut changed = Vec::new();
-    let mut skipped = 0u64;
-    let results = evaluate_corpus(input.baseline, input.candidate, input.corpus, input.threads);
-    for (captured, result) in input.corpus.iter().zip(results) {
-        let Ok(outcome) = result else {
-            skipped += 1;
-            continue;
-        };
-        if outcome.changed() {
-            let mut samples: Vec<String> = captured
-                .samples
-                .iter()
-                .take(MAX_SAMPLE_IDS)
-                .cloned()
-                .collect();
-            samples.sort_unstable();
-            changed.push(entry(outcome, None, samples, captured.count));
-        }
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
     }
-    for fixture in input.fixtures {
-        let bad = |message: String| ReplayError::Fixture {
-            path: fixture.path.clone(),
-            message,
-        };
-        let raw = parse_intent(&fixture.intent).map_err(|e| bad(e.to_string()))?;
-        let outcome =
-            evaluate_pair(input.baseline, input.candidate, &raw).map_err(|e| bad(e.to_string()))?;
-        if outcome.changed() {
-            changed.push(entry(outcome, Some(fixture.path.clone()), Vec::new(), 1));
-        }
-    }
-    changed.sort_by(|a, b| {
-        (&a.intent_digest, &a.fixture_path).cmp(&(&b.intent_digest, &b.fixture_path))
-    });
+}
 
-    let mut by_verdict_pair = BTreeMap::new();
-    let mut by_tool: BTreeMap<String, ToolCounts> = BTreeMap::new();
-    let mut by_reason = BTreeMap::new();
-    let (mut changed_total, mut flips_total) = (0u64, 0u64);
-    for c in &changed {
-        changed_total += c.count;
-        let tool = by_tool.entry(c.tool.clone()).or_default();
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// A report built from a corpus that arrives in chunks ([`Self::add_corpus`]), so a caller streaming the
+/// corpus from a store never holds it whole: the builder keeps the counts, Gait's recommendation flags and the
+/// first `max_changed` changed entries by `(intent_digest, fixture_path)` — exactly the entries the sorted,
+/// truncated list of a report built at once keeps, so the bytes do not depend on the chunking.
+#[derive(Debug)]
+pub struct ReportBuilder<'p> {
+    baseline: &'p Policy,
+    candidate: &'p Policy,
+    threads: usize,
+    max_changed: Option<usize>,
+    /// The kept entries: a max-heap, so the largest key is evicted when one more arrives over the maximum.
+    kept: std::collections::BinaryHeap<ByKey>,
+    /// Changed entries seen (kept or not).
+    changed_entries: u64,
+    samples: u64,
+    distinct: u64,
+    skipped: u64,
+    changed_total: u64,
+    flips_total: u64,
+    by_verdict_pair: BTreeMap<String, u64>,
+    by_tool: BTreeMap<String, ToolCounts>,
+    by_reason: BTreeMap<String, u64>,
+    /// Some change lets through what the baseline stopped.
+    relaxes: bool,
+    /// Some change blocks what the baseline did not.
+    new_block: bool,
+}
+
+impl<'p> ReportBuilder<'p> {
+    /// A builder comparing `candidate` with `baseline`, evaluating on up to `threads` threads, keeping at most
+    /// `max_changed` entries in the `changed` list (`None` = all; the counts always cover every change).
+    pub fn new(
+        baseline: &'p Policy,
+        candidate: &'p Policy,
+        threads: usize,
+        max_changed: Option<usize>,
+    ) -> Self {
+        ReportBuilder {
+            baseline,
+            candidate,
+            threads,
+            max_changed,
+            kept: Default::default(),
+            changed_entries: 0,
+            samples: 0,
+            distinct: 0,
+            skipped: 0,
+            changed_total: 0,
+            flips_total: 0,
+            by_verdict_pair: BTreeMap::new(),
+            by_tool: BTreeMap::new(),
+            by_reason: BTreeMap::new(),
+            relaxes: false,
+            new_block: false,
+        }
+    }
+
+    /// Evaluates the next chunk of distinct corpus intents (each digest once over the whole corpus) and folds
+    /// it in; an intent that does not read or evaluate is counted in `corpus.skipped`.
+    pub fn add_corpus(&mut self, intents: &[CorpusIntent]) {
+        let results = evaluate_corpus(self.baseline, self.candidate, intents, self.threads);
+        for (captured, result) in intents.iter().zip(results) {
+            self.distinct += 1;
+            self.samples += captured.count;
+            let Ok(outcome) = result else {
+                self.skipped += 1;
+                continue;
+            };
+            if outcome.changed() {
+                let mut samples: Vec<String> = captured
+                    .samples
+                    .iter()
+                    .take(MAX_SAMPLE_IDS)
+                    .cloned()
+                    .collect();
+                samples.sort_unstable();
+                self.fold(entry(outcome, None, samples, captured.count));
+            }
+        }
+    }
+
+    /// Counts one changed entry and keeps it if it is among the first `max_changed` by key.
+    fn fold(&mut self, c: ChangedSample) {
+        self.changed_entries += 1;
+        self.changed_total += c.count;
+        let tool = self.by_tool.entry(c.tool.clone()).or_default();
         tool.changed += c.count;
         if c.verdict_flip {
-            flips_total += c.count;
+            self.flips_total += c.count;
             tool.flips += c.count;
         }
-        *by_verdict_pair
+        *self
+            .by_verdict_pair
             .entry(format!("{}->{}", c.baseline.verdict, c.candidate.verdict))
             .or_insert(0) += c.count;
         let (b, k) = (&c.baseline.reason_codes, &c.candidate.reason_codes);
@@ -225,39 +292,111 @@ pub fn build_report(input: &ReplayInput<'_>) -> Result<Report, ReplayError> {
             .filter(|r| !k.contains(r))
             .chain(k.iter().filter(|r| !b.contains(r)))
         {
-            *by_reason.entry(code.clone()).or_insert(0) += c.count;
+            *self.by_reason.entry(code.clone()).or_insert(0) += c.count;
+        }
+        self.relaxes |= c.candidate.verdict < c.baseline.verdict;
+        self.new_block |=
+            c.candidate.verdict == Verdict::Block && c.baseline.verdict != Verdict::Block;
+        match self.max_changed {
+            Some(0) => {}
+            Some(max) if self.kept.len() >= max => {
+                let c = ByKey(c);
+                if self.kept.peek().is_some_and(|largest| c < *largest) {
+                    self.kept.pop();
+                    self.kept.push(c);
+                }
+            }
+            _ => self.kept.push(ByKey(c)),
         }
     }
-    let recommendation = recommendation(&changed).to_owned();
-    let changed_truncated = input.max_changed.is_some_and(|max| changed.len() > max);
-    if let Some(max) = input.max_changed {
-        changed.truncate(max);
+
+    /// Evaluates the fixtures (a fixture that does not read or evaluate is an error naming it) and builds the
+    /// (unsigned) report. `samples_total` is the corpus's decision count when the caller knows it from
+    /// elsewhere (a corpus file's header); `None` takes the sum of the intents' counts.
+    pub fn finish(
+        mut self,
+        scope: ReportScope,
+        samples_total: Option<u64>,
+        fixtures: &[Fixture],
+    ) -> Result<Report, ReplayError> {
+        for fixture in fixtures {
+            let bad = |message: String| ReplayError::Fixture {
+                path: fixture.path.clone(),
+                message,
+            };
+            let raw = parse_intent(&fixture.intent).map_err(|e| bad(e.to_string()))?;
+            let outcome = evaluate_pair(self.baseline, self.candidate, &raw)
+                .map_err(|e| bad(e.to_string()))?;
+            if outcome.changed() {
+                self.fold(entry(outcome, Some(fixture.path.clone()), Vec::new(), 1));
+            }
+        }
+        // Gait's `recommendSimulationStage` over the changed samples: any relaxation (the candidate lets
+        // through what the baseline stopped) → `observe`; else any new block → `require_approval`; else
+        // `enforce`.
+        let recommendation = if self.relaxes {
+            "observe"
+        } else if self.new_block {
+            "require_approval"
+        } else {
+            "enforce"
+        };
+        let changed_truncated = self.changed_entries > self.kept.len() as u64;
+        let changed = self
+            .kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|k| k.0)
+            .collect();
+        Ok(Report {
+            schema_id: REPORT_SCHEMA_ID.to_owned(),
+            schema_version: REPORT_SCHEMA_VERSION.to_owned(),
+            org: scope.org,
+            project: scope.project,
+            env: scope.env,
+            baseline_digest: self.baseline.digest(),
+            candidate_digest: self.candidate.digest(),
+            corpus: CorpusSummary {
+                until_id: scope.until_id,
+                samples: samples_total.unwrap_or(self.samples),
+                distinct_intents: self.distinct,
+                skipped: self.skipped,
+            },
+            fixtures_total: fixtures.len() as u64,
+            changed_total: self.changed_total,
+            flips_total: self.flips_total,
+            by_verdict_pair: self.by_verdict_pair,
+            by_tool: self.by_tool,
+            by_reason: self.by_reason,
+            recommendation: recommendation.to_owned(),
+            changed,
+            changed_truncated,
+            signature: None,
+        })
     }
-    Ok(Report {
-        schema_id: REPORT_SCHEMA_ID.to_owned(),
-        schema_version: REPORT_SCHEMA_VERSION.to_owned(),
-        org: input.org.clone(),
-        project: input.project.clone(),
-        env: input.env.clone(),
-        baseline_digest: input.baseline.digest(),
-        candidate_digest: input.candidate.digest(),
-        corpus: CorpusSummary {
+}
+
+/// Evaluates the corpus and the fixtures and builds the (unsigned) report at once ([`ReportBuilder`] over the
+/// whole corpus). A fixture that does not read or evaluate is an error naming it; a corpus intent that does
+/// not is counted in `corpus.skipped`.
+pub fn build_report(input: &ReplayInput<'_>) -> Result<Report, ReplayError> {
+    let mut builder = ReportBuilder::new(
+        input.baseline,
+        input.candidate,
+        input.threads,
+        input.max_changed,
+    );
+    builder.add_corpus(input.corpus);
+    builder.finish(
+        ReportScope {
+            org: input.org.clone(),
+            project: input.project.clone(),
+            env: input.env.clone(),
             until_id: input.until_id,
-            samples: input.samples_total,
-            distinct_intents: input.corpus.len() as u64,
-            skipped,
         },
-        fixtures_total: input.fixtures.len() as u64,
-        changed_total,
-        flips_total,
-        by_verdict_pair,
-        by_tool,
-        by_reason,
-        recommendation,
-        changed,
-        changed_truncated,
-        signature: None,
-    })
+        Some(input.samples_total),
+        input.fixtures,
+    )
 }
 
 fn entry(
@@ -373,6 +512,84 @@ mod tests {
             captured("tool.delete", "/b", &["c:3"]),
             captured("tool.write", "/a", &["a:4", "a:5"]),
         ]
+    }
+
+    #[test]
+    fn a_chunked_build_gives_the_bytes_of_a_build_at_once_at_every_cut_and_order() {
+        let (b, c) = (
+            parse_policy_yaml(BASE.as_bytes()).unwrap(),
+            parse_policy_yaml(CAND.as_bytes()).unwrap(),
+        );
+        // 24 intents, 16 of them changed (every delete flips), in no particular digest order.
+        let corpus: Vec<CorpusIntent> = (0..24)
+            .map(|i| {
+                let tool = if i % 3 == 0 {
+                    "tool.read"
+                } else {
+                    "tool.delete"
+                };
+                captured(tool, &format!("/d/{i}"), &[&format!("a:{i}")])
+            })
+            .collect();
+        let scope = ReportScope {
+            org: "acme".into(),
+            project: None,
+            env: None,
+            until_id: 42,
+        };
+        for max_changed in [None, Some(0), Some(1), Some(5), Some(16), Some(100)] {
+            let mut whole = ReportBuilder::new(&b, &c, 2, max_changed);
+            whole.add_corpus(&corpus);
+            let whole = encode_report(&whole.finish(scope.clone(), None, &[]).unwrap());
+            let expected_truncated = max_changed.is_some_and(|m| m < 16);
+            for chunk in [1, 3, 7, 24] {
+                let mut builder = ReportBuilder::new(&b, &c, 1, max_changed);
+                for part in corpus.chunks(chunk) {
+                    builder.add_corpus(part);
+                }
+                let r = builder.finish(scope.clone(), None, &[]).unwrap();
+                assert_eq!(
+                    encode_report(&r),
+                    whole,
+                    "max {max_changed:?} chunk {chunk}"
+                );
+                assert_eq!(r.changed_total, 16);
+                assert_eq!(r.corpus.samples, 24);
+                assert_eq!(r.changed_truncated, expected_truncated, "{max_changed:?}");
+                assert_eq!(r.changed.len(), max_changed.unwrap_or(16).min(16));
+            }
+            // The corpus order does not matter either (a replay reads it in whatever order the plan gives).
+            let mut reversed = ReportBuilder::new(&b, &c, 2, max_changed);
+            for part in corpus.iter().rev().cloned().collect::<Vec<_>>().chunks(5) {
+                reversed.add_corpus(part);
+            }
+            let reversed = reversed.finish(scope.clone(), None, &[]).unwrap();
+            assert_eq!(
+                encode_report(&reversed),
+                whole,
+                "max {max_changed:?} reversed"
+            );
+        }
+        // The kept entries are the smallest digests of all changed ones.
+        let mut all: Vec<String> = corpus
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, c)| c.intent_digest.clone())
+            .collect();
+        all.sort();
+        let mut five = ReportBuilder::new(&b, &c, 1, Some(5));
+        for part in corpus.chunks(4) {
+            five.add_corpus(part);
+        }
+        let kept: Vec<String> = five
+            .finish(scope, None, &[])
+            .unwrap()
+            .changed
+            .into_iter()
+            .map(|c| c.intent_digest)
+            .collect();
+        assert_eq!(kept, all[..5]);
     }
 
     #[test]
