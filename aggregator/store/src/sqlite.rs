@@ -49,8 +49,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How long a statement waits for another connection's write lock before failing with SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections in the pool: WAL lets readers run beside the single writer.
-const MAX_CONNECTIONS: u32 = 4;
+/// Connections in the pool: WAL lets readers run beside the single writer. Two replays at once walk on two
+/// connections each (`replay::corpus`), which leaves two for ingest and the API.
+const MAX_CONNECTIONS: u32 = 6;
 
 /// Rows per multi-row INSERT statement, largest first. A batch is cut into statements of these sizes (like a
 /// binary expansion of its length), so only a handful of distinct statements are ever prepared.
