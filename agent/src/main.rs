@@ -269,6 +269,8 @@ struct QuarantineArgs {
 }
 
 fn main() -> ExitCode {
+    // Before the heaps grow (crates/runtime/src/memory.rs).
+    let thp = gait_runtime::memory::disable_transparent_huge_pages();
     // Gait-compatible commands run before logging and the async runtime are set up (process latency).
     if let Some(code) = gait_agent::gaitcli::run_from_env() {
         return code;
@@ -294,6 +296,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(error) = thp {
+        tracing::warn!(%error, "transparent huge pages stay on: expect latency spikes while heaps grow");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

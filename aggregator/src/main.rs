@@ -163,6 +163,8 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Before the heaps grow (crates/runtime/src/memory.rs).
+    let thp = gait_runtime::memory::disable_transparent_huge_pages();
     // Every reqwest client needs a default rustls provider (see gait_runtime::http::tls::install_ring_default).
     gait_runtime::http::tls::install_ring_default();
     let cli = Cli::parse();
@@ -178,6 +180,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    if let Err(error) = thp {
+        tracing::warn!(%error, "transparent huge pages stay on: expect latency spikes while heaps grow");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -451,7 +451,13 @@ struct OpenLoop {
     latencies: Vec<Duration>,
     /// How late the client itself sent each request (pacing, or no free connection), sorted.
     lateness: Vec<Duration>,
+    /// Requests answered more than [`SLOW`] after their scheduled time: (scheduled offset from the start,
+    /// latency), to tell one stall from a spread-out tail.
+    slow: Vec<(Duration, Duration)>,
 }
+
+/// What [`OpenLoop::slow`] counts.
+const SLOW: Duration = Duration::from_millis(10);
 
 impl OpenLoop {
     /// Nearest-rank quantile of a sorted sample, in milliseconds.
@@ -497,6 +503,29 @@ impl OpenLoop {
                 "p50": round(Self::quantile_ms(&self.lateness, 0.50), 3),
                 "p99": round(Self::quantile_ms(&self.lateness, 0.99), 3),
             },
+            "over_10ms": self.slow_windows(),
+        })
+    }
+
+    /// The slow requests by 100 ms window of their scheduled time: `[window start ms, count, max latency ms]`,
+    /// the 20 windows with the most.
+    fn slow_windows(&self) -> Value {
+        let mut windows: std::collections::BTreeMap<u128, (u64, f64)> = Default::default();
+        for (at, latency) in &self.slow {
+            let w = windows.entry(at.as_millis() / 100 * 100).or_default();
+            w.0 += 1;
+            w.1 = w.1.max(latency.as_secs_f64() * 1e3);
+        }
+        let mut rows: Vec<_> = windows.into_iter().collect();
+        rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
+        rows.truncate(20);
+        rows.sort_by_key(|r| r.0);
+        json!({
+            "count": self.slow.len(),
+            "windows_100ms": rows
+                .into_iter()
+                .map(|(start, (n, max))| json!([start, n, round(max, 1)]))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -612,6 +641,9 @@ fn run_open_loop(
     connections: usize,
 ) -> anyhow::Result<OpenLoop> {
     ensure!(rate > 0.0, "--rate must be positive");
+    // The client's own heaps must not stall it (crates/runtime/src/memory.rs). Set only now, after the agent
+    // and the aggregator started (children inherit the flag), so every build is measured with its own setting.
+    gait_runtime::memory::disable_transparent_huge_pages().map_err(anyhow::Error::msg)?;
     let request = Arc::new(socket_request()?);
     let clients = (0..connections)
         .map(|_| SocketClient::connect(socket, Arc::clone(&request)))
@@ -627,6 +659,7 @@ fn run_open_loop(
                 scope.spawn(move || {
                     let mut latencies = Vec::new();
                     let mut lateness = Vec::new();
+                    let mut slow = Vec::new();
                     let mut errors = Vec::new();
                     let mut last_done = start;
                     loop {
@@ -645,6 +678,9 @@ fn run_open_loop(
                                 let done = Instant::now();
                                 latencies.push(done - scheduled);
                                 lateness.push(sent.saturating_duration_since(scheduled));
+                                if done - scheduled > SLOW {
+                                    slow.push((scheduled - start, done - scheduled));
+                                }
                                 last_done = last_done.max(done);
                                 if !keep_alive {
                                     // As a real client does: a new connection for the next decision (a
@@ -672,7 +708,7 @@ fn run_open_loop(
                             }
                         }
                     }
-                    (latencies, lateness, errors, last_done)
+                    (latencies, lateness, slow, errors, last_done)
                 })
             })
             .collect();
@@ -692,11 +728,13 @@ fn run_open_loop(
         achieved_rate: 0.0,
         latencies: Vec::with_capacity(count),
         lateness: Vec::with_capacity(count),
+        slow: Vec::new(),
     };
     let mut last = start;
-    for (latencies, lateness, errors, last_done) in results {
+    for (latencies, lateness, slow, errors, last_done) in results {
         run.latencies.extend(latencies);
         run.lateness.extend(lateness);
+        run.slow.extend(slow);
         run.errors += errors.len();
         if run.first_error.is_none() {
             run.first_error = errors.into_iter().next();

@@ -112,6 +112,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.agents >= 1 && args.batch >= 1,
         "--agents and --batch must be at least 1"
     );
+    // As gait-aggregator runs (crates/runtime/src/memory.rs); no child process here.
+    gait_runtime::memory::disable_transparent_huge_pages().map_err(anyhow::Error::msg)?;
     let dir = args.common.temp_dir("gait-bench-replay")?;
     let path = match &args.reuse_db {
         Some(path) => {

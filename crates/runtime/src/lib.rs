@@ -21,6 +21,7 @@ pub mod config;
 pub mod exit;
 pub mod http;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod pem;
