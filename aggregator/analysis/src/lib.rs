@@ -1,0 +1,13 @@
+//! `gait-analysis`: the fleet analytics of issue 12 as pure functions over indexed evidence. No I/O, no async, no
+//! clock (a caller passes `now` where time matters), so the compiler keeps it pure and every result is a
+//! function of its inputs alone — the same evidence gives the same families and scores on every replica, in any
+//! ingest order.
+//!
+//! - [`family`]: the versioned incident fingerprint over non-volatile decision and regress-failure features,
+//!   and the fold of occurrences into families (first/last seen, counts, affected scope, representatives),
+//!   independent of order and duplicates.
+//! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
+//!   volume cannot outrank severity.
+
+pub mod family;
+pub mod priority;
