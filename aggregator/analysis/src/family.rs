@@ -363,7 +363,12 @@ mod tests {
             record: RecordRef {
                 org: "acme".into(),
                 project: format!("p{}", agent % 2),
-                env: if agent.is_multiple_of(3) { "prod" } else { "dev" }.into(),
+                env: if agent.is_multiple_of(3) {
+                    "prod"
+                } else {
+                    "dev"
+                }
+                .into(),
                 agent_id: format!("agent-{agent}"),
                 seq: i,
             },

@@ -6,8 +6,11 @@
 //! - [`family`]: the versioned incident fingerprint over non-volatile decision and regress-failure features,
 //!   and the fold of occurrences into families (first/last seen, counts, affected scope, representatives),
 //!   independent of order and duplicates.
+//! - [`drift`]: why a run that passed now fails: the differences from the last good run by precedence (policy,
+//!   tool, reference set, runtime), or "unattributed" when the evidence holds none.
 //! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
 //!   volume cannot outrank severity.
 
+pub mod drift;
 pub mod family;
 pub mod priority;
