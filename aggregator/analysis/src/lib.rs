@@ -8,9 +8,12 @@
 //!   independent of order and duplicates.
 //! - [`drift`]: why a run that passed now fails: the differences from the last good run by precedence (policy,
 //!   tool, reference set, runtime), or "unattributed" when the evidence holds none.
+//! - [`fix`]: next-best-fix suggestions (rollback candidate, regress fixture, approval rule, policy fixture),
+//!   each from fixed rules over the family and linked to its evidence.
 //! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
 //!   volume cannot outrank severity.
 
 pub mod drift;
 pub mod family;
+pub mod fix;
 pub mod priority;
