@@ -10,10 +10,13 @@
 //!   tool, reference set, runtime), or "unattributed" when the evidence holds none.
 //! - [`fix`]: next-best-fix suggestions (rollback candidate, regress fixture, approval rule, policy fixture),
 //!   each from fixed rules over the family and linked to its evidence.
+//! - [`posture`]: gated tool coverage and high-risk ungated paths, agent posture at `now`, approval-path
+//!   health, in integer per-mille.
 //! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
 //!   volume cannot outrank severity.
 
 pub mod drift;
 pub mod family;
 pub mod fix;
+pub mod posture;
 pub mod priority;
