@@ -51,6 +51,8 @@ pub const REPLAY_PUB_FILE: &str = "replay.pub";
 pub const MAX_FIXTURES: usize = 1000;
 /// Default most entries of the report's `changed` list (its counts always cover every change).
 pub const DEFAULT_MAX_CHANGED: usize = 10_000;
+/// The most a request may ask the `changed` list to hold: the replay keeps that many entries in memory.
+pub const MAX_CHANGED: usize = 100_000;
 /// Most replays and corpus exports one aggregator runs at once (each keeps cores busy); one more is answered
 /// 503 with `Retry-After`.
 pub const MAX_CONCURRENT_REPLAYS: usize = 2;
@@ -322,6 +324,12 @@ impl Replay {
                 intent: f.intent.get().as_bytes().to_vec(),
             })
             .collect();
+        if req.max_changed.is_some_and(|m| m > MAX_CHANGED) {
+            return Err(invalid(
+                "max_changed",
+                format!("at most {MAX_CHANGED} (the counts always cover every change)"),
+            ));
+        }
         let scope = scope(caller, req.project.as_deref(), req.env.as_deref())?;
         let _slot = self.slot()?;
         let until_id = self.pin(&scope, req.until_id).await?;

@@ -82,6 +82,10 @@ async fn refusals_name_the_field_and_an_empty_corpus_gives_a_verifiable_report(
             json!({"candidate": BLOCK, "baseline": ALLOW, "extra": 1}),
             "extra",
         ),
+        (
+            json!({"candidate": BLOCK, "baseline": ALLOW, "max_changed": 100_001}),
+            "max_changed",
+        ),
     ] {
         let (s, b) = call(&app, "POST", uri, Some(body.clone())).await;
         let v = json(&b);

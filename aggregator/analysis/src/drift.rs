@@ -11,7 +11,8 @@
 //! 3. **reference set change** — the context set digest or the receipts differ;
 //! 4. **config / runtime change** — the producer version or the environment differs.
 //!
-//! When nothing differs the answer is [`Attribution::unattributed`]: the failure is real, and its cause is not in
+//! A scalar field missing on either side is unknown and never a cause. A tool call present on one side only
+//! is one (the call appeared or vanished). When nothing differs the answer is [`Attribution::unattributed`]: the failure is real, and its cause is not in
 //! the evidence. Saying so is the point; no heuristic fills the gap.
 
 use std::collections::BTreeMap;
@@ -83,8 +84,10 @@ impl Attribution {
 /// Compares the failing run with the last good one (module docs).
 pub fn attribute(last_good: &RunContext, failing: &RunContext) -> Attribution {
     let mut causes = Vec::new();
+    // A field one side does not carry (an older runpack) is unknown, not changed: only two values that differ
+    // are evidence.
     let mut scalar = |kind, field: &str, before: &Option<String>, after: &Option<String>| {
-        if before != after {
+        if before.is_some() && after.is_some() && before != after {
             causes.push(Cause {
                 kind,
                 field: field.to_owned(),
@@ -215,5 +218,12 @@ mod tests {
         assert_eq!(primary.before, None);
         let same = attribute(&good(), &good());
         assert!(same.unattributed() && same.causes.is_empty());
+        // A field the older run did not record is unknown, not a change.
+        let older = RunContext {
+            producer_version: None,
+            reference_set_digest: None,
+            ..good()
+        };
+        assert!(attribute(&older, &good()).unattributed());
     }
 }

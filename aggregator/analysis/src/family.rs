@@ -89,7 +89,7 @@ impl Fingerprint {
         format!(
             "gfam{}-{}",
             self.version,
-            &self.hash[..32.min(self.hash.len())]
+            self.hash.get(..32).unwrap_or(&self.hash)
         )
     }
 }

@@ -101,29 +101,43 @@ pub fn next_best_fix(family: &Family, ctx: &FixContext<'_>) -> Vec<Suggestion> {
     let at = versions
         .iter()
         .rposition(|v| v.active_from_unix_ms <= family.first_seen_unix_ms);
-    if let Some(i) = at.filter(|i| *i > 0) {
+    let known = |digest: &str| versions.iter().any(|v| v.digest == digest);
+    // A policy change named by the drift attribution wins: roll back exactly the change it names, when both
+    // versions belong to the lineage.
+    let attributed = ctx
+        .attribution
+        .and_then(|a| a.primary.as_ref())
+        .filter(|c| c.kind == CauseKind::PolicyChange)
+        .and_then(|c| Some((c.after.as_deref()?, c.before.as_deref()?)))
+        .filter(|(after, before)| known(after) && known(before));
+    if let Some((suspect, previous)) = attributed {
+        out.push(Suggestion {
+            action: Action::Rollback {
+                suspect_digest: suspect.to_owned(),
+                to_digest: previous.to_owned(),
+            },
+            reason: "the family's drift is attributed to this policy change".into(),
+            evidence: vec![suspect.to_owned(), previous.to_owned()],
+        });
+    } else if let Some(i) = at.filter(|i| *i > 0) {
         let (suspect, previous) = (versions[i], versions[i - 1]);
-        let by_attribution = ctx
-            .attribution
-            .and_then(|a| a.primary.as_ref())
-            .is_some_and(|c| c.kind == CauseKind::PolicyChange);
-        let by_time = family.first_seen_unix_ms - suspect.active_from_unix_ms <= ROLLBACK_WINDOW_MS;
-        if by_attribution || by_time {
+        let since = i128::from(family.first_seen_unix_ms) - i128::from(suspect.active_from_unix_ms);
+        if since <= i128::from(ROLLBACK_WINDOW_MS) {
             out.push(Suggestion {
                 action: Action::Rollback {
                     suspect_digest: suspect.digest.clone(),
                     to_digest: previous.digest.clone(),
                 },
-                reason: if by_attribution {
-                    "the family's drift is attributed to this policy change".into()
-                } else {
-                    "the family first appeared within a day of this policy version".into()
-                },
+                reason: "the family first appeared within a day of this policy version".into(),
                 evidence: vec![suspect.digest.clone(), previous.digest.clone()],
             });
         }
     }
-    if let Some(runpack) = family.representatives.first() {
+    if let Some(runpack) = family
+        .representatives
+        .iter()
+        .find(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         out.push(Suggestion {
             action: Action::AddRegressFixture {
                 runpack_digest: runpack.clone(),
@@ -137,9 +151,12 @@ pub fn next_best_fix(family: &Family, ctx: &FixContext<'_>) -> Vec<Suggestion> {
         out.push(Suggestion {
             action: Action::RequireApproval {
                 tool: tool.to_owned(),
+                // The tool name comes from agents' evidence: quoted as a JSON string (a YAML flow scalar), so
+                // no name can add keys or rules; the rule name keeps only [A-Za-z0-9-].
                 rule_yaml: format!(
-                    "- name: approve-{name}\n  effect: require_approval\n  match:\n    tool_names: [{tool}]\n",
-                    name = tool.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+                    "- name: approve-{name}\n  effect: require_approval\n  match:\n    tool_names: [{quoted}]\n",
+                    name = tool.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+                    quoted = serde_json::Value::from(tool),
                 ),
             },
             reason: "high-risk or destructive calls of this tool are allowed without approval".into(),
@@ -204,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_family_right_after_a_new_version_suggests_rolling_it_back_then_a_fixture() {
-        let f = family("block", 1_000_500, Some("rp1"));
+        let f = family("block", 1_000_500, Some("ab01"));
         let s = next_best_fix(
             &f,
             &FixContext {
@@ -220,12 +237,56 @@ mod tests {
             }
         );
         assert!(
-            matches!(&s[1].action, Action::AddRegressFixture { runpack_digest, .. } if runpack_digest == "rp1")
+            matches!(&s[1].action, Action::AddRegressFixture { runpack_digest, .. } if runpack_digest == "ab01")
         );
         assert!(
             matches!(&s[2].action, Action::AddPolicyFixture { tool, .. } if tool == "tool.delete")
         );
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn a_hostile_tool_name_cannot_add_rules_and_odd_digests_stay_out_of_commands() {
+        let mut fam = Families::default();
+        let id = fam.add(&Occurrence {
+            record: RecordRef {
+                org: "acme".into(),
+                project: "web".into(),
+                env: "prod".into(),
+                agent_id: "a1".into(),
+                seq: 1,
+            },
+            at_unix_ms: 5,
+            features: IncidentFeatures {
+                tool: "x]\n  effect: allow\n- name: evil".into(),
+                verdict: "allow".into(),
+                ..Default::default()
+            },
+            artifact_digest: Some("$(rm -rf /)".into()),
+        });
+        let f = fam.get(&id).cloned().expect("family");
+        let s = next_best_fix(
+            &f,
+            &FixContext {
+                high_risk: true,
+                ..Default::default()
+            },
+        );
+        let [
+            Suggestion {
+                action: Action::RequireApproval { rule_yaml, .. },
+                ..
+            },
+        ] = &s[..]
+        else {
+            panic!("{s:?}");
+        };
+        // Four lines, the name on the last one as one escaped string (the newlines stay `\n` escapes).
+        assert_eq!(rule_yaml.lines().count(), 4, "{rule_yaml}");
+        assert!(
+            rule_yaml.ends_with("tool_names: [\"x]\\n  effect: allow\\n- name: evil\"]\n"),
+            "{rule_yaml}"
+        );
     }
 
     #[test]
@@ -273,6 +334,59 @@ mod tests {
             },
         );
         assert!(matches!(&s[0].action, Action::Rollback { to_digest, .. } if to_digest == "p1"));
+        // An attribution naming another change of the lineage rolls back that change, not the one in force
+        // when the family appeared.
+        let three = [
+            lineage(),
+            vec![LineageVersion {
+                digest: "p3".into(),
+                active_from_unix_ms: late + 10,
+            }],
+        ]
+        .concat();
+        let p2_to_p3 = attribute(
+            &crate::drift::RunContext {
+                policy_digest: Some("p2".into()),
+                ..Default::default()
+            },
+            &crate::drift::RunContext {
+                policy_digest: Some("p3".into()),
+                ..Default::default()
+            },
+        );
+        let s3 = next_best_fix(
+            &f,
+            &FixContext {
+                lineage: &three,
+                attribution: Some(&p2_to_p3),
+                high_risk: false,
+            },
+        );
+        assert_eq!(
+            s3[0].action,
+            Action::Rollback {
+                suspect_digest: "p3".into(),
+                to_digest: "p2".into()
+            }
+        );
+        // No overflow on extreme times.
+        let extreme = [
+            LineageVersion {
+                digest: "a".into(),
+                active_from_unix_ms: i64::MIN,
+            },
+            LineageVersion {
+                digest: "b".into(),
+                active_from_unix_ms: i64::MIN + 1,
+            },
+        ];
+        let _ = next_best_fix(
+            &family("block", i64::MAX, None),
+            &FixContext {
+                lineage: &extreme,
+                ..Default::default()
+            },
+        );
         // The same inputs give the same suggestions.
         assert_eq!(
             s,

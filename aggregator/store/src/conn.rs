@@ -47,6 +47,16 @@ impl Pooled {
             Pooled::Postgres(c) => Conn::Postgres(c),
         }
     }
+
+    /// Closes the connection when it is dropped instead of returning it to the pool: for a connection whose
+    /// session settings were changed for one operation, so no later user inherits them, however the operation
+    /// ends (finished, failed, or its future dropped).
+    pub(crate) fn close_on_drop(&mut self) {
+        match self {
+            Pooled::Sqlite(c) => c.close_on_drop(),
+            Pooled::Postgres(c) => c.close_on_drop(),
+        }
+    }
 }
 
 /// An open transaction on either backend (rolled back on drop unless committed). On SQLite it is a member of

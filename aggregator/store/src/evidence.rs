@@ -880,10 +880,23 @@ impl crate::Store {
         shard: Shard,
         tx: &tokio::sync::mpsc::Sender<OwnedCorpusGroup>,
     ) -> Result<(), StoreError> {
+        if shard.of == 0 || shard.of > 16 || shard.index >= shard.of {
+            return Err(StoreError::invalid(
+                "shard",
+                format!(
+                    "shard {} of {}: give 1 to 16 shards and an index below their number",
+                    shard.index, shard.of
+                ),
+            ));
+        }
         let (filter, extra) = scope.shard_filter("e", shard);
         let sql = corpus_groups_sql(&filter, extra.len(), scope.env.is_some(), ordered);
         let until = to_i64("until_id", until_id)?;
         let mut pooled = self.acquire().await?;
+        if matches!(pooled, crate::conn::Pooled::Sqlite(_)) {
+            // The walk maps the file on this connection (below): it must not go back to the pool.
+            pooled.close_on_drop();
+        }
         let mut conn = pooled.conn();
         macro_rules! walk {
             ($c:ident) => {
@@ -905,18 +918,14 @@ impl crate::Store {
         db_run!(conn,
             sqlite: |s| {
                 // The walk reads every payload once, in file order: through a memory map it skips a read
-                // syscall and a copy per page. Only for this walk, on this connection (module docs of
-                // `corpus_groups_sql`).
+                // syscall and a copy per page. The map is a session setting, so this connection is closed after
+                // the walk, however it ends (finished, failed, or its future dropped by a client that went
+                // away), and never handed to another user with the map on.
                 sqlx::query(SQLITE_WALK_MMAP_ON)
                     .execute(&mut *s)
                     .await
                     .map_err(db("replay corpus: map the file"))?;
-                let walked = walk!(s);
-                let unmapped = sqlx::query(SQLITE_WALK_MMAP_OFF)
-                    .execute(&mut *s)
-                    .await
-                    .map_err(db("replay corpus: unmap the file"));
-                walked.and(unmapped.map(|_| ()))
+                walk!(s)
             },
             postgres: |p| walk!(p),
         )
@@ -924,8 +933,6 @@ impl crate::Store {
 }
 
 /// Maps up to 2 GiB (SQLite's default ceiling) of the database file for a replay walk. A read error on a mapped
-/// page would stop the process (SIGBUS) instead of failing the statement; the map lasts only the walk, and the
-/// store never shrinks the file under a reader (no VACUUM).
+/// page would stop the process (SIGBUS) instead of failing the statement; the map lives only on the walk's own
+/// connection, which is closed after it, and the store never shrinks the file under a reader (no VACUUM).
 const SQLITE_WALK_MMAP_ON: &str = "PRAGMA mmap_size = 2147418112";
-/// The store's default: no map.
-const SQLITE_WALK_MMAP_OFF: &str = "PRAGMA mmap_size = 0";
