@@ -332,6 +332,63 @@ pub(crate) async fn insert_gaps(
 mod tests {
     use super::*;
 
+    /// Every pooled connection's `mmap_size`, holding all of them at once so each is seen.
+    async fn pooled_mmap_sizes(store: &SqliteStore) -> anyhow::Result<Vec<i64>> {
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(store.pool.acquire().await?);
+        }
+        let mut sizes = Vec::new();
+        for conn in &mut held {
+            sizes.push(
+                sqlx::query_scalar("PRAGMA mmap_size")
+                    .fetch_one(&mut **conn)
+                    .await?,
+            );
+        }
+        Ok(sizes)
+    }
+
+    #[tokio::test]
+    async fn a_replay_walk_leaves_no_pooled_connection_mapped_finished_or_dropped()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sqlite = SqliteStore::open_file(&dir.path().join("aggregator.db")).await?;
+        let store = crate::Store::Sqlite(sqlite.clone());
+        let scope = crate::CorpusScope {
+            org: "acme".parse()?,
+            project: None,
+            env: None,
+        };
+        // A walk that runs to its end.
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        store
+            .replay_corpus_groups_to(&scope, 10, 5, false, crate::Shard::WHOLE, &tx)
+            .await?;
+        assert!(pooled_mmap_sizes(&sqlite).await?.iter().all(|s| *s == 0));
+        // Walks dropped after one poll, a few times (wherever each stopped: acquiring, mapping, reading).
+        for _ in 0..8 {
+            let walk =
+                store.replay_corpus_groups_to(&scope, 10, 5, false, crate::Shard::WHOLE, &tx);
+            tokio::select! {
+                biased;
+                _ = walk => {}
+                () = std::future::ready(()) => {}
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(pooled_mmap_sizes(&sqlite).await?.iter().all(|s| *s == 0));
+        // An invalid shard is refused, not walked.
+        let bad = crate::Shard { index: 2, of: 2 };
+        assert!(
+            store
+                .replay_corpus_groups_to(&scope, 10, 5, false, bad, &tx)
+                .await
+                .is_err()
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn every_pooled_connection_is_wal_full_sync_with_foreign_keys() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
