@@ -10,6 +10,8 @@
 //!   tool, reference set, runtime), or "unattributed" when the evidence holds none.
 //! - [`fix`]: next-best-fix suggestions (rollback candidate, regress fixture, approval rule, policy fixture),
 //!   each from fixed rules over the family and linked to its evidence.
+//! - [`gate`]: regress posture per project with its trend against the window before (drift hotspots first),
+//!   and the change-management gate for an environment: pass, or fail with every reason.
 //! - [`posture`]: gated tool coverage and high-risk ungated paths, agent posture at `now`, approval-path
 //!   health, in integer per-mille.
 //! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
@@ -18,5 +20,6 @@
 pub mod drift;
 pub mod family;
 pub mod fix;
+pub mod gate;
 pub mod posture;
 pub mod priority;
