@@ -438,6 +438,18 @@ impl Aggregator {
         Ok(v["digest"].as_str().context("push: no digest")?.to_owned())
     }
 
+    /// `gait-aggregator <args…> --server <this> --token-file <its admin token>`: an operator command against
+    /// this aggregator, ready for more arguments.
+    pub fn operator_command(&self, args: &[&str]) -> Command {
+        let mut cmd = hermetic("gait-aggregator");
+        cmd.args(args)
+            .arg("--server")
+            .arg(self.url(""))
+            .arg("--token-file")
+            .arg(self.data_dir.join("admin.token"));
+        cmd
+    }
+
     /// GET a `/v1` path with the admin token.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         http_json("GET", &self.url(path), Some(&self.token), None)

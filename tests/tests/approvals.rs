@@ -46,12 +46,8 @@ fn evaluate(agent: &Agent, token: &str, body: &Value) -> anyhow::Result<Value> {
 
 /// Runs `gait-aggregator <args> --server … --token-file …`; returns (exit code, stdout).
 fn cli(agg: &Aggregator, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let out = hermetic("gait-aggregator")
-        .args(args)
-        .arg("--server")
-        .arg(agg.url(""))
-        .arg("--token-file")
-        .arg(agg.data_dir.join("admin.token"))
+    let out = agg
+        .operator_command(args)
         .output()
         .context("run gait-aggregator")?;
     ensure!(

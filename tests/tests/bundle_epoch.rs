@@ -11,8 +11,7 @@ use gait_e2e::{Agent, Aggregator, POLICY_V1, POLICY_V2, hermetic, output_text as
 use serde_json::Value;
 
 fn export(agg: &Aggregator, epoch: Option<u64>, out: &Path) -> anyhow::Result<Output> {
-    let mut cmd = hermetic("gait-aggregator");
-    cmd.args([
+    let mut cmd = agg.operator_command(&[
         "bundle",
         "export",
         "--org",
@@ -22,13 +21,8 @@ fn export(agg: &Aggregator, epoch: Option<u64>, out: &Path) -> anyhow::Result<Ou
         "--env",
         "prod",
         "--json",
-    ])
-    .arg("--server")
-    .arg(agg.url(""))
-    .arg("--token-file")
-    .arg(agg.data_dir.join("admin.token"))
-    .arg("--out")
-    .arg(out);
+    ]);
+    cmd.arg("--out").arg(out);
     if let Some(epoch) = epoch {
         cmd.arg("--epoch").arg(epoch.to_string());
     }

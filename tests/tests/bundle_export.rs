@@ -11,8 +11,8 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 fn export(agg: &Aggregator, env: &str, out: &std::path::Path) -> anyhow::Result<Output> {
-    Ok(hermetic("gait-aggregator")
-        .args([
+    Ok(agg
+        .operator_command(&[
             "bundle",
             "export",
             "--org",
@@ -22,10 +22,6 @@ fn export(agg: &Aggregator, env: &str, out: &std::path::Path) -> anyhow::Result<
             "--env",
             env,
         ])
-        .arg("--server")
-        .arg(agg.url(""))
-        .arg("--token-file")
-        .arg(agg.data_dir.join("admin.token"))
         .arg("--out")
         .arg(out)
         .arg("--json")

@@ -245,8 +245,8 @@ fn raw_capture_records_the_normalized_intent_and_reference_only_digests() -> any
 
 /// `gait-aggregator trace-keys … --out DIR --json`: the JSON answer.
 fn export_keys(agg: &Aggregator, out: &Path) -> anyhow::Result<Value> {
-    let run = hermetic("gait-aggregator")
-        .args([
+    let run = agg
+        .operator_command(&[
             "trace-keys",
             "--org",
             "acme",
@@ -256,10 +256,6 @@ fn export_keys(agg: &Aggregator, out: &Path) -> anyhow::Result<Value> {
             "prod",
             "--json",
         ])
-        .arg("--server")
-        .arg(agg.url(""))
-        .arg("--token-file")
-        .arg(agg.data_dir.join("admin.token"))
         .arg("--out")
         .arg(out)
         .output()?;

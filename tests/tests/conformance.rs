@@ -10,9 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use gait_e2e::{
-    Agent, Aggregator, PATIENCE, POLICY_V1, hermetic, http_json, output_text as text, wait_for,
-};
+use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, http_json, output_text as text, wait_for};
 use serde_json::Value;
 
 /// v1 plus the rule the baseline requires.
@@ -20,13 +18,8 @@ const POLICY_V2: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndef
 
 /// `gait-aggregator policy <args…> --server … --token-file …`.
 fn policy(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(hermetic("gait-aggregator")
-        .arg("policy")
-        .args(args)
-        .arg("--server")
-        .arg(agg.url(""))
-        .arg("--token-file")
-        .arg(agg.data_dir.join("admin.token"))
+    Ok(agg
+        .operator_command(&[&["policy"], args].concat())
         .output()?)
 }
 

@@ -17,13 +17,8 @@ use serde_json::{Value, json};
 
 /// `gait-aggregator policy <args…> --server … --token-file …`.
 fn policy(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(hermetic("gait-aggregator")
-        .arg("policy")
-        .args(args)
-        .arg("--server")
-        .arg(agg.url(""))
-        .arg("--token-file")
-        .arg(agg.data_dir.join("admin.token"))
+    Ok(agg
+        .operator_command(&[&["policy"], args].concat())
         .output()?)
 }
 

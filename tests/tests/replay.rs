@@ -527,9 +527,9 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
         &tmp.path().join("ci.pub"),
         &gait_canon::sign::SigningKey::generate(),
     )?;
-    let out = replay(
-        None,
-        &[
+    // `replay --offline` over the exported corpus with the CI key, plus `extra`.
+    let offline = |extra: &[&str]| -> anyhow::Result<Output> {
+        let mut args = vec![
             "--offline",
             "--corpus",
             corpus.to_str().context("path")?,
@@ -537,13 +537,13 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
             candidate.to_str().context("path")?,
             "--baseline",
             baseline.to_str().context("path")?,
-            "--fixtures",
-            intents.to_str().context("path")?,
             "--signing-key",
             key.to_str().context("path")?,
-            "--json",
-        ],
-    )?;
+        ];
+        args.extend_from_slice(extra);
+        replay(None, &args)
+    };
+    let out = offline(&["--fixtures", intents.to_str().context("path")?, "--json"])?;
     ensure!(
         out.status.code() == Some(5),
         "{:?}: {}",
@@ -569,22 +569,7 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
     ensure!(report["fixtures_total"] == names.len() as u64, "{report}");
 
     // Nothing to check (empty corpus, no fixtures): a CI gate fails with 6 and says why, unless told otherwise.
-    let empty = |extra: &[&str]| -> anyhow::Result<Output> {
-        let mut args = vec![
-            "--offline",
-            "--corpus",
-            corpus.to_str().context("path")?,
-            "--candidate",
-            candidate.to_str().context("path")?,
-            "--baseline",
-            baseline.to_str().context("path")?,
-            "--signing-key",
-            key.to_str().context("path")?,
-        ];
-        args.extend_from_slice(extra);
-        replay(None, &args)
-    };
-    let out = empty(&[])?;
+    let out = offline(&[])?;
     ensure!(
         out.status.code() == Some(6)
             && stderr(&out).contains("warning: the corpus")
@@ -593,7 +578,7 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
         out.status,
         stderr(&out)
     );
-    let out = empty(&["--require-samples", "0"])?;
+    let out = offline(&["--require-samples", "0"])?;
     ensure!(
         out.status.code() == Some(0) && stderr(&out).contains("warning: the corpus"),
         "{:?}: {}",
@@ -607,7 +592,7 @@ fn on_gaits_example_fixtures_the_changed_set_is_gaits_simulate_rule() -> anyhow:
         &other,
         &gait_canon::sign::SigningKey::generate(),
     )?;
-    let out = empty(&[
+    let out = offline(&[
         "--require-samples",
         "0",
         "--replay-pub",
