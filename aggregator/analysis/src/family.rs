@@ -10,9 +10,10 @@
 //! [`FINGERPRINT_V1_DOMAIN`]. The hash is the family id; [`Fingerprint::dedup_key`] is its short stable form for
 //! downstream systems.
 //!
-//! **Versions.** A later algorithm gets a new version and domain prefix. A family records the fingerprint of
-//! every version it was computed with ([`Family::previous`]), so an upgrade finds existing families by their
-//! old hash and keeps them together (as Sentry carries the previous grouping hash when it changes grouping).
+//! **Versions.** A later algorithm gets a new version and domain prefix. When one exists, a family will also
+//! record the fingerprints of the versions before it, so an upgrade finds existing families by their old hash
+//! and keeps them together (as Sentry carries the previous grouping hash when it changes grouping). With v1
+//! the only version there is nothing to carry yet.
 //!
 //! **Folding.** [`Families::add`] counts an occurrence once per record identity ([`RecordRef`]), whatever the
 //! order or number of times it arrives, and every field of a family is order-independent (minimum, maximum,
@@ -174,8 +175,6 @@ pub struct Occurrence {
 pub struct Family {
     /// The current fingerprint (its hash is the family id).
     pub fingerprint: Fingerprint,
-    /// Fingerprints of earlier algorithm versions this family was known by, oldest first.
-    pub previous: Vec<Fingerprint>,
     /// Earliest occurrence (Unix ms).
     pub first_seen_unix_ms: i64,
     /// Latest occurrence (Unix ms).
@@ -196,7 +195,6 @@ impl Family {
     fn new(fingerprint: Fingerprint, at: i64) -> Self {
         Family {
             fingerprint,
-            previous: Vec::new(),
             first_seen_unix_ms: at,
             last_seen_unix_ms: at,
             count: 0,

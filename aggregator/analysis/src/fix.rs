@@ -185,6 +185,11 @@ mod tests {
     use crate::family::{Families, IncidentFeatures, IncidentKind, Occurrence, RecordRef};
 
     fn family(verdict: &str, first_seen: i64, digest: Option<&str>) -> Family {
+        family_of("tool.delete", verdict, first_seen, digest)
+    }
+
+    /// The family of one occurrence of `tool` with `verdict`.
+    fn family_of(tool: &str, verdict: &str, first_seen: i64, digest: Option<&str>) -> Family {
         let mut f = Families::default();
         let id = f.add(&Occurrence {
             record: RecordRef {
@@ -197,7 +202,7 @@ mod tests {
             at_unix_ms: first_seen,
             features: IncidentFeatures {
                 kind: Some(IncidentKind::Decision),
-                tool: "tool.delete".into(),
+                tool: tool.into(),
                 verdict: verdict.into(),
                 ..Default::default()
             },
@@ -247,24 +252,12 @@ mod tests {
 
     #[test]
     fn a_hostile_tool_name_cannot_add_rules_and_odd_digests_stay_out_of_commands() {
-        let mut fam = Families::default();
-        let id = fam.add(&Occurrence {
-            record: RecordRef {
-                org: "acme".into(),
-                project: "web".into(),
-                env: "prod".into(),
-                agent_id: "a1".into(),
-                seq: 1,
-            },
-            at_unix_ms: 5,
-            features: IncidentFeatures {
-                tool: "x]\n  effect: allow\n- name: evil".into(),
-                verdict: "allow".into(),
-                ..Default::default()
-            },
-            artifact_digest: Some("$(rm -rf /)".into()),
-        });
-        let f = fam.get(&id).cloned().expect("family");
+        let f = family_of(
+            "x]\n  effect: allow\n- name: evil",
+            "allow",
+            5,
+            Some("$(rm -rf /)"),
+        );
         let s = next_best_fix(
             &f,
             &FixContext {
