@@ -19,6 +19,7 @@ use gait_store::Tenant;
 
 mod access;
 mod agents;
+mod analysis;
 mod approvals;
 mod artifact_content;
 mod audit;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub replay: Arc<crate::replay::Replay>,
     /// Staged rollouts.
     pub rollouts: Arc<crate::rollout::Rollouts>,
+    /// Fleet analytics: families, posture, the change gate.
+    pub analytics: Arc<crate::analysis::Analytics>,
 }
 
 /// One `/v1` endpoint: its method and path template, the permission it declares and where that permission is
@@ -533,6 +536,43 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::PUT, AGENT_LABELS, P::RolloutWrite, Env),
             axum::routing::put(rollouts::set_labels),
+        ),
+        // Fleet analytics (issue 12): read over the org, or a project or environment named by `project`/`env`.
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/analysis/families",
+                P::EvidenceRead,
+                Request,
+            ),
+            get(analysis::families),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/analysis/families/{family}",
+                P::EvidenceRead,
+                Request,
+            ),
+            get(analysis::family),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/analysis/posture",
+                P::EvidenceRead,
+                Request,
+            ),
+            get(analysis::posture),
+        ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/change-gate",
+                P::EvidenceRead,
+                Env,
+            ),
+            get(analysis::change_gate),
         ),
     ]
 }

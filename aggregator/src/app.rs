@@ -559,6 +559,11 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             approvals,
             uploads: Some(uploads.clone()),
             evidence: Arc::new(crate::evidence::query::EvidenceIndex::new(store.clone())),
+            analytics: Arc::new(crate::analysis::Analytics::new(
+                store.clone(),
+                registry.clone(),
+                rollouts.clone(),
+            )),
             replay: Arc::new(crate::replay::Replay::new(
                 store.clone(),
                 crate::replay::Replay::load_or_create_key(&config.key_dir())?,
@@ -580,6 +585,13 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         store.clone(),
         metrics.clone(),
         replica,
+        shutdown.child_token(),
+    );
+    crate::analysis::upkeep::spawn(
+        &tasks,
+        store.clone(),
+        metrics.clone(),
+        crate::analysis::upkeep::SETTLE,
         shutdown.child_token(),
     );
     spawn_housekeeping(

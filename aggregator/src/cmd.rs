@@ -4,6 +4,7 @@
 pub mod access;
 pub mod agents;
 pub mod alerts;
+pub mod analysis;
 pub mod approvals;
 pub mod artifact;
 pub mod artifacts;

@@ -19,6 +19,7 @@
 //!
 //! The binary side (`main.rs` + `cmd/`) parses the command line and alone uses a catch-all error type;
 //! the library returns typed errors.
+pub mod analysis;
 pub mod api;
 pub mod app;
 pub mod approval;

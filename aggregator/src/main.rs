@@ -132,6 +132,19 @@ enum Command {
     /// cap), list, show, health; pause, resume, promote, abort, retry; agent labels for cohorts.
     #[command(subcommand)]
     Rollout(cmd::rollout::RolloutCommand),
+    /// Incident families of an org (or a project/environment of it), highest priority first: the same incident
+    /// from any agent grouped by a versioned fingerprint, scored by privilege, blast radius and recurrence.
+    Families(cmd::analysis::FamiliesArgs),
+    /// One incident family: what went into its fingerprint, its score breakdown, evidence digests and
+    /// next-best-fix suggestions (rollback candidate, regress fixture, approval rule, policy fixture).
+    Family(cmd::analysis::FamilyArgs),
+    /// Posture of an org (or a project/environment of it): decision and stage mix per tool and day, high-risk
+    /// calls allowed, regress pass rates with their trend, agent posture.
+    Posture(cmd::analysis::PostureArgs),
+    /// The change-management gate of an environment, for a deployment pipeline: exit 0 when it passes, 1 with
+    /// every reason (conformance, regress posture, open critical families, rollouts in flight) when it fails.
+    #[command(name = "change-gate")]
+    ChangeGate(cmd::analysis::ChangeGateArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,5 +258,9 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Artifacts(args) => cmd::artifacts::artifacts(args, load()?).await,
         Command::Policy(command) => cmd::policy::run(command, load()?).await,
         Command::Replay(args) => cmd::replay::replay(args, load()?).await,
+        Command::Families(args) => cmd::analysis::families(args, load()?).await,
+        Command::Family(args) => cmd::analysis::family(args, load()?).await,
+        Command::Posture(args) => cmd::analysis::posture(args, load()?).await,
+        Command::ChangeGate(args) => cmd::analysis::change_gate(args, load()?).await,
     }
 }

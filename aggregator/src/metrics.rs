@@ -40,6 +40,12 @@ pub const LONG_POLLS_WAITING: &str = "gait_aggregator_long_polls_waiting";
 pub const ROLLOUT_CONTROLLER_PASSES: &str = "gait_aggregator_rollout_controller_passes_total";
 /// 1 while this replica leads the rollout controller, else 0.
 pub const ROLLOUT_CONTROLLER_LEADER: &str = "gait_aggregator_rollout_controller_leader";
+/// Evidence rows the analytics upkeep folded into families and posture (on the leading replica).
+pub const ANALYSIS_ROWS: &str = "gait_aggregator_analysis_rows_total";
+/// The evidence index id the analytics upkeep has folded up to.
+pub const ANALYSIS_CURSOR: &str = "gait_aggregator_analysis_cursor";
+/// Time one analytics upkeep pass took (read, fold, write), in seconds.
+pub const ANALYSIS_PASS_SECONDS: &str = "gait_aggregator_analysis_pass_seconds";
 /// HTTP API requests, labelled `route` (the matched route template, `unmatched` for none), `method`, `status`.
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 /// Histogram of HTTP API request latency in seconds, labelled `route` and `method`.
@@ -153,6 +159,9 @@ pub struct Metrics {
     pub long_polls_waiting: Gauge,
     pub rollout_controller_passes: Counter,
     pub rollout_controller_leader: Gauge,
+    pub analysis_rows: Counter,
+    pub analysis_cursor: Gauge,
+    pub analysis_pass_seconds: Histogram,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_failures: Family<Label, Counter>,
@@ -381,6 +390,27 @@ impl Metrics {
             "1 while this replica leads the rollout controller, else 0.",
             rollout_controller_leader.clone(),
         );
+        let analysis_rows = Counter::default();
+        register(
+            &mut registry,
+            ANALYSIS_ROWS,
+            "Evidence rows the analytics upkeep folded into families and posture (on the leading replica).",
+            analysis_rows.clone(),
+        );
+        let analysis_cursor = Gauge::default();
+        register(
+            &mut registry,
+            ANALYSIS_CURSOR,
+            "The evidence index id the analytics upkeep has folded up to.",
+            analysis_cursor.clone(),
+        );
+        let analysis_pass_seconds = latency_histogram();
+        register(
+            &mut registry,
+            ANALYSIS_PASS_SECONDS,
+            "Time one analytics upkeep pass took (read, fold, write), in seconds.",
+            analysis_pass_seconds.clone(),
+        );
         let batch_commit_duration = latency_histogram();
         register(
             &mut registry,
@@ -463,6 +493,9 @@ impl Metrics {
             long_polls_waiting,
             rollout_controller_passes,
             rollout_controller_leader,
+            analysis_rows,
+            analysis_cursor,
+            analysis_pass_seconds,
             http_requests,
             http_request_duration,
             auth_failures,

@@ -229,6 +229,7 @@ impl GateEngine {
                     delegation_audit: Vec::new(),
                     // The intent did not normalize: there is no normalized form to capture.
                     normalized_intent: None,
+                    profile: IntentProfile::default(),
                 })
             }
             PolicyRun::Evaluated {
@@ -255,6 +256,7 @@ impl GateEngine {
                 let trace = gait_artifact::trace::sign_trace(record, &self.key);
                 let normalized_intent = (req.capture == gait_bundle::CaptureMode::Raw)
                     .then(|| evaluated.intent.digest_payload());
+                let profile = IntentProfile::of(&evaluated.intent);
                 // Still waiting for approval (no valid token presented, not simulated away): ask upstream.
                 let ask = (evaluated.decision.verdict == Verdict::RequireApproval
                     && enforced_verdict == Verdict::RequireApproval)
@@ -282,6 +284,7 @@ impl GateEngine {
                     approval_audit,
                     delegation_audit,
                     normalized_intent,
+                    profile,
                 })
             }
         }
@@ -604,6 +607,48 @@ pub struct LocalDecision {
     /// Gait's normalized intent object (§1.3, whose DigestJCS is `intent_digest`), only when the request asked
     /// for `raw` capture and the intent normalized.
     pub normalized_intent: Option<Value>,
+    /// What the intent could do (empty when it did not normalize).
+    pub profile: IntentProfile,
+}
+
+/// What a normalized intent could do, as the decision record carries it for fleet analytics (privilege of an
+/// incident family): the context's risk class, the targets' endpoint classes and whether any is destructive.
+/// Capture mode `digests` keeps it too: it names classes, never a value of the call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IntentProfile {
+    /// The intent's `context.risk_class` (lowercased by normalization); empty when absent.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub risk_class: String,
+    /// The targets' endpoint classes, sorted and without repeats.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_classes: Vec<String>,
+    /// Some target is destructive.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub destructive: bool,
+}
+
+impl IntentProfile {
+    /// The profile of a normalized intent.
+    pub fn of(intent: &gait_policy::NormalizedIntent) -> Self {
+        let mut endpoint_classes: Vec<String> = intent
+            .targets
+            .iter()
+            .map(|t| t.endpoint_class.clone())
+            .filter(|c| !c.is_empty())
+            .collect();
+        endpoint_classes.sort_unstable();
+        endpoint_classes.dedup();
+        IntentProfile {
+            risk_class: intent.context.risk_class.clone(),
+            endpoint_classes,
+            destructive: intent.has_destructive_target(),
+        }
+    }
+
+    /// Whether the profile says nothing (not written to the record then).
+    pub fn is_empty(&self) -> bool {
+        self.risk_class.is_empty() && self.endpoint_classes.is_empty() && !self.destructive
+    }
 }
 
 /// What an `approval.request` record asks for (see `gait_wire::approval`).
@@ -638,6 +683,10 @@ fn no_policy_decision(raw: &IntentRequest, capture: gait_bundle::CaptureMode) ->
         violations: vec!["no_verified_policy".to_owned()],
     };
     let normalized = normalize_intent(raw).ok();
+    let profile = normalized
+        .as_ref()
+        .map(IntentProfile::of)
+        .unwrap_or_default();
     let normalized_intent = normalized
         .as_ref()
         .filter(|_| capture == gait_bundle::CaptureMode::Raw)
@@ -657,6 +706,7 @@ fn no_policy_decision(raw: &IntentRequest, capture: gait_bundle::CaptureMode) ->
         approval_audit: Vec::new(),
         delegation_audit: Vec::new(),
         normalized_intent,
+        profile,
     }
 }
 

@@ -183,7 +183,13 @@ pub async fn evaluate_intent(
         delegation_audit: decided.delegation_audit,
     };
     let requester = crate::gate::approvals::requester_of(&requested_by);
-    let payload = DecisionRecord::new(&response, decided.policy_verdict, &clocks, &requested_by);
+    let payload = DecisionRecord::new(
+        &response,
+        decided.policy_verdict,
+        &clocks,
+        &requested_by,
+        &decided.profile,
+    );
     let (bytes, _) = crate::gate::capture::encode_record(
         &payload,
         capture,
@@ -290,6 +296,9 @@ struct DecisionRecord<'a> {
     approval_audit: &'a [gait_artifact::approval::ApprovalAuditEntry],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     delegation_audit: &'a [crate::gate::tokens::DelegationAuditEntry],
+    /// What the intent could do (risk class, endpoint classes, destructive), for fleet analytics.
+    #[serde(skip_serializing_if = "crate::gate::engine::IntentProfile::is_empty")]
+    intent_profile: &'a crate::gate::engine::IntentProfile,
     /// The agent's clock when it decided, Unix ms.
     agent_decided_unix_ms: i64,
     /// The intent's `created_at` as the caller sent it (`null` when it sent none).
@@ -303,6 +312,7 @@ impl<'a> DecisionRecord<'a> {
         policy_verdict: Verdict,
         clocks: &'a Clocks,
         requested_by: &'a Value,
+        intent_profile: &'a crate::gate::engine::IntentProfile,
     ) -> Self {
         DecisionRecord {
             schema: DECISION_SCHEMA,
@@ -326,6 +336,7 @@ impl<'a> DecisionRecord<'a> {
             stage: &response.stage,
             approval_audit: &response.approval_audit,
             delegation_audit: &response.delegation_audit,
+            intent_profile,
             agent_decided_unix_ms: clocks.agent_decided_unix_ms,
             intent_created_at: clocks.intent_created_at.as_deref(),
             requested_by,

@@ -53,7 +53,7 @@ impl IncidentKind {
 }
 
 /// The non-volatile features of one occurrence: everything the fingerprint reads.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IncidentFeatures {
     /// Decision or regress failure.
     pub kind: Option<IncidentKind>,

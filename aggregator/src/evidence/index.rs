@@ -80,10 +80,28 @@ struct DecisionPayload<'a> {
     stage: Option<StagePayload<'a>>,
     #[serde(borrow, default)]
     reason_codes: Vec<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    matched_rule: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    intent_profile: Option<ProfilePayload<'a>>,
     /// Present in capture mode `raw`; only its presence is read here (replay reads the intent itself).
     #[serde(default)]
     normalized_intent: Option<serde::de::IgnoredAny>,
 }
+
+/// The intent profile a decision record carries (agent `IntentProfile`).
+#[derive(Deserialize)]
+struct ProfilePayload<'a> {
+    #[serde(borrow, default)]
+    risk_class: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    endpoint_classes: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    destructive: bool,
+}
+
+/// Most endpoint classes of one intent kept in the index (Gait knows ten).
+pub const MAX_ENDPOINT_CLASSES: usize = 16;
 
 #[derive(Deserialize)]
 struct StagePayload<'a> {
@@ -133,8 +151,31 @@ fn decision(payload: &[u8]) -> Option<IndexFields> {
         // A decision without an intent digest cannot be replayed (its intent did not normalize).
         captured: p.normalized_intent.is_some()
             && p.intent_digest.as_deref().is_some_and(is_digest),
+        matched_rule: text(p.matched_rule.as_deref()),
+        risk_class: text(
+            p.intent_profile
+                .as_ref()
+                .and_then(|i| i.risk_class.as_deref()),
+        ),
+        endpoint_classes: p.intent_profile.as_ref().and_then(endpoint_classes),
+        destructive: p.intent_profile.as_ref().map(|i| i.destructive),
         ..IndexFields::default()
     })
+}
+
+/// The endpoint classes of a profile as indexed: cleaned, sorted, without repeats, comma-joined (a class with a
+/// comma in it cannot be told apart, so it is left out); nothing when none is left.
+fn endpoint_classes(profile: &ProfilePayload<'_>) -> Option<String> {
+    let mut classes: Vec<String> = profile
+        .endpoint_classes
+        .iter()
+        .filter_map(|c| text(Some(c)))
+        .filter(|c| !c.contains(','))
+        .take(MAX_ENDPOINT_CLASSES)
+        .collect();
+    classes.sort_unstable();
+    classes.dedup();
+    (!classes.is_empty()).then(|| classes.join(","))
 }
 
 fn artifact(kind: &str, payload: &[u8]) -> Option<IndexFields> {
@@ -175,6 +216,12 @@ fn artifact(kind: &str, payload: &[u8]) -> Option<IndexFields> {
         producer_version: text(Some(&record.producer_version)),
         signature_status: text(Some(&record.signature_status)),
         regress_status: text(record.regress.as_ref().map(|r| r.regress_status.as_str())),
+        failure_kind: text(
+            record
+                .regress
+                .as_ref()
+                .map(|r| r.top_failure_reason.as_str()),
+        ),
         run_ids,
         ..IndexFields::default()
     })

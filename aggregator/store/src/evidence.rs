@@ -22,7 +22,7 @@ use crate::rows::Columns;
 /// Most rows one [`crate::Store::evidence`] page returns.
 pub const MAX_EVIDENCE_PAGE: u32 = 1000;
 
-/// Rows per multi-row `INSERT` (33 parameters each, far below either backend's parameter limit).
+/// Rows per multi-row `INSERT` (38 parameters each, far below either backend's parameter limit).
 const INSERT_CHUNK: usize = 64;
 
 /// What an indexed record is.
@@ -129,6 +129,21 @@ pub struct IndexFields {
     /// The record carries its normalized intent (capture mode `raw`): part of the replay corpus.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub captured: bool,
+    /// The deciding rule of a decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_rule: Option<String>,
+    /// The intent's risk class (`low`, `medium`, `high`, `critical`, or what the producer wrote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_class: Option<String>,
+    /// The intent's targets' endpoint classes, sorted, comma-joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_classes: Option<String>,
+    /// Some target of the intent is destructive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<bool>,
+    /// A failed regress result's top failure reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<String>,
 }
 
 /// The index entry of one record of a batch, by its seq; written only when that record is inserted.
@@ -262,7 +277,7 @@ type InsertRow<'a> = (
 );
 
 /// A bound parameter of a built statement.
-enum Arg<'a> {
+pub(crate) enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
 }
@@ -305,9 +320,10 @@ pub(crate) async fn insert(
              created_unix_ms, verdict, policy_verdict, policy_digest, policy_name, intent_digest, trace_id, \
              tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
              file_name, producer_version, signature_status, regress_status, run_ids, active_verdict, \
-             candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured) VALUES ",
+             candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured, matched_rule, \
+             risk_class, endpoint_classes, destructive, failure_kind) VALUES ",
         );
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 33);
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 38);
         for (n, (record, entry, run_ids, codes)) in chunk.iter().enumerate() {
             let f = &entry.fields;
             let row = [
@@ -345,6 +361,11 @@ pub(crate) async fn insert(
                 Arg::Text(codes[1].as_deref()),
                 Arg::Int(f.candidate_error.map(i64::from)),
                 Arg::Int(Some(i64::from(f.captured))),
+                Arg::Text(f.matched_rule.as_deref()),
+                Arg::Text(f.risk_class.as_deref()),
+                Arg::Text(f.endpoint_classes.as_deref()),
+                Arg::Int(f.destructive.map(i64::from)),
+                Arg::Text(f.failure_kind.as_deref()),
             ];
             sql.push_str(if n == 0 { "" } else { ", " });
             push_row(&mut sql, anonymous, args.len(), row.len());
@@ -413,7 +434,7 @@ pub(crate) fn read_list(column: &str, text: Option<String>) -> Result<Vec<String
 
 /// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
 /// `(?, ?, …)` when `anonymous` (SQLite), `($n, $n+1, …)` otherwise.
-fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
+pub(crate) fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
     sql.push('(');
     for i in 0..count {
         if i > 0 {
@@ -430,7 +451,7 @@ fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
 }
 
 /// Runs a statement built here (fixed fragments and numbered parameters only) with its arguments.
-async fn execute<'a>(
+pub(crate) async fn execute<'a>(
     mut conn: Conn<'_>,
     sql: &'a str,
     args: &'a [Arg<'a>],
@@ -470,7 +491,8 @@ pub(crate) async fn page(
          e.trace_id, e.tool_name, e.stage, e.candidate_digest, e.would_have_blocked, e.artifact_kind, e.sha256, \
          e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids, \
          e.active_verdict, e.candidate_verdict, e.reason_codes, e.candidate_reason_codes, e.candidate_error, \
-         e.captured, r.payload AS artifact_payload \
+         e.captured, e.matched_rule, e.risk_class, e.endpoint_classes, e.destructive, e.failure_kind, \
+         r.payload AS artifact_payload \
          FROM evidence_index e LEFT JOIN records r ON e.class = 'artifact' AND r.org = e.org \
          AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
          WHERE e.org = $1",
@@ -613,6 +635,11 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             )?,
             candidate_error: row.opt_int("candidate_error")?.map(|b| b != 0),
             captured: row.int("captured")? != 0,
+            matched_rule: row.opt_text("matched_rule")?,
+            risk_class: row.opt_text("risk_class")?,
+            endpoint_classes: row.opt_text("endpoint_classes")?,
+            destructive: row.opt_int("destructive")?.map(|b| b != 0),
+            failure_kind: row.opt_text("failure_kind")?,
         },
         artifact,
     })

@@ -17,6 +17,7 @@
 mod access;
 mod agents;
 mod alerts;
+mod analysis;
 mod approvals;
 mod audit;
 mod batch;
@@ -52,6 +53,10 @@ pub use access::{
 pub use agents::{CertificateSource, KnownCertificate};
 pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
+};
+pub use analysis::{
+    AnalysisDelta, AnalysisFilter, AnalysisRow, FamilyDef, FamilyScope, MAX_ANALYSIS_BATCH,
+    MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS, PostureCount, REPRESENTATIVES_PER_SCOPE, RegressCount,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,

@@ -23,11 +23,17 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
         BundleDefaults::default(),
         metrics.clone(),
     ));
+    let rollouts = Arc::new(gait_aggregator::rollout::Rollouts::new(
+        store.clone(),
+        registry.clone(),
+    ));
     AppState {
-        rollouts: Arc::new(gait_aggregator::rollout::Rollouts::new(
+        analytics: Arc::new(gait_aggregator::analysis::Analytics::new(
             store.clone(),
             registry.clone(),
+            rollouts.clone(),
         )),
+        rollouts,
         registry,
         fleet: Arc::new(gait_aggregator::fleet::Fleet::new(store.clone())),
         bindings: Arc::new(gait_aggregator::auth::bindings::Bindings::new(

@@ -1,0 +1,901 @@
+//! Fleet analytics (issue 12): incident families with their priority and next-best-fix, posture, and the
+//! change-management gate — computed by the pure `gait-analysis` crate over state the upkeep job
+//! ([`upkeep`]) keeps precomputed from the evidence index, so a query reads small tables, never the index.
+//!
+//! - **Scope.** Every read takes the caller's `Authorized<BindingScope>` (an org, a project or an environment
+//!   of it) and asks the store for rows inside that scope only: a family seen in two projects shows a reader of
+//!   one project that project's occurrences, agents, environments and representatives, nothing else.
+//! - **Determinism.** Families, scores and posture are functions of the indexed evidence alone (sums, minima,
+//!   maxima, sets), so shuffled or redelivered ingest gives the same answers; ties sort by family id.
+//! - **Exports.** [`csv_families`] and [`csv_posture`] render the same rows as CSV, each row carrying the
+//!   evidence digests (representatives) or the scope and day it came from.
+
+pub mod upkeep;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gait_analysis::family::{Family, Fingerprint};
+use gait_analysis::fix::{FixContext, LineageVersion, Suggestion, next_best_fix};
+use gait_analysis::gate::{
+    GateInputs, GatePolicy, GateVerdict, ProjectRegress, RegressOutcome, change_gate,
+    regress_posture,
+};
+use gait_analysis::posture::{AgentState, FleetPosture, FleetThresholds, fleet, per_mille};
+use gait_analysis::priority::{Priority, PriorityInputs, RiskClass, Severity, priority};
+use gait_store::{
+    AgentFilter, AnalysisFilter, BindingScope, FamilyScope, MAX_AGENT_PAGE, Store, StoreError,
+    Tenant,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Authorized, Target};
+
+/// Environment names read as production for blast radius (case-insensitive).
+pub const PRODUCTION_ENVS: [&str; 3] = ["prod", "production", "prd"];
+/// Families returned when `limit` is absent.
+pub const DEFAULT_FAMILIES: u32 = 50;
+/// Most families one listing returns.
+pub const MAX_FAMILIES: u32 = 1_000;
+/// Posture window when `days` is absent.
+pub const DEFAULT_DAYS: u32 = 7;
+/// Longest posture window.
+pub const MAX_DAYS: u32 = 90;
+/// A family whose last occurrence is older than this is not open (the change gate ignores it).
+pub const OPEN_WINDOW_MS: i64 = 7 * upkeep::DAY_MS;
+/// Priority at or above which an open family fails the change gate.
+pub const CRITICAL_SCORE: u32 = 100;
+/// Agents not seen for this long are stale.
+pub const STALE_AFTER_MS: i64 = 15 * 60 * 1000;
+/// Certificates expiring within this are flagged.
+pub const CERT_WARNING_MS: i64 = 7 * upkeep::DAY_MS;
+/// Most agents one posture read counts.
+pub const MAX_POSTURE_AGENTS: usize = 100_000;
+
+/// Why an analytics read was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// A parameter is malformed or out of range; the message names it and what to pass.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// No such family in the caller's scope.
+    #[error("{0}")]
+    NotFound(String),
+    /// Stored analytics state contradicts itself (a bug or a damaged database).
+    #[error("analytics state is inconsistent: {0}")]
+    Corrupt(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> AnalysisError {
+    AnalysisError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Query parameters of the family listing.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamiliesQuery {
+    /// Narrow to a project of the org.
+    pub project: Option<String>,
+    /// Narrow to an environment (with `project`).
+    pub env: Option<String>,
+    /// Families to return, highest priority first (1..=1000, default 50).
+    pub limit: Option<u32>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// Query parameters of the posture read.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureQuery {
+    pub project: Option<String>,
+    pub env: Option<String>,
+    /// Days back from today, UTC (1..=90, default 7).
+    pub days: Option<u32>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// The scope an org route's `project`/`env` parameters name (what the caller must be authorized for).
+pub fn scope_of(
+    org: gait_store::Org,
+    project: Option<&str>,
+    env: Option<&str>,
+) -> Result<BindingScope, AnalysisError> {
+    let project = project
+        .map(|p| {
+            p.parse::<gait_store::Project>()
+                .map_err(|e| invalid("project", format!("{p:?}: {e}")))
+        })
+        .transpose()?;
+    let env = env
+        .map(|e| {
+            e.parse::<gait_store::Env>()
+                .map_err(|err| invalid("env", format!("{e:?}: {err}")))
+        })
+        .transpose()?;
+    Ok(match (project, env) {
+        (None, None) => BindingScope::org(org),
+        (Some(p), None) => BindingScope::project(org, p),
+        (Some(p), Some(e)) => BindingScope::env(org, p, e),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "env",
+                "an environment is named within a project: pass project too",
+            ));
+        }
+    })
+}
+
+fn filter_of(scope: &BindingScope) -> Result<AnalysisFilter, AnalysisError> {
+    let org = scope
+        .org_part()
+        .cloned()
+        .ok_or_else(|| invalid("org", "name the org to read"))?;
+    Ok(AnalysisFilter {
+        org,
+        project: scope.project_part().cloned(),
+        env: scope.env_part().cloned(),
+        family: None,
+    })
+}
+
+/// Output format of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+/// `json` or `csv` (default json).
+pub fn format_of(text: Option<&str>) -> Result<Format, AnalysisError> {
+    match text.unwrap_or("json") {
+        "json" => Ok(Format::Json),
+        "csv" => Ok(Format::Csv),
+        other => Err(invalid(
+            "format",
+            format!("{other:?} is not a format: use json or csv"),
+        )),
+    }
+}
+
+/// One family as a reader of some scope sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FamilyView {
+    /// The family id (fingerprint hash).
+    pub family: String,
+    /// Stable key for downstream systems.
+    pub dedup_key: String,
+    /// Fingerprint algorithm version.
+    pub fingerprint_version: u32,
+    /// `decision` or `regress_failure`.
+    pub kind: String,
+    pub tool: String,
+    pub verdict: String,
+    /// What went into the fingerprint.
+    pub inputs: serde_json::Value,
+    /// Occurrences inside the scope.
+    pub occurrences: u64,
+    pub first_seen_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
+    /// Agents reached inside the scope.
+    pub agents: u64,
+    /// Projects reached inside the scope.
+    pub projects: u64,
+    /// Environments reached, as `project/env`.
+    pub environments: Vec<String>,
+    /// Of which production.
+    pub production_environments: u64,
+    /// Highest risk class seen.
+    pub risk_class: RiskClass,
+    /// A call was destructive.
+    pub destructive: bool,
+    /// A call sent data out or carried tainted data.
+    pub egress_or_taint: bool,
+    /// Strongest verdict seen.
+    pub severity: Severity,
+    /// Evidence digests showing it (intent digests of decisions, SHA-256 of regress results), smallest first.
+    pub representatives: Vec<String>,
+    /// The score and its parts.
+    pub priority: Priority,
+    /// Next-best-fix suggestions (filled for a single family, empty in listings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<Suggestion>,
+}
+
+/// A page of families, highest priority first.
+#[derive(Clone, Debug, Serialize)]
+pub struct FamiliesReport {
+    /// The scope read (`org`, `org/project` or `org/project/env`).
+    pub scope: String,
+    /// Families in the scope, in total.
+    pub total: u64,
+    /// The first `limit` of them by priority.
+    pub families: Vec<FamilyView>,
+}
+
+fn risk_of(rank: u8) -> RiskClass {
+    match rank {
+        3 => RiskClass::Critical,
+        2 => RiskClass::High,
+        1 => RiskClass::Medium,
+        _ => RiskClass::Low,
+    }
+}
+
+fn severity_of(rank: u8) -> Severity {
+    match rank {
+        3 => Severity::Block,
+        2 => Severity::RequireApproval,
+        1 => Severity::WouldBlock,
+        _ => Severity::Allow,
+    }
+}
+
+fn is_production(env: &str) -> bool {
+    PRODUCTION_ENVS.iter().any(|p| p.eq_ignore_ascii_case(env))
+}
+
+fn scope_label(scope: &BindingScope) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    if let Some(o) = scope.org_part() {
+        parts.push(o.as_str());
+    }
+    if let Some(p) = scope.project_part() {
+        parts.push(p.as_str());
+    }
+    if let Some(e) = scope.env_part() {
+        parts.push(e.as_str());
+    }
+    parts.join("/")
+}
+
+/// The analytics service.
+#[derive(Clone)]
+pub struct Analytics {
+    store: Store,
+    registry: std::sync::Arc<crate::registry::Registry>,
+    rollouts: std::sync::Arc<crate::rollout::Rollouts>,
+}
+
+impl Analytics {
+    pub fn new(
+        store: Store,
+        registry: std::sync::Arc<crate::registry::Registry>,
+        rollouts: std::sync::Arc<crate::rollout::Rollouts>,
+    ) -> Self {
+        Analytics {
+            store,
+            registry,
+            rollouts,
+        }
+    }
+
+    /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
+    async fn views(&self, filter: &AnalysisFilter) -> Result<Vec<FamilyView>, AnalysisError> {
+        let scopes = self.store.family_scopes(filter).await?;
+        let agents: BTreeMap<String, u64> = self
+            .store
+            .family_agent_counts(filter)
+            .await?
+            .into_iter()
+            .collect();
+        let mut reps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (family, digest) in self.store.family_representatives(filter).await? {
+            let set = reps.entry(family).or_default();
+            set.insert(digest);
+            if set.len() > gait_store::REPRESENTATIVES_PER_SCOPE as usize {
+                set.pop_last();
+            }
+        }
+        let mut def_filter = AnalysisFilter::org(filter.org.clone());
+        def_filter.family = filter.family.clone();
+        let defs: BTreeMap<String, gait_store::FamilyDef> = self
+            .store
+            .family_definitions(&def_filter)
+            .await?
+            .into_iter()
+            .map(|d| (d.family.clone(), d))
+            .collect();
+        let mut grouped: BTreeMap<&str, Vec<&FamilyScope>> = BTreeMap::new();
+        for s in &scopes {
+            grouped.entry(s.family.as_str()).or_default().push(s);
+        }
+        let mut out = Vec::with_capacity(grouped.len());
+        for (family, rows) in grouped {
+            let Some(def) = defs.get(family) else {
+                // Scope rows are written with their definition in one transaction: absent means corruption.
+                return Err(AnalysisError::Corrupt(format!(
+                    "family {family} has occurrences but no definition"
+                )));
+            };
+            out.push(view(
+                def,
+                &rows,
+                agents.get(family).copied(),
+                reps.remove(family),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Families in the caller's scope, highest priority first (ties by family id).
+    pub async fn families<T: Target>(
+        &self,
+        caller: &Authorized<T>,
+        limit: Option<u32>,
+    ) -> Result<FamiliesReport, AnalysisError> {
+        let limit = limit.unwrap_or(DEFAULT_FAMILIES);
+        if !(1..=MAX_FAMILIES).contains(&limit) {
+            return Err(invalid(
+                "limit",
+                format!("{limit} is out of range 1..={MAX_FAMILIES}"),
+            ));
+        }
+        let scope = caller.target().scope();
+        let filter = filter_of(&scope)?;
+        let mut views = self.views(&filter).await?;
+        let total = views.len() as u64;
+        sort_by_priority(&mut views);
+        views.truncate(limit as usize);
+        Ok(FamiliesReport {
+            scope: scope_label(&scope),
+            total,
+            families: views,
+        })
+    }
+
+    /// One family in the caller's scope (by id or dedup key), with its next-best-fix suggestions.
+    pub async fn family<T: Target>(
+        &self,
+        caller: &Authorized<T>,
+        id: &str,
+    ) -> Result<FamilyView, AnalysisError> {
+        let scope = caller.target().scope();
+        let mut filter = filter_of(&scope)?;
+        let family = self.resolve(&filter, id).await?;
+        filter.family = Some(family.clone());
+        let mut views = self.views(&filter).await?;
+        let Some(mut v) = views.pop() else {
+            return Err(AnalysisError::NotFound(format!(
+                "family {id} has no occurrence in {}: list families with `gait-aggregator families`",
+                scope_label(&scope)
+            )));
+        };
+        // The rollback candidate reads the pin history of the one environment the family is in, when it is in
+        // one; across several there is no single history to roll back.
+        let mut lineage = Vec::new();
+        if let [only] = v.environments.as_slice()
+            && let Some((project, env)) = only.split_once('/')
+            && let (Ok(project), Ok(env)) = (project.parse(), env.parse())
+        {
+            let tenant = Tenant::new(filter.org.clone(), project, env);
+            for pin in self.store.env_pins(&tenant, 1_000).await? {
+                lineage.push(LineageVersion {
+                    digest: pin.pin.digest,
+                    active_from_unix_ms: pin.pin.created_unix_ms,
+                });
+            }
+        }
+        let high_risk = v.risk_class >= RiskClass::High || v.destructive;
+        let family = Family {
+            fingerprint: Fingerprint {
+                version: v.fingerprint_version,
+                hash: v.family.clone(),
+                inputs: v.inputs.clone(),
+            },
+            first_seen_unix_ms: v.first_seen_unix_ms,
+            last_seen_unix_ms: v.last_seen_unix_ms,
+            count: v.occurrences,
+            agents: BTreeSet::new(),
+            projects: BTreeSet::new(),
+            environments: v.environments.iter().cloned().collect(),
+            representatives: v.representatives.iter().cloned().collect(),
+        };
+        v.suggestions = next_best_fix(
+            &family,
+            &FixContext {
+                lineage: &lineage,
+                attribution: None,
+                high_risk,
+            },
+        );
+        Ok(v)
+    }
+
+    /// A family id (64 hex) or dedup key (`gfam1-…`) of the org, as its id.
+    async fn resolve(&self, filter: &AnalysisFilter, id: &str) -> Result<String, AnalysisError> {
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if id.len() == 64 && hex(id) {
+            return Ok(id.to_owned());
+        }
+        if let Some(rest) = id.strip_prefix("gfam")
+            && let Some((_, prefix)) = rest.split_once('-')
+            && prefix.len() == 32
+            && hex(prefix)
+        {
+            let defs = self
+                .store
+                .family_definitions(&AnalysisFilter::org(filter.org.clone()))
+                .await?;
+            return defs
+                .into_iter()
+                .find(|d| d.dedup_key == id)
+                .map(|d| d.family)
+                .ok_or_else(|| AnalysisError::NotFound(format!("no family has dedup key {id}")));
+        }
+        Err(invalid(
+            "family",
+            format!("{id:?} is neither a family id (64 hex) nor a dedup key (gfam1-<32 hex>)"),
+        ))
+    }
+
+    /// Posture of the caller's scope over the last `days` UTC days (today included).
+    pub async fn posture<T: Target>(
+        &self,
+        caller: &Authorized<T>,
+        days: Option<u32>,
+        now_ms: i64,
+    ) -> Result<PostureReport, AnalysisError> {
+        let days = days.unwrap_or(DEFAULT_DAYS);
+        if !(1..=MAX_DAYS).contains(&days) {
+            return Err(invalid(
+                "days",
+                format!("{days} is out of range 1..={MAX_DAYS}"),
+            ));
+        }
+        let scope = caller.target().scope();
+        let filter = filter_of(&scope)?;
+        let today = now_ms.div_euclid(upkeep::DAY_MS);
+        let from_day = today - i64::from(days) + 1;
+        let counts = self
+            .store
+            .posture_counts(&filter, from_day, today + 1)
+            .await?;
+        // The regress trend compares the window with the one before it.
+        let regress_rows = self
+            .store
+            .regress_counts(&filter, from_day - i64::from(days), today + 1)
+            .await?;
+        let agents = self.agent_states(&filter).await?;
+        Ok(posture_report(
+            scope_label(&scope),
+            from_day,
+            today,
+            &counts,
+            &regress_rows,
+            &agents,
+            now_ms,
+            days,
+        ))
+    }
+
+    async fn agent_states(
+        &self,
+        filter: &AnalysisFilter,
+    ) -> Result<Vec<AgentState>, AnalysisError> {
+        let mut out = Vec::new();
+        let mut page = AgentFilter::for_org(filter.org.clone());
+        page.project = filter.project.clone();
+        page.env = filter.env.clone();
+        page.limit = Some(MAX_AGENT_PAGE);
+        let now = crate::clock::unix_ms();
+        loop {
+            let rows = self.store.list_agents(&page).await?;
+            let full = rows.len() == MAX_AGENT_PAGE as usize;
+            for a in &rows {
+                out.push(AgentState {
+                    connected: now.saturating_sub(a.last_seen_unix_ms) <= STALE_AFTER_MS,
+                    last_seen_unix_ms: a.last_seen_unix_ms,
+                    active_epoch: a.active_bundle.as_ref().map(|b| b.epoch),
+                    target_epoch: a.received_bundle.as_ref().map(|b| b.epoch),
+                    // No certificate on record: nothing to expire.
+                    cert_not_after_unix_ms: a.cert_not_after_unix_ms.unwrap_or(i64::MAX),
+                });
+            }
+            match rows.last() {
+                Some(last) if full && out.len() < MAX_POSTURE_AGENTS => {
+                    page.after = Some(last.position());
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The change-management gate of one environment (module docs of `gait_analysis::gate`).
+    pub async fn change_gate(
+        &self,
+        caller: &Authorized<Tenant>,
+        policy: &GatePolicy,
+        now_ms: i64,
+    ) -> Result<GateReport, AnalysisError> {
+        let tenant = caller.target().clone();
+        let mut inputs = GateInputs {
+            conforms: true,
+            ..GateInputs::default()
+        };
+        // Conformance: only when the org requires a baseline.
+        if self
+            .store
+            .conformance_baseline(&tenant.org)
+            .await?
+            .is_some()
+        {
+            let filter = gait_store::ConformanceFilter {
+                project: Some(tenant.project.to_string()),
+                env: Some(tenant.env.to_string()),
+                agent: None,
+            };
+            let report = self
+                .registry
+                .conformance(&tenant.org, &filter)
+                .await
+                .map_err(|e| invalid("conformance", e.to_string()))?;
+            if !report.conformant {
+                inputs.conforms = false;
+                let reasons: Vec<String> = report
+                    .results
+                    .iter()
+                    .filter(|r| !r.conformant)
+                    .flat_map(|r| r.reasons.iter().cloned())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                inputs.conformance_reason = Some(reasons.join("; "));
+            }
+        }
+        let filter = AnalysisFilter {
+            org: tenant.org.clone(),
+            project: Some(tenant.project.clone()),
+            env: Some(tenant.env.clone()),
+            family: None,
+        };
+        let today = now_ms.div_euclid(upkeep::DAY_MS);
+        let window = i64::from(DEFAULT_DAYS);
+        let regress = self
+            .store
+            .regress_counts(&filter, today - window + 1, today + 1)
+            .await?;
+        let (passed, failed) = regress
+            .iter()
+            .fold((0, 0), |(p, f), r| (p + r.passed, f + r.failed));
+        inputs.regress_pass_per_mille =
+            (passed + failed > 0).then(|| per_mille(passed, passed + failed));
+        let views = self.views(&filter).await?;
+        let mut critical: Vec<&FamilyView> = views
+            .iter()
+            .filter(|v| {
+                v.priority.score >= CRITICAL_SCORE
+                    && v.severity >= Severity::RequireApproval
+                    && now_ms.saturating_sub(v.last_seen_unix_ms) <= OPEN_WINDOW_MS
+            })
+            .collect();
+        critical.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        inputs.open_critical_families = critical.iter().map(|v| v.dedup_key.clone()).collect();
+        let rollouts = self
+            .rollouts
+            .list(&tenant.org)
+            .await
+            .map_err(|e| invalid("rollouts", e.to_string()))?;
+        inputs.rollouts_in_flight = rollouts
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    crate::rollout::State::Progressing | crate::rollout::State::Paused
+                ) && r
+                    .targets
+                    .iter()
+                    .any(|t| t.project == tenant.project.as_str() && t.env == tenant.env.as_str())
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        let verdict = change_gate(&inputs, policy);
+        Ok(GateReport {
+            scope: format!("{}/{}/{}", tenant.org, tenant.project, tenant.env),
+            pass: verdict.pass,
+            verdict,
+            inputs,
+            policy: *policy,
+        })
+    }
+}
+
+/// The change gate's answer with what it read.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateReport {
+    /// `org/project/env`.
+    pub scope: String,
+    /// Every check passed.
+    pub pass: bool,
+    #[serde(flatten)]
+    pub verdict: GateVerdict,
+    /// What the checks read.
+    pub inputs: GateInputs,
+    /// The thresholds applied.
+    pub policy: GatePolicy,
+}
+
+fn view(
+    def: &gait_store::FamilyDef,
+    rows: &[&FamilyScope],
+    agents: Option<u64>,
+    reps: Option<BTreeSet<String>>,
+) -> Result<FamilyView, AnalysisError> {
+    let inputs: serde_json::Value = serde_json::from_str(&def.inputs)
+        .map_err(|e| AnalysisError::Corrupt(format!("inputs of family {}: {e}", def.family)))?;
+    let occurrences = rows.iter().map(|r| r.occurrences).sum();
+    let projects: BTreeSet<&str> = rows.iter().map(|r| r.tenant.project.as_str()).collect();
+    let environments: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}/{}", r.tenant.project, r.tenant.env))
+        .collect();
+    let production = rows
+        .iter()
+        .filter(|r| is_production(r.tenant.env.as_str()))
+        .count() as u64;
+    let risk = risk_of(rows.iter().map(|r| r.risk_rank).max().unwrap_or(0));
+    let severity = severity_of(rows.iter().map(|r| r.severity_rank).max().unwrap_or(0));
+    let destructive = rows.iter().any(|r| r.destructive);
+    let egress = rows.iter().any(|r| r.egress_or_taint);
+    let agents = agents.unwrap_or(0);
+    let score = priority(&PriorityInputs {
+        risk_class: risk,
+        destructive,
+        egress_or_taint: egress,
+        severity,
+        production_environments: production,
+        agents,
+        projects: projects.len() as u64,
+        count: occurrences,
+    });
+    Ok(FamilyView {
+        family: def.family.clone(),
+        dedup_key: def.dedup_key.clone(),
+        fingerprint_version: def.version,
+        kind: def.kind.clone(),
+        tool: def.tool.clone(),
+        verdict: def.verdict.clone(),
+        inputs,
+        occurrences,
+        first_seen_unix_ms: rows.iter().map(|r| r.first_seen_unix_ms).min().unwrap_or(0),
+        last_seen_unix_ms: rows.iter().map(|r| r.last_seen_unix_ms).max().unwrap_or(0),
+        agents,
+        projects: projects.len() as u64,
+        environments,
+        production_environments: production,
+        risk_class: risk,
+        destructive,
+        egress_or_taint: egress,
+        severity,
+        representatives: reps.unwrap_or_default().into_iter().collect(),
+        priority: score,
+        suggestions: Vec::new(),
+    })
+}
+
+/// Highest score first; ties by family id, so the order is the same on every replica.
+pub fn sort_by_priority(views: &mut [FamilyView]) {
+    views.sort_by(|a, b| {
+        b.priority
+            .score
+            .cmp(&a.priority.score)
+            .then_with(|| a.family.cmp(&b.family))
+    });
+}
+
+/// Decisions of one tool in the window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ToolPosture {
+    pub tool: String,
+    pub decisions: u64,
+    /// By enforced verdict.
+    pub by_verdict: BTreeMap<String, u64>,
+    /// Decisions at high or critical risk, and of those how many were allowed without a gate stopping them.
+    pub high_risk: u64,
+    pub high_risk_allowed: u64,
+    pub destructive: u64,
+}
+
+/// Decisions of one UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DayPosture {
+    /// Days since the Unix epoch.
+    pub day: i64,
+    pub decisions: u64,
+    pub by_verdict: BTreeMap<String, u64>,
+}
+
+/// Posture of a scope over a window.
+#[derive(Clone, Debug, Serialize)]
+pub struct PostureReport {
+    pub scope: String,
+    /// First and last UTC day of the window (days since the Unix epoch).
+    pub from_day: i64,
+    pub to_day: i64,
+    pub decisions: u64,
+    pub by_verdict: BTreeMap<String, u64>,
+    /// Enforcement stage mix (`enforce`, `observe`, `dry_run`, `none`).
+    pub by_stage: BTreeMap<String, u64>,
+    /// Decisions stopped (block) or held (require approval), per-mille of all.
+    pub gated_per_mille: u32,
+    /// High-risk decisions that were allowed, by tool: the paths to look at first.
+    pub high_risk_allowed: u64,
+    pub tools: Vec<ToolPosture>,
+    pub daily: Vec<DayPosture>,
+    /// Regress pass rates per project with the trend against the window before (worst first).
+    pub regress: Vec<ProjectRegress>,
+    /// Agents: disconnected, stale, behind their bundle, certificate expiring.
+    pub agents: FleetPosture,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn posture_report(
+    scope: String,
+    from_day: i64,
+    to_day: i64,
+    counts: &[gait_store::PostureCount],
+    regress: &[gait_store::RegressCount],
+    agents: &[AgentState],
+    now_ms: i64,
+    days: u32,
+) -> PostureReport {
+    let mut by_verdict: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_stage: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tools: BTreeMap<&str, ToolPosture> = BTreeMap::new();
+    let mut daily: BTreeMap<i64, DayPosture> = BTreeMap::new();
+    let mut decisions = 0u64;
+    for c in counts {
+        decisions += c.decisions;
+        *by_verdict.entry(c.verdict.clone()).or_default() += c.decisions;
+        *by_stage.entry(c.stage.clone()).or_default() += c.decisions;
+        let t = tools.entry(&c.tool).or_insert_with(|| ToolPosture {
+            tool: c.tool.clone(),
+            ..ToolPosture::default()
+        });
+        t.decisions += c.decisions;
+        *t.by_verdict.entry(c.verdict.clone()).or_default() += c.decisions;
+        t.high_risk += c.high_risk;
+        if c.verdict == "allow" {
+            t.high_risk_allowed += c.high_risk;
+        }
+        t.destructive += c.destructive;
+        let d = daily.entry(c.day).or_insert_with(|| DayPosture {
+            day: c.day,
+            ..DayPosture::default()
+        });
+        d.decisions += c.decisions;
+        *d.by_verdict.entry(c.verdict.clone()).or_default() += c.decisions;
+    }
+    let gated = by_verdict.get("block").copied().unwrap_or(0)
+        + by_verdict.get("require_approval").copied().unwrap_or(0);
+    let outcomes: Vec<RegressOutcome> = regress
+        .iter()
+        .flat_map(|r| {
+            let at = r.day * upkeep::DAY_MS;
+            let project = r.project.to_string();
+            std::iter::repeat_n(true, r.passed as usize)
+                .chain(std::iter::repeat_n(false, r.failed as usize))
+                .map(move |passed| RegressOutcome {
+                    project: project.clone(),
+                    at_unix_ms: at,
+                    passed,
+                })
+        })
+        .collect();
+    let tools: Vec<ToolPosture> = tools.into_values().collect();
+    PostureReport {
+        scope,
+        from_day,
+        to_day,
+        decisions,
+        gated_per_mille: per_mille(gated, decisions),
+        high_risk_allowed: tools.iter().map(|t| t.high_risk_allowed).sum(),
+        by_verdict,
+        by_stage,
+        tools,
+        daily: daily.into_values().collect(),
+        regress: regress_posture(
+            &outcomes,
+            (to_day + 1) * upkeep::DAY_MS,
+            i64::from(days) * upkeep::DAY_MS,
+        ),
+        agents: fleet(
+            agents,
+            now_ms,
+            FleetThresholds {
+                stale_after_ms: STALE_AFTER_MS,
+                cert_warning_ms: CERT_WARNING_MS,
+            },
+        ),
+    }
+}
+
+/// The families as CSV: one row per family, with its representatives (evidence digests) `;`-joined.
+pub fn csv_families(report: &FamiliesReport) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "scope",
+        "family",
+        "dedup_key",
+        "kind",
+        "tool",
+        "verdict",
+        "score",
+        "privilege",
+        "blast_radius",
+        "recurrence",
+        "occurrences",
+        "agents",
+        "projects",
+        "environments",
+        "first_seen_unix_ms",
+        "last_seen_unix_ms",
+        "representatives",
+    ])?;
+    for f in &report.families {
+        w.write_record([
+            report.scope.clone(),
+            f.family.clone(),
+            f.dedup_key.clone(),
+            f.kind.clone(),
+            f.tool.clone(),
+            f.verdict.clone(),
+            f.priority.score.to_string(),
+            f.priority.privilege.to_string(),
+            f.priority.blast_radius.to_string(),
+            f.priority.recurrence.to_string(),
+            f.occurrences.to_string(),
+            f.agents.to_string(),
+            f.projects.to_string(),
+            f.environments.join(";"),
+            f.first_seen_unix_ms.to_string(),
+            f.last_seen_unix_ms.to_string(),
+            f.representatives.join(";"),
+        ])?;
+    }
+    w.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// The posture as CSV: one row per day and verdict, then one per tool and verdict.
+pub fn csv_posture(report: &PostureReport) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["scope", "row", "day", "tool", "verdict", "decisions"])?;
+    for d in &report.daily {
+        for (verdict, n) in &d.by_verdict {
+            w.write_record([
+                report.scope.as_str(),
+                "day",
+                &d.day.to_string(),
+                "",
+                verdict,
+                &n.to_string(),
+            ])?;
+        }
+    }
+    for t in &report.tools {
+        for (verdict, n) in &t.by_verdict {
+            w.write_record([
+                report.scope.as_str(),
+                "tool",
+                "",
+                &t.tool,
+                verdict,
+                &n.to_string(),
+            ])?;
+        }
+    }
+    w.into_inner().map_err(|e| e.into_error().into())
+}

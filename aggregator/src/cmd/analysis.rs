@@ -1,0 +1,408 @@
+//! `gait-aggregator families`, `family`, `posture` and `change-gate`: fleet analytics through the HTTP API.
+//! Tables by default, the server's JSON with `--json`, CSV with `--csv` (families and posture). `change-gate`
+//! exits 0 when the gate passes and 1 when it fails, so a deployment pipeline can run it as its gate step; 65
+//! when the request is refused.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use gait_aggregator::config::Config;
+use gait_identity::{Env, Org, Project};
+use serde_json::Value;
+
+use super::table::{Align, Table};
+use super::{ApiArgs, call, call_raw, refused_by_status};
+
+/// Which part of the org to read.
+#[derive(Args, Debug)]
+pub struct ScopeArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Organisation.
+    #[arg(long)]
+    pub org: Org,
+    /// Read only this project (an operator bound to one project must name it).
+    #[arg(long)]
+    pub project: Option<Project>,
+    /// Read only this environment of --project.
+    #[arg(long, requires = "project")]
+    pub env: Option<Env>,
+}
+
+impl ScopeArgs {
+    fn query(&self) -> Vec<String> {
+        let mut q = Vec::new();
+        if let Some(p) = &self.project {
+            q.push(format!("project={p}"));
+        }
+        if let Some(e) = &self.env {
+            q.push(format!("env={e}"));
+        }
+        q
+    }
+}
+
+/// `families`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  gait-aggregator families --org acme\n  gait-aggregator families \
+                  --org acme --project web --env prod --limit 10 --json\n  gait-aggregator families --org acme \
+                  --csv > families.csv\n\nA family groups the same incident from any agent: the same tool, \
+                  verdict, reason codes, rule, policy lineage and endpoint class. SCORE = privilege (0-100) + blast \
+                  radius (0-50) + recurrence (0-20): volume alone cannot outrank a destructive block in \
+                  production."
+)]
+pub struct FamiliesArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Families to list, highest priority first (1-1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print the server's JSON answer.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV (one row per family, with its evidence digests).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// `family`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  gait-aggregator family --org acme gfam1-0123456789abcdef0123456789abcdef"
+)]
+pub struct FamilyArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// The family id (64 hex) or dedup key (gfam1-…).
+    pub family: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `posture`.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  gait-aggregator posture --org acme --project web --days 30")]
+pub struct PostureArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Days back from today, UTC (1-90).
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// Print the server's JSON answer.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV (decisions per day and verdict, then per tool and verdict).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// `change-gate`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when the gate passes, 1 when it fails (every reason is printed), 65 \
+                  when the request is refused.\n\nExample (a pipeline step):\n  gait-aggregator change-gate \
+                  --org acme --project web --env prod || exit 1"
+)]
+pub struct ChangeGateArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: Org,
+    #[arg(long)]
+    pub project: Project,
+    #[arg(long)]
+    pub env: Env,
+    /// Lowest acceptable regress pass rate over the last 7 days, per-mille (default on the server: 950).
+    #[arg(long)]
+    pub min_regress_pass_per_mille: Option<u32>,
+    /// Fail when the environment had no regress run in the window.
+    #[arg(long)]
+    pub require_regress_runs: bool,
+    /// Let the gate pass while a rollout is in flight on the environment.
+    #[arg(long)]
+    pub allow_during_rollout: bool,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn url(server: &str, org: &Org, path: &str, query: &[String]) -> String {
+    format!(
+        "{server}/v1/orgs/{org}/{path}{}{}",
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    )
+}
+
+/// Runs `families`.
+pub async fn families(args: FamiliesArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.scope.api.resolve(config)?;
+    let mut query = args.scope.query();
+    query.push(format!("limit={}", args.limit));
+    if args.csv {
+        query.push("format=csv".into());
+        let u = url(&api.server, &args.scope.org, "analysis/families", &query);
+        return raw(&api, &u).await;
+    }
+    let u = url(&api.server, &args.scope.org, "analysis/families", &query);
+    let (status, answer) = call(&api, reqwest::Method::GET, &u, None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &answer));
+    }
+    if args.json {
+        gait_runtime::outln!("{answer}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        ("SCORE", Align::Right),
+        ("PRIV", Align::Right),
+        ("BLAST", Align::Right),
+        ("RECUR", Align::Right),
+        ("KIND", Align::Left),
+        ("TOOL", Align::Left),
+        ("VERDICT", Align::Left),
+        ("COUNT", Align::Right),
+        ("AGENTS", Align::Right),
+        ("ENVS", Align::Right),
+        ("DEDUP KEY", Align::Left),
+    ]);
+    for f in answer["families"].as_array().into_iter().flatten() {
+        let p = &f["priority"];
+        table.row([
+            p["score"].to_string(),
+            p["privilege"].to_string(),
+            p["blast_radius"].to_string(),
+            p["recurrence"].to_string(),
+            f["kind"].as_str().unwrap_or("").to_owned(),
+            f["tool"].as_str().unwrap_or("").to_owned(),
+            f["verdict"].as_str().unwrap_or("").to_owned(),
+            f["occurrences"].to_string(),
+            f["agents"].to_string(),
+            f["environments"].as_array().map_or(0, Vec::len).to_string(),
+            f["dedup_key"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    table.print();
+    gait_runtime::outln!(
+        "{} of {} families in {}",
+        answer["families"].as_array().map_or(0, Vec::len),
+        answer["total"],
+        answer["scope"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `family`.
+pub async fn family(args: FamilyArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.scope.api.resolve(config)?;
+    let path = format!("analysis/families/{}", args.family);
+    let u = url(&api.server, &args.scope.org, &path, &args.scope.query());
+    let (status, f) = call(&api, reqwest::Method::GET, &u, None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &f));
+    }
+    if args.json {
+        gait_runtime::outln!("{f}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let p = &f["priority"];
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    gait_runtime::outln!(
+        "family        {}\ndedup key     {}\nkind          {}\ntool          {}\nverdict       {}\n\
+         score         {} (privilege {}, blast radius {}, recurrence {})\noccurrences   {} on {} agents\n\
+         environments  {}\nrisk          {}{}{}\nfingerprint   v{} {}\nevidence      {}",
+        f["family"].as_str().unwrap_or("?"),
+        f["dedup_key"].as_str().unwrap_or("?"),
+        f["kind"].as_str().unwrap_or("?"),
+        f["tool"].as_str().unwrap_or("?"),
+        f["verdict"].as_str().unwrap_or("?"),
+        p["score"],
+        p["privilege"],
+        p["blast_radius"],
+        p["recurrence"],
+        f["occurrences"],
+        f["agents"],
+        list(&f["environments"]),
+        f["risk_class"].as_str().unwrap_or("?"),
+        if f["destructive"].as_bool() == Some(true) {
+            ", destructive"
+        } else {
+            ""
+        },
+        if f["egress_or_taint"].as_bool() == Some(true) {
+            ", egress/taint"
+        } else {
+            ""
+        },
+        f["fingerprint_version"],
+        f["inputs"],
+        list(&f["representatives"]),
+    );
+    for s in f["suggestions"].as_array().into_iter().flatten() {
+        gait_runtime::outln!(
+            "suggestion    {}: {}",
+            s["action"].as_str().unwrap_or("?"),
+            s["reason"].as_str().unwrap_or("")
+        );
+        if let Some(cmd) = s["command"].as_str() {
+            gait_runtime::outln!("              run: {cmd}");
+        }
+        if let Some(rule) = s["rule_yaml"].as_str() {
+            gait_runtime::outln!("              rule:\n{rule}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `posture`.
+pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.scope.api.resolve(config)?;
+    let mut query = args.scope.query();
+    query.push(format!("days={}", args.days));
+    if args.csv {
+        query.push("format=csv".into());
+        return raw(
+            &api,
+            &url(&api.server, &args.scope.org, "analysis/posture", &query),
+        )
+        .await;
+    }
+    let u = url(&api.server, &args.scope.org, "analysis/posture", &query);
+    let (status, a) = call(&api, reqwest::Method::GET, &u, None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &a));
+    }
+    if args.json {
+        gait_runtime::outln!("{a}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let counts = |v: &Value| {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    gait_runtime::outln!(
+        "posture of {} over {} days\ndecisions     {} ({})\nstages        {}\ngated         {}‰ \
+         blocked or held for approval\nhigh-risk allowed {}",
+        a["scope"].as_str().unwrap_or("?"),
+        args.days,
+        a["decisions"],
+        counts(&a["by_verdict"]),
+        counts(&a["by_stage"]),
+        a["gated_per_mille"],
+        a["high_risk_allowed"],
+    );
+    let ag = &a["agents"];
+    gait_runtime::outln!(
+        "agents        {} ({} stale, {} behind their bundle, {} certificates expiring within 7 days)",
+        ag["agents"],
+        ag["stale"],
+        ag["behind_bundle"],
+        ag["cert_expiring"]
+    );
+    let mut tools = Table::new(&[
+        ("TOOL", Align::Left),
+        ("DECISIONS", Align::Right),
+        ("HIGH RISK", Align::Right),
+        ("HIGH RISK ALLOWED", Align::Right),
+        ("DESTRUCTIVE", Align::Right),
+        ("VERDICTS", Align::Left),
+    ]);
+    for t in a["tools"].as_array().into_iter().flatten() {
+        tools.row([
+            t["tool"].as_str().unwrap_or("").to_owned(),
+            t["decisions"].to_string(),
+            t["high_risk"].to_string(),
+            t["high_risk_allowed"].to_string(),
+            t["destructive"].to_string(),
+            counts(&t["by_verdict"]),
+        ]);
+    }
+    tools.print();
+    for r in a["regress"].as_array().into_iter().flatten() {
+        gait_runtime::outln!(
+            "regress {}: {}‰ pass ({} passed, {} failed){}",
+            r["project"].as_str().unwrap_or("?"),
+            r["pass_per_mille"],
+            r["passed"],
+            r["failed"],
+            r["trend_per_mille"]
+                .as_i64()
+                .map(|t| format!(", trend {t:+}‰"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `change-gate`.
+pub async fn change_gate(args: ChangeGateArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let mut query = Vec::new();
+    if let Some(min) = args.min_regress_pass_per_mille {
+        query.push(format!("min_regress_pass_per_mille={min}"));
+    }
+    if args.require_regress_runs {
+        query.push("require_regress_runs=true".into());
+    }
+    if args.allow_during_rollout {
+        query.push("block_during_rollout=false".into());
+    }
+    let path = format!("projects/{}/envs/{}/change-gate", args.project, args.env);
+    let u = url(&api.server, &args.org, &path, &query);
+    let (status, a) = call(&api, reqwest::Method::GET, &u, None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &a));
+    }
+    let pass = a["pass"].as_bool() == Some(true);
+    if args.json {
+        gait_runtime::outln!("{a}");
+    } else {
+        gait_runtime::outln!(
+            "change gate {}: {}",
+            a["scope"].as_str().unwrap_or("?"),
+            if pass { "PASS" } else { "FAIL" }
+        );
+        for r in a["reasons"].as_array().into_iter().flatten() {
+            gait_runtime::outln!(
+                "  {}: {}",
+                r["check"].as_str().unwrap_or("?"),
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(gait_runtime::exit::FAILURE)
+    })
+}
+
+/// GETs `url` and prints the body as it came (CSV).
+async fn raw(api: &super::Api, url: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = call_raw(api, reqwest::Method::GET, url, None).await?;
+    if !status.is_success() {
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        return Ok(refused_by_status(status, &answer));
+    }
+    // The CSV ends in a newline; print it without adding another.
+    let text = String::from_utf8_lossy(&body);
+    gait_runtime::outln!("{}", text.strip_suffix('\n').unwrap_or(&text));
+    Ok(ExitCode::SUCCESS)
+}

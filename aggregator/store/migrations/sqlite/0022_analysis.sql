@@ -1,0 +1,99 @@
+-- Fleet analytics (issue 12): the decision fields incident families and posture read, and the precomputed state
+-- queries read instead of scanning the evidence index.
+--
+-- evidence_index gains, for decision rows, the deciding rule and the intent's profile (risk class, endpoint
+-- classes comma-joined in sorted order, destructive), and for regress results the top failure reason. Rows
+-- indexed before this migration have them NULL: they count in families and posture as "unknown".
+ALTER TABLE evidence_index ADD COLUMN matched_rule TEXT;
+ALTER TABLE evidence_index ADD COLUMN risk_class TEXT;
+ALTER TABLE evidence_index ADD COLUMN endpoint_classes TEXT;
+ALTER TABLE evidence_index ADD COLUMN destructive INTEGER CHECK (destructive IN (0, 1));
+ALTER TABLE evidence_index ADD COLUMN failure_kind TEXT;
+
+-- analysis_cursors: how far each upkeep job has folded the evidence index (the last id it counted). The job
+-- moves it with a compare-and-set in the transaction that writes what it counted, so each row counts once
+-- however many replicas run the job.
+CREATE TABLE analysis_cursors (
+    name             TEXT    NOT NULL PRIMARY KEY,
+    last_id          INTEGER NOT NULL CHECK (last_id >= 0),
+    updated_unix_ms  INTEGER NOT NULL
+) STRICT;
+
+-- incident_families: one row per family of an org, keyed by its fingerprint hash; what went into the hash.
+CREATE TABLE incident_families (
+    org         TEXT    NOT NULL,
+    family      TEXT    NOT NULL CHECK (length(family) = 64),
+    version     INTEGER NOT NULL CHECK (version > 0),
+    dedup_key   TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    tool        TEXT    NOT NULL,
+    verdict     TEXT    NOT NULL,
+    inputs      TEXT    NOT NULL,
+    PRIMARY KEY (org, family)
+) STRICT;
+
+-- incident_family_scopes: a family's occurrences in one environment (what a scoped reader may see of it). All
+-- columns fold with sums and maxima, so any order of upkeep gives the same row.
+CREATE TABLE incident_family_scopes (
+    org                 TEXT    NOT NULL,
+    project             TEXT    NOT NULL,
+    env                 TEXT    NOT NULL,
+    family              TEXT    NOT NULL,
+    occurrences         INTEGER NOT NULL CHECK (occurrences > 0),
+    first_seen_unix_ms  INTEGER NOT NULL,
+    last_seen_unix_ms   INTEGER NOT NULL,
+    risk_rank           INTEGER NOT NULL,
+    destructive         INTEGER NOT NULL CHECK (destructive IN (0, 1)),
+    egress_or_taint     INTEGER NOT NULL CHECK (egress_or_taint IN (0, 1)),
+    severity_rank       INTEGER NOT NULL,
+    PRIMARY KEY (org, project, env, family)
+) STRICT;
+CREATE INDEX incident_family_scopes_by_family ON incident_family_scopes (org, family);
+
+-- incident_family_agents: the agents a family reached, per environment.
+CREATE TABLE incident_family_agents (
+    org       TEXT NOT NULL,
+    project   TEXT NOT NULL,
+    env       TEXT NOT NULL,
+    family    TEXT NOT NULL,
+    agent_id  TEXT NOT NULL,
+    PRIMARY KEY (org, project, env, family, agent_id)
+) STRICT;
+
+-- incident_family_representatives: the smallest evidence digests of a family per environment (at most five kept:
+-- the smallest, so any order keeps the same ones).
+CREATE TABLE incident_family_representatives (
+    org      TEXT NOT NULL,
+    project  TEXT NOT NULL,
+    env      TEXT NOT NULL,
+    family   TEXT NOT NULL,
+    digest   TEXT NOT NULL,
+    PRIMARY KEY (org, project, env, family, digest)
+) STRICT;
+
+-- posture_daily: decisions per environment, UTC day (of the agent's clock), tool, verdict and stage, with how
+-- many of them were high or critical risk and how many destructive.
+CREATE TABLE posture_daily (
+    org          TEXT    NOT NULL,
+    project      TEXT    NOT NULL,
+    env          TEXT    NOT NULL,
+    day          INTEGER NOT NULL,
+    tool         TEXT    NOT NULL,
+    verdict      TEXT    NOT NULL,
+    stage        TEXT    NOT NULL,
+    decisions    INTEGER NOT NULL CHECK (decisions >= 0),
+    high_risk    INTEGER NOT NULL CHECK (high_risk >= 0),
+    destructive  INTEGER NOT NULL CHECK (destructive >= 0),
+    PRIMARY KEY (org, project, env, day, tool, verdict, stage)
+) STRICT;
+
+-- regress_daily: regress results per environment and UTC day.
+CREATE TABLE regress_daily (
+    org      TEXT    NOT NULL,
+    project  TEXT    NOT NULL,
+    env      TEXT    NOT NULL,
+    day      INTEGER NOT NULL,
+    passed   INTEGER NOT NULL CHECK (passed >= 0),
+    failed   INTEGER NOT NULL CHECK (failed >= 0),
+    PRIMARY KEY (org, project, env, day)
+) STRICT;
