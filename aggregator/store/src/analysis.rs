@@ -719,10 +719,12 @@ async fn posture(
 ) -> Result<Vec<PostureCount>, StoreError> {
     const T: &str = "posture_daily";
     let (clause, args) = f.clause(false);
-    // Days are integers the caller computed; they are bound as literals of a checked i64, never text.
+    // Days are integers the caller computed, formatted from i64 values, never text. PostgreSQL sums BIGINT to
+    // NUMERIC: the sums are cast back.
     let sql = format!(
-        "SELECT day, tool, verdict, stage, SUM(decisions) AS decisions, SUM(high_risk) AS high_risk, \
-         SUM(destructive) AS destructive FROM posture_daily{clause} AND day >= {from_day} AND day < {to_day} \
+        "SELECT day, tool, verdict, stage, CAST(SUM(decisions) AS BIGINT) AS decisions, \
+         CAST(SUM(high_risk) AS BIGINT) AS high_risk, CAST(SUM(destructive) AS BIGINT) AS destructive \
+         FROM posture_daily{clause} AND day >= {from_day} AND day < {to_day} \
          GROUP BY day, tool, verdict, stage ORDER BY day, tool, verdict, stage"
     );
     filtered!(conn, sql, args, MAX_POSTURE_ROWS, "posture_daily", |r| {

@@ -1,0 +1,778 @@
+//! Fleet analytics over the real intake, evidence index, upkeep job and store (SQLite, and PostgreSQL when
+//! configured): the same corpus ingested in order, and shuffled with redeliveries and upkeep at random points,
+//! gives identical families, scores and posture; one destructive block in production outranks ten thousand
+//! low-risk allows; an auditor of one project sees nothing of another in any report, export or family; two
+//! upkeep runs racing count each row once; the HTTP routes answer JSON, CSV and the change gate, and refuse bad
+//! parameters naming them.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gait_aggregator::analysis::upkeep::catch_up;
+use gait_aggregator::analysis::{AnalysisError, Analytics, csv_families};
+use gait_aggregator::api::router;
+use gait_aggregator::auth::{AdminTokenMode, Authorizer, Operator, Permission, Principal};
+use gait_aggregator::fleet::intake::Intake;
+use gait_aggregator::registry::{BundleDefaults, Registry};
+use gait_aggregator::rollout::Rollouts;
+use gait_canon::sign::SigningKey;
+use gait_store::testing::TestStore;
+use gait_store::{
+    AgentHello, AgentKey, BindingScope, BindingSource, NewRecord, RoleBinding, Store, SubjectKind,
+    Tenant,
+};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+mod common;
+
+const TOKEN: &str = "test-admin-token";
+const HOUR: i64 = 3_600_000;
+/// Gaps in ids settle at once here: tests have no writer in flight when they fold.
+const SETTLED: Duration = Duration::ZERO;
+
+fn now() -> i64 {
+    gait_aggregator::clock::unix_ms()
+}
+
+fn hex64(c: char) -> String {
+    std::iter::repeat_n(c, 64).collect()
+}
+
+fn hash(seq: u64, salt: u16) -> [u8; 32] {
+    if seq == 0 {
+        return [0; 32];
+    }
+    let mut h = [0u8; 32];
+    h[..2].copy_from_slice(&salt.to_be_bytes());
+    h[2..10].copy_from_slice(&seq.to_be_bytes());
+    h[31] = 1;
+    h
+}
+
+fn record(seq: u64, salt: u16, kind: &str, created: i64, payload: &Value) -> NewRecord {
+    NewRecord {
+        seq,
+        prev_hash: hash(seq - 1, salt),
+        hash: hash(seq, salt),
+        class: "decision".into(),
+        kind: kind.into(),
+        created_unix_ms: created,
+        bundle_epoch: None,
+        bundle_digest: None,
+        bundle_since_ms: None,
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
+/// What one corpus record is.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// Low-risk read, allowed.
+    AllowRead,
+    /// Destructive high-risk delete, blocked.
+    BlockDelete,
+    /// Egress needing approval.
+    ApproveEgress,
+    /// Dry run that would have blocked.
+    DryRunWrite,
+    /// A regress result.
+    Regress { pass: bool },
+}
+
+const SHAPES: [Shape; 6] = [
+    Shape::AllowRead,
+    Shape::BlockDelete,
+    Shape::ApproveEgress,
+    Shape::DryRunWrite,
+    Shape::Regress { pass: true },
+    Shape::Regress { pass: false },
+];
+
+/// A decision payload as the agent's local API writes it (with its intent profile).
+fn decision(
+    tool: &str,
+    verdict: &str,
+    codes: &[&str],
+    rule: &str,
+    profile: Value,
+    intent: char,
+) -> Value {
+    json!({
+        "schema": "gait.agent.gate_decision",
+        "tool_name": tool,
+        "verdict": verdict,
+        "enforced_verdict": verdict,
+        "policy_verdict": verdict,
+        "reason_codes": codes,
+        "violations": [],
+        "matched_rule": rule,
+        "enforcement": "policy",
+        "stale": false,
+        "policy_name": "base.yaml",
+        "policy_digest": hex64('a'),
+        "intent_digest": hex64(intent),
+        "trace_id": "0123456789abcdef01234567",
+        "trace_key_id": "k1",
+        "stage": {"stage": "enforce", "candidate": null, "candidate_digest": null, "active_verdict": verdict,
+                  "candidate_verdict": null, "would_have_blocked": false},
+        "intent_profile": profile,
+        "agent_decided_unix_ms": 0,
+    })
+}
+
+fn payload(shape: Shape, n: u64) -> (&'static str, Value) {
+    // Evidence digests vary per record (so representatives are chosen), fingerprints do not.
+    let digest = char::from_digit((n % 16) as u32, 16).unwrap_or('0');
+    match shape {
+        Shape::AllowRead => (
+            "gate.decision",
+            decision(
+                "fs.read",
+                "allow",
+                &[],
+                "read-ok",
+                json!({"risk_class": "low", "endpoint_classes": ["fs.read"]}),
+                digest,
+            ),
+        ),
+        Shape::BlockDelete => (
+            "gate.decision",
+            decision(
+                "tool.delete",
+                "block",
+                &["destructive_operation", "blocked_by_rule"],
+                "no-delete",
+                json!({"risk_class": "high", "endpoint_classes": ["fs.delete"], "destructive": true}),
+                digest,
+            ),
+        ),
+        Shape::ApproveEgress => (
+            "gate.decision",
+            decision(
+                "http.post",
+                "require_approval",
+                &["approval_required"],
+                "egress",
+                json!({"risk_class": "medium", "endpoint_classes": ["net.http"]}),
+                digest,
+            ),
+        ),
+        Shape::DryRunWrite => (
+            "gate.decision",
+            decision(
+                "fs.write",
+                "dry_run",
+                &["plan_phase_non_destructive"],
+                "plan-only",
+                json!({"risk_class": "medium", "endpoint_classes": ["fs.write"]}),
+                digest,
+            ),
+        ),
+        Shape::Regress { pass } => (
+            "artifact.regress_result",
+            json!({
+                "schema": gait_artifact::evidence::ARTIFACT_RECORD_SCHEMA,
+                "artifact_kind": "regress_result",
+                "sha256": hex64(digest),
+                "size_bytes": 100,
+                "file_name": "regress_result.json",
+                "source": "push",
+                "signature_status": "not_applicable",
+                "run_ids": ["run_1"],
+                "producer_version": "0.9.0",
+                "regress": {
+                    "regress_status": if pass { "pass" } else { "fail" },
+                    "regress_fixture_set": "default",
+                    "grader_count": 2,
+                    "failed_graders": if pass { json!([]) } else { json!(["diff"]) },
+                    "top_failure_reason": if pass { "" } else { "result_digest_changed" },
+                },
+            }),
+        ),
+    }
+}
+
+/// The corpus: per agent (project, env, id, salt), its records in seq order.
+fn corpus(org: &str, base: i64) -> Vec<(AgentKey, Vec<NewRecord>)> {
+    let agents = [
+        ("web", "prod", "a1", 1u16),
+        ("web", "prod", "a2", 2),
+        ("web", "dev", "a3", 3),
+        ("billing", "prod", "b1", 4),
+        ("billing", "staging", "b2", 5),
+    ];
+    agents
+        .iter()
+        .map(|(project, env, id, salt)| {
+            let key = AgentKey::new(
+                Tenant::from_parts(org, project, env).expect("tenant"),
+                id.parse().expect("agent id"),
+            );
+            let records = (1..=36u64)
+                .map(|seq| {
+                    let shape = SHAPES[((seq * 7 + u64::from(*salt)) % 6) as usize];
+                    let (kind, p) = payload(shape, seq * 3 + u64::from(*salt));
+                    // Spread over three days, so posture has several.
+                    let created = base - (seq as i64 % 3) * 24 * HOUR - seq as i64 * 1000;
+                    record(seq, *salt, kind, created, &p)
+                })
+                .collect();
+            (key, records)
+        })
+        .collect()
+}
+
+fn hello() -> AgentHello {
+    AgentHello {
+        cert_serial: "0a1b2c".parse().expect("serial"),
+        cert_not_after_unix_ms: now() + 30 * 24 * HOUR,
+        cert_issuer: String::new(),
+        remote_addr: "10.0.0.7:4433".into(),
+        agent_version: "0.1.0".into(),
+        active_bundle: None,
+        received_bundle: None,
+        outbox_depth: 0,
+        shed_total: 0,
+    }
+}
+
+/// A small deterministic generator (xorshift), so a failing order can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Ingests `corpus` in order, whole agents at a time, folding at the end.
+async fn ingest_in_order(store: &Store, corpus: &[(AgentKey, Vec<NewRecord>)]) -> Result<()> {
+    let intake = Intake::new(store.clone());
+    for (key, records) in corpus {
+        store.agent_connected(key, &hello(), now()).await?;
+        for chunk in records.chunks(10) {
+            intake.commit_batch(key, chunk, &[], &[], now()).await?;
+        }
+    }
+    catch_up(store, SETTLED).await?;
+    Ok(())
+}
+
+/// Ingests `corpus` in a shuffled order: every record shuffled across agents into batches of random size, a
+/// third of the batches delivered twice, upkeep folding at random points in between.
+async fn ingest_shuffled(
+    store: &Store,
+    corpus: &[(AgentKey, Vec<NewRecord>)],
+    seed: u64,
+) -> Result<()> {
+    let intake = Intake::new(store.clone());
+    let mut rng = Rng(seed.max(1));
+    let mut all: Vec<(usize, NewRecord)> = corpus
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, rs))| rs.iter().cloned().map(move |r| (i, r)))
+        .collect();
+    for i in (1..all.len()).rev() {
+        let j = rng.below(i + 1);
+        all.swap(i, j);
+    }
+    for (key, _) in corpus {
+        store.agent_connected(key, &hello(), now()).await?;
+    }
+    let mut rest = all.as_slice();
+    while !rest.is_empty() {
+        let take = (1 + rng.below(12)).min(rest.len());
+        let (batch, tail) = rest.split_at(take);
+        rest = tail;
+        // One agent per batch: group this slice by agent, each group in seq order (a batch is ordered).
+        for (agent, (key, _)) in corpus.iter().enumerate() {
+            let mut mine: Vec<NewRecord> = batch
+                .iter()
+                .filter(|(a, _)| *a == agent)
+                .map(|(_, r)| r.clone())
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            mine.sort_by_key(|r| r.seq);
+            intake.commit_batch(key, &mine, &[], &[], now()).await?;
+            if rng.below(3) == 0 {
+                intake.commit_batch(key, &mine, &[], &[], now()).await?;
+            }
+        }
+        if rng.below(4) == 0 {
+            catch_up(store, SETTLED).await?;
+        }
+    }
+    catch_up(store, SETTLED).await?;
+    Ok(())
+}
+
+fn analytics(store: &Store) -> Analytics {
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        SigningKey::generate(),
+        BundleDefaults::default(),
+        Arc::new(gait_aggregator::metrics::Metrics::new()),
+    ));
+    let rollouts = Arc::new(Rollouts::new(store.clone(), registry.clone()));
+    Analytics::new(store.clone(), registry, rollouts)
+}
+
+fn admin() -> (Authorizer, Arc<Principal>) {
+    (
+        Authorizer::new(AdminTokenMode::Admin),
+        Arc::new(Principal::AdminToken),
+    )
+}
+
+/// The families and posture of `org` as JSON, with the org's name taken out (two orgs hold the same corpus).
+async fn snapshot(a: &Analytics, org: &str, at: i64) -> Result<Value> {
+    let (auth, who) = admin();
+    let caller = auth
+        .authorize(
+            who,
+            Permission::EvidenceRead,
+            BindingScope::org(org.parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let families = a.families(&caller, Some(1000)).await?;
+    let posture = a.posture(&caller, Some(7), at).await?;
+    let mut v = json!({ "families": families, "posture": posture });
+    v["families"]["scope"] = Value::Null;
+    v["posture"]["scope"] = Value::Null;
+    Ok(v)
+}
+
+gait_store::store_tests!(
+    shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture,
+    one_destructive_block_in_production_outranks_ten_thousand_low_risk_allows,
+    an_auditor_of_one_project_sees_nothing_of_another,
+    racing_upkeep_counts_each_row_once,
+    the_http_routes_answer_json_csv_and_the_gate,
+);
+
+async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    ingest_in_order(store, &corpus("ordered", base)).await?;
+    let a = analytics(store);
+    let want = snapshot(&a, "ordered", base).await?;
+    // The corpus has families of every shape and counts everything once.
+    let families = want["families"]["families"]
+        .as_array()
+        .context("families")?;
+    ensure!(families.len() == 5, "{}", want["families"]);
+    let total: u64 = families
+        .iter()
+        .map(|f| f["occurrences"].as_u64().unwrap_or(0))
+        .sum();
+    let failures = corpus("ordered", base)
+        .iter()
+        .flat_map(|(_, rs)| rs.iter())
+        .filter(|r| String::from_utf8_lossy(&r.payload).contains("\"fail\""))
+        .count() as u64;
+    let decisions = corpus("ordered", base)
+        .iter()
+        .flat_map(|(_, rs)| rs.iter())
+        .filter(|r| r.kind == "gate.decision")
+        .count() as u64;
+    ensure!(
+        total == decisions + failures,
+        "{total} != {decisions} + {failures}"
+    );
+    ensure!(want["posture"]["decisions"].as_u64() == Some(decisions));
+    for seed in [7u64, 1234, 99_991] {
+        let org = format!("shuffled-{seed}");
+        ingest_shuffled(store, &corpus(&org, base), seed).await?;
+        let got = snapshot(&a, &org, base).await?;
+        ensure!(got == want, "seed {seed} differs:\n{got:#}\nwant\n{want:#}");
+    }
+    Ok(())
+}
+
+async fn one_destructive_block_in_production_outranks_ten_thousand_low_risk_allows(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let intake = Intake::new(store.clone());
+    let base = now();
+    // Ten thousand allowed low-risk reads from 20 dev agents.
+    for agent in 0..20u16 {
+        let key = AgentKey::new(
+            Tenant::from_parts("acme", "web", "dev")?,
+            format!("noise-{agent}").parse()?,
+        );
+        store.agent_connected(&key, &hello(), base).await?;
+        let records: Vec<NewRecord> = (1..=500u64)
+            .map(|seq| {
+                let (kind, p) = payload(Shape::AllowRead, seq);
+                record(seq, 100 + agent, kind, base - seq as i64, &p)
+            })
+            .collect();
+        for chunk in records.chunks(250) {
+            intake.commit_batch(&key, chunk, &[], &[], base).await?;
+        }
+    }
+    // One destructive block in production.
+    let key = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "p1".parse()?);
+    store.agent_connected(&key, &hello(), base).await?;
+    let (kind, p) = payload(Shape::BlockDelete, 1);
+    intake
+        .commit_batch(&key, &[record(1, 999, kind, base, &p)], &[], &[], base)
+        .await?;
+    let folded = catch_up(store, SETTLED).await?;
+    ensure!(folded == 10_001, "folded {folded}");
+
+    let (auth, who) = admin();
+    let caller = auth
+        .authorize(
+            who,
+            Permission::EvidenceRead,
+            BindingScope::org("acme".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = analytics(store).families(&caller, None).await?;
+    ensure!(report.total == 2, "{report:?}");
+    let (top, noise) = (&report.families[0], &report.families[1]);
+    ensure!(top.tool == "tool.delete" && top.occurrences == 1, "{top:?}");
+    ensure!(
+        noise.tool == "fs.read" && noise.occurrences == 10_000,
+        "{noise:?}"
+    );
+    ensure!(top.priority.score > noise.priority.score);
+    // The breakdown explains it: privilege and production outweigh capped recurrence.
+    ensure!(top.priority.privilege > noise.priority.privilege);
+    ensure!(noise.priority.recurrence <= 20 && noise.agents == 20);
+    ensure!(top.production_environments == 1 && top.destructive);
+    Ok(())
+}
+
+fn project_auditor() -> (Authorizer, Arc<Principal>) {
+    let auth = Authorizer::new(AdminTokenMode::Disabled);
+    auth.load(&[RoleBinding {
+        id: 1,
+        kind: SubjectKind::User,
+        subject: "ana".into(),
+        role: "auditor".into(),
+        scope: BindingScope::project("acme".parse().expect("org"), "web".parse().expect("p")),
+        source: BindingSource::Api,
+        created_by: "test".into(),
+        created_unix_ms: 0,
+    }]);
+    let who = Arc::new(Principal::Operator(Operator {
+        issuer: "https://idp.example".into(),
+        subject: "ana".into(),
+        groups: Vec::new(),
+    }));
+    (auth, who)
+}
+
+async fn an_auditor_of_one_project_sees_nothing_of_another(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let corpus = corpus("acme", base);
+    ingest_in_order(store, &corpus).await?;
+    // A family only billing has: a block of another tool.
+    let intake = Intake::new(store.clone());
+    let only_billing = AgentKey::new(
+        Tenant::from_parts("acme", "billing", "prod")?,
+        "b9".parse()?,
+    );
+    store.agent_connected(&only_billing, &hello(), base).await?;
+    let p = decision(
+        "db.drop",
+        "block",
+        &["blocked_by_rule"],
+        "no-drop",
+        json!({"risk_class": "critical", "destructive": true}),
+        'f',
+    );
+    intake
+        .commit_batch(
+            &only_billing,
+            &[record(1, 77, "gate.decision", base, &p)],
+            &[],
+            &[],
+            base,
+        )
+        .await?;
+    catch_up(store, SETTLED).await?;
+
+    let a = analytics(store);
+    let (auth, ana) = project_auditor();
+    let org: gait_store::Org = "acme".parse()?;
+    ensure!(
+        auth.authorize(
+            ana.clone(),
+            Permission::EvidenceRead,
+            BindingScope::org(org.clone())
+        )
+        .is_err()
+    );
+    ensure!(
+        auth.authorize(
+            ana.clone(),
+            Permission::EvidenceRead,
+            BindingScope::project(org.clone(), "billing".parse()?)
+        )
+        .is_err()
+    );
+    let caller = auth
+        .authorize(
+            ana,
+            Permission::EvidenceRead,
+            BindingScope::project(org.clone(), "web".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let web_records: Vec<&NewRecord> = corpus
+        .iter()
+        .filter(|(k, _)| k.tenant.project.as_str() == "web")
+        .flat_map(|(_, rs)| rs.iter())
+        .collect();
+    let web_decisions = web_records
+        .iter()
+        .filter(|r| r.kind == "gate.decision")
+        .count() as u64;
+
+    let report = a.families(&caller, Some(1000)).await?;
+    ensure!(report.scope == "acme/web", "{}", report.scope);
+    for f in &report.families {
+        ensure!(f.tool != "db.drop", "billing's family leaked: {f:?}");
+        ensure!(
+            f.environments.iter().all(|e| e.starts_with("web/")),
+            "{:?}",
+            f.environments
+        );
+        ensure!(f.projects == 1);
+    }
+    let counted: u64 = report
+        .families
+        .iter()
+        .filter(|f| f.kind == "decision")
+        .map(|f| f.occurrences)
+        .sum();
+    ensure!(counted == web_decisions, "{counted} != {web_decisions}");
+    // Representatives are web's evidence only: every one is the digest of a web record.
+    let web_digests: Vec<String> = web_records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    for f in &report.families {
+        for d in &f.representatives {
+            ensure!(web_digests.iter().any(|p| p.contains(d.as_str())), "{d}");
+        }
+    }
+    // The export carries the same rows and nothing of billing.
+    let csv = String::from_utf8(csv_families(&report)?)?;
+    ensure!(
+        !csv.contains("billing") && !csv.contains("db.drop"),
+        "{csv}"
+    );
+    ensure!(csv.lines().count() == report.families.len() + 1);
+    // Billing's family by id or dedup key: not found in web.
+    let (admin_auth, root) = admin();
+    let everything = admin_auth
+        .authorize(root, Permission::EvidenceRead, BindingScope::org(org))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let all = a.families(&everything, Some(1000)).await?;
+    let drop = all
+        .families
+        .iter()
+        .find(|f| f.tool == "db.drop")
+        .context("the billing family")?;
+    for id in [&drop.family, &drop.dedup_key] {
+        match a.family(&caller, id).await {
+            Err(AnalysisError::NotFound(_)) => {}
+            other => anyhow::bail!("{id}: {other:?}"),
+        }
+    }
+    // Posture: web's decisions only.
+    let posture = a.posture(&caller, Some(7), base).await?;
+    ensure!(posture.decisions == web_decisions);
+    ensure!(
+        posture.regress.iter().all(|r| r.project == "web"),
+        "{:?}",
+        posture.regress
+    );
+    ensure!(posture.agents.agents == 3);
+    Ok(())
+}
+
+async fn racing_upkeep_counts_each_row_once(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let intake = Intake::new(store.clone());
+    let base = now();
+    let corpus = corpus("race", base);
+    for (key, records) in &corpus {
+        store.agent_connected(key, &hello(), base).await?;
+        intake.commit_batch(key, records, &[], &[], base).await?;
+    }
+    // Two "replicas" fold the same rows at once; the cursor's compare-and-set lets one add each batch.
+    let (x, y) = tokio::join!(catch_up(store, SETTLED), catch_up(store, SETTLED));
+    let folded = x? + y?;
+    let rows: u64 = corpus.iter().map(|(_, rs)| rs.len() as u64).sum();
+    ensure!(folded == rows, "folded {folded} of {rows}");
+    let (auth, who) = admin();
+    let caller = auth
+        .authorize(
+            who,
+            Permission::EvidenceRead,
+            BindingScope::org("race".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let posture = analytics(store).posture(&caller, Some(7), base).await?;
+    let decisions = corpus
+        .iter()
+        .flat_map(|(_, rs)| rs.iter())
+        .filter(|r| r.kind == "gate.decision")
+        .count() as u64;
+    ensure!(
+        posture.decisions == decisions,
+        "{} != {decisions}",
+        posture.decisions
+    );
+    Ok(())
+}
+
+async fn get(app: &axum::Router, uri: &str) -> Result<(StatusCode, String, Vec<u8>)> {
+    let req = Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())?;
+    let resp = app.clone().oneshot(req).await?;
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = resp.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, ctype, bytes))
+}
+
+async fn get_json(app: &axum::Router, uri: &str) -> Result<(StatusCode, Value)> {
+    let (status, _, body) = get(app, uri).await?;
+    Ok((status, serde_json::from_slice(&body)?))
+}
+
+async fn the_http_routes_answer_json_csv_and_the_gate(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    ingest_in_order(store, &corpus("acme", base)).await?;
+    let app = router(common::app_state(db, TOKEN, SigningKey::generate()));
+
+    let (status, list) = get_json(&app, "/v1/orgs/acme/analysis/families?limit=3").await?;
+    ensure!(status == StatusCode::OK, "{list}");
+    ensure!(
+        list["families"].as_array().map(Vec::len) == Some(3),
+        "{list}"
+    );
+    ensure!(list["total"] == 5 && list["scope"] == "acme");
+    let top = &list["families"][0];
+    ensure!(top["tool"] == "tool.delete", "{top}");
+    let scores: Vec<u64> = list["families"]
+        .as_array()
+        .context("families")?
+        .iter()
+        .map(|f| f["priority"]["score"].as_u64().unwrap_or(0))
+        .collect();
+    ensure!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // One family by its dedup key, with suggestions (a blocked destructive call: a policy fixture at least).
+    let key = top["dedup_key"].as_str().context("dedup key")?;
+    let (status, one) = get_json(&app, &format!("/v1/orgs/acme/analysis/families/{key}")).await?;
+    ensure!(status == StatusCode::OK, "{one}");
+    ensure!(one["family"] == top["family"], "{one}");
+    ensure!(
+        one["suggestions"].as_array().is_some_and(|s| !s.is_empty()),
+        "{one}"
+    );
+    ensure!(one["inputs"]["matched_rule"] == "no-delete", "{one}");
+
+    let (status, ctype, csv) = get(
+        &app,
+        "/v1/orgs/acme/analysis/families?format=csv&project=web",
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && ctype.starts_with("text/csv"),
+        "{ctype}"
+    );
+    let csv = String::from_utf8(csv)?;
+    ensure!(csv.starts_with("scope,family,dedup_key,"), "{csv}");
+    ensure!(
+        csv.lines().skip(1).all(|l| l.starts_with("acme/web,")),
+        "{csv}"
+    );
+
+    let (status, posture) = get_json(
+        &app,
+        "/v1/orgs/acme/analysis/posture?project=web&env=prod&days=3",
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "{posture}");
+    ensure!(posture["scope"] == "acme/web/prod", "{posture}");
+    ensure!(
+        posture["daily"].as_array().map(Vec::len) == Some(3),
+        "{posture}"
+    );
+    ensure!(posture["agents"]["agents"] == 2, "{posture}");
+
+    // The gate of web/prod fails: the corpus has failed regress runs and open blocked destructive calls.
+    let (status, gate) = get_json(&app, "/v1/orgs/acme/projects/web/envs/prod/change-gate").await?;
+    ensure!(status == StatusCode::OK, "{gate}");
+    ensure!(gate["pass"] == false, "{gate}");
+    let checks: Vec<&str> = gate["reasons"]
+        .as_array()
+        .context("reasons")?
+        .iter()
+        .filter_map(|r| r["check"].as_str())
+        .collect();
+    ensure!(
+        checks.contains(&"regress") && checks.contains(&"families"),
+        "{gate}"
+    );
+    // An environment with no evidence passes.
+    let (_, clean) = get_json(&app, "/v1/orgs/acme/projects/web/envs/qa/change-gate").await?;
+    ensure!(
+        clean["pass"] == true && clean["reasons"] == json!([]),
+        "{clean}"
+    );
+
+    for (uri, field) in [
+        ("/v1/orgs/acme/analysis/families?limit=0", "limit"),
+        ("/v1/orgs/acme/analysis/families?format=xml", "format"),
+        ("/v1/orgs/acme/analysis/families?env=prod", "env"),
+        ("/v1/orgs/acme/analysis/posture?days=91", "days"),
+        ("/v1/orgs/acme/analysis/families/not-a-family", "family"),
+        ("/v1/orgs/acme/analysis/families?bogus=1", "bogus"),
+    ] {
+        let (status, body) = get_json(&app, uri).await?;
+        ensure!(status == StatusCode::BAD_REQUEST, "{uri}: {status} {body}");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        ensure!(message.contains(field), "{uri}: {message}");
+    }
+    let (status, _) = get_json(
+        &app,
+        &format!("/v1/orgs/acme/analysis/families/{}", hex64('0')),
+    )
+    .await?;
+    ensure!(status == StatusCode::NOT_FOUND);
+    Ok(())
+}
