@@ -400,6 +400,8 @@ impl Analytics {
             environments: v.environments.iter().cloned().collect(),
             representatives: v.representatives.iter().cloned().collect(),
         };
+        // A regress fixture is made from a runpack; a family's representatives are intent digests (decisions)
+        // or regress result digests, never a runpack's, so that suggestion would name the wrong artifact.
         v.suggestions = next_best_fix(
             &family,
             &FixContext {
@@ -407,7 +409,15 @@ impl Analytics {
                 attribution: None,
                 high_risk,
             },
-        );
+        )
+        .into_iter()
+        .filter(|s| {
+            !matches!(
+                s.action,
+                gait_analysis::fix::Action::AddRegressFixture { .. }
+            )
+        })
+        .collect();
         Ok(v)
     }
 

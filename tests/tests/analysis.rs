@@ -1,0 +1,229 @@
+//! End to end, on real processes: fleet analytics (issue 12). Two agents of `acme/web/prod` and one of
+//! `acme/web/dev` under a policy that blocks destructive deletes and allows reads make decisions through their
+//! local API; the aggregator's upkeep folds them into families; `gait-aggregator families --json` lists the
+//! destructive block in production first with its score breakdown, `family` shows what went into its
+//! fingerprint and its suggestions, `families --csv` exports the same rows with evidence digests, `posture`
+//! counts every decision, and `change-gate` fails prod (an open critical family) with exit 1 and passes an
+//! environment with no evidence. Runs on SQLite and, with `GAIT_TEST_DATABASE_URL` set, on PostgreSQL.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
+
+use std::path::Path;
+
+use anyhow::{Context as _, ensure};
+use gait_e2e::{Agent, Aggregator, PATIENCE, http_json, wait_for};
+use serde_json::{Value, json};
+
+const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: block\nrules:\n  - name: no-delete\n    priority: 10\n    effect: block\n    match:\n      tool_names: [tool.delete]\n    reason_codes: [delete_blocked]\n  - name: allow-read\n    priority: 20\n    effect: allow\n    match:\n      tool_names: [tool.read]\n    reason_codes: [read_allowed]\n";
+
+fn intent(tool: &str, path: &str, risk: &str, destructive: bool) -> Value {
+    json!({
+        "schema_id": "gait.gate.intent_request",
+        "schema_version": "1.0.0",
+        "created_at": "2026-12-01T09:00:00Z",
+        "producer_version": "e2e",
+        "tool_name": tool,
+        "args": {"path": path},
+        "targets": [{"kind": "path", "value": path, "operation": if destructive { "delete" } else { "read" },
+                     "endpoint_class": if destructive { "fs.delete" } else { "fs.read" },
+                     "destructive": destructive}],
+        "context": {"identity": "worker", "workspace": "/srv/app", "risk_class": risk}
+    })
+}
+
+fn decide(agent: &Agent, body: Value, want: &str) -> anyhow::Result<()> {
+    let token = agent.api_token()?;
+    let (status, answer) = http_json(
+        "POST",
+        &format!("http://{}/v1/gate/evaluate", agent.api),
+        Some(&token),
+        Some(body),
+    )?;
+    ensure!(
+        status == 200 && answer["verdict"] == want,
+        "evaluate answered {status}: {answer}"
+    );
+    Ok(())
+}
+
+fn publish(agg: &Aggregator, dir: &Path, env: &str) -> anyhow::Result<()> {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY)?;
+    let out = agg
+        .operator_command(&["publish", "--org", "acme", "--project", "web", "--env", env])
+        .arg("--policy")
+        .arg(&policy)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Runs an analytics command; its exit code and stdout.
+fn run(agg: &Aggregator, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let out = agg.operator_command(args).output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+fn json_of(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Value> {
+    let (code, out) = run(agg, args)?;
+    ensure!(code == Some(0), "{args:?} exited {code:?}: {out}");
+    serde_json::from_str(&out).with_context(|| format!("{args:?}: {out}"))
+}
+
+#[test]
+fn families_posture_and_the_change_gate_from_real_agents() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    scenario(None).context("sqlite")?;
+    if let Some(db) = &postgres {
+        scenario(Some(db.url())).context("postgres")?;
+    }
+    Ok(())
+}
+
+fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), database_url)?;
+    publish(&agg, tmp.path(), "prod")?;
+    publish(&agg, tmp.path(), "dev")?;
+    let mut agents = Vec::new();
+    for (n, env) in [(1, "prod"), (2, "prod"), (3, "dev")] {
+        let mut agent = Agent::enroll(
+            &agg,
+            &tmp.path().join(format!("a{n}")),
+            "acme",
+            "web",
+            env,
+            &format!("agent-{n}"),
+        )?;
+        agent.start()?;
+        agent.wait_active_epoch(1, "bundle active")?;
+        agents.push(agent);
+    }
+    // Reads everywhere (allowed, low risk), one destructive delete in prod (blocked).
+    let mut decisions = 0;
+    for agent in &agents {
+        for n in 0..20 {
+            decide(
+                agent,
+                intent("tool.read", &format!("/srv/{}/{n}", agent.id), "low", false),
+                "allow",
+            )?;
+            decisions += 1;
+        }
+    }
+    decide(
+        &agents[0],
+        intent("tool.delete", "/srv/db", "high", true),
+        "block",
+    )?;
+    decisions += 1;
+
+    // The upkeep folds within a tick of the records arriving.
+    let families = wait_for(PATIENCE, "every decision folded into families", || {
+        let v = json_of(&agg, &["families", "--org", "acme", "--json"]).ok()?;
+        let total: u64 = v["families"]
+            .as_array()?
+            .iter()
+            .map(|f| f["occurrences"].as_u64().unwrap_or(0))
+            .sum();
+        (total == decisions).then_some(v)
+    })?;
+    ensure!(families["total"] == 2, "{families}");
+    let top = &families["families"][0];
+    ensure!(
+        top["tool"] == "tool.delete" && top["verdict"] == "block",
+        "{top}"
+    );
+    ensure!(top["destructive"] == true && top["risk_class"] == "high");
+    ensure!(top["production_environments"] == 1, "{top}");
+    let noise = &families["families"][1];
+    ensure!(
+        noise["occurrences"] == 60 && noise["agents"] == 3,
+        "{noise}"
+    );
+    ensure!(top["priority"]["score"].as_u64() > noise["priority"]["score"].as_u64());
+
+    // One family by its dedup key: its fingerprint inputs and suggestions.
+    let key = top["dedup_key"].as_str().context("dedup key")?;
+    let one = json_of(&agg, &["family", "--org", "acme", key, "--json"])?;
+    ensure!(one["inputs"]["matched_rule"] == "no-delete", "{one}");
+    ensure!(
+        one["inputs"]["reason_codes"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("delete_blocked"))),
+        "{one}"
+    );
+    ensure!(
+        one["suggestions"].as_array().is_some_and(|s| !s.is_empty()),
+        "{one}"
+    );
+    let (code, text) = run(&agg, &["family", "--org", "acme", key])?;
+    ensure!(code == Some(0) && text.contains("suggestion"), "{text}");
+
+    // The CSV export: a header and one row per family, with the evidence digests.
+    let (code, csv) = run(&agg, &["families", "--org", "acme", "--csv"])?;
+    ensure!(code == Some(0), "{csv}");
+    let rows: Vec<&str> = csv.lines().collect();
+    ensure!(
+        rows.len() == 3 && rows[0].starts_with("scope,family,"),
+        "{csv}"
+    );
+    let digest = one["representatives"][0]
+        .as_str()
+        .context("a representative")?;
+    ensure!(rows[1].contains(digest), "{csv}");
+
+    let posture = json_of(&agg, &["posture", "--org", "acme", "--json"])?;
+    ensure!(posture["decisions"] == decisions, "{posture}");
+    ensure!(posture["by_verdict"]["block"] == 1, "{posture}");
+    ensure!(posture["agents"]["agents"] == 3, "{posture}");
+    let (code, text) = run(&agg, &["posture", "--org", "acme", "--project", "web"])?;
+    ensure!(code == Some(0) && text.contains("tool.delete"), "{text}");
+
+    // The gate: prod has an open critical family; dev has only allowed reads; qa has nothing.
+    let (code, out) = run(
+        &agg,
+        &[
+            "change-gate",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+        ],
+    )?;
+    ensure!(
+        code == Some(1) && out.contains("FAIL") && out.contains(key),
+        "{code:?} {out}"
+    );
+    let (code, out) = run(
+        &agg,
+        &[
+            "change-gate",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "dev",
+            "--json",
+        ],
+    )?;
+    ensure!(code == Some(0), "{code:?} {out}");
+    let gate: Value = serde_json::from_str(&out)?;
+    ensure!(gate["pass"] == true, "{gate}");
+    // A bad scope is refused with exit 65.
+    let (code, _) = run(&agg, &["families", "--org", "acme", "--limit", "0"])?;
+    ensure!(code == Some(65), "{code:?}");
+    Ok(())
+}
