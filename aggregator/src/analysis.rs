@@ -82,6 +82,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AnalysisError {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FamiliesQuery {
+    /// The org again (optional; must be the path's when given, as access requests spell their scope).
+    pub org: Option<String>,
     /// Narrow to a project of the org.
     pub project: Option<String>,
     /// Narrow to an environment (with `project`).
@@ -96,6 +98,8 @@ pub struct FamiliesQuery {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostureQuery {
+    /// As [`FamiliesQuery::org`].
+    pub org: Option<String>,
     pub project: Option<String>,
     pub env: Option<String>,
     /// Days back from today, UTC (1..=90, default 7).
@@ -104,12 +108,22 @@ pub struct PostureQuery {
     pub format: Option<String>,
 }
 
-/// The scope an org route's `project`/`env` parameters name (what the caller must be authorized for).
+/// The scope an org route's `project`/`env` parameters name (what the caller must be authorized for); a
+/// `query_org` that is not the path's org is refused.
 pub fn scope_of(
     org: gait_store::Org,
+    query_org: Option<&str>,
     project: Option<&str>,
     env: Option<&str>,
 ) -> Result<BindingScope, AnalysisError> {
+    if let Some(q) = query_org
+        && q != org.as_str()
+    {
+        return Err(invalid(
+            "org",
+            format!("the query names org {q:?} but the path {org}: name one org"),
+        ));
+    }
     let project = project
         .map(|p| {
             p.parse::<gait_store::Project>()

@@ -29,7 +29,12 @@ pub(super) async fn families(
     let Query(q) = query.map_err(RequestError::Query)?;
     let org: Org = super::ident("org", org)?;
     let format = format_of(q.format.as_deref())?;
-    let caller = pending.authorize(scope_of(org, q.project.as_deref(), q.env.as_deref())?)?;
+    let caller = pending.authorize(scope_of(
+        org,
+        q.org.as_deref(),
+        q.project.as_deref(),
+        q.env.as_deref(),
+    )?)?;
     let report = state.analytics.families(&caller, q.limit).await?;
     match format {
         Format::Json => Ok(Json(report).into_response()),
@@ -41,6 +46,7 @@ pub(super) async fn families(
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FamilyQuery {
+    org: Option<String>,
     project: Option<String>,
     env: Option<String>,
 }
@@ -54,7 +60,12 @@ pub(super) async fn family(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
     let org: Org = super::ident("org", org)?;
-    let caller = pending.authorize(scope_of(org, q.project.as_deref(), q.env.as_deref())?)?;
+    let caller = pending.authorize(scope_of(
+        org,
+        q.org.as_deref(),
+        q.project.as_deref(),
+        q.env.as_deref(),
+    )?)?;
     Ok(Json(state.analytics.family(&caller, &family).await?).into_response())
 }
 
@@ -68,7 +79,12 @@ pub(super) async fn posture(
     let Query(q) = query.map_err(RequestError::Query)?;
     let org: Org = super::ident("org", org)?;
     let format = format_of(q.format.as_deref())?;
-    let caller = pending.authorize(scope_of(org, q.project.as_deref(), q.env.as_deref())?)?;
+    let caller = pending.authorize(scope_of(
+        org,
+        q.org.as_deref(),
+        q.project.as_deref(),
+        q.env.as_deref(),
+    )?)?;
     let report = state
         .analytics
         .posture(&caller, q.days, crate::clock::unix_ms())
