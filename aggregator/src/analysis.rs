@@ -216,7 +216,8 @@ pub struct FamilyView {
     pub egress_or_taint: bool,
     /// Strongest verdict seen.
     pub severity: Severity,
-    /// Evidence digests showing it (intent digests of decisions, SHA-256 of regress results), smallest first.
+    /// Evidence digests showing it, smallest first: each environment's smallest (an intent digest for a
+    /// decision, the SHA-256 of a regress result), at most five.
     pub representatives: Vec<String>,
     /// The score and its parts.
     pub priority: Priority,
@@ -302,14 +303,6 @@ impl Analytics {
             .await?
             .into_iter()
             .collect();
-        let mut reps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (family, digest) in self.store.family_representatives(filter).await? {
-            let set = reps.entry(family).or_default();
-            set.insert(digest);
-            if set.len() > gait_store::REPRESENTATIVES_PER_SCOPE as usize {
-                set.pop_last();
-            }
-        }
         let mut def_filter = AnalysisFilter::org(filter.org.clone());
         def_filter.family = filter.family.clone();
         let defs: BTreeMap<String, gait_store::FamilyDef> = self
@@ -331,12 +324,7 @@ impl Analytics {
                     "family {family} has occurrences but no definition"
                 )));
             };
-            out.push(view(
-                def,
-                &rows,
-                agents.get(family).copied(),
-                reps.remove(family),
-            )?);
+            out.push(view(def, &rows, agents.get(family).copied())?);
         }
         Ok(out)
     }
@@ -656,8 +644,12 @@ fn view(
     def: &gait_store::FamilyDef,
     rows: &[&FamilyScope],
     agents: Option<u64>,
-    reps: Option<BTreeSet<String>>,
 ) -> Result<FamilyView, AnalysisError> {
+    // Each environment's smallest evidence digest; the family shows the smallest few of those.
+    let reps: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.representative.as_deref())
+        .collect();
     let inputs: serde_json::Value = serde_json::from_str(&def.inputs)
         .map_err(|e| AnalysisError::Corrupt(format!("inputs of family {}: {e}", def.family)))?;
     let occurrences = rows.iter().map(|r| r.occurrences).sum();
@@ -704,7 +696,11 @@ fn view(
         destructive,
         egress_or_taint: egress,
         severity,
-        representatives: reps.unwrap_or_default().into_iter().collect(),
+        representatives: reps
+            .into_iter()
+            .take(gait_store::MAX_REPRESENTATIVES)
+            .map(str::to_owned)
+            .collect(),
         priority: score,
         suggestions: Vec::new(),
     })

@@ -23,6 +23,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod analysis;
 mod audit;
 mod auth;
 mod common;
@@ -80,6 +81,9 @@ enum Command {
     Replay(replay::Args),
     /// `promote` of a rollout until every agent of a connected fleet verified and runs the candidate's pin.
     Promote(promote::Args),
+    /// Fleet analytics over 1,000,000 decision records: ingest against upkeep on the same rows, then the
+    /// top-families and posture queries (p50/p99), on SQLite or PostgreSQL (--database-url).
+    Analysis(analysis::Args),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Push(a) => push::run(a).await,
             Command::Registry(a) => registry::run(a).await,
             Command::Replay(a) => replay::run(a).await,
+            Command::Analysis(a) => analysis::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

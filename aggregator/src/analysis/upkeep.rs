@@ -1,283 +1,146 @@
 //! Incremental upkeep: folds the evidence index, in id order, into the precomputed state the analytics read
 //! (incident families per environment, daily posture and regress counts).
 //!
+//! - **Family at ingest.** [`family_of`] computes a decision's (or failed regress result's) fingerprint when it
+//!   is indexed, from the fields the index holds, so the evidence row carries its family; repeated feature sets
+//!   hit a small cache. The same function defines a family when the job first meets it
+//!   ([`definitions`]), so the stored definition is the one the rows were indexed with.
+//! - **Folding in the database.** A pass picks the next range of ids and has the store fold it with
+//!   `INSERT … SELECT … GROUP BY` ([`gait_store::Store::apply_analysis`]): no evidence row travels to the
+//!   aggregator, and the cost is a few statements per range, not per row.
 //! - **Once per deployment.** Every replica runs the task; only the holder of the `analysis-upkeep` leader lease
-//!   folds. The lease is not the fence: [`gait_store::Store::apply_analysis`] moves the cursor with a
-//!   compare-and-set in the transaction that adds the batch, so a row is counted once even when two replicas
-//!   briefly both believe they lead.
+//!   folds. The lease is not the fence: the store moves the cursor with a compare-and-set in the transaction that
+//!   folds the range, so a row is counted once even when two replicas briefly both believe they lead.
 //! - **No row skipped.** On PostgreSQL ids come from a sequence and transactions commit in any order, so id 11
-//!   can be visible while id 10 is still being written. A batch is taken only up to the first gap in the ids,
-//!   unless the row after the gap was received more than [`SETTLE`] ago, by which time the writer of the
-//!   missing id has committed or rolled back (a rolled-back or conflicting insert leaves a permanent gap). On
-//!   SQLite ids are dense (one writer at a time).
-//! - **Order independent.** [`fold`] is a pure function of the rows: counts add, times take minimum and
-//!   maximum, ranks take the maximum, agents and representatives are sets, so any batching or any order of
-//!   indexing gives the same stored state.
+//!   can be visible while id 10 is still being written. A range ends before the first gap in the ids, unless the
+//!   row after the gap was received more than [`SETTLE`] ago, by which time the writer of the missing id has
+//!   committed or rolled back (a rolled-back or conflicting insert leaves a permanent gap). On SQLite ids are
+//!   dense (one writer at a time).
+//! - **Order independent.** Every fold is a count, a sum, a minimum, a maximum, a set or "the five smallest
+//!   digests", so any batching or order of indexing gives the same stored state (tests hold it on both
+//!   backends with shuffled and redelivered ingest).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use gait_analysis::family::{Fingerprint, IncidentFeatures, IncidentKind, fingerprint};
+use gait_analysis::family::{IncidentFeatures, IncidentKind, fingerprint};
 use gait_runtime::Tasks;
 use gait_store::{
-    AgentId, AnalysisDelta, AnalysisRow, EvidenceClass, FamilyDef, FamilyScope, LeaderLease, Org,
-    PostureCount, REPRESENTATIVES_PER_SCOPE, RegressCount, Store, StoreError, Tenant,
+    EvidenceClass, FamilyDef, FamilySample, IndexFields, LeaderLease, Store, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// The leader lease and cursor name of the job.
 pub const JOB: &str = "analysis-upkeep";
-/// Rows folded per transaction.
-pub const BATCH: u32 = 5_000;
-/// How often an idle job looks for new rows.
+/// Evidence rows folded per transaction at most.
+pub const BATCH: u32 = 100_000;
+/// How often the job looks for new rows.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Fewer new rows than this wait for the next tick, up to [`MAX_LAG`]: folding larger ranges costs less per
+/// row (one upsert per family and environment per range, however many rows).
+pub const MIN_ROWS: u64 = 10_000;
+/// The longest new rows wait to be folded (how stale families and posture can be).
+pub const MAX_LAG: Duration = Duration::from_secs(5);
 /// How long a gap in the ids is waited for before it is taken as permanent.
 pub const SETTLE: Duration = Duration::from_secs(60);
 /// A day in milliseconds (posture and regress counts are per UTC day of the agent's clock).
 pub const DAY_MS: i64 = 86_400_000;
+/// Distinct feature sets whose fingerprint ingest keeps at hand.
+const FINGERPRINT_CACHE: usize = 16_384;
 
-/// The tool name recorded when a decision named none.
-pub const UNKNOWN_TOOL: &str = "(unknown)";
-/// The stage recorded when a decision had none (no bundle stage report).
-pub const NO_STAGE: &str = "none";
-
-/// Risk rank of Gait's risk class text: 0 low or unknown, 1 medium, 2 high, 3 critical.
-pub fn risk_rank(class: Option<&str>) -> u8 {
-    match class.map(|c| c.trim().to_ascii_lowercase()).as_deref() {
-        Some("critical") => 3,
-        Some("high") => 2,
-        Some("medium") => 1,
-        _ => 0,
-    }
-}
-
-/// Severity rank of a decision: 3 block (or a regress failure), 2 require approval, 1 a dry run or a
-/// would-have-blocked report, 0 allow.
-fn severity_rank(row: &AnalysisRow) -> u8 {
-    match row.verdict.as_deref() {
-        Some("block") => 3,
-        Some("require_approval") => 2,
-        Some("dry_run") => 1,
-        _ if row.would_have_blocked => 1,
-        _ => 0,
-    }
-}
-
-/// The call sends data out (an HTTP or DNS endpoint) or the policy flagged tainted data.
-fn egress_or_taint(row: &AnalysisRow) -> bool {
-    let egress = row
-        .endpoint_classes
-        .as_deref()
-        .is_some_and(|c| c.split(',').any(|c| c.starts_with("net.")));
-    egress || row.reason_codes.iter().any(|c| c.contains("taint"))
-}
-
-/// The incident features of one row, if it is an incident (every decision; a failed regress result).
-pub fn features(row: &AnalysisRow) -> Option<(IncidentFeatures, Option<&str>)> {
-    match row.class {
-        EvidenceClass::Decision => {
-            let verdict = row.verdict.as_deref()?;
-            Some((
-                IncidentFeatures {
-                    kind: Some(IncidentKind::Decision),
-                    tool: row.tool_name.clone().unwrap_or_default(),
-                    verdict: verdict.to_owned(),
-                    reason_codes: row.reason_codes.clone(),
-                    matched_rule: row.matched_rule.clone(),
-                    policy_lineage: row.policy_name.clone(),
-                    endpoint_class: row.endpoint_classes.clone(),
-                    failure_kind: None,
-                },
-                row.intent_digest.as_deref(),
-            ))
-        }
+/// The incident features of an indexed record, if it is an incident: every decision, and a failed regress
+/// result. `kind` is the record kind.
+pub fn incident_features(class: EvidenceClass, f: &IndexFields) -> Option<IncidentFeatures> {
+    match class {
+        EvidenceClass::Decision => Some(IncidentFeatures {
+            kind: Some(IncidentKind::Decision),
+            tool: f.tool_name.clone().unwrap_or_default(),
+            verdict: f.verdict.clone()?,
+            reason_codes: f.reason_codes.clone(),
+            matched_rule: f.matched_rule.clone(),
+            policy_lineage: f.policy_name.clone(),
+            endpoint_class: f.endpoint_classes.clone(),
+            failure_kind: None,
+        }),
         EvidenceClass::Artifact
-            if row.artifact_kind.as_deref() == Some("regress_result")
-                && row.regress_status.as_deref() == Some("fail") =>
+            if f.artifact_kind.as_deref() == Some("regress_result")
+                && f.regress_status.as_deref() == Some("fail") =>
         {
-            Some((
-                IncidentFeatures {
-                    kind: Some(IncidentKind::RegressFailure),
-                    tool: String::new(),
-                    verdict: "fail".into(),
-                    reason_codes: Vec::new(),
-                    matched_rule: None,
-                    policy_lineage: None,
-                    endpoint_class: None,
-                    failure_kind: row.failure_kind.clone(),
-                },
-                row.sha256.as_deref(),
-            ))
+            Some(IncidentFeatures {
+                kind: Some(IncidentKind::RegressFailure),
+                tool: String::new(),
+                verdict: "fail".into(),
+                reason_codes: Vec::new(),
+                matched_rule: None,
+                policy_lineage: None,
+                endpoint_class: None,
+                failure_kind: f.failure_kind.clone(),
+            })
         }
         EvidenceClass::Artifact => None,
     }
 }
 
-/// (environment, day, tool, verdict, stage) of a posture count.
-type PostureKey = (Tenant, i64, String, String, String);
+static FINGERPRINTS: LazyLock<quick_cache::sync::Cache<IncidentFeatures, Arc<str>>> =
+    LazyLock::new(|| quick_cache::sync::Cache::new(FINGERPRINT_CACHE));
 
-/// Folds `rows` into the delta the store adds (module docs). Pure: any split of the same rows into batches,
-/// folded and added, gives the same totals.
-pub fn fold(rows: &[AnalysisRow]) -> AnalysisDelta {
-    let mut prints: HashMap<IncidentFeatures, Fingerprint> = HashMap::new();
-    let mut families: BTreeMap<(Org, String), FamilyDef> = BTreeMap::new();
-    let mut scopes: BTreeMap<(Tenant, String), FamilyScope> = BTreeMap::new();
-    let mut agents: BTreeSet<(Tenant, String, AgentId)> = BTreeSet::new();
-    let mut reps: BTreeMap<(Tenant, String), BTreeSet<String>> = BTreeMap::new();
-    let mut posture: BTreeMap<PostureKey, (u64, u64, u64)> = BTreeMap::new();
-    let mut regress: BTreeMap<(Org, gait_store::Project, gait_store::Env, i64), (u64, u64)> =
-        BTreeMap::new();
-    for row in rows {
-        let day = row.created_unix_ms.div_euclid(DAY_MS);
-        if row.class == EvidenceClass::Decision
-            && let Some(verdict) = &row.verdict
-        {
-            let key = (
-                row.tenant.clone(),
-                day,
-                row.tool_name.clone().unwrap_or_else(|| UNKNOWN_TOOL.into()),
-                verdict.clone(),
-                row.stage.clone().unwrap_or_else(|| NO_STAGE.into()),
-            );
-            let e = posture.entry(key).or_default();
-            e.0 += 1;
-            e.1 += u64::from(risk_rank(row.risk_class.as_deref()) >= 2);
-            e.2 += u64::from(row.destructive);
-        }
-        if row.artifact_kind.as_deref() == Some("regress_result")
-            && let Some(status) = row.regress_status.as_deref()
-        {
-            let t = &row.tenant;
-            let e = regress
-                .entry((t.org.clone(), t.project.clone(), t.env.clone(), day))
-                .or_default();
-            if status == "pass" {
-                e.0 += 1;
-            } else {
-                e.1 += 1;
-            }
-        }
-        let Some((features, digest)) = features(row) else {
-            continue;
-        };
-        let fp = prints
-            .entry(features)
-            .or_insert_with_key(fingerprint)
-            .clone();
-        let family = fp.hash.clone();
-        families
-            .entry((row.tenant.org.clone(), family.clone()))
-            .or_insert_with(|| definition(&row.tenant.org, &fp));
-        let severity = if row.class == EvidenceClass::Artifact {
-            3
-        } else {
-            severity_rank(row)
-        };
-        let scope = scopes
-            .entry((row.tenant.clone(), family.clone()))
-            .or_insert_with(|| FamilyScope {
-                tenant: row.tenant.clone(),
-                family: family.clone(),
-                occurrences: 0,
-                first_seen_unix_ms: row.created_unix_ms,
-                last_seen_unix_ms: row.created_unix_ms,
-                risk_rank: 0,
-                destructive: false,
-                egress_or_taint: false,
-                severity_rank: 0,
-            });
-        scope.occurrences += 1;
-        scope.first_seen_unix_ms = scope.first_seen_unix_ms.min(row.created_unix_ms);
-        scope.last_seen_unix_ms = scope.last_seen_unix_ms.max(row.created_unix_ms);
-        scope.risk_rank = scope.risk_rank.max(risk_rank(row.risk_class.as_deref()));
-        scope.destructive |= row.destructive;
-        scope.egress_or_taint |= egress_or_taint(row);
-        scope.severity_rank = scope.severity_rank.max(severity);
-        agents.insert((row.tenant.clone(), family.clone(), row.agent_id.clone()));
-        if let Some(d) = digest {
-            let set = reps.entry((row.tenant.clone(), family)).or_default();
-            set.insert(d.to_owned());
-            if set.len() > REPRESENTATIVES_PER_SCOPE as usize {
-                set.pop_last();
-            }
-        }
+/// The family (fingerprint v1 hash) an indexed record belongs to, if it is an incident.
+pub fn family_of(class: EvidenceClass, fields: &IndexFields) -> Option<String> {
+    let features = incident_features(class, fields)?;
+    if let Some(hash) = FINGERPRINTS.get(&features) {
+        return Some(hash.to_string());
     }
-    AnalysisDelta {
-        families: families.into_values().collect(),
-        scopes: scopes.into_values().collect(),
-        agents: agents.into_iter().collect(),
-        representatives: reps
-            .into_iter()
-            .flat_map(|((t, f), set)| set.into_iter().map(move |d| (t.clone(), f.clone(), d)))
-            .collect(),
-        posture: posture
-            .into_iter()
-            .map(|((t, day, tool, verdict, stage), (n, high, destructive))| {
-                (
-                    t,
-                    PostureCount {
-                        day,
-                        tool,
-                        verdict,
-                        stage,
-                        decisions: n,
-                        high_risk: high,
-                        destructive,
-                    },
-                )
-            })
-            .collect(),
-        regress: regress
-            .into_iter()
-            .map(|((org, project, env, day), (passed, failed))| {
-                (
-                    org,
-                    RegressCount {
-                        project,
-                        env,
-                        day,
-                        passed,
-                        failed,
-                    },
-                )
-            })
-            .collect(),
-    }
+    let hash: Arc<str> = fingerprint(&features).hash.into();
+    FINGERPRINTS.insert(features, hash.clone());
+    Some(hash.to_string())
 }
 
-fn definition(org: &Org, fp: &Fingerprint) -> FamilyDef {
-    let text = |key: &str| {
-        fp.inputs
-            .get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    FamilyDef {
-        org: org.clone(),
-        family: fp.hash.clone(),
-        version: fp.version,
-        dedup_key: fp.dedup_key(),
-        kind: text("kind"),
-        tool: text("tool"),
-        verdict: text("verdict"),
-        inputs: String::from_utf8_lossy(&gait_canon::canonical_bytes(&fp.inputs)).into_owned(),
-    }
+/// The definitions of the families first met in a range, from their first rows. A row whose fields no longer
+/// give its stored family (an index written by another fingerprint version) is defined under the stored id
+/// with the inputs as computed now, and logged.
+pub fn definitions(samples: &[FamilySample]) -> Vec<FamilyDef> {
+    samples
+        .iter()
+        .filter_map(|s| {
+            let fp = fingerprint(&incident_features(s.class, &s.fields)?);
+            if fp.hash != s.family {
+                warn!(org = %s.org, family = %s.family, computed = %fp.hash,
+                    "an indexed family does not match its fields' fingerprint; defined under the indexed id");
+            }
+            let text = |key: &str| {
+                fp.inputs
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Some(FamilyDef {
+                org: s.org.clone(),
+                family: s.family.clone(),
+                version: fp.version,
+                dedup_key: fp.dedup_key(),
+                kind: text("kind"),
+                tool: text("tool"),
+                verdict: text("verdict"),
+                inputs: String::from_utf8_lossy(&gait_canon::canonical_bytes(&fp.inputs))
+                    .into_owned(),
+            })
+        })
+        .collect()
 }
 
-/// The rows of `batch` (ascending ids, all above `cursor`) that may be folded now: up to the first gap that has
-/// not settled (module docs).
-pub fn settled_prefix(batch: &[AnalysisRow], cursor: u64, now_ms: i64, settle_ms: i64) -> usize {
+/// How many of `ids` (ascending `(id, received_unix_ms)`, all above `cursor`) may be folded now: up to the first
+/// gap that has not settled (module docs).
+pub fn settled_prefix(ids: &[(u64, i64)], cursor: u64, now_ms: i64, settle_ms: i64) -> usize {
     let mut expected = cursor + 1;
-    for (i, row) in batch.iter().enumerate() {
-        if row.id != expected && row.received_unix_ms > now_ms.saturating_sub(settle_ms) {
+    for (i, (id, received)) in ids.iter().enumerate() {
+        if *id != expected && *received > now_ms.saturating_sub(settle_ms) {
             return i;
         }
-        expected = row.id + 1;
+        expected = id + 1;
     }
-    batch.len()
+    ids.len()
 }
 
 /// What one pass did.
@@ -291,31 +154,41 @@ pub struct Pass {
     pub lost_race: bool,
 }
 
-/// Folds at most one batch; `settle` as in the module docs.
+/// Folds at most one range of [`BATCH`] rows; `settle` as in the module docs.
 pub async fn pass(store: &Store, settle: Duration, now_ms: i64) -> Result<Pass, StoreError> {
     let cursor = store.analysis_cursor(JOB).await?;
-    let batch = store.analysis_rows(cursor, BATCH).await?;
+    let ids = store.analysis_ids(cursor, BATCH).await?;
     let settle_ms = i64::try_from(settle.as_millis()).unwrap_or(i64::MAX);
-    let take = settled_prefix(&batch, cursor, now_ms, settle_ms);
-    let Some(last) = batch[..take].last() else {
+    let take = settled_prefix(&ids, cursor, now_ms, settle_ms);
+    let Some(&(last, _)) = ids[..take].last() else {
         return Ok(Pass {
             rows: 0,
             cursor,
             lost_race: false,
         });
     };
-    let delta = fold(&batch[..take]);
+    let t = std::time::Instant::now();
+    let defs = definitions(&store.new_family_samples(cursor, last).await?);
+    if std::env::var_os("GAIT_UPKEEP_TRACE").is_some() {
+        eprintln!("ids+samples: {:?} ({take} rows)", t.elapsed());
+    }
     let applied = store
-        .apply_analysis(JOB, cursor, last.id, &delta, now_ms)
+        .apply_analysis(JOB, cursor, last, &defs, now_ms)
         .await?;
     Ok(Pass {
         rows: if applied { take } else { 0 },
-        cursor: if applied { last.id } else { cursor },
+        cursor: if applied { last } else { cursor },
         lost_race: !applied,
     })
 }
 
-/// Folds until nothing is left to fold now (for tests, the bench and `analysis upkeep --once`).
+/// Rows indexed and not folded yet (ids past the cursor; gaps make it an upper bound).
+async fn pending(store: &Store) -> Result<u64, StoreError> {
+    let head = store.analysis_head().await?;
+    Ok(head.saturating_sub(store.analysis_cursor(JOB).await?))
+}
+
+/// Folds until nothing is left to fold now (tests, the bench); answers the rows folded.
 pub async fn catch_up(store: &Store, settle: Duration) -> Result<u64, StoreError> {
     let mut total = 0u64;
     loop {
@@ -340,6 +213,7 @@ pub fn spawn(
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut busy = false;
+        let mut last_pass: Option<std::time::Instant> = None;
         loop {
             if !busy {
                 tokio::select! {
@@ -372,7 +246,18 @@ pub fn spawn(
                     }
                 }
             }
+            if !busy && last_pass.is_some_and(|t| t.elapsed() < MAX_LAG) {
+                match pending(&store).await {
+                    Ok(n) if n >= MIN_ROWS => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "analysis upkeep could not read how far the index is");
+                        continue;
+                    }
+                }
+            }
             let started = std::time::Instant::now();
+            last_pass = Some(started);
             match pass(&store, settle, crate::clock::unix_ms()).await {
                 Ok(p) => {
                     metrics.analysis_rows.inc_by(p.rows as u64);
@@ -402,75 +287,75 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn row(id: u64, received: i64) -> AnalysisRow {
-        AnalysisRow {
-            id,
-            tenant: Tenant::new(
-                "acme".parse().unwrap(),
-                "web".parse().unwrap(),
-                "prod".parse().unwrap(),
-            ),
-            agent_id: "a1".parse().unwrap(),
-            seq: id,
-            class: EvidenceClass::Decision,
-            created_unix_ms: received,
-            received_unix_ms: received,
+    #[test]
+    fn a_fresh_gap_stops_the_range_and_a_settled_one_does_not() {
+        let now = 1_000_000;
+        let ids = [(1, now), (2, now), (4, now), (5, now)];
+        assert_eq!(settled_prefix(&ids, 0, now, 60_000), 2);
+        let old = [(1, 0), (2, 0), (4, 0), (5, now)];
+        assert_eq!(settled_prefix(&old, 0, now, 60_000), 4);
+        // A gap right after the cursor counts too.
+        assert_eq!(settled_prefix(&[(3, now)], 1, now, 60_000), 0);
+        assert_eq!(settled_prefix(&[(2, now)], 1, now, 60_000), 1);
+    }
+
+    fn decision(tool: &str, codes: &[&str]) -> IndexFields {
+        IndexFields {
             verdict: Some("block".into()),
-            policy_name: Some("base".into()),
-            policy_digest: None,
-            intent_digest: Some(format!("{id:064x}")),
-            tool_name: Some("tool.delete".into()),
-            stage: None,
-            would_have_blocked: false,
-            reason_codes: vec!["destructive_operation".into()],
+            tool_name: Some(tool.into()),
+            reason_codes: codes.iter().map(|c| (*c).to_owned()).collect(),
             matched_rule: Some("no-delete".into()),
-            risk_class: Some("high".into()),
+            policy_name: Some("base.yaml".into()),
             endpoint_classes: Some("fs.delete".into()),
-            destructive: true,
-            artifact_kind: None,
-            sha256: None,
-            regress_status: None,
-            failure_kind: None,
+            // Volatile fields never reach the fingerprint.
+            intent_digest: Some("1".repeat(64)),
+            trace_id: Some("t-1".into()),
+            ..IndexFields::default()
         }
     }
 
     #[test]
-    fn a_fresh_gap_stops_the_batch_and_a_settled_one_does_not() {
-        let now = 1_000_000;
-        let batch = [row(1, now), row(2, now), row(4, now), row(5, now)];
-        assert_eq!(settled_prefix(&batch, 0, now, 60_000), 2);
-        let old = [row(1, 0), row(2, 0), row(4, 0), row(5, now)];
-        assert_eq!(settled_prefix(&old, 0, now, 60_000), 4);
-        // A gap right after the cursor counts too.
-        assert_eq!(settled_prefix(&[row(3, now)], 1, now, 60_000), 0);
-        assert_eq!(settled_prefix(&[row(2, now)], 1, now, 60_000), 1);
-    }
-
-    #[test]
-    fn folding_in_any_split_gives_the_same_totals() {
-        let rows: Vec<AnalysisRow> = (1..=40).map(|i| row(i, i as i64 * 1000)).collect();
-        let whole = fold(&rows);
-        let (a, b) = rows.split_at(17);
-        let (pa, pb) = (fold(a), fold(b));
-        let total = |d: &[AnalysisDelta]| -> u64 {
-            d.iter()
-                .flat_map(|d| d.scopes.iter())
-                .map(|s| s.occurrences)
-                .sum()
+    fn the_family_at_ingest_is_the_fingerprint_of_the_fields_and_its_definition_agrees() {
+        let a = family_of(
+            EvidenceClass::Decision,
+            &decision("tool.delete", &["x", "y"]),
+        );
+        let mut other = decision("tool.delete", &["y", "x", "x"]);
+        other.intent_digest = Some("2".repeat(64));
+        // Order and repeats of reason codes, and every per-occurrence field, leave the family alone.
+        assert_eq!(a, family_of(EvidenceClass::Decision, &other));
+        assert_ne!(
+            a,
+            family_of(EvidenceClass::Decision, &decision("tool.write", &["x"]))
+        );
+        let fields = decision("tool.delete", &["x", "y"]);
+        let family = a.expect("a decision is an incident");
+        let defs = definitions(&[FamilySample {
+            org: "acme".parse().expect("org"),
+            family: family.clone(),
+            class: EvidenceClass::Decision,
+            fields,
+        }]);
+        assert_eq!(defs.len(), 1);
+        assert_eq!(defs[0].family, family);
+        assert_eq!(defs[0].dedup_key, format!("gfam1-{}", &family[..32]));
+        assert!(
+            defs[0].inputs.contains("\"matched_rule\":\"no-delete\""),
+            "{}",
+            defs[0].inputs
+        );
+        // A passing regress result and an artifact of another kind are no incident.
+        let pass = IndexFields {
+            artifact_kind: Some("regress_result".into()),
+            regress_status: Some("pass".into()),
+            ..IndexFields::default()
         };
-        assert_eq!(total(std::slice::from_ref(&whole)), 40);
-        assert_eq!(total(&[pa.clone(), pb.clone()]), 40);
-        assert_eq!(whole.families, pa.families);
-        assert_eq!(whole.scopes[0].severity_rank, 3);
-        assert_eq!(whole.scopes[0].risk_rank, 2);
-        assert!(whole.scopes[0].destructive);
-        assert_eq!(
-            whole.representatives.len(),
-            REPRESENTATIVES_PER_SCOPE as usize
-        );
-        assert_eq!(
-            whole.posture.iter().map(|(_, p)| p.decisions).sum::<u64>(),
-            40
-        );
+        assert_eq!(family_of(EvidenceClass::Artifact, &pass), None);
+        let fail = IndexFields {
+            regress_status: Some("fail".into()),
+            failure_kind: Some("result_digest_changed".into()),
+            ..pass
+        };
+        assert!(family_of(EvidenceClass::Artifact, &fail).is_some());
     }
 }

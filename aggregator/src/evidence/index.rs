@@ -39,7 +39,7 @@ pub fn entries(records: &[NewRecord]) -> Vec<NewIndexEntry> {
 
 /// The index entry of one record, if it is a decision or artifact record whose payload reads.
 pub fn entry(record: &NewRecord) -> Option<NewIndexEntry> {
-    let fields = if record.kind == DECISION_KIND {
+    let mut fields = if record.kind == DECISION_KIND {
         (EvidenceClass::Decision, decision(&record.payload)?)
     } else if record.kind.starts_with(ARTIFACT_KIND_PREFIX) {
         (
@@ -49,6 +49,8 @@ pub fn entry(record: &NewRecord) -> Option<NewIndexEntry> {
     } else {
         return None;
     };
+    // The incident family, so fleet analytics fold the row without reading it back (crate::analysis::upkeep).
+    fields.1.family = crate::analysis::upkeep::family_of(fields.0, &fields.1);
     Some(NewIndexEntry {
         seq: record.seq,
         class: fields.0,

@@ -1,12 +1,16 @@
 //! The fleet analytics domain (migration 0022): the precomputed state incident-family, posture and regress
 //! queries read, and the cursor walk over the evidence index that keeps it up to date.
 //!
-//! **Upkeep.** One job (in the aggregator's `analysis` feature) reads the evidence index in id order
-//! ([`crate::Store::analysis_rows`]), folds a batch into an [`AnalysisDelta`] with the pure `gait-analysis`
-//! crate, and hands it to [`crate::Store::apply_analysis`], which in **one transaction** moves the job's cursor
-//! with a compare-and-set (`UPDATE … WHERE last_id = <the id it read from>`) and adds the delta. A replica whose
-//! cursor moved under it adds nothing (the transaction is rolled back), so each evidence row is counted exactly
-//! once however many replicas run the job; every fold is a sum, a minimum, a maximum or a set insert, so the
+//! **Upkeep.** Ingest writes each decision's and failed regress result's incident family (its fingerprint hash)
+//! on its evidence row. One job (in the aggregator's `analysis` feature) walks the index in id order: it picks
+//! the next range of ids ([`crate::Store::analysis_ids`]), defines the families first seen in it
+//! ([`crate::Store::new_family_samples`], the fingerprint inputs computed by the pure `gait-analysis` crate),
+//! and hands both to [`crate::Store::apply_analysis`], which in **one transaction** moves the job's cursor with
+//! a compare-and-set (`UPDATE … WHERE last_id = <the id it read from>`) and folds the range into the
+//! precomputed tables with `INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` — the aggregation runs inside
+//! the database, no evidence row is shipped to the aggregator. A replica whose cursor moved under it adds
+//! nothing (the transaction is rolled back), so each evidence row is counted exactly once however many replicas
+//! run the job; every fold is a sum, a minimum, a maximum, a set insert or "the five smallest digests", so the
 //! stored state does not depend on how rows were batched or in which order they were indexed.
 //!
 //! **Reading.** Every read takes an [`AnalysisFilter`] (an org, optionally a project and an environment) and
@@ -18,53 +22,18 @@ use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::evidence::{Arg, EvidenceClass, execute, push_row};
-use crate::model::{AgentId, Env, Org, Project, Tenant, to_i64, to_u64};
+use crate::evidence::{EvidenceClass, IndexFields};
+use crate::model::{Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
 /// Most evidence rows one upkeep read returns.
-pub const MAX_ANALYSIS_BATCH: u32 = 20_000;
+pub const MAX_ANALYSIS_BATCH: u32 = 100_000;
 /// Most family scope rows (families × environments) one read returns.
 pub const MAX_FAMILY_SCOPE_ROWS: u32 = 200_000;
 /// Most posture rows (days × tools × verdicts × stages) one read returns.
 pub const MAX_POSTURE_ROWS: u32 = 200_000;
-/// Representative digests kept per family and environment.
-pub const REPRESENTATIVES_PER_SCOPE: u32 = 5;
-
-/// Rows per multi-row statement (at most 11 parameters each).
-const CHUNK: usize = 64;
-
-/// One evidence row as the upkeep reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnalysisRow {
-    /// Position in the evidence index.
-    pub id: u64,
-    pub tenant: Tenant,
-    pub agent_id: AgentId,
-    pub seq: u64,
-    pub class: EvidenceClass,
-    /// When the agent wrote it (the agent's clock).
-    pub created_unix_ms: i64,
-    /// When the aggregator committed it.
-    pub received_unix_ms: i64,
-    pub verdict: Option<String>,
-    pub policy_name: Option<String>,
-    pub policy_digest: Option<String>,
-    pub intent_digest: Option<String>,
-    pub tool_name: Option<String>,
-    pub stage: Option<String>,
-    pub would_have_blocked: bool,
-    pub reason_codes: Vec<String>,
-    pub matched_rule: Option<String>,
-    pub risk_class: Option<String>,
-    /// Sorted, comma-joined.
-    pub endpoint_classes: Option<String>,
-    pub destructive: bool,
-    pub artifact_kind: Option<String>,
-    pub sha256: Option<String>,
-    pub regress_status: Option<String>,
-    pub failure_kind: Option<String>,
-}
+/// Representative digests a family shows (the smallest of its environments' representatives).
+pub const MAX_REPRESENTATIVES: usize = 5;
 
 /// A family's definition: what went into its fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -87,6 +56,17 @@ pub struct FamilyDef {
     pub inputs: String,
 }
 
+/// The first evidence row of a family not yet defined: what its fingerprint is computed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilySample {
+    pub org: Org,
+    /// The family the row was indexed with.
+    pub family: String,
+    pub class: EvidenceClass,
+    /// The fields a fingerprint reads (the others are empty).
+    pub fields: IndexFields,
+}
+
 /// A family's occurrences in one environment: added by upkeep, read per scope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyScope {
@@ -102,6 +82,8 @@ pub struct FamilyScope {
     pub egress_or_taint: bool,
     /// Strongest verdict seen (0 allow, 1 would block, 2 require approval, 3 block or failure).
     pub severity_rank: u8,
+    /// The smallest evidence digest of the family here.
+    pub representative: Option<String>,
 }
 
 /// Decisions of one environment, day, tool, verdict and stage.
@@ -128,35 +110,6 @@ pub struct RegressCount {
     pub day: i64,
     pub passed: u64,
     pub failed: u64,
-}
-
-/// What one upkeep batch adds. Keys must be distinct within each list (the job folds before handing it over).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AnalysisDelta {
-    /// Families first seen (kept as first written when already known).
-    pub families: Vec<FamilyDef>,
-    /// Occurrences per family and environment.
-    pub scopes: Vec<FamilyScope>,
-    /// `(tenant, family, agent)` reached.
-    pub agents: Vec<(Tenant, String, AgentId)>,
-    /// `(tenant, family, digest)`: candidate representatives (the store keeps the smallest per scope).
-    pub representatives: Vec<(Tenant, String, String)>,
-    /// Posture counts per environment (the tenant) to add.
-    pub posture: Vec<(Tenant, PostureCount)>,
-    /// Regress counts to add.
-    pub regress: Vec<(Org, RegressCount)>,
-}
-
-impl AnalysisDelta {
-    /// Nothing to add.
-    pub fn is_empty(&self) -> bool {
-        self.families.is_empty()
-            && self.scopes.is_empty()
-            && self.agents.is_empty()
-            && self.representatives.is_empty()
-            && self.posture.is_empty()
-            && self.regress.is_empty()
-    }
 }
 
 /// Which part of an org an analytics read covers, and optionally one family.
@@ -200,10 +153,6 @@ impl AnalysisFilter {
     }
 }
 
-fn read_bool(row: &impl Columns, col: &str) -> Result<bool, StoreError> {
-    Ok(row.opt_int(col)?.unwrap_or(0) != 0)
-}
-
 fn tenant_of(row: &impl Columns, table: &'static str) -> Result<Tenant, StoreError> {
     let corrupt = |c: &str, e: gait_identity::IdError| {
         StoreError::corrupt(table, format!("{c} is not a valid identifier: {e}"))
@@ -219,12 +168,9 @@ fn rank(table: &'static str, col: &str, v: i64) -> Result<u8, StoreError> {
     u8::try_from(v).map_err(|_| StoreError::corrupt(table, format!("{col} is {v}")))
 }
 
-async fn rows(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<Vec<AnalysisRow>, StoreError> {
-    const SQL: &str = "SELECT id, org, project, env, agent_id, seq, class, created_unix_ms, received_unix_ms, \
-         verdict, policy_name, policy_digest, intent_digest, tool_name, stage, would_have_blocked, reason_codes, \
-         matched_rule, risk_class, endpoint_classes, destructive, artifact_kind, sha256, regress_status, \
-         failure_kind FROM evidence_index WHERE id > $1 ORDER BY id LIMIT $2";
-    const T: &str = "evidence_index";
+async fn ids(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<Vec<(u64, i64)>, StoreError> {
+    const SQL: &str =
+        "SELECT id, received_unix_ms FROM evidence_index WHERE id > $1 ORDER BY id LIMIT $2";
     let after = to_i64("after_id", after)?;
     let limit = i64::from(limit.clamp(1, MAX_ANALYSIS_BATCH));
     db_run!(conn, |c| {
@@ -233,47 +179,69 @@ async fn rows(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<Vec<Analysis
             .bind(limit)
             .fetch_all(&mut *c)
             .await
-            .map_err(db("analysis_rows"))?;
+            .map_err(db("analysis_ids"))?;
+        found
+            .iter()
+            .map(|r| {
+                Ok((
+                    to_u64("evidence_index", "id", r.int("id")?)?,
+                    r.int("received_unix_ms")?,
+                ))
+            })
+            .collect()
+    })
+}
+
+async fn samples(mut conn: Conn<'_>, from: u64, to: u64) -> Result<Vec<FamilySample>, StoreError> {
+    const T: &str = "evidence_index";
+    // One row per family of the range that has no definition yet: the first row of it.
+    const SQL: &str = "SELECT e.org, e.family, e.class, e.verdict, e.tool_name, e.reason_codes, e.matched_rule, \
+         e.policy_name, e.endpoint_classes, e.failure_kind, e.artifact_kind, e.regress_status \
+         FROM (SELECT MIN(x.id) AS id FROM evidence_index x \
+         WHERE x.id > $1 AND x.id <= $2 AND x.family IS NOT NULL GROUP BY x.org, x.family) g \
+         JOIN evidence_index e ON e.id = g.id \
+         WHERE NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = e.org AND f.family = e.family) \
+         ORDER BY e.org, e.family";
+    let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
+    db_run!(conn, |c| {
+        let found = sqlx::query(SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("new_family_samples"))?;
         found
             .iter()
             .map(|r| {
                 let class = r.text("class")?;
-                let codes = match r.opt_text("reason_codes")? {
+                let reason_codes = match r.opt_text("reason_codes")? {
                     Some(text) => serde_json::from_str(&text).map_err(|e| {
                         StoreError::corrupt(T, format!("reason_codes is not a JSON array: {e}"))
                     })?,
                     None => Vec::new(),
                 };
-                Ok(AnalysisRow {
-                    id: to_u64(T, "id", r.int("id")?)?,
-                    tenant: tenant_of(r, T)?,
-                    agent_id: AgentId::try_from(r.text("agent_id")?).map_err(|e| {
-                        StoreError::corrupt(T, format!("agent_id is not a valid identifier: {e}"))
+                Ok(FamilySample {
+                    org: Org::try_from(r.text("org")?).map_err(|e| {
+                        StoreError::corrupt(T, format!("org is not a valid identifier: {e}"))
                     })?,
-                    seq: to_u64(T, "seq", r.int("seq")?)?,
+                    family: r.text("family")?,
                     class: match class.as_str() {
                         "decision" => EvidenceClass::Decision,
                         "artifact" => EvidenceClass::Artifact,
                         other => return Err(StoreError::corrupt(T, format!("class is `{other}`"))),
                     },
-                    created_unix_ms: r.int("created_unix_ms")?,
-                    received_unix_ms: r.int("received_unix_ms")?,
-                    verdict: r.opt_text("verdict")?,
-                    policy_name: r.opt_text("policy_name")?,
-                    policy_digest: r.opt_text("policy_digest")?,
-                    intent_digest: r.opt_text("intent_digest")?,
-                    tool_name: r.opt_text("tool_name")?,
-                    stage: r.opt_text("stage")?,
-                    would_have_blocked: read_bool(r, "would_have_blocked")?,
-                    reason_codes: codes,
-                    matched_rule: r.opt_text("matched_rule")?,
-                    risk_class: r.opt_text("risk_class")?,
-                    endpoint_classes: r.opt_text("endpoint_classes")?,
-                    destructive: read_bool(r, "destructive")?,
-                    artifact_kind: r.opt_text("artifact_kind")?,
-                    sha256: r.opt_text("sha256")?,
-                    regress_status: r.opt_text("regress_status")?,
-                    failure_kind: r.opt_text("failure_kind")?,
+                    fields: IndexFields {
+                        verdict: r.opt_text("verdict")?,
+                        tool_name: r.opt_text("tool_name")?,
+                        reason_codes,
+                        matched_rule: r.opt_text("matched_rule")?,
+                        policy_name: r.opt_text("policy_name")?,
+                        endpoint_classes: r.opt_text("endpoint_classes")?,
+                        failure_kind: r.opt_text("failure_kind")?,
+                        artifact_kind: r.opt_text("artifact_kind")?,
+                        regress_status: r.opt_text("regress_status")?,
+                        ..IndexFields::default()
+                    },
                 })
             })
             .collect()
@@ -332,33 +300,6 @@ async fn move_cursor(
     Ok(moved == 1)
 }
 
-/// Runs one multi-row statement per chunk of `rows`: `head` then one `(…)` per row (built by `row`) then `tail`.
-async fn bulk<'a, T>(
-    mut conn: Conn<'_>,
-    head: &str,
-    tail: &str,
-    rows: &'a [T],
-    width: usize,
-    row: impl Fn(&'a T) -> Result<Vec<Arg<'a>>, StoreError>,
-    op: &'static str,
-) -> Result<(), StoreError> {
-    let anonymous = matches!(conn, Conn::Sqlite(_));
-    for chunk in rows.chunks(CHUNK) {
-        let mut sql = String::from(head);
-        let mut args: Vec<Arg<'a>> = Vec::with_capacity(chunk.len() * width);
-        for (n, r) in chunk.iter().enumerate() {
-            sql.push_str(if n == 0 { "" } else { ", " });
-            push_row(&mut sql, anonymous, args.len(), width);
-            let values = row(r)?;
-            debug_assert_eq!(values.len(), width);
-            args.extend(values);
-        }
-        sql.push_str(tail);
-        execute(conn.reborrow(), &sql, &args, op).await?;
-    }
-    Ok(())
-}
-
 /// The later / earlier / larger of the stored value and the excluded one, portable (no GREATEST / max()).
 macro_rules! fold_col {
     (max, $table:literal, $col:literal) => {
@@ -402,34 +343,56 @@ macro_rules! fold_col {
     };
 }
 
-async fn add_delta(mut conn: Conn<'_>, d: &AnalysisDelta) -> Result<(), StoreError> {
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, inputs) VALUES ",
-        " ON CONFLICT (org, family) DO NOTHING",
-        &d.families,
-        8,
-        |f| {
-            Ok(vec![
-                Arg::Text(Some(f.org.as_str())),
-                Arg::Text(Some(&f.family)),
-                Arg::Int(Some(i64::from(f.version))),
-                Arg::Text(Some(&f.dedup_key)),
-                Arg::Text(Some(&f.kind)),
-                Arg::Text(Some(&f.tool)),
-                Arg::Text(Some(&f.verdict)),
-                Arg::Text(Some(&f.inputs)),
-            ])
-        },
-        "analysis: families",
-    )
-    .await?;
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO incident_family_scopes (org, project, env, family, occurrences, first_seen_unix_ms, \
-         last_seen_unix_ms, risk_rank, destructive, egress_or_taint, severity_rank) VALUES ",
+/// The rows of the range `id > $1 AND id <= $2` (a literal for `concat!`).
+macro_rules! in_range {
+    () => {
+        " FROM evidence_index WHERE id > $1 AND id <= $2"
+    };
+}
+
+/// Risk rank of the `risk_class` column: 0 low or unknown, 1 medium, 2 high, 3 critical.
+macro_rules! risk_rank {
+    () => {
+        "CASE WHEN risk_class = 'critical' THEN 3 WHEN risk_class = 'high' THEN 2 \
+         WHEN risk_class = 'medium' THEN 1 ELSE 0 END"
+    };
+}
+
+/// The range `($1, $2]` pre-aggregated once into the temporary table `analysis_range` at the grain every
+/// fold needs (environment, family, day, tool, verdict, stage, class): one pass over the wide evidence rows,
+/// after which each fold reads a table of a few rows per family and day.
+const RANGE_COLUMNS: &str = concat!(
+    " AS SELECT org, project, env, family, created_unix_ms / 86400000 AS day, COALESCE(tool_name, '(unknown)') \
+     AS tool, verdict, COALESCE(stage, 'none') AS stage, class, artifact_kind, COUNT(*) AS n, \
+     MIN(created_unix_ms) AS first_seen, MAX(created_unix_ms) AS last_seen, MAX(",
+    risk_rank!(),
+    ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
+     MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
+     OR reason_codes LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
+     MAX(CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' THEN 2 \
+     WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) AS severity_rank, \
+     SUM(CASE WHEN risk_class = 'high' OR risk_class = 'critical' THEN 1 ELSE 0 END) AS high_risk, \
+     SUM(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive_n, \
+     SUM(CASE WHEN regress_status = 'pass' THEN 1 ELSE 0 END) AS passed, \
+     SUM(CASE WHEN regress_status IS NOT NULL AND regress_status <> 'pass' THEN 1 ELSE 0 END) AS failed, \
+     MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
+    in_range!(),
+    " AND (class = 'decision' OR artifact_kind = 'regress_result') \
+     GROUP BY org, project, env, family, created_unix_ms / 86400000, COALESCE(tool_name, '(unknown)'), verdict, \
+     COALESCE(stage, 'none'), class, artifact_kind"
+);
+
+/// The statements that fold `analysis_range` (and, for agents, the range itself) into the precomputed tables.
+const FOLD: [(&str, &str); 4] = [
+    (
+        "analysis: family scopes",
         concat!(
-            " ON CONFLICT (org, project, env, family) DO UPDATE SET ",
+            "INSERT INTO incident_family_scopes (org, project, env, family, occurrences, first_seen_unix_ms, \
+             last_seen_unix_ms, risk_rank, destructive, egress_or_taint, severity_rank, representative) \
+             SELECT org, project, env, family, SUM(n), MIN(first_seen), MAX(last_seen), MAX(risk_rank), \
+             MAX(destructive), MAX(egress_or_taint), MAX(severity_rank), MIN(representative) \
+             FROM analysis_range WHERE family IS NOT NULL GROUP BY org, project, env, family \
+             ON CONFLICT (org, project, env, family) DO UPDATE SET ",
             fold_col!(sum, "incident_family_scopes", "occurrences"),
             ", ",
             fold_col!(min, "incident_family_scopes", "first_seen_unix_ms"),
@@ -443,141 +406,118 @@ async fn add_delta(mut conn: Conn<'_>, d: &AnalysisDelta) -> Result<(), StoreErr
             fold_col!(max, "incident_family_scopes", "egress_or_taint"),
             ", ",
             fold_col!(max, "incident_family_scopes", "severity_rank"),
+            ", representative = CASE WHEN incident_family_scopes.representative IS NULL \
+             OR excluded.representative < incident_family_scopes.representative THEN excluded.representative \
+             ELSE incident_family_scopes.representative END",
         ),
-        &d.scopes,
-        11,
-        |s| {
-            Ok(vec![
-                Arg::Text(Some(s.tenant.org.as_str())),
-                Arg::Text(Some(s.tenant.project.as_str())),
-                Arg::Text(Some(s.tenant.env.as_str())),
-                Arg::Text(Some(&s.family)),
-                Arg::Int(Some(to_i64("occurrences", s.occurrences)?)),
-                Arg::Int(Some(s.first_seen_unix_ms)),
-                Arg::Int(Some(s.last_seen_unix_ms)),
-                Arg::Int(Some(i64::from(s.risk_rank))),
-                Arg::Int(Some(i64::from(s.destructive))),
-                Arg::Int(Some(i64::from(s.egress_or_taint))),
-                Arg::Int(Some(i64::from(s.severity_rank))),
-            ])
-        },
-        "analysis: family scopes",
-    )
-    .await?;
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO incident_family_agents (org, project, env, family, agent_id) VALUES ",
-        " ON CONFLICT (org, project, env, family, agent_id) DO NOTHING",
-        &d.agents,
-        5,
-        |(t, family, agent)| {
-            Ok(vec![
-                Arg::Text(Some(t.org.as_str())),
-                Arg::Text(Some(t.project.as_str())),
-                Arg::Text(Some(t.env.as_str())),
-                Arg::Text(Some(family)),
-                Arg::Text(Some(agent.as_str())),
-            ])
-        },
+    ),
+    (
         "analysis: family agents",
-    )
-    .await?;
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO incident_family_representatives (org, project, env, family, digest) VALUES ",
-        " ON CONFLICT (org, project, env, family, digest) DO NOTHING",
-        &d.representatives,
-        5,
-        |(t, family, digest)| {
-            Ok(vec![
-                Arg::Text(Some(t.org.as_str())),
-                Arg::Text(Some(t.project.as_str())),
-                Arg::Text(Some(t.env.as_str())),
-                Arg::Text(Some(family)),
-                Arg::Text(Some(digest)),
-            ])
-        },
-        "analysis: representatives",
-    )
-    .await?;
-    // Keep the smallest digests of each scope a representative was offered to.
-    const PRUNE: &str = "DELETE FROM incident_family_representatives WHERE org = $1 AND project = $2 \
-         AND env = $3 AND family = $4 AND digest NOT IN (SELECT digest FROM incident_family_representatives \
-         WHERE org = $1 AND project = $2 AND env = $3 AND family = $4 ORDER BY digest LIMIT $5)";
-    let mut pruned: Vec<(&Tenant, &str)> = d
-        .representatives
-        .iter()
-        .map(|(t, f, _)| (t, f.as_str()))
-        .collect();
-    pruned.sort_unstable();
-    pruned.dedup();
-    for (t, family) in pruned {
-        db_run!(conn, |c| sqlx::query(PRUNE)
-            .bind(t.org.as_str())
-            .bind(t.project.as_str())
-            .bind(t.env.as_str())
-            .bind(family)
-            .bind(i64::from(REPRESENTATIVES_PER_SCOPE))
-            .execute(&mut *c)
-            .await
-            .map_err(db("analysis: prune representatives"))?
-            .rows_affected());
-    }
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO posture_daily (org, project, env, day, tool, verdict, stage, decisions, high_risk, \
-         destructive) VALUES ",
         concat!(
-            " ON CONFLICT (org, project, env, day, tool, verdict, stage) DO UPDATE SET ",
+            "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
+             SELECT DISTINCT org, project, env, family, agent_id",
+            in_range!(),
+            " AND family IS NOT NULL ON CONFLICT (org, project, env, family, agent_id) DO NOTHING"
+        ),
+    ),
+    (
+        "analysis: posture",
+        concat!(
+            "INSERT INTO posture_daily (org, project, env, day, tool, verdict, stage, decisions, high_risk, \
+             destructive) SELECT org, project, env, day, tool, verdict, stage, SUM(n), SUM(high_risk), \
+             SUM(destructive_n) FROM analysis_range WHERE class = 'decision' AND verdict IS NOT NULL \
+             GROUP BY org, project, env, day, tool, verdict, stage \
+             ON CONFLICT (org, project, env, day, tool, verdict, stage) DO UPDATE SET ",
             fold_col!(sum, "posture_daily", "decisions"),
             ", ",
             fold_col!(sum, "posture_daily", "high_risk"),
             ", ",
             fold_col!(sum, "posture_daily", "destructive"),
         ),
-        &d.posture,
-        10,
-        |(t, p)| {
-            Ok(vec![
-                Arg::Text(Some(t.org.as_str())),
-                Arg::Text(Some(t.project.as_str())),
-                Arg::Text(Some(t.env.as_str())),
-                Arg::Int(Some(p.day)),
-                Arg::Text(Some(&p.tool)),
-                Arg::Text(Some(&p.verdict)),
-                Arg::Text(Some(&p.stage)),
-                Arg::Int(Some(to_i64("decisions", p.decisions)?)),
-                Arg::Int(Some(to_i64("high_risk", p.high_risk)?)),
-                Arg::Int(Some(to_i64("destructive", p.destructive)?)),
-            ])
-        },
-        "analysis: posture",
-    )
-    .await?;
-    bulk(
-        conn.reborrow(),
-        "INSERT INTO regress_daily (org, project, env, day, passed, failed) VALUES ",
+    ),
+    (
+        "analysis: regress",
         concat!(
-            " ON CONFLICT (org, project, env, day) DO UPDATE SET ",
+            "INSERT INTO regress_daily (org, project, env, day, passed, failed) \
+             SELECT org, project, env, day, SUM(passed), SUM(failed) FROM analysis_range \
+             WHERE artifact_kind = 'regress_result' AND passed + failed > 0 GROUP BY org, project, env, day \
+             ON CONFLICT (org, project, env, day) DO UPDATE SET ",
             fold_col!(sum, "regress_daily", "passed"),
             ", ",
             fold_col!(sum, "regress_daily", "failed"),
         ),
-        &d.regress,
-        6,
-        |(org, r)| {
-            Ok(vec![
-                Arg::Text(Some(org.as_str())),
-                Arg::Text(Some(r.project.as_str())),
-                Arg::Text(Some(r.env.as_str())),
-                Arg::Int(Some(r.day)),
-                Arg::Int(Some(to_i64("passed", r.passed)?)),
-                Arg::Int(Some(to_i64("failed", r.failed)?)),
-            ])
+    ),
+];
+
+async fn fold_range(
+    mut conn: Conn<'_>,
+    from: u64,
+    to: u64,
+    defs: &[FamilyDef],
+) -> Result<(), StoreError> {
+    const DEFINE: &str = "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, \
+         inputs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org, family) DO NOTHING";
+    for d in defs {
+        db_run!(conn, |c| sqlx::query(DEFINE)
+            .bind(d.org.as_str())
+            .bind(d.family.as_str())
+            .bind(i64::from(d.version))
+            .bind(d.dedup_key.as_str())
+            .bind(d.kind.as_str())
+            .bind(d.tool.as_str())
+            .bind(d.verdict.as_str())
+            .bind(d.inputs.as_str())
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: define family"))?
+            .rows_affected());
+    }
+    let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
+    // The temporary table lives in this transaction only (dropped below on SQLite, at commit on PostgreSQL).
+    db_run!(conn,
+        sqlite: |c| {
+            sqlx::query("DROP TABLE IF EXISTS temp.analysis_range")
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: range"))?;
+            let create = format!("CREATE TEMP TABLE analysis_range{RANGE_COLUMNS}");
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .bind(from)
+                .bind(to)
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: range"))?
+                .rows_affected()
         },
-        "analysis: regress",
-    )
-    .await
+        postgres: |c| {
+            let create = format!("CREATE TEMP TABLE analysis_range ON COMMIT DROP{RANGE_COLUMNS}");
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .bind(from)
+                .bind(to)
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: range"))?
+                .rows_affected()
+        },
+    );
+    for (op, sql) in FOLD {
+        // Only the statements over the range itself take its bounds.
+        let ranged = sql.contains("$1");
+        db_run!(conn, |c| {
+            let q = sqlx::query(sql);
+            let q = if ranged { q.bind(from).bind(to) } else { q };
+            q.execute(&mut *c).await.map_err(db(op))?.rows_affected()
+        });
+    }
+    db_run!(conn,
+        sqlite: |c| sqlx::query("DROP TABLE temp.analysis_range")
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: range"))?
+            .rows_affected(),
+        postgres: |_c| 0,
+    );
+    Ok(())
 }
 
 /// Runs `sql` (ending in a `WHERE` built by [`AnalysisFilter::clause`]) with the clause's arguments and a final
@@ -613,7 +553,7 @@ async fn scopes(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyScop
     let (clause, args) = f.clause(true);
     let sql = format!(
         "SELECT org, project, env, family, occurrences, first_seen_unix_ms, last_seen_unix_ms, risk_rank, \
-         destructive, egress_or_taint, severity_rank FROM incident_family_scopes{clause} \
+         destructive, egress_or_taint, severity_rank, representative FROM incident_family_scopes{clause} \
          ORDER BY family, project, env"
     );
     filtered!(
@@ -633,6 +573,7 @@ async fn scopes(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyScop
                 destructive: r.int("destructive")? != 0,
                 egress_or_taint: r.int("egress_or_taint")? != 0,
                 severity_rank: rank(T, "severity_rank", r.int("severity_rank")?)?,
+                representative: r.opt_text("representative")?,
             })
         }
     )
@@ -659,20 +600,6 @@ async fn agent_counts(
             ))
         }
     )
-}
-
-async fn representatives(
-    mut conn: Conn<'_>,
-    f: &AnalysisFilter,
-) -> Result<Vec<(String, String)>, StoreError> {
-    let (clause, args) = f.clause(true);
-    let sql = format!(
-        "SELECT DISTINCT family, digest FROM incident_family_representatives{clause} ORDER BY family, digest"
-    );
-    let cap = MAX_FAMILY_SCOPE_ROWS * REPRESENTATIVES_PER_SCOPE;
-    filtered!(conn, sql, args, cap, "family_representatives", |r| {
-        Ok((r.text("family")?, r.text("digest")?))
-    })
 }
 
 async fn definitions(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyDef>, StoreError> {
@@ -765,15 +692,26 @@ async fn regress(
 }
 
 impl crate::Store {
-    /// Up to `limit` (at most [`MAX_ANALYSIS_BATCH`]) evidence rows after index id `after_id`, in id order, of
-    /// every org: what the upkeep job folds next.
-    pub async fn analysis_rows(
+    /// Up to `limit` (at most [`MAX_ANALYSIS_BATCH`]) `(id, received_unix_ms)` of the evidence index after
+    /// `after_id`, in id order, of every org: the range the upkeep job may fold next.
+    pub async fn analysis_ids(
         &self,
         after_id: u64,
         limit: u32,
-    ) -> Result<Vec<AnalysisRow>, StoreError> {
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
         let mut pooled = self.acquire().await?;
-        rows(pooled.conn(), after_id, limit).await
+        ids(pooled.conn(), after_id, limit).await
+    }
+
+    /// The first row of each family in the id range `(from_id, to_id]` that has no definition yet, with the
+    /// fields its fingerprint reads.
+    pub async fn new_family_samples(
+        &self,
+        from_id: u64,
+        to_id: u64,
+    ) -> Result<Vec<FamilySample>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        samples(pooled.conn(), from_id, to_id).await
     }
 
     /// Where upkeep job `name` stands (0 before its first batch).
@@ -788,14 +726,15 @@ impl crate::Store {
         head(pooled.conn()).await
     }
 
-    /// Adds `delta` and moves job `name`'s cursor from `from_id` to `to_id`, in one transaction; `false` (and
+    /// Moves job `name`'s cursor from `from_id` to `to_id`, stores the new families' definitions `defs` and
+    /// folds the evidence rows of `(from_id, to_id]` into families and posture, in one transaction; `false` (and
     /// nothing added) when the cursor was not at `from_id`: another replica counted these rows.
     pub async fn apply_analysis(
         &self,
         name: &str,
         from_id: u64,
         to_id: u64,
-        delta: &AnalysisDelta,
+        defs: &[FamilyDef],
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_named("apply_analysis").await?;
@@ -803,7 +742,7 @@ impl crate::Store {
             tx.rollback("apply_analysis").await?;
             return Ok(false);
         }
-        add_delta(tx.conn(), delta).await?;
+        fold_range(tx.conn(), from_id, to_id, defs).await?;
         tx.commit("apply_analysis").await?;
         Ok(true)
     }
@@ -824,16 +763,6 @@ impl crate::Store {
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut pooled = self.acquire().await?;
         agent_counts(pooled.conn(), filter).await
-    }
-
-    /// `(family, digest)` representatives inside `filter` (at most [`REPRESENTATIVES_PER_SCOPE`] per family and
-    /// environment), by family then digest.
-    pub async fn family_representatives(
-        &self,
-        filter: &AnalysisFilter,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut pooled = self.acquire().await?;
-        representatives(pooled.conn(), filter).await
     }
 
     /// The definitions of the org's families (only `filter.family` when set; project and env do not narrow a

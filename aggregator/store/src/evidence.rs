@@ -22,7 +22,7 @@ use crate::rows::Columns;
 /// Most rows one [`crate::Store::evidence`] page returns.
 pub const MAX_EVIDENCE_PAGE: u32 = 1000;
 
-/// Rows per multi-row `INSERT` (38 parameters each, far below either backend's parameter limit).
+/// Rows per multi-row `INSERT` (39 parameters each, far below either backend's parameter limit).
 const INSERT_CHUNK: usize = 64;
 
 /// What an indexed record is.
@@ -144,6 +144,9 @@ pub struct IndexFields {
     /// A failed regress result's top failure reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_kind: Option<String>,
+    /// The incident family (fingerprint hash, 64 hex) of a decision or a failed regress result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
 }
 
 /// The index entry of one record of a batch, by its seq; written only when that record is inserted.
@@ -277,7 +280,7 @@ type InsertRow<'a> = (
 );
 
 /// A bound parameter of a built statement.
-pub(crate) enum Arg<'a> {
+enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
 }
@@ -321,9 +324,9 @@ pub(crate) async fn insert(
              tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
              file_name, producer_version, signature_status, regress_status, run_ids, active_verdict, \
              candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured, matched_rule, \
-             risk_class, endpoint_classes, destructive, failure_kind) VALUES ",
+             risk_class, endpoint_classes, destructive, failure_kind, family) VALUES ",
         );
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 38);
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 39);
         for (n, (record, entry, run_ids, codes)) in chunk.iter().enumerate() {
             let f = &entry.fields;
             let row = [
@@ -366,6 +369,7 @@ pub(crate) async fn insert(
                 Arg::Text(f.endpoint_classes.as_deref()),
                 Arg::Int(f.destructive.map(i64::from)),
                 Arg::Text(f.failure_kind.as_deref()),
+                Arg::Text(f.family.as_deref()),
             ];
             sql.push_str(if n == 0 { "" } else { ", " });
             push_row(&mut sql, anonymous, args.len(), row.len());
@@ -434,7 +438,7 @@ pub(crate) fn read_list(column: &str, text: Option<String>) -> Result<Vec<String
 
 /// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
 /// `(?, ?, …)` when `anonymous` (SQLite), `($n, $n+1, …)` otherwise.
-pub(crate) fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
+fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
     sql.push('(');
     for i in 0..count {
         if i > 0 {
@@ -451,7 +455,7 @@ pub(crate) fn push_row(sql: &mut String, anonymous: bool, before: usize, count: 
 }
 
 /// Runs a statement built here (fixed fragments and numbered parameters only) with its arguments.
-pub(crate) async fn execute<'a>(
+async fn execute<'a>(
     mut conn: Conn<'_>,
     sql: &'a str,
     args: &'a [Arg<'a>],
@@ -492,7 +496,7 @@ pub(crate) async fn page(
          e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids, \
          e.active_verdict, e.candidate_verdict, e.reason_codes, e.candidate_reason_codes, e.candidate_error, \
          e.captured, e.matched_rule, e.risk_class, e.endpoint_classes, e.destructive, e.failure_kind, \
-         r.payload AS artifact_payload \
+         e.family, r.payload AS artifact_payload \
          FROM evidence_index e LEFT JOIN records r ON e.class = 'artifact' AND r.org = e.org \
          AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
          WHERE e.org = $1",
@@ -640,6 +644,7 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             endpoint_classes: row.opt_text("endpoint_classes")?,
             destructive: row.opt_int("destructive")?.map(|b| b != 0),
             failure_kind: row.opt_text("failure_kind")?,
+            family: row.opt_text("family")?,
         },
         artifact,
     })

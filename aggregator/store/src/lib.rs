@@ -55,8 +55,8 @@ pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
 pub use analysis::{
-    AnalysisDelta, AnalysisFilter, AnalysisRow, FamilyDef, FamilyScope, MAX_ANALYSIS_BATCH,
-    MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS, PostureCount, REPRESENTATIVES_PER_SCOPE, RegressCount,
+    AnalysisFilter, FamilyDef, FamilySample, FamilyScope, MAX_ANALYSIS_BATCH,
+    MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS, MAX_REPRESENTATIVES, PostureCount, RegressCount,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,

@@ -2,13 +2,15 @@
 -- queries read instead of scanning the evidence index.
 --
 -- evidence_index gains, for decision rows, the deciding rule and the intent's profile (risk class, endpoint
--- classes comma-joined in sorted order, destructive), and for regress results the top failure reason. Rows
--- indexed before this migration have them NULL: they count in families and posture as "unknown".
+-- classes comma-joined in sorted order, destructive), for regress results the top failure reason, and for both
+-- the incident family (fingerprint hash) computed at ingest. Rows indexed before this migration have them NULL:
+-- they count in posture, and in no family.
 ALTER TABLE evidence_index ADD COLUMN matched_rule TEXT;
 ALTER TABLE evidence_index ADD COLUMN risk_class TEXT;
 ALTER TABLE evidence_index ADD COLUMN endpoint_classes TEXT;
 ALTER TABLE evidence_index ADD COLUMN destructive BIGINT  CHECK (destructive IN (0, 1));
 ALTER TABLE evidence_index ADD COLUMN failure_kind TEXT;
+ALTER TABLE evidence_index ADD COLUMN family TEXT;
 
 -- analysis_cursors: how far each upkeep job has folded the evidence index (the last id it counted). The job
 -- moves it with a compare-and-set in the transaction that writes what it counted, so each row counts once
@@ -33,7 +35,9 @@ CREATE TABLE incident_families (
 );
 
 -- incident_family_scopes: a family's occurrences in one environment (what a scoped reader may see of it). All
--- columns fold with sums and maxima, so any order of upkeep gives the same row.
+-- columns fold with sums, minima and maxima, so any order of upkeep gives the same row. `representative` is the
+-- smallest evidence digest of the family there (an intent digest for a decision, the SHA-256 of a regress
+-- result): chosen by value, never by arrival.
 CREATE TABLE incident_family_scopes (
     org                 TEXT    NOT NULL,
     project             TEXT    NOT NULL,
@@ -46,6 +50,7 @@ CREATE TABLE incident_family_scopes (
     destructive         BIGINT  NOT NULL CHECK (destructive IN (0, 1)),
     egress_or_taint     BIGINT  NOT NULL CHECK (egress_or_taint IN (0, 1)),
     severity_rank       BIGINT  NOT NULL,
+    representative      TEXT,
     PRIMARY KEY (org, project, env, family)
 );
 CREATE INDEX incident_family_scopes_by_family ON incident_family_scopes (org, family);
@@ -58,17 +63,6 @@ CREATE TABLE incident_family_agents (
     family    TEXT NOT NULL,
     agent_id  TEXT NOT NULL,
     PRIMARY KEY (org, project, env, family, agent_id)
-);
-
--- incident_family_representatives: the smallest evidence digests of a family per environment (at most five kept:
--- the smallest, so any order keeps the same ones).
-CREATE TABLE incident_family_representatives (
-    org      TEXT NOT NULL,
-    project  TEXT NOT NULL,
-    env      TEXT NOT NULL,
-    family   TEXT NOT NULL,
-    digest   TEXT NOT NULL,
-    PRIMARY KEY (org, project, env, family, digest)
 );
 
 -- posture_daily: decisions per environment, UTC day (of the agent's clock), tool, verdict and stage, with how

@@ -1,0 +1,263 @@
+//! `gait-fleet-bench analysis`: fleet analytics at scale, in process on the real store (SQLite, or a fresh
+//! PostgreSQL database with `--database-url`).
+//!
+//! 1. **Ingest and upkeep, same rows, same run.** `--decisions` decision records (about 700 bytes each, as the
+//!    agent writes them with their intent profile) of `--agents` agents over `--projects` × 3 environments, 60
+//!    tools, four verdicts and 30 days are committed in chunks through `commit_batch_indexed` with the index
+//!    entries the aggregator's ingest computes; after each chunk the upkeep folds it
+//!    (`analysis::upkeep::catch_up`). Both are timed; the ratio `upkeep_s / ingest_s` is what the upkeep costs
+//!    against the store's own ingest (the goal: at most 0.20).
+//! 2. **Queries.** The top-50 families and the 7-day posture of the org, and of one project, through
+//!    `analysis::Analytics` as the API calls it (minus HTTP), `--queries` times each: p50 and p99.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use gait_aggregator::analysis::Analytics;
+use gait_aggregator::analysis::upkeep::catch_up;
+use gait_aggregator::auth::{AdminTokenMode, Authorizer, Permission, Principal};
+use gait_store::{AgentKey, BindingScope, NewRecord, Store, Tenant};
+use serde_json::json;
+
+use crate::common::{CommonArgs, Database};
+
+/// Flags of `analysis`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Decision records to ingest and fold.
+    #[arg(long, default_value_t = 1_000_000)]
+    decisions: u64,
+    /// Agents the decisions are spread over.
+    #[arg(long, default_value_t = 120)]
+    agents: u64,
+    /// Projects of the org (each with environments prod, staging and dev).
+    #[arg(long, default_value_t = 10)]
+    projects: u64,
+    /// Records per committed batch.
+    #[arg(long, default_value_t = 500)]
+    batch: u64,
+    /// Records ingested between two upkeep runs.
+    #[arg(long, default_value_t = 100_000)]
+    chunk: u64,
+    /// Timed calls of each query.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+}
+
+const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+const TOOLS: u64 = 60;
+const DAY_MS: i64 = 86_400_000;
+
+fn hello(now: i64) -> anyhow::Result<gait_store::AgentHello> {
+    Ok(gait_store::AgentHello {
+        cert_serial: "0a1b2c".parse()?,
+        cert_not_after_unix_ms: now + 30 * DAY_MS,
+        cert_issuer: String::new(),
+        remote_addr: "127.0.0.1:1".into(),
+        agent_version: "bench".into(),
+        active_bundle: None,
+        received_bundle: None,
+        outbox_depth: 0,
+        shed_total: 0,
+    })
+}
+
+/// The decision payload of record `n` (deterministic): its tool, verdict and profile follow `n`.
+fn payload(n: u64, seq: u64) -> String {
+    let tool = n % TOOLS;
+    let (verdict, codes, rule) = match (n / TOOLS) % 10 {
+        0 => ("block", r#"["blocked_by_rule"]"#, "deny"),
+        1 => ("require_approval", r#"["approval_required"]"#, "hold"),
+        2 => ("dry_run", r#"["plan_phase_non_destructive"]"#, "plan"),
+        _ => ("allow", r#"["rule_allowed"]"#, "allow"),
+    };
+    let (risk, endpoint, destructive) = match tool % 6 {
+        0 => ("high", "fs.delete", true),
+        1 => ("medium", "net.http", false),
+        2 => ("critical", "proc.exec", true),
+        _ => ("low", "fs.read", false),
+    };
+    format!(
+        r#"{{"schema":"gait.agent.gate_decision","tool_name":"tool.t{tool}","verdict":"{verdict}","enforced_verdict":"{verdict}","policy_verdict":"{verdict}","reason_codes":{codes},"violations":[],"matched_rule":"{rule}-{tool}","enforcement":"policy","stale":false,"policy_name":"base.yaml","policy_digest":"{pd}","intent_digest":"{id}","trace_id":"{seq:024x}","trace_key_id":"k1","stage":{{"stage":"enforce","would_have_blocked":false}},"intent_profile":{{"risk_class":"{risk}","endpoint_classes":["{endpoint}"],"destructive":{destructive}}},"agent_decided_unix_ms":0,"trace":{{"pad":"{pad}"}}}}"#,
+        pd = "ab".repeat(32),
+        id = gait_canon::sha256_hex(&n.to_le_bytes()),
+        pad = "x".repeat(240),
+    )
+}
+
+fn percentile(values: &mut [Duration], p: f64) -> Duration {
+    values.sort_unstable();
+    let i = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    ensure!(
+        args.agents >= 1 && args.batch >= 1 && args.chunk >= args.batch && args.projects >= 1,
+        "--agents, --batch and --projects must be at least 1 and --chunk at least --batch"
+    );
+    gait_runtime::memory::disable_transparent_huge_pages().map_err(anyhow::Error::msg)?;
+    let dir = args.common.temp_dir("gait-bench-analysis")?;
+    let db = Database::create(&args.common, "analysis").await?;
+    let url = match db.url() {
+        Some(u) => u.to_owned(),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("analysis.db").display()
+        ),
+    };
+    let store = Store::connect(&url).await?;
+    let result = measure(&store, &args, db.backend()).await;
+    store.close().await;
+    db.drop_database().await?;
+    result
+}
+
+async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()> {
+    let now = gait_aggregator::clock::unix_ms();
+    let keys: Vec<AgentKey> = (0..args.agents)
+        .map(|a| {
+            let project = format!("p{}", a % args.projects);
+            let env = ENVS[((a / args.projects) % 3) as usize];
+            Ok(AgentKey::new(
+                Tenant::from_parts("acme", &project, env)?,
+                format!("agent-{a}").parse()?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for k in &keys {
+        store.agent_connected(k, &hello(now)?, now).await?;
+    }
+    let mut seqs = vec![0u64; keys.len()];
+    let mut prevs = vec![[0u8; 32]; keys.len()];
+    let (mut ingest, mut upkeep) = (Duration::ZERO, Duration::ZERO);
+    let mut made = 0u64;
+    let mut folded = 0u64;
+    while made < args.decisions {
+        let chunk_end = (made + args.chunk).min(args.decisions);
+        // Build first, so the timing is the store's ingest path (index entries + commit), not the generator.
+        let mut batches: Vec<(usize, Vec<NewRecord>)> = Vec::new();
+        while made < chunk_end {
+            let a = (made / args.batch) as usize % keys.len();
+            let mut records = Vec::with_capacity(args.batch as usize);
+            while records.len() < args.batch as usize && made < chunk_end {
+                seqs[a] += 1;
+                let seq = seqs[a];
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&seq.to_be_bytes());
+                hash[8..16].copy_from_slice(&(a as u64).to_be_bytes());
+                hash[16] = 1;
+                // Spread over 30 days, newest last.
+                let age = (args.decisions - made) as i64 * 30 * DAY_MS / args.decisions as i64;
+                records.push(NewRecord {
+                    seq,
+                    prev_hash: prevs[a],
+                    hash,
+                    class: "decision".into(),
+                    kind: "gate.decision".into(),
+                    created_unix_ms: now - age,
+                    bundle_epoch: None,
+                    bundle_digest: None,
+                    bundle_since_ms: None,
+                    payload: payload(made, seq).into_bytes(),
+                });
+                prevs[a] = hash;
+                made += 1;
+            }
+            batches.push((a, records));
+        }
+        let started = Instant::now();
+        for (a, records) in &batches {
+            let index = gait_aggregator::evidence::index::entries(records);
+            store
+                .commit_batch_indexed(&keys[*a], records, &index, now)
+                .await?;
+        }
+        ingest += started.elapsed();
+        let started = Instant::now();
+        folded += catch_up(store, Duration::ZERO).await?;
+        upkeep += started.elapsed();
+        eprintln!(
+            "analysis ({backend}): {made}/{} ingested and folded (ingest {:.1} s, upkeep {:.1} s)",
+            args.decisions,
+            ingest.as_secs_f64(),
+            upkeep.as_secs_f64()
+        );
+    }
+    ensure!(
+        folded == args.decisions,
+        "folded {folded} of {}",
+        args.decisions
+    );
+
+    let analytics = {
+        let registry = Arc::new(gait_aggregator::registry::Registry::new(
+            store.clone(),
+            gait_canon::sign::SigningKey::generate(),
+            Default::default(),
+            Arc::new(gait_aggregator::metrics::Metrics::new()),
+        ));
+        let rollouts = Arc::new(gait_aggregator::rollout::Rollouts::new(
+            store.clone(),
+            registry.clone(),
+        ));
+        Analytics::new(store.clone(), registry, rollouts)
+    };
+    let auth = Authorizer::new(AdminTokenMode::Admin);
+    let who = Arc::new(Principal::AdminToken);
+    let org_scope = BindingScope::org("acme".parse()?);
+    let project_scope = BindingScope::project("acme".parse()?, "p3".parse()?);
+    let mut results = serde_json::Map::new();
+    let mut families_total = 0;
+    for (name, scope) in [("org", org_scope), ("project", project_scope)] {
+        let caller = auth
+            .authorize(who.clone(), Permission::EvidenceRead, scope)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (mut fam, mut pos) = (Vec::new(), Vec::new());
+        for _ in 0..args.queries {
+            let t = Instant::now();
+            let report = analytics.families(&caller, Some(50)).await?;
+            fam.push(t.elapsed());
+            families_total = families_total.max(report.total);
+            let t = Instant::now();
+            let posture = analytics.posture(&caller, Some(7), now).await?;
+            pos.push(t.elapsed());
+            ensure!(posture.decisions > 0, "an empty posture");
+        }
+        results.insert(
+            name.into(),
+            json!({
+                "top_families_ms_p50": ms(percentile(&mut fam, 0.5)),
+                "top_families_ms_p99": ms(percentile(&mut fam, 0.99)),
+                "posture_7d_ms_p50": ms(percentile(&mut pos, 0.5)),
+                "posture_7d_ms_p99": ms(percentile(&mut pos, 0.99)),
+            }),
+        );
+    }
+    let ratio = upkeep.as_secs_f64() / ingest.as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "bench": "analysis",
+            "backend": backend,
+            "decisions": args.decisions,
+            "agents": args.agents,
+            "environments": args.projects * 3,
+            "families": families_total,
+            "ingest_s": (ingest.as_secs_f64() * 100.0).round() / 100.0,
+            "ingest_records_per_s": (args.decisions as f64 / ingest.as_secs_f64()).round(),
+            "upkeep_s": (upkeep.as_secs_f64() * 100.0).round() / 100.0,
+            "upkeep_rows_per_s": (args.decisions as f64 / upkeep.as_secs_f64()).round(),
+            "upkeep_over_ingest": (ratio * 1000.0).round() / 1000.0,
+            "queries": results,
+        })
+    );
+    Ok(())
+}
