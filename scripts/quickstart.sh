@@ -84,4 +84,14 @@ echo "$OUT" | python3 -c 'import json,sys; d=json.load(sys.stdin); [print("   se
 
 echo "== 7. fleet inventory"
 "$BIN/gait-aggregator" agents "${API[@]}" --org acme | sed 's/^/   /'
+echo "== 8. fleet analytics: the decisions grouped into incident families, ranked (folded within ~5 s)"
+for _ in $(seq 1 100); do
+  "$BIN/gait-aggregator" families "${API[@]}" --org acme --json >"$WORK/families.json" 2>/dev/null || true
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if sum(f["occurrences"] for f in d["families"])>=2 else 1)' "$WORK/families.json" 2>/dev/null && break
+  sleep 0.2
+done
+"$BIN/gait-aggregator" families "${API[@]}" --org acme | sed 's/^/   /'
+"$BIN/gait-aggregator" posture "${API[@]}" --org acme --days 1 | sed 's/^/   /'
+echo "   the change gate of acme/payments/prod (exit 1 when an open critical family or failing regress says no):"
+"$BIN/gait-aggregator" change-gate "${API[@]}" --org acme --project payments --env prod | sed 's/^/   /' || true
 echo "== done: aggregator log $WORK/aggregator.log, agent log $WORK/agent.log"

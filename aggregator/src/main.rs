@@ -136,7 +136,7 @@ enum Command {
     /// from any agent grouped by a versioned fingerprint, scored by privilege, blast radius and recurrence.
     Families(cmd::analysis::FamiliesArgs),
     /// One incident family: what went into its fingerprint, its score breakdown, evidence digests and
-    /// next-best-fix suggestions (rollback candidate, regress fixture, approval rule, policy fixture).
+    /// next-best-fix suggestions (rollback candidate, approval rule, policy test fixture).
     Family(cmd::analysis::FamilyArgs),
     /// Posture of an org (or a project/environment of it): decision and stage mix per tool and day, high-risk
     /// calls allowed, regress pass rates with their trend, agent posture.
