@@ -297,12 +297,6 @@ impl Analytics {
     /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
     async fn views(&self, filter: &AnalysisFilter) -> Result<Vec<FamilyView>, AnalysisError> {
         let scopes = self.store.family_scopes(filter).await?;
-        let agents: BTreeMap<String, u64> = self
-            .store
-            .family_agent_counts(filter)
-            .await?
-            .into_iter()
-            .collect();
         let mut def_filter = AnalysisFilter::org(filter.org.clone());
         def_filter.family = filter.family.clone();
         let defs: BTreeMap<String, gait_store::FamilyDef> = self
@@ -324,7 +318,7 @@ impl Analytics {
                     "family {family} has occurrences but no definition"
                 )));
             };
-            out.push(view(def, &rows, agents.get(family).copied())?);
+            out.push(view(def, &rows)?);
         }
         Ok(out)
     }
@@ -640,11 +634,7 @@ pub struct GateReport {
     pub policy: GatePolicy,
 }
 
-fn view(
-    def: &gait_store::FamilyDef,
-    rows: &[&FamilyScope],
-    agents: Option<u64>,
-) -> Result<FamilyView, AnalysisError> {
+fn view(def: &gait_store::FamilyDef, rows: &[&FamilyScope]) -> Result<FamilyView, AnalysisError> {
     // Each environment's smallest evidence digest; the family shows the smallest few of those.
     let reps: BTreeSet<&str> = rows
         .iter()
@@ -666,7 +656,8 @@ fn view(
     let severity = severity_of(rows.iter().map(|r| r.severity_rank).max().unwrap_or(0));
     let destructive = rows.iter().any(|r| r.destructive);
     let egress = rows.iter().any(|r| r.egress_or_taint);
-    let agents = agents.unwrap_or(0);
+    // An agent belongs to one environment, so the environments' counts add up to distinct agents.
+    let agents = rows.iter().map(|r| r.agents).sum();
     let score = priority(&PriorityInputs {
         risk_class: risk,
         destructive,

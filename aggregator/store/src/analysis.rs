@@ -84,6 +84,8 @@ pub struct FamilyScope {
     pub severity_rank: u8,
     /// The smallest evidence digest of the family here.
     pub representative: Option<String>,
+    /// Agents it reached here.
+    pub agents: u64,
 }
 
 /// Decisions of one environment, day, tool, verdict and stage.
@@ -382,7 +384,21 @@ const RANGE_COLUMNS: &str = concat!(
      COALESCE(stage, 'none'), class, artifact_kind"
 );
 
-/// The statements that fold `analysis_range` (and, for agents, the range itself) into the precomputed tables.
+/// The agents each family reached in the range `($1, $2]`, as new rows of `incident_family_agents`; answers
+/// the scope of each row added, so the scopes' agent counts grow by exactly those.
+const AGENTS: &str = concat!(
+    "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
+     SELECT DISTINCT org, project, env, family, agent_id",
+    in_range!(),
+    " AND family IS NOT NULL ON CONFLICT (org, project, env, family, agent_id) DO NOTHING \
+     RETURNING org, project, env, family"
+);
+
+/// Adds `$5` agents to one family scope.
+const ADD_AGENTS: &str = "UPDATE incident_family_scopes SET agents = agents + $5 WHERE org = $1 \
+     AND project = $2 AND env = $3 AND family = $4";
+
+/// The statements that fold `analysis_range` into the precomputed tables.
 const FOLD: [(&str, &str); 4] = [
     (
         "analysis: family scopes",
@@ -412,15 +428,6 @@ const FOLD: [(&str, &str); 4] = [
         ),
     ),
     (
-        "analysis: family agents",
-        concat!(
-            "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
-             SELECT DISTINCT org, project, env, family, agent_id",
-            in_range!(),
-            " AND family IS NOT NULL ON CONFLICT (org, project, env, family, agent_id) DO NOTHING"
-        ),
-    ),
-    (
         "analysis: posture",
         concat!(
             "INSERT INTO posture_daily (org, project, env, day, tool, verdict, stage, decisions, high_risk, \
@@ -433,6 +440,20 @@ const FOLD: [(&str, &str); 4] = [
             fold_col!(sum, "posture_daily", "high_risk"),
             ", ",
             fold_col!(sum, "posture_daily", "destructive"),
+        ),
+    ),
+    (
+        "analysis: org posture",
+        concat!(
+            "INSERT INTO posture_daily_org (org, day, tool, verdict, stage, decisions, high_risk, destructive) \
+             SELECT org, day, tool, verdict, stage, SUM(n), SUM(high_risk), SUM(destructive_n) FROM analysis_range \
+             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, day, tool, verdict, stage \
+             ON CONFLICT (org, day, tool, verdict, stage) DO UPDATE SET ",
+            fold_col!(sum, "posture_daily_org", "decisions"),
+            ", ",
+            fold_col!(sum, "posture_daily_org", "high_risk"),
+            ", ",
+            fold_col!(sum, "posture_daily_org", "destructive"),
         ),
     ),
     (
@@ -501,13 +522,47 @@ async fn fold_range(
         },
     );
     for (op, sql) in FOLD {
-        // Only the statements over the range itself take its bounds.
-        let ranged = sql.contains("$1");
-        db_run!(conn, |c| {
-            let q = sqlx::query(sql);
-            let q = if ranged { q.bind(from).bind(to) } else { q };
-            q.execute(&mut *c).await.map_err(db(op))?.rows_affected()
-        });
+        db_run!(conn, |c| sqlx::query(sql)
+            .execute(&mut *c)
+            .await
+            .map_err(db(op))?
+            .rows_affected());
+    }
+    // After the scopes exist: count the agents added to each.
+    let added: Vec<(String, String, String, String)> = db_run!(conn, |c| {
+        let rows = sqlx::query(AGENTS)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("analysis: family agents"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.text("org")?,
+                    r.text("project")?,
+                    r.text("env")?,
+                    r.text("family")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?
+    });
+    let mut per_scope: std::collections::BTreeMap<&(String, String, String, String), i64> =
+        std::collections::BTreeMap::new();
+    for scope in &added {
+        *per_scope.entry(scope).or_default() += 1;
+    }
+    for ((org, project, env, family), n) in per_scope {
+        db_run!(conn, |c| sqlx::query(ADD_AGENTS)
+            .bind(org.as_str())
+            .bind(project.as_str())
+            .bind(env.as_str())
+            .bind(family.as_str())
+            .bind(n)
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: agent counts"))?
+            .rows_affected());
     }
     db_run!(conn,
         sqlite: |c| sqlx::query("DROP TABLE temp.analysis_range")
@@ -553,7 +608,7 @@ async fn scopes(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyScop
     let (clause, args) = f.clause(true);
     let sql = format!(
         "SELECT org, project, env, family, occurrences, first_seen_unix_ms, last_seen_unix_ms, risk_rank, \
-         destructive, egress_or_taint, severity_rank, representative FROM incident_family_scopes{clause} \
+         destructive, egress_or_taint, severity_rank, representative, agents FROM incident_family_scopes{clause} \
          ORDER BY family, project, env"
     );
     filtered!(
@@ -574,30 +629,8 @@ async fn scopes(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyScop
                 egress_or_taint: r.int("egress_or_taint")? != 0,
                 severity_rank: rank(T, "severity_rank", r.int("severity_rank")?)?,
                 representative: r.opt_text("representative")?,
+                agents: to_u64(T, "agents", r.int("agents")?)?,
             })
-        }
-    )
-}
-
-async fn agent_counts(
-    mut conn: Conn<'_>,
-    f: &AnalysisFilter,
-) -> Result<Vec<(String, u64)>, StoreError> {
-    let (clause, args) = f.clause(true);
-    let sql = format!(
-        "SELECT family, COUNT(*) AS agents FROM incident_family_agents{clause} GROUP BY family ORDER BY family"
-    );
-    filtered!(
-        conn,
-        sql,
-        args,
-        MAX_FAMILY_SCOPE_ROWS,
-        "family_agents",
-        |r| {
-            Ok((
-                r.text("family")?,
-                to_u64("incident_family_agents", "agents", r.int("agents")?)?,
-            ))
         }
     )
 }
@@ -647,11 +680,16 @@ async fn posture(
     const T: &str = "posture_daily";
     let (clause, args) = f.clause(false);
     // Days are integers the caller computed, formatted from i64 values, never text. PostgreSQL sums BIGINT to
-    // NUMERIC: the sums are cast back.
+    // NUMERIC: the sums are cast back. An org-wide read takes the org roll-up.
+    let table = if f.project.is_none() && f.env.is_none() {
+        "posture_daily_org"
+    } else {
+        "posture_daily"
+    };
     let sql = format!(
         "SELECT day, tool, verdict, stage, CAST(SUM(decisions) AS BIGINT) AS decisions, \
          CAST(SUM(high_risk) AS BIGINT) AS high_risk, CAST(SUM(destructive) AS BIGINT) AS destructive \
-         FROM posture_daily{clause} AND day >= {from_day} AND day < {to_day} \
+         FROM {table}{clause} AND day >= {from_day} AND day < {to_day} \
          GROUP BY day, tool, verdict, stage ORDER BY day, tool, verdict, stage"
     );
     filtered!(conn, sql, args, MAX_POSTURE_ROWS, "posture_daily", |r| {
@@ -754,15 +792,6 @@ impl crate::Store {
     ) -> Result<Vec<FamilyScope>, StoreError> {
         let mut pooled = self.acquire().await?;
         scopes(pooled.conn(), filter).await
-    }
-
-    /// Agents each family reached inside `filter`, by family.
-    pub async fn family_agent_counts(
-        &self,
-        filter: &AnalysisFilter,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut pooled = self.acquire().await?;
-        agent_counts(pooled.conn(), filter).await
     }
 
     /// The definitions of the org's families (only `filter.family` when set; project and env do not narrow a

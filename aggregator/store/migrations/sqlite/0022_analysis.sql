@@ -37,7 +37,8 @@ CREATE TABLE incident_families (
 -- incident_family_scopes: a family's occurrences in one environment (what a scoped reader may see of it). All
 -- columns fold with sums, minima and maxima, so any order of upkeep gives the same row. `representative` is the
 -- smallest evidence digest of the family there (an intent digest for a decision, the SHA-256 of a regress
--- result): chosen by value, never by arrival.
+-- result): chosen by value, never by arrival. `agents` counts its rows in incident_family_agents (kept by the
+-- fold that inserts them), so a listing need not count them.
 CREATE TABLE incident_family_scopes (
     org                 TEXT    NOT NULL,
     project             TEXT    NOT NULL,
@@ -51,6 +52,7 @@ CREATE TABLE incident_family_scopes (
     egress_or_taint     INTEGER NOT NULL CHECK (egress_or_taint IN (0, 1)),
     severity_rank       INTEGER NOT NULL,
     representative      TEXT,
+    agents              INTEGER NOT NULL DEFAULT 0 CHECK (agents >= 0),
     PRIMARY KEY (org, project, env, family)
 ) STRICT;
 CREATE INDEX incident_family_scopes_by_family ON incident_family_scopes (org, family);
@@ -79,6 +81,20 @@ CREATE TABLE posture_daily (
     high_risk    INTEGER NOT NULL CHECK (high_risk >= 0),
     destructive  INTEGER NOT NULL CHECK (destructive >= 0),
     PRIMARY KEY (org, project, env, day, tool, verdict, stage)
+) STRICT;
+
+-- posture_daily_org: posture_daily summed over the org's environments, so an org-wide read scans days × tools
+-- × verdicts × stages rows, not that times the environments.
+CREATE TABLE posture_daily_org (
+    org          TEXT    NOT NULL,
+    day          INTEGER NOT NULL,
+    tool         TEXT    NOT NULL,
+    verdict      TEXT    NOT NULL,
+    stage        TEXT    NOT NULL,
+    decisions    INTEGER NOT NULL CHECK (decisions >= 0),
+    high_risk    INTEGER NOT NULL CHECK (high_risk >= 0),
+    destructive  INTEGER NOT NULL CHECK (destructive >= 0),
+    PRIMARY KEY (org, day, tool, verdict, stage)
 ) STRICT;
 
 -- regress_daily: regress results per environment and UTC day.
