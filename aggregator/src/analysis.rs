@@ -63,6 +63,9 @@ pub enum AnalysisError {
     /// No such family in the caller's scope.
     #[error("{0}")]
     NotFound(String),
+    /// A feature the gate reads (conformance, rollouts) failed.
+    #[error("{what}: {message}")]
+    Dependency { what: &'static str, message: String },
     /// Stored analytics state contradicts itself (a bug or a damaged database).
     #[error("analytics state is inconsistent: {0}")]
     Corrupt(String),
@@ -297,11 +300,9 @@ impl Analytics {
     /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
     async fn views(&self, filter: &AnalysisFilter) -> Result<Vec<FamilyView>, AnalysisError> {
         let scopes = self.store.family_scopes(filter).await?;
-        let mut def_filter = AnalysisFilter::org(filter.org.clone());
-        def_filter.family = filter.family.clone();
         let defs: BTreeMap<String, gait_store::FamilyDef> = self
             .store
-            .family_definitions(&def_filter)
+            .family_definitions(filter)
             .await?
             .into_iter()
             .map(|d| (d.family.clone(), d))
@@ -358,8 +359,13 @@ impl Analytics {
         let scope = caller.target().scope();
         let mut filter = filter_of(&scope)?;
         let family = self.resolve(&filter, id).await?;
-        filter.family = Some(family.clone());
-        let mut views = self.views(&filter).await?;
+        let mut views = match family {
+            Some(family) => {
+                filter.family = Some(family);
+                self.views(&filter).await?
+            }
+            None => Vec::new(),
+        };
         let Some(mut v) = views.pop() else {
             return Err(AnalysisError::NotFound(format!(
                 "family {id} has no occurrence in {}: list families with `gait-aggregator families`",
@@ -417,29 +423,31 @@ impl Analytics {
         Ok(v)
     }
 
-    /// A family id (64 hex) or dedup key (`gfam1-…`) of the org, as its id.
-    async fn resolve(&self, filter: &AnalysisFilter, id: &str) -> Result<String, AnalysisError> {
+    /// A family id (64 hex), or the id of a dedup key (`gfam1-…`) with an occurrence inside `filter`'s scope; an
+    /// unknown key and a key of a family outside the scope read the same (`None`), so a scoped reader cannot
+    /// probe other scopes.
+    async fn resolve(
+        &self,
+        filter: &AnalysisFilter,
+        id: &str,
+    ) -> Result<Option<String>, AnalysisError> {
         let hex = |s: &str| {
             s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         if id.len() == 64 && hex(id) {
-            return Ok(id.to_owned());
+            return Ok(Some(id.to_owned()));
         }
         if let Some(rest) = id.strip_prefix("gfam")
             && let Some((_, prefix)) = rest.split_once('-')
             && prefix.len() == 32
             && hex(prefix)
         {
-            let defs = self
-                .store
-                .family_definitions(&AnalysisFilter::org(filter.org.clone()))
-                .await?;
-            return defs
+            let defs = self.store.family_definitions(filter).await?;
+            return Ok(defs
                 .into_iter()
                 .find(|d| d.dedup_key == id)
-                .map(|d| d.family)
-                .ok_or_else(|| AnalysisError::NotFound(format!("no family has dedup key {id}")));
+                .map(|d| d.family));
         }
         Err(invalid(
             "family",
@@ -548,7 +556,10 @@ impl Analytics {
                 .registry
                 .conformance(&tenant.org, &filter)
                 .await
-                .map_err(|e| invalid("conformance", e.to_string()))?;
+                .map_err(|e| AnalysisError::Dependency {
+                    what: "conformance",
+                    message: e.to_string(),
+                })?;
             if !report.conformant {
                 inputs.conforms = false;
                 let reasons: Vec<String> = report
@@ -590,11 +601,14 @@ impl Analytics {
             .collect();
         critical.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
         inputs.open_critical_families = critical.iter().map(|v| v.dedup_key.clone()).collect();
-        let rollouts = self
-            .rollouts
-            .list(&tenant.org)
-            .await
-            .map_err(|e| invalid("rollouts", e.to_string()))?;
+        let rollouts =
+            self.rollouts
+                .list(&tenant.org)
+                .await
+                .map_err(|e| AnalysisError::Dependency {
+                    what: "rollouts",
+                    message: e.to_string(),
+                })?;
         inputs.rollouts_in_flight = rollouts
             .iter()
             .filter(|r| {

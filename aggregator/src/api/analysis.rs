@@ -150,7 +150,9 @@ impl From<AnalysisError> for ApiError {
             }
             AnalysisError::NotFound(message) => ApiError::not_found(message),
             AnalysisError::Store(store) => store.into(),
-            other @ AnalysisError::Corrupt(_) => ApiError::internal(other),
+            other @ (AnalysisError::Corrupt(_) | AnalysisError::Dependency { .. }) => {
+                ApiError::internal(other)
+            }
         }
     }
 }

@@ -370,7 +370,7 @@ const RANGE_COLUMNS: &str = concat!(
     risk_rank!(),
     ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
      MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
-     OR reason_codes LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
+     OR LOWER(reason_codes) LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
      MAX(CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' THEN 2 \
      WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) AS severity_rank, \
      SUM(CASE WHEN risk_class = 'high' OR risk_class = 'critical' THEN 1 ELSE 0 END) AS high_risk, \
@@ -637,16 +637,13 @@ async fn scopes(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyScop
 
 async fn definitions(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<FamilyDef>, StoreError> {
     const T: &str = "incident_families";
-    let mut sql = String::from(
+    // Only families with an occurrence inside the filter's scope: a reader of one project never loads (or
+    // learns of) another's families, and a project with many families cannot crowd out the others.
+    let (clause, args) = f.clause(true);
+    let sql = format!(
         "SELECT org, family, version, dedup_key, kind, tool, verdict, inputs FROM incident_families \
-         WHERE org = $1",
+         WHERE org = $1 AND family IN (SELECT family FROM incident_family_scopes{clause}) ORDER BY family"
     );
-    let mut args = vec![f.org.as_str()];
-    if let Some(family) = &f.family {
-        sql.push_str(" AND family = $2");
-        args.push(family.as_str());
-    }
-    sql.push_str(" ORDER BY family");
     filtered!(
         conn,
         sql,
@@ -794,8 +791,8 @@ impl crate::Store {
         scopes(pooled.conn(), filter).await
     }
 
-    /// The definitions of the org's families (only `filter.family` when set; project and env do not narrow a
-    /// definition, which holds no occurrence), by family.
+    /// The definitions of the families with an occurrence inside `filter` (only `filter.family` when set), by
+    /// family.
     pub async fn family_definitions(
         &self,
         filter: &AnalysisFilter,
