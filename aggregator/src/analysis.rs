@@ -139,16 +139,11 @@ pub fn scope_of(
                 .map_err(|err| invalid("env", format!("{e:?}: {err}")))
         })
         .transpose()?;
-    Ok(match (project, env) {
-        (None, None) => BindingScope::org(org),
-        (Some(p), None) => BindingScope::project(org, p),
-        (Some(p), Some(e)) => BindingScope::env(org, p, e),
-        (None, Some(_)) => {
-            return Err(invalid(
-                "env",
-                "an environment is named within a project: pass project too",
-            ));
-        }
+    BindingScope::from_parts(Some(org), project, env).ok_or_else(|| {
+        invalid(
+            "env",
+            "an environment is named within a project: pass project too",
+        )
     })
 }
 
@@ -262,20 +257,6 @@ fn is_production(env: &str) -> bool {
     PRODUCTION_ENVS.iter().any(|p| p.eq_ignore_ascii_case(env))
 }
 
-fn scope_label(scope: &BindingScope) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    if let Some(o) = scope.org_part() {
-        parts.push(o.as_str());
-    }
-    if let Some(p) = scope.project_part() {
-        parts.push(p.as_str());
-    }
-    if let Some(e) = scope.env_part() {
-        parts.push(e.as_str());
-    }
-    parts.join("/")
-}
-
 /// The analytics service.
 #[derive(Clone)]
 pub struct Analytics {
@@ -344,7 +325,7 @@ impl Analytics {
         sort_by_priority(&mut views);
         views.truncate(limit as usize);
         Ok(FamiliesReport {
-            scope: scope_label(&scope),
+            scope: scope.to_string(),
             total,
             families: views,
         })
@@ -368,8 +349,7 @@ impl Analytics {
         };
         let Some(mut v) = views.pop() else {
             return Err(AnalysisError::NotFound(format!(
-                "family {id} has no occurrence in {}: list families with `gait-aggregator families`",
-                scope_label(&scope)
+                "family {id} has no occurrence in {scope}: list families with `gait-aggregator families`"
             )));
         };
         // The rollback candidate reads the pin history of the one environment the family is in, when it is in
@@ -484,7 +464,7 @@ impl Analytics {
             .await?;
         let agents = self.agent_states(&filter).await?;
         Ok(posture_report(
-            scope_label(&scope),
+            scope.to_string(),
             from_day,
             today,
             &counts,

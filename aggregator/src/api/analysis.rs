@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use gait_analysis::gate::GatePolicy;
-use gait_store::{Org, Tenant};
+use gait_store::{BindingScope, Org, Tenant};
 
 use super::auth::{Caller, Pending};
 use super::{ApiError, AppState, RequestError};
@@ -18,6 +18,7 @@ use crate::analysis::{
     AnalysisError, FamiliesQuery, Format, PostureQuery, csv_families, csv_posture, format_of,
     scope_of,
 };
+use crate::auth::Authorized;
 
 /// `GET /v1/orgs/{org}/analysis/families`: families in the scope, highest priority first.
 pub(super) async fn families(
@@ -27,14 +28,8 @@ pub(super) async fn families(
     query: Result<Query<FamiliesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
-    let org: Org = super::ident("org", org)?;
     let format = format_of(q.format.as_deref())?;
-    let caller = pending.authorize(scope_of(
-        org,
-        q.org.as_deref(),
-        q.project.as_deref(),
-        q.env.as_deref(),
-    )?)?;
+    let caller = authorize(&pending, org, &q.org, &q.project, &q.env)?;
     let report = state.analytics.families(&caller, q.limit).await?;
     match format {
         Format::Json => Ok(Json(report).into_response()),
@@ -59,13 +54,7 @@ pub(super) async fn family(
     query: Result<Query<FamilyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
-    let org: Org = super::ident("org", org)?;
-    let caller = pending.authorize(scope_of(
-        org,
-        q.org.as_deref(),
-        q.project.as_deref(),
-        q.env.as_deref(),
-    )?)?;
+    let caller = authorize(&pending, org, &q.org, &q.project, &q.env)?;
     Ok(Json(state.analytics.family(&caller, &family).await?).into_response())
 }
 
@@ -77,14 +66,8 @@ pub(super) async fn posture(
     query: Result<Query<PostureQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(RequestError::Query)?;
-    let org: Org = super::ident("org", org)?;
     let format = format_of(q.format.as_deref())?;
-    let caller = pending.authorize(scope_of(
-        org,
-        q.org.as_deref(),
-        q.project.as_deref(),
-        q.env.as_deref(),
-    )?)?;
+    let caller = authorize(&pending, org, &q.org, &q.project, &q.env)?;
     let report = state
         .analytics
         .posture(&caller, q.days, crate::clock::unix_ms())
@@ -135,6 +118,25 @@ pub(super) async fn change_gate(
         .change_gate(&caller, &policy, crate::clock::unix_ms())
         .await?;
     Ok(Json(report).into_response())
+}
+
+/// The caller's permission over the scope an org route names: the path's org, narrowed by the query's
+/// `project`/`env` (and its `org`, which must be the path's).
+fn authorize(
+    pending: &Pending,
+    org: String,
+    query_org: &Option<String>,
+    project: &Option<String>,
+    env: &Option<String>,
+) -> Result<Authorized<BindingScope>, ApiError> {
+    let org: Org = super::ident("org", org)?;
+    let scope = scope_of(
+        org,
+        query_org.as_deref(),
+        project.as_deref(),
+        env.as_deref(),
+    )?;
+    pending.authorize(scope)
 }
 
 fn csv(body: Result<Vec<u8>, csv::Error>) -> Result<Response, ApiError> {
