@@ -157,23 +157,25 @@ pub struct Pass {
 /// Folds at most one range of [`BATCH`] rows; `settle` as in the module docs.
 pub async fn pass(store: &Store, settle: Duration, now_ms: i64) -> Result<Pass, StoreError> {
     let cursor = store.analysis_cursor(JOB).await?;
-    let ids = store.analysis_ids(cursor, BATCH).await?;
-    let settle_ms = i64::try_from(settle.as_millis()).unwrap_or(i64::MAX);
-    let take = settled_prefix(&ids, cursor, now_ms, settle_ms);
-    let Some(&(last, _)) = ids[..take].last() else {
+    // The common case, a range with no gap, needs only its size and end; the ids are read for a gap.
+    let (rows, end) = store.analysis_span(cursor, BATCH).await?;
+    let (take, last) = if end.checked_sub(cursor) == Some(rows) {
+        (rows as usize, end)
+    } else {
+        let ids = store.analysis_ids(cursor, BATCH).await?;
+        let settle_ms = i64::try_from(settle.as_millis()).unwrap_or(i64::MAX);
+        let take = settled_prefix(&ids, cursor, now_ms, settle_ms);
+        (take, ids[..take].last().map_or(cursor, |(id, _)| *id))
+    };
+    if take == 0 {
         return Ok(Pass {
             rows: 0,
             cursor,
             lost_race: false,
         });
-    };
-    let t = std::time::Instant::now();
-    let defs = definitions(&store.new_family_samples(cursor, last).await?);
-    if std::env::var_os("GAIT_UPKEEP_TRACE").is_some() {
-        eprintln!("ids+samples: {:?} ({take} rows)", t.elapsed());
     }
     let applied = store
-        .apply_analysis(JOB, cursor, last, &defs, now_ms)
+        .apply_analysis(JOB, cursor, last, &definitions, now_ms)
         .await?;
     Ok(Pass {
         rows: if applied { take } else { 0 },

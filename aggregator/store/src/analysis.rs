@@ -3,15 +3,17 @@
 //!
 //! **Upkeep.** Ingest writes each decision's and failed regress result's incident family (its fingerprint hash)
 //! on its evidence row. One job (in the aggregator's `analysis` feature) walks the index in id order: it picks
-//! the next range of ids ([`crate::Store::analysis_ids`]), defines the families first seen in it
-//! ([`crate::Store::new_family_samples`], the fingerprint inputs computed by the pure `gait-analysis` crate),
-//! and hands both to [`crate::Store::apply_analysis`], which in **one transaction** moves the job's cursor with
-//! a compare-and-set (`UPDATE … WHERE last_id = <the id it read from>`) and folds the range into the
-//! precomputed tables with `INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` — the aggregation runs inside
-//! the database, no evidence row is shipped to the aggregator. A replica whose cursor moved under it adds
-//! nothing (the transaction is rolled back), so each evidence row is counted exactly once however many replicas
-//! run the job; every fold is a sum, a minimum, a maximum, a set insert or "the five smallest digests", so the
-//! stored state does not depend on how rows were batched or in which order they were indexed.
+//! the next range of ids ([`crate::Store::analysis_span`], and [`crate::Store::analysis_ids`] when the range
+//! has a gap) and hands it to [`crate::Store::apply_analysis`], which in **one transaction** moves the job's
+//! cursor with a compare-and-set (`UPDATE … WHERE last_id = <the id it read from>`), pre-aggregates the range
+//! once into a temporary table (one sort of the wide rows), defines the families first seen in it (their
+//! fingerprint inputs computed by the pure `gait-analysis` crate, through a callback, from each one's first
+//! row), and folds the pre-aggregate into the precomputed tables with `INSERT … SELECT … GROUP BY … ON CONFLICT
+//! DO UPDATE` — the aggregation runs inside the database, no evidence row is shipped to the aggregator. A
+//! replica whose cursor moved under it adds nothing (the transaction is rolled back), so each evidence row is
+//! counted exactly once however many replicas run the job; every fold is a sum, a minimum, a maximum, a set
+//! insert or "the smallest digest", so the stored state does not depend on how rows were batched or in which
+//! order they were indexed.
 //!
 //! **Reading.** Every read takes an [`AnalysisFilter`] (an org, optionally a project and an environment) and
 //! returns only rows inside it; a family seen in two projects is two scope rows, so a reader bound to one project
@@ -194,21 +196,38 @@ async fn ids(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<Vec<(u64, i64
     })
 }
 
-async fn samples(mut conn: Conn<'_>, from: u64, to: u64) -> Result<Vec<FamilySample>, StoreError> {
+async fn span(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<(u64, u64), StoreError> {
+    const SQL: &str = "SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM \
+         (SELECT id FROM evidence_index WHERE id > $1 ORDER BY id LIMIT $2) s";
+    let after = to_i64("after_id", after)?;
+    let limit = i64::from(limit.clamp(1, MAX_ANALYSIS_BATCH));
+    let (n, last) = db_run!(conn, |c| {
+        let r = sqlx::query(SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(db("analysis_span"))?;
+        (r.int("n")?, r.int("last")?)
+    });
+    Ok((
+        to_u64("evidence_index", "count", n)?,
+        to_u64("evidence_index", "id", last)?,
+    ))
+}
+
+async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
     const T: &str = "evidence_index";
-    // One row per family of the range that has no definition yet: the first row of it.
+    // One row per family of the range (pre-aggregated in `analysis_range`) that has no definition yet: the
+    // first row of it.
     const SQL: &str = "SELECT e.org, e.family, e.class, e.verdict, e.tool_name, e.reason_codes, e.matched_rule, \
          e.policy_name, e.endpoint_classes, e.failure_kind, e.artifact_kind, e.regress_status \
-         FROM (SELECT MIN(x.id) AS id FROM evidence_index x \
-         WHERE x.id > $1 AND x.id <= $2 AND x.family IS NOT NULL GROUP BY x.org, x.family) g \
-         JOIN evidence_index e ON e.id = g.id \
-         WHERE NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = e.org AND f.family = e.family) \
+         FROM (SELECT org, family, MIN(first_id) AS id FROM analysis_range WHERE family IS NOT NULL \
+         GROUP BY org, family) g JOIN evidence_index e ON e.id = g.id \
+         WHERE NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = g.org AND f.family = g.family) \
          ORDER BY e.org, e.family";
-    let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
     db_run!(conn, |c| {
         let found = sqlx::query(SQL)
-            .bind(from)
-            .bind(to)
             .fetch_all(&mut *c)
             .await
             .map_err(db("new_family_samples"))?;
@@ -361,12 +380,14 @@ macro_rules! risk_rank {
 }
 
 /// The range `($1, $2]` pre-aggregated once into the temporary table `analysis_range` at the grain every
-/// fold needs (environment, family, day, tool, verdict, stage, class): one pass over the wide evidence rows,
-/// after which each fold reads a table of a few rows per family and day.
+/// fold needs (environment, family, agent, day, tool, verdict, stage, class): one pass over the wide evidence
+/// rows, after which the folds, the agents new to a family and the families to define read a table of a few
+/// rows per family, agent and day. (The family implies tool, verdict and class; they are keys for rows indexed
+/// before families existed, which count in posture only.)
 const RANGE_COLUMNS: &str = concat!(
-    " AS SELECT org, project, env, family, created_unix_ms / 86400000 AS day, COALESCE(tool_name, '(unknown)') \
-     AS tool, verdict, COALESCE(stage, 'none') AS stage, class, artifact_kind, COUNT(*) AS n, \
-     MIN(created_unix_ms) AS first_seen, MAX(created_unix_ms) AS last_seen, MAX(",
+    " AS SELECT org, project, env, family, agent_id, created_unix_ms / 86400000 AS day, \
+     COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, class, \
+     MIN(id) AS first_id, COUNT(*) AS n, MIN(created_unix_ms) AS first_seen, MAX(created_unix_ms) AS last_seen, MAX(",
     risk_rank!(),
     ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
      MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
@@ -380,23 +401,19 @@ const RANGE_COLUMNS: &str = concat!(
      MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
     in_range!(),
     " AND (class = 'decision' OR artifact_kind = 'regress_result') \
-     GROUP BY org, project, env, family, created_unix_ms / 86400000, COALESCE(tool_name, '(unknown)'), verdict, \
-     COALESCE(stage, 'none'), class, artifact_kind"
+     GROUP BY org, project, env, family, agent_id, created_unix_ms / 86400000, COALESCE(tool_name, '(unknown)'), \
+     verdict, COALESCE(stage, 'none'), class"
 );
 
-/// The agents each family reached in the range `($1, $2]`, as new rows of `incident_family_agents`; answers
-/// the scope of each row added, so the scopes' agent counts grow by exactly those.
-const AGENTS: &str = concat!(
-    "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
-     SELECT DISTINCT org, project, env, family, agent_id",
-    in_range!(),
-    " AND family IS NOT NULL ON CONFLICT (org, project, env, family, agent_id) DO NOTHING \
-     RETURNING org, project, env, family"
-);
+/// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
+/// Ranges fold one at a time (the cursor's compare-and-set serializes them), so none is added twice.
+const NEW_AGENTS: &str = " AS SELECT DISTINCT org, project, env, family, agent_id FROM analysis_range r \
+     WHERE family IS NOT NULL AND NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
+     AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
 
-/// Adds `$5` agents to one family scope.
-const ADD_AGENTS: &str = "UPDATE incident_family_scopes SET agents = agents + $5 WHERE org = $1 \
-     AND project = $2 AND env = $3 AND family = $4";
+/// Records the new agents (after the scope fold counted them).
+const ADD_AGENTS: &str = "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
+     SELECT org, project, env, family, agent_id FROM analysis_new_agents";
 
 /// The statements that fold `analysis_range` into the precomputed tables.
 const FOLD: [(&str, &str); 4] = [
@@ -404,10 +421,17 @@ const FOLD: [(&str, &str); 4] = [
         "analysis: family scopes",
         concat!(
             "INSERT INTO incident_family_scopes (org, project, env, family, occurrences, first_seen_unix_ms, \
-             last_seen_unix_ms, risk_rank, destructive, egress_or_taint, severity_rank, representative) \
-             SELECT org, project, env, family, SUM(n), MIN(first_seen), MAX(last_seen), MAX(risk_rank), \
-             MAX(destructive), MAX(egress_or_taint), MAX(severity_rank), MIN(representative) \
-             FROM analysis_range WHERE family IS NOT NULL GROUP BY org, project, env, family \
+             last_seen_unix_ms, risk_rank, destructive, egress_or_taint, severity_rank, representative, agents) \
+             SELECT s.org, s.project, s.env, s.family, s.n, s.first_seen, s.last_seen, s.risk_rank, \
+             s.destructive, s.egress_or_taint, s.severity_rank, s.representative, COALESCE(a.n, 0) \
+             FROM (SELECT org, project, env, family, SUM(n) AS n, MIN(first_seen) AS first_seen, \
+             MAX(last_seen) AS last_seen, MAX(risk_rank) AS risk_rank, MAX(destructive) AS destructive, \
+             MAX(egress_or_taint) AS egress_or_taint, MAX(severity_rank) AS severity_rank, \
+             MIN(representative) AS representative FROM analysis_range WHERE family IS NOT NULL \
+             GROUP BY org, project, env, family) s \
+             LEFT JOIN (SELECT org, project, env, family, COUNT(*) AS n FROM analysis_new_agents \
+             GROUP BY org, project, env, family) a ON a.org = s.org AND a.project = s.project AND a.env = s.env \
+             AND a.family = s.family WHERE s.n > 0 \
              ON CONFLICT (org, project, env, family) DO UPDATE SET ",
             fold_col!(sum, "incident_family_scopes", "occurrences"),
             ", ",
@@ -422,6 +446,8 @@ const FOLD: [(&str, &str); 4] = [
             fold_col!(max, "incident_family_scopes", "egress_or_taint"),
             ", ",
             fold_col!(max, "incident_family_scopes", "severity_rank"),
+            ", ",
+            fold_col!(sum, "incident_family_scopes", "agents"),
             ", representative = CASE WHEN incident_family_scopes.representative IS NULL \
              OR excluded.representative < incident_family_scopes.representative THEN excluded.representative \
              ELSE incident_family_scopes.representative END",
@@ -461,7 +487,7 @@ const FOLD: [(&str, &str); 4] = [
         concat!(
             "INSERT INTO regress_daily (org, project, env, day, passed, failed) \
              SELECT org, project, env, day, SUM(passed), SUM(failed) FROM analysis_range \
-             WHERE artifact_kind = 'regress_result' AND passed + failed > 0 GROUP BY org, project, env, day \
+             WHERE class = 'artifact' AND passed + failed > 0 GROUP BY org, project, env, day \
              ON CONFLICT (org, project, env, day) DO UPDATE SET ",
             fold_col!(sum, "regress_daily", "passed"),
             ", ",
@@ -470,15 +496,81 @@ const FOLD: [(&str, &str); 4] = [
     ),
 ];
 
+/// Creates temporary table `name` as `AS SELECT …` (`columns`, binding `args`), for this transaction only:
+/// dropped at commit on PostgreSQL, and by [`drop_temp`] on SQLite.
+async fn create_temp(
+    mut conn: Conn<'_>,
+    name: &str,
+    columns: &str,
+    args: &[i64],
+) -> Result<(), StoreError> {
+    db_run!(conn,
+        sqlite: |c| {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS temp.{name}")))
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: temporary table"))?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TEMP TABLE {name}{columns}")));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut *c).await.map_err(db("analysis: temporary table"))?.rows_affected()
+        },
+        postgres: |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TEMP TABLE {name} ON COMMIT DROP{columns}"
+            )));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut *c).await.map_err(db("analysis: temporary table"))?.rows_affected()
+        },
+    );
+    Ok(())
+}
+
+async fn drop_temp(mut conn: Conn<'_>, name: &str) -> Result<(), StoreError> {
+    db_run!(conn,
+        sqlite: |c| sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE temp.{name}")))
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: temporary table"))?
+            .rows_affected(),
+        postgres: |_c| 0,
+    );
+    Ok(())
+}
+
+/// Folds `(from, to]`: pre-aggregates it, defines the families it meets first (`define` computes their
+/// definitions from their first rows), then runs the folds.
 async fn fold_range(
     mut conn: Conn<'_>,
     from: u64,
     to: u64,
-    defs: &[FamilyDef],
+    define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
 ) -> Result<(), StoreError> {
     const DEFINE: &str = "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, \
          inputs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org, family) DO NOTHING";
-    for d in defs {
+    let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
+    // The range's aggregations hash tens of thousands of groups: give them the memory to do it without
+    // spilling (this transaction only).
+    db_run!(conn,
+        sqlite: |_c| 0,
+        postgres: |c| sqlx::query("SET LOCAL work_mem = '64MB'")
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: work_mem"))?
+            .rows_affected(),
+    );
+    create_temp(
+        conn.reborrow(),
+        "analysis_range",
+        RANGE_COLUMNS,
+        &[from, to],
+    )
+    .await?;
+    let defs = define(&samples(conn.reborrow()).await?);
+    for d in &defs {
         db_run!(conn, |c| sqlx::query(DEFINE)
             .bind(d.org.as_str())
             .bind(d.family.as_str())
@@ -493,34 +585,7 @@ async fn fold_range(
             .map_err(db("analysis: define family"))?
             .rows_affected());
     }
-    let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
-    // The temporary table lives in this transaction only (dropped below on SQLite, at commit on PostgreSQL).
-    db_run!(conn,
-        sqlite: |c| {
-            sqlx::query("DROP TABLE IF EXISTS temp.analysis_range")
-                .execute(&mut *c)
-                .await
-                .map_err(db("analysis: range"))?;
-            let create = format!("CREATE TEMP TABLE analysis_range{RANGE_COLUMNS}");
-            sqlx::query(sqlx::AssertSqlSafe(create))
-                .bind(from)
-                .bind(to)
-                .execute(&mut *c)
-                .await
-                .map_err(db("analysis: range"))?
-                .rows_affected()
-        },
-        postgres: |c| {
-            let create = format!("CREATE TEMP TABLE analysis_range ON COMMIT DROP{RANGE_COLUMNS}");
-            sqlx::query(sqlx::AssertSqlSafe(create))
-                .bind(from)
-                .bind(to)
-                .execute(&mut *c)
-                .await
-                .map_err(db("analysis: range"))?
-                .rows_affected()
-        },
-    );
+    create_temp(conn.reborrow(), "analysis_new_agents", NEW_AGENTS, &[]).await?;
     for (op, sql) in FOLD {
         db_run!(conn, |c| sqlx::query(sql)
             .execute(&mut *c)
@@ -528,51 +593,13 @@ async fn fold_range(
             .map_err(db(op))?
             .rows_affected());
     }
-    // After the scopes exist: count the agents added to each.
-    let added: Vec<(String, String, String, String)> = db_run!(conn, |c| {
-        let rows = sqlx::query(AGENTS)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&mut *c)
-            .await
-            .map_err(db("analysis: family agents"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.text("org")?,
-                    r.text("project")?,
-                    r.text("env")?,
-                    r.text("family")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?
-    });
-    let mut per_scope: std::collections::BTreeMap<&(String, String, String, String), i64> =
-        std::collections::BTreeMap::new();
-    for scope in &added {
-        *per_scope.entry(scope).or_default() += 1;
-    }
-    for ((org, project, env, family), n) in per_scope {
-        db_run!(conn, |c| sqlx::query(ADD_AGENTS)
-            .bind(org.as_str())
-            .bind(project.as_str())
-            .bind(env.as_str())
-            .bind(family.as_str())
-            .bind(n)
-            .execute(&mut *c)
-            .await
-            .map_err(db("analysis: agent counts"))?
-            .rows_affected());
-    }
-    db_run!(conn,
-        sqlite: |c| sqlx::query("DROP TABLE temp.analysis_range")
-            .execute(&mut *c)
-            .await
-            .map_err(db("analysis: range"))?
-            .rows_affected(),
-        postgres: |_c| 0,
-    );
-    Ok(())
+    db_run!(conn, |c| sqlx::query(ADD_AGENTS)
+        .execute(&mut *c)
+        .await
+        .map_err(db("analysis: family agents"))?
+        .rows_affected());
+    drop_temp(conn.reborrow(), "analysis_new_agents").await?;
+    drop_temp(conn.reborrow(), "analysis_range").await
 }
 
 /// Runs `sql` (ending in a `WHERE` built by [`AnalysisFilter::clause`]) with the clause's arguments and a final
@@ -738,15 +765,12 @@ impl crate::Store {
         ids(pooled.conn(), after_id, limit).await
     }
 
-    /// The first row of each family in the id range `(from_id, to_id]` that has no definition yet, with the
-    /// fields its fingerprint reads.
-    pub async fn new_family_samples(
-        &self,
-        from_id: u64,
-        to_id: u64,
-    ) -> Result<Vec<FamilySample>, StoreError> {
+    /// `(rows, highest id)` of the next `limit` (at most [`MAX_ANALYSIS_BATCH`]) ids of the evidence index
+    /// after `after_id`: when `highest - after_id == rows` the range has no gap and [`Self::analysis_ids`] need
+    /// not be read.
+    pub async fn analysis_span(&self, after_id: u64, limit: u32) -> Result<(u64, u64), StoreError> {
         let mut pooled = self.acquire().await?;
-        samples(pooled.conn(), from_id, to_id).await
+        span(pooled.conn(), after_id, limit).await
     }
 
     /// Where upkeep job `name` stands (0 before its first batch).
@@ -761,15 +785,16 @@ impl crate::Store {
         head(pooled.conn()).await
     }
 
-    /// Moves job `name`'s cursor from `from_id` to `to_id`, stores the new families' definitions `defs` and
-    /// folds the evidence rows of `(from_id, to_id]` into families and posture, in one transaction; `false` (and
-    /// nothing added) when the cursor was not at `from_id`: another replica counted these rows.
+    /// Moves job `name`'s cursor from `from_id` to `to_id`, stores the definitions of the families the range
+    /// meets first (`define` computes them from each one's first row) and folds the evidence rows of
+    /// `(from_id, to_id]` into families and posture, in one transaction; `false` (and nothing added) when the
+    /// cursor was not at `from_id`: another replica counted these rows.
     pub async fn apply_analysis(
         &self,
         name: &str,
         from_id: u64,
         to_id: u64,
-        defs: &[FamilyDef],
+        define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_named("apply_analysis").await?;
@@ -777,7 +802,7 @@ impl crate::Store {
             tx.rollback("apply_analysis").await?;
             return Ok(false);
         }
-        fold_range(tx.conn(), from_id, to_id, defs).await?;
+        fold_range(tx.conn(), from_id, to_id, define).await?;
         tx.commit("apply_analysis").await?;
         Ok(true)
     }
