@@ -20,7 +20,10 @@ use gait_analysis::gate::{
     GateInputs, GatePolicy, GateVerdict, ProjectRegress, RegressOutcome, change_gate,
     regress_posture,
 };
-use gait_analysis::posture::{AgentState, FleetPosture, FleetThresholds, fleet, per_mille};
+use gait_analysis::posture::{
+    AgentState, ApprovalHealth, ApprovalOutcome, FleetPosture, FleetThresholds, approvals, fleet,
+    per_mille,
+};
 use gait_analysis::priority::{Priority, PriorityInputs, RiskClass, Severity, priority};
 use gait_store::{
     AgentFilter, AnalysisFilter, BindingScope, FamilyScope, MAX_AGENT_PAGE, Store, StoreError,
@@ -48,6 +51,8 @@ pub const CRITICAL_SCORE: u32 = 100;
 pub const STALE_AFTER_MS: i64 = 15 * 60 * 1000;
 /// Certificates expiring within this are flagged.
 pub const CERT_WARNING_MS: i64 = 7 * upkeep::DAY_MS;
+/// An environment whose newest evidence is older than this is quiet (flagged in the posture).
+pub const QUIET_AFTER_MS: i64 = upkeep::DAY_MS;
 /// Most agents one posture read counts.
 pub const MAX_POSTURE_AGENTS: usize = 100_000;
 
@@ -463,7 +468,7 @@ impl Analytics {
             .regress_counts(&filter, from_day - i64::from(days), today + 1)
             .await?;
         let agents = self.agent_states(&filter).await?;
-        Ok(posture_report(
+        let mut report = posture_report(
             scope.to_string(),
             from_day,
             today,
@@ -472,7 +477,34 @@ impl Analytics {
             &agents,
             now_ms,
             days,
-        ))
+        );
+        let timings = self
+            .store
+            .approval_timings(&filter, from_day * upkeep::DAY_MS)
+            .await?;
+        report.approvals = approvals(&approval_outcomes(&timings, now_ms));
+        report.freshness = self
+            .store
+            .evidence_freshness(&filter)
+            .await?
+            .into_iter()
+            .map(|f| {
+                let age_ms = now_ms.saturating_sub(f.last_seen_unix_ms).max(0);
+                EnvFreshness {
+                    project: f.project.to_string(),
+                    env: f.env.to_string(),
+                    last_evidence_unix_ms: f.last_seen_unix_ms,
+                    age_ms,
+                    quiet: age_ms > QUIET_AFTER_MS,
+                }
+            })
+            .collect();
+        report.freshness.sort_by(|a, b| {
+            a.last_evidence_unix_ms
+                .cmp(&b.last_evidence_unix_ms)
+                .then_with(|| (&a.project, &a.env).cmp(&(&b.project, &b.env)))
+        });
+        Ok(report)
     }
 
     async fn agent_states(
@@ -744,6 +776,45 @@ pub struct PostureReport {
     pub regress: Vec<ProjectRegress>,
     /// Agents: disconnected, stale, behind their bundle, certificate expiring.
     pub agents: FleetPosture,
+    /// Approval-path health of the requests received in the window.
+    pub approvals: ApprovalHealth,
+    /// Evidence freshness: the newest folded evidence of each environment, quietest first.
+    pub freshness: Vec<EnvFreshness>,
+}
+
+/// How fresh one environment's evidence is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnvFreshness {
+    pub project: String,
+    pub env: String,
+    /// The newest folded decision or regress failure (agent clock).
+    pub last_evidence_unix_ms: i64,
+    /// Its age at the time of the read (0 when it is dated in the future).
+    pub age_ms: i64,
+    /// Older than [`QUIET_AFTER_MS`]: the environment went quiet, or its agents stopped reporting.
+    pub quiet: bool,
+}
+
+/// Approval requests as approval-path health counts them: a pending request past its expiry is expired, and
+/// the time to grant is from its arrival to its approval (both on the aggregator's clock).
+pub fn approval_outcomes(
+    timings: &[gait_store::ApprovalTiming],
+    now_ms: i64,
+) -> Vec<ApprovalOutcome> {
+    timings
+        .iter()
+        .map(|t| match t.state {
+            gait_store::ApprovalState::Pending if t.expires_unix_ms <= now_ms => {
+                ApprovalOutcome::Expired
+            }
+            gait_store::ApprovalState::Pending => ApprovalOutcome::Pending,
+            gait_store::ApprovalState::Approved => ApprovalOutcome::Granted {
+                after_ms: u64::try_from(t.updated_unix_ms.saturating_sub(t.received_unix_ms))
+                    .unwrap_or(0),
+            },
+            gait_store::ApprovalState::Denied => ApprovalOutcome::Denied,
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -788,16 +859,11 @@ fn posture_report(
         + by_verdict.get("require_approval").copied().unwrap_or(0);
     let outcomes: Vec<RegressOutcome> = regress
         .iter()
-        .flat_map(|r| {
-            let at = r.day * upkeep::DAY_MS;
-            let project = r.project.to_string();
-            std::iter::repeat_n(true, r.passed as usize)
-                .chain(std::iter::repeat_n(false, r.failed as usize))
-                .map(move |passed| RegressOutcome {
-                    project: project.clone(),
-                    at_unix_ms: at,
-                    passed,
-                })
+        .map(|r| RegressOutcome {
+            project: r.project.to_string(),
+            at_unix_ms: r.day * upkeep::DAY_MS,
+            passed: r.passed,
+            failed: r.failed,
         })
         .collect();
     let tools: Vec<ToolPosture> = tools.into_values().collect();
@@ -825,6 +891,8 @@ fn posture_report(
                 cert_warning_ms: CERT_WARNING_MS,
             },
         ),
+        approvals: ApprovalHealth::default(),
+        freshness: Vec::new(),
     }
 }
 

@@ -22,8 +22,8 @@ use gait_aggregator::rollout::Rollouts;
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use gait_store::{
-    AgentHello, AgentKey, BindingScope, BindingSource, NewRecord, RoleBinding, Store, SubjectKind,
-    Tenant,
+    AgentHello, AgentKey, ApprovalState, BindingScope, BindingSource, NewApprovalRequest,
+    NewRecord, RoleBinding, Store, SubjectKind, Tenant,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -362,6 +362,7 @@ gait_store::store_tests!(
     an_auditor_of_one_project_sees_nothing_of_another,
     racing_upkeep_counts_each_row_once,
     the_http_routes_answer_json_csv_and_the_gate,
+    posture_counts_approval_health_and_freshness_inside_the_scope,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -774,5 +775,159 @@ async fn the_http_routes_answer_json_csv_and_the_gate(db: &TestStore) -> Result<
     )
     .await?;
     ensure!(status == StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// Raises an approval request of `key` (seq `seq`) received at `at`, expiring at `expires`, and answers it
+/// `after_ms` later when `answer` is set.
+async fn approval(
+    store: &Store,
+    key: &AgentKey,
+    seq: u64,
+    at: i64,
+    expires: i64,
+    answer: Option<(ApprovalState, i64)>,
+) -> Result<()> {
+    let request = NewApprovalRequest {
+        key: key.clone(),
+        seq,
+        tool: "db.drop".into(),
+        phase: "apply".into(),
+        destructive: true,
+        scope: vec!["tool:db.drop".into()],
+        intent_digest: hex64('1'),
+        policy_digest: hex64('2'),
+        requested_by: "uid:1000".into(),
+        trace_id: format!("trace-{seq}"),
+        created_unix_ms: at,
+        expires_unix_ms: expires,
+        approval_policy_id: None,
+    };
+    let (stored, _) = store
+        .transaction(async |tx| tx.insert_approval_request(&request, at).await)
+        .await?;
+    if let Some((state, after_ms)) = answer {
+        let tenant = key.tenant.clone();
+        let done = store
+            .transaction(async |tx| {
+                tx.finish_approval_request(&tenant, stored.id, state, "[]", None, at + after_ms)
+                    .await
+            })
+            .await?;
+        ensure!(done, "request {seq} was no longer pending");
+    }
+    Ok(())
+}
+
+async fn posture_counts_approval_health_and_freshness_inside_the_scope(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let corpus = corpus("acme", base);
+    ingest_in_order(store, &corpus).await?;
+    let web = &corpus[0].0;
+    let billing = &corpus[3].0;
+    let hour = 3_600_000;
+    // web: granted after 2 s and after 6 s, denied, pending past its expiry, pending.
+    approval(
+        store,
+        web,
+        101,
+        base - 5 * hour,
+        base + hour,
+        Some((ApprovalState::Approved, 2_000)),
+    )
+    .await?;
+    approval(
+        store,
+        web,
+        102,
+        base - 4 * hour,
+        base + hour,
+        Some((ApprovalState::Approved, 6_000)),
+    )
+    .await?;
+    approval(
+        store,
+        web,
+        103,
+        base - 3 * hour,
+        base + hour,
+        Some((ApprovalState::Denied, 500)),
+    )
+    .await?;
+    approval(store, web, 104, base - 2 * hour, base - hour, None).await?;
+    approval(store, web, 105, base - hour, base + hour, None).await?;
+    // billing: one pending; and one web request from before the window, which does not count.
+    approval(store, billing, 201, base - hour, base + hour, None).await?;
+    approval(store, web, 106, base - 30 * 24 * hour, base + hour, None).await?;
+
+    let a = analytics(store);
+    let (auth, ana) = project_auditor();
+    let caller = auth
+        .authorize(
+            ana,
+            Permission::EvidenceRead,
+            BindingScope::project("acme".parse()?, "web".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let posture = a.posture(&caller, Some(7), base).await?;
+    let ap = &posture.approvals;
+    ensure!(
+        (ap.requests, ap.pending, ap.granted, ap.denied, ap.expired) == (5, 1, 2, 1, 1),
+        "{ap:?}"
+    );
+    ensure!(
+        (ap.median_time_to_grant_ms, ap.p90_time_to_grant_ms) == (Some(2_000), Some(6_000)),
+        "{ap:?}"
+    );
+    // Freshness: web's two environments only, each at its newest record, none quiet.
+    let envs: Vec<(String, String)> = posture
+        .freshness
+        .iter()
+        .map(|f| (f.project.clone(), f.env.clone()))
+        .collect();
+    ensure!(
+        envs.len() == 2 && envs.iter().all(|(p, _)| p == "web"),
+        "{envs:?}"
+    );
+    for f in &posture.freshness {
+        let newest = corpus
+            .iter()
+            .filter(|(k, _)| {
+                k.tenant.project.as_str() == f.project && k.tenant.env.as_str() == f.env
+            })
+            .flat_map(|(_, records)| records.iter().map(|r| r.created_unix_ms))
+            .max()
+            .context("records of the environment")?;
+        ensure!(
+            f.last_evidence_unix_ms == newest && f.age_ms == base - newest && !f.quiet,
+            "{f:?}"
+        );
+    }
+    // A day later with nothing new, every environment is quiet.
+    let later = a.posture(&caller, Some(7), base + 25 * hour).await?;
+    ensure!(
+        later.freshness.iter().all(|f| f.quiet),
+        "{:?}",
+        later.freshness
+    );
+    // The org sees billing's request and environments too.
+    let (admin_auth, root) = admin();
+    let everything = admin_auth
+        .authorize(
+            root,
+            Permission::EvidenceRead,
+            BindingScope::org("acme".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let org = a.posture(&everything, Some(7), base).await?;
+    ensure!(
+        (org.approvals.requests, org.approvals.pending) == (6, 2),
+        "{:?}",
+        org.approvals
+    );
+    ensure!(org.freshness.len() == 4, "{:?}", org.freshness);
     Ok(())
 }

@@ -13,15 +13,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::posture::per_mille;
 
-/// One regress run's outcome.
+/// Regress runs of a project at one time (one run, or a day's count of them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegressOutcome {
     /// The project (`<org>/<project>`).
     pub project: String,
-    /// When it ran (Unix ms).
+    /// When they ran (Unix ms).
     pub at_unix_ms: i64,
-    /// Whether it passed.
-    pub passed: bool,
+    /// How many passed.
+    pub passed: u64,
+    /// How many failed.
+    pub failed: u64,
 }
 
 /// A project's regress posture over the window, with the window before it.
@@ -61,11 +63,8 @@ pub fn regress_posture(
             continue;
         };
         let e = &mut by.entry(&o.project).or_default()[slot];
-        if o.passed {
-            e.0 += 1;
-        } else {
-            e.1 += 1;
-        }
+        e.0 += o.passed;
+        e.1 += o.failed;
     }
     let mut rows: Vec<ProjectRegress> = by
         .into_iter()
@@ -217,8 +216,31 @@ mod tests {
         RegressOutcome {
             project: project.into(),
             at_unix_ms: at,
-            passed,
+            passed: u64::from(passed),
+            failed: u64::from(!passed),
         }
+    }
+
+    #[test]
+    fn a_count_of_runs_weighs_as_that_many_runs() {
+        let counted = [RegressOutcome {
+            project: "acme/web".into(),
+            at_unix_ms: 500,
+            passed: 3,
+            failed: 1,
+        }];
+        let single = [
+            run("acme/web", 500, true),
+            run("acme/web", 500, true),
+            run("acme/web", 500, true),
+            run("acme/web", 500, false),
+        ];
+        let got = regress_posture(&counted, 1_000, 600);
+        assert_eq!(got, regress_posture(&single, 1_000, 600));
+        assert_eq!(
+            (got[0].passed, got[0].failed, got[0].pass_per_mille),
+            (3, 1, 750)
+        );
     }
 
     #[test]

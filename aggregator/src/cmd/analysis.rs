@@ -316,6 +316,42 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
         ag["behind_bundle"],
         ag["cert_expiring"]
     );
+    let ap = &a["approvals"];
+    let ms = |v: &Value| {
+        v.as_u64()
+            .map(|m| format!("{:.1} s", m as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    gait_runtime::outln!(
+        "approvals     {} requested: {} pending, {} granted, {} denied, {} expired; time to grant p50 {}, p90 {}",
+        ap["requests"],
+        ap["pending"],
+        ap["granted"],
+        ap["denied"],
+        ap["expired"],
+        ms(&ap["median_time_to_grant_ms"]),
+        ms(&ap["p90_time_to_grant_ms"]),
+    );
+    let quiet: Vec<String> = a["freshness"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["quiet"].as_bool() == Some(true))
+        .map(|f| {
+            format!(
+                "{}/{} ({} h)",
+                f["project"].as_str().unwrap_or("?"),
+                f["env"].as_str().unwrap_or("?"),
+                f["age_ms"].as_i64().unwrap_or(0) / 3_600_000
+            )
+        })
+        .collect();
+    if !quiet.is_empty() {
+        gait_runtime::outln!(
+            "quiet         no evidence for over a day: {}",
+            quiet.join(", ")
+        );
+    }
     let mut tools = Table::new(&[
         ("TOOL", Align::Left),
         ("DECISIONS", Align::Right),

@@ -116,6 +116,24 @@ pub struct RegressCount {
     pub failed: u64,
 }
 
+/// An approval request of a posture window, as approval-path health reads it (aggregator clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalTiming {
+    pub state: crate::ApprovalState,
+    pub received_unix_ms: i64,
+    /// When it was approved or denied (its last change).
+    pub updated_unix_ms: i64,
+    pub expires_unix_ms: i64,
+}
+
+/// The newest folded evidence of one environment (agent clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvFreshness {
+    pub project: Project,
+    pub env: Env,
+    pub last_seen_unix_ms: i64,
+}
+
 /// Which part of an org an analytics read covers, and optionally one family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnalysisFilter {
@@ -753,6 +771,47 @@ async fn regress(
     })
 }
 
+async fn approval_timings(
+    mut conn: Conn<'_>,
+    f: &AnalysisFilter,
+    from_ms: i64,
+) -> Result<Vec<ApprovalTiming>, StoreError> {
+    let (clause, args) = f.clause(false);
+    // `from_ms` is an integer the caller computed, formatted from an i64, never text.
+    let sql = format!(
+        "SELECT state, received_unix_ms, updated_unix_ms, expires_unix_ms FROM approval_requests{clause} \
+         AND received_unix_ms >= {from_ms} ORDER BY id"
+    );
+    filtered!(conn, sql, args, MAX_POSTURE_ROWS, "approval_timings", |r| {
+        Ok(ApprovalTiming {
+            state: crate::ApprovalState::parse(&r.text("state")?)?,
+            received_unix_ms: r.int("received_unix_ms")?,
+            updated_unix_ms: r.int("updated_unix_ms")?,
+            expires_unix_ms: r.int("expires_unix_ms")?,
+        })
+    })
+}
+
+async fn freshness(
+    mut conn: Conn<'_>,
+    f: &AnalysisFilter,
+) -> Result<Vec<EnvFreshness>, StoreError> {
+    const T: &str = "incident_family_scopes";
+    let (clause, args) = f.clause(false);
+    let sql = format!(
+        "SELECT org, project, env, MAX(last_seen_unix_ms) AS last_seen FROM incident_family_scopes{clause} \
+         GROUP BY org, project, env ORDER BY project, env"
+    );
+    filtered!(conn, sql, args, MAX_POSTURE_ROWS, "freshness", |r| {
+        let t = tenant_of(r, T)?;
+        Ok(EnvFreshness {
+            project: t.project,
+            env: t.env,
+            last_seen_unix_ms: r.int("last_seen")?,
+        })
+    })
+}
+
 impl crate::Store {
     /// Up to `limit` (at most [`MAX_ANALYSIS_BATCH`]) `(id, received_unix_ms)` of the evidence index after
     /// `after_id`, in id order, of every org: the range the upkeep job may fold next.
@@ -847,5 +906,24 @@ impl crate::Store {
     ) -> Result<Vec<RegressCount>, StoreError> {
         let mut pooled = self.acquire().await?;
         regress(pooled.conn(), filter, from_day, to_day).await
+    }
+
+    /// The approval requests inside `filter` received at or after `from_ms`, in arrival order.
+    pub async fn approval_timings(
+        &self,
+        filter: &AnalysisFilter,
+        from_ms: i64,
+    ) -> Result<Vec<ApprovalTiming>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        approval_timings(pooled.conn(), filter, from_ms).await
+    }
+
+    /// The newest folded evidence (decision or regress failure) of each environment inside `filter`.
+    pub async fn evidence_freshness(
+        &self,
+        filter: &AnalysisFilter,
+    ) -> Result<Vec<EnvFreshness>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        freshness(pooled.conn(), filter).await
     }
 }

@@ -98,7 +98,7 @@ impl ApprovalState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
         match s {
             "pending" => Ok(ApprovalState::Pending),
             "approved" => Ok(ApprovalState::Approved),
