@@ -267,20 +267,11 @@ fn is_production(env: &str) -> bool {
 pub struct Analytics {
     store: Store,
     registry: std::sync::Arc<crate::registry::Registry>,
-    rollouts: std::sync::Arc<crate::rollout::Rollouts>,
 }
 
 impl Analytics {
-    pub fn new(
-        store: Store,
-        registry: std::sync::Arc<crate::registry::Registry>,
-        rollouts: std::sync::Arc<crate::rollout::Rollouts>,
-    ) -> Self {
-        Analytics {
-            store,
-            registry,
-            rollouts,
-        }
+    pub fn new(store: Store, registry: std::sync::Arc<crate::registry::Registry>) -> Self {
+        Analytics { store, registry }
     }
 
     /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
@@ -613,27 +604,7 @@ impl Analytics {
             .collect();
         critical.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
         inputs.open_critical_families = critical.iter().map(|v| v.dedup_key.clone()).collect();
-        let rollouts =
-            self.rollouts
-                .list(&tenant.org)
-                .await
-                .map_err(|e| AnalysisError::Dependency {
-                    what: "rollouts",
-                    message: e.to_string(),
-                })?;
-        inputs.rollouts_in_flight = rollouts
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.state,
-                    crate::rollout::State::Progressing | crate::rollout::State::Paused
-                ) && r
-                    .targets
-                    .iter()
-                    .any(|t| t.project == tenant.project.as_str() && t.env == tenant.env.as_str())
-            })
-            .map(|r| r.id.clone())
-            .collect();
+        inputs.rollouts_in_flight = self.store.rollouts_running_on(&tenant).await?;
         let verdict = change_gate(&inputs, policy);
         Ok(GateReport {
             scope: format!("{}/{}/{}", tenant.org, tenant.project, tenant.env),

@@ -562,7 +562,6 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             analytics: Arc::new(crate::analysis::Analytics::new(
                 store.clone(),
                 registry.clone(),
-                rollouts.clone(),
             )),
             replay: Arc::new(crate::replay::Replay::new(
                 store.clone(),

@@ -18,7 +18,6 @@ use gait_aggregator::api::router;
 use gait_aggregator::auth::{AdminTokenMode, Authorizer, Operator, Permission, Principal};
 use gait_aggregator::fleet::intake::Intake;
 use gait_aggregator::registry::{BundleDefaults, Registry};
-use gait_aggregator::rollout::Rollouts;
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use gait_store::{
@@ -327,8 +326,7 @@ fn analytics(store: &Store) -> Analytics {
         BundleDefaults::default(),
         Arc::new(gait_aggregator::metrics::Metrics::new()),
     ));
-    let rollouts = Arc::new(Rollouts::new(store.clone(), registry.clone()));
-    Analytics::new(store.clone(), registry, rollouts)
+    Analytics::new(store.clone(), registry)
 }
 
 fn admin() -> (Authorizer, Arc<Principal>) {
@@ -755,6 +753,55 @@ async fn the_http_routes_answer_json_csv_and_the_gate(db: &TestStore) -> Result<
         clean["pass"] == true && clean["reasons"] == json!([]),
         "{clean}"
     );
+    // A rollout running on qa fails its gate (and only qa's), unless the pipeline allows it; once the rollout
+    // completes the gate passes again.
+    let rollout = gait_store::NewRollout {
+        org: "acme".parse()?,
+        id: "ro-qa-1".into(),
+        candidate_digest: hex64('c'),
+        plan_json: "{}".into(),
+        created_by: "test".into(),
+        created_unix_ms: base,
+        targets: vec![("web".parse()?, "qa".parse()?, hex64('b'))],
+    };
+    store
+        .transaction(async |tx| tx.insert_rollout(&rollout).await)
+        .await?;
+    let (_, held) = get_json(&app, "/v1/orgs/acme/projects/web/envs/qa/change-gate").await?;
+    ensure!(
+        held["pass"] == false
+            && held["reasons"][0]["check"] == "rollouts"
+            && held["inputs"]["rollouts_in_flight"] == json!(["ro-qa-1"]),
+        "{held}"
+    );
+    let (_, allowed) = get_json(
+        &app,
+        "/v1/orgs/acme/projects/web/envs/qa/change-gate?block_during_rollout=false",
+    )
+    .await?;
+    ensure!(allowed["pass"] == true, "{allowed}");
+    let (_, other) = get_json(&app, "/v1/orgs/acme/projects/billing/envs/qa/change-gate").await?;
+    ensure!(
+        other["inputs"]["rollouts_in_flight"] == json!([]),
+        "{other}"
+    );
+    let done = gait_store::RolloutTransition {
+        state: "completed".into(),
+        step: 0,
+        attempt: 1,
+        reason: String::new(),
+        step_published: true,
+        step_started_unix_ms: base,
+        updated_unix_ms: base + 1,
+    };
+    let org: gait_store::Org = "acme".parse()?;
+    ensure!(
+        store
+            .transaction(async |tx| tx.transition_rollout(&org, "ro-qa-1", 1, &done).await)
+            .await?
+    );
+    let (_, after) = get_json(&app, "/v1/orgs/acme/projects/web/envs/qa/change-gate").await?;
+    ensure!(after["pass"] == true, "{after}");
 
     for (uri, field) in [
         ("/v1/orgs/acme/analysis/families?limit=0", "limit"),

@@ -204,11 +204,7 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
             Default::default(),
             Arc::new(gait_aggregator::metrics::Metrics::new()),
         ));
-        let rollouts = Arc::new(gait_aggregator::rollout::Rollouts::new(
-            store.clone(),
-            registry.clone(),
-        ));
-        Analytics::new(store.clone(), registry, rollouts)
+        Analytics::new(store.clone(), registry)
     };
     let auth = Authorizer::new(AdminTokenMode::Admin);
     let who = Arc::new(Principal::AdminToken);

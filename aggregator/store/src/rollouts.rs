@@ -719,6 +719,25 @@ impl crate::Store {
         list(pooled.conn(), org, limit).await
     }
 
+    /// The ids of the rollouts running (progressing or paused) on `tenant`, by id, at most
+    /// [`MAX_ROLLOUT_PAGE`].
+    pub async fn rollouts_running_on(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "SELECT r.id FROM rollouts r JOIN rollout_targets t \
+             ON t.org = r.org AND t.rollout_id = r.id \
+             WHERE t.org = $1 AND t.project = $2 AND t.env = $3 AND r.state IN ('progressing', 'paused') \
+             ORDER BY r.id LIMIT $4";
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        Ok(db_run!(conn, |c| sqlx::query_scalar(SQL)
+            .bind(tenant.org.as_str())
+            .bind(tenant.project.as_str())
+            .bind(tenant.env.as_str())
+            .bind(i64::from(MAX_ROLLOUT_PAGE))
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("rollouts_running_on"))?))
+    }
+
     /// Every org's rollouts in `state` (the controller's work list), at most [`MAX_ROLLOUT_PAGE`].
     pub async fn rollouts_in_state(&self, state: &str) -> Result<Vec<RolloutRow>, StoreError> {
         let mut pooled = self.acquire().await?;

@@ -31,7 +31,6 @@ pub fn app_state(db: &TestStore, admin_token: &str, registry_key: SigningKey) ->
         analytics: Arc::new(gait_aggregator::analysis::Analytics::new(
             store.clone(),
             registry.clone(),
-            rollouts.clone(),
         )),
         rollouts,
         registry,
