@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, Target};
 
-/// Environment names read as production for blast radius (case-insensitive).
+/// Environment names read as production for blast radius (case-insensitive) unless `analysis.production_envs`
+/// names others.
 pub const PRODUCTION_ENVS: [&str; 3] = ["prod", "production", "prd"];
 /// Families returned when `limit` is absent.
 pub const DEFAULT_FAMILIES: u32 = 50;
@@ -258,20 +259,32 @@ fn severity_of(rank: u8) -> Severity {
     }
 }
 
-fn is_production(env: &str) -> bool {
-    PRODUCTION_ENVS.iter().any(|p| p.eq_ignore_ascii_case(env))
-}
-
 /// The analytics service.
 #[derive(Clone)]
 pub struct Analytics {
     store: Store,
     registry: std::sync::Arc<crate::registry::Registry>,
+    production: std::sync::Arc<[String]>,
 }
 
 impl Analytics {
+    /// The service, reading [`PRODUCTION_ENVS`] as production.
     pub fn new(store: Store, registry: std::sync::Arc<crate::registry::Registry>) -> Self {
-        Analytics { store, registry }
+        Analytics {
+            store,
+            registry,
+            production: PRODUCTION_ENVS.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    /// Reads the environments named `envs` (case-insensitive) as production instead.
+    pub fn with_production_envs(mut self, envs: &[String]) -> Self {
+        self.production = envs.iter().cloned().collect();
+        self
+    }
+
+    fn is_production(&self, env: &str) -> bool {
+        self.production.iter().any(|p| p.eq_ignore_ascii_case(env))
     }
 
     /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
@@ -296,7 +309,7 @@ impl Analytics {
                     "family {family} has occurrences but no definition"
                 )));
             };
-            out.push(view(def, &rows)?);
+            out.push(view(def, &rows, |env| self.is_production(env))?);
         }
         Ok(out)
     }
@@ -631,7 +644,11 @@ pub struct GateReport {
     pub policy: GatePolicy,
 }
 
-fn view(def: &gait_store::FamilyDef, rows: &[&FamilyScope]) -> Result<FamilyView, AnalysisError> {
+fn view(
+    def: &gait_store::FamilyDef,
+    rows: &[&FamilyScope],
+    is_production: impl Fn(&str) -> bool,
+) -> Result<FamilyView, AnalysisError> {
     // Each environment's smallest evidence digest; the family shows the smallest few of those.
     let reps: BTreeSet<&str> = rows
         .iter()

@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub approval_policies: Vec<crate::config::ApprovalPolicyConfig>,
     /// Where artifact bytes are kept and how agents upload them (`evidence.*`).
     pub evidence: crate::evidence::blob::EvidenceConfig,
+    /// Environment names fleet analytics count as production (`analysis.production_envs`).
+    pub production_envs: Vec<String>,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -111,6 +113,7 @@ impl ServeConfig {
             enroll: crate::enroll::EnrollSettings::default(),
             approval_policies: Vec::new(),
             evidence: Default::default(),
+            production_envs: crate::config::AnalysisConfig::default().production_envs,
         }
     }
 
@@ -136,6 +139,7 @@ impl ServeConfig {
             enroll: config.enroll.settings(),
             approval_policies: config.approvals.policies.clone(),
             evidence: config.evidence.clone(),
+            production_envs: config.analysis.production_envs.clone(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -559,10 +563,10 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             approvals,
             uploads: Some(uploads.clone()),
             evidence: Arc::new(crate::evidence::query::EvidenceIndex::new(store.clone())),
-            analytics: Arc::new(crate::analysis::Analytics::new(
-                store.clone(),
-                registry.clone(),
-            )),
+            analytics: Arc::new(
+                crate::analysis::Analytics::new(store.clone(), registry.clone())
+                    .with_production_envs(&config.production_envs),
+            ),
             replay: Arc::new(crate::replay::Replay::new(
                 store.clone(),
                 crate::replay::Replay::load_or_create_key(&config.key_dir())?,

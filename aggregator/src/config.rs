@@ -177,6 +177,8 @@ pub struct Config {
     pub evidence: crate::evidence::blob::EvidenceConfig,
     /// Approval governance: the approval policies kept from this file.
     pub approvals: ApprovalsConfig,
+    /// Fleet analytics.
+    pub analysis: AnalysisConfig,
 }
 
 impl Default for Config {
@@ -195,6 +197,7 @@ impl Default for Config {
             enroll: EnrollConfig::default(),
             evidence: crate::evidence::blob::EvidenceConfig::default(),
             approvals: ApprovalsConfig::default(),
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -543,6 +546,26 @@ impl BindingConfig {
             role: role.as_str().to_owned(),
             scope,
         })
+    }
+}
+
+/// `analysis.*`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Environment names that count as production in an incident family's blast radius (case-insensitive).
+    /// Default `[prod, production, prd]`; an empty list makes no environment production.
+    pub production_envs: Vec<String>,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            production_envs: crate::analysis::PRODUCTION_ENVS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
+        }
     }
 }
 
@@ -978,6 +1001,14 @@ impl Config {
             problems.push(problem(&format!("http.{key}"), message));
         }
         self.validate_http_tls(&mut problems);
+        for (i, env) in self.analysis.production_envs.iter().enumerate() {
+            if let Err(e) = gait_store::Env::try_from(env.as_str()) {
+                problems.push(problem(
+                    &format!("analysis.production_envs[{i}]"),
+                    format!("`{env}` is not an environment name: {e}"),
+                ));
+            }
+        }
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
         }
@@ -1437,6 +1468,18 @@ mod tests {
                 "client.server"
             ]
         );
+    }
+
+    #[test]
+    fn production_envs_default_and_a_bad_name_is_refused_naming_its_index() {
+        let c = load_text("", &[]).expect("valid");
+        assert_eq!(c.analysis.production_envs, ["prod", "production", "prd"]);
+        let c = load_text("analysis:\n  production_envs: [live]\n", &[]).expect("valid");
+        assert_eq!(c.analysis.production_envs, ["live"]);
+        let err = load_text("analysis:\n  production_envs: [live, \"Prod Env\"]\n", &[])
+            .expect_err("invalid");
+        assert_eq!(err.problems()[0].key, "analysis.production_envs[1]");
+        assert!(err.to_string().contains("Prod Env"), "{err}");
     }
 
     #[test]

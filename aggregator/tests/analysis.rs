@@ -361,6 +361,8 @@ gait_store::store_tests!(
     racing_upkeep_counts_each_row_once,
     the_http_routes_answer_json_csv_and_the_gate,
     posture_counts_approval_health_and_freshness_inside_the_scope,
+    a_future_dated_record_counts_at_its_arrival_and_a_late_one_at_its_own_time,
+    production_is_what_the_operator_names,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -976,5 +978,126 @@ async fn posture_counts_approval_health_and_freshness_inside_the_scope(
         org.approvals
     );
     ensure!(org.freshness.len() == 4, "{:?}", org.freshness);
+    Ok(())
+}
+
+async fn a_future_dated_record_counts_at_its_arrival_and_a_late_one_at_its_own_time(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let day = 24 * HOUR;
+    let intake = Intake::new(store.clone());
+    let key = AgentKey::new(
+        Tenant::from_parts("acme", "web", "prod")?,
+        "skewed".parse()?,
+    );
+    store.agent_connected(&key, &hello(), base).await?;
+    let p = |tool: &str, intent: char| {
+        decision(
+            tool,
+            "block",
+            &["blocked_by_rule"],
+            "r",
+            json!({"risk_class": "high"}),
+            intent,
+        )
+    };
+    // A clock a week ahead, and a record made three days ago that arrives now (an offline agent syncing).
+    let records = [
+        record(
+            1,
+            90,
+            "gate.decision",
+            base + 7 * day,
+            &p("tool.future", '1'),
+        ),
+        record(2, 90, "gate.decision", base - 3 * day, &p("tool.late", '2')),
+    ];
+    intake.commit_batch(&key, &records, &[], &[], base).await?;
+    catch_up(store, SETTLED).await?;
+    let a = analytics(store);
+    let (auth, root) = admin();
+    let caller = auth
+        .authorize(
+            root,
+            Permission::EvidenceRead,
+            BindingScope::org("acme".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let families = a.families(&caller, Some(10)).await?;
+    let seen = |tool: &str| {
+        families
+            .families
+            .iter()
+            .find(|f| f.tool == tool)
+            .map(|f| (f.first_seen_unix_ms, f.last_seen_unix_ms))
+    };
+    ensure!(
+        seen("tool.future") == Some((base, base)),
+        "{:?}",
+        seen("tool.future")
+    );
+    ensure!(
+        seen("tool.late") == Some((base - 3 * day, base - 3 * day)),
+        "{:?}",
+        seen("tool.late")
+    );
+    // Posture: the future record counts today, the late one on its own day; no day after today.
+    let posture = a.posture(&caller, Some(7), base).await?;
+    let today = base.div_euclid(day);
+    let days: Vec<(i64, u64)> = posture.daily.iter().map(|d| (d.day, d.decisions)).collect();
+    ensure!(days == vec![(today - 3, 1), (today, 1)], "{days:?}");
+    Ok(())
+}
+
+async fn production_is_what_the_operator_names(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let intake = Intake::new(store.clone());
+    let key = AgentKey::new(Tenant::from_parts("acme", "web", "live")?, "l1".parse()?);
+    store.agent_connected(&key, &hello(), base).await?;
+    let p = decision(
+        "db.drop",
+        "block",
+        &["blocked_by_rule"],
+        "r",
+        json!({"risk_class": "critical"}),
+        '3',
+    );
+    intake
+        .commit_batch(
+            &key,
+            &[record(1, 91, "gate.decision", base, &p)],
+            &[],
+            &[],
+            base,
+        )
+        .await?;
+    catch_up(store, SETTLED).await?;
+    let (auth, root) = admin();
+    let caller = auth
+        .authorize(
+            root,
+            Permission::EvidenceRead,
+            BindingScope::org("acme".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let by_default = analytics(store).families(&caller, Some(1)).await?;
+    let named = analytics(store)
+        .with_production_envs(&["live".to_owned()])
+        .families(&caller, Some(1))
+        .await?;
+    let (d, n) = (&by_default.families[0], &named.families[0]);
+    ensure!(
+        d.production_environments == 0 && n.production_environments == 1,
+        "{d:?} {n:?}"
+    );
+    ensure!(
+        n.priority.score > d.priority.score,
+        "{:?} {:?}",
+        n.priority,
+        d.priority
+    );
     Ok(())
 }

@@ -389,6 +389,15 @@ macro_rules! in_range {
     };
 }
 
+/// When a row happened for analytics: the agent's clock, unless it is more than 5 minutes ahead of the
+/// aggregator's arrival time (a skewed clock), then the arrival time. A future-dated row would otherwise keep its
+/// family open and its posture day in the future; a late (offline, synced later) row keeps its own time.
+macro_rules! at_ms {
+    () => {
+        "(CASE WHEN created_unix_ms > received_unix_ms + 300000 THEN received_unix_ms ELSE created_unix_ms END)"
+    };
+}
+
 /// Risk rank of the `risk_class` column: 0 low or unknown, 1 medium, 2 high, 3 critical.
 macro_rules! risk_rank {
     () => {
@@ -403,9 +412,14 @@ macro_rules! risk_rank {
 /// rows per family, agent and day. (The family implies tool, verdict and class; they are keys for rows indexed
 /// before families existed, which count in posture only.)
 const RANGE_COLUMNS: &str = concat!(
-    " AS SELECT org, project, env, family, agent_id, created_unix_ms / 86400000 AS day, \
-     COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, class, \
-     MIN(id) AS first_id, COUNT(*) AS n, MIN(created_unix_ms) AS first_seen, MAX(created_unix_ms) AS last_seen, MAX(",
+    " AS SELECT org, project, env, family, agent_id, ",
+    at_ms!(),
+    " / 86400000 AS day, COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, \
+     class, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
+    at_ms!(),
+    ") AS first_seen, MAX(",
+    at_ms!(),
+    ") AS last_seen, MAX(",
     risk_rank!(),
     ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
      MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
@@ -419,8 +433,9 @@ const RANGE_COLUMNS: &str = concat!(
      MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
     in_range!(),
     " AND (class = 'decision' OR artifact_kind = 'regress_result') \
-     GROUP BY org, project, env, family, agent_id, created_unix_ms / 86400000, COALESCE(tool_name, '(unknown)'), \
-     verdict, COALESCE(stage, 'none'), class"
+     GROUP BY org, project, env, family, agent_id, ",
+    at_ms!(),
+    " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class"
 );
 
 /// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
