@@ -75,9 +75,47 @@ pub enum AnalysisError {
     /// Stored analytics state contradicts itself (a bug or a damaged database).
     #[error("analytics state is inconsistent: {0}")]
     Corrupt(String),
+    /// The request contradicts the merges in force (already merged, or merging into a merged family).
+    #[error("{0}")]
+    Conflict(String),
+    /// The audit entry of a merge or split could not be appended (nothing was changed).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Most hops followed from a merged family to the family it reads as (merges chain when a family that others
+/// were merged into is merged itself).
+const MAX_MERGE_HOPS: usize = 32;
+
+/// The family each merged family reads as: follows chains; a cycle (two merges racing) reads as its smallest
+/// member, so every replica and reader agrees.
+fn merge_roots(merges: &[gait_store::FamilyMerge]) -> BTreeMap<String, String> {
+    let into: BTreeMap<&str, &str> = merges
+        .iter()
+        .map(|m| (m.family.as_str(), m.into_family.as_str()))
+        .collect();
+    let mut roots = BTreeMap::new();
+    for start in into.keys() {
+        let mut path = vec![*start];
+        let mut at = *start;
+        let root = loop {
+            match into.get(at) {
+                Some(next) if !path.contains(next) && path.len() <= MAX_MERGE_HOPS => {
+                    path.push(next);
+                    at = next;
+                }
+                Some(_) => break *path.iter().min().unwrap_or(start),
+                None => break at,
+            }
+        };
+        if root != *start {
+            roots.insert((*start).to_owned(), root.to_owned());
+        }
+    }
+    roots
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> AnalysisError {
@@ -225,6 +263,8 @@ pub struct FamilyView {
     pub representatives: Vec<String>,
     /// The score and its parts.
     pub priority: Priority,
+    /// Families an operator merged into this one (their occurrences, agents and environments are counted here).
+    pub merged: Vec<String>,
     /// Next-best-fix suggestions (filled for a single family, empty in listings).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub suggestions: Vec<Suggestion>,
@@ -287,31 +327,241 @@ impl Analytics {
         self.production.iter().any(|p| p.eq_ignore_ascii_case(env))
     }
 
-    /// Every family in `filter`'s scope, unsorted (the views, without suggestions).
+    /// Every family in `filter`'s scope, unsorted (the views, without suggestions), merges applied: a merged
+    /// family is counted in the family it was merged into. With `filter.family` set, the one group that family
+    /// belongs to.
     async fn views(&self, filter: &AnalysisFilter) -> Result<Vec<FamilyView>, AnalysisError> {
-        let scopes = self.store.family_scopes(filter).await?;
-        let defs: BTreeMap<String, gait_store::FamilyDef> = self
-            .store
-            .family_definitions(filter)
-            .await?
-            .into_iter()
-            .map(|d| (d.family.clone(), d))
-            .collect();
-        let mut grouped: BTreeMap<&str, Vec<&FamilyScope>> = BTreeMap::new();
+        let roots = merge_roots(&self.store.family_merges(&filter.org).await?);
+        let root_of = |f: &str| roots.get(f).cloned().unwrap_or_else(|| f.to_owned());
+        let (scopes, defs) = match &filter.family {
+            // One family: every member of its group, each read inside the scope.
+            Some(family) => {
+                let root = root_of(family);
+                let mut scopes = Vec::new();
+                let mut defs = Vec::new();
+                let members = std::iter::once(root.clone()).chain(
+                    roots
+                        .iter()
+                        .filter(|(_, r)| **r == root)
+                        .map(|(m, _)| m.clone()),
+                );
+                for member in members {
+                    let one = AnalysisFilter {
+                        family: Some(member),
+                        ..filter.clone()
+                    };
+                    scopes.extend(self.store.family_scopes(&one).await?);
+                    defs.extend(self.store.family_definitions(&one).await?);
+                }
+                (scopes, defs)
+            }
+            None => (
+                self.store.family_scopes(filter).await?,
+                self.store.family_definitions(filter).await?,
+            ),
+        };
+        let defs: BTreeMap<String, gait_store::FamilyDef> =
+            defs.into_iter().map(|d| (d.family.clone(), d)).collect();
+        // Group by the family each reads as.
+        let mut grouped: BTreeMap<String, BTreeMap<&str, Vec<&FamilyScope>>> = BTreeMap::new();
         for s in &scopes {
-            grouped.entry(s.family.as_str()).or_default().push(s);
+            grouped
+                .entry(root_of(&s.family))
+                .or_default()
+                .entry(s.family.as_str())
+                .or_default()
+                .push(s);
         }
+        let unscoped = AnalysisFilter {
+            family: None,
+            ..filter.clone()
+        };
         let mut out = Vec::with_capacity(grouped.len());
-        for (family, rows) in grouped {
-            let Some(def) = defs.get(family) else {
-                // Scope rows are written with their definition in one transaction: absent means corruption.
-                return Err(AnalysisError::Corrupt(format!(
-                    "family {family} has occurrences but no definition"
-                )));
+        for (root, members) in grouped {
+            for family in members.keys() {
+                if !defs.contains_key(*family) {
+                    // Scope rows are written with their definition in one transaction: absent means corruption.
+                    return Err(AnalysisError::Corrupt(format!(
+                        "family {family} has occurrences but no definition"
+                    )));
+                }
+            }
+            // The group shows as its root when the root has occurrences in this scope, else as its smallest
+            // member here (a reader never learns of a family outside its scope).
+            let shown = if members.contains_key(root.as_str()) {
+                root.clone()
+            } else {
+                members
+                    .keys()
+                    .next()
+                    .map_or_else(|| root.clone(), |f| (*f).to_owned())
             };
-            out.push(view(def, &rows, |env| self.is_production(env))?);
+            let def = &defs[shown.as_str()];
+            let merged: Vec<String> = members
+                .keys()
+                .filter(|f| **f != shown)
+                .map(|f| (*f).to_owned())
+                .collect();
+            let rows: Vec<&FamilyScope> = members.values().flatten().copied().collect();
+            let mut v = if merged.is_empty() {
+                view(def, &rows, |env| self.is_production(env))?
+            } else {
+                // One row per environment, its agents counted once across the members.
+                let names: Vec<String> = members.keys().map(|f| (*f).to_owned()).collect();
+                let agents: BTreeMap<(String, String), u64> = self
+                    .store
+                    .family_agent_counts(&unscoped, &names)
+                    .await?
+                    .into_iter()
+                    .map(|(t, n)| ((t.project.to_string(), t.env.to_string()), n))
+                    .collect();
+                let combined = combine_by_env(&rows, &agents);
+                let refs: Vec<&FamilyScope> = combined.iter().collect();
+                view(def, &refs, |env| self.is_production(env))?
+            };
+            v.merged = merged;
+            out.push(v);
         }
         Ok(out)
+    }
+
+    /// Merges `family` into `into` (ids or dedup keys) for the whole org: an audited overlay, undone by
+    /// [`Self::split`].
+    pub async fn merge(
+        &self,
+        caller: &Authorized<gait_store::Org>,
+        family: &str,
+        into: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<gait_store::FamilyMerge, AnalysisError> {
+        let org = caller.target().clone();
+        let family = self.existing(&org, "family", family).await?;
+        let into = self.existing(&org, "into", into).await?;
+        if family == into {
+            return Err(invalid("into", "a family cannot be merged into itself"));
+        }
+        if reason.trim().is_empty() {
+            return Err(invalid("reason", "say why the families are one incident"));
+        }
+        let merge = gait_store::FamilyMerge {
+            org: org.clone(),
+            family,
+            into_family: into,
+            reason: reason.to_owned(),
+            merged_by: caller.actor(),
+            merged_unix_ms: now_ms,
+        };
+        let m = merge.clone();
+        self.store
+            .transaction(async |tx| {
+                let roots = merge_roots(&tx.family_merges(&m.org).await?);
+                if let Some(root) = roots.get(&m.family) {
+                    return Err(AnalysisError::Conflict(format!(
+                        "family {} is already merged into {root}: split it first",
+                        m.family
+                    )));
+                }
+                if let Some(root) = roots.get(&m.into_family) {
+                    return Err(AnalysisError::Conflict(format!(
+                        "family {} is merged into {root}: merge into {root} instead",
+                        m.into_family
+                    )));
+                }
+                if !tx.insert_family_merge(&m).await? {
+                    return Err(AnalysisError::Conflict(format!(
+                        "family {} is already merged: split it first",
+                        m.family
+                    )));
+                }
+                let mut details = serde_json::Map::new();
+                details.insert("into".into(), m.into_family.clone().into());
+                details.insert("reason".into(), m.reason.clone().into());
+                crate::audit::append_draft(
+                    tx,
+                    gait_audit::EntryDraft {
+                        actor: m.merged_by.clone(),
+                        action: "family.merge".into(),
+                        target: crate::audit::scope_target(
+                            &BindingScope::org(m.org.clone()),
+                            "incident_family",
+                            m.family.clone(),
+                        ),
+                        before: None,
+                        after: None,
+                        details: Some(details),
+                    },
+                )
+                .await?;
+                Ok(())
+            })
+            .await?;
+        Ok(merge)
+    }
+
+    /// Undoes the merge of `family` (a split): it reads as its own family again. Audited.
+    pub async fn split(
+        &self,
+        caller: &Authorized<gait_store::Org>,
+        family: &str,
+    ) -> Result<gait_store::FamilyMerge, AnalysisError> {
+        let org = caller.target().clone();
+        let family = self.existing(&org, "family", family).await?;
+        let actor = caller.actor();
+        self.store
+            .transaction(async |tx| {
+                let Some(removed) = tx.delete_family_merge(&org, &family).await? else {
+                    return Err(AnalysisError::NotFound(format!(
+                        "family {family} is not merged into another"
+                    )));
+                };
+                let mut details = serde_json::Map::new();
+                details.insert("from".into(), removed.into_family.clone().into());
+                crate::audit::append_draft(
+                    tx,
+                    gait_audit::EntryDraft {
+                        actor: actor.clone(),
+                        action: "family.split".into(),
+                        target: crate::audit::scope_target(
+                            &BindingScope::org(org.clone()),
+                            "incident_family",
+                            family.clone(),
+                        ),
+                        before: None,
+                        after: None,
+                        details: Some(details),
+                    },
+                )
+                .await?;
+                Ok(removed)
+            })
+            .await
+    }
+
+    /// The id of family `id` (an id or a dedup key) of `org`, which must have been seen; `field` names the
+    /// parameter in errors.
+    async fn existing(
+        &self,
+        org: &gait_store::Org,
+        field: &'static str,
+        id: &str,
+    ) -> Result<String, AnalysisError> {
+        let mut filter = AnalysisFilter::org(org.clone());
+        let family = self
+            .resolve(&filter, id)
+            .await
+            .map_err(|e| match e {
+                AnalysisError::Invalid { message, .. } => AnalysisError::Invalid { field, message },
+                other => other,
+            })?
+            .ok_or_else(|| AnalysisError::NotFound(format!("{field}: no family {id} in {org}")))?;
+        filter.family = Some(family.clone());
+        if self.store.family_definitions(&filter).await?.is_empty() {
+            return Err(AnalysisError::NotFound(format!(
+                "{field}: no family {id} in {org}: list families with `gait-aggregator families`"
+            )));
+        }
+        Ok(family)
     }
 
     /// Families in the caller's scope, highest priority first (ties by family id).
@@ -707,6 +957,7 @@ fn view(
             .map(str::to_owned)
             .collect(),
         priority: score,
+        merged: Vec::new(),
         suggestions: Vec::new(),
     })
 }
@@ -719,6 +970,38 @@ pub fn sort_by_priority(views: &mut [FamilyView]) {
             .cmp(&a.priority.score)
             .then_with(|| a.family.cmp(&b.family))
     });
+}
+
+/// The scope rows of a merged group, one per environment: sums, minima and maxima of the members' rows, the
+/// smallest representative, and `agents` (distinct across members) per environment.
+fn combine_by_env(
+    rows: &[&FamilyScope],
+    agents: &BTreeMap<(String, String), u64>,
+) -> Vec<FamilyScope> {
+    let mut by: BTreeMap<(String, String), FamilyScope> = BTreeMap::new();
+    for r in rows {
+        let key = (r.tenant.project.to_string(), r.tenant.env.to_string());
+        let n = agents.get(&key).copied().unwrap_or(r.agents);
+        by.entry(key)
+            .and_modify(|c| {
+                c.occurrences += r.occurrences;
+                c.first_seen_unix_ms = c.first_seen_unix_ms.min(r.first_seen_unix_ms);
+                c.last_seen_unix_ms = c.last_seen_unix_ms.max(r.last_seen_unix_ms);
+                c.risk_rank = c.risk_rank.max(r.risk_rank);
+                c.destructive |= r.destructive;
+                c.egress_or_taint |= r.egress_or_taint;
+                c.severity_rank = c.severity_rank.max(r.severity_rank);
+                c.representative = match (c.representative.take(), r.representative.clone()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            })
+            .or_insert_with(|| FamilyScope {
+                agents: n,
+                ..(*r).clone()
+            });
+    }
+    by.into_values().collect()
 }
 
 /// Decisions of one tool in the window.

@@ -558,6 +558,24 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         ),
         (
             e(
+                Method::PUT,
+                "/v1/orgs/{org}/analysis/families/{family}/merge",
+                P::PolicyWrite,
+                Org,
+            ),
+            axum::routing::put(analysis::merge),
+        ),
+        (
+            e(
+                Method::DELETE,
+                "/v1/orgs/{org}/analysis/families/{family}/merge",
+                P::PolicyWrite,
+                Org,
+            ),
+            axum::routing::delete(analysis::split),
+        ),
+        (
+            e(
                 Method::GET,
                 "/v1/orgs/{org}/analysis/posture",
                 P::EvidenceRead,

@@ -141,6 +141,13 @@ enum Command {
     /// Posture of an org (or a project/environment of it): decision and stage mix per tool and day, high-risk
     /// calls allowed, regress pass rates with their trend, agent posture.
     Posture(cmd::analysis::PostureArgs),
+    /// Merge an incident family into another, org-wide (an audited overlay): its occurrences, agents and
+    /// environments count in the other from now on. `family-split` undoes it.
+    #[command(name = "family-merge")]
+    FamilyMerge(cmd::analysis::FamilyMergeArgs),
+    /// Split a merged incident family out again: it reads as its own family, exactly as before (audited).
+    #[command(name = "family-split")]
+    FamilySplit(cmd::analysis::FamilySplitArgs),
     /// The change-management gate of an environment, for a deployment pipeline: exit 0 when it passes, 1 with
     /// every reason (conformance, regress posture, open critical families, rollouts in flight) when it fails.
     #[command(name = "change-gate")]
@@ -261,6 +268,8 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Families(args) => cmd::analysis::families(args, load()?).await,
         Command::Family(args) => cmd::analysis::family(args, load()?).await,
         Command::Posture(args) => cmd::analysis::posture(args, load()?).await,
+        Command::FamilyMerge(args) => cmd::analysis::family_merge(args, load()?).await,
+        Command::FamilySplit(args) => cmd::analysis::family_split(args, load()?).await,
         Command::ChangeGate(args) => cmd::analysis::change_gate(args, load()?).await,
     }
 }

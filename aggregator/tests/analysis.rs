@@ -363,6 +363,7 @@ gait_store::store_tests!(
     posture_counts_approval_health_and_freshness_inside_the_scope,
     a_future_dated_record_counts_at_its_arrival_and_a_late_one_at_its_own_time,
     production_is_what_the_operator_names,
+    a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1099,5 +1100,128 @@ async fn production_is_what_the_operator_names(db: &TestStore) -> Result<()> {
         n.priority,
         d.priority
     );
+    Ok(())
+}
+
+async fn a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    ingest_in_order(store, &corpus("acme", base)).await?;
+    let a = analytics(store);
+    let (auth, root) = admin();
+    let org: gait_store::Org = "acme".parse()?;
+    let reader = auth
+        .authorize(
+            root.clone(),
+            Permission::EvidenceRead,
+            BindingScope::org(org.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let writer = auth
+        .authorize(root, Permission::PolicyWrite, org.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let before = a.families(&reader, Some(1000)).await?;
+    ensure!(before.total >= 3, "{}", before.total);
+    let (x, y) = (&before.families[0], &before.families[1]);
+    // Merge x into y (by dedup key for y): one family with both occurrences, agents counted once.
+    let m = a
+        .merge(&writer, &x.family, &y.dedup_key, "same outage", base)
+        .await?;
+    ensure!(
+        m.family == x.family && m.into_family == y.family && m.merged_by == "admin-token",
+        "{m:?}"
+    );
+    let after = a.families(&reader, Some(1000)).await?;
+    ensure!(
+        after.total == before.total - 1,
+        "{} {}",
+        after.total,
+        before.total
+    );
+    let merged = after
+        .families
+        .iter()
+        .find(|f| f.family == y.family)
+        .context("the merged family")?;
+    ensure!(
+        merged.merged == vec![x.family.clone()],
+        "{:?}",
+        merged.merged
+    );
+    ensure!(merged.occurrences == x.occurrences + y.occurrences);
+    ensure!(
+        merged.agents >= x.agents.max(y.agents) && merged.agents <= x.agents + y.agents,
+        "{} vs {} + {}",
+        merged.agents,
+        x.agents,
+        y.agents
+    );
+    ensure!(merged.first_seen_unix_ms == x.first_seen_unix_ms.min(y.first_seen_unix_ms));
+    // Read by the merged family's own id or key: the group.
+    for id in [&x.family, &x.dedup_key] {
+        let one = a.family(&reader, id).await?;
+        ensure!(
+            one.family == y.family && one.occurrences == merged.occurrences,
+            "{id}"
+        );
+    }
+    // Refusals: merging again, merging into a merged family, unknown families, itself, no reason.
+    let z = &before.families[2];
+    for (family, into, reason, want) in [
+        (
+            x.family.as_str(),
+            z.family.as_str(),
+            "again",
+            "already merged",
+        ),
+        (z.family.as_str(), x.family.as_str(), "chain", "merge into"),
+        (z.family.as_str(), z.family.as_str(), "self", "itself"),
+        (z.family.as_str(), y.family.as_str(), " ", "reason"),
+    ] {
+        let err = a
+            .merge(&writer, family, into, reason, base)
+            .await
+            .expect_err(want)
+            .to_string();
+        ensure!(err.contains(want), "{want}: {err}");
+    }
+    match a.merge(&writer, &hex64('9'), &y.family, "r", base).await {
+        Err(AnalysisError::NotFound(_)) => {}
+        other => anyhow::bail!("unknown family: {other:?}"),
+    }
+    // Split: both families back exactly as before.
+    let removed = a.split(&writer, &x.dedup_key).await?;
+    ensure!(removed.into_family == y.family);
+    let again = a.families(&reader, Some(1000)).await?;
+    ensure!(
+        serde_json::to_value(&again)? == serde_json::to_value(&before)?,
+        "a split did not restore the families"
+    );
+    match a.split(&writer, &x.family).await {
+        Err(AnalysisError::NotFound(_)) => {}
+        other => anyhow::bail!("second split: {other:?}"),
+    }
+    // Both operations are in the audit log with who, what and why.
+    let mut actions = Vec::new();
+    for row in store.audit_entries(0, 1_000).await? {
+        let e: Value = serde_json::from_slice(&row.line)?;
+        if e["target"]["kind"] == "incident_family" {
+            ensure!(
+                e["target"]["id"] == x.family.as_str() && e["actor"] == "admin-token",
+                "{e}"
+            );
+            actions.push(e["action"].as_str().unwrap_or("").to_owned());
+            if e["action"] == "family.merge" {
+                ensure!(
+                    e["details"]["into"] == y.family.as_str()
+                        && e["details"]["reason"] == "same outage",
+                    "{e}"
+                );
+            }
+        }
+    }
+    ensure!(actions == ["family.merge", "family.split"], "{actions:?}");
     Ok(())
 }

@@ -61,19 +61,27 @@ fn publish(agg: &Aggregator, dir: &Path, env: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs an analytics command; its exit code and stdout.
+/// Runs an analytics command; its exit code and stdout (followed by stderr when it failed).
 fn run(agg: &Aggregator, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
     let out = agg.operator_command(args).output()?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((out.status.code(), text))
 }
 
+/// Runs an analytics command with `--json`-style output; its stdout as JSON.
 fn json_of(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Value> {
-    let (code, out) = run(agg, args)?;
-    ensure!(code == Some(0), "{args:?} exited {code:?}: {out}");
-    serde_json::from_str(&out).with_context(|| format!("{args:?}: {out}"))
+    let out = agg.operator_command(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{args:?} exited {:?}: {stdout}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).with_context(|| format!("{args:?}: {stdout}"))
 }
 
 #[test]
@@ -225,5 +233,57 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
     // A bad scope is refused with exit 65.
     let (code, _) = run(&agg, &["families", "--org", "acme", "--limit", "0"])?;
     ensure!(code == Some(65), "{code:?}");
+
+    // An operator merges the noise into the block: one family counting both; a split gives both back.
+    let noise_key = noise["dedup_key"].as_str().context("noise key")?;
+    let (code, out) = run(
+        &agg,
+        &[
+            "family-merge",
+            "--org",
+            "acme",
+            noise_key,
+            "--into",
+            key,
+            "--reason",
+            "one incident",
+        ],
+    )?;
+    ensure!(
+        code == Some(0) && out.contains("now reads as part of"),
+        "{code:?} {out}"
+    );
+    let merged = json_of(&agg, &["families", "--org", "acme", "--json"])?;
+    ensure!(
+        merged["total"] == 1
+            && merged["families"][0]["occurrences"] == decisions
+            && merged["families"][0]["merged"].as_array().map(Vec::len) == Some(1),
+        "{merged}"
+    );
+    // Merging it again conflicts (exit 65 with the reason).
+    let (code, out) = run(
+        &agg,
+        &[
+            "family-merge",
+            "--org",
+            "acme",
+            noise_key,
+            "--into",
+            key,
+            "--reason",
+            "again",
+        ],
+    )?;
+    ensure!(
+        code == Some(65) && out.contains("already merged"),
+        "{code:?} {out}"
+    );
+    let (code, out) = run(&agg, &["family-split", "--org", "acme", noise_key])?;
+    ensure!(
+        code == Some(0) && out.contains("its own family again"),
+        "{code:?} {out}"
+    );
+    let split = json_of(&agg, &["families", "--org", "acme", "--json"])?;
+    ensure!(split == families, "{split} != {families}");
     Ok(())
 }

@@ -37,6 +37,46 @@ pub(super) async fn families(
     }
 }
 
+/// Body of a merge.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MergeBody {
+    /// The family (id or dedup key) to read this one as part of.
+    into: String,
+    /// Why they are one incident (kept in the audit log).
+    reason: String,
+}
+
+/// `PUT /v1/orgs/{org}/analysis/families/{family}/merge`: read `family` as part of `into`, org-wide. Audited.
+pub(super) async fn merge(
+    State(state): State<AppState>,
+    Caller(caller): Caller<Org>,
+    Path((_org, family)): Path<(String, String)>,
+    body: Result<Json<MergeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(RequestError::Body)?;
+    let merged = state
+        .analytics
+        .merge(
+            &caller,
+            &family,
+            &body.into,
+            &body.reason,
+            crate::clock::unix_ms(),
+        )
+        .await?;
+    Ok(Json(merged).into_response())
+}
+
+/// `DELETE /v1/orgs/{org}/analysis/families/{family}/merge`: split `family` out again. Audited.
+pub(super) async fn split(
+    State(state): State<AppState>,
+    Caller(caller): Caller<Org>,
+    Path((_org, family)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.analytics.split(&caller, &family).await?).into_response())
+}
+
 /// Query of one family: the scope to read it in.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,10 +191,13 @@ impl From<AnalysisError> for ApiError {
                 RequestError::Field { field, message }.into()
             }
             AnalysisError::NotFound(message) => ApiError::not_found(message),
-            AnalysisError::Store(store) => store.into(),
-            other @ (AnalysisError::Corrupt(_) | AnalysisError::Dependency { .. }) => {
-                ApiError::internal(other)
+            AnalysisError::Conflict(message) => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", message)
             }
+            AnalysisError::Store(store) => store.into(),
+            other @ (AnalysisError::Corrupt(_)
+            | AnalysisError::Dependency { .. }
+            | AnalysisError::Audit(_)) => ApiError::internal(other),
         }
     }
 }

@@ -81,6 +81,45 @@ pub struct FamilyArgs {
     pub json: bool,
 }
 
+/// `family-merge`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  gait-aggregator family-merge --org acme gfam1-0123… --into gfam1-4567… \
+                  --reason \"same outage, two tools\"\n\nUndo it with `gait-aggregator family-split`."
+)]
+pub struct FamilyMergeArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: Org,
+    /// The family to merge (id or dedup key).
+    pub family: String,
+    /// The family it reads as part of from now on (id or dedup key).
+    #[arg(long)]
+    pub into: String,
+    /// Why they are one incident (kept in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `family-split`.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  gait-aggregator family-split --org acme gfam1-0123…")]
+pub struct FamilySplitArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: Org,
+    /// The merged family to read as its own again (id or dedup key).
+    pub family: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `posture`.
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  gait-aggregator posture --org acme --project web --days 30")]
@@ -441,4 +480,74 @@ async fn raw(api: &super::Api, url: &str) -> anyhow::Result<ExitCode> {
     let text = String::from_utf8_lossy(&body);
     gait_runtime::outln!("{}", text.strip_suffix('\n').unwrap_or(&text));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `family-merge` (a body) or `family-split` (none).
+async fn merge_or_split(
+    api: ApiArgs,
+    config: Config,
+    org: &Org,
+    family: &str,
+    body: Option<Value>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // Ids and dedup keys are lowercase hex and dashes; anything else is refused here, before it reaches a URL.
+    if family.is_empty()
+        || !family
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        anyhow::bail!(
+            "{family:?} is neither a family id (64 hex) nor a dedup key (gfam1-<32 hex>): \
+             list families with `gait-aggregator families`"
+        );
+    }
+    let api = api.resolve(config)?;
+    let u = url(
+        &api.server,
+        org,
+        &format!("analysis/families/{family}/merge"),
+        &[],
+    );
+    let merging = body.is_some();
+    let method = if merging {
+        reqwest::Method::PUT
+    } else {
+        reqwest::Method::DELETE
+    };
+    let (status, a) = call(&api, method, &u, body).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &a));
+    }
+    let (family, into) = (
+        a["family"].as_str().unwrap_or("?"),
+        a["into_family"].as_str().unwrap_or("?"),
+    );
+    if json {
+        gait_runtime::outln!("{a}");
+    } else if merging {
+        gait_runtime::outln!("family {family} now reads as part of {into}");
+    } else {
+        gait_runtime::outln!("family {family} is its own family again (was part of {into})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `family-merge`.
+pub async fn family_merge(args: FamilyMergeArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "into": args.into, "reason": args.reason });
+    merge_or_split(
+        args.api,
+        config,
+        &args.org,
+        &args.family,
+        Some(body),
+        args.json,
+    )
+    .await
+}
+
+/// Runs `family-split`.
+pub async fn family_split(args: FamilySplitArgs, config: Config) -> anyhow::Result<ExitCode> {
+    merge_or_split(args.api, config, &args.org, &args.family, None, args.json).await
 }

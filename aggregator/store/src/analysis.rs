@@ -134,6 +134,20 @@ pub struct EnvFreshness {
     pub last_seen_unix_ms: i64,
 }
 
+/// Most manual merges an org holds.
+pub const MAX_FAMILY_MERGES: u32 = 10_000;
+
+/// A manual merge in force: `family` reads as part of `into_family` (migration 0023).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FamilyMerge {
+    pub org: Org,
+    pub family: String,
+    pub into_family: String,
+    pub reason: String,
+    pub merged_by: String,
+    pub merged_unix_ms: i64,
+}
+
 /// Which part of an org an analytics read covers, and optionally one family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnalysisFilter {
@@ -827,6 +841,131 @@ async fn freshness(
     })
 }
 
+fn merge_of(r: &impl Columns) -> Result<FamilyMerge, StoreError> {
+    Ok(FamilyMerge {
+        org: Org::try_from(r.text("org")?).map_err(|e| {
+            StoreError::corrupt(
+                "incident_family_merges",
+                format!("org is not a valid identifier: {e}"),
+            )
+        })?,
+        family: r.text("family")?,
+        into_family: r.text("into_family")?,
+        reason: r.text("reason")?,
+        merged_by: r.text("merged_by")?,
+        merged_unix_ms: r.int("merged_unix_ms")?,
+    })
+}
+
+const MERGE_COLUMNS: &str = "org, family, into_family, reason, merged_by, merged_unix_ms";
+
+async fn merges(mut conn: Conn<'_>, org: &Org) -> Result<Vec<FamilyMerge>, StoreError> {
+    let sql = format!(
+        "SELECT {MERGE_COLUMNS} FROM incident_family_merges WHERE org = $1 ORDER BY family LIMIT {}",
+        u64::from(MAX_FAMILY_MERGES) + 1
+    );
+    let found = db_run!(conn, |c| {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(org.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db("family_merges"))?;
+        rows.iter().map(merge_of).collect::<Result<Vec<_>, _>>()?
+    });
+    if found.len() > MAX_FAMILY_MERGES as usize {
+        return Err(StoreError::corrupt(
+            "incident_family_merges",
+            format!("more than {MAX_FAMILY_MERGES} merges in org {org}"),
+        ));
+    }
+    Ok(found)
+}
+
+async fn agent_counts(
+    mut conn: Conn<'_>,
+    f: &AnalysisFilter,
+    families: &[String],
+) -> Result<Vec<(Tenant, u64)>, StoreError> {
+    const T: &str = "incident_family_agents";
+    if families.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (clause, mut args) = f.clause(false);
+    let mut list = Vec::with_capacity(families.len());
+    for fam in families {
+        args.push(fam.as_str());
+        list.push(format!("${}", args.len()));
+    }
+    let sql = format!(
+        "SELECT org, project, env, COUNT(DISTINCT agent_id) AS agents FROM incident_family_agents{clause} \
+         AND family IN ({}) GROUP BY org, project, env ORDER BY project, env",
+        list.join(", ")
+    );
+    filtered!(
+        conn,
+        sql,
+        args,
+        MAX_FAMILY_SCOPE_ROWS,
+        "family_agent_counts",
+        |r| { Ok((tenant_of(r, T)?, to_u64(T, "agents", r.int("agents")?)?)) }
+    )
+}
+
+impl crate::StoreTx {
+    /// Records that `m.family` reads as part of `m.into_family`; `false` when it already was merged.
+    pub async fn insert_family_merge(&mut self, m: &FamilyMerge) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO incident_family_merges (org, family, into_family, reason, merged_by, \
+             merged_unix_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org, family) DO NOTHING";
+        crate::model::check_text("reason", &m.reason, crate::model::MAX_TEXT_BYTES)?;
+        crate::model::check_text("merged_by", &m.merged_by, crate::model::MAX_TEXT_BYTES)?;
+        if m.family == m.into_family {
+            return Err(StoreError::invalid(
+                "into",
+                "a family cannot be merged into itself",
+            ));
+        }
+        let mut conn = self.conn();
+        let n = db_run!(conn, |c| sqlx::query(SQL)
+            .bind(m.org.as_str())
+            .bind(m.family.as_str())
+            .bind(m.into_family.as_str())
+            .bind(m.reason.as_str())
+            .bind(m.merged_by.as_str())
+            .bind(m.merged_unix_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db("insert_family_merge"))?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Removes the merge of `family` (a split) and answers it; `None` when it was not merged.
+    pub async fn delete_family_merge(
+        &mut self,
+        org: &Org,
+        family: &str,
+    ) -> Result<Option<FamilyMerge>, StoreError> {
+        let sql = format!(
+            "DELETE FROM incident_family_merges WHERE org = $1 AND family = $2 RETURNING {MERGE_COLUMNS}"
+        );
+        let mut conn = self.conn();
+        Ok(db_run!(conn, |c| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(org.as_str())
+                .bind(family)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(db("delete_family_merge"))?;
+            row.as_ref().map(merge_of).transpose()?
+        }))
+    }
+
+    /// See [`crate::Store::family_merges`] (inside this transaction).
+    pub async fn family_merges(&mut self, org: &Org) -> Result<Vec<FamilyMerge>, StoreError> {
+        merges(self.conn(), org).await
+    }
+}
+
 impl crate::Store {
     /// Up to `limit` (at most [`MAX_ANALYSIS_BATCH`]) `(id, received_unix_ms)` of the evidence index after
     /// `after_id`, in id order, of every org: the range the upkeep job may fold next.
@@ -921,6 +1060,23 @@ impl crate::Store {
     ) -> Result<Vec<RegressCount>, StoreError> {
         let mut pooled = self.acquire().await?;
         regress(pooled.conn(), filter, from_day, to_day).await
+    }
+
+    /// The manual merges in force in `org`, by family.
+    pub async fn family_merges(&self, org: &Org) -> Result<Vec<FamilyMerge>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        merges(pooled.conn(), org).await
+    }
+
+    /// Distinct agents of the union of `families` per environment inside `filter` (a merged family's agents,
+    /// each counted once).
+    pub async fn family_agent_counts(
+        &self,
+        filter: &AnalysisFilter,
+        families: &[String],
+    ) -> Result<Vec<(Tenant, u64)>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        agent_counts(pooled.conn(), filter, families).await
     }
 
     /// The approval requests inside `filter` received at or after `from_ms`, in arrival order.
