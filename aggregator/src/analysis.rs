@@ -86,36 +86,45 @@ pub enum AnalysisError {
     Store(#[from] StoreError),
 }
 
-/// Most hops followed from a merged family to the family it reads as (merges chain when a family that others
-/// were merged into is merged itself).
-const MAX_MERGE_HOPS: usize = 32;
-
-/// The family each merged family reads as: follows chains; a cycle (two merges racing) reads as its smallest
-/// member, so every replica and reader agrees.
+/// The family each merged family reads as. Chains are followed to their end (merging a family that others were
+/// merged into carries them along); a cycle (two merges that raced before the lock existed, or a damaged table)
+/// reads as the smallest family on the cycle, so every replica and reader agrees. Linear in the merges.
 fn merge_roots(merges: &[gait_store::FamilyMerge]) -> BTreeMap<String, String> {
     let into: BTreeMap<&str, &str> = merges
         .iter()
         .map(|m| (m.family.as_str(), m.into_family.as_str()))
         .collect();
-    let mut roots = BTreeMap::new();
+    let mut resolved: BTreeMap<&str, &str> = BTreeMap::new();
     for start in into.keys() {
-        let mut path = vec![*start];
+        if resolved.contains_key(start) {
+            continue;
+        }
+        let mut path: Vec<&str> = Vec::new();
         let mut at = *start;
         let root = loop {
+            if let Some(root) = resolved.get(at) {
+                break *root;
+            }
+            if let Some(pos) = path.iter().position(|p| *p == at) {
+                break path[pos..].iter().copied().min().unwrap_or(at);
+            }
             match into.get(at) {
-                Some(next) if !path.contains(next) && path.len() <= MAX_MERGE_HOPS => {
-                    path.push(next);
+                Some(next) => {
+                    path.push(at);
                     at = next;
                 }
-                Some(_) => break *path.iter().min().unwrap_or(start),
                 None => break at,
             }
         };
-        if root != *start {
-            roots.insert((*start).to_owned(), root.to_owned());
+        for p in path {
+            resolved.insert(p, root);
         }
     }
-    roots
+    resolved
+        .into_iter()
+        .filter(|(f, r)| f != r)
+        .map(|(f, r)| (f.to_owned(), r.to_owned()))
+        .collect()
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> AnalysisError {
@@ -334,8 +343,12 @@ impl Analytics {
         let roots = merge_roots(&self.store.family_merges(&filter.org).await?);
         let root_of = |f: &str| roots.get(f).cloned().unwrap_or_else(|| f.to_owned());
         let (scopes, defs) = match &filter.family {
-            // One family: every member of its group, each read inside the scope.
+            // One family: every member of its group, each read inside the scope — and nothing when the family
+            // asked for has no occurrence in the scope (a reader never learns of a family outside it).
             Some(family) => {
+                if self.store.family_scopes(filter).await?.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let root = root_of(family);
                 let mut scopes = Vec::new();
                 let mut defs = Vec::new();
@@ -455,7 +468,16 @@ impl Analytics {
         let m = merge.clone();
         self.store
             .transaction(async |tx| {
-                let roots = merge_roots(&tx.family_merges(&m.org).await?);
+                tx.lock_family_merges(&m.org).await?;
+                let merges = tx.family_merges(&m.org).await?;
+                if merges.len() >= gait_store::MAX_FAMILY_MERGES as usize {
+                    return Err(AnalysisError::Conflict(format!(
+                        "org {} holds {} merges, the most it may: split some first",
+                        m.org,
+                        merges.len()
+                    )));
+                }
+                let roots = merge_roots(&merges);
                 if let Some(root) = roots.get(&m.family) {
                     return Err(AnalysisError::Conflict(format!(
                         "family {} is already merged into {root}: split it first",
@@ -682,11 +704,7 @@ impl Analytics {
             && prefix.len() == 32
             && hex(prefix)
         {
-            let defs = self.store.family_definitions(filter).await?;
-            return Ok(defs
-                .into_iter()
-                .find(|d| d.dedup_key == id)
-                .map(|d| d.family));
+            return Ok(self.store.family_by_dedup_key(filter, id).await?);
         }
         Err(invalid(
             "family",
@@ -1188,6 +1206,7 @@ pub fn csv_families(report: &FamiliesReport) -> Result<Vec<u8>, csv::Error> {
         "first_seen_unix_ms",
         "last_seen_unix_ms",
         "representatives",
+        "merged",
     ])?;
     for f in &report.families {
         w.write_record([
@@ -1208,6 +1227,7 @@ pub fn csv_families(report: &FamiliesReport) -> Result<Vec<u8>, csv::Error> {
             f.first_seen_unix_ms.to_string(),
             f.last_seen_unix_ms.to_string(),
             f.representatives.join(";"),
+            f.merged.join(";"),
         ])?;
     }
     w.into_inner().map_err(|e| e.into_error().into())
@@ -1242,4 +1262,55 @@ pub fn csv_posture(report: &PostureReport) -> Result<Vec<u8>, csv::Error> {
         }
     }
     w.into_inner().map_err(|e| e.into_error().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(family: &str, into: &str) -> gait_store::FamilyMerge {
+        gait_store::FamilyMerge {
+            org: "acme".parse().expect("org"),
+            family: family.into(),
+            into_family: into.into(),
+            reason: "r".into(),
+            merged_by: "t".into(),
+            merged_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_long_chain_reads_as_its_last_family() {
+        let names: Vec<String> = (0..100).map(|i| format!("f{i:03}")).collect();
+        let merges: Vec<_> = names.windows(2).map(|w| merge(&w[0], &w[1])).collect();
+        let roots = merge_roots(&merges);
+        assert_eq!(roots.len(), 99);
+        assert!(roots.values().all(|r| r == "f099"), "{roots:?}");
+    }
+
+    #[test]
+    fn a_cycle_reads_as_its_smallest_member_and_a_lead_into_it_follows() {
+        // b -> c -> d -> b is a cycle; a leads into it and sorts below it.
+        let merges = [
+            merge("a", "c"),
+            merge("b", "c"),
+            merge("c", "d"),
+            merge("d", "b"),
+            merge("x", "y"),
+        ];
+        let roots = merge_roots(&merges);
+        for f in ["a", "c", "d"] {
+            assert_eq!(
+                roots.get(f).map(String::as_str),
+                Some("b"),
+                "{f}: {roots:?}"
+            );
+        }
+        assert_eq!(roots.get("b"), None, "the cycle's root reads as itself");
+        assert_eq!(roots.get("x").map(String::as_str), Some("y"));
+        assert!(
+            roots.values().all(|r| !roots.contains_key(r)),
+            "a root is never merged"
+        );
+    }
 }

@@ -364,6 +364,7 @@ gait_store::store_tests!(
     a_future_dated_record_counts_at_its_arrival_and_a_late_one_at_its_own_time,
     production_is_what_the_operator_names,
     a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited,
+    merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1223,5 +1224,137 @@ async fn a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited(
         }
     }
     ensure!(actions == ["family.merge", "family.split"], "{actions:?}");
+    Ok(())
+}
+
+async fn merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let intake = Intake::new(store.clone());
+    let block = |tool: &str, intent: char| {
+        decision(
+            tool,
+            "block",
+            &["blocked_by_rule"],
+            "r",
+            json!({"risk_class": "high"}),
+            intent,
+        )
+    };
+    // m1 hits tool.m1 and tool.m2; m2 hits tool.m2 and tool.m3 (web/prod); b1 hits tool.b (billing/prod).
+    let agents = [
+        (
+            "web",
+            "prod",
+            "m1",
+            vec![("tool.m1", '1'), ("tool.m2", '2')],
+        ),
+        (
+            "web",
+            "prod",
+            "m2",
+            vec![("tool.m2", '3'), ("tool.m3", '4')],
+        ),
+        ("billing", "prod", "b1", vec![("tool.b", '5')]),
+    ];
+    for (i, (project, env, id, calls)) in agents.iter().enumerate() {
+        let key = AgentKey::new(Tenant::from_parts("acme", project, env)?, id.parse()?);
+        store.agent_connected(&key, &hello(), base).await?;
+        let records: Vec<NewRecord> = calls
+            .iter()
+            .enumerate()
+            .map(|(n, (tool, intent))| {
+                record(
+                    n as u64 + 1,
+                    200 + i as u16,
+                    "gate.decision",
+                    base,
+                    &block(tool, *intent),
+                )
+            })
+            .collect();
+        intake.commit_batch(&key, &records, &[], &[], base).await?;
+    }
+    catch_up(store, SETTLED).await?;
+    let a = analytics(store);
+    let (auth, root) = admin();
+    let org: gait_store::Org = "acme".parse()?;
+    let reader = auth
+        .authorize(
+            root.clone(),
+            Permission::EvidenceRead,
+            BindingScope::org(org.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let writer = auth
+        .authorize(root, Permission::PolicyWrite, org.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let all = a.families(&reader, Some(100)).await?;
+    let id = |tool: &str| -> Result<String> {
+        Ok(all
+            .families
+            .iter()
+            .find(|f| f.tool == tool)
+            .with_context(|| format!("family of {tool}"))?
+            .family
+            .clone())
+    };
+    let (f1, f2, f3, fb) = (
+        id("tool.m1")?,
+        id("tool.m2")?,
+        id("tool.m3")?,
+        id("tool.b")?,
+    );
+    // m1 is in both f1 and f2: the merged family has 2 agents, not 1 + 2.
+    a.merge(&writer, &f1, &f2, "same rule", base).await?;
+    let listed = a.families(&reader, Some(100)).await?;
+    let group = listed
+        .families
+        .iter()
+        .find(|f| f.family == f2)
+        .context("f2's group")?;
+    ensure!(group.agents == 2 && group.occurrences == 3, "{group:?}");
+    // A chain: f2 (with f1 in it) merged into f3 carries f1 along.
+    a.merge(&writer, &f2, &f3, "same outage", base).await?;
+    let listed = a.families(&reader, Some(100)).await?;
+    let group = listed
+        .families
+        .iter()
+        .find(|f| f.family == f3)
+        .context("f3's group")?;
+    let mut members = vec![f1.clone(), f2.clone()];
+    members.sort();
+    ensure!(
+        group.merged == members && group.agents == 2 && group.occurrences == 4,
+        "{group:?}"
+    );
+    ensure!(a.family(&reader, &f1).await?.family == f3);
+    // Billing's family merged into web's: a web auditor neither reads it by id nor sees it in the group.
+    a.merge(&writer, &fb, &f3, "cross-project", base).await?;
+    let (web_auth, ana) = project_auditor();
+    let web = web_auth
+        .authorize(
+            ana,
+            Permission::EvidenceRead,
+            BindingScope::project(org.clone(), "web".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match a.family(&web, &fb).await {
+        Err(AnalysisError::NotFound(_)) => {}
+        other => anyhow::bail!("a web auditor read billing's family: {other:?}"),
+    }
+    let seen = a.families(&web, Some(100)).await?;
+    ensure!(
+        seen.total == 1 && seen.families[0].merged == members,
+        "{:?}",
+        seen.families
+    );
+    // The org reader sees all four in one group.
+    let whole = a.families(&reader, Some(100)).await?;
+    ensure!(
+        whole.total == 1 && whole.families[0].merged.len() == 3 && whole.families[0].agents == 3
+    );
     Ok(())
 }

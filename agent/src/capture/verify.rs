@@ -267,6 +267,8 @@ pub fn verify(
         trace: None,
         regress: None,
         regress_result_sha256: None,
+        calls: Vec::new(),
+        calls_omitted: 0,
     };
     match kind {
         ArtifactKind::Runpack => fill_runpack(&mut record, bytes, file_name, keys)?,
@@ -342,6 +344,8 @@ fn fill_runpack(
     record.run_ids = vec![projection.run_id.clone()];
     record.producer_version = content.manifest.producer_version.clone();
     record.runpack = Some(projection);
+    (record.calls, record.calls_omitted) =
+        content.calls(gait_artifact::evidence::MAX_RUNPACK_CALLS);
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use gait_artifact::evidence::{
 };
 use gait_bundle::Stage;
 use gait_policy::Verdict;
-use gait_store::{EvidenceClass, IndexFields, NewIndexEntry, NewRecord};
+use gait_store::{EvidenceClass, IndexFields, IndexedCall, NewIndexEntry, NewRecord};
 use serde::Deserialize;
 
 /// The record kind of a gate decision (written by the agent's local API).
@@ -225,6 +225,19 @@ fn artifact(kind: &str, payload: &[u8]) -> Option<IndexFields> {
                 .map(|r| r.top_failure_reason.as_str()),
         ),
         run_ids,
+        // Calls whose tool or digests do not read as such are left out, never stored half-formed.
+        runpack_calls: record
+            .calls
+            .iter()
+            .take(gait_artifact::evidence::MAX_RUNPACK_CALLS)
+            .filter_map(|c| {
+                Some(IndexedCall {
+                    tool_name: text(Some(&c.tool_name))?,
+                    args_digest: digest(Some(&c.args_digest))?,
+                    result_digest: digest(Some(&c.result_digest)),
+                })
+            })
+            .collect(),
         ..IndexFields::default()
     })
 }

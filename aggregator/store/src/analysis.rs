@@ -960,6 +960,23 @@ impl crate::StoreTx {
         }))
     }
 
+    /// Serializes merges of `org` until this transaction ends (PostgreSQL: an advisory lock; SQLite's write
+    /// transactions are serial already), so two merges cannot both pass their checks and form a cycle.
+    pub async fn lock_family_merges(&mut self, org: &Org) -> Result<(), StoreError> {
+        let key = format!("gait-store/family-merges/{}:{org}", org.as_str().len());
+        let mut conn = self.conn();
+        db_run!(conn,
+            sqlite: |_c| 0,
+            postgres: |c| sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key.as_str())
+                .execute(&mut *c)
+                .await
+                .map_err(db("family_merges: lock"))?
+                .rows_affected(),
+        );
+        Ok(())
+    }
+
     /// See [`crate::Store::family_merges`] (inside this transaction).
     pub async fn family_merges(&mut self, org: &Org) -> Result<Vec<FamilyMerge>, StoreError> {
         merges(self.conn(), org).await
@@ -1060,6 +1077,32 @@ impl crate::Store {
     ) -> Result<Vec<RegressCount>, StoreError> {
         let mut pooled = self.acquire().await?;
         regress(pooled.conn(), filter, from_day, to_day).await
+    }
+
+    /// The family whose dedup key is `key` with an occurrence inside `filter`'s scope.
+    pub async fn family_by_dedup_key(
+        &self,
+        filter: &AnalysisFilter,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (clause, mut args) = filter.clause(false);
+        args.push(key);
+        let sql = format!(
+            "SELECT family FROM incident_families WHERE org = $1 AND dedup_key = ${} \
+             AND family IN (SELECT family FROM incident_family_scopes{clause}) ORDER BY family LIMIT 1",
+            args.len()
+        );
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        Ok(db_run!(conn, |c| {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+            for a in &args {
+                q = q.bind(*a);
+            }
+            q.fetch_optional(&mut *c)
+                .await
+                .map_err(db("family_by_dedup_key"))?
+        }))
     }
 
     /// The manual merges in force in `org`, by family.

@@ -147,6 +147,19 @@ pub struct IndexFields {
     /// The incident family (fingerprint hash, 64 hex) of a decision or a failed regress result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
+    /// A runpack's tool calls by digests (kept in `runpack_calls`, migration 0025, not on the row).
+    #[serde(skip)]
+    pub runpack_calls: Vec<IndexedCall>,
+}
+
+/// One tool call of an indexed runpack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexedCall {
+    pub tool_name: String,
+    /// 64 hex.
+    pub args_digest: String,
+    /// 64 hex, when the runpack has a result for the call.
+    pub result_digest: Option<String>,
 }
 
 /// The index entry of one record of a batch, by its seq; written only when that record is inserted.
@@ -410,6 +423,51 @@ pub(crate) async fn insert(
         sql.push_str(" ON CONFLICT DO NOTHING");
         execute(conn.reborrow(), &sql, &args, "commit_batch: index run ids").await?;
     }
+
+    // A runpack's tool calls, by digests (coverage reads them; migration 0025).
+    let calls: Vec<(i64, i64, &IndexedCall, i64)> = rows
+        .iter()
+        .flat_map(|(record, entry, _, _)| {
+            let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+            entry
+                .fields
+                .runpack_calls
+                .iter()
+                .enumerate()
+                .map(move |(i, c)| (seq, i as i64, c, record.created_unix_ms))
+        })
+        .collect();
+    for chunk in calls.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO runpack_calls (org, project, env, agent_id, seq, call_index, tool_name, args_digest, \
+             result_digest, created_unix_ms) VALUES ",
+        );
+        let mut args = Vec::with_capacity(chunk.len() * 10);
+        for (n, (seq, index, call, created)) in chunk.iter().enumerate() {
+            sql.push_str(if n == 0 { "" } else { ", " });
+            push_row(&mut sql, anonymous, args.len(), 10);
+            args.extend([
+                Arg::Text(Some(key.tenant.org.as_str())),
+                Arg::Text(Some(key.tenant.project.as_str())),
+                Arg::Text(Some(key.tenant.env.as_str())),
+                Arg::Text(Some(key.agent_id.as_str())),
+                Arg::Int(Some(*seq)),
+                Arg::Int(Some(*index)),
+                Arg::Text(Some(call.tool_name.as_str())),
+                Arg::Text(Some(call.args_digest.as_str())),
+                Arg::Text(call.result_digest.as_deref()),
+                Arg::Int(Some(*created)),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        execute(
+            conn.reborrow(),
+            &sql,
+            &args,
+            "commit_batch: index runpack calls",
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -645,6 +703,8 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             destructive: row.opt_int("destructive")?.map(|b| b != 0),
             failure_kind: row.opt_text("failure_kind")?,
             family: row.opt_text("family")?,
+            // Kept in `runpack_calls`, not read back with the row.
+            runpack_calls: Vec::new(),
         },
         artifact,
     })

@@ -76,8 +76,8 @@ pub use enrollment::{
 };
 pub use error::StoreError;
 pub use evidence::{
-    CorpusGroup, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedRecord,
-    MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusGroup, RawJson, Shard,
+    CorpusGroup, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedCall,
+    IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusGroup, RawJson, Shard,
 };
 pub use leader::LeaderLease;
 pub use model::{

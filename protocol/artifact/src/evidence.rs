@@ -80,6 +80,23 @@ impl ArtifactKind {
     }
 }
 
+/// Most tool calls of one runpack an artifact record lists (the rest are counted in `calls_truncated`).
+pub const MAX_RUNPACK_CALLS: usize = 1_000;
+
+/// One tool call a runpack recorded, by digests only (never a value): what coverage and drift read.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RunpackCall {
+    /// The intent's id within the run.
+    pub intent_id: String,
+    /// The tool called.
+    pub tool_name: String,
+    /// DigestJCS of the call's arguments (as the gate computes it).
+    pub args_digest: String,
+    /// DigestJCS of its result, when the runpack has one for this intent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub result_digest: String,
+}
+
 /// How the agent came to hold the artifact.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -127,6 +144,16 @@ pub struct ArtifactRecord {
     /// For a JUnit report: the SHA-256 of the regress result it was written beside, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regress_result_sha256: Option<String>,
+    /// For a runpack: its tool calls in `intents.jsonl` order, at most [`MAX_RUNPACK_CALLS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<RunpackCall>,
+    /// Calls of the runpack past [`MAX_RUNPACK_CALLS`], not listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub calls_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

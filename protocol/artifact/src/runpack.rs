@@ -443,6 +443,31 @@ pub struct RunpackProjection {
 }
 
 impl Runpack {
+    /// Its tool calls by digests, in `intents.jsonl` order, at most `max`, with the number left out; each
+    /// with the result digest of the same intent id, when there is one.
+    pub fn calls(&self, max: usize) -> (Vec<crate::evidence::RunpackCall>, u64) {
+        let results: std::collections::HashMap<&str, &str> = self
+            .results
+            .iter()
+            .map(|r| (r.intent_id.as_str(), r.result_digest.as_str()))
+            .collect();
+        let calls = self
+            .intents
+            .iter()
+            .take(max)
+            .map(|i| crate::evidence::RunpackCall {
+                intent_id: i.intent_id.clone(),
+                tool_name: i.tool_name.clone(),
+                args_digest: i.args_digest.clone(),
+                result_digest: results
+                    .get(i.intent_id.as_str())
+                    .map(|d| (*d).to_owned())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        (calls, self.intents.len().saturating_sub(max) as u64)
+    }
+
     /// The enterprise projection.
     pub fn projection(&self) -> RunpackProjection {
         let mut receipt_digest_vector: Vec<String> = self

@@ -373,3 +373,23 @@ fn read_runpack_decodes_all_files_and_projects_them() {
         assert_eq!(gait_canon::digest_jcs(&args), intent.args_digest);
     }
 }
+
+#[test]
+fn calls_list_each_intent_with_its_result_digest_and_count_what_a_cap_leaves_out() {
+    let rp = read_runpack(DEMO).unwrap();
+    let (calls, omitted) = rp.calls(100);
+    assert_eq!(omitted, 0);
+    let tools: Vec<&str> = calls.iter().map(|c| c.tool_name.as_str()).collect();
+    assert_eq!(tools, ["tool.search", "tool.fetch", "tool.summarize"]);
+    assert_eq!(calls[0].intent_id, "intent_1");
+    assert_eq!(
+        calls[0].args_digest,
+        "33d148a7de89102bce5e2be136ca2acc3398ff9970a1f922faa3838eae837e3c"
+    );
+    assert_eq!(
+        calls[0].result_digest,
+        "0b2abfe8ba8a9dae03e92bcb4fe8fb733661a8b0560dda0ce8d7ac553e7a79a6"
+    );
+    let (capped, omitted) = rp.calls(2);
+    assert_eq!((capped.len(), omitted), (2, 1));
+}
