@@ -771,6 +771,18 @@ impl Analytics {
                 }
             })
             .collect();
+        let gated: BTreeSet<&str> = counts
+            .iter()
+            .filter(|c| c.decisions > 0)
+            .map(|c| c.tool.as_str())
+            .collect();
+        report.coverage = tool_coverage(
+            &self
+                .store
+                .runpack_tools(&filter, from_day * upkeep::DAY_MS)
+                .await?,
+            &gated,
+        );
         report.freshness.sort_by(|a, b| {
             a.last_evidence_unix_ms
                 .cmp(&b.last_evidence_unix_ms)
@@ -1069,6 +1081,46 @@ pub struct PostureReport {
     pub approvals: ApprovalHealth,
     /// Evidence freshness: the newest folded evidence of each environment, quietest first.
     pub freshness: Vec<EnvFreshness>,
+    /// Gated tool coverage: the tools agents called in their runpacks against the tools that went through a
+    /// gate, in the scope and window.
+    pub coverage: ToolCoverage,
+}
+
+/// Tools seen in runpacks against tools with gate decisions (tool level: a tool counts as gated when at least
+/// one of its calls in the scope and window went through a gate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ToolCoverage {
+    /// Distinct tools called in the runpacks.
+    pub tools_seen: u64,
+    /// Of those, tools with gate decisions.
+    pub tools_gated: u64,
+    /// `tools_gated / tools_seen`, per-mille (1000 when no runpack was indexed).
+    pub tool_coverage_per_mille: u32,
+    /// Runpack calls, and calls of gated tools.
+    pub calls_seen: u64,
+    pub calls_of_gated_tools: u64,
+    /// Tools called in runpacks that never went through a gate here: the ungated paths, most calls first, each
+    /// with the runpack that shows it.
+    pub ungated: Vec<gait_store::RunpackTool>,
+}
+
+/// Coverage of the runpack tools `seen` by the tools with gate decisions in `gated`.
+pub fn tool_coverage(seen: &[gait_store::RunpackTool], gated: &BTreeSet<&str>) -> ToolCoverage {
+    let mut c = ToolCoverage::default();
+    for t in seen {
+        c.tools_seen += 1;
+        c.calls_seen += t.calls;
+        if gated.contains(t.tool.as_str()) {
+            c.tools_gated += 1;
+            c.calls_of_gated_tools += t.calls;
+        } else {
+            c.ungated.push(t.clone());
+        }
+    }
+    c.tool_coverage_per_mille = per_mille(c.tools_gated, c.tools_seen);
+    c.ungated
+        .sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.tool.cmp(&b.tool)));
+    c
 }
 
 /// How fresh one environment's evidence is.
@@ -1182,6 +1234,7 @@ fn posture_report(
         ),
         approvals: ApprovalHealth::default(),
         freshness: Vec::new(),
+        coverage: ToolCoverage::default(),
     }
 }
 

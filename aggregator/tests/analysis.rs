@@ -365,6 +365,7 @@ gait_store::store_tests!(
     production_is_what_the_operator_names,
     a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited,
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
+    coverage_names_the_tools_runpacks_called_without_a_gate,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1355,6 +1356,152 @@ async fn merged_families_count_shared_agents_once_follow_chains_and_stay_in_scop
     let whole = a.families(&reader, Some(100)).await?;
     ensure!(
         whole.total == 1 && whole.families[0].merged.len() == 3 && whole.families[0].agents == 3
+    );
+    Ok(())
+}
+
+/// An `artifact.runpack` record (as `gait-agent push` writes it) of run `run` listing `calls` (tool, args digest
+/// character).
+fn runpack_record(
+    seq: u64,
+    salt: u16,
+    created: i64,
+    run: &str,
+    sha: char,
+    calls: &[(&str, char)],
+) -> NewRecord {
+    let payload = json!({
+        "schema": "gait.agent.artifact",
+        "artifact_kind": "runpack",
+        "sha256": hex64(sha),
+        "size_bytes": 4039,
+        "file_name": format!("runpack_{run}.zip"),
+        "source": "push",
+        "signature_status": "verified",
+        "run_ids": [run],
+        "producer_version": "0.0.0-dev",
+        "runpack": {"run_id": run, "runpack_manifest_digest": hex64('d'), "capture_mode": "reference",
+                    "intent_count": calls.len(), "result_count": calls.len(), "receipt_count": 0,
+                    "receipt_digest_vector": []},
+        "calls": calls.iter().enumerate().map(|(i, (tool, args))| json!({
+            "intent_id": format!("intent_{i}"), "tool_name": tool, "args_digest": hex64(*args),
+            "result_digest": hex64('r'),
+        })).collect::<Vec<_>>(),
+    });
+    record(seq, salt, "artifact.runpack", created, &payload)
+}
+
+async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let intake = Intake::new(store.clone());
+    let web = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "ci-1".parse()?);
+    let billing = AgentKey::new(
+        Tenant::from_parts("acme", "billing", "prod")?,
+        "ci-2".parse()?,
+    );
+    for k in [&web, &billing] {
+        store.agent_connected(k, &hello(), base).await?;
+    }
+    let allow = decision(
+        "tool.search",
+        "allow",
+        &[],
+        "r",
+        json!({"risk_class": "low"}),
+        '1',
+    );
+    // web: two runpacks calling search (gated), fetch twice and summarize (never gated); billing: db.drop.
+    let web_records = [
+        record(1, 300, "gate.decision", base, &allow),
+        runpack_record(
+            2,
+            300,
+            base,
+            "run_a",
+            'b',
+            &[
+                ("tool.search", '1'),
+                ("tool.fetch", '2'),
+                ("tool.summarize", '3'),
+            ],
+        ),
+        runpack_record(3, 300, base, "run_b", 'a', &[("tool.fetch", '4')]),
+    ];
+    intake
+        .commit_batch(&web, &web_records, &[], &[], base)
+        .await?;
+    intake
+        .commit_batch(
+            &billing,
+            &[runpack_record(
+                1,
+                301,
+                base,
+                "run_c",
+                'c',
+                &[("db.drop", '5')],
+            )],
+            &[],
+            &[],
+            base,
+        )
+        .await?;
+    catch_up(store, SETTLED).await?;
+    let a = analytics(store);
+    let (auth, ana) = project_auditor();
+    let caller = auth
+        .authorize(
+            ana,
+            Permission::EvidenceRead,
+            BindingScope::project("acme".parse()?, "web".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = a.posture(&caller, Some(7), base).await?.coverage;
+    ensure!(
+        (
+            c.tools_seen,
+            c.tools_gated,
+            c.calls_seen,
+            c.calls_of_gated_tools,
+            c.tool_coverage_per_mille
+        ) == (3, 1, 4, 1, 333),
+        "{c:?}"
+    );
+    let ungated: Vec<(&str, u64, u64, Option<&str>)> = c
+        .ungated
+        .iter()
+        .map(|t| {
+            (
+                t.tool.as_str(),
+                t.calls,
+                t.runpacks,
+                t.runpack_sha256.as_deref(),
+            )
+        })
+        .collect();
+    let (a_sha, b_sha) = (hex64('a'), hex64('b'));
+    ensure!(
+        ungated
+            == vec![
+                ("tool.fetch", 2, 2, Some(a_sha.as_str())),
+                ("tool.summarize", 1, 1, Some(b_sha.as_str())),
+            ],
+        "{ungated:?}"
+    );
+    // Billing's db.drop is not web's concern; the org sees it ungated too.
+    let (admin_auth, root) = admin();
+    let org = admin_auth
+        .authorize(
+            root,
+            Permission::EvidenceRead,
+            BindingScope::org("acme".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = a.posture(&org, Some(7), base).await?.coverage;
+    ensure!(
+        c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
+        "{c:?}"
     );
     Ok(())
 }

@@ -151,6 +151,28 @@ fn pushed_conformance_artifacts_are_committed_once_and_a_tampered_runpack_is_ref
     ensure!(p["runpack"]["run_id"] == "run_demo", "{p}");
     ensure!(p["run_ids"] == serde_json::json!(["run_demo"]), "{p}");
     ensure!(runpack[0]["class"] == "artifact_digest", "{:?}", runpack[0]);
+    // Its tool calls, by digests, as Gait recorded them.
+    let tools: Vec<&str> = p["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["tool_name"].as_str())
+        .collect();
+    ensure!(
+        tools == ["tool.search", "tool.fetch", "tool.summarize"],
+        "{p}"
+    );
+    // Posture coverage reads them: three tools called, none through a gate yet.
+    let out = agg
+        .operator_command(&["posture", "--org", &agent.org, "--json"])
+        .output()?;
+    ensure!(out.status.success(), "posture: {}", text(&out));
+    let posture: Value = serde_json::from_slice(&out.stdout)?;
+    let coverage = &posture["coverage"];
+    ensure!(
+        coverage["tools_seen"] == 3 && coverage["tools_gated"] == 0,
+        "{coverage}"
+    );
     let traces = by_kind("artifact.trace");
     ensure!(traces.len() == 2, "{records:#?}");
     ensure!(

@@ -385,6 +385,30 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
             )
         })
         .collect();
+    let cov = &a["coverage"];
+    let ungated: Vec<String> = cov["ungated"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            format!(
+                "{} ({} calls)",
+                t["tool"].as_str().unwrap_or("?"),
+                t["calls"]
+            )
+        })
+        .collect();
+    gait_runtime::outln!(
+        "coverage      {} of {} tools seen in runpacks went through a gate ({}‰){}",
+        cov["tools_gated"],
+        cov["tools_seen"],
+        cov["tool_coverage_per_mille"],
+        if ungated.is_empty() {
+            String::new()
+        } else {
+            format!("; ungated: {}", ungated.join(", "))
+        }
+    );
     if !quiet.is_empty() {
         gait_runtime::outln!(
             "quiet         no evidence for over a day: {}",

@@ -134,6 +134,18 @@ pub struct EnvFreshness {
     pub last_seen_unix_ms: i64,
 }
 
+/// One tool's calls in the indexed runpacks of a scope and window (migration 0025).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunpackTool {
+    pub tool: String,
+    /// Calls of it.
+    pub calls: u64,
+    /// Runpacks with at least one.
+    pub runpacks: u64,
+    /// The smallest SHA-256 of those runpacks (the evidence to open).
+    pub runpack_sha256: Option<String>,
+}
+
 /// Most manual merges an org holds.
 pub const MAX_FAMILY_MERGES: u32 = 10_000;
 
@@ -841,6 +853,31 @@ async fn freshness(
     })
 }
 
+async fn runpack_tools(
+    mut conn: Conn<'_>,
+    f: &AnalysisFilter,
+    from_ms: i64,
+) -> Result<Vec<RunpackTool>, StoreError> {
+    const T: &str = "runpack_calls";
+    let (clause, args) = f.clause(false);
+    // `from_ms` is an integer the caller computed, formatted from an i64, never text.
+    let sql = format!(
+        "SELECT c.tool_name AS tool, COUNT(*) AS calls, \
+         COUNT(DISTINCT c.agent_id || '/' || CAST(c.seq AS TEXT)) AS runpacks, MIN(e.sha256) AS runpack \
+         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms}) c \
+         LEFT JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
+         AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name ORDER BY c.tool_name"
+    );
+    filtered!(conn, sql, args, MAX_POSTURE_ROWS, "runpack_tools", |r| {
+        Ok(RunpackTool {
+            tool: r.text("tool")?,
+            calls: to_u64(T, "calls", r.int("calls")?)?,
+            runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
+            runpack_sha256: r.opt_text("runpack")?,
+        })
+    })
+}
+
 fn merge_of(r: &impl Columns) -> Result<FamilyMerge, StoreError> {
     Ok(FamilyMerge {
         org: Org::try_from(r.text("org")?).map_err(|e| {
@@ -1103,6 +1140,16 @@ impl crate::Store {
                 .await
                 .map_err(db("family_by_dedup_key"))?
         }))
+    }
+
+    /// The tools called in the runpacks indexed inside `filter` since `from_ms` (agent clock), by tool.
+    pub async fn runpack_tools(
+        &self,
+        filter: &AnalysisFilter,
+        from_ms: i64,
+    ) -> Result<Vec<RunpackTool>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        runpack_tools(pooled.conn(), filter, from_ms).await
     }
 
     /// The manual merges in force in `org`, by family.

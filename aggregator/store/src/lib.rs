@@ -57,7 +57,7 @@ pub use alerts::{
 pub use analysis::{
     AnalysisFilter, ApprovalTiming, EnvFreshness, FamilyDef, FamilyMerge, FamilySample,
     FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS,
-    MAX_REPRESENTATIVES, PostureCount, RegressCount,
+    MAX_REPRESENTATIVES, PostureCount, RegressCount, RunpackTool,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,
