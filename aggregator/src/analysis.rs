@@ -824,6 +824,122 @@ impl Analytics {
         Ok(out)
     }
 
+    /// Drift attribution in one environment: why run `run` (its newest runpack there) differs from `baseline`
+    /// (the newest runpack of that run id, or, when absent, the run's own previous runpack there), told by
+    /// comparing their digests (`gait_analysis::drift`): the policy pinned when each ran, every tool call's
+    /// arguments and result digests, the receipts, the producer version and the environment.
+    pub async fn drift(
+        &self,
+        caller: &Authorized<Tenant>,
+        run: &str,
+        baseline: Option<&str>,
+    ) -> Result<DriftReport, AnalysisError> {
+        let tenant = caller.target().clone();
+        for (field, id) in [("run", Some(run)), ("baseline", baseline)] {
+            if let Some(id) = id
+                && (id.is_empty()
+                    || id.len() > 128
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{id:?} is not a run id ([A-Za-z0-9_-], 1-128)"),
+                ));
+            }
+        }
+        let runpacks = |run: String, limit: u32| {
+            let mut f = gait_store::EvidenceFilter::org(tenant.org.clone(), limit);
+            f.project = Some(tenant.project.clone());
+            f.env = Some(tenant.env.clone());
+            f.kind = Some("artifact.runpack".to_owned());
+            f.run_id = Some(run);
+            f
+        };
+        let mut failing_and_before = self.store.evidence(&runpacks(run.to_owned(), 2)).await?;
+        if failing_and_before.is_empty() {
+            return Err(AnalysisError::NotFound(format!(
+                "no runpack of run {run} in {tenant}: push it with `gait-agent push`"
+            )));
+        }
+        let failing = failing_and_before.remove(0);
+        let before = match baseline {
+            Some(b) => self.store.evidence(&runpacks(b.to_owned(), 1)).await?.pop(),
+            None => failing_and_before.pop(),
+        };
+        let Some(before) = before else {
+            return Err(AnalysisError::NotFound(match baseline {
+                Some(b) => format!("no runpack of baseline run {b} in {tenant}"),
+                None => format!(
+                    "run {run} has one runpack in {tenant}: name a baseline run (`baseline`) to compare it with"
+                ),
+            }));
+        };
+        let pins = self.store.env_pins(&tenant, 1_000).await?;
+        let failing = self.run_side(&tenant, &failing, &pins)?;
+        let baseline = self.run_side(&tenant, &before, &pins)?;
+        let attribution = gait_analysis::drift::attribute(&baseline.context, &failing.context);
+        Ok(DriftReport {
+            scope: tenant.to_string(),
+            unattributed: attribution.unattributed(),
+            attribution,
+            failing,
+            baseline,
+        })
+    }
+
+    /// What one runpack record saw, as digests.
+    fn run_side(
+        &self,
+        tenant: &Tenant,
+        record: &gait_store::IndexedRecord,
+        pins: &[gait_store::StoredPin],
+    ) -> Result<DriftSide, AnalysisError> {
+        let payload = record.artifact.as_ref().ok_or_else(|| {
+            AnalysisError::Corrupt(format!("runpack record {} has no payload", record.id))
+        })?;
+        let artifact: gait_artifact::evidence::ArtifactRecord = serde_json::from_str(payload.get())
+            .map_err(|e| AnalysisError::Corrupt(format!("runpack record {}: {e}", record.id)))?;
+        let mut context = gait_analysis::drift::RunContext {
+            // The version pinned in the environment when the run was recorded (agent clock).
+            policy_digest: pins
+                .iter()
+                .filter(|p| p.pin.created_unix_ms <= record.created_unix_ms)
+                .max_by_key(|p| (p.pin.created_unix_ms, p.id))
+                .map(|p| p.pin.digest.clone()),
+            producer_version: (!artifact.producer_version.is_empty())
+                .then(|| artifact.producer_version.clone()),
+            environment: Some(tenant.to_string()),
+            ..Default::default()
+        };
+        if let Some(rp) = &artifact.runpack {
+            context.receipts_digest = Some(gait_canon::sha256_hex(
+                rp.receipt_digest_vector.join("\n").as_bytes(),
+            ));
+        }
+        for (i, call) in artifact.calls.iter().enumerate() {
+            let key = format!("{i}:{}", call.tool_name);
+            context
+                .tool_args
+                .insert(key.clone(), call.args_digest.clone());
+            if !call.result_digest.is_empty() {
+                context.tool_results.insert(key, call.result_digest.clone());
+            }
+        }
+        Ok(DriftSide {
+            run_id: artifact
+                .runpack
+                .as_ref()
+                .map(|r| r.run_id.clone())
+                .unwrap_or_default(),
+            runpack_sha256: artifact.sha256.clone(),
+            created_unix_ms: record.created_unix_ms,
+            calls_omitted: artifact.calls_omitted,
+            context,
+        })
+    }
+
     /// The change-management gate of one environment (module docs of `gait_analysis::gate`).
     pub async fn change_gate(
         &self,
@@ -907,6 +1023,33 @@ impl Analytics {
             policy: *policy,
         })
     }
+}
+
+/// One side of a drift comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct DriftSide {
+    pub run_id: String,
+    /// The runpack compared (the evidence).
+    pub runpack_sha256: String,
+    /// When it was recorded (agent clock).
+    pub created_unix_ms: i64,
+    /// Calls past the 1,000 the agent listed (not compared).
+    pub calls_omitted: u64,
+    /// What it saw, as digests.
+    pub context: gait_analysis::drift::RunContext,
+}
+
+/// Drift attribution: the failing run against its baseline.
+#[derive(Clone, Debug, Serialize)]
+pub struct DriftReport {
+    /// `org/project/env`.
+    pub scope: String,
+    /// No cause found in the evidence (the difference is real; its cause is not recorded).
+    pub unattributed: bool,
+    /// The primary cause and every difference, in precedence order.
+    pub attribution: gait_analysis::drift::Attribution,
+    pub failing: DriftSide,
+    pub baseline: DriftSide,
 }
 
 /// The change gate's answer with what it read.

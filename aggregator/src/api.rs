@@ -592,6 +592,15 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             ),
             get(analysis::change_gate),
         ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/drift",
+                P::EvidenceRead,
+                Env,
+            ),
+            get(analysis::drift),
+        ),
     ]
 }
 

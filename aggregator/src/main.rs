@@ -141,6 +141,9 @@ enum Command {
     /// Posture of an org (or a project/environment of it): decision and stage mix per tool and day, high-risk
     /// calls allowed, regress pass rates with their trend, agent posture.
     Posture(cmd::analysis::PostureArgs),
+    /// Drift attribution: why a run's newest runpack in an environment differs from its baseline — the policy
+    /// pinned, a tool's arguments or result, the receipts, the producer version — or unattributed (exit 1).
+    Drift(cmd::analysis::DriftArgs),
     /// Merge an incident family into another, org-wide (an audited overlay): its occurrences, agents and
     /// environments count in the other from now on. `family-split` undoes it.
     #[command(name = "family-merge")]
@@ -268,6 +271,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Families(args) => cmd::analysis::families(args, load()?).await,
         Command::Family(args) => cmd::analysis::family(args, load()?).await,
         Command::Posture(args) => cmd::analysis::posture(args, load()?).await,
+        Command::Drift(args) => cmd::analysis::drift(args, load()?).await,
         Command::FamilyMerge(args) => cmd::analysis::family_merge(args, load()?).await,
         Command::FamilySplit(args) => cmd::analysis::family_split(args, load()?).await,
         Command::ChangeGate(args) => cmd::analysis::change_gate(args, load()?).await,

@@ -366,6 +366,7 @@ gait_store::store_tests!(
     a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited,
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
     coverage_names_the_tools_runpacks_called_without_a_gate,
+    drift_is_attributed_to_the_policy_the_tool_or_nothing,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1361,7 +1362,7 @@ async fn merged_families_count_shared_agents_once_follow_chains_and_stay_in_scop
 }
 
 /// An `artifact.runpack` record (as `gait-agent push` writes it) of run `run` listing `calls` (tool, args digest
-/// character).
+/// character), each with result digest `r…`.
 fn runpack_record(
     seq: u64,
     salt: u16,
@@ -1369,6 +1370,20 @@ fn runpack_record(
     run: &str,
     sha: char,
     calls: &[(&str, char)],
+) -> NewRecord {
+    let with_results: Vec<(&str, char, char)> = calls.iter().map(|(t, a)| (*t, *a, 'r')).collect();
+    runpack_record_with(seq, salt, created, run, sha, "0.0.0-dev", &with_results)
+}
+
+/// [`runpack_record`] with each call's result digest character and the producer version given.
+fn runpack_record_with(
+    seq: u64,
+    salt: u16,
+    created: i64,
+    run: &str,
+    sha: char,
+    producer: &str,
+    calls: &[(&str, char, char)],
 ) -> NewRecord {
     let payload = json!({
         "schema": "gait.agent.artifact",
@@ -1379,13 +1394,13 @@ fn runpack_record(
         "source": "push",
         "signature_status": "verified",
         "run_ids": [run],
-        "producer_version": "0.0.0-dev",
+        "producer_version": producer,
         "runpack": {"run_id": run, "runpack_manifest_digest": hex64('d'), "capture_mode": "reference",
                     "intent_count": calls.len(), "result_count": calls.len(), "receipt_count": 0,
                     "receipt_digest_vector": []},
-        "calls": calls.iter().enumerate().map(|(i, (tool, args))| json!({
+        "calls": calls.iter().enumerate().map(|(i, (tool, args, result))| json!({
             "intent_id": format!("intent_{i}"), "tool_name": tool, "args_digest": hex64(*args),
-            "result_digest": hex64('r'),
+            "result_digest": hex64(*result),
         })).collect::<Vec<_>>(),
     });
     record(seq, salt, "artifact.runpack", created, &payload)
@@ -1503,5 +1518,130 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
         c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
         "{c:?}"
     );
+    Ok(())
+}
+
+async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let intake = Intake::new(store.clone());
+    let tenant = Tenant::from_parts("acme", "web", "prod")?;
+    let key = AgentKey::new(tenant.clone(), "ci-9".parse()?);
+    store.agent_connected(&key, &hello(), base).await?;
+    // Two policy versions pinned in web/prod, the second an hour ago.
+    let hour = 3_600_000;
+    for (n, (digest, at)) in [(hex64('e'), base - 5 * hour), (hex64('f'), base - hour)]
+        .iter()
+        .enumerate()
+    {
+        let version = gait_store::NewPolicyVersion {
+            org: "acme".parse()?,
+            digest: digest.clone(),
+            name: "base.yaml".into(),
+            yaml: b"default_verdict: allow\n".to_vec(),
+            sha256: hex64('9'),
+            author: "test".into(),
+            message: String::new(),
+            parent_digest: None,
+            rule_count: 0,
+            default_verdict: "allow".into(),
+            created_unix_ms: *at,
+            warnings_json: None,
+        };
+        let pin = gait_store::NewPin {
+            tenant: tenant.clone(),
+            digest: digest.clone(),
+            kind: gait_store::PinKind::Pin,
+            rollout_id: None,
+            settings_json: "{}".into(),
+            bundle_epoch: n as u64 + 1,
+            bundle_digest: hex64('8'),
+            known_good: true,
+            actor: "test".into(),
+            reason: String::new(),
+            created_unix_ms: *at,
+        };
+        store
+            .transaction(async |tx| {
+                tx.insert_policy_version(&version).await?;
+                tx.insert_env_pin(&pin).await
+            })
+            .await?;
+    }
+    let calls = [("tool.search", '1', 'a'), ("tool.fetch", '2', 'b')];
+    let changed = [("tool.search", '1', 'a'), ("tool.fetch", '2', 'c')];
+    let records = [
+        // run_tool: same policy window, the fetch result changed.
+        runpack_record_with(1, 400, base - 30 * 60_000, "run_tool", '1', "0.9.0", &calls),
+        runpack_record_with(
+            2,
+            400,
+            base - 20 * 60_000,
+            "run_tool",
+            '2',
+            "0.9.0",
+            &changed,
+        ),
+        // run_policy: recorded before and after the second pin, nothing else different.
+        runpack_record_with(3, 400, base - 3 * hour, "run_policy", '3', "0.9.0", &calls),
+        runpack_record_with(
+            4,
+            400,
+            base - 10 * 60_000,
+            "run_policy",
+            '4',
+            "0.9.0",
+            &calls,
+        ),
+        // run_same: nothing differs.
+        runpack_record_with(5, 400, base - 9 * 60_000, "run_same", '5', "0.9.0", &calls),
+        runpack_record_with(6, 400, base - 8 * 60_000, "run_same", '6', "0.9.0", &calls),
+    ];
+    intake.commit_batch(&key, &records, &[], &[], base).await?;
+    let a = analytics(store);
+    let (auth, root) = admin();
+    let caller = auth
+        .authorize(root, Permission::EvidenceRead, tenant.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tool = a.drift(&caller, "run_tool", None).await?;
+    let primary = tool.attribution.primary.clone().context("attributed")?;
+    ensure!(
+        primary.kind == gait_analysis::drift::CauseKind::ToolChange
+            && primary.field == "tool_results[1:tool.fetch]"
+            && primary.before == Some(hex64('b'))
+            && primary.after == Some(hex64('c')),
+        "{tool:?}"
+    );
+    ensure!(
+        tool.failing.runpack_sha256 == hex64('2') && tool.baseline.runpack_sha256 == hex64('1')
+    );
+    let policy = a.drift(&caller, "run_policy", None).await?;
+    let primary = policy.attribution.primary.clone().context("attributed")?;
+    ensure!(
+        primary.kind == gait_analysis::drift::CauseKind::PolicyChange
+            && primary.before == Some(hex64('e'))
+            && primary.after == Some(hex64('f'))
+            && policy.attribution.causes.len() == 1,
+        "{policy:?}"
+    );
+    let same = a.drift(&caller, "run_same", None).await?;
+    ensure!(
+        same.unattributed && same.attribution.causes.is_empty(),
+        "{same:?}"
+    );
+    // Against another run as baseline: the tool's result digest again.
+    let across = a.drift(&caller, "run_tool", Some("run_same")).await?;
+    ensure!(!across.unattributed, "{across:?}");
+    // A run with one runpack needs a baseline; an unknown run is 404; a bad id is 400.
+    for (run, baseline) in [("run_none", None), ("run_tool", Some("run_none"))] {
+        match a.drift(&caller, run, baseline).await {
+            Err(AnalysisError::NotFound(_)) => {}
+            other => anyhow::bail!("{run}: {other:?}"),
+        }
+    }
+    match a.drift(&caller, "../etc", None).await {
+        Err(AnalysisError::Invalid { field: "run", .. }) => {}
+        other => anyhow::bail!("bad id: {other:?}"),
+    }
     Ok(())
 }

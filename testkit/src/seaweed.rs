@@ -12,6 +12,8 @@ use crate::TestkitError;
 
 /// How long SeaweedFS may take to create a bucket and take writes (its volume servers join in seconds).
 const STARTUP: Duration = Duration::from_secs(90);
+/// Starts tried when `weed` exits at once (a port taken between choosing it and binding it).
+const START_ATTEMPTS: usize = 5;
 
 /// The `weed` binary (`GAIT_TEST_WEED`, else `weed` on the `PATH`), or `None` to skip `test`, which the skip
 /// message names. Panics under `CI=true` without one: CI must run the S3 paths.
@@ -63,18 +65,53 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestkitError + '_ {
 
 impl Seaweed {
     /// Starts `weed server` with the S3 gateway on free loopback ports; its log is `weed.log` in its directory.
+    ///
+    /// The ports are found by binding port 0 and letting go just before `weed` starts, so another process (a
+    /// parallel test's SeaweedFS, an aggregator) can take one in between, and `weed` then exits at once. That is
+    /// a lost race, not a broken server: it is started again on fresh ports, up to [`START_ATTEMPTS`] times, each
+    /// attempt watched until its S3 gateway accepts connections.
     pub fn start(weed: &Path) -> Result<Self, TestkitError> {
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut server = Self::spawn(weed)?;
+            match server.wait_listening()? {
+                true => return Ok(server),
+                false => {
+                    last_log = std::fs::read_to_string(server._dir.path().join("weed.log"))
+                        .unwrap_or_default();
+                }
+            }
+        }
+        let tail: String = last_log
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(TestkitError::Answer {
+            what: "SeaweedFS start".to_owned(),
+            detail: format!("weed exited early {START_ATTEMPTS} times; its last log ends:\n{tail}"),
+        })
+    }
+
+    fn spawn(weed: &Path) -> Result<Self, TestkitError> {
         let dir = tempfile::tempdir().map_err(io(Path::new("tempdir")))?;
-        let ports = (0..8)
-            .map(|_| {
-                TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-            })
+        let listeners = (0..8)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io(Path::new("127.0.0.1:0")))?;
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
             .collect::<Result<Vec<u16>, _>>()
             .map_err(io(Path::new("127.0.0.1:0")))?;
         let log_path = dir.path().join("weed.log");
         let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+        // Held until now, so the window in which another process can take one of them is as short as it gets.
+        drop(listeners);
         let child = Command::new(weed)
             .arg("server")
             .arg(format!("-dir={}", dir.path().display()))
@@ -102,6 +139,27 @@ impl Seaweed {
             s3_port: ports[6],
             _dir: dir,
         })
+    }
+
+    /// Waits (polling) until the S3 gateway accepts a connection: `true`; `false` when `weed` exited first.
+    fn wait_listening(&mut self) -> Result<bool, TestkitError> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(false);
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
+                return Ok(true);
+            }
+            if started.elapsed() > STARTUP {
+                return Err(TestkitError::Timeout {
+                    what: "SeaweedFS: S3 gateway listening".to_owned(),
+                    patience: STARTUP,
+                    last: String::new(),
+                });
+            }
+            std::thread::sleep(crate::POLL_INTERVAL);
+        }
     }
 
     /// The S3 endpoint URL.

@@ -173,6 +173,26 @@ fn pushed_conformance_artifacts_are_committed_once_and_a_tampered_runpack_is_ref
         coverage["tools_seen"] == 3 && coverage["tools_gated"] == 0,
         "{coverage}"
     );
+    // Drift needs two runpacks of the run (or a baseline run): with one, the CLI says so.
+    let out = agg
+        .operator_command(&[
+            "drift",
+            "--org",
+            &agent.org,
+            "--project",
+            &agent.project,
+            "--env",
+            &agent.env,
+            "--run",
+            "run_demo",
+        ])
+        .output()?;
+    ensure!(
+        out.status.code() == Some(65) && text(&out).contains("name a baseline run"),
+        "drift: {:?} {}",
+        out.status.code(),
+        text(&out)
+    );
     let traces = by_kind("artifact.trace");
     ensure!(traces.len() == 2, "{records:#?}");
     ensure!(

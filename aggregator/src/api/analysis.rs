@@ -118,6 +118,33 @@ pub(super) async fn posture(
     }
 }
 
+/// Query of a drift attribution.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DriftQuery {
+    /// The run whose newest runpack is explained.
+    run: String,
+    /// The run to compare it with (default: the run's own previous runpack).
+    baseline: Option<String>,
+}
+
+/// `GET /v1/orgs/{org}/projects/{project}/envs/{env}/drift?run=…[&baseline=…]`: why a run differs from its
+/// baseline, by digests, or `unattributed`.
+pub(super) async fn drift(
+    State(state): State<AppState>,
+    Caller(caller): Caller<Tenant>,
+    query: Result<Query<DriftQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(RequestError::Query)?;
+    Ok(Json(
+        state
+            .analytics
+            .drift(&caller, &q.run, q.baseline.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
 /// Thresholds a pipeline may tighten (never loosen past what it asks for).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -81,6 +81,34 @@ pub struct FamilyArgs {
     pub json: bool,
 }
 
+/// `drift`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when a cause was found, 1 when the difference is unattributed, 65 when the \
+                  request is refused.\n\nExamples:\n  gait-aggregator drift --org acme --project web --env prod \
+                  --run run_nightly\n  gait-aggregator drift --org acme --project web --env prod --run run_b \
+                  --baseline run_a --json"
+)]
+pub struct DriftArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: Org,
+    #[arg(long)]
+    pub project: Project,
+    #[arg(long)]
+    pub env: Env,
+    /// The run whose newest runpack in the environment is explained.
+    #[arg(long)]
+    pub run: String,
+    /// The run to compare it with (default: the run's own previous runpack there).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `family-merge`.
 #[derive(Args, Debug)]
 #[command(
@@ -574,4 +602,65 @@ pub async fn family_merge(args: FamilyMergeArgs, config: Config) -> anyhow::Resu
 /// Runs `family-split`.
 pub async fn family_split(args: FamilySplitArgs, config: Config) -> anyhow::Result<ExitCode> {
     merge_or_split(args.api, config, &args.org, &args.family, None, args.json).await
+}
+
+/// Runs `drift`.
+pub async fn drift(args: DriftArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    for id in std::iter::once(&args.run).chain(args.baseline.as_ref()) {
+        if !ok(id) {
+            anyhow::bail!("{id:?} is not a run id: use 1-128 characters [A-Za-z0-9_-]");
+        }
+    }
+    let mut query = vec![format!("run={}", args.run)];
+    if let Some(b) = &args.baseline {
+        query.push(format!("baseline={b}"));
+    }
+    let path = format!("projects/{}/envs/{}/drift", args.project, args.env);
+    let u = url(&api.server, &args.org, &path, &query);
+    let (status, a) = call(&api, reqwest::Method::GET, &u, None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &a));
+    }
+    let unattributed = a["unattributed"].as_bool() == Some(true);
+    if args.json {
+        gait_runtime::outln!("{a}");
+    } else {
+        gait_runtime::outln!(
+            "run {} (runpack {}) against {} (runpack {}):",
+            a["failing"]["run_id"].as_str().unwrap_or("?"),
+            a["failing"]["runpack_sha256"].as_str().unwrap_or("?"),
+            a["baseline"]["run_id"].as_str().unwrap_or("?"),
+            a["baseline"]["runpack_sha256"].as_str().unwrap_or("?"),
+        );
+        if unattributed {
+            gait_runtime::outln!("  unattributed: nothing in the evidence differs");
+        }
+        for (i, c) in a["attribution"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            gait_runtime::outln!(
+                "  {}{}: {} {} -> {}",
+                if i == 0 { "cause " } else { "also  " },
+                c["kind"].as_str().unwrap_or("?"),
+                c["field"].as_str().unwrap_or("?"),
+                c["before"].as_str().unwrap_or("(absent)"),
+                c["after"].as_str().unwrap_or("(absent)"),
+            );
+        }
+    }
+    Ok(if unattributed {
+        ExitCode::from(gait_runtime::exit::FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
