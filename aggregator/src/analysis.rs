@@ -776,13 +776,16 @@ impl Analytics {
             .filter(|c| c.decisions > 0)
             .map(|c| c.tool.as_str())
             .collect();
-        report.coverage = tool_coverage(
-            &self
-                .store
-                .runpack_tools(&filter, from_day * upkeep::DAY_MS)
-                .await?,
-            &gated,
-        );
+        let (tools, truncated) = self
+            .store
+            .runpack_tools(
+                &filter,
+                from_day * upkeep::DAY_MS,
+                (today + 1) * upkeep::DAY_MS,
+            )
+            .await?;
+        report.coverage = tool_coverage(&tools, &gated);
+        report.coverage.truncated = truncated;
         report.freshness.sort_by(|a, b| {
             a.last_evidence_unix_ms
                 .cmp(&b.last_evidence_unix_ms)
@@ -824,10 +827,10 @@ impl Analytics {
         Ok(out)
     }
 
-    /// Drift attribution in one environment: why run `run` (its newest runpack there) differs from `baseline`
-    /// (the newest runpack of that run id, or, when absent, the run's own previous runpack there), told by
-    /// comparing their digests (`gait_analysis::drift`): the policy pinned when each ran, every tool call's
-    /// arguments and result digests, the receipts, the producer version and the environment.
+    /// Drift attribution in one environment: why run `run` (its most recently recorded runpack there) differs
+    /// from `baseline` (that run's most recent runpack, or, when absent, the run's own latest earlier runpack with
+    /// other contents), told by comparing their digests (`gait_analysis::drift`): the policy pinned when each was
+    /// recorded, every tool call's arguments and result digests, the receipts and the producer version.
     pub async fn drift(
         &self,
         caller: &Authorized<Tenant>,
@@ -849,15 +852,14 @@ impl Analytics {
                 ));
             }
         }
-        let runpacks = |run: String, limit: u32| {
-            let mut f = gait_store::EvidenceFilter::org(tenant.org.clone(), limit);
-            f.project = Some(tenant.project.clone());
-            f.env = Some(tenant.env.clone());
-            f.kind = Some("artifact.runpack".to_owned());
-            f.run_id = Some(run);
-            f
-        };
-        let mut failing_and_before = self.store.evidence(&runpacks(run.to_owned(), 2)).await?;
+        if baseline == Some(run) {
+            return Err(invalid(
+                "baseline",
+                "is the run itself: leave it out to compare with the run's earlier runpack",
+            ));
+        }
+        let pins = self.store.env_pins(&tenant, 1_000).await?;
+        let mut failing_and_before = self.sides(&tenant, run, &pins).await?;
         if failing_and_before.is_empty() {
             return Err(AnalysisError::NotFound(format!(
                 "no runpack of run {run} in {tenant}: push it with `gait-agent push`"
@@ -865,34 +867,71 @@ impl Analytics {
         }
         let failing = failing_and_before.remove(0);
         let before = match baseline {
-            Some(b) => self.store.evidence(&runpacks(b.to_owned(), 1)).await?.pop(),
-            None => failing_and_before.pop(),
+            Some(b) => self.sides(&tenant, b, &pins).await?.into_iter().next(),
+            None => failing_and_before
+                .into_iter()
+                .find(|s| s.runpack_sha256 != failing.runpack_sha256),
         };
-        let Some(before) = before else {
+        let Some(baseline) = before else {
             return Err(AnalysisError::NotFound(match baseline {
                 Some(b) => format!("no runpack of baseline run {b} in {tenant}"),
                 None => format!(
-                    "run {run} has one runpack in {tenant}: name a baseline run (`baseline`) to compare it with"
+                    "run {run} has no earlier runpack with other contents in {tenant}: name a baseline run \
+                     (`baseline`) to compare it with"
                 ),
             }));
         };
-        let pins = self.store.env_pins(&tenant, 1_000).await?;
-        let failing = self.run_side(&tenant, &failing, &pins)?;
-        let baseline = self.run_side(&tenant, &before, &pins)?;
-        let attribution = gait_analysis::drift::attribute(&baseline.context, &failing.context);
+        let (mut before_ctx, mut after_ctx) = (baseline.context.clone(), failing.context.clone());
+        // A side that listed no calls of a run that had some (an older agent) says nothing about the tools.
+        if !baseline.calls_listed || !failing.calls_listed {
+            for c in [&mut before_ctx, &mut after_ctx] {
+                c.tool_args.clear();
+                c.tool_results.clear();
+            }
+        }
+        let attribution = gait_analysis::drift::attribute(&before_ctx, &after_ctx);
+        // Calls left out of a record were not compared: no cause found is then not "nothing differs".
+        let incomplete = failing.calls_omitted > 0
+            || baseline.calls_omitted > 0
+            || !baseline.calls_listed
+            || !failing.calls_listed;
         Ok(DriftReport {
             scope: tenant.to_string(),
-            unattributed: attribution.unattributed(),
+            unattributed: attribution.unattributed() && !incomplete,
+            incomplete,
             attribution,
             failing,
             baseline,
         })
     }
 
+    /// The runpacks of `run` in `tenant` as drift sides, most recently recorded first (the newest 20 to arrive).
+    async fn sides(
+        &self,
+        tenant: &Tenant,
+        run: &str,
+        pins: &[gait_store::StoredPin],
+    ) -> Result<Vec<DriftSide>, AnalysisError> {
+        let mut f = gait_store::EvidenceFilter::org(tenant.org.clone(), 20);
+        f.project = Some(tenant.project.clone());
+        f.env = Some(tenant.env.clone());
+        f.kind = Some("artifact.runpack".to_owned());
+        f.run_id = Some(run.to_owned());
+        let mut sides = Vec::new();
+        for record in self.store.evidence(&f).await? {
+            sides.push((record.id, self.run_side(&record, pins)?));
+        }
+        sides.sort_by(|(a_id, a), (b_id, b)| {
+            b.recorded_unix_ms
+                .cmp(&a.recorded_unix_ms)
+                .then_with(|| b_id.cmp(a_id))
+        });
+        Ok(sides.into_iter().map(|(_, s)| s).collect())
+    }
+
     /// What one runpack record saw, as digests.
     fn run_side(
         &self,
-        tenant: &Tenant,
         record: &gait_store::IndexedRecord,
         pins: &[gait_store::StoredPin],
     ) -> Result<DriftSide, AnalysisError> {
@@ -901,25 +940,32 @@ impl Analytics {
         })?;
         let artifact: gait_artifact::evidence::ArtifactRecord = serde_json::from_str(payload.get())
             .map_err(|e| AnalysisError::Corrupt(format!("runpack record {}: {e}", record.id)))?;
+        // When the run was recorded: the runpack's own time, else when the agent took it in; a time more than 5
+        // minutes after the record reached the aggregator (a clock ahead) counts at its arrival.
+        let recorded = artifact
+            .run_created_unix_ms
+            .unwrap_or(record.created_unix_ms)
+            .min(record.received_unix_ms.saturating_add(5 * 60_000));
         let mut context = gait_analysis::drift::RunContext {
-            // The version pinned in the environment when the run was recorded (agent clock).
+            // The version pinned in the environment when the run was recorded.
             policy_digest: pins
                 .iter()
-                .filter(|p| p.pin.created_unix_ms <= record.created_unix_ms)
+                .filter(|p| p.pin.created_unix_ms <= recorded)
                 .max_by_key(|p| (p.pin.created_unix_ms, p.id))
                 .map(|p| p.pin.digest.clone()),
             producer_version: (!artifact.producer_version.is_empty())
                 .then(|| artifact.producer_version.clone()),
-            environment: Some(tenant.to_string()),
             ..Default::default()
         };
+        let intents = artifact.runpack.as_ref().map_or(0, |r| r.intent_count);
         if let Some(rp) = &artifact.runpack {
             context.receipts_digest = Some(gait_canon::sha256_hex(
                 rp.receipt_digest_vector.join("\n").as_bytes(),
             ));
         }
         for (i, call) in artifact.calls.iter().enumerate() {
-            let key = format!("{i}:{}", call.tool_name);
+            // Zero-padded, so the first call that differs is the first cause of its kind.
+            let key = format!("{i:04}:{}", call.tool_name);
             context
                 .tool_args
                 .insert(key.clone(), call.args_digest.clone());
@@ -934,7 +980,8 @@ impl Analytics {
                 .map(|r| r.run_id.clone())
                 .unwrap_or_default(),
             runpack_sha256: artifact.sha256.clone(),
-            created_unix_ms: record.created_unix_ms,
+            recorded_unix_ms: recorded,
+            calls_listed: !artifact.calls.is_empty() || intents == 0,
             calls_omitted: artifact.calls_omitted,
             context,
         })
@@ -1031,9 +1078,11 @@ pub struct DriftSide {
     pub run_id: String,
     /// The runpack compared (the evidence).
     pub runpack_sha256: String,
-    /// When it was recorded (agent clock).
-    pub created_unix_ms: i64,
-    /// Calls past the 1,000 the agent listed (not compared).
+    /// When the run was recorded (the runpack's `created_at`; else when the agent took it in), Unix ms.
+    pub recorded_unix_ms: i64,
+    /// Whether the record lists the run's calls (an agent older than call listing sends none).
+    pub calls_listed: bool,
+    /// Calls the agent did not list (not compared).
     pub calls_omitted: u64,
     /// What it saw, as digests.
     pub context: gait_analysis::drift::RunContext,
@@ -1044,8 +1093,12 @@ pub struct DriftSide {
 pub struct DriftReport {
     /// `org/project/env`.
     pub scope: String,
-    /// No cause found in the evidence (the difference is real; its cause is not recorded).
+    /// No cause found in the evidence, with every call compared (the difference is real; its cause is not
+    /// recorded).
     pub unattributed: bool,
+    /// Some calls were not compared (left out of a record, or not listed by an older agent): no cause found is
+    /// then not "nothing differs".
+    pub incomplete: bool,
     /// The primary cause and every difference, in precedence order.
     pub attribution: gait_analysis::drift::Attribution,
     pub failing: DriftSide,
@@ -1243,9 +1296,17 @@ pub struct ToolCoverage {
     pub calls_seen: u64,
     pub calls_of_gated_tools: u64,
     /// Tools called in runpacks that never went through a gate here: the ungated paths, most calls first, each
-    /// with the runpack that shows it.
+    /// with the runpack that shows it; at most [`MAX_UNGATED`].
     pub ungated: Vec<gait_store::RunpackTool>,
+    /// Ungated tools past [`MAX_UNGATED`], not listed.
+    pub ungated_omitted: u64,
+    /// More tools were called than one read counts ([`gait_store::MAX_RUNPACK_TOOLS`], the most called are
+    /// counted): the figures are a lower bound.
+    pub truncated: bool,
 }
+
+/// Most ungated tools a posture lists.
+pub const MAX_UNGATED: usize = 100;
 
 /// Coverage of the runpack tools `seen` by the tools with gate decisions in `gated`.
 pub fn tool_coverage(seen: &[gait_store::RunpackTool], gated: &BTreeSet<&str>) -> ToolCoverage {
@@ -1263,6 +1324,8 @@ pub fn tool_coverage(seen: &[gait_store::RunpackTool], gated: &BTreeSet<&str>) -
     c.tool_coverage_per_mille = per_mille(c.tools_gated, c.tools_seen);
     c.ungated
         .sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.tool.cmp(&b.tool)));
+    c.ungated_omitted = c.ungated.len().saturating_sub(MAX_UNGATED) as u64;
+    c.ungated.truncate(MAX_UNGATED);
     c
 }
 

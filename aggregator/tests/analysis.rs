@@ -1411,9 +1411,10 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
     let base = now();
     let intake = Intake::new(store.clone());
     let web = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "ci-1".parse()?);
+    // The same agent id in another environment is another agent (its seqs count again from 1).
     let billing = AgentKey::new(
         Tenant::from_parts("acme", "billing", "prod")?,
-        "ci-2".parse()?,
+        "ci-1".parse()?,
     );
     for k in [&web, &billing] {
         store.agent_connected(k, &hello(), base).await?;
@@ -1446,21 +1447,19 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
     intake
         .commit_batch(&web, &web_records, &[], &[], base)
         .await?;
-    intake
-        .commit_batch(
-            &billing,
-            &[runpack_record(
-                1,
-                301,
-                base,
-                "run_c",
-                'c',
-                &[("db.drop", '5')],
-            )],
-            &[],
-            &[],
+    let billing_records = [
+        record(1, 301, "gate.decision", base, &allow),
+        runpack_record(
+            2,
+            301,
             base,
-        )
+            "run_c",
+            'c',
+            &[("db.drop", '5'), ("tool.fetch", '6')],
+        ),
+    ];
+    intake
+        .commit_batch(&billing, &billing_records, &[], &[], base)
         .await?;
     catch_up(store, SETTLED).await?;
     let a = analytics(store);
@@ -1518,6 +1517,13 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
         c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
         "{c:?}"
     );
+    // Runpacks are counted per agent of each environment: ci-1's seq 2 in web and in billing are two.
+    let fetch = c
+        .ungated
+        .iter()
+        .find(|t| t.tool == "tool.fetch")
+        .context("fetch")?;
+    ensure!((fetch.calls, fetch.runpacks) == (3, 3), "{fetch:?}");
     Ok(())
 }
 
@@ -1593,9 +1599,10 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
             "0.9.0",
             &calls,
         ),
-        // run_same: nothing differs.
+        // run_same: nothing differs (the last one pushed again by the same file: skipped as a baseline).
         runpack_record_with(5, 400, base - 9 * 60_000, "run_same", '5', "0.9.0", &calls),
         runpack_record_with(6, 400, base - 8 * 60_000, "run_same", '6', "0.9.0", &calls),
+        runpack_record_with(7, 400, base - 7 * 60_000, "run_same", '6', "0.9.0", &calls),
     ];
     intake.commit_batch(&key, &records, &[], &[], base).await?;
     let a = analytics(store);
@@ -1607,7 +1614,7 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
     let primary = tool.attribution.primary.clone().context("attributed")?;
     ensure!(
         primary.kind == gait_analysis::drift::CauseKind::ToolChange
-            && primary.field == "tool_results[1:tool.fetch]"
+            && primary.field == "tool_results[0001:tool.fetch]"
             && primary.before == Some(hex64('b'))
             && primary.after == Some(hex64('c')),
         "{tool:?}"
@@ -1626,7 +1633,11 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
     );
     let same = a.drift(&caller, "run_same", None).await?;
     ensure!(
-        same.unattributed && same.attribution.causes.is_empty(),
+        same.unattributed
+            && !same.incomplete
+            && same.attribution.causes.is_empty()
+            && same.failing.runpack_sha256 == hex64('6')
+            && same.baseline.runpack_sha256 == hex64('5'),
         "{same:?}"
     );
     // Against another run as baseline: the tool's result digest again.
@@ -1642,6 +1653,12 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
     match a.drift(&caller, "../etc", None).await {
         Err(AnalysisError::Invalid { field: "run", .. }) => {}
         other => anyhow::bail!("bad id: {other:?}"),
+    }
+    match a.drift(&caller, "run_tool", Some("run_tool")).await {
+        Err(AnalysisError::Invalid {
+            field: "baseline", ..
+        }) => {}
+        other => anyhow::bail!("baseline = run: {other:?}"),
     }
     Ok(())
 }

@@ -141,15 +141,21 @@ impl Seaweed {
         })
     }
 
-    /// Waits (polling) until the S3 gateway accepts a connection: `true`; `false` when `weed` exited first.
+    /// Waits (polling) until the S3 gateway answers as SeaweedFS: `true`; `false` when `weed` exited first, or
+    /// when another server holds its port (it answers, but not as SeaweedFS).
     fn wait_listening(&mut self) -> Result<bool, TestkitError> {
         let started = Instant::now();
         loop {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Ok(false);
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
-                return Ok(true);
+            if let Some(server) = self.server_header() {
+                if server.to_ascii_lowercase().contains("seaweed") {
+                    return Ok(true);
+                }
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(false);
             }
             if started.elapsed() > STARTUP {
                 return Err(TestkitError::Timeout {
@@ -160,6 +166,36 @@ impl Seaweed {
             }
             std::thread::sleep(crate::POLL_INTERVAL);
         }
+    }
+
+    /// The `Server` header of the S3 port's answer to a bare GET (an empty string when it has none); `None` when
+    /// nothing answers there yet.
+    fn server_header(&self) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: close\r\n\r\n",
+            self.s3_port
+        )
+        .ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).ok()?;
+        let text = String::from_utf8_lossy(&raw);
+        if text.is_empty() {
+            return None;
+        }
+        Some(
+            text.lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("server"))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default(),
+        )
     }
 
     /// The S3 endpoint URL.

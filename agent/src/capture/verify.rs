@@ -269,6 +269,7 @@ pub fn verify(
         regress_result_sha256: None,
         calls: Vec::new(),
         calls_omitted: 0,
+        run_created_unix_ms: None,
     };
     match kind {
         ArtifactKind::Runpack => fill_runpack(&mut record, bytes, file_name, keys)?,
@@ -344,8 +345,11 @@ fn fill_runpack(
     record.run_ids = vec![projection.run_id.clone()];
     record.producer_version = content.manifest.producer_version.clone();
     record.runpack = Some(projection);
-    (record.calls, record.calls_omitted) =
-        content.calls(gait_artifact::evidence::MAX_RUNPACK_CALLS);
+    (record.calls, record.calls_omitted) = content.calls(
+        gait_artifact::evidence::MAX_RUNPACK_CALLS,
+        gait_artifact::evidence::MAX_RUNPACK_CALL_BYTES,
+    );
+    record.run_created_unix_ms = content.created_unix_ms();
     Ok(())
 }
 

@@ -615,7 +615,10 @@ pub async fn drift(args: DriftArgs, config: Config) -> anyhow::Result<ExitCode> 
     };
     for id in std::iter::once(&args.run).chain(args.baseline.as_ref()) {
         if !ok(id) {
-            anyhow::bail!("{id:?} is not a run id: use 1-128 characters [A-Za-z0-9_-]");
+            gait_runtime::errln!(
+                "error: {id:?} is not a run id: use 1-128 characters [A-Za-z0-9_-]"
+            );
+            return Ok(ExitCode::from(gait_runtime::exit::DATAERR));
         }
     }
     let mut query = vec![format!("run={}", args.run)];
@@ -641,6 +644,14 @@ pub async fn drift(args: DriftArgs, config: Config) -> anyhow::Result<ExitCode> 
         );
         if unattributed {
             gait_runtime::outln!("  unattributed: nothing in the evidence differs");
+        } else if a["incomplete"].as_bool() == Some(true)
+            && a["attribution"]["causes"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        {
+            gait_runtime::outln!(
+                "  no cause found, but not every call was compared (a record lists no calls, or left some out)"
+            );
         }
         for (i, c) in a["attribution"]["causes"]
             .as_array()

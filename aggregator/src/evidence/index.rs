@@ -230,8 +230,10 @@ fn artifact(kind: &str, payload: &[u8]) -> Option<IndexFields> {
             .calls
             .iter()
             .take(gait_artifact::evidence::MAX_RUNPACK_CALLS)
-            .filter_map(|c| {
+            .enumerate()
+            .filter_map(|(i, c)| {
                 Some(IndexedCall {
+                    index: u32::try_from(i).ok()?,
                     tool_name: text(Some(&c.tool_name))?,
                     args_digest: digest(Some(&c.args_digest))?,
                     result_digest: digest(Some(&c.result_digest)),

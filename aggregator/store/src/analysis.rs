@@ -853,29 +853,47 @@ async fn freshness(
     })
 }
 
+/// Most tools one coverage read returns (most called first); past it the read says it was cut.
+pub const MAX_RUNPACK_TOOLS: usize = 10_000;
+
 async fn runpack_tools(
     mut conn: Conn<'_>,
     f: &AnalysisFilter,
     from_ms: i64,
-) -> Result<Vec<RunpackTool>, StoreError> {
+    to_ms: i64,
+) -> Result<(Vec<RunpackTool>, bool), StoreError> {
     const T: &str = "runpack_calls";
     let (clause, args) = f.clause(false);
-    // `from_ms` is an integer the caller computed, formatted from an i64, never text.
+    // The times are integers the caller computed, formatted from i64 values, never text. Every call row has its
+    // evidence row (written in the same transaction), so the join counts runpacks by their index id.
     let sql = format!(
-        "SELECT c.tool_name AS tool, COUNT(*) AS calls, \
-         COUNT(DISTINCT c.agent_id || '/' || CAST(c.seq AS TEXT)) AS runpacks, MIN(e.sha256) AS runpack \
-         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms}) c \
-         LEFT JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
-         AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name ORDER BY c.tool_name"
+        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack \
+         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
+         JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
+         AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name \
+         ORDER BY COUNT(*) DESC, c.tool_name LIMIT {}",
+        MAX_RUNPACK_TOOLS + 1
     );
-    filtered!(conn, sql, args, MAX_POSTURE_ROWS, "runpack_tools", |r| {
-        Ok(RunpackTool {
-            tool: r.text("tool")?,
-            calls: to_u64(T, "calls", r.int("calls")?)?,
-            runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
-            runpack_sha256: r.opt_text("runpack")?,
-        })
-    })
+    let mut found = db_run!(conn, |c| {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for a in &args {
+            q = q.bind(*a);
+        }
+        let rows = q.fetch_all(&mut *c).await.map_err(db("runpack_tools"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunpackTool {
+                    tool: r.text("tool")?,
+                    calls: to_u64(T, "calls", r.int("calls")?)?,
+                    runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
+                    runpack_sha256: r.opt_text("runpack")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?
+    });
+    let cut = found.len() > MAX_RUNPACK_TOOLS;
+    found.truncate(MAX_RUNPACK_TOOLS);
+    Ok((found, cut))
 }
 
 fn merge_of(r: &impl Columns) -> Result<FamilyMerge, StoreError> {
@@ -1142,14 +1160,16 @@ impl crate::Store {
         }))
     }
 
-    /// The tools called in the runpacks indexed inside `filter` since `from_ms` (agent clock), by tool.
+    /// The tools called in the runpacks indexed inside `filter` in `[from_ms, to_ms)` (agent clock), most
+    /// called first, at most [`MAX_RUNPACK_TOOLS`]; `true` when more were cut.
     pub async fn runpack_tools(
         &self,
         filter: &AnalysisFilter,
         from_ms: i64,
-    ) -> Result<Vec<RunpackTool>, StoreError> {
+        to_ms: i64,
+    ) -> Result<(Vec<RunpackTool>, bool), StoreError> {
         let mut pooled = self.acquire().await?;
-        runpack_tools(pooled.conn(), filter, from_ms).await
+        runpack_tools(pooled.conn(), filter, from_ms, to_ms).await
     }
 
     /// The manual merges in force in `org`, by family.

@@ -155,6 +155,8 @@ pub struct IndexFields {
 /// One tool call of an indexed runpack.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexedCall {
+    /// Its place in the runpack's `intents.jsonl` (from 0).
+    pub index: u32,
     pub tool_name: String,
     /// 64 hex.
     pub args_digest: String,
@@ -433,8 +435,7 @@ pub(crate) async fn insert(
                 .fields
                 .runpack_calls
                 .iter()
-                .enumerate()
-                .map(move |(i, c)| (seq, i as i64, c, record.created_unix_ms))
+                .map(move |c| (seq, i64::from(c.index), c, record.created_unix_ms))
         })
         .collect();
     for chunk in calls.chunks(INSERT_CHUNK) {

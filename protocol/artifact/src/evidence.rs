@@ -80,8 +80,13 @@ impl ArtifactKind {
     }
 }
 
-/// Most tool calls of one runpack an artifact record lists (the rest are counted in `calls_truncated`).
+/// Most tool calls of one runpack an artifact record lists (the rest are counted in `calls_omitted`).
 pub const MAX_RUNPACK_CALLS: usize = 1_000;
+/// Most bytes of call text (ids and tool names) one artifact record carries, so a runpack with long names still
+/// fits a record however the aggregator's payload limit is set; calls past it are counted, not listed.
+pub const MAX_RUNPACK_CALL_BYTES: usize = 64 * 1024;
+/// Longest intent id or tool name a listed call may have; a call with a longer one is counted, not listed.
+pub const MAX_CALL_TEXT_BYTES: usize = 256;
 
 /// One tool call a runpack recorded, by digests only (never a value): what coverage and drift read.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -147,9 +152,13 @@ pub struct ArtifactRecord {
     /// For a runpack: its tool calls in `intents.jsonl` order, at most [`MAX_RUNPACK_CALLS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<RunpackCall>,
-    /// Calls of the runpack past [`MAX_RUNPACK_CALLS`], not listed.
+    /// Calls of the runpack not listed (past [`MAX_RUNPACK_CALLS`] or [`MAX_RUNPACK_CALL_BYTES`], or with an id
+    /// or tool name over [`MAX_CALL_TEXT_BYTES`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub calls_omitted: u64,
+    /// For a runpack: when the run was recorded (its manifest's `created_at`), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_created_unix_ms: Option<i64>,
 }
 
 fn is_zero(n: &u64) -> bool {

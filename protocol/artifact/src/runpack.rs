@@ -443,19 +443,29 @@ pub struct RunpackProjection {
 }
 
 impl Runpack {
-    /// Its tool calls by digests, in `intents.jsonl` order, at most `max`, with the number left out; each
-    /// with the result digest of the same intent id, when there is one.
-    pub fn calls(&self, max: usize) -> (Vec<crate::evidence::RunpackCall>, u64) {
+    /// Its tool calls by digests, in `intents.jsonl` order, at most `max` and at most `max_bytes` of ids and tool
+    /// names, with the number left out (calls with an id or tool name over
+    /// [`crate::evidence::MAX_CALL_TEXT_BYTES`] are left out too); each with the result digest of the same intent
+    /// id, when there is one.
+    pub fn calls(&self, max: usize, max_bytes: usize) -> (Vec<crate::evidence::RunpackCall>, u64) {
         let results: std::collections::HashMap<&str, &str> = self
             .results
             .iter()
             .map(|r| (r.intent_id.as_str(), r.result_digest.as_str()))
             .collect();
-        let calls = self
-            .intents
-            .iter()
-            .take(max)
-            .map(|i| crate::evidence::RunpackCall {
+        let mut calls = Vec::new();
+        let mut bytes = 0usize;
+        for i in &self.intents {
+            let text = i.intent_id.len() + i.tool_name.len();
+            if calls.len() == max
+                || bytes + text > max_bytes
+                || i.intent_id.len() > crate::evidence::MAX_CALL_TEXT_BYTES
+                || i.tool_name.len() > crate::evidence::MAX_CALL_TEXT_BYTES
+            {
+                continue;
+            }
+            bytes += text;
+            calls.push(crate::evidence::RunpackCall {
                 intent_id: i.intent_id.clone(),
                 tool_name: i.tool_name.clone(),
                 args_digest: i.args_digest.clone(),
@@ -463,9 +473,18 @@ impl Runpack {
                     .get(i.intent_id.as_str())
                     .map(|d| (*d).to_owned())
                     .unwrap_or_default(),
-            })
-            .collect();
-        (calls, self.intents.len().saturating_sub(max) as u64)
+            });
+        }
+        let omitted = (self.intents.len() - calls.len()) as u64;
+        (calls, omitted)
+    }
+
+    /// When the run was recorded (the manifest's `created_at`), Unix ms; `None` when it carries none.
+    pub fn created_unix_ms(&self) -> Option<i64> {
+        let t = &self.manifest.created_at;
+        (!t.is_zero()).then(|| {
+            i64::try_from(t.datetime().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+        })
     }
 
     /// The enterprise projection.

@@ -377,7 +377,7 @@ fn read_runpack_decodes_all_files_and_projects_them() {
 #[test]
 fn calls_list_each_intent_with_its_result_digest_and_count_what_a_cap_leaves_out() {
     let rp = read_runpack(DEMO).unwrap();
-    let (calls, omitted) = rp.calls(100);
+    let (calls, omitted) = rp.calls(100, 1 << 20);
     assert_eq!(omitted, 0);
     let tools: Vec<&str> = calls.iter().map(|c| c.tool_name.as_str()).collect();
     assert_eq!(tools, ["tool.search", "tool.fetch", "tool.summarize"]);
@@ -390,6 +390,14 @@ fn calls_list_each_intent_with_its_result_digest_and_count_what_a_cap_leaves_out
         calls[0].result_digest,
         "0b2abfe8ba8a9dae03e92bcb4fe8fb733661a8b0560dda0ce8d7ac553e7a79a6"
     );
-    let (capped, omitted) = rp.calls(2);
+    let (capped, omitted) = rp.calls(2, 1 << 20);
     assert_eq!((capped.len(), omitted), (2, 1));
+    // A byte budget that fits only the first call's id and tool name.
+    let (budget, omitted) = rp.calls(100, "intent_1tool.search".len());
+    assert_eq!((budget.len(), omitted), (1, 2));
+    assert_eq!(
+        rp.created_unix_ms(),
+        Some(1_770_249_600_000),
+        "2026-02-05T00:00:00Z"
+    );
 }
