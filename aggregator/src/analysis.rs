@@ -86,6 +86,39 @@ pub enum AnalysisError {
     Store(#[from] StoreError),
 }
 
+/// Appends the audit entry of a merge or split of `family` (an org-wide object) in the operation's transaction.
+async fn audit_family<const N: usize>(
+    tx: &mut gait_store::StoreTx,
+    actor: &str,
+    action: &str,
+    org: &gait_store::Org,
+    family: &str,
+    details: [(&str, &String); N],
+) -> Result<(), AnalysisError> {
+    crate::audit::append_draft(
+        tx,
+        gait_audit::EntryDraft {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: crate::audit::scope_target(
+                &BindingScope::org(org.clone()),
+                "incident_family",
+                family,
+            ),
+            before: None,
+            after: None,
+            details: Some(
+                details
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.clone().into()))
+                    .collect(),
+            ),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// The family each merged family reads as. Chains are followed to their end (merging a family that others were
 /// merged into carries them along); a cycle (two merges that raced before the lock existed, or a damaged table)
 /// reads as the smallest family on the cycle, so every replica and reader agrees. Linear in the merges.
@@ -496,26 +529,15 @@ impl Analytics {
                         m.family
                     )));
                 }
-                let mut details = serde_json::Map::new();
-                details.insert("into".into(), m.into_family.clone().into());
-                details.insert("reason".into(), m.reason.clone().into());
-                crate::audit::append_draft(
+                audit_family(
                     tx,
-                    gait_audit::EntryDraft {
-                        actor: m.merged_by.clone(),
-                        action: "family.merge".into(),
-                        target: crate::audit::scope_target(
-                            &BindingScope::org(m.org.clone()),
-                            "incident_family",
-                            m.family.clone(),
-                        ),
-                        before: None,
-                        after: None,
-                        details: Some(details),
-                    },
+                    &m.merged_by,
+                    "family.merge",
+                    &m.org,
+                    &m.family,
+                    [("into", &m.into_family), ("reason", &m.reason)],
                 )
-                .await?;
-                Ok(())
+                .await
             })
             .await?;
         Ok(merge)
@@ -537,22 +559,13 @@ impl Analytics {
                         "family {family} is not merged into another"
                     )));
                 };
-                let mut details = serde_json::Map::new();
-                details.insert("from".into(), removed.into_family.clone().into());
-                crate::audit::append_draft(
+                audit_family(
                     tx,
-                    gait_audit::EntryDraft {
-                        actor: actor.clone(),
-                        action: "family.split".into(),
-                        target: crate::audit::scope_target(
-                            &BindingScope::org(org.clone()),
-                            "incident_family",
-                            family.clone(),
-                        ),
-                        before: None,
-                        after: None,
-                        details: Some(details),
-                    },
+                    &actor,
+                    "family.split",
+                    &org,
+                    &family,
+                    [("from", &removed.into_family)],
                 )
                 .await?;
                 Ok(removed)
