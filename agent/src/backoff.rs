@@ -89,9 +89,53 @@ impl Backoff {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// The wait before the next redial: another draw of the announced window while `plan` has draws left,
+    /// else the next backoff delay ([`Backoff::next_delay`]).
+    pub fn after(&mut self, plan: Option<&mut RedialPlan>) -> Duration {
+        plan.and_then(RedialPlan::next_delay)
+            .unwrap_or_else(|| self.next_delay())
+    }
+
     /// Back to the first, smallest ceiling (call after a connection stayed up long enough to count as stable).
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// How an agent comes back after its aggregator shut down and announced a redial window
+/// ([`gait_wire::shutdown`]). The window is sized to the rate the aggregator measured it can take handshakes at,
+/// so a dial that fails inside it (refused because the aggregator is at its handshake bound, or unanswered
+/// while it restarts) draws again within the window rather than falling back to the one-second exponential
+/// backoff, which would pile the fleet's second attempts into the first seconds. After [`RedialPlan::DRAWS`]
+/// draws the plan is spent and the exponential backoff takes over: an aggregator that does not come back is not
+/// dialled on a short fixed period for ever.
+#[derive(Debug, Clone)]
+pub struct RedialPlan {
+    window: Duration,
+    draws_left: u32,
+}
+
+impl RedialPlan {
+    /// Draws of the window one announcement gives: the first redial and two more after failed dials.
+    pub const DRAWS: u32 = 3;
+
+    /// A plan over an announced `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            draws_left: Self::DRAWS,
+        }
+    }
+
+    /// The next wait within the window, or `None` once the plan is spent.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        self.next_delay_with(getrandom::u64().unwrap_or(u64::MAX))
+    }
+
+    /// [`RedialPlan::next_delay`] for a given 64-bit random value.
+    pub fn next_delay_with(&mut self, random: u64) -> Option<Duration> {
+        self.draws_left = self.draws_left.checked_sub(1)?;
+        Some(Backoff::within_with(self.window, random))
     }
 }
 
@@ -198,5 +242,25 @@ mod tests {
             let (lo, hi) = (a.min(b), a.max(b));
             prop_assert!(x.next_delay_with(lo) <= y.next_delay_with(hi));
         }
+    }
+
+    #[test]
+    fn a_plan_draws_within_its_window_three_times_then_backs_off() {
+        let w = Duration::from_secs(40);
+        let mut plan = RedialPlan::new(w);
+        let mut backoff = Backoff::default();
+        assert_eq!(plan.next_delay_with(1 << 63), Some(Duration::from_secs(20)));
+        for _ in 1..RedialPlan::DRAWS {
+            let d = backoff.after(Some(&mut plan));
+            assert!(d <= w);
+        }
+        // The backoff was not advanced by the plan's draws.
+        assert_eq!(backoff.attempt(), 0);
+        assert_eq!(plan.next_delay(), None);
+        // Spent: the exponential backoff decides, from its first ceiling.
+        let d = backoff.after(Some(&mut plan));
+        assert!(d <= DEFAULT_BASE);
+        assert_eq!(backoff.attempt(), 1);
+        assert!(backoff.after(None) <= DEFAULT_BASE * 2);
     }
 }

@@ -65,6 +65,8 @@ pub struct ServeConfig {
     /// Handshakes per second the fleet is asked to reconnect at after a shutdown (the close reason announces a
     /// redial window of connections / rate).
     pub reconnect_rate: u32,
+    /// Handshakes worked on at once before attempts are refused (`quic.max_handshakes_in_flight`).
+    pub max_handshakes_in_flight: usize,
     /// Issue TLS session tickets (secret in `keys/tls-ticket.key`) so agents resume after a restart.
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
@@ -105,6 +107,7 @@ impl ServeConfig {
             revocation_refresh: Duration::from_secs(1),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
+            max_handshakes_in_flight: crate::ingest::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
             auth: crate::config::AuthConfig::default(),
@@ -129,6 +132,7 @@ impl ServeConfig {
             trust_domain: config.pki.trust_domain.clone(),
             udp_buffer_bytes: config.quic.udp_buffer_bytes,
             reconnect_rate: config.quic.reconnect_rate,
+            max_handshakes_in_flight: config.quic.max_handshakes_in_flight,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
             auth: config.auth.clone(),
@@ -528,6 +532,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             revoked,
             IngestLimits {
                 reconnect_rate: config.reconnect_rate,
+                max_handshakes_in_flight: config.max_handshakes_in_flight,
                 max_record_payload_bytes: config.max_record_payload_bytes,
                 ..IngestLimits::default()
             },

@@ -8,7 +8,8 @@
 //! quic:
 //!   listen: 0.0.0.0:7443                    # UDP address agents connect to
 //!   udp_buffer_bytes: 8388608
-//!   reconnect_rate: 1000
+//!   reconnect_rate: 1000                    # until a handshake rate is measured under load
+//!   max_handshakes_in_flight: 128           # more are refused; agents back off
 //!   session_tickets: true
 //! http:
 //!   listen: 0.0.0.0:7080                    # operator HTTP API; HTTPS unless on a loopback address
@@ -220,9 +221,12 @@ pub struct QuicConfig {
     /// Kernel receive/send buffer for the QUIC UDP socket, in bytes; Linux caps it at `net.core.rmem_max`.
     /// 0 keeps the system default. Default 8 MiB.
     pub udp_buffer_bytes: usize,
-    /// Handshakes per second the fleet is asked to come back at after this aggregator stops; at least 1.
-    /// Default 1000.
+    /// Handshakes per second the fleet is asked to come back at after this aggregator stops, until the
+    /// aggregator has measured its own rate under load (which then replaces it); at least 1. Default 1000.
     pub reconnect_rate: u32,
+    /// Handshakes worked on at once; attempts beyond it are refused at once (one packet) and the agents back
+    /// off, so a returning fleet cannot push the machine into congestion collapse. At least 1. Default 128.
+    pub max_handshakes_in_flight: usize,
     /// Hand agents TLS 1.3 session tickets (secret in `keys/tls-ticket.key`) so reconnects resume without a
     /// certificate handshake. Default `true`.
     pub session_tickets: bool,
@@ -234,6 +238,7 @@ impl Default for QuicConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: DEFAULT_RECONNECT_RATE,
+            max_handshakes_in_flight: crate::ingest::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
             session_tickets: true,
         }
     }
@@ -1011,6 +1016,12 @@ impl Config {
         }
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
+        }
+        if self.quic.max_handshakes_in_flight == 0 {
+            problems.push(problem(
+                "quic.max_handshakes_in_flight",
+                "must be at least 1 (default 128)",
+            ));
         }
         let payload = self.ingest.max_record_payload_bytes;
         if payload == 0 || payload > gait_wire::limits::MAX_PAYLOAD_BYTES {

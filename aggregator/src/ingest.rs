@@ -12,11 +12,13 @@
 //!   refused seq is recorded in the store, so the gap the agent's stream shows there reads as "refused", not
 //!   "lost".
 //!
-//! Layout: `endpoint` accepts connections and holds the shared [`IngestState`]; `connection` checks one agent
-//! after the handshake and runs its streams; `request` reads, dispatches and answers one request; `records`
+//! Layout: `admission` bounds the handshakes in flight and answers the excess with a Retry or a refusal;
+//! `endpoint` accepts connections and holds the shared [`IngestState`]; `connection` checks one agent after
+//! the handshake and runs its streams; `request` reads, dispatches and answers one request; `records`
 //! checks and commits record batches; `batch_order` keeps a connection's batches in order; `upload` takes
 //! artifact bytes (`BlobOffer`, `BlobChunk`) to [`crate::evidence::Uploads`].
 
+pub mod admission;
 mod batch_order;
 mod connection;
 mod endpoint;

@@ -31,6 +31,13 @@ pub const BATCH_COMMIT_DURATION: &str = "gait_aggregator_batch_commit_duration_s
 pub const CONNECTIONS_ACCEPTED: &str = "gait_aggregator_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "gait_aggregator_connections_refused_total";
 pub const CONNECTIONS_OPEN: &str = "gait_aggregator_connections_open";
+/// QUIC handshakes being worked on now (bounded by `quic.max_handshakes_in_flight`).
+pub const HANDSHAKES_IN_FLIGHT: &str = "gait_aggregator_handshakes_in_flight";
+/// Handshakes per second this process completed while under pressure (0 until measured); sizes the redial
+/// window announced at shutdown.
+pub const HANDSHAKE_CAPACITY: &str = "gait_aggregator_handshake_capacity_per_second";
+/// Stateless QUIC Retry packets sent to validate an address before spending a handshake slot on it.
+pub const HANDSHAKE_RETRIES: &str = "gait_aggregator_handshake_retries_total";
 pub const PROTOCOL_ERRORS: &str = "gait_aggregator_protocol_errors_total";
 pub const BUNDLES_PUBLISHED: &str = "gait_aggregator_bundles_published_total";
 pub const BUNDLES_SERVED: &str = "gait_aggregator_bundles_served_total";
@@ -95,7 +102,14 @@ pub const BLOB_UPLOAD_OUTCOMES: [&str; 4] = ["started", "resumed", "completed", 
 pub const BLOB_UPLOADS_REFUSED: &str = "gait_aggregator_blob_uploads_refused_total";
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
-pub const REFUSAL_STAGES: [&str; 5] = ["version", "handshake", "identity", "revoked", "expired"];
+pub const REFUSAL_STAGES: [&str; 6] = [
+    "admission",
+    "version",
+    "handshake",
+    "identity",
+    "revoked",
+    "expired",
+];
 /// Reasons an admin request is refused (`reason` label of [`AUTH_FAILURES`]); an operator's bearer JWT adds
 /// [`crate::auth::oidc::REASONS`].
 pub const AUTH_FAILURE_REASONS: [&str; 2] = ["missing", "invalid"];
@@ -152,6 +166,9 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_refused: Family<Label, Counter>,
     pub connections_open: Gauge,
+    pub handshakes_in_flight: Gauge,
+    pub handshake_capacity: Gauge,
+    pub handshake_retries: Counter,
     pub protocol_errors: Counter,
     pub bundles_published: Counter,
     pub bundles_served: Counter,
@@ -383,6 +400,27 @@ impl Metrics {
             "Passes the rollout controller made over the progressing rollouts (on the leading replica).",
             rollout_controller_passes.clone(),
         );
+        let handshakes_in_flight = Gauge::default();
+        register(
+            &mut registry,
+            HANDSHAKES_IN_FLIGHT,
+            "QUIC handshakes being worked on now (bounded by quic.max_handshakes_in_flight).",
+            handshakes_in_flight.clone(),
+        );
+        let handshake_capacity = Gauge::default();
+        register(
+            &mut registry,
+            HANDSHAKE_CAPACITY,
+            "Handshakes per second this process completed while under pressure (0 until measured); sizes the redial window announced at shutdown.",
+            handshake_capacity.clone(),
+        );
+        let handshake_retries = Counter::default();
+        register(
+            &mut registry,
+            HANDSHAKE_RETRIES,
+            "Stateless QUIC Retry packets sent to validate an agent's address before a handshake slot is spent on it.",
+            handshake_retries.clone(),
+        );
         let rollout_controller_leader = Gauge::default();
         register(
             &mut registry,
@@ -486,6 +524,9 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             connections_open,
+            handshakes_in_flight,
+            handshake_capacity,
+            handshake_retries,
             protocol_errors,
             bundles_published,
             bundles_served,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use gait_agent::backoff::Backoff;
+use gait_agent::backoff::{Backoff, RedialPlan};
 use gait_wire::ServerMsgV2;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -52,11 +52,13 @@ pub struct Args {
 
 /// What agents report to the bench.
 enum Event {
-    /// `Welcome` received on connection number `generation` (1 = first) after `attempts` dials.
+    /// `Welcome` received on connection number `generation` (1 = first) after `attempts` dials, `refused` of
+    /// them refused at once by the aggregator's admission control.
     Up {
         agent: usize,
         generation: u32,
         attempts: u32,
+        refused: u32,
         at: Instant,
     },
     /// The connection was found dead at `at`.
@@ -69,6 +71,7 @@ struct Track {
     down: Option<Instant>,
     up_again: Option<Instant>,
     attempts: u32,
+    refused: u32,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -169,6 +172,11 @@ async fn measure(
         .metric(gait_aggregator::metrics::CONNECTIONS_OPEN)
         .await?;
     let bench_rss = common::proc_status_kib(std::process::id(), "VmRSS")?;
+    // The handshake rate the aggregator measured while the fleet connected: it sizes the redial window it
+    // announces when it stops (0: not measured, the configured rate is used).
+    let measured_capacity = api
+        .metric(gait_aggregator::metrics::HANDSHAKE_CAPACITY)
+        .await?;
     let per_agent_kib = rss_after.saturating_sub(rss_before) as f64 / args.agents as f64;
     eprintln!(
         "aggregator VmRSS {rss_before} KiB idle -> {rss_after} KiB with {open} connections = {per_agent_kib:.1} KiB per agent \
@@ -211,11 +219,13 @@ async fn measure(
                 agent,
                 generation,
                 attempts,
+                refused,
                 at,
             })) if generation >= 2 => {
                 if track[agent].up_again.is_none() {
                     track[agent].up_again = Some(at);
                     track[agent].attempts = attempts;
+                    track[agent].refused = refused;
                     back += 1;
                 }
             }
@@ -231,6 +241,17 @@ async fn measure(
         "bench_per_agent": round((common::cpu_seconds_of("self")? - bench_cpu_term) * 1e3 / args.agents as f64, 3),
     });
     let ticket_metrics = agg.api().metrics().await?;
+    let admission = json!({
+        "limit_in_flight": gait_aggregator::ingest::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+        "capacity_measured_before_restart_per_s": measured_capacity,
+        "refused": common::metric_value(
+            &ticket_metrics,
+            &format!("{}{{stage=\"admission\"}}", gait_aggregator::metrics::CONNECTIONS_REFUSED),
+        ) as u64,
+        "retries": common::metric_value(&ticket_metrics, gait_aggregator::metrics::HANDSHAKE_RETRIES) as u64,
+        "agents_refused_at_least_once": track.iter().filter(|t| t.refused > 0).count(),
+        "refused_dials_seen_by_agents": track.iter().map(|t| u64::from(t.refused)).sum::<u64>(),
+    });
     let ticket = |outcome: &str| {
         common::metric_value(
             &ticket_metrics,
@@ -334,6 +355,7 @@ async fn measure(
             "reconnects_per_second_after_ready": histogram,
             "cpu_ms": reconnect_cpu_ms,
             "tls_session_tickets": tickets,
+            "admission": admission,
         },
         "goal_reconnect_s": GOAL_RECONNECT.as_secs(),
         "reconnect_goal_met": reconnect_met,
@@ -344,7 +366,7 @@ async fn measure(
          loss detected {} ({late_detection} later than 5 s); up again after own detection {}; \
          dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers; \
          {restart_drops_server} at the new aggregator socket, {restart_drops_clients} at agent sockets); \
-         reconnects per second {:?}; reconnect CPU per agent {} (connect: {}); session tickets {}",
+         reconnects per second {:?}; reconnect CPU per agent {} (connect: {}); session tickets {}; admission {}",
         args.agents,
         rss_before,
         rss_after,
@@ -364,6 +386,7 @@ async fn measure(
         summary["restart"]["cpu_ms"],
         summary["connect_cpu_ms"],
         summary["restart"]["tls_session_tickets"],
+        summary["restart"]["admission"],
     );
     common::emit(&summary, &human);
     Ok(())
@@ -437,12 +460,15 @@ struct SimAgent {
 }
 
 impl SimAgent {
-    /// Connect, hello, long-poll until the connection dies; redial with the real agent's backoff.
+    /// Connect, hello, long-poll until the connection dies; redial as the real agent does (the announced
+    /// window's [`RedialPlan`], then the backoff).
     async fn run(self) -> anyhow::Result<()> {
         let mut backoff = Backoff::default();
+        let mut plan: Option<RedialPlan> = None;
         let mut generation = 0u32;
         loop {
             let mut attempts = 0u32;
+            let mut refused = 0u32;
             let conn = loop {
                 attempts += 1;
                 // Only the very first connect is rate-limited (a fleet is not switched on in one instant).
@@ -460,7 +486,15 @@ impl SimAgent {
                 drop(permit);
                 match dialled {
                     Ok(Ok(conn)) => break conn,
-                    Ok(Err(_)) | Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+                    Ok(Err(e)) => {
+                        if e.downcast_ref::<quinn::ConnectionError>()
+                            .is_some_and(gait_agent::daemon::is_refused)
+                        {
+                            refused += 1;
+                        }
+                        tokio::time::sleep(backoff.after(plan.as_mut())).await
+                    }
+                    Err(_) => tokio::time::sleep(backoff.after(plan.as_mut())).await,
                 }
             };
             generation += 1;
@@ -471,6 +505,7 @@ impl SimAgent {
                     agent: self.index,
                     generation,
                     attempts,
+                    refused,
                     at: up,
                 })
                 .is_err()
@@ -492,8 +527,8 @@ impl SimAgent {
                 backoff.reset();
             }
             // As the real agent: a window announced by a shutting-down aggregator, else the backoff.
-            let announced = gait_agent::daemon::announced_redial_window(&conn);
-            tokio::time::sleep(backoff.redial_delay(announced)).await;
+            plan = gait_agent::daemon::announced_redial_window(&conn).map(RedialPlan::new);
+            tokio::time::sleep(backoff.after(plan.as_mut())).await;
         }
     }
 

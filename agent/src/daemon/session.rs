@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::exchange::{self, ExchangeError};
 use super::{AgentState, CONNECT_TIMEOUT, STABLE_CONNECTION, activation};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, RedialPlan};
 use crate::outbox::OutboxError;
 
 /// Deadline for resolving the aggregator's name.
@@ -73,6 +73,13 @@ pub(crate) enum SessionError {
     },
     #[error("handshake with {0} timed out")]
     HandshakeTimeout(SocketAddr),
+    /// The aggregator refused the attempt at once (`CONNECTION_REFUSED`): it is working on as many handshakes
+    /// as it takes at a time (`quic.max_handshakes_in_flight`). Not a fault: back off and come back.
+    #[error(
+        "the aggregator at {addr} is busy (it refused the connection: as many handshakes in flight as it takes); \
+         backing off"
+    )]
+    Busy { addr: SocketAddr },
     /// The aggregator accepted none of this agent's ALPN: it speaks another protocol version.
     #[error(
         "the aggregator at {addr} speaks another protocol version: this agent speaks {} (protocol {}), \
@@ -259,6 +266,13 @@ impl Endpoints {
     }
 }
 
+/// Whether a failed handshake was the aggregator's admission refusal (`CONNECTION_REFUSED`, sent at once and
+/// without a handshake when it is working on as many as it takes; see the aggregator's `ingest::admission`).
+pub fn is_refused(error: &quinn::ConnectionError) -> bool {
+    matches!(error, quinn::ConnectionError::ConnectionClosed(close)
+        if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
 /// The redial window an aggregator announced when it closed `conn` because it was shutting down
 /// ([`gait_wire::shutdown`]); `None` for every other ending.
 pub fn announced_redial_window(conn: &quinn::Connection) -> Option<Duration> {
@@ -276,6 +290,8 @@ impl Session {
     async fn run(self, shutdown: CancellationToken) {
         let mut endpoints = Endpoints::default();
         let mut backoff = Backoff::default();
+        // The redial window announced by the last aggregator that shut down, while this agent is not back.
+        let mut plan: Option<RedialPlan> = None;
         // The last certificate refusal logged at ERROR, and attempts refused since the last connection.
         let mut refused_logged: Option<(crate::tls::CertificateRefusal, Instant)> = None;
         let mut refused_attempts: u64 = 0;
@@ -323,6 +339,9 @@ impl Session {
                         in_use_logged = Some(now);
                     }
                 }
+                Err(e @ SessionError::Busy { .. }) => {
+                    tracing::info!(error = %e, "connection refused")
+                }
                 Err(e) => match e.certificate_refusal() {
                     // Said once at ERROR, then again only every REPEAT_ERROR_EVERY while it goes on: a refused
                     // agent redials for ever, and each attempt ends the same way.
@@ -361,7 +380,12 @@ impl Session {
                     "aggregator shut down and announced a redial window"
                 );
             }
-            let delay = backoff.redial_delay(announced);
+            // A connection that came up (or ended with an announcement) starts a new plan or ends the old one;
+            // a dial that failed keeps the plan in force ([`RedialPlan`]).
+            if up_since.is_some() || announced.is_some() {
+                plan = announced.map(RedialPlan::new);
+            }
+            let delay = backoff.after(plan.as_mut());
             self.state.count_reconnect();
             tracing::info!(
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -431,6 +455,8 @@ impl Session {
             .map_err(|source| {
                 if crate::tls::is_version_skew(&source) {
                     SessionError::VersionSkew { addr }
+                } else if is_refused(&source) {
+                    SessionError::Busy { addr }
                 } else {
                     SessionError::Handshake { addr, source }
                 }

@@ -21,15 +21,26 @@ use crate::ingest::tls::peer_identity;
 use crate::metrics;
 
 /// Serves one incoming connection until it ends or `shutdown` is cancelled; its request streams run as tasks
-/// of `tasks`, counted here so the connection waits for them (at most 2 s) before it is forgotten.
+/// of `tasks`, counted here so the connection waits for them (at most 2 s) before it is forgotten. `permit` is
+/// its handshake slot ([`super::admission`]), given back when the handshake ends.
 pub(super) async fn handle_incoming(
     incoming: quinn::Incoming,
+    permit: super::admission::Permit,
     state: Arc<IngestState>,
     shutdown: CancellationToken,
     tasks: Tasks,
 ) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let handshake = incoming.await;
+    permit.completed();
+    state
+        .metrics
+        .handshakes_in_flight
+        .set(state.admission.in_flight() as i64);
+    if let Some(rate) = state.admission.capacity() {
+        state.metrics.handshake_capacity.set(i64::from(rate));
+    }
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) if is_version_skew(&e) => {
             metrics::inc_labelled(&state.metrics.connections_refused, "stage", "version");

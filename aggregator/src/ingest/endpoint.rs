@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::admission::{Admission, Decision};
 use super::connection::handle_incoming;
 use super::{CLOSE_REVOKED, CLOSE_SHUTDOWN};
 use crate::fleet::intake::Intake;
 use crate::fleet::presence::Presence;
 use crate::ingest::tls::RevocationSet;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
 
 /// Limits of the ingest endpoint.
@@ -30,6 +31,9 @@ pub struct IngestLimits {
     /// Largest record payload stored (`ingest.max_record_payload_bytes`), at most the wire limit. A larger
     /// record is refused for good with [`RefusalCode::RecordPayloadTooLarge`].
     pub max_record_payload_bytes: usize,
+    /// Handshakes worked on at once (`quic.max_handshakes_in_flight`); attempts beyond it are refused and the
+    /// agents back off ([`super::admission`]).
+    pub max_handshakes_in_flight: usize,
 }
 
 /// Default [`IngestLimits::reconnect_rate`]: what one aggregator core sustains with room to spare (a full
@@ -42,6 +46,7 @@ impl Default for IngestLimits {
             max_frame: gait_wire::MAX_FRAME_LEN,
             reconnect_rate: DEFAULT_RECONNECT_RATE,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
+            max_handshakes_in_flight: super::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct IngestState {
     pub server_version: String,
     pub(super) presence: Presence,
     pub(super) live: LiveConnections,
+    /// The handshake bound and the measured handshake rate ([`super::admission`]).
+    pub(super) admission: Arc<Admission>,
     /// The live session of each agent identity ([`super::identity`]).
     pub(super) identities: super::identity::Identities,
     /// Certificate renewal (`RenewCertificate`); `None` answers it `Unsupported`.
@@ -87,9 +94,10 @@ impl IngestState {
             registry,
             metrics,
             revoked,
-            limits,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             live: LiveConnections::default(),
+            admission: Admission::new(limits.max_handshakes_in_flight),
+            limits,
             identities: Default::default(),
             enrollment: None,
             approvals: None,
@@ -116,14 +124,18 @@ impl IngestState {
         self
     }
 
-    /// The close reason of shutdown: announces a redial window sized by the connections being dropped and
-    /// [`IngestLimits::reconnect_rate`] (see [`gait_wire::shutdown`]). Computed once, on first use.
+    /// The close reason of shutdown: announces a redial window sized by the connections being dropped and the
+    /// handshake rate this process measured under pressure, or [`IngestLimits::reconnect_rate`] when it never
+    /// was (see [`gait_wire::shutdown`], [`super::admission`]). Computed once, on first use.
     pub(super) fn shutdown_reason(&self) -> &[u8] {
         self.shutdown_reason.get_or_init(|| {
             let open = self.live.len();
-            let spread = gait_wire::shutdown::spread_for(open, self.limits.reconnect_rate);
+            let rate = self.admission.reconnect_rate(self.limits.reconnect_rate);
+            let spread = gait_wire::shutdown::spread_for(open, rate);
             info!(
                 open,
+                reconnect_rate = rate,
+                measured = self.admission.capacity().is_some(),
                 reconnect_spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX),
                 "shutting down: closing agent connections and announcing their redial window"
             );
@@ -156,13 +168,28 @@ pub async fn serve(
     tasks: Tasks,
 ) {
     let tracker = TaskTracker::new();
+    let mut refusals = RefusalLog::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let handler = handle_incoming(incoming, state.clone(), shutdown.clone(), tasks.clone());
-                tasks.spawn("quic-connection", tracker.track_future(handler));
+                match state.admission.decide(incoming.remote_address_validated()) {
+                    Decision::Accept(permit) => {
+                        state.metrics.handshakes_in_flight.set(state.admission.in_flight() as i64);
+                        let handler =
+                            handle_incoming(incoming, permit, state.clone(), shutdown.clone(), tasks.clone());
+                        tasks.spawn("quic-connection", tracker.track_future(handler));
+                    }
+                    Decision::Retry => match incoming.retry() {
+                        Ok(()) => {
+                            state.metrics.handshake_retries.inc();
+                        }
+                        // Already retried once (it carries a token quinn could not use): refuse instead.
+                        Err(e) => refuse(e.into_incoming(), &state, &mut refusals),
+                    },
+                    Decision::Refuse => refuse(incoming, &state, &mut refusals),
+                }
             }
         }
     }
@@ -181,6 +208,39 @@ pub async fn serve(
     // find out from their idle timeout (15 s) instead of at once. Give the driver a short moment to send them;
     // waiting out the whole draining period instead would keep the port dark while the fleet redials.
     let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+}
+
+/// Refuses one attempt over the handshake bound: one `CONNECTION_REFUSED` packet, counted, and logged at most
+/// every [`REFUSAL_LOG_EVERY`] (a herd must not become a log flood).
+fn refuse(incoming: quinn::Incoming, state: &IngestState, log: &mut RefusalLog) {
+    incoming.refuse();
+    metrics::inc_labelled(&state.metrics.connections_refused, "stage", "admission");
+    log.refused += 1;
+    let now = std::time::Instant::now();
+    if log
+        .since
+        .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
+    {
+        warn!(
+            refused = log.refused,
+            in_flight = state.admission.in_flight(),
+            limit = state.admission.limit(),
+            measured_handshakes_per_second = state.admission.capacity(),
+            "handshake bound reached: refusing connection attempts so agents back off \
+             (quic.max_handshakes_in_flight); counted in gait_aggregator_connections_refused_total{{stage=\"admission\"}}"
+        );
+        log.refused = 0;
+        log.since = Some(now);
+    }
+}
+
+/// How often a run of admission refusals is logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct RefusalLog {
+    refused: u64,
+    since: Option<std::time::Instant>,
 }
 
 /// How long shutdown lets the endpoint send the close frames of every connection (10,000 take well under

@@ -165,6 +165,13 @@
 //! [`close::CLOSE_UNAUTHORIZED`] (3), [`CLOSE_SHUTDOWN`] (4, with a `reconnect_spread_ms=N` hint that
 //! agents use to spread their redials) and [`close::CLOSE_IDENTITY_IN_USE`] (5).
 //!
+//! Before any of these, an aggregator working on as many handshakes as it takes at a time answers a new
+//! attempt with the QUIC transport error `CONNECTION_REFUSED` (one packet, no handshake) and, from half that
+//! bound, asks an address it has not validated yet for a stateless QUIC Retry first. A refused agent is not at
+//! fault: it draws its next dial from the redial window it was last given (at most three draws), else from its
+//! ordinary backoff. The refusal carries no reason phrase; the window the aggregator announced at shutdown,
+//! sized from the handshake rate it measured under load, is the retry-after hint.
+//!
 //! # Versions
 //! [`PROTOCOL_VERSION`] 2 changed the record hash from SHA-256 (`gait.wire.record.v1`) to BLAKE3
 //! (`gait.wire.record.v2`) and added `RecordRefused`. Peers of different versions refuse each other before

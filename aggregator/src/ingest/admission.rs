@@ -1,0 +1,300 @@
+//! Admission control at the QUIC edge: how many handshakes this aggregator works on at once, and what it does
+//! with the connection attempts beyond that.
+//!
+//! A fleet that loses its aggregator comes back at once. Without a bound, every `Initial` starts a handshake;
+//! on a saturated machine the handshakes finish too slowly for the agents' deadline, datagrams pile up in the
+//! socket's receive buffer and are dropped, the agents redial, and the extra load makes it worse: congestion
+//! collapse (issue 16 measured it at 50,000 agents). Admission keeps the work bounded and answers the excess
+//! cheaply, before any cryptography beyond the `Initial` keys:
+//!
+//! - below half the limit every attempt is accepted;
+//! - from half the limit, an attempt from an address not yet validated gets a QUIC **Retry** (stateless: one
+//!   packet, no state kept), so a flood of spoofed source addresses cannot occupy handshake slots;
+//! - at the limit, an attempt is **refused** (`CONNECTION_REFUSED`, one packet). The agent backs off
+//!   (`gait_agent::daemon`) instead of waiting out its handshake deadline and retransmitting into a full buffer.
+//!
+//! The refusal itself carries no reason phrase (quinn sends it with an empty one), so the retry-after hint
+//! reaches agents ahead of time: the window a shutting-down aggregator announces
+//! ([`gait_wire::shutdown`]) is sized from the handshake rate this process **measured** while under pressure
+//! ([`Admission::capacity`]), not only from the configured `quic.reconnect_rate`.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Default [`Admission`] limit (`quic.max_handshakes_in_flight`): at about 1,000 handshakes a second on two
+/// cores, 128 in flight queue for ~0.13 s, far inside the agent's 5 s handshake deadline.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 128;
+
+/// A measurement window shorter than this is not used (too few handshakes to say anything).
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// Completed handshakes a window needs before its rate counts.
+const MIN_WINDOW_HANDSHAKES: u32 = 32;
+
+/// What to do with one connection attempt.
+#[derive(Debug)]
+pub enum Decision {
+    /// Start the handshake; the permit is held until it ends ([`Permit::completed`]).
+    Accept(Permit),
+    /// Answer with a stateless Retry: the address is validated before a slot is spent on it.
+    Retry,
+    /// Answer `CONNECTION_REFUSED`: the agent backs off.
+    Refuse,
+}
+
+/// The handshake bound and the rate measurement; one per endpoint.
+#[derive(Debug)]
+pub struct Admission {
+    limit: usize,
+    in_flight: AtomicUsize,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    completed: u32,
+    /// Whether this window saw the limit half used or an attempt refused: only then does its rate say what the
+    /// machine can do (an idle aggregator completes few handshakes because few are asked of it).
+    pressured: bool,
+    /// Handshakes completed in, and the length of, every pressured window so far: their ratio is the
+    /// capacity (a mean over all of them, so a fleet's first connect counts as a whole, including its later
+    /// windows when the connections already open cost their share).
+    measured_handshakes: u64,
+    measured_secs: f64,
+}
+
+impl Admission {
+    /// At most `limit` handshakes in flight (at least 1).
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            in_flight: AtomicUsize::new(0),
+            window: Mutex::new(Window {
+                started: Instant::now(),
+                completed: 0,
+                pressured: false,
+                measured_handshakes: 0,
+                measured_secs: 0.0,
+            }),
+        })
+    }
+
+    /// The configured bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Handshakes being worked on now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Decides for one attempt; `address_validated` is whether quinn already knows the peer owns its source
+    /// address (it answered a Retry, or came with a valid token).
+    pub fn decide(self: &Arc<Self>, address_validated: bool) -> Decision {
+        let half = self.limit.div_ceil(2);
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= self.limit {
+                self.mark_pressure();
+                return Decision::Refuse;
+            }
+            if current >= half && !address_validated {
+                self.mark_pressure();
+                return Decision::Retry;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        if current + 1 >= half {
+            self.mark_pressure();
+        }
+        Decision::Accept(Permit {
+            admission: self.clone(),
+        })
+    }
+
+    /// Handshakes per second this process completed while under pressure (the mean over every pressured
+    /// window); `None` until such a window was seen.
+    pub fn capacity(&self) -> Option<u32> {
+        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.capacity()
+            .map(|c| c.round().clamp(1.0, f64::from(u32::MAX)) as u32)
+    }
+
+    /// The rate a fleet dropped at shutdown is asked to come back at: the measured capacity when there is one,
+    /// else `configured`.
+    pub fn reconnect_rate(&self, configured: u32) -> u32 {
+        self.capacity().unwrap_or(configured).max(1)
+    }
+
+    fn mark_pressure(&self) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.pressured = true;
+    }
+
+    fn handshake_completed(&self, now: Instant) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.completed += 1;
+        w.roll(now);
+    }
+}
+
+impl Window {
+    fn capacity(&self) -> Option<f64> {
+        (self.measured_secs > 0.0).then(|| self.measured_handshakes as f64 / self.measured_secs)
+    }
+
+    /// Closes the window once it is long enough, folding it into the measurement when it was pressured.
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < MIN_WINDOW {
+            return;
+        }
+        // A long quiet gap is not a window of work: measure only windows that ended soon after they began.
+        if self.pressured && self.completed >= MIN_WINDOW_HANDSHAKES && elapsed <= MIN_WINDOW * 2 {
+            self.measured_handshakes += u64::from(self.completed);
+            self.measured_secs += elapsed.as_secs_f64();
+        }
+        self.started = now;
+        self.completed = 0;
+        self.pressured = false;
+    }
+}
+
+/// One handshake slot; released when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+}
+
+impl Permit {
+    /// The handshake finished (successfully or not, it was work done): counts towards the measured rate and
+    /// frees the slot.
+    pub fn completed(self) {
+        self.admission.handshake_completed(Instant::now());
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(a: &Arc<Admission>, validated: bool) -> Permit {
+        match a.decide(validated) {
+            Decision::Accept(p) => p,
+            other => panic!("expected accept, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_bound_holds_retry_from_half_and_refusal_at_the_limit() {
+        let a = Admission::new(4);
+        let p1 = accept(&a, false);
+        let p2 = accept(&a, false);
+        // Half used: an unvalidated address is asked to prove it; a validated one still gets in.
+        assert!(matches!(a.decide(false), Decision::Retry));
+        let p3 = accept(&a, true);
+        let p4 = accept(&a, true);
+        assert_eq!(a.in_flight(), 4);
+        assert!(matches!(a.decide(true), Decision::Refuse));
+        assert!(matches!(a.decide(false), Decision::Refuse));
+        drop(p1);
+        p2.completed();
+        assert_eq!(a.in_flight(), 2);
+        let _p5 = accept(&a, true);
+        drop((p3, p4));
+        assert_eq!(a.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_limit_of_zero_still_admits_one() {
+        let a = Admission::new(0);
+        assert_eq!(a.limit(), 1);
+        let _p = accept(&a, true);
+        assert!(matches!(a.decide(true), Decision::Refuse));
+    }
+
+    #[test]
+    fn capacity_is_measured_only_under_pressure() {
+        let t0 = Instant::now();
+        let mut w = Window {
+            started: t0,
+            completed: 500,
+            pressured: false,
+            measured_handshakes: 0,
+            measured_secs: 0.0,
+        };
+        // A quiet window says nothing about what the machine can do.
+        w.roll(t0 + Duration::from_secs(1));
+        assert_eq!(w.capacity(), None);
+        // A pressured one does.
+        w.completed = 800;
+        w.pressured = true;
+        w.roll(t0 + Duration::from_secs(2));
+        assert_eq!(w.capacity(), Some(800.0));
+        // The capacity is the mean over every pressured window.
+        w.completed = 1_000;
+        w.pressured = true;
+        w.roll(t0 + Duration::from_secs(3));
+        assert_eq!(w.capacity(), Some(900.0));
+        // Too few handshakes, or a window stretched by a quiet gap, do not count.
+        w.completed = 5;
+        w.pressured = true;
+        w.roll(t0 + Duration::from_secs(4));
+        w.completed = 900;
+        w.pressured = true;
+        w.roll(t0 + Duration::from_secs(60));
+        assert_eq!(w.capacity(), Some(900.0));
+    }
+
+    #[test]
+    fn reconnect_rate_prefers_the_measurement() {
+        let a = Admission::new(8);
+        assert_eq!(a.reconnect_rate(1000), 1000);
+        {
+            let mut w = a.window.lock().unwrap();
+            w.measured_handshakes = 7_404;
+            w.measured_secs = 10.0;
+        }
+        assert_eq!(a.capacity(), Some(740));
+        assert_eq!(a.reconnect_rate(1000), 740);
+    }
+
+    #[test]
+    fn concurrent_admission_never_exceeds_the_limit() {
+        let a = Admission::new(16);
+        let peak = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let a = a.clone();
+                let peak = peak.clone();
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Decision::Accept(p) = a.decide(true) {
+                            peak.fetch_max(a.in_flight(), Ordering::Relaxed);
+                            p.completed();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Relaxed) <= 16);
+        assert_eq!(a.in_flight(), 0);
+    }
+}

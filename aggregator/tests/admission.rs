@@ -1,0 +1,292 @@
+//! Admission control at the QUIC edge (`ingest::admission`), on a running aggregator with real quinn endpoints
+//! and certificates: with `max_handshakes_in_flight` reached, a further attempt is refused at once with
+//! `CONNECTION_REFUSED` (which the agent reads as "busy"), counted, and the slot frees when the handshake ends.
+//!
+//! The slot is held deterministically: the first client's server-certificate check blocks until the test lets
+//! it go, so the aggregator's half of that handshake is in flight for exactly as long as the test says.
+#![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gait_aggregator::app::{self, ServeConfig};
+use gait_aggregator::pki::identity::AgentToIssue;
+use gait_aggregator::pki::{self, Validity};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for one step on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    Ok(CertificateDer::pem_file_iter(path)?.collect::<Result<_, _>>()?)
+}
+
+/// The deployment's server-certificate check, made to wait: it says when it was reached, then blocks until
+/// released.
+#[derive(Debug)]
+struct HeldVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    reached: Mutex<Option<mpsc::Sender<()>>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl ServerCertVerifier for HeldVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(tx) = self.reached.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let _ = self.release.lock().unwrap().recv_timeout(PATIENCE * 2);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The agent's certificate and the deployment CA, with the server check held by `verifier`.
+fn held_client(agent_dir: &Path, verifier: Arc<HeldVerifier>) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivateKeyDer::from_pem_file(agent_dir.join("agent.key"))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(certs(&agent_dir.join("agent.pem"))?, key)?;
+    tls.alpn_protocols = vec![gait_wire::ALPN.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )))
+}
+
+fn webpki_verifier(agent_dir: &Path) -> Result<Arc<dyn ServerCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(&agent_dir.join("ca.pem"))? {
+        roots.add(cert)?;
+    }
+    Ok(rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()?)
+}
+
+async fn dial(
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<Result<quinn::Connection, quinn::ConnectionError>> {
+    let endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+    let connecting = endpoint.connect_with(config, addr, "localhost")?;
+    timeout(PATIENCE, connecting)
+        .await
+        .context("handshake did not end")
+}
+
+/// The value of one series in the aggregator's metrics text (0 while it does not exist).
+fn series(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !cond() {
+        ensure!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Starts a handshake that takes one slot and keeps it until the returned sender is used: the client's
+/// server-certificate check waits, on a runtime of its own so the wait blocks nothing of the aggregator's.
+/// Returns once the aggregator has sent its half (the check was reached).
+async fn hold_a_slot(
+    agent_dir: &Path,
+    addr: SocketAddr,
+) -> Result<(std::thread::JoinHandle<Result<bool>>, mpsc::Sender<()>)> {
+    let (reached_tx, reached_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let held = Arc::new(HeldVerifier {
+        inner: webpki_verifier(agent_dir)?,
+        reached: Mutex::new(Some(reached_tx)),
+        release: Mutex::new(release_rx),
+    });
+    let held_config = held_client(agent_dir, held)?;
+    let first = std::thread::spawn(move || -> Result<bool> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let conn = dial(held_config, addr).await?;
+            Ok(conn.is_ok())
+        })
+    });
+    tokio::task::spawn_blocking(move || reached_rx.recv_timeout(PATIENCE))
+        .await?
+        .context("the held handshake never reached the server-certificate check")?;
+    Ok((first, release_tx))
+}
+
+/// A running aggregator taking at most `limit` handshakes at once, and one agent's certificate for it.
+async fn aggregator(tmp: &Path, limit: usize) -> Result<(app::Running, std::path::PathBuf)> {
+    let mut config = ServeConfig::embedded(tmp.join("agg"));
+    config.quic_listen = (Ipv4Addr::LOCALHOST, 0).into();
+    config.http_listen = (Ipv4Addr::LOCALHOST, 0).into();
+    config.max_handshakes_in_flight = limit;
+    let running = app::start(config, gait_runtime::Tasks::new(CancellationToken::new())).await?;
+    let agent_dir = tmp.join("agent");
+    let id = AgentToIssue::parse("", "acme", "web", "prod", "edge")?;
+    pki::issue_agent(&tmp.join("agg/pki"), &id, &agent_dir, Validity::days(30))?;
+    Ok((running, agent_dir))
+}
+
+fn agent_config(agent_dir: &Path) -> Result<quinn::ClientConfig> {
+    Ok(gait_agent::tls::client_config(
+        &agent_dir.join("ca.pem"),
+        &agent_dir.join("agent.pem"),
+        &agent_dir.join("agent.key"),
+        Duration::from_secs(5),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_in() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (running, agent_dir) = aggregator(tmp.path(), 2).await?;
+    let metrics = running.ingest.metrics.clone();
+    let (first, release) = hold_a_slot(&agent_dir, running.quic_addr).await?;
+    // One of two slots taken: the next attempt must first prove its address (a stateless Retry, which the
+    // client answers by itself), then it is admitted.
+    let conn = dial(agent_config(&agent_dir)?, running.quic_addr)
+        .await?
+        .context("a validated attempt under the bound was refused")?;
+    let text = metrics.render();
+    ensure!(
+        series(&text, "gait_aggregator_handshake_retries_total") == 1,
+        "no Retry was sent:\n{text}"
+    );
+    ensure!(
+        series(
+            &text,
+            "gait_aggregator_connections_refused_total{stage=\"admission\"}"
+        ) == 0
+    );
+    release.send(())?;
+    ensure!(
+        first
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        "the held handshake failed once released"
+    );
+    conn.close(0u32.into(), b"done");
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_handshake_bound_refuses_at_once_and_frees_when_the_handshake_ends() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (running, agent_dir) = aggregator(tmp.path(), 1).await?;
+    let addr = running.quic_addr;
+    let metrics = running.ingest.metrics.clone();
+    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
+    let in_flight = "gait_aggregator_handshakes_in_flight";
+
+    // Client 1 takes the only slot and holds it.
+    let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
+    ensure!(
+        series(&metrics.render(), in_flight) == 1,
+        "one handshake should be in flight:\n{}",
+        metrics.render()
+    );
+
+    // Client 2, the agent's own client configuration: refused at once (not timed out), read as "busy".
+    let agent_config = agent_config(&agent_dir)?;
+    let started = std::time::Instant::now();
+    match dial(agent_config.clone(), addr).await? {
+        Ok(_) => bail!("a handshake beyond the bound was accepted"),
+        Err(e) => ensure!(
+            gait_agent::daemon::is_refused(&e),
+            "expected CONNECTION_REFUSED, got {e}"
+        ),
+    }
+    ensure!(
+        started.elapsed() < Duration::from_secs(4),
+        "the refusal took {:?}: it should come at once, not after a timeout",
+        started.elapsed()
+    );
+    ensure!(
+        series(&metrics.render(), refused) == 1,
+        "refusal not counted:\n{}",
+        metrics.render()
+    );
+    // Another failure is not read as "busy".
+    ensure!(!gait_agent::daemon::is_refused(
+        &quinn::ConnectionError::TimedOut
+    ));
+
+    // Let the first handshake finish: the slot frees and the agent gets in.
+    release_tx.send(())?;
+    let first_ok = first
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    ensure!(first_ok, "the held handshake failed once released");
+    wait_for("the slot to free", || {
+        series(&metrics.render(), in_flight) == 0
+    })
+    .await?;
+    let conn = dial(agent_config, addr)
+        .await?
+        .context("the agent was refused with the slot free")?;
+    ensure!(
+        series(&metrics.render(), refused) == 1,
+        "an admitted handshake was counted as refused"
+    );
+    conn.close(0u32.into(), b"done");
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    Ok(())
+}
