@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod artifact;
 pub mod artifacts;
 pub mod audit;
+pub mod backup;
 pub mod bundle;
 pub mod config;
 pub mod conformance;

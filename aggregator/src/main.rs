@@ -101,6 +101,13 @@ enum Command {
     Artifact(cmd::artifact::ArtifactCommand),
     /// Create or upgrade the database schema and exit.
     Migrate(cmd::DataArgs),
+    /// Copy this aggregator's state while it serves: a consistent SQLite copy (`VACUUM INTO`), the PKI, keys,
+    /// admin token and local evidence, with a manifest of SHA-256 digests (`backup --out DIR`). PostgreSQL is
+    /// backed up with pg_dump (docs/operations/backup.md); the files are copied all the same.
+    Backup(cmd::backup::BackupArgs),
+    /// Put a backup into a fresh data directory (`restore --from DIR --data-dir NEW`): every digest checked
+    /// first, never over an existing database, integrity and row counts checked after.
+    Restore(cmd::backup::RestoreArgs),
     /// Commit an agent's outbox export file (`gait-agent outbox export`, sites with no network path) exactly
     /// once: signature, certificate (trusted CA at the export time, not revoked), records and hash chain
     /// verified; identity from the certificate. Runs on the store directly. Exit code 0 when committed, 65
@@ -260,6 +267,8 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Rollout(command) => cmd::rollout::run(command, load()?).await,
         Command::Approvals(command) => cmd::approvals::approvals(command, load()?).await,
         Command::Migrate(args) => cmd::migrate::migrate(&args.apply(load()?)?).await,
+        Command::Backup(args) => cmd::backup::backup(args, load()?).await,
+        Command::Restore(args) => cmd::backup::restore(args, load()?).await,
         Command::IngestFile(args) => cmd::ingest_file::ingest_file(args, load()?).await,
         Command::Audit(command) => cmd::audit::run(command, load()?).await,
         Command::Bundle(command) => cmd::bundle::run(command, load()?).await,

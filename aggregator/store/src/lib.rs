@@ -20,6 +20,7 @@ mod alerts;
 mod analysis;
 mod approvals;
 mod audit;
+mod backup;
 mod batch;
 mod bundles;
 mod conformance;
@@ -65,6 +66,7 @@ pub use approvals::{
     NewApprovalRequest, StoredApprovalDecision, StoredApprovalPolicy, StoredApprovalRequest,
 };
 pub use audit::{AppendedEntry, AuditHead, AuditRow, StoredCheckpoint};
+pub use backup::BackupCounts;
 pub use conformance::{
     AgentActiveBundle, BundleHead, ConformanceBaseline, ConformanceFilter, LineageEntry,
     MAX_CONFORMANCE_ENVS, MAX_LINEAGE_VERSIONS, MAX_REQUIRED_RULES, MAX_RULE_NAME_BYTES,
