@@ -602,11 +602,26 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         crate::analysis::upkeep::SETTLE,
         shutdown.child_token(),
     );
+    // PostgreSQL: other replicas' publishes and revocations arrive as notifications (gait_store::notify); the
+    // housekeeping poll is then only a slow fallback. SQLite: one process per database, polling as before.
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(listener) = store.listen_for_changes().await? {
+        listening.store(true, std::sync::atomic::Ordering::Relaxed);
+        spawn_change_listener(
+            &tasks,
+            listener,
+            ingest.clone(),
+            registry.clone(),
+            listening.clone(),
+            shutdown.child_token(),
+        );
+    }
     spawn_housekeeping(
         &tasks,
         ingest.clone(),
         registry,
         config.revocation_refresh,
+        listening,
         shutdown.child_token(),
     );
     crate::evidence::upload::spawn_sweeper(&tasks, uploads, shutdown.child_token());
@@ -695,27 +710,39 @@ fn warn_uncovered_listen(pki_dir: &Path, listen: SocketAddr) -> Result<(), Serve
     Ok(())
 }
 
-/// Periodic jobs: reload revocations (closing revoked agents' connections) and refresh long-polled scopes.
-/// Essential: without it revoked agents would stay connected.
+/// Every this many housekeeping ticks, a replica that receives notifications still re-reads revocations and
+/// long-polled scopes: a fallback for a notification lost in a way the listener could not see.
+const FALLBACK_EVERY_TICKS: u64 = 30;
+
+/// Periodic jobs: reload revocations (closing revoked agents' connections) and refresh long-polled scopes, at
+/// every tick on SQLite, every [`FALLBACK_EVERY_TICKS`] while `listening` (PostgreSQL notifications do it at
+/// once); promote due signing keys at every tick. Essential: without it revoked agents would stay connected.
 fn spawn_housekeeping(
     tasks: &Tasks,
     ingest: Arc<IngestState>,
     registry: Arc<Registry>,
     every: Duration,
+    listening: Arc<std::sync::atomic::AtomicBool>,
     token: CancellationToken,
 ) {
     tasks.spawn_essential("housekeeping", async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = ingest.refresh_revocations().await {
-                        warn!(error = %e, "revocation refresh failed");
-                    }
-                    if let Err(e) = registry.refresh_waited_scopes().await {
-                        warn!(error = %e, "bundle refresh failed");
+                    ticks += 1;
+                    let poll = !listening.load(std::sync::atomic::Ordering::Relaxed)
+                        || ticks.is_multiple_of(FALLBACK_EVERY_TICKS);
+                    if poll {
+                        if let Err(e) = ingest.refresh_revocations().await {
+                            warn!(error = %e, "revocation refresh failed");
+                        }
+                        if let Err(e) = registry.refresh_waited_scopes().await {
+                            warn!(error = %e, "bundle refresh failed");
+                        }
                     }
                     if let Err(e) = registry.signer().promote_due(crate::clock::unix_ms()).await {
                         warn!(error = %e, "signing key promotion failed");
@@ -724,6 +751,58 @@ fn spawn_housekeeping(
             }
         }
         Ok::<(), std::convert::Infallible>(())
+    });
+}
+
+/// Applies the changes other replicas commit (PostgreSQL notifications, [`gait_store::ChangeListener`]): a
+/// publish reloads that scope and wakes its long-polls, a revocation reloads the list and closes the revoked
+/// agents' connections, a resync (the listener reconnected and may have missed some) re-reads both. While the
+/// listener fails, `listening` is cleared so housekeeping polls at every tick again.
+fn spawn_change_listener(
+    tasks: &Tasks,
+    mut listener: gait_store::ChangeListener,
+    ingest: Arc<IngestState>,
+    registry: Arc<Registry>,
+    listening: Arc<std::sync::atomic::AtomicBool>,
+    token: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    tasks.spawn("change-listener", async move {
+        loop {
+            let change = tokio::select! {
+                _ = token.cancelled() => break,
+                c = listener.next() => c,
+            };
+            let result = match change {
+                Ok(gait_store::Change::Bundle(tenant)) => {
+                    listening.store(true, Ordering::Relaxed);
+                    registry.scope_changed(&tenant).await.map_err(|e| e.to_string())
+                }
+                Ok(gait_store::Change::Revocation) => {
+                    listening.store(true, Ordering::Relaxed);
+                    ingest.refresh_revocations().await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                Ok(gait_store::Change::Resync) => {
+                    listening.store(true, Ordering::Relaxed);
+                    info!("change notifications resumed; re-reading revocations and long-polled scopes");
+                    let revoked = ingest.refresh_revocations().await.map(|_| ()).map_err(|e| e.to_string());
+                    let scopes = registry.refresh_waited_scopes().await.map_err(|e| e.to_string());
+                    revoked.and(scopes)
+                }
+                Err(e) => {
+                    listening.store(false, Ordering::Relaxed);
+                    warn!(error = %e, "change notifications interrupted; polling until they resume");
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "applying a change from another replica failed; the fallback poll retries");
+            }
+        }
     });
 }
 

@@ -712,6 +712,15 @@ impl Registry {
         self.hub.labels_changed(tenant);
     }
 
+    /// A bundle of `tenant` was published through another replica (a database notification): re-read the
+    /// scope when this replica serves it, which wakes its long-polls.
+    pub async fn scope_changed(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        if self.hub.knows(tenant) {
+            self.load_offers(tenant).await?;
+        }
+        Ok(())
+    }
+
     /// Re-read the bundles of every scope that has waiters, so publishes made through another replica
     /// (sharing the database) wake this replica's long-polls too.
     pub async fn refresh_waited_scopes(&self) -> Result<(), RegistryError> {
@@ -1007,6 +1016,13 @@ impl Hub {
         map.get(tenant)
             .map(|s| s.borrow().clone())
             .filter(|o| !o.offers.is_empty())
+    }
+
+    /// Whether this replica serves `tenant` at all (some agent waited on it or its offers were read), empty or
+    /// not.
+    fn knows(&self, tenant: &Tenant) -> bool {
+        let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(tenant)
     }
 
     fn current(&self, tenant: &Tenant) -> Option<Arc<StoredBundle>> {

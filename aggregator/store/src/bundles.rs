@@ -63,6 +63,13 @@ pub(crate) async fn publish(
             .await
             .map_err(db("publish_bundle: insert"))?;
     });
+    // Other replicas' long-polls wake when this commits (crate::notify).
+    crate::notify::notify(
+        conn,
+        crate::notify::BUNDLES_CHANNEL,
+        &crate::notify::scope_payload(tenant),
+    )
+    .await?;
     Ok(())
 }
 

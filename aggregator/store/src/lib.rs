@@ -31,6 +31,7 @@ mod error;
 mod evidence;
 mod leader;
 mod model;
+mod notify;
 mod policy_versions;
 mod postgres;
 mod records;
@@ -90,6 +91,7 @@ pub use model::{
     StoredRevocation,
 };
 pub use model::{AgentId, AgentKey, CertSerial, Env, Org, Project, Tenant};
+pub use notify::{BUNDLES_CHANNEL, Change, ChangeListener, REVOCATIONS_CHANNEL};
 pub use policy_versions::{
     MAX_POLICY_PAGE, NewPin, NewPolicyVersion, PinFields, PinKind, PolicyVersionMeta, StoredPin,
     StoredPolicyVersion,

@@ -62,6 +62,10 @@ impl PgStore {
     }
 
     /// The options the pool connects with (for a dedicated connection, e.g. a leader lease).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub(crate) fn connect_options(&self) -> PgConnectOptions {
         (*self.pool.connect_options()).clone()
     }

@@ -41,6 +41,8 @@ pub(crate) async fn revoke(
             .await
             .map_err(db("revoke"))?;
     });
+    // Every replica reloads its revocation list when this commits (crate::notify).
+    crate::notify::notify(conn, crate::notify::REVOCATIONS_CHANNEL, "").await?;
     Ok(())
 }
 
