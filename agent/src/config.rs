@@ -4,6 +4,7 @@
 //! ```yaml
 //! aggregator:
 //!   address: aggregator.example:7443   # host:port of the aggregator's QUIC listener
+//!   replicas: [agg-2.example:7443]      # more replicas of the deployment: spread over, failed over to
 //!   server_name: aggregator.example     # name checked against its certificate (default "localhost")
 //! tls:
 //!   ca: pki/ca.pem                      # deployment CA that signed the aggregator's certificate
@@ -37,6 +38,9 @@ use crate::outbox::OutboxLimits;
 pub const MIN_POLL_WAIT_MS: u32 = 1_000;
 /// Longest long-poll the agent asks for.
 pub const MAX_POLL_WAIT_MS: u32 = 120_000;
+/// Most entries of `aggregator.replicas`.
+pub const MAX_REPLICAS: usize = 16;
+
 /// Default local API address.
 pub const DEFAULT_LOCAL_API: &str = "127.0.0.1:7071";
 /// Default mode of the local API's Unix socket: owner and group may connect.
@@ -171,6 +175,11 @@ pub struct AggregatorConfig {
     /// `host:port` of the aggregator's QUIC listener; the host may be a name, an IPv4 or a bracketed IPv6
     /// address. Resolved again on every reconnect.
     pub address: String,
+    /// More replicas of the same deployment (`host:port` each, at most 16): the agent starts at one of
+    /// `address` and these chosen by its identity, so a fleet spreads over them, and moves to the next when a
+    /// dial fails. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     /// TLS server name the aggregator's certificate must carry. Default `localhost`.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -441,6 +450,20 @@ impl Config {
         };
         if let Err(m) = parse_host_port(&self.aggregator.address) {
             bad("aggregator.address", m);
+        }
+        if self.aggregator.replicas.len() > MAX_REPLICAS {
+            bad(
+                "aggregator.replicas",
+                format!(
+                    "{} addresses; at most {MAX_REPLICAS}",
+                    self.aggregator.replicas.len()
+                ),
+            );
+        }
+        for (i, replica) in self.aggregator.replicas.iter().enumerate() {
+            if let Err(m) = parse_host_port(replica) {
+                bad(&format!("aggregator.replicas[{i}]"), m);
+            }
         }
         if rustls::pki_types::ServerName::try_from(self.aggregator.server_name.as_str()).is_err() {
             bad(
@@ -774,7 +797,7 @@ trust:
     fn validation_names_every_bad_dotted_key() {
         let dir = tempfile::tempdir().unwrap();
         let text = "\
-aggregator: { address: 'no-port', server_name: 'bad name!' }
+aggregator: { address: 'no-port', replicas: ['agg-2:7443', 'agg-3'], server_name: 'bad name!' }
 tls: { ca: ca.pem, cert: agent.pem, key: agent.key }
 trust: { registry_public_keys: [a.pub, b.pub] }
 outbox: { max_records: 0, max_bytes: 10 }
@@ -791,6 +814,7 @@ poll: { wait_ms: 5 }
             keys,
             vec![
                 "aggregator.address",
+                "aggregator.replicas[1]",
                 "aggregator.server_name",
                 "tls.cert",
                 "tls.key",

@@ -361,7 +361,13 @@ impl Daemon {
                     keep_alive: KEEP_ALIVE,
                     client_config,
                 }),
-                address: config.aggregator.address.clone(),
+                current: std::sync::atomic::AtomicUsize::new(session::start_index(
+                    &state.identity().uri,
+                    1 + config.aggregator.replicas.len(),
+                )),
+                addresses: std::iter::once(config.aggregator.address.clone())
+                    .chain(config.aggregator.replicas.iter().cloned())
+                    .collect(),
                 server_name: config.aggregator.server_name.clone(),
                 poll_wait_ms: config.poll.wait_ms,
                 instance_id,

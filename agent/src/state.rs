@@ -180,7 +180,7 @@ pub struct StatusReport {
     pub agent_version: String,
     /// Identity and tenancy from the agent's certificate.
     pub identity: AgentIdentity,
-    /// The configured aggregator address.
+    /// The aggregator address in use (the last one dialled, of `aggregator.address` and `aggregator.replicas`).
     pub aggregator: String,
     /// Whether a connection to the aggregator is up (Hello/Welcome done).
     pub connected: bool,
@@ -381,7 +381,8 @@ impl TrustState {
 pub struct AgentState {
     identity: AgentIdentity,
     scope: gait_bundle::Scope,
-    aggregator: String,
+    /// The aggregator address dialled last (one of `aggregator.address` and `aggregator.replicas`).
+    aggregator: std::sync::RwLock<String>,
     db: AgentDb,
     outbox: Outbox,
     committer: committer::Committer,
@@ -478,7 +479,7 @@ impl AgentState {
         let state = Arc::new(AgentState {
             identity,
             scope,
-            aggregator,
+            aggregator: std::sync::RwLock::new(aggregator),
             db,
             outbox,
             committer,
@@ -735,6 +736,17 @@ impl AgentState {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
+    /// The aggregator address being dialled (status shows it).
+    pub(crate) fn set_aggregator(&self, address: &str) {
+        let mut current = self
+            .aggregator
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current != address {
+            address.clone_into(&mut current);
+        }
+    }
+
     /// Whether a connection to the aggregator is up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -816,7 +828,11 @@ impl AgentState {
         StatusReport {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             identity: self.identity.clone(),
-            aggregator: self.aggregator.clone(),
+            aggregator: self
+                .aggregator
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             connected: self.is_connected(),
             last_contact_unix_ms: last_contact,
             active_bundle: active.as_ref().map(|a| BundleInfo::from(&a.bundle_ref())),

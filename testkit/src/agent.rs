@@ -117,6 +117,7 @@ pub fn agent_config(
     Config {
         aggregator: AggregatorConfig {
             address: aggregator.to_string(),
+            replicas: Vec::new(),
             server_name: "localhost".into(),
         },
         tls: TlsConfig {

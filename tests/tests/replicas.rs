@@ -95,3 +95,111 @@ fn a_publish_and_a_revocation_through_one_replica_reach_agents_on_the_other_by_n
     let _ = (a, b);
     Ok(())
 }
+
+/// Killing the replica an agent is connected to moves the agent to the other (its `aggregator.replicas`), and
+/// every record it wrote before, during and after the move is committed exactly once.
+#[test]
+fn killing_a_replica_moves_its_agents_to_the_other_with_no_record_lost_or_doubled()
+-> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? else {
+        eprintln!(
+            "GAIT_TEST_DATABASE_URL is not set: the two-replica test needs PostgreSQL; skipped"
+        );
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let shared = tmp.path().join("agg");
+    let mut replicas = [
+        Aggregator::start(&shared, Some(db.url()))?,
+        Aggregator::start(&shared, Some(db.url()))?,
+    ];
+    let mut agent = Agent::enroll(
+        &replicas[0],
+        &tmp.path().join("edge"),
+        "acme",
+        "web",
+        "prod",
+        "edge",
+    )?;
+    // Both replicas in the agent's configuration.
+    let yaml_path = agent.dir.join("agent.yaml");
+    let yaml = std::fs::read_to_string(&yaml_path)?;
+    let with_replicas = yaml.replacen(
+        &format!("address: \"{}\"\n", replicas[0].quic),
+        &format!(
+            "address: \"{}\"\n  replicas: [\"{}\"]\n",
+            replicas[0].quic, replicas[1].quic
+        ),
+        1,
+    );
+    ensure!(
+        with_replicas != yaml,
+        "agent.yaml has no address line:\n{yaml}"
+    );
+    std::fs::write(&yaml_path, with_replicas)?;
+    agent.start()?;
+    agent.wait_connected("agent connected to one replica")?;
+    let on = agent.status()?["aggregator"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let dying = replicas
+        .iter()
+        .position(|r| r.quic.to_string() == on)
+        .ok_or_else(|| anyhow::anyhow!("status names no replica: {on}"))?;
+    let surviving = 1 - dying;
+    for n in 0..20 {
+        agent.append("block", "app.decision", serde_json::json!({ "n": n }))?;
+    }
+    let (org, project, env, id) = ("acme", "web", "prod", "edge");
+    wait_for(PATIENCE, "the first 20 records committed", || {
+        (replicas[surviving]
+            .records(org, project, env, id)
+            .ok()?
+            .len()
+            >= 20)
+            .then_some(())
+    })?;
+
+    replicas[dying].kill9();
+    // Records written while the agent finds out and moves.
+    for n in 20..40 {
+        agent.append("block", "app.decision", serde_json::json!({ "n": n }))?;
+    }
+    let moved_to = replicas[surviving].quic.to_string();
+    wait_for(
+        Duration::from_secs(120),
+        "the agent moved to the surviving replica",
+        || {
+            let status = agent.status().ok()?;
+            (status["connected"] == true && status["aggregator"] == moved_to.as_str()).then_some(())
+        },
+    )?;
+    for n in 40..60 {
+        agent.append("block", "app.decision", serde_json::json!({ "n": n }))?;
+    }
+    let records = wait_for(PATIENCE, "all 60 records committed", || {
+        let r = replicas[surviving].records(org, project, env, id).ok()?;
+        (r.len() >= 60).then_some(r)
+    })?;
+    let mut ns: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r["payload"]["n"].as_u64())
+        .collect();
+    ns.sort_unstable();
+    ensure!(
+        ns == (0..60).collect::<Vec<_>>(),
+        "records lost or doubled across the failover: {ns:?}"
+    );
+    let (status, gaps) = replicas[surviving].get(&format!(
+        "/v1/orgs/{org}/projects/{project}/envs/{env}/agents/{id}/gaps"
+    ))?;
+    ensure!(
+        status == 200 && gaps["gaps"].as_array().is_some_and(Vec::is_empty),
+        "gaps after the failover: {gaps}"
+    );
+    Ok(())
+}

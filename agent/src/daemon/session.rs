@@ -210,7 +210,11 @@ pub(crate) struct Session {
     pub client_config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
     /// Certificate renewal; `None` never renews.
     pub renewal: Option<super::renew::Renewal>,
-    pub address: String,
+    /// `aggregator.address` then `aggregator.replicas`: dialled from a start chosen by identity, moving to the
+    /// next after a failed dial ([`Session::next_address`]).
+    pub addresses: Vec<String>,
+    /// Index into `addresses` of the next dial.
+    pub current: std::sync::atomic::AtomicUsize,
     pub server_name: String,
     pub poll_wait_ms: u32,
     /// This data directory's instance id, sent in every `Hello`.
@@ -224,6 +228,17 @@ pub(crate) fn spawn_connection_loop(tasks: &Tasks, session: Session, shutdown: C
         session.run(shutdown).await;
         Ok::<(), std::convert::Infallible>(())
     });
+}
+
+/// Where an agent with this identity starts among `n` aggregator addresses: spread by a hash of its identity
+/// (FNV-1a of its URI), stable across restarts.
+pub(crate) fn start_index(identity_uri: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity_uri.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % n.max(1) as u64) as usize
 }
 
 /// Client endpoints, one per address family, created on first use.
@@ -400,18 +415,39 @@ impl Session {
         endpoints.close().await;
     }
 
+    /// The address the next dial goes to.
+    fn address(&self) -> &str {
+        let i =
+            self.current.load(std::sync::atomic::Ordering::Relaxed) % self.addresses.len().max(1);
+        self.addresses.get(i).map_or("", String::as_str)
+    }
+
+    /// After a failed dial: the next replica (a no-op with one address).
+    fn next_address(&self) {
+        if self.addresses.len() > 1 {
+            let i = self
+                .current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            tracing::info!(
+                next = %self.addresses[i % self.addresses.len()],
+                "dial failed; trying the next aggregator replica"
+            );
+        }
+    }
+
     async fn resolve(&self) -> Result<SocketAddr, SessionError> {
+        let address = self.address().to_owned();
+        self.state.set_aggregator(&address);
         let err = |detail: String| SessionError::Resolve {
-            address: self.address.clone(),
+            address: address.clone(),
             detail,
         };
-        let mut addrs = tokio::time::timeout(
-            RESOLVE_TIMEOUT,
-            tokio::net::lookup_host(self.address.as_str()),
-        )
-        .await
-        .map_err(|_| err("timed out".to_owned()))?
-        .map_err(|e| err(e.to_string()))?;
+        let mut addrs =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address.as_str()))
+                .await
+                .map_err(|_| err("timed out".to_owned()))?
+                .map_err(|e| err(e.to_string()))?;
         addrs.next().ok_or_else(|| err("no addresses".to_owned()))
     }
 
@@ -424,7 +460,13 @@ impl Session {
         announced: &mut Option<Duration>,
     ) -> Result<(), SessionError> {
         let conn = tokio::select! {
-            r = self.connect(endpoints) => r?,
+            r = self.connect(endpoints) => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.next_address();
+                    return Err(e);
+                }
+            },
             _ = shutdown.cancelled() => return Ok(()),
         };
         let result = self.serve(&conn, shutdown, up_since).await;
@@ -1228,5 +1270,28 @@ mod tests {
             ]
         );
         assert_eq!(refusal_pause(u32::MAX, wait), Some(wait));
+    }
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::start_index;
+
+    #[test]
+    fn identities_spread_over_replicas_and_keep_their_start() {
+        let n = 3;
+        let mut counts = [0usize; 3];
+        for i in 0..3_000 {
+            let uri = format!("spiffe://gait.local/org/acme/project/web/env/prod/agent/edge-{i}");
+            let at = start_index(&uri, n);
+            assert_eq!(at, start_index(&uri, n), "not stable");
+            counts[at] += 1;
+        }
+        // Each replica gets its share within 10 % of an even split.
+        for c in counts {
+            assert!((900..=1_100).contains(&c), "{counts:?}");
+        }
+        assert_eq!(start_index("anything", 1), 0);
+        assert_eq!(start_index("anything", 0), 0);
     }
 }
