@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &args.common,
         "promote",
         args.agents,
-        async |scope, agg, configs| measure(&args, scope, agg, configs).await,
+        async |scope, agg, _db, configs| measure(&args, scope, agg, configs).await,
     )
     .await
 }

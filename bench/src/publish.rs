@@ -38,6 +38,11 @@ pub struct Args {
     /// Handshakes in flight while the fleet connects.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Aggregator replicas on the same PostgreSQL database (needs --database-url when above 1). Agents are
+    /// spread over them round-robin and every publish goes through the first, so the report compares, in the
+    /// same run, agents on the publishing replica with agents reached through the database notification.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 /// One agent verified one bundle.
@@ -89,14 +94,18 @@ pub(crate) async fn connect(
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(
-        args.agents > 0 && args.rounds > 0,
-        "--agents and --rounds must be positive"
+        args.agents > 0 && args.rounds > 0 && args.replicas > 0,
+        "--agents, --rounds and --replicas must be positive"
+    );
+    ensure!(
+        args.replicas == 1 || args.common.database_url.is_some(),
+        "--replicas above 1 needs --database-url (replicas share one PostgreSQL database)"
     );
     with_fleet(
         &args.common,
         "publish",
         args.agents,
-        async |scope, agg, configs| measure(&args, scope, agg, configs).await,
+        async |scope, agg, db, configs| measure(&args, scope, agg, db, configs).await,
     )
     .await
 }
@@ -108,7 +117,12 @@ pub(crate) async fn with_fleet(
     common: &CommonArgs,
     name: &str,
     agents: usize,
-    measure: impl AsyncFnOnce(&Scope, &AggregatorProc, Vec<quinn::ClientConfig>) -> anyhow::Result<()>,
+    measure: impl AsyncFnOnce(
+        &Scope,
+        &AggregatorProc,
+        &Database,
+        Vec<quinn::ClientConfig>,
+    ) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let scope = Scope::from_parts("bench", name, "prod")?;
     let work_dir = common.temp_dir(&format!("gait-bench-{name}-"))?;
@@ -123,7 +137,7 @@ pub(crate) async fn with_fleet(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let db = Database::create(common, name).await?;
     let agg = AggregatorProc::start_ephemeral(common, &data_dir, &db).await?;
-    let result = measure(&scope, &agg, configs).await;
+    let result = measure(&scope, &agg, &db, configs).await;
     let agg_log = agg.log_tail();
     agg.terminate(Duration::from_secs(15)).await?;
     db.drop_database().await?;
@@ -134,6 +148,26 @@ async fn measure(
     args: &Args,
     scope: &Scope,
     agg: &AggregatorProc,
+    db: &Database,
+    configs: Vec<quinn::ClientConfig>,
+) -> anyhow::Result<()> {
+    // Further replicas: the same data directory (keys, PKI) and the same database.
+    let mut others = Vec::new();
+    for _ in 1..args.replicas {
+        others.push(AggregatorProc::start_ephemeral(&args.common, &agg.data_dir, db).await?);
+    }
+    let result = measure_on(args, scope, agg, &others, configs).await;
+    for other in others {
+        other.terminate(Duration::from_secs(15)).await?;
+    }
+    result
+}
+
+async fn measure_on(
+    args: &Args,
+    scope: &Scope,
+    agg: &AggregatorProc,
+    others: &[AggregatorProc],
     configs: Vec<quinn::ClientConfig>,
 ) -> anyhow::Result<()> {
     let key = gait_canon::sign::load_public_key_file(
@@ -144,29 +178,63 @@ async fn measure(
     let trust = Arc::new(TrustRoot::from_public_keys(vec![key]));
     let bundle_scope: gait_bundle::Scope = scope.clone();
 
-    // Connect the fleet (bounded handshake concurrency), then start every agent's long-poll loop.
-    let (conns, connect_time) =
-        connect(args.endpoints, args.connect_concurrency, agg.quic, configs).await?;
-
-    let (tx, mut rx) = mpsc::unbounded_channel::<Receipt>();
+    // Connect the fleet (bounded handshake concurrency), agent i to replica i % replicas, then start every
+    // agent's long-poll loop; each receipt is tagged with its agent's replica.
+    let replicas: Vec<&AggregatorProc> = std::iter::once(agg).chain(others).collect();
+    let mut groups: Vec<Vec<quinn::ClientConfig>> = vec![Vec::new(); replicas.len()];
+    for (i, config) in configs.into_iter().enumerate() {
+        groups[i % replicas.len()].push(config);
+    }
+    let mut connect_time = Duration::ZERO;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Receipt)>();
     let mut pollers = tokio::task::JoinSet::new();
-    for conn in conns {
-        let (tx, trust, bundle_scope, wait) = (
-            tx.clone(),
-            trust.clone(),
-            bundle_scope.clone(),
-            args.poll_wait_ms,
-        );
-        pollers.spawn(async move { poll_loop(conn, tx, trust, bundle_scope, wait, false).await });
+    for (r, group) in groups.into_iter().enumerate() {
+        let (conns, took) = connect(
+            args.endpoints,
+            args.connect_concurrency,
+            replicas[r].quic,
+            group,
+        )
+        .await?;
+        connect_time += took;
+        for conn in conns {
+            let (tag_tx, mut tag_rx) = mpsc::unbounded_channel::<Receipt>();
+            let (tx, trust, bundle_scope, wait) = (
+                tx.clone(),
+                trust.clone(),
+                bundle_scope.clone(),
+                args.poll_wait_ms,
+            );
+            pollers.spawn(async move {
+                let forward = async {
+                    while let Some(receipt) = tag_rx.recv().await {
+                        if tx.send((r, receipt)).is_err() {
+                            break;
+                        }
+                    }
+                };
+                let (polled, ()) = tokio::join!(
+                    poll_loop(conn, tag_tx, trust, bundle_scope, wait, false),
+                    forward
+                );
+                polled
+            });
+        }
     }
     drop(tx);
+    let parked_on: Vec<common::Api> = replicas.iter().map(|r| r.api()).collect();
 
     let api = agg.api();
     let mut rounds = Vec::new();
     let mut all = Vec::new();
     let mut verify_times = Vec::new();
+    let mut by_replica: Vec<Vec<Duration>> = vec![Vec::new(); replicas.len()];
     for round_no in 1..=args.rounds {
-        wait_for_parked_polls(&api, args.agents, &mut pollers).await?;
+        for (r, api) in parked_on.iter().enumerate() {
+            let expected =
+                args.agents / replicas.len() + usize::from(r < args.agents % replicas.len());
+            wait_for_parked_polls(api, expected, &mut pollers).await?;
+        }
         let policy = policy_yaml(round_no);
         let sent = Instant::now();
         let published = api
@@ -178,21 +246,23 @@ async fn measure(
             .context("publish answer has no epoch")?;
         let mut lat = Vec::with_capacity(args.agents);
         while lat.len() < args.agents {
-            let receipt = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                Ok(Some(r)) => r,
-                Ok(None) => bail!("every agent stopped: {}", first_error(&mut pollers).await),
-                Err(_) => bail!(
-                    "round {round_no}: only {} of {} agents verified epoch {epoch} within 60 s",
-                    lat.len(),
-                    args.agents
-                ),
-            };
+            let (replica, receipt) =
+                match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => bail!("every agent stopped: {}", first_error(&mut pollers).await),
+                    Err(_) => bail!(
+                        "round {round_no}: only {} of {} agents verified epoch {epoch} within 60 s",
+                        lat.len(),
+                        args.agents
+                    ),
+                };
             ensure!(
                 receipt.epoch == epoch,
                 "an agent verified epoch {} during round {round_no} (epoch {epoch})",
                 receipt.epoch
             );
             lat.push(receipt.at.saturating_duration_since(sent));
+            by_replica[replica].push(receipt.at.saturating_duration_since(sent));
             verify_times.push(receipt.verify);
         }
         let p = Percentiles::of(&lat);
@@ -209,9 +279,23 @@ async fn measure(
     let p = Percentiles::of(&all);
     let v = Percentiles::of(&verify_times);
     let met = p.p99 < GOAL_P99;
+    let per_replica: Vec<serde_json::Value> = by_replica
+        .iter()
+        .enumerate()
+        .map(|(r, lat)| {
+            json!({
+                "replica": r,
+                "publishes_here": r == 0,
+                "agents": lat.len() as u64 / args.rounds,
+                "latency_ms": Percentiles::of(lat).json_ms(),
+            })
+        })
+        .collect();
     let summary = json!({
         "bench": "publish-latency",
         "backend": if args.common.database_url.is_some() { "postgres" } else { "sqlite" },
+        "replicas": replicas.len(),
+        "per_replica": per_replica,
         "agents": args.agents,
         "rounds": args.rounds,
         "connect_s": round(connect_time.as_secs_f64(), 2),
@@ -223,7 +307,7 @@ async fn measure(
     });
     let human = format!(
         "publish-latency: {} agents x {} publishes, publish-to-verified {} (p90 {:.0} ms; goal p99 < {:.0} ms: {}); \
-         bundle verify per agent p50 {:.2} ms",
+         bundle verify per agent p50 {:.2} ms; per replica (0 publishes) {}",
         args.agents,
         args.rounds,
         p.human_ms(),
@@ -231,6 +315,12 @@ async fn measure(
         ms(GOAL_P99),
         if met { "met" } else { "MISSED" },
         ms(v.p50),
+        by_replica
+            .iter()
+            .enumerate()
+            .map(|(r, lat)| format!("#{r}: {}", Percentiles::of(lat).human_ms()))
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     common::emit(&summary, &human);
     Ok(())
