@@ -105,13 +105,15 @@ impl Backoff {
 /// How an agent comes back after its aggregator shut down and announced a redial window
 /// ([`gait_wire::shutdown`]). The window is sized to the rate the aggregator measured it can take handshakes at,
 /// so a dial that fails inside it (refused because the aggregator is at its handshake bound, or unanswered
-/// while it restarts) draws again within the window rather than falling back to the one-second exponential
-/// backoff, which would pile the fleet's second attempts into the first seconds. After [`RedialPlan::DRAWS`]
-/// draws the plan is spent and the exponential backoff takes over: an aggregator that does not come back is not
-/// dialled on a short fixed period for ever.
+/// while it restarts) draws again within **what is left of the window** (at least a tenth of it) rather than
+/// falling back to the one-second exponential backoff, which would pile the fleet's second attempts into the
+/// first seconds, or drawing from a whole window again, which would leave a tail long after the window ended.
+/// After [`RedialPlan::DRAWS`] draws the plan is spent and the exponential backoff takes over: an aggregator
+/// that does not come back is not dialled on a short fixed period for ever.
 #[derive(Debug, Clone)]
 pub struct RedialPlan {
     window: Duration,
+    ends: std::time::Instant,
     draws_left: u32,
 }
 
@@ -119,23 +121,37 @@ impl RedialPlan {
     /// Draws of the window one announcement gives: the first redial and two more after failed dials.
     pub const DRAWS: u32 = 3;
 
-    /// A plan over an announced `window`.
+    /// A plan over an announced `window`, starting now.
     pub fn new(window: Duration) -> Self {
+        Self::starting_at(window, std::time::Instant::now())
+    }
+
+    /// A plan over `window` announced at `now`.
+    pub fn starting_at(window: Duration, now: std::time::Instant) -> Self {
         Self {
             window,
+            ends: now + window,
             draws_left: Self::DRAWS,
         }
     }
 
-    /// The next wait within the window, or `None` once the plan is spent.
+    /// The next wait, or `None` once the plan is spent.
     pub fn next_delay(&mut self) -> Option<Duration> {
-        self.next_delay_with(getrandom::u64().unwrap_or(u64::MAX))
+        self.next_delay_with(
+            std::time::Instant::now(),
+            getrandom::u64().unwrap_or(u64::MAX),
+        )
     }
 
-    /// [`RedialPlan::next_delay`] for a given 64-bit random value.
-    pub fn next_delay_with(&mut self, random: u64) -> Option<Duration> {
+    /// [`RedialPlan::next_delay`] at `now` for a given 64-bit random value: uniform over what is left of the
+    /// window, at least a tenth of the window.
+    pub fn next_delay_with(&mut self, now: std::time::Instant, random: u64) -> Option<Duration> {
         self.draws_left = self.draws_left.checked_sub(1)?;
-        Some(Backoff::within_with(self.window, random))
+        let left = self
+            .ends
+            .saturating_duration_since(now)
+            .max(self.window / 10);
+        Some(Backoff::within_with(left, random))
     }
 }
 
@@ -245,22 +261,37 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_draws_within_its_window_three_times_then_backs_off() {
+    fn a_plan_draws_within_what_is_left_of_its_window_three_times_then_backs_off() {
         let w = Duration::from_secs(40);
-        let mut plan = RedialPlan::new(w);
+        let t0 = std::time::Instant::now();
+        let mut plan = RedialPlan::starting_at(w, t0);
+        // First draw: the whole window.
+        assert_eq!(
+            plan.next_delay_with(t0, 1 << 63),
+            Some(Duration::from_secs(20))
+        );
+        // Refused 30 s in: only the 10 s left.
+        assert_eq!(
+            plan.next_delay_with(t0 + Duration::from_secs(30), u64::MAX)
+                .map(|d| d <= Duration::from_secs(10) && d > Duration::from_millis(9_999)),
+            Some(true)
+        );
+        // Past the window: a tenth of it (4 s), not a whole window again.
+        assert_eq!(
+            plan.next_delay_with(t0 + Duration::from_secs(60), 1 << 63),
+            Some(Duration::from_secs(2))
+        );
+        // Spent: the exponential backoff decides, from its first ceiling, not advanced by the plan.
         let mut backoff = Backoff::default();
-        assert_eq!(plan.next_delay_with(1 << 63), Some(Duration::from_secs(20)));
-        for _ in 1..RedialPlan::DRAWS {
-            let d = backoff.after(Some(&mut plan));
-            assert!(d <= w);
-        }
-        // The backoff was not advanced by the plan's draws.
-        assert_eq!(backoff.attempt(), 0);
         assert_eq!(plan.next_delay(), None);
-        // Spent: the exponential backoff decides, from its first ceiling.
         let d = backoff.after(Some(&mut plan));
         assert!(d <= DEFAULT_BASE);
         assert_eq!(backoff.attempt(), 1);
         assert!(backoff.after(None) <= DEFAULT_BASE * 2);
+        // A fresh plan's draws all stay within the window.
+        let mut fresh = RedialPlan::new(w);
+        for _ in 0..RedialPlan::DRAWS {
+            assert!(backoff.after(Some(&mut fresh)) <= w);
+        }
     }
 }

@@ -168,8 +168,8 @@
 //! Before any of these, an aggregator working on as many handshakes as it takes at a time answers a new
 //! attempt with the QUIC transport error `CONNECTION_REFUSED` (one packet, no handshake) and, from half that
 //! bound, asks an address it has not validated yet for a stateless QUIC Retry first. A refused agent is not at
-//! fault: it draws its next dial from the redial window it was last given (at most three draws), else from its
-//! ordinary backoff. The refusal carries no reason phrase; the window the aggregator announced at shutdown,
+//! fault: it draws its next dial from what is left of the redial window it was last given (at most three draws),
+//! else from its ordinary backoff. The refusal carries no reason phrase; the window the aggregator announced at shutdown,
 //! sized from the handshake rate it measured under load, is the retry-after hint.
 //!
 //! # Versions
