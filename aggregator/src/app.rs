@@ -773,24 +773,22 @@ fn spawn_change_listener(
                 _ = token.cancelled() => break,
                 c = listener.next() => c,
             };
+            // Notifications flow while the listener answers; housekeeping polls at every tick while it fails.
+            listening.store(change.is_ok(), Ordering::Relaxed);
             let result = match change {
                 Ok(gait_store::Change::Bundle(tenant)) => {
-                    listening.store(true, Ordering::Relaxed);
                     registry.scope_changed(&tenant).await.map_err(|e| e.to_string())
                 }
                 Ok(gait_store::Change::Revocation) => {
-                    listening.store(true, Ordering::Relaxed);
                     ingest.refresh_revocations().await.map(|_| ()).map_err(|e| e.to_string())
                 }
                 Ok(gait_store::Change::Resync) => {
-                    listening.store(true, Ordering::Relaxed);
                     info!("change notifications resumed; re-reading revocations and long-polled scopes");
                     let revoked = ingest.refresh_revocations().await.map(|_| ()).map_err(|e| e.to_string());
                     let scopes = registry.refresh_waited_scopes().await.map_err(|e| e.to_string());
                     revoked.and(scopes)
                 }
                 Err(e) => {
-                    listening.store(false, Ordering::Relaxed);
                     warn!(error = %e, "change notifications interrupted; polling until they resume");
                     tokio::select! {
                         _ = token.cancelled() => break,

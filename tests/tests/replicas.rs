@@ -13,16 +13,26 @@ use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, hermetic, wait
 /// Well inside the 30 s fallback poll (30 housekeeping ticks of 1 s), with room for a loaded machine.
 const BY_NOTIFICATION: Duration = Duration::from_secs(10);
 
-#[test]
-fn a_publish_and_a_revocation_through_one_replica_reach_agents_on_the_other_by_notification()
--> anyhow::Result<()> {
+/// A fresh PostgreSQL database and the runtime its handle lives on, or `None` (said on stderr) when
+/// `GAIT_TEST_DATABASE_URL` is unset.
+fn fresh_postgres()
+-> anyhow::Result<Option<(tokio::runtime::Runtime, gait_store::testing::TestStore)>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? else {
+    let db = rt.block_on(gait_store::testing::postgres_fresh())?;
+    if db.is_none() {
         eprintln!(
             "GAIT_TEST_DATABASE_URL is not set: the two-replica test needs PostgreSQL; skipped"
         );
+    }
+    Ok(db.map(|db| (rt, db)))
+}
+
+#[test]
+fn a_publish_and_a_revocation_through_one_replica_reach_agents_on_the_other_by_notification()
+-> anyhow::Result<()> {
+    let Some((_rt, db)) = fresh_postgres()? else {
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
@@ -101,13 +111,7 @@ fn a_publish_and_a_revocation_through_one_replica_reach_agents_on_the_other_by_n
 #[test]
 fn killing_a_replica_moves_its_agents_to_the_other_with_no_record_lost_or_doubled()
 -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? else {
-        eprintln!(
-            "GAIT_TEST_DATABASE_URL is not set: the two-replica test needs PostgreSQL; skipped"
-        );
+    let Some((_rt, db)) = fresh_postgres()? else {
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;

@@ -131,9 +131,10 @@ impl Admission {
     /// Handshakes per second this process completed while under pressure (the mean over every pressured
     /// window); `None` until such a window was seen.
     pub fn capacity(&self) -> Option<u32> {
-        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.capacity()
-            .map(|c| c.round().clamp(1.0, f64::from(u32::MAX)) as u32)
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity_per_second()
     }
 
     /// The rate a fleet dropped at shutdown is asked to come back at: [`HEADROOM`] of the measured capacity when
@@ -149,16 +150,23 @@ impl Admission {
         w.pressured = true;
     }
 
-    fn handshake_completed(&self, now: Instant) {
+    /// Counts a finished handshake; returns the capacity as it stands after it.
+    fn handshake_completed(&self, now: Instant) -> Option<u32> {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.completed += 1;
         w.roll(now);
+        w.capacity_per_second()
     }
 }
 
 impl Window {
     fn capacity(&self) -> Option<f64> {
         (self.measured_secs > 0.0).then(|| self.measured_handshakes as f64 / self.measured_secs)
+    }
+
+    fn capacity_per_second(&self) -> Option<u32> {
+        self.capacity()
+            .map(|c| c.round().clamp(1.0, f64::from(u32::MAX)) as u32)
     }
 
     /// Closes the window once it is long enough, folding it into the measurement when it was pressured.
@@ -186,9 +194,9 @@ pub struct Permit {
 
 impl Permit {
     /// The handshake finished (successfully or not, it was work done): counts towards the measured rate and
-    /// frees the slot.
-    pub fn completed(self) {
-        self.admission.handshake_completed(Instant::now());
+    /// frees the slot. Returns the measured capacity ([`Admission::capacity`]) as it stands after it.
+    pub fn completed(self) -> Option<u32> {
+        self.admission.handshake_completed(Instant::now())
     }
 }
 

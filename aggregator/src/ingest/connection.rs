@@ -32,12 +32,12 @@ pub(super) async fn handle_incoming(
 ) {
     let remote = incoming.remote_address();
     let handshake = incoming.await;
-    permit.completed();
+    let capacity = permit.completed();
     state
         .metrics
         .handshakes_in_flight
         .set(state.admission.in_flight() as i64);
-    if let Some(rate) = state.admission.capacity() {
+    if let Some(rate) = capacity {
         state.metrics.handshake_capacity.set(i64::from(rate));
     }
     let conn = match handshake {
