@@ -9,7 +9,7 @@
 //!   listen: 0.0.0.0:7443                    # UDP address agents connect to
 //!   udp_buffer_bytes: 8388608
 //!   reconnect_rate: 1000                    # until a handshake rate is measured under load
-//!   max_handshakes_in_flight: 128           # more are refused; agents back off
+//!   max_handshakes_in_flight: 128           # more wait (8 per slot, 1 s), then are refused
 //!   session_tickets: true
 //! http:
 //!   listen: 0.0.0.0:7080                    # operator HTTP API; HTTPS unless on a loopback address
@@ -224,8 +224,8 @@ pub struct QuicConfig {
     /// Handshakes per second the fleet is asked to come back at after this aggregator stops, until the
     /// aggregator has measured its own rate under load (which then replaces it); at least 1. Default 1000.
     pub reconnect_rate: u32,
-    /// Handshakes worked on at once; attempts beyond it are refused at once (one packet) and the agents back
-    /// off, so a returning fleet cannot push the machine into congestion collapse. At least 1. Default 128.
+    /// Handshakes worked on at once; attempts beyond it wait for a slot (up to 8 per slot, at most 1 s), then
+    /// are refused (one packet) and the agents back off, so a returning fleet cannot push the machine into congestion collapse. At least 1. Default 128.
     pub max_handshakes_in_flight: usize,
     /// Hand agents TLS 1.3 session tickets (secret in `keys/tls-ticket.key`) so reconnects resume without a
     /// certificate handshake. Default `true`.

@@ -33,6 +33,8 @@ pub const CONNECTIONS_REFUSED: &str = "gait_aggregator_connections_refused_total
 pub const CONNECTIONS_OPEN: &str = "gait_aggregator_connections_open";
 /// QUIC handshakes being worked on now (bounded by `quic.max_handshakes_in_flight`).
 pub const HANDSHAKES_IN_FLIGHT: &str = "gait_aggregator_handshakes_in_flight";
+/// Connection attempts waiting for a handshake slot ([`crate::ingest::admission::Waiting`]).
+pub const HANDSHAKES_WAITING: &str = "gait_aggregator_handshakes_waiting";
 /// Handshakes per second this process completed while under pressure (0 until measured); sizes the redial
 /// window announced at shutdown.
 pub const HANDSHAKE_CAPACITY: &str = "gait_aggregator_handshake_capacity_per_second";
@@ -167,6 +169,7 @@ pub struct Metrics {
     pub connections_refused: Family<Label, Counter>,
     pub connections_open: Gauge,
     pub handshakes_in_flight: Gauge,
+    pub handshakes_waiting: Gauge,
     pub handshake_capacity: Gauge,
     pub handshake_retries: Counter,
     pub protocol_errors: Counter,
@@ -407,6 +410,13 @@ impl Metrics {
             "QUIC handshakes being worked on now (bounded by quic.max_handshakes_in_flight).",
             handshakes_in_flight.clone(),
         );
+        let handshakes_waiting = Gauge::default();
+        register(
+            &mut registry,
+            HANDSHAKES_WAITING,
+            "Connection attempts waiting for a handshake slot (at most 8 per slot of quic.max_handshakes_in_flight, each at most 1 s).",
+            handshakes_waiting.clone(),
+        );
         let handshake_capacity = Gauge::default();
         register(
             &mut registry,
@@ -525,6 +535,7 @@ impl Metrics {
             connections_refused,
             connections_open,
             handshakes_in_flight,
+            handshakes_waiting,
             handshake_capacity,
             handshake_retries,
             protocol_errors,

@@ -1,6 +1,7 @@
 //! Admission control at the QUIC edge (`ingest::admission`), on a running aggregator with real quinn endpoints
-//! and certificates: with `max_handshakes_in_flight` reached, a further attempt is refused at once with
-//! `CONNECTION_REFUSED` (which the agent reads as "busy"), counted, and the slot frees when the handshake ends.
+//! and certificates: with `max_handshakes_in_flight` reached, a further attempt waits for a slot and gets in when
+//! one frees; one that waited too long is refused with `CONNECTION_REFUSED` (which the agent reads as "busy"),
+//! counted.
 //!
 //! The slot is held deterministically: the first client's server-certificate check blocks until the test lets
 //! it go, so the aggregator's half of that handshake is in flight for exactly as long as the test says.
@@ -226,13 +227,15 @@ async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_handshake_bound_refuses_at_once_and_frees_when_the_handshake_ends() -> Result<()> {
+async fn at_the_bound_an_attempt_waits_for_a_slot_and_is_refused_once_it_waited_too_long()
+-> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (running, agent_dir) = aggregator(tmp.path(), 1).await?;
     let addr = running.quic_addr;
     let metrics = running.ingest.metrics.clone();
     let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
     let in_flight = "gait_aggregator_handshakes_in_flight";
+    let waiting = "gait_aggregator_handshakes_waiting";
 
     // Client 1 takes the only slot and holds it.
     let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
@@ -242,7 +245,9 @@ async fn a_full_handshake_bound_refuses_at_once_and_frees_when_the_handshake_end
         metrics.render()
     );
 
-    // Client 2, the agent's own client configuration: refused at once (not timed out), read as "busy".
+    // Client 2, the agent's own client configuration: it validates its address (Retry), waits for a slot
+    // that does not free, and is refused once it waited MAX_WAIT: CONNECTION_REFUSED, read as "busy", not a
+    // handshake timeout.
     let agent_config = agent_config(&agent_dir)?;
     let started = std::time::Instant::now();
     match dial(agent_config.clone(), addr).await? {
@@ -253,36 +258,43 @@ async fn a_full_handshake_bound_refuses_at_once_and_frees_when_the_handshake_end
         ),
     }
     ensure!(
-        started.elapsed() < Duration::from_secs(4),
-        "the refusal took {:?}: it should come at once, not after a timeout",
+        started.elapsed() >= gait_aggregator::ingest::admission::MAX_WAIT,
+        "refused after {:?}, before it waited its time",
         started.elapsed()
     );
+    let text = metrics.render();
+    ensure!(series(&text, refused) == 1, "refusal not counted:\n{text}");
     ensure!(
-        series(&metrics.render(), refused) == 1,
-        "refusal not counted:\n{}",
-        metrics.render()
+        series(&text, waiting) == 0,
+        "the refused attempt still counted as waiting:\n{text}"
     );
     // Another failure is not read as "busy".
     ensure!(!gait_agent::daemon::is_refused(
         &quinn::ConnectionError::TimedOut
     ));
 
-    // Let the first handshake finish: the slot frees and the agent gets in.
+    // Client 3 waits too; this time the slot frees while it waits, and it gets in.
+    let third = tokio::spawn(dial(agent_config.clone(), addr));
+    wait_for("the third attempt to wait for a slot", || {
+        series(&metrics.render(), waiting) == 1
+    })
+    .await?;
     release_tx.send(())?;
     let first_ok = first
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     ensure!(first_ok, "the held handshake failed once released");
-    wait_for("the slot to free", || {
-        series(&metrics.render(), in_flight) == 0
-    })
-    .await?;
-    let conn = dial(agent_config, addr)
-        .await?
-        .context("the agent was refused with the slot free")?;
+    let conn = third
+        .await??
+        .context("the waiting attempt was refused though the slot freed")?;
+    let text = metrics.render();
     ensure!(
-        series(&metrics.render(), refused) == 1,
-        "an admitted handshake was counted as refused"
+        series(&text, refused) == 1,
+        "an admitted handshake was counted as refused:\n{text}"
+    );
+    ensure!(
+        series(&text, waiting) == 0,
+        "nothing should wait now:\n{text}"
     );
     conn.close(0u32.into(), b"done");
     running.tasks().token().cancel();

@@ -299,6 +299,12 @@ impl AggregatorProc {
         Ok(started.elapsed())
     }
 
+    /// SIGKILL (no shutdown, no close frames: agents find out from their idle timeout) and reap the process.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// The HTTP API client for this aggregator.
     pub fn api(&self) -> Api {
         Api {

@@ -393,7 +393,7 @@ async fn measure(
 }
 
 /// Start the aggregator on the same addresses, retrying while the old sockets are released.
-async fn start_again(
+pub(crate) async fn start_again(
     common: &CommonArgs,
     data_dir: &std::path::Path,
     db: &Database,

@@ -7,6 +7,7 @@
 //! target/release/gait-fleet-bench ingest --agents 100 --records 1000000 --batch 500
 //! target/release/gait-fleet-bench publish-latency --agents 1000
 //! target/release/gait-fleet-bench idle --agents 10000
+//! target/release/gait-fleet-bench fleet --agents 2000 --duration-secs 60 --seed 1 [--restart-at-secs 30 [--kill]]
 //! target/release/gait-fleet-bench agent-footprint
 //! target/release/gait-fleet-bench decide --decisions 20000 --concurrency 8
 //! target/release/gait-fleet-bench decide --rate 5000 --duration 5 [--rate-limited] [--observe | --sweep]
@@ -28,6 +29,7 @@ mod audit;
 mod auth;
 mod common;
 mod edge;
+mod fleet;
 mod footprint;
 mod idle;
 mod ingest;
@@ -81,6 +83,9 @@ enum Command {
     Replay(replay::Args),
     /// `promote` of a rollout until every agent of a connected fleet verified and runs the candidate's pin.
     Promote(promote::Args),
+    /// The fleet simulator: churn, re-enrolment, offline spells, clock skew and mixed traffic drawn from a seed,
+    /// optionally a restart and replicas; reports what the operator sees, verified against what was sent.
+    Fleet(fleet::Args),
     /// Fleet analytics over 1,000,000 decision records: ingest against upkeep on the same rows, then the
     /// top-families and posture queries (p50/p99), on SQLite or PostgreSQL (--database-url).
     Analysis(analysis::Args),
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
             Command::Registry(a) => registry::run(a).await,
             Command::Replay(a) => replay::run(a).await,
             Command::Analysis(a) => analysis::run(a).await,
+            Command::Fleet(a) => fleet::run(a).await,
         }
     });
     // Simulated agents may still hold tasks and sockets; do not wait for them.

@@ -10,14 +10,21 @@
 //! - below half the limit every attempt is accepted;
 //! - from half the limit, an attempt from an address not yet validated gets a QUIC **Retry** (stateless: one
 //!   packet, no state kept), so a flood of spoofed source addresses cannot occupy handshake slots;
-//! - at the limit, an attempt is **refused** (`CONNECTION_REFUSED`, one packet). The agent backs off
-//!   (`gait_agent::daemon`) instead of waiting out its handshake deadline and retransmitting into a full buffer.
+//! - at the limit, an attempt from a validated address **waits** in a bounded queue (at most
+//!   [`WAITING_PER_SLOT`] × the limit attempts, each at most [`MAX_WAIT`]) and is started, oldest first, as
+//!   soon as a slot frees. quinn keeps reading the socket meanwhile (a held attempt buffers its own
+//!   retransmissions), so datagrams do not rot in the kernel's receive buffer, and the random bunching of a
+//!   fleet redialling at a rate the machine can take on average is absorbed instead of refused;
+//! - with the queue full, or once an attempt waited [`MAX_WAIT`], it is **refused** (`CONNECTION_REFUSED`, one
+//!   packet). The agent backs off (`gait_agent::daemon`) instead of waiting out its handshake deadline and
+//!   retransmitting into a full buffer.
 //!
 //! The refusal itself carries no reason phrase (quinn sends it with an empty one), so the retry-after hint
 //! reaches agents ahead of time: the window a shutting-down aggregator announces
 //! ([`gait_wire::shutdown`]) is sized from the handshake rate this process **measured** while under pressure
 //! ([`Admission::capacity`]), not only from the configured `quic.reconnect_rate`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +33,14 @@ use std::time::{Duration, Instant};
 /// Default [`Admission`] limit (`quic.max_handshakes_in_flight`): at about 1,000 handshakes a second on two
 /// cores, 128 in flight queue for ~0.13 s, far inside the agent's 5 s handshake deadline.
 pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 128;
+
+/// Attempts that may wait for a slot, per slot of the limit: at the default limit, 1,024 attempts, about one
+/// second of work at the handshake rate two cores sustain.
+pub const WAITING_PER_SLOT: usize = 8;
+
+/// Longest an attempt waits for a slot before it is refused: far inside the agent's handshake deadline (5 s),
+/// so a started handshake still has the time it needs.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// A measurement window shorter than this is not used (too few handshakes to say anything).
 const MIN_WINDOW: Duration = Duration::from_secs(1);
@@ -44,8 +59,8 @@ pub enum Decision {
     Accept(Permit),
     /// Answer with a stateless Retry: the address is validated before a slot is spent on it.
     Retry,
-    /// Answer `CONNECTION_REFUSED`: the agent backs off.
-    Refuse,
+    /// No slot now: the attempt may wait for one ([`Waiting`]); refuse it when it cannot.
+    Full,
 }
 
 /// The handshake bound and the rate measurement; one per endpoint.
@@ -54,6 +69,8 @@ pub struct Admission {
     limit: usize,
     in_flight: AtomicUsize,
     window: Mutex<Window>,
+    /// Woken when a slot frees, for the attempts waiting in [`Waiting`].
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -76,6 +93,7 @@ impl Admission {
         Arc::new(Self {
             limit: limit.max(1),
             in_flight: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 completed: 0,
@@ -97,18 +115,20 @@ impl Admission {
     }
 
     /// Decides for one attempt; `address_validated` is whether quinn already knows the peer owns its source
-    /// address (it answered a Retry, or came with a valid token).
+    /// address (it answered a Retry, or came with a valid token). An unvalidated address never waits: from
+    /// half the limit on it is asked to validate first, so only addresses that proved themselves hold the
+    /// queue.
     pub fn decide(self: &Arc<Self>, address_validated: bool) -> Decision {
         let half = self.limit.div_ceil(2);
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
-            if current >= self.limit {
-                self.mark_pressure();
-                return Decision::Refuse;
-            }
             if current >= half && !address_validated {
                 self.mark_pressure();
                 return Decision::Retry;
+            }
+            if current >= self.limit {
+                self.mark_pressure();
+                return Decision::Full;
             }
             match self.in_flight.compare_exchange_weak(
                 current,
@@ -126,6 +146,19 @@ impl Admission {
         Decision::Accept(Permit {
             admission: self.clone(),
         })
+    }
+
+    /// A slot if one is free now, for an attempt that already waited (its address is validated).
+    fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        match self.decide(true) {
+            Decision::Accept(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Resolves when a slot was freed since the last call (at once if one was and nobody waited).
+    pub async fn slot_freed(&self) {
+        self.freed.notified().await;
     }
 
     /// Handshakes per second this process completed while under pressure (the mean over every pressured
@@ -203,6 +236,79 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.admission.freed.notify_one();
+    }
+}
+
+/// Attempts waiting for a handshake slot, oldest first; owned by the accept loop. Bounded: at most
+/// [`WAITING_PER_SLOT`] × the limit, each for at most [`MAX_WAIT`].
+#[derive(Debug)]
+pub struct Waiting<T> {
+    queue: VecDeque<(Instant, T)>,
+    bound: usize,
+}
+
+impl<T> Waiting<T> {
+    /// The queue in front of `admission`.
+    pub fn new(admission: &Admission) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            bound: admission.limit.saturating_mul(WAITING_PER_SLOT),
+        }
+    }
+
+    /// Attempts waiting now.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues `attempt` (arrived `now`), or gives it back when the queue is full.
+    pub fn push(&mut self, attempt: T, now: Instant) -> Result<(), T> {
+        if self.queue.len() >= self.bound {
+            return Err(attempt);
+        }
+        self.queue.push_back((now, attempt));
+        Ok(())
+    }
+
+    /// Hands the oldest attempts a free slot each (`start`) while slots are free, and gives up on the ones that
+    /// waited longer than [`MAX_WAIT`] (`expire`); stops at the first attempt that finds no slot.
+    pub fn admit(
+        &mut self,
+        admission: &Arc<Admission>,
+        now: Instant,
+        mut start: impl FnMut(Permit, T),
+        mut expire: impl FnMut(T),
+    ) {
+        while let Some((since, _)) = self.queue.front() {
+            if now.saturating_duration_since(*since) > MAX_WAIT {
+                if let Some((_, attempt)) = self.queue.pop_front() {
+                    expire(attempt);
+                }
+                continue;
+            }
+            let Some(permit) = admission.try_acquire() else {
+                return;
+            };
+            if let Some((_, attempt)) = self.queue.pop_front() {
+                start(permit, attempt);
+            }
+        }
+    }
+
+    /// When the oldest waiting attempt will have waited [`MAX_WAIT`] (`None`: nothing waits).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.queue.front().map(|(since, _)| *since + MAX_WAIT)
+    }
+
+    /// Every attempt still waiting (at shutdown).
+    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.queue.drain(..).map(|(_, attempt)| attempt)
     }
 }
 
@@ -218,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_holds_retry_from_half_and_refusal_at_the_limit() {
+    fn the_bound_holds_retry_from_half_and_full_at_the_limit() {
         let a = Admission::new(4);
         let p1 = accept(&a, false);
         let p2 = accept(&a, false);
@@ -227,8 +333,9 @@ mod tests {
         let p3 = accept(&a, true);
         let p4 = accept(&a, true);
         assert_eq!(a.in_flight(), 4);
-        assert!(matches!(a.decide(true), Decision::Refuse));
-        assert!(matches!(a.decide(false), Decision::Refuse));
+        // At the limit: a validated address may wait, an unvalidated one must validate first.
+        assert!(matches!(a.decide(true), Decision::Full));
+        assert!(matches!(a.decide(false), Decision::Retry));
         drop(p1);
         p2.completed();
         assert_eq!(a.in_flight(), 2);
@@ -242,7 +349,82 @@ mod tests {
         let a = Admission::new(0);
         assert_eq!(a.limit(), 1);
         let _p = accept(&a, true);
-        assert!(matches!(a.decide(true), Decision::Refuse));
+        assert!(matches!(a.decide(true), Decision::Full));
+    }
+
+    #[test]
+    fn waiting_attempts_get_freed_slots_oldest_first_and_expire_after_max_wait() {
+        let a = Admission::new(2);
+        let mut waiting = Waiting::new(&a);
+        assert_eq!(waiting.bound, 2 * WAITING_PER_SLOT);
+        let t0 = Instant::now();
+        let p1 = accept(&a, true);
+        let p2 = accept(&a, true);
+        for i in 0..waiting.bound {
+            waiting.push(i, t0).unwrap();
+        }
+        // The queue is bounded: the next attempt is given back to be refused.
+        assert_eq!(waiting.push(99, t0), Err(99));
+        let (mut started, mut expired) = (Vec::new(), Vec::new());
+        let mut permits = Vec::new();
+        // No slot free: nobody starts.
+        waiting.admit(
+            &a,
+            t0,
+            |p, i| {
+                permits.push(p);
+                started.push(i)
+            },
+            |i| expired.push(i),
+        );
+        assert!(started.is_empty());
+        // One slot frees: the oldest starts, the next keeps waiting.
+        drop(p1);
+        waiting.admit(
+            &a,
+            t0,
+            |p, i| {
+                permits.push(p);
+                started.push(i)
+            },
+            |i| expired.push(i),
+        );
+        assert_eq!(started, [0]);
+        assert_eq!(waiting.len(), waiting.bound - 1);
+        // Past MAX_WAIT, every waiting attempt is given up on even with a slot free.
+        drop(p2);
+        let late = t0 + MAX_WAIT + Duration::from_millis(1);
+        waiting.admit(
+            &a,
+            late,
+            |p, i| {
+                permits.push(p);
+                started.push(i)
+            },
+            |i| expired.push(i),
+        );
+        assert_eq!(started, [0]);
+        assert_eq!(expired.len(), waiting.bound - 1);
+        assert!(waiting.is_empty());
+        assert_eq!(a.in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_the_waiter() {
+        use std::future::Future as _;
+        let a = Admission::new(1);
+        let p = accept(&a, true);
+        let waiting = a.slot_freed();
+        tokio::pin!(waiting);
+        // Nothing freed yet: the waiter is pending (and now registered).
+        let pending = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(waiting.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(pending);
+        drop(p);
+        waiting.await;
+        assert!(a.try_acquire().is_some());
     }
 
     #[test]

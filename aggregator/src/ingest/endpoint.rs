@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gait_runtime::Tasks;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::admission::{Admission, Decision};
+use super::admission::{Admission, Decision, Waiting};
 use super::connection::handle_incoming;
 use super::{CLOSE_REVOKED, CLOSE_SHUTDOWN};
 use crate::fleet::intake::Intake;
@@ -169,30 +169,76 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let mut refusals = RefusalLog::default();
+    let mut waiting = Waiting::new(&state.admission);
+    let start = |permit, incoming| {
+        state
+            .metrics
+            .handshakes_in_flight
+            .set(state.admission.in_flight() as i64);
+        let handler = handle_incoming(
+            incoming,
+            permit,
+            state.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        tasks.spawn("quic-connection", tracker.track_future(handler));
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            () = state.admission.slot_freed(), if !waiting.is_empty() => {
+                waiting.admit(&state.admission, Instant::now(), start,
+                    |incoming| refuse(incoming, &state, &mut refusals));
+            }
+            // The oldest waited out its time with no slot freed: refuse it now rather than leave the agent to
+            // its handshake deadline.
+            () = sleep_until(waiting.next_expiry()), if !waiting.is_empty() => {
+                let later = Instant::now() + Duration::from_millis(1);
+                waiting.admit(&state.admission, later, start,
+                    |incoming| refuse(incoming, &state, &mut refusals));
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                match state.admission.decide(incoming.remote_address_validated()) {
-                    Decision::Accept(permit) => {
-                        state.metrics.handshakes_in_flight.set(state.admission.in_flight() as i64);
-                        let handler =
-                            handle_incoming(incoming, permit, state.clone(), shutdown.clone(), tasks.clone());
-                        tasks.spawn("quic-connection", tracker.track_future(handler));
-                    }
+                // Attempts already waiting get a freed slot before this one.
+                let now = Instant::now();
+                waiting.admit(&state.admission, now, start, |incoming| refuse(incoming, &state, &mut refusals));
+                let validated = incoming.remote_address_validated();
+                let decision = if waiting.is_empty() {
+                    state.admission.decide(validated)
+                } else if validated {
+                    Decision::Full
+                } else {
+                    Decision::Retry
+                };
+                match decision {
+                    Decision::Accept(permit) => start(permit, incoming),
                     Decision::Retry => match incoming.retry() {
                         Ok(()) => {
                             state.metrics.handshake_retries.inc();
                         }
-                        // Already retried once (it carries a token quinn could not use): refuse instead.
-                        Err(e) => refuse(e.into_incoming(), &state, &mut refusals),
+                        // Already retried once (it carries a token quinn could not use): it may wait.
+                        Err(e) => {
+                            if let Err(incoming) = waiting.push(e.into_incoming(), now) {
+                                refuse(incoming, &state, &mut refusals);
+                            }
+                        }
                     },
-                    Decision::Refuse => refuse(incoming, &state, &mut refusals),
+                    Decision::Full => {
+                        if let Err(incoming) = waiting.push(incoming, now) {
+                            refuse(incoming, &state, &mut refusals);
+                        }
+                    }
                 }
             }
         }
+        state.metrics.handshakes_waiting.set(waiting.len() as i64);
     }
+    // Attempts still waiting are told at once rather than left to time out.
+    for incoming in waiting.drain() {
+        incoming.refuse();
+    }
+    state.metrics.handshakes_waiting.set(0);
     endpoint.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
@@ -208,6 +254,14 @@ pub async fn serve(
     // find out from their idle timeout (15 s) instead of at once. Give the driver a short moment to send them;
     // waiting out the whole draining period instead would keep the port dark while the fleet redials.
     let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+}
+
+/// Sleeps until `at` (forever for `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Refuses one attempt over the handshake bound: one `CONNECTION_REFUSED` packet, counted, and logged at most
@@ -226,7 +280,7 @@ fn refuse(incoming: quinn::Incoming, state: &IngestState, log: &mut RefusalLog) 
             in_flight = state.admission.in_flight(),
             limit = state.admission.limit(),
             measured_handshakes_per_second = state.admission.capacity(),
-            "handshake bound reached: refusing connection attempts so agents back off \
+            "handshake bound reached and its queue full or waited out: refusing connection attempts so agents back off \
              (quic.max_handshakes_in_flight); counted in gait_aggregator_connections_refused_total{{stage=\"admission\"}}"
         );
         log.refused = 0;
