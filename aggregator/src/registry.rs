@@ -680,7 +680,10 @@ impl Registry {
     ) -> Result<Option<Arc<StoredBundle>>, RegistryError> {
         // Subscribe before reading so a publish between the read and the wait is not missed.
         let mut rx = self.hub.subscribe(&agent.tenant);
-        if let Some(b) = self.offered_to(agent).await?
+        // The store reads are boxed: their futures (a database query's state, ~14 KiB) would otherwise be part
+        // of this one, which every idle agent keeps parked for its whole long-poll (docs/benchmarks.md, memory
+        // per idle agent).
+        if let Some(b) = Box::pin(self.offered_to(agent)).await?
             && b.epoch > have_epoch
         {
             return Ok(Some(b));
@@ -692,7 +695,7 @@ impl Registry {
                     return Ok(None);
                 }
                 let offers = rx.borrow_and_update().clone();
-                let labels = self.labels_for(agent, &offers).await?;
+                let labels = Box::pin(self.labels_for(agent, &offers)).await?;
                 let newer = offers
                     .for_agent(agent.agent_id.as_str(), &labels)
                     .filter(|b| b.epoch > have_epoch)

@@ -100,6 +100,10 @@ pub struct Args {
     /// With --restart-at-secs: SIGKILL instead of SIGTERM (no announced redial window, no drain).
     #[arg(long)]
     pub kill: bool,
+    /// With --restart-at-secs: how long the stopped replica stays down before it is started again (with
+    /// several replicas, its agents fail over to the others meanwhile).
+    #[arg(long, default_value_t = 0)]
+    pub down_secs: u64,
     /// How often an agent sends what its outbox holds, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub batch_ms: u64,
@@ -238,6 +242,9 @@ enum Event {
         refused: u32,
         failover: bool,
     },
+    /// Records the `Welcome` of a new session showed committed though their acknowledgement was lost with the
+    /// previous connection (the agent drops them instead of sending them again).
+    CommittedUnacked(u64),
     /// A connection ended (closed by either side or found dead).
     Down,
     /// Records acknowledged as committed, and how long the batch took from send to acknowledgement.
@@ -394,12 +401,18 @@ impl SimAgent {
                 match dialled {
                     Ok(Ok((conn, welcome))) => {
                         // Records the aggregator already holds were committed before a lost ack.
+                        let before = self.outbox.len();
                         while self
                             .outbox
                             .front()
                             .is_some_and(|r| r.seq <= welcome.committed_seq)
                         {
                             self.outbox.pop_front();
+                        }
+                        if before > self.outbox.len() {
+                            let _ = self
+                                .tx
+                                .send(Event::CommittedUnacked((before - self.outbox.len()) as u64));
                         }
                         break conn;
                     }
@@ -712,6 +725,7 @@ async fn simulate(
     let mut timeline_acked = Vec::new();
     let mut acked_this_second = 0u64;
     let mut ack_latency = Vec::new();
+    let mut committed_unacked = 0u64;
     let (mut dials, mut refused, mut sessions, mut failovers, mut max_dials) =
         (0u64, 0u64, 0u64, 0u64, 0u32);
     let mut finished: Vec<Option<(u64, gait_wire::Digest)>> = vec![None; args.agents];
@@ -721,6 +735,7 @@ async fn simulate(
     tick.tick().await;
     let mut restart = args.restart_at_secs.map(|s| start + Duration::from_secs(s));
     let mut restart_report = None;
+    let mut down: Option<Stopped> = None;
     // Records inserted, duplicate, conflicting and gaps, summed over every process (a restarted one's counters
     // are read before it stops).
     let mut totals = [0f64; 4];
@@ -737,6 +752,7 @@ async fn simulate(
                     max_dials = max_dials.max(attempts);
                 }
                 Some(Event::Down) => connected -= 1,
+                Some(Event::CommittedUnacked(n)) => committed_unacked += n,
                 Some(Event::Acked(n, latency)) => {
                     acked_total += n;
                     acked_this_second += n;
@@ -761,21 +777,31 @@ async fn simulate(
                     add_counters(&mut totals, &old).await?;
                     cpu_of_restarted += old.cpu_seconds()? - cpu0[0];
                     cpu0[0] = 0.0;
-                    let (quic, http, data_dir) = (old.quic, old.http, old.data_dir.clone());
-                    let before = connected;
-                    let stopped = Instant::now();
+                    let stopped = Stopped {
+                        quic: old.quic,
+                        http: old.http,
+                        data_dir: old.data_dir.clone(),
+                        at: Instant::now(),
+                        until: Instant::now() + Duration::from_secs(args.down_secs),
+                        connected_before: connected,
+                    };
                     if args.kill { old.kill().await?; } else { old.terminate(Duration::from_secs(30)).await?; }
-                    let again = crate::idle::start_again(&args.common, &data_dir, db, quic, http).await?;
+                    down = Some(stopped);
+                }
+                if down.as_ref().is_some_and(|d| Instant::now() >= d.until)
+                    && let Some(d) = down.take()
+                {
+                    let (again, report) = d.start_again(args, db, start).await?;
                     replicas.insert(0, again);
-                    restart_report = Some(json!({
-                        "at_s": stopped.duration_since(start).as_secs(),
-                        "signal": if args.kill { "SIGKILL" } else { "SIGTERM" },
-                        "connected_before": before,
-                        "down_for_s": round(stopped.elapsed().as_secs_f64(), 2),
-                    }));
+                    restart_report = Some(report);
                 }
             }
         }
+    }
+    if let Some(d) = down.take() {
+        let (again, report) = d.start_again(args, db, start).await?;
+        replicas.insert(0, again);
+        restart_report = Some(report);
     }
     let traffic_and_drain = start.elapsed();
     // Replica 0's CPU includes the process it replaced at the restart.
@@ -822,6 +848,7 @@ async fn simulate(
         "delivered": {
             "records_made": records,
             "acked": acked_total,
+            "committed_but_ack_lost": committed_unacked,
             "stored": verify.stored,
             "agents_verified": verify.agents,
             "gaps_recorded": verify.gaps,
@@ -872,6 +899,37 @@ async fn simulate(
     );
     common::emit(&summary, &human);
     Ok(())
+}
+
+/// The first replica while it is stopped.
+struct Stopped {
+    quic: SocketAddr,
+    http: SocketAddr,
+    data_dir: std::path::PathBuf,
+    at: Instant,
+    until: Instant,
+    connected_before: i64,
+}
+
+impl Stopped {
+    /// Starts it again on the same addresses; returns it and the restart's report.
+    async fn start_again(
+        self,
+        args: &Args,
+        db: &Database,
+        run_start: Instant,
+    ) -> anyhow::Result<(AggregatorProc, serde_json::Value)> {
+        let again =
+            crate::idle::start_again(&args.common, &self.data_dir, db, self.quic, self.http)
+                .await?;
+        let report = json!({
+            "at_s": self.at.duration_since(run_start).as_secs(),
+            "signal": if args.kill { "SIGKILL" } else { "SIGTERM" },
+            "connected_before": self.connected_before,
+            "down_for_s": round(self.at.elapsed().as_secs_f64(), 2),
+        });
+        Ok((again, report))
+    }
 }
 
 async fn add_counters(totals: &mut [f64; 4], replica: &AggregatorProc) -> anyhow::Result<()> {
