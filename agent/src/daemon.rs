@@ -38,7 +38,7 @@ mod session;
 mod trace_key;
 mod upload;
 
-pub use session::{announced_redial_window, is_refused};
+pub use session::{REPLY_TIMEOUT, announced_redial_window, is_refused};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -67,6 +67,11 @@ pub struct ServeConfig {
     pub reconnect_rate: u32,
     /// Handshakes worked on at once before attempts are refused (`quic.max_handshakes_in_flight`).
     pub max_handshakes_in_flight: usize,
+    /// Longest a handshake may hold its slot ([`crate::ingest::admission::HANDSHAKE_DEADLINE`]; tests lengthen
+    /// it to hold a slot on purpose).
+    pub handshake_deadline: Duration,
+    /// Longest an attempt waits for a handshake slot ([`crate::ingest::admission::MAX_WAIT`]; tests lengthen it).
+    pub handshake_queue_wait: Duration,
     /// Issue TLS session tickets (secret in `keys/tls-ticket.key`) so agents resume after a restart.
     pub session_tickets: bool,
     /// Largest record payload stored (`ingest.max_record_payload_bytes`); larger records are refused.
@@ -108,6 +113,8 @@ impl ServeConfig {
             udp_buffer_bytes: DEFAULT_UDP_BUFFER_BYTES,
             reconnect_rate: crate::ingest::DEFAULT_RECONNECT_RATE,
             max_handshakes_in_flight: crate::ingest::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            handshake_deadline: crate::ingest::admission::HANDSHAKE_DEADLINE,
+            handshake_queue_wait: crate::ingest::admission::MAX_WAIT,
             session_tickets: true,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
             auth: crate::config::AuthConfig::default(),
@@ -133,6 +140,8 @@ impl ServeConfig {
             udp_buffer_bytes: config.quic.udp_buffer_bytes,
             reconnect_rate: config.quic.reconnect_rate,
             max_handshakes_in_flight: config.quic.max_handshakes_in_flight,
+            handshake_deadline: crate::ingest::admission::HANDSHAKE_DEADLINE,
+            handshake_queue_wait: crate::ingest::admission::MAX_WAIT,
             session_tickets: config.quic.session_tickets,
             max_record_payload_bytes: config.ingest.max_record_payload_bytes,
             auth: config.auth.clone(),
@@ -533,6 +542,8 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
             IngestLimits {
                 reconnect_rate: config.reconnect_rate,
                 max_handshakes_in_flight: config.max_handshakes_in_flight,
+                handshake_deadline: config.handshake_deadline,
+                handshake_queue_wait: config.handshake_queue_wait,
                 max_record_payload_bytes: config.max_record_payload_bytes,
                 ..IngestLimits::default()
             },

@@ -61,9 +61,12 @@ pub struct Args {
     /// Seed of the schedule: the same seed and counts simulate the same fleet.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Aggregator replicas on one PostgreSQL database (above 1 needs --database-url).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: usize,
+    /// Aggregator replicas on one PostgreSQL database (above 1 needs --database-url). A list (`1,2,1,2`, needs
+    /// --database-url) simulates the same fleet once per entry, in order, in this one invocation (each on a
+    /// fresh database), prints each run's summary and ends with a comparison: every replica count's batch
+    /// latency and aggregator CPU per record against the first count's.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub replicas: Vec<usize>,
     /// QUIC client endpoints (UDP sockets) the agents share.
     #[arg(long, default_value_t = 16)]
     pub endpoints: usize,
@@ -391,15 +394,24 @@ impl SimAgent {
                     .clone();
                 let hello = self.hello()?;
                 let addr = self.addrs[at_addr];
-                let dialled = tokio::time::timeout(gait_agent::daemon::CONNECT_TIMEOUT, async {
-                    let conn = common::dial(&self.endpoint, config, addr).await?;
-                    let welcome = common::hello(&conn, &hello).await?;
+                // As the real agent: the handshake within CONNECT_TIMEOUT, the `Welcome` within REPLY_TIMEOUT.
+                let dialled = async {
+                    let conn = tokio::time::timeout(
+                        gait_agent::daemon::CONNECT_TIMEOUT,
+                        common::dial(&self.endpoint, config, addr),
+                    )
+                    .await??;
+                    let welcome = tokio::time::timeout(
+                        gait_agent::daemon::REPLY_TIMEOUT,
+                        common::hello(&conn, &hello),
+                    )
+                    .await??;
                     anyhow::Ok((conn, welcome))
-                })
+                }
                 .await;
                 drop(permit);
                 match dialled {
-                    Ok(Ok((conn, welcome))) => {
+                    Ok((conn, welcome)) => {
                         // Records the aggregator already holds were committed before a lost ack.
                         let before = self.outbox.len();
                         while self
@@ -416,14 +428,13 @@ impl SimAgent {
                         }
                         break conn;
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         if e.downcast_ref::<quinn::ConnectionError>()
                             .is_some_and(gait_agent::daemon::is_refused)
                         {
                             refused += 1;
                         }
                     }
-                    Err(_) => {}
                 }
                 if self.addrs.len() > 1 {
                     at_addr = (at_addr + 1) % self.addrs.len();
@@ -565,10 +576,14 @@ async fn long_poll(conn: quinn::Connection) {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.agents > 0, "--agents must be positive");
-    ensure!(args.replicas > 0, "--replicas must be positive");
     ensure!(
-        args.replicas == 1 || args.common.database_url.is_some(),
-        "--replicas above 1 needs --database-url (replicas share one PostgreSQL database)"
+        !args.replicas.is_empty() && args.replicas.iter().all(|&r| r > 0),
+        "--replicas must be positive"
+    );
+    ensure!(
+        (args.replicas.len() == 1 && args.replicas[0] == 1) || args.common.database_url.is_some(),
+        "--replicas above 1, or a list of runs, needs --database-url (replicas share one PostgreSQL database; \
+         every run gets a fresh one)"
     );
     for (name, share) in [
         ("--artifact-share", args.artifact_share),
@@ -628,30 +643,115 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let db = Database::create(&args.common, "fleet").await?;
-    let first = AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?;
-    let mut replicas = vec![first];
-    for _ in 1..args.replicas {
-        replicas.push(AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?);
+    let mut summaries = Vec::new();
+    for &count in &args.replicas {
+        let db = Database::create(&args.common, "fleet").await?;
+        let first = AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?;
+        let mut replicas = vec![first];
+        for _ in 1..count {
+            replicas.push(AggregatorProc::start_ephemeral(&args.common, &data_dir, &db).await?);
+        }
+        let result = simulate(
+            &args,
+            &scope,
+            &digest,
+            lives.clone(),
+            &creds,
+            configs.clone(),
+            reenrolled.clone(),
+            &db,
+            &mut replicas,
+        )
+        .await;
+        let log = replicas.first().map(AggregatorProc::log_tail);
+        for r in replicas {
+            r.terminate(Duration::from_secs(15)).await?;
+        }
+        db.drop_database().await?;
+        summaries
+            .push(result.with_context(|| format!("aggregator log:\n{}", log.unwrap_or_default()))?);
     }
-    let result = simulate(
-        &args,
-        &scope,
-        &digest,
-        lives,
-        &creds,
-        configs,
-        reenrolled,
-        &db,
-        &mut replicas,
-    )
-    .await;
-    let log = replicas.first().map(AggregatorProc::log_tail);
-    for r in replicas {
-        r.terminate(Duration::from_secs(15)).await?;
+    if summaries.len() > 1 {
+        compare(&summaries);
     }
-    db.drop_database().await?;
-    result.with_context(|| format!("aggregator log:\n{}", log.unwrap_or_default()))
+    Ok(())
+}
+
+/// The comparison line of a list of runs: per replica count, the median over its runs of the batch latency
+/// percentiles and the aggregator CPU per record, and each as a ratio to the first count's.
+fn compare(summaries: &[serde_json::Value]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut counts: Vec<u64> = summaries
+        .iter()
+        .filter_map(|s| s["replicas"].as_u64())
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let first = summaries[0]["replicas"].as_u64().unwrap_or(1);
+    let figure = |count: u64, pick: &dyn Fn(&serde_json::Value) -> f64| {
+        median(
+            summaries
+                .iter()
+                .filter(|s| s["replicas"].as_u64() == Some(count))
+                .map(pick)
+                .collect(),
+        )
+    };
+    let p50 = |s: &serde_json::Value| {
+        s["delivered"]["batch_ack_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let p99 = |s: &serde_json::Value| {
+        s["delivered"]["batch_ack_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let cpu = |s: &serde_json::Value| s["cpu"]["aggregator_ms_per_record"].as_f64().unwrap_or(0.0);
+    let base = (
+        figure(first, &p50),
+        figure(first, &p99),
+        figure(first, &cpu),
+    );
+    let rows: Vec<serde_json::Value> = counts
+        .iter()
+        .map(|&c| {
+            let (a, b, d) = (figure(c, &p50), figure(c, &p99), figure(c, &cpu));
+            json!({
+                "replicas": c,
+                "runs": summaries.iter().filter(|s| s["replicas"].as_u64() == Some(c)).count(),
+                "batch_ack_p50_ms": a, "batch_ack_p99_ms": b, "aggregator_ms_per_record": d,
+                "ratio_to_first": {
+                    "p50": round(a / base.0.max(1e-9), 2),
+                    "p99": round(b / base.1.max(1e-9), 2),
+                    "cpu_per_record": round(d / base.2.max(1e-9), 2),
+                },
+            })
+        })
+        .collect();
+    let human = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} replica(s): batch ack p50 {} ms (x{}), p99 {} ms (x{}), aggregator {} ms/record (x{})",
+                r["replicas"],
+                r["batch_ack_p50_ms"],
+                r["ratio_to_first"]["p50"],
+                r["batch_ack_p99_ms"],
+                r["ratio_to_first"]["p99"],
+                r["aggregator_ms_per_record"],
+                r["ratio_to_first"]["cpu_per_record"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    common::emit(
+        &json!({ "bench": "fleet-compare", "by_replicas": rows }),
+        &format!("fleet, same fleet per run, medians per replica count: {human}"),
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -665,7 +765,7 @@ async fn simulate(
     reenrolled: Vec<Option<quinn::ClientConfig>>,
     db: &Database,
     replicas: &mut Vec<AggregatorProc>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let planned: Vec<u64> = lives.iter().map(|l| l.records.len() as u64).collect();
     let skews: Vec<i64> = lives.iter().map(|l| l.skew_ms).collect();
     let schedule = json!({
@@ -898,7 +998,7 @@ async fn simulate(
         bench_cpu * 100.0 / (bench_cpu + agg_cpu).max(1e-9),
     );
     common::emit(&summary, &human);
-    Ok(())
+    Ok(summary)
 }
 
 /// The first replica while it is stopped.

@@ -477,16 +477,25 @@ impl SimAgent {
                 } else {
                     None
                 };
-                let dialled = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                    let conn = common::dial(&self.endpoint, self.config.clone(), self.addr).await?;
-                    common::hello(&conn, &self.hello).await?;
+                // As the real agent: the handshake within CONNECT_TIMEOUT, then the `Welcome` within REPLY_TIMEOUT.
+                let dialled = async {
+                    let conn = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        common::dial(&self.endpoint, self.config.clone(), self.addr),
+                    )
+                    .await??;
+                    tokio::time::timeout(
+                        gait_agent::daemon::REPLY_TIMEOUT,
+                        common::hello(&conn, &self.hello),
+                    )
+                    .await??;
                     anyhow::Ok(conn)
-                })
+                }
                 .await;
                 drop(permit);
                 match dialled {
-                    Ok(Ok(conn)) => break conn,
-                    Ok(Err(e)) => {
+                    Ok(conn) => break conn,
+                    Err(e) => {
                         if e.downcast_ref::<quinn::ConnectionError>()
                             .is_some_and(gait_agent::daemon::is_refused)
                         {
@@ -494,7 +503,6 @@ impl SimAgent {
                         }
                         tokio::time::sleep(backoff.after(plan.as_mut())).await
                     }
-                    Err(_) => tokio::time::sleep(backoff.after(plan.as_mut())).await,
                 }
             };
             generation += 1;

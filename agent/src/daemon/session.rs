@@ -27,7 +27,7 @@ use crate::outbox::OutboxError;
 /// Deadline for resolving the aggregator's name.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for any reply other than a long-poll.
-pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time allowed for a long-poll reply beyond its `wait_ms`.
 const POLL_GRACE: Duration = Duration::from_secs(10);
 /// Most records in one batch.

@@ -42,6 +42,13 @@ pub const WAITING_PER_SLOT: usize = 8;
 /// so a started handshake still has the time it needs.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
+/// Longest a started handshake may hold its slot. An agent gives up on a handshake after 5 s
+/// (`gait_agent::daemon::CONNECT_TIMEOUT`), and the connection would otherwise linger until its idle timeout
+/// (60 s) when the agent's close was lost, or when a client simply stops answering: under a returning fleet,
+/// slots held by handshakes nobody waits for any more are slots the live ones cannot have. Twice the agent's
+/// deadline leaves room for a slow path.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A measurement window shorter than this is not used (too few handshakes to say anything).
 const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// Completed handshakes a window needs before its rate counts.
@@ -246,14 +253,16 @@ impl Drop for Permit {
 pub struct Waiting<T> {
     queue: VecDeque<(Instant, T)>,
     bound: usize,
+    max_wait: Duration,
 }
 
 impl<T> Waiting<T> {
-    /// The queue in front of `admission`.
-    pub fn new(admission: &Admission) -> Self {
+    /// The queue in front of `admission`, each attempt waiting at most `max_wait` ([`MAX_WAIT`]).
+    pub fn new(admission: &Admission, max_wait: Duration) -> Self {
         Self {
             queue: VecDeque::new(),
             bound: admission.limit.saturating_mul(WAITING_PER_SLOT),
+            max_wait,
         }
     }
 
@@ -286,7 +295,7 @@ impl<T> Waiting<T> {
         mut expire: impl FnMut(T),
     ) {
         while let Some((since, _)) = self.queue.front() {
-            if now.saturating_duration_since(*since) > MAX_WAIT {
+            if now.saturating_duration_since(*since) > self.max_wait {
                 if let Some((_, attempt)) = self.queue.pop_front() {
                     expire(attempt);
                 }
@@ -303,7 +312,7 @@ impl<T> Waiting<T> {
 
     /// When the oldest waiting attempt will have waited [`MAX_WAIT`] (`None`: nothing waits).
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.queue.front().map(|(since, _)| *since + MAX_WAIT)
+        self.queue.front().map(|(since, _)| *since + self.max_wait)
     }
 
     /// Every attempt still waiting (at shutdown).
@@ -355,7 +364,7 @@ mod tests {
     #[test]
     fn waiting_attempts_get_freed_slots_oldest_first_and_expire_after_max_wait() {
         let a = Admission::new(2);
-        let mut waiting = Waiting::new(&a);
+        let mut waiting = Waiting::new(&a, MAX_WAIT);
         assert_eq!(waiting.bound, 2 * WAITING_PER_SLOT);
         let t0 = Instant::now();
         let p1 = accept(&a, true);

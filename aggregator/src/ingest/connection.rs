@@ -31,7 +31,10 @@ pub(super) async fn handle_incoming(
     tasks: Tasks,
 ) {
     let remote = incoming.remote_address();
-    let handshake = incoming.await;
+    // Dropping the unfinished handshake at the deadline closes it and frees the slot (admission).
+    let handshake = tokio::time::timeout(state.limits.handshake_deadline, incoming)
+        .await
+        .ok();
     let capacity = permit.completed();
     state
         .metrics
@@ -41,14 +44,20 @@ pub(super) async fn handle_incoming(
         state.metrics.handshake_capacity.set(i64::from(rate));
     }
     let conn = match handshake {
-        Ok(conn) => conn,
-        Err(e) if is_version_skew(&e) => {
+        None => {
+            metrics::inc_labelled(&state.metrics.connections_refused, "stage", "handshake");
+            info!(%remote, deadline_ms = state.limits.handshake_deadline.as_millis() as u64,
+                "agent handshake abandoned at its deadline");
+            return;
+        }
+        Some(Ok(conn)) => conn,
+        Some(Err(e)) if is_version_skew(&e) => {
             metrics::inc_labelled(&state.metrics.connections_refused, "stage", "version");
             warn!(%remote, error = %e, speaks = %String::from_utf8_lossy(gait_wire::ALPN),
                 "agent connection refused: the agent speaks another protocol version (no ALPN in common)");
             return;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             metrics::inc_labelled(&state.metrics.connections_refused, "stage", "handshake");
             info!(%remote, error = %e, "agent connection refused during handshake");
             return;

@@ -34,6 +34,10 @@ pub struct IngestLimits {
     /// Handshakes worked on at once (`quic.max_handshakes_in_flight`); attempts beyond it are refused and the
     /// agents back off ([`super::admission`]).
     pub max_handshakes_in_flight: usize,
+    /// Longest a handshake may hold its slot before it is abandoned ([`super::admission::HANDSHAKE_DEADLINE`]).
+    pub handshake_deadline: Duration,
+    /// Longest an attempt waits for a slot ([`super::admission::MAX_WAIT`]).
+    pub handshake_queue_wait: Duration,
 }
 
 /// Default [`IngestLimits::reconnect_rate`]: what one aggregator core sustains with room to spare (a full
@@ -47,6 +51,8 @@ impl Default for IngestLimits {
             reconnect_rate: DEFAULT_RECONNECT_RATE,
             max_record_payload_bytes: gait_wire::limits::MAX_PAYLOAD_BYTES,
             max_handshakes_in_flight: super::admission::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            handshake_deadline: super::admission::HANDSHAKE_DEADLINE,
+            handshake_queue_wait: super::admission::MAX_WAIT,
         }
     }
 }
@@ -169,7 +175,7 @@ pub async fn serve(
 ) {
     let tracker = TaskTracker::new();
     let mut refusals = RefusalLog::default();
-    let mut waiting = Waiting::new(&state.admission);
+    let mut waiting = Waiting::new(&state.admission, state.limits.handshake_queue_wait);
     let start = |permit, incoming| {
         state
             .metrics
