@@ -273,8 +273,9 @@ async fn sleep_until(at: Option<Instant>) {
 /// Refuses one attempt over the handshake bound: one `CONNECTION_REFUSED` packet, counted, and logged at most
 /// every [`REFUSAL_LOG_EVERY`] (a herd must not become a log flood).
 fn refuse(incoming: quinn::Incoming, state: &IngestState, log: &mut RefusalLog) {
-    incoming.refuse();
+    // Counted before the packet goes out, so whoever sees the refusal finds it counted.
     metrics::inc_labelled(&state.metrics.connections_refused, "stage", "admission");
+    incoming.refuse();
     log.refused += 1;
     let now = std::time::Instant::now();
     if log
