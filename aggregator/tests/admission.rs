@@ -217,7 +217,9 @@ async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_i
         .context("a validated attempt under the bound was refused")?;
     let text = metrics.render();
     ensure!(
-        series(&text, "gait_aggregator_handshake_retries_total") == 1,
+        // A loaded machine may let the client retransmit its first Initial before the Retry reaches it: each
+        // copy gets its own (stateless) Retry.
+        series(&text, "gait_aggregator_handshake_retries_total") >= 1,
         "no Retry was sent:\n{text}"
     );
     ensure!(
@@ -274,9 +276,13 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
         started.elapsed()
     );
     // The metrics follow the refusal packet (the accept loop updates them once it is sent): wait for them.
+    // At least one refusal: the client's first retransmission of its Initial comes due (about 1 s: three times
+    // the initial RTT estimate) just as the wait ends, and a copy that crosses the refusal arrives as a new
+    // attempt from a validated address, which waits and is refused in its turn (a CI run waited in vain for
+    // exactly one). Nothing may be left waiting once that is over.
     wait_for("the refusal counted and nothing left waiting", || {
         let text = metrics.render();
-        series(&text, refused) == 1 && series(&text, "gait_aggregator_handshakes_waiting") == 0
+        series(&text, refused) >= 1 && series(&text, "gait_aggregator_handshakes_waiting") == 0
     })
     .await?;
     // Another failure is not read as "busy".
