@@ -35,6 +35,9 @@ pub const CONNECTIONS_OPEN: &str = "gait_aggregator_connections_open";
 pub const HANDSHAKES_IN_FLIGHT: &str = "gait_aggregator_handshakes_in_flight";
 /// Connection attempts waiting for a handshake slot ([`crate::ingest::admission::Waiting`]).
 pub const HANDSHAKES_WAITING: &str = "gait_aggregator_handshakes_waiting";
+/// Histogram: time from an agent's `Hello` read to its answer (`Welcome` or an error), the session set-up after
+/// the handshake (the presence write and the instance check); an agent waits for it at most 30 s.
+pub const HELLO_DURATION: &str = "gait_aggregator_hello_duration_seconds";
 /// Handshakes per second this process completed while under pressure (0 until measured); sizes the redial
 /// window announced at shutdown.
 pub const HANDSHAKE_CAPACITY: &str = "gait_aggregator_handshake_capacity_per_second";
@@ -104,8 +107,9 @@ pub const BLOB_UPLOAD_OUTCOMES: [&str; 4] = ["started", "resumed", "completed", 
 pub const BLOB_UPLOADS_REFUSED: &str = "gait_aggregator_blob_uploads_refused_total";
 
 /// Stages at which a QUIC connection is refused (`stage` label of [`CONNECTIONS_REFUSED`]).
-pub const REFUSAL_STAGES: [&str; 6] = [
+pub const REFUSAL_STAGES: [&str; 7] = [
     "admission",
+    "repeat",
     "version",
     "handshake",
     "identity",
@@ -170,6 +174,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub handshakes_in_flight: Gauge,
     pub handshakes_waiting: Gauge,
+    pub hello_duration: Histogram,
     pub handshake_capacity: Gauge,
     pub handshake_retries: Counter,
     pub protocol_errors: Counter,
@@ -459,6 +464,13 @@ impl Metrics {
             "Time one analytics upkeep pass took (read, fold, write), in seconds.",
             analysis_pass_seconds.clone(),
         );
+        let hello_duration = latency_histogram();
+        register(
+            &mut registry,
+            HELLO_DURATION,
+            "Time from an agent's Hello read to its answer (Welcome or error), in seconds.",
+            hello_duration.clone(),
+        );
         let batch_commit_duration = latency_histogram();
         register(
             &mut registry,
@@ -536,6 +548,7 @@ impl Metrics {
             connections_open,
             handshakes_in_flight,
             handshakes_waiting,
+            hello_duration,
             handshake_capacity,
             handshake_retries,
             protocol_errors,

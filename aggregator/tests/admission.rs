@@ -370,3 +370,115 @@ async fn a_handshake_nobody_finishes_gives_its_slot_back_at_the_deadline() -> Re
     ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
     Ok(())
 }
+
+/// A UDP relay between one client and the aggregator that keeps what the client sent: the aggregator sees every
+/// datagram from the relay's address, and the test can send a copy of the client's last one again, as a
+/// retransmission that crossed the aggregator's answer would arrive.
+struct Relay {
+    addr: SocketAddr,
+    last_from_client: Arc<Mutex<Option<Vec<u8>>>>,
+    socket: Arc<tokio::net::UdpSocket>,
+    server: SocketAddr,
+}
+
+impl Relay {
+    async fn start(server: SocketAddr) -> Result<Relay> {
+        let socket = Arc::new(tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+        let addr = socket.local_addr()?;
+        let last_from_client = Arc::new(Mutex::new(None));
+        let (sock, last) = (socket.clone(), last_from_client.clone());
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if from == server {
+                    if let Some(client) = client {
+                        let _ = sock.send_to(&buf[..n], client).await;
+                    }
+                } else {
+                    client = Some(from);
+                    *last.lock().unwrap() = Some(buf[..n].to_vec());
+                    let _ = sock.send_to(&buf[..n], server).await;
+                }
+            }
+        });
+        Ok(Relay {
+            addr,
+            last_from_client,
+            socket,
+            server,
+        })
+    }
+
+    /// Sends the client's last datagram to the aggregator once more.
+    async fn repeat_last(&self) -> Result<()> {
+        let last = self
+            .last_from_client
+            .lock()
+            .unwrap()
+            .clone()
+            .context("the client sent nothing")?;
+        self.socket.send_to(&last, self.server).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let max_wait = Duration::from_millis(300);
+    let (running, agent_dir) = aggregator_with(tmp.path(), 1, PATIENCE * 4, max_wait).await?;
+    let metrics = running.ingest.metrics.clone();
+    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
+    let repeat = "gait_aggregator_connections_refused_total{stage=\"repeat\"}";
+    let waiting = "gait_aggregator_handshakes_waiting";
+    let (first, release_tx) = hold_a_slot(&agent_dir, running.quic_addr).await?;
+
+    // The second client, through the relay: retried, queued, refused once it waited its time.
+    let relay = Relay::start(running.quic_addr).await?;
+    match dial(agent_config(&agent_dir)?, relay.addr).await? {
+        Ok(_) => bail!("a handshake beyond the bound was accepted"),
+        Err(e) => ensure!(
+            gait_agent::daemon::is_refused(&e),
+            "expected CONNECTION_REFUSED, got {e}"
+        ),
+    }
+    wait_for("the refusal counted and nothing waiting", || {
+        let text = metrics.render();
+        series(&text, refused) >= 1 && series(&text, waiting) == 0
+    })
+    .await?;
+    // (A retransmission of the client's own may already have come back as a repeat.)
+    let (refused_before, repeat_before) = {
+        let text = metrics.render();
+        (series(&text, refused), series(&text, repeat))
+    };
+
+    // A copy of its Initial (the one carrying the Retry token) arrives after the refusal: quinn sees a new
+    // attempt from a validated address. It is refused again at once, not queued for a slot it would hold with
+    // nobody at the other end.
+    relay.repeat_last().await?;
+    wait_for("the copy to be answered or queued", || {
+        let text = metrics.render();
+        series(&text, repeat) > repeat_before
+            || series(&text, waiting) >= 1
+            || series(&text, refused) > refused_before
+    })
+    .await?;
+    let text = metrics.render();
+    ensure!(
+        series(&text, repeat) > repeat_before
+            && series(&text, waiting) == 0
+            && series(&text, refused) == refused_before,
+        "the copy was queued as a new attempt instead of refused as a repeat:\n{text}"
+    );
+
+    release_tx.send(())?;
+    first
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    Ok(())
+}

@@ -19,12 +19,21 @@
 //!   packet). The agent backs off (`gait_agent::daemon`) instead of waiting out its handshake deadline and
 //!   retransmitting into a full buffer.
 //!
+//! A refused attempt is **remembered** for [`REFUSED_MEMORY`] ([`RecentlyRefused`]): the client retransmits its
+//! `Initial` about a second after sending it, about when a queued attempt waits out [`MAX_WAIT`], and a copy
+//! that crosses the refusal reaches quinn as a new attempt (quinn forgets a refused one). Queued like any other
+//! it would, once given a slot, be a handshake with a client that is gone, holding the slot until
+//! [`HANDSHAKE_DEADLINE`]: under overload those ghosts took every slot while the CPU idled, and a fleet that had
+//! lost a few seconds (a 3 s stall at 50,000 agents) never came back at speed (issue 16, docs/benchmarks.md). A
+//! copy of a refused attempt is refused again at once, without a queue place or a slot.
+//!
 //! The refusal itself carries no reason phrase (quinn sends it with an empty one), so the retry-after hint
 //! reaches agents ahead of time: the window a shutting-down aggregator announces
 //! ([`gait_wire::shutdown`]) is sized from the handshake rate this process **measured** while under pressure
 //! ([`Admission::capacity`]), not only from the configured `quic.reconnect_rate`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +57,15 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// slots held by handshakes nobody waits for any more are slots the live ones cannot have. Twice the agent's
 /// deadline leaves room for a slow path.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a refused attempt is remembered ([`RecentlyRefused`]): a copy of its `Initial` is one the client sent
+/// before the refusal reached it, and the agent gives up on a handshake 5 s after it began
+/// (`gait_agent::daemon::CONNECT_TIMEOUT`), so later copies do not come.
+pub const REFUSED_MEMORY: Duration = Duration::from_secs(5);
+
+/// Most refused attempts remembered at once (the oldest is forgotten first): ~100 bytes each, so a refusal storm
+/// costs at most a few MiB.
+pub const REFUSED_MEMORY_MAX: usize = 65_536;
 
 /// A measurement window shorter than this is not used (too few handshakes to say anything).
 const MIN_WINDOW: Duration = Duration::from_secs(1);
@@ -321,6 +339,71 @@ impl<T> Waiting<T> {
     }
 }
 
+/// Attempts refused lately, by a key that a retransmission of the same attempt repeats (the client's original
+/// destination connection ID and its address); owned by the accept loop. Bounded in time ([`REFUSED_MEMORY`])
+/// and size ([`REFUSED_MEMORY_MAX`]).
+#[derive(Debug)]
+pub struct RecentlyRefused<K> {
+    keys: HashSet<K>,
+    order: VecDeque<(Instant, K)>,
+    memory: Duration,
+    max: usize,
+}
+
+impl<K: Hash + Eq + Clone> RecentlyRefused<K> {
+    /// Remembers each refusal for `memory`, at most `max` at once.
+    pub fn new(memory: Duration, max: usize) -> Self {
+        Self {
+            keys: HashSet::new(),
+            order: VecDeque::new(),
+            memory,
+            max: max.max(1),
+        }
+    }
+
+    /// Remembers that the attempt `key` was refused at `now`.
+    pub fn insert(&mut self, key: K, now: Instant) {
+        self.forget_old(now);
+        if self.keys.contains(&key) {
+            return;
+        }
+        if self.order.len() >= self.max
+            && let Some((_, oldest)) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        self.keys.insert(key.clone());
+        self.order.push_back((now, key));
+    }
+
+    /// Whether the attempt `key` was refused within the memory.
+    pub fn contains(&mut self, key: &K, now: Instant) -> bool {
+        self.forget_old(now);
+        self.keys.contains(key)
+    }
+
+    /// Refusals remembered now.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < self.memory {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +563,27 @@ mod tests {
         }
         assert_eq!(a.capacity(), Some(740));
         assert_eq!(a.reconnect_rate(1000), 666);
+    }
+
+    #[test]
+    fn refusals_are_remembered_for_their_time_and_within_their_bound() {
+        let mut recent = RecentlyRefused::new(REFUSED_MEMORY, 3);
+        let t0 = Instant::now();
+        recent.insert("a", t0);
+        recent.insert("a", t0);
+        assert_eq!(recent.len(), 1, "one attempt is remembered once");
+        assert!(recent.contains(&"a", t0 + REFUSED_MEMORY - Duration::from_millis(1)));
+        assert!(!recent.contains(&"b", t0));
+        // Forgotten once its time is up.
+        assert!(!recent.contains(&"a", t0 + REFUSED_MEMORY));
+        assert!(recent.is_empty());
+        // At the bound the oldest goes first.
+        for (i, key) in ["w", "x", "y", "z"].into_iter().enumerate() {
+            recent.insert(key, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(recent.len(), 3);
+        assert!(!recent.contains(&"w", t0));
+        assert!(["x", "y", "z"].iter().all(|k| recent.contains(k, t0)));
     }
 
     #[test]

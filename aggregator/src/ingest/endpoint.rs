@@ -2,6 +2,7 @@
 //! ([`serve`]) and the table of open connections that revocation and shutdown close.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::admission::{Admission, Decision, Waiting};
+use super::admission::{
+    Admission, Decision, REFUSED_MEMORY, REFUSED_MEMORY_MAX, RecentlyRefused, Waiting,
+};
 use super::connection::handle_incoming;
 use super::{CLOSE_REVOKED, CLOSE_SHUTDOWN};
 use crate::fleet::intake::Intake;
@@ -209,30 +212,39 @@ pub async fn serve(
                 // Attempts already waiting get a freed slot before this one.
                 let now = Instant::now();
                 waiting.admit(&state.admission, now, start, |incoming| refuse(incoming, &state, &mut refusals));
-                let validated = incoming.remote_address_validated();
-                let decision = if waiting.is_empty() {
-                    state.admission.decide(validated)
-                } else if validated {
-                    Decision::Full
-                } else {
-                    Decision::Retry
-                };
-                match decision {
-                    Decision::Accept(permit) => start(permit, incoming),
-                    Decision::Retry => match incoming.retry() {
-                        Ok(()) => {
-                            state.metrics.handshake_retries.inc();
-                        }
-                        // Already retried once (it carries a token quinn could not use): it may wait.
-                        Err(e) => {
-                            if let Err(incoming) = waiting.push(e.into_incoming(), now) {
+                // A copy of an attempt refused a moment ago (its client sent it before the refusal arrived): refused
+                // again at once, never queued (admission: a ghost given a slot holds it to the deadline).
+                'attempt: {
+                    if refusals.recent.contains(&attempt_key(&incoming), now) {
+                        metrics::inc_labelled(&state.metrics.connections_refused, "stage", "repeat");
+                        incoming.refuse();
+                        break 'attempt;
+                    }
+                    let validated = incoming.remote_address_validated();
+                    let decision = if waiting.is_empty() {
+                        state.admission.decide(validated)
+                    } else if validated {
+                        Decision::Full
+                    } else {
+                        Decision::Retry
+                    };
+                    match decision {
+                        Decision::Accept(permit) => start(permit, incoming),
+                        Decision::Retry => match incoming.retry() {
+                            Ok(()) => {
+                                state.metrics.handshake_retries.inc();
+                            }
+                            // Already retried once (it carries a token quinn could not use): it may wait.
+                            Err(e) => {
+                                if let Err(incoming) = waiting.push(e.into_incoming(), now) {
+                                    refuse(incoming, &state, &mut refusals);
+                                }
+                            }
+                        },
+                        Decision::Full => {
+                            if let Err(incoming) = waiting.push(incoming, now) {
                                 refuse(incoming, &state, &mut refusals);
                             }
-                        }
-                    },
-                    Decision::Full => {
-                        if let Err(incoming) = waiting.push(incoming, now) {
-                            refuse(incoming, &state, &mut refusals);
                         }
                     }
                 }
@@ -275,9 +287,10 @@ async fn sleep_until(at: Option<Instant>) {
 fn refuse(incoming: quinn::Incoming, state: &IngestState, log: &mut RefusalLog) {
     // Counted before the packet goes out, so whoever sees the refusal finds it counted.
     metrics::inc_labelled(&state.metrics.connections_refused, "stage", "admission");
+    let now = Instant::now();
+    log.recent.insert(attempt_key(&incoming), now);
     incoming.refuse();
     log.refused += 1;
-    let now = std::time::Instant::now();
     if log
         .since
         .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
@@ -298,10 +311,28 @@ fn refuse(incoming: quinn::Incoming, state: &IngestState, log: &mut RefusalLog) 
 /// How often a run of admission refusals is logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
+/// What this endpoint refused: the run being logged, and the attempts remembered so copies of them are refused
+/// again ([`RecentlyRefused`]).
 struct RefusalLog {
     refused: u64,
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
+    recent: RecentlyRefused<(quinn::ConnectionId, SocketAddr)>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self {
+            refused: 0,
+            since: None,
+            recent: RecentlyRefused::new(REFUSED_MEMORY, REFUSED_MEMORY_MAX),
+        }
+    }
+}
+
+/// What every copy of one connection attempt's `Initial` repeats: the client's first destination connection ID
+/// (carried in the Retry token once it was retried) and its address.
+fn attempt_key(incoming: &quinn::Incoming) -> (quinn::ConnectionId, SocketAddr) {
+    (incoming.orig_dst_cid(), incoming.remote_address())
 }
 
 /// How long shutdown lets the endpoint send the close frames of every connection (10,000 take well under

@@ -119,7 +119,15 @@ pub(super) async fn handle_request(
     // not as its biggest arm. An idle agent keeps one of these parked in a long-poll, so its size is paid once
     // per connected agent (it was 17 KiB with the arms inline; docs/benchmarks.md).
     let reply = match msg {
-        AgentMsgV2::Hello(hello) => Box::pin(on_hello(&state, &session, hello)).await,
+        AgentMsgV2::Hello(hello) => {
+            let started = std::time::Instant::now();
+            let reply = Box::pin(on_hello(&state, &session, hello)).await;
+            state
+                .metrics
+                .hello_duration
+                .observe(started.elapsed().as_secs_f64());
+            reply
+        }
         AgentMsgV2::PollBundle(poll) => {
             let wait = Duration::from_millis(u64::from(poll.wait_ms)).min(MAX_POLL_WAIT);
             let poll = Box::pin(on_poll(&state, &session, poll.have_epoch, wait));
