@@ -118,15 +118,7 @@ async fn dial(
 
 /// The value of one series in the aggregator's metrics text (0 while it does not exist).
 fn series(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    gait_testkit::metric_series(text, series).map_or(0, |v| v as u64)
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {

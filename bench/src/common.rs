@@ -308,7 +308,7 @@ impl AggregatorProc {
     /// The HTTP API client for this aggregator.
     pub fn api(&self) -> Api {
         Api {
-            client: reqwest::Client::new(),
+            client: http_client(),
             base: format!("http://{}", self.http),
             token: self.token.clone(),
         }
@@ -393,7 +393,7 @@ impl AgentProc {
             api,
             dir: dir.to_path_buf(),
             tenant: (org.to_owned(), project.to_owned(), env.to_owned()),
-            http: reqwest::Client::new(),
+            http: http_client(),
         };
         agent
             .wait_status(Duration::from_secs(60), |s| {
@@ -606,6 +606,26 @@ pub fn udp_drops_by_port() -> anyhow::Result<std::collections::HashMap<u16, u64>
     Ok(out)
 }
 
+/// An HTTP client that lets go of an idle pooled connection well before the aggregator closes it (its
+/// `http.idle_timeout_ms`, 60 s by default): reusing one the server is closing at that moment fails the request
+/// with "connection reset", which ended a 50,000-agent run whose first connect took 55 s.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, …) to process `pid`.
+pub async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await?;
+    ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
 /// The admin HTTP API of one aggregator.
 #[derive(Clone)]
 pub struct Api {
@@ -683,6 +703,56 @@ impl Api {
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         Ok(metric_value(&self.metrics().await?, name))
     }
+
+    /// Checks that the agent at `agent` (its API path, `/v1/orgs/…/agents/<id>`) has exactly the `records`
+    /// records its outbox made, the last one with seq `records` and hash `last_hash`. Returns the last stored
+    /// record's row (`None` when it made none) and the number of gap rows recorded for it.
+    pub async fn agent_records(
+        &self,
+        agent: &str,
+        records: u64,
+        last_hash: &[u8],
+    ) -> anyhow::Result<(Option<Value>, u64)> {
+        let first = self
+            .get(&format!("{agent}/records?after=0&limit=1"))
+            .await?;
+        let total = first["total"].as_u64().context("records total")?;
+        ensure!(
+            total == records,
+            "{agent}: {total} records stored, {records} made"
+        );
+        let gaps = self.get(&format!("{agent}/gaps")).await?;
+        let gaps = gaps["gaps"].as_array().context("gaps")?.len() as u64;
+        if records == 0 {
+            return Ok((None, gaps));
+        }
+        let last = self
+            .get(&format!("{agent}/records?after={}&limit=10", records - 1))
+            .await?;
+        let rows = last["records"].as_array().context("records")?;
+        ensure!(
+            rows.len() == 1,
+            "{agent}: {} records after seq {}",
+            rows.len(),
+            records - 1
+        );
+        let row = rows[0].clone();
+        ensure!(
+            row["seq"].as_u64() == Some(records),
+            "{agent}: last seq {}",
+            row["seq"]
+        );
+        ensure!(
+            row["hash"].as_str() == Some(to_hex(last_hash).as_str()),
+            "{agent}: the last stored hash is not the agent's"
+        );
+        Ok((Some(row), gaps))
+    }
+}
+
+/// Lower-case hex of `bytes` (how the API shows hashes).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sum of the samples of metric `name` in Prometheus text (labelled samples are added up; 0 when absent).
@@ -891,6 +961,32 @@ pub async fn request(conn: &quinn::Connection, frame: &[u8]) -> anyhow::Result<S
 }
 
 /// Send `Hello` and expect `Welcome`.
+/// Connects and says hello as the real agent does: the handshake within
+/// [`gait_agent::daemon::CONNECT_TIMEOUT`], then the `Welcome` within [`gait_agent::daemon::REPLY_TIMEOUT`].
+pub async fn dial_like_agent(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    hello_frame: &[u8],
+) -> anyhow::Result<(quinn::Connection, gait_wire::Welcome)> {
+    let conn = tokio::time::timeout(
+        gait_agent::daemon::CONNECT_TIMEOUT,
+        dial(endpoint, config, addr),
+    )
+    .await??;
+    let welcome =
+        tokio::time::timeout(gait_agent::daemon::REPLY_TIMEOUT, hello(&conn, hello_frame))
+            .await??;
+    Ok((conn, welcome))
+}
+
+/// Whether a failed [`dial_like_agent`] was the aggregator refusing the attempt (busy), as the agent reads it.
+pub fn refused(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<quinn::ConnectionError>()
+        .is_some_and(gait_agent::daemon::is_refused)
+}
+
 pub async fn hello(conn: &quinn::Connection, hello: &[u8]) -> anyhow::Result<gait_wire::Welcome> {
     match request(conn, hello).await? {
         ServerMsgV2::Welcome(w) => Ok(w),

@@ -394,44 +394,19 @@ impl SimAgent {
                     .clone();
                 let hello = self.hello()?;
                 let addr = self.addrs[at_addr];
-                // As the real agent: the handshake within CONNECT_TIMEOUT, the `Welcome` within REPLY_TIMEOUT.
-                let dialled = async {
-                    let conn = tokio::time::timeout(
-                        gait_agent::daemon::CONNECT_TIMEOUT,
-                        common::dial(&self.endpoint, config, addr),
-                    )
-                    .await??;
-                    let welcome = tokio::time::timeout(
-                        gait_agent::daemon::REPLY_TIMEOUT,
-                        common::hello(&conn, &hello),
-                    )
-                    .await??;
-                    anyhow::Ok((conn, welcome))
-                }
-                .await;
+                let dialled = common::dial_like_agent(&self.endpoint, config, addr, &hello).await;
                 drop(permit);
                 match dialled {
                     Ok((conn, welcome)) => {
                         // Records the aggregator already holds were committed before a lost ack.
-                        let before = self.outbox.len();
-                        while self
-                            .outbox
-                            .front()
-                            .is_some_and(|r| r.seq <= welcome.committed_seq)
-                        {
-                            self.outbox.pop_front();
-                        }
-                        if before > self.outbox.len() {
-                            let _ = self
-                                .tx
-                                .send(Event::CommittedUnacked((before - self.outbox.len()) as u64));
+                        let dropped = self.drop_committed(welcome.committed_seq);
+                        if dropped > 0 {
+                            let _ = self.tx.send(Event::CommittedUnacked(dropped));
                         }
                         break conn;
                     }
                     Err(e) => {
-                        if e.downcast_ref::<quinn::ConnectionError>()
-                            .is_some_and(gait_agent::daemon::is_refused)
-                        {
+                        if common::refused(&e) {
                             refused += 1;
                         }
                     }
@@ -470,6 +445,15 @@ impl SimAgent {
         }
     }
 
+    /// Drops the records the aggregator committed (seq up to `through`) from the outbox; returns how many.
+    fn drop_committed(&mut self, through: u64) -> u64 {
+        let before = self.outbox.len();
+        while self.outbox.front().is_some_and(|r| r.seq <= through) {
+            self.outbox.pop_front();
+        }
+        (before - self.outbox.len()) as u64
+    }
+
     fn reenrolled(&self) -> bool {
         self.life.reenroll_ms.is_some_and(|t| self.now_ms() >= t)
     }
@@ -503,18 +487,8 @@ impl SimAgent {
                             "batch {batch_id}: conflicts {:?}",
                             ack.conflicts
                         );
-                        let before = self.outbox.len();
-                        while self
-                            .outbox
-                            .front()
-                            .is_some_and(|r| r.seq <= ack.committed_through)
-                        {
-                            self.outbox.pop_front();
-                        }
-                        let _ = self.tx.send(Event::Acked(
-                            (before - self.outbox.len()) as u64,
-                            sent.elapsed(),
-                        ));
+                        let dropped = self.drop_committed(ack.committed_through);
+                        let _ = self.tx.send(Event::Acked(dropped, sent.elapsed()));
                     }
                     ServerMsgV2::Error(e)
                         if conn.close_reason().is_some() || e.code.is_retryable() =>
@@ -1084,38 +1058,15 @@ async fn verify_stored(
         let skew = skews[i];
         set.spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            if records == 0 {
-                return anyhow::Ok((0u64, 0u64, None));
-            }
-            let first = api.get(&format!("{url}/records?after=0&limit=1")).await?;
-            let total = first["total"].as_u64().context("records total")?;
-            ensure!(
-                total == records,
-                "{url}: {total} records stored, {records} made"
-            );
-            let last = api
-                .get(&format!("{url}/records?after={}&limit=1", records - 1))
-                .await?;
-            let row = last["records"]
-                .as_array()
-                .and_then(|r| r.first())
-                .with_context(|| format!("{url}: no record {records}"))?;
-            ensure!(
-                row["seq"].as_u64() == Some(records),
-                "{url}: last seq {}",
-                row["seq"]
-            );
-            ensure!(
-                row["hash"].as_str() == Some(to_hex(&last_hash).as_str()),
-                "{url}: the last stored hash is not the agent's"
-            );
-            let gaps = api.get(&format!("{url}/gaps")).await?;
-            let gaps = gaps["gaps"].as_array().context("gaps")?.len() as u64;
+            let (row, gaps) = api.agent_records(&url, records, &last_hash).await?;
+            let Some(row) = row else {
+                return anyhow::Ok((0u64, gaps, None));
+            };
             let seen = row["created_unix_ms"].as_i64().context("created_unix_ms")?
                 - row["received_unix_ms"]
                     .as_i64()
                     .context("received_unix_ms")?;
-            Ok((total, gaps, Some((seen - skew).unsigned_abs())))
+            Ok((records, gaps, Some((seen - skew).unsigned_abs())))
         });
     }
     let (mut stored, mut gaps, mut agents, mut errors) = (0u64, 0u64, 0usize, Vec::new());
@@ -1142,10 +1093,6 @@ async fn verify_stored(
             "offset_error_ms": { "p50": common::ms(p.p50), "p99": common::ms(p.p99), "max": common::ms(p.max) },
         }),
     })
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

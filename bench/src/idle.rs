@@ -5,6 +5,8 @@
 //! the redial window the shutting-down aggregator announced (`gait_wire::shutdown`), then full-jitter
 //! exponential backoff (`gait_agent::backoff`, base 1 s, cap 30 s) and the agent's handshake deadline
 //! (`gait_agent::daemon::CONNECT_TIMEOUT`). The report gives the distribution of the time from "new aggregator serving" to each agent's `Welcome`.
+//! `--stall-at-secs`/`--stall-secs` stop the new aggregator for a while in the middle of that (SIGSTOP, SIGCONT),
+//! to see whether the fleet comes back at speed after a hiccup or the overload feeds itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +23,6 @@ use crate::common::{self, AggregatorProc, CommonArgs, Database, Percentiles, Sco
 /// Goals of the issue.
 const GOAL_KIB_PER_AGENT: f64 = 100.0;
 const GOAL_RECONNECT: Duration = Duration::from_secs(10);
-/// The real agent's handshake deadline (`gait-agent` daemon session).
-const CONNECT_TIMEOUT: Duration = gait_agent::daemon::CONNECT_TIMEOUT;
 /// Extra time allowed for a long-poll reply beyond its wait (as the real agent).
 const POLL_GRACE: Duration = Duration::from_secs(10);
 
@@ -48,6 +48,14 @@ pub struct Args {
     /// Give up waiting for reconnects after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub reconnect_timeout_secs: u64,
+    /// Fault injection: this many seconds after the restarted aggregator serves, stop it (SIGSTOP) for
+    /// `--stall-secs`, as a noisy neighbour or a paused VM would, then let it go on (SIGCONT): does the fleet come
+    /// back at speed afterwards, or does the overload sustain itself?
+    #[arg(long, requires = "stall_secs")]
+    pub stall_at_secs: Option<f64>,
+    /// Length of the stall of `--stall-at-secs`, in seconds.
+    #[arg(long, requires = "stall_at_secs")]
+    pub stall_secs: Option<f64>,
 }
 
 /// What agents report to the bench.
@@ -206,6 +214,23 @@ async fn measure(
         shutdown.as_secs_f64(),
         (ready_at - exited_at).as_secs_f64()
     );
+    if let (Some(at), Some(length)) = (args.stall_at_secs, args.stall_secs) {
+        let pid = agg.pid;
+        let (at, length) = (secs("--stall-at-secs", at)?, secs("--stall-secs", length)?);
+        #[allow(clippy::disallowed_methods)] // the harness's fault injector: runs once, alone, to its end
+        tokio::spawn(async move {
+            tokio::time::sleep_until((ready_at + at).into()).await;
+            eprintln!(
+                "stalling the aggregator (SIGSTOP) for {:.1} s",
+                length.as_secs_f64()
+            );
+            let stopped = common::signal(pid, "STOP").await;
+            tokio::time::sleep(length).await;
+            if let Err(e) = common::signal(pid, "CONT").await.and(stopped) {
+                eprintln!("stall: {e:#}");
+            }
+        });
+    }
     let mut track = vec![Track::default(); args.agents];
     let mut back = 0;
     let deadline = ready_at + Duration::from_secs(args.reconnect_timeout_secs);
@@ -248,6 +273,15 @@ async fn measure(
             &ticket_metrics,
             &format!("{}{{stage=\"admission\"}}", gait_aggregator::metrics::CONNECTIONS_REFUSED),
         ) as u64,
+        "repeats_refused": common::metric_value(
+            &ticket_metrics,
+            &format!("{}{{stage=\"repeat\"}}", gait_aggregator::metrics::CONNECTIONS_REFUSED),
+        ) as u64,
+        "handshakes_abandoned_or_failed": common::metric_value(
+            &ticket_metrics,
+            &format!("{}{{stage=\"handshake\"}}", gait_aggregator::metrics::CONNECTIONS_REFUSED),
+        ) as u64,
+        "stall": args.stall_at_secs.zip(args.stall_secs).map(|(at, secs)| json!({ "at_secs": at, "secs": secs })),
         "retries": common::metric_value(&ticket_metrics, gait_aggregator::metrics::HANDSHAKE_RETRIES) as u64,
         "agents_refused_at_least_once": track.iter().filter(|t| t.refused > 0).count(),
         "refused_dials_seen_by_agents": track.iter().map(|t| u64::from(t.refused)).sum::<u64>(),
@@ -435,6 +469,12 @@ async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> 
 }
 
 /// Counts per whole second.
+/// A non-negative, finite number of seconds from the command line.
+fn secs(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} {value}: give a number of seconds, 0 or more"))
+}
+
 fn per_second(sample: &[Duration]) -> Vec<usize> {
     let Some(max) = sample.iter().max() else {
         return Vec::new();
@@ -477,28 +517,18 @@ impl SimAgent {
                 } else {
                     None
                 };
-                // As the real agent: the handshake within CONNECT_TIMEOUT, then the `Welcome` within REPLY_TIMEOUT.
-                let dialled = async {
-                    let conn = tokio::time::timeout(
-                        CONNECT_TIMEOUT,
-                        common::dial(&self.endpoint, self.config.clone(), self.addr),
-                    )
-                    .await??;
-                    tokio::time::timeout(
-                        gait_agent::daemon::REPLY_TIMEOUT,
-                        common::hello(&conn, &self.hello),
-                    )
-                    .await??;
-                    anyhow::Ok(conn)
-                }
+                let dialled = common::dial_like_agent(
+                    &self.endpoint,
+                    self.config.clone(),
+                    self.addr,
+                    &self.hello,
+                )
                 .await;
                 drop(permit);
                 match dialled {
-                    Ok(conn) => break conn,
+                    Ok((conn, _)) => break conn,
                     Err(e) => {
-                        if e.downcast_ref::<quinn::ConnectionError>()
-                            .is_some_and(gait_agent::daemon::is_refused)
-                        {
+                        if common::refused(&e) {
                             refused += 1;
                         }
                         tokio::time::sleep(backoff.after(plan.as_mut())).await

@@ -388,46 +388,11 @@ async fn verify(
     );
     let mut stored_total = 0;
     for (c, w) in creds.iter().zip(work) {
-        let first = api
-            .get(&format!("{base}/{}/records?after=0&limit=1", c.agent_id))
+        let (_, gaps) = api
+            .agent_records(&format!("{base}/{}", c.agent_id), w.records, &w.last_hash)
             .await?;
-        let count = first["total"].as_u64().context("records total")?;
-        ensure!(
-            count == w.records,
-            "agent {}: {count} records stored, {} sent",
-            c.agent_id,
-            w.records
-        );
-        let last = api
-            .get(&format!(
-                "{base}/{}/records?after={}&limit=10",
-                c.agent_id,
-                w.records - 1
-            ))
-            .await?;
-        let rows = last["records"].as_array().context("records")?;
-        ensure!(
-            rows.len() == 1,
-            "agent {}: {} records after seq {}",
-            c.agent_id,
-            rows.len(),
-            w.records - 1
-        );
-        ensure!(
-            rows[0]["seq"].as_u64() == Some(w.records),
-            "agent {}: last seq {}",
-            c.agent_id,
-            rows[0]["seq"]
-        );
-        let hash = rows[0]["hash"].as_str().unwrap_or_default();
-        ensure!(
-            hash == to_hex(&w.last_hash),
-            "agent {}: last hash differs",
-            c.agent_id
-        );
-        let gaps = api.get(&format!("{base}/{}/gaps", c.agent_id)).await?;
-        gap_rows += gaps["gaps"].as_array().context("gaps")?.len() as u64;
-        stored_total += count;
+        gap_rows += gaps;
+        stored_total += w.records;
     }
     ensure!(
         stored_total == total,
@@ -447,10 +412,6 @@ async fn verify(
         creds.len()
     );
     Ok(gap_rows)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Store-only baseline: the same records committed with `Store::commit_batch` on a fresh database of the same
@@ -536,7 +497,7 @@ fn to_row(r: Record) -> NewRecord {
         kind: r.kind,
         created_unix_ms: r.created_unix_ms,
         bundle_epoch: r.bundle.as_ref().map(|b| b.epoch),
-        bundle_digest: r.bundle.as_ref().map(|b| to_hex(&b.digest)),
+        bundle_digest: r.bundle.as_ref().map(|b| common::to_hex(&b.digest)),
         bundle_since_ms: r.bundle.as_ref().map(|b| b.since_unix_ms),
         payload: r.payload,
     }

@@ -437,13 +437,7 @@ impl RunningAggregator {
     /// The value of the sample `series` (name with its labels, exactly as rendered, e.g.
     /// `gait_aggregator_connections_refused_total{stage="handshake"}`) in `GET /metrics`; 0 when absent.
     pub async fn metric(&self, series: &str) -> Result<f64, TestkitError> {
-        let text = self.metrics().await?;
-        Ok(text
-            .lines()
-            .filter_map(|line| line.strip_prefix(series))
-            .filter_map(|rest| rest.strip_prefix(' '))
-            .find_map(|value| value.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(crate::metric_series(&self.metrics().await?, series).unwrap_or(0.0))
     }
 
     /// Cancels every task, drains them (at most the configured grace) and closes the store. An unclean drain

@@ -44,6 +44,18 @@ pub use gait_identity::{AgentKey, Tenant};
 /// What the store holds per record, re-exported for the same reason.
 pub use gait_store::StoredRecord;
 
+/// The value of one series in Prometheus text: the metric name with its labels exactly as rendered (e.g.
+/// `gait_aggregator_connections_refused_total{stage="handshake"}`); `None` while the series does not exist.
+pub fn metric_series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// A tenant from its three parts, validated under the shared identifier rule.
 pub fn tenant(org: &str, project: &str, env: &str) -> Result<Tenant, TestkitError> {
     Tenant::from_parts(org, project, env).map_err(|e| TestkitError::Identity(e.to_string()))

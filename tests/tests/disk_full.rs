@@ -118,8 +118,8 @@ fn metric(agent: &Agent, name: &str) -> anyhow::Result<u64> {
     let (status, body) = http_json("GET", &format!("http://{}/metrics", agent.api), None, None)?;
     ensure!(status == 200, "metrics {status}");
     let text = body.as_str().context("metrics are text")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    gait_testkit::metric_series(text, name)
+        .map(|v| v as u64)
         .with_context(|| format!("no {name} in:\n{text}"))
 }
 

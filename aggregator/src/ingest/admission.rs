@@ -457,45 +457,32 @@ mod tests {
         }
         // The queue is bounded: the next attempt is given back to be refused.
         assert_eq!(waiting.push(99, t0), Err(99));
-        let (mut started, mut expired) = (Vec::new(), Vec::new());
+        // Runs one admission pass at `now`, keeping the permits handed out; returns who started and who expired.
         let mut permits = Vec::new();
+        let mut pass = |waiting: &mut Waiting<usize>, now| {
+            let (mut started, mut expired) = (Vec::new(), Vec::new());
+            waiting.admit(
+                &a,
+                now,
+                |p, i| {
+                    permits.push(p);
+                    started.push(i)
+                },
+                |i| expired.push(i),
+            );
+            (started, expired)
+        };
         // No slot free: nobody starts.
-        waiting.admit(
-            &a,
-            t0,
-            |p, i| {
-                permits.push(p);
-                started.push(i)
-            },
-            |i| expired.push(i),
-        );
-        assert!(started.is_empty());
+        assert_eq!(pass(&mut waiting, t0), (vec![], vec![]));
         // One slot frees: the oldest starts, the next keeps waiting.
         drop(p1);
-        waiting.admit(
-            &a,
-            t0,
-            |p, i| {
-                permits.push(p);
-                started.push(i)
-            },
-            |i| expired.push(i),
-        );
-        assert_eq!(started, [0]);
+        assert_eq!(pass(&mut waiting, t0), (vec![0], vec![]));
         assert_eq!(waiting.len(), waiting.bound - 1);
         // Past MAX_WAIT, every waiting attempt is given up on even with a slot free.
         drop(p2);
         let late = t0 + MAX_WAIT + Duration::from_millis(1);
-        waiting.admit(
-            &a,
-            late,
-            |p, i| {
-                permits.push(p);
-                started.push(i)
-            },
-            |i| expired.push(i),
-        );
-        assert_eq!(started, [0]);
+        let (started, expired) = pass(&mut waiting, late);
+        assert!(started.is_empty());
         assert_eq!(expired.len(), waiting.bound - 1);
         assert!(waiting.is_empty());
         assert_eq!(a.in_flight(), 1);
