@@ -474,3 +474,58 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
     ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // One slot, so the queue holds WAITING_PER_SLOT attempts; they wait as long as the test needs.
+    let (running, agent_dir) = aggregator(tmp.path(), 1).await?;
+    let addr = running.quic_addr;
+    let metrics = running.ingest.metrics.clone();
+    let waiting = "gait_aggregator_handshakes_waiting";
+    let retries = "gait_aggregator_handshake_retries_total";
+    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
+    let queue = gait_aggregator::ingest::admission::WAITING_PER_SLOT as u64;
+    let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
+
+    // Fill the queue: each attempt is retried (its address validated), then waits.
+    let mut queued = Vec::new();
+    for _ in 0..queue {
+        queued.push(tokio::spawn(dial(agent_config(&agent_dir)?, addr)));
+    }
+    wait_for("the queue to fill", || {
+        series(&metrics.render(), waiting) == queue
+    })
+    .await?;
+    let retries_before = series(&metrics.render(), retries);
+
+    // A newcomer from an address not validated yet: refused with one packet, no Retry round trip first.
+    match dial(agent_config(&agent_dir)?, addr).await? {
+        Ok(_) => bail!("an attempt beyond a full queue was accepted"),
+        Err(e) => ensure!(
+            gait_agent::daemon::is_refused(&e),
+            "expected CONNECTION_REFUSED, got {e}"
+        ),
+    }
+    let text = metrics.render();
+    ensure!(
+        series(&text, refused) >= 1 && series(&text, retries) == retries_before,
+        "the newcomer was retried before it was refused, or not counted:\n{text}"
+    );
+
+    // The queued attempts get in one by one once the slot frees.
+    release_tx.send(())?;
+    first
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    for attempt in queued {
+        let conn = attempt
+            .await??
+            .context("a queued attempt was refused though slots freed")?;
+        conn.close(0u32.into(), b"done");
+    }
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    Ok(())
+}

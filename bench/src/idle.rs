@@ -217,7 +217,8 @@ async fn measure(
     if let (Some(at), Some(length)) = (args.stall_at_secs, args.stall_secs) {
         let pid = agg.pid;
         let (at, length) = (secs("--stall-at-secs", at)?, secs("--stall-secs", length)?);
-        #[allow(clippy::disallowed_methods)] // the harness's fault injector: runs once, alone, to its end
+        #[allow(clippy::disallowed_methods)]
+        // the harness's fault injector: runs once, alone, to its end
         tokio::spawn(async move {
             tokio::time::sleep_until((ready_at + at).into()).await;
             eprintln!(

@@ -16,7 +16,9 @@
 //!   retransmissions), so datagrams do not rot in the kernel's receive buffer, and the random bunching of a
 //!   fleet redialling at a rate the machine can take on average is absorbed instead of refused;
 //! - with the queue full, or once an attempt waited [`MAX_WAIT`], it is **refused** (`CONNECTION_REFUSED`, one
-//!   packet). The agent backs off (`gait_agent::daemon`) instead of waiting out its handshake deadline and
+//!   packet). With the queue full an unvalidated address is refused at once rather than asked to validate
+//!   first: it would come back only to find the queue full, and a fleet past the machine's capacity would pay a
+//!   Retry round trip (and its token, both ends) for every refusal. The agent backs off (`gait_agent::daemon`) instead of waiting out its handshake deadline and
 //!   retransmitting into a full buffer.
 //!
 //! A refused attempt is **remembered** for [`REFUSED_MEMORY`] ([`RecentlyRefused`]): the client retransmits its
@@ -294,6 +296,11 @@ impl<T> Waiting<T> {
         self.queue.is_empty()
     }
 
+    /// Whether the queue holds all it may: a new attempt is refused at once.
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.bound
+    }
+
     /// Queues `attempt` (arrived `now`), or gives it back when the queue is full.
     pub fn push(&mut self, attempt: T, now: Instant) -> Result<(), T> {
         if self.queue.len() >= self.bound {
@@ -456,6 +463,7 @@ mod tests {
             waiting.push(i, t0).unwrap();
         }
         // The queue is bounded: the next attempt is given back to be refused.
+        assert!(waiting.is_full());
         assert_eq!(waiting.push(99, t0), Err(99));
         // Runs one admission pass at `now`, keeping the permits handed out; returns who started and who expired.
         let mut permits = Vec::new();

@@ -221,7 +221,10 @@ pub async fn serve(
                         break 'attempt;
                     }
                     let validated = incoming.remote_address_validated();
-                    let decision = if waiting.is_empty() {
+                    // A full queue refuses every newcomer, validated or not (no Retry round trip first).
+                    let decision = if waiting.is_full() {
+                        Decision::Full
+                    } else if waiting.is_empty() {
                         state.admission.decide(validated)
                     } else if validated {
                         Decision::Full
