@@ -170,7 +170,8 @@
 //! one second) and starting it when a slot frees, and with the QUIC transport error `CONNECTION_REFUSED` (one packet,
 //! no handshake) when that queue is full or the attempt waited its second; a copy of a refused attempt's `Initial`
 //! that arrives afterwards (sent before the refusal reached the client) is refused again at once. From half the bound
-//! it asks an address it has not validated yet for a stateless QUIC Retry first, so only validated addresses wait. A refused agent is not at
+//! it asks an address it has not validated yet for a stateless QUIC Retry first, so only validated addresses wait;
+//! with the queue full, a newcomer is refused at once, validated or not. A refused agent is not at
 //! fault: it draws its next dial from what is left of the redial window it was last given (at most three draws),
 //! else from its ordinary backoff. The refusal carries no reason phrase; the window the aggregator announced at shutdown,
 //! sized from the handshake rate it measured under load, is the retry-after hint.
