@@ -133,10 +133,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
 /// Starts a handshake that takes one slot and keeps it until the returned sender is used: the client's
 /// server-certificate check waits, on a runtime of its own so the wait blocks nothing of the aggregator's.
 /// Returns once the aggregator has sent its half (the check was reached).
-async fn hold_a_slot(
-    agent_dir: &Path,
-    addr: SocketAddr,
-) -> Result<(std::thread::JoinHandle<Result<bool>>, mpsc::Sender<()>)> {
+async fn hold_a_slot(agent_dir: &Path, addr: SocketAddr) -> Result<HeldSlot> {
     let (reached_tx, reached_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
     let held = Arc::new(HeldVerifier {
@@ -157,7 +154,51 @@ async fn hold_a_slot(
     tokio::task::spawn_blocking(move || reached_rx.recv_timeout(PATIENCE))
         .await?
         .context("the held handshake never reached the server-certificate check")?;
-    Ok((first, release_tx))
+    Ok(HeldSlot {
+        client: first,
+        release: release_tx,
+    })
+}
+
+/// A handshake holding a slot ([`hold_a_slot`]).
+struct HeldSlot {
+    client: std::thread::JoinHandle<Result<bool>>,
+    release: mpsc::Sender<()>,
+}
+
+impl HeldSlot {
+    /// Lets the client's certificate check return; whether its handshake then completed.
+    fn release(self) -> Result<bool> {
+        self.release.send(())?;
+        self.client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    }
+}
+
+/// Dials with `config` and expects `CONNECTION_REFUSED`, which the agent reads as "busy"; `accepted` says what
+/// an accepted handshake would have meant.
+async fn expect_refused(
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    accepted: &str,
+) -> Result<()> {
+    match dial(config, addr).await? {
+        Ok(_) => bail!("{accepted}"),
+        Err(e) => ensure!(
+            gait_agent::daemon::is_refused(&e),
+            "expected CONNECTION_REFUSED, got {e}"
+        ),
+    }
+    Ok(())
+}
+
+/// Stops the aggregator; its tasks must drain cleanly.
+async fn stop(running: app::Running) -> Result<()> {
+    running.tasks().token().cancel();
+    let drain = running.wait(PATIENCE).await;
+    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    Ok(())
 }
 
 /// A running aggregator taking at most `limit` handshakes at once, and one agent's certificate for it. A
@@ -201,7 +242,7 @@ async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_i
     let tmp = tempfile::tempdir()?;
     let (running, agent_dir) = aggregator(tmp.path(), 2).await?;
     let metrics = running.ingest.metrics.clone();
-    let (first, release) = hold_a_slot(&agent_dir, running.quic_addr).await?;
+    let held = hold_a_slot(&agent_dir, running.quic_addr).await?;
     // One of two slots taken: the next attempt must first prove its address (a stateless Retry, which the
     // client answers by itself), then it is admitted.
     let conn = dial(agent_config(&agent_dir)?, running.quic_addr)
@@ -220,17 +261,9 @@ async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_i
             "gait_aggregator_connections_refused_total{stage=\"admission\"}"
         ) == 0
     );
-    release.send(())?;
-    ensure!(
-        first
-            .join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
-        "the held handshake failed once released"
-    );
+    ensure!(held.release()?, "the held handshake failed once released");
     conn.close(0u32.into(), b"done");
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    stop(running).await?;
     Ok(())
 }
 
@@ -244,7 +277,7 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
     let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
 
     // Client 1 takes the only slot and holds it.
-    let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
+    let held = hold_a_slot(&agent_dir, addr).await?;
     ensure!(
         series(&metrics.render(), "gait_aggregator_handshakes_in_flight") == 1,
         "one handshake should be in flight:\n{}",
@@ -255,13 +288,12 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
     // that does not free, and is refused once it waited its time: CONNECTION_REFUSED, read as "busy", not a
     // handshake timeout.
     let started = std::time::Instant::now();
-    match dial(agent_config(&agent_dir)?, addr).await? {
-        Ok(_) => bail!("a handshake beyond the bound was accepted"),
-        Err(e) => ensure!(
-            gait_agent::daemon::is_refused(&e),
-            "expected CONNECTION_REFUSED, got {e}"
-        ),
-    }
+    expect_refused(
+        agent_config(&agent_dir)?,
+        addr,
+        "a handshake beyond the bound was accepted",
+    )
+    .await?;
     ensure!(
         started.elapsed() >= max_wait,
         "refused after {:?}, before it waited its time",
@@ -281,13 +313,8 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
     ensure!(!gait_agent::daemon::is_refused(
         &quinn::ConnectionError::TimedOut
     ));
-    release_tx.send(())?;
-    first
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    held.release()?;
+    stop(running).await?;
     Ok(())
 }
 
@@ -300,16 +327,13 @@ async fn at_the_bound_an_attempt_waits_and_gets_the_slot_when_it_frees() -> Resu
     let metrics = running.ingest.metrics.clone();
     let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
     let waiting = "gait_aggregator_handshakes_waiting";
-    let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
+    let held = hold_a_slot(&agent_dir, addr).await?;
     let second = tokio::spawn(dial(agent_config(&agent_dir)?, addr));
     wait_for("the second attempt to wait for a slot", || {
         series(&metrics.render(), waiting) == 1
     })
     .await?;
-    release_tx.send(())?;
-    let first_ok = first
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let first_ok = held.release()?;
     ensure!(first_ok, "the held handshake failed once released");
     let conn = second
         .await??
@@ -324,9 +348,7 @@ async fn at_the_bound_an_attempt_waits_and_gets_the_slot_when_it_frees() -> Resu
         "an admitted attempt was counted as refused:\n{text}"
     );
     conn.close(0u32.into(), b"done");
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    stop(running).await?;
     Ok(())
 }
 
@@ -339,7 +361,7 @@ async fn a_handshake_nobody_finishes_gives_its_slot_back_at_the_deadline() -> Re
     let in_flight = "gait_aggregator_handshakes_in_flight";
     let abandoned = "gait_aggregator_connections_refused_total{stage=\"handshake\"}";
     // A client that starts a handshake and stops answering (its certificate check never returns in time).
-    let (first, release_tx) = hold_a_slot(&agent_dir, running.quic_addr).await?;
+    let held = hold_a_slot(&agent_dir, running.quic_addr).await?;
     // The aggregator gives up on it at the deadline: the slot frees and the abandonment is counted, with the
     // client still silent.
     wait_for("the abandoned handshake to give its slot back", || {
@@ -352,14 +374,9 @@ async fn a_handshake_nobody_finishes_gives_its_slot_back_at_the_deadline() -> Re
         .await?
         .context("refused though the abandoned handshake's slot was freed")?;
     // (The client may still count its own half as finished: TLS 1.3 lets it, the aggregator's side is gone.)
-    release_tx.send(())?;
-    first
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    held.release()?;
     conn.close(0u32.into(), b"done");
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    stop(running).await?;
     Ok(())
 }
 
@@ -424,17 +441,16 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
     let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
     let repeat = "gait_aggregator_connections_refused_total{stage=\"repeat\"}";
     let waiting = "gait_aggregator_handshakes_waiting";
-    let (first, release_tx) = hold_a_slot(&agent_dir, running.quic_addr).await?;
+    let held = hold_a_slot(&agent_dir, running.quic_addr).await?;
 
     // The second client, through the relay: retried, queued, refused once it waited its time.
     let relay = Relay::start(running.quic_addr).await?;
-    match dial(agent_config(&agent_dir)?, relay.addr).await? {
-        Ok(_) => bail!("a handshake beyond the bound was accepted"),
-        Err(e) => ensure!(
-            gait_agent::daemon::is_refused(&e),
-            "expected CONNECTION_REFUSED, got {e}"
-        ),
-    }
+    expect_refused(
+        agent_config(&agent_dir)?,
+        relay.addr,
+        "a handshake beyond the bound was accepted",
+    )
+    .await?;
     wait_for("the refusal counted and nothing waiting", || {
         let text = metrics.render();
         series(&text, refused) >= 1 && series(&text, waiting) == 0
@@ -465,13 +481,8 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
         "the copy was queued as a new attempt instead of refused as a repeat:\n{text}"
     );
 
-    release_tx.send(())?;
-    first
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    held.release()?;
+    stop(running).await?;
     Ok(())
 }
 
@@ -486,7 +497,7 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
     let retries = "gait_aggregator_handshake_retries_total";
     let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
     let queue = gait_aggregator::ingest::admission::WAITING_PER_SLOT as u64;
-    let (first, release_tx) = hold_a_slot(&agent_dir, addr).await?;
+    let held = hold_a_slot(&agent_dir, addr).await?;
 
     // Fill the queue: each attempt is retried (its address validated), then waits.
     let mut queued = Vec::new();
@@ -500,13 +511,12 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
     let retries_before = series(&metrics.render(), retries);
 
     // A newcomer from an address not validated yet: refused with one packet, no Retry round trip first.
-    match dial(agent_config(&agent_dir)?, addr).await? {
-        Ok(_) => bail!("an attempt beyond a full queue was accepted"),
-        Err(e) => ensure!(
-            gait_agent::daemon::is_refused(&e),
-            "expected CONNECTION_REFUSED, got {e}"
-        ),
-    }
+    expect_refused(
+        agent_config(&agent_dir)?,
+        addr,
+        "an attempt beyond a full queue was accepted",
+    )
+    .await?;
     let text = metrics.render();
     ensure!(
         series(&text, refused) >= 1 && series(&text, retries) == retries_before,
@@ -514,18 +524,13 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
     );
 
     // The queued attempts get in one by one once the slot frees.
-    release_tx.send(())?;
-    first
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    held.release()?;
     for attempt in queued {
         let conn = attempt
             .await??
             .context("a queued attempt was refused though slots freed")?;
         conn.close(0u32.into(), b"done");
     }
-    running.tasks().token().cancel();
-    let drain = running.wait(PATIENCE).await;
-    ensure!(drain.failure.is_none(), "unclean drain: {drain:?}");
+    stop(running).await?;
     Ok(())
 }
