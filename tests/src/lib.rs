@@ -185,19 +185,32 @@ impl OidcProvider {
 
     /// Starts the provider with its signing keys in `keys` and waits (bounded, retried once:
     /// [`spawn_until_line`]) for its `issuer=` line.
+    /// Its stderr goes to `<keys>.stderr.log`, whose tail a failed start reports.
     pub fn start(keys: &Path) -> anyhow::Result<Self> {
-        let (child, issuer) = spawn_until_line(
+        let log = keys.with_extension("stderr.log");
+        let started = spawn_until_line(
             || {
                 let mut cmd = Command::new("node");
                 cmd.arg(Self::dir().join("provider.js"))
                     .arg("--keys-dir")
-                    .arg(keys)
-                    .stderr(Stdio::null());
+                    .arg(keys);
+                match std::fs::File::create(&log) {
+                    Ok(file) => cmd.stderr(file),
+                    Err(_) => cmd.stderr(Stdio::null()),
+                };
                 cmd
             },
             "issuer=",
-        )
-        .context("starting node tests/oidc/provider.js")?;
+        );
+        let (child, issuer) = started.with_context(|| {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            format!(
+                "starting node tests/oidc/provider.js; its stderr ({}) ends:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })?;
         Ok(Self { child, issuer })
     }
 }
