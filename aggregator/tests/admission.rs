@@ -25,6 +25,14 @@ use tokio_util::sync::CancellationToken;
 /// Generous bound for one step on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The series these tests read.
+const REFUSED: &str = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
+const REPEATS: &str = "gait_aggregator_connections_refused_total{stage=\"repeat\"}";
+const ABANDONED: &str = "gait_aggregator_connections_refused_total{stage=\"handshake\"}";
+const WAITING: &str = "gait_aggregator_handshakes_waiting";
+const IN_FLIGHT: &str = "gait_aggregator_handshakes_in_flight";
+const RETRIES: &str = "gait_aggregator_handshake_retries_total";
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(CertificateDer::pem_file_iter(path)?.collect::<Result<_, _>>()?)
 }
@@ -252,15 +260,10 @@ async fn from_half_the_bound_an_unvalidated_address_gets_a_retry_and_then_gets_i
     ensure!(
         // A loaded machine may let the client retransmit its first Initial before the Retry reaches it: each
         // copy gets its own (stateless) Retry.
-        series(&text, "gait_aggregator_handshake_retries_total") >= 1,
+        series(&text, RETRIES) >= 1,
         "no Retry was sent:\n{text}"
     );
-    ensure!(
-        series(
-            &text,
-            "gait_aggregator_connections_refused_total{stage=\"admission\"}"
-        ) == 0
-    );
+    ensure!(series(&text, REFUSED) == 0);
     ensure!(held.release()?, "the held handshake failed once released");
     conn.close(0u32.into(), b"done");
     stop(running).await?;
@@ -274,12 +277,11 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
     let (running, agent_dir) = aggregator_with(tmp.path(), 1, PATIENCE * 4, max_wait).await?;
     let addr = running.quic_addr;
     let metrics = running.ingest.metrics.clone();
-    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
 
     // Client 1 takes the only slot and holds it.
     let held = hold_a_slot(&agent_dir, addr).await?;
     ensure!(
-        series(&metrics.render(), "gait_aggregator_handshakes_in_flight") == 1,
+        series(&metrics.render(), IN_FLIGHT) == 1,
         "one handshake should be in flight:\n{}",
         metrics.render()
     );
@@ -306,7 +308,7 @@ async fn at_the_bound_an_attempt_that_waited_too_long_is_refused() -> Result<()>
     // exactly one). Nothing may be left waiting once that is over.
     wait_for("the refusal counted and nothing left waiting", || {
         let text = metrics.render();
-        series(&text, refused) >= 1 && series(&text, "gait_aggregator_handshakes_waiting") == 0
+        series(&text, REFUSED) >= 1 && series(&text, WAITING) == 0
     })
     .await?;
     // Another failure is not read as "busy".
@@ -325,12 +327,10 @@ async fn at_the_bound_an_attempt_waits_and_gets_the_slot_when_it_frees() -> Resu
     let (running, agent_dir) = aggregator(tmp.path(), 1).await?;
     let addr = running.quic_addr;
     let metrics = running.ingest.metrics.clone();
-    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
-    let waiting = "gait_aggregator_handshakes_waiting";
     let held = hold_a_slot(&agent_dir, addr).await?;
     let second = tokio::spawn(dial(agent_config(&agent_dir)?, addr));
     wait_for("the second attempt to wait for a slot", || {
-        series(&metrics.render(), waiting) == 1
+        series(&metrics.render(), WAITING) == 1
     })
     .await?;
     let first_ok = held.release()?;
@@ -339,12 +339,12 @@ async fn at_the_bound_an_attempt_waits_and_gets_the_slot_when_it_frees() -> Resu
         .await??
         .context("the waiting attempt was refused though the slot freed")?;
     wait_for("nothing left waiting", || {
-        series(&metrics.render(), waiting) == 0
+        series(&metrics.render(), WAITING) == 0
     })
     .await?;
     let text = metrics.render();
     ensure!(
-        series(&text, refused) == 0,
+        series(&text, REFUSED) == 0,
         "an admitted attempt was counted as refused:\n{text}"
     );
     conn.close(0u32.into(), b"done");
@@ -358,15 +358,13 @@ async fn a_handshake_nobody_finishes_gives_its_slot_back_at_the_deadline() -> Re
     let (running, agent_dir) =
         aggregator_with(tmp.path(), 1, Duration::from_millis(500), PATIENCE * 4).await?;
     let metrics = running.ingest.metrics.clone();
-    let in_flight = "gait_aggregator_handshakes_in_flight";
-    let abandoned = "gait_aggregator_connections_refused_total{stage=\"handshake\"}";
     // A client that starts a handshake and stops answering (its certificate check never returns in time).
     let held = hold_a_slot(&agent_dir, running.quic_addr).await?;
     // The aggregator gives up on it at the deadline: the slot frees and the abandonment is counted, with the
     // client still silent.
     wait_for("the abandoned handshake to give its slot back", || {
         let text = metrics.render();
-        series(&text, in_flight) == 0 && series(&text, abandoned) == 1
+        series(&text, IN_FLIGHT) == 0 && series(&text, ABANDONED) == 1
     })
     .await?;
     // The slot is usable again at once.
@@ -438,9 +436,6 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
     let max_wait = Duration::from_millis(300);
     let (running, agent_dir) = aggregator_with(tmp.path(), 1, PATIENCE * 4, max_wait).await?;
     let metrics = running.ingest.metrics.clone();
-    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
-    let repeat = "gait_aggregator_connections_refused_total{stage=\"repeat\"}";
-    let waiting = "gait_aggregator_handshakes_waiting";
     let held = hold_a_slot(&agent_dir, running.quic_addr).await?;
 
     // The second client, through the relay: retried, queued, refused once it waited its time.
@@ -453,13 +448,13 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
     .await?;
     wait_for("the refusal counted and nothing waiting", || {
         let text = metrics.render();
-        series(&text, refused) >= 1 && series(&text, waiting) == 0
+        series(&text, REFUSED) >= 1 && series(&text, WAITING) == 0
     })
     .await?;
     // (A retransmission of the client's own may already have come back as a repeat.)
     let (refused_before, repeat_before) = {
         let text = metrics.render();
-        (series(&text, refused), series(&text, repeat))
+        (series(&text, REFUSED), series(&text, REPEATS))
     };
 
     // A copy of its Initial (the one carrying the Retry token) arrives after the refusal: quinn sees a new
@@ -468,16 +463,16 @@ async fn a_copy_of_a_refused_attempt_is_refused_again_without_queueing() -> Resu
     relay.repeat_last().await?;
     wait_for("the copy to be answered or queued", || {
         let text = metrics.render();
-        series(&text, repeat) > repeat_before
-            || series(&text, waiting) >= 1
-            || series(&text, refused) > refused_before
+        series(&text, REPEATS) > repeat_before
+            || series(&text, WAITING) >= 1
+            || series(&text, REFUSED) > refused_before
     })
     .await?;
     let text = metrics.render();
     ensure!(
-        series(&text, repeat) > repeat_before
-            && series(&text, waiting) == 0
-            && series(&text, refused) == refused_before,
+        series(&text, REPEATS) > repeat_before
+            && series(&text, WAITING) == 0
+            && series(&text, REFUSED) == refused_before,
         "the copy was queued as a new attempt instead of refused as a repeat:\n{text}"
     );
 
@@ -493,9 +488,6 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
     let (running, agent_dir) = aggregator(tmp.path(), 1).await?;
     let addr = running.quic_addr;
     let metrics = running.ingest.metrics.clone();
-    let waiting = "gait_aggregator_handshakes_waiting";
-    let retries = "gait_aggregator_handshake_retries_total";
-    let refused = "gait_aggregator_connections_refused_total{stage=\"admission\"}";
     let queue = gait_aggregator::ingest::admission::WAITING_PER_SLOT as u64;
     let held = hold_a_slot(&agent_dir, addr).await?;
 
@@ -505,10 +497,10 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
         queued.push(tokio::spawn(dial(agent_config(&agent_dir)?, addr)));
     }
     wait_for("the queue to fill", || {
-        series(&metrics.render(), waiting) == queue
+        series(&metrics.render(), WAITING) == queue
     })
     .await?;
-    let retries_before = series(&metrics.render(), retries);
+    let retries_before = series(&metrics.render(), RETRIES);
 
     // A newcomer from an address not validated yet: refused with one packet, no Retry round trip first.
     expect_refused(
@@ -519,7 +511,7 @@ async fn with_the_queue_full_a_newcomer_is_refused_at_once_without_a_retry() -> 
     .await?;
     let text = metrics.render();
     ensure!(
-        series(&text, refused) >= 1 && series(&text, retries) == retries_before,
+        series(&text, REFUSED) >= 1 && series(&text, RETRIES) == retries_before,
         "the newcomer was retried before it was refused, or not counted:\n{text}"
     );
 

@@ -960,7 +960,6 @@ pub async fn request(conn: &quinn::Connection, frame: &[u8]) -> anyhow::Result<S
     }
 }
 
-/// Send `Hello` and expect `Welcome`.
 /// Connects and says hello as the real agent does: the handshake within
 /// [`gait_agent::daemon::CONNECT_TIMEOUT`], then the `Welcome` within [`gait_agent::daemon::REPLY_TIMEOUT`].
 pub async fn dial_like_agent(
@@ -987,6 +986,7 @@ pub fn refused(error: &anyhow::Error) -> bool {
         .is_some_and(gait_agent::daemon::is_refused)
 }
 
+/// Send `Hello` and expect `Welcome`.
 pub async fn hello(conn: &quinn::Connection, hello: &[u8]) -> anyhow::Result<gait_wire::Welcome> {
     match request(conn, hello).await? {
         ServerMsgV2::Welcome(w) => Ok(w),

@@ -469,13 +469,13 @@ async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> 
     }
 }
 
-/// Counts per whole second.
 /// A non-negative, finite number of seconds from the command line.
 fn secs(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("{flag} {value}: give a number of seconds, 0 or more"))
 }
 
+/// Counts per whole second.
 fn per_second(sample: &[Duration]) -> Vec<usize> {
     let Some(max) = sample.iter().max() else {
         return Vec::new();

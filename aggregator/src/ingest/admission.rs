@@ -18,8 +18,8 @@
 //! - with the queue full, or once an attempt waited [`MAX_WAIT`], it is **refused** (`CONNECTION_REFUSED`, one
 //!   packet). With the queue full an unvalidated address is refused at once rather than asked to validate
 //!   first: it would come back only to find the queue full, and a fleet past the machine's capacity would pay a
-//!   Retry round trip (and its token, both ends) for every refusal. The agent backs off (`gait_agent::daemon`) instead of waiting out its handshake deadline and
-//!   retransmitting into a full buffer.
+//!   Retry round trip (and its token, both ends) for every refusal. The agent backs off (`gait_agent::daemon`)
+//!   instead of waiting out its handshake deadline and retransmitting into a full buffer.
 //!
 //! A refused attempt is **remembered** for [`REFUSED_MEMORY`] ([`RecentlyRefused`]): the client retransmits its
 //! `Initial` about a second after sending it, about when a queued attempt waits out [`MAX_WAIT`], and a copy
@@ -303,7 +303,7 @@ impl<T> Waiting<T> {
 
     /// Queues `attempt` (arrived `now`), or gives it back when the queue is full.
     pub fn push(&mut self, attempt: T, now: Instant) -> Result<(), T> {
-        if self.queue.len() >= self.bound {
+        if self.is_full() {
             return Err(attempt);
         }
         self.queue.push_back((now, attempt));
