@@ -60,13 +60,13 @@ pub struct Args {
 
 /// What agents report to the bench.
 enum Event {
-    /// `Welcome` received on connection number `generation` (1 = first) after `attempts` dials, `refused` of
-    /// them refused at once by the aggregator's admission control.
+    /// `Welcome` received on connection number `generation` (1 = first) after `attempts` dials, of which
+    /// `failed` failed.
     Up {
         agent: usize,
         generation: u32,
         attempts: u32,
-        refused: u32,
+        failed: FailedDials,
         at: Instant,
     },
     /// The connection was found dead at `at`.
@@ -79,7 +79,30 @@ struct Track {
     down: Option<Instant>,
     up_again: Option<Instant>,
     attempts: u32,
+    failed: FailedDials,
+}
+
+/// How one agent's failed dials of one reconnect failed.
+#[derive(Clone, Copy, Default)]
+struct FailedDials {
+    /// Refused at once (`CONNECTION_REFUSED`: an aggregator's admission control, or one shutting down).
     refused: u32,
+    /// Unanswered until the agent's connect or `Hello` timeout.
+    timed_out: u32,
+    /// Anything else (a reset, a handshake error, an error reply to `Hello`).
+    other: u32,
+}
+
+impl FailedDials {
+    fn count(&mut self, error: &anyhow::Error) {
+        if common::refused(error) {
+            self.refused += 1;
+        } else if error.is::<tokio::time::error::Elapsed>() {
+            self.timed_out += 1;
+        } else {
+            self.other += 1;
+        }
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -245,13 +268,13 @@ async fn measure(
                 agent,
                 generation,
                 attempts,
-                refused,
+                failed,
                 at,
             })) if generation >= 2 => {
                 if track[agent].up_again.is_none() {
                     track[agent].up_again = Some(at);
                     track[agent].attempts = attempts;
-                    track[agent].refused = refused;
+                    track[agent].failed = failed;
                     back += 1;
                 }
             }
@@ -284,8 +307,8 @@ async fn measure(
         ) as u64,
         "stall": args.stall_at_secs.zip(args.stall_secs).map(|(at, secs)| json!({ "at_secs": at, "secs": secs })),
         "retries": common::metric_value(&ticket_metrics, gait_aggregator::metrics::HANDSHAKE_RETRIES) as u64,
-        "agents_refused_at_least_once": track.iter().filter(|t| t.refused > 0).count(),
-        "refused_dials_seen_by_agents": track.iter().map(|t| u64::from(t.refused)).sum::<u64>(),
+        "agents_refused_at_least_once": track.iter().filter(|t| t.failed.refused > 0).count(),
+        "refused_dials_seen_by_agents": track.iter().map(|t| u64::from(t.failed.refused)).sum::<u64>(),
     });
     let ticket = |outcome: &str| {
         common::metric_value(
@@ -387,6 +410,12 @@ async fn measure(
             "udp_rcvbuf_drops": restart_udp_drops,
             "udp_drops_at": { "new_aggregator_socket": restart_drops_server, "agent_sockets": restart_drops_clients },
             "dial_attempts": { "p50": pa.p50.as_secs(), "p99": pa.p99.as_secs(), "max": pa.max.as_secs() },
+            "agents_by_dials": agents_by_dials(&track),
+            "failed_dials": {
+                "refused": track.iter().map(|t| u64::from(t.failed.refused)).sum::<u64>(),
+                "timed_out": track.iter().map(|t| u64::from(t.failed.timed_out)).sum::<u64>(),
+                "other": track.iter().map(|t| u64::from(t.failed.other)).sum::<u64>(),
+            },
             "reconnects_per_second_after_ready": histogram,
             "cpu_ms": reconnect_cpu_ms,
             "tls_session_tickets": tickets,
@@ -399,7 +428,7 @@ async fn measure(
         "idle: {} agents, aggregator RSS {} -> {} KiB = {:.1} KiB per idle agent (goal <= {GOAL_KIB_PER_AGENT}: {}); \
          restart: shutdown {:.2} s, {back}/{} back, from serving-again {} (goal all <= {} s: {}), from SIGTERM {}; \
          loss detected {} ({late_detection} later than 5 s); up again after own detection {}; \
-         dials per agent p50 {} max {}; {restart_udp_drops} UDP datagrams dropped (full receive buffers; \
+         dials per agent p50 {} max {} (agents by dials {}; failed dials {}); {restart_udp_drops} UDP datagrams dropped (full receive buffers; \
          {restart_drops_server} at the new aggregator socket, {restart_drops_clients} at agent sockets); \
          reconnects per second {:?}; reconnect CPU per agent {} (connect: {}); session tickets {}; admission {}",
         args.agents,
@@ -417,6 +446,8 @@ async fn measure(
         pl.human_ms(),
         pa.p50.as_secs(),
         pa.max.as_secs(),
+        summary["restart"]["agents_by_dials"],
+        summary["restart"]["failed_dials"],
         histogram,
         summary["restart"]["cpu_ms"],
         summary["connect_cpu_ms"],
@@ -470,6 +501,18 @@ async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> 
 }
 
 /// A non-negative, finite number of seconds from the command line.
+/// How many agents needed each number of dials to come back (`{"1": 48000, "2": 1900, ...}`).
+fn agents_by_dials(track: &[Track]) -> serde_json::Value {
+    let mut by = std::collections::BTreeMap::<u32, usize>::new();
+    for t in track.iter().filter(|t| t.up_again.is_some()) {
+        *by.entry(t.attempts).or_default() += 1;
+    }
+    by.into_iter()
+        .map(|(dials, agents)| (dials.to_string(), json!(agents)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn secs(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("{flag} {value}: give a number of seconds, 0 or more"))
@@ -509,7 +552,7 @@ impl SimAgent {
         let mut generation = 0u32;
         loop {
             let mut attempts = 0u32;
-            let mut refused = 0u32;
+            let mut failed = FailedDials::default();
             let conn = loop {
                 attempts += 1;
                 // Only the very first connect is rate-limited (a fleet is not switched on in one instant).
@@ -529,9 +572,7 @@ impl SimAgent {
                 match dialled {
                     Ok((conn, _)) => break conn,
                     Err(e) => {
-                        if common::refused(&e) {
-                            refused += 1;
-                        }
+                        failed.count(&e);
                         tokio::time::sleep(backoff.after(plan.as_mut())).await
                     }
                 }
@@ -544,7 +585,7 @@ impl SimAgent {
                     agent: self.index,
                     generation,
                     attempts,
-                    refused,
+                    failed,
                     at: up,
                 })
                 .is_err()

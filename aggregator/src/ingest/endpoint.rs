@@ -255,12 +255,18 @@ pub async fn serve(
         }
         state.metrics.handshakes_waiting.set(waiting.len() as i64);
     }
-    // Attempts still waiting are told at once rather than left to time out.
+    // From here on a new attempt goes unanswered (see `stop_answering`); attempts still waiting were retried by
+    // this process, whose token its successor cannot read, so they are told at once rather than left to time out.
+    stop_answering(&endpoint);
     for incoming in waiting.drain() {
         incoming.refuse();
     }
     state.metrics.handshakes_waiting.set(0);
     endpoint.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
+    // Attempts quinn queued before it stopped answering and nobody took yet.
+    while let Some(incoming) = endpoint.accept().await {
+        set_aside(incoming);
+    }
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
@@ -275,6 +281,28 @@ pub async fn serve(
     // find out from their idle timeout (15 s) instead of at once. Give the driver a short moment to send them;
     // waiting out the whole draining period instead would keep the port dark while the fleet redials.
     let _ = tokio::time::timeout(CLOSE_FLUSH, endpoint.wait_idle()).await;
+}
+
+/// The first step of shutdown: this endpoint stops answering new connection attempts, while its connections are
+/// closed and drained. Refused, an agent that redials during the drain would wait for its next draw of the redial
+/// window, and the drain of a large fleet takes seconds (one attempt in twenty of a 50,000 restart met it,
+/// docs/benchmarks.md); unanswered, its client retransmits the `Initial` after its probe timeout (about a
+/// second) — to the aggregator started in this one's place, or to this one's replica behind the same address.
+/// With no server configuration quinn hands a new attempt to nobody: it only answers with a (rate-limited)
+/// stateless reset, which a client still in its handshake cannot match to its connection and ignores.
+pub fn stop_answering(endpoint: &quinn::Endpoint) {
+    endpoint.set_server_config(None);
+}
+
+/// An attempt quinn queued before [`stop_answering`]: left unanswered, so its client retransmits to whoever
+/// serves next, unless it carries this process's Retry token, which the successor cannot read (refused then, so
+/// the agent redials with a fresh attempt).
+fn set_aside(incoming: quinn::Incoming) {
+    if !incoming.may_retry() {
+        incoming.refuse();
+    } else {
+        incoming.ignore();
+    }
 }
 
 /// Sleeps until `at` (forever for `None`).
@@ -383,5 +411,125 @@ impl LiveConnections {
             info!(closed, "closed connections of revoked certificates");
         }
         closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Generous bound for one step on a loaded machine.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap();
+        let provider = crate::ingest::tls::crypto_provider();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
+        let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+        (
+            quinn::ServerConfig::with_crypto(Arc::new(server)),
+            quinn::ClientConfig::new(Arc::new(client)),
+        )
+    }
+
+    /// Forwards one client's datagrams to `server` and back, counting what came back.
+    async fn relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                if from == server {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if let Some(client) = client {
+                        let _ = socket.send_to(&buf[..n], client).await;
+                    }
+                } else {
+                    client = Some(from);
+                    let _ = socket.send_to(&buf[..n], server).await;
+                }
+            }
+        });
+        (addr, answered)
+    }
+
+    /// An agent that dials while the aggregator drains is not refused: its attempt goes unanswered, and the
+    /// retransmission is answered by the aggregator started on the same address once the old one is gone. (Refused,
+    /// the dial would fail and the agent wait for its next draw of the redial window.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dial_that_meets_the_drain_is_answered_by_the_successor() {
+        let (server_config, client_config) = configs();
+        let old = quinn::Endpoint::server(server_config.clone(), (Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
+        let port = old.local_addr().unwrap();
+        stop_answering(&old);
+        old.close(CLOSE_SHUTDOWN.into(), b"shutting down");
+        let (via, answered) = relay(port).await;
+
+        let client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let dial = tokio::spawn(
+            client
+                .connect_with(client_config, via, "localhost")
+                .unwrap(),
+        );
+        // The old endpoint read the attempt: it sent something back (a refusal before the fix, a stateless reset
+        // the client ignores after it).
+        let started = Instant::now();
+        while answered.load(Ordering::SeqCst) == 0 {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the old endpoint never read the attempt"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(old);
+        let successor = loop {
+            match quinn::Endpoint::server(server_config.clone(), port) {
+                Ok(endpoint) => break endpoint,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < PATIENCE,
+                        "the old endpoint's port stayed bound: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let accepted = tokio::spawn(async move {
+            let incoming = successor.accept().await.expect("successor closed");
+            incoming.await.map(|conn| (conn, successor))
+        });
+        let conn = tokio::time::timeout(PATIENCE, dial)
+            .await
+            .expect("the dial never ended")
+            .unwrap()
+            .expect("the dial that met the drain failed instead of reaching the successor");
+        let (_server_side, _successor) = accepted.await.unwrap().unwrap();
+        assert_eq!(conn.remote_address(), via);
     }
 }

@@ -3,6 +3,9 @@
 //! (`reconnect_spread_ms=N`), sized by the aggregator from how many agents it is dropping and how many
 //! handshakes a second it is configured to take. Agents wait a uniformly random part of that window before their
 //! first redial, so a restart is met by a steady stream of handshakes instead of all of them in one instant.
+//! While it drains, the stopping aggregator answers no new connection attempt: an agent whose draw fell into the
+//! drain is not refused but retransmits its `Initial` (QUIC's probe timeout, about a second), and the aggregator
+//! that replaces it answers.
 //!
 //! The reason stays human-readable (it shows up in logs as is); agents that do not understand the hint fall
 //! back to their ordinary jittered backoff.
