@@ -45,6 +45,10 @@ pub struct Args {
     /// Seconds to let the aggregator settle before each RSS reading.
     #[arg(long, default_value_t = 5)]
     pub settle_secs: u64,
+    /// Seconds over which the idle fleet's upkeep (CPU of the aggregator and of the bench with every agent
+    /// connected and long-polling) is measured before the restart; at least one long-poll period to be fair.
+    #[arg(long, default_value_t = 30)]
+    pub upkeep_secs: u64,
     /// Give up waiting for reconnects after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub reconnect_timeout_secs: u64,
@@ -93,14 +97,25 @@ struct FailedDials {
     other: u32,
 }
 
+#[derive(PartialEq)]
+enum FailedKind {
+    Refused,
+    TimedOut,
+    Other,
+}
+
 impl FailedDials {
-    fn count(&mut self, error: &anyhow::Error) {
+    /// Counts one failed dial; how it failed.
+    fn count(&mut self, error: &anyhow::Error) -> FailedKind {
         if common::refused(error) {
             self.refused += 1;
+            FailedKind::Refused
         } else if error.is::<tokio::time::error::Elapsed>() {
             self.timed_out += 1;
+            FailedKind::TimedOut
         } else {
             self.other += 1;
+            FailedKind::Other
         }
     }
 }
@@ -145,6 +160,7 @@ async fn measure(
     let hello = Arc::new(common::hello_frame()?);
     let poll = Arc::new(common::poll_frame(0, args.poll_wait_ms)?);
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let other_errors = OtherErrors::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let connect_started = Instant::now();
     let (agg_cpu0, bench_cpu0) = (agg.cpu_seconds()?, common::cpu_seconds_of("self")?);
@@ -162,6 +178,7 @@ async fn measure(
             poll_deadline: Duration::from_millis(u64::from(args.poll_wait_ms)) + POLL_GRACE,
             gate: gate.clone(),
             tx: tx.clone(),
+            other_errors: other_errors.clone(),
         };
         agents.spawn(sim.run());
     }
@@ -197,6 +214,8 @@ async fn measure(
     let api = agg.api();
     wait_for_polls(&api, args.agents).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let upkeep = measure_upkeep(&agg, args.agents, Duration::from_secs(args.upkeep_secs)).await?;
+    eprintln!("idle upkeep: {upkeep}");
     let rss_after = agg.rss_kib()?;
     let hwm = agg.hwm_kib()?;
     let open = api
@@ -390,6 +409,7 @@ async fn measure(
         "connect_cpu_ms": connect_cpu_ms,
         "connect_udp_rcvbuf_drops": connect_udp_drops,
         "connect_udp_drops_at": { "aggregator_socket": connect_drops_server, "agent_sockets": client_drops(&ports_before) },
+    "idle_upkeep": upkeep,
         "connect_aggregator_cpu_s_by_thread": connect_threads.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
         "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
         "kib_per_idle_agent": round(per_agent_kib, 1),
@@ -415,6 +435,7 @@ async fn measure(
                 "refused": track.iter().map(|t| u64::from(t.failed.refused)).sum::<u64>(),
                 "timed_out": track.iter().map(|t| u64::from(t.failed.timed_out)).sum::<u64>(),
                 "other": track.iter().map(|t| u64::from(t.failed.other)).sum::<u64>(),
+                "other_errors": other_errors.list(),
             },
             "reconnects_per_second_after_ready": histogram,
             "cpu_ms": reconnect_cpu_ms,
@@ -501,6 +522,33 @@ async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> 
 }
 
 /// A non-negative, finite number of seconds from the command line.
+/// CPU the idle fleet costs over `window`: the aggregator's as a share of one core (and by thread) and in
+/// microseconds per agent per second, and the bench's (its agents' keep-alives and long-polls) beside it.
+async fn measure_upkeep(
+    agg: &AggregatorProc,
+    agents: usize,
+    window: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let threads0 = common::thread_cpu(agg.pid)?;
+    let (agg0, bench0) = (agg.cpu_seconds()?, common::cpu_seconds_of("self")?);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let secs = started.elapsed().as_secs_f64();
+    let agg_share = (agg.cpu_seconds()? - agg0) / secs;
+    let bench_share = (common::cpu_seconds_of("self")? - bench0) / secs;
+    let threads = common::thread_cpu_delta(&threads0, &common::thread_cpu(agg.pid)?);
+    Ok(json!({
+        "secs": round(secs, 1),
+        "aggregator_core_share": round(agg_share, 3),
+        "aggregator_us_per_agent_second": round(agg_share * 1e6 / agents as f64, 2),
+        "aggregator_core_share_by_thread": threads
+            .iter()
+            .map(|(n, s)| json!([n, round(s / secs, 3)]))
+            .collect::<Vec<_>>(),
+        "bench_core_share": round(bench_share, 3),
+    }))
+}
+
 /// How many agents needed each number of dials to come back (`{"1": 48000, "2": 1900, ...}`).
 fn agents_by_dials(track: &[Track]) -> serde_json::Value {
     let mut by = std::collections::BTreeMap::<u32, usize>::new();
@@ -541,6 +589,28 @@ struct SimAgent {
     poll_deadline: Duration,
     gate: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Event>,
+    /// The first few distinct errors of dials counted as `other` ([`FailedDials`]), for the report.
+    other_errors: OtherErrors,
+}
+
+/// Distinct messages of dials that failed neither refused nor timed out, at most [`OtherErrors::KEPT`].
+#[derive(Clone, Default)]
+struct OtherErrors(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl OtherErrors {
+    const KEPT: usize = 5;
+
+    fn note(&self, error: &anyhow::Error) {
+        let text = format!("{error:#}");
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < Self::KEPT && !kept.contains(&text) {
+            kept.push(text);
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl SimAgent {
@@ -572,7 +642,9 @@ impl SimAgent {
                 match dialled {
                     Ok((conn, _)) => break conn,
                     Err(e) => {
-                        failed.count(&e);
+                        if failed.count(&e) == FailedKind::Other {
+                            self.other_errors.note(&e);
+                        }
                         tokio::time::sleep(backoff.after(plan.as_mut())).await
                     }
                 }

@@ -1,7 +1,7 @@
 //! Agent presence writes, group-committed.
 //!
 //! Every connection starts with a `Hello` that upserts the agent's row and reads back its cursor, and every
-//! active agent refreshes its `last_seen` every few seconds. One transaction each is fine for a handful of
+//! active agent refreshes its `last_seen` every minute ([`SEEN_REFRESH`]). One transaction each is fine for a handful of
 //! agents, but when a whole fleet reconnects after an aggregator restart, 10,000 hellos arrive within seconds:
 //! on SQLite each would cost a commit (an fsync with `synchronous=FULL`) and a turn at the single writer, and
 //! on PostgreSQL a pool connection each. This module funnels them through one writer task instead:
@@ -29,6 +29,11 @@ use crate::metrics::Metrics;
 pub const MAX_GROUP: usize = 512;
 /// How often coalesced last-seen refreshes are written.
 pub const SEEN_FLUSH: Duration = Duration::from_secs(1);
+/// Least time between two last-seen refreshes of one connected agent: half the time after which the inventory
+/// calls an agent stale, so a connected agent never looks stale, while an idle fleet of 50,000 writes ~800 rows a
+/// second rather than the 2,000 a refresh on every long-poll renewal cost (docs/benchmarks.md).
+pub const SEEN_REFRESH: Duration = Duration::from_secs(60);
+const _: () = assert!(SEEN_REFRESH.as_millis() * 2 <= super::inventory::STALE_AFTER_MS as u128);
 /// Requests that may wait for the writer.
 const QUEUE: usize = 16 * 1024;
 

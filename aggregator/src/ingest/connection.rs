@@ -17,6 +17,7 @@ use super::endpoint::IngestState;
 use super::request::{handle_report, handle_request};
 use super::{CLOSE_PROTOCOL_VIOLATION, CLOSE_REVOKED, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED};
 use crate::clock::unix_ms;
+use crate::fleet::presence::SEEN_REFRESH;
 use crate::ingest::tls::peer_identity;
 use crate::metrics;
 
@@ -190,11 +191,11 @@ impl Session {
     }
 }
 
-/// Refresh the agent's last-seen time at most every few seconds.
+/// Refresh the agent's last-seen time, at most every [`SEEN_REFRESH`].
 pub(super) fn touch(state: &IngestState, session: &Session) {
     let now = unix_ms();
     let last = session.last_seen_ms.load(Ordering::Relaxed) as i64;
-    if now - last < 5_000 {
+    if now - last < SEEN_REFRESH.as_millis() as i64 {
         return;
     }
     session.last_seen_ms.store(now as u64, Ordering::Relaxed);
