@@ -67,8 +67,13 @@ pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time allowed for tasks to finish after shutdown was requested.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// QUIC keep-alive interval; the connection is declared dead after three missed intervals (15 s).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// QUIC keep-alive interval; the connection is declared dead after three missed intervals (30 s). Each
+/// keep-alive is a packet in and an acknowledgement out at the aggregator: at 5 s they were ~10,000 packets a
+/// second each way for 50,000 idle agents, most of the aggregator's idle upkeep, which grows through a fleet's
+/// reconnect and slows its end (docs/benchmarks.md, stop 31). An aggregator restarted after a crash is still
+/// found out at the next keep-alive (its persisted stateless-reset key answers it); one that vanished at its
+/// idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Runtime knobs that are flags rather than configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -949,6 +949,10 @@ struct ScopeOffers {
     offers: Vec<Offer>,
     /// Bumped when agent labels change, so waiters re-check their audience.
     labels_generation: u64,
+    /// Whether the store was read for this scope (or a bundle announced): until then an empty list means
+    /// "not known yet", after it "nothing published". Without the distinction every long-poll renewal of a scope
+    /// with nothing published read the store again (2,000 queries a second for 50,000 idle agents).
+    known: bool,
 }
 
 impl ScopeOffers {
@@ -1018,7 +1022,7 @@ impl Hub {
         let map = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         map.get(tenant)
             .map(|s| s.borrow().clone())
-            .filter(|o| !o.offers.is_empty())
+            .filter(|o| o.known || !o.offers.is_empty())
     }
 
     /// Whether this replica serves `tenant` at all (some agent waited on it or its offers were read), empty or
@@ -1050,11 +1054,18 @@ impl Hub {
             let known = cur.newest().map(|b| b.epoch).unwrap_or(0);
             let newest = loaded.last().map(|o| o.bundle.epoch).unwrap_or(0);
             if newest <= known {
+                // Nothing newer: only remember that the store was read, without waking anyone.
+                if !cur.known {
+                    let mut next = (**cur).clone();
+                    next.known = true;
+                    *cur = Arc::new(next);
+                }
                 return false;
             }
             *cur = Arc::new(ScopeOffers {
                 offers: loaded,
                 labels_generation: cur.labels_generation,
+                known: true,
             });
             true
         });

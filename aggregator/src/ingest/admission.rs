@@ -22,8 +22,8 @@
 //!   instead of waiting out its handshake deadline and retransmitting into a full buffer.
 //!
 //! A refused attempt is **remembered** for [`REFUSED_MEMORY`] ([`RecentlyRefused`]): the client retransmits its
-//! `Initial` about a second after sending it, about when a queued attempt waits out [`MAX_WAIT`], and a copy
-//! that crosses the refusal reaches quinn as a new attempt (quinn forgets a refused one). Queued like any other
+//! `Initial` about one and three seconds after sending it (its probe timeout, doubling), and a copy that
+//! crosses the refusal reaches quinn as a new attempt (quinn forgets a refused one). Queued like any other
 //! it would, once given a slot, be a handshake with a client that is gone, holding the slot until
 //! [`HANDSHAKE_DEADLINE`]: under overload those ghosts took every slot while the CPU idled, and a fleet that had
 //! lost a few seconds (a 3 s stall at 50,000 agents) never came back at speed (issue 16, docs/benchmarks.md). A
@@ -45,13 +45,18 @@ use std::time::{Duration, Instant};
 /// cores, 128 in flight queue for ~0.13 s, far inside the agent's 5 s handshake deadline.
 pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 128;
 
-/// Attempts that may wait for a slot, per slot of the limit: at the default limit, 1,024 attempts, about one
-/// second of work at the handshake rate two cores sustain.
-pub const WAITING_PER_SLOT: usize = 8;
+/// Attempts that may wait for a slot, per slot of the limit: at the default limit, 2,048 attempts, about
+/// [`MAX_WAIT`] of work at the handshake rate two cores sustain (~1,000 a second), so the queue fills about when
+/// its oldest attempt would wait out its time anyway.
+pub const WAITING_PER_SLOT: usize = 16;
 
-/// Longest an attempt waits for a slot before it is refused: far inside the agent's handshake deadline (5 s),
-/// so a started handshake still has the time it needs.
-pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// Longest an attempt waits for a slot before it is refused: well inside the agent's handshake deadline (5 s), so
+/// a started handshake still has the time it needs. Every refusal costs its agent a redial drawn from what is left
+/// of the redial window (seconds, at the end of a window), so the queue is long enough to absorb the bunching of a
+/// returning fleet and a few seconds of a machine slower than the rate it measured: with a one-second wait, a
+/// 50,000 restart on a noisy machine refused thousands of attempts and some agents dialled seven times
+/// (docs/benchmarks.md, stop 31).
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Longest a started handshake may hold its slot. An agent gives up on a handshake after 5 s
 /// (`gait_agent::daemon::CONNECT_TIMEOUT`), and the connection would otherwise linger until its idle timeout

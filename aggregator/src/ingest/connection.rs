@@ -95,6 +95,12 @@ pub(super) async fn handle_incoming(
         .observe((identity.not_after_unix - unix_ms() / 1000).max(0) as f64);
     state.metrics.connections_open.inc();
     let conn_id = state.live.insert(identity.serial.as_str(), conn.clone());
+    // Listed now, so a revocation from here on is caught by the scan that follows it; one that landed between the
+    // check above and the listing (a scan runs only when the list gains a serial) is caught here.
+    if state.revoked.contains(identity.serial.as_str()) {
+        metrics::inc_labelled(&state.metrics.connections_refused, "stage", "revoked");
+        conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+    }
     debug!(%remote, agent = %identity.spiffe, serial = %identity.serial, "agent connected");
     let key = identity.key();
     let spiffe = identity.spiffe.clone();

@@ -27,10 +27,14 @@ impl RevocationSet {
         }
     }
 
-    /// Replaces the whole set (e.g. after reloading it from the store).
-    pub fn replace_all(&self, serials: Vec<gait_identity::CertSerial>) {
+    /// Replaces the whole set (e.g. after reloading it from the store). Returns whether it holds a serial it did
+    /// not hold before, i.e. whether live connections need checking again.
+    pub fn replace_all(&self, serials: Vec<gait_identity::CertSerial>) -> bool {
         let fresh: HashSet<String> = serials.into_iter().map(|s| s.as_str().to_owned()).collect();
-        *self.write() = fresh;
+        let mut current = self.write();
+        let added = !fresh.is_subset(&current);
+        *current = fresh;
+        added
     }
 
     /// Whether `serial` is revoked.

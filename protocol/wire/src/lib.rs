@@ -166,9 +166,9 @@
 //! agents use to spread their redials) and [`close::CLOSE_IDENTITY_IN_USE`] (5).
 //!
 //! Before any of these, an aggregator working on as many handshakes as it takes at a time answers a new
-//! attempt from an address it has validated by holding it (up to 8 attempts per handshake slot, each for at most
-//! one second) and starting it when a slot frees, and with the QUIC transport error `CONNECTION_REFUSED` (one packet,
-//! no handshake) when that queue is full or the attempt waited its second; a copy of a refused attempt's `Initial`
+//! attempt from an address it has validated by holding it (up to 16 attempts per handshake slot, each for at most
+//! 2 seconds) and starting it when a slot frees, and with the QUIC transport error `CONNECTION_REFUSED` (one packet,
+//! no handshake) when that queue is full or the attempt waited its time; a copy of a refused attempt's `Initial`
 //! that arrives afterwards (sent before the refusal reached the client) is refused again at once. From half the bound
 //! it asks an address it has not validated yet for a stateless QUIC Retry first, so only validated addresses wait;
 //! with the queue full, a newcomer is refused at once, validated or not. A refused agent is not at
