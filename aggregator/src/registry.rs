@@ -1145,4 +1145,67 @@ mod tests {
             .expect("on the newest epoch");
         assert_eq!(next.epoch, 3);
     }
+
+    /// A scope with nothing published is read from the store once, not at every long-poll renewal, and a bundle
+    /// published afterwards (here, and through another replica on the same store) still reaches its agents.
+    #[tokio::test]
+    async fn a_scope_with_nothing_published_is_read_once_and_still_sees_a_later_publish() {
+        let db = gait_store::testing::sqlite_temp().await.expect("store");
+        let replica = |seed| {
+            Registry::new(
+                db.store().clone(),
+                SigningKey::from_seed(&[seed; 32]),
+                BundleDefaults::default(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )
+        };
+        let (here, other) = (replica(7), replica(7));
+        let tenant = Tenant::from_parts("acme", "web", "prod").expect("tenant");
+        let agent = gait_store::AgentKey::new(tenant.clone(), "a1".parse().expect("agent id"));
+
+        assert!(here.hub.offers(&tenant).is_none(), "not read yet");
+        let short = Duration::from_millis(10);
+        assert!(here.wait_newer(&agent, 0, short).await.unwrap().is_none());
+        let read = here
+            .hub
+            .offers(&tenant)
+            .expect("read once: remembered as empty");
+        assert!(read.offers.is_empty());
+
+        // Published through another replica: this one learns it from the change notification (or its periodic
+        // refresh of long-polled scopes) and offers it.
+        other
+            .publish(&tenant, request("default_verdict: block\n"))
+            .await
+            .expect("publish");
+        assert!(
+            here.offered_to(&agent).await.unwrap().is_none(),
+            "not announced here yet: the remembered empty list answers, without a store read"
+        );
+        here.scope_changed(&tenant).await.expect("reload");
+        assert_eq!(
+            here.offered_to(&agent)
+                .await
+                .unwrap()
+                .expect("offered")
+                .epoch,
+            1
+        );
+
+        // Published here while an agent waits: it is woken with the bundle.
+        let waiting = {
+            let here = &here;
+            let agent = agent.clone();
+            async move { here.wait_newer(&agent, 1, Duration::from_secs(60)).await }
+        };
+        let publish = async {
+            // The waiter subscribes before it reads; yielding once lets it park first.
+            tokio::task::yield_now().await;
+            here.publish(&tenant, request("default_verdict: allow\n"))
+                .await
+        };
+        let (woken, published) = tokio::join!(waiting, publish);
+        published.expect("publish");
+        assert_eq!(woken.unwrap().expect("woken with the bundle").epoch, 2);
+    }
 }

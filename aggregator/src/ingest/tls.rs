@@ -336,12 +336,17 @@ mod tests {
         assert!(clone.contains("abc"));
         assert!(clone.contains("000abc"));
         assert!(!clone.contains("abd"));
-        clone.replace_all(vec![
-            gait_identity::CertSerial::parse("ff").expect("valid serial"),
-        ]);
+        let serial = |s: &str| gait_identity::CertSerial::parse(s).expect("valid serial");
+        // A reload that brings a serial not held before says so (live connections are checked again)...
+        assert!(clone.replace_all(vec![serial("ff")]));
         assert!(!set.contains("0abc"));
         assert!(set.contains("FF"));
         assert_eq!(set.len(), 1);
+        // ...one that brings nothing new does not (the same list, or one with a serial dropped).
+        assert!(!set.replace_all(vec![serial("FF")]));
+        assert!(set.replace_all(vec![serial("ff"), serial("10")]));
+        assert!(!set.replace_all(vec![serial("10")]));
+        assert!(!set.contains("ff"));
     }
 
     #[test]
