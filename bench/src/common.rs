@@ -787,11 +787,16 @@ pub struct AgentCreds {
 impl AgentCreds {
     /// The agent's QUIC client configuration (built exactly as the real agent builds it).
     pub fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
+        self.client_config_with(KEEP_ALIVE)
+    }
+
+    /// [`AgentCreds::client_config`] with another keep-alive interval than the agent's.
+    pub fn client_config_with(&self, keep_alive: Duration) -> anyhow::Result<quinn::ClientConfig> {
         Ok(gait_agent::tls::client_config(
             &self.dir.join(pki::CA_CERT_FILE),
             &self.dir.join(pki::AGENT_CERT_FILE),
             &self.dir.join(pki::AGENT_KEY_FILE),
-            KEEP_ALIVE,
+            keep_alive,
         )?)
     }
 }

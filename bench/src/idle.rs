@@ -49,6 +49,10 @@ pub struct Args {
     /// connected and long-polling) is measured before the restart; at least one long-poll period to be fair.
     #[arg(long, default_value_t = 30)]
     pub upkeep_secs: u64,
+    /// QUIC keep-alive interval of the simulated agents, in milliseconds (default: the real agent's), to compare
+    /// what keep-alives cost the aggregator.
+    #[arg(long)]
+    pub keep_alive_ms: Option<u64>,
     /// Give up waiting for reconnects after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub reconnect_timeout_secs: u64,
@@ -128,9 +132,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = work_dir.path().join("aggregator");
     let pki_dir = common::init_pki(&data_dir)?;
     let creds = common::issue_fleet(&pki_dir, cert_dir.path(), &scope, "idle", args.agents)?;
+    let keep_alive = args
+        .keep_alive_ms
+        .map_or(common::KEEP_ALIVE, Duration::from_millis);
     let configs = creds
         .iter()
-        .map(|c| c.client_config())
+        .map(|c| c.client_config_with(keep_alive))
         .collect::<anyhow::Result<Vec<_>>>()?;
     drop(creds);
 
@@ -214,9 +221,11 @@ async fn measure(
     let api = agg.api();
     wait_for_polls(&api, args.agents).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let rss_after = agg.rss_kib()?;
     let upkeep = measure_upkeep(&agg, args.agents, Duration::from_secs(args.upkeep_secs)).await?;
     eprintln!("idle upkeep: {upkeep}");
-    let rss_after = agg.rss_kib()?;
+    // The same fleet a long-poll period or more later: memory that grows while nothing happens would show here.
+    let rss_after_upkeep = agg.rss_kib()?;
     let hwm = agg.hwm_kib()?;
     let open = api
         .metric(gait_aggregator::metrics::CONNECTIONS_OPEN)
@@ -409,10 +418,12 @@ async fn measure(
         "connect_cpu_ms": connect_cpu_ms,
         "connect_udp_rcvbuf_drops": connect_udp_drops,
         "connect_udp_drops_at": { "aggregator_socket": connect_drops_server, "agent_sockets": client_drops(&ports_before) },
-    "idle_upkeep": upkeep,
+    "keep_alive_ms": args.keep_alive_ms.unwrap_or(common::KEEP_ALIVE.as_millis() as u64),
+        "idle_upkeep": upkeep,
         "connect_aggregator_cpu_s_by_thread": connect_threads.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
-        "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
+        "aggregator_rss_kib": { "before": rss_before, "after": rss_after, "after_upkeep_window": rss_after_upkeep, "peak": hwm, "after_restart_and_reconnect": rss_restarted },
         "kib_per_idle_agent": round(per_agent_kib, 1),
+        "kib_per_idle_agent_after_upkeep_window": round(rss_after_upkeep.saturating_sub(rss_before) as f64 / args.agents as f64, 1),
         "goal_kib_per_idle_agent": GOAL_KIB_PER_AGENT,
         "memory_goal_met": mem_met,
         "bench_rss_kib": bench_rss,
