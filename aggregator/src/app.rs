@@ -307,6 +307,9 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<String, ServeError>
 /// File (in the key directory) holding the secret behind QUIC stateless resets.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
+/// File (in the key directory) holding the secret that seals QUIC Retry tokens.
+pub const TOKEN_KEY_FILE: &str = "quic-token.key";
+
 /// File (in the key directory) holding the secret behind TLS session tickets ([`crate::ingest::tickets`]).
 pub const TICKET_KEY_FILE: &str = "tls-ticket.key";
 
@@ -319,6 +322,17 @@ fn load_or_create_reset_key(dir: &Path) -> Result<Arc<ring::hmac::Key>, ServeErr
         ring::hmac::HMAC_SHA256,
         &secret,
     )))
+}
+
+/// The key that seals QUIC Retry tokens, persisted like the reset key: an agent asked to prove its address by a
+/// process that then stops carries that process's token to the one started in its place (a stopping aggregator
+/// answers no new attempt, `ingest::endpoint::stop_answering`), which must be able to read it, or the agent's
+/// handshake fails. Replicas behind one load balancer should share this file.
+fn load_or_create_token_key(dir: &Path) -> Result<Arc<ring::hkdf::Prk>, ServeError> {
+    let secret = load_or_create_secret(dir, TOKEN_KEY_FILE)?;
+    Ok(Arc::new(
+        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"gait quic retry token").extract(&secret),
+    ))
 }
 
 /// A 32-byte secret in `dir/file`, created (mode 0600) on first use.
@@ -435,7 +449,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     } else {
         None
     };
-    let quic = server_config(
+    let mut quic = server_config(
         &ca_pem,
         &pki_dir.join("server.pem"),
         &pki_dir.join("server.key"),
@@ -443,6 +457,14 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         &config.transport,
         tickets,
     )?;
+    quic.token_key(load_or_create_token_key(&config.key_dir())?);
+    // quinn counts the attempts waiting for a handshake slot (`ingest::admission`) against `max_incoming`: room for
+    // the whole queue, or a larger `quic.max_handshakes_in_flight` would see attempts dropped before it is full.
+    quic.max_incoming(
+        config.transport.max_incoming.max(
+            config.max_handshakes_in_flight * (crate::ingest::admission::WAITING_PER_SLOT + 1),
+        ),
+    );
     let reset_key = load_or_create_reset_key(&config.key_dir())?;
     let socket = bind_udp(config.quic_listen, config.udp_buffer_bytes).map_err(|source| {
         ServeError::Bind {

@@ -9,7 +9,7 @@
 //!   listen: 0.0.0.0:7443                    # UDP address agents connect to
 //!   udp_buffer_bytes: 8388608
 //!   reconnect_rate: 1000                    # until a handshake rate is measured under load
-//!   max_handshakes_in_flight: 128           # more wait (8 per slot, 1 s), then are refused
+//!   max_handshakes_in_flight: 128           # more wait (16 per slot, 2 s), then are refused
 //!   session_tickets: true
 //! http:
 //!   listen: 0.0.0.0:7080                    # operator HTTP API; HTTPS unless on a loopback address

@@ -532,7 +532,6 @@ async fn wait_for_polls(api: &common::Api, agents: usize) -> anyhow::Result<()> 
     }
 }
 
-/// A non-negative, finite number of seconds from the command line.
 /// CPU the idle fleet costs over `window`: the aggregator's as a share of one core (and by thread) and in
 /// microseconds per agent per second, and the bench's (its agents' keep-alives and long-polls) beside it.
 async fn measure_upkeep(
@@ -572,6 +571,7 @@ fn agents_by_dials(track: &[Track]) -> serde_json::Value {
         .into()
 }
 
+/// A non-negative, finite number of seconds from the command line.
 fn secs(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("{flag} {value}: give a number of seconds, 0 or more"))

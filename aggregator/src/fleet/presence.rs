@@ -29,11 +29,18 @@ use crate::metrics::Metrics;
 pub const MAX_GROUP: usize = 512;
 /// How often coalesced last-seen refreshes are written.
 pub const SEEN_FLUSH: Duration = Duration::from_secs(1);
-/// Least time between two last-seen refreshes of one connected agent: half the time after which the inventory
-/// calls an agent stale, so a connected agent never looks stale, while an idle fleet of 50,000 writes ~800 rows a
-/// second rather than the 2,000 a refresh on every long-poll renewal cost (docs/benchmarks.md).
-pub const SEEN_REFRESH: Duration = Duration::from_secs(60);
-const _: () = assert!(SEEN_REFRESH.as_millis() * 2 <= super::inventory::STALE_AFTER_MS as u128);
+/// Least time between two last-seen refreshes of one connected agent. A refresh rides on a finished request, so an
+/// idle agent's next one comes with its first long-poll renewal after this (at most [`crate::ingest::MAX_POLL_WAIT`]
+/// later) and is written within [`SEEN_FLUSH`]: together well inside the time after which the inventory calls an
+/// agent stale, so a connected agent never looks stale, while an idle fleet of 50,000 writes ~1,000 rows a second
+/// rather than the 2,000 a refresh at every renewal cost (docs/benchmarks.md).
+pub const SEEN_REFRESH: Duration = Duration::from_secs(45);
+const _: () = assert!(
+    (SEEN_REFRESH.as_millis()
+        + crate::ingest::MAX_POLL_WAIT.as_millis()
+        + 2 * SEEN_FLUSH.as_millis())
+        < super::inventory::STALE_AFTER_MS as u128
+);
 /// Requests that may wait for the writer.
 const QUEUE: usize = 16 * 1024;
 
@@ -90,11 +97,14 @@ impl Presence {
             .map_err(PresenceError::Store)
     }
 
-    /// Note that the agent was seen now; written within [`SEEN_FLUSH`], or dropped under overload.
-    pub fn seen(&self, key: &AgentKey) {
+    /// Note that the agent was seen now; written within [`SEEN_FLUSH`], or dropped under overload (`false`: the
+    /// caller should try again at its next request rather than wait a whole [`SEEN_REFRESH`]).
+    pub fn seen(&self, key: &AgentKey) -> bool {
         if self.tx.try_send(Request::Seen(key.clone())).is_err() {
             debug!(agent = %key, "presence queue full; last-seen refresh dropped");
+            return false;
         }
+        true
     }
 }
 

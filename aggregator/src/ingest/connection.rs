@@ -204,6 +204,7 @@ pub(super) fn touch(state: &IngestState, session: &Session) {
     if now - last < SEEN_REFRESH.as_millis() as i64 {
         return;
     }
-    session.last_seen_ms.store(now as u64, Ordering::Relaxed);
-    state.presence.seen(&session.key);
+    if state.presence.seen(&session.key) {
+        session.last_seen_ms.store(now as u64, Ordering::Relaxed);
+    }
 }

@@ -259,17 +259,17 @@ pub async fn serve(
         }
         state.metrics.handshakes_waiting.set(waiting.len() as i64);
     }
-    // From here on a new attempt goes unanswered (see `stop_answering`); attempts still waiting were retried by
-    // this process, whose token its successor cannot read, so they are told at once rather than left to time out.
+    // From here on a new attempt goes unanswered (see `stop_answering`), and so do those still waiting and those
+    // quinn queued before it stopped: their clients retransmit to the process started in this one's place (it
+    // reads the Retry tokens this one issued: the token key is persisted, `app::TOKEN_KEY_FILE`).
     stop_answering(&endpoint);
     for incoming in waiting.drain() {
-        incoming.refuse();
+        incoming.ignore();
     }
     state.metrics.handshakes_waiting.set(0);
     endpoint.close(CLOSE_SHUTDOWN.into(), state.shutdown_reason());
-    // Attempts quinn queued before it stopped answering and nobody took yet.
     while let Some(incoming) = endpoint.accept().await {
-        set_aside(incoming);
+        incoming.ignore();
     }
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
@@ -289,24 +289,13 @@ pub async fn serve(
 
 /// The first step of shutdown: this endpoint stops answering new connection attempts, while its connections are
 /// closed and drained. Refused, an agent that redials during the drain would wait for its next draw of the redial
-/// window, and the drain of a large fleet takes seconds (one attempt in twenty of a 50,000 restart met it,
+/// window, and the drain of a large fleet takes seconds (3–4 % of the agents of a 50,000 restart met it,
 /// docs/benchmarks.md); unanswered, its client retransmits the `Initial` after its probe timeout (about a
 /// second) — to the aggregator started in this one's place, or to this one's replica behind the same address.
 /// With no server configuration quinn hands a new attempt to nobody: it only answers with a (rate-limited)
 /// stateless reset, which a client still in its handshake cannot match to its connection and ignores.
 pub fn stop_answering(endpoint: &quinn::Endpoint) {
     endpoint.set_server_config(None);
-}
-
-/// An attempt quinn queued before [`stop_answering`]: left unanswered, so its client retransmits to whoever
-/// serves next, unless it carries this process's Retry token, which the successor cannot read (refused then, so
-/// the agent redials with a fresh attempt).
-fn set_aside(incoming: quinn::Incoming) {
-    if !incoming.may_retry() {
-        incoming.refuse();
-    } else {
-        incoming.ignore();
-    }
 }
 
 /// Sleeps until `at` (forever for `None`).
@@ -535,5 +524,74 @@ mod tests {
             .expect("the dial that met the drain failed instead of reaching the successor");
         let (_server_side, _successor) = accepted.await.unwrap().unwrap();
         assert_eq!(conn.remote_address(), via);
+    }
+
+    /// An attempt the old process asked to validate its address (a Retry) just before it stopped answering carries
+    /// that process's token to the successor, which reads it because both seal tokens with the same persisted key
+    /// (`app::TOKEN_KEY_FILE`): the handshake completes, validated. (With a key of its own, the successor would take
+    /// the token for none, and the client would fail the handshake on the mismatched connection IDs.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_dial_that_meets_the_drain_is_completed_by_the_successor() {
+        let (mut server_config, client_config) = configs();
+        let secret = [7u8; 32];
+        server_config.token_key(Arc::new(
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"test").extract(&secret),
+        ));
+        let old = quinn::Endpoint::server(server_config.clone(), (Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
+        let port = old.local_addr().unwrap();
+        let (via, answered) = relay(port).await;
+        let client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let dial = tokio::spawn(
+            client
+                .connect_with(client_config, via, "localhost")
+                .unwrap(),
+        );
+
+        let incoming = tokio::time::timeout(PATIENCE, old.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        // The drain begins between the Retry and the client's answer to it.
+        stop_answering(&old);
+        incoming.retry().unwrap();
+        old.close(CLOSE_SHUTDOWN.into(), b"shutting down");
+        // The Retry, then the old endpoint's answer to the client's token-bearing Initial (a stateless reset).
+        let started = Instant::now();
+        while answered.load(Ordering::SeqCst) < 2 {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the old endpoint never read the retried attempt"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(old);
+        let successor = loop {
+            match quinn::Endpoint::server(server_config.clone(), port) {
+                Ok(endpoint) => break endpoint,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < PATIENCE,
+                        "the old endpoint's port stayed bound: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let accepted = tokio::spawn(async move {
+            let incoming = successor.accept().await.expect("successor closed");
+            let validated = incoming.remote_address_validated();
+            incoming.await.map(|conn| (validated, conn, successor))
+        });
+        tokio::time::timeout(PATIENCE, dial)
+            .await
+            .expect("the dial never ended")
+            .unwrap()
+            .expect("the retried dial that met the drain failed instead of reaching the successor");
+        let (validated, _conn, _successor) = accepted.await.unwrap().unwrap();
+        assert!(
+            validated,
+            "the successor did not read the predecessor's Retry token"
+        );
     }
 }
