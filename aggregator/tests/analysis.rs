@@ -258,13 +258,6 @@ impl Rng {
 
 /// Ingests `corpus` in order, whole agents at a time, folding at the end.
 async fn ingest_in_order(store: &Store, corpus: &[(AgentKey, Vec<NewRecord>)]) -> Result<()> {
-    ingest_unfolded(store, corpus).await?;
-    catch_up(store, SETTLED).await?;
-    Ok(())
-}
-
-/// Ingests `corpus` in order, whole agents at a time, and folds nothing.
-async fn ingest_unfolded(store: &Store, corpus: &[(AgentKey, Vec<NewRecord>)]) -> Result<()> {
     let intake = Intake::new(store.clone());
     for (key, records) in corpus {
         store.agent_connected(key, &hello(), now()).await?;
@@ -272,6 +265,7 @@ async fn ingest_unfolded(store: &Store, corpus: &[(AgentKey, Vec<NewRecord>)]) -
             intake.commit_batch(key, chunk, &[], &[], now()).await?;
         }
     }
+    catch_up(store, SETTLED).await?;
     Ok(())
 }
 
@@ -373,7 +367,6 @@ gait_store::store_tests!(
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
     coverage_names_the_tools_runpacks_called_without_a_gate,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
-    rows_indexed_before_the_stored_features_fold_the_same,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1666,38 +1659,6 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
             field: "baseline", ..
         }) => {}
         other => anyhow::bail!("baseline = run: {other:?}"),
-    }
-    Ok(())
-}
-
-/// Ingest stores what the upkeep reads of each row (its grain, time and flags; migration 0026) and the upkeep
-/// computes the same from the row's columns for a row indexed before: an org whose rows all lack them, and one
-/// where every other row lacks them (so one range holds both kinds of the same group), fold to the same
-/// families, scores and posture as an org whose rows all have them.
-async fn rows_indexed_before_the_stored_features_fold_the_same(db: &TestStore) -> Result<()> {
-    let store = db.store();
-    let base = now();
-    ingest_in_order(store, &corpus("stored", base)).await?;
-    let a = analytics(store);
-    let want = snapshot(&a, "stored", base).await?;
-    ensure!(
-        want["families"]["families"].as_array().map(Vec::len) == Some(5),
-        "{}",
-        want["families"]
-    );
-    for (org, every_nth, forgotten) in [("legacy", 1, 180), ("mixed", 2, 90)] {
-        ingest_unfolded(store, &corpus(org, base)).await?;
-        ensure!(
-            store.analysis_features_disagreeing(&org.parse()?).await? == 0,
-            "stored features differ from what the upkeep computes from the columns"
-        );
-        let n = store
-            .forget_analysis_features(&org.parse()?, every_nth)
-            .await?;
-        ensure!(n == forgotten, "{org}: forgot {n} rows, want {forgotten}");
-        catch_up(store, SETTLED).await?;
-        let got = snapshot(&a, org, base).await?;
-        ensure!(got == want, "{org} differs:\n{got:#}\nwant\n{want:#}");
     }
     Ok(())
 }

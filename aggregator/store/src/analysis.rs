@@ -432,174 +432,37 @@ macro_rules! risk_rank {
     };
 }
 
-/// A row's features for the upkeep, for rows indexed before ingest stored them (migration 0026): the same
-/// bits as [`row_features`] (0–1 risk rank, 2 destructive, 3 egress or taint, 4–5 severity rank, 6 regress
-/// passed, 7 regress failed), computed from the row's columns.
-macro_rules! legacy_flags {
-    () => {
-        concat!(
-            "((",
-            risk_rank!(),
-            ") + (CASE WHEN destructive = 1 THEN 4 ELSE 0 END) \
-             + (CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
-             OR LOWER(reason_codes) LIKE '%taint%' THEN 8 ELSE 0 END) \
-             + 16 * (CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' \
-             THEN 2 WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) \
-             + (CASE WHEN regress_status = 'pass' THEN 64 ELSE 0 END) \
-             + (CASE WHEN regress_status IS NOT NULL AND regress_status <> 'pass' THEN 128 ELSE 0 END))"
-        )
-    };
-}
-
-/// A row's grain for the upkeep, for rows indexed before ingest stored it: its grouping columns, each length
-/// prefixed (`-` for NULL), as text. It never equals a stored grain (16 bytes; this is always longer).
-macro_rules! legacy_grain {
-    () => {
-        "length(org) || ':' || org || length(project) || ':' || project || length(env) || ':' || env \
-         || COALESCE(length(family) || ':' || family, '-') || length(agent_id) || ':' || agent_id \
-         || COALESCE(length(tool_name) || ':' || tool_name, '-') || COALESCE(length(verdict) || ':' || verdict, '-') \
-         || COALESCE(length(stage) || ':' || stage, '-') || class"
-    };
-}
-
 /// The range `($1, $2]` pre-aggregated once into the temporary table `analysis_range` at the grain every
-/// fold needs (environment, family, agent, day, tool, verdict, stage, class): one pass over the evidence rows,
-/// after which the folds, the agents new to a family and the families to define read a table of a few rows per
-/// family, agent and day. (The family implies tool, verdict and class; they are keys for rows indexed before
-/// families existed, which count in posture only.)
-///
-/// The pass groups on two narrow keys, the row's grain (a 16-byte hash of its grouping columns, stored by
-/// ingest) and its day, and aggregates integers (`analysis_flags`, stored by ingest); the group's columns are
-/// then read from its first row. Grouping on the nine text columns themselves carried them through the sort and made the
-/// pass twice as slow (`docs/benchmarks.md`, stop 32). Rows indexed before migration 0026 get the same values
-/// from their columns (`legacy_grain!`, `legacy_flags!`); a group of them may share its columns with
-/// a group of newer rows, which every fold sums or takes the extreme of again.
-macro_rules! range_columns {
-    ($legacy_grain:expr, $fence:literal) => {
-        concat!(
-            " AS SELECT e.org, e.project, e.env, e.family, e.agent_id, g.day, \
-             COALESCE(e.tool_name, '(unknown)') AS tool, e.verdict, COALESCE(e.stage, 'none') AS stage, e.class, \
-             g.first_id, g.n, g.first_seen, g.last_seen, g.risk_rank, g.destructive, g.egress_or_taint, \
-             g.severity_rank, g.high_risk, g.destructive_n, g.passed, g.failed, g.representative \
-             FROM (SELECT MIN(id) AS first_id, t / 86400000 AS day, COUNT(*) AS n, MIN(t) AS first_seen, \
-             MAX(t) AS last_seen, MAX(f & 3) AS risk_rank, MAX((f >> 2) & 1) AS destructive, \
-             MAX((f >> 3) & 1) AS egress_or_taint, MAX((f >> 4) & 3) AS severity_rank, \
-             SUM((f >> 1) & 1) AS high_risk, SUM((f >> 2) & 1) AS destructive_n, SUM((f >> 6) & 1) AS passed, \
-             SUM((f >> 7) & 1) AS failed, MIN(rep) AS representative \
-             FROM (SELECT id, COALESCE(analysis_grain, ",
-            $legacy_grain,
-            ") AS grain, ",
-            at_ms!(),
-            " AS t, COALESCE(analysis_flags, ",
-            legacy_flags!(),
-            ") AS f, CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END AS rep",
-            in_range!(),
-            " AND (class = 'decision' OR artifact_kind = 'regress_result')",
-            $fence,
-            ") r GROUP BY grain, t / 86400000) g \
-             JOIN evidence_index e ON e.id = g.first_id AND e.id > $1 AND e.id <= $2"
-        )
-    };
-}
-
-/// [`range_columns!`] on SQLite: a legacy grain is text, never equal to a stored (blob) one. The inner query
-/// keeps its `LIMIT`/`OFFSET` so SQLite runs it as a co-routine instead of flattening it into the grouping:
-/// flattened, the sort would carry every column the fallbacks name (the wide text ones) and evaluate them after
-/// sorting, which made the pass slower than grouping on the text columns.
-const RANGE_SQLITE: &str = range_columns!(legacy_grain!(), " LIMIT -1 OFFSET 0");
-/// [`range_columns!`] on PostgreSQL: a legacy grain is the text's bytes (`bytea`, like the stored grain).
-const RANGE_POSTGRES: &str = range_columns!(
-    concat!("convert_to(", legacy_grain!(), ", 'UTF8')"),
-    " OFFSET 0"
+/// fold needs (environment, family, agent, day, tool, verdict, stage, class): one pass over the wide evidence
+/// rows, after which the folds, the agents new to a family and the families to define read a table of a few
+/// rows per family, agent and day. (The family implies tool, verdict and class; they are keys for rows indexed
+/// before families existed, which count in posture only.)
+const RANGE_COLUMNS: &str = concat!(
+    " AS SELECT org, project, env, family, agent_id, ",
+    at_ms!(),
+    " / 86400000 AS day, COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, \
+     class, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
+    at_ms!(),
+    ") AS first_seen, MAX(",
+    at_ms!(),
+    ") AS last_seen, MAX(",
+    risk_rank!(),
+    ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
+     MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
+     OR LOWER(reason_codes) LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
+     MAX(CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' THEN 2 \
+     WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) AS severity_rank, \
+     SUM(CASE WHEN risk_class = 'high' OR risk_class = 'critical' THEN 1 ELSE 0 END) AS high_risk, \
+     SUM(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive_n, \
+     SUM(CASE WHEN regress_status = 'pass' THEN 1 ELSE 0 END) AS passed, \
+     SUM(CASE WHEN regress_status IS NOT NULL AND regress_status <> 'pass' THEN 1 ELSE 0 END) AS failed, \
+     MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
+    in_range!(),
+    " AND (class = 'decision' OR artifact_kind = 'regress_result') \
+     GROUP BY org, project, env, family, agent_id, ",
+    at_ms!(),
+    " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class"
 );
-
-/// Bits of `evidence_index.analysis_flags` (migration 0026); [`legacy_flags!`] computes the same in SQL.
-const FLAG_DESTRUCTIVE: i32 = 1 << 2;
-const FLAG_EGRESS_OR_TAINT: i32 = 1 << 3;
-const FLAG_SEVERITY_SHIFT: u32 = 4;
-const FLAG_REGRESS_PASSED: i32 = 1 << 6;
-const FLAG_REGRESS_FAILED: i32 = 1 << 7;
-
-/// What the upkeep reads of one evidence row, computed by ingest from the row's own columns and stored on it
-/// (migration 0026), so the upkeep's one pass over a range groups and sums integers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RowFeatures {
-    /// The first 16 bytes of a SHA-256 over the grouping columns (org, project, env, family, agent, tool,
-    /// verdict, stage, class), each length-prefixed: rows share a grain exactly when they share those columns
-    /// (two tuples with one grain would take ~2^64 hashes to find).
-    pub grain: [u8; 16],
-    /// Risk rank, destructive, egress or taint, severity rank and regress outcome ([`legacy_flags!`]).
-    pub flags: i32,
-}
-
-/// The features of a row of `tenant`'s agent `agent_id` with these columns (`reason_codes` as stored: the
-/// JSON list).
-pub(crate) fn row_features(
-    tenant: &Tenant,
-    agent_id: &str,
-    class: EvidenceClass,
-    f: &IndexFields,
-    reason_codes: Option<&str>,
-) -> RowFeatures {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(b"gait.analysis.grain.v1");
-    let mut put = |v: Option<&str>| match v {
-        Some(s) => {
-            h.update([1u8]);
-            h.update((s.len() as u64).to_be_bytes());
-            h.update(s.as_bytes());
-        }
-        None => h.update([0u8]),
-    };
-    put(Some(tenant.org.as_str()));
-    put(Some(tenant.project.as_str()));
-    put(Some(tenant.env.as_str()));
-    put(f.family.as_deref());
-    put(Some(agent_id));
-    put(f.tool_name.as_deref());
-    put(f.verdict.as_deref());
-    put(f.stage.as_deref());
-    put(Some(class.as_str()));
-    let digest = h.finalize();
-    let mut grain = [0u8; 16];
-    grain.copy_from_slice(&digest[..16]);
-
-    let verdict = f.verdict.as_deref();
-    let risk = match f.risk_class.as_deref() {
-        Some("critical") => 3,
-        Some("high") => 2,
-        Some("medium") => 1,
-        _ => 0,
-    };
-    // `LIKE` as SQLite reads it: ASCII case-insensitive.
-    let egress = f.endpoint_classes.as_deref().is_some_and(|ec| {
-        ec.split(',')
-            .any(|c| c.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("net.")))
-    }) || reason_codes.is_some_and(|rc| rc.to_ascii_lowercase().contains("taint"));
-    let severity = if class == EvidenceClass::Artifact || verdict == Some("block") {
-        3
-    } else if verdict == Some("require_approval") {
-        2
-    } else if verdict == Some("dry_run") || f.would_have_blocked == Some(true) {
-        1
-    } else {
-        0
-    };
-    let mut flags = risk | (severity << FLAG_SEVERITY_SHIFT);
-    if f.destructive == Some(true) {
-        flags |= FLAG_DESTRUCTIVE;
-    }
-    if egress {
-        flags |= FLAG_EGRESS_OR_TAINT;
-    }
-    match f.regress_status.as_deref() {
-        Some("pass") => flags |= FLAG_REGRESS_PASSED,
-        Some(_) => flags |= FLAG_REGRESS_FAILED,
-        None => {}
-    }
-    RowFeatures { grain, flags }
-}
 
 /// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
 /// Ranges fold one at a time (the cursor's compare-and-set serializes them), so none is added twice.
@@ -758,11 +621,13 @@ async fn fold_range(
             .map_err(db("analysis: work_mem"))?
             .rows_affected(),
     );
-    let range = match conn {
-        Conn::Sqlite(_) => RANGE_SQLITE,
-        Conn::Postgres(_) => RANGE_POSTGRES,
-    };
-    create_temp(conn.reborrow(), "analysis_range", range, &[from, to]).await?;
+    create_temp(
+        conn.reborrow(),
+        "analysis_range",
+        RANGE_COLUMNS,
+        &[from, to],
+    )
+    .await?;
     let defs = define(&samples(conn.reborrow()).await?);
     for d in &defs {
         db_run!(conn, |c| sqlx::query(DEFINE)
@@ -1341,269 +1206,5 @@ impl crate::Store {
     ) -> Result<Vec<EnvFreshness>, StoreError> {
         let mut pooled = self.acquire().await?;
         freshness(pooled.conn(), filter).await
-    }
-}
-
-#[cfg(any(test, feature = "test-util"))]
-impl crate::Store {
-    /// Test support: evidence rows whose stored analysis features (migration 0026) differ from what the
-    /// upkeep computes from the row's columns for a row indexed before it (`legacy_flags!`), plus
-    /// grains shared by rows of different grouping columns and grouping columns spread over several grains.
-    /// 0 when ingest and the SQL agree on every row of `org`.
-    #[doc(hidden)]
-    pub async fn analysis_features_disagreeing(&self, org: &Org) -> Result<u64, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT (SELECT COUNT(*) FROM evidence_index WHERE org = $1 AND (analysis_grain IS NULL \
-             OR analysis_flags IS NULL OR analysis_flags <> ",
-            legacy_flags!(),
-            ")) + (SELECT COUNT(*) FROM (SELECT analysis_grain FROM evidence_index WHERE org = $1 \
-             GROUP BY analysis_grain HAVING COUNT(DISTINCT ",
-            legacy_grain!(),
-            ") > 1) s) + (SELECT COUNT(*) FROM (SELECT ",
-            legacy_grain!(),
-            " AS k FROM evidence_index WHERE org = $1 GROUP BY ",
-            legacy_grain!(),
-            " HAVING COUNT(DISTINCT analysis_grain) > 1) t)"
-        );
-        let mut pooled = self.acquire().await?;
-        let mut conn = pooled.conn();
-        let n: i64 = db_run!(conn, |c| sqlx::query_scalar(SQL)
-            .bind(org.as_str())
-            .fetch_one(&mut *c)
-            .await
-            .map_err(db("analysis_features_disagreeing"))?);
-        to_u64("evidence_index", "count", n)
-    }
-
-    /// Test support: forgets the stored analysis features of `org`'s rows whose seq is a multiple of
-    /// `every_nth`, as if they were indexed before migration 0026.
-    #[doc(hidden)]
-    pub async fn forget_analysis_features(
-        &self,
-        org: &Org,
-        every_nth: u32,
-    ) -> Result<u64, StoreError> {
-        const SQL: &str = "UPDATE evidence_index SET analysis_grain = NULL, analysis_flags = NULL \
-             WHERE org = $1 AND seq % $2 = 0";
-        let mut pooled = self.acquire().await?;
-        let mut conn = pooled.conn();
-        Ok(db_run!(conn, |c| sqlx::query(SQL)
-            .bind(org.as_str())
-            .bind(i64::from(every_nth.max(1)))
-            .execute(&mut *c)
-            .await
-            .map_err(db("forget_analysis_features"))?
-            .rows_affected()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(org: &str, project: &str, env: &str) -> Tenant {
-        Tenant::from_parts(org, project, env).expect("tenant")
-    }
-
-    fn decision() -> IndexFields {
-        IndexFields {
-            family: Some("f".repeat(64)),
-            tool_name: Some("tool.fs".into()),
-            verdict: Some("allow".into()),
-            stage: Some("enforce".into()),
-            ..IndexFields::default()
-        }
-    }
-
-    fn grain(t: &Tenant, agent: &str, class: EvidenceClass, f: &IndexFields) -> [u8; 16] {
-        row_features(t, agent, class, f, None).grain
-    }
-
-    fn flags(class: EvidenceClass, f: &IndexFields, codes: Option<&str>) -> i32 {
-        row_features(&tenant("o", "p", "e"), "a", class, f, codes).flags
-    }
-
-    #[test]
-    fn the_grain_is_the_grouping_columns_and_nothing_else() {
-        let t = tenant("o", "p", "e");
-        let d = EvidenceClass::Decision;
-        let base = grain(&t, "a", d, &decision());
-        // Columns outside the grouping leave it alone.
-        let other = IndexFields {
-            intent_digest: Some("1".repeat(64)),
-            risk_class: Some("high".into()),
-            matched_rule: Some("r".into()),
-            ..decision()
-        };
-        assert_eq!(grain(&t, "a", d, &other), base);
-        // Each grouping column changes it, and so does NULL against an empty string.
-        let changed = [
-            grain(&tenant("o2", "p", "e"), "a", d, &decision()),
-            grain(&tenant("o", "p2", "e"), "a", d, &decision()),
-            grain(&tenant("o", "p", "e2"), "a", d, &decision()),
-            grain(&t, "a2", d, &decision()),
-            grain(&t, "a", EvidenceClass::Artifact, &decision()),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    family: None,
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    tool_name: None,
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    tool_name: Some(String::new()),
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    verdict: Some("block".into()),
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    verdict: None,
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    stage: Some("observe".into()),
-                    ..decision()
-                },
-            ),
-            grain(
-                &t,
-                "a",
-                d,
-                &IndexFields {
-                    stage: None,
-                    ..decision()
-                },
-            ),
-        ];
-        for (i, g) in changed.iter().enumerate() {
-            assert_ne!(*g, base, "change {i} kept the grain");
-            for (j, h) in changed.iter().enumerate().skip(i + 1) {
-                assert_ne!(g, h, "changes {i} and {j} share a grain");
-            }
-        }
-        // Length prefixes: moving a character from one column to the next is another grain.
-        assert_ne!(
-            grain(&tenant("ab", "c", "e"), "a", d, &decision()),
-            grain(&tenant("a", "bc", "e"), "a", d, &decision())
-        );
-    }
-
-    #[test]
-    fn flags_rank_risk_severity_and_outcome() {
-        let d = EvidenceClass::Decision;
-        let with = |f: IndexFields| flags(d, &f, None);
-        assert_eq!(with(decision()), 0);
-        for (risk, rank) in [
-            ("low", 0),
-            ("medium", 1),
-            ("high", 2),
-            ("critical", 3),
-            ("HIGH", 0),
-        ] {
-            let f = IndexFields {
-                risk_class: Some(risk.into()),
-                ..decision()
-            };
-            assert_eq!(with(f) & 3, rank, "{risk}");
-        }
-        // High risk (counted in posture) is exactly rank 2 or 3: bit 1.
-        let f = IndexFields {
-            risk_class: Some("medium".into()),
-            ..decision()
-        };
-        assert_eq!((with(f) >> 1) & 1, 0);
-        for (verdict, would, rank) in [
-            ("block", None, 3),
-            ("require_approval", None, 2),
-            ("dry_run", None, 1),
-            ("allow", Some(true), 1),
-            ("allow", Some(false), 0),
-        ] {
-            let f = IndexFields {
-                verdict: Some(verdict.into()),
-                would_have_blocked: would,
-                ..decision()
-            };
-            assert_eq!(
-                with(f) >> FLAG_SEVERITY_SHIFT & 3,
-                rank,
-                "{verdict} {would:?}"
-            );
-        }
-        assert_eq!(
-            flags(EvidenceClass::Artifact, &decision(), None) >> FLAG_SEVERITY_SHIFT,
-            3
-        );
-        let f = IndexFields {
-            destructive: Some(true),
-            ..decision()
-        };
-        assert_eq!(with(f), FLAG_DESTRUCTIVE);
-        for (classes, egress) in [
-            ("fs.read,net.http", true),
-            ("NET.dns", true),
-            ("fs.net.x", false),
-            ("fs.read", false),
-        ] {
-            let f = IndexFields {
-                endpoint_classes: Some(classes.into()),
-                ..decision()
-            };
-            assert_eq!(with(f) & FLAG_EGRESS_OR_TAINT != 0, egress, "{classes}");
-        }
-        assert_eq!(
-            flags(d, &decision(), Some(r#"["Input_TAINTED"]"#)),
-            FLAG_EGRESS_OR_TAINT
-        );
-        assert_eq!(flags(d, &decision(), Some(r#"["clean"]"#)), 0);
-        let pass = IndexFields {
-            regress_status: Some("pass".into()),
-            ..IndexFields::default()
-        };
-        let fail = IndexFields {
-            regress_status: Some("fail".into()),
-            ..IndexFields::default()
-        };
-        let a = EvidenceClass::Artifact;
-        assert_eq!(
-            flags(a, &pass, None) & (FLAG_REGRESS_PASSED | FLAG_REGRESS_FAILED),
-            FLAG_REGRESS_PASSED
-        );
-        assert_eq!(
-            flags(a, &fail, None) & (FLAG_REGRESS_PASSED | FLAG_REGRESS_FAILED),
-            FLAG_REGRESS_FAILED
-        );
     }
 }

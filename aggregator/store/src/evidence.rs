@@ -22,7 +22,7 @@ use crate::rows::Columns;
 /// Most rows one [`crate::Store::evidence`] page returns.
 pub const MAX_EVIDENCE_PAGE: u32 = 1000;
 
-/// Rows per multi-row `INSERT` (41 parameters each, far below either backend's parameter limit).
+/// Rows per multi-row `INSERT` (39 parameters each, far below either backend's parameter limit).
 const INSERT_CHUNK: usize = 64;
 
 /// What an indexed record is.
@@ -286,21 +286,18 @@ impl EvidenceFilter {
     }
 }
 
-/// One entry to insert: its record, the entry, its run ids, its two reason-code lists as stored and what the
-/// analytics upkeep reads of it.
+/// One entry to insert: its record, the entry, its run ids and its two reason-code lists as stored.
 type InsertRow<'a> = (
     &'a NewRecord,
     &'a NewIndexEntry,
     Option<String>,
     [Option<String>; 2],
-    crate::analysis::RowFeatures,
 );
 
 /// A bound parameter of a built statement.
 enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
-    Blob(Option<&'a [u8]>),
 }
 
 /// Writes the entries of the records just inserted (`inserted`, ascending by seq); entries of any other seq
@@ -332,14 +329,7 @@ pub(crate) async fn insert(
                     &entry.fields.candidate_reason_codes,
                 )?,
             ];
-            let features = crate::analysis::row_features(
-                &key.tenant,
-                key.agent_id.as_str(),
-                entry.class,
-                &entry.fields,
-                codes[0].as_deref(),
-            );
-            rows.push((inserted[i], entry, run_ids, codes, features));
+            rows.push((inserted[i], entry, run_ids, codes));
         }
     }
     for chunk in rows.chunks(INSERT_CHUNK) {
@@ -349,11 +339,10 @@ pub(crate) async fn insert(
              tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
              file_name, producer_version, signature_status, regress_status, run_ids, active_verdict, \
              candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured, matched_rule, \
-             risk_class, endpoint_classes, destructive, failure_kind, family, analysis_grain, analysis_flags) \
-             VALUES ",
+             risk_class, endpoint_classes, destructive, failure_kind, family) VALUES ",
         );
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 41);
-        for (n, (record, entry, run_ids, codes, features)) in chunk.iter().enumerate() {
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 39);
+        for (n, (record, entry, run_ids, codes)) in chunk.iter().enumerate() {
             let f = &entry.fields;
             let row = [
                 Arg::Text(Some(key.tenant.org.as_str())),
@@ -396,8 +385,6 @@ pub(crate) async fn insert(
                 Arg::Int(f.destructive.map(i64::from)),
                 Arg::Text(f.failure_kind.as_deref()),
                 Arg::Text(f.family.as_deref()),
-                Arg::Blob(Some(&features.grain[..])),
-                Arg::Int(Some(i64::from(features.flags))),
             ];
             sql.push_str(if n == 0 { "" } else { ", " });
             push_row(&mut sql, anonymous, args.len(), row.len());
@@ -409,7 +396,7 @@ pub(crate) async fn insert(
 
     let runs: Vec<(i64, &str)> = rows
         .iter()
-        .flat_map(|(record, entry, _, _, _)| {
+        .flat_map(|(record, entry, _, _)| {
             let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
             entry
                 .fields
@@ -442,7 +429,7 @@ pub(crate) async fn insert(
     // A runpack's tool calls, by digests (coverage reads them; migration 0025).
     let calls: Vec<(i64, i64, &IndexedCall, i64)> = rows
         .iter()
-        .flat_map(|(record, entry, _, _, _)| {
+        .flat_map(|(record, entry, _, _)| {
             let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
             entry
                 .fields
@@ -539,7 +526,6 @@ async fn execute<'a>(
             query = match arg {
                 Arg::Text(t) => query.bind(*t),
                 Arg::Int(i) => query.bind(*i),
-                Arg::Blob(b) => query.bind(*b),
             };
         }
         query.execute(&mut *c).await.map_err(db(op))?;
@@ -635,7 +621,6 @@ pub(crate) async fn page(
             query = match arg {
                 Arg::Text(t) => query.bind(*t),
                 Arg::Int(i) => query.bind(*i),
-                Arg::Blob(b) => query.bind(*b),
             };
         }
         let found = query
@@ -807,7 +792,6 @@ macro_rules! scoped_query {
             query = match arg {
                 Arg::Text(t) => query.bind(*t),
                 Arg::Int(i) => query.bind(*i),
-                Arg::Blob(b) => query.bind(*b),
             };
         }
         query
