@@ -96,6 +96,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `GAIT_LOG=gait_store=debug` shows, among others, what each step of an analytics upkeep range took.
+    let _log = match std::env::var("GAIT_LOG") {
+        Ok(filter) => match gait_runtime::log::init_tracing(
+            "gait-fleet-bench",
+            gait_runtime::log::LogFormat::Text,
+            &filter,
+        ) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("error: GAIT_LOG: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => None,
+    };
     // Every reqwest client needs a default rustls provider (see gait_runtime::http::tls::install_ring_default).
     gait_runtime::http::tls::install_ring_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

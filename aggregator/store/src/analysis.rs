@@ -621,6 +621,13 @@ async fn fold_range(
             .map_err(db("analysis: work_mem"))?
             .rows_affected(),
     );
+    // What each step took, for the debug event at the end (`GAIT_LOG=gait_store=debug`).
+    let mut steps: Vec<(&str, u128)> = Vec::with_capacity(8);
+    let mut lap = std::time::Instant::now();
+    let mut took = |step: &'static str, steps: &mut Vec<(&str, u128)>| {
+        steps.push((step, lap.elapsed().as_micros()));
+        lap = std::time::Instant::now();
+    };
     create_temp(
         conn.reborrow(),
         "analysis_range",
@@ -628,6 +635,7 @@ async fn fold_range(
         &[from, to],
     )
     .await?;
+    took("range", &mut steps);
     let defs = define(&samples(conn.reborrow()).await?);
     for d in &defs {
         db_run!(conn, |c| sqlx::query(DEFINE)
@@ -644,13 +652,16 @@ async fn fold_range(
             .map_err(db("analysis: define family"))?
             .rows_affected());
     }
+    took("define", &mut steps);
     create_temp(conn.reborrow(), "analysis_new_agents", NEW_AGENTS, &[]).await?;
+    took("new agents", &mut steps);
     for (op, sql) in FOLD {
         db_run!(conn, |c| sqlx::query(sql)
             .execute(&mut *c)
             .await
             .map_err(db(op))?
             .rows_affected());
+        took(op.trim_start_matches("analysis: "), &mut steps);
     }
     db_run!(conn, |c| sqlx::query(ADD_AGENTS)
         .execute(&mut *c)
@@ -658,7 +669,15 @@ async fn fold_range(
         .map_err(db("analysis: family agents"))?
         .rows_affected());
     drop_temp(conn.reborrow(), "analysis_new_agents").await?;
-    drop_temp(conn.reborrow(), "analysis_range").await
+    drop_temp(conn.reborrow(), "analysis_range").await?;
+    took("add agents", &mut steps);
+    tracing::debug!(
+        from_id = from,
+        to_id = to,
+        steps_us = ?steps,
+        "analysis: folded a range"
+    );
+    Ok(())
 }
 
 /// Runs `sql` (ending in a `WHERE` built by [`AnalysisFilter::clause`]) with the clause's arguments and a final
