@@ -67,10 +67,9 @@ pub enum TlsError {
 /// is about window / RTT (≈ 640 KB/s at 100 ms), ample for record batches and policy bundles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportTuning {
-    /// Connection closed after this long without any packet. Must exceed `keep_alive`.
+    /// Connection closed after this long without any packet. The server sends no keep-alives: agents do, every
+    /// `gait_agent::daemon::KEEP_ALIVE` (10 s), well inside this.
     pub idle_timeout: Duration,
-    /// Keep-alive interval agents should use (client side; the server sends none).
-    pub keep_alive: Duration,
     /// Bidirectional streams an agent may have open at once.
     pub max_concurrent_bidi_streams: u32,
     /// Unidirectional streams an agent may have open at once.
@@ -89,7 +88,6 @@ impl Default for TransportTuning {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(60),
-            keep_alive: Duration::from_secs(15),
             max_concurrent_bidi_streams: 8,
             max_concurrent_uni_streams: 4,
             stream_receive_window: 64 * 1024,
@@ -107,11 +105,8 @@ impl TransportTuning {
             field,
             reason: reason.to_owned(),
         };
-        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
-            return Err(tuning(
-                "keep_alive",
-                "must be non-zero and shorter than idle_timeout",
-            ));
+        if self.idle_timeout.is_zero() {
+            return Err(tuning("idle_timeout", "must be non-zero"));
         }
         if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return Err(tuning("idle_timeout", "too large"));
@@ -355,13 +350,13 @@ mod tests {
         assert!(tuning.validate().is_ok());
         assert!(u64::from(tuning.receive_window) + tuning.send_window <= 128 * 1024);
         let bad = TransportTuning {
-            keep_alive: tuning.idle_timeout,
+            idle_timeout: Duration::ZERO,
             ..tuning
         };
         assert!(matches!(
             bad.validate(),
             Err(TlsError::Tuning {
-                field: "keep_alive",
+                field: "idle_timeout",
                 ..
             })
         ));
