@@ -48,7 +48,11 @@ fn import(agent: &Agent, file: &Path) -> anyhow::Result<Output> {
 
 fn publish(agg: &Aggregator, policy: &str) -> anyhow::Result<u64> {
     let (status, answer) = agg.publish("acme", "web", "prod", &[("policy.yaml", policy)])?;
-    ensure!(status == 200 || status == 201, "publish: {status} {answer}");
+    ensure!(
+        status == 200 || status == 201,
+        "publish: {status} {answer}\naggregator log:\n{}",
+        agg.log()
+    );
     answer["epoch"]
         .as_u64()
         .context("publish answer has no epoch")

@@ -337,16 +337,30 @@ impl Signer {
             revoked_unix_ms: None,
             actor: BOOTSTRAP_ACTOR.to_owned(),
         };
-        self.store
+        let adopted = self
+            .store
             .transaction(async |tx| {
                 if tx.signing_keys().await?.is_empty() {
-                    tx.insert_signing_key(&row).await?;
+                    return tx.insert_signing_key(&row).await;
                 }
-                Ok::<_, StoreError>(())
+                Ok::<_, StoreError>(false)
             })
-            .await?;
-        tracing::info!(%key_id, "registry.key adopted as the active bundle signing key");
-        Ok(())
+            .await;
+        match adopted {
+            Ok(true) => {
+                tracing::info!(%key_id, "registry.key adopted as the active bundle signing key");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            // Two first uses at once (a publish and the start-up refresh, or two replicas): both saw no key and
+            // both inserted. On PostgreSQL the loser can fail on the one-active-key index rather than on the
+            // key id its `ON CONFLICT` names. Either way a key exists now, which is all adopting asks for.
+            Err(e) if !self.store.signing_keys().await?.is_empty() => {
+                tracing::debug!(error = %e, "registry.key adopted concurrently by another request");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The private key of `key_id`, from memory or `keys/registry/<key_id>.key`.
@@ -532,6 +546,32 @@ mod tests {
         // Without a next key, the chain ends at the active key.
         let t = trust_update(&keys[..3]);
         assert_eq!(t.keys.last().map(|l| &l.key_id), Some(&keys[2].key_id));
+    }
+
+    gait_store::store_tests!(first_uses_at_once_adopt_the_legacy_key_once);
+
+    /// Many first uses at once on an empty store (a publish racing the start-up refresh, or two replicas): each
+    /// gets the key list, and it holds the legacy key once, active. (On PostgreSQL the losers of the race used to
+    /// fail on the one-active-key index, and their requests answered 500.)
+    #[allow(clippy::disallowed_methods)] // a test's racing tasks end with it
+    async fn first_uses_at_once_adopt_the_legacy_key_once(
+        db: &gait_store::testing::TestStore,
+    ) -> anyhow::Result<()> {
+        let legacy = SigningKey::from_seed(&[7; 32]);
+        let signer = std::sync::Arc::new(Signer::new(db.store().clone(), legacy.clone()));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let signer = signer.clone();
+                tokio::spawn(async move { signer.keys().await })
+            })
+            .collect();
+        for t in tasks {
+            let keys = t.await??;
+            anyhow::ensure!(keys.len() == 1, "{keys:?}");
+            anyhow::ensure!(keys[0].key_id == legacy.public_key().key_id());
+            anyhow::ensure!(keys[0].state == SigningKeyState::Active);
+        }
+        Ok(())
     }
 
     #[tokio::test]
