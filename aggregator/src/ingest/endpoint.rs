@@ -493,26 +493,15 @@ mod tests {
         // The old endpoint read the attempt: it sent something back (a refusal before the fix, a stateless reset
         // the client ignores after it).
         let started = Instant::now();
-        while answered.load(Ordering::SeqCst) == 0 {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the old endpoint never read the attempt"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        answered_at_least(
+            &answered,
+            1,
+            started,
+            "the old endpoint never read the attempt",
+        )
+        .await;
         drop(old);
-        let successor = loop {
-            match quinn::Endpoint::server(server_config.clone(), port) {
-                Ok(endpoint) => break endpoint,
-                Err(e) => {
-                    assert!(
-                        started.elapsed() < PATIENCE,
-                        "the old endpoint's port stayed bound: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
+        let successor = bind_successor(&server_config, port, started).await;
         let accepted = tokio::spawn(async move {
             let incoming = successor.accept().await.expect("successor closed");
             incoming.await.map(|conn| (conn, successor))
@@ -524,6 +513,36 @@ mod tests {
             .expect("the dial that met the drain failed instead of reaching the successor");
         let (_server_side, _successor) = accepted.await.unwrap().unwrap();
         assert_eq!(conn.remote_address(), via);
+    }
+
+    /// Waits until the relay has carried `n` datagrams back to the client; panics with `what` once `PATIENCE`
+    /// has passed since `started`.
+    async fn answered_at_least(answered: &AtomicUsize, n: usize, started: Instant, what: &str) {
+        while answered.load(Ordering::SeqCst) < n {
+            assert!(started.elapsed() < PATIENCE, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Binds a successor endpoint on the stopped one's `port`, once the old socket has let it go (within
+    /// `PATIENCE` of `started`).
+    async fn bind_successor(
+        server_config: &quinn::ServerConfig,
+        port: SocketAddr,
+        started: Instant,
+    ) -> quinn::Endpoint {
+        loop {
+            match quinn::Endpoint::server(server_config.clone(), port) {
+                Ok(endpoint) => return endpoint,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < PATIENCE,
+                        "the old endpoint's port stayed bound: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
     }
 
     /// An attempt the old process asked to validate its address (a Retry) just before it stopped answering carries
@@ -558,26 +577,15 @@ mod tests {
         old.close(CLOSE_SHUTDOWN.into(), b"shutting down");
         // The Retry, then the old endpoint's answer to the client's token-bearing Initial (a stateless reset).
         let started = Instant::now();
-        while answered.load(Ordering::SeqCst) < 2 {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the old endpoint never read the retried attempt"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        answered_at_least(
+            &answered,
+            2,
+            started,
+            "the old endpoint never read the retried attempt",
+        )
+        .await;
         drop(old);
-        let successor = loop {
-            match quinn::Endpoint::server(server_config.clone(), port) {
-                Ok(endpoint) => break endpoint,
-                Err(e) => {
-                    assert!(
-                        started.elapsed() < PATIENCE,
-                        "the old endpoint's port stayed bound: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
+        let successor = bind_successor(&server_config, port, started).await;
         let accepted = tokio::spawn(async move {
             let incoming = successor.accept().await.expect("successor closed");
             let validated = incoming.remote_address_validated();

@@ -556,7 +556,7 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // a test's racing tasks end with it
     async fn first_uses_at_once_adopt_the_legacy_key_once(
         db: &gait_store::testing::TestStore,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RegistryError> {
         let legacy = SigningKey::from_seed(&[7; 32]);
         let signer = std::sync::Arc::new(Signer::new(db.store().clone(), legacy.clone()));
         let tasks: Vec<_> = (0..16)
@@ -566,10 +566,10 @@ mod tests {
             })
             .collect();
         for t in tasks {
-            let keys = t.await??;
-            anyhow::ensure!(keys.len() == 1, "{keys:?}");
-            anyhow::ensure!(keys[0].key_id == legacy.public_key().key_id());
-            anyhow::ensure!(keys[0].state == SigningKeyState::Active);
+            let keys = t.await.expect("task")?;
+            assert_eq!(keys.len(), 1, "{keys:?}");
+            assert_eq!(keys[0].key_id, legacy.public_key().key_id());
+            assert_eq!(keys[0].state, SigningKeyState::Active);
         }
         Ok(())
     }
