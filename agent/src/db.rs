@@ -2,9 +2,11 @@
 //! counters, owned by exactly one `gait-agent` process.
 //!
 //! redb takes an exclusive lock on the file when it opens it, so a second agent pointed at the same data
-//! directory fails fast with [`DbError::Locked`] instead of corrupting the first one's state. Every
-//! write transaction the agent commits uses redb's default durability (`fsync` before `commit()` returns);
-//! modules that own tables (`outbox`, `bundle_cache`) rely on that and document their own crash rules.
+//! directory fails fast with [`DbError::Locked`] instead of corrupting the first one's state. Write
+//! transactions use redb's default durability (`fsync` before `commit()` returns) except two, which say why
+//! they may skip it: plain acknowledgements (redone after a crash) and the outbox committer's groups (durable
+//! in the outbox's write-ahead log first, `crate::outbox::wal`, replayed on open and after a re-open). Modules
+//! that own tables (`outbox`, `bundle_cache`) document their own crash rules.
 //!
 //! The file holds the arguments of every intent the agent decided, so it is private to the agent's user: the
 //! data directory holding it is 0700 and the file 0600, both created so and narrowed on open when an older
@@ -323,6 +325,12 @@ impl AgentDb {
         }
     }
 
+    /// How many times the database was re-opened after a storage failure (each one took redb back to its last
+    /// durable commit).
+    pub fn reopens(&self) -> u64 {
+        self.inner.reopens.load(Ordering::Acquire)
+    }
+
     /// After a storage failure: closes the latched database, opens the file again (redb recovers its last
     /// durable commit) and commits one small probe durably. `Ok(true)` when the handle was failing and is
     /// healthy again, `Ok(false)` when nothing was failing, an error (retry later) while the storage still
@@ -369,8 +377,10 @@ impl AgentDb {
             }
         }
         let db = open_redb(&self.inner.path)?;
+        // Counted before the new database is handed out (both under the slot's write lock): the outbox reads
+        // the count after beginning a write transaction to know whether to replay its log.
+        self.inner.reopens.fetch_add(1, Ordering::AcqRel);
         *slot = Some(Arc::new(db));
-        self.inner.reopens.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.inner.path.display(), "agent database re-opened after a storage failure");
         Ok(())
     }

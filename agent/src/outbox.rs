@@ -11,6 +11,7 @@
 //!   survives the deletion of every record.
 //! - `outbox_quarantine` and `outbox_quarantine_meta`: records the aggregator refused for good, see
 //!   [`quarantine`].
+//! - Beside the database, `agent.wal`: the write-ahead log of group commits, see [`wal`].
 //!
 //! # Invariants (checked on open, and fully by [`Outbox::verify_chain`])
 //! - Sequence numbers start at 1 and strictly increase; a number is never reused, even after its record was
@@ -38,9 +39,11 @@
 //!
 //! # Crash rules
 //! - Each `append` / `append_many` is one redb write transaction committed with fsync ("immediate"
-//!   durability) before it returns; the producer learns its seq only after that. So after a crash (process
-//!   kill or power loss, provided the disk honours fsync) every record ever acknowledged to a producer is
-//!   present, unless the aggregator acknowledged it first.
+//!   durability) before it returns; the producer learns its seq only after that. The committer's group
+//!   commits ([`Outbox::append_logged`]) are made durable by one synced frame of the write-ahead log
+//!   (`agent.wal` beside the database, [`wal`]) before redb commits them without fsync; opening the outbox
+//!   replays the log. So after a crash (process kill or power loss, provided the disk honours fsync) every
+//!   record ever acknowledged to a producer is present, unless the aggregator acknowledged it first.
 //! - A crash in the middle of a transaction leaves the last committed state: redb's copy-on-write commit
 //!   either happened or did not; an interrupted `ack_through` deletes everything it was asked to or nothing.
 //! - Sending is at-least-once: a batch sent but not yet acknowledged when the agent died is sent again. The
@@ -81,6 +84,7 @@ use crate::db::{AgentDb, DbError};
 pub mod quarantine;
 #[cfg(test)]
 mod tests;
+pub(crate) mod wal;
 
 pub use gait_wire::limits::{MAX_KIND_BYTES, MAX_PAYLOAD_BYTES};
 pub use quarantine::{
@@ -311,6 +315,18 @@ struct Inner {
     /// The counters of `meta`, published (under the `meta` lock) after each commit. [`Outbox::stats`] reads
     /// this one, so a reader on an async task never waits behind a writer's fsync.
     stats: Mutex<OutboxStats>,
+    /// The write-ahead log of group commits ([`wal`]); locked after `meta`, never before it.
+    log: Mutex<LogSlot>,
+}
+
+/// The outbox's side of its write-ahead log.
+#[derive(Debug, Default)]
+struct LogSlot {
+    /// Open once the log was replayed at open (if there was one) or created by [`Outbox::enable_log`].
+    wal: Option<wal::Wal>,
+    /// The database's re-open count ([`AgentDb::reopens`]) when the log was last replayed: a re-open after a
+    /// storage failure takes redb back to its last durable commit, so the log is replayed again.
+    replayed_at_reopen: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -354,8 +370,20 @@ impl Outbox {
                 quarantine: Mutex::new(quarantine::QMeta::EMPTY),
                 meta: Mutex::new(Meta::EMPTY),
                 stats: Mutex::new(Meta::EMPTY.stats()),
+                log: Mutex::new(LogSlot::default()),
             }),
         };
+        {
+            let mut cached = this.lock();
+            let replayed = this.replay_log(&mut cached)?;
+            if replayed > 0 {
+                tracing::info!(
+                    replayed,
+                    log = %wal::path_for(db.path()).display(),
+                    "outbox records acknowledged before an unclean stop were restored from the outbox log"
+                );
+            }
+        }
         let mut resealed = 0u64;
         let mut qmeta = quarantine::QMeta::EMPTY;
         let meta = this.write_txn(true, |txn, records, meta| {
@@ -418,7 +446,7 @@ impl Outbox {
         let mut outcomes = Vec::with_capacity(recs.len());
         self.write_txn(false, |txn, records, meta| {
             for rec in recs {
-                outcomes.push(self.append_one(records, meta, rec)?);
+                outcomes.push(self.append_one(records, meta, rec, None)?);
             }
             also(txn)
         })?;
@@ -449,7 +477,7 @@ impl Outbox {
             let mut append = |rec: NewRecord| {
                 gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
                     .map_err(|source| invalid(&rec.kind, source))?;
-                self.append_one(records, meta, rec)
+                self.append_one(records, meta, rec, None)
             };
             out = Some(f(txn, &mut append)?);
             Ok(())
@@ -458,12 +486,13 @@ impl Outbox {
     }
 
     /// One record of a write transaction: seals it with the next seq, or sheds it, or refuses it at the hard
-    /// ceiling.
+    /// ceiling. The stored encoding of an appended record also goes to `logged`, when given.
     fn append_one(
         &self,
         records: &mut RecordsTable<'_>,
         meta: &mut Meta,
         rec: NewRecord,
+        logged: Option<&mut Vec<Vec<u8>>>,
     ) -> Result<AppendOutcome, OutboxError> {
         let limits = self.inner.limits;
         let seq = meta
@@ -509,6 +538,9 @@ impl Outbox {
         meta.last_seq = seq;
         meta.last_hash = record.hash;
         meta.bytes = bytes_after;
+        if let Some(logged) = logged {
+            logged.push(value);
+        }
         Ok(AppendOutcome::Appended { seq })
     }
 
@@ -752,7 +784,27 @@ impl Outbox {
         ) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
         let mut cached = self.lock();
-        let mut txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+        let txn = self.begin_replayed(&mut cached)?;
+        let meta = self.run_txn(txn, durability, always_commit, f)?;
+        *cached = meta;
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+        Ok(meta)
+    }
+
+    /// Runs `f` in `txn` with the records table and meta as stored, writes meta back if it changed and commits
+    /// at `durability` (or aborts, when nothing changed and not `always_commit`). The caller holds the `meta`
+    /// lock and publishes the returned meta.
+    fn run_txn(
+        &self,
+        mut txn: redb::WriteTransaction,
+        durability: redb::Durability,
+        always_commit: bool,
+        f: impl FnOnce(
+            &redb::WriteTransaction,
+            &mut RecordsTable<'_>,
+            &mut Meta,
+        ) -> Result<(), OutboxError>,
+    ) -> Result<Meta, OutboxError> {
         txn.set_durability(durability)
             .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
         let result = (|| {
@@ -777,8 +829,6 @@ impl Outbox {
                 } else {
                     txn.abort().map_err(|e| self.db_err(e))?;
                 }
-                *cached = meta;
-                *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
                 Ok(meta)
             }
             Err(e) => {
@@ -787,6 +837,266 @@ impl Outbox {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Creates (or opens) the write-ahead log [`Outbox::append_logged`] commits through, `capacity` bytes.
+    /// The committer calls it once, before its first group; until then (or if it fails) groups commit
+    /// durably in redb.
+    pub(crate) fn enable_log(&self, capacity: u64) -> Result<(), OutboxError> {
+        let _cached = self.lock();
+        let mut slot = self.log_lock();
+        let path = wal::path_for(self.db().path());
+        let ready = match slot.wal.take() {
+            Some(wal) if wal.capacity() >= capacity => Ok(wal),
+            // A log open since the replay was reset (or failed after its frames were applied), so
+            // creating it again at the larger size loses nothing.
+            _ => wal::Wal::open_or_create(&path, capacity),
+        };
+        let wal = ready.map_err(|e| self.log_err(&path, e))?;
+        slot.wal = Some(wal);
+        Ok(())
+    }
+
+    /// [`Outbox::append_many_with`] made durable through the write-ahead log ([`wal`]): the group's frame is
+    /// synced to the log, then redb commits without fsync. `also` writes other tables of the transaction and
+    /// returns what of it to log (the rate-limit counters it wrote), or `None` when its change cannot be
+    /// logged: the group then commits durably in redb, as it does when the log is full, failed, not enabled
+    /// or due for a checkpoint ([`wal::CHECKPOINT_EVERY`]). After a durable commit the log starts over.
+    pub(crate) fn append_logged(
+        &self,
+        recs: Vec<NewRecord>,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<(String, i64)>>, OutboxError>,
+    ) -> Result<Vec<AppendOutcome>, OutboxError> {
+        for rec in &recs {
+            gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
+                .map_err(|source| invalid(&rec.kind, source))?;
+        }
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cached = self.lock();
+        let mut txn = self.begin_replayed(&mut cached)?;
+        let mut outcomes = Vec::with_capacity(recs.len());
+        let mut frame = wal::Frame::default();
+        let built = (|| {
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
+            let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
+            let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
+            let mut meta = before;
+            for rec in recs {
+                outcomes.push(self.append_one(
+                    &mut records,
+                    &mut meta,
+                    rec,
+                    Some(&mut frame.records),
+                )?);
+            }
+            let counters = also(&txn)?;
+            if meta != before {
+                let encoded = postcard::to_allocvec(&MetaOnDisk::V1(meta))
+                    .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
+                meta_table
+                    .insert(META_KEY, encoded.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            Ok::<_, OutboxError>((meta, counters))
+        })();
+        let (meta, counters) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!(error = %abort, "outbox transaction abort failed");
+                }
+                return Err(e);
+            }
+        };
+        let mut slot = self.log_lock();
+        let logged = match (slot.wal.as_mut(), counters) {
+            (Some(wal), Some(counters)) => {
+                frame.shed_total = meta.shed_total;
+                frame.counters = counters;
+                match wal.append(&frame) {
+                    Ok(logged) => logged,
+                    Err(error) => {
+                        tracing::warn!(
+                            %error,
+                            log = %wal.path().display(),
+                            "outbox log write failed; committing durably in the database instead"
+                        );
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        if logged {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
+        }
+        if let Err(e) = txn.commit() {
+            if logged && let Some(wal) = slot.wal.as_mut() {
+                // The frame is in the log and the next group reuses its seqs: that one must not be logged
+                // behind it. It commits durably, which resets the log.
+                wal.mark_failed();
+            }
+            return Err(self.db_err(e));
+        }
+        *cached = meta;
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+        if !logged {
+            self.reset_log(&mut slot);
+        }
+        Ok(outcomes)
+    }
+
+    /// Makes everything committed so far durable in redb and starts the log over (the committer's clean
+    /// stop). Nothing to do when the log is empty.
+    pub(crate) fn checkpoint_log(&self) -> Result<(), OutboxError> {
+        let needs = self
+            .log_lock()
+            .wal
+            .as_ref()
+            .is_some_and(wal::Wal::needs_reset);
+        if !needs {
+            return Ok(());
+        }
+        self.write_txn(true, |_, _, _| Ok(()))?;
+        let _cached = self.lock();
+        let mut slot = self.log_lock();
+        self.reset_log(&mut slot);
+        Ok(())
+    }
+
+    /// Starts the log over after a durable commit; a failure leaves it failed (the next group commits
+    /// durably and tries again).
+    fn reset_log(&self, slot: &mut LogSlot) {
+        if let Some(wal) = slot.wal.as_mut()
+            && wal.needs_reset()
+            && let Err(error) = wal.reset()
+        {
+            tracing::warn!(%error, log = %wal.path().display(), "outbox log could not be reset; groups commit durably in the database until it can");
+        }
+    }
+
+    /// Begins a write transaction, first replaying the log if the database was re-opened since the last
+    /// replay ([`LogSlot::replayed_at_reopen`]). The count is read after the transaction began: a re-open
+    /// cannot complete while a write transaction is alive, and the count moves before the new database is
+    /// handed out, so a transaction on a re-opened database always sees the new count.
+    fn begin_replayed(&self, cached: &mut Meta) -> Result<redb::WriteTransaction, OutboxError> {
+        loop {
+            let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+            if self.log_lock().replayed_at_reopen == self.db().reopens() {
+                return Ok(txn);
+            }
+            txn.abort().map_err(|e| self.db_err(e))?;
+            let replayed = self.replay_log(cached)?;
+            if replayed > 0 {
+                tracing::warn!(
+                    replayed,
+                    "the agent database was re-opened after a storage failure; outbox records committed \
+                     since its last durable commit were restored from the outbox log"
+                );
+            }
+        }
+    }
+
+    /// Re-applies the log's frames on top of redb's durable state in one durable commit and starts the log
+    /// over ([`wal`], "Recovery"). Returns how many records it restored. Called with the `meta` lock held.
+    fn replay_log(&self, cached: &mut Meta) -> Result<u64, OutboxError> {
+        let mut slot = self.log_lock();
+        slot.replayed_at_reopen = self.db().reopens();
+        let path = wal::path_for(self.db().path());
+        let mut wal = match slot.wal.take() {
+            Some(wal) => wal,
+            None => match wal::Wal::open_existing(&path) {
+                Ok(Some(wal)) => wal,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(self.log_err(&path, e)),
+            },
+        };
+        let frames = match wal.frames() {
+            Ok(frames) => frames,
+            Err(e) => {
+                slot.wal = Some(wal);
+                return Err(self.log_err(&path, e));
+            }
+        };
+        if frames.is_empty() {
+            slot.wal = Some(wal);
+            return Ok(0);
+        }
+        let mut restored = 0u64;
+        let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
+        let applied = self.run_txn(txn, redb::Durability::Immediate, true, |txn, records, meta| {
+            for frame in &frames {
+                for bytes in &frame.records {
+                    let record: Record = postcard::from_bytes(bytes).map_err(|e| {
+                        self.corrupt(
+                            meta.last_seq,
+                            format!("a record in the outbox log {} does not decode: {e}", path.display()),
+                        )
+                    })?;
+                    if record.seq <= meta.last_seq {
+                        continue;
+                    }
+                    if record.seq != meta.last_seq + 1
+                        || record.prev_hash != meta.last_hash
+                        || !record.verify_hash()
+                    {
+                        return Err(self.corrupt(
+                            record.seq,
+                            format!(
+                                "the outbox log {} holds seq {} that does not continue the stored records \
+                                 (last seq {})",
+                                path.display(),
+                                record.seq,
+                                meta.last_seq
+                            ),
+                        ));
+                    }
+                    records
+                        .insert(record.seq.to_be_bytes(), bytes.as_slice())
+                        .map_err(|e| self.db_err(e))?;
+                    meta.last_seq = record.seq;
+                    meta.last_hash = record.hash;
+                    meta.bytes = meta.bytes.saturating_add(bytes.len() as u64);
+                    restored += 1;
+                }
+                meta.shed_total = meta.shed_total.max(frame.shed_total);
+                if !frame.counters.is_empty() {
+                    crate::gate::ratelimit_counters::write_logged(self.db(), txn, &frame.counters)?;
+                }
+            }
+            Ok(())
+        });
+        match applied {
+            Ok(meta) => {
+                *cached = meta;
+                *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+                slot.wal = Some(wal);
+                self.reset_log(&mut slot);
+                Ok(restored)
+            }
+            Err(e) => {
+                slot.wal = Some(wal);
+                Err(e)
+            }
+        }
+    }
+
+    fn log_lock(&self) -> MutexGuard<'_, LogSlot> {
+        self.inner.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log_err(&self, path: &std::path::Path, e: std::io::Error) -> OutboxError {
+        OutboxError::Corrupt {
+            path: path.display().to_string(),
+            seq: 0,
+            detail: format!(
+                "the outbox log cannot be read or written ({e}); records acknowledged since the last durable \
+                 commit live in it: keep it, free the disk or fix its permissions, and start the agent again"
+            ),
         }
     }
 

@@ -10,7 +10,10 @@
 //! after it has gathered the group's records. A decision's record is queued only after it counted, so its
 //! count is durable in the same fsync as its record, before the decision is answered. A crash can therefore
 //! lose only counts of decisions that were never answered (their callers got no verdict and fail closed); a
-//! window that was enforced is never reset by a restart. A commit that fails gives its counters back as dirty
+//! window that was enforced is never reset by a restart. When the committer makes a group durable through
+//! the outbox's write-ahead log ([`crate::outbox::wal`]), the counters it wrote travel in the group's frame
+//! and are written again when the log is replayed; a rewrite of the table (keys removed) cannot be replayed
+//! from values, so that group commits durably in redb instead. A commit that fails gives its counters back as dirty
 //! ([`DaemonCounters::restore`]); a clean stop writes whatever is still dirty ([`DaemonCounters::flush`]).
 //!
 //! Buckets that are over are pruned at most once per second (and by the bound before it evicts anything).
@@ -103,6 +106,8 @@ struct Inner {
 pub struct Changes {
     keys: Vec<String>,
     rewrite: bool,
+    /// What was written for `keys` (a count of zero or less removed the key).
+    values: Vec<(String, i64)>,
 }
 
 impl Changes {
@@ -110,6 +115,30 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && !self.rewrite
     }
+
+    /// The written counters, for the outbox's write-ahead log; `None` when the table was rewritten (keys
+    /// removed that a replay of these values would not remove), so the commit must be durable in redb.
+    pub(crate) fn logged_values(&self) -> Option<Vec<(String, i64)>> {
+        (!self.rewrite).then(|| self.values.clone())
+    }
+}
+
+/// Writes counters replayed from the outbox's write-ahead log: key → count, a count of zero or less removes
+/// the key (as [`DaemonCounters::write_changes`] wrote them).
+pub(crate) fn write_logged(
+    db: &AgentDb,
+    txn: &redb::WriteTransaction,
+    values: &[(String, i64)],
+) -> Result<(), DbError> {
+    let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
+    for (key, count) in values {
+        if *count > 0 {
+            table.insert(key.as_str(), *count).map_err(|e| db.err(e))?;
+        } else {
+            table.remove(key.as_str()).map_err(|e| db.err(e))?;
+        }
+    }
+    Ok(())
 }
 
 impl DaemonCounters {
@@ -206,7 +235,15 @@ impl DaemonCounters {
                     .map(|k| (k.clone(), inner.state.count(k)))
                     .collect()
             };
-            (Changes { keys, rewrite }, values)
+            let logged = if rewrite { Vec::new() } else { values.clone() };
+            (
+                Changes {
+                    keys,
+                    rewrite,
+                    values: logged,
+                },
+                values,
+            )
         };
         let written = (|| {
             let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
@@ -328,7 +365,7 @@ fn now() -> GoTime {
 }
 
 /// Every counter in the table.
-fn load(db: &AgentDb) -> Result<BTreeMap<String, i64>, DbError> {
+pub(crate) fn load(db: &AgentDb) -> Result<BTreeMap<String, i64>, DbError> {
     let read = db.redb().begin_read().map_err(|e| db.err(e))?;
     let table = match read.open_table(COUNTERS) {
         Ok(table) => table,

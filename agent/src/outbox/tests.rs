@@ -976,3 +976,106 @@ fn a_plain_ack_is_kept_across_a_reopen_and_a_conflict_ack_quarantines() {
     assert_eq!(settled.quarantined, vec![4]);
     assert_eq!(outbox.stats().depth, 0);
 }
+
+/// The child side of [`groups_answered_through_the_log_survive_an_abort`]: appends groups through a small log
+/// (so it fills and starts over several times), prints each answered group, then aborts: no destructor runs,
+/// so redb keeps nothing it did not sync.
+fn abort_child(dir: &Path) -> ! {
+    let (db, outbox) = open_at(&dir.join("agent.redb"), OutboxLimits::default());
+    outbox.enable_log(wal::HEADER_LEN + 16 * 1024).unwrap();
+    for group in 0..300i64 {
+        let records = (0..1 + group % 5)
+            .map(|i| new_record(RecordClass::Block, 100 + i as usize))
+            .collect();
+        let count = group + 1;
+        outbox
+            .append_logged(records, |txn| {
+                let counters = vec![("window|scope|bucket|key".to_owned(), count)];
+                crate::gate::ratelimit_counters::write_logged(&db, txn, &counters)?;
+                Ok(Some(counters))
+            })
+            .unwrap();
+        println!("answered {} {count}", outbox.stats().last_seq);
+    }
+    std::process::abort();
+}
+
+#[test]
+fn groups_answered_through_the_log_survive_an_abort() {
+    if let Some(dir) = std::env::var_os("GAIT_OUTBOX_ABORT_CHILD") {
+        abort_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "outbox::tests::groups_answered_through_the_log_survive_an_abort",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("GAIT_OUTBOX_ABORT_CHILD", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child should have aborted");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (last_seq, count) = stdout
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("answered "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(s, c)| (s.parse::<u64>().unwrap(), c.parse::<i64>().unwrap()))
+        .next()
+        .unwrap_or_else(|| panic!("the child answered nothing: {stdout}"));
+    assert_eq!(count, 300, "every group was answered before the abort");
+    // The log was replayed: every answered record is back, chained, with the counter of the last group.
+    let path = dir.path().join("agent.redb");
+    let (db, outbox) = open_at(&path, OutboxLimits::default());
+    assert_eq!(outbox.stats().last_seq, last_seq);
+    assert_eq!(outbox.stats().depth, last_seq);
+    assert_eq!(outbox.verify_chain().unwrap().records, last_seq);
+    let counters = crate::gate::ratelimit_counters::load(&db).unwrap();
+    assert_eq!(counters.get("window|scope|bucket|key"), Some(&300));
+    // And the log started over: opening again restores nothing and changes nothing.
+    drop(outbox);
+    drop(db);
+    let (_db, outbox) = open_at(&path, OutboxLimits::default());
+    assert_eq!(outbox.stats().last_seq, last_seq);
+}
+
+/// A group whose counters cannot be logged (a rewrite of the table) commits durably; groups after it are
+/// logged again, and a replay on top of it skips what redb already holds.
+#[test]
+fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.redb");
+    let (_db, outbox) = open_at(&path, OutboxLimits::default());
+    outbox
+        .enable_log(wal::DEFAULT_CAPACITY.min(1 << 20))
+        .unwrap();
+    let log = |outbox: &Outbox| outbox.log_lock().wal.as_ref().map(wal::Wal::needs_reset);
+    outbox
+        .append_logged(vec![new_record(RecordClass::Block, 10)], |_| {
+            Ok(Some(Vec::new()))
+        })
+        .unwrap();
+    assert_eq!(log(&outbox), Some(true), "the first group is in the log");
+    outbox
+        .append_logged(vec![new_record(RecordClass::Block, 11)], |_| Ok(None))
+        .unwrap();
+    assert_eq!(
+        log(&outbox),
+        Some(false),
+        "a durable commit starts the log over"
+    );
+    outbox
+        .append_logged(vec![new_record(RecordClass::Block, 12)], |_| {
+            Ok(Some(Vec::new()))
+        })
+        .unwrap();
+    assert_eq!(log(&outbox), Some(true));
+    drop(outbox);
+    drop(_db);
+    let (_db, outbox) = open_at(&path, OutboxLimits::default());
+    assert_eq!(outbox.stats().last_seq, 3);
+    assert_eq!(outbox.verify_chain().unwrap().records, 3);
+}

@@ -2,8 +2,11 @@
 //!
 //! Every append must be durable (fsync) before its producer is answered, and one fsync costs milliseconds, so
 //! committing each record alone caps a busy sidecar at a few hundred records per second. A dedicated thread
-//! takes whatever appends are waiting (up to [`MAX_GROUP`]), commits them with one `append_many`, and answers
-//! each producer. A lone producer pays one commit, as before; many concurrent producers share commits. When a
+//! takes whatever appends are waiting (up to [`MAX_GROUP`]), commits them together, and answers each
+//! producer. A group is made durable by one synced frame of the outbox's write-ahead log
+//! ([`crate::outbox::wal`]: one sequential write and `fdatasync`, where a durable redb commit syncs every page
+//! it copied) and committed to redb without fsync; every [`crate::outbox::wal::CHECKPOINT_EVERY`] groups, one
+//! commits durably in redb and the log starts over. A lone producer pays one commit, as before; many concurrent producers share commits. When a
 //! group cannot be committed as a whole (quota reached, one record invalid) each record of it is appended on
 //! its own, so every producer gets exactly the answer a single append would have given.
 //!
@@ -48,6 +51,21 @@ impl Committer {
         counters: Option<Arc<DaemonCounters>>,
         metrics: Option<CommitMetrics>,
     ) -> std::io::Result<Self> {
+        Self::spawn_with_log(
+            outbox,
+            counters,
+            metrics,
+            crate::outbox::wal::DEFAULT_CAPACITY,
+        )
+    }
+
+    /// [`Committer::spawn`] with a write-ahead log of `log_capacity` bytes (tests use small ones).
+    pub(crate) fn spawn_with_log(
+        outbox: Outbox,
+        counters: Option<Arc<DaemonCounters>>,
+        metrics: Option<CommitMetrics>,
+        log_capacity: u64,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(NewRecord, Reply)>();
         let thread = std::thread::Builder::new()
             .name("gait-outbox-commit".into())
@@ -59,6 +77,7 @@ impl Committer {
                         metrics,
                     },
                     rx,
+                    log_capacity,
                 )
             })?;
         Ok(Self {
@@ -89,7 +108,10 @@ struct Group {
     metrics: Option<CommitMetrics>,
 }
 
-fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>) {
+fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>, log_capacity: u64) {
+    if let Err(error) = group_to.outbox.enable_log(log_capacity) {
+        tracing::warn!(%error, "outbox log not available: every group commits durably in the database");
+    }
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -104,6 +126,9 @@ fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>) {
         && let Err(error) = counters.flush()
     {
         tracing::warn!(%error, "rate-limit counters of unanswered decisions not written at stop");
+    }
+    if let Err(error) = group_to.outbox.checkpoint_log() {
+        tracing::warn!(%error, "outbox log not checkpointed at stop; it is replayed at the next start");
     }
 }
 
@@ -155,12 +180,14 @@ impl Group {
 
     fn commit_records(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
         let Some(counters) = &self.counters else {
-            return self.outbox.append_many(records);
+            return self.outbox.append_logged(records, |_| Ok(Some(Vec::new())));
         };
         let mut taken = None;
-        let result = self.outbox.append_many_with(records, |txn| {
-            taken = Some(counters.write_changes(txn)?);
-            Ok(())
+        let result = self.outbox.append_logged(records, |txn| {
+            let changes = counters.write_changes(txn)?;
+            let logged = changes.logged_values();
+            taken = Some(changes);
+            Ok(logged)
         });
         if result.is_err()
             && let Some(changes) = taken

@@ -1,0 +1,537 @@
+//! The outbox's write-ahead log: how a group of producer appends becomes durable with one `fdatasync` of one
+//! sequential write, instead of a durable redb commit (which syncs the scattered pages it copied on write).
+//!
+//! # Protocol
+//! The committer ([`crate::state`]) hands its group to [`super::Outbox::append_logged`]. That builds the
+//! redb transaction as before (seqs, hash chain, quota, the rate-limit counters), then appends one frame
+//! holding the group's sealed records, the outbox's `shed_total` and the counters the group changed to this
+//! log, syncs it, and only then commits redb *without* fsync ([`redb::Durability::None`]). The producers are
+//! answered after both. Every [`CHECKPOINT_EVERY`] logged groups, or when a frame does not fit in the space
+//! left, the group is committed durably instead: that makes everything before it durable in redb too, and
+//! the log starts over ([`Wal::reset`]: a new generation in the header, so older frames no longer count).
+//!
+//! # Recovery
+//! A crash (or a re-open of the database after a storage failure, [`crate::db::AgentDb::heal`]) takes redb
+//! back to its last durable commit, which may be older than what producers were told. So whenever the outbox
+//! is opened, and whenever it notices the database was re-opened, it reads the frames of the current
+//! generation back in order ([`Wal::frames`]) and re-applies them in one durable commit: a record whose seq
+//! redb already holds is skipped; the next one must link to redb's `last_seq` / `last_hash` (anything else
+//! is reported as corruption, never dropped quietly); counters are written in frame order, so the newest
+//! value of each wins. Then the log is reset.
+//!
+//! # What a failure means
+//! - A frame that cannot be written or synced marks the log failed: that group (and every later one until
+//!   a reset succeeds) is committed durably in redb, as without the log. The group's records are the same
+//!   either way, so a frame that did reach the disk changes nothing at replay.
+//! - A redb commit that fails after its frame was synced is reported to the producers as failed, but a
+//!   crash before the next durable commit would bring its records back at replay: like an `fsync` that
+//!   returned an error, the outcome of that one group is unknown. The log is marked failed so the next group
+//!   (which reuses those seqs) goes through redb durably and resets it.
+//! - A torn frame (a crash during its write) was never acknowledged: the log ends before it.
+//!
+//! # File format (`<database file>` with extension `wal`, mode 0600, little-endian)
+//! - bytes `0..4096`, the header: magic `GAITWAL1`, generation (u64), the first 16 bytes of the BLAKE3 hash
+//!   of those 16 bytes.
+//! - from byte 4096, frames back to back, each: frame magic `GWFR`, payload length (u32), generation (u64),
+//!   the first 16 bytes of the BLAKE3 hash of (generation, length, payload), then the payload:
+//!   `shed_total` (u64), the record count (u32) and each record as length (u32) + its postcard encoding
+//!   (exactly the bytes stored in `outbox_records`), the counter count (u32) and each counter as key length
+//!   (u32) + key + count (i64; zero or less removes the key).
+//!
+//! The log ends at the first frame with another magic or generation, a length past the end of the file, or
+//! a checksum that does not match. The file is written with zeros to its full size when it is created, so a
+//! sync writes data blocks only: never the file's size or its extents.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// Size of a log created by the daemon. [`CHECKPOINT_EVERY`] groups of a few ~1 KiB decision records take a
+/// few hundred KiB; a burst of large groups that fills it only brings the next durable commit forward.
+pub(crate) const DEFAULT_CAPACITY: u64 = 4 * 1024 * 1024;
+
+/// Logged groups between two durable redb commits. A durable commit writes every page the commits since the
+/// last one copied (redb keeps them in its write buffer and cannot reuse the pages they freed until then),
+/// so the longer the run of commits without fsync, the longer the one that ends it holds up the groups
+/// queued behind it. Measured at 5,000 decisions/s (`docs/benchmarks.md`, "write-ahead log"): at 1,024
+/// and 8,192 that stall showed in the p99; 32, 128 and 256 were within the machine's noise of each other.
+pub(crate) const CHECKPOINT_EVERY: u64 = 128;
+pub(crate) const HEADER_LEN: u64 = 4096;
+const MAGIC: [u8; 8] = *b"GAITWAL1";
+const FRAME_MAGIC: [u8; 4] = *b"GWFR";
+const FRAME_HEADER_LEN: usize = 32;
+/// Chunk of zeros written when the file is created.
+const ZEROS: usize = 1024 * 1024;
+
+/// What one logged group carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// The outbox's `shed_total` after the group.
+    pub shed_total: u64,
+    /// The group's appended records, each its postcard encoding as stored in `outbox_records`.
+    pub records: Vec<Vec<u8>>,
+    /// The rate-limit counters the group changed: key → count (zero or less: removed).
+    pub counters: Vec<(String, i64)>,
+}
+
+impl Frame {
+    fn encode(&self) -> Vec<u8> {
+        let size = 16
+            + self.records.iter().map(|r| 4 + r.len()).sum::<usize>()
+            + self
+                .counters
+                .iter()
+                .map(|(k, _)| 12 + k.len())
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&self.shed_total.to_le_bytes());
+        out.extend_from_slice(&len_u32(self.records.len()).to_le_bytes());
+        for record in &self.records {
+            out.extend_from_slice(&len_u32(record.len()).to_le_bytes());
+            out.extend_from_slice(record);
+        }
+        out.extend_from_slice(&len_u32(self.counters.len()).to_le_bytes());
+        for (key, count) in &self.counters {
+            out.extend_from_slice(&len_u32(key.len()).to_le_bytes());
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes a payload whose checksum matched; `None` if it is malformed (a bug or a forged file).
+    fn decode(mut payload: &[u8]) -> Option<Frame> {
+        let shed_total = u64::from_le_bytes(take(&mut payload)?);
+        let count = u32::from_le_bytes(take(&mut payload)?) as usize;
+        let mut records = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(&mut payload)?) as usize;
+            records.push(take_slice(&mut payload, len)?.to_vec());
+        }
+        let count = u32::from_le_bytes(take(&mut payload)?) as usize;
+        let mut counters = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(&mut payload)?) as usize;
+            let key = std::str::from_utf8(take_slice(&mut payload, len)?).ok()?;
+            counters.push((key.to_owned(), i64::from_le_bytes(take(&mut payload)?)));
+        }
+        payload.is_empty().then_some(Frame {
+            shed_total,
+            records,
+            counters,
+        })
+    }
+}
+
+/// Lengths in a frame are u32; a group is at most 512 records of at most 1 MiB, far below.
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
+    let bytes = take_slice(input, N)?;
+    bytes.try_into().ok()
+}
+
+fn take_slice<'a>(input: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
+    if input.len() < len {
+        return None;
+    }
+    let (head, rest) = input.split_at(len);
+    *input = rest;
+    Some(head)
+}
+
+fn checksum(parts: &[&[u8]]) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    out
+}
+
+fn header_bytes(generation: u64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(&MAGIC);
+    out[8..16].copy_from_slice(&generation.to_le_bytes());
+    let sum = checksum(&[&out[..16]]);
+    out[16..].copy_from_slice(&sum);
+    out
+}
+
+/// The log's path for the agent database at `db_path` (`agent.redb` → `agent.wal`).
+pub(crate) fn path_for(db_path: &Path) -> PathBuf {
+    db_path.with_extension("wal")
+}
+
+/// An open log. Not synchronised: the outbox calls it under its writer lock.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    path: PathBuf,
+    file: File,
+    capacity: u64,
+    generation: u64,
+    /// Where the next frame goes.
+    end: u64,
+    /// Frames written since the last reset.
+    frames: u64,
+    /// A write, sync or reset failed: no frame goes in until a reset succeeds.
+    failed: bool,
+}
+
+impl Wal {
+    /// Opens the log at `path` if there is one, positioned after its last valid frame.
+    pub(crate) fn open_existing(path: &Path) -> io::Result<Option<Wal>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let capacity = file.metadata()?.len();
+        let mut wal = Wal {
+            path: path.to_path_buf(),
+            file,
+            capacity,
+            generation: 0,
+            end: HEADER_LEN,
+            frames: 0,
+            failed: false,
+        };
+        match wal.read_header()? {
+            Some(generation) => wal.generation = generation,
+            // A header that does not check out was torn while the log was reset, which happens only right
+            // after a durable commit: nothing in the log is needed any more. Start it over.
+            None => {
+                tracing::warn!(path = %path.display(), "outbox log header is not valid; starting the log over");
+                wal.failed = true;
+            }
+        }
+        Ok(Some(wal))
+    }
+
+    /// Opens the log at `path`, creating it (written with zeros to `capacity`) if there is none or if the one
+    /// there is smaller than `capacity`.
+    pub(crate) fn open_or_create(path: &Path, capacity: u64) -> io::Result<Wal> {
+        if let Some(mut wal) = Self::open_existing(path)?
+            && wal.capacity >= capacity
+        {
+            // Positions the write after the frames of the current generation (none, once replayed).
+            wal.frames()?;
+            return Ok(wal);
+        }
+        let created = Self::preallocate(path, capacity);
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // A half-written log on a nearly full disk would hold the space the database needs.
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        Ok(Wal {
+            path: path.to_path_buf(),
+            file,
+            capacity,
+            generation: 1,
+            end: HEADER_LEN,
+            frames: 0,
+            failed: false,
+        })
+    }
+
+    /// Writes the file with zeros to `capacity` and a generation-1 header, synced with its directory entry.
+    fn preallocate(path: &Path, capacity: u64) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let zeros = vec![0u8; ZEROS];
+        let mut at = 0u64;
+        while at < capacity {
+            let n = (capacity - at).min(ZEROS as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.set_len(capacity)?;
+        file.write_all_at(&header_bytes(1), 0)?;
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(file)
+    }
+
+    fn read_header(&self) -> io::Result<Option<u64>> {
+        let mut header = [0u8; 32];
+        if self.capacity < HEADER_LEN {
+            return Ok(None);
+        }
+        self.file.read_exact_at(&mut header, 0)?;
+        let generation = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        Ok((header == header_bytes(generation) && generation > 0).then_some(generation))
+    }
+
+    /// The frames of the current generation, in order, and moves the write position after the last one.
+    /// A failed log (its header did not check out) has none.
+    pub(crate) fn frames(&mut self) -> io::Result<Vec<Frame>> {
+        let mut frames = Vec::new();
+        self.end = HEADER_LEN;
+        if self.failed {
+            return Ok(frames);
+        }
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        while self.end + FRAME_HEADER_LEN as u64 <= self.capacity {
+            self.file.read_exact_at(&mut head, self.end)?;
+            let len = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+            let generation = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
+            let start = self.end + FRAME_HEADER_LEN as u64;
+            if head[..4] != FRAME_MAGIC
+                || generation != self.generation
+                || start + u64::from(len) > self.capacity
+            {
+                break;
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.file.read_exact_at(&mut payload, start)?;
+            if checksum(&[&head[8..16], &head[4..8], &payload]) != head[16..32] {
+                break;
+            }
+            let frame = Frame::decode(&payload).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "frame at byte {} of {} has a valid checksum but does not decode",
+                        self.end,
+                        self.path.display()
+                    ),
+                )
+            })?;
+            frames.push(frame);
+            self.end = start + u64::from(len);
+        }
+        self.frames = frames.len() as u64;
+        Ok(frames)
+    }
+
+    /// Appends `frame` and syncs it. `Ok(false)` when it does not fit, or the log is failed or due for a
+    /// checkpoint: commit the group durably instead (and [`Wal::reset`] after). An I/O error marks the log
+    /// failed.
+    pub(crate) fn append(&mut self, frame: &Frame) -> io::Result<bool> {
+        if self.failed || self.frames >= CHECKPOINT_EVERY {
+            return Ok(false);
+        }
+        let payload = frame.encode();
+        let Ok(len) = u32::try_from(payload.len()) else {
+            return Ok(false);
+        };
+        let total = (FRAME_HEADER_LEN + payload.len()) as u64;
+        if self.end + total > self.capacity {
+            return Ok(false);
+        }
+        let mut bytes = Vec::with_capacity(total as usize);
+        bytes.extend_from_slice(&FRAME_MAGIC);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&self.generation.to_le_bytes());
+        let sum = checksum(&[&self.generation.to_le_bytes(), &len.to_le_bytes(), &payload]);
+        bytes.extend_from_slice(&sum);
+        bytes.extend_from_slice(&payload);
+        let written = self
+            .file
+            .write_all_at(&bytes, self.end)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
+        }
+        self.end += total;
+        self.frames += 1;
+        Ok(true)
+    }
+
+    /// Whether the log holds frames (or failed): a durable commit should be followed by [`Wal::reset`].
+    pub(crate) fn needs_reset(&self) -> bool {
+        self.failed || self.frames > 0
+    }
+
+    /// Starts the log over after a durable commit made every frame in it redundant: a new generation in the
+    /// header, synced, so a crash can never replay a frame older than the commit.
+    pub(crate) fn reset(&mut self) -> io::Result<()> {
+        let generation = self.generation.wrapping_add(1).max(1);
+        let written = self
+            .file
+            .write_all_at(&header_bytes(generation), 0)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.generation = generation;
+                self.end = HEADER_LEN;
+                self.frames = 0;
+                self.failed = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the log failed (a redb commit failed after its frame was synced).
+    pub(crate) fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(i: u8) -> Frame {
+        Frame {
+            shed_total: u64::from(i),
+            records: vec![vec![i; 3 + usize::from(i)], vec![i.wrapping_add(1); 700]],
+            counters: vec![(format!("k{i}"), i64::from(i) - 2)],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_a_reset_forgets_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.wal");
+        let mut wal = Wal::open_or_create(&path, 64 * 1024).expect("create");
+        for i in 0..5 {
+            assert!(wal.append(&frame(i)).expect("append"));
+        }
+        drop(wal);
+        let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+        let frames = wal.frames().expect("frames");
+        assert_eq!(frames, (0..5).map(frame).collect::<Vec<_>>());
+        // Appending continues after the last frame.
+        assert!(wal.append(&frame(9)).expect("append"));
+        assert_eq!(wal.frames().expect("frames").len(), 6);
+        wal.reset().expect("reset");
+        assert!(wal.frames().expect("frames").is_empty());
+        assert!(wal.append(&frame(7)).expect("append"));
+        drop(wal);
+        let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+        assert_eq!(wal.frames().expect("frames"), vec![frame(7)]);
+    }
+
+    /// A crash tears the last frame anywhere: the log ends before it, and every earlier frame is intact.
+    #[test]
+    fn a_torn_last_frame_is_never_read_whatever_byte_it_ends_at() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.wal");
+        let mut wal = Wal::open_or_create(&path, 64 * 1024).expect("create");
+        assert!(wal.append(&frame(1)).expect("append"));
+        let start = wal.end;
+        assert!(wal.append(&frame(2)).expect("append"));
+        let end = wal.end;
+        drop(wal);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut whole = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut whole, start).expect("read");
+        for cut in 0..whole.len() {
+            // The frame as written up to `cut`, zeros (the preallocated file) after it.
+            let mut torn = whole.clone();
+            torn[cut..].fill(0);
+            if torn == whole {
+                continue; // the frame ends in zero bytes: cut there, it is whole
+            }
+            file.write_all_at(&torn, start).expect("write");
+            let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+            assert_eq!(
+                wal.frames().expect("frames"),
+                vec![frame(1)],
+                "cut at {cut}"
+            );
+        }
+        // One flipped bit anywhere in the frame ends the log there too.
+        for at in (0..whole.len()).step_by(7) {
+            let mut flipped = whole.clone();
+            flipped[at] ^= 0x10;
+            file.write_all_at(&flipped, start).expect("write");
+            let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+            assert_eq!(
+                wal.frames().expect("frames"),
+                vec![frame(1)],
+                "bit flipped at {at}"
+            );
+        }
+        file.write_all_at(&whole, start).expect("write");
+        let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+        assert_eq!(wal.frames().expect("frames"), vec![frame(1), frame(2)]);
+    }
+
+    #[test]
+    fn frames_of_an_older_generation_after_the_tail_are_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.wal");
+        let mut wal = Wal::open_or_create(&path, 64 * 1024).expect("create");
+        for i in 0..4 {
+            assert!(wal.append(&frame(i)).expect("append"));
+        }
+        wal.reset().expect("reset");
+        // One new frame, shorter than the old first one: the old second frame now follows it on disk.
+        assert!(wal.append(&Frame::default()).expect("append"));
+        drop(wal);
+        let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+        assert_eq!(wal.frames().expect("frames"), vec![Frame::default()]);
+    }
+
+    #[test]
+    fn a_full_log_or_one_due_for_a_checkpoint_declines_and_a_reset_reopens_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.wal");
+        let mut wal = Wal::open_or_create(&path, HEADER_LEN + 1_000).expect("create");
+        assert!(wal.append(&frame(1)).expect("first fits"));
+        assert!(!wal.append(&frame(2)).expect("second does not"));
+        wal.reset().expect("reset");
+        assert!(wal.append(&frame(2)).expect("fits after the reset"));
+
+        let mut wal = Wal::open_or_create(&dir.path().join("b.wal"), 1 << 20).expect("create");
+        wal.frames = CHECKPOINT_EVERY;
+        assert!(!wal.append(&Frame::default()).expect("due for a checkpoint"));
+        assert!(wal.needs_reset());
+        wal.reset().expect("reset");
+        assert!(wal.append(&Frame::default()).expect("appends again"));
+    }
+
+    #[test]
+    fn a_torn_header_starts_the_log_over_and_a_small_log_is_grown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.wal");
+        let mut wal = Wal::open_or_create(&path, 64 * 1024).expect("create");
+        assert!(wal.append(&frame(1)).expect("append"));
+        drop(wal);
+        let file = OpenOptions::new().write(true).open(&path).expect("open");
+        file.write_all_at(&[0xff; 4], 10).expect("tear");
+        let mut wal = Wal::open_existing(&path).expect("open").expect("exists");
+        assert!(wal.frames().expect("frames").is_empty());
+        assert!(!wal.append(&frame(2)).expect("a failed log declines"));
+        wal.reset().expect("reset");
+        assert!(wal.append(&frame(2)).expect("append"));
+        drop(wal);
+        let wal = Wal::open_or_create(&path, 128 * 1024).expect("grow");
+        assert_eq!(wal.capacity, 128 * 1024);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 128 * 1024);
+    }
+}
