@@ -94,6 +94,9 @@ pub use quarantine::{
 const RECORDS: TableDefinition<'static, [u8; 8], &[u8]> = TableDefinition::new("outbox_records");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("outbox_meta");
 const META_KEY: &str = "state";
+/// Key in `outbox_meta` holding the write-ahead log position ([`wal::Position`]) of the newest logged group,
+/// or one past every frame after a durable commit: what of the log redb's durable state already holds.
+const LOG_POSITION_KEY: &str = "log_position";
 
 /// Soft quota of the outbox; the hard ceiling is twice each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -785,15 +788,16 @@ impl Outbox {
     ) -> Result<Meta, OutboxError> {
         let mut cached = self.lock();
         let txn = self.begin_replayed(&mut cached)?;
-        let meta = self.run_txn(txn, durability, always_commit, f)?;
-        *cached = meta;
-        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+        let meta = self.run_txn(txn, durability, always_commit, |txn, records, meta, _| {
+            f(txn, records, meta)
+        })?;
+        self.publish(&mut cached, meta);
         Ok(meta)
     }
 
-    /// Runs `f` in `txn` with the records table and meta as stored, writes meta back if it changed and commits
-    /// at `durability` (or aborts, when nothing changed and not `always_commit`). The caller holds the `meta`
-    /// lock and publishes the returned meta.
+    /// Runs `f` in `txn` with the records table, meta and the stored log position ([`LOG_POSITION_KEY`]) as
+    /// stored, writes back what `f` changed and commits at `durability` (or aborts, when nothing changed and
+    /// not `always_commit`). The caller holds the `meta` lock and publishes the returned meta.
     fn run_txn(
         &self,
         mut txn: redb::WriteTransaction,
@@ -803,6 +807,7 @@ impl Outbox {
             &redb::WriteTransaction,
             &mut RecordsTable<'_>,
             &mut Meta,
+            &mut Option<wal::Position>,
         ) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
         txn.set_durability(durability)
@@ -811,16 +816,19 @@ impl Outbox {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
             let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
+            let stored = self.read_position(&meta_table)?;
             let mut meta = before;
-            f(&txn, &mut records, &mut meta)?;
+            let mut position = stored;
+            f(&txn, &mut records, &mut meta, &mut position)?;
             if meta != before {
-                let encoded = postcard::to_allocvec(&MetaOnDisk::V1(meta))
-                    .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
-                meta_table
-                    .insert(META_KEY, encoded.as_slice())
-                    .map_err(|e| self.db_err(e))?;
+                self.write_meta(&mut meta_table, &meta)?;
             }
-            Ok::<_, OutboxError>((meta, meta != before))
+            if position != stored
+                && let Some(position) = position
+            {
+                self.write_position(&mut meta_table, position)?;
+            }
+            Ok::<_, OutboxError>((meta, meta != before || position != stored))
         })();
         match result {
             Ok((meta, changed)) => {
@@ -840,6 +848,50 @@ impl Outbox {
         }
     }
 
+    /// Publishes `meta` as the cached meta and the stats snapshot (under the `meta` lock).
+    fn publish(&self, cached: &mut Meta, meta: Meta) {
+        *cached = meta;
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+    }
+
+    fn write_meta(
+        &self,
+        table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        meta: &Meta,
+    ) -> Result<(), OutboxError> {
+        let encoded = postcard::to_allocvec(&MetaOnDisk::V1(*meta))
+            .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
+        table
+            .insert(META_KEY, encoded.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn read_position<T: ReadableTable<&'static str, &'static [u8]>>(
+        &self,
+        table: &T,
+    ) -> Result<Option<wal::Position>, OutboxError> {
+        let Some(value) = table.get(LOG_POSITION_KEY).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(value.value())
+            .map(Some)
+            .map_err(|e| self.corrupt(0, format!("outbox log position: {e}")))
+    }
+
+    fn write_position(
+        &self,
+        table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        position: wal::Position,
+    ) -> Result<(), OutboxError> {
+        let encoded = postcard::to_allocvec(&position)
+            .map_err(|e| self.corrupt(0, format!("cannot encode the log position: {e}")))?;
+        table
+            .insert(LOG_POSITION_KEY, encoded.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
     /// Creates (or opens) the write-ahead log [`Outbox::append_logged`] commits through, `capacity` bytes.
     /// The committer calls it once, before its first group; until then (or if it fails) groups commit
     /// durably in redb.
@@ -847,22 +899,34 @@ impl Outbox {
         let _cached = self.lock();
         let mut slot = self.log_lock();
         let path = wal::path_for(self.db().path());
+        let stored = {
+            let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
+            match read.open_table(META) {
+                Ok(table) => self.read_position(&table)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(self.db_err(e)),
+            }
+        };
         let ready = match slot.wal.take() {
             Some(wal) if wal.capacity() >= capacity => Ok(wal),
-            // A log open since the replay was reset (or failed after its frames were applied), so
-            // creating it again at the larger size loses nothing.
+            // The log open since the replay holds no frame redb's durable state lacks (the replay applied
+            // them and stored a position past them), so creating it again at the larger size loses nothing.
             _ => wal::Wal::open_or_create(&path, capacity),
         };
-        let wal = ready.map_err(|e| self.log_err(&path, e))?;
+        let mut wal = ready.map_err(|e| self.log_err(&path, e))?;
+        // A log created afresh starts at generation 1; it must continue above the stored position, or a
+        // replay would take its frames for ones redb already holds.
+        wal.adopt_floor(stored.map_or(0, |p| p.generation));
         slot.wal = Some(wal);
         Ok(())
     }
 
     /// [`Outbox::append_many_with`] made durable through the write-ahead log ([`wal`]): the group's frame is
-    /// synced to the log, then redb commits without fsync. `also` writes other tables of the transaction and
-    /// returns what of it to log (the rate-limit counters it wrote), or `None` when its change cannot be
-    /// logged: the group then commits durably in redb, as it does when the log is full, failed, not enabled
-    /// or due for a checkpoint ([`wal::CHECKPOINT_EVERY`]). After a durable commit the log starts over.
+    /// synced to the log, then redb commits without fsync, storing the frame's position. `also` writes other
+    /// tables of the transaction and returns what of it to log (the rate-limit counters it wrote), or `None`
+    /// when its change cannot be logged: the group then commits durably in redb, as it does when the log is
+    /// full, failed, not enabled or due for a checkpoint ([`wal::CHECKPOINT_EVERY`]), storing a position past
+    /// every frame of the log, which then starts over.
     pub(crate) fn append_logged(
         &self,
         recs: Vec<NewRecord>,
@@ -877,13 +941,14 @@ impl Outbox {
         }
         let mut cached = self.lock();
         let mut txn = self.begin_replayed(&mut cached)?;
+        let mut slot = self.log_lock();
         let mut outcomes = Vec::with_capacity(recs.len());
-        let mut frame = wal::Frame::default();
         let built = (|| {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
             let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
             let mut meta = before;
+            let mut frame = wal::Frame::default();
             for rec in recs {
                 outcomes.push(self.append_one(
                     &mut records,
@@ -894,15 +959,28 @@ impl Outbox {
             }
             let counters = also(&txn)?;
             if meta != before {
-                let encoded = postcard::to_allocvec(&MetaOnDisk::V1(meta))
-                    .map_err(|e| self.corrupt(meta.last_seq, format!("cannot encode meta: {e}")))?;
-                meta_table
-                    .insert(META_KEY, encoded.as_slice())
-                    .map_err(|e| self.db_err(e))?;
+                self.write_meta(&mut meta_table, &meta)?;
             }
-            Ok::<_, OutboxError>((meta, counters))
+            frame.shed_total = meta.shed_total;
+            let plan = match (slot.wal.as_ref(), counters) {
+                (Some(wal), Some(counters)) => {
+                    frame.counters = counters;
+                    wal.plan(&frame)
+                }
+                _ => None,
+            };
+            // The position this commit stores: its own frame's, or past every frame of the log.
+            let position = match (&plan, slot.wal.as_ref()) {
+                (Some((_, position)), _) => Some(*position),
+                (None, Some(wal)) => Some(wal.superseded()),
+                (None, None) => None,
+            };
+            if let Some(position) = position {
+                self.write_position(&mut meta_table, position)?;
+            }
+            Ok::<_, OutboxError>((meta, plan))
         })();
-        let (meta, counters) = match built {
+        let (meta, plan) = match built {
             Ok(built) => built,
             Err(e) => {
                 if let Err(abort) = txn.abort() {
@@ -911,65 +989,100 @@ impl Outbox {
                 return Err(e);
             }
         };
-        let mut slot = self.log_lock();
-        let logged = match (slot.wal.as_mut(), counters) {
-            (Some(wal), Some(counters)) => {
-                frame.shed_total = meta.shed_total;
-                frame.counters = counters;
-                match wal.append(&frame) {
-                    Ok(logged) => logged,
-                    Err(error) => {
-                        tracing::warn!(
-                            %error,
-                            log = %wal.path().display(),
-                            "outbox log write failed; committing durably in the database instead"
-                        );
-                        false
-                    }
-                }
-            }
-            _ => false,
-        };
-        if logged {
+        let mut logged = false;
+        if let Some((payload, _)) = plan
+            && let Some(wal) = slot.wal.as_mut()
+        {
+            // Set before the frame is written: once it is synced, only the commit itself may fail.
             txn.set_durability(redb::Durability::None)
                 .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
+            match wal.append_planned(&payload) {
+                Ok(()) => logged = true,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        log = %wal.path().display(),
+                        "outbox log write failed; committing durably in the database instead"
+                    );
+                    txn.set_durability(redb::Durability::Immediate)
+                        .map_err(|e| {
+                            self.corrupt(0, format!("cannot set the commit durability: {e}"))
+                        })?;
+                    let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
+                    self.write_position(&mut meta_table, wal.superseded())?;
+                }
+            }
         }
         if let Err(e) = txn.commit() {
-            if logged && let Some(wal) = slot.wal.as_mut() {
-                // The frame is in the log and the next group reuses its seqs: that one must not be logged
-                // behind it. It commits durably, which resets the log.
-                wal.mark_failed();
+            if logged {
+                // The frame is synced but its group is not in redb, and the next group would reuse its seqs:
+                // supersede it now, before anything else can write.
+                self.supersede_log(&mut slot);
             }
             return Err(self.db_err(e));
         }
-        *cached = meta;
-        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
+        self.publish(&mut cached, meta);
         if !logged {
             self.reset_log(&mut slot);
         }
         Ok(outcomes)
     }
 
+    /// After a commit failed behind a synced frame: a durable commit storing a position past every frame,
+    /// then a reset. If that fails too (the storage is failing), the frame stays in the log and the replay
+    /// after the database's re-open applies it: the group's outcome is then unknown to its producers, as
+    /// after an `fsync` that returned an error.
+    fn supersede_log(&self, slot: &mut LogSlot) {
+        let Some(wal) = slot.wal.as_mut() else {
+            return;
+        };
+        wal.mark_failed();
+        let position = wal.superseded();
+        let committed = self
+            .db()
+            .redb()
+            .begin_write()
+            .map_err(|e| self.db_err(e))
+            .and_then(|txn| {
+                self.run_txn(txn, redb::Durability::Immediate, true, |_, _, _, stored| {
+                    *stored = Some(position);
+                    Ok(())
+                })
+            });
+        match committed {
+            Ok(_) => self.reset_log(slot),
+            Err(error) => tracing::warn!(
+                %error,
+                "outbox log frame of a failed commit not superseded; it is replayed after the database re-opens"
+            ),
+        }
+    }
+
     /// Makes everything committed so far durable in redb and starts the log over (the committer's clean
     /// stop). Nothing to do when the log is empty.
     pub(crate) fn checkpoint_log(&self) -> Result<(), OutboxError> {
-        let needs = self
-            .log_lock()
+        let mut cached = self.lock();
+        let txn = self.begin_replayed(&mut cached)?;
+        let mut slot = self.log_lock();
+        let Some(position) = slot
             .wal
             .as_ref()
-            .is_some_and(wal::Wal::needs_reset);
-        if !needs {
-            return Ok(());
-        }
-        self.write_txn(true, |_, _, _| Ok(()))?;
-        let _cached = self.lock();
-        let mut slot = self.log_lock();
+            .filter(|wal| wal.needs_reset())
+            .map(wal::Wal::superseded)
+        else {
+            return txn.abort().map_err(|e| self.db_err(e));
+        };
+        let meta = self.run_txn(txn, redb::Durability::Immediate, true, |_, _, _, stored| {
+            *stored = Some(position);
+            Ok(())
+        })?;
+        self.publish(&mut cached, meta);
         self.reset_log(&mut slot);
         Ok(())
     }
 
-    /// Starts the log over after a durable commit; a failure leaves it failed (the next group commits
-    /// durably and tries again).
+    /// Starts the log over after a durable commit stored a position past its frames; a failure leaves it
+    /// failed (the next group commits durably and tries again).
     fn reset_log(&self, slot: &mut LogSlot) {
         if let Some(wal) = slot.wal.as_mut()
             && wal.needs_reset()
@@ -982,7 +1095,8 @@ impl Outbox {
     /// Begins a write transaction, first replaying the log if the database was re-opened since the last
     /// replay ([`LogSlot::replayed_at_reopen`]). The count is read after the transaction began: a re-open
     /// cannot complete while a write transaction is alive, and the count moves before the new database is
-    /// handed out, so a transaction on a re-opened database always sees the new count.
+    /// handed out, so a transaction on a re-opened database always sees the new count. Until a replay
+    /// succeeds, every write fails.
     fn begin_replayed(&self, cached: &mut Meta) -> Result<redb::WriteTransaction, OutboxError> {
         loop {
             let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
@@ -1001,88 +1115,146 @@ impl Outbox {
         }
     }
 
-    /// Re-applies the log's frames on top of redb's durable state in one durable commit and starts the log
-    /// over ([`wal`], "Recovery"). Returns how many records it restored. Called with the `meta` lock held.
+    /// Re-applies the frames redb's durable state lacks (those after the stored position) in one durable
+    /// commit, stores a position past all of them, starts the log over and publishes the meta as stored
+    /// ([`wal`], "Recovery"). Returns how many records it restored. Called with the `meta` lock held; the
+    /// re-open count is marked replayed only once this succeeded.
     fn replay_log(&self, cached: &mut Meta) -> Result<u64, OutboxError> {
+        let reopens = self.db().reopens();
         let mut slot = self.log_lock();
-        slot.replayed_at_reopen = self.db().reopens();
         let path = wal::path_for(self.db().path());
         let mut wal = match slot.wal.take() {
-            Some(wal) => wal,
-            None => match wal::Wal::open_existing(&path) {
-                Ok(Some(wal)) => wal,
-                Ok(None) => return Ok(0),
-                Err(e) => return Err(self.log_err(&path, e)),
-            },
+            Some(wal) => Some(wal),
+            None => wal::Wal::open_existing(&path).map_err(|e| self.log_err(&path, e))?,
         };
-        let frames = match wal.frames() {
-            Ok(frames) => frames,
+        let frames = match wal.as_mut().map(wal::Wal::frames).transpose() {
+            Ok(frames) => frames.unwrap_or_default(),
             Err(e) => {
-                slot.wal = Some(wal);
+                slot.wal = wal;
                 return Err(self.log_err(&path, e));
             }
         };
-        if frames.is_empty() {
-            slot.wal = Some(wal);
-            return Ok(0);
-        }
         let mut restored = 0u64;
-        let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
-        let applied = self.run_txn(txn, redb::Durability::Immediate, true, |txn, records, meta| {
-            for frame in &frames {
-                for bytes in &frame.records {
-                    let record: Record = postcard::from_bytes(bytes).map_err(|e| {
-                        self.corrupt(
-                            meta.last_seq,
-                            format!("a record in the outbox log {} does not decode: {e}", path.display()),
-                        )
-                    })?;
-                    if record.seq <= meta.last_seq {
-                        continue;
+        let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e));
+        let applied = txn.and_then(|txn| {
+            self.run_txn(
+                txn,
+                redb::Durability::Immediate,
+                false,
+                |txn, records, meta, stored| {
+                    let Some(wal) = wal.as_mut() else {
+                        return Ok(());
+                    };
+                    let from = stored.unwrap_or(wal::Position {
+                        generation: 0,
+                        frame: 0,
+                    });
+                    let skip = match wal.generation().cmp(&from.generation) {
+                        std::cmp::Ordering::Less => frames.len(),
+                        std::cmp::Ordering::Equal => {
+                            usize::try_from(from.frame).unwrap_or(usize::MAX)
+                        }
+                        std::cmp::Ordering::Greater => 0,
+                    };
+                    let pending = frames.len().saturating_sub(skip);
+                    for (i, frame) in frames.iter().skip(skip).enumerate() {
+                        let last = i + 1 == pending;
+                        if !self.replay_frame(
+                            txn,
+                            records,
+                            meta,
+                            frame,
+                            last,
+                            &path,
+                            &mut restored,
+                        )? {
+                            break;
+                        }
                     }
-                    if record.seq != meta.last_seq + 1
-                        || record.prev_hash != meta.last_hash
-                        || !record.verify_hash()
-                    {
-                        return Err(self.corrupt(
-                            record.seq,
-                            format!(
-                                "the outbox log {} holds seq {} that does not continue the stored records \
-                                 (last seq {})",
-                                path.display(),
-                                record.seq,
-                                meta.last_seq
-                            ),
-                        ));
+                    wal.adopt_floor(from.generation);
+                    if pending > 0 || wal.needs_reset() {
+                        *stored = Some(wal.superseded());
                     }
-                    records
-                        .insert(record.seq.to_be_bytes(), bytes.as_slice())
-                        .map_err(|e| self.db_err(e))?;
-                    meta.last_seq = record.seq;
-                    meta.last_hash = record.hash;
-                    meta.bytes = meta.bytes.saturating_add(bytes.len() as u64);
-                    restored += 1;
-                }
-                meta.shed_total = meta.shed_total.max(frame.shed_total);
-                if !frame.counters.is_empty() {
-                    crate::gate::ratelimit_counters::write_logged(self.db(), txn, &frame.counters)?;
-                }
-            }
-            Ok(())
+                    Ok(())
+                },
+            )
         });
-        match applied {
-            Ok(meta) => {
-                *cached = meta;
-                *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()) = meta.stats();
-                slot.wal = Some(wal);
-                self.reset_log(&mut slot);
-                Ok(restored)
-            }
-            Err(e) => {
-                slot.wal = Some(wal);
-                Err(e)
-            }
+        slot.wal = wal;
+        let meta = applied?;
+        self.publish(cached, meta);
+        self.reset_log(&mut slot);
+        slot.replayed_at_reopen = reopens;
+        Ok(restored)
+    }
+
+    /// Applies one frame's records and counters; `Ok(false)` when the frame, the last one pending, does not
+    /// continue the stored records: its group's commit failed after the frame was synced (its producers were
+    /// told so) and another write took its seqs, so it is superseded. Anywhere else that is corruption.
+    #[allow(clippy::too_many_arguments)]
+    fn replay_frame(
+        &self,
+        txn: &redb::WriteTransaction,
+        records: &mut RecordsTable<'_>,
+        meta: &mut Meta,
+        frame: &wal::Frame,
+        last: bool,
+        path: &std::path::Path,
+        restored: &mut u64,
+    ) -> Result<bool, OutboxError> {
+        let mut decoded = Vec::with_capacity(frame.records.len());
+        for bytes in &frame.records {
+            let record: Record = postcard::from_bytes(bytes).map_err(|e| {
+                self.corrupt(
+                    meta.last_seq,
+                    format!(
+                        "a record in the outbox log {} does not decode: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            decoded.push(record);
         }
+        let mut link = (meta.last_seq, meta.last_hash);
+        for record in decoded.iter().filter(|r| r.seq > meta.last_seq) {
+            if record.seq != link.0 + 1 || record.prev_hash != link.1 || !record.verify_hash() {
+                if last {
+                    tracing::warn!(
+                        seq = record.seq,
+                        log = %path.display(),
+                        "the last frame of the outbox log does not continue the stored records: its group's \
+                         commit had failed and was refused to its producers; it is left out"
+                    );
+                    return Ok(false);
+                }
+                return Err(self.corrupt(
+                    record.seq,
+                    format!(
+                        "the outbox log {} holds seq {} that does not continue the stored records (last seq {})",
+                        path.display(),
+                        record.seq,
+                        link.0
+                    ),
+                ));
+            }
+            link = (record.seq, record.hash);
+        }
+        for (record, bytes) in decoded.iter().zip(&frame.records) {
+            if record.seq <= meta.last_seq {
+                continue;
+            }
+            records
+                .insert(record.seq.to_be_bytes(), bytes.as_slice())
+                .map_err(|e| self.db_err(e))?;
+            meta.last_seq = record.seq;
+            meta.last_hash = record.hash;
+            meta.bytes = meta.bytes.saturating_add(bytes.len() as u64);
+            *restored += 1;
+        }
+        meta.shed_total = meta.shed_total.max(frame.shed_total);
+        if !frame.counters.is_empty() {
+            crate::gate::ratelimit_counters::write_logged(self.db(), txn, &frame.counters)?;
+        }
+        Ok(true)
     }
 
     fn log_lock(&self) -> MutexGuard<'_, LogSlot> {

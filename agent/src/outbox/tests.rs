@@ -1079,3 +1079,42 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
     assert_eq!(outbox.stats().last_seq, 3);
     assert_eq!(outbox.verify_chain().unwrap().records, 3);
 }
+
+/// A replay applies only the frames after the position redb stores. Here redb holds both logged groups (a
+/// clean close made them durable) and a newer count written durably since; replaying the frames' counts
+/// again would take the counter back.
+#[test]
+fn a_replay_skips_frames_the_stored_position_covers_and_never_regresses_a_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.redb");
+    let key = "window|scope|bucket|key";
+    {
+        let (db, outbox) = open_at(&path, OutboxLimits::default());
+        outbox.enable_log(1 << 20).unwrap();
+        for count in [50i64, 60] {
+            outbox
+                .append_logged(vec![new_record(RecordClass::Block, 10)], |txn| {
+                    let counters = vec![(key.to_owned(), count)];
+                    crate::gate::ratelimit_counters::write_logged(&db, txn, &counters)?;
+                    Ok(Some(counters))
+                })
+                .unwrap();
+        }
+        let txn = db.redb().begin_write().unwrap();
+        crate::gate::ratelimit_counters::write_logged(&db, &txn, &[(key.to_owned(), 70)]).unwrap();
+        txn.commit().unwrap();
+        assert!(
+            outbox
+                .log_lock()
+                .wal
+                .as_ref()
+                .is_some_and(wal::Wal::needs_reset),
+            "both frames are still in the log"
+        );
+    }
+    let (db, outbox) = open_at(&path, OutboxLimits::default());
+    assert_eq!(outbox.stats().last_seq, 2);
+    assert_eq!(outbox.verify_chain().unwrap().records, 2);
+    let counters = crate::gate::ratelimit_counters::load(&db).unwrap();
+    assert_eq!(counters.get(key), Some(&70));
+}

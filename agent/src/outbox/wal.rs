@@ -3,32 +3,35 @@
 //!
 //! # Protocol
 //! The committer ([`crate::state`]) hands its group to [`super::Outbox::append_logged`]. That builds the
-//! redb transaction as before (seqs, hash chain, quota, the rate-limit counters), then appends one frame
-//! holding the group's sealed records, the outbox's `shed_total` and the counters the group changed to this
-//! log, syncs it, and only then commits redb *without* fsync ([`redb::Durability::None`]). The producers are
-//! answered after both. Every [`CHECKPOINT_EVERY`] logged groups, or when a frame does not fit in the space
-//! left, the group is committed durably instead: that makes everything before it durable in redb too, and
-//! the log starts over ([`Wal::reset`]: a new generation in the header, so older frames no longer count).
+//! redb transaction as before (seqs, hash chain, quota, the rate-limit counters) and stores in it the
+//! group's [`Position`] in the log (generation, frame number). It then appends one frame holding the group's
+//! sealed records, the outbox's `shed_total` and the counters the group changed, syncs it, and only then
+//! commits redb *without* fsync ([`redb::Durability::None`]). The producers are answered after both. Every
+//! [`CHECKPOINT_EVERY`] logged groups, or when a frame does not fit, the group is committed durably instead,
+//! storing a position past every frame of the current generation; that makes everything before it durable
+//! in redb too, and the log starts over ([`Wal::reset`]: the next generation in the header).
 //!
 //! # Recovery
 //! A crash (or a re-open of the database after a storage failure, [`crate::db::AgentDb::heal`]) takes redb
 //! back to its last durable commit, which may be older than what producers were told. So whenever the outbox
-//! is opened, and whenever it notices the database was re-opened, it reads the frames of the current
-//! generation back in order ([`Wal::frames`]) and re-applies them in one durable commit: a record whose seq
-//! redb already holds is skipped; the next one must link to redb's `last_seq` / `last_hash` (anything else
-//! is reported as corruption, never dropped quietly); counters are written in frame order, so the newest
-//! value of each wins. Then the log is reset.
+//! is opened, and whenever a write notices the database was re-opened, it reads the frames of the current
+//! generation back and re-applies, in one durable commit, exactly those after the position redb's durable
+//! state stores: each must continue redb's `last_seq` / `last_hash`, and their counters are written in
+//! frame order. The frames before the position are never applied again, so a counter redb holds cannot go
+//! back to an older value. Until a replay after a re-open succeeds, every outbox write fails.
 //!
 //! # What a failure means
-//! - A frame that cannot be written or synced marks the log failed: that group (and every later one until
-//!   a reset succeeds) is committed durably in redb, as without the log. The group's records are the same
-//!   either way, so a frame that did reach the disk changes nothing at replay.
-//! - A redb commit that fails after its frame was synced is reported to the producers as failed, but a
-//!   crash before the next durable commit would bring its records back at replay: like an `fsync` that
-//!   returned an error, the outcome of that one group is unknown. The log is marked failed so the next group
-//!   (which reuses those seqs) goes through redb durably and resets it.
+//! - A frame that cannot be written or synced marks the log failed: that group (and every later one until a
+//!   reset succeeds) is committed durably in redb, storing a position past the log, as without the log.
+//! - A redb commit that fails after its frame was synced is reported to the producers as failed. The outbox
+//!   then commits a position past the log durably and resets it before any other write, so the frame never
+//!   counts. If that fails too (the storage is failing), the replay after the re-open applies the frame: like
+//!   an `fsync` that returned an error, the outcome of that one group is unknown to its producers. A last
+//!   frame whose records no longer continue redb's (another write took the seqs) is left out with a warning.
 //! - A torn frame (a crash during its write) was never acknowledged: the log ends before it.
-//!
+//! - A header that does not check out makes the log start over, written with zeros again, at a generation
+//!   above the stored position's.
+
 //! # File format (`<database file>` with extension `wal`, mode 0600, little-endian)
 //! - bytes `0..4096`, the header: magic `GAITWAL1`, generation (u64), the first 16 bytes of the BLAKE3 hash
 //!   of those 16 bytes.
@@ -178,8 +181,23 @@ pub(crate) struct Wal {
     end: u64,
     /// Frames written since the last reset.
     frames: u64,
-    /// A write, sync or reset failed: no frame goes in until a reset succeeds.
+    /// A write, sync or reset failed, or a redb commit after a synced frame: no frame goes in until a reset
+    /// succeeds. The frames already there are still read ([`Wal::frames`]).
     failed: bool,
+    /// The header did not check out: no frame can be trusted, and the next reset writes the whole file
+    /// with zeros again (an old frame of the generation it starts could otherwise follow the new ones).
+    header_invalid: bool,
+}
+
+/// Where a group's frame stands in the log: its generation and its number in that generation (from 1).
+/// The outbox stores the position of the newest logged group in each transaction, so a replay knows which
+/// frames redb's durable state already holds; `(generation, 0)` means every frame before `generation`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub(crate) struct Position {
+    pub generation: u64,
+    pub frame: u64,
 }
 
 impl Wal {
@@ -199,6 +217,7 @@ impl Wal {
             end: HEADER_LEN,
             frames: 0,
             failed: false,
+            header_invalid: false,
         };
         match wal.read_header()? {
             Some(generation) => wal.generation = generation,
@@ -207,6 +226,7 @@ impl Wal {
             None => {
                 tracing::warn!(path = %path.display(), "outbox log header is not valid; starting the log over");
                 wal.failed = true;
+                wal.header_invalid = true;
             }
         }
         Ok(Some(wal))
@@ -239,10 +259,12 @@ impl Wal {
             end: HEADER_LEN,
             frames: 0,
             failed: false,
+            header_invalid: false,
         })
     }
 
-    /// Writes the file with zeros to `capacity` and a generation-1 header, synced with its directory entry.
+    /// Creates the file, written with zeros to `capacity` and a generation-1 header, synced with its
+    /// directory entry.
     fn preallocate(path: &Path, capacity: u64) -> io::Result<File> {
         let file = OpenOptions::new()
             .read(true)
@@ -251,6 +273,12 @@ impl Wal {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
+        Self::preallocate_at(&file, path, capacity, 1)?;
+        Ok(file)
+    }
+
+    /// Writes `file` with zeros to `capacity` and a header of `generation`, synced with its directory entry.
+    fn preallocate_at(file: &File, path: &Path, capacity: u64, generation: u64) -> io::Result<()> {
         let zeros = vec![0u8; ZEROS];
         let mut at = 0u64;
         while at < capacity {
@@ -259,12 +287,12 @@ impl Wal {
             at += n as u64;
         }
         file.set_len(capacity)?;
-        file.write_all_at(&header_bytes(1), 0)?;
+        file.write_all_at(&header_bytes(generation), 0)?;
         file.sync_all()?;
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Ok(file)
+        Ok(())
     }
 
     fn read_header(&self) -> io::Result<Option<u64>> {
@@ -277,12 +305,12 @@ impl Wal {
         Ok((header == header_bytes(generation) && generation > 0).then_some(generation))
     }
 
-    /// The frames of the current generation, in order, and moves the write position after the last one.
-    /// A failed log (its header did not check out) has none.
+    /// The frames of the current generation, in order (the first is frame 1), and moves the write position
+    /// after the last one. A log whose header did not check out has none.
     pub(crate) fn frames(&mut self) -> io::Result<Vec<Frame>> {
         let mut frames = Vec::new();
         self.end = HEADER_LEN;
-        if self.failed {
+        if self.header_invalid {
             return Ok(frames);
         }
         let mut head = [0u8; FRAME_HEADER_LEN];
@@ -319,28 +347,56 @@ impl Wal {
         Ok(frames)
     }
 
-    /// Appends `frame` and syncs it. `Ok(false)` when it does not fit, or the log is failed or due for a
-    /// checkpoint: commit the group durably instead (and [`Wal::reset`] after). An I/O error marks the log
-    /// failed.
-    pub(crate) fn append(&mut self, frame: &Frame) -> io::Result<bool> {
+    /// The encoded frame and the position it will take, or `None` when it does not fit, or the log is
+    /// failed or due for a checkpoint: commit the group durably instead (and [`Wal::reset`] after).
+    pub(crate) fn plan(&self, frame: &Frame) -> Option<(Vec<u8>, Position)> {
         if self.failed || self.frames >= CHECKPOINT_EVERY {
-            return Ok(false);
+            return None;
         }
         let payload = frame.encode();
-        let Ok(len) = u32::try_from(payload.len()) else {
+        let total = (FRAME_HEADER_LEN + payload.len()) as u64;
+        if u32::try_from(payload.len()).is_err() || self.end + total > self.capacity {
+            return None;
+        }
+        let position = Position {
+            generation: self.generation,
+            frame: self.frames + 1,
+        };
+        Some((payload, position))
+    }
+
+    /// The position a durable commit stores: every frame of the current generation is then redundant, and
+    /// the reset that follows starts the next one.
+    pub(crate) fn superseded(&self) -> Position {
+        Position {
+            generation: self.generation.wrapping_add(1).max(1),
+            frame: 0,
+        }
+    }
+
+    /// Appends `frame` and syncs it. `Ok(false)` when [`Wal::plan`] declines it. An I/O error marks the log
+    /// failed.
+    #[cfg(test)]
+    pub(crate) fn append(&mut self, frame: &Frame) -> io::Result<bool> {
+        let Some((payload, _)) = self.plan(frame) else {
             return Ok(false);
         };
+        self.append_planned(&payload)?;
+        Ok(true)
+    }
+
+    /// Appends a payload [`Wal::plan`] accepted (nothing else may touch the log in between) and syncs it.
+    /// An I/O error marks the log failed.
+    pub(crate) fn append_planned(&mut self, payload: &[u8]) -> io::Result<()> {
+        let len = len_u32(payload.len());
         let total = (FRAME_HEADER_LEN + payload.len()) as u64;
-        if self.end + total > self.capacity {
-            return Ok(false);
-        }
         let mut bytes = Vec::with_capacity(total as usize);
         bytes.extend_from_slice(&FRAME_MAGIC);
         bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(&self.generation.to_le_bytes());
-        let sum = checksum(&[&self.generation.to_le_bytes(), &len.to_le_bytes(), &payload]);
+        let sum = checksum(&[&self.generation.to_le_bytes(), &len.to_le_bytes(), payload]);
         bytes.extend_from_slice(&sum);
-        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(payload);
         let written = self
             .file
             .write_all_at(&bytes, self.end)
@@ -351,7 +407,7 @@ impl Wal {
         }
         self.end += total;
         self.frames += 1;
-        Ok(true)
+        Ok(())
     }
 
     /// Whether the log holds frames (or failed): a durable commit should be followed by [`Wal::reset`].
@@ -362,23 +418,37 @@ impl Wal {
     /// Starts the log over after a durable commit made every frame in it redundant: a new generation in the
     /// header, synced, so a crash can never replay a frame older than the commit.
     pub(crate) fn reset(&mut self) -> io::Result<()> {
-        let generation = self.generation.wrapping_add(1).max(1);
-        let written = self
-            .file
-            .write_all_at(&header_bytes(generation), 0)
-            .and_then(|()| self.file.sync_data());
+        let generation = self.superseded().generation;
+        let written = if self.header_invalid {
+            Self::preallocate_at(&self.file, &self.path, self.capacity, generation)
+        } else {
+            self.file
+                .write_all_at(&header_bytes(generation), 0)
+                .and_then(|()| self.file.sync_data())
+        };
         match written {
             Ok(()) => {
                 self.generation = generation;
                 self.end = HEADER_LEN;
                 self.frames = 0;
                 self.failed = false;
+                self.header_invalid = false;
                 Ok(())
             }
             Err(e) => {
                 self.failed = true;
                 Err(e)
             }
+        }
+    }
+
+    /// Raises the generation to at least `floor` (the generation of the position redb stores), marking the
+    /// log failed if it was below: a log created afresh or after an invalid header must not reuse a
+    /// generation whose frames a replay would take for ones redb already holds.
+    pub(crate) fn adopt_floor(&mut self, floor: u64) {
+        if self.generation < floor {
+            self.generation = floor;
+            self.failed = true;
         }
     }
 
@@ -393,6 +463,10 @@ impl Wal {
 
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
