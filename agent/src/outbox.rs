@@ -11,7 +11,7 @@
 //!   survives the deletion of every record.
 //! - `outbox_quarantine` and `outbox_quarantine_meta`: records the aggregator refused for good, see
 //!   [`quarantine`].
-//! - Beside the database, `agent.wal`: the write-ahead log of group commits, see [`wal`].
+//! - Beside the database, `agent.wal`: the write-ahead log of group commits, see `outbox/wal.rs`.
 //!
 //! # Invariants (checked on open, and fully by [`Outbox::verify_chain`])
 //! - Sequence numbers start at 1 and strictly increase; a number is never reused, even after its record was
@@ -40,8 +40,8 @@
 //! # Crash rules
 //! - Each `append` / `append_many` is one redb write transaction committed with fsync ("immediate"
 //!   durability) before it returns; the producer learns its seq only after that. The committer's group
-//!   commits ([`Outbox::append_logged`]) are made durable by one synced frame of the write-ahead log
-//!   (`agent.wal` beside the database, [`wal`]) before redb commits them without fsync; opening the outbox
+//!   commits (`Outbox::append_logged`) are made durable by one synced frame of the write-ahead log
+//!   (`agent.wal` beside the database, `outbox/wal.rs`) before redb commits them without fsync; opening the outbox
 //!   replays the log. So after a crash (process kill or power loss, provided the disk honours fsync) every
 //!   record ever acknowledged to a producer is present, unless the aggregator acknowledged it first.
 //! - A crash in the middle of a transaction leaves the last committed state: redb's copy-on-write commit

@@ -11,7 +11,7 @@
 //! count is durable in the same fsync as its record, before the decision is answered. A crash can therefore
 //! lose only counts of decisions that were never answered (their callers got no verdict and fail closed); a
 //! window that was enforced is never reset by a restart. When the committer makes a group durable through
-//! the outbox's write-ahead log ([`crate::outbox::wal`]), the counters it wrote travel in the group's frame
+//! the outbox's write-ahead log (`outbox/wal.rs`), the counters it wrote travel in the group's frame
 //! and are written again when the log is replayed; a rewrite of the table (keys removed) cannot be replayed
 //! from values, so that group commits durably in redb instead. A commit that fails gives its counters back as dirty
 //! ([`DaemonCounters::restore`]); a clean stop writes whatever is still dirty ([`DaemonCounters::flush`]).
