@@ -212,6 +212,9 @@ struct Inner {
     reopens: AtomicU64,
     /// Serialises [`AgentDb::heal`] calls.
     heal: Mutex<()>,
+    /// Tests only: while set, every write and sync of the file fails (an injected storage failure).
+    #[cfg(test)]
+    fail_writes: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Storage failure counters of one [`AgentDb`] (for `/metrics` and `status`).
@@ -272,6 +275,32 @@ impl AgentDb {
                 errors: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
                 heal: Mutex::new(()),
+                #[cfg(test)]
+                fail_writes: None,
+            }),
+        };
+        this.check_format()?;
+        Ok(this)
+    }
+
+    /// Opens `path` on a file backend whose writes and syncs fail while `fail` is set (so are those of every
+    /// re-open), to test what a storage failure does.
+    #[cfg(test)]
+    pub(crate) fn open_failable(
+        path: impl AsRef<Path>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, DbError> {
+        let path = path.as_ref().to_path_buf();
+        let db = open_failable_redb(&path, &fail)?;
+        let this = AgentDb {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(Arc::new(db))),
+                path,
+                failure: Mutex::new(None),
+                errors: AtomicU64::new(0),
+                reopens: AtomicU64::new(0),
+                heal: Mutex::new(()),
+                fail_writes: Some(fail),
             }),
         };
         this.check_format()?;
@@ -376,6 +405,12 @@ impl AgentDb {
                 }
             }
         }
+        #[cfg(test)]
+        let db = match &self.inner.fail_writes {
+            Some(fail) => open_failable_redb(&self.inner.path, fail)?,
+            None => open_redb(&self.inner.path)?,
+        };
+        #[cfg(not(test))]
         let db = open_redb(&self.inner.path)?;
         // Counted before the new database is handed out (both under the slot's write lock): the outbox reads
         // the count after beginning a write transaction to know whether to replay its log.
@@ -454,6 +489,108 @@ fn open_redb(path: &Path) -> Result<redb::Database, DbError> {
         .set_check_integrity_on_open(true)
         .create(path)
         .map_err(|e| classify(path, e.into()))
+}
+
+#[cfg(test)]
+fn open_failable_redb(
+    path: &Path,
+    fail: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<redb::Database, DbError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| classify(path, redb::Error::Io(e)))?;
+    let inner = redb::backends::FileBackend::new(file).map_err(|e| classify(path, e.into()))?;
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create_with_backend(failable::Failable {
+            inner,
+            fail: Arc::clone(fail),
+        })
+        .map_err(|e| classify(path, e.into()))
+}
+
+/// A file backend whose writes and syncs fail on demand (tests of storage failures).
+#[cfg(test)]
+mod failable {
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::{BackendError, StorageBackend};
+
+    #[derive(Debug)]
+    pub(super) struct Failable {
+        pub(super) inner: redb::backends::FileBackend,
+        pub(super) fail: Arc<AtomicBool>,
+    }
+
+    impl Failable {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Acquire) {
+                return Err(std::io::Error::other("injected storage failure"));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for Failable {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+        fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(start, end)
+        }
+        fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), BackendError> {
+            self.inner.lock_shared_range(start, end)
+        }
+        fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(start, end)
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

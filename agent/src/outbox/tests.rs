@@ -1118,3 +1118,41 @@ fn a_replay_skips_frames_the_stored_position_covers_and_never_regresses_a_counte
     let counters = crate::gate::ratelimit_counters::load(&db).unwrap();
     assert_eq!(counters.get(key), Some(&70));
 }
+
+/// A storage failure latches redb, and the re-open that heals it takes redb back to its last durable commit,
+/// which lacks the groups committed through the log since. The first write after the re-open replays them,
+/// even though the log itself had been marked failed, so no answered seq is handed out again.
+#[test]
+fn groups_a_reopen_took_back_are_replayed_before_the_next_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let db = AgentDb::open_failable(dir.path().join("agent.redb"), Arc::clone(&fail)).unwrap();
+    let outbox = Outbox::open(&db, OutboxLimits::default()).unwrap();
+    outbox.enable_log(1 << 20).unwrap();
+    let group = |len: usize| vec![new_record(RecordClass::Block, len)];
+    for len in 10..13 {
+        outbox
+            .append_logged(group(len), |_| Ok(Some(Vec::new())))
+            .unwrap();
+    }
+    if let Some(wal) = outbox.log_lock().wal.as_mut() {
+        wal.mark_failed();
+    }
+    // The next group commits durably (the log is failed), and that commit fails: redb latches.
+    fail.store(true, Ordering::Release);
+    assert!(
+        outbox
+            .append_logged(group(20), |_| Ok(Some(Vec::new())))
+            .is_err()
+    );
+    fail.store(false, Ordering::Release);
+    assert!(db.heal().unwrap(), "the database was failing and is healed");
+    assert_eq!(db.reopens(), 1, "healing re-opened the database");
+    let outcomes = outbox
+        .append_logged(group(30), |_| Ok(Some(Vec::new())))
+        .unwrap();
+    assert_eq!(outcomes, vec![AppendOutcome::Appended { seq: 4 }]);
+    assert_eq!(outbox.verify_chain().unwrap().records, 4);
+    assert_eq!(outbox.stats().last_seq, 4);
+}
