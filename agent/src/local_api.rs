@@ -130,6 +130,8 @@ pub mod metric {
     pub const OUTBOX_COMMIT_DURATION: &str = "gait_agent_outbox_commit_duration_seconds";
     /// Histogram of records per outbox group commit.
     pub const OUTBOX_COMMIT_RECORDS: &str = "gait_agent_outbox_commit_records";
+    /// Outbox group commits by where they were made durable (`durable_in`: `log` or `database`).
+    pub const OUTBOX_COMMITS: &str = "gait_agent_outbox_commits_total";
 }
 
 /// Every route the API serves, as (method, path): the agent API's OpenAPI document

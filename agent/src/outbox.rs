@@ -170,6 +170,15 @@ pub struct OutboxStats {
     pub acked_through: u64,
 }
 
+/// How a group of [`Outbox::append_logged`] was made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupDurability {
+    /// One synced frame of the write-ahead log; redb committed without fsync.
+    Log,
+    /// A durable redb commit (a checkpoint, a full or failed log, or a change the log cannot carry).
+    Database,
+}
+
 /// Result of a full [`Outbox::verify_chain`] scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainReport {
@@ -931,13 +940,13 @@ impl Outbox {
         &self,
         recs: Vec<NewRecord>,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<(String, i64)>>, OutboxError>,
-    ) -> Result<Vec<AppendOutcome>, OutboxError> {
+    ) -> Result<(Vec<AppendOutcome>, GroupDurability), OutboxError> {
         for rec in &recs {
             gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
                 .map_err(|source| invalid(&rec.kind, source))?;
         }
         if recs.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), GroupDurability::Database));
         }
         let mut cached = self.lock();
         let mut txn = self.begin_replayed(&mut cached)?;
@@ -1024,8 +1033,9 @@ impl Outbox {
         self.publish(&mut cached, meta);
         if !logged {
             self.reset_log(&mut slot);
+            return Ok((outcomes, GroupDurability::Database));
         }
-        Ok(outcomes)
+        Ok((outcomes, GroupDurability::Log))
     }
 
     /// After a commit failed behind a synced frame: a durable commit storing a position past every frame,

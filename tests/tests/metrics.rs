@@ -115,6 +115,15 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
     ] {
         ensure!(text.contains(series), "{series} missing:\n{text}");
     }
+    // The decision's group (and the agent's own records before it) went through the write-ahead log.
+    ensure!(
+        text.lines().any(|l| l
+            .strip_prefix("gait_agent_outbox_commits_total{durable_in=\"log\"} ")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1))
+            && text.contains("gait_agent_outbox_commits_total{durable_in=\"database\"} "),
+        "outbox commits by durability missing:\n{text}"
+    );
     ensure!(
         text.lines().any(|l| l
             .strip_prefix("gait_agent_certificate_expiry_timestamp_seconds ")

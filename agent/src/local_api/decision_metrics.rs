@@ -42,6 +42,10 @@ pub struct CommitMetrics {
     pub duration: Histogram,
     /// Records written by one group commit.
     pub records: Histogram,
+    /// Group commits made durable by one synced frame of the outbox's write-ahead log.
+    pub through_log: Counter,
+    /// Group commits made durable by a durable commit of the database (every 128th, or the log full).
+    pub through_database: Counter,
 }
 
 impl Default for DecisionMetrics {
@@ -62,10 +66,29 @@ impl Default for DecisionMetrics {
             "Time to answer a decision: decide, sign the trace, record it durably.",
             duration.clone(),
         );
+        let by_durability = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        // One statement each: `get_or_create` hands out a read guard, which a second call in the same
+        // expression (wanting the write lock to insert) would wait for forever.
+        let through_log = by_durability
+            .get_or_create(&[("durable_in", "log")])
+            .clone();
+        let through_database = by_durability
+            .get_or_create(&[("durable_in", "database")])
+            .clone();
         let commits = CommitMetrics {
             duration: Histogram::new(COMMIT_BUCKETS),
             records: Histogram::new(GROUP_BUCKETS),
+            through_log,
+            through_database,
         };
+        gait_runtime::metrics::register(
+            &mut registry,
+            "gait_agent_outbox_commits_total",
+            "Outbox group commits by where they were made durable: one synced frame of the write-ahead log \
+             (agent.wal), or a durable commit of the database (every 128th group, or when the log is full or \
+             failed).",
+            by_durability,
+        );
         gait_runtime::metrics::register(
             &mut registry,
             "gait_agent_outbox_commit_duration_seconds",

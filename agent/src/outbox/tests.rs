@@ -1149,7 +1149,7 @@ fn groups_a_reopen_took_back_are_replayed_before_the_next_write() {
     fail.store(false, Ordering::Release);
     assert!(db.heal().unwrap(), "the database was failing and is healed");
     assert_eq!(db.reopens(), 1, "healing re-opened the database");
-    let outcomes = outbox
+    let (outcomes, _) = outbox
         .append_logged(group(30), |_| Ok(Some(Vec::new())))
         .unwrap();
     assert_eq!(outcomes, vec![AppendOutcome::Appended { seq: 4 }]);

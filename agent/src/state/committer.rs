@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::gate::ratelimit_counters::DaemonCounters;
 use crate::local_api::decision_metrics::CommitMetrics;
-use crate::outbox::{AppendOutcome, NewRecord, Outbox, OutboxError};
+use crate::outbox::{AppendOutcome, GroupDurability, NewRecord, Outbox, OutboxError};
 
 /// Most records committed together.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -179,22 +179,33 @@ impl Group {
     }
 
     fn commit_records(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>, OutboxError> {
-        let Some(counters) = &self.counters else {
-            return self.outbox.append_logged(records, |_| Ok(Some(Vec::new())));
+        let result = match &self.counters {
+            None => self.outbox.append_logged(records, |_| Ok(Some(Vec::new()))),
+            Some(counters) => {
+                let mut taken = None;
+                let result = self.outbox.append_logged(records, |txn| {
+                    let changes = counters.write_changes(txn)?;
+                    let logged = changes.logged_values();
+                    taken = Some(changes);
+                    Ok(logged)
+                });
+                if result.is_err()
+                    && let Some(changes) = taken
+                {
+                    counters.restore(changes);
+                }
+                result
+            }
         };
-        let mut taken = None;
-        let result = self.outbox.append_logged(records, |txn| {
-            let changes = counters.write_changes(txn)?;
-            let logged = changes.logged_values();
-            taken = Some(changes);
-            Ok(logged)
-        });
-        if result.is_err()
-            && let Some(changes) = taken
-        {
-            counters.restore(changes);
+        let (outcomes, durability) = result?;
+        if let Some(metrics) = &self.metrics {
+            let by = match durability {
+                GroupDurability::Log => &metrics.through_log,
+                GroupDurability::Database => &metrics.through_database,
+            };
+            by.inc();
         }
-        result
+        Ok(outcomes)
     }
 }
 
