@@ -448,10 +448,7 @@ impl Outbox {
         recs: Vec<NewRecord>,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<(), OutboxError>,
     ) -> Result<Vec<AppendOutcome>, OutboxError> {
-        for rec in &recs {
-            gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
-                .map_err(|source| invalid(&rec.kind, source))?;
-        }
+        recs.iter().try_for_each(check_content)?;
         if recs.is_empty() {
             return Ok(Vec::new());
         }
@@ -487,8 +484,7 @@ impl Outbox {
         let mut out = None;
         self.write_txn(false, |txn, records, meta| {
             let mut append = |rec: NewRecord| {
-                gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
-                    .map_err(|source| invalid(&rec.kind, source))?;
+                check_content(&rec)?;
                 self.append_one(records, meta, rec, None)
             };
             out = Some(f(txn, &mut append)?);
@@ -819,8 +815,7 @@ impl Outbox {
             &mut Option<wal::Position>,
         ) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
-        txn.set_durability(durability)
-            .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
+        self.set_durability(&mut txn, durability)?;
         let result = (|| {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
             let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
@@ -855,6 +850,15 @@ impl Outbox {
                 Err(e)
             }
         }
+    }
+
+    fn set_durability(
+        &self,
+        txn: &mut redb::WriteTransaction,
+        durability: redb::Durability,
+    ) -> Result<(), OutboxError> {
+        txn.set_durability(durability)
+            .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))
     }
 
     /// Publishes `meta` as the cached meta and the stats snapshot (under the `meta` lock).
@@ -941,10 +945,7 @@ impl Outbox {
         recs: Vec<NewRecord>,
         also: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<(String, i64)>>, OutboxError>,
     ) -> Result<(Vec<AppendOutcome>, GroupDurability), OutboxError> {
-        for rec in &recs {
-            gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
-                .map_err(|source| invalid(&rec.kind, source))?;
-        }
+        recs.iter().try_for_each(check_content)?;
         if recs.is_empty() {
             return Ok((Vec::new(), GroupDurability::Database));
         }
@@ -1003,8 +1004,7 @@ impl Outbox {
             && let Some(wal) = slot.wal.as_mut()
         {
             // Set before the frame is written: once it is synced, only the commit itself may fail.
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| self.corrupt(0, format!("cannot set the commit durability: {e}")))?;
+            self.set_durability(&mut txn, redb::Durability::None)?;
             match wal.append_planned(&payload) {
                 Ok(()) => logged = true,
                 Err(error) => {
@@ -1013,10 +1013,7 @@ impl Outbox {
                         log = %wal.path().display(),
                         "outbox log write failed; committing durably in the database instead"
                     );
-                    txn.set_durability(redb::Durability::Immediate)
-                        .map_err(|e| {
-                            self.corrupt(0, format!("cannot set the commit durability: {e}"))
-                        })?;
+                    self.set_durability(&mut txn, redb::Durability::Immediate)?;
                     let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
                     self.write_position(&mut meta_table, wal.superseded())?;
                 }
@@ -1446,6 +1443,12 @@ fn read_meta<T: ReadableTable<&'static str, &'static [u8]>>(table: &T) -> Result
         Ok(MetaOnDisk::V1(meta)) => Ok(meta),
         Err(e) => Err(MetaError::Decode(e.to_string())),
     }
+}
+
+/// The content limits of [`gait_wire::limits`] every record is checked against before it gets a seq.
+fn check_content(rec: &NewRecord) -> Result<(), OutboxError> {
+    gait_wire::record::check_content(0, &rec.kind, rec.payload.len())
+        .map_err(|source| invalid(&rec.kind, source))
 }
 
 /// The error for a record that breaks [`gait_wire::Record::validate`], naming its (cut) kind.
