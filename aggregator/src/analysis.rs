@@ -10,6 +10,7 @@
 //! - **Exports.** [`csv_families`] and [`csv_posture`] render the same rows as CSV, each row carrying the
 //!   evidence digests (representatives) or the scope and day it came from.
 
+pub mod feed;
 pub mod upkeep;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -555,9 +555,11 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         pki_dir.clone(),
         config.enroll,
     ));
+    // Batches this replica commits, pre-aggregated for the analytics upkeep (`crate::analysis::feed`).
+    let feed = Arc::new(crate::analysis::feed::Feed::new());
     let ingest = Arc::new(
         IngestState::new(
-            crate::fleet::intake::Intake::new(store.clone()),
+            crate::fleet::intake::Intake::with_feed(store.clone(), feed.clone()),
             registry.clone(),
             metrics.clone(),
             revoked,
@@ -631,6 +633,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
     crate::analysis::upkeep::spawn(
         &tasks,
         store.clone(),
+        Some(feed),
         metrics.clone(),
         crate::analysis::upkeep::SETTLE,
         shutdown.child_token(),

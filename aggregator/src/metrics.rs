@@ -54,6 +54,8 @@ pub const ROLLOUT_CONTROLLER_PASSES: &str = "gait_aggregator_rollout_controller_
 pub const ROLLOUT_CONTROLLER_LEADER: &str = "gait_aggregator_rollout_controller_leader";
 /// Evidence rows the analytics upkeep folded into families and posture (on the leading replica).
 pub const ANALYSIS_ROWS: &str = "gait_aggregator_analysis_rows_total";
+/// Of those, rows folded from the in-process feed of batches this replica committed, without reading them back.
+pub const ANALYSIS_FED_ROWS: &str = "gait_aggregator_analysis_fed_rows_total";
 /// The evidence index id the analytics upkeep has folded up to.
 pub const ANALYSIS_CURSOR: &str = "gait_aggregator_analysis_cursor";
 /// Time one analytics upkeep pass took (read, fold, write), in seconds.
@@ -185,6 +187,7 @@ pub struct Metrics {
     pub rollout_controller_passes: Counter,
     pub rollout_controller_leader: Gauge,
     pub analysis_rows: Counter,
+    pub analysis_fed_rows: Counter,
     pub analysis_cursor: Gauge,
     pub analysis_pass_seconds: Histogram,
     pub http_requests: Family<RequestLabels, Counter>,
@@ -450,6 +453,14 @@ impl Metrics {
             "Evidence rows the analytics upkeep folded into families and posture (on the leading replica).",
             analysis_rows.clone(),
         );
+        let analysis_fed_rows = Counter::default();
+        register(
+            &mut registry,
+            ANALYSIS_FED_ROWS,
+            "Evidence rows the analytics upkeep folded from the in-process feed of batches this replica committed, \
+             without reading them back.",
+            analysis_fed_rows.clone(),
+        );
         let analysis_cursor = Gauge::default();
         register(
             &mut registry,
@@ -559,6 +570,7 @@ impl Metrics {
             rollout_controller_passes,
             rollout_controller_leader,
             analysis_rows,
+            analysis_fed_rows,
             analysis_cursor,
             analysis_pass_seconds,
             http_requests,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use gait_aggregator::analysis::upkeep::catch_up;
+use gait_aggregator::analysis::feed::Feed;
+use gait_aggregator::analysis::upkeep::{catch_up, catch_up_fed};
 use gait_aggregator::analysis::{AnalysisError, Analytics, csv_families};
 use gait_aggregator::api::router;
 use gait_aggregator::auth::{AdminTokenMode, Authorizer, Operator, Permission, Principal};
@@ -21,8 +22,8 @@ use gait_aggregator::registry::{BundleDefaults, Registry};
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use gait_store::{
-    AgentHello, AgentKey, ApprovalState, BindingScope, BindingSource, NewApprovalRequest,
-    NewRecord, RoleBinding, Store, SubjectKind, Tenant,
+    AgentHello, AgentKey, AnalysisFilter, ApprovalState, BindingScope, BindingSource,
+    NewApprovalRequest, NewRecord, RoleBinding, Store, SubjectKind, Tenant,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -367,6 +368,7 @@ gait_store::store_tests!(
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
     coverage_names_the_tools_runpacks_called_without_a_gate,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
+    the_feed_folds_exactly_what_reading_the_range_back_folds,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1660,5 +1662,259 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
         }) => {}
         other => anyhow::bail!("baseline = run: {other:?}"),
     }
+    Ok(())
+}
+
+/// Records every fold treats in its own way, after an agent's corpus (seqs from 37): a future-dated decision, one
+/// without a tool, an egress endpoint and a taint reason code in capitals, a dry run that would have blocked, a
+/// critical-risk one, a runpack (indexed, folded into nothing) and a decision with no verdict.
+fn odd_records(salt: u16, base: i64) -> Vec<NewRecord> {
+    let d =
+        |tool: Option<&str>, verdict: Option<&str>, codes: Value, profile: Value, stage: Value| {
+            let mut p = decision("x", "allow", &[], "odd", profile, 'e');
+            p["tool_name"] = tool.map_or(Value::Null, |t| json!(t));
+            p["verdict"] = verdict.map_or(Value::Null, |v| json!(v));
+            p["reason_codes"] = codes;
+            p["stage"] = stage;
+            p
+        };
+    let enforce = json!({"stage": "enforce", "would_have_blocked": false});
+    let payloads = [
+        d(
+            Some("fs.read"),
+            Some("allow"),
+            json!([]),
+            json!({"risk_class": "low"}),
+            enforce.clone(),
+        ),
+        d(
+            None,
+            Some("block"),
+            json!(["blocked_by_rule"]),
+            json!({"risk_class": "high"}),
+            enforce.clone(),
+        ),
+        d(
+            Some("mail.send"),
+            Some("allow"),
+            json!([]),
+            json!({"risk_class": "medium", "endpoint_classes": ["fs.read", "NET.smtp"]}),
+            enforce.clone(),
+        ),
+        d(
+            Some("doc.read"),
+            Some("allow"),
+            json!(["Tainted_Input"]),
+            json!({"risk_class": "low", "endpoint_classes": ["fs.read"]}),
+            enforce.clone(),
+        ),
+        d(
+            Some("fs.write"),
+            Some("dry_run"),
+            json!(["plan_phase_non_destructive"]),
+            json!({"risk_class": "critical", "destructive": true}),
+            json!({"stage": "dry_run", "would_have_blocked": true}),
+        ),
+        d(Some("fs.read"), None, json!([]), json!({}), enforce),
+    ];
+    let mut out: Vec<NewRecord> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // The first is dated two hours ahead (a skewed clock): it counts at its arrival.
+            let created = if i == 0 {
+                base + 2 * HOUR
+            } else {
+                base - i as i64 * 1000
+            };
+            record(37 + i as u64, salt, "gate.decision", created, p)
+        })
+        .collect();
+    let next = 37 + out.len() as u64;
+    out.push(runpack_record(
+        next,
+        salt,
+        base - HOUR,
+        "run_odd",
+        'c',
+        &[("fs.read", 'a')],
+    ));
+    out
+}
+
+/// The corpus with the odd records appended to every agent's stream.
+fn odd_corpus(org: &str, base: i64) -> Vec<(AgentKey, Vec<NewRecord>)> {
+    let salts = [1u16, 2, 3, 4, 5];
+    corpus(org, base)
+        .into_iter()
+        .zip(salts)
+        .map(|((key, mut records), salt)| {
+            records.extend(odd_records(salt, base));
+            (key, records)
+        })
+        .collect()
+}
+
+/// Everything the upkeep stored for `org`, with the org's name taken out: family definitions and scopes (agents,
+/// ranks, representatives), posture per environment and org-wide, regress counts.
+async fn folded_state(store: &Store, org: &str, base: i64) -> Result<Value> {
+    let filter = AnalysisFilter::org(org.parse()?);
+    let (from_day, to_day) = (base / (24 * HOUR) - 5, base / (24 * HOUR) + 3);
+    let defs: Vec<Value> = store
+        .family_definitions(&filter)
+        .await?
+        .into_iter()
+        .map(|d| {
+            json!([
+                d.family,
+                d.version,
+                d.dedup_key,
+                d.kind,
+                d.tool,
+                d.verdict,
+                d.inputs
+            ])
+        })
+        .collect();
+    let scopes: Vec<Value> = store
+        .family_scopes(&filter)
+        .await?
+        .into_iter()
+        .map(|f| {
+            json!([
+                f.tenant.project.as_str(),
+                f.tenant.env.as_str(),
+                f.family,
+                f.occurrences,
+                f.first_seen_unix_ms,
+                f.last_seen_unix_ms,
+                f.risk_rank,
+                f.destructive,
+                f.egress_or_taint,
+                f.severity_rank,
+                f.representative,
+                f.agents
+            ])
+        })
+        .collect();
+    let mut posture = vec![json!(
+        store.posture_counts(&filter, from_day, to_day).await?
+    )];
+    for (project, env) in [
+        ("web", "prod"),
+        ("web", "dev"),
+        ("billing", "prod"),
+        ("billing", "staging"),
+    ] {
+        let env_filter = AnalysisFilter {
+            project: Some(project.parse()?),
+            env: Some(env.parse()?),
+            ..filter.clone()
+        };
+        posture.push(json!(
+            store.posture_counts(&env_filter, from_day, to_day).await?
+        ));
+    }
+    let regress = json!(store.regress_counts(&filter, from_day, to_day).await?);
+    Ok(json!({"definitions": defs, "scopes": scopes, "posture": posture, "regress": regress}))
+}
+
+async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore) -> Result<()> {
+    let store = db.store();
+    let base = now();
+
+    // Read back: every range through the store's own pass. Every batch arrives at `base`, so the future-dated
+    // record counts at the same time in each org.
+    let corpus = odd_corpus("readback", base);
+    let plain = Intake::new(store.clone());
+    for (key, records) in &corpus {
+        store.agent_connected(key, &hello(), now()).await?;
+        for chunk in records.chunks(10) {
+            plain.commit_batch(key, chunk, &[], &[], base).await?;
+        }
+    }
+    // Every record but the decision with no verdict is indexed.
+    let indexed = catch_up(store, SETTLED).await?;
+    ensure!(
+        indexed
+            == corpus
+                .iter()
+                .map(|(_, rs)| rs.len() as u64 - 1)
+                .sum::<u64>(),
+        "{indexed}"
+    );
+    let want = folded_state(store, "readback", base).await?;
+    ensure!(
+        want["scopes"].as_array().is_some_and(|s| s.len() > 10)
+            && want["regress"].as_array().is_some_and(|r| !r.is_empty()),
+        "the corpus folds into little: {want:#}"
+    );
+
+    // Fed: the same corpus shuffled into batches of random size, redelivered in part, folded at random points,
+    // every range from the feed.
+    let feed = Arc::new(Feed::new());
+    let intake = Intake::with_feed(store.clone(), feed.clone());
+    let corpus = odd_corpus("fed", base);
+    for (key, _) in &corpus {
+        store.agent_connected(key, &hello(), now()).await?;
+    }
+    let mut rng = Rng(42);
+    let (mut folded, mut fed) = (0u64, 0u64);
+    for (key, records) in &corpus {
+        let mut rest = records.as_slice();
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at((1 + rng.below(9)).min(rest.len()));
+            rest = tail;
+            intake.commit_batch(key, batch, &[], &[], base).await?;
+            if rng.below(3) == 0 {
+                intake.commit_batch(key, batch, &[], &[], base).await?;
+            }
+            if rng.below(5) == 0 {
+                let (n, f) = catch_up_fed(store, Some(&feed), SETTLED).await?;
+                (folded, fed) = (folded + n, fed + f);
+            }
+        }
+    }
+    let (n, f) = catch_up_fed(store, Some(&feed), SETTLED).await?;
+    (folded, fed) = (folded + n, fed + f);
+    ensure!(
+        folded == indexed && fed == folded,
+        "folded {folded} of {indexed}, {fed} of them from the feed"
+    );
+    let got = folded_state(store, "fed", base).await?;
+    ensure!(got == want, "fed differs:\n{got:#}\nwant\n{want:#}");
+
+    // Mixed: batches another replica committed (not in this feed) between fed ones, and a feed that starts
+    // after the first rows (a restart). Ranges the feed cannot vouch for are read back; the state is the same.
+    let feed = Arc::new(Feed::new());
+    let fed_intake = Intake::with_feed(store.clone(), feed.clone());
+    let other = Intake::new(store.clone());
+    let corpus = odd_corpus("mixed", base);
+    for (key, _) in &corpus {
+        store.agent_connected(key, &hello(), now()).await?;
+    }
+    let (mut folded, mut fed) = (0u64, 0u64);
+    for (i, (key, records)) in corpus.iter().enumerate() {
+        for (j, batch) in records.chunks(7).enumerate() {
+            let intake = if i == 0 || (i + j) % 4 == 0 {
+                &other
+            } else {
+                &fed_intake
+            };
+            intake.commit_batch(key, batch, &[], &[], base).await?;
+            if j % 2 == 1 {
+                let (n, f) = catch_up_fed(store, Some(&feed), SETTLED).await?;
+                (folded, fed) = (folded + n, fed + f);
+            }
+        }
+    }
+    let (n, f) = catch_up_fed(store, Some(&feed), SETTLED).await?;
+    (folded, fed) = (folded + n, fed + f);
+    ensure!(
+        folded == indexed && fed > 0 && fed < folded,
+        "folded {folded} of {indexed}, {fed} of them from the feed"
+    );
+    let got = folded_state(store, "mixed", base).await?;
+    ensure!(got == want, "mixed differs:\n{got:#}\nwant\n{want:#}");
     Ok(())
 }

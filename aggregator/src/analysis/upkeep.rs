@@ -8,6 +8,10 @@
 //! - **Folding in the database.** A pass picks the next range of ids and has the store fold it with
 //!   `INSERT … SELECT … GROUP BY` ([`gait_store::Store::apply_analysis`]): no evidence row travels to the
 //!   aggregator, and the cost is a few statements per range, not per row.
+//! - **Fed, not read back, when it can be.** The range's one pass over its wide rows is half that cost. Ingest on
+//!   this replica hands each committed batch to the [`super::feed`], pre-aggregated at the pass's grain; a pass
+//!   whose range the feed holds exactly (checked against the store's count of ids) writes that pre-aggregate
+//!   instead of reading the rows back. Any range it does not hold is read back as before.
 //! - **Once per deployment.** Every replica runs the task; only the holder of the `analysis-upkeep` leader lease
 //!   folds. The lease is not the fence: the store moves the cursor with a compare-and-set in the transaction that
 //!   folds the range, so a row is counted once even when two replicas briefly both believe they lead.
@@ -26,10 +30,13 @@ use std::time::Duration;
 use gait_analysis::family::{IncidentFeatures, IncidentKind, fingerprint};
 use gait_runtime::Tasks;
 use gait_store::{
-    EvidenceClass, FamilyDef, FamilySample, IndexFields, LeaderLease, Store, StoreError,
+    EvidenceClass, FamilyDef, FamilySample, IndexFields, LeaderLease, RangesApplied, Store,
+    StoreError,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use super::feed::Feed;
 
 /// The leader lease and cursor name of the job.
 pub const JOB: &str = "analysis-upkeep";
@@ -152,10 +159,24 @@ pub struct Pass {
     pub cursor: u64,
     /// Another replica moved the cursor first (nothing was added).
     pub lost_race: bool,
+    /// The range came pre-aggregated from the in-process feed ([`super::feed`]), not read back.
+    pub fed: bool,
+    /// A full [`BATCH`] of rows was waiting (a fed pass may fold fewer: the batch the range's end cuts waits).
+    pub full: bool,
 }
 
 /// Folds at most one range of [`BATCH`] rows; `settle` as in the module docs.
 pub async fn pass(store: &Store, settle: Duration, now_ms: i64) -> Result<Pass, StoreError> {
+    pass_fed(store, None, settle, now_ms).await
+}
+
+/// [`pass`], folding the range from `feed`'s segments when they hold exactly its rows ([`super::feed`]).
+pub async fn pass_fed(
+    store: &Store,
+    feed: Option<&Feed>,
+    settle: Duration,
+    now_ms: i64,
+) -> Result<Pass, StoreError> {
     let cursor = store.analysis_cursor(JOB).await?;
     // The common case, a range with no gap, needs only its size and end; the ids are read for a gap.
     let (rows, end) = store.analysis_span(cursor, BATCH).await?;
@@ -172,7 +193,51 @@ pub async fn pass(store: &Store, settle: Duration, now_ms: i64) -> Result<Pass, 
             rows: 0,
             cursor,
             lost_race: false,
+            fed: false,
+            full: false,
         });
+    }
+    let full = take == BATCH as usize;
+    if let Some(feed) = feed
+        && let Some(taken) = feed.take(cursor, last)
+    {
+        // The segments' ids are real and disjoint: the store's count of the range, taken inside the fold's
+        // transaction, equal to theirs means the same rows.
+        let applied = store
+            .apply_analysis_ranges(
+                JOB,
+                cursor,
+                taken.end,
+                taken.ids,
+                &taken.ranges,
+                &|agent, family| feed.knows(agent, family),
+                &definitions,
+                now_ms,
+            )
+            .await?;
+        match applied {
+            RangesApplied::Folded => {
+                feed.remember(&taken.ranges);
+                return Ok(Pass {
+                    rows: usize::try_from(taken.ids).unwrap_or(usize::MAX),
+                    cursor: taken.end,
+                    lost_race: false,
+                    fed: true,
+                    full,
+                });
+            }
+            RangesApplied::LostRace => {
+                return Ok(Pass {
+                    rows: 0,
+                    cursor,
+                    lost_race: true,
+                    fed: false,
+                    full,
+                });
+            }
+            // Rows the feed did not see: read the range back.
+            RangesApplied::Mismatch => {}
+        }
     }
     let applied = store
         .apply_analysis(JOB, cursor, last, &definitions, now_ms)
@@ -181,6 +246,8 @@ pub async fn pass(store: &Store, settle: Duration, now_ms: i64) -> Result<Pass, 
         rows: if applied { take } else { 0 },
         cursor: if applied { last } else { cursor },
         lost_race: !applied,
+        fed: false,
+        full,
     })
 }
 
@@ -192,12 +259,24 @@ async fn pending(store: &Store) -> Result<u64, StoreError> {
 
 /// Folds until nothing is left to fold now (tests, the bench); answers the rows folded.
 pub async fn catch_up(store: &Store, settle: Duration) -> Result<u64, StoreError> {
-    let mut total = 0u64;
+    Ok(catch_up_fed(store, None, settle).await?.0)
+}
+
+/// [`catch_up`] with `feed`; answers the rows folded and of them the rows folded from the feed.
+pub async fn catch_up_fed(
+    store: &Store,
+    feed: Option<&Feed>,
+    settle: Duration,
+) -> Result<(u64, u64), StoreError> {
+    let (mut total, mut fed) = (0u64, 0u64);
     loop {
-        let p = pass(store, settle, crate::clock::unix_ms()).await?;
+        let p = pass_fed(store, feed, settle, crate::clock::unix_ms()).await?;
         total += p.rows as u64;
+        if p.fed {
+            fed += p.rows as u64;
+        }
         if p.rows == 0 && !p.lost_race {
-            return Ok(total);
+            return Ok((total, fed));
         }
     }
 }
@@ -206,10 +285,15 @@ pub async fn catch_up(store: &Store, settle: Duration) -> Result<u64, StoreError
 pub fn spawn(
     tasks: &Tasks,
     store: Store,
+    feed: Option<Arc<Feed>>,
     metrics: Arc<crate::metrics::Metrics>,
     settle: Duration,
     token: CancellationToken,
 ) {
+    // Only the leader folds: until this replica leads, its feed holds nothing.
+    if let Some(f) = &feed {
+        f.set_leading(false);
+    }
     tasks.spawn_essential(JOB, async move {
         let mut lease: Option<LeaderLease> = None;
         let mut tick = tokio::time::interval(TICK);
@@ -230,12 +314,18 @@ pub fn spawn(
             {
                 warn!("analysis upkeep lost its leader lease");
                 lease = None;
+                if let Some(f) = &feed {
+                    f.set_leading(false);
+                }
             }
             if lease.is_none() {
                 match store.try_lead(JOB).await {
                     Ok(Some(l)) => {
                         info!("analysis upkeep leads this deployment");
                         lease = Some(l);
+                        if let Some(f) = &feed {
+                            f.set_leading(true);
+                        }
                     }
                     Ok(None) => {
                         busy = false;
@@ -260,9 +350,12 @@ pub fn spawn(
             }
             let started = std::time::Instant::now();
             last_pass = Some(started);
-            match pass(&store, settle, crate::clock::unix_ms()).await {
+            match pass_fed(&store, feed.as_deref(), settle, crate::clock::unix_ms()).await {
                 Ok(p) => {
                     metrics.analysis_rows.inc_by(p.rows as u64);
+                    if p.fed {
+                        metrics.analysis_fed_rows.inc_by(p.rows as u64);
+                    }
                     metrics
                         .analysis_cursor
                         .set(i64::try_from(p.cursor).unwrap_or(i64::MAX));
@@ -270,7 +363,7 @@ pub fn spawn(
                         .analysis_pass_seconds
                         .observe(started.elapsed().as_secs_f64());
                     // A full batch means more is waiting: go on without waiting for the tick.
-                    busy = p.rows == BATCH as usize || p.lost_race;
+                    busy = p.full || p.lost_race;
                 }
                 Err(e) => {
                     warn!(error = %e, "analysis upkeep pass failed; retrying next tick");

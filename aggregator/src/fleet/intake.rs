@@ -11,19 +11,32 @@ use gait_store::{
     NewApprovalRequest, NewRecord, NewTraceKey, Store, StoreError,
 };
 
+use std::sync::Arc;
+
 use super::presence::Presence;
+use crate::analysis::feed::Feed;
 use crate::metrics::Metrics;
 
 /// The agents' writes to the fleet's store.
 #[derive(Clone, Debug)]
 pub struct Intake {
     store: Store,
+    /// Where committed batches go for the analytics upkeep ([`crate::analysis::feed`]), when it runs here.
+    feed: Option<Arc<Feed>>,
 }
 
 impl Intake {
     /// Writes to `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, feed: None }
+    }
+
+    /// Writes to `store` and hands every committed batch to `feed`.
+    pub fn with_feed(store: Store, feed: Arc<Feed>) -> Self {
+        Self {
+            store,
+            feed: Some(feed),
+        }
     }
 
     /// Starts the presence writer on this store ([`super::presence`]); must run within a Tokio runtime.
@@ -55,9 +68,13 @@ impl Intake {
                 .store
                 .commit_batch_indexed(agent, rows, &index, now_ms)
                 .await?;
+            if let Some(feed) = &self.feed {
+                feed.push(agent, rows, &index, &outcome, now_ms);
+            }
             return Ok((outcome, 0));
         }
-        self.store
+        let done = self
+            .store
             .transaction(async |tx| {
                 let outcome = tx.commit_batch_indexed(agent, rows, &index, now_ms).await?;
                 let mut raised = 0u64;
@@ -71,7 +88,12 @@ impl Intake {
                 super::trace_keys::register(tx, agent, &outcome, trace_keys, now_ms).await?;
                 Ok::<_, StoreError>((outcome, raised))
             })
-            .await
+            .await?;
+        // Only now is the batch committed.
+        if let Some(feed) = &self.feed {
+            feed.push(agent, rows, &index, &done.0, now_ms);
+        }
+        Ok(done)
     }
 
     /// Records that `agent`'s record `seq` was refused for good with `code`.

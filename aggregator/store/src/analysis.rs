@@ -9,7 +9,9 @@
 //! once into a temporary table (one sort of the wide rows), defines the families first seen in it (their
 //! fingerprint inputs computed by the pure `gait-analysis` crate, through a callback, from each one's first
 //! row), and folds the pre-aggregate into the precomputed tables with `INSERT … SELECT … GROUP BY … ON CONFLICT
-//! DO UPDATE` — the aggregation runs inside the database, no evidence row is shipped to the aggregator. A
+//! DO UPDATE` — the aggregation runs inside the database, no evidence row is shipped to the aggregator. (An
+//! upkeep that pre-aggregated the range in process as ingest committed it hands that in instead,
+//! [`crate::Store::apply_analysis_ranges`] with [`AgentRange`]s, and the store skips its pass over the rows.) A
 //! replica whose cursor moved under it adds nothing (the transaction is rolled back), so each evidence row is
 //! counted exactly once however many replicas run the job; every fold is a sum, a minimum, a maximum, a set
 //! insert or "the smallest digest", so the stored state does not depend on how rows were batched or in which
@@ -20,12 +22,14 @@
 //! sees that project's occurrences, agents and representatives and nothing of the other. Listings have hard
 //! caps ([`MAX_FAMILY_SCOPE_ROWS`], [`MAX_POSTURE_ROWS`]): a read past one is refused with what to narrow.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::evidence::{EvidenceClass, IndexFields};
-use crate::model::{Env, Org, Project, Tenant, to_i64, to_u64};
+use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, execute, push_row};
+use crate::model::{AgentKey, Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
 /// Most evidence rows one upkeep read returns.
@@ -260,6 +264,18 @@ async fn span(mut conn: Conn<'_>, after: u64, limit: u32) -> Result<(u64, u64), 
     ))
 }
 
+async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, StoreError> {
+    const SQL: &str = "SELECT COUNT(*) FROM evidence_index WHERE id > $1 AND id <= $2";
+    let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
+    let n: i64 = db_run!(conn, |c| sqlx::query_scalar(SQL)
+        .bind(after)
+        .bind(to)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db("analysis_count"))?);
+    to_u64("evidence_index", "count", n)
+}
+
 async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
     const T: &str = "evidence_index";
     // One row per family of the range (pre-aggregated in `analysis_range`) that has no definition yet: the
@@ -432,42 +448,492 @@ macro_rules! risk_rank {
     };
 }
 
+/// The range's columns with `$lower_codes` as the lowercased reason codes ([`RANGE_COLUMNS`]).
+macro_rules! range_columns {
+    ($lower_codes:literal) => {
+        concat!(
+            " AS SELECT org, project, env, family, agent_id, ",
+            at_ms!(),
+            " / 86400000 AS day, COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, \
+             class, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
+            at_ms!(),
+            ") AS first_seen, MAX(",
+            at_ms!(),
+            ") AS last_seen, MAX(",
+            risk_rank!(),
+            ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
+             MAX(CASE WHEN LOWER(endpoint_classes) LIKE 'net.%' OR LOWER(endpoint_classes) LIKE '%,net.%' \
+             OR ",
+            $lower_codes,
+            " LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
+             MAX(CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' THEN 2 \
+             WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) AS severity_rank, \
+             SUM(CASE WHEN risk_class = 'high' OR risk_class = 'critical' THEN 1 ELSE 0 END) AS high_risk, \
+             SUM(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive_n, \
+             SUM(CASE WHEN regress_status = 'pass' THEN 1 ELSE 0 END) AS passed, \
+             SUM(CASE WHEN regress_status IS NOT NULL AND regress_status <> 'pass' THEN 1 ELSE 0 END) AS failed, \
+             MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
+            in_range!(),
+            " AND (class = 'decision' OR artifact_kind = 'regress_result') \
+             GROUP BY org, project, env, family, agent_id, ",
+            at_ms!(),
+            " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class"
+        )
+    };
+}
+
 /// The range `($1, $2]` pre-aggregated once into the temporary table `analysis_range` at the grain every
 /// fold needs (environment, family, agent, day, tool, verdict, stage, class): one pass over the wide evidence
 /// rows, after which the folds, the agents new to a family and the families to define read a table of a few
 /// rows per family, agent and day. (The family implies tool, verdict and class; they are keys for rows indexed
 /// before families existed, which count in posture only.)
-const RANGE_COLUMNS: &str = concat!(
-    " AS SELECT org, project, env, family, agent_id, ",
-    at_ms!(),
-    " / 86400000 AS day, COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, \
-     class, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
-    at_ms!(),
-    ") AS first_seen, MAX(",
-    at_ms!(),
-    ") AS last_seen, MAX(",
-    risk_rank!(),
-    ") AS risk_rank, MAX(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive, \
-     MAX(CASE WHEN endpoint_classes LIKE 'net.%' OR endpoint_classes LIKE '%,net.%' \
-     OR LOWER(reason_codes) LIKE '%taint%' THEN 1 ELSE 0 END) AS egress_or_taint, \
-     MAX(CASE WHEN class = 'artifact' OR verdict = 'block' THEN 3 WHEN verdict = 'require_approval' THEN 2 \
-     WHEN verdict = 'dry_run' OR would_have_blocked = 1 THEN 1 ELSE 0 END) AS severity_rank, \
-     SUM(CASE WHEN risk_class = 'high' OR risk_class = 'critical' THEN 1 ELSE 0 END) AS high_risk, \
-     SUM(CASE WHEN destructive = 1 THEN 1 ELSE 0 END) AS destructive_n, \
-     SUM(CASE WHEN regress_status = 'pass' THEN 1 ELSE 0 END) AS passed, \
-     SUM(CASE WHEN regress_status IS NOT NULL AND regress_status <> 'pass' THEN 1 ELSE 0 END) AS failed, \
-     MIN(CASE WHEN class = 'artifact' THEN sha256 ELSE intent_digest END) AS representative",
-    in_range!(),
-    " AND (class = 'decision' OR artifact_kind = 'regress_result') \
-     GROUP BY org, project, env, family, agent_id, ",
-    at_ms!(),
-    " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class"
-);
+/// Letters are lowercased as ASCII on both backends (SQLite's `LOWER`; PostgreSQL's under the C collation), as
+/// [`AgentRange::add`] does.
+const RANGE_COLUMNS: &str = range_columns!("LOWER(reason_codes)");
+/// [`RANGE_COLUMNS`] on PostgreSQL.
+const RANGE_COLUMNS_PG: &str = range_columns!("LOWER(reason_codes COLLATE \"C\")");
+
+/// The grain of [`RANGE_COLUMNS`] below the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RangeKey {
+    family: Option<String>,
+    day: i64,
+    tool: String,
+    verdict: Option<String>,
+    stage: String,
+    class: EvidenceClass,
+}
+
+/// The aggregates of one [`RangeKey`], as [`RANGE_COLUMNS`] computes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RangeCounts {
+    first_id: u64,
+    n: u64,
+    first_seen: i64,
+    last_seen: i64,
+    risk_rank: i64,
+    destructive: i64,
+    egress_or_taint: i64,
+    severity_rank: i64,
+    high_risk: u64,
+    destructive_n: u64,
+    passed: u64,
+    failed: u64,
+    representative: Option<String>,
+}
+
+impl RangeCounts {
+    fn merge(&mut self, o: RangeCounts) {
+        self.first_id = self.first_id.min(o.first_id);
+        self.n += o.n;
+        self.first_seen = self.first_seen.min(o.first_seen);
+        self.last_seen = self.last_seen.max(o.last_seen);
+        self.risk_rank = self.risk_rank.max(o.risk_rank);
+        self.destructive = self.destructive.max(o.destructive);
+        self.egress_or_taint = self.egress_or_taint.max(o.egress_or_taint);
+        self.severity_rank = self.severity_rank.max(o.severity_rank);
+        self.high_risk += o.high_risk;
+        self.destructive_n += o.destructive_n;
+        self.passed += o.passed;
+        self.failed += o.failed;
+        // MIN ignores NULL.
+        self.representative = match (self.representative.take(), o.representative) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Whether a reason-code list, as stored (a JSON array), mentions taint: `LOWER(reason_codes) LIKE '%taint%'`.
+fn mentions_taint(codes: &[String]) -> bool {
+    // A code that JSON escapes could spell the word only in its stored form; check that form then.
+    if codes.iter().any(|c| {
+        c.chars()
+            .any(|ch| ch.is_control() || ch == '"' || ch == '\\')
+    }) {
+        return serde_json::to_string(codes)
+            .is_ok_and(|text| text.to_ascii_lowercase().contains("taint"));
+    }
+    // Otherwise codes are separated by `","`, so the word lies inside one code.
+    codes
+        .iter()
+        .any(|c| c.to_ascii_lowercase().contains("taint"))
+}
+
+/// What [`crate::Store::apply_analysis_ranges`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangesApplied {
+    /// The range was folded from the ranges given.
+    Folded,
+    /// Another replica moved the cursor first: nothing was added.
+    LostRace,
+    /// The index holds another number of ids in the range than the ranges: nothing was added.
+    Mismatch,
+}
+
+/// One agent's evidence rows of a range pre-aggregated in process, at the grain and with the aggregates of
+/// `analysis_range` ([`RANGE_COLUMNS`], which the store computes from the rows when no [`AgentRange`] is given):
+/// an upkeep that saw the rows committed folds them without reading them back
+/// ([`crate::Store::apply_analysis_ranges`]). Its `add` and the SQL must count alike (a test holds them
+/// equal on both backends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRange {
+    key: AgentKey,
+    groups: HashMap<RangeKey, RangeCounts>,
+}
+
+impl AgentRange {
+    /// An empty range of `key`'s rows.
+    pub fn new(key: AgentKey) -> Self {
+        Self {
+            key,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// The agent.
+    pub fn key(&self) -> &AgentKey {
+        &self.key
+    }
+
+    /// Pre-aggregated rows held.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether no row was added (or none that upkeep counts).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Adds evidence row `id`, indexed from `entry` at `received_ms` for a record created at `created_ms`, as
+    /// the range pass counts it: decisions and regress results only (other artifacts count in no fold).
+    pub fn add(&mut self, id: u64, created_ms: i64, received_ms: i64, entry: &NewIndexEntry) {
+        let f = &entry.fields;
+        let class = entry.class;
+        if class != EvidenceClass::Decision && f.artifact_kind.as_deref() != Some("regress_result")
+        {
+            return;
+        }
+        let at = if created_ms > received_ms.saturating_add(300_000) {
+            received_ms
+        } else {
+            created_ms
+        };
+        let verdict = f.verdict.as_deref();
+        let risk = f.risk_class.as_deref();
+        let destructive = i64::from(f.destructive == Some(true));
+        let endpoint = f.endpoint_classes.as_deref().map(str::to_ascii_lowercase);
+        let egress = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("net.") || e.contains(",net."))
+            || mentions_taint(&f.reason_codes);
+        let severity = if class == EvidenceClass::Artifact || verdict == Some("block") {
+            3
+        } else if verdict == Some("require_approval") {
+            2
+        } else if verdict == Some("dry_run") || f.would_have_blocked == Some(true) {
+            1
+        } else {
+            0
+        };
+        let counts = RangeCounts {
+            first_id: id,
+            n: 1,
+            first_seen: at,
+            last_seen: at,
+            risk_rank: match risk {
+                Some("critical") => 3,
+                Some("high") => 2,
+                Some("medium") => 1,
+                _ => 0,
+            },
+            destructive,
+            egress_or_taint: i64::from(egress),
+            severity_rank: severity,
+            high_risk: u64::from(matches!(risk, Some("high" | "critical"))),
+            destructive_n: destructive.unsigned_abs(),
+            passed: u64::from(f.regress_status.as_deref() == Some("pass")),
+            failed: u64::from(f.regress_status.as_deref().is_some_and(|s| s != "pass")),
+            representative: match class {
+                EvidenceClass::Artifact => f.sha256.clone(),
+                EvidenceClass::Decision => f.intent_digest.clone(),
+            },
+        };
+        let key = RangeKey {
+            family: f.family.clone(),
+            day: at / 86_400_000,
+            tool: f.tool_name.clone().unwrap_or_else(|| "(unknown)".into()),
+            verdict: f.verdict.clone(),
+            stage: f.stage.clone().unwrap_or_else(|| "none".into()),
+            class,
+        };
+        match self.groups.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(counts),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(counts);
+            }
+        }
+    }
+
+    /// The families of the rows held.
+    pub fn families(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().filter_map(|k| k.family.as_deref())
+    }
+
+    /// Adds `other` (rows of the same agent, none of them already here).
+    pub fn merge(&mut self, other: AgentRange) {
+        for (key, counts) in other.groups {
+            match self.groups.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(counts),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(counts);
+                }
+            }
+        }
+    }
+}
+
+/// The columns of `analysis_range` as [`fill_range`] declares them: those of [`RANGE_COLUMNS`] but the agent, whose
+/// (family, agent) pairs go to `analysis_range_agents` instead ([`FED_AGENTS_TABLE`]).
+const FED_RANGE_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, day BIGINT, tool TEXT, \
+     verdict TEXT, stage TEXT, class TEXT, first_id BIGINT, n BIGINT, first_seen BIGINT, last_seen BIGINT, \
+     risk_rank BIGINT, destructive BIGINT, egress_or_taint BIGINT, severity_rank BIGINT, high_risk BIGINT, \
+     destructive_n BIGINT, passed BIGINT, failed BIGINT, representative TEXT)";
+/// Its column count.
+const FED_RANGE_WIDTH: usize = 22;
+/// The (scope, family, agent) pairs of a fed range that may be new to `incident_family_agents`.
+const FED_AGENTS_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, agent_id TEXT)";
+/// Rows per `INSERT` on SQLite (its bound parameters stay under 32,766).
+const FILL_CHUNK: usize = 1_000;
+
+/// Creates temporary table `name` with `columns` for this transaction only (as [`create_temp`]).
+async fn create_empty_temp(
+    mut conn: Conn<'_>,
+    name: &str,
+    columns: &str,
+) -> Result<(), StoreError> {
+    db_run!(conn,
+        sqlite: |c| {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS temp.{name}")))
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: temporary table"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TEMP TABLE {name} {columns}")))
+                .execute(&mut *c)
+                .await
+                .map_err(db("analysis: temporary table"))?
+                .rows_affected()
+        },
+        postgres: |c| sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TEMP TABLE {name} {columns} ON COMMIT DROP"
+            )))
+            .execute(&mut *c)
+            .await
+            .map_err(db("analysis: temporary table"))?
+            .rows_affected(),
+    );
+    Ok(())
+}
+
+/// Inserts `rows` (each `width` arguments) into temporary table `table`: multi-row `VALUES` on SQLite, one
+/// `UNNEST` of a column array per column on PostgreSQL (`types` are the columns' array types there).
+async fn insert_rows(
+    mut conn: Conn<'_>,
+    table: &str,
+    types: &[&str],
+    rows: &[Vec<Arg<'_>>],
+) -> Result<(), StoreError> {
+    const OP: &str = "analysis: range rows";
+    let width = types.len();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if matches!(conn, Conn::Sqlite(_)) {
+        for chunk in rows.chunks(FILL_CHUNK) {
+            let mut sql = String::with_capacity(64 + chunk.len() * width * 3);
+            sql.push_str("INSERT INTO ");
+            sql.push_str(table);
+            sql.push_str(" VALUES ");
+            let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * width);
+            for (n, row) in chunk.iter().enumerate() {
+                sql.push_str(if n == 0 { "" } else { ", " });
+                push_row(&mut sql, true, args.len(), width);
+                args.extend(row.iter().map(Arg::copied));
+            }
+            execute(conn.reborrow(), &sql, &args, OP).await?;
+        }
+        return Ok(());
+    }
+    let mut sql = format!("INSERT INTO {table} SELECT * FROM UNNEST(");
+    for (i, t) in types.iter().enumerate() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str(&format!("${}::{t}[]", i + 1));
+    }
+    sql.push(')');
+    db_run!(conn,
+        sqlite: |_c| 0,
+        postgres: |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for col in 0..width {
+                match rows[0][col] {
+                    Arg::Text(_) => {
+                        let v: Vec<Option<&str>> = rows
+                            .iter()
+                            .map(|r| match r[col] {
+                                Arg::Text(t) => t,
+                                Arg::Int(_) => None,
+                            })
+                            .collect();
+                        q = q.bind(v);
+                    }
+                    Arg::Int(_) => {
+                        let v: Vec<Option<i64>> = rows
+                            .iter()
+                            .map(|r| match r[col] {
+                                Arg::Int(i) => i,
+                                Arg::Text(_) => None,
+                            })
+                            .collect();
+                        q = q.bind(v);
+                    }
+                }
+            }
+            q.execute(&mut *c).await.map_err(db(OP))?.rows_affected()
+        },
+    );
+    Ok(())
+}
+
+/// Creates `analysis_range` (at its grain less the agent, merged over the agents, in the order the pass's
+/// `GROUP BY` leaves it, so the folds after it probe in key order) and `analysis_range_agents` (the
+/// (family, agent) pairs `known` does not vouch are recorded already) from pre-aggregated rows, for this
+/// transaction only.
+async fn fill_range(
+    mut conn: Conn<'_>,
+    ranges: &[AgentRange],
+    known: &(dyn Fn(&AgentKey, &str) -> bool + Sync),
+) -> Result<(), StoreError> {
+    type Grain<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        i64,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+    );
+    let mut merged: HashMap<Grain<'_>, RangeCounts> = HashMap::new();
+    let mut pairs: Vec<(&str, &str, &str, &str, &str)> = Vec::new();
+    for r in ranges {
+        let t = &r.key.tenant;
+        let mut families: Vec<&str> = Vec::new();
+        for (k, c) in &r.groups {
+            let grain = (
+                t.org.as_str(),
+                t.project.as_str(),
+                t.env.as_str(),
+                k.family.as_deref(),
+                k.day,
+                k.tool.as_str(),
+                k.verdict.as_deref(),
+                k.stage.as_str(),
+                k.class.as_str(),
+            );
+            match merged.get_mut(&grain) {
+                Some(m) => m.merge(c.clone()),
+                None => {
+                    merged.insert(grain, c.clone());
+                }
+            }
+            families.extend(k.family.as_deref());
+        }
+        families.sort_unstable();
+        families.dedup();
+        for f in families {
+            if !known(&r.key, f) {
+                pairs.push((
+                    t.org.as_str(),
+                    t.project.as_str(),
+                    t.env.as_str(),
+                    f,
+                    r.key.agent_id.as_str(),
+                ));
+            }
+        }
+    }
+    let mut merged: Vec<(Grain<'_>, RangeCounts)> = merged.into_iter().collect();
+    merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    pairs.sort_unstable();
+    let rows = merged
+        .iter()
+        .map(|(g, c)| {
+            Ok(vec![
+                Arg::Text(Some(g.0)),
+                Arg::Text(Some(g.1)),
+                Arg::Text(Some(g.2)),
+                Arg::Text(g.3),
+                Arg::Int(Some(g.4)),
+                Arg::Text(Some(g.5)),
+                Arg::Text(g.6),
+                Arg::Text(Some(g.7)),
+                Arg::Text(Some(g.8)),
+                Arg::Int(Some(to_i64("first_id", c.first_id)?)),
+                Arg::Int(Some(to_i64("n", c.n)?)),
+                Arg::Int(Some(c.first_seen)),
+                Arg::Int(Some(c.last_seen)),
+                Arg::Int(Some(c.risk_rank)),
+                Arg::Int(Some(c.destructive)),
+                Arg::Int(Some(c.egress_or_taint)),
+                Arg::Int(Some(c.severity_rank)),
+                Arg::Int(Some(to_i64("high_risk", c.high_risk)?)),
+                Arg::Int(Some(to_i64("destructive_n", c.destructive_n)?)),
+                Arg::Int(Some(to_i64("passed", c.passed)?)),
+                Arg::Int(Some(to_i64("failed", c.failed)?)),
+                Arg::Text(c.representative.as_deref()),
+            ])
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    create_empty_temp(conn.reborrow(), "analysis_range", FED_RANGE_TABLE).await?;
+    let mut types = ["text"; FED_RANGE_WIDTH];
+    for i in [4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20] {
+        types[i] = "bigint";
+    }
+    insert_rows(conn.reborrow(), "analysis_range", &types, &rows).await?;
+    create_empty_temp(conn.reborrow(), "analysis_range_agents", FED_AGENTS_TABLE).await?;
+    let pair_rows: Vec<Vec<Arg<'_>>> = pairs
+        .iter()
+        .map(|p| {
+            vec![
+                Arg::Text(Some(p.0)),
+                Arg::Text(Some(p.1)),
+                Arg::Text(Some(p.2)),
+                Arg::Text(Some(p.3)),
+                Arg::Text(Some(p.4)),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn.reborrow(),
+        "analysis_range_agents",
+        &["text"; 5],
+        &pair_rows,
+    )
+    .await?;
+    Ok(())
+}
 
 /// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
 /// Ranges fold one at a time (the cursor's compare-and-set serializes them), so none is added twice.
 const NEW_AGENTS: &str = " AS SELECT DISTINCT org, project, env, family, agent_id FROM analysis_range r \
      WHERE family IS NOT NULL AND NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
+     AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
+
+/// [`NEW_AGENTS`] of a fed range: its candidate pairs are in `analysis_range_agents`, distinct already.
+const FED_NEW_AGENTS: &str = " AS SELECT org, project, env, family, agent_id FROM analysis_range_agents r \
+     WHERE NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
      AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
 
 /// Records the new agents (after the scope fold counted them).
@@ -600,12 +1066,20 @@ async fn drop_temp(mut conn: Conn<'_>, name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A fed range ([`crate::Store::apply_analysis_ranges`]): its rows by agent, and which (agent, family) pairs are
+/// known to be recorded already.
+type Fed<'a> = (
+    &'a [AgentRange],
+    &'a (dyn Fn(&AgentKey, &str) -> bool + Sync),
+);
+
 /// Folds `(from, to]`: pre-aggregates it, defines the families it meets first (`define` computes their
 /// definitions from their first rows), then runs the folds.
 async fn fold_range(
     mut conn: Conn<'_>,
     from: u64,
     to: u64,
+    fed: Option<Fed<'_>>,
     define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
 ) -> Result<(), StoreError> {
     const DEFINE: &str = "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, \
@@ -628,14 +1102,20 @@ async fn fold_range(
         steps.push((step, lap.elapsed().as_micros()));
         lap = std::time::Instant::now();
     };
-    create_temp(
-        conn.reborrow(),
-        "analysis_range",
-        RANGE_COLUMNS,
-        &[from, to],
-    )
-    .await?;
-    took("range", &mut steps);
+    match fed {
+        Some((ranges, known)) => {
+            fill_range(conn.reborrow(), ranges, known).await?;
+            took("range (in process)", &mut steps);
+        }
+        None => {
+            let columns = match conn {
+                Conn::Sqlite(_) => RANGE_COLUMNS,
+                _ => RANGE_COLUMNS_PG,
+            };
+            create_temp(conn.reborrow(), "analysis_range", columns, &[from, to]).await?;
+            took("range", &mut steps);
+        }
+    }
     let defs = define(&samples(conn.reborrow()).await?);
     for d in &defs {
         db_run!(conn, |c| sqlx::query(DEFINE)
@@ -653,7 +1133,12 @@ async fn fold_range(
             .rows_affected());
     }
     took("define", &mut steps);
-    create_temp(conn.reborrow(), "analysis_new_agents", NEW_AGENTS, &[]).await?;
+    let new_agents = if fed.is_some() {
+        FED_NEW_AGENTS
+    } else {
+        NEW_AGENTS
+    };
+    create_temp(conn.reborrow(), "analysis_new_agents", new_agents, &[]).await?;
     took("new agents", &mut steps);
     for (op, sql) in FOLD {
         db_run!(conn, |c| sqlx::query(sql)
@@ -670,6 +1155,9 @@ async fn fold_range(
         .rows_affected());
     drop_temp(conn.reborrow(), "analysis_new_agents").await?;
     drop_temp(conn.reborrow(), "analysis_range").await?;
+    if fed.is_some() {
+        drop_temp(conn.reborrow(), "analysis_range_agents").await?;
+    }
     took("add agents", &mut steps);
     tracing::debug!(
         from_id = from,
@@ -1106,9 +1594,43 @@ impl crate::Store {
             tx.rollback("apply_analysis").await?;
             return Ok(false);
         }
-        fold_range(tx.conn(), from_id, to_id, define).await?;
+        fold_range(tx.conn(), from_id, to_id, None, define).await?;
         tx.commit("apply_analysis").await?;
         Ok(true)
+    }
+
+    /// [`Store::apply_analysis`] with the range already pre-aggregated in process (`ranges`, by agent), so the
+    /// store skips its pass over the range's rows. The caller vouches that `ranges` hold `ids` distinct evidence
+    /// ids of `(from_id, to_id]`, each added once ([`AgentRange::add`]); inside the transaction, after the
+    /// cursor's compare-and-set, the store counts the ids it holds there, and only when that is `ids` too (so
+    /// the ranges hold every row of the range and no other — evidence rows are never deleted) does it fold.
+    /// Otherwise nothing changes and the answer is [`RangesApplied::Mismatch`]: fold the range by reading it back.
+    /// `known(agent, family)` vouches that the pair is recorded already (a fold committed it; pairs are never
+    /// removed), so it is not checked again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_analysis_ranges(
+        &self,
+        name: &str,
+        from_id: u64,
+        to_id: u64,
+        ids: u64,
+        ranges: &[AgentRange],
+        known: &(dyn Fn(&AgentKey, &str) -> bool + Sync),
+        define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
+        now_ms: i64,
+    ) -> Result<RangesApplied, StoreError> {
+        let mut tx = self.begin_named("apply_analysis").await?;
+        if !move_cursor(tx.conn(), name, from_id, to_id, now_ms).await? {
+            tx.rollback("apply_analysis").await?;
+            return Ok(RangesApplied::LostRace);
+        }
+        if count_between(tx.conn(), from_id, to_id).await? != ids {
+            tx.rollback("apply_analysis").await?;
+            return Ok(RangesApplied::Mismatch);
+        }
+        fold_range(tx.conn(), from_id, to_id, Some((ranges, known)), define).await?;
+        tx.commit("apply_analysis").await?;
+        Ok(RangesApplied::Folded)
     }
 
     /// The occurrences of families per environment inside `filter`, by family then project and env.

@@ -295,20 +295,29 @@ type InsertRow<'a> = (
 );
 
 /// A bound parameter of a built statement.
-enum Arg<'a> {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
 }
 
+impl Arg<'_> {
+    /// The same argument (for iterators over borrowed rows).
+    pub(crate) fn copied(&self) -> Self {
+        *self
+    }
+}
+
 /// Writes the entries of the records just inserted (`inserted`, ascending by seq); entries of any other seq
-/// are dropped. Runs inside `commit_batch`'s transaction.
+/// are dropped. Runs inside `commit_batch`'s transaction. Answers the (seq, id) of every row written, ascending
+/// by seq.
 pub(crate) async fn insert(
     mut conn: Conn<'_>,
     key: &AgentKey,
     inserted: &[&NewRecord],
     entries: &[NewIndexEntry],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(u64, u64)>, StoreError> {
     // SQLite gets anonymous `?` placeholders: with numbered ones sqlx looks each parameter up by name, a
     // linear search in SQLite that makes binding quadratic in the statement size (see `sqlite::insert_records`).
     let anonymous = matches!(conn, Conn::Sqlite(_));
@@ -332,6 +341,7 @@ pub(crate) async fn insert(
             rows.push((inserted[i], entry, run_ids, codes));
         }
     }
+    let mut written: Vec<(u64, u64)> = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
             "INSERT INTO evidence_index (org, project, env, agent_id, seq, class, kind, received_unix_ms, \
@@ -390,9 +400,13 @@ pub(crate) async fn insert(
             push_row(&mut sql, anonymous, args.len(), row.len());
             args.extend(row);
         }
-        sql.push_str(" ON CONFLICT (org, project, env, agent_id, seq) DO NOTHING");
-        execute(conn.reborrow(), &sql, &args, "commit_batch: index evidence").await?;
+        sql.push_str(
+            " ON CONFLICT (org, project, env, agent_id, seq) DO NOTHING RETURNING seq, id",
+        );
+        written
+            .extend(returning(conn.reborrow(), &sql, &args, "commit_batch: index evidence").await?);
     }
+    written.sort_unstable();
 
     let runs: Vec<(i64, &str)> = rows
         .iter()
@@ -469,7 +483,7 @@ pub(crate) async fn insert(
         )
         .await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// A list column as stored: a JSON array, or NULL when empty.
@@ -497,7 +511,7 @@ pub(crate) fn read_list(column: &str, text: Option<String>) -> Result<Vec<String
 
 /// Appends one `VALUES` row of `count` placeholders whose parameters follow the `before` already bound:
 /// `(?, ?, …)` when `anonymous` (SQLite), `($n, $n+1, …)` otherwise.
-fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
+pub(crate) fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
     sql.push('(');
     for i in 0..count {
         if i > 0 {
@@ -514,7 +528,7 @@ fn push_row(sql: &mut String, anonymous: bool, before: usize, count: usize) {
 }
 
 /// Runs a statement built here (fixed fragments and numbered parameters only) with its arguments.
-async fn execute<'a>(
+pub(crate) async fn execute<'a>(
     mut conn: Conn<'_>,
     sql: &'a str,
     args: &'a [Arg<'a>],
@@ -531,6 +545,36 @@ async fn execute<'a>(
         query.execute(&mut *c).await.map_err(db(op))?;
     });
     Ok(())
+}
+
+/// Runs an `INSERT … RETURNING seq, id` built here (as [`execute`]) and answers the pairs it returned.
+async fn returning<'a>(
+    mut conn: Conn<'_>,
+    sql: &'a str,
+    args: &'a [Arg<'a>],
+    op: &'static str,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    const T: &str = "evidence_index";
+    let rows = db_run!(conn, |c| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in args {
+            query = match arg {
+                Arg::Text(t) => query.bind(*t),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        let found = query.fetch_all(&mut *c).await.map_err(db(op))?;
+        found
+            .iter()
+            .map(|r| {
+                Ok((
+                    to_u64(T, "seq", r.int("seq")?)?,
+                    to_u64(T, "id", r.int("id")?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?
+    });
+    Ok(rows)
 }
 
 /// One page of the index under `filter`, newest first.

@@ -118,6 +118,9 @@ pub struct BatchOutcome {
     /// Skipped seqs the aggregator had refused for good ([`RefusedRecord`]): the agent quarantined them, so
     /// they are accounted for and not counted in `gaps`. Ascending.
     pub refused: Vec<u64>,
+    /// The evidence index rows this batch wrote, as (seq, evidence id), ascending by seq: what an in-process
+    /// upkeep feed needs to account for exactly the ids the index holds (`commit_batch_indexed` only).
+    pub indexed: Vec<(u64, u64)>,
 }
 
 /// A record the aggregator refused for good (a permanent [`gait_wire::RefusalCode`]): the agent quarantines

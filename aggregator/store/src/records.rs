@@ -75,7 +75,8 @@ pub(crate) async fn commit_batch(
         )?;
         // The index entries of exactly the records inserted, in the same transaction (module `evidence`).
         if !index.is_empty() {
-            evidence::insert(conn.reborrow(), key, &plan.insert, index, now_ms).await?;
+            plan.outcome.indexed =
+                evidence::insert(conn.reborrow(), key, &plan.insert, index, now_ms).await?;
         }
     }
     if !plan.gaps.is_empty() {
