@@ -1860,14 +1860,27 @@ async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore
     }
     let mut rng = Rng(42);
     let (mut folded, mut fed) = (0u64, 0u64);
+    // The evidence ids each commit reported, as (id, agent, seq).
+    let mut told: Vec<(u64, String, u64)> = Vec::new();
     for (key, records) in &corpus {
         let mut rest = records.as_slice();
         while !rest.is_empty() {
             let (batch, tail) = rest.split_at((1 + rng.below(9)).min(rest.len()));
             rest = tail;
-            intake.commit_batch(key, batch, &[], &[], base).await?;
+            let (outcome, _) = intake.commit_batch(key, batch, &[], &[], base).await?;
+            told.extend(
+                outcome
+                    .indexed
+                    .iter()
+                    .map(|(seq, id)| (*id, key.agent_id.to_string(), *seq)),
+            );
             if rng.below(3) == 0 {
-                intake.commit_batch(key, batch, &[], &[], base).await?;
+                let (again, _) = intake.commit_batch(key, batch, &[], &[], base).await?;
+                ensure!(
+                    again.indexed.is_empty(),
+                    "a redelivery indexed {:?}",
+                    again.indexed
+                );
             }
             if rng.below(5) == 0 {
                 let (n, f) = catch_up_fed(store, Some(&feed), SETTLED).await?;
@@ -1883,6 +1896,18 @@ async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore
     );
     let got = folded_state(store, "fed", base).await?;
     ensure!(got == want, "fed differs:\n{got:#}\nwant\n{want:#}");
+    // The ids each commit reported are the ids the index holds.
+    let mut stored: Vec<(u64, String, u64)> = Vec::new();
+    let mut filter = gait_store::EvidenceFilter::org("fed".parse()?, 100);
+    loop {
+        let page = store.evidence(&filter).await?;
+        let Some(last) = page.last() else { break };
+        filter.before_id = Some(last.id);
+        stored.extend(page.iter().map(|r| (r.id, r.agent_id.to_string(), r.seq)));
+    }
+    told.sort_unstable();
+    stored.sort_unstable();
+    ensure!(told == stored, "reported {told:?}\nstored {stored:?}");
 
     // Mixed: batches another replica committed (not in this feed) between fed ones, and a feed that starts
     // after the first rows (a restart). Ranges the feed cannot vouch for are read back; the state is the same.
