@@ -146,6 +146,17 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
         (total == decisions).then_some(v)
     })?;
     ensure!(families["total"] == 2, "{families}");
+    // This aggregator indexed every row itself, after its upkeep took the lead: each range was folded from what
+    // its ingest handed the upkeep (`analysis::feed`), none read back.
+    let (rows, fed) = wait_for(PATIENCE, "the folded rows counted", || {
+        let rows = agg.metric("gait_aggregator_analysis_rows_total").ok()?;
+        let fed = agg.metric("gait_aggregator_analysis_fed_rows_total").ok()?;
+        (rows >= decisions).then_some((rows, fed))
+    })?;
+    ensure!(
+        rows == decisions && fed == rows,
+        "folded {rows} rows of {decisions} decisions, {fed} of them from the feed"
+    );
     let top = &families["families"][0];
     ensure!(
         top["tool"] == "tool.delete" && top["verdict"] == "block",
