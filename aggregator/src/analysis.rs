@@ -45,6 +45,8 @@ pub const MAX_FAMILIES: u32 = 1_000;
 pub const DEFAULT_DAYS: u32 = 7;
 /// Longest posture window.
 pub const MAX_DAYS: u32 = 90;
+/// Days a verdict-shift read covers by default.
+pub const DEFAULT_SHIFT_DAYS: u32 = 30;
 /// A family whose last occurrence is older than this is not open (the change gate ignores it).
 pub const OPEN_WINDOW_MS: i64 = 7 * upkeep::DAY_MS;
 /// Priority at or above which an open family fails the change gate.
@@ -1001,6 +1003,103 @@ impl Analytics {
         })
     }
 
+    /// Shifts in each tool's verdict mix in one environment whose first day is within the last `days` UTC days
+    /// (today included), newest first, each attributed (`gait_analysis::shift`). `tool` narrows it to one tool.
+    pub async fn verdict_shifts(
+        &self,
+        caller: &Authorized<Tenant>,
+        days: Option<u32>,
+        tool: Option<&str>,
+        now_ms: i64,
+    ) -> Result<ShiftsReport, AnalysisError> {
+        let days = days.unwrap_or(DEFAULT_SHIFT_DAYS);
+        if !(1..=MAX_DAYS).contains(&days) {
+            return Err(invalid(
+                "days",
+                format!("{days} is out of range 1..={MAX_DAYS}"),
+            ));
+        }
+        if let Some(t) = tool
+            && (t.is_empty() || t.len() > 256)
+        {
+            return Err(invalid("tool", "must be 1-256 bytes"));
+        }
+        let tenant = caller.target();
+        let filter = AnalysisFilter {
+            org: tenant.org.clone(),
+            project: Some(tenant.project.clone()),
+            env: Some(tenant.env.clone()),
+            family: None,
+        };
+        let rule = gait_analysis::shift::ShiftRule::default();
+        let today = now_ms.div_euclid(upkeep::DAY_MS);
+        let from_day = today - i64::from(days) + 1;
+        // The first day's baseline reaches back before the window.
+        let read_from = from_day - i64::from(rule.baseline_days);
+        let postures = self
+            .store
+            .posture_counts(&filter, read_from, today + 1)
+            .await?;
+        let policies = self
+            .store
+            .policy_counts(&filter, read_from, today + 1)
+            .await?;
+        let mut tools: BTreeMap<&str, BTreeMap<i64, gait_analysis::shift::ToolDay>> =
+            BTreeMap::new();
+        for p in &postures {
+            if tool.is_some_and(|t| t != p.tool) {
+                continue;
+            }
+            let d = tools
+                .entry(p.tool.as_str())
+                .or_default()
+                .entry(p.day)
+                .or_insert_with(|| gait_analysis::shift::ToolDay {
+                    day: p.day,
+                    ..Default::default()
+                });
+            *d.verdicts.entry(p.verdict.clone()).or_default() += p.decisions;
+            *d.stages.entry(p.stage.clone()).or_default() += p.decisions;
+            d.high_risk += p.high_risk;
+            d.destructive += p.destructive;
+        }
+        for p in &policies {
+            // A day with decisions has its posture row: a policy row alone adds nothing to compare.
+            if let Some(d) = tools
+                .get_mut(p.tool.as_str())
+                .and_then(|days| days.get_mut(&p.day))
+            {
+                *d.policies.entry(p.policy_digest.clone()).or_default() += p.decisions;
+            }
+        }
+        let mut shifts = Vec::new();
+        for (name, days) in &tools {
+            let days: Vec<gait_analysis::shift::ToolDay> = days.values().cloned().collect();
+            for shift in gait_analysis::shift::shifts(&days, &rule) {
+                if shift.day >= from_day {
+                    shifts.push(ToolShift {
+                        tool: (*name).to_owned(),
+                        unattributed: shift.attribution.unattributed(),
+                        shift,
+                    });
+                }
+            }
+        }
+        shifts.sort_by(|a, b| {
+            b.shift
+                .day
+                .cmp(&a.shift.day)
+                .then_with(|| a.tool.cmp(&b.tool))
+        });
+        Ok(ShiftsReport {
+            scope: tenant.to_string(),
+            from_day,
+            to_day: today,
+            rule,
+            shifts,
+        })
+    }
+
     /// The change-management gate of one environment (module docs of `gait_analysis::gate`).
     pub async fn change_gate(
         &self,
@@ -1117,6 +1216,30 @@ pub struct DriftReport {
     pub attribution: gait_analysis::drift::Attribution,
     pub failing: DriftSide,
     pub baseline: DriftSide,
+}
+
+/// One tool's verdict-mix shift.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolShift {
+    pub tool: String,
+    /// No cause found in the evidence (the mix moved; the records do not say why).
+    pub unattributed: bool,
+    #[serde(flatten)]
+    pub shift: gait_analysis::shift::Shift,
+}
+
+/// Verdict-mix shifts of one environment.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShiftsReport {
+    /// `org/project/env`.
+    pub scope: String,
+    /// The window of shift days read (UTC days since the epoch, both included).
+    pub from_day: i64,
+    pub to_day: i64,
+    /// What counts as a shift.
+    pub rule: gait_analysis::shift::ShiftRule,
+    /// Newest first, then by tool.
+    pub shifts: Vec<ToolShift>,
 }
 
 /// The change gate's answer with what it read.

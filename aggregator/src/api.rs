@@ -601,6 +601,15 @@ fn v1_routes() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             ),
             get(analysis::drift),
         ),
+        (
+            e(
+                Method::GET,
+                "/v1/orgs/{org}/projects/{project}/envs/{env}/verdict-shifts",
+                P::EvidenceRead,
+                Env,
+            ),
+            get(analysis::verdict_shifts),
+        ),
     ]
 }
 

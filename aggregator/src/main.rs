@@ -151,6 +151,11 @@ enum Command {
     /// Drift attribution: why a run's newest runpack in an environment differs from its baseline — the policy
     /// pinned, a tool's arguments or result, the receipts, the producer version — or unattributed (exit 1).
     Drift(cmd::analysis::DriftArgs),
+    /// Shifts in each tool's verdict mix in an environment (say, mostly allowed to mostly blocked), newest first,
+    /// each attributed to the policy digest, tool shape or enforcement stage that changed that day, or
+    /// unattributed.
+    #[command(name = "verdict-shifts")]
+    VerdictShifts(cmd::analysis::ShiftsArgs),
     /// Merge an incident family into another, org-wide (an audited overlay): its occurrences, agents and
     /// environments count in the other from now on. `family-split` undoes it.
     #[command(name = "family-merge")]
@@ -281,6 +286,7 @@ async fn dispatch(config_file: Option<&Path>, command: Command) -> anyhow::Resul
         Command::Family(args) => cmd::analysis::family(args, load()?).await,
         Command::Posture(args) => cmd::analysis::posture(args, load()?).await,
         Command::Drift(args) => cmd::analysis::drift(args, load()?).await,
+        Command::VerdictShifts(args) => cmd::analysis::verdict_shifts(args, load()?).await,
         Command::FamilyMerge(args) => cmd::analysis::family_merge(args, load()?).await,
         Command::FamilySplit(args) => cmd::analysis::family_split(args, load()?).await,
         Command::ChangeGate(args) => cmd::analysis::change_gate(args, load()?).await,

@@ -369,6 +369,7 @@ gait_store::store_tests!(
     coverage_names_the_tools_runpacks_called_without_a_gate,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
     the_feed_folds_exactly_what_reading_the_range_back_folds,
+    verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothing,
 );
 
 async fn shuffled_and_redelivered_ingest_gives_identical_families_scores_and_posture(
@@ -1667,7 +1668,8 @@ async fn drift_is_attributed_to_the_policy_the_tool_or_nothing(db: &TestStore) -
 
 /// Records every fold treats in its own way, after an agent's corpus (seqs from 37): a future-dated decision, one
 /// without a tool, an egress endpoint and a taint reason code in capitals, a dry run that would have blocked, a
-/// critical-risk one, a runpack (indexed, folded into nothing) and a decision with no verdict.
+/// critical-risk one, a runpack (indexed, folded into nothing), a decision with no verdict, one with no policy
+/// digest and one under another policy.
 fn odd_records(salt: u16, base: i64) -> Vec<NewRecord> {
     let d =
         |tool: Option<&str>, verdict: Option<&str>, codes: Value, profile: Value, stage: Value| {
@@ -1679,7 +1681,7 @@ fn odd_records(salt: u16, base: i64) -> Vec<NewRecord> {
             p
         };
     let enforce = json!({"stage": "enforce", "would_have_blocked": false});
-    let payloads = [
+    let mut payloads = [
         d(
             Some("fs.read"),
             Some("allow"),
@@ -1717,6 +1719,9 @@ fn odd_records(salt: u16, base: i64) -> Vec<NewRecord> {
         ),
         d(Some("fs.read"), None, json!([]), json!({}), enforce),
     ];
+    // Policy digests: none on the tool-less one, another policy's on the egress one.
+    payloads[1]["policy_digest"] = Value::Null;
+    payloads[2]["policy_digest"] = json!(hex64('b'));
     let mut out: Vec<NewRecord> = payloads
         .iter()
         .enumerate()
@@ -1800,6 +1805,7 @@ async fn folded_state(store: &Store, org: &str, base: i64) -> Result<Value> {
     let mut posture = vec![json!(
         store.posture_counts(&filter, from_day, to_day).await?
     )];
+    let mut policies = Vec::new();
     for (project, env) in [
         ("web", "prod"),
         ("web", "dev"),
@@ -1814,9 +1820,15 @@ async fn folded_state(store: &Store, org: &str, base: i64) -> Result<Value> {
         posture.push(json!(
             store.posture_counts(&env_filter, from_day, to_day).await?
         ));
+        policies.push(json!(
+            store.policy_counts(&env_filter, from_day, to_day).await?
+        ));
     }
     let regress = json!(store.regress_counts(&filter, from_day, to_day).await?);
-    Ok(json!({"definitions": defs, "scopes": scopes, "posture": posture, "regress": regress}))
+    Ok(
+        json!({"definitions": defs, "scopes": scopes, "posture": posture, "policies": policies,
+              "regress": regress}),
+    )
 }
 
 async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore) -> Result<()> {
@@ -1846,7 +1858,10 @@ async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore
     let want = folded_state(store, "readback", base).await?;
     ensure!(
         want["scopes"].as_array().is_some_and(|s| s.len() > 10)
-            && want["regress"].as_array().is_some_and(|r| !r.is_empty()),
+            && want["regress"].as_array().is_some_and(|r| !r.is_empty())
+            && want["policies"][0]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
         "the corpus folds into little: {want:#}"
     );
 
@@ -1941,5 +1956,216 @@ async fn the_feed_folds_exactly_what_reading_the_range_back_folds(db: &TestStore
     );
     let got = folded_state(store, "mixed", base).await?;
     ensure!(got == want, "mixed differs:\n{got:#}\nwant\n{want:#}");
+    Ok(())
+}
+
+/// One day's decisions of `tool` for the shift test: `allow` allows then `block` blocks, under policy digest
+/// `hex64(policy)` at `stage`; the blocks destructive and high-risk when `risky`.
+#[allow(clippy::too_many_arguments)]
+fn shift_day(
+    out: &mut Vec<NewRecord>,
+    tool: &str,
+    at: i64,
+    (allow, block): (u64, u64),
+    policy: char,
+    stage: &str,
+    risky: bool,
+) {
+    for i in 0..allow + block {
+        let verdict = if i < allow { "allow" } else { "block" };
+        let profile = if risky && verdict == "block" {
+            json!({"risk_class": "high", "endpoint_classes": ["fs.delete"], "destructive": true})
+        } else {
+            json!({"risk_class": "low", "endpoint_classes": ["fs.read"]})
+        };
+        let mut p = decision(tool, verdict, &[], "rule", profile, 'd');
+        p["policy_digest"] = json!(hex64(policy));
+        p["stage"]["stage"] = json!(stage);
+        let seq = out.len() as u64 + 1;
+        out.push(record(seq, 600, "gate.decision", at + i as i64 * 1_000, &p));
+    }
+}
+
+async fn verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothing(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let day = 24 * HOUR;
+    // Noon of each day, so no decision crosses midnight.
+    let noon = |back: i64| (base.div_euclid(day) - back) * day + 12 * HOUR;
+    let tenant = Tenant::from_parts("acme", "web", "prod")?;
+    let key = AgentKey::new(tenant.clone(), "shift-1".parse()?);
+    store.agent_connected(&key, &hello(), base).await?;
+    let mut records = Vec::new();
+    // Nine days back to five: 30 allowed calls a day, policy `a`, enforced. Four days back to today: the mix
+    // moves, with a different thing changing for each tool.
+    for back in (0..10).rev() {
+        let before = back >= 5;
+        let at = noon(back);
+        let mix = if before { (30, 0) } else { (10, 20) };
+        shift_day(
+            &mut records,
+            "tool.policy",
+            at,
+            mix,
+            if before { 'a' } else { 'b' },
+            "enforce",
+            false,
+        );
+        shift_day(&mut records, "tool.shape", at, mix, 'a', "enforce", true);
+        shift_day(
+            &mut records,
+            "tool.stage",
+            at,
+            mix,
+            'a',
+            if before { "observe" } else { "enforce" },
+            false,
+        );
+        shift_day(&mut records, "tool.none", at, mix, 'a', "enforce", false);
+        // Too few calls a day to compare, however far the mix moves.
+        shift_day(
+            &mut records,
+            "tool.thin",
+            at,
+            if before { (5, 0) } else { (0, 5) },
+            'b',
+            "enforce",
+            false,
+        );
+        // A steady mix: no shift.
+        shift_day(
+            &mut records,
+            "tool.steady",
+            at,
+            (20, 10),
+            'a',
+            "enforce",
+            false,
+        );
+    }
+    let intake = Intake::new(store.clone());
+    for chunk in records.chunks(64) {
+        intake.commit_batch(&key, chunk, &[], &[], base).await?;
+    }
+    catch_up(store, SETTLED).await?;
+
+    let a = analytics(store);
+    let (auth, root) = admin();
+    let caller = auth
+        .authorize(root, Permission::EvidenceRead, tenant.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = a.verdict_shifts(&caller, Some(30), None, base).await?;
+    let shift_day = base.div_euclid(day) - 4;
+    let found: Vec<(&str, i64, &str, u32)> = report
+        .shifts
+        .iter()
+        .map(|s| {
+            (
+                s.tool.as_str(),
+                s.shift.day,
+                s.shift.verdict.as_str(),
+                s.shift.moved_per_mille,
+            )
+        })
+        .collect();
+    ensure!(
+        found
+            == [
+                ("tool.none", shift_day, "allow", 667),
+                ("tool.policy", shift_day, "allow", 667),
+                ("tool.shape", shift_day, "allow", 667),
+                ("tool.stage", shift_day, "allow", 667),
+            ],
+        "{found:?}\n{report:#?}"
+    );
+    let cause = |tool: &str| {
+        report
+            .shifts
+            .iter()
+            .find(|s| s.tool == tool)
+            .and_then(|s| s.shift.attribution.primary.clone())
+            .map(|c| (c.kind, c.field, c.before, c.after))
+    };
+    use gait_analysis::drift::CauseKind;
+    ensure!(
+        cause("tool.policy")
+            == Some((
+                CauseKind::PolicyChange,
+                "policy_digest".into(),
+                Some(hex64('a')),
+                Some(hex64('b'))
+            )),
+        "{:?}",
+        cause("tool.policy")
+    );
+    ensure!(
+        cause("tool.shape")
+            == Some((
+                CauseKind::ToolChange,
+                "destructive_per_mille".into(),
+                Some("0".into()),
+                Some("666".into())
+            )),
+        "{:?}",
+        cause("tool.shape")
+    );
+    ensure!(
+        cause("tool.stage")
+            == Some((
+                CauseKind::RuntimeChange,
+                "stage".into(),
+                Some("observe".into()),
+                Some("enforce".into())
+            )),
+        "{:?}",
+        cause("tool.stage")
+    );
+    let none = report
+        .shifts
+        .iter()
+        .find(|s| s.tool == "tool.none")
+        .context("tool.none")?;
+    ensure!(
+        none.unattributed && none.shift.attribution.causes.is_empty(),
+        "{none:?}"
+    );
+    // The baseline is the five days before; the shift is reported once, on its first day.
+    ensure!(
+        none.shift.baseline_from_day == shift_day - 5
+            && none.shift.baseline_to_day == shift_day - 1,
+        "{none:?}"
+    );
+
+    // One tool; a window that ends before the shift sees none; out-of-range days are refused naming the field.
+    let one = a
+        .verdict_shifts(&caller, Some(30), Some("tool.policy"), base)
+        .await?;
+    ensure!(one.shifts.len() == 1 && one.shifts[0].tool == "tool.policy");
+    let earlier = a
+        .verdict_shifts(&caller, Some(30), None, base - 5 * day)
+        .await?;
+    ensure!(earlier.shifts.is_empty(), "{earlier:?}");
+    for days in [0, 91] {
+        match a.verdict_shifts(&caller, Some(days), None, base).await {
+            Err(AnalysisError::Invalid { field: "days", .. }) => {}
+            other => anyhow::bail!("days {days}: {other:?}"),
+        }
+    }
+    // Another environment of the same org has none of these.
+    let dev = auth
+        .authorize(
+            admin().1,
+            Permission::EvidenceRead,
+            Tenant::from_parts("acme", "web", "dev")?,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        a.verdict_shifts(&dev, None, None, base)
+            .await?
+            .shifts
+            .is_empty()
+    );
     Ok(())
 }

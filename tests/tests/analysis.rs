@@ -208,6 +208,67 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
     let (code, text) = run(&agg, &["posture", "--org", "acme", "--project", "web"])?;
     ensure!(code == Some(0) && text.contains("tool.delete"), "{text}");
 
+    // Verdict-mix shifts: every decision is today's, so no day has a baseline to shift from. The answer names its
+    // window and rule; a window out of range is refused (exit 65). (The rule and its causes are proven on days of
+    // records in aggregator/tests/analysis.rs.)
+    let shifts = json_of(
+        &agg,
+        &[
+            "verdict-shifts",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+            "--json",
+        ],
+    )?;
+    ensure!(
+        shifts["scope"] == "acme/web/prod"
+            && shifts["shifts"] == json!([])
+            && shifts["rule"]["threshold_per_mille"] == 200
+            && shifts["to_day"]
+                .as_i64()
+                .zip(shifts["from_day"].as_i64())
+                .map(|(t, f)| t - f)
+                == Some(29),
+        "{shifts}"
+    );
+    let (code, text) = run(
+        &agg,
+        &[
+            "verdict-shifts",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+            "--tool",
+            "tool.read",
+        ],
+    )?;
+    ensure!(
+        code == Some(0) && text.contains("0 verdict-mix shift(s)"),
+        "{code:?} {text}"
+    );
+    let (code, text) = run(
+        &agg,
+        &[
+            "verdict-shifts",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+            "--days",
+            "0",
+        ],
+    )?;
+    ensure!(code == Some(65) && text.contains("days"), "{code:?} {text}");
+
     // The gate: prod has an open critical family; dev has only allowed reads; qa has nothing.
     let (code, out) = run(
         &agg,

@@ -1,5 +1,5 @@
-//! Drift attribution: why a regress run that passed now fails (or why a family's verdict mix shifted), told by
-//! comparing what the run saw against the last good run — never guessed.
+//! Drift attribution: why a regress run that passed now fails (shifts in a verdict mix: [`crate::shift`]), told
+//! by comparing what the run saw against the last good run — never guessed.
 //!
 //! Each side is a [`RunContext`]: the digests a Gait runpack and its traces carry (contract §7 projection). The
 //! comparison lists every difference as a [`Cause`] with the field, the value before and after, and the

@@ -16,6 +16,8 @@
 //!   health, in integer per-mille.
 //! - [`priority`]: an explainable score from blast radius, privilege and recurrence, with recurrence capped so
 //!   volume cannot outrank severity.
+//! - [`shift`]: shifts in a tool's verdict mix in an environment, day against baseline, each attributed to the
+//!   policy, tool or stage change at its start, or unattributed.
 
 pub mod drift;
 pub mod family;
@@ -23,3 +25,4 @@ pub mod fix;
 pub mod gate;
 pub mod posture;
 pub mod priority;
+pub mod shift;

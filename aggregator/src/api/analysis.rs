@@ -1,5 +1,5 @@
 //! `/v1/orgs/{org}/analysis/{families,families/{family},posture}` and
-//! `/v1/orgs/{org}/projects/{project}/envs/{env}/change-gate`: fleet analytics through
+//! `/v1/orgs/{org}/projects/{project}/envs/{env}/{change-gate,drift,verdict-shifts}`: fleet analytics through
 //! [`crate::analysis::Analytics`]. The analysis routes read the org, or the project or environment their
 //! `project`/`env` parameters name, and check the caller's permission over exactly that scope — so an auditor
 //! bound to one project reads it by naming it, and is refused the org.
@@ -140,6 +140,33 @@ pub(super) async fn drift(
         state
             .analytics
             .drift(&caller, &q.run, q.baseline.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
+/// Query of a verdict-shift read.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShiftsQuery {
+    /// Days back from today, UTC, in which a shift's first day falls (1..=90, default 30).
+    days: Option<u32>,
+    /// Only this tool.
+    tool: Option<String>,
+}
+
+/// `GET /v1/orgs/{org}/projects/{project}/envs/{env}/verdict-shifts[?days=…&tool=…]`: shifts in each tool's
+/// verdict mix, newest first, each with its cause or `unattributed`.
+pub(super) async fn verdict_shifts(
+    State(state): State<AppState>,
+    Caller(caller): Caller<Tenant>,
+    query: Result<Query<ShiftsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(RequestError::Query)?;
+    Ok(Json(
+        state
+            .analytics
+            .verdict_shifts(&caller, q.days, q.tool.as_deref(), crate::clock::unix_ms())
             .await?,
     )
     .into_response())

@@ -148,6 +148,38 @@ pub struct FamilySplitArgs {
     pub json: bool,
 }
 
+/// `verdict-shifts`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "A day shifts when some verdict's share of a tool's decisions moved by 200‰ or more against the \
+                  days before it (up to 7, back to the last shift), each side holding 20 decisions or more. The \
+                  cause is what else changed that day: a policy digest that decided none of the tool's calls \
+                  before (policy_change), the share of high-risk or destructive calls moving as far \
+                  (tool_change), an enforcement stage new that day (runtime_change) — or unattributed.\n\n\
+                  Examples:\n  gait-aggregator verdict-shifts --org acme --project web --env prod\n  \
+                  gait-aggregator verdict-shifts --org acme --project web --env prod --tool delete_user --days 90 \
+                  --json"
+)]
+pub struct ShiftsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub org: Org,
+    #[arg(long)]
+    pub project: Project,
+    #[arg(long)]
+    pub env: Env,
+    /// Days back from today, UTC, in which a shift's first day falls (1-90).
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Only this tool.
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `posture`.
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  gait-aggregator posture --org acme --project web --days 30")]
@@ -602,6 +634,86 @@ pub async fn family_merge(args: FamilyMergeArgs, config: Config) -> anyhow::Resu
 /// Runs `family-split`.
 pub async fn family_split(args: FamilySplitArgs, config: Config) -> anyhow::Result<ExitCode> {
     merge_or_split(args.api, config, &args.org, &args.family, None, args.json).await
+}
+
+/// A UTC day (days since the Unix epoch) as its date.
+fn date_of(day: &Value) -> String {
+    day.as_i64()
+        .and_then(|d| time::OffsetDateTime::from_unix_timestamp(d.checked_mul(86_400)?).ok())
+        .map_or_else(|| day.to_string(), |t| t.date().to_string())
+}
+
+/// Runs `verdict-shifts`.
+pub async fn verdict_shifts(args: ShiftsArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let api = args.api.resolve(config)?;
+    let path = format!("projects/{}/envs/{}/verdict-shifts", args.project, args.env);
+    let base = url(
+        &api.server,
+        &args.org,
+        &path,
+        &[format!("days={}", args.days)],
+    );
+    let mut u = reqwest::Url::parse(&base)
+        .map_err(|e| anyhow::anyhow!("--server {}: not a URL: {e}", api.server))?;
+    if let Some(t) = &args.tool {
+        u.query_pairs_mut().append_pair("tool", t);
+    }
+    let (status, a) = call(&api, reqwest::Method::GET, u.as_str(), None).await?;
+    if !status.is_success() {
+        return Ok(refused_by_status(status, &a));
+    }
+    if args.json {
+        gait_runtime::outln!("{a}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shifts = a["shifts"].as_array().map_or(&[][..], Vec::as_slice);
+    gait_runtime::outln!(
+        "{}: {} verdict-mix shift(s) from {} to {}",
+        a["scope"].as_str().unwrap_or("?"),
+        shifts.len(),
+        date_of(&a["from_day"]),
+        date_of(&a["to_day"]),
+    );
+    let mut table = Table::new(&[
+        ("DAY", Align::Left),
+        ("TOOL", Align::Left),
+        ("VERDICT", Align::Left),
+        ("SHARE ‰", Align::Right),
+        ("DECISIONS", Align::Right),
+        ("CAUSE", Align::Left),
+    ]);
+    for s in shifts {
+        let v = s["verdict"].as_str().unwrap_or("?");
+        let cause = match s["attribution"]["primary"].as_object() {
+            Some(c) => format!(
+                "{}: {} {} -> {}",
+                c["kind"].as_str().unwrap_or("?"),
+                c["field"].as_str().unwrap_or("?"),
+                c.get("before")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(absent)"),
+                c.get("after").and_then(Value::as_str).unwrap_or("(absent)"),
+            ),
+            None => "unattributed".to_owned(),
+        };
+        table.row([
+            date_of(&s["day"]),
+            s["tool"].as_str().unwrap_or("?").to_owned(),
+            v.to_owned(),
+            format!(
+                "{} -> {}",
+                s["before"]["per_mille"][v].as_u64().unwrap_or(0),
+                s["after"]["per_mille"][v].as_u64().unwrap_or(0)
+            ),
+            format!(
+                "{} -> {}",
+                s["before"]["decisions"], s["after"]["decisions"]
+            ),
+            cause,
+        ]);
+    }
+    table.print();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `drift`.

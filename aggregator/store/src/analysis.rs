@@ -40,6 +40,8 @@ pub const MAX_FAMILY_SCOPE_ROWS: u32 = 200_000;
 pub const MAX_POSTURE_ROWS: u32 = 200_000;
 /// Representative digests a family shows (the smallest of its environments' representatives).
 pub const MAX_REPRESENTATIVES: usize = 5;
+/// The policy digest `policy_daily` records for a decision that named none (the range pass's SQL spells it too).
+pub const NO_POLICY: &str = "(none)";
 
 /// A family's definition: what went into its fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -92,6 +94,17 @@ pub struct FamilyScope {
     pub representative: Option<String>,
     /// Agents it reached here.
     pub agents: u64,
+}
+
+/// Decisions of one environment, day and tool under one policy digest (`policy_daily`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyCount {
+    /// UTC day (days since the Unix epoch, of the agent's clock, as [`PostureCount::day`]).
+    pub day: i64,
+    pub tool: String,
+    /// The deciding policy's digest, or [`NO_POLICY`].
+    pub policy_digest: String,
+    pub decisions: u64,
 }
 
 /// Decisions of one environment, day, tool, verdict and stage.
@@ -455,7 +468,7 @@ macro_rules! range_columns {
             " AS SELECT org, project, env, family, agent_id, ",
             at_ms!(),
             " / 86400000 AS day, COALESCE(tool_name, '(unknown)') AS tool, verdict, COALESCE(stage, 'none') AS stage, \
-             class, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
+             class, COALESCE(policy_digest, '(none)') AS policy, MIN(id) AS first_id, COUNT(*) AS n, MIN(",
             at_ms!(),
             ") AS first_seen, MAX(",
             at_ms!(),
@@ -477,7 +490,8 @@ macro_rules! range_columns {
             " AND (class = 'decision' OR artifact_kind = 'regress_result') \
              GROUP BY org, project, env, family, agent_id, ",
             at_ms!(),
-            " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class"
+            " / 86400000, COALESCE(tool_name, '(unknown)'), verdict, COALESCE(stage, 'none'), class, \
+             COALESCE(policy_digest, '(none)')"
         )
     };
 }
@@ -502,6 +516,8 @@ struct RangeKey {
     verdict: Option<String>,
     stage: String,
     class: EvidenceClass,
+    /// The deciding policy's digest, `(none)` when the record named none.
+    policy: String,
 }
 
 /// The aggregates of one [`RangeKey`], as [`RANGE_COLUMNS`] computes them.
@@ -667,7 +683,13 @@ impl AgentRange {
             verdict: f.verdict.clone(),
             stage: f.stage.clone().unwrap_or_else(|| "none".into()),
             class,
+            policy: f.policy_digest.clone().unwrap_or_else(|| NO_POLICY.into()),
         };
+        self.put(key, counts);
+    }
+
+    /// Counts `counts` in `key`'s group.
+    fn put(&mut self, key: RangeKey, counts: RangeCounts) {
         match self.groups.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(counts),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -684,12 +706,7 @@ impl AgentRange {
     /// Adds `other` (rows of the same agent, none of them already here).
     pub fn merge(&mut self, other: AgentRange) {
         for (key, counts) in other.groups {
-            match self.groups.entry(key) {
-                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(counts),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(counts);
-                }
-            }
+            self.put(key, counts);
         }
     }
 }
@@ -697,44 +714,15 @@ impl AgentRange {
 /// The columns of `analysis_range` as [`fill_range`] declares them: those of [`RANGE_COLUMNS`] but the agent, whose
 /// (family, agent) pairs go to `analysis_range_agents` instead ([`FED_AGENTS_TABLE`]).
 const FED_RANGE_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, day BIGINT, tool TEXT, \
-     verdict TEXT, stage TEXT, class TEXT, first_id BIGINT, n BIGINT, first_seen BIGINT, last_seen BIGINT, \
+     verdict TEXT, stage TEXT, class TEXT, policy TEXT, first_id BIGINT, n BIGINT, first_seen BIGINT, last_seen BIGINT, \
      risk_rank BIGINT, destructive BIGINT, egress_or_taint BIGINT, severity_rank BIGINT, high_risk BIGINT, \
      destructive_n BIGINT, passed BIGINT, failed BIGINT, representative TEXT)";
 /// Its column count.
-const FED_RANGE_WIDTH: usize = 22;
+const FED_RANGE_WIDTH: usize = 23;
 /// The (scope, family, agent) pairs of a fed range that may be new to `incident_family_agents`.
 const FED_AGENTS_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, agent_id TEXT)";
 /// Rows per `INSERT` on SQLite (its bound parameters stay under 32,766).
 const FILL_CHUNK: usize = 1_000;
-
-/// Creates temporary table `name` with `columns` for this transaction only (as [`create_temp`]).
-async fn create_empty_temp(
-    mut conn: Conn<'_>,
-    name: &str,
-    columns: &str,
-) -> Result<(), StoreError> {
-    db_run!(conn,
-        sqlite: |c| {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS temp.{name}")))
-                .execute(&mut *c)
-                .await
-                .map_err(db("analysis: temporary table"))?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TEMP TABLE {name} {columns}")))
-                .execute(&mut *c)
-                .await
-                .map_err(db("analysis: temporary table"))?
-                .rows_affected()
-        },
-        postgres: |c| sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE TEMP TABLE {name} {columns} ON COMMIT DROP"
-            )))
-            .execute(&mut *c)
-            .await
-            .map_err(db("analysis: temporary table"))?
-            .rows_affected(),
-    );
-    Ok(())
-}
 
 /// Inserts `rows` (each `width` arguments) into temporary table `table`: multi-row `VALUES` on SQLite, one
 /// `UNNEST` of a column array per column on PostgreSQL (`types` are the columns' array types there).
@@ -759,7 +747,7 @@ async fn insert_rows(
             for (n, row) in chunk.iter().enumerate() {
                 sql.push_str(if n == 0 { "" } else { ", " });
                 push_row(&mut sql, true, args.len(), width);
-                args.extend(row.iter().map(Arg::copied));
+                args.extend(row.iter().copied());
             }
             execute(conn.reborrow(), &sql, &args, OP).await?;
         }
@@ -824,6 +812,7 @@ async fn fill_range(
         Option<&'a str>,
         &'a str,
         &'a str,
+        &'a str,
     );
     let mut merged: HashMap<Grain<'_>, RangeCounts> = HashMap::new();
     let mut pairs: Vec<(&str, &str, &str, &str, &str)> = Vec::new();
@@ -841,6 +830,7 @@ async fn fill_range(
                 k.verdict.as_deref(),
                 k.stage.as_str(),
                 k.class.as_str(),
+                k.policy.as_str(),
             );
             match merged.get_mut(&grain) {
                 Some(m) => m.merge(c.clone()),
@@ -880,6 +870,7 @@ async fn fill_range(
                 Arg::Text(g.6),
                 Arg::Text(Some(g.7)),
                 Arg::Text(Some(g.8)),
+                Arg::Text(Some(g.9)),
                 Arg::Int(Some(to_i64("first_id", c.first_id)?)),
                 Arg::Int(Some(to_i64("n", c.n)?)),
                 Arg::Int(Some(c.first_seen)),
@@ -896,13 +887,23 @@ async fn fill_range(
             ])
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    create_empty_temp(conn.reborrow(), "analysis_range", FED_RANGE_TABLE).await?;
+    create_temp(
+        conn.reborrow(),
+        "analysis_range",
+        Temp::Columns(FED_RANGE_TABLE),
+    )
+    .await?;
     let mut types = ["text"; FED_RANGE_WIDTH];
-    for i in [4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20] {
+    for i in [4, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21] {
         types[i] = "bigint";
     }
     insert_rows(conn.reborrow(), "analysis_range", &types, &rows).await?;
-    create_empty_temp(conn.reborrow(), "analysis_range_agents", FED_AGENTS_TABLE).await?;
+    create_temp(
+        conn.reborrow(),
+        "analysis_range_agents",
+        Temp::Columns(FED_AGENTS_TABLE),
+    )
+    .await?;
     let pair_rows: Vec<Vec<Arg<'_>>> = pairs
         .iter()
         .map(|p| {
@@ -941,7 +942,7 @@ const ADD_AGENTS: &str = "INSERT INTO incident_family_agents (org, project, env,
      SELECT org, project, env, family, agent_id FROM analysis_new_agents";
 
 /// The statements that fold `analysis_range` into the precomputed tables.
-const FOLD: [(&str, &str); 4] = [
+const FOLD: [(&str, &str); 5] = [
     (
         "analysis: family scopes",
         concat!(
@@ -1008,6 +1009,16 @@ const FOLD: [(&str, &str); 4] = [
         ),
     ),
     (
+        "analysis: policies",
+        concat!(
+            "INSERT INTO policy_daily (org, project, env, day, tool, policy_digest, decisions) \
+             SELECT org, project, env, day, tool, policy, SUM(n) FROM analysis_range \
+             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, project, env, day, tool, policy \
+             ON CONFLICT (org, project, env, day, tool, policy_digest) DO UPDATE SET ",
+            fold_col!(sum, "policy_daily", "decisions"),
+        ),
+    ),
+    (
         "analysis: regress",
         concat!(
             "INSERT INTO regress_daily (org, project, env, day, passed, failed) \
@@ -1021,34 +1032,49 @@ const FOLD: [(&str, &str); 4] = [
     ),
 ];
 
-/// Creates temporary table `name` as `AS SELECT …` (`columns`, binding `args`), for this transaction only:
-/// dropped at commit on PostgreSQL, and by [`drop_temp`] on SQLite.
-async fn create_temp(
-    mut conn: Conn<'_>,
-    name: &str,
-    columns: &str,
-    args: &[i64],
-) -> Result<(), StoreError> {
+/// What a temporary table is made of.
+enum Temp<'a> {
+    /// Declared columns (`(a TEXT, b BIGINT)`), filled later.
+    Columns(&'a str),
+    /// ` AS SELECT …`, binding the arguments in order.
+    Select(&'a str, &'a [i64]),
+}
+
+/// Creates temporary table `name` for this transaction only: dropped at commit on PostgreSQL, and by [`drop_temp`]
+/// on SQLite (which first drops one a failed transaction may have left on its connection).
+async fn create_temp(mut conn: Conn<'_>, name: &str, table: Temp<'_>) -> Result<(), StoreError> {
+    const OP: &str = "analysis: temporary table";
+    // PostgreSQL's `ON COMMIT DROP` goes after a column list and before `AS SELECT`.
+    let (sqlite, postgres, args) = match table {
+        Temp::Columns(c) => (
+            format!("CREATE TEMP TABLE {name} {c}"),
+            format!("CREATE TEMP TABLE {name} {c} ON COMMIT DROP"),
+            &[][..],
+        ),
+        Temp::Select(select, args) => (
+            format!("CREATE TEMP TABLE {name}{select}"),
+            format!("CREATE TEMP TABLE {name} ON COMMIT DROP{select}"),
+            args,
+        ),
+    };
     db_run!(conn,
         sqlite: |c| {
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS temp.{name}")))
                 .execute(&mut *c)
                 .await
-                .map_err(db("analysis: temporary table"))?;
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TEMP TABLE {name}{columns}")));
+                .map_err(db(OP))?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sqlite.as_str()));
             for a in args {
                 q = q.bind(*a);
             }
-            q.execute(&mut *c).await.map_err(db("analysis: temporary table"))?.rows_affected()
+            q.execute(&mut *c).await.map_err(db(OP))?.rows_affected()
         },
         postgres: |c| {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE TEMP TABLE {name} ON COMMIT DROP{columns}"
-            )));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(postgres.as_str()));
             for a in args {
                 q = q.bind(*a);
             }
-            q.execute(&mut *c).await.map_err(db("analysis: temporary table"))?.rows_affected()
+            q.execute(&mut *c).await.map_err(db(OP))?.rows_affected()
         },
     );
     Ok(())
@@ -1112,7 +1138,12 @@ async fn fold_range(
                 Conn::Sqlite(_) => RANGE_COLUMNS,
                 _ => RANGE_COLUMNS_PG,
             };
-            create_temp(conn.reborrow(), "analysis_range", columns, &[from, to]).await?;
+            create_temp(
+                conn.reborrow(),
+                "analysis_range",
+                Temp::Select(columns, &[from, to]),
+            )
+            .await?;
             took("range", &mut steps);
         }
     }
@@ -1138,7 +1169,12 @@ async fn fold_range(
     } else {
         NEW_AGENTS
     };
-    create_temp(conn.reborrow(), "analysis_new_agents", new_agents, &[]).await?;
+    create_temp(
+        conn.reborrow(),
+        "analysis_new_agents",
+        Temp::Select(new_agents, &[]),
+    )
+    .await?;
     took("new agents", &mut steps);
     for (op, sql) in FOLD {
         db_run!(conn, |c| sqlx::query(sql)
@@ -1291,6 +1327,30 @@ async fn posture(
             decisions: to_u64(T, "decisions", r.int("decisions")?)?,
             high_risk: to_u64(T, "high_risk", r.int("high_risk")?)?,
             destructive: to_u64(T, "destructive", r.int("destructive")?)?,
+        })
+    })
+}
+
+async fn policies(
+    mut conn: Conn<'_>,
+    f: &AnalysisFilter,
+    from_day: i64,
+    to_day: i64,
+) -> Result<Vec<PolicyCount>, StoreError> {
+    const T: &str = "policy_daily";
+    let (clause, args) = f.clause(false);
+    // As `posture`: the days are integers, and the sums are cast back from NUMERIC on PostgreSQL.
+    let sql = format!(
+        "SELECT day, tool, policy_digest, CAST(SUM(decisions) AS BIGINT) AS decisions FROM policy_daily{clause} \
+         AND day >= {from_day} AND day < {to_day} GROUP BY day, tool, policy_digest \
+         ORDER BY day, tool, policy_digest"
+    );
+    filtered!(conn, sql, args, MAX_POSTURE_ROWS, "policy_daily", |r| {
+        Ok(PolicyCount {
+            day: r.int("day")?,
+            tool: r.text("tool")?,
+            policy_digest: r.text("policy_digest")?,
+            decisions: to_u64(T, "decisions", r.int("decisions")?)?,
         })
     })
 }
@@ -1662,6 +1722,18 @@ impl crate::Store {
     ) -> Result<Vec<PostureCount>, StoreError> {
         let mut pooled = self.acquire().await?;
         posture(pooled.conn(), filter, from_day, to_day).await
+    }
+
+    /// Decisions inside `filter` for UTC days `from_day..to_day` by day, tool and the deciding policy's digest,
+    /// summed over the scope's environments.
+    pub async fn policy_counts(
+        &self,
+        filter: &AnalysisFilter,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<PolicyCount>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        policies(pooled.conn(), filter, from_day, to_day).await
     }
 
     /// Regress counts inside `filter` for UTC days `from_day..to_day`, by project, env and day.

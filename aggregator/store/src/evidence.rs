@@ -301,13 +301,6 @@ pub(crate) enum Arg<'a> {
     Int(Option<i64>),
 }
 
-impl Arg<'_> {
-    /// The same argument (for iterators over borrowed rows).
-    pub(crate) fn copied(&self) -> Self {
-        *self
-    }
-}
-
 /// Writes the entries of the records just inserted (`inserted`, ascending by seq); entries of any other seq
 /// are dropped. Runs inside `commit_batch`'s transaction. Answers the (seq, id) of every row written, ascending
 /// by seq.

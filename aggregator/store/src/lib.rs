@@ -59,7 +59,8 @@ pub use alerts::{
 pub use analysis::{
     AgentRange, AnalysisFilter, ApprovalTiming, EnvFreshness, FamilyDef, FamilyMerge, FamilySample,
     FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS,
-    MAX_REPRESENTATIVES, PostureCount, RangesApplied, RegressCount, RunpackTool,
+    MAX_REPRESENTATIVES, NO_POLICY, PolicyCount, PostureCount, RangesApplied, RegressCount,
+    RunpackTool,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,
