@@ -1364,6 +1364,12 @@ async fn merged_families_count_shared_agents_once_follow_chains_and_stay_in_scop
     Ok(())
 }
 
+/// `decision` carrying a signed trace whose arguments digest is `hex64(args)` (only that field is read).
+fn traced(mut decision: Value, args: char) -> Value {
+    decision["trace"] = json!({"schema_id": "gait.gate.trace", "args_digest": hex64(args)});
+    decision
+}
+
 /// An `artifact.runpack` record (as `gait-agent push` writes it) of run `run` listing `calls` (tool, args digest
 /// character), each with result digest `r…`.
 fn runpack_record(
@@ -1446,10 +1452,41 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             ],
         ),
         runpack_record(3, 300, base, "run_b", 'a', &[("tool.fetch", '4')]),
+        // Call level: search's call in run_a went through a gate (its arguments digest is on a decision's trace),
+        // and so did run_a's fetch, blocked at high risk; run_b's fetch did not.
+        record(4, 300, "gate.decision", base, &traced(allow.clone(), '1')),
+        record(
+            5,
+            300,
+            "gate.decision",
+            base,
+            &traced(
+                decision(
+                    "tool.fetch",
+                    "block",
+                    &["blocked_by_rule"],
+                    "no-fetch",
+                    json!({"risk_class": "high"}),
+                    '2',
+                ),
+                '2',
+            ),
+        ),
     ];
     intake
         .commit_batch(&web, &web_records, &[], &[], base)
         .await?;
+    // Web's dev environment gated a fetch on run_b's arguments: that is dev's gate, not prod's.
+    let web_dev = AgentKey::new(Tenant::from_parts("acme", "web", "dev")?, "ci-2".parse()?);
+    store.agent_connected(&web_dev, &hello(), base).await?;
+    let fetch_in_dev = decision(
+        "tool.fetch",
+        "allow",
+        &[],
+        "r",
+        json!({"risk_class": "low"}),
+        '4',
+    );
     let billing_records = [
         record(1, 301, "gate.decision", base, &allow),
         runpack_record(
@@ -1463,6 +1500,16 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
     ];
     intake
         .commit_batch(&billing, &billing_records, &[], &[], base)
+        .await?;
+    let dev_records = [record(
+        1,
+        302,
+        "gate.decision",
+        base,
+        &traced(fetch_in_dev, '4'),
+    )];
+    intake
+        .commit_batch(&web_dev, &dev_records, &[], &[], base)
         .await?;
     catch_up(store, SETTLED).await?;
     let a = analytics(store);
@@ -1481,9 +1528,28 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             c.tools_gated,
             c.calls_seen,
             c.calls_of_gated_tools,
-            c.tool_coverage_per_mille
-        ) == (3, 1, 4, 1, 333),
+            c.tool_coverage_per_mille,
+            c.calls_gated,
+            c.call_coverage_per_mille
+        ) == (3, 2, 4, 3, 666, 2, 500),
         "{c:?}"
+    );
+    // fetch is gated as a tool, at high risk, and one of its two calls (run_b's, runpack `a…`) had no gate.
+    let risky: Vec<(&str, u64, u64, Option<&str>)> = c
+        .high_risk_ungated
+        .iter()
+        .map(|t| {
+            (
+                t.tool.as_str(),
+                t.ungated_calls,
+                t.calls,
+                t.runpack_sha256.as_deref(),
+            )
+        })
+        .collect();
+    ensure!(
+        risky == vec![("tool.fetch", 1, 2, Some(hex64('a').as_str()))],
+        "{risky:?}"
     );
     let ungated: Vec<(&str, u64, u64, Option<&str>)> = c
         .ungated
@@ -1497,13 +1563,9 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             )
         })
         .collect();
-    let (a_sha, b_sha) = (hex64('a'), hex64('b'));
+    let b_sha = hex64('b');
     ensure!(
-        ungated
-            == vec![
-                ("tool.fetch", 2, 2, Some(a_sha.as_str())),
-                ("tool.summarize", 1, 1, Some(b_sha.as_str())),
-            ],
+        ungated == vec![("tool.summarize", 1, 1, Some(b_sha.as_str()))],
         "{ungated:?}"
     );
     // Billing's db.drop is not web's concern; the org sees it ungated too.
@@ -1520,13 +1582,15 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
         c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
         "{c:?}"
     );
-    // Runpacks are counted per agent of each environment: ci-1's seq 2 in web and in billing are two.
+    // A call is gated by a decision of its own environment only: dev's decision on run_b's arguments does not
+    // gate prod's call, and nothing gates billing's own fetch. Web's high-risk decision makes fetch high-risk
+    // org-wide.
     let fetch = c
-        .ungated
+        .high_risk_ungated
         .iter()
         .find(|t| t.tool == "tool.fetch")
         .context("fetch")?;
-    ensure!((fetch.calls, fetch.runpacks) == (3, 3), "{fetch:?}");
+    ensure!((fetch.ungated_calls, fetch.calls) == (2, 3), "{fetch:?}");
     Ok(())
 }
 
@@ -1821,7 +1885,9 @@ async fn folded_state(store: &Store, org: &str, base: i64) -> Result<Value> {
             store.posture_counts(&env_filter, from_day, to_day).await?
         ));
         policies.push(json!(
-            store.policy_counts(&env_filter, from_day, to_day).await?
+            store
+                .policy_counts(&env_filter, None, from_day, to_day)
+                .await?
         ));
     }
     let regress = json!(store.regress_counts(&filter, from_day, to_day).await?);
@@ -2143,6 +2209,17 @@ async fn verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothi
         .verdict_shifts(&caller, Some(30), Some("tool.policy"), base)
         .await?;
     ensure!(one.shifts.len() == 1 && one.shifts[0].tool == "tool.policy");
+    // A window that starts on the shift's day finds it against the same baseline, read from before the window.
+    let short = a.verdict_shifts(&caller, Some(5), None, base).await?;
+    ensure!(
+        short.from_day == shift_day
+            && short.shifts.len() == 4
+            && short
+                .shifts
+                .iter()
+                .all(|s| s.shift.baseline_from_day == shift_day - 5),
+        "{short:?}"
+    );
     let earlier = a
         .verdict_shifts(&caller, Some(30), None, base - 5 * day)
         .await?;

@@ -9,8 +9,11 @@
 //!    of them in the baseline;
 //! 2. **tool change**: the share of the tool's calls at high or critical risk, or destructive, moved by the
 //!    threshold or more (the calls' shape changed under the agent);
-//! 3. **config change**: an enforcement stage decided calls on the first day that decided none in the baseline
-//!    (a rollout moved from `observe` to `enforce`, say).
+//! 3. **runtime change** (of the enforcement configuration): an enforcement stage decided calls on the first day
+//!    that decided none in the baseline (a rollout moved from `observe` to `enforce`, say).
+//!
+//! A new digest or stage counts only when it decided at least [`ShiftRule::threshold_per_mille`] of the day's
+//! calls: a canary on a few calls cannot explain a move that large.
 //!
 //! Nothing in decision records tells a reference set apart, so that kind never appears here. A shift with
 //! none of these is unattributed: the mix moved and the evidence does not say why.
@@ -62,7 +65,8 @@ pub struct ToolDay {
     pub verdicts: BTreeMap<String, u64>,
     /// Decisions by enforcement stage (`enforce`, `observe`, `dry_run`, `none`).
     pub stages: BTreeMap<String, u64>,
-    /// Decisions by the digest of the policy that decided them (`(none)` when a record named none).
+    /// Decisions by the digest of the policy that decided them (decisions that named none are not here: an
+    /// unknown digest is never a cause).
     pub policies: BTreeMap<String, u64>,
     /// Of the decisions, how many were at high or critical risk.
     pub high_risk: u64,
@@ -167,15 +171,21 @@ fn most(counts: &BTreeMap<String, u64>, keep: impl Fn(&str) -> bool) -> Option<&
         .map(|(k, _)| k)
 }
 
-/// The new key of `after` (decided nothing in `before`) with the most decisions, beside `before`'s main key.
+/// The new key of `after` (decided nothing in `before`, and at least `min_per_mille` of the day's `total`
+/// decisions) with the most decisions, beside `before`'s main key.
 fn appeared(
     kind: CauseKind,
     field: &str,
     before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
+    (after, total): (&BTreeMap<String, u64>, u64),
+    min_per_mille: u32,
 ) -> Option<Cause> {
     let seen = |k: &str| before.get(k).copied().unwrap_or(0) > 0;
     let new = most(after, |k| !seen(k))?;
+    let n = after.get(new).copied().unwrap_or(0);
+    if share(n.min(total), total) < min_per_mille {
+        return None;
+    }
     Some(Cause {
         kind,
         field: field.to_owned(),
@@ -187,13 +197,14 @@ fn appeared(
 /// Why the mix moved between `before` (the baseline) and `after` (the shift's first day) (module docs).
 pub fn attribute(before: &ToolDay, after: &ToolDay, rule: &ShiftRule) -> Attribution {
     let mut causes = Vec::new();
+    let (nb, na) = (before.decisions(), after.decisions());
     causes.extend(appeared(
         CauseKind::PolicyChange,
         "policy_digest",
         &before.policies,
-        &after.policies,
+        (&after.policies, na),
+        rule.threshold_per_mille,
     ));
-    let (nb, na) = (before.decisions(), after.decisions());
     for (field, b, a) in [
         ("high_risk_per_mille", before.high_risk, after.high_risk),
         (
@@ -216,7 +227,8 @@ pub fn attribute(before: &ToolDay, after: &ToolDay, rule: &ShiftRule) -> Attribu
         CauseKind::RuntimeChange,
         "stage",
         &before.stages,
-        &after.stages,
+        (&after.stages, na),
+        rule.threshold_per_mille,
     ));
     causes.sort();
     Attribution {
@@ -351,6 +363,24 @@ mod tests {
         days[5] = day(5, &[("allow", 40), ("block", 60)], "p2", "enforce");
         let s = &shifts(&days, &ShiftRule::default())[0];
         assert_eq!(s.attribution.causes.len(), 2);
+        assert_eq!(
+            s.attribution.primary.as_ref().map(|c| c.kind),
+            Some(CauseKind::PolicyChange)
+        );
+    }
+
+    #[test]
+    fn a_canary_digest_on_a_few_calls_is_not_the_cause() {
+        let mut days = steady(0..5);
+        let mut d = day(5, &[("allow", 50), ("block", 50)], "p1", "enforce");
+        // 19 of 100 calls under a new digest: under the 200 per-mille a cause must hold.
+        d.policies = [("p1".to_owned(), 81), ("p2".to_owned(), 19)].into();
+        days.push(d.clone());
+        let s = &shifts(&days, &ShiftRule::default())[0];
+        assert!(s.attribution.unattributed(), "{s:#?}");
+        d.policies = [("p1".to_owned(), 80), ("p2".to_owned(), 20)].into();
+        days[5] = d;
+        let s = &shifts(&days, &ShiftRule::default())[0];
         assert_eq!(
             s.attribution.primary.as_ref().map(|c| c.kind),
             Some(CauseKind::PolicyChange)

@@ -161,6 +161,10 @@ pub struct RunpackTool {
     pub runpacks: u64,
     /// The smallest SHA-256 of those runpacks (the evidence to open).
     pub runpack_sha256: Option<String>,
+    /// Calls with a gate decision in their environment on the same arguments digest (call-level coverage).
+    pub gated_calls: u64,
+    /// The smallest SHA-256 of the runpacks with a call of it that has none (the ungated call to open).
+    pub ungated_runpack_sha256: Option<String>,
 }
 
 /// Most manual merges an org holds.
@@ -1297,14 +1301,24 @@ async fn definitions(mut conn: Conn<'_>, f: &AnalysisFilter) -> Result<Vec<Famil
     )
 }
 
+/// `clause` narrowed to `tool` when one is given (its argument appended to `args`).
+fn with_tool<'a>(clause: &mut String, args: &mut Vec<&'a str>, tool: Option<&'a str>) {
+    if let Some(t) = tool {
+        args.push(t);
+        clause.push_str(&format!(" AND tool = ${}", args.len()));
+    }
+}
+
 async fn posture(
     mut conn: Conn<'_>,
     f: &AnalysisFilter,
+    tool: Option<&str>,
     from_day: i64,
     to_day: i64,
 ) -> Result<Vec<PostureCount>, StoreError> {
     const T: &str = "posture_daily";
-    let (clause, args) = f.clause(false);
+    let (mut clause, mut args) = f.clause(false);
+    with_tool(&mut clause, &mut args, tool);
     // Days are integers the caller computed, formatted from i64 values, never text. PostgreSQL sums BIGINT to
     // NUMERIC: the sums are cast back. An org-wide read takes the org roll-up.
     let table = if f.project.is_none() && f.env.is_none() {
@@ -1334,11 +1348,13 @@ async fn posture(
 async fn policies(
     mut conn: Conn<'_>,
     f: &AnalysisFilter,
+    tool: Option<&str>,
     from_day: i64,
     to_day: i64,
 ) -> Result<Vec<PolicyCount>, StoreError> {
     const T: &str = "policy_daily";
-    let (clause, args) = f.clause(false);
+    let (mut clause, mut args) = f.clause(false);
+    with_tool(&mut clause, &mut args, tool);
     // As `posture`: the days are integers, and the sums are cast back from NUMERIC on PostgreSQL.
     let sql = format!(
         "SELECT day, tool, policy_digest, CAST(SUM(decisions) AS BIGINT) AS decisions FROM policy_daily{clause} \
@@ -1432,10 +1448,15 @@ async fn runpack_tools(
     const T: &str = "runpack_calls";
     let (clause, args) = f.clause(false);
     // The times are integers the caller computed, formatted from i64 values, never text. Every call row has its
-    // evidence row (written in the same transaction), so the join counts runpacks by their index id.
+    // evidence row (written in the same transaction), so the join counts runpacks by their index id. A call is
+    // gated when a decision of its environment, at any time, has its arguments digest (`evidence_index_by_args`).
     let sql = format!(
-        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack \
-         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
+        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack, \
+         SUM(c.gated) AS gated_calls, MIN(CASE WHEN c.gated = 0 THEN e.sha256 END) AS ungated_runpack \
+         FROM (SELECT k.org, k.project, k.env, k.agent_id, k.seq, k.tool_name, CASE WHEN EXISTS (SELECT 1 \
+         FROM evidence_index d WHERE d.org = k.org AND d.project = k.project AND d.env = k.env \
+         AND d.args_digest = k.args_digest) THEN 1 ELSE 0 END AS gated \
+         FROM runpack_calls k{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
          JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
          AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name \
          ORDER BY COUNT(*) DESC, c.tool_name LIMIT {}",
@@ -1454,6 +1475,8 @@ async fn runpack_tools(
                     calls: to_u64(T, "calls", r.int("calls")?)?,
                     runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
                     runpack_sha256: r.opt_text("runpack")?,
+                    gated_calls: to_u64(T, "gated_calls", r.int("gated_calls")?)?,
+                    ungated_runpack_sha256: r.opt_text("ungated_runpack")?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?
@@ -1721,19 +1744,32 @@ impl crate::Store {
         to_day: i64,
     ) -> Result<Vec<PostureCount>, StoreError> {
         let mut pooled = self.acquire().await?;
-        posture(pooled.conn(), filter, from_day, to_day).await
+        posture(pooled.conn(), filter, None, from_day, to_day).await
     }
 
-    /// Decisions inside `filter` for UTC days `from_day..to_day` by day, tool and the deciding policy's digest,
-    /// summed over the scope's environments.
+    /// Decisions inside `filter` (of `tool` only, when given) for UTC days `from_day..to_day` by day, tool and
+    /// the deciding policy's digest, summed over the scope's environments.
     pub async fn policy_counts(
         &self,
         filter: &AnalysisFilter,
+        tool: Option<&str>,
         from_day: i64,
         to_day: i64,
     ) -> Result<Vec<PolicyCount>, StoreError> {
         let mut pooled = self.acquire().await?;
-        policies(pooled.conn(), filter, from_day, to_day).await
+        policies(pooled.conn(), filter, tool, from_day, to_day).await
+    }
+
+    /// [`Store::posture_counts`] of one tool (of every tool, when `None`).
+    pub async fn tool_posture_counts(
+        &self,
+        filter: &AnalysisFilter,
+        tool: Option<&str>,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<PostureCount>, StoreError> {
+        let mut pooled = self.acquire().await?;
+        posture(pooled.conn(), filter, tool, from_day, to_day).await
     }
 
     /// Regress counts inside `filter` for UTC days `from_day..to_day`, by project, env and day.

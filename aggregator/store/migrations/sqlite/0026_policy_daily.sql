@@ -15,11 +15,15 @@ CREATE TABLE policy_daily (
     PRIMARY KEY (org, project, env, day, tool, policy_digest)
 ) STRICT;
 
--- State folded before this table existed has no policy rows: it is cleared and the upkeep job refolds the
--- evidence index from its start, as migration 0024 did. Family definitions and manual merges are kept.
-DELETE FROM incident_family_scopes;
-DELETE FROM incident_family_agents;
-DELETE FROM posture_daily;
-DELETE FROM posture_daily_org;
-DELETE FROM regress_daily;
-DELETE FROM analysis_cursors WHERE name = 'analysis-upkeep';
+-- Rows the upkeep folded before this table existed (its cursor, `analysis-upkeep`, is past them) are counted here
+-- now, exactly as the range pass would have counted them; later rows are folded by the upkeep as they come.
+-- Nothing else folded is touched: families, posture and the change gate read on without a refold.
+INSERT INTO policy_daily (org, project, env, day, tool, policy_digest, decisions)
+SELECT org, project, env,
+       (CASE WHEN created_unix_ms > received_unix_ms + 300000 THEN received_unix_ms ELSE created_unix_ms END)
+           / 86400000,
+       COALESCE(tool_name, '(unknown)'), COALESCE(policy_digest, '(none)'), COUNT(*)
+FROM evidence_index
+WHERE class = 'decision' AND verdict IS NOT NULL
+  AND id <= COALESCE((SELECT last_id FROM analysis_cursors WHERE name = 'analysis-upkeep'), 0)
+GROUP BY 1, 2, 3, 4, 5, 6;
