@@ -91,8 +91,8 @@ fn payload(n: u64, seq: u64) -> String {
         r#"{{"schema":"gait.agent.gate_decision","tool_name":"tool.t{tool}","verdict":"{verdict}","enforced_verdict":"{verdict}","policy_verdict":"{verdict}","reason_codes":{codes},"violations":[],"matched_rule":"{rule}-{tool}","enforcement":"policy","stale":false,"policy_name":"base.yaml","policy_digest":"{pd}","intent_digest":"{id}","trace_id":"{seq:024x}","trace_key_id":"k1","stage":{{"stage":"enforce","would_have_blocked":false}},"intent_profile":{{"risk_class":"{risk}","endpoint_classes":["{endpoint}"],"destructive":{destructive}}},"agent_decided_unix_ms":0,"trace":{{"args_digest":"{ad}","pad":"{pad}"}}}}"#,
         pd = "ab".repeat(32),
         id = gait_canon::sha256_hex(&n.to_le_bytes()),
-        // Each call's arguments differ (call-level coverage indexes the digest). The pad keeps the record as
-        // long as it was before the trace carried the digest (stop 35), so runs compare with earlier ones.
+        // Each call's arguments differ, as in a real trace (stop 35 measured indexing this digest). The pad keeps
+        // the record as long as it was before the trace carried it, so runs compare with earlier ones.
         ad = gait_canon::sha256_hex(&(!n).to_le_bytes()),
         pad = "x".repeat(159),
     )

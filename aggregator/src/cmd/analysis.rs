@@ -469,21 +469,6 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
             format!("; ungated: {}", ungated.join(", "))
         }
     );
-    gait_runtime::outln!(
-        "calls         {} of {} runpack calls had a gate decision on their arguments ({}‰)",
-        cov["calls_gated"],
-        cov["calls_seen"],
-        cov["call_coverage_per_mille"],
-    );
-    for t in cov["high_risk_ungated"].as_array().into_iter().flatten() {
-        gait_runtime::outln!(
-            "high risk     {}: {} of {} calls went through no gate (runpack {})",
-            t["tool"].as_str().unwrap_or("?"),
-            t["ungated_calls"],
-            t["calls"],
-            t["runpack_sha256"].as_str().unwrap_or("?"),
-        );
-    }
     if !quiet.is_empty() {
         gait_runtime::outln!(
             "quiet         no evidence for over a day: {}",

@@ -161,10 +161,6 @@ pub struct RunpackTool {
     pub runpacks: u64,
     /// The smallest SHA-256 of those runpacks (the evidence to open).
     pub runpack_sha256: Option<String>,
-    /// Calls with a gate decision in their environment on the same arguments digest (call-level coverage).
-    pub gated_calls: u64,
-    /// The smallest SHA-256 of the runpacks with a call of it that has none (the ungated call to open).
-    pub ungated_runpack_sha256: Option<String>,
 }
 
 /// Most manual merges an org holds.
@@ -1448,15 +1444,10 @@ async fn runpack_tools(
     const T: &str = "runpack_calls";
     let (clause, args) = f.clause(false);
     // The times are integers the caller computed, formatted from i64 values, never text. Every call row has its
-    // evidence row (written in the same transaction), so the join counts runpacks by their index id. A call is
-    // gated when a decision of its environment, at any time, has its arguments digest (`evidence_index_by_args`).
+    // evidence row (written in the same transaction), so the join counts runpacks by their index id.
     let sql = format!(
-        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack, \
-         SUM(c.gated) AS gated_calls, MIN(CASE WHEN c.gated = 0 THEN e.sha256 END) AS ungated_runpack \
-         FROM (SELECT k.org, k.project, k.env, k.agent_id, k.seq, k.tool_name, CASE WHEN EXISTS (SELECT 1 \
-         FROM evidence_index d WHERE d.org = k.org AND d.project = k.project AND d.env = k.env \
-         AND d.args_digest = k.args_digest) THEN 1 ELSE 0 END AS gated \
-         FROM runpack_calls k{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
+        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack \
+         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
          JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
          AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name \
          ORDER BY COUNT(*) DESC, c.tool_name LIMIT {}",
@@ -1475,8 +1466,6 @@ async fn runpack_tools(
                     calls: to_u64(T, "calls", r.int("calls")?)?,
                     runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
                     runpack_sha256: r.opt_text("runpack")?,
-                    gated_calls: to_u64(T, "gated_calls", r.int("gated_calls")?)?,
-                    ungated_runpack_sha256: r.opt_text("ungated_runpack")?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?
