@@ -1076,12 +1076,12 @@ impl Analytics {
             }
         }
         let mut shifts = Vec::new();
-        for (name, days) in &tools {
-            let days: Vec<gait_analysis::shift::ToolDay> = days.values().cloned().collect();
+        for (name, days) in tools {
+            let days: Vec<gait_analysis::shift::ToolDay> = days.into_values().collect();
             for shift in gait_analysis::shift::shifts(&days, &rule) {
                 if shift.day >= from_day {
                     shifts.push(ToolShift {
-                        tool: (*name).to_owned(),
+                        tool: name.to_owned(),
                         unattributed: shift.attribution.unattributed(),
                         shift,
                     });
