@@ -800,7 +800,14 @@ impl Analytics {
                 (today + 1) * upkeep::DAY_MS,
             )
             .await?;
-        report.coverage = tool_coverage(&tools, &gated);
+        // A tool is high-risk here when a gate saw it at high or critical risk in the scope and window: a
+        // runpack's call carries no risk class of its own.
+        let high_risk: BTreeSet<&str> = counts
+            .iter()
+            .filter(|c| c.high_risk > 0)
+            .map(|c| c.tool.as_str())
+            .collect();
+        report.coverage = tool_coverage(&tools, &gated, &high_risk);
         report.coverage.truncated = truncated;
         report.freshness.sort_by(|a, b| {
             a.last_evidence_unix_ms
@@ -1020,17 +1027,18 @@ impl Analytics {
             ));
         }
         if let Some(t) = tool
-            && (t.is_empty() || t.len() > 256)
+            && (t.is_empty() || t.len() > crate::evidence::index::MAX_INDEXED_TEXT_BYTES)
         {
-            return Err(invalid("tool", "must be 1-256 bytes"));
+            return Err(invalid(
+                "tool",
+                format!(
+                    "must be 1-{} bytes (tool names are indexed that long)",
+                    crate::evidence::index::MAX_INDEXED_TEXT_BYTES
+                ),
+            ));
         }
         let tenant = caller.target();
-        let filter = AnalysisFilter {
-            org: tenant.org.clone(),
-            project: Some(tenant.project.clone()),
-            env: Some(tenant.env.clone()),
-            family: None,
-        };
+        let filter = AnalysisFilter::env(tenant);
         let rule = gait_analysis::shift::ShiftRule::default();
         let today = now_ms.div_euclid(upkeep::DAY_MS);
         let from_day = today - i64::from(days) + 1;
@@ -1148,12 +1156,7 @@ impl Analytics {
                 inputs.conformance_reason = Some(reasons.join("; "));
             }
         }
-        let filter = AnalysisFilter {
-            org: tenant.org.clone(),
-            project: Some(tenant.project.clone()),
-            env: Some(tenant.env.clone()),
-            family: None,
-        };
+        let filter = AnalysisFilter::env(&tenant);
         let today = now_ms.div_euclid(upkeep::DAY_MS);
         let window = i64::from(DEFAULT_DAYS);
         let regress = self
@@ -1435,6 +1438,14 @@ pub struct ToolCoverage {
     /// Runpack calls, and calls of gated tools.
     pub calls_seen: u64,
     pub calls_of_gated_tools: u64,
+    /// Runpack calls with a gate decision in their environment on the same arguments digest (call level).
+    pub calls_gated: u64,
+    /// `calls_gated / calls_seen`, per-mille (1000 when no runpack was indexed).
+    pub call_coverage_per_mille: u32,
+    /// High-risk ungated paths: tools a gate saw at high or critical risk in the scope and window whose runpack
+    /// calls include some with no decision on their arguments digest, most such calls first, each with a runpack
+    /// that holds one; at most [`MAX_UNGATED`].
+    pub high_risk_ungated: Vec<UngatedCalls>,
     /// Tools called in runpacks that never went through a gate here: the ungated paths, most calls first, each
     /// with the runpack that shows it; at most [`MAX_UNGATED`].
     pub ungated: Vec<gait_store::RunpackTool>,
@@ -1445,15 +1456,41 @@ pub struct ToolCoverage {
     pub truncated: bool,
 }
 
+/// A high-risk tool's runpack calls that went through no gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UngatedCalls {
+    pub tool: String,
+    /// Its calls with no decision on their arguments digest, of `calls`.
+    pub ungated_calls: u64,
+    pub calls: u64,
+    /// A runpack holding one (the smallest SHA-256).
+    pub runpack_sha256: Option<String>,
+}
+
 /// Most ungated tools a posture lists.
 pub const MAX_UNGATED: usize = 100;
 
-/// Coverage of the runpack tools `seen` by the tools with gate decisions in `gated`.
-pub fn tool_coverage(seen: &[gait_store::RunpackTool], gated: &BTreeSet<&str>) -> ToolCoverage {
+/// Coverage of the runpack tools `seen` by the tools with gate decisions in `gated`, and of their calls by
+/// decisions on the same arguments digest; `high_risk` are the tools a gate saw at high or critical risk.
+pub fn tool_coverage(
+    seen: &[gait_store::RunpackTool],
+    gated: &BTreeSet<&str>,
+    high_risk: &BTreeSet<&str>,
+) -> ToolCoverage {
     let mut c = ToolCoverage::default();
     for t in seen {
         c.tools_seen += 1;
         c.calls_seen += t.calls;
+        c.calls_gated += t.gated_calls;
+        let ungated_calls = t.calls.saturating_sub(t.gated_calls);
+        if ungated_calls > 0 && high_risk.contains(t.tool.as_str()) {
+            c.high_risk_ungated.push(UngatedCalls {
+                tool: t.tool.clone(),
+                ungated_calls,
+                calls: t.calls,
+                runpack_sha256: t.ungated_runpack_sha256.clone(),
+            });
+        }
         if gated.contains(t.tool.as_str()) {
             c.tools_gated += 1;
             c.calls_of_gated_tools += t.calls;
@@ -1462,6 +1499,13 @@ pub fn tool_coverage(seen: &[gait_store::RunpackTool], gated: &BTreeSet<&str>) -
         }
     }
     c.tool_coverage_per_mille = per_mille(c.tools_gated, c.tools_seen);
+    c.call_coverage_per_mille = per_mille(c.calls_gated, c.calls_seen);
+    c.high_risk_ungated.sort_by(|a, b| {
+        b.ungated_calls
+            .cmp(&a.ungated_calls)
+            .then_with(|| a.tool.cmp(&b.tool))
+    });
+    c.high_risk_ungated.truncate(MAX_UNGATED);
     c.ungated
         .sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.tool.cmp(&b.tool)));
     c.ungated_omitted = c.ungated.len().saturating_sub(MAX_UNGATED) as u64;

@@ -90,6 +90,8 @@ pub struct ServeConfig {
     pub evidence: crate::evidence::blob::EvidenceConfig,
     /// Environment names fleet analytics count as production (`analysis.production_envs`).
     pub production_envs: Vec<String>,
+    /// Longest wait of folded decisions for the call merge (`analysis.call_merge_lag_seconds`).
+    pub call_merge_lag: Duration,
 }
 
 /// Default [`ServeConfig::udp_buffer_bytes`]: 8 MiB.
@@ -124,6 +126,7 @@ impl ServeConfig {
             approval_policies: Vec::new(),
             evidence: Default::default(),
             production_envs: crate::config::AnalysisConfig::default().production_envs,
+            call_merge_lag: crate::analysis::upkeep::MERGE_LAG,
         }
     }
 
@@ -153,6 +156,7 @@ impl ServeConfig {
             approval_policies: config.approvals.policies.clone(),
             evidence: config.evidence.clone(),
             production_envs: config.analysis.production_envs.clone(),
+            call_merge_lag: config.analysis.call_merge_lag(),
             ..Self::embedded(config.data_dir.clone())
         }
     }
@@ -636,6 +640,7 @@ pub async fn start(config: ServeConfig, tasks: Tasks) -> Result<Running, ServeEr
         Some(feed),
         metrics.clone(),
         crate::analysis::upkeep::SETTLE,
+        config.call_merge_lag,
         shutdown.child_token(),
     );
     // PostgreSQL: other replicas' publishes and revocations arrive as notifications (gait_store::notify); the

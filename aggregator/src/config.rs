@@ -31,6 +31,9 @@
 //! audit:                                    # the tamper-evident audit log
 //!   origin: gait-aggregator/gait.local      # default: gait-aggregator/<pki.trust_domain>
 //!   checkpoint_interval_seconds: 60
+//! analysis:
+//!   production_envs: [prod, production, prd]   # environments that count as production in a family's blast radius
+//!   call_merge_lag_seconds: 60              # longest wait before decisions are matched to runpack calls
 //! approvals:                                # approval policies kept equal to this list at every start
 //!   policies:                               # fields: docs/enterprise/approvals.md
 //!     - { name: drops, org: acme, project: payments, tools: [db.*], quorum: 2, groups: [security, payments-team] }
@@ -69,7 +72,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DEFAULT_UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// Environment variables that override one key each: the variable, the dotted key, and how the value is read.
-pub const ENV_OVERRIDES: [EnvOverride<Config>; 11] = [
+pub const ENV_OVERRIDES: [EnvOverride<Config>; 12] = [
     EnvOverride {
         var: "GAIT_DATA_DIR",
         key: "data_dir",
@@ -100,6 +103,17 @@ pub const ENV_OVERRIDES: [EnvOverride<Config>; 11] = [
         var: "GAIT_RECONNECT_RATE",
         key: "quic.reconnect_rate",
         set: |c, v| parse_into(&mut c.quic.reconnect_rate, v, "a whole number"),
+    },
+    EnvOverride {
+        var: "GAIT_CALL_MERGE_LAG_SECONDS",
+        key: "analysis.call_merge_lag_seconds",
+        set: |c, v| {
+            parse_into(
+                &mut c.analysis.call_merge_lag_seconds,
+                v,
+                "a whole number of seconds",
+            )
+        },
     },
     EnvOverride {
         var: "GAIT_SESSION_TICKETS",
@@ -561,6 +575,20 @@ pub struct AnalysisConfig {
     /// Environment names that count as production in an incident family's blast radius (case-insensitive).
     /// Default `[prod, production, prd]`; an empty list makes no environment production.
     pub production_envs: Vec<String>,
+    /// Longest a folded decision waits before its arguments digest is matched against runpack calls (call-level
+    /// coverage), in seconds: 1 to 3,600. A merge also starts at once when a million folded rows wait. Shorter is
+    /// fresher and costs more per decision (each merge rewrites the pages it lands on). Default 60.
+    pub call_merge_lag_seconds: u64,
+}
+
+/// Bounds of `analysis.call_merge_lag_seconds`.
+const CALL_MERGE_LAG_SECONDS: std::ops::RangeInclusive<u64> = 1..=3_600;
+
+impl AnalysisConfig {
+    /// `call_merge_lag_seconds` as a duration.
+    pub fn call_merge_lag(&self) -> Duration {
+        Duration::from_secs(self.call_merge_lag_seconds)
+    }
 }
 
 impl Default for AnalysisConfig {
@@ -570,6 +598,7 @@ impl Default for AnalysisConfig {
                 .iter()
                 .map(|e| (*e).to_owned())
                 .collect(),
+            call_merge_lag_seconds: crate::analysis::upkeep::MERGE_LAG.as_secs(),
         }
     }
 }
@@ -1013,6 +1042,15 @@ impl Config {
                     format!("`{env}` is not an environment name: {e}"),
                 ));
             }
+        }
+        if !CALL_MERGE_LAG_SECONDS.contains(&self.analysis.call_merge_lag_seconds) {
+            problems.push(problem(
+                "analysis.call_merge_lag_seconds",
+                format!(
+                    "{} is out of range: give 1 to 3600 seconds (default 60)",
+                    self.analysis.call_merge_lag_seconds
+                ),
+            ));
         }
         if self.quic.reconnect_rate == 0 {
             problems.push(problem("quic.reconnect_rate", "must be at least 1"));
@@ -1491,6 +1529,23 @@ mod tests {
             .expect_err("invalid");
         assert_eq!(err.problems()[0].key, "analysis.production_envs[1]");
         assert!(err.to_string().contains("Prod Env"), "{err}");
+    }
+
+    #[test]
+    fn call_merge_lag_defaults_to_a_minute_and_out_of_range_names_the_key() {
+        let c = load_text("", &[]).expect("valid");
+        assert_eq!(c.analysis.call_merge_lag(), Duration::from_secs(60));
+        let c = load_text("analysis:\n  call_merge_lag_seconds: 1\n", &[]).expect("valid");
+        assert_eq!(c.analysis.call_merge_lag(), Duration::from_secs(1));
+        for bad in ["0", "3601"] {
+            let err = load_text(
+                &format!("analysis:\n  call_merge_lag_seconds: {bad}\n"),
+                &[],
+            )
+            .expect_err("out of range");
+            assert_eq!(err.problems()[0].key, "analysis.call_merge_lag_seconds");
+            assert!(err.to_string().contains("1 to 3600"), "{err}");
+        }
     }
 
     #[test]

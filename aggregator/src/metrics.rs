@@ -60,6 +60,9 @@ pub const ANALYSIS_FED_ROWS: &str = "gait_aggregator_analysis_fed_rows_total";
 pub const ANALYSIS_CURSOR: &str = "gait_aggregator_analysis_cursor";
 /// Time one analytics upkeep pass took (read, fold, write), in seconds.
 pub const ANALYSIS_PASS_SECONDS: &str = "gait_aggregator_analysis_pass_seconds";
+/// Time one call merge of the analytics upkeep took (decisions' arguments digests into the gated sets, runpack
+/// calls marked), in seconds.
+pub const ANALYSIS_CALL_MERGE_SECONDS: &str = "gait_aggregator_analysis_call_merge_seconds";
 /// HTTP API requests, labelled `route` (the matched route template, `unmatched` for none), `method`, `status`.
 pub const HTTP_REQUESTS: &str = "gait_aggregator_http_requests_total";
 /// Histogram of HTTP API request latency in seconds, labelled `route` and `method`.
@@ -190,6 +193,7 @@ pub struct Metrics {
     pub analysis_fed_rows: Counter,
     pub analysis_cursor: Gauge,
     pub analysis_pass_seconds: Histogram,
+    pub analysis_call_merge_seconds: Histogram,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_failures: Family<Label, Counter>,
@@ -475,6 +479,14 @@ impl Metrics {
             "Time one analytics upkeep pass took (read, fold, write), in seconds.",
             analysis_pass_seconds.clone(),
         );
+        let analysis_call_merge_seconds = latency_histogram();
+        register(
+            &mut registry,
+            ANALYSIS_CALL_MERGE_SECONDS,
+            "Time one call merge of the analytics upkeep took (decisions' arguments digests merged, runpack calls \
+             marked gated), in seconds.",
+            analysis_call_merge_seconds.clone(),
+        );
         let hello_duration = latency_histogram();
         register(
             &mut registry,
@@ -573,6 +585,7 @@ impl Metrics {
             analysis_fed_rows,
             analysis_cursor,
             analysis_pass_seconds,
+            analysis_call_merge_seconds,
             http_requests,
             http_request_duration,
             auth_failures,

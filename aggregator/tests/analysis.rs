@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result, ensure};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gait_aggregator::analysis::feed::Feed;
-use gait_aggregator::analysis::upkeep::{catch_up, catch_up_fed};
+use gait_aggregator::analysis::upkeep::{
+    CALLS_JOB, MERGE_ROWS, catch_up, catch_up_fed, fold_up, merge_calls, unmerged,
+};
 use gait_aggregator::analysis::{AnalysisError, Analytics, csv_families};
 use gait_aggregator::api::router;
 use gait_aggregator::auth::{AdminTokenMode, Authorizer, Operator, Permission, Principal};
@@ -367,6 +369,7 @@ gait_store::store_tests!(
     a_merge_reads_two_families_as_one_and_a_split_gives_them_back_audited,
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
     coverage_names_the_tools_runpacks_called_without_a_gate,
+    the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
     the_feed_folds_exactly_what_reading_the_range_back_folds,
     verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothing,
@@ -1364,6 +1367,12 @@ async fn merged_families_count_shared_agents_once_follow_chains_and_stay_in_scop
     Ok(())
 }
 
+/// `decision` carrying a signed trace whose arguments digest is `hex64(args)` (only that field is read).
+fn traced(mut decision: Value, args: char) -> Value {
+    decision["trace"] = json!({"schema_id": "gait.gate.trace", "args_digest": hex64(args)});
+    decision
+}
+
 /// An `artifact.runpack` record (as `gait-agent push` writes it) of run `run` listing `calls` (tool, args digest
 /// character), each with result digest `r…`.
 fn runpack_record(
@@ -1446,10 +1455,41 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             ],
         ),
         runpack_record(3, 300, base, "run_b", 'a', &[("tool.fetch", '4')]),
+        // Call level: search's call in run_a went through a gate (its arguments digest is on a decision's trace),
+        // and so did run_a's fetch, blocked at high risk; run_b's fetch did not.
+        record(4, 300, "gate.decision", base, &traced(allow.clone(), '1')),
+        record(
+            5,
+            300,
+            "gate.decision",
+            base,
+            &traced(
+                decision(
+                    "tool.fetch",
+                    "block",
+                    &["blocked_by_rule"],
+                    "no-fetch",
+                    json!({"risk_class": "high"}),
+                    '2',
+                ),
+                '2',
+            ),
+        ),
     ];
     intake
         .commit_batch(&web, &web_records, &[], &[], base)
         .await?;
+    // Web's dev environment gated a fetch on run_b's arguments: that is dev's gate, not prod's.
+    let web_dev = AgentKey::new(Tenant::from_parts("acme", "web", "dev")?, "ci-2".parse()?);
+    store.agent_connected(&web_dev, &hello(), base).await?;
+    let fetch_in_dev = decision(
+        "tool.fetch",
+        "allow",
+        &[],
+        "r",
+        json!({"risk_class": "low"}),
+        '4',
+    );
     let billing_records = [
         record(1, 301, "gate.decision", base, &allow),
         runpack_record(
@@ -1463,6 +1503,16 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
     ];
     intake
         .commit_batch(&billing, &billing_records, &[], &[], base)
+        .await?;
+    let dev_records = [record(
+        1,
+        302,
+        "gate.decision",
+        base,
+        &traced(fetch_in_dev, '4'),
+    )];
+    intake
+        .commit_batch(&web_dev, &dev_records, &[], &[], base)
         .await?;
     catch_up(store, SETTLED).await?;
     let a = analytics(store);
@@ -1481,9 +1531,28 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             c.tools_gated,
             c.calls_seen,
             c.calls_of_gated_tools,
-            c.tool_coverage_per_mille
-        ) == (3, 1, 4, 1, 333),
+            c.tool_coverage_per_mille,
+            c.calls_gated,
+            c.call_coverage_per_mille
+        ) == (3, 2, 4, 3, 666, 2, 500),
         "{c:?}"
+    );
+    // fetch is gated as a tool, at high risk, and one of its two calls (run_b's, runpack `a…`) had no gate.
+    let risky: Vec<(&str, u64, u64, Option<&str>)> = c
+        .high_risk_ungated
+        .iter()
+        .map(|t| {
+            (
+                t.tool.as_str(),
+                t.ungated_calls,
+                t.calls,
+                t.runpack_sha256.as_deref(),
+            )
+        })
+        .collect();
+    ensure!(
+        risky == vec![("tool.fetch", 1, 2, Some(hex64('a').as_str()))],
+        "{risky:?}"
     );
     let ungated: Vec<(&str, u64, u64, Option<&str>)> = c
         .ungated
@@ -1497,13 +1566,9 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             )
         })
         .collect();
-    let (a_sha, b_sha) = (hex64('a'), hex64('b'));
+    let b_sha = hex64('b');
     ensure!(
-        ungated
-            == vec![
-                ("tool.fetch", 2, 2, Some(a_sha.as_str())),
-                ("tool.summarize", 1, 1, Some(b_sha.as_str())),
-            ],
+        ungated == vec![("tool.summarize", 1, 1, Some(b_sha.as_str()))],
         "{ungated:?}"
     );
     // Billing's db.drop is not web's concern; the org sees it ungated too.
@@ -1520,13 +1585,128 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
         c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
         "{c:?}"
     );
-    // Runpacks are counted per agent of each environment: ci-1's seq 2 in web and in billing are two.
+    // A call is gated by a decision of its own environment only: dev's decision on run_b's arguments does not
+    // gate prod's call, and nothing gates billing's own fetch. Web's high-risk decision makes fetch high-risk
+    // org-wide.
     let fetch = c
-        .ungated
+        .high_risk_ungated
         .iter()
         .find(|t| t.tool == "tool.fetch")
         .context("fetch")?;
-    ensure!((fetch.calls, fetch.runpacks) == (3, 3), "{fetch:?}");
+    ensure!((fetch.ungated_calls, fetch.calls) == (2, 3), "{fetch:?}");
+    Ok(())
+}
+
+/// Runpack calls and gated calls of web's posture over the last week, as project web's auditor reads it.
+async fn call_coverage(store: &gait_store::Store, at: i64) -> Result<(u64, u64)> {
+    let (auth, ana) = project_auditor();
+    let caller = auth
+        .authorize(
+            ana,
+            Permission::EvidenceRead,
+            BindingScope::project("acme".parse()?, "web".parse()?),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = analytics(store)
+        .posture(&caller, Some(7), at)
+        .await?
+        .coverage;
+    Ok((c.calls_seen, c.calls_gated))
+}
+
+async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold(
+    db: &TestStore,
+) -> Result<()> {
+    let store = db.store();
+    let base = now();
+    let intake = Intake::new(store.clone());
+    let web = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "ci-1".parse()?);
+    store.agent_connected(&web, &hello(), base).await?;
+    let traced_decision = |tool: &str, args: char| {
+        traced(
+            decision(tool, "allow", &[], "r", json!({"risk_class": "low"}), args),
+            args,
+        )
+    };
+    // A runpack arrives first: search ('1') and fetch ('2'), neither decided yet.
+    let first = [runpack_record(
+        1,
+        400,
+        base,
+        "run_a",
+        'a',
+        &[("tool.search", '1'), ("tool.fetch", '2')],
+    )];
+    intake.commit_batch(&web, &first, &[], &[], base).await?;
+    fold_up(store, None, SETTLED).await?;
+    ensure!(call_coverage(store, base).await? == (2, 0));
+    // Search's decision comes later. Until it is folded, the merge cannot take it: it stops at the fold.
+    let second = [record(
+        2,
+        400,
+        "gate.decision",
+        base,
+        &traced_decision("tool.search", '1'),
+    )];
+    intake.commit_batch(&web, &second, &[], &[], base).await?;
+    let (merged, folded) = unmerged(store).await?;
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!(
+        m.cursor == folded && m.calls == 0 && folded > merged,
+        "{m:?}"
+    );
+    ensure!(call_coverage(store, base).await? == (2, 0));
+    // Folded but not merged: call coverage lags the fold until the merge.
+    fold_up(store, None, SETTLED).await?;
+    ensure!(call_coverage(store, base).await? == (2, 0));
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
+    ensure!(call_coverage(store, base).await? == (2, 1));
+    // Fetch's decision is merged first and its runpack call arrives after: gated at the next merge all the same.
+    // Two decisions on one digest are one entry of the set.
+    let third = [
+        record(
+            3,
+            400,
+            "gate.decision",
+            base,
+            &traced_decision("tool.fetch", '2'),
+        ),
+        record(
+            4,
+            400,
+            "gate.decision",
+            base,
+            &traced_decision("tool.fetch", '2'),
+        ),
+    ];
+    intake.commit_batch(&web, &third, &[], &[], base).await?;
+    fold_up(store, None, SETTLED).await?;
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
+    let fourth = [runpack_record(
+        5,
+        400,
+        base,
+        "run_b",
+        'b',
+        &[("tool.fetch", '2'), ("tool.summarize", '3')],
+    )];
+    intake.commit_batch(&web, &fourth, &[], &[], base).await?;
+    fold_up(store, None, SETTLED).await?;
+    ensure!(call_coverage(store, base).await? == (4, 2));
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!((m.digests, m.calls) == (0, 1), "{m:?}");
+    ensure!(call_coverage(store, base).await? == (4, 3));
+    // The cursor fences a merge: one from a stale position changes nothing.
+    let (merged, _) = unmerged(store).await?;
+    ensure!(
+        store
+            .merge_gated_calls(CALLS_JOB, 0, merged, base - 1, base)
+            .await?
+            .is_none()
+    );
+    ensure!(unmerged(store).await?.0 == merged);
     Ok(())
 }
 

@@ -5,8 +5,10 @@
 //!    agent writes them with their intent profile) of `--agents` agents over `--projects` × 3 environments, 60
 //!    tools, four verdicts and 30 days are committed in chunks through `commit_batch_indexed` with the index
 //!    entries the aggregator's ingest computes; after each chunk the upkeep folds it
-//!    (`analysis::upkeep::catch_up_fed`). Both are timed; the ratio `upkeep_s / ingest_s` is what the upkeep
-//!    costs against the store's own ingest (the goal: at most 0.20). As in the aggregator, each committed batch
+//!    (`analysis::upkeep::fold_up`), and whenever `--merge-rows` folded rows wait (the job's own trigger, 1,000,000
+//!    by default), and at the end, the call merge takes them (`analysis::upkeep::merge_calls`: the decisions'
+//!    arguments digests into the gated sets, for call-level coverage). All are timed; the ratio
+//!    `upkeep_s / ingest_s` is what the upkeep costs against the store's own ingest (the goal: at most 0.20). As in the aggregator, each committed batch
 //!    is handed to the upkeep's in-process feed (`analysis::feed`); that hand-off is timed and counted as
 //!    upkeep, not ingest. `--no-feed` folds every range by reading it back (the path after a restart, or for
 //!    rows another replica indexed).
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use gait_aggregator::analysis::Analytics;
 use gait_aggregator::analysis::feed::Feed;
-use gait_aggregator::analysis::upkeep::catch_up_fed;
+use gait_aggregator::analysis::upkeep::{MERGE_ROWS, fold_up, merge_calls, unmerged};
 use gait_aggregator::auth::{AdminTokenMode, Authorizer, Permission, Principal};
 use gait_store::{AgentKey, BindingScope, NewRecord, Store, Tenant};
 use serde_json::json;
@@ -52,6 +54,10 @@ pub struct Args {
     /// Fold every range by reading it back from the index, not from the in-process feed.
     #[arg(long)]
     no_feed: bool,
+    /// Folded rows that start a call merge, and the most one takes (the aggregator merges every 1,000,000 rows
+    /// or every `analysis.call_merge_lag_seconds`, whichever comes first: smaller merges cost more per row).
+    #[arg(long, default_value_t = MERGE_ROWS)]
+    merge_rows: u64,
 }
 
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
@@ -110,8 +116,12 @@ fn ms(d: Duration) -> f64 {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(
-        args.agents >= 1 && args.batch >= 1 && args.chunk >= args.batch && args.projects >= 1,
-        "--agents, --batch and --projects must be at least 1 and --chunk at least --batch"
+        args.agents >= 1
+            && args.batch >= 1
+            && args.chunk >= args.batch
+            && args.projects >= 1
+            && args.merge_rows >= 1,
+        "--agents, --batch, --projects and --merge-rows must be at least 1 and --chunk at least --batch"
     );
     gait_runtime::memory::disable_transparent_huge_pages().map_err(anyhow::Error::msg)?;
     let dir = args.common.temp_dir("gait-bench-analysis")?;
@@ -148,6 +158,7 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
     let mut seqs = vec![0u64; keys.len()];
     let mut prevs = vec![[0u8; 32]; keys.len()];
     let (mut ingest, mut upkeep, mut push) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut merging, mut merges, mut gated_digests) = (Duration::ZERO, 0u64, 0u64);
     let mut made = 0u64;
     let (mut folded, mut fed) = (0u64, 0u64);
     let feed = (!args.no_feed).then(Feed::new);
@@ -198,21 +209,41 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
             }
         }
         let started = Instant::now();
-        let (rows, from_feed) = catch_up_fed(store, feed.as_ref(), Duration::ZERO).await?;
+        let (rows, from_feed) = fold_up(store, feed.as_ref(), Duration::ZERO).await?;
         upkeep += started.elapsed();
         folded += rows;
         fed += from_feed;
+        loop {
+            let (merged, to) = unmerged(store).await?;
+            let waiting = to.saturating_sub(merged);
+            if waiting == 0 || (waiting < args.merge_rows && made < args.decisions) {
+                break;
+            }
+            let started = Instant::now();
+            let m = merge_calls(store, args.merge_rows, gait_aggregator::clock::unix_ms()).await?;
+            merging += started.elapsed();
+            merges += 1;
+            gated_digests += m.digests;
+        }
         eprintln!(
-            "analysis ({backend}): {made}/{} ingested and folded (ingest {:.1} s, upkeep {:.1} s + feed {:.1} s)",
+            "analysis ({backend}): {made}/{} ingested and folded (ingest {:.1} s, upkeep {:.1} s + feed {:.1} s \
+             + call merges {:.1} s)",
             args.decisions,
             ingest.as_secs_f64(),
             upkeep.as_secs_f64(),
-            push.as_secs_f64()
+            push.as_secs_f64(),
+            merging.as_secs_f64()
         );
     }
     ensure!(
         folded == args.decisions,
         "folded {folded} of {}",
+        args.decisions
+    );
+    // Every decision's arguments differ: each is one digest in the gated sets.
+    ensure!(
+        gated_digests == args.decisions,
+        "merged {gated_digests} arguments digests of {}",
         args.decisions
     );
 
@@ -258,7 +289,7 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
     }
     // The hand-off to the feed is upkeep work done on ingest's side: it counts as upkeep.
     let folds = upkeep;
-    let upkeep = upkeep + push;
+    let upkeep = upkeep + push + merging;
     let ratio = upkeep.as_secs_f64() / ingest.as_secs_f64();
     println!(
         "{}",
@@ -277,6 +308,9 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
             "upkeep_rows_from_feed": fed,
             "upkeep_folds_s": (folds.as_secs_f64() * 100.0).round() / 100.0,
             "upkeep_feed_push_s": (push.as_secs_f64() * 100.0).round() / 100.0,
+            "upkeep_call_merges": merges,
+            "upkeep_call_merge_s": (merging.as_secs_f64() * 100.0).round() / 100.0,
+            "gated_digests": gated_digests,
             "queries": results,
         })
     );

@@ -301,6 +301,8 @@ impl Aggregator {
             .arg(http.to_string())
             .env("GAIT_LOG", "info,gait_aggregator=debug")
             .env("GAIT_LOG_FORMAT", "text")
+            // Runpack calls are matched to decisions within a second instead of a minute.
+            .env("GAIT_CALL_MERGE_LAG_SECONDS", "1")
             .stdout(Stdio::piped())
             .stderr(log_file);
         if let Some(url) = database_url {

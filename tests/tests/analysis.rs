@@ -357,5 +357,90 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
     );
     let split = json_of(&agg, &["families", "--org", "acme", "--json"])?;
     ensure!(split == families, "{split} != {families}");
+
+    // Call-level coverage: a CI job pushes Gait's conformance runpack (search, fetch, summarize) from prod. The
+    // agent decides the runpack's own search call (the same arguments, so the same arguments digest Gait
+    // recorded) and a fetch of another URL, both at high risk and blocked by the default verdict. The search call
+    // is gated; the fetch call is not, and fetch is a high-risk tool here: a high-risk ungated path.
+    let gated_search = json!({
+        "schema_id": "gait.gate.intent_request", "schema_version": "1.0.0",
+        "created_at": "2026-12-01T09:00:00Z", "producer_version": "e2e",
+        "tool_name": "tool.search", "args": {"query": "gait demo: offline verification"}, "targets": [],
+        "context": {"identity": "worker", "workspace": "/srv/app", "risk_class": "high"}
+    });
+    let mut other_fetch = gated_search.clone();
+    other_fetch["tool_name"] = json!("tool.fetch");
+    other_fetch["args"] = json!({"url": "https://example.local/other"});
+    decide(&agents[0], gated_search, "block")?;
+    decide(&agents[0], other_fetch, "block")?;
+    let runpack = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/artifacts/runpack_run_demo.zip");
+    let out = gait_e2e::hermetic("gait-agent")
+        .current_dir(&agents[0].dir)
+        .arg("push")
+        .arg("--config")
+        .arg(agents[0].dir.join("agent.yaml"))
+        .arg(&runpack)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "push: {}",
+        gait_e2e::output_text(&out)
+    );
+    let coverage = wait_for(
+        PATIENCE,
+        "the runpack's calls and the decisions folded",
+        || {
+            let p = json_of(
+                &agg,
+                &[
+                    "posture",
+                    "--org",
+                    "acme",
+                    "--project",
+                    "web",
+                    "--env",
+                    "prod",
+                    "--json",
+                ],
+            )
+            .ok()?;
+            let c = p["coverage"].clone();
+            // The call merge runs a second (`GAIT_CALL_MERGE_LAG_SECONDS`) behind the fold.
+            (c["calls_seen"] == 3
+                && p["by_verdict"]["block"] == 3
+                && c["calls_gated"].as_u64().is_some_and(|n| n >= 1))
+            .then_some(c)
+        },
+    )?;
+    ensure!(
+        coverage["calls_gated"] == 1
+            && coverage["call_coverage_per_mille"] == 333
+            && coverage["high_risk_ungated"]
+                == json!([{"tool": "tool.fetch", "ungated_calls": 1, "calls": 1,
+                           "runpack_sha256": coverage["high_risk_ungated"][0]["runpack_sha256"]}])
+            && coverage["high_risk_ungated"][0]["runpack_sha256"]
+                .as_str()
+                .is_some_and(|s| s.len() == 64),
+        "{coverage}"
+    );
+    let (code, text) = run(
+        &agg,
+        &[
+            "posture",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--env",
+            "prod",
+        ],
+    )?;
+    ensure!(
+        code == Some(0)
+            && text.contains("1 of 3 runpack calls had a gate decision")
+            && text.contains("tool.fetch: 1 of 1 calls went through no gate"),
+        "{text}"
+    );
     Ok(())
 }

@@ -20,6 +20,12 @@
 //!   row after the gap was received more than [`SETTLE`] ago, by which time the writer of the missing id has
 //!   committed or rolled back (a rolled-back or conflicting insert leaves a permanent gap). On SQLite ids are
 //!   dense (one writer at a time).
+//! - **Calls matched in bulk.** Call-level coverage needs each decision's arguments digest looked up by a
+//!   runpack's call. An index on it put every decision at a random place in a large B-tree and halved ingest, so
+//!   the leader merges the digests of folded decisions into per-environment sets in large sorted batches
+//!   ([`merge_calls`], cursor [`CALLS_JOB`]): every [`MERGE_ROWS`] folded rows, or when the oldest waited the
+//!   configured lag (`analysis.call_merge_lag_seconds`). Each merge marks gated the runpack calls its sets now
+//!   match, whichever arrived first. Call coverage is that lag behind the rest.
 //! - **Order independent.** Every fold is a count, a sum, a minimum, a maximum, a set or "the five smallest
 //!   digests", so any batching or order of indexing gives the same stored state (tests hold it on both
 //!   backends with shuffled and redelivered ingest).
@@ -53,6 +59,13 @@ pub const MAX_LAG: Duration = Duration::from_secs(5);
 pub const SETTLE: Duration = Duration::from_secs(60);
 /// A day in milliseconds (posture and regress counts are per UTC day of the agent's clock).
 pub const DAY_MS: i64 = 86_400_000;
+/// The cursor of the call merge: how far the decisions' arguments digests are merged into the gated sets.
+pub const CALLS_JOB: &str = "analysis-calls";
+/// Folded rows that start a call merge at once, and the most one merge takes: a merge rewrites the pages of the
+/// gated sets it lands on, so the more rows it carries, the less each costs.
+pub const MERGE_ROWS: u64 = 1_000_000;
+/// The default longest wait of folded rows for the call merge (`analysis.call_merge_lag_seconds`).
+pub const MERGE_LAG: Duration = Duration::from_secs(60);
 /// Distinct feature sets whose fingerprint ingest keeps at hand.
 const FINGERPRINT_CACHE: usize = 16_384;
 
@@ -251,6 +264,67 @@ pub async fn pass_fed(
     })
 }
 
+/// What one call merge did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Merge {
+    /// The merge cursor after it.
+    pub cursor: u64,
+    /// Digests new to their environment's set.
+    pub digests: u64,
+    /// Runpack calls newly gated.
+    pub calls: u64,
+    /// Another replica moved the cursor first (nothing changed).
+    pub lost_race: bool,
+}
+
+/// Folded rows the call merge has not taken yet: `(merge cursor, fold cursor)`.
+pub async fn unmerged(store: &Store) -> Result<(u64, u64), StoreError> {
+    Ok((
+        store.analysis_cursor(CALLS_JOB).await?,
+        store.analysis_cursor(JOB).await?,
+    ))
+}
+
+/// Merges the arguments digests of the decisions the fold has passed (at most `max_ids` ids of them, the job
+/// takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match; calls
+/// too old for any analytics window are left alone.
+pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Merge, StoreError> {
+    let (from, folded) = unmerged(store).await?;
+    let to = folded.min(from.saturating_add(max_ids));
+    if to <= from {
+        return Ok(Merge {
+            cursor: from,
+            ..Merge::default()
+        });
+    }
+    let horizon = now_ms - (i64::from(super::MAX_DAYS) + 1) * DAY_MS;
+    Ok(
+        match store
+            .merge_gated_calls(CALLS_JOB, from, to, horizon, now_ms)
+            .await?
+        {
+            Some((digests, calls)) => Merge {
+                cursor: to,
+                digests,
+                calls,
+                lost_race: false,
+            },
+            None => Merge {
+                cursor: from,
+                lost_race: true,
+                ..Merge::default()
+            },
+        },
+    )
+}
+
+/// Whether a call merge is due with `(merge cursor, fold cursor)` and the time since the last one (`None`: none
+/// yet on this leader).
+pub fn merge_due(cursors: (u64, u64), since_last: Option<Duration>, lag: Duration) -> bool {
+    let waiting = cursors.1.saturating_sub(cursors.0);
+    waiting >= MERGE_ROWS || (waiting > 0 && since_last.is_none_or(|t| t >= lag))
+}
+
 /// Rows indexed and not folded yet (ids past the cursor; gaps make it an upper bound).
 async fn pending(store: &Store) -> Result<u64, StoreError> {
     let head = store.analysis_head().await?;
@@ -262,8 +336,25 @@ pub async fn catch_up(store: &Store, settle: Duration) -> Result<u64, StoreError
     Ok(catch_up_fed(store, None, settle).await?.0)
 }
 
-/// [`catch_up`] with `feed`; answers the rows folded and of them the rows folded from the feed.
+/// [`catch_up`] with `feed`, the call merge included; answers the rows folded and of them the rows folded from
+/// the feed.
 pub async fn catch_up_fed(
+    store: &Store,
+    feed: Option<&Feed>,
+    settle: Duration,
+) -> Result<(u64, u64), StoreError> {
+    let folded = fold_up(store, feed, settle).await?;
+    loop {
+        let m = merge_calls(store, MERGE_ROWS, crate::clock::unix_ms()).await?;
+        let (merged, to) = unmerged(store).await?;
+        if merged >= to && !m.lost_race {
+            return Ok(folded);
+        }
+    }
+}
+
+/// Folds until nothing is left to fold now, without the call merge; answers as [`catch_up_fed`].
+pub async fn fold_up(
     store: &Store,
     feed: Option<&Feed>,
     settle: Duration,
@@ -288,6 +379,7 @@ pub fn spawn(
     feed: Option<Arc<Feed>>,
     metrics: Arc<crate::metrics::Metrics>,
     settle: Duration,
+    merge_lag: Duration,
     token: CancellationToken,
 ) {
     // Only the leader folds: until this replica leads, its feed holds nothing.
@@ -300,6 +392,7 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut busy = false;
         let mut last_pass: Option<std::time::Instant> = None;
+        let mut last_merge: Option<std::time::Instant> = None;
         loop {
             if !busy {
                 tokio::select! {
@@ -323,6 +416,7 @@ pub fn spawn(
                     Ok(Some(l)) => {
                         info!("analysis upkeep leads this deployment");
                         lease = Some(l);
+                        last_merge = None;
                         if let Some(f) = &feed {
                             f.set_leading(true);
                         }
@@ -336,6 +430,34 @@ pub fn spawn(
                         busy = false;
                         continue;
                     }
+                }
+            }
+            // Between folds: a merge never delays a fold that is behind.
+            if !busy {
+                match unmerged(&store).await {
+                    Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_lag) => {
+                        let started = std::time::Instant::now();
+                        last_merge = Some(started);
+                        match merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await {
+                            Ok(m) => {
+                                metrics
+                                    .analysis_call_merge_seconds
+                                    .observe(started.elapsed().as_secs_f64());
+                                if m.calls > 0 {
+                                    info!(
+                                        calls = m.calls,
+                                        digests = m.digests,
+                                        "runpack calls matched to gate decisions"
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "analysis call merge failed; retrying later")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "analysis upkeep could not read its cursors"),
                 }
             }
             if !busy && last_pass.is_some_and(|t| t.elapsed() < MAX_LAG) {

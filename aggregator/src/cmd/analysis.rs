@@ -29,6 +29,30 @@ pub struct ScopeArgs {
     pub env: Option<Env>,
 }
 
+/// One environment of a project (the commands that judge a single environment).
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Organisation.
+    #[arg(long)]
+    pub org: Org,
+    /// Project.
+    #[arg(long)]
+    pub project: Project,
+    /// Environment of --project.
+    #[arg(long)]
+    pub env: Env,
+}
+
+impl EnvArgs {
+    /// The URL of `leaf` under the environment on `server`, with `query`.
+    fn url(&self, server: &str, leaf: &str, query: &[String]) -> String {
+        let path = format!("projects/{}/envs/{}/{leaf}", self.project, self.env);
+        url(server, &self.org, &path, query)
+    }
+}
+
 impl ScopeArgs {
     fn query(&self) -> Vec<String> {
         let mut q = Vec::new();
@@ -91,13 +115,7 @@ pub struct FamilyArgs {
 )]
 pub struct DriftArgs {
     #[command(flatten)]
-    pub api: ApiArgs,
-    #[arg(long)]
-    pub org: Org,
-    #[arg(long)]
-    pub project: Project,
-    #[arg(long)]
-    pub env: Env,
+    pub target: EnvArgs,
     /// The run whose newest runpack in the environment is explained.
     #[arg(long)]
     pub run: String,
@@ -162,13 +180,7 @@ pub struct FamilySplitArgs {
 )]
 pub struct ShiftsArgs {
     #[command(flatten)]
-    pub api: ApiArgs,
-    #[arg(long)]
-    pub org: Org,
-    #[arg(long)]
-    pub project: Project,
-    #[arg(long)]
-    pub env: Env,
+    pub target: EnvArgs,
     /// Days back from today, UTC, in which a shift's first day falls (1-90).
     #[arg(long, default_value_t = 30)]
     pub days: u32,
@@ -206,13 +218,7 @@ pub struct PostureArgs {
 )]
 pub struct ChangeGateArgs {
     #[command(flatten)]
-    pub api: ApiArgs,
-    #[arg(long)]
-    pub org: Org,
-    #[arg(long)]
-    pub project: Project,
-    #[arg(long)]
-    pub env: Env,
+    pub target: EnvArgs,
     /// Lowest acceptable regress pass rate over the last 7 days, per-mille (default on the server: 950).
     #[arg(long)]
     pub min_regress_pass_per_mille: Option<u32>,
@@ -469,6 +475,21 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
             format!("; ungated: {}", ungated.join(", "))
         }
     );
+    gait_runtime::outln!(
+        "calls         {} of {} runpack calls had a gate decision on their arguments ({}‰)",
+        cov["calls_gated"],
+        cov["calls_seen"],
+        cov["call_coverage_per_mille"],
+    );
+    for t in cov["high_risk_ungated"].as_array().into_iter().flatten() {
+        gait_runtime::outln!(
+            "high risk     {}: {} of {} calls went through no gate (runpack {})",
+            t["tool"].as_str().unwrap_or("?"),
+            t["ungated_calls"],
+            t["calls"],
+            t["runpack_sha256"].as_str().unwrap_or("?"),
+        );
+    }
     if !quiet.is_empty() {
         gait_runtime::outln!(
             "quiet         no evidence for over a day: {}",
@@ -512,7 +533,7 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
 
 /// Runs `change-gate`.
 pub async fn change_gate(args: ChangeGateArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let api = args.api.resolve(config)?;
+    let api = args.target.api.resolve(config)?;
     let mut query = Vec::new();
     if let Some(min) = args.min_regress_pass_per_mille {
         query.push(format!("min_regress_pass_per_mille={min}"));
@@ -523,8 +544,7 @@ pub async fn change_gate(args: ChangeGateArgs, config: Config) -> anyhow::Result
     if args.allow_during_rollout {
         query.push("block_during_rollout=false".into());
     }
-    let path = format!("projects/{}/envs/{}/change-gate", args.project, args.env);
-    let u = url(&api.server, &args.org, &path, &query);
+    let u = args.target.url(&api.server, "change-gate", &query);
     let (status, a) = call(&api, reqwest::Method::GET, &u, None).await?;
     if !status.is_success() {
         return Ok(refused_by_status(status, &a));
@@ -645,12 +665,10 @@ fn date_of(day: &Value) -> String {
 
 /// Runs `verdict-shifts`.
 pub async fn verdict_shifts(args: ShiftsArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let api = args.api.resolve(config)?;
-    let path = format!("projects/{}/envs/{}/verdict-shifts", args.project, args.env);
-    let base = url(
+    let api = args.target.api.resolve(config)?;
+    let base = args.target.url(
         &api.server,
-        &args.org,
-        &path,
+        "verdict-shifts",
         &[format!("days={}", args.days)],
     );
     let mut u = reqwest::Url::parse(&base)
@@ -718,7 +736,7 @@ pub async fn verdict_shifts(args: ShiftsArgs, config: Config) -> anyhow::Result<
 
 /// Runs `drift`.
 pub async fn drift(args: DriftArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let api = args.api.resolve(config)?;
+    let api = args.target.api.resolve(config)?;
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
@@ -737,8 +755,7 @@ pub async fn drift(args: DriftArgs, config: Config) -> anyhow::Result<ExitCode> 
     if let Some(b) = &args.baseline {
         query.push(format!("baseline={b}"));
     }
-    let path = format!("projects/{}/envs/{}/drift", args.project, args.env);
-    let u = url(&api.server, &args.org, &path, &query);
+    let u = args.target.url(&api.server, "drift", &query);
     let (status, a) = call(&api, reqwest::Method::GET, &u, None).await?;
     if !status.is_success() {
         return Ok(refused_by_status(status, &a));

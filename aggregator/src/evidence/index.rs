@@ -86,9 +86,20 @@ struct DecisionPayload<'a> {
     matched_rule: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     intent_profile: Option<ProfilePayload<'a>>,
+    /// The signed trace (`gait.gate.trace`): only its arguments digest is read, from the raw bytes, so a trace
+    /// of another shape costs the decision that field and nothing else.
+    #[serde(borrow, default)]
+    trace: Option<&'a serde_json::value::RawValue>,
     /// Present in capture mode `raw`; only its presence is read here (replay reads the intent itself).
     #[serde(default)]
     normalized_intent: Option<serde::de::IgnoredAny>,
+}
+
+/// The field of a decision's embedded trace the index keeps.
+#[derive(Deserialize)]
+struct TraceArgs<'a> {
+    #[serde(borrow, default)]
+    args_digest: Option<Cow<'a, str>>,
 }
 
 /// The intent profile a decision record carries (agent `IntentProfile`).
@@ -161,6 +172,10 @@ fn decision(payload: &[u8]) -> Option<IndexFields> {
         ),
         endpoint_classes: p.intent_profile.as_ref().and_then(endpoint_classes),
         destructive: p.intent_profile.as_ref().map(|i| i.destructive),
+        args_digest: p
+            .trace
+            .and_then(|t| serde_json::from_str::<TraceArgs<'_>>(t.get()).ok())
+            .and_then(|t| digest(t.args_digest.as_deref())),
         ..IndexFields::default()
     })
 }
@@ -323,7 +338,7 @@ mod tests {
             "policy_digest": hex64('a'),
             "intent_digest": hex64('b'),
             "trace_id": "0123456789abcdef01234567",
-            "trace": {"nested": {"deep": [1, 2, 3]}},
+            "trace": {"nested": {"deep": [1, 2, 3]}, "args_digest": hex64('e')},
             "stage": {"stage": "dry_run", "candidate": "next.yaml", "candidate_digest": hex64('c'),
                       "active_verdict": "allow", "candidate_verdict": "block", "would_have_blocked": true}
         });
@@ -333,6 +348,7 @@ mod tests {
         assert_eq!(f.verdict.as_deref(), Some("allow"));
         assert_eq!(f.policy_verdict.as_deref(), Some("block"));
         assert_eq!(f.policy_digest, Some(hex64('a')));
+        assert_eq!(f.args_digest, Some(hex64('e')));
         assert_eq!(f.candidate_digest, Some(hex64('c')));
         assert_eq!(f.stage.as_deref(), Some("dry_run"));
         assert_eq!(f.would_have_blocked, Some(true));
@@ -396,7 +412,7 @@ mod tests {
         let long = "t".repeat(1000);
         let payload = serde_json::json!({
             "verdict": "block", "policy_digest": "sha256:abc", "tool_name": long, "policy_name": "a\nb",
-            "stage": {"stage": "canary"}
+            "stage": {"stage": "canary"}, "trace": "not an object"
         });
         let f = entry(&record(DECISION_KIND, &payload.to_string()))
             .expect("indexed")
@@ -404,6 +420,7 @@ mod tests {
         assert_eq!(f.verdict.as_deref(), Some("block"));
         assert_eq!(f.policy_digest, None);
         assert_eq!(f.stage, None);
+        assert_eq!(f.args_digest, None);
         assert_eq!(f.tool_name.map(|t| t.len()), Some(MAX_INDEXED_TEXT_BYTES));
         assert_eq!(f.policy_name.as_deref(), Some("ab"));
     }

@@ -161,6 +161,10 @@ pub struct RunpackTool {
     pub runpacks: u64,
     /// The smallest SHA-256 of those runpacks (the evidence to open).
     pub runpack_sha256: Option<String>,
+    /// Calls with a gate decision in their environment on the same arguments digest (call-level coverage).
+    pub gated_calls: u64,
+    /// The smallest SHA-256 of the runpacks with a call of it that has none (the ungated call to open).
+    pub ungated_runpack_sha256: Option<String>,
 }
 
 /// Most manual merges an org holds.
@@ -194,6 +198,16 @@ impl AnalysisFilter {
             org,
             project: None,
             env: None,
+            family: None,
+        }
+    }
+
+    /// One environment.
+    pub fn env(tenant: &Tenant) -> Self {
+        AnalysisFilter {
+            org: tenant.org.clone(),
+            project: Some(tenant.project.clone()),
+            env: Some(tenant.env.clone()),
             family: None,
         }
     }
@@ -287,6 +301,47 @@ async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, S
         .await
         .map_err(db("analysis_count"))?);
     to_u64("evidence_index", "count", n)
+}
+
+/// Copies the arguments digests of the decisions of `(after, to]` into `gated_args` (sorted, so a large range
+/// fills the set's B-tree page by page instead of one random page per decision), then marks gated each runpack
+/// call created at or after `calls_since_ms` that is not yet and whose digest its environment's set now holds;
+/// answers the digests added and the calls marked.
+async fn merge_calls(
+    mut conn: Conn<'_>,
+    after: u64,
+    to: u64,
+    calls_since_ms: i64,
+) -> Result<(u64, u64), StoreError> {
+    // Only decision rows carry a digest. `ON CONFLICT` follows `ORDER BY`, so SQLite cannot read it as a join's.
+    const DIGESTS: &str = "INSERT INTO gated_args (org, project, env, args_digest) \
+         SELECT DISTINCT org, project, env, args_digest FROM evidence_index \
+         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY org, project, env, args_digest \
+         ON CONFLICT DO NOTHING";
+    // Every ungated call is looked at again (`runpack_calls_ungated`), so one pushed before or after its decision
+    // is matched either way, and one whose insert was still uncommitted during an earlier merge is not lost.
+    const CALLS: &str = "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND created_unix_ms >= $1 \
+         AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = runpack_calls.org \
+         AND g.project = runpack_calls.project AND g.env = runpack_calls.env \
+         AND g.args_digest = runpack_calls.args_digest)";
+    let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
+    let (digests, calls) = db_run!(conn, |c| {
+        let digests = sqlx::query(DIGESTS)
+            .bind(after)
+            .bind(to)
+            .execute(&mut *c)
+            .await
+            .map_err(db("merge_gated_calls: digests"))?
+            .rows_affected();
+        let calls = sqlx::query(CALLS)
+            .bind(calls_since_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db("merge_gated_calls: calls"))?
+            .rows_affected();
+        (digests, calls)
+    });
+    Ok((digests, calls))
 }
 
 async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
@@ -1351,7 +1406,8 @@ async fn policies(
     const T: &str = "policy_daily";
     let (mut clause, mut args) = f.clause(false);
     with_tool(&mut clause, &mut args, tool);
-    // As `posture`: the days are integers, and the sums are cast back from NUMERIC on PostgreSQL.
+    // As `posture`: the days are integers, and the sums are cast back from NUMERIC on PostgreSQL. Rows of
+    // [`NO_POLICY`] are returned too (the feed-versus-read-back test compares them); callers drop them.
     let sql = format!(
         "SELECT day, tool, policy_digest, CAST(SUM(decisions) AS BIGINT) AS decisions FROM policy_daily{clause} \
          AND day >= {from_day} AND day < {to_day} GROUP BY day, tool, policy_digest \
@@ -1444,9 +1500,12 @@ async fn runpack_tools(
     const T: &str = "runpack_calls";
     let (clause, args) = f.clause(false);
     // The times are integers the caller computed, formatted from i64 values, never text. Every call row has its
-    // evidence row (written in the same transaction), so the join counts runpacks by their index id.
+    // evidence row (written in the same transaction), so the join counts runpacks by their index id. A call is
+    // gated once the call merge found a decision of its environment with its arguments digest
+    // ([`crate::Store::merge_gated_calls`]).
     let sql = format!(
-        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack \
+        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack, \
+         SUM(c.gated) AS gated_calls, MIN(CASE WHEN c.gated = 0 THEN e.sha256 END) AS ungated_runpack \
          FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
          JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
          AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name \
@@ -1466,6 +1525,8 @@ async fn runpack_tools(
                     calls: to_u64(T, "calls", r.int("calls")?)?,
                     runpacks: to_u64(T, "runpacks", r.int("runpacks")?)?,
                     runpack_sha256: r.opt_text("runpack")?,
+                    gated_calls: to_u64(T, "gated_calls", r.int("gated_calls")?)?,
+                    ungated_runpack_sha256: r.opt_text("ungated_runpack")?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?
@@ -1669,6 +1730,30 @@ impl crate::Store {
         fold_range(tx.conn(), from_id, to_id, None, define).await?;
         tx.commit("apply_analysis").await?;
         Ok(true)
+    }
+
+    /// Moves job `name`'s cursor from `from_id` to `to_id` and merges the arguments digests of the decisions of
+    /// `(from_id, to_id]` into their environments' sets of gated digests, then marks gated every runpack call
+    /// created at or after `calls_since_ms` that a set now matches, in one transaction (call-level coverage,
+    /// migration 0027). `to_id` must be a range the fold has passed, so no id below it can still appear.
+    /// Answers `None` (and nothing changed) when the cursor was not at `from_id`, else the digests added to the
+    /// sets and the calls newly gated.
+    pub async fn merge_gated_calls(
+        &self,
+        name: &str,
+        from_id: u64,
+        to_id: u64,
+        calls_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut tx = self.begin_named("merge_gated_calls").await?;
+        if !move_cursor(tx.conn(), name, from_id, to_id, now_ms).await? {
+            tx.rollback("merge_gated_calls").await?;
+            return Ok(None);
+        }
+        let merged = merge_calls(tx.conn(), from_id, to_id, calls_since_ms).await?;
+        tx.commit("merge_gated_calls").await?;
+        Ok(Some(merged))
     }
 
     /// [`Store::apply_analysis`] with the range already pre-aggregated in process (`ranges`, by agent), so the

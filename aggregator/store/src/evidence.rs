@@ -147,6 +147,10 @@ pub struct IndexFields {
     /// The incident family (fingerprint hash, 64 hex) of a decision or a failed regress result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
+    /// A decision's arguments digest (Gait's `args_digest` in the signed trace the record carries, 64 hex): what
+    /// a runpack's call is matched on (call-level gate coverage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_digest: Option<String>,
     /// A runpack's tool calls by digests (kept in `runpack_calls`, migration 0025, not on the row).
     #[serde(skip)]
     pub runpack_calls: Vec<IndexedCall>,
@@ -343,9 +347,9 @@ pub(crate) async fn insert(
              tool_name, stage, candidate_digest, would_have_blocked, artifact_kind, sha256, size_bytes, \
              file_name, producer_version, signature_status, regress_status, run_ids, active_verdict, \
              candidate_verdict, reason_codes, candidate_reason_codes, candidate_error, captured, matched_rule, \
-             risk_class, endpoint_classes, destructive, failure_kind, family) VALUES ",
+             risk_class, endpoint_classes, destructive, failure_kind, family, args_digest) VALUES ",
         );
-        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 39);
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 40);
         for (n, (record, entry, run_ids, codes)) in chunk.iter().enumerate() {
             let f = &entry.fields;
             let row = [
@@ -389,6 +393,7 @@ pub(crate) async fn insert(
                 Arg::Int(f.destructive.map(i64::from)),
                 Arg::Text(f.failure_kind.as_deref()),
                 Arg::Text(f.family.as_deref()),
+                Arg::Text(f.args_digest.as_deref()),
             ];
             sql.push_str(if n == 0 { "" } else { ", " });
             push_row(&mut sql, anonymous, args.len(), row.len());
@@ -623,7 +628,7 @@ pub(crate) async fn page(
          e.size_bytes, e.file_name, e.producer_version, e.signature_status, e.regress_status, e.run_ids, \
          e.active_verdict, e.candidate_verdict, e.reason_codes, e.candidate_reason_codes, e.candidate_error, \
          e.captured, e.matched_rule, e.risk_class, e.endpoint_classes, e.destructive, e.failure_kind, \
-         e.family, r.payload AS artifact_payload \
+         e.family, e.args_digest, r.payload AS artifact_payload \
          FROM evidence_index e LEFT JOIN records r ON e.class = 'artifact' AND r.org = e.org \
          AND r.project = e.project AND r.env = e.env AND r.agent_id = e.agent_id AND r.seq = e.seq \
          WHERE e.org = $1",
@@ -772,6 +777,7 @@ fn indexed_row(row: &impl Columns) -> Result<IndexedRecord, StoreError> {
             destructive: row.opt_int("destructive")?.map(|b| b != 0),
             failure_kind: row.opt_text("failure_kind")?,
             family: row.opt_text("family")?,
+            args_digest: row.opt_text("args_digest")?,
             // Kept in `runpack_calls`, not read back with the row.
             runpack_calls: Vec::new(),
         },

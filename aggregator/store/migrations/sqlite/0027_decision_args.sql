@@ -1,0 +1,28 @@
+-- Call-level gate coverage (issue 12): a runpack's call went through a gate when a decision in its environment
+-- has the call's arguments digest (Gait's `args_digest`, 64 hex, on every runpack intent and every gate trace).
+--
+-- evidence_index gains, on decision rows, the arguments digest of the signed trace the record carries. It has no
+-- index of its own: one keyed on a digest puts every decision at a random place in a large B-tree, and that
+-- halved ingest (ADR 0007). Instead the upkeep's call merge (cursor `analysis-calls`) copies the digests of the
+-- decisions it has folded into gated_args in large sorted batches, then marks the runpack calls they match.
+-- Decisions indexed before this migration have no digest and match no call.
+ALTER TABLE evidence_index ADD COLUMN args_digest TEXT;
+
+-- gated_args: each arguments digest some decision of an environment carried (a set: one row however many).
+CREATE TABLE gated_args (
+    org          TEXT NOT NULL,
+    project      TEXT NOT NULL,
+    env          TEXT NOT NULL,
+    args_digest  TEXT NOT NULL,
+    PRIMARY KEY (org, project, env, args_digest)
+) STRICT, WITHOUT ROWID;
+
+-- runpack_calls.gated: 1 once a merged decision of the call's environment carried its arguments digest (it never
+-- goes back). The merge looks again at the ungated calls each time, so a call pushed before or after its decision
+-- is matched either way; the partial index keeps that look to the ungated ones.
+ALTER TABLE runpack_calls ADD COLUMN gated INTEGER NOT NULL DEFAULT 0 CHECK (gated IN (0, 1));
+CREATE INDEX runpack_calls_ungated ON runpack_calls (created_unix_ms) WHERE gated = 0;
+
+-- Rows folded before now carry no digest: the merge starts where the fold stands.
+INSERT INTO analysis_cursors (name, last_id, updated_unix_ms)
+SELECT 'analysis-calls', last_id, updated_unix_ms FROM analysis_cursors WHERE name = 'analysis-upkeep';
