@@ -1438,7 +1438,8 @@ pub struct ToolCoverage {
     /// Runpack calls, and calls of gated tools.
     pub calls_seen: u64,
     pub calls_of_gated_tools: u64,
-    /// Runpack calls with a gate decision in their environment on the same arguments digest (call level).
+    /// Runpack calls with a gate decision in their environment on the same arguments digest (call level), as of
+    /// the last call merge (`analysis.call_merge_lag_seconds` behind the rest).
     pub calls_gated: u64,
     /// `calls_gated / calls_seen`, per-mille (1000 when no runpack was indexed).
     pub call_coverage_per_mille: u32,

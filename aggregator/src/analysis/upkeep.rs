@@ -432,33 +432,31 @@ pub fn spawn(
                     }
                 }
             }
-            // Between folds: a merge never delays a fold that is behind.
-            if !busy {
-                match unmerged(&store).await {
-                    Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_lag) => {
-                        let started = std::time::Instant::now();
-                        last_merge = Some(started);
-                        match merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await {
-                            Ok(m) => {
-                                metrics
-                                    .analysis_call_merge_seconds
-                                    .observe(started.elapsed().as_secs_f64());
-                                if m.calls > 0 {
-                                    info!(
-                                        calls = m.calls,
-                                        digests = m.digests,
-                                        "runpack calls matched to gate decisions"
-                                    );
-                                }
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "analysis call merge failed; retrying later")
+            // Between passes, also while the fold catches up, so a backlog never starves call coverage.
+            match unmerged(&store).await {
+                Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_lag) => {
+                    let started = std::time::Instant::now();
+                    last_merge = Some(started);
+                    match merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await {
+                        Ok(m) => {
+                            metrics
+                                .analysis_call_merge_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            if m.calls > 0 {
+                                info!(
+                                    calls = m.calls,
+                                    digests = m.digests,
+                                    "runpack calls matched to gate decisions"
+                                );
                             }
                         }
+                        Err(e) => {
+                            warn!(error = %e, "analysis call merge failed; retrying later")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "analysis upkeep could not read its cursors"),
                 }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "analysis upkeep could not read its cursors"),
             }
             if !busy && last_pass.is_some_and(|t| t.elapsed() < MAX_LAG) {
                 match pending(&store).await {

@@ -313,27 +313,44 @@ async fn merge_calls(
     to: u64,
     calls_since_ms: i64,
 ) -> Result<(u64, u64), StoreError> {
-    // Only decision rows carry a digest. `ON CONFLICT` follows `ORDER BY`, so SQLite cannot read it as a join's.
-    const DIGESTS: &str = "INSERT INTO gated_args (org, project, env, args_digest) \
-         SELECT DISTINCT org, project, env, args_digest FROM evidence_index \
-         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY org, project, env, args_digest \
-         ON CONFLICT DO NOTHING";
+    // Only decision rows carry a digest (64 lowercase hex, checked at ingest); the set keeps its first 16 bytes.
+    // Sorted by the key alone: the scope only decides which part of the set a row lands in. `ON CONFLICT`
+    // follows `ORDER BY`, so SQLite cannot read it as a join's.
+    const DIGESTS_SQLITE: &str = "INSERT INTO gated_args (org, project, env, args_key) \
+         SELECT org, project, env, unhex(substr(args_digest, 1, 32)) FROM evidence_index \
+         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING";
+    const DIGESTS_PG: &str = "INSERT INTO gated_args (org, project, env, args_key) \
+         SELECT org, project, env, decode(substr(args_digest, 1, 32), 'hex') FROM evidence_index \
+         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING";
     // Every ungated call is looked at again (`runpack_calls_ungated`), so one pushed before or after its decision
     // is matched either way, and one whose insert was still uncommitted during an earlier merge is not lost.
-    const CALLS: &str = "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND created_unix_ms >= $1 \
-         AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = runpack_calls.org \
-         AND g.project = runpack_calls.project AND g.env = runpack_calls.env \
-         AND g.args_digest = runpack_calls.args_digest)";
+    macro_rules! calls {
+        ($key:literal) => {
+            concat!(
+                "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND created_unix_ms >= $1 \
+                 AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = runpack_calls.org \
+                 AND g.project = runpack_calls.project AND g.env = runpack_calls.env AND g.args_key = ",
+                $key,
+                ")"
+            )
+        };
+    }
+    const CALLS_SQLITE: &str = calls!("unhex(substr(runpack_calls.args_digest, 1, 32))");
+    const CALLS_PG: &str = calls!("decode(substr(runpack_calls.args_digest, 1, 32), 'hex')");
     let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
+    let (digests_sql, calls_sql) = db_run!(conn,
+        sqlite: |_c| (DIGESTS_SQLITE, CALLS_SQLITE),
+        postgres: |_c| (DIGESTS_PG, CALLS_PG),
+    );
     let (digests, calls) = db_run!(conn, |c| {
-        let digests = sqlx::query(DIGESTS)
+        let digests = sqlx::query(digests_sql)
             .bind(after)
             .bind(to)
             .execute(&mut *c)
             .await
             .map_err(db("merge_gated_calls: digests"))?
             .rows_affected();
-        let calls = sqlx::query(CALLS)
+        let calls = sqlx::query(calls_sql)
             .bind(calls_since_ms)
             .execute(&mut *c)
             .await

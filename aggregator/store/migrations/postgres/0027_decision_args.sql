@@ -8,13 +8,15 @@
 -- Decisions indexed before this migration have no digest and match no call.
 ALTER TABLE evidence_index ADD COLUMN args_digest TEXT COLLATE "C";
 
--- gated_args: each arguments digest some decision of an environment carried (a set: one row however many).
+-- gated_args: each arguments digest some decision of an environment carried (a set: one row however many), by
+-- its first 16 bytes (128 bits: no accidental match, and none to be found on purpose). Binary keys sort about
+-- twice as fast as their hex, and a merge is mostly that sort.
 CREATE TABLE gated_args (
     org          TEXT COLLATE "C" NOT NULL,
     project      TEXT COLLATE "C" NOT NULL,
     env          TEXT COLLATE "C" NOT NULL,
-    args_digest  TEXT COLLATE "C" NOT NULL,
-    PRIMARY KEY (org, project, env, args_digest)
+    args_key     BYTEA NOT NULL CHECK (length(args_key) = 16),
+    PRIMARY KEY (org, project, env, args_key)
 );
 
 -- runpack_calls.gated: 1 once a merged decision of the call's environment carried its arguments digest (it never
