@@ -1438,14 +1438,14 @@ pub struct ToolCoverage {
     /// Runpack calls, and calls of gated tools.
     pub calls_seen: u64,
     pub calls_of_gated_tools: u64,
-    /// Runpack calls with a gate decision in their environment on the same arguments digest (call level), as of
+    /// Runpack calls with a gate decision in their environment on the same tool and arguments digest, as of
     /// the last call merge (`analysis.call_merge_lag_seconds` behind the rest).
     pub calls_gated: u64,
     /// `calls_gated / calls_seen`, per-mille (1000 when no runpack was indexed).
     pub call_coverage_per_mille: u32,
     /// High-risk ungated paths: tools a gate saw at high or critical risk in the scope and window whose runpack
-    /// calls include some with no decision on their arguments digest, most such calls first, each with a runpack
-    /// that holds one; at most [`MAX_UNGATED`].
+    /// calls include some with no decision on their tool and arguments digest, most such calls first, each with a
+    /// runpack that holds one; at most [`MAX_UNGATED`].
     pub high_risk_ungated: Vec<UngatedCalls>,
     /// Tools called in runpacks that never went through a gate here: the ungated paths, most calls first, each
     /// with the runpack that shows it; at most [`MAX_UNGATED`].
@@ -1461,7 +1461,7 @@ pub struct ToolCoverage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UngatedCalls {
     pub tool: String,
-    /// Its calls with no decision on their arguments digest, of `calls`.
+    /// Its calls with no decision on their tool and arguments digest, of `calls`.
     pub ungated_calls: u64,
     pub calls: u64,
     /// A runpack holding one (the smallest SHA-256).

@@ -1698,11 +1698,53 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     let m = merge_calls(store, MERGE_ROWS, base).await?;
     ensure!((m.digests, m.calls) == (0, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 3));
+    // Gait's args_digest covers the arguments only: a decision on another tool with summarize's arguments ('3')
+    // does not gate summarize, and neither does one of another project on summarize itself.
+    let billing = AgentKey::new(
+        Tenant::from_parts("acme", "billing", "prod")?,
+        "ci-1".parse()?,
+    );
+    store.agent_connected(&billing, &hello(), base).await?;
+    let fifth = [record(
+        6,
+        400,
+        "gate.decision",
+        base,
+        &traced_decision("tool.search", '3'),
+    )];
+    intake.commit_batch(&web, &fifth, &[], &[], base).await?;
+    let elsewhere = [record(
+        1,
+        401,
+        "gate.decision",
+        base,
+        &traced_decision("tool.summarize", '3'),
+    )];
+    intake
+        .commit_batch(&billing, &elsewhere, &[], &[], base)
+        .await?;
+    fold_up(store, None, SETTLED).await?;
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!((m.digests, m.calls) == (2, 0), "{m:?}");
+    ensure!(call_coverage(store, base).await? == (4, 3));
+    // Summarize's own decision in web gates the call of the earlier runpack.
+    let sixth = [record(
+        7,
+        400,
+        "gate.decision",
+        base,
+        &traced_decision("tool.summarize", '3'),
+    )];
+    intake.commit_batch(&web, &sixth, &[], &[], base).await?;
+    fold_up(store, None, SETTLED).await?;
+    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
+    ensure!(call_coverage(store, base).await? == (4, 4));
     // The cursor fences a merge: one from a stale position changes nothing.
     let (merged, _) = unmerged(store).await?;
     ensure!(
         store
-            .merge_gated_calls(CALLS_JOB, 0, merged, base - 1, base)
+            .merge_gated_calls(CALLS_JOB, 0, merged, base)
             .await?
             .is_none()
     );

@@ -285,9 +285,8 @@ pub async fn unmerged(store: &Store) -> Result<(u64, u64), StoreError> {
     ))
 }
 
-/// Merges the arguments digests of the decisions the fold has passed (at most `max_ids` ids of them, the job
-/// takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match; calls
-/// too old for any analytics window are left alone.
+/// Merges the (arguments digest, tool) of the decisions the fold has passed (at most `max_ids` ids of them; the
+/// job takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match.
 pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Merge, StoreError> {
     let (from, folded) = unmerged(store).await?;
     let to = folded.min(from.saturating_add(max_ids));
@@ -297,12 +296,8 @@ pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Mer
             ..Merge::default()
         });
     }
-    let horizon = now_ms - (i64::from(super::MAX_DAYS) + 1) * DAY_MS;
     Ok(
-        match store
-            .merge_gated_calls(CALLS_JOB, from, to, horizon, now_ms)
-            .await?
-        {
+        match store.merge_gated_calls(CALLS_JOB, from, to, now_ms).await? {
             Some((digests, calls)) => Merge {
                 cursor: to,
                 digests,
@@ -318,11 +313,18 @@ pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Mer
     )
 }
 
-/// Whether a call merge is due with `(merge cursor, fold cursor)` and the time since the last one (`None`: none
-/// yet on this leader).
-pub fn merge_due(cursors: (u64, u64), since_last: Option<Duration>, lag: Duration) -> bool {
+/// Whether a call merge is due with `(merge cursor, fold cursor)`, the time since the last one ended (`None`:
+/// none yet on this leader) and whether that one failed: a failed merge waits out the lag before the next try,
+/// however many rows wait.
+pub fn merge_due(
+    cursors: (u64, u64),
+    since_last: Option<Duration>,
+    failed: bool,
+    lag: Duration,
+) -> bool {
     let waiting = cursors.1.saturating_sub(cursors.0);
-    waiting >= MERGE_ROWS || (waiting > 0 && since_last.is_none_or(|t| t >= lag))
+    let lag_passed = since_last.is_none_or(|t| t >= lag);
+    waiting > 0 && (lag_passed || (waiting >= MERGE_ROWS && !failed))
 }
 
 /// Rows indexed and not folded yet (ids past the cursor; gaps make it an upper bound).
@@ -393,6 +395,7 @@ pub fn spawn(
         let mut busy = false;
         let mut last_pass: Option<std::time::Instant> = None;
         let mut last_merge: Option<std::time::Instant> = None;
+        let mut merge_failed = false;
         loop {
             if !busy {
                 tokio::select! {
@@ -434,10 +437,13 @@ pub fn spawn(
             }
             // Between passes, also while the fold catches up, so a backlog never starves call coverage.
             match unmerged(&store).await {
-                Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_lag) => {
+                Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_failed, merge_lag) => {
                     let started = std::time::Instant::now();
-                    last_merge = Some(started);
-                    match merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await {
+                    let merged = merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await;
+                    // The lag counts from the end, so a merge longer than the lag still leaves folds between.
+                    last_merge = Some(std::time::Instant::now());
+                    merge_failed = merged.is_err();
+                    match merged {
                         Ok(m) => {
                             metrics
                                 .analysis_call_merge_seconds
@@ -451,7 +457,8 @@ pub fn spawn(
                             }
                         }
                         Err(e) => {
-                            warn!(error = %e, "analysis call merge failed; retrying later")
+                            warn!(error = %e, lag_seconds = merge_lag.as_secs(),
+                                "analysis call merge failed; retrying after the lag")
                         }
                     }
                 }
@@ -512,6 +519,24 @@ mod tests {
         // A gap right after the cursor counts too.
         assert_eq!(settled_prefix(&[(3, now)], 1, now, 60_000), 0);
         assert_eq!(settled_prefix(&[(2, now)], 1, now, 60_000), 1);
+    }
+
+    #[test]
+    fn a_merge_is_due_at_a_million_rows_or_after_the_lag_and_waits_the_lag_out_after_a_failure() {
+        let lag = Duration::from_secs(60);
+        let soon = Some(Duration::from_secs(1));
+        let later = Some(Duration::from_secs(60));
+        // Nothing waiting: never.
+        assert!(!merge_due((5, 5), None, false, lag));
+        // The first merge of a leader, and any after the lag.
+        assert!(merge_due((0, 1), None, false, lag));
+        assert!(merge_due((0, 1), later, false, lag));
+        // Within the lag only a million waiting rows start one.
+        assert!(!merge_due((0, MERGE_ROWS - 1), soon, false, lag));
+        assert!(merge_due((0, MERGE_ROWS), soon, false, lag));
+        // After a failure, even a million rows wait out the lag.
+        assert!(!merge_due((0, MERGE_ROWS), soon, true, lag));
+        assert!(merge_due((0, MERGE_ROWS), later, true, lag));
     }
 
     fn decision(tool: &str, codes: &[&str]) -> IndexFields {

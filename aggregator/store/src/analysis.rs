@@ -303,44 +303,70 @@ async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, S
     to_u64("evidence_index", "count", n)
 }
 
-/// Copies the arguments digests of the decisions of `(after, to]` into `gated_args` (sorted, so a large range
-/// fills the set's B-tree page by page instead of one random page per decision), then marks gated each runpack
-/// call created at or after `calls_since_ms` that is not yet and whose digest its environment's set now holds;
-/// answers the digests added and the calls marked.
-async fn merge_calls(
-    mut conn: Conn<'_>,
-    after: u64,
-    to: u64,
-    calls_since_ms: i64,
-) -> Result<(u64, u64), StoreError> {
+/// Copies the (arguments digest, tool) of the decisions of `(after, to]` into `gated_args` (sorted, so a large
+/// range fills the set's B-tree page by page instead of one random page per decision), then marks gated the
+/// runpack calls that now match: those of the runpacks in the range against the whole set, and the ungated ones
+/// of earlier runpacks against the range's decisions. Answers the set entries added and the calls marked.
+async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u64), StoreError> {
     // Only decision rows carry a digest (64 lowercase hex, checked at ingest); the set keeps its first 16 bytes.
     // Sorted by the key alone: the scope only decides which part of the set a row lands in. `ON CONFLICT`
     // follows `ORDER BY`, so SQLite cannot read it as a join's.
-    const DIGESTS_SQLITE: &str = "INSERT INTO gated_args (org, project, env, args_key) \
-         SELECT org, project, env, unhex(substr(args_digest, 1, 32)) FROM evidence_index \
-         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING";
-    const DIGESTS_PG: &str = "INSERT INTO gated_args (org, project, env, args_key) \
-         SELECT org, project, env, decode(substr(args_digest, 1, 32), 'hex') FROM evidence_index \
-         WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING";
-    // Every ungated call is looked at again (`runpack_calls_ungated`), so one pushed before or after its decision
-    // is matched either way, and one whose insert was still uncommitted during an earlier merge is not lost.
-    macro_rules! calls {
+    macro_rules! digests {
         ($key:literal) => {
             concat!(
-                "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND created_unix_ms >= $1 \
-                 AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = runpack_calls.org \
-                 AND g.project = runpack_calls.project AND g.env = runpack_calls.env AND g.args_key = ",
+                "INSERT INTO gated_args (org, project, env, args_key, tool_name) SELECT org, project, env, ",
                 $key,
-                ")"
+                ", tool_name FROM evidence_index WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL \
+                 AND tool_name IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING"
             )
         };
     }
-    const CALLS_SQLITE: &str = calls!("unhex(substr(runpack_calls.args_digest, 1, 32))");
-    const CALLS_PG: &str = calls!("decode(substr(runpack_calls.args_digest, 1, 32), 'hex')");
+    // The calls of the runpacks indexed in the range, against the whole set (a call commits with its runpack's
+    // evidence row, and the range holds only settled ids, so each call is seen here exactly once).
+    macro_rules! new_calls {
+        ($key:literal) => {
+            concat!(
+                "UPDATE runpack_calls SET gated = 1 FROM (SELECT c.org, c.project, c.env, c.agent_id, c.seq, \
+                 c.call_index FROM evidence_index e JOIN runpack_calls c ON c.org = e.org \
+                 AND c.project = e.project AND c.env = e.env AND c.agent_id = e.agent_id AND c.seq = e.seq \
+                 WHERE e.id > $1 AND e.id <= $2 AND e.class = 'artifact' AND c.gated = 0 \
+                 AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = c.org AND g.project = c.project \
+                 AND g.env = c.env AND g.tool_name = c.tool_name AND g.args_key = ",
+                $key,
+                ")) m ",
+                call_is_m!()
+            )
+        };
+    }
+    macro_rules! call_is_m {
+        () => {
+            "WHERE runpack_calls.org = m.org AND runpack_calls.project = m.project \
+             AND runpack_calls.env = m.env AND runpack_calls.agent_id = m.agent_id \
+             AND runpack_calls.seq = m.seq AND runpack_calls.call_index = m.call_index"
+        };
+    }
+    // Ungated calls of earlier runpacks that a decision of the range matches: driven by the range's rows, each
+    // probing the ungated calls by digest (`runpack_calls_ungated`), so the work follows the range, not the
+    // number of calls ever left ungated.
+    const OLD_CALLS: &str = concat!(
+        "UPDATE runpack_calls SET gated = 1 FROM (SELECT DISTINCT c.org, c.project, c.env, c.agent_id, c.seq, \
+         c.call_index FROM evidence_index d JOIN runpack_calls c ON c.org = d.org AND c.project = d.project \
+         AND c.env = d.env AND c.args_digest = d.args_digest AND c.gated = 0 \
+         WHERE d.id > $1 AND d.id <= $2 AND d.args_digest IS NOT NULL AND c.tool_name = d.tool_name) m ",
+        call_is_m!()
+    );
+    const SQLITE_KEY_OF: (&str, &str) = (
+        digests!("unhex(substr(args_digest, 1, 32))"),
+        new_calls!("unhex(substr(c.args_digest, 1, 32))"),
+    );
+    const PG_KEY_OF: (&str, &str) = (
+        digests!("decode(substr(args_digest, 1, 32), 'hex')"),
+        new_calls!("decode(substr(c.args_digest, 1, 32), 'hex')"),
+    );
     let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
-    let (digests_sql, calls_sql) = db_run!(conn,
-        sqlite: |_c| (DIGESTS_SQLITE, CALLS_SQLITE),
-        postgres: |_c| (DIGESTS_PG, CALLS_PG),
+    let (digests_sql, new_calls_sql) = db_run!(conn,
+        sqlite: |_c| SQLITE_KEY_OF,
+        postgres: |_c| PG_KEY_OF,
     );
     let (digests, calls) = db_run!(conn, |c| {
         let digests = sqlx::query(digests_sql)
@@ -350,12 +376,19 @@ async fn merge_calls(
             .await
             .map_err(db("merge_gated_calls: digests"))?
             .rows_affected();
-        let calls = sqlx::query(calls_sql)
-            .bind(calls_since_ms)
-            .execute(&mut *c)
-            .await
-            .map_err(db("merge_gated_calls: calls"))?
-            .rows_affected();
+        let mut calls = 0;
+        for (sql, op) in [
+            (new_calls_sql, "merge_gated_calls: new calls"),
+            (OLD_CALLS, "merge_gated_calls: earlier calls"),
+        ] {
+            calls += sqlx::query(sql)
+                .bind(after)
+                .bind(to)
+                .execute(&mut *c)
+                .await
+                .map_err(db(op))?
+                .rows_affected();
+        }
         (digests, calls)
     });
     Ok((digests, calls))
@@ -1749,18 +1782,16 @@ impl crate::Store {
         Ok(true)
     }
 
-    /// Moves job `name`'s cursor from `from_id` to `to_id` and merges the arguments digests of the decisions of
-    /// `(from_id, to_id]` into their environments' sets of gated digests, then marks gated every runpack call
-    /// created at or after `calls_since_ms` that a set now matches, in one transaction (call-level coverage,
-    /// migration 0027). `to_id` must be a range the fold has passed, so no id below it can still appear.
-    /// Answers `None` (and nothing changed) when the cursor was not at `from_id`, else the digests added to the
-    /// sets and the calls newly gated.
+    /// Moves job `name`'s cursor from `from_id` to `to_id` and merges the (arguments digest, tool) of the
+    /// decisions of `(from_id, to_id]` into their environments' sets of gated calls, then marks gated every
+    /// runpack call those now match, in one transaction (call-level coverage, migration 0027). `to_id` must be a
+    /// range the fold has passed, so no id below it can still appear. Answers `None` (and nothing changed) when
+    /// the cursor was not at `from_id`, else the set entries added and the calls newly gated.
     pub async fn merge_gated_calls(
         &self,
         name: &str,
         from_id: u64,
         to_id: u64,
-        calls_since_ms: i64,
         now_ms: i64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
         let mut tx = self.begin_named("merge_gated_calls").await?;
@@ -1768,7 +1799,7 @@ impl crate::Store {
             tx.rollback("merge_gated_calls").await?;
             return Ok(None);
         }
-        let merged = merge_calls(tx.conn(), from_id, to_id, calls_since_ms).await?;
+        let merged = merge_calls(tx.conn(), from_id, to_id).await?;
         tx.commit("merge_gated_calls").await?;
         Ok(Some(merged))
     }

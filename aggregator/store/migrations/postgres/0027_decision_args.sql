@@ -8,22 +8,27 @@
 -- Decisions indexed before this migration have no digest and match no call.
 ALTER TABLE evidence_index ADD COLUMN args_digest TEXT COLLATE "C";
 
--- gated_args: each arguments digest some decision of an environment carried (a set: one row however many), by
--- its first 16 bytes (128 bits: no accidental match, and none to be found on purpose). Binary keys sort about
--- twice as fast as their hex, and a merge is mostly that sort.
+-- gated_args: each (arguments digest, tool) some decision of an environment carried (a set: one row however
+-- many). Gait's args_digest covers the arguments only, so the tool is part of the match: a gate on `tool.list {}`
+-- says nothing of `db.drop_all {}`. The digest is kept as its first 16 bytes (128 bits: no accidental match; a
+-- deliberate pair of colliding argument sets costs about 2^64 work). Binary keys sort about twice as fast as
+-- their hex, and a merge is mostly that sort; the key leads, so a merge sorted by it fills the set in order.
 CREATE TABLE gated_args (
     org          TEXT COLLATE "C" NOT NULL,
     project      TEXT COLLATE "C" NOT NULL,
     env          TEXT COLLATE "C" NOT NULL,
     args_key     BYTEA NOT NULL CHECK (length(args_key) = 16),
-    PRIMARY KEY (org, project, env, args_key)
+    tool_name    TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (org, project, env, args_key, tool_name)
 );
 
--- runpack_calls.gated: 1 once a merged decision of the call's environment carried its arguments digest (it never
--- goes back). The merge looks again at the ungated calls each time, so a call pushed before or after its decision
--- is matched either way; the partial index keeps that look to the ungated ones.
+-- runpack_calls.gated: 1 once a merged decision of the call's environment carried its arguments digest and tool
+-- (it never goes back). A merge checks the calls of the runpacks in its own range against the whole set, and the
+-- ungated calls of earlier runpacks against the decisions in its range (through runpack_calls_ungated), so a
+-- call pushed before or after its decision is matched either way, and a merge's work follows its range, not
+-- the history.
 ALTER TABLE runpack_calls ADD COLUMN gated SMALLINT NOT NULL DEFAULT 0 CHECK (gated IN (0, 1));
-CREATE INDEX runpack_calls_ungated ON runpack_calls (created_unix_ms) WHERE gated = 0;
+CREATE INDEX runpack_calls_ungated ON runpack_calls (org, project, env, args_digest) WHERE gated = 0;
 
 -- Rows folded before now carry no digest: the merge starts where the fold stands.
 INSERT INTO analysis_cursors (name, last_id, updated_unix_ms)
