@@ -58,6 +58,43 @@ pub struct Args {
     /// or every `analysis.call_merge_lag_seconds`, whichever comes first: smaller merges cost more per row).
     #[arg(long, default_value_t = MERGE_ROWS)]
     merge_rows: u64,
+    /// Also push one runpack per committed batch, as its agent's last record: 20 calls, 10 on the arguments of
+    /// decisions of the same batch (gated once merged) and 10 on arguments no decision has (left ungated, so
+    /// every later merge has them to look at). Off by default, so runs compare with earlier ones.
+    #[arg(long)]
+    runpacks: bool,
+}
+
+/// Calls of each bench runpack, and of them those on arguments a decision had.
+const RUNPACK_CALLS: u64 = 20;
+const RUNPACK_GATED_CALLS: u64 = 10;
+
+/// The payload of a runpack record (as `gait-agent push` writes it) whose gated calls are those of decisions
+/// `first..` and whose other calls have arguments no decision has (`run` keeps them apart).
+fn runpack_payload(run: u64, first: u64) -> String {
+    let calls: Vec<serde_json::Value> = (0..RUNPACK_CALLS)
+        .map(|i| {
+            let n = first + i;
+            let args = if i < RUNPACK_GATED_CALLS {
+                gait_canon::sha256_hex(&(!n).to_le_bytes())
+            } else {
+                gait_canon::sha256_hex(format!("ungated {run} {i}").as_bytes())
+            };
+            json!({"intent_id": format!("intent_{i}"), "tool_name": format!("tool.t{}", n % TOOLS),
+                   "args_digest": args, "result_digest": "ab".repeat(32)})
+        })
+        .collect();
+    json!({
+        "schema": "gait.agent.artifact", "artifact_kind": "runpack",
+        "sha256": gait_canon::sha256_hex(&run.to_le_bytes()), "size_bytes": 4096,
+        "file_name": format!("runpack_r{run}.zip"), "source": "push", "signature_status": "verified",
+        "run_ids": [format!("r{run}")], "producer_version": "bench",
+        "runpack": {"run_id": format!("r{run}"), "runpack_manifest_digest": "cd".repeat(32),
+                    "capture_mode": "reference", "intent_count": RUNPACK_CALLS,
+                    "result_count": RUNPACK_CALLS, "receipt_count": 0, "receipt_digest_vector": []},
+        "calls": calls,
+    })
+    .to_string()
 }
 
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
@@ -158,8 +195,10 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
     let mut seqs = vec![0u64; keys.len()];
     let mut prevs = vec![[0u8; 32]; keys.len()];
     let (mut ingest, mut upkeep, mut push) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let (mut merging, mut merges, mut gated_digests) = (Duration::ZERO, 0u64, 0u64);
+    let (mut merging, mut merges, mut gated_digests, mut gated_calls) =
+        (Duration::ZERO, 0u64, 0u64, 0u64);
     let mut made = 0u64;
+    let mut runpacks = 0u64;
     let (mut folded, mut fed) = (0u64, 0u64);
     let feed = (!args.no_feed).then(Feed::new);
     while made < args.decisions {
@@ -193,6 +232,30 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
                 prevs[a] = hash;
                 made += 1;
             }
+            if args.runpacks {
+                // The batch's first decision is `made - records.len()`: its first ten calls are theirs.
+                let first = made - records.len() as u64;
+                seqs[a] += 1;
+                let seq = seqs[a];
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&seq.to_be_bytes());
+                hash[8..16].copy_from_slice(&(a as u64).to_be_bytes());
+                hash[16] = 2;
+                records.push(NewRecord {
+                    seq,
+                    prev_hash: prevs[a],
+                    hash,
+                    class: "artifact".into(),
+                    kind: "artifact.runpack".into(),
+                    created_unix_ms: now,
+                    bundle_epoch: None,
+                    bundle_digest: None,
+                    bundle_since_ms: None,
+                    payload: runpack_payload(runpacks, first).into_bytes(),
+                });
+                prevs[a] = hash;
+                runpacks += 1;
+            }
             batches.push((a, records));
         }
         for (a, records) in &batches {
@@ -224,6 +287,7 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
             merging += started.elapsed();
             merges += 1;
             gated_digests += m.digests;
+            gated_calls += m.calls;
         }
         eprintln!(
             "analysis ({backend}): {made}/{} ingested and folded (ingest {:.1} s, upkeep {:.1} s + feed {:.1} s \
@@ -236,9 +300,14 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
         );
     }
     ensure!(
-        folded == args.decisions,
-        "folded {folded} of {}",
-        args.decisions
+        folded == args.decisions + runpacks,
+        "folded {folded} of {} records",
+        args.decisions + runpacks
+    );
+    ensure!(
+        gated_calls == runpacks * RUNPACK_GATED_CALLS,
+        "gated {gated_calls} runpack calls of the {} on decided arguments",
+        runpacks * RUNPACK_GATED_CALLS
     );
     // Every decision's arguments differ: each is one digest in the gated sets.
     ensure!(
@@ -311,6 +380,8 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
             "upkeep_call_merges": merges,
             "upkeep_call_merge_s": (merging.as_secs_f64() * 100.0).round() / 100.0,
             "gated_digests": gated_digests,
+            "runpacks": runpacks,
+            "gated_calls": gated_calls,
             "queries": results,
         })
     );
