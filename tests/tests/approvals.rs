@@ -203,10 +203,17 @@ fn an_approved_request_lets_the_retry_pass_at_the_agent_and_in_gate_eval() -> an
         allowed["intent_digest"] == intent_digest.as_str(),
         "{allowed}"
     );
-    for (outcome, count) in [("requested", 1), ("approved", 1), ("denied", 0)] {
+    // Read all three before judging, so a failure shows every count (stop 36 saw `requested` differ from 1 once).
+    let mut counts = Vec::new();
+    for outcome in ["requested", "approved", "denied"] {
         let series = format!("gait_aggregator_approvals_total{{outcome=\"{outcome}\"}}");
-        ensure!(agg.metric(&series)? == count, "{series} is not {count}");
+        counts.push((outcome, agg.metric(&series)?));
     }
+    ensure!(
+        counts == [("requested", 1), ("approved", 1), ("denied", 0)],
+        "approval counts {counts:?}, want requested 1, approved 1, denied 0; aggregator log:\n{}",
+        agg.log()
+    );
     let (_, pending) = agg.get(approvals_path)?;
     ensure!(
         pending["approvals"].as_array().is_some_and(Vec::is_empty),
