@@ -67,6 +67,9 @@ pub struct ApprovalStore {
     raised: Mutex<HashMap<(String, String), i64>>,
     /// Woken when a request is raised, so the uplink asks for approvals sooner.
     raised_notify: tokio::sync::Notify,
+    /// Deliveries stored so far: an evaluation that read the tokens before a delivery must not raise a request
+    /// that delivery just answered ([`ApprovalStore::should_raise`]).
+    deliveries: std::sync::atomic::AtomicU64,
 }
 
 impl ApprovalStore {
@@ -76,7 +79,13 @@ impl ApprovalStore {
             dir: data_dir.join(APPROVALS_DIR),
             raised: Mutex::new(HashMap::new()),
             raised_notify: tokio::sync::Notify::new(),
+            deliveries: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Deliveries stored so far; read it before an evaluation loads tokens, for [`ApprovalStore::should_raise`].
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn intent_dir(&self, intent_digest: &str, policy_digest: &str) -> Option<PathBuf> {
@@ -127,6 +136,9 @@ impl ApprovalStore {
             write_private(&path, &token.0)?;
             new += 1;
         }
+        // Counted before the request is forgotten, so an evaluation that finds it forgotten sees the count moved.
+        self.deliveries
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.raised
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -137,12 +149,23 @@ impl ApprovalStore {
         Ok(new)
     }
 
-    /// Whether to raise a request for this intent now (none raised for it within its lifetime); records it.
-    pub fn should_raise(&self, intent_digest: &str, policy_digest: &str, now_ms: i64) -> bool {
+    /// Whether to raise a request for this intent now: none raised for it within its lifetime, and no approval
+    /// delivered since the evaluation read `seen_deliveries` (its tokens may have arrived after the evaluation
+    /// looked: the runtime's retry uses them, or raises then). Records it.
+    pub fn should_raise(
+        &self,
+        intent_digest: &str,
+        policy_digest: &str,
+        now_ms: i64,
+        seen_deliveries: u64,
+    ) -> bool {
         let mut raised = self
             .raised
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.deliveries() != seen_deliveries {
+            return false;
+        }
         raised.retain(|_, until| *until > now_ms);
         let key = (intent_digest.to_owned(), policy_digest.to_owned());
         if raised.contains_key(&key) {
@@ -320,8 +343,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ApprovalStore::open(dir.path());
         let (i, p) = ("a".repeat(64), "b".repeat(64));
-        assert!(store.should_raise(&i, &p, 0));
-        assert!(!store.should_raise(&i, &p, 1), "a retry raises nothing new");
+        assert!(store.should_raise(&i, &p, 0, 0));
+        assert!(
+            !store.should_raise(&i, &p, 1, 0),
+            "a retry raises nothing new"
+        );
         assert!(store.outstanding(1));
         let delivered = DeliveredApproval {
             request_id: 7,
@@ -333,10 +359,13 @@ mod tests {
         assert_eq!(store.store(&delivered).expect("stored again"), 0);
         assert_eq!(store.tokens_for(&i, &p), vec![b"{}".to_vec()]);
         assert!(!store.outstanding(1));
-        // After its lifetime the same intent raises again.
+        // An evaluation that read the count before the delivery raises nothing: the tokens came after it looked.
+        assert_eq!(store.deliveries(), 2);
+        assert!(!store.should_raise(&i, &p, 2, 0));
+        // After the delivery a retry may raise again (its tokens may not do), and after its lifetime too.
         let later = i64::try_from(REQUEST_TTL_SECONDS * 1000).expect("ms") + 10;
-        assert!(store.should_raise(&i, &p, 2));
-        assert!(store.should_raise(&i, &p, later));
+        assert!(store.should_raise(&i, &p, 2, 2));
+        assert!(store.should_raise(&i, &p, later, 2));
         // Digests that are not hex never become paths.
         let bad = DeliveredApproval {
             intent_digest: "../../etc".into(),

@@ -102,6 +102,8 @@ pub async fn evaluate_intent(
         agent_decided_unix_ms: now_unix_ms(),
     };
     let engine = state.gate().clone();
+    // Before the engine reads any delivered token: a delivery after this must not be answered by a new request.
+    let deliveries = engine.approvals().deliveries();
     let active = state.active_bundle();
     if req.simulate {
         let allowed = active
@@ -214,7 +216,7 @@ pub async fn evaluate_intent(
         AppendOutcome::Shed => None,
     };
     if let Some(ask) = &decided.ask {
-        raise_approval(state, ask, &requester).await;
+        raise_approval(state, ask, &requester, deliveries).await;
     }
     state
         .decision_metrics()
@@ -229,10 +231,11 @@ async fn raise_approval(
     state: &Arc<AgentState>,
     ask: &crate::gate::engine::ApprovalAsk,
     requester: &str,
+    seen_deliveries: u64,
 ) {
     let now = now_unix_ms();
     let approvals = state.gate().approvals();
-    if !approvals.should_raise(&ask.intent_digest, &ask.policy_digest, now) {
+    if !approvals.should_raise(&ask.intent_digest, &ask.policy_digest, now, seen_deliveries) {
         return;
     }
     let payload = crate::gate::approvals::request_payload(ask, requester, now);
