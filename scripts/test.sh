@@ -53,7 +53,10 @@ echo "== cargo test --no-run (build every test binary and both daemons once)"
 cargo test --workspace --locked --no-run
 
 echo "== cargo test"
-# The end-to-end harness uses the daemons just built instead of running cargo from inside the tests.
+# The end-to-end harness uses the daemons just built instead of running cargo from inside the tests. Most
+# end-to-end tests wait on processes, not the CPU: four at a time (RUST_TEST_THREADS overrides) instead of one
+# per core keeps a 2-core machine busy.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 GAIT_E2E_PREBUILT=1 cargo test --workspace --locked
 
 # The deploy steps of deploy/README.md, as the service users under a temporary root. They create the system

@@ -2,7 +2,7 @@
 //! records and prints each step once it returned; the test `kill -9`s it at a random moment, reopens the file
 //! and checks that everything the child was told is durable is there, contiguous and hash-chained.
 //!
-//! Seeds are printed; rerun one with `GAIT_CRASH_SEED=<n> cargo test -p gait-agent --test outbox_crash`.
+//! Seeds are printed; rerun one with `GAIT_CRASH_SEED=<n> cargo test -p gait-agent --test integration outbox_crash::`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -135,8 +135,13 @@ struct Spawned {
 
 fn spawn_child(test_name: &str, mode: &str, path: &Path, seed: u64) -> Result<Spawned> {
     let exe = std::env::current_exe()?;
+    // libtest names a test by its module path below the crate root (`outbox_crash::…` in the merged binary).
+    let exact = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test_name}"),
+        None => test_name.to_owned(),
+    };
     let mut child = Command::new(exe)
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([exact.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, format!("{mode}\n{}\n{seed}", path.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

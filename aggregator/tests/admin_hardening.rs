@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-mod common;
+use crate::common;
 
 const TOKEN: &str = "test-admin-token";
 const POLICY: &str = "schema_id: gait.gate.policy\nschema_version: 1.0.0\ndefault_verdict: allow\n";

@@ -31,7 +31,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-mod common;
+use crate::common;
 
 const TOKEN: &str = "test-admin-token";
 const HOUR: i64 = 3_600_000;

@@ -20,7 +20,7 @@ use gait_store::{
 };
 use gait_wire::{APPROVAL_REQUEST_KIND, ApprovalRequestPayload};
 
-mod common;
+use crate::common;
 
 const ISSUER: &str = "https://idp.example";
 

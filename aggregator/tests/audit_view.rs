@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-mod common;
+use crate::common;
 
 const TOKEN: &str = "test-admin-token";
 

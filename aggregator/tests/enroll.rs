@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-mod common;
+use crate::common;
 
 const TOKEN: &str = "test-admin-token";
 const TOKENS: &str = "/v1/orgs/acme/projects/web/envs/prod/join-tokens";

@@ -4,7 +4,7 @@
 //! seconds (user+system, load-independent for in-process SQLite) and wall time of each, and the ratio.
 //!
 //! Ignored by default (a measurement, not a check): run it with
-//! `cargo test -p gait-aggregator --test evidence_cost -- --ignored --nocapture`.
+//! `cargo test -p gait-aggregator --test integration evidence_cost:: -- --ignored --nocapture`.
 #![allow(clippy::disallowed_methods)] // a measurement: reads the clock
 
 use std::time::Instant;

@@ -22,7 +22,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-mod common;
+use crate::common;
 
 const TOKEN: &str = "test-admin-token";
 const NOW: i64 = 1_764_000_000_000;

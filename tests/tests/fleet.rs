@@ -6,90 +6,104 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
 use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, http_json, wait_for};
-use gait_store::testing::{TestStore, postgres_fresh};
+use gait_store::testing::postgres_fresh;
 use serde_json::json;
 
-/// The database URLs to run each scenario on: SQLite (None = embedded default) and, when configured, a fresh
-/// PostgreSQL database.
-fn backends() -> Vec<(Option<TestStore>, &'static str)> {
+/// Runs a scenario as two tests, `<scenario>::sqlite` and `<scenario>::postgres` (the latter skipped without
+/// `GAIT_TEST_DATABASE_URL`), so the two backends run side by side.
+macro_rules! on_each_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn sqlite() {
+                super::on_sqlite(super::$scenario);
+            }
+
+            #[test]
+            fn postgres() {
+                super::on_postgres(super::$scenario);
+            }
+        }
+    };
+}
+
+fn on_sqlite(scenario: fn(Option<&str>) -> anyhow::Result<()>) {
+    if let Err(e) = scenario(None) {
+        panic!("[sqlite] {e:#}");
+    }
+}
+
+/// The scenario on a fresh PostgreSQL database, when one is configured.
+fn on_postgres(scenario: fn(Option<&str>) -> anyhow::Result<()>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let mut out: Vec<(Option<TestStore>, &'static str)> = vec![(None, "sqlite")];
-    match rt.block_on(postgres_fresh()) {
-        Ok(Some(db)) => out.push((Some(db), "postgres")),
-        Ok(None) => {}
+    let db = match rt.block_on(postgres_fresh()) {
+        Ok(Some(db)) => db,
+        Ok(None) => return,
         Err(e) => panic!("{e}"),
-    }
-    out
-}
-
-fn each_backend(f: impl Fn(Option<&str>, &str) -> anyhow::Result<()>) {
-    for (db, name) in backends() {
-        let url = db.as_ref().map(|d| d.url().to_owned());
-        if let Err(e) = f(url.as_deref(), name) {
-            panic!("[{name}] {e:#}");
-        }
+    };
+    if let Err(e) = scenario(Some(db.url())) {
+        panic!("[postgres] {e:#}");
     }
 }
 
-#[test]
-fn publish_reaches_three_connected_agents_which_report_the_new_version() {
-    each_backend(|db, _| {
-        let tmp = tempfile::tempdir()?;
-        let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agents = Vec::new();
-        for i in 0..3 {
-            let mut a = Agent::enroll(
-                &agg,
-                &tmp.path().join(format!("a{i}")),
-                "acme",
-                "web",
-                "prod",
-                &format!("agent-{i}"),
-            )?;
-            a.start()?;
-            agents.push(a);
-        }
-        wait_for(PATIENCE, "3 agents connected", || {
-            agg.agents("acme").ok().filter(|v| v.len() == 3)
-        })?;
-        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
-        ensure!(status == 201, "publish: {status} {body}");
-        let digest = body["digest"].as_str().context("digest")?.to_owned();
-        for a in &agents {
-            a.wait_active_epoch(1, "agent active epoch 1")
-                .with_context(|| a.log())?;
-            ensure!(
-                a.status()?["active_bundle"]["digest"] == digest.as_str(),
-                "agent digest differs"
-            );
-        }
-        // The aggregator's inventory shows what each agent applied (reported by the agents themselves).
-        wait_for(PATIENCE, "inventory shows epoch 1 everywhere", || {
-            agg.agents("acme").ok().filter(|v| {
-                v.iter().all(|a| {
-                    a["active_bundle"]["epoch"] == 1
-                        && a["active_bundle"]["digest"] == digest.as_str()
-                })
+on_each_backend!(publish_reaches_three_connected_agents_which_report_the_new_version);
+fn publish_reaches_three_connected_agents_which_report_the_new_version(
+    db: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let mut a = Agent::enroll(
+            &agg,
+            &tmp.path().join(format!("a{i}")),
+            "acme",
+            "web",
+            "prod",
+            &format!("agent-{i}"),
+        )?;
+        a.start()?;
+        agents.push(a);
+    }
+    wait_for(PATIENCE, "3 agents connected", || {
+        agg.agents("acme").ok().filter(|v| v.len() == 3)
+    })?;
+    let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
+    ensure!(status == 201, "publish: {status} {body}");
+    let digest = body["digest"].as_str().context("digest")?.to_owned();
+    for a in &agents {
+        a.wait_active_epoch(1, "agent active epoch 1")
+            .with_context(|| a.log())?;
+        ensure!(
+            a.status()?["active_bundle"]["digest"] == digest.as_str(),
+            "agent digest differs"
+        );
+    }
+    // The aggregator's inventory shows what each agent applied (reported by the agents themselves).
+    wait_for(PATIENCE, "inventory shows epoch 1 everywhere", || {
+        agg.agents("acme").ok().filter(|v| {
+            v.iter().all(|a| {
+                a["active_bundle"]["epoch"] == 1 && a["active_bundle"]["digest"] == digest.as_str()
             })
-        })?;
-        // A second publish moves everyone to epoch 2.
-        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V2)])?;
-        ensure!(
-            status == 201 && body["epoch"] == 2,
-            "publish 2: {status} {body}"
-        );
-        ensure!(
-            body["parent_digest"] == digest.as_str(),
-            "epoch 2 must chain to epoch 1: {body}"
-        );
-        for a in &agents {
-            a.wait_active_epoch(2, "agent active epoch 2")?;
-        }
-        Ok(())
-    });
+        })
+    })?;
+    // A second publish moves everyone to epoch 2.
+    let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V2)])?;
+    ensure!(
+        status == 201 && body["epoch"] == 2,
+        "publish 2: {status} {body}"
+    );
+    ensure!(
+        body["parent_digest"] == digest.as_str(),
+        "epoch 2 must chain to epoch 1: {body}"
+    );
+    for a in &agents {
+        a.wait_active_epoch(2, "agent active epoch 2")?;
+    }
+    Ok(())
 }
 
 /// A Gait intent for `tool`.
@@ -107,266 +121,265 @@ fn intent(tool: &str, n: u32) -> serde_json::Value {
     })
 }
 
-#[test]
-fn sidecar_decisions_made_while_the_aggregator_is_down_arrive_exactly_once() {
-    each_backend(|db, _| {
-        let tmp = tempfile::tempdir()?;
-        let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agent = Agent::enroll(
-            &agg,
-            &tmp.path().join("a"),
-            "acme",
-            "web",
-            "prod",
-            "sidecar-1",
+on_each_backend!(sidecar_decisions_made_while_the_aggregator_is_down_arrive_exactly_once);
+fn sidecar_decisions_made_while_the_aggregator_is_down_arrive_exactly_once(
+    db: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+    let mut agent = Agent::enroll(
+        &agg,
+        &tmp.path().join("a"),
+        "acme",
+        "web",
+        "prod",
+        "sidecar-1",
+    )?;
+    agent.start()?;
+    let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
+    ensure!(status == 201, "publish: {status} {body}");
+    agent.wait_active_epoch(1, "bundle active")?;
+    let token = agent.api_token()?;
+
+    // The aggregator goes away; the sidecar keeps deciding from its verified bundle, each answer durable.
+    agg.stop();
+    let mut answered = Vec::new();
+    for n in 0..40u32 {
+        let tool = if n % 4 == 0 {
+            "tool.write"
+        } else {
+            "tool.read"
+        };
+        let (status, answer) = http_json(
+            "POST",
+            &format!("http://{}/v1/gate/evaluate", agent.api),
+            Some(&token),
+            Some(intent(tool, n)),
         )?;
-        agent.start()?;
-        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
-        ensure!(status == 201, "publish: {status} {body}");
-        agent.wait_active_epoch(1, "bundle active")?;
-        let token = agent.api_token()?;
+        ensure!(status == 200, "evaluate while down: {status} {answer}");
+        let expected = if n % 4 == 0 { "block" } else { "allow" };
+        ensure!(answer["verdict"] == expected, "{answer}");
+        let seq = answer["record_seq"].as_u64().context("record_seq")?;
+        answered.push((
+            seq,
+            answer["intent_digest"].clone(),
+            answer["trace_id"].clone(),
+        ));
+    }
+    ensure!(
+        agent.status()?["connected"] == false,
+        "the aggregator is down"
+    );
 
-        // The aggregator goes away; the sidecar keeps deciding from its verified bundle, each answer durable.
-        agg.stop();
-        let mut answered = Vec::new();
-        for n in 0..40u32 {
-            let tool = if n % 4 == 0 {
-                "tool.write"
-            } else {
-                "tool.read"
-            };
-            let (status, answer) = http_json(
-                "POST",
-                &format!("http://{}/v1/gate/evaluate", agent.api),
-                Some(&token),
-                Some(intent(tool, n)),
-            )?;
-            ensure!(status == 200, "evaluate while down: {status} {answer}");
-            let expected = if n % 4 == 0 { "block" } else { "allow" };
-            ensure!(answer["verdict"] == expected, "{answer}");
-            let seq = answer["record_seq"].as_u64().context("record_seq")?;
-            answered.push((
-                seq,
-                answer["intent_digest"].clone(),
-                answer["trace_id"].clone(),
-            ));
-        }
-        ensure!(
-            agent.status()?["connected"] == false,
-            "the aggregator is down"
-        );
-
-        agg.restart()?;
-        let decisions = wait_for(PATIENCE * 2, "every decision committed", || {
-            let records = agg.records("acme", "web", "prod", "sidecar-1").ok()?;
-            let decisions: Vec<_> = records
-                .into_iter()
-                .filter(|r| r["kind"] == "gate.decision")
-                .collect();
-            (decisions.len() >= answered.len()).then_some(decisions)
-        })?;
-        // Exactly once: one record per answered decision, at the seq the answer named, with its digests.
-        ensure!(
-            decisions.len() == answered.len(),
-            "{} decision records for {} answers",
-            decisions.len(),
-            answered.len()
-        );
-        let seqs: BTreeSet<u64> = decisions.iter().filter_map(|r| r["seq"].as_u64()).collect();
-        ensure!(seqs.len() == decisions.len(), "duplicate seqs");
-        for (seq, digest, trace_id) in &answered {
-            let r = decisions
-                .iter()
-                .find(|r| r["seq"] == *seq)
-                .with_context(|| format!("decision at seq {seq} missing"))?;
-            ensure!(
-                r["payload"]["intent_digest"] == *digest && r["payload"]["trace_id"] == *trace_id,
-                "seq {seq}: {}",
-                r["payload"]
-            );
-        }
-        // Nothing more arrives later (no resend once acknowledged).
-        wait_for(PATIENCE, "outbox drained", || {
-            (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
-        })?;
-        let again = agg
-            .records("acme", "web", "prod", "sidecar-1")?
+    agg.restart()?;
+    let decisions = wait_for(PATIENCE * 2, "every decision committed", || {
+        let records = agg.records("acme", "web", "prod", "sidecar-1").ok()?;
+        let decisions: Vec<_> = records
             .into_iter()
             .filter(|r| r["kind"] == "gate.decision")
-            .count();
-        ensure!(again == answered.len(), "{again} decisions after the drain");
-        agent.stop();
-        agg.stop();
-        Ok(())
-    });
-}
-
-#[test]
-fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_restart() {
-    each_backend(|db, _| {
-        let tmp = tempfile::tempdir()?;
-        let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agent =
-            Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge-1")?;
-        agent.start()?;
-        let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
-        ensure!(status == 201, "publish: {status} {body}");
-        agent.wait_active_epoch(1, "bundle active")?;
-
-        agg.stop();
-        let mut sent = Vec::new();
-        for i in 0..150 {
-            let class = if i % 3 == 0 { "block" } else { "approval" };
-            let payload = json!({"i": i, "note": "written while the aggregator was down"});
-            let seq = agent
-                .append(class, "app.decision", payload.clone())?
-                .context("not shed")?;
-            sent.push((seq, payload));
-        }
-        // The agent restarts while still disconnected and keeps enforcing the cached bundle.
-        agent.stop();
-        agent.start()?;
-        ensure!(
-            agent.active_epoch() == Some(1),
-            "cached bundle must stay active across restart: {}",
-            agent.status()?
-        );
-        ensure!(agent.status()?["connected"] == false, "aggregator is down");
-        for i in 150..200 {
-            let payload = json!({"i": i, "note": "after the agent restart"});
-            let seq = agent
-                .append("block", "app.decision", payload.clone())?
-                .context("not shed")?;
-            sent.push((seq, payload));
-        }
-
-        agg.restart()?;
-        let records = wait_for(PATIENCE * 2, "all records committed", || {
-            let r = agg.records("acme", "web", "prod", "edge-1").ok()?;
-            let n = r.iter().filter(|x| x["kind"] == "app.decision").count();
-            (n >= sent.len()).then_some(r)
-        })?;
-        // Exactly once: one row per seq, and every payload we wrote is there with its seq.
-        let decisions: Vec<_> = records
-            .iter()
-            .filter(|r| r["kind"] == "app.decision")
             .collect();
+        (decisions.len() >= answered.len()).then_some(decisions)
+    })?;
+    // Exactly once: one record per answered decision, at the seq the answer named, with its digests.
+    ensure!(
+        decisions.len() == answered.len(),
+        "{} decision records for {} answers",
+        decisions.len(),
+        answered.len()
+    );
+    let seqs: BTreeSet<u64> = decisions.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    ensure!(seqs.len() == decisions.len(), "duplicate seqs");
+    for (seq, digest, trace_id) in &answered {
+        let r = decisions
+            .iter()
+            .find(|r| r["seq"] == *seq)
+            .with_context(|| format!("decision at seq {seq} missing"))?;
         ensure!(
-            decisions.len() == sent.len(),
-            "{} decision records stored, {} written",
-            decisions.len(),
-            sent.len()
+            r["payload"]["intent_digest"] == *digest && r["payload"]["trace_id"] == *trace_id,
+            "seq {seq}: {}",
+            r["payload"]
         );
-        let seqs: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
-        ensure!(seqs.len() == records.len(), "duplicate seqs stored");
-        for (seq, payload) in &sent {
-            let r = decisions
-                .iter()
-                .find(|r| r["seq"] == *seq)
-                .with_context(|| format!("seq {seq} missing"))?;
-            // What the producer sent, plus the agent's `appended_by` (who appended it).
-            let mut stored = r["payload"].clone();
-            let by = stored.as_object_mut().and_then(|p| p.remove("appended_by"));
-            ensure!(
-                stored == *payload && by.is_some_and(|b| b["transport"] == "tcp"),
-                "seq {seq} payload differs: {} vs {payload}",
-                r["payload"]
-            );
-            ensure!(
-                r["bundle_epoch"] == 1,
-                "seq {seq} must say bundle epoch 1 was in force"
-            );
-        }
-        // The hash chain is intact end to end: each record's prev_hash is the previous record's hash.
-        for w in records.windows(2) {
-            if w[1]["seq"].as_u64() == w[0]["seq"].as_u64().map(|s| s + 1) {
-                ensure!(
-                    w[1]["prev_hash"] == w[0]["hash"],
-                    "chain break at seq {}",
-                    w[1]["seq"]
-                );
-            }
-        }
-        let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/edge-1/gaps")?;
-        ensure!(
-            gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
-            "no gaps expected: {gaps}"
-        );
-        // The outbox is drained once the aggregator has acknowledged everything.
-        wait_for(PATIENCE, "outbox drained", || {
-            (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
-        })?;
-        Ok(())
-    });
+    }
+    // Nothing more arrives later (no resend once acknowledged).
+    wait_for(PATIENCE, "outbox drained", || {
+        (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
+    })?;
+    let again = agg
+        .records("acme", "web", "prod", "sidecar-1")?
+        .into_iter()
+        .filter(|r| r["kind"] == "gate.decision")
+        .count();
+    ensure!(again == answered.len(), "{again} decisions after the drain");
+    agent.stop();
+    agg.stop();
+    Ok(())
 }
 
-#[test]
-fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_nothing() {
-    each_backend(|db, _| {
-        let tmp = tempfile::tempdir()?;
-        let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut agent =
-            Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
-        agent.start()?;
-        agent.wait_connected("agent connected")?;
-        let mut expected = 0u64;
-        for round in 0..4 {
-            // Write a burst; the agent ships while we write.
-            for i in 0..400 {
-                agent
-                    .append("block", "app.decision", json!({"round": round, "i": i}))?
-                    .context("not shed")?;
-                expected += 1;
-            }
-            if round % 2 == 0 {
-                agent.kill9();
-                agent.start()?;
-            } else {
-                agg.kill9();
-                agg.restart()?;
-            }
+on_each_backend!(records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_restart);
+fn records_written_while_aggregator_is_down_arrive_exactly_once_after_agent_restart(
+    db: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+    let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "edge-1")?;
+    agent.start()?;
+    let (status, body) = agg.publish("acme", "web", "prod", &[("base.yaml", POLICY_V1)])?;
+    ensure!(status == 201, "publish: {status} {body}");
+    agent.wait_active_epoch(1, "bundle active")?;
+
+    agg.stop();
+    let mut sent = Vec::new();
+    for i in 0..150 {
+        let class = if i % 3 == 0 { "block" } else { "approval" };
+        let payload = json!({"i": i, "note": "written while the aggregator was down"});
+        let seq = agent
+            .append(class, "app.decision", payload.clone())?
+            .context("not shed")?;
+        sent.push((seq, payload));
+    }
+    // The agent restarts while still disconnected and keeps enforcing the cached bundle.
+    agent.stop();
+    agent.start()?;
+    ensure!(
+        agent.active_epoch() == Some(1),
+        "cached bundle must stay active across restart: {}",
+        agent.status()?
+    );
+    ensure!(agent.status()?["connected"] == false, "aggregator is down");
+    for i in 150..200 {
+        let payload = json!({"i": i, "note": "after the agent restart"});
+        let seq = agent
+            .append("block", "app.decision", payload.clone())?
+            .context("not shed")?;
+        sent.push((seq, payload));
+    }
+
+    agg.restart()?;
+    let records = wait_for(PATIENCE * 2, "all records committed", || {
+        let r = agg.records("acme", "web", "prod", "edge-1").ok()?;
+        let n = r.iter().filter(|x| x["kind"] == "app.decision").count();
+        (n >= sent.len()).then_some(r)
+    })?;
+    // Exactly once: one row per seq, and every payload we wrote is there with its seq.
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "app.decision")
+        .collect();
+    ensure!(
+        decisions.len() == sent.len(),
+        "{} decision records stored, {} written",
+        decisions.len(),
+        sent.len()
+    );
+    let seqs: BTreeSet<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    ensure!(seqs.len() == records.len(), "duplicate seqs stored");
+    for (seq, payload) in &sent {
+        let r = decisions
+            .iter()
+            .find(|r| r["seq"] == *seq)
+            .with_context(|| format!("seq {seq} missing"))?;
+        // What the producer sent, plus the agent's `appended_by` (who appended it).
+        let mut stored = r["payload"].clone();
+        let by = stored.as_object_mut().and_then(|p| p.remove("appended_by"));
+        ensure!(
+            stored == *payload && by.is_some_and(|b| b["transport"] == "tcp"),
+            "seq {seq} payload differs: {} vs {payload}",
+            r["payload"]
+        );
+        ensure!(
+            r["bundle_epoch"] == 1,
+            "seq {seq} must say bundle epoch 1 was in force"
+        );
+    }
+    // The hash chain is intact end to end: each record's prev_hash is the previous record's hash.
+    for w in records.windows(2) {
+        if w[1]["seq"].as_u64() == w[0]["seq"].as_u64().map(|s| s + 1) {
+            ensure!(
+                w[1]["prev_hash"] == w[0]["hash"],
+                "chain break at seq {}",
+                w[1]["seq"]
+            );
         }
-        let records = wait_for(PATIENCE * 2, "every record committed", || {
-            let r = agg.records("acme", "web", "prod", "crashy").ok()?;
-            (r.iter().filter(|x| x["kind"] == "app.decision").count() as u64 >= expected)
-                .then_some(r)
-        })
-        .with_context(|| {
-            format!(
-                "agent log:\n{}\naggregator log:\n{}",
-                agent.log(),
-                agg.log()
+    }
+    let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/edge-1/gaps")?;
+    ensure!(
+        gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
+        "no gaps expected: {gaps}"
+    );
+    // The outbox is drained once the aggregator has acknowledged everything.
+    wait_for(PATIENCE, "outbox drained", || {
+        (agent.status().ok()?["outbox"]["depth"] == 0).then_some(())
+    })?;
+    Ok(())
+}
+
+on_each_backend!(
+    kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_nothing
+);
+fn kill_9_of_agent_mid_shipping_and_of_aggregator_mid_commit_loses_and_doubles_nothing(
+    db: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+    let mut agent = Agent::enroll(&agg, &tmp.path().join("a"), "acme", "web", "prod", "crashy")?;
+    agent.start()?;
+    agent.wait_connected("agent connected")?;
+    let mut expected = 0u64;
+    for round in 0..4 {
+        // Write a burst; the agent ships while we write.
+        for i in 0..400 {
+            agent
+                .append("block", "app.decision", json!({"round": round, "i": i}))?
+                .context("not shed")?;
+            expected += 1;
+        }
+        if round % 2 == 0 {
+            agent.kill9();
+            agent.start()?;
+        } else {
+            agg.kill9();
+            agg.restart()?;
+        }
+    }
+    let records = wait_for(PATIENCE * 2, "every record committed", || {
+        let r = agg.records("acme", "web", "prod", "crashy").ok()?;
+        (r.iter().filter(|x| x["kind"] == "app.decision").count() as u64 >= expected).then_some(r)
+    })
+    .with_context(|| {
+        format!(
+            "agent log:\n{}\naggregator log:\n{}",
+            agent.log(),
+            agg.log()
+        )
+    })?;
+    let decisions: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "app.decision")
+        .collect();
+    ensure!(
+        decisions.len() as u64 == expected,
+        "stored {} decisions, wrote {expected}",
+        decisions.len()
+    );
+    let keys: BTreeSet<(u64, u64)> = decisions
+        .iter()
+        .map(|r| {
+            (
+                r["payload"]["round"].as_u64().unwrap_or(99),
+                r["payload"]["i"].as_u64().unwrap_or(9999),
             )
-        })?;
-        let decisions: Vec<_> = records
-            .iter()
-            .filter(|r| r["kind"] == "app.decision")
-            .collect();
-        ensure!(
-            decisions.len() as u64 == expected,
-            "stored {} decisions, wrote {expected}",
-            decisions.len()
-        );
-        let keys: BTreeSet<(u64, u64)> = decisions
-            .iter()
-            .map(|r| {
-                (
-                    r["payload"]["round"].as_u64().unwrap_or(99),
-                    r["payload"]["i"].as_u64().unwrap_or(9999),
-                )
-            })
-            .collect();
-        ensure!(
-            keys.len() as u64 == expected,
-            "some payloads are doubled or missing"
-        );
-        let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/crashy/gaps")?;
-        ensure!(
-            gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
-            "no gaps expected: {gaps}"
-        );
-        Ok(())
-    });
+        })
+        .collect();
+    ensure!(
+        keys.len() as u64 == expected,
+        "some payloads are doubled or missing"
+    );
+    let (_, gaps) = agg.get("/v1/orgs/acme/projects/web/envs/prod/agents/crashy/gaps")?;
+    ensure!(
+        gaps["gaps"].as_array().is_some_and(|g| g.is_empty()),
+        "no gaps expected: {gaps}"
+    );
+    Ok(())
 }
 
 /// Producers appending concurrently when the agent is killed: every append the agent answered is durable
@@ -458,69 +471,69 @@ fn kill_9_during_concurrent_appends_keeps_every_answered_record() {
     }
 }
 
-#[test]
-fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records() {
-    each_backend(|db, _| {
-        let tmp = tempfile::tempdir()?;
-        let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
-        let mut a = Agent::enroll(
-            &agg,
-            &tmp.path().join("a"),
-            "org-a",
-            "web",
-            "prod",
-            "same-id",
-        )?;
-        let mut b = Agent::enroll(
-            &agg,
-            &tmp.path().join("b"),
-            "org-b",
-            "web",
-            "prod",
-            "same-id",
-        )?;
-        a.start()?;
-        b.start()?;
-        for agent in [&a, &b] {
-            agent.wait_connected("agent connected")?;
-        }
-        let (status, body) = agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
-        ensure!(status == 201, "publish org-b: {status} {body}");
-        let b_digest = body["digest"].as_str().context("digest")?.to_owned();
-        b.wait_active_epoch(1, "org-b agent active")?;
-        // "org-a never gets org-b's bundle" is anchored on org-a's own bundle: both agents were polling when
-        // org-b published, so a leak would have reached the org-a agent before org-a's publish and shown as its
-        // active bundle (org-b's epoch 1 would make org-a's epoch 1 look stale) or as a refusal.
-        let (status, body) = agg.publish("org-a", "web", "prod", &[("a.yaml", POLICY_V1)])?;
-        ensure!(status == 201, "publish org-a: {status} {body}");
-        let a_digest = body["digest"].as_str().context("digest")?.to_owned();
-        ensure!(a_digest != b_digest, "the two tenants' bundles must differ");
-        a.wait_active_epoch(1, "org-a agent active on its own bundle")?;
-        let a_status = a.status()?;
-        ensure!(
-            a_status["active_bundle"]["digest"] == a_digest.as_str()
-                && a_status["received_bundle"]["digest"] == a_digest.as_str()
-                && a_status["last_refusal"].is_null(),
-            "org-a agent must only ever see org-a's bundle: {a_status}"
-        );
-        a.append("block", "app.decision", json!({"secret": "org-a"}))?;
-        wait_for(PATIENCE, "org-a record", || {
-            agg.records("org-a", "web", "prod", "same-id")
-                .ok()
-                .filter(|r| r.iter().any(|x| x["payload"]["secret"] == "org-a"))
-        })?;
-        let b_records = agg.records("org-b", "web", "prod", "same-id")?;
-        ensure!(
-            !b_records.iter().any(|x| x["payload"]["secret"] == "org-a"),
-            "org-a record leaked into org-b"
-        );
-        let a_list = agg.agents("org-a")?;
-        ensure!(
-            a_list.len() == 1 && a_list[0]["org"] == "org-a",
-            "org-a inventory: {a_list:?}"
-        );
-        Ok(())
-    });
+on_each_backend!(an_agent_only_ever_sees_its_own_tenants_bundles_and_records);
+fn an_agent_only_ever_sees_its_own_tenants_bundles_and_records(
+    db: Option<&str>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let agg = Aggregator::start(&tmp.path().join("agg"), db)?;
+    let mut a = Agent::enroll(
+        &agg,
+        &tmp.path().join("a"),
+        "org-a",
+        "web",
+        "prod",
+        "same-id",
+    )?;
+    let mut b = Agent::enroll(
+        &agg,
+        &tmp.path().join("b"),
+        "org-b",
+        "web",
+        "prod",
+        "same-id",
+    )?;
+    a.start()?;
+    b.start()?;
+    for agent in [&a, &b] {
+        agent.wait_connected("agent connected")?;
+    }
+    let (status, body) = agg.publish("org-b", "web", "prod", &[("b.yaml", POLICY_V2)])?;
+    ensure!(status == 201, "publish org-b: {status} {body}");
+    let b_digest = body["digest"].as_str().context("digest")?.to_owned();
+    b.wait_active_epoch(1, "org-b agent active")?;
+    // "org-a never gets org-b's bundle" is anchored on org-a's own bundle: both agents were polling when
+    // org-b published, so a leak would have reached the org-a agent before org-a's publish and shown as its
+    // active bundle (org-b's epoch 1 would make org-a's epoch 1 look stale) or as a refusal.
+    let (status, body) = agg.publish("org-a", "web", "prod", &[("a.yaml", POLICY_V1)])?;
+    ensure!(status == 201, "publish org-a: {status} {body}");
+    let a_digest = body["digest"].as_str().context("digest")?.to_owned();
+    ensure!(a_digest != b_digest, "the two tenants' bundles must differ");
+    a.wait_active_epoch(1, "org-a agent active on its own bundle")?;
+    let a_status = a.status()?;
+    ensure!(
+        a_status["active_bundle"]["digest"] == a_digest.as_str()
+            && a_status["received_bundle"]["digest"] == a_digest.as_str()
+            && a_status["last_refusal"].is_null(),
+        "org-a agent must only ever see org-a's bundle: {a_status}"
+    );
+    a.append("block", "app.decision", json!({"secret": "org-a"}))?;
+    wait_for(PATIENCE, "org-a record", || {
+        agg.records("org-a", "web", "prod", "same-id")
+            .ok()
+            .filter(|r| r.iter().any(|x| x["payload"]["secret"] == "org-a"))
+    })?;
+    let b_records = agg.records("org-b", "web", "prod", "same-id")?;
+    ensure!(
+        !b_records.iter().any(|x| x["payload"]["secret"] == "org-a"),
+        "org-a record leaked into org-b"
+    );
+    let a_list = agg.agents("org-a")?;
+    ensure!(
+        a_list.len() == 1 && a_list[0]["org"] == "org-a",
+        "org-a inventory: {a_list:?}"
+    );
+    Ok(())
 }
 
 /// The number after `field=` on the last log line that contains `what`.

@@ -1,0 +1,41 @@
+//! The end-to-end tests, one binary (each file a module: one link, and its tests run in parallel).
+//! Run one file's tests with `cargo test -p gait-e2e --test e2e <file>::`.
+
+mod access;
+mod admin_https;
+mod analysis;
+mod approvals;
+mod approvals_oidc;
+mod artifact_upload;
+mod audit;
+mod backup;
+mod bundle_epoch;
+mod bundle_export;
+mod bundle_refusal;
+mod capture;
+mod conformance;
+mod deploy;
+mod disk_full;
+mod docs;
+mod edge_publish;
+mod enroll;
+mod evidence_index;
+mod fleet;
+mod key_rotation;
+mod listing;
+mod local_api;
+mod metrics;
+mod oidc;
+mod one_identity;
+mod outbox_export;
+mod policy_registry;
+mod process;
+mod push;
+mod quarantine;
+mod rbac_matrix;
+mod replay;
+mod replicas;
+mod rollout;
+mod rollout_replicas;
+mod security;
+mod server_cert;
