@@ -1549,17 +1549,16 @@ async fn runpack_tools(
 ) -> Result<(Vec<RunpackTool>, bool), StoreError> {
     const T: &str = "runpack_calls";
     let (clause, args) = f.clause(false);
-    // The times are integers the caller computed, formatted from i64 values, never text. Every call row has its
-    // evidence row (written in the same transaction), so the join counts runpacks by their index id. A call is
-    // gated once the call merge found a decision of its environment with its arguments digest
-    // ([`crate::Store::merge_gated_calls`]).
+    // The times are integers the caller computed, formatted from i64 values, never text. Each call row carries its
+    // runpack's digest and the time index covers every column read here (migration 0028), so the read scans one
+    // index. A runpack is counted by its record (agent, seq). A call is gated once the call merge found a decision
+    // of its environment with its arguments digest ([`crate::Store::merge_gated_calls`]).
     let sql = format!(
-        "SELECT c.tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT e.id) AS runpacks, MIN(e.sha256) AS runpack, \
-         SUM(c.gated) AS gated_calls, MIN(CASE WHEN c.gated = 0 THEN e.sha256 END) AS ungated_runpack \
-         FROM (SELECT * FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms}) c \
-         JOIN evidence_index e ON e.org = c.org AND e.project = c.project AND e.env = c.env \
-         AND e.agent_id = c.agent_id AND e.seq = c.seq GROUP BY c.tool_name \
-         ORDER BY COUNT(*) DESC, c.tool_name LIMIT {}",
+        "SELECT tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT agent_id || ':' || seq) AS runpacks, \
+         MIN(runpack_sha256) AS runpack, SUM(gated) AS gated_calls, \
+         MIN(CASE WHEN gated = 0 THEN runpack_sha256 END) AS ungated_runpack \
+         FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms} \
+         GROUP BY tool_name ORDER BY COUNT(*) DESC, tool_name LIMIT {}",
         MAX_RUNPACK_TOOLS + 1
     );
     let mut found = db_run!(conn, |c| {

@@ -445,26 +445,28 @@ pub(crate) async fn insert(
     }
 
     // A runpack's tool calls, by digests (coverage reads them; migration 0025).
-    let calls: Vec<(i64, i64, &IndexedCall, i64)> = rows
+    // Each call carries its runpack's digest, so the coverage read needs no join (migration 0028).
+    let calls: Vec<(i64, i64, &IndexedCall, i64, Option<&str>)> = rows
         .iter()
         .flat_map(|(record, entry, _, _)| {
             let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+            let runpack = entry.fields.sha256.as_deref();
             entry
                 .fields
                 .runpack_calls
                 .iter()
-                .map(move |c| (seq, i64::from(c.index), c, record.created_unix_ms))
+                .map(move |c| (seq, i64::from(c.index), c, record.created_unix_ms, runpack))
         })
         .collect();
     for chunk in calls.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
             "INSERT INTO runpack_calls (org, project, env, agent_id, seq, call_index, tool_name, args_digest, \
-             result_digest, created_unix_ms) VALUES ",
+             result_digest, created_unix_ms, runpack_sha256) VALUES ",
         );
-        let mut args = Vec::with_capacity(chunk.len() * 10);
-        for (n, (seq, index, call, created)) in chunk.iter().enumerate() {
+        let mut args = Vec::with_capacity(chunk.len() * 11);
+        for (n, (seq, index, call, created, runpack)) in chunk.iter().enumerate() {
             sql.push_str(if n == 0 { "" } else { ", " });
-            push_row(&mut sql, anonymous, args.len(), 10);
+            push_row(&mut sql, anonymous, args.len(), 11);
             args.extend([
                 Arg::Text(Some(key.tenant.org.as_str())),
                 Arg::Text(Some(key.tenant.project.as_str())),
@@ -476,6 +478,7 @@ pub(crate) async fn insert(
                 Arg::Text(Some(call.args_digest.as_str())),
                 Arg::Text(call.result_digest.as_deref()),
                 Arg::Int(Some(*created)),
+                Arg::Text(*runpack),
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING");
