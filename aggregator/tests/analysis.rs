@@ -1498,7 +1498,7 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
             base,
             "run_c",
             'c',
-            &[("db.drop", '5'), ("tool.fetch", '6')],
+            &[("db.drop", '5'), ("tool.fetch", '6'), ("db.drop", '7')],
         ),
     ];
     intake
@@ -1581,8 +1581,12 @@ async fn coverage_names_the_tools_runpacks_called_without_a_gate(db: &TestStore)
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let c = a.posture(&org, Some(7), base).await?.coverage;
+    // run_c called db.drop twice: two calls, one runpack.
     ensure!(
-        c.tools_seen == 4 && c.ungated.iter().any(|t| t.tool == "db.drop"),
+        c.tools_seen == 4
+            && c.ungated
+                .iter()
+                .any(|t| (t.tool.as_str(), t.calls, t.runpacks) == ("db.drop", 2, 1)),
         "{c:?}"
     );
     // A call is gated by a decision of its own environment only: dev's decision on run_b's arguments does not

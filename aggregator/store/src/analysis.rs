@@ -368,6 +368,15 @@ async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u6
         sqlite: |_c| SQLITE_KEY_OF,
         postgres: |_c| PG_KEY_OF,
     );
+    // PostgreSQL plans the marking statements from the set's statistics, which a merge's own insert leaves stale
+    // (autovacuum cannot see it before the commit): the bench's first merge of 1,000,000 digests was planned as if
+    // the set were nearly empty, a nested loop comparing each call with every entry of its environment, and had
+    // run for 20 minutes when it was stopped. ANALYZE in the same transaction samples the rows just inserted (a
+    // WARNING, not an error, if the role may not). SQLite's plan uses the primary key without statistics.
+    let analyze = db_run!(conn,
+        sqlite: |_c| None,
+        postgres: |_c| Some("ANALYZE gated_args"),
+    );
     let (digests, calls) = db_run!(conn, |c| {
         let digests = sqlx::query(digests_sql)
             .bind(after)
@@ -376,6 +385,12 @@ async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u6
             .await
             .map_err(db("merge_gated_calls: digests"))?
             .rows_affected();
+        if let Some(sql) = analyze.filter(|_| digests > 0) {
+            sqlx::query(sql)
+                .execute(&mut *c)
+                .await
+                .map_err(db("merge_gated_calls: analyze"))?;
+        }
         let mut calls = 0;
         for (sql, op) in [
             (new_calls_sql, "merge_gated_calls: new calls"),
@@ -1551,10 +1566,11 @@ async fn runpack_tools(
     let (clause, args) = f.clause(false);
     // The times are integers the caller computed, formatted from i64 values, never text. Each call row carries its
     // runpack's digest and the time index covers every column read here (migration 0028), so the read scans one
-    // index. A runpack is counted by its record (agent, seq). A call is gated once the call merge found a decision
-    // of its environment with its arguments digest ([`crate::Store::merge_gated_calls`]).
+    // index. A runpack (a record) that called a tool has exactly one call of it flagged `first_of_tool`. A call is
+    // gated once the call merge found a decision of its environment with its arguments digest
+    // ([`crate::Store::merge_gated_calls`]).
     let sql = format!(
-        "SELECT tool_name AS tool, COUNT(*) AS calls, COUNT(DISTINCT agent_id || ':' || seq) AS runpacks, \
+        "SELECT tool_name AS tool, COUNT(*) AS calls, SUM(first_of_tool) AS runpacks, \
          MIN(runpack_sha256) AS runpack, SUM(gated) AS gated_calls, \
          MIN(CASE WHEN gated = 0 THEN runpack_sha256 END) AS ungated_runpack \
          FROM runpack_calls{clause} AND created_unix_ms >= {from_ms} AND created_unix_ms < {to_ms} \

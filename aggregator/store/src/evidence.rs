@@ -12,6 +12,8 @@
 //! read. The filter is built from fixed SQL fragments with numbered parameters; no value is ever spliced into
 //! the SQL text.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
@@ -444,41 +446,56 @@ pub(crate) async fn insert(
         execute(conn.reborrow(), &sql, &args, "commit_batch: index run ids").await?;
     }
 
-    // A runpack's tool calls, by digests (coverage reads them; migration 0025).
-    // Each call carries its runpack's digest, so the coverage read needs no join (migration 0028).
-    let calls: Vec<(i64, i64, &IndexedCall, i64, Option<&str>)> = rows
-        .iter()
-        .flat_map(|(record, entry, _, _)| {
-            let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
-            let runpack = entry.fields.sha256.as_deref();
-            entry
-                .fields
-                .runpack_calls
-                .iter()
-                .map(move |c| (seq, i64::from(c.index), c, record.created_unix_ms, runpack))
-        })
-        .collect();
+    // A runpack's tool calls, by digests (coverage reads them; migration 0025). Each call carries its runpack's
+    // digest, and whether it is the first call of its tool in the runpack, so the coverage read counts runpacks per
+    // tool with a sum and needs no join (migration 0028).
+    let mut calls: Vec<CallRow<'_>> = Vec::new();
+    for (record, entry, _, _) in rows {
+        let list = &entry.fields.runpack_calls;
+        if list.is_empty() {
+            continue;
+        }
+        let mut first: HashMap<&str, u32> = HashMap::new();
+        for c in list {
+            first
+                .entry(c.tool_name.as_str())
+                .and_modify(|i| *i = (*i).min(c.index))
+                .or_insert(c.index);
+        }
+        let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+        for c in list {
+            calls.push(CallRow {
+                seq,
+                call: c,
+                created: record.created_unix_ms,
+                runpack: entry.fields.sha256.as_deref(),
+                first_of_tool: first.get(c.tool_name.as_str()) == Some(&c.index),
+            });
+        }
+    }
     for chunk in calls.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
             "INSERT INTO runpack_calls (org, project, env, agent_id, seq, call_index, tool_name, args_digest, \
-             result_digest, created_unix_ms, runpack_sha256) VALUES ",
+             result_digest, created_unix_ms, runpack_sha256, first_of_tool) VALUES ",
         );
-        let mut args = Vec::with_capacity(chunk.len() * 11);
-        for (n, (seq, index, call, created, runpack)) in chunk.iter().enumerate() {
+        let mut args = Vec::with_capacity(chunk.len() * 12);
+        for (n, row) in chunk.iter().enumerate() {
+            let call = row.call;
             sql.push_str(if n == 0 { "" } else { ", " });
-            push_row(&mut sql, anonymous, args.len(), 11);
+            push_row(&mut sql, anonymous, args.len(), 12);
             args.extend([
                 Arg::Text(Some(key.tenant.org.as_str())),
                 Arg::Text(Some(key.tenant.project.as_str())),
                 Arg::Text(Some(key.tenant.env.as_str())),
                 Arg::Text(Some(key.agent_id.as_str())),
-                Arg::Int(Some(*seq)),
-                Arg::Int(Some(*index)),
+                Arg::Int(Some(row.seq)),
+                Arg::Int(Some(i64::from(call.index))),
                 Arg::Text(Some(call.tool_name.as_str())),
                 Arg::Text(Some(call.args_digest.as_str())),
                 Arg::Text(call.result_digest.as_deref()),
-                Arg::Int(Some(*created)),
-                Arg::Text(*runpack),
+                Arg::Int(Some(row.created)),
+                Arg::Text(row.runpack),
+                Arg::Int(Some(i64::from(row.first_of_tool))),
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING");
@@ -491,6 +508,17 @@ pub(crate) async fn insert(
         .await?;
     }
     Ok(written)
+}
+
+/// One `runpack_calls` row of a batch being committed.
+struct CallRow<'a> {
+    seq: i64,
+    call: &'a IndexedCall,
+    created: i64,
+    /// The runpack's digest.
+    runpack: Option<&'a str>,
+    /// The lowest-indexed call of its tool in the runpack.
+    first_of_tool: bool,
 }
 
 /// A list column as stored: a JSON array, or NULL when empty.
