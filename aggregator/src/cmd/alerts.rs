@@ -6,24 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use gait_aggregator::config::Config;
-use gait_identity::{Env, Org, Project};
 
+use super::analysis::EnvArgs;
+use super::call;
 use super::table::{Align, Table};
-use super::{ApiArgs, call};
 
 #[derive(Args, Debug)]
 pub struct AlertsArgs {
+    /// The environment whose alerts to list.
     #[command(flatten)]
-    pub api: ApiArgs,
-    /// Organisation of the environment.
-    #[arg(long)]
-    pub org: Org,
-    /// Project of the environment.
-    #[arg(long)]
-    pub project: Project,
-    /// Environment whose alerts to list.
-    #[arg(long)]
-    pub env: Env,
+    pub target: EnvArgs,
     /// Most alerts to list, 1..=1000.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub limit: u16,
@@ -33,14 +25,11 @@ pub struct AlertsArgs {
 }
 
 pub async fn alerts(args: AlertsArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let api = args.api.resolve(config)?;
-    let base = format!(
-        "{}/v1/orgs/{}/projects/{}/envs/{}/alerts",
-        api.server, args.org, args.project, args.env
-    );
-    let url = reqwest::Url::parse_with_params(&base, [("limit", args.limit.to_string())])
-        .with_context(|| format!("--server `{}` is not a URL", api.server))?
-        .to_string();
+    let api = args.target.api.resolve(config)?;
+    let url = args
+        .target
+        .url(&api.server, "alerts", &[format!("limit={}", args.limit)]);
+    reqwest::Url::parse(&url).with_context(|| format!("--server `{}` is not a URL", api.server))?;
     let (status, answer) = call(&api, reqwest::Method::GET, &url, None).await?;
     if !status.is_success() {
         return Ok(super::refused(status, &answer));

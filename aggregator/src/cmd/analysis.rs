@@ -47,7 +47,7 @@ pub struct EnvArgs {
 
 impl EnvArgs {
     /// The URL of `leaf` under the environment on `server`, with `query`.
-    fn url(&self, server: &str, leaf: &str, query: &[String]) -> String {
+    pub(super) fn url(&self, server: &str, leaf: &str, query: &[String]) -> String {
         let path = format!("projects/{}/envs/{}/{leaf}", self.project, self.env);
         url(server, &self.org, &path, query)
     }
