@@ -86,12 +86,9 @@ fn json_of(agg: &Aggregator, args: &[&str]) -> anyhow::Result<Value> {
 
 #[test]
 fn families_posture_and_the_change_gate_from_real_agents() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    let postgres = crate::support::fresh_postgres()?;
     scenario(None).context("sqlite")?;
-    if let Some(db) = &postgres {
+    if let Some((_rt, db)) = &postgres {
         scenario(Some(db.url())).context("postgres")?;
     }
     Ok(())

@@ -60,12 +60,9 @@ fn conformance(agg: &Aggregator) -> anyhow::Result<(Option<i32>, Value)> {
 #[test]
 fn an_env_pinned_below_the_baseline_is_named_with_its_remedy_and_conforms_once_its_agents_activate_v2()
 -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    let postgres = crate::support::fresh_postgres()?;
     scenario(None).context("sqlite")?;
-    if let Some(db) = &postgres {
+    if let Some((_rt, db)) = &postgres {
         scenario(Some(db.url())).context("postgres")?;
     }
     Ok(())

@@ -504,11 +504,8 @@ mod retiring_the_old_ca_waits_for_its_agents_then_refuses_their_certificates {
 
     #[test]
     fn postgres() -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        match rt.block_on(gait_store::testing::postgres_fresh())? {
-            Some(db) => super::retire_on(Some(db.url())).context("postgres"),
+        match crate::support::fresh_postgres()? {
+            Some((_rt, db)) => super::retire_on(Some(db.url())).context("postgres"),
             None => Ok(()),
         }
     }

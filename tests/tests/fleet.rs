@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
 use gait_e2e::{Agent, Aggregator, PATIENCE, POLICY_V1, POLICY_V2, http_json, wait_for};
-use gait_store::testing::postgres_fresh;
 use serde_json::json;
+
+use crate::support::fresh_postgres;
 
 /// Runs a scenario as two tests, `<scenario>::sqlite` and `<scenario>::postgres` (the latter skipped without
 /// `GAIT_TEST_DATABASE_URL`), so the two backends run side by side.
@@ -35,12 +36,8 @@ fn on_sqlite(scenario: fn(Option<&str>) -> anyhow::Result<()>) {
 
 /// The scenario on a fresh PostgreSQL database, when one is configured.
 fn on_postgres(scenario: fn(Option<&str>) -> anyhow::Result<()>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let db = match rt.block_on(postgres_fresh()) {
-        Ok(Some(db)) => db,
+    let (_rt, db) = match fresh_postgres() {
+        Ok(Some(found)) => found,
         Ok(None) => return,
         Err(e) => panic!("{e}"),
     };

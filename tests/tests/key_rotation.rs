@@ -85,12 +85,9 @@ fn refused_with(agent: &Agent, file: &Path, code: &str) -> anyhow::Result<()> {
 /// SQLite and, with `GAIT_TEST_DATABASE_URL` set (as `scripts/test.sh` does), a fresh PostgreSQL database.
 #[test]
 fn an_agent_walks_two_rotations_in_one_bundle_and_refuses_a_revoked_key() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let postgres = rt.block_on(gait_store::testing::postgres_fresh())?;
+    let postgres = crate::support::fresh_postgres()?;
     rotate_and_revoke(None).context("sqlite")?;
-    if let Some(db) = &postgres {
+    if let Some((_rt, db)) = &postgres {
         rotate_and_revoke(Some(db.url())).context("postgres")?;
     }
     Ok(())

@@ -39,3 +39,4 @@ mod rollout;
 mod rollout_replicas;
 mod security;
 mod server_cert;
+mod support;

@@ -17,16 +17,13 @@ const BY_NOTIFICATION: Duration = Duration::from_secs(10);
 /// `GAIT_TEST_DATABASE_URL` is unset.
 fn fresh_postgres()
 -> anyhow::Result<Option<(tokio::runtime::Runtime, gait_store::testing::TestStore)>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let db = rt.block_on(gait_store::testing::postgres_fresh())?;
-    if db.is_none() {
+    let found = crate::support::fresh_postgres()?;
+    if found.is_none() {
         eprintln!(
             "GAIT_TEST_DATABASE_URL is not set: the two-replica test needs PostgreSQL; skipped"
         );
     }
-    Ok(db.map(|db| (rt, db)))
+    Ok(found)
 }
 
 #[test]

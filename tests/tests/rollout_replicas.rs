@@ -35,10 +35,7 @@ fn controller_events(agg: &Aggregator, id: &str) -> anyhow::Result<Vec<(String, 
 
 #[test]
 fn one_replica_drives_a_rollout_and_the_other_takes_over_when_it_dies() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let Some(db) = rt.block_on(gait_store::testing::postgres_fresh())? else {
+    let Some((_rt, db)) = crate::support::fresh_postgres()? else {
         eprintln!(
             "GAIT_TEST_DATABASE_URL is not set: the two-replica rollout test needs PostgreSQL; skipped"
         );
