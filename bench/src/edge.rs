@@ -67,6 +67,11 @@ pub struct DecideArgs {
     /// ships every record to it (the agent's shipping CPU stays in the measurement).
     #[arg(long)]
     pub aggregator_idle: bool,
+    /// Open loop: stop the aggregator (`SIGSTOP`) for each timed step, once the agent's outbox has drained, and
+    /// resume it after: the agent decides and records durably with nothing upstream answering (as while the
+    /// aggregator is down or unreachable), so no record is shipped during the step.
+    #[arg(long, conflicts_with = "aggregator_idle")]
+    pub aggregator_paused: bool,
     /// The rule carries a `rate_limit` (never reached: every decision is counted and allowed).
     #[arg(long)]
     pub rate_limited: bool,
@@ -441,11 +446,11 @@ async fn measure_decide(
 }
 
 /// One open-loop run's measurements.
-struct OpenLoop {
+pub(crate) struct OpenLoop {
     target_rate: f64,
     sent: usize,
-    errors: usize,
-    first_error: Option<String>,
+    pub(crate) errors: usize,
+    pub(crate) first_error: Option<String>,
     achieved_rate: f64,
     /// Latency from the scheduled send time to the full answer, sorted.
     latencies: Vec<Duration>,
@@ -480,7 +485,7 @@ impl OpenLoop {
             && self.p(0.99) <= target_ms
     }
 
-    fn json(&self, stage: &str, rate_limited: bool, connections: usize) -> Value {
+    pub(crate) fn json(&self, stage: &str, rate_limited: bool, connections: usize) -> Value {
         json!({
             "bench": "decide-open-loop",
             "transport": "unix-socket",
@@ -529,7 +534,7 @@ impl OpenLoop {
         })
     }
 
-    fn human(&self, stage: &str, rate_limited: bool) -> String {
+    pub(crate) fn human(&self, stage: &str, rate_limited: bool) -> String {
         format!(
             "decide open-loop ({stage}{}): {:.0}/s scheduled, {:.0}/s achieved, {} sent, {} errors; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (client send lateness p99 {:.3} ms)",
             if rate_limited {
@@ -634,7 +639,7 @@ fn socket_request() -> anyhow::Result<Vec<u8>> {
 
 /// Sends `count` decisions scheduled at `rate` per second over `connections` connections (one thread each).
 /// Blocking.
-fn run_open_loop(
+pub(crate) fn run_open_loop(
     socket: &std::path::Path,
     rate: f64,
     count: usize,
@@ -828,8 +833,15 @@ async fn open_loop_step(
     let connections = args.connections;
     let (threads0, agg0) = (common::thread_cpu(agent.pid)?, agg.cpu_seconds()?);
     let commits0 = commit_totals(agent).await?;
-    let run = tokio::task::spawn_blocking(move || run_open_loop(&socket, rate, count, connections))
-        .await??;
+    if args.aggregator_paused {
+        signal(agg.pid, "STOP").await?;
+    }
+    let run =
+        tokio::task::spawn_blocking(move || run_open_loop(&socket, rate, count, connections)).await;
+    if args.aggregator_paused {
+        signal(agg.pid, "CONT").await?;
+    }
+    let run = run??;
     let commits = commit_totals(agent).await?.since(&commits0);
     // Where the agent's CPU went (per thread name, microseconds per decision) and what the aggregator, on
     // the same machine, spent meanwhile ingesting the records.
@@ -846,9 +858,22 @@ async fn open_loop_step(
         json!(per_decision(by_thread.iter().map(|(_, s)| s).sum()));
     summary["aggregator_cpu_s"] = json!(round(agg_cpu, 2));
     summary["aggregator_idle"] = json!(args.aggregator_idle);
+    summary["aggregator_paused"] = json!(args.aggregator_paused);
     summary["outbox_commits"] = commits.json();
     common::emit(&summary, &run.human(stage, args.rate_limited));
     Ok(run)
+}
+
+/// `kill -<name> <pid>`.
+async fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .await
+        .with_context(|| format!("run kill -{name} {pid}"))?;
+    ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
 }
 
 /// Decisions of one open-loop run: `--duration` at the rate, else `--decisions`.

@@ -30,6 +30,7 @@ mod auth;
 mod common;
 mod edge;
 mod fleet;
+mod floor;
 mod footprint;
 mod idle;
 mod ingest;
@@ -89,6 +90,12 @@ enum Command {
     /// Fleet analytics over 1,000,000 decision records: ingest against upkeep on the same rows, then the
     /// top-families and posture queries (p50/p99), on SQLite or PostgreSQL (--database-url).
     Analysis(analysis::Args),
+    /// The floor under `decide --rate` on this machine: the same open-loop client against a null responder (a
+    /// child process that answers every request at once with canned bytes), p50/p99 per rate.
+    DecideFloor(floor::Args),
+    /// The null responder of `decide-floor` (internal).
+    #[command(hide = true)]
+    NullResponder(floor::ResponderArgs),
     /// One attack process of `http-flood` (internal).
     #[command(hide = true)]
     FloodWorker(edge::FloodWorkerArgs),
@@ -131,6 +138,8 @@ fn main() -> ExitCode {
             Command::Idle(a) => idle::run(a).await,
             Command::AgentFootprint(a) => footprint::run(a).await,
             Command::Decide(a) => edge::decide(a).await,
+            Command::DecideFloor(a) => floor::run(a).await,
+            Command::NullResponder(a) => floor::responder(a),
             Command::HttpFlood(a) => edge::flood(a).await,
             Command::FloodWorker(a) => edge::flood_worker(a).await,
             Command::Auth(a) => auth::run(a).await,
