@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gait_aggregator::analysis::feed::Feed;
 use gait_aggregator::analysis::upkeep::{
-    CALLS_JOB, MERGE_ROWS, catch_up, catch_up_fed, fold_up, merge_calls, unmerged,
+    CALLS_JOB, MERGE_ROWS, catch_up, catch_up_fed, fold_up, merge_calls_with, unmerged,
 };
 use gait_aggregator::analysis::{AnalysisError, Analytics, csv_families};
 use gait_aggregator::api::router;
@@ -24,7 +24,7 @@ use gait_aggregator::registry::{BundleDefaults, Registry};
 use gait_canon::sign::SigningKey;
 use gait_store::testing::TestStore;
 use gait_store::{
-    AgentHello, AgentKey, AnalysisFilter, ApprovalState, BindingScope, BindingSource,
+    AgentHello, AgentKey, AnalysisFilter, ApprovalState, BindingScope, BindingSource, CallMarking,
     NewApprovalRequest, NewRecord, RoleBinding, Store, SubjectKind, Tenant,
 };
 use http_body_util::BodyExt as _;
@@ -370,6 +370,7 @@ gait_store::store_tests!(
     merged_families_count_shared_agents_once_follow_chains_and_stay_in_scope,
     coverage_names_the_tools_runpacks_called_without_a_gate,
     the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold,
+    both_ways_of_marking_calls_gate_the_same_calls,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
     the_feed_folds_exactly_what_reading_the_range_back_folds,
     verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothing,
@@ -1621,6 +1622,23 @@ async fn call_coverage(store: &gait_store::Store, at: i64) -> Result<(u64, u64)>
 async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold(
     db: &TestStore,
 ) -> Result<()> {
+    call_merge_scenario(db, CallMarking::Cheaper).await
+}
+
+/// The same merges find the same calls whether they are driven by the range or by the calls still ungated.
+async fn both_ways_of_marking_calls_gate_the_same_calls(db: &TestStore) -> Result<()> {
+    call_merge_scenario(db, CallMarking::ByRange).await?;
+    // A second database of the same backend for the other way (the scenario's records would collide).
+    let other = match db.backend() {
+        "postgres" => gait_store::testing::postgres_fresh()
+            .await?
+            .context("a PostgreSQL test ran without a server")?,
+        _ => gait_store::testing::sqlite_temp().await?,
+    };
+    call_merge_scenario(&other, CallMarking::Ungated).await
+}
+
+async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()> {
     let store = db.store();
     let base = now();
     let intake = Intake::new(store.clone());
@@ -1654,7 +1672,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     )];
     intake.commit_batch(&web, &second, &[], &[], base).await?;
     let (merged, folded) = unmerged(store).await?;
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!(
         m.cursor == folded && m.calls == 0 && folded > merged,
         "{m:?}"
@@ -1663,7 +1681,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     // Folded but not merged: call coverage lags the fold until the merge.
     fold_up(store, None, SETTLED).await?;
     ensure!(call_coverage(store, base).await? == (2, 0));
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (2, 1));
     // Fetch's decision is merged first and its runpack call arrives after: gated at the next merge all the same.
@@ -1686,7 +1704,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     ];
     intake.commit_batch(&web, &third, &[], &[], base).await?;
     fold_up(store, None, SETTLED).await?;
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     let fourth = [runpack_record(
         5,
@@ -1699,7 +1717,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     intake.commit_batch(&web, &fourth, &[], &[], base).await?;
     fold_up(store, None, SETTLED).await?;
     ensure!(call_coverage(store, base).await? == (4, 2));
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!((m.digests, m.calls) == (0, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 3));
     // Gait's args_digest covers the arguments only: a decision on another tool with summarize's arguments ('3')
@@ -1728,7 +1746,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
         .commit_batch(&billing, &elsewhere, &[], &[], base)
         .await?;
     fold_up(store, None, SETTLED).await?;
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!((m.digests, m.calls) == (2, 0), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 3));
     // Summarize's own decision in web gates the call of the earlier runpack.
@@ -1741,14 +1759,14 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
     )];
     intake.commit_batch(&web, &sixth, &[], &[], base).await?;
     fold_up(store, None, SETTLED).await?;
-    let m = merge_calls(store, MERGE_ROWS, base).await?;
+    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 4));
     // The cursor fences a merge: one from a stale position changes nothing.
     let (merged, _) = unmerged(store).await?;
     ensure!(
         store
-            .merge_gated_calls(CALLS_JOB, 0, merged, base)
+            .merge_gated_calls(CALLS_JOB, 0, merged, marking, base)
             .await?
             .is_none()
     );

@@ -36,8 +36,8 @@ use std::time::Duration;
 use gait_analysis::family::{IncidentFeatures, IncidentKind, fingerprint};
 use gait_runtime::Tasks;
 use gait_store::{
-    EvidenceClass, FamilyDef, FamilySample, IndexFields, LeaderLease, RangesApplied, Store,
-    StoreError,
+    CallMarking, EvidenceClass, FamilyDef, FamilySample, IndexFields, LeaderLease, RangesApplied,
+    Store, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -286,8 +286,19 @@ pub async fn unmerged(store: &Store) -> Result<(u64, u64), StoreError> {
 }
 
 /// Merges the (arguments digest, tool) of the decisions the fold has passed (at most `max_ids` ids of them; the
-/// job takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match.
+/// job takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match,
+/// finding them the cheaper way ([`CallMarking::Cheaper`]).
 pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Merge, StoreError> {
+    merge_calls_with(store, max_ids, CallMarking::Cheaper, now_ms).await
+}
+
+/// [`merge_calls`] finding the calls to mark as `marking` says (tests hold both ways to the same result).
+pub async fn merge_calls_with(
+    store: &Store,
+    max_ids: u64,
+    marking: CallMarking,
+    now_ms: i64,
+) -> Result<Merge, StoreError> {
     let (from, folded) = unmerged(store).await?;
     let to = folded.min(from.saturating_add(max_ids));
     if to <= from {
@@ -297,7 +308,10 @@ pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Mer
         });
     }
     Ok(
-        match store.merge_gated_calls(CALLS_JOB, from, to, now_ms).await? {
+        match store
+            .merge_gated_calls(CALLS_JOB, from, to, marking, now_ms)
+            .await?
+        {
             Some((digests, calls)) => Merge {
                 cursor: to,
                 digests,

@@ -303,11 +303,36 @@ async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, S
     to_u64("evidence_index", "count", n)
 }
 
+/// How a call merge finds the runpack calls its new set entries gate. Both leave the same calls gated once every
+/// range is merged; they differ in what they read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMarking {
+    /// The cheaper of the two for the merge at hand: [`CallMarking::Ungated`] while the calls still ungated are
+    /// at most a quarter of the range's rows (counted no further than that), else [`CallMarking::ByRange`].
+    Cheaper,
+    /// Driven by the range: the calls of the runpacks indexed in it against the whole set, and the ungated calls
+    /// of earlier runpacks against the range's decisions. Two passes over the range's rows, however few calls
+    /// wait: the work follows the range.
+    ByRange,
+    /// Driven by the calls still ungated: each probes the set by its key. The work follows the number of
+    /// ungated calls, not the range; a call indexed past the range is gated by this merge if the set already
+    /// holds its key (its own range's merge, against the same set or a larger one, would gate it too).
+    Ungated,
+}
+
+/// [`CallMarking::Cheaper`] takes [`CallMarking::Ungated`] while the ungated calls are at most the range's rows
+/// divided by this.
+const UNGATED_PER_RANGE_ROW: u64 = 4;
+
 /// Copies the (arguments digest, tool) of the decisions of `(after, to]` into `gated_args` (sorted, so a large
 /// range fills the set's B-tree page by page instead of one random page per decision), then marks gated the
-/// runpack calls that now match: those of the runpacks in the range against the whole set, and the ungated ones
-/// of earlier runpacks against the range's decisions. Answers the set entries added and the calls marked.
-async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u64), StoreError> {
+/// runpack calls that now match, as `marking` says. Answers the set entries added and the calls marked.
+async fn merge_calls(
+    mut conn: Conn<'_>,
+    after: u64,
+    to: u64,
+    marking: CallMarking,
+) -> Result<(u64, u64), StoreError> {
     // Only decision rows carry a digest (64 lowercase hex, checked at ingest); the set keeps its first 16 bytes.
     // Sorted by the key alone: the scope only decides which part of the set a row lands in. `ON CONFLICT`
     // follows `ORDER BY`, so SQLite cannot read it as a join's.
@@ -355,16 +380,37 @@ async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u6
          WHERE d.id > $1 AND d.id <= $2 AND d.args_digest IS NOT NULL AND c.tool_name = d.tool_name) m ",
         call_is_m!()
     );
-    const SQLITE_KEY_OF: (&str, &str) = (
+    // Every call still ungated, against the whole set (through `runpack_calls_ungated`, which holds exactly them).
+    macro_rules! ungated_calls {
+        ($key:literal) => {
+            concat!(
+                "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND EXISTS (SELECT 1 FROM gated_args g \
+                 WHERE g.org = runpack_calls.org AND g.project = runpack_calls.project \
+                 AND g.env = runpack_calls.env AND g.tool_name = runpack_calls.tool_name AND g.args_key = ",
+                $key,
+                ")"
+            )
+        };
+    }
+    // Counts the ungated calls, but no further than $1.
+    const UNGATED_UP_TO: &str =
+        "SELECT COUNT(*) FROM (SELECT 1 FROM runpack_calls WHERE gated = 0 LIMIT $1) u";
+    const SQLITE_KEY_OF: (&str, &str, &str) = (
         digests!("unhex(substr(args_digest, 1, 32))"),
         new_calls!("unhex(substr(c.args_digest, 1, 32))"),
+        ungated_calls!("unhex(substr(runpack_calls.args_digest, 1, 32))"),
     );
-    const PG_KEY_OF: (&str, &str) = (
+    const PG_KEY_OF: (&str, &str, &str) = (
         digests!("decode(substr(args_digest, 1, 32), 'hex')"),
         new_calls!("decode(substr(c.args_digest, 1, 32), 'hex')"),
+        ungated_calls!("decode(substr(runpack_calls.args_digest, 1, 32), 'hex')"),
     );
+    let limit = to_i64(
+        "ungated_limit",
+        to.saturating_sub(after) / UNGATED_PER_RANGE_ROW,
+    )?;
     let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
-    let (digests_sql, new_calls_sql) = db_run!(conn,
+    let (digests_sql, new_calls_sql, ungated_sql) = db_run!(conn,
         sqlite: |_c| SQLITE_KEY_OF,
         postgres: |_c| PG_KEY_OF,
     );
@@ -377,7 +423,10 @@ async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u6
         sqlite: |_c| None,
         postgres: |_c| Some("ANALYZE gated_args"),
     );
+    // What each statement took, for the debug event at the end (`GAIT_LOG=gait_store=debug`).
+    let mut steps: Vec<(&str, u128)> = Vec::with_capacity(4);
     let (digests, calls) = db_run!(conn, |c| {
+        let lap = std::time::Instant::now();
         let digests = sqlx::query(digests_sql)
             .bind(after)
             .bind(to)
@@ -385,27 +434,68 @@ async fn merge_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<(u64, u6
             .await
             .map_err(db("merge_gated_calls: digests"))?
             .rows_affected();
+        steps.push(("digests", lap.elapsed().as_micros()));
         if let Some(sql) = analyze.filter(|_| digests > 0) {
+            let lap = std::time::Instant::now();
             sqlx::query(sql)
                 .execute(&mut *c)
                 .await
                 .map_err(db("merge_gated_calls: analyze"))?;
+            steps.push(("analyze", lap.elapsed().as_micros()));
         }
+        let by_ungated = match marking {
+            CallMarking::ByRange => false,
+            CallMarking::Ungated => true,
+            CallMarking::Cheaper => {
+                let lap = std::time::Instant::now();
+                let ungated: i64 = sqlx::query_scalar(UNGATED_UP_TO)
+                    .bind(limit.saturating_add(1))
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(db("merge_gated_calls: count ungated"))?;
+                steps.push(("count ungated", lap.elapsed().as_micros()));
+                ungated <= limit
+            }
+        };
         let mut calls = 0;
-        for (sql, op) in [
-            (new_calls_sql, "merge_gated_calls: new calls"),
-            (OLD_CALLS, "merge_gated_calls: earlier calls"),
-        ] {
-            calls += sqlx::query(sql)
-                .bind(after)
-                .bind(to)
+        if by_ungated {
+            let lap = std::time::Instant::now();
+            calls = sqlx::query(ungated_sql)
                 .execute(&mut *c)
                 .await
-                .map_err(db(op))?
+                .map_err(db("merge_gated_calls: ungated calls"))?
                 .rows_affected();
+            steps.push(("ungated calls", lap.elapsed().as_micros()));
+        } else {
+            for (sql, op, step) in [
+                (new_calls_sql, "merge_gated_calls: new calls", "new calls"),
+                (
+                    OLD_CALLS,
+                    "merge_gated_calls: earlier calls",
+                    "earlier calls",
+                ),
+            ] {
+                let lap = std::time::Instant::now();
+                calls += sqlx::query(sql)
+                    .bind(after)
+                    .bind(to)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db(op))?
+                    .rows_affected();
+                steps.push((step, lap.elapsed().as_micros()));
+            }
         }
         (digests, calls)
     });
+    tracing::debug!(
+        from_id = after,
+        to_id = to,
+        digests,
+        calls,
+        steps_us = ?steps,
+        "analysis: merged a range's calls"
+    );
     Ok((digests, calls))
 }
 
@@ -1801,12 +1891,14 @@ impl crate::Store {
     /// decisions of `(from_id, to_id]` into their environments' sets of gated calls, then marks gated every
     /// runpack call those now match, in one transaction (call-level coverage, migration 0027). `to_id` must be a
     /// range the fold has passed, so no id below it can still appear. Answers `None` (and nothing changed) when
-    /// the cursor was not at `from_id`, else the set entries added and the calls newly gated.
+    /// the cursor was not at `from_id`, else the set entries added and the calls newly gated. `marking` chooses
+    /// how the calls are found ([`CallMarking::Cheaper`] outside tests).
     pub async fn merge_gated_calls(
         &self,
         name: &str,
         from_id: u64,
         to_id: u64,
+        marking: CallMarking,
         now_ms: i64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
         let mut tx = self.begin_named("merge_gated_calls").await?;
@@ -1814,7 +1906,7 @@ impl crate::Store {
             tx.rollback("merge_gated_calls").await?;
             return Ok(None);
         }
-        let merged = merge_calls(tx.conn(), from_id, to_id).await?;
+        let merged = merge_calls(tx.conn(), from_id, to_id, marking).await?;
         tx.commit("merge_gated_calls").await?;
         Ok(Some(merged))
     }

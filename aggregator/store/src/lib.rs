@@ -57,10 +57,10 @@ pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
 pub use analysis::{
-    AgentRange, AnalysisFilter, ApprovalTiming, EnvFreshness, FamilyDef, FamilyMerge, FamilySample,
-    FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS,
-    MAX_REPRESENTATIVES, NO_POLICY, PolicyCount, PostureCount, RangesApplied, RegressCount,
-    RunpackTool,
+    AgentRange, AnalysisFilter, ApprovalTiming, CallMarking, EnvFreshness, FamilyDef, FamilyMerge,
+    FamilySample, FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS,
+    MAX_POSTURE_ROWS, MAX_REPRESENTATIVES, NO_POLICY, PolicyCount, PostureCount, RangesApplied,
+    RegressCount, RunpackTool,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,
