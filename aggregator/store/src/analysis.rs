@@ -22,8 +22,6 @@
 //! sees that project's occurrences, agents and representatives and nothing of the other. Listings have hard
 //! caps ([`MAX_FAMILY_SCOPE_ROWS`], [`MAX_POSTURE_ROWS`]): a read past one is refused with what to narrow.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
@@ -717,6 +715,11 @@ const RANGE_COLUMNS: &str = range_columns!("LOWER(reason_codes)");
 /// [`RANGE_COLUMNS`] on PostgreSQL.
 const RANGE_COLUMNS_PG: &str = range_columns!("LOWER(reason_codes COLLATE \"C\")");
 
+/// The upkeep's in-process maps, keyed by evidence fields: foldhash, hashbrown's default hasher (seeded per
+/// process, so keys an agent chooses cannot be aimed at one bucket), cheaper than std's SipHash on these short
+/// string keys (docs/benchmarks.md, stop 38).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The grain of [`RANGE_COLUMNS`] below the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RangeKey {
@@ -749,6 +752,31 @@ struct RangeCounts {
 }
 
 impl RangeCounts {
+    /// [`RangeCounts::merge`] from a borrowed group: its representative is copied only when it wins.
+    fn merge_from(&mut self, o: &RangeCounts) {
+        self.first_id = self.first_id.min(o.first_id);
+        self.n += o.n;
+        self.first_seen = self.first_seen.min(o.first_seen);
+        self.last_seen = self.last_seen.max(o.last_seen);
+        self.risk_rank = self.risk_rank.max(o.risk_rank);
+        self.destructive = self.destructive.max(o.destructive);
+        self.egress_or_taint = self.egress_or_taint.max(o.egress_or_taint);
+        self.severity_rank = self.severity_rank.max(o.severity_rank);
+        self.high_risk += o.high_risk;
+        self.destructive_n += o.destructive_n;
+        self.passed += o.passed;
+        self.failed += o.failed;
+        // MIN ignores NULL.
+        if let Some(theirs) = &o.representative
+            && self
+                .representative
+                .as_ref()
+                .is_none_or(|ours| theirs < ours)
+        {
+            self.representative = Some(theirs.clone());
+        }
+    }
+
     fn merge(&mut self, o: RangeCounts) {
         self.first_id = self.first_id.min(o.first_id);
         self.n += o.n;
@@ -813,7 +841,7 @@ impl AgentRange {
     pub fn new(key: AgentKey) -> Self {
         Self {
             key,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
         }
     }
 
@@ -1024,7 +1052,7 @@ async fn fill_range(
         &'a str,
         &'a str,
     );
-    let mut merged: HashMap<Grain<'_>, RangeCounts> = HashMap::new();
+    let mut merged: HashMap<Grain<'_>, RangeCounts> = HashMap::default();
     let mut pairs: Vec<(&str, &str, &str, &str, &str)> = Vec::new();
     for r in ranges {
         let t = &r.key.tenant;
@@ -1043,7 +1071,7 @@ async fn fill_range(
                 k.policy.as_str(),
             );
             match merged.get_mut(&grain) {
-                Some(m) => m.merge(c.clone()),
+                Some(m) => m.merge_from(c),
                 None => {
                     merged.insert(grain, c.clone());
                 }
