@@ -752,7 +752,8 @@ struct RangeCounts {
 }
 
 impl RangeCounts {
-    /// [`RangeCounts::merge`] from a borrowed group: its representative is copied only when it wins.
+    /// Adds `o`'s counts to this group's, as the `GROUP BY` of [`RANGE_COLUMNS`] would; `o`'s representative is
+    /// copied only when it wins.
     fn merge_from(&mut self, o: &RangeCounts) {
         self.first_id = self.first_id.min(o.first_id);
         self.n += o.n;
@@ -775,26 +776,6 @@ impl RangeCounts {
         {
             self.representative = Some(theirs.clone());
         }
-    }
-
-    fn merge(&mut self, o: RangeCounts) {
-        self.first_id = self.first_id.min(o.first_id);
-        self.n += o.n;
-        self.first_seen = self.first_seen.min(o.first_seen);
-        self.last_seen = self.last_seen.max(o.last_seen);
-        self.risk_rank = self.risk_rank.max(o.risk_rank);
-        self.destructive = self.destructive.max(o.destructive);
-        self.egress_or_taint = self.egress_or_taint.max(o.egress_or_taint);
-        self.severity_rank = self.severity_rank.max(o.severity_rank);
-        self.high_risk += o.high_risk;
-        self.destructive_n += o.destructive_n;
-        self.passed += o.passed;
-        self.failed += o.failed;
-        // MIN ignores NULL.
-        self.representative = match (self.representative.take(), o.representative) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
     }
 }
 
@@ -929,7 +910,7 @@ impl AgentRange {
     /// Counts `counts` in `key`'s group.
     fn put(&mut self, key: RangeKey, counts: RangeCounts) {
         match self.groups.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(counts),
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge_from(&counts),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(counts);
             }
