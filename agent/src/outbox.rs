@@ -73,7 +73,8 @@
 //! The model check in `outbox/tests.rs` drives this type and an in-memory queue with the same operations
 //! directly, so there is no storage trait: it would exist only for the test.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use gait_wire::{BundleRef, GENESIS_HASH, Record, RecordClass, RecordError};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -149,6 +150,16 @@ pub enum AppendOutcome {
     Appended { seq: u64 },
     /// Dropped under quota pressure (an `Allow` record above the soft quota); counted in `shed_total`.
     Shed,
+}
+
+/// One record sealed by [`Outbox::seal_next`].
+enum Sealed {
+    Shed,
+    Appended {
+        seq: u64,
+        hash: [u8; 32],
+        value: Vec<u8>,
+    },
 }
 
 /// A snapshot of the outbox counters, as of the last committed write.
@@ -327,18 +338,74 @@ struct Inner {
     /// The counters of `meta`, published (under the `meta` lock) after each commit. [`Outbox::stats`] reads
     /// this one, so a reader on an async task never waits behind a writer's fsync.
     stats: Mutex<OutboxStats>,
-    /// The write-ahead log of group commits ([`wal`]); locked after `meta`, never before it.
+    /// Serialises the writers of redb's outbox tables: whoever holds it folds the groups still [`Pending`] into
+    /// its own transaction first. Taken after `meta` (never before it), and before `log`.
+    apply: Mutex<()>,
+    /// The write-ahead log of group commits ([`wal`]); locked after `meta` and `apply`, never before them. The
+    /// committer never takes `apply` while it holds `log`.
     log: Mutex<LogSlot>,
+    /// Groups answered through the log that redb does not hold yet ([`Outbox::append_logged`]); a short lock,
+    /// taken last, never held across I/O.
+    pending: Mutex<Pending>,
+    /// Signalled when a group is queued, when redb caught up with the log, and at stop.
+    pending_cv: Condvar,
+}
+
+/// A group the committer answered through the log, waiting for redb ([`Outbox::apply_pending`]).
+#[derive(Debug)]
+struct LoggedGroup {
+    /// Each appended record: its seq, its hash and its postcard encoding as stored in `outbox_records`.
+    records: Vec<(u64, [u8; 32], Vec<u8>)>,
+    /// The rate-limit counters the group changed (key → count).
+    counters: Vec<(String, i64)>,
+    /// The outbox's `shed_total` after the group.
+    shed_total: u64,
+    /// Its frame's place in the log.
+    position: wal::Position,
+}
+
+/// What of the log redb holds, as far as this process made it so.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Logged groups redb does not hold yet, in log order.
+    groups: VecDeque<Arc<LoggedGroup>>,
+    /// The newest log position redb's durable state holds: frames up to it are never needed again, so a file
+    /// of the pair whose frames all lie at or before it may be started over.
+    durable: Option<wal::Position>,
+    /// The last frame of a file the committer moved off: the commit that applies it must be durable.
+    seal: Option<wal::Position>,
+    /// The background applier stops ([`Outbox::stop_applier`]).
+    stop: bool,
 }
 
 /// The outbox's side of its write-ahead log.
 #[derive(Debug, Default)]
 struct LogSlot {
-    /// Open once the log was replayed at open (if there was one) or created by [`Outbox::enable_log`].
+    /// The file groups are logged to. Open once the log was replayed at open (if there was one) or created by
+    /// [`Outbox::enable_log`].
     wal: Option<wal::Wal>,
+    /// The pair's other file (`agent.wal.1`): the committer moves to it when `wal` is full or due for a
+    /// checkpoint, once redb's durable state holds every frame in it.
+    spare: Option<wal::Wal>,
     /// The database's re-open count ([`AgentDb::reopens`]) when the log was last replayed: a re-open after a
     /// storage failure takes redb back to its last durable commit, so the log is replayed again.
     replayed_at_reopen: u64,
+}
+
+impl LogSlot {
+    /// The position a durable commit stores to make every frame of both files redundant: the generation
+    /// after the newest of them. `None` without a log.
+    fn superseded(&self) -> Option<wal::Position> {
+        let newest = [self.wal.as_ref(), self.spare.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(wal::Wal::generation)
+            .max()?;
+        Some(wal::Position {
+            generation: newest.wrapping_add(1).max(1),
+            frame: 0,
+        })
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -382,12 +449,15 @@ impl Outbox {
                 quarantine: Mutex::new(quarantine::QMeta::EMPTY),
                 meta: Mutex::new(Meta::EMPTY),
                 stats: Mutex::new(Meta::EMPTY.stats()),
+                apply: Mutex::new(()),
                 log: Mutex::new(LogSlot::default()),
+                pending: Mutex::new(Pending::default()),
+                pending_cv: Condvar::new(),
             }),
         };
         {
             let mut cached = this.lock();
-            let replayed = this.replay_log(&mut cached)?;
+            let replayed = this.replay_log(Some(&mut *cached))?;
             if replayed > 0 {
                 tracing::info!(
                     replayed,
@@ -455,7 +525,7 @@ impl Outbox {
         let mut outcomes = Vec::with_capacity(recs.len());
         self.write_txn(false, |txn, records, meta| {
             for rec in recs {
-                outcomes.push(self.append_one(records, meta, rec, None)?);
+                outcomes.push(self.append_one(records, meta, rec)?);
             }
             also(txn)
         })?;
@@ -485,7 +555,7 @@ impl Outbox {
         self.write_txn(false, |txn, records, meta| {
             let mut append = |rec: NewRecord| {
                 check_content(&rec)?;
-                self.append_one(records, meta, rec, None)
+                self.append_one(records, meta, rec)
             };
             out = Some(f(txn, &mut append)?);
             Ok(())
@@ -494,14 +564,27 @@ impl Outbox {
     }
 
     /// One record of a write transaction: seals it with the next seq, or sheds it, or refuses it at the hard
-    /// ceiling. The stored encoding of an appended record also goes to `logged`, when given.
+    /// ceiling ([`Outbox::seal_next`]), and stores it.
     fn append_one(
         &self,
         records: &mut RecordsTable<'_>,
         meta: &mut Meta,
         rec: NewRecord,
-        logged: Option<&mut Vec<Vec<u8>>>,
     ) -> Result<AppendOutcome, OutboxError> {
+        match self.seal_next(meta, rec)? {
+            Sealed::Shed => Ok(AppendOutcome::Shed),
+            Sealed::Appended { seq, value, .. } => {
+                records
+                    .insert(seq.to_be_bytes(), value.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                Ok(AppendOutcome::Appended { seq })
+            }
+        }
+    }
+
+    /// Seals `rec` with the next seq of `meta` and moves `meta` past it, or sheds it (counted in `meta`), or
+    /// refuses it at the hard ceiling (`meta` unchanged). Stores nothing.
+    fn seal_next(&self, meta: &mut Meta, rec: NewRecord) -> Result<Sealed, OutboxError> {
         let limits = self.inner.limits;
         let seq = meta
             .last_seq
@@ -528,7 +611,7 @@ impl Outbox {
             && (depth_after > limits.max_records || bytes_after > limits.max_bytes)
         {
             meta.shed_total = meta.shed_total.saturating_add(1);
-            return Ok(AppendOutcome::Shed);
+            return Ok(Sealed::Shed);
         }
         if depth_after > limits.hard_records() || bytes_after > limits.hard_bytes() {
             return Err(OutboxError::Full {
@@ -540,21 +623,20 @@ impl Outbox {
                 hard_bytes: limits.hard_bytes(),
             });
         }
-        records
-            .insert(seq.to_be_bytes(), value.as_slice())
-            .map_err(|e| self.db_err(e))?;
         meta.last_seq = seq;
         meta.last_hash = record.hash;
         meta.bytes = bytes_after;
-        if let Some(logged) = logged {
-            logged.push(value);
-        }
-        Ok(AppendOutcome::Appended { seq })
+        Ok(Sealed::Appended {
+            seq,
+            hash: record.hash,
+            value,
+        })
     }
 
     /// Records with `seq > after_seq`, oldest first: at most `max_records`, and at most `max_bytes` of
     /// encoded records, except that the first record is always returned, whatever its size, so one large
-    /// record cannot stall delivery. Reads a consistent snapshot; does not block writers.
+    /// record cannot stall delivery. Reads a consistent snapshot of redb, then the groups answered through the
+    /// log that redb does not hold yet; does not block writers.
     pub fn peek_batch(
         &self,
         after_seq: u64,
@@ -567,28 +649,51 @@ impl Outbox {
         if max_records == 0 {
             return Ok(Vec::new());
         }
-        let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
-        let table = match read.open_table(RECORDS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.db_err(e)),
-        };
+        // The tail first: a group applied after this snapshot is in the redb snapshot below, so nothing falls
+        // between the two (a seq in both is taken once).
+        let tail = self.pending_snapshot();
         let mut out = Vec::new();
         let mut total = 0usize;
-        for entry in table
-            .range(from.to_be_bytes()..)
-            .map_err(|e| self.db_err(e))?
-        {
-            let (key, value) = entry.map_err(|e| self.db_err(e))?;
-            let seq = u64::from_be_bytes(key.value());
-            let bytes = value.value();
-            if !out.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
-                break;
+        // Takes one record if it fits; `false` once the batch is full.
+        let mut take =
+            |out: &mut Vec<Record>, seq: u64, bytes: &[u8]| -> Result<bool, OutboxError> {
+                if !out.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
+                    return Ok(false);
+                }
+                total = total.saturating_add(bytes.len());
+                out.push(self.decode(seq, bytes)?);
+                Ok(out.len() < max_records)
+            };
+        let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
+        let open = match read.open_table(RECORDS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let mut more = true;
+        if let Some(table) = open {
+            for entry in table
+                .range(from.to_be_bytes()..)
+                .map_err(|e| self.db_err(e))?
+            {
+                let (key, value) = entry.map_err(|e| self.db_err(e))?;
+                if !take(&mut out, u64::from_be_bytes(key.value()), value.value())? {
+                    more = false;
+                    break;
+                }
             }
-            total = total.saturating_add(bytes.len());
-            out.push(self.decode(seq, bytes)?);
-            if out.len() >= max_records {
-                break;
+        }
+        if more {
+            let next = out.last().map_or(from, |r| r.seq + 1);
+            'tail: for group in &tail {
+                for (seq, _, bytes) in &group.records {
+                    if *seq < next {
+                        continue;
+                    }
+                    if !take(&mut out, *seq, bytes)? {
+                        break 'tail;
+                    }
+                }
             }
         }
         Ok(out)
@@ -686,6 +791,7 @@ impl Outbox {
     /// Scans every stored record: decodes it, checks its hash, that seqs are contiguous, that each
     /// `prev_hash` links to its predecessor, and that the last one matches meta. O(depth) reads.
     pub fn verify_chain(&self) -> Result<ChainReport, OutboxError> {
+        self.apply_pending()?;
         let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
         let meta = match read.open_table(META) {
             Ok(t) => read_meta(&t).map_err(|e| self.meta_err(e))?,
@@ -781,6 +887,8 @@ impl Outbox {
     /// [`Outbox::write_txn`] at a chosen durability. [`redb::Durability::None`] is for writes whose loss in
     /// a crash is harmless because they are redone (an acknowledgement: the records come back and are sent
     /// again, and the aggregator answers them as duplicates); the next durable commit makes them durable too.
+    /// The groups answered through the log that redb does not hold yet are applied first, in the same
+    /// transaction, so `f` sees every record a producer was answered for.
     fn write_txn_with(
         &self,
         durability: redb::Durability,
@@ -792,10 +900,23 @@ impl Outbox {
         ) -> Result<(), OutboxError>,
     ) -> Result<Meta, OutboxError> {
         let mut cached = self.lock();
-        let txn = self.begin_replayed(&mut cached)?;
-        let meta = self.run_txn(txn, durability, always_commit, |txn, records, meta, _| {
-            f(txn, records, meta)
-        })?;
+        let _apply = self.apply_lock();
+        let txn = self.begin_replayed(Some(&mut *cached))?;
+        let groups = self.pending_snapshot();
+        let durability = self.durability_for(&groups, durability);
+        let mut at = None;
+        let meta = self.run_txn(
+            txn,
+            durability,
+            always_commit || !groups.is_empty(),
+            |txn, records, meta, position| {
+                self.apply_groups(txn, records, meta, position, &groups)?;
+                f(txn, records, meta)?;
+                at = *position;
+                Ok(())
+            },
+        )?;
+        self.applied(groups.len(), durability, at);
         self.publish(&mut cached, meta);
         Ok(meta)
     }
@@ -905,13 +1026,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// Creates (or opens) the write-ahead log [`Outbox::append_logged`] commits through, `capacity` bytes.
-    /// The committer calls it once, before its first group; until then (or if it fails) groups commit
-    /// durably in redb.
+    /// Creates (or opens) the pair of write-ahead log files [`Outbox::append_logged`] commits through,
+    /// `capacity` bytes each. The committer calls it once, before its first group; until then (or if it
+    /// fails) groups commit durably in redb.
     pub(crate) fn enable_log(&self, capacity: u64) -> Result<(), OutboxError> {
         let _cached = self.lock();
+        let _apply = self.apply_lock();
         let mut slot = self.log_lock();
-        let path = wal::path_for(self.db().path());
         let stored = {
             let read = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
             match read.open_table(META) {
@@ -920,180 +1041,417 @@ impl Outbox {
                 Err(e) => return Err(self.db_err(e)),
             }
         };
-        let ready = match slot.wal.take() {
-            Some(wal) if wal.capacity() >= capacity => Ok(wal),
-            // The log open since the replay holds no frame redb's durable state lacks (the replay applied
-            // them and stored a position past them), so creating it again at the larger size loses nothing.
-            _ => wal::Wal::open_or_create(&path, capacity),
+        let floor = stored.map_or(0, |p| p.generation);
+        let open = |current: Option<wal::Wal>, path: std::path::PathBuf| {
+            let ready = match current {
+                Some(wal) if wal.capacity() >= capacity => Ok(wal),
+                // A log open since the replay holds no frame redb's durable state lacks (the replay applied
+                // them and stored a position past them), so creating it again at the larger size loses nothing.
+                _ => wal::Wal::open_or_create(&path, capacity),
+            };
+            let mut wal = ready.map_err(|e| self.log_err(&path, e))?;
+            // A log created afresh starts at generation 1; it must continue above the stored position, or a
+            // replay would take its frames for ones redb already holds.
+            wal.adopt_floor(floor);
+            Ok::<_, OutboxError>(wal)
         };
-        let mut wal = ready.map_err(|e| self.log_err(&path, e))?;
-        // A log created afresh starts at generation 1; it must continue above the stored position, or a
-        // replay would take its frames for ones redb already holds.
-        wal.adopt_floor(stored.map_or(0, |p| p.generation));
-        slot.wal = Some(wal);
+        let active = open(slot.wal.take(), wal::path_for(self.db().path()))?;
+        slot.wal = Some(active);
+        let spare = open(slot.spare.take(), wal::spare_path_for(self.db().path()))?;
+        slot.spare = Some(spare);
+        let mut pending = self.pending_lock();
+        pending.durable = pending.durable.max(stored);
         Ok(())
     }
 
-    /// [`Outbox::append_many_with`] made durable through the write-ahead log ([`wal`]): the group's frame is
-    /// synced to the log, then redb commits without fsync, storing the frame's position. `also` writes other
-    /// tables of the transaction and returns what of it to log (the rate-limit counters it wrote), or `None`
-    /// when its change cannot be logged: the group then commits durably in redb, as it does when the log is
-    /// full, failed, not enabled or due for a checkpoint ([`wal::CHECKPOINT_EVERY`]), storing a position past
-    /// every frame of the log, which then starts over.
+    /// Appends `recs` as one group made durable by one synced frame of the write-ahead log ([`wal`]): the
+    /// records are sealed against the outbox's counters, the frame is written and synced, and the group is
+    /// answered. redb takes the group later, on the applier's thread ([`Outbox::apply_pending`]) or in the
+    /// next write that needs it, so no redb commit (and no checkpoint) lies on a producer's path.
+    ///
+    /// `counters` are the rate-limit counters the group changed, logged with it; `None` when they cannot be
+    /// logged (a rewrite of the table). The group then commits durably in redb, with `durable` writing the
+    /// counters in that transaction, as it does when the log is not enabled, failed, or cannot take the
+    /// frame; that commit stores a position past every frame of both files, which start over.
     pub(crate) fn append_logged(
         &self,
         recs: Vec<NewRecord>,
-        also: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<(String, i64)>>, OutboxError>,
+        counters: Option<Vec<(String, i64)>>,
+        durable: impl FnOnce(&redb::WriteTransaction) -> Result<(), OutboxError>,
     ) -> Result<(Vec<AppendOutcome>, GroupDurability), OutboxError> {
         recs.iter().try_for_each(check_content)?;
         if recs.is_empty() {
             return Ok((Vec::new(), GroupDurability::Database));
         }
         let mut cached = self.lock();
-        let mut txn = self.begin_replayed(&mut cached)?;
-        let mut slot = self.log_lock();
-        let mut outcomes = Vec::with_capacity(recs.len());
-        let built = (|| {
-            let mut records = txn.open_table(RECORDS).map_err(|e| self.db_err(e))?;
-            let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
-            let before = read_meta(&meta_table).map_err(|e| self.meta_err(e))?;
-            let mut meta = before;
-            let mut frame = wal::Frame::default();
-            for rec in recs {
-                outcomes.push(self.append_one(
-                    &mut records,
-                    &mut meta,
-                    rec,
-                    Some(&mut frame.records),
-                )?);
-            }
-            let counters = also(&txn)?;
-            if meta != before {
-                self.write_meta(&mut meta_table, &meta)?;
-            }
-            frame.shed_total = meta.shed_total;
-            let plan = match (slot.wal.as_ref(), counters) {
-                (Some(wal), Some(counters)) => {
-                    frame.counters = counters;
-                    wal.plan(&frame)
-                }
-                _ => None,
-            };
-            // The position this commit stores: its own frame's, or past every frame of the log.
-            let position = match (&plan, slot.wal.as_ref()) {
-                (Some((_, position)), _) => Some(*position),
-                (None, Some(wal)) => Some(wal.superseded()),
-                (None, None) => None,
-            };
-            if let Some(position) = position {
-                self.write_position(&mut meta_table, position)?;
-            }
-            Ok::<_, OutboxError>((meta, plan))
-        })();
-        let (meta, plan) = match built {
-            Ok(built) => built,
-            Err(e) => {
-                if let Err(abort) = txn.abort() {
-                    tracing::warn!(error = %abort, "outbox transaction abort failed");
-                }
-                return Err(e);
-            }
+        let Some(counters) = counters else {
+            return self.append_durably(&mut cached, recs, durable);
         };
-        let mut logged = false;
-        if let Some((payload, _)) = plan
-            && let Some(wal) = slot.wal.as_mut()
         {
-            // Set before the frame is written: once it is synced, only the commit itself may fail.
-            self.set_durability(&mut txn, redb::Durability::None)?;
-            match wal.append_planned(&payload) {
-                Ok(()) => logged = true,
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        log = %wal.path().display(),
-                        "outbox log write failed; committing durably in the database instead"
-                    );
-                    self.set_durability(&mut txn, redb::Durability::Immediate)?;
-                    let mut meta_table = txn.open_table(META).map_err(|e| self.db_err(e))?;
-                    self.write_position(&mut meta_table, wal.superseded())?;
+            let slot = self.log_lock();
+            let usable = slot.wal.as_ref().is_some_and(|w| !w.is_failed());
+            // A re-open took redb back to its last durable commit: the durable path replays the log first.
+            // While the database's storage is failing, appends are refused as before (the durable path
+            // fails): the log is not grown with groups redb could not take.
+            if !usable
+                || slot.replayed_at_reopen != self.db().reopens()
+                || self.db().failure().is_some()
+            {
+                drop(slot);
+                return self.append_durably(&mut cached, recs, durable);
+            }
+        }
+        let mut meta = *cached;
+        let mut outcomes = Vec::with_capacity(recs.len());
+        let mut sealed = Vec::with_capacity(recs.len());
+        let mut frame = wal::Frame::default();
+        for rec in recs {
+            match self.seal_next(&mut meta, rec)? {
+                Sealed::Shed => outcomes.push(AppendOutcome::Shed),
+                Sealed::Appended { seq, hash, value } => {
+                    outcomes.push(AppendOutcome::Appended { seq });
+                    sealed.push((seq, hash));
+                    frame.records.push(value);
                 }
             }
         }
-        if let Err(e) = txn.commit() {
-            if logged {
-                // The frame is synced but its group is not in redb, and the next group would reuse its seqs:
-                // supersede it now, before anything else can write.
-                self.supersede_log(&mut slot);
-            }
-            return Err(self.db_err(e));
-        }
+        frame.shed_total = meta.shed_total;
+        frame.counters = counters;
+        let Some(position) = self.log_frame(&frame)? else {
+            // The frame cannot be logged: the same records, committed durably in redb instead.
+            let recs = frame
+                .records
+                .iter()
+                .zip(&sealed)
+                .map(|(bytes, (seq, _))| self.decode(*seq, bytes).map(unseal))
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.append_durably(&mut cached, recs, durable);
+        };
+        let group = LoggedGroup {
+            records: sealed
+                .into_iter()
+                .zip(frame.records)
+                .map(|((seq, hash), bytes)| (seq, hash, bytes))
+                .collect(),
+            counters: frame.counters,
+            shed_total: frame.shed_total,
+            position,
+        };
+        self.pending_lock().groups.push_back(Arc::new(group));
+        self.inner.pending_cv.notify_all();
         self.publish(&mut cached, meta);
-        if !logged {
-            self.reset_log(&mut slot);
-            return Ok((outcomes, GroupDurability::Database));
-        }
         Ok((outcomes, GroupDurability::Log))
     }
 
-    /// After a commit failed behind a synced frame: a durable commit storing a position past every frame,
-    /// then a reset. If that fails too (the storage is failing), the frame stays in the log and the replay
-    /// after the database's re-open applies it: the group's outcome is then unknown to its producers, as
-    /// after an `fsync` that returned an error.
-    fn supersede_log(&self, slot: &mut LogSlot) {
-        let Some(wal) = slot.wal.as_mut() else {
-            return;
-        };
-        wal.mark_failed();
-        let position = wal.superseded();
-        let committed = self
-            .db()
-            .redb()
-            .begin_write()
-            .map_err(|e| self.db_err(e))
-            .and_then(|txn| {
-                self.run_txn(txn, redb::Durability::Immediate, true, |_, _, _, stored| {
-                    *stored = Some(position);
-                    Ok(())
-                })
-            });
-        match committed {
-            Ok(_) => self.reset_log(slot),
-            Err(error) => tracing::warn!(
-                %error,
-                "outbox log frame of a failed commit not superseded; it is replayed after the database re-opens"
-            ),
+    /// Writes and syncs `frame` to the log (the caller holds the `meta` lock, so frames go in seal order):
+    /// `Some(position)` once it is durable, `None` when the log cannot take it (failed, or the frame is larger
+    /// than an empty file). A file that is full or due for a checkpoint is left for the other one, first
+    /// making redb hold every frame of that other one if it does not yet.
+    fn log_frame(&self, frame: &wal::Frame) -> Result<Option<wal::Position>, OutboxError> {
+        let mut slot = self.log_lock();
+        loop {
+            let (sealed_at, generation) = {
+                let Some(wal) = slot.wal.as_mut().filter(|w| !w.is_failed()) else {
+                    return Ok(None);
+                };
+                if let Some((payload, position)) = wal.plan(frame) {
+                    return match wal.append_planned(&payload) {
+                        Ok(()) => Ok(Some(position)),
+                        Err(error) => {
+                            tracing::warn!(
+                                %error,
+                                log = %wal.path().display(),
+                                "outbox log write failed; committing durably in the database instead"
+                            );
+                            Ok(None)
+                        }
+                    };
+                }
+                if wal.frame_count() == 0 {
+                    return Ok(None);
+                }
+                (wal.last_position(), wal.generation())
+            };
+            let Some(spare) = slot.spare.as_ref() else {
+                return Ok(None);
+            };
+            let durable = self.pending_lock().durable;
+            if spare.frame_count() > 0 && durable < Some(spare.last_position()) {
+                // redb's durable state lacks frames of the other file (the applier is behind): make it hold
+                // everything logged so far. Never with `log` held (the applier takes `apply` before `log`).
+                drop(slot);
+                self.apply_pending_with(redb::Durability::Immediate)?;
+                slot = self.log_lock();
+                continue;
+            }
+            let generation = generation.max(spare.generation()) + 1;
+            let Some(mut spare) = slot.spare.take() else {
+                return Ok(None);
+            };
+            if let Err(error) = spare.reset_to(generation) {
+                tracing::warn!(
+                    %error,
+                    log = %spare.path().display(),
+                    "outbox log could not be started over; committing durably in the database instead"
+                );
+                slot.spare = Some(spare);
+                return Ok(None);
+            }
+            slot.spare = slot.wal.replace(spare);
+            let mut pending = self.pending_lock();
+            pending.seal = pending.seal.max(Some(sealed_at));
         }
     }
 
-    /// Makes everything committed so far durable in redb and starts the log over (the committer's clean
-    /// stop). Nothing to do when the log is empty.
-    pub(crate) fn checkpoint_log(&self) -> Result<(), OutboxError> {
-        let mut cached = self.lock();
-        let txn = self.begin_replayed(&mut cached)?;
+    /// Appends `recs` in one durable redb commit, with the groups still pending before them and `durable`'s
+    /// changes, storing a position past every frame of the log, which then starts over. The caller holds the
+    /// `meta` lock.
+    fn append_durably(
+        &self,
+        cached: &mut Meta,
+        recs: Vec<NewRecord>,
+        durable: impl FnOnce(&redb::WriteTransaction) -> Result<(), OutboxError>,
+    ) -> Result<(Vec<AppendOutcome>, GroupDurability), OutboxError> {
+        let _apply = self.apply_lock();
+        let txn = self.begin_replayed(Some(&mut *cached))?;
+        let groups = self.pending_snapshot();
         let mut slot = self.log_lock();
-        let Some(position) = slot
-            .wal
-            .as_ref()
-            .filter(|wal| wal.needs_reset())
-            .map(wal::Wal::superseded)
-        else {
+        let superseded = slot.superseded();
+        let mut outcomes = Vec::with_capacity(recs.len());
+        let mut at = None;
+        let meta = self.run_txn(
+            txn,
+            redb::Durability::Immediate,
+            true,
+            |txn, records, meta, position| {
+                self.apply_groups(txn, records, meta, position, &groups)?;
+                for rec in recs {
+                    outcomes.push(self.append_one(records, meta, rec)?);
+                }
+                durable(txn)?;
+                if superseded.is_some() {
+                    *position = superseded;
+                }
+                at = *position;
+                Ok(())
+            },
+        )?;
+        self.applied(groups.len(), redb::Durability::Immediate, at);
+        self.reset_log(&mut slot);
+        drop(slot);
+        self.publish(cached, meta);
+        Ok((outcomes, GroupDurability::Database))
+    }
+
+    /// Applies the groups still pending to redb in one transaction, durable when `durability` says so or
+    /// when the groups reach the last frame of a file the committer moved off (so that file may start over);
+    /// a durable call commits even with nothing pending, making earlier commits without fsync durable.
+    pub(crate) fn apply_pending_with(
+        &self,
+        durability: redb::Durability,
+    ) -> Result<(), OutboxError> {
+        let _apply = self.apply_lock();
+        let txn = self.begin_replayed(None)?;
+        let groups = self.pending_snapshot();
+        let must = matches!(durability, redb::Durability::Immediate);
+        if groups.is_empty() && !must {
             return txn.abort().map_err(|e| self.db_err(e));
-        };
-        let meta = self.run_txn(txn, redb::Durability::Immediate, true, |_, _, _, stored| {
-            *stored = Some(position);
+        }
+        let durability = self.durability_for(&groups, durability);
+        let mut at = None;
+        self.run_txn(txn, durability, true, |txn, records, meta, position| {
+            self.apply_groups(txn, records, meta, position, &groups)?;
+            at = *position;
             Ok(())
         })?;
-        self.publish(&mut cached, meta);
-        self.reset_log(&mut slot);
+        self.applied(groups.len(), durability, at);
         Ok(())
     }
 
-    /// Starts the log over after a durable commit stored a position past its frames; a failure leaves it
-    /// failed (the next group commits durably and tries again).
+    /// [`Outbox::apply_pending_with`] without fsync unless a file of the log must start over: what readers
+    /// and the applier's thread call.
+    pub(crate) fn apply_pending(&self) -> Result<(), OutboxError> {
+        self.apply_pending_with(redb::Durability::None)
+    }
+
+    /// The applier's thread: applies the pending groups as they come until [`Outbox::stop_applier`]. A failed
+    /// apply is retried after a pause (the groups stay in the log and in memory meanwhile, and every write
+    /// that needs them applies them itself).
+    pub(crate) fn run_applier(&self) {
+        loop {
+            {
+                let mut pending = self.pending_lock();
+                while pending.groups.is_empty() && !pending.stop {
+                    pending = self
+                        .inner
+                        .pending_cv
+                        .wait(pending)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                if pending.stop {
+                    return;
+                }
+            }
+            if let Err(error) = self.apply_pending() {
+                tracing::warn!(%error, "outbox groups not applied to the database yet; retrying");
+                let pending = self.pending_lock();
+                let _ = self.inner.pending_cv.wait_timeout_while(
+                    pending,
+                    std::time::Duration::from_secs(1),
+                    |p| !p.stop,
+                );
+            }
+        }
+    }
+
+    /// Makes [`Outbox::run_applier`] return (the committer's stop, after its last checkpoint).
+    pub(crate) fn stop_applier(&self) {
+        self.pending_lock().stop = true;
+        self.inner.pending_cv.notify_all();
+    }
+
+    /// Lets a new [`Outbox::run_applier`] run after a stop.
+    pub(crate) fn restart_applier(&self) {
+        self.pending_lock().stop = false;
+    }
+
+    /// The commit durability for applying `groups`: durable when they reach a sealed file's last frame.
+    fn durability_for(
+        &self,
+        groups: &[Arc<LoggedGroup>],
+        asked: redb::Durability,
+    ) -> redb::Durability {
+        let seal = self.pending_lock().seal;
+        let reaches = match (seal, groups.last()) {
+            (Some(seal), Some(last)) => last.position >= seal,
+            _ => false,
+        };
+        if reaches {
+            redb::Durability::Immediate
+        } else {
+            asked
+        }
+    }
+
+    /// Writes `groups` (in order) into a transaction: each record after redb's `last_seq`, the shed count,
+    /// the counters, and the group's position. A group at or before the stored position is already held (a
+    /// replay applied it) and is skipped whole, counters included, so a counter never goes back.
+    fn apply_groups(
+        &self,
+        txn: &redb::WriteTransaction,
+        records: &mut RecordsTable<'_>,
+        meta: &mut Meta,
+        position: &mut Option<wal::Position>,
+        groups: &[Arc<LoggedGroup>],
+    ) -> Result<(), OutboxError> {
+        for group in groups {
+            if position.is_some_and(|p| p >= group.position) {
+                continue;
+            }
+            for (seq, hash, bytes) in &group.records {
+                if *seq != meta.last_seq + 1 {
+                    return Err(self.corrupt(
+                        *seq,
+                        format!(
+                            "a group answered through the log does not continue the stored records (last seq {})",
+                            meta.last_seq
+                        ),
+                    ));
+                }
+                records
+                    .insert(seq.to_be_bytes(), bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                meta.last_seq = *seq;
+                meta.last_hash = *hash;
+                meta.bytes = meta.bytes.saturating_add(bytes.len() as u64);
+            }
+            meta.shed_total = meta.shed_total.max(group.shed_total);
+            if !group.counters.is_empty() {
+                crate::gate::ratelimit_counters::write_logged(self.db(), txn, &group.counters)?;
+            }
+            *position = Some(group.position);
+        }
+        Ok(())
+    }
+
+    /// After a commit that applied the first `count` pending groups: drops them, and records how far the
+    /// durable state reaches when the commit was durable (`at`: the position it stored).
+    fn applied(&self, count: usize, durability: redb::Durability, at: Option<wal::Position>) {
+        let mut pending = self.pending_lock();
+        let count = count.min(pending.groups.len());
+        pending.groups.drain(..count);
+        if matches!(durability, redb::Durability::Immediate) && at.is_some() {
+            pending.durable = pending.durable.max(at);
+            if pending.seal.is_some() && pending.seal <= pending.durable {
+                pending.seal = None;
+            }
+        }
+        drop(pending);
+        self.inner.pending_cv.notify_all();
+    }
+
+    fn pending_snapshot(&self) -> Vec<Arc<LoggedGroup>> {
+        self.pending_lock().groups.iter().cloned().collect()
+    }
+
+    /// The hash of record `seq` if it is in a group redb does not hold yet.
+    pub(crate) fn pending_hash(&self, seq: u64) -> Option<[u8; 32]> {
+        let pending = self.pending_lock();
+        pending
+            .groups
+            .iter()
+            .flat_map(|g| g.records.iter())
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, hash, _)| *hash)
+    }
+
+    fn pending_lock(&self) -> MutexGuard<'_, Pending> {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply_lock(&self) -> MutexGuard<'_, ()> {
+        self.inner.apply.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes everything answered so far durable in redb and starts the log over (the committer's clean
+    /// stop). Nothing to do when the log is empty.
+    pub(crate) fn checkpoint_log(&self) -> Result<(), OutboxError> {
+        let mut cached = self.lock();
+        let _apply = self.apply_lock();
+        let txn = self.begin_replayed(Some(&mut *cached))?;
+        let groups = self.pending_snapshot();
+        let mut slot = self.log_lock();
+        let logged = slot.wal.as_ref().is_some_and(wal::Wal::needs_reset);
+        let Some(superseded) = slot.superseded().filter(|_| logged || !groups.is_empty()) else {
+            return txn.abort().map_err(|e| self.db_err(e));
+        };
+        let meta = self.run_txn(
+            txn,
+            redb::Durability::Immediate,
+            true,
+            |txn, records, meta, stored| {
+                self.apply_groups(txn, records, meta, stored, &groups)?;
+                *stored = Some(superseded);
+                Ok(())
+            },
+        )?;
+        self.applied(groups.len(), redb::Durability::Immediate, Some(superseded));
+        self.reset_log(&mut slot);
+        drop(slot);
+        self.publish(&mut cached, meta);
+        Ok(())
+    }
+
+    /// Starts the log over after a durable commit stored a position past every frame of both files: the file
+    /// groups go to takes the next generation (the other one's frames all lie before the stored position, so
+    /// it is free). A failure leaves it failed (the next group commits durably and tries again).
     fn reset_log(&self, slot: &mut LogSlot) {
+        let Some(generation) = slot.superseded().map(|p| p.generation) else {
+            return;
+        };
         if let Some(wal) = slot.wal.as_mut()
-            && wal.needs_reset()
-            && let Err(error) = wal.reset()
+            && (wal.needs_reset() || wal.generation() < generation)
+            && let Err(error) = wal.reset_to(generation)
         {
             tracing::warn!(%error, log = %wal.path().display(), "outbox log could not be reset; groups commit durably in the database until it can");
         }
@@ -1103,15 +1461,18 @@ impl Outbox {
     /// replay ([`LogSlot::replayed_at_reopen`]). The count is read after the transaction began: a re-open
     /// cannot complete while a write transaction is alive, and the count moves before the new database is
     /// handed out, so a transaction on a re-opened database always sees the new count. Until a replay
-    /// succeeds, every write fails.
-    fn begin_replayed(&self, cached: &mut Meta) -> Result<redb::WriteTransaction, OutboxError> {
+    /// succeeds, every write fails. The caller holds `apply` (and `meta` when it passes `cached`).
+    fn begin_replayed(
+        &self,
+        mut cached: Option<&mut Meta>,
+    ) -> Result<redb::WriteTransaction, OutboxError> {
         loop {
             let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e))?;
             if self.log_lock().replayed_at_reopen == self.db().reopens() {
                 return Ok(txn);
             }
             txn.abort().map_err(|e| self.db_err(e))?;
-            let replayed = self.replay_log(cached)?;
+            let replayed = self.replay_log(cached.as_deref_mut())?;
             if replayed > 0 {
                 tracing::warn!(
                     replayed,
@@ -1122,26 +1483,41 @@ impl Outbox {
         }
     }
 
-    /// Re-applies the frames redb's durable state lacks (those after the stored position) in one durable
-    /// commit, stores a position past all of them, starts the log over and publishes the meta as stored
-    /// ([`wal`], "Recovery"). Returns how many records it restored. Called with the `meta` lock held; the
-    /// re-open count is marked replayed only once this succeeded.
-    fn replay_log(&self, cached: &mut Meta) -> Result<u64, OutboxError> {
+    /// Re-applies the frames redb's durable state lacks (those after the stored position, in both files,
+    /// oldest generation first) in one durable commit, stores a position past all of them, starts the log
+    /// over, and forgets the pending groups (the log held every one of them). Publishes the meta as stored
+    /// when given `cached` (at open, and by writers holding the `meta` lock; the committer's counters are
+    /// otherwise ahead of redb and stay so). Returns how many records it restored. The re-open count is
+    /// marked replayed only once this succeeded.
+    fn replay_log(&self, cached: Option<&mut Meta>) -> Result<u64, OutboxError> {
         let reopens = self.db().reopens();
         let mut slot = self.log_lock();
-        let path = wal::path_for(self.db().path());
-        let mut wal = match slot.wal.take() {
-            Some(wal) => Some(wal),
-            None => wal::Wal::open_existing(&path).map_err(|e| self.log_err(&path, e))?,
-        };
-        let frames = match wal.as_mut().map(wal::Wal::frames).transpose() {
-            Ok(frames) => frames.unwrap_or_default(),
-            Err(e) => {
-                slot.wal = wal;
-                return Err(self.log_err(&path, e));
-            }
-        };
+        let paths = [
+            wal::path_for(self.db().path()),
+            wal::spare_path_for(self.db().path()),
+        ];
+        if slot.wal.is_none() {
+            slot.wal =
+                wal::Wal::open_existing(&paths[0]).map_err(|e| self.log_err(&paths[0], e))?;
+        }
+        if slot.spare.is_none() {
+            slot.spare =
+                wal::Wal::open_existing(&paths[1]).map_err(|e| self.log_err(&paths[1], e))?;
+        }
+        // Both files' frames, oldest generation first.
+        let logs = &mut *slot;
+        let mut files = Vec::new();
+        for wal in [logs.wal.as_mut(), logs.spare.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let path = wal.path().to_path_buf();
+            let frames = wal.frames().map_err(|e| self.log_err(&path, e))?;
+            files.push((wal.generation(), frames, path));
+        }
+        files.sort_by_key(|(generation, _, _)| *generation);
         let mut restored = 0u64;
+        let mut stored_at = None;
         let txn = self.db().redb().begin_write().map_err(|e| self.db_err(e));
         let applied = txn.and_then(|txn| {
             self.run_txn(
@@ -1149,48 +1525,65 @@ impl Outbox {
                 redb::Durability::Immediate,
                 false,
                 |txn, records, meta, stored| {
-                    let Some(wal) = wal.as_mut() else {
-                        return Ok(());
-                    };
                     let from = stored.unwrap_or(wal::Position {
                         generation: 0,
                         frame: 0,
                     });
-                    let skip = match wal.generation().cmp(&from.generation) {
-                        std::cmp::Ordering::Less => frames.len(),
-                        std::cmp::Ordering::Equal => {
-                            usize::try_from(from.frame).unwrap_or(usize::MAX)
-                        }
-                        std::cmp::Ordering::Greater => 0,
-                    };
-                    let pending = frames.len().saturating_sub(skip);
-                    for (i, frame) in frames.iter().skip(skip).enumerate() {
-                        let last = i + 1 == pending;
+                    let pending: Vec<_> = files
+                        .iter()
+                        .flat_map(|(generation, frames, path)| {
+                            let skip = match generation.cmp(&from.generation) {
+                                std::cmp::Ordering::Less => frames.len(),
+                                std::cmp::Ordering::Equal => {
+                                    usize::try_from(from.frame).unwrap_or(usize::MAX)
+                                }
+                                std::cmp::Ordering::Greater => 0,
+                            };
+                            frames.iter().skip(skip).map(move |f| (f, path))
+                        })
+                        .collect();
+                    for (i, (frame, path)) in pending.iter().enumerate() {
+                        let last = i + 1 == pending.len();
                         if !self.replay_frame(
                             txn,
                             records,
                             meta,
                             frame,
                             last,
-                            &path,
+                            path,
                             &mut restored,
                         )? {
                             break;
                         }
                     }
-                    wal.adopt_floor(from.generation);
-                    if pending > 0 || wal.needs_reset() {
-                        *stored = Some(wal.superseded());
+                    for wal in [logs.wal.as_mut(), logs.spare.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        wal.adopt_floor(from.generation);
                     }
+                    let logged = logs.wal.as_ref().is_some_and(wal::Wal::needs_reset);
+                    if !pending.is_empty() || logged {
+                        *stored = logs.superseded();
+                    }
+                    stored_at = *stored;
                     Ok(())
                 },
             )
         });
-        slot.wal = wal;
         let meta = applied?;
-        self.publish(cached, meta);
+        if let Some(cached) = cached {
+            self.publish(cached, meta);
+        }
         self.reset_log(&mut slot);
         slot.replayed_at_reopen = reopens;
+        drop(slot);
+        let mut pending = self.pending_lock();
+        pending.groups.clear();
+        pending.durable = pending.durable.max(stored_at);
+        pending.seal = None;
+        drop(pending);
+        self.inner.pending_cv.notify_all();
         Ok(restored)
     }
 
@@ -1442,6 +1835,17 @@ fn read_meta<T: ReadableTable<&'static str, &'static [u8]>>(table: &T) -> Result
     match postcard::from_bytes::<MetaOnDisk>(value.value()) {
         Ok(MetaOnDisk::V1(meta)) => Ok(meta),
         Err(e) => Err(MetaError::Decode(e.to_string())),
+    }
+}
+
+/// The record a producer handed in, back from its sealed form (to append it again another way).
+fn unseal(record: Record) -> NewRecord {
+    NewRecord {
+        class: record.class,
+        kind: record.kind,
+        created_unix_ms: record.created_unix_ms,
+        bundle: record.bundle,
+        payload: record.payload,
     }
 }
 

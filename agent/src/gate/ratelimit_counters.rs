@@ -106,7 +106,8 @@ struct Inner {
 pub struct Changes {
     keys: Vec<String>,
     rewrite: bool,
-    /// What was written for `keys` (a count of zero or less removed the key).
+    /// What is written: the count of each of `keys`, or every counter on a rewrite (a count of zero or less
+    /// removes the key).
     values: Vec<(String, i64)>,
 }
 
@@ -214,68 +215,81 @@ impl DaemonCounters {
     /// they commit with the records of the decisions that counted them). Give the result back with
     /// [`DaemonCounters::restore`] if `txn` does not commit. Nothing to do without a database.
     pub fn write_changes(&self, txn: &redb::WriteTransaction) -> Result<Changes, DbError> {
-        let Some(db) = &self.db else {
-            return Ok(Changes::default());
-        };
-        let (changes, values) = {
-            let mut inner = self.lock();
-            if inner.dirty.is_empty() && !inner.rewrite {
-                return Ok(Changes::default());
-            }
-            let rewrite = std::mem::take(&mut inner.rewrite);
-            let keys: Vec<String> = inner.dirty.drain().collect();
-            let values: Vec<(String, i64)> = if rewrite {
-                inner
-                    .state
-                    .counters()
-                    .map(|(k, c)| (k.to_owned(), c))
-                    .collect()
-            } else {
-                keys.iter()
-                    .map(|k| (k.clone(), inner.state.count(k)))
-                    .collect()
-            };
-            let logged = if rewrite { Vec::new() } else { values.clone() };
-            (
-                Changes {
-                    keys,
-                    rewrite,
-                    values: logged,
-                },
-                values,
-            )
-        };
-        let written = (|| {
-            let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
-            if changes.rewrite {
-                let keep: HashSet<&str> = values.iter().map(|(k, _)| k.as_str()).collect();
-                let mut gone = Vec::new();
-                for entry in table.iter().map_err(|e| db.err(e))? {
-                    let (key, _) = entry.map_err(|e| db.err(e))?;
-                    if !keep.contains(key.value()) {
-                        gone.push(key.value().to_owned());
-                    }
-                }
-                for key in gone {
-                    table.remove(key.as_str()).map_err(|e| db.err(e))?;
-                }
-            }
-            for (key, count) in &values {
-                if *count > 0 {
-                    table.insert(key.as_str(), *count).map_err(|e| db.err(e))?;
-                } else {
-                    table.remove(key.as_str()).map_err(|e| db.err(e))?;
-                }
-            }
-            Ok(())
-        })();
-        match written {
+        let changes = self.take_changes();
+        match self.write_taken(txn, &changes) {
             Ok(()) => Ok(changes),
             Err(e) => {
                 self.restore(changes);
                 Err(e)
             }
         }
+    }
+
+    /// Takes the counters changed since the last take, without writing them: the outbox committer logs them
+    /// with a group ([`Changes::logged_values`]), or writes them with [`DaemonCounters::write_taken`] in a
+    /// durable commit. Give them back with [`DaemonCounters::restore`] if neither happened.
+    pub fn take_changes(&self) -> Changes {
+        if self.db.is_none() {
+            return Changes::default();
+        }
+        let mut inner = self.lock();
+        if inner.dirty.is_empty() && !inner.rewrite {
+            return Changes::default();
+        }
+        let rewrite = std::mem::take(&mut inner.rewrite);
+        let keys: Vec<String> = inner.dirty.drain().collect();
+        let values: Vec<(String, i64)> = if rewrite {
+            inner
+                .state
+                .counters()
+                .map(|(k, c)| (k.to_owned(), c))
+                .collect()
+        } else {
+            keys.iter()
+                .map(|k| (k.clone(), inner.state.count(k)))
+                .collect()
+        };
+        Changes {
+            keys,
+            rewrite,
+            values,
+        }
+    }
+
+    /// Writes changes [`DaemonCounters::take_changes`] took into `txn`. On an error the caller gives them back.
+    pub fn write_taken(
+        &self,
+        txn: &redb::WriteTransaction,
+        changes: &Changes,
+    ) -> Result<(), DbError> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
+        if changes.rewrite {
+            let keep: HashSet<&str> = changes.values.iter().map(|(k, _)| k.as_str()).collect();
+            let mut gone = Vec::new();
+            for entry in table.iter().map_err(|e| db.err(e))? {
+                let (key, _) = entry.map_err(|e| db.err(e))?;
+                if !keep.contains(key.value()) {
+                    gone.push(key.value().to_owned());
+                }
+            }
+            for key in gone {
+                table.remove(key.as_str()).map_err(|e| db.err(e))?;
+            }
+        }
+        for (key, count) in &changes.values {
+            if *count > 0 {
+                table.insert(key.as_str(), *count).map_err(|e| db.err(e))?;
+            } else {
+                table.remove(key.as_str()).map_err(|e| db.err(e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives back changes whose transaction did not commit: they are written with the next one.

@@ -353,6 +353,9 @@ impl Outbox {
         if seq <= stats.acked_through || seq > stats.last_seq {
             return Ok(None);
         }
+        if let Some(hash) = self.pending_hash(seq) {
+            return Ok(Some(hash));
+        }
         let txn = self.db().redb().begin_read().map_err(|e| self.db_err(e))?;
         let records = txn.open_table(super::RECORDS).map_err(|e| self.db_err(e))?;
         let found = records

@@ -983,20 +983,27 @@ fn a_plain_ack_is_kept_across_a_reopen_and_a_conflict_ack_quarantines() {
 fn abort_child(dir: &Path) -> ! {
     let (db, outbox) = open_at(&dir.join("agent.redb"), OutboxLimits::default());
     outbox.enable_log(wal::HEADER_LEN + 16 * 1024).unwrap();
+    // The applier runs beside the appends, as in the daemon: groups reach redb in commits without fsync
+    // (and durably when a file of the log is left), some before the abort, some not.
+    let applier = {
+        let outbox = outbox.clone();
+        std::thread::spawn(move || outbox.run_applier())
+    };
     for group in 0..300i64 {
         let records = (0..1 + group % 5)
             .map(|i| new_record(RecordClass::Block, 100 + i as usize))
             .collect();
         let count = group + 1;
+        let counters = vec![("window|scope|bucket|key".to_owned(), count)];
         outbox
-            .append_logged(records, |txn| {
-                let counters = vec![("window|scope|bucket|key".to_owned(), count)];
+            .append_logged(records, Some(counters.clone()), |txn| {
                 crate::gate::ratelimit_counters::write_logged(&db, txn, &counters)?;
-                Ok(Some(counters))
+                Ok(())
             })
             .unwrap();
         println!("answered {} {count}", outbox.stats().last_seq);
     }
+    drop(applier);
     std::process::abort();
 }
 
@@ -1054,13 +1061,15 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
         .unwrap();
     let log = |outbox: &Outbox| outbox.log_lock().wal.as_ref().map(wal::Wal::needs_reset);
     outbox
-        .append_logged(vec![new_record(RecordClass::Block, 10)], |_| {
-            Ok(Some(Vec::new()))
-        })
+        .append_logged(
+            vec![new_record(RecordClass::Block, 10)],
+            Some(Vec::new()),
+            |_| Ok(()),
+        )
         .unwrap();
     assert_eq!(log(&outbox), Some(true), "the first group is in the log");
     outbox
-        .append_logged(vec![new_record(RecordClass::Block, 11)], |_| Ok(None))
+        .append_logged(vec![new_record(RecordClass::Block, 11)], None, |_| Ok(()))
         .unwrap();
     assert_eq!(
         log(&outbox),
@@ -1068,9 +1077,11 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
         "a durable commit starts the log over"
     );
     outbox
-        .append_logged(vec![new_record(RecordClass::Block, 12)], |_| {
-            Ok(Some(Vec::new()))
-        })
+        .append_logged(
+            vec![new_record(RecordClass::Block, 12)],
+            Some(Vec::new()),
+            |_| Ok(()),
+        )
         .unwrap();
     assert_eq!(log(&outbox), Some(true));
     drop(outbox);
@@ -1080,9 +1091,9 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
     assert_eq!(outbox.verify_chain().unwrap().records, 3);
 }
 
-/// A replay applies only the frames after the position redb stores. Here redb holds both logged groups (a
-/// clean close made them durable) and a newer count written durably since; replaying the frames' counts
-/// again would take the counter back.
+/// A replay applies only the frames after the position redb stores. Here redb holds both logged groups (the
+/// applier wrote them without fsync, and a durable commit since made that durable) and a newer count
+/// written durably since; replaying the frames' counts again would take the counter back.
 #[test]
 fn a_replay_skips_frames_the_stored_position_covers_and_never_regresses_a_counter() {
     let dir = tempfile::tempdir().unwrap();
@@ -1092,14 +1103,19 @@ fn a_replay_skips_frames_the_stored_position_covers_and_never_regresses_a_counte
         let (db, outbox) = open_at(&path, OutboxLimits::default());
         outbox.enable_log(1 << 20).unwrap();
         for count in [50i64, 60] {
+            let counters = vec![(key.to_owned(), count)];
             outbox
-                .append_logged(vec![new_record(RecordClass::Block, 10)], |txn| {
-                    let counters = vec![(key.to_owned(), count)];
-                    crate::gate::ratelimit_counters::write_logged(&db, txn, &counters)?;
-                    Ok(Some(counters))
-                })
+                .append_logged(
+                    vec![new_record(RecordClass::Block, 10)],
+                    Some(counters.clone()),
+                    |txn| {
+                        crate::gate::ratelimit_counters::write_logged(&db, txn, &counters)?;
+                        Ok(())
+                    },
+                )
                 .unwrap();
         }
+        outbox.apply_pending().unwrap();
         let txn = db.redb().begin_write().unwrap();
         crate::gate::ratelimit_counters::write_logged(&db, &txn, &[(key.to_owned(), 70)]).unwrap();
         txn.commit().unwrap();
@@ -1133,7 +1149,7 @@ fn groups_a_reopen_took_back_are_replayed_before_the_next_write() {
     let group = |len: usize| vec![new_record(RecordClass::Block, len)];
     for len in 10..13 {
         outbox
-            .append_logged(group(len), |_| Ok(Some(Vec::new())))
+            .append_logged(group(len), Some(Vec::new()), |_| Ok(()))
             .unwrap();
     }
     if let Some(wal) = outbox.log_lock().wal.as_mut() {
@@ -1143,14 +1159,14 @@ fn groups_a_reopen_took_back_are_replayed_before_the_next_write() {
     fail.store(true, Ordering::Release);
     assert!(
         outbox
-            .append_logged(group(20), |_| Ok(Some(Vec::new())))
+            .append_logged(group(20), Some(Vec::new()), |_| Ok(()))
             .is_err()
     );
     fail.store(false, Ordering::Release);
     assert!(db.heal().unwrap(), "the database was failing and is healed");
     assert_eq!(db.reopens(), 1, "healing re-opened the database");
     let (outcomes, _) = outbox
-        .append_logged(group(30), |_| Ok(Some(Vec::new())))
+        .append_logged(group(30), Some(Vec::new()), |_| Ok(()))
         .unwrap();
     assert_eq!(outcomes, vec![AppendOutcome::Appended { seq: 4 }]);
     assert_eq!(outbox.verify_chain().unwrap().records, 4);

@@ -170,6 +170,12 @@ pub(crate) fn path_for(db_path: &Path) -> PathBuf {
     db_path.with_extension("wal")
 }
 
+/// The path of the pair's second file (`agent.redb` → `agent.wal.1`): the committer writes one file while the
+/// database catches up with the other (see the outbox's "Crash rules").
+pub(crate) fn spare_path_for(db_path: &Path) -> PathBuf {
+    db_path.with_extension("wal.1")
+}
+
 /// An open log. Not synchronised: the outbox calls it under its writer lock.
 #[derive(Debug)]
 pub(crate) struct Wal {
@@ -367,6 +373,7 @@ impl Wal {
 
     /// The position a durable commit stores: every frame of the current generation is then redundant, and
     /// the reset that follows starts the next one.
+    #[cfg(test)]
     pub(crate) fn superseded(&self) -> Position {
         Position {
             generation: self.generation.wrapping_add(1).max(1),
@@ -417,8 +424,14 @@ impl Wal {
 
     /// Starts the log over after a durable commit made every frame in it redundant: a new generation in the
     /// header, synced, so a crash can never replay a frame older than the commit.
+    #[cfg(test)]
     pub(crate) fn reset(&mut self) -> io::Result<()> {
-        let generation = self.superseded().generation;
+        self.reset_to(self.superseded().generation)
+    }
+
+    /// [`Wal::reset`] to a chosen generation (the other file of the pair takes the generation after this
+    /// one's, so generations rise across both files).
+    pub(crate) fn reset_to(&mut self, generation: u64) -> io::Result<()> {
         let written = if self.header_invalid {
             Self::preallocate_at(&self.file, &self.path, self.capacity, generation)
         } else {
@@ -452,7 +465,8 @@ impl Wal {
         }
     }
 
-    /// Marks the log failed (a redb commit failed after its frame was synced).
+    /// Marks the log failed (tests: a write that failed).
+    #[cfg(test)]
     pub(crate) fn mark_failed(&mut self) {
         self.failed = true;
     }
@@ -467,6 +481,24 @@ impl Wal {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Frames written in the current generation.
+    pub(crate) fn frame_count(&self) -> u64 {
+        self.frames
+    }
+
+    /// Whether the log takes no frame until a reset.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// The position of the newest frame of the current generation (`frame` 0 when there is none).
+    pub(crate) fn last_position(&self) -> Position {
+        Position {
+            generation: self.generation,
+            frame: self.frames,
+        }
     }
 }
 

@@ -107,8 +107,24 @@ mod tests {
         let (status, _) = call(&state, "POST", "/v1/gate/evaluate").await;
         assert_eq!(status, StatusCode::OK, "a healthy agent decides");
 
-        // The database fails as a full disk leaves it: closed until re-opened.
+        // The database fails as a full disk leaves it: closed until re-opened. A decision does not touch the
+        // database (its record is durable in the outbox's log), so the failure shows once the outbox's applier
+        // tries to write the record there; until then a decision is answered through the log.
         state.db.close_for_test();
+        let (status, body) = call(&state, "POST", "/v1/gate/evaluate").await;
+        let answered_while_failing = u64::from(status == StatusCode::OK);
+        assert!(
+            status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{body}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while state.storage_error().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failure was never noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (status, body) = call(&state, "POST", "/v1/gate/evaluate").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("\"storage_failing\""), "{body}");
@@ -153,8 +169,13 @@ mod tests {
         );
         assert_eq!(
             state.outbox().stats().last_seq,
-            2,
-            "both answered decisions are in the outbox"
+            2 + answered_while_failing,
+            "every answered decision is in the outbox"
+        );
+        assert_eq!(
+            state.outbox().verify_chain().expect("chain").records,
+            2 + answered_while_failing,
+            "and in the database, the one answered through the log while it failed too"
         );
         shutdown.cancel();
         healer.await.expect("healer");
