@@ -11,7 +11,8 @@
 //!   survives the deletion of every record.
 //! - `outbox_quarantine` and `outbox_quarantine_meta`: records the aggregator refused for good, see
 //!   [`quarantine`].
-//! - Beside the database, `agent.wal`: the write-ahead log of group commits, see `outbox/wal.rs`.
+//! - Beside the database, `agent.wal` and `agent.wal.1`: the write-ahead log of group commits, see
+//!   `outbox/wal.rs`.
 //!
 //! # Invariants (checked on open, and fully by [`Outbox::verify_chain`])
 //! - Sequence numbers start at 1 and strictly increase; a number is never reused, even after its record was
@@ -39,11 +40,21 @@
 //!
 //! # Crash rules
 //! - Each `append` / `append_many` is one redb write transaction committed with fsync ("immediate"
-//!   durability) before it returns; the producer learns its seq only after that. The committer's group
-//!   commits (`Outbox::append_logged`) are made durable by one synced frame of the write-ahead log
-//!   (`agent.wal` beside the database, `outbox/wal.rs`) before redb commits them without fsync; opening the outbox
-//!   replays the log. So after a crash (process kill or power loss, provided the disk honours fsync) every
-//!   record ever acknowledged to a producer is present, unless the aggregator acknowledged it first.
+//!   durability) before it returns; the producer learns its seq only after that.
+//! - The committer's group commits (`Outbox::append_logged`) are made durable by one synced frame of the
+//!   write-ahead log alone (`outbox/wal.rs`): no redb transaction is on the decision path. The sealed group
+//!   waits in memory (`Pending`) until the applier thread (`Outbox::run_applier`), or the next ack,
+//!   quarantine or durable append, moves it into redb in its own transaction; reads (`peek_batch`,
+//!   `hash_at`, `verify_chain`) see pending groups as if they were stored. The log is two files, `agent.wal`
+//!   and `agent.wal.1`; when the active one is full the other becomes active, and it is reused only once redb
+//!   durably holds every group it logged (the rotation applies them with fsync first if the applier is
+//!   behind). Opening the outbox replays both files in generation order, skipping what redb already holds
+//!   (`log_position` in meta). So after a crash (process kill or power loss, provided the disk honours
+//!   fsync) every record ever acknowledged to a producer is present, unless the aggregator acknowledged it
+//!   first.
+//! - Downgrade: a build older than the two-file log reads only `agent.wal`. Stop the agent cleanly before
+//!   downgrading (a clean stop checkpoints the log into redb), or groups logged only in `agent.wal.1` are
+//!   not replayed by the older build.
 //! - A crash in the middle of a transaction leaves the last committed state: redb's copy-on-write commit
 //!   either happened or did not; an interrupted `ack_through` deletes everything it was asked to or nothing.
 //! - Sending is at-least-once: a batch sent but not yet acknowledged when the agent died is sent again. The

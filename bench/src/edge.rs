@@ -459,10 +459,15 @@ pub(crate) struct OpenLoop {
     /// Requests answered more than [`SLOW`] after their scheduled time: (scheduled offset from the start,
     /// latency), to tell one stall from a spread-out tail.
     slow: Vec<(Duration, Duration)>,
+    /// How late a thread that only sleeps 1 ms at a time woke up, sorted: a tail here is the machine's (the
+    /// whole VM held off the CPU, or every core busy), not the server's.
+    sleeper: Vec<Duration>,
 }
 
 /// What [`OpenLoop::slow`] counts.
 const SLOW: Duration = Duration::from_millis(10);
+/// A sleeper's wake-up later than this counts as a machine stall in the report.
+const SLEEPER_STALL: Duration = Duration::from_millis(5);
 
 impl OpenLoop {
     /// Nearest-rank quantile of a sorted sample, in milliseconds.
@@ -509,6 +514,12 @@ impl OpenLoop {
                 "p99": round(Self::quantile_ms(&self.lateness, 0.99), 3),
             },
             "over_10ms": self.slow_windows(),
+            "sleeper_lateness_ms": {
+                "p50": round(Self::quantile_ms(&self.sleeper, 0.50), 3),
+                "p99": round(Self::quantile_ms(&self.sleeper, 0.99), 3),
+                "max": round(Self::quantile_ms(&self.sleeper, 1.0), 3),
+                "over_5ms": self.sleeper.iter().filter(|d| **d > SLEEPER_STALL).count(),
+            },
         })
     }
 
@@ -536,7 +547,7 @@ impl OpenLoop {
 
     pub(crate) fn human(&self, stage: &str, rate_limited: bool) -> String {
         format!(
-            "decide open-loop ({stage}{}): {:.0}/s scheduled, {:.0}/s achieved, {} sent, {} errors; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (client send lateness p99 {:.3} ms)",
+            "decide open-loop ({stage}{}): {:.0}/s scheduled, {:.0}/s achieved, {} sent, {} errors; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (client send lateness p99 {:.3} ms; a 1 ms sleeper woke p99 {:.3} ms late, {} times over 5 ms)",
             if rate_limited {
                 ", rate-limited rule"
             } else {
@@ -551,8 +562,22 @@ impl OpenLoop {
             self.p(0.999),
             self.p(1.0),
             Self::quantile_ms(&self.lateness, 0.99),
+            Self::quantile_ms(&self.sleeper, 0.99),
+            self.sleeper.iter().filter(|d| **d > SLEEPER_STALL).count(),
         )
     }
+}
+
+/// Sleeps 1 ms at a time until `done`, recording how late each wake-up was (see [`OpenLoop::sleeper`]).
+fn sleeper(done: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    const NAP: Duration = Duration::from_millis(1);
+    let mut late = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        let before = Instant::now();
+        std::thread::sleep(NAP);
+        late.push(before.elapsed().saturating_sub(NAP));
+    }
+    late
 }
 
 /// A keep-alive HTTP/1.1 connection to the agent's Unix socket that asks for one decision at a time (the
@@ -656,7 +681,10 @@ pub(crate) fn run_open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let next = AtomicU64::new(0);
     let start = Instant::now() + Duration::from_millis(20);
+    let senders_done = std::sync::atomic::AtomicBool::new(false);
+    let mut sleeper_late = Vec::new();
     let results = std::thread::scope(|scope| {
+        let probe = scope.spawn(|| sleeper(&senders_done));
         let threads: Vec<_> = clients
             .into_iter()
             .map(|mut client| {
@@ -717,13 +745,18 @@ pub(crate) fn run_open_loop(
                 })
             })
             .collect();
-        threads
+        let results = threads
             .into_iter()
             .map(|t| {
                 t.join()
                     .map_err(|_| anyhow::anyhow!("a sending thread panicked"))
             })
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>();
+        senders_done.store(true, Ordering::Relaxed);
+        sleeper_late = probe
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sleeper thread panicked"))?;
+        results
     })?;
     let mut run = OpenLoop {
         target_rate: rate,
@@ -734,6 +767,7 @@ pub(crate) fn run_open_loop(
         latencies: Vec::with_capacity(count),
         lateness: Vec::with_capacity(count),
         slow: Vec::new(),
+        sleeper: sleeper_late,
     };
     let mut last = start;
     for (latencies, lateness, slow, errors, last_done) in results {
@@ -748,6 +782,7 @@ pub(crate) fn run_open_loop(
     }
     run.latencies.sort_unstable();
     run.lateness.sort_unstable();
+    run.sleeper.sort_unstable();
     let elapsed = last.saturating_duration_since(start).as_secs_f64();
     if elapsed > 0.0 {
         run.achieved_rate = run.latencies.len() as f64 / elapsed;

@@ -5,16 +5,16 @@
 //!
 //! # Durability rule
 //! A decision never pays an fsync of its own for its counters. Every counter a decision changes is marked
-//! dirty in memory under the same lock as the change, and the outbox committer writes the dirty counters in
-//! the write transaction of its next group commit ([`DaemonCounters::write_changes`]), which it starts only
-//! after it has gathered the group's records. A decision's record is queued only after it counted, so its
-//! count is durable in the same fsync as its record, before the decision is answered. A crash can therefore
-//! lose only counts of decisions that were never answered (their callers got no verdict and fail closed); a
-//! window that was enforced is never reset by a restart. When the committer makes a group durable through
-//! the outbox's write-ahead log (`outbox/wal.rs`), the counters it wrote travel in the group's frame
-//! and are written again when the log is replayed; a rewrite of the table (keys removed) cannot be replayed
-//! from values, so that group commits durably in redb instead. A commit that fails gives its counters back as dirty
-//! ([`DaemonCounters::restore`]); a clean stop writes whatever is still dirty ([`DaemonCounters::flush`]).
+//! dirty in memory under the same lock as the change, and the outbox committer takes the dirty counters
+//! ([`DaemonCounters::take_changes`]) after it has gathered the group's records and makes them durable with
+//! that group: in its frame of the outbox's write-ahead log (`outbox/wal.rs`), from which the applier writes
+//! them to redb and a replay writes them again, or in its durable redb transaction when the group cannot be
+//! logged (a rewrite of the table, keys removed, cannot be replayed from values). A decision's record is
+//! queued only after it counted, so its count is durable in the same fsync as its record, before the
+//! decision is answered. A crash can therefore lose only counts of decisions that were never answered
+//! (their callers got no verdict and fail closed); a window that was enforced is never reset by a restart.
+//! A commit that fails gives its counters back as dirty ([`DaemonCounters::restore`]); a clean stop writes
+//! whatever is still dirty ([`DaemonCounters::flush`]).
 //!
 //! Buckets that are over are pruned at most once per second (and by the bound before it evicts anything).
 //! A counter removed from memory other than by being counted (a pruned bucket, Gait dropping a window's older

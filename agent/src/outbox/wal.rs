@@ -2,37 +2,46 @@
 //! sequential write, instead of a durable redb commit (which syncs the scattered pages it copied on write).
 //!
 //! # Protocol
-//! The committer ([`crate::state`]) hands its group to [`super::Outbox::append_logged`]. That builds the
-//! redb transaction as before (seqs, hash chain, quota, the rate-limit counters) and stores in it the
-//! group's [`Position`] in the log (generation, frame number). It then appends one frame holding the group's
-//! sealed records, the outbox's `shed_total` and the counters the group changed, syncs it, and only then
-//! commits redb *without* fsync ([`redb::Durability::None`]). The producers are answered after both. Every
-//! [`CHECKPOINT_EVERY`] logged groups, or when a frame does not fit, the group is committed durably instead,
-//! storing a position past every frame of the current generation; that makes everything before it durable
-//! in redb too, and the log starts over ([`Wal::reset`]: the next generation in the header).
+//! The committer ([`crate::state`]) hands its group to [`super::Outbox::append_logged`]. That seals the
+//! records against the outbox's in-memory state (seqs, hash chain, quota), appends one frame holding the
+//! sealed records, the outbox's `shed_total` and the rate-limit counters the group changed, syncs it, and
+//! answers the producers. No redb transaction is on that path: the group waits in memory until the
+//! applier's thread (or the next write that needs the tables) commits it to redb without fsync, storing the
+//! group's [`Position`] (generation, frame number) with it.
+//!
+//! The log is a pair of files, `agent.wal` and `agent.wal.1`, one active. When the active file is full or
+//! holds [`CHECKPOINT_EVERY`] frames, the committer moves to the other one, which starts over at the next
+//! generation ([`Wal::reset_to`]). It may only once redb's *durable* state holds every frame in it: the
+//! commit that applies a moved-off file's last frame is made with fsync, and if the applier has not got
+//! there yet when the committer needs the file, the committer makes that commit itself. So the fsync of
+//! redb's scattered pages happens off the decision path, one file's worth of groups at a time.
+//!
+//! A write that needs durable redb state (an ack, a quarantine, a durable `append`, a group that could not
+//! be logged) applies the pending groups in its own transaction, commits with fsync, stores a position past
+//! every frame of both files, and the active file starts over.
 //!
 //! # Recovery
 //! A crash (or a re-open of the database after a storage failure, [`crate::db::AgentDb::heal`]) takes redb
 //! back to its last durable commit, which may be older than what producers were told. So whenever the outbox
-//! is opened, and whenever a write notices the database was re-opened, it reads the frames of the current
-//! generation back and re-applies, in one durable commit, exactly those after the position redb's durable
-//! state stores: each must continue redb's `last_seq` / `last_hash`, and their counters are written in
-//! frame order. The frames before the position are never applied again, so a counter redb holds cannot go
-//! back to an older value. Until a replay after a re-open succeeds, every outbox write fails.
+//! is opened, and whenever a write notices the database was re-opened, it reads the frames of both files
+//! back in generation order and re-applies, in one durable commit, exactly those after the position redb's
+//! durable state stores: each must continue redb's `last_seq` / `last_hash`, and their counters are written
+//! in frame order. The frames before the position are never applied again, so a counter redb holds cannot
+//! go back to an older value. Until a replay after a re-open succeeds, every outbox write fails.
 //!
 //! # What a failure means
 //! - A frame that cannot be written or synced marks the log failed: that group (and every later one until a
 //!   reset succeeds) is committed durably in redb, storing a position past the log, as without the log.
-//! - A redb commit that fails after its frame was synced is reported to the producers as failed. The outbox
-//!   then commits a position past the log durably and resets it before any other write, so the frame never
-//!   counts. If that fails too (the storage is failing), the replay after the re-open applies the frame: like
-//!   an `fsync` that returned an error, the outcome of that one group is unknown to its producers. A last
-//!   frame whose records no longer continue redb's (another write took the seqs) is left out with a warning.
+//! - A commit of pending groups that fails leaves them in memory and in the log (they were answered; the
+//!   log is their durable copy). The applier retries; while the database is marked failed, new groups are
+//!   refused (they take the durable path, which fails) rather than piling up behind it, and the re-open
+//!   replays the log, applying them.
 //! - A torn frame (a crash during its write) was never acknowledged: the log ends before it.
-//! - A header that does not check out makes the log start over, written with zeros again, at a generation
-//!   above the stored position's.
+//! - A header that does not check out makes that file start over, written with zeros again, at a
+//!   generation above the stored position's.
 
-//! # File format (`<database file>` with extension `wal`, mode 0600, little-endian)
+//! # File format (`<database file>` with extension `wal`, and the same with `.1` appended for the spare;
+//! mode 0600, little-endian)
 //! - bytes `0..4096`, the header: magic `GAITWAL1`, generation (u64), the first 16 bytes of the BLAKE3 hash
 //!   of those 16 bytes.
 //! - from byte 4096, frames back to back, each: frame magic `GWFR`, payload length (u32), generation (u64),
@@ -54,11 +63,12 @@ use std::path::{Path, PathBuf};
 /// few hundred KiB; a burst of large groups that fills it only brings the next durable commit forward.
 pub(crate) const DEFAULT_CAPACITY: u64 = 4 * 1024 * 1024;
 
-/// Logged groups between two durable redb commits. A durable commit writes every page the commits since the
-/// last one copied (redb keeps them in its write buffer and cannot reuse the pages they freed until then),
-/// so the longer the run of commits without fsync, the longer the one that ends it holds up the groups
-/// queued behind it. Measured at 5,000 decisions/s (`docs/benchmarks.md`, "write-ahead log"): at 1,024
-/// and 8,192 that stall showed in the p99; 32, 128 and 256 were within the machine's noise of each other.
+/// Frames one file of the pair takes before the committer moves to the other: how many groups one durable
+/// redb commit (the one that applies the file's last frame) makes durable. A durable commit writes every
+/// page the commits since the last one copied, so the longer the run, the longer that commit; it is off the
+/// decision path, but holds up acks and quarantines meanwhile, and a longer run is a longer replay after a
+/// crash. Measured with the commit on the decision path (`docs/benchmarks.md`, "write-ahead log"): at 1,024
+/// and 8,192 the stall showed in the p99; 32, 128 and 256 were within the machine's noise of each other.
 pub(crate) const CHECKPOINT_EVERY: u64 = 128;
 pub(crate) const HEADER_LEN: u64 = 4096;
 const MAGIC: [u8; 8] = *b"GAITWAL1";

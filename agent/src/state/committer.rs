@@ -5,13 +5,14 @@
 //! takes whatever appends are waiting (up to [`MAX_GROUP`]), commits them together, and answers each
 //! producer. A group is made durable by one synced frame of the outbox's write-ahead log
 //! ([`crate::outbox::wal`]: one sequential write and `fdatasync`, where a durable redb commit syncs every page
-//! it copied) and committed to redb without fsync; every [`crate::outbox::wal::CHECKPOINT_EVERY`] groups, one
-//! commits durably in redb and the log starts over. A lone producer pays one commit, as before; many concurrent producers share commits. When a
-//! group cannot be committed as a whole (quota reached, one record invalid) each record of it is appended on
-//! its own, so every producer gets exactly the answer a single append would have given.
+//! it copied) and answered; a second thread, the applier, moves the logged groups into redb behind it, so no
+//! redb commit is on a producer's path. A lone producer pays one frame; many concurrent producers share
+//! frames. When a group cannot be committed as a whole (quota reached, one record invalid) each record of it
+//! is appended on its own, so every producer gets exactly the answer a single append would have given.
 //!
-//! The daemon's rate-limit counters ride along: every commit also writes the counters changed since the last
-//! one, in the same transaction, taken after the group was gathered, so a decision's count is durable with
+//! The daemon's rate-limit counters ride along: every commit also logs the counters changed since the last
+//! one, in the same frame (or the same transaction when it commits in redb), taken after the group was
+//! gathered, so a decision's count is durable with
 //! its record before it is answered ([`crate::gate::ratelimit_counters`], "Durability rule"). When the queue
 //! closes, counters still changed are written in a last commit of their own.
 
