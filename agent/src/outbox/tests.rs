@@ -980,15 +980,16 @@ fn a_plain_ack_is_kept_across_a_reopen_and_a_conflict_ack_quarantines() {
 /// The child side of [`groups_answered_through_the_log_survive_an_abort`]: appends groups through a small log
 /// (so it fills and starts over several times), prints each answered group, then aborts: no destructor runs,
 /// so redb keeps nothing it did not sync.
-fn abort_child(dir: &Path) -> ! {
+fn abort_child(dir: &Path, with_applier: bool) -> ! {
     let (db, outbox) = open_at(&dir.join("agent.redb"), OutboxLimits::default());
     outbox.enable_log(wal::HEADER_LEN + 16 * 1024).unwrap();
-    // The applier runs beside the appends, as in the daemon: groups reach redb in commits without fsync
-    // (and durably when a file of the log is left), some before the abort, some not.
-    let applier = {
+    // With the applier beside the appends, as in the daemon, groups reach redb in commits without fsync (and
+    // durably when a file of the log is left), some before the abort, some not. Without it, only the
+    // committer's own moves between the two files put groups into redb, durably.
+    let applier = with_applier.then(|| {
         let outbox = outbox.clone();
         std::thread::spawn(move || outbox.run_applier())
-    };
+    });
     for group in 0..300i64 {
         let records = (0..1 + group % 5)
             .map(|i| new_record(RecordClass::Block, 100 + i as usize))
@@ -1003,6 +1004,16 @@ fn abort_child(dir: &Path) -> ! {
             .unwrap();
         println!("answered {} {count}", outbox.stats().last_seq);
     }
+    if !with_applier {
+        let pending = outbox.pending_lock();
+        // 300 groups through a 16 KiB file pair moved between the files many times: the groups left in
+        // memory are only those logged since the last move.
+        assert!(
+            pending.groups.len() < 300 && pending.durable.is_some(),
+            "the committer's moves between the files should have applied groups durably ({} pending)",
+            pending.groups.len()
+        );
+    }
     drop(applier);
     std::process::abort();
 }
@@ -1010,20 +1021,42 @@ fn abort_child(dir: &Path) -> ! {
 #[test]
 fn groups_answered_through_the_log_survive_an_abort() {
     if let Some(dir) = std::env::var_os("GAIT_OUTBOX_ABORT_CHILD") {
-        abort_child(Path::new(&dir));
+        abort_child(Path::new(&dir), true);
     }
+    abort_and_reopen("groups_answered_through_the_log_survive_an_abort");
+}
+
+/// The applier never runs: every move from one file of the log to the other must first make redb hold the
+/// other file's groups durably, or the groups logged there before would be overwritten and lost at the abort.
+#[test]
+fn groups_answered_with_the_applier_behind_survive_an_abort() {
+    if let Some(dir) = std::env::var_os("GAIT_OUTBOX_ABORT_CHILD") {
+        abort_child(Path::new(&dir), false);
+    }
+    abort_and_reopen("groups_answered_with_the_applier_behind_survive_an_abort");
+}
+
+/// Runs `test` (one of the two above) as an aborting child, then reopens its database and checks that every
+/// answered group is back.
+fn abort_and_reopen(test: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "outbox::tests::groups_answered_through_the_log_survive_an_abort",
+            &format!("outbox::tests::{test}"),
             "--nocapture",
             "--test-threads=1",
         ])
         .env("GAIT_OUTBOX_ABORT_CHILD", dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the child should have aborted");
+    // SIGABRT: the child reached its abort (a failed assertion in it exits with a code instead).
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(6),
+        "the child should have aborted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (last_seq, count) = stdout
         .lines()
