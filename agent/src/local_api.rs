@@ -82,6 +82,8 @@ pub mod metric {
     pub const OUTBOX_BYTES: &str = "gait_agent_outbox_bytes";
     /// `allow` records shed since the outbox was created.
     pub const OUTBOX_SHED: &str = "gait_agent_outbox_shed_total";
+    /// Records answered through the outbox's write-ahead log that the agent database does not hold yet.
+    pub const OUTBOX_UNAPPLIED: &str = "gait_agent_outbox_unapplied_records";
     /// Epoch of the active bundle (0 = none).
     pub const BUNDLE_EPOCH: &str = "gait_agent_bundle_epoch";
     /// Offered bundles refused since start.
@@ -766,6 +768,12 @@ fn scrape_registry(
             metric::OUTBOX_BYTES,
             "Bytes of records waiting in the outbox.",
             gauge_value(report.outbox.bytes),
+        ),
+        (
+            metric::OUTBOX_UNAPPLIED,
+            "Records answered through the outbox's write-ahead log that the agent database does not hold yet \
+             (the applier's lag; bounded by the log's two files).",
+            gauge_value(state.outbox().unapplied_records()),
         ),
         (
             metric::BUNDLE_EPOCH,

@@ -799,6 +799,13 @@ impl Outbox {
         *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records answered through the write-ahead log that redb does not hold yet: how far the applier is
+    /// behind. Bounded by what the log's two files hold (the committer applies a file before reusing it).
+    pub fn unapplied_records(&self) -> u64 {
+        let pending = self.pending_lock();
+        pending.groups.iter().map(|g| g.records.len() as u64).sum()
+    }
+
     /// Scans every stored record: decodes it, checks its hash, that seqs are contiguous, that each
     /// `prev_hash` links to its predecessor, and that the last one matches meta. O(depth) reads.
     pub fn verify_chain(&self) -> Result<ChainReport, OutboxError> {

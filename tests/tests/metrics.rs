@@ -112,6 +112,7 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
         "gait_agent_decision_duration_seconds_count 1",
         "gait_agent_outbox_commit_duration_seconds_bucket{le=\"1.0\"}",
         "gait_agent_outbox_commit_records_bucket{le=\"512.0\"}",
+        "\ngait_agent_outbox_unapplied_records ",
     ] {
         ensure!(text.contains(series), "{series} missing:\n{text}");
     }

@@ -1101,6 +1101,11 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
         )
         .unwrap();
     assert_eq!(log(&outbox), Some(true), "the first group is in the log");
+    assert_eq!(
+        outbox.unapplied_records(),
+        1,
+        "no applier ran: redb lacks it"
+    );
     outbox
         .append_logged(vec![new_record(RecordClass::Block, 11)], None, |_| Ok(()))
         .unwrap();
@@ -1108,6 +1113,11 @@ fn a_group_that_cannot_be_logged_commits_durably_and_the_log_continues() {
         log(&outbox),
         Some(false),
         "a durable commit starts the log over"
+    );
+    assert_eq!(
+        outbox.unapplied_records(),
+        0,
+        "the durable commit applied the group before it"
     );
     outbox
         .append_logged(
