@@ -1,5 +1,6 @@
 //! Both daemons' `/metrics` pass `promtool check metrics` (Debian package `prometheus`; `.ci/run` installs
-//! it): well-formed exposition, HELP and TYPE for every series, Prometheus naming conventions.
+//! it): well-formed exposition, HELP and TYPE for every series, Prometheus naming conventions. The alerting
+//! rules in `deploy/prometheus` pass `promtool check rules` and their unit tests, and name only real series.
 #![allow(clippy::disallowed_methods)] // tests spawn freely and read the clock
 
 use std::io::Write as _;
@@ -71,9 +72,9 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
             >= 1)
             .then_some(())
     })?;
-    let (status, body) = http_json("GET", &format!("http://{}/metrics", agg.http), None, None)?;
+    let (status, agg_body) = http_json("GET", &format!("http://{}/metrics", agg.http), None, None)?;
     ensure!(status == 200, "aggregator /metrics: {status}");
-    let text = body.as_str().context("text")?;
+    let text = agg_body.as_str().context("text")?;
     promtool_check("aggregator", text)?;
     for series in [
         "\nprocess_resident_memory_bytes ",
@@ -132,6 +133,55 @@ fn both_daemons_metrics_pass_promtool() -> anyhow::Result<()> {
             .is_some_and(|t| t > 1_700_000_000)),
         "certificate expiry missing:\n{text}"
     );
+    alert_rules_check(&[agg_body.as_str().unwrap_or_default(), text])?;
+    Ok(())
+}
+
+/// `deploy/prometheus/gait-alerts.yml` passes `promtool check rules` and its unit tests, and every Gait series
+/// it names is in one of `expositions` (so a renamed metric cannot leave an alert that never fires).
+fn alert_rules_check(expositions: &[&str]) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        ["check", "rules", "gait-alerts.yml"],
+        ["test", "rules", "gait-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .context(
+                "promtool (Debian package prometheus) must be installed; .ci/run installs it",
+            )?;
+        ensure!(
+            out.status.success(),
+            "promtool {}: {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("gait-alerts.yml"))?;
+    let named: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("gait_agent_") || w.starts_with("gait_aggregator_"))
+        .collect();
+    ensure!(
+        named.len() >= 10,
+        "too few series found in the rules: {named:?}"
+    );
+    for name in named {
+        let exposed = expositions.iter().any(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+        });
+        ensure!(
+            exposed,
+            "gait-alerts.yml names {name}, which neither daemon exposes"
+        );
+    }
     Ok(())
 }
 
