@@ -117,14 +117,11 @@ mod tests {
             status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
             "{body}"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while state.storage_error().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the failure was never noticed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        gait_testkit::wait_until("the storage failure noticed", || {
+            state.storage_error().is_some()
+        })
+        .await
+        .expect("the failure was never noticed");
         let (status, body) = call(&state, "POST", "/v1/gate/evaluate").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("\"storage_failing\""), "{body}");
@@ -142,14 +139,9 @@ mod tests {
 
         let shutdown = CancellationToken::new();
         let healer = tokio::spawn(run(state.clone(), shutdown.clone()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while state.storage_error().is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the healer never healed the storage"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gait_testkit::wait_until("the storage healed", || state.storage_error().is_none())
+            .await
+            .expect("the healer never healed the storage");
         let (status, body) = call(&state, "GET", "/healthz").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let (status, body) = call(&state, "POST", "/v1/gate/evaluate").await;
