@@ -1435,29 +1435,17 @@ impl Outbox {
     /// stop). Nothing to do when the log is empty.
     pub(crate) fn checkpoint_log(&self) -> Result<(), OutboxError> {
         let mut cached = self.lock();
-        let _apply = self.apply_lock();
-        let txn = self.begin_replayed(Some(&mut *cached))?;
-        let groups = self.pending_snapshot();
-        let mut slot = self.log_lock();
-        let logged = slot.wal.as_ref().is_some_and(wal::Wal::needs_reset);
-        let Some(superseded) = slot.superseded().filter(|_| logged || !groups.is_empty()) else {
-            return txn.abort().map_err(|e| self.db_err(e));
-        };
-        let meta = self.run_txn(
-            txn,
-            redb::Durability::Immediate,
-            true,
-            |txn, records, meta, stored| {
-                self.apply_groups(txn, records, meta, stored, &groups)?;
-                *stored = Some(superseded);
-                Ok(())
-            },
-        )?;
-        self.applied(groups.len(), redb::Durability::Immediate, Some(superseded));
-        self.reset_log(&mut slot);
-        drop(slot);
-        self.publish(&mut cached, meta);
-        Ok(())
+        let logged = self
+            .log_lock()
+            .wal
+            .as_ref()
+            .is_some_and(wal::Wal::needs_reset);
+        if !logged && self.pending_lock().groups.is_empty() {
+            return Ok(());
+        }
+        // A durable commit of no records: it applies the pending groups and starts the log over.
+        self.append_durably(&mut cached, Vec::new(), |_| Ok(()))
+            .map(drop)
     }
 
     /// Starts the log over after a durable commit stored a position past every frame of both files: the file
