@@ -125,7 +125,7 @@ impl Changes {
 }
 
 /// Writes counters replayed from the outbox's write-ahead log: key → count, a count of zero or less removes
-/// the key (as [`DaemonCounters::write_changes`] wrote them).
+/// the key. [`DaemonCounters::write_taken`] writes its values through it too.
 pub(crate) fn write_logged(
     db: &AgentDb,
     txn: &redb::WriteTransaction,
@@ -268,8 +268,8 @@ impl DaemonCounters {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
         if changes.rewrite {
+            let mut table = txn.open_table(COUNTERS).map_err(|e| db.err(e))?;
             let keep: HashSet<&str> = changes.values.iter().map(|(k, _)| k.as_str()).collect();
             let mut gone = Vec::new();
             for entry in table.iter().map_err(|e| db.err(e))? {
@@ -282,14 +282,7 @@ impl DaemonCounters {
                 table.remove(key.as_str()).map_err(|e| db.err(e))?;
             }
         }
-        for (key, count) in &changes.values {
-            if *count > 0 {
-                table.insert(key.as_str(), *count).map_err(|e| db.err(e))?;
-            } else {
-                table.remove(key.as_str()).map_err(|e| db.err(e))?;
-            }
-        }
-        Ok(())
+        write_logged(db, txn, &changes.values)
     }
 
     /// Gives back changes whose transaction did not commit: they are written with the next one.
