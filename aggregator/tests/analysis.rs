@@ -371,6 +371,7 @@ gait_store::store_tests!(
     coverage_names_the_tools_runpacks_called_without_a_gate,
     the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold,
     both_ways_of_marking_calls_gate_the_same_calls,
+    fed_merges_gate_the_same_calls_as_merges_that_read_back,
     drift_is_attributed_to_the_policy_the_tool_or_nothing,
     the_feed_folds_exactly_what_reading_the_range_back_folds,
     verdict_shifts_are_attributed_to_the_policy_the_tool_the_stage_or_nothing,
@@ -1622,26 +1623,62 @@ async fn call_coverage(store: &gait_store::Store, at: i64) -> Result<(u64, u64)>
 async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fold(
     db: &TestStore,
 ) -> Result<()> {
-    call_merge_scenario(db, CallMarking::Cheaper).await
+    call_merge_scenario(db, CallMarking::Cheaper, None).await
 }
 
-/// The same merges find the same calls whether they are driven by the range or by the calls still ungated.
-async fn both_ways_of_marking_calls_gate_the_same_calls(db: &TestStore) -> Result<()> {
-    call_merge_scenario(db, CallMarking::ByRange).await?;
-    // A second database of the same backend for the other way (the scenario's records would collide).
-    let other = match db.backend() {
+/// The same merges gate the same calls with their keys from the feed as read back from the index, and the
+/// feed's merges really are fed.
+async fn fed_merges_gate_the_same_calls_as_merges_that_read_back(db: &TestStore) -> Result<()> {
+    let feed = Feed::new();
+    call_merge_scenario(db, CallMarking::Cheaper, Some(&feed)).await?;
+    let other = fresh_like(db).await?;
+    call_merge_scenario(&other, CallMarking::ByRange, Some(&feed)).await
+}
+
+/// A second, empty database of `db`'s backend.
+async fn fresh_like(db: &TestStore) -> Result<TestStore> {
+    Ok(match db.backend() {
         "postgres" => gait_store::testing::postgres_fresh()
             .await?
             .context("a PostgreSQL test ran without a server")?,
         _ => gait_store::testing::sqlite_temp().await?,
-    };
-    call_merge_scenario(&other, CallMarking::Ungated).await
+    })
 }
 
-async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()> {
+/// The same merges find the same calls whether they are driven by the range or by the calls still ungated.
+async fn both_ways_of_marking_calls_gate_the_same_calls(db: &TestStore) -> Result<()> {
+    call_merge_scenario(db, CallMarking::ByRange, None).await?;
+    // A second database of the same backend for the other way (the scenario's records would collide).
+    let other = fresh_like(db).await?;
+    call_merge_scenario(&other, CallMarking::Ungated, None).await
+}
+
+/// Runpacks and decisions in every order, merged as `marking` says; with `feed`, ingest hands its batches to it,
+/// the folds take them from it, and every merge that has decisions to merge must have its keys from it.
+async fn call_merge_scenario(
+    db: &TestStore,
+    marking: CallMarking,
+    feed: Option<&Feed>,
+) -> Result<()> {
     let store = db.store();
     let base = now();
-    let intake = Intake::new(store.clone());
+    let shared = feed.map(|_| Arc::new(Feed::new()));
+    let feed = shared.as_deref().or(feed);
+    let intake = match &shared {
+        Some(f) => Intake::with_feed(store.clone(), f.clone()),
+        None => Intake::new(store.clone()),
+    };
+    let merge = |_: ()| merge_calls_with(store, feed, MERGE_ROWS, marking, base);
+    let fold = || fold_up(store, feed, SETTLED);
+    let fed_merges = std::cell::Cell::new(0u32);
+    let fed_when = |m: &gait_aggregator::analysis::upkeep::Merge| {
+        ensure!(
+            feed.is_none() || m.digests == 0 || m.fed,
+            "a merge of a range the feed folded read its keys back: {m:?}"
+        );
+        fed_merges.set(fed_merges.get() + u32::from(m.fed));
+        Ok(())
+    };
     let web = AgentKey::new(Tenant::from_parts("acme", "web", "prod")?, "ci-1".parse()?);
     store.agent_connected(&web, &hello(), base).await?;
     let traced_decision = |tool: &str, args: char| {
@@ -1660,7 +1697,7 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
         &[("tool.search", '1'), ("tool.fetch", '2')],
     )];
     intake.commit_batch(&web, &first, &[], &[], base).await?;
-    fold_up(store, None, SETTLED).await?;
+    fold().await?;
     ensure!(call_coverage(store, base).await? == (2, 0));
     // Search's decision comes later. Until it is folded, the merge cannot take it: it stops at the fold.
     let second = [record(
@@ -1672,16 +1709,18 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
     )];
     intake.commit_batch(&web, &second, &[], &[], base).await?;
     let (merged, folded) = unmerged(store).await?;
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!(
         m.cursor == folded && m.calls == 0 && folded > merged,
         "{m:?}"
     );
     ensure!(call_coverage(store, base).await? == (2, 0));
     // Folded but not merged: call coverage lags the fold until the merge.
-    fold_up(store, None, SETTLED).await?;
+    fold().await?;
     ensure!(call_coverage(store, base).await? == (2, 0));
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (2, 1));
     // Fetch's decision is merged first and its runpack call arrives after: gated at the next merge all the same.
@@ -1703,8 +1742,9 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
         ),
     ];
     intake.commit_batch(&web, &third, &[], &[], base).await?;
-    fold_up(store, None, SETTLED).await?;
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    fold().await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     let fourth = [runpack_record(
         5,
@@ -1715,9 +1755,10 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
         &[("tool.fetch", '2'), ("tool.summarize", '3')],
     )];
     intake.commit_batch(&web, &fourth, &[], &[], base).await?;
-    fold_up(store, None, SETTLED).await?;
+    fold().await?;
     ensure!(call_coverage(store, base).await? == (4, 2));
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!((m.digests, m.calls) == (0, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 3));
     // Gait's args_digest covers the arguments only: a decision on another tool with summarize's arguments ('3')
@@ -1745,8 +1786,9 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
     intake
         .commit_batch(&billing, &elsewhere, &[], &[], base)
         .await?;
-    fold_up(store, None, SETTLED).await?;
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    fold().await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!((m.digests, m.calls) == (2, 0), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 3));
     // Summarize's own decision in web gates the call of the earlier runpack.
@@ -1758,19 +1800,25 @@ async fn call_merge_scenario(db: &TestStore, marking: CallMarking) -> Result<()>
         &traced_decision("tool.summarize", '3'),
     )];
     intake.commit_batch(&web, &sixth, &[], &[], base).await?;
-    fold_up(store, None, SETTLED).await?;
-    let m = merge_calls_with(store, MERGE_ROWS, marking, base).await?;
+    fold().await?;
+    let m = merge(()).await?;
+    fed_when(&m)?;
     ensure!((m.digests, m.calls) == (1, 1), "{m:?}");
     ensure!(call_coverage(store, base).await? == (4, 4));
     // The cursor fences a merge: one from a stale position changes nothing.
     let (merged, _) = unmerged(store).await?;
     ensure!(
         store
-            .merge_gated_calls(CALLS_JOB, 0, merged, marking, base)
+            .merge_gated_calls(CALLS_JOB, 0, merged, None, marking, base)
             .await?
             .is_none()
     );
     ensure!(unmerged(store).await?.0 == merged);
+    ensure!(
+        feed.is_none() == (fed_merges.get() == 0),
+        "fed merges: {}",
+        fed_merges.get()
+    );
     Ok(())
 }
 

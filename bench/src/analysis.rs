@@ -283,7 +283,13 @@ async fn measure(store: &Store, args: &Args, backend: &str) -> anyhow::Result<()
                 break;
             }
             let started = Instant::now();
-            let m = merge_calls(store, args.merge_rows, gait_aggregator::clock::unix_ms()).await?;
+            let m = merge_calls(
+                store,
+                feed.as_ref(),
+                args.merge_rows,
+                gait_aggregator::clock::unix_ms(),
+            )
+            .await?;
             merging += started.elapsed();
             merges += 1;
             gated_digests += m.digests;

@@ -21,16 +21,27 @@
 //! **Bounded.** The feed holds at most [`CAPACITY`] evidence ids; a batch past that is not held (its range is
 //! read back later). A replica that does not lead the upkeep holds nothing ([`Feed::set_leading`]).
 //!
+//! **The call merge's keys.** A fold from the feed also hands back the gated-call keys of its decisions
+//! ([`Feed::folded`]): the store counted that range's rows inside the fold's transaction, so these are all of
+//! them. While the folded ranges join up, the feed holds their keys, and a call merge of a range inside them
+//! takes its keys from here ([`Feed::take_calls`]) instead of reading a million rows back. A range read back by
+//! the fold, a lost race or a full feed ([`CALL_CAPACITY`]) breaks the chain, and the merges read back until a
+//! new one starts.
+//!
 //! **Evidence rows are never deleted.** The count check relies on it: a deleted fed row and a foreign row could
 //! otherwise cancel out. A retention job that deletes index rows has to clear the feed and fold past them first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use gait_store::{AgentKey, AgentRange, BatchOutcome, NewIndexEntry, NewRecord};
+use gait_store::{
+    AgentKey, AgentRange, BatchOutcome, GatedKey, NewIndexEntry, NewRecord, RangeKeys, Tenant,
+};
 
 /// Most evidence ids the feed holds (twice a full upkeep range).
 pub const CAPACITY: u64 = 2 * super::upkeep::BATCH as u64;
+/// Most gated-call keys the feed holds for the call merge (two full merges).
+pub const CALL_CAPACITY: usize = 2 * super::upkeep::MERGE_ROWS as usize;
 /// Most (agent, family) pairs the feed remembers as recorded.
 pub const KNOWN_PAIRS: usize = 200_000;
 
@@ -56,6 +67,26 @@ struct State {
     /// (agent, family) pairs a fold from this feed committed: recorded in `incident_family_agents` for good,
     /// so a later fold need not check them (at most [`KNOWN_PAIRS`]; forgotten all at once past that).
     known: HashSet<(AgentKey, String)>,
+    /// The gated-call keys of the folded ranges that join up into `(lo, hi]`.
+    calls: FoldedCalls,
+}
+
+/// Gated-call keys of folded decisions, with their evidence ids, covering every decision of `(lo, hi]`.
+#[derive(Debug, Default)]
+struct FoldedCalls {
+    lo: u64,
+    hi: u64,
+    by_scope: HashMap<Tenant, Vec<(u64, GatedKey)>>,
+    len: usize,
+}
+
+impl FoldedCalls {
+    fn restart_at(&mut self, at: u64) {
+        self.lo = at;
+        self.hi = at;
+        self.by_scope.clear();
+        self.len = 0;
+    }
 }
 
 /// What [`Feed::take`] found for a range.
@@ -91,6 +122,7 @@ impl Feed {
                 segments: BTreeMap::new(),
                 held: 0,
                 known: HashSet::new(),
+                calls: FoldedCalls::default(),
             }),
         }
     }
@@ -103,6 +135,7 @@ impl Feed {
         if !leading {
             state.segments.clear();
             state.held = 0;
+            state.calls.restart_at(0);
         }
     }
 
@@ -240,6 +273,77 @@ impl Feed {
                 state.known.insert((r.key().clone(), family.to_owned()));
             }
         }
+    }
+
+    /// Takes the gated-call keys of `ranges`, which a fold of `(from, to]` from this feed just committed (so they
+    /// are every decision's of that range). They extend the held keys when the range starts where those end;
+    /// otherwise the held keys are dropped and a new chain starts at `from`.
+    pub fn folded(&self, from: u64, to: u64, ranges: &mut [AgentRange]) {
+        let mut state = self.lock();
+        if !state.leading {
+            return;
+        }
+        let calls = &mut state.calls;
+        if calls.hi != from {
+            calls.restart_at(from);
+        }
+        for r in ranges.iter_mut() {
+            let keys = r.take_calls();
+            calls.len += keys.len();
+            calls
+                .by_scope
+                .entry(r.key().tenant.clone())
+                .or_default()
+                .extend(keys);
+        }
+        calls.hi = to;
+        if calls.len > CALL_CAPACITY {
+            calls.restart_at(to);
+        }
+    }
+
+    /// The keys of `(from, to]`'s decisions when the held keys cover the range, for the call merge; the keys of
+    /// ids at or below `to` are dropped either way (that merge takes them, or reads them back).
+    pub fn take_calls(&self, from: u64, to: u64) -> Option<RangeKeys> {
+        let mut state = self.lock();
+        let calls = &mut state.calls;
+        let covered = calls.lo <= from && to <= calls.hi;
+        if to >= calls.hi {
+            let taken = std::mem::take(&mut calls.by_scope);
+            calls.restart_at(to);
+            return covered.then(|| {
+                RangeKeys::new(taken.into_iter().map(|(scope, keys)| {
+                    let keys = keys
+                        .into_iter()
+                        .filter(|(id, _)| *id > from)
+                        .map(|(_, k)| k)
+                        .collect();
+                    (scope, keys)
+                }))
+            });
+        }
+        let mut out = Vec::new();
+        let mut len = 0;
+        for (scope, keys) in &mut calls.by_scope {
+            let mut mine = Vec::new();
+            keys.retain(|(id, k)| {
+                if *id > to {
+                    return true;
+                }
+                if *id > from {
+                    mine.push(*k);
+                }
+                false
+            });
+            len += keys.len();
+            if covered && !mine.is_empty() {
+                out.push((scope.clone(), mine));
+            }
+        }
+        calls.by_scope.retain(|_, k| !k.is_empty());
+        calls.len = len;
+        calls.lo = calls.lo.max(to);
+        covered.then(|| RangeKeys::new(out))
     }
 
     /// Evidence ids held now.

@@ -212,7 +212,7 @@ pub async fn pass_fed(
     }
     let full = take == BATCH as usize;
     if let Some(feed) = feed
-        && let Some(taken) = feed.take(cursor, last)
+        && let Some(mut taken) = feed.take(cursor, last)
     {
         // The segments' ids are real and disjoint: the store's count of the range, taken inside the fold's
         // transaction, equal to theirs means the same rows.
@@ -231,6 +231,7 @@ pub async fn pass_fed(
         match applied {
             RangesApplied::Folded => {
                 feed.remember(&taken.ranges);
+                feed.folded(cursor, taken.end, &mut taken.ranges);
                 return Ok(Pass {
                     rows: usize::try_from(taken.ids).unwrap_or(usize::MAX),
                     cursor: taken.end,
@@ -269,12 +270,14 @@ pub async fn pass_fed(
 pub struct Merge {
     /// The merge cursor after it.
     pub cursor: u64,
-    /// Digests new to their environment's set.
+    /// Distinct (tool, digest) keys of the range, written as new runs of their environments' sets.
     pub digests: u64,
     /// Runpack calls newly gated.
     pub calls: u64,
     /// Another replica moved the cursor first (nothing changed).
     pub lost_race: bool,
+    /// The keys came from the feed, not read back.
+    pub fed: bool,
 }
 
 /// Folded rows the call merge has not taken yet: `(merge cursor, fold cursor)`.
@@ -285,16 +288,23 @@ pub async fn unmerged(store: &Store) -> Result<(u64, u64), StoreError> {
     ))
 }
 
-/// Merges the (arguments digest, tool) of the decisions the fold has passed (at most `max_ids` ids of them; the
-/// job takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match,
-/// finding them the cheaper way ([`CallMarking::Cheaper`]).
-pub async fn merge_calls(store: &Store, max_ids: u64, now_ms: i64) -> Result<Merge, StoreError> {
-    merge_calls_with(store, max_ids, CallMarking::Cheaper, now_ms).await
+/// Merges the (tool, arguments digest) keys of the decisions the fold has passed (at most `max_ids` ids of them;
+/// the job takes [`MERGE_ROWS`]) into their environments' gated sets and marks the runpack calls those now match,
+/// finding them the cheaper way ([`CallMarking::Cheaper`]). The keys come from `feed` when it holds the whole
+/// range, else the store reads them back.
+pub async fn merge_calls(
+    store: &Store,
+    feed: Option<&Feed>,
+    max_ids: u64,
+    now_ms: i64,
+) -> Result<Merge, StoreError> {
+    merge_calls_with(store, feed, max_ids, CallMarking::Cheaper, now_ms).await
 }
 
 /// [`merge_calls`] finding the calls to mark as `marking` says (tests hold both ways to the same result).
 pub async fn merge_calls_with(
     store: &Store,
+    feed: Option<&Feed>,
     max_ids: u64,
     marking: CallMarking,
     now_ms: i64,
@@ -307,9 +317,11 @@ pub async fn merge_calls_with(
             ..Merge::default()
         });
     }
+    let keys = feed.and_then(|f| f.take_calls(from, to));
+    let fed = keys.is_some();
     Ok(
         match store
-            .merge_gated_calls(CALLS_JOB, from, to, marking, now_ms)
+            .merge_gated_calls(CALLS_JOB, from, to, keys, marking, now_ms)
             .await?
         {
             Some((digests, calls)) => Merge {
@@ -317,6 +329,7 @@ pub async fn merge_calls_with(
                 digests,
                 calls,
                 lost_race: false,
+                fed,
             },
             None => Merge {
                 cursor: from,
@@ -361,7 +374,7 @@ pub async fn catch_up_fed(
 ) -> Result<(u64, u64), StoreError> {
     let folded = fold_up(store, feed, settle).await?;
     loop {
-        let m = merge_calls(store, MERGE_ROWS, crate::clock::unix_ms()).await?;
+        let m = merge_calls(store, feed, MERGE_ROWS, crate::clock::unix_ms()).await?;
         let (merged, to) = unmerged(store).await?;
         if merged >= to && !m.lost_race {
             return Ok(folded);
@@ -453,7 +466,9 @@ pub fn spawn(
             match unmerged(&store).await {
                 Ok(c) if merge_due(c, last_merge.map(|t| t.elapsed()), merge_failed, merge_lag) => {
                     let started = std::time::Instant::now();
-                    let merged = merge_calls(&store, MERGE_ROWS, crate::clock::unix_ms()).await;
+                    let merged =
+                        merge_calls(&store, feed.as_deref(), MERGE_ROWS, crate::clock::unix_ms())
+                            .await;
                     // The lag counts from the end, so a merge longer than the lag still leaves folds between.
                     last_merge = Some(std::time::Instant::now());
                     merge_failed = merged.is_err();

@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
 use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, execute, push_row};
+use crate::gated::{CallMarking, GatedKey, RangeKeys, ToolHashes};
 use crate::model::{AgentKey, Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
@@ -299,202 +300,6 @@ async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, S
         .await
         .map_err(db("analysis_count"))?);
     to_u64("evidence_index", "count", n)
-}
-
-/// How a call merge finds the runpack calls its new set entries gate. Both leave the same calls gated once every
-/// range is merged; they differ in what they read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallMarking {
-    /// The cheaper of the two for the merge at hand: [`CallMarking::Ungated`] while the calls still ungated are
-    /// at most a quarter of the range's rows (counted no further than that), else [`CallMarking::ByRange`].
-    Cheaper,
-    /// Driven by the range: the calls of the runpacks indexed in it against the whole set, and the ungated calls
-    /// of earlier runpacks against the range's decisions. Two passes over the range's rows, however few calls
-    /// wait: the work follows the range.
-    ByRange,
-    /// Driven by the calls still ungated: each probes the set by its key. The work follows the number of
-    /// ungated calls, not the range; a call indexed past the range is gated by this merge if the set already
-    /// holds its key (its own range's merge, against the same set or a larger one, would gate it too).
-    Ungated,
-}
-
-/// [`CallMarking::Cheaper`] takes [`CallMarking::Ungated`] while the ungated calls are at most the range's rows
-/// divided by this.
-const UNGATED_PER_RANGE_ROW: u64 = 4;
-
-/// Copies the (arguments digest, tool) of the decisions of `(after, to]` into `gated_args` (sorted, so a large
-/// range fills the set's B-tree page by page instead of one random page per decision), then marks gated the
-/// runpack calls that now match, as `marking` says. Answers the set entries added and the calls marked.
-async fn merge_calls(
-    mut conn: Conn<'_>,
-    after: u64,
-    to: u64,
-    marking: CallMarking,
-) -> Result<(u64, u64), StoreError> {
-    // Only decision rows carry a digest (64 lowercase hex, checked at ingest); the set keeps its first 16 bytes.
-    // Sorted by the key alone: the scope only decides which part of the set a row lands in. `ON CONFLICT`
-    // follows `ORDER BY`, so SQLite cannot read it as a join's.
-    macro_rules! digests {
-        ($key:literal) => {
-            concat!(
-                "INSERT INTO gated_args (org, project, env, args_key, tool_name) SELECT org, project, env, ",
-                $key,
-                ", tool_name FROM evidence_index WHERE id > $1 AND id <= $2 AND args_digest IS NOT NULL \
-                 AND tool_name IS NOT NULL ORDER BY 4 ON CONFLICT DO NOTHING"
-            )
-        };
-    }
-    // The calls of the runpacks indexed in the range, against the whole set (a call commits with its runpack's
-    // evidence row, and the range holds only settled ids, so each call is seen here exactly once).
-    macro_rules! new_calls {
-        ($key:literal) => {
-            concat!(
-                "UPDATE runpack_calls SET gated = 1 FROM (SELECT c.org, c.project, c.env, c.agent_id, c.seq, \
-                 c.call_index FROM evidence_index e JOIN runpack_calls c ON c.org = e.org \
-                 AND c.project = e.project AND c.env = e.env AND c.agent_id = e.agent_id AND c.seq = e.seq \
-                 WHERE e.id > $1 AND e.id <= $2 AND e.class = 'artifact' AND c.gated = 0 \
-                 AND EXISTS (SELECT 1 FROM gated_args g WHERE g.org = c.org AND g.project = c.project \
-                 AND g.env = c.env AND g.tool_name = c.tool_name AND g.args_key = ",
-                $key,
-                ")) m ",
-                call_is_m!()
-            )
-        };
-    }
-    macro_rules! call_is_m {
-        () => {
-            "WHERE runpack_calls.org = m.org AND runpack_calls.project = m.project \
-             AND runpack_calls.env = m.env AND runpack_calls.agent_id = m.agent_id \
-             AND runpack_calls.seq = m.seq AND runpack_calls.call_index = m.call_index"
-        };
-    }
-    // Ungated calls of earlier runpacks that a decision of the range matches: driven by the range's rows, each
-    // probing the ungated calls by digest (`runpack_calls_ungated`), so the work follows the range, not the
-    // number of calls ever left ungated.
-    const OLD_CALLS: &str = concat!(
-        "UPDATE runpack_calls SET gated = 1 FROM (SELECT DISTINCT c.org, c.project, c.env, c.agent_id, c.seq, \
-         c.call_index FROM evidence_index d JOIN runpack_calls c ON c.org = d.org AND c.project = d.project \
-         AND c.env = d.env AND c.args_digest = d.args_digest AND c.gated = 0 \
-         WHERE d.id > $1 AND d.id <= $2 AND d.args_digest IS NOT NULL AND c.tool_name = d.tool_name) m ",
-        call_is_m!()
-    );
-    // Every call still ungated, against the whole set (through `runpack_calls_ungated`, which holds exactly them).
-    macro_rules! ungated_calls {
-        ($key:literal) => {
-            concat!(
-                "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND EXISTS (SELECT 1 FROM gated_args g \
-                 WHERE g.org = runpack_calls.org AND g.project = runpack_calls.project \
-                 AND g.env = runpack_calls.env AND g.tool_name = runpack_calls.tool_name AND g.args_key = ",
-                $key,
-                ")"
-            )
-        };
-    }
-    // Counts the ungated calls, but no further than $1.
-    const UNGATED_UP_TO: &str =
-        "SELECT COUNT(*) FROM (SELECT 1 FROM runpack_calls WHERE gated = 0 LIMIT $1) u";
-    const SQLITE_KEY_OF: (&str, &str, &str) = (
-        digests!("unhex(substr(args_digest, 1, 32))"),
-        new_calls!("unhex(substr(c.args_digest, 1, 32))"),
-        ungated_calls!("unhex(substr(runpack_calls.args_digest, 1, 32))"),
-    );
-    const PG_KEY_OF: (&str, &str, &str) = (
-        digests!("decode(substr(args_digest, 1, 32), 'hex')"),
-        new_calls!("decode(substr(c.args_digest, 1, 32), 'hex')"),
-        ungated_calls!("decode(substr(runpack_calls.args_digest, 1, 32), 'hex')"),
-    );
-    let limit = to_i64(
-        "ungated_limit",
-        to.saturating_sub(after) / UNGATED_PER_RANGE_ROW,
-    )?;
-    let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
-    let (digests_sql, new_calls_sql, ungated_sql) = db_run!(conn,
-        sqlite: |_c| SQLITE_KEY_OF,
-        postgres: |_c| PG_KEY_OF,
-    );
-    // PostgreSQL plans the marking statements from the set's statistics, which a merge's own insert leaves stale
-    // (autovacuum cannot see it before the commit): the bench's first merge of 1,000,000 digests was planned as if
-    // the set were nearly empty, a nested loop comparing each call with every entry of its environment, and had
-    // run for 20 minutes when it was stopped. ANALYZE in the same transaction samples the rows just inserted (a
-    // WARNING, not an error, if the role may not). SQLite's plan uses the primary key without statistics.
-    let analyze = db_run!(conn,
-        sqlite: |_c| None,
-        postgres: |_c| Some("ANALYZE gated_args"),
-    );
-    // What each statement took, for the debug event at the end (`GAIT_LOG=gait_store=debug`).
-    let mut steps: Vec<(&str, u128)> = Vec::with_capacity(4);
-    let (digests, calls) = db_run!(conn, |c| {
-        let lap = std::time::Instant::now();
-        let digests = sqlx::query(digests_sql)
-            .bind(after)
-            .bind(to)
-            .execute(&mut *c)
-            .await
-            .map_err(db("merge_gated_calls: digests"))?
-            .rows_affected();
-        steps.push(("digests", lap.elapsed().as_micros()));
-        if let Some(sql) = analyze.filter(|_| digests > 0) {
-            let lap = std::time::Instant::now();
-            sqlx::query(sql)
-                .execute(&mut *c)
-                .await
-                .map_err(db("merge_gated_calls: analyze"))?;
-            steps.push(("analyze", lap.elapsed().as_micros()));
-        }
-        let by_ungated = match marking {
-            CallMarking::ByRange => false,
-            CallMarking::Ungated => true,
-            CallMarking::Cheaper => {
-                let lap = std::time::Instant::now();
-                let ungated: i64 = sqlx::query_scalar(UNGATED_UP_TO)
-                    .bind(limit.saturating_add(1))
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(db("merge_gated_calls: count ungated"))?;
-                steps.push(("count ungated", lap.elapsed().as_micros()));
-                ungated <= limit
-            }
-        };
-        let mut calls = 0;
-        if by_ungated {
-            let lap = std::time::Instant::now();
-            calls = sqlx::query(ungated_sql)
-                .execute(&mut *c)
-                .await
-                .map_err(db("merge_gated_calls: ungated calls"))?
-                .rows_affected();
-            steps.push(("ungated calls", lap.elapsed().as_micros()));
-        } else {
-            for (sql, op, step) in [
-                (new_calls_sql, "merge_gated_calls: new calls", "new calls"),
-                (
-                    OLD_CALLS,
-                    "merge_gated_calls: earlier calls",
-                    "earlier calls",
-                ),
-            ] {
-                let lap = std::time::Instant::now();
-                calls += sqlx::query(sql)
-                    .bind(after)
-                    .bind(to)
-                    .execute(&mut *c)
-                    .await
-                    .map_err(db(op))?
-                    .rows_affected();
-                steps.push((step, lap.elapsed().as_micros()));
-            }
-        }
-        (digests, calls)
-    });
-    tracing::debug!(
-        from_id = after,
-        to_id = to,
-        digests,
-        calls,
-        steps_us = ?steps,
-        "analysis: merged a range's calls"
-    );
-    Ok((digests, calls))
 }
 
 async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
@@ -815,6 +620,10 @@ pub enum RangesApplied {
 pub struct AgentRange {
     key: AgentKey,
     groups: HashMap<RangeKey, RangeCounts>,
+    /// The evidence id and gated-call key of each decision with a tool and an arguments digest, for the call
+    /// merge ([`crate::gated`]).
+    calls: Vec<(u64, GatedKey)>,
+    tools: ToolHashes,
 }
 
 impl AgentRange {
@@ -823,7 +632,15 @@ impl AgentRange {
         Self {
             key,
             groups: HashMap::default(),
+            calls: Vec::new(),
+            tools: ToolHashes::default(),
         }
+    }
+
+    /// Takes the (evidence id, gated-call key) of the decisions added that carry a tool and an arguments digest
+    /// (what the call merge reads back from the same rows).
+    pub fn take_calls(&mut self) -> Vec<(u64, GatedKey)> {
+        std::mem::take(&mut self.calls)
     }
 
     /// The agent.
@@ -855,6 +672,12 @@ impl AgentRange {
         } else {
             created_ms
         };
+        if class == EvidenceClass::Decision
+            && let (Some(tool), Some(args)) = (f.tool_name.as_deref(), f.args_digest.as_deref())
+            && let Some(k) = self.tools.key(tool, args)
+        {
+            self.calls.push((id, k));
+        }
         let verdict = f.verdict.as_deref();
         let risk = f.risk_class.as_deref();
         let destructive = i64::from(f.destructive == Some(true));
@@ -923,7 +746,8 @@ impl AgentRange {
     }
 
     /// Adds `other` (rows of the same agent, none of them already here).
-    pub fn merge(&mut self, other: AgentRange) {
+    pub fn merge(&mut self, mut other: AgentRange) {
+        self.calls.append(&mut other.calls);
         for (key, counts) in other.groups {
             self.put(key, counts);
         }
@@ -1896,17 +1720,19 @@ impl crate::Store {
         Ok(true)
     }
 
-    /// Moves job `name`'s cursor from `from_id` to `to_id` and merges the (arguments digest, tool) of the
-    /// decisions of `(from_id, to_id]` into their environments' sets of gated calls, then marks gated every
-    /// runpack call those now match, in one transaction (call-level coverage, migration 0027). `to_id` must be a
-    /// range the fold has passed, so no id below it can still appear. Answers `None` (and nothing changed) when
-    /// the cursor was not at `from_id`, else the set entries added and the calls newly gated. `marking` chooses
-    /// how the calls are found ([`CallMarking::Cheaper`] outside tests).
+    /// Moves job `name`'s cursor from `from_id` to `to_id`, writes the (tool, arguments digest) keys of the
+    /// decisions of `(from_id, to_id]` as a new run of their environments' sets of gated calls (`fed`, or read
+    /// back from the index when `None`), and marks gated every runpack call those now match, in one transaction
+    /// (call-level coverage, migration 0029, [`crate::gated`]). `to_id` must be a range the fold has passed, so no
+    /// id below it can still appear; `fed` must hold exactly that range's keys. Answers `None` (and nothing
+    /// changed) when the cursor was not at `from_id`, else the distinct keys written and the calls newly gated.
+    /// `marking` chooses how the calls are found ([`CallMarking::Cheaper`] outside tests).
     pub async fn merge_gated_calls(
         &self,
         name: &str,
         from_id: u64,
         to_id: u64,
+        fed: Option<RangeKeys>,
         marking: CallMarking,
         now_ms: i64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
@@ -1915,9 +1741,9 @@ impl crate::Store {
             tx.rollback("merge_gated_calls").await?;
             return Ok(None);
         }
-        let merged = merge_calls(tx.conn(), from_id, to_id, marking).await?;
+        let merged = crate::gated::merge(tx.conn(), from_id, to_id, fed, marking).await?;
         tx.commit("merge_gated_calls").await?;
-        Ok(Some(merged))
+        Ok(Some((merged.keys, merged.calls)))
     }
 
     /// [`Store::apply_analysis`] with the range already pre-aggregated in process (`ranges`, by agent), so the

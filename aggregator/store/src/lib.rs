@@ -29,6 +29,7 @@ mod decision_stats;
 mod enrollment;
 mod error;
 mod evidence;
+mod gated;
 mod leader;
 mod model;
 mod notify;
@@ -57,10 +58,10 @@ pub use alerts::{
     AgentAlert, AlertKind, InstanceChange, MAX_ALERT_DETAIL_BYTES, MAX_ALERTS_PAGE, NewAgentAlert,
 };
 pub use analysis::{
-    AgentRange, AnalysisFilter, ApprovalTiming, CallMarking, EnvFreshness, FamilyDef, FamilyMerge,
-    FamilySample, FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS,
-    MAX_POSTURE_ROWS, MAX_REPRESENTATIVES, NO_POLICY, PolicyCount, PostureCount, RangesApplied,
-    RegressCount, RunpackTool,
+    AgentRange, AnalysisFilter, ApprovalTiming, EnvFreshness, FamilyDef, FamilyMerge, FamilySample,
+    FamilyScope, MAX_ANALYSIS_BATCH, MAX_FAMILY_MERGES, MAX_FAMILY_SCOPE_ROWS, MAX_POSTURE_ROWS,
+    MAX_REPRESENTATIVES, NO_POLICY, PolicyCount, PostureCount, RangesApplied, RegressCount,
+    RunpackTool,
 };
 pub use approvals::{
     ApprovalState, ApprovalVote, ConfigPoliciesApplied, MAX_APPROVAL_PAGE,
@@ -83,6 +84,7 @@ pub use evidence::{
     CorpusGroup, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedCall,
     IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusGroup, RawJson, Shard,
 };
+pub use gated::{CHUNK_KEYS, CallMarking, FANOUT, GatedKey, RangeKeys, ToolHashes, gated_key};
 pub use leader::LeaderLease;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
