@@ -22,10 +22,12 @@
 //!   dense (one writer at a time).
 //! - **Calls matched in bulk.** Call-level coverage needs each decision's arguments digest looked up by a
 //!   runpack's call. An index on it put every decision at a random place in a large B-tree and halved ingest, so
-//!   the leader merges the digests of folded decisions into per-environment sets in large sorted batches
-//!   ([`merge_calls`], cursor [`CALLS_JOB`]): every [`MERGE_ROWS`] folded rows, or when the oldest waited the
-//!   configured lag (`analysis.call_merge_lag_seconds`). Each merge marks gated the runpack calls its sets now
-//!   match, whichever arrived first. Call coverage is that lag behind the rest.
+//!   the leader merges the (tool, digest) keys of folded decisions into per-environment sets of sorted runs
+//!   ([`merge_calls`], cursor [`CALLS_JOB`], `gait_store`'s `gated` module): every [`MERGE_ROWS`] folded rows, or
+//!   when the oldest waited the configured lag (`analysis.call_merge_lag_seconds`). A merge takes its keys from
+//!   the feed when the fold took the whole range from it, else the store reads them back. Each merge marks gated
+//!   the runpack calls its keys and the stored runs now match, whichever arrived first. Call coverage is that lag
+//!   behind the rest.
 //! - **Order independent.** Every fold is a count, a sum, a minimum, a maximum, a set or "the five smallest
 //!   digests", so any batching or order of indexing gives the same stored state (tests hold it on both
 //!   backends with shuffled and redelivered ingest).

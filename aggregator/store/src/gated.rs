@@ -172,40 +172,62 @@ pub enum CallMarking {
 /// divided by this.
 const UNGATED_PER_RANGE_ROW: u64 = 4;
 
-/// A runpack call waiting to be matched: its primary key, scope, key and its runpack's evidence id.
+/// A runpack call waiting to be matched: its primary key (scope shared between the calls of one environment),
+/// its key and its runpack's evidence id.
 #[derive(Debug)]
 struct Pending {
-    org: String,
-    project: String,
-    env: String,
+    scope: std::sync::Arc<Tenant>,
     agent_id: String,
     seq: i64,
     call_index: i64,
-    scope: Tenant,
     key: Option<GatedKey>,
     evidence_id: u64,
 }
 
-/// The columns [`pending_row`] reads (the call `c` joined to its runpack's evidence row `e`).
+/// The columns [`decode_pending!`] reads (the call `c` joined to its runpack's evidence row `e`), ordered by
+/// environment so consecutive rows share one scope.
 const PENDING_COLUMNS: &str = "c.org, c.project, c.env, c.agent_id, c.seq, c.call_index, c.tool_name, \
      c.args_digest, e.id";
+const PENDING_ORDER: &str = "ORDER BY c.org, c.project, c.env";
 
-fn pending_row(r: &impl Columns, tools: &mut ToolHashes) -> Result<Pending, StoreError> {
-    let (org, project, env) = (r.text("org")?, r.text("project")?, r.text("env")?);
-    let scope = Tenant::from_parts(&org, &project, &env)
-        .map_err(|e| StoreError::corrupt("runpack_calls", format!("scope: {e}")))?;
-    let key = tools.key(&r.text("tool_name")?, &r.text("args_digest")?);
-    Ok(Pending {
-        org,
-        project,
-        env,
-        agent_id: r.text("agent_id")?,
-        seq: r.int("seq")?,
-        call_index: r.int("call_index")?,
-        scope,
-        key,
-        evidence_id: to_u64("evidence_index", "id", r.int("id")?)?,
-    })
+/// Decodes rows of [`PENDING_COLUMNS`] with borrowed text (either backend's row type), one scope per run of
+/// equal (org, project, env).
+macro_rules! decode_pending {
+    ($rows:expr, $table:literal) => {{
+        let mut tools = ToolHashes::default();
+        let mut scope: Option<std::sync::Arc<Tenant>> = None;
+        let mut out = Vec::with_capacity($rows.len());
+        for r in &$rows {
+            let text = |col: &str| -> Result<&str, StoreError> {
+                sqlx::Row::try_get::<&str, _>(r, col).map_err(db("decode row"))
+            };
+            let int = |col: &str| -> Result<i64, StoreError> {
+                sqlx::Row::try_get::<i64, _>(r, col).map_err(db("decode row"))
+            };
+            let (org, project, env) = (text("org")?, text("project")?, text("env")?);
+            let same = scope.as_ref().is_some_and(|s| {
+                s.org.as_str() == org && s.project.as_str() == project && s.env.as_str() == env
+            });
+            if !same {
+                scope = Some(std::sync::Arc::new(
+                    Tenant::from_parts(org, project, env)
+                        .map_err(|e| StoreError::corrupt($table, format!("scope: {e}")))?,
+                ));
+            }
+            let Some(call_scope) = scope.clone() else {
+                continue;
+            };
+            out.push(Pending {
+                scope: call_scope,
+                agent_id: text("agent_id")?.to_owned(),
+                seq: int("seq")?,
+                call_index: int("call_index")?,
+                key: tools.key(text("tool_name")?, text("args_digest")?),
+                evidence_id: to_u64("evidence_index", "id", int("id")?)?,
+            });
+        }
+        out
+    }};
 }
 
 /// What a merge did, for its answer and its debug event.
@@ -275,7 +297,7 @@ pub(crate) async fn merge(
             // Indexed in this range: never matched against the runs stored before it. Calls of earlier ranges
             // were, at their own range's merge; calls past the range will be at theirs.
             to_probe
-                .entry(call.scope.clone())
+                .entry(Tenant::clone(&call.scope))
                 .or_default()
                 .push((key, call));
         }
@@ -369,17 +391,14 @@ async fn ungated_calls(mut conn: Conn<'_>) -> Result<Vec<Pending>, StoreError> {
     let sql = format!(
         "SELECT {PENDING_COLUMNS} FROM runpack_calls c JOIN evidence_index e ON e.org = c.org \
          AND e.project = c.project AND e.env = c.env AND e.agent_id = c.agent_id AND e.seq = c.seq \
-         WHERE c.gated = 0"
+         WHERE c.gated = 0 {PENDING_ORDER}"
     );
-    let mut tools = ToolHashes::default();
     let out = db_run!(conn, |c| {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .fetch_all(&mut *c)
             .await
             .map_err(db("merge_gated_calls: ungated calls"))?;
-        rows.iter()
-            .map(|r| pending_row(r, &mut tools))
-            .collect::<Result<Vec<_>, _>>()?
+        decode_pending!(rows, "runpack_calls")
     });
     Ok(out)
 }
@@ -389,10 +408,9 @@ async fn range_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<Vec<Pend
     let sql = format!(
         "SELECT {PENDING_COLUMNS} FROM evidence_index e JOIN runpack_calls c ON c.org = e.org \
          AND c.project = e.project AND c.env = e.env AND c.agent_id = e.agent_id AND c.seq = e.seq \
-         WHERE e.id > $1 AND e.id <= $2 AND e.class = 'artifact' AND c.gated = 0"
+         WHERE e.id > $1 AND e.id <= $2 AND e.class = 'artifact' AND c.gated = 0 {PENDING_ORDER}"
     );
     let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
-    let mut tools = ToolHashes::default();
     let out = db_run!(conn, |c| {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(after)
@@ -400,9 +418,7 @@ async fn range_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<Vec<Pend
             .fetch_all(&mut *c)
             .await
             .map_err(db("merge_gated_calls: the range's calls"))?;
-        rows.iter()
-            .map(|r| pending_row(r, &mut tools))
-            .collect::<Result<Vec<_>, _>>()?
+        decode_pending!(rows, "runpack_calls")
     });
     Ok(out)
 }
@@ -433,14 +449,16 @@ async fn earlier_calls_by_range(
         .rows_affected()))
 }
 
-/// Sets `gated` on `calls` (by primary key, a batch per statement); answers the rows changed.
+/// Sets `gated` on `calls` (by primary key, a batch per statement, each driven by its `VALUES` list so the
+/// primary key is searched once per call); answers the rows changed.
 async fn mark(mut conn: Conn<'_>, calls: &[Pending]) -> Result<u64, StoreError> {
     let anonymous = matches!(conn, Conn::Sqlite(_));
     let mut changed = 0;
     for batch in calls.chunks(MARK_BATCH) {
+        // Both backends name a VALUES list's columns column1, column2, …
         let mut sql = String::from(
-            "UPDATE runpack_calls SET gated = 1 WHERE gated = 0 AND \
-             (org, project, env, agent_id, seq, call_index) IN (VALUES ",
+            "UPDATE runpack_calls SET gated = 1 FROM (SELECT column1 AS org, column2 AS project, \
+             column3 AS env, column4 AS agent_id, column5 AS seq, column6 AS call_index FROM (VALUES ",
         );
         for (i, _) in batch.iter().enumerate() {
             let b = i * 6;
@@ -461,14 +479,19 @@ async fn mark(mut conn: Conn<'_>, calls: &[Pending]) -> Result<u64, StoreError> 
                 ));
             }
         }
-        sql.push(')');
+        sql.push_str(
+            ") v) m WHERE runpack_calls.gated = 0 AND runpack_calls.org = m.org \
+             AND runpack_calls.project = m.project AND runpack_calls.env = m.env \
+             AND runpack_calls.agent_id = m.agent_id AND runpack_calls.seq = m.seq \
+             AND runpack_calls.call_index = m.call_index",
+        );
         changed += db_run!(conn, |c| {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for p in batch {
                 q = q
-                    .bind(p.org.as_str())
-                    .bind(p.project.as_str())
-                    .bind(p.env.as_str())
+                    .bind(p.scope.org.as_str())
+                    .bind(p.scope.project.as_str())
+                    .bind(p.scope.env.as_str())
                     .bind(p.agent_id.as_str())
                     .bind(p.seq)
                     .bind(p.call_index);
@@ -928,13 +951,10 @@ mod tests {
 
     fn pending(scope: &Tenant, n: usize) -> Pending {
         Pending {
-            org: scope.org.as_str().into(),
-            project: scope.project.as_str().into(),
-            env: scope.env.as_str().into(),
+            scope: std::sync::Arc::new(scope.clone()),
             agent_id: "a".into(),
             seq: i64::try_from(n).unwrap_or(i64::MAX),
             call_index: 0,
-            scope: scope.clone(),
             key: None,
             evidence_id: 1,
         }
