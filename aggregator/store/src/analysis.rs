@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
 use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, execute, push_row};
-use crate::gated::{CallMarking, GatedKey, RangeKeys, ToolHashes};
+use crate::gated::{CallMarking, GatedKey, RangeKeys, gated_key};
 use crate::model::{AgentKey, Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
@@ -623,7 +623,6 @@ pub struct AgentRange {
     /// The evidence id and gated-call key of each decision with a tool and an arguments digest, for the call
     /// merge ([`crate::gated`]).
     calls: Vec<(u64, GatedKey)>,
-    tools: ToolHashes,
 }
 
 impl AgentRange {
@@ -633,7 +632,6 @@ impl AgentRange {
             key,
             groups: HashMap::default(),
             calls: Vec::new(),
-            tools: ToolHashes::default(),
         }
     }
 
@@ -674,7 +672,7 @@ impl AgentRange {
         };
         if class == EvidenceClass::Decision
             && let (Some(tool), Some(args)) = (f.tool_name.as_deref(), f.args_digest.as_deref())
-            && let Some(k) = self.tools.key(tool, args)
+            && let Some(k) = gated_key(tool, args)
         {
             self.calls.push((id, k));
         }

@@ -53,13 +53,30 @@ const MARK_BATCH: usize = 1_000;
 /// A run is read through instead of probed once per call when the calls to match are at least its chunks
 /// divided by this (one probe costs about as much as reading this many chunks in order).
 const PROBE_COST_IN_CHUNKS: usize = 8;
-/// Tool hashes a [`ToolHashes`] keeps before it starts again.
+/// Tool hashes a thread keeps before it starts again.
 const TOOL_CACHE: usize = 4_096;
 
 /// The key of `tool` with arguments digest `args_digest` (Gait's 64 lowercase hex), or `None` when the digest is
-/// not at least 32 hex characters (ingest admits only 64-hex digests, so that is a row no merge can match).
+/// not at least 32 hex characters (ingest admits only 64-hex digests, so that is a row no merge can match). The
+/// tools' hashes are kept per thread (a fleet repeats a few tools many times).
 pub fn gated_key(tool: &str, args_digest: &str) -> Option<GatedKey> {
-    key_with(&tool_hash(tool), args_digest)
+    thread_local! {
+        static TOOLS: std::cell::RefCell<HashMap<String, GatedKey>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    let hash = TOOLS.with(|cell| {
+        let mut tools = cell.borrow_mut();
+        if let Some(h) = tools.get(tool) {
+            return *h;
+        }
+        if tools.len() >= TOOL_CACHE {
+            tools.clear();
+        }
+        let h = tool_hash(tool);
+        tools.insert(tool.to_owned(), h);
+        h
+    });
+    key_with(&hash, args_digest)
 }
 
 fn tool_hash(tool: &str) -> GatedKey {
@@ -79,36 +96,6 @@ fn key_with(tool: &GatedKey, args_digest: &str) -> Option<GatedKey> {
         *k ^= t;
     }
     Some(key)
-}
-
-/// [`gated_key`] with the tools' hashes kept at hand (a range repeats a few tools many times).
-#[derive(Clone, Debug, Default)]
-pub struct ToolHashes(HashMap<String, GatedKey>);
-
-/// A cache: any two are equal (what they answer is the same).
-impl PartialEq for ToolHashes {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for ToolHashes {}
-
-impl ToolHashes {
-    /// The key of `tool` with `args_digest`, as [`gated_key`].
-    pub fn key(&mut self, tool: &str, args_digest: &str) -> Option<GatedKey> {
-        let hash = match self.0.get(tool) {
-            Some(h) => *h,
-            None => {
-                if self.0.len() >= TOOL_CACHE {
-                    self.0.clear();
-                }
-                let h = tool_hash(tool);
-                self.0.insert(tool.to_owned(), h);
-                h
-            }
-        };
-        key_with(&hash, args_digest)
-    }
 }
 
 /// The keys of one range's decisions, by environment, as a merge writes them: each environment's keys sorted and
@@ -199,7 +186,6 @@ const SQLITE_ROWID: &str = ", c.rowid AS rid";
 /// equal (org, project, env); `$rowid` says whether the rows carry [`SQLITE_ROWID`].
 macro_rules! decode_pending {
     ($rows:expr, $table:literal, $rowid:expr) => {{
-        let mut tools = ToolHashes::default();
         let mut scope: Option<std::sync::Arc<Tenant>> = None;
         let mut out = Vec::with_capacity($rows.len());
         for r in &$rows {
@@ -228,7 +214,7 @@ macro_rules! decode_pending {
                 agent_id: text("agent_id")?.to_owned(),
                 seq: int("seq")?,
                 call_index: int("call_index")?,
-                key: tools.key(text("tool_name")?, text("args_digest")?),
+                key: gated_key(text("tool_name")?, text("args_digest")?),
                 evidence_id: to_u64("evidence_index", "id", int("id")?)?,
             });
         }
@@ -350,13 +336,12 @@ async fn read_range_keys(mut conn: Conn<'_>, after: u64, to: u64) -> Result<Rang
          AND tool_name IS NOT NULL";
     const OP: &str = "merge_gated_calls: read the range's digests";
     let (after, to) = (to_i64("after_id", after)?, to_i64("to_id", to)?);
-    let mut tools = ToolHashes::default();
     let mut by_scope: HashMap<(String, String, String), Vec<GatedKey>> = HashMap::new();
     macro_rules! fold_rows {
         ($c:expr) => {{
             let mut rows = sqlx::query(SQL).bind(after).bind(to).fetch($c);
             while let Some(r) = rows.try_next().await.map_err(db(OP))? {
-                let Some(key) = tools.key(&r.text("tool_name")?, &r.text("args_digest")?) else {
+                let Some(key) = gated_key(&r.text("tool_name")?, &r.text("args_digest")?) else {
                     continue;
                 };
                 let scope = (r.text("org")?, r.text("project")?, r.text("env")?);
@@ -906,9 +891,7 @@ mod tests {
         assert_eq!(gated_key("tool.search", &e), Some(k));
         assert_eq!(gated_key("tool.search", "abc"), None);
         assert_eq!(gated_key("tool.search", &"zz".repeat(32)), None);
-        let mut tools = ToolHashes::default();
-        assert_eq!(tools.key("tool.search", &d), Some(k));
-        assert_eq!(tools.key("tool.search", &d), Some(k));
+        assert_eq!(key_with(&tool_hash("tool.search"), &d), Some(k));
     }
 
     #[test]
