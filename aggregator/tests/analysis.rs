@@ -1630,7 +1630,7 @@ async fn the_call_merge_gates_a_call_whichever_came_first_and_only_behind_the_fo
 /// feed's merges really are fed.
 async fn fed_merges_gate_the_same_calls_as_merges_that_read_back(db: &TestStore) -> Result<()> {
     let feed = Feed::new();
-    call_merge_scenario(db, CallMarking::Cheaper, Some(&feed)).await?;
+    call_merge_scenario(db, CallMarking::Ungated, Some(&feed)).await?;
     let other = fresh_like(db).await?;
     call_merge_scenario(&other, CallMarking::ByRange, Some(&feed)).await
 }

@@ -77,6 +77,8 @@ struct FoldedCalls {
     lo: u64,
     hi: u64,
     by_scope: HashMap<Tenant, Vec<(u64, GatedKey)>>,
+    /// The (evidence id, agent, seq) of the runpacks of `(lo, hi]` that listed calls.
+    runpacks: Vec<(u64, AgentKey, u64)>,
     len: usize,
 }
 
@@ -85,6 +87,7 @@ impl FoldedCalls {
         self.lo = at;
         self.hi = at;
         self.by_scope.clear();
+        self.runpacks.clear();
         self.len = 0;
     }
 }
@@ -288,6 +291,9 @@ impl Feed {
             calls.restart_at(from);
         }
         for r in ranges.iter_mut() {
+            for (id, seq) in r.take_runpacks() {
+                calls.runpacks.push((id, r.key().clone(), seq));
+            }
             let keys = r.take_calls();
             calls.len += keys.len();
             calls
@@ -308,18 +314,31 @@ impl Feed {
         let mut state = self.lock();
         let calls = &mut state.calls;
         let covered = calls.lo <= from && to <= calls.hi;
+        let mut runpacks = Vec::new();
+        calls.runpacks.retain(|(id, agent, seq)| {
+            if *id > to {
+                return true;
+            }
+            if *id > from {
+                runpacks.push((agent.clone(), *seq));
+            }
+            false
+        });
         if to >= calls.hi {
             let taken = std::mem::take(&mut calls.by_scope);
             calls.restart_at(to);
             return covered.then(|| {
-                RangeKeys::new(taken.into_iter().map(|(scope, keys)| {
-                    let keys = keys
-                        .into_iter()
-                        .filter(|(id, _)| *id > from)
-                        .map(|(_, k)| k)
-                        .collect();
-                    (scope, keys)
-                }))
+                RangeKeys::with_runpacks(
+                    taken.into_iter().map(|(scope, keys)| {
+                        let keys = keys
+                            .into_iter()
+                            .filter(|(id, _)| *id > from)
+                            .map(|(_, k)| k)
+                            .collect();
+                        (scope, keys)
+                    }),
+                    runpacks,
+                )
             });
         }
         let mut out = Vec::new();
@@ -343,7 +362,7 @@ impl Feed {
         calls.by_scope.retain(|_, k| !k.is_empty());
         calls.len = len;
         calls.lo = calls.lo.max(to);
-        covered.then(|| RangeKeys::new(out))
+        covered.then(|| RangeKeys::with_runpacks(out, runpacks))
     }
 
     /// Evidence ids held now.

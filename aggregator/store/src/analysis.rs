@@ -623,6 +623,9 @@ pub struct AgentRange {
     /// The evidence id and gated-call key of each decision with a tool and an arguments digest, for the call
     /// merge ([`crate::gated`]).
     calls: Vec<(u64, GatedKey)>,
+    /// The evidence id and seq of each runpack added that listed calls (so the call merge knows which calls
+    /// were indexed in a fed range without reading their runpacks' rows).
+    runpacks: Vec<(u64, u64)>,
 }
 
 impl AgentRange {
@@ -632,7 +635,13 @@ impl AgentRange {
             key,
             groups: HashMap::default(),
             calls: Vec::new(),
+            runpacks: Vec::new(),
         }
+    }
+
+    /// Takes the (evidence id, seq) of the runpacks added that listed calls.
+    pub fn take_runpacks(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.runpacks)
     }
 
     /// Takes the (evidence id, gated-call key) of the decisions added that carry a tool and an arguments digest
@@ -661,6 +670,9 @@ impl AgentRange {
     pub fn add(&mut self, id: u64, created_ms: i64, received_ms: i64, entry: &NewIndexEntry) {
         let f = &entry.fields;
         let class = entry.class;
+        if !f.runpack_calls.is_empty() {
+            self.runpacks.push((id, entry.seq));
+        }
         if class != EvidenceClass::Decision && f.artifact_kind.as_deref() != Some("regress_result")
         {
             return;
@@ -746,6 +758,7 @@ impl AgentRange {
     /// Adds `other` (rows of the same agent, none of them already here).
     pub fn merge(&mut self, mut other: AgentRange) {
         self.calls.append(&mut other.calls);
+        self.runpacks.append(&mut other.runpacks);
         for (key, counts) in other.groups {
             self.put(key, counts);
         }

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::model::{Tenant, to_i64, to_u64};
+use crate::model::{AgentKey, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
 /// A key of the set (see the module docs).
@@ -103,6 +103,9 @@ fn key_with(tool: &GatedKey, args_digest: &str) -> Option<GatedKey> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeKeys {
     by_scope: BTreeMap<Tenant, Vec<GatedKey>>,
+    /// The runpacks indexed in the range (those that listed calls), when known: then the merge tells the calls
+    /// indexed in its range without joining each call to its runpack's evidence row.
+    runpacks: Option<std::collections::HashSet<(Tenant, String, i64)>>,
 }
 
 impl RangeKeys {
@@ -117,7 +120,31 @@ impl RangeKeys {
             keys.dedup();
         }
         out.retain(|_, k| !k.is_empty());
-        Self { by_scope: out }
+        Self {
+            by_scope: out,
+            runpacks: None,
+        }
+    }
+
+    /// [`RangeKeys::new`] that also knows every runpack of the range that listed calls, by agent and seq.
+    pub fn with_runpacks(
+        by_scope: impl IntoIterator<Item = (Tenant, Vec<GatedKey>)>,
+        runpacks: impl IntoIterator<Item = (AgentKey, u64)>,
+    ) -> Self {
+        let mut keys = Self::new(by_scope);
+        keys.runpacks = Some(
+            runpacks
+                .into_iter()
+                .map(|(agent, seq)| {
+                    (
+                        agent.tenant,
+                        agent.agent_id.as_str().to_owned(),
+                        i64::try_from(seq).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect(),
+        );
+        keys
     }
 
     /// Distinct keys over all environments.
@@ -128,6 +155,19 @@ impl RangeKeys {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.by_scope.is_empty()
+    }
+
+    /// Whether `call`'s runpack was indexed in the merge's range `(after, to]`: by its evidence id when read, else
+    /// from the range's runpacks.
+    fn indexed_in_range(&self, call: &Pending, after: u64, to: u64) -> bool {
+        match (call.evidence_id, &self.runpacks) {
+            (Some(id), _) => id > after && id <= to,
+            (None, Some(runpacks)) => {
+                runpacks.contains(&(Tenant::clone(&call.scope), call.agent_id.clone(), call.seq))
+            }
+            // Not read and not known: probe the stored runs (a call of an earlier range just meets them again).
+            (None, None) => true,
+        }
     }
 
     fn contains(&self, scope: &Tenant, key: &GatedKey) -> bool {
@@ -170,22 +210,27 @@ struct Pending {
     seq: i64,
     call_index: i64,
     key: Option<GatedKey>,
-    evidence_id: u64,
+    /// Its runpack's evidence id, when read (see [`RangeKeys::runpacks`]).
+    evidence_id: Option<u64>,
 }
 
 /// The columns [`decode_pending!`] reads (the call `c` joined to its runpack's evidence row `e`), ordered by
 /// environment so consecutive rows share one scope.
 const PENDING_COLUMNS: &str = "c.org, c.project, c.env, c.agent_id, c.seq, c.call_index, c.tool_name, \
      c.args_digest, e.id";
+/// [`PENDING_COLUMNS`] without the runpack's evidence id (no join).
+const CALL_COLUMNS: &str =
+    "c.org, c.project, c.env, c.agent_id, c.seq, c.call_index, c.tool_name, c.args_digest";
 const PENDING_ORDER: &str = "ORDER BY c.org, c.project, c.env";
 
 /// What SQLite selects besides [`PENDING_COLUMNS`]: the call's rowid.
 const SQLITE_ROWID: &str = ", c.rowid AS rid";
 
 /// Decodes rows of [`PENDING_COLUMNS`] with borrowed text (either backend's row type), one scope per run of
-/// equal (org, project, env); `$rowid` says whether the rows carry [`SQLITE_ROWID`].
+/// equal (org, project, env); `$rowid` says whether the rows carry [`SQLITE_ROWID`], `$joined` whether they carry
+/// the runpack's evidence id (`id`).
 macro_rules! decode_pending {
-    ($rows:expr, $table:literal, $rowid:expr) => {{
+    ($rows:expr, $table:literal, $rowid:expr, $joined:expr) => {{
         let mut scope: Option<std::sync::Arc<Tenant>> = None;
         let mut out = Vec::with_capacity($rows.len());
         for r in &$rows {
@@ -215,7 +260,11 @@ macro_rules! decode_pending {
                 seq: int("seq")?,
                 call_index: int("call_index")?,
                 key: gated_key(text("tool_name")?, text("args_digest")?),
-                evidence_id: to_u64("evidence_index", "id", int("id")?)?,
+                evidence_id: if $joined {
+                    Some(to_u64("evidence_index", "id", int("id")?)?)
+                } else {
+                    None
+                },
             });
         }
         out
@@ -273,7 +322,7 @@ pub(crate) async fn merge(
     let mut gated: Vec<Pending> = Vec::new();
     let mut calls = 0u64;
     let candidates = if by_ungated {
-        ungated_calls(conn.reborrow()).await?
+        ungated_calls(conn.reborrow(), keys.runpacks.is_none()).await?
     } else {
         // Earlier runpacks' ungated calls against the range's decisions, in the database (by digest).
         calls += earlier_calls_by_range(conn.reborrow(), after, to).await?;
@@ -285,7 +334,7 @@ pub(crate) async fn merge(
         let Some(key) = call.key else { continue };
         if keys.contains(&call.scope, &key) {
             gated.push(call);
-        } else if call.evidence_id > after && call.evidence_id <= to {
+        } else if keys.indexed_in_range(&call, after, to) {
             // Indexed in this range: never matched against the runs stored before it. Calls of earlier ranges
             // were, at their own range's merge; calls past the range will be at theirs.
             to_probe
@@ -377,24 +426,31 @@ async fn count_ungated(mut conn: Conn<'_>, up_to: u64) -> Result<u64, StoreError
     to_u64("runpack_calls", "count", n)
 }
 
-/// Every ungated call with its runpack's evidence id.
-async fn ungated_calls(mut conn: Conn<'_>) -> Result<Vec<Pending>, StoreError> {
+/// Every ungated call, with its runpack's evidence id when `with_ids` (a search of the evidence index per call,
+/// most of the read: skipped when the range's runpacks are known).
+async fn ungated_calls(mut conn: Conn<'_>, with_ids: bool) -> Result<Vec<Pending>, StoreError> {
     let rowid = if matches!(conn, Conn::Sqlite(_)) {
         SQLITE_ROWID
     } else {
         ""
     };
-    let sql = format!(
-        "SELECT {PENDING_COLUMNS}{rowid} FROM runpack_calls c JOIN evidence_index e ON e.org = c.org \
-         AND e.project = c.project AND e.env = c.env AND e.agent_id = c.agent_id AND e.seq = c.seq \
-         WHERE c.gated = 0 {PENDING_ORDER}"
-    );
+    let sql = if with_ids {
+        format!(
+            "SELECT {PENDING_COLUMNS}{rowid} FROM runpack_calls c JOIN evidence_index e ON e.org = c.org \
+             AND e.project = c.project AND e.env = c.env AND e.agent_id = c.agent_id AND e.seq = c.seq \
+             WHERE c.gated = 0 {PENDING_ORDER}"
+        )
+    } else {
+        format!(
+            "SELECT {CALL_COLUMNS}{rowid} FROM runpack_calls c WHERE c.gated = 0 {PENDING_ORDER}"
+        )
+    };
     let out = db_run!(conn, |c| {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .fetch_all(&mut *c)
             .await
             .map_err(db("merge_gated_calls: ungated calls"))?;
-        decode_pending!(rows, "runpack_calls", !rowid.is_empty())
+        decode_pending!(rows, "runpack_calls", !rowid.is_empty(), with_ids)
     });
     Ok(out)
 }
@@ -419,7 +475,7 @@ async fn range_calls(mut conn: Conn<'_>, after: u64, to: u64) -> Result<Vec<Pend
             .fetch_all(&mut *c)
             .await
             .map_err(db("merge_gated_calls: the range's calls"))?;
-        decode_pending!(rows, "runpack_calls", !rowid.is_empty())
+        decode_pending!(rows, "runpack_calls", !rowid.is_empty(), true)
     });
     Ok(out)
 }
@@ -948,7 +1004,7 @@ mod tests {
             seq: i64::try_from(n).unwrap_or(i64::MAX),
             call_index: 0,
             key: None,
-            evidence_id: 1,
+            evidence_id: Some(1),
         }
     }
 
