@@ -324,23 +324,6 @@ impl Feed {
             }
             false
         });
-        if to >= calls.hi {
-            let taken = std::mem::take(&mut calls.by_scope);
-            calls.restart_at(to);
-            return covered.then(|| {
-                RangeKeys::with_runpacks(
-                    taken.into_iter().map(|(scope, keys)| {
-                        let keys = keys
-                            .into_iter()
-                            .filter(|(id, _)| *id > from)
-                            .map(|(_, k)| k)
-                            .collect();
-                        (scope, keys)
-                    }),
-                    runpacks,
-                )
-            });
-        }
         let mut out = Vec::new();
         let mut len = 0;
         for (scope, keys) in &mut calls.by_scope {
@@ -361,7 +344,12 @@ impl Feed {
         }
         calls.by_scope.retain(|_, k| !k.is_empty());
         calls.len = len;
-        calls.lo = calls.lo.max(to);
+        if to >= calls.hi {
+            // Nothing is held past the range: the chain goes on from its end.
+            calls.restart_at(to);
+        } else {
+            calls.lo = calls.lo.max(to);
+        }
         covered.then(|| RangeKeys::with_runpacks(out, runpacks))
     }
 

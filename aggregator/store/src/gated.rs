@@ -626,17 +626,7 @@ async fn probe_runs(
 }
 
 fn chunk_holds(chunk: &[u8], key: &GatedKey) -> bool {
-    let n = chunk.len() / KEY_LEN;
-    let (mut lo, mut hi) = (0usize, n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match chunk[mid * KEY_LEN..(mid + 1) * KEY_LEN].cmp(key.as_slice()) {
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return true,
-        }
-    }
-    false
+    chunk.as_chunks::<KEY_LEN>().0.binary_search(key).is_ok()
 }
 
 /// For each of `calls` (sorted by key), whether `run` holds its key: one index search per call.

@@ -84,7 +84,7 @@ pub use evidence::{
     CorpusGroup, CorpusScope, EvidenceClass, EvidenceFilter, IndexFields, IndexedCall,
     IndexedRecord, MAX_EVIDENCE_PAGE, NewIndexEntry, OwnedCorpusGroup, RawJson, Shard,
 };
-pub use gated::{CHUNK_KEYS, CallMarking, FANOUT, GatedKey, RangeKeys, gated_key};
+pub use gated::{CallMarking, GatedKey, RangeKeys, gated_key};
 pub use leader::LeaderLease;
 pub use model::{
     ActiveBundle, AgentCursor, AgentFilter, AgentHello, AgentPosition, AgentRow, BatchOutcome,
