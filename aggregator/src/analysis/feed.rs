@@ -45,6 +45,35 @@ pub const CALL_CAPACITY: usize = 2 * super::upkeep::MERGE_ROWS as usize;
 /// Most (agent, family) pairs the feed remembers as recorded.
 pub const KNOWN_PAIRS: usize = 200_000;
 
+/// A batch's records (or index entries) found by seq, the first of a seq winning: a binary search when they
+/// ascend by seq, as a batch does, else a map.
+enum BySeq<'a, T> {
+    Sorted(&'a [T], fn(&T) -> u64),
+    Map(HashMap<u64, &'a T>),
+}
+
+impl<'a, T> BySeq<'a, T> {
+    fn new(items: &'a [T], seq: fn(&T) -> u64) -> Self {
+        if items.is_sorted_by_key(seq) {
+            Self::Sorted(items, seq)
+        } else {
+            Self::Map(items.iter().rev().map(|i| (seq(i), i)).collect())
+        }
+    }
+
+    fn get(&self, at: u64) -> Option<&'a T> {
+        match self {
+            Self::Sorted(items, seq) => {
+                let items: &'a [T] = items;
+                items
+                    .get(items.partition_point(|i| seq(i) < at))
+                    .filter(|i| seq(i) == at)
+            }
+            Self::Map(map) => map.get(&at).copied(),
+        }
+    }
+}
+
 /// One committed batch (held under its smallest evidence id): its evidence ids and its rows at the range's
 /// grain.
 #[derive(Debug)]
@@ -66,7 +95,9 @@ struct State {
     held: u64,
     /// (agent, family) pairs a fold from this feed committed: recorded in `incident_family_agents` for good,
     /// so a later fold need not check them (at most [`KNOWN_PAIRS`]; forgotten all at once past that).
-    known: HashSet<(AgentKey, String)>,
+    known: HashMap<AgentKey, HashSet<String>>,
+    /// Pairs in `known`.
+    known_pairs: usize,
     /// The gated-call keys of the folded ranges that join up into `(lo, hi]`.
     calls: FoldedCalls,
 }
@@ -124,7 +155,8 @@ impl Feed {
                 leading: true,
                 segments: BTreeMap::new(),
                 held: 0,
-                known: HashSet::new(),
+                known: HashMap::new(),
+                known_pairs: 0,
                 calls: FoldedCalls::default(),
             }),
         }
@@ -165,19 +197,14 @@ impl Feed {
                 return;
             }
         }
-        let created: HashMap<u64, i64> = records
-            .iter()
-            .rev()
-            .map(|r| (r.seq, r.created_unix_ms))
-            .collect();
-        let entries: HashMap<u64, &NewIndexEntry> =
-            index.iter().rev().map(|e| (e.seq, e)).collect();
+        let records = BySeq::new(records, |r| r.seq);
+        let entries = BySeq::new(index, |e| e.seq);
         let mut range = AgentRange::new(key.clone());
         for (seq, id) in &outcome.indexed {
             // The store indexed exactly these seqs from these entries; a seq missing here would be a bug in
             // the caller, and the count check then sends the range to the read-back path.
-            if let (Some(entry), Some(created)) = (entries.get(seq), created.get(seq)) {
-                range.add(*id, *created, received_ms, entry);
+            if let (Some(entry), Some(record)) = (entries.get(*seq), records.get(*seq)) {
+                range.add(*id, record.created_unix_ms, received_ms, entry);
             } else {
                 return;
             }
@@ -259,21 +286,32 @@ impl Feed {
 
     /// Whether a fold from this feed recorded `agent` in `family` (so it is recorded for good).
     pub fn knows(&self, agent: &AgentKey, family: &str) -> bool {
-        // The pair is looked up by value; a borrowed tuple key would need a wrapper type for one clone saved.
         self.lock()
             .known
-            .contains(&(agent.clone(), family.to_owned()))
+            .get(agent)
+            .is_some_and(|families| families.contains(family))
     }
 
     /// Notes the (agent, family) pairs of `ranges`, which a fold just committed.
     pub fn remember(&self, ranges: &[AgentRange]) {
         let mut state = self.lock();
+        let state = &mut *state;
         for r in ranges {
+            if state.known_pairs.saturating_add(r.len()) > KNOWN_PAIRS {
+                state.known.clear();
+                state.known_pairs = 0;
+            }
+            if !state.known.contains_key(r.key()) {
+                state.known.insert(r.key().clone(), HashSet::new());
+            }
+            let Some(families) = state.known.get_mut(r.key()) else {
+                continue;
+            };
             for family in r.families() {
-                if state.known.len() >= KNOWN_PAIRS {
-                    state.known.clear();
+                if !families.contains(family) {
+                    families.insert(family.to_owned());
+                    state.known_pairs += 1;
                 }
-                state.known.insert((r.key().clone(), family.to_owned()));
             }
         }
     }
@@ -414,6 +452,27 @@ mod tests {
             ..Default::default()
         };
         feed.push(&key(agent), &records, &index, &outcome, 2_000);
+    }
+
+    #[test]
+    fn a_batch_is_found_by_seq_sorted_or_not_the_first_of_a_seq_winning() {
+        // (seq, tag)
+        let sorted = [(1, 'a'), (2, 'b'), (2, 'c'), (5, 'd')];
+        let shuffled = [(5, 'd'), (2, 'b'), (1, 'a'), (2, 'c')];
+        for items in [&sorted[..], &shuffled[..]] {
+            let by = BySeq::new(items, |i| i.0);
+            let found: Vec<Option<char>> = (0..7).map(|s| by.get(s).map(|i| i.1)).collect();
+            assert_eq!(
+                found,
+                [None, Some('a'), Some('b'), None, None, Some('d'), None],
+                "{items:?}"
+            );
+        }
+        assert!(matches!(
+            BySeq::new(&sorted[..], |i| i.0),
+            BySeq::Sorted(..)
+        ));
+        assert!(matches!(BySeq::new(&shuffled[..], |i| i.0), BySeq::Map(..)));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! row), and folds the pre-aggregate into the precomputed tables with `INSERT … SELECT … GROUP BY … ON CONFLICT
 //! DO UPDATE` — the aggregation runs inside the database, no evidence row is shipped to the aggregator. (An
 //! upkeep that pre-aggregated the range in process as ingest committed it hands that in instead,
-//! [`crate::Store::apply_analysis_ranges`] with [`AgentRange`]s, and the store skips its pass over the rows.) A
+//! [`crate::Store::apply_analysis_ranges`] with [`AgentRange`]s: the store then computes each fold's rows from
+//! them and upserts those, writing no temporary table and reading no evidence row back.) A
 //! replica whose cursor moved under it adds nothing (the transaction is rolled back), so each evidence row is
 //! counted exactly once however many replicas run the job; every fold is a sum, a minimum, a maximum, a set
 //! insert or "the smallest digest", so the stored state does not depend on how rows were batched or in which
@@ -26,7 +27,7 @@ use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, execute, push_row};
+use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, push_row};
 use crate::gated::{CallMarking, GatedKey, RangeKeys, gated_key};
 use crate::model::{AgentKey, Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
@@ -302,57 +303,108 @@ async fn count_between(mut conn: Conn<'_>, after: u64, to: u64) -> Result<u64, S
     to_u64("evidence_index", "count", n)
 }
 
-async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
+/// The columns a [`FamilySample`] is read from (of `evidence_index e`).
+macro_rules! sample_columns {
+    () => {
+        "SELECT e.org, e.family, e.class, e.verdict, e.tool_name, e.reason_codes, e.matched_rule, \
+         e.policy_name, e.endpoint_classes, e.failure_kind, e.artifact_kind, e.regress_status"
+    };
+}
+
+/// A [`FamilySample`] from a row of [`sample_columns`].
+fn sample_of(r: &impl Columns) -> Result<FamilySample, StoreError> {
     const T: &str = "evidence_index";
+    let class = r.text("class")?;
+    let reason_codes = match r.opt_text("reason_codes")? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            StoreError::corrupt(T, format!("reason_codes is not a JSON array: {e}"))
+        })?,
+        None => Vec::new(),
+    };
+    Ok(FamilySample {
+        org: Org::try_from(r.text("org")?)
+            .map_err(|e| StoreError::corrupt(T, format!("org is not a valid identifier: {e}")))?,
+        family: r.text("family")?,
+        class: match class.as_str() {
+            "decision" => EvidenceClass::Decision,
+            "artifact" => EvidenceClass::Artifact,
+            other => return Err(StoreError::corrupt(T, format!("class is `{other}`"))),
+        },
+        fields: IndexFields {
+            verdict: r.opt_text("verdict")?,
+            tool_name: r.opt_text("tool_name")?,
+            reason_codes,
+            matched_rule: r.opt_text("matched_rule")?,
+            policy_name: r.opt_text("policy_name")?,
+            endpoint_classes: r.opt_text("endpoint_classes")?,
+            failure_kind: r.opt_text("failure_kind")?,
+            artifact_kind: r.opt_text("artifact_kind")?,
+            regress_status: r.opt_text("regress_status")?,
+            ..IndexFields::default()
+        },
+    })
+}
+
+async fn samples(mut conn: Conn<'_>) -> Result<Vec<FamilySample>, StoreError> {
     // One row per family of the range (pre-aggregated in `analysis_range`) that has no definition yet: the
     // first row of it.
-    const SQL: &str = "SELECT e.org, e.family, e.class, e.verdict, e.tool_name, e.reason_codes, e.matched_rule, \
-         e.policy_name, e.endpoint_classes, e.failure_kind, e.artifact_kind, e.regress_status \
-         FROM (SELECT org, family, MIN(first_id) AS id FROM analysis_range WHERE family IS NOT NULL \
+    const SQL: &str = concat!(
+        sample_columns!(),
+        " FROM (SELECT org, family, MIN(first_id) AS id FROM analysis_range WHERE family IS NOT NULL \
          GROUP BY org, family) g JOIN evidence_index e ON e.id = g.id \
          WHERE NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = g.org AND f.family = g.family) \
-         ORDER BY e.org, e.family";
+         ORDER BY e.org, e.family"
+    );
     db_run!(conn, |c| {
         let found = sqlx::query(SQL)
             .fetch_all(&mut *c)
             .await
             .map_err(db("new_family_samples"))?;
-        found
-            .iter()
-            .map(|r| {
-                let class = r.text("class")?;
-                let reason_codes = match r.opt_text("reason_codes")? {
-                    Some(text) => serde_json::from_str(&text).map_err(|e| {
-                        StoreError::corrupt(T, format!("reason_codes is not a JSON array: {e}"))
-                    })?,
-                    None => Vec::new(),
-                };
-                Ok(FamilySample {
-                    org: Org::try_from(r.text("org")?).map_err(|e| {
-                        StoreError::corrupt(T, format!("org is not a valid identifier: {e}"))
-                    })?,
-                    family: r.text("family")?,
-                    class: match class.as_str() {
-                        "decision" => EvidenceClass::Decision,
-                        "artifact" => EvidenceClass::Artifact,
-                        other => return Err(StoreError::corrupt(T, format!("class is `{other}`"))),
-                    },
-                    fields: IndexFields {
-                        verdict: r.opt_text("verdict")?,
-                        tool_name: r.opt_text("tool_name")?,
-                        reason_codes,
-                        matched_rule: r.opt_text("matched_rule")?,
-                        policy_name: r.opt_text("policy_name")?,
-                        endpoint_classes: r.opt_text("endpoint_classes")?,
-                        failure_kind: r.opt_text("failure_kind")?,
-                        artifact_kind: r.opt_text("artifact_kind")?,
-                        regress_status: r.opt_text("regress_status")?,
-                        ..IndexFields::default()
-                    },
-                })
-            })
-            .collect()
+        found.iter().map(sample_of).collect()
     })
+}
+
+/// [`samples`] of a fed range: `firsts` are the first rows of the range's families that may have no
+/// definition yet (the first row of each, by family); the rows of families defined already are left out.
+async fn samples_at(mut conn: Conn<'_>, firsts: &[i64]) -> Result<Vec<FamilySample>, StoreError> {
+    const OP: &str = "new_family_samples";
+    const NOT_DEFINED: &str = " AND NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = e.org \
+         AND f.family = e.family)";
+    let mut found = Vec::new();
+    for chunk in firsts.chunks(FILL_CHUNK) {
+        let mut rows = db_run!(conn,
+            sqlite: |c| {
+                let mut sql = String::from(concat!(sample_columns!(), " FROM evidence_index e WHERE e.id IN ("));
+                for i in 0..chunk.len() {
+                    sql.push_str(if i == 0 { "?" } else { ", ?" });
+                }
+                sql.push(')');
+                sql.push_str(NOT_DEFINED);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                let rows = q.fetch_all(&mut *c).await.map_err(db(OP))?;
+                rows.iter().map(sample_of).collect::<Result<Vec<_>, _>>()?
+            },
+            postgres: |c| {
+                let sql = format!(
+                    "{} FROM evidence_index e WHERE e.id = ANY($1){NOT_DEFINED}",
+                    sample_columns!()
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(chunk)
+                    .fetch_all(&mut *c)
+                    .await
+                    .map_err(db(OP))?;
+                rows.iter().map(sample_of).collect::<Result<Vec<_>, _>>()?
+            },
+        );
+        found.append(&mut rows);
+    }
+    // As `samples` orders them.
+    found.sort_by(|a, b| (a.org.as_str(), &a.family).cmp(&(b.org.as_str(), &b.family)));
+    Ok(found)
 }
 
 async fn cursor(mut conn: Conn<'_>, name: &str) -> Result<u64, StoreError> {
@@ -524,6 +576,7 @@ const RANGE_COLUMNS_PG: &str = range_columns!("LOWER(reason_codes COLLATE \"C\")
 /// process, so keys an agent chooses cannot be aimed at one bucket), cheaper than std's SipHash on these short
 /// string keys (docs/benchmarks.md, stop 38).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The grain of [`RANGE_COLUMNS`] below the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -537,6 +590,49 @@ struct RangeKey {
     /// The deciding policy's digest, `(none)` when the record named none.
     policy: String,
 }
+
+/// A [`RangeKey`] borrowed from a record's fields, to look its group up without allocating (most records of a
+/// range fall into a group that exists). Its fields are [`RangeKey`]'s, in the same order and hashing alike
+/// (`&str` hashes as `String`), as [`hashbrown::Equivalent`] requires.
+#[derive(Hash)]
+struct RangeKeyRef<'a> {
+    family: Option<&'a str>,
+    day: i64,
+    tool: &'a str,
+    verdict: Option<&'a str>,
+    stage: &'a str,
+    class: EvidenceClass,
+    policy: &'a str,
+}
+
+impl hashbrown::Equivalent<RangeKey> for RangeKeyRef<'_> {
+    fn equivalent(&self, key: &RangeKey) -> bool {
+        self.day == key.day
+            && self.class == key.class
+            && self.family == key.family.as_deref()
+            && self.tool == key.tool
+            && self.verdict == key.verdict.as_deref()
+            && self.stage == key.stage
+            && self.policy == key.policy
+    }
+}
+
+impl RangeKeyRef<'_> {
+    fn to_owned(&self) -> RangeKey {
+        RangeKey {
+            family: self.family.map(str::to_owned),
+            day: self.day,
+            tool: self.tool.to_owned(),
+            verdict: self.verdict.map(str::to_owned),
+            stage: self.stage.to_owned(),
+            class: self.class,
+            policy: self.policy.to_owned(),
+        }
+    }
+}
+
+/// [`AgentRange`]'s groups.
+type Groups = hashbrown::HashMap<RangeKey, RangeCounts, foldhash::fast::RandomState>;
 
 /// The aggregates of one [`RangeKey`], as [`RANGE_COLUMNS`] computes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -560,6 +656,12 @@ impl RangeCounts {
     /// Adds `o`'s counts to this group's, as the `GROUP BY` of [`RANGE_COLUMNS`] would; `o`'s representative is
     /// copied only when it wins.
     fn merge_from(&mut self, o: &RangeCounts) {
+        self.merge_counts(o);
+        self.offer(o.representative.as_deref());
+    }
+
+    /// [`RangeCounts::merge_from`] but the representative.
+    fn merge_counts(&mut self, o: &RangeCounts) {
         self.first_id = self.first_id.min(o.first_id);
         self.n += o.n;
         self.first_seen = self.first_seen.min(o.first_seen);
@@ -572,32 +674,43 @@ impl RangeCounts {
         self.destructive_n += o.destructive_n;
         self.passed += o.passed;
         self.failed += o.failed;
-        // MIN ignores NULL.
-        if let Some(theirs) = &o.representative
+    }
+
+    /// Keeps `theirs` as the representative when it is smaller (`MIN`, which ignores NULL).
+    fn offer(&mut self, theirs: Option<&str>) {
+        if let Some(theirs) = theirs
             && self
                 .representative
-                .as_ref()
+                .as_deref()
                 .is_none_or(|ours| theirs < ours)
         {
-            self.representative = Some(theirs.clone());
+            self.representative = Some(theirs.to_owned());
         }
     }
+}
+
+/// Whether `haystack` contains `needle` (ASCII lowercase), ignoring ASCII case: `LOWER(haystack) LIKE
+/// '%needle%'` without lowering a copy.
+fn contains_ascii_lowercase(haystack: &str, needle: &[u8]) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Whether a reason-code list, as stored (a JSON array), mentions taint: `LOWER(reason_codes) LIKE '%taint%'`.
 fn mentions_taint(codes: &[String]) -> bool {
     // A code that JSON escapes could spell the word only in its stored form; check that form then.
-    if codes.iter().any(|c| {
-        c.chars()
-            .any(|ch| ch.is_control() || ch == '"' || ch == '\\')
-    }) {
+    // (The characters JSON escapes: controls below U+0020, quote and backslash.)
+    if codes
+        .iter()
+        .any(|c| c.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'))
+    {
         return serde_json::to_string(codes)
             .is_ok_and(|text| text.to_ascii_lowercase().contains("taint"));
     }
     // Otherwise codes are separated by `","`, so the word lies inside one code.
-    codes
-        .iter()
-        .any(|c| c.to_ascii_lowercase().contains("taint"))
+    codes.iter().any(|c| contains_ascii_lowercase(c, b"taint"))
 }
 
 /// What [`crate::Store::apply_analysis_ranges`] did.
@@ -619,7 +732,7 @@ pub enum RangesApplied {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentRange {
     key: AgentKey,
-    groups: HashMap<RangeKey, RangeCounts>,
+    groups: Groups,
     /// The evidence id and gated-call key of each decision with a tool and an arguments digest, for the call
     /// merge ([`crate::gated`]).
     calls: Vec<(u64, GatedKey)>,
@@ -633,7 +746,7 @@ impl AgentRange {
     pub fn new(key: AgentKey) -> Self {
         Self {
             key,
-            groups: HashMap::default(),
+            groups: Groups::default(),
             calls: Vec::new(),
             runpacks: Vec::new(),
         }
@@ -691,11 +804,12 @@ impl AgentRange {
         let verdict = f.verdict.as_deref();
         let risk = f.risk_class.as_deref();
         let destructive = i64::from(f.destructive == Some(true));
-        let endpoint = f.endpoint_classes.as_deref().map(str::to_ascii_lowercase);
-        let egress = endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("net.") || e.contains(",net."))
-            || mentions_taint(&f.reason_codes);
+        let egress = f.endpoint_classes.as_deref().is_some_and(|e| {
+            e.as_bytes()
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"net."))
+                || contains_ascii_lowercase(e, b",net.")
+        }) || mentions_taint(&f.reason_codes);
         let severity = if class == EvidenceClass::Artifact || verdict == Some("block") {
             3
         } else if verdict == Some("require_approval") {
@@ -705,7 +819,7 @@ impl AgentRange {
         } else {
             0
         };
-        let counts = RangeCounts {
+        let one = RangeCounts {
             first_id: id,
             n: 1,
             first_seen: at,
@@ -723,28 +837,44 @@ impl AgentRange {
             destructive_n: destructive.unsigned_abs(),
             passed: u64::from(f.regress_status.as_deref() == Some("pass")),
             failed: u64::from(f.regress_status.as_deref().is_some_and(|s| s != "pass")),
-            representative: match class {
-                EvidenceClass::Artifact => f.sha256.clone(),
-                EvidenceClass::Decision => f.intent_digest.clone(),
-            },
+            representative: None,
         };
-        let key = RangeKey {
-            family: f.family.clone(),
+        let representative = match class {
+            EvidenceClass::Artifact => f.sha256.as_deref(),
+            EvidenceClass::Decision => f.intent_digest.as_deref(),
+        };
+        let key = RangeKeyRef {
+            family: f.family.as_deref(),
             day: at / 86_400_000,
-            tool: f.tool_name.clone().unwrap_or_else(|| "(unknown)".into()),
-            verdict: f.verdict.clone(),
-            stage: f.stage.clone().unwrap_or_else(|| "none".into()),
+            tool: f.tool_name.as_deref().unwrap_or("(unknown)"),
+            verdict,
+            stage: f.stage.as_deref().unwrap_or("none"),
             class,
-            policy: f.policy_digest.clone().unwrap_or_else(|| NO_POLICY.into()),
+            policy: f.policy_digest.as_deref().unwrap_or(NO_POLICY),
         };
-        self.put(key, counts);
+        // Strings are copied only for a new group, or a representative that wins.
+        match self.groups.get_mut(&key) {
+            Some(group) => {
+                group.merge_counts(&one);
+                group.offer(representative);
+            }
+            None => {
+                self.groups.insert(
+                    key.to_owned(),
+                    RangeCounts {
+                        representative: representative.map(str::to_owned),
+                        ..one
+                    },
+                );
+            }
+        }
     }
 
     /// Counts `counts` in `key`'s group.
     fn put(&mut self, key: RangeKey, counts: RangeCounts) {
         match self.groups.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge_from(&counts),
-            std::collections::hash_map::Entry::Vacant(v) => {
+            hashbrown::hash_map::Entry::Occupied(mut o) => o.get_mut().merge_from(&counts),
+            hashbrown::hash_map::Entry::Vacant(v) => {
                 v.insert(counts);
             }
         }
@@ -765,254 +895,39 @@ impl AgentRange {
     }
 }
 
-/// The columns of `analysis_range` as [`fill_range`] declares them: those of [`RANGE_COLUMNS`] but the agent, whose
-/// (family, agent) pairs go to `analysis_range_agents` instead ([`FED_AGENTS_TABLE`]).
-const FED_RANGE_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, day BIGINT, tool TEXT, \
-     verdict TEXT, stage TEXT, class TEXT, policy TEXT, first_id BIGINT, n BIGINT, first_seen BIGINT, last_seen BIGINT, \
-     risk_rank BIGINT, destructive BIGINT, egress_or_taint BIGINT, severity_rank BIGINT, high_risk BIGINT, \
-     destructive_n BIGINT, passed BIGINT, failed BIGINT, representative TEXT)";
-/// Its column count.
-const FED_RANGE_WIDTH: usize = 23;
-/// The (scope, family, agent) pairs of a fed range that may be new to `incident_family_agents`.
-const FED_AGENTS_TABLE: &str = "(org TEXT, project TEXT, env TEXT, family TEXT, agent_id TEXT)";
-/// Rows per `INSERT` on SQLite (its bound parameters stay under 32,766).
-const FILL_CHUNK: usize = 1_000;
-
-/// Inserts `rows` (each `width` arguments) into temporary table `table`: multi-row `VALUES` on SQLite, one
-/// `UNNEST` of a column array per column on PostgreSQL (`types` are the columns' array types there).
-async fn insert_rows(
-    mut conn: Conn<'_>,
-    table: &str,
-    types: &[&str],
-    rows: &[Vec<Arg<'_>>],
-) -> Result<(), StoreError> {
-    const OP: &str = "analysis: range rows";
-    let width = types.len();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    if matches!(conn, Conn::Sqlite(_)) {
-        for chunk in rows.chunks(FILL_CHUNK) {
-            let mut sql = String::with_capacity(64 + chunk.len() * width * 3);
-            sql.push_str("INSERT INTO ");
-            sql.push_str(table);
-            sql.push_str(" VALUES ");
-            let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * width);
-            for (n, row) in chunk.iter().enumerate() {
-                sql.push_str(if n == 0 { "" } else { ", " });
-                push_row(&mut sql, true, args.len(), width);
-                args.extend(row.iter().copied());
-            }
-            execute(conn.reborrow(), &sql, &args, OP).await?;
-        }
-        return Ok(());
-    }
-    let mut sql = format!("INSERT INTO {table} SELECT * FROM UNNEST(");
-    for (i, t) in types.iter().enumerate() {
-        sql.push_str(if i == 0 { "" } else { ", " });
-        sql.push_str(&format!("${}::{t}[]", i + 1));
-    }
-    sql.push(')');
-    db_run!(conn,
-        sqlite: |_c| 0,
-        postgres: |c| {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for col in 0..width {
-                match rows[0][col] {
-                    Arg::Text(_) => {
-                        let v: Vec<Option<&str>> = rows
-                            .iter()
-                            .map(|r| match r[col] {
-                                Arg::Text(t) => t,
-                                Arg::Int(_) => None,
-                            })
-                            .collect();
-                        q = q.bind(v);
-                    }
-                    Arg::Int(_) => {
-                        let v: Vec<Option<i64>> = rows
-                            .iter()
-                            .map(|r| match r[col] {
-                                Arg::Int(i) => i,
-                                Arg::Text(_) => None,
-                            })
-                            .collect();
-                        q = q.bind(v);
-                    }
-                }
-            }
-            q.execute(&mut *c).await.map_err(db(OP))?.rows_affected()
-        },
-    );
-    Ok(())
+/// Each precomputed table with the columns a fold writes (literals for `concat!`).
+macro_rules! scopes_into {
+    () => {
+        "incident_family_scopes (org, project, env, family, occurrences, first_seen_unix_ms, last_seen_unix_ms, \
+         risk_rank, destructive, egress_or_taint, severity_rank, representative, agents)"
+    };
+}
+macro_rules! posture_into {
+    () => {
+        "posture_daily (org, project, env, day, tool, verdict, stage, decisions, high_risk, destructive)"
+    };
+}
+macro_rules! org_posture_into {
+    () => {
+        "posture_daily_org (org, day, tool, verdict, stage, decisions, high_risk, destructive)"
+    };
+}
+macro_rules! policies_into {
+    () => {
+        "policy_daily (org, project, env, day, tool, policy_digest, decisions)"
+    };
+}
+macro_rules! regress_into {
+    () => {
+        "regress_daily (org, project, env, day, passed, failed)"
+    };
 }
 
-/// Creates `analysis_range` (at its grain less the agent, merged over the agents, in the order the pass's
-/// `GROUP BY` leaves it, so the folds after it probe in key order) and `analysis_range_agents` (the
-/// (family, agent) pairs `known` does not vouch are recorded already) from pre-aggregated rows, for this
-/// transaction only.
-async fn fill_range(
-    mut conn: Conn<'_>,
-    ranges: &[AgentRange],
-    known: &(dyn Fn(&AgentKey, &str) -> bool + Sync),
-) -> Result<(), StoreError> {
-    type Grain<'a> = (
-        &'a str,
-        &'a str,
-        &'a str,
-        Option<&'a str>,
-        i64,
-        &'a str,
-        Option<&'a str>,
-        &'a str,
-        &'a str,
-        &'a str,
-    );
-    let mut merged: HashMap<Grain<'_>, RangeCounts> = HashMap::default();
-    let mut pairs: Vec<(&str, &str, &str, &str, &str)> = Vec::new();
-    for r in ranges {
-        let t = &r.key.tenant;
-        let mut families: Vec<&str> = Vec::new();
-        for (k, c) in &r.groups {
-            let grain = (
-                t.org.as_str(),
-                t.project.as_str(),
-                t.env.as_str(),
-                k.family.as_deref(),
-                k.day,
-                k.tool.as_str(),
-                k.verdict.as_deref(),
-                k.stage.as_str(),
-                k.class.as_str(),
-                k.policy.as_str(),
-            );
-            match merged.get_mut(&grain) {
-                Some(m) => m.merge_from(c),
-                None => {
-                    merged.insert(grain, c.clone());
-                }
-            }
-            families.extend(k.family.as_deref());
-        }
-        families.sort_unstable();
-        families.dedup();
-        for f in families {
-            if !known(&r.key, f) {
-                pairs.push((
-                    t.org.as_str(),
-                    t.project.as_str(),
-                    t.env.as_str(),
-                    f,
-                    r.key.agent_id.as_str(),
-                ));
-            }
-        }
-    }
-    let mut merged: Vec<(Grain<'_>, RangeCounts)> = merged.into_iter().collect();
-    merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    pairs.sort_unstable();
-    let rows = merged
-        .iter()
-        .map(|(g, c)| {
-            Ok(vec![
-                Arg::Text(Some(g.0)),
-                Arg::Text(Some(g.1)),
-                Arg::Text(Some(g.2)),
-                Arg::Text(g.3),
-                Arg::Int(Some(g.4)),
-                Arg::Text(Some(g.5)),
-                Arg::Text(g.6),
-                Arg::Text(Some(g.7)),
-                Arg::Text(Some(g.8)),
-                Arg::Text(Some(g.9)),
-                Arg::Int(Some(to_i64("first_id", c.first_id)?)),
-                Arg::Int(Some(to_i64("n", c.n)?)),
-                Arg::Int(Some(c.first_seen)),
-                Arg::Int(Some(c.last_seen)),
-                Arg::Int(Some(c.risk_rank)),
-                Arg::Int(Some(c.destructive)),
-                Arg::Int(Some(c.egress_or_taint)),
-                Arg::Int(Some(c.severity_rank)),
-                Arg::Int(Some(to_i64("high_risk", c.high_risk)?)),
-                Arg::Int(Some(to_i64("destructive_n", c.destructive_n)?)),
-                Arg::Int(Some(to_i64("passed", c.passed)?)),
-                Arg::Int(Some(to_i64("failed", c.failed)?)),
-                Arg::Text(c.representative.as_deref()),
-            ])
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    create_temp(
-        conn.reborrow(),
-        "analysis_range",
-        Temp::Columns(FED_RANGE_TABLE),
-    )
-    .await?;
-    let mut types = ["text"; FED_RANGE_WIDTH];
-    for i in [4, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21] {
-        types[i] = "bigint";
-    }
-    insert_rows(conn.reborrow(), "analysis_range", &types, &rows).await?;
-    create_temp(
-        conn.reborrow(),
-        "analysis_range_agents",
-        Temp::Columns(FED_AGENTS_TABLE),
-    )
-    .await?;
-    let pair_rows: Vec<Vec<Arg<'_>>> = pairs
-        .iter()
-        .map(|p| {
-            vec![
-                Arg::Text(Some(p.0)),
-                Arg::Text(Some(p.1)),
-                Arg::Text(Some(p.2)),
-                Arg::Text(Some(p.3)),
-                Arg::Text(Some(p.4)),
-            ]
-        })
-        .collect();
-    insert_rows(
-        conn.reborrow(),
-        "analysis_range_agents",
-        &["text"; 5],
-        &pair_rows,
-    )
-    .await?;
-    Ok(())
-}
-
-/// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
-/// Ranges fold one at a time (the cursor's compare-and-set serializes them), so none is added twice.
-const NEW_AGENTS: &str = " AS SELECT DISTINCT org, project, env, family, agent_id FROM analysis_range r \
-     WHERE family IS NOT NULL AND NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
-     AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
-
-/// [`NEW_AGENTS`] of a fed range: its candidate pairs are in `analysis_range_agents`, distinct already.
-const FED_NEW_AGENTS: &str = " AS SELECT org, project, env, family, agent_id FROM analysis_range_agents r \
-     WHERE NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
-     AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
-
-/// Records the new agents (after the scope fold counted them).
-const ADD_AGENTS: &str = "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
-     SELECT org, project, env, family, agent_id FROM analysis_new_agents";
-
-/// The statements that fold `analysis_range` into the precomputed tables.
-const FOLD: [(&str, &str); 5] = [
-    (
-        "analysis: family scopes",
+/// How each fold adds a range's row to the stored one.
+macro_rules! scopes_upsert {
+    () => {
         concat!(
-            "INSERT INTO incident_family_scopes (org, project, env, family, occurrences, first_seen_unix_ms, \
-             last_seen_unix_ms, risk_rank, destructive, egress_or_taint, severity_rank, representative, agents) \
-             SELECT s.org, s.project, s.env, s.family, s.n, s.first_seen, s.last_seen, s.risk_rank, \
-             s.destructive, s.egress_or_taint, s.severity_rank, s.representative, COALESCE(a.n, 0) \
-             FROM (SELECT org, project, env, family, SUM(n) AS n, MIN(first_seen) AS first_seen, \
-             MAX(last_seen) AS last_seen, MAX(risk_rank) AS risk_rank, MAX(destructive) AS destructive, \
-             MAX(egress_or_taint) AS egress_or_taint, MAX(severity_rank) AS severity_rank, \
-             MIN(representative) AS representative FROM analysis_range WHERE family IS NOT NULL \
-             GROUP BY org, project, env, family) s \
-             LEFT JOIN (SELECT org, project, env, family, COUNT(*) AS n FROM analysis_new_agents \
-             GROUP BY org, project, env, family) a ON a.org = s.org AND a.project = s.project AND a.env = s.env \
-             AND a.family = s.family WHERE s.n > 0 \
-             ON CONFLICT (org, project, env, family) DO UPDATE SET ",
+            " ON CONFLICT (org, project, env, family) DO UPDATE SET ",
             fold_col!(sum, "incident_family_scopes", "occurrences"),
             ", ",
             fold_col!(min, "incident_family_scopes", "first_seen_unix_ms"),
@@ -1031,86 +946,596 @@ const FOLD: [(&str, &str); 5] = [
             ", representative = CASE WHEN incident_family_scopes.representative IS NULL \
              OR excluded.representative < incident_family_scopes.representative THEN excluded.representative \
              ELSE incident_family_scopes.representative END",
-        ),
-    ),
-    (
-        "analysis: posture",
+        )
+    };
+}
+macro_rules! posture_upsert {
+    () => {
         concat!(
-            "INSERT INTO posture_daily (org, project, env, day, tool, verdict, stage, decisions, high_risk, \
-             destructive) SELECT org, project, env, day, tool, verdict, stage, SUM(n), SUM(high_risk), \
-             SUM(destructive_n) FROM analysis_range WHERE class = 'decision' AND verdict IS NOT NULL \
-             GROUP BY org, project, env, day, tool, verdict, stage \
-             ON CONFLICT (org, project, env, day, tool, verdict, stage) DO UPDATE SET ",
+            " ON CONFLICT (org, project, env, day, tool, verdict, stage) DO UPDATE SET ",
             fold_col!(sum, "posture_daily", "decisions"),
             ", ",
             fold_col!(sum, "posture_daily", "high_risk"),
             ", ",
             fold_col!(sum, "posture_daily", "destructive"),
-        ),
-    ),
-    (
-        "analysis: org posture",
+        )
+    };
+}
+macro_rules! org_posture_upsert {
+    () => {
         concat!(
-            "INSERT INTO posture_daily_org (org, day, tool, verdict, stage, decisions, high_risk, destructive) \
-             SELECT org, day, tool, verdict, stage, SUM(n), SUM(high_risk), SUM(destructive_n) FROM analysis_range \
-             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, day, tool, verdict, stage \
-             ON CONFLICT (org, day, tool, verdict, stage) DO UPDATE SET ",
+            " ON CONFLICT (org, day, tool, verdict, stage) DO UPDATE SET ",
             fold_col!(sum, "posture_daily_org", "decisions"),
             ", ",
             fold_col!(sum, "posture_daily_org", "high_risk"),
             ", ",
             fold_col!(sum, "posture_daily_org", "destructive"),
+        )
+    };
+}
+macro_rules! policies_upsert {
+    () => {
+        concat!(
+            " ON CONFLICT (org, project, env, day, tool, policy_digest) DO UPDATE SET ",
+            fold_col!(sum, "policy_daily", "decisions"),
+        )
+    };
+}
+macro_rules! regress_upsert {
+    () => {
+        concat!(
+            " ON CONFLICT (org, project, env, day) DO UPDATE SET ",
+            fold_col!(sum, "regress_daily", "passed"),
+            ", ",
+            fold_col!(sum, "regress_daily", "failed"),
+        )
+    };
+}
+
+/// Rows per statement on SQLite (its bound parameters stay under 32,766).
+const FILL_CHUNK: usize = 1_000;
+
+/// The `INSERT` of `rows` rows of `types.len()` columns into `into` (a table and its column list), then
+/// `suffix` (an `ON CONFLICT …` and/or `RETURNING …`): multi-row `VALUES` with anonymous placeholders on SQLite
+/// (numbered ones make sqlx's binding quadratic, see [`crate::evidence`]), one `UNNEST` of a column array per
+/// column on PostgreSQL (`types` are the columns' types there).
+fn insert_sql(sqlite: bool, into: &str, types: &[&str], rows: usize, suffix: &str) -> String {
+    let width = types.len();
+    let mut sql = String::with_capacity(64 + into.len() + suffix.len() + rows * width * 3);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(into);
+    if sqlite {
+        sql.push_str(" VALUES ");
+        for n in 0..rows {
+            sql.push_str(if n == 0 { "" } else { ", " });
+            push_row(&mut sql, true, 0, width);
+        }
+    } else {
+        sql.push_str(" SELECT * FROM UNNEST(");
+        for (i, t) in types.iter().enumerate() {
+            sql.push_str(&format!(
+                "{}${}::{t}[]",
+                if i == 0 { "" } else { ", " },
+                i + 1
+            ));
+        }
+        sql.push(')');
+    }
+    sql.push_str(suffix);
+    sql
+}
+
+/// Column `col` of the flat rows `args` (`width` to a row), as PostgreSQL binds an `UNNEST` argument.
+enum Column<'a> {
+    Text(Vec<Option<&'a str>>),
+    Int(Vec<Option<i64>>),
+}
+
+fn column<'a>(args: &[Arg<'a>], width: usize, col: usize) -> Column<'a> {
+    let cells = args.iter().skip(col).step_by(width);
+    match args.get(col) {
+        Some(Arg::Int(_)) => Column::Int(
+            cells
+                .map(|a| match a {
+                    Arg::Int(i) => *i,
+                    Arg::Text(_) => None,
+                })
+                .collect(),
+        ),
+        _ => Column::Text(
+            cells
+                .map(|a| match a {
+                    Arg::Text(t) => *t,
+                    Arg::Int(_) => None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Runs the [`insert_sql`] of the flat rows `args` (`types.len()` to a row) into `into`, then `suffix`.
+async fn insert_rows(
+    mut conn: Conn<'_>,
+    op: &'static str,
+    into: &str,
+    types: &[&str],
+    args: &[Arg<'_>],
+    suffix: &str,
+) -> Result<(), StoreError> {
+    let width = types.len();
+    if args.is_empty() {
+        return Ok(());
+    }
+    db_run!(conn,
+        sqlite: |c| {
+            for chunk in args.chunks(FILL_CHUNK * width) {
+                let sql = insert_sql(true, into, types, chunk.len() / width, suffix);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for arg in chunk {
+                    q = match arg {
+                        Arg::Text(t) => q.bind(*t),
+                        Arg::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(&mut *c).await.map_err(db(op))?;
+            }
+        },
+        postgres: |c| {
+            let sql = insert_sql(false, into, types, args.len() / width, suffix);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for col in 0..width {
+                q = match column(args, width, col) {
+                    Column::Text(v) => q.bind(v),
+                    Column::Int(v) => q.bind(v),
+                };
+            }
+            q.execute(&mut *c).await.map_err(db(op))?;
+        },
+    );
+    Ok(())
+}
+
+/// Records the (org, project, env, family, agent) pairs `args` (flat, five to a pair, distinct) in
+/// `incident_family_agents` and answers the (org, project, env, family) of each pair that was not there yet.
+async fn add_family_agents(
+    mut conn: Conn<'_>,
+    args: &[Arg<'_>],
+) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    const OP: &str = "analysis: family agents";
+    const INTO: &str = "incident_family_agents (org, project, env, family, agent_id)";
+    const SUFFIX: &str = " ON CONFLICT DO NOTHING RETURNING org, project, env, family";
+    const TYPES: [&str; 5] = ["text"; 5];
+    fn scope_of(r: &impl Columns) -> Result<(String, String, String, String), StoreError> {
+        Ok((
+            r.text("org")?,
+            r.text("project")?,
+            r.text("env")?,
+            r.text("family")?,
+        ))
+    }
+    let mut added = Vec::new();
+    for chunk in args.chunks(FILL_CHUNK * TYPES.len()) {
+        let mut rows = db_run!(conn,
+            sqlite: |c| {
+                let sql = insert_sql(true, INTO, &TYPES, chunk.len() / TYPES.len(), SUFFIX);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for arg in chunk {
+                    q = match arg {
+                        Arg::Text(t) => q.bind(*t),
+                        Arg::Int(i) => q.bind(*i),
+                    };
+                }
+                let rows = q.fetch_all(&mut *c).await.map_err(db(OP))?;
+                rows.iter().map(scope_of).collect::<Result<Vec<_>, _>>()?
+            },
+            postgres: |c| {
+                let sql = insert_sql(false, INTO, &TYPES, chunk.len() / TYPES.len(), SUFFIX);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for col in 0..TYPES.len() {
+                    q = match column(chunk, TYPES.len(), col) {
+                        Column::Text(v) => q.bind(v),
+                        Column::Int(v) => q.bind(v),
+                    };
+                }
+                let rows = q.fetch_all(&mut *c).await.map_err(db(OP))?;
+                rows.iter().map(scope_of).collect::<Result<Vec<_>, _>>()?
+            },
+        );
+        added.append(&mut rows);
+    }
+    Ok(added)
+}
+
+/// A fold's rows keyed in its table's primary-key order, so they are written in key order (the upserts then
+/// probe the table's B-tree in order).
+fn sorted<K: Ord, V>(rows: HashMap<K, V>) -> Vec<(K, V)> {
+    let mut rows: Vec<(K, V)> = rows.into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+/// One family's aggregates in one environment, as the family scope fold computes them.
+struct ScopeRow<'a> {
+    n: u64,
+    first_seen: i64,
+    last_seen: i64,
+    risk_rank: i64,
+    destructive: i64,
+    egress_or_taint: i64,
+    severity_rank: i64,
+    representative: Option<&'a str>,
+}
+
+impl<'a> ScopeRow<'a> {
+    fn of(c: &'a RangeCounts) -> Self {
+        Self {
+            n: c.n,
+            first_seen: c.first_seen,
+            last_seen: c.last_seen,
+            risk_rank: c.risk_rank,
+            destructive: c.destructive,
+            egress_or_taint: c.egress_or_taint,
+            severity_rank: c.severity_rank,
+            representative: c.representative.as_deref(),
+        }
+    }
+
+    fn add(&mut self, c: &'a RangeCounts) {
+        self.n += c.n;
+        self.first_seen = self.first_seen.min(c.first_seen);
+        self.last_seen = self.last_seen.max(c.last_seen);
+        self.risk_rank = self.risk_rank.max(c.risk_rank);
+        self.destructive = self.destructive.max(c.destructive);
+        self.egress_or_taint = self.egress_or_taint.max(c.egress_or_taint);
+        self.severity_rank = self.severity_rank.max(c.severity_rank);
+        if let Some(theirs) = c.representative.as_deref()
+            && self.representative.is_none_or(|ours| theirs < ours)
+        {
+            self.representative = Some(theirs);
+        }
+    }
+}
+
+/// Folds a fed range straight from its agents' pre-aggregated rows: each fold's rows are computed here, at the
+/// fold's own grain, and upserted as they are ([`FOLD`] computes the same rows from `analysis_range` when a range
+/// is read back; a test holds the two equal on both backends). No temporary table is written. Families are
+/// defined and (family, agent) pairs recorded only for the pairs `known` does not vouch for: a pair a fold
+/// from this feed committed is recorded, and its family defined, for good.
+async fn fold_fed(
+    mut conn: Conn<'_>,
+    ranges: &[AgentRange],
+    known: &(dyn Fn(&AgentKey, &str) -> bool + Sync),
+    define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
+    laps: &mut Laps,
+) -> Result<(), StoreError> {
+    type Env<'a> = (&'a str, &'a str, &'a str);
+    let mut scopes: HashMap<(Env<'_>, &str), ScopeRow<'_>> = HashMap::default();
+    let mut posture: HashMap<(Env<'_>, i64, &str, &str, &str), [u64; 3]> = HashMap::default();
+    let mut org_posture: HashMap<(&str, i64, &str, &str, &str), [u64; 3]> = HashMap::default();
+    let mut policies: HashMap<(Env<'_>, i64, &str, &str), u64> = HashMap::default();
+    let mut regress: HashMap<(Env<'_>, i64), [u64; 2]> = HashMap::default();
+    // The first row of each family, by org (for the families that may have no definition yet).
+    let mut firsts: HashMap<(&str, &str), u64> = HashMap::default();
+    let mut pairs: Vec<(Env<'_>, &str, &str)> = Vec::new();
+    let mut maybe_new: HashSet<(&str, &str)> = HashSet::default();
+    for r in ranges {
+        let t = &r.key.tenant;
+        let env = (t.org.as_str(), t.project.as_str(), t.env.as_str());
+        let mut families: Vec<&str> = Vec::new();
+        for (k, c) in &r.groups {
+            if let Some(family) = k.family.as_deref() {
+                families.push(family);
+                scopes
+                    .entry((env, family))
+                    .and_modify(|s| s.add(c))
+                    .or_insert_with(|| ScopeRow::of(c));
+                firsts
+                    .entry((env.0, family))
+                    .and_modify(|f| *f = (*f).min(c.first_id))
+                    .or_insert(c.first_id);
+            }
+            match (k.class, k.verdict.as_deref()) {
+                (EvidenceClass::Decision, Some(verdict)) => {
+                    let counts = [c.n, c.high_risk, c.destructive_n];
+                    let add = |sum: &mut [u64; 3]| {
+                        for (s, n) in sum.iter_mut().zip(counts) {
+                            *s += n;
+                        }
+                    };
+                    add(posture
+                        .entry((env, k.day, k.tool.as_str(), verdict, k.stage.as_str()))
+                        .or_default());
+                    add(org_posture
+                        .entry((env.0, k.day, k.tool.as_str(), verdict, k.stage.as_str()))
+                        .or_default());
+                    *policies
+                        .entry((env, k.day, k.tool.as_str(), k.policy.as_str()))
+                        .or_default() += c.n;
+                }
+                (EvidenceClass::Artifact, _) if c.passed + c.failed > 0 => {
+                    let sum = regress.entry((env, k.day)).or_default();
+                    sum[0] += c.passed;
+                    sum[1] += c.failed;
+                }
+                _ => {}
+            }
+        }
+        families.sort_unstable();
+        families.dedup();
+        for f in families {
+            if !known(&r.key, f) {
+                pairs.push((env, f, r.key.agent_id.as_str()));
+                maybe_new.insert((env.0, f));
+            }
+        }
+    }
+    laps.took("range (in process)");
+
+    // Families met first here: their first rows, unless defined already.
+    if !maybe_new.is_empty() {
+        let mut ids = maybe_new
+            .iter()
+            .filter_map(|k| firsts.get(k))
+            .map(|id| to_i64("first_id", *id))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        for d in &define(&samples_at(conn.reborrow(), &ids).await?) {
+            define_family(conn.reborrow(), d).await?;
+        }
+    }
+    laps.took("define");
+
+    // (family, agent) pairs recorded now, counted per scope.
+    pairs.sort_unstable();
+    let mut added: HashMap<(String, String, String, String), u64> = HashMap::default();
+    if !pairs.is_empty() {
+        let args: Vec<Arg<'_>> = pairs
+            .iter()
+            .flat_map(|((org, project, env), family, agent)| {
+                [org, project, env, family, agent].map(|v| Arg::Text(Some(*v)))
+            })
+            .collect();
+        for scope in add_family_agents(conn.reborrow(), &args).await? {
+            *added.entry(scope).or_default() += 1;
+        }
+    }
+    laps.took("new agents");
+
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    for (((org, project, env), family), s) in sorted(scopes) {
+        let agents = if added.is_empty() {
+            0
+        } else {
+            added
+                .get(&(org.into(), project.into(), env.into(), family.into()))
+                .copied()
+                .unwrap_or(0)
+        };
+        args.extend([
+            Arg::Text(Some(org)),
+            Arg::Text(Some(project)),
+            Arg::Text(Some(env)),
+            Arg::Text(Some(family)),
+            Arg::Int(Some(to_i64("occurrences", s.n)?)),
+            Arg::Int(Some(s.first_seen)),
+            Arg::Int(Some(s.last_seen)),
+            Arg::Int(Some(s.risk_rank)),
+            Arg::Int(Some(s.destructive)),
+            Arg::Int(Some(s.egress_or_taint)),
+            Arg::Int(Some(s.severity_rank)),
+            Arg::Text(s.representative),
+            Arg::Int(Some(to_i64("agents", agents)?)),
+        ]);
+    }
+    const SCOPE_TYPES: [&str; 13] = [
+        "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
+        "bigint", "text", "bigint",
+    ];
+    insert_rows(
+        conn.reborrow(),
+        "analysis: family scopes",
+        scopes_into!(),
+        &SCOPE_TYPES,
+        &args,
+        scopes_upsert!(),
+    )
+    .await?;
+    laps.took("family scopes");
+
+    args.clear();
+    for (((org, project, env), day, tool, verdict, stage), [n, high, destructive]) in
+        sorted(posture)
+    {
+        args.extend([
+            Arg::Text(Some(org)),
+            Arg::Text(Some(project)),
+            Arg::Text(Some(env)),
+            Arg::Int(Some(day)),
+            Arg::Text(Some(tool)),
+            Arg::Text(Some(verdict)),
+            Arg::Text(Some(stage)),
+            Arg::Int(Some(to_i64("decisions", n)?)),
+            Arg::Int(Some(to_i64("high_risk", high)?)),
+            Arg::Int(Some(to_i64("destructive", destructive)?)),
+        ]);
+    }
+    const POSTURE_TYPES: [&str; 10] = [
+        "text", "text", "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint",
+    ];
+    insert_rows(
+        conn.reborrow(),
+        "analysis: posture",
+        posture_into!(),
+        &POSTURE_TYPES,
+        &args,
+        posture_upsert!(),
+    )
+    .await?;
+    laps.took("posture");
+
+    args.clear();
+    for ((org, day, tool, verdict, stage), [n, high, destructive]) in sorted(org_posture) {
+        args.extend([
+            Arg::Text(Some(org)),
+            Arg::Int(Some(day)),
+            Arg::Text(Some(tool)),
+            Arg::Text(Some(verdict)),
+            Arg::Text(Some(stage)),
+            Arg::Int(Some(to_i64("decisions", n)?)),
+            Arg::Int(Some(to_i64("high_risk", high)?)),
+            Arg::Int(Some(to_i64("destructive", destructive)?)),
+        ]);
+    }
+    const ORG_POSTURE_TYPES: [&str; 8] = [
+        "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint",
+    ];
+    insert_rows(
+        conn.reborrow(),
+        "analysis: org posture",
+        org_posture_into!(),
+        &ORG_POSTURE_TYPES,
+        &args,
+        org_posture_upsert!(),
+    )
+    .await?;
+    laps.took("org posture");
+
+    args.clear();
+    for (((org, project, env), day, tool, policy), n) in sorted(policies) {
+        args.extend([
+            Arg::Text(Some(org)),
+            Arg::Text(Some(project)),
+            Arg::Text(Some(env)),
+            Arg::Int(Some(day)),
+            Arg::Text(Some(tool)),
+            Arg::Text(Some(policy)),
+            Arg::Int(Some(to_i64("decisions", n)?)),
+        ]);
+    }
+    const POLICY_TYPES: [&str; 7] = ["text", "text", "text", "bigint", "text", "text", "bigint"];
+    insert_rows(
+        conn.reborrow(),
+        "analysis: policies",
+        policies_into!(),
+        &POLICY_TYPES,
+        &args,
+        policies_upsert!(),
+    )
+    .await?;
+    laps.took("policies");
+
+    args.clear();
+    for (((org, project, env), day), [passed, failed]) in sorted(regress) {
+        args.extend([
+            Arg::Text(Some(org)),
+            Arg::Text(Some(project)),
+            Arg::Text(Some(env)),
+            Arg::Int(Some(day)),
+            Arg::Int(Some(to_i64("passed", passed)?)),
+            Arg::Int(Some(to_i64("failed", failed)?)),
+        ]);
+    }
+    const REGRESS_TYPES: [&str; 6] = ["text", "text", "text", "bigint", "bigint", "bigint"];
+    insert_rows(
+        conn.reborrow(),
+        "analysis: regress",
+        regress_into!(),
+        &REGRESS_TYPES,
+        &args,
+        regress_upsert!(),
+    )
+    .await?;
+    laps.took("regress");
+    Ok(())
+}
+
+/// The (scope, family, agent) pairs of `analysis_range` that `incident_family_agents` does not hold yet.
+/// Ranges fold one at a time (the cursor's compare-and-set serializes them), so none is added twice.
+const NEW_AGENTS: &str = " AS SELECT DISTINCT org, project, env, family, agent_id FROM analysis_range r \
+     WHERE family IS NOT NULL AND NOT EXISTS (SELECT 1 FROM incident_family_agents a WHERE a.org = r.org \
+     AND a.project = r.project AND a.env = r.env AND a.family = r.family AND a.agent_id = r.agent_id)";
+
+/// Records the new agents (after the scope fold counted them).
+const ADD_AGENTS: &str = "INSERT INTO incident_family_agents (org, project, env, family, agent_id) \
+     SELECT org, project, env, family, agent_id FROM analysis_new_agents";
+
+/// The statements that fold `analysis_range` into the precomputed tables (a range read back; [`fold_fed`]
+/// computes the same rows in process).
+const FOLD: [(&str, &str); 5] = [
+    (
+        "analysis: family scopes",
+        concat!(
+            "INSERT INTO ",
+            scopes_into!(),
+            " SELECT s.org, s.project, s.env, s.family, s.n, s.first_seen, s.last_seen, s.risk_rank, \
+             s.destructive, s.egress_or_taint, s.severity_rank, s.representative, COALESCE(a.n, 0) \
+             FROM (SELECT org, project, env, family, SUM(n) AS n, MIN(first_seen) AS first_seen, \
+             MAX(last_seen) AS last_seen, MAX(risk_rank) AS risk_rank, MAX(destructive) AS destructive, \
+             MAX(egress_or_taint) AS egress_or_taint, MAX(severity_rank) AS severity_rank, \
+             MIN(representative) AS representative FROM analysis_range WHERE family IS NOT NULL \
+             GROUP BY org, project, env, family) s \
+             LEFT JOIN (SELECT org, project, env, family, COUNT(*) AS n FROM analysis_new_agents \
+             GROUP BY org, project, env, family) a ON a.org = s.org AND a.project = s.project AND a.env = s.env \
+             AND a.family = s.family WHERE s.n > 0",
+            scopes_upsert!(),
+        ),
+    ),
+    (
+        "analysis: posture",
+        concat!(
+            "INSERT INTO ",
+            posture_into!(),
+            " SELECT org, project, env, day, tool, verdict, stage, SUM(n), SUM(high_risk), \
+             SUM(destructive_n) FROM analysis_range WHERE class = 'decision' AND verdict IS NOT NULL \
+             GROUP BY org, project, env, day, tool, verdict, stage",
+            posture_upsert!(),
+        ),
+    ),
+    (
+        "analysis: org posture",
+        concat!(
+            "INSERT INTO ",
+            org_posture_into!(),
+            " SELECT org, day, tool, verdict, stage, SUM(n), SUM(high_risk), SUM(destructive_n) FROM analysis_range \
+             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, day, tool, verdict, stage",
+            org_posture_upsert!(),
         ),
     ),
     (
         "analysis: policies",
         concat!(
-            "INSERT INTO policy_daily (org, project, env, day, tool, policy_digest, decisions) \
-             SELECT org, project, env, day, tool, policy, SUM(n) FROM analysis_range \
-             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, project, env, day, tool, policy \
-             ON CONFLICT (org, project, env, day, tool, policy_digest) DO UPDATE SET ",
-            fold_col!(sum, "policy_daily", "decisions"),
+            "INSERT INTO ",
+            policies_into!(),
+            " SELECT org, project, env, day, tool, policy, SUM(n) FROM analysis_range \
+             WHERE class = 'decision' AND verdict IS NOT NULL GROUP BY org, project, env, day, tool, policy",
+            policies_upsert!(),
         ),
     ),
     (
         "analysis: regress",
         concat!(
-            "INSERT INTO regress_daily (org, project, env, day, passed, failed) \
-             SELECT org, project, env, day, SUM(passed), SUM(failed) FROM analysis_range \
-             WHERE class = 'artifact' AND passed + failed > 0 GROUP BY org, project, env, day \
-             ON CONFLICT (org, project, env, day) DO UPDATE SET ",
-            fold_col!(sum, "regress_daily", "passed"),
-            ", ",
-            fold_col!(sum, "regress_daily", "failed"),
+            "INSERT INTO ",
+            regress_into!(),
+            " SELECT org, project, env, day, SUM(passed), SUM(failed) FROM analysis_range \
+             WHERE class = 'artifact' AND passed + failed > 0 GROUP BY org, project, env, day",
+            regress_upsert!(),
         ),
     ),
 ];
 
-/// What a temporary table is made of.
-enum Temp<'a> {
-    /// Declared columns (`(a TEXT, b BIGINT)`), filled later.
-    Columns(&'a str),
-    /// ` AS SELECT …`, binding the arguments in order.
-    Select(&'a str, &'a [i64]),
-}
-
-/// Creates temporary table `name` for this transaction only: dropped at commit on PostgreSQL, and by [`drop_temp`]
-/// on SQLite (which first drops one a failed transaction may have left on its connection).
-async fn create_temp(mut conn: Conn<'_>, name: &str, table: Temp<'_>) -> Result<(), StoreError> {
+/// Creates temporary table `name` as `select` (` AS SELECT …`, binding `args` in order) for this transaction
+/// only: dropped at commit on PostgreSQL, and by [`drop_temp`] on SQLite (which first drops one a failed
+/// transaction may have left on its connection).
+async fn create_temp(
+    mut conn: Conn<'_>,
+    name: &str,
+    select: &str,
+    args: &[i64],
+) -> Result<(), StoreError> {
     const OP: &str = "analysis: temporary table";
-    // PostgreSQL's `ON COMMIT DROP` goes after a column list and before `AS SELECT`.
-    let (sqlite, postgres, args) = match table {
-        Temp::Columns(c) => (
-            format!("CREATE TEMP TABLE {name} {c}"),
-            format!("CREATE TEMP TABLE {name} {c} ON COMMIT DROP"),
-            &[][..],
-        ),
-        Temp::Select(select, args) => (
-            format!("CREATE TEMP TABLE {name}{select}"),
-            format!("CREATE TEMP TABLE {name} ON COMMIT DROP{select}"),
-            args,
-        ),
-    };
+    // PostgreSQL's `ON COMMIT DROP` goes before `AS SELECT`.
+    let sqlite = format!("CREATE TEMP TABLE {name}{select}");
+    let postgres = format!("CREATE TEMP TABLE {name} ON COMMIT DROP{select}");
     db_run!(conn,
         sqlite: |c| {
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS temp.{name}")))
@@ -1153,8 +1578,50 @@ type Fed<'a> = (
     &'a (dyn Fn(&AgentKey, &str) -> bool + Sync),
 );
 
-/// Folds `(from, to]`: pre-aggregates it, defines the families it meets first (`define` computes their
-/// definitions from their first rows), then runs the folds.
+/// What each step of a fold took, for its debug event (`GAIT_LOG=gait_store=debug`).
+struct Laps {
+    steps: Vec<(&'static str, u128)>,
+    lap: std::time::Instant,
+}
+
+impl Laps {
+    fn new() -> Self {
+        Self {
+            steps: Vec::with_capacity(10),
+            lap: std::time::Instant::now(),
+        }
+    }
+
+    /// Step `step` ended now.
+    fn took(&mut self, step: &'static str) {
+        self.steps.push((step, self.lap.elapsed().as_micros()));
+        self.lap = std::time::Instant::now();
+    }
+}
+
+/// Defines family `d` unless it is defined already.
+async fn define_family(mut conn: Conn<'_>, d: &FamilyDef) -> Result<(), StoreError> {
+    const DEFINE: &str = "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, \
+         inputs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org, family) DO NOTHING";
+    db_run!(conn, |c| sqlx::query(DEFINE)
+        .bind(d.org.as_str())
+        .bind(d.family.as_str())
+        .bind(i64::from(d.version))
+        .bind(d.dedup_key.as_str())
+        .bind(d.kind.as_str())
+        .bind(d.tool.as_str())
+        .bind(d.verdict.as_str())
+        .bind(d.inputs.as_str())
+        .execute(&mut *c)
+        .await
+        .map_err(db("analysis: define family"))?
+        .rows_affected());
+    Ok(())
+}
+
+/// Folds `(from, to]`: from the agents' pre-aggregated rows when `fed` ([`fold_fed`]), else by pre-aggregating the
+/// range into `analysis_range`, defining the families it meets first (`define` computes their definitions from
+/// their first rows) and running the [`FOLD`]s.
 async fn fold_range(
     mut conn: Conn<'_>,
     from: u64,
@@ -1162,9 +1629,31 @@ async fn fold_range(
     fed: Option<Fed<'_>>,
     define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
 ) -> Result<(), StoreError> {
-    const DEFINE: &str = "INSERT INTO incident_families (org, family, version, dedup_key, kind, tool, verdict, \
-         inputs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org, family) DO NOTHING";
     let (from, to) = (to_i64("from_id", from)?, to_i64("to_id", to)?);
+    let mut laps = Laps::new();
+    if let Some((ranges, known)) = fed {
+        fold_fed(conn.reborrow(), ranges, known, define, &mut laps).await?;
+    } else {
+        fold_read_back(conn.reborrow(), from, to, define, &mut laps).await?;
+    }
+    tracing::debug!(
+        from_id = from,
+        to_id = to,
+        fed = fed.is_some(),
+        steps_us = ?laps.steps,
+        "analysis: folded a range"
+    );
+    Ok(())
+}
+
+/// [`fold_range`] of a range read back from the index.
+async fn fold_read_back(
+    mut conn: Conn<'_>,
+    from: i64,
+    to: i64,
+    define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
+    laps: &mut Laps,
+) -> Result<(), StoreError> {
     // The range's aggregations hash tens of thousands of groups: give them the memory to do it without
     // spilling (this transaction only).
     db_run!(conn,
@@ -1175,68 +1664,25 @@ async fn fold_range(
             .map_err(db("analysis: work_mem"))?
             .rows_affected(),
     );
-    // What each step took, for the debug event at the end (`GAIT_LOG=gait_store=debug`).
-    let mut steps: Vec<(&str, u128)> = Vec::with_capacity(8);
-    let mut lap = std::time::Instant::now();
-    let mut took = |step: &'static str, steps: &mut Vec<(&str, u128)>| {
-        steps.push((step, lap.elapsed().as_micros()));
-        lap = std::time::Instant::now();
+    let columns = match conn {
+        Conn::Sqlite(_) => RANGE_COLUMNS,
+        _ => RANGE_COLUMNS_PG,
     };
-    match fed {
-        Some((ranges, known)) => {
-            fill_range(conn.reborrow(), ranges, known).await?;
-            took("range (in process)", &mut steps);
-        }
-        None => {
-            let columns = match conn {
-                Conn::Sqlite(_) => RANGE_COLUMNS,
-                _ => RANGE_COLUMNS_PG,
-            };
-            create_temp(
-                conn.reborrow(),
-                "analysis_range",
-                Temp::Select(columns, &[from, to]),
-            )
-            .await?;
-            took("range", &mut steps);
-        }
+    create_temp(conn.reborrow(), "analysis_range", columns, &[from, to]).await?;
+    laps.took("range");
+    for d in &define(&samples(conn.reborrow()).await?) {
+        define_family(conn.reborrow(), d).await?;
     }
-    let defs = define(&samples(conn.reborrow()).await?);
-    for d in &defs {
-        db_run!(conn, |c| sqlx::query(DEFINE)
-            .bind(d.org.as_str())
-            .bind(d.family.as_str())
-            .bind(i64::from(d.version))
-            .bind(d.dedup_key.as_str())
-            .bind(d.kind.as_str())
-            .bind(d.tool.as_str())
-            .bind(d.verdict.as_str())
-            .bind(d.inputs.as_str())
-            .execute(&mut *c)
-            .await
-            .map_err(db("analysis: define family"))?
-            .rows_affected());
-    }
-    took("define", &mut steps);
-    let new_agents = if fed.is_some() {
-        FED_NEW_AGENTS
-    } else {
-        NEW_AGENTS
-    };
-    create_temp(
-        conn.reborrow(),
-        "analysis_new_agents",
-        Temp::Select(new_agents, &[]),
-    )
-    .await?;
-    took("new agents", &mut steps);
+    laps.took("define");
+    create_temp(conn.reborrow(), "analysis_new_agents", NEW_AGENTS, &[]).await?;
+    laps.took("new agents");
     for (op, sql) in FOLD {
         db_run!(conn, |c| sqlx::query(sql)
             .execute(&mut *c)
             .await
             .map_err(db(op))?
             .rows_affected());
-        took(op.trim_start_matches("analysis: "), &mut steps);
+        laps.took(op.trim_start_matches("analysis: "));
     }
     db_run!(conn, |c| sqlx::query(ADD_AGENTS)
         .execute(&mut *c)
@@ -1245,16 +1691,7 @@ async fn fold_range(
         .rows_affected());
     drop_temp(conn.reborrow(), "analysis_new_agents").await?;
     drop_temp(conn.reborrow(), "analysis_range").await?;
-    if fed.is_some() {
-        drop_temp(conn.reborrow(), "analysis_range_agents").await?;
-    }
-    took("add agents", &mut steps);
-    tracing::debug!(
-        from_id = from,
-        to_id = to,
-        steps_us = ?steps,
-        "analysis: folded a range"
-    );
+    laps.took("add agents");
     Ok(())
 }
 
