@@ -297,21 +297,24 @@ impl Feed {
         let mut state = self.lock();
         let state = &mut *state;
         for r in ranges {
-            if state.known_pairs.saturating_add(r.len()) > KNOWN_PAIRS {
-                state.known.clear();
-                state.known_pairs = 0;
-            }
-            if !state.known.contains_key(r.key()) {
-                state.known.insert(r.key().clone(), HashSet::new());
-            }
-            let Some(families) = state.known.get_mut(r.key()) else {
-                continue;
-            };
             for family in r.families() {
-                if !families.contains(family) {
-                    families.insert(family.to_owned());
-                    state.known_pairs += 1;
+                if state
+                    .known
+                    .get(r.key())
+                    .is_some_and(|families| families.contains(family))
+                {
+                    continue;
                 }
+                if state.known_pairs >= KNOWN_PAIRS {
+                    state.known.clear();
+                    state.known_pairs = 0;
+                }
+                state
+                    .known
+                    .entry(r.key().clone())
+                    .or_default()
+                    .insert(family.to_owned());
+                state.known_pairs += 1;
             }
         }
     }

@@ -371,7 +371,7 @@ async fn samples_at(mut conn: Conn<'_>, firsts: &[i64]) -> Result<Vec<FamilySamp
     const NOT_DEFINED: &str = " AND NOT EXISTS (SELECT 1 FROM incident_families f WHERE f.org = e.org \
          AND f.family = e.family)";
     let mut found = Vec::new();
-    for chunk in firsts.chunks(FILL_CHUNK) {
+    for chunk in firsts.chunks(rows_per_statement(&conn)) {
         let mut rows = db_run!(conn,
             sqlite: |c| {
                 let mut sql = String::from(concat!(sample_columns!(), " FROM evidence_index e WHERE e.id IN ("));
@@ -993,7 +993,16 @@ macro_rules! regress_upsert {
 }
 
 /// Rows per statement on SQLite (its bound parameters stay under 32,766).
-const FILL_CHUNK: usize = 1_000;
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Rows per statement on `conn`'s backend: PostgreSQL binds a column as one array, so it takes them all at once
+/// (up to a range's rows).
+fn rows_per_statement(conn: &Conn<'_>) -> usize {
+    match conn {
+        Conn::Sqlite(_) => ROWS_PER_STATEMENT,
+        _ => 1 << 24,
+    }
+}
 
 /// The `INSERT` of `rows` rows of `types.len()` columns into `into` (a table and its column list), then
 /// `suffix` (an `ON CONFLICT …` and/or `RETURNING …`): multi-row `VALUES` with anonymous placeholders on SQLite
@@ -1025,12 +1034,13 @@ fn insert_sql(sqlite: bool, into: &str, types: &[&str], rows: usize, suffix: &st
     sql
 }
 
-/// Column `col` of the flat rows `args` (`width` to a row), as PostgreSQL binds an `UNNEST` argument.
+/// A column's values, as PostgreSQL binds an `UNNEST` argument.
 enum Column<'a> {
     Text(Vec<Option<&'a str>>),
     Int(Vec<Option<i64>>),
 }
 
+/// Column `col` of the flat rows `args` (`width` to a row).
 fn column<'a>(args: &[Arg<'a>], width: usize, col: usize) -> Column<'a> {
     let cells = args.iter().skip(col).step_by(width);
     match args.get(col) {
@@ -1068,7 +1078,7 @@ async fn insert_rows(
     }
     db_run!(conn,
         sqlite: |c| {
-            for chunk in args.chunks(FILL_CHUNK * width) {
+            for chunk in args.chunks(ROWS_PER_STATEMENT * width) {
                 let sql = insert_sql(true, into, types, chunk.len() / width, suffix);
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for arg in chunk {
@@ -1114,7 +1124,7 @@ async fn add_family_agents(
         ))
     }
     let mut added = Vec::new();
-    for chunk in args.chunks(FILL_CHUNK * TYPES.len()) {
+    for chunk in args.chunks(rows_per_statement(&conn) * TYPES.len()) {
         let mut rows = db_run!(conn,
             sqlite: |c| {
                 let sql = insert_sql(true, INTO, &TYPES, chunk.len() / TYPES.len(), SUFFIX);
@@ -1180,6 +1190,8 @@ impl<'a> ScopeRow<'a> {
         }
     }
 
+    /// Adds `c`. The representative is the smaller digest by bytes: `MIN` orders them alike on both backends,
+    /// since the index admits only 64 lowercase hex digests.
     fn add(&mut self, c: &'a RangeCounts) {
         self.n += c.n;
         self.first_seen = self.first_seen.min(c.first_seen);
@@ -1208,15 +1220,16 @@ async fn fold_fed(
     define: &(dyn Fn(&[FamilySample]) -> Vec<FamilyDef> + Sync),
     laps: &mut Laps,
 ) -> Result<(), StoreError> {
-    type Env<'a> = (&'a str, &'a str, &'a str);
-    let mut scopes: HashMap<(Env<'_>, &str), ScopeRow<'_>> = HashMap::default();
-    let mut posture: HashMap<(Env<'_>, i64, &str, &str, &str), [u64; 3]> = HashMap::default();
+    /// (org, project, env)
+    type Scope<'a> = (&'a str, &'a str, &'a str);
+    let mut scopes: HashMap<(Scope<'_>, &str), ScopeRow<'_>> = HashMap::default();
+    let mut posture: HashMap<(Scope<'_>, i64, &str, &str, &str), [u64; 3]> = HashMap::default();
     let mut org_posture: HashMap<(&str, i64, &str, &str, &str), [u64; 3]> = HashMap::default();
-    let mut policies: HashMap<(Env<'_>, i64, &str, &str), u64> = HashMap::default();
-    let mut regress: HashMap<(Env<'_>, i64), [u64; 2]> = HashMap::default();
+    let mut policies: HashMap<(Scope<'_>, i64, &str, &str), u64> = HashMap::default();
+    let mut regress: HashMap<(Scope<'_>, i64), [u64; 2]> = HashMap::default();
     // The first row of each family, by org (for the families that may have no definition yet).
     let mut firsts: HashMap<(&str, &str), u64> = HashMap::default();
-    let mut pairs: Vec<(Env<'_>, &str, &str)> = Vec::new();
+    let mut pairs: Vec<(Scope<'_>, &str, &str)> = Vec::new();
     let mut maybe_new: HashSet<(&str, &str)> = HashSet::default();
     for r in ranges {
         let t = &r.key.tenant;
@@ -2200,8 +2213,9 @@ impl crate::Store {
     /// cursor's compare-and-set, the store counts the ids it holds there, and only when that is `ids` too (so
     /// the ranges hold every row of the range and no other — evidence rows are never deleted) does it fold.
     /// Otherwise nothing changes and the answer is [`RangesApplied::Mismatch`]: fold the range by reading it back.
-    /// `known(agent, family)` vouches that the pair is recorded already (a fold committed it; pairs are never
-    /// removed), so it is not checked again.
+    /// `known(agent, family)` vouches that the pair is recorded already and its family defined (a fold committed
+    /// both; pairs and definitions are never removed), so neither is checked again. That holds because every
+    /// sample yields a definition (`definitions` is computed from the fields that gave the row its family).
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_analysis_ranges(
         &self,
