@@ -348,9 +348,28 @@ fn simulate_is_refused_unless_the_bundle_allows_it_and_its_record_keeps_the_poli
                 .is_some_and(|m| m.contains("allow_caller_simulate")),
         "simulate under a bundle that does not allow it: {status} {body}"
     );
+    // The agent appends records of its own too (`bundle.applied` follows the activation): what must not be there
+    // is a decision between the refused simulate and the next decision asked for.
+    let (status, next) = over_socket(&socket, "POST", "/v1/gate/evaluate", Some(intent.clone()))?;
     ensure!(
-        last_seq(&agent)? == before,
-        "a refused simulate was recorded"
+        status == 200 && next["verdict"] == "block",
+        "{status} {next}"
+    );
+    let next_seq = next["record_seq"].as_u64().context("record_seq")?;
+    stored(&agg, &agent, next_seq)?;
+    let after_before = |r: &Value| {
+        r["seq"]
+            .as_u64()
+            .is_some_and(|s| before.as_u64().is_none_or(|b| s > b) && s < next_seq)
+    };
+    let between: Vec<Value> = agg
+        .records(&agent.org, &agent.project, &agent.env, &agent.id)?
+        .into_iter()
+        .filter(after_before)
+        .collect();
+    ensure!(
+        between.iter().all(|r| r["kind"] != "gate.decision"),
+        "a refused simulate was recorded: {between:?}"
     );
 
     // The environment allows it: published by the operator CLI, signed, and only then honoured.
