@@ -203,7 +203,14 @@ fn scenario(database_url: Option<&str>) -> anyhow::Result<()> {
     ensure!(posture["by_verdict"]["block"] == 1, "{posture}");
     ensure!(posture["agents"]["agents"] == 3, "{posture}");
     let (code, text) = run(&agg, &["posture", "--org", "acme", "--project", "web"])?;
-    ensure!(code == Some(0) && text.contains("tool.delete"), "{text}");
+    ensure!(
+        code == Some(0)
+            && text.contains("tool.delete")
+            && text.contains("no runpack in the window listed a tool")
+            && text.contains("no runpack call in the window")
+            && !text.contains("0 of 0"),
+        "{text}"
+    );
 
     // Verdict-mix shifts: every decision is today's, so no day has a baseline to shift from. The answer names its
     // window and rule; a window out of range is refused (exit 65). (The rule and its causes are proven on days of

@@ -464,23 +464,34 @@ pub async fn posture(args: PostureArgs, config: Config) -> anyhow::Result<ExitCo
             )
         })
         .collect();
-    gait_runtime::outln!(
-        "coverage      {} of {} tools seen in runpacks went through a gate ({}‰){}",
-        cov["tools_gated"],
-        cov["tools_seen"],
-        cov["tool_coverage_per_mille"],
-        if ungated.is_empty() {
-            String::new()
-        } else {
-            format!("; ungated: {}", ungated.join(", "))
-        }
-    );
-    gait_runtime::outln!(
-        "calls         {} of {} runpack calls had a gate decision on their arguments ({}‰)",
-        cov["calls_gated"],
-        cov["calls_seen"],
-        cov["call_coverage_per_mille"],
-    );
+    // With no runpack in the window there is nothing to hold the gates against: say so, not "0 of 0 (1000‰)".
+    if cov["tools_seen"].as_u64() == Some(0) {
+        gait_runtime::outln!(
+            "coverage      no runpack in the window listed a tool: nothing to hold the gates against yet"
+        );
+    } else {
+        gait_runtime::outln!(
+            "coverage      {} of {} tools seen in runpacks went through a gate ({}‰){}",
+            cov["tools_gated"],
+            cov["tools_seen"],
+            cov["tool_coverage_per_mille"],
+            if ungated.is_empty() {
+                String::new()
+            } else {
+                format!("; ungated: {}", ungated.join(", "))
+            }
+        );
+    }
+    if cov["calls_seen"].as_u64() == Some(0) {
+        gait_runtime::outln!("calls         no runpack call in the window");
+    } else {
+        gait_runtime::outln!(
+            "calls         {} of {} runpack calls had a gate decision on their arguments ({}‰)",
+            cov["calls_gated"],
+            cov["calls_seen"],
+            cov["call_coverage_per_mille"],
+        );
+    }
     for t in cov["high_risk_ungated"].as_array().into_iter().flatten() {
         gait_runtime::outln!(
             "high risk     {}: {} of {} calls went through no gate (runpack {})",
