@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
-use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, push_row};
+use crate::evidence::{Arg, EvidenceClass, IndexFields, NewIndexEntry, bind_args, push_row};
 use crate::gated::{CallMarking, GatedKey, RangeKeys, gated_key};
 use crate::model::{AgentKey, Env, Org, Project, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
@@ -1063,6 +1063,40 @@ fn column<'a>(args: &[Arg<'a>], width: usize, col: usize) -> Column<'a> {
     }
 }
 
+/// The [`insert_sql`] statement of the flat rows `$args` (`$types.len()` to a row) into `$into`, then `$suffix`,
+/// with its arguments bound: row by row on `sqlite`, one array per column on `postgres`.
+macro_rules! insert_query {
+    (sqlite, $into:expr, $types:expr, $args:expr, $suffix:expr) => {
+        bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe(insert_sql(
+                true,
+                $into,
+                $types,
+                $args.len() / $types.len(),
+                $suffix
+            ))),
+            $args
+        )
+    };
+    (postgres, $into:expr, $types:expr, $args:expr, $suffix:expr) => {{
+        let width = $types.len();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(
+            false,
+            $into,
+            $types,
+            $args.len() / width,
+            $suffix,
+        )));
+        for col in 0..width {
+            q = match column($args, width, col) {
+                Column::Text(v) => q.bind(v),
+                Column::Int(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
 /// Runs the [`insert_sql`] of the flat rows `args` (`types.len()` to a row) into `into`, then `suffix`.
 async fn insert_rows(
     mut conn: Conn<'_>,
@@ -1072,36 +1106,20 @@ async fn insert_rows(
     args: &[Arg<'_>],
     suffix: &str,
 ) -> Result<(), StoreError> {
-    let width = types.len();
-    if args.is_empty() {
-        return Ok(());
+    for chunk in args.chunks(rows_per_statement(&conn) * types.len()) {
+        db_run!(conn,
+            sqlite: |c| insert_query!(sqlite, into, types, chunk, suffix)
+                .execute(&mut *c)
+                .await
+                .map_err(db(op))?
+                .rows_affected(),
+            postgres: |c| insert_query!(postgres, into, types, chunk, suffix)
+                .execute(&mut *c)
+                .await
+                .map_err(db(op))?
+                .rows_affected(),
+        );
     }
-    db_run!(conn,
-        sqlite: |c| {
-            for chunk in args.chunks(ROWS_PER_STATEMENT * width) {
-                let sql = insert_sql(true, into, types, chunk.len() / width, suffix);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for arg in chunk {
-                    q = match arg {
-                        Arg::Text(t) => q.bind(*t),
-                        Arg::Int(i) => q.bind(*i),
-                    };
-                }
-                q.execute(&mut *c).await.map_err(db(op))?;
-            }
-        },
-        postgres: |c| {
-            let sql = insert_sql(false, into, types, args.len() / width, suffix);
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for col in 0..width {
-                q = match column(args, width, col) {
-                    Column::Text(v) => q.bind(v),
-                    Column::Int(v) => q.bind(v),
-                };
-            }
-            q.execute(&mut *c).await.map_err(db(op))?;
-        },
-    );
     Ok(())
 }
 
@@ -1125,33 +1143,23 @@ async fn add_family_agents(
     }
     let mut added = Vec::new();
     for chunk in args.chunks(rows_per_statement(&conn) * TYPES.len()) {
-        let mut rows = db_run!(conn,
-            sqlite: |c| {
-                let sql = insert_sql(true, INTO, &TYPES, chunk.len() / TYPES.len(), SUFFIX);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for arg in chunk {
-                    q = match arg {
-                        Arg::Text(t) => q.bind(*t),
-                        Arg::Int(i) => q.bind(*i),
-                    };
-                }
-                let rows = q.fetch_all(&mut *c).await.map_err(db(OP))?;
-                rows.iter().map(scope_of).collect::<Result<Vec<_>, _>>()?
-            },
-            postgres: |c| {
-                let sql = insert_sql(false, INTO, &TYPES, chunk.len() / TYPES.len(), SUFFIX);
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for col in 0..TYPES.len() {
-                    q = match column(chunk, TYPES.len(), col) {
-                        Column::Text(v) => q.bind(v),
-                        Column::Int(v) => q.bind(v),
-                    };
-                }
-                let rows = q.fetch_all(&mut *c).await.map_err(db(OP))?;
-                rows.iter().map(scope_of).collect::<Result<Vec<_>, _>>()?
-            },
+        let rows = db_run!(conn,
+            sqlite: |c| insert_query!(sqlite, INTO, &TYPES, chunk, SUFFIX)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(db(OP))?
+                .iter()
+                .map(scope_of)
+                .collect::<Result<Vec<_>, _>>()?,
+            postgres: |c| insert_query!(postgres, INTO, &TYPES, chunk, SUFFIX)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(db(OP))?
+                .iter()
+                .map(scope_of)
+                .collect::<Result<Vec<_>, _>>()?,
         );
-        added.append(&mut rows);
+        added.extend(rows);
     }
     Ok(added)
 }

@@ -307,6 +307,21 @@ pub(crate) enum Arg<'a> {
     Int(Option<i64>),
 }
 
+/// `$query` (an sqlx query on either backend) with the [`Arg`]s of `$args` bound in order.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                $crate::evidence::Arg::Text(t) => query.bind(*t),
+                $crate::evidence::Arg::Int(i) => query.bind(*i),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_args;
+
 /// Writes the entries of the records just inserted (`inserted`, ascending by seq); entries of any other seq
 /// are dropped. Runs inside `commit_batch`'s transaction. Answers the (seq, id) of every row written, ascending
 /// by seq.
@@ -570,14 +585,10 @@ pub(crate) async fn execute<'a>(
     op: &'static str,
 ) -> Result<(), StoreError> {
     db_run!(conn, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for arg in args {
-            query = match arg {
-                Arg::Text(t) => query.bind(*t),
-                Arg::Int(i) => query.bind(*i),
-            };
-        }
-        query.execute(&mut *c).await.map_err(db(op))?;
+        bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
+            .execute(&mut *c)
+            .await
+            .map_err(db(op))?;
     });
     Ok(())
 }
@@ -597,21 +608,9 @@ async fn indexed_ids<'a>(
 ) -> Result<Option<Vec<(u64, u64)>>, StoreError> {
     const T: &str = "evidence_index";
     const OP: &str = "commit_batch: index evidence";
-    macro_rules! bind {
-        ($query:expr) => {{
-            let mut query = $query;
-            for arg in args {
-                query = match arg {
-                    Arg::Text(t) => query.bind(*t),
-                    Arg::Int(i) => query.bind(*i),
-                };
-            }
-            query
-        }};
-    }
     db_run!(conn,
         sqlite: |c| {
-            let done = bind!(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
                 .execute(&mut *c)
                 .await
                 .map_err(db(OP))?;
@@ -624,7 +623,7 @@ async fn indexed_ids<'a>(
         },
         postgres: |c| {
             sql.push_str(" RETURNING seq, id");
-            let found = bind!(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            let found = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
                 .fetch_all(&mut *c)
                 .await
                 .map_err(db(OP))?;
@@ -720,14 +719,7 @@ pub(crate) async fn page(
         }
     }
     db_run!(conn, |c| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for arg in &args {
-            query = match arg {
-                Arg::Text(t) => query.bind(*t),
-                Arg::Int(i) => query.bind(*i),
-            };
-        }
-        let found = query
+        let found = bind_args!(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), &args)
             .fetch_all(&mut *c)
             .await
             .map_err(db("evidence index"))?;
@@ -890,16 +882,12 @@ impl Shard {
 /// environment the scope names ([`CorpusScope::filter`]); further parameters follow.
 macro_rules! scoped_query {
     ($sql:expr, $scope:expr, $until:expr, $extra:expr) => {{
-        let mut query = sqlx::query(sqlx::AssertSqlSafe($sql))
-            .bind($scope.org.as_str())
-            .bind($until);
-        for arg in $extra {
-            query = match arg {
-                Arg::Text(t) => query.bind(*t),
-                Arg::Int(i) => query.bind(*i),
-            };
-        }
-        query
+        bind_args!(
+            sqlx::query(sqlx::AssertSqlSafe($sql))
+                .bind($scope.org.as_str())
+                .bind($until),
+            $extra
+        )
     }};
 }
 

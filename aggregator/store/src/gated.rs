@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::conn::{Conn, db_run};
 use crate::error::{StoreError, db};
+use crate::evidence::{Arg, bind_args};
 use crate::model::{AgentKey, Tenant, to_i64, to_u64};
 use crate::rows::Columns;
 
@@ -554,6 +555,17 @@ async fn mark(mut conn: Conn<'_>, calls: &[Pending]) -> Result<u64, StoreError> 
     Ok(changed)
 }
 
+/// A run's address, `$1`..`$5` of every statement that names one run: org, project, env, level, run.
+fn run_address(scope: &Tenant, level: i64, run: i64) -> [Arg<'_>; 5] {
+    [
+        Arg::Text(Some(scope.org.as_str())),
+        Arg::Text(Some(scope.project.as_str())),
+        Arg::Text(Some(scope.env.as_str())),
+        Arg::Int(Some(level)),
+        Arg::Int(Some(run)),
+    ]
+}
+
 /// One stored run of a scope.
 #[derive(Debug)]
 struct RunInfo {
@@ -640,16 +652,14 @@ async fn probe_each(
          AND level = $4 AND run = $5 AND first_key <= $6 ORDER BY first_key DESC LIMIT 1";
     let mut out = Vec::with_capacity(calls.len());
     for (key, _) in calls {
-        let chunk: Option<Vec<u8>> = db_run!(conn, |c| sqlx::query_scalar(SQL)
-            .bind(scope.org.as_str())
-            .bind(scope.project.as_str())
-            .bind(scope.env.as_str())
-            .bind(run.level)
-            .bind(run.run)
-            .bind(key.as_slice())
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(db("gated runs: probe"))?);
+        let chunk: Option<Vec<u8>> = db_run!(conn, |c| bind_args!(
+            sqlx::query_scalar(SQL),
+            &run_address(scope, run.level, run.run)
+        )
+        .bind(key.as_slice())
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db("gated runs: probe"))?);
         out.push(chunk.is_some_and(|c| chunk_holds(&c, key)));
     }
     Ok(out)
@@ -711,17 +721,15 @@ impl<'s> RunReader<'s> {
         if self.page.is_empty() && !self.done {
             let after = self.after.clone().unwrap_or_default();
             let rows: Vec<(Vec<u8>, Vec<u8>)> = db_run!(conn, |c| {
-                let rows = sqlx::query(SQL)
-                    .bind(self.scope.org.as_str())
-                    .bind(self.scope.project.as_str())
-                    .bind(self.scope.env.as_str())
-                    .bind(self.level)
-                    .bind(self.run)
-                    .bind(after.as_slice())
-                    .bind(PAGE_CHUNKS)
-                    .fetch_all(&mut *c)
-                    .await
-                    .map_err(db("gated runs: read"))?;
+                let rows = bind_args!(
+                    sqlx::query(SQL),
+                    &run_address(self.scope, self.level, self.run)
+                )
+                .bind(after.as_slice())
+                .bind(PAGE_CHUNKS)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(db("gated runs: read"))?;
                 rows.iter()
                     .map(|r| Ok((r.bytes("first_key")?, r.bytes("keys")?)))
                     .collect::<Result<Vec<_>, StoreError>>()?
@@ -830,14 +838,10 @@ impl<'s> RunWriter<'s> {
         }
         let rows = std::mem::take(&mut self.full);
         db_run!(conn, |c| {
+            let address = run_address(self.scope, self.level, self.run);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for keys in &rows {
-                q = q
-                    .bind(self.scope.org.as_str())
-                    .bind(self.scope.project.as_str())
-                    .bind(self.scope.env.as_str())
-                    .bind(self.level)
-                    .bind(self.run)
+                q = bind_args!(q, &address)
                     .bind(&keys[..KEY_LEN])
                     .bind(keys.as_slice());
             }
@@ -859,17 +863,15 @@ impl<'s> RunWriter<'s> {
             return Ok(0);
         }
         let keys = to_i64("keys", self.keys)?;
-        db_run!(conn, |c| sqlx::query(SQL)
-            .bind(self.scope.org.as_str())
-            .bind(self.scope.project.as_str())
-            .bind(self.scope.env.as_str())
-            .bind(self.level)
-            .bind(self.run)
-            .bind(keys)
-            .execute(&mut *c)
-            .await
-            .map_err(db("gated runs: write run"))?
-            .rows_affected());
+        db_run!(conn, |c| bind_args!(
+            sqlx::query(SQL),
+            &run_address(self.scope, self.level, self.run)
+        )
+        .bind(keys)
+        .execute(&mut *c)
+        .await
+        .map_err(db("gated runs: write run"))?
+        .rows_affected());
         Ok(self.keys)
     }
 }
