@@ -109,6 +109,12 @@ const META_KEY: &str = "state";
 /// Key in `outbox_meta` holding the write-ahead log position ([`wal::Position`]) of the newest logged group,
 /// or one past every frame after a durable commit: what of the log redb's durable state already holds.
 const LOG_POSITION_KEY: &str = "log_position";
+/// How long the applier lets logged groups gather before it applies them to redb in one transaction. They are
+/// durable in the log and answered already, and every reader that needs them applies them itself
+/// ([`Outbox::apply_pending`]), so the wait delays no one.
+const APPLY_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// Logged groups that end the applier's gathering early (and wake it).
+const APPLY_GATHER_GROUPS: usize = 128;
 
 /// Soft quota of the outbox; the hard ceiling is twice each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1155,8 +1161,17 @@ impl Outbox {
             shed_total: frame.shed_total,
             position,
         };
-        self.pending_lock().groups.push_back(Arc::new(group));
-        self.inner.pending_cv.notify_all();
+        let mut pending = self.pending_lock();
+        pending.groups.push_back(Arc::new(group));
+        // Wake the applier only when it has something new to do: the first group after it emptied the queue,
+        // a full gathering, or a sealed file to make durable (`run_applier` lets the rest gather).
+        let wake = pending.groups.len() == 1
+            || pending.groups.len() >= APPLY_GATHER_GROUPS
+            || pending.seal.is_some();
+        drop(pending);
+        if wake {
+            self.inner.pending_cv.notify_all();
+        }
         self.publish(&mut cached, meta);
         Ok((outcomes, GroupDurability::Log))
     }
@@ -1309,6 +1324,15 @@ impl Outbox {
                 if pending.stop {
                     return;
                 }
+                // Let more groups gather (each one logged and answered already) so one transaction applies
+                // many: under load the committer logs a group every few hundred microseconds, and applying
+                // each alone cost a wake-up and a redb commit per group.
+                let _ = self
+                    .inner
+                    .pending_cv
+                    .wait_timeout_while(pending, APPLY_GATHER, |p| {
+                        !p.stop && p.seal.is_none() && p.groups.len() < APPLY_GATHER_GROUPS
+                    });
             }
             if let Err(error) = self.apply_pending() {
                 tracing::warn!(%error, "outbox groups not applied to the database yet; retrying");

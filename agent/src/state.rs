@@ -29,7 +29,7 @@ pub enum StateError {
     /// The agent database could not be read.
     #[error(transparent)]
     Db(#[from] DbError),
-    /// The outbox commit thread could not be started.
+    /// The outbox committer could not be started (its log opened, its applier thread spawned).
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     /// The bundle cache could not be opened or read.
@@ -464,16 +464,25 @@ impl AgentState {
             env: identity.env.clone(),
         };
         let decisions = crate::local_api::decision_metrics::DecisionMetrics::default();
-        let committer = committer::Committer::spawn(
-            outbox.clone(),
-            Some(Arc::clone(gate.rate_limits())),
-            Some(decisions.commit_metrics()),
-        )
+        let committer = {
+            let (outbox, counters, metrics) = (
+                outbox.clone(),
+                Arc::clone(gate.rate_limits()),
+                decisions.commit_metrics(),
+            );
+            // Opens (or creates) the outbox's log files: blocking.
+            tokio::task::spawn_blocking(move || {
+                committer::Committer::spawn(outbox, Some(counters), Some(metrics))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .flatten()
+        }
         .map_err(|e| {
             StateError::from(OutboxError::Corrupt {
                 path: String::new(),
                 seq: 0,
-                detail: format!("cannot start the outbox commit thread: {e}"),
+                detail: format!("cannot start the outbox committer: {e}"),
             })
         })?;
         let state = Arc::new(AgentState {

@@ -35,7 +35,7 @@ pub struct DecisionMetrics {
     commits: CommitMetrics,
 }
 
-/// The outbox commit thread's histograms (cheap clones sharing the registered series).
+/// The outbox group commits' histograms (cheap clones sharing the registered series).
 #[derive(Debug, Clone)]
 pub struct CommitMetrics {
     /// Wall time of one durable group commit, from the write transaction's start to its fsync'd end.
@@ -123,7 +123,7 @@ impl DecisionMetrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    /// The histograms the outbox commit thread observes.
+    /// The histograms every outbox group commit observes.
     pub fn commit_metrics(&self) -> CommitMetrics {
         self.commits.clone()
     }

@@ -1,22 +1,34 @@
 //! Group commit for producer appends: concurrent producers share one durable outbox commit.
 //!
-//! Every append must be durable (fsync) before its producer is answered, and one fsync costs milliseconds, so
-//! committing each record alone caps a busy sidecar at a few hundred records per second. A dedicated thread
-//! takes whatever appends are waiting (up to [`MAX_GROUP`]), commits them together, and answers each
-//! producer. A group is made durable by one synced frame of the outbox's write-ahead log
-//! ([`crate::outbox::wal`]: one sequential write and `fdatasync`, where a durable redb commit syncs every page
-//! it copied) and answered; a second thread, the applier, moves the logged groups into redb behind it, so no
-//! redb commit is on a producer's path. A lone producer pays one frame; many concurrent producers share
-//! frames. When a group cannot be committed as a whole (quota reached, one record invalid) each record of it
-//! is appended on its own, so every producer gets exactly the answer a single append would have given.
+//! Every append must be durable (fsync) before its producer is answered, and one fsync costs a fraction of a
+//! millisecond to milliseconds, so committing each record alone caps a busy sidecar at a few thousand records
+//! per second. Appends are committed in groups by a *leader*: the producer that finds no commit under way
+//! commits its own record and everything queued behind it (up to [`MAX_GROUP`]), on its own thread, and
+//! answers each queued producer. A producer that arrives while a commit is under way queues its record and
+//! waits; when the commit ends, the leader hands the queue to its oldest producer, which leads the next group.
+//! So no thread hand-off lies on a lone producer's path (it commits its own record where it runs), and under
+//! load each group costs one wake-up of the next leader, not two thread crossings per record through a commit
+//! thread. At most one commit runs at a time.
+//!
+//! A group is made durable by one synced frame of the outbox's write-ahead log ([`crate::outbox::wal`]: one
+//! sequential write and `fdatasync`, where a durable redb commit syncs every page it copied) and answered; a
+//! thread of its own, the applier, moves the logged groups into redb behind it, so no redb commit is on a
+//! producer's path. When a group cannot be committed as a whole (quota reached, one record invalid) each
+//! record of it is appended on its own, so every producer gets exactly the answer a single append would have
+//! given.
+//!
+//! The leader blocks its thread for the commit (a write and an `fdatasync` of the log, usually well under a
+//! millisecond): on the async runtime that is one worker, while the others keep serving requests, and every
+//! request that needs the commit waits for it anyway.
 //!
 //! The daemon's rate-limit counters ride along: every commit also logs the counters changed since the last
 //! one, in the same frame (or the same transaction when it commits in redb), taken after the group was
-//! gathered, so a decision's count is durable with
-//! its record before it is answered ([`crate::gate::ratelimit_counters`], "Durability rule"). When the queue
-//! closes, counters still changed are written in a last commit of their own.
+//! gathered, so a decision's count is durable with its record before it is answered
+//! ([`crate::gate::ratelimit_counters`], "Durability rule"). When the committer is dropped, counters still
+//! changed are written in a last commit of their own.
 
-use std::sync::{Arc, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -27,26 +39,51 @@ use crate::outbox::{AppendOutcome, GroupDurability, NewRecord, Outbox, OutboxErr
 /// Most records committed together.
 pub(crate) const MAX_GROUP: usize = 512;
 
-type Reply = oneshot::Sender<Result<AppendOutcome, OutboxError>>;
+type Outcome = Result<AppendOutcome, OutboxError>;
 
-/// Handle to the committer thread. Dropping it closes the queue and joins the thread, so the outbox (and the
-/// database file lock it holds) is released by the time the drop returns.
+/// What a queued producer is told when the commit ahead of it ends.
+enum Answer {
+    /// Its record was committed (or refused): the outcome.
+    Done(Outcome),
+    /// Lead the next group: its record comes back, first of that group.
+    Lead(NewRecord),
+}
+
+type Reply = oneshot::Sender<Answer>;
+
+/// Records waiting for the commit under way, and whether one is.
+#[derive(Default)]
+struct Queue {
+    /// Oldest first. Empty whenever `leading` is false.
+    waiting: VecDeque<(NewRecord, Reply)>,
+    /// A producer is committing (or has been handed the queue and is about to).
+    leading: bool,
+}
+
+/// Commits appends in groups (see the module docs). Dropping it writes the last checkpoint of the log and the
+/// counters still changed, and joins the applier, so the outbox (and the database file lock it holds) is
+/// released by the time the drop returns.
 pub(crate) struct Committer {
-    tx: Option<mpsc::Sender<(NewRecord, Reply)>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Applies the logged groups to redb behind the committer ([`Outbox::run_applier`]).
+    group: Group,
+    queue: Mutex<Queue>,
+    /// Applies the logged groups to redb behind the commits ([`Outbox::run_applier`]).
     applier: Option<std::thread::JoinHandle<()>>,
-    outbox: Outbox,
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        // Nothing can be committing: a leader borrows the committer for its whole commit.
+        // The groups first: their counters are older than the ones still to flush.
+        if let Err(error) = self.group.outbox.checkpoint_log() {
+            tracing::warn!(%error, "outbox log not checkpointed at stop; it is replayed at the next start");
         }
-        // The committer's last checkpoint applied every group; the applier has nothing left.
-        self.outbox.stop_applier();
+        if let Some(counters) = &self.group.counters
+            && let Err(error) = counters.flush()
+        {
+            tracing::warn!(%error, "rate-limit counters of unanswered decisions not written at stop");
+        }
+        // The last checkpoint applied every group; the applier has nothing left.
+        self.group.outbox.stop_applier();
         if let Some(applier) = self.applier.take() {
             let _ = applier.join();
         }
@@ -54,7 +91,8 @@ impl Drop for Committer {
 }
 
 impl Committer {
-    /// Starts the commit thread; `counters` (the daemon's rate-limit counters) are written with every commit.
+    /// Opens the outbox's write-ahead log and starts the applier; `counters` (the daemon's rate-limit counters)
+    /// are written with every commit. Blocking (the log's files may be created).
     pub(crate) fn spawn(
         outbox: Outbox,
         counters: Option<Arc<DaemonCounters>>,
@@ -75,7 +113,9 @@ impl Committer {
         metrics: Option<CommitMetrics>,
         log_capacity: u64,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<(NewRecord, Reply)>();
+        if let Err(error) = outbox.enable_log(log_capacity) {
+            tracing::warn!(%error, "outbox log not available: every group commits durably in the database");
+        }
         outbox.restart_applier();
         let applier = {
             let outbox = outbox.clone();
@@ -83,47 +123,165 @@ impl Committer {
                 .name("gait-outbox-apply".into())
                 .spawn(move || outbox.run_applier())?
         };
-        let handle = outbox.clone();
-        let spawned = std::thread::Builder::new()
-            .name("gait-outbox-commit".into())
-            .spawn(move || {
-                run(
-                    &Group {
-                        outbox,
-                        counters,
-                        metrics,
-                    },
-                    rx,
-                    log_capacity,
-                )
-            });
-        let thread = match spawned {
-            Ok(thread) => thread,
-            Err(e) => {
-                handle.stop_applier();
-                let _ = applier.join();
-                return Err(e);
-            }
-        };
         Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
+            group: Group {
+                outbox,
+                counters,
+                metrics,
+            },
+            queue: Mutex::new(Queue::default()),
             applier: Some(applier),
-            outbox: handle,
         })
     }
 
-    /// Queue `record`; the answer arrives once it is durable (or refused).
-    pub(crate) async fn append(&self, record: NewRecord) -> Result<AppendOutcome, OutboxError> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || OutboxError::Corrupt {
-            path: String::new(),
-            seq: 0,
-            detail: "the outbox commit thread stopped".into(),
+    /// Commits `record` durably (or refuses it), in a group with whatever other producers are waiting.
+    pub(crate) async fn append(&self, record: NewRecord) -> Outcome {
+        let mut waiting = {
+            let mut queue = self.queue();
+            if queue.leading {
+                let (reply, answer) = oneshot::channel();
+                queue.waiting.push_back((record, reply));
+                Waiting {
+                    committer: self,
+                    answer,
+                }
+            } else {
+                queue.leading = true;
+                drop(queue);
+                return self.lead(record);
+            }
         };
-        let tx = self.tx.as_ref().ok_or_else(gone)?;
-        tx.send((record, reply)).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        match (&mut waiting.answer).await {
+            Ok(Answer::Done(outcome)) => outcome,
+            Ok(Answer::Lead(record)) => {
+                let mut handed = Handed {
+                    committer: self,
+                    record: Some(record),
+                };
+                // Let the producers the last commit answered write their answers (and requests that arrived
+                // meanwhile queue their records) before this thread blocks on the next commit.
+                tokio::task::yield_now().await;
+                match handed.record.take() {
+                    Some(record) => self.lead(record),
+                    None => no_outcome(),
+                }
+            }
+            // The leader answers every record it takes; a sender dropped unanswered means a commit panicked.
+            Err(_) => Err(OutboxError::Corrupt {
+                path: String::new(),
+                seq: 0,
+                detail: "an outbox commit ended without answering a queued record".into(),
+            }),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `own` with the records queued behind it, answers theirs, hands the queue on, and returns
+    /// `own`'s outcome. The caller holds the lead (`leading` was set for it).
+    fn lead(&self, own: NewRecord) -> Outcome {
+        let _unwind = Leading(self);
+        let mut own = Some(own);
+        let mut mine = None;
+        while let Some(first) = own.take() {
+            let mut records = vec![first];
+            let replies = {
+                let mut queue = self.queue();
+                let take = queue.waiting.len().min(MAX_GROUP - 1);
+                let mut replies = Vec::with_capacity(take);
+                for (record, reply) in queue.waiting.drain(..take) {
+                    records.push(record);
+                    replies.push(reply);
+                }
+                replies
+            };
+            let mut outcomes = self.group.commit(records).into_iter();
+            // The first outcome is this producer's (or, after a hand-off nobody took, that producer's).
+            let first = outcomes.next();
+            mine = mine.or(first);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A producer that stopped waiting (its request was dropped) still has its record committed.
+                let _ = reply.send(Answer::Done(outcome));
+            }
+            // Hand the queue to its oldest producer, or end the lead when nothing waits.
+            let mut queue = self.queue();
+            let Some((next, reply)) = queue.waiting.pop_front() else {
+                queue.leading = false;
+                break;
+            };
+            drop(queue);
+            if let Err(Answer::Lead(record)) = reply.send(Answer::Lead(next)) {
+                // That producer stopped waiting: its record leads the next group here.
+                own = Some(record);
+            }
+        }
+        mine.unwrap_or_else(no_outcome)
+    }
+}
+
+/// A queued producer's wait. Dropped before its answer was taken (the request was cancelled), it stops the
+/// answer from coming and, if it was handed the lead already, leads in its place: otherwise the records behind
+/// it would wait for a leader that never comes.
+struct Waiting<'a> {
+    committer: &'a Committer,
+    answer: oneshot::Receiver<Answer>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // After `close`, a leader's `send` fails and it keeps the lead itself; a `Lead` sent before is here.
+        self.answer.close();
+        if let Ok(Answer::Lead(record)) = self.answer.try_recv() {
+            let _ = self.committer.lead(record);
+        }
+    }
+}
+
+/// A producer handed the lead, until it leads. Dropped first (the request was cancelled while it yielded), it
+/// leads in its drop, for the same reason as [`Waiting`].
+struct Handed<'a> {
+    committer: &'a Committer,
+    record: Option<NewRecord>,
+}
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let _ = self.committer.lead(record);
+        }
+    }
+}
+
+fn no_outcome() -> Outcome {
+    Err(OutboxError::Corrupt {
+        path: String::new(),
+        seq: 0,
+        detail: "append produced no outcome".into(),
+    })
+}
+
+/// Held by a leader. If its commit panics, the lead is given up and every queued producer is answered with an
+/// error, so later appends are not left waiting for a lead that never ends.
+struct Leading<'a>(&'a Committer);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut queue = self.0.queue();
+        queue.leading = false;
+        for (_, reply) in queue.waiting.drain(..) {
+            let _ = reply.send(Answer::Done(Err(OutboxError::Corrupt {
+                path: String::new(),
+                seq: 0,
+                detail:
+                    "an outbox commit failed unexpectedly; the record was not committed, retry it"
+                        .into(),
+            })));
+        }
     }
 }
 
@@ -135,56 +293,28 @@ struct Group {
     metrics: Option<CommitMetrics>,
 }
 
-fn run(group_to: &Group, rx: mpsc::Receiver<(NewRecord, Reply)>, log_capacity: u64) {
-    if let Err(error) = group_to.outbox.enable_log(log_capacity) {
-        tracing::warn!(%error, "outbox log not available: every group commits durably in the database");
-    }
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        group_to.commit(group);
-    }
-    // The groups first: their counters are older than the ones still to flush.
-    if let Err(error) = group_to.outbox.checkpoint_log() {
-        tracing::warn!(%error, "outbox log not checkpointed at stop; it is replayed at the next start");
-    }
-    if let Some(counters) = &group_to.counters
-        && let Err(error) = counters.flush()
-    {
-        tracing::warn!(%error, "rate-limit counters of unanswered decisions not written at stop");
-    }
-}
-
 impl Group {
-    fn commit(&self, group: Vec<(NewRecord, Reply)>) {
-        if group.len() == 1 {
-            for (record, reply) in group {
-                let _ = reply.send(self.append_one(record));
-            }
-            return;
+    /// Commits `records` as one group; when the group cannot be committed whole, each record on its own. One
+    /// outcome per record, in order.
+    fn commit(&self, records: Vec<NewRecord>) -> Vec<Outcome> {
+        if records.len() == 1 {
+            return records
+                .into_iter()
+                .map(|record| self.append_one(record))
+                .collect();
         }
-        let records: Vec<NewRecord> = group.iter().map(|(r, _)| r.clone()).collect();
-        match self.append(records) {
-            Ok(outcomes) if outcomes.len() == group.len() => {
-                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
+        let count = records.len();
+        match self.append(records.clone()) {
+            Ok(outcomes) if outcomes.len() == count => outcomes.into_iter().map(Ok).collect(),
             // All-or-nothing failed (or an unexpected answer): give every record its own verdict.
-            _ => {
-                for (record, reply) in group {
-                    let _ = reply.send(self.append_one(record));
-                }
-            }
+            _ => records
+                .into_iter()
+                .map(|record| self.append_one(record))
+                .collect(),
         }
     }
 
-    fn append_one(&self, record: NewRecord) -> Result<AppendOutcome, OutboxError> {
+    fn append_one(&self, record: NewRecord) -> Outcome {
         let mut outcomes = self.append(vec![record])?;
         outcomes.pop().ok_or_else(|| OutboxError::Corrupt {
             path: String::new(),
@@ -254,6 +384,129 @@ mod tests {
             bundle: None,
             payload: format!("{{\"i\":{i}}}").into_bytes(),
         }
+    }
+
+    fn open_outbox(dir: &std::path::Path) -> Outbox {
+        let db = AgentDb::open(dir.join("agent.redb")).expect("db");
+        Outbox::open(
+            &db,
+            OutboxLimits {
+                max_records: 100_000,
+                max_bytes: 1 << 30,
+            },
+        )
+        .expect("outbox")
+    }
+
+    /// Polls `future` once, with a waker that does nothing.
+    fn poll_once<F: std::future::Future>(
+        future: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    fn appended(outcome: Outcome) -> u64 {
+        match outcome.expect("append") {
+            AppendOutcome::Appended { seq } => seq,
+            AppendOutcome::Shed => panic!("block records are never shed"),
+        }
+    }
+
+    #[test]
+    fn a_producer_cancelled_after_it_was_handed_the_lead_still_commits_and_releases_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = open_outbox(dir.path());
+        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
+        // A commit is under way: the next producer queues.
+        committer.queue().leading = true;
+        let mut waiting = Box::pin(committer.append(record(1)));
+        assert!(
+            poll_once(waiting.as_mut()).is_pending(),
+            "queued behind the commit"
+        );
+        // The commit ends and hands the queue on, but the producer's request is dropped before it runs.
+        let (next, reply) = committer.queue().waiting.pop_front().expect("queued");
+        assert!(reply.send(Answer::Lead(next)).is_ok());
+        drop(waiting);
+        assert_eq!(
+            outbox.stats().depth,
+            1,
+            "the cancelled producer's record was committed"
+        );
+        assert!(!committer.queue().leading, "and the lead was released");
+        // The next producer leads at once.
+        let mut next = Box::pin(committer.append(record(2)));
+        match poll_once(next.as_mut()) {
+            std::task::Poll::Ready(outcome) => assert_eq!(appended(outcome), 2),
+            std::task::Poll::Pending => panic!("the next append waited for a lead nobody holds"),
+        }
+    }
+
+    #[test]
+    fn a_producer_cancelled_while_it_holds_the_lead_still_commits_and_releases_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = open_outbox(dir.path());
+        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
+        committer.queue().leading = true;
+        let mut waiting = Box::pin(committer.append(record(1)));
+        assert!(
+            poll_once(waiting.as_mut()).is_pending(),
+            "queued behind the commit"
+        );
+        let (next, reply) = committer.queue().waiting.pop_front().expect("queued");
+        assert!(reply.send(Answer::Lead(next)).is_ok());
+        // It takes the lead and yields before committing; its request is dropped there.
+        assert!(
+            poll_once(waiting.as_mut()).is_pending(),
+            "yields before it leads"
+        );
+        assert_eq!(outbox.stats().depth, 0, "nothing committed yet");
+        drop(waiting);
+        assert_eq!(
+            outbox.stats().depth,
+            1,
+            "the cancelled leader's record was committed"
+        );
+        assert!(!committer.queue().leading, "and the lead was released");
+    }
+
+    #[test]
+    fn a_hand_off_nobody_takes_is_led_by_the_leader_and_every_queued_record_is_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = open_outbox(dir.path());
+        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
+        committer.queue().leading = true;
+        let queued = MAX_GROUP + 10;
+        let mut waiting: Vec<_> = (0..queued)
+            .map(|i| Box::pin(committer.append(record(i as u32))))
+            .collect();
+        for w in &mut waiting {
+            assert!(poll_once(w.as_mut()).is_pending());
+        }
+        // The leader's group takes MAX_GROUP - 1 of them; the next one, handed the lead, was cancelled.
+        let cancelled = waiting.remove(MAX_GROUP - 1);
+        drop(cancelled);
+        let own = committer.lead(record(9_999));
+        assert_eq!(appended(own), 1, "the leader's record is first");
+        assert!(
+            !committer.queue().leading,
+            "the lead ended with the queue empty"
+        );
+        let mut seqs = vec![1];
+        for mut w in waiting {
+            match poll_once(w.as_mut()) {
+                std::task::Poll::Ready(outcome) => seqs.push(appended(outcome)),
+                std::task::Poll::Pending => panic!("a queued producer was never answered"),
+            }
+        }
+        assert_eq!(
+            outbox.stats().depth,
+            queued as u64 + 1,
+            "every record committed, the cancelled producer's included"
+        );
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), queued, "each answered producer got its own seq");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
