@@ -17,9 +17,11 @@
 //! record of it is appended on its own, so every producer gets exactly the answer a single append would have
 //! given.
 //!
-//! The leader blocks its thread for the commit (a write and an `fdatasync` of the log, usually well under a
-//! millisecond): on the async runtime that is one worker, while the others keep serving requests, and every
-//! request that needs the commit waits for it anyway.
+//! The leader blocks its thread for the commit: on the async runtime, one worker, while the others keep serving
+//! requests (and take the tasks queued on it), and every request that needs the commit waits for it anyway.
+//! Usually that is a write and an `fdatasync` of the log, well under a millisecond. Rarely it is longer: a durable
+//! redb commit when the log moves to its other file while the applier is a whole file behind, or every group
+//! while the log is unusable and groups commit durably in redb; the commit thread used to take those waits.
 //!
 //! The daemon's rate-limit counters ride along: every commit also logs the counters changed since the last
 //! one, in the same frame (or the same transaction when it commits in redb), taken after the group was
@@ -135,6 +137,9 @@ impl Committer {
     }
 
     /// Commits `record` durably (or refuses it), in a group with whatever other producers are waiting.
+    ///
+    /// Await it to the end or drop it; never keep it unpolled (pinned across a `select!` loop, say): a producer
+    /// handed the lead commits the queue behind it only when its future is polled or dropped.
     pub(crate) async fn append(&self, record: NewRecord) -> Outcome {
         let mut waiting = {
             let mut queue = self.queue();
@@ -182,7 +187,10 @@ impl Committer {
     /// Commits `own` with the records queued behind it, answers theirs, hands the queue on, and returns
     /// `own`'s outcome. The caller holds the lead (`leading` was set for it).
     fn lead(&self, own: NewRecord) -> Outcome {
-        let _unwind = Leading(self);
+        let mut leading = Leading {
+            committer: self,
+            armed: true,
+        };
         let mut own = Some(own);
         let mut mine = None;
         while let Some(first) = own.take() {
@@ -217,6 +225,7 @@ impl Committer {
                 own = Some(record);
             }
         }
+        leading.armed = false;
         mine.unwrap_or_else(no_outcome)
     }
 }
@@ -262,16 +271,21 @@ fn no_outcome() -> Outcome {
     })
 }
 
-/// Held by a leader. If its commit panics, the lead is given up and every queued producer is answered with an
-/// error, so later appends are not left waiting for a lead that never ends.
-struct Leading<'a>(&'a Committer);
+/// Held by a leader, disarmed when its lead ends normally. Dropped armed (its commit panicked), it gives up the
+/// lead and answers every queued producer with an error, so later appends are not left waiting for a lead that
+/// never ends. (Not `std::thread::panicking()`: a lead can run in a drop during another panic's unwinding and
+/// end normally there.)
+struct Leading<'a> {
+    committer: &'a Committer,
+    armed: bool,
+}
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !self.armed {
             return;
         }
-        let mut queue = self.0.queue();
+        let mut queue = self.committer.queue();
         queue.leading = false;
         for (_, reply) in queue.waiting.drain(..) {
             let _ = reply.send(Answer::Done(Err(OutboxError::Corrupt {
@@ -471,6 +485,51 @@ mod tests {
     }
 
     #[test]
+    fn a_lead_that_ends_normally_during_another_panics_unwinding_keeps_the_hand_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = open_outbox(dir.path());
+        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
+        committer.queue().leading = true;
+        // A, then a full group behind it, then Z.
+        let mut a = Box::pin(committer.append(record(0)));
+        assert!(poll_once(a.as_mut()).is_pending());
+        let mut behind: Vec<_> = (1..=MAX_GROUP)
+            .map(|i| Box::pin(committer.append(record(i as u32))))
+            .collect();
+        for w in &mut behind {
+            assert!(poll_once(w.as_mut()).is_pending());
+        }
+        let (next, reply) = committer.queue().waiting.pop_front().expect("A queued");
+        assert!(reply.send(Answer::Lead(next)).is_ok());
+        // A's task panics elsewhere; A is dropped while the thread unwinds and leads there: its group is A and the
+        // next MAX_GROUP - 1, and it hands the lead to Z, the last one.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _a = a;
+            panic!("a panic in the task that held A (expected by this test)");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(
+            outbox.stats().depth,
+            MAX_GROUP as u64,
+            "A's group was committed"
+        );
+        assert!(
+            committer.queue().leading,
+            "Z holds the lead A handed it; the lead was not given up as if A's commit had panicked"
+        );
+        let mut z = behind.pop().expect("Z");
+        assert!(
+            poll_once(z.as_mut()).is_pending(),
+            "Z yields before it leads"
+        );
+        match poll_once(z.as_mut()) {
+            std::task::Poll::Ready(outcome) => assert_eq!(appended(outcome), MAX_GROUP as u64 + 1),
+            std::task::Poll::Pending => panic!("Z did not lead"),
+        }
+        assert!(!committer.queue().leading);
+    }
+
+    #[test]
     fn a_hand_off_nobody_takes_is_led_by_the_leader_and_every_queued_record_is_answered() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = open_outbox(dir.path());
@@ -492,21 +551,44 @@ mod tests {
             !committer.queue().leading,
             "the lead ended with the queue empty"
         );
-        let mut seqs = vec![1];
-        for mut w in waiting {
+        let stored = payloads(&outbox);
+        assert_eq!(
+            stored.len(),
+            queued + 1,
+            "every record committed, the cancelled producer's included"
+        );
+        assert_eq!(stored[&1], 9_999, "the leader's own record");
+        assert_eq!(
+            stored[&(MAX_GROUP as u64 + 1)],
+            (MAX_GROUP - 1) as u32,
+            "the cancelled producer's record leads the second group, in queue order"
+        );
+        let producers = (0..queued).filter(|i| *i != MAX_GROUP - 1);
+        for (i, mut w) in producers.zip(waiting) {
             match poll_once(w.as_mut()) {
-                std::task::Poll::Ready(outcome) => seqs.push(appended(outcome)),
+                std::task::Poll::Ready(outcome) => {
+                    let seq = appended(outcome);
+                    assert_eq!(
+                        stored[&seq], i as u32,
+                        "producer {i} was answered seq {seq}, which is not its record"
+                    );
+                }
                 std::task::Poll::Pending => panic!("a queued producer was never answered"),
             }
         }
-        assert_eq!(
-            outbox.stats().depth,
-            queued as u64 + 1,
-            "every record committed, the cancelled producer's included"
-        );
-        seqs.sort_unstable();
-        seqs.dedup();
-        assert_eq!(seqs.len(), queued, "each answered producer got its own seq");
+    }
+
+    /// The stored records' `i` by seq.
+    fn payloads(outbox: &Outbox) -> std::collections::BTreeMap<u64, u32> {
+        outbox
+            .peek_batch(0, 100_000, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("payload");
+                (r.seq, v["i"].as_u64().expect("i") as u32)
+            })
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,11 +611,20 @@ mod tests {
             tasks.push(tokio::spawn(async move { c.append(record(i)).await }));
         }
         let mut seqs = Vec::new();
+        let mut answered = Vec::new();
         for t in tasks {
             match t.await.expect("join").expect("append") {
                 AppendOutcome::Appended { seq } => seqs.push(seq),
                 AppendOutcome::Shed => panic!("block records are never shed"),
             }
+        }
+        answered.extend(seqs.iter().copied().enumerate());
+        let stored = payloads(&outbox);
+        for (i, seq) in answered {
+            assert_eq!(
+                stored[&seq], i as u32,
+                "producer {i} was answered seq {seq}, which holds another producer's record"
+            );
         }
         seqs.sort_unstable();
         assert_eq!(
