@@ -8,6 +8,11 @@
 //! decision, no signature, no record and no aggregator. Whatever p99 this shows at a rate is a floor under any
 //! server's p99 at that rate, measured this way on this machine at this moment: the agent's figures only mean
 //! something next to it, taken in the same sitting.
+//!
+//! With `--sync` the responder also makes each request durable before answering it, as the agent makes each
+//! decision's record durable: it writes the request's body to a preallocated file and waits for an
+//! `fdatasync` that covers it, the connections' threads sharing syncs (group commit: one thread syncs everything
+//! written so far while the others wait for it). That is a floor under any durable server's p99.
 #![allow(clippy::disallowed_methods)] // benchmark harness: spawns its responder and reads the clock
 
 use std::io::{BufRead as _, Read as _, Write as _};
@@ -34,6 +39,10 @@ pub struct Args {
     /// Bytes of the canned answer's body (an agent's `allow` answer with its signed trace is about this size).
     #[arg(long, default_value_t = 1_400)]
     pub answer_bytes: usize,
+    /// Make each request durable before answering it: its body written to a file and covered by an
+    /// `fdatasync` shared with the requests written meanwhile.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +53,9 @@ pub struct ResponderArgs {
     /// Bytes of the canned answer's body.
     #[arg(long)]
     pub answer_bytes: usize,
+    /// Write each request's body to a file in the socket's directory and sync it before answering.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -61,6 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .arg(&socket)
         .arg("--answer-bytes")
         .arg(args.answer_bytes.to_string())
+        .args(args.sync.then_some("--sync"))
         .kill_on_drop(true)
         .spawn()
         .context("start the null responder")?;
@@ -97,10 +110,13 @@ async fn steps(
         let mut summary = run.json("null-responder", false, args.connections);
         summary["bench"] = json!("decide-floor");
         summary["answer_bytes"] = json!(args.answer_bytes);
-        common::emit(
-            &summary,
-            &format!("floor (null responder): {}", run.human("null", false)),
-        );
+        summary["synced"] = json!(args.sync);
+        let what = if args.sync {
+            "floor (null responder, each request synced)"
+        } else {
+            "floor (null responder)"
+        };
+        common::emit(&summary, &format!("{what}: {}", run.human("null", false)));
     }
     Ok(())
 }
@@ -119,18 +135,100 @@ pub fn responder(args: ResponderArgs) -> anyhow::Result<()> {
     )
     .into_bytes()
     .into();
+    let log = match args.sync {
+        true => Some(std::sync::Arc::new(SyncedLog::create(
+            &args.socket.with_extension("log"),
+        )?)),
+        false => None,
+    };
     for stream in listener.incoming() {
         let stream = stream.context("accept")?;
         let answer = std::sync::Arc::clone(&answer);
+        let log = log.clone();
         std::thread::spawn(move || {
-            let _ = serve(stream, &answer);
+            let _ = serve(stream, &answer, log.as_deref());
         });
     }
     Ok(())
 }
 
+/// A preallocated file the responder's threads write request bodies to, made durable by shared syncs.
+struct SyncedLog {
+    file: std::fs::File,
+    /// Where the next body goes (wrapping within the file).
+    next: std::sync::atomic::AtomicU64,
+    /// Bodies written so far (completed writes).
+    written: std::sync::atomic::AtomicU64,
+    /// (bodies a finished sync covers, a sync under way).
+    synced: std::sync::Mutex<(u64, bool)>,
+    done: std::sync::Condvar,
+}
+
+impl SyncedLog {
+    const SIZE: u64 = 64 << 20;
+
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::FileExt as _;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| format!("create {}", path.display()))?;
+        // Written with zeros and synced, so a later write changes no file metadata (as the agent's log).
+        let zeros = vec![0u8; 1 << 20];
+        for at in (0..Self::SIZE).step_by(zeros.len()) {
+            file.write_all_at(&zeros, at)?;
+        }
+        file.sync_all()?;
+        Ok(Self {
+            file,
+            next: 0.into(),
+            written: 0.into(),
+            synced: std::sync::Mutex::new((0, false)),
+            done: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Writes `body` and returns once an `fdatasync` that started after the write has finished.
+    fn append_durably(&self, body: &[u8]) -> anyhow::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        use std::sync::atomic::Ordering;
+        let len = (body.len() as u64).min(Self::SIZE);
+        let at = self.next.fetch_add(len, Ordering::Relaxed) % (Self::SIZE - len + 1);
+        self.file.write_all_at(&body[..len as usize], at)?;
+        let mine = self.written.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut state = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if state.0 >= mine {
+                return Ok(());
+            }
+            if state.1 {
+                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.1 = true;
+            drop(state);
+            // Covers every write counted so far: each was complete before it was counted.
+            let covers = self.written.load(Ordering::Acquire);
+            let result = self.file.sync_data();
+            state = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+            state.1 = false;
+            if result.is_ok() {
+                state.0 = state.0.max(covers);
+            }
+            self.done.notify_all();
+            result?;
+        }
+    }
+}
+
 /// Answers each request of one connection until the peer closes it.
-fn serve(stream: std::os::unix::net::UnixStream, answer: &[u8]) -> anyhow::Result<()> {
+fn serve(
+    stream: std::os::unix::net::UnixStream,
+    answer: &[u8],
+    log: Option<&SyncedLog>,
+) -> anyhow::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = std::io::BufReader::new(stream);
     let (mut line, mut body) = (String::new(), Vec::new());
@@ -155,6 +253,9 @@ fn serve(stream: std::os::unix::net::UnixStream, answer: &[u8]) -> anyhow::Resul
         }
         body.resize(length, 0);
         reader.read_exact(&mut body)?;
+        if let Some(log) = log {
+            log.append_durably(&body)?;
+        }
         writer.write_all(answer)?;
     }
 }
