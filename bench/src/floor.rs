@@ -135,11 +135,11 @@ pub fn responder(args: ResponderArgs) -> anyhow::Result<()> {
     )
     .into_bytes()
     .into();
-    let log = match args.sync {
-        true => Some(std::sync::Arc::new(SyncedLog::create(
-            &args.socket.with_extension("log"),
-        )?)),
-        false => None,
+    let log = if args.sync {
+        let path = args.socket.with_extension("log");
+        Some(std::sync::Arc::new(SyncedLog::create(&path)?))
+    } else {
+        None
     };
     for stream in listener.incoming() {
         let stream = stream.context("accept")?;

@@ -330,11 +330,7 @@ impl Group {
 
     fn append_one(&self, record: NewRecord) -> Outcome {
         let mut outcomes = self.append(vec![record])?;
-        outcomes.pop().ok_or_else(|| OutboxError::Corrupt {
-            path: String::new(),
-            seq: 0,
-            detail: "append produced no outcome".into(),
-        })
+        outcomes.pop().map_or_else(no_outcome, Ok)
     }
 
     /// One durable commit of `records` and the counters changed since the last commit, observed in the
@@ -419,6 +415,20 @@ mod tests {
         future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
     }
 
+    /// A committer over a fresh outbox, with a commit under way: the next producer queues.
+    fn mid_commit(dir: &std::path::Path) -> (Outbox, Committer) {
+        let outbox = open_outbox(dir);
+        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
+        committer.queue().leading = true;
+        (outbox, committer)
+    }
+
+    /// What the commit under way does when it ends: hands the lead to the oldest queued producer.
+    fn hand_on(committer: &Committer) {
+        let (next, reply) = committer.queue().waiting.pop_front().expect("queued");
+        assert!(reply.send(Answer::Lead(next)).is_ok());
+    }
+
     fn appended(outcome: Outcome) -> u64 {
         match outcome.expect("append") {
             AppendOutcome::Appended { seq } => seq,
@@ -429,18 +439,14 @@ mod tests {
     #[test]
     fn a_producer_cancelled_after_it_was_handed_the_lead_still_commits_and_releases_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = open_outbox(dir.path());
-        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
-        // A commit is under way: the next producer queues.
-        committer.queue().leading = true;
+        let (outbox, committer) = mid_commit(dir.path());
         let mut waiting = Box::pin(committer.append(record(1)));
         assert!(
             poll_once(waiting.as_mut()).is_pending(),
             "queued behind the commit"
         );
         // The commit ends and hands the queue on, but the producer's request is dropped before it runs.
-        let (next, reply) = committer.queue().waiting.pop_front().expect("queued");
-        assert!(reply.send(Answer::Lead(next)).is_ok());
+        hand_on(&committer);
         drop(waiting);
         assert_eq!(
             outbox.stats().depth,
@@ -459,16 +465,13 @@ mod tests {
     #[test]
     fn a_producer_cancelled_while_it_holds_the_lead_still_commits_and_releases_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = open_outbox(dir.path());
-        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
-        committer.queue().leading = true;
+        let (outbox, committer) = mid_commit(dir.path());
         let mut waiting = Box::pin(committer.append(record(1)));
         assert!(
             poll_once(waiting.as_mut()).is_pending(),
             "queued behind the commit"
         );
-        let (next, reply) = committer.queue().waiting.pop_front().expect("queued");
-        assert!(reply.send(Answer::Lead(next)).is_ok());
+        hand_on(&committer);
         // It takes the lead and yields before committing; its request is dropped there.
         assert!(
             poll_once(waiting.as_mut()).is_pending(),
@@ -487,9 +490,7 @@ mod tests {
     #[test]
     fn a_lead_that_ends_normally_during_another_panics_unwinding_keeps_the_hand_off() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = open_outbox(dir.path());
-        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
-        committer.queue().leading = true;
+        let (outbox, committer) = mid_commit(dir.path());
         // A, then a full group behind it, then Z.
         let mut a = Box::pin(committer.append(record(0)));
         assert!(poll_once(a.as_mut()).is_pending());
@@ -499,8 +500,7 @@ mod tests {
         for w in &mut behind {
             assert!(poll_once(w.as_mut()).is_pending());
         }
-        let (next, reply) = committer.queue().waiting.pop_front().expect("A queued");
-        assert!(reply.send(Answer::Lead(next)).is_ok());
+        hand_on(&committer);
         // A's task panics elsewhere; A is dropped while the thread unwinds and leads there: its group is A and the
         // next MAX_GROUP - 1, and it hands the lead to Z, the last one.
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -532,9 +532,7 @@ mod tests {
     #[test]
     fn a_hand_off_nobody_takes_is_led_by_the_leader_and_every_queued_record_is_answered() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = open_outbox(dir.path());
-        let committer = Committer::spawn(outbox.clone(), None, None).expect("spawn");
-        committer.queue().leading = true;
+        let (outbox, committer) = mid_commit(dir.path());
         let queued = MAX_GROUP + 10;
         let mut waiting: Vec<_> = (0..queued)
             .map(|i| Box::pin(committer.append(record(i as u32))))
@@ -594,15 +592,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_producers_each_get_their_own_durable_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = AgentDb::open(dir.path().join("agent.redb")).expect("db");
-        let outbox = Outbox::open(
-            &db,
-            OutboxLimits {
-                max_records: 100_000,
-                max_bytes: 1 << 30,
-            },
-        )
-        .expect("outbox");
+        let outbox = open_outbox(dir.path());
         let committer =
             std::sync::Arc::new(Committer::spawn(outbox.clone(), None, None).expect("spawn"));
         let mut tasks = Vec::new();
@@ -611,16 +601,14 @@ mod tests {
             tasks.push(tokio::spawn(async move { c.append(record(i)).await }));
         }
         let mut seqs = Vec::new();
-        let mut answered = Vec::new();
         for t in tasks {
             match t.await.expect("join").expect("append") {
                 AppendOutcome::Appended { seq } => seqs.push(seq),
                 AppendOutcome::Shed => panic!("block records are never shed"),
             }
         }
-        answered.extend(seqs.iter().copied().enumerate());
         let stored = payloads(&outbox);
-        for (i, seq) in answered {
+        for (i, &seq) in seqs.iter().enumerate() {
             assert_eq!(
                 stored[&seq], i as u32,
                 "producer {i} was answered seq {seq}, which holds another producer's record"
